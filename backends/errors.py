@@ -1,0 +1,114 @@
+"""The gateway's one error tree. Every layer raises these; ``gateway`` turns them into responses.
+
+    GatewayError                      500 api_error          (internal: a bug or an unexpected state)
+    ├── ClientError                   4xx invalid_request_error
+    │   ├── InvalidRequest            400 invalid_request_error
+    │   ├── PayloadTooLarge           413 invalid_request_error
+    │   ├── AuthenticationFailed      401 invalid_request_error / invalid_api_key
+    │   ├── PermissionDenied          403 invalid_request_error / permission_denied
+    │   ├── NotFound                  404 invalid_request_error / not_found
+    │   │   └── ModelNotFound         404 invalid_request_error / model_not_found
+    │   └── MethodNotAllowed          405 invalid_request_error / method_not_allowed
+    ├── Unavailable                   503 service_unavailable     (no enabled deployment, shutting down)
+    └── UpstreamError                 the upstream's status       (the upstream said no)
+        ├── UpstreamConnectionError   502 upstream_error / upstream_unreachable
+        └── UpstreamTimeout           504 timeout / upstream_timeout
+
+Status, OpenAI error ``type``/``code`` and log level live on the class, so one look here
+shows what a client sees for each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    status: int = 500
+    type: str = "api_error"
+    code: str | None = "internal_error"
+    log_level: str = "error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 status: int | None = None, error_type: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if error_type is not None:
+            self.type = error_type
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI error object: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ClientError(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = None
+    log_level = "info"
+
+
+class InvalidRequest(ClientError):
+    pass
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "request_too_large"
+
+
+class AuthenticationFailed(ClientError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ClientError):
+    status = 403
+    code = "permission_denied"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class Unavailable(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"
+    log_level = "warning"
+
+
+class UpstreamError(GatewayError):
+    """The upstream answered with an error; its status and error fields are passed on."""
+
+    status = 502
+    type = "upstream_error"
+    code = None
+    log_level = "warning"
+
+
+class UpstreamConnectionError(UpstreamError):
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "timeout"
+    code = "upstream_timeout"

@@ -1,0 +1,1 @@
+"""The gateway: HTTP, tenants and the request pipeline."""

@@ -1,0 +1,202 @@
+"""The aiohttp application: routes, the one middleware, start-up and shutdown of what it holds."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from backends import Endpoint
+from backends.errors import GatewayError, MethodNotAllowed, ModelNotFound, NotFound, PayloadTooLarge, Unavailable
+
+from . import metrics
+from .config import LoadedConfig
+from .keys import GATEWAY, RECORD
+from .logs import get_logger
+from .proxy import handler as proxy_handler
+from .record import RequestRecord
+from .state import Gateway
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_API_PATHS = ("/v1/", "/chat/", "/completions", "/embeddings", "/models")
+CLIENT_CLOSED = 499  # nginx's name for it: the client went away before the answer
+
+
+def build_app(loaded: LoadedConfig) -> web.Application:
+    app = web.Application(middlewares=[_middleware], client_max_size=loaded.config.server.max_body_bytes,
+                          handler_args={"max_field_size": 16384})
+    app[GATEWAY] = Gateway.build(loaded)
+    app.cleanup_ctx.append(_lifecycle)
+    for prefix in ("/v1", ""):
+        app.router.add_post(f"{prefix}/chat/completions", proxy_handler(Endpoint.CHAT))
+        app.router.add_post(f"{prefix}/completions", proxy_handler(Endpoint.COMPLETIONS))
+        app.router.add_post(f"{prefix}/embeddings", proxy_handler(Endpoint.EMBEDDINGS))
+        app.router.add_get(f"{prefix}/models", _list_models)
+        app.router.add_get(f"{prefix}/models/{{model:.+}}", _get_model)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[GATEWAY]
+    await gateway.start()
+    yield
+    await gateway.close()
+
+
+def error_response(exc: GatewayError, request_id: str) -> web.Response:
+    headers = {"x-request-id": request_id, **exc.headers}
+    return web.Response(body=orjson.dumps(exc.body()), status=exc.status, headers=headers,
+                        content_type="application/json")
+
+
+@web.middleware
+async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    started = time.perf_counter()
+    request_id = request.headers.get("x-request-id", "")
+    if not _REQUEST_ID.match(request_id):
+        request_id = uuid.uuid4().hex
+    record = RequestRecord(request_id=request_id, started=started, endpoint=request.path)
+    request[RECORD] = record
+    api = request.path.startswith(_API_PATHS)
+    if api:
+        metrics.IN_FLIGHT.inc()
+    try:
+        response = await handler(request)
+    except GatewayError as exc:
+        response = _failed(record, exc)
+    except web.HTTPException as exc:
+        response = _failed(record, _from_http(exc, request))
+    except asyncio.CancelledError:
+        record.status = CLIENT_CLOSED
+        record.error = "client disconnected"
+        raise
+    except Exception as exc:  # a bug: answer 500 in OpenAI's format, keep the worker alive
+        get_logger().exception("unhandled error", request_id=request_id, path=request.path)
+        response = _failed(record, GatewayError(f"Internal error ({type(exc).__name__}); request id {request_id}."))
+    finally:
+        if api:
+            metrics.IN_FLIGHT.dec()
+            _finish(request, record)
+    if "x-request-id" not in response.headers and not response.prepared:
+        response.headers["x-request-id"] = request_id
+    return response
+
+
+def _failed(record: RequestRecord, exc: GatewayError) -> web.Response:
+    record.status = exc.status
+    record.error = exc.message
+    response = error_response(exc, record.request_id)
+    record.overhead_s = time.perf_counter() - record.started - record.upstream_s
+    response.headers["x-gateway-overhead-ms"] = f"{record.overhead_s * 1000:.3f}"
+    return response
+
+
+def _from_http(exc: web.HTTPException, request: web.Request) -> GatewayError:
+    if exc.status == 404:
+        return NotFound(f"Invalid URL ({request.method} {request.path})")
+    if exc.status == 405:
+        return MethodNotAllowed(f"Method {request.method} is not allowed for {request.path}",
+                                headers={"Allow": exc.headers.get("Allow", "")})
+    if exc.status == 413:
+        return PayloadTooLarge("Request body exceeds the size limit.")
+    error = GatewayError(exc.reason or "HTTP error", status=exc.status)
+    error.type = "invalid_request_error" if exc.status < 500 else "api_error"
+    return error
+
+
+def _finish(request: web.Request, record: RequestRecord) -> None:
+    gateway = request.app[GATEWAY]
+    latency = time.perf_counter() - record.started
+    status = str(record.status or CLIENT_CLOSED)
+    metrics.REQUESTS.labels(record.tenant, record.alias, status).inc()
+    metrics.LATENCY.labels(record.tenant, record.alias).observe(latency)
+    metrics.OVERHEAD.observe(record.overhead_s)
+    if record.ttft_s is not None:
+        metrics.TTFT.labels(record.tenant, record.alias).observe(record.ttft_s)
+    if record.prompt_tokens:
+        metrics.TOKENS.labels(record.tenant, record.alias, "prompt").inc(record.prompt_tokens)
+    if record.completion_tokens:
+        metrics.TOKENS.labels(record.tenant, record.alias, "completion").inc(record.completion_tokens)
+    if record.deployment is not None and (record.status >= 500 or record.status in (408, 429)):
+        metrics.UPSTREAM_ERRORS.labels(record.deployment, status).inc()
+    if not gateway.loaded.config.server.log_requests:
+        return
+    fields: dict[str, Any] = {
+        "request_id": record.request_id, "tenant": record.tenant, "key_id": record.key_id, "alias": record.alias,
+        "deployment": record.deployment, "endpoint": record.endpoint, "status": int(status), "stream": record.stream,
+        "latency_ms": round(latency * 1000, 3), "overhead_ms": round(record.overhead_s * 1000, 3),
+        "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
+    }
+    if record.ttft_s is not None:
+        fields["ttft_ms"] = round(record.ttft_s * 1000, 3)
+    if record.error is not None:
+        fields["error"] = record.error
+    if record.prompt is not None:
+        fields["prompt"] = record.prompt
+    get_logger().info("request", **fields)
+
+
+async def _list_models(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    caller = gateway.auth.authenticate(request.headers)
+    request[RECORD].tenant = caller.tenant.name
+    created = gateway.loaded.loaded_at
+    data = [_model_object(alias.name, created) for alias in gateway.loaded.config.models
+            if caller.tenant.allows(alias.name) and gateway.router.usable(alias.name)]
+    request[RECORD].status = 200
+    return _json({"object": "list", "data": data}, request)
+
+
+async def _get_model(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    caller = gateway.auth.authenticate(request.headers)
+    request[RECORD].tenant = caller.tenant.name
+    alias = request.match_info["model"]
+    if alias not in gateway.router or not caller.tenant.allows(alias) or not gateway.router.usable(alias):
+        raise ModelNotFound(f"The model `{alias}` does not exist or you do not have access to it.", param="model")
+    request[RECORD].alias = alias
+    request[RECORD].status = 200
+    return _json(_model_object(alias, gateway.loaded.loaded_at), request)
+
+
+def _model_object(alias: str, created: int) -> dict[str, Any]:
+    return {"id": alias, "object": "model", "created": created, "owned_by": "llm-gateway"}
+
+
+def _json(data: Any, request: web.Request, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json",
+                        headers={"x-request-id": request[RECORD].request_id})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"}, request)
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    loaded = gateway.loaded
+    disabled = [{"alias": alias, "deployment": index, "reason": reason}
+                for (alias, index), reason in loaded.disabled.items()]
+    body = {"status": "ready" if gateway.ready and not gateway.draining else
+            ("draining" if gateway.draining else "starting"),
+            "config": loaded.path, "deployments": {"enabled": len(gateway.backends), "disabled": disabled}}
+    if body["status"] != "ready":
+        exc = Unavailable(f"gateway is {body['status']}")
+        return web.Response(body=orjson.dumps({**exc.body(), **body}), status=503, content_type="application/json")
+    return _json(body, request)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    payload, content_type = metrics.render()
+    response = web.Response(body=payload)
+    response.headers["Content-Type"] = content_type
+    return response

@@ -1,0 +1,58 @@
+"""API keys -> tenants. The config holds only SHA-256 hashes of keys; a key is never logged."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from backends.errors import AuthenticationFailed
+
+from .config import TenantConfig
+
+KEY_PREFIX = "gw-"
+
+
+def hash_key(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    tenant: TenantConfig
+    key_id: str  # the first 12 hex digits of the key's hash: names the key in logs, reveals nothing
+
+
+class Authenticator:
+    def __init__(self, tenants: tuple[TenantConfig, ...]) -> None:
+        self._callers = {key_hash: Caller(tenant, key_hash[7:19])
+                         for tenant in tenants for key_hash in tenant.keys}
+
+    def authenticate(self, headers: Mapping[str, str]) -> Caller:
+        key = _presented_key(headers)
+        if key is None:
+            raise AuthenticationFailed(
+                "You didn't provide an API key. You need to provide your API key in an Authorization "
+                "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", code="missing_api_key")
+        caller = self._callers.get(hash_key(key))
+        if caller is None:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        return caller
+
+
+def _presented_key(headers: Mapping[str, str]) -> str | None:
+    authorization = headers.get("Authorization")
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    for name in ("api-key", "x-api-key"):
+        value = headers.get(name)
+        if value:
+            return value.strip()
+    return None

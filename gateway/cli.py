@@ -1,0 +1,58 @@
+"""``python -m gateway``: serve, check-config, keys new."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .auth import hash_key, new_key
+from .config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="LLM gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the gateway")
+    serve.add_argument("--config", help="config file (default: the embedded config.yaml)")
+    serve.add_argument("--host", help="address to listen on (default: server.host)")
+    serve.add_argument("--port", type=int, help="port (default: server.port)")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port (default: server.workers)")
+
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file", nargs="?", help="config file (default: the embedded config.yaml)")
+
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    new = key_commands.add_parser("new", help="make a key for a tenant")
+    new.add_argument("--tenant", required=True)
+
+    args = parser.parse_args(argv)
+    if args.command == "keys":
+        key = new_key()
+        print(f"New key for tenant {args.tenant!r} (shown once; store it now):\n\n  {key}\n")
+        print("Paste its hash into config.yaml under that tenant's keys:\n")
+        print(f'  - name: {args.tenant}\n    keys: ["{hash_key(key)}"]')
+        return 0
+
+    path = args.file if args.command == "check-config" else args.config
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    if args.command == "check-config":
+        config = loaded.config
+        deployments = sum(len(m.deployments) for m in config.models)
+        print(f"{loaded.path}: OK ({len(config.models)} model aliases, {deployments} deployments, "
+              f"{len(config.tenants)} tenants)")
+        for (alias, index), reason in loaded.disabled.items():
+            print(f"  disabled: {alias} deployment {index}: {reason}")
+        return 0
+
+    from .server import Listen, serve as run
+
+    server = loaded.config.server
+    listen = Listen(host=args.host or server.host, port=server.port if args.port is None else args.port,
+                    workers=args.workers or server.workers)
+    return run(path, listen)

@@ -1,0 +1,209 @@
+"""config.yaml: loaded once, ``${ENV}`` substituted, validated into frozen models.
+
+Errors name the exact field: ``models[2].deployments[0].api_base: not a URL``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from backends.config import DeploymentConfig
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; ``problems`` lists ``path: message`` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid config:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=256)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    log_requests: bool = True
+    log_prompts: bool = False
+    upstream_max_connections: int = Field(default=1000, ge=1)
+
+
+class ModelAlias(_Frozen):
+    name: str = Field(min_length=1)
+    deployments: tuple[DeploymentConfig, ...] = Field(min_length=1)
+
+
+def _key_hash(value: str) -> str:
+    if not _KEY_HASH.match(value):
+        raise ValueError("must be 'sha256:' and 64 lowercase hex digits "
+                         "(make one with: python -m gateway keys new --tenant NAME)")
+    return value
+
+
+class TenantConfig(_Frozen):
+    name: str = Field(min_length=1)
+    keys: tuple[Annotated[str, AfterValidator(_key_hash)], ...] = ()
+    models: Literal["*"] | tuple[str, ...] = "*"
+
+    def allows(self, alias: str) -> bool:
+        return self.models == "*" or alias in self.models
+
+
+class GatewayConfig(_Frozen):
+    server: ServerConfig = ServerConfig()
+    models: tuple[ModelAlias, ...] = ()
+    tenants: tuple[TenantConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GatewayConfig:
+        problems: list[str] = []
+        aliases = [m.name for m in self.models]
+        for i, name in enumerate(aliases):
+            if name in aliases[:i]:
+                problems.append(f"models[{i}].name: alias {name!r} is defined twice")
+        seen_keys: dict[str, str] = {}
+        for i, tenant in enumerate(self.tenants):
+            if any(t.name == tenant.name for t in self.tenants[:i]):
+                problems.append(f"tenants[{i}].name: tenant {tenant.name!r} is defined twice")
+            if tenant.models != "*":
+                for j, alias in enumerate(tenant.models):
+                    if alias not in aliases:
+                        problems.append(f"tenants[{i}].models[{j}]: no model alias named {alias!r}")
+            for j, key in enumerate(tenant.keys):
+                if key in seen_keys:
+                    problems.append(f"tenants[{i}].keys[{j}]: already a key of tenant {seen_keys[key]!r}")
+                seen_keys[key] = tenant.name
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A validated config plus what loading found out: disabled deployments and why."""
+
+    config: GatewayConfig
+    path: str | None
+    disabled: dict[tuple[str, int], str] = field(default_factory=dict)
+    loaded_at: int = field(default_factory=lambda: int(time.time()))
+
+    def deployment_disabled_reason(self, alias: str, index: int) -> str | None:
+        return self.disabled.get((alias, index))
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                env: dict[str, str] | None = None) -> LoadedConfig:
+    """Read, substitute and validate a config file (the embedded default when ``path`` is None)."""
+    source = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read: {exc.strerror or exc}"]) from exc
+    return parse_config(text, path=str(source), env=os.environ if env is None else env)
+
+
+def parse_config(text: str, *, path: str | None = None, env: Any = None) -> LoadedConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"]) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): must be a mapping"])
+    missing: list[tuple[tuple[Any, ...], str]] = []
+    raw = _substitute(raw, (), os.environ if env is None else env, missing)
+
+    problems: list[str] = []
+    disabled_paths: dict[tuple[Any, ...], str] = {}
+    for loc, var in missing:
+        if len(loc) == 5 and loc[0] == "models" and loc[2] == "deployments" and loc[4] == "api_key":
+            deployment = raw["models"][loc[1]]["deployments"][loc[3]]
+            deployment["api_key"] = None
+            disabled_paths[loc[:4]] = f"environment variable {var} is not set"
+        else:
+            problems.append(f"{_dotted(loc)}: environment variable {var} is not set")
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_format(exc))
+    if problems:
+        raise ConfigError(problems)
+
+    disabled: dict[tuple[str, int], str] = {}
+    for m_index, alias in enumerate(config.models):
+        for d_index, deployment in enumerate(alias.deployments):
+            reason = disabled_paths.get(("models", m_index, "deployments", d_index))
+            if reason is None and not deployment.enabled:
+                reason = "enabled: false"
+            if reason is not None:
+                disabled[(alias.name, d_index)] = reason
+    return LoadedConfig(config=config, path=path, disabled=disabled)
+
+
+def _substitute(node: Any, loc: tuple[Any, ...], env: Any, missing: list[tuple[tuple[Any, ...], str]]) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute(v, (*loc, k), env, missing) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, (*loc, i), env, missing) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            value = env.get(name)
+            if value is None or value == "":
+                if default is not None:
+                    return default
+                missing.append((loc, name))
+                return ""
+            return str(value)
+        return _ENV.sub(replace, node)
+    return node
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _format(exc: ValidationError) -> list[str]:
+    lines: list[str] = []
+    errors = exc.errors()
+    failed = {tuple(e["loc"]) for e in errors if e["type"] != "too_short"}
+    for err in errors:
+        if err["type"] == "too_short" and any(loc[:len(err["loc"])] == tuple(err["loc"]) for loc in failed):
+            continue  # a list emptied by its own items' errors: those say it better
+        # pydantic puts union/literal branch names in the location; they mean nothing to a user.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        message = err["msg"].removeprefix("Value error, ")
+        if not loc and err["type"] == "value_error":
+            lines.extend(message.split("; "))
+            continue
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif err["type"] == "missing":
+            message = "required field is missing"
+        lines.append(f"{_dotted(loc)}: {message}")
+    return lines

@@ -1,0 +1,119 @@
+"""Serving: one process, or N worker processes sharing one port with SO_REUSEPORT.
+
+SIGTERM (or SIGINT) stops accepting, lets in-flight requests and streams finish for up to
+``drain_timeout_s``, then exits 0. With workers, the parent forwards the signal and waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .config import LoadedConfig, load_config
+from .keys import GATEWAY
+from .logs import configure, get_logger
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+    workers: int
+
+
+def serve(config_path: str | None, listen: Listen) -> int:
+    """Run until SIGTERM; returns the exit code."""
+    configure()
+    if listen.workers == 1:
+        return _run_worker(config_path, listen, reuse_port=False)
+    if listen.port == 0:
+        get_logger().error("several workers need a fixed port (--port 0 picks a different one per worker)")
+        return 2
+    # Every worker writes its metrics here; a scrape of any one of them sums all.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="gateway-metrics-"))
+    return _supervise(config_path, listen)
+
+
+def _run_worker(config_path: str | None, listen: Listen, *, reuse_port: bool) -> int:
+    import uvloop
+
+    configure()
+    loaded = load_config(config_path)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve_app(loaded, listen, reuse_port=reuse_port))
+    return 0
+
+
+async def _serve_app(loaded: LoadedConfig, listen: Listen, *, reuse_port: bool) -> None:
+    from .app import build_app
+
+    log = get_logger()
+    app = build_app(loaded)
+    drain = loaded.config.server.drain_timeout_s
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
+                           shutdown_timeout=drain)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, listen.host, listen.port, reuse_port=reuse_port, backlog=4096)
+        await site.start()
+        port = runner.addresses[0][1] if runner.addresses else listen.port
+        for alias, index in loaded.disabled:
+            log.warning("deployment disabled", alias=alias, deployment=index, reason=loaded.disabled[(alias, index)])
+        log.info("listening", host=listen.host, port=port, pid=os.getpid(), config=loaded.path)
+        await stop.wait()
+        log.info("draining", pid=os.getpid(), timeout_s=drain)
+        app[GATEWAY].draining = True
+    finally:
+        # Closes the listener, waits for in-flight requests up to the drain timeout, then closes the rest.
+        await runner.cleanup()
+        log.info("stopped", pid=os.getpid())
+
+
+def _worker_entry(config_path: str | None, listen: Listen) -> None:
+    sys.exit(_run_worker(config_path, listen, reuse_port=True))
+
+
+def _supervise(config_path: str | None, listen: Listen) -> int:
+    log = get_logger()
+    load_config(config_path)  # fail here, once, rather than in every worker
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start() -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=_worker_entry, args=(config_path, listen), daemon=False)
+        process.start()
+        return process
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    workers = [start() for _ in range(listen.workers)]
+    log.info("supervising", workers=[w.pid for w in workers], port=listen.port)
+    while not stopping:
+        time.sleep(0.2)
+        for i, worker in enumerate(workers):
+            if not worker.is_alive() and not stopping:
+                log.error("worker died; restarting", pid=worker.pid, exitcode=worker.exitcode)
+                workers[i] = start()
+    for worker in workers:
+        if worker.pid is not None and worker.is_alive():
+            os.kill(worker.pid, signal.SIGTERM)
+    for worker in workers:
+        worker.join()
+    log.info("all workers stopped")
+    return 0 if all(w.exitcode == 0 for w in workers) else 1

@@ -1,0 +1,1 @@
+"""What the gateway decides per request before and after the upstream call: routing, limits, caches, money."""

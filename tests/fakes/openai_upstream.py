@@ -1,0 +1,242 @@
+"""A fake OpenAI server on loopback, written from OpenAI's OpenAPI spec, for tests and bench/.
+
+Its behaviour is chosen by the request's model name, so a test picks a failure by naming it:
+``error-429`` (any status), ``slow-stream``, ``hang``, ``reset``, ``cut-stream``, ``bad-json``,
+``wrong-content-type``, ``error-body-200``; anything else answers normally. Every request is recorded.
+
+Run alone (for bench/): ``python -m tests.fakes.openai_upstream --port 9000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+SLOW_CHUNK_DELAY_S = 0.2
+SLOW_CHUNKS = 10
+
+
+@dataclass
+class Seen:
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeState:
+    api_key: str | None = None
+    requests: list[Seen] = field(default_factory=list)
+    cancelled: int = 0
+    completed_streams: int = 0
+    record: bool = True
+
+
+STATE = web.AppKey("state", FakeState)
+
+
+def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+           headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
+
+
+def _words(body: dict[str, Any]) -> list[str]:
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages:
+        content = messages[-1].get("content")
+        text = content if isinstance(content, str) else "parts"
+    else:
+        prompt = body.get("prompt")
+        text = prompt if isinstance(prompt, str) else "prompt"
+    return ["Echo:", *text.split()][:64]
+
+
+def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, int]:
+    prompt = len(orjson.dumps(body.get("messages") or body.get("prompt") or "")) // 4 + 1
+    return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens}
+
+
+def _logprobs(words: list[str]) -> dict[str, Any]:
+    return {"content": [{"token": w, "logprob": -0.5, "bytes": list(w.encode()),
+                         "top_logprobs": [{"token": w, "logprob": -0.5, "bytes": list(w.encode())}]}
+                        for w in words], "refusal": None}
+
+
+def _tool_call(body: dict[str, Any], index: int) -> dict[str, Any]:
+    function = body["tools"][0]["function"]
+    return {"id": f"call_{index}", "type": "function",
+            "function": {"name": function["name"], "arguments": orjson.dumps({"city": "Paris"}).decode()}}
+
+
+def _chat_completion(body: dict[str, Any]) -> dict[str, Any]:
+    words = _words(body)
+    n = body.get("n") or 1
+    wants_tool = bool(body.get("tools")) and body.get("tool_choice") != "none"
+    choices = []
+    for i in range(n):
+        message: dict[str, Any] = {"role": "assistant", "content": None if wants_tool else " ".join(words),
+                                   "refusal": None}
+        if wants_tool:
+            message["tool_calls"] = [_tool_call(body, i)]
+        choices.append({"index": i, "message": message, "finish_reason": "tool_calls" if wants_tool else "stop",
+                        "logprobs": _logprobs(words) if body.get("logprobs") else None})
+    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+            "model": body["model"], "choices": choices, "usage": _usage(body, len(words) * n),
+            "system_fingerprint": f"seed-{body.get('seed')}"}
+
+
+def _chunk(body: dict[str, Any], delta: dict[str, Any], finish: str | None = None, index: int = 0,
+           logprobs: Any = None) -> bytes:
+    chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+             "model": body["model"], "choices": [{"index": index, "delta": delta, "finish_reason": finish,
+                                                  "logprobs": logprobs}]}
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeState) -> web.StreamResponse:
+    model = body["model"]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    words = _words(body)
+    if model == "slow-stream":
+        words = [f"w{i}" for i in range(SLOW_CHUNKS)]
+    try:
+        for i in range(body.get("n") or 1):
+            await response.write(_chunk(body, {"role": "assistant", "content": ""}, index=i))
+            if body.get("tools") and body.get("tool_choice") != "none":
+                call = _tool_call(body, i)
+                args = call["function"]["arguments"]
+                first = {"index": 0, "id": call["id"], "type": "function",
+                         "function": {"name": call["function"]["name"], "arguments": ""}}
+                await response.write(_chunk(body, {"tool_calls": [first]}, index=i))
+                for part in (args[: len(args) // 2], args[len(args) // 2:]):
+                    await response.write(_chunk(body, {"tool_calls": [{"index": 0, "function": {"arguments": part}}]},
+                                                index=i))
+                await response.write(_chunk(body, {}, "tool_calls", index=i))
+                continue
+            for j, word in enumerate(words):
+                if model == "cut-stream" and j == 2:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                if model == "slow-stream":
+                    await asyncio.sleep(SLOW_CHUNK_DELAY_S)
+                content = word if j == 0 else " " + word
+                await response.write(_chunk(body, {"content": content}, index=i,
+                                            logprobs=_logprobs([content]) if body.get("logprobs") else None))
+            await response.write(_chunk(body, {}, "stop", index=i))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage_chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                           "model": model, "choices": [], "usage": _usage(body, len(words) * (body.get("n") or 1))}
+            await response.write(b"data: " + orjson.dumps(usage_chunk) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        state.completed_streams += 1
+    except asyncio.CancelledError:
+        state.cancelled += 1
+        raise
+    except ConnectionError:
+        state.cancelled += 1
+    return response
+
+
+async def _special(request: web.Request, model: str) -> web.StreamResponse | None:
+    if model.startswith("error-") and model[6:].isdigit():
+        status = int(model[6:])
+        headers = {"Retry-After": "1"} if status == 429 else None
+        types = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error"}
+        return _error(status, f"fake upstream error {status}", types.get(status, "server_error"),
+                      code="rate_limit_exceeded" if status == 429 else None, headers=headers)
+    if model == "hang":
+        await asyncio.sleep(3600)
+    if model == "reset":
+        assert request.transport is not None
+        request.transport.abort()
+        return web.Response()
+    if model == "bad-json":
+        return web.Response(body=b'{"id": "chatcmpl-x", "choices": [', content_type="application/json")
+    if model == "wrong-content-type":
+        return web.Response(text="<html>gateway error</html>", content_type="text/html")
+    if model == "error-body-200":
+        return web.Response(body=orjson.dumps({"error": {"message": "upstream overloaded", "type": "server_error"}}),
+                            content_type="application/json")
+    return None
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    if state.api_key is not None:
+        presented = request.headers.get("Authorization", "").removeprefix("Bearer ") or request.headers.get("api-key")
+        if presented != state.api_key:
+            return _error(401, "Incorrect API key provided.", code="invalid_api_key")
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _error(400, "We could not parse the JSON body of your request.")
+    if state.record:
+        state.requests.append(Seen(request.path, dict(request.query), dict(request.headers), body))
+    model = body.get("model") or request.match_info.get("deployment", "")
+    body["model"] = model
+    special = await _special(request, model)
+    if special is not None:
+        return special
+    path = request.path
+    if path.endswith("/chat/completions"):
+        if body.get("stream"):
+            return await _stream_chat(request, body, state)
+        return web.Response(body=orjson.dumps(_chat_completion(body)), content_type="application/json")
+    if path.endswith("/embeddings"):
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": [float(len(str(x)) % 7) / 7, 0.5, 0.25, 0.125]}
+                for i, x in enumerate(inputs)]
+        return web.json_response({"object": "list", "data": data, "model": model,
+                                  "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+    words = _words(body)
+    if body.get("stream"):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for word in words:
+            chunk = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": model,
+                     "choices": [{"index": 0, "text": word + " ", "finish_reason": None, "logprobs": None}]}
+            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+    return web.json_response({"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
+                              "model": model, "usage": _usage(body, len(words)),
+                              "choices": [{"index": 0, "text": " ".join(words), "finish_reason": "stop",
+                                           "logprobs": None}]})
+
+
+def build_app(state: FakeState | None = None) -> web.Application:
+    app = web.Application()
+    app[STATE] = state or FakeState()
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                 "/openai/deployments/{deployment}/chat/completions",
+                 "/openai/deployments/{deployment}/embeddings"):
+        app.router.add_post(path, _handle)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    args = parser.parse_args()
+    import uvloop
+
+    uvloop.install()
+    web.run_app(build_app(FakeState(record=False)), host=args.host, port=args.port, access_log=None,
+                print=None)
+
+
+if __name__ == "__main__":
+    main()
