@@ -1,0 +1,191 @@
+"""The synchronous core: ``step()`` = schedule → run → postprocess."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from local_engine.block_manager import BlockManager
+from local_engine.config import EngineConfig
+from local_engine.detokenizer import IncrementalDetokenizer
+from local_engine.loader import load_model
+from local_engine.metrics import EngineMetrics
+from local_engine.model_runner import ModelRunner, kv_bytes_per_token
+from local_engine.model_source import resolve_model
+from local_engine.outputs import RequestOutput
+from local_engine.sampling_params import SamplingParams
+from local_engine.scheduler import Scheduler
+from local_engine.sequence import Sequence, TokenLogprob
+from local_engine.tokenizer import Tokenizer
+
+Prompt = str | list[int] | list[dict[str, Any]]
+
+
+class RequestError(ValueError):
+    """A request the engine cannot serve (prompt too long, duplicate id, bad prompt)."""
+
+
+class LLMEngine:
+    """Owns the model, the KV cache and the queues. Not thread-safe: one caller drives ``step()``."""
+
+    def __init__(self, model: str | Path = "smollm2", config: EngineConfig | None = None) -> None:
+        self.config = config = config or EngineConfig()
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.model_path = resolve_model(model)
+        self.model_name = str(model) if str(model) == "smollm2" else Path(model).name
+        self.tokenizer = Tokenizer(self.model_path)
+        cfg_max = json.loads((self.model_path / "config.json").read_text()).get("max_position_embeddings", 4096)
+        dtype = config.torch_dtype
+        max_len = config.max_model_len or int(cfg_max)
+        self.model = load_model(self.model_path, max_len, config.device, dtype)
+        per_block = kv_bytes_per_token(self.model, dtype) * config.block_size
+        num_blocks = config.num_kv_blocks or max(2, config.kv_cache_bytes // per_block)
+        # A single sequence must always fit in the pool, or preemption could never make room.
+        self.max_model_len = min(max_len, num_blocks * config.block_size)
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config, self.block_manager)
+        self.runner = ModelRunner(self.model, config, num_blocks)
+        self.eos_token_ids = set(self.model.config.eos_token_ids)
+        if self.tokenizer.eos_token_id is not None:
+            self.eos_token_ids.add(self.tokenizer.eos_token_id)
+        self.metrics = EngineMetrics(kv_blocks_total=num_blocks)
+        self._seqs: dict[str, Sequence] = {}
+        self._arrived: dict[str, float] = {}
+        self._last_token_at: dict[str, float] = {}
+
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if prompt and isinstance(prompt[0], dict):
+            return self.tokenizer.encode_chat(prompt)  # type: ignore[arg-type]
+        if not all(isinstance(t, int) for t in prompt):
+            raise RequestError("prompt must be a string, a list of token ids or a list of chat messages")
+        return list(prompt)  # type: ignore[arg-type]
+
+    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams) -> Sequence:
+        """Queue a request; ``prompt`` is text, token ids, or OpenAI chat messages."""
+        if request_id in self._seqs:
+            raise RequestError(f"request id {request_id!r} is already running")
+        ids = self.tokenize(prompt)
+        if not ids:
+            raise RequestError("prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise RequestError(
+                f"prompt has {len(ids)} tokens; this engine's context is {self.max_model_len} tokens"
+            )
+        if any(t < 0 or t >= self.model.config.vocab_size for t in ids):
+            raise RequestError("prompt contains token ids outside the vocabulary")
+        seq = Sequence(request_id, ids, params, IncrementalDetokenizer(self.tokenizer, ids))
+        self._seqs[request_id] = seq
+        self._arrived[request_id] = time.perf_counter()
+        self.scheduler.add(seq)
+        self.metrics.prompt_tokens_total += len(ids)
+        self._update_gauges()
+        return seq
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its KV blocks; None if it is unknown or already done."""
+        seq = self._seqs.get(request_id)
+        if seq is None:
+            return None
+        self.scheduler.finish(seq, "abort")
+        self._forget(seq)
+        self._update_gauges()
+        return self._output(seq, [], [])
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch:
+            self._update_gauges()
+            return []
+        sampled = self.runner.run(batch)
+        now = time.perf_counter()
+        outputs = []
+        for i, s in enumerate(batch):
+            seq = s.seq
+            seq.num_computed_tokens += s.num_tokens
+            self.block_manager.commit(seq)
+            if i in sampled:
+                token, logprob = sampled[i]
+                outputs.append(self._append_token(seq, token, logprob, now))
+        self.metrics.record_step(now, len(sampled))
+        self._update_gauges()
+        return outputs
+
+    def _append_token(self, seq: Sequence, token: int, logprob: TokenLogprob | None, now: float) -> RequestOutput:
+        rid = seq.request_id
+        last = self._last_token_at.get(rid)
+        if last is None:
+            self.metrics.ttft_s.append(now - self._arrived[rid])
+        else:
+            self.metrics.itl_s.append(now - last)
+        self._last_token_at[rid] = now
+        seq.token_ids.append(token)
+        if logprob is not None:
+            seq.logprobs.append(logprob)
+        p = seq.params
+        assert seq.detokenizer is not None
+        old_len = len(seq.output_text)
+        seq.output_text += seq.detokenizer.add(token)
+        reason = None
+        if (token in self.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids:
+            reason = "stop"
+        elif p.stop:
+            longest = max(len(s) for s in p.stop)
+            # Only text that could end in a new stop string needs searching.
+            window_start = max(0, old_len - longest + 1)
+            hits = [(i, s) for s in p.stop if (i := seq.output_text.find(s, window_start)) >= 0]
+            if hits:
+                idx, stop = min(hits)
+                seq.output_text = seq.output_text[: idx + (len(stop) if p.include_stop_str_in_output else 0)]
+                reason = "stop"
+        if reason is None and (
+            (p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens)
+            or seq.num_tokens >= self.max_model_len
+        ):
+            reason = "length"
+        if reason is not None:
+            self.scheduler.finish(seq, reason)
+            self._forget(seq)
+            self.metrics.requests_finished_total += 1
+        return self._output(seq, [token], [logprob] if logprob is not None else [])
+
+    def _output(self, seq: Sequence, tokens: list[int], logprobs: list[TokenLogprob]) -> RequestOutput:
+        end = len(seq.output_text)
+        if not seq.finished and seq.params.stop:
+            # Hold back what might be the start of a stop string until it is decided.
+            end = max(seq.num_emitted_chars, end - max(len(s) for s in seq.params.stop) + 1)
+        text = seq.output_text[seq.num_emitted_chars : end]
+        seq.num_emitted_chars = end
+        return RequestOutput(
+            request_id=seq.request_id,
+            text=text,
+            token_ids=tuple(tokens),
+            logprobs=tuple(logprobs) if seq.params.logprobs is not None else None,
+            finish_reason=seq.finish_reason,
+            prompt_tokens=seq.num_prompt_tokens,
+            completion_tokens=seq.num_output_tokens,
+            cached_tokens=seq.num_cached_tokens,
+        )
+
+    def _forget(self, seq: Sequence) -> None:
+        rid = seq.request_id
+        self._seqs.pop(rid, None)
+        self._arrived.pop(rid, None)
+        self._last_token_at.pop(rid, None)
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        m.running_seqs = len(self.scheduler.running)
+        m.waiting_seqs = len(self.scheduler.waiting)
+        m.kv_blocks_used = self.block_manager.num_used_blocks
+        m.prefix_cache_hit_rate = self.block_manager.prefix_cache_hit_rate
+        m.num_preemptions = self.scheduler.num_preemptions

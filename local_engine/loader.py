@@ -1,0 +1,49 @@
+"""Load a Hugging Face model directory (config.json + safetensors, sharded or not)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from local_engine.config import ModelConfig
+from local_engine.models.llama import LlamaForCausalLM, RotaryEmbedding
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [path / s for s in shards]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {path}")
+    return files
+
+
+def load_model(
+    path: str | Path, max_len: int, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> LlamaForCausalLM:
+    """Build the model for ``path`` and load its weights in ``dtype`` on ``device``."""
+    path = Path(path)
+    cfg = ModelConfig.from_dir(path)
+    # Built on the meta device so no time goes into random init of weights we overwrite.
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg, max_len)
+    state: dict[str, torch.Tensor] = {}
+    for f in _safetensors_files(path):
+        for name, t in load_file(str(f), device="cpu").items():
+            state[name] = t.to(device=device, dtype=dtype)
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    result = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in result.missing_keys if not (cfg.tie_word_embeddings and k == "lm_head.weight")]
+    unexpected = [k for k in result.unexpected_keys if "rotary_emb" not in k]
+    if missing or unexpected:
+        raise ValueError(f"weights of {path} do not fit {cfg.model_type}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.rotary = RotaryEmbedding(cfg, max_len).to(device)
+    return model.eval()

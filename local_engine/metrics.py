@@ -1,0 +1,63 @@
+"""Engine counters, readable as plain attributes or as one dict."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+_WINDOW = 1024  # recent samples kept for latency averages
+
+
+def _mean(xs: deque[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+@dataclass(slots=True)
+class EngineMetrics:
+    running_seqs: int = 0
+    waiting_seqs: int = 0
+    kv_blocks_used: int = 0
+    kv_blocks_total: int = 0
+    prefix_cache_hit_rate: float = 0.0
+    num_preemptions: int = 0
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+    requests_finished_total: int = 0
+    steps_total: int = 0
+    ttft_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
+    itl_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
+    _token_times: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=_WINDOW))
+
+    def record_step(self, now: float, new_tokens: int) -> None:
+        self.steps_total += 1
+        self.generation_tokens_total += new_tokens
+        if new_tokens:
+            self._token_times.append((now, new_tokens))
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Output tokens per second over the last 10 seconds of steps."""
+        now = time.perf_counter()
+        recent = [(t, n) for t, n in self._token_times if now - t <= 10.0]
+        if len(recent) < 2:
+            return 0.0
+        span = recent[-1][0] - recent[0][0]
+        return sum(n for _, n in recent[1:]) / span if span > 0 else 0.0
+
+    def snapshot(self) -> dict[str, float | int | None]:
+        return {
+            "running_seqs": self.running_seqs,
+            "waiting_seqs": self.waiting_seqs,
+            "kv_blocks_used": self.kv_blocks_used,
+            "kv_blocks_total": self.kv_blocks_total,
+            "prefix_cache_hit_rate": self.prefix_cache_hit_rate,
+            "num_preemptions": self.num_preemptions,
+            "prompt_tokens_total": self.prompt_tokens_total,
+            "generation_tokens_total": self.generation_tokens_total,
+            "requests_finished_total": self.requests_finished_total,
+            "steps_total": self.steps_total,
+            "tokens_per_s": self.tokens_per_s,
+            "ttft_s_mean": _mean(self.ttft_s),
+            "itl_s_mean": _mean(self.itl_s),
+        }

@@ -1,0 +1,68 @@
+"""Flattens a scheduled batch into tensors, runs the model over the paged cache, samples."""
+
+from __future__ import annotations
+
+import torch
+
+from local_engine.attention import build_metadata
+from local_engine.config import EngineConfig
+from local_engine.models.llama import LlamaForCausalLM
+from local_engine.sampler import sample
+from local_engine.scheduler import ScheduledSeq
+from local_engine.sequence import TokenLogprob
+
+
+def kv_bytes_per_token(model: LlamaForCausalLM, dtype: torch.dtype) -> int:
+    cfg = model.config
+    elem = torch.empty((), dtype=dtype).element_size()
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * elem
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, config: EngineConfig, num_blocks: int) -> None:
+        self.model = model
+        self.block_size = config.block_size
+        self.device = torch.device(config.device)
+        cfg = model.config
+        dtype = config.torch_dtype
+        slots = num_blocks * config.block_size
+        shape = (slots, cfg.num_key_value_heads, cfg.head_dim)
+        self.kv_caches = [
+            (torch.zeros(shape, dtype=dtype, device=self.device), torch.zeros(shape, dtype=dtype, device=self.device))
+            for _ in range(cfg.num_hidden_layers)
+        ]
+
+    @torch.inference_mode()
+    def run(self, batch: list[ScheduledSeq]) -> dict[int, tuple[int, TokenLogprob | None]]:
+        """Compute ``batch``; return ``{index in batch: (new token, logprob)}`` for the rows that sample."""
+        input_ids: list[int] = []
+        positions: list[int] = []
+        query_lens: list[int] = []
+        context_lens: list[int] = []
+        logit_rows: list[int] = []
+        sampling: list[int] = []
+        for i, s in enumerate(batch):
+            start = s.seq.num_computed_tokens
+            end = start + s.num_tokens
+            input_ids.extend(s.seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            query_lens.append(s.num_tokens)
+            context_lens.append(end)
+            if s.samples:
+                logit_rows.append(len(input_ids) - 1)
+                sampling.append(i)
+        meta = build_metadata(
+            query_lens, context_lens, [s.seq.block_table for s in batch], self.block_size, self.device
+        )
+        hidden = self.model(
+            torch.tensor(input_ids, device=self.device),
+            torch.tensor(positions, device=self.device),
+            self.kv_caches,
+            meta,
+        )
+        if not sampling:
+            return {}
+        # Only the rows that sample pay for the (vocabulary-sized) LM head.
+        logits = self.model.logits(hidden[torch.tensor(logit_rows, device=self.device)]).cpu()
+        tokens, logprobs = sample(logits, [batch[i].seq for i in sampling])
+        return {i: (t, lp) for i, t, lp in zip(sampling, tokens, logprobs, strict=True)}

@@ -1,0 +1,42 @@
+"""What the engine hands back: a delta per step while running, a whole completion at the end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from local_engine.sequence import TokenLogprob
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutput:
+    """New tokens and text of one request since its previous output.
+
+    ``finish_reason`` is ``"stop"`` (EOS, stop token or stop string), ``"length"``
+    (max_tokens or context full) or ``"abort"``; None while running.
+    """
+
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A finished request, as ``LLM.generate`` returns it."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    logprobs: list[TokenLogprob] | None
+    cached_tokens: int

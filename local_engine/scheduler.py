@@ -1,0 +1,93 @@
+"""Continuous batching: which sequences run this step, and how many of their tokens.
+
+Each step has a token budget. Running sequences go first in priority order (a decode
+costs one token, an unfinished prefill a chunk of what is left); waiting sequences fill
+the rest of the budget, so long prompts are prefilled in chunks between decodes. When
+the KV cache is full the lowest-priority running sequence is preempted: its blocks are
+freed and it is recomputed later from its tokens (the prefix cache often makes that cheap).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from local_engine.block_manager import BlockManager
+from local_engine.config import EngineConfig
+from local_engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledSeq:
+    seq: Sequence
+    num_tokens: int  # tokens computed for it this step
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step reaches the sequence's last token, so it yields a new one."""
+        return self.seq.num_computed_tokens + self.num_tokens == self.seq.num_tokens
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, block_manager: BlockManager) -> None:
+        self.max_num_seqs = config.max_num_seqs
+        self.max_num_batched_tokens = config.max_num_batched_tokens
+        self.block_manager = block_manager
+        self.waiting: list[Sequence] = []  # sorted by (priority, arrival)
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        bisect.insort(self.waiting, seq, key=lambda s: s.sort_key)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        self.block_manager.free(seq)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.block_manager.free(seq)
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.add(seq)
+
+    def schedule(self) -> list[ScheduledSeq]:
+        budget = self.max_num_batched_tokens
+        scheduled: list[ScheduledSeq] = []
+        self.running.sort(key=lambda s: s.sort_key)
+        queue = list(self.running)  # the tail holds the first victims
+        preempted = False
+        while queue and budget > 0:
+            seq = queue.pop(0)
+            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            while not self.block_manager.append_slots(seq, n):
+                preempted = True
+                if queue:
+                    self._preempt(queue.pop())
+                else:
+                    self._preempt(seq)
+                    break
+            else:
+                scheduled.append(ScheduledSeq(seq, n))
+                budget -= n
+        # Admitting new work right after a preemption would only thrash the cache.
+        while self.waiting and budget > 0 and not preempted and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            n = self.block_manager.allocate(seq, budget)
+            if n == 0:
+                break
+            self.waiting.pop(0)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            scheduled.append(ScheduledSeq(seq, n))
+            budget -= n
+        return scheduled
