@@ -1,0 +1,43 @@
+"""Streams are relayed as they come and a client that leaves cancels the upstream request."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+import httpx
+import orjson
+
+from tests.conftest import KEY
+from tests.fakes.openai_upstream import SLOW_CHUNK_DELAY_S, SLOW_CHUNKS
+
+
+def test_chunks_are_relayed_as_they_arrive_not_buffered(gateway):
+    body = {"model": "slow", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    arrivals = []
+    started = time.perf_counter()
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=20) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {") and re.search(r'"content":" ?w\d', line):
+                arrivals.append(time.perf_counter() - started)
+    assert len(arrivals) == SLOW_CHUNKS
+    # the first word arrives one delay in, long before the whole stream has been produced
+    assert arrivals[0] < SLOW_CHUNK_DELAY_S * 3
+    assert arrivals[-1] - arrivals[0] >= SLOW_CHUNK_DELAY_S * (SLOW_CHUNKS - 2)
+
+
+def test_client_disconnect_cancels_the_upstream_request(gateway, upstream):
+    state = upstream[1]
+    body = orjson.dumps({"model": "slow", "stream": True, "messages": [{"role": "user", "content": "x"}]})
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(request)
+        assert b"200 OK" in sock.recv(65536)  # headers (and perhaps a first chunk) came back
+    deadline = time.monotonic() + SLOW_CHUNK_DELAY_S * SLOW_CHUNKS
+    while state.cancelled == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state.cancelled == 1
+    assert state.completed_streams == 0
