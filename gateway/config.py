@@ -144,7 +144,8 @@ def parse_config(text: str, *, path: str | None = None, env: Any = None) -> Load
     try:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(_format(exc))
+        unset = {line.split(": ", 1)[0] for line in problems}  # already explained by the missing variable
+        problems.extend(line for line in _format(exc) if line.split(": ", 1)[0] not in unset)
     if problems:
         raise ConfigError(problems)
 

@@ -1,0 +1,120 @@
+"""The real CLI: ``python -m gateway serve`` with workers, its logs, and a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import KEY, UPSTREAM_KEY, config_text, failure_models
+from tests.harness import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_serve(tmp_path, upstream_url, *, workers=1, server=""):
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text(upstream_url, failure_models(upstream_url), server=server))
+    port = free_port()
+    log = (tmp_path / "stdout.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config),
+                                "--port", str(port), "--workers", str(workers)],
+                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return process, url, tmp_path / "stdout.log"
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, (tmp_path / "stdout.log").read_text()
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError("gateway did not become ready")
+
+
+def log_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def test_two_workers_share_one_port_and_metrics(tmp_path, upstream):
+    process, url, _ = start_serve(tmp_path, upstream[0].url, workers=2)
+    try:
+        with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0) as client:
+            for i in range(20):
+                assert client.chat.completions.create(
+                    model="chat", messages=[{"role": "user", "content": f"m{i}"}]).choices[0].message.content
+        metrics = httpx.get(url + "/metrics").text  # any one worker reports all workers' counts
+        line = next(x for x in metrics.splitlines()
+                    if x.startswith('gateway_requests_total{alias="chat",status="200",tenant="acme"}'))
+        assert float(line.rsplit(" ", 1)[1]) == 20
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+
+def test_sigterm_lets_a_running_stream_finish_then_exits_0(tmp_path, upstream):
+    process, url, stdout = start_serve(tmp_path, upstream[0].url, server="  drain_timeout_s: 10")
+    received: list[str] = []
+
+    def consume() -> None:
+        with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0) as client:
+            for chunk in client.chat.completions.create(model="slow", stream=True,
+                                                        messages=[{"role": "user", "content": "x"}]):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    received.append(chunk.choices[0].delta.content)
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    time.sleep(0.5)  # the stream is under way
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(httpx.TransportError):  # no longer accepting
+        httpx.get(url + "/healthz", timeout=2)
+    reader.join(timeout=20)
+    assert process.wait(timeout=20) == 0
+    assert len(received) == 10  # every chunk arrived
+    events = [line["event"] for line in log_lines(stdout)]
+    assert events.index("draining") < events.index("stopped")
+
+
+def test_one_json_log_line_per_request_without_keys_or_prompts(tmp_path, upstream):
+    process, url, stdout = start_serve(tmp_path, upstream[0].url)
+    try:
+        with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0) as client:
+            client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "secret-prompt-42"}])
+        httpx.post(url + "/v1/chat/completions", headers={"Authorization": "Bearer gw-wrong-key-123"}, json={})
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    text = stdout.read_text()
+    assert KEY not in text and UPSTREAM_KEY not in text and "gw-wrong-key-123" not in text
+    assert "secret-prompt-42" not in text
+    requests = [line for line in log_lines(stdout) if line["event"] == "request"]
+    assert len(requests) == 2
+    ok, denied = requests
+    assert ok["tenant"] == "acme" and ok["alias"] == "chat" and ok["status"] == 200
+    assert ok["deployment"] == "openai-compatible/fake-model" and ok["completion_tokens"] == 2
+    assert ok["latency_ms"] > 0 and ok["request_id"]
+    assert denied["status"] == 401 and denied["tenant"] == "-"
+
+
+def test_prompts_are_logged_only_when_configured(tmp_path, upstream):
+    process, url, stdout = start_serve(tmp_path, upstream[0].url, server="  log_prompts: true")
+    try:
+        with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0) as client:
+            client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "visible-prompt"}])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    assert "visible-prompt" in stdout.read_text()
