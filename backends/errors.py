@@ -51,7 +51,7 @@ class GatewayError(Exception):
 class ClientError(GatewayError):
     status = 400
     type = "invalid_request_error"
-    code = None
+    code: str | None = None
     log_level = "info"
 
 
@@ -100,7 +100,7 @@ class UpstreamError(GatewayError):
 
     status = 502
     type = "upstream_error"
-    code = None
+    code: str | None = None
     log_level = "warning"
 
 

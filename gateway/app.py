@@ -13,7 +13,14 @@ import orjson
 from aiohttp import web
 
 from backends import Endpoint
-from backends.errors import GatewayError, MethodNotAllowed, ModelNotFound, NotFound, PayloadTooLarge, Unavailable
+from backends.errors import (
+    GatewayError,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
 
 from . import metrics
 from .config import LoadedConfig

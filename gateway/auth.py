@@ -52,7 +52,7 @@ def _presented_key(headers: Mapping[str, str]) -> str | None:
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
     for name in ("api-key", "x-api-key"):
-        value = headers.get(name)
-        if value:
-            return value.strip()
+        other = headers.get(name)
+        if other:
+            return other.strip()
     return None

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  disabled: {alias} deployment {index}: {reason}")
         return 0
 
-    from .server import Listen, serve as run
+    from .server import Listen
+    from .server import serve as run
 
     server = loaded.config.server
     listen = Listen(host=args.host or server.host, port=server.port if args.port is None else args.port,

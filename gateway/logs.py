@@ -25,4 +25,4 @@ def configure(level: int = logging.INFO, stream: BinaryIO | None = None) -> None
 
 
 def get_logger() -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger("gateway")  # type: ignore[no-any-return]
+    return structlog.get_logger("gateway")

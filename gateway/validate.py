@@ -44,10 +44,11 @@ _CHAT = {
 }
 _COMPLETIONS = {**_COMMON, "prompt": ((str, list), "a string or an array"), "logprobs": ((int, type(None)), "an integer"),
                 "echo": ((bool,), "a boolean"), "best_of": ((int,), "an integer"), "suffix": ((str, type(None)), "a string")}
-_EMBEDDINGS = {"model": ((str,), "a string"), "input": ((str, list), "a string or an array"),
+_EMBEDDINGS: dict[str, tuple[tuple[type, ...], str]] = {"model": ((str,), "a string"), "input": ((str, list), "a string or an array"),
                "encoding_format": ((str,), "a string"), "dimensions": ((int,), "an integer"),
                "user": ((str,), "a string")}
-_SCHEMAS = {Endpoint.CHAT: (_CHAT, ("model", "messages")),
+_Types = dict[str, tuple[tuple[type, ...], str]]
+_SCHEMAS: dict[Endpoint, tuple[_Types, tuple[str, ...]]] = {Endpoint.CHAT: (_CHAT, ("model", "messages")),
             Endpoint.COMPLETIONS: (_COMPLETIONS, ("model", "prompt")),
             Endpoint.EMBEDDINGS: (_EMBEDDINGS, ("model", "input"))}
 _RANGES: dict[str, tuple[float, float]] = {"n": (1, 128), "max_tokens": (1, 1 << 31), "max_completion_tokens": (1, 1 << 31),
@@ -64,7 +65,7 @@ def validate(endpoint: Endpoint, body: Any) -> None:
             raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
     for name, value in body.items():
         spec = types.get(name)
-        if spec is None or value is None and name not in ("stop",):
+        if spec is None or value is None:
             continue
         accepted, wording = spec
         # bool is an int in Python; JSON says otherwise.
@@ -72,7 +73,7 @@ def validate(endpoint: Endpoint, body: Any) -> None:
             raise InvalidRequest(f"Invalid type for '{name}': expected {wording}, but got {_json_type(value)}.",
                                  param=name, code="invalid_type")
         bounds = _RANGES.get(name)
-        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:  # type: ignore[operator]
             raise InvalidRequest(f"Invalid value for '{name}': {value} is not between {bounds[0]:g} and {bounds[1]:g}.",
                                  param=name, code="invalid_value")
     if endpoint is Endpoint.CHAT:

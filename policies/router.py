@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from backends import Backend
@@ -19,7 +19,7 @@ class Route:
 class Router:
     """Weighted random choice among an alias's enabled deployments."""
 
-    def __init__(self, routes: dict[str, Sequence[Route]], disabled: dict[str, list[str]]) -> None:
+    def __init__(self, routes: Mapping[str, Sequence[Route]], disabled: Mapping[str, list[str]]) -> None:
         self._routes = {alias: tuple(r) for alias, r in routes.items()}
         self._weights = {alias: [r.weight for r in rs] for alias, rs in self._routes.items()}
         self._disabled = disabled

@@ -11,13 +11,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gateway import logs  # noqa: E402
-from gateway.app import build_app  # noqa: E402
-from gateway.auth import hash_key, new_key  # noqa: E402
-from gateway.config import LoadedConfig, parse_config  # noqa: E402
-from tests.fakes.openai_upstream import FakeState  # noqa: E402
-from tests.fakes.openai_upstream import build_app as build_fake  # noqa: E402
-from tests.harness import ServerThread  # noqa: E402
+from gateway import logs
+from gateway.app import build_app
+from gateway.auth import hash_key, new_key
+from gateway.config import LoadedConfig, parse_config
+from tests.fakes.openai_upstream import FakeState
+from tests.fakes.openai_upstream import build_app as build_fake
+from tests.harness import ServerThread
 
 LOG_PATH = Path(tempfile.mkdtemp(prefix="gateway-test-logs-")) / "gateway.log"
 _log_file = LOG_PATH.open("ab", buffering=0)
