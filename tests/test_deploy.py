@@ -1,0 +1,41 @@
+"""The compose stack: the file is valid, and the gateway service it names runs (outside Docker) on its config."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import openai
+import yaml
+
+from gateway.auth import hash_key, new_key
+from tests.gateway.test_server import start_serve_with
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compose_file_is_valid_and_needs_a_tenant_key():
+    compose = shutil.which("docker-compose")
+    assert compose, "docker-compose (Debian package) is installed by .ci/run"
+    env = {**os.environ, "GATEWAY_TENANT_KEY_HASH": "sha256:" + "0" * 64}
+    subprocess.run([compose, "config", "-q"], cwd=ROOT, env=env, check=True, timeout=60)
+    env.pop("GATEWAY_TENANT_KEY_HASH")
+    refused = subprocess.run([compose, "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "keys new" in refused.stderr
+
+
+def test_the_compose_gateway_service_serves_its_config(tmp_path):
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["gateway"]
+    mounted = service["volumes"][0].split(":")[0]
+    assert (ROOT / mounted).exists()
+    key = new_key()
+    env = {"GATEWAY_TENANT_KEY_HASH": hash_key(key), "GATEWAY_WORKERS": "1", "OPENAI_API_KEY": ""}
+    process, url = start_serve_with(ROOT / mounted, env)
+    try:
+        with openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0) as client:
+            assert client.models.list().data == []  # the OpenAI deployment is disabled without its key
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0
