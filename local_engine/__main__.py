@@ -1,0 +1,49 @@
+"""``python -m local_engine serve --model PATH --host 127.0.0.1 --port 8000``"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from local_engine.async_engine import AsyncEngine
+from local_engine.server import build_app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local_engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+    serve.add_argument("--model", default="smollm2", help="HF directory, .gguf file, or 'smollm2' (bundled)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-num-seqs", type=int, default=64)
+    serve.add_argument("--max-num-batched-tokens", type=int, default=512)
+    serve.add_argument("--block-size", type=int, default=16)
+    serve.add_argument("--kv-cache-gib", type=float, default=1.0)
+    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    serve.add_argument("--no-prefix-caching", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    opts = dict(
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        block_size=args.block_size,
+        kv_cache_bytes=int(args.kv_cache_gib * (1 << 30)),
+        device=args.device,
+        dtype=args.dtype,
+        enable_prefix_caching=not args.no_prefix_caching,
+    )
+
+    async def factory() -> AsyncEngine:
+        return await AsyncEngine.create(args.model, **opts)
+
+    web.run_app(build_app(factory), host=args.host, port=args.port, print=lambda s: print(s, file=sys.stderr))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

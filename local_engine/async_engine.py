@@ -1,0 +1,165 @@
+"""asyncio front for the engine: one background thread runs the step loop, off the event loop.
+
+Callers iterate ``generate(...)``; leaving the iteration early (break, cancellation,
+``aclose()``) aborts the request and frees its KV blocks at the next loop turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from local_engine.config import EngineConfig
+from local_engine.engine import LLMEngine, Prompt, RequestError
+from local_engine.outputs import RequestOutput
+from local_engine.sampling_params import SamplingParams
+
+
+class EngineClosedError(RuntimeError):
+    """The engine was closed, or its step loop died, while a request was running."""
+
+
+@dataclass(slots=True)
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[RequestOutput | BaseException]
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the caller's loop is gone; nobody is listening
+            pass
+
+
+class AsyncEngine:
+    """Serves many concurrent ``generate`` calls from one :class:`LLMEngine`."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._cv = threading.Condition()
+        self._new: list[tuple[str, Prompt, SamplingParams]] = []
+        self._aborts: list[str] = []
+        self._streams: dict[str, _Stream] = {}
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="local-engine-step-loop", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_model(cls, model: str | Path = "smollm2", **engine_options: Any) -> AsyncEngine:
+        """Load ``model`` (HF dir, ``.gguf`` path or ``"smollm2"``) and start the step loop. Blocks while loading."""
+        return cls(LLMEngine(model, EngineConfig(**engine_options)))
+
+    @classmethod
+    async def create(cls, model: str | Path = "smollm2", **engine_options: Any) -> AsyncEngine:
+        """Like :meth:`from_model`, loading in a worker thread so the event loop keeps running."""
+        return await asyncio.to_thread(cls.from_model, model, **engine_options)
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    @property
+    def metrics(self) -> dict[str, float | int | None]:
+        """Running/waiting sequences, KV blocks used, prefix-cache hit rate, tokens/s, TTFT, ITL."""
+        return self.engine.metrics.snapshot()
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """Render OpenAI chat messages to prompt text with the model's chat template."""
+        return self.engine.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+
+    async def generate(
+        self, request_id: str, prompt: Prompt, params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield one :class:`RequestOutput` delta per new token; the last has ``finish_reason`` set.
+
+        ``prompt`` is text, token ids or a list of chat messages. Raises :class:`RequestError`
+        for a request the engine cannot take and :class:`EngineClosedError` on shutdown.
+        """
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        with self._cv:
+            if self._closed or self._error is not None:
+                raise EngineClosedError("the engine is closed") from self._error
+            if request_id in self._streams:
+                raise RequestError(f"request id {request_id!r} is already running")
+            self._streams[request_id] = stream
+            self._new.append((request_id, prompt, params))
+            self._cv.notify()
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    finished = True  # the loop already dropped the request
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Stop ``request_id`` and free its blocks; safe from any thread, for unknown ids too."""
+        with self._cv:
+            self._streams.pop(request_id, None)
+            self._aborts.append(request_id)
+            self._cv.notify()
+
+    async def close(self) -> None:
+        """Stop the step loop; running requests get :class:`EngineClosedError`."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        await asyncio.to_thread(self._thread.join)
+
+    def _run(self) -> None:
+        engine = self.engine
+        try:
+            while True:
+                with self._cv:
+                    while not (self._closed or self._new or self._aborts or engine.has_unfinished()):
+                        self._cv.wait()
+                    if self._closed:
+                        break
+                    new, self._new = self._new, []
+                    aborts, self._aborts = self._aborts, []
+                # Adds before aborts: a caller may have left before its request was ever added.
+                for rid, prompt, params in new:
+                    try:
+                        engine.add_request(rid, prompt, params)
+                    except (RequestError, ValueError) as e:
+                        self._fail(rid, e)
+                for rid in aborts:
+                    engine.abort_request(rid)
+                if engine.has_unfinished():
+                    for out in engine.step():
+                        self._deliver(out)
+        except BaseException as e:  # the loop must not die silently: every caller hears of it
+            self._error = e
+        finally:
+            with self._cv:
+                self._closed = True
+                streams, self._streams = self._streams, {}
+            err = EngineClosedError("the engine stopped" if self._error is None else f"engine failed: {self._error!r}")
+            for stream in streams.values():
+                stream.put(err)
+
+    def _deliver(self, out: RequestOutput) -> None:
+        with self._cv:
+            stream = self._streams.get(out.request_id)
+            if stream is not None and out.finished:
+                del self._streams[out.request_id]
+        if stream is not None:
+            stream.put(out)
+
+    def _fail(self, request_id: str, error: BaseException) -> None:
+        with self._cv:
+            stream = self._streams.pop(request_id, None)
+        if stream is not None:
+            stream.put(error)

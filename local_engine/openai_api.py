@@ -1,0 +1,286 @@
+"""OpenAI wire format for the engine: request dict → SamplingParams, engine outputs → response dicts.
+
+Shared by ``local_engine serve`` and the gateway's in-process adapter, so both speak
+the same dialect. Errors are raised as :class:`OpenAIError`, which carries the HTTP
+status and renders OpenAI's ``{"error": {"message", "type", "param", "code"}}`` body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from local_engine.engine import Prompt, RequestError
+from local_engine.outputs import RequestOutput
+from local_engine.sampling_params import MAX_LOGPROBS, SamplingParams
+from local_engine.sequence import TokenLogprob
+from local_engine.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from local_engine.async_engine import AsyncEngine
+
+
+class OpenAIError(Exception):
+    """An error with its HTTP status and OpenAI error fields."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message, self.status, self.type, self.param, self.code = message, status, type, param, code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(
+    message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def _num(body: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise OpenAIError(f"'{key}' must be {'an integer' if kind is int else 'a number'}", param=key)
+    return kind(value)
+
+
+def sampling_params_from_request(
+    body: dict[str, Any], *, chat: bool, default_max_tokens: int | None = None
+) -> SamplingParams:
+    """Read OpenAI sampling fields (plus vLLM-style top_k, min_p, repetition_penalty, stop_token_ids, ignore_eos)."""
+    if _num(body, "n", int, 1) != 1:
+        raise OpenAIError("only n=1 is supported", param="n")
+    max_key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
+        raise OpenAIError("'stop' must be a string or a list of strings", param="stop")
+    if chat:
+        want = body.get("logprobs")
+        if want is not None and not isinstance(want, bool):
+            raise OpenAIError("'logprobs' must be a boolean", param="logprobs")
+        top = _num(body, "top_logprobs", int, 0)
+        if top and not want:
+            raise OpenAIError("'top_logprobs' requires 'logprobs': true", param="top_logprobs")
+        logprobs = top if want else None
+        param = "top_logprobs"
+    else:
+        logprobs = _num(body, "logprobs", int, None)
+        param = "logprobs"
+    if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
+        raise OpenAIError(f"'{param}' must be between 0 and {MAX_LOGPROBS}", param=param)
+    try:
+        return SamplingParams(
+            max_tokens=_num(body, max_key, int, default_max_tokens),
+            temperature=_num(body, "temperature", float, 1.0),
+            top_p=_num(body, "top_p", float, 1.0),
+            top_k=_num(body, "top_k", int, 0),
+            min_p=_num(body, "min_p", float, 0.0),
+            presence_penalty=_num(body, "presence_penalty", float, 0.0),
+            frequency_penalty=_num(body, "frequency_penalty", float, 0.0),
+            repetition_penalty=_num(body, "repetition_penalty", float, 1.0),
+            seed=_num(body, "seed", int, None),
+            stop=tuple(stop or ()),
+            stop_token_ids=tuple(body.get("stop_token_ids") or ()),
+            ignore_eos=bool(body.get("ignore_eos", False)),
+            logprobs=logprobs,
+        )
+    except ValueError as e:
+        raise OpenAIError(str(e)) from None
+
+
+def _text_content(content: Any) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):  # content parts: only text ones are meaningful to a text model
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise OpenAIError("only text content parts are supported", param="messages")
+            parts.append(str(part.get("text", "")))
+        return "".join(parts)
+    raise OpenAIError("message content must be a string or a list of text parts", param="messages")
+
+
+def prompt_from_request(body: dict[str, Any], *, chat: bool) -> Prompt:
+    """The engine prompt of a request: chat messages (content flattened to text) or completion text/ids."""
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise OpenAIError("'messages' must be a non-empty list", param="messages")
+        out = []
+        for m in messages:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise OpenAIError("each message needs a 'role'", param="messages")
+            out.append({**m, "content": _text_content(m.get("content"))})
+        return out
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str) and prompt:
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return prompt
+    raise OpenAIError("'prompt' must be a non-empty string or list of token ids (one prompt)", param="prompt")
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
+
+
+def _token_text(tok: Tokenizer, token_id: int) -> str:
+    return tok.decode([token_id], skip_special_tokens=False)
+
+
+def chat_logprobs(tok: Tokenizer, logprobs: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> dict[str, Any]:
+    def entry(token_id: int, lp: float) -> dict[str, Any]:
+        text = _token_text(tok, token_id)
+        return {"token": text, "logprob": lp, "bytes": list(text.encode())}
+
+    return {
+        "content": [
+            {**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(i, v) for i, v in lp.top]}
+            for lp in logprobs
+        ]
+    }
+
+
+def completion_logprobs(
+    tok: Tokenizer, logprobs: tuple[TokenLogprob, ...] | list[TokenLogprob], text_offset: int
+) -> dict[str, Any]:
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    for lp in logprobs:
+        text = _token_text(tok, lp.token_id)
+        tokens.append(text)
+        token_logprobs.append(lp.logprob)
+        tops.append({_token_text(tok, i): v for i, v in lp.top})
+        offsets.append(text_offset)
+        text_offset += len(text)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+def new_request_id(chat: bool) -> str:
+    return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+
+
+async def stream_response(
+    engine: AsyncEngine, body: dict[str, Any], *, chat: bool, request_id: str | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Run a request and yield OpenAI stream chunks (``chat.completion.chunk`` / ``text_completion``).
+
+    With ``stream_options.include_usage`` a last chunk with empty ``choices`` carries usage.
+    Leaving the iteration early aborts the request.
+    """
+    params = sampling_params_from_request(body, chat=chat)
+    prompt = prompt_from_request(body, chat=chat)
+    rid = request_id or new_request_id(chat)
+    created = int(time.time())
+    model = engine.model_name
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    tok = engine.engine.tokenizer
+    base = {"id": rid, "object": obj, "created": created, "model": model}
+    first = True
+    offset = 0
+    last: RequestOutput | None = None
+    gen = engine.generate(rid, prompt, params)
+    try:
+        with _errors():
+            async for out in gen:
+                last = out
+                choice: dict[str, Any] = {"index": 0, "finish_reason": out.finish_reason, "logprobs": None}
+                if chat:
+                    delta: dict[str, Any] = {"content": out.text}
+                    if first:
+                        delta = {"role": "assistant", "content": out.text}
+                    choice["delta"] = delta
+                    if out.logprobs:
+                        choice["logprobs"] = chat_logprobs(tok, out.logprobs)
+                else:
+                    choice["text"] = out.text
+                    if out.logprobs:
+                        choice["logprobs"] = completion_logprobs(tok, out.logprobs, offset)
+                    offset += len(out.text)
+                if not out.text and not out.finished and not out.logprobs:
+                    continue  # a token whose text is held back (partial character or stop string)
+                first = False
+                yield {**base, "choices": [choice], **({"usage": None} if include_usage else {})}
+    finally:
+        await gen.aclose()
+    if include_usage and last is not None:
+        yield {**base, "choices": [], "usage": usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens)}
+
+
+async def complete_response(
+    engine: AsyncEngine, body: dict[str, Any], *, chat: bool, request_id: str | None = None
+) -> dict[str, Any]:
+    """Run a request to the end and return the OpenAI ``chat.completion`` / ``text_completion`` object."""
+    params = sampling_params_from_request(body, chat=chat)
+    prompt = prompt_from_request(body, chat=chat)
+    rid = request_id or new_request_id(chat)
+    created = int(time.time())
+    text: list[str] = []
+    lps: list[TokenLogprob] = []
+    last: RequestOutput | None = None
+    gen = engine.generate(rid, prompt, params)
+    try:
+        with _errors():
+            async for out in gen:
+                text.append(out.text)
+                lps.extend(out.logprobs or ())
+                last = out
+    finally:
+        await gen.aclose()
+    assert last is not None and last.finish_reason is not None
+    tok = engine.engine.tokenizer
+    content = "".join(text)
+    if chat:
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": last.finish_reason,
+            "logprobs": chat_logprobs(tok, lps) if params.logprobs is not None else None,
+        }
+    else:
+        choice = {
+            "index": 0,
+            "text": content,
+            "finish_reason": last.finish_reason,
+            "logprobs": completion_logprobs(tok, lps, 0) if params.logprobs is not None else None,
+        }
+    return {
+        "id": rid,
+        "object": "chat.completion" if chat else "text_completion",
+        "created": created,
+        "model": engine.model_name,
+        "choices": [choice],
+        "usage": usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens),
+    }
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except RequestError as e:
+        raise OpenAIError(str(e), param="messages") from None
+    except ValueError as e:  # e.g. a chat template that rejects the conversation
+        raise OpenAIError(str(e)) from None

@@ -1,0 +1,119 @@
+"""OpenAI-compatible HTTP server over an :class:`AsyncEngine` (aiohttp)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from local_engine.async_engine import AsyncEngine, EngineClosedError
+from local_engine.openai_api import OpenAIError, complete_response, error_body, stream_response
+
+ENGINE = web.AppKey("engine", AsyncEngine)
+log = logging.getLogger("local_engine.server")
+
+
+def _error(status: int, message: str, type: str, param: str | None = None, code: str | None = None) -> web.Response:
+    return web.json_response(error_body(message, type, param, code), status=status)
+
+
+@web.middleware
+async def _openai_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except OpenAIError as e:
+        return web.json_response(e.body(), status=e.status)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        kind = "not_found_error" if e.status == 404 else "invalid_request_error"
+        return _error(e.status, e.reason, kind, code=str(e.status))
+    except EngineClosedError as e:
+        return _error(503, str(e), "service_unavailable", code="engine_unavailable")
+    except Exception:
+        log.exception("internal error")
+        return _error(500, "internal error in the local engine", "server_error")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise OpenAIError("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise OpenAIError("request body must be a JSON object")
+    return body
+
+
+async def _completion(request: web.Request, chat: bool) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    body = await _json_body(request)
+    if not body.get("stream"):
+        return web.json_response(await complete_response(engine, body, chat=chat))
+    chunks = stream_response(engine, body, chat=chat)
+    try:
+        # Pull the first chunk before sending headers, so a bad request still gets a JSON error.
+        first = await anext(chunks, None)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        if first is not None:
+            await resp.write(b"data: " + json.dumps(first).encode() + b"\n\n")
+        try:
+            async for chunk in chunks:
+                await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        except (OpenAIError, EngineClosedError) as e:
+            # Headers are gone already: the error travels as a last event, as OpenAI does.
+            err = e.body() if isinstance(e, OpenAIError) else error_body(str(e), "service_unavailable")
+            await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+    finally:
+        # A client that went away (write fails or the handler is cancelled) aborts the request.
+        await chunks.aclose()
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _completion(request, chat=True)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _completion(request, chat=False)
+
+
+async def models(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    entry = {"id": engine.model_name, "object": "model", "created": int(time.time()), "owned_by": "local_engine"}
+    return web.json_response({"object": "list", "data": [entry]})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.json_response(request.app[ENGINE].metrics)
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def build_app(engine_factory: Callable[[], Awaitable[AsyncEngine]]) -> web.Application:
+    """The server app; the engine is created at start-up and closed at shutdown."""
+    app = web.Application(middlewares=[_openai_errors])
+
+    async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[ENGINE] = await engine_factory()
+        yield
+        await app[ENGINE].close()
+
+    app.cleanup_ctx.append(engine_ctx)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/health", health)
+    return app
