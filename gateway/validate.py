@@ -92,7 +92,7 @@ def _messages(messages: list[Any]) -> None:
             raise InvalidRequest(f"Invalid type for 'messages[{i}]': expected an object, but got {_json_type(message)}.",
                                  param=f"messages[{i}]", code="invalid_type")
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise InvalidRequest(f"Invalid value for 'messages[{i}].role': expected one of "
                                  f"{', '.join(sorted(_ROLES))}.", param=f"messages[{i}].role", code="invalid_value")
         content = message.get("content")
