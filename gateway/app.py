@@ -155,7 +155,7 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
 async def _list_models(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     caller = gateway.auth.authenticate(request.headers)
-    request[RECORD].tenant = caller.tenant.name
+    request[RECORD].tenant, request[RECORD].key_id = caller.tenant.name, caller.key_id
     created = gateway.loaded.loaded_at
     data = [_model_object(alias.name, created) for alias in gateway.loaded.config.models
             if caller.tenant.allows(alias.name) and gateway.router.usable(alias.name)]
@@ -166,7 +166,7 @@ async def _list_models(request: web.Request) -> web.Response:
 async def _get_model(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     caller = gateway.auth.authenticate(request.headers)
-    request[RECORD].tenant = caller.tenant.name
+    request[RECORD].tenant, request[RECORD].key_id = caller.tenant.name, caller.key_id
     alias = request.match_info["model"]
     if alias not in gateway.router or not caller.tenant.allows(alias) or not gateway.router.usable(alias):
         raise ModelNotFound(f"The model `{alias}` does not exist or you do not have access to it.", param="model")
