@@ -113,10 +113,14 @@ class AsyncEngine:
 
     async def close(self) -> None:
         """Stop the step loop; running requests get :class:`EngineClosedError`."""
+        await asyncio.to_thread(self.shutdown)
+
+    def shutdown(self) -> None:
+        """Blocking form of :meth:`close`, for synchronous code."""
         with self._cv:
             self._closed = True
             self._cv.notify()
-        await asyncio.to_thread(self._thread.join)
+        self._thread.join()
 
     def _run(self) -> None:
         engine = self.engine

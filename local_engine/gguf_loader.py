@@ -70,6 +70,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     def meta(key: str, default: Any = None) -> Any:
         return _field(reader, f"{arch}.{key}", default)
 
+    if any(t.name == "rope_freqs.weight" for t in reader.tensors):
+        raise ValueError("GGUF files with llama3 RoPE frequency factors are not supported yet; use the HF directory")
     n_head = int(meta("attention.head_count"))
     n_kv = int(meta("attention.head_count_kv", n_head))
     hidden = int(meta("embedding_length"))

@@ -101,14 +101,17 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def build_app(engine_factory: Callable[[], Awaitable[AsyncEngine]]) -> web.Application:
-    """The server app; the engine is created at start-up and closed at shutdown."""
+def build_app(
+    engine_factory: Callable[[], Awaitable[AsyncEngine]], *, close_engine: bool = True
+) -> web.Application:
+    """The server app; the engine is created at start-up and (unless shared) closed at shutdown."""
     app = web.Application(middlewares=[_openai_errors])
 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
         app[ENGINE] = await engine_factory()
         yield
-        await app[ENGINE].close()
+        if close_engine:
+            await app[ENGINE].close()
 
     app.cleanup_ctx.append(engine_ctx)
     app.router.add_post("/v1/chat/completions", chat_completions)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,9 @@ def _build(path: Path, kind: str) -> Path:
         bos_token_id=1,
         eos_token_id=2,
     )
-    if kind == "llama":
+    if kind == "llama-plain":  # default RoPE, untied head: what a GGUF round trip can carry
+        model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=False))
+    elif kind == "llama":
         cfg = LlamaConfig(
             **common,
             tie_word_embeddings=True,
@@ -92,6 +95,11 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build(tmp_path_factory.mktemp("tiny") / "llama-plain", "llama-plain")
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory.mktemp("tiny") / "qwen2", "qwen2")
 
@@ -106,3 +114,26 @@ def smollm2_path() -> Path:
     from local_engine import resolve_model
 
     return resolve_model("smollm2")
+
+
+@pytest.fixture
+async def loop_guard() -> AsyncIterator[None]:
+    """Fails the test if anything blocks the event loop for long (torch must run off the loop)."""
+    import asyncio
+    import time
+
+    worst = 0.0
+    stop = False
+
+    async def watch() -> None:
+        nonlocal worst
+        while not stop:
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            worst = max(worst, time.perf_counter() - t - 0.01)
+
+    task = asyncio.create_task(watch())
+    yield
+    stop = True
+    await task
+    assert worst < 0.25, f"the event loop was blocked for {worst:.3f}s"
