@@ -38,6 +38,7 @@ def load_model(
             state[name] = t.to(device=device, dtype=dtype)
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
+    _fuse(state, cfg.num_hidden_layers)
     result = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in result.missing_keys if not (cfg.tie_word_embeddings and k == "lm_head.weight")]
     unexpected = [k for k in result.unexpected_keys if "rotary_emb" not in k]
@@ -47,3 +48,18 @@ def load_model(
         model.lm_head.weight = model.model.embed_tokens.weight
     model.rotary = RotaryEmbedding(cfg, max_len).to(device)
     return model.eval()
+
+
+_FUSED = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+}
+
+
+def _fuse(state: dict[str, torch.Tensor], num_layers: int) -> None:
+    for i in range(num_layers):
+        for fused, parts in _FUSED.items():
+            for kind in ("weight", "bias"):
+                names = [f"model.layers.{i}.{p}.{kind}" for p in parts]
+                if all(n in state for n in names):
+                    state[f"model.layers.{i}.{fused}.{kind}"] = torch.cat([state.pop(n) for n in names])

@@ -25,8 +25,7 @@ class ModelRunner:
         self.device = torch.device(config.device)
         cfg = model.config
         dtype = config.torch_dtype
-        slots = num_blocks * config.block_size
-        shape = (slots, cfg.num_key_value_heads, cfg.head_dim)
+        shape = (num_blocks, config.block_size, cfg.num_key_value_heads, cfg.head_dim)
         self.kv_caches = [
             (torch.zeros(shape, dtype=dtype, device=self.device), torch.zeros(shape, dtype=dtype, device=self.device))
             for _ in range(cfg.num_hidden_layers)
