@@ -1,0 +1,66 @@
+"""Token budget, chunked prefill mixed with decodes, max running sequences, priorities, preemption."""
+
+from __future__ import annotations
+
+from local_engine.block_manager import BlockManager
+from local_engine.config import EngineConfig
+from local_engine.sampling_params import SamplingParams
+from local_engine.scheduler import ScheduledSeq, Scheduler
+from local_engine.sequence import Sequence
+
+
+def _sched(num_blocks: int = 64, **kw: int) -> Scheduler:
+    cfg = EngineConfig(block_size=4, num_kv_blocks=num_blocks, **kw)  # type: ignore[arg-type]
+    return Scheduler(cfg, BlockManager(num_blocks, 4, enable_prefix_caching=False))
+
+
+def _seq(rid: str, n: int, priority: int = 0) -> Sequence:
+    return Sequence(rid, list(range(10, 10 + n)), SamplingParams(priority=priority))
+
+
+def _finish_step(batch: list[ScheduledSeq]) -> None:
+    """What the engine does after running a batch: advance, and append a token where one was sampled."""
+    for s in batch:
+        sampled = s.samples
+        s.seq.num_computed_tokens += s.num_tokens
+        if sampled:
+            s.seq.token_ids.append(7)
+
+
+def test_long_prompt_is_prefilled_in_chunks_next_to_decodes() -> None:
+    sched = _sched(max_num_batched_tokens=16)
+    short = _seq("short", 3)
+    sched.add(short)
+    _finish_step(sched.schedule())  # short prefilled, now decoding
+    long = _seq("long", 40)
+    sched.add(long)
+    chunks = []
+    while long.num_computed_tokens < 40:
+        batch = sched.schedule()
+        assert sum(s.num_tokens for s in batch) <= 16
+        assert {s.seq.request_id: s.num_tokens for s in batch}["short"] == 1  # the decode never waits
+        chunks.append(next(s.num_tokens for s in batch if s.seq is long))
+        _finish_step(batch)
+    assert chunks == [15, 15, 10]
+
+
+def test_max_num_seqs_and_priority_order() -> None:
+    sched = _sched(max_num_seqs=2)
+    for rid, prio in [("low", 5), ("mid", 1), ("high", 0)]:
+        sched.add(_seq(rid, 3, prio))
+    batch = sched.schedule()
+    assert [s.seq.request_id for s in batch] == ["high", "mid"]
+    assert [s.request_id for s in sched.waiting] == ["low"]
+
+
+def test_out_of_blocks_preempts_the_lowest_priority_and_recomputes_it() -> None:
+    sched = _sched(num_blocks=4, max_num_batched_tokens=64)
+    a, b = _seq("a", 8, priority=0), _seq("b", 7, priority=1)
+    sched.add(a)
+    sched.add(b)
+    _finish_step(sched.schedule())  # a: 2 blocks + b: 2 blocks, pool full
+    assert sched.block_manager.num_free_blocks == 0
+    batch = sched.schedule()  # a needs a third block for its 9th token: b gives its blocks up
+    assert [s.seq.request_id for s in batch] == ["a"]
+    assert sched.num_preemptions == 1 and b.num_computed_tokens == 0 and b.block_table == []
+    assert sched.waiting == [b] and b.num_tokens == 8  # prompt + its sampled token, recomputed later
