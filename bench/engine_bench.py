@@ -28,9 +28,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from local_engine import AsyncEngine, SamplingParams, Tokenizer, resolve_model  # noqa: E402
+from local_engine import AsyncEngine, SamplingParams, Tokenizer, resolve_model
 
 WORDS = (
     "river mountain city history engine market garden winter summer music science library "
@@ -79,7 +79,9 @@ async def run_ours(engine: AsyncEngine, prompts: list[list[int]], max_tokens: in
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(len(prompts))))
     wall = time.perf_counter() - t0
-    return Row("ours (AsyncEngine)", len(prompts), total / wall, statistics.mean(ttfts), statistics.mean(itls))
+    return Row(
+        "ours (AsyncEngine)", len(prompts), total / wall, statistics.mean(ttfts), statistics.mean(itls)
+    )
 
 
 class _Clock:
@@ -122,7 +124,9 @@ def hf_generate(hf: Any, batch: list[list[int]], max_tokens: int) -> tuple[float
     return wall, ttft, itl
 
 
-def run_hf_sequential(hf: Any, prompts: list[list[int]], max_tokens: int, concurrency: list[int]) -> list[Row]:
+def run_hf_sequential(
+    hf: Any, prompts: list[list[int]], max_tokens: int, concurrency: list[int]
+) -> list[Row]:
     walls, ttfts, itls = [], [], []
     for p in prompts:
         w, t, i = hf_generate(hf, [p], max_tokens)
@@ -135,7 +139,14 @@ def run_hf_sequential(hf: Any, prompts: list[list[int]], max_tokens: int, concur
         # Served one after another, request k waits for the k before it.
         queued_ttft = statistics.mean(k * per_req + ttft for k in range(n))
         rows.append(
-            Row("transformers sequential", n, max_tokens / per_req, queued_ttft, itl, f"from {len(prompts)} requests")
+            Row(
+                "transformers sequential",
+                n,
+                max_tokens / per_req,
+                queued_ttft,
+                itl,
+                f"from {len(prompts)} requests",
+            )
         )
     return rows
 
@@ -163,7 +174,9 @@ async def prefix_cache_check(engine: AsyncEngine, tok: Tokenizer, prefix_len: in
 
 def print_table(rows: list[Row]) -> None:
     print()
-    print(f"| {'system':<27} | {'concurrent':>10} | {'output tok/s':>12} | {'TTFT ms':>9} | {'ITL ms':>7} | note")
+    print(
+        f"| {'system':<27} | {'concurrent':>10} | {'output tok/s':>12} | {'TTFT ms':>9} | {'ITL ms':>7} | note"
+    )
     print(f"|{'-' * 29}|{'-' * 12}|{'-' * 14}|{'-' * 11}|{'-' * 9}|------")
     for r in sorted(rows, key=lambda r: (r.concurrency, r.system)):
         print(
@@ -178,7 +191,9 @@ async def main() -> None:
     ap.add_argument("--concurrency", default="1,8,32", help="comma-separated")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--hf-seq-requests", type=int, default=2, help="requests timed for the sequential baseline")
+    ap.add_argument(
+        "--hf-seq-requests", type=int, default=2, help="requests timed for the sequential baseline"
+    )
     ap.add_argument("--prefix-tokens", type=int, default=1024)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--quick", action="store_true", help="1 and 8 concurrent, 32 tokens out")
@@ -193,12 +208,16 @@ async def main() -> None:
     print(f"model {args.model} ({path}), torch threads {torch.get_num_threads()}, device {args.device}")
     print(f"{args.prompt_tokens} tokens in, {args.max_tokens} out, greedy, EOS ignored")
 
-    engine = await AsyncEngine.create(path, device=args.device, dtype=args.dtype, max_num_seqs=max(64, *concurrency))
+    engine = await AsyncEngine.create(
+        path, device=args.device, dtype=args.dtype, max_num_seqs=max(64, *concurrency)
+    )
     rows: list[Row] = []
     try:
         await run_ours(engine, make_prompts(tok, 1, 16, seed=0), 4)  # warm-up
         for n in concurrency:
-            rows.append(await run_ours(engine, make_prompts(tok, n, args.prompt_tokens, seed=n), args.max_tokens))
+            rows.append(
+                await run_ours(engine, make_prompts(tok, n, args.prompt_tokens, seed=n), args.max_tokens)
+            )
             print(f"  ours @{n}: {rows[-1].tokens_per_s:.1f} tok/s", flush=True)
         cold, warm = await prefix_cache_check(engine, tok, args.prefix_tokens)
     finally:
@@ -215,7 +234,9 @@ async def main() -> None:
         print(f"  transformers sequential: {rows[-1].tokens_per_s:.1f} tok/s", flush=True)
         for n in concurrency:
             if n > 1:
-                rows.append(run_hf_static(hf, make_prompts(tok, n, args.prompt_tokens, seed=n), args.max_tokens))
+                rows.append(
+                    run_hf_static(hf, make_prompts(tok, n, args.prompt_tokens, seed=n), args.max_tokens)
+                )
                 print(f"  transformers static @{n}: {rows[-1].tokens_per_s:.1f} tok/s", flush=True)
 
     print_table(rows)

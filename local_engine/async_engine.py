@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,11 +70,13 @@ class AsyncEngine:
 
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
         """Render OpenAI chat messages to prompt text with the model's chat template."""
-        return self.engine.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        return self.engine.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt
+        )
 
     async def generate(
         self, request_id: str, prompt: Prompt, params: SamplingParams
-    ) -> AsyncIterator[RequestOutput]:
+    ) -> AsyncGenerator[RequestOutput, None]:
         """Yield one :class:`RequestOutput` delta per new token; the last has ``finish_reason`` set.
 
         ``prompt`` is text, token ids or a list of chat messages. Raises :class:`RequestError`
@@ -150,7 +152,9 @@ class AsyncEngine:
             with self._cv:
                 self._closed = True
                 streams, self._streams = self._streams, {}
-            err = EngineClosedError("the engine stopped" if self._error is None else f"engine failed: {self._error!r}")
+            err = EngineClosedError(
+                "the engine stopped" if self._error is None else f"engine failed: {self._error!r}"
+            )
             for stream in streams.values():
                 stream.put(err)
 

@@ -68,7 +68,9 @@ def build_metadata(
     dec_idx = dec_blocks = dec_mask = None
     if decode_tables:
         width = max(len(t) for t in decode_tables)
-        dec_blocks = torch.tensor([t + [0] * (width - len(t)) for t in decode_tables], device=device).flatten()
+        dec_blocks = torch.tensor(
+            [t + [0] * (width - len(t)) for t in decode_tables], device=device
+        ).flatten()
         lens = torch.tensor(decode_lens, device=device)
         visible = torch.arange(width * block_size, device=device).unsqueeze(0) < lens.unsqueeze(1)
         dec_mask = visible[:, None, None, :]
@@ -91,7 +93,7 @@ def paged_attention(
     meta: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:
-    _, block_size, hkv, d = k_cache.shape
+    hkv, d = k_cache.shape[2], k_cache.shape[3]
     k_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, k)
     v_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, v)
     out = torch.empty_like(q)
@@ -102,7 +104,9 @@ def paged_attention(
         qd = q.index_select(0, meta.decode_token_idx).unsqueeze(2)  # [B, H, 1, D]
         kd = k_cache.index_select(0, meta.decode_blocks).view(b, -1, hkv, d).transpose(1, 2)  # [B, Hkv, L, D]
         vd = v_cache.index_select(0, meta.decode_blocks).view(b, -1, hkv, d).transpose(1, 2)
-        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scale, enable_gqa=gqa)
+        od = F.scaled_dot_product_attention(
+            qd, kd, vd, attn_mask=meta.decode_mask, scale=scale, enable_gqa=gqa
+        )
         out.index_copy_(0, meta.decode_token_idx, od.squeeze(2))
     for p in meta.prefills:
         qp = q[p.start : p.start + p.length].transpose(0, 1).unsqueeze(0)  # [1, H, q, D]

@@ -39,7 +39,9 @@ class LLMEngine:
         self.model_path = resolve_model(model)
         self.model_name = str(model) if str(model) == "smollm2" else Path(model).name
         self.tokenizer = Tokenizer(self.model_path)
-        cfg_max = json.loads((self.model_path / "config.json").read_text()).get("max_position_embeddings", 4096)
+        cfg_max = json.loads((self.model_path / "config.json").read_text()).get(
+            "max_position_embeddings", 4096
+        )
         dtype = config.torch_dtype
         max_len = config.max_model_len or int(cfg_max)
         self.model = load_model(self.model_path, max_len, config.device, dtype)
@@ -62,7 +64,7 @@ class LLMEngine:
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt)
         if prompt and isinstance(prompt[0], dict):
-            return self.tokenizer.encode_chat(prompt)  # type: ignore[arg-type]
+            return self.tokenizer.encode_chat(prompt)  # type: ignore[arg-type,unused-ignore]
         if not all(isinstance(t, int) for t in prompt):
             raise RequestError("prompt must be a string, a list of token ids or a list of chat messages")
         return list(prompt)  # type: ignore[arg-type]
@@ -120,7 +122,9 @@ class LLMEngine:
         self._update_gauges()
         return outputs
 
-    def _append_token(self, seq: Sequence, token: int, logprob: TokenLogprob | None, now: float) -> RequestOutput:
+    def _append_token(
+        self, seq: Sequence, token: int, logprob: TokenLogprob | None, now: float
+    ) -> RequestOutput:
         rid = seq.request_id
         last = self._last_token_at.get(rid)
         if last is None:

@@ -71,7 +71,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
         return _field(reader, f"{arch}.{key}", default)
 
     if any(t.name == "rope_freqs.weight" for t in reader.tensors):
-        raise ValueError("GGUF files with llama3 RoPE frequency factors are not supported yet; use the HF directory")
+        raise ValueError(
+            "GGUF files with llama3 RoPE frequency factors are not supported yet; use the HF directory"
+        )
     n_head = int(meta("attention.head_count"))
     n_kv = int(meta("attention.head_count_kv", n_head))
     hidden = int(meta("embedding_length"))
@@ -130,7 +132,9 @@ def _write_tokenizer(reader: Any, tokens: list[str], out: Path, bos: int | None,
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
     # SmolLM/StarCoder-style vocabularies split every digit on its own before byte-level BPE.
     if pre in ("smollm", "starcoder", "refact"):
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), byte_level]
+        )
     else:
         tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()

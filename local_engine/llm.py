@@ -11,6 +11,7 @@ from local_engine.config import EngineConfig
 from local_engine.engine import LLMEngine, Prompt
 from local_engine.outputs import Completion
 from local_engine.sampling_params import SamplingParams
+from local_engine.tokenizer import Tokenizer
 
 
 class LLM:
@@ -21,7 +22,7 @@ class LLM:
         self._ids = itertools.count()
 
     @property
-    def tokenizer(self):  # type: ignore[no-untyped-def]
+    def tokenizer(self) -> Tokenizer:
         return self.engine.tokenizer
 
     def generate(
@@ -29,10 +30,8 @@ class LLM:
         prompts: Prompt | Seq[Prompt],
         params: SamplingParams | Seq[SamplingParams] | None = None,
     ) -> list[Completion]:
-        """Complete each prompt (text or token ids); outputs come back in input order."""
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]  # type: ignore[list-item]
-        prompt_list = list(prompts)  # type: ignore[arg-type]
+        """Complete each prompt (text, token ids or chat messages); outputs come back in input order."""
+        prompt_list = [prompts] if _is_single(prompts) else list(prompts)
         if params is None:
             params = SamplingParams()
         param_list = [params] * len(prompt_list) if isinstance(params, SamplingParams) else list(params)
@@ -41,7 +40,7 @@ class LLM:
         order = []
         for prompt, p in zip(prompt_list, param_list, strict=True):
             rid = f"llm-{next(self._ids)}"
-            self.engine.add_request(rid, prompt, p)
+            self.engine.add_request(rid, prompt, p)  # type: ignore[arg-type]
             order.append(rid)
         return self._drain(order)
 
@@ -67,3 +66,10 @@ class LLM:
             )
             for rid, s in seqs.items()
         ]
+
+
+def _is_single(prompts: object) -> bool:
+    """One prompt (text, token ids, or one conversation) rather than a list of them."""
+    if isinstance(prompts, str):
+        return True
+    return isinstance(prompts, list) and bool(prompts) and isinstance(prompts[0], (int, dict))

@@ -43,7 +43,9 @@ def load_model(
     missing = [k for k in result.missing_keys if not (cfg.tie_word_embeddings and k == "lm_head.weight")]
     unexpected = [k for k in result.unexpected_keys if "rotary_emb" not in k]
     if missing or unexpected:
-        raise ValueError(f"weights of {path} do not fit {cfg.model_type}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"weights of {path} do not fit {cfg.model_type}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.rotary = RotaryEmbedding(cfg, max_len).to(device)

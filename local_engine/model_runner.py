@@ -27,7 +27,10 @@ class ModelRunner:
         dtype = config.torch_dtype
         shape = (num_blocks, config.block_size, cfg.num_key_value_heads, cfg.head_dim)
         self.kv_caches = [
-            (torch.zeros(shape, dtype=dtype, device=self.device), torch.zeros(shape, dtype=dtype, device=self.device))
+            (
+                torch.zeros(shape, dtype=dtype, device=self.device),
+                torch.zeros(shape, dtype=dtype, device=self.device),
+            )
             for _ in range(cfg.num_hidden_layers)
         ]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from local_engine.engine import Prompt, RequestError
@@ -51,7 +51,11 @@ def _num(body: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and not isinstance(value, int))
+    ):
         raise OpenAIError(f"'{key}' must be {'an integer' if kind is int else 'a number'}", param=key)
     return kind(value)
 
@@ -62,7 +66,9 @@ def sampling_params_from_request(
     """Read OpenAI sampling fields (plus vLLM-style top_k, min_p, repetition_penalty, stop_token_ids, ignore_eos)."""
     if _num(body, "n", int, 1) != 1:
         raise OpenAIError("only n=1 is supported", param="n")
-    max_key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    max_key = (
+        "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    )
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
@@ -132,7 +138,11 @@ def prompt_from_request(body: dict[str, Any], *, chat: bool) -> Prompt:
         prompt = prompt[0]
     if isinstance(prompt, str) and prompt:
         return prompt
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    ):
         return prompt
     raise OpenAIError("'prompt' must be a non-empty string or list of token ids (one prompt)", param="prompt")
 
@@ -183,7 +193,7 @@ def new_request_id(chat: bool) -> str:
 
 async def stream_response(
     engine: AsyncEngine, body: dict[str, Any], *, chat: bool, request_id: str | None = None
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """Run a request and yield OpenAI stream chunks (``chat.completion.chunk`` / ``text_completion``).
 
     With ``stream_options.include_usage`` a last chunk with empty ``choices`` carries usage.
@@ -226,7 +236,11 @@ async def stream_response(
     finally:
         await gen.aclose()
     if include_usage and last is not None:
-        yield {**base, "choices": [], "usage": usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens)}
+        yield {
+            **base,
+            "choices": [],
+            "usage": usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens),
+        }
 
 
 async def complete_response(

@@ -17,7 +17,9 @@ ENGINE = web.AppKey("engine", AsyncEngine)
 log = logging.getLogger("local_engine.server")
 
 
-def _error(status: int, message: str, type: str, param: str | None = None, code: str | None = None) -> web.Response:
+def _error(
+    status: int, message: str, type: str, param: str | None = None, code: str | None = None
+) -> web.Response:
     return web.json_response(error_body(message, type, param, code), status=status)
 
 
@@ -89,7 +91,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    entry = {"id": engine.model_name, "object": "model", "created": int(time.time()), "owned_by": "local_engine"}
+    entry = {
+        "id": engine.model_name,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "local_engine",
+    }
     return web.json_response({"object": "list", "data": [entry]})
 
 

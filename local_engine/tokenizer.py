@@ -45,9 +45,7 @@ class Tokenizer:
         self._special_tokens = {k: _token_str(v) for k, v in cfg.items() if k.endswith("_token")}
         self._template: jinja2.Template | None = None
         # The ids decode() must skip: every special added token.
-        self.special_ids = {
-            i for i, t in self._tok.get_added_tokens_decoder().items() if t.special
-        }
+        self.special_ids = {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
 
     @property
     def vocab_size(self) -> int:

@@ -87,14 +87,24 @@ async def test_bad_requests_raise_and_engine_keeps_serving(engine: AsyncEngine) 
     with pytest.raises(RequestError, match="vocabulary"):
         async for _ in engine.generate("oov", [1, 99999], LONG):
             pass
-    outs = [d async for d in engine.generate("ok", "the", SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))]
+    outs = [
+        d
+        async for d in engine.generate(
+            "ok", "the", SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+        )
+    ]
     assert outs[-1].finish_reason == "length"
 
 
 async def test_chat_messages_use_the_chat_template(engine: AsyncEngine) -> None:
     msgs = [{"role": "user", "content": "hello"}]
     assert engine.apply_chat_template(msgs) == "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
-    outs = [d async for d in engine.generate("chat", msgs, SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))]
+    outs = [
+        d
+        async for d in engine.generate(
+            "chat", msgs, SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+        )
+    ]
     expected = len(engine.engine.tokenizer.encode_chat(msgs))
     assert outs[-1].prompt_tokens == expected
 

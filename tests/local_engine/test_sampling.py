@@ -30,7 +30,9 @@ def test_stop_token_id_ends_with_stop(llm: LLM) -> None:
     free = llm.generate(PROMPT, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))[0]
     target = free.token_ids[5]
     first = free.token_ids.index(target)
-    out = llm.generate(PROMPT, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, stop_token_ids=(target,)))[0]
+    out = llm.generate(
+        PROMPT, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, stop_token_ids=(target,))
+    )[0]
     assert out.finish_reason == "stop" and out.token_ids == free.token_ids[: first + 1]
 
 
@@ -42,20 +44,25 @@ def test_stop_string_truncates_text(llm: LLM) -> None:
     assert out.finish_reason == "stop"
     assert out.text == free.text[: free.text.index(stop)]
     kept = llm.generate(
-        PROMPT, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, stop=[stop], include_stop_str_in_output=True)
+        PROMPT,
+        SamplingParams(
+            max_tokens=20, temperature=0, ignore_eos=True, stop=[stop], include_stop_str_in_output=True
+        ),
     )[0]
     assert kept.text == free.text[: free.text.index(stop) + len(stop)]
 
 
 def test_stop_strings_are_never_streamed(tiny_llama: Path) -> None:
-    from local_engine import LLMEngine, EngineConfig
+    from local_engine import EngineConfig, LLMEngine
 
     engine = LLMEngine(tiny_llama, EngineConfig(block_size=4, num_kv_blocks=64))
     ref = LLM(tiny_llama, block_size=4, num_kv_blocks=64).generate(
         PROMPT, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
     )[0]
     stop = ref.text[4:7]
-    engine.add_request("s", PROMPT, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, stop=[stop]))
+    engine.add_request(
+        "s", PROMPT, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, stop=[stop])
+    )
     streamed = ""
     while engine.has_unfinished():
         for out in engine.step():
@@ -66,7 +73,9 @@ def test_stop_strings_are_never_streamed(tiny_llama: Path) -> None:
 
 def test_same_seed_same_text_and_other_seed_differs(llm: LLM) -> None:
     def run(seed: int) -> list[int]:
-        return llm.generate(PROMPT, SamplingParams(max_tokens=16, temperature=1.5, seed=seed, ignore_eos=True))[0].token_ids
+        return llm.generate(
+            PROMPT, SamplingParams(max_tokens=16, temperature=1.5, seed=seed, ignore_eos=True)
+        )[0].token_ids
 
     a, b, c = run(7), run(7), run(8)
     assert a == b

@@ -53,7 +53,14 @@ async def _sse(resp: aiohttp.ClientResponse) -> list[dict | str]:
 
 
 async def test_completions_non_streaming_with_usage_and_logprobs(tiny_url: str) -> None:
-    body = {"model": "m", "prompt": "the quick", "max_tokens": 5, "temperature": 0, "logprobs": 2, "ignore_eos": True}
+    body = {
+        "model": "m",
+        "prompt": "the quick",
+        "max_tokens": 5,
+        "temperature": 0,
+        "logprobs": 2,
+        "ignore_eos": True,
+    }
     async with aiohttp.ClientSession() as s, s.post(f"{tiny_url}/v1/completions", json=body) as r:
         assert r.status == 200
         data = await r.json()
@@ -89,13 +96,20 @@ async def test_chat_streaming_sse_with_include_usage(tiny_url: str) -> None:
     ("path", "body", "status", "param"),
     [
         ("/v1/chat/completions", {"messages": []}, 400, "messages"),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 400, "temperature"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
+            400,
+            "temperature",
+        ),
         ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n"),
         ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, None),
         ("/v1/completions", {"prompt": list(range(5, 400))}, 400, "messages"),
     ],
 )
-async def test_errors_use_openai_format(tiny_url: str, path: str, body: dict, status: int, param: str | None) -> None:
+async def test_errors_use_openai_format(
+    tiny_url: str, path: str, body: dict, status: int, param: str | None
+) -> None:
     async with aiohttp.ClientSession() as s, s.post(f"{tiny_url}{path}", json=body) as r:
         assert r.status == status
         err = (await r.json())["error"]
