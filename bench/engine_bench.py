@@ -9,7 +9,9 @@ inter-token latency (ITL) per concurrency, for our AsyncEngine, transformers'
 ``generate`` one request at a time (sequential), and transformers' ``generate`` on a
 padded static batch of all requests. Then the prefix-cache check: TTFT of a request
 sharing a 1,024-token prefix with an earlier one, against the cold TTFT.
-Figures on a shared machine drift run to run: compare ratios within one run.
+Figures on a shared machine drift run to run: compare ratios within one run. The
+tok/CPU-s column (output tokens per CPU-second of this process) is less sensitive to
+other load on the machine than wall-clock tokens/s.
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ class Row:
     ttft_s: float
     itl_s: float
     note: str = ""
+    tokens_per_cpu_s: float = 0.0
+    wall_s: float = 0.0
+
+
+async def timed(work: Any) -> Row:
+    """Run ``work`` (returns a Row) and add output tokens per CPU-second of this process."""
+    start = time.process_time()
+    row: Row = await work
+    row.tokens_per_cpu_s = _tokens(row) / max(1e-9, time.process_time() - start)
+    return row
+
+
+def _tokens(row: Row) -> float:
+    return row.tokens_per_s * row.wall_s
 
 
 def make_prompts(tok: Tokenizer, n: int, length: int, seed: int) -> list[list[int]]:
@@ -79,9 +95,9 @@ async def run_ours(engine: AsyncEngine, prompts: list[list[int]], max_tokens: in
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(len(prompts))))
     wall = time.perf_counter() - t0
-    return Row(
-        "ours (AsyncEngine)", len(prompts), total / wall, statistics.mean(ttfts), statistics.mean(itls)
-    )
+    row = Row("ours (AsyncEngine)", len(prompts), total / wall, statistics.mean(ttfts), statistics.mean(itls))
+    row.wall_s = wall
+    return row
 
 
 class _Clock:
@@ -145,7 +161,7 @@ def run_hf_sequential(
                 max_tokens / per_req,
                 queued_ttft,
                 itl,
-                f"from {len(prompts)} requests",
+                f"timed on {len(prompts)} requests; TTFT counts the wait for earlier ones",
             )
         )
     return rows
@@ -153,7 +169,9 @@ def run_hf_sequential(
 
 def run_hf_static(hf: Any, prompts: list[list[int]], max_tokens: int) -> Row:
     wall, ttft, itl = hf_generate(hf, prompts, max_tokens)
-    return Row("transformers static batch", len(prompts), len(prompts) * max_tokens / wall, ttft, itl)
+    row = Row("transformers static batch", len(prompts), len(prompts) * max_tokens / wall, ttft, itl)
+    row.wall_s = wall
+    return row
 
 
 async def prefix_cache_check(engine: AsyncEngine, tok: Tokenizer, prefix_len: int) -> tuple[float, float]:
@@ -175,13 +193,14 @@ async def prefix_cache_check(engine: AsyncEngine, tok: Tokenizer, prefix_len: in
 def print_table(rows: list[Row]) -> None:
     print()
     print(
-        f"| {'system':<27} | {'concurrent':>10} | {'output tok/s':>12} | {'TTFT ms':>9} | {'ITL ms':>7} | note"
+        f"| {'system':<27} | {'concurrent':>10} | {'output tok/s':>12} | {'tok/CPU-s':>9} "
+        f"| {'TTFT ms':>9} | {'ITL ms':>7} | note"
     )
-    print(f"|{'-' * 29}|{'-' * 12}|{'-' * 14}|{'-' * 11}|{'-' * 9}|------")
+    print(f"|{'-' * 29}|{'-' * 12}|{'-' * 14}|{'-' * 11}|{'-' * 11}|{'-' * 9}|------")
     for r in sorted(rows, key=lambda r: (r.concurrency, r.system)):
         print(
-            f"| {r.system:<27} | {r.concurrency:>10} | {r.tokens_per_s:>12.1f} | {r.ttft_s * 1e3:>9.0f} "
-            f"| {r.itl_s * 1e3:>7.1f} | {r.note}"
+            f"| {r.system:<27} | {r.concurrency:>10} | {r.tokens_per_s:>12.1f} | {r.tokens_per_cpu_s:>9.1f} "
+            f"| {r.ttft_s * 1e3:>9.0f} | {r.itl_s * 1e3:>7.1f} | {r.note}"
         )
 
 
@@ -211,33 +230,36 @@ async def main() -> None:
     engine = await AsyncEngine.create(
         path, device=args.device, dtype=args.dtype, max_num_seqs=max(64, *concurrency)
     )
-    rows: list[Row] = []
-    try:
-        await run_ours(engine, make_prompts(tok, 1, 16, seed=0), 4)  # warm-up
-        for n in concurrency:
-            rows.append(
-                await run_ours(engine, make_prompts(tok, n, args.prompt_tokens, seed=n), args.max_tokens)
-            )
-            print(f"  ours @{n}: {rows[-1].tokens_per_s:.1f} tok/s", flush=True)
-        cold, warm = await prefix_cache_check(engine, tok, args.prefix_tokens)
-    finally:
-        await engine.close()
-    del engine
-
+    hf = None
     if not args.skip_hf:
         from transformers import AutoModelForCausalLM
 
         hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval().to(args.device)
         hf_generate(hf, make_prompts(tok, 1, 16, seed=0), 4)  # warm-up
-        seq_prompts = make_prompts(tok, args.hf_seq_requests, args.prompt_tokens, seed=1)
-        rows += run_hf_sequential(hf, seq_prompts, args.max_tokens, concurrency)
-        print(f"  transformers sequential: {rows[-1].tokens_per_s:.1f} tok/s", flush=True)
+    rows: list[Row] = []
+    try:
+        await run_ours(engine, make_prompts(tok, 1, 16, seed=0), 4)  # warm-up
+        # Each system runs right after the other at the same concurrency, so a noisy
+        # neighbour on a shared machine skews both alike rather than one of them.
         for n in concurrency:
-            if n > 1:
-                rows.append(
-                    run_hf_static(hf, make_prompts(tok, n, args.prompt_tokens, seed=n), args.max_tokens)
-                )
+            prompts = make_prompts(tok, n, args.prompt_tokens, seed=n)
+            rows.append(await timed(run_ours(engine, prompts, args.max_tokens)))
+            print(f"  ours @{n}: {rows[-1].tokens_per_s:.1f} tok/s", flush=True)
+            if hf is not None and n > 1:
+                rows.append(await timed(asyncio.to_thread(run_hf_static, hf, prompts, args.max_tokens)))
                 print(f"  transformers static @{n}: {rows[-1].tokens_per_s:.1f} tok/s", flush=True)
+        if hf is not None:
+            seq_prompts = make_prompts(tok, args.hf_seq_requests, args.prompt_tokens, seed=1)
+            start_cpu = time.process_time()
+            seq_rows = run_hf_sequential(hf, seq_prompts, args.max_tokens, concurrency)
+            cpu = time.process_time() - start_cpu
+            for r in seq_rows:
+                r.tokens_per_cpu_s = args.max_tokens * len(seq_prompts) / cpu
+            rows += seq_rows
+            print(f"  transformers sequential: {rows[-1].tokens_per_s:.1f} tok/s", flush=True)
+        cold, warm = await prefix_cache_check(engine, tok, args.prefix_tokens)
+    finally:
+        await engine.close()
 
     print_table(rows)
     if not args.skip_hf:

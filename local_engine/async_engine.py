@@ -35,6 +35,11 @@ class _Stream:
             pass
 
 
+def _put_all(items: list[tuple[_Stream, RequestOutput]]) -> None:
+    for stream, out in items:
+        stream.queue.put_nowait(out)
+
+
 class AsyncEngine:
     """Serves many concurrent ``generate`` calls from one :class:`LLMEngine`."""
 
@@ -144,8 +149,7 @@ class AsyncEngine:
                 for rid in aborts:
                     engine.abort_request(rid)
                 if engine.has_unfinished():
-                    for out in engine.step():
-                        self._deliver(out)
+                    self._deliver(engine.step())
         except BaseException as e:  # the loop must not die silently: every caller hears of it
             self._error = e
         finally:
@@ -158,13 +162,23 @@ class AsyncEngine:
             for stream in streams.values():
                 stream.put(err)
 
-    def _deliver(self, out: RequestOutput) -> None:
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        # One wake-up per event loop per step, not one per token: fewer thread switches
+        # that would stall torch's worker threads on a small machine.
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, RequestOutput]]] = {}
         with self._cv:
-            stream = self._streams.get(out.request_id)
-            if stream is not None and out.finished:
-                del self._streams[out.request_id]
-        if stream is not None:
-            stream.put(out)
+            for out in outputs:
+                stream = self._streams.get(out.request_id)
+                if stream is None:
+                    continue
+                if out.finished:
+                    del self._streams[out.request_id]
+                batches.setdefault(stream.loop, []).append((stream, out))
+        for loop, items in batches.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # that loop is closed; nobody is listening
+                pass
 
     def _fail(self, request_id: str, error: BaseException) -> None:
         with self._cv:
