@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def _build(path: Path, kind: str) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=VOCAB,
         hidden_size=64,
         intermediate_size=128,
@@ -60,12 +61,11 @@ def _build(path: Path, kind: str) -> Path:
         bos_token_id=1,
         eos_token_id=2,
     )
+    model: torch.nn.Module
     if kind == "llama-plain":  # default RoPE, untied head: what a GGUF round trip can carry
         model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=False))
     elif kind == "llama":
-        cfg = LlamaConfig(
-            **common,
-            tie_word_embeddings=True,
+        llama3: dict[str, Any] = dict(
             rope_scaling={
                 "rope_type": "llama3",
                 "factor": 8.0,
@@ -75,14 +75,14 @@ def _build(path: Path, kind: str) -> Path:
             },
             rope_theta=500000.0,
         )
-        model = LlamaForCausalLM(cfg)
+        model = LlamaForCausalLM(LlamaConfig(**common, **llama3, tie_word_embeddings=True))
     else:
-        cfg = Qwen2Config(**common, tie_word_embeddings=False)
-        model = Qwen2ForCausalLM(cfg)
+        qwen = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=False))
         with torch.no_grad():  # transformers zero-inits biases; random ones test that we load them
-            for layer in model.model.layers:
+            for layer in qwen.model.layers:
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     proj.bias.normal_(0, 0.5)
+        model = qwen
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path), safe_serialization=True)
     _write_tokenizer(path)

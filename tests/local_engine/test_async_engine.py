@@ -37,7 +37,7 @@ async def test_concurrent_streams_match_offline_generation(engine: AsyncEngine, 
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
 
     async def run(i: int) -> tuple[str, list[int], str | None]:
-        text, ids, reason = "", [], None
+        text, ids, reason = "", list[int](), None
         async for d in engine.generate(f"r{i}", prompts[i], params):
             text += d.text
             ids.extend(d.token_ids)
@@ -73,7 +73,7 @@ async def test_cancelled_caller_aborts_and_frees_blocks(engine: AsyncEngine) -> 
 
     task = asyncio.create_task(consume())
     await asyncio.wait_for(started.wait(), 10)
-    assert engine.metrics["kv_blocks_used"] > 0
+    assert (engine.metrics["kv_blocks_used"] or 0) > 0
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -37,7 +38,7 @@ def test_logits_match_transformers_at_prefill_and_every_decode(
     captured: list[torch.Tensor] = []
     real_sample = model_runner.sample
 
-    def capture(logits: torch.Tensor, seqs: list) -> tuple:  # type: ignore[type-arg]
+    def capture(logits: torch.Tensor, seqs: list[Any]) -> Any:
         captured.append(logits.clone())
         return real_sample(logits, seqs)
 

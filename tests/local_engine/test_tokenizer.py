@@ -54,7 +54,9 @@ def test_detokenizer_waits_for_multibyte_characters(smollm2_path: Path) -> None:
 
 
 @pytest.mark.parametrize("messages", [[{"role": "user", "content": "x"}]])
-def test_model_without_template_raises(tiny_llama: Path, tmp_path: Path, messages: list) -> None:  # type: ignore[type-arg]
+def test_model_without_template_raises(
+    tiny_llama: Path, tmp_path: Path, messages: list[dict[str, str]]
+) -> None:
     (tmp_path / "tokenizer.json").write_bytes((tiny_llama / "tokenizer.json").read_bytes())
     with pytest.raises(ValueError, match="no chat template"):
         Tokenizer(tmp_path).apply_chat_template(messages)
