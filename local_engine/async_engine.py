@@ -82,7 +82,7 @@ class AsyncEngine:
     async def generate(
         self, request_id: str, prompt: Prompt, params: SamplingParams
     ) -> AsyncGenerator[RequestOutput, None]:
-        """Yield one :class:`RequestOutput` delta per new token; the last has ``finish_reason`` set.
+        """Yield one :class:`RequestOutput` delta per new token; the last has ``done`` set.
 
         ``prompt`` is text, token ids or a list of chat messages. Raises :class:`RequestError`
         for a request the engine cannot take and :class:`EngineClosedError` on shutdown.
@@ -103,7 +103,7 @@ class AsyncEngine:
                 if isinstance(item, BaseException):
                     finished = True  # the loop already dropped the request
                     raise item
-                finished = item.finished
+                finished = item.done
                 yield item
                 if finished:
                     return
@@ -171,7 +171,7 @@ class AsyncEngine:
                 stream = self._streams.get(out.request_id)
                 if stream is None:
                     continue
-                if out.finished:
+                if out.done:
                     del self._streams[out.request_id]
                 batches.setdefault(stream.loop, []).append((stream, out))
         for loop, items in batches.items():

@@ -56,9 +56,7 @@ class LLMEngine:
         if self.tokenizer.eos_token_id is not None:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
         self.metrics = EngineMetrics(kv_blocks_total=num_blocks)
-        self._seqs: dict[str, Sequence] = {}
-        self._arrived: dict[str, float] = {}
-        self._last_token_at: dict[str, float] = {}
+        self._requests: dict[str, list[Sequence]] = {}  # request id → its n sequences
 
     def tokenize(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -69,9 +67,9 @@ class LLMEngine:
             raise RequestError("prompt must be a string, a list of token ids or a list of chat messages")
         return list(prompt)  # type: ignore[arg-type]
 
-    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams) -> Sequence:
-        """Queue a request; ``prompt`` is text, token ids, or OpenAI chat messages."""
-        if request_id in self._seqs:
+    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams) -> list[Sequence]:
+        """Queue a request (``params.n`` sequences); ``prompt`` is text, token ids, or OpenAI chat messages."""
+        if request_id in self._requests:
             raise RequestError(f"request id {request_id!r} is already running")
         ids = self.tokenize(prompt)
         if not ids:
@@ -82,23 +80,29 @@ class LLMEngine:
             )
         if any(t < 0 or t >= self.model.config.vocab_size for t in ids):
             raise RequestError("prompt contains token ids outside the vocabulary")
-        seq = Sequence(request_id, ids, params, IncrementalDetokenizer(self.tokenizer, ids))
-        self._seqs[request_id] = seq
-        self._arrived[request_id] = time.perf_counter()
-        self.scheduler.add(seq)
+        now = time.perf_counter()
+        seqs: list[Sequence] = []
+        for i in range(params.n):
+            # Siblings wait for the first to compute the prompt, then take its blocks from the cache.
+            parent = seqs[0] if seqs and self.config.enable_prefix_caching else None
+            seq = Sequence(request_id, ids, params, IncrementalDetokenizer(self.tokenizer, ids), i, parent)
+            if params.seed is not None and i:
+                seq.generator = torch.Generator().manual_seed(params.seed + i)
+            seq.arrival_time = now
+            seqs.append(seq)
+            self.scheduler.add(seq)
+        self._requests[request_id] = seqs
         self.metrics.prompt_tokens_total += len(ids)
         self._update_gauges()
-        return seq
+        return seqs
 
-    def abort_request(self, request_id: str) -> RequestOutput | None:
-        """Stop a request now and free its KV blocks; None if it is unknown or already done."""
-        seq = self._seqs.get(request_id)
-        if seq is None:
-            return None
-        self.scheduler.finish(seq, "abort")
-        self._forget(seq)
+    def abort_request(self, request_id: str) -> None:
+        """Stop a request now and free its KV blocks; a no-op if it is unknown or already done."""
+        seqs = self._requests.pop(request_id, None)
+        for seq in seqs or ():
+            if not seq.finished:
+                self.scheduler.finish(seq, "abort")
         self._update_gauges()
-        return self._output(seq, [], [])
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -125,13 +129,11 @@ class LLMEngine:
     def _append_token(
         self, seq: Sequence, token: int, logprob: TokenLogprob | None, now: float
     ) -> RequestOutput:
-        rid = seq.request_id
-        last = self._last_token_at.get(rid)
-        if last is None:
-            self.metrics.ttft_s.append(now - self._arrived[rid])
+        if seq.last_token_time is None:
+            self.metrics.ttft_s.append(now - seq.arrival_time)
         else:
-            self.metrics.itl_s.append(now - last)
-        self._last_token_at[rid] = now
+            self.metrics.itl_s.append(now - seq.last_token_time)
+        seq.last_token_time = now
         seq.token_ids.append(token)
         if logprob is not None:
             seq.logprobs.append(logprob)
@@ -156,13 +158,19 @@ class LLMEngine:
             or seq.num_tokens >= self.max_model_len
         ):
             reason = "length"
+        done = False
         if reason is not None:
             self.scheduler.finish(seq, reason)
-            self._forget(seq)
-            self.metrics.requests_finished_total += 1
-        return self._output(seq, [token], [logprob] if logprob is not None else [])
+            siblings = self._requests[seq.request_id]
+            done = all(s.finished for s in siblings)
+            if done:
+                del self._requests[seq.request_id]
+                self.metrics.requests_finished_total += 1
+        return self._output(seq, [token], [logprob] if logprob is not None else [], done)
 
-    def _output(self, seq: Sequence, tokens: list[int], logprobs: list[TokenLogprob]) -> RequestOutput:
+    def _output(
+        self, seq: Sequence, tokens: list[int], logprobs: list[TokenLogprob], done: bool
+    ) -> RequestOutput:
         end = len(seq.output_text)
         if not seq.finished and seq.params.stop:
             # Hold back what might be the start of a stop string until it is decided.
@@ -171,6 +179,7 @@ class LLMEngine:
         seq.num_emitted_chars = end
         return RequestOutput(
             request_id=seq.request_id,
+            index=seq.index,
             text=text,
             token_ids=tuple(tokens),
             logprobs=tuple(logprobs) if seq.params.logprobs is not None else None,
@@ -178,13 +187,8 @@ class LLMEngine:
             prompt_tokens=seq.num_prompt_tokens,
             completion_tokens=seq.num_output_tokens,
             cached_tokens=seq.num_cached_tokens,
+            done=done,
         )
-
-    def _forget(self, seq: Sequence) -> None:
-        rid = seq.request_id
-        self._seqs.pop(rid, None)
-        self._arrived.pop(rid, None)
-        self._last_token_at.pop(rid, None)
 
     def _update_gauges(self) -> None:
         m = self.metrics

@@ -30,7 +30,8 @@ class LLM:
         prompts: Prompt | Seq[Prompt],
         params: SamplingParams | Seq[SamplingParams] | None = None,
     ) -> list[Completion]:
-        """Complete each prompt (text, token ids or chat messages); outputs come back in input order."""
+        """Complete each prompt (text, token ids or chat messages); outputs come back in input order
+        (with ``n > 1``, a prompt's n completions in a row)."""
         prompt_list = [prompts] if _is_single(prompts) else list(prompts)
         if params is None:
             params = SamplingParams()
@@ -51,12 +52,13 @@ class LLM:
         return self.generate(list(conversations), params)
 
     def _drain(self, order: list[str]) -> list[Completion]:
-        seqs = {rid: self.engine._seqs[rid] for rid in order}
+        seqs = [(rid, self.engine._requests[rid]) for rid in order]
         while self.engine.has_unfinished():
             self.engine.step()
         return [
             Completion(
                 request_id=rid,
+                index=s.index,
                 prompt_token_ids=s.prompt_token_ids,
                 token_ids=s.output_token_ids,
                 text=s.output_text,
@@ -64,7 +66,8 @@ class LLM:
                 logprobs=s.logprobs if s.params.logprobs is not None else None,
                 cached_tokens=s.num_cached_tokens,
             )
-            for rid, s in seqs.items()
+            for rid, group in seqs
+            for s in group
         ]
 
 

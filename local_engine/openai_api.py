@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from local_engine.async_engine import AsyncEngine
 
 
+MAX_N = 16
+
+
 class OpenAIError(Exception):
     """An error with its HTTP status and OpenAI error fields."""
 
@@ -64,8 +67,9 @@ def sampling_params_from_request(
     body: dict[str, Any], *, chat: bool, default_max_tokens: int | None = None
 ) -> SamplingParams:
     """Read OpenAI sampling fields (plus vLLM-style top_k, min_p, repetition_penalty, stop_token_ids, ignore_eos)."""
-    if _num(body, "n", int, 1) != 1:
-        raise OpenAIError("only n=1 is supported", param="n")
+    n = _num(body, "n", int, 1)
+    if not 1 <= n <= MAX_N:
+        raise OpenAIError(f"'n' must be between 1 and {MAX_N}", param="n")
     max_key = (
         "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
     )
@@ -90,6 +94,7 @@ def sampling_params_from_request(
         raise OpenAIError(f"'{param}' must be between 0 and {MAX_LOGPROBS}", param=param)
     try:
         return SamplingParams(
+            n=n,
             max_tokens=_num(body, max_key, int, default_max_tokens),
             temperature=_num(body, "temperature", float, 1.0),
             top_p=_num(body, "top_p", float, 1.0),
@@ -191,56 +196,62 @@ def new_request_id(chat: bool) -> str:
     return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
 
 
+def _usage_of(last: dict[int, RequestOutput]) -> dict[str, Any]:
+    outs = list(last.values())
+    return usage(
+        outs[0].prompt_tokens, sum(o.completion_tokens for o in outs), max(o.cached_tokens for o in outs)
+    )
+
+
 async def stream_response(
     engine: AsyncEngine, body: dict[str, Any], *, chat: bool, request_id: str | None = None
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Run a request and yield OpenAI stream chunks (``chat.completion.chunk`` / ``text_completion``).
 
-    With ``stream_options.include_usage`` a last chunk with empty ``choices`` carries usage.
+    Each chunk carries one choice (its ``index`` tells which of the n). With
+    ``stream_options.include_usage`` a last chunk with empty ``choices`` carries usage.
     Leaving the iteration early aborts the request.
     """
     params = sampling_params_from_request(body, chat=chat)
     prompt = prompt_from_request(body, chat=chat)
     rid = request_id or new_request_id(chat)
     created = int(time.time())
-    model = engine.model_name
     obj = "chat.completion.chunk" if chat else "text_completion"
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     tok = engine.engine.tokenizer
-    base = {"id": rid, "object": obj, "created": created, "model": model}
-    first = True
-    offset = 0
-    last: RequestOutput | None = None
+    base = {"id": rid, "object": obj, "created": created, "model": engine.model_name}
+    offsets: dict[int, int] = {}
+    last: dict[int, RequestOutput] = {}  # latest output of each choice
     gen = engine.generate(rid, prompt, params)
     try:
         with _errors():
             async for out in gen:
-                last = out
-                choice: dict[str, Any] = {"index": 0, "finish_reason": out.finish_reason, "logprobs": None}
+                if not out.text and not out.finished and not out.logprobs:
+                    continue  # a token whose text is held back (partial character or stop string)
+                first = out.index not in offsets
+                offset = offsets.get(out.index, 0)
+                offsets[out.index] = offset + len(out.text)
+                last[out.index] = out
+                choice: dict[str, Any] = {
+                    "index": out.index,
+                    "finish_reason": out.finish_reason,
+                    "logprobs": None,
+                }
                 if chat:
-                    delta: dict[str, Any] = {"content": out.text}
-                    if first:
-                        delta = {"role": "assistant", "content": out.text}
-                    choice["delta"] = delta
+                    choice["delta"] = (
+                        {"role": "assistant", "content": out.text} if first else {"content": out.text}
+                    )
                     if out.logprobs:
                         choice["logprobs"] = chat_logprobs(tok, out.logprobs)
                 else:
                     choice["text"] = out.text
                     if out.logprobs:
                         choice["logprobs"] = completion_logprobs(tok, out.logprobs, offset)
-                    offset += len(out.text)
-                if not out.text and not out.finished and not out.logprobs:
-                    continue  # a token whose text is held back (partial character or stop string)
-                first = False
                 yield {**base, "choices": [choice], **({"usage": None} if include_usage else {})}
     finally:
         await gen.aclose()
-    if include_usage and last is not None:
-        yield {
-            **base,
-            "choices": [],
-            "usage": usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens),
-        }
+    if include_usage and last:
+        yield {**base, "choices": [], "usage": _usage_of(last)}
 
 
 async def complete_response(
@@ -251,42 +262,38 @@ async def complete_response(
     prompt = prompt_from_request(body, chat=chat)
     rid = request_id or new_request_id(chat)
     created = int(time.time())
-    text: list[str] = []
-    lps: list[TokenLogprob] = []
-    last: RequestOutput | None = None
+    texts: dict[int, list[str]] = {i: [] for i in range(params.n)}
+    lps: dict[int, list[TokenLogprob]] = {i: [] for i in range(params.n)}
+    last: dict[int, RequestOutput] = {}
     gen = engine.generate(rid, prompt, params)
     try:
         with _errors():
             async for out in gen:
-                text.append(out.text)
-                lps.extend(out.logprobs or ())
-                last = out
+                texts[out.index].append(out.text)
+                lps[out.index].extend(out.logprobs or ())
+                last[out.index] = out
     finally:
         await gen.aclose()
-    assert last is not None and last.finish_reason is not None
     tok = engine.engine.tokenizer
-    content = "".join(text)
-    if chat:
-        choice: dict[str, Any] = {
-            "index": 0,
-            "message": {"role": "assistant", "content": content},
-            "finish_reason": last.finish_reason,
-            "logprobs": chat_logprobs(tok, lps) if params.logprobs is not None else None,
-        }
-    else:
-        choice = {
-            "index": 0,
-            "text": content,
-            "finish_reason": last.finish_reason,
-            "logprobs": completion_logprobs(tok, lps, 0) if params.logprobs is not None else None,
-        }
+    want_logprobs = params.logprobs is not None
+    choices = []
+    for i in range(params.n):
+        content = "".join(texts[i])
+        choice: dict[str, Any] = {"index": i, "finish_reason": last[i].finish_reason}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": content}
+            choice["logprobs"] = chat_logprobs(tok, lps[i]) if want_logprobs else None
+        else:
+            choice["text"] = content
+            choice["logprobs"] = completion_logprobs(tok, lps[i], 0) if want_logprobs else None
+        choices.append(choice)
     return {
         "id": rid,
         "object": "chat.completion" if chat else "text_completion",
         "created": created,
         "model": engine.model_name,
-        "choices": [choice],
-        "usage": usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens),
+        "choices": choices,
+        "usage": _usage_of(last),
     }
 
 

@@ -11,11 +11,14 @@ from local_engine.sequence import TokenLogprob
 class RequestOutput:
     """New tokens and text of one request since its previous output.
 
-    ``finish_reason`` is ``"stop"`` (EOS, stop token or stop string), ``"length"``
-    (max_tokens or context full) or ``"abort"``; None while running.
+    ``index`` is the completion (0..n-1) it belongs to. ``finish_reason`` is that
+    completion's: ``"stop"`` (EOS, stop token or stop string), ``"length"`` (max_tokens or
+    context full) or ``"abort"``; None while running. ``done`` is True on the request's
+    very last output, once all n completions have finished.
     """
 
     request_id: str
+    index: int
     text: str
     token_ids: tuple[int, ...]
     logprobs: tuple[TokenLogprob, ...] | None
@@ -23,6 +26,7 @@ class RequestOutput:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    done: bool
 
     @property
     def finished(self) -> bool:
@@ -34,6 +38,7 @@ class Completion:
     """A finished request, as ``LLM.generate`` returns it."""
 
     request_id: str
+    index: int
     prompt_token_ids: list[int]
     token_ids: list[int]
     text: str

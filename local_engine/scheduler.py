@@ -80,12 +80,15 @@ class Scheduler:
                 scheduled.append(ScheduledSeq(seq, n))
                 budget -= n
         # Admitting new work right after a preemption would only thrash the cache.
-        while self.waiting and budget > 0 and not preempted and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+        for seq in list(self.waiting):
+            if budget <= 0 or preempted or len(self.running) >= self.max_num_seqs:
+                break
+            if not seq.ready:
+                continue
             n = self.block_manager.allocate(seq, budget)
             if n == 0:
                 break
-            self.waiting.pop(0)
+            self.waiting.remove(seq)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             scheduled.append(ScheduledSeq(seq, n))

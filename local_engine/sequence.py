@@ -35,6 +35,8 @@ class Sequence:
     prompt_token_ids: list[int]
     params: SamplingParams
     detokenizer: IncrementalDetokenizer | None = None
+    index: int = 0  # which of the request's n completions
+    parent: Sequence | None = None  # the sibling whose prompt blocks this one waits to share
     token_ids: list[int] = field(default_factory=list)
     status: SequenceStatus = SequenceStatus.WAITING
     arrival: int = field(default_factory=lambda: next(_arrival))
@@ -48,6 +50,8 @@ class Sequence:
     num_emitted_chars: int = 0
     finish_reason: str | None = None
     num_preemptions: int = 0
+    arrival_time: float = 0.0
+    last_token_time: float | None = None
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -77,3 +81,9 @@ class Sequence:
     @property
     def finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
+
+    @property
+    def ready(self) -> bool:
+        """False while the parent still computes the prompt this sequence will take from the cache."""
+        p = self.parent
+        return p is None or p.finished or p.num_computed_tokens >= p.num_prompt_tokens

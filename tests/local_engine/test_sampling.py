@@ -139,3 +139,22 @@ def test_penalties_change_the_greedy_choice() -> None:
 def test_invalid_params_are_rejected(kw: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         SamplingParams(**kw)  # type: ignore[arg-type]
+
+
+def test_n_completions_share_the_prompt_blocks(tiny_llama: Path) -> None:
+    llm = LLM(tiny_llama, block_size=4, num_kv_blocks=256)
+    prompt = "a paged cache keeps keys and values in fixed size blocks"
+    greedy = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    single = llm.generate(prompt, greedy)[0]
+    llm2 = LLM(tiny_llama, block_size=4, num_kv_blocks=256)  # cold cache: sharing must come from siblings
+    outs = llm2.generate(prompt, SamplingParams(n=3, max_tokens=8, temperature=0, ignore_eos=True))
+    assert [o.index for o in outs] == [0, 1, 2]
+    assert all(o.token_ids == single.token_ids for o in outs)
+    full_blocks = (len(single.prompt_token_ids) - 1) // 4 * 4
+    assert [o.cached_tokens for o in outs] == [0, full_blocks, full_blocks]
+    sampled = llm2.generate(
+        prompt, SamplingParams(n=3, max_tokens=8, temperature=1.5, seed=5, ignore_eos=True)
+    )
+    again = llm2.generate(prompt, SamplingParams(n=3, max_tokens=8, temperature=1.5, seed=5, ignore_eos=True))
+    assert [o.token_ids for o in sampled] == [o.token_ids for o in again]
+    assert len({tuple(o.token_ids) for o in sampled}) > 1

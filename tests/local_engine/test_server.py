@@ -102,7 +102,7 @@ async def test_chat_streaming_sse_with_include_usage(tiny_url: str) -> None:
             400,
             "temperature",
         ),
-        ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n"),
+        ("/v1/completions", {"prompt": "x", "n": 0}, 400, "n"),
         ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, None),
         ("/v1/completions", {"prompt": list(range(5, 400))}, 400, "messages"),
     ],
@@ -137,3 +137,24 @@ async def test_client_disconnect_mid_stream_aborts(tiny_url: str, tiny_engine: A
             break
         await asyncio.sleep(0.01)
     assert tiny_engine.metrics["running_seqs"] == 0 and tiny_engine.metrics["kv_blocks_used"] == 0
+
+
+async def test_n_choices_streaming_and_not(tiny_url: str) -> None:
+    body = {"prompt": "the quick brown fox", "max_tokens": 4, "n": 3, "seed": 1, "ignore_eos": True}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{tiny_url}/v1/completions", json=body) as r:
+            data = await r.json()
+        assert [c["index"] for c in data["choices"]] == [0, 1, 2]
+        assert all(c["finish_reason"] == "length" for c in data["choices"])
+        assert data["usage"]["completion_tokens"] == 12
+        stream_body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        async with s.post(f"{tiny_url}/v1/completions", json=stream_body) as r:
+            events = await _sse(r)
+    chunks = [e for e in events if isinstance(e, dict)]
+    assert {c["choices"][0]["index"] for c in chunks if c["choices"]} == {0, 1, 2}
+    assert chunks[-1]["usage"]["completion_tokens"] == 12
+    streamed = {i: "" for i in range(3)}
+    for c in chunks:
+        for ch in c["choices"]:
+            streamed[ch["index"]] += ch["text"]
+    assert [streamed[i] for i in range(3)] == [c["text"] for c in data["choices"]]  # same seed, same texts
