@@ -15,16 +15,17 @@ class IncrementalDetokenizer:
     trailing U+FFFD means a multi-byte character is still incomplete, so we wait.
     """
 
-    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int]) -> None:
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int], skip_special_tokens: bool = True) -> None:
         self._tok = tokenizer
+        self._skip = skip_special_tokens
         self._ids = list(prompt_ids[-_CONTEXT_TOKENS:])
         self._prefix = 0
         self._read = len(self._ids)
 
     def add(self, token_id: int) -> str:
         self._ids.append(token_id)
-        prefix_text = self._tok.decode(self._ids[self._prefix : self._read])
-        new_text = self._tok.decode(self._ids[self._prefix :])
+        prefix_text = self._tok.decode(self._ids[self._prefix : self._read], self._skip)
+        new_text = self._tok.decode(self._ids[self._prefix :], self._skip)
         if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
             delta = new_text[len(prefix_text) :]
             self._prefix, self._read = self._read, len(self._ids)

@@ -85,7 +85,14 @@ class LLMEngine:
         for i in range(params.n):
             # Siblings wait for the first to compute the prompt, then take its blocks from the cache.
             parent = seqs[0] if seqs and self.config.enable_prefix_caching else None
-            seq = Sequence(request_id, ids, params, IncrementalDetokenizer(self.tokenizer, ids), i, parent)
+            seq = Sequence(
+                request_id,
+                ids,
+                params,
+                IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens),
+                i,
+                parent,
+            )
             if params.seed is not None and i:
                 seq.generator = torch.Generator().manual_seed(params.seed + i)
             seq.arrival_time = now

@@ -224,7 +224,7 @@ async def stream_response(
     last: dict[int, RequestOutput] = {}  # latest output of each choice
     gen = engine.generate(rid, prompt, params)
     try:
-        with _errors():
+        with _errors(chat):
             async for out in gen:
                 if not out.text and not out.finished and not out.logprobs:
                     continue  # a token whose text is held back (partial character or stop string)
@@ -267,7 +267,7 @@ async def complete_response(
     last: dict[int, RequestOutput] = {}
     gen = engine.generate(rid, prompt, params)
     try:
-        with _errors():
+        with _errors(chat):
             async for out in gen:
                 texts[out.index].append(out.text)
                 lps[out.index].extend(out.logprobs or ())
@@ -298,10 +298,10 @@ async def complete_response(
 
 
 @contextlib.contextmanager
-def _errors() -> Iterator[None]:
+def _errors(chat: bool) -> Iterator[None]:
     try:
         yield
     except RequestError as e:
-        raise OpenAIError(str(e), param="messages") from None
+        raise OpenAIError(str(e), param="messages" if chat else "prompt") from None
     except ValueError as e:  # e.g. a chat template that rejects the conversation
         raise OpenAIError(str(e)) from None

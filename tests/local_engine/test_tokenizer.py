@@ -60,3 +60,11 @@ def test_model_without_template_raises(
     (tmp_path / "tokenizer.json").write_bytes((tiny_llama / "tokenizer.json").read_bytes())
     with pytest.raises(ValueError, match="no chat template"):
         Tokenizer(tmp_path).apply_chat_template(messages)
+
+
+def test_special_tokens_are_skipped_unless_asked_for(tiny_llama: Path) -> None:
+    tok = Tokenizer(tiny_llama)
+    end = tok.encode("<|im_end|>", add_special_tokens=False)
+    assert len(end) == 1
+    assert IncrementalDetokenizer(tok, []).add(end[0]) == ""
+    assert IncrementalDetokenizer(tok, [], skip_special_tokens=False).add(end[0]) == "<|im_end|>"
