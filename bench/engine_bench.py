@@ -3,6 +3,7 @@
     python bench/engine_bench.py                 # 1, 8, 32 concurrent; ~128 tokens in, 128 out
     python bench/engine_bench.py --quick         # 1 and 8 concurrent, 32 tokens out
     python bench/engine_bench.py --skip-hf       # only our engine
+    python bench/engine_bench.py --repeat 2      # alternate the systems twice, keep each one's best
 
 Prints one table: output tokens/s, mean time to first token (TTFT) and mean
 inter-token latency (ITL) per concurrency, for our AsyncEngine, transformers'
@@ -215,6 +216,9 @@ async def main() -> None:
     )
     ap.add_argument("--prefix-tokens", type=int, default=1024)
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="runs per system and concurrency; the best is shown"
+    )
     ap.add_argument("--quick", action="store_true", help="1 and 8 concurrent, 32 tokens out")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None)
@@ -243,11 +247,17 @@ async def main() -> None:
         # neighbour on a shared machine skews both alike rather than one of them.
         for n in concurrency:
             prompts = make_prompts(tok, n, args.prompt_tokens, seed=n)
-            rows.append(await timed(run_ours(engine, prompts, args.max_tokens)))
-            print(f"  ours @{n}: {rows[-1].tokens_per_s:.1f} tok/s", flush=True)
-            if hf is not None and n > 1:
-                rows.append(await timed(asyncio.to_thread(run_hf_static, hf, prompts, args.max_tokens)))
-                print(f"  transformers static @{n}: {rows[-1].tokens_per_s:.1f} tok/s", flush=True)
+            best: dict[str, Row] = {}
+            for _ in range(args.repeat):  # alternate the systems; keep each one's best run
+                runs = [timed(run_ours(engine, prompts, args.max_tokens))]
+                if hf is not None and n > 1:
+                    runs.append(timed(asyncio.to_thread(run_hf_static, hf, prompts, args.max_tokens)))
+                for work in runs:
+                    row = await work
+                    print(f"  {row.system} @{n}: {row.tokens_per_s:.1f} tok/s", flush=True)
+                    if row.system not in best or row.tokens_per_s > best[row.system].tokens_per_s:
+                        best[row.system] = row
+            rows += best.values()
         if hf is not None:
             seq_prompts = make_prompts(tok, args.hf_seq_requests, args.prompt_tokens, seed=1)
             start_cpu = time.process_time()
