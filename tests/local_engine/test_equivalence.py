@@ -27,8 +27,15 @@ def _hf_greedy(hf: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
         for _ in range(n):
             token = int(out.logits[0, -1].argmax())
             out_ids.append(token)
-            out = hf(torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+            out = hf(torch.tensor([[token]]), use_cache=True, **_cache_kwargs(out))
     return out_ids
+
+
+def _cache_kwargs(out: Any) -> dict[str, Any]:
+    # transformers 5.24 renamed past_key_values to cache (the old name warns, and warnings are errors).
+    if "cache" in type(out).__dataclass_fields__:
+        return {"cache": out.cache}
+    return {"past_key_values": out.past_key_values}
 
 
 @pytest.mark.parametrize("chunk", [512, 7], ids=["whole-prefill", "chunked-prefill"])
