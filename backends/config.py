@@ -43,6 +43,7 @@ class DeploymentConfig(BaseModel):
     enabled: bool = True
     timeouts: Timeouts = Timeouts()
     headers: dict[str, str] = Field(default_factory=dict)
+    stream_usage: bool = Field(default=True, description="ask for stream_options.include_usage upstream")
 
     @field_validator("api_base")
     @classmethod

@@ -46,6 +46,11 @@ class OpenAIBackend(Backend):
     async def send(self, endpoint: Endpoint, payload: dict[str, Any], *,
                    stream: bool) -> AsyncIterator[UpstreamResponse]:
         payload["model"] = self.deployment.model
+        if stream and self.deployment.stream_usage:
+            # Usage on every stream, so that tokens are counted; the pipeline drops it if the client did not ask.
+            options = payload.get("stream_options")
+            payload["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else \
+                {"include_usage": True}
         session = self._pool.get(self.deployment.base_url)
         try:
             response = await session.post(self._urls[endpoint], data=orjson.dumps(payload),

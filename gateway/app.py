@@ -21,13 +21,13 @@ from backends.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from policies.record import RequestRecord
 
 from . import metrics
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD
 from .logs import get_logger
 from .proxy import handler as proxy_handler
-from .record import RequestRecord
 from .state import Gateway
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

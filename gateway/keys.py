@@ -2,7 +2,8 @@
 
 from aiohttp import web
 
-from .record import RequestRecord
+from policies.record import RequestRecord
+
 from .state import Gateway
 
 GATEWAY = web.AppKey("gateway", Gateway)

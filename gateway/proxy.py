@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from backends import Endpoint
+from backends import Endpoint, UpstreamResponse
 from backends.errors import GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge
+from policies.call import Call
 
 from .keys import GATEWAY, RECORD
 from .validate import validate
@@ -37,47 +38,47 @@ async def proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     record.alias = alias
     if gateway.loaded.config.server.log_prompts:
         record.prompt = body.get("messages") or body.get("prompt") or body.get("input")
-    backend = gateway.router.pick(alias)
-    record.deployment = backend.id
     stream = endpoint is not Endpoint.EMBEDDINGS and body.get("stream") is True
     record.stream = stream
+    call = Call(record=record, tenant=caller.tenant.name, key_id=caller.key_id, alias=alias, endpoint=endpoint,
+                body=body, stream=stream, headers=request.headers)
+    async with gateway.pipeline.answer(call) as answer:
+        return await relay(request, call, answer)
 
-    sent = time.perf_counter()
-    async with backend.send(endpoint, body, stream=stream) as upstream:
-        answered = time.perf_counter()
-        record.upstream_s = answered - sent
-        headers = {"x-request-id": record.request_id, "x-gateway-deployment": backend.id}
-        if upstream.chunks is None:
-            assert upstream.data is not None
-            record.take_usage(upstream.data.get("usage"))
-            record.status = upstream.status
-            record.overhead_s = time.perf_counter() - record.started - record.upstream_s
-            headers["x-gateway-overhead-ms"] = _ms(record.overhead_s)
-            return web.Response(body=upstream.body, status=upstream.status, headers=headers,
-                                content_type="application/json")
 
-        response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
-        # A stream's overhead is what the gateway added before the first byte could go out.
+async def relay(request: web.Request, call: Call, answer: UpstreamResponse) -> web.StreamResponse:
+    """Writes an OpenAI-shaped answer to the client: the body as it is, or the stream as it comes."""
+    record = call.record
+    headers = {"x-request-id": record.request_id, **record.response_headers}
+    if record.deployment is not None:
+        headers["x-gateway-deployment"] = record.deployment
+    if answer.chunks is None:
+        record.status = answer.status
         record.overhead_s = time.perf_counter() - record.started - record.upstream_s
-        response.headers["x-gateway-overhead-ms"] = _ms(record.overhead_s)
-        await response.prepare(request)
-        record.status = 200
-        scanner = _UsageScanner()
-        try:
-            async for chunk in upstream.chunks:
-                if record.ttft_s is None:
-                    record.ttft_s = time.perf_counter() - record.started
-                await response.write(chunk)
-                scanner.feed(chunk)
-        except GatewayError as exc:
-            # Headers are gone: the client learns of the failure from an error event, as OpenAI sends one.
-            record.error = exc.message
-            record.status = exc.status
-            await response.write(b"data: " + orjson.dumps(exc.body()) + b"\n\n")
-        record.take_usage(scanner.usage)
-        record.upstream_s = time.perf_counter() - sent
-        await response.write_eof()
-        return response
+        headers["x-gateway-overhead-ms"] = _ms(record.overhead_s)
+        body = answer.body if answer.body is not None else orjson.dumps(answer.data)
+        return web.Response(body=body, status=answer.status, headers=headers, content_type="application/json")
+
+    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
+    # A stream's overhead is what the gateway added before the first byte could go out.
+    record.overhead_s = time.perf_counter() - record.started - record.upstream_s
+    response.headers["x-gateway-overhead-ms"] = _ms(record.overhead_s)
+    await response.prepare(request)
+    record.status = 200
+    sent = record.started + record.overhead_s
+    try:
+        async for chunk in answer.chunks:
+            if record.ttft_s is None:
+                record.ttft_s = time.perf_counter() - record.started
+            await response.write(chunk)
+    except GatewayError as exc:
+        # Headers are gone: the client learns of the failure from an error event, as OpenAI sends one.
+        record.error = exc.message
+        record.status = exc.status
+        await response.write(b"data: " + orjson.dumps(exc.body()) + b"\n\n")
+    record.upstream_s = time.perf_counter() - sent
+    await response.write_eof()
+    return response
 
 
 async def _read_json(request: web.Request, limit: int) -> Any:
@@ -98,30 +99,3 @@ async def _read_json(request: web.Request, limit: int) -> Any:
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f}"
-
-
-class _UsageScanner:
-    """Finds the ``usage`` object in an SSE stream without holding more than one partial line."""
-
-    __slots__ = ("_tail", "usage")
-
-    def __init__(self) -> None:
-        self._tail = b""
-        self.usage: Any = None
-
-    def feed(self, chunk: bytes) -> None:
-        data = self._tail + chunk if self._tail else chunk
-        if b'"usage"' not in data:
-            newline = data.rfind(b"\n")
-            self._tail = data[newline + 1:] if newline >= 0 else data[-65536:]
-            return
-        lines = data.split(b"\n")
-        self._tail = lines.pop()
-        for line in lines:
-            if line.startswith(b"data: {") and b'"usage"' in line:
-                try:
-                    usage = orjson.loads(line[6:]).get("usage")
-                except (orjson.JSONDecodeError, AttributeError):
-                    continue
-                if usage:
-                    self.usage = usage

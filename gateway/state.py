@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from backends import Backend, SessionPool, build_backend
+from policies.admission import Admission
+from policies.cache import ResponseCache
+from policies.resilience import Resilience
 from policies.router import Route, Router
 
 from . import metrics
 from .auth import Authenticator
 from .config import LoadedConfig
+from .pipeline import Pipeline
 
 
 @dataclass(slots=True)
@@ -19,6 +23,7 @@ class Gateway:
     router: Router
     pool: SessionPool
     backends: list[Backend]
+    pipeline: Pipeline
     ready: bool = False
     draining: bool = False
     model_ids: dict[str, int] = field(default_factory=dict)
@@ -41,16 +46,20 @@ class Gateway:
                 backend = build_backend(deployment, pool)
                 backends.append(backend)
                 routes[alias.name].append(Route(backend, deployment.weight))
-        return cls(loaded=loaded, auth=Authenticator(config.tenants), router=Router(routes, disabled), pool=pool,
-                   backends=backends)
+        router = Router(routes, disabled)
+        pipeline = Pipeline(Admission(), ResponseCache(), Resilience(router))
+        return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
+                   backends=backends, pipeline=pipeline)
 
     async def start(self) -> None:
         for backend in self.backends:
             await backend.start()
+        await self.pipeline.start()
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        await self.pipeline.close()
         for backend in self.backends:
             await backend.close()
         await self.pool.close()

@@ -18,6 +18,7 @@ from gateway.config import LoadedConfig, parse_config
 from tests.fakes.openai_upstream import FakeState
 from tests.fakes.openai_upstream import build_app as build_fake
 from tests.harness import ServerThread
+from tests.redis_server import RedisServer
 
 LOG_PATH = Path(tempfile.mkdtemp(prefix="gateway-test-logs-")) / "gateway.log"
 _log_file = LOG_PATH.open("ab", buffering=0)
@@ -113,3 +114,17 @@ def client(gateway: ServerThread):  # type: ignore[no-untyped-def]
 
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def redis_session() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server(redis_session: RedisServer) -> RedisServer:
+    """A real redis-server on loopback, emptied for each test."""
+    redis_session.flush()
+    return redis_session

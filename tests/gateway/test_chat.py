@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import openai
@@ -108,3 +109,24 @@ def test_azure_and_anthropic_key_headers(gateway, header):
     response = httpx.post(gateway.url + "/v1/chat/completions", headers={header: KEY},
                           json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 200
+
+
+def test_stream_usage_is_counted_but_only_sent_to_clients_that_ask(client, gateway, upstream):
+    import json
+
+    from tests.conftest import LOG_PATH
+
+    stream = client.chat.completions.create(model="chat", stream=True,
+                                            messages=[{"role": "user", "content": "count me please"}])
+    chunks = list(stream)
+    # the gateway asked the upstream for usage to count tokens ...
+    assert upstream[1].requests[-1].body["stream_options"] == {"include_usage": True}
+    # ... but a client that did not ask gets no usage chunk, as from OpenAI
+    assert all(c.usage is None for c in chunks) and all(c.choices for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Echo: count me please"
+    request_id = stream.response.headers["x-request-id"]
+    deadline = time.monotonic() + 5  # the log line is written just after the last byte goes out
+    while not (lines := [json.loads(line) for line in LOG_PATH.read_text().splitlines() if request_id in line]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert lines and lines[-1]["completion_tokens"] == 4 and lines[-1]["prompt_tokens"] > 0

@@ -1,8 +1,8 @@
-"""What one request did, filled in along its path and written once as the log line and metrics."""
+"""What one request did, filled in along its path and written once as the log line, metrics and ledger."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -22,8 +22,15 @@ class RequestRecord:
     ttft_s: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None
     error: str | None = None
     prompt: Any = None
+    # what the policies decided; each sets its own and the middleware writes them out
+    cache: str | None = None            # hit-exact | hit-semantic | miss (None: not eligible)
+    cost_usd: float | None = None
+    saved_usd: float | None = None
+    attempts: list[str] = field(default_factory=list)   # "deployment:status" per upstream attempt
+    response_headers: dict[str, str] = field(default_factory=dict)  # added to the answer (rate limits, x-cache)
 
     def take_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):
@@ -32,3 +39,6 @@ class RequestRecord:
                 self.prompt_tokens = prompt
             if isinstance(completion, int):
                 self.completion_tokens = completion
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+                self.cached_tokens = details["cached_tokens"]
