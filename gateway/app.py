@@ -23,7 +23,7 @@ from backends.errors import (
 )
 from policies.record import RequestRecord
 
-from . import metrics
+from . import admin, metrics
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD
 from .logs import get_logger
@@ -49,6 +49,7 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    admin.add_routes(app)
     return app
 
 

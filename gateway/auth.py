@@ -34,7 +34,7 @@ class Authenticator:
                          for tenant in tenants for key_hash in tenant.keys}
 
     def authenticate(self, headers: Mapping[str, str]) -> Caller:
-        key = _presented_key(headers)
+        key = presented_key(headers)
         if key is None:
             raise AuthenticationFailed(
                 "You didn't provide an API key. You need to provide your API key in an Authorization "
@@ -45,7 +45,7 @@ class Authenticator:
         return caller
 
 
-def _presented_key(headers: Mapping[str, str]) -> str | None:
+def presented_key(headers: Mapping[str, str]) -> str | None:
     authorization = headers.get("Authorization")
     if authorization:
         scheme, _, value = authorization.partition(" ")

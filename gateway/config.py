@@ -67,8 +67,13 @@ class TenantConfig(_Frozen):
         return self.models == "*" or alias in self.models
 
 
+class AdminConfig(_Frozen):
+    keys: tuple[Annotated[str, AfterValidator(_key_hash)], ...] = ()
+
+
 class GatewayConfig(_Frozen):
     server: ServerConfig = ServerConfig()
+    admin: AdminConfig = AdminConfig()
     models: tuple[ModelAlias, ...] = ()
     tenants: tuple[TenantConfig, ...] = ()
 
@@ -88,6 +93,8 @@ class GatewayConfig(_Frozen):
                     if alias not in aliases:
                         problems.append(f"tenants[{i}].models[{j}]: no model alias named {alias!r}")
             for j, key in enumerate(tenant.keys):
+                if key in self.admin.keys:
+                    problems.append(f"tenants[{i}].keys[{j}]: already an admin key")
                 if key in seen_keys:
                     problems.append(f"tenants[{i}].keys[{j}]: already a key of tenant {seen_keys[key]!r}")
                 seen_keys[key] = tenant.name

@@ -1,0 +1,56 @@
+"""The model catalog: price per million tokens, context window and output limit of well-known models.
+
+Shipped as ``policies/data/models*.yaml`` (grouped by provider; later files override earlier ones) and
+looked up by the upstream model name; a deployment's own settings in config.yaml take precedence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+_DATA = Path(__file__).resolve().parent / "data"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    provider: str
+    input: float                    # USD per million prompt tokens
+    output: float                   # USD per million completion tokens
+    cached_input: float | None = None  # USD per million cached prompt tokens (None: same as input)
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """USD for one request's usage; cached prompt tokens are part of ``prompt_tokens``."""
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        uncached = max(prompt_tokens - cached_tokens, 0)
+        return (uncached * self.input + cached_tokens * cached_price + completion_tokens * self.output) / 1e6
+
+
+@cache
+def catalog() -> dict[str, ModelInfo]:
+    models: dict[str, ModelInfo] = {}
+    for path in sorted(_DATA.glob("models*.yaml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for provider, entries in data.items():
+            for name, fields in (entries or {}).items():
+                models[str(name)] = ModelInfo(provider=str(provider), **fields)
+    return models
+
+
+def model_info(model: str) -> ModelInfo | None:
+    """The catalog entry for an upstream model name (exact, then without a date suffix or org prefix)."""
+    models = catalog()
+    if model in models:
+        return models[model]
+    base = model.rsplit("/", 1)[-1]
+    while base and base not in models:
+        cut = base.rfind("-")
+        if cut <= 0:
+            return None
+        base = base[:cut]
+    return models.get(base)
