@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,6 +34,9 @@ from .state import Gateway
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _API_PATHS = ("/v1/", "/chat/", "/completions", "/embeddings", "/models")
+# Request ids: unique across processes and restarts (a random prefix per process) and cheap (a counter).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
 CLIENT_CLOSED = 499  # nginx's name for it: the client went away before the answer
 
 
@@ -71,7 +76,7 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     started = time.perf_counter()
     request_id = request.headers.get("x-request-id", "")
     if not _REQUEST_ID.match(request_id):
-        request_id = uuid.uuid4().hex
+        request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
     record = RequestRecord(request_id=request_id, started=started, endpoint=request.path)
     request[RECORD] = record
     api = request.path.startswith(_API_PATHS)
@@ -125,32 +130,47 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
     gateway = request.app[GATEWAY]
     latency = time.perf_counter() - record.started
     status = str(record.status or CLIENT_CLOSED)
-    metrics.REQUESTS.labels(record.tenant, record.alias, status).inc()
-    metrics.LATENCY.labels(record.tenant, record.alias).observe(latency)
+    tenant, alias = record.tenant, record.alias
+    metrics.requests(tenant, alias, status).inc()
+    metrics.latency(tenant, alias).observe(latency)
     metrics.OVERHEAD.observe(record.overhead_s)
     if record.ttft_s is not None:
-        metrics.TTFT.labels(record.tenant, record.alias).observe(record.ttft_s)
+        metrics.ttft(tenant, alias).observe(record.ttft_s)
     if record.prompt_tokens:
-        metrics.TOKENS.labels(record.tenant, record.alias, "prompt").inc(record.prompt_tokens)
+        metrics.tokens(tenant, alias, "prompt").inc(record.prompt_tokens)
     if record.completion_tokens:
-        metrics.TOKENS.labels(record.tenant, record.alias, "completion").inc(record.completion_tokens)
+        metrics.tokens(tenant, alias, "completion").inc(record.completion_tokens)
     if record.deployment is not None and (record.status >= 500 or record.status in (408, 429)):
         metrics.UPSTREAM_ERRORS.labels(record.deployment, status).inc()
     if not gateway.loaded.config.server.log_requests:
         return
     fields: dict[str, Any] = {
-        "request_id": record.request_id, "tenant": record.tenant, "key_id": record.key_id, "alias": record.alias,
+        "request_id": record.request_id, "tenant": tenant, "key_id": record.key_id, "alias": alias,
         "deployment": record.deployment, "endpoint": record.endpoint, "status": int(status), "stream": record.stream,
         "latency_ms": round(latency * 1000, 3), "overhead_ms": round(record.overhead_s * 1000, 3),
         "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
     }
     if record.ttft_s is not None:
         fields["ttft_ms"] = round(record.ttft_s * 1000, 3)
+    if record.attempts:
+        fields["attempts"] = record.attempts
+    if record.cache is not None:
+        fields["cache"] = record.cache
+    if record.cost_usd is not None:
+        fields["cost_usd"] = record.cost_usd
+    if record.saved_usd is not None:
+        fields["saved_usd"] = record.saved_usd
     if record.error is not None:
         fields["error"] = record.error
     if record.prompt is not None:
         fields["prompt"] = record.prompt
-    get_logger().info("request", **fields)
+    _request_log().info("request", **fields)
+
+
+@functools.cache
+def _request_log() -> Any:
+    # Bound once: a fresh structlog proxy per call re-binds each time (about half the line's cost).
+    return get_logger().bind()
 
 
 async def _list_models(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from backends.errors import AuthenticationFailed
 from .config import TenantConfig
 
 KEY_PREFIX = "gw-"
+_VERIFIED_MAX = 10_000
 
 
 def hash_key(key: str) -> str:
@@ -32,6 +33,9 @@ class Authenticator:
     def __init__(self, tenants: tuple[TenantConfig, ...]) -> None:
         self._callers = {key_hash: Caller(tenant, key_hash[7:19])
                          for tenant in tenants for key_hash in tenant.keys}
+        # Presented keys already verified, so that SHA-256 runs once per key rather than once per request.
+        # Bounded; only valid keys enter it, so random keys cannot grow it.
+        self._verified: dict[str, Caller] = {}
 
     def authenticate(self, headers: Mapping[str, str]) -> Caller:
         key = presented_key(headers)
@@ -39,9 +43,15 @@ class Authenticator:
             raise AuthenticationFailed(
                 "You didn't provide an API key. You need to provide your API key in an Authorization "
                 "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", code="missing_api_key")
+        caller = self._verified.get(key)
+        if caller is not None:
+            return caller
         caller = self._callers.get(hash_key(key))
         if caller is None:
             raise AuthenticationFailed("Incorrect API key provided.")
+        if len(self._verified) >= _VERIFIED_MAX:
+            self._verified.clear()
+        self._verified[key] = caller
         return caller
 
 

@@ -3,7 +3,9 @@ any worker sums them all (prometheus_client's multiprocess mode)."""
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,6 +35,27 @@ UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total", "Failed upstream atte
 IN_FLIGHT = Gauge("gateway_in_flight_requests", "Requests being handled now", multiprocess_mode="livesum")
 DEPLOYMENT_ENABLED = Gauge("gateway_deployment_enabled", "1 if the deployment can take requests",
                            ["alias", "deployment"], multiprocess_mode="max")
+
+
+# Labelled children looked up once per label set: labels() costs a lock and a dict build per call.
+@functools.cache
+def requests(tenant: str, alias: str, status: str) -> Any:
+    return REQUESTS.labels(tenant, alias, status)
+
+
+@functools.cache
+def latency(tenant: str, alias: str) -> Any:
+    return LATENCY.labels(tenant, alias)
+
+
+@functools.cache
+def ttft(tenant: str, alias: str) -> Any:
+    return TTFT.labels(tenant, alias)
+
+
+@functools.cache
+def tokens(tenant: str, alias: str, kind: str) -> Any:
+    return TOKENS.labels(tenant, alias, kind)
 
 
 def render() -> tuple[bytes, str]:

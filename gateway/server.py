@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -38,8 +39,14 @@ def serve(config_path: str | None, listen: Listen) -> int:
         get_logger().error("several workers need a fixed port (--port 0 picks a different one per worker)")
         return 2
     # Every worker writes its metrics here; a scrape of any one of them sums all.
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="gateway-metrics-"))
-    return _supervise(config_path, listen)
+    made = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
+    try:
+        return _supervise(config_path, listen)
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def _run_worker(config_path: str | None, listen: Listen, *, reuse_port: bool) -> int:
@@ -103,7 +110,8 @@ def _supervise(config_path: str | None, listen: Listen) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     workers = [start() for _ in range(listen.workers)]
-    log.info("supervising", workers=[w.pid for w in workers], port=listen.port)
+    log.info("supervising", workers=[w.pid for w in workers], port=listen.port,
+             metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     while not stopping:
         time.sleep(0.2)
         for i, worker in enumerate(workers):

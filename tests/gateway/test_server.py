@@ -55,7 +55,8 @@ def log_lines(path):
 
 
 def test_two_workers_share_one_port_and_metrics(tmp_path, upstream):
-    process, url, _ = start_serve(tmp_path, upstream[0].url, workers=2)
+    process, url, stdout = start_serve(tmp_path, upstream[0].url, workers=2)
+    metrics_dir = Path(next(x["metrics_dir"] for x in log_lines(stdout) if x.get("event") == "supervising"))
     try:
         with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0) as client:
             for i in range(20):
@@ -65,9 +66,11 @@ def test_two_workers_share_one_port_and_metrics(tmp_path, upstream):
         line = next(x for x in metrics.splitlines()
                     if x.startswith('gateway_requests_total{alias="chat",status="200",tenant="acme"}'))
         assert float(line.rsplit(" ", 1)[1]) == 20
+        assert any(metrics_dir.iterdir())
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+    assert not metrics_dir.exists()  # the supervisor's temporary metrics directory is removed on exit
 
 
 def test_sigterm_lets_a_running_stream_finish_then_exits_0(tmp_path, upstream):
