@@ -11,4 +11,8 @@ __all__ = ["Backend", "DeploymentConfig", "Endpoint", "OpenAIBackend", "SessionP
 
 def build_backend(deployment: DeploymentConfig, pool: SessionPool) -> Backend:
     """The adapter for a deployment's provider."""
+    if deployment.in_process:
+        from .local import LocalBackend  # imports no torch until the backend starts
+
+        return LocalBackend(deployment)
     return OpenAIBackend(deployment, pool)

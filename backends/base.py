@@ -36,6 +36,16 @@ class Backend(abc.ABC):
 
     id: str
 
+    @property
+    def ready(self) -> bool:
+        """False while the backend still acquires what it needs after ``start`` (a local model loading)."""
+        return True
+
+    @property
+    def failure(self) -> str | None:
+        """Why the backend cannot serve at all (a local model that failed to load); None when it can."""
+        return None
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Acquire what the backend needs (pooled clients, engines) at gateway start-up."""
 

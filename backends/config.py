@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,9 +19,11 @@ OPENAI_COMPATIBLE_BASES: dict[str, str | None] = {
     "together": "https://api.together.xyz/v1",
     "mistral": "https://api.mistral.ai/v1",
     "openrouter": "https://openrouter.ai/api/v1",
+    # The bundled engine: in-process without an api_base, a `python -m local_engine serve` with one.
+    "local": None,
 }
 Provider = Literal["openai", "azure", "openai-compatible", "vllm", "ollama", "groq", "together",
-                   "mistral", "openrouter"]
+                   "mistral", "openrouter", "local"]
 
 
 class Timeouts(BaseModel):
@@ -28,6 +31,40 @@ class Timeouts(BaseModel):
 
     connect_s: float = Field(default=10.0, gt=0)
     read_s: float = Field(default=600.0, gt=0, description="longest silence between two reads")
+
+
+class LocalEngineSettings(BaseModel):
+    """Settings of an in-process local engine (``provider: local`` without ``api_base``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_num_seqs: int = Field(default=64, ge=1, description="sequences decoded together at most")
+    max_num_batched_tokens: int = Field(default=512, ge=1, description="tokens computed per engine step at most")
+    block_size: int = Field(default=16, ge=1, description="tokens per KV cache block (a power of two)")
+    kv_cache_gib: float = Field(default=1.0, gt=0, description="memory for the KV cache, when num_kv_blocks is unset")
+    num_kv_blocks: int | None = Field(default=None, ge=2)
+    max_model_len: int | None = Field(default=None, ge=2, description="context length; default the model's")
+    enable_prefix_caching: bool = True
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads; default all cores")
+    load_timeout_s: float = Field(default=10.0, ge=0,
+                                  description="how long a request waits for the model to finish loading")
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("must be a power of two")
+        return value
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``local_engine.EngineConfig``."""
+        return {"max_num_seqs": self.max_num_seqs, "max_num_batched_tokens": self.max_num_batched_tokens,
+                "block_size": self.block_size, "kv_cache_bytes": int(self.kv_cache_gib * (1 << 30)),
+                "num_kv_blocks": self.num_kv_blocks, "max_model_len": self.max_model_len,
+                "enable_prefix_caching": self.enable_prefix_caching, "device": self.device,
+                "dtype": self.dtype, "num_threads": self.num_threads}
 
 
 class DeploymentConfig(BaseModel):
@@ -44,6 +81,9 @@ class DeploymentConfig(BaseModel):
     timeouts: Timeouts = Timeouts()
     headers: dict[str, str] = Field(default_factory=dict)
     stream_usage: bool = Field(default=True, description="ask for stream_options.include_usage upstream")
+    # provider: local, in-process only
+    model_path: str | None = Field(default=None, description="HF directory or .gguf file; default the bundled SmolLM2")
+    engine: LocalEngineSettings | None = None
 
     @field_validator("api_base")
     @classmethod
@@ -55,11 +95,30 @@ class DeploymentConfig(BaseModel):
             raise ValueError("not a URL")
         return value.rstrip("/")
 
+    @field_validator("model_path")
+    @classmethod
+    def _model_exists(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if not path.exists():
+            raise ValueError(f"{value} does not exist")
+        if path.is_file() and path.suffix != ".gguf" or path.is_dir() and not (path / "config.json").exists():
+            raise ValueError(f"{value} is neither a .gguf file nor a directory with config.json")
+        return str(path)
+
     @model_validator(mode="after")
     def _base_known(self) -> DeploymentConfig:
-        if self.api_base is None and OPENAI_COMPATIBLE_BASES.get(self.provider) is None:
+        if self.api_base is None and self.provider != "local" and OPENAI_COMPATIBLE_BASES.get(self.provider) is None:
             raise ValueError(f"api_base is required for provider {self.provider!r}")
+        if not self.in_process and (self.model_path is not None or self.engine is not None):
+            raise ValueError("model_path and engine apply only to provider 'local' without api_base (in-process)")
         return self
+
+    @property
+    def in_process(self) -> bool:
+        """A local engine inside the gateway process rather than an upstream over HTTP."""
+        return self.provider == "local" and self.api_base is None
 
     @property
     def base_url(self) -> str:

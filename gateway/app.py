@@ -214,9 +214,13 @@ async def _readyz(request: web.Request) -> web.Response:
     loaded = gateway.loaded
     disabled = [{"alias": alias, "deployment": index, "reason": reason}
                 for (alias, index), reason in loaded.disabled.items()]
-    body = {"status": "ready" if gateway.ready and not gateway.draining else
+    loading = [backend.id for backend in gateway.backends if not backend.ready]
+    failed = [{"deployment": backend.id, "reason": backend.failure} for backend in gateway.backends
+              if backend.failure is not None]
+    body = {"status": "ready" if gateway.ready and not loading and not gateway.draining else
             ("draining" if gateway.draining else "starting"),
-            "config": loaded.path, "deployments": {"enabled": len(gateway.backends), "disabled": disabled}}
+            "config": loaded.path, "deployments": {"enabled": len(gateway.backends), "disabled": disabled,
+                                                   "loading": loading, "failed": failed}}
     if body["status"] != "ready":
         exc = Unavailable(f"gateway is {body['status']}")
         return web.Response(body=orjson.dumps({**exc.body(), **body}), status=503, content_type="application/json")

@@ -29,6 +29,10 @@ class RequestError(ValueError):
     """A request the engine cannot serve (prompt too long, duplicate id, bad prompt)."""
 
 
+class ContextLengthError(RequestError):
+    """The prompt does not fit in the engine's context."""
+
+
 class LLMEngine:
     """Owns the model, the KV cache and the queues. Not thread-safe: one caller drives ``step()``."""
 
@@ -75,7 +79,7 @@ class LLMEngine:
         if not ids:
             raise RequestError("prompt is empty")
         if len(ids) >= self.max_model_len:
-            raise RequestError(
+            raise ContextLengthError(
                 f"prompt has {len(ids)} tokens; this engine's context is {self.max_model_len} tokens"
             )
         if any(t < 0 or t >= self.model.config.vocab_size for t in ids):
@@ -137,9 +141,9 @@ class LLMEngine:
         self, seq: Sequence, token: int, logprob: TokenLogprob | None, now: float
     ) -> RequestOutput:
         if seq.last_token_time is None:
-            self.metrics.ttft_s.append(now - seq.arrival_time)
+            self.metrics.record_ttft(now - seq.arrival_time)
         else:
-            self.metrics.itl_s.append(now - seq.last_token_time)
+            self.metrics.record_itl(now - seq.last_token_time)
         seq.last_token_time = now
         seq.token_ids.append(token)
         if logprob is not None:

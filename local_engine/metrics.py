@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _WINDOW = 1024  # recent samples kept for latency averages
@@ -28,6 +29,19 @@ class EngineMetrics:
     ttft_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
     itl_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
     _token_times: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=_WINDOW))
+    # Called from the step loop's thread with each sample (e.g. a Prometheus histogram's observe).
+    on_ttft: Callable[[float], None] | None = None
+    on_itl: Callable[[float], None] | None = None
+
+    def record_ttft(self, seconds: float) -> None:
+        self.ttft_s.append(seconds)
+        if self.on_ttft is not None:
+            self.on_ttft(seconds)
+
+    def record_itl(self, seconds: float) -> None:
+        self.itl_s.append(seconds)
+        if self.on_itl is not None:
+            self.on_itl(seconds)
 
     def record_step(self, now: float, new_tokens: int) -> None:
         self.steps_total += 1

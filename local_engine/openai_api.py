@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from local_engine.engine import Prompt, RequestError
+from local_engine.engine import ContextLengthError, Prompt, RequestError
 from local_engine.outputs import RequestOutput
 from local_engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from local_engine.sequence import TokenLogprob
@@ -113,6 +113,33 @@ def sampling_params_from_request(
         raise OpenAIError(str(e)) from None
 
 
+def check_supported(body: dict[str, Any], *, chat: bool) -> None:
+    """Refuse OpenAI fields the engine cannot honour, rather than silently answering without them."""
+    unsupported = []
+    if body.get("logit_bias"):
+        unsupported.append("logit_bias")
+    if chat:
+        if body.get("tools") and body.get("tool_choice") != "none":
+            unsupported.append("tools")
+        if body.get("functions"):
+            unsupported.append("functions")
+        fmt = body.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+            unsupported.append("response_format")
+        if body.get("audio") or "audio" in (body.get("modalities") or ()):
+            unsupported.append("audio")
+    else:
+        if body.get("echo"):
+            unsupported.append("echo")
+        if body.get("suffix"):
+            unsupported.append("suffix")
+        if body.get("best_of") not in (None, body.get("n") or 1):
+            unsupported.append("best_of")
+    if unsupported:
+        raise OpenAIError(f"the local engine does not support '{unsupported[0]}'", param=unsupported[0],
+                          code="unsupported_parameter")
+
+
 def _text_content(content: Any) -> str:
     if content is None or isinstance(content, str):
         return content or ""
@@ -204,14 +231,21 @@ def _usage_of(last: dict[int, RequestOutput]) -> dict[str, Any]:
 
 
 async def stream_response(
-    engine: AsyncEngine, body: dict[str, Any], *, chat: bool, request_id: str | None = None
+    engine: AsyncEngine,
+    body: dict[str, Any],
+    *,
+    chat: bool,
+    request_id: str | None = None,
+    model_name: str | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Run a request and yield OpenAI stream chunks (``chat.completion.chunk`` / ``text_completion``).
 
     Each chunk carries one choice (its ``index`` tells which of the n). With
     ``stream_options.include_usage`` a last chunk with empty ``choices`` carries usage.
-    Leaving the iteration early aborts the request.
+    Leaving the iteration early aborts the request. ``model_name`` replaces the engine's
+    own name in the ``model`` field.
     """
+    check_supported(body, chat=chat)
     params = sampling_params_from_request(body, chat=chat)
     prompt = prompt_from_request(body, chat=chat)
     rid = request_id or new_request_id(chat)
@@ -219,7 +253,7 @@ async def stream_response(
     obj = "chat.completion.chunk" if chat else "text_completion"
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     tok = engine.engine.tokenizer
-    base = {"id": rid, "object": obj, "created": created, "model": engine.model_name}
+    base = {"id": rid, "object": obj, "created": created, "model": model_name or engine.model_name}
     offsets: dict[int, int] = {}
     last: dict[int, RequestOutput] = {}  # latest output of each choice
     gen = engine.generate(rid, prompt, params)
@@ -255,9 +289,15 @@ async def stream_response(
 
 
 async def complete_response(
-    engine: AsyncEngine, body: dict[str, Any], *, chat: bool, request_id: str | None = None
+    engine: AsyncEngine,
+    body: dict[str, Any],
+    *,
+    chat: bool,
+    request_id: str | None = None,
+    model_name: str | None = None,
 ) -> dict[str, Any]:
     """Run a request to the end and return the OpenAI ``chat.completion`` / ``text_completion`` object."""
+    check_supported(body, chat=chat)
     params = sampling_params_from_request(body, chat=chat)
     prompt = prompt_from_request(body, chat=chat)
     rid = request_id or new_request_id(chat)
@@ -291,7 +331,7 @@ async def complete_response(
         "id": rid,
         "object": "chat.completion" if chat else "text_completion",
         "created": created,
-        "model": engine.model_name,
+        "model": model_name or engine.model_name,
         "choices": choices,
         "usage": _usage_of(last),
     }
@@ -302,6 +342,7 @@ def _errors(chat: bool) -> Iterator[None]:
     try:
         yield
     except RequestError as e:
-        raise OpenAIError(str(e), param="messages" if chat else "prompt") from None
+        code = "context_length_exceeded" if isinstance(e, ContextLengthError) else None
+        raise OpenAIError(str(e), param="messages" if chat else "prompt", code=code) from None
     except ValueError as e:  # e.g. a chat template that rejects the conversation
         raise OpenAIError(str(e)) from None

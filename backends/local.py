@@ -1,0 +1,177 @@
+"""The bundled local engine inside the gateway process (``provider: local`` without ``api_base``).
+
+The engine (torch) is imported and the model loaded in a worker thread after start-up, so the gateway
+listens at once and a gateway without a local deployment never imports torch. Until the model is
+loaded the backend is not ``ready`` (``/readyz`` says starting); a request that comes meanwhile waits
+up to ``engine.load_timeout_s`` for it, then gets 503 with ``Retry-After``. Requests and answers are
+OpenAI's shapes, built by ``local_engine.openai_api`` (the same code ``python -m local_engine serve``
+runs), so both ways of running the engine answer alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+
+from . import local_metrics as m
+from .base import Backend, Endpoint, UpstreamResponse
+from .config import DeploymentConfig, LocalEngineSettings
+from .errors import GatewayError, InvalidRequest, Unavailable, UpstreamError
+
+if TYPE_CHECKING:
+    from local_engine import AsyncEngine
+
+_METRICS_INTERVAL_S = 1.0
+_RETRY_AFTER_S = "5"
+_DONE = b"data: [DONE]\n\n"
+
+
+class LocalBackend(Backend):
+    def __init__(self, deployment: DeploymentConfig) -> None:
+        self.id = deployment.id
+        self.deployment = deployment
+        self.settings = deployment.engine or LocalEngineSettings()
+        self.engine: AsyncEngine | None = None
+        self._failure: str | None = None
+        self._loading: asyncio.Task[None] | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
+        self._counted: dict[str, float] = {}
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None or self._failure is not None
+
+    @property
+    def failure(self) -> str | None:
+        return self._failure
+
+    async def start(self) -> None:
+        self._loading = asyncio.create_task(self._load(), name=f"load {self.id}")
+
+    async def _load(self) -> None:
+        log = structlog.get_logger("gateway")
+        model = self.deployment.model_path or "smollm2"
+        log.info("local model loading", deployment=self.id, model_path=model)
+        try:
+            from local_engine import AsyncEngine
+
+            engine = await AsyncEngine.create(model, **self.settings.engine_options())
+        except Exception as exc:  # a broken model must not take the gateway down: this deployment answers 503
+            self._failure = f"{type(exc).__name__}: {exc}"
+            log.error("local model failed to load", deployment=self.id, error=self._failure)
+            return
+        stats = engine.engine.metrics
+        stats.on_ttft = m.TTFT.labels(self.id).observe
+        stats.on_itl = m.ITL.labels(self.id).observe
+        self.engine = engine
+        self._sync_metrics()
+        self._metrics_task = asyncio.create_task(self._metrics_loop(), name=f"metrics {self.id}")
+        log.info("local model loaded", deployment=self.id, model=engine.model_name,
+                 kv_blocks=engine.engine.block_manager.num_blocks, max_model_len=engine.engine.max_model_len)
+
+    async def close(self) -> None:
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._metrics_task
+        if self._loading is not None:
+            # A load runs in a thread that cannot be interrupted: let it end, then close what it built.
+            await asyncio.shield(self._loading)
+        if self.engine is not None:
+            await self.engine.close()
+            self.engine = None
+
+    @asynccontextmanager
+    async def send(self, endpoint: Endpoint, payload: dict[str, Any], *,
+                   stream: bool) -> AsyncIterator[UpstreamResponse]:
+        if endpoint is Endpoint.EMBEDDINGS:
+            raise InvalidRequest(f"The model behind deployment {self.id} (local engine) does not serve embeddings.",
+                                 param="model", code="unsupported_endpoint")
+        engine = await self._engine()
+        from local_engine.openai_api import complete_response, stream_response
+
+        chat = endpoint is Endpoint.CHAT
+        if not stream:
+            with _mapped_errors():
+                data = await complete_response(engine, payload, chat=chat, model_name=self.deployment.model)
+            yield UpstreamResponse(status=200, body=orjson.dumps(data), data=data)
+            return
+        body = payload
+        if self.deployment.stream_usage:
+            # Usage on every stream, so that tokens are counted; the pipeline drops it if the client did not ask.
+            options = payload.get("stream_options")
+            body = {**payload, "stream_options": {**(options if isinstance(options, dict) else {}),
+                                                  "include_usage": True}}
+        chunks = stream_response(engine, body, chat=chat, model_name=self.deployment.model)
+        try:
+            # The first chunk before answering, so that a bad request is an HTTP error, not an error event.
+            with _mapped_errors():
+                first = await anext(chunks, None)
+            yield UpstreamResponse(status=200, chunks=_sse(first, chunks))
+        finally:
+            # Also when the client went away: closing the generator aborts the sequence and frees its blocks.
+            await chunks.aclose()
+
+    async def _engine(self) -> AsyncEngine:
+        if self.engine is None and self._failure is None and self._loading is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._loading), self.settings.load_timeout_s)
+            except TimeoutError:
+                raise Unavailable(f"The local model of deployment {self.id} is still loading; retry shortly.",
+                                  code="model_loading", headers={"retry-after": _RETRY_AFTER_S}) from None
+        if self.engine is None:
+            raise Unavailable(f"The local model of deployment {self.id} failed to load ({self._failure}).",
+                              code="model_unavailable")
+        return self.engine
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_METRICS_INTERVAL_S)
+            self._sync_metrics()
+
+    def _sync_metrics(self) -> None:
+        if self.engine is None:
+            return
+        snapshot: dict[str, Any] = self.engine.metrics
+        blocks = self.engine.engine.block_manager
+        snapshot = {**snapshot, "prefix_queries": blocks.prefix_queries, "prefix_hits": blocks.prefix_hits}
+        for key, gauge in m.GAUGES.items():
+            gauge.labels(self.id).set(snapshot[key] or 0)
+        for key, counter in (*m.COUNTERS.items(), ("prefix_queries", m.PREFIX_QUERIED),
+                             ("prefix_hits", m.PREFIX_HITS)):
+            value = snapshot[key]
+            delta = value - self._counted.get(key, 0)
+            if delta > 0:
+                counter.labels(self.id).inc(delta)
+            self._counted[key] = value
+
+
+async def _sse(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    if first is not None:
+        yield b"data: " + orjson.dumps(first) + b"\n\n"
+        with _mapped_errors():
+            async for chunk in chunks:
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+    yield _DONE
+
+
+@contextlib.contextmanager
+def _mapped_errors() -> Iterator[None]:
+    """The engine's errors as the gateway's: a bad request is 400, a closed engine 503."""
+    from local_engine import EngineClosedError, OpenAIError
+
+    try:
+        yield
+    except OpenAIError as exc:
+        error: GatewayError = (InvalidRequest(exc.message, param=exc.param, code=exc.code) if exc.status == 400 else
+                               UpstreamError(exc.message, status=exc.status, error_type=exc.type, param=exc.param,
+                                             code=exc.code))
+        raise error from None
+    except EngineClosedError as exc:
+        raise Unavailable(f"The local engine stopped: {exc}", code="engine_unavailable") from None

@@ -1,0 +1,48 @@
+"""Prometheus metrics of in-process local engines, one label per deployment.
+
+Registered only when a local deployment exists (backends/local.py imports this module), so a gateway
+without one shows none of them. With several workers each worker runs its own engine: gauges of
+sizes and rates are summed across workers (``livesum``), counters and histograms add up.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_TTFT_BUCKETS = (.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
+_ITL_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)
+
+RUNNING = Gauge("gateway_local_engine_running_sequences", "Sequences being decoded", ["deployment"],
+                multiprocess_mode="livesum")
+WAITING = Gauge("gateway_local_engine_waiting_sequences", "Sequences queued for admission", ["deployment"],
+                multiprocess_mode="livesum")
+KV_USED = Gauge("gateway_local_engine_kv_blocks_used", "KV cache blocks held by sequences", ["deployment"],
+                multiprocess_mode="livesum")
+KV_TOTAL = Gauge("gateway_local_engine_kv_blocks_total", "KV cache blocks in the pool", ["deployment"],
+                 multiprocess_mode="livesum")
+TOKENS_PER_S = Gauge("gateway_local_engine_tokens_per_second", "Output tokens per second over the last 10 s",
+                     ["deployment"], multiprocess_mode="livesum")
+PREFIX_HIT_RATE = Gauge("gateway_local_engine_prefix_cache_hit_rate",
+                        "Prompt tokens served from the prefix cache / prompt tokens looked up, since start",
+                        ["deployment"], multiprocess_mode="max")
+PREFIX_QUERIED = Counter("gateway_local_engine_prefix_cache_queried_tokens_total",
+                         "Prompt tokens looked up in the prefix cache", ["deployment"])
+PREFIX_HITS = Counter("gateway_local_engine_prefix_cache_hit_tokens_total",
+                      "Prompt tokens served from the prefix cache", ["deployment"])
+PROMPT_TOKENS = Counter("gateway_local_engine_prompt_tokens_total", "Prompt tokens admitted", ["deployment"])
+GENERATION_TOKENS = Counter("gateway_local_engine_generation_tokens_total", "Tokens generated", ["deployment"])
+FINISHED = Counter("gateway_local_engine_requests_finished_total", "Requests that finished or were aborted",
+                   ["deployment"])
+PREEMPTIONS = Counter("gateway_local_engine_preemptions_total", "Sequences preempted for lack of KV blocks",
+                      ["deployment"])
+TTFT = Histogram("gateway_local_engine_time_to_first_token_seconds",
+                 "From a request's arrival in the engine to its first token", ["deployment"], buckets=_TTFT_BUCKETS)
+ITL = Histogram("gateway_local_engine_inter_token_latency_seconds", "Between two tokens of one sequence",
+                ["deployment"], buckets=_ITL_BUCKETS)
+
+# engine.metrics key -> counter fed with its increments
+COUNTERS = {"prompt_tokens_total": PROMPT_TOKENS, "generation_tokens_total": GENERATION_TOKENS,
+            "requests_finished_total": FINISHED, "num_preemptions": PREEMPTIONS}
+# engine.metrics key -> gauge set to its value
+GAUGES = {"running_seqs": RUNNING, "waiting_seqs": WAITING, "kv_blocks_used": KV_USED,
+          "kv_blocks_total": KV_TOTAL, "tokens_per_s": TOKENS_PER_S, "prefix_cache_hit_rate": PREFIX_HIT_RATE}
