@@ -103,7 +103,7 @@ class DeploymentConfig(BaseModel):
         path = Path(value).expanduser()
         if not path.exists():
             raise ValueError(f"{value} does not exist")
-        if path.is_file() and path.suffix != ".gguf" or path.is_dir() and not (path / "config.json").exists():
+        if (path.is_file() and path.suffix != ".gguf") or (path.is_dir() and not (path / "config.json").exists()):
             raise ValueError(f"{value} is neither a .gguf file nor a directory with config.json")
         return str(path)
 

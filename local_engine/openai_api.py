@@ -201,7 +201,8 @@ def chat_logprobs(tok: Tokenizer, logprobs: tuple[TokenLogprob, ...] | list[Toke
         "content": [
             {**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(i, v) for i, v in lp.top]}
             for lp in logprobs
-        ]
+        ],
+        "refusal": None,
     }
 
 
@@ -321,7 +322,7 @@ async def complete_response(
         content = "".join(texts[i])
         choice: dict[str, Any] = {"index": i, "finish_reason": last[i].finish_reason}
         if chat:
-            choice["message"] = {"role": "assistant", "content": content}
+            choice["message"] = {"role": "assistant", "content": content, "refusal": None}
             choice["logprobs"] = chat_logprobs(tok, lps[i]) if want_logprobs else None
         else:
             choice["text"] = content
