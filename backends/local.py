@@ -126,8 +126,8 @@ class LocalBackend(Backend):
                 raise Unavailable(f"The local model of deployment {self.id} is still loading; retry shortly.",
                                   code="model_loading", headers={"retry-after": _RETRY_AFTER_S}) from None
         if self.engine is None:
-            raise Unavailable(f"The local model of deployment {self.id} failed to load ({self._failure}).",
-                              code="model_unavailable")
+            reason = f"failed to load ({self._failure})" if self._failure else "is not started"
+            raise Unavailable(f"The local model of deployment {self.id} {reason}.", code="model_unavailable")
         return self.engine
 
     async def _metrics_loop(self) -> None:

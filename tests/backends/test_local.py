@@ -237,6 +237,13 @@ def test_sampling_options_in_process(tiny_gateway: ServerThread) -> None:
                                                                  temperature=0, logprobs=1)
         streamed = list(client.completions.create(model="tiny", prompt="the quick", max_tokens=5, temperature=0,
                                                   stream=True))
+        with pytest.raises(openai.BadRequestError) as echo:
+            client.completions.create(model="tiny", prompt="the quick", max_tokens=5, echo=True)
+        with pytest.raises(openai.BadRequestError) as json_mode:
+            client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
+                                           response_format={"type": "json_object"})
+    assert (echo.value.param, echo.value.code) == ("echo", "unsupported_parameter")
+    assert json_mode.value.param == "response_format"
     assert [c.index for c in many.choices] == [0, 1]
     assert [c.message.content for c in many.choices] == [c.message.content for c in again.choices]  # seeded
     assert many.usage is not None and many.usage.completion_tokens == sum(
