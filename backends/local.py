@@ -59,9 +59,8 @@ class LocalBackend(Backend):
         model = self.deployment.model_path or "smollm2"
         log.info("local model loading", deployment=self.id, model_path=model)
         try:
-            from local_engine import AsyncEngine
-
-            engine = await AsyncEngine.create(model, **self.settings.engine_options())
+            # The import too runs in the thread: importing torch takes the loop's thread for a second.
+            engine = await asyncio.to_thread(_load_engine, model, self.settings.engine_options())
         except Exception as exc:  # a broken model must not take the gateway down: this deployment answers 503
             self._failure = f"{type(exc).__name__}: {exc}"
             log.error("local model failed to load", deployment=self.id, error=self._failure)
@@ -150,6 +149,12 @@ class LocalBackend(Backend):
             if delta > 0:
                 counter.labels(self.id).inc(delta)
             self._counted[key] = value
+
+
+def _load_engine(model: str, options: dict[str, Any]) -> AsyncEngine:
+    from local_engine import AsyncEngine
+
+    return AsyncEngine.from_model(model, **options)
 
 
 async def _sse(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
