@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -286,6 +288,45 @@ async def test_a_request_before_the_model_is_loaded_waits_or_gets_503(tiny_model
         assert patient.ready
     finally:
         await asyncio.gather(impatient.close(), patient.close())
+
+
+def test_readyz_says_starting_until_the_model_is_loaded(tiny_model: Path, tmp_path: Path) -> None:
+    # A model whose tokenizer_config.json is a pipe: its load waits until the test writes the file's text.
+    slow = tmp_path / "slow"
+    shutil.copytree(tiny_model, slow)
+    pipe = slow / "tokenizer_config.json"
+    text = pipe.read_text()
+    pipe.unlink()
+    os.mkfifo(pipe)
+    server = _start(f"""
+  - name: slow
+    deployments:
+      - provider: local
+        model: slow
+        model_path: {slow}
+        engine: {{load_timeout_s: 0.2, block_size: 4, num_kv_blocks: 64}}
+""")
+    written = False
+    try:
+        starting = httpx.get(server.url + "/readyz")
+        assert starting.status_code == 503
+        assert starting.json()["status"] == "starting" and starting.json()["deployments"]["loading"] == ["local/slow"]
+        chat = {"model": "slow", "messages": [{"role": "user", "content": "the quick fox"}], "max_tokens": 3}
+        early = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=chat)
+        assert early.status_code == 503 and early.json()["error"]["code"] == "model_loading"
+        assert early.headers["retry-after"] == "5"
+        with pipe.open("w") as f:
+            f.write(text)
+        written = True
+        assert _wait_ready(server, timeout=60)["status"] == "ready"
+        late = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=chat,
+                          timeout=60)
+        assert late.status_code == 200 and late.json()["usage"]["completion_tokens"] == 3
+    finally:
+        if not written:  # let the load fail rather than hang the shutdown
+            with contextlib.suppress(OSError):
+                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        server.stop()
 
 
 def test_a_model_that_fails_to_load_answers_503_and_readyz_says_why(tmp_path: Path) -> None:
