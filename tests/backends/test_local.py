@@ -396,6 +396,9 @@ def test_over_http_a_local_engine_server_is_the_upstream(engine_server: str) -> 
             with pytest.raises(openai.BadRequestError) as bad:
                 client.chat.completions.create(model="remote", messages=[{"role": "user", "content": "x"}],
                                                top_logprobs=2)
+            with pytest.raises(openai.BadRequestError) as tools:
+                client.chat.completions.create(model="remote", messages=[{"role": "user", "content": "x"}],
+                                               tools=[{"type": "function", "function": {"name": "f"}}])
         validate("CreateChatCompletionResponse", raw.http_response.json())
         answer = raw.parse()
         assert answer.usage is not None and answer.usage.completion_tokens == 5
@@ -404,6 +407,7 @@ def test_over_http_a_local_engine_server_is_the_upstream(engine_server: str) -> 
             answer.choices[0].message.content
         assert all(c.usage is None for c in streamed)  # asked upstream for counting, dropped for this client
         assert bad.value.param == "top_logprobs"
+        assert (tools.value.param, tools.value.code) == ("tools", "unsupported_parameter")  # the server's, passed on
         assert not isinstance(server.app[GATEWAY].backends[0], LocalBackend)  # type: ignore[index]
     finally:
         server.stop()
