@@ -61,13 +61,10 @@ class LocalBackend(Backend):
         try:
             # The import too runs in the thread: importing torch takes the loop's thread for a second.
             engine = await asyncio.to_thread(_load_engine, model, self.settings.engine_options())
-        except ImportError as exc:
-            self._failure = (f"the local engine needs its extra dependencies ({exc}): "
-                             "pip install torch==2.13.0 && pip install -e '.[engine]'")
-            log.error("local model failed to load", deployment=self.id, error=self._failure)
-            return
         except Exception as exc:  # a broken model must not take the gateway down: this deployment answers 503
-            self._failure = f"{type(exc).__name__}: {exc}"
+            self._failure = (f"the local engine needs its extra dependencies ({exc}): pip install torch==2.13.0 "
+                             "&& pip install -e '.[engine]'" if isinstance(exc, ImportError) else
+                             f"{type(exc).__name__}: {exc}")
             log.error("local model failed to load", deployment=self.id, error=self._failure)
             return
         stats = engine.engine.metrics
