@@ -457,3 +457,31 @@ def test_a_gateway_without_a_local_deployment_does_not_import_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "no torch"
+
+
+def test_readme_quick_start_answers_from_the_shipped_config() -> None:
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.1)
+        # No wait for /readyz: a request that comes while the model loads waits for it.
+        script = quick_start.replace("http://127.0.0.1:8080", f"http://127.0.0.1:{port}")
+        result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr
+        models, answer = result.stdout.splitlines()[:2]
+        assert models == "['smollm2']"
+        assert "Paris" in answer
+    finally:
+        process.terminate()
+        assert process.wait(timeout=60) == 0
