@@ -148,8 +148,9 @@ class LocalBackend(Backend):
                              ("prefix_hits", m.PREFIX_HITS)):
             value = snapshot[key]
             delta = value - self._counted.get(key, 0)
+            child = counter.labels(self.id)  # created at 0, so that every series exists from the start
             if delta > 0:
-                counter.labels(self.id).inc(delta)
+                child.inc(delta)
             self._counted[key] = value
 
 

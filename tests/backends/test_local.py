@@ -225,6 +225,7 @@ def test_engine_metrics_and_readiness(smollm2_gateway: ServerThread) -> None:
     assert values[f"gateway_local_engine_time_to_first_token_seconds_count{label}"] > 0
     assert values[f"gateway_local_engine_inter_token_latency_seconds_count{label}"] > 0
     assert f"gateway_local_engine_tokens_per_second{label}" in values
+    assert values[f"gateway_local_engine_preemptions_total{label}"] == 0
 
 
 def test_sampling_options_in_process(tiny_gateway: ServerThread) -> None:
