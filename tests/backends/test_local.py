@@ -202,13 +202,21 @@ def test_engine_metrics_and_readiness(smollm2_gateway: ServerThread) -> None:
     ready = httpx.get(smollm2_gateway.url + "/readyz").json()
     assert ready["deployments"]["loading"] == [] and ready["deployments"]["failed"] == []
     label = '{deployment="local/SmolLM2-135M-Instruct"}'
+    engine = _backend(smollm2_gateway).engine
+    assert engine is not None
+
+    def generated() -> float:
+        return float(engine.metrics["generation_tokens_total"] or 0)
+
     deadline = time.monotonic() + 10
     while True:  # the gauges follow the engine once a second
         text = httpx.get(smollm2_gateway.url + "/metrics").text
         values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
                   if line.startswith("gateway_local_engine_") and label in line}
-        settled = values.get(f"gateway_local_engine_generation_tokens_total{label}", 0) > 0 and \
-            values[f"gateway_local_engine_running_sequences{label}"] == 0
+        # settled: a refresh that came after both requests ended
+        settled = values.get(f"gateway_local_engine_generation_tokens_total{label}") == generated() and all(
+            values[f"gateway_local_engine_{name}{label}"] == 0
+            for name in ("running_sequences", "waiting_sequences", "kv_blocks_used"))
         if settled or time.monotonic() > deadline:
             break
         time.sleep(0.2)
