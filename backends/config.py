@@ -19,8 +19,14 @@ OPENAI_COMPATIBLE_BASES: dict[str, str | None] = {
     "mistral": "https://api.mistral.ai/v1",
     "openrouter": "https://openrouter.ai/api/v1",
 }
+# Providers with their own wire format (backends/anthropic.py, gemini.py, bedrock.py).
+NATIVE_BASES: dict[str, str | None] = {
+    "anthropic": "https://api.anthropic.com/v1",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta",
+    "bedrock": None,  # https://bedrock-runtime.{region}.amazonaws.com, from the region
+}
 Provider = Literal["openai", "azure", "openai-compatible", "vllm", "ollama", "groq", "together",
-                   "mistral", "openrouter"]
+                   "mistral", "openrouter", "anthropic", "gemini", "bedrock"]
 
 
 class Timeouts(BaseModel):
@@ -44,6 +50,14 @@ class DeploymentConfig(BaseModel):
     timeouts: Timeouts = Timeouts()
     headers: dict[str, str] = Field(default_factory=dict)
     stream_usage: bool = Field(default=True, description="ask for stream_options.include_usage upstream")
+    # anthropic / bedrock: max_tokens sent when the client gives none (both APIs require one)
+    default_max_tokens: int = Field(default=4096, ge=1)
+    anthropic_version: str = "2023-06-01"
+    # bedrock: region and credentials; unset, botocore's usual chain (AWS_REGION, AWS_ACCESS_KEY_ID, …)
+    aws_region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
 
     @field_validator("api_base")
     @classmethod
@@ -57,16 +71,22 @@ class DeploymentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _base_known(self) -> DeploymentConfig:
-        if self.api_base is None and OPENAI_COMPATIBLE_BASES.get(self.provider) is None:
+        if self.api_base is None and self.provider != "bedrock" and _default_base(self.provider) is None:
             raise ValueError(f"api_base is required for provider {self.provider!r}")
+        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
+            raise ValueError("aws_access_key_id and aws_secret_access_key go together")
         return self
 
     @property
     def base_url(self) -> str:
-        base = self.api_base or OPENAI_COMPATIBLE_BASES[self.provider]
-        assert base is not None
+        base = self.api_base or _default_base(self.provider)
+        assert base is not None, "bedrock's base comes from its region (backends/bedrock.py)"
         return base
 
     @property
     def id(self) -> str:
         return self.name or f"{self.provider}/{self.model}"
+
+
+def _default_base(provider: str) -> str | None:
+    return OPENAI_COMPATIBLE_BASES.get(provider) or NATIVE_BASES.get(provider)
