@@ -11,6 +11,7 @@ AWS's binary event-stream framing, decoded by botocore's ``EventStreamBuffer``.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -75,7 +76,9 @@ class BedrockBackend(Backend):
         self._pool = pool
         self._timeout = client_timeout(deployment)
         self._botocore = Session()
-        self.region: str | None = deployment.aws_region or self._botocore.get_config_variable("region")
+        # AWS_REGION is what AWS's SDKs and Lambda set; botocore itself reads AWS_DEFAULT_REGION and profiles.
+        self.region: str | None = (deployment.aws_region or os.environ.get("AWS_REGION")
+                                   or self._botocore.get_config_variable("region"))
         self.base_url = deployment.api_base or f"https://bedrock-runtime.{self.region}.amazonaws.com"
         model = quote(deployment.model, safe="")
         self._urls = {stream: f"{self.base_url}/model/{model}/{'converse-stream' if stream else 'converse'}"

@@ -4,7 +4,7 @@
 ``:batchEmbedContents``; key in ``x-goog-api-key`` (or ``?key=``); camelCase JSON bodies; errors as
 ``{"error": {"code", "message", "status", "details"}}``. Model names choose failures: ``error-429``
 (RESOURCE_EXHAUSTED with a RetryInfo of 7s), ``error-503``, any ``error-NNN``, ``blocked`` (the prompt is
-blocked: promptFeedback.blockReason, no candidates), ``unsafe`` (the candidate stops for SAFETY).
+blocked: promptFeedback.blockReason, no candidates), ``unsafe`` (the candidate stops for SAFETY), ``stream-error`` (an error object after the first event).
 """
 
 from __future__ import annotations
@@ -160,8 +160,13 @@ async def _model(request: web.Request) -> web.StreamResponse:
         return error(400, "this fake streams server-sent events only (alt=sse)")
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    for chunk in stream(model, body, plan):
+    for i, chunk in enumerate(stream(model, body, plan)):
+        if model == "stream-error" and i == 1:
+            # Gemini reports a failure after the stream began as an error object in the next event.
+            chunk = {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
         await response.write(b"data: " + orjson.dumps(chunk) + b"\r\n\r\n")
+        if "error" in chunk:
+            break
     await response.write_eof()
     state.completed_streams += 1
     return response
