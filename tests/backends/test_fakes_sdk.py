@@ -14,8 +14,7 @@ from google.genai import types as genai_types
 
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes import bedrock_upstream
-
-from .conftest import BEDROCK_MODEL
+from tests.fakes.providers import BEDROCK_MODEL
 
 WEATHER = {"name": "get_weather", "description": "Weather in a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
@@ -60,7 +59,7 @@ def test_anthropic_sdk_reads_the_fake_errors(fakes):
         with pytest.raises(anthropic.APIStatusError) as overloaded:
             client.messages.create(model="error-529", max_tokens=10, messages=[{"role": "user", "content": "x"}])
         assert overloaded.value.status_code == 529
-        with pytest.raises(anthropic.APIStatusError) as mid_stream:  # noqa: PT012
+        with pytest.raises(anthropic.APIStatusError) as mid_stream:
             with client.messages.stream(model="stream-error", max_tokens=10,
                                         messages=[{"role": "user", "content": "a b"}]) as stream:
                 stream.get_final_message()

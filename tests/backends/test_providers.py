@@ -13,10 +13,9 @@ import pytest
 
 from tests.conftest import KEY, UPSTREAM_KEY
 from tests.fakes import bedrock_upstream
+from tests.fakes.providers import PROVIDERS
 from tests.fakes.scenario import TOOL_CALL_TOKENS
 from tests.openapi import validate
-
-from .conftest import PROVIDERS
 
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                                  "parameters": {"type": "object",
@@ -116,6 +115,7 @@ def test_weather_tool_round_trip(oai, provider, fakes):
 def test_parallel_tool_calls_while_streaming(oai, provider):
     text, calls, finish, usage, _ = _stream(oai, model=provider, tools=[WEATHER_TOOL],
                                             messages=[{"role": "user", "content": "Paris, Rome and Tokyo?"}])
+    assert text == "Checking the weather."
     assert finish == "tool_calls"
     assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == [
         ("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"}), ("get_weather", {"city": "Tokyo"})]
