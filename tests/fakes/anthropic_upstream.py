@@ -4,7 +4,7 @@
 content_block_start/delta/stop with text_delta and input_json_delta, ping, message_delta with usage,
 message_stop) and error bodies ``{"type": "error", "error": {...}}`` as documented. Model names choose
 failures: ``error-429`` (rate_limit_error with retry-after), ``error-529`` (overloaded_error), any
-``error-NNN``, ``stream-error`` (an error event mid-stream). Answers come from tests/fakes/scenario.py.
+``error-NNN``, ``stream-error`` (an error event mid-stream), ``cut-stream`` (the connection dropped mid-stream). Answers come from tests/fakes/scenario.py.
 """
 
 from __future__ import annotations
@@ -166,7 +166,11 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "Cache-Control": "no-cache"})
     await response.prepare(request)
-    for chunk in stream_events(body, plan, fail=model == "stream-error"):
+    for i, chunk in enumerate(stream_events(body, plan, fail=model == "stream-error")):
+        if model == "cut-stream" and i == 3:
+            assert request.transport is not None
+            request.transport.abort()
+            return response
         await response.write(chunk)
     await response.write_eof()
     state.completed_streams += 1

@@ -6,7 +6,8 @@ botocore's decoder is the judge. Every request must carry a SigV4 ``Authorizatio
 ``bedrock``, which is recomputed with botocore from the known secret (403 InvalidSignatureException
 otherwise). Errors: status, ``x-amzn-ErrorType`` and ``{"message"}``. Model names choose failures:
 ``error-429`` (ThrottlingException), ``error-503`` (ServiceUnavailableException), ``error-400``
-(ValidationException), ``stream-error`` (a throttlingException event mid-stream).
+(ValidationException), ``stream-error`` (a throttlingException event mid-stream), ``cut-stream`` (half a frame, then the
+connection drops). A Bedrock API key (``Authorization: Bearer``) equal to the fake's key stands in for a signature.
 """
 
 from __future__ import annotations
@@ -189,7 +190,9 @@ def stream_events(body: dict[str, Any], plan: Answer, *, fail: bool = False) -> 
 async def _converse(request: web.Request) -> web.StreamResponse:
     state, aws = request.app[STATE], request.app[BEDROCK]
     raw = await request.read()
-    problem = check_signature(request, raw, aws)
+    bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    # Bedrock API keys (bearer tokens) stand in for a signature.
+    problem = None if state.api_key is not None and bearer == state.api_key else check_signature(request, raw, aws)
     if problem is not None:
         return error(403, "InvalidSignatureException" if "signature" in problem else "UnrecognizedClientException",
                      problem)
@@ -211,7 +214,12 @@ async def _converse(request: web.Request) -> web.StreamResponse:
         return web.Response(body=orjson.dumps(converse(body, plan)), content_type="application/json")
     response = web.StreamResponse(headers={"Content-Type": "application/vnd.amazon.eventstream"})
     await response.prepare(request)
-    for chunk in stream_events(body, plan, fail=model == "stream-error"):
+    for i, chunk in enumerate(stream_events(body, plan, fail=model == "stream-error")):
+        if model == "cut-stream" and i == 2:
+            await response.write(chunk[:7])  # half a frame, then the connection drops
+            assert request.transport is not None
+            request.transport.abort()
+            return response
         await response.write(chunk)
     await response.write_eof()
     state.completed_streams += 1

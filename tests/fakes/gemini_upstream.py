@@ -4,7 +4,7 @@
 ``:batchEmbedContents``; key in ``x-goog-api-key`` (or ``?key=``); camelCase JSON bodies; errors as
 ``{"error": {"code", "message", "status", "details"}}``. Model names choose failures: ``error-429``
 (RESOURCE_EXHAUSTED with a RetryInfo of 7s), ``error-503``, any ``error-NNN``, ``blocked`` (the prompt is
-blocked: promptFeedback.blockReason, no candidates), ``unsafe`` (the candidate stops for SAFETY), ``stream-error`` (an error object after the first event).
+blocked: promptFeedback.blockReason, no candidates), ``unsafe`` (the candidate stops for SAFETY), ``stream-error`` (an error object after the first event), ``cut-stream`` (the connection dropped mid-stream).
 """
 
 from __future__ import annotations
@@ -161,6 +161,10 @@ async def _model(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     for i, chunk in enumerate(stream(model, body, plan)):
+        if model == "cut-stream" and i == 1:
+            assert request.transport is not None
+            request.transport.abort()
+            return response
         if model == "stream-error" and i == 1:
             # Gemini reports a failure after the stream began as an error object in the next event.
             chunk = {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
