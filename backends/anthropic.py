@@ -35,10 +35,13 @@ from .shape import (
     DONE,
     Choice,
     ChunkWriter,
+    Image,
     ToolCall,
     Usage,
+    append_turn,
     completion,
-    image_of,
+    convert_content,
+    function_of,
     max_tokens,
     new_id,
     single_choice,
@@ -223,9 +226,7 @@ def to_anthropic(payload: dict[str, Any], model: str, default_max_tokens: int) -
 
 
 def _tool(tool: Any, i: int) -> dict[str, Any]:
-    function = tool.get("function") if isinstance(tool, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise InvalidRequest(f"Invalid 'tools[{i}]': expected a function tool with a name.", param=f"tools[{i}]")
+    function = function_of(tool, i)
     out: dict[str, Any] = {"name": function["name"],
                            "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
     if function.get("description"):
@@ -263,9 +264,9 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
         elif role == "tool":
             result = {"type": "tool_result", "tool_use_id": str(message.get("tool_call_id")),
                       "content": text_of(content)}
-            _append(out, "user", [result])
+            append_turn(out, "user", "content", [result])
         elif role == "user":
-            _append(out, "user", _blocks(content, where, images=True))
+            append_turn(out, "user", "content", _blocks(content, where, images=True))
         elif role == "assistant":
             blocks = _blocks(content, where, images=False)
             for j, call in enumerate(message.get("tool_calls") or ()):
@@ -273,43 +274,25 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
                 blocks.append({"type": "tool_use", "id": str(call.get("id")), "name": str(function.get("name")),
                                "input": tool_arguments(function.get("arguments"),
                                                        f"messages[{i}].tool_calls[{j}].function.arguments")})
-            _append(out, "assistant", blocks)
+            append_turn(out, "assistant", "content", blocks)
         else:
             raise InvalidRequest(f"Invalid value for 'messages[{i}].role': {role!r} is not supported by "
                                  "Anthropic deployments.", param=f"messages[{i}].role")
     return system, out
 
 
-def _append(out: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
-    """Anthropic wants user and assistant turns to alternate: consecutive turns of one role are merged."""
-    if not blocks:
-        return
-    if out and out[-1]["role"] == role:
-        out[-1]["content"].extend(blocks)
-    else:
-        out.append({"role": role, "content": blocks})
-
-
 def _blocks(content: Any, where: str, *, images: bool) -> list[dict[str, Any]]:
-    if content is None or content == "":
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            if part.get("text"):
-                block: dict[str, Any] = {"type": "text", "text": part["text"]}
-                if isinstance(part.get("cache_control"), dict):
-                    block["cache_control"] = part["cache_control"]
-                blocks.append(block)
-        elif kind == "image_url" and images:
-            image = image_of(part, f"{where}[{j}]")
-            source = {"type": "url", "url": image.url} if image.url else \
-                {"type": "base64", "media_type": image.media_type, "data": image.data}
-            blocks.append({"type": "image", "source": source})
-        else:
-            raise InvalidRequest(f"Invalid '{where}[{j}]': content part type {kind!r} is not supported here by "
-                                 "Anthropic deployments.", param=f"{where}[{j}]")
-    return blocks
+    return convert_content(content, where, "Anthropic", _text_block, _image_block if images else None)
+
+
+def _text_block(part: dict[str, Any]) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "text", "text": part["text"]}
+    if isinstance(part.get("cache_control"), dict):  # prompt caching, as Anthropic's own clients mark it
+        block["cache_control"] = part["cache_control"]
+    return block
+
+
+def _image_block(image: Image, where: str) -> dict[str, Any]:
+    source = {"type": "url", "url": image.url} if image.url else \
+        {"type": "base64", "media_type": image.media_type, "data": image.data}
+    return {"type": "image", "source": source}

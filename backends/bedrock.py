@@ -35,10 +35,13 @@ from .shape import (
     DONE,
     Choice,
     ChunkWriter,
+    Image,
     ToolCall,
     Usage,
+    append_turn,
     completion,
-    image_of,
+    convert_content,
+    function_of,
     max_tokens,
     new_id,
     single_choice,
@@ -241,7 +244,7 @@ def to_converse(payload: dict[str, Any]) -> dict[str, Any]:
                 system.append({"text": text_of(content)})
         elif role == "tool":
             result = {"toolUseId": str(message.get("tool_call_id")), "content": [{"text": text_of(content) or " "}]}
-            _append(messages, "user", [{"toolResult": result}])
+            append_turn(messages, "user", "content", [{"toolResult": result}])
         elif role in ("user", "assistant"):
             blocks = _blocks(content, where)
             for j, call in enumerate(message.get("tool_calls") or ()):
@@ -249,7 +252,7 @@ def to_converse(payload: dict[str, Any]) -> dict[str, Any]:
                 blocks.append({"toolUse": {"toolUseId": str(call.get("id")), "name": str(function.get("name")),
                                            "input": tool_arguments(function.get("arguments"),
                                                                    f"messages[{i}].tool_calls[{j}].function.arguments")}})
-            _append(messages, str(role), blocks)
+            append_turn(messages, str(role), "content", blocks)
         else:
             raise InvalidRequest(f"Invalid value for 'messages[{i}].role': {role!r} is not supported by "
                                  "Bedrock deployments.", param=f"messages[{i}].role")
@@ -284,9 +287,7 @@ def to_converse(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tool(tool: Any, i: int) -> dict[str, Any]:
-    function = tool.get("function") if isinstance(tool, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise InvalidRequest(f"Invalid 'tools[{i}]': expected a function tool with a name.", param=f"tools[{i}]")
+    function = function_of(tool, i)
     spec: dict[str, Any] = {"name": function["name"],
                             "inputSchema": {"json": function.get("parameters") or {"type": "object",
                                                                                    "properties": {}}}}
@@ -295,34 +296,13 @@ def _tool(tool: Any, i: int) -> dict[str, Any]:
     return {"toolSpec": spec}
 
 
-def _append(messages: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
-    if not blocks:
-        return
-    if messages and messages[-1]["role"] == role:
-        messages[-1]["content"].extend(blocks)
-    else:
-        messages.append({"role": role, "content": blocks})
-
-
 def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
-    if content is None or content == "":
-        return []
-    if isinstance(content, str):
-        return [{"text": content}]
-    blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            if part.get("text"):
-                blocks.append({"text": part["text"]})
-        elif kind == "image_url":
-            image = image_of(part, f"{where}[{j}]")
-            image_format = _IMAGE_FORMATS.get(image.media_type or "")
-            if image.data is None or image_format is None:
-                raise InvalidRequest(f"Invalid '{where}[{j}]': Bedrock takes images inline only, as a data: URL of "
-                                     "a PNG, JPEG, GIF or WebP image.", param=f"{where}[{j}]")
-            blocks.append({"image": {"format": image_format, "source": {"bytes": image.data}}})
-        else:
-            raise InvalidRequest(f"Invalid '{where}[{j}]': content part type {kind!r} is not supported by Bedrock "
-                                 "deployments.", param=f"{where}[{j}]")
-    return blocks
+    return convert_content(content, where, "Bedrock", lambda part: {"text": part["text"]}, _image_block)
+
+
+def _image_block(image: Image, where: str) -> dict[str, Any]:
+    image_format = _IMAGE_FORMATS.get(image.media_type or "")
+    if image.data is None or image_format is None:
+        raise InvalidRequest(f"Invalid '{where}': Bedrock takes images inline only, as a data: URL of a PNG, JPEG, "
+                             "GIF or WebP image.", param=where)
+    return {"image": {"format": image_format, "source": {"bytes": image.data}}}

@@ -35,10 +35,13 @@ from .shape import (
     DONE,
     Choice,
     ChunkWriter,
+    Image,
     ToolCall,
     Usage,
+    append_turn,
     completion,
-    image_of,
+    convert_content,
+    function_of,
     max_tokens,
     new_id,
     stop_list,
@@ -244,9 +247,7 @@ def to_gemini(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _declaration(tool: Any, i: int) -> dict[str, Any]:
-    function = tool.get("function") if isinstance(tool, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise InvalidRequest(f"Invalid 'tools[{i}]': expected a function tool with a name.", param=f"tools[{i}]")
+    function = function_of(tool, i)
     out: dict[str, Any] = {"name": function["name"]}
     if function.get("description"):
         out["description"] = function["description"]
@@ -278,48 +279,29 @@ def _contents(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
             except orjson.JSONDecodeError:
                 value = result
             response = value if isinstance(value, dict) else {"result": value}
-            _append(contents, "user", [{"functionResponse": {"name": names[call_id], "response": response}}])
+            part = {"functionResponse": {"name": names[call_id], "response": response}}
+            append_turn(contents, "user", "parts", [part])
         elif role in ("user", "assistant"):
             parts = _parts(content, where)
             for j, call in enumerate(message.get("tool_calls") or ()):
                 function = call.get("function") or {}
                 parts.append({"functionCall": {"name": str(function.get("name")), "args": tool_arguments(
                     function.get("arguments"), f"messages[{i}].tool_calls[{j}].function.arguments")}})
-            _append(contents, "user" if role == "user" else "model", parts)
+            append_turn(contents, "user" if role == "user" else "model", "parts", parts)
         else:
             raise InvalidRequest(f"Invalid value for 'messages[{i}].role': {role!r} is not supported by "
                                  "Gemini deployments.", param=f"messages[{i}].role")
     return system, contents
 
 
-def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:
-    if not parts:
-        return
-    if contents and contents[-1]["role"] == role:
-        contents[-1]["parts"].extend(parts)
-    else:
-        contents.append({"role": role, "parts": parts})
-
-
 def _parts(content: Any, where: str) -> list[dict[str, Any]]:
-    if content is None or content == "":
-        return []
-    if isinstance(content, str):
-        return [{"text": content}]
-    parts: list[dict[str, Any]] = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            if part.get("text"):
-                parts.append({"text": part["text"]})
-        elif kind == "image_url":
-            image = image_of(part, f"{where}[{j}]")
-            parts.append({"fileData": {"fileUri": image.url, "mimeType": image.media_type or "image/jpeg"}}
-                         if image.url else {"inlineData": {"mimeType": image.media_type, "data": image.data}})
-        else:
-            raise InvalidRequest(f"Invalid '{where}[{j}]': content part type {kind!r} is not supported by Gemini "
-                                 "deployments.", param=f"{where}[{j}]")
-    return parts
+    return convert_content(content, where, "Gemini", lambda part: {"text": part["text"]}, _image_part)
+
+
+def _image_part(image: Image, where: str) -> dict[str, Any]:
+    if image.url:
+        return {"fileData": {"fileUri": image.url, "mimeType": image.media_type or "image/jpeg"}}
+    return {"inlineData": {"mimeType": image.media_type, "data": image.data}}
 
 
 def _embed_request(payload: dict[str, Any], model: str) -> dict[str, Any]:

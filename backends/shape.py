@@ -11,7 +11,7 @@ import base64
 import binascii
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,3 +210,43 @@ def tool_names_by_id(messages: list[dict[str, Any]]) -> dict[str, str]:
             if isinstance(call, dict) and isinstance(call.get("function"), dict):
                 names[str(call.get("id"))] = str(call["function"].get("name", ""))
     return names
+
+
+def function_of(tool: Any, i: int) -> dict[str, Any]:
+    """The ``function`` of ``tools[i]``, checked."""
+    function = tool.get("function") if isinstance(tool, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise InvalidRequest(f"Invalid 'tools[{i}]': expected a function tool with a name.", param=f"tools[{i}]")
+    return function
+
+
+def append_turn(turns: list[dict[str, Any]], role: str, key: str, items: list[dict[str, Any]]) -> None:
+    """Adds a turn; providers that want user and model turns to alternate get consecutive ones merged."""
+    if not items:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(items)
+    else:
+        turns.append({"role": role, key: items})
+
+
+def convert_content(content: Any, where: str, provider: str, text: Callable[[dict[str, Any]], dict[str, Any]],
+                    image: Callable[[Image, str], dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """An OpenAI message's content as a provider's blocks: ``text`` and ``image`` build one from a part
+    (``image`` None: images are refused here); empty text is dropped, other part types refused."""
+    if content is None or content == "":
+        return []
+    if isinstance(content, str):
+        return [text({"type": "text", "text": content})]
+    blocks: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if part.get("text"):
+                blocks.append(text(part))
+        elif kind == "image_url" and image is not None:
+            blocks.append(image(image_of(part, f"{where}[{j}]"), f"{where}[{j}]"))
+        else:
+            raise InvalidRequest(f"Invalid '{where}[{j}]': content part type {kind!r} is not supported here by "
+                                 f"{provider} deployments.", param=f"{where}[{j}]")
+    return blocks
