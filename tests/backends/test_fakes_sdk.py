@@ -21,7 +21,7 @@ WEATHER = {"name": "get_weather", "description": "Weather in a city",
 PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
-def _anthropic(fakes) -> anthropic.Anthropic:  # type: ignore[no-untyped-def]
+def _anthropic(fakes) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=fakes.anthropic.url, api_key=UPSTREAM_KEY, max_retries=0, timeout=10)
 
 
@@ -36,13 +36,13 @@ def test_anthropic_sdk_reads_the_fake_messages(fakes):
         assert message.stop_reason == "end_turn"
         assert message.usage.cache_read_input_tokens == 3 and message.usage.output_tokens == 5
 
-        tool_turn = client.messages.create(model="claude-3-5-sonnet-20241022", max_tokens=100, tools=[WEATHER],
+        tool_turn = client.messages.create(model="claude-3-5-sonnet-20241022", max_tokens=100, tools=[WEATHER],  # type: ignore[list-item]
                                            messages=[{"role": "user", "content": "Paris and Rome?"}])
         uses = [b for b in tool_turn.content if b.type == "tool_use"]
         assert [u.input for u in uses] == [{"city": "Paris"}, {"city": "Rome"}]
         assert tool_turn.stop_reason == "tool_use"
 
-        with client.messages.stream(model="claude-3-5-sonnet-20241022", max_tokens=100, tools=[WEATHER],
+        with client.messages.stream(model="claude-3-5-sonnet-20241022", max_tokens=100, tools=[WEATHER],  # type: ignore[list-item]
                                     messages=[{"role": "user", "content": "Paris and Rome?"}]) as stream:
             final = stream.get_final_message()
         assert [b.input for b in final.content if b.type == "tool_use"] == [{"city": "Paris"}, {"city": "Rome"}]
@@ -66,10 +66,10 @@ def test_anthropic_sdk_reads_the_fake_errors(fakes):
         assert "Overloaded" in str(mid_stream.value)
         with pytest.raises(anthropic.BadRequestError):
             client.messages.create(model="claude-3-5-sonnet-20241022", max_tokens=10,
-                                   messages=[{"role": "system", "content": "x"}])  # type: ignore[misc, list-item]
+                                   messages=[{"role": "system", "content": "x"}])
 
 
-def _genai(fakes) -> genai.Client:  # type: ignore[no-untyped-def]
+def _genai(fakes) -> genai.Client:
     return genai.Client(api_key=UPSTREAM_KEY, http_options={"base_url": fakes.gemini.url, "timeout": 10_000})
 
 
@@ -106,7 +106,7 @@ def test_google_genai_sdk_reads_the_fake_errors(fakes):
         bad_key.models.generate_content(model="gemini-2.0-flash", contents="x")
 
 
-def _bedrock(fakes, secret: str = bedrock_upstream.SECRET_KEY):  # type: ignore[no-untyped-def]
+def _bedrock(fakes, secret: str = bedrock_upstream.SECRET_KEY):
     return boto3.client("bedrock-runtime", endpoint_url=fakes.bedrock.url, region_name=bedrock_upstream.REGION,
                         aws_access_key_id=bedrock_upstream.ACCESS_KEY, aws_secret_access_key=secret,
                         config=Config(retries={"max_attempts": 1}))
@@ -119,7 +119,7 @@ def test_boto3_reads_the_fake_converse_and_its_event_stream(fakes):
     assert response["output"]["message"]["content"] == [{"text": "Echo: one two"}]
     assert response["usage"]["cacheReadInputTokens"] == 3
     tools = {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": WEATHER["input_schema"]}}}]}
-    streamed = client.converse_stream(modelId=BEDROCK_MODEL, toolConfig=tools,  # type: ignore[arg-type]
+    streamed = client.converse_stream(modelId=BEDROCK_MODEL, toolConfig=tools,
                                       messages=[{"role": "user", "content": [{"text": "Paris and Tokyo"}]}])
     events = list(streamed["stream"])
     kinds = [next(iter(e)) for e in events]

@@ -15,7 +15,7 @@ from tests.harness import free_port
 
 
 @pytest.fixture
-def oai(provider_gateway):  # type: ignore[no-untyped-def]
+def oai(provider_gateway):
     with openai.OpenAI(base_url=provider_gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as c:
         yield c
 
@@ -73,7 +73,7 @@ def test_unreachable_upstream_is_a_502(start_gateway, upstream, provider, monkey
     assert isinstance(failed.value.body, dict) and failed.value.body["code"] == "upstream_unreachable"
 
 
-def _bedrock_gateway(start_gateway, upstream, fakes, settings: str):  # type: ignore[no-untyped-def]
+def _bedrock_gateway(start_gateway, upstream, fakes, settings: str):
     return start_gateway(config_text(upstream[0].url, f"""  - name: claude
     deployments:
       - provider: bedrock

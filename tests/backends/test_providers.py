@@ -28,7 +28,7 @@ pytestmark = pytest.mark.parametrize("provider", PROVIDERS)
 
 
 @pytest.fixture
-def oai(provider_gateway):  # type: ignore[no-untyped-def]
+def oai(provider_gateway):
     with openai.OpenAI(base_url=provider_gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as c:
         yield c
 
@@ -36,7 +36,8 @@ def oai(provider_gateway):  # type: ignore[no-untyped-def]
 def _stream(oai: openai.OpenAI, **kwargs: Any) -> tuple[str, dict[int, dict[str, str]], str | None, Any, list[Any]]:
     """Text, tool calls by index, finish reason, usage and the chunks of one streamed answer."""
     chunks = list(oai.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
-    text, calls, finish = "", {}, None
+    text, finish = "", None
+    calls: dict[int, dict[str, str]] = {}
     for chunk in chunks:
         assert chunk.object == "chat.completion.chunk" and chunk.id and chunk.created and chunk.model
         for choice in chunk.choices:
@@ -45,7 +46,7 @@ def _stream(oai: openai.OpenAI, **kwargs: Any) -> tuple[str, dict[int, dict[str,
                 entry = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
                 if call.id:
                     assert not entry["id"], "a tool call's id comes once, in its first delta"
-                    entry["id"], entry["name"] = call.id, call.function.name  # type: ignore[union-attr]
+                    entry["id"], entry["name"] = call.id, call.function.name
                 entry["arguments"] += (call.function.arguments or "") if call.function else ""
             finish = choice.finish_reason or finish
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -187,4 +188,4 @@ def test_streamed_and_whole_answers_agree(oai, provider, request_body):
     assert [(c["name"], c["arguments"]) for c in calls.values()] == \
         [(c.function.name, c.function.arguments) for c in message.tool_calls or ()]
     assert finish == whole.choices[0].finish_reason
-    assert usage.model_dump() == whole.usage.model_dump()  # type: ignore[union-attr]
+    assert usage.model_dump() == whole.usage.model_dump()

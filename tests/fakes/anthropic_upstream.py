@@ -36,8 +36,8 @@ class BadRequest(Exception):
 
 
 def gist(body: dict[str, Any]) -> Gist:
-    for name, kind in (("model", str), ("max_tokens", int), ("messages", list)):
-        if not isinstance(body.get(name), kind):
+    for name, expected in (("model", str), ("max_tokens", int), ("messages", list)):
+        if not isinstance(body.get(name), expected):
             raise BadRequest(f"{name}: Field required")
     tool_ids: set[str] = set()
     out = Gist(max_tokens=body["max_tokens"], stop=list(body.get("stop_sequences") or []))
@@ -48,7 +48,7 @@ def gist(body: dict[str, Any]) -> Gist:
         if message.get("role") not in ("user", "assistant"):
             raise BadRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'")
         content = message.get("content")
-        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": content}] if isinstance(content, str) else content
         last = i == len(body["messages"]) - 1
         if last:
             out = Gist(max_tokens=out.max_tokens, stop=out.stop)

@@ -36,7 +36,7 @@ class Fakes:
     aws: bedrock_upstream.Aws
 
     def __getitem__(self, provider: str) -> Fake:
-        return getattr(self, provider)  # type: ignore[no-any-return]
+        return getattr(self, provider)
 
 
 @pytest.fixture
@@ -46,7 +46,9 @@ def fakes() -> Iterator[Fakes]:
     servers = {"anthropic": ServerThread(lambda: anthropic_upstream.build_app(states["anthropic"])).start(),
                "gemini": ServerThread(lambda: gemini_upstream.build_app(states["gemini"])).start(),
                "bedrock": ServerThread(lambda: bedrock_upstream.build_app(states["bedrock"], aws)).start()}
-    yield Fakes(*(Fake(servers[p], states[p]) for p in PROVIDERS), aws=aws)
+    yield Fakes(anthropic=Fake(servers["anthropic"], states["anthropic"]),
+                gemini=Fake(servers["gemini"], states["gemini"]), bedrock=Fake(servers["bedrock"], states["bedrock"]),
+                aws=aws)
     for server in servers.values():
         server.stop()
 
@@ -92,7 +94,7 @@ def openai_failures(upstream_url: str) -> str:
 
 
 @pytest.fixture
-def provider_gateway(fakes: Fakes, upstream, start_gateway: Callable[[str], ServerThread],  # type: ignore[no-untyped-def]
+def provider_gateway(fakes: Fakes, upstream, start_gateway: Callable[[str], ServerThread],
                      monkeypatch: pytest.MonkeyPatch) -> ServerThread:
     # Bedrock's credentials and region come from botocore's usual environment variables.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", bedrock_upstream.ACCESS_KEY)

@@ -24,7 +24,7 @@ IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png"
 
 
 @pytest.fixture
-def claude(provider_gateway):  # type: ignore[no-untyped-def]
+def claude(provider_gateway):
     with anthropic.Anthropic(base_url=provider_gateway.url, api_key=KEY, max_retries=0, timeout=20) as c:
         yield c
 
