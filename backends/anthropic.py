@@ -44,6 +44,7 @@ from .shape import (
     function_of,
     max_tokens,
     new_id,
+    safe_tool_id,
     single_choice,
     stop_list,
     text_of,
@@ -262,7 +263,7 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
         if role in ("system", "developer"):
             system.extend(_blocks(content, where, images=False))
         elif role == "tool":
-            result = {"type": "tool_result", "tool_use_id": str(message.get("tool_call_id")),
+            result = {"type": "tool_result", "tool_use_id": safe_tool_id(message.get("tool_call_id")),
                       "content": text_of(content)}
             append_turn(out, "user", "content", [result])
         elif role == "user":
@@ -271,7 +272,7 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
             blocks = _blocks(content, where, images=False)
             for j, call in enumerate(message.get("tool_calls") or ()):
                 function = call.get("function") or {}
-                blocks.append({"type": "tool_use", "id": str(call.get("id")), "name": str(function.get("name")),
+                blocks.append({"type": "tool_use", "id": safe_tool_id(call.get("id")), "name": str(function.get("name")),
                                "input": tool_arguments(function.get("arguments"),
                                                        f"messages[{i}].tool_calls[{j}].function.arguments")})
             append_turn(out, "assistant", "content", blocks)

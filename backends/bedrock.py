@@ -44,6 +44,7 @@ from .shape import (
     function_of,
     max_tokens,
     new_id,
+    safe_tool_id,
     single_choice,
     stop_list,
     text_of,
@@ -243,13 +244,13 @@ def to_converse(payload: dict[str, Any]) -> dict[str, Any]:
             if text_of(content):
                 system.append({"text": text_of(content)})
         elif role == "tool":
-            result = {"toolUseId": str(message.get("tool_call_id")), "content": [{"text": text_of(content) or " "}]}
+            result = {"toolUseId": safe_tool_id(message.get("tool_call_id")), "content": [{"text": text_of(content) or " "}]}
             append_turn(messages, "user", "content", [{"toolResult": result}])
         elif role in ("user", "assistant"):
             blocks = _blocks(content, where)
             for j, call in enumerate(message.get("tool_calls") or ()):
                 function = call.get("function") or {}
-                blocks.append({"toolUse": {"toolUseId": str(call.get("id")), "name": str(function.get("name")),
+                blocks.append({"toolUse": {"toolUseId": safe_tool_id(call.get("id")), "name": str(function.get("name")),
                                            "input": tool_arguments(function.get("arguments"),
                                                                    f"messages[{i}].tool_calls[{j}].function.arguments")}})
             append_turn(messages, str(role), "content", blocks)

@@ -140,8 +140,7 @@ class GeminiBackend(Backend):
                         call = part["functionCall"]
                         tool = tools.get(index, 0)
                         tools[index] = tool + 1
-                        yield writer.tool_start(tool, str(call.get("id") or new_id("call_")), str(call.get("name")),
-                                                index)
+                        yield writer.tool_start(tool, call_id(part), str(call.get("name")), index)
                         yield writer.tool_arguments(tool, orjson.dumps(call.get("args") or {}).decode(), index)
                     elif part.get("text") and not part.get("thought"):
                         yield writer.text(part["text"], index)
@@ -152,6 +151,17 @@ class GeminiBackend(Backend):
             raise UpstreamConnectionError(f"upstream {self.id} ended its stream before a finish reason")
         yield b"".join(writer.finish(reason, index) for index, reason in sorted(finishes.items())) + \
             writer.usage(usage) + DONE
+
+
+_SIGNATURE = "__thought__"
+
+
+def call_id(part: dict[str, Any]) -> str:
+    """An id for a function call. Gemini's thinking models sign their calls (``thoughtSignature``) and want
+    the signature back with the call in the next turn: a stateless gateway carries it in the call's id."""
+    base = str(part["functionCall"].get("id") or new_id("call_"))
+    signature = part.get("thoughtSignature")
+    return f"{base}{_SIGNATURE}{signature}" if isinstance(signature, str) and signature else base
 
 
 def usage_of(raw: Any) -> Usage:
@@ -191,7 +201,7 @@ def from_gemini(data: dict[str, Any], model: str) -> dict[str, Any]:
         for part in (candidate.get("content") or {}).get("parts") or ():
             if "functionCall" in part:
                 call = part["functionCall"]
-                choice.tool_calls.append(ToolCall(str(call.get("id") or new_id("call_")), str(call.get("name")),
+                choice.tool_calls.append(ToolCall(call_id(part), str(call.get("name")),
                                                   orjson.dumps(call.get("args") or {}).decode()))
             elif part.get("text") and not part.get("thought"):
                 texts.append(part["text"])
@@ -269,24 +279,28 @@ def _contents(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
             if text:
                 system.append({"text": text})
         elif role == "tool":
-            call_id = str(message.get("tool_call_id"))
-            if call_id not in names:
+            result_id = str(message.get("tool_call_id"))
+            if result_id not in names:
                 raise InvalidRequest(f"Invalid 'messages[{i}].tool_call_id': no earlier assistant tool call has "
-                                     f"the id {call_id!r}.", param=f"messages[{i}].tool_call_id")
+                                     f"the id {result_id!r}.", param=f"messages[{i}].tool_call_id")
             result = text_of(content)
             try:
                 value = orjson.loads(result)
             except orjson.JSONDecodeError:
                 value = result
             response = value if isinstance(value, dict) else {"result": value}
-            part = {"functionResponse": {"name": names[call_id], "response": response}}
-            append_turn(contents, "user", "parts", [part])
+            append_turn(contents, "user", "parts",
+                        [{"functionResponse": {"name": names[result_id], "response": response}}])
         elif role in ("user", "assistant"):
             parts = _parts(content, where)
             for j, call in enumerate(message.get("tool_calls") or ()):
                 function = call.get("function") or {}
-                parts.append({"functionCall": {"name": str(function.get("name")), "args": tool_arguments(
-                    function.get("arguments"), f"messages[{i}].tool_calls[{j}].function.arguments")}})
+                part: dict[str, Any] = {"functionCall": {"name": str(function.get("name")), "args": tool_arguments(
+                    function.get("arguments"), f"messages[{i}].tool_calls[{j}].function.arguments")}}
+                _, marker, signature = str(call.get("id")).partition(_SIGNATURE)
+                if marker and signature:
+                    part["thoughtSignature"] = signature
+                parts.append(part)
             append_turn(contents, "user" if role == "user" else "model", "parts", parts)
         else:
             raise InvalidRequest(f"Invalid value for 'messages[{i}].role': {role!r} is not supported by "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -250,3 +252,18 @@ def convert_content(content: Any, where: str, provider: str, text: Callable[[dic
             raise InvalidRequest(f"Invalid '{where}[{j}]': content part type {kind!r} is not supported here by "
                                  f"{provider} deployments.", param=f"{where}[{j}]")
     return blocks
+
+
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def safe_tool_id(call_id: Any, limit: int = 64) -> str:
+    """A tool call id as Anthropic and Bedrock accept it (``[A-Za-z0-9_-]``, Bedrock: at most 64 characters).
+
+    Ids made by other providers (a conversation that falls back from one to another) are rewritten the same
+    way in the call and in its result, so the two still match."""
+    text = str(call_id)
+    safe = _UNSAFE_ID.sub("_", text)
+    if safe == text and 0 < len(safe) <= limit:
+        return safe
+    return "toolu_" + hashlib.sha256(text.encode()).hexdigest()[:40]

@@ -86,6 +86,14 @@ def test_google_genai_sdk_reads_the_fake(fakes):
     calls = client.models.generate_content(model="gemini-2.0-flash", contents="Tokyo?",
                                            config=genai_types.GenerateContentConfig(tools=[weather]))
     assert [(c.name, c.args) for c in calls.function_calls or ()] == [("get_weather", {"city": "Tokyo"})]
+    [part] = [p for p in calls.candidates[0].content.parts if p.function_call]  # type: ignore[index, union-attr]
+    assert part.thought_signature == b'signed:{"city":"Tokyo"}'
+    answer = client.models.generate_content(model="gemini-2.0-flash", config=genai_types.GenerateContentConfig(
+        tools=[weather]), contents=[genai_types.Content(role="user", parts=[genai_types.Part(text="Tokyo?")]),
+                                   calls.candidates[0].content,  # type: ignore[index]
+                                   genai_types.Content(role="user", parts=[genai_types.Part.from_function_response(
+                                       name="get_weather", response={"result": "rain"})])])
+    assert answer.text == "Weather: rain"
     chunks = list(client.models.generate_content_stream(model="gemini-2.0-flash", contents="one two"))
     assert "".join(c.text or "" for c in chunks) == "Echo: one two"
     assert chunks[-1].candidates[0].finish_reason == genai_types.FinishReason.STOP  # type: ignore[index]

@@ -3,6 +3,8 @@ providers' models in the shipped catalog."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from backends.anthropic import to_anthropic
@@ -96,3 +98,24 @@ def test_provider_models_are_in_the_catalog(model, provider, context):
     info = model_info(model)
     assert info is not None and info.provider == provider and info.context_window == context
     assert info.input > 0 and info.output >= info.input and info.max_output_tokens
+
+
+def test_gemini_thought_signatures_travel_in_the_call_id():
+    call = {**CALL, "id": "call_1__thought__c2lnbmVk"}
+    request = to_gemini({"messages": [HISTORY[1], {"role": "assistant", "tool_calls": [call]},
+                                      {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}]})
+    assert request["contents"][1]["parts"] == [{"functionCall": {"name": "get_weather", "args": {"city": "Rome"}},
+                                                "thoughtSignature": "c2lnbmVk"}]
+    assert request["contents"][2]["parts"] == [{"functionResponse": {"name": "get_weather",
+                                                                     "response": {"result": "sunny"}}}]
+
+
+@pytest.mark.parametrize("translate", [lambda p: to_anthropic(p, "m", 10)["messages"],
+                                       lambda p: to_converse(p)["messages"]])
+def test_foreign_tool_call_ids_are_made_acceptable_and_still_match(translate):
+    foreign = "call_1__thought__c2ln+bmVk/" + "x" * 80   # a Gemini id with its signature
+    messages = translate({"messages": [HISTORY[1], {"role": "assistant", "tool_calls": [{**CALL, "id": foreign}]},
+                                       {"role": "tool", "tool_call_id": foreign, "content": "sunny"}]})
+    text = str(messages)
+    ids = set(re.findall(r"toolu_[0-9a-f]{40}", text))
+    assert len(ids) == 1 and foreign not in text and text.count(ids.pop()) == 2

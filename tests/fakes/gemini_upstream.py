@@ -4,11 +4,15 @@
 ``:batchEmbedContents``; key in ``x-goog-api-key`` (or ``?key=``); camelCase JSON bodies; errors as
 ``{"error": {"code", "message", "status", "details"}}``. Model names choose failures: ``error-429``
 (RESOURCE_EXHAUSTED with a RetryInfo of 7s), ``error-503``, any ``error-NNN``, ``blocked`` (the prompt is
-blocked: promptFeedback.blockReason, no candidates), ``unsafe`` (the candidate stops for SAFETY), ``stream-error`` (an error object after the first event), ``cut-stream`` (the connection dropped mid-stream).
+blocked: promptFeedback.blockReason, no candidates), ``unsafe`` (the candidate stops for SAFETY),
+``stream-error`` (an error object after the first event), ``cut-stream`` (the connection dropped mid-stream).
+Function calls carry a ``thoughtSignature``, which must come back with the call in the next turn, as
+Gemini's thinking models require.
 """
 
 from __future__ import annotations
 
+import base64
 import uuid
 from typing import Any
 
@@ -66,7 +70,11 @@ def gist(body: dict[str, Any]) -> Gist:
             elif _get(part, "fileData") is not None:
                 out.images.append(_get(_get(part, "fileData"), "fileUri"))
             elif _get(part, "functionCall") is not None and role == "model":
-                called.add(_get(part, "functionCall")["name"])
+                call = _get(part, "functionCall")
+                if _get(part, "thoughtSignature") != signature(call.get("args") or {}):
+                    raise BadRequest(f"Function call is missing a thought_signature in functionCall parts. "
+                                     f"(contents[{i}])")
+                called.add(call["name"])
             elif _get(part, "functionResponse") is not None and role == "user":
                 result = _get(part, "functionResponse")
                 if result.get("name") not in called or not isinstance(result.get("response"), dict):
@@ -99,8 +107,13 @@ def _response(model: str, parts: list[dict[str, Any]], finish: str | None, usage
     return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": response_id}
 
 
+def signature(arguments: dict[str, str]) -> str:
+    return base64.b64encode(f"signed:{orjson.dumps(arguments).decode()}".encode()).decode()
+
+
 def _calls(plan: Answer) -> list[dict[str, Any]]:
-    return [{"functionCall": {"name": name, "args": arguments}} for name, arguments in plan.calls]
+    return [{"functionCall": {"name": name, "args": arguments}, "thoughtSignature": signature(arguments)}
+            for name, arguments in plan.calls]
 
 
 def generate(model: str, body: dict[str, Any], plan: Answer) -> dict[str, Any]:
