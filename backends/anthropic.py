@@ -154,15 +154,18 @@ class AnthropicBackend(Backend):
 
 
 def _count(usage: Usage, raw: Any) -> None:
-    """Anthropic's usage is cumulative: message_start has the prompt, message_delta the final output."""
+    """Anthropic's usage is cumulative: message_start has the prompt, message_delta the final output (and,
+    from newer API versions, the prompt again). A field left out keeps its earlier value."""
     if not isinstance(raw, dict):
         return
-    uncached = raw.get("input_tokens")
-    read, written = raw.get("cache_read_input_tokens"), raw.get("cache_creation_input_tokens")
-    if isinstance(uncached, int):
-        usage.prompt_tokens = uncached + (read or 0) + (written or 0)
-        usage.cached_tokens = read or 0
-        usage.cache_creation_tokens = written or 0
+    uncached = usage.prompt_tokens - (usage.cached_tokens or 0) - (usage.cache_creation_tokens or 0)
+    if isinstance(raw.get("input_tokens"), int):
+        uncached = raw["input_tokens"]
+    if isinstance(raw.get("cache_read_input_tokens"), int):
+        usage.cached_tokens = raw["cache_read_input_tokens"]
+    if isinstance(raw.get("cache_creation_input_tokens"), int):
+        usage.cache_creation_tokens = raw["cache_creation_input_tokens"]
+    usage.prompt_tokens = uncached + (usage.cached_tokens or 0) + (usage.cache_creation_tokens or 0)
     if isinstance(raw.get("output_tokens"), int):
         usage.completion_tokens = raw["output_tokens"]
 

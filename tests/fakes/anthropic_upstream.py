@@ -133,7 +133,9 @@ def stream_events(body: dict[str, Any], plan: Answer, *, fail: bool = False) -> 
         index += 1
     events.append(event("message_delta", {"delta": {"stop_reason": whole["stop_reason"],
                                                     "stop_sequence": whole["stop_sequence"]},
-                                          "usage": {"output_tokens": plan.output_tokens}}))
+                                          # newer API versions repeat input_tokens here, not always the cache fields
+                                          "usage": {"input_tokens": whole["usage"]["input_tokens"],
+                                                    "output_tokens": plan.output_tokens}}))
     events.append(event("message_stop", {}))
     return events
 
