@@ -174,6 +174,18 @@ def test_error_mid_stream_reaches_the_client(oai, provider):
     assert "verloaded" in str(failed.value) or "Too many requests" in str(failed.value)
 
 
+def test_a_stream_that_fails_at_once_gets_a_real_status(oai, provider):
+    if provider == "gemini":  # Gemini refuses before its 200; covered by the error-class tests
+        provider = "gemini-429"
+        expected: type[openai.APIStatusError] = openai.RateLimitError
+    else:
+        expected = openai.InternalServerError if provider == "anthropic" else openai.RateLimitError
+        provider = f"{provider}-early-error"
+    with pytest.raises(expected) as failed:
+        oai.chat.completions.create(model=provider, stream=True, messages=[{"role": "user", "content": "x"}])
+    assert failed.value.status_code == (529 if provider == "anthropic-early-error" else 429)
+
+
 @pytest.mark.parametrize("request_body", [
     {"messages": [{"role": "user", "content": "one two three"}]},
     {"messages": [{"role": "user", "content": "Rome and Paris"}], "tools": [WEATHER_TOOL]},

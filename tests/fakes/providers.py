@@ -75,7 +75,7 @@ def provider_models(fakes: Fakes) -> str:
     lines = []
     for provider in PROVIDERS:
         for suffix, model in (("", normal[provider]), ("-429", "error-429"), ("-529", "error-529"),
-                              ("-503", "error-503"), ("-400", "error-400"), ("-stream-error", "stream-error"), ("-cut", "cut-stream"),
+                              ("-503", "error-503"), ("-400", "error-400"), ("-stream-error", "stream-error"), ("-cut", "cut-stream"), ("-early-error", "early-error"),
                               ("-blocked", "blocked"), ("-unsafe", "unsafe")):
             lines.append(f"""  - name: {provider}{suffix}
     deployments:
