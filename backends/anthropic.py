@@ -53,6 +53,7 @@ from .shape import (
 )
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+                  "model_context_window_exceeded": "length",
                   "tool_use": "tool_calls", "refusal": "content_filter"}
 # Anthropic error type -> OpenAI (type, code); the upstream's status is kept (429 and 529 drive retries).
 ERROR_TYPES: dict[str, tuple[str, str | None]] = {

@@ -52,6 +52,7 @@ from .shape import (
 )
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+                  "model_context_window_exceeded": "length",
                   "guardrail_intervened": "content_filter", "content_filtered": "content_filter"}
 # AWS error (x-amzn-ErrorType, or :exception-type in a stream) -> (status, OpenAI type, code).
 ERRORS: dict[str, tuple[int, str, str | None]] = {
