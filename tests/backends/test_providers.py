@@ -5,16 +5,15 @@ same text, tool calls and usage whether an answer is streamed or not."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import KEY, LOG_PATH, UPSTREAM_KEY
+from tests.conftest import KEY, UPSTREAM_KEY
 from tests.fakes import bedrock_upstream
-from tests.fakes.providers import PROVIDERS
+from tests.fakes.providers import PROVIDERS, logged
 from tests.fakes.scenario import TOOL_CALL_TOKENS
 from tests.openapi import validate
 
@@ -204,14 +203,6 @@ def test_streamed_and_whole_answers_agree(oai, provider, request_body):
     assert usage.model_dump() == whole.usage.model_dump()
 
 
-def _logged(request_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 5  # the log line is written just after the last byte goes out
-    while not (lines := [json.loads(line) for line in LOG_PATH.read_text().splitlines() if request_id in line]):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    return lines[-1]
-
-
 def test_the_gateway_counts_a_streams_tokens_as_the_whole_answers(oai, provider):
     """The usage the gateway records (ledger, metrics, log) for a stream whose client asked for no usage."""
     request = {"model": provider, "messages": [{"role": "user", "content": "count me please"}]}
@@ -220,5 +211,5 @@ def test_the_gateway_counts_a_streams_tokens_as_the_whole_answers(oai, provider)
     assert all(c.usage is None for c in stream)
     usage = whole.parse().usage
     for request_id in (whole.headers["x-request-id"], stream.response.headers["x-request-id"]):
-        line = _logged(request_id)
+        line = logged(request_id)
         assert (line["prompt_tokens"], line["completion_tokens"]) == (usage.prompt_tokens, usage.completion_tokens)

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import KEY, config_text
-from tests.fakes.providers import PROVIDERS, fakes, provider_gateway
+from tests.fakes.providers import PROVIDERS, fakes, logged, provider_gateway
 from tests.harness import ServerThread
 
 __all__ = ["fakes", "provider_gateway"]
@@ -156,6 +156,20 @@ def test_failure_mid_stream_is_an_error_event(claude, alias):
             claude.messages.stream(max_tokens=50, model=alias, messages=[{"role": "user", "content": "a b c d"}]) \
             as stream:
         stream.get_final_message()
+
+
+@pytest.mark.parametrize("alias", ["chat", "bedrock"])
+def test_the_gateway_counts_tokens_of_messages_streams(claude, alias):
+    request = {"model": alias, "max_tokens": 50, "messages": [{"role": "user", "content": "count me please"}]}
+    whole = claude.messages.with_raw_response.create(**request)
+    with claude.messages.with_streaming_response.create(stream=True, **request) as streamed:
+        streamed.read()
+    expected = whole.parse().usage
+    for request_id in (whole.headers["x-request-id"], streamed.headers["x-request-id"]):
+        line = logged(request_id)
+        prompt = expected.input_tokens + (expected.cache_read_input_tokens or 0) + \
+            (expected.cache_creation_input_tokens or 0)
+        assert (line["prompt_tokens"], line["completion_tokens"]) == (prompt, expected.output_tokens)
 
 
 def test_models_stay_one_list(provider_gateway):
