@@ -25,6 +25,7 @@ from .http import (
     expect_stream,
     plain_error,
     post,
+    primed,
     read_error,
     read_json,
     sse_events,
@@ -52,6 +53,7 @@ from .shape import (
 )
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+                  "model_context_window_exceeded": "length",
                   "tool_use": "tool_calls", "refusal": "content_filter"}
 # Anthropic error type -> OpenAI (type, code); the upstream's status is kept (429 and 529 drive retries).
 ERROR_TYPES: dict[str, tuple[str, str | None]] = {
@@ -99,7 +101,7 @@ class AnthropicBackend(Backend):
                     plain_error(self.id, response.status, raw, headers)
             if stream:
                 expect_stream(response, "text/event-stream", self.id)
-                yield UpstreamResponse(status=200, chunks=self._chunks(response))
+                yield UpstreamResponse(status=200, chunks=await primed(self._chunks(response), self.id))
             else:
                 data = await read_json(response, self.id)
                 if data.get("type") == "error":

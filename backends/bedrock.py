@@ -29,7 +29,7 @@ from botocore.session import Session
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig
 from .errors import InvalidRequest, Unavailable, UpstreamConnectionError, UpstreamError, UpstreamTimeout
-from .http import client_timeout, expect_stream, plain_error, post, read_error, read_json
+from .http import client_timeout, expect_stream, plain_error, post, primed, read_error, read_json
 from .pool import SessionPool
 from .shape import (
     DONE,
@@ -52,6 +52,7 @@ from .shape import (
 )
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+                  "model_context_window_exceeded": "length",
                   "guardrail_intervened": "content_filter", "content_filtered": "content_filter"}
 # AWS error (x-amzn-ErrorType, or :exception-type in a stream) -> (status, OpenAI type, code).
 ERRORS: dict[str, tuple[int, str, str | None]] = {
@@ -138,7 +139,7 @@ class BedrockBackend(Backend):
                 raise plain_error(self.id, response.status, raw, passed)
             if stream:
                 expect_stream(response, EVENT_STREAM, self.id)
-                yield UpstreamResponse(status=200, chunks=self._chunks(response))
+                yield UpstreamResponse(status=200, chunks=await primed(self._chunks(response), self.id))
             else:
                 answer = from_converse(await read_json(response, self.id), self.deployment.model)
                 yield UpstreamResponse(status=200, body=orjson.dumps(answer), data=answer)

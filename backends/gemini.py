@@ -25,6 +25,7 @@ from .http import (
     expect_stream,
     plain_error,
     post,
+    primed,
     read_error,
     read_json,
     sse_events,
@@ -108,7 +109,7 @@ class GeminiBackend(Backend):
                     plain_error(self.id, response.status, raw, headers)
             if stream:
                 expect_stream(response, "text/event-stream", self.id)
-                yield UpstreamResponse(status=200, chunks=self._chunks(response))
+                yield UpstreamResponse(status=200, chunks=await primed(self._chunks(response), self.id))
                 return
             data = await read_json(response, self.id)
             answer = _embeddings(data, self._model, payload) if endpoint is Endpoint.EMBEDDINGS else \

@@ -106,3 +106,19 @@ def stream_json(data: bytes, backend_id: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UpstreamError(f"upstream {backend_id} sent a stream event that is not a JSON object")
     return value
+
+
+async def primed(chunks: AsyncIterator[bytes], backend_id: str) -> AsyncIterator[bytes]:
+    """The stream with its first piece already read: a provider that fails at once (Anthropic's error event
+    right after its 200, a Bedrock exception message) fails here, before the client's headers are sent, so
+    the client gets the real status and the resilience layer can retry it like any other error."""
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        raise UpstreamError(f"upstream {backend_id} answered an empty stream") from None
+
+    async def relay() -> AsyncIterator[bytes]:
+        yield first
+        async for chunk in chunks:
+            yield chunk
+    return relay()

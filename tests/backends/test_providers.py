@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import KEY, UPSTREAM_KEY
 from tests.fakes import bedrock_upstream
-from tests.fakes.providers import PROVIDERS
+from tests.fakes.providers import PROVIDERS, logged
 from tests.fakes.scenario import TOOL_CALL_TOKENS
 from tests.openapi import validate
 
@@ -174,6 +174,18 @@ def test_error_mid_stream_reaches_the_client(oai, provider):
     assert "verloaded" in str(failed.value) or "Too many requests" in str(failed.value)
 
 
+def test_a_stream_that_fails_at_once_gets_a_real_status(oai, provider):
+    if provider == "gemini":  # Gemini refuses before its 200; covered by the error-class tests
+        provider = "gemini-429"
+        expected: type[openai.APIStatusError] = openai.RateLimitError
+    else:
+        expected = openai.InternalServerError if provider == "anthropic" else openai.RateLimitError
+        provider = f"{provider}-early-error"
+    with pytest.raises(expected) as failed:
+        oai.chat.completions.create(model=provider, stream=True, messages=[{"role": "user", "content": "x"}])
+    assert failed.value.status_code == (529 if provider == "anthropic-early-error" else 429)
+
+
 @pytest.mark.parametrize("request_body", [
     {"messages": [{"role": "user", "content": "one two three"}]},
     {"messages": [{"role": "user", "content": "Rome and Paris"}], "tools": [WEATHER_TOOL]},
@@ -189,3 +201,15 @@ def test_streamed_and_whole_answers_agree(oai, provider, request_body):
         [(c.function.name, c.function.arguments) for c in message.tool_calls or ()]
     assert finish == whole.choices[0].finish_reason
     assert usage.model_dump() == whole.usage.model_dump()
+
+
+def test_the_gateway_counts_a_streams_tokens_as_the_whole_answers(oai, provider):
+    """The usage the gateway records (ledger, metrics, log) for a stream whose client asked for no usage."""
+    request = {"model": provider, "messages": [{"role": "user", "content": "count me please"}]}
+    whole = oai.chat.completions.with_raw_response.create(**request)
+    stream = oai.chat.completions.create(stream=True, **request)
+    assert all(c.usage is None for c in stream)
+    usage = whole.parse().usage
+    for request_id in (whole.headers["x-request-id"], stream.response.headers["x-request-id"]):
+        line = logged(request_id)
+        assert (line["prompt_tokens"], line["completion_tokens"]) == (usage.prompt_tokens, usage.completion_tokens)

@@ -1,10 +1,12 @@
 """A fake Anthropic Messages API on loopback, written from Anthropic's API reference.
 
-``POST /v1/messages`` with ``x-api-key`` (or a bearer token) and ``anthropic-version``; bodies, stream events (message_start,
-content_block_start/delta/stop with text_delta and input_json_delta, ping, message_delta with usage,
-message_stop) and error bodies ``{"type": "error", "error": {...}}`` as documented. Model names choose
+``POST /v1/messages`` with ``x-api-key`` (or a bearer token) and ``anthropic-version``; bodies, stream events
+(message_start, content_block_start/delta/stop with text_delta and input_json_delta, ping, message_delta with
+usage, message_stop) and error bodies ``{"type": "error", "error": {...}}`` as documented. Model names choose
 failures: ``error-429`` (rate_limit_error with retry-after), ``error-529`` (overloaded_error), any
-``error-NNN``, ``stream-error`` (an error event mid-stream), ``cut-stream`` (the connection dropped mid-stream). Answers come from tests/fakes/scenario.py.
+``error-NNN``, ``stream-error`` (an error event mid-stream), ``cut-stream`` (the connection dropped
+mid-stream), ``early-error`` (a 200 stream whose first event is an overloaded error). Answers come from
+tests/fakes/scenario.py.
 """
 
 from __future__ import annotations
@@ -168,7 +170,10 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "Cache-Control": "no-cache"})
     await response.prepare(request)
-    for i, chunk in enumerate(stream_events(body, plan, fail=model == "stream-error")):
+    events = stream_events(body, plan, fail=model == "stream-error")
+    if model == "early-error":  # the stream is accepted (200), then fails before message_start
+        events = [event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})]
+    for i, chunk in enumerate(events):
         if model == "cut-stream" and i == 3:
             assert request.transport is not None
             request.transport.abort()

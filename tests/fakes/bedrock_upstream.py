@@ -4,10 +4,11 @@
 (``application/vnd.amazon.eventstream``: prelude, headers, payload, CRC32s), encoded here by hand so that
 botocore's decoder is the judge. Every request must carry a SigV4 ``Authorization`` header for service
 ``bedrock``, which is recomputed with botocore from the known secret (403 InvalidSignatureException
-otherwise). Errors: status, ``x-amzn-ErrorType`` and ``{"message"}``. Model names choose failures:
-``error-429`` (ThrottlingException), ``error-503`` (ServiceUnavailableException), ``error-400``
-(ValidationException), ``stream-error`` (a throttlingException event mid-stream), ``cut-stream`` (half a frame, then the
-connection drops). A Bedrock API key (``Authorization: Bearer``) equal to the fake's key stands in for a signature.
+otherwise); a Bedrock API key (``Authorization: Bearer``) equal to the fake's key stands in for it.
+Errors: status, ``x-amzn-ErrorType`` and ``{"message"}``. Model names choose failures: ``error-429``
+(ThrottlingException), ``error-503`` (ServiceUnavailableException), ``error-400`` (ValidationException),
+``stream-error`` (a throttlingException event mid-stream), ``cut-stream`` (half a frame, then the connection
+drops), ``early-error`` (a 200 stream whose first message is a throttlingException).
 """
 
 from __future__ import annotations
@@ -214,7 +215,10 @@ async def _converse(request: web.Request) -> web.StreamResponse:
         return web.Response(body=orjson.dumps(converse(body, plan)), content_type="application/json")
     response = web.StreamResponse(headers={"Content-Type": "application/vnd.amazon.eventstream"})
     await response.prepare(request)
-    for i, chunk in enumerate(stream_events(body, plan, fail=model == "stream-error")):
+    events = stream_events(body, plan, fail=model == "stream-error")
+    if model == "early-error":  # the stream is accepted (200), then fails before messageStart
+        events = [exception("throttlingException", "Too many requests, please wait.")]
+    for i, chunk in enumerate(events):
         if model == "cut-stream" and i == 2:
             await response.write(chunk[:7])  # half a frame, then the connection drops
             assert request.transport is not None

@@ -3,12 +3,15 @@ provider and failure (``anthropic``, ``anthropic-429``, …) next to conftest's 
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from tests.conftest import UPSTREAM_KEY, config_text
+from tests.conftest import LOG_PATH, UPSTREAM_KEY, config_text
 from tests.harness import ServerThread
 
 from . import anthropic_upstream, bedrock_upstream, gemini_upstream
@@ -75,7 +78,7 @@ def provider_models(fakes: Fakes) -> str:
     lines = []
     for provider in PROVIDERS:
         for suffix, model in (("", normal[provider]), ("-429", "error-429"), ("-529", "error-529"),
-                              ("-503", "error-503"), ("-400", "error-400"), ("-stream-error", "stream-error"), ("-cut", "cut-stream"),
+                              ("-503", "error-503"), ("-400", "error-400"), ("-stream-error", "stream-error"), ("-cut", "cut-stream"), ("-early-error", "early-error"),
                               ("-blocked", "blocked"), ("-unsafe", "unsafe")):
             lines.append(f"""  - name: {provider}{suffix}
     deployments:
@@ -103,3 +106,12 @@ def provider_gateway(fakes: Fakes, upstream, start_gateway: Callable[[str], Serv
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return start_gateway(config_text(upstream[0].url, provider_models(fakes) + "\n" + openai_failures(upstream[0].url)))
+
+
+def logged(request_id: str) -> dict[str, Any]:
+    """The gateway's log line for a request (written just after its last byte went out)."""
+    deadline = time.monotonic() + 5
+    while not (lines := [json.loads(line) for line in LOG_PATH.read_text().splitlines() if request_id in line]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return lines[-1]

@@ -4,15 +4,18 @@ images, errors in Anthropic's format, and the same answer streamed or not."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anthropic
 import httpx
 import openai
 import pytest
+from aiohttp import web
 
-from tests.conftest import KEY
-from tests.fakes.providers import PROVIDERS, fakes, provider_gateway
+from tests.conftest import KEY, config_text
+from tests.fakes.providers import PROVIDERS, fakes, logged, provider_gateway
+from tests.harness import ServerThread
 
 __all__ = ["fakes", "provider_gateway"]
 
@@ -155,7 +158,83 @@ def test_failure_mid_stream_is_an_error_event(claude, alias):
         stream.get_final_message()
 
 
+@pytest.mark.parametrize("alias", ["chat", "bedrock"])
+def test_the_gateway_counts_tokens_of_messages_streams(claude, alias):
+    request = {"model": alias, "max_tokens": 50, "messages": [{"role": "user", "content": "count me please"}]}
+    whole = claude.messages.with_raw_response.create(**request)
+    with claude.messages.with_streaming_response.create(stream=True, **request) as streamed:
+        streamed.read()
+    expected = whole.parse().usage
+    for request_id in (whole.headers["x-request-id"], streamed.headers["x-request-id"]):
+        line = logged(request_id)
+        prompt = expected.input_tokens + (expected.cache_read_input_tokens or 0) + \
+            (expected.cache_creation_input_tokens or 0)
+        assert (line["prompt_tokens"], line["completion_tokens"]) == (prompt, expected.output_tokens)
+
+
 def test_models_stay_one_list(provider_gateway):
     with openai.OpenAI(base_url=provider_gateway.url + "/v1", api_key=KEY) as client:
         ids = {m.id for m in client.models.list()}
     assert {"chat", *PROVIDERS} <= ids
+
+
+def _openai_parallel_upstream() -> web.Application:
+    """An OpenAI-format upstream answering two parallel tool calls, streamed the way OpenAI streams them:
+    the first delta of each call has its id and name, its arguments follow in fragments."""
+    calls = [("call_a", '{"city": "Paris"}'), ("call_b", '{"city": "Rome"}')]
+    usage = {"prompt_tokens": 20, "completion_tokens": 12, "total_tokens": 32,
+             "prompt_tokens_details": {"cached_tokens": 4}}
+
+    def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        body = {"id": "chatcmpl-par", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": choices, **extra}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": i, "type": "function", "function": {"name": "get_weather", "arguments": a}} for i, a in calls]}
+            return web.json_response({"id": "chatcmpl-par", "object": "chat.completion", "created": 1, "model": "m",
+                                      "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+                                      "usage": usage})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(chunk({"role": "assistant", "content": None}))
+        for index, (call_id, arguments) in enumerate(calls):
+            await response.write(chunk({"tool_calls": [{"index": index, "id": call_id, "type": "function",
+                                                        "function": {"name": "get_weather", "arguments": ""}}]}))
+            for piece in (arguments[:5], arguments[5:]):
+                await response.write(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
+        await response.write(chunk({}, "tool_calls"))
+        await response.write(chunk(None, usage=usage) + b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    return app
+
+
+def test_parallel_tool_calls_streamed_from_an_openai_upstream(start_gateway, upstream):
+    parallel = ServerThread(_openai_parallel_upstream).start()
+    try:
+        gateway = start_gateway(config_text(upstream[0].url, f"""  - name: gpt
+    deployments:
+      - provider: openai-compatible
+        model: m
+        api_base: {parallel.url}/v1"""))
+        with anthropic.Anthropic(base_url=gateway.url, api_key=KEY, max_retries=0) as client:
+            request: dict[str, Any] = {"model": "gpt", "max_tokens": 100, "tools": [WEATHER],
+                                       "messages": [{"role": "user", "content": "Paris and Rome"}]}
+            with client.messages.stream(**request) as stream:
+                final = stream.get_final_message()
+            whole = client.messages.create(**request)
+    finally:
+        parallel.stop()
+    for message in (final, whole):
+        assert [(b.type, b.id, b.input) for b in message.content] == [  # type: ignore[union-attr]
+            ("tool_use", "call_a", {"city": "Paris"}), ("tool_use", "call_b", {"city": "Rome"})]
+        assert message.stop_reason == "tool_use"
+        assert message.usage.input_tokens == 16 and message.usage.cache_read_input_tokens == 4
+        assert message.usage.output_tokens == 12
