@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 _DATA = Path(__file__).resolve().parent / "data"
+_BEDROCK_REGION_PREFIXES = frozenset({"us", "eu", "apac", "us-gov", "ca", "jp", "au", "global"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,9 @@ def model_info(model: str) -> ModelInfo | None:
     models = catalog()
     if model in models:
         return models[model]
+    region, dot, rest = model.partition(".")
+    if dot and region in _BEDROCK_REGION_PREFIXES and rest in models:
+        return models[rest]  # Bedrock's cross-region inference profiles: us.anthropic.claude-…
     base = model.rsplit("/", 1)[-1]
     while base and base not in models:
         cut = base.rfind("-")
