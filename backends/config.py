@@ -22,8 +22,14 @@ OPENAI_COMPATIBLE_BASES: dict[str, str | None] = {
     # The bundled engine: in-process without an api_base, a `python -m local_engine serve` with one.
     "local": None,
 }
+# Providers with their own wire format (backends/anthropic.py, gemini.py, bedrock.py).
+NATIVE_BASES: dict[str, str | None] = {
+    "anthropic": "https://api.anthropic.com/v1",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta",
+    "bedrock": None,  # https://bedrock-runtime.{region}.amazonaws.com, from the region
+}
 Provider = Literal["openai", "azure", "openai-compatible", "vllm", "ollama", "groq", "together",
-                   "mistral", "openrouter", "local"]
+                   "mistral", "openrouter", "local", "anthropic", "gemini", "bedrock"]
 
 
 class Timeouts(BaseModel):
@@ -84,6 +90,14 @@ class DeploymentConfig(BaseModel):
     # provider: local, in-process only
     model_path: str | None = Field(default=None, description="HF directory or .gguf file; default the bundled SmolLM2")
     engine: LocalEngineSettings | None = None
+    # anthropic / bedrock: max_tokens sent when the client gives none (both APIs require one)
+    default_max_tokens: int = Field(default=4096, ge=1)
+    anthropic_version: str = "2023-06-01"
+    # bedrock: region and credentials; unset, botocore's usual chain (AWS_REGION, AWS_ACCESS_KEY_ID, …)
+    aws_region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
 
     @field_validator("api_base")
     @classmethod
@@ -109,10 +123,13 @@ class DeploymentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _base_known(self) -> DeploymentConfig:
-        if self.api_base is None and self.provider != "local" and OPENAI_COMPATIBLE_BASES.get(self.provider) is None:
+        if self.api_base is None and self.provider not in ("local", "bedrock") \
+                and _default_base(self.provider) is None:
             raise ValueError(f"api_base is required for provider {self.provider!r}")
         if not self.in_process and (self.model_path is not None or self.engine is not None):
             raise ValueError("model_path and engine apply only to provider 'local' without api_base (in-process)")
+        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
+            raise ValueError("aws_access_key_id and aws_secret_access_key go together")
         return self
 
     @property
@@ -122,10 +139,14 @@ class DeploymentConfig(BaseModel):
 
     @property
     def base_url(self) -> str:
-        base = self.api_base or OPENAI_COMPATIBLE_BASES[self.provider]
-        assert base is not None
+        base = self.api_base or _default_base(self.provider)
+        assert base is not None, "bedrock's base comes from its region (backends/bedrock.py)"
         return base
 
     @property
     def id(self) -> str:
         return self.name or f"{self.provider}/{self.model}"
+
+
+def _default_base(provider: str) -> str | None:
+    return OPENAI_COMPATIBLE_BASES.get(provider) or NATIVE_BASES.get(provider)

@@ -25,7 +25,7 @@ from backends.errors import (
 )
 from policies.record import RequestRecord
 
-from . import admin, metrics
+from . import admin, messages, metrics
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD
 from .logs import get_logger
@@ -51,6 +51,7 @@ def build_app(loaded: LoadedConfig) -> web.Application:
         app.router.add_post(f"{prefix}/embeddings", proxy_handler(Endpoint.EMBEDDINGS))
         app.router.add_get(f"{prefix}/models", _list_models)
         app.router.add_get(f"{prefix}/models/{{model:.+}}", _get_model)
+    app.router.add_post("/v1/messages", messages.handle)  # Anthropic's Messages API, any backend
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)

@@ -1,0 +1,108 @@
+"""HTTP plumbing shared by the native-format adapters: one POST with the gateway's error mapping,
+bodies read under the deployment's timeouts, and an SSE reader."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import yarl
+
+from .config import DeploymentConfig
+from .errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
+
+PASSED_ERROR_HEADERS = ("retry-after", "retry-after-ms")
+MAX_ERROR_BODY = 64 * 1024
+
+
+def client_timeout(deployment: DeploymentConfig) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_connect=deployment.timeouts.connect_s,
+                                 sock_read=deployment.timeouts.read_s)
+
+
+async def post(session: aiohttp.ClientSession, url: str | yarl.URL, body: bytes, headers: dict[str, str],
+               limits: aiohttp.ClientTimeout, backend_id: str) -> aiohttp.ClientResponse:
+    try:
+        return await session.post(url, data=body, headers=headers, timeout=limits)
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeout(f"upstream {backend_id} timed out before answering") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamConnectionError(f"upstream {backend_id} unreachable: {type(exc).__name__}") from exc
+
+
+async def read_json(response: aiohttp.ClientResponse, backend_id: str) -> dict[str, Any]:
+    try:
+        raw = await response.read()
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeout(f"upstream {backend_id} timed out while answering") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamConnectionError(f"upstream {backend_id} broke off its answer: {type(exc).__name__}") from exc
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise UpstreamError(f"upstream {backend_id} returned a body that is not a JSON object")
+    return data
+
+
+async def read_error(response: aiohttp.ClientResponse, read_s: float) -> tuple[Any, bytes, dict[str, str]]:
+    """An error answer's parsed JSON (None if not JSON), raw bytes and the headers passed to the client."""
+    headers = {h: response.headers[h] for h in PASSED_ERROR_HEADERS if h in response.headers}
+    try:
+        raw = await asyncio.wait_for(response.content.read(MAX_ERROR_BODY), read_s)
+    except (TimeoutError, aiohttp.ClientError):
+        raw = b""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    return data, raw, headers
+
+
+def plain_error(backend_id: str, status: int, raw: bytes, headers: dict[str, str]) -> UpstreamError:
+    text = raw[:200].decode("utf-8", "replace").strip()
+    return UpstreamError(f"upstream {backend_id} returned HTTP {status}" + (f": {text}" if text else ""),
+                         status=status, headers=headers)
+
+
+def expect_stream(response: aiohttp.ClientResponse, content_type: str, backend_id: str) -> None:
+    if not response.content_type.startswith(content_type):
+        raise UpstreamError(f"upstream {backend_id} answered a stream request with "
+                            f"{response.content_type or 'no content type'}")
+
+
+async def sse_events(response: aiohttp.ClientResponse, backend_id: str) -> AsyncIterator[tuple[str, bytes]]:
+    """(event name, data) of each server-sent event, as they arrive; the name is "message" when absent."""
+    event, data = "message", b""
+    try:
+        async for raw in response.content:
+            line = raw.rstrip(b"\r\n")
+            if not line:
+                if data:
+                    yield event, data
+                event, data = "message", b""
+            elif line.startswith(b"data:"):
+                piece = line[5:].removeprefix(b" ")
+                data = data + b"\n" + piece if data else piece
+            elif line.startswith(b"event:"):
+                event = line[6:].strip().decode("utf-8", "replace")
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeout(f"upstream {backend_id} stalled mid-stream") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamConnectionError(f"upstream {backend_id} broke off its stream: {type(exc).__name__}") from exc
+    if data:
+        yield event, data
+
+
+def stream_json(data: bytes, backend_id: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError(f"upstream {backend_id} sent a stream event that is not JSON") from exc
+    if not isinstance(value, dict):
+        raise UpstreamError(f"upstream {backend_id} sent a stream event that is not a JSON object")
+    return value

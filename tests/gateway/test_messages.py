@@ -1,0 +1,161 @@
+"""``POST /v1/messages`` (Anthropic's Messages API) with the official anthropic SDK, in front of an OpenAI-format
+upstream and of the Anthropic, Gemini and Bedrock adapters: plain, streamed, tools, parallel tool calls,
+images, errors in Anthropic's format, and the same answer streamed or not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.conftest import KEY
+from tests.fakes.providers import PROVIDERS, fakes, provider_gateway
+
+__all__ = ["fakes", "provider_gateway"]
+
+ALIASES = ("chat", *PROVIDERS)   # chat: conftest's OpenAI-format fake
+WEATHER = {"name": "get_weather", "description": "Weather in a city",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}}
+
+
+@pytest.fixture
+def claude(provider_gateway):
+    with anthropic.Anthropic(base_url=provider_gateway.url, api_key=KEY, max_retries=0, timeout=20) as c:
+        yield c
+
+
+def _create(claude: anthropic.Anthropic, **kwargs: Any) -> Any:
+    return claude.messages.create(max_tokens=200, **kwargs)
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_plain_message(claude, alias, upstream):
+    message = _create(claude, model=alias, system="Be brief.", messages=[{"role": "user", "content": "hello there"}])
+    assert message.type == "message" and message.role == "assistant" and message.id.startswith("msg_")
+    assert [b.type for b in message.content] == ["text"] and message.content[0].text == "Echo: hello there"
+    assert message.stop_reason == "end_turn" and message.model == alias
+    assert message.usage.output_tokens == 3 and message.usage.input_tokens > 0
+    if alias == "chat":
+        sent = upstream[1].requests[-1].body
+        assert sent["messages"] == [{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": "hello there"}]
+        assert sent["max_tokens"] == 200
+    if alias == "anthropic":  # cache reads and writes come back apart, as Anthropic counts them
+        assert message.usage.cache_read_input_tokens == 3 and message.usage.cache_creation_input_tokens == 2
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_streamed_message_equals_the_whole_one(claude, alias):
+    request = {"model": alias, "messages": [{"role": "user", "content": "one two three"}]}
+    whole = _create(claude, **request)
+    with claude.messages.stream(max_tokens=200, **request) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == whole.content[0].text == final.content[0].text
+    assert final.stop_reason == whole.stop_reason == "end_turn"
+    assert final.usage.model_dump() == whole.usage.model_dump()
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_weather_tool_round_trip(claude, alias, upstream):
+    messages: list[Any] = [{"role": "user", "content": "What's the weather in Paris?"}]
+    first = _create(claude, model=alias, tools=[WEATHER], messages=messages)
+    assert first.stop_reason == "tool_use"
+    [use] = [b for b in first.content if b.type == "tool_use"]
+    assert use.name == "get_weather" and use.input == {"city": "Paris"} and use.id
+    messages += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]}]
+    # The OpenAI-format fake calls a tool whenever it may: tell it not to, as a client finishing up would.
+    choice = {"type": "none"} if alias == "chat" else {"type": "auto"}
+    final = _create(claude, model=alias, tools=[WEATHER], tool_choice=choice, messages=messages)
+    assert final.stop_reason == "end_turn"
+    assert final.content[0].text == ("Echo: sunny" if alias == "chat" else "Weather: sunny")
+    if alias == "chat":
+        sent = upstream[1].requests[-1].body["messages"]
+        assert sent[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city":"Paris"}'}
+        assert sent[2] == {"role": "tool", "tool_call_id": use.id, "content": "sunny"}
+
+
+@pytest.mark.parametrize("alias", PROVIDERS)  # the OpenAI-format fake answers one call per choice
+def test_parallel_tool_calls_while_streaming(claude, alias):
+    request = {"model": alias, "tools": [WEATHER], "messages": [{"role": "user", "content": "Rome and Tokyo"}],
+               "tool_choice": {"type": "auto"}}
+    with claude.messages.stream(max_tokens=200, **request) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    uses = [b for b in final.content if b.type == "tool_use"]
+    assert [u.input for u in uses] == [{"city": "Rome"}, {"city": "Tokyo"}]
+    assert final.stop_reason == "tool_use"
+    assert any(e.type == "content_block_delta" and e.delta.type == "input_json_delta" for e in events)
+    whole = _create(claude, **request)
+    # ids aside (Gemini gives calls none: the gateway makes them), the same blocks
+    assert [b.model_dump(exclude={"id"}) for b in whole.content] == [b.model_dump(exclude={"id"}) for b in final.content]
+    assert whole.usage.model_dump() == final.usage.model_dump()
+
+
+def test_one_tool_call_streamed_from_an_openai_upstream(claude):
+    with claude.messages.stream(max_tokens=200, model="chat", tools=[WEATHER],
+                                messages=[{"role": "user", "content": "weather?"}]) as stream:
+        final = stream.get_final_message()
+    [use] = final.content
+    assert use.type == "tool_use" and use.input == {"city": "Paris"} and final.stop_reason == "tool_use"
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_image_block(claude, alias, upstream):
+    message = _create(claude, model=alias, messages=[{"role": "user", "content": [
+        IMAGE, {"type": "text", "text": "what is this"}]}])
+    if alias == "chat":  # the OpenAI-format fake echoes "parts" for array content
+        assert message.content[0].text == "Echo: parts"
+        part = upstream[1].requests[-1].body["messages"][0]["content"][0]
+        assert part == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}}
+    else:
+        assert message.content[0].text == "Echo: [image/png] what is this"
+
+
+def test_errors_come_in_anthropics_format(claude, provider_gateway):
+    with anthropic.Anthropic(base_url=provider_gateway.url, api_key="wrong", max_retries=0) as stranger, \
+            pytest.raises(anthropic.AuthenticationError) as denied:
+        _create(stranger, model="chat", messages=[{"role": "user", "content": "x"}])
+    assert denied.value.body == {"type": "error", "error": {"type": "authentication_error",
+                                                            "message": "Incorrect API key provided."}}
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        _create(claude, model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    with pytest.raises(anthropic.RateLimitError) as limited:
+        _create(claude, model="chat-429", messages=[{"role": "user", "content": "x"}])
+    assert limited.value.response.headers["retry-after"] == "1"
+    with pytest.raises(anthropic.RateLimitError) as limited:
+        _create(claude, model="anthropic-429", messages=[{"role": "user", "content": "x"}])
+    assert limited.value.response.headers["retry-after"] == "7"
+    with pytest.raises(anthropic.APIStatusError) as overloaded:
+        _create(claude, model="anthropic-529", messages=[{"role": "user", "content": "x"}])
+    assert overloaded.value.status_code == 529
+    assert overloaded.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    with httpx.Client() as http:
+        response = http.post(provider_gateway.url + "/v1/messages", headers={"x-api-key": KEY},
+                             json={"model": "chat", "messages": [{"role": "user", "content": "x"}]})
+        assert response.status_code == 400
+        assert response.json()["error"] == {"type": "invalid_request_error",
+                                             "message": "max_tokens: Field required (an integer of at least 1)"}
+        response = http.post(provider_gateway.url + "/v1/messages", headers={"x-api-key": KEY}, content=b"{not json")
+        assert response.status_code == 400 and response.json()["type"] == "error"
+
+
+@pytest.mark.parametrize("alias", ["chat-cut", "anthropic-stream-error", "bedrock-stream-error"])
+def test_failure_mid_stream_is_an_error_event(claude, alias):
+    with pytest.raises(anthropic.APIStatusError), \
+            claude.messages.stream(max_tokens=50, model=alias, messages=[{"role": "user", "content": "a b c d"}]) \
+            as stream:
+        stream.get_final_message()
+
+
+def test_models_stay_one_list(provider_gateway):
+    with openai.OpenAI(base_url=provider_gateway.url + "/v1", api_key=KEY) as client:
+        ids = {m.id for m in client.models.list()}
+    assert {"chat", *PROVIDERS} <= ids
