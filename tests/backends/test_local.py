@@ -282,7 +282,8 @@ async def test_a_request_before_the_model_is_loaded_waits_or_gets_503(tiny_model
     config = {"provider": "local", "model": "tiny", "model_path": str(tiny_model)}
     impatient = LocalBackend(DeploymentConfig.model_validate({**config, "engine": {"load_timeout_s": 0}}))
     patient = LocalBackend(DeploymentConfig.model_validate(config))
-    payload = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    payload = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+               "ignore_eos": True}
     try:
         await impatient.start()
         await patient.start()
@@ -320,7 +321,8 @@ def test_readyz_says_starting_until_the_model_is_loaded(tiny_model: Path, tmp_pa
         starting = httpx.get(server.url + "/readyz")
         assert starting.status_code == 503
         assert starting.json()["status"] == "starting" and starting.json()["deployments"]["loading"] == ["local/slow"]
-        chat = {"model": "slow", "messages": [{"role": "user", "content": "the quick fox"}], "max_tokens": 3}
+        chat = {"model": "slow", "messages": [{"role": "user", "content": "the quick fox"}], "max_tokens": 3,
+                "ignore_eos": True}
         early = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=chat)
         assert early.status_code == 503 and early.json()["error"]["code"] == "model_loading"
         assert early.headers["retry-after"] == "5"
