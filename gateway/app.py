@@ -148,6 +148,8 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
         fields["ttft_ms"] = round(record.ttft_s * 1000, 3)
     if record.error is not None:
         fields["error"] = record.error
+    if record.attempts:
+        fields["attempts"] = record.attempts
     if record.prompt is not None:
         fields["prompt"] = record.prompt
     get_logger().info("request", **fields)
