@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import orjson
+
 from backends import UpstreamResponse
 from backends.errors import (
     ContextWindowExceeded,
@@ -245,6 +247,8 @@ class Resilience:
                         first = await anext(upstream.chunks)
                     except StopAsyncIteration:
                         raise UpstreamError(f"upstream {route.id} ended its stream before any data") from None
+                    if not _first_event_ok(first):
+                        raise UpstreamError(f"upstream {route.id} began its stream with an event that is not JSON")
         except TimeoutError:
             await stack.aclose()
             if reason == "deadline":
@@ -333,3 +337,18 @@ class _Attempt:
 
 def _done(route: Route) -> None:
     route.outstanding -= 1
+
+
+def _first_event_ok(chunk: bytes) -> bool:
+    # Nothing has reached the client yet: a garbled first event can still be retried elsewhere.
+    end = chunk.find(b"\n\n")
+    if not chunk.startswith(b"data: ") or end < 0:
+        return True
+    event = chunk[6:end]
+    if event == b"[DONE]":
+        return True
+    try:
+        orjson.loads(event)
+    except orjson.JSONDecodeError:
+        return False
+    return True
