@@ -14,9 +14,9 @@ from gateway.config import parse_config
 from gateway.keys import GATEWAY
 from policies.breaker import Breakers, MemoryStore, State
 from policies.resilience_config import BreakerConfig
+from tests.conftest import LOG_PATH
 from tests.fakes.chaos_upstream import Fault
 from tests.harness import ServerThread, free_port
-from tests.conftest import LOG_PATH
 from tests.resilience.conftest import ADMIN_KEY, admin_deployments, alias, chat, config, dep
 
 FAST = BreakerConfig(failures=3, failure_ratio=0.5, min_requests=10, window_s=10, cooldown_s=0.5, sync_s=0.1)
