@@ -80,7 +80,7 @@ def check_models(aliases: list[str], deployment_ids: list[list[str]],
         for j, deployment_id in enumerate(ids):
             if deployment_id in ids[:j]:
                 problems.append(f"models[{i}].deployments[{j}].name: deployment id {deployment_id!r} is used twice "
-                                "in this alias; give each deployment a distinct name")
+                                "in this alias (give each deployment a distinct name)")
     for i, chain in enumerate(chains):
         for j, fallback in enumerate(chain):
             if fallback.alias not in aliases:
