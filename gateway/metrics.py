@@ -4,6 +4,7 @@ any worker sums them all (prometheus_client's multiprocess mode)."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -54,8 +55,15 @@ _BREAKER_VALUES = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 
 
 class ResilienceMetrics(Events):
+    def __init__(self) -> None:
+        self._attempts: dict[tuple[str, str, int], Any] = {}   # labelled children: labels() is slow per call
+
     def attempt(self, route: Route, status: int) -> None:
-        UPSTREAM_ATTEMPTS.labels(route.alias, route.id, str(status)).inc()
+        child = self._attempts.get((route.alias, route.id, status))
+        if child is None:
+            child = self._attempts[(route.alias, route.id, status)] = \
+                UPSTREAM_ATTEMPTS.labels(route.alias, route.id, str(status))
+        child.inc()
 
     def retry(self, alias: str) -> None:
         RETRIES.labels(alias).inc()

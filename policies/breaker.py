@@ -67,6 +67,7 @@ class MemoryStore:
     def __init__(self, config: BreakerConfig) -> None:
         self.config = config
         self._entries: dict[str, _Entry] = {}
+        self._slot_s = config.window_s / _SLOTS
 
     async def op(self, key: str, op: str, now: float, count: int = 1) -> tuple[View, bool]:
         return self.apply(key, op, now, count)
@@ -107,8 +108,15 @@ class MemoryStore:
                 view.state, entry.trial_until, granted = State.HALF_OPEN, now + c.cooldown_s, True
         return View(view.state, view.open_until, view.failures), granted
 
-    def _add(self, entry: _Entry, now: float, requests: int, failures: int) -> tuple[int, int]:
-        slot = int(now / (self.config.window_s / _SLOTS))
+    def count_success(self, key: str, now: float) -> None:
+        """A success while closed with no failure pending: only the window's count changes (the hot path)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry()
+        self._count(entry, now, 1, 0)
+
+    def _count(self, entry: _Entry, now: float, requests: int, failures: int) -> None:
+        slot = int(now / self._slot_s)
         counts = entry.slots.get(slot)
         if counts is None:
             for old in [s for s in entry.slots if s <= slot - _SLOTS]:
@@ -116,6 +124,9 @@ class MemoryStore:
             counts = entry.slots[slot] = [0, 0]
         counts[0] += requests
         counts[1] += failures
+
+    def _add(self, entry: _Entry, now: float, requests: int, failures: int) -> tuple[int, int]:
+        self._count(entry, now, requests, failures)
         return sum(c[0] for c in entry.slots.values()), sum(c[1] for c in entry.slots.values())
 
     async def read(self, keys: Iterable[str]) -> dict[str, View]:
@@ -251,7 +262,8 @@ class Breakers:
     def __init__(self, config: BreakerConfig, keys: Iterable[str], redis: Any = None,
                  on_change: Listener | None = None) -> None:
         self.config = config
-        self.store: Store = RedisStore(config, redis) if redis is not None else MemoryStore(config)
+        self._memory = MemoryStore(config) if redis is None else None
+        self.store: Store = RedisStore(config, redis) if self._memory is None else self._memory
         self.shared = redis is not None
         self._views = {key: View() for key in keys}
         self._pending: dict[str, int] = {}   # Redis: successes not yet pushed
@@ -287,8 +299,11 @@ class Breakers:
         if not self.config.enabled:
             return
         view = self._views[key]
-        if self.shared and view.state is State.CLOSED and view.failures == 0:
-            self._pending[key] = self._pending.get(key, 0) + 1   # pushed by the sync loop
+        if view.state is State.CLOSED and view.failures == 0:
+            if self._memory is not None:
+                self._memory.count_success(key, self._clock())
+            else:
+                self._pending[key] = self._pending.get(key, 0) + 1   # pushed by the sync loop
             return
         new, _ = await self.store.op(key, "success", self._clock())
         self._update(key, new)

@@ -21,7 +21,8 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -44,7 +45,27 @@ from .resilience_config import ErrorClass, FallbackConfig, ResilienceConfig, Ret
 from .retry import RetryBudget, backoff, retry_after, retryable
 from .router import Route, Router
 
-_Answer = tuple[AsyncExitStack, UpstreamResponse, Route]
+_Answer = tuple["_Held", UpstreamResponse, Route]
+
+
+class _Sending:
+    """``Resilience.send``'s context: a class rather than a generator, as it is on every request's path."""
+
+    __slots__ = ("_call", "_held", "_resilience")
+
+    def __init__(self, resilience: Resilience, call: Call) -> None:
+        self._resilience = resilience
+        self._call = call
+        self._held: _Held | None = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        self._held = await self._resilience._answer(self._call)
+        return self._held.upstream
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._held is not None:
+            await self._held.__aexit__(kind, exc, tb)
 
 
 class Events:
@@ -86,11 +107,13 @@ class Resilience:
                                  on_change=self.events.breaker)
         self._ignore = frozenset(self.config.breaker.ignore_status)
 
-    @asynccontextmanager
-    async def send(self, call: Call) -> AsyncIterator[UpstreamResponse]:
+    def send(self, call: Call) -> AbstractAsyncContextManager[UpstreamResponse]:
         """Route and send, retrying and falling back as configured; the context holds the answering
         upstream's connection. Sets ``record.deployment`` and appends ``deployment:status`` per attempt
         to ``record.attempts``."""
+        return _Sending(self, call)
+
+    async def _answer(self, call: Call) -> _Held:
         loop = asyncio.get_running_loop()
         sent = time.perf_counter()
         deadline = loop.time() + self._deadline_s(call)
@@ -112,11 +135,10 @@ class Resilience:
             answer = DeadlineExceeded(f"The request's deadline passed before `{call.alias}` could be tried.")
         if isinstance(answer, GatewayError):
             raise answer
-        stack, upstream, route = answer
+        held, _, route = answer
         call.record.deployment = route.id
         call.record.upstream_s = time.perf_counter() - sent
-        async with stack:
-            yield upstream
+        return held
 
     def _deadline_s(self, call: Call) -> float:
         name = self.config.deadline_header
@@ -178,7 +200,7 @@ class Resilience:
                     await asyncio.sleep(wait)
             tried.append(route)
             try:
-                stack, upstream, first = await self._attempt(call, route, attempt.body(), deadline)
+                held, upstream, first = await self._attempt(call, route, attempt.body(), deadline)
             except GatewayError as exc:
                 record.attempts.append(f"{route.id}:{exc.status}")
                 record.deployment = route.id
@@ -194,11 +216,14 @@ class Resilience:
             if upstream.chunks is not None:
                 upstream.chunks = self._watch(route, first, upstream.chunks, deadline)
             await self.breakers.success(route.key)
-            return stack, upstream, route
+            return held, upstream, route
         return last or Unavailable(f"No attempt left for `{alias}`.")
 
     async def _choose(self, alias: str, routes: Sequence[Route], tried: list[Route],
                       session: str | None) -> Route | None:
+        if not tried and len(routes) == 1:
+            route = routes[0]
+            return route if self.breakers.closed(route.key) or await self.breakers.admit(route.key) else None
         if tried:
             untried = [r for r in routes if r not in tried]
             # Everything tried: go round again, avoiding the one that just failed where there is a choice.
@@ -224,7 +249,7 @@ class Resilience:
         return session
 
     async def _attempt(self, call: Call, route: Route, body: dict[str, Any],
-                       deadline: float) -> tuple[AsyncExitStack, UpstreamResponse, bytes]:
+                       deadline: float) -> tuple[_Held, UpstreamResponse, bytes]:
         """One attempt, until its answer can be relayed: a whole body, or a stream's first chunk."""
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -234,14 +259,11 @@ class Resilience:
             limit, reason = started + timeouts.attempt_s, f"attempt_s ({timeouts.attempt_s:g}s)"
         if call.stream and timeouts.ttft_s is not None and started + timeouts.ttft_s < limit:
             limit, reason = started + timeouts.ttft_s, f"ttft_s ({timeouts.ttft_s:g}s)"
-        stack = AsyncExitStack()
-        route.outstanding += 1
-        stack.callback(_done, route)
+        held = _Held(route, route.backend.send(call.endpoint, body, stream=call.stream))
         first = b""
         try:
             async with asyncio.timeout_at(limit):
-                upstream = await stack.enter_async_context(route.backend.send(call.endpoint, body,
-                                                                              stream=call.stream))
+                upstream = await held.enter()
                 if upstream.chunks is not None:
                     try:
                         first = await anext(upstream.chunks)
@@ -250,16 +272,16 @@ class Resilience:
                     if not _first_event_ok(first):
                         raise UpstreamError(f"upstream {route.id} began its stream with an event that is not JSON")
         except TimeoutError:
-            await stack.aclose()
+            await held.__aexit__(None, None, None)
             if reason == "deadline":
                 raise DeadlineExceeded(f"The request's deadline passed while waiting for upstream {route.id}.") \
                     from None
             raise UpstreamTimeout(f"upstream {route.id} did not answer within {reason}") from None
-        except BaseException:
-            await stack.aclose()
+        except BaseException as exc:
+            await held.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         route.observe_latency(loop.time() - started, self.router.routing[route.alias].latency_alpha)
-        return stack, upstream, first
+        return held, upstream, first
 
     async def _watch(self, route: Route, first: bytes, chunks: AsyncIterator[bytes],
                      deadline: float) -> AsyncIterator[bytes]:
@@ -335,8 +357,36 @@ class _Attempt:
         return self._tokens
 
 
-def _done(route: Route) -> None:
-    route.outstanding -= 1
+class _Held:
+    """An attempt's upstream connection (the backend's ``send`` context), held while its answer is
+    relayed; counts toward the deployment's outstanding requests until released."""
+
+    __slots__ = ("_context", "_entered", "_route", "upstream")
+
+    def __init__(self, route: Route, context: AbstractAsyncContextManager[UpstreamResponse]) -> None:
+        self._route = route
+        self._context = context
+        self._entered = False
+        self.upstream: UpstreamResponse
+
+    async def enter(self) -> UpstreamResponse:
+        self._route.outstanding += 1
+        try:
+            upstream = await self._context.__aenter__()
+        except BaseException:
+            self._route.outstanding -= 1   # the backend's context cleaned up after itself
+            raise
+        self._entered = True
+        self.upstream = upstream
+        return upstream
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if not self._entered:
+            return
+        self._entered = False
+        self._route.outstanding -= 1
+        await self._context.__aexit__(kind, exc, tb)
 
 
 def _first_event_ok(chunk: bytes) -> bool:
