@@ -288,9 +288,20 @@ class Resilience:
         """The stream from its first chunk, within the request's deadline; a failure now counts against the
         breaker and goes on to the client as an error event (no retry once bytes have gone out)."""
         yield first
+        loop = asyncio.get_running_loop()
+        silence = route.deployment.timeouts.read_s
         try:
             while True:
-                async with asyncio.timeout_at(deadline):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError
+                if remaining < silence:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await anext(chunks)
+                else:
+                    # A timer per chunk is the costly part of a stream's path; while the deadline is further
+                    # away than read_s, the backend's silence timeout fires first, and a trickle is caught
+                    # by the check above at its next chunk.
                     chunk = await anext(chunks)
                 yield chunk
         except StopAsyncIteration:

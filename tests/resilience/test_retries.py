@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import aiohttp
@@ -148,3 +149,19 @@ def test_a_slow_first_token_moves_the_stream_to_another_deployment(chaos, start_
         assert response.headers["x-gateway-deployment"] == "openai-compatible/fast"
         assert time.monotonic() - started < 1.5
     assert chaos[1].requests["slow"] >= 1
+
+
+@pytest.mark.parametrize("read_s", [600, 0.5])
+def test_the_deadline_ends_a_stream_that_runs_past_it_with_an_error_event(upstream, start_gateway, read_s):
+    from tests.conftest import UPSTREAM_KEY
+
+    # the plain fake's slow-stream: ten chunks 0.2 s apart
+    gateway = start_gateway(config(alias("chat", dep(upstream[0].url, "slow-stream", api_key=UPSTREAM_KEY,
+                                                     timeouts={"read_s": read_s}))))
+    started = time.monotonic()
+    response = chat(gateway, "chat", stream=True, headers={"x-gateway-timeout": "0.9"})
+    assert 0.85 < time.monotonic() - started < 1.6
+    events = [e for e in response.text.split("\n\n") if e.strip()]
+    assert '"content":"w0"' in response.text        # what came before the deadline got through
+    last = json.loads(events[-1].removeprefix("data: "))
+    assert last["error"]["code"] == "deadline_exceeded"
