@@ -51,12 +51,14 @@ def config(*aliases: str, resilience: dict[str, Any] | None = None) -> str:
 
 
 def chat(gateway: ServerThread, model: str, content: str = "hello", *, stream: bool = False,
-         headers: dict[str, str] | None = None, timeout: float = 20, **body: Any) -> httpx.Response:
+         headers: dict[str, str] | None = None, timeout: float = 20, client: httpx.Client | None = None,
+         **body: Any) -> httpx.Response:
     payload = {"model": model, "messages": [{"role": "user", "content": content}], **body}
     if stream:
         payload["stream"] = True
-    return httpx.post(gateway.url + "/v1/chat/completions", json=payload, timeout=timeout,
-                      headers={"Authorization": f"Bearer {KEY}", **(headers or {})})
+    post = client.post if client is not None else httpx.post
+    return post(gateway.url + "/v1/chat/completions", json=payload, timeout=timeout,
+                headers={"Authorization": f"Bearer {KEY}", **(headers or {})})
 
 
 def admin_deployments(gateway: ServerThread) -> dict[str, dict[str, Any]]:

@@ -16,10 +16,11 @@ from tests.resilience.conftest import admin_deployments, alias, chat, config, de
 
 def _served(gateway, model="chat", n=1, **kwargs) -> collections.Counter[str]:
     seen: collections.Counter[str] = collections.Counter()
-    for _ in range(n):
-        response = chat(gateway, model, **kwargs)
-        assert response.status_code == 200, response.text
-        seen[response.headers["x-gateway-deployment"].split("/")[-1]] += 1
+    with httpx.Client() as client:
+        for _ in range(n):
+            response = chat(gateway, model, client=client, **kwargs)
+            assert response.status_code == 200, response.text
+            seen[response.headers["x-gateway-deployment"].split("/")[-1]] += 1
     return seen
 
 
