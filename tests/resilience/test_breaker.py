@@ -12,7 +12,7 @@ import redis.asyncio
 from gateway.app import build_app
 from gateway.config import parse_config
 from gateway.keys import GATEWAY
-from policies.breaker import Breakers, MemoryStore, State
+from policies.breaker import Breakers, MemoryStore, RedisStore, State, View
 from policies.resilience_config import BreakerConfig
 from tests.conftest import LOG_PATH
 from tests.fakes.chaos_upstream import Fault
@@ -22,41 +22,57 @@ from tests.resilience.conftest import ADMIN_KEY, admin_deployments, alias, chat,
 FAST = BreakerConfig(failures=3, failure_ratio=0.5, min_requests=10, window_s=10, cooldown_s=0.5, sync_s=0.1)
 
 
-def test_consecutive_failures_open_and_a_success_resets_the_count():
-    store = MemoryStore(FAST)
+@pytest.fixture(params=["memory", "redis"])
+async def store(request):  # type: ignore[no-untyped-def]
+    """The same state machine in both stores: Python in memory, the Lua script in a real redis-server."""
+    if request.param == "memory":
+        yield MemoryStore(FAST)
+        return
+    server = request.getfixturevalue("redis_server")
+    client = redis.asyncio.from_url(server.url)
+    yield RedisStore(FAST, client)
+    await client.aclose()
+
+
+async def test_consecutive_failures_open_and_a_success_resets_the_count(store):
     for _ in range(2):
-        store.apply("d", "failure", 100.0)
-    store.apply("d", "success", 100.0)
-    assert store.apply("d", "failure", 100.0)[0].state is State.CLOSED
-    store.apply("d", "failure", 100.0)
-    view, _ = store.apply("d", "failure", 100.0)
-    assert view.state is State.OPEN and view.open_until == 100.5
+        await store.op("d", "failure", 100.0)
+    await store.op("d", "success", 100.0)
+    assert (await store.op("d", "failure", 100.0))[0].state is State.CLOSED
+    await store.op("d", "failure", 100.0)
+    view, _ = await store.op("d", "failure", 100.0)
+    assert view.state is State.OPEN and view.open_until == 100.5 and view.failures == 3
 
 
-def test_a_failure_ratio_over_the_window_opens():
-    store = MemoryStore(FAST)
+async def test_a_failure_ratio_over_the_window_opens(store):
     for i in range(10):   # alternate: never 3 in a row, but half of 10 fail
-        view, _ = store.apply("d", "failure" if i % 2 else "success", 100.0 + i * 0.1)
+        view, _ = await store.op("d", "failure" if i % 2 else "success", 100.0 + i * 0.1)
     assert view.state is State.OPEN
-    store = MemoryStore(FAST)
     for i in range(10):   # the same failures spread beyond the window do not add up
-        view, _ = store.apply("d", "failure" if i % 2 else "success", 100.0 + i * 5)
+        view, _ = await store.op("e", "failure" if i % 2 else "success", 100.0 + i * 5)
     assert view.state is State.CLOSED
+    await store.op("f", "successes", 100.0, 20)   # batched successes count toward the window
+    for i in range(12):
+        view, _ = await store.op("f", "failure" if i % 3 else "success", 100.1 + i * 0.1)
+    assert view.state is State.CLOSED         # 8 failures of 32 (of 12 without them: open)
+    for i in range(12):
+        view, _ = await store.op("g", "failure" if i % 3 else "success", 100.1 + i * 0.1)
+    assert view.state is State.OPEN
 
 
-def test_half_open_lets_one_trial_through_which_closes_or_reopens():
-    store = MemoryStore(FAST)
+async def test_half_open_lets_one_trial_through_which_closes_or_reopens(store):
     for _ in range(3):
-        store.apply("d", "failure", 100.0)
-    assert store.apply("d", "trial", 100.2) == (store.apply("d", "trial", 100.2)[0], False)  # cooling down
-    view, granted = store.apply("d", "trial", 100.6)
+        await store.op("d", "failure", 100.0)
+    assert (await store.op("d", "trial", 100.2))[1] is False    # cooling down
+    view, granted = await store.op("d", "trial", 100.6)
     assert granted and view.state is State.HALF_OPEN
-    assert not store.apply("d", "trial", 100.6)[1]      # one trial at a time
-    view, _ = store.apply("d", "failure", 100.7)
+    assert not (await store.op("d", "trial", 100.6))[1]          # one trial at a time
+    view, _ = await store.op("d", "failure", 100.7)
     assert view.state is State.OPEN and view.open_until == pytest.approx(101.2)
-    assert store.apply("d", "trial", 101.3)[1]
-    view, _ = store.apply("d", "success", 101.4)
+    assert (await store.op("d", "trial", 101.3))[1]
+    view, _ = await store.op("d", "success", 101.4)
     assert view.state is State.CLOSED and view.failures == 0
+    assert (await store.read(["d", "never-seen"])) == {"d": view, "never-seen": View()}
 
 
 def _breaker_gateway(chaos, start_gateway, **extra):
