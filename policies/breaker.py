@@ -47,12 +47,12 @@ class View:
     state: State = State.CLOSED
     open_until: float = 0.0          # wall-clock seconds (shared across processes)
     failures: int = 0                # consecutive
+    trial_until: float = 0.0         # half-open: until when the trial holds its place
 
 
 @dataclass(slots=True)
 class _Entry:
     view: View = field(default_factory=View)
-    trial_until: float = 0.0
     slots: dict[int, list[int]] = field(default_factory=dict)   # slot -> [requests, failures]
 
 
@@ -103,10 +103,10 @@ class MemoryStore:
                 self._add(entry, now, count, 0)
         elif op == "trial":
             if (view.state is State.OPEN and now >= view.open_until) or \
-                    (view.state is State.HALF_OPEN and now >= entry.trial_until):
+                    (view.state is State.HALF_OPEN and now >= view.trial_until):
                 # A trial whose answer never came (its process died) is given again after a cool-down.
-                view.state, entry.trial_until, granted = State.HALF_OPEN, now + c.cooldown_s, True
-        return View(view.state, view.open_until, view.failures), granted
+                view.state, view.trial_until, granted = State.HALF_OPEN, now + c.cooldown_s, True
+        return View(view.state, view.open_until, view.failures, view.trial_until), granted
 
     def count_success(self, key: str, now: float) -> None:
         """A success while closed with no failure pending: only the window's count changes (the hot path)."""
@@ -134,7 +134,7 @@ class MemoryStore:
         for key in keys:
             entry = self._entries.get(key)
             view = entry.view if entry is not None else View()
-            out[key] = View(view.state, view.open_until, view.failures)
+            out[key] = View(view.state, view.open_until, view.failures, view.trial_until)
         return out
 
 
@@ -195,7 +195,7 @@ elseif op == 'trial' then
 end
 redis.call('HSET', KEYS[1], 'state', state, 'until', tostring(open_until), 'failures', failures,
            'trial_until', tostring(trial_until))
-return {state, tostring(open_until), failures, granted}
+return {state, tostring(open_until), failures, granted, tostring(trial_until)}
 """
 
 _PREFIX = "gw:breaker:"
@@ -217,12 +217,13 @@ class RedisStore:
     async def op(self, key: str, op: str, now: float, count: int = 1) -> tuple[View, bool]:
         try:
             async with asyncio.timeout(_REDIS_OP_TIMEOUT_S):
-                state, until, failures, granted = await self._script(
+                state, until, failures, granted, trial_until = await self._script(
                     keys=[_PREFIX + key, _PREFIX + key + ":w"], args=[op, repr(now), count, *self._args])
         except Exception as exc:  # any Redis failure: fail open, never fail the request
             self._warn(exc)
             return await self._fallback.op(key, op, now, count)
-        return View(State(_text(state)), float(_text(until)), int(failures)), bool(granted)
+        return View(State(_text(state)), float(_text(until)), int(failures), float(_text(trial_until))), \
+            bool(granted)
 
     async def read(self, keys: Iterable[str]) -> dict[str, View]:
         keys = list(keys)
@@ -230,15 +231,15 @@ class RedisStore:
             async with asyncio.timeout(_REDIS_OP_TIMEOUT_S):
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for key in keys:
-                        pipe.hmget(_PREFIX + key, "state", "until", "failures")
+                        pipe.hmget(_PREFIX + key, "state", "until", "failures", "trial_until")
                     rows = await pipe.execute()
         except Exception as exc:
             self._warn(exc)
             return await self._fallback.read(keys)
         out: dict[str, View] = {}
-        for key, (state, until, failures) in zip(keys, rows, strict=True):
+        for key, (state, until, failures, trial_until) in zip(keys, rows, strict=True):
             out[key] = View(State(_text(state)) if state else State.CLOSED, float(_text(until or b"0")),
-                            int(failures or 0))
+                            int(failures or 0), float(_text(trial_until or b"0")))
         return out
 
     def _warn(self, exc: BaseException) -> None:
@@ -289,9 +290,12 @@ class Breakers:
         view = self._views[key]
         if view.state is State.CLOSED:
             return True
-        if view.state is State.OPEN and self._clock() < view.open_until:
+        now = self._clock()
+        if view.state is State.OPEN and now < view.open_until:
             return False
-        new, granted = await self.store.op(key, "trial", self._clock())
+        if view.state is State.HALF_OPEN and now < view.trial_until:
+            return False    # another request holds the trial: no store round trip per request meanwhile
+        new, granted = await self.store.op(key, "trial", now)
         self._update(key, new)
         return granted
 
