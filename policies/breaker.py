@@ -198,7 +198,9 @@ redis.call('HSET', KEYS[1], 'state', state, 'until', tostring(open_until), 'fail
 return {state, tostring(open_until), failures, granted, tostring(trial_until)}
 """
 
-_PREFIX = "gw:breaker:"
+def _key(name: str) -> str:
+    # A hash tag ({...}) keeps a breaker's two keys in one Redis Cluster slot, as its script needs.
+    return "gw:breaker:{" + name + "}"
 
 
 class RedisStore:
@@ -218,7 +220,7 @@ class RedisStore:
         try:
             async with asyncio.timeout(_REDIS_OP_TIMEOUT_S):
                 state, until, failures, granted, trial_until = await self._script(
-                    keys=[_PREFIX + key, _PREFIX + key + ":w"], args=[op, repr(now), count, *self._args])
+                    keys=[_key(key), _key(key) + ":w"], args=[op, repr(now), count, *self._args])
         except Exception as exc:  # any Redis failure: fail open, never fail the request
             self._warn(exc)
             return await self._fallback.op(key, op, now, count)
@@ -231,7 +233,7 @@ class RedisStore:
             async with asyncio.timeout(_REDIS_OP_TIMEOUT_S):
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for key in keys:
-                        pipe.hmget(_PREFIX + key, "state", "until", "failures", "trial_until")
+                        pipe.hmget(_key(key), "state", "until", "failures", "trial_until")
                     rows = await pipe.execute()
         except Exception as exc:
             self._warn(exc)
