@@ -37,6 +37,10 @@ class Timeouts(BaseModel):
 
     connect_s: float = Field(default=10.0, gt=0)
     read_s: float = Field(default=600.0, gt=0, description="longest silence between two reads")
+    # Enforced by policies/resilience.py; a breach fails the attempt, which may then be retried elsewhere.
+    ttft_s: float | None = Field(default=None, gt=0, description="streams: longest wait for the first chunk")
+    attempt_s: float | None = Field(default=None, gt=0,
+                                    description="longest one attempt may take until its answer can be relayed")
 
 
 class LocalEngineSettings(BaseModel):
@@ -98,6 +102,7 @@ class DeploymentConfig(BaseModel):
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
     aws_session_token: str | None = None
+    context_window: int | None = Field(default=None, gt=0, description="tokens; overrides the model catalog's")
 
     @field_validator("api_base")
     @classmethod

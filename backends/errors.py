@@ -3,6 +3,7 @@
     GatewayError                      500 api_error          (internal: a bug or an unexpected state)
     ├── ClientError                   4xx invalid_request_error
     │   ├── InvalidRequest            400 invalid_request_error
+    │   │   └── ContextWindowExceeded 400 invalid_request_error / context_length_exceeded
     │   ├── PayloadTooLarge           413 invalid_request_error
     │   ├── AuthenticationFailed      401 invalid_request_error / invalid_api_key
     │   ├── PermissionDenied          403 invalid_request_error / permission_denied
@@ -13,6 +14,7 @@
     └── UpstreamError                 the upstream's status       (the upstream said no)
         ├── UpstreamConnectionError   502 upstream_error / upstream_unreachable
         └── UpstreamTimeout           504 timeout / upstream_timeout
+            └── DeadlineExceeded      504 timeout / deadline_exceeded (the request's total deadline)
 
 Status, OpenAI error ``type``/``code`` and log level live on the class, so one look here
 shows what a client sees for each.
@@ -57,6 +59,12 @@ class ClientError(GatewayError):
 
 class InvalidRequest(ClientError):
     pass
+
+
+class ContextWindowExceeded(InvalidRequest):
+    """The prompt does not fit any deployment's context window (refused before calling, as OpenAI would)."""
+
+    code = "context_length_exceeded"
 
 
 class PayloadTooLarge(ClientError):
@@ -112,3 +120,7 @@ class UpstreamTimeout(UpstreamError):
     status = 504
     type = "timeout"
     code = "upstream_timeout"
+
+
+class DeadlineExceeded(UpstreamTimeout):
+    code = "deadline_exceeded"

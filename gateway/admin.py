@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import orjson
 from aiohttp import web
 
 from backends.errors import PermissionDenied
@@ -49,6 +50,18 @@ def require_admin(request: web.Request) -> Principal:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # (method, path, handler); registered by build_app
 ROUTES: list[tuple[str, str, Handler]] = []
+
+
+async def _deployments(request: web.Request) -> web.Response:
+    """GET /admin/deployments: every deployment with its circuit breaker, load and latency."""
+    require_admin(request)
+    body = await request.app[GATEWAY].pipeline.resilience.deployments()
+    request[RECORD].status = 200
+    return web.Response(body=orjson.dumps(body), content_type="application/json",
+                        headers={"x-request-id": request[RECORD].request_id})
+
+
+ROUTES.append(("GET", "/admin/deployments", _deployments))
 
 
 def add_routes(app: web.Application) -> None:

@@ -163,6 +163,8 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
         fields["saved_usd"] = record.saved_usd
     if record.error is not None:
         fields["error"] = record.error
+    if record.attempts:
+        fields["attempts"] = record.attempts
     if record.prompt is not None:
         fields["prompt"] = record.prompt
     _request_log().info("request", **fields)

@@ -16,6 +16,13 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from backends.config import DeploymentConfig
+from policies.resilience_config import (
+    FallbackConfig,
+    ResilienceConfig,
+    RetryConfig,
+    RoutingConfig,
+    check_models,
+)
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -49,6 +56,9 @@ class ServerConfig(_Frozen):
 class ModelAlias(_Frozen):
     name: str = Field(min_length=1)
     deployments: tuple[DeploymentConfig, ...] = Field(min_length=1)
+    routing: RoutingConfig = RoutingConfig()
+    fallbacks: tuple[FallbackConfig, ...] = ()
+    retry: RetryConfig | None = None   # None: resilience.retry
 
 
 def _key_hash(value: str) -> str:
@@ -76,6 +86,7 @@ class GatewayConfig(_Frozen):
     admin: AdminConfig = AdminConfig()
     models: tuple[ModelAlias, ...] = ()
     tenants: tuple[TenantConfig, ...] = ()
+    resilience: ResilienceConfig = ResilienceConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
@@ -84,6 +95,8 @@ class GatewayConfig(_Frozen):
         for i, name in enumerate(aliases):
             if name in aliases[:i]:
                 problems.append(f"models[{i}].name: alias {name!r} is defined twice")
+        problems.extend(check_models(aliases, [[d.id for d in m.deployments] for m in self.models],
+                                     [m.fallbacks for m in self.models]))
         seen_keys: dict[str, str] = {}
         for i, tenant in enumerate(self.tenants):
             if any(t.name == tenant.name for t in self.tenants[:i]):

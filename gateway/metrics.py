@@ -17,6 +17,10 @@ from prometheus_client import (
     multiprocess,
 )
 
+from policies.breaker import State
+from policies.resilience import Events
+from policies.router import Route
+
 _LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _OVERHEAD_BUCKETS = (.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1)
 
@@ -35,6 +39,45 @@ UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total", "Failed upstream atte
 IN_FLIGHT = Gauge("gateway_in_flight_requests", "Requests being handled now", multiprocess_mode="livesum")
 DEPLOYMENT_ENABLED = Gauge("gateway_deployment_enabled", "1 if the deployment can take requests",
                            ["alias", "deployment"], multiprocess_mode="max")
+
+# Resilience (policies/resilience.py reports through ResilienceMetrics)
+UPSTREAM_ATTEMPTS = Counter("gateway_upstream_attempts_total", "Upstream attempts by deployment and status",
+                            ["alias", "deployment", "status"])
+RETRIES = Counter("gateway_retries_total", "Retries (attempts after the first) by alias", ["alias"])
+RETRY_BUDGET_EXHAUSTED = Counter("gateway_retry_budget_exhausted_total",
+                                 "Retries refused because the alias's retry budget was spent", ["alias"])
+FALLBACKS = Counter("gateway_fallbacks_total", "Requests handed to a fallback alias, by error class",
+                    ["alias", "to", "reason"])
+BREAKER_STATE = Gauge("gateway_breaker_state", "Circuit breaker per deployment: 0 closed, 1 half-open, 2 open",
+                      ["deployment"], multiprocess_mode="livemostrecent")
+BREAKER_TRANSITIONS = Counter("gateway_breaker_transitions_total", "Circuit breaker state changes seen",
+                              ["deployment", "state"])
+_BREAKER_VALUES = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
+
+
+class ResilienceMetrics(Events):
+    def __init__(self) -> None:
+        self._attempts: dict[tuple[str, str, int], Any] = {}   # labelled children: labels() is slow per call
+
+    def attempt(self, route: Route, status: int) -> None:
+        child = self._attempts.get((route.alias, route.id, status))
+        if child is None:
+            child = self._attempts[(route.alias, route.id, status)] = \
+                UPSTREAM_ATTEMPTS.labels(route.alias, route.id, str(status))
+        child.inc()
+
+    def retry(self, alias: str) -> None:
+        RETRIES.labels(alias).inc()
+
+    def budget_exhausted(self, alias: str) -> None:
+        RETRY_BUDGET_EXHAUSTED.labels(alias).inc()
+
+    def fallback(self, alias: str, to: str, reason: str) -> None:
+        FALLBACKS.labels(alias, to, reason).inc()
+
+    def breaker(self, key: str, state: State) -> None:
+        BREAKER_STATE.labels(key).set(_BREAKER_VALUES[state])
+        BREAKER_TRANSITIONS.labels(key, str(state)).inc()
 
 
 # Labelled children looked up once per label set: labels() costs a lock and a dict build per call.

@@ -45,9 +45,14 @@ class Gateway:
                     continue
                 backend = build_backend(deployment, pool)
                 backends.append(backend)
-                routes[alias.name].append(Route(backend, deployment.weight))
-        router = Router(routes, disabled)
-        pipeline = Pipeline(Admission(), ResponseCache(), Resilience(router))
+                routes[alias.name].append(Route.of(alias.name, deployment, backend))
+        router = Router(routes, disabled, {alias.name: alias.routing for alias in config.models})
+        resilience = Resilience(router, config.resilience, retry={a.name: a.retry for a in config.models},
+                                fallbacks={a.name: a.fallbacks for a in config.models},
+                                events=metrics.ResilienceMetrics())
+        for route in router.all_routes():
+            metrics.BREAKER_STATE.labels(route.key).set(0)
+        pipeline = Pipeline(Admission(), ResponseCache(), resilience)
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline)
 

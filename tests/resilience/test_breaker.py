@@ -1,0 +1,245 @@
+"""Circuit breakers: the state machine, end to end through the gateway, and shared through Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+import redis.asyncio
+
+from gateway.app import build_app
+from gateway.config import parse_config
+from gateway.keys import GATEWAY
+from policies.breaker import Breakers, MemoryStore, RedisStore, State, View
+from policies.resilience_config import BreakerConfig
+from tests.conftest import LOG_PATH
+from tests.fakes.chaos_upstream import Fault
+from tests.harness import ServerThread, free_port
+from tests.resilience.conftest import ADMIN_KEY, admin_deployments, alias, chat, config, dep
+
+FAST = BreakerConfig(failures=3, failure_ratio=0.5, min_requests=10, window_s=10, cooldown_s=0.5, sync_s=0.1)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request):  # type: ignore[no-untyped-def]
+    """The same state machine in both stores: Python in memory, the Lua script in a real redis-server."""
+    if request.param == "memory":
+        yield MemoryStore(FAST)
+        return
+    server = request.getfixturevalue("redis_server")
+    client = redis.asyncio.from_url(server.url)
+    yield RedisStore(FAST, client)
+    await client.aclose()
+
+
+async def test_consecutive_failures_open_and_a_success_resets_the_count(store):
+    for _ in range(2):
+        await store.op("d", "failure", 100.0)
+    await store.op("d", "success", 100.0)
+    assert (await store.op("d", "failure", 100.0))[0].state is State.CLOSED
+    await store.op("d", "failure", 100.0)
+    view, _ = await store.op("d", "failure", 100.0)
+    assert view.state is State.OPEN and view.open_until == 100.5 and view.failures == 3
+
+
+async def test_a_failure_ratio_over_the_window_opens(store):
+    for i in range(10):   # alternate: never 3 in a row, but half of 10 fail
+        view, _ = await store.op("d", "failure" if i % 2 else "success", 100.0 + i * 0.1)
+    assert view.state is State.OPEN
+    for i in range(10):   # the same failures spread beyond the window do not add up
+        view, _ = await store.op("e", "failure" if i % 2 else "success", 100.0 + i * 5)
+    assert view.state is State.CLOSED
+    await store.op("f", "successes", 100.0, 20)   # batched successes count toward the window
+    for i in range(12):
+        view, _ = await store.op("f", "failure" if i % 3 else "success", 100.1 + i * 0.1)
+    assert view.state is State.CLOSED         # 8 failures of 32 (of 12 without them: open)
+    for i in range(12):
+        view, _ = await store.op("g", "failure" if i % 3 else "success", 100.1 + i * 0.1)
+    assert view.state is State.OPEN
+
+
+async def test_half_open_lets_one_trial_through_which_closes_or_reopens(store):
+    for _ in range(3):
+        await store.op("d", "failure", 100.0)
+    assert (await store.op("d", "trial", 100.2))[1] is False    # cooling down
+    view, granted = await store.op("d", "trial", 100.6)
+    assert granted and view.state is State.HALF_OPEN
+    assert not (await store.op("d", "trial", 100.6))[1]          # one trial at a time
+    view, _ = await store.op("d", "failure", 100.7)
+    assert view.state is State.OPEN and view.open_until == pytest.approx(101.2)
+    assert (await store.op("d", "trial", 101.3))[1]
+    view, _ = await store.op("d", "success", 101.4)
+    assert view.state is State.CLOSED and view.failures == 0
+    assert (await store.read(["d", "never-seen"])) == {"d": view, "never-seen": View()}
+
+
+def _breaker_gateway(chaos, start_gateway, **extra):
+    url = chaos[0].url
+    return start_gateway(config(
+        alias("chat", dep(url, "bad"), retry={"attempts": 1}, **extra), alias("backup", dep(url, "good")),
+        resilience={"breaker": {"failures": 3, "cooldown_s": 0.5}}))
+
+
+def test_breaker_opens_sheds_load_then_half_opens_and_closes(chaos, start_gateway):
+    gateway = _breaker_gateway(chaos, start_gateway)
+    chaos[1].faults["bad"] = Fault("status", status=500)
+    assert [chat(gateway, "chat").status_code for _ in range(3)] == [500] * 3
+    response = chat(gateway, "chat")
+    assert response.status_code == 503 and response.json()["error"]["code"] == "circuit_open"
+    assert chaos[1].requests["bad"] == 3     # the open breaker kept the 4th away from the upstream
+    state = admin_deployments(gateway)["chat/openai-compatible/bad"]["breaker"]
+    assert state["state"] == "open" and state["consecutive_failures"] == 3 and 0 < state["retry_in_s"] <= 0.5
+    metrics = httpx.get(gateway.url + "/metrics").text
+    assert 'gateway_breaker_state{deployment="chat/openai-compatible/bad"} 2.0' in metrics
+    assert 'gateway_breaker_transitions_total{deployment="chat/openai-compatible/bad",state="open"}' in metrics
+
+    time.sleep(0.6)
+    chaos[1].faults.clear()          # the upstream recovered: the trial request goes through and closes it
+    assert chat(gateway, "chat").status_code == 200
+    assert admin_deployments(gateway)["chat/openai-compatible/bad"]["breaker"]["state"] == "closed"
+    assert 'gateway_breaker_state{deployment="chat/openai-compatible/bad"} 0.0' in \
+        httpx.get(gateway.url + "/metrics").text
+
+
+def test_a_failed_trial_opens_the_breaker_again(chaos, start_gateway):
+    gateway = _breaker_gateway(chaos, start_gateway)
+    chaos[1].faults["bad"] = Fault("status", status=503)
+    for _ in range(3):
+        chat(gateway, "chat")
+    time.sleep(0.6)
+    assert chat(gateway, "chat").status_code == 503    # the trial, failing
+    assert chaos[1].requests["bad"] == 4
+    assert chat(gateway, "chat").json()["error"]["code"] == "circuit_open"
+    assert chaos[1].requests["bad"] == 4
+
+
+def test_client_errors_never_count(chaos, start_gateway):
+    gateway = _breaker_gateway(chaos, start_gateway)
+    for status in (400, 401, 404, 413, 422, 400, 401, 404, 413, 422):
+        chaos[1].faults["bad"] = Fault("status", status=status)
+        assert chat(gateway, "chat").status_code == status
+    assert chaos[1].requests["bad"] == 10
+    assert admin_deployments(gateway)["chat/openai-compatible/bad"]["breaker"]["state"] == "closed"
+
+
+def test_an_open_breaker_hands_the_alias_to_its_fallback(chaos, start_gateway):
+    gateway = _breaker_gateway(chaos, start_gateway, fallbacks=[{"alias": "backup"}])
+    chaos[1].faults["bad"] = Fault("status", status=500)
+    for _ in range(3):
+        assert chat(gateway, "chat").status_code == 200
+    before = chaos[1].requests["bad"]
+    response = chat(gateway, "chat")
+    assert response.status_code == 200 and response.headers["x-gateway-deployment"] == "openai-compatible/good"
+    assert chaos[1].requests["bad"] == before == 3
+
+
+def test_admin_deployments_needs_an_admin_key(chaos, start_gateway):
+    from tests.conftest import KEY
+
+    gateway = _breaker_gateway(chaos, start_gateway)
+    assert httpx.get(gateway.url + "/admin/deployments").status_code == 401
+    response = httpx.get(gateway.url + "/admin/deployments", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 403 and response.json()["error"]["code"] == "permission_denied"
+    body = admin_deployments(gateway)
+    assert set(body) == {"chat/openai-compatible/bad", "backup/openai-compatible/good"}
+    assert body["chat/openai-compatible/bad"]["strategy"] == "weighted"
+
+
+# --- shared through Redis ---------------------------------------------------------------------------
+
+def _redis_gateway(text: str, redis_url: str) -> ServerThread:
+    loaded = parse_config(text, path="test-config.yaml", env={})
+
+    def make():  # type: ignore[no-untyped-def]
+        app = build_app(loaded)
+        client = redis.asyncio.from_url(redis_url)
+        resilience = app[GATEWAY].pipeline.resilience
+        resilience.breakers = Breakers(loaded.config.resilience.breaker, [r.key for r in resilience.router.all_routes()], client,
+                                       on_change=resilience.events.breaker)
+
+        async def close_client(_app) -> None:  # type: ignore[no-untyped-def]
+            await client.aclose()
+        app.on_cleanup.append(close_client)
+        return app
+    return ServerThread(make).start()
+
+
+def _shared_config(url: str) -> str:
+    return config(alias("chat", dep(url, "bad"), retry={"attempts": 1}),
+                  resilience={"breaker": {"failures": 3, "cooldown_s": 1.0, "sync_s": 0.1}})
+
+
+def test_two_gateways_share_a_breaker_through_redis(chaos, redis_server):
+    first = _redis_gateway(_shared_config(chaos[0].url), redis_server.url)
+    second = _redis_gateway(_shared_config(chaos[0].url), redis_server.url)
+    try:
+        chaos[1].faults["bad"] = Fault("status", status=500)
+        for _ in range(3):
+            assert chat(first, "chat").status_code == 500
+        time.sleep(0.3)   # a few sync periods
+        response = chat(second, "chat")      # the second never saw a failure itself
+        assert response.status_code == 503 and response.json()["error"]["code"] == "circuit_open"
+        assert chaos[1].requests["bad"] == 3
+        body = httpx.get(second.url + "/admin/deployments", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+        assert body["breaker_store"] == "redis" and body["data"][0]["breaker"]["state"] == "open"
+        time.sleep(1.0)
+        chaos[1].faults.clear()
+        assert chat(second, "chat").status_code == 200    # the trial, on the other gateway, closes it for both
+        time.sleep(0.3)
+        assert chat(first, "chat").status_code == 200
+        assert admin_deployments(first)["chat/openai-compatible/bad"]["breaker"]["state"] == "closed"
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def test_only_one_process_gets_the_half_open_trial(redis_server):
+    clients = [redis.asyncio.from_url(redis_server.url) for _ in range(4)]
+    try:
+        breakers = [Breakers(FAST, ["a/d"], client) for client in clients]
+        for _ in range(3):
+            await breakers[0].failure("a/d")
+        for b in breakers:
+            await b.snapshot()
+            assert b.state("a/d") is State.OPEN and not await b.admit("a/d")
+        await asyncio.sleep(0.6)
+        granted = await asyncio.gather(*[b.admit("a/d") for b in breakers for _ in range(3)])
+        assert sum(granted) == 1
+        await breakers[1].success("a/d")
+        for b in breakers:
+            await b.snapshot()
+            assert b.state("a/d") is State.CLOSED
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def test_redis_down_fails_open_to_process_memory():
+    client = redis.asyncio.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        breakers = Breakers(FAST, ["a/d"], client)
+        started = time.monotonic()
+        assert await breakers.admit("a/d")
+        for _ in range(3):
+            await breakers.failure("a/d")   # each falls back to memory after the connection is refused
+        assert breakers.state("a/d") is State.OPEN and not await breakers.admit("a/d")
+        assert time.monotonic() - started < 2
+        await breakers.snapshot()
+        assert breakers.state("a/d") is State.OPEN
+    finally:
+        await client.aclose()
+
+
+def test_a_gateway_whose_redis_is_down_still_answers(chaos):
+    gateway = _redis_gateway(_shared_config(chaos[0].url), f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        assert chat(gateway, "chat").status_code == 200
+        chaos[1].faults["bad"] = Fault("status", status=500)
+        for _ in range(3):
+            chat(gateway, "chat")
+        assert chat(gateway, "chat").json()["error"]["code"] == "circuit_open"
+        assert "breaker store unavailable, using process memory" in LOG_PATH.read_text()
+    finally:
+        gateway.stop()
