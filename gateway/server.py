@@ -89,6 +89,9 @@ async def _serve_app(loaded: LoadedConfig, listen: Listen, *, reuse_port: bool) 
 
 
 def _worker_entry(config_path: str | None, listen: Listen) -> None:
+    # A SIGTERM that arrives while the worker is still starting (before its loop's handler is installed)
+    # is a clean stop too, not a death by signal.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     sys.exit(_run_worker(config_path, listen, reuse_port=True))
 
 
