@@ -98,6 +98,7 @@ class Reloader:
         fresh = Gateway.build(loaded)
         try:
             await fresh.start()
+            failed = await _started(fresh, live)
         except Exception:
             log.exception("config reload failed to start; keeping the old config", config=self._file, pid=os.getpid())
             await _close(fresh)
@@ -105,6 +106,11 @@ class Reloader:
         except asyncio.CancelledError:  # shutting down
             await _close(fresh)
             raise
+        if failed:
+            log.error("config reload failed; keeping the old config", config=self._file, pid=os.getpid(),
+                      problems=[f"deployment {id_}: {reason}" for id_, reason in failed.items()])
+            await _close(fresh)
+            return False
         if live.draining:  # SIGTERM came while the new one started: nothing left to switch to
             await _close(fresh)
             return False
@@ -149,6 +155,19 @@ class Reloader:
                                  in_flight=generation.count, timeout_s=drain_s, pid=os.getpid())
         await _close(old)
         get_logger().info("previous config closed", pid=os.getpid())
+
+
+async def _started(fresh: Gateway, live: Gateway) -> dict[str, str]:
+    """Waits until every backend of ``fresh`` has loaded (local models load in the background), so that the
+    switch costs no request a wait; returns the deployments that failed to start but work in ``live``."""
+    waiting = [backend.id for backend in fresh.backends if not backend.ready]
+    if waiting:
+        get_logger().info("config reload: waiting for deployments to load", deployments=waiting, pid=os.getpid())
+    while not all(backend.ready for backend in fresh.backends):  # noqa: ASYNC110 - backends expose a flag only
+        await asyncio.sleep(0.1)
+    working = {backend.id for backend in live.backends if backend.failure is None}
+    return {backend.id: backend.failure for backend in fresh.backends
+            if backend.failure is not None and backend.id in working}
 
 
 async def _close(gateway: Gateway) -> None:
