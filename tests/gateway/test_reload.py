@@ -193,3 +193,33 @@ def test_watch_config_reloads_when_the_file_changes(tmp_path, upstream):
         assert len([line for line in log_lines(stdout) if line["event"] == "config reloaded"]) == 1
     finally:
         stop(process)
+
+
+def test_a_deployment_that_would_stop_working_keeps_the_old_config(tmp_path, upstream):
+    local = """  - name: tiny
+    deployments:
+      - provider: local
+        name: local-tiny
+        model: SmolLM2-135M-Instruct
+        engine: {max_num_seqs: 2, kv_cache_gib: 0.05, max_model_len: 256}
+"""
+    process, url, config, stdout = start(tmp_path, config_text(upstream[0].url, local))
+    try:
+        deadline = time.monotonic() + 60
+        while httpx.get(url + "/readyz").json()["deployments"]["loading"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        garbage = tmp_path / "broken.gguf"
+        garbage.write_bytes(b"not a model")
+        broken = local.replace("        model: SmolLM2", f"        model_path: {garbage}\n        model: SmolLM2")
+        write(config, config_text(upstream[0].url, broken))
+        process.send_signal(signal.SIGHUP)
+        failed = wait_for(stdout, "config reload failed; keeping the old config")[0]
+
+        assert len(failed["problems"]) == 1 and failed["problems"][0].startswith("deployment local-tiny: ")
+        ready = httpx.get(url + "/readyz").json()
+        assert ready["status"] == "ready" and ready["deployments"]["failed"] == []
+        with client(url, KEY) as sdk:
+            answer = sdk.chat.completions.create(model="tiny", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content is not None
+    finally:
+        stop(process)
