@@ -7,12 +7,15 @@ import os
 import signal
 import threading
 import time
+from dataclasses import fields
 
 import httpx
 import openai
 import pytest
 
 from gateway.auth import hash_key, new_key
+from gateway.config import parse_config
+from gateway.state import Gateway
 from tests.conftest import KEY, UPSTREAM_KEY, config_text, failure_models
 from tests.gateway.test_server import log_lines, start_serve_with
 
@@ -223,3 +226,23 @@ def test_a_deployment_that_would_stop_working_keeps_the_old_config(tmp_path, ups
         assert answer.choices[0].message.content is not None
     finally:
         stop(process)
+
+
+async def test_adopt_moves_every_field_and_keeps_the_process_draining(upstream):
+    live = Gateway.build(parse_config(original(upstream[0].url)))
+    fresh = Gateway.build(parse_config(extended(upstream[0].url)))
+    await live.start()
+    await fresh.start()
+    before = {f.name: getattr(live, f.name) for f in fields(Gateway)}
+    live.draining = True  # SIGTERM came: a reload must not make /readyz say ready again
+    old = live.adopt(fresh)
+    try:
+        for f in fields(Gateway):
+            if f.name != "draining":
+                assert getattr(live, f.name) is getattr(fresh, f.name), f.name
+                assert getattr(old, f.name) is before[f.name], f.name
+        assert live.draining and live.ready and "fresh" in live.router
+    finally:
+        await old.close()
+        await live.close()
+    assert not old.ready and before["pipeline"] is old.pipeline
