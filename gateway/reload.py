@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import metrics
 from .config import ConfigError, LoadedConfig, ServerConfig, load_config
 from .keys import GATEWAY
 from .logs import get_logger
@@ -101,20 +102,22 @@ class Reloader:
             failed = await _started(fresh, live)
         except Exception:
             log.exception("config reload failed to start; keeping the old config", config=self._file, pid=os.getpid())
-            await _close(fresh)
+            await _discard(fresh, live)
             return False
         except asyncio.CancelledError:  # shutting down
-            await _close(fresh)
+            await _discard(fresh, live)
             raise
         if failed:
             log.error("config reload failed; keeping the old config", config=self._file, pid=os.getpid(),
                       problems=[f"deployment {id_}: {reason}" for id_, reason in failed.items()])
-            await _close(fresh)
+            await _discard(fresh, live)
             return False
         if live.draining:  # SIGTERM came while the new one started: nothing left to switch to
-            await _close(fresh)
+            await _discard(fresh, live)
             return False
         _warn_restart_fields(live.loaded.config.server, loaded.config.server)
+        for alias, deployment in _deployments(live.loaded).keys() - _deployments(loaded).keys():
+            metrics.DEPLOYMENT_ENABLED.labels(alias, deployment).set(0)  # removed by this reload
         retired, self._generation = self._generation, _Generation()
         old = live.adopt(fresh)
         config = loaded.config
@@ -168,6 +171,18 @@ async def _started(fresh: Gateway, live: Gateway) -> dict[str, str]:
     working = {backend.id for backend in live.backends if backend.failure is None}
     return {backend.id: backend.failure for backend in fresh.backends
             if backend.failure is not None and backend.id in working}
+
+
+async def _discard(fresh: Gateway, live: Gateway) -> None:
+    await _close(fresh)
+    # Building the rejected gateway published its deployments' state; put back the live one's.
+    for (alias, deployment), enabled in _deployments(live.loaded).items():
+        metrics.DEPLOYMENT_ENABLED.labels(alias, deployment).set(1 if enabled else 0)
+
+
+def _deployments(loaded: LoadedConfig) -> dict[tuple[str, str], bool]:
+    return {(alias.name, deployment.id): loaded.deployment_disabled_reason(alias.name, index) is None
+            for alias in loaded.config.models for index, deployment in enumerate(alias.deployments)}
 
 
 async def _close(gateway: Gateway) -> None:

@@ -214,13 +214,17 @@ def test_a_deployment_that_would_stop_working_keeps_the_old_config(tmp_path, ups
         garbage = tmp_path / "broken.gguf"
         garbage.write_bytes(b"not a model")
         broken = local.replace("        model: SmolLM2", f"        model_path: {garbage}\n        model: SmolLM2")
-        write(config, config_text(upstream[0].url, broken))
+        # ... and a variable that is not set: the rejected config would have disabled alias chat.
+        write(config, config_text(upstream[0].url, broken).replace(UPSTREAM_KEY, "${RELOAD_TEST_UNSET}", 1))
         process.send_signal(signal.SIGHUP)
         failed = wait_for(stdout, "config reload failed; keeping the old config")[0]
 
         assert len(failed["problems"]) == 1 and failed["problems"][0].startswith("deployment local-tiny: ")
         ready = httpx.get(url + "/readyz").json()
         assert ready["status"] == "ready" and ready["deployments"]["failed"] == []
+        assert ready["deployments"]["disabled"] == []
+        assert 'gateway_deployment_enabled{alias="chat",deployment="openai-compatible/fake-model"} 1.0' in \
+            httpx.get(url + "/metrics").text
         with client(url, KEY) as sdk:
             answer = sdk.chat.completions.create(model="tiny", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
         assert answer.choices[0].message.content is not None
