@@ -51,6 +51,7 @@ class ServerConfig(_Frozen):
     log_requests: bool = True
     log_prompts: bool = False
     upstream_max_connections: int = Field(default=1000, ge=1)
+    watch_config: bool = False  # reload when the file changes (checked every second), as on SIGHUP
 
 
 class ModelAlias(_Frozen):

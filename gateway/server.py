@@ -1,7 +1,8 @@
 """Serving: one process, or N worker processes sharing one port with SO_REUSEPORT.
 
 SIGTERM (or SIGINT) stops accepting, lets in-flight requests and streams finish for up to
-``drain_timeout_s``, then exits 0. With workers, the parent forwards the signal and waits.
+``drain_timeout_s``, then exits 0. SIGHUP reloads the config file (see reload.py). With workers, the
+parent forwards both signals.
 """
 
 from __future__ import annotations
@@ -55,15 +56,18 @@ def _run_worker(config_path: str | None, listen: Listen, *, reuse_port: bool) ->
     configure()
     loaded = load_config(config_path)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve_app(loaded, listen, reuse_port=reuse_port))
+        runner.run(_serve_app(loaded, listen, reuse_port=reuse_port, config_path=config_path))
     return 0
 
 
-async def _serve_app(loaded: LoadedConfig, listen: Listen, *, reuse_port: bool) -> None:
+async def _serve_app(loaded: LoadedConfig, listen: Listen, *, reuse_port: bool, config_path: str | None) -> None:
     from .app import build_app
+    from .reload import Reloader
 
     log = get_logger()
     app = build_app(loaded)
+    reloader = Reloader(app, config_path)
+    app.middlewares.append(reloader.middleware)
     drain = loaded.config.server.drain_timeout_s
     runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
                            shutdown_timeout=drain)
@@ -72,6 +76,8 @@ async def _serve_app(loaded: LoadedConfig, listen: Listen, *, reuse_port: bool) 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the supervisor while spawning
     try:
         site = web.TCPSite(runner, listen.host, listen.port, reuse_port=reuse_port, backlog=4096)
         await site.start()
@@ -79,12 +85,14 @@ async def _serve_app(loaded: LoadedConfig, listen: Listen, *, reuse_port: bool) 
         for alias, index in loaded.disabled:
             log.warning("deployment disabled", alias=alias, deployment=index, reason=loaded.disabled[(alias, index)])
         log.info("listening", host=listen.host, port=port, pid=os.getpid(), config=loaded.path)
+        reloader.start()
         await stop.wait()
         log.info("draining", pid=os.getpid(), timeout_s=drain)
         app[GATEWAY].draining = True
     finally:
         # Closes the listener, waits for in-flight requests up to the drain timeout, then closes the rest.
         await runner.cleanup()
+        await reloader.close()
         log.info("stopped", pid=os.getpid())
 
 
@@ -100,23 +108,40 @@ def _supervise(config_path: str | None, listen: Listen) -> int:
     load_config(config_path)  # fail here, once, rather than in every worker
     context = multiprocessing.get_context("spawn")
     stopping = False
+    reload = False
 
     def start() -> multiprocessing.process.BaseProcess:
         process = context.Process(target=_worker_entry, args=(config_path, listen), daemon=False)
-        process.start()
+        # The child inherits the mask: a SIGHUP before its handler is installed waits instead of killing it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         return process
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
 
+    def on_hangup(signum: int, _frame: object) -> None:
+        nonlocal reload
+        reload = True
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     workers = [start() for _ in range(listen.workers)]
     log.info("supervising", workers=[w.pid for w in workers], port=listen.port,
              metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     while not stopping:
         time.sleep(0.2)
+        if reload:
+            reload = False
+            pids = [w.pid for w in workers if w.pid is not None and w.is_alive()]
+            log.info("reload requested; forwarding SIGHUP", workers=pids)
+            for pid in pids:
+                os.kill(pid, signal.SIGHUP)
         for i, worker in enumerate(workers):
             if not worker.is_alive() and not stopping:
                 log.error("worker died; restarting", pid=worker.pid, exitcode=worker.exitcode)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from backends import Backend, SessionPool, build_backend
 from policies.admission import Admission
@@ -68,3 +68,15 @@ class Gateway:
         for backend in self.backends:
             await backend.close()
         await self.pool.close()
+
+    def adopt(self, other: Gateway) -> Gateway:
+        """Take over every field of ``other`` (a started gateway built from a reloaded config) in place, so
+        that ``app[GATEWAY]`` and anything holding this object see the new config at once. Returns a detached
+        gateway holding the previous fields, for the caller to ``close()`` once requests using them are done.
+        ``draining`` stays as it was: it is this process's state, not the config's."""
+        old = object.__new__(type(self))
+        for f in fields(self):
+            object.__setattr__(old, f.name, getattr(self, f.name))
+            object.__setattr__(self, f.name, getattr(other, f.name))
+        self.draining = old.draining
+        return old
