@@ -69,7 +69,7 @@ def test_two_workers_share_one_port_and_metrics(tmp_path, upstream):
         assert any(metrics_dir.iterdir())
     finally:
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert process.wait(timeout=30) == 0, stdout.read_text()[-3000:]
     assert not metrics_dir.exists()  # the supervisor's temporary metrics directory is removed on exit
 
 
