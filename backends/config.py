@@ -30,6 +30,16 @@ class Timeouts(BaseModel):
     read_s: float = Field(default=600.0, gt=0, description="longest silence between two reads")
 
 
+class Price(BaseModel):
+    """USD per million tokens; overrides the shipped model catalog for one deployment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0, description="default: the input price")
+
+
 class DeploymentConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -44,6 +54,8 @@ class DeploymentConfig(BaseModel):
     timeouts: Timeouts = Timeouts()
     headers: dict[str, str] = Field(default_factory=dict)
     stream_usage: bool = Field(default=True, description="ask for stream_options.include_usage upstream")
+    price: Price | None = None              # default: the catalog's price for `model`
+    max_concurrency: int | None = Field(default=None, ge=1, description="requests in flight at once")
 
     @field_validator("api_base")
     @classmethod

@@ -8,7 +8,9 @@
     │   ├── PermissionDenied          403 invalid_request_error / permission_denied
     │   ├── NotFound                  404 invalid_request_error / not_found
     │   │   └── ModelNotFound         404 invalid_request_error / model_not_found
-    │   └── MethodNotAllowed          405 invalid_request_error / method_not_allowed
+    │   ├── MethodNotAllowed          405 invalid_request_error / method_not_allowed
+    │   ├── RateLimited               429 requests|tokens / rate_limit_exceeded   (+ Retry-After, x-ratelimit-*)
+    │   └── QuotaExceeded             429 insufficient_quota / insufficient_quota  (a budget's hard stop)
     ├── Unavailable                   503 service_unavailable     (no enabled deployment, shutting down)
     └── UpstreamError                 the upstream's status       (the upstream said no)
         ├── UpstreamConnectionError   502 upstream_error / upstream_unreachable
@@ -86,6 +88,22 @@ class ModelNotFound(NotFound):
 class MethodNotAllowed(ClientError):
     status = 405
     code = "method_not_allowed"
+
+
+class RateLimited(ClientError):
+    """A limit of the gateway (not the upstream's): OpenAI's ``type`` names the bucket, requests or tokens."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+    log_level = "warning"
+
+
+class QuotaExceeded(ClientError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+    log_level = "warning"
 
 
 class Unavailable(GatewayError):

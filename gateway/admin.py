@@ -13,7 +13,7 @@ from aiohttp import web
 
 from backends.errors import PermissionDenied
 
-from .auth import presented_key, hash_key
+from .auth import hash_key, presented_key
 from .keys import GATEWAY, RECORD
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from backends import Backend, SessionPool, build_backend
-from policies.admission import Admission
+from policies.admission import Admission, AliasPolicy
 from policies.cache import ResponseCache
+from policies.cost import PriceTable, dearest, deployment_price
 from policies.resilience import Resilience
 from policies.router import Route, Router
+from policies.tokens import encoding_for
 
 from . import metrics
 from .auth import Authenticator
-from .config import LoadedConfig
+from .config import GatewayConfig, LoadedConfig
+from .logs import get_logger
 from .pipeline import Pipeline
 
 
@@ -47,7 +50,7 @@ class Gateway:
                 backends.append(backend)
                 routes[alias.name].append(Route(backend, deployment.weight))
         router = Router(routes, disabled)
-        pipeline = Pipeline(Admission(), ResponseCache(), Resilience(router))
+        pipeline = Pipeline(_admission(config), ResponseCache(), Resilience(router))
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline)
 
@@ -63,3 +66,21 @@ class Gateway:
         for backend in self.backends:
             await backend.close()
         await self.pool.close()
+
+
+def _admission(config: GatewayConfig) -> Admission:
+    prices: dict[str, PriceTable] = {}
+    aliases: dict[str, AliasPolicy] = {}
+    for alias in config.models:
+        alias_prices = []
+        for deployment in alias.deployments:
+            price = prices[deployment.id] = deployment_price(deployment.model, deployment.price)
+            alias_prices.append(price)
+            if not price.known:
+                get_logger().warning("no price for deployment: its usage is recorded at $0 (set its price)",
+                                     alias=alias.name, deployment=deployment.id)
+        aliases[alias.name] = AliasPolicy(encoding=encoding_for(alias.deployments[0].model),
+                                          max_price=dearest(alias_prices),
+                                          count_streams=any(not d.stream_usage for d in alias.deployments))
+    return Admission(tenants={t.name: t for t in config.tenants}, defaults=config.policies,
+                     stores=config.stores, aliases=aliases, prices=prices)
