@@ -146,6 +146,11 @@ class Admission:
             await asyncio.gather(*self._pending, return_exceptions=True)
         await self.store.close()
 
+    async def settled(self) -> None:
+        """Waits until every finished request's settlement is written (they run after the response)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
     async def sweep(self) -> int:
         """Settle, at their estimate, reservations whose process died before settling them."""
         settled = await self.store.sweep(self.tenants)
