@@ -25,7 +25,7 @@ def key_id(key: str) -> str:
 
 
 def policy_config(upstream_url: str, *, acme: str = "", globex: str = "", policies: str = "", stores: str = "",
-                  deployment: str = "") -> str:
+                  price: str = "{input: 1.0, output: 2.0}", deployment: str = "") -> str:
     """Tenant ``acme`` (keys KEY and SECOND_KEY) and ``globex`` (OTHER_KEY); extra YAML for each, indented
     by 4 spaces. Alias ``chat`` prices at $1 / $2 per million input / output tokens unless overridden."""
     return f"""
@@ -47,7 +47,7 @@ models:
         name: fake-chat
         api_base: {upstream_url}/v1
         api_key: {UPSTREAM_KEY}
-        price: {{input: 1.0, output: 2.0}}
+        price: {price}
 {deployment}
   - name: slow
     deployments:
