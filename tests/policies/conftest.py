@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import asyncio
+import json
 from collections.abc import Callable
 
 import httpx
@@ -27,7 +27,8 @@ def key_id(key: str) -> str:
 def policy_config(upstream_url: str, *, acme: str = "", globex: str = "", policies: str = "", stores: str = "",
                   price: str = "{input: 1.0, output: 2.0}", deployment: str = "") -> str:
     """Tenant ``acme`` (keys KEY and SECOND_KEY) and ``globex`` (OTHER_KEY); extra YAML for each, indented
-    by 4 spaces. Alias ``chat`` prices at $1 / $2 per million input / output tokens unless overridden."""
+    by 4 spaces. Aliases ``chat`` and ``slow`` price at $1 / $2 per million input / output tokens unless
+    ``price`` says otherwise."""
     return f"""
 server:
   log_requests: true
@@ -55,7 +56,7 @@ models:
         model: slow-stream
         api_base: {upstream_url}/v1
         api_key: {UPSTREAM_KEY}
-        price: {{input: 1.0, output: 2.0}}
+        price: {price}
   - name: broken
     deployments:
       - provider: openai-compatible
