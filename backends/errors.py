@@ -13,6 +13,7 @@
     │   └── QuotaExceeded             429 insufficient_quota / insufficient_quota  (a budget's hard stop)
     ├── Unavailable                   503 service_unavailable     (no enabled deployment, shutting down)
     └── UpstreamError                 the upstream's status       (the upstream said no)
+        ├── DeploymentBusy            429 rate_limit_error / deployment_busy  (its max_concurrency is taken)
         ├── UpstreamConnectionError   502 upstream_error / upstream_unreachable
         └── UpstreamTimeout           504 timeout / upstream_timeout
 
@@ -120,6 +121,14 @@ class UpstreamError(GatewayError):
     type = "upstream_error"
     code: str | None = None
     log_level = "warning"
+
+
+class DeploymentBusy(UpstreamError):
+    """A deployment's own in-flight cap (``max_concurrency``) is taken; another deployment may answer."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "deployment_busy"
 
 
 class UpstreamConnectionError(UpstreamError):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from backends import Backend, SessionPool, build_backend
 from policies.admission import Admission, AliasPolicy
 from policies.cache import ResponseCache
+from policies.concurrency import InFlightLimited
 from policies.cost import PriceTable, dearest, deployment_price
 from policies.resilience import Resilience
 from policies.router import Route, Router
@@ -38,6 +39,7 @@ class Gateway:
         routes: dict[str, list[Route]] = {}
         disabled: dict[str, list[str]] = {}
         backends: list[Backend] = []
+        admission = _admission(config)
         for alias in config.models:
             routes[alias.name] = []
             for index, deployment in enumerate(alias.deployments):
@@ -47,10 +49,14 @@ class Gateway:
                     disabled.setdefault(alias.name, []).append(f"{deployment.id}: {reason}")
                     continue
                 backend = build_backend(deployment, pool)
+                if deployment.max_concurrency is not None:
+                    backend = InFlightLimited(backend, deployment.max_concurrency, admission.store,
+                                              wait_s=deployment.timeouts.connect_s,
+                                              lease_s=config.stores.settle_after_s)
                 backends.append(backend)
                 routes[alias.name].append(Route(backend, deployment.weight))
         router = Router(routes, disabled)
-        pipeline = Pipeline(_admission(config), ResponseCache(), Resilience(router))
+        pipeline = Pipeline(admission, ResponseCache(), Resilience(router))
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline)
 

@@ -106,5 +106,26 @@ class FailoverStore:
         result: tuple[int, int] = await self._read("spent", key)
         return result
 
+    async def acquire(self, key: str, limit: int, holder: str, lease_s: float) -> bool:
+        if self._usable():
+            try:
+                return await self.redis.acquire(key, limit, holder, lease_s)
+            except (RedisError, OSError) as exc:
+                self._failed(exc, "acquire")
+        if self._mode == "fail_closed":
+            raise Unavailable("The gateway's limit store (Redis) is unreachable; try again shortly.")
+        self._local.add(holder)
+        return await self.memory.acquire(key, limit, holder, lease_s)
+
+    async def release(self, key: str, holder: str) -> None:
+        if holder in self._local:
+            self._local.discard(holder)
+            await self.memory.release(key, holder)
+            return
+        try:
+            await self.redis.release(key, holder)
+        except (RedisError, OSError) as exc:
+            self._failed(exc, "release")  # the slot's lease ends it
+
     async def close(self) -> None:
         await self.redis.close()

@@ -112,5 +112,18 @@ class MemoryStore:
         spent, reserved = self._spend.get(key, (0, 0))
         return spent, reserved
 
+    async def acquire(self, key: str, limit: int, holder: str, lease_s: float) -> bool:
+        now = self._clock()
+        held = self._slots[key]
+        for entry in [e for e, expiry in held.items() if expiry <= now]:
+            del held[entry]
+        if len(held) >= limit:
+            return False
+        held[holder] = now + lease_s
+        return True
+
+    async def release(self, key: str, holder: str) -> None:
+        self._slots[key].pop(holder, None)
+
     async def close(self) -> None:
         pass

@@ -122,6 +122,16 @@ redis.call('EXPIRE', agg, retention)
 return 1
 """
 
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) * 1000) + 60000)
+return 1
+"""
+
 
 def tag(tenant: str) -> str:
     """The hash-tag part of every key of ``tenant`` (braces in a name would break the tag: escaped)."""
@@ -140,6 +150,7 @@ class RedisStore:
                                         decode_responses=True, health_check_interval=0)
         self._admit = self.client.register_script(_ADMIT)
         self._settle = self.client.register_script(_SETTLE)
+        self._acquire = self.client.register_script(_ACQUIRE)
         self._retention_s = retention_days * 86400
 
     async def admit(self, reservation: Reservation) -> AdmitResult:
@@ -223,6 +234,12 @@ class RedisStore:
     async def spent(self, key: str) -> tuple[int, int]:
         spent, reserved = await self.client.hmget(key, "s", "r")
         return int(spent or 0), int(reserved or 0)
+
+    async def acquire(self, key: str, limit: int, holder: str, lease_s: float) -> bool:
+        return bool(await self._acquire(keys=[key], args=[limit, holder, lease_s]))
+
+    async def release(self, key: str, holder: str) -> None:
+        await self.client.zrem(key, holder)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -139,3 +139,28 @@ def test_a_queued_request_gets_the_slot_when_the_running_one_ends(policy_gateway
         started = time.monotonic()
         assert chat(client).parse().choices  # waited for the stream (about 2 s) instead of failing
         assert time.monotonic() - started > 1.0
+
+
+def test_deployment_max_concurrency_holds_across_tenants(upstream, start_gateway, store_yaml):
+    import threading
+
+    from tests.policies.conftest import policy_config
+
+    text = policy_config(upstream[0].url, stores=store_yaml).replace(
+        "model: slow-stream\n", "model: slow-stream\n        max_concurrency: 1\n        timeouts: {connect_s: 0.5}\n")
+    server = start_gateway(text)
+    with sdk(server) as client, sdk(server, OTHER_KEY) as other:
+        stream = client.chat.completions.create(model="slow", stream=True,
+                                                messages=[{"role": "user", "content": "x"}])
+        chunks = iter(stream)
+        next(chunks)
+        started = time.monotonic()
+        with pytest.raises(openai.RateLimitError) as busy:
+            chat(other, model="slow", max_tokens=5)  # another tenant, same deployment: waits 0.5 s, then 429
+        assert time.monotonic() - started >= 0.45
+        assert busy.value.code == "deployment_busy"
+        assert chat(other).parse().choices  # other deployments are not limited
+        finisher = threading.Thread(target=lambda: list(chunks))
+        finisher.start()
+        finisher.join(10)
+        assert chat(other, model="slow", max_tokens=5).parse() is not None  # the slot came back
