@@ -28,7 +28,7 @@ from .call import Call
 from .config import PRIORITIES, Limits, PolicyDefaults, StoresConfig, TenantPolicyFields
 from .cost import UNPRICED, PriceTable, usd
 from .queue import FairQueue, QueueFull
-from .stores.base import AdmitResult, Reservation, Settlement, Store
+from .stores.base import AdmitResult, Bucket, Reservation, Settlement, Slot, Spend, Store
 from .stores.failover import FailoverStore
 from .stores.memory import MemoryStore
 from .stores.redis import RedisStore, tag
@@ -44,6 +44,10 @@ class AliasPolicy:
     encoding: Any | None = None          # the tokenizer of its first deployment's model, when known
     max_price: PriceTable = UNPRICED  # the dearest of its deployments: what a reservation is priced at
     count_streams: bool = False          # some deployment does not report stream usage: count it
+
+
+_NO_ALIAS = AliasPolicy()
+_StaticPlan = tuple[list[Bucket], list[Bucket], list[Slot], list[Spend]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,7 @@ class Admission:
         self._fallback_rules = _Rules.of("-", TenantPolicyFields(), self.defaults)
         self._aliases = dict(aliases or {})
         self._prices = dict(prices or {})
+        self._plans: dict[tuple[str, str, str, str], _StaticPlan] = {}
         self._log = structlog.get_logger("gateway")
         self._warned: set[str] = set()
         self._pending: set[asyncio.Task[Any]] = set()
@@ -109,7 +114,8 @@ class Admission:
         if self.stores.redis_url is None:
             return memory
         redis = RedisStore(self.stores.redis_url, timeout_s=self.stores.redis_timeout_s,
-                           retention_days=self.stores.retention_days)
+                           retention_days=self.stores.retention_days,
+                           max_connections=self.stores.redis_max_connections)
         return FailoverStore(redis, memory, mode=self.stores.on_redis_error,
                              retry_after_s=self.stores.retry_redis_after_s, on_failure=self._store_failed,
                              on_recovery=self._store_recovered)
@@ -244,34 +250,47 @@ class Admission:
         return allowed
 
     async def _plan(self, call: Call, rules: _Rules) -> Reservation:
-        alias = self._aliases.get(call.alias, AliasPolicy())
-        default_max = self.defaults.default_max_tokens
+        alias = self._aliases.get(call.alias, _NO_ALIAS)
         prompt = await tokens.count_prompt(call.endpoint, call.body, alias.encoding if rules.precise else None)
-        completion = tokens.completion_budget(call.endpoint, call.body, default_max)
+        completion = tokens.completion_budget(call.endpoint, call.body, self.defaults.default_max_tokens)
         explicit = call.endpoint is Endpoint.EMBEDDINGS or any(
             isinstance(call.body.get(k), int) for k in ("max_tokens", "max_completion_tokens"))
         total = prompt + completion
+        now = time.time()
+        day, month = budget.today(now)
+        static = self._plans.get((call.tenant, call.key_id, call.alias, day))
+        if static is None:
+            if len(self._plans) > 10_000:
+                self._plans.clear()
+            static = self._plans[(call.tenant, call.key_id, call.alias, day)] = self._static_plan(
+                call, rules, day, month)
+        fixed, per_token, held, spends = static
+        planned = list(fixed)
+        for b in per_token:
+            cost = float(total) if explicit else min(float(total), b.capacity)
+            planned.append(Bucket(b.key, b.capacity, b.rate, cost, b.kind, b.scope, b.limit))
+        return Reservation(entry_id=call.record.request_id, tenant=call.tenant, key_id=call.key_id,
+                           alias=call.alias, day=day, ts=now, buckets=planned, slots=held, spends=spends,
+                           est_prompt=prompt, est_completion=completion,
+                           est_cost=alias.max_price.nano(prompt, completion), lease_s=self.stores.settle_after_s)
+
+    def _static_plan(self, call: Call, rules: _Rules, day: str, month: str) -> _StaticPlan:
+        """What a request of this tenant, key and alias draws on, but for its token count."""
         key_policy = rules.per_key.get(call.key_id)
         key_limits = key_policy.limits if key_policy and key_policy.limits else rules.key_limits
         key_budget = key_policy.budget if key_policy and key_policy.budget else rules.key_budget
         key_prefix = f"{rules.prefix}:k:{call.key_id}"
         alias_prefix = f"{rules.prefix}:m:{call.alias}"
-        planned = bucket.buckets(rules.limits, rules.prefix, "tenant", total, explicit)
-        planned += bucket.buckets(key_limits, key_prefix, "key", total, explicit)
+        scoped = [(rules.limits, rules.prefix, "tenant"), (key_limits, key_prefix, "key")]
         model_limits = rules.model_limits.get(call.alias)
         if model_limits is not None:
-            planned += bucket.buckets(model_limits, alias_prefix, f"model {call.alias}", total, explicit)
-        held = bucket.slots(rules.limits, rules.prefix, "tenant") + bucket.slots(key_limits, key_prefix, "key")
-        if model_limits is not None:
-            held += bucket.slots(model_limits, alias_prefix, f"model {call.alias}")
-        now = time.time()
-        day, month = budget.today(now)
+            scoped.append((model_limits, alias_prefix, f"model {call.alias}"))
+        planned = [b for limits, prefix, scope in scoped for b in bucket.buckets(limits, prefix, scope, 0, True)]
+        held = [s for limits, prefix, scope in scoped for s in bucket.slots(limits, prefix, scope)]
         spends = budget.spends(rules.budget, rules.prefix, "tenant", day, month)
         spends += budget.spends(key_budget, key_prefix, "key", day, month)
-        return Reservation(entry_id=call.record.request_id, tenant=call.tenant, key_id=call.key_id,
-                           alias=call.alias, day=day, ts=now, buckets=planned, slots=held, spends=spends,
-                           est_prompt=prompt, est_completion=completion,
-                           est_cost=alias.max_price.nano(prompt, completion), lease_s=self.stores.settle_after_s)
+        return ([b for b in planned if b.kind == "requests"], [b for b in planned if b.kind == "tokens"], held,
+                spends)
 
     def _refusal(self, call: Call, reservation: Reservation, result: AdmitResult) -> GatewayError:
         if result.outcome == "budget":

@@ -11,10 +11,17 @@ _DAY_TTL_S = 3 * 86400
 _MONTH_TTL_S = 35 * 86400
 
 
+_today: tuple[int, str, str] = (-1, "", "")
+
+
 def today(now: float | None = None) -> tuple[str, str]:
     """(``YYYY-MM-DD``, ``YYYY-MM``) in UTC."""
-    day = time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
-    return day, day[:7]
+    global _today
+    second = int(time.time() if now is None else now)
+    if _today[0] != second:  # formatted once a second, not once a request
+        day = time.strftime("%Y-%m-%d", time.gmtime(second))
+        _today = (second, day, day[:7])
+    return _today[1], _today[2]
 
 
 def spends(budget: Budget, key_prefix: str, scope: str, day: str, month: str) -> list[Spend]:

@@ -8,7 +8,7 @@ Money is counted in integer nano-dollars (1e-9 USD) so sums are exact.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 NANO = 1_000_000_000
@@ -58,9 +58,6 @@ class Reservation:
     est_completion: int
     est_cost: int        # nano-USD, priced at the alias's dearest deployment
     lease_s: float       # unsettled this long: the sweeper settles it at its estimate
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Reservation:

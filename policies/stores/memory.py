@@ -46,10 +46,10 @@ class MemoryStore:
             return AdmitResult("bucket", index=failed, retry_after=wait, levels=levels)
         for i, slot in enumerate(reservation.slots):
             held = self._slots[slot.key]
-            for entry in [e for e, expiry in held.items() if expiry <= now]:
-                del held[entry]
             if len(held) >= slot.limit:
-                return AdmitResult("slot", index=i, levels=levels)
+                _expire(held, now)
+                if len(held) >= slot.limit:
+                    return AdmitResult("slot", index=i, levels=levels)
         soft: list[int] = []
         for i, spend in enumerate(reservation.spends):
             spent, reserved = self._spend[spend.key]
@@ -115,10 +115,10 @@ class MemoryStore:
     async def acquire(self, key: str, limit: int, holder: str, lease_s: float) -> bool:
         now = self._clock()
         held = self._slots[key]
-        for entry in [e for e, expiry in held.items() if expiry <= now]:
-            del held[entry]
         if len(held) >= limit:
-            return False
+            _expire(held, now)
+            if len(held) >= limit:
+                return False
         held[holder] = now + lease_s
         return True
 
@@ -127,3 +127,9 @@ class MemoryStore:
 
     async def close(self) -> None:
         pass
+
+
+def _expire(held: dict[str, float], now: float) -> None:
+    """Drops leases past their expiry (their process died); only needed when the limit is reached."""
+    for entry in [e for e, expiry in held.items() if expiry <= now]:
+        del held[entry]

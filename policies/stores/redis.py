@@ -7,25 +7,31 @@ own clock (``TIME``), one clock for all processes.
 
 from __future__ import annotations
 
-import json
+import asyncio
+import hashlib
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from .base import AdmitResult, Reservation, Settlement, settle_at_estimate
 
+# KEYS: buckets..., slots..., spends..., record, pending
+# ARGV: params {b: [[capacity, rate, cost]], s: [limit], p: [[limit, soft, ttl]], lease}, est, entry, plan
+# (params in one JSON argument: packing dozens of arguments cost more client CPU than the script)
 _ADMIT = """
-local nb, ns, nsp = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local est, lease, entry = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local p = cjson.decode(ARGV[1])
+local est, entry = tonumber(ARGV[2]), ARGV[3]
+local nb, ns, nsp = #p.b, #p.s, #p.p
 local rec, pending = KEYS[nb + ns + nsp + 1], KEYS[nb + ns + nsp + 2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if redis.call('EXISTS', rec) == 1 then return {'dup'} end
-local levels, a = {}, 8
+local levels = {}
 local wait, failed = 0, 0
 for i = 1, nb do
-  local cap, rate, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  a = a + 3
+  local cap, rate, cost = p.b[i][1], p.b[i][2], p.b[i][3]
   local h = redis.call('HMGET', KEYS[i], 'v', 't')
   local v, at = tonumber(h[1]) or cap, tonumber(h[2]) or now
   if now > at then v = v + (now - at) * rate end
@@ -40,65 +46,61 @@ if failed > 0 then
   return out
 end
 for j = 1, ns do
-  local key, limit = KEYS[nb + j], tonumber(ARGV[a])
-  a = a + 1
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  if redis.call('ZCARD', key) >= limit then return {'slot', j} end
+  local key = KEYS[nb + j]
+  if redis.call('ZCARD', key) >= p.s[j] then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    if redis.call('ZCARD', key) >= p.s[j] then return {'slot', j} end
+  end
 end
 local soft = {}
 for k = 1, nsp do
-  local key, limit, softl = KEYS[nb + ns + k], tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  a = a + 2
-  local h = redis.call('HMGET', key, 's', 'r')
+  local limit, softl = p.p[k][1], p.p[k][2]
+  local h = redis.call('HMGET', KEYS[nb + ns + k], 's', 'r')
   local total = (tonumber(h[1]) or 0) + (tonumber(h[2]) or 0) + est
   if limit >= 0 and total > limit then return {'budget', k} end
   if softl >= 0 and total >= softl then soft[#soft + 1] = k end
 end
 local out = {'ok', 0, '0'}
-a = 8
 for i = 1, nb do
-  local cap, rate, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  a = a + 3
-  local v = levels[i] - cost
+  local cap, rate = p.b[i][1], p.b[i][2]
+  local v = levels[i] - p.b[i][3]
   redis.call('HSET', KEYS[i], 'v', tostring(v), 't', tostring(now))
   redis.call('PEXPIRE', KEYS[i], math.ceil((cap - v) / rate * 1000) + 60000)
   out[#out + 1] = tostring(v)
 end
 for j = 1, ns do
-  redis.call('ZADD', KEYS[nb + j], now + lease, entry)
-  redis.call('PEXPIRE', KEYS[nb + j], math.ceil(lease * 1000) + 60000)
+  redis.call('ZADD', KEYS[nb + j], now + p.lease, entry)
+  redis.call('PEXPIRE', KEYS[nb + j], math.ceil(p.lease * 1000) + 60000)
 end
-a = a + ns
 for k = 1, nsp do
-  redis.call('HINCRBY', KEYS[nb + ns + k], 'r', est)
-  redis.call('EXPIRE', KEYS[nb + ns + k], tonumber(ARGV[a + 2 * nsp + k - 1]))
+  redis.call('HINCRBY', KEYS[nb + ns + k], 'r', ARGV[2])
+  redis.call('EXPIRE', KEYS[nb + ns + k], p.p[k][3])
 end
-redis.call('HSET', rec, 'state', 'reserved', 'plan', ARGV[7])
-redis.call('ZADD', pending, now + lease, entry)
+redis.call('HSET', rec, 'state', 'reserved', 'plan', ARGV[4])
+redis.call('ZADD', pending, now + p.lease, entry)
 out[#out + 1] = 'soft'
 for _, k in ipairs(soft) do out[#out + 1] = k end
 return out
 """
 
-# KEYS: rec, pending, ledger, aggregates, token buckets..., slots..., spends...
-# ARGV: entry, nb, ns, nsp, retention_s, record json, ts, refund, est, cost, n_agg, agg pairs..., caps/rates...
+# KEYS: record, pending, ledger, aggregates, token buckets..., slots..., spends...
+# ARGV: params {b: [[capacity, rate]], ns, np, retention, refund, agg: {name: "value"}}, entry, est, cost, ts,
+#       record
 _SETTLE = """
-local entry, nb, ns, nsp = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local retention, ts, refund = tonumber(ARGV[5]), ARGV[7], tonumber(ARGV[8])
-local est, cost, nagg = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local p = cjson.decode(ARGV[1])
+local entry = ARGV[2]
+local nb, ns, nsp = #p.b, p.ns, p.np
 local rec, pending, ledger, agg = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if redis.call('HGET', rec, 'state') ~= 'reserved' then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local a = 12 + 2 * nagg
-for i = 1, nb do
-  local cap, rate = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  a = a + 2
-  if refund ~= 0 then
+if p.refund ~= 0 then
+  for i = 1, nb do
+    local cap, rate = p.b[i][1], p.b[i][2]
     local h = redis.call('HMGET', KEYS[4 + i], 'v', 't')
     local v, at = tonumber(h[1]) or cap, tonumber(h[2]) or now
     if now > at then v = v + (now - at) * rate end
-    v = v + refund
+    v = v + p.refund
     if v > cap then v = cap end
     redis.call('HSET', KEYS[4 + i], 'v', tostring(v), 't', tostring(now))
     redis.call('PEXPIRE', KEYS[4 + i], math.ceil((cap - v) / rate * 1000) + 60000)
@@ -107,20 +109,22 @@ end
 for j = 1, ns do redis.call('ZREM', KEYS[4 + nb + j], entry) end
 for k = 1, nsp do
   local key = KEYS[4 + nb + ns + k]
-  redis.call('HINCRBY', key, 'r', -est)
-  redis.call('HINCRBY', key, 's', cost)
+  redis.call('HINCRBY', key, 'r', '-' .. ARGV[3])
+  redis.call('HINCRBY', key, 's', ARGV[4])
 end
 redis.call('HSET', rec, 'state', 'settled', 'record', ARGV[6])
 redis.call('HDEL', rec, 'plan')
-redis.call('EXPIRE', rec, retention)
+redis.call('EXPIRE', rec, p.retention)
 redis.call('ZREM', pending, entry)
-redis.call('ZADD', ledger, ts, entry)
-for i = 0, nagg - 1 do
-  redis.call('HINCRBY', agg, ARGV[12 + 2 * i], ARGV[13 + 2 * i])
+redis.call('ZADD', ledger, ARGV[5], entry)
+for name, value in pairs(p.agg) do
+  if value ~= '0' then redis.call('HINCRBY', agg, name, value) end
 end
-redis.call('EXPIRE', agg, retention)
+redis.call('EXPIRE', agg, p.retention)
 return 1
 """
+
+_RELEASE = "redis.call('ZREM', KEYS[1], ARGV[1])"
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -145,28 +149,76 @@ def record_key(tenant: str, entry: str) -> str:
 class RedisStore:
     name = "redis"
 
-    def __init__(self, url: str, *, timeout_s: float = 0.5, retention_days: int = 400) -> None:
-        self.client = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                        decode_responses=True, health_check_interval=0)
-        self._admit = self.client.register_script(_ADMIT)
-        self._settle = self.client.register_script(_SETTLE)
-        self._acquire = self.client.register_script(_ACQUIRE)
+    def __init__(self, url: str, *, timeout_s: float = 0.5, retention_days: int = 400,
+                 max_connections: int = 64) -> None:
+        # A blocking pool: a burst waits for a free connection instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout_s,
+                                                        socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                                        decode_responses=True)
+        self.client = aioredis.Redis(connection_pool=pool)
         self._retention_s = retention_days * 86400
+        self._sha = {script: hashlib.sha1(script.encode()).hexdigest()
+                     for script in (_ADMIT, _SETTLE, _ACQUIRE, _RELEASE)}
+        self._batch: list[tuple[str, list[Any], list[Any], asyncio.Future[Any]]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    async def _eval(self, script: str, keys: list[Any], args: list[Any]) -> Any:
+        """Runs a script; every script called in the same turn of the event loop goes in one pipeline (one
+        write, one read: under load, socket calls cost more than the scripts)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._batch.append((script, keys, args, future))
+        if len(self._batch) == 1:
+            loop.call_soon(self._flush_batch)
+        return await future
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.get_running_loop().create_task(self._flush(batch))
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _flush(self, batch: list[tuple[str, list[Any], list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._pipeline(batch)
+            missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            if missing:  # a restarted Redis has forgotten the scripts: load them, run those again
+                for script in {batch[i][0] for i in missing}:
+                    await self.client.script_load(script)
+                again = await self._pipeline([batch[i] for i in missing])
+                for i, result in zip(missing, again, strict=True):
+                    results[i] = result
+        except BaseException as exc:  # the connection failed: every caller gets the error
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else ConnectionError("cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (*_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _pipeline(self, batch: list[tuple[str, list[Any], list[Any], asyncio.Future[Any]]]) -> list[Any]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for script, keys, args, _ in batch:
+                pipe.evalsha(self._sha[script], len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def admit(self, reservation: Reservation) -> AdmitResult:
         r = reservation
         t = tag(r.tenant)
         keys = [b.key for b in r.buckets] + [s.key for s in r.slots] + [s.key for s in r.spends]
         keys += [record_key(r.tenant, r.entry_id), f"gw:{t}:pending"]
-        args: list[Any] = [len(r.buckets), len(r.slots), len(r.spends), r.est_cost, r.lease_s, r.entry_id,
-                           json.dumps(r.to_json(), separators=(",", ":"))]
-        for b in r.buckets:
-            args += [repr(b.capacity), repr(b.rate), repr(b.cost)]
-        args += [s.limit for s in r.slots]
-        for s in r.spends:
-            args += [-1 if s.limit is None else s.limit, -1 if s.soft is None else s.soft]
-        args += [s.ttl_s for s in r.spends]
-        out = await self._admit(keys=keys, args=args)
+        params = {"b": [(b.capacity, b.rate, b.cost) for b in r.buckets], "s": [s.limit for s in r.slots],
+                  "p": [(-1 if s.limit is None else s.limit, -1 if s.soft is None else s.soft, s.ttl_s)
+                        for s in r.spends], "lease": r.lease_s}
+        args: list[Any] = [orjson.dumps(params), r.est_cost, r.entry_id, orjson.dumps(r)]
+        out = await self._eval(_ADMIT, keys, args)
         outcome = out[0]
         if outcome == "ok":
             split = out.index("soft")
@@ -185,16 +237,12 @@ class RedisStore:
         tokens = [b for b in r.buckets if b.kind == "tokens"]
         keys = [record_key(r.tenant, r.entry_id), f"gw:{t}:pending", f"gw:{t}:ledger", f"gw:{t}:agg:{r.day}"]
         keys += [b.key for b in tokens] + [s.key for s in r.slots] + [s.key for s in r.spends]
-        aggregates = settlement.aggregates()
-        args: list[Any] = [r.entry_id, len(tokens), len(r.slots), len(r.spends), self._retention_s,
-                           json.dumps(settlement.record(), separators=(",", ":")), repr(r.ts),
-                           r.est_prompt + r.est_completion - settlement.tokens, r.est_cost, settlement.cost,
-                           len(aggregates)]
-        for name, value in aggregates.items():
-            args += [name, value]
-        for b in tokens:
-            args += [repr(b.capacity), repr(b.rate)]
-        return bool(await self._settle(keys=keys, args=args))
+        params = {"b": [(b.capacity, b.rate) for b in tokens], "ns": len(r.slots), "np": len(r.spends),
+                  "retention": self._retention_s, "refund": r.est_prompt + r.est_completion - settlement.tokens,
+                  "agg": {name: str(value) for name, value in settlement.aggregates().items()}}
+        args: list[Any] = [orjson.dumps(params), r.entry_id, r.est_cost, settlement.cost, repr(r.ts),
+                orjson.dumps(settlement.record())]
+        return bool(await self._eval(_SETTLE, keys, args))
 
     async def sweep(self, tenants: list[str]) -> int:
         settled = 0
@@ -207,7 +255,7 @@ class RedisStore:
                 if plan is None:
                     await self.client.zrem(f"gw:{t}:pending", entry)
                     continue
-                settled += await self.settle(settle_at_estimate(Reservation.from_json(json.loads(plan))))
+                settled += await self.settle(settle_at_estimate(Reservation.from_json(orjson.loads(plan))))
             await self.client.zremrangebyscore(f"gw:{t}:ledger", "-inf", now - self._retention_s)
         return settled
 
@@ -229,17 +277,19 @@ class RedisStore:
             for entry in map(str, entries):
                 pipe.hget(record_key(tenant, entry), "record")
             found = await pipe.execute()
-        return [json.loads(r) for r in found if r is not None]
+        return [orjson.loads(r) for r in found if r is not None]
 
     async def spent(self, key: str) -> tuple[int, int]:
         spent, reserved = await self.client.hmget(key, "s", "r")
         return int(spent or 0), int(reserved or 0)
 
     async def acquire(self, key: str, limit: int, holder: str, lease_s: float) -> bool:
-        return bool(await self._acquire(keys=[key], args=[limit, holder, lease_s]))
+        return bool(await self._eval(_ACQUIRE, [key], [limit, holder, lease_s]))
 
     async def release(self, key: str, holder: str) -> None:
-        await self.client.zrem(key, holder)
+        await self._eval(_RELEASE, [key], [holder])
 
     async def close(self) -> None:
+        if self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
         await self.client.aclose()
