@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from typing import Any
 
 import orjson
@@ -17,22 +18,25 @@ from redis.exceptions import NoScriptError
 
 from .base import AdmitResult, Reservation, Settlement, settle_at_estimate
 
-# KEYS: buckets..., slots..., spends..., record, pending
-# ARGV: params {b: [[capacity, rate, cost]], s: [limit], p: [[limit, soft, ttl]], lease}, est, entry, plan
-# (params in one JSON argument: packing dozens of arguments cost more client CPU than the script)
+# A tenant's buckets live in one hash (fields BUCKET:v, BUCKET:t), its budget counters in another (SPEND:s,
+# SPEND:r): few keys per call, because packing each key costs the client more than the script's work.
+# KEYS: buckets hash, spend hash, record, pending, slots...
+# ARGV: params {b: [[field, capacity, rate, cost]], s: [limit], p: [[field, limit, soft]], lease}, est, entry,
+#       plan (params in one JSON argument for the same reason)
 _ADMIT = """
 local p = cjson.decode(ARGV[1])
 local est, entry = tonumber(ARGV[2]), ARGV[3]
 local nb, ns, nsp = #p.b, #p.s, #p.p
-local rec, pending = KEYS[nb + ns + nsp + 1], KEYS[nb + ns + nsp + 2]
+local buckets, spend, rec, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if redis.call('EXISTS', rec) == 1 then return {'dup'} end
 local levels = {}
 local wait, failed = 0, 0
 for i = 1, nb do
-  local cap, rate, cost = p.b[i][1], p.b[i][2], p.b[i][3]
-  local h = redis.call('HMGET', KEYS[i], 'v', 't')
+  local b = p.b[i]
+  local cap, rate, cost = b[2], b[3], b[4]
+  local h = redis.call('HMGET', buckets, b[1] .. ':v', b[1] .. ':t')
   local v, at = tonumber(h[1]) or cap, tonumber(h[2]) or now
   if now > at then v = v + (now - at) * rate end
   if v > cap then v = cap end
@@ -46,7 +50,7 @@ if failed > 0 then
   return out
 end
 for j = 1, ns do
-  local key = KEYS[nb + j]
+  local key = KEYS[4 + j]
   if redis.call('ZCARD', key) >= p.s[j] then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
     if redis.call('ZCARD', key) >= p.s[j] then return {'slot', j} end
@@ -54,28 +58,28 @@ for j = 1, ns do
 end
 local soft = {}
 for k = 1, nsp do
-  local limit, softl = p.p[k][1], p.p[k][2]
-  local h = redis.call('HMGET', KEYS[nb + ns + k], 's', 'r')
+  local field, limit, softl = p.p[k][1], p.p[k][2], p.p[k][3]
+  local h = redis.call('HMGET', spend, field .. ':s', field .. ':r')
   local total = (tonumber(h[1]) or 0) + (tonumber(h[2]) or 0) + est
   if limit >= 0 and total > limit then return {'budget', k} end
   if softl >= 0 and total >= softl then soft[#soft + 1] = k end
 end
 local out = {'ok', 0, '0'}
+local ttl = 0
 for i = 1, nb do
-  local cap, rate = p.b[i][1], p.b[i][2]
-  local v = levels[i] - p.b[i][3]
-  redis.call('HSET', KEYS[i], 'v', tostring(v), 't', tostring(now))
-  redis.call('PEXPIRE', KEYS[i], math.ceil((cap - v) / rate * 1000) + 60000)
+  local b = p.b[i]
+  local v = levels[i] - b[4]
+  redis.call('HSET', buckets, b[1] .. ':v', tostring(v), b[1] .. ':t', tostring(now))
+  local full = math.ceil((b[2] - v) / b[3] * 1000) + 60000
+  if full > ttl then ttl = full end
   out[#out + 1] = tostring(v)
 end
+if nb > 0 and redis.call('PTTL', buckets) < ttl then redis.call('PEXPIRE', buckets, ttl) end
 for j = 1, ns do
-  redis.call('ZADD', KEYS[nb + j], now + p.lease, entry)
-  redis.call('PEXPIRE', KEYS[nb + j], math.ceil(p.lease * 1000) + 60000)
+  redis.call('ZADD', KEYS[4 + j], now + p.lease, entry)
+  redis.call('PEXPIRE', KEYS[4 + j], math.ceil(p.lease * 1000) + 60000)
 end
-for k = 1, nsp do
-  redis.call('HINCRBY', KEYS[nb + ns + k], 'r', ARGV[2])
-  redis.call('EXPIRE', KEYS[nb + ns + k], p.p[k][3])
-end
+for k = 1, nsp do redis.call('HINCRBY', spend, p.p[k][1] .. ':r', ARGV[2]) end
 redis.call('HSET', rec, 'state', 'reserved', 'plan', ARGV[4])
 redis.call('ZADD', pending, now + p.lease, entry)
 out[#out + 1] = 'soft'
@@ -83,34 +87,32 @@ for _, k in ipairs(soft) do out[#out + 1] = k end
 return out
 """
 
-# KEYS: record, pending, ledger, aggregates, token buckets..., slots..., spends...
-# ARGV: params {b: [[capacity, rate]], ns, np, retention, refund, agg: {name: "value"}}, entry, est, cost, ts,
-#       record
+# KEYS: record, pending, ledger, aggregates, buckets hash, spend hash, slots...
+# ARGV: params {b: [[field, capacity, rate]], p: [field], retention, refund, agg: {name: "value"}}, entry, est,
+#       cost, ts, record
 _SETTLE = """
 local p = cjson.decode(ARGV[1])
 local entry = ARGV[2]
-local nb, ns, nsp = #p.b, p.ns, p.np
-local rec, pending, ledger, agg = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local rec, pending, ledger, agg, buckets, spend = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 if redis.call('HGET', rec, 'state') ~= 'reserved' then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if p.refund ~= 0 then
-  for i = 1, nb do
-    local cap, rate = p.b[i][1], p.b[i][2]
-    local h = redis.call('HMGET', KEYS[4 + i], 'v', 't')
+  for i = 1, #p.b do
+    local b = p.b[i]
+    local cap, rate = b[2], b[3]
+    local h = redis.call('HMGET', buckets, b[1] .. ':v', b[1] .. ':t')
     local v, at = tonumber(h[1]) or cap, tonumber(h[2]) or now
     if now > at then v = v + (now - at) * rate end
     v = v + p.refund
     if v > cap then v = cap end
-    redis.call('HSET', KEYS[4 + i], 'v', tostring(v), 't', tostring(now))
-    redis.call('PEXPIRE', KEYS[4 + i], math.ceil((cap - v) / rate * 1000) + 60000)
+    redis.call('HSET', buckets, b[1] .. ':v', tostring(v), b[1] .. ':t', tostring(now))
   end
 end
-for j = 1, ns do redis.call('ZREM', KEYS[4 + nb + j], entry) end
-for k = 1, nsp do
-  local key = KEYS[4 + nb + ns + k]
-  redis.call('HINCRBY', key, 'r', '-' .. ARGV[3])
-  redis.call('HINCRBY', key, 's', ARGV[4])
+for j = 7, #KEYS do redis.call('ZREM', KEYS[j], entry) end
+for k = 1, #p.p do
+  redis.call('HINCRBY', spend, p.p[k] .. ':r', '-' .. ARGV[3])
+  redis.call('HINCRBY', spend, p.p[k] .. ':s', ARGV[4])
 end
 redis.call('HSET', rec, 'state', 'settled', 'record', ARGV[6])
 redis.call('HDEL', rec, 'plan')
@@ -135,6 +137,15 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
 redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) * 1000) + 60000)
 return 1
 """
+
+
+def _past_period(field: str, now: float) -> bool:
+    """A budget counter of a day or month that ended (``...:spend:d:2026-11-25:s``): kept a day longer."""
+    _, _, rest = field.rpartition(":spend:")
+    period, _, _ = rest.rpartition(":")
+    kind, _, when = period.partition(":")
+    yesterday = time.strftime("%Y-%m-%d", time.gmtime(now - 86400))
+    return (kind == "d" and when < yesterday) or (kind == "m" and when < yesterday[:7])
 
 
 def tag(tenant: str) -> str:
@@ -212,10 +223,10 @@ class RedisStore:
     async def admit(self, reservation: Reservation) -> AdmitResult:
         r = reservation
         t = tag(r.tenant)
-        keys = [b.key for b in r.buckets] + [s.key for s in r.slots] + [s.key for s in r.spends]
-        keys += [record_key(r.tenant, r.entry_id), f"gw:{t}:pending"]
-        params = {"b": [(b.capacity, b.rate, b.cost) for b in r.buckets], "s": [s.limit for s in r.slots],
-                  "p": [(-1 if s.limit is None else s.limit, -1 if s.soft is None else s.soft, s.ttl_s)
+        keys = [f"gw:{t}:buckets", f"gw:{t}:spend", record_key(r.tenant, r.entry_id), f"gw:{t}:pending"]
+        keys += [s.key for s in r.slots]
+        params = {"b": [(b.key, b.capacity, b.rate, b.cost) for b in r.buckets], "s": [s.limit for s in r.slots],
+                  "p": [(s.key, -1 if s.limit is None else s.limit, -1 if s.soft is None else s.soft)
                         for s in r.spends], "lease": r.lease_s}
         args: list[Any] = [orjson.dumps(params), r.est_cost, r.entry_id, orjson.dumps(r)]
         out = await self._eval(_ADMIT, keys, args)
@@ -234,11 +245,11 @@ class RedisStore:
     async def settle(self, settlement: Settlement) -> bool:
         r = settlement.reservation
         t = tag(r.tenant)
-        tokens = [b for b in r.buckets if b.kind == "tokens"]
-        keys = [record_key(r.tenant, r.entry_id), f"gw:{t}:pending", f"gw:{t}:ledger", f"gw:{t}:agg:{r.day}"]
-        keys += [b.key for b in tokens] + [s.key for s in r.slots] + [s.key for s in r.spends]
-        params = {"b": [(b.capacity, b.rate) for b in tokens], "ns": len(r.slots), "np": len(r.spends),
-                  "retention": self._retention_s, "refund": r.est_prompt + r.est_completion - settlement.tokens,
+        keys = [record_key(r.tenant, r.entry_id), f"gw:{t}:pending", f"gw:{t}:ledger", f"gw:{t}:agg:{r.day}",
+                f"gw:{t}:buckets", f"gw:{t}:spend", *(s.key for s in r.slots)]
+        params = {"b": [(b.key, b.capacity, b.rate) for b in r.buckets if b.kind == "tokens"],
+                  "p": [s.key for s in r.spends], "retention": self._retention_s,
+                  "refund": r.est_prompt + r.est_completion - settlement.tokens,
                   "agg": {name: str(value) for name, value in settlement.aggregates().items()}}
         args: list[Any] = [orjson.dumps(params), r.entry_id, r.est_cost, settlement.cost, repr(r.ts),
                 orjson.dumps(settlement.record())]
@@ -257,6 +268,9 @@ class RedisStore:
                     continue
                 settled += await self.settle(settle_at_estimate(Reservation.from_json(orjson.loads(plan))))
             await self.client.zremrangebyscore(f"gw:{t}:ledger", "-inf", now - self._retention_s)
+            old = [f for f in map(str, await self.client.hkeys(f"gw:{t}:spend")) if _past_period(f, now)]
+            if old:
+                await self.client.hdel(f"gw:{t}:spend", *old)
         return settled
 
     async def _now(self) -> float:
@@ -280,7 +294,8 @@ class RedisStore:
         return [orjson.loads(r) for r in found if r is not None]
 
     async def spent(self, key: str) -> tuple[int, int]:
-        spent, reserved = await self.client.hmget(key, "s", "r")
+        tenant_tag = key[key.index("{"):key.index("}") + 1]
+        spent, reserved = await self.client.hmget(f"gw:{tenant_tag}:spend", key + ":s", key + ":r")
         return int(spent or 0), int(reserved or 0)
 
     async def acquire(self, key: str, limit: int, holder: str, lease_s: float) -> bool:

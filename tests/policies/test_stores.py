@@ -150,7 +150,7 @@ def test_fail_open_serves_from_memory_and_recovers_when_redis_returns(upstream, 
         own_redis.stop()
         assert chat(client).parse().choices  # Redis is gone: admitted from this process's memory
         metrics = httpx.get(server.url + "/metrics").text
-        assert 'gateway_store_errors_total{mode="fail_open",operation="admit"}' in metrics
+        assert 'gateway_store_errors_total{mode="fail_open",operation=' in metrics  # admit or the sweeper's
         assert "gateway_store_degraded 1.0" in metrics
         own_redis.start()
         time.sleep(0.4)
