@@ -110,7 +110,8 @@ class Admission:
         self.queue: FairQueue | None = None
 
     def _build_store(self) -> Store:
-        memory = MemoryStore(retention_days=self.stores.retention_days)
+        memory = MemoryStore(retention_days=self.stores.retention_days,
+                             max_records=self.stores.memory_max_records)
         if self.stores.redis_url is None:
             return memory
         redis = RedisStore(self.stores.redis_url, timeout_s=self.stores.redis_timeout_s,

@@ -107,6 +107,8 @@ class StoresConfig(_Frozen):
                                   description="a reservation still open this long is settled at its estimate")
     sweep_interval_s: float = Field(default=30.0, gt=0)
     retention_days: int = Field(default=400, ge=1, description="ledger records and aggregates kept in Redis")
+    memory_max_records: int = Field(default=100_000, ge=0,
+                                    description="ledger records one process keeps without Redis (the newest)")
 
     @field_validator("redis_url")
     @classmethod

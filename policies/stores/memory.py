@@ -15,9 +15,10 @@ from .base import AdmitResult, Reservation, Settlement, settle_at_estimate
 class MemoryStore:
     name = "memory"
 
-    def __init__(self, retention_days: int = 400, clock: Any = time.time) -> None:
+    def __init__(self, retention_days: int = 400, max_records: int = 100_000, clock: Any = time.time) -> None:
         self._clock = clock
         self._retention_s = retention_days * 86400
+        self._max_records = max_records  # records (not aggregates) kept in memory: the newest
         self._buckets: dict[str, tuple[float, float]] = {}          # key -> (tokens, at)
         self._slots: dict[str, dict[str, float]] = defaultdict(dict)  # key -> entry -> lease expiry
         self._spend: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # key -> [spent, reserved]
@@ -85,6 +86,8 @@ class MemoryStore:
             counters[0] += settlement.cost
             counters[1] -= r.est_cost
         self._records[r.entry_id] = settlement.record()
+        if len(self._records) > self._max_records:
+            del self._records[next(iter(self._records))]  # dicts keep insertion order: the oldest
         day = self._aggregates[(r.tenant, r.day)]
         for name, value in settlement.aggregates().items():
             day[name] += value

@@ -30,7 +30,7 @@ local nb, ns, nsp = #p.b, #p.s, #p.p
 local buckets, spend, rec, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-if redis.call('EXISTS', rec) == 1 then return {'dup'} end
+if redis.call('EXISTS', rec) == 1 then return 'dup' end
 local levels = {}
 local wait, failed = 0, 0
 for i = 1, nb do
@@ -41,19 +41,19 @@ for i = 1, nb do
   if now > at then v = v + (now - at) * rate end
   if v > cap then v = cap end
   levels[i] = v
-  if cost > cap then return {'too_large', i} end
+  if cost > cap then return 'too_large ' .. i end
   if v < cost and (cost - v) / rate > wait then wait, failed = (cost - v) / rate, i end
 end
 if failed > 0 then
   local out = {'bucket', failed, tostring(wait)}
   for i = 1, nb do out[#out + 1] = tostring(levels[i]) end
-  return out
+  return table.concat(out, ' ')
 end
 for j = 1, ns do
   local key = KEYS[4 + j]
   if redis.call('ZCARD', key) >= p.s[j] then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    if redis.call('ZCARD', key) >= p.s[j] then return {'slot', j} end
+    if redis.call('ZCARD', key) >= p.s[j] then return 'slot ' .. j end
   end
 end
 local soft = {}
@@ -61,7 +61,7 @@ for k = 1, nsp do
   local field, limit, softl = p.p[k][1], p.p[k][2], p.p[k][3]
   local h = redis.call('HMGET', spend, field .. ':s', field .. ':r')
   local total = (tonumber(h[1]) or 0) + (tonumber(h[2]) or 0) + est
-  if limit >= 0 and total > limit then return {'budget', k} end
+  if limit >= 0 and total > limit then return 'budget ' .. k end
   if softl >= 0 and total >= softl then soft[#soft + 1] = k end
 end
 local out = {'ok', 0, '0'}
@@ -84,7 +84,7 @@ redis.call('HSET', rec, 'state', 'reserved', 'plan', ARGV[4])
 redis.call('ZADD', pending, now + p.lease, entry)
 out[#out + 1] = 'soft'
 for _, k in ipairs(soft) do out[#out + 1] = k end
-return out
+return table.concat(out, ' ')
 """
 
 # KEYS: record, pending, ledger, aggregates, buckets hash, spend hash, slots...
@@ -230,6 +230,7 @@ class RedisStore:
                         for s in r.spends], "lease": r.lease_s}
         args: list[Any] = [orjson.dumps(params), r.est_cost, r.entry_id, orjson.dumps(r)]
         out = await self._eval(_ADMIT, keys, args)
+        out = out.split(" ")  # one string: parsing a multi-bulk reply costs the client more
         outcome = out[0]
         if outcome == "ok":
             split = out.index("soft")

@@ -130,3 +130,39 @@ def test_key_budget_stops_one_key_only(policy_gateway):
 def test_catalog_prices_the_well_known_models():
     gpt = model_info("gpt-4o-mini-2024-07-18")
     assert gpt is not None and gpt.input == 0.15 and gpt.output == 0.60
+
+
+def test_stream_usage_off_counts_the_streamed_text(upstream, start_gateway, store_yaml):
+    from tests.policies.conftest import policy_config
+
+    text = policy_config(upstream[0].url, stores=store_yaml).replace(
+        "        name: fake-chat\n", "        name: fake-chat\n        stream_usage: false\n")
+    server = start_gateway(text)
+    with sdk(server) as client:
+        chunks = list(client.chat.completions.create(model="chat", stream=True,
+                                                     messages=[{"role": "user", "content": "a b c"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Echo: a b c"
+    assert "stream_options" not in upstream[1].requests[-1].body
+    settled(server)
+    [record] = usage(server, tenant="acme", group_by="request").json()["data"]
+    assert record["completion_tokens"] == 3  # "Echo: a b c": 11 characters, about 4 a token
+    assert record["state"] == "settled" and record["prompt_tokens"] > 0
+    assert record["cost_usd"] == pytest.approx(price(record["prompt_tokens"], 3), abs=1e-12)
+
+
+def test_a_client_that_leaves_mid_stream_is_charged_the_estimate(policy_gateway, upstream):
+    server = policy_gateway()
+    with sdk(server) as client:
+        stream = client.chat.completions.create(model="slow", stream=True, max_tokens=50,
+                                                messages=[{"role": "user", "content": "x"}])
+        next(iter(stream))
+        stream.close()
+    deadline = time.monotonic() + 10
+    records: list = []
+    while not records and time.monotonic() < deadline:
+        time.sleep(0.1)
+        settled(server)
+        records = usage(server, tenant="acme", group_by="request").json()["data"]
+    [record] = records
+    assert record["state"] == "estimated" and record["status"] == 499
+    assert record["completion_tokens"] == 50  # the reservation: the upstream may bill what it generated
