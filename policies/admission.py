@@ -47,6 +47,7 @@ class AliasPolicy:
 
 
 _NO_ALIAS = AliasPolicy()
+_QUEUED = AdmitResult("bucket")
 _StaticPlan = tuple[list[Bucket], list[Bucket], list[Slot], list[Spend]]
 
 
@@ -173,6 +174,8 @@ class Admission:
                 await self.sweep()
             except GatewayError as exc:
                 self._log.warning("ledger sweep failed", error=exc.message)
+            except Exception:  # the sweeper must outlive any one failure
+                self._log.exception("ledger sweep failed")
 
     @asynccontextmanager
     async def admit(self, call: Call) -> AsyncIterator[None]:
@@ -202,7 +205,11 @@ class Admission:
     async def _admit(self, call: Call) -> _Admitted:
         rules = self._rules.get(call.tenant, self._fallback_rules)
         reservation = await self._plan(call, rules)
-        result = await self.store.admit(reservation)
+        if rules.max_wait_s > 0 and self.queue is not None and self.queue.waiting(call.tenant):
+            # the tenant's earlier (or higher-priority) requests are waiting: no overtaking them
+            result = await self._wait(call, rules, reservation, _QUEUED)
+        else:
+            result = await self.store.admit(reservation)
         if result.outcome == "dup":  # a client reused a request id: the ledger entry gets its own
             reservation.entry_id = f"{reservation.entry_id}.{uuid.uuid4().hex[:8]}"
             result = await self.store.admit(reservation)
@@ -300,6 +307,11 @@ class Admission:
             return QuotaExceeded(
                 f"You exceeded your current quota: the {spend.scope} budget of ${usd(spend.limit or 0):.2f} "
                 "is spent (or this request's estimate would pass it). It resets with the next budget period.")
+        if result.index < 0:  # timed out in the queue before its first try
+            metrics.REFUSED.labels(call.tenant, "queue_timeout").inc()
+            return RateLimited(f"The request waited {self._rules.get(call.tenant, self._fallback_rules).max_wait_s:g} "
+                               "s in the queue without being admitted; please retry later.",
+                               headers={"Retry-After": "1"})
         if result.outcome == "slot":
             slot = reservation.slots[result.index]
             metrics.REFUSED.labels(call.tenant, "concurrency").inc()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 REFUSED = Counter("gateway_limit_refused_total", "Requests refused by a limit, by tenant and reason "
-                  "(requests, tokens, concurrency, queue_full, too_large, budget)", ["tenant", "reason"])
+                  "(requests, tokens, concurrency, queue_full, queue_timeout, too_large, budget)", ["tenant", "reason"])
 QUEUED = Counter("gateway_queued_total", "Requests that waited in the queue", ["tenant"])
 QUEUE_WAIT = Histogram("gateway_queue_wait_seconds", "Time waited in the queue before admission or refusal",
                        ["tenant"], buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
