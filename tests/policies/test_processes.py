@@ -167,3 +167,24 @@ def test_ledger_stays_exact_when_a_process_is_killed_mid_load(tmp_path, upstream
         assert total == sum(seen.values()) + per_request * len(never_reached)
     finally:
         stop_processes(processes)
+
+
+def test_four_processes_hold_a_token_limit_to_one_estimate(tmp_path, upstream, redis_url):
+    tokens_per_minute = 1200  # a bucket of 1,200 tokens refilled at 20 a second
+    text = policy_config(upstream[0].url, acme=f"    limits: {{tpm: {tokens_per_minute}}}\n    max_wait_s: 0",
+                         stores=f"  redis_url: {redis_url}")
+    processes, urls = start_processes(tmp_path, text)
+    try:
+        started = time.monotonic()
+        outcomes = asyncio.run(_load(urls, max_tokens=10))
+        elapsed = time.monotonic() - started
+        admitted = outcomes.count("ok")
+        assert admitted + sum(o.startswith("429:") for o in outcomes) == CLIENTS, outcomes
+        records = wait_for_ledger(urls[1], admitted)
+        used = sum(r["prompt_tokens"] + r["completion_tokens"] for r in records)
+        # each request reserves its prompt estimate + max_tokens 10 (about 18 tokens) and uses about 12
+        allowed = tokens_per_minute + elapsed * tokens_per_minute / 60
+        assert used <= allowed + 18, (used, allowed)
+        assert used >= tokens_per_minute * 0.6, (used, allowed)  # the refunds were spent, not lost
+    finally:
+        stop_processes(processes)
