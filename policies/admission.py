@@ -227,9 +227,7 @@ class Admission:
                                   budget=spend.scope, limit_usd=usd(spend.limit or 0))
         if reservation.buckets:
             call.record.response_headers.update(bucket.headers(reservation.buckets, result.levels))
-        store = self.store.memory if isinstance(self.store, FailoverStore) and result.store == "memory" \
-            else self.store
-        return _Admitted(reservation, store)
+        return _Admitted(reservation, self.store)  # a fail-open store knows which store admitted it
 
     async def _wait(self, call: Call, rules: _Rules, reservation: Reservation,
                     refused: AdmitResult) -> AdmitResult:
@@ -388,12 +386,11 @@ class Admission:
 
     def _give_back(self, reservation: Reservation, result: AdmitResult) -> None:
         """A waiter admitted just as its client left: nothing ran, so nothing is charged."""
-        store = self.store.memory if isinstance(self.store, FailoverStore) and result.store == "memory" \
-            else self.store
+        del result
         nothing = Settlement(reservation=reservation, deployment="-", prompt_tokens=0, completion_tokens=0,
                              cached_tokens=0, cost=0, status=_CLIENT_CLOSED, latency_ms=0.0, cache_hit=False,
                              estimated=False)
-        task = asyncio.get_running_loop().create_task(self._settle(store, nothing))
+        task = asyncio.get_running_loop().create_task(self._settle(self.store, nothing))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
