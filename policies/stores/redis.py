@@ -33,11 +33,13 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if redis.call('EXISTS', rec) == 1 then return 'dup' end
 local levels = {}
 local wait, failed = 0, 0
+local fields = {}
+for i = 1, nb do fields[2 * i - 1], fields[2 * i] = p.b[i][1] .. ':v', p.b[i][1] .. ':t' end
+local h = nb > 0 and redis.call('HMGET', buckets, unpack(fields)) or {}
 for i = 1, nb do
   local b = p.b[i]
   local cap, rate, cost = b[2], b[3], b[4]
-  local h = redis.call('HMGET', buckets, b[1] .. ':v', b[1] .. ':t')
-  local v, at = tonumber(h[1]) or cap, tonumber(h[2]) or now
+  local v, at = tonumber(h[2 * i - 1]) or cap, tonumber(h[2 * i]) or now
   if now > at then v = v + (now - at) * rate end
   if v > cap then v = cap end
   levels[i] = v
@@ -57,29 +59,36 @@ for j = 1, ns do
   end
 end
 local soft = {}
+local sfields = {}
+for k = 1, nsp do sfields[2 * k - 1], sfields[2 * k] = p.p[k][1] .. ':s', p.p[k][1] .. ':r' end
+local sh = nsp > 0 and redis.call('HMGET', spend, unpack(sfields)) or {}
 for k = 1, nsp do
-  local field, limit, softl = p.p[k][1], p.p[k][2], p.p[k][3]
-  local h = redis.call('HMGET', spend, field .. ':s', field .. ':r')
-  local total = (tonumber(h[1]) or 0) + (tonumber(h[2]) or 0) + est
+  local limit, softl = p.p[k][2], p.p[k][3]
+  local total = (tonumber(sh[2 * k - 1]) or 0) + (tonumber(sh[2 * k]) or 0) + est
   if limit >= 0 and total > limit then return 'budget ' .. k end
   if softl >= 0 and total >= softl then soft[#soft + 1] = k end
 end
 local out = {'ok', 0, '0'}
 local ttl = 0
+local set, stamp = {}, tostring(now)
 for i = 1, nb do
   local b = p.b[i]
   local v = levels[i] - b[4]
-  redis.call('HSET', buckets, b[1] .. ':v', tostring(v), b[1] .. ':t', tostring(now))
+  local text = tostring(v)
+  set[4 * i - 3], set[4 * i - 2], set[4 * i - 1], set[4 * i] = fields[2 * i - 1], text, fields[2 * i], stamp
   local full = math.ceil((b[2] - v) / b[3] * 1000) + 60000
   if full > ttl then ttl = full end
-  out[#out + 1] = tostring(v)
+  out[#out + 1] = text
 end
-if nb > 0 and redis.call('PTTL', buckets) < ttl then redis.call('PEXPIRE', buckets, ttl) end
+if nb > 0 then
+  redis.call('HSET', buckets, unpack(set))
+  if redis.call('PTTL', buckets) < ttl then redis.call('PEXPIRE', buckets, ttl) end
+end
 for j = 1, ns do
   redis.call('ZADD', KEYS[4 + j], now + p.lease, entry)
   redis.call('PEXPIRE', KEYS[4 + j], math.ceil(p.lease * 1000) + 60000)
 end
-for k = 1, nsp do redis.call('HINCRBY', spend, p.p[k][1] .. ':r', ARGV[2]) end
+for k = 1, nsp do redis.call('HINCRBY', spend, sfields[2 * k], ARGV[2]) end
 redis.call('HSET', rec, 'state', 'reserved', 'plan', ARGV[4])
 redis.call('ZADD', pending, now + p.lease, entry)
 out[#out + 1] = 'soft'
