@@ -77,6 +77,16 @@ class LocalEngineSettings(BaseModel):
                 "dtype": self.dtype, "num_threads": self.num_threads}
 
 
+class Price(BaseModel):
+    """USD per million tokens; overrides the shipped model catalog for one deployment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0, description="default: the input price")
+
+
 class DeploymentConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -103,6 +113,8 @@ class DeploymentConfig(BaseModel):
     aws_secret_access_key: str | None = None
     aws_session_token: str | None = None
     context_window: int | None = Field(default=None, gt=0, description="tokens; overrides the model catalog's")
+    price: Price | None = None              # default: the catalog's price for `model`
+    max_concurrency: int | None = Field(default=None, ge=1, description="requests in flight at once")
 
     @field_validator("api_base")
     @classmethod

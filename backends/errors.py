@@ -9,9 +9,12 @@
     │   ├── PermissionDenied          403 invalid_request_error / permission_denied
     │   ├── NotFound                  404 invalid_request_error / not_found
     │   │   └── ModelNotFound         404 invalid_request_error / model_not_found
-    │   └── MethodNotAllowed          405 invalid_request_error / method_not_allowed
+    │   ├── MethodNotAllowed          405 invalid_request_error / method_not_allowed
+    │   ├── RateLimited               429 requests|tokens / rate_limit_exceeded   (+ Retry-After, x-ratelimit-*)
+    │   └── QuotaExceeded             429 insufficient_quota / insufficient_quota  (a budget's hard stop)
     ├── Unavailable                   503 service_unavailable     (no enabled deployment, shutting down)
     └── UpstreamError                 the upstream's status       (the upstream said no)
+        ├── DeploymentBusy            429 rate_limit_error / deployment_busy  (its max_concurrency is taken)
         ├── UpstreamConnectionError   502 upstream_error / upstream_unreachable
         └── UpstreamTimeout           504 timeout / upstream_timeout
             └── DeadlineExceeded      504 timeout / deadline_exceeded (the request's total deadline)
@@ -96,6 +99,22 @@ class MethodNotAllowed(ClientError):
     code = "method_not_allowed"
 
 
+class RateLimited(ClientError):
+    """A limit of the gateway (not the upstream's): OpenAI's ``type`` names the bucket, requests or tokens."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+    log_level = "warning"
+
+
+class QuotaExceeded(ClientError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+    log_level = "warning"
+
+
 class Unavailable(GatewayError):
     status = 503
     type = "service_unavailable"
@@ -110,6 +129,14 @@ class UpstreamError(GatewayError):
     type = "upstream_error"
     code: str | None = None
     log_level = "warning"
+
+
+class DeploymentBusy(UpstreamError):
+    """A deployment's own in-flight cap (``max_concurrency``) is taken; another deployment may answer."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "deployment_busy"
 
 
 class UpstreamConnectionError(UpstreamError):

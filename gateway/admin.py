@@ -6,13 +6,15 @@ Each area adds its handlers to ``ROUTES``: usage (policies), deployments (resili
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
 
-from backends.errors import PermissionDenied
+from backends.errors import InvalidRequest, NotFound, PermissionDenied
+from policies import ledger
 
 from .auth import hash_key, presented_key
 from .keys import GATEWAY, RECORD
@@ -70,3 +72,45 @@ def add_routes(app: web.Application) -> None:
 
 
 __all__ = ["Principal", "add_routes", "principal", "require_admin"]
+
+
+async def _usage(request: web.Request) -> web.StreamResponse:
+    """``GET /admin/usage?tenant=&from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=model|day|key|request&format=json|csv``:
+    an admin key reads any tenant (all when ``tenant`` is left out), a tenant key its own."""
+    who = principal(request)
+    gateway = request.app[GATEWAY]
+    query = request.query
+    known = [t.name for t in gateway.loaded.config.tenants]
+    asked = query.get("tenant")
+    if not who.admin:
+        if asked is not None and asked != who.tenant:
+            raise PermissionDenied("A tenant key reads only its own tenant's usage.")
+        tenants = [who.tenant or ""]
+    elif asked is not None:
+        if asked not in known:
+            raise NotFound(f"No tenant named {asked!r}.")
+        tenants = [asked]
+    else:
+        tenants = known
+    group_by = query.get("group_by", "model")
+    if group_by not in ledger.GROUPS:
+        raise InvalidRequest(f"group_by must be one of {', '.join(ledger.GROUPS)}", param="group_by")
+    fmt = query.get("format", "csv" if "text/csv" in request.headers.get("Accept", "") else "json")
+    if fmt not in ("json", "csv"):
+        raise InvalidRequest("format must be json or csv", param="format")
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    try:
+        days = ledger.days_between(query.get("from", today), query.get("to", today))
+    except ValueError as exc:
+        raise InvalidRequest(f"from/to: {exc} (dates are YYYY-MM-DD, UTC)", param="from") from exc
+    store = gateway.pipeline.admission.store
+    rows = [row for tenant in tenants for row in await ledger.usage(store, tenant, days, group_by)]  # type: ignore[arg-type]  # checked above
+    request[RECORD].status = 200
+    headers = {"x-request-id": request[RECORD].request_id}
+    if fmt == "csv":
+        return web.Response(text=ledger.to_csv(rows), content_type="text/csv", headers=headers)
+    body = {"object": "list", "from": days[0], "to": days[-1], "group_by": group_by, "data": rows}
+    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+ROUTES.append(("GET", "/admin/usage", _usage))

@@ -16,6 +16,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from backends.config import DeploymentConfig
+from policies.config import PolicyDefaults, StoresConfig, TenantPolicyFields
 from policies.resilience_config import (
     FallbackConfig,
     ResilienceConfig,
@@ -69,7 +70,7 @@ def _key_hash(value: str) -> str:
     return value
 
 
-class TenantConfig(_Frozen):
+class TenantConfig(TenantPolicyFields):  # + limits, budget, priority: policies/config.py
     name: str = Field(min_length=1)
     keys: tuple[Annotated[str, AfterValidator(_key_hash)], ...] = ()
     models: Literal["*"] | tuple[str, ...] = "*"
@@ -85,6 +86,8 @@ class AdminConfig(_Frozen):
 class GatewayConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
+    stores: StoresConfig = StoresConfig()
+    policies: PolicyDefaults = PolicyDefaults()
     models: tuple[ModelAlias, ...] = ()
     tenants: tuple[TenantConfig, ...] = ()
     resilience: ResilienceConfig = ResilienceConfig()
@@ -112,6 +115,15 @@ class GatewayConfig(_Frozen):
                 if key in seen_keys:
                     problems.append(f"tenants[{i}].keys[{j}]: already a key of tenant {seen_keys[key]!r}")
                 seen_keys[key] = tenant.name
+            for alias in tenant.model_limits or {}:
+                if alias not in aliases:
+                    problems.append(f"tenants[{i}].model_limits.{alias}: no model alias named {alias!r}")
+            for key_id in tenant.per_key:
+                if not any(key[7:19] == key_id for key in tenant.keys):
+                    problems.append(f"tenants[{i}].per_key.{key_id}: not the id of one of this tenant's keys")
+        for alias in self.policies.model_limits:
+            if alias not in aliases:
+                problems.append(f"policies.model_limits.{alias}: no model alias named {alias!r}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

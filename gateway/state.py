@@ -5,14 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from backends import Backend, SessionPool, build_backend
-from policies.admission import Admission
+from policies.admission import Admission, AliasPolicy
 from policies.cache import ResponseCache
+from policies.concurrency import InFlightLimited
+from policies.cost import PriceTable, dearest, deployment_price
 from policies.resilience import Resilience
 from policies.router import Route, Router
+from policies.tokens import encoding_for
 
 from . import metrics
 from .auth import Authenticator
-from .config import LoadedConfig
+from .config import GatewayConfig, LoadedConfig
+from .logs import get_logger
 from .pipeline import Pipeline
 
 
@@ -35,6 +39,7 @@ class Gateway:
         routes: dict[str, list[Route]] = {}
         disabled: dict[str, list[str]] = {}
         backends: list[Backend] = []
+        admission = _admission(config)
         for alias in config.models:
             routes[alias.name] = []
             for index, deployment in enumerate(alias.deployments):
@@ -44,6 +49,10 @@ class Gateway:
                     disabled.setdefault(alias.name, []).append(f"{deployment.id}: {reason}")
                     continue
                 backend = build_backend(deployment, pool)
+                if deployment.max_concurrency is not None:
+                    backend = InFlightLimited(backend, deployment.max_concurrency, admission.store,
+                                              wait_s=deployment.timeouts.connect_s,
+                                              lease_s=config.stores.settle_after_s)
                 backends.append(backend)
                 routes[alias.name].append(Route.of(alias.name, deployment, backend))
         router = Router(routes, disabled, {alias.name: alias.routing for alias in config.models})
@@ -52,7 +61,7 @@ class Gateway:
                                 events=metrics.ResilienceMetrics())
         for route in router.all_routes():
             metrics.BREAKER_STATE.labels(route.key).set(0)
-        pipeline = Pipeline(Admission(), ResponseCache(), resilience)
+        pipeline = Pipeline(admission, ResponseCache(), resilience)
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline)
 
@@ -80,3 +89,21 @@ class Gateway:
             object.__setattr__(self, f.name, getattr(other, f.name))
         self.draining = old.draining
         return old
+
+
+def _admission(config: GatewayConfig) -> Admission:
+    prices: dict[str, PriceTable] = {}
+    aliases: dict[str, AliasPolicy] = {}
+    for alias in config.models:
+        alias_prices = []
+        for deployment in alias.deployments:
+            price = prices[deployment.id] = deployment_price(deployment.model, deployment.price)
+            alias_prices.append(price)
+            if not price.known:
+                get_logger().warning("no price for deployment: its usage is recorded at $0 (set its price)",
+                                     alias=alias.name, deployment=deployment.id)
+        aliases[alias.name] = AliasPolicy(encoding=encoding_for(alias.deployments[0].model),
+                                          max_price=dearest(alias_prices),
+                                          count_streams=any(not d.stream_usage for d in alias.deployments))
+    return Admission(tenants={t.name: t for t in config.tenants}, defaults=config.policies,
+                     stores=config.stores, aliases=aliases, prices=prices)

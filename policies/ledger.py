@@ -1,0 +1,62 @@
+"""Reading the ledger: usage per tenant over a range of UTC days, grouped by model alias, day or key, or
+the records themselves. Writing it is admission's reservation and settlement (one record per request id)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from collections import defaultdict
+from typing import Any, Literal
+
+from .stores.base import NANO, Store
+
+GroupBy = Literal["model", "day", "key", "request"]
+GROUPS = ("model", "day", "key", "request")
+MAX_DAYS = 400
+MAX_RECORDS = 10_000
+_METRICS = ("requests", "prompt_tokens", "completion_tokens", "cost_nusd", "cache_hits", "errors", "estimated")
+
+
+def days_between(start: str, end: str) -> list[str]:
+    """Every UTC day from ``start`` to ``end`` inclusive (``YYYY-MM-DD``); ValueError names the problem."""
+    first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    if last < first:
+        raise ValueError("'to' is before 'from'")
+    count = (last - first).days + 1
+    if count > MAX_DAYS:
+        raise ValueError(f"at most {MAX_DAYS} days at once")
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range(count)]
+
+
+async def usage(store: Store, tenant: str, days: list[str], group_by: GroupBy) -> list[dict[str, Any]]:
+    if group_by == "request":
+        start = dt.datetime.fromisoformat(days[0]).replace(tzinfo=dt.UTC).timestamp()
+        end = start + len(days) * 86400
+        records = await store.records(tenant, start, end, MAX_RECORDS)
+        for record in records:
+            record["cost_usd"] = record.pop("cost_nusd") / NANO
+        return records
+    totals: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(_METRICS, 0))
+    for day, fields in (await store.aggregates(tenant, days)).items():
+        for name, value in fields.items():
+            metric, alias, key_id = name.split("|", 2)
+            group = {"model": alias, "day": day, "key": key_id}[group_by]
+            totals[(tenant, group)][metric] += value
+    rows = []
+    for (name, group), values in sorted(totals.items()):
+        row: dict[str, Any] = {"tenant": name, group_by: group}
+        row.update({k: v for k, v in values.items() if k != "cost_nusd"})
+        row["cost_usd"] = values["cost_nusd"] / NANO
+        rows.append(row)
+    return rows
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

@@ -1,0 +1,22 @@
+"""Prometheus metrics of limits, budgets and the ledger (same registry as gateway/metrics.py)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REFUSED = Counter("gateway_limit_refused_total", "Requests refused by a limit, by tenant and reason "
+                  "(requests, tokens, concurrency, queue_full, queue_timeout, too_large, budget)", ["tenant", "reason"])
+QUEUED = Counter("gateway_queued_total", "Requests that waited in the queue", ["tenant"])
+QUEUE_WAIT = Histogram("gateway_queue_wait_seconds", "Time waited in the queue before admission or refusal",
+                       ["tenant"], buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+QUEUE_DEPTH = Gauge("gateway_queue_depth", "Requests waiting in the queue now", multiprocess_mode="livesum")
+BUDGET_SOFT = Counter("gateway_budget_soft_threshold_total", "Requests admitted past a budget's soft threshold",
+                      ["tenant", "budget"])
+COST = Counter("gateway_cost_usd_total", "USD charged to the ledger, by tenant and model alias",
+               ["tenant", "alias"])
+SETTLED = Counter("gateway_ledger_settled_total", "Ledger records settled, by how (usage, counted, estimated, "
+                  "swept, duplicate)", ["how"])
+STORE_ERRORS = Counter("gateway_store_errors_total", "Redis store failures, by operation and the mode applied",
+                       ["operation", "mode"])
+STORE_DEGRADED = Gauge("gateway_store_degraded", "1 while Redis is unreachable and this process uses memory",
+                       multiprocess_mode="max")

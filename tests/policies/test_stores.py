@@ -1,0 +1,179 @@
+"""The two stores behind one interface: the same checks on memory and on a real Redis; Redis going away."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import openai
+import pytest
+
+from policies.stores.base import Bucket, Reservation, Settlement, Slot, Spend
+from policies.stores.memory import MemoryStore
+from policies.stores.redis import RedisStore
+from tests.harness import free_port
+from tests.policies.conftest import chat, policy_config, sdk, settled, usage
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request):  # type: ignore[no-untyped-def]
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    server = request.getfixturevalue("redis_server")
+    redis = RedisStore(server.url)
+    yield redis
+    await redis.close()
+
+
+def reservation(entry: str, *, cost: float = 1.0, lease_s: float = 60.0, est_cost: int = 1000) -> Reservation:
+    return Reservation(entry_id=entry, tenant="acme", key_id="k", alias="chat", day="2026-11-25",
+                       ts=time.time(), buckets=[Bucket("gw:{t:acme}:tpm", 100.0, 0.001, cost, "tokens", "tenant",
+                                                       100)],
+                       slots=[Slot("gw:{t:acme}:inflight", 2, "tenant")],
+                       spends=[Spend("gw:{t:acme}:spend:d:2026-11-25", 5000, 4000, 3600, "tenant daily")],
+                       est_prompt=10, est_completion=int(cost) - 10, est_cost=est_cost, lease_s=lease_s)
+
+
+def settlement(r: Reservation, prompt: int, completion: int, cost: int) -> Settlement:
+    return Settlement(r, "dep", prompt, completion, 0, cost, 200, 1.0, False, False)
+
+
+async def test_admit_is_all_or_nothing(store):
+    first = await store.admit(reservation("a", cost=60))
+    assert first.outcome == "ok" and first.levels == [pytest.approx(40, abs=0.1)]
+    refused = await store.admit(reservation("b", cost=60))  # the bucket has 40 left
+    assert refused.outcome == "bucket" and refused.retry_after > 1000
+    assert await store.spent("gw:{t:acme}:spend:d:2026-11-25") == (0, 1000)  # b reserved nothing
+    assert (await store.admit(reservation("a", cost=1))).outcome == "dup"
+    assert (await store.admit(reservation("c", cost=200))).outcome == "too_large"
+
+
+async def test_settle_refunds_tokens_moves_spend_and_is_idempotent(store):
+    r = reservation("a", cost=60)
+    await store.admit(r)
+    assert await store.settle(settlement(r, 10, 20, 700)) is True
+    assert await store.settle(settlement(r, 10, 20, 700)) is False  # never doubled
+    assert await store.spent("gw:{t:acme}:spend:d:2026-11-25") == (700, 0)
+    nxt = await store.admit(reservation("b", cost=60))
+    assert nxt.levels == [pytest.approx(100 - 30 - 60, abs=0.2)]  # 30 of the 60 reserved came back
+    [record] = await store.records("acme", 0, time.time() + 10, 100)
+    assert record["cost_nusd"] == 700 and record["state"] == "settled"
+    aggregates = await store.aggregates("acme", ["2026-11-25"])
+    assert aggregates["2026-11-25"]["requests|chat|k"] == 1
+    assert aggregates["2026-11-25"]["cost_nusd|chat|k"] == 700
+
+
+async def test_in_flight_slots_and_budget_refuse(store):
+    await store.admit(reservation("a", cost=1))
+    await store.admit(reservation("b", cost=1))
+    assert (await store.admit(reservation("c", cost=1))).outcome == "slot"
+    budget = await store.admit(reservation("d", cost=1, est_cost=5000))
+    assert budget.outcome in ("slot", "budget")
+    r = reservation("a", cost=1)
+    await store.settle(settlement(r, 1, 0, 10))
+    over = await store.admit(reservation("e", cost=1, est_cost=4000))
+    assert over.outcome == "budget"  # 10 spent + 1000 reserved + 4000 > 5000
+    soft = await store.admit(reservation("f", cost=1, est_cost=3000))
+    assert soft.outcome == "ok" and soft.soft == [0]
+
+
+async def test_sweeper_settles_a_dead_process_reservation_at_its_estimate_once(store):
+    r = reservation("lost", cost=50, lease_s=0.2)
+    await store.admit(r)
+    assert await store.sweep(["acme"]) == 0  # not yet overdue
+    await asyncio.sleep(0.3)
+    assert await store.sweep(["acme"]) == 1
+    assert await store.sweep(["acme"]) == 0
+    assert await store.settle(settlement(r, 1, 1, 1)) is False  # a late settlement is not counted twice
+    [record] = await store.records("acme", 0, time.time() + 10, 100)
+    assert record["state"] == "estimated" and record["cost_nusd"] == 1000
+    assert await store.spent("gw:{t:acme}:spend:d:2026-11-25") == (1000, 0)
+    assert (await store.admit(reservation("next", cost=1))).outcome == "ok"  # its slot was freed
+
+
+class OwnRedis:
+    """A redis-server this test can stop and start again on the same port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="gateway-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+                                         "--save", "", "--appendonly", "no", "--dir", self.dir],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def own_redis():  # type: ignore[no-untyped-def]
+    server = OwnRedis()
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+def test_fail_open_serves_from_memory_and_recovers_when_redis_returns(upstream, start_gateway, own_redis):
+    import httpx
+
+    server = start_gateway(policy_config(upstream[0].url, acme="    limits: {rpm: 1000}", stores=f"""
+  redis_url: {own_redis.url}
+  on_redis_error: fail_open
+  redis_timeout_s: 0.2
+  retry_redis_after_s: 0.3"""))
+    with sdk(server) as client:
+        chat(client)
+        own_redis.stop()
+        assert chat(client).parse().choices  # Redis is gone: admitted from this process's memory
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'gateway_store_errors_total{mode="fail_open",operation=' in metrics  # admit or the sweeper's
+        assert "gateway_store_degraded 1.0" in metrics
+        own_redis.start()
+        time.sleep(0.4)
+        assert chat(client).parse().choices
+        assert "gateway_store_degraded 0.0" in httpx.get(server.url + "/metrics").text
+    settled(server)
+    rows = usage(server, tenant="acme", group_by="request").json()["data"]
+    assert len(rows) == 1  # the restarted Redis is empty: only the request after its return is in it
+
+
+def test_fail_closed_answers_503_and_recovers(upstream, start_gateway, own_redis):
+    server = start_gateway(policy_config(upstream[0].url, stores=f"""
+  redis_url: {own_redis.url}
+  on_redis_error: fail_closed
+  redis_timeout_s: 0.2
+  retry_redis_after_s: 0.3"""))
+    with sdk(server) as client:
+        chat(client)
+        own_redis.stop()
+        with pytest.raises(openai.InternalServerError) as refused:
+            chat(client)
+        assert refused.value.status_code == 503
+        assert refused.value.response.headers["Retry-After"] == "1"
+        own_redis.start()
+        time.sleep(0.4)
+        assert chat(client).parse().choices
