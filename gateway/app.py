@@ -134,6 +134,10 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
         metrics.TOKENS.labels(record.tenant, record.alias, "prompt").inc(record.prompt_tokens)
     if record.completion_tokens:
         metrics.TOKENS.labels(record.tenant, record.alias, "completion").inc(record.completion_tokens)
+    if record.cache is not None:
+        metrics.CACHE_LOOKUPS.labels(record.tenant, record.alias, record.cache).inc()
+        if record.saved_usd:
+            metrics.CACHE_SAVED.labels(record.tenant).inc(record.saved_usd)
     if record.deployment is not None and (record.status >= 500 or record.status in (408, 429)):
         metrics.UPSTREAM_ERRORS.labels(record.deployment, status).inc()
     if not gateway.loaded.config.server.log_requests:
@@ -146,6 +150,8 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
     }
     if record.ttft_s is not None:
         fields["ttft_ms"] = round(record.ttft_s * 1000, 3)
+    if record.cache is not None:
+        fields["cache"] = record.cache
     if record.error is not None:
         fields["error"] = record.error
     if record.prompt is not None:

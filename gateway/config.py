@@ -16,6 +16,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from backends.config import DeploymentConfig
+from policies.cache.config import CacheConfig, CacheOverride
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -49,6 +50,7 @@ class ServerConfig(_Frozen):
 class ModelAlias(_Frozen):
     name: str = Field(min_length=1)
     deployments: tuple[DeploymentConfig, ...] = Field(min_length=1)
+    cache: CacheOverride | None = None
 
 
 def _key_hash(value: str) -> str:
@@ -62,6 +64,7 @@ class TenantConfig(_Frozen):
     name: str = Field(min_length=1)
     keys: tuple[Annotated[str, AfterValidator(_key_hash)], ...] = ()
     models: Literal["*"] | tuple[str, ...] = "*"
+    cache: CacheOverride | None = None
 
     def allows(self, alias: str) -> bool:
         return self.models == "*" or alias in self.models
@@ -76,6 +79,7 @@ class GatewayConfig(_Frozen):
     admin: AdminConfig = AdminConfig()
     models: tuple[ModelAlias, ...] = ()
     tenants: tuple[TenantConfig, ...] = ()
+    cache: CacheConfig = CacheConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:

@@ -47,7 +47,9 @@ class Gateway:
                 backends.append(backend)
                 routes[alias.name].append(Route(backend, deployment.weight))
         router = Router(routes, disabled)
-        pipeline = Pipeline(Admission(), ResponseCache(), Resilience(router))
+        cache = ResponseCache(config.cache, tenants={t.name: t.cache for t in config.tenants},
+                              aliases={m.name: m.cache for m in config.models})
+        pipeline = Pipeline(Admission(), cache, Resilience(router))
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline)
 
