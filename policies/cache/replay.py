@@ -18,7 +18,7 @@ def assemble(events: list[bytes], usage: dict[str, Any] | None) -> dict[str, Any
     """The ``chat.completion`` a stream of ``chat.completion.chunk`` events amounts to; None if the events
     are not one whole, successful, single-choice answer."""
     head: dict[str, Any] = {}
-    message: dict[str, Any] = {"role": "assistant", "content": None}
+    message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
     content: list[str] = []
     refusal: list[str] = []
     tools: dict[int, dict[str, Any]] = {}
