@@ -104,12 +104,19 @@ class ResponseCache:
         if "no-cache" in _directives(call.headers):
             return None
         identity = identify(call.tenant, call.alias, call.endpoint.value, call.body)
-        raw = await self.answers.get(entry_key(call.tenant, call.alias, identity.key))
-        if raw is not None:
-            return self._hit(call, raw, "hit-exact", None)
-        if not (settings.semantic and identity.question is not None and self.index is not None):
+        # a cache that fails (Redis or Qdrant unreachable, a slow embedding) is a miss, never a failed request
+        try:
+            raw = await self.answers.get(entry_key(call.tenant, call.alias, identity.key))
+            if raw is not None:
+                return self._hit(call, raw, "hit-exact", None)
+            if not (settings.semantic and identity.question is not None and self.index is not None
+                    and self.embedder.loaded):
+                return None
+            return await asyncio.wait_for(self._semantic(call, settings, identity),
+                                          self.config.semantic.timeout_s)
+        except Exception as exc:
+            log.warning("cache lookup failed, answering from upstream: %r", exc)
             return None
-        return await self._semantic(call, settings, identity)
 
     async def _semantic(self, call: Call, settings: Settings, identity: Identity) -> UpstreamResponse | None:
         from . import verifier

@@ -28,6 +28,7 @@ class SemanticConfig(_Frozen):
     path: str | None = None          # index: edge -> where the shard lives (a temporary folder when unset)
     collection_prefix: str = Field(default="gateway_cache", min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
     candidates: int = Field(default=3, ge=1, le=50)
+    timeout_s: float = Field(default=1.0, gt=0)   # a semantic lookup slower than this is a miss
 
     @model_validator(mode="after")
     def _url_for_qdrant(self) -> SemanticConfig:

@@ -26,7 +26,9 @@ def load_model(path: str | None = None) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(path or model_path(), device="cpu")
+    model = SentenceTransformer(path or model_path(), device="cpu")
+    encode(model, ["warm up"])  # the first call is several times slower: take it before serving
+    return model
 
 
 def encode(model: Any, texts: list[str]) -> np.ndarray:
@@ -53,6 +55,12 @@ class Embedder:
         self._loading = loop.run_in_executor(self._executor, load_model, self._path)
         self._queue = asyncio.Queue()
         self._worker = asyncio.create_task(self._run(), name="cache-embedder")
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is loaded (until then semantic lookups miss rather than wait)."""
+        loading = self._loading
+        return loading is not None and loading.done() and not loading.cancelled() and loading.exception() is None
 
     async def ready(self) -> None:
         if self._loading is None:

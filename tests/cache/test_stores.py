@@ -114,6 +114,7 @@ async def test_semantic_cache_with_qdrant_client_index_and_expiry() -> None:
     cache = ResponseCache(config)
     await cache.start()
     try:
+        await cache.embedder.ready()   # the TTL runs from the store call: don't spend it loading the model
         stored = _call("What is the capital of France?")
         await cache.lookup(stored)
         cache.store(stored, _answer("Paris"))
@@ -141,3 +142,21 @@ def test_config_errors_name_the_field() -> None:
     problems = "\n".join(exc.value.problems)
     assert "cache.semantic" in problems and "url" in problems
     assert "tenants[0].cache.ttl_s" in problems
+
+
+async def test_an_unreachable_store_is_a_miss_not_a_failure() -> None:
+    from tests.harness import free_port
+
+    client = aioredis.from_url(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=0.5)
+    cache = ResponseCache(CacheConfig(enabled=True), redis=client)
+    await cache.start()
+    try:
+        call = _call("Anyone there?")
+        assert await cache.lookup(call) is None
+        assert call.record.cache == "miss"
+        cache.store(call, _answer("no"))
+        await cache.drain()   # the failed write is logged; the writer goes on
+        assert await cache.lookup(_call("Anyone there?")) is None
+    finally:
+        await cache.close()
+        await client.aclose()
