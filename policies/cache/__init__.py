@@ -63,6 +63,7 @@ class ResponseCache:
             o is not None and o.semantic for o in (*self._tenants.values(), *self._aliases.values()))
         self.embedder: Any = None
         self.index: Any = None
+        self.index_ready = False
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # query vectors kept from lookup for store
         self._queue: asyncio.Queue[_Pending] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -109,7 +110,7 @@ class ResponseCache:
             raw = await self.answers.get(entry_key(call.tenant, call.alias, identity.key))
             if raw is not None:
                 return self._hit(call, raw, "hit-exact", None)
-            if not (settings.semantic and identity.question is not None and self.index is not None
+            if not (settings.semantic and identity.question is not None and self.index_ready
                     and self.embedder.loaded):
                 return None
             return await asyncio.wait_for(self._semantic(call, settings, identity),
@@ -176,7 +177,7 @@ class ResponseCache:
                  "cost": _cost(data, call.record.cost_usd), "question": identity.question}
         pending = _Pending(key=entry_key(call.tenant, call.alias, identity.key), value=orjson.dumps(entry),
                            ttl_s=settings.ttl_s, tenant=call.tenant, alias=call.alias, identity=identity,
-                           semantic=settings.semantic and identity.question is not None and self.index is not None,
+                           semantic=settings.semantic and identity.question is not None and self.index_ready,
                            expires=time.time() + settings.ttl_s)
         try:
             self._queue.put_nowait(pending)
@@ -187,7 +188,7 @@ class ResponseCache:
         """Removes a tenant's entries (one alias's when given) from both caches; returns how many answers."""
         await self.drain()
         removed = await self.answers.purge(tenant, alias)
-        if self.index is not None:
+        if self.index_ready:
             await self.index.purge(tenant, alias)
         return removed
 
@@ -234,11 +235,25 @@ class ResponseCache:
                                     "entry": item.key, "expires": item.expires}))
         await self.index.add_many(points)
 
-    async def _sweeper(self) -> None:
+    async def _open_index(self) -> None:
+        """Opens the vector index, retrying while it is unreachable (a Qdrant server starting beside us);
+        until then semantic lookups miss and answers go to the exact cache only. Then sweeps expired points."""
+        delay = 1.0
+        while True:
+            try:
+                await self.index.start()
+                break
+            except Exception as exc:
+                log.warning("semantic cache index not available, retrying in %.0f s: %r", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        self.index_ready = True
         while True:
             await asyncio.sleep(_SWEEP_S)
-            with contextlib.suppress(Exception):
+            try:
                 await self.index.sweep()
+            except Exception as exc:
+                log.warning("semantic cache sweep failed: %r", exc)
 
     async def start(self) -> None:
         if not (self.config.enabled or any(o is not None and o.enabled for o in
@@ -252,8 +267,7 @@ class ResponseCache:
             self.embedder = Embedder()
             await self.embedder.start()  # the model loads in its worker thread; lookups wait for it
             self.index = build_index(self.config.semantic)
-            await self.index.start()
-            self._tasks.append(asyncio.create_task(self._sweeper(), name="cache-sweeper"))
+            self._tasks.append(asyncio.create_task(self._open_index(), name="cache-index"))
         self._tasks.append(asyncio.create_task(self._writer(), name="cache-writer"))
 
     async def close(self) -> None:
