@@ -53,12 +53,21 @@ class _Pending:
 
 class ResponseCache:
     def __init__(self, config: CacheConfig | None = None, *, tenants: Mapping[str, CacheOverride | None] = {},
-                 aliases: Mapping[str, CacheOverride | None] = {}, redis: Any = None) -> None:
+                 aliases: Mapping[str, CacheOverride | None] = {}, redis: Any = None,
+                 redis_url: str | None = None, redis_timeout_s: float = 0.5) -> None:
+        """``redis``: a shared ``redis.asyncio.Redis``; or ``redis_url`` (``stores.redis_url``) for a client of
+        the cache's own; neither: answers in this process's memory."""
         self.config = config or CacheConfig()
         self._tenants, self._aliases = dict(tenants), dict(aliases)
         self._settings: dict[tuple[str, str], Settings] = {}
+        self._own_redis: Any = None
+        if redis is None and redis_url is not None:
+            import redis.asyncio as aioredis
+
+            redis = self._own_redis = aioredis.from_url(redis_url, socket_timeout=redis_timeout_s,
+                                                        socket_connect_timeout=redis_timeout_s)
         self.answers: AnswerStore = (RedisStore(redis, self.config.max_entries) if redis is not None
-                                   else MemoryStore(self.config.max_entries))
+                                     else MemoryStore(self.config.max_entries))
         self.semantic_enabled = (self.config.enabled and self.config.semantic.enabled) or any(
             o is not None and o.semantic for o in (*self._tenants.values(), *self._aliases.values()))
         self.embedder: Any = None
@@ -284,6 +293,8 @@ class ResponseCache:
             await self.index.close()
         if self.embedder is not None:
             await self.embedder.close()
+        if self._own_redis is not None:
+            await self._own_redis.aclose()
 
 
 def _directives(headers: Mapping[str, str]) -> set[str]:

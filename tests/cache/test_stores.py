@@ -83,8 +83,9 @@ def _answer(text: str) -> UpstreamResponse:
 
 async def test_gateway_processes_share_answers_through_redis(redis_server: RedisServer) -> None:
     config = CacheConfig(enabled=True)
-    clients = [aioredis.from_url(redis_server.url) for _ in range(2)]
-    one, two = (ResponseCache(config, redis=client) for client in clients)
+    clients = [aioredis.from_url(redis_server.url)]
+    # one with a shared client, one with a client of its own (stores.redis_url)
+    one, two = ResponseCache(config, redis=clients[0]), ResponseCache(config, redis_url=redis_server.url)
     try:
         for cache in (one, two):
             await cache.start()
