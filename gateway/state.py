@@ -47,8 +47,10 @@ class Gateway:
                 backends.append(backend)
                 routes[alias.name].append(Route(backend, deployment.weight))
         router = Router(routes, disabled)
+        stores = getattr(config, "stores", None)  # issue 3's `stores:` section: the cache shares its Redis
         cache = ResponseCache(config.cache, tenants={t.name: t.cache for t in config.tenants},
-                              aliases={m.name: m.cache for m in config.models})
+                              aliases={m.name: m.cache for m in config.models},
+                              redis_url=getattr(stores, "redis_url", None))
         pipeline = Pipeline(Admission(), cache, Resilience(router))
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline)
