@@ -88,7 +88,9 @@ def semantic_stack() -> Iterator[tuple[ServerThread, FakeState]]:
 
     state = FakeState(api_key=UPSTREAM_KEY)
     fake = ServerThread(lambda: build_fake(state)).start()
-    loaded = parse_config(cache_config(fake.url, {"enabled": True, "semantic": {"enabled": True}}),
+    # a generous timeout: on a busy CI machine a slow embedding must not turn an expected hit into a miss
+    semantic = {"enabled": True, "timeout_s": 10}
+    loaded = parse_config(cache_config(fake.url, {"enabled": True, "semantic": semantic}),
                           path="test-config.yaml", env={})
     server = ServerThread(lambda: build_app(loaded)).start()
     yield server, state

@@ -111,7 +111,8 @@ async def test_gateway_processes_share_answers_through_redis(redis_server: Redis
 
 async def test_semantic_cache_with_qdrant_client_index_and_expiry() -> None:
     config = CacheConfig.model_validate({"enabled": True, "ttl_s": 1.5,
-                                         "semantic": {"enabled": True, "index": "qdrant", "url": ":memory:"}})
+                                         "semantic": {"enabled": True, "index": "qdrant", "url": ":memory:",
+                                                                      "timeout_s": 10}})
     cache = ResponseCache(config)
     await cache.start()
     try:
