@@ -80,13 +80,12 @@ def quality(split: str) -> None:
           f"p99 {np.percentile(timings, 99) * 1e6:.0f} µs")
 
 
-async def latency(entries: int, lookups: int, index: str) -> None:
+async def latency(entries: int, lookups: int, index: str, partitions: int, optimize: bool) -> None:
     from policies.cache.config import CacheConfig
     from policies.cache.embedder import Embedder
     from policies.cache.semantic import SemanticIndex, build_index
 
     rng = np.random.default_rng(1)
-    tenants, fingerprints = 20, 50
     embedder = Embedder()
     await embedder.start()
     await embedder.ready()
@@ -101,11 +100,16 @@ async def latency(entries: int, lookups: int, index: str) -> None:
         vectors = rng.standard_normal((n, 384)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         await store.add_many([
-            (vectors[i], {"tenant": f"t{(offset + i) % tenants}", "alias": "chat",
-                          "fingerprint": f"f{(offset + i) % fingerprints}", "text": "synthetic",
+            (vectors[i], {"tenant": f"t{(offset + i) % partitions % 20}", "alias": "chat",
+                          "fingerprint": f"f{(offset + i) % partitions}", "text": "synthetic",
                           "entry": f"e{offset + i}", "expires": time.time() + 3600})
             for i in range(n)])
     fill = time.perf_counter() - started
+    optimized = 0.0
+    if optimize:
+        started = time.perf_counter()
+        await store.optimize()  # type: ignore[attr-defined]
+        optimized = time.perf_counter() - started
     # the real questions go where the lookups search, so each lookup finds and verifies a candidate
     real = await embedder.embed_many(questions[:200])
     await store.add_many([(real[i], {"tenant": "t0", "alias": "chat", "fingerprint": "f0", "text": questions[i],
@@ -130,8 +134,9 @@ async def latency(entries: int, lookups: int, index: str) -> None:
         total_s.append(t2 - t0)
     await store.close()
     await embedder.close()
-    print(f"\n## Lookup latency, {index} index, {entries:,} entries ({tenants} tenants x {fingerprints} "
-          f"fingerprints), {len(total_s)} lookups; filled in {fill:.1f} s\n")
+    print(f"\n## Lookup latency, {index} index, {entries:,} entries in {partitions} partitions (tenant, alias, "
+          f"fingerprint), {len(total_s)} lookups in one of them; filled in {fill:.1f} s"
+          + (f", then optimized in {optimized:.1f} s" if optimize else " (optimizing every 20,000 points)") + "\n")
     print("| part | p50 ms | p90 ms | p99 ms |")
     print("|---|---|---|---|")
     for name, values in (("embed (worker thread)", embed_s), ("search + verify", search_s), ("lookup total", total_s)):
@@ -144,12 +149,16 @@ def main() -> None:
     parser.add_argument("--split", default="test", choices=("test", "train"))
     parser.add_argument("--entries", type=int, default=100_000, help="entries in the index for the latency run")
     parser.add_argument("--lookups", type=int, default=300)
+    parser.add_argument("--partitions", type=int, default=100,
+                        help="distinct (tenant, alias, fingerprint) the entries are spread over; 1 = all in one")
+    parser.add_argument("--optimize", action="store_true",
+                        help="edge: build the HNSW graph after filling (as the index does every 20,000 points)")
     parser.add_argument("--index", default="edge", choices=("edge", "qdrant"),
                         help="edge (qdrant-edge-py, the default) or qdrant (qdrant-client's local mode)")
     args = parser.parse_args()
     quality(args.split)
     if args.entries:
-        asyncio.run(latency(args.entries, args.lookups, args.index))
+        asyncio.run(latency(args.entries, args.lookups, args.index, args.partitions, args.optimize))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Two implementations of one interface:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
@@ -27,6 +28,10 @@ from .config import SemanticConfig
 from .embedder import DIMENSIONS, MODEL_NAME
 
 _FIELDS = ("tenant", "alias", "fingerprint")
+# New points are searched by brute force until an optimization builds their HNSW graph: with 100,000 points in
+# one (tenant, alias, fingerprint) that costs 36 ms a query, after it under 1 ms. Optimizing runs in a thread
+# of its own (qdrant-edge releases the GIL and keeps answering queries meanwhile).
+OPTIMIZE_EVERY = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,9 @@ class EdgeIndex:
     def __init__(self, config: SemanticConfig) -> None:
         self._config = config
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-index")
+        self._optimizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-index-optimize")
+        self._optimizing: asyncio.Future[Any] | None = None
+        self._added = 0
         self._shard: Any = None
         self._owned_dir: str | None = None
 
@@ -91,7 +99,8 @@ class EdgeIndex:
         else:
             root = Path(self._config.path)
         path = root / collection_name(self._config)
-        config = q.EdgeConfig(vectors=q.EdgeVectorParams(size=DIMENSIONS, distance=q.Distance.Cosine))
+        config = q.EdgeConfig(vectors=q.EdgeVectorParams(size=DIMENSIONS, distance=q.Distance.Cosine),
+                              hnsw_config=q.HnswIndexConfig(m=16, ef_construct=64, full_scan_threshold=10_000))
         if path.exists() and any(path.iterdir()):
             self._shard = q.EdgeShard.load(str(path), config)
         else:
@@ -102,11 +111,23 @@ class EdgeIndex:
         self._shard.update(q.UpdateOperation.create_field_index("entry", q.PayloadSchemaType.Keyword))
         self._shard.update(q.UpdateOperation.create_field_index("expires", q.PayloadSchemaType.Float))
 
+    async def optimize(self) -> None:
+        """Builds the HNSW graph of the points added since the last time (runs by itself every
+        ``OPTIMIZE_EVERY`` points added)."""
+        if self._optimizing is None or self._optimizing.done():
+            self._added = 0
+            self._optimizing = asyncio.get_running_loop().run_in_executor(self._optimizer, self._shard.optimize)
+        await asyncio.shield(self._optimizing)
+
     async def close(self) -> None:
+        if self._optimizing is not None:
+            with contextlib.suppress(Exception):
+                await self._optimizing  # closing the shard under a running optimization is not safe
         if self._shard is not None:
             await self._run(self._shard.close)
             self._shard = None
         self._executor.shutdown(wait=True)
+        self._optimizer.shutdown(wait=True)
         if self._owned_dir is not None:
             shutil.rmtree(self._owned_dir, ignore_errors=True)
 
@@ -115,6 +136,10 @@ class EdgeIndex:
 
         points = [q.Point(point_id(payload["entry"]), vector.tolist(), payload) for vector, payload in items]
         await self._run(self._shard.update, q.UpdateOperation.upsert_points(points))
+        self._added += len(points)
+        if self._added >= OPTIMIZE_EVERY and (self._optimizing is None or self._optimizing.done()):
+            self._added = 0
+            self._optimizing = asyncio.get_running_loop().run_in_executor(self._optimizer, self._shard.optimize)
 
     async def search(self, vector: np.ndarray, *, tenant: str, alias: str, fingerprint: str, threshold: float,
                      limit: int) -> list[Candidate]:
