@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import tempfile
 import time
@@ -27,6 +28,7 @@ import numpy as np
 from .config import SemanticConfig
 from .embedder import DIMENSIONS, MODEL_NAME
 
+log = logging.getLogger(__name__)
 _FIELDS = ("tenant", "alias", "fingerprint")
 # New points are searched by brute force until an optimization builds their HNSW graph: with 100,000 points in
 # one (tenant, alias, fingerprint) that costs 36 ms a query, after it under 1 ms. Optimizing runs in a thread
@@ -83,6 +85,7 @@ class EdgeIndex:
         self._added = 0
         self._shard: Any = None
         self._owned_dir: str | None = None
+        self._lock_file: Any = None
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -93,11 +96,14 @@ class EdgeIndex:
     def _open(self) -> None:
         import qdrant_edge as q
 
-        if self._config.path is None:
+        root = Path(self._config.path) if self._config.path is not None else None
+        if root is not None and not self._lock(root):
+            log.warning("semantic cache: %s is in use by another gateway process; this one keeps its index in a "
+                        "temporary folder", root)
+            root = None
+        if root is None:
             self._owned_dir = tempfile.mkdtemp(prefix="gateway-cache-")
             root = Path(self._owned_dir)
-        else:
-            root = Path(self._config.path)
         path = root / collection_name(self._config)
         config = q.EdgeConfig(vectors=q.EdgeVectorParams(size=DIMENSIONS, distance=q.Distance.Cosine),
                               hnsw_config=q.HnswIndexConfig(m=16, ef_construct=64, full_scan_threshold=10_000))
@@ -110,6 +116,20 @@ class EdgeIndex:
             self._shard.update(q.UpdateOperation.create_field_index(name, q.PayloadSchemaType.Keyword))
         self._shard.update(q.UpdateOperation.create_field_index("entry", q.PayloadSchemaType.Keyword))
         self._shard.update(q.UpdateOperation.create_field_index("expires", q.PayloadSchemaType.Float))
+
+    def _lock(self, root: Path) -> bool:
+        """One process per shard folder: several workers given the same ``path`` must not share it."""
+        import fcntl
+
+        root.mkdir(parents=True, exist_ok=True)
+        self._lock_file = (root / f"{collection_name(self._config)}.lock").open("a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            self._lock_file = None
+            return False
+        return True
 
     async def optimize(self) -> None:
         """Builds the HNSW graph of the points added since the last time (runs by itself every
@@ -128,6 +148,8 @@ class EdgeIndex:
             self._shard = None
         self._executor.shutdown(wait=True)
         self._optimizer.shutdown(wait=True)
+        if self._lock_file is not None:
+            self._lock_file.close()
         if self._owned_dir is not None:
             shutil.rmtree(self._owned_dir, ignore_errors=True)
 
