@@ -68,8 +68,12 @@ class ResponseCache:
                                                         socket_connect_timeout=redis_timeout_s)
         self.answers: AnswerStore = (RedisStore(redis, self.config.max_entries) if redis is not None
                                      else MemoryStore(self.config.max_entries))
-        self.semantic_enabled = (self.config.enabled and self.config.semantic.enabled) or any(
-            o is not None and o.semantic for o in (*self._tenants.values(), *self._aliases.values()))
+        # what some tenant and alias may use decides what is built: no model is loaded for nobody
+        tenant_overrides = list(self._tenants.values()) or [None]
+        alias_overrides = list(self._aliases.values()) or [None]
+        combinations = [resolve(self.config, a, t) for t in tenant_overrides for a in alias_overrides]
+        self.enabled = any(c.enabled for c in combinations)
+        self.semantic_enabled = any(c.enabled and c.semantic for c in combinations)
         self.embedder: Any = None
         self.index: Any = None
         self.index_ready = False
@@ -265,8 +269,7 @@ class ResponseCache:
                 log.warning("semantic cache sweep failed: %r", exc)
 
     async def start(self) -> None:
-        if not (self.config.enabled or any(o is not None and o.enabled for o in
-                                           (*self._tenants.values(), *self._aliases.values()))):
+        if not self.enabled:
             return
         self._queue = asyncio.Queue(maxsize=_QUEUE_LIMIT)
         if self.semantic_enabled:

@@ -84,6 +84,7 @@ class OperatingPoint:
     min_probability: float   # the classifier's probability the verifier asks for
 
 
+@cache
 def operating_point() -> OperatingPoint:
     """The defaults chosen at training time (out-of-fold on the train split; see bench/train_verifier.py)."""
     data = json.loads(_WEIGHTS.read_text(encoding="utf-8"))

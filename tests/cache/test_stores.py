@@ -162,3 +162,21 @@ async def test_an_unreachable_store_is_a_miss_not_a_failure() -> None:
     finally:
         await cache.close()
         await client.aclose()
+
+
+@pytest.mark.parametrize(("defaults", "tenant", "alias", "semantic"), [
+    ({"enabled": False, "semantic": {"enabled": True}}, None, None, False),
+    ({"enabled": False, "semantic": {"enabled": True}}, {"enabled": True}, None, True),
+    ({"enabled": True}, None, {"semantic": True}, True),
+    ({"enabled": True, "semantic": {"enabled": True}}, {"semantic": False}, None, False),
+    ({"enabled": True, "semantic": {"enabled": True}}, {"enabled": False}, None, False),
+    ({"enabled": True, "semantic": {"enabled": True}}, None, None, True),
+])
+def test_the_model_is_loaded_only_if_someone_can_use_it(defaults: dict[str, Any], tenant: dict[str, Any] | None,
+                                                       alias: dict[str, Any] | None, semantic: bool) -> None:
+    from policies.cache import CacheOverride
+
+    cache = ResponseCache(CacheConfig.model_validate(defaults),
+                          tenants={"acme": None if tenant is None else CacheOverride.model_validate(tenant)},
+                          aliases={"chat": None if alias is None else CacheOverride.model_validate(alias)})
+    assert cache.semantic_enabled is semantic
