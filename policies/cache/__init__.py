@@ -52,6 +52,8 @@ class _Pending:
 
 
 class ResponseCache:
+    """The pipeline's cache policy: ``lookup`` before the upstream, ``store`` after a completed answer."""
+
     def __init__(self, config: CacheConfig | None = None, *, tenants: Mapping[str, CacheOverride | None] = {},
                  aliases: Mapping[str, CacheOverride | None] = {}, redis: Any = None,
                  redis_url: str | None = None, redis_timeout_s: float = 0.5) -> None:
@@ -83,6 +85,7 @@ class ResponseCache:
         self.dropped = 0
 
     def settings(self, tenant: str, alias: str) -> Settings:
+        """The cache settings that apply to one tenant and alias (defaults < alias < tenant)."""
         found = self._settings.get((tenant, alias))
         if found is None:
             found = resolve(self.config, self._aliases.get(alias), self._tenants.get(tenant))
@@ -109,6 +112,7 @@ class ResponseCache:
         return self._eligible(call) is not None and "no-store" not in _directives(call.headers)
 
     async def lookup(self, call: Call) -> UpstreamResponse | None:
+        """The cached answer to ``call`` or None; sets ``call.record.cache`` (and cost, saved, ``x-cache``)."""
         settings = self._eligible(call)
         if settings is None:
             return None
