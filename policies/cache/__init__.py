@@ -127,8 +127,7 @@ class ResponseCache:
             raw = await self.answers.get(entry_key(call.tenant, call.alias, identity.key))
             if raw is not None:
                 return self._hit(call, raw, "hit-exact", None)
-            if not (settings.semantic and identity.question is not None and self.index_ready
-                    and self.embedder.loaded):
+            if not (self._semantic_question(settings, identity) and self.index_ready and self.embedder.loaded):
                 return None
             return await asyncio.wait_for(self._semantic(call, settings, identity),
                                           self.config.semantic.timeout_s)
@@ -160,6 +159,10 @@ class ResponseCache:
                 continue
             return self._hit(call, raw, "hit-semantic", candidate.score)
         return None
+
+    def _semantic_question(self, settings: Settings, identity: Identity) -> bool:
+        return (settings.semantic and identity.question is not None
+                and len(identity.question) <= self.config.semantic.max_question_chars)
 
     def _hit(self, call: Call, raw: bytes, kind: str, similarity: float | None) -> UpstreamResponse:
         entry = orjson.loads(raw)
@@ -194,7 +197,7 @@ class ResponseCache:
                  "cost": _cost(data, call.record.cost_usd), "question": identity.question}
         pending = _Pending(key=entry_key(call.tenant, call.alias, identity.key), value=orjson.dumps(entry),
                            ttl_s=settings.ttl_s, tenant=call.tenant, alias=call.alias, identity=identity,
-                           semantic=settings.semantic and identity.question is not None and self.index_ready,
+                           semantic=self._semantic_question(settings, identity) and self.index_ready,
                            expires=time.time() + settings.ttl_s)
         try:
             self._queue.put_nowait(pending)

@@ -29,6 +29,8 @@ class SemanticConfig(_Frozen):
     collection_prefix: str = Field(default="gateway_cache", min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
     candidates: int = Field(default=3, ge=1, le=50)
     timeout_s: float = Field(default=1.0, gt=0)   # a semantic lookup slower than this is a miss
+    # the model reads 256 tokens at most: longer questions that differ only past them would look identical
+    max_question_chars: int = Field(default=800, ge=1)
 
     @model_validator(mode="after")
     def _url_for_qdrant(self) -> SemanticConfig:

@@ -180,3 +180,30 @@ def test_the_model_is_loaded_only_if_someone_can_use_it(defaults: dict[str, Any]
                           tenants={"acme": None if tenant is None else CacheOverride.model_validate(tenant)},
                           aliases={"chat": None if alias is None else CacheOverride.model_validate(alias)})
     assert cache.semantic_enabled is semantic
+
+
+async def test_long_questions_use_the_exact_cache_only() -> None:
+    config = CacheConfig.model_validate({"enabled": True, "semantic": {"enabled": True, "index": "qdrant",
+                                                                        "url": ":memory:", "timeout_s": 10,
+                                                                        "max_question_chars": 200}})
+    cache = ResponseCache(config)
+    await cache.start()
+    try:
+        await cache.embedder.ready()
+        code = "x = 1\n" * 60
+        stored = _call("Fix this code:\n" + code + "y = 2")
+        await cache.lookup(stored)
+        cache.store(stored, _answer("fixed y = 2"))
+        await cache.drain()
+        index = cache.index
+        assert (await index._client.count(index._name)).count == 0   # never embedded nor indexed
+        other = _call("Fix this code:\n" + code + "y = 3")
+        assert await cache.lookup(other) is None and other.record.cache == "miss"
+        assert (await cache.lookup(_call("Fix this code:\n" + code + "y = 2"))) is not None   # exact still hits
+        short = _call("What is the capital of France?")
+        await cache.lookup(short)
+        cache.store(short, _answer("Paris"))
+        await cache.drain()
+        assert await cache.lookup(_call("Which city is the capital of France?")) is not None
+    finally:
+        await cache.close()
