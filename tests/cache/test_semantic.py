@@ -109,3 +109,16 @@ def test_purge_removes_semantic_entries(semantic_stack: Stack) -> None:
                               headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
         assert purged.status_code == 200 and purged.json()["purged"] >= 1
         assert ask(client, "At what temperature does ethanol boil?", model="other")[1]["x-cache"] == "miss"
+
+
+def test_a_streamed_answer_is_found_by_a_paraphrase(semantic_stack: Stack) -> None:
+    server, _ = semantic_stack
+    with client_for(server) as client:
+        stream = client.chat.completions.create(
+            model="chat", temperature=0, stream=True,
+            messages=[{"role": "user", "content": "How do I reverse a string in Rust?"}])
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        settle(server)
+        answer, headers = ask(client, "What's the easiest way to reverse a string in Rust?")
+    assert headers["x-cache"] == "hit-semantic"
+    assert answer.choices[0].message.content == "Echo: How do I reverse a string in Rust?"
