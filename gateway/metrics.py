@@ -39,6 +39,10 @@ UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total", "Failed upstream atte
 IN_FLIGHT = Gauge("gateway_in_flight_requests", "Requests being handled now", multiprocess_mode="livesum")
 DEPLOYMENT_ENABLED = Gauge("gateway_deployment_enabled", "1 if the deployment can take requests",
                            ["alias", "deployment"], multiprocess_mode="max")
+CACHE_LOOKUPS = Counter("gateway_cache_lookups_total", "Cache lookups by result (hit-exact, hit-semantic, miss)",
+                        ["tenant", "alias", "result"])
+CACHE_SAVED = Counter("gateway_cache_saved_usd_total", "Dollars cache hits saved: what the answers cost upstream",
+                      ["tenant"])
 
 # Resilience (policies/resilience.py reports through ResilienceMetrics)
 UPSTREAM_ATTEMPTS = Counter("gateway_upstream_attempts_total", "Upstream attempts by deployment and status",

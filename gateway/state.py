@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from backends import Backend, SessionPool, build_backend
 from policies.admission import Admission, AliasPolicy
@@ -28,6 +29,7 @@ class Gateway:
     pool: SessionPool
     backends: list[Backend]
     pipeline: Pipeline
+    redis: Any = None   # the breakers' redis.asyncio client, when stores.redis_url is set
     ready: bool = False
     draining: bool = False
     model_ids: dict[str, int] = field(default_factory=dict)
@@ -56,14 +58,24 @@ class Gateway:
                 backends.append(backend)
                 routes[alias.name].append(Route.of(alias.name, deployment, backend))
         router = Router(routes, disabled, {alias.name: alias.routing for alias in config.models})
+        # Breaker state goes to the shared Redis when there is one (limits and the cache open their own clients).
+        redis = None
+        if config.stores.redis_url is not None:
+            from redis import asyncio as aioredis
+
+            redis = aioredis.Redis.from_url(config.stores.redis_url, socket_timeout=config.stores.redis_timeout_s,
+                                            socket_connect_timeout=config.stores.redis_timeout_s)
         resilience = Resilience(router, config.resilience, retry={a.name: a.retry for a in config.models},
                                 fallbacks={a.name: a.fallbacks for a in config.models},
-                                events=metrics.ResilienceMetrics())
+                                redis=redis, events=metrics.ResilienceMetrics())
         for route in router.all_routes():
             metrics.BREAKER_STATE.labels(route.key).set(0)
-        pipeline = Pipeline(admission, ResponseCache(), resilience)
+        cache = ResponseCache(config.cache, tenants={t.name: t.cache for t in config.tenants},
+                              aliases={m.name: m.cache for m in config.models},
+                              redis_url=config.stores.redis_url)
+        pipeline = Pipeline(admission, cache, resilience)
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
-                   backends=backends, pipeline=pipeline)
+                   backends=backends, pipeline=pipeline, redis=redis)
 
     async def start(self) -> None:
         for backend in self.backends:
@@ -77,6 +89,8 @@ class Gateway:
         for backend in self.backends:
             await backend.close()
         await self.pool.close()
+        if self.redis is not None:
+            await self.redis.aclose()
 
     def adopt(self, other: Gateway) -> Gateway:
         """Take over every field of ``other`` (a started gateway built from a reloaded config) in place, so

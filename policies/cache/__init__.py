@@ -1,25 +1,342 @@
-"""The response cache: exact, then semantic. Not built yet (issue 5): every lookup misses."""
+"""The response cache: the exact key first, then the semantic cache (embedding, filtered vector search,
+verifier). See docs/cache.md.
+
+A request is eligible when the cache is on for its tenant and alias, it asks for one answer (``n`` 1) with
+temperature 0 (or the tenant/alias says ``reuse: always``) and no logprobs. The client's
+``Cache-Control: no-cache`` skips the lookup (the fresh answer is still stored); ``no-store`` keeps its
+answer out of the cache. Answers are stored off the request's path by a background task that batches embeddings.
+"""
 
 from __future__ import annotations
 
-from backends import UpstreamResponse
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from backends import Endpoint, UpstreamResponse
 
 from ..call import Call
+from ..models import model_info
+from . import replay
+from .config import CacheConfig, CacheOverride, Settings, resolve
+from .exact import AnswerStore, MemoryStore, RedisStore, entry_key
+from .key import Identity, identify
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+_QUEUE_LIMIT = 10_000
+_SWEEP_S = 60.0
+_CACHEABLE = (Endpoint.CHAT, Endpoint.EMBEDDINGS)
+
+
+@dataclass(slots=True)
+class _Pending:
+    key: str
+    value: bytes
+    ttl_s: float
+    tenant: str
+    alias: str
+    identity: Identity
+    semantic: bool
+    expires: float
 
 
 class ResponseCache:
+    """The pipeline's cache policy: ``lookup`` before the upstream, ``store`` after a completed answer."""
+
+    def __init__(self, config: CacheConfig | None = None, *, tenants: Mapping[str, CacheOverride | None] = {},
+                 aliases: Mapping[str, CacheOverride | None] = {}, redis: Any = None,
+                 redis_url: str | None = None, redis_timeout_s: float = 0.5) -> None:
+        """``redis``: a shared ``redis.asyncio.Redis``; or ``redis_url`` (``stores.redis_url``) for a client of
+        the cache's own; neither: answers in this process's memory."""
+        self.config = config or CacheConfig()
+        self._tenants, self._aliases = dict(tenants), dict(aliases)
+        self._settings: dict[tuple[str, str], Settings] = {}
+        self._own_redis: Any = None
+        if redis is None and redis_url is not None:
+            import redis.asyncio as aioredis
+
+            redis = self._own_redis = aioredis.from_url(redis_url, socket_timeout=redis_timeout_s,
+                                                        socket_connect_timeout=redis_timeout_s)
+        self.answers: AnswerStore = (RedisStore(redis, self.config.max_entries) if redis is not None
+                                     else MemoryStore(self.config.max_entries))
+        # what some tenant and alias may use decides what is built: no model is loaded for nobody
+        tenant_overrides = list(self._tenants.values()) or [None]
+        alias_overrides = list(self._aliases.values()) or [None]
+        combinations = [resolve(self.config, a, t) for t in tenant_overrides for a in alias_overrides]
+        self.enabled = any(c.enabled for c in combinations)
+        self.semantic_enabled = any(c.enabled and c.semantic for c in combinations)
+        self.embedder: Any = None
+        self.index: Any = None
+        self.index_ready = False
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # query vectors kept from lookup for store
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.dropped = 0
+
+    def settings(self, tenant: str, alias: str) -> Settings:
+        """The cache settings that apply to one tenant and alias (defaults < alias < tenant)."""
+        found = self._settings.get((tenant, alias))
+        if found is None:
+            found = resolve(self.config, self._aliases.get(alias), self._tenants.get(tenant))
+            self._settings[(tenant, alias)] = found
+        return found
+
+    def _eligible(self, call: Call) -> Settings | None:
+        if call.endpoint not in _CACHEABLE:
+            return None
+        settings = self.settings(call.tenant, call.alias)
+        if not settings.enabled:
+            return None
+        if call.endpoint is Endpoint.EMBEDDINGS:
+            return settings
+        body = call.body
+        if body.get("n", 1) not in (1, None) or body.get("logprobs") or body.get("top_logprobs"):
+            return None
+        if settings.reuse == "deterministic" and body.get("temperature") not in (0, 0.0):
+            return None
+        return settings
+
     def wants(self, call: Call) -> bool:
         """Whether this request's answer may be stored (so the pipeline keeps a stream's events)."""
-        return False
+        return self._eligible(call) is not None and "no-store" not in _directives(call.headers)
 
     async def lookup(self, call: Call) -> UpstreamResponse | None:
+        """The cached answer to ``call`` or None; sets ``call.record.cache`` (and cost, saved, ``x-cache``)."""
+        settings = self._eligible(call)
+        if settings is None:
+            return None
+        record = call.record
+        record.cache = "miss"
+        record.response_headers["x-cache"] = "miss"
+        if "no-cache" in _directives(call.headers):
+            return None
+        identity = identify(call.tenant, call.alias, call.endpoint.value, call.body)
+        # a cache that fails (Redis or Qdrant unreachable, a slow embedding) is a miss, never a failed request
+        try:
+            raw = await self.answers.get(entry_key(call.tenant, call.alias, identity.key))
+            if raw is not None:
+                return self._hit(call, raw, "hit-exact", None)
+            if not (self._semantic_question(settings, identity) and self.index_ready and self.embedder.loaded):
+                return None
+            return await asyncio.wait_for(self._semantic(call, settings, identity),
+                                          self.config.semantic.timeout_s)
+        except Exception as exc:
+            log.warning("cache lookup failed, answering from upstream: %r", exc)
+            return None
+
+    async def _semantic(self, call: Call, settings: Settings, identity: Identity) -> UpstreamResponse | None:
+        from . import verifier
+
+        assert identity.question is not None
+        vector = await self.embedder.embed(identity.question)
+        self._remember(identity.key, vector)
+        shipped = verifier.operating_point()
+        threshold = settings.threshold if settings.threshold is not None else shipped.threshold
+        semantic = self.config.semantic
+        min_probability = semantic.min_probability if semantic.min_probability is not None \
+            else shipped.min_probability
+        candidates = await self.index.search(vector, tenant=call.tenant, alias=call.alias,
+                                             fingerprint=identity.fingerprint, threshold=threshold,
+                                             limit=semantic.candidates)
+        for candidate in candidates:
+            if semantic.verify and not verifier.verify(identity.question, vector, candidate.text, candidate.vector,
+                                                       min_probability=min_probability).ok:
+                continue
+            raw = await self.answers.get(candidate.entry)
+            if raw is None:  # the answer expired or was evicted: its point goes too
+                await self.index.delete_entry(candidate.entry)
+                continue
+            return self._hit(call, raw, "hit-semantic", candidate.score)
         return None
+
+    def _semantic_question(self, settings: Settings, identity: Identity) -> bool:
+        return (settings.semantic and identity.question is not None
+                and len(identity.question) <= self.config.semantic.max_question_chars)
+
+    def _hit(self, call: Call, raw: bytes, kind: str, similarity: float | None) -> UpstreamResponse:
+        entry = orjson.loads(raw)
+        record = call.record
+        record.cache = kind
+        record.cost_usd = 0.0
+        record.saved_usd = entry.get("cost") or 0.0
+        record.response_headers["x-cache"] = kind
+        if similarity is not None:
+            record.response_headers["x-cache-similarity"] = f"{similarity:.4f}"
+        answer = replay.fresh(entry["answer"]) if entry.get("kind") == "chat" else entry["answer"]
+        if call.stream:
+            return UpstreamResponse(status=200, chunks=replay.stream(replay.chunks(answer, call.client_wants_usage)))
+        body = orjson.dumps(answer)
+        return UpstreamResponse(status=200, body=body, data=answer)
 
     def store(self, call: Call, answer: UpstreamResponse) -> None:
         """Store a completed answer (off the request's path). ``call.collected`` holds a stream's events."""
+        settings = self._eligible(call)
+        if settings is None or self._queue is None or "no-store" in _directives(call.headers):
+            return
+        if call.stream:
+            data = replay.assemble(call.collected or [], call.usage)
+        else:
+            data = answer.data if answer.data is not None else _parse(answer.body)
+        if not isinstance(data, dict) or answer.status != 200 or "error" in data:
+            return
+        if call.endpoint is Endpoint.CHAT and not _whole_chat(data):
+            return
+        identity = identify(call.tenant, call.alias, call.endpoint.value, call.body)
+        entry = {"kind": "chat" if call.endpoint is Endpoint.CHAT else "embeddings", "answer": data,
+                 "cost": _cost(data, call.record.cost_usd), "question": identity.question}
+        pending = _Pending(key=entry_key(call.tenant, call.alias, identity.key), value=orjson.dumps(entry),
+                           ttl_s=settings.ttl_s, tenant=call.tenant, alias=call.alias, identity=identity,
+                           semantic=self._semantic_question(settings, identity) and self.index_ready,
+                           expires=time.time() + settings.ttl_s)
+        try:
+            self._queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def purge(self, tenant: str, alias: str | None = None) -> int:
+        """Removes a tenant's entries (one alias's when given) from both caches; returns how many answers."""
+        await self.drain()
+        removed = await self.answers.purge(tenant, alias)
+        if self.index_ready:
+            await self.index.purge(tenant, alias)
+        return removed
+
+    async def drain(self) -> None:
+        """Waits until every answer handed to ``store`` so far is stored."""
+        if self._queue is not None:
+            await self._queue.join()
+
+    def _remember(self, key: str, vector: np.ndarray) -> None:
+        self._vectors[key] = vector
+        while len(self._vectors) > 1024:
+            self._vectors.popitem(last=False)
+
+    async def _writer(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < 64:
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write(batch)
+            except Exception:  # a failed store loses a cache entry, never the writer
+                log.exception("cache store failed for %d answers", len(batch))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        for item in batch:
+            await self.answers.set(item.key, item.value, item.ttl_s)
+        semantic = [item for item in batch if item.semantic]
+        if not semantic:
+            return
+        missing = [item for item in semantic if item.identity.key not in self._vectors]
+        if missing:
+            vectors = await self.embedder.embed_many([str(item.identity.question) for item in missing])
+            for item, vector in zip(missing, vectors, strict=True):
+                self._vectors[item.identity.key] = vector
+        points = []
+        for item in semantic:
+            vector = self._vectors.pop(item.identity.key)
+            points.append((vector, {"tenant": item.tenant, "alias": item.alias,
+                                    "fingerprint": item.identity.fingerprint, "text": item.identity.question,
+                                    "entry": item.key, "expires": item.expires}))
+        await self.index.add_many(points)
+
+    async def _open_index(self) -> None:
+        """Opens the vector index, retrying while it is unreachable (a Qdrant server starting beside us);
+        until then semantic lookups miss and answers go to the exact cache only. Then sweeps expired points."""
+        delay = 1.0
+        while True:
+            try:
+                await self.index.start()
+                break
+            except Exception as exc:
+                log.warning("semantic cache index not available, retrying in %.0f s: %r", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        self.index_ready = True
+        while True:
+            await asyncio.sleep(_SWEEP_S)
+            try:
+                await self.index.sweep()
+            except Exception as exc:
+                log.warning("semantic cache sweep failed: %r", exc)
 
     async def start(self) -> None:
-        pass
+        if not self.enabled:
+            return
+        self._queue = asyncio.Queue(maxsize=_QUEUE_LIMIT)
+        if self.semantic_enabled:
+            from .embedder import Embedder
+            from .semantic import build_index
+
+            self.embedder = Embedder()
+            await self.embedder.start()  # the model loads in its worker thread; lookups wait for it
+            self.index = build_index(self.config.semantic)
+            self._tasks.append(asyncio.create_task(self._open_index(), name="cache-index"))
+        self._tasks.append(asyncio.create_task(self._writer(), name="cache-writer"))
 
     async def close(self) -> None:
-        pass
+        if self._queue is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), timeout=5)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.index is not None:
+            await self.index.close()
+        if self.embedder is not None:
+            await self.embedder.close()
+        if self._own_redis is not None:
+            await self._own_redis.aclose()
+
+
+def _directives(headers: Mapping[str, str]) -> set[str]:
+    value = headers.get("Cache-Control") or headers.get("cache-control") or ""
+    return {part.strip().lower() for part in value.split(",") if part.strip()}
+
+
+def _parse(body: bytes | None) -> Any:
+    if body is None:
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _whole_chat(data: dict[str, Any]) -> bool:
+    choices = data.get("choices")
+    return (isinstance(choices, list) and len(choices) == 1 and isinstance(choices[0], dict)
+            and isinstance(choices[0].get("message"), dict) and bool(choices[0].get("finish_reason")))
+
+
+def _cost(answer: dict[str, Any], recorded: float | None) -> float | None:
+    """What the answer cost when it was made: priced from its usage and the catalog, else as recorded."""
+    usage = answer.get("usage")
+    info = model_info(str(answer.get("model") or ""))
+    if info is not None and isinstance(usage, dict):
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+        return info.cost(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+                         int(cached or 0))
+    return recorded
+
+
+__all__ = ["CacheConfig", "CacheOverride", "ResponseCache"]

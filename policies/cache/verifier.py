@@ -1,0 +1,91 @@
+"""The second stage of a semantic hit: is the cached question the same question, or a near miss?
+
+A candidate from the vector search is served only if (1) no answer-changing slot differs (``slots.py``:
+numbers, dates, negations, names, opposites) and (2) a logistic classifier over the two MiniLM embeddings
+and their word overlap says "same question" with probability at least ``min_probability``. The classifier
+was trained by ``bench/train_verifier.py`` on the train split of ``bench/data/pairs.jsonl``; its weights
+ship as ``data/verifier.json`` (a few kB). Both stages take microseconds: the embeddings are already there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from . import slots
+
+_WEIGHTS = Path(__file__).resolve().parent / "data" / "verifier.json"
+_WORD = re.compile(r"[a-z0-9][a-z0-9+#.'-]*[a-z0-9+#]|[a-z0-9]")
+_STOPWORDS = frozenset("""
+a an the of to in on for at by with from into and or is are was were be been do does did can could should would
+will shall may might must i me my we our you your it its this that these those what whats what's which who whom
+how when where why there here please tell show give me name explain find get way best good right easiest some any
+s 's about as if so than then just also much many more most very way ok okay like need want know help use using
+""".split())
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    ok: bool
+    probability: float
+    reason: str | None   # why not: a slot name, or "classifier"
+
+
+def content_words(text: str) -> frozenset[str]:
+    return frozenset(slots._stem(w) for w in _WORD.findall(text.lower()) if w not in _STOPWORDS)
+
+
+def features(a: str, u: np.ndarray, b: str, v: np.ndarray) -> np.ndarray:
+    """What the classifier sees: cosine, the two vectors' product and distance per dimension, word overlap."""
+    x, y = content_words(a), content_words(b)
+    union = len(x | y) or 1
+    only_x, only_y = len(x - y), len(y - x)
+    overlap = np.array([
+        float(u @ v),
+        len(x & y) / union,
+        min(only_x, only_y), max(only_x, only_y),
+        float(only_x > 0 and only_y > 0),          # a word swapped for another: the near-miss shape
+        float(only_x == 1 and only_y == 1),
+    ], dtype=np.float32)
+    return np.concatenate([overlap, u * v, np.abs(u - v)])
+
+
+@cache
+def _model() -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    data = json.loads(_WEIGHTS.read_text(encoding="utf-8"))
+    return (np.asarray(data["coef"], dtype=np.float32), float(data["intercept"]),
+            np.asarray(data["mean"], dtype=np.float32), np.asarray(data["scale"], dtype=np.float32))
+
+
+def probability(a: str, u: np.ndarray, b: str, v: np.ndarray) -> float:
+    """The classifier's probability that ``a`` and ``b`` ask the same thing."""
+    coef, intercept, mean, scale = _model()
+    z = float(((features(a, u, b, v) - mean) / scale) @ coef + intercept)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def verify(a: str, u: np.ndarray, b: str, v: np.ndarray, *, min_probability: float) -> Verdict:
+    """Whether the answer cached for ``b`` (vector ``v``) may answer ``a`` (vector ``u``)."""
+    slot = slots.conflict(a, b)
+    if slot is not None:
+        return Verdict(ok=False, probability=0.0, reason=slot)
+    p = probability(a, u, b, v)
+    return Verdict(ok=p >= min_probability, probability=p, reason=None if p >= min_probability else "classifier")
+
+
+@dataclass(frozen=True, slots=True)
+class OperatingPoint:
+    threshold: float         # cosine the vector search asks for
+    min_probability: float   # the classifier's probability the verifier asks for
+
+
+@cache
+def operating_point() -> OperatingPoint:
+    """The defaults chosen at training time (out-of-fold on the train split; see bench/train_verifier.py)."""
+    data = json.loads(_WEIGHTS.read_text(encoding="utf-8"))
+    return OperatingPoint(threshold=float(data["threshold"]), min_probability=float(data["min_probability"]))

@@ -1,0 +1,124 @@
+"""The semantic cache through real HTTP: paraphrases hit, near misses and other contexts miss."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.cache.conftest import ADMIN_KEY, ask, client_for, settle
+from tests.conftest import OTHER_KEY
+from tests.fakes.openai_upstream import FakeState
+from tests.harness import ServerThread
+
+Stack = tuple[ServerThread, FakeState]
+
+
+def _store(server: ServerThread, question: str, **params: object) -> None:
+    with client_for(server) as client:
+        _, headers = ask(client, question, **params)  # type: ignore[arg-type]
+    assert headers["x-cache"] == "miss"
+    settle(server)
+
+
+@pytest.mark.parametrize(("stored", "paraphrase"), [
+    ("What is the capital of France?", "Which city is the capital of France?"),
+    ("How do I sort a Python dictionary by value?", "What's the way to sort a Python dictionary by value?"),
+    ("How do I enable Bluetooth on my iPhone?", "How can I enable Bluetooth on iPhone?"),
+])
+def test_paraphrase_hits(semantic_stack: Stack, stored: str, paraphrase: str) -> None:
+    server, _ = semantic_stack
+    _store(server, stored)
+    with client_for(server) as client:
+        answer, headers = ask(client, paraphrase)
+    assert headers["x-cache"] == "hit-semantic"
+    assert 0.7 <= float(headers["x-cache-similarity"]) <= 1.0
+    assert answer.choices[0].message.content == f"Echo: {stored}"
+
+
+@pytest.mark.parametrize(("stored", "near_miss"), [
+    ("What is the capital city of Spain?", "What is the capital city of Germany?"),
+    ("How do I sort a Go map by value?", "How do I sort a Go map by key?"),
+    ("How do I enable Wi-Fi calling on Android?", "How do I disable Wi-Fi calling on Android?"),
+    ("Is the dentist open on Monday?", "Is the dentist open on Tuesday?"),
+    ("How do I read a CSV file in Rust?", "How do I write a CSV file in Rust?"),
+    ("Should I water tomatoes every 2 days?", "Should I water tomatoes every 3 days?"),
+    ("Can I take aspirin with alcohol?", "Can I not take aspirin with alcohol?"),
+])
+def test_near_miss_misses(semantic_stack: Stack, stored: str, near_miss: str) -> None:
+    server, _ = semantic_stack
+    _store(server, stored)
+    with client_for(server) as client:
+        answer, headers = ask(client, near_miss)
+    assert headers["x-cache"] == "miss"
+    assert answer.choices[0].message.content == f"Echo: {near_miss}"
+
+
+@pytest.mark.parametrize(("place", "change"), [
+    ("Europe", {"key": OTHER_KEY}),
+    ("Africa", {"model": "other"}),
+    ("Asia", {"system": "You are a pirate."}),
+    ("Japan", {"history": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]}),
+    ("Canada", {"tools": [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]}),
+    ("Chile", {"response_format": {"type": "json_object"}}),
+    ("Peru", {"max_tokens": 7}),
+])
+def test_paraphrase_in_another_context_misses(semantic_stack: Stack, place: str, change: dict[str, object]) -> None:
+    server, _ = semantic_stack
+    _store(server, f"What is the tallest mountain in {place}?")
+    paraphrase = f"What's the tallest mountain in {place}?"
+    key = change.pop("key", None)
+    with client_for(server) as client:
+        _, same = ask(client, paraphrase)
+    with client_for(server, str(key)) if key else client_for(server) as client:
+        _, other = ask(client, paraphrase, **change)  # type: ignore[arg-type]
+    assert same["x-cache"] == "hit-semantic"   # the paraphrase in the original context does hit
+    assert other["x-cache"] == "miss"
+
+
+def test_follow_up_never_hits_an_answer_from_another_conversation(semantic_stack: Stack) -> None:
+    server, _ = semantic_stack
+    first = [{"role": "user", "content": "Tell me about Norway."}, {"role": "assistant", "content": "Norway is..."}]
+    second = [{"role": "user", "content": "Tell me about Chile."}, {"role": "assistant", "content": "Chile is..."}]
+    _store(server, "What is its population?", history=first)
+    with client_for(server) as client:
+        answer, headers = ask(client, "What is its population?", history=second)
+    assert headers["x-cache"] == "miss"
+    assert answer.choices[0].message.content == "Echo: What is its population?"
+
+
+def test_semantic_hit_on_a_stream_replays(semantic_stack: Stack) -> None:
+    server, _ = semantic_stack
+    _store(server, "How do I convert a string to uppercase in Python?")
+    with client_for(server) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="chat", temperature=0, stream=True, stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "In Python, how can I make a string uppercase?"}])
+        chunks = list(raw.parse())
+    assert raw.headers["x-cache"] == "hit-semantic"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Echo: How do I convert a string to uppercase in Python?"
+    assert chunks[-1].usage is not None
+
+
+def test_purge_removes_semantic_entries(semantic_stack: Stack) -> None:
+    server, _ = semantic_stack
+    _store(server, "What is the boiling point of ethanol?", model="other")
+    with client_for(server) as client:
+        assert ask(client, "At what temperature does ethanol boil?", model="other")[1]["x-cache"] == "hit-semantic"
+        purged = httpx.delete(server.url + "/admin/cache/acme/other",
+                              headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+        assert purged.status_code == 200 and purged.json()["purged"] >= 1
+        assert ask(client, "At what temperature does ethanol boil?", model="other")[1]["x-cache"] == "miss"
+
+
+def test_a_streamed_answer_is_found_by_a_paraphrase(semantic_stack: Stack) -> None:
+    server, _ = semantic_stack
+    with client_for(server) as client:
+        stream = client.chat.completions.create(
+            model="chat", temperature=0, stream=True,
+            messages=[{"role": "user", "content": "How do I reverse a string in Rust?"}])
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        settle(server)
+        answer, headers = ask(client, "What's the easiest way to reverse a string in Rust?")
+    assert headers["x-cache"] == "hit-semantic"
+    assert answer.choices[0].message.content == "Echo: How do I reverse a string in Rust?"

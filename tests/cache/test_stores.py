@@ -1,0 +1,209 @@
+"""The answer stores (memory and Redis) and the ResponseCache over them: expiry, the size cap, purge,
+several gateway processes sharing Redis, and the qdrant-client index (local mode) for the semantic cache."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from backends import Endpoint, UpstreamResponse
+from policies.cache import CacheConfig, ResponseCache
+from policies.cache.exact import AnswerStore, MemoryStore, RedisStore, entry_key
+from policies.call import Call
+from policies.record import RequestRecord
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    clients: list[aioredis.Redis] = []
+
+    def make(max_entries: int = 100) -> AnswerStore:
+        if request.param == "memory":
+            return MemoryStore(max_entries)
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = aioredis.from_url(server.url)
+        clients.append(client)
+        return RedisStore(client, max_entries)
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+async def test_get_set_and_expiry(store_factory: Any) -> None:
+    store = store_factory()
+    key = entry_key("acme", "chat", "abc")
+    assert await store.get(key) is None
+    await store.set(key, b"answer", ttl_s=0.3)
+    assert await store.get(key) == b"answer"
+    await asyncio.sleep(0.45)
+    assert await store.get(key) is None
+
+
+async def test_size_cap_evicts(store_factory: Any) -> None:
+    store = store_factory(max_entries=3)
+    for i in range(5):
+        await store.set(entry_key("acme", "chat", str(i)), b"x", ttl_s=60 + i)
+    kept = [i for i in range(5) if await store.get(entry_key("acme", "chat", str(i))) is not None]
+    assert kept == [2, 3, 4]
+
+
+async def test_purge_by_tenant_and_alias_never_touches_lookalikes(store_factory: Any) -> None:
+    store = store_factory()
+    names = [("acme", "chat"), ("acme", "other"), ("acme:chat", "x"), ("acme*", "chat"), ("globex", "chat")]
+    for tenant, alias in names:
+        await store.set(entry_key(tenant, alias, "k"), b"v", ttl_s=60)
+    assert await store.purge("acme", "chat") == 1
+    assert await store.get(entry_key("acme", "chat", "k")) is None
+    assert await store.get(entry_key("acme", "other", "k")) == b"v"
+    assert await store.purge("acme") == 1
+    for tenant, alias in names[2:]:
+        assert await store.get(entry_key(tenant, alias, "k")) == b"v"
+
+
+def _call(question: str, tenant: str = "acme", **body: Any) -> Call:
+    record = RequestRecord(request_id="r", started=0.0, endpoint="chat/completions")
+    payload = {"model": "chat", "temperature": 0, "messages": [{"role": "user", "content": question}], **body}
+    return Call(record=record, tenant=tenant, key_id="k", alias="chat", endpoint=Endpoint.CHAT, body=payload,
+                stream=False)
+
+
+def _answer(text: str) -> UpstreamResponse:
+    data = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                         "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 1000, "total_tokens": 2000}}
+    return UpstreamResponse(status=200, data=data)
+
+
+async def test_gateway_processes_share_answers_through_redis(redis_server: RedisServer) -> None:
+    config = CacheConfig(enabled=True)
+    clients = [aioredis.from_url(redis_server.url)]
+    # one with a shared client, one with a client of its own (stores.redis_url)
+    one, two = ResponseCache(config, redis=clients[0]), ResponseCache(config, redis_url=redis_server.url)
+    try:
+        for cache in (one, two):
+            await cache.start()
+        call = _call("Shared?")
+        assert await one.lookup(call) is None and call.record.cache == "miss"
+        one.store(call, _answer("yes"))
+        await one.drain()
+        again = _call("Shared?")
+        hit = await two.lookup(again)
+        assert hit is not None and hit.data is not None
+        assert hit.data["choices"][0]["message"]["content"] == "yes"
+        assert again.record.cache == "hit-exact" and again.record.cost_usd == 0
+        assert again.record.saved_usd == pytest.approx((1000 * 0.15 + 1000 * 0.60) / 1e6)
+        assert await two.lookup(_call("Shared?", tenant="globex")) is None
+        assert await two.purge("acme") == 1
+        assert await one.lookup(_call("Shared?")) is None
+    finally:
+        for cache in (one, two):
+            await cache.close()
+        for client in clients:
+            await client.aclose()
+
+
+async def test_semantic_cache_with_qdrant_client_index_and_expiry() -> None:
+    config = CacheConfig.model_validate({"enabled": True, "ttl_s": 1.5,
+                                         "semantic": {"enabled": True, "index": "qdrant", "url": ":memory:",
+                                                                      "timeout_s": 10}})
+    cache = ResponseCache(config)
+    await cache.start()
+    try:
+        await cache.embedder.ready()   # the TTL runs from the store call: don't spend it loading the model
+        stored = _call("What is the capital of France?")
+        await cache.lookup(stored)
+        cache.store(stored, _answer("Paris"))
+        await cache.drain()
+        paraphrase = _call("Which city is the capital of France?")
+        hit = await cache.lookup(paraphrase)
+        assert hit is not None and paraphrase.record.cache == "hit-semantic"
+        assert float(paraphrase.record.response_headers["x-cache-similarity"]) > 0.7
+        near_miss = _call("What is the capital of Germany?")
+        assert await cache.lookup(near_miss) is None and near_miss.record.cache == "miss"
+        other_tenant = _call("Which city is the capital of France?", tenant="globex")
+        assert await cache.lookup(other_tenant) is None
+        await asyncio.sleep(1.6)
+        assert await cache.lookup(_call("Which city is the capital of France?")) is None
+    finally:
+        await cache.close()
+
+
+def test_config_errors_name_the_field() -> None:
+    from gateway.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as exc:
+        parse_config("cache: {semantic: {enabled: true, index: qdrant}}\n"
+                     "tenants: [{name: a, cache: {ttl_s: -1}}]\n")
+    problems = "\n".join(exc.value.problems)
+    assert "cache.semantic" in problems and "url" in problems
+    assert "tenants[0].cache.ttl_s" in problems
+
+
+async def test_an_unreachable_store_is_a_miss_not_a_failure() -> None:
+    from tests.harness import free_port
+
+    client = aioredis.from_url(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=0.5)
+    cache = ResponseCache(CacheConfig(enabled=True), redis=client)
+    await cache.start()
+    try:
+        call = _call("Anyone there?")
+        assert await cache.lookup(call) is None
+        assert call.record.cache == "miss"
+        cache.store(call, _answer("no"))
+        await cache.drain()   # the failed write is logged; the writer goes on
+        assert await cache.lookup(_call("Anyone there?")) is None
+    finally:
+        await cache.close()
+        await client.aclose()
+
+
+@pytest.mark.parametrize(("defaults", "tenant", "alias", "semantic"), [
+    ({"enabled": False, "semantic": {"enabled": True}}, None, None, False),
+    ({"enabled": False, "semantic": {"enabled": True}}, {"enabled": True}, None, True),
+    ({"enabled": True}, None, {"semantic": True}, True),
+    ({"enabled": True, "semantic": {"enabled": True}}, {"semantic": False}, None, False),
+    ({"enabled": True, "semantic": {"enabled": True}}, {"enabled": False}, None, False),
+    ({"enabled": True, "semantic": {"enabled": True}}, None, None, True),
+])
+def test_the_model_is_loaded_only_if_someone_can_use_it(defaults: dict[str, Any], tenant: dict[str, Any] | None,
+                                                       alias: dict[str, Any] | None, semantic: bool) -> None:
+    from policies.cache import CacheOverride
+
+    cache = ResponseCache(CacheConfig.model_validate(defaults),
+                          tenants={"acme": None if tenant is None else CacheOverride.model_validate(tenant)},
+                          aliases={"chat": None if alias is None else CacheOverride.model_validate(alias)})
+    assert cache.semantic_enabled is semantic
+
+
+async def test_long_questions_use_the_exact_cache_only() -> None:
+    config = CacheConfig.model_validate({"enabled": True, "semantic": {"enabled": True, "index": "qdrant",
+                                                                        "url": ":memory:", "timeout_s": 10,
+                                                                        "max_question_chars": 200}})
+    cache = ResponseCache(config)
+    await cache.start()
+    try:
+        await cache.embedder.ready()
+        code = "x = 1\n" * 60
+        stored = _call("Fix this code:\n" + code + "y = 2")
+        await cache.lookup(stored)
+        cache.store(stored, _answer("fixed y = 2"))
+        await cache.drain()
+        index = cache.index
+        assert (await index._client.count(index._name)).count == 0   # never embedded nor indexed
+        other = _call("Fix this code:\n" + code + "y = 3")
+        assert await cache.lookup(other) is None and other.record.cache == "miss"
+        assert (await cache.lookup(_call("Fix this code:\n" + code + "y = 2"))) is not None   # exact still hits
+        short = _call("What is the capital of France?")
+        await cache.lookup(short)
+        cache.store(short, _answer("Paris"))
+        await cache.drain()
+        assert await cache.lookup(_call("Which city is the capital of France?")) is not None
+    finally:
+        await cache.close()
