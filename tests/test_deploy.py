@@ -8,9 +8,11 @@ import subprocess
 from pathlib import Path
 
 import openai
+import redis
 import yaml
 
 from gateway.auth import hash_key, new_key
+from tests.conftest import UPSTREAM_KEY
 from tests.gateway.test_server import start_serve_with
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,16 +28,39 @@ def test_compose_file_is_valid_and_needs_a_tenant_key():
     assert refused.returncode != 0 and "keys new" in refused.stderr
 
 
-def test_the_compose_gateway_service_serves_its_config(tmp_path):
-    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["gateway"]
+def test_the_compose_gateway_service_serves_its_config(tmp_path, upstream, redis_server):
+    """The gateway service on its compose config, outside Docker: Redis is a real redis-server (the compose
+    stack's `redis` service), Qdrant is qdrant-client's local mode standing in for the `qdrant` service."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert {"gateway", "redis", "qdrant"} <= set(compose["services"])
+    service = compose["services"]["gateway"]
     mounted = service["volumes"][0].split(":")[0]
     assert (ROOT / mounted).exists()
     key = new_key()
-    env = {"GATEWAY_TENANT_KEY_HASH": hash_key(key), "GATEWAY_WORKERS": "1", "OPENAI_API_KEY": ""}
+    env = {"GATEWAY_TENANT_KEY_HASH": hash_key(key), "GATEWAY_WORKERS": "1", "OPENAI_API_KEY": "",
+           "REDIS_URL": redis_server.url, "QDRANT_URL": ":memory:"}
     process, url = start_serve_with(ROOT / mounted, env)
     try:
         with openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0) as client:
             assert client.models.list().data == []  # the OpenAI deployment is disabled without its key
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+
+    env.update(OPENAI_API_KEY=UPSTREAM_KEY, OPENAI_API_BASE=upstream[0].url + "/v1")
+    process, url = start_serve_with(ROOT / mounted, env)
+    try:
+        with openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60) as client:
+            ask = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "hi there"}]}
+            first = client.chat.completions.with_raw_response.create(**ask)
+            again = client.chat.completions.with_raw_response.create(**ask)
+        assert first.parse().choices[0].message.content == "Echo: hi there"
+        assert first.headers["x-cache"] == "miss" and again.headers["x-cache"] == "hit-exact"
+        assert again.parse().choices[0].message.content == "Echo: hi there"
+        assert len(upstream[1].requests) == 1
+        # limits, the ledger and the exact cache went to the compose stack's Redis
+        keys = redis.Redis.from_url(redis_server.url).keys("*")
+        assert any(b"gw:" in k for k in keys), keys
     finally:
         process.terminate()
         assert process.wait(timeout=30) == 0
