@@ -29,6 +29,17 @@ from policies.resilience_config import (
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2's booleans (true/false only): under 1.1 rules ``on:`` in ``fallbacks: [{alias: x, on: [any]}]``
+    would become the key True, and ``no``/``off``/``yes`` values booleans."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
 
 
@@ -159,7 +170,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
 
 def parse_config(text: str, *, path: str | None = None, env: Any = None) -> LoadedConfig:
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"]) from exc
     if raw is None:

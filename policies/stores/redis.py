@@ -120,7 +120,7 @@ if p.refund ~= 0 then
 end
 for j = 7, #KEYS do redis.call('ZREM', KEYS[j], entry) end
 for k = 1, #p.p do
-  redis.call('HINCRBY', spend, p.p[k] .. ':r', '-' .. ARGV[3])
+  if ARGV[3] ~= '0' then redis.call('HINCRBY', spend, p.p[k] .. ':r', '-' .. ARGV[3]) end  -- '-0' is no integer
   redis.call('HINCRBY', spend, p.p[k] .. ':s', ARGV[4])
 end
 redis.call('HSET', rec, 'state', 'settled', 'record', ARGV[6])

@@ -467,7 +467,7 @@ def test_a_gateway_without_a_local_deployment_does_not_import_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "no torch"
+    assert result.stdout.strip().splitlines()[-1] == "no torch"  # after any start-up warnings
 
 
 def test_readme_quick_start_answers_from_the_shipped_config() -> None:
