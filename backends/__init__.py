@@ -1,8 +1,9 @@
 """Upstream adapters: one module per wire format, one interface (``Backend``)."""
 
+from typing import Any
+
 from .anthropic import AnthropicBackend
 from .base import Backend, Endpoint, UpstreamResponse
-from .bedrock import BedrockBackend
 from .config import DeploymentConfig
 from .gemini import GeminiBackend
 from .openai import OpenAIBackend
@@ -11,8 +12,7 @@ from .pool import SessionPool
 __all__ = ["AnthropicBackend", "Backend", "BedrockBackend", "DeploymentConfig", "Endpoint", "GeminiBackend",
            "OpenAIBackend", "SessionPool", "UpstreamResponse", "build_backend"]
 
-_NATIVE: dict[str, type[Backend]] = {"anthropic": AnthropicBackend, "gemini": GeminiBackend,
-                                     "bedrock": BedrockBackend}
+_NATIVE: dict[str, type[Backend]] = {"anthropic": AnthropicBackend, "gemini": GeminiBackend}
 
 
 def build_backend(deployment: DeploymentConfig, pool: SessionPool) -> Backend:
@@ -21,7 +21,19 @@ def build_backend(deployment: DeploymentConfig, pool: SessionPool) -> Backend:
         from .local import LocalBackend  # imports no torch until the backend starts
 
         return LocalBackend(deployment)
+    if deployment.provider == "bedrock":
+        from .bedrock import BedrockBackend  # botocore (~10 MB) only for gateways that use Bedrock
+
+        return BedrockBackend(deployment, pool)
     native = _NATIVE.get(deployment.provider)
     if native is not None:
         return native(deployment, pool)  # type: ignore[call-arg]
     return OpenAIBackend(deployment, pool)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BedrockBackend":
+        from .bedrock import BedrockBackend
+
+        return BedrockBackend
+    raise AttributeError(f"module 'backends' has no attribute {name!r}")

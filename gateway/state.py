@@ -116,8 +116,12 @@ def _admission(config: GatewayConfig) -> Admission:
             if not price.known:
                 get_logger().warning("no price for deployment: its usage is recorded at $0 (set its price)",
                                      alias=alias.name, deployment=deployment.id)
-        aliases[alias.name] = AliasPolicy(encoding=encoding_for(alias.deployments[0].model),
-                                          max_price=dearest(alias_prices),
+        aliases[alias.name] = AliasPolicy(max_price=dearest(alias_prices),
                                           count_streams=any(not d.stream_usage for d in alias.deployments))
-    return Admission(tenants={t.name: t for t in config.tenants}, defaults=config.policies,
-                     stores=config.stores, aliases=aliases, prices=prices)
+    admission = Admission(tenants={t.name: t for t in config.tenants}, defaults=config.policies,
+                          stores=config.stores, aliases=aliases, prices=prices)
+    if admission.counts_tokens or any(a.count_streams for a in aliases.values()):
+        # The tokenizers (bpe-openai) cost ~60 MB of memory: loaded only where a limit, a budget or a stream
+        # without usage needs real counts; elsewhere prompts are estimated at four characters a token.
+        admission.use_encodings({alias.name: encoding_for(alias.deployments[0].model) for alias in config.models})
+    return admission

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -134,6 +134,15 @@ class Admission:
     @property
     def tenants(self) -> list[str]:
         return list(self._rules)
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether any tenant's rules need real prompt counts (a token bucket or a budget somewhere)."""
+        return self._fallback_rules.precise or any(rules.precise for rules in self._rules.values())
+
+    def use_encodings(self, encodings: Mapping[str, Any]) -> None:
+        """Count with these tokenizers, by alias (set at start-up, before any request)."""
+        self._aliases = {name: replace(policy, encoding=encodings.get(name)) for name, policy in self._aliases.items()}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
