@@ -232,6 +232,8 @@ def record_key(tenant: str, entry: str) -> str:
 
 
 _MAX_BATCH = 200  # requests per script call: keeps a batch's unpack() far below Lua's stack limit
+_LAZY = frozenset({"settle", "release"})
+_LAZY_S = 0.002
 
 
 @dataclass(slots=True)
@@ -257,21 +259,35 @@ class RedisStore:
         self._retention_s = retention_days * 86400
         self._sha = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_ADMIT, _SETTLE, _ACQUIRE)}
         self._queued: dict[tuple[str, str], list[_Op]] = {}
+        self._soon = False                                   # a flush is due this turn
+        self._timer: asyncio.TimerHandle | None = None      # a flush is due in _LAZY_S
         self._flushing: set[asyncio.Task[None]] = set()
 
     async def _call(self, kind: str, group: str, op: _Op) -> Any:
         """Queues one request's part of a script. Everything queued in the same turn of the event loop goes
         in one pipeline, and the requests of one kind and one group (a tenant, a deployment's key) in one
-        script call: under load the client's packing and parsing and the server's per-call work cost more
-        than what the scripts do, so a batch of requests costs about what one did."""
+        script call: under load the socket calls, the client's packing and parsing and the server's per-call
+        work cost more than what the scripts do, so a batch of requests costs about what one did.
+        Settlements and releases wait for the next admission's pipeline (at most ``_LAZY_S``): nobody waits
+        for them, and they then cost no socket call of their own."""
         loop = asyncio.get_running_loop()
         op.future = loop.create_future()
-        if not self._queued:
-            loop.call_soon(self._flush_batch)
         self._queued.setdefault((kind, group), []).append(op)
+        if kind in _LAZY:
+            if self._timer is None and not self._soon:
+                self._timer = loop.call_later(_LAZY_S, self._flush_batch)
+        elif not self._soon:
+            self._soon = True
+            loop.call_soon(self._flush_batch)
         return await op.future
 
     def _flush_batch(self) -> None:
+        self._soon = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._queued:
+            return
         queued, self._queued = self._queued, {}
         commands = [(kind, group, ops[i:i + _MAX_BATCH]) for (kind, group), ops in queued.items()
                     for i in range(0, len(ops), _MAX_BATCH)]
@@ -420,6 +436,7 @@ class RedisStore:
         await self._call("release", key, _Op(holder))  # ZREM alone is atomic: many holders in one
 
     async def close(self) -> None:
+        self._flush_batch()
         if self._flushing:
             await asyncio.gather(*self._flushing, return_exceptions=True)
         await self.client.aclose()
