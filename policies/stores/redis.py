@@ -20,47 +20,40 @@ from redis.exceptions import NoScriptError
 from .base import AdmitResult, Reservation, Settlement, settle_at_estimate
 
 # KEYS: buckets hash, spend hash, pending, then every record and slot key of the batch (declared for Cluster).
-# ARGV[1]: [{r: record key, e: entry, b: [[field, capacity, rate, cost]], s: [[slot key, limit]],
-#            p: [[field, limit, soft]], est, l: lease}] in the order the requests came; ARGV[1 + i]: item i's plan.
+# ARGV[1]: {B: [[bucket field, capacity, rate]], P: [[spend field, limit, soft]], i: [{r: record key, e: entry,
+#           b: [[index in B, cost]], s: [[slot key, limit]], p: [index in P], est, l: lease}]} in the order the
+#           requests came (a batch's buckets and spends are named once); ARGV[1 + n]: request n's plan.
 # The requests are admitted one after the other, exactly as separate scripts at the same instant would admit
 # them, but the tenant's two hashes are read once and written once for the whole batch.
 _ADMIT = """
-local items = cjson.decode(ARGV[1])
+local batch = cjson.decode(ARGV[1])
+local B, P = batch.B, batch.P
 local buckets, spend, pending = KEYS[1], KEYS[2], KEYS[3]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local stamp = tostring(now)
-local level, at, spent, reserved = {}, {}, {}, {}
-local bnames, snames, fields = {}, {}, {}
-for _, it in ipairs(items) do
-  for _, b in ipairs(it.b) do
-    if level[b[1]] == nil then level[b[1]] = false; bnames[#bnames + 1] = b[1] end
-  end
-  for _, s in ipairs(it.p) do
-    if spent[s[1]] == nil then spent[s[1]] = 0; snames[#snames + 1] = s[1] end
-  end
-end
-if #bnames > 0 then
-  for i, n in ipairs(bnames) do fields[2 * i - 1], fields[2 * i] = n .. ':v', n .. ':t' end
+local level, at, spent, reserved, fields = {}, {}, {}, {}, {}
+if #B > 0 then
+  for i, b in ipairs(B) do fields[2 * i - 1], fields[2 * i] = b[1] .. ':v', b[1] .. ':t' end
   local h = redis.call('HMGET', buckets, unpack(fields))
-  for i, n in ipairs(bnames) do level[n], at[n] = tonumber(h[2 * i - 1]) or false, tonumber(h[2 * i]) or now end
+  for i = 1, #B do level[i], at[i] = tonumber(h[2 * i - 1]) or false, tonumber(h[2 * i]) or now end
 end
-if #snames > 0 then
-  fields = {}
-  for i, n in ipairs(snames) do fields[2 * i - 1], fields[2 * i] = n .. ':s', n .. ':r' end
-  local h = redis.call('HMGET', spend, unpack(fields))
-  for i, n in ipairs(snames) do spent[n], reserved[n] = tonumber(h[2 * i - 1]) or 0, tonumber(h[2 * i]) or 0 end
+if #P > 0 then
+  local sfields = {}
+  for i, s in ipairs(P) do sfields[2 * i - 1], sfields[2 * i] = s[1] .. ':s', s[1] .. ':r' end
+  local h = redis.call('HMGET', spend, unpack(sfields))
+  for i = 1, #P do spent[i], reserved[i] = tonumber(h[2 * i - 1]) or 0, tonumber(h[2 * i]) or 0 end
 end
-local dirty, added, ttl, pend = {}, {}, 0, {}
+local dirty, added, leases, pend = {}, {}, {}, {}
 local function admit(idx, it)
   if redis.call('EXISTS', it.r) == 1 then return 'dup' end
   local nb = #it.b
   local levels = {}
   local wait, failed = 0, 0
   for i = 1, nb do
-    local b = it.b[i]
-    local cap, rate, cost = b[2], b[3], b[4]
-    local v, a = level[b[1]] or cap, at[b[1]] or now
+    local bi, cost = it.b[i][1], it.b[i][2]
+    local cap, rate = B[bi][2], B[bi][3]
+    local v, a = level[bi] or cap, at[bi]
     if now > a then v = v + (now - a) * rate end
     if v > cap then v = cap end
     levels[i] = v
@@ -79,28 +72,25 @@ local function admit(idx, it)
     end
   end
   local soft = {}
-  for k, s in ipairs(it.p) do
-    local total = spent[s[1]] + reserved[s[1]] + it.est
-    if s[2] >= 0 and total > s[2] then return 'budget ' .. k end
-    if s[3] >= 0 and total >= s[3] then soft[#soft + 1] = k end
+  for k, pi in ipairs(it.p) do
+    local total = spent[pi] + reserved[pi] + it.est
+    if P[pi][2] >= 0 and total > P[pi][2] then return 'budget ' .. k end
+    if P[pi][3] >= 0 and total >= P[pi][3] then soft[#soft + 1] = k end
   end
   local out = {'ok', 0, '0'}
   for i = 1, nb do
-    local b = it.b[i]
-    local text = tostring(levels[i] - b[4])
-    local v = tonumber(text)
-    level[b[1]], at[b[1]], dirty[b[1]] = v, now, text
-    local full = math.ceil((b[2] - v) / b[3] * 1000) + 60000
-    if full > ttl then ttl = full end
+    local bi = it.b[i][1]
+    local text = tostring(levels[i] - it.b[i][2])
+    level[bi], at[bi], dirty[bi] = tonumber(text), now, text
     out[#out + 1] = text
   end
   for _, s in ipairs(it.s) do
     redis.call('ZADD', s[1], now + it.l, it.e)
-    redis.call('PEXPIRE', s[1], math.ceil(it.l * 1000) + 60000)
+    if (leases[s[1]] or 0) < it.l then leases[s[1]] = it.l end
   end
-  for _, s in ipairs(it.p) do
-    reserved[s[1]] = reserved[s[1]] + it.est
-    added[s[1]] = (added[s[1]] or 0) + it.est
+  for _, pi in ipairs(it.p) do
+    reserved[pi] = reserved[pi] + it.est
+    added[pi] = (added[pi] or 0) + it.est
   end
   redis.call('HSET', it.r, 'state', 'reserved', 'plan', ARGV[1 + idx])
   pend[#pend + 1], pend[#pend + 2] = now + it.l, it.e
@@ -109,57 +99,65 @@ local function admit(idx, it)
   return table.concat(out, ' ')
 end
 local results = {}
-for idx, it in ipairs(items) do results[idx] = admit(idx, it) end
-local set = {}
-for n, text in pairs(dirty) do set[#set + 1], set[#set + 2], set[#set + 3], set[#set + 4] = n .. ':v', text, n .. ':t', stamp end
+for idx, it in ipairs(batch.i) do results[idx] = admit(idx, it) end
+local set, ttl = {}, 0
+for bi, text in pairs(dirty) do
+  local n = #set
+  set[n + 1], set[n + 2], set[n + 3], set[n + 4] = fields[2 * bi - 1], text, fields[2 * bi], stamp
+  local full = math.ceil((B[bi][2] - level[bi]) / B[bi][3] * 1000) + 60000
+  if full > ttl then ttl = full end
+end
 if #set > 0 then
   redis.call('HSET', buckets, unpack(set))
   if redis.call('PTTL', buckets) < ttl then redis.call('PEXPIRE', buckets, ttl) end
 end
-for n, est in pairs(added) do redis.call('HINCRBY', spend, n .. ':r', string.format('%.0f', est)) end
+for key, lease in pairs(leases) do redis.call('PEXPIRE', key, math.ceil(lease * 1000) + 60000) end
+for pi, est in pairs(added) do redis.call('HINCRBY', spend, P[pi][1] .. ':r', string.format('%.0f', est)) end
 if #pend > 0 then redis.call('ZADD', pending, unpack(pend)) end
 return table.concat(results, '\\n')
 """
 
 # KEYS: pending, ledger, buckets hash, spend hash, then every record, aggregate and slot key of the batch.
-# ARGV[1]: {ret: retention, items: [{r: record key, e: entry, a: aggregates key, s: [slot keys],
-#           b: [[field, capacity, rate]], p: [field], refund, est, cost, ts, agg: {name: value}}]};
-# ARGV[1 + i]: item i's record. Each record is settled once (its state is checked, one after the other);
-# what the settled ones change in shared counters is summed and written once.
+# ARGV[1]: {ret: retention, B: [[token bucket field, capacity, rate]], P: [spend field], i: [{r: record key,
+#           e: entry, a: aggregates key, s: [slot keys], b: [index in B], p: [index in P], refund, est, cost, ts,
+#           agg: {name: value}}]}; ARGV[1 + n]: request n's record. Each record is settled once (its state is
+#           checked, one after the other); what the settled ones change in shared counters is summed and
+#           written once.
 _SETTLE = """
 local batch = cjson.decode(ARGV[1])
+local B, P = batch.B, batch.P
 local pending, ledger, buckets, spend = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local level, dirty, delta, aggs, slots, gone, logged = {}, {}, {}, {}, {}, {}, {}
+local level, reserved, spent, aggs, slots, gone, logged = {}, {}, {}, {}, {}, {}, {}
 local out = {}
-for idx, it in ipairs(batch.items) do
+for idx, it in ipairs(batch.i) do
   if redis.call('HGET', it.r, 'state') ~= 'reserved' then
     out[idx] = '0'
   else
     out[idx] = '1'
     if it.refund ~= 0 then
-      for _, b in ipairs(it.b) do
-        local cap, rate = b[2], b[3]
-        local v = level[b[1]]
+      for _, bi in ipairs(it.b) do
+        local cap, rate = B[bi][2], B[bi][3]
+        local v = level[bi]
         if v == nil then
-          local h = redis.call('HMGET', buckets, b[1] .. ':v', b[1] .. ':t')
-          local at = tonumber(h[2]) or now
+          local h = redis.call('HMGET', buckets, B[bi][1] .. ':v', B[bi][1] .. ':t')
+          local a = tonumber(h[2]) or now
           v = tonumber(h[1]) or cap
-          if now > at then v = v + (now - at) * rate end
+          if now > a then v = v + (now - a) * rate end
         end
         v = v + it.refund
         if v > cap then v = cap end
-        level[b[1]], dirty[b[1]] = v, true
+        level[bi] = v
       end
     end
     for _, key in ipairs(it.s) do
       slots[key] = slots[key] or {}
       table.insert(slots[key], it.e)
     end
-    for _, f in ipairs(it.p) do
-      delta[f .. ':r'] = (delta[f .. ':r'] or 0) - it.est
-      delta[f .. ':s'] = (delta[f .. ':s'] or 0) + it.cost
+    for _, pi in ipairs(it.p) do
+      reserved[pi] = (reserved[pi] or 0) - it.est
+      spent[pi] = (spent[pi] or 0) + it.cost
     end
     redis.call('HSET', it.r, 'state', 'settled', 'record', ARGV[1 + idx])
     redis.call('HDEL', it.r, 'plan')
@@ -168,15 +166,18 @@ for idx, it in ipairs(batch.items) do
     logged[#logged + 1], logged[#logged + 2] = it.ts, it.e
     local sums = aggs[it.a] or {}
     aggs[it.a] = sums
-    for name, value in pairs(it.agg) do sums[name] = (sums[name] or 0) + tonumber(value) end
+    for name, value in pairs(it.agg) do sums[name] = (sums[name] or 0) + value end
   end
 end
-for n, _ in pairs(dirty) do
-  redis.call('HSET', buckets, n .. ':v', tostring(level[n]), n .. ':t', tostring(now))
+for bi, v in pairs(level) do
+  redis.call('HSET', buckets, B[bi][1] .. ':v', tostring(v), B[bi][1] .. ':t', tostring(now))
 end
 for key, members in pairs(slots) do redis.call('ZREM', key, unpack(members)) end
-for f, d in pairs(delta) do
-  if d ~= 0 then redis.call('HINCRBY', spend, f, string.format('%.0f', d)) end
+for pi, d in pairs(reserved) do
+  if d ~= 0 then redis.call('HINCRBY', spend, P[pi] .. ':r', string.format('%.0f', d)) end
+end
+for pi, d in pairs(spent) do
+  if d ~= 0 then redis.call('HINCRBY', spend, P[pi] .. ':s', string.format('%.0f', d)) end
 end
 if #gone > 0 then
   redis.call('ZREM', pending, unpack(gone))
@@ -301,12 +302,30 @@ class RedisStore:
             return None, ["ZREM", group, *(op.item for op in ops)]
         if kind == "acquire":
             return _ACQUIRE, [1, group, *(part for op in ops for part in op.item)]
+        # a batch's buckets and spends are sent once, its requests name them by index (1-based, for Lua)
+        bucket_index: dict[str, tuple[int, float, float]] = {}
+        spend_index: dict[str, tuple[int, int, int]] = {}
+        items = []
+        for op in ops:
+            item = dict(op.item)
+            if kind == "admit":
+                item["b"] = [(bucket_index.setdefault(key, (len(bucket_index) + 1, cap, rate))[0], cost)
+                             for key, cap, rate, cost in item["b"]]
+                item["p"] = [spend_index.setdefault(key, (len(spend_index) + 1, limit, soft))[0]
+                             for key, limit, soft in item["p"]]
+            else:
+                item["b"] = [bucket_index.setdefault(key, (len(bucket_index) + 1, cap, rate))[0]
+                             for key, cap, rate in item["b"]]
+                item["p"] = [spend_index.setdefault(key, (len(spend_index) + 1, 0, 0))[0] for key in item["p"]]
+            items.append(item)
+        buckets = [(key, cap, rate) for key, (_, cap, rate) in bucket_index.items()]
         if kind == "admit":
             keys = [f"{group}:buckets", f"{group}:spend", f"{group}:pending"]
-            params = orjson.dumps([op.item for op in ops])
+            spends: list[Any] = [(key, limit, soft) for key, (_, limit, soft) in spend_index.items()]
+            params = orjson.dumps({"B": buckets, "P": spends, "i": items})
         else:
             keys = [f"{group}:pending", f"{group}:ledger", f"{group}:buckets", f"{group}:spend"]
-            params = orjson.dumps({"ret": self._retention_s, "items": [op.item for op in ops]})
+            params = orjson.dumps({"ret": self._retention_s, "B": buckets, "P": list(spend_index), "i": items})
         keys += dict.fromkeys(key for op in ops for key in op.keys)
         return _ADMIT if kind == "admit" else _SETTLE, [len(keys), *keys, params, *(op.text for op in ops)]
 
