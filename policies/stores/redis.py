@@ -411,12 +411,18 @@ class RedisStore:
         for tenant in tenants:
             t = tag(tenant)
             overdue = await self.client.zrangebyscore(f"gw:{t}:pending", "-inf", now, start=0, num=1000)
-            for entry in map(str, overdue):
-                plan = await self.client.hget(record_key(tenant, entry), "plan")
-                if plan is None:
-                    await self.client.zrem(f"gw:{t}:pending", entry)
-                    continue
-                settled += await self.settle(settle_at_estimate(Reservation.from_json(orjson.loads(plan))))
+            if overdue:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for entry in overdue:
+                        pipe.hget(record_key(tenant, str(entry)), "plan")
+                    plans = await pipe.execute()
+                gone = [str(entry) for entry, plan in zip(overdue, plans, strict=True) if plan is None]
+                if gone:
+                    await self.client.zrem(f"gw:{t}:pending", *gone)
+                done = await asyncio.gather(*(  # together: one batched script call
+                    self.settle(settle_at_estimate(Reservation.from_json(orjson.loads(plan))))
+                    for plan in plans if plan is not None))
+                settled += sum(done)
             await self.client.zremrangebyscore(f"gw:{t}:ledger", "-inf", now - self._retention_s)
             old = [f for f in map(str, await self.client.hkeys(f"gw:{t}:spend")) if _past_period(f, now)]
             if old:
