@@ -209,3 +209,17 @@ def test_fail_closed_answers_503_and_recovers(upstream, start_gateway, own_redis
         own_redis.start()
         time.sleep(0.4)
         assert chat(client).parse().choices
+
+
+async def test_closing_the_redis_store_writes_the_settlements_still_queued(redis_server):
+    first = RedisStore(redis_server.url)
+    r = reservation("closing", cost=30)
+    assert (await first.admit(r)).outcome == "ok"
+    queued = asyncio.get_running_loop().create_task(first.settle(settlement(r, 5, 10, 300)))
+    await asyncio.sleep(0)  # queued, waiting for the next pipeline
+    await first.close()
+    assert await queued is True
+    second = RedisStore(redis_server.url)
+    [record] = await second.records("acme", 0, time.time() + 10, 100)
+    assert record["request_id"] == "closing" and record["cost_nusd"] == 300
+    await second.close()
