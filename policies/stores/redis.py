@@ -1,9 +1,9 @@
 """The store in Redis, shared by every gateway process and machine.
 
 Admission and settlement are each one Lua script (one round trip, atomic), and each script call serves a
-batch: the requests of one tenant that arrived together, decided and settled one after the other. Every key of a tenant carries
-the hash tag ``{t:TENANT}``, so a script's keys sit in one slot and work on Redis Cluster. Time is Redis's
-own clock (``TIME``), one clock for all processes.
+batch: the requests of one tenant that arrived together, decided and settled one after the other. Every
+key of a tenant carries the hash tag ``{t:TENANT}``, so a script's keys sit in one slot and work on Redis
+Cluster. Time is Redis's own clock (``TIME``), one clock for all processes.
 """
 
 from __future__ import annotations
