@@ -20,6 +20,7 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,11 +127,16 @@ def main() -> int:
             wrk(name + " (warm-up)", base + "/v1/chat/completions", script, args.connections, 2)
             servers.append((name, base))
         best: dict[str, Any] = {}
+        ratios: list[float] = []  # Redis vs off within each round: the figure least moved by other load
         for _ in range(args.rounds):  # interleaved: the machine's other load hits every row alike
             for name, base in servers:
                 result = wrk(name, base + "/v1/chat/completions", script, args.connections, args.duration)
                 if name not in best or result.rps > best[name].rps:
                     best[name] = result
+                if name == servers[0][0]:
+                    off_rps = result.rps
+                elif name == servers[2][0]:
+                    ratios.append(result.rps / off_rps)
         rows = [best[name] for name, _ in servers]
         off = rows[0].rps
         print("\n| configuration | req/s | vs off | p50 ms | p99 ms | non-2xx |")
@@ -139,8 +145,10 @@ def main() -> int:
             print(f"| {row.name} | {row.rps:,.0f} | {row.rps / off:.0%} | {row.p50:.2f} | {row.p99:.2f} | "
                   f"{row.non2xx} |")
         ratio = rows[2].rps / off
-        print(f"\nTarget: all policies on (Redis) >= {TARGET_RATIO:.0%} of off: {ratio:.0%} "
-              f"{'MET' if ratio >= TARGET_RATIO else 'NOT MET'}\n", flush=True)
+        median = statistics.median(ratios)
+        print(f"\nRedis vs off in each round: {', '.join(f'{r:.0%}' for r in ratios)} (median {median:.0%})")
+        print(f"Target: all policies on (Redis) >= {TARGET_RATIO:.0%} of off: best rows {ratio:.0%}, median round "
+              f"{median:.0%}: {'MET' if min(ratio, median) >= TARGET_RATIO else 'NOT MET'}\n", flush=True)
 
         print(f"Accuracy: offered load far above the limit, {args.accuracy_duration} s per row", flush=True)
         table = []

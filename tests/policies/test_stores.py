@@ -82,6 +82,38 @@ async def test_in_flight_slots_and_budget_refuse(store):
     assert soft.outcome == "ok" and soft.soft == [0]
 
 
+async def test_requests_arriving_together_are_decided_one_after_the_other(store):
+    # one turn of the event loop: on Redis one script call for all of them, which must decide exactly as
+    # separate calls would (the bucket has room for 3 of 30, the in-flight cap for 2)
+    results = await asyncio.gather(*(store.admit(reservation(f"r{i}", cost=30)) for i in range(6)),
+                                   store.admit(reservation("r0", cost=1)))
+    assert [r.outcome for r in results] == ["ok", "ok", "slot", "slot", "slot", "slot", "dup"]
+    assert [r.levels for r in results[:2]] == [[pytest.approx(70, abs=0.1)], [pytest.approx(40, abs=0.1)]]
+    assert await store.spent("gw:{t:acme}:spend:d:2026-11-25") == (0, 2000)
+    admitted = [reservation(f"r{i}", cost=30) for i in range(2)]
+    done = await asyncio.gather(*(store.settle(settlement(r, 5, 10, 300 + i)) for i, r in enumerate(admitted * 2)))
+    assert sorted(done) == [False, False, True, True]  # settled together, still once each
+    assert await store.spent("gw:{t:acme}:spend:d:2026-11-25") == (601, 0)
+    after = await store.admit(reservation("next", cost=1))
+    assert after.levels == [pytest.approx(100 - 15 - 15 - 1, abs=0.2)]  # each got back the 15 it did not use
+    aggregates = (await store.aggregates("acme", ["2026-11-25"]))["2026-11-25"]
+    assert (aggregates["requests|chat|k"], aggregates["cost_nusd|chat|k"]) == (2, 601)
+    assert aggregates["prompt_tokens|chat|k"] == 10 and aggregates["completion_tokens|chat|k"] == 20
+    assert len(await store.records("acme", 0, time.time() + 10, 100)) == 2
+
+
+async def test_a_deployment_cap_taken_by_many_at_once(store):
+    key = "gw:{d:dep}:inflight"
+    taken = await asyncio.gather(*(store.acquire(key, 3, f"h{i}", 60.0) for i in range(5)))
+    assert taken == [True, True, True, False, False]
+    await asyncio.gather(store.release(key, "h0"), store.release(key, "h1"), store.release(key, "h1"))
+    assert await asyncio.gather(*(store.acquire(key, 3, f"n{i}", 60.0) for i in range(3))) == [True, True, False]
+    assert await store.acquire(key, 4, "short", 0.01) is True
+    assert await store.acquire(key, 4, "late", 60.0) is False
+    await asyncio.sleep(0.05)
+    assert await store.acquire(key, 4, "late", 60.0) is True  # a lease that ended frees its slot
+
+
 async def test_sweeper_settles_a_dead_process_reservation_at_its_estimate_once(store):
     r = reservation("lost", cost=50, lease_s=0.2)
     await store.admit(r)
@@ -177,3 +209,17 @@ def test_fail_closed_answers_503_and_recovers(upstream, start_gateway, own_redis
         own_redis.start()
         time.sleep(0.4)
         assert chat(client).parse().choices
+
+
+async def test_closing_the_redis_store_writes_the_settlements_still_queued(redis_server):
+    first = RedisStore(redis_server.url)
+    r = reservation("closing", cost=30)
+    assert (await first.admit(r)).outcome == "ok"
+    queued = asyncio.get_running_loop().create_task(first.settle(settlement(r, 5, 10, 300)))
+    await asyncio.sleep(0)  # queued, waiting for the next pipeline
+    await first.close()
+    assert await queued is True
+    second = RedisStore(redis_server.url)
+    [record] = await second.records("acme", 0, time.time() + 10, 100)
+    assert record["request_id"] == "closing" and record["cost_nusd"] == 300
+    await second.close()
