@@ -50,7 +50,9 @@ async def test_least_outstanding_avoids_the_busy_deployment(chaos, start_gateway
                                          routing={"strategy": "least_outstanding"})))
     chaos[1].faults["slow"] = Fault("slow_first_token", delay_s=0.5)
     seen = await _concurrently(gateway, 40, workers=4)
-    assert seen["slow"] <= 8 and seen["fast"] >= 32, seen
+    # weighted random would send about half (20) to the slow one; a busy CI machine slows the fast answers
+    # too, which makes more ties between the two counts, hence the margin
+    assert seen["slow"] <= 12 and seen["fast"] >= 28, seen
 
 
 def test_lowest_latency_prefers_the_fastest_once_measured(chaos, start_gateway):
