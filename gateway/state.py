@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -19,6 +20,8 @@ from .auth import Authenticator
 from .config import GatewayConfig, LoadedConfig
 from .logs import get_logger
 from .pipeline import Pipeline
+
+_CLOSE_TIMEOUT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -85,7 +88,14 @@ class Gateway:
 
     async def close(self) -> None:
         self.ready = False
-        await self.pipeline.close()
+        try:
+            # Settlements still queued are written here; a store that stops answering must not hold the
+            # process past its drain (the sweeper settles what is left at its estimate).
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await self.pipeline.close()
+        except TimeoutError:
+            get_logger().warning("closing the pipeline timed out; unsettled requests are left to the sweeper",
+                                 timeout_s=_CLOSE_TIMEOUT_S)
         for backend in self.backends:
             await backend.close()
         await self.pool.close()

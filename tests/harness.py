@@ -49,9 +49,21 @@ class ServerThread:
             return coro_fn()
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
 
+    def _tasks(self) -> str:
+        import io
+
+        out = io.StringIO()
+        for task in asyncio.all_tasks(self.loop):
+            task.print_stack(limit=8, file=out)
+        return out.getvalue()
+
     def stop(self) -> None:
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(timeout=30)
+            future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop)
+            try:
+                future.result(timeout=30)
+            except TimeoutError:
+                raise AssertionError("the server did not shut down in 30 s; its tasks:\n" + self._tasks()) from None
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
