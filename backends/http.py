@@ -34,6 +34,11 @@ async def post(session: aiohttp.ClientSession, url: str | yarl.URL, body: bytes,
 
 
 async def read_json(response: aiohttp.ClientResponse, backend_id: str) -> dict[str, Any]:
+    return (await read_body(response, backend_id))[1]
+
+
+async def read_body(response: aiohttp.ClientResponse, backend_id: str) -> tuple[bytes, dict[str, Any]]:
+    """A whole answer's raw bytes and its JSON object."""
     try:
         raw = await response.read()
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
@@ -46,7 +51,7 @@ async def read_json(response: aiohttp.ClientResponse, backend_id: str) -> dict[s
         data = None
     if not isinstance(data, dict):
         raise UpstreamError(f"upstream {backend_id} returned a body that is not a JSON object")
-    return data
+    return raw, data
 
 
 async def read_error(response: aiohttp.ClientResponse, read_s: float) -> tuple[Any, bytes, dict[str, str]]:

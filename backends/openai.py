@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,10 +12,8 @@ import orjson
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig
 from .errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
+from .http import client_timeout, expect_stream, plain_error, post, read_body, read_error
 from .pool import SessionPool
-
-_PASSED_ERROR_HEADERS = ("retry-after", "retry-after-ms")
-_MAX_ERROR_BODY = 64 * 1024
 
 
 class OpenAIBackend(Backend):
@@ -24,8 +21,7 @@ class OpenAIBackend(Backend):
         self.id = deployment.id
         self.deployment = deployment
         self._pool = pool
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=deployment.timeouts.connect_s,
-                                              sock_read=deployment.timeouts.read_s)
+        self._timeout = client_timeout(deployment)
         headers = {"content-type": "application/json", **deployment.headers}
         if deployment.api_key:
             if deployment.provider == "azure":
@@ -52,43 +48,21 @@ class OpenAIBackend(Backend):
             payload["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else \
                 {"include_usage": True}
         session = self._pool.get(self.deployment.base_url)
-        try:
-            response = await session.post(self._urls[endpoint], data=orjson.dumps(payload),
-                                          headers=self._headers, timeout=self._timeout)
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(f"upstream {self.id} timed out before answering") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"upstream {self.id} unreachable: {type(exc).__name__}") from exc
+        response = await post(session, self._urls[endpoint], orjson.dumps(payload), self._headers, self._timeout,
+                              self.id)
         try:
             if response.status >= 400:
                 raise await self._error(response)
             if stream:
-                if not response.content_type.startswith("text/event-stream"):
-                    raise UpstreamError(f"upstream {self.id} answered a stream request with "
-                                        f"{response.content_type or 'no content type'}")
+                expect_stream(response, "text/event-stream", self.id)
                 yield UpstreamResponse(status=response.status, chunks=self._relay(response))
             else:
-                body = await self._read(response)
-                try:
-                    data = orjson.loads(body)
-                except orjson.JSONDecodeError:
-                    data = None
-                if not isinstance(data, dict):
-                    raise UpstreamError(f"upstream {self.id} returned a body that is not a JSON object")
+                body, data = await read_body(response, self.id)
                 if "error" in data and "choices" not in data and "data" not in data:
                     raise _error_from_body(data, 502, self.id)
                 yield UpstreamResponse(status=response.status, body=body, data=data)
         finally:
             response.release()
-
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
-        try:
-            return await response.read()
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(f"upstream {self.id} timed out while answering") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"upstream {self.id} broke off its answer: "
-                                          f"{type(exc).__name__}") from exc
 
     async def _relay(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         try:
@@ -101,22 +75,12 @@ class OpenAIBackend(Backend):
                                           f"{type(exc).__name__}") from exc
 
     async def _error(self, response: aiohttp.ClientResponse) -> UpstreamError:
-        headers = {h: response.headers[h] for h in _PASSED_ERROR_HEADERS if h in response.headers}
-        try:
-            raw = await asyncio.wait_for(response.content.read(_MAX_ERROR_BODY), self.deployment.timeouts.read_s)
-        except (TimeoutError, aiohttp.ClientError):
-            raw = b""
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            data = None
+        data, raw, headers = await read_error(response, self.deployment.timeouts.read_s)
         if isinstance(data, dict):
             error = _error_from_body(data, response.status, self.id)
             error.headers = headers
             return error
-        text = raw[:200].decode("utf-8", "replace").strip()
-        return UpstreamError(f"upstream {self.id} returned HTTP {response.status}" + (f": {text}" if text else ""),
-                             status=response.status, headers=headers)
+        return plain_error(self.id, response.status, raw, headers)
 
 
 def _error_from_body(data: dict[str, Any], status: int, deployment_id: str) -> UpstreamError:
