@@ -1,0 +1,172 @@
+"""Server-sent events, read and written as the WHATWG HTML standard defines them ("Server-sent events",
+the event stream interpretation): the one codec every stream reader and writer of the gateway uses.
+
+Reading (``Decoder``): lines end with LF, CRLF or a lone CR, and a CRLF split across two chunks is one line
+end; ``field: value`` loses one leading space, ``field:value`` and ``field`` alone are fields too; ``data``
+lines accumulate joined by LF; ``event`` names the event (``message`` when absent); ``id`` without a NUL sets
+the last event id; ``retry`` with ASCII digits only sets the reconnection time; a line starting with ``:`` is a
+comment; an empty line dispatches the event if it has data; a leading byte-order mark is dropped. Chunks may
+be split at any byte. At the end of a stream, an event whose blank line never came is still dispatched by
+``close()`` (the standard drops it; upstreams that omit the last blank line are common enough to forgive).
+
+Writing (``encode``, ``data``): LF line ends; data holding line breaks becomes several ``data`` lines.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+
+__all__ = ["DONE", "Decoder", "Event", "comment", "data", "encode", "events"]
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One dispatched event: ``data`` is the UTF-8 bytes of its data lines joined by LF."""
+
+    data: bytes
+    event: str = "message"
+    id: str | None = None          # the last event id in force when this event was dispatched
+    retry: int | None = None       # a reconnection time (ms) set by this event's block
+
+    @property
+    def done(self) -> bool:
+        """OpenAI's end-of-stream sentinel, ``data: [DONE]``."""
+        return self.data == b"[DONE]"
+
+
+class Decoder:
+    """Incremental event-stream parser: ``feed`` the bytes as they arrive, ``close`` at the end."""
+
+    __slots__ = ("_buf", "_data", "_event", "_retry", "_skip_lf", "_started", "last_event_id")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._data: list[bytes] = []
+        self._event = ""
+        self._retry: int | None = None
+        self._skip_lf = False
+        self._started = False
+        self.last_event_id: str | None = None
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        """The events completed by ``chunk`` (possibly none)."""
+        if self._skip_lf and chunk:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        buf = self._buf + chunk if self._buf else chunk
+        if not self._started:
+            if len(buf) < 3 and _BOM.startswith(buf):
+                self._buf = buf
+                return []
+            self._started = True
+            if buf.startswith(_BOM):
+                buf = buf[3:]
+        if b"\r" in buf:
+            lines = _LINE_END.split(buf)
+            if buf.endswith(b"\r"):
+                self._skip_lf = True
+        else:
+            lines = buf.split(b"\n")
+        self._buf = lines.pop()
+        out: list[Event] = []
+        for line in lines:
+            event = self._line(line)
+            if event is not None:
+                out.append(event)
+        return out
+
+    def close(self) -> list[Event]:
+        """End of stream: a trailing line without its line end is read, and an event still open dispatched."""
+        out: list[Event] = []
+        if self._buf:
+            line, self._buf = self._buf, b""
+            if (event := self._line(line)) is not None:
+                out.append(event)
+        if (event := self._line(b"")) is not None:
+            out.append(event)
+        return out
+
+    def _line(self, line: bytes) -> Event | None:
+        if not line:
+            return self._dispatch()
+        if line[:1] == b":":
+            return None
+        field, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if field == b"data":
+            self._data.append(value)
+        elif field == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif field == b"id":
+            if b"\0" not in value:
+                self.last_event_id = value.decode("utf-8", "replace")
+        elif field == b"retry":
+            if value.isdigit():
+                self._retry = int(value)
+        return None
+
+    def _dispatch(self) -> Event | None:
+        retry, self._retry = self._retry, None
+        if not self._data:
+            self._event = ""
+            return None
+        data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+        event = Event(data, self._event or "message", self.last_event_id, retry)
+        self._data = []
+        self._event = ""
+        return event
+
+
+async def events(chunks: AsyncIterable[bytes]) -> AsyncIterator[Event]:
+    """The events of a byte stream, each as soon as its blank line has arrived."""
+    decoder = Decoder()
+    async for chunk in chunks:
+        for event in decoder.feed(chunk):
+            yield event
+    for event in decoder.close():
+        yield event
+
+
+def data(payload: bytes) -> bytes:
+    """One unnamed event whose data is ``payload`` (which holds no line break, as orjson's output never does)."""
+    return b"data: " + payload + b"\n\n"
+
+
+DONE = data(b"[DONE]")
+
+
+def encode(payload: bytes | str, event: str | None = None, id: str | None = None,
+           retry: int | None = None) -> bytes:
+    """One event; data with line breaks (LF, CRLF or CR) is written as several ``data`` lines."""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    head = b""
+    if event is not None and event != "message":
+        head += b"event: " + _field(event) + b"\n"
+    if id is not None:
+        head += b"id: " + _field(id) + b"\n"
+    if retry is not None:
+        head += b"retry: " + str(int(retry)).encode() + b"\n"
+    if b"\n" in payload or b"\r" in payload:
+        body = b"".join(b"data: " + line + b"\n" for line in _LINE_END.split(payload))
+    else:
+        body = b"data: " + payload + b"\n"
+    return head + body + b"\n"
+
+
+def comment(text: str = "") -> bytes:
+    """A comment line (keep-alive): readers ignore it."""
+    return b":" + (b" " + _field(text) if text else b"") + b"\n\n"
+
+
+def _field(value: str) -> bytes:
+    raw = value.encode()
+    if b"\n" in raw or b"\r" in raw:
+        raise ValueError("an SSE field value cannot hold a line break")
+    return raw
