@@ -41,7 +41,7 @@ def decode_split(raw: bytes, cuts: list[int]) -> list[sse.Event]:
     decoder = sse.Decoder()
     out: list[sse.Event] = []
     start = 0
-    for cut in sorted(set(cuts)) + [len(raw)]:
+    for cut in [*sorted(set(cuts)), len(raw)]:
         out += decoder.feed(raw[start:cut])
         start = cut
     return out + decoder.close()
