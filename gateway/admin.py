@@ -136,8 +136,7 @@ async def _usage(request: web.Request) -> web.StreamResponse:
         days = ledger.days_between(query.get("from", today), query.get("to", today))
     except ValueError as exc:
         raise InvalidRequest(f"from/to: {exc} (dates are YYYY-MM-DD, UTC)", param="from") from exc
-    store = gateway.pipeline.admission.store
-    rows = [row for tenant in tenants for row in await ledger.usage(store, tenant, days, group_by)]  # type: ignore[arg-type]  # checked above
+    rows = [row for tenant in tenants for row in await ledger.usage(gateway.ledger, tenant, days, group_by)]  # type: ignore[arg-type]  # checked above
     request[RECORD].status = 200
     headers = {"x-request-id": request[RECORD].request_id}
     if fmt == "csv":

@@ -24,10 +24,11 @@ from backends.errors import (
     Unavailable,
 )
 from policies.record import RequestRecord
+from policies.stores.layer import StoreLayer
 
 from . import admin, messages, metrics
 from .config import LoadedConfig
-from .keys import GATEWAY, RECORD
+from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
 from .proxy import handler as proxy_handler
 from .state import Gateway
@@ -43,7 +44,9 @@ CLIENT_CLOSED = 499  # nginx's name for it: the client went away before the answ
 def build_app(loaded: LoadedConfig) -> web.Application:
     app = web.Application(middlewares=[_middleware], client_max_size=loaded.config.server.max_body_bytes,
                           handler_args={"max_field_size": 16384})
-    app[GATEWAY] = Gateway.build(loaded)
+    app[STORES] = StoreLayer(loaded.config.stores)
+    app[GATEWAY] = Gateway.build(loaded, app[STORES])
+    app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
     app.cleanup_ctx.append(_lifecycle)
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", proxy_handler(Endpoint.CHAT))
@@ -57,6 +60,14 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     admin.add_routes(app)
     return app
+
+
+async def _stores(app: web.Application) -> AsyncIterator[None]:
+    """The process's one Redis client (or cluster client), shared by every policy and every reloaded config."""
+    stores = app[STORES]
+    await stores.open()
+    yield
+    await stores.close()
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field, fields
-from typing import Any
 
 from backends import Backend, SessionPool, build_backend
 from policies.admission import Admission, AliasPolicy
@@ -13,6 +12,8 @@ from policies.concurrency import InFlightLimited
 from policies.cost import PriceTable, dearest, deployment_price
 from policies.resilience import Resilience
 from policies.router import Route, Router
+from policies.stores.base import Store
+from policies.stores.layer import CONNECTION_FIELDS, StoreLayer
 from policies.tokens import encoding_for
 
 from . import metrics
@@ -32,19 +33,24 @@ class Gateway:
     pool: SessionPool
     backends: list[Backend]
     pipeline: Pipeline
-    redis: Any = None   # the breakers' redis.asyncio client, when stores.redis_url is set
+    stores: StoreLayer   # the process's (the app's): opened and closed by the app, not by a gateway
     ready: bool = False
     draining: bool = False
     model_ids: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, loaded: LoadedConfig) -> Gateway:
+    def build(cls, loaded: LoadedConfig, stores: StoreLayer) -> Gateway:
+        """``stores``: the app's store layer; a config whose ``stores:`` asks for another connection (a reload)
+        keeps it, with a warning: that change needs a restart."""
         config = loaded.config
+        if not stores.serves(config.stores):
+            changed = [f for f in CONNECTION_FIELDS if getattr(stores.config, f) != getattr(config.stores, f)]
+            get_logger().warning("stores connection settings changed; they apply after a restart", fields=changed)
         pool = SessionPool(limit_per_origin=config.server.upstream_max_connections)
         routes: dict[str, list[Route]] = {}
         disabled: dict[str, list[str]] = {}
         backends: list[Backend] = []
-        admission = _admission(config)
+        admission = _admission(config, stores)
         for alias in config.models:
             routes[alias.name] = []
             for index, deployment in enumerate(alias.deployments):
@@ -61,24 +67,16 @@ class Gateway:
                 backends.append(backend)
                 routes[alias.name].append(Route.of(alias.name, deployment, backend))
         router = Router(routes, disabled, {alias.name: alias.routing for alias in config.models})
-        # Breaker state goes to the shared Redis when there is one (limits and the cache open their own clients).
-        redis = None
-        if config.stores.redis_url is not None:
-            from redis import asyncio as aioredis
-
-            redis = aioredis.Redis.from_url(config.stores.redis_url, socket_timeout=config.stores.redis_timeout_s,
-                                            socket_connect_timeout=config.stores.redis_timeout_s)
         resilience = Resilience(router, config.resilience, retry={a.name: a.retry for a in config.models},
                                 fallbacks={a.name: a.fallbacks for a in config.models},
-                                redis=redis, events=metrics.ResilienceMetrics())
+                                stores=stores, events=metrics.ResilienceMetrics())
         for route in router.all_routes():
             metrics.BREAKER_STATE.labels(route.key).set(0)
         cache = ResponseCache(config.cache, tenants={t.name: t.cache for t in config.tenants},
-                              aliases={m.name: m.cache for m in config.models},
-                              redis_url=config.stores.redis_url)
+                              aliases={m.name: m.cache for m in config.models}, stores=stores)
         pipeline = Pipeline(admission, cache, resilience)
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
-                   backends=backends, pipeline=pipeline, redis=redis)
+                   backends=backends, pipeline=pipeline, stores=stores)
 
     async def start(self) -> None:
         for backend in self.backends:
@@ -99,8 +97,11 @@ class Gateway:
         for backend in self.backends:
             await backend.close()
         await self.pool.close()
-        if self.redis is not None:
-            await self.redis.aclose()
+
+    @property
+    def ledger(self) -> Store:
+        """Where the ledger's records and aggregates are read (the admin API's usage report)."""
+        return self.pipeline.admission.store
 
     def adopt(self, other: Gateway) -> Gateway:
         """Take over every field of ``other`` (a started gateway built from a reloaded config) in place, so
@@ -115,7 +116,7 @@ class Gateway:
         return old
 
 
-def _admission(config: GatewayConfig) -> Admission:
+def _admission(config: GatewayConfig, stores: StoreLayer) -> Admission:
     prices: dict[str, PriceTable] = {}
     aliases: dict[str, AliasPolicy] = {}
     for alias in config.models:
@@ -129,7 +130,7 @@ def _admission(config: GatewayConfig) -> Admission:
         aliases[alias.name] = AliasPolicy(max_price=dearest(alias_prices),
                                           count_streams=any(not d.stream_usage for d in alias.deployments))
     admission = Admission(tenants={t.name: t for t in config.tenants}, defaults=config.policies,
-                          stores=config.stores, aliases=aliases, prices=prices)
+                          stores=config.stores, aliases=aliases, prices=prices, layer=stores)
     if admission.counts_tokens or any(a.count_streams for a in aliases.values()):
         # The tokenizers (bpe-openai) cost ~60 MB of memory: loaded only where a limit, a budget or a stream
         # without usage needs real counts; elsewhere prompts are estimated at four characters a token.

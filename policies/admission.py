@@ -30,6 +30,7 @@ from .cost import UNPRICED, PriceTable, usd
 from .queue import FairQueue, QueueFull
 from .stores.base import AdmitResult, Bucket, Reservation, Settlement, Slot, Spend, Store
 from .stores.failover import FailoverStore
+from .stores.layer import StoreLayer
 from .stores.memory import MemoryStore
 from .stores.redis import RedisStore, tag
 
@@ -95,9 +96,13 @@ class Admission:
     def __init__(self, tenants: Mapping[str, TenantPolicyFields] | None = None,
                  defaults: PolicyDefaults | None = None, stores: StoresConfig | None = None,
                  aliases: Mapping[str, AliasPolicy] | None = None,
-                 prices: Mapping[str, PriceTable] | None = None) -> None:
+                 prices: Mapping[str, PriceTable] | None = None, layer: StoreLayer | None = None) -> None:
+        """``layer``: the process's store layer (its client and failure policy); none: this process's memory.
+        ``stores``: the ``stores:`` config read here (leases, sweeping, retention); the layer's by default."""
         self.defaults = defaults or PolicyDefaults()
-        self.stores = stores or StoresConfig()
+        self._own_layer = layer is None
+        self.layer = layer or StoreLayer(stores)
+        self.stores = stores or self.layer.config
         self._rules = {name: _Rules.of(name, fields, self.defaults) for name, fields in (tenants or {}).items()}
         self._fallback_rules = _Rules.of("-", TenantPolicyFields(), self.defaults)
         self._aliases = dict(aliases or {})
@@ -113,23 +118,10 @@ class Admission:
     def _build_store(self) -> Store:
         memory = MemoryStore(retention_days=self.stores.retention_days,
                              max_records=self.stores.memory_max_records)
-        if self.stores.redis_url is None:
+        if not self.layer.shared:
             return memory
-        redis = RedisStore(self.stores.redis_url, timeout_s=self.stores.redis_timeout_s,
-                           retention_days=self.stores.retention_days,
-                           max_connections=self.stores.redis_max_connections)
-        return FailoverStore(redis, memory, mode=self.stores.on_redis_error,
-                             retry_after_s=self.stores.retry_redis_after_s, on_failure=self._store_failed,
-                             on_recovery=self._store_recovered)
-
-    def _store_failed(self, operation: str, exc: Exception, mode: str) -> None:
-        metrics.STORE_ERRORS.labels(operation, mode).inc()
-        metrics.STORE_DEGRADED.set(1)
-        self._log.warning("redis store unreachable", operation=operation, mode=mode, error=str(exc))
-
-    def _store_recovered(self) -> None:
-        metrics.STORE_DEGRADED.set(0)
-        self._log.info("redis store reachable again")
+        return FailoverStore(RedisStore(self.layer, retention_days=self.stores.retention_days), memory,
+                             self.layer.health)
 
     @property
     def tenants(self) -> list[str]:
@@ -145,6 +137,8 @@ class Admission:
         self._aliases = {name: replace(policy, encoding=encodings.get(name)) for name, policy in self._aliases.items()}
 
     async def start(self) -> None:
+        if self._own_layer:
+            await self.layer.open()
         loop = asyncio.get_running_loop()
         self.queue = FairQueue(self.defaults.queue.max_size, self.defaults.queue.max_per_tenant,
                                depth=metrics.QUEUE_DEPTH.inc)
@@ -162,6 +156,8 @@ class Admission:
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
         await self.store.close()
+        if self._own_layer:
+            await self.layer.close()
 
     async def settled(self) -> None:
         """Waits until every finished request's settlement is written (they run after the response)."""

@@ -28,10 +28,10 @@ from typing import Any, Protocol
 import structlog
 
 from .resilience_config import BreakerConfig
+from .stores.layer import StoreLayer
 
 _SLOTS = 10          # the failure-ratio window is counted in this many time slots
 _REDIS_OP_TIMEOUT_S = 0.25
-_WARN_EVERY_S = 10.0
 
 
 class State(StrEnum):
@@ -204,52 +204,45 @@ def _key(name: str) -> str:
 
 
 class RedisStore:
-    """Shared by every gateway process using the same Redis. On a Redis error it fails open: the
-    operation goes to a process-local MemoryStore and a warning is logged (at most every 10 s)."""
+    """Shared by every gateway process using the same Redis, through the process's store layer. When Redis
+    is away the layer's policy applies: fail open, the operation goes to a process-local MemoryStore; fail
+    closed, a trial (which decides whether a request goes on) is refused with 503 while outcomes are still
+    counted in memory."""
 
-    def __init__(self, config: BreakerConfig, redis: Any) -> None:
+    def __init__(self, config: BreakerConfig, layer: StoreLayer) -> None:
         self.config = config
-        self._redis = redis
-        self._script = redis.register_script(_SCRIPT)
+        self._layer = layer
         self._fallback = MemoryStore(config)
-        self._warned = 0.0
         self._args = (config.failures, config.failure_ratio, config.min_requests, config.window_s,
                       config.cooldown_s)
 
     async def op(self, key: str, op: str, now: float, count: int = 1) -> tuple[View, bool]:
-        try:
-            async with asyncio.timeout(_REDIS_OP_TIMEOUT_S):
-                state, until, failures, granted, trial_until = await self._script(
-                    keys=[_key(key), _key(key) + ":w"], args=[op, repr(now), count, *self._args])
-        except Exception as exc:  # any Redis failure: fail open, never fail the request
-            self._warn(exc)
-            return await self._fallback.op(key, op, now, count)
+        return await self._layer.health.call(f"breaker_{op}", lambda: self._op(key, op, now, count),
+                                             lambda: self._fallback.op(key, op, now, count), decides=op == "trial")
+
+    async def _op(self, key: str, op: str, now: float, count: int) -> tuple[View, bool]:
+        async with asyncio.timeout(_REDIS_OP_TIMEOUT_S):
+            state, until, failures, granted, trial_until = await self._layer.script(
+                _SCRIPT, [_key(key), _key(key) + ":w"], [op, repr(now), count, *self._args])
         return View(State(_text(state)), float(_text(until)), int(failures), float(_text(trial_until))), \
             bool(granted)
 
     async def read(self, keys: Iterable[str]) -> dict[str, View]:
         keys = list(keys)
-        try:
-            async with asyncio.timeout(_REDIS_OP_TIMEOUT_S):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        pipe.hmget(_key(key), "state", "until", "failures", "trial_until")
-                    rows = await pipe.execute()
-        except Exception as exc:
-            self._warn(exc)
-            return await self._fallback.read(keys)
+        return await self._layer.health.call("breaker_read", lambda: self._read(keys),
+                                             lambda: self._fallback.read(keys), decides=False)
+
+    async def _read(self, keys: list[str]) -> dict[str, View]:
+        async with asyncio.timeout(_REDIS_OP_TIMEOUT_S):
+            async with self._layer.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hmget(_key(key), "state", "until", "failures", "trial_until")
+                rows = await pipe.execute()
         out: dict[str, View] = {}
         for key, (state, until, failures, trial_until) in zip(keys, rows, strict=True):
             out[key] = View(State(_text(state)) if state else State.CLOSED, float(_text(until or b"0")),
                             int(failures or 0), float(_text(trial_until or b"0")))
         return out
-
-    def _warn(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._warned >= _WARN_EVERY_S:
-            self._warned = now
-            structlog.get_logger("gateway").warning(
-                "breaker store unavailable, using process memory", error=f"{type(exc).__name__}: {exc}")
 
 
 def _text(value: Any) -> str:
@@ -262,12 +255,13 @@ Listener = Callable[[str, State], None]
 class Breakers:
     """The breakers of every deployment, by key (``alias/deployment``)."""
 
-    def __init__(self, config: BreakerConfig, keys: Iterable[str], redis: Any = None,
+    def __init__(self, config: BreakerConfig, keys: Iterable[str], stores: StoreLayer | None = None,
                  on_change: Listener | None = None) -> None:
+        """``stores``: the process's store layer; breakers share state through it when it has Redis."""
         self.config = config
-        self._memory = MemoryStore(config) if redis is None else None
-        self.store: Store = RedisStore(config, redis) if self._memory is None else self._memory
-        self.shared = redis is not None
+        self.shared = stores is not None and stores.shared
+        self._memory = None if self.shared else MemoryStore(config)
+        self.store: Store = self._memory if self._memory is not None else RedisStore(config, stores)  # type: ignore[arg-type]  # shared: a layer
         self._views = {key: View() for key in keys}
         self._pending: dict[str, int] = {}   # Redis: successes not yet pushed
         self._on_change = on_change
@@ -351,8 +345,11 @@ class Breakers:
     async def _sync(self) -> None:
         while True:
             await asyncio.sleep(self.config.sync_s)
-            await self._flush()
-            await self.snapshot()
+            try:
+                await self._flush()
+                await self.snapshot()
+            except Exception:  # the sync must outlive any one failure (the store's are handled below it)
+                structlog.get_logger("gateway").exception("breaker sync failed")
 
     async def _flush(self) -> None:
         pending, self._pending = self._pending, {}

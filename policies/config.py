@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PRIORITIES = ("interactive", "batch")  # served in this order
 Priority = Literal["interactive", "batch"]
@@ -96,9 +96,11 @@ class TenantPolicyFields(_Frozen):
 
 
 class StoresConfig(_Frozen):
-    """``stores:``: where limits, budgets and the ledger live. No ``redis_url``: in this process's memory."""
+    """``stores:``: where limits, budgets, the ledger, breakers and the exact cache live. No ``redis_url``: in
+    this process's memory."""
 
     redis_url: str | None = None
+    redis_cluster: bool = Field(default=False, description="redis_url names one node of a Redis Cluster")
     on_redis_error: Literal["fail_open", "fail_closed"] = "fail_open"
     redis_timeout_s: float = Field(default=0.5, gt=0)
     redis_max_connections: int = Field(default=64, ge=1, description="connections per gateway process")
@@ -116,3 +118,9 @@ class StoresConfig(_Frozen):
         if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _cluster(self) -> StoresConfig:
+        if self.redis_cluster and (self.redis_url is None or urlsplit(self.redis_url).scheme == "unix"):
+            raise ValueError("redis_cluster needs a redis:// or rediss:// redis_url (any node of the cluster)")
+        return self

@@ -44,6 +44,7 @@ from .fallback import error_classes, estimate_tokens
 from .resilience_config import ErrorClass, FallbackConfig, ResilienceConfig, RetryConfig
 from .retry import RetryBudget, backoff, retry_after, retryable
 from .router import Route, Router
+from .stores.layer import StoreLayer
 
 _Answer = tuple["_Held", UpstreamResponse, Route]
 
@@ -91,9 +92,9 @@ class Resilience:
     def __init__(self, router: Router, config: ResilienceConfig | None = None, *,
                  retry: Mapping[str, RetryConfig | None] | None = None,
                  fallbacks: Mapping[str, Sequence[FallbackConfig]] | None = None,
-                 redis: Any = None, events: Events | None = None) -> None:
-        """``redis``: a ``redis.asyncio.Redis`` client to share breaker state between gateway processes
-        (None: process memory). ``retry``/``fallbacks``: per alias."""
+                 stores: StoreLayer | None = None, events: Events | None = None) -> None:
+        """``stores``: the process's store layer, through which breaker state is shared between gateway
+        processes when it has Redis (None: process memory). ``retry``/``fallbacks``: per alias."""
         self.router = router
         self.config = config or ResilienceConfig()
         self.events = events or Events()
@@ -103,7 +104,7 @@ class Resilience:
         self._fallbacks = {a: tuple((fallbacks or {}).get(a) or ()) for a in aliases}
         self._chains: dict[str, tuple[tuple[str, frozenset[ErrorClass] | None], ...]] = {
             a: ((a, None), *((f.alias, frozenset(f.on)) for f in self._fallbacks[a])) for a in aliases}
-        self.breakers = Breakers(self.config.breaker, [r.key for r in router.all_routes()], redis,
+        self.breakers = Breakers(self.config.breaker, [r.key for r in router.all_routes()], stores,
                                  on_change=self.events.breaker)
         self._ignore = frozenset(self.config.breaker.ignore_status)
 

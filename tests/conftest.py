@@ -4,7 +4,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,10 +15,12 @@ from gateway import logs
 from gateway.app import build_app
 from gateway.auth import hash_key, new_key
 from gateway.config import LoadedConfig, parse_config
+from policies.config import StoresConfig
+from policies.stores.layer import StoreLayer
 from tests.fakes.openai_upstream import FakeState
 from tests.fakes.openai_upstream import build_app as build_fake
 from tests.harness import ServerThread
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisCluster, RedisServer
 
 LOG_PATH = Path(tempfile.mkdtemp(prefix="gateway-test-logs-")) / "gateway.log"
 _log_file = LOG_PATH.open("ab", buffering=0)
@@ -120,7 +122,7 @@ def client(gateway: ServerThread):  # type: ignore[no-untyped-def]
 def redis_session() -> Iterator[RedisServer]:
     server = RedisServer()
     yield server
-    server.stop()
+    server.remove()
 
 
 @pytest.fixture
@@ -128,3 +130,59 @@ def redis_server(redis_session: RedisServer) -> RedisServer:
     """A real redis-server on loopback, emptied for each test."""
     redis_session.flush()
     return redis_session
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may stop (Redis going away) and start again."""
+    server = RedisServer()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session() -> Iterator[RedisCluster]:
+    cluster = RedisCluster()
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session: RedisCluster) -> RedisCluster:
+    """A 3-master Redis Cluster of real redis-server processes, emptied for each test."""
+    redis_cluster_session.flush()
+    return redis_cluster_session
+
+
+STORE_KINDS = ("memory", "redis", "cluster")
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Each store the policies run on: this process's memory, one Redis, a Redis Cluster."""
+    return str(request.param)
+
+
+@pytest.fixture
+def stores_config(store_kind: str, request: pytest.FixtureRequest) -> StoresConfig:
+    if store_kind == "memory":
+        return StoresConfig()
+    if store_kind == "redis":
+        return StoresConfig(redis_url=request.getfixturevalue("redis_server").url)
+    return StoresConfig(redis_url=request.getfixturevalue("redis_cluster").url, redis_cluster=True)
+
+
+@pytest.fixture
+def stores_yaml(stores_config: StoresConfig) -> str:
+    """The lines under ``stores:`` (indented by 2) that put a gateway on ``store_kind``."""
+    lines = [f"  redis_url: {stores_config.redis_url}"] if stores_config.redis_url else []
+    if stores_config.redis_cluster:
+        lines.append("  redis_cluster: true")
+    return "\n".join(lines)
+
+
+@pytest.fixture
+async def store_layer(stores_config: StoresConfig) -> AsyncIterator[StoreLayer]:
+    """An open store layer on ``store_kind``, closed after the test."""
+    async with StoreLayer(stores_config) as layer:
+        yield layer

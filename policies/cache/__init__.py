@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from backends import Endpoint, UpstreamResponse
+from backends.errors import GatewayError
 
 from ..call import Call
 from ..models import model_info
+from ..stores.layer import StoreLayer
 from . import replay
 from .config import CacheConfig, CacheOverride, Settings, resolve
 from .exact import AnswerStore, MemoryStore, RedisStore, entry_key
@@ -55,20 +57,13 @@ class ResponseCache:
     """The pipeline's cache policy: ``lookup`` before the upstream, ``store`` after a completed answer."""
 
     def __init__(self, config: CacheConfig | None = None, *, tenants: Mapping[str, CacheOverride | None] = {},
-                 aliases: Mapping[str, CacheOverride | None] = {}, redis: Any = None,
-                 redis_url: str | None = None, redis_timeout_s: float = 0.5) -> None:
-        """``redis``: a shared ``redis.asyncio.Redis``; or ``redis_url`` (``stores.redis_url``) for a client of
-        the cache's own; neither: answers in this process's memory."""
+                 aliases: Mapping[str, CacheOverride | None] = {}, stores: StoreLayer | None = None) -> None:
+        """``stores``: the process's store layer; answers go to its Redis when it has one, else to this
+        process's memory."""
         self.config = config or CacheConfig()
         self._tenants, self._aliases = dict(tenants), dict(aliases)
         self._settings: dict[tuple[str, str], Settings] = {}
-        self._own_redis: Any = None
-        if redis is None and redis_url is not None:
-            import redis.asyncio as aioredis
-
-            redis = self._own_redis = aioredis.from_url(redis_url, socket_timeout=redis_timeout_s,
-                                                        socket_connect_timeout=redis_timeout_s)
-        self.answers: AnswerStore = (RedisStore(redis, self.config.max_entries) if redis is not None
+        self.answers: AnswerStore = (RedisStore(stores, self.config.max_entries) if stores is not None and stores.shared
                                      else MemoryStore(self.config.max_entries))
         # what some tenant and alias may use decides what is built: no model is loaded for nobody
         tenant_overrides = list(self._tenants.values()) or [None]
@@ -122,7 +117,8 @@ class ResponseCache:
         if "no-cache" in _directives(call.headers):
             return None
         identity = identify(call.tenant, call.alias, call.endpoint.value, call.body)
-        # a cache that fails (Redis or Qdrant unreachable, a slow embedding) is a miss, never a failed request
+        # a cache that fails (Qdrant unreachable, a slow embedding) is a miss, never a failed request; Redis away
+        # is the store layer's to handle (fail open: memory; fail closed: 503)
         try:
             raw = await self.answers.get(entry_key(call.tenant, call.alias, identity.key))
             if raw is not None:
@@ -131,6 +127,8 @@ class ResponseCache:
                 return None
             return await asyncio.wait_for(self._semantic(call, settings, identity),
                                           self.config.semantic.timeout_s)
+        except GatewayError:  # the store is away and fails closed: the request is refused (503)
+            raise
         except Exception as exc:
             log.warning("cache lookup failed, answering from upstream: %r", exc)
             return None
@@ -303,8 +301,6 @@ class ResponseCache:
             await self.index.close()
         if self.embedder is not None:
             await self.embedder.close()
-        if self._own_redis is not None:
-            await self._own_redis.aclose()
 
 
 def _directives(headers: Mapping[str, str]) -> set[str]:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from .base import AdmitResult, Reservation, Settlement, settle_at_estimate
+from .layer import StoreLayer
 
 # KEYS: buckets hash, spend hash, pending, then every record and slot key of the batch (declared for Cluster).
 # ARGV[1]: {B: [[bucket field, capacity, rate]], P: [[spend field, limit, soft]], i: [{r: record key, e: entry,
@@ -254,13 +254,8 @@ class _Op:
 class RedisStore:
     name = "redis"
 
-    def __init__(self, url: str, *, timeout_s: float = 0.5, retention_days: int = 400,
-                 max_connections: int = 64) -> None:
-        # A blocking pool: a burst waits for a free connection instead of failing with "Too many connections".
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout_s,
-                                                        socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                                        decode_responses=True)
-        self.client = aioredis.Redis(connection_pool=pool)
+    def __init__(self, layer: StoreLayer, *, retention_days: int = 400) -> None:
+        self._layer = layer
         self._retention_s = retention_days * 86400
         self._sha = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_ADMIT, _SETTLE, _ACQUIRE)}
         self._queued: dict[tuple[str, str], list[_Op]] = {}
@@ -268,6 +263,11 @@ class RedisStore:
         self._urgent = False                                 # someone waits for what is queued
         self._timer: asyncio.TimerHandle | None = None      # a flush is due in _LAZY_S
         self._flushing: set[asyncio.Task[None]] = set()
+
+    @property
+    def client(self) -> Any:
+        """The layer's client (opened by the app after this store is built)."""
+        return self._layer.redis
 
     async def _call(self, kind: str, group: str, op: _Op) -> Any:
         """Queues one request's part of a script. Everything queued in the same turn of the event loop goes
@@ -380,8 +380,8 @@ class RedisStore:
             for script, args in built:
                 if script is None:
                     pipe.execute_command(*args)
-                else:
-                    pipe.evalsha(self._sha[script], *args)
+                else:  # not pipe.evalsha: redis-py's cluster pipeline blocks that name (it routes the command)
+                    pipe.execute_command("EVALSHA", self._sha[script], *args)
             return list(await pipe.execute(raise_on_error=False))
 
     async def admit(self, reservation: Reservation) -> AdmitResult:
@@ -475,7 +475,7 @@ class RedisStore:
         await self._call("release", key, _Op(holder))  # ZREM alone is atomic: many holders in one
 
     async def close(self) -> None:
+        """Writes what is still queued (the client is the layer's: it stays open)."""
         while self._queued or self._flushing:
             self._flush_batch()
             await asyncio.gather(*self._flushing, return_exceptions=True)
-        await self.client.aclose()

@@ -72,10 +72,12 @@ def settle(server: ServerThread) -> None:
 
 
 @pytest.fixture
-def cached_gateway(upstream: tuple[ServerThread, FakeState],
-                   start_gateway: Callable[[str], ServerThread]) -> Callable[..., ServerThread]:
+def cached_gateway(upstream: tuple[ServerThread, FakeState], start_gateway: Callable[[str], ServerThread],
+                   stores_yaml: str) -> Callable[..., ServerThread]:
+    """A gateway with the cache on, on each store (``store_kind``: memory, one Redis, a Redis Cluster)."""
     def start(cache: dict[str, Any], **overrides: Any) -> ServerThread:
-        return start_gateway(cache_config(upstream[0].url, cache, **overrides))
+        stores = f"stores:\n{stores_yaml}\n" if stores_yaml else ""
+        return start_gateway(cache_config(upstream[0].url, cache, **overrides) + stores)
     return start
 
 

@@ -12,9 +12,10 @@ _SCRIPT = """
 import asyncio, sys
 from gateway.config import parse_config
 from gateway.state import Gateway
+from policies.stores import StoreLayer
 
 async def main():
-    gateway = Gateway.build(parse_config("cache: {enabled: true}\\n"))
+    gateway = Gateway.build(parse_config("cache: {enabled: true}\\n"), StoreLayer())
     await gateway.start()
     await gateway.close()
 

@@ -1,38 +1,31 @@
-"""The answer stores (memory and Redis) and the ResponseCache over them: expiry, the size cap, purge,
-several gateway processes sharing Redis, and the qdrant-client index (local mode) for the semantic cache."""
+"""The answer stores (memory, Redis, Redis Cluster) and the ResponseCache over them: expiry, the size cap,
+purge, several gateway processes sharing Redis, Redis going away (fail open, fail closed), and the
+qdrant-client index (local mode) for the semantic cache."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from backends import Endpoint, UpstreamResponse
+from backends.errors import Unavailable
 from policies.cache import CacheConfig, ResponseCache
 from policies.cache.exact import AnswerStore, MemoryStore, RedisStore, entry_key
 from policies.call import Call
+from policies.config import StoresConfig
 from policies.record import RequestRecord
+from policies.stores.layer import StoreLayer
 from tests.redis_server import RedisServer
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
-    clients: list[aioredis.Redis] = []
-
+@pytest.fixture
+def store_factory(store_layer: StoreLayer) -> Any:
     def make(max_entries: int = 100) -> AnswerStore:
-        if request.param == "memory":
-            return MemoryStore(max_entries)
-        server: RedisServer = request.getfixturevalue("redis_server")
-        client = aioredis.from_url(server.url)
-        clients.append(client)
-        return RedisStore(client, max_entries)
-
-    yield make
-    for client in clients:
-        await client.aclose()
+        return RedisStore(store_layer, max_entries) if store_layer.shared else MemoryStore(max_entries)
+    return make
 
 
 async def test_get_set_and_expiry(store_factory: Any) -> None:
@@ -81,11 +74,13 @@ def _answer(text: str) -> UpstreamResponse:
     return UpstreamResponse(status=200, data=data)
 
 
-async def test_gateway_processes_share_answers_through_redis(redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("store_kind", ["redis", "cluster"], indirect=True)
+async def test_gateway_processes_share_answers_through_redis(stores_config: StoresConfig) -> None:
     config = CacheConfig(enabled=True)
-    clients = [aioredis.from_url(redis_server.url)]
-    # one with a shared client, one with a client of its own (stores.redis_url)
-    one, two = ResponseCache(config, redis=clients[0]), ResponseCache(config, redis_url=redis_server.url)
+    layers = [StoreLayer(stores_config), StoreLayer(stores_config)]   # two processes, a client each
+    for layer in layers:
+        await layer.open()
+    one, two = ResponseCache(config, stores=layers[0]), ResponseCache(config, stores=layers[1])
     try:
         for cache in (one, two):
             await cache.start()
@@ -105,8 +100,8 @@ async def test_gateway_processes_share_answers_through_redis(redis_server: Redis
     finally:
         for cache in (one, two):
             await cache.close()
-        for client in clients:
-            await client.aclose()
+        for layer in layers:
+            await layer.close()
 
 
 async def test_semantic_cache_with_qdrant_client_index_and_expiry() -> None:
@@ -146,22 +141,86 @@ def test_config_errors_name_the_field() -> None:
     assert "tenants[0].cache.ttl_s" in problems
 
 
-async def test_an_unreachable_store_is_a_miss_not_a_failure() -> None:
+async def test_an_unreachable_store_fails_open_to_this_process_memory() -> None:
     from tests.harness import free_port
 
-    client = aioredis.from_url(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=0.5)
-    cache = ResponseCache(CacheConfig(enabled=True), redis=client)
-    await cache.start()
-    try:
-        call = _call("Anyone there?")
-        assert await cache.lookup(call) is None
-        assert call.record.cache == "miss"
-        cache.store(call, _answer("no"))
-        await cache.drain()   # the failed write is logged; the writer goes on
-        assert await cache.lookup(_call("Anyone there?")) is None
-    finally:
-        await cache.close()
-        await client.aclose()
+    async with StoreLayer(StoresConfig(redis_url=f"redis://127.0.0.1:{free_port()}", redis_timeout_s=0.5)) as layer:
+        cache = ResponseCache(CacheConfig(enabled=True), stores=layer)
+        await cache.start()
+        try:
+            call = _call("Anyone there?")
+            assert await cache.lookup(call) is None
+            assert call.record.cache == "miss" and layer.health.degraded
+            cache.store(call, _answer("no"))
+            await cache.drain()
+            again = _call("Anyone there?")
+            assert await cache.lookup(again) is not None and again.record.cache == "hit-exact"  # from memory
+        finally:
+            await cache.close()
+
+
+async def _eventually(condition: Any, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_redis_going_away_and_back_fail_open(own_redis: RedisServer) -> None:
+    stores = StoresConfig(redis_url=own_redis.url, redis_timeout_s=0.2, retry_redis_after_s=0.2)
+    async with StoreLayer(stores) as layer:
+        cache = ResponseCache(CacheConfig(enabled=True), stores=layer)
+        await cache.start()
+        try:
+            first = _call("Before?")
+            await cache.lookup(first)
+            cache.store(first, _answer("stored in Redis"))
+            await cache.drain()
+            own_redis.stop()
+            assert await cache.lookup(_call("Before?")) is None   # in Redis, which is away: a miss
+            assert layer.health.degraded
+            during = _call("During?")
+            cache.store(during, _answer("kept in memory"))
+            await cache.drain()
+            assert await cache.lookup(_call("During?")) is not None
+            own_redis.start()                                       # back, empty
+
+            async def recovered() -> bool:
+                await cache.lookup(_call("After?"))
+                return not layer.health.degraded
+            await _eventually(recovered)
+            after = _call("After?")
+            cache.store(after, _answer("in Redis again"))
+            await cache.drain()
+            assert await layer.redis.dbsize() == 2                   # the entry and its tenant's index
+            assert await cache.purge("acme") == 2                    # Redis's one and memory's one
+        finally:
+            await cache.close()
+
+
+async def test_redis_going_away_fail_closed_refuses_lookups(own_redis: RedisServer) -> None:
+    stores = StoresConfig(redis_url=own_redis.url, on_redis_error="fail_closed", redis_timeout_s=0.2,
+                          retry_redis_after_s=0.2)
+    async with StoreLayer(stores) as layer:
+        cache = ResponseCache(CacheConfig(enabled=True), stores=layer)
+        await cache.start()
+        try:
+            assert await cache.lookup(_call("Q?")) is None
+            own_redis.stop()
+            with pytest.raises(Unavailable) as refused:
+                await cache.lookup(_call("Q?"))
+            assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
+            own_redis.start()
+
+            async def answers() -> bool:
+                try:
+                    return await cache.lookup(_call("Q?")) is None
+                except Unavailable:
+                    return False
+            await _eventually(answers)
+            assert not layer.health.degraded
+        finally:
+            await cache.close()
 
 
 @pytest.mark.parametrize(("defaults", "tenant", "alias", "semantic"), [

@@ -16,6 +16,7 @@ import pytest
 from gateway.auth import hash_key, new_key
 from gateway.config import parse_config
 from gateway.state import Gateway
+from policies.stores import StoreLayer
 from tests.conftest import KEY, UPSTREAM_KEY, config_text, failure_models
 from tests.gateway.test_server import log_lines, start_serve_with
 
@@ -233,8 +234,9 @@ def test_a_deployment_that_would_stop_working_keeps_the_old_config(tmp_path, ups
 
 
 async def test_adopt_moves_every_field_and_keeps_the_process_draining(upstream):
-    live = Gateway.build(parse_config(original(upstream[0].url)))
-    fresh = Gateway.build(parse_config(extended(upstream[0].url)))
+    stores = StoreLayer()   # the app's: a reload keeps it
+    live = Gateway.build(parse_config(original(upstream[0].url)), stores)
+    fresh = Gateway.build(parse_config(extended(upstream[0].url)), stores)
     await live.start()
     await fresh.start()
     before = {f.name: getattr(live, f.name) for f in fields(Gateway)}

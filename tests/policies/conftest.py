@@ -14,7 +14,6 @@ from gateway.auth import hash_key, new_key
 from gateway.keys import GATEWAY
 from tests.conftest import KEY, OTHER_KEY, UPSTREAM_KEY
 from tests.harness import ServerThread
-from tests.redis_server import RedisServer
 
 ADMIN_KEY = new_key()
 SECOND_KEY = new_key()  # a second key of tenant acme
@@ -73,20 +72,12 @@ tenants:
 """
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store_yaml(request: pytest.FixtureRequest) -> str:
-    """The ``stores:`` lines of each store; the same policy tests run against both."""
-    if request.param == "memory":
-        return ""
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return f"  redis_url: {server.url}"
-
-
 @pytest.fixture
-def policy_gateway(upstream, start_gateway, store_yaml) -> Callable[..., ServerThread]:  # type: ignore[no-untyped-def]
+def policy_gateway(upstream, start_gateway, stores_yaml) -> Callable[..., ServerThread]:  # type: ignore[no-untyped-def]
+    """A gateway on each store (``store_kind``: memory, one Redis, a Redis Cluster); the same tests run on all."""
     def start(**sections: str) -> ServerThread:
         stores = sections.pop("stores", "")
-        return start_gateway(policy_config(upstream[0].url, stores=store_yaml + "\n" + stores, **sections))
+        return start_gateway(policy_config(upstream[0].url, stores=stores_yaml + "\n" + stores, **sections))
     return start
 
 

@@ -132,10 +132,10 @@ def test_catalog_prices_the_well_known_models():
     assert gpt is not None and gpt.input == 0.15 and gpt.output == 0.60
 
 
-def test_stream_usage_off_counts_the_streamed_text(upstream, start_gateway, store_yaml):
+def test_stream_usage_off_counts_the_streamed_text(upstream, start_gateway, stores_yaml):
     from tests.policies.conftest import policy_config
 
-    text = policy_config(upstream[0].url, stores=store_yaml).replace(
+    text = policy_config(upstream[0].url, stores=stores_yaml).replace(
         "        name: fake-chat\n", "        name: fake-chat\n        stream_usage: false\n")
     server = start_gateway(text)
     with sdk(server) as client:

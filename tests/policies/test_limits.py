@@ -141,12 +141,12 @@ def test_a_queued_request_gets_the_slot_when_the_running_one_ends(policy_gateway
         assert time.monotonic() - started > 1.0
 
 
-def test_deployment_max_concurrency_holds_across_tenants(upstream, start_gateway, store_yaml):
+def test_deployment_max_concurrency_holds_across_tenants(upstream, start_gateway, stores_yaml):
     import threading
 
     from tests.policies.conftest import policy_config
 
-    text = policy_config(upstream[0].url, stores=store_yaml).replace(
+    text = policy_config(upstream[0].url, stores=stores_yaml).replace(
         "model: slow-stream\n", "model: slow-stream\n        max_concurrency: 1\n        timeouts: {connect_s: 0.5}\n")
     server = start_gateway(text)
     with sdk(server) as client, sdk(server, OTHER_KEY) as other:

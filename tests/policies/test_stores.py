@@ -1,31 +1,28 @@
-"""The two stores behind one interface: the same checks on memory and on a real Redis; Redis going away."""
+"""Admission's store behind one interface: the same checks on memory, one Redis and a Redis Cluster (every
+script's keys in one slot); Redis going away and coming back."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 
 import openai
 import pytest
 
+from policies.config import StoresConfig
 from policies.stores.base import Bucket, Reservation, Settlement, Slot, Spend
+from policies.stores.layer import StoreLayer
 from policies.stores.memory import MemoryStore
 from policies.stores.redis import RedisStore
-from tests.harness import free_port
 from tests.policies.conftest import chat, policy_config, sdk, settled, usage
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request):  # type: ignore[no-untyped-def]
-    if request.param == "memory":
+@pytest.fixture
+async def store(store_layer: StoreLayer):  # type: ignore[no-untyped-def]
+    if not store_layer.shared:
         yield MemoryStore()
         return
-    server = request.getfixturevalue("redis_server")
-    redis = RedisStore(server.url)
+    redis = RedisStore(store_layer)
     yield redis
     await redis.close()
 
@@ -128,47 +125,6 @@ async def test_sweeper_settles_a_dead_process_reservation_at_its_estimate_once(s
     assert (await store.admit(reservation("next", cost=1))).outcome == "ok"  # its slot was freed
 
 
-class OwnRedis:
-    """A redis-server this test can stop and start again on the same port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="gateway-redis-")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-                                         "--save", "", "--appendonly", "no", "--dir", self.dir],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-
-@pytest.fixture
-def own_redis():  # type: ignore[no-untyped-def]
-    server = OwnRedis()
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(server.dir, ignore_errors=True)
-
-
 def test_fail_open_serves_from_memory_and_recovers_when_redis_returns(upstream, start_gateway, own_redis):
     import httpx
 
@@ -212,14 +168,14 @@ def test_fail_closed_answers_503_and_recovers(upstream, start_gateway, own_redis
 
 
 async def test_closing_the_redis_store_writes_the_settlements_still_queued(redis_server):
-    first = RedisStore(redis_server.url)
-    r = reservation("closing", cost=30)
-    assert (await first.admit(r)).outcome == "ok"
-    queued = asyncio.get_running_loop().create_task(first.settle(settlement(r, 5, 10, 300)))
-    await asyncio.sleep(0)  # queued, waiting for the next pipeline
-    await first.close()
-    assert await queued is True
-    second = RedisStore(redis_server.url)
-    [record] = await second.records("acme", 0, time.time() + 10, 100)
+    async with StoreLayer(StoresConfig(redis_url=redis_server.url)) as layer:
+        first = RedisStore(layer)
+        r = reservation("closing", cost=30)
+        assert (await first.admit(r)).outcome == "ok"
+        queued = asyncio.get_running_loop().create_task(first.settle(settlement(r, 5, 10, 300)))
+        await asyncio.sleep(0)  # queued, waiting for the next pipeline
+        await first.close()
+        assert await queued is True
+    async with StoreLayer(StoresConfig(redis_url=redis_server.url)) as layer:
+        [record] = await RedisStore(layer).records("acme", 0, time.time() + 10, 100)
     assert record["request_id"] == "closing" and record["cost_nusd"] == 300
-    await second.close()

@@ -7,14 +7,14 @@ import time
 
 import httpx
 import pytest
-import redis.asyncio
 
+from backends.errors import Unavailable
 from gateway.app import build_app
 from gateway.config import parse_config
-from gateway.keys import GATEWAY
 from policies.breaker import Breakers, MemoryStore, RedisStore, State, View
+from policies.config import StoresConfig
 from policies.resilience_config import BreakerConfig
-from tests.conftest import LOG_PATH
+from policies.stores.layer import StoreLayer
 from tests.fakes.chaos_upstream import Fault
 from tests.harness import ServerThread, free_port
 from tests.resilience.conftest import ADMIN_KEY, admin_deployments, alias, chat, config, dep
@@ -22,16 +22,11 @@ from tests.resilience.conftest import ADMIN_KEY, admin_deployments, alias, chat,
 FAST = BreakerConfig(failures=3, failure_ratio=0.5, min_requests=10, window_s=10, cooldown_s=0.5, sync_s=0.1)
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request):  # type: ignore[no-untyped-def]
-    """The same state machine in both stores: Python in memory, the Lua script in a real redis-server."""
-    if request.param == "memory":
-        yield MemoryStore(FAST)
-        return
-    server = request.getfixturevalue("redis_server")
-    client = redis.asyncio.from_url(server.url)
-    yield RedisStore(FAST, client)
-    await client.aclose()
+@pytest.fixture
+def store(store_layer: StoreLayer) -> MemoryStore | RedisStore:
+    """The same state machine on each store: Python in memory, the Lua script on one redis-server and on a
+    Redis Cluster."""
+    return RedisStore(FAST, store_layer) if store_layer.shared else MemoryStore(FAST)
 
 
 async def test_consecutive_failures_open_and_a_success_resets_the_count(store):
@@ -149,21 +144,10 @@ def test_admin_deployments_needs_an_admin_key(chaos, start_gateway):
 
 # --- shared through Redis ---------------------------------------------------------------------------
 
-def _redis_gateway(text: str, redis_url: str) -> ServerThread:
-    loaded = parse_config(text, path="test-config.yaml", env={})
-
-    def make():  # type: ignore[no-untyped-def]
-        app = build_app(loaded)
-        client = redis.asyncio.from_url(redis_url)
-        resilience = app[GATEWAY].pipeline.resilience
-        resilience.breakers = Breakers(loaded.config.resilience.breaker, [r.key for r in resilience.router.all_routes()], client,
-                                       on_change=resilience.events.breaker)
-
-        async def close_client(_app) -> None:  # type: ignore[no-untyped-def]
-            await client.aclose()
-        app.on_cleanup.append(close_client)
-        return app
-    return ServerThread(make).start()
+def _redis_gateway(text: str, stores: str) -> ServerThread:
+    """A gateway whose every store (limits, ledger, breakers, cache) is the Redis of ``stores`` (YAML lines)."""
+    loaded = parse_config(text + "stores:\n" + stores + "\n", path="test-config.yaml", env={})
+    return ServerThread(lambda: build_app(loaded)).start()
 
 
 def _shared_config(url: str) -> str:
@@ -171,9 +155,10 @@ def _shared_config(url: str) -> str:
                   resilience={"breaker": {"failures": 3, "cooldown_s": 1.0, "sync_s": 0.1}})
 
 
-def test_two_gateways_share_a_breaker_through_redis(chaos, redis_server):
-    first = _redis_gateway(_shared_config(chaos[0].url), redis_server.url)
-    second = _redis_gateway(_shared_config(chaos[0].url), redis_server.url)
+@pytest.mark.parametrize("store_kind", ["redis", "cluster"], indirect=True)
+def test_two_gateways_share_a_breaker_through_redis(chaos, stores_yaml):
+    first = _redis_gateway(_shared_config(chaos[0].url), stores_yaml)
+    second = _redis_gateway(_shared_config(chaos[0].url), stores_yaml)
     try:
         chaos[1].faults["bad"] = Fault("status", status=500)
         for _ in range(3):
@@ -195,10 +180,13 @@ def test_two_gateways_share_a_breaker_through_redis(chaos, redis_server):
         second.stop()
 
 
-async def test_only_one_process_gets_the_half_open_trial(redis_server):
-    clients = [redis.asyncio.from_url(redis_server.url) for _ in range(4)]
+@pytest.mark.parametrize("store_kind", ["redis", "cluster"], indirect=True)
+async def test_only_one_process_gets_the_half_open_trial(stores_config):
+    layers = [StoreLayer(stores_config) for _ in range(4)]   # four processes, a client each
     try:
-        breakers = [Breakers(FAST, ["a/d"], client) for client in clients]
+        for layer in layers:
+            await layer.open()
+        breakers = [Breakers(FAST, ["a/d"], layer) for layer in layers]
         for _ in range(3):
             await breakers[0].failure("a/d")
         for b in breakers:
@@ -212,14 +200,13 @@ async def test_only_one_process_gets_the_half_open_trial(redis_server):
             await b.snapshot()
             assert b.state("a/d") is State.CLOSED
     finally:
-        for client in clients:
-            await client.aclose()
+        for layer in layers:
+            await layer.close()
 
 
 async def test_redis_down_fails_open_to_process_memory():
-    client = redis.asyncio.from_url(f"redis://127.0.0.1:{free_port()}/0")
-    try:
-        breakers = Breakers(FAST, ["a/d"], client)
+    async with StoreLayer(StoresConfig(redis_url=f"redis://127.0.0.1:{free_port()}/0")) as layer:
+        breakers = Breakers(FAST, ["a/d"], layer)
         started = time.monotonic()
         assert await breakers.admit("a/d")
         for _ in range(3):
@@ -228,18 +215,66 @@ async def test_redis_down_fails_open_to_process_memory():
         assert time.monotonic() - started < 2
         await breakers.snapshot()
         assert breakers.state("a/d") is State.OPEN
-    finally:
-        await client.aclose()
+        assert layer.health.degraded
 
 
-def test_a_gateway_whose_redis_is_down_still_answers(chaos):
-    gateway = _redis_gateway(_shared_config(chaos[0].url), f"redis://127.0.0.1:{free_port()}/0")
+def _until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+async def _eventually(condition, within: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_fail_closed_refuses_a_trial_while_redis_is_away_and_recovers(own_redis):
+    stores = StoresConfig(redis_url=own_redis.url, on_redis_error="fail_closed", redis_timeout_s=0.2,
+                          retry_redis_after_s=0.2)
+    async with StoreLayer(stores) as layer:
+        breakers = Breakers(FAST, ["a/d"], layer)
+        for _ in range(3):
+            await breakers.failure("a/d")
+        assert breakers.state("a/d") is State.OPEN
+        own_redis.stop()
+        await asyncio.sleep(FAST.cooldown_s)   # the cool-down: the next request would be the trial
+        with pytest.raises(Unavailable) as refused:
+            await breakers.admit("a/d")       # whether it may go cannot be decided without the shared state
+        assert refused.value.status == 503 and layer.health.degraded
+        await breakers.failure("a/d")          # an outcome is still counted (in memory), never raised
+        own_redis.start()                      # empty: the breaker starts closed again in Redis
+
+        async def back() -> bool:
+            await breakers.snapshot()          # a read: from Redis once it answers again
+            return not layer.health.degraded
+        await _eventually(back)
+        assert breakers.state("a/d") is State.CLOSED and await breakers.admit("a/d")
+
+
+def _metric(gateway: ServerThread, name: str) -> str:
+    return "\n".join(line for line in httpx.get(gateway.url + "/metrics").text.splitlines()
+                     if line.startswith(name))
+
+
+def test_a_gateway_whose_redis_goes_away_keeps_its_breakers_in_memory_and_returns(chaos, own_redis):
+    gateway = _redis_gateway(_shared_config(chaos[0].url), f"  redis_url: {own_redis.url}\n"
+                             "  redis_timeout_s: 0.2\n  retry_redis_after_s: 0.2")
     try:
         assert chat(gateway, "chat").status_code == 200
+        own_redis.stop()
         chaos[1].faults["bad"] = Fault("status", status=500)
         for _ in range(3):
             chat(gateway, "chat")
-        assert chat(gateway, "chat").json()["error"]["code"] == "circuit_open"
-        assert "breaker store unavailable, using process memory" in LOG_PATH.read_text()
+        assert chat(gateway, "chat").json()["error"]["code"] == "circuit_open"   # opened in process memory
+        assert _metric(gateway, "gateway_store_degraded") == "gateway_store_degraded 1.0"
+        assert 'operation="breaker_failure"' in _metric(gateway, "gateway_store_errors_total")
+        chaos[1].faults.clear()
+        own_redis.start()
+        _until(lambda: chat(gateway, "chat").status_code == 200)   # Redis again: its breaker never opened
+        assert _metric(gateway, "gateway_store_degraded") == "gateway_store_degraded 0.0"
     finally:
         gateway.stop()

@@ -1,0 +1,96 @@
+"""The store layer: its generic key/value surface on memory, Redis and Redis Cluster, one client per process
+shared by every policy and kept across a reload, and the config that names a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.config import load_config, parse_config
+from gateway.keys import GATEWAY, STORES
+from gateway.reload import Reloader
+from policies.stores import StoreLayer
+from tests.harness import ServerThread
+from tests.policies.conftest import chat, policy_config, sdk
+
+
+async def test_strings_expire_and_are_deleted(store_layer: StoreLayer) -> None:
+    kv = store_layer.kv
+    await kv.set("gw:{x}:a", "one")
+    await kv.set("gw:{x}:b", "two", ttl_s=0.05)
+    assert await kv.get("gw:{x}:a") == "one" and await kv.get("gw:{x}:b") == "two"
+    await asyncio.sleep(0.1)
+    assert await kv.get("gw:{x}:b") is None
+    assert await kv.delete("gw:{x}:a", "gw:{x}:b") == 1
+    assert await kv.get("gw:{x}:a") is None
+
+
+async def test_hashes_set_increment_and_read_whole(store_layer: StoreLayer) -> None:
+    kv = store_layer.kv
+    assert await kv.hash_get("gw:{job:1}") == {}
+    await kv.hash_set("gw:{job:1}", {"state": "queued", "lines": "0"}, ttl_s=60)
+    assert await kv.hash_incr("gw:{job:1}", "lines", 5) == 5
+    assert await kv.hash_incr("gw:{job:1}", "done") == 1
+    await kv.hash_set("gw:{job:1}", {"state": "running"})
+    assert await kv.hash_get("gw:{job:1}") == {"state": "running", "lines": "5", "done": "1"}
+
+
+async def test_lists_keep_their_newest_items_in_order(store_layer: StoreLayer) -> None:
+    kv = store_layer.kv
+    for i in range(5):
+        length = await kv.append("gw:{audit}:acme", f"event {i}", max_len=3, ttl_s=60)
+    assert length == 3
+    assert await kv.items("gw:{audit}:acme") == ["event 2", "event 3", "event 4"]
+    assert await kv.items("gw:{audit}:acme", 0, 0) == ["event 2"]
+    assert await kv.items("gw:{audit}:acme", -2) == ["event 3", "event 4"]
+    assert await kv.items("gw:{audit}:nobody") == []
+
+
+@pytest.mark.parametrize("store_kind", ["redis", "cluster"], indirect=True)
+def test_one_client_serves_every_policy_and_survives_a_reload(upstream, stores_yaml: str, tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    text = policy_config(upstream[0].url, acme="    limits: {rpm: 1000}\n    cache: {enabled: true}",
+                         stores=stores_yaml)
+    path.write_text(text)
+    loaded = load_config(str(path))
+    from gateway.app import build_app
+
+    server = ServerThread(lambda: build_app(loaded)).start()
+    try:
+        assert server.app is not None
+        layer = server.app[STORES]
+        client = layer.redis
+        gateway = server.app[GATEWAY]
+        pipeline = gateway.pipeline
+        assert client is not None and gateway.stores is layer
+        assert pipeline.admission.layer is layer
+        assert pipeline.resilience.breakers.store._layer is layer  # type: ignore[union-attr]
+        assert pipeline.cache.answers._layer is layer  # type: ignore[attr-defined]
+        with sdk(server) as openai_client:
+            assert chat(openai_client).parse().choices
+        path.write_text(text.replace("rpm: 1000", "rpm: 2000"))
+        reloader = Reloader(server.app, str(path))
+        assert asyncio.run_coroutine_threadsafe(reloader.reload(), server.loop).result(30) is True
+        fresh = server.app[GATEWAY]
+        assert fresh.pipeline is not pipeline and fresh.stores is layer and layer.redis is client
+        with sdk(server) as openai_client:
+            assert chat(openai_client).parse().choices   # the retired gateway closed nothing of the client's
+        asyncio.run_coroutine_threadsafe(reloader.close(), server.loop).result(30)   # the old gateway closed
+        assert "gateway_store_degraded 0.0" in httpx.get(server.url + "/metrics").text
+    finally:
+        server.stop()
+    assert layer.redis is None   # closed with the app
+
+
+def test_a_cluster_is_named_by_redis_cluster() -> None:
+    loaded = parse_config("stores: {redis_url: 'redis://10.0.0.1:7000', redis_cluster: true}\n")
+    assert StoreLayer(loaded.config.stores).name == "redis-cluster"
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        parse_config("stores: {redis_cluster: true}\n")
+    assert any(p.startswith("stores: ") and "redis_cluster needs" in p for p in exc.value.problems), \
+        exc.value.problems
