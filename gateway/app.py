@@ -62,6 +62,7 @@ def build_app(loaded: LoadedConfig) -> web.Application:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.start()
+    metrics.publish_budgets(gateway.loaded.config)
     yield
     await gateway.close()
 
