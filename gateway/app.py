@@ -25,7 +25,7 @@ from backends.errors import (
 )
 from policies.record import RequestRecord
 
-from . import admin, messages, metrics, tracing
+from . import admin, messages, metrics, requestlog, tracing
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD
 from .logs import get_logger
@@ -50,6 +50,8 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     if traces is not None:  # off: no middleware, no OpenTelemetry import
         app.middlewares.append(traces.middleware)
         app[TRACING] = traces
+    if loaded.config.request_log.enabled:  # changing it needs a restart
+        app[requestlog.REQUEST_LOG] = requestlog.RequestLog(loaded.config.request_log)
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", proxy_handler(Endpoint.CHAT))
         app.router.add_post(f"{prefix}/completions", proxy_handler(Endpoint.COMPLETIONS))
@@ -60,6 +62,7 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/admin/requests", requestlog.handle)
     admin.add_routes(app)
     return app
 
@@ -68,8 +71,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.start()
     metrics.publish_budgets(gateway.loaded.config)
+    log = app.get(requestlog.REQUEST_LOG)
+    if log is not None:
+        await asyncio.to_thread(log.start)
     yield
     await gateway.close()
+    if log is not None:
+        await asyncio.to_thread(log.close)
     if TRACING in app:
         app[TRACING].close()
 
@@ -157,6 +165,9 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
         metrics.UPSTREAM_ERRORS.labels(record.deployment, status).inc()
     if record.trace is not None:
         record.trace.finish(record)
+    log = request.app.get(requestlog.REQUEST_LOG)
+    if log is not None:
+        log.add(record, latency, int(status))
     if not gateway.loaded.config.server.log_requests:
         return
     fields: dict[str, Any] = {

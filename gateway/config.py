@@ -109,6 +109,17 @@ class TracingConfig(_Frozen):
     timeout_s: float = Field(default=10.0, gt=0)
 
 
+class RequestLogConfig(_Frozen):
+    """``request_log:``: every API request's record in an embedded SQLite database (gateway/requestlog.py),
+    written by a background thread; never on the request's path."""
+
+    enabled: bool = True
+    path: str = Field(default="gateway-requests.db", description="SQLite file, relative to the working directory")
+    retention_days: float = Field(default=30, gt=0)
+    max_buffer: int = Field(default=10000, ge=1, description="records waiting to be written; beyond: dropped, counted")
+    flush_interval_s: float = Field(default=0.2, gt=0)
+
+
 class GatewayConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
@@ -119,6 +130,7 @@ class GatewayConfig(_Frozen):
     resilience: ResilienceConfig = ResilienceConfig()
     cache: CacheConfig = CacheConfig()
     tracing: TracingConfig = TracingConfig()
+    request_log: RequestLogConfig = RequestLogConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
