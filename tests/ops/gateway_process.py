@@ -48,3 +48,12 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+
+
+def poll(condition, what: str, timeout_s: float = 20):  # type: ignore[no-untyped-def]
+    """``condition()``'s first true value, checked every 20 ms until the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+    return value

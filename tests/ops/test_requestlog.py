@@ -15,16 +15,9 @@ from gateway.config import RequestLogConfig
 from gateway.requestlog import REQUEST_LOG, RequestLog
 from policies.record import RequestRecord
 from tests.conftest import KEY, OTHER_KEY, config_text
+from tests.ops.gateway_process import poll
 
 ADMIN_KEY = new_key()
-
-
-def poll(condition, what: str, timeout_s: float = 20):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
-    return value
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 
 import openai
@@ -21,19 +20,11 @@ from gateway.app import TRACING
 from gateway.keys import GATEWAY
 from tests.conftest import KEY, LOG_PATH, config_text
 from tests.harness import ServerThread
-from tests.ops.gateway_process import ROOT
+from tests.ops.gateway_process import ROOT, poll
 from tests.ops.otlp_receiver import OtlpReceiver
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_PARENT = "00f067aa0ba902b7"
-
-
-def poll(condition, what: str, timeout_s: float = 20):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
-    return value
 
 
 @pytest.fixture
