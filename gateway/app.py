@@ -26,7 +26,7 @@ from backends.errors import (
 from policies.record import RequestRecord
 from policies.stores.layer import StoreLayer
 
-from . import admin, messages, metrics
+from . import admin, messages, metrics, requestlog, tracing
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
@@ -35,6 +35,7 @@ from .state import Gateway
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _API_PATHS = ("/v1/", "/chat/", "/completions", "/embeddings", "/models")
+TRACING = web.AppKey("tracing", tracing.Tracing)
 # Request ids: unique across processes and restarts (a random prefix per process) and cheap (a counter).
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(1)
@@ -48,6 +49,12 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     app[GATEWAY] = Gateway.build(loaded, app[STORES])
     app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
     app.cleanup_ctx.append(_lifecycle)
+    traces = tracing.build(loaded.config.tracing, _API_PATHS)
+    if traces is not None:  # off: no middleware, no OpenTelemetry import
+        app.middlewares.append(traces.middleware)
+        app[TRACING] = traces
+    if loaded.config.request_log.enabled:  # changing it needs a restart
+        app[requestlog.REQUEST_LOG] = requestlog.RequestLog(loaded.config.request_log)
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", proxy_handler(Endpoint.CHAT))
         app.router.add_post(f"{prefix}/completions", proxy_handler(Endpoint.COMPLETIONS))
@@ -58,6 +65,7 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/admin/requests", requestlog.handle)
     admin.add_routes(app)
     return app
 
@@ -73,8 +81,16 @@ async def _stores(app: web.Application) -> AsyncIterator[None]:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.start()
+    metrics.publish_budgets(gateway.loaded.config)
+    log = app.get(requestlog.REQUEST_LOG)
+    if log is not None:
+        await asyncio.to_thread(log.start)
     yield
     await gateway.close()
+    if log is not None:
+        await asyncio.to_thread(log.close)
+    if TRACING in app:
+        app[TRACING].close()
 
 
 def error_response(exc: GatewayError, request_id: str) -> web.Response:
@@ -158,6 +174,11 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
             metrics.CACHE_SAVED.labels(record.tenant).inc(record.saved_usd)
     if record.deployment is not None and (record.status >= 500 or record.status in (408, 429)):
         metrics.UPSTREAM_ERRORS.labels(record.deployment, status).inc()
+    if record.trace is not None:
+        record.trace.finish(record)
+    log = request.app.get(requestlog.REQUEST_LOG)
+    if log is not None:
+        log.add(record, latency, int(status))
     if not gateway.loaded.config.server.log_requests:
         return
     fields: dict[str, Any] = {
@@ -180,6 +201,8 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
         fields["error"] = record.error
     if record.prompt is not None:
         fields["prompt"] = record.prompt
+    if record.trace is not None:
+        fields["trace_id"] = record.trace.trace_id
     _request_log().info("request", **fields)
 
 

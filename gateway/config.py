@@ -97,6 +97,29 @@ class AdminConfig(_Frozen):
     keys: tuple[Annotated[str, AfterValidator(_key_hash)], ...] = ()
 
 
+class TracingConfig(_Frozen):
+    """``tracing:``: OpenTelemetry export of request traces (gateway/tracing.py). Changing it needs a restart."""
+
+    enabled: bool = False
+    endpoint: str = Field(default="http://127.0.0.1:4318/v1/traces", description="OTLP/HTTP traces URL")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with each export (collector auth)")
+    service_name: str = "llm-gateway"
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="of traces started here; a client's "
+                                "traceparent decides for its own")
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class RequestLogConfig(_Frozen):
+    """``request_log:``: every API request's record in an embedded SQLite database (gateway/requestlog.py),
+    written by a background thread; never on the request's path."""
+
+    enabled: bool = True
+    path: str = Field(default="gateway-requests.db", description="SQLite file, relative to the working directory")
+    retention_days: float = Field(default=30, gt=0)
+    max_buffer: int = Field(default=10000, ge=1, description="records waiting to be written; beyond: dropped, counted")
+    flush_interval_s: float = Field(default=0.2, gt=0)
+
+
 class GatewayConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
@@ -106,6 +129,8 @@ class GatewayConfig(_Frozen):
     tenants: tuple[TenantConfig, ...] = ()
     resilience: ResilienceConfig = ResilienceConfig()
     cache: CacheConfig = CacheConfig()
+    tracing: TracingConfig = TracingConfig()
+    request_log: RequestLogConfig = RequestLogConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 import orjson
 
-from backends import Endpoint, UpstreamResponse
+from backends import Endpoint, UpstreamResponse, spans
 from policies.admission import Admission
 from policies.cache import ResponseCache
 from policies.call import Call
@@ -36,8 +36,14 @@ class Pipeline:
         if call.stream and call.endpoint is not Endpoint.EMBEDDINGS:
             options = call.body.get("stream_options")
             call.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        if call.record.trace is not None:
+            call.record.trace.request(call.body)
+        admitting = spans.start("admission")
         async with self.admission.admit(call):
+            spans.end(admitting)
+            looking = spans.start("cache")
             hit = await self.cache.lookup(call)
+            spans.end(looking)
             if hit is not None:
                 yield hit
                 return

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from backends import Endpoint
+from backends import Endpoint, spans
 from backends.errors import GatewayError, QuotaExceeded, RateLimited
 
 from . import bucket, budget, metrics, tokens
@@ -240,6 +240,7 @@ class Admission:
         priority = self._priority(call, rules)
         metrics.QUEUED.labels(call.tenant).inc()
         started = time.perf_counter()
+        span = spans.start("queue")
         try:
             return await self.queue.wait(call.tenant, rules.weight, priority, rules.max_wait_s,
                                          lambda: self.store.admit(reservation), refused,
@@ -249,6 +250,7 @@ class Admission:
             raise RateLimited("Too many requests are waiting for this tenant; please retry later.",
                               headers={"Retry-After": str(_retry_after(refused))}) from None
         finally:
+            spans.end(span)
             metrics.QUEUE_WAIT.labels(call.tenant).observe(time.perf_counter() - started)
 
     def _priority(self, call: Call, rules: _Rules) -> int:

@@ -31,6 +31,7 @@ class RequestRecord:
     saved_usd: float | None = None
     attempts: list[str] = field(default_factory=list)   # "deployment:status" per upstream attempt
     response_headers: dict[str, str] = field(default_factory=dict)  # added to the answer (rate limits, x-cache)
+    trace: Any = None                   # gateway/tracing.py's RequestSpans while tracing is on
 
     def take_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):

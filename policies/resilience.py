@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from backends import UpstreamResponse
+from backends import UpstreamResponse, spans
 from backends.errors import (
     ContextWindowExceeded,
     DeadlineExceeded,
@@ -200,9 +200,11 @@ class Resilience:
                 if wait:
                     await asyncio.sleep(wait)
             tried.append(route)
+            span = spans.start("upstream", route.deployment, route.id)
             try:
                 held, upstream, first = await self._attempt(call, route, attempt.body(), deadline)
             except GatewayError as exc:
+                spans.end(span, exc.status, exc.message)
                 record.attempts.append(f"{route.id}:{exc.status}")
                 record.deployment = route.id
                 self.events.attempt(route, exc.status)
@@ -212,6 +214,7 @@ class Resilience:
                 if not retryable(exc, config) or loop.time() >= deadline:
                     return exc
                 continue
+            spans.end(span, upstream.status)
             record.attempts.append(f"{route.id}:{upstream.status}")
             self.events.attempt(route, upstream.status)
             if upstream.chunks is not None:
