@@ -114,7 +114,8 @@ class RequestLogConfig(_Frozen):
     written by a background thread; never on the request's path."""
 
     enabled: bool = True
-    path: str = Field(default="gateway-requests.db", description="SQLite file, relative to the working directory")
+    path: str = Field(default="~/.local/state/llm-gateway/requests.db",
+                      description="SQLite file; ~ expands, missing folders are made")
     retention_days: float = Field(default=30, gt=0)
     max_buffer: int = Field(default=10000, ge=1, description="records waiting to be written; beyond: dropped, counted")
     flush_interval_s: float = Field(default=0.2, gt=0)

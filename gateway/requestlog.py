@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -79,8 +80,13 @@ class RequestLog:
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
+    @property
+    def path(self) -> Path:
+        return Path(self.config.path).expanduser()
+
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.config.path, timeout=30, check_same_thread=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")  # readers (GET /admin/requests) do not block the writer
         db.execute("PRAGMA synchronous=NORMAL")
         return db
@@ -111,7 +117,7 @@ class RequestLog:
         where = [_FILTERS[name] for name in filters]
         sql = "SELECT * FROM requests" + (" WHERE " + " AND ".join(where) if where else "") + \
             " ORDER BY ts DESC LIMIT ?"
-        db = sqlite3.connect(self.config.path, timeout=30)
+        db = sqlite3.connect(self.path, timeout=30)
         try:
             rows = db.execute(sql, (*filters.values(), limit)).fetchall()
         finally:
