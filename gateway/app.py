@@ -25,7 +25,7 @@ from backends.errors import (
 )
 from policies.record import RequestRecord
 
-from . import admin, messages, metrics
+from . import admin, messages, metrics, responses
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD
 from .logs import get_logger
@@ -44,6 +44,7 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     app = web.Application(middlewares=[_middleware], client_max_size=loaded.config.server.max_body_bytes,
                           handler_args={"max_field_size": 16384})
     app[GATEWAY] = Gateway.build(loaded)
+    app[responses.STORE] = responses.new_store(loaded.config.server.responses_ttl_s)
     app.cleanup_ctx.append(_lifecycle)
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", proxy_handler(Endpoint.CHAT))
@@ -52,6 +53,12 @@ def build_app(loaded: LoadedConfig) -> web.Application:
         app.router.add_get(f"{prefix}/models", _list_models)
         app.router.add_get(f"{prefix}/models/{{model:.+}}", _get_model)
     app.router.add_post("/v1/messages", messages.handle)  # Anthropic's Messages API, any backend
+    app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
+    app.router.add_post("/v1/responses", responses.create)  # OpenAI's Responses API, any backend
+    app.router.add_get("/v1/responses/{id}", responses.retrieve)
+    app.router.add_delete("/v1/responses/{id}", responses.delete)
+    app.router.add_get("/v1/responses/{id}/input_items", responses.input_items)
+    app.router.add_get("/", _healthz)  # agents (Claude Code) probe the base URL before the first request
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
