@@ -214,7 +214,8 @@ def responses_usage(usage: Any) -> dict[str, Any]:
     completion_details = usage.get("completion_tokens_details") \
         if isinstance(usage.get("completion_tokens_details"), dict) else {}
     return {"input_tokens": prompt,
-            "input_tokens_details": {"cached_tokens": int(prompt_details.get("cached_tokens") or 0)},
+            "input_tokens_details": {"cached_tokens": int(prompt_details.get("cached_tokens") or 0),
+                                     "cache_write_tokens": int(prompt_details.get("cache_creation_tokens") or 0)},
             "output_tokens": completion,
             "output_tokens_details": {"reasoning_tokens": int(completion_details.get("reasoning_tokens") or 0)},
             "total_tokens": prompt + completion}
@@ -229,6 +230,8 @@ def chat_usage(usage: Any) -> dict[str, Any]:
     details = usage.get("input_tokens_details")
     if isinstance(details, dict) and details.get("cached_tokens") is not None:
         out["prompt_tokens_details"] = {"cached_tokens": int(details["cached_tokens"])}
+        if details.get("cache_write_tokens"):
+            out["prompt_tokens_details"]["cache_creation_tokens"] = int(details["cache_write_tokens"])
     details = usage.get("output_tokens_details")
     if isinstance(details, dict) and details.get("reasoning_tokens") is not None:
         out["completion_tokens_details"] = {"reasoning_tokens": int(details["reasoning_tokens"])}
@@ -251,8 +254,9 @@ def response_object(id_: str, body: dict[str, Any], alias: str, created: int, *,
             "store": body.get("store", True), "temperature": body.get("temperature", 1.0),
             "text": {"format": {"type": "text"}, **text}, "tool_choice": body.get("tool_choice", "auto"),
             "tools": tools, "top_p": body.get("top_p", 1.0), "truncation": body.get("truncation") or "disabled",
-            "usage": responses_usage(usage) if usage is not None else None, "user": body.get("user"),
-            "metadata": body.get("metadata") or {}}
+            **({"usage": responses_usage(usage)} if usage is not None else {}),
+            "metadata": body.get("metadata") or {}, **({"user": body["user"]} if isinstance(body.get("user"), str)
+                                                       else {})}
 
 
 def _message_item(id_: str, text: str, status: str = "completed") -> dict[str, Any]:

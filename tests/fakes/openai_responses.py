@@ -45,7 +45,7 @@ def _usage(body: dict[str, Any], plan: Answer) -> dict[str, Any]:
     prompt = len(orjson.dumps(body.get("input") or "")) // 4 + 1
     reasoning = REASONING_TOKENS if body.get("reasoning") else 0
     output = plan.output_tokens + reasoning
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": output,
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0}, "output_tokens": output,
             "output_tokens_details": {"reasoning_tokens": reasoning}, "total_tokens": prompt + output}
 
 
@@ -57,7 +57,7 @@ def _response(body: dict[str, Any], output: list[dict[str, Any]], status: str, u
             "reasoning": {"effort": None, "summary": None}, "store": body.get("store", True),
             "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": body.get("tool_choice", "auto"),
             "tools": body.get("tools") or [], "top_p": 1.0, "truncation": "disabled", "usage": usage,
-            "user": None, "metadata": body.get("metadata") or {}}
+            "metadata": body.get("metadata") or {}}
 
 
 def _items(answer: Answer) -> list[dict[str, Any]]:
@@ -88,7 +88,8 @@ async def handle(request: web.Request, body: dict[str, Any]) -> web.StreamRespon
         seq += 1
         await response.write(b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n")
 
-    start = {**final, "status": "in_progress", "output": [], "usage": None}
+    start = {**final, "status": "in_progress", "output": []}
+    del start["usage"]
     await send("response.created", response=start)
     await send("response.in_progress", response=start)
     for index, item in enumerate(items):
