@@ -39,7 +39,10 @@ class BadRequest(Exception):
     pass
 
 
-def gist(body: dict[str, Any]) -> Gist:
+MID_CONVERSATION_SYSTEM = "mid-conversation-system-2026-04-07"
+
+
+def gist(body: dict[str, Any], betas: str = "") -> Gist:
     for name, expected in (("model", str), ("max_tokens", int), ("messages", list)):
         if not isinstance(body.get(name), expected):
             raise BadRequest(f"{name}: Field required")
@@ -49,7 +52,7 @@ def gist(body: dict[str, Any]) -> Gist:
     if system is not None and not isinstance(system, (str, list)):
         raise BadRequest("system: Input should be a valid string or list")
     for i, message in enumerate(body["messages"]):
-        if message.get("role") == "system":  # beta mid-conversation-system-2026-04-07
+        if message.get("role") == "system" and MID_CONVERSATION_SYSTEM in betas:
             continue
         if message.get("role") not in ("user", "assistant"):
             raise BadRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'")
@@ -193,7 +196,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         headers = {"retry-after": "7"} if status == 429 else None
         return error(status, "Overloaded" if status == 529 else f"fake error {status}", headers=headers)
     try:
-        seen = gist(body)
+        seen = gist(body, request.headers.get("anthropic-beta", ""))
         plan = agent([t["name"] for t in body.get("tools") or ()], seen.tool_results) if model == AGENT_MODEL \
             else answer(seen)
     except BadRequest as exc:
