@@ -163,7 +163,7 @@ async def _agent_chat(request: web.Request, body: dict[str, Any]) -> web.StreamR
         results.insert(0, content if isinstance(content, str) else
                        "".join(p.get("text", "") for p in content if isinstance(p, dict)))
     plan = agent([t["function"]["name"] for t in body.get("tools") or ()], results)
-    calls = [{"id": f"call_agent{i}", "type": "function",
+    calls: list[dict[str, Any]] = [{"id": f"call_agent{i}", "type": "function",
               "function": {"name": name, "arguments": orjson.dumps(arguments).decode()}}
              for i, (name, arguments) in enumerate(plan.calls)]
     finish = "tool_calls" if calls else "stop"
