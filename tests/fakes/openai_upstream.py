@@ -155,11 +155,11 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeSt
 async def _agent_chat(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
     """The model ``agent`` (tests/fakes/scenario.py): a shell call first, then an answer quoting its output."""
     messages = body["messages"]
-    results = []
-    for message in reversed(messages):
-        if message.get("role") != "tool":
+    results: list[str] = []
+    for turn in reversed(messages):
+        if turn.get("role") != "tool":
             break
-        content = message.get("content")
+        content = turn.get("content")
         results.insert(0, content if isinstance(content, str) else
                        "".join(p.get("text", "") for p in content if isinstance(p, dict)))
     plan = agent([t["function"]["name"] for t in body.get("tools") or ()], results)
