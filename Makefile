@@ -8,7 +8,12 @@ BIN := $(VENV)/bin
 PREREQUISITES := docker-compose redis-server promtool
 
 .PHONY: setup serve test lint bench prerequisites
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed tests/agents/node_modules/.installed
+
+# the real coding agents (Codex CLI, Claude Code) the agent tests run; their native binaries come with them
+tests/agents/node_modules/.installed: tests/agents/package.json tests/agents/package-lock.json
+	cd tests/agents && npm ci --no-audit --no-fund --foreground-scripts
+	touch $@
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

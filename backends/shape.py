@@ -110,6 +110,10 @@ class ChunkWriter:
     def text(self, text: str, index: int = 0) -> bytes:
         return self._delta(index, {"content": text})
 
+    def reasoning(self, text: str, index: int = 0) -> bytes:
+        """Reasoning text, as vLLM and DeepSeek-style servers stream it (``reasoning_content``)."""
+        return self._delta(index, {"reasoning_content": text})
+
     def tool_start(self, tool_index: int, call_id: str, name: str, index: int = 0) -> bytes:
         return self._delta(index, {"tool_calls": [{"index": tool_index, "id": call_id, "type": "function",
                                                    "function": {"name": name, "arguments": ""}}]})

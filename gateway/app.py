@@ -26,7 +26,7 @@ from backends.errors import (
 from policies.record import RequestRecord
 from policies.stores.layer import StoreLayer
 
-from . import admin, messages, metrics, requestlog, tracing
+from . import admin, messages, metrics, requestlog, responses, tracing
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
@@ -48,6 +48,7 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     app[STORES] = StoreLayer(loaded.config.stores)
     app[GATEWAY] = Gateway.build(loaded, app[STORES])
     app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
+    app[responses.STORE] = responses.new_store(loaded.config.server.responses_ttl_s)
     app.cleanup_ctx.append(_lifecycle)
     traces = tracing.build(loaded.config.tracing, _API_PATHS)
     if traces is not None:  # off: no middleware, no OpenTelemetry import
@@ -62,6 +63,12 @@ def build_app(loaded: LoadedConfig) -> web.Application:
         app.router.add_get(f"{prefix}/models", _list_models)
         app.router.add_get(f"{prefix}/models/{{model:.+}}", _get_model)
     app.router.add_post("/v1/messages", messages.handle)  # Anthropic's Messages API, any backend
+    app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
+    app.router.add_post("/v1/responses", responses.create)  # OpenAI's Responses API, any backend
+    app.router.add_get("/v1/responses/{id}", responses.retrieve)
+    app.router.add_delete("/v1/responses/{id}", responses.delete)
+    app.router.add_get("/v1/responses/{id}/input_items", responses.input_items)
+    app.router.add_get("/", _healthz)  # agents (Claude Code) probe the base URL before the first request
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)

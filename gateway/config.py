@@ -65,6 +65,7 @@ class ServerConfig(_Frozen):
     log_prompts: bool = False
     upstream_max_connections: int = Field(default=1000, ge=1)
     watch_config: bool = False  # reload when the file changes (checked every second), as on SIGHUP
+    responses_ttl_s: float = Field(default=24 * 3600, gt=0)  # how long store: true responses are kept
 
 
 class ModelAlias(_Frozen):

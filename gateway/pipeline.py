@@ -21,6 +21,7 @@ from policies.call import Call
 from policies.resilience import Resilience
 
 _USAGE = b'"usage"'
+_NATIVE = (Endpoint.RESPONSES, Endpoint.MESSAGES, Endpoint.COUNT_TOKENS)
 
 
 class Pipeline:
@@ -51,9 +52,10 @@ class Pipeline:
                 call.collected = []
             async with self.resilience.send(call) as upstream:
                 if upstream.chunks is not None:
-                    upstream.chunks = _tap(call, upstream.chunks)
+                    if call.endpoint not in _NATIVE:  # a native format's handler reads its own usage
+                        upstream.chunks = _tap(call, upstream.chunks)
                 else:
-                    if upstream.data is not None:
+                    if upstream.data is not None and call.endpoint not in _NATIVE:
                         call.usage = upstream.data.get("usage")
                         call.record.take_usage(call.usage)
                     call.completed = True

@@ -18,6 +18,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from . import openai_responses
+from .scenario import AGENT_MODEL, agent, split_arguments
+
 SLOW_CHUNK_DELAY_S = 0.2
 SLOW_CHUNKS = 10
 
@@ -149,6 +152,51 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeSt
     return response
 
 
+async def _agent_chat(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """The model ``agent`` (tests/fakes/scenario.py): a shell call first, then an answer quoting its output."""
+    messages = body["messages"]
+    results: list[str] = []
+    for turn in reversed(messages):
+        if turn.get("role") != "tool":
+            break
+        content = turn.get("content")
+        results.insert(0, content if isinstance(content, str) else
+                       "".join(p.get("text", "") for p in content if isinstance(p, dict)))
+    plan = agent([t["function"]["name"] for t in body.get("tools") or ()], results)
+    calls: list[dict[str, Any]] = [{"id": f"call_agent{i}", "type": "function",
+              "function": {"name": name, "arguments": orjson.dumps(arguments).decode()}}
+             for i, (name, arguments) in enumerate(plan.calls)]
+    finish = "tool_calls" if calls else "stop"
+    usage = _usage(body, plan.output_tokens)
+    if not body.get("stream"):
+        message: dict[str, Any] = {"role": "assistant", "content": plan.text or None, "refusal": None}
+        if calls:
+            message["tool_calls"] = calls
+        return web.json_response({"id": "chatcmpl-agent", "object": "chat.completion", "created": int(time.time()),
+                                  "model": body["model"], "usage": usage,
+                                  "choices": [{"index": 0, "message": message, "finish_reason": finish,
+                                               "logprobs": None}]})
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(_chunk(body, {"role": "assistant", "content": ""}))
+    for piece in plan.pieces():
+        await response.write(_chunk(body, {"content": piece}))
+    for i, call in enumerate(calls):
+        await response.write(_chunk(body, {"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                                           "function": {"name": call["function"]["name"],
+                                                                        "arguments": ""}}]}))
+        for part in split_arguments(call["function"]["arguments"]):
+            await response.write(_chunk(body, {"tool_calls": [{"index": i, "function": {"arguments": part}}]}))
+    await response.write(_chunk(body, {}, finish))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        await response.write(b"data: " + orjson.dumps({"id": "chatcmpl-agent", "object": "chat.completion.chunk",
+                                                       "created": int(time.time()), "model": body["model"],
+                                                       "choices": [], "usage": usage}) + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
 async def _special(request: web.Request, model: str) -> web.StreamResponse | None:
     if model.startswith("error-") and model[6:].isdigit():
         status = int(model[6:])
@@ -190,6 +238,10 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     if special is not None:
         return special
     path = request.path
+    if path.endswith("/responses"):
+        return await openai_responses.handle(request, body)
+    if path.endswith("/chat/completions") and model == AGENT_MODEL:
+        return await _agent_chat(request, body)
     if path.endswith("/chat/completions"):
         if body.get("stream"):
             return await _stream_chat(request, body, state)
@@ -219,7 +271,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
 def build_app(state: FakeState | None = None) -> web.Application:
     app = web.Application()
     app[STATE] = state or FakeState()
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
+                 "/openai/deployments/{deployment}/responses",
                  "/openai/deployments/{deployment}/chat/completions",
                  "/openai/deployments/{deployment}/embeddings"):
         app.router.add_post(path, _handle)
