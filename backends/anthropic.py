@@ -116,9 +116,9 @@ class AnthropicBackend(Backend):
         tools: dict[int, int] = {}  # content block index -> OpenAI tool call index
         usage = Usage()
         finish = "stop"
-        async for name, data in sse_events(response, self.id):
-            event = stream_json(data, self.id)
-            kind = event.get("type", name)
+        async for raw in sse_events(response, self.id):
+            event = stream_json(raw.data, self.id)
+            kind = event.get("type", raw.event)
             if kind == "message_start":
                 message = event.get("message") or {}
                 writer.id = str(message.get("id") or writer.id)
