@@ -71,11 +71,11 @@ class Decoder:
             self._started = True
             if buf.startswith(_BOM):
                 buf = buf[3:]
-        if 13 not in buf:   # no CR (an int: bytes.__contains__ then is one memchr)
-            return self._lines(buf) if self._data else self._blocks(buf)
-        if buf.endswith(b"\r"):
-            self._skip_lf = True   # the LF of a CRLF may be the next chunk's first byte
-        return self._lines(buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n"))
+        if 13 in buf:   # a CR (an int: bytes.__contains__ then is one memchr): CRLF or CR line ends
+            if buf.endswith(b"\r"):
+                self._skip_lf = True   # the LF of a CRLF may be the next chunk's first byte
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        return self._lines(buf) if self._data else self._blocks(buf)
 
     def _lines(self, buf: bytes) -> list[Event]:
         lines = buf.split(b"\n")
@@ -94,15 +94,16 @@ class Decoder:
         return out
 
     def _blocks(self, buf: bytes) -> list[Event]:
-        # The common case, LF line ends and no event left open: one split per chunk, and an event that is a
-        # single ``data: `` line (every OpenAI chunk) taken whole; any other block goes through the lines.
+        # The common case, no event left open: one split per chunk, and an event that is a single ``data``
+        # line (every OpenAI chunk) taken whole; any other block goes through the lines.
         blocks = buf.split(b"\n\n")
         self._buf = b""
         tail = blocks.pop()
         out: list[Event] = []
         for block in blocks:
-            if block[:6] == b"data: " and 10 not in block:
-                out.append(_new(Event, (block[6:], self._event or "message", self.last_event_id, self._retry)))
+            if block[:5] == b"data:" and 10 not in block:
+                value = block[6:] if block[5:6] == b" " else block[5:]
+                out.append(_new(Event, (value, self._event or "message", self.last_event_id, self._retry)))
                 self._event, self._retry = "", None
             else:
                 out.extend(self._lines(block + b"\n\n"))
