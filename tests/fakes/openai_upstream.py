@@ -64,8 +64,8 @@ def framed(event: bytes, line_end: bytes, data_space: bool) -> bytes:
 async def send_event(response: web.StreamResponse, state: FakeState, event: bytes, own_line_end: bytes = b"\n") \
         -> None:
     """Writes one event in the state's framing; at ``hold_after`` events, waits for ``release``."""
+    state.events_sent += 1   # counted before the write: a test may see the event before this coroutine resumes
     await response.write(framed(event, state.line_end or own_line_end, state.data_space))
-    state.events_sent += 1
     if state.events_sent == state.hold_after:
         await asyncio.to_thread(state.release.wait, GATE_WAIT_S)
 
