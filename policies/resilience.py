@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from backends import UpstreamResponse, spans
+from backends import UpstreamResponse, spans, sse
 from backends.errors import (
     ContextWindowExceeded,
     DeadlineExceeded,
@@ -406,14 +406,11 @@ class _Held:
 
 def _first_event_ok(chunk: bytes) -> bool:
     # Nothing has reached the client yet: a garbled first event can still be retried elsewhere.
-    end = chunk.find(b"\n\n")
-    if not chunk.startswith(b"data: ") or end < 0:
-        return True
-    event = chunk[6:end]
-    if event == b"[DONE]":
+    events = sse.Decoder().feed(chunk)
+    if not events or events[0].done:
         return True
     try:
-        orjson.loads(event)
+        orjson.loads(events[0].data)
     except orjson.JSONDecodeError:
         return False
     return True
