@@ -9,7 +9,7 @@ from typing import Any
 from backends import Backend, SessionPool, build_backend
 from policies.admission import Admission, AliasPolicy
 from policies.cache import ResponseCache
-from policies.concurrency import InFlightLimited
+from policies.concurrency import InFlightCap
 from policies.cost import PriceTable, dearest, deployment_price
 from policies.resilience import Resilience
 from policies.router import Route, Router
@@ -54,12 +54,12 @@ class Gateway:
                     disabled.setdefault(alias.name, []).append(f"{deployment.id}: {reason}")
                     continue
                 backend = build_backend(deployment, pool)
+                cap = None
                 if deployment.max_concurrency is not None:
-                    backend = InFlightLimited(backend, deployment.max_concurrency, admission.store,
-                                              wait_s=deployment.timeouts.connect_s,
-                                              lease_s=config.stores.settle_after_s)
+                    cap = InFlightCap(backend.id, deployment.max_concurrency, admission.store,
+                                      wait_s=deployment.timeouts.connect_s, lease_s=config.stores.settle_after_s)
                 backends.append(backend)
-                routes[alias.name].append(Route.of(alias.name, deployment, backend))
+                routes[alias.name].append(Route.of(alias.name, deployment, backend, cap))
         router = Router(routes, disabled, {alias.name: alias.routing for alias in config.models})
         # Breaker state goes to the shared Redis when there is one (limits and the cache open their own clients).
         redis = None

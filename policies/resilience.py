@@ -370,22 +370,28 @@ class _Attempt:
 
 class _Held:
     """An attempt's upstream connection (the backend's ``send`` context), held while its answer is
-    relayed; counts toward the deployment's outstanding requests until released."""
+    relayed; counts toward the deployment's outstanding requests, and holds one of its ``max_concurrency``
+    slots, until released."""
 
-    __slots__ = ("_context", "_entered", "_route", "upstream")
+    __slots__ = ("_context", "_entered", "_route", "_slot", "upstream")
 
     def __init__(self, route: Route, context: AbstractAsyncContextManager[UpstreamResponse]) -> None:
         self._route = route
         self._context = context
         self._entered = False
+        self._slot: str | None = None
         self.upstream: UpstreamResponse
 
     async def enter(self) -> UpstreamResponse:
+        cap = self._route.cap
+        if cap is not None:
+            self._slot = await cap.take()
         self._route.outstanding += 1
         try:
             upstream = await self._context.__aenter__()
         except BaseException:
             self._route.outstanding -= 1   # the backend's context cleaned up after itself
+            await self._give_back()
             raise
         self._entered = True
         self.upstream = upstream
@@ -397,7 +403,16 @@ class _Held:
             return
         self._entered = False
         self._route.outstanding -= 1
-        await self._context.__aexit__(kind, exc, tb)
+        try:
+            await self._context.__aexit__(kind, exc, tb)
+        finally:
+            await self._give_back()
+
+    async def _give_back(self) -> None:
+        if self._slot is not None:
+            assert self._route.cap is not None
+            slot, self._slot = self._slot, None
+            await self._route.cap.give_back(slot)
 
 
 def _first_event_ok(chunk: bytes) -> bool:

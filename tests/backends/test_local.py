@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,14 +301,31 @@ async def test_a_request_before_the_model_is_loaded_waits_or_gets_503(tiny_model
         await asyncio.gather(impatient.close(), patient.close())
 
 
-def test_readyz_says_starting_until_the_model_is_loaded(tiny_model: Path, tmp_path: Path) -> None:
-    # A model whose tokenizer_config.json is a pipe: its load waits until the test writes the file's text.
+def _held_model(tiny_model: Path, tmp_path: Path) -> tuple[Path, Path, str]:
+    """A copy of the tiny model whose tokenizer_config.json is a pipe: its load waits until the test writes
+    the returned text into the pipe."""
     slow = tmp_path / "slow"
     shutil.copytree(tiny_model, slow)
     pipe = slow / "tokenizer_config.json"
     text = pipe.read_text()
     pipe.unlink()
     os.mkfifo(pipe)
+    return slow, pipe, text
+
+
+def _unblock(pipe: Path) -> None:
+    # Let the load fail rather than hang the shutdown: close the pipe on its reader once it has one.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+            return
+        except OSError:  # ENXIO: the loader has not opened it yet
+            time.sleep(0.05)
+
+
+def test_readyz_says_starting_until_the_model_is_loaded(tiny_model: Path, tmp_path: Path) -> None:
+    slow, pipe, text = _held_model(tiny_model, tmp_path)
     server = _start(f"""
   - name: slow
     deployments:
@@ -334,9 +352,59 @@ def test_readyz_says_starting_until_the_model_is_loaded(tiny_model: Path, tmp_pa
                           timeout=60)
         assert late.status_code == 200 and late.json()["usage"]["completion_tokens"] == 3
     finally:
-        if not written:  # let the load fail rather than hang the shutdown
-            with contextlib.suppress(OSError):
-                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        if not written:
+            _unblock(pipe)
+        server.stop()
+
+
+def test_a_capped_local_deployment_is_loading_until_loaded_and_its_cap_holds(tiny_model: Path,
+                                                                               tmp_path: Path) -> None:
+    # max_concurrency must not hide the engine's readiness: /readyz lists it as loading until it is loaded.
+    slow, pipe, text = _held_model(tiny_model, tmp_path)
+    server = _start(f"""
+  - name: slow
+    deployments:
+      - provider: local
+        model: slow
+        model_path: {slow}
+        max_concurrency: 1
+        timeouts: {{connect_s: 0.5}}
+        engine: {{load_timeout_s: 60, block_size: 4, num_kv_blocks: 64}}
+""")
+    written = False
+    try:
+        _backend(server)  # the engine's own backend, not a wrapper that hides its state
+        starting = httpx.get(server.url + "/readyz")
+        assert starting.status_code == 503
+        assert starting.json()["status"] == "starting" and starting.json()["deployments"]["loading"] == ["local/slow"]
+        chat = {"model": "slow", "messages": [{"role": "user", "content": "the quick fox"}], "max_tokens": 3,
+                "ignore_eos": True}
+        answers: list[httpx.Response] = []
+
+        def ask() -> None:
+            answers.append(httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                                      json=chat, timeout=90))
+
+        # Both wait for the model; one holds the only slot while it waits, the other is refused after connect_s.
+        askers = [threading.Thread(target=ask) for _ in range(2)]
+        for asker in askers:
+            asker.start()
+        deadline = time.monotonic() + 30
+        while not answers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [a.status_code for a in answers] == [429]
+        assert answers[0].json()["error"]["code"] == "deployment_busy"
+        assert httpx.get(server.url + "/readyz").json()["deployments"]["loading"] == ["local/slow"]
+        with pipe.open("w") as f:
+            f.write(text)
+        written = True
+        for asker in askers:
+            asker.join(90)
+        assert answers[1].status_code == 200 and answers[1].json()["usage"]["completion_tokens"] == 3
+        assert _wait_ready(server, timeout=60)["status"] == "ready"
+    finally:
+        if not written:
+            _unblock(pipe)
         server.stop()
 
 
