@@ -301,16 +301,30 @@ async def test_a_request_before_the_model_is_loaded_waits_or_gets_503(tiny_model
         await asyncio.gather(impatient.close(), patient.close())
 
 
-def _held_model(tiny_model: Path, tmp_path: Path) -> tuple[Path, Path, str]:
-    """A copy of the tiny model whose tokenizer_config.json is a pipe: its load waits until the test writes
-    the returned text into the pipe."""
+def _start_held(tiny_model: Path, tmp_path: Path, *settings: str) -> tuple[ServerThread, Path, str]:
+    """A gateway whose deployment ``local/slow`` (the tiny model plus ``settings``) is loading: its
+    tokenizer_config.json is a pipe, and the load waits until the test writes the returned text into it."""
     slow = tmp_path / "slow"
     shutil.copytree(tiny_model, slow)
     pipe = slow / "tokenizer_config.json"
     text = pipe.read_text()
     pipe.unlink()
     os.mkfifo(pipe)
-    return slow, pipe, text
+    lines = "".join(f"        {line}\n" for line in settings)
+    server = _start(f"""
+  - name: slow
+    deployments:
+      - provider: local
+        model: slow
+        model_path: {slow}
+{lines}""")
+    return server, pipe, text
+
+
+def _assert_loading(server: ServerThread) -> None:
+    starting = httpx.get(server.url + "/readyz")
+    assert starting.status_code == 503
+    assert starting.json()["status"] == "starting" and starting.json()["deployments"]["loading"] == ["local/slow"]
 
 
 def _unblock(pipe: Path) -> None:
@@ -325,20 +339,10 @@ def _unblock(pipe: Path) -> None:
 
 
 def test_readyz_says_starting_until_the_model_is_loaded(tiny_model: Path, tmp_path: Path) -> None:
-    slow, pipe, text = _held_model(tiny_model, tmp_path)
-    server = _start(f"""
-  - name: slow
-    deployments:
-      - provider: local
-        model: slow
-        model_path: {slow}
-        engine: {{load_timeout_s: 0.2, block_size: 4, num_kv_blocks: 64}}
-""")
+    server, pipe, text = _start_held(tiny_model, tmp_path, "engine: {load_timeout_s: 0.2, block_size: 4, num_kv_blocks: 64}")
     written = False
     try:
-        starting = httpx.get(server.url + "/readyz")
-        assert starting.status_code == 503
-        assert starting.json()["status"] == "starting" and starting.json()["deployments"]["loading"] == ["local/slow"]
+        _assert_loading(server)
         chat = {"model": "slow", "messages": [{"role": "user", "content": "the quick fox"}], "max_tokens": 3,
                 "ignore_eos": True}
         early = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=chat)
@@ -360,23 +364,12 @@ def test_readyz_says_starting_until_the_model_is_loaded(tiny_model: Path, tmp_pa
 def test_a_capped_local_deployment_is_loading_until_loaded_and_its_cap_holds(tiny_model: Path,
                                                                                tmp_path: Path) -> None:
     # max_concurrency must not hide the engine's readiness: /readyz lists it as loading until it is loaded.
-    slow, pipe, text = _held_model(tiny_model, tmp_path)
-    server = _start(f"""
-  - name: slow
-    deployments:
-      - provider: local
-        model: slow
-        model_path: {slow}
-        max_concurrency: 1
-        timeouts: {{connect_s: 0.5}}
-        engine: {{load_timeout_s: 60, block_size: 4, num_kv_blocks: 64}}
-""")
+    server, pipe, text = _start_held(tiny_model, tmp_path, "max_concurrency: 1", "timeouts: {connect_s: 0.5}",
+                                     "engine: {load_timeout_s: 60, block_size: 4, num_kv_blocks: 64}")
     written = False
     try:
         _backend(server)  # the engine's own backend, not a wrapper that hides its state
-        starting = httpx.get(server.url + "/readyz")
-        assert starting.status_code == 503
-        assert starting.json()["status"] == "starting" and starting.json()["deployments"]["loading"] == ["local/slow"]
+        _assert_loading(server)
         chat = {"model": "slow", "messages": [{"role": "user", "content": "the quick fox"}], "max_tokens": 3,
                 "ignore_eos": True}
         answers: list[httpx.Response] = []
@@ -394,7 +387,7 @@ def test_a_capped_local_deployment_is_loading_until_loaded_and_its_cap_holds(tin
             time.sleep(0.05)
         assert [a.status_code for a in answers] == [429]
         assert answers[0].json()["error"]["code"] == "deployment_busy"
-        assert httpx.get(server.url + "/readyz").json()["deployments"]["loading"] == ["local/slow"]
+        _assert_loading(server)
         with pipe.open("w") as f:
             f.write(text)
         written = True
