@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from .errors import InvalidRequest
+from errors import InvalidRequest
 
 DONE = b"data: [DONE]\n\n"
 

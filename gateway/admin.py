@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
-from backends.errors import InvalidRequest, NotFound, PermissionDenied
+from errors import InvalidRequest, NotFound, PermissionDenied
 from policies import ledger
 
 from .auth import hash_key, presented_key

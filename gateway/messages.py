@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from backends import Endpoint, UpstreamResponse
-from backends.errors import GatewayError, InvalidRequest, ModelNotFound
+from errors import GatewayError, InvalidRequest, ModelNotFound
 from policies.call import Call
 
 from .keys import GATEWAY, RECORD
@@ -49,7 +49,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     except Exception as exc:  # a bug: answer in Anthropic's format, keep the worker alive
         get_logger().exception("unhandled error", request_id=record.request_id, path=request.path)
         failure = GatewayError(f"Internal error ({type(exc).__name__}); request id {record.request_id}.")
-    record.status, record.error = failure.status, failure.message
+    record.fail(failure)
     record.overhead_s = time.perf_counter() - record.started - record.upstream_s
     return web.Response(body=orjson.dumps(error_body(failure)), status=failure.status,
                         content_type="application/json",
@@ -120,7 +120,7 @@ async def _stream(request: web.Request, call: Call, answer: UpstreamResponse, al
             raise GatewayError("The upstream ended its stream before it was complete.", status=502)
         await response.write(events.finish())
     except GatewayError as exc:
-        record.error, record.status = exc.message, exc.status
+        record.fail(exc)
         await response.write(sse("error", error_body(exc)))
     record.upstream_s = time.perf_counter() - sent
     await response.write_eof()

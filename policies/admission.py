@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from backends import Endpoint
-from backends.errors import GatewayError, QuotaExceeded, RateLimited
+from errors import GatewayError, QuotaExceeded, RateLimited
 
 from . import bucket, budget, metrics, tokens
 from .call import Call

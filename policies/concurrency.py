@@ -13,7 +13,7 @@ import asyncio
 import time
 import uuid
 
-from backends.errors import DeploymentBusy
+from errors import DeploymentBusy
 
 from .stores.base import Store
 

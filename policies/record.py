@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from errors import GatewayError, LogLevel
+
 
 @dataclass(slots=True)
 class RequestRecord:
@@ -24,6 +26,7 @@ class RequestRecord:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     error: str | None = None
+    log_level: LogLevel = "info"        # the log line's: a failure's own (errors.MAPPING)
     prompt: Any = None
     # what the policies decided; each sets its own and the middleware writes them out
     cache: str | None = None            # hit-exact | hit-semantic | miss (None: not eligible)
@@ -31,6 +34,10 @@ class RequestRecord:
     saved_usd: float | None = None
     attempts: list[str] = field(default_factory=list)   # "deployment:status" per upstream attempt
     response_headers: dict[str, str] = field(default_factory=dict)  # added to the answer (rate limits, x-cache)
+
+    def fail(self, exc: GatewayError) -> None:
+        """The request ended in ``exc``: its status, message and log level go to the log line."""
+        self.status, self.error, self.log_level = exc.status, exc.message, exc.log_level
 
     def take_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from backends import UpstreamResponse
-from backends.errors import (
+from errors import (
     ContextWindowExceeded,
     DeadlineExceeded,
     GatewayError,

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from backends import Backend, DeploymentConfig
-from backends.errors import Unavailable
+from errors import Unavailable
 
 from .concurrency import InFlightCap
 from .models import model_info

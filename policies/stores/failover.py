@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from redis.exceptions import RedisError
 
-from backends.errors import Unavailable
+from errors import Unavailable
 
 from .base import AdmitResult, Reservation, Settlement
 from .memory import MemoryStore

@@ -24,8 +24,8 @@ import pytest
 
 from backends import Endpoint
 from backends.config import DeploymentConfig
-from backends.errors import Unavailable
 from backends.local import LocalBackend
+from errors import Unavailable
 from gateway.app import build_app
 from gateway.auth import hash_key
 from gateway.config import ConfigError, load_config, parse_config
