@@ -25,7 +25,7 @@ from backends import Endpoint, UpstreamResponse
 from ..call import Call
 from ..models import model_info
 from . import replay
-from .config import CacheConfig, CacheOverride, Settings, resolve
+from .config import CacheConfig, CacheOverride, Settings, combinations, resolve
 from .exact import AnswerStore, MemoryStore, RedisStore, entry_key
 from .key import Identity, identify
 
@@ -71,11 +71,9 @@ class ResponseCache:
         self.answers: AnswerStore = (RedisStore(redis, self.config.max_entries) if redis is not None
                                      else MemoryStore(self.config.max_entries))
         # what some tenant and alias may use decides what is built: no model is loaded for nobody
-        tenant_overrides = list(self._tenants.values()) or [None]
-        alias_overrides = list(self._aliases.values()) or [None]
-        combinations = [resolve(self.config, a, t) for t in tenant_overrides for a in alias_overrides]
-        self.enabled = any(c.enabled for c in combinations)
-        self.semantic_enabled = any(c.enabled and c.semantic for c in combinations)
+        pairs = combinations(self.config, self._tenants.values(), self._aliases.values())
+        self.enabled = any(c.enabled for c in pairs)
+        self.semantic_enabled = any(c.enabled and c.semantic for c in pairs)
         self.embedder: Any = None
         self.index: Any = None
         self.index_ready = False
