@@ -25,7 +25,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check gateway backends policies errors local_engine tests bench
-	$(BIN)/mypy gateway backends policies errors
+	$(BIN)/mypy gateway backends policies errors tests bench
 
 bench: setup
 	$(BIN)/python bench/gateway_bench.py

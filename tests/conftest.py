@@ -123,7 +123,7 @@ def gateway(upstream: tuple[ServerThread, FakeState], start_gateway: Callable[[s
 
 
 @pytest.fixture
-def client(gateway: ServerThread):  # type: ignore[no-untyped-def]
+def client(gateway: ServerThread):
     import openai
 
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as c:

@@ -83,7 +83,7 @@ def store_yaml(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def policy_gateway(upstream, start_gateway, store_yaml) -> Callable[..., ServerThread]:  # type: ignore[no-untyped-def]
+def policy_gateway(upstream, start_gateway, store_yaml) -> Callable[..., ServerThread]:
     def start(**sections: str) -> ServerThread:
         stores = sections.pop("stores", "")
         return start_gateway(policy_config(upstream[0].url, stores=store_yaml + "\n" + stores, **sections))
@@ -94,7 +94,7 @@ def sdk(server: ServerThread, key: str = KEY, timeout: float = 20) -> openai.Ope
     return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=timeout)
 
 
-def chat(client: openai.OpenAI, content: str = "hello there", **extra):  # type: ignore[no-untyped-def]
+def chat(client: openai.OpenAI, content: str = "hello there", **extra):
     return client.chat.completions.with_raw_response.create(
         model=extra.pop("model", "chat"), messages=[{"role": "user", "content": content}], **extra)
 

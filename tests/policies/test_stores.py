@@ -20,7 +20,7 @@ from tests.policies.conftest import chat, policy_config, sdk, settled, usage
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def store(request):  # type: ignore[no-untyped-def]
+async def store(request):
     if request.param == "memory":
         yield MemoryStore()
         return
@@ -161,7 +161,7 @@ class OwnRedis:
 
 
 @pytest.fixture
-def own_redis():  # type: ignore[no-untyped-def]
+def own_redis():
     server = OwnRedis()
     server.start()
     yield server

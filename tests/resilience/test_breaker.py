@@ -23,7 +23,7 @@ FAST = BreakerConfig(failures=3, failure_ratio=0.5, min_requests=10, window_s=10
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def store(request):  # type: ignore[no-untyped-def]
+async def store(request):
     """The same state machine in both stores: Python in memory, the Lua script in a real redis-server."""
     if request.param == "memory":
         yield MemoryStore(FAST)
@@ -152,14 +152,14 @@ def test_admin_deployments_needs_an_admin_key(chaos, start_gateway):
 def _redis_gateway(text: str, redis_url: str) -> ServerThread:
     loaded = parse_config(text, path="test-config.yaml", env={})
 
-    def make():  # type: ignore[no-untyped-def]
+    def make():
         app = build_app(loaded)
         client = redis.asyncio.from_url(redis_url)
         resilience = app[GATEWAY].pipeline.resilience
         resilience.breakers = Breakers(loaded.config.resilience.breaker, [r.key for r in resilience.router.all_routes()], client,
                                        on_change=resilience.events.breaker)
 
-        async def close_client(_app) -> None:  # type: ignore[no-untyped-def]
+        async def close_client(_app) -> None:
             await client.aclose()
         app.on_cleanup.append(close_client)
         return app
