@@ -136,8 +136,7 @@ class Resilience:
         if isinstance(answer, GatewayError):
             raise answer
         held, _, route = answer
-        call.record.deployment = route.id
-        call.record.upstream_s = time.perf_counter() - sent
+        call.record.answered(route.id, time.perf_counter() - sent)
         return held
 
     def _deadline_s(self, call: Call) -> float:
@@ -202,8 +201,7 @@ class Resilience:
             try:
                 held, upstream, first = await self._attempt(call, route, attempt.body(), deadline)
             except GatewayError as exc:
-                record.attempts.append(f"{route.id}:{exc.status}")
-                record.deployment = route.id
+                record.attempted(route.id, exc.status)
                 self.events.attempt(route, exc.status)
                 if exc.status not in self._ignore:
                     await self.breakers.failure(route.key)
@@ -211,7 +209,7 @@ class Resilience:
                 if not retryable(exc, config) or loop.time() >= deadline:
                     return exc
                 continue
-            record.attempts.append(f"{route.id}:{upstream.status}")
+            record.attempted(route.id, upstream.status)
             self.events.attempt(route, upstream.status)
             if upstream.chunks is not None:
                 upstream.chunks = self._watch(route, first, upstream.chunks, deadline)

@@ -114,9 +114,7 @@ class ResponseCache:
         settings = self._eligible(call)
         if settings is None:
             return None
-        record = call.record
-        record.cache = "miss"
-        record.response_headers["x-cache"] = "miss"
+        call.record.cached("miss")
         if "no-cache" in _directives(call.headers):
             return None
         identity = identify(call.tenant, call.alias, call.endpoint.value, call.body)
@@ -164,13 +162,7 @@ class ResponseCache:
 
     def _hit(self, call: Call, raw: bytes, kind: str, similarity: float | None) -> UpstreamResponse:
         entry = orjson.loads(raw)
-        record = call.record
-        record.cache = kind
-        record.cost_usd = 0.0
-        record.saved_usd = entry.get("cost") or 0.0
-        record.response_headers["x-cache"] = kind
-        if similarity is not None:
-            record.response_headers["x-cache-similarity"] = f"{similarity:.4f}"
+        call.record.cached(kind, entry.get("cost"), similarity)
         answer = replay.fresh(entry["answer"]) if entry.get("kind") == "chat" else entry["answer"]
         if call.stream:
             return UpstreamResponse(status=200, chunks=replay.stream(replay.chunks(answer, call.client_wants_usage)))
