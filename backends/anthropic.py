@@ -15,9 +15,10 @@ from typing import Any
 import aiohttp
 import orjson
 
+from errors import InvalidRequest, UpstreamConnectionError
+
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig
-from .errors import InvalidRequest, UpstreamConnectionError
 from .http import (
     client_timeout,
     expect_stream,

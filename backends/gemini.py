@@ -17,9 +17,10 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from errors import InvalidRequest, UpstreamConnectionError, UpstreamError
+
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig
-from .errors import InvalidRequest, UpstreamConnectionError, UpstreamError
 from .http import (
     client_timeout,
     expect_stream,

@@ -11,9 +11,10 @@ import aiohttp
 import orjson
 import yarl
 
+from errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
+
 from . import spans, sse
 from .config import DeploymentConfig
-from .errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
 
 PASSED_ERROR_HEADERS = ("retry-after", "retry-after-ms")
 MAX_ERROR_BODY = 64 * 1024

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
+from errors import GatewayError, InvalidRequest, Unavailable, UpstreamError
+
 from . import local_metrics as m
 from . import spans, sse
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig, LocalEngineSettings
-from .errors import GatewayError, InvalidRequest, Unavailable, UpstreamError
 
 if TYPE_CHECKING:
     from local_engine import AsyncEngine

@@ -19,7 +19,8 @@ from typing import Any
 
 import orjson
 
-from .errors import InvalidRequest
+from errors import InvalidRequest
+
 from .sse import DONE as DONE  # the adapters end their streams with it
 from .sse import data
 

@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 
 from backends import sse
-from backends.errors import GatewayError, UpstreamConnectionError
+from errors import GatewayError, UpstreamConnectionError
 from policies.call import Call
 
 from .keys import GATEWAY, RECORD

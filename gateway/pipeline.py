@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 
 from backends import Endpoint, UpstreamResponse, spans, sse
+from policies import ledger
 from policies.admission import Admission
 from policies.cache import ResponseCache
 from policies.call import Call
@@ -62,6 +64,10 @@ class Pipeline:
                 yield upstream
             if call.completed and self.cache.wants(call):
                 self.cache.store(call, upstream)
+
+    async def usage(self, tenant: str, days: list[str], group_by: ledger.GroupBy) -> list[dict[str, Any]]:
+        """The ledger's usage rows of ``tenant`` over ``days`` (the admin API)."""
+        return await ledger.usage(self.admission.store, tenant, days, group_by)
 
     async def start(self) -> None:
         await self.resilience.start()

@@ -19,8 +19,9 @@ from typing import Any
 
 import orjson
 
+from errors import GatewayError, InvalidRequest
+
 from .. import sse
-from ..errors import GatewayError, InvalidRequest
 from ..shape import new_id
 
 _PART_TEXT = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
