@@ -23,6 +23,7 @@ from backends.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from policies.clock import SYSTEM, Clock
 from policies.record import RequestRecord
 
 from . import admin, messages, metrics
@@ -40,10 +41,11 @@ _ID_COUNTER = itertools.count(1)
 CLIENT_CLOSED = 499  # nginx's name for it: the client went away before the answer
 
 
-def build_app(loaded: LoadedConfig) -> web.Application:
+def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
+    """The gateway's aiohttp application; ``clock``: the time its policies read (tests pass a ManualClock)."""
     app = web.Application(middlewares=[_middleware], client_max_size=loaded.config.server.max_body_bytes,
                           handler_args={"max_field_size": 16384})
-    app[GATEWAY] = Gateway.build(loaded)
+    app[GATEWAY] = Gateway.build(loaded, clock)
     app.cleanup_ctx.append(_lifecycle)
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", proxy_handler(Endpoint.CHAT))

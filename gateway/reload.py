@@ -96,7 +96,7 @@ class Reloader:
             log.error("config reload failed; keeping the old config", config=self._file, problems=exc.problems,
                       pid=os.getpid())
             return False
-        fresh = Gateway.build(loaded)
+        fresh = Gateway.build(loaded, live.pipeline.admission.clock)  # the same time as before the reload
         try:
             await fresh.start()
             failed = await _started(fresh, live)

@@ -9,6 +9,7 @@ from typing import Any
 from backends import Backend, SessionPool, build_backend
 from policies.admission import Admission, AliasPolicy
 from policies.cache import ResponseCache
+from policies.clock import SYSTEM, Clock
 from policies.concurrency import InFlightLimited
 from policies.cost import PriceTable, dearest, deployment_price
 from policies.resilience import Resilience
@@ -38,13 +39,13 @@ class Gateway:
     model_ids: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, loaded: LoadedConfig) -> Gateway:
+    def build(cls, loaded: LoadedConfig, clock: Clock = SYSTEM) -> Gateway:
         config = loaded.config
         pool = SessionPool(limit_per_origin=config.server.upstream_max_connections)
         routes: dict[str, list[Route]] = {}
         disabled: dict[str, list[str]] = {}
         backends: list[Backend] = []
-        admission = _admission(config)
+        admission = _admission(config, clock)
         for alias in config.models:
             routes[alias.name] = []
             for index, deployment in enumerate(alias.deployments):
@@ -70,7 +71,7 @@ class Gateway:
                                             socket_connect_timeout=config.stores.redis_timeout_s)
         resilience = Resilience(router, config.resilience, retry={a.name: a.retry for a in config.models},
                                 fallbacks={a.name: a.fallbacks for a in config.models},
-                                redis=redis, events=metrics.ResilienceMetrics())
+                                redis=redis, events=metrics.ResilienceMetrics(), clock=clock)
         for route in router.all_routes():
             metrics.BREAKER_STATE.labels(route.key).set(0)
         cache = ResponseCache(config.cache, tenants={t.name: t.cache for t in config.tenants},
@@ -115,7 +116,7 @@ class Gateway:
         return old
 
 
-def _admission(config: GatewayConfig) -> Admission:
+def _admission(config: GatewayConfig, clock: Clock) -> Admission:
     prices: dict[str, PriceTable] = {}
     aliases: dict[str, AliasPolicy] = {}
     for alias in config.models:
@@ -129,7 +130,7 @@ def _admission(config: GatewayConfig) -> Admission:
         aliases[alias.name] = AliasPolicy(max_price=dearest(alias_prices),
                                           count_streams=any(not d.stream_usage for d in alias.deployments))
     admission = Admission(tenants={t.name: t for t in config.tenants}, defaults=config.policies,
-                          stores=config.stores, aliases=aliases, prices=prices)
+                          stores=config.stores, aliases=aliases, prices=prices, clock=clock)
     if admission.counts_tokens or any(a.count_streams for a in aliases.values()):
         # The tokenizers (bpe-openai) cost ~60 MB of memory: loaded only where a limit, a budget or a stream
         # without usage needs real counts; elsewhere prompts are estimated at four characters a token.

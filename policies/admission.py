@@ -25,6 +25,7 @@ from backends.errors import GatewayError, QuotaExceeded, RateLimited
 
 from . import bucket, budget, metrics, tokens
 from .call import Call
+from .clock import SYSTEM, Clock
 from .config import PRIORITIES, Limits, PolicyDefaults, StoresConfig, TenantPolicyFields
 from .cost import UNPRICED, PriceTable, usd
 from .queue import FairQueue, QueueFull
@@ -95,7 +96,8 @@ class Admission:
     def __init__(self, tenants: Mapping[str, TenantPolicyFields] | None = None,
                  defaults: PolicyDefaults | None = None, stores: StoresConfig | None = None,
                  aliases: Mapping[str, AliasPolicy] | None = None,
-                 prices: Mapping[str, PriceTable] | None = None) -> None:
+                 prices: Mapping[str, PriceTable] | None = None, clock: Clock = SYSTEM) -> None:
+        self.clock = clock  # days, ledger timestamps and the stores' time
         self.defaults = defaults or PolicyDefaults()
         self.stores = stores or StoresConfig()
         self._rules = {name: _Rules.of(name, fields, self.defaults) for name, fields in (tenants or {}).items()}
@@ -112,15 +114,15 @@ class Admission:
 
     def _build_store(self) -> Store:
         memory = MemoryStore(retention_days=self.stores.retention_days,
-                             max_records=self.stores.memory_max_records)
+                             max_records=self.stores.memory_max_records, clock=self.clock.time)
         if self.stores.redis_url is None:
             return memory
         redis = RedisStore(self.stores.redis_url, timeout_s=self.stores.redis_timeout_s,
                            retention_days=self.stores.retention_days,
-                           max_connections=self.stores.redis_max_connections)
+                           max_connections=self.stores.redis_max_connections, clock=self.clock)
         return FailoverStore(redis, memory, mode=self.stores.on_redis_error,
                              retry_after_s=self.stores.retry_redis_after_s, on_failure=self._store_failed,
-                             on_recovery=self._store_recovered)
+                             on_recovery=self._store_recovered, clock=self.clock)
 
     def _store_failed(self, operation: str, exc: Exception, mode: str) -> None:
         metrics.STORE_ERRORS.labels(operation, mode).inc()
@@ -271,7 +273,7 @@ class Admission:
         explicit = call.endpoint is Endpoint.EMBEDDINGS or any(
             isinstance(call.body.get(k), int) for k in ("max_tokens", "max_completion_tokens"))
         total = prompt + completion
-        now = time.time()
+        now = self.clock.time()
         day, month = budget.today(now)
         static = self._plans.get((call.tenant, call.key_id, call.alias, day))
         if static is None:

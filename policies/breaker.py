@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from .clock import SYSTEM, Clock
 from .resilience_config import BreakerConfig
 
 _SLOTS = 10          # the failure-ratio window is counted in this many time slots
@@ -263,7 +264,7 @@ class Breakers:
     """The breakers of every deployment, by key (``alias/deployment``)."""
 
     def __init__(self, config: BreakerConfig, keys: Iterable[str], redis: Any = None,
-                 on_change: Listener | None = None) -> None:
+                 on_change: Listener | None = None, clock: Clock = SYSTEM) -> None:
         self.config = config
         self._memory = MemoryStore(config) if redis is None else None
         self.store: Store = RedisStore(config, redis) if self._memory is None else self._memory
@@ -272,7 +273,7 @@ class Breakers:
         self._pending: dict[str, int] = {}   # Redis: successes not yet pushed
         self._on_change = on_change
         self._sync_task: asyncio.Task[None] | None = None
-        self._clock = time.time
+        self._clock = clock.time  # wall-clock: cool-downs are shared with other processes through Redis
 
     def closed(self, key: str) -> bool:
         """The hot path: no await, no store."""

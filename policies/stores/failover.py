@@ -3,13 +3,13 @@ trying Redis again by itself every ``retry_redis_after_s``."""
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 from redis.exceptions import RedisError
 
 from backends.errors import Unavailable
 
+from ..clock import SYSTEM, Clock
 from .base import AdmitResult, Reservation, Settlement
 from .memory import MemoryStore
 from .redis import RedisStore
@@ -19,7 +19,8 @@ class FailoverStore:
     name = "redis"
 
     def __init__(self, redis: RedisStore, memory: MemoryStore, *, mode: Literal["fail_open", "fail_closed"],
-                 retry_after_s: float, on_failure: Any, on_recovery: Any) -> None:
+                 retry_after_s: float, on_failure: Any, on_recovery: Any, clock: Clock = SYSTEM) -> None:
+        self._clock = clock
         self.redis = redis
         self.memory = memory
         self._mode = mode
@@ -32,13 +33,13 @@ class FailoverStore:
         self._on_recovery = on_recovery
 
     def _failed(self, exc: Exception, operation: str) -> None:
-        self._down_until = time.monotonic() + self._retry_after_s
+        self._down_until = self._clock.monotonic() + self._retry_after_s
         if not self._down:
             self._down = True
         self._on_failure(operation, exc, self._mode)
 
     def _usable(self) -> bool:
-        return time.monotonic() >= self._down_until
+        return self._clock.monotonic() >= self._down_until
 
     def _recovered(self) -> None:
         if self._down:

@@ -1,0 +1,37 @@
+"""Waiting for a condition in tests: poll it until a deadline, never sleep a fixed time and hope."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+TIMEOUT_S = 10.0  # generous: a busy CI machine is slow, and a passing condition returns at once
+_EVERY_S = 0.01
+
+
+def wait_for(condition: Callable[[], T], timeout: float = TIMEOUT_S, what: str = "") -> T:
+    """Calls ``condition`` until it returns something true, and returns that; AssertionError at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true within {timeout} s: {what or condition} (last: {value!r})")
+        time.sleep(_EVERY_S)
+
+
+async def eventually(condition: Callable[[], Awaitable[T]], timeout: float = TIMEOUT_S, what: str = "") -> T:
+    """``wait_for`` for an async condition, on the running loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true within {timeout} s: {what or condition} (last: {value!r})")
+        await asyncio.sleep(_EVERY_S)
