@@ -6,7 +6,6 @@ Each area adds its handlers to ``ROUTES``: usage (policies), deployments (resili
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ from aiohttp import web
 
 from backends.errors import InvalidRequest, NotFound, PermissionDenied
 from policies import ledger
+from policies.clock import utc_day
 
 from .auth import hash_key, presented_key
 from .keys import GATEWAY, RECORD
@@ -131,7 +131,7 @@ async def _usage(request: web.Request) -> web.StreamResponse:
     fmt = query.get("format", "csv" if "text/csv" in request.headers.get("Accept", "") else "json")
     if fmt not in ("json", "csv"):
         raise InvalidRequest("format must be json or csv", param="format")
-    today = time.strftime("%Y-%m-%d", time.gmtime())
+    today = utc_day(gateway.pipeline.admission.clock.time())  # the clock that named the ledger's days
     try:
         days = ledger.days_between(query.get("from", today), query.get("to", today))
     except ValueError as exc:

@@ -12,6 +12,7 @@ import pytest
 
 from gateway.auth import hash_key, new_key
 from gateway.keys import GATEWAY
+from policies.clock import SYSTEM, Clock
 from tests.conftest import KEY, OTHER_KEY, UPSTREAM_KEY
 from tests.harness import ServerThread
 from tests.redis_server import RedisServer
@@ -84,9 +85,9 @@ def store_yaml(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def policy_gateway(upstream, start_gateway, store_yaml) -> Callable[..., ServerThread]:  # type: ignore[no-untyped-def]
-    def start(**sections: str) -> ServerThread:
+    def start(clock: Clock = SYSTEM, **sections: str) -> ServerThread:
         stores = sections.pop("stores", "")
-        return start_gateway(policy_config(upstream[0].url, stores=store_yaml + "\n" + stores, **sections))
+        return start_gateway(policy_config(upstream[0].url, stores=store_yaml + "\n" + stores, **sections), clock=clock)
     return start
 
 

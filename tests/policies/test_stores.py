@@ -20,7 +20,6 @@ from tests.harness import free_port
 from tests.policies.conftest import chat, policy_config, sdk, settled, usage
 from tests.wait import eventually
 
-
 # The policies' clock: it names the day of every reservation, and the stores age records and budget days by it.
 # Noon (UTC) of today: whatever the date, the seconds a test advances it never cross into another day.
 CLOCK = ManualClock(start=time.time() // 86400 * 86400 + 43200)
