@@ -25,13 +25,13 @@ def wait_for(condition: Callable[[], T], timeout: float = TIMEOUT_S, what: str =
         time.sleep(_EVERY_S)
 
 
-async def eventually(condition: Callable[[], Awaitable[T]], timeout: float = TIMEOUT_S, what: str = "") -> T:
+async def eventually(condition: Callable[[], Awaitable[T]], within: float = TIMEOUT_S, what: str = "") -> T:
     """``wait_for`` for an async condition, on the running loop."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = await condition()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"not true within {timeout} s: {what or condition} (last: {value!r})")
+            raise AssertionError(f"not true within {within} s: {what or condition} (last: {value!r})")
         await asyncio.sleep(_EVERY_S)

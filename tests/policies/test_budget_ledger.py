@@ -11,8 +11,8 @@ import pytest
 
 from policies.clock import ManualClock, utc_day
 from policies.models import model_info
-from tests.wait import wait_for
 from tests.policies.conftest import ADMIN_KEY, KEY, OTHER_KEY, SECOND_KEY, chat, key_id, sdk, settled, usage
+from tests.wait import wait_for
 
 
 def price(prompt: int, completion: int, input_usd: float = 1.0, output_usd: float = 2.0) -> float:
@@ -134,8 +134,7 @@ def test_catalog_prices_the_well_known_models():
 
 
 def test_stream_usage_off_counts_the_streamed_text(upstream, start_gateway, store_yaml):
-    from tests.wait import wait_for
-from tests.policies.conftest import policy_config
+    from tests.policies.conftest import policy_config
 
     text = policy_config(upstream[0].url, stores=store_yaml).replace(
         "        name: fake-chat\n", "        name: fake-chat\n        stream_usage: false\n")
