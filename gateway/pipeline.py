@@ -46,14 +46,29 @@ class Pipeline:
             async with self.resilience.send(call) as upstream:
                 if upstream.chunks is not None:
                     upstream.chunks = _tap(call, upstream.chunks)
+                    if call.collected is not None:
+                        upstream.chunks = self._store_at_end(call, upstream, upstream.chunks)
                 else:
                     if upstream.data is not None:
                         call.usage = upstream.data.get("usage")
                         call.record.take_usage(call.usage)
                     call.completed = True
                 yield upstream
-            if call.completed and self.cache.wants(call):
+            if call.completed and call.collected is None and self.cache.wants(call):
                 self.cache.store(call, upstream)
+
+    async def _store_at_end(self, call: Call, upstream: UpstreamResponse,
+                            chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """A stream is handed to the cache before its last events go out, as a whole answer is before it
+        is sent: a client that asks again as soon as its stream ended finds it stored."""
+        async for events in chunks:
+            if call.completed:
+                self.cache.store(call, upstream)
+                yield events
+                async for rest in chunks:  # nothing after [DONE] in practice: passed on, never stored twice
+                    yield rest
+                return
+            yield events
 
     async def start(self) -> None:
         await self.resilience.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -25,11 +26,13 @@ def wait_for(condition: Callable[[], T], timeout: float = TIMEOUT_S, what: str =
         time.sleep(_EVERY_S)
 
 
-async def eventually(condition: Callable[[], Awaitable[T]], within: float = TIMEOUT_S, what: str = "") -> T:
-    """``wait_for`` for an async condition, on the running loop."""
+async def eventually(condition: Callable[[], Awaitable[T] | T], within: float = TIMEOUT_S, what: str = "") -> T:
+    """``wait_for`` on the running loop, for an async (or plain) condition."""
     deadline = time.monotonic() + within
     while True:
-        value = await condition()
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() >= deadline:
