@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup serve test lint bench
+.PHONY: setup serve test test-prerequisites lint bench
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -20,8 +20,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 serve: setup
 	$(BIN)/python -m gateway serve
 
-test: setup
+# System programs the tests run: redis-server (the shared store) and docker-compose (validates the compose file).
+TEST_PROGRAMS := redis-server redis-cli docker-compose
+INSTALL_TEST_PROGRAMS := sudo apt-get install -y redis-server docker-compose
+
+test: test-prerequisites setup  # the check first: it is instant, the setup is not
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-prerequisites:
+	@missing=""; for p in $(TEST_PROGRAMS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "make test needs:$$missing. Install them with:"; \
+	  echo "  $(INSTALL_TEST_PROGRAMS)"; exit 1; fi
 
 lint: setup
 	$(BIN)/ruff check gateway backends policies local_engine tests bench
