@@ -108,8 +108,8 @@ class ServerThread:
 
     def start(self) -> ServerThread:
         self._thread.start()
-        self.guard.start()
         asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=30)
+        self.guard.start()  # from when it serves: building the app (tokenizers, models) happens before
         return self
 
     async def _start(self) -> None:

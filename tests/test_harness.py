@@ -21,7 +21,7 @@ def _server(handler) -> ServerThread:  # type: ignore[no-untyped-def]
 
 
 async def _sleeps_blocking(request: web.Request) -> web.Response:
-    time.sleep(BLOCKED_S * 2)  # what a sync client call or a lock does to the loop
+    time.sleep(BLOCKED_S * 2)  # noqa: ASYNC251  (on purpose: what a sync client call or a lock does to the loop)
     return web.Response(text="late")
 
 
