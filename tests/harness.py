@@ -38,6 +38,7 @@ class LoopGuard:
         self.thread = thread
         self.blocks: list[str] = []
         self._beat = time.monotonic()
+        self._beat_cpu = 0.0  # the loop thread's CPU time at its last beat
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="loop-guard")
 
@@ -46,7 +47,7 @@ class LoopGuard:
         self._watcher.start()
 
     def _heartbeat(self) -> None:
-        self._beat = time.monotonic()
+        self._beat, self._beat_cpu = time.monotonic(), time.thread_time()
         if not self._stop.is_set():
             self.loop.call_later(_BEAT_S, self._heartbeat)
 
@@ -69,7 +70,7 @@ class LoopGuard:
         while not self._stop.wait(_BEAT_S):
             if time.monotonic() - self._beat < BLOCKED_S or not self.thread.is_alive():
                 continue
-            beat, cpu = self._beat, self._cpu()
+            beat, cpu = self._beat, self._beat_cpu
             stuck, where, seen = True, self._where(), 0
             while self._beat == beat and not self._stop.is_set():  # until the loop runs again
                 now = self._where()

@@ -482,3 +482,4 @@ class RedisStore:
             self._flush_batch()
             await asyncio.gather(*self._flushing, return_exceptions=True)
         await self.client.aclose()
+        await self.client.connection_pool.disconnect()  # a pool handed to the client is not closed by it
