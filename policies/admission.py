@@ -25,6 +25,7 @@ from errors import GatewayError, QuotaExceeded, RateLimited
 
 from . import bucket, budget, metrics, tokens
 from .call import Call
+from .clock import SYSTEM, Clock
 from .config import PRIORITIES, Limits, PolicyDefaults, StoresConfig, TenantPolicyFields
 from .cost import UNPRICED, PriceTable, usd
 from .queue import FairQueue, QueueFull
@@ -96,9 +97,11 @@ class Admission:
     def __init__(self, tenants: Mapping[str, TenantPolicyFields] | None = None,
                  defaults: PolicyDefaults | None = None, stores: StoresConfig | None = None,
                  aliases: Mapping[str, AliasPolicy] | None = None,
-                 prices: Mapping[str, PriceTable] | None = None, layer: StoreLayer | None = None) -> None:
+                 prices: Mapping[str, PriceTable] | None = None, layer: StoreLayer | None = None,
+                 clock: Clock = SYSTEM) -> None:
         """``layer``: the process's store layer (its client and failure policy); none: this process's memory.
         ``stores``: the ``stores:`` config read here (leases, sweeping, retention); the layer's by default."""
+        self.clock = clock  # days, ledger timestamps and the stores' time
         self.defaults = defaults or PolicyDefaults()
         self._own_layer = layer is None
         self.layer = layer or StoreLayer(stores)
@@ -117,10 +120,10 @@ class Admission:
 
     def _build_store(self) -> Store:
         memory = MemoryStore(retention_days=self.stores.retention_days,
-                             max_records=self.stores.memory_max_records)
+                             max_records=self.stores.memory_max_records, clock=self.clock.time)
         if not self.layer.shared:
             return memory
-        return FailoverStore(RedisStore(self.layer, retention_days=self.stores.retention_days), memory,
+        return FailoverStore(RedisStore(self.layer, retention_days=self.stores.retention_days, clock=self.clock), memory,
                              self.layer.health)
 
     @property
@@ -269,7 +272,7 @@ class Admission:
         explicit = call.endpoint is Endpoint.EMBEDDINGS or any(
             isinstance(call.body.get(k), int) for k in ("max_tokens", "max_completion_tokens"))
         total = prompt + completion
-        now = time.time()
+        now = self.clock.time()
         day, month = budget.today(now)
         static = self._plans.get((call.tenant, call.key_id, call.alias, day))
         if static is None:

@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import KEY, config_text
-from tests.fakes.providers import PROVIDERS, fakes, logged, provider_gateway
+from tests.fakes.providers import PROVIDERS, fakes, gateway_clock, logged, provider_gateway
 from tests.harness import ServerThread
 
-__all__ = ["fakes", "provider_gateway"]
+__all__ = ["fakes", "gateway_clock", "provider_gateway"]
 
 ALIASES = ("chat", *PROVIDERS)   # chat: conftest's OpenAI-format fake
 WEATHER = {"name": "get_weather", "description": "Weather in a city",

@@ -17,7 +17,7 @@ def test_every_entry_has_a_price_and_a_context_window() -> None:
 
 @pytest.mark.parametrize(("asked", "found"), [
     ("gpt-4o-mini", "gpt-4o-mini"),
-    ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),           # dated snapshots
+    ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),           # dated snapshots  # date-ok
     ("openai/gpt-4o", "gpt-4o"),                          # OpenRouter-style org prefix
     ("us.anthropic.claude-3-5-sonnet-20240620-v1:0", "anthropic.claude-3-5-sonnet-20240620-v1:0"),  # Bedrock profile
 ])
