@@ -62,10 +62,17 @@ def _words(body: dict[str, Any]) -> list[str]:
     return ["Echo:", *text.split()][:64]
 
 
-def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, int]:
+# Prompt tokens served from OpenAI's prompt cache when the request names one (``prompt_cache_key``).
+CACHED = 2
+
+
+def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, Any]:
     prompt = len(orjson.dumps(body.get("messages") or body.get("prompt") or "")) // 4 + 1
-    return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
-            "total_tokens": prompt + completion_tokens}
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
+                             "total_tokens": prompt + completion_tokens}
+    if body.get("prompt_cache_key"):
+        usage["prompt_tokens_details"] = {"cached_tokens": min(CACHED, prompt), "audio_tokens": 0}
+    return usage
 
 
 def _logprobs(words: list[str]) -> dict[str, Any]:
