@@ -22,6 +22,7 @@ from backends.shape import new_id
 from backends.wire import responses as wire
 from policies.call import Call
 from policies.stored_responses import Stored, StoredResponses
+from policies.stores.keyvalue import KeyValue
 
 from . import bridge
 from .keys import GATEWAY, RECORD
@@ -181,5 +182,5 @@ def _json(request: web.Request, data: Any) -> web.Response:
                         headers={"x-request-id": request[RECORD].request_id})
 
 
-def new_store(ttl_s: float) -> StoredResponses:
-    return StoredResponses(ttl_s)
+def new_store(kv: KeyValue, ttl_s: float) -> StoredResponses:
+    return StoredResponses(kv, ttl_s)
