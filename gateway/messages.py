@@ -15,16 +15,25 @@ import orjson
 from aiohttp import web
 
 from backends import Endpoint, UpstreamResponse, sse
-from backends.errors import GatewayError, ModelNotFound
+from backends.errors import GatewayError
 from backends.wire import anthropic as wire
 from policies import tokens
 from policies.call import Call
 
 from . import bridge
 from .keys import GATEWAY, RECORD
-from .proxy import _read_json
 
 _NATIVE = ("anthropic",)
+
+
+def _unknown(alias: str) -> str:
+    return f"model: {alias}"
+
+
+def _counted(body: Any) -> dict[str, Any]:
+    if isinstance(body, dict):
+        body.setdefault("max_tokens", 1)  # count_tokens takes no max_tokens; the shared check wants one
+    return wire.check(body)
 
 
 def _failed(exc: GatewayError) -> bytes:
@@ -34,15 +43,8 @@ def _failed(exc: GatewayError) -> bytes:
 async def _messages(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     record = request[RECORD]
-    caller = gateway.auth.authenticate(request.headers)
-    record.tenant, record.key_id = caller.tenant.name, caller.key_id
-    body = wire.check(await _read_json(request, gateway.loaded.config.server.max_body_bytes))
-    alias = body["model"]
-    if alias not in gateway.router or not caller.tenant.allows(alias):
-        raise ModelNotFound(f"model: {alias}", param="model")
-    record.alias = alias
-    stream = body.get("stream") is True
-    record.stream = stream
+    asked = await bridge.incoming(request, wire.check, _unknown)
+    body, alias, stream, caller = asked.body, asked.alias, asked.stream, asked.caller
     dropped: list[str] = []
     if bridge.native(request, alias, _NATIVE):
         endpoint, payload = Endpoint.MESSAGES, {**body, wire.BETAS: request.headers.get("anthropic-beta")}
@@ -99,16 +101,8 @@ async def _count_tokens(request: web.Request) -> web.StreamResponse:
     """Exact from an Anthropic deployment, estimated for others; ``x-gateway-token-count`` says which."""
     gateway = request.app[GATEWAY]
     record = request[RECORD]
-    caller = gateway.auth.authenticate(request.headers)
-    record.tenant, record.key_id = caller.tenant.name, caller.key_id
-    body = await _read_json(request, gateway.loaded.config.server.max_body_bytes)
-    if isinstance(body, dict):
-        body.setdefault("max_tokens", 1)  # count_tokens takes no max_tokens; the shared check wants one
-    body = wire.check(body)
-    alias = body["model"]
-    if alias not in gateway.router or not caller.tenant.allows(alias):
-        raise ModelNotFound(f"model: {alias}", param="model")
-    record.alias = alias
+    asked = await bridge.incoming(request, _counted, _unknown)
+    body, alias = asked.body, asked.alias
     headers = {"x-request-id": record.request_id, "request-id": record.request_id}
     route = gateway.router.routes(alias)[0]
     if route.deployment.provider in _NATIVE:

@@ -267,7 +267,7 @@ class Admission:
         prompt = await tokens.count_prompt(call.endpoint, call.body, alias.encoding if rules.precise else None)
         completion = tokens.completion_budget(call.endpoint, call.body, self.defaults.default_max_tokens)
         explicit = call.endpoint is Endpoint.EMBEDDINGS or any(
-            isinstance(call.body.get(k), int) for k in ("max_tokens", "max_completion_tokens"))
+            isinstance(call.body.get(k), int) for k in ("max_tokens", "max_completion_tokens", "max_output_tokens"))
         total = prompt + completion
         now = time.time()
         day, month = budget.today(now)

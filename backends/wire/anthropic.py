@@ -42,6 +42,7 @@ from ..shape import (
     text_of,
     tool_arguments,
 )
+from . import chunks
 from .reasoning import MIN_BUDGET, budget_of, effort_of
 
 # --- client side: an Anthropic request served by a chat-format backend ------------------------------------
@@ -85,18 +86,17 @@ def message_id(openai_id: Any) -> str:
     return text if text.startswith("msg_") else f"msg_{text.removeprefix('chatcmpl-') or 'gateway'}"
 
 
-class MessageEvents:
+class MessageEvents(chunks.ChunkReader):
     """OpenAI chunks (first choice) -> Anthropic stream events, one content block open at a time."""
 
     def __init__(self, model: str) -> None:
+        super().__init__()
         self.model = model
         self.id: str | None = None
         self._blocks = 0
         self._open: int | None = None      # index of the open content block
         self._kind: str | None = None      # its kind when it takes deltas of text: text | thinking
         self._tools: dict[int, int] = {}   # OpenAI tool call index -> block index
-        self._stop = "end_turn"
-        self._usage: Any = None
 
     def _start(self, chunk: dict[str, Any]) -> bytes:
         self.id = message_id(chunk.get("id"))
@@ -129,38 +129,31 @@ class MessageEvents:
 
     def chunk(self, chunk: dict[str, Any]) -> bytes:
         out = self._start(chunk) if self.id is None else b""
-        if isinstance(chunk.get("usage"), dict):
-            self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if reasoning and isinstance(reasoning, str):
-                out += self._text("thinking", reasoning)
-            if delta.get("content"):
-                out += self._text("text", delta["content"])
-            for call in delta.get("tool_calls") or ():
-                function = call.get("function") or {}
-                tool = call.get("index", 0)
-                if tool not in self._tools:
-                    out += self._open_block({"type": "tool_use", "id": str(call.get("id") or f"toolu_{tool}"),
-                                             "name": str(function.get("name") or ""), "input": {}})
-                    self._tools[tool] = self._blocks - 1
-                if function.get("arguments"):
-                    out += event("content_block_delta", {
-                        "type": "content_block_delta", "index": self._tools[tool],
-                        "delta": {"type": "input_json_delta", "partial_json": function["arguments"]}})
-            if choice.get("finish_reason"):
-                self._stop = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+        return out + self.read(chunk)
+
+    def text(self, text: str) -> bytes:
+        return self._text("text", text)
+
+    def reasoning(self, text: str) -> bytes:
+        return self._text("thinking", text)
+
+    def tool_start(self, tool: int, call_id: Any, name: str) -> bytes:
+        out = self._open_block({"type": "tool_use", "id": str(call_id or f"toolu_{tool}"), "name": name,
+                                "input": {}})
+        self._tools[tool] = self._blocks - 1
         return out
+
+    def tool_arguments(self, tool: int, fragment: str) -> bytes:
+        return event("content_block_delta", {"type": "content_block_delta", "index": self._tools[tool],
+                                             "delta": {"type": "input_json_delta", "partial_json": fragment}})
 
     def finish(self) -> bytes:
         out = self._start({}) if self.id is None else b""
         out += self._close()
-        out += event("message_delta", {"type": "message_delta", "delta": {"stop_reason": self._stop,
+        stop = STOP_REASONS.get(self.finish_reason or "stop", "end_turn")
+        out += event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop,
                                                                           "stop_sequence": None},
-                                       "usage": anthropic_usage(self._usage)})
+                                       "usage": anthropic_usage(self.usage)})
         return out + event("message_stop", {"type": "message_stop"})
 
 
@@ -170,8 +163,8 @@ def to_message(data: dict[str, Any], model: str) -> dict[str, Any]:
     choice = choices[0]
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
-    reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if reasoning and isinstance(reasoning, str):
+    reasoning = chunks.message_reasoning(message)
+    if reasoning:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
