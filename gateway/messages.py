@@ -64,12 +64,12 @@ async def _messages(request: web.Request) -> web.StreamResponse:
             return await bridge.stream(request, call, _native_events(call, answer.chunks, alias), extra, _failed)
         if answer.chunks is None:
             data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
-            return bridge.whole(call, orjson.dumps(wire.to_message(data, alias)), extra)
-        return await bridge.stream(request, call, _translated_events(answer.chunks, alias), extra, _failed)
+            return bridge.whole(call, orjson.dumps(wire.to_message(data, alias, body.get("stop_sequences"))), extra)
+        events = wire.MessageEvents(alias, body.get("stop_sequences"))
+        return await bridge.stream(request, call, _translated_events(answer.chunks, events), extra, _failed)
 
 
-async def _translated_events(chunks: AsyncIterator[bytes], alias: str) -> AsyncIterator[bytes]:
-    events = wire.MessageEvents(alias)
+async def _translated_events(chunks: AsyncIterator[bytes], events: wire.MessageEvents) -> AsyncIterator[bytes]:
     async for chunk in bridge.chat_chunks(chunks):
         yield events.chunk(chunk)
     yield events.finish()

@@ -89,9 +89,10 @@ def message_id(openai_id: Any) -> str:
 class MessageEvents(chunks.ChunkReader):
     """OpenAI chunks (first choice) -> Anthropic stream events, one content block open at a time."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, stops: Any = None) -> None:
         super().__init__()
         self.model = model
+        self.stops = stops   # the request's stop_sequences
         self.id: str | None = None
         self._blocks = 0
         self._open: int | None = None      # index of the open content block
@@ -150,15 +151,16 @@ class MessageEvents(chunks.ChunkReader):
     def finish(self) -> bytes:
         out = self._start({}) if self.id is None else b""
         out += self._close()
-        stop = STOP_REASONS.get(self.finish_reason or "stop", "end_turn")
+        sequence = chunks.stop_sequence(self.finish_reason, self.stop_reason, self.stops)
+        stop = "stop_sequence" if sequence else STOP_REASONS.get(self.finish_reason or "stop", "end_turn")
         out += event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop,
-                                                                          "stop_sequence": None},
+                                                                          "stop_sequence": sequence},
                                        "usage": anthropic_usage(self.usage)})
         return out + event("message_stop", {"type": "message_stop"})
 
 
-def to_message(data: dict[str, Any], model: str) -> dict[str, Any]:
-    """An OpenAI ``chat.completion`` as an Anthropic ``message``."""
+def to_message(data: dict[str, Any], model: str, stops: Any = None) -> dict[str, Any]:
+    """An OpenAI ``chat.completion`` as an Anthropic ``message`` (``stops``: the request's stop_sequences)."""
     choices = data.get("choices") or [{}]
     choice = choices[0]
     message = choice.get("message") or {}
@@ -176,9 +178,11 @@ def to_message(data: dict[str, Any], model: str) -> dict[str, Any]:
             arguments = {"_raw_arguments": function.get("arguments")}
         content.append({"type": "tool_use", "id": str(call.get("id")), "name": str(function.get("name")),
                         "input": arguments if isinstance(arguments, dict) else {"value": arguments}})
+    sequence = chunks.stop_sequence(choice.get("finish_reason"), choice.get("stop_reason"), stops)
+    stop = "stop_sequence" if sequence else STOP_REASONS.get(str(choice.get("finish_reason")), "end_turn")
     return {"id": message_id(data.get("id")), "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": STOP_REASONS.get(str(choice.get("finish_reason")), "end_turn"),
-            "stop_sequence": None, "usage": anthropic_usage(data.get("usage"))}
+            "content": content, "stop_reason": stop, "stop_sequence": sequence,
+            "usage": anthropic_usage(data.get("usage"))}
 
 
 def check(body: Any) -> dict[str, Any]:
@@ -419,6 +423,8 @@ def error_from(data: dict[str, Any], status: int, headers: dict[str, str], backe
 def from_anthropic(data: dict[str, Any]) -> dict[str, Any]:
     """An Anthropic ``message`` as an OpenAI ``chat.completion`` (thinking as ``reasoning_content``)."""
     choice = Choice(finish_reason=FINISH_REASONS.get(str(data.get("stop_reason")), "stop"))
+    if data.get("stop_reason") == "stop_sequence" and isinstance(data.get("stop_sequence"), str):
+        choice.stop_reason = data["stop_sequence"]
     texts, thoughts = [], []
     for block in data.get("content") or ():
         if block.get("type") == "text":
@@ -446,6 +452,7 @@ class ChatChunks:
         self._tools: dict[int, int] = {}  # content block index -> OpenAI tool call index
         self._usage = Usage()
         self._finish = "stop"
+        self._stop_sequence: str | None = None
 
     def event(self, kind: str, event: dict[str, Any]) -> bytes:
         writer = self.writer
@@ -474,13 +481,16 @@ class ChatChunks:
                     raise UpstreamError(f"upstream {self.backend_id} sent tool input for a block it never started")
                 return writer.tool_arguments(tool, delta["partial_json"])
         elif kind == "message_delta":
-            reason = (event.get("delta") or {}).get("stop_reason")
+            delta = event.get("delta") or {}
+            reason = delta.get("stop_reason")
             if reason:
                 self._finish = FINISH_REASONS.get(reason, "stop")
+            if reason == "stop_sequence" and isinstance(delta.get("stop_sequence"), str):
+                self._stop_sequence = delta["stop_sequence"]
             count_usage(self._usage, event.get("usage"))
         elif kind == "message_stop":
             self.done = True
-            return writer.finish(self._finish) + writer.usage(self._usage) + DONE
+            return writer.finish(self._finish, stop_reason=self._stop_sequence) + writer.usage(self._usage) + DONE
         elif kind == "error":
             raise error_from(event, ERROR_STATUS.get(str((event.get("error") or {}).get("type")), 502), {},
                              self.backend_id)

@@ -18,6 +18,7 @@ class ChunkReader(abc.ABC):
     def __init__(self) -> None:
         self.usage: Any = None
         self.finish_reason: str | None = None
+        self.stop_reason: str | None = None   # the stop sequence that ended it, where the upstream says
         self._started: set[int] = set()   # the chat tool call indexes seen
 
     def read(self, chunk: dict[str, Any]) -> bytes:
@@ -43,6 +44,8 @@ class ChunkReader(abc.ABC):
                     out += self.tool_arguments(tool, function["arguments"])
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
+                stop = choice.get("stop_reason")
+                self.stop_reason = stop if isinstance(stop, str) else None
         return out
 
     @abc.abstractmethod
@@ -56,6 +59,15 @@ class ChunkReader(abc.ABC):
 
     @abc.abstractmethod
     def tool_arguments(self, tool: int, fragment: str) -> bytes: ...
+
+
+def stop_sequence(finish_reason: Any, stop_reason: Any, stops: Any) -> str | None:
+    """The stop sequence that ended an answer: the one a chat upstream names in ``stop_reason`` (vLLM, SGLang,
+    the gateway's Anthropic adapter) among the request's, when it finished with ``stop``. OpenAI reports only
+    ``stop``; which sequence it cut, or whether one at all, is then unknown (the text never shows it)."""
+    if finish_reason == "stop" and isinstance(stop_reason, str) and isinstance(stops, list) and stop_reason in stops:
+        return stop_reason
+    return None
 
 
 def message_reasoning(message: dict[str, Any]) -> str | None:

@@ -51,6 +51,18 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", code
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
 
 
+def _stopped(body: dict[str, Any], words: list[str]) -> tuple[list[str], str | None]:
+    """The words before the first that holds one of the request's ``stop`` strings, and that string: vLLM
+    and SGLang report it as the choice's ``stop_reason``."""
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    for i, word in enumerate(words):
+        hit = next((s for s in stops if s in word), None)
+        if hit is not None:
+            return words[:i], hit
+    return words, None
+
+
 def _words(body: dict[str, Any]) -> list[str]:
     messages = body.get("messages")
     if isinstance(messages, list) and messages:
@@ -88,7 +100,7 @@ def _tool_call(body: dict[str, Any], index: int) -> dict[str, Any]:
 
 
 def _chat_completion(body: dict[str, Any]) -> dict[str, Any]:
-    words = _words(body)
+    words, hit = _stopped(body, _words(body))
     n = body.get("n") or 1
     wants_tool = bool(body.get("tools")) and body.get("tool_choice") != "none"
     choices = []
@@ -99,16 +111,20 @@ def _chat_completion(body: dict[str, Any]) -> dict[str, Any]:
             message["tool_calls"] = [_tool_call(body, i)]
         choices.append({"index": i, "message": message, "finish_reason": "tool_calls" if wants_tool else "stop",
                         "logprobs": _logprobs(words) if body.get("logprobs") else None})
+        if hit is not None and not wants_tool:
+            choices[-1]["stop_reason"] = hit
     return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
             "model": body["model"], "choices": choices, "usage": _usage(body, len(words) * n),
             "system_fingerprint": f"seed-{body.get('seed')}"}
 
 
 def _chunk(body: dict[str, Any], delta: dict[str, Any], finish: str | None = None, index: int = 0,
-           logprobs: Any = None) -> bytes:
+           logprobs: Any = None, stop_reason: str | None = None) -> bytes:
+    choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+    if stop_reason is not None:
+        choice["stop_reason"] = stop_reason
     chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-             "model": body["model"], "choices": [{"index": index, "delta": delta, "finish_reason": finish,
-                                                  "logprobs": logprobs}]}
+             "model": body["model"], "choices": [choice]}
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
@@ -116,7 +132,7 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeSt
     model = body["model"]
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    words = _words(body)
+    words, hit = _stopped(body, _words(body))
     if model == "slow-stream":
         words = [f"w{i}" for i in range(SLOW_CHUNKS)]
     try:
@@ -143,7 +159,7 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeSt
                 content = word if j == 0 else " " + word
                 await response.write(_chunk(body, {"content": content}, index=i,
                                             logprobs=_logprobs([content]) if body.get("logprobs") else None))
-            await response.write(_chunk(body, {}, "stop", index=i))
+            await response.write(_chunk(body, {}, "stop", index=i, stop_reason=hit))
         if (body.get("stream_options") or {}).get("include_usage"):
             usage_chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                            "model": model, "choices": [], "usage": _usage(body, len(words) * (body.get("n") or 1))}
