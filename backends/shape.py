@@ -62,6 +62,7 @@ class Choice:
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str | None = "stop"
     stop_reason: str | None = None  # the stop sequence that ended it, as vLLM reports it (``stop_reason``)
+    reasoning: str = ""             # reasoning text, as vLLM / DeepSeek-style servers give it (reasoning_content)
 
 
 def completion(id_: str, model: str, choices: Iterable[Choice], usage: Usage) -> dict[str, Any]:
@@ -75,6 +76,8 @@ def completion(id_: str, model: str, choices: Iterable[Choice], usage: Usage) ->
                                      for c in choice.tool_calls]
         elif not choice.text:
             message["content"] = ""
+        if choice.reasoning:
+            message["reasoning_content"] = choice.reasoning
         out.append({"index": index, "message": message, "finish_reason": choice.finish_reason, "logprobs": None})
         if choice.stop_reason is not None:
             out[-1]["stop_reason"] = choice.stop_reason

@@ -43,7 +43,7 @@ from ..shape import (
     tool_arguments,
 )
 from . import chunks
-from .reasoning import MIN_BUDGET, budget_of, effort_of
+from .reasoning import MIN_BUDGET, budget_of, effort_of, in_tool_loop
 
 # --- client side: an Anthropic request served by a chat-format backend ------------------------------------
 
@@ -434,12 +434,9 @@ def from_anthropic(data: dict[str, Any]) -> dict[str, Any]:
         elif block.get("type") == "tool_use":
             choice.tool_calls.append(ToolCall(str(block.get("id")), str(block.get("name")),
                                               orjson.dumps(block.get("input") or {}).decode()))
-    choice.text = "".join(texts)
-    answer = completion(str(data.get("id") or new_id("msg_")), str(data.get("model", "")), [choice],
-                        usage_of(data.get("usage")))
-    if thoughts:
-        answer["choices"][0]["message"]["reasoning_content"] = "".join(thoughts)
-    return answer
+    choice.text, choice.reasoning = "".join(texts), "".join(thoughts)
+    return completion(str(data.get("id") or new_id("msg_")), str(data.get("model", "")), [choice],
+                      usage_of(data.get("usage")))
 
 
 class ChatChunks:
@@ -506,6 +503,8 @@ def to_anthropic(payload: dict[str, Any], model: str, default_max_tokens: int) -
     if system:
         request["system"] = system
     budget = budget_of(payload.get("reasoning_effort"))
+    if budget is not None and in_tool_loop(payload["messages"]):
+        budget = None  # Anthropic wants the turn's signed thinking block back, which the chat shape cannot carry
     if budget is not None:
         # Thinking counts against max_tokens and wants the default temperature.
         budget = max(MIN_BUDGET, min(budget, request["max_tokens"] - 1))
