@@ -36,8 +36,8 @@ test: setup prerequisites
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check gateway backends policies local_engine tests bench
-	$(BIN)/mypy gateway backends policies
+	$(BIN)/ruff check gateway backends policies errors local_engine tests bench
+	$(BIN)/mypy gateway backends policies errors tests bench
 
 bench: setup
 	$(BIN)/python bench/gateway_bench.py

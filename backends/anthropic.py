@@ -15,9 +15,10 @@ from typing import Any
 import aiohttp
 import orjson
 
+from errors import InvalidRequest, UpstreamConnectionError
+
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig
-from .errors import InvalidRequest, UpstreamConnectionError
 from .http import (
     client_timeout,
     expect_stream,
@@ -111,7 +112,8 @@ class AnthropicBackend(Backend):
     async def _relay(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         """The native stream's events as they come; an ``error`` event fails it (before the first byte went
         out, so that it can be retried) and a stream that ends before message_stop is a broken one."""
-        async for name, data in sse_events(response, self.id):
+        async for raw in sse_events(response, self.id):
+            name, data = raw.event, raw.data
             if name == "error" or data.startswith(b'{"type":"error"'):
                 event = stream_json(data, self.id)
                 raise error_from(event, ERROR_STATUS.get(str((event.get("error") or {}).get("type")), 502), {},
@@ -123,9 +125,9 @@ class AnthropicBackend(Backend):
 
     async def _chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         chunks = ChatChunks(self.deployment.model, self.id)
-        async for name, data in sse_events(response, self.id):
-            event = stream_json(data, self.id)
-            out = chunks.event(event.get("type", name), event)
+        async for raw in sse_events(response, self.id):
+            event = stream_json(raw.data, self.id)
+            out = chunks.event(event.get("type", raw.event), event)
             if out:
                 yield out
             if chunks.done:

@@ -9,9 +9,10 @@ from typing import Any
 import aiohttp
 import orjson
 
+from errors import InvalidRequest, UpstreamConnectionError, UpstreamError, UpstreamTimeout
+
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig
-from .errors import InvalidRequest, UpstreamConnectionError, UpstreamError, UpstreamTimeout
 from .http import client_timeout, expect_stream, plain_error, post, read_body, read_error
 from .pool import SessionPool
 

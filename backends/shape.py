@@ -19,9 +19,10 @@ from typing import Any
 
 import orjson
 
-from .errors import InvalidRequest
+from errors import InvalidRequest
 
-DONE = b"data: [DONE]\n\n"
+from .sse import DONE as DONE  # the adapters end their streams with it
+from .sse import data
 
 
 def new_id(prefix: str) -> str:
@@ -99,7 +100,7 @@ class ChunkWriter:
                                  "model": self.model, "choices": choices}
         if usage is not None:
             chunk["usage"] = usage
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+        return data(orjson.dumps(chunk))
 
     def _delta(self, index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
         if index not in self._started:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import logging
 import os
 import re
 import time
@@ -15,7 +16,8 @@ import orjson
 from aiohttp import web
 
 from backends import Endpoint
-from backends.errors import (
+from errors import (
+    ClientError,
     GatewayError,
     MethodNotAllowed,
     ModelNotFound,
@@ -140,8 +142,7 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def _failed(record: RequestRecord, exc: GatewayError) -> web.Response:
-    record.status = exc.status
-    record.error = exc.message
+    record.fail(exc)
     response = error_response(exc, record.request_id)
     record.overhead_s = time.perf_counter() - record.started - record.upstream_s
     response.headers["x-gateway-overhead-ms"] = f"{record.overhead_s * 1000:.3f}"
@@ -156,9 +157,9 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> GatewayError:
                                 headers={"Allow": exc.headers.get("Allow", "")})
     if exc.status == 413:
         return PayloadTooLarge("Request body exceeds the size limit.")
-    error = GatewayError(exc.reason or "HTTP error", status=exc.status)
-    error.type = "invalid_request_error" if exc.status < 500 else "api_error"
-    return error
+    if exc.status < 500:
+        return ClientError(exc.reason or "HTTP error", status=exc.status)
+    return GatewayError(exc.reason or "HTTP error", status=exc.status)
 
 
 def _finish(request: web.Request, record: RequestRecord) -> None:
@@ -210,7 +211,10 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
         fields["prompt"] = record.prompt
     if record.trace is not None:
         fields["trace_id"] = record.trace.trace_id
-    _request_log().info("request", **fields)
+    _request_log().log(_LEVELS[record.log_level], "request", **fields)
+
+
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 @functools.cache

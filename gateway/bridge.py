@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 
 from backends import sse
-from backends.errors import GatewayError, ModelNotFound, UpstreamConnectionError
+from errors import GatewayError, ModelNotFound, UpstreamConnectionError
 from policies.call import Call
 
 from .auth import Caller

@@ -26,6 +26,8 @@ from policies.resilience_config import (
     check_models,
 )
 
+from .extras import missing_extras
+
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -221,6 +223,8 @@ def parse_config(text: str, *, path: str | None = None, env: Any = None) -> Load
     except ValidationError as exc:
         unset = {line.split(": ", 1)[0] for line in problems}  # already explained by the missing variable
         problems.extend(line for line in _format(exc) if line.split(": ", 1)[0] not in unset)
+    if not problems:
+        problems = missing_extras(config)
     if problems:
         raise ConfigError(problems)
 

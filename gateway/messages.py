@@ -15,8 +15,8 @@ import orjson
 from aiohttp import web
 
 from backends import Endpoint, UpstreamResponse, sse
-from backends.errors import GatewayError
 from backends.wire import anthropic as wire
+from errors import GatewayError
 from policies import tokens
 from policies.call import Call
 

@@ -17,9 +17,9 @@ import orjson
 from aiohttp import web
 
 from backends import Endpoint, sse
-from backends.errors import GatewayError, InvalidRequest, NotFound
 from backends.shape import new_id
 from backends.wire import responses as wire
+from errors import GatewayError, InvalidRequest, NotFound
 from policies.call import Call
 from policies.stored_responses import Stored, StoredResponses
 from policies.stores.keyvalue import KeyValue

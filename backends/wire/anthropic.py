@@ -21,8 +21,9 @@ from typing import Any
 
 import orjson
 
+from errors import GatewayError, InvalidRequest, UpstreamError
+
 from .. import sse
-from ..errors import GatewayError, InvalidRequest, UpstreamError
 from ..shape import (
     DONE,
     Choice,

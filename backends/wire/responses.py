@@ -19,8 +19,9 @@ from typing import Any
 
 import orjson
 
+from errors import GatewayError, InvalidRequest
+
 from .. import sse
-from ..errors import GatewayError, InvalidRequest
 from ..shape import new_id
 from . import chunks
 

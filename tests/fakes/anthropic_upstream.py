@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .openai_upstream import STATE, FakeState, Seen
+from .openai_upstream import STATE, FakeState, Seen, send_event
 from .scenario import AGENT_MODEL, Answer, Gist, agent, answer, error_status, split_arguments
 
 CACHE_READ, CACHE_WRITE = 3, 2
@@ -207,6 +207,9 @@ async def _messages(request: web.Request) -> web.StreamResponse:
                                            "Cache-Control": "no-cache"})
     await response.prepare(request)
     events = stream_events(body, plan, fail=model == "stream-error")
+    usage = message(body, plan)["usage"]
+    state.usage_sent = {"prompt_tokens": usage["input_tokens"] + CACHE_READ + CACHE_WRITE,
+                        "completion_tokens": plan.output_tokens}
     if model == "early-error":  # the stream is accepted (200), then fails before message_start
         events = [event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})]
     for i, chunk in enumerate(events):
@@ -214,7 +217,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
             assert request.transport is not None
             request.transport.abort()
             return response
-        await response.write(chunk)
+        await send_event(response, state, chunk)
     await response.write_eof()
     state.completed_streams += 1
     return response

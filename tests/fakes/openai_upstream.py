@@ -4,6 +4,11 @@ Its behaviour is chosen by the request's model name, so a test picks a failure b
 ``error-429`` (any status), ``slow-stream``, ``hang``, ``reset``, ``cut-stream``, ``bad-json``,
 ``wrong-content-type``, ``error-body-200``; anything else answers normally. Every request is recorded.
 
+How streams are framed is set on ``FakeState`` for every fake (this one, Anthropic's, Gemini's): line ends LF,
+CRLF or CR and ``data:`` with or without its space, all valid SSE; and a stream can be held at a gate after
+its first events (``hold_after``) until the test sets ``release``, so that a test sees what the client got
+while the upstream has not yet sent the rest.
+
 Run alone (for bench/): ``python -m tests.fakes.openai_upstream --port 9000``.
 """
 
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +29,7 @@ from .scenario import AGENT_MODEL, agent, split_arguments
 
 SLOW_CHUNK_DELAY_S = 0.2
 SLOW_CHUNKS = 10
+GATE_WAIT_S = 30.0  # a stream held at its gate goes on alone after this, so that a failing test still ends
 
 
 @dataclass
@@ -40,6 +47,30 @@ class FakeState:
     cancelled: int = 0
     completed_streams: int = 0
     record: bool = True
+    line_end: bytes | None = None     # a stream's line ends (LF, CRLF or CR); None: the provider's own
+    data_space: bool = True           # "data: {...}" as providers write it, or "data:{...}" (valid too)
+    hold_after: int | None = None     # a stream waits after this many events until ``release`` is set
+    release: threading.Event = field(default_factory=threading.Event)
+    events_sent: int = 0
+    usage_sent: dict[str, int] | None = None  # the token counts the last stream reported, in OpenAI's terms
+
+
+def framed(event: bytes, line_end: bytes, data_space: bool) -> bytes:
+    """An SSE event written with LF line ends, written instead with ``line_end`` and, if not ``data_space``,
+    ``field:value`` without the space."""
+    lines = event.split(b"\n")
+    if not data_space:
+        lines = [line.replace(b": ", b":", 1) if line[:1] not in (b"", b":") else line for line in lines]
+    return line_end.join(lines)
+
+
+async def send_event(response: web.StreamResponse, state: FakeState, event: bytes, own_line_end: bytes = b"\n") \
+        -> None:
+    """Writes one event in the state's framing; at ``hold_after`` events, waits for ``release``."""
+    state.events_sent += 1   # counted before the write: a test may see the event before this coroutine resumes
+    await response.write(framed(event, state.line_end or own_line_end, state.data_space))
+    if state.events_sent == state.hold_after:
+        await asyncio.to_thread(state.release.wait, GATE_WAIT_S)
 
 
 STATE = web.AppKey("state", FakeState)
@@ -137,17 +168,17 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeSt
         words = [f"w{i}" for i in range(SLOW_CHUNKS)]
     try:
         for i in range(body.get("n") or 1):
-            await response.write(_chunk(body, {"role": "assistant", "content": ""}, index=i))
+            await send_event(response, state, _chunk(body, {"role": "assistant", "content": ""}, index=i))
             if body.get("tools") and body.get("tool_choice") != "none":
                 call = _tool_call(body, i)
                 args = call["function"]["arguments"]
                 first = {"index": 0, "id": call["id"], "type": "function",
                          "function": {"name": call["function"]["name"], "arguments": ""}}
-                await response.write(_chunk(body, {"tool_calls": [first]}, index=i))
+                await send_event(response, state, _chunk(body, {"tool_calls": [first]}, index=i))
                 for part in (args[: len(args) // 2], args[len(args) // 2:]):
-                    await response.write(_chunk(body, {"tool_calls": [{"index": 0, "function": {"arguments": part}}]},
+                    await send_event(response, state, _chunk(body, {"tool_calls": [{"index": 0, "function": {"arguments": part}}]},
                                                 index=i))
-                await response.write(_chunk(body, {}, "tool_calls", index=i))
+                await send_event(response, state, _chunk(body, {}, "tool_calls", index=i))
                 continue
             for j, word in enumerate(words):
                 if model == "cut-stream" and j == 2:
@@ -157,14 +188,15 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeSt
                 if model == "slow-stream":
                     await asyncio.sleep(SLOW_CHUNK_DELAY_S)
                 content = word if j == 0 else " " + word
-                await response.write(_chunk(body, {"content": content}, index=i,
+                await send_event(response, state, _chunk(body, {"content": content}, index=i,
                                             logprobs=_logprobs([content]) if body.get("logprobs") else None))
-            await response.write(_chunk(body, {}, "stop", index=i, stop_reason=hit))
+            await send_event(response, state, _chunk(body, {}, "stop", index=i, stop_reason=hit))
         if (body.get("stream_options") or {}).get("include_usage"):
             usage_chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                            "model": model, "choices": [], "usage": _usage(body, len(words) * (body.get("n") or 1))}
-            await response.write(b"data: " + orjson.dumps(usage_chunk) + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
+            state.usage_sent = usage_chunk["usage"]
+            await send_event(response, state, b"data: " + orjson.dumps(usage_chunk) + b"\n\n")
+        await send_event(response, state, b"data: [DONE]\n\n")
         await response.write_eof()
         state.completed_streams += 1
     except asyncio.CancelledError:
@@ -282,8 +314,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         for word in words:
             chunk = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": model,
                      "choices": [{"index": 0, "text": word + " ", "finish_reason": None, "logprobs": None}]}
-            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
+            await send_event(response, state, b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await send_event(response, state, b"data: [DONE]\n\n")
         return response
     return web.json_response({"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
                               "model": model, "usage": _usage(body, len(words)),
