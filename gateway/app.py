@@ -52,7 +52,7 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     app[STORES] = StoreLayer(loaded.config.stores)
     app[GATEWAY] = Gateway.build(loaded, app[STORES], clock)
     app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
-    app[responses.STORE] = responses.new_store(loaded.config.server.responses_ttl_s)
+    app[responses.STORE] = responses.new_store(app[STORES].kv, loaded.config.server.responses_ttl_s)
     app.cleanup_ctx.append(_lifecycle)
     traces = tracing.build(loaded.config.tracing, _API_PATHS)
     if traces is not None:  # off: no middleware, no OpenTelemetry import

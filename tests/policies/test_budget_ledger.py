@@ -45,6 +45,7 @@ def test_each_request_is_priced_from_its_upstream_usage_and_ledgered_once(policy
     assert by_model == [{"tenant": "acme", "model": "chat", "requests": 6,
                          "prompt_tokens": sum(r["prompt_tokens"] for r in records),
                          "completion_tokens": sum(r["completion_tokens"] for r in records),
+                         "cached_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
                          "cache_hits": 0, "errors": 0, "estimated": 0,
                          "cost_usd": pytest.approx(expected, abs=1e-9)}]
 
