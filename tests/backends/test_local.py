@@ -253,7 +253,7 @@ def test_sampling_options_in_process(tiny_gateway: ServerThread) -> None:
             client.completions.create(model="tiny", prompt="the quick", max_tokens=5, echo=True)
         with pytest.raises(openai.BadRequestError) as json_mode:
             client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
-                                           response_format={"type": "yaml"})  # type: ignore[typeddict-item]
+                                           response_format={"type": "yaml"})
     assert (echo.value.param, echo.value.code) == ("echo", "unsupported_parameter")
     assert json_mode.value.param == "response_format"
     assert [c.index for c in many.choices] == [0, 1]
