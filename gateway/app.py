@@ -29,7 +29,9 @@ from policies.clock import SYSTEM, Clock
 from policies.record import RequestRecord
 from policies.stores.layer import StoreLayer
 
-from . import admin, messages, metrics, requestlog, responses, tracing
+from . import admin, batches, files, messages, metrics, requestlog, responses, tracing
+from .batch_runner import BatchRunner
+from .blobs import LocalBlobs
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
@@ -54,6 +56,11 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
     app[responses.STORE] = responses.new_store(app[STORES].kv, loaded.config.server.responses_ttl_s)
     app.cleanup_ctx.append(_lifecycle)
+    config = loaded.config
+    app[files.FILES] = files.Files(app[STORES].kv, LocalBlobs(config.files.dir), config.files, clock)
+    app[batches.BATCHES] = batches.Batches(app[STORES].kv, config.batches, clock)
+    if config.batches.enabled:   # changing it needs a restart
+        app.cleanup_ctx.append(_batch_runner)
     traces = tracing.build(loaded.config.tracing, _API_PATHS)
     if traces is not None:  # off: no middleware, no OpenTelemetry import
         app.middlewares.append(traces.middleware)
@@ -72,6 +79,15 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     app.router.add_get("/v1/responses/{id}", responses.retrieve)
     app.router.add_delete("/v1/responses/{id}", responses.delete)
     app.router.add_get("/v1/responses/{id}/input_items", responses.input_items)
+    app.router.add_post("/v1/files", files.upload)   # OpenAI's Files and Batch APIs (docs/batches.md)
+    app.router.add_get("/v1/files", files.list_files)
+    app.router.add_get("/v1/files/{id}", files.retrieve)
+    app.router.add_delete("/v1/files/{id}", files.delete)
+    app.router.add_get("/v1/files/{id}/content", files.content)
+    app.router.add_post("/v1/batches", batches.create)
+    app.router.add_get("/v1/batches", batches.list_batches)
+    app.router.add_get("/v1/batches/{id}", batches.retrieve)
+    app.router.add_post("/v1/batches/{id}/cancel", batches.cancel)
     app.router.add_get("/", _healthz)  # agents (Claude Code) probe the base URL before the first request
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -102,6 +118,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(log.close)
     if TRACING in app:
         app[TRACING].close()
+
+
+async def _batch_runner(app: web.Application) -> AsyncIterator[None]:
+    """Batches run in the background of every process, after the gateway started and until it closes."""
+    runner = BatchRunner(lambda: app[GATEWAY], app[batches.BATCHES], app[files.FILES], app[batches.BATCHES].config)
+    runner.start()
+    yield
+    await runner.close()
 
 
 def error_response(exc: GatewayError, request_id: str) -> web.Response:

@@ -2,7 +2,9 @@
 
 Its behaviour is chosen by the request's model name, so a test picks a failure by naming it:
 ``error-429`` (any status), ``slow-stream``, ``hang``, ``reset``, ``cut-stream``, ``bad-json``,
-``wrong-content-type``, ``error-body-200``; anything else answers normally. Every request is recorded.
+``wrong-content-type``, ``error-body-200``; ``flaky``: a 500 for a request whose last message says ``FAIL``, else
+an answer; anything else answers normally. Every request is recorded, and each answer's last message counted
+in ``answered`` once the answer was written.
 
 How streams are framed is set on ``FakeState`` for every fake (this one, Anthropic's, Gemini's): line ends LF,
 CRLF or CR and ``data:`` with or without its space, all valid SSE; and a stream can be held at a gate after
@@ -53,6 +55,8 @@ class FakeState:
     release: threading.Event = field(default_factory=threading.Event)
     events_sent: int = 0
     usage_sent: dict[str, int] | None = None  # the token counts the last stream reported, in OpenAI's terms
+    answered: dict[str, int] = field(default_factory=dict)  # a whole answer's last message -> times answered
+    hold_requests: threading.Event | None = None  # when set (not None): requests wait until it is set
 
 
 def framed(event: bytes, line_end: bytes, data_space: bool) -> bytes:
@@ -74,6 +78,7 @@ async def send_event(response: web.StreamResponse, state: FakeState, event: byte
 
 
 STATE = web.AppKey("state", FakeState)
+BODY = web.RequestKey("body", dict)
 
 
 def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
@@ -269,13 +274,32 @@ async def _special(request: web.Request, model: str) -> web.StreamResponse | Non
         return web.Response(body=b'{"id": "chatcmpl-x", "choices": [', content_type="application/json")
     if model == "wrong-content-type":
         return web.Response(text="<html>gateway error</html>", content_type="text/html")
+    if model == "flaky" and "FAIL" in _last_message(request):
+        return _error(500, "fake upstream error 500", "server_error")
     if model == "error-body-200":
         return web.Response(body=orjson.dumps({"error": {"message": "upstream overloaded", "type": "server_error"}}),
                             content_type="application/json")
     return None
 
 
+def _last_message(request: web.Request) -> str:
+    body = request[BODY]
+    messages = body.get("messages") if isinstance(body, dict) else None
+    return str(messages[-1].get("content")) if isinstance(messages, list) and messages else ""
+
+
 async def _handle(request: web.Request) -> web.StreamResponse:
+    response = await _answer(request)
+    state = request.app[STATE]
+    if BODY in request and type(response) is web.Response and response.status == 200:
+        await response.prepare(request)
+        await response.write_eof()
+        last = _last_message(request)
+        state.answered[last] = state.answered.get(last, 0) + 1
+    return response
+
+
+async def _answer(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if state.api_key is not None:
         presented = request.headers.get("Authorization", "").removeprefix("Bearer ") or request.headers.get("api-key")
@@ -289,6 +313,9 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         state.requests.append(Seen(request.path, dict(request.query), dict(request.headers), body))
     model = body.get("model") or request.match_info.get("deployment", "")
     body["model"] = model
+    request[BODY] = body
+    while state.hold_requests is not None and not state.hold_requests.is_set():
+        await asyncio.sleep(0.01)
     special = await _special(request, model)
     if special is not None:
         return special
