@@ -4,6 +4,7 @@ line format; validation errors per line; a 2,000-line batch against an upstream 
 from __future__ import annotations
 
 import threading
+import time
 
 import openai
 import pytest
@@ -128,3 +129,30 @@ def test_two_thousand_lines_with_ten_percent_failing(client, upstream):
     assert {e["custom_id"] for e in errors} == {f"r{i}" for i in range(0, 2000, 10)}
     assert all(e["response"]["status_code"] == 500 for e in errors)
     assert sum(upstream[1].answered.values()) == 1800 and set(upstream[1].answered.values()) == {1}
+
+
+def test_batch_lines_are_ledgered_at_the_batch_price(client, batch_gateway):
+    import httpx
+
+    from tests.conftest import KEY
+    live = client.chat.completions.with_raw_response.create(
+        model="flaky", messages=[{"role": "user", "content": "same words"}], max_tokens=16)
+    live_id = live.headers["x-request-id"]
+    batch = client.batches.create(input_file_id=upload(client, jsonl([chat_line("a", "same words", "flaky")])),
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+    done = wait_for(client, batch.id)
+    line_id = read_lines(client, done.output_file_id)[0]["response"]["request_id"]
+
+    def rows() -> dict[str, dict]:
+        got = httpx.get(batch_gateway.url + "/admin/usage", params={"group_by": "request"},
+                        headers={"Authorization": f"Bearer {KEY}"})
+        assert got.status_code == 200, got.text
+        return {row["request_id"]: row for row in got.json()["data"]}
+
+    deadline = time.monotonic() + 20
+    while not {live_id, line_id} <= rows().keys():   # settled off the answer's path
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    found = rows()
+    assert found[live_id]["cost_usd"] > 0
+    assert found[line_id]["cost_usd"] == pytest.approx(found[live_id]["cost_usd"] / 2)
