@@ -56,7 +56,8 @@ class FakeState:
     events_sent: int = 0
     usage_sent: dict[str, int] | None = None  # the token counts the last stream reported, in OpenAI's terms
     answered: dict[str, int] = field(default_factory=dict)  # a whole answer's last message -> times answered
-    hold_requests: threading.Event | None = None  # when set (not None): requests wait until it is set
+    hold_requests: threading.Event | None = None  # when not None: requests wait until it is set ...
+    hold_after_answers: int = 0                   # ... once this many whole answers were written
 
 
 def framed(event: bytes, line_end: bytes, data_space: bool) -> bytes:
@@ -314,7 +315,8 @@ async def _answer(request: web.Request) -> web.StreamResponse:
     model = body.get("model") or request.match_info.get("deployment", "")
     body["model"] = model
     request[BODY] = body
-    while state.hold_requests is not None and not state.hold_requests.is_set():
+    while state.hold_requests is not None and not state.hold_requests.is_set() \
+            and sum(state.answered.values()) >= state.hold_after_answers:
         await asyncio.sleep(0.01)
     special = await _special(request, model)
     if special is not None:
