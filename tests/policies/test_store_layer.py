@@ -29,6 +29,18 @@ async def test_strings_expire_and_are_deleted(store_layer: StoreLayer) -> None:
     assert await kv.get("gw:{x}:a") is None
 
 
+async def test_a_lease_goes_to_one_caller_until_it_expires(store_layer: StoreLayer) -> None:
+    kv = store_layer.kv
+    claims = await asyncio.gather(*(kv.set_if_absent("gw:{lease}:1", f"p{i}", 0.2) for i in range(10)))
+    assert claims.count(True) == 1
+    assert not await kv.set_if_absent("gw:{lease}:1", "late", 0.2)
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await kv.set_if_absent("gw:{lease}:1", "after", 0.2):   # expired: another may take it
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    assert await kv.get("gw:{lease}:1") == "after"
+
+
 async def test_memory_purges_expired_keys_nobody_reads_again() -> None:
     now = [0.0]
     kv = MemoryKeyValue(clock=lambda: now[0])
