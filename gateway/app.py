@@ -29,7 +29,7 @@ from policies.clock import SYSTEM, Clock
 from policies.record import RequestRecord
 from policies.stores.layer import StoreLayer
 
-from . import admin, batches, files, messages, metrics, requestlog, responses, tracing
+from . import admin, batches, files, message_batches, messages, metrics, requestlog, responses, tracing
 from .batch_runner import BatchRunner
 from .blobs import LocalBlobs
 from .config import LoadedConfig
@@ -75,6 +75,11 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
         app.router.add_get(f"{prefix}/models/{{model:.+}}", _get_model)
     app.router.add_post("/v1/messages", messages.handle)  # Anthropic's Messages API, any backend
     app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
+    app.router.add_post("/v1/messages/batches", message_batches.create)   # Anthropic's, on the same runner
+    app.router.add_get("/v1/messages/batches", message_batches.list_batches)
+    app.router.add_get("/v1/messages/batches/{id}", message_batches.retrieve)
+    app.router.add_post("/v1/messages/batches/{id}/cancel", message_batches.cancel)
+    app.router.add_get("/v1/messages/batches/{id}/results", message_batches.results)
     app.router.add_post("/v1/responses", responses.create)  # OpenAI's Responses API, any backend
     app.router.add_get("/v1/responses/{id}", responses.retrieve)
     app.router.add_delete("/v1/responses/{id}", responses.delete)

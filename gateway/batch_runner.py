@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from backends import Endpoint
+from backends.wire import anthropic
 from errors import GatewayError, QuotaExceeded, RateLimited
 from policies.admission import PRIORITY_HEADER
 from policies.call import Call
@@ -34,7 +35,8 @@ from .state import Gateway
 from .validate import validate
 
 ENDPOINTS = {"/v1/chat/completions": Endpoint.CHAT, "/v1/completions": Endpoint.COMPLETIONS,
-             "/v1/embeddings": Endpoint.EMBEDDINGS}
+             "/v1/embeddings": Endpoint.EMBEDDINGS, "/v1/messages": Endpoint.CHAT}
+MESSAGES = "/v1/messages"   # an Anthropic message batch's lines: translated to chat and back
 _HEADERS = {PRIORITY_HEADER: "batch"}
 _OWNER = f"{os.getpid()}-{os.urandom(4).hex()}"
 
@@ -198,8 +200,9 @@ class BatchRunner:
         gateway = self._gateway()
         request_id = new_id("req_")
         endpoint = ENDPOINTS[fields["endpoint"]]
-        body = dict(line["body"])
-        body.pop("stream", None)
+        asked = dict(line["body"])
+        asked.pop("stream", None)
+        body = anthropic.to_chat(asked) if fields["endpoint"] == MESSAGES else asked
         record = RequestRecord(request_id=request_id, started=time.perf_counter(), endpoint="batch:" + line["url"],
                                tenant=fields["tenant"], key_id=fields["key_id"], alias=body["model"])
         call = Call(record=record, tenant=fields["tenant"], key_id=fields["key_id"], alias=body["model"],
@@ -210,6 +213,8 @@ class BatchRunner:
                                    error_type="invalid_request_error", code="model_not_found")
             async with gateway.pipeline.answer(call) as answer:
                 data = answer.data if answer.data is not None else orjson.loads(answer.body or b"null")
+                if fields["endpoint"] == MESSAGES and answer.status < 400:
+                    data = anthropic.to_message(data, asked["model"], asked.get("stop_sequences"))
                 return answer.status, data, request_id
         except QuotaExceeded as exc:
             return exc.status, exc.body(), request_id
@@ -289,7 +294,10 @@ def _check_line(raw: bytes, endpoint: str, seen: set[str], gateway: Gateway, ten
         return {"code": "missing_required_parameter", "message": "Missing required parameter: 'body'.",
                 "param": "body"}
     try:
-        validate(ENDPOINTS[endpoint], body)
+        if endpoint == MESSAGES:
+            anthropic.check(body)
+        else:
+            validate(ENDPOINTS[endpoint], body)
     except GatewayError as exc:
         return {"code": exc.code or "invalid_request", "message": exc.message, "param": exc.param}
     model = body["model"]
