@@ -98,6 +98,7 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/admin/requests", requestlog.handle)
+    app.router.add_get("/admin/batches", batches.admin_list)
     admin.add_routes(app)
     return app
 

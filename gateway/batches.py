@@ -164,3 +164,19 @@ async def list_batches(request: web.Request) -> web.Response:
         if fields and fields.get("kind") == "openai":
             found.append(render(fields))
     return respond(request, page(found, request.query))
+
+
+async def admin_list(request: web.Request) -> web.Response:
+    """``GET /admin/batches?tenant=&status=``: every tenant's batches (OpenAI's and Anthropic's), for an admin
+    key; each with its ``tenant`` and ``kind``."""
+    from .admin import require_admin
+
+    require_admin(request)
+    batches = request.app[BATCHES]
+    tenant, status = request.query.get("tenant"), request.query.get("status")
+    found = []
+    for batch_id in await batches.ids(tenant):
+        fields = await batches.fields(batch_id)
+        if fields and (status is None or status_of(fields) == status):
+            found.append({**render(fields), "tenant": fields["tenant"], "kind": fields.get("kind", "openai")})
+    return respond(request, page(found, request.query, default_limit=1000))

@@ -156,3 +156,29 @@ def test_batch_lines_are_ledgered_at_the_batch_price(client, batch_gateway):
     found = rows()
     assert found[live_id]["cost_usd"] > 0
     assert found[line_id]["cost_usd"] == pytest.approx(found[live_id]["cost_usd"] / 2)
+
+
+def test_admins_list_every_tenants_batches(upstream, start_gateway, tmp_path):
+    import httpx
+
+    from gateway.auth import hash_key, new_key
+    from tests.conftest import KEY, config_text
+
+    from .conftest import batch_sections
+    admin = new_key()
+    sections = batch_sections(str(tmp_path / "files")) + f'admin:\n  keys: ["{hash_key(admin)}"]\n'
+    gw = start_gateway(config_text(upstream[0].url, server=sections))
+    made = {}
+    for key in (KEY, OTHER_KEY):
+        with openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0) as c:
+            made[key] = c.batches.create(input_file_id=upload(c, jsonl([chat_line("a", "x")])),
+                                         endpoint="/v1/chat/completions", completion_window="24h").id
+            wait_for(c, made[key])
+    listed = httpx.get(gw.url + "/admin/batches", headers={"Authorization": f"Bearer {admin}"}).json()["data"]
+    assert {(b["id"], b["tenant"]) for b in listed} == {(made[KEY], "acme"), (made[OTHER_KEY], "globex")}
+    assert all(b["status"] == "completed" and b["kind"] == "openai" for b in listed)
+    only = httpx.get(gw.url + "/admin/batches", params={"tenant": "globex"},
+                     headers={"Authorization": f"Bearer {admin}"}).json()["data"]
+    assert [b["id"] for b in only] == [made[OTHER_KEY]]
+    refused = httpx.get(gw.url + "/admin/batches", headers={"Authorization": f"Bearer {KEY}"})
+    assert refused.status_code == 403
