@@ -153,7 +153,8 @@ class ResponseCache:
                                              limit=semantic.candidates)
         for candidate in candidates:
             if semantic.verify and not verifier.verify(identity.question, vector, candidate.text, candidate.vector,
-                                                       min_probability=min_probability).ok:
+                                                       min_probability=min_probability,
+                                                       strict=settings.mode == "faq").ok:
                 continue
             raw = await self.answers.get(candidate.entry)
             if raw is None:  # the answer expired or was evicted: its point goes too

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 class _Frozen(BaseModel):
@@ -19,9 +19,16 @@ Reuse = Literal["deterministic", "always"]
 Mode = Literal["off", "faq", "general"]
 
 
+def _yaml_off(value: Any) -> Any:
+    return "off" if value is False else value   # YAML reads an unquoted off as false
+
+
+ModeField = Annotated[Mode, BeforeValidator(_yaml_off)]
+
+
 class SemanticConfig(_Frozen):
     enabled: bool = False
-    mode: Mode = "general"           # with enabled: the default of every tenant and alias
+    mode: ModeField = "general"      # with enabled: the default of every tenant and alias
     # prompts that hold code or are mostly symbols: "exact" (exact cache only) or "semantic" (looked up like
     # any question; the verifier's symbol check still vetoes any differing operator)
     code: Literal["exact", "semantic"] = "exact"
@@ -58,7 +65,7 @@ class CacheConfig(_Frozen):
 class SemanticOverride(_Frozen):
     """``semantic: {mode: faq}`` under a tenant's or an alias's ``cache:``."""
 
-    mode: Mode | None = None
+    mode: ModeField | None = None
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
 

@@ -72,7 +72,7 @@ _UNITS = {
 }
 UNITS = frozenset(_UNITS)
 # one-letter and ambiguous spellings count as a unit only right after a number ("5 m", "3 g", "2 in.")
-_AFTER_NUMBER_ONLY = {"m", "g", "l", "mi", "in.", "min", "sec", "gal", "oz", "ft", "day", "days", "second"}
+_AFTER_NUMBER_ONLY = {"m", "g", "l", "ml", "mi", "in.", "min", "sec", "gal", "oz", "ft", "day", "days", "second"}
 _CURRENCY_SIGNS = {"$": "usd", "€": "eur", "£": "gbp", "¥": "jpy", "₹": "inr"}
 
 _UNITS_WORDS = {

@@ -128,8 +128,10 @@ def _variants(word: str) -> set[str]:
 
 def _stem(word: str) -> str:
     word = word.lower().removesuffix("'s").removesuffix("’s")
-    for suffix in ("ing", "ed", "es", "s"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+    if word.endswith(("ses", "xes", "zes", "ches", "shes")) and len(word) >= 6:
+        return word[:-2]
+    for suffix in ("ing", "ed", "s"):
+        if word.endswith(suffix) and not word.endswith("ss") and len(word) - len(suffix) >= 3:
             return word[: -len(suffix)]
     return word
 
@@ -272,13 +274,15 @@ _MARKERS = {
     "divided": "divided", "minus": "minus", "over": "over", "owes": "owes", "owe": "owes", "owed": "owes",
     "lent": "lent", "lends": "lent", "pays": "pays", "paid": "pays", "beat": "beat", "beats": "beat",
     "defeated": "beat", "inherit": "inherit", "inherits": "inherit", "extend": "extend", "extends": "extend",
-    "subclass": "subclass", "subtract": "subtract",
+    "subclass": "subclass", "subtract": "subtract", "outperform": "than", "outperforms": "than",
+    "first": "before",
 }
-# "X after Y" is "Y before X", "to X from Y" is "from Y to X"
-_REVERSED = {"after": "before", "from": "to"}
+# "X after Y" is "Y before X", "to X from Y" is "from Y to X", "X lent Y" is "Y owes X"
+_REVERSED = {"after": "before", "from": "to", "lent": "owes"}
 _FILLER = frozenset("""
 a an the this that these those my your our his her its of is are was were be do does did i me you we it
 how what which who whom when where why can could should would will please some any there here so as at on
+and or them then
 """.split())
 _CLAUSE = frozenset(",;:.?!")
 _ROLE_WORD = re.compile(r"->|→|[,;:.?!]|[A-Za-z0-9][A-Za-z0-9+#.'-]*[A-Za-z0-9+#]|[A-Za-z0-9]")
@@ -318,10 +322,17 @@ def _roles(text: str) -> frozenset[tuple[str, str, str]]:
 
 
 def _swapped(x: frozenset[tuple[str, str, str]], y: frozenset[tuple[str, str, str]]) -> bool:
-    """Whether, around one marker, a word moved from left to right and another from right to left."""
-    flip = {(m, "right" if side == "left" else "left", w) for m, side, w in y}
-    moved = {(m, side) for m, side, w in x & flip if (m, side, w) not in y}
-    return any((m, "left") in moved and (m, "right") in moved for m, _ in moved)
+    """Whether, around one kind of marker, words on the left in one are on the right in the other and the
+    other way round ("miles into nautical miles" / "nautical miles into miles")."""
+    for marker in {m for m, _, _ in x} & {m for m, _, _ in y}:
+        left_x = {w for m, side, w in x if m == marker and side == "left"}
+        right_x = {w for m, side, w in x if m == marker and side == "right"}
+        left_y = {w for m, side, w in y if m == marker and side == "left"}
+        right_y = {w for m, side, w in y if m == marker and side == "right"}
+        to_right, to_left = left_x & right_y, right_x & left_y
+        if to_right and to_left and to_right != to_left:
+            return True
+    return False
 
 
 # --- the same sentence with one word or phrase replaced: the commonest near miss ("gluten-free pancakes" /
@@ -362,3 +373,34 @@ def _substituted(x: tuple[str, ...], y: tuple[str, ...]) -> bool:
     left = [w for w in x[i1:i2] if w not in _FILLER]
     right = [w for w in y[j1:j2] if w not in _FILLER]
     return bool(left) and bool(right) and not _same_words(left, right)
+
+
+
+# --- words one question has and the other lacks, beyond how a question is phrased: in the faq mode a pair
+# where both sides have such a word is not served (a rephrased near miss changes a value and the phrasing)
+_PHRASING = frozenset("""
+tell name explain describe give recommend suggest best good way ways tip tips idea ideas help know current
+currently usual usually main official exactly roughly approximately around typical typically right correct
+correctly proper properly easiest easy simple quick quickly possible step steps guide option options make
+made get let say mean find look anything something thing things person people someone also really actually
+still even going go want need like would could should can may might must will shall please thanks just only
+ever now today what's how's who's where's there's it's i'm i'd doe does did do done
+""".split()) | _FILLER
+_SAME: dict[str, str] = {}
+for _group in _OPPOSITES:
+    for _members in _group:
+        for _word in _members:
+            _SAME.setdefault(_word, min(_members))
+for _members in _SYNONYMS:
+    for _word in _members:
+        _SAME.setdefault(_word, min(_members))
+
+
+def _meaning_words(words: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(_SAME.get(w, w) for w in words if w not in _PHRASING)
+
+
+def unmatched(a: str, b: str) -> bool:
+    """Whether each question has a word (beyond phrasing words, synonyms and spellings) the other lacks."""
+    x, y = _meaning_words(extract(a).words), _meaning_words(extract(b).words)
+    return bool(x - y) and bool(y - x)

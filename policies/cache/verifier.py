@@ -88,9 +88,13 @@ def probability(a: str, u: np.ndarray, b: str, v: np.ndarray) -> float:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def verify(a: str, u: np.ndarray, b: str, v: np.ndarray, *, min_probability: float) -> Verdict:
-    """Whether the answer cached for ``b`` (vector ``v``) may answer ``a`` (vector ``u``)."""
+def verify(a: str, u: np.ndarray, b: str, v: np.ndarray, *, min_probability: float,
+           strict: bool = False) -> Verdict:
+    """Whether the answer cached for ``b`` (vector ``v``) may answer ``a`` (vector ``u``). ``strict`` (the faq
+    mode) also refuses a pair in which each question has a meaning word the other lacks."""
     slot = slots.conflict(a, b)
+    if slot is None and strict and slots.unmatched(a, b):
+        slot = "unmatched"
     if slot is not None:
         return Verdict(ok=False, probability=0.0, reason=slot)
     p = probability(a, u, b, v)
