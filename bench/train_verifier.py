@@ -66,8 +66,10 @@ def embed_pairs(rows: list[dict[str, object]]) -> tuple[np.ndarray, np.ndarray]:
     return embed_texts([str(r["a"]) for r in rows]), embed_texts([str(r["b"]) for r in rows])
 
 
-def design(rows: list[dict[str, object]], u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return np.stack([verifier.features(str(r["a"]), u[i], str(r["b"]), v[i]) for i, r in enumerate(rows)])
+def design(rows: list[dict[str, object]], u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's features of each pair, in both orders."""
+    return (np.stack([verifier.features(str(r["a"]), u[i], str(r["b"]), v[i]) for i, r in enumerate(rows)]),
+            np.stack([verifier.features(str(r["b"]), v[i], str(r["a"]), u[i]) for i, r in enumerate(rows)]))
 
 
 def fit(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
@@ -79,9 +81,11 @@ def fit(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float, np.n
     return model.coef_[0].astype(np.float32), float(model.intercept_[0]), mean, scale
 
 
-def predict(params: tuple[np.ndarray, float, np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
+def predict(params: tuple[np.ndarray, float, np.ndarray, np.ndarray], x: np.ndarray,
+            flipped: np.ndarray) -> np.ndarray:
+    """As ``verifier.probability``: the mean over both orders of each pair."""
     coef, intercept, mean, scale = params
-    return 1.0 / (1.0 + np.exp(-(((x - mean) / scale) @ coef + intercept)))
+    return np.mean([1.0 / (1.0 + np.exp(-(((f - mean) / scale) @ coef + intercept))) for f in (x, flipped)], axis=0)
 
 
 NEAR_MISS_CLASSES_MIN = 100
@@ -128,11 +132,12 @@ def main() -> None:
     started = time.perf_counter()
     rows = load_pairs("train")
     u, v = embed_pairs(rows)
-    x = design(rows, u, v)
+    x, flipped = design(rows, u, v)
     y = np.array([int(r["label"]) for r in rows])  # type: ignore[call-overload]
     families = np.array([str(r["family"]) for r in rows])
     cos = np.einsum("ij,ij->i", u, v)
     ok = np.array([slots.conflict(str(r["a"]), str(r["b"])) is None for r in rows])
+    same = ok & np.array([slots.same_words(str(r["a"]), str(r["b"])) for r in rows])
     groups = near_miss_groups(rows)
 
     out_of_fold = np.zeros(len(rows))
@@ -141,8 +146,9 @@ def main() -> None:
     folds = np.array_split(rng.permutation(unique), 5)
     for held in folds:
         test = np.isin(families, held)
-        params = fit(x[~test], y[~test], args.c)
-        out_of_fold[test] = predict(params, x[test])
+        params = fit(np.concatenate([x[~test], flipped[~test]]), np.concatenate([y[~test], y[~test]]), args.c)
+        out_of_fold[test] = predict(params, x[test], flipped[test])
+    out_of_fold[same] = 1.0   # the verifier serves these without asking the classifier
     c, p, recall, worst = choose(cos, out_of_fold, ok, y, groups, TARGET)
     # faq: the same point, and the strict veto (a meaning word on each side the other lacks) on top
     strict = ok & ~np.array([slots.unmatched(str(r["a"]), str(r["b"])) for r in rows])
@@ -153,7 +159,7 @@ def main() -> None:
           f"general recall {recall:.1%}, worst near-miss class {worst:.2%}; faq (strict) recall "
           f"{hit[y == 1].mean():.1%}, worst near-miss class {faq_worst:.2%}")
 
-    coef, intercept, mean, scale = fit(x, y, args.c)
+    coef, intercept, mean, scale = fit(np.concatenate([x, flipped]), np.concatenate([y, y]), args.c)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({
         "model": "all-MiniLM-L6-v2",

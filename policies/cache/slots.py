@@ -385,6 +385,7 @@ correctly proper properly easiest easy simple quick quickly possible step steps 
 made get let say mean find look anything something thing things person people someone also really actually
 still even going go want need like would could should can may might must will shall please thanks just only
 ever now today what's how's who's where's there's it's i'm i'd doe does did do done
+to into in for by
 """.split()) | _FILLER
 _SAME: dict[str, str] = {}
 for _group in _OPPOSITES:
@@ -398,6 +399,16 @@ for _members in _SYNONYMS:
 
 def _meaning_words(words: tuple[str, ...]) -> frozenset[str]:
     return frozenset(_SAME.get(w, w) for w in words if w not in _PHRASING)
+
+
+def _meaning_sequence(words: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_SAME.get(w, w) for w in words if w not in _PHRASING))
+
+
+def same_words(a: str, b: str) -> bool:
+    """Whether the two questions use the same meaning words in the same order (beyond phrasing words,
+    synonyms and spellings): only the phrasing differs."""
+    return _meaning_sequence(extract(a).words) == _meaning_sequence(extract(b).words)
 
 
 def unmatched(a: str, b: str) -> bool:

@@ -84,8 +84,10 @@ def _model() -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
 def probability(a: str, u: np.ndarray, b: str, v: np.ndarray) -> float:
     """The classifier's probability that ``a`` and ``b`` ask the same thing."""
     coef, intercept, mean, scale = _model()
-    z = float(((features(a, u, b, v) - mean) / scale) @ coef + intercept)
-    return 1.0 / (1.0 + np.exp(-z))
+    # both orders: which question was cached first must not change the verdict
+    x = np.stack([features(a, u, b, v), features(b, v, a, u)])
+    z = ((x - mean) / scale) @ coef + intercept
+    return float(np.mean(1.0 / (1.0 + np.exp(-z))))
 
 
 def verify(a: str, u: np.ndarray, b: str, v: np.ndarray, *, min_probability: float,
@@ -97,6 +99,8 @@ def verify(a: str, u: np.ndarray, b: str, v: np.ndarray, *, min_probability: flo
         slot = "unmatched"
     if slot is not None:
         return Verdict(ok=False, probability=0.0, reason=slot)
+    if slots.same_words(a, b):   # the same meaning words, no slot differs: only the phrasing changed
+        return Verdict(ok=True, probability=1.0, reason=None)
     p = probability(a, u, b, v)
     return Verdict(ok=p >= min_probability, probability=p, reason=None if p >= min_probability else "classifier")
 

@@ -117,7 +117,7 @@ def test_semantic_hit_on_a_stream_replays(semantic_stack: Stack) -> None:
     with client_for(server) as client:
         raw = client.chat.completions.with_raw_response.create(
             model="chat", temperature=0, stream=True, stream_options={"include_usage": True},
-            messages=[{"role": "user", "content": "In Python, how can I make a string uppercase?"}])
+            messages=[{"role": "user", "content": "How can I convert a string to uppercase in Python?"}])
         chunks = list(raw.parse())
     assert raw.headers["x-cache"] == "hit-semantic"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
