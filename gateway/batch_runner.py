@@ -39,6 +39,7 @@ ENDPOINTS = {"/v1/chat/completions": Endpoint.CHAT, "/v1/completions": Endpoint.
 MESSAGES = "/v1/messages"   # an Anthropic message batch's lines: translated to chat and back
 _HEADERS = {PRIORITY_HEADER: "batch"}
 _OWNER = f"{os.getpid()}-{os.urandom(4).hex()}"
+_CLOSE_WAIT_S = 2.0
 
 
 class BatchRunner:
@@ -50,26 +51,34 @@ class BatchRunner:
         self._slots = asyncio.Semaphore(config.concurrency)
         self._working: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
         self._log = get_logger()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="batch-runner")
 
     async def close(self) -> None:
+        """Stops looking for work and lets what is running finish for a moment (a store command cut off
+        midway would leave its connection unusable), then cuts off the rest: their leases expire and another
+        process, or this one restarted, runs those lines."""
+        self._stop.set()
         tasks = [t for t in (self._task, *self._working.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=_CLOSE_WAIT_S)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 await self.tick()
             except Exception:  # the store failing must not end the runner: it looks again next time
                 self._log.exception("batch runner: looking for work failed")
-            await asyncio.sleep(self.config.poll_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.config.poll_s)
 
     async def tick(self) -> None:
         """Starts work on each unfinished batch this process is not already working on."""
@@ -158,6 +167,8 @@ class BatchRunner:
                 index += 1
                 if str(index) in done:
                     continue
+                if self._stop.is_set():
+                    break
                 if index % 64 == 0 and self._stopping(await self.batches.fields(batch_id)) is not None:
                     break
                 await self._slots.acquire()
