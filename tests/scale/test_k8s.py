@@ -123,7 +123,7 @@ def test_the_autoscalers_read_metrics_the_gateway_exports(overlay):
     gateway_hpa = one(docs, "HorizontalPodAutoscaler", "gateway")
     by_type = {m["type"]: m for m in gateway_hpa["spec"]["metrics"]}
     assert by_type["Resource"]["resource"]["name"] == "cpu"
-    assert by_type["Pods"]["pods"]["metric"]["name"] == list(QUEUE_DEPTH.describe())[0].name
+    assert by_type["Pods"]["pods"]["metric"]["name"] == next(iter(QUEUE_DEPTH.describe())).name
     engine_scalers = [d for d in docs if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")
                       and d["spec"]["scaleTargetRef"]["name"] == "engine"]
     # exactly one owner of the engine's replica count: KEDA in production (it makes its own HPA), else the HPA
@@ -135,7 +135,7 @@ def test_the_autoscalers_read_metrics_the_gateway_exports(overlay):
     [prometheus] = [t for t in scaler["spec"]["triggers"] if t["type"] == "prometheus"]
     query = prometheus["metadata"]["query"]
     metric, labels = re.search(r"(\w+)\{(.*?)\}", query).groups()  # type: ignore[union-attr]
-    assert metric == list(UPSTREAM_ATTEMPTS.describe())[0].name + "_total"
+    assert metric == next(iter(UPSTREAM_ATTEMPTS.describe())).name + "_total"
     label, value = labels.split("=")
     assert label in UPSTREAM_ATTEMPTS._labelnames
     # the label names the gateway deployment that calls the engine Service
