@@ -2,7 +2,7 @@
 
 A request's key is the start of its prompt (about the engine's first KV blocks); the key hashes to a point on
 a ring of workers' virtual nodes and goes to the first worker clockwise whose load is under the bound
-``ceil(LOAD_FACTOR * (total + 1) / workers)`` (Mirrokni, Thorup and Zadimoghaddam's consistent hashing with
+``ceil(LOAD_FACTOR * (total + 1) / workers)``, or a floor a worker handles at no cost (Mirrokni, Thorup and Zadimoghaddam's consistent hashing with
 bounded loads). Requests that share a prefix thus meet the worker whose prefix cache holds it, unless that
 worker is overloaded; adding or removing a worker moves only the keys of its own arcs.
 """
@@ -73,11 +73,12 @@ class PrefixRing:
             del self._owners[point]
         self._points = [p for p in self._points if p in self._owners]
 
-    def pick(self, key: str, members: list[M]) -> M:
+    def pick(self, key: str, members: list[M], floor: int = 1) -> M:
         """The first member clockwise from ``key`` whose load is under the bound; members not on the ring
-        (not added yet) are chosen by load only."""
+        (not added yet) are chosen by load only. ``floor``: a load below it is never too much (a worker
+        batches that many sequences at no cost, so affinity should not break at a light load)."""
         by_name = {m.name: m for m in members}
-        bound = math.ceil(LOAD_FACTOR * (sum(m.inflight for m in members) + 1) / len(members))
+        bound = max(floor, math.ceil(LOAD_FACTOR * (sum(m.inflight for m in members) + 1) / len(members)))
         if self._points:
             start = bisect.bisect(self._points, _point(key))
             seen: set[str] = set()

@@ -138,7 +138,7 @@ class WorkerPool(Backend):
             while True:
                 ready = [w for w in self._workers if w.ready and w.alive and w is not avoid]
                 if ready:
-                    worker = self._ring.pick(key, ready)
+                    worker = self._ring.pick(key, ready, floor=self.limits.target_inflight)
                     worker.inflight += 1
                     WORKER_REQUESTS.labels(self.id, worker.name).inc()
                     if all(w.inflight >= self.limits.target_inflight for w in ready):

@@ -126,3 +126,39 @@ def test_a_worker_that_dies_is_replaced_and_its_request_retried(upstream, start_
     assert new_pid != pid
     assert metric(gateway.url, "gateway_engine_worker_exits_total", deployment="hardy-engine", reason="died") == 1
     assert metric(gateway.url, "gateway_engine_worker_cold_start_seconds_count", deployment="hardy-engine") == 2
+
+
+def requests_by_worker(url: str, deployment: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    pattern = rf'gateway_engine_worker_requests_total\{{deployment="{deployment}",worker="(\w+)"\}} (\S+)'
+    return {m.group(1): float(m.group(2)) for m in re.finditer(pattern, text)}
+
+
+def test_requests_sharing_a_prefix_go_to_the_same_worker(upstream, start_gateway, tiny_model_path):
+    gateway = start_gateway(config_text(upstream[0].url, engine_models("fleet", tiny_model_path, min=2, max=2)))
+    wait_for(lambda: metric(gateway.url, "gateway_engine_workers", deployment="fleet-engine", state="ready") == 2,
+             timeout=180)
+    chosen: dict[str, set[str]] = {"fox": set(), "cache": set()}
+    for i in range(4):
+        for topic, system in (("fox", "the quick brown fox jumps over the lazy dog. " * 8),
+                              ("cache", "a paged cache keeps keys and values in blocks. " * 8)):
+            before = requests_by_worker(gateway.url, "fleet-engine")
+            with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=60) as client:
+                client.chat.completions.create(model="fleet", max_tokens=2, messages=[
+                    {"role": "system", "content": system}, {"role": "user", "content": f"question {i}"}])
+            after = requests_by_worker(gateway.url, "fleet-engine")
+            [worker] = [w for w in after if after[w] > before.get(w, 0)]
+            chosen[topic].add(worker)
+    assert len(chosen["fox"]) == 1 and len(chosen["cache"]) == 1, chosen
+
+
+def test_a_busy_worker_makes_the_pool_start_another(upstream, start_gateway, tiny_model_path):
+    gateway = start_gateway(config_text(upstream[0].url, engine_models(
+        "busy", tiny_model_path, min=1, max=2, target_inflight=1)))
+    wait_for(lambda: metric(gateway.url, "gateway_engine_workers", deployment="busy-engine", state="ready") == 1,
+             timeout=120)
+    assert ask(gateway.url, "busy", "continuous batching").usage.completion_tokens >= 1
+    # that request held the only worker at its target of 1 in flight: a second one started
+    wait_for(lambda: metric(gateway.url, "gateway_engine_workers", deployment="busy-engine", state="ready") == 2,
+             timeout=120)
+    assert len(worker_processes()) == 2
