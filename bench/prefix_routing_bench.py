@@ -14,6 +14,7 @@ import argparse
 import random
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from backends.prefix_ring import PrefixRing, prompt_prefix
 from local_engine.block_manager import BlockManager
@@ -30,7 +31,7 @@ class SimWorker:
     inflight: int = 0
 
 
-def workload(args: argparse.Namespace, rng: random.Random) -> list[tuple[dict[str, object], list[int]]]:
+def workload(args: argparse.Namespace, rng: random.Random) -> list[tuple[dict[str, Any], list[int]]]:
     prompts = [[rng.randrange(1000, 30000) for _ in range(args.system_tokens)] for _ in range(args.prompts)]
     weights = [1 / (k + 1) ** args.zipf for k in range(args.prompts)]
     out = []
@@ -43,7 +44,7 @@ def workload(args: argparse.Namespace, rng: random.Random) -> list[tuple[dict[st
     return out
 
 
-def run(policy: str, requests: list[tuple[dict[str, object], list[int]]], args: argparse.Namespace) -> list[float]:
+def run(policy: str, requests: list[tuple[dict[str, Any], list[int]]], args: argparse.Namespace) -> list[float]:
     rng = random.Random(1)
     workers = [SimWorker(f"w{i}", BlockManager(args.kv_blocks, BLOCK)) for i in range(args.workers)]
     ring = PrefixRing()
