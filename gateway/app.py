@@ -272,7 +272,8 @@ async def _readyz(request: web.Request) -> web.Response:
     body = {"status": "ready" if gateway.ready and not loading and not gateway.draining else
             ("draining" if gateway.draining else "starting"),
             "config": loaded.path, "deployments": {"enabled": len(gateway.backends), "disabled": disabled,
-                                                   "loading": loading, "failed": failed}}
+                                                   "loading": loading, "failed": failed,
+                                                   "starting": [b.id for b in gateway.backends if b.starting]}}
     if body["status"] != "ready":
         exc = Unavailable(f"gateway is {body['status']}")
         return web.Response(body=orjson.dumps({**exc.body(), **body}), status=503, content_type="application/json")

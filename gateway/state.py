@@ -60,7 +60,7 @@ class Gateway:
                 if reason:
                     disabled.setdefault(alias.name, []).append(f"{deployment.id}: {reason}")
                     continue
-                backend = build_backend(deployment, pool)
+                backend = build_backend(deployment, pool, clock)
                 cap = None
                 if deployment.max_concurrency is not None:
                     cap = InFlightCap(backend.id, deployment.max_concurrency, admission.store,
