@@ -156,6 +156,13 @@ def _expiry(body: dict[str, Any], now: float) -> float | None:
     return at if within is None else now + within
 
 
+async def _whoami(request: web.Request) -> web.Response:
+    """``GET /admin/whoami``: who the key is (admin, or which tenant) and today's UTC day by the gateway's clock."""
+    who = principal(request)
+    today = utc_day(request.app[GATEWAY].pipeline.admission.clock.time())
+    return _reply(request, {"admin": who.admin, "tenant": who.tenant, "key_id": who.key_id, "today": today})
+
+
 async def _keys(request: web.Request) -> web.Response:
     """``GET /admin/keys?tenant=``: every key (the YAML's by id only, the runtime ones with their details);
     a tenant key lists its own tenant's."""
@@ -263,6 +270,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/admin/cache/purge", _purge_cache),
     ("DELETE", "/admin/cache/{tenant}", _purge_cache),
     ("DELETE", "/admin/cache/{tenant}/{alias}", _purge_cache),
+    ("GET", "/admin/whoami", _whoami),
     ("GET", "/admin/keys", _keys),
     ("POST", "/admin/keys", _create_key),
     ("POST", "/admin/keys/{id}/rotate", _rotate_key),

@@ -29,7 +29,7 @@ from policies.clock import SYSTEM, Clock
 from policies.record import RequestRecord
 from policies.stores.layer import StoreLayer
 
-from . import admin, controlplane, messages, metrics, requestlog, responses, tracing
+from . import admin, controlplane, messages, metrics, requestlog, responses, tracing, ui
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
@@ -80,6 +80,7 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/admin/requests", requestlog.handle)
     admin.add_routes(app)
+    ui.add_routes(app)
     return app
 
 
