@@ -69,6 +69,7 @@ class ControlPlane:
         self._gateway: Gateway | None = None
         self._applied: tuple[int, int] | None = None   # (auth, admission) identities the state was given to
         self._poller: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     # -- replicas: reading the state and handing it to the gateway --
 
@@ -121,8 +122,10 @@ class ControlPlane:
         self._poller = asyncio.create_task(self._poll(app, gateway_key))
 
     async def _poll(self, app: web.Application, gateway_key: web.AppKey[Gateway]) -> None:
-        while True:
-            await asyncio.sleep(self.config.poll_interval_s)
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.config.poll_interval_s)
+                return
             try:
                 await self.refresh()
             except Exception as exc:  # a store that fails closed: keep the last state, try again
@@ -130,10 +133,11 @@ class ControlPlane:
             self.attach(app[gateway_key])
 
     async def close(self) -> None:
+        # Stopped between polls, not cancelled inside one: a Redis command cut half-way leaves its connection
+        # unreturned to the pool.
+        self._stop.set()
         if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            await self._poller
 
     # -- changes: each one written, recorded, announced (the version) and applied here at once --
 

@@ -88,7 +88,10 @@ class StoreLayer:
     async def close(self) -> None:
         if self.redis is not None:
             client, self.redis = self.redis, None
-            await client.aclose()
+            if self.config.redis_cluster:
+                await client.aclose()
+            else:  # the pool was handed to the client, which does not close it unless told to
+                await client.aclose(close_connection_pool=True)
 
     async def __aenter__(self) -> StoreLayer:
         await self.open()
