@@ -103,8 +103,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await gateway.close()
     if log is not None:
         await asyncio.to_thread(log.close)
-    if TRACING in app:
-        app[TRACING].close()
+    if TRACING in app:  # flushing waits for the exporter (a slow collector): off the event loop
+        await asyncio.to_thread(app[TRACING].close)
 
 
 async def _control(app: web.Application) -> AsyncIterator[None]:

@@ -110,6 +110,8 @@ class TracingConfig(_Frozen):
     sample_ratio: float = Field(default=1.0, ge=0, le=1, description="of traces started here; a client's "
                                 "traceparent decides for its own")
     timeout_s: float = Field(default=10.0, gt=0)
+    export_interval_s: float = Field(default=5.0, gt=0, description="how often finished spans are sent")
+    max_queue: int = Field(default=16384, ge=1, description="finished spans waiting to be sent; beyond, dropped")
 
 
 class RequestLogConfig(_Frozen):
