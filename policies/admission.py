@@ -107,6 +107,7 @@ class Admission:
         self.layer = layer or StoreLayer(stores)
         self.stores = stores or self.layer.config
         self._rules = {name: _Rules.of(name, fields, self.defaults) for name, fields in (tenants or {}).items()}
+        self._configured = dict(self._rules)
         self._fallback_rules = _Rules.of("-", TenantPolicyFields(), self.defaults)
         self._aliases = dict(aliases or {})
         self._prices = dict(prices or {})
@@ -129,6 +130,13 @@ class Admission:
     @property
     def tenants(self) -> list[str]:
         return list(self._rules)
+
+    def set_runtime_tenants(self, tenants: Mapping[str, TenantPolicyFields]) -> None:
+        """The tenants made at runtime (the gateway's control plane), beside the configured ones, which win a
+        name clash; replaces the previous runtime set."""
+        runtime = {name: _Rules.of(name, fields, self.defaults) for name, fields in tenants.items()}
+        self._rules = {**runtime, **self._configured}
+        self._plans.clear()
 
     @property
     def counts_tokens(self) -> bool:
