@@ -271,7 +271,7 @@ def test_a_gateway_whose_redis_goes_away_keeps_its_breakers_in_memory_and_return
             chat(gateway, "chat")
         assert chat(gateway, "chat").json()["error"]["code"] == "circuit_open"   # opened in process memory
         assert _metric(gateway, "gateway_store_degraded") == "gateway_store_degraded 1.0"
-        assert 'operation="breaker_failure"' in _metric(gateway, "gateway_store_errors_total")
+        assert 'operation="breaker_outcomes"' in _metric(gateway, "gateway_store_errors_total")
         chaos[1].faults.clear()
         own_redis.start()
         _until(lambda: chat(gateway, "chat").status_code == 200)   # Redis again: its breaker never opened
