@@ -147,9 +147,6 @@ class MemoryStore:
     def forget(self, key: str) -> None:
         self._entries.pop(key, None)
 
-    def has(self, key: str) -> bool:
-        return key in self._entries
-
     def view(self, key: str) -> View:
         entry = self._entries.get(key)
         return entry.view if entry is not None else _CLOSED
@@ -399,8 +396,7 @@ class Breakers:
         if not self.config.enabled:
             return
         now = self._clock()
-        if self._tenant_open or self._tenants.has(f"{tenant}\0{key}"):
-            self._tenant_outcome(key, tenant, "success", now)
+        self._tenant_outcome(key, tenant, "success", now)
         view = self._views[key]
         if view.state is State.CLOSED:
             if self.shared:
@@ -446,7 +442,11 @@ class Breakers:
     def _tenant_outcome(self, key: str, tenant: str, op: str, now: float) -> None:
         if tenant == ANY:
             return
-        view, _ = self._tenants.apply(f"{tenant}\0{key}", op, now)
+        name = f"{tenant}\0{key}"
+        if op == "success" and self._tenants.view(name).failures == 0:
+            self._tenants.count_success(name, now)
+            return
+        view, _ = self._tenants.apply(name, op, now)
         if view.state is State.CLOSED:
             self._tenant_open.pop((tenant, key), None)
         else:
