@@ -209,18 +209,22 @@ class Admission:
 
     async def _admit(self, call: Call) -> _Admitted:
         rules = self._rules.get(call.tenant, self._fallback_rules)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + rules.max_wait_s   # the bound holds from the request's arrival, queued once
         reservation = await self._plan(call, rules)
+        waited = False
         if rules.max_wait_s > 0 and self.queue is not None and self.queue.waiting(call.tenant):
             # the tenant's earlier (or higher-priority) requests are waiting: no overtaking them
-            result = await self._wait(call, rules, reservation, _QUEUED)
+            result = await self._wait(call, rules, reservation, _QUEUED, until - loop.time())
+            waited = True
         else:
             result = await self.store.admit(reservation)
         if result.outcome == "dup":  # a client reused a request id: the ledger entry gets its own
             reservation.entry_id = f"{reservation.entry_id}.{uuid.uuid4().hex[:8]}"
             result = await self.store.admit(reservation)
-        if result.outcome in ("bucket", "slot") and rules.max_wait_s > 0 and self.queue is not None and (
-                result.outcome == "slot" or result.retry_after <= rules.max_wait_s):
-            result = await self._wait(call, rules, reservation, result)
+        if not waited and result.outcome in ("bucket", "slot") and rules.max_wait_s > 0 and \
+                self.queue is not None and (result.outcome == "slot" or result.retry_after <= rules.max_wait_s):
+            result = await self._wait(call, rules, reservation, result, until - loop.time())
         if result.outcome != "ok":
             raise self._refusal(call, reservation, result)
         for index in result.soft:
@@ -235,13 +239,13 @@ class Admission:
         return _Admitted(reservation, self.store)  # a fail-open store knows which store admitted it
 
     async def _wait(self, call: Call, rules: _Rules, reservation: Reservation,
-                    refused: AdmitResult) -> AdmitResult:
+                    refused: AdmitResult, max_wait_s: float) -> AdmitResult:
         assert self.queue is not None
         priority = self._priority(call, rules)
         metrics.QUEUED.labels(call.tenant).inc()
         started = time.perf_counter()
         try:
-            return await self.queue.wait(call.tenant, rules.weight, priority, rules.max_wait_s,
+            return await self.queue.wait(call.tenant, rules.weight, priority, max(max_wait_s, 0.0),
                                          lambda: self.store.admit(reservation), refused,
                                          lambda result: self._give_back(reservation, result))
         except QueueFull:
