@@ -266,11 +266,10 @@ class Admission:
 
     async def _plan(self, call: Call, rules: _Rules) -> Reservation:
         alias = self._aliases.get(call.alias, _NO_ALIAS)
-        prompt = await tokens.count_prompt(call.endpoint, call.body, alias.encoding if rules.precise else None)
-        completion = tokens.completion_budget(call.endpoint, call.body, self.defaults.default_max_tokens)
-        explicit = call.endpoint is Endpoint.EMBEDDINGS or any(
-            isinstance(call.body.get(k), int) for k in ("max_tokens", "max_completion_tokens"))
-        total = prompt + completion
+        encoding = alias.encoding if rules.precise else None
+        prompt = await tokens.count_prompt(call.endpoint, call.body, encoding)
+        if rules.precise and encoding is None:
+            prompt = tokens.reserve_estimate(prompt)
         now = time.time()
         day, month = budget.today(now)
         static = self._plans.get((call.tenant, call.key_id, call.alias, day))
@@ -280,10 +279,23 @@ class Admission:
             static = self._plans[(call.tenant, call.key_id, call.alias, day)] = self._static_plan(
                 call, rules, day, month)
         fixed, per_token, held, spends = static
+        completion = 0
+        if call.endpoint is not Endpoint.EMBEDDINGS:
+            asked = tokens.completion_limit(call.body)
+            choices = tokens.choices(call.endpoint, call.body)
+            per_choice = asked or self.defaults.default_max_tokens
+            if asked is None and per_token:
+                # No max_tokens: reserve what fits in the bucket beside the prompt (a prompt that does not fit
+                # alone is too large); the upstream is then held to it below.
+                room = min(b.capacity for b in per_token) - prompt
+                per_choice = max(1, min(per_choice, int(room) // choices))
+            if asked is None and rules.precise:
+                # The upstream may generate no more than was reserved (limits and budgets count on it).
+                call.body[tokens.limit_field(call.endpoint)] = per_choice
+            completion = per_choice * choices
+        total = float(prompt + completion)
         planned = list(fixed)
-        for b in per_token:
-            cost = float(total) if explicit else min(float(total), b.capacity)
-            planned.append(Bucket(b.key, b.capacity, b.rate, cost, b.kind, b.scope, b.limit))
+        planned += [Bucket(b.key, b.capacity, b.rate, total, b.kind, b.scope, b.limit) for b in per_token]
         return Reservation(entry_id=call.record.request_id, tenant=call.tenant, key_id=call.key_id,
                            alias=call.alias, day=day, ts=now, buckets=planned, slots=held, spends=spends,
                            est_prompt=prompt, est_completion=completion,

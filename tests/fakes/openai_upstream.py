@@ -2,7 +2,10 @@
 
 Its behaviour is chosen by the request's model name, so a test picks a failure by naming it:
 ``error-429`` (any status), ``slow-stream``, ``hang``, ``reset``, ``cut-stream``, ``bad-json``,
-``wrong-content-type``, ``error-body-200``; anything else answers normally. Every request is recorded.
+``wrong-content-type``, ``error-body-200``; ``long-answer`` bills 16,000 completion tokens per choice (fewer
+when the request's ``max_completion_tokens``/``max_tokens`` says so, as a real model stops there);
+``more-prompt`` counts 30 prompt tokens more than usual (a tokenizer the gateway's estimate undercounts);
+anything else answers normally. Every request is recorded.
 
 Run alone (for bench/): ``python -m tests.fakes.openai_upstream --port 9000``.
 """
@@ -61,6 +64,11 @@ def _words(body: dict[str, Any]) -> list[str]:
 
 def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, int]:
     prompt = len(orjson.dumps(body.get("messages") or body.get("prompt") or "")) // 4 + 1
+    if body.get("model") == "more-prompt":
+        prompt += 30
+    elif body.get("model") == "long-answer":
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or 16_000
+        completion_tokens = min(16_000, limit) * (body.get("n") or 1)
     return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
             "total_tokens": prompt + completion_tokens}
 
