@@ -11,8 +11,8 @@ import openai
 import pytest
 
 from tests.conftest import KEY
-from tests.policies.conftest import ADMIN_KEY, chat, policy_config, sdk
 from tests.gateway.test_server import start_serve_with
+from tests.policies.conftest import ADMIN_KEY, chat, policy_config, sdk
 from tests.policies.test_processes import stop_processes
 
 NANO = 1_000_000_000
