@@ -26,9 +26,10 @@ from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCr
 from botocore.eventstream import EventStreamBuffer, ParserError
 from botocore.session import Session
 
+from errors import InvalidRequest, Unavailable, UpstreamConnectionError, UpstreamError, UpstreamTimeout
+
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig
-from .errors import InvalidRequest, Unavailable, UpstreamConnectionError, UpstreamError, UpstreamTimeout
 from .http import client_timeout, expect_stream, plain_error, post, primed, read_error, read_json
 from .pool import SessionPool
 from .shape import (

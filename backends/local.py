@@ -19,17 +19,18 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
+from errors import GatewayError, InvalidRequest, Unavailable, UpstreamError
+
 from . import local_metrics as m
+from . import spans, sse
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig, LocalEngineSettings
-from .errors import GatewayError, InvalidRequest, Unavailable, UpstreamError
 
 if TYPE_CHECKING:
     from local_engine import AsyncEngine
 
 _METRICS_INTERVAL_S = 1.0
 _RETRY_AFTER_S = "5"
-_DONE = b"data: [DONE]\n\n"
 
 
 class LocalBackend(Backend):
@@ -99,7 +100,7 @@ class LocalBackend(Backend):
 
         chat = endpoint is Endpoint.CHAT
         if not stream:
-            with _mapped_errors():
+            with _spanned(spans.start("engine", self.deployment, self.id)), _mapped_errors():
                 data = await complete_response(engine, payload, chat=chat, model_name=self.deployment.model)
             yield UpstreamResponse(status=200, body=orjson.dumps(data), data=data)
             return
@@ -110,14 +111,15 @@ class LocalBackend(Backend):
             body = {**payload, "stream_options": {**(options if isinstance(options, dict) else {}),
                                                   "include_usage": True}}
         chunks = stream_response(engine, body, chat=chat, model_name=self.deployment.model)
-        try:
-            # The first chunk before answering, so that a bad request is an HTTP error, not an error event.
-            with _mapped_errors():
-                first = await anext(chunks, None)
-            yield UpstreamResponse(status=200, chunks=_sse(first, chunks))
-        finally:
-            # Also when the client went away: closing the generator aborts the sequence and frees its blocks.
-            await chunks.aclose()
+        with _spanned(spans.start("engine", self.deployment, self.id)):
+            try:
+                # The first chunk before answering, so that a bad request is an HTTP error, not an error event.
+                with _mapped_errors():
+                    first = await anext(chunks, None)
+                yield UpstreamResponse(status=200, chunks=_sse(first, chunks))
+            finally:
+                # Also when the client went away: closing the generator aborts the sequence and frees its blocks.
+                await chunks.aclose()
 
     async def _engine(self) -> AsyncEngine:
         if self.engine is None and self._failure is None and self._loading is not None:
@@ -162,11 +164,23 @@ def _load_engine(model: str, options: dict[str, Any]) -> AsyncEngine:
 
 async def _sse(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
     if first is not None:
-        yield b"data: " + orjson.dumps(first) + b"\n\n"
+        yield sse.data(orjson.dumps(first))
         with _mapped_errors():
             async for chunk in chunks:
-                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-    yield _DONE
+                yield sse.data(orjson.dumps(chunk))
+    yield sse.DONE
+
+
+@contextlib.contextmanager
+def _spanned(span: spans.Handle | None) -> Iterator[None]:
+    """The engine's span (tracing on): from the request's arrival in the engine to its last token."""
+    try:
+        yield
+    except GatewayError as exc:
+        spans.end(span, exc.status, exc.message)
+        raise
+    else:
+        spans.end(span, 200)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import logging
 import os
 import re
 import time
@@ -15,7 +16,8 @@ import orjson
 from aiohttp import web
 
 from backends import Endpoint
-from backends.errors import (
+from errors import (
+    ClientError,
     GatewayError,
     MethodNotAllowed,
     ModelNotFound,
@@ -26,7 +28,7 @@ from backends.errors import (
 from policies.record import RequestRecord
 from policies.stores.layer import StoreLayer
 
-from . import admin, messages, metrics
+from . import admin, messages, metrics, requestlog, responses, tracing
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
@@ -35,6 +37,7 @@ from .state import Gateway
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _API_PATHS = ("/v1/", "/chat/", "/completions", "/embeddings", "/models")
+TRACING = web.AppKey("tracing", tracing.Tracing)
 # Request ids: unique across processes and restarts (a random prefix per process) and cheap (a counter).
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(1)
@@ -47,7 +50,14 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     app[STORES] = StoreLayer(loaded.config.stores)
     app[GATEWAY] = Gateway.build(loaded, app[STORES])
     app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
+    app[responses.STORE] = responses.new_store(loaded.config.server.responses_ttl_s)
     app.cleanup_ctx.append(_lifecycle)
+    traces = tracing.build(loaded.config.tracing, _API_PATHS)
+    if traces is not None:  # off: no middleware, no OpenTelemetry import
+        app.middlewares.append(traces.middleware)
+        app[TRACING] = traces
+    if loaded.config.request_log.enabled:  # changing it needs a restart
+        app[requestlog.REQUEST_LOG] = requestlog.RequestLog(loaded.config.request_log)
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", proxy_handler(Endpoint.CHAT))
         app.router.add_post(f"{prefix}/completions", proxy_handler(Endpoint.COMPLETIONS))
@@ -55,9 +65,16 @@ def build_app(loaded: LoadedConfig) -> web.Application:
         app.router.add_get(f"{prefix}/models", _list_models)
         app.router.add_get(f"{prefix}/models/{{model:.+}}", _get_model)
     app.router.add_post("/v1/messages", messages.handle)  # Anthropic's Messages API, any backend
+    app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
+    app.router.add_post("/v1/responses", responses.create)  # OpenAI's Responses API, any backend
+    app.router.add_get("/v1/responses/{id}", responses.retrieve)
+    app.router.add_delete("/v1/responses/{id}", responses.delete)
+    app.router.add_get("/v1/responses/{id}/input_items", responses.input_items)
+    app.router.add_get("/", _healthz)  # agents (Claude Code) probe the base URL before the first request
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/admin/requests", requestlog.handle)
     admin.add_routes(app)
     return app
 
@@ -73,8 +90,16 @@ async def _stores(app: web.Application) -> AsyncIterator[None]:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.start()
+    metrics.publish_budgets(gateway.loaded.config)
+    log = app.get(requestlog.REQUEST_LOG)
+    if log is not None:
+        await asyncio.to_thread(log.start)
     yield
     await gateway.close()
+    if log is not None:
+        await asyncio.to_thread(log.close)
+    if TRACING in app:
+        app[TRACING].close()
 
 
 def error_response(exc: GatewayError, request_id: str) -> web.Response:
@@ -117,8 +142,7 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def _failed(record: RequestRecord, exc: GatewayError) -> web.Response:
-    record.status = exc.status
-    record.error = exc.message
+    record.fail(exc)
     response = error_response(exc, record.request_id)
     record.overhead_s = time.perf_counter() - record.started - record.upstream_s
     response.headers["x-gateway-overhead-ms"] = f"{record.overhead_s * 1000:.3f}"
@@ -133,9 +157,9 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> GatewayError:
                                 headers={"Allow": exc.headers.get("Allow", "")})
     if exc.status == 413:
         return PayloadTooLarge("Request body exceeds the size limit.")
-    error = GatewayError(exc.reason or "HTTP error", status=exc.status)
-    error.type = "invalid_request_error" if exc.status < 500 else "api_error"
-    return error
+    if exc.status < 500:
+        return ClientError(exc.reason or "HTTP error", status=exc.status)
+    return GatewayError(exc.reason or "HTTP error", status=exc.status)
 
 
 def _finish(request: web.Request, record: RequestRecord) -> None:
@@ -158,6 +182,11 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
             metrics.CACHE_SAVED.labels(record.tenant).inc(record.saved_usd)
     if record.deployment is not None and (record.status >= 500 or record.status in (408, 429)):
         metrics.UPSTREAM_ERRORS.labels(record.deployment, status).inc()
+    if record.trace is not None:
+        record.trace.finish(record)
+    log = request.app.get(requestlog.REQUEST_LOG)
+    if log is not None:
+        log.add(record, latency, int(status))
     if not gateway.loaded.config.server.log_requests:
         return
     fields: dict[str, Any] = {
@@ -180,7 +209,12 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
         fields["error"] = record.error
     if record.prompt is not None:
         fields["prompt"] = record.prompt
-    _request_log().info("request", **fields)
+    if record.trace is not None:
+        fields["trace_id"] = record.trace.trace_id
+    _request_log().log(_LEVELS[record.log_level], "request", **fields)
+
+
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 @functools.cache

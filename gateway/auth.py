@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from backends.errors import AuthenticationFailed
+from errors import AuthenticationFailed
 
 from .config import TenantConfig
 

@@ -26,6 +26,8 @@ from policies.resilience_config import (
     check_models,
 )
 
+from .extras import missing_extras
+
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -65,6 +67,7 @@ class ServerConfig(_Frozen):
     log_prompts: bool = False
     upstream_max_connections: int = Field(default=1000, ge=1)
     watch_config: bool = False  # reload when the file changes (checked every second), as on SIGHUP
+    responses_ttl_s: float = Field(default=24 * 3600, gt=0)  # how long store: true responses are kept
 
 
 class ModelAlias(_Frozen):
@@ -97,6 +100,30 @@ class AdminConfig(_Frozen):
     keys: tuple[Annotated[str, AfterValidator(_key_hash)], ...] = ()
 
 
+class TracingConfig(_Frozen):
+    """``tracing:``: OpenTelemetry export of request traces (gateway/tracing.py). Changing it needs a restart."""
+
+    enabled: bool = False
+    endpoint: str = Field(default="http://127.0.0.1:4318/v1/traces", description="OTLP/HTTP traces URL")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with each export (collector auth)")
+    service_name: str = "llm-gateway"
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="of traces started here; a client's "
+                                "traceparent decides for its own")
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class RequestLogConfig(_Frozen):
+    """``request_log:``: every API request's record in an embedded SQLite database (gateway/requestlog.py),
+    written by a background thread; never on the request's path."""
+
+    enabled: bool = True
+    path: str = Field(default="~/.local/state/llm-gateway/requests.db",
+                      description="SQLite file; ~ expands, missing folders are made")
+    retention_days: float = Field(default=30, gt=0)
+    max_buffer: int = Field(default=10000, ge=1, description="records waiting to be written; beyond: dropped, counted")
+    flush_interval_s: float = Field(default=0.2, gt=0)
+
+
 class GatewayConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
@@ -106,6 +133,8 @@ class GatewayConfig(_Frozen):
     tenants: tuple[TenantConfig, ...] = ()
     resilience: ResilienceConfig = ResilienceConfig()
     cache: CacheConfig = CacheConfig()
+    tracing: TracingConfig = TracingConfig()
+    request_log: RequestLogConfig = RequestLogConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
@@ -194,6 +223,8 @@ def parse_config(text: str, *, path: str | None = None, env: Any = None) -> Load
     except ValidationError as exc:
         unset = {line.split(": ", 1)[0] for line in problems}  # already explained by the missing variable
         problems.extend(line for line in _format(exc) if line.split(": ", 1)[0] not in unset)
+    if not problems:
+        problems = missing_extras(config)
     if problems:
         raise ConfigError(problems)
 

@@ -21,6 +21,8 @@ from policies.breaker import State
 from policies.resilience import Events
 from policies.router import Route
 
+from .config import GatewayConfig
+
 _LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _OVERHEAD_BUCKETS = (.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1)
 
@@ -41,6 +43,9 @@ DEPLOYMENT_ENABLED = Gauge("gateway_deployment_enabled", "1 if the deployment ca
                            ["alias", "deployment"], multiprocess_mode="max")
 CACHE_LOOKUPS = Counter("gateway_cache_lookups_total", "Cache lookups by result (hit-exact, hit-semantic, miss)",
                         ["tenant", "alias", "result"])
+BUDGET_LIMIT = Gauge("gateway_budget_limit_usd", "A tenant's budget from config, by period (daily, monthly): "
+                     "dashboards divide spend (gateway_cost_usd_total) by it", ["tenant", "period"],
+                     multiprocess_mode="max")
 CACHE_SAVED = Counter("gateway_cache_saved_usd_total", "Dollars cache hits saved: what the answers cost upstream",
                       ["tenant"])
 
@@ -82,6 +87,16 @@ class ResilienceMetrics(Events):
     def breaker(self, key: str, state: State) -> None:
         BREAKER_STATE.labels(key).set(_BREAKER_VALUES[state])
         BREAKER_TRANSITIONS.labels(key, str(state)).inc()
+
+
+def publish_budgets(config: GatewayConfig) -> None:
+    """Export each tenant's budget limits (its own or ``policies.budget``) for the dashboards' budget burn."""
+    BUDGET_LIMIT.clear()  # a reload may have removed a tenant or a budget
+    for tenant in config.tenants:
+        budget = tenant.budget or config.policies.budget
+        for period, limit in (("daily", budget.daily_usd), ("monthly", budget.monthly_usd)):
+            if limit is not None:
+                BUDGET_LIMIT.labels(tenant.name, period).set(limit)
 
 
 # Labelled children looked up once per label set: labels() costs a lock and a dict build per call.

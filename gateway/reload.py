@@ -121,6 +121,7 @@ class Reloader:
         retired, self._generation = self._generation, _Generation()
         old = live.adopt(fresh)
         config = loaded.config
+        metrics.publish_budgets(config)
         log.info("config reloaded", config=loaded.path, pid=os.getpid(), models=len(config.models),
                  tenants=len(config.tenants), deployments_disabled=len(loaded.disabled))
         task = asyncio.create_task(self._retire(old, retired, config.server.drain_timeout_s))

@@ -20,8 +20,8 @@ from typing import Any
 
 import structlog
 
-from backends import Endpoint
-from backends.errors import GatewayError, QuotaExceeded, RateLimited
+from backends import Endpoint, spans
+from errors import GatewayError, QuotaExceeded, RateLimited
 
 from . import bucket, budget, metrics, tokens
 from .call import Call
@@ -235,7 +235,7 @@ class Admission:
                 self._log.warning("budget soft threshold reached", tenant=call.tenant, key_id=call.key_id,
                                   budget=spend.scope, limit_usd=usd(spend.limit or 0))
         if reservation.buckets:
-            call.record.response_headers.update(bucket.headers(reservation.buckets, result.levels))
+            call.record.limited(bucket.headers(reservation.buckets, result.levels))
         return _Admitted(reservation, self.store)  # a fail-open store knows which store admitted it
 
     async def _wait(self, call: Call, rules: _Rules, reservation: Reservation,
@@ -244,6 +244,7 @@ class Admission:
         priority = self._priority(call, rules)
         metrics.QUEUED.labels(call.tenant).inc()
         started = time.perf_counter()
+        span = spans.start("queue")
         try:
             return await self.queue.wait(call.tenant, rules.weight, priority, max(max_wait_s, 0.0),
                                          lambda: self.store.admit(reservation), refused,
@@ -253,6 +254,7 @@ class Admission:
             raise RateLimited("Too many requests are waiting for this tenant; please retry later.",
                               headers={"Retry-After": str(_retry_after(refused))}) from None
         finally:
+            spans.end(span)
             metrics.QUEUE_WAIT.labels(call.tenant).observe(time.perf_counter() - started)
 
     def _priority(self, call: Call, rules: _Rules) -> int:
@@ -381,7 +383,7 @@ class Admission:
         if estimated:
             cost = reservation.est_cost
         if cost:
-            record.cost_usd = usd(cost)
+            record.priced(usd(cost))
         metrics.SETTLED.labels(how).inc()
         return Settlement(reservation=reservation, deployment=deployment, prompt_tokens=prompt,
                           completion_tokens=completion, cached_tokens=cached, cost=cost, status=final,

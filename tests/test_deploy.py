@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import openai
 import redis
@@ -51,7 +52,7 @@ def test_the_compose_gateway_service_serves_its_config(tmp_path, upstream, redis
     process, url = start_serve_with(ROOT / mounted, env)
     try:
         with openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60) as client:
-            ask = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "hi there"}]}
+            ask: dict[str, Any] = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "hi there"}]}
             first = client.chat.completions.with_raw_response.create(**ask)
             again = client.chat.completions.with_raw_response.create(**ask)
         assert first.parse().choices[0].message.content == "Echo: hi there"
@@ -64,3 +65,25 @@ def test_the_compose_gateway_service_serves_its_config(tmp_path, upstream, redis
     finally:
         process.terminate()
         assert process.wait(timeout=30) == 0
+
+
+def test_the_compose_stack_monitors_the_gateway():
+    """Prometheus scrapes the gateway service by its DNS name (every replica) with the shipped alert rules;
+    Grafana gets the datasource and dashboards from the repository's files."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"prometheus", "grafana"} <= set(services)
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), (name, source)
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    [job] = prometheus["scrape_configs"]
+    [dns] = job["dns_sd_configs"]
+    gateway_port = services["gateway"]["ports"][0].split(":")[1]
+    assert dns["names"] == ["gateway"] and str(dns["port"]) == gateway_port
+    mounted = {v.split(":")[1] for v in services["prometheus"]["volumes"]}
+    assert {f"/etc/prometheus/{f}" for f in prometheus["rule_files"]} <= mounted
+    datasources = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasources["datasources"][0]["url"] == "http://prometheus:9090"

@@ -23,7 +23,7 @@ import structlog
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from backends.errors import Unavailable
+from errors import Unavailable
 
 from .. import metrics
 

@@ -1,0 +1,94 @@
+"""The request log and tracing, on vs off: gateway req/s at 50 connections and p50, through wrk.
+
+Targets (issue 21): req/s with them on >= 90% of off, p50 added <= 0.1 ms. Rows, each a `python -m gateway
+serve` (1 worker) in front of the same fake upstream: off (request log and tracing off; the log line on in
+all rows), request log on (SQLite in a temp dir), tracing on (every request sampled, exported over OTLP/HTTP
+to a local sink), both. Rounds interleave the rows so each meets the same background load; medians shown.
+
+    python bench/ops_bench.py [--duration 10] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gateway_bench as gb
+
+SINK = """
+from aiohttp import web
+async def traces(request):
+    await request.read()
+    return web.Response(body=b"", content_type="application/x-protobuf")
+app = web.Application()
+app.router.add_post("/v1/traces", traces)
+web.run_app(app, host="127.0.0.1", port={port}, print=None)
+"""
+ROWS = {"off": (False, False), "request log on": (True, False), "tracing on": (False, True), "both on": (True, True)}
+
+
+def config(tmp: Path, slug: str, up_port: int, sink_port: int, request_log: bool, tracing: bool) -> Path:
+    path = gb.gateway_config(tmp, slug, up_port, True)
+    path.write_text(path.read_text() + f"""request_log:
+  enabled: {str(request_log).lower()}
+  path: {tmp / f"{slug}.db"}
+tracing:
+  enabled: {str(tracing).lower()}
+  endpoint: http://127.0.0.1:{sink_port}/v1/traces
+""")
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="ops-bench-"))
+    lua = gb.lua_script(tmp / "gateway.lua", gb.KEY)
+    procs = gb.Processes()
+    results: dict[str, list[gb.Result]] = {}
+    try:
+        up_port, sink_port = gb.free_port(), gb.free_port()
+        upstream = procs.start([sys.executable, "-m", "tests.fakes.openai_upstream", "--host", "127.0.0.1",
+                                "--port", str(up_port)], tmp / "upstream.log")
+        gb.wait_ready(f"http://127.0.0.1:{up_port}/v1/chat/completions", upstream, tmp / "upstream.log",
+                      key="upstream-key", body=gb.BODY)
+        procs.start([sys.executable, "-c", SINK.format(port=sink_port)], tmp / "sink.log")
+        servers = {}
+        for name, (request_log, tracing) in ROWS.items():
+            slug = name.replace(" ", "-")
+            port = gb.free_port()
+            log = tmp / f"{slug}.log"
+            process = procs.start([sys.executable, "-m", "gateway", "serve", "--config",
+                                   str(config(tmp, slug, up_port, sink_port, request_log, tracing)),
+                                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], log)
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            gb.wait_ready(url, process, log, key=gb.KEY, body=gb.BODY)
+            servers[name] = (process, url)
+        for round_ in range(args.rounds):
+            print(f"round {round_ + 1}/{args.rounds}", flush=True)
+            for name, (process, url) in servers.items():
+                result = gb.wrk(name, url, lua, 50, args.duration, {"server": [process.pid]})
+                results.setdefault(name, []).append(result)
+    finally:
+        procs.stop_all()
+    off = results["off"]
+    print("\n| row (1 worker, 50 connections) | req/s | vs off (paired) | p50 ms | p50 added ms | p99 ms |")
+    print("|---|---|---|---|---|---|")
+    for name, runs in results.items():
+        rps = statistics.median(r.rps for r in runs)
+        ratio = statistics.median(r.rps / o.rps for r, o in zip(runs, off, strict=True))
+        p50 = statistics.median(r.p50 for r in runs)
+        added = statistics.median(r.p50 - o.p50 for r, o in zip(runs, off, strict=True))
+        p99 = statistics.median(r.p99 for r in runs)
+        print(f"| {name} | {rps:,.0f} | {ratio:.1%} | {p50:.2f} | {added:+.3f} | {p99:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

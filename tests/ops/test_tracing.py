@@ -1,0 +1,182 @@
+"""OpenTelemetry traces: a span per request with its stages as children, the GenAI attributes, the client's
+traceparent continued and sent upstream, the trace id in the log line; exported over OTLP/HTTP to a real
+receiver. Off by default, with no OpenTelemetry SDK loaded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import openai
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from gateway.app import TRACING
+from gateway.keys import GATEWAY
+from tests.conftest import KEY, LOG_PATH, config_text
+from tests.harness import ServerThread
+from tests.ops.gateway_process import ROOT, poll
+from tests.ops.otlp_receiver import OtlpReceiver
+
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_PARENT = "00f067aa0ba902b7"
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver()
+    receiver.server.start()
+    yield receiver
+    receiver.server.stop()
+
+
+@pytest.fixture
+def traced(upstream, start_gateway, receiver) -> tuple[ServerThread, InMemorySpanExporter]:  # type: ignore[no-untyped-def]
+    models = f"""  - name: flaky
+    retry: {{attempts: 2, backoff_base_s: 0}}
+    deployments:
+      - provider: openai-compatible
+        model: error-503
+        api_base: {upstream[0].url}/v1
+        api_key: x
+  - name: slow
+    deployments:
+      - provider: openai-compatible
+        model: slow-stream
+        api_base: {upstream[0].url}/v1
+        api_key: x"""
+    text = config_text(upstream[0].url, models) + f"""
+tracing:
+  enabled: true
+  endpoint: {receiver.server.url}/v1/traces
+  service_name: gateway-under-test
+policies:
+  limits: {{max_concurrency: 1}}
+  max_wait_s: 30
+"""
+    upstream[1].api_key = None  # the flaky alias's deployments use their own key
+    gateway = start_gateway(text)
+    assert gateway.app is not None
+    exporter = InMemorySpanExporter()
+    gateway.app[TRACING].provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return gateway, exporter
+
+
+def by_name(exporter: InMemorySpanExporter, trace_id: int) -> dict[str, list]:  # type: ignore[type-arg]
+    out: dict[str, list] = {}  # type: ignore[type-arg]
+    for span in exporter.get_finished_spans():
+        if span.context.trace_id == trace_id:
+            out.setdefault(span.name, []).append(span)
+    return out
+
+
+def test_a_request_is_one_trace_continuing_the_clients(traced, upstream, receiver):
+    gateway, exporter = traced
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="chat", max_tokens=7, temperature=0.5, messages=[{"role": "user", "content": "hello trace"}],
+            extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"})
+    answer = raw.parse()
+    trace_id = int(CLIENT_TRACE, 16)
+    spans = poll(lambda: (s := by_name(exporter, trace_id)).get("chat chat") and s, "the request's span")
+    [root] = spans["chat chat"]
+    assert root.kind is SpanKind.SERVER and root.parent is not None
+    assert root.parent.span_id == int(CLIENT_PARENT, 16) and root.parent.is_remote
+    attributes = root.attributes
+    assert attributes["gen_ai.operation.name"] == "chat" and attributes["gen_ai.request.model"] == "chat"
+    assert attributes["gen_ai.request.max_tokens"] == 7 and attributes["gen_ai.request.temperature"] == 0.5
+    assert attributes["gen_ai.usage.input_tokens"] == answer.usage.prompt_tokens
+    assert attributes["gen_ai.usage.output_tokens"] == answer.usage.completion_tokens
+    assert attributes["http.response.status_code"] == 200 and attributes["gateway.tenant"] == "acme"
+    assert attributes["gateway.request_id"] == raw.headers["x-request-id"]
+    for stage in ("admission", "cache", "upstream"):
+        [span] = spans[stage]
+        assert span.parent.span_id == root.context.span_id, stage
+        assert root.start_time <= span.start_time <= span.end_time <= root.end_time, stage
+    [attempt] = spans["upstream"]
+    assert attempt.kind is SpanKind.CLIENT
+    assert attempt.attributes["gen_ai.provider.name"] == "openai-compatible"
+    assert attempt.attributes["gen_ai.request.model"] == "fake-model"
+    assert attempt.attributes["server.address"] == "127.0.0.1"
+    assert attempt.attributes["http.response.status_code"] == 200
+    # the upstream was called within the same trace, parented on the attempt
+    sent = upstream[1].requests[-1].headers["traceparent"]
+    assert sent == f"00-{CLIENT_TRACE}-{attempt.context.span_id:016x}-01"
+    # the log line names the trace
+    line = poll(lambda: [json.loads(x) for x in LOG_PATH.read_text().splitlines()
+                         if raw.headers["x-request-id"] in x], "the log line")[-1]
+    assert line["trace_id"] == CLIENT_TRACE
+
+    # and the same spans reached a real OTLP/HTTP receiver (the batch processor flushed on demand)
+    gateway.app[TRACING].provider.force_flush()
+    received = poll(lambda: [(r, s) for r, s in receiver.spans() if s.trace_id.hex() == CLIENT_TRACE],
+                    "spans at the OTLP receiver")
+    names = {s.name for _, s in received}
+    assert {"chat chat", "admission", "cache", "upstream"} <= names
+    assert all(r["service.name"] == "gateway-under-test" for r, _ in received)
+    [remote_root] = [s for _, s in received if s.name == "chat chat"]
+    assert remote_root.parent_span_id.hex() == CLIENT_PARENT
+    assert {a.key for a in remote_root.attributes} >= {"gen_ai.operation.name", "gen_ai.usage.input_tokens"}
+
+
+def test_each_upstream_attempt_is_a_span_and_a_failed_one_says_so(traced):
+    gateway, exporter = traced
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
+        with pytest.raises(openai.InternalServerError) as failed:
+            client.chat.completions.create(model="flaky", messages=[{"role": "user", "content": "x"}])
+    assert failed.value.status_code == 503
+    [root] = poll(lambda: [s for s in exporter.get_finished_spans() if s.name == "chat flaky"], "the request's span")
+    assert root.status.status_code is StatusCode.ERROR and root.attributes["http.response.status_code"] == 503
+    attempts = sorted(by_name(exporter, root.context.trace_id)["upstream"], key=lambda s: s.start_time)
+    assert len(attempts) == 2  # the first try and one retry
+    for attempt in attempts:
+        assert attempt.parent.span_id == root.context.span_id
+        assert attempt.status.status_code is StatusCode.ERROR
+        assert attempt.attributes["http.response.status_code"] == 503
+    assert attempts[0].end_time <= attempts[1].start_time
+
+
+def test_a_request_waiting_for_capacity_has_a_queue_span(traced):
+    gateway, exporter = traced
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=60) as client:
+        stream = client.chat.completions.create(model="slow", stream=True,
+                                                messages=[{"role": "user", "content": "one two three four"}])
+        first = next(iter(stream))  # holding the tenant's one slot
+        assert first is not None
+        waited: list[str] = []
+        second = threading.Thread(target=lambda: waited.append(client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "after"}]).choices[0].message.content or ""))
+        second.start()
+        admission = gateway.app[GATEWAY].pipeline.admission
+        poll(lambda: admission.queue is not None and admission.queue.waiting("acme"), "the second request queued")
+        for _ in stream:
+            pass
+        second.join(timeout=60)
+    assert waited == ["Echo: after"]
+    root = poll(lambda: [s for s in exporter.get_finished_spans() if s.name == "chat chat"], "the span")[-1]
+    spans = by_name(exporter, root.context.trace_id)
+    [admission] = spans["admission"]
+    [queue] = spans["queue"]
+    assert queue.parent.span_id == admission.context.span_id
+    assert admission.start_time <= queue.start_time <= queue.end_time <= admission.end_time
+
+
+def test_tracing_is_off_by_default_and_loads_no_sdk():
+    """No middleware and none of the trace SDK or exporter (redis-py itself imports the API and the metrics SDK)."""
+    script = """
+import sys
+from gateway.app import TRACING, build_app
+from gateway.config import load_config
+app = build_app(load_config())
+assert TRACING not in app
+print("RESULT", len(app.middlewares), sorted(m for m in sys.modules
+                                            if m.startswith(("opentelemetry.sdk.trace", "opentelemetry.exporter"))))
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1].split() == ["RESULT", "1", "[]"]
