@@ -7,8 +7,9 @@ storing an answer) still goes to memory, because refusing it would stop nothing.
 
 While Redis is away: after a refused or closed connection (known at once, at no cost) every operation
 tries Redis again, so the first request after Redis is back uses it; after a timeout (Redis unreachable
-rather than down) Redis is left alone for ``retry_after_s``, so requests do not pay a timeout each.
-``gateway_store_degraded`` is 1 from the first failure until an operation succeeds.
+rather than down, or too slow) requests leave Redis alone for ``retry_after_s``, so they do not pay a
+timeout each, while a probe (a PING every 100 ms, when the layer gives one) ends that rest as soon as Redis
+answers. ``gateway_store_degraded`` is 1 from the first failure until an operation or the probe succeeds.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 from redis.exceptions import RedisClusterException, RedisError
@@ -34,14 +35,20 @@ Mode = Literal["fail_open", "fail_closed"]
 # that lost a node.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
 _TIMEOUTS = (RedisTimeout, asyncio.TimeoutError, socket.timeout)
+_PROBE_S = 0.1
 
 
 class StoreHealth:
     def __init__(self, mode: Mode = "fail_open", retry_after_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 probe: Callable[[], Awaitable[Any]] | None = None, probe_timeout_s: float = 0.5) -> None:
+        """``probe``: a cheap Redis call (a PING) tried every 100 ms while Redis is away."""
         self.mode = mode
         self.retry_after_s = retry_after_s
         self._clock = clock
+        self.probe = probe
+        self._probe_timeout_s = probe_timeout_s
+        self._probing: asyncio.Task[None] | None = None
         self._down_until = 0.0
         self.degraded = False
         self._log = structlog.get_logger("gateway")
@@ -65,6 +72,31 @@ class StoreHealth:
             metrics.STORE_DEGRADED.set(1)
             self._log.warning("redis store unreachable", operation=operation, mode=self.mode,
                               error=f"{type(exc).__name__}: {exc}")
+        if self.probe is not None and (self._probing is None or self._probing.done()):
+            try:
+                self._probing = asyncio.get_running_loop().create_task(self._probe_until_back())
+            except RuntimeError:   # no running loop: the next operation tries Redis instead
+                pass
+
+    async def _probe_until_back(self) -> None:
+        assert self.probe is not None
+        while self.degraded:
+            await asyncio.sleep(_PROBE_S)
+            try:
+                async with asyncio.timeout(self._probe_timeout_s):
+                    await self.probe()
+            except REDIS_ERRORS:
+                continue
+            self.recovered()
+
+    async def close(self) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
+            try:
+                await self._probing
+            except asyncio.CancelledError:
+                pass
+            self._probing = None
 
     def recovered(self) -> None:
         if self.degraded:

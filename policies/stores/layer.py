@@ -42,7 +42,8 @@ CONNECTION_FIELDS = ("redis_url", "redis_cluster", "redis_timeout_s", "redis_max
 class StoreLayer:
     def __init__(self, config: StoresConfig | None = None) -> None:
         self.config = config or StoresConfig()
-        self.health = StoreHealth(self.config.on_redis_error, self.config.retry_redis_after_s)
+        self.health = StoreHealth(self.config.on_redis_error, self.config.retry_redis_after_s,
+                                  probe=self._ping, probe_timeout_s=self.config.redis_timeout_s)
         self.redis: Any = None
         self._shas: dict[str, str] = {}
         self.kv: KeyValue = MemoryKeyValue() if not self.shared else FailoverKeyValue(
@@ -101,7 +102,13 @@ class StoreLayer:
         except NoScriptError:
             return await self.redis.eval(source, len(keys), *keys, *args)
 
+    async def _ping(self) -> Any:
+        if self.redis is None:
+            raise RedisConnectionError("the store layer is closed")
+        return await self.redis.ping()
+
     async def close(self) -> None:
+        await self.health.close()
         if self.redis is not None:
             client, self.redis = self.redis, None
             await client.aclose()
