@@ -186,7 +186,7 @@ def test_a_request_queued_behind_another_waits_max_wait_s_once(policy_gateway):
     """acme: one request every 3 s, max_wait_s 3.5. B waits for the refill after A; C arrives while B waits,
     queues behind it, and when its second of waiting is up it is refused, not sent to wait a second time.
     Timed by the gateway's own log line (from the request's arrival), not by the loaded test machine."""
-    from tests.resilience.conftest import log_line
+    from tests.conftest import log_line
 
     server = policy_gateway(acme="    limits: {rpm: 20, rpm_burst: 1}\n    max_wait_s: 3.5")
     with sdk(server) as client:
