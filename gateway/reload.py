@@ -96,7 +96,7 @@ class Reloader:
             log.error("config reload failed; keeping the old config", config=self._file, problems=exc.problems,
                       pid=os.getpid())
             return False
-        fresh = Gateway.build(loaded, live.stores)  # the same store layer: one client per process
+        fresh = Gateway.build(loaded, live.stores, live.pipeline.admission.clock)  # same store layer, same time
         try:
             await fresh.start()
             failed = await _started(fresh, live)

@@ -26,7 +26,6 @@ gateway cannot afford, so the state machine is here, mirrored as one Lua script 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -34,6 +33,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from .clock import SYSTEM, Clock
 from .resilience_config import BreakerConfig
 from .stores.layer import StoreLayer
 
@@ -338,7 +338,7 @@ class Breakers:
     """The breakers of every deployment, by key (``alias/deployment``), and every tenant's in front of them."""
 
     def __init__(self, config: BreakerConfig, keys: Iterable[str], stores: StoreLayer | None = None,
-                 on_change: Listener | None = None) -> None:
+                 on_change: Listener | None = None, clock: Clock = SYSTEM) -> None:
         """``stores``: the process's store layer; breakers share state through it when it has Redis."""
         self.config = config
         self.shared = stores is not None and stores.shared
@@ -352,7 +352,7 @@ class Breakers:
         self._tenant_open: dict[tuple[str, str], View] = {}   # those not closed
         self._on_change = on_change
         self._sync_task: asyncio.Task[None] | None = None
-        self._clock = time.time
+        self._clock = clock.time  # wall-clock: cool-downs are shared with other processes through Redis
 
     def closed(self, key: str, tenant: str = ANY) -> bool:
         """The hot path: no await, no store."""

@@ -70,6 +70,12 @@ def prompt_text(endpoint: Endpoint, body: dict[str, Any]) -> tuple[list[str], in
         if body.get("tools"):
             texts.append(str(body["tools"]))
         return texts, _PER_MESSAGE * (len(messages) + 1)
+    if endpoint in (Endpoint.RESPONSES, Endpoint.MESSAGES):
+        turns = body.get("input") if endpoint is Endpoint.RESPONSES else body.get("messages")
+        for name in ("instructions", "system", "tools"):
+            _strings(body.get(name), texts)
+        _strings(turns, texts)
+        return texts, _PER_MESSAGE * ((len(turns) if isinstance(turns, list) else 1) + 1)
     source = body.get("prompt") if endpoint is Endpoint.COMPLETIONS else body.get("input")
     if isinstance(source, str):
         texts.append(source)
@@ -80,6 +86,25 @@ def prompt_text(endpoint: Endpoint, body: dict[str, Any]) -> tuple[list[str], in
             elif isinstance(item, list):  # token ids
                 texts.append("x" * 4 * len(item))
     return texts, 0
+
+
+# Fields of a Responses input item or a Messages content block that carry no text the model reads.
+_NOT_TEXT = frozenset({"type", "id", "role", "call_id", "tool_use_id", "status", "signature", "data", "source",
+                       "image_url", "url", "file_id", "media_type", "cache_control", "detail",
+                       "encrypted_content"})
+
+
+def _strings(value: Any, texts: list[str]) -> None:
+    """Every text in a Responses input or a Messages conversation (nested items, parts and blocks)."""
+    if isinstance(value, str):
+        texts.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            _strings(item, texts)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key not in _NOT_TEXT:
+                _strings(item, texts)
 
 
 def _count(texts: list[str], encoding: Any | None) -> int:
@@ -96,8 +121,9 @@ async def count_prompt(endpoint: Endpoint, body: dict[str, Any], encoding: Any |
 
 
 def choices(endpoint: Endpoint, body: dict[str, Any]) -> int:
-    """How many completions the upstream generates (and bills): ``n``, or completions' ``best_of``."""
-    if endpoint is Endpoint.EMBEDDINGS:
+    """How many completions the upstream generates (and bills): ``n``, or completions' ``best_of``; none
+    for embeddings and token counting."""
+    if endpoint is Endpoint.EMBEDDINGS or endpoint is Endpoint.COUNT_TOKENS:
         return 0
     count = 1
     for name in ("n", "best_of") if endpoint is Endpoint.COMPLETIONS else ("n",):
@@ -108,15 +134,19 @@ def choices(endpoint: Endpoint, body: dict[str, Any]) -> int:
 
 
 def completion_limit(body: dict[str, Any]) -> int | None:
-    """The completion tokens per choice the request set (``max_completion_tokens``/``max_tokens``), if any."""
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    """The completion tokens per choice the request set (``max_completion_tokens``, ``max_tokens``,
+    responses' ``max_output_tokens``), if any."""
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
     return limit if isinstance(limit, int) and limit > 0 else None
 
 
 def limit_field(endpoint: Endpoint) -> str:
     """The field that caps a completion upstream: OpenAI's current one for chat (the provider adapters read
-    it too), ``max_tokens`` for legacy completions."""
-    return "max_completion_tokens" if endpoint is Endpoint.CHAT else "max_tokens"
+    it too), ``max_output_tokens`` for responses, ``max_tokens`` for legacy completions and messages."""
+    return _LIMIT_FIELDS.get(endpoint, "max_tokens")
+
+
+_LIMIT_FIELDS = {Endpoint.CHAT: "max_completion_tokens", Endpoint.RESPONSES: "max_output_tokens"}
 
 
 def count_completion(events: list[bytes], encoding: Any | None) -> int:

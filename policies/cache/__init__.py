@@ -24,6 +24,7 @@ from backends import Endpoint, UpstreamResponse
 from errors import GatewayError
 
 from ..call import Call
+from ..cost import PriceTable
 from ..models import model_info
 from ..stores.layer import StoreLayer
 from . import replay
@@ -317,12 +318,8 @@ def _cost(answer: dict[str, Any], recorded: float | None) -> float | None:
     """What the answer cost when it was made: priced from its usage and the catalog, else as recorded."""
     usage = answer.get("usage")
     info = model_info(str(answer.get("model") or ""))
-    if info is not None and isinstance(usage, dict):
-        details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-        return info.cost(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-                         int(cached or 0))
-    return recorded
+    cost = PriceTable.of(info).usd(usage) if info is not None else None
+    return recorded if cost is None else cost
 
 
 __all__ = ["CacheConfig", "CacheOverride", "ResponseCache"]
