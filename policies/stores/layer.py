@@ -74,8 +74,7 @@ class StoreLayer:
 
             self.redis = RedisCluster.from_url(c.redis_url, decode_responses=True, socket_timeout=c.redis_timeout_s,
                                                socket_connect_timeout=c.redis_timeout_s,
-                                               max_connections=c.redis_max_connections,
-                                               health_check_interval=_HEALTH_CHECK_S)
+                                               max_connections=c.redis_max_connections)
             try:
                 await self.redis.initialize()
             except REDIS_ERRORS as exc:
@@ -111,7 +110,10 @@ class StoreLayer:
         await self.health.close()
         if self.redis is not None:
             client, self.redis = self.redis, None
-            await client.aclose()
+            if self.config.redis_cluster:
+                await client.aclose()
+            else:  # a client given its pool does not close it by itself: its connections would leak
+                await client.aclose(close_connection_pool=True)
 
     async def __aenter__(self) -> StoreLayer:
         await self.open()
