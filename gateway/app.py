@@ -49,7 +49,7 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     """The gateway's aiohttp application; ``clock``: the time its policies read (tests pass a ManualClock)."""
     app = web.Application(middlewares=[_middleware], client_max_size=loaded.config.server.max_body_bytes,
                           handler_args={"max_field_size": 16384})
-    app[STORES] = StoreLayer(loaded.config.stores)
+    app[STORES] = StoreLayer(loaded.config.stores, clock)
     app[GATEWAY] = Gateway.build(loaded, app[STORES], clock)
     app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
     app[responses.STORE] = responses.new_store(app[STORES].kv, loaded.config.server.responses_ttl_s)

@@ -19,6 +19,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
+from ..clock import SYSTEM, Clock
 from ..config import StoresConfig
 from .health import REDIS_ERRORS, StoreHealth
 from .keyvalue import FailoverKeyValue, KeyValue, MemoryKeyValue, RedisKeyValue
@@ -40,14 +41,15 @@ CONNECTION_FIELDS = ("redis_url", "redis_cluster", "redis_timeout_s", "redis_max
 
 
 class StoreLayer:
-    def __init__(self, config: StoresConfig | None = None) -> None:
+    def __init__(self, config: StoresConfig | None = None, clock: Clock = SYSTEM) -> None:
+        """``clock``: what the failure policy's retry window and the memory key/value's TTLs are timed by."""
         self.config = config or StoresConfig()
-        self.health = StoreHealth(self.config.on_redis_error, self.config.retry_redis_after_s,
+        self.health = StoreHealth(self.config.on_redis_error, self.config.retry_redis_after_s, clock=clock.monotonic,
                                   probe=self._ping, probe_timeout_s=self.config.redis_timeout_s)
         self.redis: Any = None
         self._shas: dict[str, str] = {}
-        self.kv: KeyValue = MemoryKeyValue() if not self.shared else FailoverKeyValue(
-            RedisKeyValue(lambda: self.redis), MemoryKeyValue(), self.health)
+        self.kv: KeyValue = MemoryKeyValue(clock.monotonic) if not self.shared else FailoverKeyValue(
+            RedisKeyValue(lambda: self.redis), MemoryKeyValue(clock.monotonic), self.health)
 
     @property
     def shared(self) -> bool:
@@ -110,10 +112,10 @@ class StoreLayer:
         await self.health.close()
         if self.redis is not None:
             client, self.redis = self.redis, None
-            if self.config.redis_cluster:
-                await client.aclose()
-            else:  # a client given its pool does not close it by itself: its connections would leak
-                await client.aclose(close_connection_pool=True)
+            await client.aclose()
+            pool = getattr(client, "connection_pool", None)
+            if pool is not None:  # a pool handed to the client is not closed by it
+                await pool.disconnect()
 
     async def __aenter__(self) -> StoreLayer:
         await self.open()
