@@ -110,6 +110,8 @@ class TracingConfig(_Frozen):
     sample_ratio: float = Field(default=1.0, ge=0, le=1, description="of traces started here; a client's "
                                 "traceparent decides for its own")
     timeout_s: float = Field(default=10.0, gt=0)
+    export_interval_s: float = Field(default=5.0, gt=0, description="how often finished spans are sent")
+    max_queue: int = Field(default=16384, ge=1, description="finished spans waiting to be sent; beyond, dropped")
 
 
 class RequestLogConfig(_Frozen):
@@ -142,6 +144,14 @@ class BatchesConfig(_Frozen):
     max_lines: int = Field(default=50_000, ge=1)   # OpenAI's limit per batch
 
 
+class ControlPlaneConfig(_Frozen):
+    """``control_plane:``: keys and tenants made through the admin API (gateway/controlplane.py), kept in the
+    store layer beside the YAML's. Every replica on one Redis sees a change within ``poll_interval_s``."""
+
+    poll_interval_s: float = Field(default=0.25, gt=0, le=60, description="how often a replica checks for changes")
+    audit_max: int = Field(default=10000, ge=1, description="change records kept (newest)")
+
+
 class GatewayConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
@@ -155,6 +165,7 @@ class GatewayConfig(_Frozen):
     request_log: RequestLogConfig = RequestLogConfig()
     files: FilesConfig = FilesConfig()
     batches: BatchesConfig = BatchesConfig()
+    control_plane: ControlPlaneConfig = ControlPlaneConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
