@@ -106,6 +106,8 @@ class Price(BaseModel):
     cached_input: float | None = Field(default=None, ge=0, description="a cache read; default: the input price")
     cache_write_input: float | None = Field(default=None, ge=0,
                                             description="a cache write; default: the input price")
+    batch_discount: float = Field(default=0.5, ge=0, le=1,
+                                  description="the share taken off a batch line's cost (OpenAI and Anthropic: 50%)")
 
 
 class DeploymentConfig(BaseModel):

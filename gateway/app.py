@@ -29,7 +29,21 @@ from policies.clock import SYSTEM, Clock
 from policies.record import RequestRecord
 from policies.stores.layer import StoreLayer
 
-from . import admin, controlplane, messages, metrics, requestlog, responses, tracing, ui
+from . import (
+    admin,
+    batches,
+    controlplane,
+    files,
+    message_batches,
+    messages,
+    metrics,
+    requestlog,
+    responses,
+    tracing,
+    ui,
+)
+from .batch_runner import BatchRunner
+from .blobs import LocalBlobs
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
@@ -56,6 +70,11 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     app.cleanup_ctx.append(_lifecycle)
     app[controlplane.CONTROL] = controlplane.ControlPlane(app[STORES].kv, loaded.config.control_plane, clock)
     app.cleanup_ctx.append(_control)
+    config = loaded.config
+    app[files.FILES] = files.Files(app[STORES].kv, LocalBlobs(config.files.dir), config.files, clock)
+    app[batches.BATCHES] = batches.Batches(app[STORES].kv, config.batches, clock)
+    if config.batches.enabled:   # changing it needs a restart
+        app.cleanup_ctx.append(_batch_runner)
     traces = tracing.build(loaded.config.tracing, _API_PATHS)
     if traces is not None:  # off: no middleware, no OpenTelemetry import
         app.middlewares.append(traces.middleware)
@@ -70,15 +89,30 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
         app.router.add_get(f"{prefix}/models/{{model:.+}}", _get_model)
     app.router.add_post("/v1/messages", messages.handle)  # Anthropic's Messages API, any backend
     app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
+    app.router.add_post("/v1/messages/batches", message_batches.create)   # Anthropic's, on the same runner
+    app.router.add_get("/v1/messages/batches", message_batches.list_batches)
+    app.router.add_get("/v1/messages/batches/{id}", message_batches.retrieve)
+    app.router.add_post("/v1/messages/batches/{id}/cancel", message_batches.cancel)
+    app.router.add_get("/v1/messages/batches/{id}/results", message_batches.results)
     app.router.add_post("/v1/responses", responses.create)  # OpenAI's Responses API, any backend
     app.router.add_get("/v1/responses/{id}", responses.retrieve)
     app.router.add_delete("/v1/responses/{id}", responses.delete)
     app.router.add_get("/v1/responses/{id}/input_items", responses.input_items)
+    app.router.add_post("/v1/files", files.upload)   # OpenAI's Files and Batch APIs (docs/batches.md)
+    app.router.add_get("/v1/files", files.list_files)
+    app.router.add_get("/v1/files/{id}", files.retrieve)
+    app.router.add_delete("/v1/files/{id}", files.delete)
+    app.router.add_get("/v1/files/{id}/content", files.content)
+    app.router.add_post("/v1/batches", batches.create)
+    app.router.add_get("/v1/batches", batches.list_batches)
+    app.router.add_get("/v1/batches/{id}", batches.retrieve)
+    app.router.add_post("/v1/batches/{id}/cancel", batches.cancel)
     app.router.add_get("/", _healthz)  # agents (Claude Code) probe the base URL before the first request
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/admin/requests", requestlog.handle)
+    app.router.add_get("/admin/batches", batches.admin_list)
     admin.add_routes(app)
     ui.add_routes(app)
     return app
@@ -113,6 +147,14 @@ async def _control(app: web.Application) -> AsyncIterator[None]:
     await control.start(app, GATEWAY)
     yield
     await control.close()
+
+
+async def _batch_runner(app: web.Application) -> AsyncIterator[None]:
+    """Batches run in the background of every process, after the gateway started and until it closes."""
+    runner = BatchRunner(lambda: app[GATEWAY], app[batches.BATCHES], app[files.FILES], app[batches.BATCHES].config)
+    runner.start()
+    yield
+    await runner.close()
 
 
 def error_response(exc: GatewayError, request_id: str) -> web.Response:

@@ -126,6 +126,24 @@ class RequestLogConfig(_Frozen):
     flush_interval_s: float = Field(default=0.2, gt=0)
 
 
+class FilesConfig(_Frozen):
+    """``/v1/files``: where uploads are kept and how large one may be."""
+
+    dir: str = "./data/files"   # a local directory (the compose stack mounts a volume there)
+    max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    ttl_s: float = Field(default=30 * 24 * 3600, gt=0)   # how long a file's record is kept
+
+
+class BatchesConfig(_Frozen):
+    """``/v1/batches`` and ``/v1/messages/batches``: the background runner (gateway/batch_runner.py)."""
+
+    enabled: bool = True
+    concurrency: int = Field(default=16, ge=1)   # lines in flight per process, across every batch
+    poll_s: float = Field(default=1.0, gt=0)     # how often a process looks for batches to work on
+    lease_s: float = Field(default=900.0, gt=0)  # a claimed line is run again by another process after this
+    max_lines: int = Field(default=50_000, ge=1)   # OpenAI's limit per batch
+
+
 class ControlPlaneConfig(_Frozen):
     """``control_plane:``: keys and tenants made through the admin API (gateway/controlplane.py), kept in the
     store layer beside the YAML's. Every replica on one Redis sees a change within ``poll_interval_s``."""
@@ -145,6 +163,8 @@ class GatewayConfig(_Frozen):
     cache: CacheConfig = CacheConfig()
     tracing: TracingConfig = TracingConfig()
     request_log: RequestLogConfig = RequestLogConfig()
+    files: FilesConfig = FilesConfig()
+    batches: BatchesConfig = BatchesConfig()
     control_plane: ControlPlaneConfig = ControlPlaneConfig()
 
     @model_validator(mode="after")

@@ -395,6 +395,8 @@ class Admission:
         cost = price.nano(prompt, completion, cached, written)
         if estimated:
             cost = reservation.est_cost
+        if call.batch:
+            cost = round(cost * (1 - price.batch_discount))
         if cost:
             record.priced(usd(cost))
         metrics.SETTLED.labels(how).inc()

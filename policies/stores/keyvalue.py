@@ -23,6 +23,10 @@ class KeyValue(Protocol):
 
     async def delete(self, *keys: str) -> int: ...
 
+    async def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        """Sets ``key`` only where it is absent (or expired): True for the one caller that set it (a lease)."""
+        ...
+
     async def hash_get(self, key: str) -> dict[str, str]:
         """Every field of a hash ({} when there is none)."""
         ...
@@ -90,6 +94,12 @@ class MemoryKeyValue:
             self._expiry.pop(key, None)
         return removed
 
+    async def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        if self._live(key) is not None:
+            return False
+        await self.set(key, value, ttl_s)
+        return True
+
     async def hash_get(self, key: str) -> dict[str, str]:
         value = self._live(key)
         return dict(value) if isinstance(value, dict) else {}
@@ -147,6 +157,9 @@ class RedisKeyValue:
     async def delete(self, *keys: str) -> int:
         return int(await self._client().delete(*keys)) if keys else 0
 
+    async def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        return bool(await self._client().set(key, value, nx=True, px=max(1, int(ttl_s * 1000))))
+
     async def hash_get(self, key: str) -> dict[str, str]:
         return {str(k): str(v) for k, v in (await self._client().hgetall(key)).items()}
 
@@ -194,6 +207,10 @@ class FailoverKeyValue:
     async def delete(self, *keys: str) -> int:
         return await self._health.call("kv.delete", lambda: self.redis.delete(*keys),
                                        lambda: self.memory.delete(*keys), decides=False)
+
+    async def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        return await self._health.call("kv.set_if_absent", lambda: self.redis.set_if_absent(key, value, ttl_s),
+                                       lambda: self.memory.set_if_absent(key, value, ttl_s), decides=True)
 
     async def hash_get(self, key: str) -> dict[str, str]:
         return await self._health.call("kv.hash_get", lambda: self.redis.hash_get(key),

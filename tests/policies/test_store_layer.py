@@ -30,6 +30,18 @@ async def test_strings_expire_and_are_deleted(store_layer: StoreLayer) -> None:
     assert await kv.get("gw:{x}:a") is None
 
 
+async def test_a_lease_goes_to_one_caller_until_it_expires() -> None:
+    # On Redis (SET NX PX) the batch tests run it across processes: tests/batches/test_durable.py
+    now = [0.0]
+    kv = MemoryKeyValue(clock=lambda: now[0])
+    claims = [await kv.set_if_absent("gw:{lease}:1", f"p{i}", 2.0) for i in range(5)]
+    assert claims == [True, False, False, False, False] and await kv.get("gw:{lease}:1") == "p0"
+    now[0] = 1.9
+    assert not await kv.set_if_absent("gw:{lease}:1", "late", 2.0)
+    now[0] = 2.0   # expired: another may take it
+    assert await kv.set_if_absent("gw:{lease}:1", "after", 2.0) and await kv.get("gw:{lease}:1") == "after"
+
+
 async def test_memory_purges_expired_keys_nobody_reads_again() -> None:
     now = [0.0]
     kv = MemoryKeyValue(clock=lambda: now[0])
