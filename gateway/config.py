@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from backends.config import DeploymentConfig
 from policies.cache.config import CacheConfig, CacheOverride
 from policies.config import PolicyDefaults, StoresConfig, TenantPolicyFields
+from policies.context import ContextConfig
 from policies.resilience_config import (
     FallbackConfig,
     ResilienceConfig,
@@ -77,6 +78,7 @@ class ModelAlias(_Frozen):
     fallbacks: tuple[FallbackConfig, ...] = ()
     retry: RetryConfig | None = None   # None: resilience.retry
     cache: CacheOverride | None = None
+    context: ContextConfig | None = None  # None: policy fallback (policies/context.py)
 
 
 def _key_hash(value: str) -> str:
@@ -91,6 +93,7 @@ class TenantConfig(TenantPolicyFields):  # + limits, budget, priority: policies/
     keys: tuple[Annotated[str, AfterValidator(_key_hash)], ...] = ()
     models: Literal["*"] | tuple[str, ...] = "*"
     cache: CacheOverride | None = None
+    context: ContextConfig | None = None  # replaces the alias's context policy for this tenant
 
     def allows(self, alias: str) -> bool:
         return self.models == "*" or alias in self.models

@@ -20,6 +20,7 @@ from policies import ledger
 from policies.admission import Admission
 from policies.cache import ResponseCache
 from policies.call import Call
+from policies.context import ContextPolicies
 from policies.resilience import Resilience
 
 _USAGE = b'"usage"'
@@ -27,8 +28,10 @@ _NATIVE = (Endpoint.RESPONSES, Endpoint.MESSAGES, Endpoint.COUNT_TOKENS)
 
 
 class Pipeline:
-    def __init__(self, admission: Admission, cache: ResponseCache, resilience: Resilience) -> None:
+    def __init__(self, admission: Admission, cache: ResponseCache, resilience: Resilience,
+                 context: ContextPolicies | None = None) -> None:
         self.admission = admission
+        self.context = context
         self.cache = cache
         self.resilience = resilience
 
@@ -41,6 +44,8 @@ class Pipeline:
             call.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         if call.record.trace is not None:
             call.record.trace.request(call.body)
+        if self.context is not None:  # before admission: it reserves for the prompt that is sent
+            await self.context.fit(call)
         admitting = spans.start("admission")
         async with self.admission.admit(call):
             spans.end(admitting)

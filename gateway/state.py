@@ -10,6 +10,7 @@ from policies.admission import Admission, AliasPolicy
 from policies.cache import ResponseCache
 from policies.clock import SYSTEM, Clock
 from policies.concurrency import InFlightCap
+from policies.context import ContextPolicies
 from policies.cost import PriceTable, dearest, deployment_price
 from policies.resilience import Resilience
 from policies.router import Route, Router
@@ -75,7 +76,9 @@ class Gateway:
             metrics.BREAKER_STATE.labels(route.key).set(0)
         cache = ResponseCache(config.cache, tenants={t.name: t.cache for t in config.tenants},
                               aliases={m.name: m.cache for m in config.models}, stores=stores)
-        pipeline = Pipeline(admission, cache, resilience)
+        context = ContextPolicies(router, {m.name: m.context for m in config.models},
+                                  {t.name: t.context for t in config.tenants})
+        pipeline = Pipeline(admission, cache, resilience, context)
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline, stores=stores)
 

@@ -369,7 +369,9 @@ class _Attempt:
 
     def tokens(self) -> int:
         if self._tokens is None:
-            self._tokens = estimate_tokens(self._call.body)
+            counted = self._call.prompt_tokens   # by the context policy, with the deployment's tokenizer
+            self._tokens = estimate_tokens(self._call.body) if counted is None else \
+                counted + (self._call.body.get("max_completion_tokens") or self._call.body.get("max_tokens") or 0)
         return self._tokens
 
 
