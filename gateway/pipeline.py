@@ -22,6 +22,7 @@ from policies.cache import ResponseCache
 from policies.call import Call
 from policies.context import ContextPolicies
 from policies.resilience import Resilience
+from policies.variants import Variants
 
 _USAGE = b'"usage"'
 _NATIVE = (Endpoint.RESPONSES, Endpoint.MESSAGES, Endpoint.COUNT_TOKENS)
@@ -29,9 +30,10 @@ _NATIVE = (Endpoint.RESPONSES, Endpoint.MESSAGES, Endpoint.COUNT_TOKENS)
 
 class Pipeline:
     def __init__(self, admission: Admission, cache: ResponseCache, resilience: Resilience,
-                 context: ContextPolicies | None = None) -> None:
+                 context: ContextPolicies | None = None, variants: Variants | None = None) -> None:
         self.admission = admission
         self.context = context
+        self.variants = variants
         self.cache = cache
         self.resilience = resilience
 
@@ -44,6 +46,8 @@ class Pipeline:
             call.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         if call.record.trace is not None:
             call.record.trace.request(call.body)
+        if self.variants is not None:  # first: its system prompt counts against the window
+            self.variants.choose(call)
         if self.context is not None:  # before admission: it reserves for the prompt that is sent
             await self.context.fit(call)
         admitting = spans.start("admission")

@@ -17,6 +17,7 @@ from policies.router import Route, Router
 from policies.stores.base import Store
 from policies.stores.layer import CONNECTION_FIELDS, StoreLayer
 from policies.tokens import encoding_for
+from policies.variants import Variants
 
 from . import metrics
 from .auth import Authenticator
@@ -78,7 +79,8 @@ class Gateway:
                               aliases={m.name: m.cache for m in config.models}, stores=stores)
         context = ContextPolicies(router, {m.name: m.context for m in config.models},
                                   {t.name: t.context for t in config.tenants})
-        pipeline = Pipeline(admission, cache, resilience, context)
+        variants = Variants({m.name: m.variants for m in config.models}, {t.name: t.variants for t in config.tenants})
+        pipeline = Pipeline(admission, cache, resilience, context, variants)
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline, stores=stores)
 

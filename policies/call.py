@@ -33,4 +33,6 @@ class Call:
     completed: bool = False            # the answer reached its normal end ([DONE] for streams)
     collected: list[bytes] | None = None  # the stream's events, kept when a policy (the cache) asked for them
     usage: dict[str, Any] | None = None
+    variant: str | None = None         # the alias's variant serving it (variants.py)
+    deployments: frozenset[str] | None = None  # the variant's deployments: the only ones routed to
     prompt_tokens: int | None = None   # counted by the context policy (context.py); else resilience estimates

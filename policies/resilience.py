@@ -161,6 +161,10 @@ class Resilience:
             routes = self.router.routes(alias)
         except Unavailable as exc:
             return exc
+        if call.deployments is not None and alias == call.alias:   # the variant's own (policies/variants.py)
+            routes = tuple(r for r in routes if r.deployment.id in call.deployments)
+            if not routes:
+                return Unavailable(f"Variant `{call.variant}` of `{alias}` has no enabled deployment.")
         if self.config.context_check and any(r.context_window for r in routes):
             tokens = attempt.tokens()
             fits = tuple(r for r in routes if r.context_window is None or tokens <= r.context_window)
