@@ -64,9 +64,16 @@ class Counter:
     def text(self, text: str) -> int:
         if not text:
             return 0
-        if self.encoding is not None:
-            return len(self.encoding.encode_ordinary(text))
-        return math.ceil(len(text) / 4 * (1 + self.margin))
+        ids = self._ids(text)
+        return len(ids) if ids is not None else math.ceil(len(text) / 4 * (1 + self.margin))
+
+    def _ids(self, text: str) -> list[int] | None:
+        if self.encoding is None:
+            return None
+        try:
+            return list(self.encoding.encode_ordinary(text))
+        except ValueError:   # bpe-openai refuses one text of over 200k tokens: estimated then
+            return None
 
     def message(self, message: Any) -> int:
         return _PER_MESSAGE + sum(self.text(t) for t in message_texts(message))
@@ -75,16 +82,12 @@ class Counter:
         tools = body.get("tools")
         return self.text(orjson.dumps(tools).decode()) if tools else 0
 
-    def prompt(self, body: dict[str, Any]) -> int:
-        messages = body.get("messages") or []
-        return _PER_MESSAGE + self.tools(body) + sum(self.message(m) for m in messages)
-
     def cut(self, text: str, keep: int, marker: str) -> str:
         """``text`` with its middle replaced by ``marker``, keeping about ``keep`` tokens of head and tail."""
         head_n = keep - keep // 2
         tail_n = keep // 2
-        if self.encoding is not None:
-            ids = self.encoding.encode_ordinary(text)
+        ids = self._ids(text)
+        if ids is not None and self.encoding is not None:
             head = self.encoding.decode(ids[:head_n])
             tail = self.encoding.decode(ids[len(ids) - tail_n:]) if tail_n else ""
             return head + marker + tail
@@ -157,20 +160,22 @@ class ContextPolicies:
         counter = Counter(encoding, config.safety_margin)
         completion = _completion(call.body)
         limit = window - completion
-        before = counter.prompt(call.body)
+        messages = call.body["messages"]
+        sizes = [counter.message(m) for m in messages]   # each message tokenized once
+        fixed = _PER_MESSAGE + counter.tools(call.body)
+        before = fixed + sum(sizes)
         call.prompt_tokens = before   # resilience's context check (and the fallback policy) use this count
         if before <= limit or config.policy == "fallback":
             return
         if config.policy == "reject":
             raise _exceeded(window, before + completion, "")
         fitted = (truncate_oldest if config.policy == "truncate_oldest" else truncate_middle)(
-            call.body, counter, limit)
+            messages, sizes, fixed, counter, limit)
         if fitted is None:
             what = ("the system prompts, tool definitions, the last user turn and the tool calls after it"
                     if config.policy == "truncate_oldest" else "the marked head and tail of each message")
             raise _exceeded(window, before + completion, f" Even {what} do not fit.")
-        after = counter.prompt({**call.body, "messages": fitted})
-        call.body["messages"] = fitted
+        call.body["messages"], after = fitted
         call.prompt_tokens = after
         call.record.response_headers[HEADER] = f"{before - after} tokens"
 
@@ -220,13 +225,12 @@ def _units(messages: list[Any]) -> tuple[list[list[int]], set[int]]:
     return kept, pinned
 
 
-def truncate_oldest(body: dict[str, Any], counter: Counter, limit: int) -> list[Any] | None:
-    """The messages with the oldest droppable turns left out until the prompt fits ``limit``; None if it
-    cannot."""
-    messages: list[Any] = body["messages"]
+def truncate_oldest(messages: list[Any], sizes: list[int], fixed: int, counter: Counter,
+                    limit: int) -> tuple[list[Any], int] | None:
+    """The messages with the oldest droppable turns left out until the prompt fits ``limit``, and the
+    prompt's tokens then; None if it cannot fit. ``sizes``: each message's tokens; ``fixed``: the rest's."""
     units, _ = _units(messages)
-    sizes = [counter.message(m) for m in messages]
-    total = _PER_MESSAGE + counter.tools(body) + sum(sizes)
+    total = fixed + sum(sizes)
     dropped: set[int] = set()
     for unit in units:
         if total <= limit:
@@ -235,17 +239,18 @@ def truncate_oldest(body: dict[str, Any], counter: Counter, limit: int) -> list[
         total -= sum(sizes[i] for i in unit)
     if total > limit:
         return None
-    return [m for i, m in enumerate(messages) if i not in dropped]
+    return [m for i, m in enumerate(messages) if i not in dropped], total
 
 
 _MARKER = "\n[... {} tokens omitted ...]\n"
 
 
-def truncate_middle(body: dict[str, Any], counter: Counter, limit: int) -> list[Any] | None:
+def truncate_middle(messages: list[Any], sizes: list[int], fixed: int, counter: Counter,
+                    limit: int) -> tuple[list[Any], int] | None:
     """The messages with the middle of the longest texts cut out (head and tail kept, the cut marked) until
-    the prompt fits ``limit``; None if it cannot."""
-    messages = [dict(m) if isinstance(m, dict) else m for m in body["messages"]]
-    total = counter.prompt({**body, "messages": messages})
+    the prompt fits ``limit``, and the prompt's tokens then; None if it cannot fit."""
+    messages = [dict(m) if isinstance(m, dict) else m for m in messages]
+    total = fixed + sum(sizes)
     # Longest string contents first: one over-long message is the case this policy is for.
     order = sorted((i for i, m in enumerate(messages) if isinstance(m, dict) and isinstance(m.get("content"), str)),
                    key=lambda i: -len(messages[i]["content"]))
@@ -273,4 +278,4 @@ def truncate_middle(body: dict[str, Any], counter: Counter, limit: int) -> list[
             marker = _MARKER.format(size).strip()
             total = total - size + counter.text(marker)
             messages[i]["content"] = marker
-    return messages if total <= limit else None
+    return (messages, total) if total <= limit else None
