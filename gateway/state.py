@@ -17,6 +17,7 @@ from policies.router import Route, Router
 from policies.stores.base import Store
 from policies.stores.layer import CONNECTION_FIELDS, StoreLayer
 from policies.tokens import encoding_for
+from policies.variant_history import VariantHistory
 from policies.variants import Variants
 
 from . import metrics
@@ -79,8 +80,11 @@ class Gateway:
                               aliases={m.name: m.cache for m in config.models}, stores=stores)
         context = ContextPolicies(router, {m.name: m.context for m in config.models},
                                   {t.name: t.context for t in config.tenants})
-        variants = Variants({m.name: m.variants for m in config.models}, {t.name: t.variants for t in config.tenants})
-        pipeline = Pipeline(admission, cache, resilience, context, variants)
+        configured = {m.name: m.variants for m in config.models}
+        versions = VariantHistory(Variants(configured, {t.name: t.variants for t in config.tenants}), stores.kv,
+                                  configured, {m.name: [d.id for d in m.deployments] for m in config.models},
+                                  clock.time)
+        pipeline = Pipeline(admission, cache, resilience, context, versions)
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline, stores=stores)
 

@@ -89,13 +89,21 @@ class Variants:
 
     def __init__(self, aliases: Mapping[str, Mapping[str, VariantConfig]],
                  pins: Mapping[str, Mapping[str, str]], rng: random.Random | None = None) -> None:
-        self._aliases = {a: dict(v) for a, v in aliases.items() if v}
         self._pins = pins
-        self._selectors = {a: Selector({n: v.weight for n, v in variants.items()}, rng)
-                           for a, variants in self._aliases.items()}
+        self._rng = rng
+        self._aliases: dict[str, dict[str, VariantConfig]] = {}
+        self._selectors: dict[str, Selector] = {}
+        for alias, variants in aliases.items():
+            if variants:
+                self.replace(alias, dict(variants))
 
-    def names(self, alias: str) -> tuple[str, ...]:
-        return tuple(self._aliases.get(alias, ()))
+    def configs(self, alias: str) -> dict[str, VariantConfig]:
+        return dict(self._aliases.get(alias, {}))
+
+    def replace(self, alias: str, variants: dict[str, VariantConfig]) -> None:
+        """The alias's variants from now on (version control: policies/variant_history.py)."""
+        self._selectors[alias] = Selector({n: v.weight for n, v in variants.items()}, self._rng)
+        self._aliases[alias] = variants
 
     def choose(self, call: Call) -> None:
         """Sets ``call.variant`` and ``call.deployments`` and applies the variant's prompt and parameters."""
