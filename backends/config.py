@@ -43,6 +43,24 @@ class Timeouts(BaseModel):
                                     description="longest one attempt may take until its answer can be relayed")
 
 
+class EngineWorkers(BaseModel):
+    """The engine as managed ``python -m local_engine serve`` processes (backends/workers.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min: int = Field(default=0, ge=0, description="workers kept running; 0 scales to zero when idle")
+    max: int = Field(default=1, ge=1, description="workers at most")
+    idle_s: float = Field(default=300.0, gt=0, description="a worker without requests this long stops")
+    target_inflight: int = Field(default=8, ge=1, description="requests per worker before another starts")
+    start_timeout_s: float = Field(default=120.0, gt=0, description="longest a worker may take to start")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> EngineWorkers:
+        if self.min > self.max:
+            raise ValueError("min must not exceed max")
+        return self
+
+
 class LocalEngineSettings(BaseModel):
     """Settings of an in-process local engine (``provider: local`` without ``api_base``)."""
 
@@ -60,6 +78,7 @@ class LocalEngineSettings(BaseModel):
     num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads; default all cores")
     load_timeout_s: float = Field(default=10.0, ge=0,
                                   description="how long a request waits for the model to finish loading")
+    workers: EngineWorkers | None = Field(default=None, description="run the engine as managed worker processes")
 
     @field_validator("block_size")
     @classmethod

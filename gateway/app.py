@@ -29,7 +29,7 @@ from policies.clock import SYSTEM, Clock
 from policies.record import RequestRecord
 from policies.stores.layer import StoreLayer
 
-from . import admin, messages, metrics, requestlog, responses, tracing
+from . import admin, controlplane, messages, metrics, requestlog, responses, tracing, ui
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
@@ -49,11 +49,13 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     """The gateway's aiohttp application; ``clock``: the time its policies read (tests pass a ManualClock)."""
     app = web.Application(middlewares=[_middleware], client_max_size=loaded.config.server.max_body_bytes,
                           handler_args={"max_field_size": 16384})
-    app[STORES] = StoreLayer(loaded.config.stores)
+    app[STORES] = StoreLayer(loaded.config.stores, clock)
     app[GATEWAY] = Gateway.build(loaded, app[STORES], clock)
     app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
     app[responses.STORE] = responses.new_store(app[STORES].kv, loaded.config.server.responses_ttl_s)
     app.cleanup_ctx.append(_lifecycle)
+    app[controlplane.CONTROL] = controlplane.ControlPlane(app[STORES].kv, loaded.config.control_plane, clock)
+    app.cleanup_ctx.append(_control)
     traces = tracing.build(loaded.config.tracing, _API_PATHS)
     if traces is not None:  # off: no middleware, no OpenTelemetry import
         app.middlewares.append(traces.middleware)
@@ -78,6 +80,7 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/admin/requests", requestlog.handle)
     admin.add_routes(app)
+    ui.add_routes(app)
     return app
 
 
@@ -100,8 +103,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await gateway.close()
     if log is not None:
         await asyncio.to_thread(log.close)
-    if TRACING in app:
-        app[TRACING].close()
+    if TRACING in app:  # flushing waits for the exporter (a slow collector): off the event loop
+        await asyncio.to_thread(app[TRACING].close)
+
+
+async def _control(app: web.Application) -> AsyncIterator[None]:
+    """The control plane's runtime keys and tenants, polled from the store layer (after the gateway starts)."""
+    control = app[controlplane.CONTROL]
+    await control.start(app, GATEWAY)
+    yield
+    await control.close()
 
 
 def error_response(exc: GatewayError, request_id: str) -> web.Response:
@@ -277,7 +288,8 @@ async def _readyz(request: web.Request) -> web.Response:
     body = {"status": "ready" if gateway.ready and not loading and not gateway.draining else
             ("draining" if gateway.draining else "starting"),
             "config": loaded.path, "deployments": {"enabled": len(gateway.backends), "disabled": disabled,
-                                                   "loading": loading, "failed": failed}}
+                                                   "loading": loading, "failed": failed,
+                                                   "starting": [b.id for b in gateway.backends if b.starting]}}
     if body["status"] != "ready":
         exc = Unavailable(f"gateway is {body['status']}")
         return web.Response(body=orjson.dumps({**exc.body(), **body}), status=503, content_type="application/json")

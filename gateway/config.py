@@ -116,6 +116,8 @@ class TracingConfig(_Frozen):
     sample_ratio: float = Field(default=1.0, ge=0, le=1, description="of traces started here; a client's "
                                 "traceparent decides for its own")
     timeout_s: float = Field(default=10.0, gt=0)
+    export_interval_s: float = Field(default=5.0, gt=0, description="how often finished spans are sent")
+    max_queue: int = Field(default=16384, ge=1, description="finished spans waiting to be sent; beyond, dropped")
 
 
 class RequestLogConfig(_Frozen):
@@ -130,6 +132,14 @@ class RequestLogConfig(_Frozen):
     flush_interval_s: float = Field(default=0.2, gt=0)
 
 
+class ControlPlaneConfig(_Frozen):
+    """``control_plane:``: keys and tenants made through the admin API (gateway/controlplane.py), kept in the
+    store layer beside the YAML's. Every replica on one Redis sees a change within ``poll_interval_s``."""
+
+    poll_interval_s: float = Field(default=0.25, gt=0, le=60, description="how often a replica checks for changes")
+    audit_max: int = Field(default=10000, ge=1, description="change records kept (newest)")
+
+
 class GatewayConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
@@ -141,6 +151,7 @@ class GatewayConfig(_Frozen):
     cache: CacheConfig = CacheConfig()
     tracing: TracingConfig = TracingConfig()
     request_log: RequestLogConfig = RequestLogConfig()
+    control_plane: ControlPlaneConfig = ControlPlaneConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:

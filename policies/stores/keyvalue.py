@@ -31,6 +31,10 @@ class KeyValue(Protocol):
 
     async def hash_incr(self, key: str, field: str, by: int = 1) -> int: ...
 
+    async def hash_delete(self, key: str, *fields: str) -> int:
+        """Removes fields of a hash; returns how many were there."""
+        ...
+
     async def append(self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None) -> int:
         """Adds to the end of a list (keeping its newest ``max_len``); returns its length."""
         ...
@@ -105,6 +109,12 @@ class MemoryKeyValue:
         value[field] = str(total)
         return total
 
+    async def hash_delete(self, key: str, *fields: str) -> int:
+        value = self._live(key)
+        if not isinstance(value, dict):
+            return 0
+        return sum(value.pop(f, None) is not None for f in fields)
+
     async def append(self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None) -> int:
         found = self._live(key)
         if not isinstance(found, list):
@@ -150,6 +160,9 @@ class RedisKeyValue:
     async def hash_incr(self, key: str, field: str, by: int = 1) -> int:
         return int(await self._client().hincrby(key, field, by))
 
+    async def hash_delete(self, key: str, *fields: str) -> int:
+        return int(await self._client().hdel(key, *fields)) if fields else 0
+
     async def append(self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None) -> int:
         async with self._client().pipeline(transaction=False) as pipe:
             pipe.rpush(key, value)
@@ -193,6 +206,10 @@ class FailoverKeyValue:
     async def hash_incr(self, key: str, field: str, by: int = 1) -> int:
         return await self._health.call("kv.hash_incr", lambda: self.redis.hash_incr(key, field, by),
                                        lambda: self.memory.hash_incr(key, field, by), decides=False)
+
+    async def hash_delete(self, key: str, *fields: str) -> int:
+        return await self._health.call("kv.hash_delete", lambda: self.redis.hash_delete(key, *fields),
+                                       lambda: self.memory.hash_delete(key, *fields), decides=False)
 
     async def append(self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None) -> int:
         return await self._health.call("kv.append", lambda: self.redis.append(key, value, max_len=max_len, ttl_s=ttl_s),

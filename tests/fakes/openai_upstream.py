@@ -2,7 +2,10 @@
 
 Its behaviour is chosen by the request's model name, so a test picks a failure by naming it:
 ``error-429`` (any status), ``slow-stream``, ``hang``, ``reset``, ``cut-stream``, ``bad-json``,
-``wrong-content-type``, ``error-body-200``; anything else answers normally. Every request is recorded.
+``wrong-content-type``, ``error-body-200``; ``long-answer`` bills 16,000 completion tokens per choice (fewer
+when the request's ``max_completion_tokens``/``max_tokens`` says so, as a real model stops there);
+``more-prompt`` counts 30 prompt tokens more than usual (a tokenizer the gateway's estimate undercounts);
+anything else answers normally. Every request is recorded.
 
 How streams are framed is set on ``FakeState`` for every fake (this one, Anthropic's, Gemini's): line ends LF,
 CRLF or CR and ``data:`` with or without its space, all valid SSE; and a stream can be held at a gate after
@@ -111,6 +114,11 @@ CACHED = 2
 
 def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, Any]:
     prompt = len(orjson.dumps(body.get("messages") or body.get("prompt") or "")) // 4 + 1
+    if body.get("model") == "more-prompt":
+        prompt += 30
+    elif body.get("model") == "long-answer":
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or 16_000
+        completion_tokens = min(16_000, limit) * (body.get("n") or 1)
     usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
                              "total_tokens": prompt + completion_tokens}
     if body.get("prompt_cache_key"):

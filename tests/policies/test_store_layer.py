@@ -12,6 +12,7 @@ import pytest
 from gateway.config import load_config, parse_config
 from gateway.keys import GATEWAY, STORES
 from gateway.reload import Reloader
+from policies.config import StoresConfig
 from policies.stores import StoreLayer
 from policies.stores.keyvalue import MemoryKeyValue
 from tests.harness import ServerThread
@@ -105,3 +106,14 @@ def test_a_cluster_is_named_by_redis_cluster() -> None:
         parse_config("stores: {redis_cluster: true}\n")
     assert any(p.startswith("stores: ") and "redis_cluster needs" in p for p in exc.value.problems), \
         exc.value.problems
+
+
+async def test_a_restarted_redis_is_used_by_the_very_next_command(own_redis):
+    """The pooled connection outlived its server: its next command is sent again on a fresh connection
+    instead of failing with "Connection closed by server" (and marking Redis down)."""
+    async with StoreLayer(StoresConfig(redis_url=own_redis.url)) as layer:
+        await layer.redis.set("k", "1")
+        own_redis.stop()
+        own_redis.start()                     # a new, empty server on the same port
+        assert await layer.redis.get("k") is None
+        assert not layer.health.degraded
