@@ -17,6 +17,7 @@ from aiohttp import web
 from errors import InvalidRequest, NotFound, PermissionDenied
 from policies import ledger
 from policies.clock import utc_day
+from policies.variant_history import VariantHistory
 
 from .auth import hash_key, presented_key
 from .controlplane import CONTROL
@@ -263,6 +264,40 @@ async def _audit(request: web.Request) -> web.Response:
     return _reply(request, {"object": "list", "data": await request.app[CONTROL].audit(int(raw))})
 
 
+def _versions(request: web.Request) -> VariantHistory:
+    versions = request.app[GATEWAY].pipeline.versions
+    if versions is None:
+        raise NotFound("This gateway keeps no variants.")
+    return versions
+
+
+async def _variants(request: web.Request) -> web.Response:
+    """``GET /admin/aliases/{alias}/variants``: the variants in force; ``POST`` the same path with
+    ``{"action": "add"|"weights"|"promote"|"rollback", "why": "...", ...}``: one change, recorded
+    (docs/variants.md#version-control)."""
+    who = require_admin(request)
+    versions = _versions(request)
+    alias = request.match_info["alias"]
+    if request.method == "GET":
+        return _reply(request, {"object": "alias.variants", "alias": alias, "variants": versions.current(alias)})
+    body = await _json_body(request)
+    if not isinstance(body.get("action"), str):
+        raise InvalidRequest('Expected a JSON object {"action": string, "why": string, ...}.', param="action")
+    why = body.get("why")
+    if not isinstance(why, str) or not why.strip():
+        raise InvalidRequest("Say why: `why` is recorded with the change.", param="why")
+    entry = await versions.change(alias, f"admin:{who.key_id}", body["action"], why, body)
+    return _reply(request, {"object": "alias.variants.change", "alias": alias, **entry})
+
+
+async def _history(request: web.Request) -> web.Response:
+    """``GET /admin/aliases/{alias}/history``: every change to the alias's variants, oldest first."""
+    require_admin(request)
+    alias = request.match_info["alias"]
+    data = await _versions(request).history(alias)
+    return _reply(request, {"object": "list", "alias": alias, "data": data})
+
+
 # (method, path, handler): every admin route
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/admin/usage", _usage),
@@ -270,6 +305,9 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/admin/cache/purge", _purge_cache),
     ("DELETE", "/admin/cache/{tenant}", _purge_cache),
     ("DELETE", "/admin/cache/{tenant}/{alias}", _purge_cache),
+    ("GET", "/admin/aliases/{alias}/variants", _variants),
+    ("POST", "/admin/aliases/{alias}/variants", _variants),
+    ("GET", "/admin/aliases/{alias}/history", _history),
     ("GET", "/admin/whoami", _whoami),
     ("GET", "/admin/keys", _keys),
     ("POST", "/admin/keys", _create_key),

@@ -237,6 +237,9 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
             metrics.CACHE_SAVED.labels(record.tenant).inc(record.saved_usd)
     if record.deployment is not None and (record.status >= 500 or record.status in (408, 429)):
         metrics.UPSTREAM_ERRORS.labels(record.deployment, status).inc()
+    if record.variant is not None:
+        metrics.VARIANT_REQUESTS.labels(alias, record.variant, status).inc()
+        metrics.VARIANT_LATENCY.labels(alias, record.variant).observe(latency)
     if record.trace is not None:
         record.trace.finish(record)
     log = request.app.get(requestlog.REQUEST_LOG)
@@ -256,6 +259,8 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
         fields["attempts"] = record.attempts
     if record.cache is not None:
         fields["cache"] = record.cache
+    if record.variant is not None:
+        fields["variant"] = record.variant
     if record.cost_usd is not None:
         fields["cost_usd"] = record.cost_usd
     if record.saved_usd is not None:

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from backends.config import DeploymentConfig
 from policies.cache.config import CacheConfig, CacheOverride
 from policies.config import PolicyDefaults, StoresConfig, TenantPolicyFields
+from policies.context import ContextConfig
 from policies.resilience_config import (
     FallbackConfig,
     ResilienceConfig,
@@ -25,6 +26,7 @@ from policies.resilience_config import (
     RoutingConfig,
     check_models,
 )
+from policies.variants import VariantConfig, check_variants
 
 from .extras import missing_extras
 
@@ -77,6 +79,8 @@ class ModelAlias(_Frozen):
     fallbacks: tuple[FallbackConfig, ...] = ()
     retry: RetryConfig | None = None   # None: resilience.retry
     cache: CacheOverride | None = None
+    context: ContextConfig | None = None  # None: policy fallback (policies/context.py)
+    variants: dict[str, VariantConfig] = Field(default_factory=dict)  # policies/variants.py
 
 
 def _key_hash(value: str) -> str:
@@ -91,6 +95,8 @@ class TenantConfig(TenantPolicyFields):  # + limits, budget, priority: policies/
     keys: tuple[Annotated[str, AfterValidator(_key_hash)], ...] = ()
     models: Literal["*"] | tuple[str, ...] = "*"
     cache: CacheOverride | None = None
+    context: ContextConfig | None = None  # replaces the alias's context policy for this tenant
+    variants: dict[str, str] = Field(default_factory=dict, description="alias -> the variant this tenant gets")
 
     def allows(self, alias: str) -> bool:
         return self.models == "*" or alias in self.models
@@ -196,6 +202,15 @@ class GatewayConfig(_Frozen):
             for key_id in tenant.per_key:
                 if not any(key[7:19] == key_id for key in tenant.keys):
                     problems.append(f"tenants[{i}].per_key.{key_id}: not the id of one of this tenant's keys")
+        variants = {m.name: m.variants for m in self.models}
+        for m in self.models:
+            problems.extend(check_variants(m.name, [d.id for d in m.deployments], m.variants))
+        for i, tenant in enumerate(self.tenants):
+            for alias, variant in tenant.variants.items():
+                if alias not in variants:
+                    problems.append(f"tenants[{i}].variants.{alias}: no model alias named {alias!r}")
+                elif variant not in variants[alias]:
+                    problems.append(f"tenants[{i}].variants.{alias}: the alias has no variant {variant!r}")
         for alias in self.policies.model_limits:
             if alias not in aliases:
                 problems.append(f"policies.model_limits.{alias}: no model alias named {alias!r}")

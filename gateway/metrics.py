@@ -36,6 +36,10 @@ OVERHEAD = Histogram("gateway_overhead_seconds", "Time spent in the gateway itse
                      buckets=_OVERHEAD_BUCKETS)
 TOKENS = Counter("gateway_tokens_total", "Tokens reported by upstreams, by kind (prompt or completion)",
                  ["tenant", "alias", "kind"])
+VARIANT_REQUESTS = Counter("gateway_variant_requests_total", "Requests answered by a model alias's variant, by "
+                           "HTTP status", ["alias", "variant", "status"])
+VARIANT_LATENCY = Histogram("gateway_variant_request_duration_seconds", "Time from request to the last byte of "
+                            "the answer, by variant", ["alias", "variant"], buckets=_LATENCY_BUCKETS)
 UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total", "Failed upstream attempts by deployment and status",
                           ["deployment", "status"])
 IN_FLIGHT = Gauge("gateway_in_flight_requests", "Requests being handled now", multiprocess_mode="livesum")

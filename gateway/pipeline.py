@@ -20,15 +20,20 @@ from policies import ledger
 from policies.admission import Admission
 from policies.cache import ResponseCache
 from policies.call import Call
+from policies.context import ContextPolicies
 from policies.resilience import Resilience
+from policies.variant_history import VariantHistory
 
 _USAGE = b'"usage"'
 _NATIVE = (Endpoint.RESPONSES, Endpoint.MESSAGES, Endpoint.COUNT_TOKENS)
 
 
 class Pipeline:
-    def __init__(self, admission: Admission, cache: ResponseCache, resilience: Resilience) -> None:
+    def __init__(self, admission: Admission, cache: ResponseCache, resilience: Resilience,
+                 context: ContextPolicies | None = None, versions: VariantHistory | None = None) -> None:
         self.admission = admission
+        self.context = context
+        self.versions = versions  # the aliases' variants and their change history
         self.cache = cache
         self.resilience = resilience
 
@@ -41,6 +46,10 @@ class Pipeline:
             call.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         if call.record.trace is not None:
             call.record.trace.request(call.body)
+        if self.versions is not None:  # first: the variant's system prompt counts against the window
+            self.versions.variants.choose(call)
+        if self.context is not None:  # before admission: it reserves for the prompt that is sent
+            await self.context.fit(call)
         admitting = spans.start("admission")
         async with self.admission.admit(call):
             spans.end(admitting)
@@ -85,6 +94,8 @@ class Pipeline:
             yield events
 
     async def start(self) -> None:
+        if self.versions is not None:
+            await self.versions.load()
         await self.resilience.start()
         await self.cache.start()
         await self.admission.start()

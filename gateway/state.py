@@ -10,12 +10,15 @@ from policies.admission import Admission, AliasPolicy
 from policies.cache import ResponseCache
 from policies.clock import SYSTEM, Clock
 from policies.concurrency import InFlightCap
+from policies.context import ContextPolicies
 from policies.cost import PriceTable, dearest, deployment_price
 from policies.resilience import Resilience
 from policies.router import Route, Router
 from policies.stores.base import Store
 from policies.stores.layer import CONNECTION_FIELDS, StoreLayer
 from policies.tokens import encoding_of
+from policies.variant_history import VariantHistory
+from policies.variants import Variants
 
 from . import metrics
 from .auth import Authenticator
@@ -75,7 +78,13 @@ class Gateway:
             metrics.BREAKER_STATE.labels(route.key).set(0)
         cache = ResponseCache(config.cache, tenants={t.name: t.cache for t in config.tenants},
                               aliases={m.name: m.cache for m in config.models}, stores=stores)
-        pipeline = Pipeline(admission, cache, resilience)
+        context = ContextPolicies(router, {m.name: m.context for m in config.models},
+                                  {t.name: t.context for t in config.tenants})
+        configured = {m.name: m.variants for m in config.models}
+        versions = VariantHistory(Variants(configured, {t.name: t.variants for t in config.tenants}), stores.kv,
+                                  configured, {m.name: [d.id for d in m.deployments] for m in config.models},
+                                  clock.time)
+        pipeline = Pipeline(admission, cache, resilience, context, versions)
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline, stores=stores)
 

@@ -34,3 +34,6 @@ class Call:
     collected: list[bytes] | None = None  # the stream's events, kept when a policy (the cache) asked for them
     usage: dict[str, Any] | None = None
     batch: bool = False   # a line of a batch: priced at the deployment's batch price
+    variant: str | None = None         # the alias's variant serving it (variants.py)
+    deployments: frozenset[str] | None = None  # the variant's deployments: the only ones routed to
+    prompt_tokens: int | None = None   # counted by the context policy (context.py); else resilience estimates

@@ -46,6 +46,7 @@ class RequestRecord:
     saved_usd: float | None = None
     attempts: list[str] = field(default_factory=list)   # "deployment:status" per upstream attempt
     response_headers: dict[str, str] = field(default_factory=dict)  # added to the answer (rate limits, x-cache)
+    variant: str | None = None          # the alias's variant that served it (policies/variants.py)
     trace: Any = None                   # gateway/tracing.py's RequestSpans while tracing is on
 
     def limited(self, headers: dict[str, str]) -> None:

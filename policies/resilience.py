@@ -161,6 +161,10 @@ class Resilience:
             routes = self.router.routes(alias)
         except Unavailable as exc:
             return exc
+        if call.deployments is not None and alias == call.alias:   # the variant's own (policies/variants.py)
+            routes = tuple(r for r in routes if r.deployment.id in call.deployments)
+            if not routes:
+                return Unavailable(f"Variant `{call.variant}` of `{alias}` has no enabled deployment.")
         if self.config.context_check and any(r.context_window for r in routes):
             tokens = attempt.tokens()
             fits = tuple(r for r in routes if r.context_window is None or tokens <= r.context_window)
@@ -373,7 +377,9 @@ class _Attempt:
 
     def tokens(self) -> int:
         if self._tokens is None:
-            self._tokens = estimate_tokens(self._call.body)
+            counted = self._call.prompt_tokens   # by the context policy, with the deployment's tokenizer
+            self._tokens = estimate_tokens(self._call.body) if counted is None else \
+                counted + (self._call.body.get("max_completion_tokens") or self._call.body.get("max_tokens") or 0)
         return self._tokens
 
 
