@@ -1,5 +1,6 @@
 """Upstream adapters: one module per wire format, one interface (``Backend``)."""
 
+import time
 from typing import Any
 
 from .anthropic import AnthropicBackend
@@ -15,8 +16,12 @@ __all__ = ["AnthropicBackend", "Backend", "BedrockBackend", "DeploymentConfig", 
 _NATIVE: dict[str, type[Backend]] = {"anthropic": AnthropicBackend, "gemini": GeminiBackend}
 
 
-def build_backend(deployment: DeploymentConfig, pool: SessionPool) -> Backend:
-    """The adapter for a deployment's provider."""
+def build_backend(deployment: DeploymentConfig, pool: SessionPool, clock: Any = None) -> Backend:
+    """The adapter for a deployment's provider; ``clock`` (``policies.clock.Clock``) times engine workers' idleness."""
+    if deployment.in_process and deployment.engine is not None and deployment.engine.workers is not None:
+        from .workers import WorkerPool
+
+        return WorkerPool(deployment, pool, clock or _MONOTONIC)
     if deployment.in_process:
         from .local import LocalBackend  # imports no torch until the backend starts
 
@@ -29,6 +34,15 @@ def build_backend(deployment: DeploymentConfig, pool: SessionPool) -> Backend:
     if native is not None:
         return native(deployment, pool)  # type: ignore[call-arg]
     return OpenAIBackend(deployment, pool)
+
+
+class _Monotonic:
+    @staticmethod
+    def monotonic() -> float:
+        return time.monotonic()
+
+
+_MONOTONIC = _Monotonic()
 
 
 def __getattr__(name: str) -> Any:

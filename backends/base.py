@@ -46,6 +46,11 @@ class Backend(abc.ABC):
         return True
 
     @property
+    def starting(self) -> bool:
+        """True while the backend starts capacity on demand yet serves (an engine worker starting)."""
+        return False
+
+    @property
     def failure(self) -> str | None:
         """Why the backend cannot serve at all (a local model that failed to load); None when it can."""
         return None

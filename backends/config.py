@@ -54,6 +54,24 @@ class LocalSpeculativeSettings(BaseModel):
                                   description="a sequence stops speculating below this acceptance rate")
 
 
+class EngineWorkers(BaseModel):
+    """The engine as managed ``python -m local_engine serve`` processes (backends/workers.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min: int = Field(default=0, ge=0, description="workers kept running; 0 scales to zero when idle")
+    max: int = Field(default=1, ge=1, description="workers at most")
+    idle_s: float = Field(default=300.0, gt=0, description="a worker without requests this long stops")
+    target_inflight: int = Field(default=8, ge=1, description="requests per worker before another starts")
+    start_timeout_s: float = Field(default=120.0, gt=0, description="longest a worker may take to start")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> EngineWorkers:
+        if self.min > self.max:
+            raise ValueError("min must not exceed max")
+        return self
+
+
 class LocalEngineSettings(BaseModel):
     """Settings of an in-process local engine (``provider: local`` without ``api_base``)."""
 
@@ -72,6 +90,7 @@ class LocalEngineSettings(BaseModel):
     load_timeout_s: float = Field(default=10.0, ge=0,
                                   description="how long a request waits for the model to finish loading")
     speculative: LocalSpeculativeSettings | None = None
+    workers: EngineWorkers | None = Field(default=None, description="run the engine as managed worker processes")
 
     @field_validator("block_size")
     @classmethod
@@ -100,6 +119,8 @@ class Price(BaseModel):
     cached_input: float | None = Field(default=None, ge=0, description="a cache read; default: the input price")
     cache_write_input: float | None = Field(default=None, ge=0,
                                             description="a cache write; default: the input price")
+    batch_discount: float = Field(default=0.5, ge=0, le=1,
+                                  description="the share taken off a batch line's cost (OpenAI and Anthropic: 50%)")
 
 
 class DeploymentConfig(BaseModel):

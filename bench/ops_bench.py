@@ -3,7 +3,7 @@
 Targets (issue 21): req/s with them on >= 90% of off, p50 added <= 0.1 ms. Rows, each a `python -m gateway
 serve` (1 worker) in front of the same fake upstream: off (request log and tracing off; the log line on in
 all rows), request log on (SQLite in a temp dir), tracing on (every request sampled, exported over OTLP/HTTP
-to a local sink), both. Rounds interleave the rows so each meets the same background load; medians shown.
+to a local sink), tracing with 10% of requests sampled, both. Rounds interleave the rows so each meets the same background load; medians shown.
 
     python bench/ops_bench.py [--duration 10] [--rounds 3]
 """
@@ -28,16 +28,19 @@ app = web.Application()
 app.router.add_post("/v1/traces", traces)
 web.run_app(app, host="127.0.0.1", port={port}, print=None)
 """
-ROWS = {"off": (False, False), "request log on": (True, False), "tracing on": (False, True), "both on": (True, True)}
+# row -> (request log, share of requests traced: 0 for tracing off)
+ROWS = {"off": (False, 0.0), "request log on": (True, 0.0), "tracing on": (False, 1.0),
+        "tracing 10% sampled": (False, 0.1), "both on": (True, 1.0)}
 
 
-def config(tmp: Path, slug: str, up_port: int, sink_port: int, request_log: bool, tracing: bool) -> Path:
+def config(tmp: Path, slug: str, up_port: int, sink_port: int, request_log: bool, tracing: float) -> Path:
     path = gb.gateway_config(tmp, slug, up_port, True)
     path.write_text(path.read_text() + f"""request_log:
   enabled: {str(request_log).lower()}
   path: {tmp / f"{slug}.db"}
 tracing:
-  enabled: {str(tracing).lower()}
+  enabled: {str(tracing > 0).lower()}
+  sample_ratio: {tracing or 1.0}
   endpoint: http://127.0.0.1:{sink_port}/v1/traces
 """)
     return path

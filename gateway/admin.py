@@ -19,6 +19,7 @@ from policies import ledger
 from policies.clock import utc_day
 
 from .auth import hash_key, presented_key
+from .controlplane import CONTROL
 from .keys import GATEWAY, RECORD
 
 
@@ -66,7 +67,7 @@ async def _usage(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     gateway = request.app[GATEWAY]
     query = request.query
-    known = [t.name for t in gateway.loaded.config.tenants]
+    known = request.app[CONTROL].tenant_names()
     asked = query.get("tenant")
     if not who.admin:
         if asked is not None and asked != who.tenant:
@@ -130,6 +131,138 @@ async def _purge_cache(request: web.Request) -> web.Response:
     return _reply(request, {"object": "cache.purge", "tenant": tenant, "alias": alias, "purged": purged})
 
 
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json(loads=orjson.loads)
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        raise InvalidRequest("Expected a JSON object as the request body.")
+    return body
+
+
+def _number(body: dict[str, Any], name: str, default: float | None = None) -> float | None:
+    value = body.get(name, default)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+        raise InvalidRequest(f"{name} must be a non-negative number (seconds).", param=name)
+    return None if value is None else float(value)
+
+
+def _expiry(body: dict[str, Any], now: float) -> float | None:
+    """``expires_at`` (Unix seconds) or ``expires_in_s`` (from now); neither: never."""
+    at, within = _number(body, "expires_at"), _number(body, "expires_in_s")
+    if at is not None and within is not None:
+        raise InvalidRequest("Give expires_at or expires_in_s, not both.", param="expires_at")
+    return at if within is None else now + within
+
+
+async def _whoami(request: web.Request) -> web.Response:
+    """``GET /admin/whoami``: who the key is (admin, or which tenant) and today's UTC day by the gateway's clock."""
+    who = principal(request)
+    today = utc_day(request.app[GATEWAY].pipeline.admission.clock.time())
+    return _reply(request, {"admin": who.admin, "tenant": who.tenant, "key_id": who.key_id, "today": today})
+
+
+async def _keys(request: web.Request) -> web.Response:
+    """``GET /admin/keys?tenant=``: every key (the YAML's by id only, the runtime ones with their details);
+    a tenant key lists its own tenant's."""
+    who = principal(request)
+    tenant = request.query.get("tenant")
+    if not who.admin:
+        if tenant is not None and tenant != who.tenant:
+            raise PermissionDenied("A tenant key lists only its own tenant's keys.")
+        tenant = who.tenant
+    return _reply(request, {"object": "list", "data": request.app[CONTROL].list_keys(tenant)})
+
+
+def _made(request: web.Request, key: str, entry: Any) -> web.Response:
+    response = _reply(request, {**entry.public(request.app[CONTROL].clock.time()), "key": key})
+    response.set_status(201)
+    request[RECORD].status = 201
+    return response
+
+
+async def _create_key(request: web.Request) -> web.Response:
+    """``POST /admin/keys`` ``{"tenant", "name"?, "expires_at"? | "expires_in_s"?}``: the key, shown once."""
+    who = require_admin(request)
+    body = await _json_body(request)
+    control = request.app[CONTROL]
+    tenant, name = body.get("tenant"), body.get("name", "")
+    if not isinstance(tenant, str) or not isinstance(name, str):
+        raise InvalidRequest("tenant (and name, if given) must be strings.", param="tenant")
+    key, entry = await control.create_key(who.key_id, tenant, name, _expiry(body, control.clock.time()))
+    return _made(request, key, entry)
+
+
+async def _rotate_key(request: web.Request) -> web.Response:
+    """``POST /admin/keys/{id}/rotate`` ``{"grace_s"?}``: a new key; the old one works ``grace_s`` longer."""
+    who = require_admin(request)
+    body = await _json_body(request) if request.can_read_body else {}
+    key, entry = await request.app[CONTROL].rotate_key(who.key_id, request.match_info["id"],
+                                                       _number(body, "grace_s", 0.0) or 0.0)
+    return _made(request, key, entry)
+
+
+async def _expire_key(request: web.Request) -> web.Response:
+    """``PATCH /admin/keys/{id}`` ``{"expires_at" | "expires_in_s"}`` (null: never)."""
+    who = require_admin(request)
+    control = request.app[CONTROL]
+    entry = await control.expire_key(who.key_id, request.match_info["id"],
+                                     _expiry(await _json_body(request), control.clock.time()))
+    return _reply(request, entry.public(control.clock.time()))
+
+
+async def _revoke_key(request: web.Request) -> web.Response:
+    """``DELETE /admin/keys/{id}``: the key stops working on every replica within a poll interval."""
+    who = require_admin(request)
+    entry = await request.app[CONTROL].revoke_key(who.key_id, request.match_info["id"])
+    return _reply(request, {"id": entry.id, "object": "key", "revoked": True})
+
+
+def _tenant_view(tenant: Any, source: str) -> dict[str, Any]:
+    return {"name": tenant.name, "source": source,
+            **tenant.model_dump(mode="json", exclude={"name", "keys"}, exclude_none=True)}
+
+
+async def _tenants(request: web.Request) -> web.Response:
+    """``GET /admin/tenants``: the YAML's tenants (read-only) and the runtime ones."""
+    require_admin(request)
+    control, config = request.app[CONTROL], request.app[GATEWAY].loaded.config
+    configured = {t.name for t in config.tenants}
+    data = [_tenant_view(t, "config") for t in config.tenants] + [
+        _tenant_view(t, "runtime") for name, t in control.tenants.items() if name not in configured]
+    return _reply(request, {"object": "list", "data": data})
+
+
+async def _create_tenant(request: web.Request) -> web.Response:
+    """``POST /admin/tenants`` ``{"name", "models"?, "limits"?, "budget"?, ...}`` (a tenant's YAML fields)."""
+    who = require_admin(request)
+    aliases = [m.name for m in request.app[GATEWAY].loaded.config.models]
+    tenant = await request.app[CONTROL].create_tenant(who.key_id, await _json_body(request), aliases)
+    response = _reply(request, _tenant_view(tenant, "runtime"))
+    response.set_status(201)
+    request[RECORD].status = 201
+    return response
+
+
+async def _update_tenant(request: web.Request) -> web.Response:
+    """``PATCH /admin/tenants/{name}``: changes the fields given (limits, budget, models...) of a runtime tenant."""
+    who = require_admin(request)
+    aliases = [m.name for m in request.app[GATEWAY].loaded.config.models]
+    tenant = await request.app[CONTROL].update_tenant(who.key_id, request.match_info["name"],
+                                                      await _json_body(request), aliases)
+    return _reply(request, _tenant_view(tenant, "runtime"))
+
+
+async def _audit(request: web.Request) -> web.Response:
+    """``GET /admin/audit?limit=``: the control plane's change records, newest first."""
+    require_admin(request)
+    raw = request.query.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+        raise InvalidRequest("limit must be an integer from 1 to 10000.", param="limit")
+    return _reply(request, {"object": "list", "data": await request.app[CONTROL].audit(int(raw))})
+
+
 # (method, path, handler): every admin route
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/admin/usage", _usage),
@@ -137,6 +270,16 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/admin/cache/purge", _purge_cache),
     ("DELETE", "/admin/cache/{tenant}", _purge_cache),
     ("DELETE", "/admin/cache/{tenant}/{alias}", _purge_cache),
+    ("GET", "/admin/whoami", _whoami),
+    ("GET", "/admin/keys", _keys),
+    ("POST", "/admin/keys", _create_key),
+    ("POST", "/admin/keys/{id}/rotate", _rotate_key),
+    ("PATCH", "/admin/keys/{id}", _expire_key),
+    ("DELETE", "/admin/keys/{id}", _revoke_key),
+    ("GET", "/admin/tenants", _tenants),
+    ("POST", "/admin/tenants", _create_tenant),
+    ("PATCH", "/admin/tenants/{name}", _update_tenant),
+    ("GET", "/admin/audit", _audit),
 )
 
 

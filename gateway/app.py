@@ -29,7 +29,21 @@ from policies.clock import SYSTEM, Clock
 from policies.record import RequestRecord
 from policies.stores.layer import StoreLayer
 
-from . import admin, messages, metrics, requestlog, responses, tracing
+from . import (
+    admin,
+    batches,
+    controlplane,
+    files,
+    message_batches,
+    messages,
+    metrics,
+    requestlog,
+    responses,
+    tracing,
+    ui,
+)
+from .batch_runner import BatchRunner
+from .blobs import LocalBlobs
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
@@ -49,11 +63,18 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     """The gateway's aiohttp application; ``clock``: the time its policies read (tests pass a ManualClock)."""
     app = web.Application(middlewares=[_middleware], client_max_size=loaded.config.server.max_body_bytes,
                           handler_args={"max_field_size": 16384})
-    app[STORES] = StoreLayer(loaded.config.stores)
+    app[STORES] = StoreLayer(loaded.config.stores, clock)
     app[GATEWAY] = Gateway.build(loaded, app[STORES], clock)
     app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
     app[responses.STORE] = responses.new_store(app[STORES].kv, loaded.config.server.responses_ttl_s)
     app.cleanup_ctx.append(_lifecycle)
+    app[controlplane.CONTROL] = controlplane.ControlPlane(app[STORES].kv, loaded.config.control_plane, clock)
+    app.cleanup_ctx.append(_control)
+    config = loaded.config
+    app[files.FILES] = files.Files(app[STORES].kv, LocalBlobs(config.files.dir), config.files, clock)
+    app[batches.BATCHES] = batches.Batches(app[STORES].kv, config.batches, clock)
+    if config.batches.enabled:   # changing it needs a restart
+        app.cleanup_ctx.append(_batch_runner)
     traces = tracing.build(loaded.config.tracing, _API_PATHS)
     if traces is not None:  # off: no middleware, no OpenTelemetry import
         app.middlewares.append(traces.middleware)
@@ -68,16 +89,32 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
         app.router.add_get(f"{prefix}/models/{{model:.+}}", _get_model)
     app.router.add_post("/v1/messages", messages.handle)  # Anthropic's Messages API, any backend
     app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
+    app.router.add_post("/v1/messages/batches", message_batches.create)   # Anthropic's, on the same runner
+    app.router.add_get("/v1/messages/batches", message_batches.list_batches)
+    app.router.add_get("/v1/messages/batches/{id}", message_batches.retrieve)
+    app.router.add_post("/v1/messages/batches/{id}/cancel", message_batches.cancel)
+    app.router.add_get("/v1/messages/batches/{id}/results", message_batches.results)
     app.router.add_post("/v1/responses", responses.create)  # OpenAI's Responses API, any backend
     app.router.add_get("/v1/responses/{id}", responses.retrieve)
     app.router.add_delete("/v1/responses/{id}", responses.delete)
     app.router.add_get("/v1/responses/{id}/input_items", responses.input_items)
+    app.router.add_post("/v1/files", files.upload)   # OpenAI's Files and Batch APIs (docs/batches.md)
+    app.router.add_get("/v1/files", files.list_files)
+    app.router.add_get("/v1/files/{id}", files.retrieve)
+    app.router.add_delete("/v1/files/{id}", files.delete)
+    app.router.add_get("/v1/files/{id}/content", files.content)
+    app.router.add_post("/v1/batches", batches.create)
+    app.router.add_get("/v1/batches", batches.list_batches)
+    app.router.add_get("/v1/batches/{id}", batches.retrieve)
+    app.router.add_post("/v1/batches/{id}/cancel", batches.cancel)
     app.router.add_get("/", _healthz)  # agents (Claude Code) probe the base URL before the first request
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/admin/requests", requestlog.handle)
+    app.router.add_get("/admin/batches", batches.admin_list)
     admin.add_routes(app)
+    ui.add_routes(app)
     return app
 
 
@@ -100,8 +137,24 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await gateway.close()
     if log is not None:
         await asyncio.to_thread(log.close)
-    if TRACING in app:
-        app[TRACING].close()
+    if TRACING in app:  # flushing waits for the exporter (a slow collector): off the event loop
+        await asyncio.to_thread(app[TRACING].close)
+
+
+async def _control(app: web.Application) -> AsyncIterator[None]:
+    """The control plane's runtime keys and tenants, polled from the store layer (after the gateway starts)."""
+    control = app[controlplane.CONTROL]
+    await control.start(app, GATEWAY)
+    yield
+    await control.close()
+
+
+async def _batch_runner(app: web.Application) -> AsyncIterator[None]:
+    """Batches run in the background of every process, after the gateway started and until it closes."""
+    runner = BatchRunner(lambda: app[GATEWAY], app[batches.BATCHES], app[files.FILES], app[batches.BATCHES].config)
+    runner.start()
+    yield
+    await runner.close()
 
 
 def error_response(exc: GatewayError, request_id: str) -> web.Response:
@@ -272,7 +325,8 @@ async def _readyz(request: web.Request) -> web.Response:
     body = {"status": "ready" if gateway.ready and not loading and not gateway.draining else
             ("draining" if gateway.draining else "starting"),
             "config": loaded.path, "deployments": {"enabled": len(gateway.backends), "disabled": disabled,
-                                                   "loading": loading, "failed": failed}}
+                                                   "loading": loading, "failed": failed,
+                                                   "starting": [b.id for b in gateway.backends if b.starting]}}
     if body["status"] != "ready":
         exc = Unavailable(f"gateway is {body['status']}")
         return web.Response(body=orjson.dumps({**exc.body(), **body}), status=503, content_type="application/json")

@@ -1,4 +1,4 @@
-"""``python -m gateway``: serve, check-config, keys new."""
+"""``python -m gateway``: serve, check-config, keys new, top."""
 
 from __future__ import annotations
 
@@ -27,7 +27,20 @@ def main(argv: list[str] | None = None) -> int:
     new = key_commands.add_parser("new", help="make a key for a tenant")
     new.add_argument("--tenant", required=True)
 
+    top = commands.add_parser("top", help="live traffic per tenant and alias, from a gateway's /metrics")
+    top.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway (default: %(default)s)")
+    top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default: 2)")
+    top.add_argument("--once", action="store_true", help="print one view (rates over one interval) and exit")
+
     args = parser.parse_args(argv)
+    if args.command == "top":
+        from .top import run as run_top
+
+        try:
+            return run_top(args.url, args.interval, args.once)
+        except OSError as exc:
+            print(f"cannot read {args.url}/metrics: {exc}", file=sys.stderr)
+            return 1
     if args.command == "keys":
         key = new_key()
         print(f"New key for tenant {args.tenant!r} (shown once; store it now):\n\n  {key}\n")

@@ -110,6 +110,8 @@ class TracingConfig(_Frozen):
     sample_ratio: float = Field(default=1.0, ge=0, le=1, description="of traces started here; a client's "
                                 "traceparent decides for its own")
     timeout_s: float = Field(default=10.0, gt=0)
+    export_interval_s: float = Field(default=5.0, gt=0, description="how often finished spans are sent")
+    max_queue: int = Field(default=16384, ge=1, description="finished spans waiting to be sent; beyond, dropped")
 
 
 class RequestLogConfig(_Frozen):
@@ -124,6 +126,32 @@ class RequestLogConfig(_Frozen):
     flush_interval_s: float = Field(default=0.2, gt=0)
 
 
+class FilesConfig(_Frozen):
+    """``/v1/files``: where uploads are kept and how large one may be."""
+
+    dir: str = "./data/files"   # a local directory (the compose stack mounts a volume there)
+    max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    ttl_s: float = Field(default=30 * 24 * 3600, gt=0)   # how long a file's record is kept
+
+
+class BatchesConfig(_Frozen):
+    """``/v1/batches`` and ``/v1/messages/batches``: the background runner (gateway/batch_runner.py)."""
+
+    enabled: bool = True
+    concurrency: int = Field(default=16, ge=1)   # lines in flight per process, across every batch
+    poll_s: float = Field(default=1.0, gt=0)     # how often a process looks for batches to work on
+    lease_s: float = Field(default=900.0, gt=0)  # a claimed line is run again by another process after this
+    max_lines: int = Field(default=50_000, ge=1)   # OpenAI's limit per batch
+
+
+class ControlPlaneConfig(_Frozen):
+    """``control_plane:``: keys and tenants made through the admin API (gateway/controlplane.py), kept in the
+    store layer beside the YAML's. Every replica on one Redis sees a change within ``poll_interval_s``."""
+
+    poll_interval_s: float = Field(default=0.25, gt=0, le=60, description="how often a replica checks for changes")
+    audit_max: int = Field(default=10000, ge=1, description="change records kept (newest)")
+
+
 class GatewayConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
@@ -135,6 +163,9 @@ class GatewayConfig(_Frozen):
     cache: CacheConfig = CacheConfig()
     tracing: TracingConfig = TracingConfig()
     request_log: RequestLogConfig = RequestLogConfig()
+    files: FilesConfig = FilesConfig()
+    batches: BatchesConfig = BatchesConfig()
+    control_plane: ControlPlaneConfig = ControlPlaneConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:

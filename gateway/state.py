@@ -15,7 +15,7 @@ from policies.resilience import Resilience
 from policies.router import Route, Router
 from policies.stores.base import Store
 from policies.stores.layer import CONNECTION_FIELDS, StoreLayer
-from policies.tokens import encoding_for
+from policies.tokens import encoding_of
 
 from . import metrics
 from .auth import Authenticator
@@ -60,7 +60,7 @@ class Gateway:
                 if reason:
                     disabled.setdefault(alias.name, []).append(f"{deployment.id}: {reason}")
                     continue
-                backend = build_backend(deployment, pool)
+                backend = build_backend(deployment, pool, clock)
                 cap = None
                 if deployment.max_concurrency is not None:
                     cap = InFlightCap(backend.id, deployment.max_concurrency, admission.store,
@@ -135,5 +135,5 @@ def _admission(config: GatewayConfig, stores: StoreLayer, clock: Clock) -> Admis
     if admission.counts_tokens or any(a.count_streams for a in aliases.values()):
         # The tokenizers (bpe-openai) cost ~60 MB of memory: loaded only where a limit, a budget or a stream
         # without usage needs real counts; elsewhere prompts are estimated at four characters a token.
-        admission.use_encodings({alias.name: encoding_for(alias.deployments[0].model) for alias in config.models})
+        admission.use_encodings({alias.name: encoding_of(d.model for d in alias.deployments) for alias in config.models})
     return admission

@@ -43,6 +43,7 @@ class Tracing:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.trace import INVALID_SPAN, SpanKind, set_span_in_context
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         if provider is None:
@@ -50,9 +51,18 @@ class Tracing:
                                       sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)))
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(
-                endpoint=config.endpoint, headers=dict(config.headers), timeout=config.timeout_s)))
+            # Large batches, sent every few seconds: the export thread takes the GIL from the event loop
+            # for every batch it encodes and posts, so fewer, bigger ones cost the requests less.
+            provider.add_span_processor(BatchSpanProcessor(
+                OTLPSpanExporter(endpoint=config.endpoint, headers=dict(config.headers), timeout=config.timeout_s),
+                max_queue_size=config.max_queue, schedule_delay_millis=config.export_interval_s * 1000,
+                max_export_batch_size=min(config.max_queue, 4096)))
         self.provider = provider
+        # the SDK names the hot path uses, bound once here (the module imports no OpenTelemetry when off)
+        self.server, self.client, self.internal = SpanKind.SERVER, SpanKind.CLIENT, SpanKind.INTERNAL
+        self.invalid = INVALID_SPAN
+        self.in_context = set_span_in_context
+        self.deployment_attributes: dict[tuple[str, str, str, str | None, str], dict[str, Any]] = {}
         self.paths = paths
         self.tracer: Tracer = provider.get_tracer("llm-gateway")
         self._propagator = TraceContextTextMapPropagator()
@@ -76,43 +86,59 @@ class Tracing:
 class RequestSpans:
     """One request's trace: its server span and the stages open now (``backends.spans.Spans``)."""
 
-    __slots__ = ("_open", "_root", "_tracer", "operation", "trace_id")
+    __slots__ = ("_open", "_root", "_tracing", "operation", "recording", "trace_id")
 
     def __init__(self, tracing: Tracing, request: web.Request, record: RequestRecord) -> None:
-        from opentelemetry.trace import SpanKind
-
         context = tracing._propagator.extract(request.headers) if "traceparent" in request.headers else None
         self.operation = _OPERATIONS.get(request.path, "")
-        self._tracer = tracing.tracer
-        self._root: Span = self._tracer.start_span(
-            f"{request.method} {request.path}", context=context, kind=SpanKind.SERVER,
+        self._tracing = tracing
+        self._root: Span = tracing.tracer.start_span(
+            f"{request.method} {request.path}", context=context, kind=tracing.server,
             attributes={"http.request.method": request.method, "url.path": request.path,
                         "gateway.request_id": record.request_id,
                         **({"gen_ai.operation.name": self.operation} if self.operation else {})})
         self.trace_id = f"{self._root.get_span_context().trace_id:032x}"
+        # not sampled: the stages make no spans and no attributes are worked out (the trace id still goes
+        # into the log line and upstream)
+        self.recording = self._root.is_recording()
         self._open: list[Span] = []
 
     def start(self, name: str, deployment: DeploymentConfig | None, deployment_id: str | None) -> Span:
-        from opentelemetry.trace import SpanKind, set_span_in_context
-
+        tracing = self._tracing
+        if not self.recording:
+            return tracing.invalid
         parent = self._open[-1] if self._open else self._root
         attributes: dict[str, Any] = {}
         if deployment is not None:
-            attributes = {"gen_ai.provider.name": deployment.provider, "gen_ai.request.model": deployment.model,
-                          "gateway.deployment": deployment_id or ""}
+            attributes = self._deployment(deployment, deployment_id or "")
+        kind = tracing.client if name == "upstream" else tracing.internal
+        span = tracing.tracer.start_span(name, context=tracing.in_context(parent), kind=kind, attributes=attributes)
+        self._open.append(span)
+        return span
+
+    def _deployment(self, deployment: DeploymentConfig, deployment_id: str) -> dict[str, Any]:
+        """A deployment's span attributes: worked out once per deployment and operation."""
+        cache = self._tracing.deployment_attributes
+        key = (deployment_id, deployment.provider, deployment.model, deployment.api_base, self.operation)
+        found = cache.get(key)
+        if found is None:
+            found = {"gen_ai.provider.name": deployment.provider, "gen_ai.request.model": deployment.model,
+                     "gateway.deployment": deployment_id}
             if self.operation:
-                attributes["gen_ai.operation.name"] = self.operation
+                found["gen_ai.operation.name"] = self.operation
             if deployment.api_base:
                 from yarl import URL
 
                 url = URL(deployment.api_base)
-                attributes.update({"server.address": url.host or "", "server.port": url.port or 0})
-        kind = SpanKind.CLIENT if name == "upstream" else SpanKind.INTERNAL
-        span = self._tracer.start_span(name, context=set_span_in_context(parent), kind=kind, attributes=attributes)
-        self._open.append(span)
-        return span
+                found.update({"server.address": url.host or "", "server.port": url.port or 0})
+            if len(cache) > 10_000:   # configs reloaded many times: old deployments' entries go
+                cache.clear()
+            cache[key] = found
+        return found
 
     def end(self, span: Span, status: int | None, error: str | None) -> None:
+        if span is self._tracing.invalid:
+            return
         if status is not None:
             span.set_attribute("http.response.status_code", status)
         if error is not None:
@@ -127,6 +153,8 @@ class RequestSpans:
 
     def request(self, body: dict[str, Any]) -> None:
         """The GenAI request attributes of the client's body."""
+        if not self.recording:
+            return
         values = {attribute: body[name] for name, attribute in _REQUEST_FIELDS
                   if isinstance(body.get(name), int | float) and not isinstance(body.get(name), bool)}
         values["gen_ai.request.stream"] = body.get("stream") is True
@@ -135,6 +163,9 @@ class RequestSpans:
     def finish(self, record: RequestRecord) -> None:
         """End the request's span (and any stage left open by an error) with what the record says."""
         root = self._root
+        if not self.recording:
+            root.end()
+            return
         if record.alias != "-":
             root.update_name(f"{self.operation or 'request'} {record.alias}")
             root.set_attribute("gen_ai.request.model", record.alias)

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from backends import Endpoint, spans
+from backends import spans
 from errors import GatewayError, QuotaExceeded, RateLimited
 
 from . import bucket, budget, metrics, tokens
@@ -107,6 +107,7 @@ class Admission:
         self.layer = layer or StoreLayer(stores)
         self.stores = stores or self.layer.config
         self._rules = {name: _Rules.of(name, fields, self.defaults) for name, fields in (tenants or {}).items()}
+        self._configured = dict(self._rules)
         self._fallback_rules = _Rules.of("-", TenantPolicyFields(), self.defaults)
         self._aliases = dict(aliases or {})
         self._prices = dict(prices or {})
@@ -129,6 +130,13 @@ class Admission:
     @property
     def tenants(self) -> list[str]:
         return list(self._rules)
+
+    def set_runtime_tenants(self, tenants: Mapping[str, TenantPolicyFields]) -> None:
+        """The tenants made at runtime (the gateway's control plane), beside the configured ones, which win a
+        name clash; replaces the previous runtime set."""
+        runtime = {name: _Rules.of(name, fields, self.defaults) for name, fields in tenants.items()}
+        self._rules = {**runtime, **self._configured}
+        self._plans.clear()
 
     @property
     def counts_tokens(self) -> bool:
@@ -212,18 +220,22 @@ class Admission:
 
     async def _admit(self, call: Call) -> _Admitted:
         rules = self._rules.get(call.tenant, self._fallback_rules)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + rules.max_wait_s   # the bound holds from the request's arrival, queued once
         reservation = await self._plan(call, rules)
+        waited = False
         if rules.max_wait_s > 0 and self.queue is not None and self.queue.waiting(call.tenant):
             # the tenant's earlier (or higher-priority) requests are waiting: no overtaking them
-            result = await self._wait(call, rules, reservation, _QUEUED)
+            result = await self._wait(call, rules, reservation, _QUEUED, until - loop.time())
+            waited = True
         else:
             result = await self.store.admit(reservation)
         if result.outcome == "dup":  # a client reused a request id: the ledger entry gets its own
             reservation.entry_id = f"{reservation.entry_id}.{uuid.uuid4().hex[:8]}"
             result = await self.store.admit(reservation)
-        if result.outcome in ("bucket", "slot") and rules.max_wait_s > 0 and self.queue is not None and (
-                result.outcome == "slot" or result.retry_after <= rules.max_wait_s):
-            result = await self._wait(call, rules, reservation, result)
+        if not waited and result.outcome in ("bucket", "slot") and rules.max_wait_s > 0 and \
+                self.queue is not None and (result.outcome == "slot" or result.retry_after <= rules.max_wait_s):
+            result = await self._wait(call, rules, reservation, result, until - loop.time())
         if result.outcome != "ok":
             raise self._refusal(call, reservation, result)
         for index in result.soft:
@@ -238,14 +250,14 @@ class Admission:
         return _Admitted(reservation, self.store)  # a fail-open store knows which store admitted it
 
     async def _wait(self, call: Call, rules: _Rules, reservation: Reservation,
-                    refused: AdmitResult) -> AdmitResult:
+                    refused: AdmitResult, max_wait_s: float) -> AdmitResult:
         assert self.queue is not None
         priority = self._priority(call, rules)
         metrics.QUEUED.labels(call.tenant).inc()
         started = time.perf_counter()
         span = spans.start("queue")
         try:
-            return await self.queue.wait(call.tenant, rules.weight, priority, rules.max_wait_s,
+            return await self.queue.wait(call.tenant, rules.weight, priority, max(max_wait_s, 0.0),
                                          lambda: self.store.admit(reservation), refused,
                                          lambda result: self._give_back(reservation, result))
         except QueueFull:
@@ -267,11 +279,10 @@ class Admission:
 
     async def _plan(self, call: Call, rules: _Rules) -> Reservation:
         alias = self._aliases.get(call.alias, _NO_ALIAS)
-        prompt = await tokens.count_prompt(call.endpoint, call.body, alias.encoding if rules.precise else None)
-        completion = tokens.completion_budget(call.endpoint, call.body, self.defaults.default_max_tokens)
-        explicit = call.endpoint is Endpoint.EMBEDDINGS or any(
-            isinstance(call.body.get(k), int) for k in ("max_tokens", "max_completion_tokens", "max_output_tokens"))
-        total = prompt + completion
+        encoding = alias.encoding if rules.precise else None
+        prompt = await tokens.count_prompt(call.endpoint, call.body, encoding)
+        if rules.precise and encoding is None:
+            prompt = tokens.reserve_estimate(prompt)
         now = self.clock.time()
         day, month = budget.today(now)
         static = self._plans.get((call.tenant, call.key_id, call.alias, day))
@@ -281,10 +292,23 @@ class Admission:
             static = self._plans[(call.tenant, call.key_id, call.alias, day)] = self._static_plan(
                 call, rules, day, month)
         fixed, per_token, held, spends = static
+        completion = 0
+        choices = tokens.choices(call.endpoint, call.body)
+        if choices:
+            asked = tokens.completion_limit(call.body)
+            per_choice = asked or self.defaults.default_max_tokens
+            if asked is None and per_token:
+                # No max_tokens: reserve what fits in the bucket beside the prompt (a prompt that does not fit
+                # alone is too large); the upstream is then held to it below.
+                room = min(b.capacity for b in per_token) - prompt
+                per_choice = max(1, min(per_choice, int(room) // choices))
+            if asked is None and rules.precise:
+                # The upstream may generate no more than was reserved (limits and budgets count on it).
+                call.body[tokens.limit_field(call.endpoint)] = per_choice
+            completion = per_choice * choices
+        total = float(prompt + completion)
         planned = list(fixed)
-        for b in per_token:
-            cost = float(total) if explicit else min(float(total), b.capacity)
-            planned.append(Bucket(b.key, b.capacity, b.rate, cost, b.kind, b.scope, b.limit))
+        planned += [Bucket(b.key, b.capacity, b.rate, total, b.kind, b.scope, b.limit) for b in per_token]
         return Reservation(entry_id=call.record.request_id, tenant=call.tenant, key_id=call.key_id,
                            alias=call.alias, day=day, ts=now, buckets=planned, slots=held, spends=spends,
                            est_prompt=prompt, est_completion=completion,
@@ -371,6 +395,8 @@ class Admission:
         cost = price.nano(prompt, completion, cached, written)
         if estimated:
             cost = reservation.est_cost
+        if call.batch:
+            cost = round(cost * (1 - price.batch_discount))
         if cost:
             record.priced(usd(cost))
         metrics.SETTLED.labels(how).inc()

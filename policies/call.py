@@ -33,3 +33,4 @@ class Call:
     completed: bool = False            # the answer reached its normal end ([DONE] for streams)
     collected: list[bytes] | None = None  # the stream's events, kept when a policy (the cache) asked for them
     usage: dict[str, Any] | None = None
+    batch: bool = False   # a line of a batch: priced at the deployment's batch price

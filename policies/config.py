@@ -104,7 +104,7 @@ class StoresConfig(_Frozen):
     on_redis_error: Literal["fail_open", "fail_closed"] = "fail_open"
     redis_timeout_s: float = Field(default=0.5, gt=0)
     redis_max_connections: int = Field(default=64, ge=1, description="connections per gateway process")
-    retry_redis_after_s: float = Field(default=1.0, gt=0, description="after a failure, probe Redis again after")
+    retry_redis_after_s: float = Field(default=1.0, gt=0, description="after a timeout, leave Redis alone this long (a PING probe ends it sooner)")
     settle_after_s: float = Field(default=900.0, gt=0,
                                   description="a reservation still open this long is settled at its estimate")
     sweep_interval_s: float = Field(default=30.0, gt=0)

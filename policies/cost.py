@@ -27,6 +27,7 @@ class PriceTable:
     cached_input: float | None = None       # a cache read (None: the input rate)
     cache_write_input: float | None = None  # a cache write (None: the input rate)
     known: bool = True
+    batch_discount: float = 0.5             # the share taken off a batch line (OpenAI's and Anthropic's 50%)
 
     @classmethod
     def of(cls, info: ModelInfo | None) -> PriceTable:
@@ -65,7 +66,7 @@ def deployment_price(model: str, override: Any | None) -> PriceTable:
     else the catalog's."""
     if override is not None:
         return PriceTable(input=override.input, output=override.output, cached_input=override.cached_input,
-                          cache_write_input=override.cache_write_input)
+                          cache_write_input=override.cache_write_input, batch_discount=override.batch_discount)
     return PriceTable.of(model_info(model))
 
 

@@ -34,7 +34,8 @@ async def usage(store: Store, tenant: str, days: list[str], group_by: GroupBy) -
     if group_by == "request":
         start = dt.datetime.fromisoformat(days[0]).replace(tzinfo=dt.UTC).timestamp()
         end = start + len(days) * 86400
-        records = await store.records(tenant, start, end, MAX_RECORDS)
+        # copies: the memory store hands back its own dicts, which a second report would find changed
+        records = [dict(r) for r in await store.records(tenant, start, end, MAX_RECORDS)]
         for record in records:
             record.setdefault("cache_write_tokens", 0)  # records written before the field existed
             record.setdefault("reasoning_tokens", 0)

@@ -183,7 +183,7 @@ class Resilience:
             if number and not budget.try_retry():
                 self.events.budget_exhausted(alias)
                 return last or Unavailable(f"No retry left for `{alias}`.")
-            route = await self._choose(alias, routes, tried, session)
+            route = await self._choose(alias, routes, tried, session, call.tenant)
             if route is None:
                 return last or Unavailable(f"Every deployment of `{alias}` is failing: their circuit breakers "
                                            "are open.", code="circuit_open")
@@ -210,7 +210,7 @@ class Resilience:
                 record.attempted(route.id, exc.status)
                 self.events.attempt(route, exc.status)
                 if exc.status not in self._ignore:
-                    await self.breakers.failure(route.key)
+                    await self.breakers.failure(route.key, call.tenant)
                 last = exc
                 if not retryable(exc, config) or loop.time() >= deadline:
                     return exc
@@ -219,16 +219,19 @@ class Resilience:
             record.attempted(route.id, upstream.status)
             self.events.attempt(route, upstream.status)
             if upstream.chunks is not None:
-                upstream.chunks = self._watch(route, first, upstream.chunks, deadline)
-            await self.breakers.success(route.key)
+                # A stream's outcome is decided at its end (a half-open trial included), not at its first chunk.
+                upstream.chunks = self._watch(route, first, upstream.chunks, deadline, call.tenant)
+            else:
+                await self.breakers.success(route.key, call.tenant)
             return held, upstream, route
         return last or Unavailable(f"No attempt left for `{alias}`.")
 
     async def _choose(self, alias: str, routes: Sequence[Route], tried: list[Route],
-                      session: str | None) -> Route | None:
+                      session: str | None, tenant: str) -> Route | None:
         if not tried and len(routes) == 1:
             route = routes[0]
-            return route if self.breakers.closed(route.key) or await self.breakers.admit(route.key) else None
+            return route if self.breakers.closed(route.key, tenant) or await self.breakers.admit(route.key, tenant) \
+                else None
         if tried:
             untried = [r for r in routes if r not in tried]
             # Everything tried: go round again, avoiding the one that just failed where there is a choice.
@@ -238,7 +241,7 @@ class Resilience:
         breakers = self.breakers
         while pool:
             route = self.router.pick(alias, pool, session)
-            if breakers.closed(route.key) or await breakers.admit(route.key):
+            if breakers.closed(route.key, tenant) or await breakers.admit(route.key, tenant):
                 return route
             pool.remove(route)
         return None
@@ -289,7 +292,7 @@ class Resilience:
         return held, upstream, first
 
     async def _watch(self, route: Route, first: bytes, chunks: AsyncIterator[bytes],
-                     deadline: float) -> AsyncIterator[bytes]:
+                     deadline: float, tenant: str) -> AsyncIterator[bytes]:
         """The stream from its first chunk, within the request's deadline; a failure now counts against the
         breaker and goes on to the client as an error event (no retry once bytes have gone out)."""
         yield first
@@ -310,14 +313,15 @@ class Resilience:
                     chunk = await anext(chunks)
                 yield chunk
         except StopAsyncIteration:
+            await self.breakers.success(route.key, tenant)
             return
         except TimeoutError:
-            await self.breakers.failure(route.key)
+            await self.breakers.failure(route.key, tenant)
             raise DeadlineExceeded(f"The request's deadline passed while upstream {route.id} was streaming.") \
                 from None
         except GatewayError as exc:
             if exc.status not in self._ignore:
-                await self.breakers.failure(route.key)
+                await self.breakers.failure(route.key, tenant)
             raise
 
     async def deployments(self) -> dict[str, Any]:

@@ -1,10 +1,16 @@
 """Token counts before the call: the prompt with the model's tokenizer where one is known (OpenAI's BPEs,
-bundled by ``bpe-openai``), else about four characters a token; plus the completion tokens reserved."""
+bundled by ``bpe-openai``), else about four characters a token; plus the completion tokens reserved.
+
+An estimated prompt is reserved with a margin (``reserve_estimate``): real tokenizers differ from four
+characters a token, and a reservation below the upstream's count lets concurrent requests pass a budget.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import warnings
+from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
@@ -14,6 +20,8 @@ from backends import Endpoint, sse
 
 _PER_MESSAGE = 3            # OpenAI's chat format adds about 3 tokens per message and 3 for the reply
 _OFF_LOOP_CHARS = 32_000    # longer prompts are tokenized in a worker thread
+ESTIMATE_MARGIN = 0.25      # an estimated prompt is reserved at 125% of the estimate ...
+ESTIMATE_MARGIN_MIN = 16    # ... and at least 16 tokens above it
 
 
 @cache
@@ -27,6 +35,20 @@ def encoding_for(model: str) -> Any | None:
             return bpe_openai.encoding_for_model(model.rsplit("/", 1)[-1])
         except (KeyError, ValueError, bpe_openai.UnsupportedModelError):
             return None
+
+
+def encoding_of(models: Iterable[str]) -> Any | None:
+    """The tokenizer every one of these upstream models uses, or None (then prompts are estimated)."""
+    encodings = [encoding_for(model) for model in models]
+    first = encodings[0] if encodings else None
+    if first is None or any(e is None or e.name != first.name for e in encodings):
+        return None
+    return first
+
+
+def reserve_estimate(tokens: int) -> int:
+    """What to reserve for a prompt estimated at ``tokens`` (no tokenizer): the estimate and its margin."""
+    return tokens + max(ESTIMATE_MARGIN_MIN, math.ceil(tokens * ESTIMATE_MARGIN))
 
 
 def prompt_text(endpoint: Endpoint, body: dict[str, Any]) -> tuple[list[str], int]:
@@ -98,14 +120,33 @@ async def count_prompt(endpoint: Endpoint, body: dict[str, Any], encoding: Any |
     return framing + _count(texts, encoding)
 
 
-def completion_budget(endpoint: Endpoint, body: dict[str, Any], default: int) -> int:
-    """Completion tokens to reserve: ``max_completion_tokens``/``max_tokens`` (or the default) times ``n``."""
-    if endpoint is Endpoint.EMBEDDINGS:
+def choices(endpoint: Endpoint, body: dict[str, Any]) -> int:
+    """How many completions the upstream generates (and bills): ``n``, or completions' ``best_of``; none
+    for embeddings and token counting."""
+    if endpoint is Endpoint.EMBEDDINGS or endpoint is Endpoint.COUNT_TOKENS:
         return 0
+    count = 1
+    for name in ("n", "best_of") if endpoint is Endpoint.COMPLETIONS else ("n",):
+        value = body.get(name)
+        if isinstance(value, int) and value > count:
+            count = value
+    return count
+
+
+def completion_limit(body: dict[str, Any]) -> int | None:
+    """The completion tokens per choice the request set (``max_completion_tokens``, ``max_tokens``,
+    responses' ``max_output_tokens``), if any."""
     limit = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
-    per_choice = limit if isinstance(limit, int) and limit > 0 else default
-    n = body.get("n")
-    return per_choice * (n if isinstance(n, int) and n > 0 else 1)
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def limit_field(endpoint: Endpoint) -> str:
+    """The field that caps a completion upstream: OpenAI's current one for chat (the provider adapters read
+    it too), ``max_output_tokens`` for responses, ``max_tokens`` for legacy completions and messages."""
+    return _LIMIT_FIELDS.get(endpoint, "max_tokens")
+
+
+_LIMIT_FIELDS = {Endpoint.CHAT: "max_completion_tokens", Endpoint.RESPONSES: "max_output_tokens"}
 
 
 def count_completion(events: list[bytes], encoding: Any | None) -> int:

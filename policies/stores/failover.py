@@ -1,14 +1,28 @@
 """Admission's store on Redis with a way down: the layer's failure policy (``StoreHealth``), this process's
-memory as the fallback, and what was admitted by memory settled by memory."""
+memory as the fallback, and what was admitted by memory settled by memory, then replayed into Redis.
+
+Replay: a request admitted and settled in memory while Redis was away (fail open) is written to Redis once
+it answers again, as a reservation without buckets, slots or budget limits (the request already ran; its
+cost must count even past a budget) settled at once. Redis refuses a second reservation of one request id,
+so a record is never doubled, whichever process or attempt replays it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+from dataclasses import replace
 from typing import Any
+
+import structlog
 
 from .base import AdmitResult, Reservation, Settlement
 from .health import REDIS_ERRORS, StoreHealth
 from .memory import MemoryStore
 from .redis import RedisStore
+
+_REPLAY_MAX = 100_000     # records kept for replay while Redis is away; beyond, the oldest are dropped (logged)
+_REPLAY_BATCH = 200       # replayed together (the Redis store batches them into a few script calls)
 
 
 class FailoverStore:
@@ -20,6 +34,10 @@ class FailoverStore:
         self.health = health
         self._local: set[str] = set()              # entries admitted by memory while Redis was down
         self._unsettled: list[Settlement] = []     # settlements Redis could not take yet
+        self._replay: collections.deque[Settlement] = collections.deque()   # settled in memory, not yet in Redis
+        self._replaying: asyncio.Task[int] | None = None
+        self._dropped = 0
+        health.on_recovery(self._replay_soon)
 
     async def admit(self, reservation: Reservation) -> AdmitResult:
         health = self.health
@@ -41,7 +59,15 @@ class FailoverStore:
         entry = settlement.reservation.entry_id
         if entry in self._local:
             self._local.discard(entry)
-            return await self.memory.settle(settlement)
+            settled = await self.memory.settle(settlement)
+            if settled:
+                if len(self._replay) >= _REPLAY_MAX:
+                    self._replay.popleft()
+                    self._dropped += 1
+                self._replay.append(settlement)
+                if not self.health.degraded:
+                    self._replay_soon()
+            return settled
         try:
             return await self.redis.settle(settlement)
         except REDIS_ERRORS as exc:
@@ -61,7 +87,43 @@ class FailoverStore:
             self.health.recovered()
         except REDIS_ERRORS as exc:
             self.health.failed("sweep", exc)
+            return settled
+        await self.replay()
         return settled
+
+    def _replay_soon(self) -> None:
+        if self._replay and (self._replaying is None or self._replaying.done()):
+            try:
+                self._replaying = asyncio.get_running_loop().create_task(self.replay())
+            except RuntimeError:   # no loop (a test calling the health directly): the next sweep replays
+                pass
+
+    async def replay(self) -> int:
+        """Writes the records settled in memory while Redis was away into Redis, each once; returns how many
+        were written (those Redis already held are skipped)."""
+        written = 0
+        if self._dropped:
+            structlog.get_logger("gateway").warning("ledger records dropped before Redis came back",
+                                                    count=self._dropped)
+            self._dropped = 0
+        while self._replay:
+            batch = [self._replay[i] for i in range(min(_REPLAY_BATCH, len(self._replay)))]
+            try:
+                written += sum(await asyncio.gather(*(self._replay_one(s) for s in batch)))
+            except REDIS_ERRORS as exc:
+                self.health.failed("replay", exc)
+                break
+            for _ in batch:
+                self._replay.popleft()
+        return written
+
+    async def _replay_one(self, settlement: Settlement) -> bool:
+        r = settlement.reservation
+        again = replace(r, buckets=[], slots=[], est_cost=settlement.cost,
+                        spends=[replace(s, limit=None, soft=None) for s in r.spends])
+        if (await self.redis.admit(again)).outcome != "ok":
+            return False    # "dup": Redis has this request's record already
+        return await self.redis.settle(replace(settlement, reservation=again))
 
     async def _read(self, method: str, *args: Any) -> Any:
         try:
@@ -105,4 +167,8 @@ class FailoverStore:
             self.health.failed("release", exc)  # the slot's lease ends it
 
     async def close(self) -> None:
+        if self._replaying is not None:
+            await asyncio.gather(self._replaying, return_exceptions=True)
+        if self._replay and not self.health.degraded:
+            await self.replay()
         await self.redis.close()

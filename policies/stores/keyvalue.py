@@ -23,6 +23,10 @@ class KeyValue(Protocol):
 
     async def delete(self, *keys: str) -> int: ...
 
+    async def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        """Sets ``key`` only where it is absent (or expired): True for the one caller that set it (a lease)."""
+        ...
+
     async def hash_get(self, key: str) -> dict[str, str]:
         """Every field of a hash ({} when there is none)."""
         ...
@@ -30,6 +34,10 @@ class KeyValue(Protocol):
     async def hash_set(self, key: str, fields: Mapping[str, str], ttl_s: float | None = None) -> None: ...
 
     async def hash_incr(self, key: str, field: str, by: int = 1) -> int: ...
+
+    async def hash_delete(self, key: str, *fields: str) -> int:
+        """Removes fields of a hash; returns how many were there."""
+        ...
 
     async def append(self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None) -> int:
         """Adds to the end of a list (keeping its newest ``max_len``); returns its length."""
@@ -86,6 +94,12 @@ class MemoryKeyValue:
             self._expiry.pop(key, None)
         return removed
 
+    async def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        if self._live(key) is not None:
+            return False
+        await self.set(key, value, ttl_s)
+        return True
+
     async def hash_get(self, key: str) -> dict[str, str]:
         value = self._live(key)
         return dict(value) if isinstance(value, dict) else {}
@@ -104,6 +118,12 @@ class MemoryKeyValue:
         total = int(value.get(field, 0)) + by
         value[field] = str(total)
         return total
+
+    async def hash_delete(self, key: str, *fields: str) -> int:
+        value = self._live(key)
+        if not isinstance(value, dict):
+            return 0
+        return sum(value.pop(f, None) is not None for f in fields)
 
     async def append(self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None) -> int:
         found = self._live(key)
@@ -137,6 +157,9 @@ class RedisKeyValue:
     async def delete(self, *keys: str) -> int:
         return int(await self._client().delete(*keys)) if keys else 0
 
+    async def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        return bool(await self._client().set(key, value, nx=True, px=max(1, int(ttl_s * 1000))))
+
     async def hash_get(self, key: str) -> dict[str, str]:
         return {str(k): str(v) for k, v in (await self._client().hgetall(key)).items()}
 
@@ -149,6 +172,9 @@ class RedisKeyValue:
 
     async def hash_incr(self, key: str, field: str, by: int = 1) -> int:
         return int(await self._client().hincrby(key, field, by))
+
+    async def hash_delete(self, key: str, *fields: str) -> int:
+        return int(await self._client().hdel(key, *fields)) if fields else 0
 
     async def append(self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None) -> int:
         async with self._client().pipeline(transaction=False) as pipe:
@@ -182,6 +208,10 @@ class FailoverKeyValue:
         return await self._health.call("kv.delete", lambda: self.redis.delete(*keys),
                                        lambda: self.memory.delete(*keys), decides=False)
 
+    async def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        return await self._health.call("kv.set_if_absent", lambda: self.redis.set_if_absent(key, value, ttl_s),
+                                       lambda: self.memory.set_if_absent(key, value, ttl_s), decides=True)
+
     async def hash_get(self, key: str) -> dict[str, str]:
         return await self._health.call("kv.hash_get", lambda: self.redis.hash_get(key),
                                        lambda: self.memory.hash_get(key), decides=True)
@@ -193,6 +223,10 @@ class FailoverKeyValue:
     async def hash_incr(self, key: str, field: str, by: int = 1) -> int:
         return await self._health.call("kv.hash_incr", lambda: self.redis.hash_incr(key, field, by),
                                        lambda: self.memory.hash_incr(key, field, by), decides=False)
+
+    async def hash_delete(self, key: str, *fields: str) -> int:
+        return await self._health.call("kv.hash_delete", lambda: self.redis.hash_delete(key, *fields),
+                                       lambda: self.memory.hash_delete(key, *fields), decides=False)
 
     async def append(self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None) -> int:
         return await self._health.call("kv.append", lambda: self.redis.append(key, value, max_len=max_len, ttl_s=ttl_s),

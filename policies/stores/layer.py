@@ -14,25 +14,42 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
+from ..clock import SYSTEM, Clock
 from ..config import StoresConfig
 from .health import REDIS_ERRORS, StoreHealth
 from .keyvalue import FailoverKeyValue, KeyValue, MemoryKeyValue, RedisKeyValue
 
 # The fields that decide the client and the failure policy: a reload that changes one needs a restart.
+# A pooled connection whose server restarted fails its next command with "Connection closed by server":
+# such a command is sent once more on a fresh connection (a server that is really down refuses that one at
+# once). Timeouts are not retried: they would double the wait on an unreachable Redis. Connections idle for
+# longer than _HEALTH_CHECK_S are checked with a PING before use.
+_HEALTH_CHECK_S = 10
+
+
+def _retry() -> Retry:
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+
+
 CONNECTION_FIELDS = ("redis_url", "redis_cluster", "redis_timeout_s", "redis_max_connections", "on_redis_error",
                      "retry_redis_after_s")
 
 
 class StoreLayer:
-    def __init__(self, config: StoresConfig | None = None) -> None:
+    def __init__(self, config: StoresConfig | None = None, clock: Clock = SYSTEM) -> None:
+        """``clock``: what the failure policy's retry window and the memory key/value's TTLs are timed by."""
         self.config = config or StoresConfig()
-        self.health = StoreHealth(self.config.on_redis_error, self.config.retry_redis_after_s)
+        self.health = StoreHealth(self.config.on_redis_error, self.config.retry_redis_after_s, clock=clock.monotonic,
+                                  probe=self._ping, probe_timeout_s=self.config.redis_timeout_s)
         self.redis: Any = None
         self._shas: dict[str, str] = {}
-        self.kv: KeyValue = MemoryKeyValue() if not self.shared else FailoverKeyValue(
-            RedisKeyValue(lambda: self.redis), MemoryKeyValue(), self.health)
+        self.kv: KeyValue = MemoryKeyValue(clock.monotonic) if not self.shared else FailoverKeyValue(
+            RedisKeyValue(lambda: self.redis), MemoryKeyValue(clock.monotonic), self.health)
 
     @property
     def shared(self) -> bool:
@@ -71,7 +88,8 @@ class StoreLayer:
         pool = aioredis.BlockingConnectionPool.from_url(c.redis_url, max_connections=c.redis_max_connections,
                                                         timeout=c.redis_timeout_s, socket_timeout=c.redis_timeout_s,
                                                         socket_connect_timeout=c.redis_timeout_s,
-                                                        decode_responses=True)
+                                                        decode_responses=True, retry=_retry(),
+                                                        health_check_interval=_HEALTH_CHECK_S)
         self.redis = aioredis.Redis(connection_pool=pool)
 
     async def script(self, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -85,10 +103,19 @@ class StoreLayer:
         except NoScriptError:
             return await self.redis.eval(source, len(keys), *keys, *args)
 
+    async def _ping(self) -> Any:
+        if self.redis is None:
+            raise RedisConnectionError("the store layer is closed")
+        return await self.redis.ping()
+
     async def close(self) -> None:
+        await self.health.close()
         if self.redis is not None:
             client, self.redis = self.redis, None
             await client.aclose()
+            pool = getattr(client, "connection_pool", None)
+            if pool is not None:  # a pool handed to the client is not closed by it
+                await pool.disconnect()
 
     async def __aenter__(self) -> StoreLayer:
         await self.open()

@@ -42,6 +42,11 @@ class Fault:
     retry_after: str | None = None
     retry_after_ms: str | None = None
     delay_s: float = 1.0
+    seed: int | None = None           # the share that fails, drawn from its own seeded generator
+    _rng: random.Random = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
 
     def fires(self) -> bool:
         if self.kind == "none":
@@ -51,7 +56,7 @@ class Fault:
                 return False
             self.times -= 1
             return True
-        return self.rate >= 1.0 or random.random() < self.rate
+        return self.rate >= 1.0 or self._rng.random() < self.rate
 
 
 @dataclass

@@ -2,7 +2,11 @@
 
 Its behaviour is chosen by the request's model name, so a test picks a failure by naming it:
 ``error-429`` (any status), ``slow-stream``, ``hang``, ``reset``, ``cut-stream``, ``bad-json``,
-``wrong-content-type``, ``error-body-200``; anything else answers normally. Every request is recorded.
+``wrong-content-type``, ``error-body-200``; ``long-answer`` bills 16,000 completion tokens per choice (fewer
+when the request's ``max_completion_tokens``/``max_tokens`` says so, as a real model stops there);
+``more-prompt`` counts 30 prompt tokens more than usual (a tokenizer the gateway's estimate undercounts);
+``flaky``: a 500 for a request whose last message says ``FAIL``; anything else answers normally. Every request
+is recorded, and each whole answer's last message counted in ``answered`` once the answer was written.
 
 How streams are framed is set on ``FakeState`` for every fake (this one, Anthropic's, Gemini's): line ends LF,
 CRLF or CR and ``data:`` with or without its space, all valid SSE; and a stream can be held at a gate after
@@ -53,6 +57,9 @@ class FakeState:
     release: threading.Event = field(default_factory=threading.Event)
     events_sent: int = 0
     usage_sent: dict[str, int] | None = None  # the token counts the last stream reported, in OpenAI's terms
+    answered: dict[str, int] = field(default_factory=dict)  # a whole answer's last message -> times answered
+    hold_requests: threading.Event | None = None  # when not None: requests wait until it is set ...
+    hold_after_answers: int = 0                   # ... once this many whole answers were written
 
 
 def framed(event: bytes, line_end: bytes, data_space: bool) -> bytes:
@@ -74,6 +81,7 @@ async def send_event(response: web.StreamResponse, state: FakeState, event: byte
 
 
 STATE = web.AppKey("state", FakeState)
+BODY = web.RequestKey("body", dict)
 
 
 def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
@@ -111,6 +119,11 @@ CACHED = 2
 
 def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, Any]:
     prompt = len(orjson.dumps(body.get("messages") or body.get("prompt") or "")) // 4 + 1
+    if body.get("model") == "more-prompt":
+        prompt += 30
+    elif body.get("model") == "long-answer":
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or 16_000
+        completion_tokens = min(16_000, limit) * (body.get("n") or 1)
     usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
                              "total_tokens": prompt + completion_tokens}
     if body.get("prompt_cache_key"):
@@ -269,13 +282,32 @@ async def _special(request: web.Request, model: str) -> web.StreamResponse | Non
         return web.Response(body=b'{"id": "chatcmpl-x", "choices": [', content_type="application/json")
     if model == "wrong-content-type":
         return web.Response(text="<html>gateway error</html>", content_type="text/html")
+    if model == "flaky" and "FAIL" in _last_message(request):
+        return _error(500, "fake upstream error 500", "server_error")
     if model == "error-body-200":
         return web.Response(body=orjson.dumps({"error": {"message": "upstream overloaded", "type": "server_error"}}),
                             content_type="application/json")
     return None
 
 
+def _last_message(request: web.Request) -> str:
+    body = request[BODY]
+    messages = body.get("messages") if isinstance(body, dict) else None
+    return str(messages[-1].get("content")) if isinstance(messages, list) and messages else ""
+
+
 async def _handle(request: web.Request) -> web.StreamResponse:
+    response = await _answer(request)
+    state = request.app[STATE]
+    if BODY in request and type(response) is web.Response and response.status == 200:
+        await response.prepare(request)
+        await response.write_eof()
+        last = _last_message(request)
+        state.answered[last] = state.answered.get(last, 0) + 1
+    return response
+
+
+async def _answer(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if state.api_key is not None:
         presented = request.headers.get("Authorization", "").removeprefix("Bearer ") or request.headers.get("api-key")
@@ -289,6 +321,9 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         state.requests.append(Seen(request.path, dict(request.query), dict(request.headers), body))
     model = body.get("model") or request.match_info.get("deployment", "")
     body["model"] = model
+    request[BODY] = body
+    if state.hold_requests is not None and sum(state.answered.values()) >= state.hold_after_answers:
+        await asyncio.to_thread(state.hold_requests.wait, GATE_WAIT_S)   # set by the test's thread
     special = await _special(request, model)
     if special is not None:
         return special

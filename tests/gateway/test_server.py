@@ -39,7 +39,7 @@ def start_serve_with(config, env, *, workers=1, stdout=None):
     if stdout:
         log.close()  # the child writes through its own copy of the descriptor
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a generous bound: several processes importing at once on a busy machine
     while time.monotonic() < deadline:
         try:
             if httpx.get(url + "/readyz", timeout=1).status_code == 200:

@@ -124,6 +124,24 @@ def test_a_request_is_one_trace_continuing_the_clients(traced, upstream, receive
     assert {a.key for a in remote_root.attributes} >= {"gen_ai.operation.name", "gen_ai.usage.input_tokens"}
 
 
+def test_a_trace_the_client_did_not_sample_makes_no_spans_but_still_propagates(traced, upstream):
+    gateway, exporter = traced
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "not sampled"}],
+            extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-00"})
+    line = poll(lambda: [json.loads(x) for x in LOG_PATH.read_text().splitlines()
+                         if raw.headers["x-request-id"] in x], "the log line")[-1]
+    assert line["trace_id"] == CLIENT_TRACE
+    sent = upstream[1].requests[-1].headers["traceparent"]
+    assert sent.startswith(f"00-{CLIENT_TRACE}-") and sent.endswith("-00")
+    # a sampled request after it is exported; the unsampled one never is
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
+        client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "sampled"}])
+    poll(lambda: any(s.name == "chat chat" for s in exporter.get_finished_spans()), "the sampled request's span")
+    assert by_name(exporter, int(CLIENT_TRACE, 16)) == {}
+
+
 def test_each_upstream_attempt_is_a_span_and_a_failed_one_says_so(traced):
     gateway, exporter = traced
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:

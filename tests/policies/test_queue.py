@@ -127,11 +127,14 @@ def test_a_flood_of_one_tenant_leaves_another_tenant_untouched(policy_gateway):
     threads = [threading.Thread(target=flood) for _ in range(12)]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)
-    started = time.monotonic()
+    deadline = time.monotonic() + 30
+    while _queue_depth(server.url) < 5 and time.monotonic() < deadline:  # the flood has filled acme's queue
+        time.sleep(0.02)
+    assert _queue_depth(server.url) == 5
     with sdk(server, OTHER_KEY) as other:
         assert chat(other).parse().choices
-    assert time.monotonic() - started < 0.5
+    # answered while acme's flood still waits (its bucket frees one slot a second): not queued behind it
+    assert _queue_depth(server.url) > 0
     for thread in threads:
         thread.join(30)
     # burst 1 + at most 5 waiting; the rest were refused at once instead of queueing without bound
@@ -180,3 +183,34 @@ def test_a_batch_key_cannot_raise_its_class_by_header(policy_gateway):
     order = _finish_order(server, [("batch-key", SECOND_KEY, {PRIORITY_HEADER: "interactive"}),
                                    ("interactive-key", KEY, {})])
     assert order == ["interactive-key", "batch-key"]
+
+
+def test_a_request_queued_behind_another_waits_max_wait_s_once(policy_gateway):
+    """acme: one request every 3 s, max_wait_s 3.5. B waits for the refill after A; C arrives while B waits,
+    queues behind it, and when its second of waiting is up it is refused, not sent to wait a second time.
+    Timed by the gateway's own log line (from the request's arrival), not by the loaded test machine."""
+    from tests.conftest import log_line
+
+    server = policy_gateway(acme="    limits: {rpm: 20, rpm_burst: 1}\n    max_wait_s: 3.5")
+    with sdk(server) as client:
+        chat(client)   # A: the bucket is empty now
+    statuses: dict[str, int] = {}
+
+    def send(name: str) -> None:
+        response = httpx.post(server.url + "/v1/chat/completions",
+                              headers={"Authorization": f"Bearer {KEY}", "x-request-id": f"{name}-{id(statuses)}"},
+                              json={"model": "chat", "messages": [{"role": "user", "content": "x"}]}, timeout=10)
+        statuses[name] = response.status_code
+
+    b = threading.Thread(target=send, args=("B",))
+    b.start()
+    deadline = time.monotonic() + 5
+    while _queue_depth(server.url) < 1:     # B is waiting
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    send("C")
+    b.join(10)
+    assert statuses["B"] == 200
+    line = log_line(f"C-{id(statuses)}")
+    # the next refill after B's is 6 s after A: C cannot have it within its 3.5 s
+    assert statuses["C"] == 429 and 3400 <= line["latency_ms"] <= 3600, line   # to within 100 ms

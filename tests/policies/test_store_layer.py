@@ -12,6 +12,7 @@ import pytest
 from gateway.config import load_config, parse_config
 from gateway.keys import GATEWAY, STORES
 from gateway.reload import Reloader
+from policies.config import StoresConfig
 from policies.stores import StoreLayer
 from policies.stores.keyvalue import MemoryKeyValue
 from tests.harness import ServerThread
@@ -27,6 +28,18 @@ async def test_strings_expire_and_are_deleted(store_layer: StoreLayer) -> None:
     assert await kv.get("gw:{x}:b") is None
     assert await kv.delete("gw:{x}:a", "gw:{x}:b") == 1
     assert await kv.get("gw:{x}:a") is None
+
+
+async def test_a_lease_goes_to_one_caller_until_it_expires() -> None:
+    # On Redis (SET NX PX) the batch tests run it across processes: tests/batches/test_durable.py
+    now = [0.0]
+    kv = MemoryKeyValue(clock=lambda: now[0])
+    claims = [await kv.set_if_absent("gw:{lease}:1", f"p{i}", 2.0) for i in range(5)]
+    assert claims == [True, False, False, False, False] and await kv.get("gw:{lease}:1") == "p0"
+    now[0] = 1.9
+    assert not await kv.set_if_absent("gw:{lease}:1", "late", 2.0)
+    now[0] = 2.0   # expired: another may take it
+    assert await kv.set_if_absent("gw:{lease}:1", "after", 2.0) and await kv.get("gw:{lease}:1") == "after"
 
 
 async def test_memory_purges_expired_keys_nobody_reads_again() -> None:
@@ -105,3 +118,14 @@ def test_a_cluster_is_named_by_redis_cluster() -> None:
         parse_config("stores: {redis_cluster: true}\n")
     assert any(p.startswith("stores: ") and "redis_cluster needs" in p for p in exc.value.problems), \
         exc.value.problems
+
+
+async def test_a_restarted_redis_is_used_by_the_very_next_command(own_redis):
+    """The pooled connection outlived its server: its next command is sent again on a fresh connection
+    instead of failing with "Connection closed by server" (and marking Redis down)."""
+    async with StoreLayer(StoresConfig(redis_url=own_redis.url)) as layer:
+        await layer.redis.set("k", "1")
+        own_redis.stop()
+        own_redis.start()                     # a new, empty server on the same port
+        assert await layer.redis.get("k") is None
+        assert not layer.health.degraded

@@ -284,10 +284,36 @@ def test_a_gateway_whose_redis_goes_away_keeps_its_breakers_in_memory_and_return
             chat(gateway, "chat")
         assert chat(gateway, "chat").json()["error"]["code"] == "circuit_open"   # opened in process memory
         assert _metric(gateway, "gateway_store_degraded") == "gateway_store_degraded 1.0"
-        assert 'operation="breaker_failure"' in _metric(gateway, "gateway_store_errors_total")
+        assert 'operation="breaker_outcomes"' in _metric(gateway, "gateway_store_errors_total")
         chaos[1].faults.clear()
         own_redis.start()
         _until(lambda: chat(gateway, "chat").status_code == 200)   # Redis again: its breaker never opened
         assert _metric(gateway, "gateway_store_degraded") == "gateway_store_degraded 0.0"
     finally:
         gateway.stop()
+
+
+async def test_a_batch_of_outcomes_counts_as_they_happened(store):
+    """A process's outcomes pushed together: the window sees successes and failures in their real ratio;
+    the consecutive count is the batch's trailing run when the batch holds a success."""
+    view, _ = await store.op("d", "outcomes", 100.0, 2, successes=18, run=0, tenant="acme")
+    assert view.state is State.CLOSED and view.failures == 0
+    view, _ = await store.op("d", "outcomes", 100.1, 2, successes=0, tenant="acme")
+    assert view.state is State.CLOSED and view.failures == 2 and view.by == "acme"   # 4 of 22 failed
+    view, _ = await store.op("d", "outcomes", 100.2, 1, successes=5, run=1, tenant="acme")
+    assert view.state is State.CLOSED and view.failures == 1
+    view, _ = await store.op("d", "outcomes", 100.3, 2, successes=0, tenant="acme")
+    assert view.state is State.OPEN and view.failures == 3       # three in a row
+
+
+async def test_a_breaker_opened_by_one_tenant_gives_another_the_trial_at_once(store):
+    for _ in range(3):
+        view, _ = await store.op("d", "failure", 100.0, tenant="acme")
+    assert view.state is State.OPEN and view.by == "acme"
+    assert not (await store.op("d", "trial", 100.1, tenant="acme"))[1]    # acme waits out the cool-down
+    view, granted = await store.op("d", "trial", 100.1, tenant="beta")   # beta may try at once
+    assert granted and view.state is State.HALF_OPEN
+    assert not (await store.op("d", "trial", 100.1, tenant="gamma"))[1]  # one trial at a time
+    view, _ = await store.op("d", "failure", 100.2, tenant="beta")       # beta failed too: the upstream
+    assert view.state is State.OPEN and view.by == "*"
+    assert not (await store.op("d", "trial", 100.3, tenant="gamma"))[1]  # now everyone waits

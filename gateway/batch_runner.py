@@ -1,0 +1,318 @@
+"""Runs batches in the background of every gateway process, off the path of live requests.
+
+Each process looks for unfinished batches every ``batches.poll_s``; the work is shared through the store
+layer: one process validates a batch (a lease), lines are claimed one by one (a lease per line, with a TTL:
+a killed process's lines go to another after ``lease_s``), a line's output line is written once and a line
+that has one is never sent again, one process writes the result files (a lease). Each line goes through
+``Pipeline.answer`` as a live request does (admission at ``batch`` priority under the tenant's limits and
+budgets, the cache, retries, fallbacks), priced at the batch price.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from backends import Endpoint
+from backends.wire import anthropic
+from errors import GatewayError, QuotaExceeded, RateLimited
+from policies.admission import PRIORITY_HEADER
+from policies.call import Call
+from policies.record import RequestRecord
+
+from .batches import TERMINAL, Batches
+from .blobs import lines
+from .config import BatchesConfig
+from .files import Files, new_id
+from .logs import get_logger
+from .state import Gateway
+from .validate import validate
+
+ENDPOINTS = {"/v1/chat/completions": Endpoint.CHAT, "/v1/completions": Endpoint.COMPLETIONS,
+             "/v1/embeddings": Endpoint.EMBEDDINGS, "/v1/messages": Endpoint.CHAT}
+MESSAGES = "/v1/messages"   # an Anthropic message batch's lines: translated to chat and back
+_HEADERS = {PRIORITY_HEADER: "batch"}
+_OWNER = f"{os.getpid()}-{os.urandom(4).hex()}"
+_CLOSE_WAIT_S = 2.0
+
+
+class BatchRunner:
+    def __init__(self, gateway: Callable[[], Gateway], batches: Batches, files: Files,
+                 config: BatchesConfig) -> None:
+        self._gateway = gateway     # read at each line: a reloaded config applies to the next line
+        self.batches, self.files, self.config = batches, files, config
+        self.kv = batches.kv
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._working: dict[str, asyncio.Task[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._log = get_logger()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="batch-runner")
+
+    async def close(self) -> None:
+        """Stops looking for work and lets what is running finish for a moment (a store command cut off
+        midway would leave its connection unusable), then cuts off the rest: their leases expire and another
+        process, or this one restarted, runs those lines."""
+        self._stop.set()
+        tasks = [t for t in (self._task, *self._working.values()) if t is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=_CLOSE_WAIT_S)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.tick()
+            except Exception:  # the store failing must not end the runner: it looks again next time
+                self._log.exception("batch runner: looking for work failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.config.poll_s)
+
+    async def tick(self) -> None:
+        """Starts work on each unfinished batch this process is not already working on."""
+        for batch_id in await self.batches.ids():
+            if batch_id in self._working:
+                continue
+            fields = await self.batches.fields(batch_id)
+            if not fields or fields["status"] in TERMINAL:
+                continue
+            task = asyncio.create_task(self._work(batch_id), name=f"batch-{batch_id}")
+            self._working[batch_id] = task
+            task.add_done_callback(lambda _, b=batch_id: self._working.pop(b, None))  # type: ignore[misc]
+
+    async def _work(self, batch_id: str) -> None:
+        try:
+            fields = await self.batches.fields(batch_id)
+            if fields["status"] == "validating":
+                if not await self.kv.set_if_absent(f"batch:{batch_id}:validate", _OWNER, self.config.lease_s):
+                    return
+                await self._validate(fields)
+                fields = await self.batches.fields(batch_id)
+            if fields["status"] not in ("in_progress", "finalizing"):
+                return
+            stopping = self._stopping(fields)
+            if stopping is None:
+                await self._run_lines(fields)
+                fields = await self.batches.fields(batch_id)
+                stopping = self._stopping(fields)
+            done = await self.kv.hash_get(f"batch:{batch_id}:done")
+            if stopping is None and len(done) < int(fields["total"]):
+                return   # other processes hold the rest: looked at again next time
+            if await self.kv.set_if_absent(f"batch:{batch_id}:finalize", _OWNER, self.config.lease_s):
+                await self._finalize(fields, stopping or "completed")
+        except Exception:
+            self._log.exception("batch runner: a batch failed to progress", batch_id=batch_id)
+
+    def _stopping(self, fields: dict[str, str]) -> str | None:
+        """The end a batch is going to early: cancelled, or expired past its window."""
+        if fields.get("cancel_requested"):
+            return "cancelled"
+        if self.batches.now() >= int(fields["expires_at"]):
+            return "expired"
+        return None
+
+    async def _lines(self, fields: dict[str, str]) -> AsyncIterator[bytes]:
+        chunks = await self.files.content(fields["tenant"], fields["input_file_id"])
+        async for line in lines(chunks):
+            yield line
+
+    async def _validate(self, fields: dict[str, str]) -> None:
+        gateway = self._gateway()
+        tenant = next((t for t in gateway.loaded.config.tenants if t.name == fields["tenant"]), None)
+        errors: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        total = 0
+        try:
+            async for raw in self._lines(fields):
+                total += 1
+                problem = _check_line(raw, fields["endpoint"], seen, gateway, tenant)
+                if problem is not None:
+                    errors.append({**problem, "line": total})
+                if total > self.config.max_lines:
+                    errors.append({"code": "too_many_requests", "line": total, "param": None,
+                                   "message": f"A batch may have at most {self.config.max_lines} requests."})
+                    break
+                if len(errors) >= 100:
+                    break
+        except GatewayError as exc:   # the input file was deleted meanwhile
+            errors.append({"code": "invalid_file", "message": exc.message, "param": "input_file_id", "line": None})
+        if total == 0 and not errors:
+            errors.append({"code": "empty_file", "message": "The input file is empty.", "param": None, "line": None})
+        if errors:
+            await self.batches.update(fields["id"], errors=orjson.dumps({"object": "list", "data": errors}).decode())
+            await self.batches.moved(fields["id"], "failed")
+            return
+        await self.batches.update(fields["id"], total=str(total))
+        await self.batches.moved(fields["id"], "in_progress")
+
+    async def _run_lines(self, fields: dict[str, str]) -> None:
+        batch_id = fields["id"]
+        done = await self.kv.hash_get(f"batch:{batch_id}:done")
+        running: set[asyncio.Task[None]] = set()
+        index = -1
+        try:
+            async for raw in self._lines(fields):
+                index += 1
+                if str(index) in done:
+                    continue
+                if self._stop.is_set():
+                    break
+                if index % 64 == 0 and self._stopping(await self.batches.fields(batch_id)) is not None:
+                    break
+                await self._slots.acquire()
+                if not await self.kv.set_if_absent(f"batch:{batch_id}:lease:{index}", _OWNER, self.config.lease_s):
+                    self._slots.release()
+                    continue
+                task = asyncio.create_task(self._line(fields, index, raw))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _line(self, fields: dict[str, str], index: int, raw: bytes) -> None:
+        batch_id = fields["id"]
+        lease = f"batch:{batch_id}:lease:{index}"
+        try:
+            if await self.kv.get(f"batch:{batch_id}:out:{index}") is not None:  # answered, not yet counted
+                await self.kv.hash_set(f"batch:{batch_id}:done", {str(index): "1"})
+                return
+            line = orjson.loads(raw)
+            status, body, request_id = await self._send(fields, line)
+            if status is None:   # rate limited beyond the queue's wait: left for a later pass
+                await self.kv.delete(lease)
+                return
+            out = {"id": new_id("batch_req_"), "custom_id": line["custom_id"],
+                   "response": {"status_code": status, "request_id": request_id, "body": body}, "error": None}
+            await self.kv.set(f"batch:{batch_id}:out:{index}", orjson.dumps(out).decode(), 30 * 24 * 3600)
+            ok = status < 400
+            await self.kv.hash_set(f"batch:{batch_id}:done", {str(index): "1" if ok else "0"})
+            await self.kv.hash_incr(f"batch:{batch_id}", "completed" if ok else "failed")
+        except Exception:
+            self._log.exception("batch runner: a line failed", batch_id=batch_id, line=index)
+            await self.kv.delete(lease)
+        finally:
+            self._slots.release()
+
+    async def _send(self, fields: dict[str, str], line: dict[str, Any]) -> tuple[int | None, Any, str]:
+        """The line's answer through the pipeline: (status, body, request id); status None to try later."""
+        gateway = self._gateway()
+        request_id = new_id("req_")
+        endpoint = ENDPOINTS[fields["endpoint"]]
+        asked = dict(line["body"])
+        asked.pop("stream", None)
+        body = anthropic.to_chat(asked) if fields["endpoint"] == MESSAGES else asked
+        record = RequestRecord(request_id=request_id, started=time.perf_counter(), endpoint="batch:" + line["url"],
+                               tenant=fields["tenant"], key_id=fields["key_id"], alias=body["model"])
+        call = Call(record=record, tenant=fields["tenant"], key_id=fields["key_id"], alias=body["model"],
+                    endpoint=endpoint, body=body, stream=False, headers=_HEADERS, batch=True)
+        try:
+            if body["model"] not in gateway.router:
+                raise GatewayError(f"The model `{body['model']}` does not exist.", status=404,
+                                   error_type="invalid_request_error", code="model_not_found")
+            async with gateway.pipeline.answer(call) as answer:
+                data = answer.data if answer.data is not None else orjson.loads(answer.body or b"null")
+                if fields["endpoint"] == MESSAGES and answer.status < 400:
+                    data = anthropic.to_message(data, asked["model"], asked.get("stop_sequences"))
+                return answer.status, data, request_id
+        except QuotaExceeded as exc:
+            return exc.status, exc.body(), request_id
+        except RateLimited:
+            return None, None, request_id
+        except GatewayError as exc:
+            return exc.status, exc.body(), request_id
+
+    async def _finalize(self, fields: dict[str, str], end: str) -> None:
+        """Writes the output and error files in line order and moves the batch to ``end``."""
+        batch_id, tenant = fields["id"], fields["tenant"]
+        await self.batches.moved(batch_id, "finalizing")
+        counted = {"completed": 0, "failed": 0}
+
+        async def written(ok: bool) -> AsyncIterator[bytes]:
+            index = -1
+            async for line in self._lines(fields):
+                index += 1
+                raw = await self.kv.get(f"batch:{batch_id}:out:{index}")
+                if raw is None:
+                    if ok:
+                        continue
+                    custom_id = orjson.loads(line).get("custom_id")
+                    code = "batch_expired" if end == "expired" else "batch_cancelled"
+                    message = ("This request could not be executed before the completion window expired."
+                               if end == "expired" else "This request was not executed: the batch was cancelled.")
+                    counted["failed"] += end == "expired"
+                    yield orjson.dumps({"id": new_id("batch_req_"), "custom_id": custom_id, "response": None,
+                                        "error": {"code": code, "message": message}}) + b"\n"
+                    continue
+                if (orjson.loads(raw)["response"]["status_code"] < 400) == ok:
+                    counted["completed" if ok else "failed"] += 1
+                    yield raw.encode() + b"\n"
+
+        output = await self._file(tenant, f"{batch_id}_output.jsonl", written(True))
+        errors = await self._file(tenant, f"{batch_id}_error.jsonl", written(False))
+        ids = {"completed": str(counted["completed"]), "failed": str(counted["failed"])}
+        if output is not None:
+            ids["output_file_id"] = output
+        if errors is not None:
+            ids["error_file_id"] = errors
+        await self.batches.update(batch_id, **ids)
+        await self.batches.moved(batch_id, end)
+        self._log.info("batch finished", batch_id=batch_id, status=end, **counted)
+
+    async def _file(self, tenant: str, name: str, chunks: AsyncIterator[bytes]) -> str | None:
+        record = await self.files.create(tenant, name, "batch_output", chunks)
+        if record["bytes"] == 0:   # OpenAI leaves a file id out when it would be empty
+            await self.files.delete(tenant, record["id"])
+            return None
+        return str(record["id"])
+
+
+def _check_line(raw: bytes, endpoint: str, seen: set[str], gateway: Gateway, tenant: Any) -> dict[str, Any] | None:
+    """A line's problem as OpenAI reports it (code, message, param), or None."""
+    try:
+        line = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {"code": "invalid_json_line", "message": "This line is not parseable as valid JSON.", "param": None}
+    if not isinstance(line, dict):
+        return {"code": "invalid_json_line", "message": "Each line must be a JSON object.", "param": None}
+    custom_id = line.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        return {"code": "missing_required_parameter", "message": "Missing required parameter: 'custom_id'.",
+                "param": "custom_id"}
+    if custom_id in seen:
+        return {"code": "duplicate_custom_id", "param": "custom_id",
+                "message": f"The custom_id '{custom_id}' is used more than once in this file."}
+    seen.add(custom_id)
+    if line.get("method") != "POST":
+        return {"code": "invalid_method", "message": "The method must be 'POST'.", "param": "method"}
+    if line.get("url") != endpoint:
+        return {"code": "mismatched_endpoint", "param": "url",
+                "message": f"The url '{line.get('url')}' does not match the batch's endpoint '{endpoint}'."}
+    body = line.get("body")
+    if not isinstance(body, dict):
+        return {"code": "missing_required_parameter", "message": "Missing required parameter: 'body'.",
+                "param": "body"}
+    try:
+        if endpoint == MESSAGES:
+            anthropic.check(body)
+        else:
+            validate(ENDPOINTS[endpoint], body)
+    except GatewayError as exc:
+        return {"code": exc.code or "invalid_request", "message": exc.message, "param": exc.param}
+    model = body["model"]
+    if model not in gateway.router or tenant is None or not tenant.allows(model):
+        return {"code": "model_not_found", "param": "body.model",
+                "message": f"The model `{model}` does not exist or you do not have access to it."}
+    return None

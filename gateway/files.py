@@ -1,0 +1,179 @@
+"""``/v1/files`` (OpenAI's Files API): upload (multipart, streamed to the blob store), list, retrieve,
+content, delete. A file belongs to its tenant: another tenant's id is 404, as an unknown one.
+
+Records live in the store layer's key/value surface (shared by every process with Redis); bytes in ``Blobs``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import BodyPartReader, web
+
+from errors import InvalidRequest, NotFound, PayloadTooLarge
+from policies.clock import Clock
+from policies.stores.keyvalue import KeyValue
+
+from .blobs import CHUNK, Blobs
+from .config import FilesConfig
+from .keys import GATEWAY, RECORD
+
+PURPOSES = ("batch", "fine-tune", "assistants", "vision", "user_data", "evals", "batch_output")
+_MULTIPART_SLACK = 64 * 1024   # the multipart framing and the other fields around the file
+
+
+def new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+class Files:
+    """A tenant's files: records in ``kv``, bytes in ``blobs``."""
+
+    def __init__(self, kv: KeyValue, blobs: Blobs, config: FilesConfig, clock: Clock) -> None:
+        self.kv, self.blobs, self.config, self.clock = kv, blobs, config, clock
+
+    async def create(self, tenant: str, filename: str, purpose: str, chunks: AsyncIterator[bytes],
+                     max_bytes: int | None = None) -> dict[str, Any]:
+        file_id = new_id("file-")
+        size = await self.blobs.write(file_id, chunks, max_bytes)
+        record = {"id": file_id, "object": "file", "bytes": size, "created_at": int(self.clock.time()),
+                  "filename": filename, "purpose": purpose, "status": "processed", "expires_at": None,
+                  "status_details": None}
+        await self.kv.set(_key(tenant, file_id), orjson.dumps(record).decode(), self.config.ttl_s)
+        await self.kv.append(f"files:{tenant}", file_id, ttl_s=self.config.ttl_s)
+        return record
+
+    async def get(self, tenant: str, file_id: str) -> dict[str, Any]:
+        raw = await self.kv.get(_key(tenant, file_id))
+        if raw is None:
+            raise NotFound(f"No such File object: {file_id}", param="id")
+        record: dict[str, Any] = orjson.loads(raw)
+        return record
+
+    async def list(self, tenant: str, purpose: str | None = None) -> list[dict[str, Any]]:
+        """Newest first."""
+        found = []
+        for file_id in reversed(await self.kv.items(f"files:{tenant}")):
+            raw = await self.kv.get(_key(tenant, file_id))
+            if raw is not None:
+                record = orjson.loads(raw)
+                if purpose is None or record["purpose"] == purpose:
+                    found.append(record)
+        return found
+
+    async def content(self, tenant: str, file_id: str) -> AsyncIterator[bytes]:
+        await self.get(tenant, file_id)
+        return self.blobs.read(file_id)
+
+    async def delete(self, tenant: str, file_id: str) -> None:
+        await self.get(tenant, file_id)
+        await self.kv.delete(_key(tenant, file_id))
+        await self.blobs.delete(file_id)
+
+
+def _key(tenant: str, file_id: str) -> str:
+    return f"file:{tenant}:{file_id}"
+
+
+FILES = web.AppKey("files", Files)
+
+
+def _tenant(request: web.Request) -> str:
+    caller = request.app[GATEWAY].auth.authenticate(request.headers)
+    record = request[RECORD]
+    record.tenant, record.key_id = caller.tenant.name, caller.key_id
+    return caller.tenant.name
+
+
+def respond(request: web.Request, data: Any, status: int = 200) -> web.Response:
+    request[RECORD].status = status
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json",
+                        headers={"x-request-id": request[RECORD].request_id})
+
+
+async def upload(request: web.Request) -> web.Response:
+    tenant = _tenant(request)
+    files = request.app[FILES]
+    limit = files.config.max_bytes
+    if request.content_length is not None and request.content_length > limit + _MULTIPART_SLACK:
+        raise PayloadTooLarge(f"File exceeds the maximum size of {limit} bytes.")
+    if not request.content_type.startswith("multipart/"):
+        raise InvalidRequest("Expected a multipart/form-data body with the fields 'file' and 'purpose'.")
+    reader = await request.multipart()
+    purpose: str | None = None
+    created: dict[str, Any] | None = None
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):  # a nested multipart: not a form field
+            continue
+        if part.name == "purpose":
+            purpose = (await part.text()).strip()
+        elif part.name == "file":
+            async def chunks(p: BodyPartReader = part) -> AsyncIterator[bytes]:
+                while chunk := await p.read_chunk(CHUNK):
+                    yield chunk
+            created = await files.create(tenant, part.filename or "upload.jsonl", purpose or "", chunks(), limit)
+    if created is None:
+        raise InvalidRequest("Missing required parameter: 'file'.", param="file")
+    if purpose not in PURPOSES:
+        await files.delete(tenant, created["id"])
+        raise InvalidRequest(f"Invalid value for 'purpose': {purpose!r}. Expected one of {', '.join(PURPOSES)}.",
+                             param="purpose")
+    if created["purpose"] != purpose:  # the purpose field came after the file
+        created["purpose"] = purpose
+        await files.kv.set(_key(tenant, created["id"]), orjson.dumps(created).decode(), files.config.ttl_s)
+    return respond(request, created)
+
+
+async def list_files(request: web.Request) -> web.Response:
+    tenant = _tenant(request)
+    found = await request.app[FILES].list(tenant, request.query.get("purpose"))
+    return respond(request, page(found, request.query, default_limit=10000))
+
+
+def page(found: list[dict[str, Any]], query: Any, default_limit: int = 20) -> dict[str, Any]:
+    """OpenAI's cursor page: ``after`` (an id), ``limit``; newest first unless ``order=asc``."""
+    if query.get("order") == "asc":
+        found = found[::-1]
+    after = query.get("after")
+    if after:
+        ids = [item["id"] for item in found]
+        found = found[ids.index(after) + 1:] if after in ids else []
+    try:
+        limit = max(1, min(int(query.get("limit", default_limit)), 10000))
+    except ValueError as exc:
+        raise InvalidRequest("Invalid 'limit': expected an integer.", param="limit") from exc
+    data = found[:limit]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": len(found) > limit}
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    tenant = _tenant(request)
+    return respond(request, await request.app[FILES].get(tenant, request.match_info["id"]))
+
+
+async def content(request: web.Request) -> web.StreamResponse:
+    tenant = _tenant(request)
+    file_id = request.match_info["id"]
+    files = request.app[FILES]
+    record = await files.get(tenant, file_id)
+    chunks = await files.content(tenant, file_id)
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
+                                           "Content-Length": str(record["bytes"]),
+                                           "x-request-id": request[RECORD].request_id})
+    await response.prepare(request)
+    request[RECORD].status = 200
+    async for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def delete(request: web.Request) -> web.Response:
+    tenant = _tenant(request)
+    file_id = request.match_info["id"]
+    await request.app[FILES].delete(tenant, file_id)
+    return respond(request, {"id": file_id, "object": "file", "deleted": True})

@@ -1,0 +1,83 @@
+"""A gateway with batches on, its files in a temporary directory, the runner looking for work often."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from tests.conftest import KEY, UPSTREAM_KEY, config_text
+
+DEADLINE_S = 60.0
+
+
+def batch_sections(files_dir: str, max_bytes: int = 200 * 1024 * 1024, concurrency: int = 16) -> str:
+    return f"""files:
+  dir: {files_dir}
+  max_bytes: {max_bytes}
+batches:
+  poll_s: 0.05
+  concurrency: {concurrency}
+  lease_s: 30
+"""
+
+
+def flaky_model(upstream_url: str) -> str:
+    """An alias whose upstream fails (500) every request whose last message says FAIL; one attempt only."""
+    return f"""  - name: flaky
+    retry: {{attempts: 1}}
+    deployments:
+      - provider: openai-compatible
+        model: flaky
+        api_base: {upstream_url}/v1
+        api_key: {UPSTREAM_KEY}
+        price: {{input: 2.0, output: 8.0}}"""
+
+
+@pytest.fixture
+def batch_gateway(upstream, start_gateway, tmp_path):
+    text = config_text(upstream[0].url, flaky_model(upstream[0].url), server=batch_sections(str(tmp_path / "files")))
+    return start_gateway(text)
+
+
+@pytest.fixture
+def client(batch_gateway):
+    with openai.OpenAI(base_url=batch_gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as c:
+        yield c
+
+
+def jsonl(lines: Iterable[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(line) + b"\n" for line in lines)
+
+
+def chat_line(custom_id: str, content: str, model: str = "chat") -> dict[str, Any]:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 16}}
+
+
+def upload(client: openai.OpenAI, data: bytes, name: str = "in.jsonl") -> str:
+    return client.files.create(file=(name, io.BytesIO(data)), purpose="batch").id
+
+
+def wait_for(client: openai.OpenAI, batch_id: str, done: Callable[[Any], bool] | None = None,
+             deadline_s: float = DEADLINE_S) -> Any:
+    """Polls the batch until ``done`` (default: a terminal status) or the deadline."""
+    done = done or (lambda b: b.status in ("completed", "failed", "expired", "cancelled"))
+    deadline = time.monotonic() + deadline_s
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if done(batch):
+            return batch
+        assert time.monotonic() < deadline, f"batch still {batch.status}: {batch.request_counts}"
+        time.sleep(0.05)
+
+
+def read_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return [orjson.loads(line) for line in client.files.content(file_id).content.splitlines() if line.strip()]
