@@ -43,6 +43,17 @@ class Timeouts(BaseModel):
                                     description="longest one attempt may take until its answer can be relayed")
 
 
+class LocalSpeculativeSettings(BaseModel):
+    """Speculative decoding of an in-process local engine (``local_engine.SpeculativeConfig``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["ngram"] = "ngram"
+    num_tokens: int = Field(default=4, ge=1, le=16, description="draft tokens checked per step")
+    min_acceptance: float = Field(default=0.3, ge=0, le=1,
+                                  description="a sequence stops speculating below this acceptance rate")
+
+
 class EngineWorkers(BaseModel):
     """The engine as managed ``python -m local_engine serve`` processes (backends/workers.py)."""
 
@@ -78,6 +89,7 @@ class LocalEngineSettings(BaseModel):
     num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads; default all cores")
     load_timeout_s: float = Field(default=10.0, ge=0,
                                   description="how long a request waits for the model to finish loading")
+    speculative: LocalSpeculativeSettings | None = None
     workers: EngineWorkers | None = Field(default=None, description="run the engine as managed worker processes")
 
     @field_validator("block_size")
@@ -93,7 +105,8 @@ class LocalEngineSettings(BaseModel):
                 "block_size": self.block_size, "kv_cache_bytes": int(self.kv_cache_gib * (1 << 30)),
                 "num_kv_blocks": self.num_kv_blocks, "max_model_len": self.max_model_len,
                 "enable_prefix_caching": self.enable_prefix_caching, "device": self.device,
-                "dtype": self.dtype, "num_threads": self.num_threads}
+                "dtype": self.dtype, "num_threads": self.num_threads,
+                "speculative": self.speculative.model_dump() if self.speculative else None}
 
 
 class Price(BaseModel):

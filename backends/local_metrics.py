@@ -35,6 +35,15 @@ FINISHED = Counter("gateway_local_engine_requests_finished_total", "Requests tha
                    ["deployment"])
 PREEMPTIONS = Counter("gateway_local_engine_preemptions_total", "Sequences preempted for lack of KV blocks",
                       ["deployment"])
+SPEC_DRAFT = Counter("gateway_local_engine_spec_draft_tokens_total",
+                     "Draft tokens proposed by speculative decoding and checked by the model", ["deployment"])
+SPEC_ACCEPTED = Counter("gateway_local_engine_spec_accepted_tokens_total",
+                        "Draft tokens the model accepted", ["deployment"])
+SPEC_ACCEPTANCE = Gauge("gateway_local_engine_spec_acceptance_rate",
+                        "Accepted / proposed draft tokens since start", ["deployment"], multiprocess_mode="max")
+SPEC_TOKENS_PER_STEP = Gauge("gateway_local_engine_spec_tokens_per_step",
+                             "Tokens a sequence gains per step that checks a draft, since start", ["deployment"],
+                             multiprocess_mode="max")
 TTFT = Histogram("gateway_local_engine_time_to_first_token_seconds",
                  "From a request's arrival in the engine to its first token", ["deployment"], buckets=_TTFT_BUCKETS)
 ITL = Histogram("gateway_local_engine_inter_token_latency_seconds", "Between two tokens of one sequence",
@@ -42,7 +51,9 @@ ITL = Histogram("gateway_local_engine_inter_token_latency_seconds", "Between two
 
 # engine.metrics key -> counter fed with its increments
 COUNTERS = {"prompt_tokens_total": PROMPT_TOKENS, "generation_tokens_total": GENERATION_TOKENS,
-            "requests_finished_total": FINISHED, "num_preemptions": PREEMPTIONS}
+            "requests_finished_total": FINISHED, "num_preemptions": PREEMPTIONS,
+            "spec_draft_tokens_total": SPEC_DRAFT, "spec_accepted_tokens_total": SPEC_ACCEPTED}
 # engine.metrics key -> gauge set to its value
 GAUGES = {"running_seqs": RUNNING, "waiting_seqs": WAITING, "kv_blocks_used": KV_USED,
-          "kv_blocks_total": KV_TOTAL, "tokens_per_s": TOKENS_PER_S, "prefix_cache_hit_rate": PREFIX_HIT_RATE}
+          "kv_blocks_total": KV_TOTAL, "tokens_per_s": TOKENS_PER_S, "prefix_cache_hit_rate": PREFIX_HIT_RATE,
+          "spec_acceptance_rate": SPEC_ACCEPTANCE, "spec_tokens_per_step": SPEC_TOKENS_PER_STEP}

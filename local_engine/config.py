@@ -79,6 +79,33 @@ class ModelConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeculativeConfig:
+    """Speculative decoding: a proposer guesses ``num_tokens`` next tokens, one target step checks them.
+
+    ``ngram`` looks the sequence's last n-gram up in its own earlier tokens (prompt lookup, no
+    extra model). A sequence stops speculating once its acceptance rate, measured over at least
+    ``min_proposed`` proposed tokens, falls below ``min_acceptance``.
+    """
+
+    method: str = "ngram"
+    num_tokens: int = 4
+    ngram_max: int = 4
+    ngram_min: int = 2
+    min_acceptance: float = 0.3
+    min_proposed: int = 24
+
+    def __post_init__(self) -> None:
+        if self.method != "ngram":
+            raise ValueError(f"unsupported speculative method {self.method!r} (ngram)")
+        if not 1 <= self.num_tokens <= 16:
+            raise ValueError("speculative num_tokens must be in [1, 16]")
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise ValueError("speculative ngram_min must be in [1, ngram_max]")
+        if not 0 <= self.min_acceptance <= 1:
+            raise ValueError("speculative min_acceptance must be in [0, 1]")
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Knobs of the engine: cache size, batching limits, device and dtype."""
 
@@ -92,8 +119,11 @@ class EngineConfig:
     device: str = "cpu"
     dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
     num_threads: int | None = None
+    speculative: SpeculativeConfig | None = None  # a dict (from a YAML config) is converted
 
     def __post_init__(self) -> None:
+        if isinstance(self.speculative, dict):
+            object.__setattr__(self, "speculative", SpeculativeConfig(**self.speculative))
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a positive power of two")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 2:

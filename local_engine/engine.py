@@ -20,6 +20,7 @@ from local_engine.outputs import RequestOutput
 from local_engine.sampling_params import SamplingParams
 from local_engine.scheduler import Scheduler
 from local_engine.sequence import Sequence, TokenLogprob
+from local_engine.speculative import can_speculate, propose
 from local_engine.structured import GrammarCompiler, GrammarError
 from local_engine.tokenizer import Tokenizer
 
@@ -131,6 +132,8 @@ class LLMEngine:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[RequestOutput]:
+        if self.config.speculative is not None:
+            self._propose_drafts()
         batch = self.scheduler.schedule()
         if not batch:
             self._update_gauges()
@@ -140,14 +143,43 @@ class LLMEngine:
         outputs = []
         for i, s in enumerate(batch):
             seq = s.seq
-            seq.num_computed_tokens += s.num_tokens
+            seq.num_computed_tokens += s.num_tokens - len(s.draft)
             self.block_manager.commit(seq)
-            if i in sampled:
-                token, logprob = sampled[i]
+            tokens = sampled.get(i, [])
+            if s.draft:
+                self._record_verification(seq, len(s.draft), len(tokens) - 1)
+            for k, (token, logprob) in enumerate(tokens):
                 outputs.append(self._append_token(seq, token, logprob, now))
-        self.metrics.record_step(now, len(sampled))
+                if seq.finished:
+                    break
+                if k < len(tokens) - 1:  # an accepted draft: this step already computed its KV
+                    seq.num_computed_tokens += 1
+                    self.block_manager.commit(seq)
+        self.metrics.record_step(now, len(outputs))
         self._update_gauges()
         return outputs
+
+    def _propose_drafts(self) -> None:
+        spec = self.config.speculative
+        assert spec is not None
+        for seq in self.scheduler.running:
+            seq.draft = []
+            if seq.num_tokens - seq.num_computed_tokens != 1 or not can_speculate(seq):
+                continue
+            # A draft never runs past the context or past max_tokens (the last token is the target's).
+            room = self.max_model_len - seq.num_tokens
+            if seq.params.max_tokens is not None:
+                room = min(room, seq.params.max_tokens - seq.num_output_tokens - 1)
+            seq.draft = propose(seq, spec, room)
+
+    def _record_verification(self, seq: Sequence, proposed: int, accepted: int) -> None:
+        spec = self.config.speculative
+        assert spec is not None
+        seq.spec_proposed += proposed
+        seq.spec_accepted += accepted
+        self.metrics.record_verification(proposed, accepted)
+        if seq.spec_proposed >= spec.min_proposed and seq.spec_accepted < spec.min_acceptance * seq.spec_proposed:
+            seq.spec_off = True  # its drafts cost more than they save
 
     def _append_token(
         self, seq: Sequence, token: int, logprob: TokenLogprob | None, now: float

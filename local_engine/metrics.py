@@ -26,6 +26,9 @@ class EngineMetrics:
     generation_tokens_total: int = 0
     requests_finished_total: int = 0
     steps_total: int = 0
+    spec_draft_tokens_total: int = 0  # tokens proposed by speculative decoding and checked
+    spec_accepted_tokens_total: int = 0
+    spec_verifications_total: int = 0  # sequence-steps that checked a draft
     ttft_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
     itl_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
     _token_times: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=_WINDOW))
@@ -49,6 +52,22 @@ class EngineMetrics:
         if new_tokens:
             self._token_times.append((now, new_tokens))
 
+    def record_verification(self, proposed: int, accepted: int) -> None:
+        self.spec_draft_tokens_total += proposed
+        self.spec_accepted_tokens_total += accepted
+        self.spec_verifications_total += 1
+
+    @property
+    def spec_acceptance_rate(self) -> float:
+        """Accepted / proposed draft tokens since start."""
+        return self.spec_accepted_tokens_total / self.spec_draft_tokens_total if self.spec_draft_tokens_total else 0.0
+
+    @property
+    def spec_tokens_per_step(self) -> float:
+        """Tokens a sequence gained per step that checked a draft (1 + accepted drafts), since start."""
+        v = self.spec_verifications_total
+        return (v + self.spec_accepted_tokens_total) / v if v else 0.0
+
     @property
     def tokens_per_s(self) -> float:
         """Output tokens per second over the last 10 seconds of steps."""
@@ -71,6 +90,11 @@ class EngineMetrics:
             "generation_tokens_total": self.generation_tokens_total,
             "requests_finished_total": self.requests_finished_total,
             "steps_total": self.steps_total,
+            "spec_draft_tokens_total": self.spec_draft_tokens_total,
+            "spec_accepted_tokens_total": self.spec_accepted_tokens_total,
+            "spec_verifications_total": self.spec_verifications_total,
+            "spec_acceptance_rate": self.spec_acceptance_rate,
+            "spec_tokens_per_step": self.spec_tokens_per_step,
             "tokens_per_s": self.tokens_per_s,
             "ttft_s_mean": _mean(self.ttft_s),
             "itl_s_mean": _mean(self.itl_s),

@@ -10,6 +10,9 @@ from local_engine.models.llama import LlamaForCausalLM
 from local_engine.sampler import sample
 from local_engine.scheduler import ScheduledSeq
 from local_engine.sequence import TokenLogprob
+from local_engine.speculative import verify
+
+Sampled = list[tuple[int, TokenLogprob | None]]
 
 
 def kv_bytes_per_token(model: LlamaForCausalLM, dtype: torch.dtype) -> int:
@@ -35,8 +38,9 @@ class ModelRunner:
         ]
 
     @torch.inference_mode()
-    def run(self, batch: list[ScheduledSeq]) -> dict[int, tuple[int, TokenLogprob | None]]:
-        """Compute ``batch``; return ``{index in batch: (new token, logprob)}`` for the rows that sample."""
+    def run(self, batch: list[ScheduledSeq]) -> dict[int, Sampled]:
+        """Compute ``batch``; return ``{index in batch: [(new token, logprob), ...]}`` for the rows
+        that sample: one token, or with a draft the accepted drafts and one more."""
         input_ids: list[int] = []
         positions: list[int] = []
         query_lens: list[int] = []
@@ -46,12 +50,14 @@ class ModelRunner:
         for i, s in enumerate(batch):
             start = s.seq.num_computed_tokens
             end = start + s.num_tokens
-            input_ids.extend(s.seq.token_ids[start:end])
+            input_ids.extend(s.seq.token_ids[start : end - len(s.draft)])
+            input_ids.extend(s.draft)
             positions.extend(range(start, end))
             query_lens.append(s.num_tokens)
             context_lens.append(end)
             if s.samples:
-                logit_rows.append(len(input_ids) - 1)
+                # A draft's rows check it: row j holds the target's choice after draft[:j].
+                logit_rows.extend(range(len(input_ids) - 1 - len(s.draft), len(input_ids)))
                 sampling.append(i)
         meta = build_metadata(
             query_lens, context_lens, [s.seq.block_table for s in batch], self.block_size, self.device
@@ -66,5 +72,26 @@ class ModelRunner:
             return {}
         # Only the rows that sample pay for the (vocabulary-sized) LM head.
         logits = self.model.logits(hidden[torch.tensor(logit_rows, device=self.device)]).cpu()
-        tokens, logprobs = sample(logits, [batch[i].seq for i in sampling])
-        return {i: (t, lp) for i, t, lp in zip(sampling, tokens, logprobs, strict=True)}
+        return self._sample(logits, [batch[i] for i in sampling], sampling)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, rows: list[ScheduledSeq], index: list[int]) -> dict[int, Sampled]:
+        out: dict[int, Sampled] = {}
+        plain: list[int] = []  # logits row of each sequence without a draft
+        plain_index: list[int] = []
+        plain_seqs = []
+        row = 0
+        for i, s in zip(index, rows, strict=True):
+            if s.draft:
+                out[i] = verify(logits[row : row + len(s.draft) + 1], s.seq, s.draft)
+            else:
+                plain.append(row)
+                plain_index.append(i)
+                plain_seqs.append(s.seq)
+            row += len(s.draft) + 1
+        if plain:
+            picked = logits if len(plain) == row else logits[torch.tensor(plain)]
+            tokens, logprobs = sample(picked, plain_seqs)
+            for i, t, lp in zip(plain_index, tokens, logprobs, strict=True):
+                out[i] = [(t, lp)]
+        return out

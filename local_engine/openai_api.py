@@ -80,7 +80,8 @@ def _num(body: dict[str, Any], key: str, kind: type, default: Any) -> Any:
 def sampling_params_from_request(
     body: dict[str, Any], *, chat: bool, default_max_tokens: int | None = None
 ) -> SamplingParams:
-    """Read OpenAI sampling fields (plus vLLM-style top_k, min_p, repetition_penalty, stop_token_ids, ignore_eos)."""
+    """Read OpenAI sampling fields (plus vLLM-style top_k, min_p, repetition_penalty, stop_token_ids,
+    ignore_eos, and ``speculative``: false to decode without the engine's speculative drafts)."""
     n = _num(body, "n", int, 1)
     if not 1 <= n <= MAX_N:
         raise OpenAIError(f"'n' must be between 1 and {MAX_N}", param="n")
@@ -106,6 +107,9 @@ def sampling_params_from_request(
         param = "logprobs"
     if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
         raise OpenAIError(f"'{param}' must be between 0 and {MAX_LOGPROBS}", param=param)
+    speculative = body.get("speculative", True)
+    if not isinstance(speculative, bool):
+        raise OpenAIError("'speculative' must be a boolean", param="speculative")
     try:
         return SamplingParams(
             n=n,
@@ -122,6 +126,7 @@ def sampling_params_from_request(
             stop_token_ids=tuple(body.get("stop_token_ids") or ()),
             ignore_eos=bool(body.get("ignore_eos", False)),
             logprobs=logprobs,
+            speculative=speculative,
         )
     except ValueError as e:
         raise OpenAIError(str(e)) from None

@@ -30,7 +30,8 @@ def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor
     return logits
 
 
-def _filter(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    """Temperature, top-k, top-p and min-p of each row's sequence applied to ``logits``."""
     temps = torch.tensor([s.params.temperature for s in seqs], dtype=logits.dtype).unsqueeze(1)
     logits = logits / temps
     top_ks = [s.params.top_k for s in seqs]
@@ -68,7 +69,7 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[
     random_rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if random_rows:
         rows = torch.tensor(random_rows)
-        probs = _filter(logits[rows], [seqs[i] for i in random_rows]).softmax(-1)
+        probs = filter_logits(logits[rows], [seqs[i] for i in random_rows]).softmax(-1)
         unseeded = [j for j, i in enumerate(random_rows) if seqs[i].generator is None]
         if unseeded:
             picked = torch.multinomial(probs[unseeded], 1).squeeze(1)
@@ -84,10 +85,14 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[
             n = s.params.logprobs
             if n is None:
                 continue
-            row = raw_logprobs[i]
-            top: tuple[tuple[int, float], ...] = ()
-            if n > 0:
-                vals, ids = row.topk(n)
-                top = tuple(zip(ids.tolist(), vals.tolist(), strict=True))
-            out_logprobs[i] = TokenLogprob(token_list[i], float(row[token_list[i]]), top)
+            out_logprobs[i] = token_logprob(raw_logprobs[i], token_list[i], n)
     return token_list, out_logprobs
+
+
+def token_logprob(row: torch.Tensor, token: int, n: int) -> TokenLogprob:
+    """``token``'s log-probability in ``row`` (log-softmaxed logits) and the ``n`` most likely tokens."""
+    top: tuple[tuple[int, float], ...] = ()
+    if n > 0:
+        vals, ids = row.topk(n)
+        top = tuple(zip(ids.tolist(), vals.tolist(), strict=True))
+    return TokenLogprob(token, float(row[token]), top)

@@ -38,6 +38,8 @@ class SamplingParams:
     priority: int = 0
     # An llguidance grammar (local_engine.structured builds them): every completion matches it.
     grammar: str | None = None
+    # Let the engine speculate for this request when it is configured to (the output is the same).
+    speculative: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

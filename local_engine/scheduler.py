@@ -5,6 +5,8 @@ costs one token, an unfinished prefill a chunk of what is left); waiting sequenc
 the rest of the budget, so long prompts are prefilled in chunks between decodes. When
 the KV cache is full the lowest-priority running sequence is preempted: its blocks are
 freed and it is recomputed later from its tokens (the prefix cache often makes that cheap).
+A decoding sequence with a speculative draft computes it in the same step when the budget
+and the cache allow; otherwise the draft is dropped, never another sequence preempted for it.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from local_engine.sequence import Sequence, SequenceStatus
 @dataclass(frozen=True, slots=True)
 class ScheduledSeq:
     seq: Sequence
-    num_tokens: int  # tokens computed for it this step
+    num_tokens: int  # tokens computed for it this step, the draft included
+    draft: tuple[int, ...] = ()  # speculated tokens computed after its last token
 
     @property
     def samples(self) -> bool:
         """Whether this step reaches the sequence's last token, so it yields a new one."""
-        return self.seq.num_computed_tokens + self.num_tokens == self.seq.num_tokens
+        return self.seq.num_computed_tokens + self.num_tokens - len(self.draft) == self.seq.num_tokens
 
 
 class Scheduler:
@@ -68,7 +71,11 @@ class Scheduler:
         preempted = False
         while queue and budget > 0:
             seq = queue.pop(0)
-            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            remaining = seq.num_tokens - seq.num_computed_tokens
+            n = min(remaining, budget)
+            draft = tuple(seq.draft[: budget - n]) if n == remaining else ()
+            if draft and not self.block_manager.append_slots(seq, n + len(draft)):
+                draft = ()
             while not self.block_manager.append_slots(seq, n):
                 preempted = True
                 if queue:
@@ -77,8 +84,8 @@ class Scheduler:
                     self._preempt(seq)
                     break
             else:
-                scheduled.append(ScheduledSeq(seq, n))
-                budget -= n
+                scheduled.append(ScheduledSeq(seq, n + len(draft), draft))
+                budget -= n + len(draft)
         # Admitting new work right after a preemption would only thrash the cache.
         for seq in list(self.waiting):
             if budget <= 0 or preempted or len(self.running) >= self.max_num_seqs:

@@ -54,6 +54,11 @@ class Sequence:
     arrival_time: float = 0.0
     last_token_time: float | None = None
     matcher: Any = None  # llguidance.LLMatcher of a constrained request (llguidance imported lazily)
+    draft: list[int] = field(default_factory=list)  # speculated tokens for the next step
+    spec_index: Any = None  # the proposer's per-sequence state (speculative.NgramIndex)
+    spec_proposed: int = 0
+    spec_accepted: int = 0
+    spec_off: bool = False  # acceptance was too low to be worth it
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

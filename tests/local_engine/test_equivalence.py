@@ -106,3 +106,42 @@ def test_greedy_identical_with_shared_prefixes(tiny_model: Path) -> None:
     bm = llm.engine.block_manager
     assert bm.prefix_hits >= 12 * (37 // 4) * 4
     assert 0 < llm.engine.metrics.prefix_cache_hit_rate < 1
+
+
+def _repeating_requests(seed: int, n: int = 16, prefix: list[int] | None = None) -> list[tuple[list[int], int]]:
+    """Prompts that quote themselves (a segment two or three times), so n-gram drafts get accepted."""
+    rng = random.Random(seed)
+    reqs = []
+    for _ in range(n):
+        segment = [rng.randrange(5, 500) for _ in range(rng.randrange(4, 16))]
+        reqs.append(((prefix or []) + segment * rng.randrange(2, 4), rng.randrange(4, 24)))
+    return reqs
+
+
+_SPEC = {"num_tokens": 4, "min_acceptance": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("num_kv_blocks", "max_batched"),
+    [(512, 64), (512, 7), (24, 64)],
+    ids=["batched", "chunked-prefill", "preempted"],
+)
+def test_greedy_identical_with_ngram_speculation(tiny_model: Path, num_kv_blocks: int, max_batched: int) -> None:
+    llm = LLM(
+        tiny_model, block_size=4, num_kv_blocks=num_kv_blocks, max_num_batched_tokens=max_batched, speculative=_SPEC
+    )
+    _check_greedy_identical(tiny_model, _repeating_requests(6), llm)
+    m = llm.engine.metrics
+    assert m.spec_accepted_tokens_total > 0 and m.spec_tokens_per_step > 1
+    assert (llm.engine.scheduler.num_preemptions > 0) == (num_kv_blocks == 24)
+    assert llm.engine.block_manager.num_used_blocks == 0
+
+
+def test_greedy_identical_with_speculation_on_cached_prefixes(tiny_model: Path) -> None:
+    prefix = [random.Random(7).randrange(5, 500) for _ in range(37)]
+    reqs = _repeating_requests(8, prefix=prefix)
+    llm = LLM(tiny_model, block_size=4, num_kv_blocks=512, max_num_batched_tokens=64, speculative=_SPEC)
+    _check_greedy_identical(tiny_model, reqs[:4], llm)
+    _check_greedy_identical(tiny_model, reqs[4:], llm)
+    assert llm.engine.block_manager.prefix_hits >= 12 * (37 // 4) * 4
+    assert llm.engine.metrics.spec_accepted_tokens_total > 0

@@ -105,6 +105,7 @@ async def test_chat_streaming_sse_with_include_usage(tiny_url: str) -> None:
         ("/v1/completions", {"prompt": "x", "n": 0}, 400, "n"),
         ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, None),
         ("/v1/completions", {"prompt": list(range(5, 400))}, 400, "prompt"),
+        ("/v1/completions", {"prompt": "x", "speculative": "yes"}, 400, "speculative"),
     ],
 )
 async def test_errors_use_openai_format(
