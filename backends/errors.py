@@ -4,6 +4,7 @@
     ├── ClientError                   4xx invalid_request_error
     │   ├── InvalidRequest            400 invalid_request_error
     │   │   └── ContextWindowExceeded 400 invalid_request_error / context_length_exceeded
+    │   ├── RequestTimeout            408 invalid_request_error / request_timeout (the body came too slowly)
     │   ├── PayloadTooLarge           413 invalid_request_error
     │   ├── AuthenticationFailed      401 invalid_request_error / invalid_api_key
     │   ├── PermissionDenied          403 invalid_request_error / permission_denied
@@ -15,17 +16,25 @@
     ├── Unavailable                   503 service_unavailable     (no enabled deployment, shutting down)
     └── UpstreamError                 the upstream's status       (the upstream said no)
         ├── DeploymentBusy            429 rate_limit_error / deployment_busy  (its max_concurrency is taken)
+        ├── UpstreamAuthFailed        502 upstream_error / upstream_auth_failed (the upstream refused the
+        │                                 gateway's own credentials: the operator's to fix, never the client's 401)
         ├── UpstreamConnectionError   502 upstream_error / upstream_unreachable
         └── UpstreamTimeout           504 timeout / upstream_timeout
             └── DeadlineExceeded      504 timeout / deadline_exceeded (the request's total deadline)
 
 Status, OpenAI error ``type``/``code`` and log level live on the class, so one look here
-shows what a client sees for each.
+shows what a client sees for each. Every message is scrubbed of secrets (``secrets.scrub``) when the error is
+made, so no body, stream error event, log line or request-log row built from it can carry a key.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from .secrets import scrub
+
+# An upstream's 401/403 (and a proxy's 407) is about the gateway's credentials, which the client never sees.
+AUTH_STATUSES = frozenset({401, 403, 407})
 
 
 class GatewayError(Exception):
@@ -37,6 +46,7 @@ class GatewayError(Exception):
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  status: int | None = None, error_type: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
+        message = scrub(message)
         super().__init__(message)
         self.message = message
         self.param = param
@@ -68,6 +78,11 @@ class ContextWindowExceeded(InvalidRequest):
     """The prompt does not fit any deployment's context window (refused before calling, as OpenAI would)."""
 
     code = "context_length_exceeded"
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
 
 
 class PayloadTooLarge(ClientError):
@@ -137,6 +152,23 @@ class DeploymentBusy(UpstreamError):
     status = 429
     type = "rate_limit_error"
     code = "deployment_busy"
+
+
+class UpstreamAuthFailed(UpstreamError):
+    status = 502
+    code = "upstream_auth_failed"
+    log_level = "error"
+
+
+def from_upstream(error: UpstreamError, backend_id: str) -> UpstreamError:
+    """``error`` as the client should see it: an upstream's refusal of the gateway's own credentials becomes
+    a 502 naming the deployment (the upstream's text is dropped: it may quote part of the key)."""
+    if error.status not in AUTH_STATUSES:
+        return error
+    return UpstreamAuthFailed(
+        f"upstream {backend_id} refused the gateway's credentials for this deployment (HTTP {error.status}); "
+        "the gateway's operator must check the deployment's api_key or credentials. Your own API key was "
+        "accepted by the gateway.", headers=error.headers)
 
 
 class UpstreamConnectionError(UpstreamError):

@@ -11,7 +11,7 @@ import orjson
 
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig
-from .errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
+from .errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout, from_upstream
 from .http import client_timeout, expect_stream, plain_error, post, read_body, read_error
 from .pool import SessionPool
 
@@ -79,7 +79,7 @@ class OpenAIBackend(Backend):
         if isinstance(data, dict):
             error = _error_from_body(data, response.status, self.id)
             error.headers = headers
-            return error
+            return from_upstream(error, self.id)
         return plain_error(self.id, response.status, raw, headers)
 
 

@@ -31,6 +31,8 @@ from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
 from .proxy import handler as proxy_handler
+from .security import access
+from .security.network import PEER
 from .state import Gateway
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -43,10 +45,11 @@ CLIENT_CLOSED = 499  # nginx's name for it: the client went away before the answ
 
 
 def build_app(loaded: LoadedConfig) -> web.Application:
-    app = web.Application(middlewares=[_middleware], client_max_size=loaded.config.server.max_body_bytes,
+    app = web.Application(middlewares=[_middleware, access.middleware], client_max_size=loaded.config.server.max_body_bytes,
                           handler_args={"max_field_size": 16384})
     app[STORES] = StoreLayer(loaded.config.stores)
     app[GATEWAY] = Gateway.build(loaded, app[STORES])
+    app.on_response_prepare.append(_server_header)
     app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
     app.cleanup_ctx.append(_lifecycle)
     traces = tracing.build(loaded.config.tracing, _API_PATHS)
@@ -93,6 +96,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         app[TRACING].close()
 
 
+async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "llm-gateway"  # not aiohttp's and Python's versions
+
+
 def error_response(exc: GatewayError, request_id: str) -> web.Response:
     headers = {"x-request-id": request_id, **exc.headers}
     return web.Response(body=orjson.dumps(exc.body()), status=exc.status, headers=headers,
@@ -120,9 +127,10 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         record.status = CLIENT_CLOSED
         record.error = "client disconnected"
         raise
-    except Exception as exc:  # a bug: answer 500 in OpenAI's format, keep the worker alive
+    except Exception:  # a bug: answer 500 in OpenAI's format, keep the worker alive
         get_logger().exception("unhandled error", request_id=request_id, path=request.path)
-        response = _failed(record, GatewayError(f"Internal error ({type(exc).__name__}); request id {request_id}."))
+        # The exception's class stays in the log: it tells a caller about the code, not about their request.
+        response = _failed(record, GatewayError(f"Internal error; request id {request_id}."))
     finally:
         if api:
             metrics.IN_FLIGHT.dec()
@@ -214,7 +222,7 @@ def _request_log() -> Any:
 
 async def _list_models(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    caller = gateway.auth.authenticate(request.headers)
+    caller = gateway.auth.authenticate(request.headers, request.get(PEER))
     request[RECORD].tenant, request[RECORD].key_id = caller.tenant.name, caller.key_id
     created = gateway.loaded.loaded_at
     data = [_model_object(alias.name, created) for alias in gateway.loaded.config.models
@@ -225,7 +233,7 @@ async def _list_models(request: web.Request) -> web.Response:
 
 async def _get_model(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    caller = gateway.auth.authenticate(request.headers)
+    caller = gateway.auth.authenticate(request.headers, request.get(PEER))
     request[RECORD].tenant, request[RECORD].key_id = caller.tenant.name, caller.key_id
     alias = request.match_info["model"]
     if alias not in gateway.router or not caller.tenant.allows(alias) or not gateway.router.usable(alias):
@@ -256,10 +264,11 @@ async def _readyz(request: web.Request) -> web.Response:
     loading = [backend.id for backend in gateway.backends if not backend.ready]
     failed = [{"deployment": backend.id, "reason": backend.failure} for backend in gateway.backends
               if backend.failure is not None]
+    # No config path here: an anonymous caller learns nothing about the host (the path is in the log).
     body = {"status": "ready" if gateway.ready and not loading and not gateway.draining else
             ("draining" if gateway.draining else "starting"),
-            "config": loaded.path, "deployments": {"enabled": len(gateway.backends), "disabled": disabled,
-                                                   "loading": loading, "failed": failed}}
+            "deployments": {"enabled": len(gateway.backends), "disabled": disabled, "loading": loading,
+                            "failed": failed}}
     if body["status"] != "ready":
         exc = Unavailable(f"gateway is {body['status']}")
         return web.Response(body=orjson.dumps({**exc.body(), **body}), status=503, content_type="application/json")

@@ -26,6 +26,8 @@ from policies.resilience_config import (
     check_models,
 )
 
+from .security.config import CIDR, ListenerLimits, MetricsAccess, TLSConfig
+
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -65,6 +67,14 @@ class ServerConfig(_Frozen):
     log_prompts: bool = False
     upstream_max_connections: int = Field(default=1000, ge=1)
     watch_config: bool = False  # reload when the file changes (checked every second), as on SIGHUP
+    limits: ListenerLimits = ListenerLimits()
+    tls: TLSConfig | None = None
+    metrics_access: MetricsAccess = "loopback"   # who may read /metrics on the main listener
+    metrics_listen: str | None = Field(default=None, pattern=r"^.+:\d{1,5}$", description="host:port of a "
+                                       "listener serving /metrics only; then not on the main listener")
+    admin_listen: str | None = Field(default=None, pattern=r"^.+:\d{1,5}$", description="host:port of a listener "
+                                     "serving /admin/* and /metrics; then neither on the main listener")
+    trusted_proxies: tuple[CIDR, ...] = Field(default=(), description="whose X-Forwarded-For names the client")
 
 
 class ModelAlias(_Frozen):
@@ -88,6 +98,8 @@ class TenantConfig(TenantPolicyFields):  # + limits, budget, priority: policies/
     keys: tuple[Annotated[str, AfterValidator(_key_hash)], ...] = ()
     models: Literal["*"] | tuple[str, ...] = "*"
     cache: CacheOverride | None = None
+    allowed_ips: tuple[CIDR, ...] = ()      # empty: any address
+    client_certs: tuple[str, ...] = ()      # mTLS: "sha256:<fingerprint>" or "CN=<common name>"
 
     def allows(self, alias: str) -> bool:
         return self.models == "*" or alias in self.models
@@ -95,6 +107,7 @@ class TenantConfig(TenantPolicyFields):  # + limits, budget, priority: policies/
 
 class AdminConfig(_Frozen):
     keys: tuple[Annotated[str, AfterValidator(_key_hash)], ...] = ()
+    allowed_ips: tuple[CIDR, ...] = ()      # empty: any address
 
 
 class TracingConfig(_Frozen):

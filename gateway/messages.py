@@ -22,6 +22,7 @@ from policies.call import Call
 from .keys import GATEWAY, RECORD
 from .logs import get_logger
 from .proxy import _SSE_HEADERS, _read_json
+from .security.network import PEER
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                 "content_filter": "refusal"}
@@ -46,9 +47,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
         failure = exc
     except web.HTTPException as exc:
         failure = GatewayError(exc.reason or "HTTP error", status=exc.status)
-    except Exception as exc:  # a bug: answer in Anthropic's format, keep the worker alive
+    except Exception:  # a bug: answer in Anthropic's format, keep the worker alive
         get_logger().exception("unhandled error", request_id=record.request_id, path=request.path)
-        failure = GatewayError(f"Internal error ({type(exc).__name__}); request id {record.request_id}.")
+        failure = GatewayError(f"Internal error; request id {record.request_id}.")
     record.status, record.error = failure.status, failure.message
     record.overhead_s = time.perf_counter() - record.started - record.upstream_s
     return web.Response(body=orjson.dumps(error_body(failure)), status=failure.status,
@@ -60,7 +61,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
 async def _messages(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     record = request[RECORD]
-    caller = gateway.auth.authenticate(request.headers)
+    caller = gateway.auth.authenticate(request.headers, request.get(PEER))
     record.tenant, record.key_id = caller.tenant.name, caller.key_id
     body = await _read_json(request, gateway.loaded.config.server.max_body_bytes)
     chat = to_chat(body)

@@ -21,6 +21,7 @@ from .auth import Authenticator
 from .config import GatewayConfig, LoadedConfig
 from .logs import get_logger
 from .pipeline import Pipeline
+from .security import secrets
 
 _CLOSE_TIMEOUT_S = 10.0
 
@@ -43,6 +44,7 @@ class Gateway:
         """``stores``: the app's store layer; a config whose ``stores:`` asks for another connection (a reload)
         keeps it, with a warning: that change needs a restart."""
         config = loaded.config
+        secrets.register(config)
         if not stores.serves(config.stores):
             changed = [f for f in CONNECTION_FIELDS if getattr(stores.config, f) != getattr(config.stores, f)]
             get_logger().warning("stores connection settings changed; they apply after a restart", fields=changed)

@@ -2,7 +2,8 @@
 
 Its behaviour is chosen by the request's model name, so a test picks a failure by naming it:
 ``error-429`` (any status), ``slow-stream``, ``hang``, ``reset``, ``cut-stream``, ``bad-json``,
-``wrong-content-type``, ``error-body-200``; anything else answers normally. Every request is recorded.
+``wrong-content-type``, ``error-body-200``, ``echo-auth-401`` (any status: an error whose message quotes the
+request's own Authorization header, as some upstreams do); anything else answers normally. Every request is recorded.
 
 Run alone (for bench/): ``python -m tests.fakes.openai_upstream --port 9000``.
 """
@@ -156,6 +157,9 @@ async def _special(request: web.Request, model: str) -> web.StreamResponse | Non
         types = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error"}
         return _error(status, f"fake upstream error {status}", types.get(status, "server_error"),
                       code="rate_limit_exceeded" if status == 429 else None, headers=headers)
+    if model.startswith("echo-auth-") and model[10:].isdigit():
+        return _error(int(model[10:]), f"Invalid request; headers were Authorization: "
+                                        f"{request.headers.get('Authorization')} api-key={request.headers.get('api-key')}")
     if model == "hang":
         await asyncio.sleep(3600)
     if model == "reset":

@@ -1,0 +1,48 @@
+"""The config models of the security controls (``server.limits``, ``server.tls``, allowlists), kept here so that
+gateway/config.py only names them."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IP address or CIDR block (e.g. 10.0.0.0/8)") from exc
+    return value
+
+
+CIDR = Annotated[str, AfterValidator(_network)]
+
+
+class ListenerLimits(_Frozen):
+    """``server.limits``: what one client connection may hold. Together they bound the process's file
+    descriptors (docs/security.md, "fd budget")."""
+
+    header_timeout_s: float = Field(default=10.0, gt=0, description="a connection must send a whole request "
+                                    "head within this (also the idle keep-alive limit)")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="the whole request body must arrive within this")
+    max_connections: int = Field(default=4096, ge=1, description="client connections at once, all clients")
+    max_connections_per_ip: int = Field(default=256, ge=1, description="client connections at once from one IP")
+
+
+class TLSConfig(_Frozen):
+    """``server.tls``: HTTPS on the listener; with ``client_ca``, client certificates (mTLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = Field(default=None, description="CA bundle that signs client certificates")
+    client_cert: Literal["optional", "required"] = "optional"
+
+
+MetricsAccess = Literal["admin", "loopback", "public"]
