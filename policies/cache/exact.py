@@ -93,16 +93,18 @@ class MemoryStore:
 # KEYS[1] the entry, KEYS[2] its tenant's index (score: when the entry expires), KEYS[3] its tenant's sizes
 # (entry -> bytes, and "~total"); one hash tag: one cluster slot.
 # ARGV: value, ttl ms, now ms, max entries, max bytes
-_SET = """
-local function forget(entry)
-  local size = tonumber(redis.call('HGET', KEYS[3], entry) or '0')
+_FORGET = """
+local function forget(sizes, entry)
+  local size = tonumber(redis.call('HGET', sizes, entry) or '0')
   if size > 0 then
-    redis.call('HDEL', KEYS[3], entry)
-    redis.call('HINCRBY', KEYS[3], '~total', -size)
+    redis.call('HDEL', sizes, entry)
+    redis.call('HINCRBY', sizes, '~total', -size)
   end
 end
-forget(KEYS[1])
-for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])) do forget(entry) end
+"""
+_SET = _FORGET + """
+forget(KEYS[3], KEYS[1])
+for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])) do forget(KEYS[3], entry) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3] + ARGV[2], KEYS[1])
@@ -114,7 +116,7 @@ while excess > 0 or total > tonumber(ARGV[5]) do
   local evicted = redis.call('ZPOPMIN', KEYS[2], 1)
   if #evicted == 0 then break end
   redis.call('DEL', evicted[1])
-  forget(evicted[1])
+  forget(KEYS[3], evicted[1])
   total = tonumber(redis.call('HGET', KEYS[3], '~total') or '0')
   excess = excess - 1
 end
@@ -124,17 +126,12 @@ end
 return 0
 """
 # KEYS[1] the tenant's index, KEYS[2] its sizes, KEYS[3...] the entries to drop
-_PURGE = """
+_PURGE = _FORGET + """
 local removed = 0
 for i = 3, #KEYS do
-  local entry = KEYS[i]
-  removed = removed + redis.call('DEL', entry)
-  redis.call('ZREM', KEYS[1], entry)
-  local size = tonumber(redis.call('HGET', KEYS[2], entry) or '0')
-  if size > 0 then
-    redis.call('HDEL', KEYS[2], entry)
-    redis.call('HINCRBY', KEYS[2], '~total', -size)
-  end
+  removed = removed + redis.call('DEL', KEYS[i])
+  redis.call('ZREM', KEYS[1], KEYS[i])
+  forget(KEYS[2], KEYS[i])
 end
 return removed
 """
