@@ -92,7 +92,7 @@ class AnthropicBackend(Backend):
         request = to_anthropic(payload, self.deployment.model, self.deployment.default_max_tokens)
         if stream:
             request["stream"] = True
-        session = self._pool.get(self.deployment.base_url)
+        session = self._pool.get(self.deployment.base_url, self.deployment.proxy)
         response = await post(session, self._url, orjson.dumps(request), self._headers, self._timeout, self.id)
         try:
             if response.status >= 400:

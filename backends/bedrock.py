@@ -134,7 +134,7 @@ class BedrockBackend(Backend):
         url = self._urls[stream]
         body = orjson.dumps(to_converse(payload))
         headers = await self._headers(url, body, EVENT_STREAM if stream else "application/json")
-        session = self._pool.get(self.base_url)
+        session = self._pool.get(self.base_url, self.deployment.proxy)
         # encoded=True: the model id's %3A must go out as signed, not normalized back to ':'.
         response = await post(session, yarl.URL(url, encoded=True), body, headers, self._timeout, self.id)
         try:

@@ -100,7 +100,7 @@ class GeminiBackend(Backend):
             url, request = self._urls["embed"], _embed_request(payload, self._model)
         else:
             url, request = self._urls["stream" if stream else "chat"], to_gemini(payload)
-        session = self._pool.get(self.deployment.base_url)
+        session = self._pool.get(self.deployment.base_url, self.deployment.proxy)
         response = await post(session, url, orjson.dumps(request), self._headers, self._timeout, self.id)
         try:
             if response.status >= 400:

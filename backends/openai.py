@@ -47,7 +47,7 @@ class OpenAIBackend(Backend):
             options = payload.get("stream_options")
             payload["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else \
                 {"include_usage": True}
-        session = self._pool.get(self.deployment.base_url)
+        session = self._pool.get(self.deployment.base_url, self.deployment.proxy)
         response = await post(session, self._urls[endpoint], orjson.dumps(payload), self._headers, self._timeout,
                               self.id)
         try:

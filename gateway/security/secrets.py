@@ -15,4 +15,6 @@ def register(config: GatewayConfig) -> None:
         for deployment in alias.deployments:
             values += [deployment.api_key, deployment.aws_secret_access_key, deployment.aws_session_token,
                        *deployment.headers.values()]
+            if deployment.proxy is not None and "@" in deployment.proxy:  # user:password@ in the proxy URL
+                values.append(deployment.proxy)
     secrets.register(values)
