@@ -26,7 +26,7 @@ from backends.errors import (
 from policies.record import RequestRecord
 from policies.stores.layer import StoreLayer
 
-from . import admin, messages, metrics, requestlog, tracing
+from . import admin, messages, metrics, openapi, requestlog, tracing
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
@@ -68,6 +68,7 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/admin/requests", requestlog.handle)
     admin.add_routes(app)
     return app
@@ -273,6 +274,10 @@ async def _readyz(request: web.Request) -> web.Response:
         exc = Unavailable(f"gateway is {body['status']}")
         return web.Response(body=orjson.dumps({**exc.body(), **body}), status=503, content_type="application/json")
     return _json(body, request)
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return _json(openapi.document(), request)
 
 
 async def _metrics(request: web.Request) -> web.Response:
