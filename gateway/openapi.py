@@ -59,7 +59,7 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _OBJECT: dict[str, Any] = {"type": "object"}
-_AUTH = [{"bearer": []}, {"apiKey": []}]
+_AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
 # Type-checked by the validator on every endpoint, but parameters of chat only in OpenAI's API: not described
 # for legacy completions (they still pass through).
 _CHAT_ONLY = {"max_completion_tokens", "metadata"}
