@@ -26,7 +26,7 @@ from policies.resilience_config import (
     check_models,
 )
 
-from .security.config import CIDR, ListenerLimits, MetricsAccess, TLSConfig
+from .security.config import CIDR, GuardrailConfig, ListenerLimits, MetricsAccess, PIIConfig, TLSConfig
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -100,6 +100,8 @@ class TenantConfig(TenantPolicyFields):  # + limits, budget, priority: policies/
     cache: CacheOverride | None = None
     allowed_ips: tuple[CIDR, ...] = ()      # empty: any address
     client_certs: tuple[str, ...] = ()      # mTLS: "sha256:<fingerprint>" or "CN=<common name>"
+    pii: PIIConfig | None = None
+    guardrail: GuardrailConfig | None = None
 
     def allows(self, alias: str) -> bool:
         return self.models == "*" or alias in self.models
@@ -169,6 +171,8 @@ class GatewayConfig(_Frozen):
                 if key in seen_keys:
                     problems.append(f"tenants[{i}].keys[{j}]: already a key of tenant {seen_keys[key]!r}")
                 seen_keys[key] = tenant.name
+            if tenant.guardrail is not None and tenant.guardrail.alias not in aliases:
+                problems.append(f"tenants[{i}].guardrail.alias: no model alias named {tenant.guardrail.alias!r}")
             for alias in tenant.model_limits or {}:
                 if alias not in aliases:
                     problems.append(f"tenants[{i}].model_limits.{alias}: no model alias named {alias!r}")

@@ -22,6 +22,7 @@ from policies.call import Call
 from .keys import GATEWAY, RECORD
 from .logs import get_logger
 from .proxy import _SSE_HEADERS, _read_json
+from .security import screening
 from .security.network import PEER
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
@@ -69,13 +70,15 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     if alias not in gateway.router or not caller.tenant.allows(alias):
         raise ModelNotFound(f"model: {alias}", param="model")
     record.alias = alias
+    screen = await screening.inbound(gateway.pipeline, caller.tenant, caller.key_id, Endpoint.CHAT, chat, record)
     if gateway.loaded.config.server.log_prompts:
-        record.prompt = chat["messages"]
+        record.prompt = screen.logged["messages"]
     stream = chat.get("stream") is True
     record.stream = stream
     call = Call(record=record, tenant=caller.tenant.name, key_id=caller.key_id, alias=alias, endpoint=Endpoint.CHAT,
-                body=chat, stream=stream, headers=request.headers)
+                body=screen.body, stream=stream, headers=request.headers)
     async with gateway.pipeline.answer(call) as answer:
+        answer = await screen.outbound(answer)
         if answer.chunks is None:
             return _whole(call, answer, alias)
         return await _stream(request, call, answer, alias)

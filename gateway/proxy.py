@@ -14,6 +14,7 @@ from backends.errors import GatewayError, InvalidRequest, ModelNotFound, Payload
 from policies.call import Call
 
 from .keys import GATEWAY, RECORD
+from .security import screening
 from .security.network import PEER
 from .validate import validate
 
@@ -40,14 +41,16 @@ async def proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     if alias not in gateway.router or not caller.tenant.allows(alias):
         raise ModelNotFound(f"The model `{alias}` does not exist or you do not have access to it.", param="model")
     record.alias = alias
+    screen = await screening.inbound(gateway.pipeline, caller.tenant, caller.key_id, endpoint, body, record)
     if gateway.loaded.config.server.log_prompts:
-        record.prompt = body.get("messages") or body.get("prompt") or body.get("input")
+        logged = screen.logged
+        record.prompt = logged.get("messages") or logged.get("prompt") or logged.get("input")
     stream = endpoint is not Endpoint.EMBEDDINGS and body.get("stream") is True
     record.stream = stream
     call = Call(record=record, tenant=caller.tenant.name, key_id=caller.key_id, alias=alias, endpoint=endpoint,
-                body=body, stream=stream, headers=request.headers)
+                body=screen.body, stream=stream, headers=request.headers)
     async with gateway.pipeline.answer(call) as answer:
-        return await relay(request, call, answer)
+        return await relay(request, call, await screen.outbound(answer))
 
 
 async def relay(request: web.Request, call: Call, answer: UpstreamResponse) -> web.StreamResponse:

@@ -4,10 +4,11 @@ gateway/config.py only names them."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 class _Frozen(BaseModel):
@@ -46,3 +47,34 @@ class TLSConfig(_Frozen):
 
 
 MetricsAccess = Literal["admin", "loopback", "public"]
+
+
+class PIIConfig(_Frozen):
+    """``tenants[].pii``: detect personal data in what the tenant sends (gateway/security/privacy.py)."""
+
+    mode: Literal["log_only", "mask", "block"] = "log_only"
+    kinds: tuple[Literal["email", "phone", "credit_card", "iban", "ssn", "ip_address", "api_key"], ...] = (
+        "email", "phone", "credit_card", "iban", "ssn", "ip_address", "api_key")
+    rules: dict[str, str] = Field(default_factory=dict, description="kind name -> regular expression")
+    words: tuple[str, ...] = Field(default=(), description="matched as whole words, case-insensitively")
+
+    @model_validator(mode="after")
+    def _patterns(self) -> PIIConfig:
+        for name, pattern in self.rules.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"rules.{name}: not a valid regular expression: {exc}") from exc
+        return self
+
+
+class GuardrailConfig(_Frozen):
+    """``tenants[].guardrail``: a moderation model (any alias of this gateway, called through its own pipeline,
+    limits and costs included) judges the input, the output or both; an answer matching ``block_if`` refuses
+    the request with 400 ``content_policy_violation``."""
+
+    alias: str = Field(min_length=1)
+    on: Literal["input", "output", "both"] = "input"
+    block_if: str = Field(default=r"(?i)^\s*unsafe", description="regex on the moderation model's answer "
+                          "(the default fits Llama Guard's 'safe' / 'unsafe\\nS1')")
+    instructions: str = Field(default="", description="a system message sent to the moderation model first")
