@@ -8,7 +8,12 @@ BIN := $(VENV)/bin
 PREREQUISITES := docker-compose redis-server promtool
 
 .PHONY: setup serve test lint bench prerequisites
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed tests/agents/node_modules/.installed
+
+# the real coding agents (Codex CLI, Claude Code) the agent tests run; their native binaries come with them
+tests/agents/node_modules/.installed: tests/agents/package.json tests/agents/package-lock.json
+	cd tests/agents && npm ci --no-audit --no-fund --foreground-scripts
+	touch $@
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +36,8 @@ test: setup prerequisites
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check gateway backends policies local_engine tests bench
-	$(BIN)/mypy gateway backends policies
+	$(BIN)/ruff check gateway backends policies errors local_engine tests bench
+	$(BIN)/mypy gateway backends policies errors tests bench
 
 bench: setup
 	$(BIN)/python bench/gateway_bench.py

@@ -14,6 +14,10 @@ class Endpoint(StrEnum):
     CHAT = "chat/completions"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+    # native formats: carried unchanged to a deployment that speaks them (gateway/messages.py, responses.py)
+    RESPONSES = "responses"
+    MESSAGES = "messages"
+    COUNT_TOKENS = "messages/count_tokens"
 
 
 @dataclass(slots=True)

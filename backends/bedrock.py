@@ -26,9 +26,7 @@ from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCr
 from botocore.eventstream import EventStreamBuffer, ParserError
 from botocore.session import Session
 
-from .base import Backend, Endpoint, UpstreamResponse
-from .config import DeploymentConfig
-from .errors import (
+from errors import (
     InvalidRequest,
     Unavailable,
     UpstreamConnectionError,
@@ -36,6 +34,9 @@ from .errors import (
     UpstreamTimeout,
     from_upstream,
 )
+
+from .base import Backend, Endpoint, UpstreamResponse
+from .config import DeploymentConfig
 from .http import client_timeout, expect_stream, plain_error, post, primed, read_error, read_json
 from .pool import SessionPool
 from .shape import (

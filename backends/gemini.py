@@ -17,9 +17,10 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from errors import InvalidRequest, UpstreamConnectionError, UpstreamError, from_upstream
+
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig
-from .errors import InvalidRequest, UpstreamConnectionError, UpstreamError, from_upstream
 from .http import (
     client_timeout,
     expect_stream,
@@ -123,8 +124,8 @@ class GeminiBackend(Backend):
         usage = Usage()
         finishes: dict[int, str] = {}
         tools: dict[int, int] = {}  # candidate -> tool calls so far
-        async for _, data in sse_events(response, self.id):
-            event = stream_json(data, self.id)
+        async for raw in sse_events(response, self.id):
+            event = stream_json(raw.data, self.id)
             if isinstance(event.get("error"), dict):
                 raise error_from(event, int(event["error"].get("code") or 502), {}, self.id)
             writer.id = f"chatcmpl-{event['responseId']}" if event.get("responseId") else writer.id

@@ -11,9 +11,10 @@ import aiohttp
 import orjson
 import yarl
 
-from . import spans
+from errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout, from_upstream
+
+from . import spans, sse
 from .config import DeploymentConfig
-from .errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout, from_upstream
 
 PASSED_ERROR_HEADERS = ("retry-after", "retry-after-ms")
 MAX_ERROR_BODY = 64 * 1024
@@ -83,27 +84,19 @@ def expect_stream(response: aiohttp.ClientResponse, content_type: str, backend_i
                             f"{response.content_type or 'no content type'}")
 
 
-async def sse_events(response: aiohttp.ClientResponse, backend_id: str) -> AsyncIterator[tuple[str, bytes]]:
-    """(event name, data) of each server-sent event, as they arrive; the name is "message" when absent."""
-    event, data = "message", b""
+async def sse_events(response: aiohttp.ClientResponse, backend_id: str) -> AsyncIterator[sse.Event]:
+    """The server-sent events of a stream, each as soon as it is whole, whatever its line ends."""
+    decoder = sse.Decoder()
     try:
-        async for raw in response.content:
-            line = raw.rstrip(b"\r\n")
-            if not line:
-                if data:
-                    yield event, data
-                event, data = "message", b""
-            elif line.startswith(b"data:"):
-                piece = line[5:].removeprefix(b" ")
-                data = data + b"\n" + piece if data else piece
-            elif line.startswith(b"event:"):
-                event = line[6:].strip().decode("utf-8", "replace")
+        async for chunk in response.content.iter_any():
+            for event in decoder.feed(chunk):
+                yield event
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout(f"upstream {backend_id} stalled mid-stream") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamConnectionError(f"upstream {backend_id} broke off its stream: {type(exc).__name__}") from exc
-    if data:
-        yield event, data
+    for event in decoder.close():
+        yield event
 
 
 def stream_json(data: bytes, backend_id: str) -> dict[str, Any]:

@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
+from errors import GatewayError, InvalidRequest, Unavailable, UpstreamError
+
 from . import local_metrics as m
-from . import spans
+from . import spans, sse
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig, LocalEngineSettings
-from .errors import GatewayError, InvalidRequest, Unavailable, UpstreamError
 
 if TYPE_CHECKING:
     from local_engine import AsyncEngine
 
 _METRICS_INTERVAL_S = 1.0
 _RETRY_AFTER_S = "5"
-_DONE = b"data: [DONE]\n\n"
 
 
 class LocalBackend(Backend):
@@ -164,11 +164,11 @@ def _load_engine(model: str, options: dict[str, Any]) -> AsyncEngine:
 
 async def _sse(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
     if first is not None:
-        yield b"data: " + orjson.dumps(first) + b"\n\n"
+        yield sse.data(orjson.dumps(first))
         with _mapped_errors():
             async for chunk in chunks:
-                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-    yield _DONE
+                yield sse.data(orjson.dumps(chunk))
+    yield sse.DONE
 
 
 @contextlib.contextmanager

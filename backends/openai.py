@@ -9,9 +9,10 @@ from typing import Any
 import aiohttp
 import orjson
 
+from errors import InvalidRequest, UpstreamConnectionError, UpstreamError, UpstreamTimeout, from_upstream
+
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig
-from .errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout, from_upstream
 from .http import client_timeout, expect_stream, plain_error, post, read_body, read_error
 from .pool import SessionPool
 
@@ -41,8 +42,10 @@ class OpenAIBackend(Backend):
     @asynccontextmanager
     async def send(self, endpoint: Endpoint, payload: dict[str, Any], *,
                    stream: bool) -> AsyncIterator[UpstreamResponse]:
+        if endpoint in (Endpoint.MESSAGES, Endpoint.COUNT_TOKENS):
+            raise InvalidRequest(f"OpenAI-format deployments do not serve /v1/{endpoint.value} natively.")
         payload["model"] = self.deployment.model
-        if stream and self.deployment.stream_usage:
+        if stream and self.deployment.stream_usage and endpoint is not Endpoint.RESPONSES:
             # Usage on every stream, so that tokens are counted; the pipeline drops it if the client did not ask.
             options = payload.get("stream_options")
             payload["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else \
@@ -58,7 +61,7 @@ class OpenAIBackend(Backend):
                 yield UpstreamResponse(status=response.status, chunks=self._relay(response))
             else:
                 body, data = await read_body(response, self.id)
-                if "error" in data and "choices" not in data and "data" not in data:
+                if data.get("error") and "choices" not in data and "data" not in data and "output" not in data:
                     raise _error_from_body(data, 502, self.id)
                 yield UpstreamResponse(status=response.status, body=body, data=data)
         finally:

@@ -19,9 +19,10 @@ from typing import Any
 
 import orjson
 
-from .errors import InvalidRequest
+from errors import InvalidRequest
 
-DONE = b"data: [DONE]\n\n"
+from .sse import DONE as DONE  # the adapters end their streams with it
+from .sse import data
 
 
 def new_id(prefix: str) -> str:
@@ -93,7 +94,7 @@ class ChunkWriter:
                                  "model": self.model, "choices": choices}
         if usage is not None:
             chunk["usage"] = usage
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+        return data(orjson.dumps(chunk))
 
     def _delta(self, index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
         if index not in self._started:
@@ -109,6 +110,10 @@ class ChunkWriter:
 
     def text(self, text: str, index: int = 0) -> bytes:
         return self._delta(index, {"content": text})
+
+    def reasoning(self, text: str, index: int = 0) -> bytes:
+        """Reasoning text, as vLLM and DeepSeek-style servers stream it (``reasoning_content``)."""
+        return self._delta(index, {"reasoning_content": text})
 
     def tool_start(self, tool_index: int, call_id: str, name: str, index: int = 0) -> bytes:
         return self._delta(index, {"tool_calls": [{"index": tool_index, "id": call_id, "type": "function",

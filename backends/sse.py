@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
-__all__ = ["DONE", "Decoder", "Event", "comment", "data", "encode", "events"]
+__all__ = ["DONE", "Decoder", "Event", "comment", "data", "decode", "encode", "events"]
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _BOM = b"\xef\xbb\xbf"
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One dispatched event: ``data`` is the UTF-8 bytes of its data lines joined by LF."""
+class Event(NamedTuple):
+    """One dispatched event: ``data`` is the UTF-8 bytes of its data lines joined by LF.
+
+    Immutable; a named tuple rather than a frozen dataclass because one is built per event on the stream
+    hot path, where a frozen dataclass's ``__init__`` costs twice as much."""
 
     data: bytes
     event: str = "message"
@@ -36,6 +38,9 @@ class Event:
     def done(self) -> bool:
         """OpenAI's end-of-stream sentinel, ``data: [DONE]``."""
         return self.data == b"[DONE]"
+
+
+_new = tuple.__new__   # builds an Event without NamedTuple's Python-level __new__: one per event
 
 
 class Decoder:
@@ -66,36 +71,53 @@ class Decoder:
             self._started = True
             if buf.startswith(_BOM):
                 buf = buf[3:]
-        if b"\r" in buf:
-            lines = _LINE_END.split(buf)
+        if 13 in buf:   # a CR (an int: bytes.__contains__ then is one memchr): CRLF or CR line ends
             if buf.endswith(b"\r"):
-                self._skip_lf = True
-        else:
-            lines = buf.split(b"\n")
+                self._skip_lf = True   # the LF of a CRLF may be the next chunk's first byte
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        return self._lines(buf) if self._data else self._blocks(buf)
+
+    def _lines(self, buf: bytes) -> list[Event]:
+        lines = buf.split(b"\n")
         self._buf = lines.pop()
         out: list[Event] = []
+        data = self._data
         for line in lines:
-            event = self._line(line)
-            if event is not None:
-                out.append(event)
+            if line[:6] == b"data: ":   # the common line, read without the general field parsing
+                data.append(line[6:])
+            elif line:
+                self._line(line)
+            elif data:
+                out.append(self._dispatch())
+            else:
+                self._event, self._retry = "", None
+        return out
+
+    def _blocks(self, buf: bytes) -> list[Event]:
+        # The common case, no event left open: one split per chunk, and an event that is a single ``data``
+        # line (every OpenAI chunk) taken whole; any other block goes through the lines.
+        blocks = buf.split(b"\n\n")
+        self._buf = b""
+        tail = blocks.pop()
+        out: list[Event] = []
+        for block in blocks:
+            if block[:5] == b"data:" and 10 not in block:
+                value = block[6:] if block[5:6] == b" " else block[5:]
+                out.append(_new(Event, (value, self._event or "message", self.last_event_id, self._retry)))
+                self._event, self._retry = "", None
+            else:
+                out.extend(self._lines(block + b"\n\n"))
+        if tail:
+            out.extend(self._lines(tail))
         return out
 
     def close(self) -> list[Event]:
         """End of stream: a trailing line without its line end is read, and an event still open dispatched."""
-        out: list[Event] = []
-        if self._buf:
-            line, self._buf = self._buf, b""
-            if (event := self._line(line)) is not None:
-                out.append(event)
-        if (event := self._line(b"")) is not None:
-            out.append(event)
-        return out
+        return self.feed(b"\n\n") if self._buf or self._data else []
 
-    def _line(self, line: bytes) -> Event | None:
-        if not line:
-            return self._dispatch()
+    def _line(self, line: bytes) -> None:
         if line[:1] == b":":
-            return None
+            return
         field, colon, value = line.partition(b":")
         if colon and value[:1] == b" ":
             value = value[1:]
@@ -109,17 +131,13 @@ class Decoder:
         elif field == b"retry":
             if value.isdigit():
                 self._retry = int(value)
-        return None
 
-    def _dispatch(self) -> Event | None:
-        retry, self._retry = self._retry, None
-        if not self._data:
-            self._event = ""
-            return None
-        data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
-        event = Event(data, self._event or "message", self.last_event_id, retry)
-        self._data = []
-        self._event = ""
+    def _dispatch(self) -> Event:
+        lines = self._data
+        event = _new(Event, (lines[0] if len(lines) == 1 else b"\n".join(lines), self._event or "message",
+                             self.last_event_id, self._retry))
+        lines.clear()
+        self._event, self._retry = "", None
         return event
 
 
@@ -131,6 +149,12 @@ async def events(chunks: AsyncIterable[bytes]) -> AsyncIterator[Event]:
             yield event
     for event in decoder.close():
         yield event
+
+
+def decode(raw: bytes) -> list[Event]:
+    """The events of a whole stream held in memory."""
+    decoder = Decoder()
+    return decoder.feed(raw) + decoder.close()
 
 
 def data(payload: bytes) -> bytes:
@@ -146,6 +170,12 @@ def encode(payload: bytes | str, event: str | None = None, id: str | None = None
     """One event; data with line breaks (LF, CRLF or CR) is written as several ``data`` lines."""
     if isinstance(payload, str):
         payload = payload.encode()
+    if 10 in payload or 13 in payload:
+        body = b"".join(b"data: " + line + b"\n" for line in _LINE_END.split(payload)) + b"\n"
+    else:
+        body = b"data: " + payload + b"\n\n"
+    if (event is None or event == "message") and id is None and retry is None:
+        return body
     head = b""
     if event is not None and event != "message":
         head += b"event: " + _field(event) + b"\n"
@@ -153,11 +183,7 @@ def encode(payload: bytes | str, event: str | None = None, id: str | None = None
         head += b"id: " + _field(id) + b"\n"
     if retry is not None:
         head += b"retry: " + str(int(retry)).encode() + b"\n"
-    if b"\n" in payload or b"\r" in payload:
-        body = b"".join(b"data: " + line + b"\n" for line in _LINE_END.split(payload))
-    else:
-        body = b"data: " + payload + b"\n"
-    return head + body + b"\n"
+    return head + body
 
 
 def comment(text: str = "") -> bytes:

@@ -8,6 +8,7 @@ line per target.
     python bench/gateway_bench.py --profile           # also py-spy on the gateway worker under load
     python bench/gateway_bench.py --baseline          # also a minimal aiohttp proxy: the floor under the gateway
     python bench/gateway_bench.py --rounds 3          # every row 3 times, interleaved; medians
+    python bench/gateway_bench.py --stream            # the same with "stream": true (SSE relayed through the tap)
 
 Everything runs on 127.0.0.1 and is stopped at the end. wrk, the upstream and the server under test share
 this machine's cores, so compare the rows of one run with each other, not with another run's.
@@ -43,6 +44,7 @@ from gateway.auth import hash_key  # noqa: E402
 KEY = "gw-bench-key"
 LITELLM_KEY = "sk-bench-master-key"
 BODY = '{"model":"bench","messages":[{"role":"user","content":"hello"}]}'
+STREAM_BODY = '{"model":"bench","stream":true,"messages":[{"role":"user","content":"hello"}]}'
 GATEWAY_ROW = "gateway, 1 worker, logs on"
 TARGETS = {"rps": 3000.0, "peer_ratio": 20.0, "added_p50_ms": 1.0, "idle_rss_mb": 100.0, "workers_ratio": 1.6}
 
@@ -522,8 +524,12 @@ def main() -> int:
     parser.add_argument("--baseline", action="store_true",
                         help="also measure a minimal aiohttp pass-through proxy: the floor under the gateway")
     parser.add_argument("--no-logs-off", action="store_true", help="skip the runs with the request log line off")
+    parser.add_argument("--stream", action="store_true", help="request streams (SSE) instead of whole answers")
     parser.add_argument("--minimal-proxy", nargs=2, metavar=("PORT", "UPSTREAM_URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.stream:
+        global BODY
+        BODY = STREAM_BODY
     if args.minimal_proxy:
         minimal_proxy(int(args.minimal_proxy[0]), args.minimal_proxy[1])
         return 0

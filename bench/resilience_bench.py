@@ -54,7 +54,7 @@ def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
                 return
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"process {process.args} did not start") from None
+                raise SystemExit(f"process {process.args!r} did not start") from None
             time.sleep(0.05)
 
 

@@ -1,7 +1,8 @@
 """The admin API under ``/admin/``: admin keys (``admin.keys`` in config) see everything; a tenant key
 sees only its own tenant where an endpoint allows tenants at all (usage), and gets 403 elsewhere.
 
-Each area adds its handlers to ``ROUTES``: usage (policies), deployments (resilience), cache purge.
+Every route is in ``ROUTES`` at the end: usage (the ledger), deployments (resilience), cache purge. Answers
+are JSON (or the usage CSV) written by ``_reply``; errors are the error tree's, rendered by the middleware.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from backends.errors import InvalidRequest, NotFound, PermissionDenied
+from errors import InvalidRequest, NotFound, PermissionDenied
 from policies import ledger
 
 from .auth import hash_key, presented_key
@@ -51,61 +53,12 @@ def require_admin(request: web.Request) -> Principal:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# (method, path, handler); registered by build_app
-ROUTES: list[tuple[str, str, Handler]] = []
 
 
-async def _deployments(request: web.Request) -> web.Response:
-    """GET /admin/deployments: every deployment with its circuit breaker, load and latency."""
-    require_admin(request)
-    body = await request.app[GATEWAY].pipeline.resilience.deployments()
+def _reply(request: web.Request, data: Any) -> web.Response:
     request[RECORD].status = 200
-    return web.Response(body=orjson.dumps(body), content_type="application/json",
+    return web.Response(body=orjson.dumps(data), content_type="application/json",
                         headers={"x-request-id": request[RECORD].request_id})
-
-
-ROUTES.append(("GET", "/admin/deployments", _deployments))
-async def _purge_cache(request: web.Request) -> web.Response:
-    """Purge a tenant's cached answers, or one alias's of that tenant: ``DELETE /admin/cache/{tenant}``,
-    ``DELETE /admin/cache/{tenant}/{alias}``, or ``POST /admin/cache/purge`` with ``{"tenant", "alias"?}``."""
-    require_admin(request)
-    gateway = request.app[GATEWAY]
-    if request.method == "POST":
-        try:
-            body = await request.json(loads=orjson.loads)
-        except (orjson.JSONDecodeError, UnicodeDecodeError):
-            body = None
-        if not isinstance(body, dict) or not isinstance(body.get("tenant"), str) or \
-                not isinstance(body.get("alias", ""), str):
-            raise InvalidRequest("Expected a JSON object {\"tenant\": string, \"alias\": string (optional)}.",
-                                 param="tenant")
-        tenant, alias = body["tenant"], body.get("alias")
-    else:
-        tenant, alias = request.match_info["tenant"], request.match_info.get("alias")
-    config = gateway.loaded.config
-    if not any(t.name == tenant for t in config.tenants):
-        raise NotFound(f"No tenant named {tenant!r}.", param="tenant")
-    if alias is not None and not any(m.name == alias for m in config.models):
-        raise NotFound(f"No model alias named {alias!r}.", param="alias")
-    purged = await gateway.pipeline.cache.purge(tenant, alias)
-    request[RECORD].status = 200
-    return web.json_response({"object": "cache.purge", "tenant": tenant, "alias": alias, "purged": purged},
-                             dumps=lambda v: orjson.dumps(v).decode())
-
-
-ROUTES.extend([
-    ("POST", "/admin/cache/purge", _purge_cache),
-    ("DELETE", "/admin/cache/{tenant}", _purge_cache),
-    ("DELETE", "/admin/cache/{tenant}/{alias}", _purge_cache),
-])
-
-
-def add_routes(app: web.Application) -> None:
-    for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)
-
-
-__all__ = ["Principal", "add_routes", "principal", "require_admin"]
 
 
 async def _usage(request: web.Request) -> web.StreamResponse:
@@ -137,13 +90,60 @@ async def _usage(request: web.Request) -> web.StreamResponse:
         days = ledger.days_between(query.get("from", today), query.get("to", today))
     except ValueError as exc:
         raise InvalidRequest(f"from/to: {exc} (dates are YYYY-MM-DD, UTC)", param="from") from exc
-    rows = [row for tenant in tenants for row in await ledger.usage(gateway.ledger, tenant, days, group_by)]  # type: ignore[arg-type]  # checked above
-    request[RECORD].status = 200
-    headers = {"x-request-id": request[RECORD].request_id}
+    pipeline = gateway.pipeline
+    rows = [row for tenant in tenants for row in await pipeline.usage(tenant, days, group_by)]  # type: ignore[arg-type]  # checked above
     if fmt == "csv":
-        return web.Response(text=ledger.to_csv(rows), content_type="text/csv", headers=headers)
-    body = {"object": "list", "from": days[0], "to": days[-1], "group_by": group_by, "data": rows}
-    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
+        request[RECORD].status = 200
+        return web.Response(text=ledger.to_csv(rows), content_type="text/csv",
+                            headers={"x-request-id": request[RECORD].request_id})
+    return _reply(request, {"object": "list", "from": days[0], "to": days[-1], "group_by": group_by, "data": rows})
 
 
-ROUTES.append(("GET", "/admin/usage", _usage))
+async def _deployments(request: web.Request) -> web.Response:
+    """GET /admin/deployments: every deployment with its circuit breaker, load and latency."""
+    require_admin(request)
+    return _reply(request, await request.app[GATEWAY].pipeline.resilience.deployments())
+
+
+async def _purge_cache(request: web.Request) -> web.Response:
+    """Purge a tenant's cached answers, or one alias's of that tenant: ``DELETE /admin/cache/{tenant}``,
+    ``DELETE /admin/cache/{tenant}/{alias}``, or ``POST /admin/cache/purge`` with ``{"tenant", "alias"?}``."""
+    require_admin(request)
+    gateway = request.app[GATEWAY]
+    if request.method == "POST":
+        try:
+            body = await request.json(loads=orjson.loads)
+        except (orjson.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("tenant"), str) or \
+                not isinstance(body.get("alias", ""), str):
+            raise InvalidRequest("Expected a JSON object {\"tenant\": string, \"alias\": string (optional)}.",
+                                 param="tenant")
+        tenant, alias = body["tenant"], body.get("alias")
+    else:
+        tenant, alias = request.match_info["tenant"], request.match_info.get("alias")
+    config = gateway.loaded.config
+    if not any(t.name == tenant for t in config.tenants):
+        raise NotFound(f"No tenant named {tenant!r}.", param="tenant")
+    if alias is not None and not any(m.name == alias for m in config.models):
+        raise NotFound(f"No model alias named {alias!r}.", param="alias")
+    purged = await gateway.pipeline.cache.purge(tenant, alias)
+    return _reply(request, {"object": "cache.purge", "tenant": tenant, "alias": alias, "purged": purged})
+
+
+# (method, path, handler): every admin route
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/admin/usage", _usage),
+    ("GET", "/admin/deployments", _deployments),
+    ("POST", "/admin/cache/purge", _purge_cache),
+    ("DELETE", "/admin/cache/{tenant}", _purge_cache),
+    ("DELETE", "/admin/cache/{tenant}/{alias}", _purge_cache),
+)
+
+
+def add_routes(app: web.Application) -> None:
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+
+
+__all__ = ["Principal", "add_routes", "principal", "require_admin"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import logging
 import os
 import re
 import time
@@ -15,7 +16,8 @@ import orjson
 from aiohttp import web
 
 from backends import Endpoint
-from backends.errors import (
+from errors import (
+    ClientError,
     GatewayError,
     MethodNotAllowed,
     ModelNotFound,
@@ -26,7 +28,7 @@ from backends.errors import (
 from policies.record import RequestRecord
 from policies.stores.layer import StoreLayer
 
-from . import admin, messages, metrics, openapi, requestlog, tracing
+from . import admin, messages, metrics, openapi, requestlog, responses, tracing
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
@@ -51,6 +53,7 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     app[GATEWAY] = Gateway.build(loaded, app[STORES])
     app.on_response_prepare.append(_server_header)
     app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
+    app[responses.STORE] = responses.new_store(loaded.config.server.responses_ttl_s)
     app.cleanup_ctx.append(_lifecycle)
     traces = tracing.build(loaded.config.tracing, _API_PATHS)
     if traces is not None:  # off: no middleware, no OpenTelemetry import
@@ -65,6 +68,12 @@ def build_app(loaded: LoadedConfig) -> web.Application:
         app.router.add_get(f"{prefix}/models", _list_models)
         app.router.add_get(f"{prefix}/models/{{model:.+}}", _get_model)
     app.router.add_post("/v1/messages", messages.handle)  # Anthropic's Messages API, any backend
+    app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
+    app.router.add_post("/v1/responses", responses.create)  # OpenAI's Responses API, any backend
+    app.router.add_get("/v1/responses/{id}", responses.retrieve)
+    app.router.add_delete("/v1/responses/{id}", responses.delete)
+    app.router.add_get("/v1/responses/{id}/input_items", responses.input_items)
+    app.router.add_get("/", _healthz)  # agents (Claude Code) probe the base URL before the first request
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -142,8 +151,7 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def _failed(record: RequestRecord, exc: GatewayError) -> web.Response:
-    record.status = exc.status
-    record.error = exc.message
+    record.fail(exc)
     response = error_response(exc, record.request_id)
     record.overhead_s = time.perf_counter() - record.started - record.upstream_s
     response.headers["x-gateway-overhead-ms"] = f"{record.overhead_s * 1000:.3f}"
@@ -158,9 +166,9 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> GatewayError:
                                 headers={"Allow": exc.headers.get("Allow", "")})
     if exc.status == 413:
         return PayloadTooLarge("Request body exceeds the size limit.")
-    error = GatewayError(exc.reason or "HTTP error", status=exc.status)
-    error.type = "invalid_request_error" if exc.status < 500 else "api_error"
-    return error
+    if exc.status < 500:
+        return ClientError(exc.reason or "HTTP error", status=exc.status)
+    return GatewayError(exc.reason or "HTTP error", status=exc.status)
 
 
 def _finish(request: web.Request, record: RequestRecord) -> None:
@@ -212,7 +220,10 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
         fields["prompt"] = record.prompt
     if record.trace is not None:
         fields["trace_id"] = record.trace.trace_id
-    _request_log().info("request", **fields)
+    _request_log().log(_LEVELS[record.log_level], "request", **fields)
+
+
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 @functools.cache

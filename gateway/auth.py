@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from backends.errors import AuthenticationFailed, PermissionDenied
+from errors import AuthenticationFailed, PermissionDenied
 
 from .config import TenantConfig
 from .security.network import Allowlist, Peer

@@ -26,6 +26,7 @@ from policies.resilience_config import (
     check_models,
 )
 
+from .extras import missing_extras
 from .security.config import CIDR, GuardrailConfig, ListenerLimits, MetricsAccess, PIIConfig, TLSConfig
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -75,6 +76,7 @@ class ServerConfig(_Frozen):
     admin_listen: str | None = Field(default=None, pattern=r"^.+:\d{1,5}$", description="host:port of a listener "
                                      "serving /admin/* and /metrics; then neither on the main listener")
     trusted_proxies: tuple[CIDR, ...] = Field(default=(), description="whose X-Forwarded-For names the client")
+    responses_ttl_s: float = Field(default=24 * 3600, gt=0)  # how long store: true responses are kept
 
 
 class ModelAlias(_Frozen):
@@ -237,6 +239,8 @@ def parse_config(text: str, *, path: str | None = None, env: Any = None) -> Load
     except ValidationError as exc:
         unset = {line.split(": ", 1)[0] for line in problems}  # already explained by the missing variable
         problems.extend(line for line in _format(exc) if line.split(": ", 1)[0] not in unset)
+    if not problems:
+        problems = missing_extras(config)
     if problems:
         raise ConfigError(problems)
 

@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 import orjson
 import structlog
 
-from backends.secrets import scrub
+from errors.secrets import scrub
 
 MAX_FIELD_CHARS = 4096   # a traceback or an upstream message longer than this is cut, marked as cut
 # Fields the gateway itself fills with names and ids: never a secret, and skipping them keeps the

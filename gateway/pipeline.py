@@ -11,16 +11,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 
-from backends import Endpoint, UpstreamResponse, spans
+from backends import Endpoint, UpstreamResponse, spans, sse
+from policies import ledger
 from policies.admission import Admission
 from policies.cache import ResponseCache
 from policies.call import Call
 from policies.resilience import Resilience
 
 _USAGE = b'"usage"'
+_NATIVE = (Endpoint.RESPONSES, Endpoint.MESSAGES, Endpoint.COUNT_TOKENS)
 
 
 class Pipeline:
@@ -51,15 +54,20 @@ class Pipeline:
                 call.collected = []
             async with self.resilience.send(call) as upstream:
                 if upstream.chunks is not None:
-                    upstream.chunks = _tap(call, upstream.chunks)
+                    if call.endpoint not in _NATIVE:  # a native format's handler reads its own usage
+                        upstream.chunks = _tap(call, upstream.chunks)
                 else:
-                    if upstream.data is not None:
+                    if upstream.data is not None and call.endpoint not in _NATIVE:
                         call.usage = upstream.data.get("usage")
                         call.record.take_usage(call.usage)
                     call.completed = True
                 yield upstream
             if call.completed and self.cache.wants(call):
                 self.cache.store(call, upstream)
+
+    async def usage(self, tenant: str, days: list[str], group_by: ledger.GroupBy) -> list[dict[str, Any]]:
+        """The ledger's usage rows of ``tenant`` over ``days`` (the admin API)."""
+        return await ledger.usage(self.admission.store, tenant, days, group_by)
 
     async def start(self) -> None:
         await self.resilience.start()
@@ -73,44 +81,53 @@ class Pipeline:
 
 
 async def _tap(call: Call, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Passes a stream's SSE events on as they come, whole events only, and on the way: takes the usage,
-    drops the usage-only chunk the client did not ask for (backends ask for it to count tokens), keeps the
-    events when a policy wants them, and marks the call completed at ``[DONE]``."""
-    tail = b""
+    """Passes a stream's SSE events on as they come, each once it is whole, in LF framing whatever the
+    upstream's; on the way: takes the usage, drops the usage-only chunk the client did not ask for (backends
+    ask for it to count tokens), keeps the events when a policy wants them, and marks the call completed at
+    ``[DONE]``."""
+    decoder = sse.Decoder()
     async for piece in chunks:
-        data = tail + piece if tail else piece
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            tail = data
-            continue
-        events, tail = data[:end + 2], data[end + 2:]
-        if _USAGE in events:
-            events = _take_usage(call, events)
-        if b"data: [DONE]" in events:
-            call.completed = True
-        if call.collected is not None:
-            call.collected.append(events)
+        events = decoder.feed(piece)
         if events:
-            yield events
-    if tail:
-        yield tail
+            out = _relay(call, events)
+            if out:
+                yield out
+    events = decoder.close()
+    if events and (out := _relay(call, events)):
+        yield out
 
 
-def _take_usage(call: Call, events: bytes) -> bytes:
-    kept: list[bytes] = []
-    for event in events.split(b"\n\n"):
-        if event.startswith(b"data: {") and _USAGE in event:
-            try:
-                chunk = orjson.loads(event[6:])
-            except orjson.JSONDecodeError:
-                chunk = None
-            if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
-                call.usage = chunk["usage"]
-                call.record.take_usage(call.usage)
-                if not call.client_wants_usage:
-                    if not chunk.get("choices"):
-                        continue  # the usage-only chunk we asked for on the client's behalf
-                    chunk.pop("usage")
-                    event = b"data: " + orjson.dumps(chunk)
-        kept.append(event)
-    return b"\n\n".join(kept)
+def _relay(call: Call, events: list[sse.Event]) -> bytes:
+    out: list[bytes] = []
+    for event in events:
+        payload = event.data
+        if event.done:
+            call.completed = True
+        elif _USAGE in payload:
+            kept = _take_usage(call, payload)
+            if kept is None:
+                continue
+            payload = kept
+        out.append(sse.encode(payload, event.event))
+    blob = b"".join(out)
+    if call.collected is not None and blob:
+        call.collected.append(blob)
+    return blob
+
+
+def _take_usage(call: Call, payload: bytes) -> bytes | None:
+    """The event's data with the usage taken (and removed if the client did not ask for it); None to drop
+    the usage-only chunk requested on the client's behalf."""
+    try:
+        chunk = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return payload
+    if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
+        call.usage = chunk["usage"]
+        call.record.take_usage(call.usage)
+        if not call.client_wants_usage:
+            if not chunk.get("choices"):
+                return None
+            chunk.pop("usage")
+            return orjson.dumps(chunk)
+    return payload

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from backends import Endpoint, UpstreamResponse
-from backends.errors import GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge, RequestTimeout
+from backends import Endpoint, UpstreamResponse, sse
+from errors import GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge, RequestTimeout
 from policies.call import Call
 
 from .keys import GATEWAY, RECORD
@@ -80,9 +80,8 @@ async def relay(request: web.Request, call: Call, answer: UpstreamResponse) -> w
             await response.write(chunk)
     except GatewayError as exc:
         # Headers are gone: the client learns of the failure from an error event, as OpenAI sends one.
-        record.error = exc.message
-        record.status = exc.status
-        await response.write(b"data: " + orjson.dumps(exc.body()) + b"\n\n")
+        record.fail(exc)
+        await response.write(sse.data(orjson.dumps(exc.body())))
     record.upstream_s = time.perf_counter() - sent
     await response.write_eof()
     return response

@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
-from backends.errors import InvalidRequest, PermissionDenied
+from errors import InvalidRequest, PermissionDenied
 from policies.record import RequestRecord
 
 from .admin import principal

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from backends import Backend, SessionPool, build_backend
 from policies.admission import Admission, AliasPolicy
 from policies.cache import ResponseCache
-from policies.concurrency import InFlightLimited
+from policies.concurrency import InFlightCap
 from policies.cost import PriceTable, dearest, deployment_price
 from policies.resilience import Resilience
 from policies.router import Route, Router
@@ -62,12 +62,12 @@ class Gateway:
                     disabled.setdefault(alias.name, []).append(f"{deployment.id}: {reason}")
                     continue
                 backend = build_backend(deployment, pool)
+                cap = None
                 if deployment.max_concurrency is not None:
-                    backend = InFlightLimited(backend, deployment.max_concurrency, admission.store,
-                                              wait_s=deployment.timeouts.connect_s,
-                                              lease_s=config.stores.settle_after_s)
+                    cap = InFlightCap(backend.id, deployment.max_concurrency, admission.store,
+                                      wait_s=deployment.timeouts.connect_s, lease_s=config.stores.settle_after_s)
                 backends.append(backend)
-                routes[alias.name].append(Route.of(alias.name, deployment, backend))
+                routes[alias.name].append(Route.of(alias.name, deployment, backend, cap))
         router = Router(routes, disabled, {alias.name: alias.routing for alias in config.models})
         resilience = Resilience(router, config.resilience, retry={a.name: a.retry for a in config.models},
                                 fallbacks={a.name: a.fallbacks for a in config.models},

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from backends import Endpoint
-from backends.errors import InvalidRequest
+from errors import InvalidRequest
 
 _NUMBER = (int, float)
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})

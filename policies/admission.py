@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from backends import Endpoint, spans
-from backends.errors import GatewayError, QuotaExceeded, RateLimited
+from errors import GatewayError, QuotaExceeded, RateLimited
 
 from . import bucket, budget, metrics, tokens
 from .call import Call
@@ -231,7 +231,7 @@ class Admission:
                 self._log.warning("budget soft threshold reached", tenant=call.tenant, key_id=call.key_id,
                                   budget=spend.scope, limit_usd=usd(spend.limit or 0))
         if reservation.buckets:
-            call.record.response_headers.update(bucket.headers(reservation.buckets, result.levels))
+            call.record.limited(bucket.headers(reservation.buckets, result.levels))
         return _Admitted(reservation, self.store)  # a fail-open store knows which store admitted it
 
     async def _wait(self, call: Call, rules: _Rules, reservation: Reservation,
@@ -367,7 +367,7 @@ class Admission:
         if estimated:
             cost = reservation.est_cost
         if cost:
-            record.cost_usd = usd(cost)
+            record.priced(usd(cost))
         metrics.SETTLED.labels(how).inc()
         return Settlement(reservation=reservation, deployment=deployment, prompt_tokens=prompt,
                           completion_tokens=completion, cached_tokens=cached, cost=cost, status=final,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends.errors import ContextWindowExceeded, GatewayError, UpstreamError, UpstreamTimeout
+from errors import ContextWindowExceeded, GatewayError, UpstreamError, UpstreamTimeout
 
 from .resilience_config import ErrorClass
 

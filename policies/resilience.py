@@ -27,8 +27,8 @@ from typing import Any
 
 import orjson
 
-from backends import UpstreamResponse, spans
-from backends.errors import (
+from backends import UpstreamResponse, spans, sse
+from errors import (
     ContextWindowExceeded,
     DeadlineExceeded,
     GatewayError,
@@ -137,8 +137,7 @@ class Resilience:
         if isinstance(answer, GatewayError):
             raise answer
         held, _, route = answer
-        call.record.deployment = route.id
-        call.record.upstream_s = time.perf_counter() - sent
+        call.record.answered(route.id, time.perf_counter() - sent)
         return held
 
     def _deadline_s(self, call: Call) -> float:
@@ -205,8 +204,7 @@ class Resilience:
                 held, upstream, first = await self._attempt(call, route, attempt.body(), deadline)
             except GatewayError as exc:
                 spans.end(span, exc.status, exc.message)
-                record.attempts.append(f"{route.id}:{exc.status}")
-                record.deployment = route.id
+                record.attempted(route.id, exc.status)
                 self.events.attempt(route, exc.status)
                 if exc.status not in self._ignore:
                     await self.breakers.failure(route.key)
@@ -215,7 +213,7 @@ class Resilience:
                     return exc
                 continue
             spans.end(span, upstream.status)
-            record.attempts.append(f"{route.id}:{upstream.status}")
+            record.attempted(route.id, upstream.status)
             self.events.attempt(route, upstream.status)
             if upstream.chunks is not None:
                 upstream.chunks = self._watch(route, first, upstream.chunks, deadline)
@@ -374,22 +372,28 @@ class _Attempt:
 
 class _Held:
     """An attempt's upstream connection (the backend's ``send`` context), held while its answer is
-    relayed; counts toward the deployment's outstanding requests until released."""
+    relayed; counts toward the deployment's outstanding requests, and holds one of its ``max_concurrency``
+    slots, until released."""
 
-    __slots__ = ("_context", "_entered", "_route", "upstream")
+    __slots__ = ("_context", "_entered", "_route", "_slot", "upstream")
 
     def __init__(self, route: Route, context: AbstractAsyncContextManager[UpstreamResponse]) -> None:
         self._route = route
         self._context = context
         self._entered = False
+        self._slot: str | None = None
         self.upstream: UpstreamResponse
 
     async def enter(self) -> UpstreamResponse:
+        cap = self._route.cap
+        if cap is not None:
+            self._slot = await cap.take()
         self._route.outstanding += 1
         try:
             upstream = await self._context.__aenter__()
         except BaseException:
             self._route.outstanding -= 1   # the backend's context cleaned up after itself
+            await self._give_back()
             raise
         self._entered = True
         self.upstream = upstream
@@ -401,19 +405,25 @@ class _Held:
             return
         self._entered = False
         self._route.outstanding -= 1
-        await self._context.__aexit__(kind, exc, tb)
+        try:
+            await self._context.__aexit__(kind, exc, tb)
+        finally:
+            await self._give_back()
+
+    async def _give_back(self) -> None:
+        if self._slot is not None:
+            assert self._route.cap is not None
+            slot, self._slot = self._slot, None
+            await self._route.cap.give_back(slot)
 
 
 def _first_event_ok(chunk: bytes) -> bool:
     # Nothing has reached the client yet: a garbled first event can still be retried elsewhere.
-    end = chunk.find(b"\n\n")
-    if not chunk.startswith(b"data: ") or end < 0:
-        return True
-    event = chunk[6:end]
-    if event == b"[DONE]":
+    events = sse.Decoder().feed(chunk)
+    if not events or events[0].done:
         return True
     try:
-        orjson.loads(event)
+        orjson.loads(events[0].data)
     except orjson.JSONDecodeError:
         return False
     return True

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 
-from backends.errors import GatewayError, UpstreamConnectionError, UpstreamError, UpstreamTimeout
+from errors import GatewayError, UpstreamConnectionError, UpstreamError, UpstreamTimeout
 
 from .resilience_config import RetryConfig
 

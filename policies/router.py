@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from backends import Backend, DeploymentConfig
-from backends.errors import Unavailable
+from errors import Unavailable
 
+from .concurrency import InFlightCap
 from .models import model_info
 from .resilience_config import RoutingConfig
 
@@ -35,15 +36,17 @@ class Route:
     context_window: int | None = None
     outstanding: int = 0
     latency_s: float | None = None     # EWMA of time to first token
+    cap: InFlightCap | None = None     # the deployment's max_concurrency, taken per attempt
     _seed: bytes = field(default=b"", repr=False)
 
     @classmethod
-    def of(cls, alias: str, deployment: DeploymentConfig, backend: Backend) -> Route:
+    def of(cls, alias: str, deployment: DeploymentConfig, backend: Backend,
+           cap: InFlightCap | None = None) -> Route:
         info = model_info(deployment.model)
         window = deployment.context_window or (info.context_window if info is not None else None)
         return cls(alias=alias, backend=backend, deployment=deployment, key=f"{alias}/{deployment.id}",
                    weight=deployment.weight, cost=(info.input + info.output) if info is not None else None,
-                   context_window=window, _seed=deployment.id.encode())
+                   context_window=window, cap=cap, _seed=deployment.id.encode())
 
     @property
     def id(self) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from backends import Endpoint
+from backends import Endpoint, sse
 
 _PER_MESSAGE = 3            # OpenAI's chat format adds about 3 tokens per message and 3 for the reply
 _OFF_LOOP_CHARS = 32_000    # longer prompts are tokenized in a worker thread
@@ -86,20 +86,21 @@ def completion_budget(endpoint: Endpoint, body: dict[str, Any], default: int) ->
 def count_completion(events: list[bytes], encoding: Any | None) -> int:
     """Completion tokens of a stream that ended without usage, counted from its events' text."""
     texts: list[str] = []
-    for block in events:
-        for event in block.split(b"\n\n"):
-            if not event.startswith(b"data: {"):
-                continue
-            try:
-                chunk = orjson.loads(event[6:])
-            except orjson.JSONDecodeError:
-                continue
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta") or {}
-                text = delta.get("content") if isinstance(delta, dict) else None
-                text = text if isinstance(text, str) else choice.get("text")
-                if isinstance(text, str):
-                    texts.append(text)
-                for call in (delta.get("tool_calls") if isinstance(delta, dict) else None) or ():
-                    texts.append(str((call.get("function") or {}).get("arguments", "")))
+    for event in sse.decode(b"".join(events)):
+        if event.data[:1] != b"{":
+            continue
+        try:
+            chunk = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(chunk, dict):
+            continue
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            text = delta.get("content") if isinstance(delta, dict) else None
+            text = text if isinstance(text, str) else choice.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+            for call in (delta.get("tool_calls") if isinstance(delta, dict) else None) or ():
+                texts.append(str((call.get("function") or {}).get("arguments", "")))
     return _count(["".join(texts)], encoding) if texts else 0

@@ -4,8 +4,10 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +31,18 @@ logs.configure(stream=_log_file)
 KEY = new_key()
 OTHER_KEY = new_key()
 UPSTREAM_KEY = "upstream-secret-" + "x" * 24
+
+
+def log_line(request_id: str) -> dict[str, Any]:
+    """The gateway's request log line for ``request_id`` (written just after the answer's last byte)."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [json.loads(line) for line in LOG_PATH.read_text().splitlines() if request_id in line]
+        lines = [line for line in lines if line.get("event") == "request"]
+        if lines:
+            return lines[-1]
+        assert time.monotonic() < deadline, f"no log line for {request_id}"
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -111,7 +125,7 @@ def gateway(upstream: tuple[ServerThread, FakeState], start_gateway: Callable[[s
 
 
 @pytest.fixture
-def client(gateway: ServerThread):  # type: ignore[no-untyped-def]
+def client(gateway: ServerThread):
     import openai
 
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as c:

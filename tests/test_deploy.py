@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import openai
 import redis
@@ -51,7 +52,7 @@ def test_the_compose_gateway_service_serves_its_config(tmp_path, upstream, redis
     process, url = start_serve_with(ROOT / mounted, env)
     try:
         with openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60) as client:
-            ask = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "hi there"}]}
+            ask: dict[str, Any] = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "hi there"}]}
             first = client.chat.completions.with_raw_response.create(**ask)
             again = client.chat.completions.with_raw_response.create(**ask)
         assert first.parse().choices[0].message.content == "Echo: hi there"

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from backends.errors import AuthenticationFailed, NotFound, PermissionDenied
+from errors import AuthenticationFailed, NotFound, PermissionDenied
 
 from ..auth import hash_key, presented_key
 from ..keys import GATEWAY

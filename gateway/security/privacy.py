@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from backends import Endpoint, UpstreamResponse, sse
-from backends.errors import InvalidRequest
+from errors import InvalidRequest
 
 from .config import PIIConfig
 from .pii import Detector
@@ -65,7 +65,7 @@ def map_texts(endpoint: Endpoint, body: dict[str, Any], change: Callable[[str], 
     """``body`` with ``change`` applied to every text a model reads: message contents (and their text parts),
     prompts, embedding inputs."""
     body = dict(body)
-    if endpoint is Endpoint.CHAT:
+    if endpoint in (Endpoint.CHAT, Endpoint.MESSAGES):  # Anthropic's text blocks have "text" too
         messages = []
         for message in body.get("messages") or ():
             content = message.get("content")
@@ -129,12 +129,15 @@ async def _restore_stream(chunks: AsyncIterator[bytes], masker: Masker) -> Async
 
 
 def _event(event: sse.Event, masker: Masker, held: dict[tuple[int, str], str]) -> bytes:
-    if event.done:
-        return sse.data(event.data)
     try:
-        chunk = orjson.loads(event.data)
+        chunk = None if event.done else orjson.loads(event.data)
     except orjson.JSONDecodeError:
-        return sse.data(event.data)
+        chunk = None
+    if not isinstance(chunk, dict):
+        return sse.encode(event.data, event=event.event)
+    if chunk.get("type") == "content_block_delta" and isinstance(chunk.get("delta"), dict):
+        # Anthropic's own stream (native /v1/messages): a text block's deltas, closed by content_block_stop
+        _restore(chunk["delta"], "text", (int(chunk.get("index") or 0), "text"), False, masker, held)
     for choice in chunk.get("choices") or ():
         index = choice.get("index", 0)
         finished = choice.get("finish_reason") is not None
@@ -144,10 +147,16 @@ def _event(event: sse.Event, masker: Masker, held: dict[tuple[int, str], str]) -
             text = container.get(field)
             if not isinstance(text, str) and not (finished and (index, field) in held):
                 continue
-            pending = held.pop((index, field), "") + (text or "")
-            partial = None if finished else _PARTIAL.search(pending)
-            if partial is not None:
-                held[(index, field)] = pending[partial.start():]
-                pending = pending[:partial.start()]
-            container[field] = masker.restore(pending)
-    return sse.data(orjson.dumps(chunk))
+            _restore(container, field, (index, field), finished, masker, held)
+    return sse.encode(orjson.dumps(chunk), event=event.event)
+
+
+def _restore(container: dict[str, Any], field: str, slot: tuple[int, str], finished: bool, masker: Masker,
+             held: dict[tuple[int, str], str]) -> None:
+    text = container.get(field)
+    pending = held.pop(slot, "") + (text if isinstance(text, str) else "")
+    partial = None if finished else _PARTIAL.search(pending)
+    if partial is not None:
+        held[slot] = pending[partial.start():]
+        pending = pending[:partial.start()]
+    container[field] = masker.restore(pending)

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from backends import Endpoint, UpstreamResponse
-from backends.errors import InvalidRequest
+from errors import InvalidRequest
 from policies.call import Call
 from policies.record import RequestRecord
 

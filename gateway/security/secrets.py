@@ -1,8 +1,8 @@
-"""Which values of a config are secrets (registered with ``backends.secrets`` so no output can carry them)."""
+"""Which values of a config are secrets (registered with ``errors.secrets`` so no output can carry them)."""
 
 from __future__ import annotations
 
-from backends import secrets
+from errors import secrets
 
 from ..config import GatewayConfig
 

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from backends import Endpoint, UpstreamResponse
-from backends.errors import GatewayError
+from errors import GatewayError
 
 from ..call import Call
 from ..models import model_info
 from ..stores.layer import StoreLayer
 from . import replay
-from .config import CacheConfig, CacheOverride, Settings, resolve
+from .config import CacheConfig, CacheOverride, Settings, combinations, resolve
 from .exact import AnswerStore, Caps, MemoryStore, RedisStore, entry_key
 from .key import Identity, identify
 
@@ -67,11 +67,9 @@ class ResponseCache:
         self.answers: AnswerStore = (RedisStore(stores, caps) if stores is not None and stores.shared
                                      else MemoryStore(caps))
         # what some tenant and alias may use decides what is built: no model is loaded for nobody
-        tenant_overrides = list(self._tenants.values()) or [None]
-        alias_overrides = list(self._aliases.values()) or [None]
-        combinations = [resolve(self.config, a, t) for t in tenant_overrides for a in alias_overrides]
-        self.enabled = any(c.enabled for c in combinations)
-        self.semantic_enabled = any(c.enabled and c.semantic for c in combinations)
+        pairs = combinations(self.config, self._tenants.values(), self._aliases.values())
+        self.enabled = any(c.enabled for c in pairs)
+        self.semantic_enabled = any(c.enabled and c.semantic for c in pairs)
         self.embedder: Any = None
         self.index: Any = None
         self.index_ready = False
@@ -112,9 +110,7 @@ class ResponseCache:
         settings = self._eligible(call)
         if settings is None:
             return None
-        record = call.record
-        record.cache = "miss"
-        record.response_headers["x-cache"] = "miss"
+        call.record.cached("miss")
         if "no-cache" in _directives(call.headers):
             return None
         identity = identify(call.tenant, call.alias, call.endpoint.value, call.body)
@@ -165,13 +161,7 @@ class ResponseCache:
 
     def _hit(self, call: Call, raw: bytes, kind: str, similarity: float | None) -> UpstreamResponse:
         entry = orjson.loads(raw)
-        record = call.record
-        record.cache = kind
-        record.cost_usd = 0.0
-        record.saved_usd = entry.get("cost") or 0.0
-        record.response_headers["x-cache"] = kind
-        if similarity is not None:
-            record.response_headers["x-cache-similarity"] = f"{similarity:.4f}"
+        call.record.cached(kind, entry.get("cost"), similarity)
         answer = replay.fresh(entry["answer"]) if entry.get("kind") == "chat" else entry["answer"]
         if call.stream:
             return UpstreamResponse(status=200, chunks=replay.stream(replay.chunks(answer, call.client_wants_usage)))

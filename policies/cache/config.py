@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -87,3 +88,11 @@ def resolve(defaults: CacheConfig, *overrides: CacheOverride | None) -> Settings
             threshold=settings.threshold if override.threshold is None else override.threshold,
         )
     return settings
+
+
+def combinations(defaults: CacheConfig, tenants: Iterable[CacheOverride | None],
+                 aliases: Iterable[CacheOverride | None]) -> list[Settings]:
+    """What applies to each tenant and alias pair: what some pair may use decides what is built."""
+    tenant_overrides = list(tenants) or [None]
+    alias_overrides = list(aliases) or [None]
+    return [resolve(defaults, a, t) for t in tenant_overrides for a in alias_overrides]

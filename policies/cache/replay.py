@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from backends import sse
+
 _PIECE = 48  # characters per replayed content chunk
 
 
@@ -23,12 +25,11 @@ def assemble(events: list[bytes], usage: dict[str, Any] | None) -> dict[str, Any
     refusal: list[str] = []
     tools: dict[int, dict[str, Any]] = {}
     finish: str | None = None
-    for event in b"".join(events).split(b"\n\n"):
-        event = event.strip()
-        if not event.startswith(b"data: ") or event == b"data: [DONE]":
+    for event in sse.decode(b"".join(events)):
+        if event.done:
             continue
         try:
-            chunk = orjson.loads(event[6:])
+            chunk = orjson.loads(event.data)
         except orjson.JSONDecodeError:
             return None
         if not isinstance(chunk, dict) or "error" in chunk:
@@ -92,7 +93,7 @@ def chunks(completion: dict[str, Any], include_usage: bool) -> list[bytes]:
 
     def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
         body = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-        return b"data: " + orjson.dumps(body) + b"\n\n"
+        return sse.data(orjson.dumps(body))
 
     out = [event({"role": "assistant", "content": ""})]
     text = message.get("content")
@@ -105,8 +106,8 @@ def chunks(completion: dict[str, Any], include_usage: bool) -> list[bytes]:
                                           "function": call.get("function")}]}))
     out.append(event({}, choice.get("finish_reason") or "stop"))
     if include_usage and isinstance(completion.get("usage"), dict):
-        out.append(b"data: " + orjson.dumps({**base, "choices": [], "usage": completion["usage"]}) + b"\n\n")
-    out.append(b"data: [DONE]\n\n")
+        out.append(sse.data(orjson.dumps({**base, "choices": [], "usage": completion["usage"]})))
+    out.append(sse.DONE)
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Literal, TypeVar
 import structlog
 from redis.exceptions import RedisClusterException, RedisError
 
-from backends.errors import Unavailable
+from errors import Unavailable
 
 from .. import metrics
 

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +24,8 @@ import pytest
 
 from backends import Endpoint
 from backends.config import DeploymentConfig
-from backends.errors import Unavailable
 from backends.local import LocalBackend
+from errors import Unavailable
 from gateway.app import build_app
 from gateway.auth import hash_key
 from gateway.config import ConfigError, load_config, parse_config
@@ -35,7 +36,7 @@ from tests.local_engine.conftest import _build
 from tests.openapi import validate
 
 ROOT = Path(__file__).resolve().parents[2]
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION: list[Any] = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def _config(models: str) -> str:
@@ -182,6 +183,7 @@ def test_client_disconnect_aborts_the_sequence_and_frees_its_blocks(smollm2_gate
     request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     generated = engine.metrics["generation_tokens_total"]
+    assert generated is not None
     with socket.create_connection(("127.0.0.1", smollm2_gateway.port), timeout=60) as sock:
         sock.sendall(request)
         assert b"200 OK" in sock.recv(65536)
@@ -192,7 +194,7 @@ def test_client_disconnect_aborts_the_sequence_and_frees_its_blocks(smollm2_gate
         time.sleep(0.05)
     assert not engine.engine.has_unfinished()
     assert engine.engine.block_manager.num_used_blocks == 0
-    assert engine.metrics["generation_tokens_total"] - generated < 100
+    assert (engine.metrics["generation_tokens_total"] or 0) - generated < 100
 
 
 def test_engine_metrics_and_readiness(smollm2_gateway: ServerThread) -> None:
@@ -300,27 +302,48 @@ async def test_a_request_before_the_model_is_loaded_waits_or_gets_503(tiny_model
         await asyncio.gather(impatient.close(), patient.close())
 
 
-def test_readyz_says_starting_until_the_model_is_loaded(tiny_model: Path, tmp_path: Path) -> None:
-    # A model whose tokenizer_config.json is a pipe: its load waits until the test writes the file's text.
+def _start_held(tiny_model: Path, tmp_path: Path, *settings: str) -> tuple[ServerThread, Path, str]:
+    """A gateway whose deployment ``local/slow`` (the tiny model plus ``settings``) is loading: its
+    tokenizer_config.json is a pipe, and the load waits until the test writes the returned text into it."""
     slow = tmp_path / "slow"
     shutil.copytree(tiny_model, slow)
     pipe = slow / "tokenizer_config.json"
     text = pipe.read_text()
     pipe.unlink()
     os.mkfifo(pipe)
+    lines = "".join(f"        {line}\n" for line in settings)
     server = _start(f"""
   - name: slow
     deployments:
       - provider: local
         model: slow
         model_path: {slow}
-        engine: {{load_timeout_s: 0.2, block_size: 4, num_kv_blocks: 64}}
-""")
+{lines}""")
+    return server, pipe, text
+
+
+def _assert_loading(server: ServerThread) -> None:
+    starting = httpx.get(server.url + "/readyz")
+    assert starting.status_code == 503
+    assert starting.json()["status"] == "starting" and starting.json()["deployments"]["loading"] == ["local/slow"]
+
+
+def _unblock(pipe: Path) -> None:
+    # Let the load fail rather than hang the shutdown: close the pipe on its reader once it has one.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+            return
+        except OSError:  # ENXIO: the loader has not opened it yet
+            time.sleep(0.05)
+
+
+def test_readyz_says_starting_until_the_model_is_loaded(tiny_model: Path, tmp_path: Path) -> None:
+    server, pipe, text = _start_held(tiny_model, tmp_path, "engine: {load_timeout_s: 0.2, block_size: 4, num_kv_blocks: 64}")
     written = False
     try:
-        starting = httpx.get(server.url + "/readyz")
-        assert starting.status_code == 503
-        assert starting.json()["status"] == "starting" and starting.json()["deployments"]["loading"] == ["local/slow"]
+        _assert_loading(server)
         chat = {"model": "slow", "messages": [{"role": "user", "content": "the quick fox"}], "max_tokens": 3,
                 "ignore_eos": True}
         early = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=chat)
@@ -334,9 +357,48 @@ def test_readyz_says_starting_until_the_model_is_loaded(tiny_model: Path, tmp_pa
                           timeout=60)
         assert late.status_code == 200 and late.json()["usage"]["completion_tokens"] == 3
     finally:
-        if not written:  # let the load fail rather than hang the shutdown
-            with contextlib.suppress(OSError):
-                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        if not written:
+            _unblock(pipe)
+        server.stop()
+
+
+def test_a_capped_local_deployment_is_loading_until_loaded_and_its_cap_holds(tiny_model: Path,
+                                                                               tmp_path: Path) -> None:
+    # max_concurrency must not hide the engine's readiness: /readyz lists it as loading until it is loaded.
+    server, pipe, text = _start_held(tiny_model, tmp_path, "max_concurrency: 1", "timeouts: {connect_s: 0.5}",
+                                     "engine: {load_timeout_s: 60, block_size: 4, num_kv_blocks: 64}")
+    written = False
+    try:
+        _backend(server)  # the engine's own backend, not a wrapper that hides its state
+        _assert_loading(server)
+        chat = {"model": "slow", "messages": [{"role": "user", "content": "the quick fox"}], "max_tokens": 3,
+                "ignore_eos": True}
+        answers: list[httpx.Response] = []
+
+        def ask() -> None:
+            answers.append(httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                                      json=chat, timeout=90))
+
+        # Both wait for the model; one holds the only slot while it waits, the other is refused after connect_s.
+        askers = [threading.Thread(target=ask) for _ in range(2)]
+        for asker in askers:
+            asker.start()
+        deadline = time.monotonic() + 30
+        while not answers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [a.status_code for a in answers] == [429]
+        assert answers[0].json()["error"]["code"] == "deployment_busy"
+        _assert_loading(server)
+        with pipe.open("w") as f:
+            f.write(text)
+        written = True
+        for asker in askers:
+            asker.join(90)
+        assert answers[1].status_code == 200 and answers[1].json()["usage"]["completion_tokens"] == 3
+        assert _wait_ready(server, timeout=60)["status"] == "ready"
+    finally:
+        if not written:
+            _unblock(pipe)
         server.stop()
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -85,6 +86,20 @@ def test_fields_per_the_standard() -> None:
 def test_a_stream_that_ends_without_its_last_blank_line_still_gives_its_last_event() -> None:
     assert decode_split(b"data: a\n\ndata: b", []) == [sse.Event(b"a"), sse.Event(b"b")]
     assert decode_split(b"data: a\n\ndata: b\r", []) == [sse.Event(b"a"), sse.Event(b"b")]
+
+
+def test_fields_carry_over_from_earlier_chunks_into_a_whole_data_event() -> None:
+    decoder = sse.Decoder()
+    assert decoder.feed(b"id: 4\r\nevent: delta\r\n") == []
+    assert decoder.feed(b"data:{}\r\n\r\ndata: next\r\n\r\n") == [sse.Event(b"{}", "delta", "4"),
+                                                                    sse.Event(b"next", "message", "4")]
+
+
+def test_decode_reads_a_whole_stream_and_events_are_immutable() -> None:
+    events = sse.decode(frame(OPENAI_STREAM, b"\r\n", space=False))
+    assert events == OPENAI_STREAM and events[-1].done
+    with pytest.raises(AttributeError):
+        events[0].data = b"changed"  # type: ignore[misc]
 
 
 def test_writer_round_trips() -> None:

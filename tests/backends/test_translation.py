@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from backends.anthropic import to_anthropic
 from backends.bedrock import to_converse
-from backends.errors import InvalidRequest
 from backends.gemini import to_gemini
+from backends.wire.anthropic import to_anthropic
+from errors import InvalidRequest
 from policies.models import model_info
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}

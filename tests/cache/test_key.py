@@ -13,7 +13,7 @@ BASE: dict[str, Any] = {"model": "chat", "temperature": 0,
                                      {"role": "user", "content": "What is the capital of France?"}]}
 
 
-def _id(tenant: str = "acme", alias: str = "chat", **changes: Any):  # type: ignore[no-untyped-def]
+def _id(tenant: str = "acme", alias: str = "chat", **changes: Any):
     return identify(tenant, alias, "chat/completions", {**BASE, **changes})
 
 

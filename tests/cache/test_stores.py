@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from backends import Endpoint, UpstreamResponse
-from backends.errors import Unavailable
+from errors import Unavailable
 from policies.cache import CacheConfig, ResponseCache
 from policies.cache.exact import AnswerStore, Caps, MemoryStore, RedisStore, entry_key
 from policies.call import Call

@@ -20,7 +20,7 @@ TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"typ
                                                                           "properties": {"q": {"type": "string"}}}}}]
 
 
-def _stream(client, **params):  # type: ignore[no-untyped-def]
+def _stream(client, **params):
     raw = client.chat.completions.with_raw_response.create(model="chat", messages=QUESTION, temperature=0,
                                                            stream=True, **params)
     return list(raw.parse()), raw.headers

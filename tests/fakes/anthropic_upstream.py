@@ -17,10 +17,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .openai_upstream import STATE, FakeState, Seen
-from .scenario import Answer, Gist, answer, error_status, split_arguments
+from .openai_upstream import STATE, FakeState, Seen, send_event
+from .scenario import AGENT_MODEL, Answer, Gist, agent, answer, error_status, split_arguments
 
 CACHE_READ, CACHE_WRITE = 3, 2
+SIGNATURE = "sig-fake-thinking"  # what this fake signs its thinking blocks with, and wants back unchanged
+THINKING_TOKENS = 4
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
                 529: "overloaded_error"}
@@ -37,7 +39,10 @@ class BadRequest(Exception):
     pass
 
 
-def gist(body: dict[str, Any]) -> Gist:
+MID_CONVERSATION_SYSTEM = "mid-conversation-system-2026-04-07"
+
+
+def gist(body: dict[str, Any], betas: str = "") -> Gist:
     for name, expected in (("model", str), ("max_tokens", int), ("messages", list)):
         if not isinstance(body.get(name), expected):
             raise BadRequest(f"{name}: Field required")
@@ -47,6 +52,8 @@ def gist(body: dict[str, Any]) -> Gist:
     if system is not None and not isinstance(system, (str, list)):
         raise BadRequest("system: Input should be a valid string or list")
     for i, message in enumerate(body["messages"]):
+        if message.get("role") == "system" and MID_CONVERSATION_SYSTEM in betas:
+            continue
         if message.get("role") not in ("user", "assistant"):
             raise BadRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'")
         content = message.get("content")
@@ -70,6 +77,9 @@ def gist(body: dict[str, Any]) -> Gist:
                 else:
                     raise BadRequest(f"messages.{i}.content: image source is invalid")
                 out.images.append(described)
+            elif kind in ("thinking", "redacted_thinking") and message["role"] == "assistant":
+                if block.get("signature", block.get("data")) != SIGNATURE and kind == "thinking":
+                    raise BadRequest(f"messages.{i}.content: Invalid `signature` in `thinking` block")
             elif kind == "tool_use" and message["role"] == "assistant":
                 tool_ids.add(block["id"])
                 if not isinstance(block.get("input"), dict):
@@ -78,8 +88,9 @@ def gist(body: dict[str, Any]) -> Gist:
                 if block.get("tool_use_id") not in tool_ids:
                     raise BadRequest(f"messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks")
                 result = block.get("content")
-                out.tool_results.append(result if isinstance(result, str) else
-                                        "".join(b.get("text", "") for b in result or ()))
+                if last:
+                    out.tool_results.append(result if isinstance(result, str) else
+                                            "".join(b.get("text", "") for b in result or ()))
             else:
                 raise BadRequest(f"messages.{i}.content: unexpected block type {kind!r}")
     tools = body.get("tools") or []
@@ -94,8 +105,21 @@ def _usage(body: dict[str, Any], output: int) -> dict[str, int]:
             "cache_creation_input_tokens": CACHE_WRITE, "cache_read_input_tokens": CACHE_READ}
 
 
-def _blocks(plan: Answer) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = [{"type": "text", "text": plan.text}] if plan.words else []
+def _thinks(body: dict[str, Any]) -> bool:
+    return (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+
+
+def _thought(body: dict[str, Any]) -> str:
+    thinking = body.get("thinking") or {}
+    return f"Thinking ({thinking.get('type')}, budget {thinking.get('budget_tokens', 'model-chosen')})."
+
+
+def _blocks(plan: Answer, body: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    if body is not None and _thinks(body):
+        blocks.append({"type": "thinking", "thinking": _thought(body), "signature": SIGNATURE})
+    if plan.words:
+        blocks.append({"type": "text", "text": plan.text})
     for i, (name, arguments) in enumerate(plan.calls):
         blocks.append({"type": "tool_use", "id": f"toolu_fake{i}", "name": name, "input": arguments})
     return blocks
@@ -103,7 +127,7 @@ def _blocks(plan: Answer) -> list[dict[str, Any]]:
 
 def message(body: dict[str, Any], plan: Answer) -> dict[str, Any]:
     return {"id": f"msg_{uuid.uuid4().hex[:20]}", "type": "message", "role": "assistant", "model": body["model"],
-            "content": _blocks(plan), "stop_reason": _STOP_REASONS[plan.stop], "stop_sequence": plan.stop_sequence,
+            "content": _blocks(plan, body), "stop_reason": _STOP_REASONS[plan.stop], "stop_sequence": plan.stop_sequence,
             "usage": _usage(body, plan.output_tokens)}
 
 
@@ -117,14 +141,24 @@ def stream_events(body: dict[str, Any], plan: Answer, *, fail: bool = False) -> 
              "usage": {**whole["usage"], "output_tokens": 1}}
     events = [event("message_start", {"message": start}), event("ping", {})]
     index = 0
-    if plan.words:
-        events.append(event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}))
-        for piece in plan.pieces():
-            events.append(event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}}))
-            if fail:
-                return [*events, event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})]
+    if _thinks(body):
+        events.append(event("content_block_start", {"index": 0, "content_block": {"type": "thinking", "thinking": "",
+                                                                                  "signature": ""}}))
+        events.append(event("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta",
+                                                                          "thinking": _thought(body)}}))
+        events.append(event("content_block_delta", {"index": 0, "delta": {"type": "signature_delta",
+                                                                          "signature": SIGNATURE}}))
         events.append(event("content_block_stop", {"index": 0}))
         index = 1
+    if plan.words:
+        events.append(event("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}}))
+        for piece in plan.pieces():
+            events.append(event("content_block_delta", {"index": index, "delta": {"type": "text_delta",
+                                                                                  "text": piece}}))
+            if fail:
+                return [*events, event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})]
+        events.append(event("content_block_stop", {"index": index}))
+        index += 1
     for i, (name, arguments) in enumerate(plan.calls):
         block = {"type": "tool_use", "id": f"toolu_fake{i}", "name": name, "input": {}}
         events.append(event("content_block_start", {"index": index, "content_block": block}))
@@ -162,7 +196,9 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         headers = {"retry-after": "7"} if status == 429 else None
         return error(status, "Overloaded" if status == 529 else f"fake error {status}", headers=headers)
     try:
-        plan = answer(gist(body))
+        seen = gist(body, request.headers.get("anthropic-beta", ""))
+        plan = agent([t["name"] for t in body.get("tools") or ()], seen.tool_results) if model == AGENT_MODEL \
+            else answer(seen)
     except BadRequest as exc:
         return error(400, str(exc))
     if not body.get("stream"):
@@ -171,6 +207,9 @@ async def _messages(request: web.Request) -> web.StreamResponse:
                                            "Cache-Control": "no-cache"})
     await response.prepare(request)
     events = stream_events(body, plan, fail=model == "stream-error")
+    usage = message(body, plan)["usage"]
+    state.usage_sent = {"prompt_tokens": usage["input_tokens"] + CACHE_READ + CACHE_WRITE,
+                        "completion_tokens": plan.output_tokens}
     if model == "early-error":  # the stream is accepted (200), then fails before message_start
         events = [event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})]
     for i, chunk in enumerate(events):
@@ -178,14 +217,25 @@ async def _messages(request: web.Request) -> web.StreamResponse:
             assert request.transport is not None
             request.transport.abort()
             return response
-        await response.write(chunk)
+        await send_event(response, state, chunk)
     await response.write_eof()
     state.completed_streams += 1
     return response
+
+
+async def _count_tokens(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = orjson.loads(await request.read())
+    if state.record:
+        state.requests.append(Seen(request.path, dict(request.query), dict(request.headers), body))
+    if "max_tokens" in body:
+        return error(400, "max_tokens: Extra inputs are not permitted")
+    return web.json_response({"input_tokens": len(orjson.dumps(body["messages"])) // 4 + 1})
 
 
 def build_app(state: FakeState | None = None) -> web.Application:
     app = web.Application()
     app[STATE] = state or FakeState()
     app.router.add_post("/v1/messages", _messages)
+    app.router.add_post("/v1/messages/count_tokens", _count_tokens)
     return app

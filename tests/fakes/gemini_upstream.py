@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .openai_upstream import STATE, FakeState, Seen
+from .openai_upstream import STATE, FakeState, Seen, send_event
 from .scenario import Answer, Gist, answer, error_status
 
 CACHED = 3
@@ -181,7 +181,12 @@ async def _model(request: web.Request) -> web.StreamResponse:
         if model == "stream-error" and i == 1:
             # Gemini reports a failure after the stream began as an error object in the next event.
             chunk = {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
-        await response.write(b"data: " + orjson.dumps(chunk) + b"\r\n\r\n")
+        if "usageMetadata" in chunk:
+            usage = chunk["usageMetadata"]
+            state.usage_sent = {"prompt_tokens": usage["promptTokenCount"],
+                                "completion_tokens": usage.get("candidatesTokenCount", 0)}
+        # Gemini frames its stream with CRLF.
+        await send_event(response, state, b"data: " + orjson.dumps(chunk) + b"\n\n", own_line_end=b"\r\n")
         if "error" in chunk:
             break
     await response.write_eof()

@@ -5,6 +5,11 @@ Its behaviour is chosen by the request's model name, so a test picks a failure b
 ``wrong-content-type``, ``error-body-200``, ``echo-auth-401`` (any status: an error whose message quotes the
 request's own Authorization header, as some upstreams do); anything else answers normally. Every request is recorded.
 
+How streams are framed is set on ``FakeState`` for every fake (this one, Anthropic's, Gemini's): line ends LF,
+CRLF or CR and ``data:`` with or without its space, all valid SSE; and a stream can be held at a gate after
+its first events (``hold_after``) until the test sets ``release``, so that a test sees what the client got
+while the upstream has not yet sent the rest.
+
 Run alone (for bench/): ``python -m tests.fakes.openai_upstream --port 9000``.
 """
 
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +25,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from . import openai_responses
+from .scenario import AGENT_MODEL, agent, split_arguments
+
 SLOW_CHUNK_DELAY_S = 0.2
 SLOW_CHUNKS = 10
+GATE_WAIT_S = 30.0  # a stream held at its gate goes on alone after this, so that a failing test still ends
 
 
 @dataclass
@@ -38,6 +48,30 @@ class FakeState:
     cancelled: int = 0
     completed_streams: int = 0
     record: bool = True
+    line_end: bytes | None = None     # a stream's line ends (LF, CRLF or CR); None: the provider's own
+    data_space: bool = True           # "data: {...}" as providers write it, or "data:{...}" (valid too)
+    hold_after: int | None = None     # a stream waits after this many events until ``release`` is set
+    release: threading.Event = field(default_factory=threading.Event)
+    events_sent: int = 0
+    usage_sent: dict[str, int] | None = None  # the token counts the last stream reported, in OpenAI's terms
+
+
+def framed(event: bytes, line_end: bytes, data_space: bool) -> bytes:
+    """An SSE event written with LF line ends, written instead with ``line_end`` and, if not ``data_space``,
+    ``field:value`` without the space."""
+    lines = event.split(b"\n")
+    if not data_space:
+        lines = [line.replace(b": ", b":", 1) if line[:1] not in (b"", b":") else line for line in lines]
+    return line_end.join(lines)
+
+
+async def send_event(response: web.StreamResponse, state: FakeState, event: bytes, own_line_end: bytes = b"\n") \
+        -> None:
+    """Writes one event in the state's framing; at ``hold_after`` events, waits for ``release``."""
+    state.events_sent += 1   # counted before the write: a test may see the event before this coroutine resumes
+    await response.write(framed(event, state.line_end or own_line_end, state.data_space))
+    if state.events_sent == state.hold_after:
+        await asyncio.to_thread(state.release.wait, GATE_WAIT_S)
 
 
 STATE = web.AppKey("state", FakeState)
@@ -112,17 +146,17 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeSt
         words = [f"w{i}" for i in range(SLOW_CHUNKS)]
     try:
         for i in range(body.get("n") or 1):
-            await response.write(_chunk(body, {"role": "assistant", "content": ""}, index=i))
+            await send_event(response, state, _chunk(body, {"role": "assistant", "content": ""}, index=i))
             if body.get("tools") and body.get("tool_choice") != "none":
                 call = _tool_call(body, i)
                 args = call["function"]["arguments"]
                 first = {"index": 0, "id": call["id"], "type": "function",
                          "function": {"name": call["function"]["name"], "arguments": ""}}
-                await response.write(_chunk(body, {"tool_calls": [first]}, index=i))
+                await send_event(response, state, _chunk(body, {"tool_calls": [first]}, index=i))
                 for part in (args[: len(args) // 2], args[len(args) // 2:]):
-                    await response.write(_chunk(body, {"tool_calls": [{"index": 0, "function": {"arguments": part}}]},
+                    await send_event(response, state, _chunk(body, {"tool_calls": [{"index": 0, "function": {"arguments": part}}]},
                                                 index=i))
-                await response.write(_chunk(body, {}, "tool_calls", index=i))
+                await send_event(response, state, _chunk(body, {}, "tool_calls", index=i))
                 continue
             for j, word in enumerate(words):
                 if model == "cut-stream" and j == 2:
@@ -132,14 +166,15 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeSt
                 if model == "slow-stream":
                     await asyncio.sleep(SLOW_CHUNK_DELAY_S)
                 content = word if j == 0 else " " + word
-                await response.write(_chunk(body, {"content": content}, index=i,
+                await send_event(response, state, _chunk(body, {"content": content}, index=i,
                                             logprobs=_logprobs([content]) if body.get("logprobs") else None))
-            await response.write(_chunk(body, {}, "stop", index=i))
+            await send_event(response, state, _chunk(body, {}, "stop", index=i))
         if (body.get("stream_options") or {}).get("include_usage"):
             usage_chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                            "model": model, "choices": [], "usage": _usage(body, len(words) * (body.get("n") or 1))}
-            await response.write(b"data: " + orjson.dumps(usage_chunk) + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
+            state.usage_sent = usage_chunk["usage"]
+            await send_event(response, state, b"data: " + orjson.dumps(usage_chunk) + b"\n\n")
+        await send_event(response, state, b"data: [DONE]\n\n")
         await response.write_eof()
         state.completed_streams += 1
     except asyncio.CancelledError:
@@ -147,6 +182,51 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeSt
         raise
     except ConnectionError:
         state.cancelled += 1
+    return response
+
+
+async def _agent_chat(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """The model ``agent`` (tests/fakes/scenario.py): a shell call first, then an answer quoting its output."""
+    messages = body["messages"]
+    results: list[str] = []
+    for turn in reversed(messages):
+        if turn.get("role") != "tool":
+            break
+        content = turn.get("content")
+        results.insert(0, content if isinstance(content, str) else
+                       "".join(p.get("text", "") for p in content if isinstance(p, dict)))
+    plan = agent([t["function"]["name"] for t in body.get("tools") or ()], results)
+    calls: list[dict[str, Any]] = [{"id": f"call_agent{i}", "type": "function",
+              "function": {"name": name, "arguments": orjson.dumps(arguments).decode()}}
+             for i, (name, arguments) in enumerate(plan.calls)]
+    finish = "tool_calls" if calls else "stop"
+    usage = _usage(body, plan.output_tokens)
+    if not body.get("stream"):
+        message: dict[str, Any] = {"role": "assistant", "content": plan.text or None, "refusal": None}
+        if calls:
+            message["tool_calls"] = calls
+        return web.json_response({"id": "chatcmpl-agent", "object": "chat.completion", "created": int(time.time()),
+                                  "model": body["model"], "usage": usage,
+                                  "choices": [{"index": 0, "message": message, "finish_reason": finish,
+                                               "logprobs": None}]})
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(_chunk(body, {"role": "assistant", "content": ""}))
+    for piece in plan.pieces():
+        await response.write(_chunk(body, {"content": piece}))
+    for i, call in enumerate(calls):
+        await response.write(_chunk(body, {"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                                           "function": {"name": call["function"]["name"],
+                                                                        "arguments": ""}}]}))
+        for part in split_arguments(call["function"]["arguments"]):
+            await response.write(_chunk(body, {"tool_calls": [{"index": i, "function": {"arguments": part}}]}))
+    await response.write(_chunk(body, {}, finish))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        await response.write(b"data: " + orjson.dumps({"id": "chatcmpl-agent", "object": "chat.completion.chunk",
+                                                       "created": int(time.time()), "model": body["model"],
+                                                       "choices": [], "usage": usage}) + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
     return response
 
 
@@ -194,6 +274,10 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     if special is not None:
         return special
     path = request.path
+    if path.endswith("/responses"):
+        return await openai_responses.handle(request, body)
+    if path.endswith("/chat/completions") and model == AGENT_MODEL:
+        return await _agent_chat(request, body)
     if path.endswith("/chat/completions"):
         if body.get("stream"):
             return await _stream_chat(request, body, state)
@@ -211,8 +295,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         for word in words:
             chunk = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": model,
                      "choices": [{"index": 0, "text": word + " ", "finish_reason": None, "logprobs": None}]}
-            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
+            await send_event(response, state, b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await send_event(response, state, b"data: [DONE]\n\n")
         return response
     return web.json_response({"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
                               "model": model, "usage": _usage(body, len(words)),
@@ -223,7 +307,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
 def build_app(state: FakeState | None = None) -> web.Application:
     app = web.Application()
     app[STATE] = state or FakeState()
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
+                 "/openai/deployments/{deployment}/responses",
                  "/openai/deployments/{deployment}/chat/completions",
                  "/openai/deployments/{deployment}/embeddings"):
         app.router.add_post(path, _handle)

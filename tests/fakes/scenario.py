@@ -8,6 +8,7 @@ with a note per image. Stop sequences and max_tokens cut the echo as a real mode
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 CITIES = ("Paris", "Rome", "Tokyo")
 TOOL_CALL_TOKENS = 9
@@ -26,7 +27,7 @@ class Gist:
 @dataclass
 class Answer:
     words: list[str] = field(default_factory=list)
-    calls: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (tool name, arguments)
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (tool name, arguments)
     stop: str = "end"                     # end | tool | max_tokens | stop_sequence
     stop_sequence: str | None = None
 
@@ -62,6 +63,24 @@ def answer(gist: Gist) -> Answer:
             return out
         out.words.append(word)
     return out
+
+
+AGENT_MODEL = "agent"
+# The shell tools of the coding agents, and the arguments that make each list the working directory.
+SHELL_TOOLS: dict[str, dict[str, Any]] = {"Bash": {"command": "ls", "description": "List the files"},
+                                          "exec_command": {"cmd": "ls"}, "shell": {"command": ["ls"]},
+                                          "shell_command": {"command": "ls"}}
+
+
+def agent(tool_names: list[str], tool_results: list[str]) -> Answer:
+    """The model ``agent``: a coding agent's tool loop in two turns. First a call of the agent's shell tool
+    to list the working directory; then, given its result, a final answer that quotes it."""
+    if tool_results:
+        return Answer(words=["Files:", *" ".join(tool_results).split()][:200])
+    for name in tool_names:
+        if name in SHELL_TOOLS:
+            return Answer(words=["Listing", "the", "files."], calls=[(name, SHELL_TOOLS[name])], stop="tool")
+    return Answer(words=["No", "shell", "tool", "offered."])
 
 
 def split_arguments(arguments: str) -> list[str]:

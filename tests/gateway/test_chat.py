@@ -91,7 +91,7 @@ async def test_async_client_concurrent(gateway):
         results = await asyncio.gather(*[
             client.chat.completions.create(model="chat", messages=[{"role": "user", "content": f"n{i}"}])
             for i in range(20)])
-        assert sorted(r.choices[0].message.content for r in results) == sorted(f"Echo: n{i}" for i in range(20))
+        assert sorted(str(r.choices[0].message.content) for r in results) == sorted(f"Echo: n{i}" for i in range(20))
         stream = await client.chat.completions.create(model="chat", stream=True,
                                                       messages=[{"role": "user", "content": "async stream"}])
         text = "".join([c.choices[0].delta.content or "" async for c in stream])

@@ -83,9 +83,13 @@ def test_the_shipped_config_loads_without_any_secret():
     assert loaded.config.tenants
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+def run_cli(*args: str, without: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """``python -m gateway ARGS``; ``without``: modules made unimportable first, as if not installed."""
+    command = ["-m", "gateway"]
+    if without:
+        command = ["-c", f"import sys; sys.modules.update(dict.fromkeys({list(without)!r})); "
+                         "from gateway.cli import main; sys.exit(main())"]
+    return subprocess.run([sys.executable, *command, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def test_check_config_cli(tmp_path):

@@ -6,8 +6,10 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import KEY, OTHER_KEY, UPSTREAM_KEY, config_text
-from tests.harness import free_port
+from gateway.app import build_app
+from gateway.config import parse_config
+from tests.conftest import KEY, OTHER_KEY, UPSTREAM_KEY, config_text, log_line
+from tests.harness import ServerThread, free_port
 from tests.openapi import validate
 
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
@@ -156,3 +158,46 @@ def test_disabled_deployment_is_503_and_hidden_from_models(upstream, start_gatew
         assert "needs-key" not in [m.id for m in client.models.list()]
     ready = httpx.get(gateway.url + "/readyz").json()
     assert ready["deployments"]["disabled"][0]["reason"] == "environment variable MISSING_TEST_KEY is not set"
+
+
+def test_the_request_log_line_takes_the_errors_level(upstream, start_gateway):
+    """Client errors log at info (a wrong key at warning), upstream failures at warning, a bug at error."""
+    extra = f"""  - name: failing
+    deployments:
+      - {{provider: openai-compatible, model: error-500, api_base: "{upstream[0].url}/v1", api_key: {UPSTREAM_KEY}}}
+  - name: down
+    deployments:
+      - {{provider: openai-compatible, model: m, api_base: "http://127.0.0.1:{free_port()}/v1", api_key: k}}"""
+    gateway = start_gateway(config_text(upstream[0].url, extra))
+    cases = [
+        (post(gateway, CHAT), 200, "info"),
+        (post(gateway, {"model": "chat"}), 400, "info"),
+        (post(gateway, {**CHAT, "model": "nope"}), 404, "info"),
+        (post(gateway, CHAT, key="gw-not-a-key"), 401, "warning"),
+        (post(gateway, {**CHAT, "model": "failing"}), 500, "warning"),
+        (post(gateway, {**CHAT, "model": "down"}), 502, "warning"),
+    ]
+    for response, status, level in cases:
+        assert response.status_code == status, response.text
+        line = log_line(response.headers["x-request-id"])
+        assert (line["status"], line["level"]) == (status, level)
+
+
+def test_a_bug_answers_500_internal_error_and_logs_at_error(upstream):
+    # A handler with a bug, added to the real app: the middleware answers and logs it.
+    async def broken(request):
+        raise RuntimeError("a bug")
+
+    def make_app():
+        app = build_app(parse_config(config_text(upstream[0].url), path="test-config.yaml", env={}))
+        app.router.add_post("/v1/broken", broken)
+        return app
+
+    server = ServerThread(make_app).start()
+    try:
+        response = post(server, CHAT, path="/v1/broken")
+        assert_error(response, 500, "internal_error", "api_error")
+        line = log_line(response.headers["x-request-id"])
+        assert (line["status"], line["level"]) == (500, "error")
+    finally:
+        server.stop()

@@ -4,6 +4,7 @@ Anthropic's API in, the local engine's answer translated back, streamed and not.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import anthropic
 import pytest
@@ -12,7 +13,7 @@ from tests.backends.test_local import _start, _wait_ready
 from tests.conftest import KEY
 from tests.harness import ServerThread
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION: list[Any] = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,8 @@ def test_the_local_engine_answers_anthropic_clients(claude: anthropic.Anthropic)
     message = claude.messages.create(model="smollm2", max_tokens=24, messages=QUESTION,
                                      extra_body={"temperature": 0})  # this SDK version has no temperature argument
     assert message.type == "message" and message.role == "assistant" and message.model == "smollm2"
-    assert [b.type for b in message.content] == ["text"] and "Paris" in message.content[0].text
+    assert [b.type for b in message.content] == ["text"]
+    assert isinstance(message.content[0], anthropic.types.TextBlock) and "Paris" in message.content[0].text
     assert message.stop_reason in ("end_turn", "max_tokens")
     assert message.usage.input_tokens > 5 and 0 < message.usage.output_tokens <= 24
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import anthropic
 import httpx
@@ -74,7 +75,7 @@ def _settled(gateway: ServerThread, count: int) -> list[dict]:
 
 def test_policies_compose_across_both_apis(gateway: ServerThread, upstream) -> None:
     state = upstream[1]
-    ask = {"model": "chat", "temperature": 0, "messages": [{"role": "user", "content": "what is two plus two"}]}
+    ask: dict[str, Any] = {"model": "chat", "temperature": 0, "messages": [{"role": "user", "content": "what is two plus two"}]}
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=30) as client:
         first = client.chat.completions.with_raw_response.create(**ask)
         # answered by the fallback after the broken deployment's 503, with OpenAI's rate-limit headers

@@ -85,7 +85,7 @@ def sdk(server: ServerThread, key: str = KEY, timeout: float = 20) -> openai.Ope
     return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=timeout)
 
 
-def chat(client: openai.OpenAI, content: str = "hello there", **extra):  # type: ignore[no-untyped-def]
+def chat(client: openai.OpenAI, content: str = "hello there", **extra):
     return client.chat.completions.with_raw_response.create(
         model=extra.pop("model", "chat"), messages=[{"role": "user", "content": content}], **extra)
 

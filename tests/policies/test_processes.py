@@ -25,7 +25,7 @@ LIMIT = 60          # requests per minute: refills one a second
 NANO = 1_000_000_000
 
 
-def start_processes(tmp_path, text: str):  # type: ignore[no-untyped-def]
+def start_processes(tmp_path, text: str):
     config = tmp_path / "config.yaml"
     config.write_text(text)
     with ThreadPoolExecutor(PROCESSES) as pool:
@@ -34,7 +34,7 @@ def start_processes(tmp_path, text: str):  # type: ignore[no-untyped-def]
     return [p for p, _ in started], [u for _, u in started]
 
 
-def stop_processes(processes) -> None:  # type: ignore[no-untyped-def]
+def stop_processes(processes) -> None:
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -45,7 +45,7 @@ def stop_processes(processes) -> None:  # type: ignore[no-untyped-def]
             process.kill()
 
 
-async def _one(client: openai.AsyncOpenAI, i: int, **extra):  # type: ignore[no-untyped-def]
+async def _one(client: openai.AsyncOpenAI, i: int, **extra):
     try:
         if extra.pop("stream", False):
             stream = await client.chat.completions.create(
@@ -63,7 +63,7 @@ async def _one(client: openai.AsyncOpenAI, i: int, **extra):  # type: ignore[no-
         return f"error:{type(exc).__name__}"
 
 
-async def _load(urls: list[str], **extra):  # type: ignore[no-untyped-def]
+async def _load(urls: list[str], **extra):
     clients = [openai.AsyncOpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=30) for url in urls]
     try:
         return await asyncio.gather(*(_one(clients[i % len(clients)], i, **dict(extra)) for i in range(CLIENTS)))
@@ -72,14 +72,14 @@ async def _load(urls: list[str], **extra):  # type: ignore[no-untyped-def]
             await client.close()
 
 
-def ledger(url: str) -> list[dict]:  # type: ignore[type-arg]
+def ledger(url: str) -> list[dict]:
     answer = httpx.get(url + "/admin/usage", params={"tenant": "acme", "group_by": "request"},
                        headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
     assert answer.status_code == 200, answer.text
     return answer.json()["data"]
 
 
-def wait_for_ledger(url: str, count: int, timeout: float = 15) -> list[dict]:  # type: ignore[type-arg]
+def wait_for_ledger(url: str, count: int, timeout: float = 15) -> list[dict]:
     deadline = time.monotonic() + timeout
     records = ledger(url)
     while len(records) < count and time.monotonic() < deadline:
@@ -88,7 +88,7 @@ def wait_for_ledger(url: str, count: int, timeout: float = 15) -> list[dict]:  #
     return records
 
 
-def upstream_usage(seen, input_price: float, output_price: float) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def upstream_usage(seen, input_price: float, output_price: float) -> dict[str, int]:
     """Request id -> the nano-USD of what the fake upstream reported for it (same formula as its usage)."""
     priced: dict[str, int] = {}
     for request in seen:
@@ -100,7 +100,7 @@ def upstream_usage(seen, input_price: float, output_price: float) -> dict[str, i
 
 
 @pytest.fixture
-def redis_url(redis_server) -> str:  # type: ignore[no-untyped-def]
+def redis_url(redis_server) -> str:
     return redis_server.url
 
 
@@ -139,7 +139,7 @@ def test_ledger_stays_exact_when_a_process_is_killed_mid_load(tmp_path, upstream
     try:
         upstream[1].requests.clear()
 
-        async def run():  # type: ignore[no-untyped-def]
+        async def run():
             load = asyncio.create_task(_load(urls, model="slow", stream=True, max_tokens=10))
             await asyncio.sleep(1.0)  # the streams take 2 s: the victim is in the middle of its share
             os.kill(processes[0].pid, signal.SIGKILL)

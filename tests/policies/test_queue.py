@@ -23,7 +23,7 @@ class Capacity:
         self.free = 0
         self.order: list[str] = []
 
-    def attempt(self, name: str):  # type: ignore[no-untyped-def]
+    def attempt(self, name: str):
         async def go() -> AdmitResult:
             if self.free > 0:
                 self.free -= 1
@@ -138,7 +138,7 @@ def test_a_flood_of_one_tenant_leaves_another_tenant_untouched(policy_gateway):
     assert outcomes.count("429") >= 6
 
 
-def _finish_order(server, requests):  # type: ignore[no-untyped-def]
+def _finish_order(server, requests):
     """Sends (name, key, headers) one after another, 0.1 s apart, each in its own thread; returns the
     names in the order their answers came."""
     done: list[str] = []

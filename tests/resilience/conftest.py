@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,7 +8,7 @@ import httpx
 import pytest
 
 from gateway.auth import hash_key, new_key
-from tests.conftest import KEY, LOG_PATH
+from tests.conftest import KEY
 from tests.fakes.chaos_upstream import ChaosState
 from tests.fakes.chaos_upstream import build_app as build_chaos
 from tests.harness import ServerThread
@@ -67,12 +66,3 @@ def admin_deployments(gateway: ServerThread) -> dict[str, dict[str, Any]]:
     return {f"{d['alias']}/{d['deployment']}": d for d in response.json()["data"]}
 
 
-def log_line(request_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 5   # the line is written just after the last byte goes out
-    while True:
-        lines = [json.loads(line) for line in LOG_PATH.read_text().splitlines() if request_id in line]
-        lines = [line for line in lines if line.get("event") == "request"]
-        if lines:
-            return lines[-1]
-        assert time.monotonic() < deadline, f"no log line for {request_id}"
-        time.sleep(0.02)

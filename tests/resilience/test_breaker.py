@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from backends.errors import Unavailable
+from errors import Unavailable
 from gateway.app import build_app
 from gateway.config import parse_config
 from policies.breaker import Breakers, MemoryStore, RedisStore, State, View

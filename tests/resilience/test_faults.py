@@ -10,10 +10,10 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import KEY
+from tests.conftest import KEY, log_line
 from tests.fakes.chaos_upstream import Fault
 from tests.openapi import validate
-from tests.resilience.conftest import alias, chat, config, dep, log_line
+from tests.resilience.conftest import alias, chat, config, dep
 
 DEADLINE_S = 6.0
 FAULTS = {

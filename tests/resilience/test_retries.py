@@ -11,9 +11,9 @@ import pytest
 
 from policies.resilience_config import RetryConfig
 from policies.retry import RetryBudget, backoff
-from tests.conftest import KEY
+from tests.conftest import KEY, log_line
 from tests.fakes.chaos_upstream import Fault
-from tests.resilience.conftest import alias, chat, config, dep, log_line
+from tests.resilience.conftest import alias, chat, config, dep
 
 
 def test_a_failed_attempt_is_retried_on_the_other_deployment_at_once(chaos, start_gateway):

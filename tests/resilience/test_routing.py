@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from typing import Any
 
 import aiohttp
 import httpx
@@ -135,7 +136,7 @@ def test_a_prompt_too_long_for_every_window_is_refused_before_calling(chaos, sta
 ])
 def test_each_error_class_goes_to_its_own_fallback(chaos, start_gateway, fault, expected):
     url = chaos[0].url
-    chain = [{"alias": "by-context", "on": ["context_window"]}, {"alias": "by-rate", "on": ["rate_limited"]},
+    chain: list[dict[str, Any]] = [{"alias": "by-context", "on": ["context_window"]}, {"alias": "by-rate", "on": ["rate_limited"]},
              {"alias": "by-policy", "on": ["content_policy"]}, {"alias": "by-timeout", "on": ["timeout"]},
              {"alias": "by-any", "on": ["any"]}]
     gateway = start_gateway(config(

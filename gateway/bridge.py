@@ -1,0 +1,118 @@
+"""What the handlers of other APIs' formats (``/v1/messages``, ``/v1/responses``) share: errors in the
+client's format, the native-or-translated choice, and writing a whole answer or a stream of events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from backends import sse
+from errors import GatewayError, UpstreamConnectionError
+from policies.call import Call
+
+from .keys import GATEWAY, RECORD
+from .logs import get_logger
+from .proxy import _SSE_HEADERS
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ErrorBody = Callable[[GatewayError], dict[str, Any]]
+
+
+def in_format(handler: Handler, error_body: ErrorBody) -> Handler:
+    """``handler`` with every failure answered in the client's error format."""
+    async def handle(request: web.Request) -> web.StreamResponse:
+        record = request[RECORD]
+        try:
+            return await handler(request)
+        except GatewayError as exc:
+            failure = exc
+        except web.HTTPException as exc:
+            failure = GatewayError(exc.reason or "HTTP error", status=exc.status)
+        except Exception:  # a bug: answer in the client's format, keep the worker alive
+            get_logger().exception("unhandled error", request_id=record.request_id, path=request.path)
+            failure = GatewayError(f"Internal error; request id {record.request_id}.")  # the class stays in the log
+        record.status, record.error = failure.status, failure.message
+        record.overhead_s = time.perf_counter() - record.started - record.upstream_s
+        return web.Response(body=orjson.dumps(error_body(failure)), status=failure.status,
+                            content_type="application/json",
+                            headers={"x-request-id": record.request_id, "request-id": record.request_id,
+                                     **failure.headers})
+    return handle
+
+
+def native(request: web.Request, alias: str, providers: tuple[str, ...]) -> bool:
+    """True when every deployment of ``alias`` speaks the client's format: the request then goes as it is."""
+    routes = request.app[GATEWAY].router.routes(alias)
+    return all(route.deployment.provider in providers and not route.deployment.in_process for route in routes)
+
+
+def headers(call: Call, dropped: list[str] | None = None) -> dict[str, str]:
+    record = call.record
+    out = {"x-request-id": record.request_id, "request-id": record.request_id, **record.response_headers}
+    if record.deployment is not None:
+        out["x-gateway-deployment"] = record.deployment
+    if dropped:
+        out["x-gateway-dropped-tools"] = ",".join(dropped)
+    return out
+
+
+def whole(call: Call, body: bytes, extra: dict[str, str]) -> web.Response:
+    record = call.record
+    record.status = 200
+    record.overhead_s = time.perf_counter() - record.started - record.upstream_s
+    return web.Response(body=body, status=200, content_type="application/json",
+                        headers={**extra, "x-gateway-overhead-ms": f"{record.overhead_s * 1000:.3f}"})
+
+
+async def stream(request: web.Request, call: Call, events: AsyncIterator[bytes], extra: dict[str, str],
+                 failed: Callable[[GatewayError], bytes]) -> web.StreamResponse:
+    """Writes ``events`` to the client as they come; a failure after the headers went out becomes the
+    client format's error event (``failed``)."""
+    record = call.record
+    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **extra})
+    record.overhead_s = time.perf_counter() - record.started - record.upstream_s
+    response.headers["x-gateway-overhead-ms"] = f"{record.overhead_s * 1000:.3f}"
+    await response.prepare(request)
+    record.status = 200
+    sent = record.started + record.overhead_s
+    try:
+        async for out in events:
+            if out:
+                if record.ttft_s is None:
+                    record.ttft_s = time.perf_counter() - record.started
+                await response.write(out)
+    except GatewayError as exc:
+        record.error, record.status = exc.message, exc.status
+        await response.write(failed(exc))
+    record.upstream_s = time.perf_counter() - sent
+    await response.write_eof()
+    return response
+
+
+async def chat_chunks(pieces: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """The chunks of an OpenAI chat stream; an error chunk fails it, and so does an end before ``[DONE]``."""
+    decoder = sse.Decoder()
+    async for piece in pieces:
+        for event in decoder.feed(piece):
+            if event.done:
+                return
+            try:
+                chunk = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(chunk, dict):
+                if isinstance(chunk.get("error"), dict):
+                    raise GatewayError(str(chunk["error"].get("message") or "upstream error"), status=502)
+                yield chunk
+    raise UpstreamConnectionError("The upstream ended its stream before it was complete.")
+
+
+def take_usage(call: Call, usage: dict[str, Any]) -> None:
+    """Usage (chat shape) of an answer the pipeline could not read itself (a native format's)."""
+    call.usage = usage
+    call.record.take_usage(usage)
+    call.completed = True

@@ -1,0 +1,186 @@
+"""OpenAI's Responses API in front of any backend: ``POST /v1/responses``, ``GET``/``DELETE
+/v1/responses/{id}``, ``GET /v1/responses/{id}/input_items``.
+
+In front of OpenAI and Azure deployments the request goes as it is (native); in front of any other backend
+it is translated to the chat shape, runs the same pipeline, and the answer is translated back
+(``backends.wire.responses``). ``store`` (true unless the client says false) keeps the response for the
+caller's tenant; ``previous_response_id`` continues from it on any backend.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from backends import Endpoint, sse
+from backends.shape import new_id
+from backends.wire import responses as wire
+from errors import GatewayError, InvalidRequest, ModelNotFound, NotFound
+from policies.call import Call
+from policies.stored_responses import Stored, StoredResponses
+
+from . import bridge
+from .keys import GATEWAY, RECORD
+from .proxy import _read_json
+from .security.network import PEER
+
+STORE = web.AppKey("stored_responses", StoredResponses)
+_NATIVE = ("openai", "azure")
+
+
+def _caller(request: web.Request) -> str:
+    caller = request.app[GATEWAY].auth.authenticate(request.headers, request.get(PEER))
+    record = request[RECORD]
+    record.tenant, record.key_id = caller.tenant.name, caller.key_id
+    return caller.tenant.name
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    record = request[RECORD]
+    caller = gateway.auth.authenticate(request.headers, request.get(PEER))
+    tenant = caller.tenant.name
+    record.tenant, record.key_id = tenant, caller.key_id
+    body = wire.check(await _read_json(request, gateway.loaded.config.server.max_body_bytes))
+    alias = body["model"]
+    if alias not in gateway.router or not caller.tenant.allows(alias):
+        raise ModelNotFound(f"The model `{alias}` does not exist or you do not have access to it.", param="model")
+    record.alias = alias
+    stream = body.get("stream") is True
+    record.stream = stream
+    store = request.app[STORE]
+    items = wire.input_items(body)
+    context: list[dict[str, Any]] = []
+    native = bridge.native(request, alias, _NATIVE)
+    previous = body.get("previous_response_id")
+    if previous is not None:
+        earlier = await store.get(tenant, str(previous))
+        if earlier is not None:
+            context = [*earlier.context, *earlier.input, *earlier.response.get("output", ())]
+        elif not native:
+            raise NotFound(f"Previous response with id '{previous}' not found.", param="previous_response_id")
+    dropped: list[str] = []
+    if native:
+        endpoint, payload = Endpoint.RESPONSES, dict(body)
+        if context:  # continued here, not upstream: the upstream gets the whole conversation
+            payload.pop("previous_response_id")
+            payload["input"] = [_unstored(item) for item in (*context, *items)]
+    else:
+        endpoint, payload = Endpoint.CHAT, wire.to_chat(body, [*context, *items], dropped)
+    if gateway.loaded.config.server.log_prompts:
+        record.prompt = body.get("input")
+    call = Call(record=record, tenant=tenant, key_id=caller.key_id, alias=alias, endpoint=endpoint,
+                body=payload, stream=stream, headers=request.headers)
+    keep = body.get("store") is not False
+
+    async def kept(response: dict[str, Any]) -> None:
+        if keep and isinstance(response.get("id"), str):
+            await store.put(tenant, response["id"], Stored(response, items, context))
+
+    async with gateway.pipeline.answer(call) as answer:
+        extra = bridge.headers(call, dropped)
+        if endpoint is Endpoint.RESPONSES:
+            if answer.chunks is None:
+                data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
+                bridge.take_usage(call, wire.chat_usage(data.get("usage")))
+                await kept(data)
+                return bridge.whole(call, answer.body or orjson.dumps(data), extra)
+            events = _native_events(call, answer.chunks, kept)
+            return await bridge.stream(request, call, events, extra, _failed)
+        id_ = new_id("resp_")
+        if answer.chunks is None:
+            data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
+            response = wire.to_response(data, id_, body, alias, int(time.time()))
+            await kept(response)
+            return bridge.whole(call, orjson.dumps(response), extra)
+        writer = wire.ResponseEvents(id_, body, alias)
+        return await bridge.stream(request, call, _translated_events(writer, answer.chunks, kept), extra,
+                                   writer.failed)
+
+
+def _unstored(item: dict[str, Any]) -> dict[str, Any]:
+    """An earlier turn's item as new input: ids the gateway made mean nothing upstream."""
+    return {k: v for k, v in item.items() if k not in ("id", "status")}
+
+
+def _failed(exc: GatewayError) -> bytes:
+    return sse.encode(orjson.dumps({"type": "error", "code": exc.code or exc.type, "message": exc.message,
+                                    "param": exc.param, "sequence_number": 0}), event="error")
+
+
+async def _translated_events(writer: wire.ResponseEvents, chunks: AsyncIterator[bytes], kept: Any
+                             ) -> AsyncIterator[bytes]:
+    yield writer.start()
+    async for chunk in bridge.chat_chunks(chunks):
+        yield writer.chunk(chunk)
+    yield writer.finish()
+    if writer.final is not None:
+        await kept(writer.final)
+
+
+async def _native_events(call: Call, chunks: AsyncIterator[bytes], kept: Any) -> AsyncIterator[bytes]:
+    """OpenAI's own Responses stream, passed on; the final response is read on the way (usage, store)."""
+    decoder = sse.Decoder()
+    async for piece in chunks:
+        yield piece
+        for event in decoder.feed(piece):
+            if event.event in ("response.completed", "response.incomplete") or \
+                    b'"type":"response.completed"' in event.data[:40]:
+                final = orjson.loads(event.data).get("response") or {}
+                bridge.take_usage(call, wire.chat_usage(final.get("usage")))
+                await kept(final)
+
+
+async def _stored(request: web.Request) -> tuple[str, Stored]:
+    tenant = _caller(request)
+    response_id = request.match_info["id"]
+    stored = await request.app[STORE].get(tenant, response_id)
+    if stored is None:
+        raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+    return tenant, stored
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    _, stored = await _stored(request)
+    request[RECORD].status = 200
+    return _json(request, stored.response)
+
+
+async def delete(request: web.Request) -> web.Response:
+    tenant, _ = await _stored(request)
+    await request.app[STORE].delete(tenant, request.match_info["id"])
+    request[RECORD].status = 200
+    return _json(request, {"id": request.match_info["id"], "object": "response.deleted", "deleted": True})
+
+
+async def input_items(request: web.Request) -> web.Response:
+    _, stored = await _stored(request)
+    order = request.query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("Invalid 'order': expected 'asc' or 'desc'.", param="order")
+    try:
+        limit = int(request.query.get("limit", "20"))
+    except ValueError:
+        raise InvalidRequest("Invalid 'limit': expected an integer.", param="limit") from None
+    items = list(stored.input if order == "asc" else reversed(stored.input))
+    after = request.query.get("after")
+    if after is not None:
+        ids = [item.get("id") for item in items]
+        items = items[ids.index(after) + 1:] if after in ids else []
+    page = items[:max(1, min(limit, 100))]
+    request[RECORD].status = 200
+    return _json(request, {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                           "last_id": page[-1]["id"] if page else None, "has_more": len(items) > len(page)})
+
+
+def _json(request: web.Request, data: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(data), content_type="application/json",
+                        headers={"x-request-id": request[RECORD].request_id})
+
+
+def new_store(ttl_s: float) -> StoredResponses:
+    return StoredResponses(ttl_s)
