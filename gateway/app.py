@@ -33,7 +33,7 @@ from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
 from .proxy import handler as proxy_handler
-from .security import access
+from .security import access, erasure
 from .security.network import PEER
 from .state import Gateway
 
@@ -79,6 +79,7 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/admin/requests", requestlog.handle)
+    app.router.add_delete("/admin/tenants/{tenant}/data", erasure.handle)
     admin.add_routes(app)
     return app
 

@@ -27,7 +27,15 @@ from policies.resilience_config import (
 )
 
 from .extras import missing_extras
-from .security.config import CIDR, GuardrailConfig, ListenerLimits, MetricsAccess, PIIConfig, TLSConfig
+from .security.config import (
+    CIDR,
+    EncryptionConfig,
+    GuardrailConfig,
+    ListenerLimits,
+    MetricsAccess,
+    PIIConfig,
+    TLSConfig,
+)
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -149,6 +157,7 @@ class GatewayConfig(_Frozen):
     cache: CacheConfig = CacheConfig()
     tracing: TracingConfig = TracingConfig()
     request_log: RequestLogConfig = RequestLogConfig()
+    encryption: EncryptionConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:

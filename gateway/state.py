@@ -21,7 +21,7 @@ from .auth import Authenticator
 from .config import GatewayConfig, LoadedConfig
 from .logs import get_logger
 from .pipeline import Pipeline
-from .security import secrets
+from .security import crypto, secrets
 
 _CLOSE_TIMEOUT_S = 10.0
 
@@ -76,6 +76,8 @@ class Gateway:
             metrics.BREAKER_STATE.labels(route.key).set(0)
         cache = ResponseCache(config.cache, tenants={t.name: t.cache for t in config.tenants},
                               aliases={m.name: m.cache for m in config.models}, stores=stores)
+        if config.encryption is not None:
+            cache.answers = crypto.EncryptedAnswers(cache.answers, crypto.keyring(config.encryption))
         pipeline = Pipeline(admission, cache, resilience)
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline, stores=stores)

@@ -45,6 +45,13 @@ class StoredResponses:
         while len(self._items) > self._limit:
             self._items.popitem(last=False)
 
+    async def erase(self, tenant: str) -> int:
+        """Removes every response the tenant stored; returns how many."""
+        doomed = [key for key in self._items if key[0] == tenant]
+        for key in doomed:
+            del self._items[key]
+        return len(doomed)
+
     async def delete(self, tenant: str, response_id: str) -> bool:
         return await self.get(tenant, response_id) is not None and \
             self._items.pop((tenant, response_id), None) is not None

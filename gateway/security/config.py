@@ -78,3 +78,21 @@ class GuardrailConfig(_Frozen):
     block_if: str = Field(default=r"(?i)^\s*unsafe", description="regex on the moderation model's answer "
                           "(the default fits Llama Guard's 'safe' / 'unsafe\\nS1')")
     instructions: str = Field(default="", description="a system message sent to the moderation model first")
+
+
+class DataKey(_Frozen):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    env: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataKey:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give env or file (one of them)")
+        return self
+
+
+class EncryptionConfig(_Frozen):
+    """``encryption``: stored bodies (the exact cache's answers) sealed with AES-256-GCM; the first key seals."""
+
+    keys: tuple[DataKey, ...] = Field(min_length=1)
