@@ -33,7 +33,7 @@ from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
 from .proxy import handler as proxy_handler
-from .security import access, erasure
+from .security import access, audit, erasure
 from .security.network import PEER
 from .state import Gateway
 
@@ -59,6 +59,8 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     if traces is not None:  # off: no middleware, no OpenTelemetry import
         app.middlewares.append(traces.middleware)
         app[TRACING] = traces
+    if loaded.config.audit.enabled:  # changing it needs a restart
+        app[audit.AUDIT] = audit.AuditLog(loaded.config.audit.path, loaded.config.audit.retention_days)
     if loaded.config.request_log.enabled:  # changing it needs a restart
         app[requestlog.REQUEST_LOG] = requestlog.RequestLog(loaded.config.request_log)
     for prefix in ("/v1", ""):
@@ -80,6 +82,7 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/admin/requests", requestlog.handle)
     app.router.add_delete("/admin/tenants/{tenant}/data", erasure.handle)
+    app.router.add_get("/admin/audit", audit.handle)
     admin.add_routes(app)
     return app
 

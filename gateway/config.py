@@ -29,13 +29,16 @@ from policies.resilience_config import (
 from .extras import missing_extras
 from .security.config import (
     CIDR,
+    AuditConfig,
     EncryptionConfig,
     GuardrailConfig,
+    KeyScope,
     ListenerLimits,
     MetricsAccess,
     PIIConfig,
     TLSConfig,
 )
+from .security.roles import Role
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -112,6 +115,7 @@ class TenantConfig(TenantPolicyFields):  # + limits, budget, priority: policies/
     client_certs: tuple[str, ...] = ()      # mTLS: "sha256:<fingerprint>" or "CN=<common name>"
     pii: PIIConfig | None = None
     guardrail: GuardrailConfig | None = None
+    key_scopes: dict[str, KeyScope] = Field(default_factory=dict)  # key id -> endpoints, expiry
 
     def allows(self, alias: str) -> bool:
         return self.models == "*" or alias in self.models
@@ -120,6 +124,7 @@ class TenantConfig(TenantPolicyFields):  # + limits, budget, priority: policies/
 class AdminConfig(_Frozen):
     keys: tuple[Annotated[str, AfterValidator(_key_hash)], ...] = ()
     allowed_ips: tuple[CIDR, ...] = ()      # empty: any address
+    roles: dict[str, Role] = Field(default_factory=dict)  # key hash -> role; unlisted keys are "admin"
 
 
 class TracingConfig(_Frozen):
@@ -158,6 +163,7 @@ class GatewayConfig(_Frozen):
     tracing: TracingConfig = TracingConfig()
     request_log: RequestLogConfig = RequestLogConfig()
     encryption: EncryptionConfig | None = None
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
@@ -187,9 +193,15 @@ class GatewayConfig(_Frozen):
             for alias in tenant.model_limits or {}:
                 if alias not in aliases:
                     problems.append(f"tenants[{i}].model_limits.{alias}: no model alias named {alias!r}")
+            for key_id in tenant.key_scopes:
+                if not any(key[7:19] == key_id for key in tenant.keys):
+                    problems.append(f"tenants[{i}].key_scopes.{key_id}: not the id of one of this tenant's keys")
             for key_id in tenant.per_key:
                 if not any(key[7:19] == key_id for key in tenant.keys):
                     problems.append(f"tenants[{i}].per_key.{key_id}: not the id of one of this tenant's keys")
+        for key in self.admin.roles:
+            if key not in self.admin.keys:
+                problems.append(f"admin.roles.{key}: not one of admin.keys")
         for alias in self.policies.model_limits:
             if alias not in aliases:
                 problems.append(f"policies.model_limits.{alias}: no model alias named {alias!r}")

@@ -3,6 +3,7 @@ gateway/config.py only names them."""
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from pathlib import Path
@@ -96,3 +97,18 @@ class EncryptionConfig(_Frozen):
     """``encryption``: stored bodies (the exact cache's answers) sealed with AES-256-GCM; the first key seals."""
 
     keys: tuple[DataKey, ...] = Field(min_length=1)
+
+
+class KeyScope(_Frozen):
+    """``tenants[].key_scopes.<key id>``: what one tenant key may call, and until when."""
+
+    endpoints: tuple[str, ...] | None = Field(default=None, description="e.g. [embeddings]; None: every endpoint")
+    expires: datetime.datetime | None = Field(default=None, description="ISO 8601 with a time zone")
+
+
+class AuditConfig(_Frozen):
+    """``audit``: the hash-chained audit log (gateway/security/audit.py)."""
+
+    enabled: bool = True
+    path: str = "~/.local/state/llm-gateway/audit.jsonl"
+    retention_days: float = Field(default=365, gt=0)
