@@ -17,7 +17,7 @@ MAX_FIELD_CHARS = 4096   # a traceback or an upstream message longer than this i
 # request line's cost flat.
 _SAFE = frozenset({"request_id", "tenant", "key_id", "alias", "deployment", "endpoint", "status", "stream",
                    "latency_ms", "overhead_ms", "prompt_tokens", "completion_tokens", "ttft_ms", "attempts",
-                   "cache", "cost_usd", "saved_usd", "trace_id", "level", "timestamp"})
+                   "cache", "cost_usd", "saved_usd", "trace_id", "level", "timestamp", "event"})
 
 
 def bounded(text: str) -> str:

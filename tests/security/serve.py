@@ -61,6 +61,13 @@ def serving(tmp_path: Path, config: str, *, scheme: str = "http", verify: Any = 
             process.wait()
 
 
+def error_of(raised: Any) -> dict[str, Any]:
+    """The OpenAI error object an SDK exception carries (its ``body``, typed ``object`` by the SDK)."""
+    body = raised.value.body
+    assert isinstance(body, dict), body
+    return body
+
+
 def log_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.auth import hash_key, new_key
 from tests.conftest import KEY, OTHER_KEY, config_text
-from tests.security.serve import ADMIN_KEY, ROOT, log_lines, poll, serving
+from tests.security.serve import ADMIN_KEY, ROOT, error_of, log_lines, poll, serving
 
 VIEWER, BILLING = new_key(), new_key()
 
@@ -107,10 +107,10 @@ def test_tenant_keys_limited_to_endpoints_and_expiring(start_gateway, upstream, 
         assert client.embeddings.create(model="embed", input="x").data
         with pytest.raises(openai.PermissionDeniedError) as refused:
             client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
-        assert refused.value.body["code"] == "endpoint_not_allowed"
+        assert error_of(refused)["code"] == "endpoint_not_allowed"
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=old, max_retries=0) as client, \
             pytest.raises(openai.AuthenticationError) as expired:
         client.embeddings.create(model="embed", input="x")
-    assert expired.value.body["code"] == "key_expired"
+    assert error_of(expired)["code"] == "key_expired"
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=OTHER_KEY, max_retries=0) as client:
         assert client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])

@@ -20,7 +20,7 @@ def test_a_key_that_is_not_utf8_is_a_401_not_a_500(gateway):
     bad = b"Bearer gw-\xff\xfe\xc3("
     for path, method in (("/v1/chat/completions", "POST"), ("/v1/models", "GET"), ("/admin/usage", "GET"),
                          ("/admin/deployments", "GET")):
-        response = httpx.request(method, gateway.url + path, headers={"Authorization": bad}, json=CHAT)
+        response = httpx.request(method, gateway.url + path, headers={b"Authorization": bad}, json=CHAT)
         assert response.status_code == 401, (path, response.text)
         assert response.json()["error"]["code"] == "invalid_api_key"
 

@@ -18,6 +18,7 @@ from gateway.security.config import PIIConfig
 from gateway.security.pii import Detector
 from gateway.security.privacy import Masker, restored
 from tests.conftest import KEY, OTHER_KEY, UPSTREAM_KEY, config_text
+from tests.security.serve import error_of
 
 SECRET_TEXT = "mail jane.doe@example.com card 4111 1111 1111 1111 ref PRJ-0042 falcon"
 
@@ -50,7 +51,8 @@ def test_mask_hides_pii_from_the_upstream_and_restores_it_in_the_answer(start_ga
         message = claude.messages.create(model="chat", max_tokens=20,
                                          messages=[{"role": "user", "content": "call +44 20 7946 0958"}])
     assert "+44 20 7946 0958" not in _seen_text(upstream)
-    assert message.content[0].text == "Echo: call +44 20 7946 0958"
+    block = message.content[0]
+    assert isinstance(block, anthropic.types.TextBlock) and block.text == "Echo: call +44 20 7946 0958"
 
 
 def test_block_refuses_pii_and_passes_the_rest(start_gateway, upstream):
@@ -59,8 +61,8 @@ def test_block_refuses_pii_and_passes_the_rest(start_gateway, upstream):
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
         with pytest.raises(openai.BadRequestError) as refused:
             client.chat.completions.create(model="chat", messages=[{"role": "user", "content": SECRET_TEXT}])
-        assert refused.value.body["code"] == "pii_detected"
-        assert "credit_card" in refused.value.body["message"] and "4111" not in refused.value.body["message"]
+        assert error_of(refused)["code"] == "pii_detected"
+        assert "credit_card" in error_of(refused)["message"] and "4111" not in error_of(refused)["message"]
         assert len(upstream[1].requests) == before
         assert client.embeddings.create(model="embed", input="no personal data here").data
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=OTHER_KEY, max_retries=0) as other:  # no policy
@@ -116,7 +118,7 @@ def test_a_guardrail_asks_a_moderation_alias_through_the_gateway(start_gateway, 
         before = len(upstream[1].requests)
         with pytest.raises(openai.BadRequestError) as refused:
             client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "a forbidden topic"}])
-        assert refused.value.body["code"] == "content_policy_violation"
+        assert error_of(refused)["code"] == "content_policy_violation"
         assert [r.body["model"] for r in upstream[1].requests[before:]] == ["fake-model"]  # only the moderation call
         ok = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "a fine topic"}])
         assert ok.choices[0].message.content == "Echo: a fine topic"

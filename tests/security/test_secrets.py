@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.conftest import KEY, LOG_PATH, UPSTREAM_KEY, config_text
+from tests.security.serve import error_of
 
 ANTHROPIC_VERSION = {"anthropic-version": "2023-06-01"}
 
@@ -53,7 +54,7 @@ def test_an_upstream_refusing_the_gateways_key_is_a_502_for_the_operator(start_g
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client, \
             pytest.raises(openai.InternalServerError) as raised:
         client.chat.completions.create(model="leaky", messages=[{"role": "user", "content": "hi"}])
-    error = raised.value.body
+    error = error_of(raised)
     assert raised.value.status_code == 502
     assert error["code"] == "upstream_auth_failed" and error["type"] == "upstream_error"
     assert "operator must check the deployment's api_key" in error["message"]

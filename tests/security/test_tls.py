@@ -43,7 +43,7 @@ def test_https_and_client_certificates_as_tenants(tmp_path, upstream):
     with serving(tmp_path, config, scheme="https", verify=_context(ca)) as (url, _):
         # TLS with a key: any client that trusts the CA
         with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0,
-                           http_client=httpx.Client(verify=_context(ca))) as client:
+                           http_client=openai.DefaultHttpxClient(verify=_context(ca))) as client:
             assert client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
         # a certificate instead of a key: its tenant's models (acme may not use `private`)
         for cert in (service, pinned):
