@@ -4,10 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-# system commands the tests run (Debian packages; .ci/run installs them)
-PREREQUISITES := docker-compose redis-server promtool
+# System programs the tests run: redis-server (the shared store), docker-compose (validates the compose file),
+# promtool (checks the Prometheus config and alert rules); Debian packages, which .ci/run installs.
+TEST_PROGRAMS := redis-server redis-cli docker-compose promtool
+INSTALL_TEST_PROGRAMS := sudo apt-get install -y redis-server docker-compose prometheus
 
-.PHONY: setup serve test lint bench prerequisites
+.PHONY: setup serve test test-prerequisites lint bench
 setup: $(VENV)/.installed tests/agents/node_modules/.installed
 
 # the real coding agents (Codex CLI, Claude Code) the agent tests run; their native binaries come with them
@@ -28,12 +30,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 serve: setup
 	$(BIN)/python -m gateway serve
 
-prerequisites:
-	@missing=""; for c in $(PREREQUISITES); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
-	  if [ -n "$$missing" ]; then echo "missing:$$missing (apt-get install docker-compose redis-server prometheus)"; exit 1; fi
-
-test: setup prerequisites
+test: test-prerequisites setup  # the check first: it is instant, the setup is not
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-prerequisites:
+	@missing=""; for p in $(TEST_PROGRAMS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "make test needs:$$missing. Install them with:"; \
+	  echo "  $(INSTALL_TEST_PROGRAMS)"; exit 1; fi
 
 lint: setup
 	$(BIN)/ruff check gateway backends policies errors local_engine tests bench

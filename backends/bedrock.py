@@ -58,6 +58,7 @@ from .shape import (
     text_of,
     tool_arguments,
 )
+from .wire.reasoning import MIN_BUDGET, budget_of, in_tool_loop
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
                   "model_context_window_exceeded": "length",
@@ -133,7 +134,7 @@ class BedrockBackend(Backend):
         if endpoint is not Endpoint.CHAT:
             raise InvalidRequest(f"Bedrock deployments serve chat completions only, not /v1/{endpoint.value}.")
         url = self._urls[stream]
-        body = orjson.dumps(to_converse(payload))
+        body = orjson.dumps(to_converse(payload, self.deployment.model))
         headers = await self._headers(url, body, EVENT_STREAM if stream else "application/json")
         session = self._pool.get(self.base_url, self.deployment.proxy)
         # encoded=True: the model id's %3A must go out as signed, not normalized back to ':'.
@@ -193,6 +194,8 @@ class BedrockBackend(Backend):
                 delta = event.get("delta") or {}
                 if delta.get("text"):
                     yield writer.text(delta["text"])
+                elif isinstance(delta.get("reasoningContent"), dict) and delta["reasoningContent"].get("text"):
+                    yield writer.reasoning(delta["reasoningContent"]["text"])
                 elif isinstance(delta.get("toolUse"), dict) and delta["toolUse"].get("input"):
                     tool = tools.get(event.get("contentBlockIndex", 0))
                     if tool is None:
@@ -230,20 +233,23 @@ def usage_of(raw: Any) -> Usage:
 def from_converse(data: dict[str, Any], model: str) -> dict[str, Any]:
     """A Converse answer as an OpenAI ``chat.completion``."""
     choice = Choice(finish_reason=FINISH_REASONS.get(str(data.get("stopReason")), "stop"))
-    texts = []
+    texts, thoughts = [], []
     for block in ((data.get("output") or {}).get("message") or {}).get("content") or ():
         if "text" in block:
             texts.append(block["text"])
+        elif isinstance(block.get("reasoningContent"), dict):
+            thoughts.append(str((block["reasoningContent"].get("reasoningText") or {}).get("text") or ""))
         elif isinstance(block.get("toolUse"), dict):
             use = block["toolUse"]
             choice.tool_calls.append(ToolCall(str(use.get("toolUseId")), str(use.get("name")),
                                               orjson.dumps(use.get("input") or {}).decode()))
-    choice.text = "".join(texts)
+    choice.text, choice.reasoning = "".join(texts), "".join(thoughts)
     return completion(new_id("chatcmpl-"), model, [choice], usage_of(data.get("usage")))
 
 
-def to_converse(payload: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI chat-completions request as a Converse request."""
+def to_converse(payload: dict[str, Any], model: str = "") -> dict[str, Any]:
+    """An OpenAI chat-completions request as a Converse request (``model``: the Bedrock model id, which decides
+    how reasoning is asked for)."""
     single_choice(payload, "Bedrock")
     system: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
@@ -281,6 +287,9 @@ def to_converse(payload: dict[str, Any]) -> dict[str, Any]:
     stop = stop_list(payload.get("stop"))
     if stop:
         config["stopSequences"] = stop
+    reasoning = _reasoning(payload.get("reasoning_effort"), config, model, payload["messages"])
+    if reasoning:
+        request["additionalModelRequestFields"] = reasoning
     if config:
         request["inferenceConfig"] = config
     tools = payload.get("tools")
@@ -295,6 +304,30 @@ def to_converse(payload: dict[str, Any]) -> dict[str, Any]:
         elif choice in (None, "auto"):
             request["toolConfig"]["toolChoice"] = {"auto": {}}
     return request
+
+
+def _reasoning(effort: Any, config: dict[str, Any], model: str,
+               messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``reasoning_effort`` in Bedrock's model-specific fields: Anthropic's models take ``thinking`` with a
+    budget below ``maxTokens`` (and the default temperature and top_p, so those are left out); Amazon's Nova
+    takes ``reasoningConfig`` with an effort of low, medium or high. Other models get nothing."""
+    budget = budget_of(effort)
+    if budget is None:
+        return None
+    if "anthropic." in model or "claude" in model:
+        if in_tool_loop(messages):
+            return None
+        limit = config.setdefault("maxTokens", budget + 4096)
+        budget = max(MIN_BUDGET, min(budget, limit - 1))
+        if budget >= limit:
+            return None
+        config.pop("temperature", None)
+        config.pop("topP", None)
+        return {"thinking": {"type": "enabled", "budget_tokens": budget}}
+    if "nova" in model:
+        level = "low" if effort in ("minimal", "low") else "medium" if effort == "medium" else "high"
+        return {"reasoningConfig": {"type": "enabled", "maxReasoningEffort": level}}
+    return None
 
 
 def _tool(tool: Any, i: int) -> dict[str, Any]:

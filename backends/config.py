@@ -84,7 +84,9 @@ class Price(BaseModel):
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
-    cached_input: float | None = Field(default=None, ge=0, description="default: the input price")
+    cached_input: float | None = Field(default=None, ge=0, description="a cache read; default: the input price")
+    cache_write_input: float | None = Field(default=None, ge=0,
+                                            description="a cache write; default: the input price")
 
 
 class DeploymentConfig(BaseModel):

@@ -51,6 +51,7 @@ from .shape import (
     tool_arguments,
     tool_names_by_id,
 )
+from .wire.reasoning import budget_of
 
 _FILTERED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
                        "LANGUAGE"})
@@ -144,7 +145,9 @@ class GeminiBackend(Backend):
                         tools[index] = tool + 1
                         yield writer.tool_start(tool, call_id(part), str(call.get("name")), index)
                         yield writer.tool_arguments(tool, orjson.dumps(call.get("args") or {}).decode(), index)
-                    elif part.get("text") and not part.get("thought"):
+                    elif part.get("text") and part.get("thought"):
+                        yield writer.reasoning(part["text"], index)
+                    elif part.get("text"):
                         yield writer.text(part["text"], index)
                 if candidate.get("finishReason"):
                     reason = finish_reason(candidate["finishReason"])
@@ -201,15 +204,16 @@ def from_gemini(data: dict[str, Any], model: str) -> dict[str, Any]:
     choices: list[Choice] = []
     for candidate in data.get("candidates") or ():
         choice = Choice(finish_reason=finish_reason(candidate.get("finishReason")))
-        texts = []
+        texts: list[str] = []
+        thoughts: list[str] = []
         for part in (candidate.get("content") or {}).get("parts") or ():
             if "functionCall" in part:
                 call = part["functionCall"]
                 choice.tool_calls.append(ToolCall(call_id(part), str(call.get("name")),
                                                   orjson.dumps(call.get("args") or {}).decode()))
-            elif part.get("text") and not part.get("thought"):
-                texts.append(part["text"])
-        choice.text = "".join(texts)
+            elif part.get("text"):
+                (thoughts if part.get("thought") else texts).append(part["text"])
+        choice.text, choice.reasoning = "".join(texts), "".join(thoughts)
         if choice.tool_calls and choice.finish_reason == "stop":
             choice.finish_reason = "tool_calls"
         choices.append(choice)
@@ -243,6 +247,9 @@ def to_gemini(payload: dict[str, Any]) -> dict[str, Any]:
         schema = (response_format.get("json_schema") or {}).get("schema")
         if isinstance(schema, dict):
             config["responseJsonSchema"] = schema
+    thinking = _thinking(payload.get("reasoning_effort"))
+    if thinking is not None:
+        config["thinkingConfig"] = thinking
     if config:
         request["generationConfig"] = config
     tools = payload.get("tools")
@@ -258,6 +265,15 @@ def to_gemini(payload: dict[str, Any]) -> dict[str, Any]:
             calling["allowedFunctionNames"] = [(choice.get("function") or {}).get("name")]
         request["toolConfig"] = {"functionCallingConfig": calling}
     return request
+
+
+def _thinking(effort: Any) -> dict[str, Any] | None:
+    """``reasoning_effort`` as Gemini's ``thinkingConfig``: ``none`` turns thinking off (budget 0), an effort
+    asks for its budget (``backends/wire/reasoning.py``) and for the thoughts, returned as reasoning text."""
+    if effort == "none":
+        return {"thinkingBudget": 0}
+    budget = budget_of(effort)
+    return None if budget is None else {"thinkingBudget": budget, "includeThoughts": True}
 
 
 def _declaration(tool: Any, i: int) -> dict[str, Any]:

@@ -62,6 +62,8 @@ class Choice:
     text: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str | None = "stop"
+    stop_reason: str | None = None  # the stop sequence that ended it, as vLLM reports it (``stop_reason``)
+    reasoning: str = ""             # reasoning text, as vLLM / DeepSeek-style servers give it (reasoning_content)
 
 
 def completion(id_: str, model: str, choices: Iterable[Choice], usage: Usage) -> dict[str, Any]:
@@ -75,7 +77,11 @@ def completion(id_: str, model: str, choices: Iterable[Choice], usage: Usage) ->
                                      for c in choice.tool_calls]
         elif not choice.text:
             message["content"] = ""
+        if choice.reasoning:
+            message["reasoning_content"] = choice.reasoning
         out.append({"index": index, "message": message, "finish_reason": choice.finish_reason, "logprobs": None})
+        if choice.stop_reason is not None:
+            out[-1]["stop_reason"] = choice.stop_reason
     return {"id": id_, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": out, "usage": usage.openai()}
 
@@ -122,9 +128,12 @@ class ChunkWriter:
     def tool_arguments(self, tool_index: int, fragment: str, index: int = 0) -> bytes:
         return self._delta(index, {"tool_calls": [{"index": tool_index, "function": {"arguments": fragment}}]})
 
-    def finish(self, reason: str, index: int = 0) -> bytes:
+    def finish(self, reason: str, index: int = 0, stop_reason: str | None = None) -> bytes:
         prefix = b"" if index in self._started else self.role(index)
-        return prefix + self._event([{"index": index, "delta": {}, "finish_reason": reason, "logprobs": None}])
+        choice: dict[str, Any] = {"index": index, "delta": {}, "finish_reason": reason, "logprobs": None}
+        if stop_reason is not None:
+            choice["stop_reason"] = stop_reason
+        return prefix + self._event([choice])
 
     def usage(self, usage: Usage) -> bytes:
         return self._event([], usage.openai())

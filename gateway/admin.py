@@ -7,7 +7,6 @@ are JSON (or the usage CSV) written by ``_reply``; errors are the error tree's, 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from aiohttp import web
 
 from errors import InvalidRequest, NotFound, PermissionDenied
 from policies import ledger
+from policies.clock import utc_day
 
 from .auth import hash_key, presented_key
 from .keys import GATEWAY, RECORD
@@ -85,7 +85,7 @@ async def _usage(request: web.Request) -> web.StreamResponse:
     fmt = query.get("format", "csv" if "text/csv" in request.headers.get("Accept", "") else "json")
     if fmt not in ("json", "csv"):
         raise InvalidRequest("format must be json or csv", param="format")
-    today = time.strftime("%Y-%m-%d", time.gmtime())
+    today = utc_day(gateway.pipeline.admission.clock.time())  # the clock that named the ledger's days
     try:
         days = ledger.days_between(query.get("from", today), query.get("to", today))
     except ValueError as exc:

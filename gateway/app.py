@@ -25,6 +25,7 @@ from errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from policies.clock import SYSTEM, Clock
 from policies.record import RequestRecord
 from policies.stores.layer import StoreLayer
 
@@ -46,14 +47,15 @@ _ID_COUNTER = itertools.count(1)
 CLIENT_CLOSED = 499  # nginx's name for it: the client went away before the answer
 
 
-def build_app(loaded: LoadedConfig) -> web.Application:
+def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
+    """The gateway's aiohttp application; ``clock``: the time its policies read (tests pass a ManualClock)."""
     app = web.Application(middlewares=[_middleware, access.middleware], client_max_size=loaded.config.server.max_body_bytes,
                           handler_args={"max_field_size": 16384})
     app[STORES] = StoreLayer(loaded.config.stores)
-    app[GATEWAY] = Gateway.build(loaded, app[STORES])
+    app[GATEWAY] = Gateway.build(loaded, app[STORES], clock)
     app.on_response_prepare.append(_server_header)
     app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
-    app[responses.STORE] = responses.new_store(loaded.config.server.responses_ttl_s)
+    app[responses.STORE] = responses.new_store(app[STORES].kv, loaded.config.server.responses_ttl_s)
     app.cleanup_ctx.append(_lifecycle)
     traces = tracing.build(loaded.config.tracing, _API_PATHS)
     if traces is not None:  # off: no middleware, no OpenTelemetry import

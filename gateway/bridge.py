@@ -5,21 +5,58 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from backends import sse
-from errors import GatewayError, UpstreamConnectionError
+from errors import GatewayError, ModelNotFound, UpstreamConnectionError
 from policies.call import Call
 
+from .auth import Caller
 from .keys import GATEWAY, RECORD
 from .logs import get_logger
-from .proxy import _SSE_HEADERS
+from .proxy import _SSE_HEADERS, _read_json
+from .security.network import PEER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ErrorBody = Callable[[GatewayError], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A request on another API's route, authenticated and checked, its alias one the tenant may use."""
+
+    caller: Caller
+    body: dict[str, Any]
+    alias: str
+    stream: bool
+
+
+def caller(request: web.Request) -> Caller:
+    """The request's key, authenticated; its tenant and key id go on the record."""
+    found = request.app[GATEWAY].auth.authenticate(request.headers, request.get(PEER))
+    record = request[RECORD]
+    record.tenant, record.key_id = found.tenant.name, found.key_id
+    return found
+
+
+async def incoming(request: web.Request, check: Callable[[Any], dict[str, Any]],
+                   unknown: Callable[[str], str]) -> Incoming:
+    """Auth, the JSON body (``check``: the format's required fields, ``model`` among them) and the alias:
+    unknown or not the tenant's is a 404 whose message ``unknown`` words in the format's way."""
+    gateway = request.app[GATEWAY]
+    who = caller(request)
+    body = check(await _read_json(request, gateway.loaded.config.server.max_body_bytes))
+    alias = body["model"]
+    if alias not in gateway.router or not who.tenant.allows(alias):
+        raise ModelNotFound(unknown(alias), param="model")
+    record = request[RECORD]
+    record.alias = alias
+    record.stream = body.get("stream") is True
+    return Incoming(who, body, alias, record.stream)
 
 
 def in_format(handler: Handler, error_body: ErrorBody) -> Handler:

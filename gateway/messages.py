@@ -16,17 +16,25 @@ from aiohttp import web
 
 from backends import Endpoint, UpstreamResponse, sse
 from backends.wire import anthropic as wire
-from errors import GatewayError, ModelNotFound
+from errors import GatewayError
 from policies import tokens
 from policies.call import Call
 
 from . import bridge
 from .keys import GATEWAY, RECORD
-from .proxy import _read_json
 from .security import screening
-from .security.network import PEER
 
 _NATIVE = ("anthropic",)
+
+
+def _unknown(alias: str) -> str:
+    return f"model: {alias}"
+
+
+def _counted(body: Any) -> dict[str, Any]:
+    if isinstance(body, dict):
+        body.setdefault("max_tokens", 1)  # count_tokens takes no max_tokens; the shared check wants one
+    return wire.check(body)
 
 
 def _failed(exc: GatewayError) -> bytes:
@@ -36,15 +44,8 @@ def _failed(exc: GatewayError) -> bytes:
 async def _messages(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     record = request[RECORD]
-    caller = gateway.auth.authenticate(request.headers, request.get(PEER))
-    record.tenant, record.key_id = caller.tenant.name, caller.key_id
-    body = wire.check(await _read_json(request, gateway.loaded.config.server.max_body_bytes))
-    alias = body["model"]
-    if alias not in gateway.router or not caller.tenant.allows(alias):
-        raise ModelNotFound(f"model: {alias}", param="model")
-    record.alias = alias
-    stream = body.get("stream") is True
-    record.stream = stream
+    asked = await bridge.incoming(request, wire.check, _unknown)
+    body, alias, stream, caller = asked.body, asked.alias, asked.stream, asked.caller
     dropped: list[str] = []
     if bridge.native(request, alias, _NATIVE):
         endpoint, payload = Endpoint.MESSAGES, {**body, wire.BETAS: request.headers.get("anthropic-beta")}
@@ -66,12 +67,12 @@ async def _messages(request: web.Request) -> web.StreamResponse:
             return await bridge.stream(request, call, _native_events(call, answer.chunks, alias), extra, _failed)
         if answer.chunks is None:
             data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
-            return bridge.whole(call, orjson.dumps(wire.to_message(data, alias)), extra)
-        return await bridge.stream(request, call, _translated_events(answer.chunks, alias), extra, _failed)
+            return bridge.whole(call, orjson.dumps(wire.to_message(data, alias, body.get("stop_sequences"))), extra)
+        events = wire.MessageEvents(alias, body.get("stop_sequences"))
+        return await bridge.stream(request, call, _translated_events(answer.chunks, events), extra, _failed)
 
 
-async def _translated_events(chunks: AsyncIterator[bytes], alias: str) -> AsyncIterator[bytes]:
-    events = wire.MessageEvents(alias)
+async def _translated_events(chunks: AsyncIterator[bytes], events: wire.MessageEvents) -> AsyncIterator[bytes]:
     async for chunk in bridge.chat_chunks(chunks):
         yield events.chunk(chunk)
     yield events.finish()
@@ -103,16 +104,8 @@ async def _count_tokens(request: web.Request) -> web.StreamResponse:
     """Exact from an Anthropic deployment, estimated for others; ``x-gateway-token-count`` says which."""
     gateway = request.app[GATEWAY]
     record = request[RECORD]
-    caller = gateway.auth.authenticate(request.headers, request.get(PEER))
-    record.tenant, record.key_id = caller.tenant.name, caller.key_id
-    body = await _read_json(request, gateway.loaded.config.server.max_body_bytes)
-    if isinstance(body, dict):
-        body.setdefault("max_tokens", 1)  # count_tokens takes no max_tokens; the shared check wants one
-    body = wire.check(body)
-    alias = body["model"]
-    if alias not in gateway.router or not caller.tenant.allows(alias):
-        raise ModelNotFound(f"model: {alias}", param="model")
-    record.alias = alias
+    asked = await bridge.incoming(request, _counted, _unknown)
+    body, alias = asked.body, asked.alias
     headers = {"x-request-id": record.request_id, "request-id": record.request_id}
     route = gateway.router.routes(alias)[0]
     if route.deployment.provider in _NATIVE:

@@ -56,18 +56,33 @@ class Pipeline:
                 if upstream.chunks is not None:
                     if call.endpoint not in _NATIVE:  # a native format's handler reads its own usage
                         upstream.chunks = _tap(call, upstream.chunks)
+                    if call.collected is not None:
+                        upstream.chunks = self._store_at_end(call, upstream, upstream.chunks)
                 else:
                     if upstream.data is not None and call.endpoint not in _NATIVE:
                         call.usage = upstream.data.get("usage")
                         call.record.take_usage(call.usage)
                     call.completed = True
                 yield upstream
-            if call.completed and self.cache.wants(call):
+            if call.completed and call.collected is None and self.cache.wants(call):
                 self.cache.store(call, upstream)
 
     async def usage(self, tenant: str, days: list[str], group_by: ledger.GroupBy) -> list[dict[str, Any]]:
         """The ledger's usage rows of ``tenant`` over ``days`` (the admin API)."""
         return await ledger.usage(self.admission.store, tenant, days, group_by)
+
+    async def _store_at_end(self, call: Call, upstream: UpstreamResponse,
+                            chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """A stream is handed to the cache before its last events go out, as a whole answer is before it
+        is sent: a client that asks again as soon as its stream ended finds it stored."""
+        async for events in chunks:
+            if call.completed:
+                self.cache.store(call, upstream)
+                yield events
+                async for rest in chunks:  # nothing after [DONE] in practice: passed on, never stored twice
+                    yield rest
+                return
+            yield events
 
     async def start(self) -> None:
         await self.resilience.start()

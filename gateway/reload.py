@@ -99,7 +99,7 @@ class Reloader:
             if (trail := self._app.get(audit.AUDIT)) is not None:
                 await trail.record("config.reload_refused", actor="system", outcome="failed", problems=exc.problems)
             return False
-        fresh = Gateway.build(loaded, live.stores)  # the same store layer: one client per process
+        fresh = Gateway.build(loaded, live.stores, live.pipeline.admission.clock)  # same store layer, same time
         try:
             await fresh.start()
             failed = await _started(fresh, live)

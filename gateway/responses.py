@@ -19,39 +19,28 @@ from aiohttp import web
 from backends import Endpoint, sse
 from backends.shape import new_id
 from backends.wire import responses as wire
-from errors import GatewayError, InvalidRequest, ModelNotFound, NotFound
+from errors import GatewayError, InvalidRequest, NotFound
 from policies.call import Call
 from policies.stored_responses import Stored, StoredResponses
+from policies.stores.keyvalue import KeyValue
 
 from . import bridge
 from .keys import GATEWAY, RECORD
-from .proxy import _read_json
-from .security.network import PEER
 
 STORE = web.AppKey("stored_responses", StoredResponses)
 _NATIVE = ("openai", "azure")
 
 
-def _caller(request: web.Request) -> str:
-    caller = request.app[GATEWAY].auth.authenticate(request.headers, request.get(PEER))
-    record = request[RECORD]
-    record.tenant, record.key_id = caller.tenant.name, caller.key_id
-    return caller.tenant.name
+def _unknown(alias: str) -> str:
+    return f"The model `{alias}` does not exist or you do not have access to it."
 
 
 async def create(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     record = request[RECORD]
-    caller = gateway.auth.authenticate(request.headers, request.get(PEER))
+    asked = await bridge.incoming(request, wire.check, _unknown)
+    body, alias, stream, caller = asked.body, asked.alias, asked.stream, asked.caller
     tenant = caller.tenant.name
-    record.tenant, record.key_id = tenant, caller.key_id
-    body = wire.check(await _read_json(request, gateway.loaded.config.server.max_body_bytes))
-    alias = body["model"]
-    if alias not in gateway.router or not caller.tenant.allows(alias):
-        raise ModelNotFound(f"The model `{alias}` does not exist or you do not have access to it.", param="model")
-    record.alias = alias
-    stream = body.get("stream") is True
-    record.stream = stream
     store = request.app[STORE]
     items = wire.input_items(body)
     context: list[dict[str, Any]] = []
@@ -136,7 +125,7 @@ async def _native_events(call: Call, chunks: AsyncIterator[bytes], kept: Any) ->
 
 
 async def _stored(request: web.Request) -> tuple[str, Stored]:
-    tenant = _caller(request)
+    tenant = bridge.caller(request).tenant.name
     response_id = request.match_info["id"]
     stored = await request.app[STORE].get(tenant, response_id)
     if stored is None:
@@ -182,5 +171,5 @@ def _json(request: web.Request, data: Any) -> web.Response:
                         headers={"x-request-id": request[RECORD].request_id})
 
 
-def new_store(ttl_s: float) -> StoredResponses:
-    return StoredResponses(ttl_s)
+def new_store(kv: KeyValue, ttl_s: float) -> StoredResponses:
+    return StoredResponses(kv, ttl_s)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from backends import Backend, SessionPool, build_backend
 from policies.admission import Admission, AliasPolicy
 from policies.cache import ResponseCache
+from policies.clock import SYSTEM, Clock
 from policies.concurrency import InFlightCap
 from policies.cost import PriceTable, dearest, deployment_price
 from policies.resilience import Resilience
@@ -40,7 +41,7 @@ class Gateway:
     model_ids: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, loaded: LoadedConfig, stores: StoreLayer) -> Gateway:
+    def build(cls, loaded: LoadedConfig, stores: StoreLayer, clock: Clock = SYSTEM) -> Gateway:
         """``stores``: the app's store layer; a config whose ``stores:`` asks for another connection (a reload)
         keeps it, with a warning: that change needs a restart."""
         config = loaded.config
@@ -52,7 +53,7 @@ class Gateway:
         routes: dict[str, list[Route]] = {}
         disabled: dict[str, list[str]] = {}
         backends: list[Backend] = []
-        admission = _admission(config, stores)
+        admission = _admission(config, stores, clock)
         for alias in config.models:
             routes[alias.name] = []
             for index, deployment in enumerate(alias.deployments):
@@ -71,7 +72,7 @@ class Gateway:
         router = Router(routes, disabled, {alias.name: alias.routing for alias in config.models})
         resilience = Resilience(router, config.resilience, retry={a.name: a.retry for a in config.models},
                                 fallbacks={a.name: a.fallbacks for a in config.models},
-                                stores=stores, events=metrics.ResilienceMetrics())
+                                stores=stores, events=metrics.ResilienceMetrics(), clock=clock)
         for route in router.all_routes():
             metrics.BREAKER_STATE.labels(route.key).set(0)
         cache = ResponseCache(config.cache, tenants={t.name: t.cache for t in config.tenants},
@@ -120,7 +121,7 @@ class Gateway:
         return old
 
 
-def _admission(config: GatewayConfig, stores: StoreLayer) -> Admission:
+def _admission(config: GatewayConfig, stores: StoreLayer, clock: Clock) -> Admission:
     prices: dict[str, PriceTable] = {}
     aliases: dict[str, AliasPolicy] = {}
     for alias in config.models:
@@ -134,7 +135,7 @@ def _admission(config: GatewayConfig, stores: StoreLayer) -> Admission:
         aliases[alias.name] = AliasPolicy(max_price=dearest(alias_prices),
                                           count_streams=any(not d.stream_usage for d in alias.deployments))
     admission = Admission(tenants={t.name: t for t in config.tenants}, defaults=config.policies,
-                          stores=config.stores, aliases=aliases, prices=prices, layer=stores)
+                          stores=config.stores, aliases=aliases, prices=prices, layer=stores, clock=clock)
     if admission.counts_tokens or any(a.count_streams for a in aliases.values()):
         # The tokenizers (bpe-openai) cost ~60 MB of memory: loaded only where a limit, a budget or a stream
         # without usage needs real counts; elsewhere prompts are estimated at four characters a token.

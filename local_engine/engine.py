@@ -20,6 +20,7 @@ from local_engine.outputs import RequestOutput
 from local_engine.sampling_params import SamplingParams
 from local_engine.scheduler import Scheduler
 from local_engine.sequence import Sequence, TokenLogprob
+from local_engine.structured import GrammarCompiler, GrammarError
 from local_engine.tokenizer import Tokenizer
 
 Prompt = str | list[int] | list[dict[str, Any]]
@@ -60,6 +61,9 @@ class LLMEngine:
         if self.tokenizer.eos_token_id is not None:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
         self.metrics = EngineMetrics(kv_blocks_total=num_blocks)
+        self.grammars = GrammarCompiler(
+            self.model_path, self.model.config.vocab_size, sorted(self.eos_token_ids)
+        )
         self._requests: dict[str, list[Sequence]] = {}  # request id → its n sequences
 
     def tokenize(self, prompt: Prompt) -> list[int]:
@@ -84,6 +88,12 @@ class LLMEngine:
             )
         if any(t < 0 or t >= self.model.config.vocab_size for t in ids):
             raise RequestError("prompt contains token ids outside the vocabulary")
+        matchers = []
+        if params.grammar is not None:
+            try:
+                matchers = [self.grammars.matcher(params.grammar) for _ in range(params.n)]
+            except GrammarError as e:
+                raise RequestError(str(e)) from None
         now = time.perf_counter()
         seqs: list[Sequence] = []
         for i in range(params.n):
@@ -100,6 +110,8 @@ class LLMEngine:
             if params.seed is not None and i:
                 seq.generator = torch.Generator().manual_seed(params.seed + i)
             seq.arrival_time = now
+            if matchers:
+                seq.matcher = matchers[i]
             seqs.append(seq)
             self.scheduler.add(seq)
         self._requests[request_id] = seqs
@@ -153,6 +165,11 @@ class LLMEngine:
         old_len = len(seq.output_text)
         seq.output_text += seq.detokenizer.add(token)
         reason = None
+        if seq.matcher is not None:
+            # The mask only offered allowed tokens; a stopped matcher means the grammar is complete.
+            seq.matcher.consume_token(token)
+            if seq.matcher.is_stopped():
+                reason = "stop"
         if (token in self.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids:
             reason = "stop"
         elif p.stop:

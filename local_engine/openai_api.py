@@ -8,16 +8,30 @@ status and renders OpenAI's ``{"error": {"message", "type", "param", "code"}}`` 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncGenerator, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from local_engine.engine import ContextLengthError, Prompt, RequestError
 from local_engine.outputs import RequestOutput
 from local_engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from local_engine.sequence import TokenLogprob
+from local_engine.structured import GrammarError, json_schema_grammar, lark_grammar
 from local_engine.tokenizer import Tokenizer
+from local_engine.tools import (
+    ToolCallParser,
+    ToolFormat,
+    ToolRequestError,
+    detect_format,
+    parse_tool_choice,
+    parse_tools,
+    prepare_messages,
+    response_schema,
+    tool_grammar,
+)
 
 if TYPE_CHECKING:
     from local_engine.async_engine import AsyncEngine
@@ -119,16 +133,13 @@ def check_supported(body: dict[str, Any], *, chat: bool) -> None:
     if body.get("logit_bias"):
         unsupported.append("logit_bias")
     if chat:
-        if body.get("tools") and body.get("tool_choice") != "none":
-            unsupported.append("tools")
         if body.get("functions"):
             unsupported.append("functions")
-        fmt = body.get("response_format")
-        if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
-            unsupported.append("response_format")
         if body.get("audio") or "audio" in (body.get("modalities") or ()):
             unsupported.append("audio")
     else:
+        if body.get("response_format") is not None:
+            unsupported.append("response_format")
         if body.get("echo"):
             unsupported.append("echo")
         if body.get("suffix"):
@@ -231,6 +242,46 @@ def _usage_of(last: dict[int, RequestOutput]) -> dict[str, Any]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    params: SamplingParams
+    prompt: Prompt
+    tool_format: ToolFormat | None  # set when the answer may hold tool calls
+
+
+def _prepare(engine: AsyncEngine, body: dict[str, Any], *, chat: bool) -> _Prepared:
+    check_supported(body, chat=chat)
+    params = sampling_params_from_request(body, chat=chat)
+    prompt = prompt_from_request(body, chat=chat)
+    if not chat:
+        return _Prepared(params, prompt, None)
+    tok = engine.engine.tokenizer
+    try:
+        tools = parse_tools(body)
+        choice = parse_tool_choice(body, tools)
+        schema = response_schema(body)
+        fmt = detect_format(tok.chat_template)
+        # tool_choice none: the tools stay out of the prompt, so the model does not try to call them.
+        messages, extra = prepare_messages(fmt, prompt, [] if choice == "none" else tools)  # type: ignore[arg-type]
+        lark = tool_grammar(fmt, tools, choice, schema)
+        grammar = None if lark is None else lark_grammar(lark)
+        if grammar is None and schema is not None:
+            grammar = json_schema_grammar(schema)
+    except ToolRequestError as e:
+        raise OpenAIError(str(e), param=e.param) from None
+    except GrammarError as e:
+        raise OpenAIError(str(e), param="tools" if body.get("tools") else "response_format") from None
+    if extra:
+        # The template needs the tools: render here (what the engine would do) with them.
+        with _errors(chat):
+            prompt = tok.encode_chat(messages, **extra)
+    else:
+        prompt = messages
+    if grammar is not None:
+        params = dataclasses.replace(params, grammar=grammar)
+    return _Prepared(params, prompt, fmt if choice != "none" else None)
+
+
 async def stream_response(
     engine: AsyncEngine,
     body: dict[str, Any],
@@ -246,9 +297,7 @@ async def stream_response(
     Leaving the iteration early aborts the request. ``model_name`` replaces the engine's
     own name in the ``model`` field.
     """
-    check_supported(body, chat=chat)
-    params = sampling_params_from_request(body, chat=chat)
-    prompt = prompt_from_request(body, chat=chat)
+    req = _prepare(engine, body, chat=chat)
     rid = request_id or new_request_id(chat)
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"
@@ -257,29 +306,39 @@ async def stream_response(
     base = {"id": rid, "object": obj, "created": created, "model": model_name or engine.model_name}
     offsets: dict[int, int] = {}
     last: dict[int, RequestOutput] = {}  # latest output of each choice
-    gen = engine.generate(rid, prompt, params)
+    parsers: dict[int, ToolCallParser] = {}
+    gen = engine.generate(rid, req.prompt, req.params)
     try:
         with _errors(chat):
             async for out in gen:
-                if not out.text and not out.finished and not out.logprobs:
-                    continue  # a token whose text is held back (partial character or stop string)
+                text, finish_reason = out.text, out.finish_reason
+                calls: list[dict[str, Any]] = []
+                if req.tool_format is not None:
+                    parser = parsers.setdefault(out.index, ToolCallParser(req.tool_format))
+                    n_before = len(parser.calls)
+                    text, calls = parser.feed(text)
+                    if out.finished:
+                        rest, more = parser.finish()
+                        text, calls = text + rest, calls + more
+                        finish_reason = _finish_reason(out.finish_reason, parser)
+                    calls = [{"index": n_before + k, **c} for k, c in enumerate(calls)]
+                if not text and not calls and not out.finished and not out.logprobs:
+                    continue  # a token whose text is held back (partial character, stop string, tool call)
                 first = out.index not in offsets
                 offset = offsets.get(out.index, 0)
-                offsets[out.index] = offset + len(out.text)
+                offsets[out.index] = offset + len(text)
                 last[out.index] = out
-                choice: dict[str, Any] = {
-                    "index": out.index,
-                    "finish_reason": out.finish_reason,
-                    "logprobs": None,
-                }
+                choice: dict[str, Any] = {"index": out.index, "finish_reason": finish_reason, "logprobs": None}
                 if chat:
-                    choice["delta"] = (
-                        {"role": "assistant", "content": out.text} if first else {"content": out.text}
-                    )
+                    delta: dict[str, Any] = {"role": "assistant"} if first else {}
+                    delta["content"] = text if text or not calls else None
+                    if calls:
+                        delta["tool_calls"] = calls
+                    choice["delta"] = delta
                     if out.logprobs:
                         choice["logprobs"] = chat_logprobs(tok, out.logprobs)
                 else:
-                    choice["text"] = out.text
+                    choice["text"] = text
                     if out.logprobs:
                         choice["logprobs"] = completion_logprobs(tok, out.logprobs, offset)
                 yield {**base, "choices": [choice], **({"usage": None} if include_usage else {})}
@@ -287,6 +346,10 @@ async def stream_response(
         await gen.aclose()
     if include_usage and last:
         yield {**base, "choices": [], "usage": _usage_of(last)}
+
+
+def _finish_reason(reason: str | None, parser: ToolCallParser) -> str | None:
+    return "tool_calls" if reason == "stop" and parser.calls else reason
 
 
 async def complete_response(
@@ -298,15 +361,14 @@ async def complete_response(
     model_name: str | None = None,
 ) -> dict[str, Any]:
     """Run a request to the end and return the OpenAI ``chat.completion`` / ``text_completion`` object."""
-    check_supported(body, chat=chat)
-    params = sampling_params_from_request(body, chat=chat)
-    prompt = prompt_from_request(body, chat=chat)
+    req = _prepare(engine, body, chat=chat)
+    params = req.params
     rid = request_id or new_request_id(chat)
     created = int(time.time())
     texts: dict[int, list[str]] = {i: [] for i in range(params.n)}
     lps: dict[int, list[TokenLogprob]] = {i: [] for i in range(params.n)}
     last: dict[int, RequestOutput] = {}
-    gen = engine.generate(rid, prompt, params)
+    gen = engine.generate(rid, req.prompt, params)
     try:
         with _errors(chat):
             async for out in gen:
@@ -319,10 +381,19 @@ async def complete_response(
     want_logprobs = params.logprobs is not None
     choices = []
     for i in range(params.n):
-        content = "".join(texts[i])
+        content: str | None = "".join(texts[i])
         choice: dict[str, Any] = {"index": i, "finish_reason": last[i].finish_reason}
         if chat:
-            choice["message"] = {"role": "assistant", "content": content, "refusal": None}
+            message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+            if req.tool_format is not None:
+                parser = ToolCallParser(req.tool_format)
+                head, _ = parser.feed(content or "")
+                rest, _ = parser.finish()
+                if parser.calls:
+                    message["content"] = (head + rest) or None
+                    message["tool_calls"] = parser.calls
+                    choice["finish_reason"] = _finish_reason(last[i].finish_reason, parser)
+            choice["message"] = message
             choice["logprobs"] = chat_logprobs(tok, lps[i]) if want_logprobs else None
         else:
             choice["text"] = content

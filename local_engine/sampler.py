@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from local_engine.sequence import Sequence, TokenLogprob
+from local_engine.structured import apply_masks
 
 
 def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
@@ -61,6 +62,8 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[
     raw_logprobs = logits.log_softmax(-1) if any(want_logprobs) else None
     if any(s.params.has_penalties for s in seqs):
         logits = _apply_penalties(logits, seqs)
+    if any(s.matcher is not None for s in seqs):
+        logits = apply_masks(logits, [s.matcher for s in seqs])
     tokens = logits.argmax(dim=-1)
     random_rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if random_rows:

@@ -15,6 +15,8 @@ class SamplingParams:
     ``n`` independent completions share the prompt's KV blocks. ``temperature == 0`` is greedy. ``top_k <= 0`` and ``top_p == 1`` disable those filters.
     ``logprobs`` is None for none, otherwise the number of top alternatives (0..20) returned
     with each token's own log-probability. Lower ``priority`` values are scheduled first.
+    ``grammar`` constrains every token to those its llguidance grammar allows; the
+    completion ends (``stop``) as soon as the grammar is complete.
     """
 
     n: int = 1
@@ -34,6 +36,8 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     priority: int = 0
+    # An llguidance grammar (local_engine.structured builds them): every completion matches it.
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

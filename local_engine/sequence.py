@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -52,6 +53,7 @@ class Sequence:
     num_preemptions: int = 0
     arrival_time: float = 0.0
     last_token_time: float | None = None
+    matcher: Any = None  # llguidance.LLMatcher of a constrained request (llguidance imported lazily)
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

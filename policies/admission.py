@@ -25,6 +25,7 @@ from errors import GatewayError, QuotaExceeded, RateLimited
 
 from . import bucket, budget, metrics, tokens
 from .call import Call
+from .clock import SYSTEM, Clock
 from .config import PRIORITIES, Limits, PolicyDefaults, StoresConfig, TenantPolicyFields
 from .cost import UNPRICED, PriceTable, usd
 from .queue import FairQueue, QueueFull
@@ -96,9 +97,11 @@ class Admission:
     def __init__(self, tenants: Mapping[str, TenantPolicyFields] | None = None,
                  defaults: PolicyDefaults | None = None, stores: StoresConfig | None = None,
                  aliases: Mapping[str, AliasPolicy] | None = None,
-                 prices: Mapping[str, PriceTable] | None = None, layer: StoreLayer | None = None) -> None:
+                 prices: Mapping[str, PriceTable] | None = None, layer: StoreLayer | None = None,
+                 clock: Clock = SYSTEM) -> None:
         """``layer``: the process's store layer (its client and failure policy); none: this process's memory.
         ``stores``: the ``stores:`` config read here (leases, sweeping, retention); the layer's by default."""
+        self.clock = clock  # days, ledger timestamps and the stores' time
         self.defaults = defaults or PolicyDefaults()
         self._own_layer = layer is None
         self.layer = layer or StoreLayer(stores)
@@ -117,10 +120,10 @@ class Admission:
 
     def _build_store(self) -> Store:
         memory = MemoryStore(retention_days=self.stores.retention_days,
-                             max_records=self.stores.memory_max_records)
+                             max_records=self.stores.memory_max_records, clock=self.clock.time)
         if not self.layer.shared:
             return memory
-        return FailoverStore(RedisStore(self.layer, retention_days=self.stores.retention_days), memory,
+        return FailoverStore(RedisStore(self.layer, retention_days=self.stores.retention_days, clock=self.clock), memory,
                              self.layer.health)
 
     @property
@@ -267,9 +270,9 @@ class Admission:
         prompt = await tokens.count_prompt(call.endpoint, call.body, alias.encoding if rules.precise else None)
         completion = tokens.completion_budget(call.endpoint, call.body, self.defaults.default_max_tokens)
         explicit = call.endpoint is Endpoint.EMBEDDINGS or any(
-            isinstance(call.body.get(k), int) for k in ("max_tokens", "max_completion_tokens"))
+            isinstance(call.body.get(k), int) for k in ("max_tokens", "max_completion_tokens", "max_output_tokens"))
         total = prompt + completion
-        now = time.time()
+        now = self.clock.time()
         day, month = budget.today(now)
         static = self._plans.get((call.tenant, call.key_id, call.alias, day))
         if static is None:
@@ -347,13 +350,15 @@ class Admission:
         final = status if status is not None else (record.status or 200)
         cache_hit = bool(record.cache and record.cache.startswith("hit"))
         deployment = record.deployment or "-"
-        prompt, completion, cached = 0, 0, record.cached_tokens or 0
+        prompt, completion, cached, written, reasoning = 0, 0, 0, 0, 0
         estimated = False
         how = "usage"
         if cache_hit:
             how = "cache"
         elif record.prompt_tokens is not None or record.completion_tokens is not None:
             prompt, completion = record.prompt_tokens or 0, record.completion_tokens or 0
+            cached, written = record.cached_tokens or 0, record.cache_write_tokens or 0
+            reasoning = record.reasoning_tokens or 0
         elif record.deployment is not None and call.collected:
             alias = self._aliases.get(call.alias, AliasPolicy())
             prompt = reservation.est_prompt
@@ -363,7 +368,7 @@ class Admission:
             # answered (or cut off) without usage: the upstream may bill it, so it is charged at the estimate
             prompt, completion, estimated, how = reservation.est_prompt, reservation.est_completion, True, "estimated"
         price = self._prices.get(deployment) or self._aliases.get(call.alias, AliasPolicy()).max_price
-        cost = price.nano(prompt, completion, cached)
+        cost = price.nano(prompt, completion, cached, written)
         if estimated:
             cost = reservation.est_cost
         if cost:
@@ -371,7 +376,8 @@ class Admission:
         metrics.SETTLED.labels(how).inc()
         return Settlement(reservation=reservation, deployment=deployment, prompt_tokens=prompt,
                           completion_tokens=completion, cached_tokens=cached, cost=cost, status=final,
-                          latency_ms=latency_ms, cache_hit=cache_hit, estimated=estimated)
+                          latency_ms=latency_ms, cache_hit=cache_hit, estimated=estimated,
+                          cache_write_tokens=written, reasoning_tokens=reasoning)
 
     async def _settle(self, store: Store, settlement: Settlement) -> None:
         try:

@@ -19,7 +19,6 @@ gateway cannot afford, so the state machine is here, mirrored as one Lua script 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -27,6 +26,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from .clock import SYSTEM, Clock
 from .resilience_config import BreakerConfig
 from .stores.layer import StoreLayer
 
@@ -256,7 +256,7 @@ class Breakers:
     """The breakers of every deployment, by key (``alias/deployment``)."""
 
     def __init__(self, config: BreakerConfig, keys: Iterable[str], stores: StoreLayer | None = None,
-                 on_change: Listener | None = None) -> None:
+                 on_change: Listener | None = None, clock: Clock = SYSTEM) -> None:
         """``stores``: the process's store layer; breakers share state through it when it has Redis."""
         self.config = config
         self.shared = stores is not None and stores.shared
@@ -266,7 +266,7 @@ class Breakers:
         self._pending: dict[str, int] = {}   # Redis: successes not yet pushed
         self._on_change = on_change
         self._sync_task: asyncio.Task[None] | None = None
-        self._clock = time.time
+        self._clock = clock.time  # wall-clock: cool-downs are shared with other processes through Redis
 
     def closed(self, key: str) -> bool:
         """The hot path: no await, no store."""

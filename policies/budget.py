@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
+from .clock import utc_day
 from .config import Budget
 from .stores.base import NANO, Spend
 
@@ -14,12 +13,12 @@ _MONTH_TTL_S = 35 * 86400
 _today: tuple[int, str, str] = (-1, "", "")
 
 
-def today(now: float | None = None) -> tuple[str, str]:
-    """(``YYYY-MM-DD``, ``YYYY-MM``) in UTC."""
+def today(now: float) -> tuple[str, str]:
+    """(``YYYY-MM-DD``, ``YYYY-MM``) in UTC at ``now`` (seconds since the epoch, from the policies' clock)."""
     global _today
-    second = int(time.time() if now is None else now)
+    second = int(now)
     if _today[0] != second:  # formatted once a second, not once a request
-        day = time.strftime("%Y-%m-%d", time.gmtime(second))
+        day = utc_day(second)
         _today = (second, day, day[:7])
     return _today[1], _today[2]
 

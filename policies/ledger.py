@@ -15,7 +15,8 @@ GroupBy = Literal["model", "day", "key", "request"]
 GROUPS = ("model", "day", "key", "request")
 MAX_DAYS = 400
 MAX_RECORDS = 10_000
-_METRICS = ("requests", "prompt_tokens", "completion_tokens", "cost_nusd", "cache_hits", "errors", "estimated")
+_METRICS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
+            "reasoning_tokens", "cost_nusd", "cache_hits", "errors", "estimated")
 
 
 def days_between(start: str, end: str) -> list[str]:
@@ -35,6 +36,8 @@ async def usage(store: Store, tenant: str, days: list[str], group_by: GroupBy) -
         end = start + len(days) * 86400
         records = await store.records(tenant, start, end, MAX_RECORDS)
         for record in records:
+            record.setdefault("cache_write_tokens", 0)  # records written before the field existed
+            record.setdefault("reasoning_tokens", 0)
             record["cost_usd"] = record.pop("cost_nusd") / NANO
         return records
     totals: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(_METRICS, 0))
@@ -42,7 +45,8 @@ async def usage(store: Store, tenant: str, days: list[str], group_by: GroupBy) -
         for name, value in fields.items():
             metric, alias, key_id = name.split("|", 2)
             group = {"model": alias, "day": day, "key": key_id}[group_by]
-            totals[(tenant, group)][metric] += value
+            if metric in _METRICS:  # a counter this version does not know (a newer process wrote it)
+                totals[(tenant, group)][metric] += value
     rows = []
     for (name, group), values in sorted(totals.items()):
         row: dict[str, Any] = {"tenant": name, group_by: group}

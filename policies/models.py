@@ -1,4 +1,4 @@
-"""The model catalog: price per million tokens, context window and output limit of well-known models.
+"""The model catalog: price per million tokens (input, cache read, cache write, output), context window and output limit of well-known models.
 
 Shipped as ``policies/data/models*.yaml`` (grouped by provider; later files override earlier ones) and
 looked up by the upstream model name; a deployment's own settings in config.yaml take precedence.
@@ -21,15 +21,10 @@ class ModelInfo:
     provider: str
     input: float                    # USD per million prompt tokens
     output: float                   # USD per million completion tokens
-    cached_input: float | None = None  # USD per million cached prompt tokens (None: same as input)
+    cached_input: float | None = None       # USD per million cache-read prompt tokens (None: the input price)
+    cache_write_input: float | None = None  # USD per million cache-write prompt tokens (None: the input price)
     context_window: int | None = None
     max_output_tokens: int | None = None
-
-    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
-        """USD for one request's usage; cached prompt tokens are part of ``prompt_tokens``."""
-        cached_price = self.input if self.cached_input is None else self.cached_input
-        uncached = max(prompt_tokens - cached_tokens, 0)
-        return (uncached * self.input + cached_tokens * cached_price + completion_tokens * self.output) / 1e6
 
 
 @cache

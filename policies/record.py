@@ -34,7 +34,9 @@ class RequestRecord:
     ttft_s: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    cached_tokens: int | None = None
+    cached_tokens: int | None = None        # prompt tokens read from the provider's cache
+    cache_write_tokens: int | None = None   # prompt tokens written to it (Anthropic, Bedrock)
+    reasoning_tokens: int | None = None     # completion tokens spent reasoning
     error: str | None = None
     log_level: LogLevel = "info"        # the log line's: a failure's own (errors.MAPPING)
     prompt: Any = None
@@ -85,5 +87,11 @@ class RequestRecord:
             if isinstance(completion, int):
                 self.completion_tokens = completion
             details = usage.get("prompt_tokens_details")
-            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
-                self.cached_tokens = details["cached_tokens"]
+            if isinstance(details, dict):
+                if isinstance(details.get("cached_tokens"), int):
+                    self.cached_tokens = details["cached_tokens"]
+                if isinstance(details.get("cache_creation_tokens"), int):
+                    self.cache_write_tokens = details["cache_creation_tokens"]
+            details = usage.get("completion_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
+                self.reasoning_tokens = details["reasoning_tokens"]

@@ -40,6 +40,7 @@ from errors import (
 
 from .breaker import Breakers, State
 from .call import Call
+from .clock import SYSTEM, Clock
 from .fallback import error_classes, estimate_tokens
 from .resilience_config import ErrorClass, FallbackConfig, ResilienceConfig, RetryConfig
 from .retry import RetryBudget, backoff, retry_after, retryable
@@ -92,20 +93,22 @@ class Resilience:
     def __init__(self, router: Router, config: ResilienceConfig | None = None, *,
                  retry: Mapping[str, RetryConfig | None] | None = None,
                  fallbacks: Mapping[str, Sequence[FallbackConfig]] | None = None,
-                 stores: StoreLayer | None = None, events: Events | None = None) -> None:
+                 stores: StoreLayer | None = None, events: Events | None = None,
+                 clock: Clock = SYSTEM) -> None:
         """``stores``: the process's store layer, through which breaker state is shared between gateway
         processes when it has Redis (None: process memory). ``retry``/``fallbacks``: per alias."""
         self.router = router
+        self.clock = clock  # breaker cool-downs, the retry budget's window, and the wait before a retry
         self.config = config or ResilienceConfig()
         self.events = events or Events()
         aliases = [alias for alias in router.routing]
         self._retry = {a: (retry or {}).get(a) or self.config.retry for a in aliases}
-        self._budgets = {a: RetryBudget(self._retry[a]) for a in aliases}
+        self._budgets = {a: RetryBudget(self._retry[a], clock.monotonic) for a in aliases}
         self._fallbacks = {a: tuple((fallbacks or {}).get(a) or ()) for a in aliases}
         self._chains: dict[str, tuple[tuple[str, frozenset[ErrorClass] | None], ...]] = {
             a: ((a, None), *((f.alias, frozenset(f.on)) for f in self._fallbacks[a])) for a in aliases}
         self.breakers = Breakers(self.config.breaker, [r.key for r in router.all_routes()], stores,
-                                 on_change=self.events.breaker)
+                                 on_change=self.events.breaker, clock=clock)
         self._ignore = frozenset(self.config.breaker.ignore_status)
 
     def send(self, call: Call) -> AbstractAsyncContextManager[UpstreamResponse]:
@@ -189,7 +192,7 @@ class Resilience:
                 wait = 0.0
                 if route in tried:
                     wait = backoff(number, config)
-                    if route is tried[-1] and (asked := retry_after(last)) is not None:
+                    if route is tried[-1] and (asked := retry_after(last, self.clock.time())) is not None:
                         if asked > config.retry_after_max_s:
                             return last
                         wait = max(wait, asked)
@@ -197,7 +200,7 @@ class Resilience:
                     return last
                 self.events.retry(alias)
                 if wait:
-                    await asyncio.sleep(wait)
+                    await self.clock.sleep(wait)
             tried.append(route)
             span = spans.start("upstream", route.deployment, route.id)
             try:
@@ -320,7 +323,7 @@ class Resilience:
     async def deployments(self) -> dict[str, Any]:
         """Every deployment with its breaker (fresh from the store), load and latency: the admin API."""
         views = await self.breakers.snapshot()
-        now = time.time()
+        now = self.clock.time()
         data = []
         for route in self.router.all_routes():
             view = views[route.key]

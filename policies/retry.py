@@ -30,8 +30,9 @@ def backoff(retry: int, config: RetryConfig) -> float:
     return random.uniform(0.0, min(config.backoff_max_s, config.backoff_base_s * 2 ** (retry - 1)))
 
 
-def retry_after(exc: GatewayError) -> float | None:
-    """Seconds the upstream asked us to wait: ``retry-after-ms`` (OpenAI, Azure) or ``retry-after``."""
+def retry_after(exc: GatewayError, now: float) -> float | None:
+    """Seconds the upstream asked us to wait: ``retry-after-ms`` (OpenAI, Azure) or ``retry-after`` (seconds,
+    or an HTTP date, counted from ``now``: wall-clock seconds)."""
     headers = exc.headers
     value = headers.get("retry-after-ms")
     if value is not None:
@@ -47,7 +48,7 @@ def retry_after(exc: GatewayError) -> float | None:
     except ValueError:
         pass
     try:
-        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+        return max(parsedate_to_datetime(value).timestamp() - now, 0.0)
     except (TypeError, ValueError):
         return None
 

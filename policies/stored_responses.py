@@ -1,18 +1,21 @@
 """Stored Responses (``store: true``): kept per tenant for ``GET``/``DELETE /v1/responses/{id}``, their input
 items, and ``previous_response_id``.
 
-One small async interface (``get``/``put``/``delete``) so the store layer can take it over; this
-implementation keeps them in the process's memory, each for ``ttl_s`` and at most ``limit`` in all (the
-oldest go first).
+Kept in the store layer's key/value surface (``policies/stores/keyvalue.py``): in this process's memory, or
+in Redis, where every gateway process sees them (a conversation continues on whichever process the next
+request reaches). One string per response under ``gw:resp:{tenant}:{id}``, expiring after ``ttl_s``; a
+tenant's ids never reach another tenant (the tenant is part of the key). Redis failing follows the layer's
+policy: fail open reads this process's memory (a stored response is then not found), fail closed is a 503.
 """
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
+
+from .stores.keyvalue import KeyValue
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,35 +26,34 @@ class Stored:
 
 
 class StoredResponses:
-    def __init__(self, ttl_s: float, limit: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, kv: KeyValue, ttl_s: float) -> None:
+        self._kv = kv
         self._ttl_s = ttl_s
-        self._limit = limit
-        self._clock = clock
-        self._items: OrderedDict[tuple[str, str], tuple[float, Stored]] = OrderedDict()
+
+    @staticmethod
+    def _key(tenant: str, response_id: str) -> str:
+        return f"gw:resp:{tenant}:{response_id}"
 
     async def get(self, tenant: str, response_id: str) -> Stored | None:
         """The tenant's stored response; None if it is unknown, expired, or another tenant's."""
-        entry = self._items.get((tenant, response_id))
-        if entry is None:
+        raw = await self._kv.get(self._key(tenant, response_id))
+        if raw is None:
             return None
-        if entry[0] <= self._clock():
-            del self._items[(tenant, response_id)]
-            return None
-        return entry[1]
+        data = orjson.loads(raw)
+        return Stored(data["response"], data["input"], data["context"])
 
     async def put(self, tenant: str, response_id: str, stored: Stored) -> None:
-        self._items[(tenant, response_id)] = (self._clock() + self._ttl_s, stored)
-        self._items.move_to_end((tenant, response_id))
-        while len(self._items) > self._limit:
-            self._items.popitem(last=False)
+        value = orjson.dumps({"response": stored.response, "input": stored.input, "context": stored.context})
+        await self._kv.set(self._key(tenant, response_id), value.decode(), self._ttl_s)
+        # the tenant's ids, so that erasing a tenant needs no key scan (none on Redis Cluster)
+        await self._kv.append(self._key(tenant, "~ids"), response_id, ttl_s=self._ttl_s)
 
     async def erase(self, tenant: str) -> int:
-        """Removes every response the tenant stored; returns how many."""
-        doomed = [key for key in self._items if key[0] == tenant]
-        for key in doomed:
-            del self._items[key]
-        return len(doomed)
+        """Removes every response the tenant stored; returns how many there were."""
+        ids = await self._kv.items(self._key(tenant, "~ids"))
+        erased = await self._kv.delete(*(self._key(tenant, i) for i in ids)) if ids else 0
+        await self._kv.delete(self._key(tenant, "~ids"))
+        return erased
 
     async def delete(self, tenant: str, response_id: str) -> bool:
-        return await self.get(tenant, response_id) is not None and \
-            self._items.pop((tenant, response_id), None) is not None
+        return await self._kv.delete(self._key(tenant, response_id)) > 0

@@ -48,6 +48,12 @@ def prompt_text(endpoint: Endpoint, body: dict[str, Any]) -> tuple[list[str], in
         if body.get("tools"):
             texts.append(str(body["tools"]))
         return texts, _PER_MESSAGE * (len(messages) + 1)
+    if endpoint in (Endpoint.RESPONSES, Endpoint.MESSAGES):
+        turns = body.get("input") if endpoint is Endpoint.RESPONSES else body.get("messages")
+        for name in ("instructions", "system", "tools"):
+            _strings(body.get(name), texts)
+        _strings(turns, texts)
+        return texts, _PER_MESSAGE * ((len(turns) if isinstance(turns, list) else 1) + 1)
     source = body.get("prompt") if endpoint is Endpoint.COMPLETIONS else body.get("input")
     if isinstance(source, str):
         texts.append(source)
@@ -58,6 +64,25 @@ def prompt_text(endpoint: Endpoint, body: dict[str, Any]) -> tuple[list[str], in
             elif isinstance(item, list):  # token ids
                 texts.append("x" * 4 * len(item))
     return texts, 0
+
+
+# Fields of a Responses input item or a Messages content block that carry no text the model reads.
+_NOT_TEXT = frozenset({"type", "id", "role", "call_id", "tool_use_id", "status", "signature", "data", "source",
+                       "image_url", "url", "file_id", "media_type", "cache_control", "detail",
+                       "encrypted_content"})
+
+
+def _strings(value: Any, texts: list[str]) -> None:
+    """Every text in a Responses input or a Messages conversation (nested items, parts and blocks)."""
+    if isinstance(value, str):
+        texts.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            _strings(item, texts)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key not in _NOT_TEXT:
+                _strings(item, texts)
 
 
 def _count(texts: list[str], encoding: Any | None) -> int:
@@ -77,7 +102,7 @@ def completion_budget(endpoint: Endpoint, body: dict[str, Any], default: int) ->
     """Completion tokens to reserve: ``max_completion_tokens``/``max_tokens`` (or the default) times ``n``."""
     if endpoint is Endpoint.EMBEDDINGS:
         return 0
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
     per_choice = limit if isinstance(limit, int) and limit > 0 else default
     n = body.get("n")
     return per_choice * (n if isinstance(n, int) and n > 0 else 1)

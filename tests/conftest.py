@@ -17,6 +17,7 @@ from gateway import logs
 from gateway.app import build_app
 from gateway.auth import hash_key, new_key
 from gateway.config import LoadedConfig, parse_config
+from policies.clock import SYSTEM, Clock
 from policies.config import StoresConfig
 from policies.stores.layer import StoreLayer
 from tests.fakes.openai_upstream import FakeState
@@ -108,9 +109,9 @@ def failure_models(upstream_url: str) -> str:
 def start_gateway() -> Iterator[Callable[[str], ServerThread]]:
     servers: list[ServerThread] = []
 
-    def start(text: str, env: dict[str, str] | None = None) -> ServerThread:
+    def start(text: str, env: dict[str, str] | None = None, clock: Clock = SYSTEM) -> ServerThread:
         loaded: LoadedConfig = parse_config(text, path="test-config.yaml", env=env or {})
-        server = ServerThread(lambda: build_app(loaded)).start()
+        server = ServerThread(lambda: build_app(loaded, clock)).start()
         servers.append(server)
         return server
 

@@ -1,10 +1,14 @@
-"""Real servers on loopback for tests: each runs its own event loop in a thread."""
+"""Real servers on loopback for tests: each runs its own event loop in a thread, watched by a guard that
+fails the test when something blocks that loop."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable
 
 from aiohttp import web
@@ -14,6 +18,76 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+BLOCKED_S = 0.5   # a loop held this long by one call fails the test
+_BEAT_S = 0.05
+
+
+class LoopGuard:
+    """Watches an event loop from another thread and records every call that held it for ``BLOCKED_S``.
+
+    A heartbeat on the loop stops beating while the loop is held. On a loaded machine it also stops while
+    the thread merely waits for a CPU, so a stall counts as a block only for what the thread did meanwhile:
+    it burned ``BLOCKED_S`` of CPU (work that belongs off the loop), or the kernel had it asleep at the same
+    line outside the loop's selector at every look (a blocking sleep, lock or socket call). A thread that
+    waits for a CPU is runnable, never asleep, and burns nothing."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+        self.loop = loop
+        self.thread = thread
+        self.blocks: list[str] = []
+        self._beat = time.monotonic()
+        self._beat_cpu = 0.0  # the loop thread's CPU time at its last beat
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name="loop-guard")
+
+    def start(self) -> None:
+        self.loop.call_soon_threadsafe(self._heartbeat)
+        self._watcher.start()
+
+    def _heartbeat(self) -> None:
+        self._beat, self._beat_cpu = time.monotonic(), time.thread_time()
+        if not self._stop.is_set():
+            self.loop.call_later(_BEAT_S, self._heartbeat)
+
+    def _cpu(self) -> float:
+        assert self.thread.ident is not None
+        return time.clock_gettime(time.pthread_getcpuclockid(self.thread.ident))
+
+    def _asleep(self) -> bool:
+        try:
+            with open(f"/proc/self/task/{self.thread.native_id}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] in ("S", "D")
+        except OSError:
+            return False
+
+    def _where(self) -> traceback.StackSummary | None:
+        frame = sys._current_frames().get(self.thread.ident or -1)
+        return None if frame is None else traceback.extract_stack(frame, limit=12)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(_BEAT_S):
+            if time.monotonic() - self._beat < BLOCKED_S or not self.thread.is_alive():
+                continue
+            beat, cpu = self._beat, self._beat_cpu
+            stuck, where, seen = True, self._where(), 0
+            while self._beat == beat and not self._stop.is_set():  # until the loop runs again
+                now = self._where()
+                same = now is not None and where is not None and now[-1] == where[-1]
+                idle = now is not None and any("selectors.py" in f.filename for f in now[-2:])
+                stuck = stuck and same and not idle and self._asleep()
+                seen += 1
+                self._stop.wait(_BEAT_S)
+            held = time.monotonic() - beat
+            burned = self._cpu() - cpu
+            if where is not None and (burned >= BLOCKED_S or (stuck and seen >= 2)):
+                self.blocks.append(f"the event loop was held {held:.2f} s ({burned:.2f} s of CPU) at:\n"
+                                   + "".join(where.format()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._watcher.join(timeout=5)
 
 
 class ServerThread:
@@ -27,6 +101,7 @@ class ServerThread:
         self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.guard = LoopGuard(self.loop, self._thread)
 
     @property
     def url(self) -> str:
@@ -35,6 +110,7 @@ class ServerThread:
     def start(self) -> ServerThread:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=30)
+        self.guard.start()  # from when it serves: building the app (tokenizers, models) happens before
         return self
 
     async def _start(self) -> None:
@@ -64,6 +140,9 @@ class ServerThread:
                 future.result(timeout=30)
             except TimeoutError:
                 raise AssertionError("the server did not shut down in 30 s; its tasks:\n" + self._tasks()) from None
+        self.guard.stop()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
+        if self.guard.blocks:
+            raise AssertionError("a server blocked its event loop:\n" + "\n".join(self.guard.blocks))

@@ -43,7 +43,8 @@ from ..shape import (
     text_of,
     tool_arguments,
 )
-from .reasoning import MIN_BUDGET, budget_of, effort_of
+from . import chunks
+from .reasoning import MIN_BUDGET, budget_of, effort_of, in_tool_loop
 
 # --- client side: an Anthropic request served by a chat-format backend ------------------------------------
 
@@ -86,18 +87,18 @@ def message_id(openai_id: Any) -> str:
     return text if text.startswith("msg_") else f"msg_{text.removeprefix('chatcmpl-') or 'gateway'}"
 
 
-class MessageEvents:
+class MessageEvents(chunks.ChunkReader):
     """OpenAI chunks (first choice) -> Anthropic stream events, one content block open at a time."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, stops: Any = None) -> None:
+        super().__init__()
         self.model = model
+        self.stops = stops   # the request's stop_sequences
         self.id: str | None = None
         self._blocks = 0
         self._open: int | None = None      # index of the open content block
         self._kind: str | None = None      # its kind when it takes deltas of text: text | thinking
         self._tools: dict[int, int] = {}   # OpenAI tool call index -> block index
-        self._stop = "end_turn"
-        self._usage: Any = None
 
     def _start(self, chunk: dict[str, Any]) -> bytes:
         self.id = message_id(chunk.get("id"))
@@ -130,49 +131,43 @@ class MessageEvents:
 
     def chunk(self, chunk: dict[str, Any]) -> bytes:
         out = self._start(chunk) if self.id is None else b""
-        if isinstance(chunk.get("usage"), dict):
-            self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if reasoning and isinstance(reasoning, str):
-                out += self._text("thinking", reasoning)
-            if delta.get("content"):
-                out += self._text("text", delta["content"])
-            for call in delta.get("tool_calls") or ():
-                function = call.get("function") or {}
-                tool = call.get("index", 0)
-                if tool not in self._tools:
-                    out += self._open_block({"type": "tool_use", "id": str(call.get("id") or f"toolu_{tool}"),
-                                             "name": str(function.get("name") or ""), "input": {}})
-                    self._tools[tool] = self._blocks - 1
-                if function.get("arguments"):
-                    out += event("content_block_delta", {
-                        "type": "content_block_delta", "index": self._tools[tool],
-                        "delta": {"type": "input_json_delta", "partial_json": function["arguments"]}})
-            if choice.get("finish_reason"):
-                self._stop = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+        return out + self.read(chunk)
+
+    def text(self, text: str) -> bytes:
+        return self._text("text", text)
+
+    def reasoning(self, text: str) -> bytes:
+        return self._text("thinking", text)
+
+    def tool_start(self, tool: int, call_id: Any, name: str) -> bytes:
+        out = self._open_block({"type": "tool_use", "id": str(call_id or f"toolu_{tool}"), "name": name,
+                                "input": {}})
+        self._tools[tool] = self._blocks - 1
         return out
+
+    def tool_arguments(self, tool: int, fragment: str) -> bytes:
+        return event("content_block_delta", {"type": "content_block_delta", "index": self._tools[tool],
+                                             "delta": {"type": "input_json_delta", "partial_json": fragment}})
 
     def finish(self) -> bytes:
         out = self._start({}) if self.id is None else b""
         out += self._close()
-        out += event("message_delta", {"type": "message_delta", "delta": {"stop_reason": self._stop,
-                                                                          "stop_sequence": None},
-                                       "usage": anthropic_usage(self._usage)})
+        sequence = chunks.stop_sequence(self.finish_reason, self.stop_reason, self.stops)
+        stop = "stop_sequence" if sequence else STOP_REASONS.get(self.finish_reason or "stop", "end_turn")
+        out += event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop,
+                                                                          "stop_sequence": sequence},
+                                       "usage": anthropic_usage(self.usage)})
         return out + event("message_stop", {"type": "message_stop"})
 
 
-def to_message(data: dict[str, Any], model: str) -> dict[str, Any]:
-    """An OpenAI ``chat.completion`` as an Anthropic ``message``."""
+def to_message(data: dict[str, Any], model: str, stops: Any = None) -> dict[str, Any]:
+    """An OpenAI ``chat.completion`` as an Anthropic ``message`` (``stops``: the request's stop_sequences)."""
     choices = data.get("choices") or [{}]
     choice = choices[0]
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
-    reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if reasoning and isinstance(reasoning, str):
+    reasoning = chunks.message_reasoning(message)
+    if reasoning:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
@@ -184,9 +179,11 @@ def to_message(data: dict[str, Any], model: str) -> dict[str, Any]:
             arguments = {"_raw_arguments": function.get("arguments")}
         content.append({"type": "tool_use", "id": str(call.get("id")), "name": str(function.get("name")),
                         "input": arguments if isinstance(arguments, dict) else {"value": arguments}})
+    sequence = chunks.stop_sequence(choice.get("finish_reason"), choice.get("stop_reason"), stops)
+    stop = "stop_sequence" if sequence else STOP_REASONS.get(str(choice.get("finish_reason")), "end_turn")
     return {"id": message_id(data.get("id")), "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": STOP_REASONS.get(str(choice.get("finish_reason")), "end_turn"),
-            "stop_sequence": None, "usage": anthropic_usage(data.get("usage"))}
+            "content": content, "stop_reason": stop, "stop_sequence": sequence,
+            "usage": anthropic_usage(data.get("usage"))}
 
 
 def check(body: Any) -> dict[str, Any]:
@@ -429,6 +426,8 @@ def error_from(data: dict[str, Any], status: int, headers: dict[str, str], backe
 def from_anthropic(data: dict[str, Any]) -> dict[str, Any]:
     """An Anthropic ``message`` as an OpenAI ``chat.completion`` (thinking as ``reasoning_content``)."""
     choice = Choice(finish_reason=FINISH_REASONS.get(str(data.get("stop_reason")), "stop"))
+    if data.get("stop_reason") == "stop_sequence" and isinstance(data.get("stop_sequence"), str):
+        choice.stop_reason = data["stop_sequence"]
     texts, thoughts = [], []
     for block in data.get("content") or ():
         if block.get("type") == "text":
@@ -438,12 +437,9 @@ def from_anthropic(data: dict[str, Any]) -> dict[str, Any]:
         elif block.get("type") == "tool_use":
             choice.tool_calls.append(ToolCall(str(block.get("id")), str(block.get("name")),
                                               orjson.dumps(block.get("input") or {}).decode()))
-    choice.text = "".join(texts)
-    answer = completion(str(data.get("id") or new_id("msg_")), str(data.get("model", "")), [choice],
-                        usage_of(data.get("usage")))
-    if thoughts:
-        answer["choices"][0]["message"]["reasoning_content"] = "".join(thoughts)
-    return answer
+    choice.text, choice.reasoning = "".join(texts), "".join(thoughts)
+    return completion(str(data.get("id") or new_id("msg_")), str(data.get("model", "")), [choice],
+                      usage_of(data.get("usage")))
 
 
 class ChatChunks:
@@ -456,6 +452,7 @@ class ChatChunks:
         self._tools: dict[int, int] = {}  # content block index -> OpenAI tool call index
         self._usage = Usage()
         self._finish = "stop"
+        self._stop_sequence: str | None = None
 
     def event(self, kind: str, event: dict[str, Any]) -> bytes:
         writer = self.writer
@@ -484,13 +481,16 @@ class ChatChunks:
                     raise UpstreamError(f"upstream {self.backend_id} sent tool input for a block it never started")
                 return writer.tool_arguments(tool, delta["partial_json"])
         elif kind == "message_delta":
-            reason = (event.get("delta") or {}).get("stop_reason")
+            delta = event.get("delta") or {}
+            reason = delta.get("stop_reason")
             if reason:
                 self._finish = FINISH_REASONS.get(reason, "stop")
+            if reason == "stop_sequence" and isinstance(delta.get("stop_sequence"), str):
+                self._stop_sequence = delta["stop_sequence"]
             count_usage(self._usage, event.get("usage"))
         elif kind == "message_stop":
             self.done = True
-            return writer.finish(self._finish) + writer.usage(self._usage) + DONE
+            return writer.finish(self._finish, stop_reason=self._stop_sequence) + writer.usage(self._usage) + DONE
         elif kind == "error":
             raise error_from(event, ERROR_STATUS.get(str((event.get("error") or {}).get("type")), 502), {},
                              self.backend_id)
@@ -506,6 +506,8 @@ def to_anthropic(payload: dict[str, Any], model: str, default_max_tokens: int) -
     if system:
         request["system"] = system
     budget = budget_of(payload.get("reasoning_effort"))
+    if budget is not None and in_tool_loop(payload["messages"]):
+        budget = None  # Anthropic wants the turn's signed thinking block back, which the chat shape cannot carry
     if budget is not None:
         # Thinking counts against max_tokens and wants the default temperature.
         budget = max(MIN_BUDGET, min(budget, request["max_tokens"] - 1))

@@ -24,3 +24,13 @@ def effort_of(budget: Any) -> str | None:
         if budget <= tokens:
             return effort
     return "xhigh"
+
+
+def in_tool_loop(messages: list[dict[str, Any]]) -> bool:
+    """Whether a chat conversation ends with tool results answering an assistant's tool calls: Claude (on
+    Anthropic or Bedrock) then wants that turn's signed thinking block back, which the chat shape cannot
+    carry, so thinking is not asked for (docs/agents.md)."""
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            return message.get("role") == "assistant" and bool(message.get("tool_calls"))
+    return False

@@ -23,6 +23,7 @@ from errors import GatewayError, InvalidRequest
 
 from .. import sse
 from ..shape import new_id
+from . import chunks
 
 _PART_TEXT = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
 
@@ -282,8 +283,8 @@ def to_response(data: dict[str, Any], id_: str, body: dict[str, Any], alias: str
     choice = (data.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     output: list[dict[str, Any]] = []
-    reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if isinstance(reasoning, str) and reasoning:
+    reasoning = chunks.message_reasoning(message)
+    if reasoning:
         output.append(_reasoning_item(item_id("rs_"), reasoning))
     if message.get("content"):
         output.append(_message_item(item_id("msg_"), str(message["content"])))
@@ -296,10 +297,11 @@ def to_response(data: dict[str, Any], id_: str, body: dict[str, Any], alias: str
                            output=output, usage=data.get("usage") or {}, incomplete=incomplete)
 
 
-class ResponseEvents:
+class ResponseEvents(chunks.ChunkReader):
     """Chat chunks (first choice) -> the Responses stream's events, numbered from 0."""
 
     def __init__(self, id_: str, body: dict[str, Any], alias: str) -> None:
+        super().__init__()
         self.id = id_
         self.body = body
         self.alias = alias
@@ -310,8 +312,6 @@ class ResponseEvents:
         self._text: list[str] = []
         self._tools: dict[int, dict[str, Any]] = {}  # chat tool call index -> its function_call item
         self._args: dict[int, list[str]] = {}
-        self._finish: str | None = None
-        self._usage: Any = None
         self.final: dict[str, Any] | None = None
 
     def _event(self, kind: str, data: dict[str, Any]) -> bytes:
@@ -385,36 +385,25 @@ class ResponseEvents:
             "item_id": self._open["id"], "output_index": index, "content_index": 0, "delta": text, "logprobs": []})
 
     def chunk(self, chunk: dict[str, Any]) -> bytes:
-        out = b""
-        if isinstance(chunk.get("usage"), dict):
-            self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                out += self._delta("reasoning", reasoning)
-            if delta.get("content"):
-                out += self._delta("message", delta["content"])
-            for call in delta.get("tool_calls") or ():
-                function = call.get("function") or {}
-                tool = call.get("index", 0)
-                if tool not in self._tools:
-                    out += self._close_open()
-                    item = _call_item(item_id("fc_"), str(call.get("id") or item_id("call_")),
-                                      str(function.get("name") or ""), "", status="in_progress")
-                    self._tools[tool], self._args[tool] = item, []
-                    out += self._add(item)
-                if function.get("arguments"):
-                    item = self._tools[tool]
-                    self._args[tool].append(function["arguments"])
-                    out += self._event("response.function_call_arguments.delta", {
-                        "item_id": item["id"], "output_index": self.output.index(item),
-                        "delta": function["arguments"]})
-            if choice.get("finish_reason"):
-                self._finish = choice["finish_reason"]
-        return out
+        return self.read(chunk)
+
+    def text(self, text: str) -> bytes:
+        return self._delta("message", text)
+
+    def reasoning(self, text: str) -> bytes:
+        return self._delta("reasoning", text)
+
+    def tool_start(self, tool: int, call_id: Any, name: str) -> bytes:
+        out = self._close_open()
+        item = _call_item(item_id("fc_"), str(call_id or item_id("call_")), name, "", status="in_progress")
+        self._tools[tool], self._args[tool] = item, []
+        return out + self._add(item)
+
+    def tool_arguments(self, tool: int, fragment: str) -> bytes:
+        item = self._tools[tool]
+        self._args[tool].append(fragment)
+        return self._event("response.function_call_arguments.delta", {
+            "item_id": item["id"], "output_index": self.output.index(item), "delta": fragment})
 
     def finish(self) -> bytes:
         out = self._close_open()
@@ -425,8 +414,8 @@ class ResponseEvents:
             out += self._event("response.function_call_arguments.done", {
                 "item_id": item["id"], "output_index": index, "name": item["name"], "arguments": item["arguments"]})
             out += self._event("response.output_item.done", {"output_index": index, "item": item})
-        incomplete = _INCOMPLETE.get(str(self._finish))
-        self.final = self._snapshot("incomplete" if incomplete else "completed", usage=self._usage or {},
+        incomplete = _INCOMPLETE.get(str(self.finish_reason))
+        self.final = self._snapshot("incomplete" if incomplete else "completed", usage=self.usage or {},
                                     incomplete=incomplete)
         kind = "response.incomplete" if incomplete else "response.completed"
         return out + self._event(kind, {"response": self.final})

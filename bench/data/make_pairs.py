@@ -1,22 +1,30 @@
-"""Writes bench/data/pairs.jsonl: labelled question pairs for the semantic cache (see README.md here).
+"""Labelled question pairs for the semantic cache, generated here (seeded, deterministic; see README.md).
 
-Each family is one question with one slot that decides the answer (an entity, a number, a date, a negation,
-an opposite, a verb, a sort key) and several phrasings of it. A paraphrase pair is two phrasings with the
-same slot value; a near-miss pair changes the slot value (mostly in the same phrasing: one word changed);
-an unrelated pair takes questions from two families. Families, not pairs, are split into train and test, so
-no test question's phrasing or topic appears in train.
+Two sources, both written for this project: ``FAMILIES`` below (the "general" set: one question with one
+slot that decides the answer, an entity, a number, a date, a negation, an opposite, a verb or a sort key) and
+``classes.py`` (the near-miss classes direction, symbol, attribute, role and the paraphrase classes reword,
+abbreviation, number_words, units, code, natural). A paraphrase pair is two phrasings with the same value; a
+near-miss pair changes the value (mostly in the same phrasing: one word or token changed, or the two values
+swapped); an unrelated pair takes questions from two families of one split. Families, not pairs, are split
+into train and test (40% test within each class), so no test phrasing occurs in train.
 
-    .venv/bin/python bench/data/make_pairs.py     # deterministic (seeded)
+``build()`` is what the trainer and the bench read (a few seconds); ``python bench/data/make_pairs.py
+[--out FILE]`` writes them as JSON lines and prints the counts.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import random
+import re
+import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent / "pairs.jsonl"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.data.classes import ALL, NATURAL, Family
 
 # (topic, slot kind, phrasings with {x}, slot values)
 FAMILIES: list[tuple[str, str, list[str], list[str]]] = [
@@ -483,72 +491,190 @@ FAMILIES: list[tuple[str, str, list[str], list[str]]] = [
         ["to", "from"]),
 ]
 
-PARAPHRASES_PER_FAMILY = 7
-NEAR_MISSES_PER_FAMILY = 5
+# pairs drawn per family (at most: a small family runs out of distinct pairs first)
+GENERAL_PARAPHRASES, GENERAL_NEAR_MISSES = 7, 5
+PARAPHRASES, NEAR_MISSES = 90, 200
+TEST_SHARE = 0.4
 
 
-def _fill(template: str, value: str) -> str:
-    text = template.replace("{x}", value)
-    return " ".join(text.split()).replace(" ?", "?").replace(" .", ".")
+def _fill(template: str, **slots: str) -> str:
+    text = template
+    for name, value in slots.items():
+        text = text.replace("{" + name + "}", value)
+    text = re.sub(r"\s+([?.])$", r"\1", " ".join(text.split()))
+    return text[0].upper() + text[1:]
 
 
-def _split(index: int, topic: str) -> str:
-    """About 40% of families go to test, chosen by a hash of the family so the split is stable."""
-    digest = hashlib.sha256(f"{index}:{topic}".encode()).digest()
-    return "test" if digest[0] < 102 else "train"
+def _hash(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+
+
+def _splits(groups: dict[str, list[str]]) -> dict[str, str]:
+    """Within each class, the 40% of families with the smallest hash are test (at least one)."""
+    out: dict[str, str] = {}
+    for names in groups.values():
+        ordered = sorted(names, key=_hash)
+        cut = max(1, round(len(ordered) * TEST_SHARE))
+        for i, name in enumerate(ordered):
+            out[name] = "test" if i < cut else "train"
+    return out
+
+
+def _general(rng: random.Random, split: dict[str, str]) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for index, (topic, kind, phrasings, values) in enumerate(FAMILIES):
+        name = f"general:{index}"
+        base = {"family": name, "topic": topic, "split": split[name]}
+        seen: set[tuple[str, str]] = set()
+        made = 0
+        while made < GENERAL_PARAPHRASES:
+            value = rng.choice(values)
+            i, j = rng.sample(range(len(phrasings)), 2)
+            a, b = _fill(phrasings[i], x=value), _fill(phrasings[j], x=value)
+            if (a, b) in seen or a == b:
+                continue
+            seen.add((a, b))
+            rows.append({**base, "a": a, "b": b, "label": 1, "kind": "paraphrase", "class": "general"})
+            made += 1
+        made = 0
+        while made < GENERAL_NEAR_MISSES:
+            v, w = rng.sample(values, 2)
+            i = rng.randrange(len(phrasings))
+            j = i if rng.random() < 0.7 else rng.randrange(len(phrasings))
+            a, b = _fill(phrasings[i], x=v), _fill(phrasings[j], x=w)
+            if (a, b) in seen or a == b:
+                continue
+            seen.add((a, b))
+            rows.append({**base, "a": a, "b": b, "label": 0, "kind": kind, "class": kind})
+            made += 1
+    return rows
+
+
+def _render(family: Family, template: str, value: str, context: str) -> str:
+    if family.swap:
+        first, second = value.split("|")
+        return _fill(template, a=first, b=second, y=context)
+    return _fill(template, x=value, y=context)
+
+
+def _mutated(family: Family, value: str, rng: random.Random) -> str | None:
+    """The value with one of its tokens swapped for a confusable one (``a << 2`` -> ``a >> 2``)."""
+    tokens = value.split(" ")
+    spots = [(i, t) for i, t in enumerate(tokens) if t in family.mutate]
+    spots += [(-1, k) for k in family.mutate if k in value and k not in tokens and len(k) > 1]
+    if not spots:
+        return None
+    i, token = rng.choice(spots)
+    other = rng.choice(family.mutate[token])
+    if i >= 0:
+        return " ".join([*tokens[:i], other, *tokens[i + 1:]])
+    return value.replace(token, other, 1)
+
+
+def _near_value(family: Family, spellings: list[str], rng: random.Random) -> str | None:
+    value = rng.choice(spellings)
+    if family.swap:
+        first, second = value.split("|")
+        return f"{second}|{first}"
+    if family.mutate and rng.random() < 0.8:
+        mutated = _mutated(family, value, rng)
+        if mutated is not None and mutated != value:
+            return mutated
+    others = [v for v in family.values if v is not spellings]
+    return rng.choice(rng.choice(others)) if others else None
+
+
+def _family(name: str, family: Family, split: str) -> list[dict[str, object]]:
+    rng = random.Random(_hash(name))
+    base = {"family": name, "topic": family.topic, "split": split}
+    rows: list[dict[str, object]] = []
+    seen: set[tuple[str, str]] = set()
+    n = len(family.phrasings)
+    for label, target in ((1, PARAPHRASES), (0, NEAR_MISSES if family.near else 0)):
+        made = attempts = 0
+        while made < target and attempts < target * 20:
+            attempts += 1
+            spellings = rng.choice(family.values)
+            context = rng.choice(family.contexts)
+            i = rng.randrange(n)
+            if label:
+                j = rng.randrange(n)
+                a = _render(family, family.phrasings[i], rng.choice(spellings), context)
+                b = _render(family, family.phrasings[j], rng.choice(spellings), context)
+            else:
+                other = _near_value(family, spellings, rng)
+                if other is None:
+                    break
+                # mostly the same phrasing with only the value changed: the hardest near miss
+                j = i if rng.random() < 0.7 else rng.randrange(n)
+                a = _render(family, family.phrasings[i], rng.choice(spellings), context)
+                b = _render(family, family.phrasings[j], other, context)
+            if a == b or (a, b) in seen:
+                continue
+            seen.add((a, b))
+            kind = "paraphrase" if label else str(family.near)
+            rows.append({**base, "a": a, "b": b, "label": label, "kind": kind,
+                         "class": family.positive if label else family.near})
+            made += 1
+    return rows
 
 
 def build() -> list[dict[str, object]]:
-    rng = random.Random(20261125)
-    rows: list[dict[str, object]] = []
-    splits = [_split(i, f[0]) for i, f in enumerate(FAMILIES)]
-    for index, (topic, kind, phrasings, values) in enumerate(FAMILIES):
-        base = {"family": index, "topic": topic, "split": splits[index]}
-        seen: set[tuple[str, str]] = set()
-        while sum(1 for r in rows if r["family"] == index and r["label"] == 1) < PARAPHRASES_PER_FAMILY:
-            value = rng.choice(values)
-            i, j = rng.sample(range(len(phrasings)), 2)
-            a, b = _fill(phrasings[i], value), _fill(phrasings[j], value)
-            if (a, b) in seen or a == b:
-                continue
-            seen.add((a, b))
-            rows.append({**base, "a": a, "b": b, "label": 1, "kind": "paraphrase"})
-        made = 0
-        while made < NEAR_MISSES_PER_FAMILY:
-            v, w = rng.sample(values, 2)
-            i = rng.randrange(len(phrasings))
-            # mostly one word changed in the same phrasing; sometimes rephrased as well
-            j = i if rng.random() < 0.7 else rng.randrange(len(phrasings))
-            a, b = _fill(phrasings[i], v), _fill(phrasings[j], w)
-            if (a, b) in seen or a == b:
-                continue
-            seen.add((a, b))
-            rows.append({**base, "a": a, "b": b, "label": 0, "kind": kind})
-            made += 1
+    """Every labelled pair, train and test (deterministic)."""
+    groups: dict[str, list[str]] = {"general": [f"general:{i}" for i in range(len(FAMILIES))],
+                                    "natural": [f"natural:{i}" for i in range(len(NATURAL))]}
+    names = []
+    for index, family in enumerate(ALL):
+        name = f"{family.near or family.positive}:{index}"
+        names.append(name)
+        groups.setdefault(f"{family.near}/{family.positive}", []).append(name)
+    split = _splits(groups)
+    rows = _general(random.Random(20261125), split)
+    for name, family in zip(names, ALL, strict=True):
+        rows.extend(_family(name, family, split[name]))
+    for index, phrasings in enumerate(NATURAL):
+        name = f"natural:{index}"
+        for a in phrasings:
+            for b in phrasings:
+                if a != b:
+                    rows.append({"family": name, "topic": "everyday", "split": split[name], "a": a, "b": b,
+                                 "label": 1, "kind": "paraphrase", "class": "natural"})
     # unrelated: two families of the same split, so no test question is paired with a train one
-    for split in ("train", "test"):
-        members = [i for i, s in enumerate(splits) if s == split]
-        for _ in range(len(members) * 2):
-            f, g = rng.sample(members, 2)
-            a = _fill(rng.choice(FAMILIES[f][2]), rng.choice(FAMILIES[f][3]))
-            b = _fill(rng.choice(FAMILIES[g][2]), rng.choice(FAMILIES[g][3]))
-            rows.append({"family": f, "topic": FAMILIES[f][0], "split": split, "a": a, "b": b,
-                         "label": 0, "kind": "unrelated"})
+    rng = random.Random(7)
+    for part in ("train", "test"):
+        questions: dict[str, list[str]] = {}
+        for r in rows:
+            if r["split"] == part:
+                questions.setdefault(str(r["family"]), []).append(str(r["a"]))
+        families = sorted(questions)
+        for _ in range(len(families) * 10):
+            f, g = rng.sample(families, 2)
+            rows.append({"family": f, "topic": "mixed", "split": part, "a": rng.choice(questions[f]),
+                         "b": rng.choice(questions[g]), "label": 0, "kind": "unrelated", "class": "unrelated"})
     return rows
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="write the pairs here as JSON lines")
+    args = parser.parse_args()
     rows = build()
-    with OUT.open("w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    by: dict[tuple[str, str], int] = {}
+    if args.out is not None:
+        with args.out.open("w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    counts: dict[tuple[str, int, str], int] = {}
     for row in rows:
-        key = (str(row["split"]), "paraphrase" if row["label"] else "negative")
-        by[key] = by.get(key, 0) + 1
-    print(f"{len(rows)} pairs, {len(FAMILIES)} families -> {OUT}")
-    for key, count in sorted(by.items()):
-        print(f"  {key[0]:5} {key[1]:10} {count}")
+        key = (str(row["class"]), int(row["label"]), str(row["split"]))  # type: ignore[call-overload]
+        counts[key] = counts.get(key, 0) + 1
+    families = {(str(r["class"]), str(r["split"]), str(r["family"])) for r in rows}
+    print(f"{len(rows)} pairs, {len({str(r['a']) for r in rows} | {str(r['b']) for r in rows})} distinct questions")
+    print("| class | label | train pairs (families) | test pairs (families) |")
+    print("|---|---|---|---|")
+    for cls, label in sorted({(c, lab) for c, lab, _ in counts}, key=lambda k: (-k[1], k[0])):
+        cells = [f"{counts.get((cls, label, s), 0)} ({sum(1 for f in families if f[:2] == (cls, s))})"
+                 for s in ("train", "test")]
+        print(f"| {cls} | {'paraphrase' if label else 'different'} | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":

@@ -24,12 +24,15 @@ from backends import Endpoint, UpstreamResponse
 from errors import GatewayError
 
 from ..call import Call
+from ..cost import PriceTable
 from ..models import model_info
 from ..stores.layer import StoreLayer
 from . import replay
 from .config import CacheConfig, CacheOverride, Settings, combinations, resolve
 from .exact import AnswerStore, Caps, MemoryStore, RedisStore, entry_key
 from .key import Identity, identify
+from .normalize import canonical
+from .slots import code_prompt
 
 if TYPE_CHECKING:
     import numpy as np
@@ -134,9 +137,9 @@ class ResponseCache:
         from . import verifier
 
         assert identity.question is not None
-        vector = await self.embedder.embed(identity.question)
+        vector = await self.embedder.embed(canonical(identity.question))
         self._remember(identity.key, vector)
-        shipped = verifier.operating_point()
+        shipped = verifier.operating_point(settings.mode)
         threshold = settings.threshold if settings.threshold is not None else shipped.threshold
         semantic = self.config.semantic
         min_probability = semantic.min_probability if semantic.min_probability is not None \
@@ -146,7 +149,8 @@ class ResponseCache:
                                              limit=semantic.candidates)
         for candidate in candidates:
             if semantic.verify and not verifier.verify(identity.question, vector, candidate.text, candidate.vector,
-                                                       min_probability=min_probability).ok:
+                                                       min_probability=min_probability,
+                                                       strict=settings.mode == "faq").ok:
                 continue
             raw = await self.answers.get(candidate.entry)
             if raw is None:  # the answer expired or was evicted: its point goes too
@@ -156,8 +160,10 @@ class ResponseCache:
         return None
 
     def _semantic_question(self, settings: Settings, identity: Identity) -> bool:
-        return (settings.semantic and identity.question is not None
-                and len(identity.question) <= self.config.semantic.max_question_chars)
+        question = identity.question
+        semantic = self.config.semantic
+        return (settings.semantic and question is not None and len(question) <= semantic.max_question_chars
+                and (semantic.code == "semantic" or not code_prompt(question)))
 
     def _hit(self, call: Call, raw: bytes, kind: str, similarity: float | None) -> UpstreamResponse:
         entry = orjson.loads(raw)
@@ -233,7 +239,7 @@ class ResponseCache:
             return
         missing = [item for item in semantic if item.identity.key not in self._vectors]
         if missing:
-            vectors = await self.embedder.embed_many([str(item.identity.question) for item in missing])
+            vectors = await self.embedder.embed_many([canonical(str(item.identity.question)) for item in missing])
             for item, vector in zip(missing, vectors, strict=True):
                 self._vectors[item.identity.key] = vector
         points = []
@@ -318,12 +324,8 @@ def _cost(answer: dict[str, Any], recorded: float | None) -> float | None:
     """What the answer cost when it was made: priced from its usage and the catalog, else as recorded."""
     usage = answer.get("usage")
     info = model_info(str(answer.get("model") or ""))
-    if info is not None and isinstance(usage, dict):
-        details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-        return info.cost(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-                         int(cached or 0))
-    return recorded
+    cost = PriceTable.of(info).usd(usage) if info is not None else None
+    return recorded if cost is None else cost
 
 
 __all__ = ["CacheConfig", "CacheOverride", "ResponseCache"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 class _Frozen(BaseModel):
@@ -15,10 +15,24 @@ class _Frozen(BaseModel):
 
 
 Reuse = Literal["deterministic", "always"]
+# off: exact cache only; faq: the high-precision operating point (FAQ-like traffic, where a wrong answer costs
+# more than a miss); general: the operating point for general chat and code (docs/cache.md has both's figures)
+Mode = Literal["off", "faq", "general"]
+
+
+def _yaml_off(value: Any) -> Any:
+    return "off" if value is False else value   # YAML reads an unquoted off as false
+
+
+ModeField = Annotated[Mode, BeforeValidator(_yaml_off)]
 
 
 class SemanticConfig(_Frozen):
     enabled: bool = False
+    mode: ModeField = "general"      # with enabled: the default of every tenant and alias
+    # prompts that hold code or are mostly symbols: "exact" (exact cache only) or "semantic" (looked up like
+    # any question; the verifier's symbol check still vetoes any differing operator)
+    code: Literal["exact", "semantic"] = "exact"
     # None: the operating point the verifier was trained for (bench/train_verifier.py)
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     verify: bool = True
@@ -53,13 +67,21 @@ class CacheConfig(_Frozen):
     semantic: SemanticConfig = SemanticConfig()
 
 
+class SemanticOverride(_Frozen):
+    """``semantic: {mode: faq}`` under a tenant's or an alias's ``cache:``."""
+
+    mode: ModeField | None = None
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
 class CacheOverride(_Frozen):
     """``cache:`` under a tenant or a model alias; unset fields keep the more general setting."""
 
     enabled: bool | None = None
     ttl_s: float | None = Field(default=None, gt=0)
     reuse: Reuse | None = None
-    semantic: bool | None = None
+    # false: off; true: on, in the defaults' mode (general when the defaults have it off); or {mode, threshold}
+    semantic: bool | SemanticOverride | None = None
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
@@ -70,22 +92,40 @@ class Settings:
     enabled: bool
     ttl_s: float
     reuse: Reuse
-    semantic: bool
+    mode: Mode
     threshold: float | None
+
+    @property
+    def semantic(self) -> bool:
+        return self.mode != "off"
+
+
+def _mode(current: Mode, defaults: SemanticConfig, override: bool | SemanticOverride | None) -> Mode:
+    if override is None:
+        return current
+    if isinstance(override, bool):
+        if not override:
+            return "off"
+        return current if current != "off" else (defaults.mode if defaults.mode != "off" else "general")
+    return current if override.mode is None else override.mode
 
 
 def resolve(defaults: CacheConfig, *overrides: CacheOverride | None) -> Settings:
+    semantic = defaults.semantic
     settings = Settings(enabled=defaults.enabled, ttl_s=defaults.ttl_s, reuse=defaults.reuse,
-                        semantic=defaults.semantic.enabled, threshold=defaults.semantic.threshold)
+                        mode=semantic.mode if semantic.enabled else "off", threshold=semantic.threshold)
     for override in overrides:
         if override is None:
             continue
+        threshold = override.threshold
+        if isinstance(override.semantic, SemanticOverride) and override.semantic.threshold is not None:
+            threshold = override.semantic.threshold
         settings = Settings(
             enabled=settings.enabled if override.enabled is None else override.enabled,
             ttl_s=settings.ttl_s if override.ttl_s is None else override.ttl_s,
             reuse=settings.reuse if override.reuse is None else override.reuse,
-            semantic=settings.semantic if override.semantic is None else override.semantic,
-            threshold=settings.threshold if override.threshold is None else override.threshold,
+            mode=_mode(settings.mode, semantic, override.semantic),
+            threshold=settings.threshold if threshold is None else threshold,
         )
     return settings
 

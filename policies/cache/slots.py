@@ -1,15 +1,21 @@
-"""The slots that change an answer: numbers, names, dates, negations and opposites.
+"""The slots that change an answer: symbols, quoted strings, the order of two things, numbers, names, dates,
+negations, opposites and a word swapped in the same sentence.
 
 Two questions that differ in one of them ask different things however close their embeddings are
-("capital of France" / "capital of Germany" have cosine 0.9+). ``conflict(a, b)`` names the first slot
-in which they disagree, or None.
+("capital of France" / "capital of Germany", ``a << 2`` / ``a >> 2``, "from German to French" / "from French to
+German" all have cosine 0.9+). ``conflict(a, b)`` names the first slot in which they disagree, or None. Both
+texts are compared in their canonical form (``normalize.py``: "JS" = "JavaScript", "a cup" = "1 cup").
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from functools import lru_cache
+
+from .normalize import UNITS, canonical
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9+#.'-]*[A-Za-z0-9+#]|[A-Za-z]|\d+(?:[.,]\d+)*")
 _SWITCH = re.compile(r"\b(turn|turning|switch|switching|toggle)((?:\s+[\w-]+){0,3}?)\s+(on|off)\b", re.IGNORECASE)
@@ -53,10 +59,23 @@ _OPPOSITES: tuple[tuple[frozenset[str], ...], ...] = tuple(tuple(frozenset(s.spl
     ("lose", "gain"),
     ("rise", "fall"),
     ("min minimum smallest lowest least", "max maximum largest highest biggest most"),
+    # near-synonym entities and relations: the capital is not the largest city, the author not the publisher
+    ("capital", "largest biggest populous oldest"),
+    ("author writer wrote written write", "publisher published publish", "translator translated",
+     "illustrator illustrated", "editor edited"),
+    ("hard", "soft", "medium"),
+    ("formal", "casual informal"),
+    ("locally local", "remotely remote"),
+    ("their", "there", "they're"),
+    ("your", "you're"),
+    ("its", "it's"),
+    ("affect", "effect"),
+    ("then", "than"),
+    ("shallow", "deep"),
+    ("vegan", "vegetarian"),
     ("mean average", "median", "mode"),
     ("first", "last final latest"),
     ("morning", "afternoon", "evening", "night tonight"),
-    ("before", "after"),
     ("to into", "from"),
     ("with", "without"),
     ("left", "right", "inner", "outer", "cross"),
@@ -75,7 +94,8 @@ _OPPOSITES: tuple[tuple[frozenset[str], ...], ...] = tuple(tuple(frozenset(s.spl
     ("true", "false"),
     ("success", "failure"),
     ("derivative", "integral"),
-    ("freeze freezes frozen", "boil boils boiling", "evaporate evaporates", "condense condenses", "melt melts"),
+    ("freeze freezes frozen freezing", "boil boils boiling", "evaporate evaporates", "condense condenses",
+     "melt melts melting", "flash"),
     ("north", "south", "east", "west"),
     ("male", "female"),
     ("serve", "backhand", "forehand", "volley"),
@@ -90,6 +110,10 @@ class Slots:
     negations: int
     names: frozenset[str]         # capitalized words not at the start of a sentence
     opposites: tuple[frozenset[int], ...]  # per group in _OPPOSITES: which of its sets the text uses
+    symbols: Counter[tuple[str, str, str]]  # each code-like token with its neighbours: ("a", "<<", "2")
+    quoted: frozenset[str]        # the contents of quoted strings
+    roles: frozenset[tuple[str, str, str]]  # (marker, side, word): "German to French" -> (to, left, german)
+    words: tuple[str, ...]        # the canonical text's words, lowercased, for the same-sentence swap check
 
 
 def _variants(word: str) -> set[str]:
@@ -104,8 +128,10 @@ def _variants(word: str) -> set[str]:
 
 def _stem(word: str) -> str:
     word = word.lower().removesuffix("'s").removesuffix("’s")
-    for suffix in ("ing", "ed", "es", "s"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+    if word.endswith(("ses", "xes", "zes", "ches", "shes")) and len(word) >= 6:
+        return word[:-2]
+    for suffix in ("ing", "ed", "s"):
+        if word.endswith(suffix) and not word.endswith("ss") and len(word) - len(suffix) >= 3:
             return word[: -len(suffix)]
     return word
 
@@ -122,6 +148,8 @@ def _number(token: str) -> str:
 @lru_cache(maxsize=4096)
 def extract(text: str) -> Slots:
     """The answer-changing slots of one question (cached: a cached entry's text is checked many times)."""
+    text = canonical(text)
+    symbols, quoted, roles, plain = _symbols(text), _quoted(text), _roles(text), _plain_words(text)
     # "turn (dark mode) on/off" decides the answer; a bare "on" is mostly a preposition ("on Windows")
     text = _SWITCH.sub(lambda m: f" turn{m.group(3).lower()}{m.group(2)} ", text)
     text = _PARTICLE.sub(lambda m: " turn" + m.group(1).lower(), text)   # "turn dark mode on?"
@@ -148,13 +176,20 @@ def extract(text: str) -> Slots:
     opposites = tuple(
         frozenset(i for i, members in enumerate(group) if stems & members) for group in _OPPOSITES)
     return Slots(tokens=frozenset(stems), numbers=frozenset(numbers), dates=frozenset(dates), negations=negations,
-                 names=frozenset(names), opposites=opposites)
+                 names=frozenset(names), opposites=opposites, symbols=symbols, quoted=quoted, roles=roles,
+                 words=plain)
 
 
 def conflict(a: str, b: str) -> str | None:
     """The first answer-changing slot in which two questions differ ("number", "date", "negation",
-    "name", "opposite"), or None when none does."""
+    "name", "opposite", "symbol", "quoted", "order", "swap"), or None when none does."""
     x, y = extract(a), extract(b)
+    if x.symbols != y.symbols:
+        return "symbol"
+    if x.quoted != y.quoted:
+        return "quoted"
+    if _swapped(x.roles, y.roles):
+        return "order"
     if x.numbers != y.numbers:
         return "number"
     if x.dates != y.dates:
@@ -168,4 +203,215 @@ def conflict(a: str, b: str) -> str | None:
         # each uses a meaning the other lacks ("to" vs "from"); "to ... into" vs "from ... into" also counts
         if used_x - used_y and used_y - used_x:
             return "opposite"
+    if _substituted(x.words, y.words):
+        return "swap"
     return None
+
+
+# --- symbols: code, commands, expressions. A token that is not a plain word (with its prose punctuation and
+# quotes stripped) is code-like; it must occur in the other text with the same neighbours.
+_PLAIN = re.compile(r"^[A-Za-z0-9]+(?:['’.-][A-Za-z0-9]+|,\d{3})*\.?$")
+_PROSE_END = re.compile(r"(?<=.)[.,?!;:]+$")
+_PUNCTUATION = re.compile(r"^[.,?!;:]+$")
+_QUOTES = "\"'“”‘’"
+_QUOTED = re.compile(r"(?<![\w])([\"“'‘])([^\"“”'‘’]{1,80})([\"”'’])(?![\w])")
+
+
+def _tokens(text: str) -> list[str]:
+    out = []
+    for raw in text.replace("`", " ").split():
+        token = _PROSE_END.sub("", raw)
+        plain = token.strip(_QUOTES)
+        if plain and _PLAIN.match(plain):   # a quoted word is the word ('ephemeral' / "ephemeral")
+            token = plain
+        if token and not _PUNCTUATION.match(token):
+            out.append(token)
+    return out
+
+
+def _is_code(token: str) -> bool:
+    return _PLAIN.match(token) is None
+
+
+def _symbols(text: str) -> Counter[tuple[str, str, str]]:
+    tokens = _tokens(text)
+    found: Counter[tuple[str, str, str]] = Counter()
+    for i, token in enumerate(tokens):
+        if _is_code(token):
+            # an operator's operands are its neighbours ("a << 2" is not "2 << a"); "items[0]" stands alone
+            operator = not any(c.isalnum() for c in token)
+            left = tokens[i - 1].lower() if i > 0 and operator else ""
+            right = tokens[i + 1].lower() if i + 1 < len(tokens) and operator else ""
+            found[(left, token, right)] += 1
+    return found
+
+
+def _quoted(text: str) -> frozenset[str]:
+    return frozenset(" ".join(m.group(2).lower().split()) for m in _QUOTED.finditer(text.replace("`", " ")))
+
+
+# a prompt this share of whose non-space characters are symbols is code (or mostly symbols)
+CODE_SHARE = 0.2
+_CODE_LINE = re.compile(r"^(?:    |\t)\S|[;{}]\s*$|^\s*(?:def|class|import|from|return|if|for|while|fn|let|const|var|"
+                        r"function|public|private|#include|SELECT|select)\b", re.MULTILINE)
+
+
+def code_prompt(text: str) -> bool:
+    """Whether a prompt holds code or is mostly symbols: a fenced block, several lines of which one looks like
+    code, or a high share of symbol characters. Such prompts use the exact cache only by default."""
+    if "```" in text or ("\n" in text.strip() and _CODE_LINE.search(text)):
+        return True
+    chars = [c for c in text if not c.isspace()]
+    return len(chars) >= 4 and sum(1 for c in chars if not c.isalnum()) / len(chars) >= CODE_SHARE
+
+
+# --- order: the two things on either side of a word that gives them roles. "from German to French" and
+# "from French to German" put the same words on opposite sides of "to"; both must move for a conflict, which a
+# rewording ("Go from London to Paris" / "Paris from London") does not do.
+_MARKERS = {
+    "to": "to", "into": "to", "towards": "to", "toward": "to", "->": "to", "→": "to", "from": "from",
+    "in": "in", "than": "than", "before": "before", "ahead": "before", "after": "after", "by": "by",
+    "divided": "divided", "minus": "minus", "over": "over", "owes": "owes", "owe": "owes", "owed": "owes",
+    "lent": "lent", "lends": "lent", "pays": "pays", "paid": "pays", "beat": "beat", "beats": "beat",
+    "defeated": "beat", "inherit": "inherit", "inherits": "inherit", "extend": "extend", "extends": "extend",
+    "subclass": "subclass", "subtract": "subtract", "outperform": "than", "outperforms": "than",
+    "first": "before",
+}
+# "X after Y" is "Y before X", "to X from Y" is "from Y to X", "X lent Y" is "Y owes X"
+_REVERSED = {"after": "before", "from": "to", "lent": "owes"}
+_FILLER = frozenset("""
+a an the this that these those my your our his her its of is are was were be do does did i me you we it
+how what which who whom when where why can could should would will please some any there here so as at on
+and or them then
+""".split())
+_CLAUSE = frozenset(",;:.?!")
+_ROLE_WORD = re.compile(r"->|→|[,;:.?!]|[A-Za-z0-9][A-Za-z0-9+#.'-]*[A-Za-z0-9+#]|[A-Za-z0-9]")
+_WINDOW = 3
+
+
+def _roles(text: str) -> frozenset[tuple[str, str, str]]:
+    tokens = [t.lower() for t in _ROLE_WORD.findall(text)]
+    roles: set[tuple[str, str, str]] = set()
+    for i, token in enumerate(tokens):
+        marker = _MARKERS.get(token)
+        if marker is None:
+            continue
+        # "in" orders things only between units ("100 usd in eur"); elsewhere it is a place or a topic
+        if marker == "in" and (i + 1 >= len(tokens) or tokens[i + 1] not in UNITS):
+            continue
+        sides = {"left": list(range(i - 1, -1, -1)), "right": list(range(i + 1, len(tokens)))}
+        family = _REVERSED.get(marker, marker)
+        for side, order in sides.items():
+            role = side if marker == family else ("right" if side == "left" else "left")
+            taken = 0
+            for j in order:
+                word = tokens[j]
+                if word in _CLAUSE:
+                    break
+                if word in _MARKERS:
+                    if abs(j - i) == 1:   # "inherit from", "ahead of": one relation in two words
+                        continue
+                    break                 # the next marker's words are its own ("way to get from A to B")
+                if word in _FILLER:
+                    continue
+                roles.add((family, role, _stem(word)))
+                taken += 1
+                if taken == _WINDOW:
+                    break
+    return frozenset(roles)
+
+
+def _swapped(x: frozenset[tuple[str, str, str]], y: frozenset[tuple[str, str, str]]) -> bool:
+    """Whether, around one kind of marker, words on the left in one are on the right in the other and the
+    other way round ("miles into nautical miles" / "nautical miles into miles")."""
+    for marker in {m for m, _, _ in x} & {m for m, _, _ in y}:
+        left_x = {w for m, side, w in x if m == marker and side == "left"}
+        right_x = {w for m, side, w in x if m == marker and side == "right"}
+        left_y = {w for m, side, w in y if m == marker and side == "left"}
+        right_y = {w for m, side, w in y if m == marker and side == "right"}
+        to_right, to_left = left_x & right_y, right_x & left_y
+        if to_right and to_left and to_right != to_left:
+            return True
+    return False
+
+
+# --- the same sentence with one word or phrase replaced: the commonest near miss ("gluten-free pancakes" /
+# "dairy-free pancakes", "the capital of" / "the largest city of"). A replacement by a known synonym passes.
+_SYNONYMS: tuple[frozenset[str], ...] = tuple(frozenset(group.split()) for group in (
+    "fast quick quickly speedy", "faster quicker", "fastest quickest", "big large huge", "bigger larger",
+    "biggest largest", "tallest highest",
+    "begin start", "buy purchase", "car automobile vehicle", "picture photo image", "fix repair", "error bug",
+    "make create", "show display", "delete remove erase", "film movie", "cheap inexpensive affordable",
+    "cheapest least-expensive", "simple easy", "easiest simplest", "help assist", "need require", "use utilize",
+    "get obtain", "find locate", "choose pick select", "way method", "good great", "best top", "tip advice",
+    "explain describe", "job work", "shop store", "kid child", "kids children", "doctor physician",
+    "happen occur", "ok okay", "can could", "should must", "talk speak", "end finish", "town city",
+))
+_SYNONYM_OF = {word: group for group in _SYNONYMS for word in group}
+_SWAP_WORD = re.compile(r"[a-z0-9][a-z0-9+#.'-]*[a-z0-9+#]|[a-z0-9]")
+
+
+def _plain_words(text: str) -> tuple[str, ...]:
+    return tuple(_stem(w) for w in _SWAP_WORD.findall(text.lower()))
+
+
+def _same_words(x: list[str], y: list[str]) -> bool:
+    if len(x) != len(y):
+        return False
+    return all(a == b or b in _SYNONYM_OF.get(a, ()) for a, b in zip(x, y, strict=True))
+
+
+def _substituted(x: tuple[str, ...], y: tuple[str, ...]) -> bool:
+    """Whether the two sentences are the same but for one replaced span of at most three words each, in which
+    something other than filler words and synonyms changed."""
+    ops = [op for op in SequenceMatcher(None, x, y, autojunk=False).get_opcodes() if op[0] != "equal"]
+    if len(ops) != 1 or ops[0][0] != "replace":
+        return False
+    _, i1, i2, j1, j2 = ops[0]
+    if i2 - i1 > 3 or j2 - j1 > 3 or len(x) - (i2 - i1) < 2:
+        return False
+    left = [w for w in x[i1:i2] if w not in _FILLER]
+    right = [w for w in y[j1:j2] if w not in _FILLER]
+    return bool(left) and bool(right) and not _same_words(left, right)
+
+
+
+# --- words one question has and the other lacks, beyond how a question is phrased: in the faq mode a pair
+# where both sides have such a word is not served (a rephrased near miss changes a value and the phrasing)
+_PHRASING = frozenset("""
+tell name explain describe give recommend suggest best good way ways tip tips idea ideas help know current
+currently usual usually main official exactly roughly approximately around typical typically right correct
+correctly proper properly easiest easy simple quick quickly possible step steps guide option options make
+made get let say mean find look anything something thing things person people someone also really actually
+still even going go want need like would could should can may might must will shall please thanks just only
+ever now today what's how's who's where's there's it's i'm i'd doe does did do done
+to into in for by
+""".split()) | _FILLER
+_SAME: dict[str, str] = {}
+for _group in _OPPOSITES:
+    for _members in _group:
+        for _word in _members:
+            _SAME.setdefault(_word, min(_members))
+for _members in _SYNONYMS:
+    for _word in _members:
+        _SAME.setdefault(_word, min(_members))
+
+
+def _meaning_words(words: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(_SAME.get(w, w) for w in words if w not in _PHRASING)
+
+
+def _meaning_sequence(words: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_SAME.get(w, w) for w in words if w not in _PHRASING))
+
+
+def same_words(a: str, b: str) -> bool:
+    """Whether the two questions use the same meaning words in the same order (beyond phrasing words,
+    synonyms and spellings): only the phrasing differs."""
+    return _meaning_sequence(extract(a).words) == _meaning_sequence(extract(b).words)
+
+
+def unmatched(a: str, b: str) -> bool:
+    """Whether each question has a word (beyond phrasing words, synonyms and spellings) the other lacks."""
+    x, y = _meaning_words(extract(a).words), _meaning_words(extract(b).words)
+    return bool(x - y) and bool(y - x)

@@ -90,6 +90,8 @@ class Settlement:
     latency_ms: float
     cache_hit: bool
     estimated: bool      # usage unknown (process died, stream cut without usage): charged at the estimate
+    cache_write_tokens: int = 0   # of prompt_tokens, as cached_tokens (reads) are
+    reasoning_tokens: int = 0     # of completion_tokens
 
     @property
     def tokens(self) -> int:
@@ -100,6 +102,7 @@ class Settlement:
         return {"request_id": r.entry_id, "tenant": r.tenant, "key_id": r.key_id, "alias": r.alias,
                 "deployment": self.deployment, "day": r.day, "ts": r.ts, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "cached_tokens": self.cached_tokens,
+                "cache_write_tokens": self.cache_write_tokens, "reasoning_tokens": self.reasoning_tokens,
                 "cost_nusd": self.cost, "cache_hit": self.cache_hit, "latency_ms": self.latency_ms,
                 "status": self.status, "state": "estimated" if self.estimated else "settled"}
 
@@ -108,7 +111,9 @@ class Settlement:
         r = self.reservation
         suffix = f"|{r.alias}|{r.key_id}"
         return {"requests" + suffix: 1, "prompt_tokens" + suffix: self.prompt_tokens,
-                "completion_tokens" + suffix: self.completion_tokens, "cost_nusd" + suffix: self.cost,
+                "completion_tokens" + suffix: self.completion_tokens, "cached_tokens" + suffix: self.cached_tokens,
+                "cache_write_tokens" + suffix: self.cache_write_tokens,
+                "reasoning_tokens" + suffix: self.reasoning_tokens, "cost_nusd" + suffix: self.cost,
                 "cache_hits" + suffix: int(self.cache_hit), "errors" + suffix: int(self.status >= 400),
                 "estimated" + suffix: int(self.estimated)}
 

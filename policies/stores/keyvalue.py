@@ -41,12 +41,17 @@ class KeyValue(Protocol):
 
 
 class MemoryKeyValue:
-    """Every call runs without awaiting: atomic on one event loop. Expired keys go when next touched."""
+    """Every call runs without awaiting: atomic on one event loop. Expired keys go when next touched, and
+    every ``PURGE_EVERY`` expiring writes all expired keys go (keys written once and never read again, such
+    as stored responses nobody continued, would otherwise stay)."""
+
+    PURGE_EVERY = 1024
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._data: dict[str, Any] = {}
         self._expiry: dict[str, float] = {}
+        self._expiring_writes = 0
 
     def _live(self, key: str) -> Any:
         expiry = self._expiry.get(key)
@@ -57,7 +62,13 @@ class MemoryKeyValue:
 
     def _ttl(self, key: str, ttl_s: float | None) -> None:
         if ttl_s is not None:
-            self._expiry[key] = self._clock() + ttl_s
+            now = self._clock()
+            self._expiry[key] = now + ttl_s
+            self._expiring_writes += 1
+            if self._expiring_writes % self.PURGE_EVERY == 0:
+                for gone in [k for k, at in self._expiry.items() if at <= now]:
+                    del self._expiry[gone]
+                    self._data.pop(gone, None)
 
     async def get(self, key: str) -> str | None:
         value = self._live(key)

@@ -5,17 +5,18 @@ Every method runs without awaiting inside, so on one event loop each is atomic l
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
+from ..clock import SYSTEM
 from .base import AdmitResult, Reservation, Settlement, settle_at_estimate
 
 
 class MemoryStore:
     name = "memory"
 
-    def __init__(self, retention_days: int = 400, max_records: int = 100_000, clock: Any = time.time) -> None:
+    def __init__(self, retention_days: int = 400, max_records: int = 100_000, clock: Callable[[], float] = SYSTEM.time) -> None:
         self._clock = clock
         self._retention_s = retention_days * 86400
         self._max_records = max_records  # records (not aggregates) kept in memory: the newest

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from redis.exceptions import NoScriptError
 
+from ..clock import SYSTEM, Clock, utc_day
 from .base import AdmitResult, Reservation, Settlement, settle_at_estimate
 from .layer import StoreLayer
 
@@ -216,11 +216,11 @@ return table.concat(out)
 
 
 def _past_period(field: str, now: float) -> bool:
-    """A budget counter of a day or month that ended (``...:spend:d:2026-11-25:s``): kept a day longer."""
+    """A budget counter of a day or month that ended (``...:spend:d:YYYY-MM-DD:s``): kept a day longer."""
     _, _, rest = field.rpartition(":spend:")
     period, _, _ = rest.rpartition(":")
     kind, _, when = period.partition(":")
-    yesterday = time.strftime("%Y-%m-%d", time.gmtime(now - 86400))
+    yesterday = utc_day(now - 86400)
     return (kind == "d" and when < yesterday) or (kind == "m" and when < yesterday[:7])
 
 
@@ -254,8 +254,9 @@ class _Op:
 class RedisStore:
     name = "redis"
 
-    def __init__(self, layer: StoreLayer, *, retention_days: int = 400) -> None:
+    def __init__(self, layer: StoreLayer, *, retention_days: int = 400, clock: Clock = SYSTEM) -> None:
         self._layer = layer
+        self._clock = clock  # what records and budget days are aged by: the clock that stamped them (admission's)
         self._retention_s = retention_days * 86400
         self._sha = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_ADMIT, _SETTLE, _ACQUIRE)}
         self._queued: dict[tuple[str, str], list[_Op]] = {}
@@ -437,8 +438,10 @@ class RedisStore:
                     self.settle(settle_at_estimate(Reservation.from_json(orjson.loads(plan))))
                     for plan in plans if plan is not None))
                 settled += sum(done)
-            await self.client.zremrangebyscore(f"gw:{t}:ledger", "-inf", now - self._retention_s)
-            old = [f for f in map(str, await self.client.hkeys(f"gw:{t}:spend")) if _past_period(f, now)]
+            # Leases are Redis's time; record timestamps and days are the policies' clock, so they age by it.
+            wall = self._clock.time()
+            await self.client.zremrangebyscore(f"gw:{t}:ledger", "-inf", wall - self._retention_s)
+            old = [f for f in map(str, await self.client.hkeys(f"gw:{t}:spend")) if _past_period(f, wall)]
             if old:
                 await self.client.hdel(f"gw:{t}:spend", *old)
         return settled

@@ -1,3 +1,3 @@
-from tests.fakes.providers import fakes, provider_gateway
+from tests.fakes.providers import fakes, gateway_clock, provider_gateway
 
-__all__ = ["fakes", "provider_gateway"]
+__all__ = ["fakes", "gateway_clock", "provider_gateway"]

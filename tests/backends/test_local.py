@@ -157,7 +157,8 @@ def test_errors_are_openai_shaped_400s(smollm2_gateway: ServerThread) -> None:
             client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4, top_logprobs=3)
         with pytest.raises(openai.BadRequestError) as tools:
             client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4, tools=[
-                {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
+                {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+                tool_choice={"type": "function", "function": {"name": "g"}})
         with pytest.raises(openai.BadRequestError) as embeddings:
             client.embeddings.create(model="smollm2", input="x")
         with pytest.raises(openai.BadRequestError) as stream_too_long:
@@ -167,7 +168,7 @@ def test_errors_are_openai_shaped_400s(smollm2_gateway: ServerThread) -> None:
     assert "128 tokens" in too_long.value.message
     assert stream_too_long.value.code == "context_length_exceeded"
     assert bad_param.value.param == "top_logprobs"
-    assert tools.value.code == "unsupported_parameter" and tools.value.param == "tools"
+    assert tools.value.param == "tool_choice" and "'g'" in tools.value.message
     assert embeddings.value.code == "unsupported_endpoint"
     for error in (too_long, bad_param, tools, embeddings):
         body = error.value.response.json()
@@ -254,7 +255,7 @@ def test_sampling_options_in_process(tiny_gateway: ServerThread) -> None:
             client.completions.create(model="tiny", prompt="the quick", max_tokens=5, echo=True)
         with pytest.raises(openai.BadRequestError) as json_mode:
             client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
-                                           response_format={"type": "json_object"})
+                                           response_format={"type": "yaml"})
     assert (echo.value.param, echo.value.code) == ("echo", "unsupported_parameter")
     assert json_mode.value.param == "response_format"
     assert [c.index for c in many.choices] == [0, 1]
@@ -471,7 +472,8 @@ def test_over_http_a_local_engine_server_is_the_upstream(engine_server: str) -> 
                                                top_logprobs=2)
             with pytest.raises(openai.BadRequestError) as tools:
                 client.chat.completions.create(model="remote", messages=[{"role": "user", "content": "x"}],
-                                               tools=[{"type": "function", "function": {"name": "f"}}])
+                                               tools=[{"type": "function", "function": {"name": "f"}}],
+                                               tool_choice="required", response_format={"type": "yaml"})
         validate("CreateChatCompletionResponse", raw.http_response.json())
         answer = raw.parse()
         assert answer.usage is not None and answer.usage.completion_tokens == 5
@@ -480,7 +482,7 @@ def test_over_http_a_local_engine_server_is_the_upstream(engine_server: str) -> 
             answer.choices[0].message.content
         assert all(c.usage is None for c in streamed)  # asked upstream for counting, dropped for this client
         assert bad.value.param == "top_logprobs"
-        assert (tools.value.param, tools.value.code) == ("tools", "unsupported_parameter")  # the server's, passed on
+        assert tools.value.param == "response_format"  # the server's error, passed on
         assert not isinstance(server.app[GATEWAY].backends[0], LocalBackend)  # type: ignore[index]
     finally:
         server.stop()

@@ -137,13 +137,15 @@ def test_image_part(oai, provider, fakes):
     assert completion.choices[0].message.content == "Echo: [https://example.com/cat.png]"
 
 
-def test_rate_limited_answers_429_with_retry_after(oai, provider):
+def test_rate_limited_answers_429_with_retry_after(oai, provider, gateway_clock):
     with pytest.raises(openai.RateLimitError) as limited:
         oai.chat.completions.create(model=f"{provider}-429", messages=[{"role": "user", "content": "x"}])
     error = limited.value.body
     assert isinstance(error, dict) and error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
     if provider != "bedrock":  # Bedrock sends no Retry-After
         assert limited.value.response.headers["retry-after"] == "7"
+        # each retry waited what the upstream asked (on the gateway's clock: no real 14 s)
+        assert gateway_clock.slept and all(wait >= 7 for wait in gateway_clock.slept)
 
 
 def test_overloaded_answers_a_retryable_server_error(oai, provider):

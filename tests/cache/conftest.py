@@ -15,11 +15,13 @@ from tests.fakes.openai_upstream import FakeState
 from tests.harness import ServerThread
 
 ADMIN_KEY = new_key()
+THIRD_KEY = new_key()   # tenant initech: semantic cache off by its own setting
 
 
 def cache_config(upstream_url: str, cache: dict[str, Any], *, acme_cache: dict[str, Any] | None = None,
                  alias_cache: dict[str, Any] | None = None) -> str:
-    """Aliases chat and other (same upstream model, priced as gpt-4o-mini), and cut (a stream that breaks)."""
+    """Aliases chat and other (same upstream model, priced as gpt-4o-mini), cut (a stream that breaks) and faq
+    (semantic mode faq); tenants acme, globex and initech (semantic mode off)."""
     def deployment(model: str) -> str:
         return (f"      - provider: openai-compatible\n        model: {model}\n"
                 f"        api_base: {upstream_url}/v1\n        api_key: {UPSTREAM_KEY}\n"
@@ -35,9 +37,11 @@ def cache_config(upstream_url: str, cache: dict[str, Any], *, acme_cache: dict[s
         f"  - name: other\n    deployments:\n{deployment('gpt-4o-mini')}"
         f"  - name: cut\n    deployments:\n{deployment('cut-stream')}"
         f"  - name: embed\n    deployments:\n{deployment('fake-embed')}"
+        f"  - name: faq\n    deployments:\n{deployment('gpt-4o-mini')}    cache: {{semantic: {{mode: faq}}}}\n"
         f"tenants:\n"
         f"  - name: acme\n    keys: [\"{hash_key(KEY)}\"]\n{acme_extra}"
         f"  - name: globex\n    keys: [\"{hash_key(OTHER_KEY)}\"]\n"
+        f"  - name: initech\n    keys: [\"{hash_key(THIRD_KEY)}\"]\n    cache: {{semantic: {{mode: \"off\"}}}}\n"
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.cache.conftest import ADMIN_KEY, ask, client_for, settle
+from tests.cache.conftest import ADMIN_KEY, THIRD_KEY, ask, client_for, settle
 from tests.conftest import OTHER_KEY
 from tests.fakes.openai_upstream import FakeState
 from tests.harness import ServerThread
@@ -35,7 +35,32 @@ def test_paraphrase_hits(semantic_stack: Stack, stored: str, paraphrase: str) ->
     assert answer.choices[0].message.content == f"Echo: {stored}"
 
 
+@pytest.mark.parametrize(("stored", "paraphrase"), [
+    ("How do I read a JSON file in JS?", "How can I read a JSON file in JavaScript?"),
+    ("How many grams of sugar are in a cup?", "How many grams of sugar are in one cup?"),
+    ("What's a good birthday gift for a five-year-old?", "Good birthday gift for a 5 year old?"),
+    ("How much is $100 in euros?", "How much is 100 USD in euros?"),
+])
+def test_rewordings_abbreviations_numbers_and_units_hit(semantic_stack: Stack, stored: str, paraphrase: str) -> None:
+    server, _ = semantic_stack
+    _store(server, stored)
+    with client_for(server) as client:
+        answer, headers = ask(client, paraphrase)
+    assert headers["x-cache"] == "hit-semantic"
+    assert answer.choices[0].message.content == f"Echo: {stored}"
+
+
 @pytest.mark.parametrize(("stored", "near_miss"), [
+    # symbols and operators
+    ("What does a << 2 do in Python?", "What does a >> 2 do in Python?"),
+    ("When is x != y true in Python?", "When is x == y true in Python?"),
+    ("What does rm -r build do?", "What does rm -f build do?"),
+    # direction and argument order
+    ("Translate this sentence from German to French.", "Translate this sentence from French to German."),
+    ("Alice owes Bob twenty dollars; write a reminder.", "Bob owes Alice twenty dollars; write a reminder."),
+    # one attribute word; near-synonym entities
+    ("Give me a gluten-free brownie recipe.", "Give me a dairy-free brownie recipe."),
+    ("What is the capital of Australia?", "What is the largest city of Australia?"),
     ("What is the capital city of Spain?", "What is the capital city of Germany?"),
     ("How do I sort a Go map by value?", "How do I sort a Go map by key?"),
     ("How do I enable Wi-Fi calling on Android?", "How do I disable Wi-Fi calling on Android?"),
@@ -92,7 +117,7 @@ def test_semantic_hit_on_a_stream_replays(semantic_stack: Stack) -> None:
     with client_for(server) as client:
         raw = client.chat.completions.with_raw_response.create(
             model="chat", temperature=0, stream=True, stream_options={"include_usage": True},
-            messages=[{"role": "user", "content": "In Python, how can I make a string uppercase?"}])
+            messages=[{"role": "user", "content": "How can I convert a string to uppercase in Python?"}])
         chunks = list(raw.parse())
     assert raw.headers["x-cache"] == "hit-semantic"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -122,3 +147,30 @@ def test_a_streamed_answer_is_found_by_a_paraphrase(semantic_stack: Stack) -> No
         answer, headers = ask(client, "What's the easiest way to reverse a string in Rust?")
     assert headers["x-cache"] == "hit-semantic"
     assert answer.choices[0].message.content == "Echo: How do I reverse a string in Rust?"
+
+
+def test_code_prompts_are_exact_only_by_default(semantic_stack: Stack) -> None:
+    server, _ = semantic_stack
+    code = "```python\nprint(sorted(xs, key=len))\n```\n"
+    _store(server, code + "What does this print?")
+    with client_for(server) as client:
+        _, reworded = ask(client, code + "What will this print?")
+        _, repeated = ask(client, code + "What does this print?")
+    assert reworded["x-cache"] == "miss"
+    assert repeated["x-cache"] == "hit-exact"
+
+
+def test_mode_off_for_a_tenant_and_faq_for_an_alias(semantic_stack: Stack) -> None:
+    server, _ = semantic_stack
+    stored, paraphrase = "How many teaspoons are in a tablespoon?", "How many teaspoons are in one tablespoon?"
+    # initech (semantic mode off): its own answer is found only by the exact key
+    with client_for(server, THIRD_KEY) as client:
+        assert ask(client, stored)[1]["x-cache"] == "miss"
+        settle(server)
+        assert ask(client, paraphrase)[1]["x-cache"] == "miss"
+        assert ask(client, stored)[1]["x-cache"] == "hit-exact"
+    # alias faq (high precision): the same question in other words still hits, a near miss does not
+    _store(server, stored, model="faq")
+    with client_for(server) as client:
+        assert ask(client, paraphrase, model="faq")[1]["x-cache"] == "hit-semantic"
+        assert ask(client, "How many teaspoons are in a cup?", model="faq")[1]["x-cache"] == "miss"

@@ -157,8 +157,29 @@ def _usage(body: dict[str, Any], plan: Answer) -> dict[str, int]:
             "cacheReadInputTokens": CACHE_READ, "cacheWriteInputTokens": CACHE_WRITE}
 
 
+REASONING_SIGNATURE = "sig-bedrock-fake"
+
+
+def thought(body: dict[str, Any]) -> str | None:
+    """The reasoning text of a request that asked Claude on Bedrock to think; BadRequest as Bedrock refuses."""
+    thinking = (body.get("additionalModelRequestFields") or {}).get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return None
+    budget, config = thinking.get("budget_tokens"), body.get("inferenceConfig") or {}
+    if not isinstance(budget, int) or budget < 1024:
+        raise BadRequest("thinking.budget_tokens: Input should be greater than or equal to 1024")
+    if not isinstance(config.get("maxTokens"), int) or config["maxTokens"] <= budget:
+        raise BadRequest("`max_tokens` must be greater than `thinking.budget_tokens`")
+    if "temperature" in config or "topP" in config:
+        raise BadRequest("temperature and top_p may not be set while thinking is enabled")
+    return f"Thinking (budget {budget})."
+
+
 def converse(body: dict[str, Any], plan: Answer) -> dict[str, Any]:
-    content: list[dict[str, Any]] = [{"text": plan.text}] if plan.words else []
+    reasoning = thought(body)
+    content: list[dict[str, Any]] = [{"reasoningContent": {"reasoningText": {
+        "text": reasoning, "signature": REASONING_SIGNATURE}}}] if reasoning else []
+    content += [{"text": plan.text}] if plan.words else []
     content += [{"toolUse": {"toolUseId": f"tooluse_fake{i}", "name": name, "input": arguments}}
                 for i, (name, arguments) in enumerate(plan.calls)]
     return {"output": {"message": {"role": "assistant", "content": content}}, "stopReason": _STOP[plan.stop],
@@ -168,13 +189,19 @@ def converse(body: dict[str, Any], plan: Answer) -> dict[str, Any]:
 def stream_events(body: dict[str, Any], plan: Answer, *, fail: bool = False) -> list[bytes]:
     events = [event("messageStart", {"role": "assistant"})]
     index = 0
-    if plan.words:
-        for piece in plan.pieces():
-            events.append(event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}}))
-            if fail:
-                return [*events, exception("throttlingException", "Too many requests, please wait.")]
+    reasoning = thought(body)
+    if reasoning:
+        for delta in ({"text": reasoning}, {"signature": REASONING_SIGNATURE}):
+            events.append(event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"reasoningContent": delta}}))
         events.append(event("contentBlockStop", {"contentBlockIndex": 0}))
         index = 1
+    if plan.words:
+        for piece in plan.pieces():
+            events.append(event("contentBlockDelta", {"contentBlockIndex": index, "delta": {"text": piece}}))
+            if fail:
+                return [*events, exception("throttlingException", "Too many requests, please wait.")]
+        events.append(event("contentBlockStop", {"contentBlockIndex": index}))
+        index += 1
     for i, (name, arguments) in enumerate(plan.calls):
         events.append(event("contentBlockStart", {"contentBlockIndex": index, "start": {
             "toolUse": {"toolUseId": f"tooluse_fake{i}", "name": name}}}))
@@ -209,6 +236,7 @@ async def _converse(request: web.Request) -> web.StreamResponse:
         return error(status, _ERRORS.get(status, "InternalServerException"), f"fake error {status}")
     try:
         plan = answer(gist(body))
+        thought(body)
     except BadRequest as exc:
         return error(400, "ValidationException", str(exc))
     if request.match_info["action"] == "converse":

@@ -93,10 +93,33 @@ def gist(body: dict[str, Any]) -> Gist:
     return out
 
 
+THOUGHT_TOKENS = 4  # thoughtsTokenCount of an answer that thought
+
+
+def thinking(body: dict[str, Any]) -> tuple[int, bool]:
+    """(thinking budget, whether the thoughts are returned) of a request; budget -1: the model decides."""
+    config = _get(_get(body, "generationConfig") or {}, "thinkingConfig") or {}
+    budget = _get(config, "thinkingBudget")
+    budget = -1 if budget is None else budget
+    if not isinstance(budget, int) or not -1 <= budget <= 32768:
+        raise BadRequest("* GenerateContentRequest.generation_config.thinking_config.thinking_budget: "
+                         "must be -1, 0 or at most 32768")
+    return budget, bool(_get(config, "includeThoughts"))
+
+
+def _thought(body: dict[str, Any]) -> list[dict[str, Any]]:
+    budget, include = thinking(body)
+    return [{"text": f"Thinking (budget {budget}).", "thought": True}] if include and budget != 0 else []
+
+
 def _usage(body: dict[str, Any], plan: Answer) -> dict[str, int]:
     prompt = len(orjson.dumps(body.get("contents"))) // 4 + 1
-    return {"promptTokenCount": prompt, "candidatesTokenCount": plan.output_tokens,
-            "totalTokenCount": prompt + plan.output_tokens, "cachedContentTokenCount": CACHED}
+    usage = {"promptTokenCount": prompt, "candidatesTokenCount": plan.output_tokens,
+             "totalTokenCount": prompt + plan.output_tokens, "cachedContentTokenCount": CACHED}
+    if thinking(body)[0] > 0:
+        usage["thoughtsTokenCount"] = THOUGHT_TOKENS
+        usage["totalTokenCount"] += THOUGHT_TOKENS
+    return usage
 
 
 def _response(model: str, parts: list[dict[str, Any]], finish: str | None, usage: dict[str, int],
@@ -120,7 +143,7 @@ def generate(model: str, body: dict[str, Any], plan: Answer) -> dict[str, Any]:
     if model == "blocked":
         return {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": _usage(body, Answer()),
                 "modelVersion": model, "responseId": "blocked"}
-    parts: list[dict[str, Any]] = ([{"text": plan.text}] if plan.words else []) + _calls(plan)
+    parts: list[dict[str, Any]] = _thought(body) + ([{"text": plan.text}] if plan.words else []) + _calls(plan)
     finish = "SAFETY" if model == "unsafe" else _FINISH[plan.stop]
     return _response(model, parts, finish, _usage(body, plan), uuid.uuid4().hex[:16])
 
@@ -131,7 +154,7 @@ def stream(model: str, body: dict[str, Any], plan: Answer) -> list[dict[str, Any
     response_id = uuid.uuid4().hex[:16]
     usage = _usage(body, plan)
     prompt_only = {"promptTokenCount": usage["promptTokenCount"], "totalTokenCount": usage["promptTokenCount"]}
-    pieces: list[list[dict[str, Any]]] = [[{"text": p}] for p in plan.pieces()]
+    pieces: list[list[dict[str, Any]]] = [[part] for part in _thought(body)] + [[{"text": p}] for p in plan.pieces()]
     if plan.calls:
         pieces.append(_calls(plan))
     if not pieces:
@@ -165,6 +188,7 @@ async def _model(request: web.Request) -> web.StreamResponse:
         return error(404, f"Method {action} not found")
     try:
         plan = answer(gist(body))
+        thinking(body)
     except BadRequest as exc:
         return error(400, str(exc))
     if action == "generateContent":

@@ -83,6 +83,18 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", code
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
 
 
+def _stopped(body: dict[str, Any], words: list[str]) -> tuple[list[str], str | None]:
+    """The words before the first that holds one of the request's ``stop`` strings, and that string: vLLM
+    and SGLang report it as the choice's ``stop_reason``."""
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    for i, word in enumerate(words):
+        hit = next((s for s in stops if s in word), None)
+        if hit is not None:
+            return words[:i], hit
+    return words, None
+
+
 def _words(body: dict[str, Any]) -> list[str]:
     messages = body.get("messages")
     if isinstance(messages, list) and messages:
@@ -94,10 +106,17 @@ def _words(body: dict[str, Any]) -> list[str]:
     return ["Echo:", *text.split()][:64]
 
 
-def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, int]:
+# Prompt tokens served from OpenAI's prompt cache when the request names one (``prompt_cache_key``).
+CACHED = 2
+
+
+def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, Any]:
     prompt = len(orjson.dumps(body.get("messages") or body.get("prompt") or "")) // 4 + 1
-    return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
-            "total_tokens": prompt + completion_tokens}
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
+                             "total_tokens": prompt + completion_tokens}
+    if body.get("prompt_cache_key"):
+        usage["prompt_tokens_details"] = {"cached_tokens": min(CACHED, prompt), "audio_tokens": 0}
+    return usage
 
 
 def _logprobs(words: list[str]) -> dict[str, Any]:
@@ -113,7 +132,7 @@ def _tool_call(body: dict[str, Any], index: int) -> dict[str, Any]:
 
 
 def _chat_completion(body: dict[str, Any]) -> dict[str, Any]:
-    words = _words(body)
+    words, hit = _stopped(body, _words(body))
     n = body.get("n") or 1
     wants_tool = bool(body.get("tools")) and body.get("tool_choice") != "none"
     choices = []
@@ -124,16 +143,20 @@ def _chat_completion(body: dict[str, Any]) -> dict[str, Any]:
             message["tool_calls"] = [_tool_call(body, i)]
         choices.append({"index": i, "message": message, "finish_reason": "tool_calls" if wants_tool else "stop",
                         "logprobs": _logprobs(words) if body.get("logprobs") else None})
+        if hit is not None and not wants_tool:
+            choices[-1]["stop_reason"] = hit
     return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
             "model": body["model"], "choices": choices, "usage": _usage(body, len(words) * n),
             "system_fingerprint": f"seed-{body.get('seed')}"}
 
 
 def _chunk(body: dict[str, Any], delta: dict[str, Any], finish: str | None = None, index: int = 0,
-           logprobs: Any = None) -> bytes:
+           logprobs: Any = None, stop_reason: str | None = None) -> bytes:
+    choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+    if stop_reason is not None:
+        choice["stop_reason"] = stop_reason
     chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-             "model": body["model"], "choices": [{"index": index, "delta": delta, "finish_reason": finish,
-                                                  "logprobs": logprobs}]}
+             "model": body["model"], "choices": [choice]}
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
@@ -141,7 +164,7 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeSt
     model = body["model"]
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    words = _words(body)
+    words, hit = _stopped(body, _words(body))
     if model == "slow-stream":
         words = [f"w{i}" for i in range(SLOW_CHUNKS)]
     try:
@@ -168,7 +191,7 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeSt
                 content = word if j == 0 else " " + word
                 await send_event(response, state, _chunk(body, {"content": content}, index=i,
                                             logprobs=_logprobs([content]) if body.get("logprobs") else None))
-            await send_event(response, state, _chunk(body, {}, "stop", index=i))
+            await send_event(response, state, _chunk(body, {}, "stop", index=i, stop_reason=hit))
         if (body.get("stream_options") or {}).get("include_usage"):
             usage_chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                            "model": model, "choices": [], "usage": _usage(body, len(words) * (body.get("n") or 1))}

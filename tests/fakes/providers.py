@@ -4,15 +4,16 @@ provider and failure (``anthropic``, ``anthropic-429``, …) next to conftest's 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from policies.clock import ManualClock
 from tests.conftest import LOG_PATH, UPSTREAM_KEY, config_text
 from tests.harness import ServerThread
+from tests.wait import wait_for
 
 from . import anthropic_upstream, bedrock_upstream, gemini_upstream
 from .openai_upstream import FakeState
@@ -97,21 +98,27 @@ def openai_failures(upstream_url: str) -> str:
 
 
 @pytest.fixture
-def provider_gateway(fakes: Fakes, upstream, start_gateway: Callable[[str], ServerThread],
-                     monkeypatch: pytest.MonkeyPatch) -> ServerThread:
+def gateway_clock() -> ManualClock:
+    """The provider gateway's clock: its retries wait on it, so a ``Retry-After`` of 7 s takes no time and
+    is asserted from ``slept``."""
+    return ManualClock()
+
+
+@pytest.fixture
+def provider_gateway(fakes: Fakes, upstream, start_gateway: Callable[..., ServerThread],
+                     monkeypatch: pytest.MonkeyPatch, gateway_clock: ManualClock) -> ServerThread:
     # Bedrock's credentials and region come from botocore's usual environment variables.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", bedrock_upstream.ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", bedrock_upstream.SECRET_KEY)
     monkeypatch.setenv("AWS_REGION", bedrock_upstream.REGION)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return start_gateway(config_text(upstream[0].url, provider_models(fakes) + "\n" + openai_failures(upstream[0].url)))
+    return start_gateway(config_text(upstream[0].url, provider_models(fakes) + "\n" + openai_failures(upstream[0].url)),
+                         clock=gateway_clock)
 
 
 def logged(request_id: str) -> dict[str, Any]:
     """The gateway's log line for a request (written just after its last byte went out)."""
-    deadline = time.monotonic() + 5
-    while not (lines := [json.loads(line) for line in LOG_PATH.read_text().splitlines() if request_id in line]):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    lines = wait_for(lambda: [json.loads(line) for line in LOG_PATH.read_text().splitlines() if request_id in line],
+                     what=f"the log line of {request_id}")
     return lines[-1]

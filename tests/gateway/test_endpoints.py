@@ -68,12 +68,12 @@ def test_azure_deployment_path_api_version_and_key_header(upstream, start_gatewa
     extra = f"""  - name: azure-chat
     deployments:
       - {{provider: azure, model: my-gpt4o, api_base: "{upstream[0].url}", api_key: {UPSTREAM_KEY},
-          api_version: "2024-10-21"}}"""
+          api_version: "2024-10-21"}}"""  # date-ok: Azure's API version
     gateway = start_gateway(config_text(upstream[0].url, extra))
     response = httpx.post(gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
                           json={"model": "azure-chat", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 200, response.text
     seen = upstream[1].requests[-1]
     assert seen.path == "/openai/deployments/my-gpt4o/chat/completions"
-    assert seen.query == {"api-version": "2024-10-21"}
+    assert seen.query == {"api-version": "2024-10-21"}  # date-ok
     assert seen.headers["api-key"] == UPSTREAM_KEY and "Authorization" not in seen.headers

@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import KEY, config_text
-from tests.fakes.providers import PROVIDERS, fakes, logged, provider_gateway
+from tests.fakes.providers import PROVIDERS, fakes, gateway_clock, logged, provider_gateway
 from tests.harness import ServerThread
 
-__all__ = ["fakes", "provider_gateway"]
+__all__ = ["fakes", "gateway_clock", "provider_gateway"]
 
 ALIASES = ("chat", *PROVIDERS)   # chat: conftest's OpenAI-format fake
 WEATHER = {"name": "get_weather", "description": "Weather in a city",
@@ -62,6 +62,33 @@ def test_streamed_message_equals_the_whole_one(claude, alias):
     assert text == whole.content[0].text == final.content[0].text
     assert final.stop_reason == whole.stop_reason == "end_turn"
     assert final.usage.model_dump() == whole.usage.model_dump()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("alias", ALIASES)
+def test_stop_sequence_is_named_where_the_upstream_names_it(claude, alias, stream):
+    request = {"model": alias, "max_tokens": 200, "stop_sequences": ["STOP", "END"],
+               "messages": [{"role": "user", "content": "one two STOP three"}]}
+    if stream:
+        with claude.messages.stream(**request) as s:
+            message = s.get_final_message()
+    else:
+        message = claude.messages.create(**request)
+    assert message.content[0].text == "Echo: one two"  # type: ignore[union-attr]
+    # Anthropic (native) and a vLLM-style chat upstream (``stop_reason``) say which sequence stopped it;
+    # Gemini and Bedrock's Converse do not: the documented rule answers end_turn then.
+    if alias in ("chat", "anthropic"):
+        assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "STOP")
+    else:
+        assert (message.stop_reason, message.stop_sequence) == ("end_turn", None)
+
+
+def test_an_anthropic_upstream_names_its_stop_sequence_to_chat_clients(provider_gateway):
+    with openai.OpenAI(base_url=provider_gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
+        answer = client.chat.completions.create(model="anthropic", stop=["STOP"],
+                                                messages=[{"role": "user", "content": "one STOP two"}])
+        assert answer.choices[0].finish_reason == "stop"
+        assert answer.choices[0].model_extra == {"stop_reason": "STOP"}
 
 
 @pytest.mark.parametrize("alias", ALIASES)

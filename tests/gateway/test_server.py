@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 import openai
-import pytest
 
 from tests.conftest import KEY, UPSTREAM_KEY, config_text, failure_models
 from tests.harness import free_port
+from tests.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +36,8 @@ def start_serve_with(config, env, *, workers=1, stdout=None):
     process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--host",
                                 "127.0.0.1", "--port", str(port), "--workers", str(workers)],
                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    if stdout:
+        log.close()  # the child writes through its own copy of the descriptor
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -86,11 +88,16 @@ def test_sigterm_lets_a_running_stream_finish_then_exits_0(tmp_path, upstream):
 
     reader = threading.Thread(target=consume)
     reader.start()
-    time.sleep(0.5)  # the stream is under way
+    wait_for(lambda: received, what="the stream under way")
     process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    with pytest.raises(httpx.TransportError):  # no longer accepting
-        httpx.get(url + "/healthz", timeout=2)
+
+    def refused() -> bool:  # no longer accepting, while the stream goes on
+        try:
+            httpx.get(url + "/healthz", timeout=2)
+        except httpx.TransportError:
+            return True
+        return False
+    wait_for(refused, what="the draining gateway to stop accepting")
     reader.join(timeout=20)
     assert process.wait(timeout=20) == 0
     assert len(received) == 10  # every chunk arrived

@@ -11,20 +11,25 @@ import orjson
 
 from tests.conftest import KEY
 from tests.fakes.openai_upstream import SLOW_CHUNK_DELAY_S, SLOW_CHUNKS
+from tests.wait import wait_for
 
 
-def test_chunks_are_relayed_as_they_arrive_not_buffered(gateway):
+def test_chunks_are_relayed_as_they_arrive_not_buffered(gateway, upstream):
     body = {"model": "slow", "stream": True, "messages": [{"role": "user", "content": "x"}]}
     arrivals = []
+    upstream_done_at_first: int | None = None
     started = time.perf_counter()
     with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body,
                       headers={"Authorization": f"Bearer {KEY}"}, timeout=20) as response:
         for line in response.iter_lines():
             if line.startswith("data: {") and re.search(r'"content":" ?w\d', line):
+                if not arrivals:
+                    upstream_done_at_first = upstream[1].completed_streams
                 arrivals.append(time.perf_counter() - started)
     assert len(arrivals) == SLOW_CHUNKS
-    # the first word arrives one delay in, long before the whole stream has been produced
-    assert arrivals[0] < SLOW_CHUNK_DELAY_S * 3
+    # the first word reached the client while the upstream was still producing the rest (however busy the
+    # machine: a cause, not a duration), and the words came spread as the upstream sent them
+    assert upstream_done_at_first == 0
     assert arrivals[-1] - arrivals[0] >= SLOW_CHUNK_DELAY_S * (SLOW_CHUNKS - 2)
 
 
@@ -36,8 +41,6 @@ def test_client_disconnect_cancels_the_upstream_request(gateway, upstream):
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(request)
         assert b"200 OK" in sock.recv(65536)  # headers (and perhaps a first chunk) came back
-    deadline = time.monotonic() + SLOW_CHUNK_DELAY_S * SLOW_CHUNKS
-    while state.cancelled == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: state.cancelled or state.completed_streams, what="the upstream stream to end")
     assert state.cancelled == 1
     assert state.completed_streams == 0

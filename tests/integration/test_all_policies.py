@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from gateway.auth import hash_key, new_key
+from policies.cost import PriceTable
 from policies.models import model_info
 from tests.conftest import KEY, UPSTREAM_KEY
 from tests.harness import ServerThread
@@ -108,13 +109,14 @@ def test_policies_compose_across_both_apis(gateway: ServerThread, upstream) -> N
     assert len(records) == 4 and all(r["status"] == 200 for r in records)
     hits = [r for r in records if r.get("cache_hit")]
     assert len(hits) == 1 and hits[0]["cost_usd"] == 0
-    price = model_info("gpt-4o-mini")
-    assert price is not None
+    info = model_info("gpt-4o-mini")
+    assert info is not None
+    price = PriceTable.of(info)
     billed = [r for r in records if not r.get("cache_hit")]
     for record in billed:   # billed once, at the deployment that answered, from the upstream's usage
         assert record["prompt_tokens"] > 0 and record["completion_tokens"] > 0
-        assert record["cost_usd"] == pytest.approx(price.cost(record["prompt_tokens"], record["completion_tokens"]),
-                                                   abs=1e-9)
+        assert record["cost_usd"] == pytest.approx(
+            price.nano(record["prompt_tokens"], record["completion_tokens"]) / 1e9, abs=1e-9)
     by_model = _usage(gateway, "model")
     assert sum(row["requests"] for row in by_model) == 4
     assert sum(row["cache_hits"] for row in by_model) == 1

@@ -44,7 +44,7 @@ def _write_tokenizer(path: Path) -> None:
     (path / "tokenizer_config.json").write_text(json.dumps(cfg))
 
 
-def _build(path: Path, kind: str) -> Path:
+def _build(path: Path, kind: str, max_positions: int = 256) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
@@ -55,7 +55,7 @@ def _build(path: Path, kind: str) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_positions,
         # Wider than the default 0.02 so greedy choices are not near-ties a rounding error could flip.
         initializer_range=0.1,
         bos_token_id=1,
@@ -97,6 +97,12 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama_plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory.mktemp("tiny") / "llama-plain", "llama-plain")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_long(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with a 2,048-token context: room for tool descriptions in the prompt."""
+    return _build(tmp_path_factory.mktemp("tiny") / "llama-long", "llama", max_positions=2048)
 
 
 @pytest.fixture(scope="session")

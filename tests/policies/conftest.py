@@ -12,6 +12,7 @@ import pytest
 
 from gateway.auth import hash_key, new_key
 from gateway.keys import GATEWAY
+from policies.clock import SYSTEM, Clock
 from tests.conftest import KEY, OTHER_KEY, UPSTREAM_KEY
 from tests.harness import ServerThread
 
@@ -75,9 +76,9 @@ tenants:
 @pytest.fixture
 def policy_gateway(upstream, start_gateway, stores_yaml) -> Callable[..., ServerThread]:  # type: ignore[no-untyped-def]
     """A gateway on each store (``store_kind``: memory, one Redis, a Redis Cluster); the same tests run on all."""
-    def start(**sections: str) -> ServerThread:
+    def start(clock: Clock = SYSTEM, **sections: str) -> ServerThread:
         stores = sections.pop("stores", "")
-        return start_gateway(policy_config(upstream[0].url, stores=stores_yaml + "\n" + stores, **sections))
+        return start_gateway(policy_config(upstream[0].url, stores=stores_yaml + "\n" + stores, **sections), clock=clock)
     return start
 
 

@@ -7,7 +7,7 @@ import time
 import openai
 import pytest
 
-from tests.policies.conftest import OTHER_KEY, SECOND_KEY, chat, key_id, sdk
+from tests.policies.conftest import OTHER_KEY, SECOND_KEY, chat, key_id, sdk, settled
 
 
 def test_request_bucket_admits_its_burst_then_refuses_with_openai_429(policy_gateway):
@@ -121,7 +121,7 @@ def test_concurrency_limit_counts_requests_in_flight(policy_gateway):
             done.set()
         threading.Thread(target=finish).start()
         assert done.wait(10)
-    time.sleep(0.2)  # the slot is freed by the settlement just after the stream's end
+    settled(server)  # the slot is freed by the settlement just after the stream's end
     with sdk(server) as client:
         assert chat(client).parse().choices
 

@@ -13,6 +13,7 @@ from gateway.config import load_config, parse_config
 from gateway.keys import GATEWAY, STORES
 from gateway.reload import Reloader
 from policies.stores import StoreLayer
+from policies.stores.keyvalue import MemoryKeyValue
 from tests.harness import ServerThread
 from tests.policies.conftest import chat, policy_config, sdk
 
@@ -26,6 +27,16 @@ async def test_strings_expire_and_are_deleted(store_layer: StoreLayer) -> None:
     assert await kv.get("gw:{x}:b") is None
     assert await kv.delete("gw:{x}:a", "gw:{x}:b") == 1
     assert await kv.get("gw:{x}:a") is None
+
+
+async def test_memory_purges_expired_keys_nobody_reads_again() -> None:
+    now = [0.0]
+    kv = MemoryKeyValue(clock=lambda: now[0])
+    for i in range(MemoryKeyValue.PURGE_EVERY - 1):
+        await kv.set(f"old{i}", "x", ttl_s=10)
+    now[0] = 11.0
+    await kv.set("new", "y", ttl_s=10)   # the PURGE_EVERY-th expiring write: the expired ones go
+    assert kv._data.keys() == {"new"} and kv._expiry.keys() == {"new"}
 
 
 async def test_hashes_set_increment_and_read_whole(store_layer: StoreLayer) -> None:

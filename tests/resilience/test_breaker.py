@@ -11,13 +11,16 @@ import pytest
 from errors import Unavailable
 from gateway.app import build_app
 from gateway.config import parse_config
+from gateway.keys import GATEWAY
 from policies.breaker import Breakers, MemoryStore, RedisStore, State, View
+from policies.clock import SYSTEM, Clock, ManualClock
 from policies.config import StoresConfig
 from policies.resilience_config import BreakerConfig
 from policies.stores.layer import StoreLayer
 from tests.fakes.chaos_upstream import Fault
 from tests.harness import ServerThread, free_port
 from tests.resilience.conftest import ADMIN_KEY, admin_deployments, alias, chat, config, dep
+from tests.wait import wait_for
 
 FAST = BreakerConfig(failures=3, failure_ratio=0.5, min_requests=10, window_s=10, cooldown_s=0.5, sync_s=0.1)
 
@@ -70,15 +73,16 @@ async def test_half_open_lets_one_trial_through_which_closes_or_reopens(store):
     assert (await store.read(["d", "never-seen"])) == {"d": view, "never-seen": View()}
 
 
-def _breaker_gateway(chaos, start_gateway, **extra):
+def _breaker_gateway(chaos, start_gateway, clock=SYSTEM, **extra):
     url = chaos[0].url
-    return start_gateway(config(
+    return start_gateway(clock=clock, text=config(
         alias("chat", dep(url, "bad"), retry={"attempts": 1}, **extra), alias("backup", dep(url, "good")),
         resilience={"breaker": {"failures": 3, "cooldown_s": 0.5}}))
 
 
 def test_breaker_opens_sheds_load_then_half_opens_and_closes(chaos, start_gateway):
-    gateway = _breaker_gateway(chaos, start_gateway)
+    clock = ManualClock()
+    gateway = _breaker_gateway(chaos, start_gateway, clock)
     chaos[1].faults["bad"] = Fault("status", status=500)
     assert [chat(gateway, "chat").status_code for _ in range(3)] == [500] * 3
     response = chat(gateway, "chat")
@@ -90,7 +94,7 @@ def test_breaker_opens_sheds_load_then_half_opens_and_closes(chaos, start_gatewa
     assert 'gateway_breaker_state{deployment="chat/openai-compatible/bad"} 2.0' in metrics
     assert 'gateway_breaker_transitions_total{deployment="chat/openai-compatible/bad",state="open"}' in metrics
 
-    time.sleep(0.6)
+    clock.advance(0.6)               # past the cool-down (0.5 s)
     chaos[1].faults.clear()          # the upstream recovered: the trial request goes through and closes it
     assert chat(gateway, "chat").status_code == 200
     assert admin_deployments(gateway)["chat/openai-compatible/bad"]["breaker"]["state"] == "closed"
@@ -99,11 +103,12 @@ def test_breaker_opens_sheds_load_then_half_opens_and_closes(chaos, start_gatewa
 
 
 def test_a_failed_trial_opens_the_breaker_again(chaos, start_gateway):
-    gateway = _breaker_gateway(chaos, start_gateway)
+    clock = ManualClock()
+    gateway = _breaker_gateway(chaos, start_gateway, clock)
     chaos[1].faults["bad"] = Fault("status", status=503)
     for _ in range(3):
         chat(gateway, "chat")
-    time.sleep(0.6)
+    clock.advance(0.6)  # past the cool-down (0.5 s)
     assert chat(gateway, "chat").status_code == 503    # the trial, failing
     assert chaos[1].requests["bad"] == 4
     assert chat(gateway, "chat").json()["error"]["code"] == "circuit_open"
@@ -144,10 +149,10 @@ def test_admin_deployments_needs_an_admin_key(chaos, start_gateway):
 
 # --- shared through Redis ---------------------------------------------------------------------------
 
-def _redis_gateway(text: str, stores: str) -> ServerThread:
+def _redis_gateway(text: str, stores: str, clock: Clock = SYSTEM) -> ServerThread:
     """A gateway whose every store (limits, ledger, breakers, cache) is the Redis of ``stores`` (YAML lines)."""
     loaded = parse_config(text + "stores:\n" + stores + "\n", path="test-config.yaml", env={})
-    return ServerThread(lambda: build_app(loaded)).start()
+    return ServerThread(lambda: build_app(loaded, clock)).start()
 
 
 def _shared_config(url: str) -> str:
@@ -155,24 +160,31 @@ def _shared_config(url: str) -> str:
                   resilience={"breaker": {"failures": 3, "cooldown_s": 1.0, "sync_s": 0.1}})
 
 
+def _local_state(gateway: ServerThread) -> State:
+    """The breaker as the gateway's own view holds it (what its sync loop last read), read without a refresh."""
+    assert gateway.app is not None
+    return gateway.app[GATEWAY].pipeline.resilience.breakers.state("chat/openai-compatible/bad")
+
+
 @pytest.mark.parametrize("store_kind", ["redis", "cluster"], indirect=True)
 def test_two_gateways_share_a_breaker_through_redis(chaos, stores_yaml):
-    first = _redis_gateway(_shared_config(chaos[0].url), stores_yaml)
-    second = _redis_gateway(_shared_config(chaos[0].url), stores_yaml)
+    clock = ManualClock()  # one clock for both: cool-downs are wall-clock times shared through Redis
+    first = _redis_gateway(_shared_config(chaos[0].url), stores_yaml, clock)
+    second = _redis_gateway(_shared_config(chaos[0].url), stores_yaml, clock)
     try:
         chaos[1].faults["bad"] = Fault("status", status=500)
         for _ in range(3):
             assert chat(first, "chat").status_code == 500
-        time.sleep(0.3)   # a few sync periods
+        wait_for(lambda: _local_state(second) is State.OPEN, what="the second gateway's sync to see it open")
         response = chat(second, "chat")      # the second never saw a failure itself
         assert response.status_code == 503 and response.json()["error"]["code"] == "circuit_open"
         assert chaos[1].requests["bad"] == 3
         body = httpx.get(second.url + "/admin/deployments", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
         assert body["breaker_store"] == "redis" and body["data"][0]["breaker"]["state"] == "open"
-        time.sleep(1.0)
+        clock.advance(1.1)   # past the cool-down (1 s)
         chaos[1].faults.clear()
         assert chat(second, "chat").status_code == 200    # the trial, on the other gateway, closes it for both
-        time.sleep(0.3)
+        wait_for(lambda: _local_state(first) is State.CLOSED, what="the first gateway's sync to see it closed")
         assert chat(first, "chat").status_code == 200
         assert admin_deployments(first)["chat/openai-compatible/bad"]["breaker"]["state"] == "closed"
     finally:
@@ -186,13 +198,14 @@ async def test_only_one_process_gets_the_half_open_trial(stores_config):
     try:
         for layer in layers:
             await layer.open()
-        breakers = [Breakers(FAST, ["a/d"], layer) for layer in layers]
+        clock = ManualClock()
+        breakers = [Breakers(FAST, ["a/d"], layer, clock=clock) for layer in layers]
         for _ in range(3):
             await breakers[0].failure("a/d")
         for b in breakers:
             await b.snapshot()
             assert b.state("a/d") is State.OPEN and not await b.admit("a/d")
-        await asyncio.sleep(0.6)
+        clock.advance(FAST.cooldown_s + 0.1)  # past the cool-down
         granted = await asyncio.gather(*[b.admit("a/d") for b in breakers for _ in range(3)])
         assert sum(granted) == 1
         await breakers[1].success("a/d")

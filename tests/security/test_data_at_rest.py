@@ -40,33 +40,35 @@ def test_cached_answers_are_ciphertext_in_redis_and_keys_rotate(start_gateway, u
     gateway = start_gateway(_config(upstream[0].url, redis_server.url, [("k1", old)]))
     assert _ask(gateway).headers["x-cache"] == "miss"
     assert _ask(gateway).headers["x-cache"] == "hit-exact"
-    client = redis.Redis.from_url(redis_server.url)
+    with redis.Redis.from_url(redis_server.url) as client:
 
-    def entries() -> dict[bytes, bytes]:
-        found: dict[bytes, bytes] = {}
-        for name in client.keys("gw:cache:*"):  # type: ignore[union-attr]  # the sync client
-            value = client.get(name) if client.type(name) == b"string" else None
-            if isinstance(name, bytes) and isinstance(value, bytes):
-                found[name] = value
-        return found
-    values = list(entries().values())
-    assert values and all(v.startswith(b"gwenc1.k1.") for v in values)
-    assert not any(b"secret plan" in v or b"Echo" in v for v in values)
-    # rotation: the new key seals, the old one still opens what it sealed
-    rotated = start_gateway(_config(upstream[0].url, redis_server.url, [("k2", new), ("k1", old)]))
-    assert _ask(rotated).headers["x-cache"] == "hit-exact"
-    other = {**CHAT, "messages": [{"role": "user", "content": "another question"}]}
-    httpx.post(rotated.url + "/v1/chat/completions", json=other, headers={"Authorization": f"Bearer {KEY}"})
-    assert poll(lambda: any(v.startswith(b"gwenc1.k2.") for v in entries().values()))
-    # the old key retired: what it sealed no longer opens (a miss, answered again by the upstream)
-    retired = start_gateway(_config(upstream[0].url, redis_server.url, [("k2", new)]))
-    assert _ask(retired).headers["x-cache"] == "miss"
-    assert poll(lambda: all(v.startswith(b"gwenc1.k2.") for v in entries().values()))
-    # tampering: each value is bound to its entry's key, so swapped values open for neither
-    (first, a), (second, b) = entries().items()
-    client.set(first, b)
-    client.set(second, a)
-    assert _ask(retired).headers["x-cache"] == "miss"
+        def entries() -> dict[bytes, bytes]:
+            found: dict[bytes, bytes] = {}
+            for name in client.keys("gw:cache:*"):  # type: ignore[union-attr]  # the sync client
+                value = client.get(name) if client.type(name) == b"string" else None
+                if isinstance(name, bytes) and isinstance(value, bytes):
+                    found[name] = value
+            return found
+        values = list(entries().values())
+        assert values and all(v.startswith(b"gwenc1.k1.") for v in values)
+        assert not any(b"secret plan" in v or b"Echo" in v for v in values)
+        # rotation: the new key seals, the old one still opens what it sealed
+        rotated = start_gateway(_config(upstream[0].url, redis_server.url, [("k2", new), ("k1", old)]))
+        assert _ask(rotated).headers["x-cache"] == "hit-exact"
+        other = {**CHAT, "messages": [{"role": "user", "content": "another question"}]}
+        httpx.post(rotated.url + "/v1/chat/completions", json=other, headers={"Authorization": f"Bearer {KEY}"})
+        assert poll(lambda: any(v.startswith(b"gwenc1.k2.") for v in entries().values()))
+        # the old key retired: what it sealed no longer opens (a miss, answered again by the upstream)
+        retired = start_gateway(_config(upstream[0].url, redis_server.url, [("k2", new)]))
+        assert _ask(retired).headers["x-cache"] == "miss"
+        assert poll(lambda: all(v.startswith(b"gwenc1.k2.") for v in entries().values()))
+        # tampering: each value is bound to its entry's key, so swapped values open for neither
+        (first, a), (second, b) = entries().items()
+        client.set(first, b)
+        client.set(second, a)
+        assert _ask(retired).headers["x-cache"] == "miss"
+        # the answer is stored again (sealed for its own key) before the gateways stop
+        assert poll(lambda: b not in entries().values() or a not in entries().values())
 
 
 def test_a_key_that_cannot_be_read_refuses_to_start(start_gateway, upstream, redis_server, tmp_path):

@@ -1,0 +1,76 @@
+"""Reading the internal stream (OpenAI chat chunks) for the writers of other formats' streams
+(``anthropic.MessageEvents``, ``responses.ResponseEvents``): one reader, each writer says what a piece
+becomes in its format."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+
+class ChunkReader(abc.ABC):
+    """Feeds the first choice's pieces of each chunk, in order, to the subclass's hooks; keeps the usage.
+
+    Reasoning comes as vLLM / DeepSeek-style servers send it (``reasoning_content``, or ``reasoning``); a tool
+    call's id and name come in its first piece only (``tool_start``), its arguments in fragments after.
+    """
+
+    def __init__(self) -> None:
+        self.usage: Any = None
+        self.finish_reason: str | None = None
+        self.stop_reason: str | None = None   # the stop sequence that ended it, where the upstream says
+        self._started: set[int] = set()   # the chat tool call indexes seen
+
+    def read(self, chunk: dict[str, Any]) -> bytes:
+        out = b""
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                out += self.reasoning(reasoning)
+            if delta.get("content"):
+                out += self.text(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                function = call.get("function") or {}
+                tool = call.get("index", 0)
+                if tool not in self._started:
+                    self._started.add(tool)
+                    out += self.tool_start(tool, call.get("id"), str(function.get("name") or ""))
+                if function.get("arguments"):
+                    out += self.tool_arguments(tool, function["arguments"])
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+                stop = choice.get("stop_reason")
+                self.stop_reason = stop if isinstance(stop, str) else None
+        return out
+
+    @abc.abstractmethod
+    def text(self, text: str) -> bytes: ...
+
+    @abc.abstractmethod
+    def reasoning(self, text: str) -> bytes: ...
+
+    @abc.abstractmethod
+    def tool_start(self, tool: int, call_id: Any, name: str) -> bytes: ...
+
+    @abc.abstractmethod
+    def tool_arguments(self, tool: int, fragment: str) -> bytes: ...
+
+
+def stop_sequence(finish_reason: Any, stop_reason: Any, stops: Any) -> str | None:
+    """The stop sequence that ended an answer: the one a chat upstream names in ``stop_reason`` (vLLM, SGLang,
+    the gateway's Anthropic adapter) among the request's, when it finished with ``stop``. OpenAI reports only
+    ``stop``; which sequence it cut, or whether one at all, is then unknown (the text never shows it)."""
+    if finish_reason == "stop" and isinstance(stop_reason, str) and isinstance(stops, list) and stop_reason in stops:
+        return stop_reason
+    return None
+
+
+def message_reasoning(message: dict[str, Any]) -> str | None:
+    """A whole answer's reasoning text (``reasoning_content`` or ``reasoning``), if any."""
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    return reasoning if isinstance(reasoning, str) and reasoning else None

@@ -1,0 +1,88 @@
+"""Translation overhead of the agents' APIs: gateway CPU per request for ``/v1/responses`` bridged to a
+chat-completions upstream and ``/v1/messages`` to an OpenAI-format upstream, next to the chat pass-through
+to the same upstream, whole answers and streams; the last column is the ratio to the pass-through (target:
+at most 1.5x).
+
+The fake upstreams run in one process, the gateway (one worker) in another (as bench/providers_bench.py);
+this process drives each row at a fixed concurrency for a few seconds and reads the gateway's CPU from /proc.
+
+    .venv/bin/python bench/agents_bench.py [--seconds 3] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.providers_bench import KEY, MESSAGES, config, cpu_seconds, drive  # noqa: E402
+from tests.fakes import bedrock_upstream  # noqa: E402
+
+ROWS = {"/v1/chat/completions": {"model": "openai", "messages": MESSAGES},
+        "/v1/responses": {"model": "openai", "instructions": "Be brief.", "input": MESSAGES[1]["content"],
+                          "store": False},
+        "/v1/messages": {"model": "openai", "max_tokens": 100, "system": "Be brief.", "messages": MESSAGES[1:]}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per row (default 3)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    from tests.harness import free_port
+
+    ports = [free_port() for _ in range(4)]
+    gateway_port = free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="agents-bench-"))
+    (tmp / "config.yaml").write_text(config(ports, gateway_port))
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": bedrock_upstream.ACCESS_KEY, "PYTHONPATH": str(ROOT),
+           "AWS_SECRET_ACCESS_KEY": bedrock_upstream.SECRET_KEY, "AWS_REGION": bedrock_upstream.REGION}
+    fakes = subprocess.Popen([sys.executable, str(ROOT / "bench" / "providers_bench.py"), "--fakes",
+                              *map(str, ports)], stdout=subprocess.PIPE, env=env)
+    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "config.yaml")],
+                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    try:
+        assert fakes.stdout is not None and fakes.stdout.readline().strip() == b"ready"
+        url = f"http://127.0.0.1:{gateway_port}"
+        for _ in range(100):
+            try:
+                asyncio.run(drive(url, "/v1/chat/completions", ROWS["/v1/chat/completions"], headers, 1, 0.01))
+                break
+            except aiohttp.ClientError:
+                time.sleep(0.1)
+        for path, body in ROWS.items():  # warm every route once (imports, first-request caches)
+            asyncio.run(drive(url, path, body, headers, 1, 0.2))
+        print(f"{args.concurrency} concurrent, {args.seconds:g} s per row; gateway: 1 worker, logs off; "
+              "upstream: the OpenAI-format fake (chat completions only)\n")
+        print("| route | mode | req/s | gateway CPU µs/req | x pass-through | failed |")
+        print("|---|---|---|---|---|---|")
+        base: dict[bool, float] = {}
+        for stream in (False, True):
+            for path, body in ROWS.items():
+                before = cpu_seconds(gateway.pid)
+                count, _, failed = asyncio.run(drive(url, path, {**body, "stream": stream}, headers,
+                                                     args.concurrency, args.seconds))
+                micros = (cpu_seconds(gateway.pid) - before) / max(count, 1) * 1e6
+                base.setdefault(stream, micros)
+                print(f"| `{path}` | {'stream' if stream else 'whole'} | {count / args.seconds:.0f} | {micros:.0f} | "
+                      f"{micros / base[stream]:.2f} | {failed} |", flush=True)
+    finally:
+        for process in (gateway, fakes):
+            process.terminate()
+            process.wait(timeout=15)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
