@@ -88,7 +88,8 @@ class StoreLayer:
     async def close(self) -> None:
         if self.redis is not None:
             client, self.redis = self.redis, None
-            await client.aclose()
+            # The pool was handed to the client, so aclose() alone would leave its connections open.
+            await client.aclose(close_connection_pool=True)
 
     async def __aenter__(self) -> StoreLayer:
         await self.open()
