@@ -88,8 +88,11 @@ class StoreLayer:
     async def close(self) -> None:
         if self.redis is not None:
             client, self.redis = self.redis, None
-            # The pool was handed to the client, so aclose() alone would leave its connections open.
-            await client.aclose(close_connection_pool=True)
+            if not self.config.redis_cluster:
+                # The pool was handed to the client, so aclose() alone would leave its connections open.
+                await client.aclose(close_connection_pool=True)
+            else:
+                await client.aclose()
 
     async def __aenter__(self) -> StoreLayer:
         await self.open()
