@@ -62,7 +62,7 @@ class AnthropicBackend(Backend):
         request = to_anthropic(payload, self.deployment.model, self.deployment.default_max_tokens)
         if stream:
             request["stream"] = True
-        session = self._pool.get(self.deployment.base_url)
+        session = self._pool.get(self.deployment.base_url, self.deployment.proxy)
         response = await post(session, self._url, orjson.dumps(request), self._headers, self._timeout, self.id)
         try:
             if response.status >= 400:
@@ -88,7 +88,7 @@ class AnthropicBackend(Backend):
         request["model"] = self.deployment.model
         headers = {**self._headers, "anthropic-beta": betas} if isinstance(betas, str) and betas else self._headers
         url = self._url + ("/count_tokens" if endpoint is Endpoint.COUNT_TOKENS else "")
-        session = self._pool.get(self.deployment.base_url)
+        session = self._pool.get(self.deployment.base_url, self.deployment.proxy)
         response = await post(session, url, orjson.dumps(request), headers, self._timeout, self.id)
         try:
             if response.status >= 400:

@@ -26,7 +26,14 @@ from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCr
 from botocore.eventstream import EventStreamBuffer, ParserError
 from botocore.session import Session
 
-from errors import InvalidRequest, Unavailable, UpstreamConnectionError, UpstreamError, UpstreamTimeout
+from errors import (
+    InvalidRequest,
+    Unavailable,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamTimeout,
+    from_upstream,
+)
 
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig
@@ -129,7 +136,7 @@ class BedrockBackend(Backend):
         url = self._urls[stream]
         body = orjson.dumps(to_converse(payload, self.deployment.model))
         headers = await self._headers(url, body, EVENT_STREAM if stream else "application/json")
-        session = self._pool.get(self.base_url)
+        session = self._pool.get(self.base_url, self.deployment.proxy)
         # encoded=True: the model id's %3A must go out as signed, not normalized back to ':'.
         response = await post(session, yarl.URL(url, encoded=True), body, headers, self._timeout, self.id)
         try:
@@ -137,7 +144,7 @@ class BedrockBackend(Backend):
                 data, raw, passed = await read_error(response, self.deployment.timeouts.read_s)
                 kind = response.headers.get("x-amzn-ErrorType", "").split(":", 1)[0]
                 if isinstance(data, dict) and kind:
-                    raise error_from(kind, data, response.status, passed)
+                    raise error_from(kind, data, response.status, passed, self.id)
                 raise plain_error(self.id, response.status, raw, passed)
             if stream:
                 expect_stream(response, EVENT_STREAM, self.id)
@@ -160,7 +167,7 @@ class BedrockBackend(Backend):
                         yield str(message.headers.get(":event-type")), payload
                     elif kind == "exception":
                         name = str(message.headers.get(":exception-type", ""))
-                        raise error_from(name[:1].upper() + name[1:], payload, 0, {})
+                        raise error_from(name[:1].upper() + name[1:], payload, 0, {}, self.id)
                     elif kind == "error":
                         raise UpstreamError(f"upstream {self.id}: {message.headers.get(':error-code')}: "
                                             f"{message.headers.get(':error-message')}")
@@ -204,12 +211,13 @@ class BedrockBackend(Backend):
         yield writer.finish(finish) + writer.usage(Usage()) + DONE
 
 
-def error_from(kind: str, data: dict[str, Any], status: int, headers: dict[str, str]) -> UpstreamError:
+def error_from(kind: str, data: dict[str, Any], status: int, headers: dict[str, str],
+               backend_id: str) -> UpstreamError:
     known_status, type_, code = ERRORS.get(kind, (status or 502, "server_error" if (status or 502) >= 500
                                                   else "invalid_request_error", None))
     message = str(data.get("message") or data.get("Message") or kind)
-    return UpstreamError(f"{kind}: {message}", status=status or known_status, error_type=type_, code=code,
-                         headers=headers)
+    return from_upstream(UpstreamError(f"{kind}: {message}", status=status or known_status, error_type=type_,
+                                       code=code, headers=headers), backend_id)
 
 
 def usage_of(raw: Any) -> Usage:

@@ -136,6 +136,8 @@ class DeploymentConfig(BaseModel):
     enabled: bool = True
     timeouts: Timeouts = Timeouts()
     headers: dict[str, str] = Field(default_factory=dict)
+    proxy: str | None = Field(default=None, pattern=r"^(none|https?://.+)$", description="egress proxy URL for this "
+                              "deployment; none: direct; unset: HTTPS_PROXY/HTTP_PROXY/NO_PROXY from the environment")
     stream_usage: bool = Field(default=True, description="ask for stream_options.include_usage upstream")
     # provider: local, in-process only
     model_path: str | None = Field(default=None, description="HF directory or .gguf file; default the bundled SmolLM2")

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from errors import InvalidRequest, UpstreamConnectionError, UpstreamError
+from errors import InvalidRequest, UpstreamConnectionError, UpstreamError, from_upstream
 
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig
@@ -102,7 +102,7 @@ class GeminiBackend(Backend):
             url, request = self._urls["embed"], _embed_request(payload, self._model)
         else:
             url, request = self._urls["stream" if stream else "chat"], to_gemini(payload)
-        session = self._pool.get(self.deployment.base_url)
+        session = self._pool.get(self.deployment.base_url, self.deployment.proxy)
         response = await post(session, url, orjson.dumps(request), self._headers, self._timeout, self.id)
         try:
             if response.status >= 400:
@@ -182,7 +182,8 @@ def usage_of(raw: Any) -> Usage:
 def error_from(data: dict[str, Any], status: int, headers: dict[str, str], backend_id: str) -> UpstreamError:
     error = data.get("error")
     if not isinstance(error, dict):
-        return UpstreamError(f"upstream {backend_id} returned HTTP {status}", status=status, headers=headers)
+        return from_upstream(UpstreamError(f"upstream {backend_id} returned HTTP {status}", status=status,
+                                           headers=headers), backend_id)
     rpc = str(error.get("status") or "")
     type_, code = ERROR_STATUSES.get(rpc, ("server_error" if status >= 500 else "invalid_request_error", None))
     for detail in error.get("details") or ():
@@ -194,7 +195,8 @@ def error_from(data: dict[str, Any], status: int, headers: dict[str, str], backe
             except ValueError:
                 pass
     message = str(error.get("message") or f"upstream {backend_id} returned {rpc or status}")
-    return UpstreamError(message, status=status, error_type=type_, code=code, headers=headers)
+    return from_upstream(UpstreamError(message, status=status, error_type=type_, code=code, headers=headers),
+                         backend_id)
 
 
 def from_gemini(data: dict[str, Any], model: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import yarl
 
-from errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
+from errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout, from_upstream
 
 from . import spans, sse
 from .config import DeploymentConfig
@@ -74,8 +74,8 @@ async def read_error(response: aiohttp.ClientResponse, read_s: float) -> tuple[A
 
 def plain_error(backend_id: str, status: int, raw: bytes, headers: dict[str, str]) -> UpstreamError:
     text = raw[:200].decode("utf-8", "replace").strip()
-    return UpstreamError(f"upstream {backend_id} returned HTTP {status}" + (f": {text}" if text else ""),
-                         status=status, headers=headers)
+    return from_upstream(UpstreamError(f"upstream {backend_id} returned HTTP {status}" + (f": {text}" if text else ""),
+                                       status=status, headers=headers), backend_id)
 
 
 def expect_stream(response: aiohttp.ClientResponse, content_type: str, backend_id: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from errors import InvalidRequest, UpstreamConnectionError, UpstreamError, UpstreamTimeout
+from errors import InvalidRequest, UpstreamConnectionError, UpstreamError, UpstreamTimeout, from_upstream
 
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig
@@ -50,7 +50,7 @@ class OpenAIBackend(Backend):
             options = payload.get("stream_options")
             payload["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else \
                 {"include_usage": True}
-        session = self._pool.get(self.deployment.base_url)
+        session = self._pool.get(self.deployment.base_url, self.deployment.proxy)
         response = await post(session, self._urls[endpoint], orjson.dumps(payload), self._headers, self._timeout,
                               self.id)
         try:
@@ -82,7 +82,7 @@ class OpenAIBackend(Backend):
         if isinstance(data, dict):
             error = _error_from_body(data, response.status, self.id)
             error.headers = headers
-            return error
+            return from_upstream(error, self.id)
         return plain_error(self.id, response.status, raw, headers)
 
 

@@ -7,6 +7,7 @@ below every layer and imports none of them.
     ├── ClientError                   4xx  invalid_request_error                             info    (the client's request)
     │   ├── InvalidRequest            400  invalid_request_error                             info
     │   │   └── ContextWindowExceeded 400  invalid_request_error / context_length_exceeded   info
+    │   ├── RequestTimeout            408  invalid_request_error / request_timeout           info    (the body came too slowly)
     │   ├── PayloadTooLarge           413  invalid_request_error / request_too_large         info
     │   ├── AuthenticationFailed      401  invalid_request_error / invalid_api_key           warning (a wrong key: worth seeing)
     │   ├── PermissionDenied          403  invalid_request_error / permission_denied         warning
@@ -18,17 +19,22 @@ below every layer and imports none of them.
     ├── Unavailable                   503  service_unavailable / service_unavailable         warning (no enabled deployment, shutting down)
     └── UpstreamError                 the upstream's status, type and code; else 502 upstream_error   warning (the upstream said no)
         ├── DeploymentBusy            429  rate_limit_error / deployment_busy                warning (its max_concurrency is taken)
+        ├── UpstreamAuthFailed        502  upstream_error / upstream_auth_failed             error   (the upstream refused the gateway's
+        │                                                                                            own credentials: the operator's to fix)
         ├── UpstreamConnectionError   502  upstream_error / upstream_unreachable             warning
         └── UpstreamTimeout           504  timeout / upstream_timeout                        warning
             └── DeadlineExceeded      504  timeout / deadline_exceeded                       warning (the request's total deadline)
 
 ``MAPPING`` below is the one place that sets them; an instance may carry another status, type or code (an
-upstream's own), and keeps its class's log level.
+upstream's own), and keeps its class's log level. Every message is scrubbed of secrets (``secrets.scrub``) when
+the error is made, so no body, stream error event, log line or request-log row built from it carries a key.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
+
+from .secrets import scrub
 
 LogLevel = Literal["info", "warning", "error"]
 
@@ -42,6 +48,7 @@ class GatewayError(Exception):
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  status: int | None = None, error_type: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
+        message = scrub(message)
         super().__init__(message)
         self.message = message
         self.param = param
@@ -68,6 +75,10 @@ class InvalidRequest(ClientError):
 
 class ContextWindowExceeded(InvalidRequest):
     """The prompt does not fit any deployment's context window (refused before calling, as OpenAI would)."""
+
+
+class RequestTimeout(ClientError):
+    pass
 
 
 class PayloadTooLarge(ClientError):
@@ -114,6 +125,25 @@ class DeploymentBusy(UpstreamError):
     """A deployment's own in-flight cap (``max_concurrency``) is taken; another deployment may answer."""
 
 
+class UpstreamAuthFailed(UpstreamError):
+    pass
+
+
+# An upstream's 401/403 (and a proxy's 407) is about the gateway's credentials, which the client never sees.
+AUTH_STATUSES = frozenset({401, 403, 407})
+
+
+def from_upstream(error: UpstreamError, backend_id: str) -> UpstreamError:
+    """``error`` as the client should see it: an upstream's refusal of the gateway's own credentials becomes
+    a 502 naming the deployment (the upstream's text is dropped: it may quote part of the key)."""
+    if error.status not in AUTH_STATUSES:
+        return error
+    return UpstreamAuthFailed(
+        f"upstream {backend_id} refused the gateway's credentials for this deployment (HTTP {error.status}); "
+        "the gateway's operator must check the deployment's api_key or credentials. Your own API key was "
+        "accepted by the gateway.", headers=error.headers)
+
+
 class UpstreamConnectionError(UpstreamError):
     pass
 
@@ -132,6 +162,7 @@ MAPPING: dict[type[GatewayError], tuple[int, str, str | None, LogLevel]] = {
     ClientError: (400, "invalid_request_error", None, "info"),
     InvalidRequest: (400, "invalid_request_error", None, "info"),
     ContextWindowExceeded: (400, "invalid_request_error", "context_length_exceeded", "info"),
+    RequestTimeout: (408, "invalid_request_error", "request_timeout", "info"),
     PayloadTooLarge: (413, "invalid_request_error", "request_too_large", "info"),
     AuthenticationFailed: (401, "invalid_request_error", "invalid_api_key", "warning"),
     PermissionDenied: (403, "invalid_request_error", "permission_denied", "warning"),
@@ -143,6 +174,7 @@ MAPPING: dict[type[GatewayError], tuple[int, str, str | None, LogLevel]] = {
     Unavailable: (503, "service_unavailable", "service_unavailable", "warning"),
     UpstreamError: (502, "upstream_error", None, "warning"),
     DeploymentBusy: (429, "rate_limit_error", "deployment_busy", "warning"),
+    UpstreamAuthFailed: (502, "upstream_error", "upstream_auth_failed", "error"),
     UpstreamConnectionError: (502, "upstream_error", "upstream_unreachable", "warning"),
     UpstreamTimeout: (504, "timeout", "upstream_timeout", "warning"),
     DeadlineExceeded: (504, "timeout", "deadline_exceeded", "warning"),

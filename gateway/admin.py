@@ -22,6 +22,7 @@ from policies.variant_history import VariantHistory
 from .auth import hash_key, presented_key
 from .controlplane import CONTROL
 from .keys import GATEWAY, RECORD
+from .security.network import PEER
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,7 @@ def principal(request: web.Request) -> Principal:
         if key_hash in gateway.loaded.config.admin.keys:
             record.tenant, record.key_id = "admin", key_hash[7:19]
             return Principal(admin=True, tenant=None, key_id=key_hash[7:19])
-    caller = gateway.auth.authenticate(request.headers)  # raises 401 in OpenAI's format
+    caller = gateway.auth.authenticate(request.headers, request.get(PEER))  # raises 401 in OpenAI's format
     record.tenant, record.key_id = caller.tenant.name, caller.key_id
     return Principal(admin=False, tenant=caller.tenant.name, key_id=caller.key_id)
 

@@ -37,6 +37,7 @@ from . import (
     message_batches,
     messages,
     metrics,
+    openapi,
     requestlog,
     responses,
     tracing,
@@ -48,6 +49,8 @@ from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
 from .proxy import handler as proxy_handler
+from .security import access, audit, erasure
+from .security.network import PEER
 from .state import Gateway
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -61,10 +64,11 @@ CLIENT_CLOSED = 499  # nginx's name for it: the client went away before the answ
 
 def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     """The gateway's aiohttp application; ``clock``: the time its policies read (tests pass a ManualClock)."""
-    app = web.Application(middlewares=[_middleware], client_max_size=loaded.config.server.max_body_bytes,
+    app = web.Application(middlewares=[_middleware, access.middleware], client_max_size=loaded.config.server.max_body_bytes,
                           handler_args={"max_field_size": 16384})
     app[STORES] = StoreLayer(loaded.config.stores, clock)
     app[GATEWAY] = Gateway.build(loaded, app[STORES], clock)
+    app.on_response_prepare.append(_server_header)
     app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
     app[responses.STORE] = responses.new_store(app[STORES].kv, loaded.config.server.responses_ttl_s)
     app.cleanup_ctx.append(_lifecycle)
@@ -79,6 +83,8 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     if traces is not None:  # off: no middleware, no OpenTelemetry import
         app.middlewares.append(traces.middleware)
         app[TRACING] = traces
+    if loaded.config.audit.enabled:  # changing it needs a restart
+        app[audit.AUDIT] = audit.AuditLog(loaded.config.audit.path, loaded.config.audit.retention_days)
     if loaded.config.request_log.enabled:  # changing it needs a restart
         app[requestlog.REQUEST_LOG] = requestlog.RequestLog(loaded.config.request_log)
     for prefix in ("/v1", ""):
@@ -111,8 +117,11 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/admin/requests", requestlog.handle)
     app.router.add_get("/admin/batches", batches.admin_list)
+    app.router.add_delete("/admin/tenants/{tenant}/data", erasure.handle)
+    app.router.add_get("/admin/audit", audit.handle)
     admin.add_routes(app)
     ui.add_routes(app)
     return app
@@ -157,6 +166,10 @@ async def _batch_runner(app: web.Application) -> AsyncIterator[None]:
     await runner.close()
 
 
+async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "llm-gateway"  # not aiohttp's and Python's versions
+
+
 def error_response(exc: GatewayError, request_id: str) -> web.Response:
     headers = {"x-request-id": request_id, **exc.headers}
     return web.Response(body=orjson.dumps(exc.body()), status=exc.status, headers=headers,
@@ -184,9 +197,10 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         record.status = CLIENT_CLOSED
         record.error = "client disconnected"
         raise
-    except Exception as exc:  # a bug: answer 500 in OpenAI's format, keep the worker alive
+    except Exception:  # a bug: answer 500 in OpenAI's format, keep the worker alive
         get_logger().exception("unhandled error", request_id=request_id, path=request.path)
-        response = _failed(record, GatewayError(f"Internal error ({type(exc).__name__}); request id {request_id}."))
+        # The exception's class stays in the log: it tells a caller about the code, not about their request.
+        response = _failed(record, GatewayError(f"Internal error; request id {request_id}."))
     finally:
         if api:
             metrics.IN_FLIGHT.dec()
@@ -285,7 +299,7 @@ def _request_log() -> Any:
 
 async def _list_models(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    caller = gateway.auth.authenticate(request.headers)
+    caller = gateway.auth.authenticate(request.headers, request.get(PEER))
     request[RECORD].tenant, request[RECORD].key_id = caller.tenant.name, caller.key_id
     created = gateway.loaded.loaded_at
     data = [_model_object(alias.name, created) for alias in gateway.loaded.config.models
@@ -296,7 +310,7 @@ async def _list_models(request: web.Request) -> web.Response:
 
 async def _get_model(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    caller = gateway.auth.authenticate(request.headers)
+    caller = gateway.auth.authenticate(request.headers, request.get(PEER))
     request[RECORD].tenant, request[RECORD].key_id = caller.tenant.name, caller.key_id
     alias = request.match_info["model"]
     if alias not in gateway.router or not caller.tenant.allows(alias) or not gateway.router.usable(alias):
@@ -327,15 +341,20 @@ async def _readyz(request: web.Request) -> web.Response:
     loading = [backend.id for backend in gateway.backends if not backend.ready]
     failed = [{"deployment": backend.id, "reason": backend.failure} for backend in gateway.backends
               if backend.failure is not None]
+    # No config path here: an anonymous caller learns nothing about the host (the path is in the log).
     body = {"status": "ready" if gateway.ready and not loading and not gateway.draining else
             ("draining" if gateway.draining else "starting"),
-            "config": loaded.path, "deployments": {"enabled": len(gateway.backends), "disabled": disabled,
+            "deployments": {"enabled": len(gateway.backends), "disabled": disabled,
                                                    "loading": loading, "failed": failed,
                                                    "starting": [b.id for b in gateway.backends if b.starting]}}
     if body["status"] != "ready":
         exc = Unavailable(f"gateway is {body['status']}")
         return web.Response(body=orjson.dumps({**exc.body(), **body}), status=503, content_type="application/json")
     return _json(body, request)
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return _json(openapi.document(), request)
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -7,16 +7,18 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from errors import AuthenticationFailed
+from errors import AuthenticationFailed, PermissionDenied
 
 from .config import TenantConfig
+from .security.network import Allowlist, Peer
 
 KEY_PREFIX = "gw-"
 _VERIFIED_MAX = 10_000
 
 
 def hash_key(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    # surrogateescape: aiohttp decodes header bytes that are not UTF-8 that way; such a key is just wrong (401).
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def new_key() -> str:
@@ -36,12 +38,30 @@ class Authenticator:
         self.runtime: Callable[[str], Caller | None] | None = None
         self._callers = {key_hash: Caller(tenant, key_hash[7:19])
                          for tenant in tenants for key_hash in tenant.keys}
+        # mTLS: a verified client certificate, by fingerprint or common name, stands for a key of its tenant.
+        self._certs = {name: Caller(tenant, "cert:" + name.removeprefix("sha256:").removeprefix("CN=")[:12])
+                       for tenant in tenants for name in tenant.client_certs}
+        self._allowed = {tenant.name: Allowlist(tenant.allowed_ips) for tenant in tenants if tenant.allowed_ips}
         # Presented keys already verified, so that SHA-256 runs once per key rather than once per request.
         # Bounded; only valid keys enter it, so random keys cannot grow it.
         self._verified: dict[str, Caller] = {}
 
-    def authenticate(self, headers: Mapping[str, str]) -> Caller:
+    def authenticate(self, headers: Mapping[str, str], peer: Peer | None = None) -> Caller:
+        """The caller a key (or, without one, a verified client certificate) stands for; 401 for none, 403
+        when the caller's tenant does not admit the peer's address."""
+        caller = self._identify(headers, peer)
+        if self._allowed and caller.tenant.name in self._allowed and \
+                not self._allowed[caller.tenant.name].admits(peer.ip if peer else None):
+            raise PermissionDenied(f"Tenant {caller.tenant.name!r} does not accept requests from this address "
+                                   "(tenants[].allowed_ips).", code="ip_not_allowed")
+        return caller
+
+    def _identify(self, headers: Mapping[str, str], peer: Peer | None) -> Caller:
         key = presented_key(headers)
+        if key is None and peer is not None and peer.cert_fingerprint is not None:
+            by_cert = self._certs.get(peer.cert_fingerprint) or self._certs.get(f"CN={peer.cert_cn}")
+            if by_cert is not None:
+                return by_cert
         if key is None:
             raise AuthenticationFailed(
                 "You didn't provide an API key. You need to provide your API key in an Authorization "

@@ -19,6 +19,7 @@ from .auth import Caller
 from .keys import GATEWAY, RECORD
 from .logs import get_logger
 from .proxy import _SSE_HEADERS, _read_json
+from .security.network import PEER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ErrorBody = Callable[[GatewayError], dict[str, Any]]
@@ -36,7 +37,7 @@ class Incoming:
 
 def caller(request: web.Request) -> Caller:
     """The request's key, authenticated; its tenant and key id go on the record."""
-    found = request.app[GATEWAY].auth.authenticate(request.headers)
+    found = request.app[GATEWAY].auth.authenticate(request.headers, request.get(PEER))
     record = request[RECORD]
     record.tenant, record.key_id = found.tenant.name, found.key_id
     return found
@@ -68,9 +69,9 @@ def in_format(handler: Handler, error_body: ErrorBody) -> Handler:
             failure = exc
         except web.HTTPException as exc:
             failure = GatewayError(exc.reason or "HTTP error", status=exc.status)
-        except Exception as exc:  # a bug: answer in the client's format, keep the worker alive
+        except Exception:  # a bug: answer in the client's format, keep the worker alive
             get_logger().exception("unhandled error", request_id=record.request_id, path=request.path)
-            failure = GatewayError(f"Internal error ({type(exc).__name__}); request id {record.request_id}.")
+            failure = GatewayError(f"Internal error; request id {record.request_id}.")  # the class stays in the log
         record.status, record.error = failure.status, failure.message
         record.overhead_s = time.perf_counter() - record.started - record.upstream_s
         return web.Response(body=orjson.dumps(error_body(failure)), status=failure.status,

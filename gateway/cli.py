@@ -32,7 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default: 2)")
     top.add_argument("--once", action="store_true", help="print one view (rates over one interval) and exit")
 
+    audit = commands.add_parser("audit", help="the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    check_chain = audit_commands.add_parser("verify", help="check the audit log's hash chain (exit 1 if broken)")
+    check_chain.add_argument("--config", help="config file whose audit.path to check (default: the embedded one)")
+    check_chain.add_argument("--path", help="the audit log file (instead of the config's)")
+
     args = parser.parse_args(argv)
+    if args.command == "audit":
+        return _verify_audit(args.path, args.config)
     if args.command == "top":
         from .top import run as run_top
 
@@ -70,3 +78,25 @@ def main(argv: list[str] | None = None) -> int:
     listen = Listen(host=args.host or server.host, port=server.port if args.port is None else args.port,
                     workers=args.workers or server.workers)
     return run(path, listen)
+
+
+def _verify_audit(path: str | None, config: str | None) -> int:
+    from pathlib import Path
+
+    from .security.audit import GENESIS, verify
+
+    if path is None:
+        try:
+            path = load_config(config).config.audit.path
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+    file = Path(path).expanduser()
+    verdict = verify(file)
+    if not verdict.ok:
+        print(f"{file}: BROKEN after {verdict.count} good records: {verdict.problem}", file=sys.stderr)
+        return 1
+    anchor = "from the first record" if verdict.anchor == GENESIS else f"anchored at {verdict.anchor} (older records " \
+        "dropped by retention)"
+    print(f"{file}: OK, {verdict.count} records, chain intact {anchor}")
+    return 0

@@ -29,6 +29,18 @@ from policies.resilience_config import (
 from policies.variants import VariantConfig, check_variants
 
 from .extras import missing_extras
+from .security.config import (
+    CIDR,
+    AuditConfig,
+    EncryptionConfig,
+    GuardrailConfig,
+    KeyScope,
+    ListenerLimits,
+    MetricsAccess,
+    PIIConfig,
+    TLSConfig,
+)
+from .security.roles import Role
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -69,6 +81,14 @@ class ServerConfig(_Frozen):
     log_prompts: bool = False
     upstream_max_connections: int = Field(default=1000, ge=1)
     watch_config: bool = False  # reload when the file changes (checked every second), as on SIGHUP
+    limits: ListenerLimits = ListenerLimits()
+    tls: TLSConfig | None = None
+    metrics_access: MetricsAccess = "loopback"   # who may read /metrics on the main listener
+    metrics_listen: str | None = Field(default=None, pattern=r"^.+:\d{1,5}$", description="host:port of a "
+                                       "listener serving /metrics only; then not on the main listener")
+    admin_listen: str | None = Field(default=None, pattern=r"^.+:\d{1,5}$", description="host:port of a listener "
+                                     "serving /admin/* and /metrics; then neither on the main listener")
+    trusted_proxies: tuple[CIDR, ...] = Field(default=(), description="whose X-Forwarded-For names the client")
     responses_ttl_s: float = Field(default=24 * 3600, gt=0)  # how long store: true responses are kept
 
 
@@ -97,6 +117,11 @@ class TenantConfig(TenantPolicyFields):  # + limits, budget, priority: policies/
     cache: CacheOverride | None = None
     context: ContextConfig | None = None  # replaces the alias's context policy for this tenant
     variants: dict[str, str] = Field(default_factory=dict, description="alias -> the variant this tenant gets")
+    allowed_ips: tuple[CIDR, ...] = ()      # empty: any address
+    client_certs: tuple[str, ...] = ()      # mTLS: "sha256:<fingerprint>" or "CN=<common name>"
+    pii: PIIConfig | None = None
+    guardrail: GuardrailConfig | None = None
+    key_scopes: dict[str, KeyScope] = Field(default_factory=dict)  # key id -> endpoints, expiry
 
     def allows(self, alias: str) -> bool:
         return self.models == "*" or alias in self.models
@@ -104,6 +129,8 @@ class TenantConfig(TenantPolicyFields):  # + limits, budget, priority: policies/
 
 class AdminConfig(_Frozen):
     keys: tuple[Annotated[str, AfterValidator(_key_hash)], ...] = ()
+    allowed_ips: tuple[CIDR, ...] = ()      # empty: any address
+    roles: dict[str, Role] = Field(default_factory=dict)  # key hash -> role; unlisted keys are "admin"
 
 
 class TracingConfig(_Frozen):
@@ -172,6 +199,8 @@ class GatewayConfig(_Frozen):
     files: FilesConfig = FilesConfig()
     batches: BatchesConfig = BatchesConfig()
     control_plane: ControlPlaneConfig = ControlPlaneConfig()
+    encryption: EncryptionConfig | None = None
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
@@ -196,9 +225,14 @@ class GatewayConfig(_Frozen):
                 if key in seen_keys:
                     problems.append(f"tenants[{i}].keys[{j}]: already a key of tenant {seen_keys[key]!r}")
                 seen_keys[key] = tenant.name
+            if tenant.guardrail is not None and tenant.guardrail.alias not in aliases:
+                problems.append(f"tenants[{i}].guardrail.alias: no model alias named {tenant.guardrail.alias!r}")
             for alias in tenant.model_limits or {}:
                 if alias not in aliases:
                     problems.append(f"tenants[{i}].model_limits.{alias}: no model alias named {alias!r}")
+            for key_id in tenant.key_scopes:
+                if not any(key[7:19] == key_id for key in tenant.keys):
+                    problems.append(f"tenants[{i}].key_scopes.{key_id}: not the id of one of this tenant's keys")
             for key_id in tenant.per_key:
                 if not any(key[7:19] == key_id for key in tenant.keys):
                     problems.append(f"tenants[{i}].per_key.{key_id}: not the id of one of this tenant's keys")
@@ -211,6 +245,9 @@ class GatewayConfig(_Frozen):
                     problems.append(f"tenants[{i}].variants.{alias}: no model alias named {alias!r}")
                 elif variant not in variants[alias]:
                     problems.append(f"tenants[{i}].variants.{alias}: the alias has no variant {variant!r}")
+        for key in self.admin.roles:
+            if key not in self.admin.keys:
+                problems.append(f"admin.roles.{key}: not one of admin.keys")
         for alias in self.policies.model_limits:
             if alias not in aliases:
                 problems.append(f"policies.model_limits.{alias}: no model alias named {alias!r}")

@@ -22,6 +22,7 @@ from policies.call import Call
 
 from . import bridge
 from .keys import GATEWAY, RECORD
+from .security import screening
 
 _NATIVE = ("anthropic",)
 
@@ -50,11 +51,13 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         endpoint, payload = Endpoint.MESSAGES, {**body, wire.BETAS: request.headers.get("anthropic-beta")}
     else:
         endpoint, payload = Endpoint.CHAT, wire.to_chat(body, dropped)
+    screen = await screening.inbound(gateway.pipeline, caller.tenant, caller.key_id, endpoint, payload, record)
     if gateway.loaded.config.server.log_prompts:
-        record.prompt = body["messages"]
+        record.prompt = screen.logged["messages"]
     call = Call(record=record, tenant=caller.tenant.name, key_id=caller.key_id, alias=alias, endpoint=endpoint,
-                body=payload, stream=stream, headers=request.headers)
+                body=screen.body, stream=stream, headers=request.headers)
     async with gateway.pipeline.answer(call) as answer:
+        answer = await screen.outbound(answer)
         extra = bridge.headers(call, dropped)
         if endpoint is Endpoint.MESSAGES:
             if answer.chunks is None:

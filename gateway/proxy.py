@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -9,12 +10,16 @@ import orjson
 from aiohttp import web
 
 from backends import Endpoint, UpstreamResponse, sse
-from errors import GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge
+from errors import GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge, RequestTimeout
 from policies.call import Call
 
 from .keys import GATEWAY, RECORD
+from .security import screening
+from .security.network import PEER
 from .validate import validate
 
+# orjson writes at most 254 levels: deeper bodies would fail when sent upstream; none of the APIs needs 64.
+MAX_NESTING = 64
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no"}
 
@@ -28,7 +33,7 @@ def handler(endpoint: Endpoint) -> Any:
 async def proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     record = request[RECORD]
-    caller = gateway.auth.authenticate(request.headers)
+    caller = gateway.auth.authenticate(request.headers, request.get(PEER))
     record.tenant, record.key_id = caller.tenant.name, caller.key_id
     body = await _read_json(request, gateway.loaded.config.server.max_body_bytes)
     validate(endpoint, body)
@@ -36,14 +41,16 @@ async def proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     if alias not in gateway.router or not caller.tenant.allows(alias):
         raise ModelNotFound(f"The model `{alias}` does not exist or you do not have access to it.", param="model")
     record.alias = alias
+    screen = await screening.inbound(gateway.pipeline, caller.tenant, caller.key_id, endpoint, body, record)
     if gateway.loaded.config.server.log_prompts:
-        record.prompt = body.get("messages") or body.get("prompt") or body.get("input")
+        logged = screen.logged
+        record.prompt = logged.get("messages") or logged.get("prompt") or logged.get("input")
     stream = endpoint is not Endpoint.EMBEDDINGS and body.get("stream") is True
     record.stream = stream
     call = Call(record=record, tenant=caller.tenant.name, key_id=caller.key_id, alias=alias, endpoint=endpoint,
-                body=body, stream=stream, headers=request.headers)
+                body=screen.body, stream=stream, headers=request.headers)
     async with gateway.pipeline.answer(call) as answer:
-        return await relay(request, call, answer)
+        return await relay(request, call, await screen.outbound(answer))
 
 
 async def relay(request: web.Request, call: Call, answer: UpstreamResponse) -> web.StreamResponse:
@@ -83,17 +90,35 @@ async def relay(request: web.Request, call: Call, answer: UpstreamResponse) -> w
 async def _read_json(request: web.Request, limit: int) -> Any:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Request body of {request.content_length} bytes exceeds the limit of {limit} bytes.")
+    timeout = request.app[GATEWAY].loaded.config.server.limits.body_timeout_s
     try:
-        raw = await request.read()
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.") from exc
+    except TimeoutError as exc:
+        raise RequestTimeout(f"The request body did not arrive within {timeout:g} s.") from exc
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
             "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)"
         ) from exc
+    # Counting brackets is C-speed; only a body that could be deep is walked.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _deeper_than(body, MAX_NESTING):
+        raise InvalidRequest(f"The JSON body is nested more than {MAX_NESTING} levels deep.")
+    return body
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [child for node in level if isinstance(node, (dict, list))
+                 for child in (node.values() if isinstance(node, dict) else node)]
+        if not level:
+            return False
+    return any(isinstance(node, (dict, list)) for node in level)
 
 
 def _ms(seconds: float) -> str:

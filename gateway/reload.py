@@ -19,6 +19,7 @@ from . import metrics
 from .config import ConfigError, LoadedConfig, ServerConfig, load_config
 from .keys import GATEWAY
 from .logs import get_logger
+from .security import audit
 from .state import Gateway
 
 # Bound by the listening socket and the aiohttp runner at start-up.
@@ -95,6 +96,8 @@ class Reloader:
         except ConfigError as exc:
             log.error("config reload failed; keeping the old config", config=self._file, problems=exc.problems,
                       pid=os.getpid())
+            if (trail := self._app.get(audit.AUDIT)) is not None:
+                await trail.record("config.reload_refused", actor="system", outcome="failed", problems=exc.problems)
             return False
         fresh = Gateway.build(loaded, live.stores, live.pipeline.admission.clock)  # same store layer, same time
         try:
@@ -124,6 +127,8 @@ class Reloader:
         metrics.publish_budgets(config)
         log.info("config reloaded", config=loaded.path, pid=os.getpid(), models=len(config.models),
                  tenants=len(config.tenants), deployments_disabled=len(loaded.disabled))
+        if (trail := self._app.get(audit.AUDIT)) is not None:
+            await audit.config_changed(trail, old.loaded.config, config, loaded.path)
         task = asyncio.create_task(self._retire(old, retired, config.server.drain_timeout_s))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)

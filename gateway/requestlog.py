@@ -113,6 +113,21 @@ class RequestLog:
                 self._pruned = now
                 db.execute("DELETE FROM requests WHERE ts < ?", (now - self.config.retention_days * 86400,))
 
+    def erase(self, tenant: str) -> int:
+        """Deletes the tenant's records (blocking: run it off the loop); a record still in the buffer is written
+        within one flush interval, so a second pass after two intervals takes it too."""
+        erased = 0
+        for attempt in range(2):
+            if attempt:
+                self._stop.wait(2 * self.config.flush_interval_s)
+            db = sqlite3.connect(self.path, timeout=30)
+            try:
+                with db:
+                    erased += db.execute("DELETE FROM requests WHERE tenant = ?", (tenant,)).rowcount
+            finally:
+                db.close()
+        return erased
+
     def query(self, filters: dict[str, Any], limit: int) -> list[dict[str, Any]]:
         where = [_FILTERS[name] for name in filters]
         sql = "SELECT * FROM requests" + (" WHERE " + " AND ".join(where) if where else "") + \

@@ -22,6 +22,9 @@ from aiohttp import web
 from .config import LoadedConfig, load_config
 from .keys import GATEWAY
 from .logs import configure, get_logger
+from .security.access import PRIVATE_PORTS
+from .security.listener import ConnectionGuard, fd_budget
+from .security.tls import server_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +71,16 @@ async def _serve_app(loaded: LoadedConfig, listen: Listen, *, reuse_port: bool, 
     app = build_app(loaded)
     reloader = Reloader(app, config_path)
     app.middlewares.append(reloader.middleware)
-    drain = loaded.config.server.drain_timeout_s
+    server = loaded.config.server
+    drain = server.drain_timeout_s
+    private = app[PRIVATE_PORTS] = {}
+    # keepalive_timeout: aiohttp's timer runs from accept until a whole request head is in, then between
+    # requests: the header timeout and the idle timeout in one.
     runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
-                           shutdown_timeout=drain)
+                           shutdown_timeout=drain, keepalive_timeout=server.limits.header_timeout_s)
     await runner.setup()
+    guard = ConnectionGuard(server.limits, fd_budget(server.limits, server.upstream_max_connections))
+    guard.install(runner.server)  # type: ignore[arg-type]  # set by setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -79,12 +88,22 @@ async def _serve_app(loaded: LoadedConfig, listen: Listen, *, reuse_port: bool, 
     loop.add_signal_handler(signal.SIGHUP, reloader.request)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the supervisor while spawning
     try:
-        site = web.TCPSite(runner, listen.host, listen.port, reuse_port=reuse_port, backlog=4096)
+        ssl_context = server_context(server.tls) if server.tls is not None else None
+        site = web.TCPSite(runner, listen.host, listen.port, reuse_port=reuse_port, backlog=4096,
+                           ssl_context=ssl_context)
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else listen.port
+        for address, serves in ((server.admin_listen, frozenset({"admin", "metrics"})),
+                                (server.metrics_listen, frozenset({"metrics"}))):
+            if address is not None:
+                host, _, private_port = address.rpartition(":")
+                await web.TCPSite(runner, host.strip("[]"), int(private_port), reuse_port=reuse_port).start()
+                private[int(private_port)] = serves
+                log.info("listening (private)", host=host, port=int(private_port), serves=sorted(serves))
         for alias, index in loaded.disabled:
             log.warning("deployment disabled", alias=alias, deployment=index, reason=loaded.disabled[(alias, index)])
-        log.info("listening", host=listen.host, port=port, pid=os.getpid(), config=loaded.path)
+        log.info("listening", host=listen.host, port=port, pid=os.getpid(), config=loaded.path,
+                 tls=ssl_context is not None, max_connections=guard.max_connections)
         reloader.start()
         await stop.wait()
         log.info("draining", pid=os.getpid(), timeout_s=drain)

@@ -25,6 +25,7 @@ from .auth import Authenticator
 from .config import GatewayConfig, LoadedConfig
 from .logs import get_logger
 from .pipeline import Pipeline
+from .security import crypto, secrets
 
 _CLOSE_TIMEOUT_S = 10.0
 
@@ -47,6 +48,7 @@ class Gateway:
         """``stores``: the app's store layer; a config whose ``stores:`` asks for another connection (a reload)
         keeps it, with a warning: that change needs a restart."""
         config = loaded.config
+        secrets.register(config)
         if not stores.serves(config.stores):
             changed = [f for f in CONNECTION_FIELDS if getattr(stores.config, f) != getattr(config.stores, f)]
             get_logger().warning("stores connection settings changed; they apply after a restart", fields=changed)
@@ -78,6 +80,8 @@ class Gateway:
             metrics.BREAKER_STATE.labels(route.key).set(0)
         cache = ResponseCache(config.cache, tenants={t.name: t.cache for t in config.tenants},
                               aliases={m.name: m.cache for m in config.models}, stores=stores)
+        if config.encryption is not None:
+            cache.answers = crypto.EncryptedAnswers(cache.answers, crypto.keyring(config.encryption))
         context = ContextPolicies(router, {m.name: m.context for m in config.models},
                                   {t.name: t.context for t in config.tenants})
         configured = {m.name: m.variants for m in config.models}

@@ -45,6 +45,15 @@ class StoredResponses:
     async def put(self, tenant: str, response_id: str, stored: Stored) -> None:
         value = orjson.dumps({"response": stored.response, "input": stored.input, "context": stored.context})
         await self._kv.set(self._key(tenant, response_id), value.decode(), self._ttl_s)
+        # the tenant's ids, so that erasing a tenant needs no key scan (none on Redis Cluster)
+        await self._kv.append(self._key(tenant, "~ids"), response_id, ttl_s=self._ttl_s)
+
+    async def erase(self, tenant: str) -> int:
+        """Removes every response the tenant stored; returns how many there were."""
+        ids = await self._kv.items(self._key(tenant, "~ids"))
+        erased = await self._kv.delete(*(self._key(tenant, i) for i in ids)) if ids else 0
+        await self._kv.delete(self._key(tenant, "~ids"))
+        return erased
 
     async def delete(self, tenant: str, response_id: str) -> bool:
         return await self._kv.delete(self._key(tenant, response_id)) > 0

@@ -81,8 +81,10 @@ def test_the_compose_stack_monitors_the_gateway():
     prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     [job] = prometheus["scrape_configs"]
     [dns] = job["dns_sd_configs"]
-    gateway_port = services["gateway"]["ports"][0].split(":")[1]
-    assert dns["names"] == ["gateway"] and str(dns["port"]) == gateway_port
+    # the compose config's private metrics listener (anonymous /metrics is refused on the published port)
+    metrics_listen = yaml.safe_load((ROOT / "deploy/config.compose.yaml").read_text())["server"]["metrics_listen"]
+    assert dns["names"] == ["gateway"] and str(dns["port"]) == metrics_listen.rsplit(":", 1)[1]
+    assert metrics_listen.rsplit(":", 1)[1] not in [p.split(":")[0] for p in services["gateway"]["ports"]]
     mounted = {v.split(":")[1] for v in services["prometheus"]["volumes"]}
     assert {f"/etc/prometheus/{f}" for f in prometheus["rule_files"]} <= mounted
     datasources = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())

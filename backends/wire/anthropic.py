@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from errors import GatewayError, InvalidRequest, UpstreamError
+from errors import GatewayError, InvalidRequest, UpstreamError, from_upstream
 
 from .. import sse
 from ..shape import (
@@ -414,11 +414,13 @@ def usage_of(raw: Any) -> Usage:
 def error_from(data: dict[str, Any], status: int, headers: dict[str, str], backend_id: str) -> UpstreamError:
     error = data.get("error")
     if not isinstance(error, dict):
-        return UpstreamError(f"upstream {backend_id} returned HTTP {status}", status=status, headers=headers)
+        return from_upstream(UpstreamError(f"upstream {backend_id} returned HTTP {status}", status=status,
+                                           headers=headers), backend_id)
     kind = str(error.get("type") or "api_error")
     type_, code = ERROR_TYPES.get(kind, ("server_error" if status >= 500 else "invalid_request_error", None))
     message = str(error.get("message") or f"upstream {backend_id} returned {kind}")
-    return UpstreamError(message, status=status, error_type=type_, code=code, headers=headers)
+    return from_upstream(UpstreamError(message, status=status, error_type=type_, code=code, headers=headers),
+                         backend_id)
 
 
 def from_anthropic(data: dict[str, Any]) -> dict[str, Any]:

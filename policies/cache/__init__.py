@@ -29,7 +29,7 @@ from ..models import model_info
 from ..stores.layer import StoreLayer
 from . import replay
 from .config import CacheConfig, CacheOverride, Settings, combinations, resolve
-from .exact import AnswerStore, MemoryStore, RedisStore, entry_key
+from .exact import AnswerStore, Caps, MemoryStore, RedisStore, entry_key
 from .key import Identity, identify
 from .normalize import canonical
 from .slots import code_prompt
@@ -66,8 +66,9 @@ class ResponseCache:
         self.config = config or CacheConfig()
         self._tenants, self._aliases = dict(tenants), dict(aliases)
         self._settings: dict[tuple[str, str], Settings] = {}
-        self.answers: AnswerStore = (RedisStore(stores, self.config.max_entries) if stores is not None and stores.shared
-                                     else MemoryStore(self.config.max_entries))
+        caps = Caps(self.config.max_entries, self.config.max_bytes, self.config.max_entry_bytes)
+        self.answers: AnswerStore = (RedisStore(stores, caps) if stores is not None and stores.shared
+                                     else MemoryStore(caps))
         # what some tenant and alias may use decides what is built: no model is loaded for nobody
         pairs = combinations(self.config, self._tenants.values(), self._aliases.values())
         self.enabled = any(c.enabled for c in pairs)

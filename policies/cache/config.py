@@ -58,6 +58,10 @@ class CacheConfig(_Frozen):
     enabled: bool = False
     ttl_s: float = Field(default=3600.0, gt=0)
     max_entries: int = Field(default=10_000, ge=1)
+    # Entries alone do not bound memory (one embeddings answer of 512 inputs is ~10 MB): bytes do.
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="answers' bytes at most: in memory "
+                           "per process, in Redis per tenant")
+    max_entry_bytes: int = Field(default=4 * 1024 * 1024, ge=1, description="a larger answer is not cached")
     # deterministic: only temperature 0 requests; always: any temperature (the tenant accepts reused answers)
     reuse: Reuse = "deterministic"
     semantic: SemanticConfig = SemanticConfig()

@@ -98,13 +98,14 @@ def test_bedrock_credentials_and_region_from_config(start_gateway, upstream, fak
     assert seen.path == f"/model/{BEDROCK_MODEL}/converse" and fakes.aws.signatures_checked == 1
 
 
-def test_bedrock_wrong_secret_is_a_403_that_names_the_signature(start_gateway, upstream, fakes):
+def test_bedrock_wrong_secret_is_the_operators_502(start_gateway, upstream, fakes):
     gateway = _bedrock_gateway(start_gateway, upstream, fakes, f"""        aws_region: us-east-1
         aws_access_key_id: {bedrock_upstream.ACCESS_KEY}
         aws_secret_access_key: not-the-secret""")
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client, \
-            pytest.raises(openai.PermissionDeniedError, match="signature we calculated"):
+            pytest.raises(openai.InternalServerError, match="refused the gateway's credentials") as raised:
         client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.status_code == 502 and raised.value.body["code"] == "upstream_auth_failed"
 
 
 def test_bedrock_api_key_is_sent_as_bearer(start_gateway, upstream, fakes):

@@ -13,7 +13,7 @@ import pytest
 from backends import Endpoint, UpstreamResponse
 from errors import Unavailable
 from policies.cache import CacheConfig, ResponseCache
-from policies.cache.exact import AnswerStore, MemoryStore, RedisStore, entry_key
+from policies.cache.exact import AnswerStore, Caps, MemoryStore, RedisStore, entry_key
 from policies.call import Call
 from policies.config import StoresConfig
 from policies.record import RequestRecord
@@ -23,8 +23,9 @@ from tests.redis_server import RedisServer
 
 @pytest.fixture
 def store_factory(store_layer: StoreLayer) -> Any:
-    def make(max_entries: int = 100) -> AnswerStore:
-        return RedisStore(store_layer, max_entries) if store_layer.shared else MemoryStore(max_entries)
+    def make(max_entries: int = 100, max_bytes: int = 1 << 30, max_entry_bytes: int = 1 << 20) -> AnswerStore:
+        caps = Caps(max_entries, max_bytes, max_entry_bytes)
+        return RedisStore(store_layer, caps) if store_layer.shared else MemoryStore(caps)
     return make
 
 
@@ -44,6 +45,21 @@ async def test_size_cap_evicts(store_factory: Any) -> None:
         await store.set(entry_key("acme", "chat", str(i)), b"x", ttl_s=60 + i)
     kept = [i for i in range(5) if await store.get(entry_key("acme", "chat", str(i))) is not None]
     assert kept == [2, 3, 4]
+
+
+async def test_bytes_cap_evicts_and_oversized_answers_are_not_kept(store_factory: Any) -> None:
+    store = store_factory(max_bytes=3 * 1500, max_entry_bytes=2000)
+    for i in range(5):
+        await store.set(entry_key("acme", "chat", str(i)), b"x" * 1000, ttl_s=60 + i)
+    kept = [i for i in range(5) if await store.get(entry_key("acme", "chat", str(i))) is not None]
+    assert kept in ([1, 2, 3, 4], [2, 3, 4])  # 1000 bytes each plus the key's (and in memory the slot's)
+    await store.set(entry_key("acme", "chat", "big"), b"y" * 2001, ttl_s=60)
+    assert await store.get(entry_key("acme", "chat", "big")) is None
+    assert await store.get(entry_key("acme", "chat", "4")) == b"x" * 1000  # the oversized one evicted nothing
+    assert await store.purge("acme") == len(kept)
+    for i in range(3):  # the purge gave the bytes back
+        await store.set(entry_key("acme", "chat", f"again{i}"), b"z" * 1000, ttl_s=60)
+    assert all([await store.get(entry_key("acme", "chat", f"again{i}")) for i in range(3)])
 
 
 async def test_purge_by_tenant_and_alias_never_touches_lookalikes(store_factory: Any) -> None:
@@ -192,7 +208,7 @@ async def test_redis_going_away_and_back_fail_open(own_redis: RedisServer) -> No
             after = _call("After?")
             cache.store(after, _answer("in Redis again"))
             await cache.drain()
-            assert await layer.redis.dbsize() == 2                   # the entry and its tenant's index
+            assert await layer.redis.dbsize() == 3                   # the entry, its tenant's index and sizes
             assert await cache.purge("acme") == 2                    # Redis's one and memory's one
         finally:
             await cache.close()

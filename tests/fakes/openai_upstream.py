@@ -2,7 +2,8 @@
 
 Its behaviour is chosen by the request's model name, so a test picks a failure by naming it:
 ``error-429`` (any status), ``slow-stream``, ``hang``, ``reset``, ``cut-stream``, ``bad-json``,
-``wrong-content-type``, ``error-body-200``; ``long-answer`` bills 16,000 completion tokens per choice (fewer
+``wrong-content-type``, ``error-body-200``, ``echo-auth-401`` (any status: an error whose message quotes the
+request's own Authorization header, as some upstreams do); ``long-answer`` bills 16,000 completion tokens per choice (fewer
 when the request's ``max_completion_tokens``/``max_tokens`` says so, as a real model stops there);
 ``more-prompt`` counts 30 prompt tokens more than usual (a tokenizer the gateway's estimate undercounts);
 ``flaky``: a 500 for a request whose last message says ``FAIL``; anything else answers normally. Every request
@@ -272,6 +273,9 @@ async def _special(request: web.Request, model: str) -> web.StreamResponse | Non
         types = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error"}
         return _error(status, f"fake upstream error {status}", types.get(status, "server_error"),
                       code="rate_limit_exceeded" if status == 429 else None, headers=headers)
+    if model.startswith("echo-auth-") and model[10:].isdigit():
+        return _error(int(model[10:]), f"Invalid request; headers were Authorization: "
+                                        f"{request.headers.get('Authorization')} api-key={request.headers.get('api-key')}")
     if model == "hang":
         await asyncio.sleep(3600)
     if model == "reset":

@@ -92,7 +92,7 @@ def test_unknown_path_404_and_wrong_method_405_in_json(gateway):
     assert_error(httpx.get(gateway.url + "/v1/chat/completions"), 405, "method_not_allowed")
 
 
-@pytest.mark.parametrize("status", [400, 401, 429, 500, 503])
+@pytest.mark.parametrize("status", [400, 429, 500, 503])  # 401/403: tests/security/test_secrets.py
 def test_upstream_errors_keep_their_status_and_openai_shape(upstream, start_gateway, status):
     extra = f"""  - name: failing
     deployments:
