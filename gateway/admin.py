@@ -257,7 +257,8 @@ async def _update_tenant(request: web.Request) -> web.Response:
 
 
 async def _audit(request: web.Request) -> web.Response:
-    """``GET /admin/audit?limit=``: the control plane's change records, newest first."""
+    """``GET /admin/control-plane/changes?limit=``: the control plane's change records, newest first (the
+    hash-chained audit log of every admin request is ``GET /admin/audit``)."""
     require_admin(request)
     raw = request.query.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= 10000:
@@ -318,7 +319,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/admin/tenants", _tenants),
     ("POST", "/admin/tenants", _create_tenant),
     ("PATCH", "/admin/tenants/{name}", _update_tenant),
-    ("GET", "/admin/audit", _audit),
+    ("GET", "/admin/control-plane/changes", _audit),
 )
 
 

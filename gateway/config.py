@@ -45,6 +45,12 @@ from .security.roles import Role
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 
+
+def state_file(name: str) -> str:
+    """Where the gateway keeps a file of its own by default: ``$XDG_STATE_HOME/llm-gateway/NAME``
+    (``~/.local/state/llm-gateway/NAME`` when that is unset)."""
+    return os.path.join(os.environ.get("XDG_STATE_HOME") or "~/.local/state", "llm-gateway", name)
+
 class _Loader(yaml.SafeLoader):
     """YAML 1.2's booleans (true/false only): under 1.1 rules ``on:`` in ``fallbacks: [{alias: x, on: [any]}]``
     would become the key True, and ``no``/``off``/``yes`` values booleans."""
@@ -152,7 +158,7 @@ class RequestLogConfig(_Frozen):
     written by a background thread; never on the request's path."""
 
     enabled: bool = True
-    path: str = Field(default="~/.local/state/llm-gateway/requests.db",
+    path: str = Field(default=state_file("requests.db"),
                       description="SQLite file; ~ expands, missing folders are made")
     retention_days: float = Field(default=30, gt=0)
     max_buffer: int = Field(default=10000, ge=1, description="records waiting to be written; beyond: dropped, counted")

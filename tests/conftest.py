@@ -9,6 +9,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+# Files the gateway keeps by default (request log, audit log) go to this test session's own folder, never the
+# user's ~/.local/state; set before the gateway is imported, and inherited by the gateway processes tests start.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="gateway-tests-state-")
+
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

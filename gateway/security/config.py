@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -110,5 +111,5 @@ class AuditConfig(_Frozen):
     """``audit``: the hash-chained audit log (gateway/security/audit.py)."""
 
     enabled: bool = True
-    path: str = "~/.local/state/llm-gateway/audit.jsonl"
+    path: str = os.path.join(os.environ.get("XDG_STATE_HOME") or "~/.local/state", "llm-gateway", "audit.jsonl")
     retention_days: float = Field(default=365, gt=0)

@@ -107,7 +107,7 @@ def test_keys_expire_rotate_and_revoke(gateway, clock):
     assert chat(gateway, new) == 401
     assert admin(gateway, "DELETE", f"/admin/keys/{new_id}").status_code == 404
     # every change recorded: who, when, what (newest first)
-    records = admin(gateway, "GET", "/admin/audit").json()["data"]
+    records = admin(gateway, "GET", "/admin/control-plane/changes").json()["data"]
     assert [r["action"] for r in records] == ["key.revoke", "key.rotate", "key.expire", "key.create"]
     assert {r["who"] for r in records} == {ADMIN_ID}
     assert records[-1]["target"] == key_id and records[-1]["detail"]["tenant"] == "acme"
@@ -135,7 +135,7 @@ def test_yaml_objects_are_read_only_and_bad_input_gets_a_clear_error(gateway):
     assert {k["tenant"] for k in admin(gateway, "GET", "/admin/keys", KEY).json()["data"]} == {"acme"}
     assert admin(gateway, "GET", "/admin/keys", KEY, params={"tenant": "globex"}).status_code == 403
     assert admin(gateway, "POST", "/admin/keys", KEY, json={"tenant": "acme"}).status_code == 403
-    assert admin(gateway, "GET", "/admin/audit").json()["data"] == []   # nothing was changed
+    assert admin(gateway, "GET", "/admin/control-plane/changes").json()["data"] == []   # nothing was changed
 
 
 @pytest.fixture
@@ -168,5 +168,5 @@ def test_a_change_on_one_replica_takes_effect_on_the_other(two_replicas):
     key_id = hash_key(key)[7:19]
     assert admin(b, "DELETE", f"/admin/keys/{key_id}").status_code == 200
     poll(lambda: chat(a, key) == 401, "the key revoked on b is refused on a", timeout_s=5)
-    assert [r["action"] for r in admin(a, "GET", "/admin/audit").json()["data"]] == [
+    assert [r["action"] for r in admin(a, "GET", "/admin/control-plane/changes").json()["data"]] == [
         "key.revoke", "tenant.update", "key.create", "tenant.create"]

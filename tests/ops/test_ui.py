@@ -101,7 +101,7 @@ def test_an_admin_reads_the_seeded_numbers_and_manages_keys(seeded, browser, tmp
     page.click(f'#keys tr[data-id="{key_id}"] button.revoke')
     page.wait_for_selector(f'#keys tr[data-id="{key_id}"]', state="detached")
     assert chat(seeded, key) == 401
-    assert [r["action"] for r in admin(seeded, "GET", "/admin/audit").json()["data"]] == ["key.revoke", "key.create"]
+    assert [r["action"] for r in admin(seeded, "GET", "/admin/control-plane/changes").json()["data"]] == ["key.revoke", "key.create"]
 
 
 def test_a_tenant_key_sees_its_own_tenant_only(seeded, browser, tmp_path):
