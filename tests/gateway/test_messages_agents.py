@@ -11,9 +11,9 @@ import pytest
 
 from tests.conftest import KEY
 from tests.fakes.anthropic_upstream import SIGNATURE
-from tests.fakes.providers import fakes, provider_gateway
+from tests.fakes.providers import fakes, gateway_clock, provider_gateway
 
-__all__ = ["fakes", "provider_gateway"]
+__all__ = ["fakes", "gateway_clock", "provider_gateway"]  # fixtures used by name
 
 BETAS = ["context-management-2025-06-27", "mid-conversation-system-2026-04-07"]
 CLAUDE_CODE_FIELDS = {"context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},

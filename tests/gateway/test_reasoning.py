@@ -11,9 +11,9 @@ import pytest
 
 from tests.conftest import KEY
 from tests.fakes.gemini_upstream import THOUGHT_TOKENS
-from tests.fakes.providers import fakes, provider_gateway
+from tests.fakes.providers import fakes, gateway_clock, provider_gateway
 
-__all__ = ["fakes", "provider_gateway"]
+__all__ = ["fakes", "gateway_clock", "provider_gateway"]  # fixtures used by name
 
 THOUGHT = {"gemini": "Thinking (budget 8192).", "bedrock": "Thinking (budget 8192)."}
 
