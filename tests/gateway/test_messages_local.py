@@ -63,8 +63,9 @@ def test_a_streamed_local_answer_equals_the_whole_one(claude: anthropic.Anthropi
 def test_what_the_engine_cannot_do_is_an_anthropic_shaped_400(claude: anthropic.Anthropic) -> None:
     tool = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
     with pytest.raises(anthropic.BadRequestError) as caught:
-        claude.messages.create(model="smollm2", max_tokens=16, tools=[tool], messages=QUESTION)  # type: ignore[list-item]
+        claude.messages.create(model="smollm2", max_tokens=16, tools=[tool],  # type: ignore[list-item]
+                               tool_choice={"type": "tool", "name": "get_time"}, messages=QUESTION)
     assert caught.value.status_code == 400
     body = caught.value.body
     assert isinstance(body, dict) and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
-    assert "tools" in body["error"]["message"]
+    assert "get_time" in body["error"]["message"]  # a tool_choice naming no tool it was given
