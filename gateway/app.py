@@ -358,7 +358,8 @@ async def _openapi(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    payload, content_type = metrics.render()
+    # off the loop: many label series (tenants x aliases x deployments), or many workers' files, take ms to s
+    payload, content_type = await asyncio.to_thread(metrics.render)
     response = web.Response(body=payload)
     response.headers["Content-Type"] = content_type
     return response
