@@ -98,7 +98,7 @@ def test_tenant_keys_limited_to_endpoints_and_expiring(start_gateway, upstream, 
     embed_only, old = new_key(), new_key()
     scopes = f"""    key_scopes:
       {hash_key(embed_only)[7:19]}: {{endpoints: [embeddings]}}
-      {hash_key(old)[7:19]}: {{expires: "2020-01-01T00:00:00Z"}}
+      {hash_key(old)[7:19]}: {{expires: "2020-01-01T00:00:00Z"}}  # date-ok: an expiry long past
 """
     text = _config(upstream[0].url, tmp_path / "audit.jsonl", scopes).replace(
         f'keys: ["{hash_key(KEY)}"]', f'keys: ["{hash_key(KEY)}", "{hash_key(embed_only)}", "{hash_key(old)}"]')
