@@ -95,12 +95,14 @@ class Pipeline:
 
     async def start(self) -> None:
         if self.versions is not None:
-            await self.versions.load()
+            await self.versions.start()
         await self.resilience.start()
         await self.cache.start()
         await self.admission.start()
 
     async def close(self) -> None:
+        if self.versions is not None:
+            await self.versions.close()
         await self.admission.close()
         await self.cache.close()
         await self.resilience.close()

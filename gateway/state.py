@@ -87,7 +87,8 @@ class Gateway:
         configured = {m.name: m.variants for m in config.models}
         versions = VariantHistory(Variants(configured, {t.name: t.variants for t in config.tenants}), stores.kv,
                                   configured, {m.name: [d.id for d in m.deployments] for m in config.models},
-                                  clock.time)
+                                  clock, poll_s=config.control_plane.poll_interval_s)
+        resilience.observe = versions.canary.observe
         pipeline = Pipeline(admission, cache, resilience, context, versions)
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline, stores=stores)

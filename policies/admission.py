@@ -310,7 +310,7 @@ class Admission:
         planned = list(fixed)
         planned += [Bucket(b.key, b.capacity, b.rate, total, b.kind, b.scope, b.limit) for b in per_token]
         return Reservation(entry_id=call.record.request_id, tenant=call.tenant, key_id=call.key_id,
-                           alias=call.alias, day=day, ts=now, buckets=planned, slots=held, spends=spends,
+                           alias=call.alias, variant=call.variant, day=day, ts=now, buckets=planned, slots=held, spends=spends,
                            est_prompt=prompt, est_completion=completion,
                            est_cost=alias.max_price.nano(prompt, completion), lease_s=self.stores.settle_after_s)
 
@@ -391,7 +391,7 @@ class Admission:
         elif record.deployment is not None and (final < 400 or final == _CLIENT_CLOSED):
             # answered (or cut off) without usage: the upstream may bill it, so it is charged at the estimate
             prompt, completion, estimated, how = reservation.est_prompt, reservation.est_completion, True, "estimated"
-        price = self._prices.get(deployment) or self._aliases.get(call.alias, AliasPolicy()).max_price
+        price = call.price or self._prices.get(deployment) or self._aliases.get(call.alias, AliasPolicy()).max_price
         cost = price.nano(prompt, completion, cached, written)
         if estimated:
             cost = reservation.est_cost

@@ -20,3 +20,5 @@ STORE_ERRORS = Counter("gateway_store_errors_total", "Redis store failures, by o
                        ["operation", "mode"])
 STORE_DEGRADED = Gauge("gateway_store_degraded", "1 while Redis is unreachable and this process uses memory",
                        multiprocess_mode="max")
+CANARY_ROLLBACKS = Counter("gateway_variant_canary_rollbacks_total", "Candidate variants rolled back by the canary "
+                           "watch, by reason (error_rate, latency)", ["alias", "variant", "reason"])
