@@ -22,6 +22,7 @@ from policies.cache import ResponseCache
 from policies.call import Call
 from policies.context import ContextPolicies
 from policies.resilience import Resilience
+from policies.shadow import Shadows
 from policies.variant_history import VariantHistory
 
 _USAGE = b'"usage"'
@@ -30,8 +31,10 @@ _NATIVE = (Endpoint.RESPONSES, Endpoint.MESSAGES, Endpoint.COUNT_TOKENS)
 
 class Pipeline:
     def __init__(self, admission: Admission, cache: ResponseCache, resilience: Resilience,
-                 context: ContextPolicies | None = None, versions: VariantHistory | None = None) -> None:
+                 context: ContextPolicies | None = None, versions: VariantHistory | None = None,
+                 shadows: Shadows | None = None) -> None:
         self.admission = admission
+        self.shadows = shadows    # mirrors a share of a variant's requests to another (policies/shadow.py)
         self.context = context
         self.versions = versions  # the aliases' variants and their change history
         self.cache = cache
@@ -75,6 +78,8 @@ class Pipeline:
                 yield upstream
             if call.completed and call.collected is None and self.cache.wants(call):
                 self.cache.store(call, upstream)
+            if call.shadow is not None and call.completed and self.shadows is not None:
+                self.shadows.mirror(call, upstream.data)   # in the background, once the answer is whole
 
     async def usage(self, tenant: str, days: list[str], group_by: ledger.GroupBy) -> list[dict[str, Any]]:
         """The ledger's usage rows of ``tenant`` over ``days`` (the admin API)."""
@@ -101,6 +106,8 @@ class Pipeline:
         await self.admission.start()
 
     async def close(self) -> None:
+        if self.shadows is not None:
+            await self.shadows.close()
         if self.versions is not None:
             await self.versions.close()
         await self.admission.close()

@@ -14,6 +14,7 @@ from policies.context import ContextPolicies
 from policies.cost import PriceTable, dearest, deployment_price
 from policies.resilience import Resilience
 from policies.router import Route, Router
+from policies.shadow import Shadows
 from policies.stores.base import Store
 from policies.stores.layer import CONNECTION_FIELDS, StoreLayer
 from policies.tokens import encoding_of
@@ -89,7 +90,9 @@ class Gateway:
                                   configured, {m.name: [d.id for d in m.deployments] for m in config.models},
                                   clock, poll_s=config.control_plane.poll_interval_s)
         resilience.observe = versions.canary.observe
-        pipeline = Pipeline(admission, cache, resilience, context, versions)
+        shadows = Shadows(versions.variants, context, admission, resilience,
+                          embed=lambda: cache.embedder if cache.embedder is not None and cache.embedder.loaded else None)
+        pipeline = Pipeline(admission, cache, resilience, context, versions, shadows)
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline, stores=stores)
 

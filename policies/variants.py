@@ -33,6 +33,7 @@ from .cost import PriceTable, deployment_price
 
 HEADER = "x-gateway-variant"
 SESSION_HEADER = "x-gateway-session"
+SHADOW_KEY = "shadow"   # the key id of shadow requests (policies/shadow.py); their variant is ``shadow:NAME``
 
 
 class CanaryConfig(BaseModel):
@@ -163,13 +164,13 @@ class Variants:
             session = user if isinstance(user, str) and user else call.headers.get(SESSION_HEADER)
             name = self._selectors[call.alias].pick(session)
         variant = variants[name]
-        call.variant = name
+        shadowing = call.key_id == SHADOW_KEY
+        call.variant = call.record.variant = f"{SHADOW_KEY}:{name}" if shadowing else name
         call.deployments = frozenset(variant.deployments)
-        call.record.variant = name
         call.record.response_headers[HEADER] = name
         call.price = self._prices.get((call.alias, name))
         shadow = variant.shadow
-        if shadow is not None and not call.batch and self._draw() < shadow.share:
+        if shadow is not None and not shadowing and not call.batch and self._draw() < shadow.share:
             call.shadow = (shadow.variant, dict(call.body))   # the client's body, before this variant's changes
         for field, value in variant.params.items():
             call.body.setdefault(field, value)
