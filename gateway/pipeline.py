@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from backends import Endpoint, UpstreamResponse, spans, sse
-from policies import ledger
+from policies import chunking, ledger
 from policies.admission import Admission
 from policies.cache import ResponseCache
 from policies.call import Call
@@ -74,6 +74,8 @@ class Pipeline:
                     if upstream.data is not None and call.endpoint not in _NATIVE:
                         call.usage = upstream.data.get("usage")
                         call.record.take_usage(call.usage)
+                    if call.chunks is not None and upstream.data is not None:   # the chunk context policy
+                        upstream.data, upstream.body = chunking.combine(call.chunks, upstream.data), None
                     call.completed = True
                 yield upstream
             if call.completed and call.collected is None and self.cache.wants(call):
