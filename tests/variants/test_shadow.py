@@ -38,7 +38,7 @@ def candidate() -> Iterator[tuple[ServerThread, FakeState]]:
     server.stop()
 
 
-def _config(stable_url: str, candidate_url: str, share: float = 1.0) -> str:
+def _config(stable_url: str, candidate_url: str, share: float | None = 1.0) -> str:
     deps = [{"provider": "openai-compatible", "model": "model-a", "name": "a", "api_base": f"{stable_url}/v1",
              "api_key": UPSTREAM_KEY, "price": V1_PRICE},
             {"provider": "openai-compatible", "model": "model-b", "name": "b", "api_base": f"{candidate_url}/v1",
@@ -48,6 +48,8 @@ def _config(stable_url: str, candidate_url: str, share: float = 1.0) -> str:
     variants = {"v1": {"deployments": ["a"], "weight": 1, "shadow": {"variant": "v2", "share": share}},
                 "v2": {"deployments": ["b"], "weight": 0, "price": V2_PRICE, "system_prompt": "Be brief."},
                 "v3": {"deployments": ["broken"], "weight": 0}}
+    if share is None:
+        del variants["v1"]["shadow"]
     return f"""
 admin: {{keys: ["{hash_key(ADMIN_KEY)}"]}}
 models:
@@ -157,3 +159,27 @@ def test_word_similarity():
     assert word_similarity("a b", "c d") == 0.0
     assert word_similarity("a b c d", "a b x y") == pytest.approx(0.5)
     assert word_similarity("", "anything") == 0.0
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_variants_own_price_replaces_the_deployments_in_the_ledger(upstream, candidate, start_gateway, store,
+                                                                   request):
+    text = _config(upstream[0].url, candidate[0].url, share=None)
+    if store == "redis":
+        text = f"stores: {{redis_url: {request.getfixturevalue('redis_server').url}}}\n" + text
+    gateway = start_gateway(text, clock=ManualClock(START))
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
+        for variant in ("v1", "v2", "v2"):
+            raw = client.chat.completions.with_raw_response.create(
+                model="chat", messages=[{"role": "user", "content": "price me"}],
+                extra_headers={"x-gateway-variant": variant})
+            assert raw.headers["x-gateway-variant"] == variant
+    usage = poll(lambda: (u := _usage(gateway)).get("v2", {}).get("requests") == 2 and "v1" in u and u, "ledgered")
+    for variant, price in (("v1", V1_PRICE), ("v2", V2_PRICE)):   # both deployments have V1_PRICE
+        row = usage[variant]
+        assert row["prompt_tokens"] > 0 and row["errors"] == 0
+        assert row["cost_usd"] == pytest.approx((row["prompt_tokens"] * price["input"]
+                                                 + row["completion_tokens"] * price["output"]) / 1e6)
+    by_model = _admin(gateway, "/admin/usage?tenant=acme&group_by=model")["data"]
+    assert [(r["model"], r["requests"]) for r in by_model] == [("chat", 3)]   # the variant rows are not counted twice
+    assert by_model[0]["cost_usd"] == pytest.approx(usage["v1"]["cost_usd"] + usage["v2"]["cost_usd"])
