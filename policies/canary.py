@@ -9,6 +9,7 @@ with at least ``min_requests`` outcomes of each variant in the last ``window_s``
 
     error rate:  candidate's failures / outcomes  >  stable's + ``error_rate_margin``
     latency:     candidate's p95 (of successes)   >  stable's p95 x (1 + ``latency_margin``)
+                 and the two differ by more than ``latency_floor_s`` (jitter of fast answers is no regression)
 
 Each process judges its own outcomes; the rollback it makes goes through the variant history, so every
 process applies it (variant_history.py polls for changes).
@@ -62,7 +63,8 @@ def judge(config: CanaryConfig, candidate: list[tuple[float, bool, float]],
         "window_s": config.window_s}
     if c_errors > s_errors + config.error_rate_margin:
         return Verdict("error_rate", {**figures, "error_rate_margin": config.error_rate_margin})
-    if c_p95 is not None and s_p95 is not None and c_p95 > s_p95 * (1 + config.latency_margin):
+    if c_p95 is not None and s_p95 is not None and c_p95 > s_p95 * (1 + config.latency_margin) \
+            and c_p95 - s_p95 > config.latency_floor_s:
         return Verdict("latency", {**figures, "latency_margin": config.latency_margin})
     return None
 

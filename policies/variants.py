@@ -48,6 +48,8 @@ class CanaryConfig(BaseModel):
                                      "the stable's plus this (absolute: 0.05 = 5 points)")
     latency_margin: float = Field(default=0.5, ge=0, description="rolled back when its p95 latency is above the "
                                   "stable's times 1 + this")
+    latency_floor_s: float = Field(default=0.05, ge=0, description="and only when the two p95s differ by more "
+                                   "than this (jitter of fast answers is no regression)")
 
 
 class ShadowConfig(BaseModel):

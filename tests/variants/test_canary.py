@@ -74,6 +74,8 @@ def slow() -> Iterator[tuple[ServerThread, FakeState]]:
 
 
 def _config(stable_url: str, candidate_url: str, **canary: Any) -> str:
+    """``canary``: the candidate's canary settings (error-rate tests set a latency margin no loopback noise
+    reaches, so that only the error rate is judged)."""
     deps = [json.dumps({"provider": "openai-compatible", "model": f"model-{n}", "name": n, "api_base": f"{u}/v1",
                         "api_key": UPSTREAM_KEY}) for n, u in (("a", stable_url), ("b", candidate_url))]
     variants = {"v1": {"deployments": ["a"], "weight": 1},
@@ -127,7 +129,8 @@ def _metric(gateway: ServerThread, reason: str) -> float:
 
 
 def test_a_candidate_failing_30_percent_is_rolled_back(stable, failing, start_gateway):
-    gateway = start_gateway(_config(stable[0].url, failing[0].url), clock=ManualClock(1_800_000_000.0))
+    gateway = start_gateway(_config(stable[0].url, failing[0].url, latency_margin=100),
+                            clock=ManualClock(1_800_000_000.0))
     before = _metric(gateway, "error_rate")
     served = _traffic(gateway, range(400), until=lambda: _rolled_back(gateway))
     assert served.get("failed"), served             # the candidate's failures reached clients, as they do
@@ -147,7 +150,8 @@ def test_a_candidate_failing_30_percent_is_rolled_back(stable, failing, start_ga
 
 
 def test_a_candidate_failing_like_the_stable_stays(failing, failing_too, start_gateway):
-    gateway = start_gateway(_config(failing[0].url, failing_too[0].url), clock=ManualClock(1_800_000_000.0))
+    gateway = start_gateway(_config(failing[0].url, failing_too[0].url, latency_margin=100),
+                            clock=ManualClock(1_800_000_000.0))
     served = _traffic(gateway, range(160))
     assert served.get("failed"), served
     windows = _admin(gateway, "/admin/aliases/chat/variants/stats")["canary"]
@@ -176,3 +180,20 @@ def log_line_of(event: str) -> dict[str, Any]:
         return lines[-1] if lines else None
     return poll(find, f"no log line {event!r}")
 
+
+
+def test_judge_waits_for_enough_outcomes_and_ignores_jitter():
+    from policies.canary import judge
+    from policies.variants import CanaryConfig
+
+    config = CanaryConfig(stable="v1", min_requests=10)
+    ok = [(0.0, True, 0.010)] * 10
+    failing = [(0.0, True, 0.010)] * 7 + [(0.0, False, 0.010)] * 3
+    assert judge(config, failing[:9], ok) is None                     # 9 outcomes: too few to judge
+    verdict = judge(config, failing, ok)
+    assert verdict is not None and verdict.reason == "error_rate" and verdict.figures["candidate"]["error_rate"] == 0.3
+    jitter = [(0.0, True, 0.040)] * 10                                 # 4x slower, but 30 ms: jitter
+    assert judge(config, jitter, ok) is None
+    slow = [(0.0, True, 0.200)] * 10
+    verdict = judge(config, slow, ok)
+    assert verdict is not None and verdict.reason == "latency" and verdict.figures["candidate"]["p95_s"] == 0.2
