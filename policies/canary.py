@@ -81,6 +81,7 @@ class CanaryWatch:
         self._rollback = rollback
         self._windows: dict[tuple[str, str], deque[tuple[float, bool, float]]] = {}
         self._rolling: set[tuple[str, str]] = set()
+        self._since: dict[tuple[str, str], int] = {}   # (alias, candidate) -> outcomes since it was last judged
         self._tasks: set[asyncio.Task[None]] = set()
         self._log = structlog.get_logger("gateway.canary")
 
@@ -99,6 +100,15 @@ class CanaryWatch:
             if canary is None or config.weight <= 0 or variant not in (name, canary.stable) \
                     or (alias, name) in self._rolling:
                 continue
+            since = self._since[(alias, name)] = self._since.get((alias, name), 0) + 1
+            candidate = self._windows.get((alias, name)) or ()
+            stable = self._windows.get((alias, canary.stable)) or ()
+            # Judged again once 1/64 of the two windows is new: a p95 sorts the windows, which on every
+            # outcome would cost a millisecond at 4,096 outcomes; this way a few microseconds, and a verdict
+            # comes at most 1.6% of the window late.
+            if since < (len(candidate) + len(stable)) // 64:
+                continue
+            self._since[(alias, name)] = 0
             verdict = judge(canary, self._recent(alias, name, now, canary.window_s),
                             self._recent(alias, canary.stable, now, canary.window_s))
             if verdict is not None:
