@@ -90,8 +90,7 @@ class Gateway:
                                   configured, {m.name: [d.id for d in m.deployments] for m in config.models},
                                   clock, poll_s=config.control_plane.poll_interval_s)
         resilience.observe = versions.canary.observe
-        shadows = Shadows(versions.variants, context, admission, resilience,
-                          embed=lambda: cache.embedder if cache.embedder is not None and cache.embedder.loaded else None)
+        shadows = Shadows(versions.variants, context, admission, resilience, embed=lambda: cache.embedder)
         pipeline = Pipeline(admission, cache, resilience, context, versions, shadows)
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline, stores=stores)

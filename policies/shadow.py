@@ -11,8 +11,8 @@ counted against no rate limit and no budget. Recorded per alias and variant (in 
 started; ``/admin/aliases/{alias}/variants/stats`` and ``/metrics``): requests, errors, latency, tokens, cost
 and, for a non-streamed text answer, the similarity of the shadow's text to the served one.
 
-Similarity: the cosine of the two texts' sentence embeddings when the semantic cache's embedder is loaded
-(the cache extra installed and a semantic cache configured), else the cosine of their word-count vectors
+Similarity: the cosine of the two texts' sentence embeddings when the semantic cache has an embedder (the
+cache extra installed and a semantic cache configured; a shadow waits for its model to load), else the cosine of their word-count vectors
 (lower-cased words of letters and digits): a cheap measure of shared wording, not of meaning.
 """
 
@@ -101,7 +101,7 @@ class Shadows:
 
     def __init__(self, variants: Variants, context: ContextPolicies | None, admission: Admission,
                  resilience: Resilience, embed: Callable[[], Any] | None = None) -> None:
-        """``embed``: returns the semantic cache's embedder when it is loaded (else None)."""
+        """``embed``: returns the semantic cache's embedder when it has one (else None)."""
         self._variants = variants
         self._context = context
         self._admission = admission
@@ -181,8 +181,12 @@ class Shadows:
     async def _similarity(self, a: str, b: str) -> tuple[float, str]:
         embedder = self._embed() if self._embed is not None else None
         if embedder is not None:
-            vectors = await embedder.embed_many([a, b])
-            return float(max(min(float(vectors[0] @ vectors[1]), 1.0), -1.0)), "embedding"
+            try:
+                await embedder.ready()   # a shadow runs in the background: it may wait for the model to load
+                vectors = await embedder.embed_many([a, b])
+                return float(max(min(float(vectors[0] @ vectors[1]), 1.0), -1.0)), "embedding"
+            except Exception as exc:   # the model failed to load: the cheap measure, said so in the stats
+                self._log.warning("shadow similarity by words: the embedder failed", error=str(exc))
         return word_similarity(a, b), "words"
 
     def view(self, alias: str) -> dict[str, Any]:

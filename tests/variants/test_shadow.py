@@ -183,3 +183,16 @@ def test_a_variants_own_price_replaces_the_deployments_in_the_ledger(upstream, c
     by_model = _admin(gateway, "/admin/usage?tenant=acme&group_by=model")["data"]
     assert [(r["model"], r["requests"]) for r in by_model] == [("chat", 3)]   # the variant rows are not counted twice
     assert by_model[0]["cost_usd"] == pytest.approx(usage["v1"]["cost_usd"] + usage["v2"]["cost_usd"])
+
+
+def test_with_the_semantic_cache_similarity_is_by_its_embedder(upstream, candidate, start_gateway):
+    cache = json.dumps({"enabled": True, "semantic": {"enabled": True, "timeout_s": 10}})
+    gateway = start_gateway(f"cache: {cache}\n" + _config(upstream[0].url, candidate[0].url), clock=ManualClock(START))
+    questions = ["What is the capital of France?", "How do I bake sourdough bread?"]
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=60) as client:
+        for question in questions:
+            client.chat.completions.create(model="chat", messages=[{"role": "user", "content": question}])
+    stats = poll(lambda: (s := _shadow_stats(gateway).get("v2")) and s["similarity_count"] == 2 and s,
+                 "similarities recorded", timeout_s=120)    # the embedding model loads first
+    assert stats["similarity_method"] == "embedding"
+    assert stats["similarity_mean"] == pytest.approx(1.0, abs=1e-3)   # the fake echoes: the same text
