@@ -196,3 +196,26 @@ def test_with_the_semantic_cache_similarity_is_by_its_embedder(upstream, candida
                  "similarities recorded", timeout_s=120)    # the embedding model loads first
     assert stats["similarity_method"] == "embedding"
     assert stats["similarity_mean"] == pytest.approx(1.0, abs=1e-3)   # the fake echoes: the same text
+
+
+def test_per_variant_ttft_tokens_cost_and_cache_hits_in_metrics(upstream, candidate, start_gateway):
+    gateway = start_gateway('cache: {enabled: true}\n' + _config(upstream[0].url, candidate[0].url, share=None),
+                            clock=ManualClock(START))
+    names = ("gateway_variant_time_to_first_token_seconds_count", "gateway_variant_cost_usd_total",
+             "gateway_variant_cache_hits_total")
+    before = {name: _metric(gateway, name, alias="chat", variant="v2") for name in names}
+    prompt_before = _metric(gateway, "gateway_variant_tokens_total", alias="chat", variant="v2", kind="prompt")
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
+        for _ in range(2):   # the second is answered from the cache
+            stream = client.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "metrics please"}], stream=True,
+                stream_options={"include_usage": True}, extra_headers={"x-gateway-variant": "v2"}, temperature=0)
+            usage = [chunk.usage for chunk in stream if chunk.usage][-1]
+    # counted once the answer's last byte went out, just after the client read it
+    after = poll(lambda: (a := {name: _metric(gateway, name, alias="chat", variant="v2") for name in names})[
+        "gateway_variant_time_to_first_token_seconds_count"] == before[names[0]] + 2 and a, "both requests counted")
+    assert after["gateway_variant_cache_hits_total"] == before["gateway_variant_cache_hits_total"] + 1
+    assert after["gateway_variant_cost_usd_total"] - before["gateway_variant_cost_usd_total"] == pytest.approx(
+        (usage.prompt_tokens * V2_PRICE["input"] + usage.completion_tokens * V2_PRICE["output"]) / 1e6)
+    prompt = _metric(gateway, "gateway_variant_tokens_total", alias="chat", variant="v2", kind="prompt")
+    assert prompt - prompt_before >= usage.prompt_tokens
