@@ -6,7 +6,9 @@ chunk's tokens, scaled to unit length (what OpenAI's embeddings are; cosine simi
 An input that fits is sent as it is and its vector returned untouched. Chunks are cut with the deployment's
 tokenizer where the gateway has one (OpenAI's BPEs), else on characters at the documented estimate (4
 characters a token less ``safety_margin``); token-array inputs are cut as they are. Vectors come back in
-the format asked for (floats, or ``encoding_format: base64``, little-endian float32).
+the format asked for (floats, or ``encoding_format: base64``, little-endian float32). With the request field
+``chunk_vectors: "all"`` the answer has every chunk's vector instead: one item per chunk, ``index`` the
+input's and ``chunk`` its place in the input (0 for an input that fits).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 HEADER = "x-gateway-context-chunked"
+FIELD = "chunk_vectors"   # request field: "mean" (default) or "all"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,7 @@ class ChunkPlan:
 
     groups: tuple[tuple[int, ...], ...]
     weights: tuple[tuple[int, ...], ...]
+    every: bool = False   # ``chunk_vectors: all``: every chunk's vector, not their mean
 
 
 def spans(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
@@ -42,9 +46,10 @@ def spans(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
         start = end - overlap
 
 
-def split(inputs: list[Any], size: int, overlap: int, encoding: Any | None,
-          margin: float) -> tuple[list[Any], ChunkPlan] | None:
-    """The inputs to send and the plan to combine their vectors, or None when every input fits."""
+def split(inputs: list[Any], size: int, overlap: int, encoding: Any | None, margin: float,
+          every: bool = False) -> tuple[list[Any], ChunkPlan] | None:
+    """The inputs to send and the plan to combine their vectors, or None when every input fits (and not
+    ``every``: then each input is its one chunk)."""
     sent: list[Any] = []
     groups: list[tuple[int, ...]] = []
     weights: list[tuple[int, ...]] = []
@@ -55,7 +60,7 @@ def split(inputs: list[Any], size: int, overlap: int, encoding: Any | None,
         groups.append(tuple(range(len(sent), len(sent) + len(pieces))))
         weights.append(tuple(weight for _, weight in pieces))
         sent.extend(piece for piece, _ in pieces)
-    return (sent, ChunkPlan(tuple(groups), tuple(weights))) if split_any else None
+    return (sent, ChunkPlan(tuple(groups), tuple(weights), every)) if split_any or every else None
 
 
 def _pieces(item: Any, size: int, overlap: int, encoding: Any | None, margin: float) -> list[tuple[Any, int]]:
@@ -89,6 +94,9 @@ def combine(plan: ChunkPlan, data: dict[str, Any]) -> dict[str, Any]:
     items = sorted(data.get("data") or [], key=lambda item: item.get("index", 0))
     out = []
     for index, (group, weights) in enumerate(zip(plan.groups, plan.weights, strict=True)):
+        if plan.every:
+            out.extend({**items[member], "index": index, "chunk": k} for k, member in enumerate(group))
+            continue
         if len(group) == 1:
             out.append({**items[group[0]], "index": index})
             continue

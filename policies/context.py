@@ -33,7 +33,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends import Endpoint
-from errors import ContextWindowExceeded, Unavailable
+from errors import ContextWindowExceeded, InvalidRequest, Unavailable
 
 from . import chunking
 from .call import Call
@@ -171,17 +171,22 @@ class ContextPolicies:
 
     def _chunk(self, call: Call, config: ContextConfig) -> None:
         window, encoding = self._windows[call.alias]
+        vectors = call.body.pop(chunking.FIELD, "mean")   # the gateway's field: never sent upstream
+        if vectors not in ("mean", "all"):
+            raise InvalidRequest(f'`{chunking.FIELD}` must be "mean" or "all".', param=chunking.FIELD)
         raw = call.body.get("input")
         single = isinstance(raw, str) or (isinstance(raw, list) and bool(raw) and isinstance(raw[0], int))
         inputs = [raw] if single else raw
         if not isinstance(inputs, list):
             return   # the upstream says what is wrong with it
-        planned = chunking.split(inputs, window, config.chunk_overlap, encoding, config.safety_margin)
+        planned = chunking.split(inputs, window, config.chunk_overlap, encoding, config.safety_margin,
+                                 every=vectors == "all")
         if planned is None:
             return
         call.body["input"], call.chunks = planned
         split = [len(group) for group in call.chunks.groups if len(group) > 1]
-        call.record.response_headers[chunking.HEADER] = f"{len(split)} inputs into {sum(split)} chunks"
+        if split:
+            call.record.response_headers[chunking.HEADER] = f"{len(split)} inputs into {sum(split)} chunks"
 
     def _fit(self, call: Call, config: ContextConfig) -> None:
         window, encoding = self._windows[call.alias]

@@ -132,3 +132,21 @@ def test_chunk_spans_overlap_and_cover():
     assert chunking.spans(10, 4, 1) == [(0, 4), (3, 7), (6, 10)]
     assert chunking.spans(4, 4, 1) == [(0, 4)]
     assert chunking.spans(9, 4, 9) == [(0, 4), (2, 6), (4, 8), (6, 9)]   # overlap held to half a chunk
+
+
+def test_chunk_vectors_all_gives_every_chunks_vector(upstream, start_gateway):
+    server, state = upstream
+    gateway = start_gateway(_config(server.url, TOKENIZED))
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
+        answer = client.embeddings.create(model="embed", input=["short one", LONG], encoding_format="float",
+                                          extra_body={"chunk_vectors": "all"})
+        sent = _embedding_calls(state)[0]
+        assert "chunk_vectors" not in sent                      # the gateway's own field is not sent upstream
+        vectors = _fake_vectors(server.url, sent["input"])
+        items = [item.model_dump() for item in answer.data]
+        assert [(i["index"], i["chunk"]) for i in items] == [(0, 0)] + [(1, k) for k in range(len(sent["input"]) - 1)]
+        assert [i["embedding"] for i in items] == vectors       # each chunk's own vector, in order
+
+        with pytest.raises(openai.BadRequestError) as info:
+            client.embeddings.create(model="embed", input="x", extra_body={"chunk_vectors": "some"})
+        assert info.value.body["param"] == "chunk_vectors"
