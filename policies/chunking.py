@@ -92,7 +92,7 @@ def _encode(text: str, encoding: Any | None) -> list[int] | None:
 def combine(plan: ChunkPlan, data: dict[str, Any]) -> dict[str, Any]:
     """The upstream's answer for the chunks, turned into one vector per client input."""
     items = sorted(data.get("data") or [], key=lambda item: item.get("index", 0))
-    out = []
+    out: list[dict[str, Any]] = []
     for index, (group, weights) in enumerate(zip(plan.groups, plan.weights, strict=True)):
         if plan.every:
             out.extend({**items[member], "index": index, "chunk": k} for k, member in enumerate(group))
