@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -60,7 +61,7 @@ class Pipeline:
             hit = await self.cache.lookup(call)
             spans.end(looking)
             if hit is not None:
-                yield hit
+                yield _as_asked(call, hit)
                 return
             if call.stream and self.cache.wants(call):
                 call.collected = []
@@ -74,10 +75,8 @@ class Pipeline:
                     if upstream.data is not None and call.endpoint not in _NATIVE:
                         call.usage = upstream.data.get("usage")
                         call.record.take_usage(call.usage)
-                    if call.chunks is not None and upstream.data is not None:   # the chunk context policy
-                        upstream.data, upstream.body = chunking.combine(call.chunks, upstream.data), None
                     call.completed = True
-                yield upstream
+                yield _as_asked(call, upstream)   # the cache keeps what the upstream answered
             if call.completed and call.collected is None and self.cache.wants(call):
                 self.cache.store(call, upstream)
             if call.shadow is not None and call.completed and self.shadows is not None:
@@ -115,6 +114,15 @@ class Pipeline:
         await self.admission.close()
         await self.cache.close()
         await self.resilience.close()
+
+
+def _as_asked(call: Call, answer: UpstreamResponse) -> UpstreamResponse:
+    """The answer as the client asked for it: for embeddings split by the chunk context policy, one vector
+    per input (or every chunk's) from the chunks' vectors."""
+    if call.chunks is None or answer.chunks is not None:
+        return answer
+    data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
+    return replace(answer, data=chunking.combine(call.chunks, data), body=None)
 
 
 async def _tap(call: Call, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -150,3 +150,19 @@ def test_chunk_vectors_all_gives_every_chunks_vector(upstream, start_gateway):
         with pytest.raises(openai.BadRequestError) as info:
             client.embeddings.create(model="embed", input="x", extra_body={"chunk_vectors": "some"})
         assert info.value.body["param"] == "chunk_vectors"
+
+
+def test_the_cache_keeps_the_chunks_vectors_and_each_request_gets_what_it_asked(upstream, start_gateway):
+    server, state = upstream
+    gateway = start_gateway("cache: {enabled: true}\n" + _config(server.url, TOKENIZED))
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
+        mean = client.embeddings.with_raw_response.create(model="embed", input=LONG, encoding_format="float")
+        every = client.embeddings.with_raw_response.create(model="embed", input=LONG, encoding_format="float",
+                                                           extra_body={"chunk_vectors": "all"})
+        again = client.embeddings.with_raw_response.create(model="embed", input=LONG, encoding_format="float")
+    assert len(_embedding_calls(state)) == 1                    # the two later ones from the cache
+    assert [r.headers["x-cache"] for r in (mean, every, again)] == ["miss", "hit-exact", "hit-exact"]
+    chunks = _embedding_calls(state)[0]["input"]
+    assert [item.embedding for item in every.parse().data] == _fake_vectors(server.url, chunks)
+    assert len(mean.parse().data) == len(again.parse().data) == 1
+    assert again.parse().data[0].embedding == mean.parse().data[0].embedding
