@@ -85,8 +85,13 @@ def _metric(gateway: ServerThread, name: str, **labels: str) -> float:
     return 0.0
 
 
-def test_shadows_are_sent_after_the_answer_recorded_and_ledgered_apart(upstream, candidate, start_gateway):
-    gateway = start_gateway(_config(upstream[0].url, candidate[0].url), clock=ManualClock(START))
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_shadows_are_sent_after_the_answer_recorded_and_ledgered_apart(upstream, candidate, start_gateway, store,
+                                                                       request):
+    text = _config(upstream[0].url, candidate[0].url)
+    if store == "redis":
+        text = f"stores: {{redis_url: {request.getfixturevalue('redis_server').url}}}\n" + text
+    gateway = start_gateway(text, clock=ManualClock(START))
     before = _metric(gateway, "gateway_variant_shadow_requests_total", alias="chat", variant="v2", outcome="ok")
     candidate[1].hold_requests = threading.Event()      # the shadow variant's upstream answers only when told
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
