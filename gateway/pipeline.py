@@ -62,6 +62,9 @@ class Pipeline:
             spans.end(looking)
             if hit is not None:
                 yield _as_asked(call, hit)
+                if call.shadow is not None and self.shadows is not None:
+                    self.shadows.mirror(call, hit.data if hit.data is not None or hit.body is None
+                                        else orjson.loads(hit.body))
                 return
             if call.stream and self.cache.wants(call):
                 call.collected = []

@@ -1,5 +1,5 @@
-"""Shadow traffic: a share of the requests a variant serves (``variants.NAME.shadow: {variant, share}``) is
-sent again to another variant once the client's answer is complete; the shadow's answer is discarded, and
+"""Shadow traffic: a share of the requests a variant serves (``variants.NAME.shadow: {variant, share}``), from
+an upstream or the cache, is sent again to another variant once the client's answer is complete; the shadow's answer is discarded, and
 what it did is recorded so that a team can judge a variant before it serves anyone.
 
 A shadow request runs after the client's answer went out, in a task of its own: it adds nothing to the

@@ -224,3 +224,15 @@ def test_per_variant_ttft_tokens_cost_and_cache_hits_in_metrics(upstream, candid
         (usage.prompt_tokens * V2_PRICE["input"] + usage.completion_tokens * V2_PRICE["output"]) / 1e6)
     prompt = _metric(gateway, "gateway_variant_tokens_total", alias="chat", variant="v2", kind="prompt")
     assert prompt - prompt_before >= usage.prompt_tokens
+
+
+def test_a_request_answered_from_the_cache_is_shadowed_too(upstream, candidate, start_gateway):
+    gateway = start_gateway("cache: {enabled: true}\n" + _config(upstream[0].url, candidate[0].url),
+                            clock=ManualClock(START))
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
+        cached = [client.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "same question"}], temperature=0).headers["x-cache"]
+            for _ in range(2)]
+    assert cached == ["miss", "hit-exact"]
+    stats = poll(lambda: (s := _shadow_stats(gateway).get("v2")) and s["requests"] == 2 and s, "both shadowed")
+    assert stats["similarity_count"] == 2 and len(candidate[1].requests) == 2
