@@ -11,7 +11,9 @@ parameter defaults. Which variant serves a request, first match wins:
 
 The variant's ``system_prompt`` goes first, before the client's own messages; its ``params`` fill fields the
 client left unset. Only its deployments are routed to (by the alias's strategy); fallback aliases are not
-restricted. The answer carries ``x-gateway-variant``, and the log line ``variant``.
+restricted. The answer carries ``x-gateway-variant``, and the log line ``variant``. Its ``price`` replaces the
+deployment's in the ledger; its ``shadow`` draws the requests to mirror (shadow.py); a ``canary`` is watched
+against its stable variant (canary.py).
 """
 
 from __future__ import annotations
