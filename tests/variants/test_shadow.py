@@ -156,7 +156,7 @@ def test_a_share_of_the_requests_is_shadowed(upstream, candidate, start_gateway)
     poll(lambda: _usage(gateway).get("v1", {}).get("requests") == 200, "answers ledgered")
     shadowed = poll(lambda: _shadow_stats(gateway)["v2"]["requests"] == len(candidate[1].requests)
                     and len(candidate[1].requests), "shadows recorded")
-    assert 25 <= shadowed <= 75, shadowed      # 50 expected; ±25 is over 4 standard deviations
+    assert 20 <= shadowed <= 80, shadowed      # 50 expected; ±30 is about 5 standard deviations (6.1)
 
 
 def test_word_similarity():
