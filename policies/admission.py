@@ -325,7 +325,7 @@ class Admission:
         planned += [Bucket(b.key, b.capacity, b.rate, total, b.kind, b.scope, b.limit) for b in per_token]
         return Reservation(entry_id=call.record.request_id, tenant=call.tenant, key_id=call.key_id,
                            alias=call.alias, variant=call.variant, day=day, ts=now, buckets=planned, slots=held,
-                           spends=spends,                           est_prompt=prompt, est_completion=completion,
+                           spends=spends, est_prompt=prompt, est_completion=completion,
                            est_cost=alias.max_price.nano(prompt, completion), lease_s=self.stores.settle_after_s)
 
     def _static_plan(self, call: Call, rules: _Rules, day: str, month: str) -> _StaticPlan:

@@ -88,8 +88,8 @@ class CanaryWatch:
     def observe(self, alias: str, variant: str, ok: bool, latency_s: float) -> None:
         """One outcome of ``alias``'s ``variant`` (resilience calls this where it tells the breaker)."""
         configs = self._variants.configs(alias)
-        if not any(v.canary is not None for v in configs.values()):
-            return
+        if variant not in configs or not any(v.canary is not None for v in configs.values()):
+            return   # no canary here, or a shadow request (variant ``shadow:NAME``)
         now = self._clock.monotonic()
         window = self._windows.get((alias, variant))
         if window is None:

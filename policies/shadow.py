@@ -198,4 +198,8 @@ class Shadows:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self) -> None:
-        await self.settled()
+        # Best effort: a shadow still in flight when the pipeline closes (a reload, a shutdown) is dropped
+        # rather than holding the close up to its deadline.
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
