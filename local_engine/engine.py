@@ -50,7 +50,7 @@ class LLMEngine:
         )
         dtype = config.torch_dtype
         max_len = config.max_model_len or int(cfg_max)
-        self.model = load_model(self.model_path, max_len, config.device, dtype)
+        self.model = load_model(self.model_path, max_len, config.device, dtype, config.quantization)
         per_block = kv_bytes_per_token(self.model, dtype) * config.block_size
         num_blocks = config.num_kv_blocks or max(2, config.kv_cache_bytes // per_block)
         # A single sequence must always fit in the pool, or preemption could never make room.

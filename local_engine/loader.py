@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from local_engine.config import ModelConfig
 from local_engine.models.llama import LlamaForCausalLM, RotaryEmbedding
+from local_engine.quant import quantize_model
 
 
 def _safetensors_files(path: Path) -> list[Path]:
@@ -24,9 +25,14 @@ def _safetensors_files(path: Path) -> list[Path]:
 
 
 def load_model(
-    path: str | Path, max_len: int, device: str = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    max_len: int,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quantization: str | None = None,
 ) -> LlamaForCausalLM:
-    """Build the model for ``path`` and load its weights in ``dtype`` on ``device``."""
+    """Build the model for ``path`` and load its weights in ``dtype`` on ``device``, then quantize its
+    linear layers if ``quantization`` names a method (``quant.QUANTIZATIONS``)."""
     path = Path(path)
     cfg = ModelConfig.from_dir(path)
     # Built on the meta device so no time goes into random init of weights we overwrite.
@@ -49,6 +55,8 @@ def load_model(
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.rotary = RotaryEmbedding(cfg, max_len).to(device)
+    if quantization is not None:
+        quantize_model(model, quantization)
     return model.eval()
 
 

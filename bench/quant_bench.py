@@ -1,0 +1,109 @@
+"""Quantized weights on the local engine: decode tokens/s at concurrency 1, weight bytes, quality.
+
+    nice python bench/quant_bench.py              # SmolLM2-135M-Instruct, CPU: fp32, bf16, int8
+    nice python bench/quant_bench.py --quick      # 24 tokens out, one repeat
+
+Decode at concurrency 1 reads every weight once per token, so the bound printed next to each
+row is ``memory bandwidth / weight bytes``; the bandwidth is measured here by timing reads of a
+tensor much larger than the caches. Quality: perplexity on tests/local_engine/data/perplexity.txt
+and greedy agreement with fp32 (the share of prompts whose continuation is identical). Each
+configuration's tokens/s is the best of ``--repeat`` runs; on a shared machine compare the
+ratios within one run, not figures across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from local_engine import LLM, SamplingParams
+from local_engine.quant import perplexity, weight_bytes
+
+TEXT = Path(__file__).resolve().parent.parent / "tests" / "local_engine" / "data" / "perplexity.txt"
+PROMPTS = [  # --quick takes the first 3
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain what a hash table is in two sentences.",
+    "Give three tips for learning to cook.",
+    "Why is the sky blue?",
+    "Name the planets of the solar system.",
+]
+CONFIGS = [("fp32", "float32", None), ("bf16", "bfloat16", None), ("int8", "float32", "int8")]
+
+
+def bandwidth_gbs(mib: int = 1024, rounds: int = 5) -> float:
+    """Best-of-``rounds`` read bandwidth: summing a tensor far larger than the caches."""
+    t = torch.ones(mib * (1 << 20) // 4)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        t.sum()
+        best = min(best, time.perf_counter() - start)
+    return t.numel() * 4 / best / 1e9
+
+
+def decode_tps(llm: LLM, max_tokens: int, repeat: int) -> tuple[float, list[list[int]]]:
+    """Best tokens/s over ``repeat`` passes of the prompts one at a time (concurrency 1), and the tokens."""
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    best, outputs = 0.0, list[list[int]]()
+    for _ in range(repeat):
+        tokens, elapsed, outputs = 0, 0.0, []
+        for prompt in PROMPTS:
+            start = time.perf_counter()
+            out = llm.chat([[{"role": "user", "content": prompt}]], params)[0]
+            elapsed += time.perf_counter() - start
+            tokens += len(out.token_ids)
+            outputs.append(out.token_ids)
+        best = max(best, tokens / elapsed)
+    return best, outputs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.max_tokens, args.repeat = 24, 1
+        del PROMPTS[3:]
+    torch.set_num_threads(args.threads)
+    bw = bandwidth_gbs()
+    print(f"memory read bandwidth: {bw:.1f} GB/s ({args.threads} threads)\n", flush=True)
+    rows = []
+    ref_tokens: list[list[int]] = []
+    base_tps = 0.0
+    for name, dtype, quant in CONFIGS:
+        llm = LLM(args.model, dtype=dtype, quantization=quant, num_threads=args.threads, kv_cache_bytes=1 << 27)
+        model = llm.engine.model
+        nbytes = weight_bytes(model)
+        ppl = perplexity(model, llm.engine.tokenizer.encode(TEXT.read_text()))
+        tps, tokens = decode_tps(llm, args.max_tokens, args.repeat)
+        if not ref_tokens:
+            ref_tokens, base_tps = tokens, tps
+        agree = sum(a == b for a, b in zip(ref_tokens, tokens, strict=True)) / len(tokens)
+        rows.append((name, nbytes, ppl, tps, bw * 1e9 / nbytes, tps / base_tps, agree))
+        print(f"{name}: {tps:.1f} tok/s, {nbytes / 1e6:.0f} MB, perplexity {ppl:.2f}", flush=True)
+        del llm, model
+    print("| weights | bytes (MB) | perplexity | tok/s (c=1) | bound tok/s | vs fp32 | greedy = fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    ref_ppl = rows[0][2]
+    for name, nbytes, ppl, tps, bound, speedup, agree in rows:
+        print(
+            f"| {name} | {nbytes / 1e6:.0f} | {ppl:.2f} ({(ppl / ref_ppl - 1) * 100:+.1f}%) | {tps:.1f} | "
+            f"{bound:.1f} | {speedup:.2f}x | {agree:.0%} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
