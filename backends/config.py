@@ -48,10 +48,17 @@ class LocalSpeculativeSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    method: Literal["ngram"] = "ngram"
+    method: Literal["ngram", "draft"] = "ngram"
     num_tokens: int = Field(default=4, ge=1, le=16, description="draft tokens checked per step")
     min_acceptance: float = Field(default=0.3, ge=0, le=1,
                                   description="a sequence stops speculating below this acceptance rate")
+    draft_model: str | None = Field(default=None, description="method draft: the draft model (same tokenizer)")
+
+    @model_validator(mode="after")
+    def _draft(self) -> LocalSpeculativeSettings:
+        if (self.method == "draft") != (self.draft_model is not None):
+            raise ValueError("draft_model is required with method draft, and only with it")
+        return self
 
 
 class EngineWorkers(BaseModel):
@@ -90,6 +97,7 @@ class LocalEngineSettings(BaseModel):
     load_timeout_s: float = Field(default=10.0, ge=0,
                                   description="how long a request waits for the model to finish loading")
     speculative: LocalSpeculativeSettings | None = None
+    quantization: Literal["int8"] | None = Field(default=None, description="weight-only int8 linear layers")
     workers: EngineWorkers | None = Field(default=None, description="run the engine as managed worker processes")
 
     @field_validator("block_size")
@@ -106,7 +114,8 @@ class LocalEngineSettings(BaseModel):
                 "num_kv_blocks": self.num_kv_blocks, "max_model_len": self.max_model_len,
                 "enable_prefix_caching": self.enable_prefix_caching, "device": self.device,
                 "dtype": self.dtype, "num_threads": self.num_threads,
-                "speculative": self.speculative.model_dump() if self.speculative else None}
+                "speculative": self.speculative.model_dump(exclude_none=True) if self.speculative else None,
+                "quantization": self.quantization}
 
 
 class Price(BaseModel):

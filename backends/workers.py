@@ -223,6 +223,10 @@ class WorkerPool(Backend):
             args += ["--dtype", s.dtype]
         if not s.enable_prefix_caching:
             args.append("--no-prefix-caching")
+        if s.speculative is not None:
+            args += ["--speculative", s.speculative.model_dump_json(exclude_none=True)]
+        if s.quantization is not None:
+            args += ["--quantization", s.quantization]
         return args
 
     async def _watch_loop(self) -> None:

@@ -3,6 +3,7 @@
     python bench/spec_bench.py              # SmolLM2-135M-Instruct, CPU, concurrency 1 and 8
     python bench/spec_bench.py --quick      # fewer prompts, 48 tokens out
     python bench/spec_bench.py --device cuda --dtype bfloat16
+    python bench/spec_bench.py --draft-model PATH   # a draft model (same tokenizer) instead of n-gram
 
 Two prompt sets: "repeating" prompts ask the model to reproduce a text that is in the prompt
 (edit a code snippet, quote a paragraph), where drafts copied from the context get accepted;
@@ -78,13 +79,18 @@ def main() -> None:
     ap.add_argument("--num-tokens", type=int, default=5, help="draft length K")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--draft-model", default=None, help="propose with this model instead of n-gram lookup")
     args = ap.parse_args()
     max_tokens = 48 if args.quick else 128
-    spec = {"method": "ngram", "num_tokens": args.num_tokens}
+    method = "draft" if args.draft_model else "ngram"
+    spec: dict[str, Any] = {"method": method, "num_tokens": args.num_tokens}
+    if args.draft_model:
+        spec["draft_model"] = args.draft_model
     llm = LLM(args.model, device=args.device, dtype=args.dtype, speculative=spec)
     # Warm up (first-call allocations, thread pools) before timing anything.
     run(llm, REPEATING[:1], 1, 8, True)
-    print(f"model {args.model} on {args.device}, n-gram K={args.num_tokens}, greedy, {max_tokens} tokens out\n")
+    proposer = f"draft {args.draft_model}" if args.draft_model else "n-gram"
+    print(f"model {args.model} on {args.device}, {proposer} K={args.num_tokens}, greedy, {max_tokens} tokens out\n")
     print(f"{'prompts':<10} {'conc':>4} {'off tok/s':>10} {'on tok/s':>10} {'speedup':>8} {'accept':>7} {'tok/step':>8}")
     for name, prompts in (("repeating", REPEATING), ("novel", NOVEL)):
         for concurrency in (1, 8):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--device", default="cpu")
     serve.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     serve.add_argument("--no-prefix-caching", action="store_true")
+    serve.add_argument("--speculative", type=json.loads, default=None,
+                       help='speculative decoding, a JSON object: {"method": "ngram", "num_tokens": 4}')
+    serve.add_argument("--quantization", default=None, choices=["int8"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     opts = dict(
@@ -36,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         dtype=args.dtype,
         enable_prefix_caching=not args.no_prefix_caching,
+        speculative=args.speculative,
+        quantization=args.quantization,
     )
 
     async def factory() -> AsyncEngine:

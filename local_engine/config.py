@@ -83,7 +83,8 @@ class SpeculativeConfig:
     """Speculative decoding: a proposer guesses ``num_tokens`` next tokens, one target step checks them.
 
     ``ngram`` looks the sequence's last n-gram up in its own earlier tokens (prompt lookup, no
-    extra model). A sequence stops speculating once its acceptance rate, measured over at least
+    extra model); ``draft`` runs ``draft_model`` (a smaller model sharing the target's tokenizer:
+    an HF directory, a ``.gguf`` or ``smollm2``) for ``num_tokens`` guesses. A sequence stops speculating once its acceptance rate, measured over at least
     ``min_proposed`` proposed tokens, falls below ``min_acceptance``.
     """
 
@@ -93,10 +94,13 @@ class SpeculativeConfig:
     ngram_min: int = 2
     min_acceptance: float = 0.3
     min_proposed: int = 24
+    draft_model: str | None = None
 
     def __post_init__(self) -> None:
-        if self.method != "ngram":
-            raise ValueError(f"unsupported speculative method {self.method!r} (ngram)")
+        if self.method not in ("ngram", "draft"):
+            raise ValueError(f"unsupported speculative method {self.method!r} (ngram, draft)")
+        if (self.method == "draft") != (self.draft_model is not None):
+            raise ValueError("speculative draft_model is required with method draft, and only with it")
         if not 1 <= self.num_tokens <= 16:
             raise ValueError("speculative num_tokens must be in [1, 16]")
         if not 1 <= self.ngram_min <= self.ngram_max:

@@ -12,6 +12,7 @@ import torch
 from local_engine.block_manager import BlockManager
 from local_engine.config import EngineConfig
 from local_engine.detokenizer import IncrementalDetokenizer
+from local_engine.draft import DraftProposer
 from local_engine.loader import load_model
 from local_engine.metrics import EngineMetrics
 from local_engine.model_runner import ModelRunner, kv_bytes_per_token
@@ -58,6 +59,23 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
         self.runner = ModelRunner(self.model, config, num_blocks)
+        spec = config.speculative
+        self.drafter = (
+            DraftProposer(
+                resolve_model(spec.draft_model),
+                self.model.config.vocab_size,
+                self.max_model_len,
+                spec.num_tokens,
+                config.block_size,
+                # As many tokens as the target's cache holds, plus room for each sequence's guesses.
+                num_blocks + config.max_num_seqs,
+                config.device,
+                dtype,
+                config.quantization,
+            )
+            if spec is not None and spec.draft_model is not None
+            else None
+        )
         self.eos_token_ids = set(self.model.config.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
@@ -162,15 +180,22 @@ class LLMEngine:
     def _propose_drafts(self) -> None:
         spec = self.config.speculative
         assert spec is not None
+        wanted = []
         for seq in self.scheduler.running:
-            seq.draft = []
+            seq.draft, seq.draft_probs = [], None
             if seq.num_tokens - seq.num_computed_tokens != 1 or not can_speculate(seq):
                 continue
             # A draft never runs past the context or past max_tokens (the last token is the target's).
             room = self.max_model_len - seq.num_tokens
             if seq.params.max_tokens is not None:
                 room = min(room, seq.params.max_tokens - seq.num_output_tokens - 1)
-            seq.draft = propose(seq, spec, room)
+            if room > 0:
+                wanted.append((seq, min(room, spec.num_tokens)))
+        if self.drafter is not None:
+            self.drafter.propose(wanted)
+        else:
+            for seq, k in wanted:
+                seq.draft = propose(seq, spec, k)
 
     def _record_verification(self, seq: Sequence, proposed: int, accepted: int) -> None:
         spec = self.config.speculative

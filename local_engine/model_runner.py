@@ -83,7 +83,9 @@ class ModelRunner:
         row = 0
         for i, s in zip(index, rows, strict=True):
             if s.draft:
-                out[i] = verify(logits[row : row + len(s.draft) + 1], s.seq, s.draft)
+                q = s.seq.draft_probs
+                q = None if q is None else q[: len(s.draft)]  # the scheduler may have cut the draft
+                out[i] = verify(logits[row : row + len(s.draft) + 1], s.seq, s.draft, q)
             else:
                 plain.append(row)
                 plain_index.append(i)

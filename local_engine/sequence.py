@@ -55,6 +55,7 @@ class Sequence:
     last_token_time: float | None = None
     matcher: Any = None  # llguidance.LLMatcher of a constrained request (llguidance imported lazily)
     draft: list[int] = field(default_factory=list)  # speculated tokens for the next step
+    draft_probs: Any = None  # [len(draft), vocab] the draft model sampled them from; None: point guesses
     spec_index: Any = None  # the proposer's per-sequence state (speculative.NgramIndex)
     spec_proposed: int = 0
     spec_accepted: int = 0

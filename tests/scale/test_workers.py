@@ -162,3 +162,19 @@ def test_a_busy_worker_makes_the_pool_start_another(upstream, start_gateway, tin
     wait_for(lambda: metric(gateway.url, "gateway_engine_workers", deployment="busy-engine", state="ready") == 2,
              timeout=120)
     assert len(worker_processes()) == 2
+
+
+def test_workers_get_the_deployments_speculative_and_quantization_settings(upstream, start_gateway, tiny_model_path):
+    engine = ("engine: {kv_cache_gib: 0.01, load_timeout_s: 120, quantization: int8, "
+              "speculative: {method: ngram, num_tokens: 3, min_acceptance: 0.0}, workers: {min: 0, max: 1}}")
+    models = engine_models("spec", tiny_model_path).replace(
+        "engine: {kv_cache_gib: 0.01, load_timeout_s: 120, workers: {min: 0, max: 1, idle_s: 300}}", engine)
+    gateway = start_gateway(config_text(upstream[0].url, models), clock=ManualClock())
+    # A prompt that repeats itself: n-gram lookup finds drafts as soon as decoding starts.
+    answer = ask(gateway.url, "spec", "the quick brown fox " * 6, max_tokens=12)
+    assert answer.choices[0].message.content is not None
+    [(pid, port)] = worker_processes()
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[cmdline.index(b"--quantization") + 1] == b"int8"
+    stats = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).json()
+    assert stats["spec_draft_tokens_total"] > 0  # the worker's engine speculates as configured
