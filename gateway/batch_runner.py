@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,13 +20,16 @@ from typing import Any
 
 import orjson
 
-from backends import Endpoint
+from backends import Endpoint, UpstreamResponse
 from backends.wire import anthropic
+from backends.wire import responses as responses_wire
 from errors import GatewayError, QuotaExceeded, RateLimited
 from policies.admission import PRIORITY_HEADER
 from policies.call import Call
 from policies.record import RequestRecord
+from policies.stored_responses import StoredResponses
 
+from . import metrics, responses
 from .batches import TERMINAL, Batches
 from .blobs import lines
 from .config import BatchesConfig
@@ -35,8 +39,10 @@ from .state import Gateway
 from .validate import validate
 
 ENDPOINTS = {"/v1/chat/completions": Endpoint.CHAT, "/v1/completions": Endpoint.COMPLETIONS,
-             "/v1/embeddings": Endpoint.EMBEDDINGS, "/v1/messages": Endpoint.CHAT}
+             "/v1/embeddings": Endpoint.EMBEDDINGS, "/v1/messages": Endpoint.CHAT,
+             "/v1/responses": Endpoint.RESPONSES}
 MESSAGES = "/v1/messages"   # an Anthropic message batch's lines: translated to chat and back
+RESPONSES = "/v1/responses"  # made ready as a live /v1/responses request is (gateway/responses.py)
 _HEADERS = {PRIORITY_HEADER: "batch"}
 _OWNER = f"{os.getpid()}-{os.urandom(4).hex()}"
 _CLOSE_WAIT_S = 2.0
@@ -44,9 +50,9 @@ _CLOSE_WAIT_S = 2.0
 
 class BatchRunner:
     def __init__(self, gateway: Callable[[], Gateway], batches: Batches, files: Files,
-                 config: BatchesConfig) -> None:
+                 config: BatchesConfig, stored: StoredResponses) -> None:
         self._gateway = gateway     # read at each line: a reloaded config applies to the next line
-        self.batches, self.files, self.config = batches, files, config
+        self.batches, self.files, self.config, self.stored = batches, files, config, stored
         self.kv = batches.kv
         self._slots = asyncio.Semaphore(config.concurrency)
         self._working: dict[str, asyncio.Task[None]] = {}
@@ -190,12 +196,14 @@ class BatchRunner:
                 await self.kv.hash_set(f"batch:{batch_id}:done", {str(index): "1"})
                 return
             line = orjson.loads(raw)
-            status, body, request_id = await self._send(fields, line)
+            status, body, record = await self._send(fields, line)
             if status is None:   # rate limited beyond the queue's wait: left for a later pass
                 await self.kv.delete(lease)
                 return
+            _counted(record, status)
             out = {"id": new_id("batch_req_"), "custom_id": line["custom_id"],
-                   "response": {"status_code": status, "request_id": request_id, "body": body}, "error": None}
+                   "response": {"status_code": status, "request_id": record.request_id, "body": body},
+                   "error": None}
             await self.kv.set(f"batch:{batch_id}:out:{index}", orjson.dumps(out).decode(), 30 * 24 * 3600)
             ok = status < 400
             await self.kv.hash_set(f"batch:{batch_id}:done", {str(index): "1" if ok else "0"})
@@ -206,33 +214,36 @@ class BatchRunner:
         finally:
             self._slots.release()
 
-    async def _send(self, fields: dict[str, str], line: dict[str, Any]) -> tuple[int | None, Any, str]:
-        """The line's answer through the pipeline: (status, body, request id); status None to try later."""
+    async def _send(self, fields: dict[str, str], line: dict[str, Any]) -> tuple[int | None, Any, RequestRecord]:
+        """The line's answer through the pipeline, as a live request on its url: (status, body, record);
+        status None to try later."""
         gateway = self._gateway()
-        request_id = new_id("req_")
-        endpoint = ENDPOINTS[fields["endpoint"]]
+        url = fields["endpoint"]
         asked = dict(line["body"])
         asked.pop("stream", None)
-        body = anthropic.to_chat(asked) if fields["endpoint"] == MESSAGES else asked
-        record = RequestRecord(request_id=request_id, started=time.perf_counter(), endpoint="batch:" + line["url"],
-                               tenant=fields["tenant"], key_id=fields["key_id"], alias=body["model"])
-        call = Call(record=record, tenant=fields["tenant"], key_id=fields["key_id"], alias=body["model"],
-                    endpoint=endpoint, body=body, stream=False, headers=_HEADERS, batch=True)
+        record = RequestRecord(request_id=new_id("req_"), started=time.perf_counter(), endpoint="batch:" + url,
+                               tenant=fields["tenant"], key_id=fields["key_id"], alias=asked["model"])
         try:
-            if body["model"] not in gateway.router:
-                raise GatewayError(f"The model `{body['model']}` does not exist.", status=404,
+            if asked["model"] not in gateway.router:
+                raise GatewayError(f"The model `{asked['model']}` does not exist.", status=404,
                                    error_type="invalid_request_error", code="model_not_found")
+            if url == RESPONSES:
+                ready = await responses.turn(gateway, self.stored, record, fields["key_id"], asked, False, _HEADERS)
+                call, finish = ready.call, ready.answered
+            else:
+                body = anthropic.to_chat(asked) if url == MESSAGES else asked
+                call = Call(record=record, tenant=fields["tenant"], key_id=fields["key_id"], alias=asked["model"],
+                            endpoint=ENDPOINTS[url], body=body, stream=False, headers=_HEADERS)
+                finish = functools.partial(_whole, asked if url == MESSAGES else None)
+            call.batch = True
             async with gateway.pipeline.answer(call) as answer:
-                data = answer.data if answer.data is not None else orjson.loads(answer.body or b"null")
-                if fields["endpoint"] == MESSAGES and answer.status < 400:
-                    data = anthropic.to_message(data, asked["model"], asked.get("stop_sequences"))
-                return answer.status, data, request_id
+                return answer.status, await finish(answer), record
         except QuotaExceeded as exc:
-            return exc.status, exc.body(), request_id
+            return exc.status, exc.body(), record
         except RateLimited:
-            return None, None, request_id
+            return None, None, record
         except GatewayError as exc:
-            return exc.status, exc.body(), request_id
+            return exc.status, exc.body(), record
 
     async def _finalize(self, fields: dict[str, str], end: str) -> None:
         """Writes the output and error files in line order and moves the batch to ``end``."""
@@ -279,6 +290,26 @@ class BatchRunner:
         return str(record["id"])
 
 
+async def _whole(message: dict[str, Any] | None, answer: UpstreamResponse) -> Any:
+    """A whole answer's body; for a message batch's line (``message``: its request) as Anthropic's Message."""
+    data = answer.data if answer.data is not None else orjson.loads(answer.body or b"null")
+    if message is not None and answer.status < 400:
+        return anthropic.to_message(data, message["model"], message.get("stop_sequences"))
+    return data
+
+
+def _counted(record: RequestRecord, status: int) -> None:
+    """A line in the batch metrics, apart from live requests'."""
+    tenant, alias = record.tenant, record.alias
+    metrics.BATCH_LINES.labels(tenant, alias, str(status)).inc()
+    if record.prompt_tokens:
+        metrics.BATCH_TOKENS.labels(tenant, alias, "prompt").inc(record.prompt_tokens)
+    if record.completion_tokens:
+        metrics.BATCH_TOKENS.labels(tenant, alias, "completion").inc(record.completion_tokens)
+    if record.cost_usd:
+        metrics.BATCH_COST.labels(tenant, alias).inc(record.cost_usd)
+
+
 def _check_line(raw: bytes, endpoint: str, seen: set[str], gateway: Gateway, tenant: Any) -> dict[str, Any] | None:
     """A line's problem as OpenAI reports it (code, message, param), or None."""
     try:
@@ -307,6 +338,8 @@ def _check_line(raw: bytes, endpoint: str, seen: set[str], gateway: Gateway, ten
     try:
         if endpoint == MESSAGES:
             anthropic.check(body)
+        elif endpoint == RESPONSES:
+            responses_wire.check(body)
         else:
             validate(ENDPOINTS[endpoint], body)
     except GatewayError as exc:

@@ -21,11 +21,12 @@ from errors import InvalidRequest, NotFound
 from policies.clock import Clock
 from policies.stores.keyvalue import KeyValue
 
+from . import bridge
+from .auth import Caller
 from .config import BatchesConfig
 from .files import FILES, _tenant, new_id, page, respond
-from .keys import GATEWAY
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 WINDOW_S = 24 * 3600
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 _TTL_S = 30 * 24 * 3600
@@ -113,15 +114,21 @@ def render(fields: dict[str, str]) -> dict[str, Any]:
 BATCHES = web.AppKey("batches", Batches)
 
 
-async def create(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
-    caller = request.app[GATEWAY].auth.authenticate(request.headers)
+async def incoming(request: web.Request) -> tuple[Caller, dict[str, Any]]:
+    """A batch create's caller (its tenant and key on the record) and its body, a JSON object."""
+    caller = bridge.caller(request)
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest("We could not parse the JSON body of your request.") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    return caller, body
+
+
+async def create(request: web.Request) -> web.Response:
+    caller, body = await incoming(request)
+    tenant = caller.tenant.name
     file_id = body.get("input_file_id")
     if not isinstance(file_id, str):
         raise InvalidRequest("Missing required parameter: 'input_file_id'.", param="input_file_id")

@@ -10,22 +10,25 @@ caller's tenant; ``previous_response_id`` continues from it on any backend.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from backends import Endpoint, sse
+from backends import Endpoint, UpstreamResponse, sse
 from backends.shape import new_id
 from backends.wire import responses as wire
 from errors import GatewayError, InvalidRequest, NotFound
 from policies.call import Call
+from policies.record import RequestRecord
 from policies.stored_responses import Stored, StoredResponses
 from policies.stores.keyvalue import KeyValue
 
 from . import bridge
 from .keys import GATEWAY, RECORD
+from .state import Gateway
 
 STORE = web.AppKey("stored_responses", StoredResponses)
 _NATIVE = ("openai", "azure")
@@ -35,16 +38,45 @@ def _unknown(alias: str) -> str:
     return f"The model `{alias}` does not exist or you do not have access to it."
 
 
-async def create(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    record = request[RECORD]
-    asked = await bridge.incoming(request, wire.check, _unknown)
-    body, alias, stream, caller = asked.body, asked.alias, asked.stream, asked.caller
-    tenant = caller.tenant.name
-    store = request.app[STORE]
+@dataclass(slots=True)
+class Turn:
+    """One Responses request made ready for the pipeline (a live request's or a batch line's): its call,
+    and what keeping its answer needs."""
+
+    call: Call
+    body: dict[str, Any]
+    items: list[dict[str, Any]]
+    context: list[dict[str, Any]]
+    dropped: list[str]
+    store: StoredResponses
+
+    async def kept(self, response: dict[str, Any]) -> None:
+        if self.body.get("store") is not False and isinstance(response.get("id"), str):
+            await self.store.put(self.call.tenant, response["id"], Stored(response, self.items, self.context))
+
+    async def answered(self, answer: UpstreamResponse) -> dict[str, Any]:
+        """A whole answer as the Response object (kept when asked); call it inside the pipeline's answer,
+        so that a native answer's usage is read before it is settled."""
+        data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
+        if answer.status >= 400:
+            return data   # an upstream error, in OpenAI's error shape already
+        if self.call.endpoint is Endpoint.RESPONSES:
+            bridge.take_usage(self.call, wire.chat_usage(data.get("usage")))
+            response = data
+        else:
+            response = wire.to_response(data, new_id("resp_"), self.body, self.call.alias, int(time.time()))
+        await self.kept(response)
+        return response
+
+
+async def turn(gateway: Gateway, store: StoredResponses, record: RequestRecord, key_id: str, body: dict[str, Any],
+               stream: bool, headers: Mapping[str, str]) -> Turn:
+    """``body`` (checked, its alias the tenant's) as a call: as it is in front of OpenAI and Azure deployments,
+    in the chat shape in front of any other; ``previous_response_id`` continued from ``store``."""
+    alias, tenant = body["model"], record.tenant
     items = wire.input_items(body)
     context: list[dict[str, Any]] = []
-    native = bridge.native(request, alias, _NATIVE)
+    native = bridge.speaks(gateway.router, alias, _NATIVE)
     previous = body.get("previous_response_id")
     if previous is not None:
         earlier = await store.get(tenant, str(previous))
@@ -62,32 +94,29 @@ async def create(request: web.Request) -> web.StreamResponse:
         endpoint, payload = Endpoint.CHAT, wire.to_chat(body, [*context, *items], dropped)
     if gateway.loaded.config.server.log_prompts:
         record.prompt = body.get("input")
-    call = Call(record=record, tenant=tenant, key_id=caller.key_id, alias=alias, endpoint=endpoint,
-                body=payload, stream=stream, headers=request.headers)
-    keep = body.get("store") is not False
+    call = Call(record=record, tenant=tenant, key_id=key_id, alias=alias, endpoint=endpoint, body=payload,
+                stream=stream, headers=headers)
+    return Turn(call, body, items, context, dropped, store)
 
-    async def kept(response: dict[str, Any]) -> None:
-        if keep and isinstance(response.get("id"), str):
-            await store.put(tenant, response["id"], Stored(response, items, context))
 
+async def create(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    asked = await bridge.incoming(request, wire.check, _unknown)
+    body, alias, stream = asked.body, asked.alias, asked.stream
+    ready = await turn(gateway, request.app[STORE], request[RECORD], asked.caller.key_id, body, stream,
+                       request.headers)
+    call = ready.call
     async with gateway.pipeline.answer(call) as answer:
-        extra = bridge.headers(call, dropped)
-        if endpoint is Endpoint.RESPONSES:
-            if answer.chunks is None:
-                data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
-                bridge.take_usage(call, wire.chat_usage(data.get("usage")))
-                await kept(data)
-                return bridge.whole(call, answer.body or orjson.dumps(data), extra)
-            events = _native_events(call, answer.chunks, kept)
-            return await bridge.stream(request, call, events, extra, _failed)
-        id_ = new_id("resp_")
+        extra = bridge.headers(call, ready.dropped)
         if answer.chunks is None:
-            data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
-            response = wire.to_response(data, id_, body, alias, int(time.time()))
-            await kept(response)
-            return bridge.whole(call, orjson.dumps(response), extra)
-        writer = wire.ResponseEvents(id_, body, alias)
-        return await bridge.stream(request, call, _translated_events(writer, answer.chunks, kept), extra,
+            response = await ready.answered(answer)
+            passed = answer.body if call.endpoint is Endpoint.RESPONSES else None   # the upstream's own bytes
+            return bridge.whole(call, passed or orjson.dumps(response), extra)
+        if call.endpoint is Endpoint.RESPONSES:
+            return await bridge.stream(request, call, _native_events(call, answer.chunks, ready.kept), extra,
+                                       _failed)
+        writer = wire.ResponseEvents(new_id("resp_"), body, alias)
+        return await bridge.stream(request, call, _translated_events(writer, answer.chunks, ready.kept), extra,
                                    writer.failed)
 
 

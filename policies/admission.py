@@ -312,7 +312,8 @@ class Admission:
         return Reservation(entry_id=call.record.request_id, tenant=call.tenant, key_id=call.key_id,
                            alias=call.alias, day=day, ts=now, buckets=planned, slots=held, spends=spends,
                            est_prompt=prompt, est_completion=completion,
-                           est_cost=alias.max_price.nano(prompt, completion), lease_s=self.stores.settle_after_s)
+                           est_cost=alias.max_price.nano(prompt, completion), lease_s=self.stores.settle_after_s,
+                           batch=call.batch)
 
     def _static_plan(self, call: Call, rules: _Rules, day: str, month: str) -> _StaticPlan:
         """What a request of this tenant, key and alias draws on, but for its token count."""

@@ -58,6 +58,7 @@ class Reservation:
     est_completion: int
     est_cost: int        # nano-USD, priced at the alias's dearest deployment
     lease_s: float       # unsettled this long: the sweeper settles it at its estimate
+    batch: bool = False  # a batch line's: its aggregates are also counted apart (``batch:`` metrics)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Reservation:
@@ -104,18 +105,23 @@ class Settlement:
                 "completion_tokens": self.completion_tokens, "cached_tokens": self.cached_tokens,
                 "cache_write_tokens": self.cache_write_tokens, "reasoning_tokens": self.reasoning_tokens,
                 "cost_nusd": self.cost, "cache_hit": self.cache_hit, "latency_ms": self.latency_ms,
-                "status": self.status, "state": "estimated" if self.estimated else "settled"}
+                "status": self.status, "state": "estimated" if self.estimated else "settled",
+                "source": "batch" if r.batch else "live"}
 
     def aggregates(self) -> dict[str, int]:
-        """The per-day counters this record adds to, by ``metric|alias|key_id``."""
+        """The per-day counters this record adds to, by ``metric|alias|key_id``; a batch line's also again as
+        ``batch:metric|alias|key_id`` (usage grouped by source tells batch spend from live)."""
         r = self.reservation
         suffix = f"|{r.alias}|{r.key_id}"
-        return {"requests" + suffix: 1, "prompt_tokens" + suffix: self.prompt_tokens,
+        counters = {"requests" + suffix: 1, "prompt_tokens" + suffix: self.prompt_tokens,
                 "completion_tokens" + suffix: self.completion_tokens, "cached_tokens" + suffix: self.cached_tokens,
                 "cache_write_tokens" + suffix: self.cache_write_tokens,
                 "reasoning_tokens" + suffix: self.reasoning_tokens, "cost_nusd" + suffix: self.cost,
                 "cache_hits" + suffix: int(self.cache_hit), "errors" + suffix: int(self.status >= 400),
                 "estimated" + suffix: int(self.estimated)}
+        if r.batch:
+            counters.update({"batch:" + name: value for name, value in counters.items()})
+        return counters
 
 
 def settle_at_estimate(reservation: Reservation, status: int = 0) -> Settlement:
