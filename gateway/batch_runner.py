@@ -46,6 +46,7 @@ RESPONSES = "/v1/responses"  # made ready as a live /v1/responses request is (ga
 _HEADERS = {PRIORITY_HEADER: "batch"}
 _OWNER = f"{os.getpid()}-{os.urandom(4).hex()}"
 _CLOSE_WAIT_S = 2.0
+_READ_CHUNK = 512   # output lines read from the store per round trip while finalizing
 
 
 class BatchRunner:
@@ -252,10 +253,7 @@ class BatchRunner:
         counted = {"completed": 0, "failed": 0}
 
         async def written(ok: bool) -> AsyncIterator[bytes]:
-            index = -1
-            async for line in self._lines(fields):
-                index += 1
-                raw = await self.kv.get(f"batch:{batch_id}:out:{index}")
+            async for line, raw in self._answers(fields):
                 if raw is None:
                     if ok:
                         continue
@@ -281,6 +279,28 @@ class BatchRunner:
         await self.batches.update(batch_id, **ids)
         await self.batches.moved(batch_id, end)
         self._log.info("batch finished", batch_id=batch_id, status=end, **counted)
+
+    async def _answers(self, fields: dict[str, str]) -> AsyncIterator[tuple[bytes, str | None]]:
+        """Each input line with its output line (None: not run), read from the store a chunk at a time: one
+        round trip per ``_READ_CHUNK`` lines, not per line."""
+        batch_id = fields["id"]
+        chunk: list[bytes] = []
+        index = 0
+
+        async def flush() -> list[tuple[bytes, str | None]]:
+            keys = [f"batch:{batch_id}:out:{i}" for i in range(index - len(chunk), index)]
+            return list(zip(chunk, await self.kv.get_many(keys), strict=True))
+
+        async for line in self._lines(fields):
+            chunk.append(line)
+            index += 1
+            if len(chunk) == _READ_CHUNK:
+                for pair in await flush():
+                    yield pair
+                chunk = []
+        if chunk:
+            for pair in await flush():
+                yield pair
 
     async def _file(self, tenant: str, name: str, chunks: AsyncIterator[bytes]) -> str | None:
         record = await self.files.create(tenant, name, "batch_output", chunks)

@@ -76,6 +76,15 @@ class Batches:
         ids = await self.kv.items("batches" if tenant is None else f"batches:{tenant}")
         return list(dict.fromkeys(reversed(ids)))
 
+    async def listed(self, tenant: str | None, kind: str | None = None) -> list[dict[str, str]]:
+        """The batches of ``tenant`` (every tenant's: None) of ``kind`` (any: None), newest first."""
+        found = []
+        for batch_id in await self.ids(tenant):
+            fields = await self.fields(batch_id)
+            if fields and (kind is None or fields.get("kind", "openai") == kind):
+                found.append(fields)
+        return found
+
     async def cancel(self, tenant: str, batch_id: str) -> dict[str, str]:
         fields = await self.get(tenant, batch_id)
         if fields["status"] in TERMINAL:
@@ -163,13 +172,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def list_batches(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
-    batches = request.app[BATCHES]
-    found = []
-    for batch_id in await batches.ids(tenant):
-        fields = await batches.fields(batch_id)
-        if fields and fields.get("kind") == "openai":
-            found.append(render(fields))
+    found = [render(fields) for fields in await request.app[BATCHES].listed(_tenant(request), "openai")]
     return respond(request, page(found, request.query))
 
 
@@ -179,11 +182,8 @@ async def admin_list(request: web.Request) -> web.Response:
     from .admin import require_admin
 
     require_admin(request)
-    batches = request.app[BATCHES]
-    tenant, status = request.query.get("tenant"), request.query.get("status")
-    found = []
-    for batch_id in await batches.ids(tenant):
-        fields = await batches.fields(batch_id)
-        if fields and (status is None or status_of(fields) == status):
-            found.append({**render(fields), "tenant": fields["tenant"], "kind": fields.get("kind", "openai")})
+    status = request.query.get("status")
+    found = [{**render(fields), "tenant": fields["tenant"], "kind": fields.get("kind", "openai")}
+             for fields in await request.app[BATCHES].listed(request.query.get("tenant"))
+             if status is None or status_of(fields) == status]
     return respond(request, page(found, request.query, default_limit=1000))

@@ -107,13 +107,8 @@ async def _cancel(request: web.Request) -> web.Response:
 
 
 async def _list(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
-    batches = request.app[BATCHES]
-    found = []
-    for batch_id in await batches.ids(tenant):
-        fields = await batches.fields(batch_id)
-        if fields.get("kind") == "anthropic":
-            found.append(render(fields, _origin(request)))
+    found = [render(fields, _origin(request))
+             for fields in await request.app[BATCHES].listed(_tenant(request), "anthropic")]
     after = request.query.get("after_id")
     if after:
         ids = [b["id"] for b in found]
