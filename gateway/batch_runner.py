@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from backends import Endpoint, UpstreamResponse
+from backends import UpstreamResponse
 from backends.wire import anthropic
 from backends.wire import responses as responses_wire
 from errors import GatewayError, QuotaExceeded, RateLimited
@@ -30,18 +30,16 @@ from policies.record import RequestRecord
 from policies.stored_responses import StoredResponses
 
 from . import metrics, responses
-from .batches import TERMINAL, Batches
+from .batches import LINE_ENDPOINTS, MESSAGES, TERMINAL, Batches
 from .blobs import lines
 from .config import BatchesConfig
 from .files import Files, new_id
 from .logs import get_logger
 from .state import Gateway
+from .upstream_batches import Forwarder, forwarded_alias
 from .validate import validate
 
-ENDPOINTS = {"/v1/chat/completions": Endpoint.CHAT, "/v1/completions": Endpoint.COMPLETIONS,
-             "/v1/embeddings": Endpoint.EMBEDDINGS, "/v1/messages": Endpoint.CHAT,
-             "/v1/responses": Endpoint.RESPONSES}
-MESSAGES = "/v1/messages"   # an Anthropic message batch's lines: translated to chat and back
+ENDPOINTS = LINE_ENDPOINTS
 RESPONSES = "/v1/responses"  # made ready as a live /v1/responses request is (gateway/responses.py)
 _HEADERS = {PRIORITY_HEADER: "batch"}
 _OWNER = f"{os.getpid()}-{os.urandom(4).hex()}"
@@ -55,6 +53,7 @@ class BatchRunner:
         self._gateway = gateway     # read at each line: a reloaded config applies to the next line
         self.batches, self.files, self.config, self.stored = batches, files, config, stored
         self.kv = batches.kv
+        self.forwarder = Forwarder(gateway, batches, files, config.lease_s, config.upstream_poll_s, _counted)
         self._slots = asyncio.Semaphore(config.concurrency)
         self._working: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -109,6 +108,12 @@ class BatchRunner:
                 fields = await self.batches.fields(batch_id)
             if fields["status"] not in ("in_progress", "finalizing"):
                 return
+            if "upstream" in fields:   # forwarded to the provider's own batch API
+                end = await self.forwarder.advance(fields) if fields["status"] == "in_progress" else "completed"
+                if end is not None and await self.kv.set_if_absent(f"batch:{batch_id}:finalize", _OWNER,
+                                                                   self.config.lease_s):
+                    await self._finalize(await self.batches.fields(batch_id), end)
+                return
             stopping = self._stopping(fields)
             if stopping is None:
                 await self._run_lines(fields)
@@ -140,11 +145,12 @@ class BatchRunner:
         tenant = next((t for t in gateway.loaded.config.tenants if t.name == fields["tenant"]), None)
         errors: list[dict[str, Any]] = []
         seen: set[str] = set()
+        models: set[str] = set()
         total = 0
         try:
             async for raw in self._lines(fields):
                 total += 1
-                problem = _check_line(raw, fields["endpoint"], seen, gateway, tenant)
+                problem = _check_line(raw, fields["endpoint"], seen, models, gateway, tenant)
                 if problem is not None:
                     errors.append({**problem, "line": total})
                 if total > self.config.max_lines:
@@ -161,7 +167,8 @@ class BatchRunner:
             await self.batches.update(fields["id"], errors=orjson.dumps({"object": "list", "data": errors}).decode())
             await self.batches.moved(fields["id"], "failed")
             return
-        await self.batches.update(fields["id"], total=str(total))
+        forwarded = {"upstream": alias} if (alias := forwarded_alias(gateway, fields["endpoint"], models)) else {}
+        await self.batches.update(fields["id"], total=str(total), **forwarded)
         await self.batches.moved(fields["id"], "in_progress")
 
     async def _run_lines(self, fields: dict[str, str]) -> None:
@@ -330,8 +337,9 @@ def _counted(record: RequestRecord, status: int) -> None:
         metrics.BATCH_COST.labels(tenant, alias).inc(record.cost_usd)
 
 
-def _check_line(raw: bytes, endpoint: str, seen: set[str], gateway: Gateway, tenant: Any) -> dict[str, Any] | None:
-    """A line's problem as OpenAI reports it (code, message, param), or None."""
+def _check_line(raw: bytes, endpoint: str, seen: set[str], models: set[str], gateway: Gateway,
+                tenant: Any) -> dict[str, Any] | None:
+    """A line's problem as OpenAI reports it (code, message, param), or None; its model goes in ``models``."""
     try:
         line = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -365,6 +373,7 @@ def _check_line(raw: bytes, endpoint: str, seen: set[str], gateway: Gateway, ten
     except GatewayError as exc:
         return {"code": exc.code or "invalid_request", "message": exc.message, "param": exc.param}
     model = body["model"]
+    models.add(model)
     if model not in gateway.router or tenant is None or not tenant.allows(model):
         return {"code": "model_not_found", "param": "body.model",
                 "message": f"The model `{model}` does not exist or you do not have access to it."}

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from backends import Endpoint
 from errors import InvalidRequest, NotFound
 from policies.clock import Clock
 from policies.stores.keyvalue import KeyValue
@@ -27,6 +28,9 @@ from .config import BatchesConfig
 from .files import FILES, _tenant, new_id, page, respond
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+MESSAGES = "/v1/messages"   # an Anthropic message batch's lines: translated to chat and back
+LINE_ENDPOINTS = {"/v1/chat/completions": Endpoint.CHAT, "/v1/completions": Endpoint.COMPLETIONS,
+                  "/v1/embeddings": Endpoint.EMBEDDINGS, MESSAGES: Endpoint.CHAT, "/v1/responses": Endpoint.RESPONSES}
 WINDOW_S = 24 * 3600
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 _TTL_S = 30 * 24 * 3600

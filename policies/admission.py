@@ -218,6 +218,19 @@ class Admission:
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
+    async def charge(self, call: Call) -> None:
+        """Ledgers a request answered outside the pipeline (a line of a provider's own batch, its usage and
+        deployment on ``call.record``): charged to the budgets and the ledger as settled, refused by no limit
+        (the upstream did the work already)."""
+        rules = self._rules.get(call.tenant, self._fallback_rules)
+        reservation = await self._plan(call, rules)
+        reservation.buckets, reservation.slots = [], []
+        reservation.spends = [Spend(s.key, None, None, s.ttl_s, s.scope) for s in reservation.spends]
+        result = await self.store.admit(reservation)
+        if result.outcome == "dup":   # charged already (the same line's results read twice)
+            return
+        await self._settle(self.store, self._settlement(call, _Admitted(reservation, self.store), None))
+
     async def _admit(self, call: Call) -> _Admitted:
         rules = self._rules.get(call.tenant, self._fallback_rules)
         loop = asyncio.get_running_loop()

@@ -1,0 +1,157 @@
+"""``batch.mode: upstream``: a batch forwarded to the provider's own batch API (the fakes speak OpenAI's Files
+and Batch APIs and Anthropic's Message Batches API), looked at by the gateway's clock, its results rewritten
+into the gateway's output lines and ledgered at the batch price."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from policies.clock import ManualClock
+from tests.conftest import KEY, UPSTREAM_KEY, config_text
+
+from .conftest import DEADLINE_S, chat_line, jsonl, read_lines, upload, wait_for
+
+POLL_S = 60
+
+
+def _sections(files_dir: str) -> str:
+    return f"""files:
+  dir: {files_dir}
+batches:
+  poll_s: 0.05
+  upstream_poll_s: {POLL_S}
+"""
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def gateway(upstream, start_gateway, tmp_path, clock):
+    models = f"""  - name: forwarded
+    batch: {{mode: upstream}}
+    deployments:
+      - provider: openai
+        model: flaky
+        api_base: {upstream[0].url}/v1
+        api_key: {UPSTREAM_KEY}
+        price: {{input: 2.0, output: 8.0}}"""
+    return start_gateway(config_text(upstream[0].url, models, server=_sections(str(tmp_path / "files"))), clock=clock)
+
+
+@pytest.fixture
+def client(gateway):
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as c:
+        yield c
+
+
+def _retrieves(state) -> int:
+    return sum(1 for s in state.requests if s.path.startswith("/v1/batches/") and not s.path.endswith("/cancel"))
+
+
+def test_a_batch_goes_to_openais_batch_api_and_comes_back_as_the_gateways(client, gateway, upstream, clock):
+    state = upstream[1]
+    lines = [chat_line(f"r{i}", f"hello {i}", model="forwarded") for i in range(4)]
+    lines.insert(2, chat_line("bad", "FAIL now", model="forwarded"))
+    batch = client.batches.create(input_file_id=upload(client, jsonl(lines)), endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    _until(lambda: len(state.batches) == 1, "the batch was not forwarded")
+    [forwarded] = state.batches.values()
+    # the upstream got the lines with its own model name, under its own key
+    assert [line["custom_id"] for line in forwarded["lines"]] == ["r0", "r1", "bad", "r2", "r3"]
+    assert {line["body"]["model"] for line in forwarded["lines"]} == {"flaky"}
+    assert forwarded["endpoint"] == "/v1/chat/completions"
+    upload_seen = next(s for s in state.requests if s.path == "/v1/files")
+    assert upload_seen.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}" and upload_seen.body["purpose"] == "batch"
+    assert client.batches.retrieve(batch.id).status == "in_progress"
+
+    # looked at upstream only when the gateway's clock says so: one step of the fake's batch per look
+    for looks in range(1, 4):
+        clock.advance(POLL_S)
+        _until(lambda n=looks: _retrieves(state) == n, f"look {looks} did not happen")
+    done = wait_for(client, batch.id)
+    assert _retrieves(state) == 3   # the runner looked for work many times meanwhile; upstream only on the clock
+    assert done.status == "completed"
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (5, 4, 1)
+    output, errors = read_lines(client, done.output_file_id), read_lines(client, done.error_file_id)
+    assert [o["custom_id"] for o in output] == ["r0", "r1", "r2", "r3"]
+    upstream_ids = {orjson.loads(line)["id"] for f in state.files.values() if f["purpose"] == "batch_output"
+                    for line in f["data"].splitlines()}
+    for i, line in enumerate(output):
+        body = line["response"]["body"]
+        assert body["model"] == "forwarded"   # the alias, not the deployment's model
+        assert body["choices"][0]["message"]["content"].endswith(f"hello {i}")
+        assert line["id"].startswith("batch_req_") and line["id"] not in upstream_ids
+        assert line["response"]["request_id"].startswith("req_")
+    assert [(e["custom_id"], e["response"]["status_code"]) for e in errors] == [("bad", 500)]
+    # nothing ran through the gateway's own pipeline
+    assert not [s for s in state.requests if s.path == "/v1/chat/completions"]
+
+    # each line ledgered at the batch price, apart from live traffic
+    def batch_row() -> dict | None:
+        rows = httpx.get(gateway.url + "/admin/usage", params={"group_by": "source"},
+                         headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+        return next((r for r in rows if r["source"] == "batch" and r["requests"] == 5), None)
+
+    _until(lambda: batch_row() is not None, "the lines were not ledgered")
+    row = batch_row()
+    assert row is not None and row["errors"] == 1
+    usage = [o["response"]["body"]["usage"] for o in output]
+    assert row["prompt_tokens"] == sum(u["prompt_tokens"] for u in usage)
+    assert row["completion_tokens"] == sum(u["completion_tokens"] for u in usage)
+    full = (row["prompt_tokens"] * 2.0 + row["completion_tokens"] * 8.0) / 1e6
+    assert row["cost_usd"] == pytest.approx(full / 2)
+
+
+def test_a_cancel_is_passed_upstream(client, upstream, clock):
+    state = upstream[1]
+    batch = client.batches.create(input_file_id=upload(client, jsonl([chat_line(f"r{i}", "x", "forwarded")
+                                                                      for i in range(3)])),
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+    _until(lambda: len(state.batches) == 1, "the batch was not forwarded")
+    assert client.batches.cancel(batch.id).status == "cancelling"
+    clock.advance(POLL_S)
+    done = wait_for(client, batch.id)
+    assert done.status == "cancelled"
+    [forwarded] = state.batches.values()
+    assert forwarded["status"] == "cancelled"
+    assert [s.path for s in state.requests if s.path.endswith("/cancel")] == [f"/v1/batches/{forwarded['id']}/cancel"]
+    not_run = read_lines(client, done.error_file_id)
+    assert [(e["custom_id"], e["error"]["code"]) for e in not_run] == [(f"r{i}", "batch_cancelled") for i in range(3)]
+
+
+def test_a_batch_mixing_aliases_runs_in_the_gateway(client, upstream):
+    lines = [chat_line("a", "one", "forwarded"), chat_line("b", "two", "chat")]
+    done = wait_for(client, client.batches.create(input_file_id=upload(client, jsonl(lines)),
+                                                  endpoint="/v1/chat/completions", completion_window="24h").id)
+    assert done.status == "completed" and done.request_counts.completed == 2
+    assert upstream[1].batches == {}
+    assert len([s for s in upstream[1].requests if s.path == "/v1/chat/completions"]) == 2
+
+
+def test_upstream_mode_needs_a_provider_with_a_batch_api(upstream, start_gateway, tmp_path):
+    from gateway.config import ConfigError
+
+    models = f"""  - name: nowhere
+    batch: {{mode: upstream}}
+    deployments:
+      - provider: openai-compatible
+        model: m
+        api_base: {upstream[0].url}/v1"""
+    with pytest.raises(ConfigError, match="batch.mode upstream"):
+        start_gateway(config_text(upstream[0].url, models, server=_sections(str(tmp_path))))
