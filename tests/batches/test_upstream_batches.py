@@ -155,3 +155,97 @@ def test_upstream_mode_needs_a_provider_with_a_batch_api(upstream, start_gateway
         api_base: {upstream[0].url}/v1"""
     with pytest.raises(ConfigError, match="batch.mode upstream"):
         start_gateway(config_text(upstream[0].url, models, server=_sections(str(tmp_path))))
+
+
+@pytest.fixture
+def claude_upstream():
+    from tests.fakes import anthropic_upstream
+    from tests.fakes.openai_upstream import FakeState
+    from tests.harness import ServerThread
+
+    state = FakeState(api_key=UPSTREAM_KEY)
+    server = ServerThread(lambda: anthropic_upstream.build_app(state)).start()
+    yield server, state
+    server.stop()
+
+
+@pytest.fixture
+def claude(upstream, claude_upstream, start_gateway, tmp_path, clock):
+    import anthropic
+
+    models = f"""  - name: claude-forwarded
+    batch: {{mode: upstream}}
+    deployments:
+      - provider: anthropic
+        model: claude-fake
+        api_base: {claude_upstream[0].url}/v1
+        api_key: {UPSTREAM_KEY}
+        price: {{input: 3.0, output: 15.0}}"""
+    gw = start_gateway(config_text(upstream[0].url, models, server=_sections(str(tmp_path / "files"))), clock=clock)
+    with anthropic.Anthropic(base_url=gw.url, api_key=KEY, max_retries=0, timeout=20) as c:
+        yield c, gw
+
+
+def _request(custom_id: str, text: str) -> dict:
+    return {"custom_id": custom_id, "params": {"model": "claude-forwarded", "max_tokens": 32,
+                                               "messages": [{"role": "user", "content": text}]}}
+
+
+def _looks(state) -> int:
+    return sum(1 for s in state.requests if s.path.startswith("/v1/messages/batches/")
+               and not s.path.endswith(("/cancel", "/results")))
+
+
+def test_a_message_batch_goes_to_anthropics_batch_api(claude, claude_upstream, clock):
+    client, gw = claude
+    state = claude_upstream[1]
+    batch = client.messages.batches.create(requests=[_request(c, f"hello {c}") for c in ("a", "b", "c")])
+    _until(lambda: len(state.batches) == 1, "the batch was not forwarded")
+    [forwarded] = state.batches.values()
+    assert [(r["custom_id"], r["params"]["model"]) for r in forwarded["requests"]] == \
+        [("a", "claude-fake"), ("b", "claude-fake"), ("c", "claude-fake")]
+    create_seen = next(s for s in state.requests if s.path == "/v1/messages/batches")
+    assert create_seen.headers["x-api-key"] == UPSTREAM_KEY and create_seen.headers["anthropic-version"]
+    assert client.messages.batches.retrieve(batch.id).processing_status == "in_progress"
+    assert _looks(state) == 0   # not before the gateway's clock says so
+    clock.advance(POLL_S)
+    deadline = time.monotonic() + DEADLINE_S
+    while (done := client.messages.batches.retrieve(batch.id)).processing_status != "ended":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert _looks(state) == 1
+    assert (done.request_counts.succeeded, done.request_counts.errored) == (3, 0)
+    results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    assert sorted(results) == ["a", "b", "c"]
+    for custom_id, result in results.items():
+        assert result.type == "succeeded"
+        assert result.message.model == "claude-forwarded"
+        assert result.message.content[0].text.endswith(f"hello {custom_id}")
+    assert not [s for s in state.requests if s.path == "/v1/messages"]   # nothing ran in the gateway
+
+    def batch_row() -> dict | None:
+        rows = httpx.get(gw.url + "/admin/usage", params={"group_by": "source"},
+                         headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+        return next((r for r in rows if r["source"] == "batch" and r["requests"] == 3), None)
+
+    _until(lambda: batch_row() is not None, "the lines were not ledgered")
+    row = batch_row()
+    assert row is not None and row["completion_tokens"] > 0
+    full = (row["prompt_tokens"] * 3.0 + row["completion_tokens"] * 15.0) / 1e6
+    assert row["cost_usd"] == pytest.approx(full / 2)
+
+
+def test_a_message_batch_cancel_is_passed_upstream(claude, claude_upstream, clock):
+    client, _ = claude
+    state = claude_upstream[1]
+    batch = client.messages.batches.create(requests=[_request(c, "x") for c in ("a", "b")])
+    _until(lambda: len(state.batches) == 1, "the batch was not forwarded")
+    assert client.messages.batches.cancel(batch.id).processing_status == "canceling"
+    clock.advance(POLL_S)
+    deadline = time.monotonic() + DEADLINE_S
+    while (done := client.messages.batches.retrieve(batch.id)).processing_status != "ended":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert done.request_counts.canceled == 2
+    assert [s.path.endswith("/cancel") for s in state.requests].count(True) == 1
+    assert {r.result.type for r in client.messages.batches.results(batch.id)} == {"canceled"}
