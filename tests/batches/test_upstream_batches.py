@@ -36,6 +36,28 @@ def _until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.02)
 
 
+def _batch_row(url: str, requests: int) -> dict:
+    """The tenant's batch usage once ``requests`` lines are ledgered (off the answer's path)."""
+    found: list[dict] = []
+
+    def ledgered() -> bool:
+        rows = httpx.get(url + "/admin/usage", params={"group_by": "source"},
+                         headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+        found[:] = [r for r in rows if r["source"] == "batch" and r["requests"] == requests]
+        return bool(found)
+
+    _until(ledgered, "the lines were not ledgered")
+    return found[0]
+
+
+def _ended(client, batch_id: str):
+    deadline = time.monotonic() + DEADLINE_S
+    while (batch := client.messages.batches.retrieve(batch_id)).processing_status != "ended":
+        assert time.monotonic() < deadline, batch.request_counts
+        time.sleep(0.02)
+    return batch
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
@@ -103,14 +125,8 @@ def test_a_batch_goes_to_openais_batch_api_and_comes_back_as_the_gateways(client
     assert not [s for s in state.requests if s.path == "/v1/chat/completions"]
 
     # each line ledgered at the batch price, apart from live traffic
-    def batch_row() -> dict | None:
-        rows = httpx.get(gateway.url + "/admin/usage", params={"group_by": "source"},
-                         headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
-        return next((r for r in rows if r["source"] == "batch" and r["requests"] == 5), None)
-
-    _until(lambda: batch_row() is not None, "the lines were not ledgered")
-    row = batch_row()
-    assert row is not None and row["errors"] == 1
+    row = _batch_row(gateway.url, 5)
+    assert row["errors"] == 1
     usage = [o["response"]["body"]["usage"] for o in output]
     assert row["prompt_tokens"] == sum(u["prompt_tokens"] for u in usage)
     assert row["completion_tokens"] == sum(u["completion_tokens"] for u in usage)
@@ -153,7 +169,7 @@ def test_upstream_mode_needs_a_provider_with_a_batch_api(upstream, start_gateway
       - provider: openai-compatible
         model: m
         api_base: {upstream[0].url}/v1"""
-    with pytest.raises(ConfigError, match="batch.mode upstream"):
+    with pytest.raises(ConfigError, match=r"batch\.mode upstream"):
         start_gateway(config_text(upstream[0].url, models, server=_sections(str(tmp_path))))
 
 
@@ -209,10 +225,7 @@ def test_a_message_batch_goes_to_anthropics_batch_api(claude, claude_upstream, c
     assert client.messages.batches.retrieve(batch.id).processing_status == "in_progress"
     assert _looks(state) == 0   # not before the gateway's clock says so
     clock.advance(POLL_S)
-    deadline = time.monotonic() + DEADLINE_S
-    while (done := client.messages.batches.retrieve(batch.id)).processing_status != "ended":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    done = _ended(client, batch.id)
     assert _looks(state) == 1
     assert (done.request_counts.succeeded, done.request_counts.errored) == (3, 0)
     results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
@@ -223,14 +236,8 @@ def test_a_message_batch_goes_to_anthropics_batch_api(claude, claude_upstream, c
         assert result.message.content[0].text.endswith(f"hello {custom_id}")
     assert not [s for s in state.requests if s.path == "/v1/messages"]   # nothing ran in the gateway
 
-    def batch_row() -> dict | None:
-        rows = httpx.get(gw.url + "/admin/usage", params={"group_by": "source"},
-                         headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
-        return next((r for r in rows if r["source"] == "batch" and r["requests"] == 3), None)
-
-    _until(lambda: batch_row() is not None, "the lines were not ledgered")
-    row = batch_row()
-    assert row is not None and row["completion_tokens"] > 0
+    row = _batch_row(gw.url, 3)
+    assert row["completion_tokens"] > 0
     full = (row["prompt_tokens"] * 3.0 + row["completion_tokens"] * 15.0) / 1e6
     assert row["cost_usd"] == pytest.approx(full / 2)
 
@@ -242,10 +249,7 @@ def test_a_message_batch_cancel_is_passed_upstream(claude, claude_upstream, cloc
     _until(lambda: len(state.batches) == 1, "the batch was not forwarded")
     assert client.messages.batches.cancel(batch.id).processing_status == "canceling"
     clock.advance(POLL_S)
-    deadline = time.monotonic() + DEADLINE_S
-    while (done := client.messages.batches.retrieve(batch.id)).processing_status != "ended":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    done = _ended(client, batch.id)
     assert done.request_counts.canceled == 2
     assert [s.path.endswith("/cancel") for s in state.requests].count(True) == 1
     assert {r.result.type for r in client.messages.batches.results(batch.id)} == {"canceled"}
