@@ -42,6 +42,7 @@ from .validate import validate
 ENDPOINTS = LINE_ENDPOINTS
 RESPONSES = "/v1/responses"  # made ready as a live /v1/responses request is (gateway/responses.py)
 _HEADERS = {PRIORITY_HEADER: "batch"}
+ENGINE_PRIORITY = 1   # the local engine's (vLLM's) request priority for a batch line: live requests are 0
 _OWNER = f"{os.getpid()}-{os.urandom(4).hex()}"
 _CLOSE_WAIT_S = 2.0
 _READ_CHUNK = 512   # output lines read from the store per round trip while finalizing
@@ -244,6 +245,9 @@ class BatchRunner:
                             endpoint=ENDPOINTS[url], body=body, stream=False, headers=_HEADERS)
                 finish = functools.partial(_whole, asked if url == MESSAGES else None)
             call.batch = True
+            if all(route.deployment.provider == "local" for route in gateway.router.routes(call.alias)):
+                # the engine schedules it after live requests (and preempts it first when its KV cache is full)
+                call.body = {**call.body, "priority": ENGINE_PRIORITY}
             async with gateway.pipeline.answer(call) as answer:
                 return answer.status, await finish(answer), record
         except QuotaExceeded as exc:
