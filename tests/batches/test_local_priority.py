@@ -3,27 +3,17 @@ admits live requests first; lines for any other provider are sent as the client 
 
 from __future__ import annotations
 
-import openai
 import pytest
 
 from local_engine.openai_api import OpenAIError, sampling_params_from_request
-from tests.conftest import KEY, UPSTREAM_KEY, config_text
 
-from .conftest import batch_sections, chat_line, jsonl, upload, wait_for
+from .conftest import alias, chat_line, jsonl, upload, wait_for
 
 
 @pytest.fixture
-def client(upstream, start_gateway, tmp_path):
+def client(upstream, client_with):
     # the engine served over HTTP (python -m local_engine serve); here the fake stands in for it on the wire
-    local = f"""  - name: engine
-    deployments:
-      - provider: local
-        model: fake-model
-        api_base: {upstream[0].url}/v1
-        api_key: {UPSTREAM_KEY}"""
-    gateway = start_gateway(config_text(upstream[0].url, local, server=batch_sections(str(tmp_path / "files"))))
-    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as c:
-        yield c
+    return client_with(alias("engine", "local", "fake-model", f"{upstream[0].url}/v1"))
 
 
 def test_batch_lines_reach_the_engine_after_live_requests(client, upstream):

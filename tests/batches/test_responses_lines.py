@@ -7,9 +7,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import KEY, UPSTREAM_KEY, config_text
-
-from .conftest import batch_sections, jsonl, read_lines, upload, wait_for
+from .conftest import alias, jsonl, read_lines, upload, wait_for
 
 
 def _line(custom_id: str, model: str, text: str, **extra: object) -> dict:
@@ -18,16 +16,8 @@ def _line(custom_id: str, model: str, text: str, **extra: object) -> dict:
 
 
 @pytest.fixture
-def client(upstream, start_gateway, tmp_path):
-    native = f"""  - name: native
-    deployments:
-      - provider: openai
-        model: gpt-fake
-        api_base: {upstream[0].url}/v1
-        api_key: {UPSTREAM_KEY}"""
-    gateway = start_gateway(config_text(upstream[0].url, native, server=batch_sections(str(tmp_path / "files"))))
-    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as c:
-        yield c
+def client(upstream, client_with):
+    return client_with(alias("native", "openai", "gpt-fake", f"{upstream[0].url}/v1"))
 
 
 def test_responses_lines_answer_as_live_requests_do(client, upstream):
