@@ -26,6 +26,7 @@ from backends.batch_api import AnthropicBatchAPI, OpenAIBatchAPI
 from backends.config import DeploymentConfig
 from backends.wire import anthropic
 from backends.wire import responses as responses_wire
+from errors import GatewayError
 from policies.call import Call
 from policies.record import RequestRecord
 
@@ -33,6 +34,7 @@ from .batches import LINE_ENDPOINTS, MESSAGES, Batches
 from .blobs import lines
 from .config import ModelAlias
 from .files import Files, new_id
+from .logs import get_logger
 from .state import Gateway
 
 _OPENAI_ENDS = {"completed": "completed", "cancelled": "cancelled", "expired": "expired"}
@@ -62,6 +64,7 @@ class Forwarder:
                  poll_s: float, counted: Callable[[RequestRecord, int], None]) -> None:
         self._gateway, self.batches, self.files = gateway, batches, files
         self.kv, self.lease_s, self.poll_s, self._counted = batches.kv, lease_s, poll_s, counted
+        self._log = get_logger()
 
     async def advance(self, fields: dict[str, str]) -> str | None:
         """One step for a forwarded batch; the end it reached (``completed``, ``cancelled``, ``expired``) once
@@ -190,7 +193,11 @@ class Forwarder:
             call = Call(record=record, tenant=fields["tenant"], key_id=fields["key_id"], alias=alias.name,
                         endpoint=LINE_ENDPOINTS[fields["endpoint"]], body=bodies[result["custom_id"]], stream=False,
                         batch=True)
-            await gateway.pipeline.admission.charge(call)
+            try:
+                await gateway.pipeline.admission.charge(call)
+            except GatewayError as exc:   # the answer stands; one line's ledger entry must not hold up the rest
+                self._log.warning("an upstream batch line was not ledgered", batch_id=batch_id, line=index,
+                                  error=exc.message)
             self._counted(record, status)
 
 
