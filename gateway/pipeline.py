@@ -24,6 +24,8 @@ from policies.context import ContextPolicies
 from policies.resilience import Resilience
 from policies.variant_history import VariantHistory
 
+from .security import streams
+
 _USAGE = b'"usage"'
 _NATIVE = (Endpoint.RESPONSES, Endpoint.MESSAGES, Endpoint.COUNT_TOKENS)
 
@@ -63,6 +65,7 @@ class Pipeline:
                 call.collected = []
             async with self.resilience.send(call) as upstream:
                 if upstream.chunks is not None:
+                    upstream.chunks = streams.scrubbed(upstream.chunks)   # before the cache and the client
                     if call.endpoint not in _NATIVE:  # a native format's handler reads its own usage
                         upstream.chunks = _tap(call, upstream.chunks)
                     if call.collected is not None:
