@@ -26,6 +26,7 @@ from policies.stores.keyvalue import KeyValue
 
 from . import bridge
 from .keys import GATEWAY, RECORD
+from .security import screening
 
 STORE = web.AppKey("stored_responses", StoredResponses)
 _NATIVE = ("openai", "azure")
@@ -42,6 +43,9 @@ async def create(request: web.Request) -> web.StreamResponse:
     body, alias, stream, caller = asked.body, asked.alias, asked.stream, asked.caller
     tenant = caller.tenant.name
     store = request.app[STORE]
+    screen = await screening.inbound(gateway.pipeline, caller.tenant, caller.key_id, Endpoint.RESPONSES, body,
+                                     record)
+    body = screen.body   # masked where the tenant's PII policy masks: the upstream and the store see that
     items = wire.input_items(body)
     context: list[dict[str, Any]] = []
     native = bridge.native(request, alias, _NATIVE)
@@ -61,7 +65,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     else:
         endpoint, payload = Endpoint.CHAT, wire.to_chat(body, [*context, *items], dropped)
     if gateway.loaded.config.server.log_prompts:
-        record.prompt = body.get("input")
+        record.prompt = screen.logged.get("input")
     call = Call(record=record, tenant=tenant, key_id=caller.key_id, alias=alias, endpoint=endpoint,
                 body=payload, stream=stream, headers=request.headers)
     keep = body.get("store") is not False
@@ -71,6 +75,7 @@ async def create(request: web.Request) -> web.StreamResponse:
             await store.put(tenant, response["id"], Stored(response, items, context))
 
     async with gateway.pipeline.answer(call) as answer:
+        answer = await screen.outbound(answer)
         extra = bridge.headers(call, dropped)
         if endpoint is Endpoint.RESPONSES:
             if answer.chunks is None:

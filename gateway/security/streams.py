@@ -54,7 +54,7 @@ class StreamScrubber:
         if self._held:
             for start in _ended(obj):
                 before += b"".join(self._flush(block) for block in list(self._held) if block[:2] == start)
-        for block, container, field in _deltas(obj):
+        for block, container, field in deltas(obj):
             text = container[field]
             pending = self._text.sub(secrets.REDACTED, self._held.pop(block, ("",))[0] + text)
             keep = self._prefix_len(pending)
@@ -86,7 +86,7 @@ class StreamScrubber:
         return 0
 
 
-def _deltas(obj: dict[str, Any]) -> Iterator[tuple[tuple[Any, ...], dict[str, Any], str]]:
+def deltas(obj: dict[str, Any]) -> Iterator[tuple[tuple[Any, ...], dict[str, Any], str]]:
     """(block, container, field) of each text delta in one event of any of the three stream formats."""
     kind = obj.get("type")
     if kind == "content_block_delta":   # Anthropic: text, thinking, a tool's input JSON
