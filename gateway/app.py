@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -44,13 +44,14 @@ from . import (
     ui,
 )
 from .batch_runner import BatchRunner
-from .blobs import LocalBlobs
+from .blobs import Blobs, LocalBlobs
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
 from .proxy import handler as proxy_handler
-from .security import access, audit, erasure
+from .security import access, audit, crypto, erasure, retention
 from .security.network import PEER
+from .security.sealed_blobs import SealedBlobs
 from .state import Gateway
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -70,12 +71,17 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     app[GATEWAY] = Gateway.build(loaded, app[STORES], clock)
     app.on_response_prepare.append(_server_header)
     app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
-    app[responses.STORE] = responses.new_store(app[STORES].kv, loaded.config.server.responses_ttl_s)
+    sealer = crypto.sealer(loaded.config.encryption)   # changing encryption for stored data needs a restart
+    app[responses.STORE] = responses.new_store(app[STORES].kv, loaded.config.server.responses_ttl_s,
+                                               sealer if sealer.on else None)
     app.cleanup_ctx.append(_lifecycle)
     app[controlplane.CONTROL] = controlplane.ControlPlane(app[STORES].kv, loaded.config.control_plane, clock)
     app.cleanup_ctx.append(_control)
     config = loaded.config
-    app[files.FILES] = files.Files(app[STORES].kv, LocalBlobs(config.files.dir), config.files, clock)
+    blobs: Blobs = LocalBlobs(config.files.dir)
+    if config.encryption is not None:
+        blobs = SealedBlobs(blobs, crypto.keyring(config.encryption))
+    app[files.FILES] = files.Files(app[STORES].kv, blobs, config.files, clock, retention=_tenant_retention(app))
     app[batches.BATCHES] = batches.Batches(app[STORES].kv, config.batches, clock)
     if config.batches.enabled:   # changing it needs a restart
         app.cleanup_ctx.append(_batch_runner)
@@ -87,6 +93,8 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
         app[audit.AUDIT] = audit.AuditLog(loaded.config.audit.path, loaded.config.audit.retention_days)
     if loaded.config.request_log.enabled:  # changing it needs a restart
         app[requestlog.REQUEST_LOG] = requestlog.RequestLog(loaded.config.request_log)
+    app[retention.RETENTION] = retention.Retention(app, app[files.FILES], app.get(requestlog.REQUEST_LOG), clock)
+    app.cleanup_ctx.append(retention.background)
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", proxy_handler(Endpoint.CHAT))
         app.router.add_post(f"{prefix}/completions", proxy_handler(Endpoint.COMPLETIONS))
@@ -125,6 +133,13 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     admin.add_routes(app)
     ui.add_routes(app)
     return app
+
+
+def _tenant_retention(app: web.Application) -> Callable[[str], float | None]:
+    def of(name: str) -> float | None:   # the loaded config's, reloads included
+        found = next((t for t in app[GATEWAY].loaded.config.tenants if t.name == name), None)
+        return None if found is None else retention.retention_s(found)
+    return of
 
 
 async def _stores(app: web.Application) -> AsyncIterator[None]:

@@ -127,6 +127,8 @@ class TenantConfig(TenantPolicyFields):  # + limits, budget, priority: policies/
     client_certs: tuple[str, ...] = ()      # mTLS: "sha256:<fingerprint>" or "CN=<common name>"
     pii: PIIConfig | None = None
     guardrail: GuardrailConfig | None = None
+    retention_days: float | None = Field(default=None, gt=0, description="the tenant's stored responses, files "
+                                         "and request-log records kept no longer (when shorter than the global)")
     key_scopes: dict[str, KeyScope] = Field(default_factory=dict)  # key id -> endpoints, expiry
 
     def allows(self, alias: str) -> bool:

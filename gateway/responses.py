@@ -21,12 +21,13 @@ from backends.shape import new_id
 from backends.wire import responses as wire
 from errors import GatewayError, InvalidRequest, NotFound
 from policies.call import Call
-from policies.stored_responses import Stored, StoredResponses
+from policies.stored_responses import Sealer, Stored, StoredResponses
 from policies.stores.keyvalue import KeyValue
 
 from . import bridge
 from .keys import GATEWAY, RECORD
 from .security import screening
+from .security.retention import retention_s
 
 STORE = web.AppKey("stored_responses", StoredResponses)
 _NATIVE = ("openai", "azure")
@@ -72,7 +73,7 @@ async def create(request: web.Request) -> web.StreamResponse:
 
     async def kept(response: dict[str, Any]) -> None:
         if keep and isinstance(response.get("id"), str):
-            await store.put(tenant, response["id"], Stored(response, items, context))
+            await store.put(tenant, response["id"], Stored(response, items, context), retention_s(caller.tenant))
 
     async with gateway.pipeline.answer(call) as answer:
         answer = await screen.outbound(answer)
@@ -176,5 +177,5 @@ def _json(request: web.Request, data: Any) -> web.Response:
                         headers={"x-request-id": request[RECORD].request_id})
 
 
-def new_store(kv: KeyValue, ttl_s: float) -> StoredResponses:
-    return StoredResponses(kv, ttl_s)
+def new_store(kv: KeyValue, ttl_s: float, sealer: Sealer | None = None) -> StoredResponses:
+    return StoredResponses(kv, ttl_s, sealer)
