@@ -25,16 +25,36 @@ _MARK = "\x00held\x00"
 _MARK_JSON = orjson.dumps(_MARK)
 
 
+class _Tables:
+    """What scrubbing needs of a set of secrets, built once per set (not per stream)."""
+
+    def __init__(self, known: frozenset[str]) -> None:
+        self.known = known
+        ordered = sorted(known, key=len, reverse=True)
+        self.text = re.compile("|".join(re.escape(v) for v in ordered))
+        self.bytes = re.compile(b"|".join(re.escape(v.encode()) for v in ordered))
+        self.prefixes = frozenset(v[:k] for v in known for k in range(1, len(v)))
+        self.starts = frozenset(v[0] for v in known)
+        self.longest = len(ordered[0])
+
+
+_tables: _Tables | None = None
+
+
+def _tables_for(known: frozenset[str]) -> _Tables:
+    global _tables
+    if _tables is None or _tables.known is not known:
+        _tables = _Tables(known)
+    return _tables
+
+
 class StreamScrubber:
     """One stream's scrubbing state: what each text block holds back, and the event to send it in."""
 
     def __init__(self, known: frozenset[str]) -> None:
-        ordered = sorted(known, key=len, reverse=True)
-        self._text = re.compile("|".join(re.escape(v) for v in ordered))
-        self._bytes = re.compile(b"|".join(re.escape(v.encode()) for v in ordered))
-        self._prefixes = frozenset(v[:k] for v in known for k in range(1, len(v)))
-        self._starts = frozenset(v[0] for v in known)
-        self._longest = len(ordered[0])
+        tables = _tables_for(known)
+        self._text, self._bytes = tables.text, tables.bytes
+        self._prefixes, self._starts, self._longest = tables.prefixes, tables.starts, tables.longest
         self._held: dict[tuple[Any, ...], tuple[str, str, bytes]] = {}   # block -> (text, event name, template)
 
     def event(self, event: sse.Event) -> bytes:
@@ -86,36 +106,40 @@ class StreamScrubber:
         return 0
 
 
-def deltas(obj: dict[str, Any]) -> Iterator[tuple[tuple[Any, ...], dict[str, Any], str]]:
+def deltas(obj: dict[str, Any]) -> list[tuple[tuple[Any, ...], dict[str, Any], str]]:
     """(block, container, field) of each text delta in one event of any of the three stream formats."""
+    found: list[tuple[tuple[Any, ...], dict[str, Any], str]] = []
+    choices = obj.get("choices")
+    if choices:   # OpenAI chat and completions: first, the hot path
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index")
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                for field in _CHAT_FIELDS:
+                    if isinstance(delta.get(field), str):
+                        found.append((("c", index, field), delta, field))
+                for call in delta.get("tool_calls") or ():
+                    function = call.get("function") if isinstance(call, dict) else None
+                    if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                        found.append((("c", index, "tool", call.get("index")), function, "arguments"))
+            elif isinstance(choice.get("text"), str):
+                found.append((("c", index, "text"), choice, "text"))
+        return found
     kind = obj.get("type")
     if kind == "content_block_delta":   # Anthropic: text, thinking, a tool's input JSON
         delta = obj.get("delta")
         if isinstance(delta, dict):
             for field in ("text", "thinking", "partial_json"):
                 if isinstance(delta.get(field), str):
-                    yield ("a", obj.get("index"), field), delta, field
-        return
-    if isinstance(kind, str):
-        if kind.endswith(".delta") and isinstance(obj.get("delta"), str):   # the Responses API
-            yield ("r", obj.get("output_index"), obj.get("content_index"), kind), obj, "delta"
-        return
-    for choice in obj.get("choices") or ():   # OpenAI chat and completions
-        if not isinstance(choice, dict):
-            continue
-        index = choice.get("index")
-        if isinstance(choice.get("text"), str):
-            yield ("c", index, "text"), choice, "text"
-        delta = choice.get("delta")
-        if not isinstance(delta, dict):
-            continue
-        for field in ("content", "reasoning_content", "refusal"):
-            if isinstance(delta.get(field), str):
-                yield ("c", index, field), delta, field
-        for call in delta.get("tool_calls") or ():
-            function = call.get("function") if isinstance(call, dict) else None
-            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-                yield ("c", index, "tool", call.get("index")), function, "arguments"
+                    found.append((("a", obj.get("index"), field), delta, field))
+    elif isinstance(kind, str) and kind.endswith(".delta") and isinstance(obj.get("delta"), str):   # Responses
+        found.append((("r", obj.get("output_index"), obj.get("content_index"), kind), obj, "delta"))
+    return found
+
+
+_CHAT_FIELDS = ("content", "reasoning_content", "refusal")
 
 
 def _ended(obj: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
