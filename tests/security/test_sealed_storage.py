@@ -137,3 +137,22 @@ request_log: {{path: "{tmp_path / 'requests.db'}", flush_interval_s: 0.05}}
     assert all(row["tenant"] != "acme" or row["endpoint"] != "/v1/responses"
                for row in httpx.get(gateway.url + "/admin/requests", headers=admin).json()["data"])
     assert REQUEST_LOG in gateway.app
+
+
+def test_a_batch_runs_on_sealed_files_and_its_output_is_sealed_too(start_gateway, upstream, tmp_path):
+    from tests.batches.conftest import batch_sections, chat_line, jsonl, read_lines, upload, wait_for
+
+    text = config_text(upstream[0].url, server=batch_sections(str(tmp_path / "files"))) + \
+        f"encryption: {{keys: [{{id: k1, file: {_key(tmp_path, 'k')}}}]}}\n"
+    gateway = start_gateway(text)
+    with _client(gateway) as client:
+        file_id = upload(client, jsonl(chat_line(f"req-{i}", f"{PLAN} {i}") for i in range(3)))
+        batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+        done = wait_for(client, batch.id)
+        assert done.status == "completed" and done.output_file_id is not None, done.errors
+        output = read_lines(client, done.output_file_id)
+    assert [line["response"]["body"]["choices"][0]["message"]["content"] for line in output] == \
+        [f"Echo: {PLAN} {i}" for i in range(3)]
+    for name in (file_id, done.output_file_id):
+        on_disk = (tmp_path / "files" / name).read_bytes()
+        assert b"secret plan" not in on_disk and b"custom_id" not in on_disk
