@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from backends import sse
+from backends import UpstreamResponse, sse
 from errors import secrets
 
 _MARK = "\x00held\x00"
@@ -36,6 +36,7 @@ class _Tables:
         self.prefixes = frozenset(v[:k] for v in known for k in range(1, len(v)))
         self.starts = frozenset(v[0] for v in known)
         self.longest = len(ordered[0])
+        self.encoded = tuple(v.encode() for v in ordered)
 
 
 _tables: _Tables | None = None
@@ -182,3 +183,19 @@ async def scrubbed(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     tail = b"".join(scrubber.event(event) for event in decoder.close()) + scrubber.flush()
     if tail:
         yield tail
+
+
+def scrub_whole(answer: UpstreamResponse) -> None:
+    """A whole answer (raw and parsed) without the gateway's secrets: a search per secret first (C speed, a
+    few µs for a 10 KB answer); the answer is rewritten only when one is there."""
+    known = secrets.known()
+    if not known or answer.chunks is not None:
+        return
+    tables = _tables_for(known)
+    raw = answer.body if answer.body is not None else orjson.dumps(answer.data) if answer.data is not None else b""
+    if not any(secret in raw for secret in tables.encoded):
+        return
+    raw = tables.bytes.sub(secrets.REDACTED.encode(), raw)
+    answer.body = raw
+    if answer.data is not None:
+        answer.data = orjson.loads(raw)

@@ -46,6 +46,12 @@ def _sse(data: dict[str, Any], name: str | None = None) -> bytes:
 
 async def _chat(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
     secret = credential(request)
+    if not body.get("stream"):
+        return web.json_response({
+            "id": "chatcmpl-leak", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces(secret))},
+                         "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}})
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
 
@@ -67,6 +73,11 @@ async def _chat(request: web.Request, body: dict[str, Any]) -> web.StreamRespons
 
 async def _messages(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
     secret = credential(request)
+    if not body.get("stream"):
+        return web.json_response({
+            "id": "msg_leak", "type": "message", "role": "assistant", "model": body["model"],
+            "content": [{"type": "text", "text": "".join(pieces(secret))}], "stop_reason": "end_turn",
+            "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 5}})
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     usage = {"input_tokens": 5, "output_tokens": 1}
@@ -91,8 +102,6 @@ async def _messages(request: web.Request, body: dict[str, Any]) -> web.StreamRes
 
 async def _responses(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
     secret = credential(request)
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await response.prepare(request)
     seq = 0
 
     async def send(kind: str, split: bool = False, **data: Any) -> None:
@@ -109,6 +118,10 @@ async def _responses(request: web.Request, body: dict[str, Any]) -> web.StreamRe
              "usage": {"input_tokens": 5, "output_tokens": 5, "total_tokens": 10,
                        "input_tokens_details": {"cached_tokens": 0},
                        "output_tokens_details": {"reasoning_tokens": 0}}}
+    if not body.get("stream"):
+        return web.json_response(final)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
     start = {**final, "status": "in_progress", "output": [], "usage": None}
     await send("response.created", response=start)
     await send("response.output_item.added", output_index=0, item={**item, "status": "in_progress", "content": []})

@@ -96,3 +96,22 @@ def test_an_error_event_quoting_the_key_is_redacted_on_every_api(gateway):
                 list(stream)
             _clean(str(messages_error.value.body) + messages_error.value.message)
     _clean(LOG_PATH.read_text())
+
+
+def test_a_secret_in_a_whole_answer_is_redacted_on_every_api(gateway):
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
+        for provider in ("openai-compatible", "anthropic", "openai"):
+            chat = client.chat.completions.create(model=f"{provider}-leak", messages=[{"role": "user", "content": "hi"}])
+            assert chat.choices[0].message.content == f"{leaky_upstream.PREFIX}[redacted] and again {UPSTREAM_KEY[:2]}"
+        for provider in ("openai", "openai-compatible"):
+            response = client.responses.create(model=f"{provider}-leak", input="hi")
+            assert "[redacted]" in response.output_text
+            _clean(response.model_dump_json())
+            _clean(client.responses.retrieve(response.id).model_dump_json())
+    with anthropic.Anthropic(base_url=gateway.url, api_key=KEY, max_retries=0) as claude:
+        for provider in ("anthropic", "openai-compatible"):
+            message = claude.messages.create(model=f"{provider}-leak", max_tokens=50,
+                                             messages=[{"role": "user", "content": "hi"}])
+            assert "[redacted]" in message.content[0].text  # type: ignore[union-attr]
+            _clean(message.model_dump_json())
+    _clean(LOG_PATH.read_text())
