@@ -63,7 +63,7 @@ policies:
     gateway = start_gateway(text)
     assert gateway.app is not None
     exporter = InMemorySpanExporter()
-    gateway.app[TRACING].provider.add_span_processor(SimpleSpanProcessor(exporter))
+    gateway.app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
     return gateway, exporter
 
 
@@ -113,7 +113,7 @@ def test_a_request_is_one_trace_continuing_the_clients(traced, upstream, receive
     assert line["trace_id"] == CLIENT_TRACE
 
     # and the same spans reached a real OTLP/HTTP receiver (the batch processor flushed on demand)
-    gateway.app[TRACING].provider.force_flush()
+    gateway.app[TRACING].force_flush()
     received = poll(lambda: [(r, s) for r, s in receiver.spans() if s.trace_id.hex() == CLIENT_TRACE],
                     "spans at the OTLP receiver")
     names = {s.name for _, s in received}
@@ -198,3 +198,47 @@ print("RESULT", len([m for m in app.middlewares if "tracing" in getattr(m, "__mo
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1].split() == ["RESULT", "0", "[]"]
+
+
+@pytest.mark.parametrize("header", ["ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                                    f"00-{'0' * 32}-00f067aa0ba902b7-01", f"00-{CLIENT_TRACE}-{'0' * 16}-01",
+                                    f"00-{CLIENT_TRACE.upper()}-{CLIENT_PARENT}-01", "garbage"])
+def test_an_invalid_traceparent_starts_a_new_trace(traced, upstream, header):
+    gateway, exporter = traced
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "bad parent"}], extra_headers={"traceparent": header})
+    assert raw.parse().choices[0].message.content == "Echo: bad parent"
+    [root] = poll(lambda: [s for s in exporter.get_finished_spans()
+                           if s.attributes.get("gateway.request_id") == raw.headers["x-request-id"]], "the span")
+    assert root.parent is None and f"{root.context.trace_id:032x}" != CLIENT_TRACE
+    assert upstream[1].requests[-1].headers["traceparent"].split("-")[1] == f"{root.context.trace_id:032x}"
+
+
+def test_the_export_encoding_matches_the_sdk_encoders(traced, receiver):
+    """gateway/otlp.py's cached encoding decodes to the same spans as the OTLP exporter's generic encoder."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from gateway.otlp import SpanEncoder
+
+    gateway, exporter = traced
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
+        for text in ("one", "two"):
+            client.chat.completions.create(model="chat", messages=[{"role": "user", "content": text}])
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="flaky", messages=[{"role": "user", "content": "x"}])
+    finished = poll(lambda: (s := exporter.get_finished_spans()) and sum(x.name.startswith("chat ") for x in s) == 3
+                    and s, "three requests' spans")
+    ours, sdks = ExportTraceServiceRequest(), ExportTraceServiceRequest()
+    encoder = SpanEncoder()
+    encoder.encode(finished)  # the second pass reads the cached attribute entries
+    ours.ParseFromString(encoder.encode(finished))
+    sdks.ParseFromString(encode_spans(finished).SerializeToString())
+    assert len(ours.resource_spans) == 1 and ours.resource_spans[0].resource == sdks.resource_spans[0].resource
+    mine, theirs = ours.resource_spans[0].scope_spans[0], sdks.resource_spans[0].scope_spans[0]
+    assert mine.scope.name == theirs.scope.name == "llm-gateway"
+    assert len(mine.spans) == len(theirs.spans) == len(finished) >= 9
+    for a, b in zip(mine.spans, theirs.spans, strict=True):
+        assert a == b, (a, b)
+    assert any(s.status.code == s.status.STATUS_CODE_ERROR for s in mine.spans)
