@@ -124,6 +124,7 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/admin/requests", requestlog.handle)
     app.router.add_get("/admin/requests/{id}", requestlog.handle_one)
+    app.router.add_get("/admin/cache/savings", requestlog.handle_savings)
     app.router.add_get("/admin/batches", batches.admin_list)
     app.router.add_delete("/admin/tenants/{tenant}/data", erasure.handle)
     app.router.add_get("/admin/audit", audit.handle)

@@ -45,6 +45,8 @@ _INDEXES = ("CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
 _FILTERS = {"tenant": "tenant", "key_id": "key_id", "alias": "alias", "status": "status",
             "request_id": "request_id", "from": "ts >=", "to": "ts <"}
 _MAX_LIMIT = 1000
+_SAVINGS = ("SELECT tenant, COUNT(*), SUM(CASE WHEN cache LIKE 'hit%' THEN 1 ELSE 0 END), COALESCE(SUM(saved_usd), 0) "
+            "FROM requests{where} GROUP BY tenant ORDER BY tenant")
 _RETENTION_EVERY_S = 60.0
 
 Row = tuple[Any, ...]
@@ -131,6 +133,11 @@ class RequestLog:
 
     def erase(self, tenant: str) -> int:
         """Deletes the tenant's records; blocking: called off the event loop (gateway/security/erasure.py)."""
+        raise NotImplementedError
+
+    async def savings(self, tenant: str | None) -> list[dict[str, Any]]:
+        """Per tenant over the records kept (``retention_days``): requests, cache hits and the dollars the
+        hits saved (what their answers cost when made, at the deployment's price)."""
         raise NotImplementedError
 
 
@@ -225,6 +232,11 @@ class SqliteRequestLog(RequestLog):
         sql = f"SELECT {', '.join(COLUMNS + BODY_COLUMNS)} FROM requests WHERE request_id = ? ORDER BY ts DESC LIMIT 1"
         rows = await asyncio.to_thread(self._select, sql, (request_id,))
         return self._out(rows[0], True) if rows else None
+
+    async def savings(self, tenant: str | None) -> list[dict[str, Any]]:
+        sql = _SAVINGS.format(where=" WHERE tenant = ?" if tenant is not None else "")
+        rows = await asyncio.to_thread(self._select, sql, () if tenant is None else (tenant,))
+        return [_saved(row) for row in rows]
 
 
 class PostgresRequestLog(RequestLog):
@@ -322,6 +334,17 @@ class PostgresRequestLog(RequestLog):
                                     "WHERE request_id = $1 ORDER BY ts DESC LIMIT 1", request_id)
         return None if row is None else self._out(tuple(row), True)
 
+    async def savings(self, tenant: str | None) -> list[dict[str, Any]]:
+        sql = _SAVINGS.format(where=" WHERE tenant = $1" if tenant is not None else "")
+        async with self._pool.acquire() as db:
+            rows = await db.fetch(sql, *(() if tenant is None else (tenant,)))
+        return [_saved(tuple(row)) for row in rows]
+
+
+def _saved(row: Sequence[Any]) -> dict[str, Any]:
+    tenant, requests, hits, saved = row
+    return {"tenant": tenant, "requests": int(requests), "cache_hits": int(hits or 0), "saved_usd": float(saved)}
+
 
 def build(config: GatewayConfig, clock: Callable[[], float] = time.time) -> RequestLog | None:
     """The configured request log; None when ``request_log.enabled`` is false."""
@@ -380,6 +403,17 @@ async def handle_one(request: web.Request) -> web.Response:
     return _json(request, row)
 
 
+async def handle_savings(request: web.Request) -> web.Response:
+    """``GET /admin/cache/savings``: per tenant over the request log's records, the cache hits and the dollars
+    they saved; an admin key reads every tenant, a tenant key its own."""
+    who = principal(request)
+    log = request.app.get(REQUEST_LOG)
+    rows = [] if log is None else await log.savings(None if who.admin else who.tenant)
+    return _json(request, {"object": "list", "data": rows,
+                           "total_saved_usd": sum(r["saved_usd"] for r in rows),
+                           "retention_days": None if log is None else log.config.retention_days})
+
+
 def _json(request: web.Request, body: dict[str, Any]) -> web.Response:
     request[RECORD].status = 200
     return web.Response(body=orjson.dumps(body), content_type="application/json",
@@ -394,4 +428,4 @@ def _number(query: Any, name: str) -> float:
 
 
 __all__ = ["BODIES", "DROPPED", "REQUEST_LOG", "PostgresRequestLog", "RequestLog", "SqliteRequestLog", "build",
-           "handle", "handle_one"]
+           "handle", "handle_one", "handle_savings"]
