@@ -22,7 +22,6 @@ import asyncio
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -39,25 +38,34 @@ from policies.record import RequestRecord
 
 
 class EncodingExporter(SpanExporter):
-    """The gateway's OTLP exporter's work without the network: encode, serialize, drop."""
+    """The export's work without the network: the SDK exporter's encoding (before), or the bytes the
+    gateway's exporter thread encoded (after), counted and dropped."""
 
     def __init__(self) -> None:
         self.spans = 0
         self.bytes = 0
-        self.encode: Callable[[Any], bytes]
-        try:
-            from gateway.otlp import SpanEncoder
-
-            self.encode = SpanEncoder().encode
-        except ImportError:  # before gateway/otlp.py: the SDK's OTLP exporter's encoder
-            from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-
-            self.encode = lambda batch: encode_spans(batch).SerializeToString()
+        self.bodies: list[bytes] = []
 
     def export(self, batch: Any) -> SpanExportResult:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
         self.spans += len(batch)
-        self.bytes += len(self.encode(batch))
+        self.bytes += len(encode_spans(batch).SerializeToString())
         return SpanExportResult.SUCCESS
+
+    def sent(self, body: bytes) -> bool:
+        self.bodies.append(body)  # decoded after the measured window (count_sent)
+        return True
+
+    def count_sent(self) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        for body in self.bodies:
+            export = ExportTraceServiceRequest()
+            export.ParseFromString(body)
+            self.bytes += len(body)
+            self.spans += sum(len(s.spans) for r in export.resource_spans for s in r.scope_spans)
+        self.bodies.clear()
 
     def shutdown(self) -> None:
         pass
@@ -65,27 +73,25 @@ class EncodingExporter(SpanExporter):
 
 def make_tracing(ratio: float, exporter: EncodingExporter) -> Any:
     make: Any = tracing.Tracing  # either version's signature
-    config = TracingConfig(enabled=True, sample_ratio=ratio, max_queue=1 << 20)
-    # a processor that never exports on its own: the loop's figure excludes the export thread's
-    processor = BatchSpanProcessor(exporter, max_queue_size=1 << 20, schedule_delay_millis=3_600_000,
-                                   max_export_batch_size=4096)
-    try:
-        traced = make(config, ("/v1/",), processor=processor)
-    except TypeError:  # before the cheap-span change: an SDK TracerProvider
+    config = TracingConfig(enabled=True, sample_ratio=ratio, max_queue=1 << 22, export_interval_s=3600)
+    try:  # the gateway's own exporter thread, encoding as it does, posting nowhere
+        return make(config, ("/v1/",), send=exporter.sent)
+    except TypeError:  # before: an SDK TracerProvider, a batch processor and the SDK's encoder
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
+        # a processor that never exports on its own: the loop's figure excludes the export thread's
+        processor = BatchSpanProcessor(exporter, max_queue_size=1 << 22, schedule_delay_millis=3_600_000,
+                                       max_export_batch_size=1 << 22)
         provider = TracerProvider(resource=Resource.create({"service.name": "bench"}),
                                   sampler=ParentBased(TraceIdRatioBased(ratio)))
         provider.add_span_processor(processor)
-        traced = make(config, ("/v1/",), provider=provider)
-    return traced
+        return make(config, ("/v1/",), provider=provider)
 
 
 def flush(traced: Any) -> None:
-    target = getattr(traced, "provider", traced)
-    target.force_flush()
+    getattr(traced, "provider", traced).force_flush()
 
 
 DEPLOYMENT = DeploymentConfig(provider="openai-compatible", model="gpt-4o-mini", api_base="http://127.0.0.1:9/v1",
@@ -122,6 +128,7 @@ def run(ratio: float, client_parent: bool, requests: int) -> tuple[float, float,
     for n in range(200):  # warm up (first-call imports, caches)
         one_request(traced, headers, n)
     flush(traced)
+    exporter.bodies.clear()
     exporter.spans = 0
     process, start = time.process_time(), time.thread_time()
     for n in range(requests):
@@ -129,6 +136,7 @@ def run(ratio: float, client_parent: bool, requests: int) -> tuple[float, float,
     loop = time.thread_time() - start
     flush(traced)  # the export thread encodes what the loop queued (and what it took already); this one waits
     export = time.process_time() - process - loop
+    exporter.count_sent()
     spans_each = exporter.spans / requests
     traced.close()
     return loop / requests * 1e6, export / requests * 1e6, spans_each

@@ -3,13 +3,14 @@
 One server span per API request (``chat {alias}``), parented on the client's W3C ``traceparent`` when it
 sends one, and child spans for its stages: ``admission`` (with ``queue`` inside when it waited), ``cache``
 (the lookup), one ``upstream`` per attempt (a client span; its ``traceparent`` goes upstream) and
-``engine`` for the local engine. Spans go out over OTLP/HTTP from a batch processor's thread
-(gateway/otlp.py encodes them).
+``engine`` for the local engine.
 
-While a request runs, its stages are small records (ids, two clock readings, the attributes); the SDK's
-span objects are made once, when the request ends, and handed to the span processors. Live SDK spans (a
-tracer, a sampler call, locked attribute maps and a processor call per span) cost more CPU than the
-gateway's own path when every request is sampled.
+While a request runs, its stages are small records (ids, two clock readings, a shared attribute dict);
+when it ends they become ``otlp.SpanRecord`` tuples handed, as one item, to gateway/otlp.py's exporter
+thread, which encodes and posts them over OTLP/HTTP. No SDK span is made on that path: live SDK spans (a
+tracer, a sampler call, locked attribute maps, a processor call per span) and the SDK's encoder cost more
+CPU than the gateway's own path when every request is sampled. SDK ``ReadableSpan``s are made only for
+span processors added in process (tests).
 
 Off (the default), this module's SDK part is never imported and no middleware is installed.
 """
@@ -19,7 +20,8 @@ from __future__ import annotations
 import random
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiohttp import web
 
@@ -27,8 +29,10 @@ from backends import spans
 from backends.config import DeploymentConfig
 from policies.record import RequestRecord
 
+from . import otlp
 from .config import TracingConfig
 from .keys import RECORD
+from .otlp import SpanRecord
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -47,46 +51,37 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 
 
 class Tracing:
-    """One process's span processors, sampler bound and the middleware that starts each request's trace.
+    """One process's trace export, sampler bound and the middleware that starts each request's trace.
 
-    ``processor`` replaces the OTLP/HTTP batch export (benches); ``add_span_processor`` adds one more
-    (tests read the spans in process)."""
+    ``send`` replaces the OTLP/HTTP post (benches); ``add_span_processor`` adds an SDK span processor, which
+    then gets each span as a ``ReadableSpan`` too (tests read the spans in process)."""
 
-    def __init__(self, config: TracingConfig, paths: tuple[str, ...], processor: SpanProcessor | None = None) -> None:
+    def __init__(self, config: TracingConfig, paths: tuple[str, ...],
+                 send: Callable[[bytes], bool] | None = None) -> None:
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import ReadableSpan, SynchronousMultiSpanProcessor
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
-        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-        from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-        if processor is None:
-            from .otlp import OtlpHttpExporter
-
-            # Large batches, sent every few seconds from the processor's thread, from a bounded queue (spans
-            # beyond it are dropped, never waited for): each batch it encodes and posts takes the GIL from
-            # the event loop, so fewer, bigger ones cost the requests less.
-            processor = BatchSpanProcessor(
-                OtlpHttpExporter(config.endpoint, dict(config.headers), config.timeout_s),
-                max_queue_size=config.max_queue, schedule_delay_millis=config.export_interval_s * 1000,
-                max_export_batch_size=min(config.max_queue, 4096))
-        self.processors = SynchronousMultiSpanProcessor()
-        self.processors.add_span_processor(processor)
+        self.config = config
+        # the SDK's resource (service.name, the SDK's name and version, this process's instance id)
         self.resource = Resource.create({"service.name": config.service_name})
-        self.scope = InstrumentationScope("llm-gateway")
+        self._sender = None
+        if send is None:
+            send = self._sender = otlp.HttpSender(config.endpoint, config.headers, config.timeout_s)
+        # Large batches, sent every few seconds from the exporter's thread, from a bounded queue (spans beyond
+        # it are dropped, never waited for): each batch it encodes and posts takes the GIL from the event loop,
+        # so fewer, bigger ones cost the requests less.
+        self.exporter = otlp.BatchExporter(otlp.SpanEncoder(self.resource.attributes, "llm-gateway"),
+                                           send, max_queue=config.max_queue, interval_s=config.export_interval_s,
+                                           max_batch=min(config.max_queue, 4096))
+        self.processors: list[SpanProcessor] = []
         # ParentBased(TraceIdRatioBased): a trace started here is sampled when its id's low 64 bits fall
         # under the bound (the SDK's rule, so a collector's sampling agrees); a client's flag decides for its own
         self.bound = TraceIdRatioBased.get_bound_for_rate(config.sample_ratio)
-        # the SDK names the hot path uses, bound once here (the module imports no OpenTelemetry when off)
-        self.server, self.client, self.internal = SpanKind.SERVER, SpanKind.CLIENT, SpanKind.INTERNAL
-        self.readable, self.context, self.status, self.error = ReadableSpan, SpanContext, Status, StatusCode.ERROR
-        self.unset = Status(StatusCode.UNSET)
-        self.sampled, self.flags = TraceFlags(TraceFlags.SAMPLED), TraceFlags
         self.deployment_attributes: dict[tuple[str, str, str, str | None, str], dict[str, Any]] = {}
         self.paths = paths
 
     def add_span_processor(self, processor: SpanProcessor) -> None:
-        self.processors.add_span_processor(processor)
+        self.processors.append(processor)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -100,16 +95,48 @@ class Tracing:
         finally:
             spans.CURRENT.reset(token)
 
-    def emit(self, finished: list[ReadableSpan]) -> None:
-        on_end = self.processors.on_end
-        for span in finished:
-            on_end(span)
+    def emit(self, trace_id: int, finished: list[SpanRecord]) -> None:
+        self.exporter.add((trace_id, finished))
+        if self.processors:
+            readable = [_readable(self.resource, trace_id, span) for span in finished]
+            for processor in self.processors:
+                for span in readable:
+                    processor.on_end(span)
 
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self.processors.force_flush(timeout_millis)
+    def force_flush(self, timeout_s: float = 30.0) -> bool:
+        done = self.exporter.force_flush(timeout_s)
+        for processor in self.processors:
+            processor.force_flush(int(timeout_s * 1000))
+        return done
 
     def close(self) -> None:
-        self.processors.shutdown()  # flushes what the batch processor holds
+        self.exporter.shutdown()  # sends what it holds first
+        for processor in self.processors:
+            processor.shutdown()
+        if self._sender is not None:
+            self._sender.close()
+
+
+def _readable(resource: Any, trace_id: int, span: SpanRecord) -> ReadableSpan:
+    """An SDK span of a record, for in-process span processors."""
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+    flags = TraceFlags(TraceFlags.SAMPLED)
+    kinds = {otlp.KIND_SERVER: SpanKind.SERVER, otlp.KIND_CLIENT: SpanKind.CLIENT}
+    status = Status(StatusCode.ERROR, span.message) if span.status == otlp.STATUS_ERROR else Status(StatusCode.UNSET)
+    parent = SpanContext(trace_id, span.parent_id, span.parent_remote, flags) if span.parent_id else None
+    return ReadableSpan(span.name, SpanContext(trace_id, span.span_id, False, flags), parent,
+                        resource, dict(span.attributes), (), (),
+                        kinds.get(span.kind, SpanKind.INTERNAL), None, status, span.start, span.end,
+                        InstrumentationScope("llm-gateway"))
+
+
+class _Remote(NamedTuple):
+    """The client's span the request's span continues."""
+
+    span_id: int
 
 
 class _Stage:
@@ -117,7 +144,7 @@ class _Stage:
 
     __slots__ = ("attributes", "end", "error", "kind", "name", "parent_id", "span_id", "start", "status")
 
-    def __init__(self, name: str, kind: Any, span_id: int, parent_id: int, attributes: dict[str, Any]) -> None:
+    def __init__(self, name: str, kind: int, span_id: int, parent_id: int, attributes: dict[str, Any]) -> None:
         self.name, self.kind, self.span_id, self.parent_id = name, kind, span_id, parent_id
         self.attributes = attributes   # shared per deployment: never changed in place
         self.start = time.time_ns()
@@ -134,12 +161,12 @@ class RequestSpans:
 
     def __init__(self, tracing: Tracing, request: web.Request, record: RequestRecord) -> None:
         self._tracing = tracing
-        self._parent: Any = None
+        self._parent: _Remote | None = None
         trace_id = 0
         header = request.headers.get("traceparent")
-        if header is not None and (parent := _parent(tracing, header.strip())) is not None:
-            self._parent, trace_id = parent, parent.trace_id
-            self.recording = parent.trace_flags.sampled
+        if header is not None and (parent := _parent(header.strip())) is not None:
+            trace_id, parent_id, self.recording = parent
+            self._parent = _Remote(parent_id)
         if not trace_id:
             trace_id = random.getrandbits(128) or 1
             self.recording = trace_id & 0xFFFFFFFFFFFFFFFF < tracing.bound
@@ -161,9 +188,8 @@ class RequestSpans:
     def start(self, name: str, deployment: DeploymentConfig | None, deployment_id: str | None) -> _Stage | None:
         if not self.recording:
             return None
-        tracing = self._tracing
         attributes = self._deployment(deployment, deployment_id or "") if deployment is not None else {}
-        stage = _Stage(name, tracing.client if name == "upstream" else tracing.internal,
+        stage = _Stage(name, otlp.KIND_CLIENT if name == "upstream" else otlp.KIND_INTERNAL,
                        random.getrandbits(64) or 1, self._open[-1].span_id if self._open else self.span_id,
                        attributes)
         self._open.append(stage)
@@ -240,46 +266,43 @@ class RequestSpans:
                            ("gateway.cost_usd", record.cost_usd), ("gateway.ttft_s", record.ttft_s)):
             if value is not None:
                 attributes[key] = value
-        tracing = self._tracing
-        status = tracing.unset
+        status, message = otlp.STATUS_UNSET, ""
         if record.status >= 500 or record.status == 499:
             attributes["error.type"] = str(record.status)
-            status = tracing.status(tracing.error, record.error or "")
+            status, message = otlp.STATUS_ERROR, record.error or ""
         elif record.status >= 400 and record.error:
             attributes["error.type"] = str(record.status)
-        readable, context, flags, trace_id = tracing.readable, tracing.context, tracing.sampled, self.trace_id_int
-        resource, scope = tracing.resource, tracing.scope
-        root = context(trace_id, self.span_id, False, flags)
+        root_id = self.span_id
         finished = []
         for stage in self._done:
-            stage_attributes = stage.attributes
-            stage_status = tracing.unset
+            stage_attributes: Mapping[str, Any] = stage.attributes
+            stage_status, stage_message = otlp.STATUS_UNSET, ""
             if stage.status is not None or stage.error is not None:
                 stage_attributes = dict(stage_attributes)
                 if stage.status is not None:
                     stage_attributes["http.response.status_code"] = stage.status
                 if stage.error is not None:
                     stage_attributes["error.type"] = str(stage.status) if stage.status else "error"
-                    stage_status = tracing.status(tracing.error, stage.error)
-            parent = root if stage.parent_id == self.span_id else context(trace_id, stage.parent_id, False, flags)
-            finished.append(readable(stage.name, context(trace_id, stage.span_id, False, flags), parent, resource,
-                                     stage_attributes, (), (), stage.kind, None, stage_status, stage.start,
-                                     stage.end, scope))
-        finished.append(readable(name, root, self._parent, resource, attributes, (), (), tracing.server, None,
-                                 status, self._start, end, scope))
-        tracing.emit(finished)
+                    stage_status, stage_message = otlp.STATUS_ERROR, stage.error
+            finished.append(SpanRecord(stage.name, stage.span_id, stage.parent_id, False, stage.kind, stage.start,
+                                       stage.end, stage_status, stage_message, stage_attributes))
+        parent = self._parent
+        finished.append(SpanRecord(name, root_id, parent.span_id if parent is not None else 0, parent is not None,
+                                   otlp.KIND_SERVER, self._start, end, status, message, attributes))
+        self._tracing.emit(self.trace_id_int, finished)
 
 
-def _parent(tracing: Tracing, header: str) -> Any:
-    """The client's span context from its ``traceparent``; None when it is not a valid one (the W3C rules:
-    no version ff, no all-zero ids, version 00 has exactly four fields). ``tracestate`` is not carried."""
+def _parent(header: str) -> tuple[int, int, bool] | None:
+    """The client's trace id, span id and sampled flag from its ``traceparent``; None when it is not a valid
+    one (the W3C rules: no version ff, no all-zero ids, version 00 has exactly four fields). ``tracestate`` is
+    not carried."""
     match = _TRACEPARENT.fullmatch(header)
     if match is None:
         return None
     version, trace_id, span_id, flags, rest = match.groups()
     if version == "ff" or (version == "00" and rest) or not int(trace_id, 16) or not int(span_id, 16):
         return None
-    return tracing.context(int(trace_id, 16), int(span_id, 16), True, tracing.flags(int(flags, 16)))
+    return int(trace_id, 16), int(span_id, 16), bool(int(flags, 16) & 1)
 
 
 def build(config: TracingConfig, paths: tuple[str, ...]) -> Tracing | None:
