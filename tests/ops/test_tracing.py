@@ -245,3 +245,40 @@ def test_the_export_encoding_matches_the_sdk_encoders(traced, receiver):
     assert any(s.flags & 0x200 for _, s in received.values())  # the client's remote parent
     exports = receiver.exports
     assert {e.resource_spans[0].scope_spans[0].scope.name for e in exports} == {"llm-gateway"}
+
+
+def test_a_collector_slower_than_the_traffic_drops_spans_instead_of_holding_requests():
+    """The export queue is bounded: with the collector stuck, spans past max_queue are dropped and counted,
+    adding a trace never waits, and what was queued goes out once the collector answers."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from gateway.otlp import BatchExporter, SpanEncoder, SpanRecord
+
+    release = threading.Event()
+    bodies: list[bytes] = []
+
+    def stuck_collector(body: bytes) -> bool:
+        release.wait(60)
+        bodies.append(body)
+        return True
+
+    exporter = BatchExporter(SpanEncoder({"service.name": "t"}, "llm-gateway"), stuck_collector, max_queue=12,
+                             interval_s=0.01, max_batch=4)
+    span = SpanRecord("stage", 1, 0, False, 1, 1, 2, 0, "", {"k": "v"})
+    try:
+        exporter.add((1, [span] * 4))
+        poll(lambda: exporter._queued == 0, "the first batch taken by the stuck send")
+        for trace_id in range(2, 7):
+            exporter.add((trace_id, [span] * 4))  # 4 in flight + 4 + 4 queued: the rest dropped
+        assert exporter.dropped == 12
+        release.set()
+        assert exporter.force_flush(30)
+    finally:
+        release.set()
+        exporter.shutdown()
+    sent = []
+    for body in bodies:
+        export = ExportTraceServiceRequest()
+        export.ParseFromString(body)
+        sent += [s.trace_id for s in export.resource_spans[0].scope_spans[0].spans]
+    assert sorted({int.from_bytes(t, "big") for t in sent}) == [1, 2, 3] and len(sent) == 12
