@@ -237,8 +237,13 @@ class BatchRunner:
                 raise GatewayError(f"The model `{asked['model']}` does not exist.", status=404,
                                    error_type="invalid_request_error", code="model_not_found")
             if url == RESPONSES:
-                ready = await responses.turn(gateway, self.stored, record, fields["key_id"], asked, False, _HEADERS)
-                call, finish = ready.call, ready.answered
+                tenant = next((t for t in gateway.loaded.config.tenants if t.name == fields["tenant"]), None)
+                if tenant is None:
+                    raise GatewayError(f"The tenant `{fields['tenant']}` is no longer configured.", status=403,
+                                       error_type="permission_error", code="tenant_unknown")
+                ready = await responses.turn(gateway, self.stored, record, tenant, fields["key_id"], asked, False,
+                                             _HEADERS)
+                call, finish = ready.call, ready.whole
             else:
                 body = anthropic.to_chat(asked) if url == MESSAGES else asked
                 call = Call(record=record, tenant=fields["tenant"], key_id=fields["key_id"], alias=asked["model"],

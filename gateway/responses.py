@@ -23,11 +23,14 @@ from backends.wire import responses as wire
 from errors import GatewayError, InvalidRequest, NotFound
 from policies.call import Call
 from policies.record import RequestRecord
-from policies.stored_responses import Stored, StoredResponses
+from policies.stored_responses import Sealer, Stored, StoredResponses
 from policies.stores.keyvalue import KeyValue
 
 from . import bridge
+from .config import TenantConfig
 from .keys import GATEWAY, RECORD
+from .security import screening
+from .security.retention import retention_s
 from .state import Gateway
 
 STORE = web.AppKey("stored_responses", StoredResponses)
@@ -40,8 +43,8 @@ def _unknown(alias: str) -> str:
 
 @dataclass(slots=True)
 class Turn:
-    """One Responses request made ready for the pipeline (a live request's or a batch line's): its call,
-    and what keeping its answer needs."""
+    """One Responses request made ready for the pipeline (a live request's or a batch line's): its call, its
+    screening, and what keeping its answer needs."""
 
     call: Call
     body: dict[str, Any]
@@ -49,14 +52,17 @@ class Turn:
     context: list[dict[str, Any]]
     dropped: list[str]
     store: StoredResponses
+    screen: screening.Screen
+    retention_s: float | None
 
     async def kept(self, response: dict[str, Any]) -> None:
         if self.body.get("store") is not False and isinstance(response.get("id"), str):
-            await self.store.put(self.call.tenant, response["id"], Stored(response, self.items, self.context))
+            await self.store.put(self.call.tenant, response["id"], Stored(response, self.items, self.context),
+                                 self.retention_s)
 
     async def answered(self, answer: UpstreamResponse) -> dict[str, Any]:
-        """A whole answer as the Response object (kept when asked); call it inside the pipeline's answer,
-        so that a native answer's usage is read before it is settled."""
+        """A whole (screened) answer as the Response object, kept when asked; call it inside the pipeline's
+        answer, so that a native answer's usage is read before it is settled."""
         data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
         if answer.status >= 400:
             return data   # an upstream error, in OpenAI's error shape already
@@ -68,18 +74,25 @@ class Turn:
         await self.kept(response)
         return response
 
+    async def whole(self, answer: UpstreamResponse) -> dict[str, Any]:
+        """``answered`` after the screening's look at the answer (a batch line's)."""
+        return await self.answered(await self.screen.outbound(answer))
 
-async def turn(gateway: Gateway, store: StoredResponses, record: RequestRecord, key_id: str, body: dict[str, Any],
-               stream: bool, headers: Mapping[str, str]) -> Turn:
-    """``body`` (checked, its alias the tenant's) as a call: as it is in front of OpenAI and Azure deployments,
-    in the chat shape in front of any other; ``previous_response_id`` continued from ``store``."""
-    alias, tenant = body["model"], record.tenant
+
+async def turn(gateway: Gateway, store: StoredResponses, record: RequestRecord, tenant: TenantConfig, key_id: str,
+               body: dict[str, Any], stream: bool, headers: Mapping[str, str]) -> Turn:
+    """``body`` (checked, its alias the tenant's) as a call, screened by the tenant's PII and guardrail policies:
+    as it is in front of OpenAI and Azure deployments, in the chat shape in front of any other;
+    ``previous_response_id`` continued from ``store``."""
+    alias = body["model"]
+    screen = await screening.inbound(gateway.pipeline, tenant, key_id, Endpoint.RESPONSES, body, record)
+    body = screen.body   # masked where the tenant's PII policy masks: the upstream and the store see that
     items = wire.input_items(body)
     context: list[dict[str, Any]] = []
     native = bridge.speaks(gateway.router, alias, _NATIVE)
     previous = body.get("previous_response_id")
     if previous is not None:
-        earlier = await store.get(tenant, str(previous))
+        earlier = await store.get(tenant.name, str(previous))
         if earlier is not None:
             context = [*earlier.context, *earlier.input, *earlier.response.get("output", ())]
         elif not native:
@@ -93,20 +106,20 @@ async def turn(gateway: Gateway, store: StoredResponses, record: RequestRecord, 
     else:
         endpoint, payload = Endpoint.CHAT, wire.to_chat(body, [*context, *items], dropped)
     if gateway.loaded.config.server.log_prompts:
-        record.prompt = body.get("input")
-    call = Call(record=record, tenant=tenant, key_id=key_id, alias=alias, endpoint=endpoint, body=payload,
+        record.prompt = screen.logged.get("input")
+    call = Call(record=record, tenant=tenant.name, key_id=key_id, alias=alias, endpoint=endpoint, body=payload,
                 stream=stream, headers=headers)
-    return Turn(call, body, items, context, dropped, store)
+    return Turn(call, body, items, context, dropped, store, screen, retention_s(tenant))
 
 
 async def create(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     asked = await bridge.incoming(request, wire.check, _unknown)
-    body, alias, stream = asked.body, asked.alias, asked.stream
-    ready = await turn(gateway, request.app[STORE], request[RECORD], asked.caller.key_id, body, stream,
-                       request.headers)
+    ready = await turn(gateway, request.app[STORE], request[RECORD], asked.caller.tenant, asked.caller.key_id,
+                       asked.body, asked.stream, request.headers)
     call = ready.call
     async with gateway.pipeline.answer(call) as answer:
+        answer = await ready.screen.outbound(answer)
         extra = bridge.headers(call, ready.dropped)
         if answer.chunks is None:
             response = await ready.answered(answer)
@@ -115,7 +128,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         if call.endpoint is Endpoint.RESPONSES:
             return await bridge.stream(request, call, _native_events(call, answer.chunks, ready.kept), extra,
                                        _failed)
-        writer = wire.ResponseEvents(new_id("resp_"), body, alias)
+        writer = wire.ResponseEvents(new_id("resp_"), ready.body, call.alias)
         return await bridge.stream(request, call, _translated_events(writer, answer.chunks, ready.kept), extra,
                                    writer.failed)
 
@@ -200,5 +213,5 @@ def _json(request: web.Request, data: Any) -> web.Response:
                         headers={"x-request-id": request[RECORD].request_id})
 
 
-def new_store(kv: KeyValue, ttl_s: float) -> StoredResponses:
-    return StoredResponses(kv, ttl_s)
+def new_store(kv: KeyValue, ttl_s: float, sealer: Sealer | None = None) -> StoredResponses:
+    return StoredResponses(kv, ttl_s, sealer)
