@@ -130,21 +130,28 @@ async def stream(request: web.Request, call: Call, events: AsyncIterator[bytes],
     return response
 
 
-async def chat_chunks(pieces: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
-    """The chunks of an OpenAI chat stream; an error chunk fails it, and so does an end before ``[DONE]``."""
+async def chat_chunks(pieces: AsyncIterator[bytes]) -> AsyncIterator[list[dict[str, Any]]]:
+    """The chunks of an OpenAI chat stream, those of one piece together (their translation is then one
+    write, as the pass-through's is); an error chunk fails it, and so does an end before ``[DONE]``."""
     decoder = sse.Decoder()
+    loads = orjson.loads
     async for piece in pieces:
+        batch: list[dict[str, Any]] = []
         for event in decoder.feed(piece):
             if event.done:
+                if batch:
+                    yield batch
                 return
             try:
-                chunk = orjson.loads(event.data)
+                chunk = loads(event.data)
             except orjson.JSONDecodeError:
                 continue
             if isinstance(chunk, dict):
-                if isinstance(chunk.get("error"), dict):
+                if "error" in chunk and isinstance(chunk["error"], dict):
                     raise GatewayError(str(chunk["error"].get("message") or "upstream error"), status=502)
-                yield chunk
+                batch.append(chunk)
+        if batch:
+            yield batch
     raise UpstreamConnectionError("The upstream ended its stream before it was complete.")
 
 

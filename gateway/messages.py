@@ -73,8 +73,8 @@ async def _messages(request: web.Request) -> web.StreamResponse:
 
 
 async def _translated_events(chunks: AsyncIterator[bytes], events: wire.MessageEvents) -> AsyncIterator[bytes]:
-    async for chunk in bridge.chat_chunks(chunks):
-        yield events.chunk(chunk)
+    async for batch in bridge.chat_chunks(chunks):
+        yield events.read_all(batch)
     yield events.finish()
 
 

@@ -22,30 +22,48 @@ class ChunkReader(abc.ABC):
         self._started: set[int] = set()   # the chat tool call indexes seen
 
     def read(self, chunk: dict[str, Any]) -> bytes:
+        usage = chunk.get("usage")
+        if usage is not None and isinstance(usage, dict):
+            self.usage = usage
         out = b""
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                out += self.reasoning(reasoning)
-            if delta.get("content"):
-                out += self.text(delta["content"])
-            for call in delta.get("tool_calls") or ():
-                function = call.get("function") or {}
-                tool = call.get("index", 0)
-                if tool not in self._started:
-                    self._started.add(tool)
-                    out += self.tool_start(tool, call.get("id"), str(function.get("name") or ""))
-                if function.get("arguments"):
-                    out += self.tool_arguments(tool, function["arguments"])
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+            delta = choice.get("delta")
+            if delta:
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                if reasoning and isinstance(reasoning, str):
+                    out += self.reasoning(reasoning)
+                content = delta.get("content")
+                if content:
+                    out += self.text(content)
+                calls = delta.get("tool_calls")
+                if calls:
+                    out += self._calls(calls)
+            finish = choice.get("finish_reason")
+            if finish:
+                self.finish_reason = finish
                 stop = choice.get("stop_reason")
                 self.stop_reason = stop if isinstance(stop, str) else None
+        return out
+
+    def read_all(self, batch: list[dict[str, Any]]) -> bytes:
+        """The events of several chunks (those one upstream read brought), as one write."""
+        return b"".join([self.chunk(chunk) for chunk in batch])
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        return self.read(chunk)
+
+    def _calls(self, calls: list[dict[str, Any]]) -> bytes:
+        out = b""
+        for call in calls:
+            function = call.get("function") or {}
+            tool = call.get("index", 0)
+            if tool not in self._started:
+                self._started.add(tool)
+                out += self.tool_start(tool, call.get("id"), str(function.get("name") or ""))
+            if function.get("arguments"):
+                out += self.tool_arguments(tool, function["arguments"])
         return out
 
     @abc.abstractmethod

@@ -297,6 +297,17 @@ def to_response(data: dict[str, Any], id_: str, body: dict[str, Any], alias: str
                            output=output, usage=data.get("usage") or {}, incomplete=incomplete)
 
 
+def _head(kind: str) -> bytes:
+    """An event's bytes up to its sequence number: the start of a byte template for the events written once
+    per delta (built without a dict or a ``dumps`` of the whole event; the same bytes ``_event`` writes)."""
+    return b'event: %s\ndata: {"type":"%s","sequence_number":' % (kind.encode(), kind.encode())
+
+
+_TEXT_DELTA = _head("response.output_text.delta")
+_SUMMARY_DELTA = _head("response.reasoning_summary_text.delta")
+_ARGUMENTS_DELTA = _head("response.function_call_arguments.delta")
+
+
 class ResponseEvents(chunks.ChunkReader):
     """Chat chunks (first choice) -> the Responses stream's events, numbered from 0."""
 
@@ -309,9 +320,14 @@ class ResponseEvents(chunks.ChunkReader):
         self.output: list[dict[str, Any]] = []
         self._seq = 0
         self._open: dict[str, Any] | None = None   # the open text or reasoning item
+        self._kind: str | None = None              # its kind: message | reasoning
+        self._delta_head = b""                     # its delta events' template: head, middle, end
+        self._delta_middle = b""
+        self._delta_end = b""
         self._text: list[str] = []
         self._tools: dict[int, dict[str, Any]] = {}  # chat tool call index -> its function_call item
         self._args: dict[int, list[str]] = {}
+        self._args_middle: dict[int, bytes] = {}   # its arguments delta events' template middle
         self.final: dict[str, Any] | None = None
 
     def _event(self, kind: str, data: dict[str, Any]) -> bytes:
@@ -334,7 +350,7 @@ class ResponseEvents(chunks.ChunkReader):
                                                           "item": {**item, "status": "in_progress"}})
 
     def _close_open(self) -> bytes:
-        item, self._open = self._open, None
+        item, self._open, self._kind = self._open, None, None
         if item is None:
             return b""
         index, text = self.output.index(item), "".join(self._text)
@@ -358,34 +374,37 @@ class ResponseEvents(chunks.ChunkReader):
                                                              "content_index": 0, "part": part})
         return out + self._event("response.output_item.done", {"output_index": index, "item": item})
 
-    def _delta(self, kind: str, text: str) -> bytes:
-        out = b""
-        if self._open is None or self._open["type"] != kind:
-            out += self._close_open()
-            if kind == "reasoning":
-                item = {"type": "reasoning", "id": item_id("rs_"), "summary": []}
-                out += self._add(item)
-                out += self._event("response.reasoning_summary_part.added", {
-                    "item_id": item["id"], "output_index": len(self.output) - 1, "summary_index": 0,
-                    "part": {"type": "summary_text", "text": ""}})
-            else:
-                item = _message_item(item_id("msg_"), "", status="in_progress")
-                item["content"] = []
-                out += self._add(item)
-                out += self._event("response.content_part.added", {
-                    "item_id": item["id"], "output_index": len(self.output) - 1, "content_index": 0,
-                    "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
-            self._open = item
-        self._text.append(text)
-        index = len(self.output) - 1
+    def _open_item(self, kind: str) -> bytes:
+        out = self._close_open()
+        index = len(self.output)
+        item: dict[str, Any]
         if kind == "reasoning":
-            return out + self._event("response.reasoning_summary_text.delta", {
-                "item_id": self._open["id"], "output_index": index, "summary_index": 0, "delta": text})
-        return out + self._event("response.output_text.delta", {
-            "item_id": self._open["id"], "output_index": index, "content_index": 0, "delta": text, "logprobs": []})
+            item = {"type": "reasoning", "id": item_id("rs_"), "summary": []}
+            out += self._add(item)
+            out += self._event("response.reasoning_summary_part.added", {
+                "item_id": item["id"], "output_index": index, "summary_index": 0,
+                "part": {"type": "summary_text", "text": ""}})
+            self._delta_head, self._delta_end = _SUMMARY_DELTA, b"}\n\n"
+            where = b',"summary_index":0,"delta":'
+        else:
+            item = _message_item(item_id("msg_"), "", status="in_progress")
+            item["content"] = []
+            out += self._add(item)
+            out += self._event("response.content_part.added", {
+                "item_id": item["id"], "output_index": index, "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
+            self._delta_head, self._delta_end = _TEXT_DELTA, b',"logprobs":[]}\n\n'
+            where = b',"content_index":0,"delta":'
+        self._delta_middle = b',"item_id":%s,"output_index":%d%s' % (orjson.dumps(item["id"]), index, where)
+        self._open, self._kind = item, kind
+        return out
 
-    def chunk(self, chunk: dict[str, Any]) -> bytes:
-        return self.read(chunk)
+    def _delta(self, kind: str, text: str) -> bytes:
+        out = self._open_item(kind) if self._kind != kind else b""
+        self._text.append(text)
+        seq = self._seq
+        self._seq = seq + 1
+        return out + b"%s%d%s%s%s" % (self._delta_head, seq, self._delta_middle, orjson.dumps(text), self._delta_end)
 
     def text(self, text: str) -> bytes:
         return self._delta("message", text)
@@ -397,13 +416,15 @@ class ResponseEvents(chunks.ChunkReader):
         out = self._close_open()
         item = _call_item(item_id("fc_"), str(call_id or item_id("call_")), name, "", status="in_progress")
         self._tools[tool], self._args[tool] = item, []
+        self._args_middle[tool] = b',"item_id":%s,"output_index":%d,"delta":' % (orjson.dumps(item["id"]),
+                                                                                  len(self.output))
         return out + self._add(item)
 
     def tool_arguments(self, tool: int, fragment: str) -> bytes:
-        item = self._tools[tool]
         self._args[tool].append(fragment)
-        return self._event("response.function_call_arguments.delta", {
-            "item_id": item["id"], "output_index": self.output.index(item), "delta": fragment})
+        seq = self._seq
+        self._seq = seq + 1
+        return b"%s%d%s%s}\n\n" % (_ARGUMENTS_DELTA, seq, self._args_middle[tool], orjson.dumps(fragment))
 
     def finish(self) -> bytes:
         out = self._close_open()
