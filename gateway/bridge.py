@@ -130,17 +130,17 @@ async def stream(request: web.Request, call: Call, events: AsyncIterator[bytes],
     return response
 
 
-async def chat_chunks(pieces: AsyncIterator[bytes]) -> AsyncIterator[list[dict[str, Any]]]:
+async def chat_chunks(pieces: AsyncIterator[bytes]) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
     """The chunks of an OpenAI chat stream, those of one piece together (their translation is then one
-    write, as the pass-through's is); an error chunk fails it, and so does an end before ``[DONE]``."""
+    write, as the pass-through's is), and whether ``[DONE]`` ended them (the writer's closing events then go
+    in the same write); an error chunk fails it, and so does an end before ``[DONE]``."""
     decoder = sse.Decoder()
     loads = orjson.loads
     async for piece in pieces:
         batch: list[dict[str, Any]] = []
         for event in decoder.feed(piece):
             if event.done:
-                if batch:
-                    yield batch
+                yield batch, True
                 return
             try:
                 chunk = loads(event.data)
@@ -151,7 +151,7 @@ async def chat_chunks(pieces: AsyncIterator[bytes]) -> AsyncIterator[list[dict[s
                     raise GatewayError(str(chunk["error"].get("message") or "upstream error"), status=502)
                 batch.append(chunk)
         if batch:
-            yield batch
+            yield batch, False
     raise UpstreamConnectionError("The upstream ended its stream before it was complete.")
 
 

@@ -73,9 +73,8 @@ async def _messages(request: web.Request) -> web.StreamResponse:
 
 
 async def _translated_events(chunks: AsyncIterator[bytes], events: wire.MessageEvents) -> AsyncIterator[bytes]:
-    async for batch in bridge.chat_chunks(chunks):
-        yield events.read_all(batch)
-    yield events.finish()
+    async for batch, done in bridge.chat_chunks(chunks):
+        yield events.read_all(batch) + events.finish() if done else events.read_all(batch)
 
 
 async def _native_events(call: Call, chunks: AsyncIterator[bytes], alias: str) -> AsyncIterator[bytes]:

@@ -104,9 +104,8 @@ def _failed(exc: GatewayError) -> bytes:
 async def _translated_events(writer: wire.ResponseEvents, chunks: AsyncIterator[bytes], kept: Any
                              ) -> AsyncIterator[bytes]:
     yield writer.start()
-    async for batch in bridge.chat_chunks(chunks):
-        yield writer.read_all(batch)
-    yield writer.finish()
+    async for batch, done in bridge.chat_chunks(chunks):
+        yield writer.read_all(batch) + writer.finish() if done else writer.read_all(batch)
     if writer.final is not None:
         await kept(writer.final)
 
