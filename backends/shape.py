@@ -109,6 +109,10 @@ class ChunkWriter:
             delta = {"role": "assistant", **({"content": ""} if not delta else delta)}
         return self._event([{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}])
 
+    def delta(self, delta: dict[str, Any], index: int = 0) -> bytes:
+        """Any other delta (an adapter's extra field, such as Anthropic's signed ``thinking_blocks``)."""
+        return self._delta(index, delta)
+
     def role(self, index: int = 0) -> bytes:
         return self._delta(index, {})
 

@@ -9,8 +9,8 @@ Upstream side (an Anthropic deployment behind the chat shape):
   events -> chat chunks), ``error_from``, ``usage_of``.
 
 What one side cannot carry is translated or dropped by the rules in docs/agents.md: ``system`` messages
-anywhere in the conversation become system messages in place; thinking blocks of earlier turns are not sent
-to other formats; server tools (web search, code execution, …) are left out and named in ``dropped``;
+anywhere in the conversation become system messages in place; signed thinking blocks ride in the chat
+shape's ``thinking_blocks`` (back to Anthropic upstreams only, ``reasoning.py``); server tools (web search, code execution, …) are left out and named in ``dropped``;
 ``context_management``, ``output_config``, ``cache_control`` and ``service_tier`` only mean something to
 Anthropic and are passed through only on the native path.
 """
@@ -44,7 +44,7 @@ from ..shape import (
     tool_arguments,
 )
 from . import chunks
-from .reasoning import MIN_BUDGET, budget_of, effort_of, in_tool_loop
+from .reasoning import MIN_BUDGET, THINKING_BLOCKS, budget_of, effort_of, in_tool_loop, signed_blocks
 
 # --- client side: an Anthropic request served by a chat-format backend ------------------------------------
 
@@ -146,6 +146,18 @@ class MessageEvents(chunks.ChunkReader):
     def reasoning(self, text: str) -> bytes:
         return self._text("thinking", text)
 
+    def signed(self, blocks: list[dict[str, Any]]) -> bytes:
+        out = b""
+        for block in blocks:
+            if block["type"] == "thinking" and self._kind == "thinking":
+                out += event("content_block_delta", {"type": "content_block_delta", "index": self._open,
+                                                     "delta": {"type": "signature_delta",
+                                                               "signature": block["signature"]}})
+                out += self._close()  # the next thinking text is another block, as it was upstream
+            else:  # a redacted block, or a signed one whose text never came as deltas: a block of its own
+                out += self._open_block(block) + self._close()
+        return out
+
     def tool_start(self, tool: int, call_id: Any, name: str) -> bytes:
         out = self._open_block({"type": "tool_use", "id": str(call_id or f"toolu_{tool}"), "name": name,
                                 "input": {}})
@@ -173,8 +185,11 @@ def to_message(data: dict[str, Any], model: str, stops: Any = None) -> dict[str,
     choice = choices[0]
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
+    signed = chunks.message_signed(message)
     reasoning = chunks.message_reasoning(message)
-    if reasoning:
+    if signed:  # an Anthropic upstream's blocks, signatures and all
+        content.extend(signed)
+    elif reasoning:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
@@ -283,7 +298,7 @@ def _message(message: Any, i: int) -> list[dict[str, Any]]:
         return [{"role": role, "content": content}]
     blocks = _list(content, f"{where}.content")
     if role == "assistant":
-        texts, calls = [], []
+        texts, calls, signed = [], [], []
         for j, block in enumerate(blocks):
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
@@ -292,12 +307,16 @@ def _message(message: Any, i: int) -> list[dict[str, Any]]:
                 calls.append({"id": str(block.get("id")), "type": "function",
                               "function": {"name": str(block.get("name")),
                                            "arguments": orjson.dumps(block.get("input") or {}).decode()}})
-            elif kind not in ("thinking", "redacted_thinking"):  # reasoning of earlier turns is not sent back
+            elif kind in ("thinking", "redacted_thinking"):
+                signed.extend(signed_blocks([block]))  # back to an Anthropic upstream; others leave them out
+            else:
                 raise InvalidRequest(f"{where}.content.{j}: block type {kind!r} is not supported",
                                      param=f"{where}.content")
         out: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
         if calls:
             out["tool_calls"] = calls
+        if signed:
+            out[THINKING_BLOCKS] = signed
         return [out]
     results: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
@@ -436,6 +455,7 @@ def from_anthropic(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("stop_reason") == "stop_sequence" and isinstance(data.get("stop_sequence"), str):
         choice.stop_reason = data["stop_sequence"]
     texts, thoughts = [], []
+    signed = signed_blocks(data.get("content"))
     for block in data.get("content") or ():
         if block.get("type") == "text":
             texts.append(block.get("text", ""))
@@ -445,8 +465,11 @@ def from_anthropic(data: dict[str, Any]) -> dict[str, Any]:
             choice.tool_calls.append(ToolCall(str(block.get("id")), str(block.get("name")),
                                               orjson.dumps(block.get("input") or {}).decode()))
     choice.text, choice.reasoning = "".join(texts), "".join(thoughts)
-    return completion(str(data.get("id") or new_id("msg_")), str(data.get("model", "")), [choice],
-                      usage_of(data.get("usage")))
+    out = completion(str(data.get("id") or new_id("msg_")), str(data.get("model", "")), [choice],
+                     usage_of(data.get("usage")))
+    if signed:  # for the next turn: Anthropic wants them back with tool results
+        out["choices"][0]["message"][THINKING_BLOCKS] = signed
+    return out
 
 
 class ChatChunks:
@@ -460,6 +483,7 @@ class ChatChunks:
         self._usage = Usage()
         self._finish = "stop"
         self._stop_sequence: str | None = None
+        self._thinking: dict[int, dict[str, Any]] = {}  # content block index -> the thinking block it builds
 
     def event(self, kind: str, event: dict[str, Any]) -> bytes:
         writer = self.writer
@@ -476,17 +500,33 @@ class ChatChunks:
                 return writer.tool_start(len(self._tools) - 1, str(block.get("id")), str(block.get("name")))
             if block.get("type") == "text" and block.get("text"):
                 return writer.text(block["text"])
+            if block.get("type") == "thinking":
+                self._thinking[event.get("index", 0)] = {"type": "thinking", "thinking": "", "signature": ""}
+            elif block.get("type") == "redacted_thinking":
+                return writer.delta({THINKING_BLOCKS: signed_blocks([block])})
         elif kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta" and delta.get("text"):
                 return writer.text(delta["text"])
             if delta.get("type") == "thinking_delta" and delta.get("thinking"):
+                thinking = self._thinking.get(event.get("index", 0))
+                if thinking is not None:
+                    thinking["thinking"] += delta["thinking"]
                 return writer.reasoning(delta["thinking"])
+            if delta.get("type") == "signature_delta" and isinstance(delta.get("signature"), str):
+                thinking = self._thinking.get(event.get("index", 0))
+                if thinking is not None:
+                    thinking["signature"] += delta["signature"]
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
                 tool = self._tools.get(event.get("index", 0))
                 if tool is None:
                     raise UpstreamError(f"upstream {self.backend_id} sent tool input for a block it never started")
                 return writer.tool_arguments(tool, delta["partial_json"])
+        elif kind == "content_block_stop":
+            # the whole signed block, once its signature came: the text went out as reasoning deltas already
+            signed = signed_blocks([self._thinking.pop(event.get("index", 0), None)])
+            if signed:
+                return writer.delta({THINKING_BLOCKS: signed})
         elif kind == "message_delta":
             delta = event.get("delta") or {}
             reason = delta.get("stop_reason")
@@ -513,7 +553,7 @@ def to_anthropic(payload: dict[str, Any], model: str, default_max_tokens: int) -
     if system:
         request["system"] = system
     budget = budget_of(payload.get("reasoning_effort"))
-    if budget is not None and in_tool_loop(payload["messages"]):
+    if budget is not None and in_tool_loop(payload["messages"], signed=True):
         budget = None  # Anthropic wants the turn's signed thinking block back, which the chat shape cannot carry
     if budget is not None:
         # Thinking counts against max_tokens and wants the default temperature.
@@ -583,7 +623,8 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
         elif role == "user":
             append_turn(out, "user", "content", _blocks(content, where, images=True))
         elif role == "assistant":
-            blocks = _blocks(content, where, images=False)
+            # the turn's signed thinking first, as Anthropic returned it
+            blocks = [*signed_blocks(message.get(THINKING_BLOCKS)), *_blocks(content, where, images=False)]
             for j, call in enumerate(message.get("tool_calls") or ()):
                 function = call.get("function") or {}
                 blocks.append({"type": "tool_use", "id": safe_tool_id(call.get("id")), "name": str(function.get("name")),

@@ -7,6 +7,8 @@ from __future__ import annotations
 import abc
 from typing import Any
 
+from .reasoning import THINKING_BLOCKS, signed_blocks
+
 
 class ChunkReader(abc.ABC):
     """Feeds the first choice's pieces of each chunk, in order, to the subclass's hooks; keeps the usage.
@@ -40,6 +42,8 @@ class ChunkReader(abc.ABC):
                 calls = delta.get("tool_calls")
                 if calls:
                     out += self._calls(calls)
+                if THINKING_BLOCKS in delta:
+                    out += self.signed(signed_blocks(delta[THINKING_BLOCKS]))
             finish = choice.get("finish_reason")
             if finish:
                 self.finish_reason = finish
@@ -66,6 +70,11 @@ class ChunkReader(abc.ABC):
                 out += self.tool_arguments(tool, function["arguments"])
         return out
 
+    def signed(self, blocks: list[dict[str, Any]]) -> bytes:
+        """Signed thinking blocks (an Anthropic upstream's, ``thinking_blocks``), each once whole: a format
+        that can carry them back keeps them; the others leave them out."""
+        return b""
+
     @abc.abstractmethod
     def text(self, text: str) -> bytes: ...
 
@@ -86,6 +95,11 @@ def stop_sequence(finish_reason: Any, stop_reason: Any, stops: Any) -> str | Non
     if finish_reason == "stop" and isinstance(stop_reason, str) and isinstance(stops, list) and stop_reason in stops:
         return stop_reason
     return None
+
+
+def message_signed(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """A whole answer's signed thinking blocks (``thinking_blocks``), if any."""
+    return signed_blocks(message.get(THINKING_BLOCKS))
 
 
 def message_reasoning(message: dict[str, Any]) -> str | None:

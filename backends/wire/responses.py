@@ -2,7 +2,7 @@
 
 Request in (``to_chat``): ``instructions`` and input items (messages of any role with ``input_text``,
 ``input_image`` and ``output_text`` parts; ``function_call`` and ``function_call_output`` items; ``reasoning``
-items, which other formats cannot take back and are dropped), function tools, ``tool_choice``,
+items, dropped unless they hold the gateway's sealed signed thinking, ``reasoning.py``), function tools, ``tool_choice``,
 ``parallel_tool_calls``, ``text.format``, ``max_output_tokens``, ``reasoning.effort``, ``prompt_cache_key``.
 Hosted tools (``web_search``, ``namespace``, ``custom``, ``file_search``, …) have no chat equivalent: they are
 left out and named in ``dropped``.
@@ -24,6 +24,7 @@ from errors import GatewayError, InvalidRequest
 from .. import sse
 from ..shape import new_id
 from . import chunks
+from .reasoning import THINKING_BLOCKS, seal, unseal
 
 _PART_TEXT = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
 
@@ -76,6 +77,8 @@ def to_chat(body: dict[str, Any], items: list[dict[str, Any]], dropped: list[str
         messages.append({"role": "system", "content": instructions})
     for i, item in enumerate(items):
         _item(item, i, messages)
+    # a reasoning item's turn that had neither text nor a call (nothing for a chat upstream to take)
+    messages = [m for m in messages if m["role"] != "assistant" or m.get("content") is not None or m.get("tool_calls")]
     chat: dict[str, Any] = {"model": body["model"], "messages": messages}
     limit = body.get("max_output_tokens")
     if isinstance(limit, int) and not isinstance(limit, bool):
@@ -174,8 +177,14 @@ def _item(item: dict[str, Any], i: int, messages: list[dict[str, Any]]) -> None:
         output = item.get("output")
         messages.append({"role": "tool", "tool_call_id": str(item.get("call_id")),
                          "content": output if isinstance(output, str) else _text(output, f"{where}.output")})
-    elif kind in ("reasoning", "item_reference", "compaction"):
-        return  # reasoning of earlier turns (often encrypted) means nothing to another model
+    elif kind == "reasoning":
+        # The gateway's own sealed blocks (an Anthropic upstream's signed thinking) go back on the assistant
+        # turn they came with; anything else (OpenAI's encrypted reasoning) means nothing to another model.
+        signed = unseal(item.get("encrypted_content"))
+        if signed:
+            messages.append({"role": "assistant", "content": None, THINKING_BLOCKS: signed})
+    elif kind in ("item_reference", "compaction"):
+        return
     else:
         raise InvalidRequest(f"Invalid '{where}': input item type {kind!r} is not supported for this model.",
                              param=where)
@@ -271,8 +280,12 @@ def _call_item(id_: str, call_id: str, name: str, arguments: str, status: str = 
             "status": status}
 
 
-def _reasoning_item(id_: str, text: str) -> dict[str, Any]:
-    return {"type": "reasoning", "id": id_, "summary": [{"type": "summary_text", "text": text}] if text else []}
+def _reasoning_item(id_: str, text: str, signed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {"type": "reasoning", "id": id_,
+                            "summary": [{"type": "summary_text", "text": text}] if text else []}
+    if signed:
+        item["encrypted_content"] = seal(signed)
+    return item
 
 
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -283,9 +296,9 @@ def to_response(data: dict[str, Any], id_: str, body: dict[str, Any], alias: str
     choice = (data.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     output: list[dict[str, Any]] = []
-    reasoning = chunks.message_reasoning(message)
-    if reasoning:
-        output.append(_reasoning_item(item_id("rs_"), reasoning))
+    reasoning, signed = chunks.message_reasoning(message), chunks.message_signed(message)
+    if reasoning or signed:
+        output.append(_reasoning_item(item_id("rs_"), reasoning or "", signed))
     if message.get("content"):
         output.append(_message_item(item_id("msg_"), str(message["content"])))
     for call in message.get("tool_calls") or ():
@@ -325,6 +338,7 @@ class ResponseEvents(chunks.ChunkReader):
         self._delta_middle = b""
         self._delta_end = b""
         self._text: list[str] = []
+        self._signed: list[dict[str, Any]] = []    # the open reasoning item's signed thinking blocks
         self._tools: dict[int, dict[str, Any]] = {}  # chat tool call index -> its function_call item
         self._args: dict[int, list[str]] = {}
         self._args_middle: dict[int, bytes] = {}   # its arguments delta events' template middle
@@ -359,6 +373,8 @@ class ResponseEvents(chunks.ChunkReader):
         if item["type"] == "reasoning":
             part = {"type": "summary_text", "text": text}
             item["summary"] = [part]
+            if self._signed:
+                item["encrypted_content"], self._signed = seal(self._signed), []
             out = self._event("response.reasoning_summary_text.done", {"item_id": item["id"], "output_index": index,
                                                                       "summary_index": 0, "text": text})
             out += self._event("response.reasoning_summary_part.done", {"item_id": item["id"],
@@ -411,6 +427,13 @@ class ResponseEvents(chunks.ChunkReader):
 
     def reasoning(self, text: str) -> bytes:
         return self._delta("reasoning", text)
+
+    def signed(self, blocks: list[dict[str, Any]]) -> bytes:
+        # kept on the reasoning item (opened for a redacted block that had no text), sealed at its close
+        out = self._open_item("reasoning") if self._kind != "reasoning" else b""
+        assert self._open is not None
+        self._signed.extend(blocks)
+        return out
 
     def tool_start(self, tool: int, call_id: Any, name: str) -> bytes:
         out = self._close_open()
