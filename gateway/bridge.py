@@ -13,6 +13,7 @@ from aiohttp import web
 
 from backends import sse
 from errors import GatewayError, ModelNotFound, UpstreamConnectionError
+from policies import tokens
 from policies.call import Call
 
 from .auth import Caller
@@ -106,9 +107,11 @@ def whole(call: Call, body: bytes, extra: dict[str, str]) -> web.Response:
 
 
 async def stream(request: web.Request, call: Call, events: AsyncIterator[bytes], extra: dict[str, str],
-                 failed: Callable[[GatewayError], bytes]) -> web.StreamResponse:
+                 failed: Callable[[GatewayError], bytes], streamed: Callable[[], int] | None = None
+                 ) -> web.StreamResponse:
     """Writes ``events`` to the client as they come; a failure after the headers went out becomes the
-    client format's error event (``failed``)."""
+    client format's error event (``failed``). A translated stream that broke off before its usage came is
+    ledgered at what it streamed (``streamed``: its completion tokens) and the prompt's estimate."""
     record = call.record
     response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **extra})
     record.overhead_s = time.perf_counter() - record.started - record.upstream_s
@@ -124,6 +127,9 @@ async def stream(request: web.Request, call: Call, events: AsyncIterator[bytes],
                 await response.write(out)
     except GatewayError as exc:
         record.error, record.status = exc.message, exc.status
+        if streamed is not None and record.prompt_tokens is None and record.completion_tokens is None:
+            prompt = await tokens.count_prompt(call.endpoint, call.body, None)
+            record.take_usage({"prompt_tokens": prompt, "completion_tokens": streamed()})
         await response.write(failed(exc))
     record.upstream_s = time.perf_counter() - sent
     await response.write_eof()

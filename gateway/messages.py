@@ -69,7 +69,8 @@ async def _messages(request: web.Request) -> web.StreamResponse:
             data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
             return bridge.whole(call, orjson.dumps(wire.to_message(data, alias, body.get("stop_sequences"))), extra)
         events = wire.MessageEvents(alias, body.get("stop_sequences"))
-        return await bridge.stream(request, call, _translated_events(answer.chunks, events), extra, _failed)
+        return await bridge.stream(request, call, _translated_events(answer.chunks, events), extra, _failed,
+                                   events.streamed_tokens)
 
 
 async def _translated_events(chunks: AsyncIterator[bytes], events: wire.MessageEvents) -> AsyncIterator[bytes]:

@@ -88,7 +88,7 @@ async def create(request: web.Request) -> web.StreamResponse:
             return bridge.whole(call, orjson.dumps(response), extra)
         writer = wire.ResponseEvents(id_, body, alias)
         return await bridge.stream(request, call, _translated_events(writer, answer.chunks, kept), extra,
-                                   writer.failed)
+                                   writer.failed, writer.streamed_tokens)
 
 
 def _unstored(item: dict[str, Any]) -> dict[str, Any]:

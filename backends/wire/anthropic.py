@@ -571,6 +571,9 @@ def to_anthropic(payload: dict[str, Any], model: str, default_max_tokens: int) -
         request["stop_sequences"] = stop
     if isinstance(payload.get("user"), str):
         request["metadata"] = {"user_id": payload["user"]}
+    output = _output_config(payload.get("response_format"))
+    if output is not None:
+        request["output_config"] = output
     tools = payload.get("tools")
     if tools:
         request["tools"] = [_upstream_tool(tool, i) for i, tool in enumerate(tools)]
@@ -578,6 +581,19 @@ def to_anthropic(payload: dict[str, Any], model: str, default_max_tokens: int) -
         if choice is not None:
             request["tool_choice"] = choice
     return request
+
+
+def _output_config(response_format: Any) -> dict[str, Any] | None:
+    """Chat's ``json_schema`` response format as Anthropic's structured output (``output_config.format``);
+    ``json_object`` (any JSON, no schema) has no Anthropic equivalent and is left out."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise InvalidRequest("Invalid 'response_format.json_schema': a schema object is required.",
+                             param="response_format")
+    return {"format": {"type": "json_schema", "schema": schema}}
 
 
 def _upstream_tool(tool: Any, i: int) -> dict[str, Any]:

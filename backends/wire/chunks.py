@@ -22,6 +22,7 @@ class ChunkReader(abc.ABC):
         self.finish_reason: str | None = None
         self.stop_reason: str | None = None   # the stop sequence that ended it, where the upstream says
         self._started: set[int] = set()   # the chat tool call indexes seen
+        self.streamed_chars = 0             # text, reasoning and tool arguments read so far
 
     def read(self, chunk: dict[str, Any]) -> bytes:
         usage = chunk.get("usage")
@@ -35,9 +36,11 @@ class ChunkReader(abc.ABC):
             if delta:
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                 if reasoning and isinstance(reasoning, str):
+                    self.streamed_chars += len(reasoning)
                     out += self.reasoning(reasoning)
                 content = delta.get("content")
                 if content:
+                    self.streamed_chars += len(content)
                     out += self.text(content)
                 calls = delta.get("tool_calls")
                 if calls:
@@ -58,6 +61,10 @@ class ChunkReader(abc.ABC):
     def chunk(self, chunk: dict[str, Any]) -> bytes:
         return self.read(chunk)
 
+    def streamed_tokens(self) -> int:
+        """About how many tokens were streamed (4 characters a token): what a stream that broke off billed."""
+        return (self.streamed_chars + 3) // 4
+
     def _calls(self, calls: list[dict[str, Any]]) -> bytes:
         out = b""
         for call in calls:
@@ -67,6 +74,7 @@ class ChunkReader(abc.ABC):
                 self._started.add(tool)
                 out += self.tool_start(tool, call.get("id"), str(function.get("name") or ""))
             if function.get("arguments"):
+                self.streamed_chars += len(function["arguments"])
                 out += self.tool_arguments(tool, function["arguments"])
         return out
 

@@ -465,9 +465,11 @@ class ResponseEvents(chunks.ChunkReader):
         return out + self._event(kind, {"response": self.final})
 
     def failed(self, exc: GatewayError) -> bytes:
-        error = {"code": exc.code or "server_error", "message": exc.message}
-        return self._event("error", {**error, "param": exc.param}) + \
-            self._event("response.failed", {"response": self._snapshot("failed", error=error)})
+        # a failed response's error code is one of the spec's few (the error event before it keeps ours)
+        code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
+        return self._event("error", {"code": exc.code or code, "message": exc.message, "param": exc.param}) + \
+            self._event("response.failed", {"response": self._snapshot("failed", error={
+                "code": code, "message": exc.message})})
 
 
 def error_body(exc: GatewayError) -> dict[str, Any]:
