@@ -1,6 +1,6 @@
-"""Claude's signed thinking carried across formats: a Responses or chat client of an Anthropic deployment gets
-the turn's signed thinking blocks (a Responses ``reasoning`` item's ``encrypted_content``; chat
-``thinking_blocks``), sends them back with its tool results, and the Anthropic upstream receives the thinking
+"""Claude's signed thinking carried across formats: a Responses, chat or (translated) Messages client of an
+Anthropic deployment gets the turn's signed thinking blocks (a Responses ``reasoning`` item's
+``encrypted_content``; chat ``thinking_blocks``; Anthropic's own blocks), sends them back with its tool results, and the Anthropic upstream receives the thinking
 block with its signature again, thinking still on (the fake refuses a tool loop whose turn lost its thinking
 block, as Anthropic does)."""
 
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
-from tests.conftest import KEY
+from tests.conftest import KEY, UPSTREAM_KEY, config_text
 from tests.fakes.anthropic_upstream import SIGNATURE
-from tests.fakes.providers import fakes, gateway_clock, provider_gateway
+from tests.fakes.providers import deployment, fakes, gateway_clock, provider_gateway
 
 __all__ = ["fakes", "gateway_clock", "provider_gateway"]  # fixtures used by name
 
@@ -114,4 +115,45 @@ def test_chat_thinking_blocks_carry_the_signature_back(client, fakes, stream):
         messages=[*history, turn, {"role": "tool", "tool_call_id": turn["tool_calls"][0]["id"], "content": "sunny"}],
         **asked)
     assert answer.choices[0].message.content == "Weather: sunny"
+    assert_signed_turn_received(fakes)
+
+
+@pytest.fixture
+def mixed(fakes, upstream, start_gateway):
+    """An alias of an Anthropic and an OpenAI-format deployment (so Messages requests are translated), routed
+    to the cheaper known one: Claude (the other's price is unknown)."""
+    extra = f"""  - name: mixed
+    routing: {{strategy: lowest_cost}}
+    deployments:
+      - {deployment("anthropic", fakes, "claude-3-5-sonnet-20241022")}
+      - provider: openai-compatible
+        model: fake-model
+        api_base: {upstream[0].url}/v1
+        api_key: {UPSTREAM_KEY}"""
+    return start_gateway(config_text(upstream[0].url, extra))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_translated_messages_answer_keeps_claudes_signature(mixed, fakes, stream):
+    """A Messages client of a translated path gets the signed thinking block (streamed: its
+    ``signature_delta``), and its next turn carries it back to Claude."""
+    asked: Any = {"model": "mixed", "max_tokens": 5000, "thinking": {"type": "enabled", "budget_tokens": 2048},
+                  "tools": [{"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}]}
+    history: Any = [{"role": "user", "content": "weather in Paris?"}]
+    with anthropic.Anthropic(base_url=mixed.url, api_key=KEY, max_retries=0, timeout=20) as claude:
+        if stream:
+            with claude.messages.stream(messages=history, **asked) as events:
+                kinds = [(e.type, getattr(getattr(e, "delta", None), "type", None)) for e in events]
+                first = events.get_final_message()
+            assert ("content_block_delta", "signature_delta") in kinds
+        else:
+            first = claude.messages.create(messages=history, **asked)
+        assert [b.type for b in first.content] == ["thinking", "text", "tool_use"]
+        assert first.content[0].signature == SIGNATURE  # type: ignore[union-attr]
+        call = first.content[2]
+        answer = claude.messages.create(messages=[
+            *history, {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,  # type: ignore[union-attr]
+                                          "content": "sunny"}]}], **asked)
+    assert answer.content[-1].text == "Weather: sunny"  # type: ignore[union-attr]
     assert_signed_turn_received(fakes)
