@@ -150,10 +150,10 @@ def test_a_translated_messages_answer_keeps_claudes_signature(mixed, fakes, stre
             first = claude.messages.create(messages=history, **asked)
         assert [b.type for b in first.content] == ["thinking", "text", "tool_use"]
         assert first.content[0].signature == SIGNATURE  # type: ignore[union-attr]
-        call = first.content[2]
-        answer = claude.messages.create(messages=[
-            *history, {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,  # type: ignore[union-attr]
-                                          "content": "sunny"}]}], **asked)
+        call: Any = first.content[2]
+        turns: Any = [*history,
+                      {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+                      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny"}]}]
+        answer = claude.messages.create(messages=turns, **asked)
     assert answer.content[-1].text == "Weather: sunny"  # type: ignore[union-attr]
     assert_signed_turn_received(fakes)
