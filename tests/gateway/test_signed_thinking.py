@@ -155,5 +155,5 @@ def test_a_translated_messages_answer_keeps_claudes_signature(mixed, fakes, stre
                       {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
                       {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny"}]}]
         answer = claude.messages.create(messages=turns, **asked)
-    assert answer.content[-1].text == "Weather: sunny"  # type: ignore[union-attr]
+    assert answer.content[-1].text == "Weather: sunny"
     assert_signed_turn_received(fakes)
