@@ -161,6 +161,16 @@ async def chat_chunks(pieces: AsyncIterator[bytes]) -> AsyncIterator[tuple[list[
     raise UpstreamConnectionError("The upstream ended its stream before it was complete.")
 
 
+def cache_hit(call: Call) -> bool:
+    """Whether the response cache answered ``call``."""
+    return bool(call.record.cache and call.record.cache.startswith("hit"))
+
+
+async def once(events: bytes) -> AsyncIterator[bytes]:
+    """A stream written in one piece (a cached answer's events)."""
+    yield events
+
+
 def take_usage(call: Call, usage: dict[str, Any]) -> None:
     """Usage (chat shape) of an answer the pipeline could not read itself (a native format's)."""
     call.usage = usage

@@ -668,3 +668,74 @@ def _image_block(image: Image, where: str) -> dict[str, Any]:
     source = {"type": "url", "url": image.url} if image.url else \
         {"type": "base64", "media_type": image.media_type, "data": image.data}
     return {"type": "image", "source": source}
+
+
+# --- native answers kept by the response cache ---------------------------------------------------------
+
+class MessageOfEvents:
+    """Anthropic's stream events -> the whole ``message`` they make (for the response cache to keep)."""
+
+    def __init__(self) -> None:
+        self.message: dict[str, Any] | None = None
+        self._json: dict[int, list[str]] = {}   # a tool_use block's input fragments
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "message_start":
+            self.message = {**(data.get("message") or {}), "content": []}
+            return
+        message = self.message
+        if message is None:
+            return
+        blocks = message["content"]
+        index = data.get("index", 0)
+        if kind == "content_block_start":
+            blocks.append(dict(data.get("content_block") or {}))
+        elif kind == "content_block_delta" and 0 <= index < len(blocks):
+            block, delta = blocks[index], data.get("delta") or {}
+            field = {"text_delta": "text", "thinking_delta": "thinking", "citations_delta": None,
+                     "signature_delta": "signature", "input_json_delta": None}.get(str(delta.get("type")))
+            if field is not None:
+                block[field] = (block.get(field) or "") + str(delta.get(field) or "")
+            elif delta.get("type") == "input_json_delta":
+                self._json.setdefault(index, []).append(str(delta.get("partial_json") or ""))
+        elif kind == "content_block_stop" and index in self._json and 0 <= index < len(blocks):
+            text = "".join(self._json.pop(index))
+            blocks[index]["input"] = orjson.loads(text) if text else {}
+        elif kind == "message_delta":
+            delta = data.get("delta") or {}
+            message.update({k: delta[k] for k in ("stop_reason", "stop_sequence") if k in delta})
+            message["usage"] = {**(message.get("usage") or {}), **(data.get("usage") or {})}
+
+
+def replay_events(message: dict[str, Any]) -> bytes:
+    """A whole ``message`` as the stream a client would have read (each block's text, thinking, signature or
+    input whole in one delta)."""
+    usage = message.get("usage") or {}
+    out = [event("message_start", {"type": "message_start", "message": {
+        **message, "content": [], "stop_reason": None, "stop_sequence": None,
+        "usage": {**usage, "output_tokens": min(int(usage.get("output_tokens") or 0), 1)}}})]
+    for index, block in enumerate(message.get("content") or ()):
+        kind = block.get("type")
+        start: dict[str, Any]
+        deltas: list[dict[str, Any]] = []
+        if kind == "text":
+            start = {**block, "text": ""}
+            deltas.append({"type": "text_delta", "text": block.get("text", "")})
+        elif kind == "thinking":
+            start = {**block, "thinking": "", "signature": ""}
+            deltas.append({"type": "thinking_delta", "thinking": block.get("thinking", "")})
+            deltas.append({"type": "signature_delta", "signature": block.get("signature", "")})
+        elif kind == "tool_use":
+            start = {**block, "input": {}}
+            deltas.append({"type": "input_json_delta", "partial_json": orjson.dumps(block.get("input") or {}).decode()})
+        else:  # redacted thinking, server tools' blocks: whole in their start
+            start = block
+        out.append(event("content_block_start", {"type": "content_block_start", "index": index,
+                                                 "content_block": start}))
+        for delta in deltas:
+            out.append(event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}))
+        out.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
+    out.append(event("message_delta", {"type": "message_delta", "delta": {
+        "stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")}, "usage": usage}))
+    out.append(event("message_stop", {"type": "message_stop"}))
+    return b"".join(out)

@@ -474,3 +474,60 @@ class ResponseEvents(chunks.ChunkReader):
 
 def error_body(exc: GatewayError) -> dict[str, Any]:
     return exc.body()
+
+
+def replayed(response: dict[str, Any], id_: str, created: int) -> dict[str, Any]:
+    """A stored ``response`` served again (the response cache): a response of its own, with its own id."""
+    return {**response, "id": id_, "created_at": created}
+
+
+def replay_events(response: dict[str, Any]) -> bytes:
+    """A whole ``response`` as the Responses stream a client would have read: created, in_progress, each
+    output item (its parts and text, arguments or summary whole in one delta), then completed."""
+    seq = 0
+    out: list[bytes] = []
+
+    def event(kind: str, data: dict[str, Any]) -> None:
+        nonlocal seq
+        out.append(sse.encode(orjson.dumps({"type": kind, "sequence_number": seq, **data}), event=kind))
+        seq += 1
+
+    started = {k: v for k, v in response.items() if k != "usage"} | {"status": "in_progress", "output": []}
+    event("response.created", {"response": started})
+    event("response.in_progress", {"response": started})
+    for index, item in enumerate(response.get("output") or ()):
+        kind, item_id_ = item.get("type"), item.get("id")
+        where = {"item_id": item_id_, "output_index": index}
+        if kind == "message":
+            event("response.output_item.added", {"output_index": index,
+                                                 "item": {**item, "status": "in_progress", "content": []}})
+            for j, part in enumerate(item.get("content") or ()):
+                text = str(part.get("text") or part.get("refusal") or "")
+                empty = {**part, "text": ""} if "text" in part else {**part, "refusal": ""}
+                event("response.content_part.added", {**where, "content_index": j, "part": empty})
+                if part.get("type") == "output_text":
+                    event("response.output_text.delta", {**where, "content_index": j, "delta": text, "logprobs": []})
+                    event("response.output_text.done", {**where, "content_index": j, "text": text, "logprobs": []})
+                event("response.content_part.done", {**where, "content_index": j, "part": part})
+        elif kind == "function_call":
+            event("response.output_item.added", {"output_index": index,
+                                                 "item": {**item, "status": "in_progress", "arguments": ""}})
+            arguments = str(item.get("arguments") or "")
+            event("response.function_call_arguments.delta", {**where, "delta": arguments})
+            event("response.function_call_arguments.done", {**where, "name": item.get("name"),
+                                                            "arguments": arguments})
+        elif kind == "reasoning":
+            event("response.output_item.added", {"output_index": index, "item": {**item, "summary": []}})
+            for j, part in enumerate(item.get("summary") or ()):
+                text = str(part.get("text") or "")
+                event("response.reasoning_summary_part.added", {**where, "summary_index": j,
+                                                                "part": {**part, "text": ""}})
+                event("response.reasoning_summary_text.delta", {**where, "summary_index": j, "delta": text})
+                event("response.reasoning_summary_text.done", {**where, "summary_index": j, "text": text})
+                event("response.reasoning_summary_part.done", {**where, "summary_index": j, "part": part})
+        else:  # hosted tools' items (web search, …): whole, as added and done
+            event("response.output_item.added", {"output_index": index, "item": item})
+        event("response.output_item.done", {"output_index": index, "item": item})
+    final = "response.incomplete" if response.get("status") == "incomplete" else "response.completed"
+    event(final, {"response": response})
+    return b"".join(out)
