@@ -21,6 +21,7 @@ from backends import Endpoint, UpstreamResponse, sse
 from backends.shape import new_id
 from backends.wire import responses as wire
 from errors import GatewayError, InvalidRequest, NotFound
+from policies.cache import ResponseCache
 from policies.call import Call
 from policies.record import RequestRecord
 from policies.stored_responses import Sealer, Stored, StoredResponses
@@ -67,6 +68,8 @@ class Turn:
         if answer.status >= 400:
             return data   # an upstream error, in OpenAI's error shape already
         if self.call.endpoint is Endpoint.RESPONSES:
+            if bridge.cache_hit(self.call):  # a response of its own: stored (and continued) under its own id
+                data = wire.replayed(data, new_id("resp_"), int(time.time()))
             bridge.take_usage(self.call, wire.chat_usage(data.get("usage")))
             response = data
         else:
@@ -123,14 +126,18 @@ async def create(request: web.Request) -> web.StreamResponse:
         extra = bridge.headers(call, ready.dropped)
         if answer.chunks is None:
             response = await ready.answered(answer)
-            passed = answer.body if call.endpoint is Endpoint.RESPONSES else None   # the upstream's own bytes
-            return bridge.whole(call, passed or orjson.dumps(response), extra)
+            if call.endpoint is not Endpoint.RESPONSES:
+                return bridge.whole(call, orjson.dumps(response), extra)
+            hit = bridge.cache_hit(call)
+            if call.stream:  # only a hit is whole for a stream: written as the stream it was
+                return await bridge.stream(request, call, bridge.once(wire.replay_events(response)), extra, _failed)
+            return bridge.whole(call, orjson.dumps(response) if hit else answer.body or orjson.dumps(response), extra)
         if call.endpoint is Endpoint.RESPONSES:
-            return await bridge.stream(request, call, _native_events(call, answer.chunks, ready.kept), extra,
-                                       _failed)
+            events = _native_events(call, answer.chunks, ready.kept, gateway.pipeline.cache)
+            return await bridge.stream(request, call, events, extra, _failed)
         writer = wire.ResponseEvents(new_id("resp_"), ready.body, call.alias)
         return await bridge.stream(request, call, _translated_events(writer, answer.chunks, ready.kept), extra,
-                                   writer.failed)
+                                   writer.failed, writer.streamed_tokens)
 
 
 def _unstored(item: dict[str, Any]) -> dict[str, Any]:
@@ -146,15 +153,16 @@ def _failed(exc: GatewayError) -> bytes:
 async def _translated_events(writer: wire.ResponseEvents, chunks: AsyncIterator[bytes], kept: Any
                              ) -> AsyncIterator[bytes]:
     yield writer.start()
-    async for chunk in bridge.chat_chunks(chunks):
-        yield writer.chunk(chunk)
-    yield writer.finish()
+    async for batch, done in bridge.chat_chunks(chunks):
+        yield writer.read_all(batch) + writer.finish() if done else writer.read_all(batch)
     if writer.final is not None:
         await kept(writer.final)
 
 
-async def _native_events(call: Call, chunks: AsyncIterator[bytes], kept: Any) -> AsyncIterator[bytes]:
-    """OpenAI's own Responses stream, passed on; the final response is read on the way (usage, store)."""
+async def _native_events(call: Call, chunks: AsyncIterator[bytes], kept: Any, cache: ResponseCache
+                         ) -> AsyncIterator[bytes]:
+    """OpenAI's own Responses stream, passed on; the final response is read on the way (usage, store, and
+    the response cache, which keeps it whole)."""
     decoder = sse.Decoder()
     async for piece in chunks:
         yield piece
@@ -164,6 +172,7 @@ async def _native_events(call: Call, chunks: AsyncIterator[bytes], kept: Any) ->
                 final = orjson.loads(event.data).get("response") or {}
                 bridge.take_usage(call, wire.chat_usage(final.get("usage")))
                 await kept(final)
+                cache.store(call, UpstreamResponse(status=200, data=final))
 
 
 async def _stored(request: web.Request) -> tuple[str, Stored]:
