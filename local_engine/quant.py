@@ -114,9 +114,8 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 @torch.inference_mode()
-def perplexity(model: LlamaForCausalLM, token_ids: list[int], block_size: int = 16) -> float:
-    """``exp`` of the mean next-token negative log-likelihood of ``token_ids`` under ``model``, in
-    one prefill over a private paged cache: how quantization's quality is measured against full weights."""
+def prompt_logits(model: LlamaForCausalLM, token_ids: list[int], block_size: int = 16) -> torch.Tensor:
+    """The logits after each of ``token_ids`` (``[len, vocab]``), in one prefill over a private paged cache."""
     from local_engine.attention import build_metadata
 
     cfg = model.config
@@ -130,8 +129,13 @@ def perplexity(model: LlamaForCausalLM, token_ids: list[int], block_size: int = 
         for _ in range(cfg.num_hidden_layers)
     ]
     meta = build_metadata([n], [n], [list(range(blocks))], block_size, device)
-    ids = torch.tensor(token_ids, device=device)
-    hidden = model(ids, torch.arange(n, device=device), kv, meta)
-    logprobs = model.logits(hidden[:-1]).log_softmax(-1)
-    nll = -logprobs.gather(1, ids[1:, None]).mean()
+    hidden = model(torch.tensor(token_ids, device=device), torch.arange(n, device=device), kv, meta)
+    return model.logits(hidden)
+
+
+def perplexity(model: LlamaForCausalLM, token_ids: list[int]) -> float:
+    """``exp`` of the mean next-token negative log-likelihood of ``token_ids`` under ``model``: how
+    quantization's quality is measured against full weights."""
+    logprobs = prompt_logits(model, token_ids)[:-1].log_softmax(-1)
+    nll = -logprobs.gather(1, torch.tensor(token_ids[1:])[:, None]).mean()
     return float(nll.exp())

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from local_engine import LLM, EngineConfig, SamplingParams
 from local_engine.loader import load_model
-from local_engine.quant import PACKED_MAX_ROWS, Int8Linear, perplexity, weight_bytes
+from local_engine.quant import PACKED_MAX_ROWS, Int8Linear, perplexity, prompt_logits, weight_bytes
 from local_engine.tokenizer import Tokenizer
 
 TEXT = Path(__file__).parent / "data" / "perplexity.txt"
@@ -40,8 +40,8 @@ def test_int8_greedy_agrees_with_fp32_and_its_logits_stay_close(tiny_model: Path
     ref = full.generate(prompts, params)
     got = quant.generate(prompts, params)
     same = sum(a.token_ids == b.token_ids for a, b in zip(ref, got, strict=True))
-    first = [abs(a.logprobs[0].logprob - b.logprobs[0].logprob) for a, b in zip(ref, got, strict=True)
-             if a.token_ids[0] == b.token_ids[0]]
+    first = [abs(a.logprobs[0].logprob - b.logprobs[0].logprob)  # type: ignore[index]
+             for a, b in zip(ref, got, strict=True) if a.token_ids[0] == b.token_ids[0]]
     # Tolerances (a random tiny model has many near-ties, which a rounding flips and a flip then
     # changes the rest): the first token the same on >= 90% of the prompts, with its log-probability
     # within 0.15 nats (mean under 0.03), and >= 70% of the 8-token continuations identical
@@ -55,19 +55,9 @@ def test_int8_logits_close_to_fp32_at_prefill(tiny_model: Path) -> None:
     full = load_model(tiny_model, 256)
     quant = load_model(tiny_model, 256, quantization="int8")
     ids = _prompts(2, 1)[0]
-    from local_engine.attention import build_metadata
-
-    def logits(model: torch.nn.Module) -> torch.Tensor:
-        cfg = model.config  # type: ignore[union-attr]
-        shape = (8, 16, cfg.num_key_value_heads, cfg.head_dim)
-        kv = [(torch.zeros(shape), torch.zeros(shape)) for _ in range(cfg.num_hidden_layers)]
-        meta = build_metadata([len(ids)], [len(ids)], [list(range(8))], 16, torch.device("cpu"))
-        with torch.inference_mode():
-            return model.logits(model(torch.tensor(ids), torch.arange(len(ids)), kv, meta))  # type: ignore[operator]
-
-    a, b = logits(full), logits(quant)
+    a, b = prompt_logits(full, ids), prompt_logits(quant, ids)
     # Relative to the logits' spread: int8 weights and bf16 activations move them by a few percent at most.
-    assert float((a - b).abs().max()) < 0.05 * float(a.std()) * 10
+    assert float((a - b).abs().max()) < 0.5 * float(a.std())
     assert float((a - b).pow(2).mean().sqrt()) < 0.05 * float(a.std())
 
 

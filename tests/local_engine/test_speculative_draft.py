@@ -104,9 +104,9 @@ def test_a_draft_that_never_helps_switches_itself_off(tiny_llama: Path, tmp_path
 
 
 def test_draft_model_config_is_checked() -> None:
-    from local_engine import EngineConfig
+    from local_engine.config import SpeculativeConfig
 
     with pytest.raises(ValueError, match="draft_model"):
-        EngineConfig(speculative={"method": "draft"})
+        SpeculativeConfig(method="draft")
     with pytest.raises(ValueError, match="draft_model"):
-        EngineConfig(speculative={"method": "ngram", "draft_model": "x"})
+        SpeculativeConfig(method="ngram", draft_model="x")
