@@ -62,14 +62,16 @@ def test_greedy_identical_with_a_draft_model(draft_pair: tuple[Path, Path], num_
     assert not drafter.states and len(drafter.free_blocks) == drafter.kv_caches[0][0].shape[0]
 
 
+@pytest.mark.timeout(900)
 def test_sampled_outputs_follow_the_targets_distribution(tiny_llama: Path, tmp_path: Path) -> None:
-    """Token 2 (the first one a draft proposes) over 1,500 seeded samples, chi-square against the target."""
+    """Token 2 (the first one a draft proposes) over 800 seeded samples, chi-square against the target."""
     from transformers import AutoModelForCausalLM
 
     draft = _draft_of(tiny_llama, tmp_path / "draft")
     prompt = [random.Random(21).randrange(5, 500) for _ in range(10)]
-    llm = LLM(tiny_llama, block_size=4, num_kv_blocks=1024, max_num_seqs=64, speculative=_spec(draft))
-    params = [SamplingParams(max_tokens=3, temperature=0.8, top_k=8, seed=s, ignore_eos=True) for s in range(1500)]
+    llm = LLM(tiny_llama, block_size=4, num_kv_blocks=2048, max_num_seqs=256, max_num_batched_tokens=2048,
+              speculative=_spec(draft))
+    params = [SamplingParams(max_tokens=3, temperature=0.8, top_k=8, seed=s, ignore_eos=True) for s in range(800)]
     outs = llm.generate([prompt] * len(params), params)
     m = llm.engine.metrics
     assert 0 < m.spec_accepted_tokens_total < m.spec_draft_tokens_total
@@ -83,7 +85,7 @@ def test_sampled_outputs_follow_the_targets_distribution(tiny_llama: Path, tmp_p
     for o in outs:
         if o.token_ids[0] == mode:
             counts[o.token_ids[1]] += 1
-    assert counts.sum() >= 300
+    assert counts.sum() >= 150
     assert _chi_square_p(counts, target) > 1e-3
 
 
