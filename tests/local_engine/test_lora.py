@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,49 +13,11 @@ import torch
 
 import local_engine.model_runner as model_runner
 from local_engine import EngineConfig, LLMEngine, LoRAError, SamplingParams
+from tests.local_engine.conftest import ADAPTERS, hf_model, make_adapter
 
-peft = pytest.importorskip("peft")
-
-# name -> (rank, alpha, target modules, rsLoRA)
-ADAPTERS: dict[str, tuple[int, int, list[str], bool]] = {
-    "attn": (4, 8, ["q_proj", "v_proj"], False),
-    "every": (8, 16, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], True),
-    "mlp": (2, 4, ["o_proj", "gate_proj", "down_proj"], False),
-}
 PROMPT = [random.Random(7).randrange(5, 500) for _ in range(21)]
 TOKENS = 8
 ATOL = 2e-4
-
-
-def _hf(path: Path) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-
-
-def make_adapter(base: Path, out: Path, rank: int, alpha: int, targets: list[str], rslora: bool,
-                 seed: int) -> torch.nn.Module:
-    """A peft adapter with random non-zero B (peft starts B at zero), saved to ``out``; returns the merged model."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, use_rslora=rslora, lora_dropout=0.0)
-    with warnings.catch_warnings():  # peft 0.21 reads a property transformers 5.24 deprecates
-        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-        model = get_peft_model(_hf(base), config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 1.0)
-    model.save_pretrained(str(out))
-    return model.merge_and_unload().eval()
-
-
-@pytest.fixture(scope="session")
-def adapters(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Any]]:
-    root = tmp_path_factory.mktemp("loras")
-    return {name: (root / name, make_adapter(tiny_llama, root / name, *spec, seed=i))
-            for i, (name, spec) in enumerate(ADAPTERS.items())}
 
 
 def _reference(model: torch.nn.Module, prompt: list[int], n: int) -> tuple[list[int], list[torch.Tensor]]:
@@ -114,7 +75,7 @@ def _assert_matches(rows: list[tuple[str, torch.Tensor]], rid: str, tokens: list
 
 
 def test_the_adapters_change_the_model(tiny_llama: Path, adapters: dict[str, tuple[Path, Any]]) -> None:
-    base, _ = _reference(_hf(tiny_llama), PROMPT, TOKENS)
+    base, _ = _reference(hf_model(tiny_llama), PROMPT, TOKENS)
     outputs = [_reference(model, PROMPT, TOKENS)[0] for _, model in adapters.values()]
     # Otherwise the equality tests below would prove nothing.
     assert all(o != base for o in outputs) and len({tuple(o) for o in outputs}) == len(outputs)
@@ -150,7 +111,7 @@ def test_three_adapters_and_the_base_in_one_batch(
     tokens = _run(engine, requests)
     # All four share steps (with 5-token chunks the first is done before the last is prefilled).
     assert max(steps) == (4 if chunk == 512 else 3)
-    _assert_matches(rows, "base", tokens["base"], _hf(tiny_llama))
+    _assert_matches(rows, "base", tokens["base"], hf_model(tiny_llama))
     for name, (_, merged) in adapters.items():
         _assert_matches(rows, f"r-{name}", tokens[f"r-{name}"], merged)
 
