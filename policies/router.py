@@ -66,6 +66,15 @@ class Router:
     def __contains__(self, alias: str) -> bool:
         return alias in self._routes
 
+    def adapter_alias(self, model: str) -> str | None:
+        """``ALIAS`` of a ``model`` written ``ALIAS:ADAPTER`` (a LoRA adapter, docs/lora.md) when every
+        deployment of that alias is a local engine; None otherwise."""
+        alias, colon, adapter = model.partition(":")
+        routes = self._routes.get(alias)
+        if not colon or not adapter or not routes or any(r.deployment.provider != "local" for r in routes):
+            return None
+        return alias
+
     def usable(self, alias: str) -> bool:
         return bool(self._routes.get(alias))
 
