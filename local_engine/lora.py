@@ -38,6 +38,11 @@ _PARENT = {"qkv_proj": "self_attn", "o_proj": "self_attn", "gate_up_proj": "mlp"
 TARGETS = tuple(t for parts in FUSED.values() for t in parts)
 _KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 _WEIGHTS = "adapter_model.safetensors"
+# A run of at least this many tokens of one adapter (a prefill chunk) gets its own exact matmuls; shorter
+# runs (decodes) share the masked matmuls over every active adapter.
+LONG_RUN = 16
+
+Weights = tuple[torch.Tensor, list[torch.Tensor]]  # A, B^T per part
 
 
 class LoRAError(ValueError):
@@ -117,30 +122,25 @@ class LoRAAdapter:
         targets = tuple(t for t in TARGETS if any(mo == t for _, mo, _ in seen))
         return cls(name, path, rank, float(alpha), scale, targets)
 
-    def load(self, cfg: ModelConfig, max_rank: int, dtype: torch.dtype) -> dict[tuple[int, str], tuple[torch.Tensor,
-                                                                                                    torch.Tensor]]:
-        """``{(layer, fused module): (A [parts*max_rank, in], B^T [parts*max_rank, out])}``, scale in B, padded
-        with zeros; a fused module's parts stacked along the rank with a block-diagonal B."""
+    def load(self, cfg: ModelConfig, max_rank: int, dtype: torch.dtype) -> dict[tuple[int, str], Weights]:
+        """``{(layer, fused module): (A [parts*max_rank, in], [B^T [max_rank, out] per part])}``, zero-padded to
+        ``max_rank``, the scale folded into B; a fused module's parts share one A stacked along the rank."""
         state = load_file(str(self.path / _WEIGHTS), device="cpu")
         shapes = module_shapes(cfg)
         out = {}
         for layer in range(cfg.num_hidden_layers):
             for fused, parts in FUSED.items():
-                d_in = shapes[parts[0]][0]
-                widths = [shapes[p][1] for p in parts]
-                a = torch.zeros(len(parts) * max_rank, d_in)
-                b = torch.zeros(len(parts) * max_rank, sum(widths))
-                col, used = 0, False
-                for k, (part, width) in enumerate(zip(parts, widths, strict=True)):
+                a = torch.zeros(len(parts) * max_rank, shapes[parts[0]][0])
+                bs = [torch.zeros(max_rank, shapes[part][1]) for part in parts]
+                used = False
+                for k, part in enumerate(parts):
                     prefix = f"base_model.model.model.layers.{layer}.{_PARENT[fused]}.{part}"
                     if f"{prefix}.lora_A.weight" in state:
-                        rows = slice(k * max_rank, k * max_rank + self.rank)
-                        a[rows] = state[f"{prefix}.lora_A.weight"].float()
-                        b[rows, col : col + width] = state[f"{prefix}.lora_B.weight"].float().T * self.scale
+                        a[k * max_rank : k * max_rank + self.rank] = state[f"{prefix}.lora_A.weight"].float()
+                        bs[k][: self.rank] = state[f"{prefix}.lora_B.weight"].float().T * self.scale
                         used = True
-                    col += width
                 if used:
-                    out[(layer, fused)] = (a.to(dtype), b.to(dtype))
+                    out[(layer, fused)] = (a.to(dtype), [b.to(dtype) for b in bs])
         return out
 
 
@@ -166,7 +166,7 @@ class LoRAEntry:
     refs: int = 0  # unfinished sequences using it
     last_used: float = 0.0
     removed: bool = False
-    loading: Future[dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]] | None = None
+    loading: Future[dict[tuple[int, str], Weights]] | None = None
     error: BaseException | None = None
 
     @property
@@ -177,10 +177,12 @@ class LoRAEntry:
 
 @dataclass(slots=True)
 class LoRABatch:
-    """Per-step tensors every projection reads: the slots in use and each token's one-hot among them."""
+    """Per-step indices every projection reads (built once per step by :meth:`LoRAManager.begin`)."""
 
-    active: torch.Tensor  # [n] slot ids
-    mask: torch.Tensor  # [T, n, 1]
+    runs: list[tuple[int, int, int]]  # (slot, start, end): long runs of one adapter's tokens
+    active: torch.Tensor | slice | None  # slots of the short-run tokens (a slice when contiguous)
+    mask: torch.Tensor | None  # [tokens, n active, 1]: each short-run token's own adapter
+    rows: torch.Tensor | None  # which tokens the masked part covers; None: all of them
 
 
 @dataclass(slots=True)
@@ -191,24 +193,46 @@ class LoRAState:
 class LoRAProjection(nn.Module):
     """``base(x)`` plus each token's adapter delta ``(x @ A_s^T) @ B_s^T`` (scale folded in ``B``)."""
 
-    def __init__(self, base: nn.Module, state: LoRAState) -> None:
+    def __init__(self, base: nn.Module, state: LoRAState, rank: int) -> None:
         super().__init__()
         self.base = base
         self.state = state
-        self.a: torch.Tensor | None = None  # [slots, R, in], allocated with the first adapter
-        self.b: torch.Tensor | None = None  # [slots, R, out]
+        self.rank = rank
+        self.a: torch.Tensor | None = None  # [slots, parts * rank, in], allocated with the first adapter
+        self.b: list[torch.Tensor] = []  # per part [slots, rank, out of that part]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         batch = self.state.batch
-        if batch is None or self.a is None or self.b is None:
+        if batch is None or self.a is None:
             return y
-        a = self.a.index_select(0, batch.active)
-        b = self.b.index_select(0, batch.active)
-        n, r = a.shape[0], a.shape[1]
-        # Every active adapter's shrink in one matmul; a token keeps only its own adapter's columns.
-        u = (x @ a.reshape(n * r, -1).T).view(-1, n, r) * batch.mask
-        return y + u.view(-1, n * r) @ b.reshape(n * r, -1)
+        for slot, start, end in batch.runs:
+            u = x[start:end] @ self.a[slot].T
+            self._expand(y[start:end], u.view(end - start, 1, -1), slice(slot, slot + 1))
+        if batch.active is not None:
+            assert batch.mask is not None
+            xs = x if batch.rows is None else x.index_select(0, batch.rows)
+            a = self.a[batch.active]
+            n = a.shape[0]
+            # Every active adapter's shrink in one matmul; a token keeps only its own adapter's columns.
+            u = (xs @ a.reshape(n * a.shape[1], -1).T).view(xs.shape[0], n, -1) * batch.mask
+            if batch.rows is None:
+                self._expand(y, u, batch.active)
+            else:
+                delta = torch.zeros(xs.shape[0], y.shape[1], dtype=y.dtype, device=y.device)
+                self._expand(delta, u, batch.active)
+                y.index_add_(0, batch.rows, delta)
+        return y
+
+    def _expand(self, out: torch.Tensor, u: torch.Tensor, active: torch.Tensor | slice) -> None:
+        """``out += u @ B^T`` part by part; ``u`` is ``[tokens, n, parts * rank]``, zero outside each token's own."""
+        t, n, r = u.shape[0], u.shape[1], self.rank
+        col = 0
+        for k, b in enumerate(self.b):
+            width = b.shape[2]
+            part = u[:, :, k * r : (k + 1) * r].reshape(t, n * r)
+            out[:, col : col + width].addmm_(part, b[active].reshape(n * r, width))
+            col += width
 
 
 class LoRAManager:
@@ -224,7 +248,7 @@ class LoRAManager:
         for i, layer in enumerate(model.model.layers):  # type: ignore[union-attr,arg-type]
             for fused, parent in _PARENT.items():
                 owner = getattr(layer, parent)
-                proj = LoRAProjection(getattr(owner, fused), self.state)
+                proj = LoRAProjection(getattr(owner, fused), self.state, max_rank)
                 setattr(owner, fused, proj)
                 self.projections[(i, fused)] = proj
         self._lock = threading.Lock()
@@ -334,16 +358,35 @@ class LoRAManager:
 
     def begin(self, token_slots: list[int]) -> None:
         """Set the step's per-token slots (-1: base) for the projections; :meth:`end` clears them."""
-        active = sorted({s for s in token_slots if s >= 0})
-        if not active:
+        runs: list[tuple[int, int, int]] = []  # (slot, start, end) of each run of one slot
+        start = 0
+        for i in range(1, len(token_slots) + 1):
+            if i == len(token_slots) or token_slots[i] != token_slots[start]:
+                if token_slots[start] >= 0:
+                    runs.append((token_slots[start], start, i))
+                start = i
+        if not runs:
             self.state.batch = None
             return
-        position = {s: i for i, s in enumerate(active)}
-        index = torch.tensor([position.get(s, -1) for s in token_slots])
-        mask = torch.zeros(len(token_slots), len(active) + 1, dtype=self.dtype)
-        mask[torch.arange(len(token_slots)), index] = 1  # base rows land in the last (dropped) column
-        self.state.batch = LoRABatch(torch.tensor(active, device=self.device),
-                                     mask[:, :-1].unsqueeze(-1).to(self.device))
+        long = [r for r in runs if r[2] - r[1] >= LONG_RUN]
+        short = [r for r in runs if r[2] - r[1] < LONG_RUN]
+        active_t: torch.Tensor | slice | None = None
+        mask = rows = None
+        if short:
+            slots = sorted({slot for slot, _, _ in short})
+            position = {s: i for i, s in enumerate(slots)}
+            # Without long runs the masked matmuls cover every token (base ones masked out): no gather.
+            covered = [(i, s) for i, s in enumerate(token_slots) if s >= 0] if long else list(enumerate(token_slots))
+            if long:
+                long_tokens = {i for _, a, b in long for i in range(a, b)}
+                covered = [(i, s) for i, s in covered if i not in long_tokens]
+                rows = torch.tensor([i for i, _ in covered], device=self.device)
+            onehot = torch.zeros(len(covered), len(slots) + 1, dtype=self.dtype)
+            onehot[torch.arange(len(covered)), torch.tensor([position.get(s, -1) for _, s in covered])] = 1
+            mask = onehot[:, :-1].unsqueeze(-1).to(self.device)  # base rows went to the dropped last column
+            contiguous = slots == list(range(slots[0], slots[-1] + 1))
+            active_t = slice(slots[0], slots[-1] + 1) if contiguous else torch.tensor(slots, device=self.device)
+        self.state.batch = LoRABatch(long, active_t, mask, rows)
 
     def end(self) -> None:
         self.state.batch = None
@@ -351,7 +394,7 @@ class LoRAManager:
     def shutdown(self) -> None:
         self._loader.shutdown(wait=False, cancel_futures=True)
 
-    def _load(self, adapter: LoRAAdapter) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
+    def _load(self, adapter: LoRAAdapter) -> dict[tuple[int, str], Weights]:
         began = time.perf_counter()
         weights = adapter.load(self.cfg, self.max_rank, self.dtype)
         self.load_seconds.append(time.perf_counter() - began)
@@ -371,23 +414,25 @@ class LoRAManager:
         self._slots[i] = None
         return i
 
-    def _copy_in(self, slot: int, weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def _copy_in(self, slot: int, weights: dict[tuple[int, str], Weights]) -> None:
+        shapes = module_shapes(self.cfg)
         for key, proj in self.projections.items():
-            if proj.a is None or proj.b is None:
+            parts = FUSED[key[1]]
+            if proj.a is None:
                 # Allocated on first use: an engine that never serves an adapter pays no memory for them.
-                parts = FUSED[key[1]]
-                shapes = module_shapes(self.cfg)
-                rows = len(parts) * self.max_rank
-                d_in, d_out = shapes[parts[0]][0], sum(shapes[p][1] for p in parts)
-                proj.a = torch.zeros(self.max_loras, rows, d_in, dtype=self.dtype, device=self.device)
-                proj.b = torch.zeros(self.max_loras, rows, d_out, dtype=self.dtype, device=self.device)
+                d, dev = self.dtype, self.device
+                proj.a = torch.zeros(self.max_loras, len(parts) * self.max_rank, shapes[parts[0]][0], dtype=d,
+                                     device=dev)
+                proj.b = [torch.zeros(self.max_loras, self.max_rank, shapes[p][1], dtype=d, device=dev) for p in parts]
             pair = weights.get(key)
             if pair is None:
                 proj.a[slot].zero_()
-                proj.b[slot].zero_()
+                for b in proj.b:
+                    b[slot].zero_()
             else:
                 proj.a[slot].copy_(pair[0])
-                proj.b[slot].copy_(pair[1])
+                for b, part in zip(proj.b, pair[1], strict=True):
+                    b[slot].copy_(part)
 
     def _retire(self, entry: LoRAEntry) -> None:
         entry.removed = True

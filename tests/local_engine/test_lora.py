@@ -51,11 +51,15 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, torch.Tensor]]:
     return rows
 
 
-def _run(engine: LLMEngine, requests: dict[str, str | None], prompt: list[int] = PROMPT) -> dict[str, list[int]]:
+def _run(engine: LLMEngine, requests: dict[str, str | None], stagger: bool = False) -> dict[str, list[int]]:
+    """Greedy tokens of each request (id -> adapter) on PROMPT; ``stagger``: one step after each is added."""
     params = SamplingParams(max_tokens=TOKENS, temperature=0, ignore_eos=True)
-    for rid, lora in requests.items():
-        engine.add_request(rid, prompt, params, lora=lora)
     tokens: dict[str, list[int]] = {rid: [] for rid in requests}
+    for rid, lora in requests.items():
+        engine.add_request(rid, PROMPT, params, lora=lora)
+        if stagger:
+            for out in engine.step():
+                tokens[out.request_id].extend(out.token_ids)
     for _ in range(1000):  # bounded: an adapter load the step loop waits for is milliseconds here
         if not engine.has_unfinished():
             break
@@ -91,11 +95,13 @@ def test_each_adapter_alone_equals_peft_merged(
     _assert_matches(rows, "r", tokens["r"], adapters[name][1])
 
 
-@pytest.mark.parametrize("chunk", [512, 5], ids=["whole-prefill", "chunked-prefill"])
+@pytest.mark.parametrize("mode", ["whole-prefill", "chunked-prefill", "staggered"])
 def test_three_adapters_and_the_base_in_one_batch(
-    tiny_llama: Path, adapters: dict[str, tuple[Path, Any]], chunk: int, monkeypatch: pytest.MonkeyPatch
+    tiny_llama: Path, adapters: dict[str, tuple[Path, Any]], mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = _engine(tiny_llama, adapters, max_num_batched_tokens=chunk)
+    # whole: every prompt in one step (each adapter's tokens a long run); chunked: 5-token chunks (short runs
+    # of several adapters, masked); staggered: one request added per step (a prefill next to others' decodes).
+    engine = _engine(tiny_llama, adapters, max_num_batched_tokens=5 if mode == "chunked-prefill" else 512)
     _run(engine, {f"warm-{n}": n for n in ADAPTERS})  # all three resident, so the batch below starts together
     engine = _fresh_cache(engine)
     steps: list[int] = []
@@ -108,9 +114,9 @@ def test_three_adapters_and_the_base_in_one_batch(
     engine.runner.run = run  # type: ignore[method-assign]
     rows = _capture(monkeypatch)
     requests = {"base": None, **{f"r-{n}": n for n in ADAPTERS}}
-    tokens = _run(engine, requests)
+    tokens = _run(engine, requests, stagger=mode == "staggered")
     # All four share steps (with 5-token chunks the first is done before the last is prefilled).
-    assert max(steps) == (4 if chunk == 512 else 3)
+    assert max(steps) == (3 if mode == "chunked-prefill" else 4)
     _assert_matches(rows, "base", tokens["base"], hf_model(tiny_llama))
     for name, (_, merged) in adapters.items():
         _assert_matches(rows, f"r-{name}", tokens[f"r-{name}"], merged)
