@@ -111,6 +111,8 @@ def main() -> int:
         for _ in range(args.rounds):
             for n in ADAPTER_COUNTS:
                 results[n].append(run_row(engine, prompts, names[:n], args.tokens))
+                print(f"  {n or 'base'}: {results[n][-1][0]:.0f} tokens/s, {results[n][-1][1]:.0f} tok/CPU-s",
+                      file=sys.stderr, flush=True)
         loads = engine.loras.load_seconds
     base_tps = statistics.median(r[0] for r in results[0])
     print(f"\nLoRA throughput: {args.model}, {CONCURRENT} concurrent, {args.prompt_tokens} tokens in, "

@@ -164,7 +164,7 @@ class LoRAEntry:
     id: int
     slot: int = -1  # -1: not resident
     refs: int = 0  # unfinished sequences using it
-    last_used: float = 0.0
+    last_used: int = 0  # LoRAManager's use counter when last acquired or released
     removed: bool = False
     loading: Future[dict[tuple[int, str], Weights]] | None = None
     error: BaseException | None = None
@@ -256,6 +256,7 @@ class LoRAManager:
         self._slots: list[LoRAEntry | None] = [None] * max_loras
         self._pending: list[LoRAEntry] = []  # loading or loaded, waiting for a slot
         self._ids = itertools.count(1)
+        self._clock = itertools.count()  # orders uses for LRU eviction
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="lora-loader")
         self.load_seconds: list[float] = []  # how long each load took in the loader thread
 
@@ -307,7 +308,7 @@ class LoRAManager:
             if entry is None:
                 raise LoRAError(f"no LoRA adapter named {name!r}")
             entry.refs += 1
-            entry.last_used = time.monotonic()
+            entry.last_used = next(self._clock)
             if entry.slot < 0 and entry.loading is None:
                 entry.loading = self._loader.submit(self._load, entry.adapter)
                 self._pending.append(entry)
@@ -316,7 +317,7 @@ class LoRAManager:
     def release(self, entry: LoRAEntry) -> None:
         with self._lock:
             entry.refs -= 1
-            entry.last_used = time.monotonic()
+            entry.last_used = next(self._clock)
             if entry.removed and entry.refs == 0:
                 self._free(entry)
 
