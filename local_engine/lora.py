@@ -38,9 +38,9 @@ _PARENT = {"qkv_proj": "self_attn", "o_proj": "self_attn", "gate_up_proj": "mlp"
 TARGETS = tuple(t for parts in FUSED.values() for t in parts)
 _KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 _WEIGHTS = "adapter_model.safetensors"
-# A run of at least this many tokens of one adapter (a prefill chunk) gets its own exact matmuls; shorter
-# runs (decodes) share the masked matmuls over every active adapter.
-LONG_RUN = 16
+# An adapter with at least this many tokens in a step (a prefill chunk, or many decodes) gets its own exact
+# matmuls on its rows; the others (a few decodes each) share the masked matmuls over every such adapter.
+GROUP_TOKENS = 16
 
 Weights = tuple[torch.Tensor, list[torch.Tensor]]  # A, B^T per part
 
@@ -179,9 +179,9 @@ class LoRAEntry:
 class LoRABatch:
     """Per-step indices every projection reads (built once per step by :meth:`LoRAManager.begin`)."""
 
-    runs: list[tuple[int, int, int]]  # (slot, start, end): long runs of one adapter's tokens
-    active: torch.Tensor | slice | None  # slots of the short-run tokens (a slice when contiguous)
-    mask: torch.Tensor | None  # [tokens, n active, 1]: each short-run token's own adapter
+    groups: list[tuple[int, slice | torch.Tensor]]  # (slot, its rows): adapters with many tokens
+    active: torch.Tensor | slice | None  # slots of the other tokens (a slice when contiguous)
+    mask: torch.Tensor | None  # [tokens, n active, 1]: each of those tokens' own adapter
     rows: torch.Tensor | None  # which tokens the masked part covers; None: all of them
 
 
@@ -206,9 +206,15 @@ class LoRAProjection(nn.Module):
         batch = self.state.batch
         if batch is None or self.a is None:
             return y
-        for slot, start, end in batch.runs:
-            u = x[start:end] @ self.a[slot].T
-            self._expand(y[start:end], u.view(end - start, 1, -1), slice(slot, slot + 1))
+        for slot, rows in batch.groups:
+            u = (x[rows] if isinstance(rows, slice) else x.index_select(0, rows)) @ self.a[slot].T
+            u = u.view(u.shape[0], 1, -1)
+            if isinstance(rows, slice):
+                self._expand(y[rows], u, slice(slot, slot + 1))
+            else:
+                delta = torch.zeros(u.shape[0], y.shape[1], dtype=y.dtype, device=y.device)
+                self._expand(delta, u, slice(slot, slot + 1))
+                y.index_add_(0, rows, delta)
         if batch.active is not None:
             assert batch.mask is not None
             xs = x if batch.rows is None else x.index_select(0, batch.rows)
@@ -369,25 +375,33 @@ class LoRAManager:
         if not runs:
             self.state.batch = None
             return
-        long = [r for r in runs if r[2] - r[1] >= LONG_RUN]
-        short = [r for r in runs if r[2] - r[1] < LONG_RUN]
+        tokens: dict[int, list[tuple[int, int]]] = {}
+        for slot, a, b in runs:
+            tokens.setdefault(slot, []).append((a, b))
+        grouped = {s for s, spans in tokens.items() if sum(b - a for a, b in spans) >= GROUP_TOKENS}
+        groups: list[tuple[int, slice | torch.Tensor]] = [
+            (s, slice(*spans[0]) if len(spans) == 1 else
+             torch.tensor([i for a, b in spans for i in range(a, b)], device=self.device))
+            for s, spans in tokens.items() if s in grouped
+        ]
+        short = [r for r in runs if r[0] not in grouped]
         active_t: torch.Tensor | slice | None = None
         mask = rows = None
         if short:
             slots = sorted({slot for slot, _, _ in short})
             position = {s: i for i, s in enumerate(slots)}
-            # Without long runs the masked matmuls cover every token (base ones masked out): no gather.
-            covered = [(i, s) for i, s in enumerate(token_slots) if s >= 0] if long else list(enumerate(token_slots))
-            if long:
-                long_tokens = {i for _, a, b in long for i in range(a, b)}
-                covered = [(i, s) for i, s in covered if i not in long_tokens]
+            # Without groups the masked matmuls cover every token (base ones masked out): no gather.
+            if groups:
+                covered = [(i, slot) for slot, a, b in short for i in range(a, b)]
                 rows = torch.tensor([i for i, _ in covered], device=self.device)
+            else:
+                covered = list(enumerate(token_slots))
             onehot = torch.zeros(len(covered), len(slots) + 1, dtype=self.dtype)
             onehot[torch.arange(len(covered)), torch.tensor([position.get(s, -1) for _, s in covered])] = 1
             mask = onehot[:, :-1].unsqueeze(-1).to(self.device)  # base rows went to the dropped last column
             contiguous = slots == list(range(slots[0], slots[-1] + 1))
             active_t = slice(slots[0], slots[-1] + 1) if contiguous else torch.tensor(slots, device=self.device)
-        self.state.batch = LoRABatch(long, active_t, mask, rows)
+        self.state.batch = LoRABatch(groups, active_t, mask, rows)
 
     def end(self) -> None:
         self.state.batch = None

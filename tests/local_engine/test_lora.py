@@ -122,6 +122,21 @@ def test_three_adapters_and_the_base_in_one_batch(
         _assert_matches(rows, f"r-{name}", tokens[f"r-{name}"], merged)
 
 
+def test_one_adapter_on_rows_spread_through_the_batch(
+    tiny_llama: Path, adapters: dict[str, tuple[Path, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prompts of one adapter between base ones: its rows are gathered from several places in the batch.
+    engine = _engine(tiny_llama, adapters)
+    _run(engine, {"warm": "every"})  # resident, so that all six start in one step
+    engine = _fresh_cache(engine)
+    rows = _capture(monkeypatch)
+    requests = {f"r{i}": "every" if i % 2 else None for i in range(6)}
+    tokens = _run(engine, requests)
+    base = hf_model(tiny_llama)
+    for rid, lora in requests.items():
+        _assert_matches(rows, rid, tokens[rid], adapters["every"][1] if lora else base)
+
+
 def _fresh_cache(engine: LLMEngine) -> LLMEngine:
     """The same engine (adapters resident) with its prefix cache emptied."""
     from local_engine.block_manager import BlockManager
