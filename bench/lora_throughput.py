@@ -115,19 +115,22 @@ def main() -> int:
                       file=sys.stderr, flush=True)
         loads = engine.loras.load_seconds
     base_tps = statistics.median(r[0] for r in results[0])
+    base_cps = statistics.median(r[1] for r in results[0])
     print(f"\nLoRA throughput: {args.model}, {CONCURRENT} concurrent, {args.prompt_tokens} tokens in, "
           f"{args.tokens} out, rank {args.rank} on {len(TARGETS)} projections, {torch.get_num_threads()} "
           f"threads, median of {args.rounds}\n")
-    print("| adapters | tokens/s | tok/CPU-s | vs base |")
-    print("|---|---|---|---|")
+    print("| adapters | tokens/s | vs base | tok/CPU-s | vs base |")
+    print("|---|---|---|---|---|")
     for n in ADAPTER_COUNTS:
         tps = statistics.median(r[0] for r in results[n])
         cps = statistics.median(r[1] for r in results[n])
-        print(f"| {n or 'base'} | {tps:.0f} | {cps:.0f} | {tps / base_tps:.0%} |")
+        print(f"| {n or 'base'} | {tps:.0f} | {tps / base_tps:.0%} | {cps:.0f} | {cps / base_cps:.0%} |")
     print(f"\nadapter load: check (add_lora) {statistics.mean(checks) * 1e3:.1f} ms, read + stack in the loader "
           f"thread {statistics.mean(loads) * 1e3:.1f} ms (mean of {len(loads)})")
     ratio = statistics.median(r[0] for r in results[16]) / base_tps
-    print(f"target 16 adapters >= 70% of base: {'met' if ratio >= 0.7 else 'NOT met'} ({ratio:.0%})")
+    cpu_ratio = statistics.median(r[1] for r in results[16]) / base_cps
+    met = "met" if min(ratio, cpu_ratio) >= 0.7 else "NOT met"
+    print(f"target 16 adapters >= 70% of base: {met} (tokens/s {ratio:.0%}, tok/CPU-s {cpu_ratio:.0%})")
     return 0
 
 
