@@ -76,6 +76,12 @@ def _items(answer: Answer) -> list[dict[str, Any]]:
     return items
 
 
+def whole(body: dict[str, Any]) -> dict[str, Any]:
+    """The whole Response object answering ``body``."""
+    answer = plan(body)
+    return _response(body, _items(answer), "completed", _usage(body, answer))
+
+
 async def handle(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
     answer = plan(body)
     items = _items(answer)
