@@ -218,6 +218,28 @@ class Admission:
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
+    async def charge(self, tenant: str, key_id: str, alias: str, entry_id: str, tokens: int, cost: int) -> bool:
+        """Records work done outside a request (a fine-tuning job's tokens trained, ``cost`` nano-USD) in the
+        ledger, once per ``entry_id``, and against the tenant's and key's budgets, which it may take past their
+        limit: the work is already done. False when that entry was recorded already."""
+        rules = self._rules.get(tenant, self._fallback_rules)
+        now = self.clock.time()
+        day, month = budget.today(now)
+        key_policy = rules.per_key.get(key_id)
+        key_budget = key_policy.budget if key_policy and key_policy.budget else rules.key_budget
+        spends = budget.spends(rules.budget, rules.prefix, "tenant", day, month)
+        spends += budget.spends(key_budget, f"{rules.prefix}:k:{key_id}", "key", day, month)
+        spends = [replace(s, limit=None, soft=None) for s in spends]
+        reservation = Reservation(entry_id=entry_id, tenant=tenant, key_id=key_id, alias=alias, day=day, ts=now,
+                                  buckets=[], slots=[], spends=spends, est_prompt=tokens, est_completion=0,
+                                  est_cost=cost, lease_s=self.stores.settle_after_s)
+        if (await self.store.admit(reservation)).outcome == "dup":
+            return False
+        await self._settle(self.store, Settlement(
+            reservation=reservation, deployment="fine-tuning", prompt_tokens=tokens, completion_tokens=0,
+            cached_tokens=0, cost=cost, status=200, latency_ms=0.0, cache_hit=False, estimated=False))
+        return True
+
     async def _admit(self, call: Call) -> _Admitted:
         rules = self._rules.get(call.tenant, self._fallback_rules)
         loop = asyncio.get_running_loop()
