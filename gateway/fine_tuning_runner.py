@@ -110,8 +110,12 @@ class FineTuningRunner:
         return None
 
     async def _renew(self, key: str, value: str) -> bool:
-        """Extends a lease this process holds; False when it has lost it."""
-        if await self.kv.get(key) != value:
+        """Extends a lease this process holds; False when another holds it. A lease found gone (expired while
+        the store was slow or unreachable) is taken again if still free."""
+        holder = await self.kv.get(key)
+        if holder is None:
+            return await self.kv.set_if_absent(key, value, self.config.lease_s)
+        if holder != value:
             return False
         await self.kv.set(key, value, self.config.lease_s)
         return True
@@ -184,14 +188,17 @@ class FineTuningRunner:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "local_engine.training", str(spec), stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.DEVNULL, env=_child_env())
-            keeper = asyncio.create_task(self._keep(job_id, slot, lease, process))
+            lost = asyncio.Event()
+            keeper = asyncio.create_task(self._keep(job_id, slot, lease, process, lost))
             try:
                 outcome = await self._follow(fields, process)
             finally:
                 keeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await keeper
-            if (await self.jobs.fields(job_id)).get("cancel_requested"):
+            if lost.is_set():
+                self._log.warning("fine-tuning: another process took over the job", job_id=job_id)
+            elif (await self.jobs.fields(job_id)).get("cancel_requested"):
                 await self.jobs.finish(job_id, "cancelled")
             elif outcome.get("type") == "done":
                 await self._succeeded(fields, outcome)
@@ -219,11 +226,15 @@ class FineTuningRunner:
         if await self.kv.get(lease) == _OWNER:
             await self.kv.delete(lease)
 
-    async def _keep(self, job_id: str, slot: str, lease: str, process: asyncio.subprocess.Process) -> None:
-        """Renews the leases while the trainer runs; stops it when the job is cancelled or a lease is lost."""
+    async def _keep(self, job_id: str, slot: str, lease: str, process: asyncio.subprocess.Process,
+                    lost: asyncio.Event) -> None:
+        """Renews the leases while the trainer runs; stops it when the job is cancelled, or when another
+        process holds its lease (then ``lost`` is set: that process trains the job)."""
         while process.returncode is None:
             await asyncio.sleep(min(self.config.lease_s / 3, self.config.poll_s))
             held = await self._renew(slot, f"{_OWNER}:{job_id}") and await self._renew(lease, _OWNER)
+            if not held:
+                lost.set()
             if not held or (await self.jobs.fields(job_id)).get("cancel_requested"):
                 process.kill()
                 return

@@ -58,19 +58,19 @@ def ft_gateway(upstream, start_gateway, tiny_path, tmp_path) -> ServerThread:
     return start_gateway(gateway_text(upstream[0].url, tiny_path, tmp_path))
 
 
-def sdk(server: ServerThread, key: str = KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=30)
+def sdk(url: str, key: str = KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=30)
 
 
 @pytest.fixture
 def client(ft_gateway) -> Iterator[openai.OpenAI]:
-    with sdk(ft_gateway) as c:
+    with sdk(ft_gateway.url) as c:
         yield c
 
 
 @pytest.fixture
 def other(ft_gateway) -> Iterator[openai.OpenAI]:
-    with sdk(ft_gateway, OTHER_KEY) as c:
+    with sdk(ft_gateway.url, OTHER_KEY) as c:
         yield c
 
 

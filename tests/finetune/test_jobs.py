@@ -129,7 +129,7 @@ def test_bad_requests_are_400_in_openais_format(client, ft_gateway):
         assert got.status_code == 400, (body, got.text)
         error = got.json()["error"]
         assert error["type"] == "invalid_request_error" and error["param"] == param, (body, error)
-    other_file = upload(sdk(ft_gateway, OTHER_KEY), jsonl(examples(12)))
+    other_file = upload(sdk(ft_gateway.url, OTHER_KEY), jsonl(examples(12)))
     got = httpx.post(ft_gateway.url + "/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": other_file},
                      headers={"Authorization": f"Bearer {KEY}"})
     assert got.status_code == 400 and got.json()["error"]["param"] == "training_file"   # globex's file
@@ -161,7 +161,7 @@ def test_one_job_trains_at_a_time_the_next_waits_queued_and_cancel_stops_a_runni
 
 def test_a_queued_job_is_cancelled_at_once(upstream, start_gateway, tiny_path, tmp_path):
     server = start_gateway(gateway_text(upstream[0].url, tiny_path, tmp_path))
-    with sdk(server) as client:
+    with sdk(server.url) as client:
         training = upload(client, jsonl(examples(12)))
         first = client.fine_tuning.jobs.create(model="tiny", training_file=training, hyperparameters={"n_epochs": 50})
         wait_for(client, first.id, lambda j: j.status == "running")
