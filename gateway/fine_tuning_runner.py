@@ -299,7 +299,7 @@ class FineTuningRunner:
                     "object": "fine_tuning.job.checkpoint", "created_at": self.jobs.now(),
                     "fine_tuning_job_id": job_id, "step_number": line["step"],
                     "fine_tuned_model_checkpoint": f"{_result_name(fields)}:ckpt-step-{line['step']}",
-                    "metrics": await self._last_metrics(job_id), "path": line["path"]})
+                    "metrics": await self._last_metrics(job_id)})
                 await self.jobs.event(job_id, f"Checkpoint created at step {line['step']}")
             elif kind in ("done", "error"):
                 last = line

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import signal
 
+import pytest
+
 from tests.conftest import KEY
+from tests.finetune.conftest import events, gateway_text, sdk, upload, wait_for
+from tests.finetune.dataset import examples, jsonl
 from tests.gateway.test_server import start_serve_with
 from tests.redis_server import RedisServer
 
-from tests.finetune.conftest import events, gateway_text, sdk, upload, wait_for
-from tests.finetune.dataset import examples, jsonl
+pytestmark = pytest.mark.timeout(900)   # two gateway processes starting on a busy machine
 
 
 def test_killed_mid_training_resumes_from_its_last_checkpoint(tmp_path, upstream, tiny_path):
