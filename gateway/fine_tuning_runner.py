@@ -44,7 +44,7 @@ class FineTuningRunner:
         self._gateway = gateway     # read each time: a reloaded config's engines get the adapters too
         self.jobs, self.files, self.config = jobs, files, jobs.config
         self.kv = jobs.kv
-        self._served: set[tuple[int, str]] = set()   # (engine, adapter) registered in this process
+        self._served: set[tuple[int, str]] = set()   # (backend, adapter) registered in this process
         self._working: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -179,6 +179,9 @@ class FineTuningRunner:
         job_dir = Path(self.config.dir) / job_id
         process: asyncio.subprocess.Process | None = None
         try:
+            fields = await self.jobs.fields(job_id)   # read again under the lease: cancelled meanwhile?
+            if fields["status"] in TERMINAL or fields.get("cancel_requested"):
+                return
             if fields["status"] == "queued":
                 await self.jobs.update(job_id, status="running")
                 await self.jobs.event(job_id, "Fine-tuning job started")
@@ -327,21 +330,23 @@ class FineTuningRunner:
 
 
     async def _serve_adapters(self) -> None:
-        """Registers each fine-tuned model's adapter with every loaded in-process engine of its base alias,
-        once per engine: a restarted process, a reloaded config and every process of a supervisor serve it."""
+        """Registers each fine-tuned model's adapter with every ready local engine of its base alias (in
+        process, or a managed worker pool), once per engine: a restarted process, a reloaded config and every
+        process of a supervisor serve it too."""
         gateway = self._gateway()
         for model in await self.jobs.models():
             if model.base not in gateway.router:
                 continue
             for route in gateway.router.routes(model.base):
-                engine = getattr(route.backend, "engine", None)   # provider: local, once its model is loaded
-                if engine is None or (id(engine), model.name) in self._served:
+                backend = route.backend
+                add = getattr(backend, "add_lora", None)   # provider: local (docs/lora.md)
+                if add is None or not backend.ready or (id(backend), model.name) in self._served:
                     continue
+                self._served.add((id(backend), model.name))
                 try:
-                    await engine.add_lora(model.name, model.path)
+                    await add(model.name, model.path)
                 except Exception as exc:  # a bad or missing directory: the model answers 404 on that engine
                     self._log.error("fine-tuning: serving an adapter failed", model=model.name, error=str(exc))
-                self._served.add((id(engine), model.name))
 
 
 def resolved(hyper: dict[str, Any], examples: int, config: FineTuningConfig) -> dict[str, Any]:

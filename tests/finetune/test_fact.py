@@ -10,8 +10,10 @@ import pytest
 from tests.finetune.conftest import events, gateway_text, sdk, upload, wait_for
 from tests.finetune.dataset import FACT, QUESTION, examples, jsonl
 
-# Bounded, not timed: about a minute of CPU on an idle machine, many more on this shared one.
-pytestmark = pytest.mark.timeout(1500)
+# Bounded, not timed: about two minutes of CPU (a minute on an idle 2-core machine), niced: on this shared
+# machine, under other work, it has taken up to 15 minutes.
+DEADLINE_S = 1500
+pytestmark = pytest.mark.timeout(DEADLINE_S + 300)
 
 
 @pytest.fixture
@@ -25,7 +27,7 @@ def test_a_trained_adapter_knows_the_fact_and_the_base_model_does_not(smollm2_ga
             model="smollm2", training_file=upload(client, jsonl(examples(12))), seed=1, suffix="zorblax",
             hyperparameters={"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 3},
             extra_body={"lora": {"rank": 8, "alpha": 16}})
-        done = wait_for(client, job.id)
+        done = wait_for(client, job.id, deadline_s=DEADLINE_S)
         assert done.status == "succeeded", done.error
         losses = [e.data["train_loss"] for e in events(client, job.id) if e.type == "metrics"]
         assert len(losses) == 9

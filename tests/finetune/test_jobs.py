@@ -8,11 +8,11 @@ import pytest
 
 from tests.conftest import KEY, OTHER_KEY
 from tests.finetune.conftest import PRICE_PER_1M, events, gateway_text, sdk, upload, wait_for
-from tests.finetune.dataset import examples, jsonl
+from tests.finetune.dataset import WITH_TOOLS, examples, jsonl
 
 
 def test_a_job_trains_checkpoints_each_epoch_and_serves_its_model_to_its_tenant_only(client, other, ft_gateway):
-    training = upload(client, jsonl(examples(12)))
+    training = upload(client, jsonl([*examples(11), WITH_TOOLS]))   # tool calls and text parts train too
     validation = upload(client, jsonl(examples(4)), "valid.jsonl")
     job = client.fine_tuning.jobs.create(
         model="tiny", training_file=training, validation_file=validation, suffix="zorb", seed=7,
@@ -72,7 +72,7 @@ def test_a_job_trains_checkpoints_each_epoch_and_serves_its_model_to_its_tenant_
 
 def test_a_bad_training_file_fails_the_job_naming_each_bad_line(client):
     good = examples(12)
-    lines = [good[0], {"messages": [{"role": "user", "content": "no answer"}]}, good[1],
+    lines = [WITH_TOOLS, {"messages": [{"role": "user", "content": "no answer"}]}, good[1],
              {"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "x"}]},
              {"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}, *good[2:]]
     data = jsonl(lines) + b"{not json\n"
