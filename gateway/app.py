@@ -268,6 +268,16 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
     if record.variant is not None:
         metrics.VARIANT_REQUESTS.labels(alias, record.variant, status).inc()
         metrics.VARIANT_LATENCY.labels(alias, record.variant).observe(latency)
+        if record.ttft_s is not None:
+            metrics.VARIANT_TTFT.labels(alias, record.variant).observe(record.ttft_s)
+        if record.prompt_tokens:
+            metrics.VARIANT_TOKENS.labels(alias, record.variant, "prompt").inc(record.prompt_tokens)
+        if record.completion_tokens:
+            metrics.VARIANT_TOKENS.labels(alias, record.variant, "completion").inc(record.completion_tokens)
+        if record.cost_usd:
+            metrics.VARIANT_COST.labels(alias, record.variant).inc(record.cost_usd)
+        if record.cache is not None and record.cache.startswith("hit"):
+            metrics.VARIANT_CACHE_HITS.labels(alias, record.variant).inc()
     if record.trace is not None:
         record.trace.finish(record)
     log = request.app.get(requestlog.REQUEST_LOG)

@@ -14,6 +14,7 @@ from policies.context import ContextPolicies
 from policies.cost import PriceTable, dearest, deployment_price
 from policies.resilience import Resilience
 from policies.router import Route, Router
+from policies.shadow import Shadows
 from policies.stores.base import Store
 from policies.stores.layer import CONNECTION_FIELDS, StoreLayer
 from policies.tokens import encoding_of
@@ -87,8 +88,10 @@ class Gateway:
         configured = {m.name: m.variants for m in config.models}
         versions = VariantHistory(Variants(configured, {t.name: t.variants for t in config.tenants}), stores.kv,
                                   configured, {m.name: [d.id for d in m.deployments] for m in config.models},
-                                  clock.time)
-        pipeline = Pipeline(admission, cache, resilience, context, versions)
+                                  clock, poll_s=config.control_plane.poll_interval_s)
+        resilience.observe = versions.canary.observe
+        shadows = Shadows(versions.variants, context, admission, resilience, embed=lambda: cache.embedder)
+        pipeline = Pipeline(admission, cache, resilience, context, versions, shadows)
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline, stores=stores)
 

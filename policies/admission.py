@@ -240,6 +240,20 @@ class Admission:
             cached_tokens=0, cost=cost, status=200, latency_ms=0.0, cache_hit=False, estimated=False))
         return True
 
+    async def record_only(self, call: Call, status: int, started: float) -> None:
+        """Ledgers a finished request that no limit or budget counts (a shadow request, policies/shadow.py):
+        its record and aggregates, priced as any other; ``started``: its ``time.perf_counter()`` start."""
+        now = self.clock.time()
+        reservation = Reservation(entry_id=call.record.request_id, tenant=call.tenant, key_id=call.key_id,
+                                  alias=call.alias, variant=call.variant, day=budget.today(now)[0], ts=now,
+                                  buckets=[], slots=[], spends=[], est_prompt=0, est_completion=0, est_cost=0,
+                                  lease_s=self.stores.settle_after_s)
+        result = await self.store.admit(reservation)
+        if result.outcome == "dup":
+            reservation.entry_id = f"{reservation.entry_id}.{uuid.uuid4().hex[:8]}"
+            await self.store.admit(reservation)
+        await self._settle(self.store, self._settlement(call, _Admitted(reservation, self.store, started), status))
+
     async def _admit(self, call: Call) -> _Admitted:
         rules = self._rules.get(call.tenant, self._fallback_rules)
         loop = asyncio.get_running_loop()
@@ -332,8 +346,8 @@ class Admission:
         planned = list(fixed)
         planned += [Bucket(b.key, b.capacity, b.rate, total, b.kind, b.scope, b.limit) for b in per_token]
         return Reservation(entry_id=call.record.request_id, tenant=call.tenant, key_id=call.key_id,
-                           alias=call.alias, day=day, ts=now, buckets=planned, slots=held, spends=spends,
-                           est_prompt=prompt, est_completion=completion,
+                           alias=call.alias, variant=call.variant, day=day, ts=now, buckets=planned, slots=held,
+                           spends=spends, est_prompt=prompt, est_completion=completion,
                            est_cost=alias.max_price.nano(prompt, completion), lease_s=self.stores.settle_after_s)
 
     def _static_plan(self, call: Call, rules: _Rules, day: str, month: str) -> _StaticPlan:
@@ -413,7 +427,7 @@ class Admission:
         elif record.deployment is not None and (final < 400 or final == _CLIENT_CLOSED):
             # answered (or cut off) without usage: the upstream may bill it, so it is charged at the estimate
             prompt, completion, estimated, how = reservation.est_prompt, reservation.est_completion, True, "estimated"
-        price = self._prices.get(deployment) or self._aliases.get(call.alias, AliasPolicy()).max_price
+        price = call.price or self._prices.get(deployment) or self._aliases.get(call.alias, AliasPolicy()).max_price
         cost = price.nano(prompt, completion, cached, written)
         if estimated:
             cost = reservation.est_cost
