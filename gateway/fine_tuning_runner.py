@@ -188,9 +188,13 @@ class FineTuningRunner:
             else:
                 await self.jobs.event(job_id, "Fine-tuning job resumed")
             spec = await self._spec(fields, job_dir)
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "local_engine.training", str(spec), stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL, env=_child_env())
+            log = await asyncio.to_thread(open, job_dir / "trainer.log", "ab")   # the trainer's stderr
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "local_engine.training", str(spec), stdout=asyncio.subprocess.PIPE,
+                    stderr=log, env=_child_env())
+            finally:
+                log.close()   # the child writes through its own descriptor
             lost = asyncio.Event()
             keeper = asyncio.create_task(self._keep(job_id, slot, lease, process, lost))
             try:
@@ -206,8 +210,9 @@ class FineTuningRunner:
             elif outcome.get("type") == "done":
                 await self._succeeded(fields, outcome)
             else:
-                error = {"code": "training_failed", "param": None,
-                         "message": outcome.get("message") or f"The trainer exited with status {process.returncode}."}
+                last = await asyncio.to_thread(_last_line, job_dir / "trainer.log")
+                error = {"code": "training_failed", "param": None, "message": outcome.get("message") or
+                         f"The trainer exited with status {process.returncode}" + (f": {last}" if last else ".")}
                 await self.jobs.finish(job_id, "failed", error=orjson.dumps(error).decode())
         except asyncio.CancelledError:
             raise   # the gateway is stopping: the job stays running, to be resumed
@@ -366,6 +371,14 @@ def _step_message(line: dict[str, Any]) -> str:
     if "valid_loss" in line:
         message += f", validation loss={line['valid_loss']:.4f}"
     return message
+
+
+def _last_line(path: Path) -> str:
+    """The last line a trainer wrote to stderr (a crash's exception), for the job's error."""
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+        lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""
 
 
 def _child_env() -> dict[str, str]:

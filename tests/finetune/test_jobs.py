@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from tests.conftest import KEY, OTHER_KEY
-from tests.finetune.conftest import PRICE_PER_1M, events, gateway_text, sdk, upload, wait_for
+from tests.finetune.conftest import PRICE_PER_1M, events, gateway_text, local_model, sdk, upload, wait_for
 from tests.finetune.dataset import WITH_TOOLS, examples, jsonl
 
 
@@ -171,3 +171,17 @@ def test_a_queued_job_is_cancelled_at_once(upstream, start_gateway, tiny_path, t
         client.fine_tuning.jobs.cancel(first.id)
         assert wait_for(client, first.id).status == "cancelled"
         assert client.fine_tuning.jobs.retrieve(second.id).status == "cancelled"
+
+
+def test_a_training_that_cannot_run_fails_the_job_with_the_trainers_error(upstream, start_gateway, tiny_path,
+                                                                          tmp_path):
+    (tmp_path / "not-a-model").mkdir()
+    (tmp_path / "not-a-model" / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    text = gateway_text(upstream[0].url, tiny_path, tmp_path).replace(
+        "tenants:", local_model("gone", tmp_path / "not-a-model") + "\ntenants:")
+    server = start_gateway(text)
+    with sdk(server.url, OTHER_KEY) as client:   # globex may use every alias
+        job = client.fine_tuning.jobs.create(model="gone", training_file=upload(client, jsonl(examples(12))))
+        failed = wait_for(client, job.id)
+    assert failed.status == "failed" and failed.error.code == "training_failed"
+    assert failed.error.message.startswith("ValueError: ") and "tokenizer" in failed.error.message  # the trainer's own
