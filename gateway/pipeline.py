@@ -26,6 +26,8 @@ from policies.resilience import Resilience
 from policies.shadow import Shadows
 from policies.variant_history import VariantHistory
 
+from .security import streams
+
 _USAGE = b'"usage"'
 _NATIVE = (Endpoint.RESPONSES, Endpoint.MESSAGES, Endpoint.COUNT_TOKENS)
 
@@ -70,11 +72,13 @@ class Pipeline:
                 call.collected = []
             async with self.resilience.send(call) as upstream:
                 if upstream.chunks is not None:
+                    upstream.chunks = streams.scrubbed(upstream.chunks)   # secrets out, before the cache and the client
                     if call.endpoint not in _NATIVE:  # a native format's handler reads its own usage
                         upstream.chunks = _tap(call, upstream.chunks)
                     if call.collected is not None:
                         upstream.chunks = self._store_at_end(call, upstream, upstream.chunks)
                 else:
+                    streams.scrub_whole(upstream)
                     if upstream.data is not None and call.endpoint not in _NATIVE:
                         call.usage = upstream.data.get("usage")
                         call.record.take_usage(call.usage)
