@@ -11,9 +11,10 @@ import pytest
 from tests.finetune.conftest import events, gateway_text, sdk, upload, wait_for
 from tests.finetune.dataset import FACT, QUESTION, examples, jsonl
 
-# Bounded, not timed: about two minutes of CPU (a minute on an idle 2-core machine), niced: on this shared
-# machine, under other work, it has taken up to 15 minutes.
-DEADLINE_S = 1500
+# Bounded, not timed: about two and a half minutes of CPU (a minute or two on an idle 2-core machine), niced: on
+# this shared machine under other engineers' work (load average 15-20) one run took 9 minutes, another did not
+# finish in 25.
+DEADLINE_S = 3000
 pytestmark = pytest.mark.timeout(DEADLINE_S + 300)
 
 
