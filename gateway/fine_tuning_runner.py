@@ -329,7 +329,7 @@ class FineTuningRunner:
         await self._serve_adapters()
         tokens = int(done["trained_tokens"])
         cost = math.ceil(tokens * self.config.price_per_1m_tokens * 1000)   # nano-USD: tokens x $/1M x 1e9 / 1e6
-        await self._gateway().pipeline.admission.charge(tenant, fields["key_id"], name, job_id, tokens, cost)
+        await self._gateway().pipeline.admission.charge_work(tenant, fields["key_id"], name, job_id, tokens, cost)
         await self.jobs.finish(job_id, "succeeded", fine_tuned_model=name, trained_tokens=str(tokens))
         await self.jobs.event(job_id, f"New fine-tuned model created: {name}")
 
