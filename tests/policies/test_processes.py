@@ -120,7 +120,10 @@ def test_four_processes_admit_exactly_the_limit_and_ledger_every_cent(tmp_path, 
         assert all(int(o.split(":")[1]) >= 1 for o in refused)  # Retry-After from the refill rate
         assert len(upstream[1].requests) == admitted  # the others never reached the upstream
         records = wait_for_ledger(urls[1], admitted)
-        assert len(records) == admitted and len({r["request_id"] for r in records}) == admitted
+        reached = {r.body["messages"][-1]["content"] for r in upstream[1].requests}
+        assert len(records) == admitted and len({r["request_id"] for r in records}) == admitted, \
+            [(r["request_id"], r["status"], r["deployment"], r["cost_usd"]) for r in records
+             if r["request_id"] not in reached]  # the extra ones, if any
         priced = upstream_usage(upstream[1].requests, 300.0, 700.0)
         ledgered = {r["request_id"]: round(r["cost_usd"] * NANO) for r in records}
         assert ledgered == priced  # every request, priced from the upstream's usage, exactly once

@@ -93,6 +93,48 @@ async def test_queue_is_bounded_per_tenant_and_in_all():
     await queue.close()
 
 
+async def test_an_admission_answered_after_the_wait_ran_out_is_the_waiters() -> None:
+    # The store admits (takes the bucket's token, writes the ledger reservation) in a round trip that was
+    # sent before the waiter's time ran out and answers after it. The waiter must get that admission: had it
+    # left with a 429, the admission would be given back as a record of a request that never ran (the extra
+    # ledger record seen in tests/policies/test_processes.py).
+    queue = FairQueue(10, 10)
+    loop = asyncio.get_running_loop()
+    max_wait_s = 0.05
+    sent: list[float] = []
+    given_back: list[AdmitResult] = []
+
+    async def slow_store() -> AdmitResult:
+        sent.append(loop.time())
+        deadline = registered + max_wait_s
+        await asyncio.sleep(deadline - loop.time() + 0.05)  # answers after the waiter's deadline, whatever the load
+        return AdmitResult("ok")
+
+    registered = loop.time()
+    result = await queue.wait("a", 1, 0, max_wait_s, slow_store, AdmitResult("slot"), given_back.append)
+    assert sent and sent[0] < registered + max_wait_s   # the attempt was under way before the time ran out
+    assert loop.time() > registered + max_wait_s         # and answered after it
+    assert result.outcome == "ok" and not given_back
+    assert queue.size == 0
+    await queue.close()
+
+
+async def test_a_refusal_answered_after_the_wait_ran_out_refuses() -> None:
+    queue = FairQueue(10, 10)
+    loop = asyncio.get_running_loop()
+    registered = loop.time()
+
+    async def slow_refusal() -> AdmitResult:
+        await asyncio.sleep(registered + 0.1 - loop.time())
+        return AdmitResult("bucket", index=0, retry_after=7.0)
+
+    result = await queue.wait("a", 1, 0, 0.05, slow_refusal, AdmitResult("bucket", index=0, retry_after=0.0),
+                              lambda r: None)
+    assert (result.outcome, result.retry_after) == ("bucket", 7.0)  # the store's latest answer, not the first
+    assert queue.size == 0
+    await queue.close()
+
+
 def _queue_depth(url: str) -> float:
     line = next(x for x in httpx.get(url + "/metrics").text.splitlines() if x.startswith("gateway_queue_depth"))
     return float(line.rsplit(" ", 1)[1])
