@@ -79,7 +79,8 @@ class Gateway:
         for route in router.all_routes():
             metrics.BREAKER_STATE.labels(route.key).set(0)
         cache = ResponseCache(config.cache, tenants={t.name: t.cache for t in config.tenants},
-                              aliases={m.name: m.cache for m in config.models}, stores=stores)
+                              aliases={m.name: m.cache for m in config.models}, stores=stores,
+                              clock=clock.time)
         if config.encryption is not None:
             cache.answers = crypto.EncryptedAnswers(cache.answers, crypto.keyring(config.encryption))
         context = ContextPolicies(router, {m.name: m.context for m in config.models},

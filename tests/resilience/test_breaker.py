@@ -249,12 +249,13 @@ async def test_fail_closed_refuses_a_trial_while_redis_is_away_and_recovers(own_
     stores = StoresConfig(redis_url=own_redis.url, on_redis_error="fail_closed", redis_timeout_s=0.2,
                           retry_redis_after_s=0.2)
     async with StoreLayer(stores) as layer:
-        breakers = Breakers(FAST, ["a/d"], layer)
+        clock = ManualClock()
+        breakers = Breakers(FAST, ["a/d"], layer, clock=clock)
         for _ in range(3):
             await breakers.failure("a/d")
         assert breakers.state("a/d") is State.OPEN
         own_redis.stop()
-        await asyncio.sleep(FAST.cooldown_s)   # the cool-down: the next request would be the trial
+        clock.advance(FAST.cooldown_s)         # the cool-down: the next request would be the trial
         with pytest.raises(Unavailable) as refused:
             await breakers.admit("a/d")       # whether it may go cannot be decided without the shared state
         assert refused.value.status == 503 and layer.health.degraded
