@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from ..result import RequestResult, Tokens
+
 NANO = 1_000_000_000
 
 Outcome = Literal["ok", "bucket", "slot", "budget", "dup", "too_large"]
@@ -93,6 +95,15 @@ class Settlement:
     cache_write_tokens: int = 0   # of prompt_tokens, as cached_tokens (reads) are
     reasoning_tokens: int = 0     # of completion_tokens
 
+    @classmethod
+    def of(cls, reservation: Reservation, result: RequestResult, latency_ms: float = 0.0) -> Settlement:
+        """The store's step for ``result``: its record, the budget spend and the buckets' refund."""
+        t = result.tokens
+        return cls(reservation=reservation, deployment=result.deployment, prompt_tokens=t.prompt,
+                   completion_tokens=t.completion, cached_tokens=t.cached, cost=result.cost, status=result.status,
+                   latency_ms=latency_ms, cache_hit=result.cache_hit, estimated=result.estimated,
+                   cache_write_tokens=t.cache_write, reasoning_tokens=t.reasoning)
+
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
@@ -119,9 +130,9 @@ class Settlement:
 
 
 def settle_at_estimate(reservation: Reservation, status: int = 0) -> Settlement:
-    return Settlement(reservation=reservation, deployment="-", prompt_tokens=reservation.est_prompt,
-                      completion_tokens=reservation.est_completion, cached_tokens=0, cost=reservation.est_cost,
-                      status=status, latency_ms=0.0, cache_hit=False, estimated=True)
+    r = reservation
+    return Settlement.of(r, RequestResult(status=status, deployment="-", tokens=Tokens(r.est_prompt, r.est_completion),
+                                          cost=r.est_cost, how="estimated"))
 
 
 class Store(Protocol):
