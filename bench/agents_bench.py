@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -28,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from bench.providers_bench import KEY, MESSAGES, config, cpu_seconds, drive  # noqa: E402
 from tests.fakes import bedrock_upstream  # noqa: E402
 
-ROWS = {"/v1/chat/completions": {"model": "openai", "messages": MESSAGES},
+ROWS: dict[str, dict[str, Any]] = {"/v1/chat/completions": {"model": "openai", "messages": MESSAGES},
         "/v1/responses": {"model": "openai", "instructions": "Be brief.", "input": MESSAGES[1]["content"],
                           "store": False},
         "/v1/messages": {"model": "openai", "max_tokens": 100, "system": "Be brief.", "messages": MESSAGES[1:]}}

@@ -77,7 +77,7 @@ def settle(server: ServerThread) -> None:
 
 
 @pytest.fixture
-def cached_gateway(upstream: tuple[ServerThread, FakeState], start_gateway: Callable[[str], ServerThread],
+def cached_gateway(upstream: tuple[ServerThread, FakeState], start_gateway: Callable[..., ServerThread],
                    stores_yaml: str) -> Callable[..., ServerThread]:
     """A gateway with the cache on, on each store (``store_kind``: memory, one Redis, a Redis Cluster)."""
     def start(cache: dict[str, Any], clock: Clock = SYSTEM, **overrides: Any) -> ServerThread:

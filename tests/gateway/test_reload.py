@@ -235,19 +235,20 @@ def test_the_watcher_reloads_a_changed_file_once(tmp_path, upstream) -> None:
     server = ServerThread(lambda: build_app(loaded)).start()
     ticks = WatchTicks()
     try:
-        assert server.app is not None
-        reloader = Reloader(server.app, str(path), sleep=ticks.sleep)
+        app = server.app
+        assert app is not None
+        reloader = Reloader(app, str(path), sleep=ticks.sleep)
         server.call(reloader.start)
         wait_until(lambda: ticks.started == 1, what="the watcher's first sleep")
-        first = server.app[GATEWAY].loaded   # the live gateway adopts a reloaded config's fields
+        first = app[GATEWAY].loaded   # the live gateway adopts a reloaded config's fields
         ticks.let_go(server, 3)                      # unchanged: nothing to reload
-        assert server.app[GATEWAY].loaded is first
+        assert app[GATEWAY].loaded is first
         write(path, extended(upstream[0].url, server=watch))
         ticks.let_go(server, 2)                      # a look that sees the change, then its settling wait
-        reloaded = wait_until(lambda: server.app[GATEWAY].loaded if server.app[GATEWAY].loaded is not first else None,
+        reloaded = wait_until(lambda: app[GATEWAY].loaded if app[GATEWAY].loaded is not first else None,
                             what="the reload")
         ticks.let_go(server, 5)                      # five more looks at the unchanged file
-        assert server.app[GATEWAY].loaded is reloaded
+        assert app[GATEWAY].loaded is reloaded
         asyncio.run_coroutine_threadsafe(reloader.close(), server.loop).result(30)
     finally:
         server.stop()

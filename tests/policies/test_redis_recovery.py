@@ -26,7 +26,7 @@ def _ledger(url: str) -> list[str]:
     return [r["request_id"] for r in answer.json()["data"]]
 
 
-def _gateway(upstream, start_gateway, redis, mode: str):  # type: ignore[no-untyped-def]
+def _gateway(upstream, start_gateway, redis, mode: str):
     # retry_redis_after_s is long on purpose: recovery must not wait it out after Redis refused a connection.
     stores = f"  redis_url: {redis.url}\n  on_redis_error: {mode}\n  retry_redis_after_s: 30\n  redis_timeout_s: 0.5"
     return start_gateway(policy_config(upstream[0].url, acme="    limits: {rpm: 100000}", stores=stores))

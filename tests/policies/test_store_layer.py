@@ -94,7 +94,7 @@ def test_one_client_serves_every_policy_and_survives_a_reload(upstream, stores_y
         pipeline = gateway.pipeline
         assert client is not None and gateway.stores is layer
         assert pipeline.admission.layer is layer
-        assert pipeline.resilience.breakers.store._layer is layer  # type: ignore[union-attr]
+        assert pipeline.resilience.breakers.store._layer is layer  # type: ignore[attr-defined]
         assert pipeline.cache.answers._layer is layer  # type: ignore[attr-defined]
         with sdk(server) as openai_client:
             assert chat(openai_client).parse().choices

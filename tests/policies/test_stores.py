@@ -26,7 +26,7 @@ SPEND = f"gw:{{t:acme}}:spend:d:{DAY}"
 
 
 @pytest.fixture
-async def store(store_layer: StoreLayer):  # type: ignore[no-untyped-def]
+async def store(store_layer: StoreLayer):
     if not store_layer.shared:
         yield MemoryStore(clock=CLOCK.time)
         return

@@ -231,14 +231,14 @@ async def test_redis_down_fails_open_to_process_memory():
         assert layer.health.degraded
 
 
-def _until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+def _until(condition, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
 
 
-async def _eventually(condition, within: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+async def _eventually(condition, within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while not await condition():
         assert time.monotonic() < deadline, "condition not met in time"
