@@ -8,6 +8,7 @@ Money is counted in integer nano-dollars (1e-9 USD) so sums are exact.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -60,6 +61,9 @@ class Reservation:
     est_completion: int
     est_cost: int        # nano-USD, priced at the alias's dearest deployment
     lease_s: float       # unsettled this long: the sweeper settles it at its estimate
+    # This admission's own id: the same reservation sent again (redis-py resends a command whose connection
+    # failed, maybe after Redis ran it) is recognised as already admitted, not as another request's "dup".
+    attempt: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Reservation:

@@ -48,6 +48,18 @@ def settlement(r: Reservation, prompt: int, completion: int, cost: int) -> Settl
     return Settlement(r, "dep", prompt, completion, 0, cost, 200, 1.0, False, False)
 
 
+async def test_an_admission_sent_again_is_admitted_once(store) -> None:
+    # redis-py sends a command again on a fresh connection when its connection failed, also after Redis ran
+    # it: the same attempt must find its own reservation, not a "dup" that admission would then admit a
+    # second time under another id (two ledger records for one request).
+    first = reservation("again", cost=30)
+    assert (await store.admit(first)).outcome == "ok"
+    assert (await store.admit(first)).outcome == "ok"
+    assert await store.spent(SPEND) == (0, 1000)                             # reserved once
+    assert (await store.admit(reservation("other", cost=60))).outcome == "ok"  # 30 taken once, not twice
+    assert (await store.admit(reservation("again", cost=1))).outcome == "dup"  # another request, same id
+
+
 async def test_admit_is_all_or_nothing(store):
     first = await store.admit(reservation("a", cost=60))
     assert first.outcome == "ok" and first.levels == [pytest.approx(40, abs=0.1)]
