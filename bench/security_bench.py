@@ -14,12 +14,14 @@ from typing import Any
 
 from aiohttp.test_utils import make_mocked_request
 
+from backends import UpstreamResponse, sse
 from errors import RateLimited
-from errors.secrets import register
+from errors.secrets import known, register
 from gateway import logs
 from gateway.security.access import allowlist, kind_of
 from gateway.security.network import peer_of
 from gateway.security.pii import Detector
+from gateway.security.streams import StreamScrubber, scrub_whole
 
 CALLS = 20_000
 
@@ -53,6 +55,12 @@ def main() -> None:
     failed = {**line, "status": 502, "error": "upstream openai/gpt-4o-mini returned HTTP 500: internal error"}
     detector = Detector()
     prompt = "Summarise the meeting notes from Tuesday and list three action items for the team. " * 4
+    scrubber = StreamScrubber(known())
+    delta = sse.Event(b'{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":'
+                      b'[{"index":0,"delta":{"content":" the"},"finish_reason":null}]}')
+    raw = sse.encode(delta.data)
+    held = delta._replace(data=delta.data.replace(b" the", b" sk"))   # ends like a secret's start: kept back
+    whole = UpstreamResponse(status=200, body=b'{"choices":[{"message":{"content":"' + b"word " * 2000 + b'"}}]}')
     rows = [
         ("(reference: an empty call)", per_call(lambda: None)),
         ("access: peer (no trusted proxies)", per_call(lambda: peer_of(request, no_proxies))),
@@ -61,6 +69,11 @@ def main() -> None:
         ("log line guard: a 200", per_call(lambda: logs._guard(None, "info", dict(line)))),
         ("log line guard: a 502 with its error", per_call(lambda: logs._guard(None, "info", dict(failed)))),
         ("error made (message scrubbed)", per_call(lambda: RateLimited("Rate limit reached for requests"))),
+        ("stream: a chat chunk scrubbed of secrets (per event)", per_call(lambda: scrubber.event(delta))),
+        ("stream: a chat chunk whose end is held back, then sent", per_call(lambda: scrubber.event(held))),
+        ("stream: (reference: the SSE re-encoding alone)", per_call(lambda: sse.encode(delta.data))),
+        ("stream: (reference: decoding the event from its bytes)", per_call(lambda: sse.Decoder().feed(raw))),
+        ("a whole 10 KB answer searched for secrets", per_call(lambda: scrub_whole(whole))),
         (f"PII scan, {len(prompt)} characters (tenants with pii only)", per_call(lambda: detector.find(prompt))),
     ]
     print("| step | µs per request |\n|---|---|")

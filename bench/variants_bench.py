@@ -1,6 +1,8 @@
-"""Per-request CPU cost of variant selection (policies/variants.py) and of each context policy
+"""Per-request CPU cost of variant selection (policies/variants.py), of each context policy
 (policies/context.py) on a conversation of about 100k tokens fitted into a 16k window, with a real tokenizer
-(gpt-4o-mini's BPE) and with the estimate. Prints one markdown table; in-process, one core, about a minute.
+(gpt-4o-mini's BPE) and with the estimate, of the embeddings chunk policy (chunking.py) on a ~100k-token input,
+and of the canary watch per outcome (canary.py). Prints one markdown table; in-process, one core, about a
+minute.
 
     nice -n 10 python bench/variants_bench.py
 """
@@ -17,11 +19,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backends import DeploymentConfig, Endpoint, SessionPool, build_backend
+from policies import chunking
 from policies.call import Call
+from policies.canary import CanaryWatch
+from policies.clock import ManualClock
 from policies.context import ContextConfig, ContextPolicies
 from policies.record import RequestRecord
 from policies.router import Route, Router
-from policies.variants import VariantConfig, Variants
+from policies.tokens import encoding_for
+from policies.variants import CanaryConfig, VariantConfig, Variants
 
 WINDOW = 16_000
 
@@ -98,10 +104,56 @@ def main() -> None:
         us = (time.process_time() - start) / n * 1e6
         rows.append((f"variant choice, {label}", "2 variants", f"{us:.2f} µs", "-"))
 
+    rows.extend(chunk_rows())
+    rows.append(canary_row())
+
     print("| what | input | CPU per request | result |")
     print("|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+
+
+def chunk_rows() -> list[tuple[str, str, str, str]]:
+    """Splitting a ~100k-token input into 8,191-token chunks, and combining 1,536-dimension chunk vectors."""
+    text = " ".join(f"token{i % 977} value {i}." for i in range(25_000))
+    rows = []
+    for label, encoding in (("BPE (cl100k)", encoding_for("text-embedding-3-small")), ("estimate", None)):
+        start = time.process_time()
+        planned = chunking.split([text], 8191, 64, encoding, 0.1)
+        split_ms = (time.process_time() - start) * 1000
+        assert planned is not None
+        sent, plan = planned
+        data = {"data": [{"object": "embedding", "index": i, "embedding": [random.random() for _ in range(1536)]}
+                         for i in range(len(sent))]}
+        start = time.process_time()
+        chunking.combine(plan, data)
+        combine_ms = (time.process_time() - start) * 1000
+        rows.append(("embeddings chunk: split", f"one input of ~100k tokens, {label}", f"{split_ms:.1f} ms",
+                     f"{len(sent)} chunks"))
+        rows.append(("embeddings chunk: combine", f"{len(sent)} vectors of 1536", f"{combine_ms:.1f} ms", "-"))
+    return rows
+
+
+def canary_row() -> tuple[str, str, str, str]:
+    """The canary watch's cost per outcome with both windows full (4,096 outcomes each), judged every time."""
+    variants = Variants({"chat": {"v1": VariantConfig(deployments=("a",), weight=90),
+                                  "v2": VariantConfig(deployments=("b",), weight=10,
+                                                      canary=CanaryConfig(stable="v1", error_rate_margin=1.0,
+                                                                          latency_margin=100))}}, {})
+
+    async def never(alias: str, candidate: str, verdict: Any) -> None:
+        raise AssertionError("no rollback expected")
+
+    watch = CanaryWatch(variants, ManualClock(0.0), never)
+    rng = random.Random(1)
+    for i in range(8192):
+        watch.observe("chat", "v1" if i % 2 else "v2", rng.random() > 0.01, rng.random() / 10)
+    n = 2_000
+    start = time.process_time()
+    for i in range(n):
+        watch.observe("chat", "v1" if i % 2 else "v2", True, 0.05)
+    us = (time.process_time() - start) / n * 1e6
+    return ("canary watch, per outcome", "2 windows of 4,096 outcomes", f"{us:.0f} µs", "-")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,11 @@ def register(values: Iterable[str | None]) -> None:
     _known_re = re.compile("|".join(re.escape(v) for v in sorted(new, key=len, reverse=True)))
 
 
+def known() -> frozenset[str]:
+    """The exact secret values registered so far (what a stream is scrubbed of, ``gateway/security/streams.py``)."""
+    return _known
+
+
 def scrub(text: str) -> str:
     """``text`` with every known secret and every credential-shaped token replaced by ``[redacted]``."""
     if _known_re is not None:

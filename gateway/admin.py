@@ -300,6 +300,17 @@ async def _history(request: web.Request) -> web.Response:
     return _reply(request, {"object": "list", "alias": alias, "data": data})
 
 
+async def _variant_stats(request: web.Request) -> web.Response:
+    """``GET /admin/aliases/{alias}/variants/stats``: this process's canary windows and shadow results."""
+    require_admin(request)
+    alias = request.match_info["alias"]
+    versions = _versions(request)
+    versions.current(alias)   # 404 for an alias without variants
+    shadows = request.app[GATEWAY].pipeline.shadows
+    return _reply(request, {"object": "alias.variants.stats", "alias": alias, "canary": versions.canary.windows(alias),
+                            "shadow": shadows.view(alias) if shadows is not None else {}})
+
+
 # (method, path, handler): every admin route
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/admin/usage", _usage),
@@ -310,6 +321,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/admin/aliases/{alias}/variants", _variants),
     ("POST", "/admin/aliases/{alias}/variants", _variants),
     ("GET", "/admin/aliases/{alias}/history", _history),
+    ("GET", "/admin/aliases/{alias}/variants/stats", _variant_stats),
     ("GET", "/admin/whoami", _whoami),
     ("GET", "/admin/keys", _keys),
     ("POST", "/admin/keys", _create_key),

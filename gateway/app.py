@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -34,6 +34,7 @@ from . import (
     batches,
     controlplane,
     files,
+    logbodies,
     message_batches,
     messages,
     metrics,
@@ -44,13 +45,14 @@ from . import (
     ui,
 )
 from .batch_runner import BatchRunner
-from .blobs import LocalBlobs
+from .blobs import Blobs, LocalBlobs
 from .config import LoadedConfig
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
 from .proxy import handler as proxy_handler
-from .security import access, audit, erasure
+from .security import access, audit, crypto, erasure, retention
 from .security.network import PEER
+from .security.sealed_blobs import SealedBlobs
 from .state import Gateway
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -70,12 +72,17 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     app[GATEWAY] = Gateway.build(loaded, app[STORES], clock)
     app.on_response_prepare.append(_server_header)
     app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
-    app[responses.STORE] = responses.new_store(app[STORES].kv, loaded.config.server.responses_ttl_s)
+    sealer = crypto.sealer(loaded.config.encryption)   # changing encryption for stored data needs a restart
+    app[responses.STORE] = responses.new_store(app[STORES].kv, loaded.config.server.responses_ttl_s,
+                                               sealer if sealer.on else None)
     app.cleanup_ctx.append(_lifecycle)
     app[controlplane.CONTROL] = controlplane.ControlPlane(app[STORES].kv, loaded.config.control_plane, clock)
     app.cleanup_ctx.append(_control)
     config = loaded.config
-    app[files.FILES] = files.Files(app[STORES].kv, LocalBlobs(config.files.dir), config.files, clock)
+    blobs: Blobs = LocalBlobs(config.files.dir)
+    if config.encryption is not None:
+        blobs = SealedBlobs(blobs, crypto.keyring(config.encryption))
+    app[files.FILES] = files.Files(app[STORES].kv, blobs, config.files, clock, retention=_tenant_retention(app))
     app[batches.BATCHES] = batches.Batches(app[STORES].kv, config.batches, clock)
     if config.batches.enabled:   # changing it needs a restart
         app.cleanup_ctx.append(_batch_runner)
@@ -85,8 +92,13 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
         app[TRACING] = traces
     if loaded.config.audit.enabled:  # changing it needs a restart
         app[audit.AUDIT] = audit.AuditLog(loaded.config.audit.path, loaded.config.audit.retention_days)
-    if loaded.config.request_log.enabled:  # changing it needs a restart
-        app[requestlog.REQUEST_LOG] = requestlog.RequestLog(loaded.config.request_log)
+    log = requestlog.build(loaded.config)  # changing request_log needs a restart
+    if log is not None:
+        app[requestlog.REQUEST_LOG] = log
+        if log.bodies is not None:  # some tenant's bodies are logged
+            app.middlewares.append(logbodies.middleware(_API_PATHS, requestlog.REQUEST_LOG))
+    app[retention.RETENTION] = retention.Retention(app, app[files.FILES], app.get(requestlog.REQUEST_LOG), clock)
+    app.cleanup_ctx.append(retention.background)
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", proxy_handler(Endpoint.CHAT))
         app.router.add_post(f"{prefix}/completions", proxy_handler(Endpoint.COMPLETIONS))
@@ -119,12 +131,21 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/admin/requests", requestlog.handle)
+    app.router.add_get("/admin/requests/{id}", requestlog.handle_one)
+    app.router.add_get("/admin/cache/savings", requestlog.handle_savings)
     app.router.add_get("/admin/batches", batches.admin_list)
     app.router.add_delete("/admin/tenants/{tenant}/data", erasure.handle)
     app.router.add_get("/admin/audit", audit.handle)
     admin.add_routes(app)
     ui.add_routes(app)
     return app
+
+
+def _tenant_retention(app: web.Application) -> Callable[[str], float | None]:
+    def of(name: str) -> float | None:   # the loaded config's, reloads included
+        found = next((t for t in app[GATEWAY].loaded.config.tenants if t.name == name), None)
+        return None if found is None else retention.retention_s(found)
+    return of
 
 
 async def _stores(app: web.Application) -> AsyncIterator[None]:
@@ -141,11 +162,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     metrics.publish_budgets(gateway.loaded.config)
     log = app.get(requestlog.REQUEST_LOG)
     if log is not None:
-        await asyncio.to_thread(log.start)
+        await log.start()
     yield
     await gateway.close()
     if log is not None:
-        await asyncio.to_thread(log.close)
+        await log.close()
     if TRACING in app:  # flushing waits for the exporter (a slow collector): off the event loop
         await asyncio.to_thread(app[TRACING].close)
 
@@ -254,11 +275,21 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
     if record.variant is not None:
         metrics.VARIANT_REQUESTS.labels(alias, record.variant, status).inc()
         metrics.VARIANT_LATENCY.labels(alias, record.variant).observe(latency)
+        if record.ttft_s is not None:
+            metrics.VARIANT_TTFT.labels(alias, record.variant).observe(record.ttft_s)
+        if record.prompt_tokens:
+            metrics.VARIANT_TOKENS.labels(alias, record.variant, "prompt").inc(record.prompt_tokens)
+        if record.completion_tokens:
+            metrics.VARIANT_TOKENS.labels(alias, record.variant, "completion").inc(record.completion_tokens)
+        if record.cost_usd:
+            metrics.VARIANT_COST.labels(alias, record.variant).inc(record.cost_usd)
+        if record.cache is not None and record.cache.startswith("hit"):
+            metrics.VARIANT_CACHE_HITS.labels(alias, record.variant).inc()
     if record.trace is not None:
         record.trace.finish(record)
     log = request.app.get(requestlog.REQUEST_LOG)
     if log is not None:
-        log.add(record, latency, int(status))
+        log.add(record, latency, int(status), request.get(requestlog.BODIES))
     if not gateway.loaded.config.server.log_requests:
         return
     fields: dict[str, Any] = {

@@ -7,7 +7,7 @@ Records live in the store layer's key/value surface (shared by every process wit
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -32,8 +32,15 @@ def new_id(prefix: str) -> str:
 class Files:
     """A tenant's files: records in ``kv``, bytes in ``blobs``."""
 
-    def __init__(self, kv: KeyValue, blobs: Blobs, config: FilesConfig, clock: Clock) -> None:
+    def __init__(self, kv: KeyValue, blobs: Blobs, config: FilesConfig, clock: Clock,
+                 retention: Callable[[str], float | None] = lambda tenant: None) -> None:
+        """``retention``: a tenant's own retention in seconds, when it has one (kept no longer than ``ttl_s``)."""
         self.kv, self.blobs, self.config, self.clock = kv, blobs, config, clock
+        self.retention = retention
+
+    def _ttl(self, tenant: str) -> float:
+        own = self.retention(tenant)
+        return self.config.ttl_s if own is None else min(own, self.config.ttl_s)
 
     async def create(self, tenant: str, filename: str, purpose: str, chunks: AsyncIterator[bytes],
                      max_bytes: int | None = None) -> dict[str, Any]:
@@ -42,7 +49,7 @@ class Files:
         record = {"id": file_id, "object": "file", "bytes": size, "created_at": int(self.clock.time()),
                   "filename": filename, "purpose": purpose, "status": "processed", "expires_at": None,
                   "status_details": None}
-        await self.kv.set(_key(tenant, file_id), orjson.dumps(record).decode(), self.config.ttl_s)
+        await self.kv.set(_key(tenant, file_id), orjson.dumps(record).decode(), self._ttl(tenant))
         await self.kv.append(f"files:{tenant}", file_id, ttl_s=self.config.ttl_s)
         return record
 
@@ -66,12 +73,38 @@ class Files:
 
     async def content(self, tenant: str, file_id: str) -> AsyncIterator[bytes]:
         await self.get(tenant, file_id)
-        return self.blobs.read(file_id)
+        chunks = aiter(self.blobs.read(file_id))
+        try:   # the first chunk read before any byte goes out: a blob that is gone or cannot be opened is a 404
+            first = await anext(chunks, b"")
+        except FileNotFoundError:
+            raise NotFound(f"No such File object: {file_id}", param="id") from None
+        return _then(first, chunks)
+
+    async def drop_expired(self, tenant: str) -> int:
+        """Deletes the bytes of the tenant's files whose record has expired; returns how many."""
+        ids = await self.kv.items(f"files:{tenant}")
+        gone = {i for i in ids if await self.kv.get(_key(tenant, i)) is None}
+        if not gone:
+            return 0
+        for file_id in gone:
+            await self.blobs.delete(file_id)
+        kept = [i for i in await self.kv.items(f"files:{tenant}") if i not in gone]
+        await self.kv.delete(f"files:{tenant}")
+        for file_id in kept:
+            await self.kv.append(f"files:{tenant}", file_id, ttl_s=self.config.ttl_s)
+        return len(gone)
 
     async def delete(self, tenant: str, file_id: str) -> None:
         await self.get(tenant, file_id)
         await self.kv.delete(_key(tenant, file_id))
         await self.blobs.delete(file_id)
+
+
+async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _key(tenant: str, file_id: str) -> str:
@@ -123,7 +156,7 @@ async def upload(request: web.Request) -> web.Response:
                              param="purpose")
     if created["purpose"] != purpose:  # the purpose field came after the file
         created["purpose"] = purpose
-        await files.kv.set(_key(tenant, created["id"]), orjson.dumps(created).decode(), files.config.ttl_s)
+        await files.kv.set(_key(tenant, created["id"]), orjson.dumps(created).decode(), files._ttl(tenant))
     return respond(request, created)
 
 

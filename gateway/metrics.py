@@ -40,6 +40,14 @@ VARIANT_REQUESTS = Counter("gateway_variant_requests_total", "Requests answered 
                            "HTTP status", ["alias", "variant", "status"])
 VARIANT_LATENCY = Histogram("gateway_variant_request_duration_seconds", "Time from request to the last byte of "
                             "the answer, by variant", ["alias", "variant"], buckets=_LATENCY_BUCKETS)
+VARIANT_TTFT = Histogram("gateway_variant_time_to_first_token_seconds", "Streams: time to the first chunk sent, by "
+                         "variant", ["alias", "variant"], buckets=_LATENCY_BUCKETS)
+VARIANT_TOKENS = Counter("gateway_variant_tokens_total", "Tokens reported by upstreams, by variant and kind (prompt "
+                         "or completion)", ["alias", "variant", "kind"])
+VARIANT_COST = Counter("gateway_variant_cost_usd_total", "USD charged for requests a variant served",
+                       ["alias", "variant"])
+VARIANT_CACHE_HITS = Counter("gateway_variant_cache_hits_total", "Requests of a variant answered from the cache",
+                             ["alias", "variant"])
 UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total", "Failed upstream attempts by deployment and status",
                           ["deployment", "status"])
 IN_FLIGHT = Gauge("gateway_in_flight_requests", "Requests being handled now", multiprocess_mode="livesum")

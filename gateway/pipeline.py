@@ -11,18 +11,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from backends import Endpoint, UpstreamResponse, spans, sse
-from policies import ledger
+from policies import chunking, ledger
 from policies.admission import Admission
 from policies.cache import ResponseCache
 from policies.call import Call
 from policies.context import ContextPolicies
 from policies.resilience import Resilience
+from policies.shadow import Shadows
 from policies.variant_history import VariantHistory
+
+from .security import streams
 
 _USAGE = b'"usage"'
 _NATIVE = (Endpoint.RESPONSES, Endpoint.MESSAGES, Endpoint.COUNT_TOKENS)
@@ -30,8 +34,10 @@ _NATIVE = (Endpoint.RESPONSES, Endpoint.MESSAGES, Endpoint.COUNT_TOKENS)
 
 class Pipeline:
     def __init__(self, admission: Admission, cache: ResponseCache, resilience: Resilience,
-                 context: ContextPolicies | None = None, versions: VariantHistory | None = None) -> None:
+                 context: ContextPolicies | None = None, versions: VariantHistory | None = None,
+                 shadows: Shadows | None = None) -> None:
         self.admission = admission
+        self.shadows = shadows    # mirrors a share of a variant's requests to another (policies/shadow.py)
         self.context = context
         self.versions = versions  # the aliases' variants and their change history
         self.cache = cache
@@ -57,24 +63,31 @@ class Pipeline:
             hit = await self.cache.lookup(call)
             spans.end(looking)
             if hit is not None:
-                yield hit
+                yield _as_asked(call, hit)
+                if call.shadow is not None and self.shadows is not None:
+                    self.shadows.mirror(call, hit.data if hit.data is not None or hit.body is None
+                                        else orjson.loads(hit.body))
                 return
             if call.stream and self.cache.wants(call):
                 call.collected = []
             async with self.resilience.send(call) as upstream:
                 if upstream.chunks is not None:
+                    upstream.chunks = streams.scrubbed(upstream.chunks)   # secrets out, before the cache and the client
                     if call.endpoint not in _NATIVE:  # a native format's handler reads its own usage
                         upstream.chunks = _tap(call, upstream.chunks)
                     if call.collected is not None:
                         upstream.chunks = self._store_at_end(call, upstream, upstream.chunks)
                 else:
+                    streams.scrub_whole(upstream)
                     if upstream.data is not None and call.endpoint not in _NATIVE:
                         call.usage = upstream.data.get("usage")
                         call.record.take_usage(call.usage)
                     call.completed = True
-                yield upstream
+                yield _as_asked(call, upstream)   # the cache keeps what the upstream answered
             if call.completed and call.collected is None and self.cache.wants(call):
                 self.cache.store(call, upstream)
+            if call.shadow is not None and call.completed and self.shadows is not None:
+                self.shadows.mirror(call, upstream.data)   # in the background, once the answer is whole
 
     async def usage(self, tenant: str, days: list[str], group_by: ledger.GroupBy) -> list[dict[str, Any]]:
         """The ledger's usage rows of ``tenant`` over ``days`` (the admin API)."""
@@ -95,15 +108,28 @@ class Pipeline:
 
     async def start(self) -> None:
         if self.versions is not None:
-            await self.versions.load()
+            await self.versions.start()
         await self.resilience.start()
         await self.cache.start()
         await self.admission.start()
 
     async def close(self) -> None:
+        if self.shadows is not None:
+            await self.shadows.close()
+        if self.versions is not None:
+            await self.versions.close()
         await self.admission.close()
         await self.cache.close()
         await self.resilience.close()
+
+
+def _as_asked(call: Call, answer: UpstreamResponse) -> UpstreamResponse:
+    """The answer as the client asked for it: for embeddings split by the chunk context policy, one vector
+    per input (or every chunk's) from the chunks' vectors."""
+    if call.chunks is None or answer.chunks is not None:
+        return answer
+    data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
+    return replace(answer, data=chunking.combine(call.chunks, data), body=None)
 
 
 async def _tap(call: Call, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

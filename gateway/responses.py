@@ -21,11 +21,13 @@ from backends.shape import new_id
 from backends.wire import responses as wire
 from errors import GatewayError, InvalidRequest, NotFound
 from policies.call import Call
-from policies.stored_responses import Stored, StoredResponses
+from policies.stored_responses import Sealer, Stored, StoredResponses
 from policies.stores.keyvalue import KeyValue
 
 from . import bridge
 from .keys import GATEWAY, RECORD
+from .security import screening
+from .security.retention import retention_s
 
 STORE = web.AppKey("stored_responses", StoredResponses)
 _NATIVE = ("openai", "azure")
@@ -42,6 +44,9 @@ async def create(request: web.Request) -> web.StreamResponse:
     body, alias, stream, caller = asked.body, asked.alias, asked.stream, asked.caller
     tenant = caller.tenant.name
     store = request.app[STORE]
+    screen = await screening.inbound(gateway.pipeline, caller.tenant, caller.key_id, Endpoint.RESPONSES, body,
+                                     record)
+    body = screen.body   # masked where the tenant's PII policy masks: the upstream and the store see that
     items = wire.input_items(body)
     context: list[dict[str, Any]] = []
     native = bridge.native(request, alias, _NATIVE)
@@ -61,16 +66,17 @@ async def create(request: web.Request) -> web.StreamResponse:
     else:
         endpoint, payload = Endpoint.CHAT, wire.to_chat(body, [*context, *items], dropped)
     if gateway.loaded.config.server.log_prompts:
-        record.prompt = body.get("input")
+        record.prompt = screen.logged.get("input")
     call = Call(record=record, tenant=tenant, key_id=caller.key_id, alias=alias, endpoint=endpoint,
                 body=payload, stream=stream, headers=request.headers)
     keep = body.get("store") is not False
 
     async def kept(response: dict[str, Any]) -> None:
         if keep and isinstance(response.get("id"), str):
-            await store.put(tenant, response["id"], Stored(response, items, context))
+            await store.put(tenant, response["id"], Stored(response, items, context), retention_s(caller.tenant))
 
     async with gateway.pipeline.answer(call) as answer:
+        answer = await screen.outbound(answer)
         extra = bridge.headers(call, dropped)
         if endpoint is Endpoint.RESPONSES:
             if answer.chunks is None:
@@ -171,5 +177,5 @@ def _json(request: web.Request, data: Any) -> web.Response:
                         headers={"x-request-id": request[RECORD].request_id})
 
 
-def new_store(kv: KeyValue, ttl_s: float) -> StoredResponses:
-    return StoredResponses(kv, ttl_s)
+def new_store(kv: KeyValue, ttl_s: float, sealer: Sealer | None = None) -> StoredResponses:
+    return StoredResponses(kv, ttl_s, sealer)

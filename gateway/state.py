@@ -14,6 +14,7 @@ from policies.context import ContextPolicies
 from policies.cost import PriceTable, dearest, deployment_price
 from policies.resilience import Resilience
 from policies.router import Route, Router
+from policies.shadow import Shadows
 from policies.stores.base import Store
 from policies.stores.layer import CONNECTION_FIELDS, StoreLayer
 from policies.tokens import encoding_of
@@ -81,6 +82,7 @@ class Gateway:
         cache = ResponseCache(config.cache, tenants={t.name: t.cache for t in config.tenants},
                               aliases={m.name: m.cache for m in config.models}, stores=stores,
                               clock=clock.time)
+        cache.prices = {d.id: deployment_price(d.model, d.price) for m in config.models for d in m.deployments}
         if config.encryption is not None:
             cache.answers = crypto.EncryptedAnswers(cache.answers, crypto.keyring(config.encryption))
         context = ContextPolicies(router, {m.name: m.context for m in config.models},
@@ -88,8 +90,10 @@ class Gateway:
         configured = {m.name: m.variants for m in config.models}
         versions = VariantHistory(Variants(configured, {t.name: t.variants for t in config.tenants}), stores.kv,
                                   configured, {m.name: [d.id for d in m.deployments] for m in config.models},
-                                  clock.time)
-        pipeline = Pipeline(admission, cache, resilience, context, versions)
+                                  clock, poll_s=config.control_plane.poll_interval_s)
+        resilience.observe = versions.canary.observe
+        shadows = Shadows(versions.variants, context, admission, resilience, embed=lambda: cache.embedder)
+        pipeline = Pipeline(admission, cache, resilience, context, versions, shadows)
         return cls(loaded=loaded, auth=Authenticator(config.tenants), router=router, pool=pool,
                    backends=backends, pipeline=pipeline, stores=stores)
 

@@ -214,15 +214,24 @@ class Admission:
             status = 500
             raise
         finally:
-            result = self._result(call, admitted.reservation, status)
-            if result.cost:
-                call.record.priced(usd(result.cost))
-            metrics.SETTLED.labels(result.how).inc()
-            latency_ms = round((time.perf_counter() - admitted.started) * 1000, 3)
-            settlement = Settlement.of(admitted.reservation, result, latency_ms)
+            settlement = self._settlement(call, admitted, status)
             task = asyncio.get_running_loop().create_task(self._settle(admitted.store, settlement))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+
+    async def record_only(self, call: Call, status: int, started: float) -> None:
+        """Ledgers a finished request that no limit or budget counts (a shadow request, policies/shadow.py):
+        its record and aggregates, priced as any other; ``started``: its ``time.perf_counter()`` start."""
+        now = self.clock.time()
+        reservation = Reservation(entry_id=call.record.request_id, tenant=call.tenant, key_id=call.key_id,
+                                  alias=call.alias, variant=call.variant, day=budget.today(now)[0], ts=now,
+                                  buckets=[], slots=[], spends=[], est_prompt=0, est_completion=0, est_cost=0,
+                                  lease_s=self.stores.settle_after_s)
+        result = await self.store.admit(reservation)
+        if result.outcome == "dup":
+            reservation.entry_id = f"{reservation.entry_id}.{uuid.uuid4().hex[:8]}"
+            await self.store.admit(reservation)
+        await self._settle(self.store, self._settlement(call, _Admitted(reservation, self.store, started), status))
 
     async def _admit(self, call: Call) -> _Admitted:
         rules = self._rules.get(call.tenant, self._fallback_rules)
@@ -316,8 +325,8 @@ class Admission:
         planned = list(fixed)
         planned += [Bucket(b.key, b.capacity, b.rate, total, b.kind, b.scope, b.limit) for b in per_token]
         return Reservation(entry_id=call.record.request_id, tenant=call.tenant, key_id=call.key_id,
-                           alias=call.alias, day=day, ts=now, buckets=planned, slots=held, spends=spends,
-                           est_prompt=prompt, est_completion=completion,
+                           alias=call.alias, variant=call.variant, day=day, ts=now, buckets=planned, slots=held,
+                           spends=spends, est_prompt=prompt, est_completion=completion,
                            est_cost=alias.max_price.nano(prompt, completion), lease_s=self.stores.settle_after_s)
 
     def _static_plan(self, call: Call, rules: _Rules, day: str, month: str) -> _StaticPlan:
@@ -373,6 +382,14 @@ class Admission:
             f"Please try again in {bucket.duration(result.retry_after)}.",
             error_type=planned.kind, headers={**headers, "Retry-After": str(wait)})
 
+    def _settlement(self, call: Call, admitted: _Admitted, status: int | None) -> Settlement:
+        result = self._result(call, admitted.reservation, status)
+        if result.cost:
+            call.record.priced(usd(result.cost))
+        metrics.SETTLED.labels(result.how).inc()
+        latency_ms = round((time.perf_counter() - admitted.started) * 1000, 3)
+        return Settlement.of(admitted.reservation, result, latency_ms)
+
     def _result(self, call: Call, reservation: Reservation, status: int | None) -> RequestResult:
         """What the request ended with, read once from what the layers reported on its record: the one
         value its settlement (ledger record, budget spend, bucket refund) is made from."""
@@ -393,7 +410,7 @@ class Admission:
         elif record.deployment is not None and (final < 400 or final == _CLIENT_CLOSED):
             # answered (or cut off) without usage: the upstream may bill it, so it is charged at the estimate
             used, how = Tokens(reservation.est_prompt, reservation.est_completion), "estimated"
-        price = self._prices.get(deployment) or self._aliases.get(call.alias, _NO_ALIAS).max_price
+        price = call.price or self._prices.get(deployment) or self._aliases.get(call.alias, _NO_ALIAS).max_price
         cost = reservation.est_cost if how == "estimated" else price.nano(used.prompt, used.completion, used.cached,
                                                                           used.cache_write)
         if call.batch:

@@ -8,6 +8,7 @@ from typing import Any
 
 from backends import Endpoint
 
+from .cost import PriceTable
 from .record import RequestRecord
 
 
@@ -37,3 +38,6 @@ class Call:
     variant: str | None = None         # the alias's variant serving it (variants.py)
     deployments: frozenset[str] | None = None  # the variant's deployments: the only ones routed to
     prompt_tokens: int | None = None   # counted by the context policy (context.py); else resilience estimates
+    price: PriceTable | None = None    # the variant's own price: replaces the deployment's in the ledger
+    shadow: tuple[str, dict[str, Any]] | None = None  # (variant, the client's body) to mirror (shadow.py)
+    chunks: Any = None                 # embeddings split by the chunk context policy (context.py)

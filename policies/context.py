@@ -9,6 +9,8 @@
                       definitions, everything from the last user message on, and an assistant's tool calls
                       together with their ``tool`` results (dropped together or kept together)
     truncate_middle   cut the middle out of the longest message(s), keeping head and tail and marking the cut
+    chunk             embeddings: an input over the window is embedded in overlapping chunks whose vectors are
+                      averaged (chunking.py); chat prompts are handled as by ``fallback``
 
 The window is the smallest context window among the alias's enabled deployments (so that any of them takes
 the result), minus the completion tokens asked for (``max_completion_tokens``/``max_tokens``), as OpenAI counts
@@ -31,13 +33,14 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends import Endpoint
-from errors import ContextWindowExceeded, Unavailable
+from errors import ContextWindowExceeded, InvalidRequest, Unavailable
 
+from . import chunking
 from .call import Call
 from .router import Router
 from .tokens import encoding_for
 
-Policy = Literal["reject", "fallback", "truncate_oldest", "truncate_middle"]
+Policy = Literal["reject", "fallback", "truncate_oldest", "truncate_middle", "chunk"]
 HEADER = "x-gateway-context-truncated"
 _PER_MESSAGE = 3
 _PINNED_ROLES = frozenset({"system", "developer"})
@@ -52,6 +55,8 @@ class ContextConfig(BaseModel):
     policy: Policy = "fallback"
     safety_margin: float = Field(default=0.1, ge=0, le=1,
                                  description="added to estimated counts (deployments without a known tokenizer)")
+    chunk_overlap: int = Field(default=64, ge=0, description="chunk policy (embeddings): tokens shared by "
+                               "consecutive chunks (at most half a chunk)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +150,15 @@ class ContextPolicies:
     async def fit(self, call: Call) -> None:
         """Leaves the call as it is, rewrites its messages to fit, or raises ``ContextWindowExceeded``."""
         config = self.config(call.tenant, call.alias)
+        if call.endpoint is Endpoint.EMBEDDINGS and config.policy == "chunk" and call.alias in self._windows:
+            inputs = call.body.get("input")
+            size = len(inputs) if isinstance(inputs, str) else \
+                sum(len(i) for i in inputs if isinstance(i, str | list)) if isinstance(inputs, list) else 0
+            if size > _OFF_LOOP_CHARS:   # tokenizing a long input would hold the loop
+                await asyncio.to_thread(self._chunk, call, config)
+            else:
+                self._chunk(call, config)
+            return
         if call.endpoint is not Endpoint.CHAT or call.alias not in self._windows:
             return
         messages = call.body.get("messages")
@@ -154,6 +168,25 @@ class ContextPolicies:
             await asyncio.to_thread(self._fit, call, config)   # tokenizing a long prompt would hold the loop
         else:
             self._fit(call, config)
+
+    def _chunk(self, call: Call, config: ContextConfig) -> None:
+        window, encoding = self._windows[call.alias]
+        vectors = call.body.pop(chunking.FIELD, "mean")   # the gateway's field: never sent upstream
+        if vectors not in ("mean", "all"):
+            raise InvalidRequest(f'`{chunking.FIELD}` must be "mean" or "all".', param=chunking.FIELD)
+        raw = call.body.get("input")
+        single = isinstance(raw, str) or (isinstance(raw, list) and bool(raw) and isinstance(raw[0], int))
+        inputs = [raw] if single else raw
+        if not isinstance(inputs, list):
+            return   # the upstream says what is wrong with it
+        planned = chunking.split(inputs, window, config.chunk_overlap, encoding, config.safety_margin,
+                                 every=vectors == "all")
+        if planned is None:
+            return
+        call.body["input"], call.chunks = planned
+        split = [len(group) for group in call.chunks.groups if len(group) > 1]
+        if split:
+            call.record.response_headers[chunking.HEADER] = f"{len(split)} inputs into {sum(split)} chunks"
 
     def _fit(self, call: Call, config: ContextConfig) -> None:
         window, encoding = self._windows[call.alias]

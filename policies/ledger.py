@@ -1,5 +1,6 @@
-"""Reading the ledger: usage per tenant over a range of UTC days, grouped by model alias, day or key, or
-the records themselves. Writing it is admission's reservation and settlement (one record per request id)."""
+"""Reading the ledger: usage per tenant over a range of UTC days, grouped by model alias, day, key or
+variant (``model`` and ``variant`` in each row; requests served by no variant are not in it), or the records
+themselves. Writing it is admission's reservation and settlement (one record per request id)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Any, Literal
 
 from .stores.base import NANO, Store
 
-GroupBy = Literal["model", "day", "key", "request"]
-GROUPS = ("model", "day", "key", "request")
+GroupBy = Literal["model", "day", "key", "request", "variant"]
+GROUPS = ("model", "day", "key", "request", "variant")
+_BY_VARIANT = "v:"   # the aggregates' second set, ``v:metric|alias|variant`` (stores/base.py)
 MAX_DAYS = 400
 MAX_RECORDS = 10_000
 _METRICS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
@@ -45,12 +47,19 @@ async def usage(store: Store, tenant: str, days: list[str], group_by: GroupBy) -
     for day, fields in (await store.aggregates(tenant, days)).items():
         for name, value in fields.items():
             metric, alias, key_id = name.split("|", 2)
-            group = {"model": alias, "day": day, "key": key_id}[group_by]
+            if group_by == "variant":
+                if not metric.startswith(_BY_VARIANT):
+                    continue
+                metric, group = metric[len(_BY_VARIANT):], f"{alias}|{key_id}"   # key_id: the variant here
+            else:
+                group = {"model": alias, "day": day, "key": key_id}[group_by]
             if metric in _METRICS:  # a counter this version does not know (a newer process wrote it)
                 totals[(tenant, group)][metric] += value
     rows = []
     for (name, group), values in sorted(totals.items()):
         row: dict[str, Any] = {"tenant": name, group_by: group}
+        if group_by == "variant":
+            row["model"], row["variant"] = group.split("|", 1)
         row.update({k: v for k, v in values.items() if k != "cost_nusd"})
         row["cost_usd"] = values["cost_nusd"] / NANO
         rows.append(row)

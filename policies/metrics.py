@@ -20,3 +20,16 @@ STORE_ERRORS = Counter("gateway_store_errors_total", "Redis store failures, by o
                        ["operation", "mode"])
 STORE_DEGRADED = Gauge("gateway_store_degraded", "1 while Redis is unreachable and this process uses memory",
                        multiprocess_mode="max")
+CANARY_ROLLBACKS = Counter("gateway_variant_canary_rollbacks_total", "Candidate variants rolled back by the canary "
+                           "watch, by reason (error_rate, latency)", ["alias", "variant", "reason"])
+SHADOW_REQUESTS = Counter("gateway_variant_shadow_requests_total", "Shadow requests mirrored to a variant, by outcome "
+                          "(ok, error, dropped)", ["alias", "variant", "outcome"])
+SHADOW_LATENCY = Histogram("gateway_variant_shadow_duration_seconds", "A shadow request's time to its whole answer",
+                           ["alias", "variant"], buckets=(.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+SHADOW_TOKENS = Counter("gateway_variant_shadow_tokens_total", "Tokens of shadow answers, by kind (prompt, "
+                        "completion)", ["alias", "variant", "kind"])
+SHADOW_COST = Counter("gateway_variant_shadow_cost_usd_total", "USD ledgered for shadow requests",
+                      ["alias", "variant"])
+SHADOW_SIMILARITY = Histogram("gateway_variant_shadow_similarity", "Similarity of a shadow's text to the served "
+                              "answer's (1: the same)", ["alias", "variant"],
+                              buckets=(0, .1, .2, .3, .4, .5, .6, .7, .8, .9, .95, .99, 1))

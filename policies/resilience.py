@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
@@ -110,6 +110,9 @@ class Resilience:
         self.breakers = Breakers(self.config.breaker, [r.key for r in router.all_routes()], stores,
                                  on_change=self.events.breaker, clock=clock)
         self._ignore = frozenset(self.config.breaker.ignore_status)
+        # Told each outcome the breakers count of an alias's variant: (alias, variant, ok, latency_s); the
+        # canary watch (canary.py) judges a candidate variant on them.
+        self.observe: Callable[[str, str, bool, float], None] | None = None
 
     def send(self, call: Call) -> AbstractAsyncContextManager[UpstreamResponse]:
         """Route and send, retrying and falling back as configured; the context holds the answering
@@ -207,6 +210,7 @@ class Resilience:
                     await self.clock.sleep(wait)
             tried.append(route)
             span = spans.start("upstream", route.deployment, route.id)
+            sent = loop.time()
             try:
                 held, upstream, first = await self._attempt(call, route, attempt.body(), deadline)
             except GatewayError as exc:
@@ -215,6 +219,7 @@ class Resilience:
                 self.events.attempt(route, exc.status)
                 if exc.status not in self._ignore:
                     await self.breakers.failure(route.key, call.tenant)
+                    self._observe(call, alias, False, loop.time() - sent)
                 last = exc
                 if not retryable(exc, config) or loop.time() >= deadline:
                     return exc
@@ -222,11 +227,13 @@ class Resilience:
             spans.end(span, upstream.status)
             record.attempted(route.id, upstream.status)
             self.events.attempt(route, upstream.status)
+            latency = loop.time() - sent
             if upstream.chunks is not None:
                 # A stream's outcome is decided at its end (a half-open trial included), not at its first chunk.
-                upstream.chunks = self._watch(route, first, upstream.chunks, deadline, call.tenant)
+                upstream.chunks = self._watch(route, first, upstream.chunks, deadline, call, alias, latency)
             else:
                 await self.breakers.success(route.key, call.tenant)
+                self._observe(call, alias, True, latency)
             return held, upstream, route
         return last or Unavailable(f"No attempt left for `{alias}`.")
 
@@ -295,10 +302,15 @@ class Resilience:
         route.observe_latency(loop.time() - started, self.router.routing[route.alias].latency_alpha)
         return held, upstream, first
 
-    async def _watch(self, route: Route, first: bytes, chunks: AsyncIterator[bytes],
-                     deadline: float, tenant: str) -> AsyncIterator[bytes]:
+    def _observe(self, call: Call, alias: str, ok: bool, latency_s: float) -> None:
+        if self.observe is not None and call.variant is not None and alias == call.alias:
+            self.observe(alias, call.variant, ok, latency_s)
+
+    async def _watch(self, route: Route, first: bytes, chunks: AsyncIterator[bytes], deadline: float,
+                     call: Call, alias: str, latency_s: float) -> AsyncIterator[bytes]:
         """The stream from its first chunk, within the request's deadline; a failure now counts against the
         breaker and goes on to the client as an error event (no retry once bytes have gone out)."""
+        tenant = call.tenant
         yield first
         loop = asyncio.get_running_loop()
         silence = route.deployment.timeouts.read_s
@@ -318,14 +330,17 @@ class Resilience:
                 yield chunk
         except StopAsyncIteration:
             await self.breakers.success(route.key, tenant)
+            self._observe(call, alias, True, latency_s)
             return
         except TimeoutError:
             await self.breakers.failure(route.key, tenant)
+            self._observe(call, alias, False, latency_s)
             raise DeadlineExceeded(f"The request's deadline passed while upstream {route.id} was streaming.") \
                 from None
         except GatewayError as exc:
             if exc.status not in self._ignore:
                 await self.breakers.failure(route.key, tenant)
+                self._observe(call, alias, False, latency_s)
             raise
 
     async def deployments(self) -> dict[str, Any]:

@@ -54,7 +54,9 @@ class BreakerConfig(_Frozen):
     min_requests: int = Field(default=20, ge=1, description="requests in the window before the ratio counts")
     window_s: float = Field(default=30.0, gt=0)
     cooldown_s: float = Field(default=30.0, gt=0, description="open -> half-open: one trial request goes through")
-    ignore_status: tuple[int, ...] = (400, 401, 404, 413, 422)
+    # The client's own mistakes. Not 401/403: an upstream refusing the gateway's key is a 502
+    # (upstream_auth_failed), a fault of the deployment that should take it out of rotation.
+    ignore_status: tuple[int, ...] = (400, 404, 413, 422)
     sync_s: float = Field(default=0.5, gt=0, description="Redis: how often a process refreshes the shared state")
 
 

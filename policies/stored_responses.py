@@ -11,7 +11,7 @@ policy: fail open reads this process's memory (a stored response is then not fou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -25,10 +25,19 @@ class Stored:
     context: list[dict[str, Any]]    # the items before them (earlier turns), for previous_response_id
 
 
+class Sealer(Protocol):
+    """Seals a stored value (``gateway/security/crypto.py``: AES-256-GCM when ``encryption`` is configured)."""
+
+    def seal(self, text: str, context: str) -> str: ...
+
+    def open(self, value: str, context: str) -> str | None: ...
+
+
 class StoredResponses:
-    def __init__(self, kv: KeyValue, ttl_s: float) -> None:
+    def __init__(self, kv: KeyValue, ttl_s: float, sealer: Sealer | None = None) -> None:
         self._kv = kv
         self._ttl_s = ttl_s
+        self._sealer = sealer
 
     @staticmethod
     def _key(tenant: str, response_id: str) -> str:
@@ -36,15 +45,21 @@ class StoredResponses:
 
     async def get(self, tenant: str, response_id: str) -> Stored | None:
         """The tenant's stored response; None if it is unknown, expired, or another tenant's."""
-        raw = await self._kv.get(self._key(tenant, response_id))
+        key = self._key(tenant, response_id)
+        raw = await self._kv.get(key)
+        if raw is not None and self._sealer is not None:
+            raw = self._sealer.open(raw, key)   # None: sealed with a key no longer configured: absent
         if raw is None:
             return None
         data = orjson.loads(raw)
         return Stored(data["response"], data["input"], data["context"])
 
-    async def put(self, tenant: str, response_id: str, stored: Stored) -> None:
-        value = orjson.dumps({"response": stored.response, "input": stored.input, "context": stored.context})
-        await self._kv.set(self._key(tenant, response_id), value.decode(), self._ttl_s)
+    async def put(self, tenant: str, response_id: str, stored: Stored, ttl_s: float | None = None) -> None:
+        """Keeps ``stored`` for ``ttl_s`` (the tenant's retention) or the store's own TTL, whichever is shorter."""
+        ttl = self._ttl_s if ttl_s is None else min(ttl_s, self._ttl_s)
+        key = self._key(tenant, response_id)
+        value = orjson.dumps({"response": stored.response, "input": stored.input, "context": stored.context}).decode()
+        await self._kv.set(key, value if self._sealer is None else self._sealer.seal(value, key), ttl)
         # the tenant's ids, so that erasing a tenant needs no key scan (none on Redis Cluster)
         await self._kv.append(self._key(tenant, "~ids"), response_id, ttl_s=self._ttl_s)
 

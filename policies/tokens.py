@@ -22,6 +22,7 @@ _PER_MESSAGE = 3            # OpenAI's chat format adds about 3 tokens per messa
 _OFF_LOOP_CHARS = 32_000    # longer prompts are tokenized in a worker thread
 ESTIMATE_MARGIN = 0.25      # an estimated prompt is reserved at 125% of the estimate ...
 ESTIMATE_MARGIN_MIN = 16    # ... and at least 16 tokens above it
+_CL100K_EMBEDDINGS = ("text-embedding-3-", "text-embedding-ada-002")   # OpenAI's embedding models' tokenizer
 
 
 @cache
@@ -31,8 +32,11 @@ def encoding_for(model: str) -> Any | None:
         warnings.simplefilter("ignore", DeprecationWarning)
         import bpe_openai  # 0.4 s: imported once, at start, by the first gateway that needs it
 
+        name = model.rsplit("/", 1)[-1]
         try:
-            return bpe_openai.encoding_for_model(model.rsplit("/", 1)[-1])
+            if name.startswith(_CL100K_EMBEDDINGS):   # bpe-openai's model table lists no embedding model
+                return bpe_openai.get_encoding("cl100k_base")
+            return bpe_openai.encoding_for_model(name)
         except (KeyError, ValueError, bpe_openai.UnsupportedModelError):
             return None
 

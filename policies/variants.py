@@ -11,7 +11,9 @@ parameter defaults. Which variant serves a request, first match wins:
 
 The variant's ``system_prompt`` goes first, before the client's own messages; its ``params`` fill fields the
 client left unset. Only its deployments are routed to (by the alias's strategy); fallback aliases are not
-restricted. The answer carries ``x-gateway-variant``, and the log line ``variant``.
+restricted. The answer carries ``x-gateway-variant``, and the log line ``variant``. Its ``price`` replaces the
+deployment's in the ledger; its ``shadow`` draws the requests to mirror (shadow.py); a ``canary`` is watched
+against its stable variant (canary.py).
 """
 
 from __future__ import annotations
@@ -25,12 +27,40 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends import Endpoint
+from backends.config import Price
 from errors import InvalidRequest
 
 from .call import Call
+from .cost import PriceTable, deployment_price
 
 HEADER = "x-gateway-variant"
 SESSION_HEADER = "x-gateway-session"
+SHADOW_KEY = "shadow"   # the key id of shadow requests (policies/shadow.py); their variant is ``shadow:NAME``
+
+
+class CanaryConfig(BaseModel):
+    """A candidate variant watched against a stable one; rolled back (weight 0) when it does worse."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stable: str = Field(description="the variant it is compared with")
+    window_s: float = Field(default=300.0, gt=0, description="outcomes older than this are forgotten")
+    min_requests: int = Field(default=20, ge=1, description="outcomes of each variant in the window before judging")
+    error_rate_margin: float = Field(default=0.05, ge=0, description="rolled back when its error rate is above "
+                                     "the stable's plus this (absolute: 0.05 = 5 points)")
+    latency_margin: float = Field(default=0.5, ge=0, description="rolled back when its p95 latency is above the "
+                                  "stable's times 1 + this")
+    latency_floor_s: float = Field(default=0.05, ge=0, description="and only when the two p95s differ by more "
+                                   "than this (jitter of fast answers is no regression)")
+
+
+class ShadowConfig(BaseModel):
+    """A share of the requests this variant serves, mirrored to another variant whose answers are discarded."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    variant: str
+    share: float = Field(gt=0, le=1)
 
 
 class VariantConfig(BaseModel):
@@ -44,6 +74,9 @@ class VariantConfig(BaseModel):
     system_prompt: str | None = None
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="request fields set when the client sets none (temperature, …)")
+    price: Price | None = Field(default=None, description="replaces the deployment's price in the ledger")
+    canary: CanaryConfig | None = None
+    shadow: ShadowConfig | None = None
 
 
 def check_variants(alias: str, deployments: Sequence[str], variants: Mapping[str, VariantConfig]) -> list[str]:
@@ -54,6 +87,11 @@ def check_variants(alias: str, deployments: Sequence[str], variants: Mapping[str
             if deployment not in deployments:
                 problems.append(f"models.{alias}.variants.{name}.deployments[{i}]: the alias has no deployment "
                                 f"{deployment!r} (it has: {', '.join(deployments)})")
+        for field, other in (("canary.stable", variant.canary and variant.canary.stable),
+                             ("shadow.variant", variant.shadow and variant.shadow.variant)):
+            if other and (other not in variants or other == name):
+                problems.append(f"models.{alias}.variants.{name}.{field}: {other!r} is not another variant of "
+                                "the alias")
     if variants and not any(v.weight > 0 for v in variants.values()):
         problems.append(f"models.{alias}.variants: at least one variant needs a weight above 0")
     return problems
@@ -93,6 +131,8 @@ class Variants:
         self._rng = rng
         self._aliases: dict[str, dict[str, VariantConfig]] = {}
         self._selectors: dict[str, Selector] = {}
+        self._prices: dict[tuple[str, str], PriceTable] = {}
+        self._draw = (rng or random.Random()).random
         for alias, variants in aliases.items():
             if variants:
                 self.replace(alias, dict(variants))
@@ -104,6 +144,11 @@ class Variants:
         """The alias's variants from now on (version control: policies/variant_history.py)."""
         self._selectors[alias] = Selector({n: v.weight for n, v in variants.items()}, self._rng)
         self._aliases[alias] = variants
+        for name, variant in variants.items():
+            if variant.price is not None:
+                self._prices[(alias, name)] = deployment_price("", variant.price)
+            else:
+                self._prices.pop((alias, name), None)
 
     def choose(self, call: Call) -> None:
         """Sets ``call.variant`` and ``call.deployments`` and applies the variant's prompt and parameters."""
@@ -123,10 +168,14 @@ class Variants:
             session = user if isinstance(user, str) and user else call.headers.get(SESSION_HEADER)
             name = self._selectors[call.alias].pick(session)
         variant = variants[name]
-        call.variant = name
+        shadowing = call.key_id == SHADOW_KEY
+        call.variant = call.record.variant = f"{SHADOW_KEY}:{name}" if shadowing else name
         call.deployments = frozenset(variant.deployments)
-        call.record.variant = name
         call.record.response_headers[HEADER] = name
+        call.price = self._prices.get((call.alias, name))
+        shadow = variant.shadow
+        if shadow is not None and not shadowing and not call.batch and self._draw() < shadow.share:
+            call.shadow = (shadow.variant, dict(call.body))   # the client's body, before this variant's changes
         for field, value in variant.params.items():
             call.body.setdefault(field, value)
         if variant.system_prompt is not None and call.endpoint is Endpoint.CHAT \

@@ -80,6 +80,10 @@ class GuardrailConfig(_Frozen):
     block_if: str = Field(default=r"(?i)^\s*unsafe", description="regex on the moderation model's answer "
                           "(the default fits Llama Guard's 'safe' / 'unsafe\\nS1')")
     instructions: str = Field(default="", description="a system message sent to the moderation model first")
+    stream_window_chars: int = Field(default=400, ge=1, description="output streams: text is held back and "
+                                     "judged this many characters at a time (and at the end)")
+    stream_action: Literal["end", "redact"] = Field(default="end", description="an unsafe window of a stream: "
+                                                    "end it with an error event, or send it as [redacted]")
 
 
 class DataKey(_Frozen):

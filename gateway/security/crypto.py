@@ -67,6 +67,24 @@ class Keyring:
         sealed = self._ciphers[self._sealing].encrypt(nonce, plaintext, context)
         return MAGIC + self._sealing.encode() + b"." + base64.b64encode(nonce + sealed)
 
+    def seal_binary(self, plaintext: bytes, context: bytes) -> bytes:
+        """``seal`` without the text armour (files): key id length, key id, nonce, ciphertext and tag."""
+        key_id = self._sealing.encode()
+        nonce = os.urandom(12)
+        return bytes([len(key_id)]) + key_id + nonce + self._ciphers[self._sealing].encrypt(nonce, plaintext, context)
+
+    def open_binary(self, blob: bytes, context: bytes) -> bytes | None:
+        if not blob:
+            return None
+        end = 1 + blob[0]
+        cipher = self._ciphers.get(blob[1:end].decode(errors="replace"))
+        if cipher is None or len(blob) < end + 12 + 16:
+            return None
+        try:
+            return cipher.decrypt(blob[end:end + 12], blob[end + 12:], context)
+        except InvalidTag:
+            return None
+
     def open(self, blob: bytes, context: bytes) -> bytes | None:
         """The plaintext; None for a value not sealed here, sealed with a key no longer configured, or altered."""
         if not blob.startswith(MAGIC):
@@ -93,6 +111,40 @@ def keyring(config: EncryptionConfig) -> Keyring:
         return Keyring.load(config)
     except DataKeyError as exc:
         raise ConfigError([str(exc)]) from exc
+
+
+class Sealer:
+    """Text sealed for storage and opened again, or passed as it is when ``encryption`` is not configured: the
+    one helper every store of bodies uses (stored responses; the request log's bodies). ``context`` is what the
+    value is stored under (a row's or key's id): bound in, so a value moved elsewhere does not open.
+
+        sealer = crypto.sealer(config.encryption)      # once, at start-up
+        column = sealer.seal(body_text, request_id)    # to store
+        text = sealer.open(column, request_id)         # None: sealed with a key no longer configured, or altered
+    """
+
+    def __init__(self, keyring: Keyring | None) -> None:
+        self._keyring = keyring
+
+    @property
+    def on(self) -> bool:
+        return self._keyring is not None
+
+    def seal(self, text: str, context: str) -> str:
+        if self._keyring is None:
+            return text
+        return self._keyring.seal(text.encode(), context.encode()).decode()
+
+    def open(self, value: str, context: str) -> str | None:
+        if self._keyring is None:
+            return None if value.startswith(MAGIC.decode()) else value
+        opened = self._keyring.open(value.encode(), context.encode())
+        return None if opened is None else opened.decode()
+
+
+def sealer(config: EncryptionConfig | None) -> Sealer:
+    """The sealer for ``config`` (None: encryption off, values pass as they are)."""
+    return Sealer(None if config is None else keyring(config))
 
 
 class EncryptedAnswers:

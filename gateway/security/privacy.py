@@ -77,6 +77,14 @@ def map_texts(endpoint: Endpoint, body: dict[str, Any], change: Callable[[str], 
                     isinstance(part.get("text"), str) else part for part in content]}
             messages.append(message)
         body["messages"] = messages
+    elif endpoint is Endpoint.RESPONSES:   # instructions, and the input: a string or items
+        if isinstance(body.get("instructions"), str):
+            body["instructions"] = change(body["instructions"])
+        value = body.get("input")
+        if isinstance(value, str):
+            body["input"] = change(value)
+        elif isinstance(value, list):
+            body["input"] = [_item_texts(item, change) if isinstance(item, dict) else item for item in value]
     else:
         field = "prompt" if endpoint is Endpoint.COMPLETIONS else "input"
         value = body.get(field)
@@ -85,6 +93,20 @@ def map_texts(endpoint: Endpoint, body: dict[str, Any], change: Callable[[str], 
         elif isinstance(value, list):
             body[field] = [change(v) if isinstance(v, str) else v for v in value]
     return body
+
+
+def _item_texts(item: dict[str, Any], change: Callable[[str], str]) -> dict[str, Any]:
+    """A Responses input item with ``change`` applied to its texts: a message's content (a string or parts with
+    ``text``), a tool's output."""
+    content = item.get("content")
+    if isinstance(content, str):
+        item = {**item, "content": change(content)}
+    elif isinstance(content, list):
+        item = {**item, "content": [{**part, "text": change(part["text"])} if isinstance(part, dict) and
+                                    isinstance(part.get("text"), str) else part for part in content]}
+    if isinstance(item.get("output"), str):
+        item = {**item, "output": change(item["output"])}
+    return item
 
 
 class Privacy:
@@ -135,7 +157,10 @@ def _event(event: sse.Event, masker: Masker, held: dict[tuple[int, str], str]) -
         chunk = None
     if not isinstance(chunk, dict):
         return sse.encode(event.data, event=event.event)
-    if chunk.get("type") == "content_block_delta" and isinstance(chunk.get("delta"), dict):
+    kind = chunk.get("type")
+    if isinstance(kind, str) and kind.startswith("response."):   # the Responses API's own stream
+        return _responses_event(event, chunk, kind, masker, held)
+    if kind == "content_block_delta" and isinstance(chunk.get("delta"), dict):
         # Anthropic's own stream (native /v1/messages): a text block's deltas, closed by content_block_stop
         _restore(chunk["delta"], "text", (int(chunk.get("index") or 0), "text"), False, masker, held)
     for choice in chunk.get("choices") or ():
@@ -149,6 +174,25 @@ def _event(event: sse.Event, masker: Masker, held: dict[tuple[int, str], str]) -
                 continue
             _restore(container, field, (index, field), finished, masker, held)
     return sse.encode(orjson.dumps(chunk), event=event.event)
+
+
+def _responses_event(event: sse.Event, chunk: dict[str, Any], kind: str, masker: Masker,
+                     held: dict[tuple[int, str], str]) -> bytes:
+    """A text delta restored as a chat delta is; any other event (``*.done``, ``response.completed``: whole
+    texts) restored everywhere, after a delta with what its block held back."""
+    slot = (int(chunk.get("output_index") or 0) * 1000 + int(chunk.get("content_index") or 0), "delta")
+    if kind.endswith(".delta") and isinstance(chunk.get("delta"), str):
+        _restore(chunk, "delta", slot, False, masker, held)
+        return sse.encode(orjson.dumps(chunk), event=event.event)
+    before = b""
+    if kind.endswith(".done") and slot in held:
+        rest: dict[str, Any] = {k: chunk[k] for k in ("item_id", "output_index", "content_index", "sequence_number") if k in chunk}
+        rest.update(type=kind[:-5] + ".delta", delta=masker.restore(held.pop(slot)))
+        before = sse.encode(orjson.dumps(rest), event=rest["type"])
+    data = event.data
+    for placeholder, value in masker.values.items():
+        data = data.replace(placeholder.encode(), orjson.dumps(value)[1:-1])
+    return before + sse.encode(data, event=event.event)
 
 
 def _restore(container: dict[str, Any], field: str, slot: tuple[int, str], finished: bool, masker: Masker,

@@ -66,6 +66,8 @@ class ResponseCache:
         process's memory. ``clock``: the wall clock exact entries expire by (Redis also drops them at their TTL;
         the semantic index reads the machine's)."""
         self.config = config or CacheConfig()
+        # deployment id -> its price (config, else catalog): what an answer cost, and so what a hit saves
+        self.prices: Mapping[str, PriceTable] = {}
         self._tenants, self._aliases = dict(tenants), dict(aliases)
         self._settings: dict[tuple[str, str], Settings] = {}
         caps = Caps(self.config.max_entries, self.config.max_bytes, self.config.max_entry_bytes)
@@ -191,7 +193,8 @@ class ResponseCache:
             return
         identity = identify(call.tenant, call.alias, call.endpoint.value, call.body)
         entry = {"kind": "chat" if call.endpoint is Endpoint.CHAT else "embeddings", "answer": data,
-                 "cost": _cost(data, call.record.cost_usd), "question": identity.question}
+                 "cost": _cost(data, call.record.cost_usd, self.prices.get(call.record.deployment or "")),
+                 "question": identity.question}
         pending = _Pending(key=entry_key(call.tenant, call.alias, identity.key), value=orjson.dumps(entry),
                            ttl_s=settings.ttl_s, tenant=call.tenant, alias=call.alias, identity=identity,
                            semantic=self._semantic_question(settings, identity) and self.index_ready,
@@ -322,9 +325,12 @@ def _whole_chat(data: dict[str, Any]) -> bool:
             and isinstance(choices[0].get("message"), dict) and bool(choices[0].get("finish_reason")))
 
 
-def _cost(answer: dict[str, Any], recorded: float | None) -> float | None:
-    """What the answer cost when it was made: priced from its usage and the catalog, else as recorded."""
+def _cost(answer: dict[str, Any], recorded: float | None, price: PriceTable | None = None) -> float | None:
+    """What the answer cost when it was made: its usage at the deployment's price (config, else catalog), else
+    at the catalog's price of the model it names, else as recorded."""
     usage = answer.get("usage")
+    if price is not None and price.known and (cost := price.usd(usage)) is not None:
+        return cost
     info = model_info(str(answer.get("model") or ""))
     cost = PriceTable.of(info).usd(usage) if info is not None else None
     return recorded if cost is None else cost

@@ -61,6 +61,7 @@ class Reservation:
     est_completion: int
     est_cost: int        # nano-USD, priced at the alias's dearest deployment
     lease_s: float       # unsettled this long: the sweeper settles it at its estimate
+    variant: str | None = None   # the alias's variant serving it: its own aggregates (``v:metric|alias|variant``)
     # This admission's own id: the same reservation sent again (redis-py resends a command whose connection
     # failed, maybe after Redis ran it) is recognised as already admitted, not as another request's "dup".
     attempt: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -125,12 +126,16 @@ class Settlement:
         """The per-day counters this record adds to, by ``metric|alias|key_id``."""
         r = self.reservation
         suffix = f"|{r.alias}|{r.key_id}"
-        return {"requests" + suffix: 1, "prompt_tokens" + suffix: self.prompt_tokens,
-                "completion_tokens" + suffix: self.completion_tokens, "cached_tokens" + suffix: self.cached_tokens,
-                "cache_write_tokens" + suffix: self.cache_write_tokens,
-                "reasoning_tokens" + suffix: self.reasoning_tokens, "cost_nusd" + suffix: self.cost,
-                "cache_hits" + suffix: int(self.cache_hit), "errors" + suffix: int(self.status >= 400),
-                "estimated" + suffix: int(self.estimated)}
+        counters = {"requests" + suffix: 1, "prompt_tokens" + suffix: self.prompt_tokens,
+                    "completion_tokens" + suffix: self.completion_tokens, "cached_tokens" + suffix: self.cached_tokens,
+                    "cache_write_tokens" + suffix: self.cache_write_tokens,
+                    "reasoning_tokens" + suffix: self.reasoning_tokens, "cost_nusd" + suffix: self.cost,
+                    "cache_hits" + suffix: int(self.cache_hit), "errors" + suffix: int(self.status >= 400),
+                    "estimated" + suffix: int(self.estimated)}
+        if r.variant is not None:   # a second set, by variant: readers of ``metric|alias|key_id`` skip ``v:``
+            by_variant = f"|{r.alias}|{r.variant}"
+            counters.update({"v:" + name.split("|", 1)[0] + by_variant: value for name, value in counters.items()})
+        return counters
 
 
 def settle_at_estimate(reservation: Reservation, status: int = 0) -> Settlement:

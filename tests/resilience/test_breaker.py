@@ -124,6 +124,18 @@ def test_client_errors_never_count(chaos, start_gateway):
     assert admin_deployments(gateway)["chat/openai-compatible/bad"]["breaker"]["state"] == "closed"
 
 
+def test_an_upstream_refusing_the_gateways_key_counts_against_the_deployment(chaos, start_gateway):
+    assert 401 not in BreakerConfig().ignore_status
+    gateway = _breaker_gateway(chaos, start_gateway)
+    chaos[1].faults["bad"] = Fault("status", status=401)
+    for _ in range(3):
+        response = chat(gateway, "chat")
+        assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_auth_failed"
+    assert admin_deployments(gateway)["chat/openai-compatible/bad"]["breaker"]["state"] == "open"
+    assert chat(gateway, "chat").json()["error"]["code"] == "circuit_open"
+    assert chaos[1].requests["bad"] == 3
+
+
 def test_an_open_breaker_hands_the_alias_to_its_fallback(chaos, start_gateway):
     gateway = _breaker_gateway(chaos, start_gateway, fallbacks=[{"alias": "backup"}])
     chaos[1].faults["bad"] = Fault("status", status=500)

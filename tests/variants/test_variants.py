@@ -141,3 +141,16 @@ def test_variant_config_errors_name_the_field(upstream):
     with pytest.raises(ConfigError) as info:
         parse_config(text, env={})
     assert any(p.startswith("tenants[1].variants.chat:") for p in info.value.problems)
+
+
+def test_canary_and_shadow_must_name_another_variant(upstream):
+    bad = {"v1": {"deployments": ["a"], "shadow": {"variant": "v9", "share": 0.1}},
+           "v2": {"deployments": ["b"], "canary": {"stable": "v2"}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(_config(upstream[0].url, variants=bad), env={})
+    assert any(p.startswith("models.chat.variants.v1.shadow.variant:") and "'v9'" in p for p in info.value.problems)
+    assert any(p.startswith("models.chat.variants.v2.canary.stable:") for p in info.value.problems)
+    too_much = {"v1": {"deployments": ["a"], "shadow": {"variant": "v1", "share": 1.5}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(_config(upstream[0].url, variants=too_much), env={})
+    assert any("share" in p for p in info.value.problems)
