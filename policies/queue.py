@@ -179,7 +179,7 @@ class FairQueue:
             try:
                 result = await waiter.attempt()
             except Exception as exc:  # the store failed (fail closed): the waiter raises it
-                heapq.heappop(state.heap)
+                _remove(state.heap, waiter)
                 if not waiter.gone:
                     waiter.future.set_exception(exc)
                     state.waiting -= 1
@@ -199,10 +199,24 @@ class FairQueue:
                 state.blocked_until = loop.time() + (_SLOT_POLL_S if by_slot else max(result.retry_after,
                                                                                       _MIN_BLOCK_S))
                 continue
-            heapq.heappop(state.heap)
+            _remove(state.heap, waiter)
             state.waiting -= 1
             self._resize(-1)
             if result.outcome == "ok":
                 self._vtime = state.vtime
                 state.vtime += 1 / state.weight
             waiter.future.set_result(result)
+
+
+def _remove(heap: list[_Waiter], waiter: _Waiter) -> None:
+    """Takes ``waiter`` out of its tenant's heap: no longer necessarily the head, since a waiter of a higher
+    class may have arrived while its attempt was awaited (popping the head dropped that one instead)."""
+    if heap and heap[0] is waiter:
+        heapq.heappop(heap)
+        return
+    for i, queued in enumerate(heap):
+        if queued is waiter:
+            heap[i] = heap[-1]
+            heap.pop()
+            heapq.heapify(heap)
+            return
