@@ -64,7 +64,7 @@ def _reply(request: web.Request, data: Any) -> web.Response:
 
 
 async def _usage(request: web.Request) -> web.StreamResponse:
-    """``GET /admin/usage?tenant=&from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=model|day|key|request&format=json|csv``:
+    """``GET /admin/usage?tenant=&from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=model|day|key|request|source&format=json|csv``:
     an admin key reads any tenant (all when ``tenant`` is left out), a tenant key its own."""
     who = principal(request)
     gateway = request.app[GATEWAY]

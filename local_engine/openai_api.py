@@ -81,7 +81,8 @@ def sampling_params_from_request(
     body: dict[str, Any], *, chat: bool, default_max_tokens: int | None = None
 ) -> SamplingParams:
     """Read OpenAI sampling fields (plus vLLM-style top_k, min_p, repetition_penalty, stop_token_ids,
-    ignore_eos, and ``speculative``: false to decode without the engine's speculative drafts)."""
+    ignore_eos, priority (lower is scheduled first; a gateway's batch lines come after live requests), and
+    ``speculative``: false to decode without the engine's speculative drafts)."""
     n = _num(body, "n", int, 1)
     if not 1 <= n <= MAX_N:
         raise OpenAIError(f"'n' must be between 1 and {MAX_N}", param="n")
@@ -127,6 +128,7 @@ def sampling_params_from_request(
             ignore_eos=bool(body.get("ignore_eos", False)),
             logprobs=logprobs,
             speculative=speculative,
+            priority=_num(body, "priority", int, 0),
         )
     except ValueError as e:
         raise OpenAIError(str(e)) from None
