@@ -30,7 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--speculative", type=json.loads, default=None,
                        help='speculative decoding, a JSON object: {"method": "ngram", "num_tokens": 4}')
     serve.add_argument("--quantization", default=None, choices=["int8"])
+    serve.add_argument("--max-loras", type=int, default=4, help="LoRA adapters resident at once (0: none)")
+    serve.add_argument("--max-lora-rank", type=int, default=16)
+    serve.add_argument("--lora", action="append", default=[], metavar="NAME=PATH",
+                       help="a PEFT adapter directory served as NAME (repeatable)")
     args = parser.parse_args(argv)
+    loras = [spec.partition("=")[::2] for spec in args.lora]
+    if any(not name or not path for name, path in loras):
+        parser.error("--lora takes NAME=PATH")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     opts = dict(
         max_num_seqs=args.max_num_seqs,
@@ -42,10 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         enable_prefix_caching=not args.no_prefix_caching,
         speculative=args.speculative,
         quantization=args.quantization,
+        max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank,
     )
 
     async def factory() -> AsyncEngine:
-        return await AsyncEngine.create(args.model, **opts)
+        engine = await AsyncEngine.create(args.model, **opts)
+        for name, path in loras:
+            await engine.add_lora(name, path)
+        return engine
 
     web.run_app(build_app(factory), host=args.host, port=args.port, print=lambda s: print(s, file=sys.stderr))
     return 0
