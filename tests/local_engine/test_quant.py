@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -90,3 +91,16 @@ def test_int8_perplexity_within_1_percent_of_fp32(smollm2_path: Path) -> None:
 def test_unknown_quantization_is_refused() -> None:
     with pytest.raises(ValueError, match="quantization"):
         EngineConfig(quantization="int3")
+
+
+def test_lora_adapters_apply_on_int8_weights(tiny_llama: Path, adapters: dict[str, tuple[Path, Any]]) -> None:
+    from tests.local_engine.test_lora import _engine, _run
+
+    requests: dict[str, str | None] = {"base": None, **{name: name for name in adapters}}
+    full = _run(_engine(tiny_llama, adapters), requests)
+    quant = _run(_engine(tiny_llama, adapters, quantization="int8"), requests)
+    # LoRA's hook wraps the int8 projections: each adapter changes the int8 model's output as it changes
+    # fp32's, and its greedy tokens agree with fp32's with that adapter.
+    assert all(quant[name] != quant["base"] for name in adapters)
+    same = sum(quant[rid] == full[rid] for rid in requests)
+    assert same >= len(requests) - 1, (full, quant)
