@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 
 # System programs the tests run: redis-server (the shared store), docker-compose (validates the compose file),
 # promtool (checks the Prometheus config and alert rules), chromium (the /ui page's browser tests, driven by
-# Playwright); Debian packages, which .ci/run installs.
+# Playwright), postgresql (the request log's PostgreSQL store; its initdb is under /usr/lib/postgresql, off
+# PATH, so it is not in the check); Debian packages, which .ci/run installs.
 TEST_PROGRAMS := redis-server redis-cli docker-compose promtool chromium
-INSTALL_TEST_PROGRAMS := sudo apt-get install -y redis-server docker-compose prometheus chromium
+INSTALL_TEST_PROGRAMS := sudo apt-get install -y redis-server docker-compose prometheus chromium postgresql
 
 .PHONY: setup serve test test-prerequisites lint bench
 setup: $(VENV)/.installed tests/agents/node_modules/.installed

@@ -16,6 +16,8 @@ from .config import DeploymentConfig
 from .http import client_timeout, expect_stream, plain_error, post, read_body, read_error
 from .pool import SessionPool
 
+AZURE_RESPONSES_API_VERSION = "2025-04-01-preview"  # date-ok: an api-version of Azure's Responses API
+
 
 class OpenAIBackend(Backend):
     def __init__(self, deployment: DeploymentConfig, pool: SessionPool) -> None:
@@ -34,6 +36,11 @@ class OpenAIBackend(Backend):
 
     def _url(self, endpoint: Endpoint) -> str:
         base = self.deployment.base_url
+        if self.deployment.provider == "azure" and endpoint is Endpoint.RESPONSES:
+            # Azure serves the Responses API per resource (the deployment is the body's model), from this
+            # api-version on: an older one configured for chat is raised to it.
+            version = max(self.deployment.api_version, AZURE_RESPONSES_API_VERSION)
+            return f"{base}/openai/responses?api-version={version}"
         if self.deployment.provider == "azure":
             return (f"{base}/openai/deployments/{self.deployment.model}/{endpoint.value}"
                     f"?api-version={self.deployment.api_version}")

@@ -3,7 +3,9 @@
 Targets (issue 21): req/s with them on >= 90% of off, p50 added <= 0.1 ms. Rows, each a `python -m gateway
 serve` (1 worker) in front of the same fake upstream: off (request log and tracing off; the log line on in
 all rows), request log on (SQLite in a temp dir), tracing on (every request sampled, exported over OTLP/HTTP
-to a local sink), tracing with 10% of requests sampled, both. Rounds interleave the rows so each meets the same background load; medians shown.
+to a local sink), tracing with 10% of requests sampled, both. Rounds interleave the rows so each meets the same
+background load; medians shown. "capacity vs off": the off row's server CPU per request over the row's (the
+req/s it would reach with a core of its own), the figure to read when other work takes the cores.
 
     python bench/ops_bench.py [--duration 10] [--rounds 3]
 """
@@ -46,6 +48,12 @@ tracing:
     return path
 
 
+def cpu_per_request(result: gb.Result) -> float:
+    """The server's CPU µs per request: what bounds req/s once it has a core, and moves less with other
+    load than req/s does on a shared machine."""
+    return result.cpu.get("server", 0.0) / 100 / result.rps * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10)
@@ -81,15 +89,19 @@ def main() -> int:
     finally:
         procs.stop_all()
     off = results["off"]
-    print("\n| row (1 worker, 50 connections) | req/s | vs off (paired) | p50 ms | p50 added ms | p99 ms |")
-    print("|---|---|---|---|---|---|")
+    print("\n| row (1 worker, 50 connections) | req/s | vs off (paired) | server CPU µs/req | capacity vs off "
+          "| p50 ms | p50 added ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         rps = statistics.median(r.rps for r in runs)
         ratio = statistics.median(r.rps / o.rps for r, o in zip(runs, off, strict=True))
         p50 = statistics.median(r.p50 for r in runs)
         added = statistics.median(r.p50 - o.p50 for r, o in zip(runs, off, strict=True))
         p99 = statistics.median(r.p99 for r in runs)
-        print(f"| {name} | {rps:,.0f} | {ratio:.1%} | {p50:.2f} | {added:+.3f} | {p99:.2f} |")
+        cpu = statistics.median(cpu_per_request(r) for r in runs)
+        capacity = statistics.median(cpu_per_request(o) / cpu_per_request(r) for r, o in zip(runs, off, strict=True))
+        print(f"| {name} | {rps:,.0f} | {ratio:.1%} | {cpu:,.0f} | {capacity:.1%} | {p50:.2f} | {added:+.3f} "
+              f"| {p99:.2f} |")
     return 0
 
 

@@ -34,6 +34,7 @@ from . import (
     batches,
     controlplane,
     files,
+    logbodies,
     message_batches,
     messages,
     metrics,
@@ -91,8 +92,11 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
         app[TRACING] = traces
     if loaded.config.audit.enabled:  # changing it needs a restart
         app[audit.AUDIT] = audit.AuditLog(loaded.config.audit.path, loaded.config.audit.retention_days)
-    if loaded.config.request_log.enabled:  # changing it needs a restart
-        app[requestlog.REQUEST_LOG] = requestlog.RequestLog(loaded.config.request_log)
+    log = requestlog.build(loaded.config)  # changing request_log needs a restart
+    if log is not None:
+        app[requestlog.REQUEST_LOG] = log
+        if log.bodies is not None:  # some tenant's bodies are logged
+            app.middlewares.append(logbodies.middleware(_API_PATHS, requestlog.REQUEST_LOG))
     app[retention.RETENTION] = retention.Retention(app, app[files.FILES], app.get(requestlog.REQUEST_LOG), clock)
     app.cleanup_ctx.append(retention.background)
     for prefix in ("/v1", ""):
@@ -127,6 +131,8 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/admin/requests", requestlog.handle)
+    app.router.add_get("/admin/requests/{id}", requestlog.handle_one)
+    app.router.add_get("/admin/cache/savings", requestlog.handle_savings)
     app.router.add_get("/admin/batches", batches.admin_list)
     app.router.add_delete("/admin/tenants/{tenant}/data", erasure.handle)
     app.router.add_get("/admin/audit", audit.handle)
@@ -156,11 +162,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     metrics.publish_budgets(gateway.loaded.config)
     log = app.get(requestlog.REQUEST_LOG)
     if log is not None:
-        await asyncio.to_thread(log.start)
+        await log.start()
     yield
     await gateway.close()
     if log is not None:
-        await asyncio.to_thread(log.close)
+        await log.close()
     if TRACING in app:  # flushing waits for the exporter (a slow collector): off the event loop
         await asyncio.to_thread(app[TRACING].close)
 
@@ -283,7 +289,7 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
         record.trace.finish(record)
     log = request.app.get(requestlog.REQUEST_LOG)
     if log is not None:
-        log.add(record, latency, int(status))
+        log.add(record, latency, int(status), request.get(requestlog.BODIES))
     if not gateway.loaded.config.server.log_requests:
         return
     fields: dict[str, Any] = {

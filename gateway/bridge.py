@@ -13,6 +13,7 @@ from aiohttp import web
 
 from backends import sse
 from errors import GatewayError, ModelNotFound, UpstreamConnectionError
+from policies import tokens
 from policies.call import Call
 
 from .auth import Caller
@@ -106,9 +107,11 @@ def whole(call: Call, body: bytes, extra: dict[str, str]) -> web.Response:
 
 
 async def stream(request: web.Request, call: Call, events: AsyncIterator[bytes], extra: dict[str, str],
-                 failed: Callable[[GatewayError], bytes]) -> web.StreamResponse:
+                 failed: Callable[[GatewayError], bytes], streamed: Callable[[], int] | None = None
+                 ) -> web.StreamResponse:
     """Writes ``events`` to the client as they come; a failure after the headers went out becomes the
-    client format's error event (``failed``)."""
+    client format's error event (``failed``). A translated stream that broke off before its usage came is
+    ledgered at what it streamed (``streamed``: its completion tokens) and the prompt's estimate."""
     record = call.record
     response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **extra})
     record.overhead_s = time.perf_counter() - record.started - record.upstream_s
@@ -124,28 +127,48 @@ async def stream(request: web.Request, call: Call, events: AsyncIterator[bytes],
                 await response.write(out)
     except GatewayError as exc:
         record.error, record.status = exc.message, exc.status
+        if streamed is not None and record.prompt_tokens is None and record.completion_tokens is None:
+            prompt = await tokens.count_prompt(call.endpoint, call.body, None)
+            record.take_usage({"prompt_tokens": prompt, "completion_tokens": streamed()})
         await response.write(failed(exc))
     record.upstream_s = time.perf_counter() - sent
     await response.write_eof()
     return response
 
 
-async def chat_chunks(pieces: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
-    """The chunks of an OpenAI chat stream; an error chunk fails it, and so does an end before ``[DONE]``."""
+async def chat_chunks(pieces: AsyncIterator[bytes]) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
+    """The chunks of an OpenAI chat stream, those of one piece together (their translation is then one
+    write, as the pass-through's is), and whether ``[DONE]`` ended them (the writer's closing events then go
+    in the same write); an error chunk fails it, and so does an end before ``[DONE]``."""
     decoder = sse.Decoder()
+    loads = orjson.loads
     async for piece in pieces:
+        batch: list[dict[str, Any]] = []
         for event in decoder.feed(piece):
             if event.done:
+                yield batch, True
                 return
             try:
-                chunk = orjson.loads(event.data)
+                chunk = loads(event.data)
             except orjson.JSONDecodeError:
                 continue
             if isinstance(chunk, dict):
-                if isinstance(chunk.get("error"), dict):
+                if "error" in chunk and isinstance(chunk["error"], dict):
                     raise GatewayError(str(chunk["error"].get("message") or "upstream error"), status=502)
-                yield chunk
+                batch.append(chunk)
+        if batch:
+            yield batch, False
     raise UpstreamConnectionError("The upstream ended its stream before it was complete.")
+
+
+def cache_hit(call: Call) -> bool:
+    """Whether the response cache answered ``call``."""
+    return bool(call.record.cache and call.record.cache.startswith("hit"))
+
+
+async def once(events: bytes) -> AsyncIterator[bytes]:
+    """A stream written in one piece (a cached answer's events)."""
+    yield events
 
 
 def take_usage(call: Call, usage: dict[str, Any]) -> None:

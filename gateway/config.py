@@ -126,6 +126,7 @@ class TenantConfig(TenantPolicyFields):  # + limits, budget, priority: policies/
     allowed_ips: tuple[CIDR, ...] = ()      # empty: any address
     client_certs: tuple[str, ...] = ()      # mTLS: "sha256:<fingerprint>" or "CN=<common name>"
     pii: PIIConfig | None = None
+    log_bodies: bool | None = None          # None: request_log.bodies (gateway/logbodies.py)
     guardrail: GuardrailConfig | None = None
     retention_days: float | None = Field(default=None, gt=0, description="the tenant's stored responses, files "
                                          "and request-log records kept no longer (when shorter than the global)")
@@ -156,15 +157,26 @@ class TracingConfig(_Frozen):
 
 
 class RequestLogConfig(_Frozen):
-    """``request_log:``: every API request's record in an embedded SQLite database (gateway/requestlog.py),
-    written by a background thread; never on the request's path."""
+    """``request_log:``: every API request's record in an embedded SQLite database or in PostgreSQL
+    (gateway/requestlog.py), written in the background; never on the request's path."""
 
     enabled: bool = True
+    store: Literal["sqlite", "postgres"] = "sqlite"
+    dsn: str | None = Field(default=None, description="store: postgres: postgresql://user:password@host:port/db")
+    bodies: bool = Field(default=False, description="keep request and response bodies (tenants[].log_bodies "
+                         "overrides); PII-masked when the tenant has pii, sealed when encryption is set")
+    max_body_bytes: int = Field(default=16384, ge=0, description="each body cut to this many bytes")
     path: str = Field(default=state_file("requests.db"),
                       description="SQLite file; ~ expands, missing folders are made")
     retention_days: float = Field(default=30, gt=0)
     max_buffer: int = Field(default=10000, ge=1, description="records waiting to be written; beyond: dropped, counted")
     flush_interval_s: float = Field(default=0.2, gt=0)
+
+    @model_validator(mode="after")
+    def _dsn(self) -> RequestLogConfig:
+        if self.enabled and self.store == "postgres" and not self.dsn:
+            raise ValueError("store: postgres needs dsn (postgresql://user:password@host:port/db)")
+        return self
 
 
 class FilesConfig(_Frozen):

@@ -18,6 +18,7 @@ from backends import Endpoint, UpstreamResponse, sse
 from backends.wire import anthropic as wire
 from errors import GatewayError
 from policies import tokens
+from policies.cache import ResponseCache
 from policies.call import Call
 
 from . import bridge
@@ -61,28 +62,35 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         extra = bridge.headers(call, dropped)
         if endpoint is Endpoint.MESSAGES:
             if answer.chunks is None:
-                data = _whole_of(answer)
+                data = {**_whole_of(answer), "model": alias}
                 bridge.take_usage(call, wire.usage_of(data.get("usage")).openai())
-                return bridge.whole(call, orjson.dumps({**data, "model": alias}), extra)
-            return await bridge.stream(request, call, _native_events(call, answer.chunks, alias), extra, _failed)
+                if stream:  # only a hit is whole for a stream: written as the stream it was
+                    return await bridge.stream(request, call, bridge.once(wire.replay_events(data)), extra, _failed)
+                return bridge.whole(call, orjson.dumps(data), extra)
+            cache = gateway.pipeline.cache
+            return await bridge.stream(request, call, _native_events(call, answer.chunks, alias,
+                                                                     cache if cache.wants(call) else None),
+                                       extra, _failed)
         if answer.chunks is None:
             data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
             return bridge.whole(call, orjson.dumps(wire.to_message(data, alias, body.get("stop_sequences"))), extra)
         events = wire.MessageEvents(alias, body.get("stop_sequences"))
-        return await bridge.stream(request, call, _translated_events(answer.chunks, events), extra, _failed)
+        return await bridge.stream(request, call, _translated_events(answer.chunks, events), extra, _failed,
+                                   events.streamed_tokens)
 
 
 async def _translated_events(chunks: AsyncIterator[bytes], events: wire.MessageEvents) -> AsyncIterator[bytes]:
-    async for chunk in bridge.chat_chunks(chunks):
-        yield events.chunk(chunk)
-    yield events.finish()
+    async for batch, done in bridge.chat_chunks(chunks):
+        yield events.read_all(batch) + events.finish() if done else events.read_all(batch)
 
 
-async def _native_events(call: Call, chunks: AsyncIterator[bytes], alias: str) -> AsyncIterator[bytes]:
+async def _native_events(call: Call, chunks: AsyncIterator[bytes], alias: str, cache: ResponseCache | None
+                         ) -> AsyncIterator[bytes]:
     """Anthropic's own stream, passed on with the alias as its model; its usage (message_start,
-    message_delta) is read on the way."""
+    message_delta) is read on the way, and with a ``cache`` that wants it the whole message is kept."""
     decoder = sse.Decoder()
     usage = wire.usage_of(None)
+    whole = wire.MessageOfEvents() if cache is not None else None
     async for piece in chunks:
         out = []
         for event in decoder.feed(piece):
@@ -90,12 +98,19 @@ async def _native_events(call: Call, chunks: AsyncIterator[bytes], alias: str) -
                 data = orjson.loads(event.data)
                 message = data.get("message") or {}
                 wire.count_usage(usage, message.get("usage"))
-                out.append(wire.event("message_start", {**data, "message": {**message, "model": alias}}))
+                data = {**data, "message": {**message, "model": alias}}
+                if whole is not None:
+                    whole.event(event.event, data)
+                out.append(wire.event("message_start", data))
                 continue
+            if whole is not None and event.event.startswith(("content_block_", "message_delta")):
+                whole.event(event.event, orjson.loads(event.data))
             if event.event == "message_delta":
                 wire.count_usage(usage, orjson.loads(event.data).get("usage"))
             elif event.event == "message_stop":
                 bridge.take_usage(call, usage.openai())
+                if cache is not None and whole is not None and whole.message is not None:
+                    cache.store(call, UpstreamResponse(status=200, data=whole.message))
             out.append(sse.encode(event.data, event=event.event))
         yield b"".join(out)
 

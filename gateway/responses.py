@@ -16,10 +16,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from backends import Endpoint, sse
+from backends import Endpoint, UpstreamResponse, sse
 from backends.shape import new_id
 from backends.wire import responses as wire
 from errors import GatewayError, InvalidRequest, NotFound
+from policies.cache import ResponseCache
 from policies.call import Call
 from policies.stored_responses import Sealer, Stored, StoredResponses
 from policies.stores.keyvalue import KeyValue
@@ -81,10 +82,15 @@ async def create(request: web.Request) -> web.StreamResponse:
         if endpoint is Endpoint.RESPONSES:
             if answer.chunks is None:
                 data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
+                hit = bridge.cache_hit(call)
+                if hit:  # a response of its own: stored (and continued) under its own id
+                    data = wire.replayed(data, new_id("resp_"), int(time.time()))
                 bridge.take_usage(call, wire.chat_usage(data.get("usage")))
                 await kept(data)
-                return bridge.whole(call, answer.body or orjson.dumps(data), extra)
-            events = _native_events(call, answer.chunks, kept)
+                if stream:  # only a hit is whole for a stream: written as the stream it was
+                    return await bridge.stream(request, call, bridge.once(wire.replay_events(data)), extra, _failed)
+                return bridge.whole(call, orjson.dumps(data) if hit else answer.body or orjson.dumps(data), extra)
+            events = _native_events(call, answer.chunks, kept, gateway.pipeline.cache)
             return await bridge.stream(request, call, events, extra, _failed)
         id_ = new_id("resp_")
         if answer.chunks is None:
@@ -94,7 +100,7 @@ async def create(request: web.Request) -> web.StreamResponse:
             return bridge.whole(call, orjson.dumps(response), extra)
         writer = wire.ResponseEvents(id_, body, alias)
         return await bridge.stream(request, call, _translated_events(writer, answer.chunks, kept), extra,
-                                   writer.failed)
+                                   writer.failed, writer.streamed_tokens)
 
 
 def _unstored(item: dict[str, Any]) -> dict[str, Any]:
@@ -110,15 +116,16 @@ def _failed(exc: GatewayError) -> bytes:
 async def _translated_events(writer: wire.ResponseEvents, chunks: AsyncIterator[bytes], kept: Any
                              ) -> AsyncIterator[bytes]:
     yield writer.start()
-    async for chunk in bridge.chat_chunks(chunks):
-        yield writer.chunk(chunk)
-    yield writer.finish()
+    async for batch, done in bridge.chat_chunks(chunks):
+        yield writer.read_all(batch) + writer.finish() if done else writer.read_all(batch)
     if writer.final is not None:
         await kept(writer.final)
 
 
-async def _native_events(call: Call, chunks: AsyncIterator[bytes], kept: Any) -> AsyncIterator[bytes]:
-    """OpenAI's own Responses stream, passed on; the final response is read on the way (usage, store)."""
+async def _native_events(call: Call, chunks: AsyncIterator[bytes], kept: Any, cache: ResponseCache
+                         ) -> AsyncIterator[bytes]:
+    """OpenAI's own Responses stream, passed on; the final response is read on the way (usage, store, and
+    the response cache, which keeps it whole)."""
     decoder = sse.Decoder()
     async for piece in chunks:
         yield piece
@@ -128,6 +135,7 @@ async def _native_events(call: Call, chunks: AsyncIterator[bytes], kept: Any) ->
                 final = orjson.loads(event.data).get("response") or {}
                 bridge.take_usage(call, wire.chat_usage(final.get("usage")))
                 await kept(final)
+                cache.store(call, UpstreamResponse(status=200, data=final))
 
 
 async def _stored(request: web.Request) -> tuple[str, Stored]:

@@ -81,6 +81,7 @@ class Gateway:
             metrics.BREAKER_STATE.labels(route.key).set(0)
         cache = ResponseCache(config.cache, tenants={t.name: t.cache for t in config.tenants},
                               aliases={m.name: m.cache for m in config.models}, stores=stores)
+        cache.prices = {d.id: deployment_price(d.model, d.price) for m in config.models for d in m.deployments}
         if config.encryption is not None:
             cache.answers = crypto.EncryptedAnswers(cache.answers, crypto.keyring(config.encryption))
         context = ContextPolicies(router, {m.name: m.context for m in config.models},

@@ -9,8 +9,8 @@ Upstream side (an Anthropic deployment behind the chat shape):
   events -> chat chunks), ``error_from``, ``usage_of``.
 
 What one side cannot carry is translated or dropped by the rules in docs/agents.md: ``system`` messages
-anywhere in the conversation become system messages in place; thinking blocks of earlier turns are not sent
-to other formats; server tools (web search, code execution, …) are left out and named in ``dropped``;
+anywhere in the conversation become system messages in place; signed thinking blocks ride in the chat
+shape's ``thinking_blocks`` (back to Anthropic upstreams only, ``reasoning.py``); server tools (web search, code execution, …) are left out and named in ``dropped``;
 ``context_management``, ``output_config``, ``cache_control`` and ``service_tier`` only mean something to
 Anthropic and are passed through only on the native path.
 """
@@ -44,7 +44,7 @@ from ..shape import (
     tool_arguments,
 )
 from . import chunks
-from .reasoning import MIN_BUDGET, budget_of, effort_of, in_tool_loop
+from .reasoning import MIN_BUDGET, THINKING_BLOCKS, budget_of, effort_of, in_tool_loop, signed_blocks
 
 # --- client side: an Anthropic request served by a chat-format backend ------------------------------------
 
@@ -87,6 +87,10 @@ def message_id(openai_id: Any) -> str:
     return text if text.startswith("msg_") else f"msg_{text.removeprefix('chatcmpl-') or 'gateway'}"
 
 
+# A content_block_delta event up to its value: index, delta type, the value's field name.
+_DELTA = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"%s","%s":'
+
+
 class MessageEvents(chunks.ChunkReader):
     """OpenAI chunks (first choice) -> Anthropic stream events, one content block open at a time."""
 
@@ -99,6 +103,7 @@ class MessageEvents(chunks.ChunkReader):
         self._open: int | None = None      # index of the open content block
         self._kind: str | None = None      # its kind when it takes deltas of text: text | thinking
         self._tools: dict[int, int] = {}   # OpenAI tool call index -> block index
+        self._delta_head = b""             # the open block's delta event up to its text
 
     def _start(self, chunk: dict[str, Any]) -> bytes:
         self.id = message_id(chunk.get("id"))
@@ -126,8 +131,10 @@ class MessageEvents(chunks.ChunkReader):
             out = self._open_block({"type": "text", "text": ""} if kind == "text" else
                                    {"type": "thinking", "thinking": "", "signature": ""})
             self._kind = kind
-        delta = {"type": "text_delta", "text": text} if kind == "text" else {"type": "thinking_delta", "thinking": text}
-        return out + event("content_block_delta", {"type": "content_block_delta", "index": self._open, "delta": delta})
+            self._delta_head = _DELTA % (self._open, b"text_delta" if kind == "text" else b"thinking_delta",
+                                         b"text" if kind == "text" else b"thinking")
+        # A byte template: the same bytes as ``event`` writes, without a dict and a dumps of it per delta.
+        return out + self._delta_head + orjson.dumps(text) + b"}}\n\n"
 
     def chunk(self, chunk: dict[str, Any]) -> bytes:
         out = self._start(chunk) if self.id is None else b""
@@ -139,6 +146,18 @@ class MessageEvents(chunks.ChunkReader):
     def reasoning(self, text: str) -> bytes:
         return self._text("thinking", text)
 
+    def signed(self, blocks: list[dict[str, Any]]) -> bytes:
+        out = b""
+        for block in blocks:
+            if block["type"] == "thinking" and self._kind == "thinking":
+                out += event("content_block_delta", {"type": "content_block_delta", "index": self._open,
+                                                     "delta": {"type": "signature_delta",
+                                                               "signature": block["signature"]}})
+                out += self._close()  # the next thinking text is another block, as it was upstream
+            else:  # a redacted block, or a signed one whose text never came as deltas: a block of its own
+                out += self._open_block(block) + self._close()
+        return out
+
     def tool_start(self, tool: int, call_id: Any, name: str) -> bytes:
         out = self._open_block({"type": "tool_use", "id": str(call_id or f"toolu_{tool}"), "name": name,
                                 "input": {}})
@@ -146,8 +165,8 @@ class MessageEvents(chunks.ChunkReader):
         return out
 
     def tool_arguments(self, tool: int, fragment: str) -> bytes:
-        return event("content_block_delta", {"type": "content_block_delta", "index": self._tools[tool],
-                                             "delta": {"type": "input_json_delta", "partial_json": fragment}})
+        return _DELTA % (self._tools[tool], b"input_json_delta", b"partial_json") + orjson.dumps(fragment) + \
+            b"}}\n\n"
 
     def finish(self) -> bytes:
         out = self._start({}) if self.id is None else b""
@@ -166,8 +185,11 @@ def to_message(data: dict[str, Any], model: str, stops: Any = None) -> dict[str,
     choice = choices[0]
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
+    signed = chunks.message_signed(message)
     reasoning = chunks.message_reasoning(message)
-    if reasoning:
+    if signed:  # an Anthropic upstream's blocks, signatures and all
+        content.extend(signed)
+    elif reasoning:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
@@ -276,7 +298,7 @@ def _message(message: Any, i: int) -> list[dict[str, Any]]:
         return [{"role": role, "content": content}]
     blocks = _list(content, f"{where}.content")
     if role == "assistant":
-        texts, calls = [], []
+        texts, calls, signed = [], [], []
         for j, block in enumerate(blocks):
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
@@ -285,12 +307,16 @@ def _message(message: Any, i: int) -> list[dict[str, Any]]:
                 calls.append({"id": str(block.get("id")), "type": "function",
                               "function": {"name": str(block.get("name")),
                                            "arguments": orjson.dumps(block.get("input") or {}).decode()}})
-            elif kind not in ("thinking", "redacted_thinking"):  # reasoning of earlier turns is not sent back
+            elif kind in ("thinking", "redacted_thinking"):
+                signed.extend(signed_blocks([block]))  # back to an Anthropic upstream; others leave them out
+            else:
                 raise InvalidRequest(f"{where}.content.{j}: block type {kind!r} is not supported",
                                      param=f"{where}.content")
         out: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
         if calls:
             out["tool_calls"] = calls
+        if signed:
+            out[THINKING_BLOCKS] = signed
         return [out]
     results: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
@@ -429,6 +455,7 @@ def from_anthropic(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("stop_reason") == "stop_sequence" and isinstance(data.get("stop_sequence"), str):
         choice.stop_reason = data["stop_sequence"]
     texts, thoughts = [], []
+    signed = signed_blocks(data.get("content"))
     for block in data.get("content") or ():
         if block.get("type") == "text":
             texts.append(block.get("text", ""))
@@ -438,8 +465,11 @@ def from_anthropic(data: dict[str, Any]) -> dict[str, Any]:
             choice.tool_calls.append(ToolCall(str(block.get("id")), str(block.get("name")),
                                               orjson.dumps(block.get("input") or {}).decode()))
     choice.text, choice.reasoning = "".join(texts), "".join(thoughts)
-    return completion(str(data.get("id") or new_id("msg_")), str(data.get("model", "")), [choice],
-                      usage_of(data.get("usage")))
+    out = completion(str(data.get("id") or new_id("msg_")), str(data.get("model", "")), [choice],
+                     usage_of(data.get("usage")))
+    if signed:  # for the next turn: Anthropic wants them back with tool results
+        out["choices"][0]["message"][THINKING_BLOCKS] = signed
+    return out
 
 
 class ChatChunks:
@@ -453,6 +483,7 @@ class ChatChunks:
         self._usage = Usage()
         self._finish = "stop"
         self._stop_sequence: str | None = None
+        self._thinking: dict[int, dict[str, Any]] = {}  # content block index -> the thinking block it builds
 
     def event(self, kind: str, event: dict[str, Any]) -> bytes:
         writer = self.writer
@@ -469,17 +500,33 @@ class ChatChunks:
                 return writer.tool_start(len(self._tools) - 1, str(block.get("id")), str(block.get("name")))
             if block.get("type") == "text" and block.get("text"):
                 return writer.text(block["text"])
+            if block.get("type") == "thinking":
+                self._thinking[event.get("index", 0)] = {"type": "thinking", "thinking": "", "signature": ""}
+            elif block.get("type") == "redacted_thinking":
+                return writer.delta({THINKING_BLOCKS: signed_blocks([block])})
         elif kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta" and delta.get("text"):
                 return writer.text(delta["text"])
             if delta.get("type") == "thinking_delta" and delta.get("thinking"):
+                thinking = self._thinking.get(event.get("index", 0))
+                if thinking is not None:
+                    thinking["thinking"] += delta["thinking"]
                 return writer.reasoning(delta["thinking"])
+            if delta.get("type") == "signature_delta" and isinstance(delta.get("signature"), str):
+                thinking = self._thinking.get(event.get("index", 0))
+                if thinking is not None:
+                    thinking["signature"] += delta["signature"]
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
                 tool = self._tools.get(event.get("index", 0))
                 if tool is None:
                     raise UpstreamError(f"upstream {self.backend_id} sent tool input for a block it never started")
                 return writer.tool_arguments(tool, delta["partial_json"])
+        elif kind == "content_block_stop":
+            # the whole signed block, once its signature came: the text went out as reasoning deltas already
+            signed = signed_blocks([self._thinking.pop(event.get("index", 0), None)])
+            if signed:
+                return writer.delta({THINKING_BLOCKS: signed})
         elif kind == "message_delta":
             delta = event.get("delta") or {}
             reason = delta.get("stop_reason")
@@ -506,7 +553,7 @@ def to_anthropic(payload: dict[str, Any], model: str, default_max_tokens: int) -
     if system:
         request["system"] = system
     budget = budget_of(payload.get("reasoning_effort"))
-    if budget is not None and in_tool_loop(payload["messages"]):
+    if budget is not None and in_tool_loop(payload["messages"], signed=True):
         budget = None  # Anthropic wants the turn's signed thinking block back, which the chat shape cannot carry
     if budget is not None:
         # Thinking counts against max_tokens and wants the default temperature.
@@ -524,6 +571,9 @@ def to_anthropic(payload: dict[str, Any], model: str, default_max_tokens: int) -
         request["stop_sequences"] = stop
     if isinstance(payload.get("user"), str):
         request["metadata"] = {"user_id": payload["user"]}
+    output = _output_config(payload.get("response_format"))
+    if output is not None:
+        request["output_config"] = output
     tools = payload.get("tools")
     if tools:
         request["tools"] = [_upstream_tool(tool, i) for i, tool in enumerate(tools)]
@@ -531,6 +581,19 @@ def to_anthropic(payload: dict[str, Any], model: str, default_max_tokens: int) -
         if choice is not None:
             request["tool_choice"] = choice
     return request
+
+
+def _output_config(response_format: Any) -> dict[str, Any] | None:
+    """Chat's ``json_schema`` response format as Anthropic's structured output (``output_config.format``);
+    ``json_object`` (any JSON, no schema) has no Anthropic equivalent and is left out."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise InvalidRequest("Invalid 'response_format.json_schema': a schema object is required.",
+                             param="response_format")
+    return {"format": {"type": "json_schema", "schema": schema}}
 
 
 def _upstream_tool(tool: Any, i: int) -> dict[str, Any]:
@@ -576,7 +639,8 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
         elif role == "user":
             append_turn(out, "user", "content", _blocks(content, where, images=True))
         elif role == "assistant":
-            blocks = _blocks(content, where, images=False)
+            # the turn's signed thinking first, as Anthropic returned it
+            blocks = [*signed_blocks(message.get(THINKING_BLOCKS)), *_blocks(content, where, images=False)]
             for j, call in enumerate(message.get("tool_calls") or ()):
                 function = call.get("function") or {}
                 blocks.append({"type": "tool_use", "id": safe_tool_id(call.get("id")), "name": str(function.get("name")),
@@ -604,3 +668,74 @@ def _image_block(image: Image, where: str) -> dict[str, Any]:
     source = {"type": "url", "url": image.url} if image.url else \
         {"type": "base64", "media_type": image.media_type, "data": image.data}
     return {"type": "image", "source": source}
+
+
+# --- native answers kept by the response cache ---------------------------------------------------------
+
+class MessageOfEvents:
+    """Anthropic's stream events -> the whole ``message`` they make (for the response cache to keep)."""
+
+    def __init__(self) -> None:
+        self.message: dict[str, Any] | None = None
+        self._json: dict[int, list[str]] = {}   # a tool_use block's input fragments
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "message_start":
+            self.message = {**(data.get("message") or {}), "content": []}
+            return
+        message = self.message
+        if message is None:
+            return
+        blocks = message["content"]
+        index = data.get("index", 0)
+        if kind == "content_block_start":
+            blocks.append(dict(data.get("content_block") or {}))
+        elif kind == "content_block_delta" and 0 <= index < len(blocks):
+            block, delta = blocks[index], data.get("delta") or {}
+            field = {"text_delta": "text", "thinking_delta": "thinking", "citations_delta": None,
+                     "signature_delta": "signature", "input_json_delta": None}.get(str(delta.get("type")))
+            if field is not None:
+                block[field] = (block.get(field) or "") + str(delta.get(field) or "")
+            elif delta.get("type") == "input_json_delta":
+                self._json.setdefault(index, []).append(str(delta.get("partial_json") or ""))
+        elif kind == "content_block_stop" and index in self._json and 0 <= index < len(blocks):
+            text = "".join(self._json.pop(index))
+            blocks[index]["input"] = orjson.loads(text) if text else {}
+        elif kind == "message_delta":
+            delta = data.get("delta") or {}
+            message.update({k: delta[k] for k in ("stop_reason", "stop_sequence") if k in delta})
+            message["usage"] = {**(message.get("usage") or {}), **(data.get("usage") or {})}
+
+
+def replay_events(message: dict[str, Any]) -> bytes:
+    """A whole ``message`` as the stream a client would have read (each block's text, thinking, signature or
+    input whole in one delta)."""
+    usage = message.get("usage") or {}
+    out = [event("message_start", {"type": "message_start", "message": {
+        **message, "content": [], "stop_reason": None, "stop_sequence": None,
+        "usage": {**usage, "output_tokens": min(int(usage.get("output_tokens") or 0), 1)}}})]
+    for index, block in enumerate(message.get("content") or ()):
+        kind = block.get("type")
+        start: dict[str, Any]
+        deltas: list[dict[str, Any]] = []
+        if kind == "text":
+            start = {**block, "text": ""}
+            deltas.append({"type": "text_delta", "text": block.get("text", "")})
+        elif kind == "thinking":
+            start = {**block, "thinking": "", "signature": ""}
+            deltas.append({"type": "thinking_delta", "thinking": block.get("thinking", "")})
+            deltas.append({"type": "signature_delta", "signature": block.get("signature", "")})
+        elif kind == "tool_use":
+            start = {**block, "input": {}}
+            deltas.append({"type": "input_json_delta", "partial_json": orjson.dumps(block.get("input") or {}).decode()})
+        else:  # redacted thinking, server tools' blocks: whole in their start
+            start = block
+        out.append(event("content_block_start", {"type": "content_block_start", "index": index,
+                                                 "content_block": start}))
+        for delta in deltas:
+            out.append(event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}))
+        out.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
+    out.append(event("message_delta", {"type": "message_delta", "delta": {
+        "stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")}, "usage": usage}))
+    out.append(event("message_stop", {"type": "message_stop"}))
+    return b"".join(out)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import abc
 from typing import Any
 
+from .reasoning import THINKING_BLOCKS, signed_blocks
+
 
 class ChunkReader(abc.ABC):
     """Feeds the first choice's pieces of each chunk, in order, to the subclass's hooks; keeps the usage.
@@ -20,33 +22,66 @@ class ChunkReader(abc.ABC):
         self.finish_reason: str | None = None
         self.stop_reason: str | None = None   # the stop sequence that ended it, where the upstream says
         self._started: set[int] = set()   # the chat tool call indexes seen
+        self.streamed_chars = 0             # text, reasoning and tool arguments read so far
 
     def read(self, chunk: dict[str, Any]) -> bytes:
+        usage = chunk.get("usage")
+        if usage is not None and isinstance(usage, dict):
+            self.usage = usage
         out = b""
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                out += self.reasoning(reasoning)
-            if delta.get("content"):
-                out += self.text(delta["content"])
-            for call in delta.get("tool_calls") or ():
-                function = call.get("function") or {}
-                tool = call.get("index", 0)
-                if tool not in self._started:
-                    self._started.add(tool)
-                    out += self.tool_start(tool, call.get("id"), str(function.get("name") or ""))
-                if function.get("arguments"):
-                    out += self.tool_arguments(tool, function["arguments"])
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+            delta = choice.get("delta")
+            if delta:
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                if reasoning and isinstance(reasoning, str):
+                    self.streamed_chars += len(reasoning)
+                    out += self.reasoning(reasoning)
+                content = delta.get("content")
+                if content:
+                    self.streamed_chars += len(content)
+                    out += self.text(content)
+                calls = delta.get("tool_calls")
+                if calls:
+                    out += self._calls(calls)
+                if THINKING_BLOCKS in delta:
+                    out += self.signed(signed_blocks(delta[THINKING_BLOCKS]))
+            finish = choice.get("finish_reason")
+            if finish:
+                self.finish_reason = finish
                 stop = choice.get("stop_reason")
                 self.stop_reason = stop if isinstance(stop, str) else None
         return out
+
+    def read_all(self, batch: list[dict[str, Any]]) -> bytes:
+        """The events of several chunks (those one upstream read brought), as one write."""
+        return b"".join([self.chunk(chunk) for chunk in batch])
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        return self.read(chunk)
+
+    def streamed_tokens(self) -> int:
+        """About how many tokens were streamed (4 characters a token): what a stream that broke off billed."""
+        return (self.streamed_chars + 3) // 4
+
+    def _calls(self, calls: list[dict[str, Any]]) -> bytes:
+        out = b""
+        for call in calls:
+            function = call.get("function") or {}
+            tool = call.get("index", 0)
+            if tool not in self._started:
+                self._started.add(tool)
+                out += self.tool_start(tool, call.get("id"), str(function.get("name") or ""))
+            if function.get("arguments"):
+                self.streamed_chars += len(function["arguments"])
+                out += self.tool_arguments(tool, function["arguments"])
+        return out
+
+    def signed(self, blocks: list[dict[str, Any]]) -> bytes:
+        """Signed thinking blocks (an Anthropic upstream's, ``thinking_blocks``), each once whole: a format
+        that can carry them back keeps them; the others leave them out."""
+        return b""
 
     @abc.abstractmethod
     def text(self, text: str) -> bytes: ...
@@ -68,6 +103,11 @@ def stop_sequence(finish_reason: Any, stop_reason: Any, stops: Any) -> str | Non
     if finish_reason == "stop" and isinstance(stop_reason, str) and isinstance(stops, list) and stop_reason in stops:
         return stop_reason
     return None
+
+
+def message_signed(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """A whole answer's signed thinking blocks (``thinking_blocks``), if any."""
+    return signed_blocks(message.get(THINKING_BLOCKS))
 
 
 def message_reasoning(message: dict[str, Any]) -> str | None:

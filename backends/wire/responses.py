@@ -2,7 +2,7 @@
 
 Request in (``to_chat``): ``instructions`` and input items (messages of any role with ``input_text``,
 ``input_image`` and ``output_text`` parts; ``function_call`` and ``function_call_output`` items; ``reasoning``
-items, which other formats cannot take back and are dropped), function tools, ``tool_choice``,
+items, dropped unless they hold the gateway's sealed signed thinking, ``reasoning.py``), function tools, ``tool_choice``,
 ``parallel_tool_calls``, ``text.format``, ``max_output_tokens``, ``reasoning.effort``, ``prompt_cache_key``.
 Hosted tools (``web_search``, ``namespace``, ``custom``, ``file_search``, …) have no chat equivalent: they are
 left out and named in ``dropped``.
@@ -24,6 +24,7 @@ from errors import GatewayError, InvalidRequest
 from .. import sse
 from ..shape import new_id
 from . import chunks
+from .reasoning import THINKING_BLOCKS, seal, unseal
 
 _PART_TEXT = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
 
@@ -76,6 +77,8 @@ def to_chat(body: dict[str, Any], items: list[dict[str, Any]], dropped: list[str
         messages.append({"role": "system", "content": instructions})
     for i, item in enumerate(items):
         _item(item, i, messages)
+    # a reasoning item's turn that had neither text nor a call (nothing for a chat upstream to take)
+    messages = [m for m in messages if m["role"] != "assistant" or m.get("content") is not None or m.get("tool_calls")]
     chat: dict[str, Any] = {"model": body["model"], "messages": messages}
     limit = body.get("max_output_tokens")
     if isinstance(limit, int) and not isinstance(limit, bool):
@@ -174,8 +177,14 @@ def _item(item: dict[str, Any], i: int, messages: list[dict[str, Any]]) -> None:
         output = item.get("output")
         messages.append({"role": "tool", "tool_call_id": str(item.get("call_id")),
                          "content": output if isinstance(output, str) else _text(output, f"{where}.output")})
-    elif kind in ("reasoning", "item_reference", "compaction"):
-        return  # reasoning of earlier turns (often encrypted) means nothing to another model
+    elif kind == "reasoning":
+        # The gateway's own sealed blocks (an Anthropic upstream's signed thinking) go back on the assistant
+        # turn they came with; anything else (OpenAI's encrypted reasoning) means nothing to another model.
+        signed = unseal(item.get("encrypted_content"))
+        if signed:
+            messages.append({"role": "assistant", "content": None, THINKING_BLOCKS: signed})
+    elif kind in ("item_reference", "compaction"):
+        return
     else:
         raise InvalidRequest(f"Invalid '{where}': input item type {kind!r} is not supported for this model.",
                              param=where)
@@ -271,8 +280,12 @@ def _call_item(id_: str, call_id: str, name: str, arguments: str, status: str = 
             "status": status}
 
 
-def _reasoning_item(id_: str, text: str) -> dict[str, Any]:
-    return {"type": "reasoning", "id": id_, "summary": [{"type": "summary_text", "text": text}] if text else []}
+def _reasoning_item(id_: str, text: str, signed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {"type": "reasoning", "id": id_,
+                            "summary": [{"type": "summary_text", "text": text}] if text else []}
+    if signed:
+        item["encrypted_content"] = seal(signed)
+    return item
 
 
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -283,9 +296,9 @@ def to_response(data: dict[str, Any], id_: str, body: dict[str, Any], alias: str
     choice = (data.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     output: list[dict[str, Any]] = []
-    reasoning = chunks.message_reasoning(message)
-    if reasoning:
-        output.append(_reasoning_item(item_id("rs_"), reasoning))
+    reasoning, signed = chunks.message_reasoning(message), chunks.message_signed(message)
+    if reasoning or signed:
+        output.append(_reasoning_item(item_id("rs_"), reasoning or "", signed))
     if message.get("content"):
         output.append(_message_item(item_id("msg_"), str(message["content"])))
     for call in message.get("tool_calls") or ():
@@ -295,6 +308,17 @@ def to_response(data: dict[str, Any], id_: str, body: dict[str, Any], alias: str
     incomplete = _INCOMPLETE.get(str(choice.get("finish_reason")))
     return response_object(id_, body, alias, created, status="incomplete" if incomplete else "completed",
                            output=output, usage=data.get("usage") or {}, incomplete=incomplete)
+
+
+def _head(kind: str) -> bytes:
+    """An event's bytes up to its sequence number: the start of a byte template for the events written once
+    per delta (built without a dict or a ``dumps`` of the whole event; the same bytes ``_event`` writes)."""
+    return b'event: %s\ndata: {"type":"%s","sequence_number":' % (kind.encode(), kind.encode())
+
+
+_TEXT_DELTA = _head("response.output_text.delta")
+_SUMMARY_DELTA = _head("response.reasoning_summary_text.delta")
+_ARGUMENTS_DELTA = _head("response.function_call_arguments.delta")
 
 
 class ResponseEvents(chunks.ChunkReader):
@@ -309,9 +333,15 @@ class ResponseEvents(chunks.ChunkReader):
         self.output: list[dict[str, Any]] = []
         self._seq = 0
         self._open: dict[str, Any] | None = None   # the open text or reasoning item
+        self._kind: str | None = None              # its kind: message | reasoning
+        self._delta_head = b""                     # its delta events' template: head, middle, end
+        self._delta_middle = b""
+        self._delta_end = b""
         self._text: list[str] = []
+        self._signed: list[dict[str, Any]] = []    # the open reasoning item's signed thinking blocks
         self._tools: dict[int, dict[str, Any]] = {}  # chat tool call index -> its function_call item
         self._args: dict[int, list[str]] = {}
+        self._args_middle: dict[int, bytes] = {}   # its arguments delta events' template middle
         self.final: dict[str, Any] | None = None
 
     def _event(self, kind: str, data: dict[str, Any]) -> bytes:
@@ -334,7 +364,7 @@ class ResponseEvents(chunks.ChunkReader):
                                                           "item": {**item, "status": "in_progress"}})
 
     def _close_open(self) -> bytes:
-        item, self._open = self._open, None
+        item, self._open, self._kind = self._open, None, None
         if item is None:
             return b""
         index, text = self.output.index(item), "".join(self._text)
@@ -343,6 +373,8 @@ class ResponseEvents(chunks.ChunkReader):
         if item["type"] == "reasoning":
             part = {"type": "summary_text", "text": text}
             item["summary"] = [part]
+            if self._signed:
+                item["encrypted_content"], self._signed = seal(self._signed), []
             out = self._event("response.reasoning_summary_text.done", {"item_id": item["id"], "output_index": index,
                                                                       "summary_index": 0, "text": text})
             out += self._event("response.reasoning_summary_part.done", {"item_id": item["id"],
@@ -358,34 +390,37 @@ class ResponseEvents(chunks.ChunkReader):
                                                              "content_index": 0, "part": part})
         return out + self._event("response.output_item.done", {"output_index": index, "item": item})
 
-    def _delta(self, kind: str, text: str) -> bytes:
-        out = b""
-        if self._open is None or self._open["type"] != kind:
-            out += self._close_open()
-            if kind == "reasoning":
-                item = {"type": "reasoning", "id": item_id("rs_"), "summary": []}
-                out += self._add(item)
-                out += self._event("response.reasoning_summary_part.added", {
-                    "item_id": item["id"], "output_index": len(self.output) - 1, "summary_index": 0,
-                    "part": {"type": "summary_text", "text": ""}})
-            else:
-                item = _message_item(item_id("msg_"), "", status="in_progress")
-                item["content"] = []
-                out += self._add(item)
-                out += self._event("response.content_part.added", {
-                    "item_id": item["id"], "output_index": len(self.output) - 1, "content_index": 0,
-                    "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
-            self._open = item
-        self._text.append(text)
-        index = len(self.output) - 1
+    def _open_item(self, kind: str) -> bytes:
+        out = self._close_open()
+        index = len(self.output)
+        item: dict[str, Any]
         if kind == "reasoning":
-            return out + self._event("response.reasoning_summary_text.delta", {
-                "item_id": self._open["id"], "output_index": index, "summary_index": 0, "delta": text})
-        return out + self._event("response.output_text.delta", {
-            "item_id": self._open["id"], "output_index": index, "content_index": 0, "delta": text, "logprobs": []})
+            item = {"type": "reasoning", "id": item_id("rs_"), "summary": []}
+            out += self._add(item)
+            out += self._event("response.reasoning_summary_part.added", {
+                "item_id": item["id"], "output_index": index, "summary_index": 0,
+                "part": {"type": "summary_text", "text": ""}})
+            self._delta_head, self._delta_end = _SUMMARY_DELTA, b"}\n\n"
+            where = b',"summary_index":0,"delta":'
+        else:
+            item = _message_item(item_id("msg_"), "", status="in_progress")
+            item["content"] = []
+            out += self._add(item)
+            out += self._event("response.content_part.added", {
+                "item_id": item["id"], "output_index": index, "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
+            self._delta_head, self._delta_end = _TEXT_DELTA, b',"logprobs":[]}\n\n'
+            where = b',"content_index":0,"delta":'
+        self._delta_middle = b',"item_id":%s,"output_index":%d%s' % (orjson.dumps(item["id"]), index, where)
+        self._open, self._kind = item, kind
+        return out
 
-    def chunk(self, chunk: dict[str, Any]) -> bytes:
-        return self.read(chunk)
+    def _delta(self, kind: str, text: str) -> bytes:
+        out = self._open_item(kind) if self._kind != kind else b""
+        self._text.append(text)
+        seq = self._seq
+        self._seq = seq + 1
+        return out + b"%s%d%s%s%s" % (self._delta_head, seq, self._delta_middle, orjson.dumps(text), self._delta_end)
 
     def text(self, text: str) -> bytes:
         return self._delta("message", text)
@@ -393,17 +428,26 @@ class ResponseEvents(chunks.ChunkReader):
     def reasoning(self, text: str) -> bytes:
         return self._delta("reasoning", text)
 
+    def signed(self, blocks: list[dict[str, Any]]) -> bytes:
+        # kept on the reasoning item (opened for a redacted block that had no text), sealed at its close
+        out = self._open_item("reasoning") if self._kind != "reasoning" else b""
+        assert self._open is not None
+        self._signed.extend(blocks)
+        return out
+
     def tool_start(self, tool: int, call_id: Any, name: str) -> bytes:
         out = self._close_open()
         item = _call_item(item_id("fc_"), str(call_id or item_id("call_")), name, "", status="in_progress")
         self._tools[tool], self._args[tool] = item, []
+        self._args_middle[tool] = b',"item_id":%s,"output_index":%d,"delta":' % (orjson.dumps(item["id"]),
+                                                                                  len(self.output))
         return out + self._add(item)
 
     def tool_arguments(self, tool: int, fragment: str) -> bytes:
-        item = self._tools[tool]
         self._args[tool].append(fragment)
-        return self._event("response.function_call_arguments.delta", {
-            "item_id": item["id"], "output_index": self.output.index(item), "delta": fragment})
+        seq = self._seq
+        self._seq = seq + 1
+        return b"%s%d%s%s}\n\n" % (_ARGUMENTS_DELTA, seq, self._args_middle[tool], orjson.dumps(fragment))
 
     def finish(self) -> bytes:
         out = self._close_open()
@@ -421,10 +465,69 @@ class ResponseEvents(chunks.ChunkReader):
         return out + self._event(kind, {"response": self.final})
 
     def failed(self, exc: GatewayError) -> bytes:
-        error = {"code": exc.code or "server_error", "message": exc.message}
-        return self._event("error", {**error, "param": exc.param}) + \
-            self._event("response.failed", {"response": self._snapshot("failed", error=error)})
+        # a failed response's error code is one of the spec's few (the error event before it keeps ours)
+        code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
+        return self._event("error", {"code": exc.code or code, "message": exc.message, "param": exc.param}) + \
+            self._event("response.failed", {"response": self._snapshot("failed", error={
+                "code": code, "message": exc.message})})
 
 
 def error_body(exc: GatewayError) -> dict[str, Any]:
     return exc.body()
+
+
+def replayed(response: dict[str, Any], id_: str, created: int) -> dict[str, Any]:
+    """A stored ``response`` served again (the response cache): a response of its own, with its own id."""
+    return {**response, "id": id_, "created_at": created}
+
+
+def replay_events(response: dict[str, Any]) -> bytes:
+    """A whole ``response`` as the Responses stream a client would have read: created, in_progress, each
+    output item (its parts and text, arguments or summary whole in one delta), then completed."""
+    seq = 0
+    out: list[bytes] = []
+
+    def event(kind: str, data: dict[str, Any]) -> None:
+        nonlocal seq
+        out.append(sse.encode(orjson.dumps({"type": kind, "sequence_number": seq, **data}), event=kind))
+        seq += 1
+
+    started = {k: v for k, v in response.items() if k != "usage"} | {"status": "in_progress", "output": []}
+    event("response.created", {"response": started})
+    event("response.in_progress", {"response": started})
+    for index, item in enumerate(response.get("output") or ()):
+        kind, item_id_ = item.get("type"), item.get("id")
+        where = {"item_id": item_id_, "output_index": index}
+        if kind == "message":
+            event("response.output_item.added", {"output_index": index,
+                                                 "item": {**item, "status": "in_progress", "content": []}})
+            for j, part in enumerate(item.get("content") or ()):
+                text = str(part.get("text") or part.get("refusal") or "")
+                empty = {**part, "text": ""} if "text" in part else {**part, "refusal": ""}
+                event("response.content_part.added", {**where, "content_index": j, "part": empty})
+                if part.get("type") == "output_text":
+                    event("response.output_text.delta", {**where, "content_index": j, "delta": text, "logprobs": []})
+                    event("response.output_text.done", {**where, "content_index": j, "text": text, "logprobs": []})
+                event("response.content_part.done", {**where, "content_index": j, "part": part})
+        elif kind == "function_call":
+            event("response.output_item.added", {"output_index": index,
+                                                 "item": {**item, "status": "in_progress", "arguments": ""}})
+            arguments = str(item.get("arguments") or "")
+            event("response.function_call_arguments.delta", {**where, "delta": arguments})
+            event("response.function_call_arguments.done", {**where, "name": item.get("name"),
+                                                            "arguments": arguments})
+        elif kind == "reasoning":
+            event("response.output_item.added", {"output_index": index, "item": {**item, "summary": []}})
+            for j, part in enumerate(item.get("summary") or ()):
+                text = str(part.get("text") or "")
+                event("response.reasoning_summary_part.added", {**where, "summary_index": j,
+                                                                "part": {**part, "text": ""}})
+                event("response.reasoning_summary_text.delta", {**where, "summary_index": j, "delta": text})
+                event("response.reasoning_summary_text.done", {**where, "summary_index": j, "text": text})
+                event("response.reasoning_summary_part.done", {**where, "summary_index": j, "part": part})
+        else:  # hosted tools' items (web search, …): whole, as added and done
+            event("response.output_item.added", {"output_index": index, "item": item})
+        event("response.output_item.done", {"output_index": index, "item": item})
+    final = "response.incomplete" if response.get("status") == "incomplete" else "response.completed"
+    event(final, {"response": response})
+    return b"".join(out)

@@ -11,7 +11,6 @@ request log's own pruning keeps the global setting).
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -50,7 +49,7 @@ class Retention:
             days = {t.name: t.retention_days for t in config.tenants
                     if t.retention_days is not None and t.retention_days < config.request_log.retention_days}
             if days:
-                records = await asyncio.to_thread(_prune, str(self._log.path), days, self._clock.time())
+                records = await self._log.prune(days, self._clock.time())
         return {"files": files, "request_log_records": records}
 
     async def run(self) -> None:
@@ -61,18 +60,6 @@ class Retention:
             except Exception:   # a store or disk error: the next sweep tries again
                 from ..logs import get_logger
                 get_logger().exception("retention sweep failed")
-
-
-def _prune(path: str, days: dict[str, float], now: float) -> int:
-    db = sqlite3.connect(path, timeout=30)
-    try:
-        with db:
-            return sum(db.execute("DELETE FROM requests WHERE tenant = ? AND ts < ?",
-                                  (tenant, now - d * DAY_S)).rowcount for tenant, d in days.items())
-    except sqlite3.OperationalError:   # no table yet: the log has not started
-        return 0
-    finally:
-        db.close()
 
 
 RETENTION = web.AppKey("retention", Retention)

@@ -45,8 +45,9 @@ async function loadUsage() {
   const from = daysBefore(who.today, 29);
   $("#period").textContent = `(${from} to ${who.today}, UTC)`;
   const range = `from=${from}&to=${who.today}`;
-  const [byModel, byDay] = await Promise.all([api(`/admin/usage?group_by=model&${range}`),
-                                              api(`/admin/usage?group_by=day&${range}`)]);
+  const [byModel, byDay, savings] = await Promise.all([api(`/admin/usage?group_by=model&${range}`),
+                                                       api(`/admin/usage?group_by=day&${range}`),
+                                                       api("/admin/cache/savings")]);
   fill("#usage", byModel.data, (r) => [{tenant: r.tenant, model: r.model}, [
     cell(r.tenant), cell(r.model), cell(r.requests, "requests"), cell(r.prompt_tokens, "prompt_tokens"),
     cell(r.completion_tokens, "completion_tokens"), cell(r.cost_usd.toFixed(6), "cost_usd"),
@@ -66,9 +67,15 @@ async function loadUsage() {
     const t = perTenant[r.tenant] ??= {requests: 0, hits: 0, cached: 0};
     t.requests += r.requests; t.hits += r.cache_hits; t.cached += r.cached_tokens;
   }
+  // dollars saved: what the cached answers cost when they were made, from the request log's records
+  const saved = Object.fromEntries(savings.data.map((r) => [r.tenant, r.saved_usd]));
+  for (const tenant of Object.keys(saved)) perTenant[tenant] ??= {requests: 0, hits: 0, cached: 0};
+  $("#saved-total").textContent = "$" + savings.total_saved_usd.toFixed(6);
+  $("#saved-period").textContent = savings.retention_days === null ? "(the request log is off)"
+    : `(over the request log's last ${savings.retention_days} days)`;
   fill("#cache", Object.entries(perTenant), ([tenant, t]) => [{tenant}, [
     cell(tenant), cell(t.hits, "cache_hits"), cell(t.requests ? (t.hits / t.requests).toFixed(3) : "", "hit_ratio"),
-    cell(t.cached, "cached_tokens")]]);
+    cell(t.cached, "cached_tokens"), cell((saved[tenant] ?? 0).toFixed(6), "saved_usd")]]);
 }
 
 async function loadRequests() {

@@ -41,7 +41,12 @@ log = logging.getLogger(__name__)
 
 _QUEUE_LIMIT = 10_000
 _SWEEP_S = 60.0
-_CACHEABLE = (Endpoint.CHAT, Endpoint.EMBEDDINGS)
+_CACHEABLE = (Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.RESPONSES, Endpoint.MESSAGES)
+# Native formats' answers (passed through to OpenAI's Responses API, Anthropic's Messages API) are kept whole,
+# exact tier only; their handlers write a hit back in the format's stream when the client streams.
+_NATIVE = (Endpoint.RESPONSES, Endpoint.MESSAGES)
+_KINDS = {Endpoint.CHAT: "chat", Endpoint.EMBEDDINGS: "embeddings", Endpoint.RESPONSES: "responses",
+          Endpoint.MESSAGES: "messages"}
 
 
 @dataclass(slots=True)
@@ -64,6 +69,8 @@ class ResponseCache:
         """``stores``: the process's store layer; answers go to its Redis when it has one, else to this
         process's memory."""
         self.config = config or CacheConfig()
+        # deployment id -> its price (config, else catalog): what an answer cost, and so what a hit saves
+        self.prices: Mapping[str, PriceTable] = {}
         self._tenants, self._aliases = dict(tenants), dict(aliases)
         self._settings: dict[tuple[str, str], Settings] = {}
         caps = Caps(self.config.max_entries, self.config.max_bytes, self.config.max_entry_bytes)
@@ -123,7 +130,8 @@ class ResponseCache:
             raw = await self.answers.get(entry_key(call.tenant, call.alias, identity.key))
             if raw is not None:
                 return self._hit(call, raw, "hit-exact", None)
-            if not (self._semantic_question(settings, identity) and self.index_ready and self.embedder.loaded):
+            if call.endpoint in _NATIVE or \
+                    not (self._semantic_question(settings, identity) and self.index_ready and self.embedder.loaded):
                 return None
             return await asyncio.wait_for(self._semantic(call, settings, identity),
                                           self.config.semantic.timeout_s)
@@ -169,7 +177,7 @@ class ResponseCache:
         entry = orjson.loads(raw)
         call.record.cached(kind, entry.get("cost"), similarity)
         answer = replay.fresh(entry["answer"]) if entry.get("kind") == "chat" else entry["answer"]
-        if call.stream:
+        if call.stream and call.endpoint not in _NATIVE:
             return UpstreamResponse(status=200, chunks=replay.stream(replay.chunks(answer, call.client_wants_usage)))
         body = orjson.dumps(answer)
         return UpstreamResponse(status=200, body=body, data=answer)
@@ -179,20 +187,24 @@ class ResponseCache:
         settings = self._eligible(call)
         if settings is None or self._queue is None or "no-store" in _directives(call.headers):
             return
-        if call.stream:
+        if call.stream and call.endpoint not in _NATIVE:
             data = replay.assemble(call.collected or [], call.usage)
-        else:
+        else:  # a native stream's handler hands over the whole answer it read
             data = answer.data if answer.data is not None else _parse(answer.body)
-        if not isinstance(data, dict) or answer.status != 200 or "error" in data:
+        if not isinstance(data, dict) or answer.status != 200 or data.get("error"):  # a response's error is null
             return
         if call.endpoint is Endpoint.CHAT and not _whole_chat(data):
             return
+        if call.endpoint in _NATIVE and not _whole_native(data):
+            return
         identity = identify(call.tenant, call.alias, call.endpoint.value, call.body)
-        entry = {"kind": "chat" if call.endpoint is Endpoint.CHAT else "embeddings", "answer": data,
-                 "cost": _cost(data, call.record.cost_usd), "question": identity.question}
+        entry = {"kind": _KINDS[call.endpoint], "answer": data,
+                 "cost": _cost(data, call.record.cost_usd, self.prices.get(call.record.deployment or "")),
+                 "question": identity.question}
         pending = _Pending(key=entry_key(call.tenant, call.alias, identity.key), value=orjson.dumps(entry),
                            ttl_s=settings.ttl_s, tenant=call.tenant, alias=call.alias, identity=identity,
-                           semantic=self._semantic_question(settings, identity) and self.index_ready,
+                           semantic=call.endpoint not in _NATIVE and self._semantic_question(settings, identity)
+                           and self.index_ready,
                            expires=time.time() + settings.ttl_s)
         try:
             self._queue.put_nowait(pending)
@@ -320,9 +332,32 @@ def _whole_chat(data: dict[str, Any]) -> bool:
             and isinstance(choices[0].get("message"), dict) and bool(choices[0].get("finish_reason")))
 
 
-def _cost(answer: dict[str, Any], recorded: float | None) -> float | None:
-    """What the answer cost when it was made: priced from its usage and the catalog, else as recorded."""
-    usage = answer.get("usage")
+def _whole_native(data: dict[str, Any]) -> bool:
+    """A completed ``response`` or a finished ``message``: what a replay may stand for."""
+    return data.get("status") == "completed" if data.get("object") == "response" else \
+        data.get("type") == "message" and bool(data.get("stop_reason"))
+
+
+def _openai_usage(usage: Any) -> Any:
+    """A Responses or Messages ``usage`` (``input_tokens``/``output_tokens``) in chat's shape, for pricing."""
+    if not isinstance(usage, dict) or "input_tokens" not in usage:
+        return usage
+    cached = int(usage.get("cache_read_input_tokens") or 0) or \
+        int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    prompt = int(usage.get("input_tokens") or 0)
+    if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
+        prompt += cached + written  # Anthropic counts cached and written tokens apart from input_tokens
+    return {"prompt_tokens": prompt, "completion_tokens": int(usage.get("output_tokens") or 0),
+            "prompt_tokens_details": {"cached_tokens": cached, "cache_creation_tokens": written}}
+
+
+def _cost(answer: dict[str, Any], recorded: float | None, price: PriceTable | None = None) -> float | None:
+    """What the answer cost when it was made: its usage at the deployment's price (config, else catalog), else
+    at the catalog's price of the model it names, else as recorded."""
+    usage = _openai_usage(answer.get("usage"))
+    if price is not None and price.known and (cost := price.usd(usage)) is not None:
+        return cost
     info = model_info(str(answer.get("model") or ""))
     cost = PriceTable.of(info).usd(usage) if info is not None else None
     return recorded if cost is None else cost

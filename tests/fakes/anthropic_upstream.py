@@ -93,11 +93,30 @@ def gist(body: dict[str, Any], betas: str = "") -> Gist:
                                             "".join(b.get("text", "") for b in result or ()))
             else:
                 raise BadRequest(f"messages.{i}.content: unexpected block type {kind!r}")
+    _signed_turn(body)
     tools = body.get("tools") or []
     choice = body.get("tool_choice") or {"type": "auto"}
     if tools and choice.get("type") != "none" and not out.tool_results:
         out.tool_name = choice.get("name") or tools[0]["name"]
     return out
+
+
+def _signed_turn(body: dict[str, Any]) -> None:
+    """Anthropic's rule with thinking on: tool results answer an assistant turn that must start with its
+    (signed) thinking block."""
+    messages = [m for m in body["messages"] if m.get("role") != "system"]
+    if not _thinks(body) or len(messages) < 2:
+        return
+    last, turn = messages[-1], messages[-2]
+    results = [b for b in last.get("content") or () if isinstance(b, dict) and b.get("type") == "tool_result"] \
+        if isinstance(last.get("content"), list) else []
+    blocks = turn.get("content") if isinstance(turn.get("content"), list) else []
+    if results and turn.get("role") == "assistant" and blocks and \
+            blocks[0].get("type") not in ("thinking", "redacted_thinking"):
+        raise BadRequest(f"messages.{len(messages) - 2}.content.0.type: Expected `thinking` or `redacted_thinking`, "
+                         f"but found `{blocks[0].get('type')}`. When `thinking` is enabled, a final `assistant` "
+                         "message must start with a thinking block (preceeding the lastmost set of `tool_use` and "
+                         "`tool_result` blocks).")
 
 
 def _usage(body: dict[str, Any], output: int) -> dict[str, int]:

@@ -366,7 +366,7 @@ def build_app(state: FakeState | None = None) -> web.Application:
     app = web.Application()
     app[STATE] = state or FakeState()
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
-                 "/openai/deployments/{deployment}/responses",
+                 "/openai/responses",
                  "/openai/deployments/{deployment}/chat/completions",
                  "/openai/deployments/{deployment}/embeddings"):
         app.router.add_post(path, _handle)

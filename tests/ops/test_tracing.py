@@ -63,7 +63,7 @@ policies:
     gateway = start_gateway(text)
     assert gateway.app is not None
     exporter = InMemorySpanExporter()
-    gateway.app[TRACING].provider.add_span_processor(SimpleSpanProcessor(exporter))
+    gateway.app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
     return gateway, exporter
 
 
@@ -113,7 +113,7 @@ def test_a_request_is_one_trace_continuing_the_clients(traced, upstream, receive
     assert line["trace_id"] == CLIENT_TRACE
 
     # and the same spans reached a real OTLP/HTTP receiver (the batch processor flushed on demand)
-    gateway.app[TRACING].provider.force_flush()
+    gateway.app[TRACING].force_flush()
     received = poll(lambda: [(r, s) for r, s in receiver.spans() if s.trace_id.hex() == CLIENT_TRACE],
                     "spans at the OTLP receiver")
     names = {s.name for _, s in received}
@@ -198,3 +198,87 @@ print("RESULT", len([m for m in app.middlewares if "tracing" in getattr(m, "__mo
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1].split() == ["RESULT", "0", "[]"]
+
+
+@pytest.mark.parametrize("header", ["ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                                    f"00-{'0' * 32}-00f067aa0ba902b7-01", f"00-{CLIENT_TRACE}-{'0' * 16}-01",
+                                    f"00-{CLIENT_TRACE.upper()}-{CLIENT_PARENT}-01", "garbage"])
+def test_an_invalid_traceparent_starts_a_new_trace(traced, upstream, header):
+    gateway, exporter = traced
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "bad parent"}], extra_headers={"traceparent": header})
+    assert raw.parse().choices[0].message.content == "Echo: bad parent"
+    [root] = poll(lambda: [s for s in exporter.get_finished_spans()
+                           if s.attributes.get("gateway.request_id") == raw.headers["x-request-id"]], "the span")
+    assert root.parent is None and f"{root.context.trace_id:032x}" != CLIENT_TRACE
+    assert upstream[1].requests[-1].headers["traceparent"].split("-")[1] == f"{root.context.trace_id:032x}"
+
+
+def test_the_export_encoding_matches_the_sdk_encoders(traced, receiver):
+    """What reached the OTLP receiver (gateway/otlp.py's encoding, cached attribute entries) decodes to the same
+    spans as the SDK's OTLP encoder makes of the in-process processor's copies of them."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    gateway, exporter = traced
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
+        for text in ("one", "two"):  # the second request's entries come from the cache
+            client.chat.completions.create(model="chat", messages=[{"role": "user", "content": text}],
+                                           extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"})
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="flaky", messages=[{"role": "user", "content": "x"}])
+    finished = poll(lambda: (s := exporter.get_finished_spans()) and sum(x.name.startswith("chat ") for x in s) == 3
+                    and s, "three requests' spans")
+    gateway.app[TRACING].force_flush()
+    received = {s.span_id: (r, s) for r, s in poll(lambda: len(receiver.spans()) >= len(finished) and receiver.spans(),
+                                                   "the spans at the receiver")}
+    sdks = ExportTraceServiceRequest()
+    sdks.ParseFromString(encode_spans(finished).SerializeToString())
+    theirs = sdks.resource_spans[0]
+    assert len(theirs.scope_spans[0].spans) == len(finished) >= 9
+    for span in theirs.scope_spans[0].spans:
+        resource, mine = received[span.span_id]
+        assert mine == span, (mine, span)
+        assert resource == {a.key: a.value.string_value for a in theirs.resource.attributes}
+    assert any(s.status.code == s.status.STATUS_CODE_ERROR for _, s in received.values())
+    assert any(s.flags & 0x200 for _, s in received.values())  # the client's remote parent
+    exports = receiver.exports
+    assert {e.resource_spans[0].scope_spans[0].scope.name for e in exports} == {"llm-gateway"}
+
+
+def test_a_collector_slower_than_the_traffic_drops_spans_instead_of_holding_requests():
+    """The export queue is bounded: with the collector stuck, spans past max_queue are dropped and counted,
+    adding a trace never waits, and what was queued goes out once the collector answers."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from gateway.otlp import BatchExporter, SpanEncoder, SpanRecord
+
+    release = threading.Event()
+    bodies: list[bytes] = []
+
+    def stuck_collector(body: bytes) -> bool:
+        release.wait(60)
+        bodies.append(body)
+        return True
+
+    exporter = BatchExporter(SpanEncoder({"service.name": "t"}, "llm-gateway"), stuck_collector, max_queue=12,
+                             interval_s=0.01, max_batch=4)
+    span = SpanRecord("stage", 1, 0, False, 1, 1, 2, 0, "", {"k": "v"})
+    try:
+        exporter.add((1, [span] * 4))
+        poll(lambda: exporter._queued == 0, "the first batch taken by the stuck send")
+        for trace_id in range(2, 7):
+            exporter.add((trace_id, [span] * 4))  # 4 in flight + 4 + 4 queued: the rest dropped
+        assert exporter.dropped == 12
+        release.set()
+        assert exporter.force_flush(30)
+    finally:
+        release.set()
+        exporter.shutdown()
+    sent = []
+    for body in bodies:
+        export = ExportTraceServiceRequest()
+        export.ParseFromString(body)
+        sent += [s.trace_id for s in export.resource_spans[0].scope_spans[0].spans]
+    assert sorted({int.from_bytes(t, "big") for t in sent}) == [1, 2, 3] and len(sent) == 12

@@ -1,0 +1,259 @@
+"""OTLP/HTTP protobuf export of the gateway's spans, from a thread of its own, encoded at a fraction of the SDK's cost.
+
+The request path hands over each finished request as one tuple of plain span records (``SpanRecord``): no
+SDK span objects, no span processor call per span. ``BatchExporter``'s thread takes them from a bounded queue
+(beyond ``max_queue`` spans they are dropped and counted, never waited for), every ``interval_s`` or as
+soon as a batch is full, encodes and posts them.
+
+The OTLP exporter's generic encoder builds a protobuf message per span and per attribute (~50 µs a span
+here, more than the request path's whole tracing cost). A span's bytes are its fixed fields (ids, name,
+kind, times, status, flags), written here with their tags (trace.proto's wire format), followed by one
+length-delimited entry per attribute. The entries repeat across requests (method, path, tenant, alias,
+deployment, status...), so each ``(key, value)`` is encoded once by protobuf and its bytes reused; only the
+varying ones (request id, tokens, cost) are encoded per span. Events, links and trace state are not
+encoded: the gateway's spans have none. Tests compare the result with the SDK encoder's, span by span.
+
+Imported by gateway/tracing.py whatever the config: protobuf and ``requests`` are imported only when an
+exporter is made (tracing on). Posted with ``requests`` (the OTLP exporter's own HTTP client library); a collector answering 429, 502,
+503 or 504, or not answering, is tried again with backoff within the timeout, and the batch is dropped after
+that (traces are never worth holding requests for).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+# OTLP span kinds and status codes (trace.proto's enums)
+KIND_INTERNAL, KIND_SERVER, KIND_CLIENT = 1, 2, 3
+STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
+# OTLP span flags: bit 8 says bit 9 is set, bit 9 says the parent is remote
+_HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
+_RETRY_STATUS = frozenset({429, 502, 503, 504})
+_MAX_CACHED = 8192
+log = logging.getLogger(__name__)
+
+
+class SpanRecord(NamedTuple):
+    """One finished span, as the request path leaves it (``parent_id`` 0: no parent)."""
+
+    name: str
+    span_id: int
+    parent_id: int
+    parent_remote: bool
+    kind: int
+    start: int
+    end: int
+    status: int
+    message: str
+    attributes: Mapping[str, Any]
+
+
+Trace = tuple[int, Sequence[SpanRecord]]   # a request's trace id and its spans
+
+
+def any_value(value: Any) -> Any:
+    """An attribute value as OTLP's ``AnyValue``."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue
+
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, str):
+        return AnyValue(string_value=value)
+    if isinstance(value, Sequence):
+        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
+    return AnyValue(string_value=str(value))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: its tag, the payload's length, the payload."""
+    return tag + _varint(len(payload)) + payload
+
+
+_FIXED64 = struct.Struct("<Q")
+_FIXED32 = struct.Struct("<I")
+# tags: field number << 3 | wire type (0 varint, 1 fixed64, 2 length-delimited, 5 fixed32), trace.proto's numbers
+_TRACE_ID, _SPAN_ID, _PARENT_ID, _NAME, _KIND = b"\x0a\x10", b"\x12\x08", b"\x22\x08", b"\x2a", b"\x30"
+_START, _END, _STATUS_FIELD, _FLAGS = b"\x39", b"\x41", b"\x7a", b"\x85\x01"
+_STATUS_MESSAGE, _STATUS_CODE = b"\x12", b"\x18"
+_FIRST, _SECOND = b"\x0a", b"\x12"  # field 1 and 2, length-delimited: resource / scope, then the list under it
+
+
+class SpanEncoder:
+    """Traces to one ``ExportTraceServiceRequest``'s bytes, under one resource and instrumentation scope.
+    Not thread-safe: one per exporter thread."""
+
+    def __init__(self, resource: Mapping[str, Any], scope: str) -> None:
+        from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope, KeyValue
+        from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+        from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+        self._span, self._key_value = Span, KeyValue
+        self._attributes: dict[tuple[str, type, Any], bytes] = {}
+        self._names: dict[str, bytes] = {}
+        self._resource = _field(_FIRST, Resource(attributes=[KeyValue(key=k, value=any_value(v))
+                                                             for k, v in resource.items()]).SerializeToString())
+        self._scope = _field(_FIRST, InstrumentationScope(name=scope).SerializeToString())
+
+    def _attribute(self, key: str, value: Any) -> bytes:
+        cache_key = (key, type(value), value if not isinstance(value, list) else tuple(value))
+        found = self._attributes.get(cache_key)
+        if found is None:
+            # a one-attribute Span serializes to exactly that attribute's repeated-field entry
+            found = self._span(attributes=[self._key_value(key=key, value=any_value(value))]).SerializeToString()
+            if len(self._attributes) >= _MAX_CACHED:  # varying values fill it: start again
+                self._attributes.clear()
+            self._attributes[cache_key] = found
+        return found
+
+    def span(self, trace_id: bytes, span: SpanRecord) -> bytes:
+        name = self._names.get(span.name)
+        if name is None:
+            if len(self._names) >= _MAX_CACHED:
+                self._names.clear()
+            name = self._names[span.name] = _field(_NAME, span.name.encode())
+        status = (_field(_STATUS_MESSAGE, span.message.encode()) if span.message else b"") + \
+            (_STATUS_CODE + _varint(span.status) if span.status else b"")
+        attribute = self._attribute
+        return b"".join((
+            _TRACE_ID, trace_id, _SPAN_ID, span.span_id.to_bytes(8, "big"),
+            _PARENT_ID + span.parent_id.to_bytes(8, "big") if span.parent_id else b"", name,
+            _KIND, _varint(span.kind), _START, _FIXED64.pack(span.start), _END, _FIXED64.pack(span.end),
+            _field(_STATUS_FIELD, status), _FLAGS, _FIXED32.pack(_HAS_IS_REMOTE | (_IS_REMOTE if span.parent_remote else 0)),
+            *[attribute(key, value) for key, value in span.attributes.items()]))
+
+    def encode(self, traces: Sequence[Trace]) -> bytes:
+        spans = [_field(_SECOND, self.span(trace_id.to_bytes(16, "big"), span))
+                 for trace_id, records in traces for span in records]
+        return _field(_FIRST, self._resource + _field(_SECOND, self._scope + b"".join(spans)))
+
+
+class HttpSender:
+    """Posts encoded export requests to an OTLP/HTTP ``endpoint``."""
+
+    def __init__(self, endpoint: str, headers: Mapping[str, str], timeout_s: float) -> None:
+        import requests
+
+        self._failed = requests.RequestException
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self._session = requests.Session()
+        self._session.headers.update({**headers, "Content-Type": "application/x-protobuf"})
+
+    def __call__(self, body: bytes) -> bool:
+        deadline = time.monotonic() + self.timeout_s
+        delay = 0.5
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                answer = self._session.post(self.endpoint, data=body, timeout=max(left, 0.1))
+                if answer.ok:
+                    return True
+                retry, why = answer.status_code in _RETRY_STATUS, f"HTTP {answer.status_code}"
+            except self._failed as exc:
+                retry, why = True, type(exc).__name__
+            if not retry or time.monotonic() + delay >= deadline:
+                log.warning("dropped a batch of spans: the collector at %s answered %s", self.endpoint, why)
+                return False
+            time.sleep(delay)  # the exporter's own thread: no request waits on it
+            delay *= 2
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class BatchExporter:
+    """A bounded queue of finished traces and the thread that encodes and sends them."""
+
+    def __init__(self, encoder: SpanEncoder, send: Callable[[bytes], bool], *, max_queue: int, interval_s: float,
+                 max_batch: int = 4096) -> None:
+        self.encoder, self.send = encoder, send
+        self.max_queue, self.interval_s, self.max_batch = max_queue, interval_s, max_batch
+        self.dropped = 0                   # spans refused by a full queue
+        self._queue: collections.deque[Trace] = collections.deque()
+        self._pending = 0                  # spans queued or being sent
+        self._queued = 0                   # spans queued
+        self._flushing = False
+        self._stopping = False
+        self._lock = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="trace-export", daemon=True)
+        self._thread.start()
+
+    def add(self, trace: Trace) -> None:
+        """On the event loop: one append under a lock, or a drop when the queue is full."""
+        count = len(trace[1])
+        with self._lock:
+            if self._pending + count > self.max_queue or self._stopping:
+                self.dropped += count
+                return
+            self._queue.append(trace)
+            self._pending += count
+            self._queued += count
+            if self._queued >= self.max_batch:
+                self._lock.notify_all()
+
+    def _take(self) -> tuple[list[Trace], int, bool]:
+        with self._lock:
+            if not self._stopping and not self._flushing and self._queued < self.max_batch:
+                self._lock.wait(self.interval_s)
+            batch: list[Trace] = []
+            count = 0
+            while self._queue and count < self.max_batch:
+                trace = self._queue.popleft()
+                batch.append(trace)
+                count += len(trace[1])
+            self._queued -= count
+            return batch, count, self._stopping and not self._queue
+
+    def _run(self) -> None:
+        while True:
+            batch, count, last = self._take()
+            if batch:
+                try:
+                    self.send(self.encoder.encode(batch))
+                except Exception:  # a bug in encoding must not stop the thread
+                    log.exception("trace export failed")
+            with self._lock:
+                self._pending -= count
+                if not self._queue:
+                    self._flushing = False
+                self._lock.notify_all()
+            if last:
+                return
+
+    def force_flush(self, timeout_s: float = 30.0) -> bool:
+        """Sends what is queued now; True once it has gone (or failed to)."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            self._flushing = True
+            self._lock.notify_all()
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(left)
+        return True
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        self._thread.join(timeout_s)
