@@ -67,8 +67,9 @@ def gather_kv(kv_caches: KVCaches, block_ids: list[int], out: torch.Tensor) -> N
     """Copy ``block_ids`` of every layer into ``out`` (shaped as a :class:`KVLayout` says)."""
     idx = torch.tensor(block_ids, dtype=torch.long, device=kv_caches[0][0].device)
     for layer, (k, v) in enumerate(kv_caches):
-        out[layer, 0].copy_(k.index_select(0, idx))
-        out[layer, 1].copy_(v.index_select(0, idx))
+        # Straight into the destination (a mapping of /dev/shm, say): no temporary copy.
+        torch.index_select(k, 0, idx, out=out[layer, 0])
+        torch.index_select(v, 0, idx, out=out[layer, 1])
 
 
 def scatter_kv(kv_caches: KVCaches, block_ids: list[int], kv: torch.Tensor) -> None:

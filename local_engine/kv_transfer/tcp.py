@@ -99,8 +99,6 @@ class TcpConnector(KVConnector):
             if handoff_id is not None:
                 self._release(handoff_id, taken)
             writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
 
 
 async def pull_tcp(params: dict[str, Any], timeout_s: float) -> LoadedKV:

@@ -67,6 +67,7 @@ class Deployment:
         self.engines = engines
         self.connector = make_connector(transport) if not connector else ShmConnector(**connector)
         self.runners: list[web.AppRunner] = []
+        self.prefill_url = self.decode_url = self.aggregated_url = self.router_url = ""
 
     async def start(self, *, both: bool = False, prefill_url: str | None = None) -> None:
         prefill_app = _app(self.engines["prefill"])
@@ -87,7 +88,8 @@ class Deployment:
 
     async def prefill_status(self) -> dict[str, int]:
         async with httpx.AsyncClient() as c:
-            return (await c.get(f"{self.prefill_url}/v1/disagg/status")).json()  # type: ignore[no-any-return]
+            status: dict[str, int] = (await c.get(f"{self.prefill_url}/v1/disagg/status")).json()
+            return status
 
     async def freed(self) -> bool:
         status = await self.prefill_status()
@@ -125,8 +127,9 @@ async def test_greedy_outputs_match_the_aggregated_engine(deployment: Deployment
         got, want = await split.completions.create(**kw), await whole.completions.create(**kw)
         assert got.choices[0].text == want.choices[0].text
         assert got.choices[0].finish_reason == want.choices[0].finish_reason
-        assert got.usage.prompt_tokens == want.usage.prompt_tokens  # type: ignore[union-attr]
-        assert got.usage.completion_tokens == want.usage.completion_tokens  # type: ignore[union-attr]
+        assert got.usage is not None and want.usage is not None
+        assert got.usage.prompt_tokens == want.usage.prompt_tokens
+        assert got.usage.completion_tokens == want.usage.completion_tokens
     messages: Any = [{"role": "user", "content": "héllo wörld, what is a paged cache?"}]
     kw = dict(model="m", messages=messages, max_tokens=20, temperature=0)
     want_text = (await whole.chat.completions.create(**kw)).choices[0].message.content
@@ -150,7 +153,7 @@ async def test_client_disconnect_frees_blocks_on_both_sides(deployment: Deployme
             async for line in resp.aiter_lines():
                 if line.startswith("data: "):
                     break  # one token arrived; the client walks away
-            assert deployment.engines["decode"].metrics["kv_blocks_used"] > 0
+            assert deployment.engines["decode"].metrics["kv_blocks_used"]
     await _until(deployment.freed, "the abandoned request's blocks were freed")
 
 
@@ -189,7 +192,7 @@ async def _prefill_only(d: Deployment, prompt: str) -> dict[str, Any]:
         r = await c.post(f"{d.prefill_url}/v1/disagg/prefill",
                          json={"chat": False, "request": {"model": "m", "prompt": prompt, "temperature": 0}})
     assert r.status_code == 200, r.text
-    return r.json()["kv_transfer_params"]  # type: ignore[no-any-return]
+    return r.json()["kv_transfer_params"]
 
 
 async def test_decode_worker_dying_mid_transfer_frees_the_prefill_copy(engines: dict[str, AsyncEngine]) -> None:
@@ -223,13 +226,13 @@ async def test_untaken_shm_handoff_expires(engines: dict[str, AsyncEngine], tmp_
     try:
         params = await _prefill_only(d, PROMPTS[2])
         path = Path(params["path"])
-        assert path.exists() and (await d.prefill_status())["held"] == 1
+        assert await asyncio.to_thread(path.exists) and (await d.prefill_status())["held"] == 1
         now[0] = 9.0
         assert (await d.prefill_status())["held"] == 1
         now[0] = 10.0  # the decode worker never came (it died before loading)
         status = await d.prefill_status()
         assert status["held"] == 0 and status["expired_total"] == 1
-        assert not path.exists()
+        assert not await asyncio.to_thread(path.exists)
     finally:
         await d.close()
 
@@ -240,15 +243,24 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_prefill_worker_dying_mid_transfer_frees_the_decode_blocks(
-    engines: dict[str, AsyncEngine], tiny_llama: Path
-) -> None:
+@pytest.fixture
+def prefill_process(tiny_llama: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A real prefill worker process (``python -m local_engine serve --role prefill``), TCP transport."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "local_engine", "serve", "--role", "prefill", "--kv-transport", "tcp",
          "--model", str(tiny_llama), "--port", str(port), "--block-size", "4", "--kv-cache-gib", "0.001"],
         env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    yield proc, port
+    proc.kill()
+    proc.wait()
+
+
+async def test_prefill_worker_dying_mid_transfer_frees_the_decode_blocks(
+    engines: dict[str, AsyncEngine], prefill_process: tuple[subprocess.Popen[bytes], int]
+) -> None:
+    proc, port = prefill_process
     decode = engines["decode"]
     runner, decode_url = await _serve(_app(decode))
     try:
@@ -282,6 +294,4 @@ async def test_prefill_worker_dying_mid_transfer_frees_the_decode_blocks(
 
             await _until(freed, "the decode worker freed what it had allocated")
     finally:
-        proc.kill()
-        proc.wait()
         await runner.cleanup()
