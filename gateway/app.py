@@ -181,7 +181,8 @@ async def _control(app: web.Application) -> AsyncIterator[None]:
 
 async def _batch_runner(app: web.Application) -> AsyncIterator[None]:
     """Batches run in the background of every process, after the gateway started and until it closes."""
-    runner = BatchRunner(lambda: app[GATEWAY], app[batches.BATCHES], app[files.FILES], app[batches.BATCHES].config)
+    runner = BatchRunner(lambda: app[GATEWAY], app[batches.BATCHES], app[files.FILES], app[batches.BATCHES].config,
+                         app[responses.STORE])
     runner.start()
     yield
     await runner.close()

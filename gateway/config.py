@@ -98,6 +98,16 @@ class ServerConfig(_Frozen):
     responses_ttl_s: float = Field(default=24 * 3600, gt=0)  # how long store: true responses are kept
 
 
+UPSTREAM_BATCH_PROVIDERS = ("openai", "anthropic")   # whose own batch API a batch can be forwarded to
+
+
+class AliasBatchConfig(_Frozen):
+    """How an alias's batches run (docs/batches.md): ``pipeline``, line by line in the gateway; ``upstream``,
+    forwarded to its first OpenAI or Anthropic deployment's own batch API."""
+
+    mode: Literal["pipeline", "upstream"] = "pipeline"
+
+
 class ModelAlias(_Frozen):
     name: str = Field(min_length=1)
     deployments: tuple[DeploymentConfig, ...] = Field(min_length=1)
@@ -107,6 +117,13 @@ class ModelAlias(_Frozen):
     cache: CacheOverride | None = None
     context: ContextConfig | None = None  # None: policy fallback (policies/context.py)
     variants: dict[str, VariantConfig] = Field(default_factory=dict)  # policies/variants.py
+    batch: AliasBatchConfig = AliasBatchConfig()
+
+    @model_validator(mode="after")
+    def _batch_upstream_known(self) -> ModelAlias:
+        if self.batch.mode == "upstream" and not any(d.provider in UPSTREAM_BATCH_PROVIDERS for d in self.deployments):
+            raise ValueError("batch.mode upstream needs a deployment of provider openai or anthropic")
+        return self
 
 
 def _key_hash(value: str) -> str:
@@ -195,6 +212,7 @@ class BatchesConfig(_Frozen):
     poll_s: float = Field(default=1.0, gt=0)     # how often a process looks for batches to work on
     lease_s: float = Field(default=900.0, gt=0)  # a claimed line is run again by another process after this
     max_lines: int = Field(default=50_000, ge=1)   # OpenAI's limit per batch
+    upstream_poll_s: float = Field(default=60.0, gt=0)   # how often a forwarded batch is looked at upstream
 
 
 class ControlPlaneConfig(_Frozen):

@@ -38,6 +38,8 @@ async def proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     body = await _read_json(request, gateway.loaded.config.server.max_body_bytes)
     validate(endpoint, body)
     alias = body["model"]
+    if alias not in gateway.router:
+        alias = gateway.router.adapter_alias(alias) or alias  # ALIAS:ADAPTER, the body keeps the adapter
     if alias not in gateway.router or not caller.tenant.allows(alias):
         raise ModelNotFound(f"The model `{alias}` does not exist or you do not have access to it.", param="model")
     record.alias = alias

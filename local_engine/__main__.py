@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--device", default="cpu")
     serve.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     serve.add_argument("--no-prefix-caching", action="store_true")
+    serve.add_argument("--max-loras", type=int, default=4, help="LoRA adapters resident at once (0: none)")
+    serve.add_argument("--max-lora-rank", type=int, default=16)
+    serve.add_argument("--lora", action="append", default=[], metavar="NAME=PATH",
+                       help="a PEFT adapter directory served as NAME (repeatable)")
     serve.add_argument("--role", default="both", choices=["prefill", "decode", "both"],
                        help="prefill: hand prompts' KV to decode workers; decode: continue handoffs")
     serve.add_argument("--kv-transport", default="tcp", choices=["shm", "tcp"], help="how a prefill worker hands off")
@@ -49,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         router = DisaggRouter(args.prefill, args.decode, args.both, max_inflight=args.max_inflight)
         web.run_app(build_router_app(router), host=args.host, port=args.port, print=printer)
         return 0
+    loras = [spec.partition("=")[::2] for spec in args.lora]
+    if any(not name or not path for name, path in loras):
+        parser.error("--lora takes NAME=PATH")
     opts = dict(
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
@@ -57,10 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         dtype=args.dtype,
         enable_prefix_caching=not args.no_prefix_caching,
+        max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank,
     )
 
     async def factory() -> AsyncEngine:
-        return await AsyncEngine.create(args.model, **opts)
+        engine = await AsyncEngine.create(args.model, **opts)
+        for name, path in loras:
+            await engine.add_lora(name, path)
+        return engine
 
     app = build_app(factory)
     if args.role == "prefill":

@@ -17,6 +17,7 @@ from typing import Any
 from local_engine.config import EngineConfig
 from local_engine.engine import LLMEngine, Prompt, RequestError
 from local_engine.kv_transfer import KVConnector, KVTransferError, LoadedKV, load_kv
+from local_engine.lora import LoRAInfo
 from local_engine.outputs import RequestOutput
 from local_engine.sampling_params import SamplingParams
 
@@ -55,9 +56,10 @@ class AsyncEngine:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self._cv = threading.Condition()
-        self._new: list[tuple[str, Prompt, SamplingParams, KVConnector | None]] = []
-        self._reserves: list[tuple[str, list[int], SamplingParams]] = []  # handoffs waiting for blocks
-        self._commits: list[tuple[str, LoadedKV, int]] = []  # handoffs whose KV arrived
+        self._new: list[tuple[str, Prompt, SamplingParams, str | None, KVConnector | None]] = []
+        # handoffs waiting for blocks, and those whose KV arrived
+        self._reserves: list[tuple[str, list[int], SamplingParams, str | None]] = []
+        self._commits: list[tuple[str, LoadedKV, int]] = []
         self._aborts: list[str] = []
         self._streams: dict[str, _Stream] = {}
         self._closed = False
@@ -90,19 +92,36 @@ class AsyncEngine:
             messages, add_generation_prompt=add_generation_prompt
         )
 
+    async def add_lora(self, name: str, path: str | Path) -> LoRAInfo:
+        """Register a PEFT adapter directory as ``name`` (checked in a worker thread; loaded on first use)."""
+        return await asyncio.to_thread(self.engine.add_lora, name, path)
+
+    def remove_lora(self, name: str) -> None:
+        """Unregister ``name``; requests already running with it finish."""
+        self.engine.remove_lora(name)
+
+    def list_loras(self) -> list[LoRAInfo]:
+        return self.engine.list_loras()
+
+    def resolve_lora(self, model: str | None) -> str | None:
+        """The adapter a request's ``model`` names, None for the base; ``LoRAError`` for an unknown ``X:Y``."""
+        return self.engine.resolve_lora(model)
+
     async def generate(
         self,
         request_id: str,
         prompt: Prompt,
         params: SamplingParams,
+        lora: str | None = None,
         *,
         kv_save: KVConnector | None = None,
         kv_load: dict[str, Any] | None = None,
     ) -> AsyncGenerator[RequestOutput, None]:
         """Yield one :class:`RequestOutput` delta per new token; the last has ``done`` set.
 
-        ``prompt`` is text, token ids or a list of chat messages. Raises :class:`RequestError`
-        for a request the engine cannot take and :class:`EngineClosedError` on shutdown.
+        ``prompt`` is text, token ids or a list of chat messages; ``lora`` names an adapter (None: the
+        base model). Raises :class:`RequestError` for a request the engine cannot take and
+        :class:`EngineClosedError` on shutdown.
         With ``kv_save`` (a prefill worker) the prompt's KV goes to that connector when the request
         finishes and the last output carries ``kv_transfer_params``. With ``kv_load`` (a decode
         worker: a prefill worker's ``kv_transfer_params``) ``prompt`` is ignored: the engine takes
@@ -123,9 +142,9 @@ class AsyncEngine:
                 raise RequestError(f"request id {request_id!r} is already running")
             self._streams[request_id] = stream
             if handoff is None:
-                self._new.append((request_id, prompt, params, kv_save))
+                self._new.append((request_id, prompt, params, lora, kv_save))
             else:
-                self._reserves.append((request_id, handoff[0], params))
+                self._reserves.append((request_id, handoff[0], params, lora))
             self._cv.notify()
         finished = False
         try:
@@ -204,9 +223,9 @@ class AsyncEngine:
                     reserves, self._reserves = self._reserves, []
                     commits, self._commits = self._commits, []
                 # Adds before aborts: a caller may have left before its request was ever added.
-                for rid, prompt, params, saver in new:
+                for rid, prompt, params, lora, saver in new:
                     try:
-                        engine.add_request(rid, prompt, params)
+                        engine.add_request(rid, prompt, params, lora)
                     except (RequestError, ValueError) as e:
                         self._fail(rid, e)
                         continue
@@ -224,9 +243,13 @@ class AsyncEngine:
                     engine.abort_request(rid)
                 if engine.has_unfinished():
                     self._deliver(engine.step())
+                while engine.failed:
+                    self._fail(*engine.failed.pop())
         except BaseException as e:  # the loop must not die silently: every caller hears of it
             self._error = e
         finally:
+            if engine.loras is not None:
+                engine.loras.shutdown()
             with self._cv:
                 self._closed = True
                 streams, self._streams = self._streams, {}
@@ -236,18 +259,18 @@ class AsyncEngine:
             for stream in streams.values():
                 stream.put(err)
 
-    def _reserve(self, reserves: list[tuple[str, list[int], SamplingParams]]) -> None:
+    def _reserve(self, reserves: list[tuple[str, list[int], SamplingParams, str | None]]) -> None:
         waiting = []
-        for rid, ids, params in reserves:
+        for rid, ids, params, lora in reserves:
             with self._cv:
                 stream = self._streams.get(rid)
             if stream is None:  # its caller left already
                 continue
             try:
-                if self.engine.reserve_handoff(rid, ids, params):
+                if self.engine.reserve_handoff(rid, ids, params, lora):
                     stream.put(_RESERVED)
                 else:
-                    waiting.append((rid, ids, params))
+                    waiting.append((rid, ids, params, lora))
             except (RequestError, ValueError) as e:
                 self._fail(rid, e)
         if waiting:

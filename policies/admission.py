@@ -218,6 +218,19 @@ class Admission:
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
+    async def charge(self, call: Call) -> None:
+        """Ledgers a request answered outside the pipeline (a line of a provider's own batch, its usage and
+        deployment on ``call.record``): charged to the budgets and the ledger as settled, refused by no limit
+        (the upstream did the work already)."""
+        rules = self._rules.get(call.tenant, self._fallback_rules)
+        reservation = await self._plan(call, rules)
+        reservation.buckets, reservation.slots = [], []
+        reservation.spends = [Spend(s.key, None, None, s.ttl_s, s.scope) for s in reservation.spends]
+        result = await self.store.admit(reservation)
+        if result.outcome == "dup":   # charged already (the same line's results read twice)
+            return
+        await self._settle(self.store, self._settlement(call, _Admitted(reservation, self.store), None))
+
     async def record_only(self, call: Call, status: int, started: float) -> None:
         """Ledgers a finished request that no limit or budget counts (a shadow request, policies/shadow.py):
         its record and aggregates, priced as any other; ``started``: its ``time.perf_counter()`` start."""
@@ -326,7 +339,8 @@ class Admission:
         return Reservation(entry_id=call.record.request_id, tenant=call.tenant, key_id=call.key_id,
                            alias=call.alias, variant=call.variant, day=day, ts=now, buckets=planned, slots=held,
                            spends=spends, est_prompt=prompt, est_completion=completion,
-                           est_cost=alias.max_price.nano(prompt, completion), lease_s=self.stores.settle_after_s)
+                           est_cost=alias.max_price.nano(prompt, completion), lease_s=self.stores.settle_after_s,
+                           batch=call.batch)
 
     def _static_plan(self, call: Call, rules: _Rules, day: str, month: str) -> _StaticPlan:
         """What a request of this tenant, key and alias draws on, but for its token count."""

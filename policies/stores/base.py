@@ -59,6 +59,7 @@ class Reservation:
     est_cost: int        # nano-USD, priced at the alias's dearest deployment
     lease_s: float       # unsettled this long: the sweeper settles it at its estimate
     variant: str | None = None   # the alias's variant serving it: its own aggregates (``v:metric|alias|variant``)
+    batch: bool = False  # a batch line's: its aggregates are also counted apart (``batch:metric|alias|key_id``)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Reservation:
@@ -105,10 +106,12 @@ class Settlement:
                 "completion_tokens": self.completion_tokens, "cached_tokens": self.cached_tokens,
                 "cache_write_tokens": self.cache_write_tokens, "reasoning_tokens": self.reasoning_tokens,
                 "cost_nusd": self.cost, "cache_hit": self.cache_hit, "latency_ms": self.latency_ms,
-                "status": self.status, "state": "estimated" if self.estimated else "settled"}
+                "status": self.status, "state": "estimated" if self.estimated else "settled",
+                "source": "batch" if r.batch else "live"}
 
     def aggregates(self) -> dict[str, int]:
-        """The per-day counters this record adds to, by ``metric|alias|key_id``."""
+        """The per-day counters this record adds to, by ``metric|alias|key_id``; a batch line's also again as
+        ``batch:metric|alias|key_id`` (usage grouped by source tells batch spend from live)."""
         r = self.reservation
         suffix = f"|{r.alias}|{r.key_id}"
         counters = {"requests" + suffix: 1, "prompt_tokens" + suffix: self.prompt_tokens,
@@ -117,9 +120,12 @@ class Settlement:
                     "reasoning_tokens" + suffix: self.reasoning_tokens, "cost_nusd" + suffix: self.cost,
                     "cache_hits" + suffix: int(self.cache_hit), "errors" + suffix: int(self.status >= 400),
                     "estimated" + suffix: int(self.estimated)}
+        plain = dict(counters)
         if r.variant is not None:   # a second set, by variant: readers of ``metric|alias|key_id`` skip ``v:``
             by_variant = f"|{r.alias}|{r.variant}"
-            counters.update({"v:" + name.split("|", 1)[0] + by_variant: value for name, value in counters.items()})
+            counters.update({"v:" + name.split("|", 1)[0] + by_variant: value for name, value in plain.items()})
+        if r.batch:   # and a third, of batch lines (usage by source)
+            counters.update({"batch:" + name: value for name, value in plain.items()})
         return counters
 
 

@@ -30,6 +30,15 @@ async def test_strings_expire_and_are_deleted(store_layer: StoreLayer) -> None:
     assert await kv.get("gw:{x}:a") is None
 
 
+async def test_many_strings_are_read_at_once_in_order(store_layer: StoreLayer) -> None:
+    kv = store_layer.kv
+    for i in range(0, 40, 2):   # keys in many cluster slots, every other one absent
+        await kv.set(f"gw:many:{i}", f"v{i}", ttl_s=60)
+    found = await kv.get_many([f"gw:many:{i}" for i in range(40)])
+    assert found == [f"v{i}" if i % 2 == 0 else None for i in range(40)]
+    assert await kv.get_many([]) == []
+
+
 async def test_a_lease_goes_to_one_caller_until_it_expires() -> None:
     # On Redis (SET NX PX) the batch tests run it across processes: tests/batches/test_durable.py
     now = [0.0]
