@@ -8,8 +8,11 @@ Money is counted in integer nano-dollars (1e-9 USD) so sums are exact.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+from ..result import RequestResult, Tokens
 
 NANO = 1_000_000_000
 
@@ -60,6 +63,9 @@ class Reservation:
     lease_s: float       # unsettled this long: the sweeper settles it at its estimate
     variant: str | None = None   # the alias's variant serving it: its own aggregates (``v:metric|alias|variant``)
     batch: bool = False  # a batch line's: its aggregates are also counted apart (``batch:metric|alias|key_id``)
+    # This admission's own id: the same reservation sent again (redis-py resends a command whose connection
+    # failed, maybe after Redis ran it) is recognised as already admitted, not as another request's "dup".
+    attempt: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Reservation:
@@ -94,6 +100,15 @@ class Settlement:
     estimated: bool      # usage unknown (process died, stream cut without usage): charged at the estimate
     cache_write_tokens: int = 0   # of prompt_tokens, as cached_tokens (reads) are
     reasoning_tokens: int = 0     # of completion_tokens
+
+    @classmethod
+    def of(cls, reservation: Reservation, result: RequestResult, latency_ms: float = 0.0) -> Settlement:
+        """The store's step for ``result``: its record, the budget spend and the buckets' refund."""
+        t = result.tokens
+        return cls(reservation=reservation, deployment=result.deployment, prompt_tokens=t.prompt,
+                   completion_tokens=t.completion, cached_tokens=t.cached, cost=result.cost, status=result.status,
+                   latency_ms=latency_ms, cache_hit=result.cache_hit, estimated=result.estimated,
+                   cache_write_tokens=t.cache_write, reasoning_tokens=t.reasoning)
 
     @property
     def tokens(self) -> int:
@@ -130,9 +145,9 @@ class Settlement:
 
 
 def settle_at_estimate(reservation: Reservation, status: int = 0) -> Settlement:
-    return Settlement(reservation=reservation, deployment="-", prompt_tokens=reservation.est_prompt,
-                      completion_tokens=reservation.est_completion, cached_tokens=0, cost=reservation.est_cost,
-                      status=status, latency_ms=0.0, cache_hit=False, estimated=True)
+    r = reservation
+    return Settlement.of(r, RequestResult(status=status, deployment="-", tokens=Tokens(r.est_prompt, r.est_completion),
+                                          cost=r.est_cost, how="estimated"))
 
 
 class Store(Protocol):
