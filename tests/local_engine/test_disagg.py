@@ -120,8 +120,7 @@ PROMPTS = [
 ]
 
 
-async def test_greedy_outputs_match_the_aggregated_engine(deployment: Deployment) -> None:
-    split, whole = _client(deployment.router_url), _client(deployment.aggregated_url)
+async def _compare(split: openai.AsyncOpenAI, whole: openai.AsyncOpenAI) -> None:
     for prompt in PROMPTS:
         kw: dict[str, Any] = dict(model="m", prompt=prompt, max_tokens=24, temperature=0)
         got, want = await split.completions.create(**kw), await whole.completions.create(**kw)
@@ -136,6 +135,11 @@ async def test_greedy_outputs_match_the_aggregated_engine(deployment: Deployment
     stream = await split.chat.completions.create(**kw, stream=True)
     got_text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert got_text == want_text
+
+
+async def test_greedy_outputs_match_the_aggregated_engine(deployment: Deployment) -> None:
+    async with _client(deployment.router_url) as split, _client(deployment.aggregated_url) as whole:
+        await _compare(split, whole)
     assert deployment.router.counts["disaggregated"] == len(PROMPTS) + 1
     assert deployment.router.counts["aggregated"] == 0
     # Both sides let go of every block and every handoff copy.
@@ -167,20 +171,22 @@ async def test_falls_back_to_a_both_worker_when_the_prefill_worker_is_gone(
     await d.start(both=True, prefill_url=dead)
     try:
         kw: dict[str, Any] = dict(model="m", prompt=PROMPTS[0], max_tokens=8, temperature=0)
-        got = await _client(d.router_url).completions.create(**kw)
-        want = await _client(d.aggregated_url).completions.create(**kw)
-        assert got.choices[0].text == want.choices[0].text
-        assert d.router.counts == {"disaggregated": 0, "aggregated": 1, "prefill_failed": 1}
-        # The dead worker now sits out: the next request goes straight to the both worker.
-        await _client(d.router_url).completions.create(**kw)
-        assert d.router.counts == {"disaggregated": 0, "aggregated": 2, "prefill_failed": 1}
+        async with _client(d.router_url) as routed, _client(d.aggregated_url) as whole:
+            got = await routed.completions.create(**kw)
+            want = await whole.completions.create(**kw)
+            assert got.choices[0].text == want.choices[0].text
+            assert d.router.counts == {"disaggregated": 0, "aggregated": 1, "prefill_failed": 1}
+            # The dead worker now sits out: the next request goes straight to the both worker.
+            await routed.completions.create(**kw)
+            assert d.router.counts == {"disaggregated": 0, "aggregated": 2, "prefill_failed": 1}
     finally:
         await d.close()
     router = DisaggRouter(both=[])  # nobody at all: a clear 503 in OpenAI's format
     runner, url = await _serve(build_router_app(router))
     try:
-        with pytest.raises(openai.APIStatusError) as e:
-            await _client(url).completions.create(model="m", prompt="x", max_tokens=2)
+        async with _client(url) as client:
+            with pytest.raises(openai.APIStatusError) as e:
+                await client.completions.create(model="m", prompt="x", max_tokens=2)
         assert e.value.status_code == 503
         assert e.value.body["code"] == "no_free_worker"  # type: ignore[index]
     finally:
@@ -208,6 +214,7 @@ async def test_decode_worker_dying_mid_transfer_frees_the_prefill_copy(engines: 
         await writer.drain()
         await reader.readexactly(11)
         writer.transport.abort()
+        await writer.wait_closed()
         await _until(lambda: _held_is(d, 0), "the prefill side dropped the handoff")
         status = await d.prefill_status()
         assert status["taken_total"] == 0 and status["expired_total"] == 0
