@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from functools import lru_cache
@@ -183,29 +184,33 @@ def extract(text: str) -> Slots:
 def conflict(a: str, b: str) -> str | None:
     """The first answer-changing slot in which two questions differ ("number", "date", "negation",
     "name", "opposite", "symbol", "quoted", "order", "swap"), or None when none does."""
+    return next(conflicts(a, b), None)
+
+
+def conflicts(a: str, b: str) -> Iterator[str]:
+    """Every answer-changing slot in which two questions differ, in the order ``conflict`` checks them (lazy:
+    ``conflict`` stops at the first; bench/cache_misses.py counts them all)."""
     x, y = extract(a), extract(b)
     if x.symbols != y.symbols:
-        return "symbol"
+        yield "symbol"
     if x.quoted != y.quoted:
-        return "quoted"
+        yield "quoted"
     if _swapped(x.roles, y.roles):
-        return "order"
+        yield "order"
     if x.numbers != y.numbers:
-        return "number"
+        yield "number"
     if x.dates != y.dates:
-        return "date"
+        yield "date"
     if x.negations != y.negations:
-        return "negation"
+        yield "negation"
     # a name in one must appear (in any case) in the other: "What's France's capital" starts with it
     if not (x.names <= y.tokens and y.names <= x.tokens):
-        return "name"
-    for used_x, used_y in zip(x.opposites, y.opposites, strict=True):
-        # each uses a meaning the other lacks ("to" vs "from"); "to ... into" vs "from ... into" also counts
-        if used_x - used_y and used_y - used_x:
-            return "opposite"
+        yield "name"
+    # each uses a meaning the other lacks ("to" vs "from"); "to ... into" vs "from ... into" also counts
+    if any(used_x - used_y and used_y - used_x for used_x, used_y in zip(x.opposites, y.opposites, strict=True)):
+        yield "opposite"
     if _substituted(x.words, y.words):
-        return "swap"
-    return None
+        yield "swap"
 
 
 # --- symbols: code, commands, expressions. A token that is not a plain word (with its prose punctuation and
@@ -285,6 +290,15 @@ how what which who whom when where why can could should would will please some a
 and or them then
 """.split())
 _CLAUSE = frozenset(",;:.?!")
+# verbs after which "to" is an infinitive ("the formula to convert X into Y"); none that also names a thing a
+# question converts to ("to Go", "to map", "to set", "to zip" stay directions)
+_VERBS = frozenset("""
+convert get make do use find calculate compute change turn translate learn reach travel fly drive say know see
+check cook bake fix be have take keep become tell explain ask pay avoid prevent improve build transfer switch
+migrate rewrite upgrade downgrade send enable disable install uninstall remove delete create add write read
+parse encrypt decrypt compress decompress encode decode rename merge move lock unlock show hide start stop
+restart reset revert verify validate buy sell upload download
+""".split())
 _ROLE_WORD = re.compile(r"->|→|[,;:.?!]|[A-Za-z0-9][A-Za-z0-9+#.'-]*[A-Za-z0-9+#]|[A-Za-z0-9]")
 _WINDOW = 3
 
@@ -298,6 +312,9 @@ def _roles(text: str) -> frozenset[tuple[str, str, str]]:
             continue
         # "in" orders things only between units ("100 usd in eur"); elsewhere it is a place or a topic
         if marker == "in" and (i + 1 >= len(tokens) or tokens[i + 1] not in UNITS):
+            continue
+        # "the formula to convert X into Y": "to" before a verb is an infinitive, not a direction
+        if token == "to" and i + 1 < len(tokens) and tokens[i + 1] in _VERBS:
             continue
         sides = {"left": list(range(i - 1, -1, -1)), "right": list(range(i + 1, len(tokens)))}
         family = _REVERSED.get(marker, marker)
@@ -345,7 +362,7 @@ _SYNONYMS: tuple[frozenset[str], ...] = tuple(frozenset(group.split()) for group
     "cheapest least-expensive", "simple easy", "easiest simplest", "help assist", "need require", "use utilize",
     "get obtain", "find locate", "choose pick select", "way method", "good great", "best top", "tip advice",
     "explain describe", "job work", "shop store", "kid child", "kids children", "doctor physician",
-    "happen occur", "ok okay", "can could", "should must", "talk speak", "end finish", "town city",
+    "happen occur", "calculate evaluate compute", "ok okay", "can could", "should must", "talk speak", "end finish", "town city",
 ))
 _SYNONYM_OF = {word: group for group in _SYNONYMS for word in group}
 _SWAP_WORD = re.compile(r"[a-z0-9][a-z0-9+#.'-]*[a-z0-9+#]|[a-z0-9]")

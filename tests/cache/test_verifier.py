@@ -22,6 +22,12 @@ NEAR_MISSES = [
     ("List the risks before the costs.", "List the costs before the risks.", "order"),
     ("How much is 100 US dollars in euros?", "How much is 100 euros in US dollars?", "order"),
     ("Is Rust faster than Go?", "Is Go faster than Rust?", "order"),
+    # "to" before a verb is an infinitive, but the direction after it still counts
+    ("What's the formula to convert Celsius into Fahrenheit?", "What's the formula to convert Fahrenheit into Celsius?",
+     "order"),
+    ("How do I port this code from Go to Rust?", "How do I port this code from Rust to Go?", "order"),
+    ("Convert 1,000 USD to EUR.", "Convert 1,000 EUR to USD.", "order"),
+    ("What is 72°F in Celsius?", "What is 72°F in Kelvin?", "swap"),
     # symbols and operators
     ("What does a << 2 do in Python?", "What does a >> 2 do in Python?", "symbol"),
     ("Is x != y true here?", "Is x == y true here?", "symbol"),
@@ -53,6 +59,11 @@ PARAPHRASES = [
     ("Translate this from German into French.", "Translate to French from German."),
     ("What does a << 2 do in Python?", "In Python, what is the result of `a << 2`?"),
     ("Who wrote Dracula?", "Who is the author of Dracula?"),
+    ("What's the formula to convert liters into cups?", "Formula for going from liters to cups?"),
+    ("Convert 1,000 USD to EUR.", "Convert 1000 USD to EUR."),
+    ("What is 72°F in Celsius?", "How many Celsius is 72 Fahrenheit?"),
+    ("Calculate 2 ** 8.", "Evaluate 2 ** 8."),
+    ("Top attractions in Washington DC?", "Top attractions in Washington D.C.?"),
 ]
 
 
