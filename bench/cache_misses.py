@@ -2,7 +2,8 @@
 does not serve, broken down by the stage that refuses it.
 
 Stages, in the order a lookup meets them: the vector search's cosine threshold, each slot check of
-``slots.conflicts`` (symbol, quoted, order, number, date, negation, name, opposite, swap), the faq mode's
+``slots.conflicts`` (symbol, quoted, order, number, date, negation, quantity, qualifier, name, opposite,
+swap), the faq mode's
 ``unmatched`` veto, then the classifier (pairs that ``slots.same_words`` serves skip it). Printed per class:
 how many paraphrases each stage refuses ("any": whether or not another stage also refuses the pair) and how
 many only it refuses ("only": what fixing that stage alone would win back); near-miss pairs the same way,
@@ -26,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 from bench.train_verifier import embed_pairs, load_pairs  # noqa: E402
 from policies.cache import slots, verifier  # noqa: E402
 
-SLOTS = ("symbol", "quoted", "order", "number", "date", "negation", "name", "opposite", "swap")
+SLOTS = ("symbol", "quoted", "order", "number", "date", "negation", "quantity", "qualifier", "name", "opposite",
+         "swap")
 
 
 def refusals(a: str, u: np.ndarray, b: str, v: np.ndarray, mode: str) -> list[str]:

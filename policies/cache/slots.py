@@ -40,6 +40,9 @@ _DATES = {
 # only these of _DATES carry a date on their own (the rest only as part of one: "new year")
 _DATE_WORDS = _DATES - {"new", "year", "fall", "may"}
 
+_QUALIFIERS = frozenset({"vice", "deputy", "assistant", "associate", "acting", "former", "ex", "interim", "co",
+                         "step", "half", "sub", "under", "junior", "senior"})
+
 _NEGATIONS = {"not", "no", "never", "without", "none", "nobody", "nothing", "neither", "nor", "cannot",
               "can't", "don't", "doesn't", "didn't", "isn't", "aren't", "wasn't", "weren't", "won't",
               "wouldn't", "shouldn't", "couldn't", "mustn't", "haven't", "hasn't", "hadn't"}
@@ -59,7 +62,9 @@ _OPPOSITES: tuple[tuple[frozenset[str], ...], ...] = tuple(tuple(frozenset(s.spl
     ("ascending", "descending reverse"),
     ("lose", "gain"),
     ("rise", "fall"),
-    ("min minimum smallest lowest least", "max maximum largest highest biggest most"),
+    # which value of a distribution: the minimum is not the median or the starting value
+    ("min minimum smallest lowest least", "max maximum largest highest biggest most", "mean average", "median",
+     "mode", "starting entry-level"),
     # near-synonym entities and relations: the capital is not the largest city, the author not the publisher
     ("capital", "largest biggest populous oldest"),
     ("author writer wrote written write", "publisher published publish", "translator translated",
@@ -74,11 +79,12 @@ _OPPOSITES: tuple[tuple[frozenset[str], ...], ...] = tuple(tuple(frozenset(s.spl
     ("then", "than"),
     ("shallow", "deep"),
     ("vegan", "vegetarian"),
-    ("mean average", "median", "mode"),
     ("first", "last final latest"),
     ("morning", "afternoon", "evening", "night tonight"),
     ("to into", "from"),
     ("with", "without"),
+    # boolean operators said in words ("x and y" / "x or y")
+    ("and", "or", "xor"),
     ("left", "right", "inner", "outer", "cross"),
     ("active", "passive"),
     ("public", "private"),
@@ -113,6 +119,8 @@ class Slots:
     opposites: tuple[frozenset[int], ...]  # per group in _OPPOSITES: which of its sets the text uses
     symbols: Counter[tuple[str, str, str]]  # each code-like token with its neighbours: ("a", "<<", "2")
     quoted: frozenset[str]        # the contents of quoted strings
+    quantities: frozenset[tuple[str, str]]  # a number with the unit after it: ("100", "chf")
+    qualifiers: frozenset[str]    # words that make another thing of a title: vice, deputy, former...
     roles: frozenset[tuple[str, str, str]]  # (marker, side, word): "German to French" -> (to, left, german)
     words: tuple[str, ...]        # the canonical text's words, lowercased, for the same-sentence swap check
 
@@ -173,17 +181,20 @@ def extract(text: str) -> Slots:
         before = text[:match.start()].rstrip()
         if raw[0].isupper() and raw != "I" and before and before[-1] not in ".?!:\"'(":
             names.add(_stem(raw))
+    quantities = {(_number(raw), lowered[i + 1]) for i, raw in enumerate(words[:-1])
+                  if _NUMBER.match(raw) and lowered[i + 1] in UNITS}
     stems = {variant for w in lowered for variant in _variants(w)}
     opposites = tuple(
         frozenset(i for i, members in enumerate(group) if stems & members) for group in _OPPOSITES)
     return Slots(tokens=frozenset(stems), numbers=frozenset(numbers), dates=frozenset(dates), negations=negations,
-                 names=frozenset(names), opposites=opposites, symbols=symbols, quoted=quoted, roles=roles,
+                 names=frozenset(names), opposites=opposites, symbols=symbols, quoted=quoted,
+                 quantities=frozenset(quantities), qualifiers=frozenset(lowered_set & _QUALIFIERS), roles=roles,
                  words=plain)
 
 
 def conflict(a: str, b: str) -> str | None:
-    """The first answer-changing slot in which two questions differ ("number", "date", "negation",
-    "name", "opposite", "symbol", "quoted", "order", "swap"), or None when none does."""
+    """The first answer-changing slot in which two questions differ ("symbol", "quoted", "order", "number",
+    "date", "negation", "quantity", "qualifier", "name", "opposite", "swap"), or None when none does."""
     return next(conflicts(a, b), None)
 
 
@@ -203,6 +214,11 @@ def conflicts(a: str, b: str) -> Iterator[str]:
         yield "date"
     if x.negations != y.negations:
         yield "negation"
+    # the same numbers of different units ("100 francs in pounds" / "100 pounds in francs", "1 day" / "1 week")
+    if x.quantities != y.quantities and {n for n, _ in x.quantities} & {n for n, _ in y.quantities}:
+        yield "quantity"
+    if x.qualifiers != y.qualifiers:
+        yield "qualifier"
     # a name in one must appear (in any case) in the other: "What's France's capital" starts with it
     if not (x.names <= y.tokens and y.names <= x.tokens):
         yield "name"
@@ -216,7 +232,8 @@ def conflicts(a: str, b: str) -> Iterator[str]:
 # --- symbols: code, commands, expressions. A token that is not a plain word (with its prose punctuation and
 # quotes stripped) is code-like; it must occur in the other text with the same neighbours.
 _PLAIN = re.compile(r"^[A-Za-z0-9]+(?:['’.-][A-Za-z0-9]+|,\d{3})*\.?$")
-_PROSE_END = re.compile(r"(?<=.)[.,?!;:]+$")
+# prose punctuation ends a token only after a letter, digit, quote or bracket: ".*?" (lazy) is not ".*" + "?"
+_PROSE_END = re.compile(r"(?<=[\w\"'“”‘’)\]}])[.,?!;:]+$")
 _PUNCTUATION = re.compile(r"^[.,?!;:]+$")
 _QUOTES = "\"'“”‘’"
 _QUOTED = re.compile(r"(?<![\w])([\"“'‘])([^\"“”'‘’]{1,80})([\"”'’])(?![\w])")

@@ -28,6 +28,14 @@ NEAR_MISSES = [
     ("How do I port this code from Go to Rust?", "How do I port this code from Rust to Go?", "order"),
     ("Convert 1,000 USD to EUR.", "Convert 1,000 EUR to USD.", "order"),
     ("What is 72°F in Celsius?", "What is 72°F in Kelvin?", "swap"),
+    # the same number of another unit; a title's qualifier; a statistic; operators in words; a lazy quantifier
+    ("If I exchange 100 Swiss francs, how many pounds do I get?",
+     "If I exchange 100 pounds, how many Swiss francs do I get?", "quantity"),
+    ("Is one day in Rome enough?", "Will one week be enough for Rome?", "quantity"),
+    ("Who is the vice president of France?", "Who is the president of France?", "qualifier"),
+    ("What is the median salary for a nurse in Texas?", "In Texas, what is the minimum nurse salary?", "opposite"),
+    ("In Python, what is the result of x and y?", "In Python, what is the result of x or y?", "opposite"),
+    ("What will the regex .* match?", "What will the regex .*? match?", "symbol"),
     # symbols and operators
     ("What does a << 2 do in Python?", "What does a >> 2 do in Python?", "symbol"),
     ("Is x != y true here?", "Is x == y true here?", "symbol"),
