@@ -80,12 +80,22 @@ def main() -> None:
     held = set(families[: len(families) // 4])   # the threshold is chosen on these families
     fit_rows = [r for r in train if str(r["family"]) not in held]
     cal_rows = [r for r in train if str(r["family"]) in held]
+    # half paraphrases that reach the classifier, half near misses the vector search returns (whether or not
+    # a slot check would refuse them: slot-caught near misses are rare past the slots, and the model must see
+    # what a near miss looks like)
     reach_fit, _, _ = stage_two(fit_rows)
-    pool = [r for r, ok in zip(fit_rows, reach_fit, strict=True) if ok]
-    random.Random(13).shuffle(pool)
-    slice_ = pool[: args.pairs]
-    print(f"fine-tuning slice: {len(slice_)} of {len(pool)} train pairs that reach the classifier "
-          f"({sum(int(r['label']) for r in slice_)} paraphrases)")  # type: ignore[call-overload]
+    u, v = embed_pairs(fit_rows)
+    close = np.einsum("ij,ij->i", u, v) >= verifier.operating_point("general").threshold
+    positives = [r for r, ok in zip(fit_rows, reach_fit, strict=True) if ok and r["label"]]
+    negatives = [r for r, c in zip(fit_rows, close, strict=True) if c and not r["label"] and r["kind"] != "unrelated"]
+    rng = random.Random(13)
+    rng.shuffle(positives)
+    rng.shuffle(negatives)
+    slice_ = positives[: args.pairs // 2] + negatives[: args.pairs // 2]
+    rng.shuffle(slice_)
+    print(f"fine-tuning slice: {len(slice_)} train pairs ({min(len(positives), args.pairs // 2)} paraphrases "
+          f"that reach the classifier, {min(len(negatives), args.pairs // 2)} near misses with cosine over the "
+          "threshold)")
 
     path = model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)

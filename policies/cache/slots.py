@@ -291,7 +291,7 @@ def code_prompt(text: str) -> bool:
 # "from French to German" put the same words on opposite sides of "to"; both must move for a conflict, which a
 # rewording ("Go from London to Paris" / "Paris from London") does not do.
 _MARKERS = {
-    "to": "to", "into": "to", "towards": "to", "toward": "to", "->": "to", "→": "to", "from": "from",
+    "to": "to", "into": "to", "onto": "to", "towards": "to", "toward": "to", "->": "to", "→": "to", "from": "from",
     "in": "in", "than": "than", "before": "before", "ahead": "before", "after": "after", "by": "by",
     "divided": "divided", "minus": "minus", "over": "over", "owes": "owes", "owe": "owes", "owed": "owes",
     "lent": "lent", "lends": "lent", "pays": "pays", "paid": "pays", "beat": "beat", "beats": "beat",

@@ -25,6 +25,7 @@ NEAR_MISSES = [
     # "to" before a verb is an infinitive, but the direction after it still counts
     ("What's the formula to convert Celsius into Fahrenheit?", "What's the formula to convert Fahrenheit into Celsius?",
      "order"),
+    ("How do I get my photos from an iPhone onto a Mac?", "How do I get my photos from a Mac onto an iPhone?", "order"),
     ("How do I port this code from Go to Rust?", "How do I port this code from Rust to Go?", "order"),
     ("Convert 1,000 USD to EUR.", "Convert 1,000 EUR to USD.", "order"),
     ("What is 72°F in Celsius?", "What is 72°F in Kelvin?", "swap"),
