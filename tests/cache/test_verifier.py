@@ -108,7 +108,7 @@ def test_shipped_verifier_is_small_and_trained_on_train_only() -> None:
     assert verifier._WEIGHTS.stat().st_size < 200_000
     for mode in ("faq", "general"):
         point = verifier.operating_point(mode)
-        assert 0 < point.threshold < 1 and 0 < point.min_probability < 1
+        assert 0 < point.threshold < 1 and 0 <= point.min_probability < 1   # 0: the slot checks alone
     faq, general = verifier.operating_point("faq"), verifier.operating_point("general")
     assert (faq.threshold, faq.min_probability) >= (general.threshold, general.min_probability)  # faq adds a veto
 
@@ -116,7 +116,7 @@ def test_shipped_verifier_is_small_and_trained_on_train_only() -> None:
 def test_target_holds_on_a_sample_of_the_test_split() -> None:
     """Near-miss false hits at most 1% in each class at the general mode's operating point, with paraphrases
     still served: on up to 150 test pairs per class (the whole split is bench/cache_bench.py's table; the
-    issue's recall targets, 60% general and 50% natural, are not met yet: docs/cache.md)."""
+    issue's recall targets, 60% general and 50% natural, are not met yet: 55% and 24%, docs/cache.md)."""
     import random
 
     import numpy as np
@@ -140,4 +140,4 @@ def test_target_holds_on_a_sample_of_the_test_split() -> None:
     rate = {c: float(hits[[i for i, r in enumerate(sample) if r["class"] == c]].mean()) for c in by_class}
     negatives = {str(r["class"]) for r in sample if r["label"] == 0}
     assert {c: rate[c] for c in negatives if rate[c] > 0.01} == {}
-    assert rate["general"] >= 0.2 and rate["abbreviation"] >= 0.4
+    assert rate["general"] >= 0.4 and rate["abbreviation"] >= 0.4
