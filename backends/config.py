@@ -91,6 +91,10 @@ class LocalEngineSettings(BaseModel):
                                   description="how long a request waits for the model to finish loading")
     speculative: LocalSpeculativeSettings | None = None
     workers: EngineWorkers | None = Field(default=None, description="run the engine as managed worker processes")
+    max_loras: int = Field(default=4, ge=0, description="LoRA adapters resident at once (docs/lora.md); 0: none")
+    max_lora_rank: int = Field(default=16, ge=1, description="the largest LoRA rank served")
+    loras: dict[str, str] = Field(default_factory=dict, description="LoRA adapters served from start-up: "
+                                  "name -> PEFT adapter directory")
 
     @field_validator("block_size")
     @classmethod
@@ -99,6 +103,20 @@ class LocalEngineSettings(BaseModel):
             raise ValueError("must be a power of two")
         return value
 
+    @field_validator("loras")
+    @classmethod
+    def _adapter_dirs(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, path in value.items():
+            if not (Path(path).expanduser() / "adapter_config.json").exists():
+                raise ValueError(f"{name}: {path} is no PEFT adapter directory (no adapter_config.json)")
+        return {name: str(Path(path).expanduser()) for name, path in value.items()}
+
+    @model_validator(mode="after")
+    def _loras_fit(self) -> LocalEngineSettings:
+        if self.loras and not self.max_loras:
+            raise ValueError("loras need max_loras >= 1")
+        return self
+
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments of ``local_engine.EngineConfig``."""
         return {"max_num_seqs": self.max_num_seqs, "max_num_batched_tokens": self.max_num_batched_tokens,
@@ -106,7 +124,8 @@ class LocalEngineSettings(BaseModel):
                 "num_kv_blocks": self.num_kv_blocks, "max_model_len": self.max_model_len,
                 "enable_prefix_caching": self.enable_prefix_caching, "device": self.device,
                 "dtype": self.dtype, "num_threads": self.num_threads,
-                "speculative": self.speculative.model_dump() if self.speculative else None}
+                "speculative": self.speculative.model_dump() if self.speculative else None,
+                "max_loras": self.max_loras, "max_lora_rank": self.max_lora_rank}
 
 
 class Price(BaseModel):

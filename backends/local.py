@@ -5,7 +5,9 @@ listens at once and a gateway without a local deployment never imports torch. Un
 loaded the backend is not ``ready`` (``/readyz`` says starting); a request that comes meanwhile waits
 up to ``engine.load_timeout_s`` for it, then gets 503 with ``Retry-After``. Requests and answers are
 OpenAI's shapes, built by ``local_engine.openai_api`` (the same code ``python -m local_engine serve``
-runs), so both ways of running the engine answer alike.
+runs), so both ways of running the engine answer alike. LoRA adapters (docs/lora.md) are named by a
+``model`` holding ``:`` (the client's, else the deployment's) and added or removed through ``add_lora`` /
+``remove_lora`` (the admin API).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
-from errors import GatewayError, InvalidRequest, Unavailable, UpstreamError
+from errors import GatewayError, InvalidRequest, ModelNotFound, NotFound, Unavailable, UpstreamError
 
 from . import local_metrics as m
 from . import spans, sse
@@ -61,7 +63,8 @@ class LocalBackend(Backend):
         log.info("local model loading", deployment=self.id, model_path=model)
         try:
             # The import too runs in the thread: importing torch takes the loop's thread for a second.
-            engine = await asyncio.to_thread(_load_engine, model, self.settings.engine_options())
+            engine = await asyncio.to_thread(_load_engine, model, self.settings.engine_options(),
+                                             self.settings.loras)
         except Exception as exc:  # a broken model must not take the gateway down: this deployment answers 503
             self._failure = (f"the local engine needs its extra dependencies ({exc}): pip install torch==2.13.0 "
                              "&& pip install -e '.[engine]'" if isinstance(exc, ImportError) else
@@ -99,6 +102,7 @@ class LocalBackend(Backend):
         from local_engine.openai_api import complete_response, stream_response
 
         chat = endpoint is Endpoint.CHAT
+        payload = {**payload, "model": lora_model(payload, self.deployment)}
         if not stream:
             with _spanned(spans.start("engine", self.deployment, self.id)), _mapped_errors():
                 data = await complete_response(engine, payload, chat=chat, model_name=self.deployment.model)
@@ -120,6 +124,29 @@ class LocalBackend(Backend):
             finally:
                 # Also when the client went away: closing the generator aborts the sequence and frees its blocks.
                 await chunks.aclose()
+
+    async def add_lora(self, name: str, path: str) -> dict[str, Any]:
+        """Register a PEFT adapter directory on the engine (checked now, loaded on first use)."""
+        engine = await self._engine()
+        from local_engine import LoRAError
+
+        try:
+            return _lora_view(await engine.add_lora(name, path))
+        except LoRAError as exc:
+            raise InvalidRequest(str(exc), param="lora_path") from None
+
+    async def remove_lora(self, name: str) -> None:
+        engine = await self._engine()
+        from local_engine import LoRAError
+
+        try:
+            engine.remove_lora(name)
+        except LoRAError as exc:
+            raise NotFound(str(exc), param="lora_name") from None
+
+    async def list_loras(self) -> list[dict[str, Any]]:
+        engine = await self._engine()
+        return [_lora_view(info) for info in engine.list_loras()]
 
     async def _engine(self) -> AsyncEngine:
         if self.engine is None and self._failure is None and self._loading is not None:
@@ -156,10 +183,29 @@ class LocalBackend(Backend):
             self._counted[key] = value
 
 
-def _load_engine(model: str, options: dict[str, Any]) -> AsyncEngine:
+def _load_engine(model: str, options: dict[str, Any], loras: dict[str, str]) -> AsyncEngine:
     from local_engine import AsyncEngine
 
-    return AsyncEngine.from_model(model, **options)
+    engine = AsyncEngine.from_model(model, **options)
+    try:
+        for name, path in loras.items():
+            engine.engine.add_lora(name, path)
+    except Exception:
+        engine.shutdown()
+        raise
+    return engine
+
+
+def lora_model(payload: dict[str, Any], deployment: DeploymentConfig) -> str:
+    """The ``model`` the engine reads its LoRA adapter from: the client's when it names one (``ALIAS:ADAPTER``),
+    else the deployment's (``BASE:ADAPTER`` maps an alias to an adapter; a plain name is the base model)."""
+    model = payload.get("model")
+    return model if isinstance(model, str) and ":" in model else deployment.model
+
+
+def _lora_view(info: Any) -> dict[str, Any]:
+    return {"object": "lora_adapter", "name": info.name, "path": info.path, "rank": info.rank,
+            "alpha": info.alpha, "target_modules": list(info.target_modules), "resident": info.resident}
 
 
 async def _sse(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
@@ -191,9 +237,14 @@ def _mapped_errors() -> Iterator[None]:
     try:
         yield
     except OpenAIError as exc:
-        error: GatewayError = (InvalidRequest(exc.message, param=exc.param, code=exc.code) if exc.status == 400 else
-                               UpstreamError(exc.message, status=exc.status, error_type=exc.type, param=exc.param,
-                                             code=exc.code))
+        error: GatewayError
+        if exc.status == 400:
+            error = InvalidRequest(exc.message, param=exc.param, code=exc.code)
+        elif exc.code == "model_not_found":  # a LoRA adapter the engine does not have
+            error = ModelNotFound(exc.message, param=exc.param)
+        else:
+            error = UpstreamError(exc.message, status=exc.status, error_type=exc.type, param=exc.param,
+                                  code=exc.code)
         raise error from None
     except EngineClosedError as exc:
         raise Unavailable(f"The local engine stopped: {exc}", code="engine_unavailable") from None

@@ -6,7 +6,9 @@ Each worker is a ``python -m local_engine serve`` on a loopback port, spoken to 
 worker idle for ``idle_s`` down to ``min`` (zero by default), and replaces one that dies: a request whose
 worker died before answering is sent once more, to another worker. Requests are routed by their prompt's
 first characters on a consistent-hash ring with bounded load, so that prompts sharing a prefix meet the
-worker whose prefix cache holds it (:mod:`backends.prefix_ring`).
+worker whose prefix cache holds it (:mod:`backends.prefix_ring`). LoRA adapters (docs/lora.md) are the
+pool's list: each running worker gets one when it is added (``/v1/load_lora_adapter``), each new worker
+all of them before it takes requests.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ import aiohttp
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from errors import Unavailable, UpstreamConnectionError
+from errors import InvalidRequest, NotFound, Unavailable, UpstreamConnectionError
 
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig, EngineWorkers, LocalEngineSettings
+from .local import lora_model
 from .openai import OpenAIBackend
 from .pool import SessionPool
 from .prefix_ring import PrefixRing, prompt_prefix
@@ -65,6 +68,16 @@ class Worker:
     inflight: int = 0
     last_used: float = 0.0
     became_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    by_model: dict[str, OpenAIBackend] = field(default_factory=dict)  # a backend per LoRA model name
+
+    def backend_for(self, model: str, pool: SessionPool) -> OpenAIBackend:
+        """The worker's backend sending ``model`` (OpenAIBackend writes its deployment's model in every request)."""
+        if model == self.backend.deployment.model:
+            return self.backend
+        if model not in self.by_model:
+            deployment = self.backend.deployment.model_copy(update={"model": model})
+            self.by_model[model] = OpenAIBackend(deployment, pool)
+        return self.by_model[model]
 
     @property
     def alive(self) -> bool:
@@ -87,6 +100,7 @@ class WorkerPool(Backend):
         self._watch: asyncio.Task[None] | None = None
         self._starts: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._loras: dict[str, str] = dict(self.settings.loras)  # name -> adapter directory
 
     @property
     def starting(self) -> bool:
@@ -117,11 +131,12 @@ class WorkerPool(Backend):
     async def send(self, endpoint: Endpoint, payload: dict[str, Any], *,
                    stream: bool) -> AsyncIterator[UpstreamResponse]:
         key = prompt_prefix(payload)
+        model = lora_model(payload, self.deployment)
         tried: Worker | None = None
         for attempt in range(2):
             worker = await self._acquire(key, avoid=tried)
             try:
-                async with worker.backend.send(endpoint, payload, stream=stream) as response:
+                async with worker.backend_for(model, self._pool).send(endpoint, payload, stream=stream) as response:
                     yield response
                     return
             except UpstreamConnectionError:
@@ -131,6 +146,36 @@ class WorkerPool(Backend):
                 tried = worker
             finally:
                 self._release(worker)
+
+    async def add_lora(self, name: str, path: str) -> dict[str, Any]:
+        """Add a LoRA adapter to every running worker (a bad one is refused by the first) and to later ones."""
+        view: dict[str, Any] = {"object": "lora_adapter", "name": name, "path": path}
+        for worker in self._running():
+            status, body = await self._post(worker, "load_lora_adapter", {"lora_name": name, "lora_path": path})
+            if status != 200:
+                raise InvalidRequest(_message(body, status), param="lora_path")
+            view = {**body, "resident": False}
+        self._loras[name] = path
+        return view
+
+    async def remove_lora(self, name: str) -> None:
+        if name not in self._loras:
+            raise NotFound(f"no LoRA adapter named {name!r}", param="lora_name")
+        del self._loras[name]
+        for worker in self._running():
+            await self._post(worker, "unload_lora_adapter", {"lora_name": name})
+
+    async def list_loras(self) -> list[dict[str, Any]]:
+        return [{"object": "lora_adapter", "name": name, "path": path} for name, path in self._loras.items()]
+
+    def _running(self) -> list[Worker]:
+        return [w for w in self._workers if w.ready and w.alive]
+
+    async def _post(self, worker: Worker, route: str, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        url = f"http://127.0.0.1:{worker.port}/v1/{route}"
+        async with aiohttp.ClientSession() as session, \
+                session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=60)) as response:
+            return response.status, await response.json(content_type=None)
 
     async def _acquire(self, key: str, avoid: Worker | None) -> Worker:
         deadline = self._loop_time() + self.settings.load_timeout_s
@@ -194,6 +239,12 @@ class WorkerPool(Backend):
                       exit_code=process.returncode)
             await self._stop(worker, "failed")
             return
+        for name, path in list(self._loras.items()):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                status, body = await self._post(worker, "load_lora_adapter", {"lora_name": name, "lora_path": path})
+                if status != 200:
+                    log.error("engine worker refused a LoRA adapter", deployment=self.id, worker=worker.name,
+                              lora=name, error=_message(body, status))
         COLD_START.labels(self.id).observe(self._loop_time() - began)
         worker.ready = True
         worker.last_used = self._clock.monotonic()
@@ -223,7 +274,7 @@ class WorkerPool(Backend):
             args += ["--dtype", s.dtype]
         if not s.enable_prefix_caching:
             args.append("--no-prefix-caching")
-        return args
+        return [*args, "--max-loras", str(s.max_loras), "--max-lora-rank", str(s.max_lora_rank)]
 
     async def _watch_loop(self) -> None:
         while True:
@@ -281,6 +332,11 @@ class WorkerPool(Backend):
     def _loop_time() -> float:
         # Start-up deadlines are real time (a process takes real seconds to start), on the loop's clock.
         return asyncio.get_running_loop().time()
+
+
+def _message(body: dict[str, Any], status: int) -> str:
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error.get("message")) if isinstance(error, dict) else f"the engine worker answered {status}"
 
 
 def _free_port() -> int:

@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
-
-import aiohttp
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.processes import provider_gateway  # noqa: E402
 from bench.providers_bench import KEY, MESSAGES, config, cpu_seconds, drive  # noqa: E402
-from tests.fakes import bedrock_upstream  # noqa: E402
 
-ROWS = {"/v1/chat/completions": {"model": "openai", "messages": MESSAGES},
+ROWS: dict[str, dict[str, Any]] = {"/v1/chat/completions": {"model": "openai", "messages": MESSAGES},
         "/v1/responses": {"model": "openai", "instructions": "Be brief.", "input": MESSAGES[1]["content"],
                           "store": False},
         "/v1/messages": {"model": "openai", "max_tokens": 100, "system": "Be brief.", "messages": MESSAGES[1:]}}
@@ -40,28 +35,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=6, help="turns the routes take, each --seconds/rounds long")
     args = parser.parse_args()
-    from tests.harness import free_port
-
-    ports = [free_port() for _ in range(4)]
-    gateway_port = free_port()
-    tmp = Path(tempfile.mkdtemp(prefix="agents-bench-"))
-    (tmp / "config.yaml").write_text(config(ports, gateway_port))
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": bedrock_upstream.ACCESS_KEY, "PYTHONPATH": str(ROOT),
-           "AWS_SECRET_ACCESS_KEY": bedrock_upstream.SECRET_KEY, "AWS_REGION": bedrock_upstream.REGION}
-    fakes = subprocess.Popen([sys.executable, str(ROOT / "bench" / "providers_bench.py"), "--fakes",
-                              *map(str, ports)], stdout=subprocess.PIPE, env=env)
-    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "config.yaml")],
-                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     headers = {"Authorization": f"Bearer {KEY}"}
-    try:
-        assert fakes.stdout is not None and fakes.stdout.readline().strip() == b"ready"
-        url = f"http://127.0.0.1:{gateway_port}"
-        for _ in range(100):
-            try:
-                asyncio.run(drive(url, "/v1/chat/completions", ROWS["/v1/chat/completions"], headers, 1, 0.01))
-                break
-            except aiohttp.ClientError:
-                time.sleep(0.1)
+    with provider_gateway(config, "agents-bench-", ready=("/v1/chat/completions", ROWS["/v1/chat/completions"]),
+                          headers=headers) as (url, gateway):
         for path, body in ROWS.items():  # warm every route once (imports, first-request caches)
             asyncio.run(drive(url, path, body, headers, 1, 0.2))
         print(f"{args.concurrency} concurrent, {args.seconds:g} s per row in {args.rounds} turns; gateway: 1 worker, logs off; "
@@ -86,10 +62,6 @@ def main() -> int:
                 base.setdefault(stream, micros)
                 print(f"| `{path}` | {'stream' if stream else 'whole'} | {count / args.seconds:.0f} | {micros:.0f} | "
                       f"{micros / base[stream]:.2f} | {failed} |", flush=True)
-    finally:
-        for process in (gateway, fakes):
-            process.terminate()
-            process.wait(timeout=15)
     return 0
 
 

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import IO, cast
 
 import httpx
 
@@ -94,7 +95,7 @@ def upload_memory(client: httpx.Client, pid: int, megabytes: int) -> tuple[float
     sampler.start()
     started = time.perf_counter()
     try:
-        answer = client.post("/v1/files", files={"file": ("big.jsonl", Filler(megabytes << 20))},
+        answer = client.post("/v1/files", files={"file": ("big.jsonl", cast(IO[bytes], Filler(megabytes << 20)))},
                              data={"purpose": "batch"}, timeout=DEADLINE_S)
     finally:
         done.set()

@@ -15,9 +15,7 @@ import asyncio
 import os
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -108,27 +106,11 @@ def main() -> int:
     if args.fakes:
         serve_fakes(args.fakes)
         return 0
-    from tests.harness import free_port
+    from bench.processes import provider_gateway
 
-    ports = [free_port() for _ in range(4)]
-    gateway_port = free_port()
-    tmp = Path(tempfile.mkdtemp(prefix="providers-bench-"))
-    (tmp / "config.yaml").write_text(config(ports, gateway_port))
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": bedrock_upstream.ACCESS_KEY, "PYTHONPATH": str(ROOT),
-           "AWS_SECRET_ACCESS_KEY": bedrock_upstream.SECRET_KEY, "AWS_REGION": bedrock_upstream.REGION}
-    fakes = subprocess.Popen([sys.executable, __file__, "--fakes", *map(str, ports)], stdout=subprocess.PIPE, env=env)
-    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "config.yaml")],
-                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert fakes.stdout is not None and fakes.stdout.readline().strip() == b"ready"
-        url = f"http://127.0.0.1:{gateway_port}"
-        for _ in range(100):
-            try:
-                asyncio.run(drive(url, "/v1/chat/completions", {"model": "openai", "messages": MESSAGES},
-                                  {"Authorization": f"Bearer {KEY}"}, 1, 0.01))
-                break
-            except aiohttp.ClientError:
-                time.sleep(0.1)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with provider_gateway(config, "providers-bench-", ready=("/v1/chat/completions", {"model": "openai",
+                          "messages": MESSAGES}), headers=headers) as (url, gateway):
         print(f"{args.concurrency} concurrent, {args.seconds:g} s per row; gateway: 1 worker, logs off\n")
         print("| route | upstream | mode | req/s | p50 ms | gateway CPU µs/req | failed |")
         print("|---|---|---|---|---|---|---|")
@@ -143,16 +125,12 @@ def main() -> int:
                 body = {"model": alias, "max_tokens": 100, "system": "Be brief.", "messages": MESSAGES[1:],
                         "stream": stream}
             before = cpu_seconds(gateway.pid)
-            count, latencies, failed = asyncio.run(drive(url, path, body, {"Authorization": f"Bearer {KEY}"},
-                                                         args.concurrency, args.seconds))
+            count, latencies, failed = asyncio.run(drive(url, path, body, headers, args.concurrency,
+                                                         args.seconds))
             used = cpu_seconds(gateway.pid) - before
             mode = ("stream" if stream else "whole") + (" + tool call" if tools else "")
             print(f"| `{path}` | {alias} | {mode} | {count / args.seconds:.0f} | "
                   f"{statistics.median(latencies) * 1000:.1f} | {used / max(count, 1) * 1e6:.0f} | {failed} |")
-    finally:
-        for process in (gateway, fakes):
-            process.terminate()
-            process.wait(timeout=15)
     return 0
 
 

@@ -64,7 +64,7 @@ def _reply(request: web.Request, data: Any) -> web.Response:
 
 
 async def _usage(request: web.Request) -> web.StreamResponse:
-    """``GET /admin/usage?tenant=&from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=model|day|key|request&format=json|csv``:
+    """``GET /admin/usage?tenant=&from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=model|day|key|request|source&format=json|csv``:
     an admin key reads any tenant (all when ``tenant`` is left out), a tenant key its own."""
     who = principal(request)
     gateway = request.app[GATEWAY]
@@ -300,6 +300,36 @@ async def _history(request: web.Request) -> web.Response:
     return _reply(request, {"object": "list", "alias": alias, "data": data})
 
 
+def _lora_host(request: web.Request) -> Any:
+    """The backend of ``{deployment}`` when it is a local engine (in process or managed workers)."""
+    deployment = request.match_info["deployment"]
+    for backend in request.app[GATEWAY].backends:
+        if backend.id == deployment and hasattr(backend, "add_lora"):
+            return backend
+    raise NotFound(f"No local engine deployment named {deployment!r} (LoRA adapters live on provider: local).",
+                   param="deployment")
+
+
+async def _lora(request: web.Request) -> web.Response:
+    """LoRA adapters of a local deployment (docs/lora.md): ``GET /admin/lora/{deployment}`` lists them,
+    ``POST`` ``{"lora_name", "lora_path"}`` adds one, ``DELETE`` ``{"lora_name"}`` (or ``?lora_name=``) removes one."""
+    require_admin(request)
+    host = _lora_host(request)
+    if request.method == "GET":
+        return _reply(request, {"object": "list", "data": await host.list_loras()})
+    body = await _json_body(request) if request.method == "POST" or request.can_read_body else {}
+    name = body.get("lora_name", request.query.get("lora_name"))
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest("lora_name must be a non-empty string.", param="lora_name")
+    if request.method == "DELETE":
+        await host.remove_lora(name)
+        return _reply(request, {"object": "lora_adapter", "name": name, "deleted": True})
+    path = body.get("lora_path")
+    if not isinstance(path, str) or not path:
+        raise InvalidRequest("lora_path must be a non-empty string (a PEFT adapter directory).", param="lora_path")
+    return _reply(request, await host.add_lora(name, path))
+
+
 async def _variant_stats(request: web.Request) -> web.Response:
     """``GET /admin/aliases/{alias}/variants/stats``: this process's canary windows and shadow results."""
     require_admin(request)
@@ -332,6 +362,9 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/admin/tenants", _create_tenant),
     ("PATCH", "/admin/tenants/{name}", _update_tenant),
     ("GET", "/admin/control-plane/changes", _audit),
+    ("GET", "/admin/lora/{deployment:.+}", _lora),
+    ("POST", "/admin/lora/{deployment:.+}", _lora),
+    ("DELETE", "/admin/lora/{deployment:.+}", _lora),
 )
 
 

@@ -34,6 +34,7 @@ from . import (
     batches,
     controlplane,
     files,
+    fine_tuning,
     logbodies,
     message_batches,
     messages,
@@ -47,6 +48,7 @@ from . import (
 from .batch_runner import BatchRunner
 from .blobs import Blobs, LocalBlobs
 from .config import LoadedConfig
+from .fine_tuning_runner import FineTuningRunner
 from .keys import GATEWAY, RECORD, STORES
 from .logs import get_logger
 from .proxy import handler as proxy_handler
@@ -86,6 +88,10 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     app[batches.BATCHES] = batches.Batches(app[STORES].kv, config.batches, clock)
     if config.batches.enabled:   # changing it needs a restart
         app.cleanup_ctx.append(_batch_runner)
+    app[fine_tuning.JOBS] = fine_tuning.Jobs(app[STORES].kv, config.fine_tuning, clock)
+    if config.fine_tuning.enabled:   # changing it needs a restart
+        app.cleanup_ctx.append(_fine_tuning_runner)
+        fine_tuning.add_routes(app)   # OpenAI's fine-tuning API (docs/fine_tuning.md)
     traces = tracing.build(loaded.config.tracing, _API_PATHS)
     if traces is not None:  # off: no middleware, no OpenTelemetry import
         app.middlewares.append(traces.middleware)
@@ -181,7 +187,16 @@ async def _control(app: web.Application) -> AsyncIterator[None]:
 
 async def _batch_runner(app: web.Application) -> AsyncIterator[None]:
     """Batches run in the background of every process, after the gateway started and until it closes."""
-    runner = BatchRunner(lambda: app[GATEWAY], app[batches.BATCHES], app[files.FILES], app[batches.BATCHES].config)
+    runner = BatchRunner(lambda: app[GATEWAY], app[batches.BATCHES], app[files.FILES], app[batches.BATCHES].config,
+                         app[responses.STORE])
+    runner.start()
+    yield
+    await runner.close()
+
+
+async def _fine_tuning_runner(app: web.Application) -> AsyncIterator[None]:
+    """Fine-tuning jobs train in worker processes started by every gateway process (docs/fine_tuning.md)."""
+    runner = FineTuningRunner(lambda: app[GATEWAY], app[fine_tuning.JOBS], app[files.FILES])
     runner.start()
     yield
     await runner.close()
@@ -335,6 +350,8 @@ async def _list_models(request: web.Request) -> web.Response:
     created = gateway.loaded.loaded_at
     data = [_model_object(alias.name, created) for alias in gateway.loaded.config.models
             if caller.tenant.allows(alias.name) and gateway.router.usable(alias.name)]
+    data += [_model_object(m.name, m.created, caller.tenant.name)
+             for m in await fine_tuning.fine_tuned_models(request, caller.tenant.name)]
     request[RECORD].status = 200
     return _json({"object": "list", "data": data}, request)
 
@@ -344,6 +361,10 @@ async def _get_model(request: web.Request) -> web.Response:
     caller = gateway.auth.authenticate(request.headers, request.get(PEER))
     request[RECORD].tenant, request[RECORD].key_id = caller.tenant.name, caller.key_id
     alias = request.match_info["model"]
+    tuned = await fine_tuning.fine_tuned_model(request, caller.tenant.name, alias)
+    if tuned is not None:
+        request[RECORD].status = 200
+        return _json(_model_object(tuned.name, tuned.created, caller.tenant.name), request)
     if alias not in gateway.router or not caller.tenant.allows(alias) or not gateway.router.usable(alias):
         raise ModelNotFound(f"The model `{alias}` does not exist or you do not have access to it.", param="model")
     request[RECORD].alias = alias
@@ -351,8 +372,8 @@ async def _get_model(request: web.Request) -> web.Response:
     return _json(_model_object(alias, gateway.loaded.loaded_at), request)
 
 
-def _model_object(alias: str, created: int) -> dict[str, Any]:
-    return {"id": alias, "object": "model", "created": created, "owned_by": "llm-gateway"}
+def _model_object(alias: str, created: int, owner: str = "llm-gateway") -> dict[str, Any]:
+    return {"id": alias, "object": "model", "created": created, "owned_by": owner}
 
 
 def _json(data: Any, request: web.Request, status: int = 200) -> web.Response:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,35 +20,41 @@ from typing import Any
 
 import orjson
 
-from backends import Endpoint
+from backends import UpstreamResponse
 from backends.wire import anthropic
+from backends.wire import responses as responses_wire
 from errors import GatewayError, QuotaExceeded, RateLimited
 from policies.admission import PRIORITY_HEADER
 from policies.call import Call
 from policies.record import RequestRecord
+from policies.stored_responses import StoredResponses
 
-from .batches import TERMINAL, Batches
+from . import metrics, responses
+from .batches import LINE_ENDPOINTS, MESSAGES, TERMINAL, Batches
 from .blobs import lines
 from .config import BatchesConfig
 from .files import Files, new_id
 from .logs import get_logger
 from .state import Gateway
+from .upstream_batches import Forwarder, forwarded_alias
 from .validate import validate
 
-ENDPOINTS = {"/v1/chat/completions": Endpoint.CHAT, "/v1/completions": Endpoint.COMPLETIONS,
-             "/v1/embeddings": Endpoint.EMBEDDINGS, "/v1/messages": Endpoint.CHAT}
-MESSAGES = "/v1/messages"   # an Anthropic message batch's lines: translated to chat and back
+ENDPOINTS = LINE_ENDPOINTS
+RESPONSES = "/v1/responses"  # made ready as a live /v1/responses request is (gateway/responses.py)
 _HEADERS = {PRIORITY_HEADER: "batch"}
+ENGINE_PRIORITY = 1   # the local engine's (vLLM's) request priority for a batch line: live requests are 0
 _OWNER = f"{os.getpid()}-{os.urandom(4).hex()}"
 _CLOSE_WAIT_S = 2.0
+_READ_CHUNK = 512   # output lines read from the store per round trip while finalizing
 
 
 class BatchRunner:
     def __init__(self, gateway: Callable[[], Gateway], batches: Batches, files: Files,
-                 config: BatchesConfig) -> None:
+                 config: BatchesConfig, stored: StoredResponses) -> None:
         self._gateway = gateway     # read at each line: a reloaded config applies to the next line
-        self.batches, self.files, self.config = batches, files, config
+        self.batches, self.files, self.config, self.stored = batches, files, config, stored
         self.kv = batches.kv
+        self.forwarder = Forwarder(gateway, batches, files, config.lease_s, config.upstream_poll_s, _counted)
         self._slots = asyncio.Semaphore(config.concurrency)
         self._working: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -102,6 +109,12 @@ class BatchRunner:
                 fields = await self.batches.fields(batch_id)
             if fields["status"] not in ("in_progress", "finalizing"):
                 return
+            if "upstream" in fields:   # forwarded to the provider's own batch API
+                end = await self.forwarder.advance(fields) if fields["status"] == "in_progress" else "completed"
+                if end is not None and await self.kv.set_if_absent(f"batch:{batch_id}:finalize", _OWNER,
+                                                                   self.config.lease_s):
+                    await self._finalize(await self.batches.fields(batch_id), end)
+                return
             stopping = self._stopping(fields)
             if stopping is None:
                 await self._run_lines(fields)
@@ -133,11 +146,12 @@ class BatchRunner:
         tenant = next((t for t in gateway.loaded.config.tenants if t.name == fields["tenant"]), None)
         errors: list[dict[str, Any]] = []
         seen: set[str] = set()
+        models: set[str] = set()
         total = 0
         try:
             async for raw in self._lines(fields):
                 total += 1
-                problem = _check_line(raw, fields["endpoint"], seen, gateway, tenant)
+                problem = _check_line(raw, fields["endpoint"], seen, models, gateway, tenant)
                 if problem is not None:
                     errors.append({**problem, "line": total})
                 if total > self.config.max_lines:
@@ -154,7 +168,8 @@ class BatchRunner:
             await self.batches.update(fields["id"], errors=orjson.dumps({"object": "list", "data": errors}).decode())
             await self.batches.moved(fields["id"], "failed")
             return
-        await self.batches.update(fields["id"], total=str(total))
+        forwarded = {"upstream": alias} if (alias := forwarded_alias(gateway, fields["endpoint"], models)) else {}
+        await self.batches.update(fields["id"], total=str(total), **forwarded)
         await self.batches.moved(fields["id"], "in_progress")
 
     async def _run_lines(self, fields: dict[str, str]) -> None:
@@ -190,12 +205,14 @@ class BatchRunner:
                 await self.kv.hash_set(f"batch:{batch_id}:done", {str(index): "1"})
                 return
             line = orjson.loads(raw)
-            status, body, request_id = await self._send(fields, line)
+            status, body, record = await self._send(fields, line)
             if status is None:   # rate limited beyond the queue's wait: left for a later pass
                 await self.kv.delete(lease)
                 return
+            _counted(record, status)
             out = {"id": new_id("batch_req_"), "custom_id": line["custom_id"],
-                   "response": {"status_code": status, "request_id": request_id, "body": body}, "error": None}
+                   "response": {"status_code": status, "request_id": record.request_id, "body": body},
+                   "error": None}
             await self.kv.set(f"batch:{batch_id}:out:{index}", orjson.dumps(out).decode(), 30 * 24 * 3600)
             ok = status < 400
             await self.kv.hash_set(f"batch:{batch_id}:done", {str(index): "1" if ok else "0"})
@@ -206,33 +223,44 @@ class BatchRunner:
         finally:
             self._slots.release()
 
-    async def _send(self, fields: dict[str, str], line: dict[str, Any]) -> tuple[int | None, Any, str]:
-        """The line's answer through the pipeline: (status, body, request id); status None to try later."""
+    async def _send(self, fields: dict[str, str], line: dict[str, Any]) -> tuple[int | None, Any, RequestRecord]:
+        """The line's answer through the pipeline, as a live request on its url: (status, body, record);
+        status None to try later."""
         gateway = self._gateway()
-        request_id = new_id("req_")
-        endpoint = ENDPOINTS[fields["endpoint"]]
+        url = fields["endpoint"]
         asked = dict(line["body"])
         asked.pop("stream", None)
-        body = anthropic.to_chat(asked) if fields["endpoint"] == MESSAGES else asked
-        record = RequestRecord(request_id=request_id, started=time.perf_counter(), endpoint="batch:" + line["url"],
-                               tenant=fields["tenant"], key_id=fields["key_id"], alias=body["model"])
-        call = Call(record=record, tenant=fields["tenant"], key_id=fields["key_id"], alias=body["model"],
-                    endpoint=endpoint, body=body, stream=False, headers=_HEADERS, batch=True)
+        record = RequestRecord(request_id=new_id("req_"), started=time.perf_counter(), endpoint="batch:" + url,
+                               tenant=fields["tenant"], key_id=fields["key_id"], alias=asked["model"])
         try:
-            if body["model"] not in gateway.router:
-                raise GatewayError(f"The model `{body['model']}` does not exist.", status=404,
+            if asked["model"] not in gateway.router:
+                raise GatewayError(f"The model `{asked['model']}` does not exist.", status=404,
                                    error_type="invalid_request_error", code="model_not_found")
+            if url == RESPONSES:
+                tenant = next((t for t in gateway.loaded.config.tenants if t.name == fields["tenant"]), None)
+                if tenant is None:
+                    raise GatewayError(f"The tenant `{fields['tenant']}` is no longer configured.", status=403,
+                                       error_type="permission_error", code="tenant_unknown")
+                ready = await responses.turn(gateway, self.stored, record, tenant, fields["key_id"], asked, False,
+                                             _HEADERS)
+                call, finish = ready.call, ready.whole
+            else:
+                body = anthropic.to_chat(asked) if url == MESSAGES else asked
+                call = Call(record=record, tenant=fields["tenant"], key_id=fields["key_id"], alias=asked["model"],
+                            endpoint=ENDPOINTS[url], body=body, stream=False, headers=_HEADERS)
+                finish = functools.partial(_whole, asked if url == MESSAGES else None)
+            call.batch = True
+            if all(route.deployment.provider == "local" for route in gateway.router.routes(call.alias)):
+                # the engine schedules it after live requests (and preempts it first when its KV cache is full)
+                call.body = {**call.body, "priority": ENGINE_PRIORITY}
             async with gateway.pipeline.answer(call) as answer:
-                data = answer.data if answer.data is not None else orjson.loads(answer.body or b"null")
-                if fields["endpoint"] == MESSAGES and answer.status < 400:
-                    data = anthropic.to_message(data, asked["model"], asked.get("stop_sequences"))
-                return answer.status, data, request_id
+                return answer.status, await finish(answer), record
         except QuotaExceeded as exc:
-            return exc.status, exc.body(), request_id
+            return exc.status, exc.body(), record
         except RateLimited:
-            return None, None, request_id
+            return None, None, record
         except GatewayError as exc:
-            return exc.status, exc.body(), request_id
+            return exc.status, exc.body(), record
 
     async def _finalize(self, fields: dict[str, str], end: str) -> None:
         """Writes the output and error files in line order and moves the batch to ``end``."""
@@ -241,10 +269,7 @@ class BatchRunner:
         counted = {"completed": 0, "failed": 0}
 
         async def written(ok: bool) -> AsyncIterator[bytes]:
-            index = -1
-            async for line in self._lines(fields):
-                index += 1
-                raw = await self.kv.get(f"batch:{batch_id}:out:{index}")
+            async for line, raw in self._answers(fields):
                 if raw is None:
                     if ok:
                         continue
@@ -271,6 +296,28 @@ class BatchRunner:
         await self.batches.moved(batch_id, end)
         self._log.info("batch finished", batch_id=batch_id, status=end, **counted)
 
+    async def _answers(self, fields: dict[str, str]) -> AsyncIterator[tuple[bytes, str | None]]:
+        """Each input line with its output line (None: not run), read from the store a chunk at a time: one
+        round trip per ``_READ_CHUNK`` lines, not per line."""
+        batch_id = fields["id"]
+        chunk: list[bytes] = []
+        index = 0
+
+        async def flush() -> list[tuple[bytes, str | None]]:
+            keys = [f"batch:{batch_id}:out:{i}" for i in range(index - len(chunk), index)]
+            return list(zip(chunk, await self.kv.get_many(keys), strict=True))
+
+        async for line in self._lines(fields):
+            chunk.append(line)
+            index += 1
+            if len(chunk) == _READ_CHUNK:
+                for pair in await flush():
+                    yield pair
+                chunk = []
+        if chunk:
+            for pair in await flush():
+                yield pair
+
     async def _file(self, tenant: str, name: str, chunks: AsyncIterator[bytes]) -> str | None:
         record = await self.files.create(tenant, name, "batch_output", chunks)
         if record["bytes"] == 0:   # OpenAI leaves a file id out when it would be empty
@@ -279,8 +326,29 @@ class BatchRunner:
         return str(record["id"])
 
 
-def _check_line(raw: bytes, endpoint: str, seen: set[str], gateway: Gateway, tenant: Any) -> dict[str, Any] | None:
-    """A line's problem as OpenAI reports it (code, message, param), or None."""
+async def _whole(message: dict[str, Any] | None, answer: UpstreamResponse) -> Any:
+    """A whole answer's body; for a message batch's line (``message``: its request) as Anthropic's Message."""
+    data = answer.data if answer.data is not None else orjson.loads(answer.body or b"null")
+    if message is not None and answer.status < 400:
+        return anthropic.to_message(data, message["model"], message.get("stop_sequences"))
+    return data
+
+
+def _counted(record: RequestRecord, status: int) -> None:
+    """A line in the batch metrics, apart from live requests'."""
+    tenant, alias = record.tenant, record.alias
+    metrics.BATCH_LINES.labels(tenant, alias, str(status)).inc()
+    if record.prompt_tokens:
+        metrics.BATCH_TOKENS.labels(tenant, alias, "prompt").inc(record.prompt_tokens)
+    if record.completion_tokens:
+        metrics.BATCH_TOKENS.labels(tenant, alias, "completion").inc(record.completion_tokens)
+    if record.cost_usd:
+        metrics.BATCH_COST.labels(tenant, alias).inc(record.cost_usd)
+
+
+def _check_line(raw: bytes, endpoint: str, seen: set[str], models: set[str], gateway: Gateway,
+                tenant: Any) -> dict[str, Any] | None:
+    """A line's problem as OpenAI reports it (code, message, param), or None; its model goes in ``models``."""
     try:
         line = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -307,11 +375,14 @@ def _check_line(raw: bytes, endpoint: str, seen: set[str], gateway: Gateway, ten
     try:
         if endpoint == MESSAGES:
             anthropic.check(body)
+        elif endpoint == RESPONSES:
+            responses_wire.check(body)
         else:
             validate(ENDPOINTS[endpoint], body)
     except GatewayError as exc:
         return {"code": exc.code or "invalid_request", "message": exc.message, "param": exc.param}
     model = body["model"]
+    models.add(model)
     if model not in gateway.router or tenant is None or not tenant.allows(model):
         return {"code": "model_not_found", "param": "body.model",
                 "message": f"The model `{model}` does not exist or you do not have access to it."}

@@ -17,15 +17,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from backends import Endpoint
 from errors import InvalidRequest, NotFound
 from policies.clock import Clock
 from policies.stores.keyvalue import KeyValue
 
+from . import bridge
+from .auth import Caller
 from .config import BatchesConfig
 from .files import FILES, _tenant, new_id, page, respond
-from .keys import GATEWAY
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+MESSAGES = "/v1/messages"   # an Anthropic message batch's lines: translated to chat and back
+LINE_ENDPOINTS = {"/v1/chat/completions": Endpoint.CHAT, "/v1/completions": Endpoint.COMPLETIONS,
+                  "/v1/embeddings": Endpoint.EMBEDDINGS, MESSAGES: Endpoint.CHAT, "/v1/responses": Endpoint.RESPONSES}
 WINDOW_S = 24 * 3600
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 _TTL_S = 30 * 24 * 3600
@@ -75,6 +80,15 @@ class Batches:
         ids = await self.kv.items("batches" if tenant is None else f"batches:{tenant}")
         return list(dict.fromkeys(reversed(ids)))
 
+    async def listed(self, tenant: str | None, kind: str | None = None) -> list[dict[str, str]]:
+        """The batches of ``tenant`` (every tenant's: None) of ``kind`` (any: None), newest first."""
+        found = []
+        for batch_id in await self.ids(tenant):
+            fields = await self.fields(batch_id)
+            if fields and (kind is None or fields.get("kind", "openai") == kind):
+                found.append(fields)
+        return found
+
     async def cancel(self, tenant: str, batch_id: str) -> dict[str, str]:
         fields = await self.get(tenant, batch_id)
         if fields["status"] in TERMINAL:
@@ -113,15 +127,21 @@ def render(fields: dict[str, str]) -> dict[str, Any]:
 BATCHES = web.AppKey("batches", Batches)
 
 
-async def create(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
-    caller = request.app[GATEWAY].auth.authenticate(request.headers)
+async def incoming(request: web.Request) -> tuple[Caller, dict[str, Any]]:
+    """A batch create's caller (its tenant and key on the record) and its body, a JSON object."""
+    caller = bridge.caller(request)
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest("We could not parse the JSON body of your request.") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    return caller, body
+
+
+async def create(request: web.Request) -> web.Response:
+    caller, body = await incoming(request)
+    tenant = caller.tenant.name
     file_id = body.get("input_file_id")
     if not isinstance(file_id, str):
         raise InvalidRequest("Missing required parameter: 'input_file_id'.", param="input_file_id")
@@ -156,13 +176,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def list_batches(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
-    batches = request.app[BATCHES]
-    found = []
-    for batch_id in await batches.ids(tenant):
-        fields = await batches.fields(batch_id)
-        if fields and fields.get("kind") == "openai":
-            found.append(render(fields))
+    found = [render(fields) for fields in await request.app[BATCHES].listed(_tenant(request), "openai")]
     return respond(request, page(found, request.query))
 
 
@@ -172,11 +186,8 @@ async def admin_list(request: web.Request) -> web.Response:
     from .admin import require_admin
 
     require_admin(request)
-    batches = request.app[BATCHES]
-    tenant, status = request.query.get("tenant"), request.query.get("status")
-    found = []
-    for batch_id in await batches.ids(tenant):
-        fields = await batches.fields(batch_id)
-        if fields and (status is None or status_of(fields) == status):
-            found.append({**render(fields), "tenant": fields["tenant"], "kind": fields.get("kind", "openai")})
+    status = request.query.get("status")
+    found = [{**render(fields), "tenant": fields["tenant"], "kind": fields.get("kind", "openai")}
+             for fields in await request.app[BATCHES].listed(request.query.get("tenant"))
+             if status is None or status_of(fields) == status]
     return respond(request, page(found, request.query, default_limit=1000))

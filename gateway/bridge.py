@@ -15,6 +15,7 @@ from backends import sse
 from errors import GatewayError, ModelNotFound, UpstreamConnectionError
 from policies import tokens
 from policies.call import Call
+from policies.router import Router
 
 from .auth import Caller
 from .keys import GATEWAY, RECORD
@@ -84,7 +85,12 @@ def in_format(handler: Handler, error_body: ErrorBody) -> Handler:
 
 def native(request: web.Request, alias: str, providers: tuple[str, ...]) -> bool:
     """True when every deployment of ``alias`` speaks the client's format: the request then goes as it is."""
-    routes = request.app[GATEWAY].router.routes(alias)
+    return speaks(request.app[GATEWAY].router, alias, providers)
+
+
+def speaks(router: Router, alias: str, providers: tuple[str, ...]) -> bool:
+    """``native`` for a request that is no HTTP request (a batch line)."""
+    routes = router.routes(alias)
     return all(route.deployment.provider in providers and not route.deployment.in_process for route in routes)
 
 

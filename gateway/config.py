@@ -98,6 +98,16 @@ class ServerConfig(_Frozen):
     responses_ttl_s: float = Field(default=24 * 3600, gt=0)  # how long store: true responses are kept
 
 
+UPSTREAM_BATCH_PROVIDERS = ("openai", "anthropic")   # whose own batch API a batch can be forwarded to
+
+
+class AliasBatchConfig(_Frozen):
+    """How an alias's batches run (docs/batches.md): ``pipeline``, line by line in the gateway; ``upstream``,
+    forwarded to its first OpenAI or Anthropic deployment's own batch API."""
+
+    mode: Literal["pipeline", "upstream"] = "pipeline"
+
+
 class ModelAlias(_Frozen):
     name: str = Field(min_length=1)
     deployments: tuple[DeploymentConfig, ...] = Field(min_length=1)
@@ -107,6 +117,13 @@ class ModelAlias(_Frozen):
     cache: CacheOverride | None = None
     context: ContextConfig | None = None  # None: policy fallback (policies/context.py)
     variants: dict[str, VariantConfig] = Field(default_factory=dict)  # policies/variants.py
+    batch: AliasBatchConfig = AliasBatchConfig()
+
+    @model_validator(mode="after")
+    def _batch_upstream_known(self) -> ModelAlias:
+        if self.batch.mode == "upstream" and not any(d.provider in UPSTREAM_BATCH_PROVIDERS for d in self.deployments):
+            raise ValueError("batch.mode upstream needs a deployment of provider openai or anthropic")
+        return self
 
 
 def _key_hash(value: str) -> str:
@@ -195,6 +212,29 @@ class BatchesConfig(_Frozen):
     poll_s: float = Field(default=1.0, gt=0)     # how often a process looks for batches to work on
     lease_s: float = Field(default=900.0, gt=0)  # a claimed line is run again by another process after this
     max_lines: int = Field(default=50_000, ge=1)   # OpenAI's limit per batch
+    upstream_poll_s: float = Field(default=60.0, gt=0)   # how often a forwarded batch is looked at upstream
+
+
+class FineTuningConfig(_Frozen):
+    """``/v1/fine_tuning/jobs``: LoRA training in worker processes (gateway/fine_tuning_runner.py)."""
+
+    enabled: bool = True
+    dir: str = "./data/fine_tuning"   # each job's spec, checkpoints and adapter (shared by every process)
+    workers: int = Field(default=1, ge=1)          # jobs training at once, across every process on one store
+    poll_s: float = Field(default=1.0, gt=0)       # how often a process looks for jobs to work on
+    lease_s: float = Field(default=30.0, gt=0)     # a training's slot, renewed while it runs; a dead process's
+                                                   # job is resumed elsewhere after this
+    price_per_1m_tokens: float = Field(default=0.0, ge=0)   # USD per million tokens trained, in the ledger
+    base_learning_rate: float = Field(default=1e-3, gt=0)   # times the job's learning_rate_multiplier
+    default_epochs: int = Field(default=3, ge=1)   # n_epochs "auto"
+    max_epochs: int = Field(default=50, ge=1)
+    max_rank: int = Field(default=64, ge=1)
+    min_examples: int = Field(default=10, ge=1)    # OpenAI's minimum
+    max_examples: int = Field(default=50_000, ge=1)
+    max_seq_len: int = Field(default=1024, ge=16)  # longer examples are cut
+    threads: int = Field(default=1, ge=1)          # torch threads per training process (CPU)
+    nice: int = Field(default=10, ge=0, le=19)     # the training process's niceness: live requests go first
+    device: str = "auto"                           # "auto": CUDA when present, else CPU
 
 
 class ControlPlaneConfig(_Frozen):
@@ -218,6 +258,7 @@ class GatewayConfig(_Frozen):
     request_log: RequestLogConfig = RequestLogConfig()
     files: FilesConfig = FilesConfig()
     batches: BatchesConfig = BatchesConfig()
+    fine_tuning: FineTuningConfig = FineTuningConfig()
     control_plane: ControlPlaneConfig = ControlPlaneConfig()
     encryption: EncryptionConfig | None = None
     audit: AuditConfig = AuditConfig()

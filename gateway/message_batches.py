@@ -17,7 +17,7 @@ from errors import GatewayError, InvalidRequest, NotFound
 
 from . import bridge
 from .batch_runner import MESSAGES
-from .batches import BATCHES, TERMINAL, counts, status_of
+from .batches import BATCHES, TERMINAL, counts, incoming, status_of
 from .blobs import lines
 from .files import FILES, _tenant, respond
 from .keys import GATEWAY, RECORD
@@ -64,13 +64,9 @@ async def _get(request: web.Request) -> dict[str, str]:
 
 
 async def _create(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
-    caller = request.app[GATEWAY].auth.authenticate(request.headers)
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest("The request body is not valid JSON.") from exc
-    requests = body.get("requests") if isinstance(body, dict) else None
+    caller, body = await incoming(request)
+    tenant = caller.tenant.name
+    requests = body.get("requests")
     if not isinstance(requests, list) or not requests or len(requests) > _MAX_REQUESTS:
         raise InvalidRequest(f"requests: a list of 1 to {_MAX_REQUESTS} requests is required.")
     gateway = request.app[GATEWAY]
@@ -111,13 +107,8 @@ async def _cancel(request: web.Request) -> web.Response:
 
 
 async def _list(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
-    batches = request.app[BATCHES]
-    found = []
-    for batch_id in await batches.ids(tenant):
-        fields = await batches.fields(batch_id)
-        if fields.get("kind") == "anthropic":
-            found.append(render(fields, _origin(request)))
+    found = [render(fields, _origin(request))
+             for fields in await request.app[BATCHES].listed(_tenant(request), "anthropic")]
     after = request.query.get("after_id")
     if after:
         ids = [b["id"] for b in found]

@@ -40,6 +40,12 @@ VARIANT_REQUESTS = Counter("gateway_variant_requests_total", "Requests answered 
                            "HTTP status", ["alias", "variant", "status"])
 VARIANT_LATENCY = Histogram("gateway_variant_request_duration_seconds", "Time from request to the last byte of "
                             "the answer, by variant", ["alias", "variant"], buckets=_LATENCY_BUCKETS)
+BATCH_LINES = Counter("gateway_batch_lines_total", "Batch lines answered (not in gateway_requests_total), by tenant, "
+                      "model alias and status", ["tenant", "alias", "status"])
+BATCH_TOKENS = Counter("gateway_batch_tokens_total", "Tokens of batch lines (not in gateway_tokens_total), by kind",
+                       ["tenant", "alias", "kind"])
+BATCH_COST = Counter("gateway_batch_cost_usd_total", "USD charged for batch lines at the batch price (a share of "
+                     "gateway_cost_usd_total)", ["tenant", "alias"])
 VARIANT_TTFT = Histogram("gateway_variant_time_to_first_token_seconds", "Streams: time to the first chunk sent, by "
                          "variant", ["alias", "variant"], buckets=_LATENCY_BUCKETS)
 VARIANT_TOKENS = Counter("gateway_variant_tokens_total", "Tokens reported by upstreams, by variant and kind (prompt "

@@ -13,6 +13,7 @@ from backends import Endpoint, UpstreamResponse, sse
 from errors import GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge, RequestTimeout
 from policies.call import Call
 
+from . import fine_tuning
 from .keys import GATEWAY, RECORD
 from .security import screening
 from .security.network import PEER
@@ -37,7 +38,9 @@ async def proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     record.tenant, record.key_id = caller.tenant.name, caller.key_id
     body = await _read_json(request, gateway.loaded.config.server.max_body_bytes)
     validate(endpoint, body)
-    alias = body["model"]
+    alias = body["model"] = await fine_tuning.served_as(request, caller.tenant.name, body["model"])
+    if alias not in gateway.router:
+        alias = gateway.router.adapter_alias(alias) or alias  # ALIAS:ADAPTER, the body keeps the adapter
     if alias not in gateway.router or not caller.tenant.allows(alias):
         raise ModelNotFound(f"The model `{alias}` does not exist or you do not have access to it.", param="model")
     record.alias = alias

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -43,8 +44,11 @@ class _Generation:
 class Reloader:
     """Reloads ``app[GATEWAY]`` from ``path`` on request; install ``middleware`` before the app starts."""
 
-    def __init__(self, app: web.Application, path: str | None) -> None:
+    def __init__(self, app: web.Application, path: str | None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """``sleep``: what the file watcher waits between looks (tests count and release them)."""
         self._app = app
+        self._sleep = sleep
         self._path = path
         self._generation = _Generation()
         self._wanted = asyncio.Event()
@@ -145,14 +149,14 @@ class Reloader:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(WATCH_INTERVAL_S)
+            await self._sleep(WATCH_INTERVAL_S)
             loaded: LoadedConfig = self._app[GATEWAY].loaded
             if not loaded.config.server.watch_config:
                 continue
             stamp = await asyncio.to_thread(_stamp, self._file)
             if stamp is None or stamp == self._seen:
                 continue
-            await asyncio.sleep(SETTLE_S)
+            await self._sleep(SETTLE_S)
             if await asyncio.to_thread(_stamp, self._file) == stamp:
                 self.request()
 

@@ -10,7 +10,8 @@ caller's tenant; ``previous_response_id`` continues from it on any backend.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -22,13 +23,16 @@ from backends.wire import responses as wire
 from errors import GatewayError, InvalidRequest, NotFound
 from policies.cache import ResponseCache
 from policies.call import Call
+from policies.record import RequestRecord
 from policies.stored_responses import Sealer, Stored, StoredResponses
 from policies.stores.keyvalue import KeyValue
 
 from . import bridge
+from .config import TenantConfig
 from .keys import GATEWAY, RECORD
 from .security import screening
 from .security.retention import retention_s
+from .state import Gateway
 
 STORE = web.AppKey("stored_responses", StoredResponses)
 _NATIVE = ("openai", "azure")
@@ -38,22 +42,60 @@ def _unknown(alias: str) -> str:
     return f"The model `{alias}` does not exist or you do not have access to it."
 
 
-async def create(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    record = request[RECORD]
-    asked = await bridge.incoming(request, wire.check, _unknown)
-    body, alias, stream, caller = asked.body, asked.alias, asked.stream, asked.caller
-    tenant = caller.tenant.name
-    store = request.app[STORE]
-    screen = await screening.inbound(gateway.pipeline, caller.tenant, caller.key_id, Endpoint.RESPONSES, body,
-                                     record)
+@dataclass(slots=True)
+class Turn:
+    """One Responses request made ready for the pipeline (a live request's or a batch line's): its call, its
+    screening, and what keeping its answer needs."""
+
+    call: Call
+    body: dict[str, Any]
+    items: list[dict[str, Any]]
+    context: list[dict[str, Any]]
+    dropped: list[str]
+    store: StoredResponses
+    screen: screening.Screen
+    retention_s: float | None
+
+    async def kept(self, response: dict[str, Any]) -> None:
+        if self.body.get("store") is not False and isinstance(response.get("id"), str):
+            await self.store.put(self.call.tenant, response["id"], Stored(response, self.items, self.context),
+                                 self.retention_s)
+
+    async def answered(self, answer: UpstreamResponse) -> dict[str, Any]:
+        """A whole (screened) answer as the Response object, kept when asked; call it inside the pipeline's
+        answer, so that a native answer's usage is read before it is settled."""
+        data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
+        if answer.status >= 400:
+            return data   # an upstream error, in OpenAI's error shape already
+        if self.call.endpoint is Endpoint.RESPONSES:
+            if bridge.cache_hit(self.call):  # a response of its own: stored (and continued) under its own id
+                data = wire.replayed(data, new_id("resp_"), int(time.time()))
+            bridge.take_usage(self.call, wire.chat_usage(data.get("usage")))
+            response = data
+        else:
+            response = wire.to_response(data, new_id("resp_"), self.body, self.call.alias, int(time.time()))
+        await self.kept(response)
+        return response
+
+    async def whole(self, answer: UpstreamResponse) -> dict[str, Any]:
+        """``answered`` after the screening's look at the answer (a batch line's)."""
+        return await self.answered(await self.screen.outbound(answer))
+
+
+async def turn(gateway: Gateway, store: StoredResponses, record: RequestRecord, tenant: TenantConfig, key_id: str,
+               body: dict[str, Any], stream: bool, headers: Mapping[str, str]) -> Turn:
+    """``body`` (checked, its alias the tenant's) as a call, screened by the tenant's PII and guardrail policies:
+    as it is in front of OpenAI and Azure deployments, in the chat shape in front of any other;
+    ``previous_response_id`` continued from ``store``."""
+    alias = body["model"]
+    screen = await screening.inbound(gateway.pipeline, tenant, key_id, Endpoint.RESPONSES, body, record)
     body = screen.body   # masked where the tenant's PII policy masks: the upstream and the store see that
     items = wire.input_items(body)
     context: list[dict[str, Any]] = []
-    native = bridge.native(request, alias, _NATIVE)
+    native = bridge.speaks(gateway.router, alias, _NATIVE)
     previous = body.get("previous_response_id")
     if previous is not None:
-        earlier = await store.get(tenant, str(previous))
+        earlier = await store.get(tenant.name, str(previous))
         if earlier is not None:
             context = [*earlier.context, *earlier.input, *earlier.response.get("output", ())]
         elif not native:
@@ -68,38 +110,33 @@ async def create(request: web.Request) -> web.StreamResponse:
         endpoint, payload = Endpoint.CHAT, wire.to_chat(body, [*context, *items], dropped)
     if gateway.loaded.config.server.log_prompts:
         record.prompt = screen.logged.get("input")
-    call = Call(record=record, tenant=tenant, key_id=caller.key_id, alias=alias, endpoint=endpoint,
-                body=payload, stream=stream, headers=request.headers)
-    keep = body.get("store") is not False
+    call = Call(record=record, tenant=tenant.name, key_id=key_id, alias=alias, endpoint=endpoint, body=payload,
+                stream=stream, headers=headers)
+    return Turn(call, body, items, context, dropped, store, screen, retention_s(tenant))
 
-    async def kept(response: dict[str, Any]) -> None:
-        if keep and isinstance(response.get("id"), str):
-            await store.put(tenant, response["id"], Stored(response, items, context), retention_s(caller.tenant))
 
+async def create(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    asked = await bridge.incoming(request, wire.check, _unknown)
+    ready = await turn(gateway, request.app[STORE], request[RECORD], asked.caller.tenant, asked.caller.key_id,
+                       asked.body, asked.stream, request.headers)
+    call = ready.call
     async with gateway.pipeline.answer(call) as answer:
-        answer = await screen.outbound(answer)
-        extra = bridge.headers(call, dropped)
-        if endpoint is Endpoint.RESPONSES:
-            if answer.chunks is None:
-                data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
-                hit = bridge.cache_hit(call)
-                if hit:  # a response of its own: stored (and continued) under its own id
-                    data = wire.replayed(data, new_id("resp_"), int(time.time()))
-                bridge.take_usage(call, wire.chat_usage(data.get("usage")))
-                await kept(data)
-                if stream:  # only a hit is whole for a stream: written as the stream it was
-                    return await bridge.stream(request, call, bridge.once(wire.replay_events(data)), extra, _failed)
-                return bridge.whole(call, orjson.dumps(data) if hit else answer.body or orjson.dumps(data), extra)
-            events = _native_events(call, answer.chunks, kept, gateway.pipeline.cache)
-            return await bridge.stream(request, call, events, extra, _failed)
-        id_ = new_id("resp_")
+        answer = await ready.screen.outbound(answer)
+        extra = bridge.headers(call, ready.dropped)
         if answer.chunks is None:
-            data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
-            response = wire.to_response(data, id_, body, alias, int(time.time()))
-            await kept(response)
-            return bridge.whole(call, orjson.dumps(response), extra)
-        writer = wire.ResponseEvents(id_, body, alias)
-        return await bridge.stream(request, call, _translated_events(writer, answer.chunks, kept), extra,
+            response = await ready.answered(answer)
+            if call.endpoint is not Endpoint.RESPONSES:
+                return bridge.whole(call, orjson.dumps(response), extra)
+            hit = bridge.cache_hit(call)
+            if call.stream:  # only a hit is whole for a stream: written as the stream it was
+                return await bridge.stream(request, call, bridge.once(wire.replay_events(response)), extra, _failed)
+            return bridge.whole(call, orjson.dumps(response) if hit else answer.body or orjson.dumps(response), extra)
+        if call.endpoint is Endpoint.RESPONSES:
+            events = _native_events(call, answer.chunks, ready.kept, gateway.pipeline.cache)
+            return await bridge.stream(request, call, events, extra, _failed)
+        writer = wire.ResponseEvents(new_id("resp_"), ready.body, call.alias)
+        return await bridge.stream(request, call, _translated_events(writer, answer.chunks, ready.kept), extra,
                                    writer.failed, writer.streamed_tokens)
 
 

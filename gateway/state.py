@@ -80,7 +80,8 @@ class Gateway:
         for route in router.all_routes():
             metrics.BREAKER_STATE.labels(route.key).set(0)
         cache = ResponseCache(config.cache, tenants={t.name: t.cache for t in config.tenants},
-                              aliases={m.name: m.cache for m in config.models}, stores=stores)
+                              aliases={m.name: m.cache for m in config.models}, stores=stores,
+                              clock=clock.time)
         cache.prices = {d.id: deployment_price(d.model, d.price) for m in config.models for d in m.deployments}
         if config.encryption is not None:
             cache.answers = crypto.EncryptedAnswers(cache.answers, crypto.keyring(config.encryption))

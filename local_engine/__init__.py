@@ -4,6 +4,7 @@ from local_engine.async_engine import AsyncEngine, EngineClosedError
 from local_engine.config import EngineConfig, ModelConfig
 from local_engine.engine import LLMEngine, RequestError
 from local_engine.llm import LLM
+from local_engine.lora import LoRAError, LoRAInfo
 from local_engine.model_source import ModelNotFoundError, resolve_model
 from local_engine.openai_api import OpenAIError
 from local_engine.outputs import Completion, RequestOutput
@@ -18,6 +19,8 @@ __all__ = [
     "EngineClosedError",
     "EngineConfig",
     "LLMEngine",
+    "LoRAError",
+    "LoRAInfo",
     "ModelConfig",
     "ModelNotFoundError",
     "OpenAIError",

@@ -26,7 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--device", default="cpu")
     serve.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     serve.add_argument("--no-prefix-caching", action="store_true")
+    serve.add_argument("--max-loras", type=int, default=4, help="LoRA adapters resident at once (0: none)")
+    serve.add_argument("--max-lora-rank", type=int, default=16)
+    serve.add_argument("--lora", action="append", default=[], metavar="NAME=PATH",
+                       help="a PEFT adapter directory served as NAME (repeatable)")
     args = parser.parse_args(argv)
+    loras = [spec.partition("=")[::2] for spec in args.lora]
+    if any(not name or not path for name, path in loras):
+        parser.error("--lora takes NAME=PATH")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     opts = dict(
         max_num_seqs=args.max_num_seqs,
@@ -36,10 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         dtype=args.dtype,
         enable_prefix_caching=not args.no_prefix_caching,
+        max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank,
     )
 
     async def factory() -> AsyncEngine:
-        return await AsyncEngine.create(args.model, **opts)
+        engine = await AsyncEngine.create(args.model, **opts)
+        for name, path in loras:
+            await engine.add_lora(name, path)
+        return engine
 
     web.run_app(build_app(factory), host=args.host, port=args.port, print=lambda s: print(s, file=sys.stderr))
     return 0

@@ -15,6 +15,7 @@ from typing import Any
 
 from local_engine.config import EngineConfig
 from local_engine.engine import LLMEngine, Prompt, RequestError
+from local_engine.lora import LoRAInfo
 from local_engine.outputs import RequestOutput
 from local_engine.sampling_params import SamplingParams
 
@@ -46,7 +47,7 @@ class AsyncEngine:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self._cv = threading.Condition()
-        self._new: list[tuple[str, Prompt, SamplingParams]] = []
+        self._new: list[tuple[str, Prompt, SamplingParams, str | None]] = []
         self._aborts: list[str] = []
         self._streams: dict[str, _Stream] = {}
         self._closed = False
@@ -79,13 +80,29 @@ class AsyncEngine:
             messages, add_generation_prompt=add_generation_prompt
         )
 
+    async def add_lora(self, name: str, path: str | Path) -> LoRAInfo:
+        """Register a PEFT adapter directory as ``name`` (checked in a worker thread; loaded on first use)."""
+        return await asyncio.to_thread(self.engine.add_lora, name, path)
+
+    def remove_lora(self, name: str) -> None:
+        """Unregister ``name``; requests already running with it finish."""
+        self.engine.remove_lora(name)
+
+    def list_loras(self) -> list[LoRAInfo]:
+        return self.engine.list_loras()
+
+    def resolve_lora(self, model: str | None) -> str | None:
+        """The adapter a request's ``model`` names, None for the base; ``LoRAError`` for an unknown ``X:Y``."""
+        return self.engine.resolve_lora(model)
+
     async def generate(
-        self, request_id: str, prompt: Prompt, params: SamplingParams
+        self, request_id: str, prompt: Prompt, params: SamplingParams, lora: str | None = None
     ) -> AsyncGenerator[RequestOutput, None]:
         """Yield one :class:`RequestOutput` delta per new token; the last has ``done`` set.
 
-        ``prompt`` is text, token ids or a list of chat messages. Raises :class:`RequestError`
-        for a request the engine cannot take and :class:`EngineClosedError` on shutdown.
+        ``prompt`` is text, token ids or a list of chat messages; ``lora`` names an adapter (None: the
+        base model). Raises :class:`RequestError` for a request the engine cannot take and
+        :class:`EngineClosedError` on shutdown.
         """
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._cv:
@@ -94,7 +111,7 @@ class AsyncEngine:
             if request_id in self._streams:
                 raise RequestError(f"request id {request_id!r} is already running")
             self._streams[request_id] = stream
-            self._new.append((request_id, prompt, params))
+            self._new.append((request_id, prompt, params, lora))
             self._cv.notify()
         finished = False
         try:
@@ -141,18 +158,22 @@ class AsyncEngine:
                     new, self._new = self._new, []
                     aborts, self._aborts = self._aborts, []
                 # Adds before aborts: a caller may have left before its request was ever added.
-                for rid, prompt, params in new:
+                for rid, prompt, params, lora in new:
                     try:
-                        engine.add_request(rid, prompt, params)
+                        engine.add_request(rid, prompt, params, lora)
                     except (RequestError, ValueError) as e:
                         self._fail(rid, e)
                 for rid in aborts:
                     engine.abort_request(rid)
                 if engine.has_unfinished():
                     self._deliver(engine.step())
+                while engine.failed:
+                    self._fail(*engine.failed.pop())
         except BaseException as e:  # the loop must not die silently: every caller hears of it
             self._error = e
         finally:
+            if engine.loras is not None:
+                engine.loras.shutdown()
             with self._cv:
                 self._closed = True
                 streams, self._streams = self._streams, {}

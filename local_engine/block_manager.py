@@ -1,7 +1,8 @@
 """Paged KV-cache bookkeeping: blocks, block tables, ref counts and the prefix cache.
 
 A full block is keyed by ``hash((hash of the block before it, its tokens))`` so a key
-names the whole prefix up to that block. Blocks whose ref count drops to 0 keep their
+names the whole prefix up to that block; the chain starts at the sequence's ``cache_seed``
+(0, or its LoRA adapter's), so blocks computed with different adapters are never shared. Blocks whose ref count drops to 0 keep their
 key and sit in an LRU free list: a later request with the same prefix takes them back,
 a request that needs fresh space evicts the least recently freed one.
 """
@@ -64,7 +65,7 @@ class BlockManager:
         bs = self.block_size
         ids: list[int] = []
         hashes: list[int] = []
-        prev = 0
+        prev = seq.cache_seed
         # The last token is always computed, so the step produces its logits.
         for i in range((seq.num_tokens - 1) // bs):
             chunk = tuple(seq.token_ids[i * bs : (i + 1) * bs])
@@ -116,7 +117,7 @@ class BlockManager:
             return
         bs = self.block_size
         full = seq.num_computed_tokens // bs
-        prev = seq.block_hashes[-1] if seq.block_hashes else 0
+        prev = seq.block_hashes[-1] if seq.block_hashes else seq.cache_seed
         for i in range(len(seq.block_hashes), full):
             chunk = tuple(seq.token_ids[i * bs : (i + 1) * bs])
             h = hash((prev, chunk))

@@ -120,6 +120,8 @@ class EngineConfig:
     dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
     num_threads: int | None = None
     speculative: SpeculativeConfig | None = None  # a dict (from a YAML config) is converted
+    max_loras: int = 4  # LoRA adapters resident at once (docs/lora.md); 0: no adapters
+    max_lora_rank: int = 16
 
     def __post_init__(self) -> None:
         if isinstance(self.speculative, dict):
@@ -130,6 +132,8 @@ class EngineConfig:
             raise ValueError("num_kv_blocks must be >= 2")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
+        if self.max_loras < 0 or self.max_lora_rank < 1:
+            raise ValueError("max_loras must be >= 0 and max_lora_rank >= 1")
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -13,6 +13,7 @@ from local_engine.block_manager import BlockManager
 from local_engine.config import EngineConfig
 from local_engine.detokenizer import IncrementalDetokenizer
 from local_engine.loader import load_model
+from local_engine.lora import LoRAError, LoRAInfo, LoRAManager
 from local_engine.metrics import EngineMetrics
 from local_engine.model_runner import ModelRunner, kv_bytes_per_token
 from local_engine.model_source import resolve_model
@@ -57,7 +58,13 @@ class LLMEngine:
         self.max_model_len = min(max_len, num_blocks * config.block_size)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
-        self.runner = ModelRunner(self.model, config, num_blocks)
+        self.loras = (
+            LoRAManager(self.model, self.model.config, config.max_loras, config.max_lora_rank, dtype,
+                        torch.device(config.device))
+            if config.max_loras
+            else None
+        )
+        self.runner = ModelRunner(self.model, config, num_blocks, self.loras)
         self.eos_token_ids = set(self.model.config.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
@@ -66,6 +73,28 @@ class LLMEngine:
             self.model_path, self.model.config.vocab_size, sorted(self.eos_token_ids)
         )
         self._requests: dict[str, list[Sequence]] = {}  # request id → its n sequences
+        self.failed: list[tuple[str, Exception]] = []  # requests ended by an error after they were added
+
+    def add_lora(self, name: str, path: str | Path) -> LoRAInfo:
+        """Register the PEFT adapter at ``path`` as ``name`` (checked now, loaded on first use); replaces
+        an adapter of that name. Raises :class:`LoRAError` for a directory this base cannot serve."""
+        return self._lora_manager().add(name, path)
+
+    def remove_lora(self, name: str) -> None:
+        """Unregister ``name``: new requests cannot name it; running ones finish with it."""
+        self._lora_manager().remove(name)
+
+    def list_loras(self) -> list[LoRAInfo]:
+        return self.loras.registered() if self.loras is not None else []
+
+    def resolve_lora(self, model: str | None) -> str | None:
+        """The adapter a request's ``model`` names, None for the base (docs/lora.md)."""
+        return self.loras.resolve(model) if self.loras is not None else None
+
+    def _lora_manager(self) -> LoRAManager:
+        if self.loras is None:
+            raise LoRAError("this engine serves no LoRA adapters (max_loras is 0)")
+        return self.loras
 
     def tokenize(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -76,8 +105,13 @@ class LLMEngine:
             raise RequestError("prompt must be a string, a list of token ids or a list of chat messages")
         return list(prompt)  # type: ignore[arg-type]
 
-    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams) -> list[Sequence]:
-        """Queue a request (``params.n`` sequences); ``prompt`` is text, token ids, or OpenAI chat messages."""
+    def add_request(
+        self, request_id: str, prompt: Prompt, params: SamplingParams, lora: str | None = None
+    ) -> list[Sequence]:
+        """Queue a request (``params.n`` sequences); ``prompt`` is text, token ids, or OpenAI chat messages;
+        ``lora`` names the adapter that serves it (None: the base model)."""
+        if lora is not None and self.loras is None:
+            raise RequestError("this engine serves no LoRA adapters (max_loras is 0)")
         if request_id in self._requests:
             raise RequestError(f"request id {request_id!r} is already running")
         ids = self.tokenize(prompt)
@@ -113,6 +147,15 @@ class LLMEngine:
             seq.arrival_time = now
             if matchers:
                 seq.matcher = matchers[i]
+            if lora is not None:
+                assert self.loras is not None
+                try:
+                    seq.lora = self.loras.acquire(lora)
+                except LoRAError as e:  # unknown, or removed meanwhile by another thread
+                    for s in seqs:
+                        self._finish(s, "abort")
+                    raise RequestError(str(e)) from None
+                seq.cache_seed = seq.lora.cache_seed
             seqs.append(seq)
             self.scheduler.add(seq)
         self._requests[request_id] = seqs
@@ -125,8 +168,26 @@ class LLMEngine:
         seqs = self._requests.pop(request_id, None)
         for seq in seqs or ():
             if not seq.finished:
-                self.scheduler.finish(seq, "abort")
+                self._finish(seq, "abort")
         self._update_gauges()
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.finish(seq, reason)
+        if seq.lora is not None and self.loras is not None:
+            self.loras.release(seq.lora)
+            seq.lora = None
+
+    def _install_loras(self) -> None:
+        assert self.loras is not None
+        failed = self.loras.install()
+        if not failed:
+            return
+        for rid, seqs in list(self._requests.items()):
+            entry = next((s.lora for s in seqs if s.lora in failed), None)
+            if entry is not None:
+                self.abort_request(rid)
+                self.failed.append((rid, RequestError(f"LoRA adapter {entry.adapter.name!r} failed to load: "
+                                                      f"{entry.error}")))
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -134,8 +195,12 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         if self.config.speculative is not None:
             self._propose_drafts()
+        if self.loras is not None and self.loras.loading:
+            self._install_loras()
         batch = self.scheduler.schedule()
         if not batch:
+            if self.loras is not None and self.loras.loading:
+                self.loras.wait(0.05)  # only requests whose adapter loads are left: do not spin
             self._update_gauges()
             return []
         sampled = self.runner.run(batch)
@@ -220,7 +285,7 @@ class LLMEngine:
             reason = "length"
         done = False
         if reason is not None:
-            self.scheduler.finish(seq, reason)
+            self._finish(seq, reason)
             siblings = self._requests[seq.request_id]
             done = all(s.finished for s in siblings)
             if done:

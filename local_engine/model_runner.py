@@ -6,6 +6,7 @@ import torch
 
 from local_engine.attention import build_metadata
 from local_engine.config import EngineConfig
+from local_engine.lora import LoRAManager
 from local_engine.models.llama import LlamaForCausalLM
 from local_engine.sampler import sample
 from local_engine.scheduler import ScheduledSeq
@@ -22,8 +23,11 @@ def kv_bytes_per_token(model: LlamaForCausalLM, dtype: torch.dtype) -> int:
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, config: EngineConfig, num_blocks: int) -> None:
+    def __init__(
+        self, model: LlamaForCausalLM, config: EngineConfig, num_blocks: int, lora: LoRAManager | None = None
+    ) -> None:
         self.model = model
+        self.lora = lora
         self.block_size = config.block_size
         self.device = torch.device(config.device)
         cfg = model.config
@@ -47,7 +51,10 @@ class ModelRunner:
         context_lens: list[int] = []
         logit_rows: list[int] = []
         sampling: list[int] = []
+        token_slots: list[int] = []  # each token's LoRA slot, -1 for the base model
         for i, s in enumerate(batch):
+            if self.lora is not None:
+                token_slots.extend([s.seq.lora.slot if s.seq.lora is not None else -1] * s.num_tokens)
             start = s.seq.num_computed_tokens
             end = start + s.num_tokens
             input_ids.extend(s.seq.token_ids[start : end - len(s.draft)])
@@ -62,12 +69,18 @@ class ModelRunner:
         meta = build_metadata(
             query_lens, context_lens, [s.seq.block_table for s in batch], self.block_size, self.device
         )
-        hidden = self.model(
-            torch.tensor(input_ids, device=self.device),
-            torch.tensor(positions, device=self.device),
-            self.kv_caches,
-            meta,
-        )
+        if self.lora is not None:
+            self.lora.begin(token_slots)
+        try:
+            hidden = self.model(
+                torch.tensor(input_ids, device=self.device),
+                torch.tensor(positions, device=self.device),
+                self.kv_caches,
+                meta,
+            )
+        finally:
+            if self.lora is not None:
+                self.lora.end()
         if not sampling:
             return {}
         # Only the rows that sample pay for the (vocabulary-sized) LM head.

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from local_engine.engine import ContextLengthError, Prompt, RequestError
+from local_engine.lora import LoRAError
 from local_engine.outputs import RequestOutput
 from local_engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from local_engine.sequence import TokenLogprob
@@ -81,7 +82,8 @@ def sampling_params_from_request(
     body: dict[str, Any], *, chat: bool, default_max_tokens: int | None = None
 ) -> SamplingParams:
     """Read OpenAI sampling fields (plus vLLM-style top_k, min_p, repetition_penalty, stop_token_ids,
-    ignore_eos, and ``speculative``: false to decode without the engine's speculative drafts)."""
+    ignore_eos, priority (lower is scheduled first; a gateway's batch lines come after live requests), and
+    ``speculative``: false to decode without the engine's speculative drafts)."""
     n = _num(body, "n", int, 1)
     if not 1 <= n <= MAX_N:
         raise OpenAIError(f"'n' must be between 1 and {MAX_N}", param="n")
@@ -127,6 +129,7 @@ def sampling_params_from_request(
             ignore_eos=bool(body.get("ignore_eos", False)),
             logprobs=logprobs,
             speculative=speculative,
+            priority=_num(body, "priority", int, 0),
         )
     except ValueError as e:
         raise OpenAIError(str(e)) from None
@@ -252,14 +255,25 @@ class _Prepared:
     params: SamplingParams
     prompt: Prompt
     tool_format: ToolFormat | None  # set when the answer may hold tool calls
+    lora: str | None = None  # the adapter ``model`` names (docs/lora.md)
+
+
+def resolve_lora(engine: AsyncEngine, model: Any) -> str | None:
+    """The LoRA adapter a request's ``model`` names (None: the base); 404 for an ``X:Y`` naming none."""
+    try:
+        return engine.resolve_lora(model if isinstance(model, str) else None)
+    except LoRAError as e:
+        raise OpenAIError(str(e), status=404, type="not_found_error", param="model",
+                          code="model_not_found") from None
 
 
 def _prepare(engine: AsyncEngine, body: dict[str, Any], *, chat: bool) -> _Prepared:
     check_supported(body, chat=chat)
     params = sampling_params_from_request(body, chat=chat)
     prompt = prompt_from_request(body, chat=chat)
+    lora = resolve_lora(engine, body.get("model"))
     if not chat:
-        return _Prepared(params, prompt, None)
+        return _Prepared(params, prompt, None, lora)
     tok = engine.engine.tokenizer
     try:
         tools = parse_tools(body)
@@ -284,7 +298,7 @@ def _prepare(engine: AsyncEngine, body: dict[str, Any], *, chat: bool) -> _Prepa
         prompt = messages
     if grammar is not None:
         params = dataclasses.replace(params, grammar=grammar)
-    return _Prepared(params, prompt, fmt if choice != "none" else None)
+    return _Prepared(params, prompt, fmt if choice != "none" else None, lora)
 
 
 async def stream_response(
@@ -312,7 +326,7 @@ async def stream_response(
     offsets: dict[int, int] = {}
     last: dict[int, RequestOutput] = {}  # latest output of each choice
     parsers: dict[int, ToolCallParser] = {}
-    gen = engine.generate(rid, req.prompt, req.params)
+    gen = engine.generate(rid, req.prompt, req.params, req.lora)
     try:
         with _errors(chat):
             async for out in gen:
@@ -373,7 +387,7 @@ async def complete_response(
     texts: dict[int, list[str]] = {i: [] for i in range(params.n)}
     lps: dict[int, list[TokenLogprob]] = {i: [] for i in range(params.n)}
     last: dict[int, RequestOutput] = {}
-    gen = engine.generate(rid, req.prompt, params)
+    gen = engine.generate(rid, req.prompt, params, req.lora)
     try:
         with _errors(chat):
             async for out in gen:

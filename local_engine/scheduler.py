@@ -5,6 +5,9 @@ costs one token, an unfinished prefill a chunk of what is left); waiting sequenc
 the rest of the budget, so long prompts are prefilled in chunks between decodes. When
 the KV cache is full the lowest-priority running sequence is preempted: its blocks are
 freed and it is recomputed later from its tokens (the prefix cache often makes that cheap).
+When every place (``max_num_seqs``) is taken and a sequence of a better priority waits (a
+live request behind a gateway's batch lines), the worst running one is preempted the same
+way, so that the better one is not kept waiting until another finishes.
 A decoding sequence with a speculative draft computes it in the same step when the budget
 and the cache allow; otherwise the draft is dropped, never another sequence preempted for it.
 """
@@ -63,7 +66,18 @@ class Scheduler:
         self.num_preemptions += 1
         self.add(seq)
 
+    def _make_room(self) -> None:
+        if len(self.running) < self.max_num_seqs:
+            return
+        first = next((seq for seq in self.waiting if seq.ready), None)
+        if first is None:
+            return
+        worst = max(self.running, key=lambda seq: seq.sort_key)
+        if worst.params.priority > first.params.priority:
+            self._preempt(worst)
+
     def schedule(self) -> list[ScheduledSeq]:
+        self._make_room()
         budget = self.max_num_batched_tokens
         scheduled: list[ScheduledSeq] = []
         self.running.sort(key=lambda s: s.sort_key)

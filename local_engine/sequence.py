@@ -59,6 +59,8 @@ class Sequence:
     spec_proposed: int = 0
     spec_accepted: int = 0
     spec_off: bool = False  # acceptance was too low to be worth it
+    lora: Any = None  # the lora.LoRAEntry of the adapter serving it; None: the base model
+    cache_seed: int = 0  # first link of its prefix-cache keys: one chain per adapter
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -91,6 +93,9 @@ class Sequence:
 
     @property
     def ready(self) -> bool:
-        """False while the parent still computes the prompt this sequence will take from the cache."""
+        """False while its adapter loads, or while the parent still computes the prompt this sequence
+        will take from the cache."""
+        if self.lora is not None and self.lora.slot < 0:
+            return False  # its adapter is still loading
         p = self.parent
         return p is None or p.finished or p.num_computed_tokens >= p.num_prompt_tokens

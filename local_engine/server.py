@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from local_engine.async_engine import AsyncEngine, EngineClosedError
+from local_engine.lora import LoRAError, LoRAInfo
 from local_engine.openai_api import OpenAIError, complete_response, error_body, stream_response
 
 ENGINE = web.AppKey("engine", AsyncEngine)
@@ -91,13 +92,47 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    entry = {
-        "id": engine.model_name,
-        "object": "model",
-        "created": int(time.time()),
-        "owned_by": "local_engine",
-    }
-    return web.json_response({"object": "list", "data": [entry]})
+    created = int(time.time())
+    entry = {"id": engine.model_name, "object": "model", "created": created, "owned_by": "local_engine"}
+    adapters = [
+        {"id": a.name, "object": "model", "created": created, "owned_by": "local_engine", "parent": engine.model_name}
+        for a in engine.list_loras()
+    ]
+    return web.json_response({"object": "list", "data": [entry, *adapters]})
+
+
+def _lora_view(info: LoRAInfo) -> dict[str, Any]:
+    return {"object": "lora_adapter", "name": info.name, "path": info.path, "rank": info.rank,
+            "alpha": info.alpha, "target_modules": list(info.target_modules)}
+
+
+def _lora_field(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise OpenAIError(f"'{key}' must be a non-empty string", param=key)
+    return value
+
+
+async def load_lora_adapter(request: web.Request) -> web.Response:
+    """vLLM's ``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path"}`` (docs/lora.md)."""
+    body = await _json_body(request)
+    name, path = _lora_field(body, "lora_name"), _lora_field(body, "lora_path")
+    try:
+        info = await request.app[ENGINE].add_lora(name, path)
+    except LoRAError as e:
+        raise OpenAIError(str(e), param="lora_path") from None
+    return web.json_response(_lora_view(info))
+
+
+async def unload_lora_adapter(request: web.Request) -> web.Response:
+    """vLLM's ``POST /v1/unload_lora_adapter`` ``{"lora_name"}``."""
+    name = _lora_field(await _json_body(request), "lora_name")
+    try:
+        request.app[ENGINE].remove_lora(name)
+    except LoRAError as e:
+        raise OpenAIError(str(e), status=404, type="not_found_error", param="lora_name",
+                          code="lora_not_found") from None
+    return web.json_response({"object": "lora_adapter", "name": name, "deleted": True})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -124,6 +159,8 @@ def build_app(
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/load_lora_adapter", load_lora_adapter)
+    app.router.add_post("/v1/unload_lora_adapter", unload_lora_adapter)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/health", health)
     return app

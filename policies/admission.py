@@ -29,6 +29,7 @@ from .clock import SYSTEM, Clock
 from .config import PRIORITIES, Limits, PolicyDefaults, StoresConfig, TenantPolicyFields
 from .cost import UNPRICED, PriceTable, usd
 from .queue import FairQueue, QueueFull
+from .result import NO_TOKENS, How, RequestResult, Tokens, nothing_ran
 from .stores.base import AdmitResult, Bucket, Reservation, Settlement, Slot, Spend, Store
 from .stores.failover import FailoverStore
 from .stores.layer import StoreLayer
@@ -218,6 +219,41 @@ class Admission:
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
+    async def charge_work(self, tenant: str, key_id: str, alias: str, entry_id: str, tokens: int, cost: int) -> bool:
+        """Records work done outside a request (a fine-tuning job's tokens trained, ``cost`` nano-USD) in the
+        ledger, once per ``entry_id``, and against the tenant's and key's budgets, which it may take past their
+        limit: the work is already done. False when that entry was recorded already."""
+        rules = self._rules.get(tenant, self._fallback_rules)
+        now = self.clock.time()
+        day, month = budget.today(now)
+        key_policy = rules.per_key.get(key_id)
+        key_budget = key_policy.budget if key_policy and key_policy.budget else rules.key_budget
+        spends = budget.spends(rules.budget, rules.prefix, "tenant", day, month)
+        spends += budget.spends(key_budget, f"{rules.prefix}:k:{key_id}", "key", day, month)
+        spends = [replace(s, limit=None, soft=None) for s in spends]
+        reservation = Reservation(entry_id=entry_id, tenant=tenant, key_id=key_id, alias=alias, day=day, ts=now,
+                                  buckets=[], slots=[], spends=spends, est_prompt=tokens, est_completion=0,
+                                  est_cost=cost, lease_s=self.stores.settle_after_s)
+        if (await self.store.admit(reservation)).outcome == "dup":
+            return False
+        await self._settle(self.store, Settlement(
+            reservation=reservation, deployment="fine-tuning", prompt_tokens=tokens, completion_tokens=0,
+            cached_tokens=0, cost=cost, status=200, latency_ms=0.0, cache_hit=False, estimated=False))
+        return True
+
+    async def charge(self, call: Call) -> None:
+        """Ledgers a request answered outside the pipeline (a line of a provider's own batch, its usage and
+        deployment on ``call.record``): charged to the budgets and the ledger as settled, refused by no limit
+        (the upstream did the work already)."""
+        rules = self._rules.get(call.tenant, self._fallback_rules)
+        reservation = await self._plan(call, rules)
+        reservation.buckets, reservation.slots = [], []
+        reservation.spends = [Spend(s.key, None, None, s.ttl_s, s.scope) for s in reservation.spends]
+        result = await self.store.admit(reservation)
+        if result.outcome == "dup":   # charged already (the same line's results read twice)
+            return
+        await self._settle(self.store, self._settlement(call, _Admitted(reservation, self.store), None))
+
     async def record_only(self, call: Call, status: int, started: float) -> None:
         """Ledgers a finished request that no limit or budget counts (a shadow request, policies/shadow.py):
         its record and aggregates, priced as any other; ``started``: its ``time.perf_counter()`` start."""
@@ -326,7 +362,8 @@ class Admission:
         return Reservation(entry_id=call.record.request_id, tenant=call.tenant, key_id=call.key_id,
                            alias=call.alias, variant=call.variant, day=day, ts=now, buckets=planned, slots=held,
                            spends=spends, est_prompt=prompt, est_completion=completion,
-                           est_cost=alias.max_price.nano(prompt, completion), lease_s=self.stores.settle_after_s)
+                           est_cost=alias.max_price.nano(prompt, completion), lease_s=self.stores.settle_after_s,
+                           batch=call.batch)
 
     def _static_plan(self, call: Call, rules: _Rules, day: str, month: str) -> _StaticPlan:
         """What a request of this tenant, key and alias draws on, but for its token count."""
@@ -382,42 +419,39 @@ class Admission:
             error_type=planned.kind, headers={**headers, "Retry-After": str(wait)})
 
     def _settlement(self, call: Call, admitted: _Admitted, status: int | None) -> Settlement:
-        record = call.record
-        reservation = admitted.reservation
+        result = self._result(call, admitted.reservation, status)
+        if result.cost:
+            call.record.priced(usd(result.cost))
+        metrics.SETTLED.labels(result.how).inc()
         latency_ms = round((time.perf_counter() - admitted.started) * 1000, 3)
+        return Settlement.of(admitted.reservation, result, latency_ms)
+
+    def _result(self, call: Call, reservation: Reservation, status: int | None) -> RequestResult:
+        """What the request ended with, read once from what the layers reported on its record: the one
+        value its settlement (ledger record, budget spend, bucket refund) is made from."""
+        record = call.record
         final = status if status is not None else (record.status or 200)
-        cache_hit = bool(record.cache and record.cache.startswith("hit"))
         deployment = record.deployment or "-"
-        prompt, completion, cached, written, reasoning = 0, 0, 0, 0, 0
-        estimated = False
-        how = "usage"
-        if cache_hit:
-            how = "cache"
-        elif record.prompt_tokens is not None or record.completion_tokens is not None:
-            prompt, completion = record.prompt_tokens or 0, record.completion_tokens or 0
-            cached, written = record.cached_tokens or 0, record.cache_write_tokens or 0
-            reasoning = record.reasoning_tokens or 0
+        if record.cache and record.cache.startswith("hit"):
+            return RequestResult(final, deployment, NO_TOKENS, 0, "cache", cache_hit=True)
+        used: Tokens = NO_TOKENS
+        how: How = "usage"
+        if record.prompt_tokens is not None or record.completion_tokens is not None:
+            used = Tokens(record.prompt_tokens or 0, record.completion_tokens or 0, record.cached_tokens or 0,
+                          record.cache_write_tokens or 0, record.reasoning_tokens or 0)
         elif record.deployment is not None and call.collected:
-            alias = self._aliases.get(call.alias, AliasPolicy())
-            prompt = reservation.est_prompt
-            completion = tokens.count_completion(call.collected, alias.encoding)
+            alias = self._aliases.get(call.alias, _NO_ALIAS)
+            used = Tokens(reservation.est_prompt, tokens.count_completion(call.collected, alias.encoding))
             how = "counted"
         elif record.deployment is not None and (final < 400 or final == _CLIENT_CLOSED):
             # answered (or cut off) without usage: the upstream may bill it, so it is charged at the estimate
-            prompt, completion, estimated, how = reservation.est_prompt, reservation.est_completion, True, "estimated"
-        price = call.price or self._prices.get(deployment) or self._aliases.get(call.alias, AliasPolicy()).max_price
-        cost = price.nano(prompt, completion, cached, written)
-        if estimated:
-            cost = reservation.est_cost
+            used, how = Tokens(reservation.est_prompt, reservation.est_completion), "estimated"
+        price = call.price or self._prices.get(deployment) or self._aliases.get(call.alias, _NO_ALIAS).max_price
+        cost = reservation.est_cost if how == "estimated" else price.nano(used.prompt, used.completion, used.cached,
+                                                                          used.cache_write)
         if call.batch:
             cost = round(cost * (1 - price.batch_discount))
-        if cost:
-            record.priced(usd(cost))
-        metrics.SETTLED.labels(how).inc()
-        return Settlement(reservation=reservation, deployment=deployment, prompt_tokens=prompt,
-                          completion_tokens=completion, cached_tokens=cached, cost=cost, status=final,
-                          latency_ms=latency_ms, cache_hit=cache_hit, estimated=estimated,
-                          cache_write_tokens=written, reasoning_tokens=reasoning)
+        return RequestResult(final, deployment, used, cost, how)
 
     async def _settle(self, store: Store, settlement: Settlement) -> None:
         try:
@@ -440,9 +474,7 @@ class Admission:
     def _give_back(self, reservation: Reservation, result: AdmitResult) -> None:
         """A waiter admitted just as its client left: nothing ran, so nothing is charged."""
         del result
-        nothing = Settlement(reservation=reservation, deployment="-", prompt_tokens=0, completion_tokens=0,
-                             cached_tokens=0, cost=0, status=_CLIENT_CLOSED, latency_ms=0.0, cache_hit=False,
-                             estimated=False)
+        nothing = Settlement.of(reservation, nothing_ran(_CLIENT_CLOSED))
         task = asyncio.get_running_loop().create_task(self._settle(self.store, nothing))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from .stores.base import NANO, Store
 
-GroupBy = Literal["model", "day", "key", "request", "variant"]
-GROUPS = ("model", "day", "key", "request", "variant")
+GroupBy = Literal["model", "day", "key", "request", "variant", "source"]
+GROUPS = ("model", "day", "key", "request", "variant", "source")   # source: live requests apart from batch lines
 _BY_VARIANT = "v:"   # the aggregates' second set, ``v:metric|alias|variant`` (stores/base.py)
 MAX_DAYS = 400
 MAX_RECORDS = 10_000
@@ -41,12 +41,21 @@ async def usage(store: Store, tenant: str, days: list[str], group_by: GroupBy) -
         for record in records:
             record.setdefault("cache_write_tokens", 0)  # records written before the field existed
             record.setdefault("reasoning_tokens", 0)
+            record.setdefault("source", "live")
             record["cost_usd"] = record.pop("cost_nusd") / NANO
         return records
     totals: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(_METRICS, 0))
     for day, fields in (await store.aggregates(tenant, days)).items():
         for name, value in fields.items():
             metric, alias, key_id = name.split("|", 2)
+            if group_by == "source":   # every request counts plainly; a batch line also under ``batch:``
+                batch = metric.startswith("batch:")
+                metric = metric.removeprefix("batch:")
+                if metric in _METRICS:
+                    totals[(tenant, "batch" if batch else "live")][metric] += value
+                    if batch:
+                        totals[(tenant, "live")][metric] -= value
+                continue
             if group_by == "variant":
                 if not metric.startswith(_BY_VARIANT):
                     continue
@@ -57,6 +66,8 @@ async def usage(store: Store, tenant: str, days: list[str], group_by: GroupBy) -
                 totals[(tenant, group)][metric] += value
     rows = []
     for (name, group), values in sorted(totals.items()):
+        if group_by == "source" and not values["requests"]:
+            continue
         row: dict[str, Any] = {"tenant": name, group_by: group}
         if group_by == "variant":
             row["model"], row["variant"] = group.split("|", 1)

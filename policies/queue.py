@@ -34,6 +34,7 @@ class _Waiter:
     future: asyncio.Future[AdmitResult]
     gone: bool = False
     last: AdmitResult | None = None
+    trying: asyncio.Future[None] | None = None   # done when the dispatcher's attempt for it has answered
 
     def __lt__(self, other: _Waiter) -> bool:
         return (self.priority, self.seq) < (other.priority, other.seq)
@@ -73,7 +74,8 @@ class FairQueue:
                    attempt: Callable[[], Awaitable[AdmitResult]], refused: AdmitResult,
                    abandoned: Callable[[AdmitResult], None]) -> AdmitResult:
         """Wait up to ``max_wait_s`` for ``attempt`` to admit; returns its last result (a refusal on timeout).
-        ``abandoned`` gets an admission that came as the waiter left. Raises QueueFull when the queue, or
+        An attempt under way when the time runs out is waited for and its answer counts; ``abandoned`` gets
+        an admission that came as the client left (cancelled). Raises QueueFull when the queue, or
         this tenant's share of it, is full."""
         state = self._tenants.get(tenant)
         if self._size >= self.max_size or (state is not None and state.waiting >= self.max_per_tenant):
@@ -93,8 +95,13 @@ class FairQueue:
             async with asyncio.timeout(max_wait_s):
                 return await asyncio.shield(waiter.future)
         except TimeoutError:
-            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
-                return waiter.future.result()
+            # An attempt sent before the time ran out may have admitted it already (the store took its tokens
+            # and wrote its ledger reservation): its answer is this waiter's, a round trip late. Leaving without
+            # it would refuse the client a request the ledger then records.
+            while waiter.trying is not None:
+                await asyncio.shield(waiter.trying)
+            if waiter.future.done() and not waiter.future.cancelled():
+                return waiter.future.result()  # its admission, or the store's failure
             return waiter.last or refused
         except asyncio.CancelledError:
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
@@ -168,15 +175,19 @@ class FairQueue:
                 continue
             state = self._tenants[name]
             waiter = state.heap[0]
+            trying = waiter.trying = loop.create_future()
             try:
                 result = await waiter.attempt()
             except Exception as exc:  # the store failed (fail closed): the waiter raises it
-                heapq.heappop(state.heap)
+                _remove(state.heap, waiter)
                 if not waiter.gone:
                     waiter.future.set_exception(exc)
                     state.waiting -= 1
                     self._resize(-1)
                 continue
+            finally:  # the waiter resumes after what follows has recorded this answer (no await in between)
+                waiter.trying = None
+                trying.set_result(None)
             if waiter.gone:
                 if result.outcome == "ok":
                     waiter.abandoned(result)
@@ -188,10 +199,24 @@ class FairQueue:
                 state.blocked_until = loop.time() + (_SLOT_POLL_S if by_slot else max(result.retry_after,
                                                                                       _MIN_BLOCK_S))
                 continue
-            heapq.heappop(state.heap)
+            _remove(state.heap, waiter)
             state.waiting -= 1
             self._resize(-1)
             if result.outcome == "ok":
                 self._vtime = state.vtime
                 state.vtime += 1 / state.weight
             waiter.future.set_result(result)
+
+
+def _remove(heap: list[_Waiter], waiter: _Waiter) -> None:
+    """Takes ``waiter`` out of its tenant's heap: no longer necessarily the head, since a waiter of a higher
+    class may have arrived while its attempt was awaited (popping the head dropped that one instead)."""
+    if heap and heap[0] is waiter:
+        heapq.heappop(heap)
+        return
+    for i, queued in enumerate(heap):
+        if queued is waiter:
+            heap[i] = heap[-1]
+            heap.pop()
+            heapq.heapify(heap)
+            return

@@ -66,6 +66,16 @@ class Router:
     def __contains__(self, alias: str) -> bool:
         return alias in self._routes
 
+    def adapter_alias(self, model: str) -> str | None:
+        """``ALIAS`` of a ``model`` written ``ALIAS:ADAPTER`` (a LoRA adapter, docs/lora.md) when every
+        deployment of that alias is a local engine the gateway runs (in process or managed workers; one
+        behind an ``api_base`` gets the deployment's ``model``); None otherwise."""
+        alias, colon, adapter = model.partition(":")
+        routes = self._routes.get(alias)
+        if not colon or not adapter or not routes or not all(r.deployment.in_process for r in routes):
+            return None
+        return alias
+
     def usable(self, alias: str) -> bool:
         return bool(self._routes.get(alias))
 

@@ -33,6 +33,10 @@ LOG_PATH = Path(tempfile.mkdtemp(prefix="gateway-test-logs-")) / "gateway.log"
 _log_file = LOG_PATH.open("ab", buffering=0)
 logs.configure(stream=_log_file)
 
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _log_file.close()  # else left to the interpreter's exit, with a ResourceWarning
+
 KEY = new_key()
 OTHER_KEY = new_key()
 UPSTREAM_KEY = "upstream-secret-" + "x" * 24

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import openai
 import redis
@@ -60,7 +60,7 @@ def test_the_compose_gateway_service_serves_its_config(tmp_path, upstream, redis
         assert again.parse().choices[0].message.content == "Echo: hi there"
         assert len(upstream[1].requests) == 1
         # limits, the ledger and the exact cache went to the compose stack's Redis
-        keys = redis.Redis.from_url(redis_server.url).keys("*")
+        keys = cast(list[bytes], redis.Redis.from_url(redis_server.url).keys("*"))
         assert any(b"gw:" in k for k in keys), keys
     finally:
         process.terminate()

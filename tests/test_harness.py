@@ -12,7 +12,7 @@ from aiohttp import web
 from tests.harness import BLOCKED_S, ServerThread
 
 
-def _server(handler) -> ServerThread:  # type: ignore[no-untyped-def]
+def _server(handler) -> ServerThread:
     def make() -> web.Application:
         app = web.Application()
         app.router.add_get("/", handler)
@@ -38,7 +38,7 @@ async def _awaits(request: web.Request) -> web.Response:
 
 
 @pytest.mark.parametrize("handler, where", [(_sleeps_blocking, "time.sleep"), (_computes_on_the_loop, "thread_time")])
-def test_a_call_that_holds_the_loop_fails_the_test(handler, where):  # type: ignore[no-untyped-def]
+def test_a_call_that_holds_the_loop_fails_the_test(handler, where):
     server = _server(handler)
     assert httpx.get(server.url, timeout=30).text == "late"
     with pytest.raises(AssertionError, match="blocked its event loop") as failed:

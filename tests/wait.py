@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -26,7 +26,15 @@ def wait_for(condition: Callable[[], T], timeout: float = TIMEOUT_S, what: str =
         time.sleep(_EVERY_S)
 
 
-async def eventually(condition: Callable[[], Awaitable[T] | T], within: float = TIMEOUT_S, what: str = "") -> T:
+@overload
+async def eventually(condition: Callable[[], Awaitable[T]], within: float = ..., what: str = ...) -> T: ...
+
+
+@overload
+async def eventually(condition: Callable[[], T], within: float = ..., what: str = ...) -> T: ...
+
+
+async def eventually(condition: Callable[[], Any], within: float = TIMEOUT_S, what: str = "") -> Any:
     """``wait_for`` on the running loop, for an async (or plain) condition."""
     deadline = time.monotonic() + within
     while True:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -65,17 +65,19 @@ class ResponseCache:
     """The pipeline's cache policy: ``lookup`` before the upstream, ``store`` after a completed answer."""
 
     def __init__(self, config: CacheConfig | None = None, *, tenants: Mapping[str, CacheOverride | None] = {},
-                 aliases: Mapping[str, CacheOverride | None] = {}, stores: StoreLayer | None = None) -> None:
+                 aliases: Mapping[str, CacheOverride | None] = {}, stores: StoreLayer | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         """``stores``: the process's store layer; answers go to its Redis when it has one, else to this
-        process's memory."""
+        process's memory. ``clock``: the wall clock exact entries expire by (Redis also drops them at their TTL;
+        the semantic index reads the machine's)."""
         self.config = config or CacheConfig()
         # deployment id -> its price (config, else catalog): what an answer cost, and so what a hit saves
         self.prices: Mapping[str, PriceTable] = {}
         self._tenants, self._aliases = dict(tenants), dict(aliases)
         self._settings: dict[tuple[str, str], Settings] = {}
         caps = Caps(self.config.max_entries, self.config.max_bytes, self.config.max_entry_bytes)
-        self.answers: AnswerStore = (RedisStore(stores, caps) if stores is not None and stores.shared
-                                     else MemoryStore(caps))
+        self.answers: AnswerStore = (RedisStore(stores, caps, clock=clock) if stores is not None and stores.shared
+                                     else MemoryStore(caps, clock))
         # what some tenant and alias may use decides what is built: no model is loaded for nobody
         pairs = combinations(self.config, self._tenants.values(), self._aliases.values())
         self.enabled = any(c.enabled for c in pairs)

@@ -165,7 +165,15 @@ class RedisStore:
                                              decides=True)
 
     async def _get(self, key: str) -> bytes | None:
-        value = await self._layer.redis.get(self._keys(key)[0])
+        entry, index, _ = self._keys(key)
+        # Redis drops an entry at its TTL on Redis's clock; the index holds when it expires on the gateway's
+        # (the clock the policies read), which decides: both stores then expire an entry at the same moment.
+        async with self._layer.redis.pipeline(transaction=False) as pipe:
+            pipe.get(entry)
+            pipe.zscore(index, entry)
+            value, expires_ms = await pipe.execute()
+        if expires_ms is not None and float(expires_ms) <= self._clock() * 1000:
+            return None
         return value.encode() if isinstance(value, str) else value
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 
 # Fields that never change the answer's content.
-DELIVERY_ONLY = frozenset({"stream", "stream_options", "user", "metadata", "store", "service_tier", "model"})
+DELIVERY_ONLY = frozenset({"stream", "stream_options", "user", "metadata", "store", "service_tier", "model",
+                           "priority"})
 
 
 @dataclass(frozen=True, slots=True)

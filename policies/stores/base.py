@@ -8,8 +8,11 @@ Money is counted in integer nano-dollars (1e-9 USD) so sums are exact.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+from ..result import RequestResult, Tokens
 
 NANO = 1_000_000_000
 
@@ -59,6 +62,10 @@ class Reservation:
     est_cost: int        # nano-USD, priced at the alias's dearest deployment
     lease_s: float       # unsettled this long: the sweeper settles it at its estimate
     variant: str | None = None   # the alias's variant serving it: its own aggregates (``v:metric|alias|variant``)
+    batch: bool = False  # a batch line's: its aggregates are also counted apart (``batch:metric|alias|key_id``)
+    # This admission's own id: the same reservation sent again (redis-py resends a command whose connection
+    # failed, maybe after Redis ran it) is recognised as already admitted, not as another request's "dup".
+    attempt: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Reservation:
@@ -94,6 +101,15 @@ class Settlement:
     cache_write_tokens: int = 0   # of prompt_tokens, as cached_tokens (reads) are
     reasoning_tokens: int = 0     # of completion_tokens
 
+    @classmethod
+    def of(cls, reservation: Reservation, result: RequestResult, latency_ms: float = 0.0) -> Settlement:
+        """The store's step for ``result``: its record, the budget spend and the buckets' refund."""
+        t = result.tokens
+        return cls(reservation=reservation, deployment=result.deployment, prompt_tokens=t.prompt,
+                   completion_tokens=t.completion, cached_tokens=t.cached, cost=result.cost, status=result.status,
+                   latency_ms=latency_ms, cache_hit=result.cache_hit, estimated=result.estimated,
+                   cache_write_tokens=t.cache_write, reasoning_tokens=t.reasoning)
+
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
@@ -105,10 +121,12 @@ class Settlement:
                 "completion_tokens": self.completion_tokens, "cached_tokens": self.cached_tokens,
                 "cache_write_tokens": self.cache_write_tokens, "reasoning_tokens": self.reasoning_tokens,
                 "cost_nusd": self.cost, "cache_hit": self.cache_hit, "latency_ms": self.latency_ms,
-                "status": self.status, "state": "estimated" if self.estimated else "settled"}
+                "status": self.status, "state": "estimated" if self.estimated else "settled",
+                "source": "batch" if r.batch else "live"}
 
     def aggregates(self) -> dict[str, int]:
-        """The per-day counters this record adds to, by ``metric|alias|key_id``."""
+        """The per-day counters this record adds to, by ``metric|alias|key_id``; a batch line's also again as
+        ``batch:metric|alias|key_id`` (usage grouped by source tells batch spend from live)."""
         r = self.reservation
         suffix = f"|{r.alias}|{r.key_id}"
         counters = {"requests" + suffix: 1, "prompt_tokens" + suffix: self.prompt_tokens,
@@ -117,16 +135,19 @@ class Settlement:
                     "reasoning_tokens" + suffix: self.reasoning_tokens, "cost_nusd" + suffix: self.cost,
                     "cache_hits" + suffix: int(self.cache_hit), "errors" + suffix: int(self.status >= 400),
                     "estimated" + suffix: int(self.estimated)}
+        plain = dict(counters)
         if r.variant is not None:   # a second set, by variant: readers of ``metric|alias|key_id`` skip ``v:``
             by_variant = f"|{r.alias}|{r.variant}"
-            counters.update({"v:" + name.split("|", 1)[0] + by_variant: value for name, value in counters.items()})
+            counters.update({"v:" + name.split("|", 1)[0] + by_variant: value for name, value in plain.items()})
+        if r.batch:   # and a third, of batch lines (usage by source)
+            counters.update({"batch:" + name: value for name, value in plain.items()})
         return counters
 
 
 def settle_at_estimate(reservation: Reservation, status: int = 0) -> Settlement:
-    return Settlement(reservation=reservation, deployment="-", prompt_tokens=reservation.est_prompt,
-                      completion_tokens=reservation.est_completion, cached_tokens=0, cost=reservation.est_cost,
-                      status=status, latency_ms=0.0, cache_hit=False, estimated=True)
+    r = reservation
+    return Settlement.of(r, RequestResult(status=status, deployment="-", tokens=Tokens(r.est_prompt, r.est_completion),
+                                          cost=r.est_cost, how="estimated"))
 
 
 class Store(Protocol):

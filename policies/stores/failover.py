@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -119,7 +120,7 @@ class FailoverStore:
 
     async def _replay_one(self, settlement: Settlement) -> bool:
         r = settlement.reservation
-        again = replace(r, buckets=[], slots=[], est_cost=settlement.cost,
+        again = replace(r, buckets=[], slots=[], est_cost=settlement.cost, attempt=uuid.uuid4().hex,
                         spends=[replace(s, limit=None, soft=None) for s in r.spends])
         if (await self.redis.admit(again)).outcome != "ok":
             return False    # "dup": Redis has this request's record already

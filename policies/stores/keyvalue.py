@@ -19,6 +19,10 @@ from .health import StoreHealth
 class KeyValue(Protocol):
     async def get(self, key: str) -> str | None: ...
 
+    async def get_many(self, keys: list[str]) -> list[str | None]:
+        """Each key's value, in order, in one round trip."""
+        ...
+
     async def set(self, key: str, value: str, ttl_s: float | None = None) -> None: ...
 
     async def delete(self, *keys: str) -> int: ...
@@ -81,6 +85,9 @@ class MemoryKeyValue:
     async def get(self, key: str) -> str | None:
         value = self._live(key)
         return value if isinstance(value, str) else None
+
+    async def get_many(self, keys: list[str]) -> list[str | None]:
+        return [await self.get(key) for key in keys]
 
     async def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
         self._data[key] = value
@@ -151,6 +158,13 @@ class RedisKeyValue:
         value = await self._client().get(key)
         return None if value is None else str(value)
 
+    async def get_many(self, keys: list[str]) -> list[str | None]:
+        async with self._client().pipeline(transaction=False) as pipe:   # a cluster client splits it by node
+            for key in keys:
+                pipe.get(key)
+            found = await pipe.execute()
+        return [None if value is None else str(value) for value in found]
+
     async def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
         await self._client().set(key, value, px=None if ttl_s is None else max(1, int(ttl_s * 1000)))
 
@@ -199,6 +213,10 @@ class FailoverKeyValue:
     async def get(self, key: str) -> str | None:
         return await self._health.call("kv.get", lambda: self.redis.get(key), lambda: self.memory.get(key),
                                        decides=True)
+
+    async def get_many(self, keys: list[str]) -> list[str | None]:
+        return await self._health.call("kv.get_many", lambda: self.redis.get_many(keys),
+                                       lambda: self.memory.get_many(keys), decides=True)
 
     async def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
         await self._health.call("kv.set", lambda: self.redis.set(key, value, ttl_s),

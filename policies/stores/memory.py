@@ -33,7 +33,10 @@ class MemoryStore:
 
     async def admit(self, reservation: Reservation) -> AdmitResult:
         now = self._clock()
-        if reservation.entry_id in self._open or reservation.entry_id in self._records:
+        admitted = self._open.get(reservation.entry_id)
+        if admitted is not None and admitted[0].attempt == reservation.attempt:
+            return AdmitResult("ok", store=self.name)  # this very admission, sent again: it holds already
+        if admitted is not None or reservation.entry_id in self._records:
             return AdmitResult("dup")
         levels: list[float] = []
         wait, failed = 0.0, -1

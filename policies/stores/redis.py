@@ -22,7 +22,7 @@ from .layer import StoreLayer
 
 # KEYS: buckets hash, spend hash, pending, then every record and slot key of the batch (declared for Cluster).
 # ARGV[1]: {B: [[bucket field, capacity, rate]], P: [[spend field, limit, soft]], i: [{r: record key, e: entry,
-#           b: [[index in B, cost]], s: [[slot key, limit]], p: [index in P], est, l: lease}]} in the order the
+#           o: attempt (an entry admitted by this same attempt answers 'again'), b: [[index in B, cost]], s: [[slot key, limit]], p: [index in P], est, l: lease}]} in the order the
 #           requests came (a batch's buckets and spends are named once); ARGV[1 + n]: request n's plan.
 # The requests are admitted one after the other, exactly as separate scripts at the same instant would admit
 # them, but the tenant's two hashes are read once and written once for the whole batch.
@@ -47,7 +47,10 @@ if #P > 0 then
 end
 local dirty, added, leases, pend = {}, {}, {}, {}
 local function admit(idx, it)
-  if redis.call('EXISTS', it.r) == 1 then return 'dup' end
+  if redis.call('EXISTS', it.r) == 1 then
+    if redis.call('HGET', it.r, 'attempt') == it.o then return 'again' end
+    return 'dup'
+  end
   local nb = #it.b
   local levels = {}
   local wait, failed = 0, 0
@@ -93,7 +96,7 @@ local function admit(idx, it)
     reserved[pi] = reserved[pi] + it.est
     added[pi] = (added[pi] or 0) + it.est
   end
-  redis.call('HSET', it.r, 'state', 'reserved', 'plan', ARGV[1 + idx])
+  redis.call('HSET', it.r, 'state', 'reserved', 'plan', ARGV[1 + idx], 'attempt', it.o)
   pend[#pend + 1], pend[#pend + 2] = now + it.l, it.e
   out[#out + 1] = 'soft'
   for _, k in ipairs(soft) do out[#out + 1] = k end
@@ -388,7 +391,7 @@ class RedisStore:
     async def admit(self, reservation: Reservation) -> AdmitResult:
         r = reservation
         rec = record_key(r.tenant, r.entry_id)
-        item = {"r": rec, "e": r.entry_id, "b": [(b.key, b.capacity, b.rate, b.cost) for b in r.buckets],
+        item = {"r": rec, "e": r.entry_id, "o": r.attempt, "b": [(b.key, b.capacity, b.rate, b.cost) for b in r.buckets],
                 "s": [(s.key, s.limit) for s in r.slots],
                 "p": [(s.key, -1 if s.limit is None else s.limit, -1 if s.soft is None else s.soft)
                       for s in r.spends], "est": r.est_cost, "l": r.lease_s}
@@ -403,6 +406,8 @@ class RedisStore:
         if outcome == "bucket":
             return AdmitResult("bucket", index=int(out[1]) - 1, retry_after=float(out[2]),
                                levels=[float(v) for v in out[3:]], store=self.name)
+        if outcome == "again":  # this admission ran already (its reply was lost and it was sent again)
+            return AdmitResult("ok", store=self.name)
         if outcome == "dup":
             return AdmitResult("dup", store=self.name)
         return AdmitResult(outcome, index=int(out[1]) - 1, store=self.name)

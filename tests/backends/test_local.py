@@ -255,7 +255,7 @@ def test_sampling_options_in_process(tiny_gateway: ServerThread) -> None:
             client.completions.create(model="tiny", prompt="the quick", max_tokens=5, echo=True)
         with pytest.raises(openai.BadRequestError) as json_mode:
             client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
-                                           response_format={"type": "yaml"})
+                                           response_format={"type": "yaml"})  # type: ignore[call-overload]
     assert (echo.value.param, echo.value.code) == ("echo", "unsupported_parameter")
     assert json_mode.value.param == "response_format"
     assert [c.index for c in many.choices] == [0, 1]
@@ -473,7 +473,8 @@ def test_over_http_a_local_engine_server_is_the_upstream(engine_server: str) -> 
             with pytest.raises(openai.BadRequestError) as tools:
                 client.chat.completions.create(model="remote", messages=[{"role": "user", "content": "x"}],
                                                tools=[{"type": "function", "function": {"name": "f"}}],
-                                               tool_choice="required", response_format={"type": "yaml"})
+                                               tool_choice="required",
+                                               response_format={"type": "yaml"})  # type: ignore[call-overload]
         validate("CreateChatCompletionResponse", raw.http_response.json())
         answer = raw.parse()
         assert answer.usage is not None and answer.usage.completion_tokens == 5

@@ -105,7 +105,8 @@ def test_bedrock_wrong_secret_is_the_operators_502(start_gateway, upstream, fake
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client, \
             pytest.raises(openai.InternalServerError, match="refused the gateway's credentials") as raised:
         client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}])
-    assert raised.value.status_code == 502 and raised.value.body["code"] == "upstream_auth_failed"
+    body = raised.value.body
+    assert raised.value.status_code == 502 and isinstance(body, dict) and body["code"] == "upstream_auth_failed"
 
 
 def test_bedrock_api_key_is_sent_as_bearer(start_gateway, upstream, fakes):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import openai
@@ -43,6 +43,28 @@ def flaky_model(upstream_url: str) -> str:
 def batch_gateway(upstream, start_gateway, tmp_path):
     text = config_text(upstream[0].url, flaky_model(upstream[0].url), server=batch_sections(str(tmp_path / "files")))
     return start_gateway(text)
+
+
+def alias(name: str, provider: str, model: str, api_base: str) -> str:
+    """A ``models:`` entry: one deployment, the fakes' key."""
+    return f"""  - name: {name}
+    deployments:
+      - {{provider: {provider}, model: {model}, api_base: "{api_base}", api_key: {UPSTREAM_KEY}}}"""
+
+
+@pytest.fixture
+def client_with(upstream, start_gateway, tmp_path) -> Iterator[Callable[[str], openai.OpenAI]]:
+    """An openai client on a batch gateway with more aliases (``models:`` YAML, as config_text takes them)."""
+    clients: list[openai.OpenAI] = []
+
+    def make(models: str) -> openai.OpenAI:
+        gateway = start_gateway(config_text(upstream[0].url, models, server=batch_sections(str(tmp_path / "files"))))
+        clients.append(openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20))
+        return clients[-1]
+
+    yield make
+    for made in clients:
+        made.close()
 
 
 @pytest.fixture

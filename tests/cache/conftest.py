@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from gateway.auth import hash_key, new_key
+from policies.clock import SYSTEM, Clock
 from tests.conftest import KEY, OTHER_KEY, UPSTREAM_KEY
 from tests.fakes.openai_upstream import FakeState
 from tests.harness import ServerThread
@@ -76,12 +77,12 @@ def settle(server: ServerThread) -> None:
 
 
 @pytest.fixture
-def cached_gateway(upstream: tuple[ServerThread, FakeState], start_gateway: Callable[[str], ServerThread],
+def cached_gateway(upstream: tuple[ServerThread, FakeState], start_gateway: Callable[..., ServerThread],
                    stores_yaml: str) -> Callable[..., ServerThread]:
     """A gateway with the cache on, on each store (``store_kind``: memory, one Redis, a Redis Cluster)."""
-    def start(cache: dict[str, Any], **overrides: Any) -> ServerThread:
+    def start(cache: dict[str, Any], clock: Clock = SYSTEM, **overrides: Any) -> ServerThread:
         stores = f"stores:\n{stores_yaml}\n" if stores_yaml else ""
-        return start_gateway(cache_config(upstream[0].url, cache, **overrides) + stores)
+        return start_gateway(cache_config(upstream[0].url, cache, **overrides) + stores, clock=clock)
     return start
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import httpx
 import openai
 import pytest
 
+from policies.clock import ManualClock
 from tests.cache.conftest import ADMIN_KEY, ask, client_for, settle
 from tests.conftest import KEY, OTHER_KEY
 from tests.fakes.openai_upstream import FakeState
@@ -140,12 +140,15 @@ def test_cache_control_no_cache_and_no_store(cached_gateway: Callable[..., Serve
 
 
 def test_entries_expire(cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState]) -> None:
-    server = cached_gateway({"enabled": True, "ttl_s": 0.5})
+    clock = ManualClock()  # the gateway's: entries expire by it on every store
+    server = cached_gateway({"enabled": True, "ttl_s": 60}, clock=clock)
     with client_for(server) as client:
         ask(client, "Expiring question")
         settle(server)
         assert ask(client, "Expiring question")[1]["x-cache"] == "hit-exact"
-        time.sleep(0.7)
+        clock.advance(59)
+        assert ask(client, "Expiring question")[1]["x-cache"] == "hit-exact"
+        clock.advance(1.5)
         assert ask(client, "Expiring question")[1]["x-cache"] == "miss"
 
 

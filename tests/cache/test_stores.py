@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from errors import Unavailable
 from policies.cache import CacheConfig, ResponseCache
 from policies.cache.exact import AnswerStore, Caps, MemoryStore, RedisStore, entry_key
 from policies.call import Call
+from policies.clock import ManualClock
 from policies.config import StoresConfig
 from policies.record import RequestRecord
 from policies.stores.layer import StoreLayer
@@ -23,19 +25,23 @@ from tests.redis_server import RedisServer
 
 @pytest.fixture
 def store_factory(store_layer: StoreLayer) -> Any:
-    def make(max_entries: int = 100, max_bytes: int = 1 << 30, max_entry_bytes: int = 1 << 20) -> AnswerStore:
+    def make(max_entries: int = 100, max_bytes: int = 1 << 30, max_entry_bytes: int = 1 << 20,
+             clock: Callable[[], float] = time.time) -> AnswerStore:
         caps = Caps(max_entries, max_bytes, max_entry_bytes)
-        return RedisStore(store_layer, caps) if store_layer.shared else MemoryStore(caps)
+        return RedisStore(store_layer, caps, clock=clock) if store_layer.shared else MemoryStore(caps, clock)
     return make
 
 
 async def test_get_set_and_expiry(store_factory: Any) -> None:
-    store = store_factory()
+    clock = ManualClock()   # entries expire by the gateway's clock on both stores
+    store = store_factory(clock=clock.time)
     key = entry_key("acme", "chat", "abc")
     assert await store.get(key) is None
-    await store.set(key, b"answer", ttl_s=0.3)
+    await store.set(key, b"answer", ttl_s=60)
     assert await store.get(key) == b"answer"
-    await asyncio.sleep(0.45)
+    clock.advance(59.9)
+    assert await store.get(key) == b"answer"
+    clock.advance(0.2)
     assert await store.get(key) is None
 
 

@@ -257,4 +257,7 @@ def build_app(state: FakeState | None = None) -> web.Application:
     app[STATE] = state or FakeState()
     app.router.add_post("/v1/messages", _messages)
     app.router.add_post("/v1/messages/count_tokens", _count_tokens)
+    from . import anthropic_batches  # it answers requests as this module does
+
+    anthropic_batches.add_routes(app)
     return app

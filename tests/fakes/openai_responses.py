@@ -27,7 +27,7 @@ def _texts(content: Any) -> str:
 def plan(body: dict[str, Any]) -> Answer:
     source = body.get("input")
     items = [{"type": "message", "role": "user", "content": source}] if isinstance(source, str) else source or []
-    results = []
+    results: list[str] = []
     for item in reversed(items):
         if item.get("type") != "function_call_output":
             break
@@ -72,6 +72,12 @@ def _items(answer: Answer) -> list[dict[str, Any]]:
         items.append({"type": "function_call", "id": f"fc_{uuid.uuid4().hex[:16]}", "call_id": f"call_fake{i}",
                       "name": name, "arguments": orjson.dumps(arguments).decode(), "status": "completed"})
     return items
+
+
+def whole(body: dict[str, Any]) -> dict[str, Any]:
+    """The whole Response object answering ``body``."""
+    answer = plan(body)
+    return _response(body, _items(answer), "completed", _usage(body, answer))
 
 
 async def handle(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:

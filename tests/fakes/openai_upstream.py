@@ -61,6 +61,8 @@ class FakeState:
     answered: dict[str, int] = field(default_factory=dict)  # a whole answer's last message -> times answered
     hold_requests: threading.Event | None = None  # when not None: requests wait until it is set ...
     hold_after_answers: int = 0                   # ... once this many whole answers were written
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)    # the Files API's (openai_batches.py)
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # the Batch APIs' (OpenAI's, Anthropic's)
 
 
 def framed(event: bytes, line_end: bytes, data_space: bool) -> bytes:
@@ -341,13 +343,9 @@ async def _answer(request: web.Request) -> web.StreamResponse:
             return await _stream_chat(request, body, state)
         return web.Response(body=orjson.dumps(_chat_completion(body)), content_type="application/json")
     if path.endswith("/embeddings"):
-        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        data = [{"object": "embedding", "index": i, "embedding": [float(len(str(x)) % 7) / 7, 0.5, 0.25, 0.125]}
-                for i, x in enumerate(inputs)]
-        return web.json_response({"object": "list", "data": data, "model": model,
-                                  "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
-    words = _words(body)
+        return web.json_response(embeddings(body))
     if body.get("stream"):
+        words = _words(body)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for word in words:
@@ -356,10 +354,43 @@ async def _answer(request: web.Request) -> web.StreamResponse:
             await send_event(response, state, b"data: " + orjson.dumps(chunk) + b"\n\n")
         await send_event(response, state, b"data: [DONE]\n\n")
         return response
-    return web.json_response({"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
-                              "model": model, "usage": _usage(body, len(words)),
-                              "choices": [{"index": 0, "text": " ".join(words), "finish_reason": "stop",
-                                           "logprobs": None}]})
+    return web.json_response(completion(body))
+
+
+def embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    data = [{"object": "embedding", "index": i, "embedding": [float(len(str(x)) % 7) / 7, 0.5, 0.25, 0.125]}
+            for i, x in enumerate(inputs)]
+    return {"object": "list", "data": data, "model": body["model"],
+            "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}}
+
+
+def completion(body: dict[str, Any]) -> dict[str, Any]:
+    words = _words(body)
+    return {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": body["model"],
+            "usage": _usage(body, len(words)),
+            "choices": [{"index": 0, "text": " ".join(words), "finish_reason": "stop", "logprobs": None}]}
+
+
+def whole_answer(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A request's whole answer as this fake gives it (status, body), for a batch line (openai_batches.py):
+    ``flaky`` fails a line whose last message says FAIL, ``error-NNN`` any line."""
+    model = str(body.get("model", ""))
+    messages = body.get("messages")
+    last = str(messages[-1].get("content")) if isinstance(messages, list) and messages else ""
+    if model.startswith("error-") and model[6:].isdigit():
+        return int(model[6:]), {"error": {"message": f"fake upstream error {model[6:]}", "type": "server_error",
+                                          "param": None, "code": None}}
+    if model == "flaky" and "FAIL" in last:
+        return 500, {"error": {"message": "fake upstream error 500", "type": "server_error", "param": None,
+                               "code": None}}
+    if path.endswith("/chat/completions"):
+        return 200, _chat_completion(body)
+    if path.endswith("/embeddings"):
+        return 200, embeddings(body)
+    if path.endswith("/responses"):
+        return 200, openai_responses.whole(body)
+    return 200, completion(body)
 
 
 def build_app(state: FakeState | None = None) -> web.Application:
@@ -370,6 +401,9 @@ def build_app(state: FakeState | None = None) -> web.Application:
                  "/openai/deployments/{deployment}/chat/completions",
                  "/openai/deployments/{deployment}/embeddings"):
         app.router.add_post(path, _handle)
+    from . import openai_batches  # it answers lines as this module does
+
+    openai_batches.add_routes(app)
     return app
 
 

@@ -74,7 +74,7 @@ def test_stop_sequence_is_named_where_the_upstream_names_it(claude, alias, strea
             message = s.get_final_message()
     else:
         message = claude.messages.create(**request)
-    assert message.content[0].text == "Echo: one two"  # type: ignore[union-attr]
+    assert message.content[0].text == "Echo: one two"
     # Anthropic (native) and a vLLM-style chat upstream (``stop_reason``) say which sequence stopped it;
     # Gemini and Bedrock's Converse do not: the documented rule answers end_turn then.
     if alias in ("chat", "anthropic"):

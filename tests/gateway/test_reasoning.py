@@ -35,7 +35,7 @@ def client(provider_gateway):
 def test_chat_reasoning_effort_asks_for_thinking_and_returns_it(client, fakes, alias):
     request = {"model": alias, "messages": [{"role": "user", "content": "hello there"}],
                "reasoning_effort": "medium", "temperature": 0.5, "max_tokens": 10000}
-    answer = client.chat.completions.create(**request)  # type: ignore[call-overload]
+    answer = client.chat.completions.create(**request)
     assert answer.choices[0].message.content == "Echo: hello there"
     assert answer.choices[0].message.model_extra["reasoning_content"] == THOUGHT[alias]
     if alias == "gemini":
@@ -45,20 +45,20 @@ def test_chat_reasoning_effort_asks_for_thinking_and_returns_it(client, fakes, a
     else:  # Claude on Bedrock: a budget below maxTokens, temperature left to its default
         assert upstream_reasoning(fakes, alias) == {"type": "enabled", "budget_tokens": 8192}
         assert "temperature" not in fakes[alias].state.requests[-1].body["inferenceConfig"]
-    chunks = list(client.chat.completions.create(stream=True, **request))  # type: ignore[call-overload]
+    chunks = list(client.chat.completions.create(stream=True, **request))
     streamed = "".join(c.choices[0].delta.model_extra.get("reasoning_content") or "" for c in chunks if c.choices)
     assert streamed == THOUGHT[alias]
 
 
 def test_effort_none_turns_gemini_thinking_off(client, fakes):
-    answer = client.chat.completions.create(model="gemini", reasoning_effort="none",  # type: ignore[arg-type]
+    answer = client.chat.completions.create(model="gemini", reasoning_effort="none",
                                             messages=[{"role": "user", "content": "hi"}])
     assert upstream_reasoning(fakes, "gemini") == {"thinkingBudget": 0}
     assert not (answer.choices[0].message.model_extra or {}).get("reasoning_content")
 
 
 def test_bedrock_thinking_without_max_tokens_gets_room_for_it(client, fakes):
-    answer = client.chat.completions.create(model="bedrock", reasoning_effort="low",  # type: ignore[arg-type]
+    answer = client.chat.completions.create(model="bedrock", reasoning_effort="low",
                                             messages=[{"role": "user", "content": "hi"}])
     assert answer.choices[0].message.model_extra["reasoning_content"] == "Thinking (budget 2048)."
     config = fakes.bedrock.state.requests[-1].body["inferenceConfig"]
@@ -71,7 +71,7 @@ def test_responses_reasoning_effort_gives_a_reasoning_item(client, alias):
                                        max_output_tokens=10000)
     kinds = [item.type for item in response.output]
     assert kinds == ["reasoning", "message"] and response.output_text == "Echo: hello there"
-    assert response.output[0].summary[0].text == THOUGHT[alias]  # type: ignore[union-attr]
+    assert response.output[0].summary[0].text == THOUGHT[alias]
 
 
 @pytest.mark.parametrize("alias", ["gemini", "bedrock"])
@@ -94,7 +94,7 @@ def test_a_claude_tool_loop_from_a_chat_client_goes_on_without_thinking(client, 
                    {"id": "call_1", "type": "function", "function": {"name": "get_weather",
                                                                       "arguments": '{"city": "Paris"}'}}]},
                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
-    answer = client.chat.completions.create(model=alias, messages=history, tools=tools,  # type: ignore[arg-type]
+    answer = client.chat.completions.create(model=alias, messages=history, tools=tools,
                                             reasoning_effort="low", max_tokens=5000)
     assert answer.choices[0].message.content == "Weather: sunny"
     body = fakes[alias].state.requests[-1].body

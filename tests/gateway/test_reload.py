@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -13,12 +14,17 @@ import httpx
 import openai
 import pytest
 
+from gateway.app import build_app
 from gateway.auth import hash_key, new_key
 from gateway.config import parse_config
+from gateway.keys import GATEWAY
+from gateway.reload import Reloader
 from gateway.state import Gateway
 from policies.stores import StoreLayer
 from tests.conftest import KEY, UPSTREAM_KEY, config_text, failure_models
 from tests.gateway.test_server import log_lines, start_serve_with
+from tests.harness import ServerThread
+from tests.wait import wait_for as wait_until
 
 NEW_KEY = new_key()
 
@@ -193,10 +199,59 @@ def test_watch_config_reloads_when_the_file_changes(tmp_path, upstream):
         write(config, extended(upstream[0].url, server=watch))
         wait_for(stdout, "config reloaded", timeout=10)
         assert ask(url, NEW_KEY, "fresh")
-        time.sleep(1.5)  # more watch ticks with the file unchanged
         assert len([line for line in log_lines(stdout) if line["event"] == "config reloaded"]) == 1
     finally:
         stop(process)
+
+
+class WatchTicks:
+    """The watcher's sleeps, each held until the test lets it go: the test knows how many looks it took."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self._go: asyncio.Semaphore | None = None
+
+    async def sleep(self, seconds: float) -> None:
+        del seconds
+        if self._go is None:
+            self._go = asyncio.Semaphore(0)
+        self.started += 1
+        await self._go.acquire()
+
+    def let_go(self, server: ServerThread, count: int) -> None:
+        """Lets ``count`` sleeps end and waits until the watcher has looked and sleeps again."""
+        target = self.started + count
+        for _ in range(count):
+            server.loop.call_soon_threadsafe(lambda: self._go.release() if self._go else None)
+        wait_until(lambda: self.started >= target, what=f"{count} more watch ticks")
+
+
+def test_the_watcher_reloads_a_changed_file_once(tmp_path, upstream) -> None:
+    """Counted ticks instead of wall-clock time: one reload for a change, none for the ticks after it."""
+    watch = "  watch_config: true"
+    path = tmp_path / "config.yaml"
+    path.write_text(original(upstream[0].url, server=watch))
+    loaded = parse_config(path.read_text(), path=str(path), env={})
+    server = ServerThread(lambda: build_app(loaded)).start()
+    ticks = WatchTicks()
+    try:
+        app = server.app
+        assert app is not None
+        reloader = Reloader(app, str(path), sleep=ticks.sleep)
+        server.call(reloader.start)
+        wait_until(lambda: ticks.started == 1, what="the watcher's first sleep")
+        first = app[GATEWAY].loaded   # the live gateway adopts a reloaded config's fields
+        ticks.let_go(server, 3)                      # unchanged: nothing to reload
+        assert app[GATEWAY].loaded is first
+        write(path, extended(upstream[0].url, server=watch))
+        ticks.let_go(server, 2)                      # a look that sees the change, then its settling wait
+        reloaded = wait_until(lambda: app[GATEWAY].loaded if app[GATEWAY].loaded is not first else None,
+                            what="the reload")
+        ticks.let_go(server, 5)                      # five more looks at the unchanged file
+        assert app[GATEWAY].loaded is reloaded
+        asyncio.run_coroutine_threadsafe(reloader.close(), server.loop).result(30)
+    finally:
+        server.stop()
 
 
 def test_a_deployment_that_would_stop_working_keeps_the_old_config(tmp_path, upstream):

@@ -32,11 +32,11 @@ def start_serve(tmp_path, upstream_url, *, workers=1, server=""):
 def start_serve_with(config, env, *, workers=1, stdout=None):
     """``python -m gateway serve`` on a free loopback port; returns once /readyz answers 200."""
     port = free_port()
-    log = stdout.open("wb") if stdout else subprocess.DEVNULL
+    log = stdout.open("wb") if stdout else None
     process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--host",
                                 "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
-    if stdout:
+                               cwd=ROOT, stdout=subprocess.DEVNULL if log is None else log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    if log is not None:
         log.close()  # the child writes through its own copy of the descriptor
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120  # a generous bound: several processes importing at once on a busy machine

@@ -16,7 +16,7 @@ from tests.wait import wait_for
 
 def test_chunks_are_relayed_as_they_arrive_not_buffered(gateway, upstream):
     body = {"model": "slow", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-    arrivals = []
+    arrivals: list[float] = []
     upstream_done_at_first: int | None = None
     started = time.perf_counter()
     with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body,

@@ -24,11 +24,14 @@ def _engine(path: Path, **options: Any) -> Iterator[AsyncEngine]:
     engine.shutdown()
 
 
-async def _client(engine: AsyncEngine, sdk: object) -> AsyncIterator[object]:
+async def _client(engine: AsyncEngine, sdk: Any) -> AsyncIterator[object]:
     runner, url = await serve(engine)
-    sdk.base_url = f"{url}/v1"  # type: ignore[attr-defined]
-    yield sdk
-    await runner.cleanup()
+    sdk.base_url = f"{url}/v1"
+    try:
+        yield sdk
+    finally:
+        await sdk.close()  # its pooled sockets are not left to the GC (a ResourceWarning)
+        await runner.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -47,25 +50,26 @@ def long_engine(tiny_llama_long: Path) -> Iterator[AsyncEngine]:
 
 
 @pytest.fixture
-async def tiny_client(tiny_engine: AsyncEngine, sdk: object) -> AsyncIterator[object]:
+async def tiny_client(tiny_engine: AsyncEngine, sdk: Any) -> AsyncIterator[object]:
     async for client in _client(tiny_engine, sdk):
         yield client
 
 
 @pytest.fixture
-async def smollm2_client(smollm2_engine: AsyncEngine, sdk: object) -> AsyncIterator[object]:
+async def smollm2_client(smollm2_engine: AsyncEngine, sdk: Any) -> AsyncIterator[object]:
     async for client in _client(smollm2_engine, sdk):
         yield client
 
 
 @pytest.fixture
-async def long_client(long_engine: AsyncEngine, sdk: object) -> AsyncIterator[object]:
+async def long_client(long_engine: AsyncEngine, sdk: Any) -> AsyncIterator[object]:
     async for client in _client(long_engine, sdk):
         yield client
 
 
 @pytest.fixture
-def sdk() -> object:
+def sdk() -> Any:
+    # built off the loop (loading the TLS trust store takes longer than the loop guard allows)
     return openai.AsyncOpenAI(base_url="http://127.0.0.1:1/v1", api_key="unused", max_retries=0, timeout=120)
 
 

@@ -17,6 +17,8 @@ def test_public_names() -> None:
             "EngineClosedError",
             "EngineConfig",
             "LLMEngine",
+            "LoRAError",
+            "LoRAInfo",
             "ModelConfig",
             "ModelNotFoundError",
             "OpenAIError",

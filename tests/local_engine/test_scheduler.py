@@ -64,3 +64,21 @@ def test_out_of_blocks_preempts_the_lowest_priority_and_recomputes_it() -> None:
     assert [s.seq.request_id for s in batch] == ["a"]
     assert sched.num_preemptions == 1 and b.num_computed_tokens == 0 and b.block_table == []
     assert sched.waiting == [b] and b.num_tokens == 8  # prompt + its sampled token, recomputed later
+
+
+def test_a_better_priority_takes_the_place_of_the_worst_running_sequence() -> None:
+    sched = _sched(max_num_seqs=2)
+    batch_lines = [_seq(f"line{i}", 3, priority=1) for i in range(3)]
+    for seq in batch_lines:
+        sched.add(seq)
+    _finish_step(sched.schedule())   # two lines run, one waits
+    live = _seq("live", 3, priority=0)
+    sched.add(live)
+    batch = sched.schedule()
+    assert "live" in [s.seq.request_id for s in batch]   # at once, not after a line finishes
+    assert sched.num_preemptions == 1 and len(sched.running) == 2
+    assert [s.request_id for s in sched.waiting] == ["line1", "line2"]   # the later line gave its place up
+    later = _seq("later", 3, priority=1)
+    sched.add(later)
+    _finish_step(sched.schedule())
+    assert sched.num_preemptions == 1   # the same priority waits its turn

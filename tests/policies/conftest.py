@@ -74,7 +74,7 @@ tenants:
 
 
 @pytest.fixture
-def policy_gateway(upstream, start_gateway, stores_yaml) -> Callable[..., ServerThread]:  # type: ignore[no-untyped-def]
+def policy_gateway(upstream, start_gateway, stores_yaml) -> Callable[..., ServerThread]:
     """A gateway on each store (``store_kind``: memory, one Redis, a Redis Cluster); the same tests run on all."""
     def start(clock: Clock = SYSTEM, **sections: str) -> ServerThread:
         stores = sections.pop("stores", "")

@@ -7,6 +7,7 @@ at the deployment's rate for it, streamed and whole, through chat completions, `
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import anthropic
 import openai
@@ -75,7 +76,7 @@ def test_cache_reads_and_writes_are_ledgered_apart_and_priced_at_their_rates(gat
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client, \
             anthropic.Anthropic(base_url=gateway.url, api_key=KEY, max_retries=0, timeout=20) as claude:
         for alias in ("openai", "anthropic", "gemini", "bedrock"):
-            extra = {"prompt_cache_key": "repo-1"} if alias == "openai" else {}
+            extra: dict[str, Any] = {"prompt_cache_key": "repo-1"} if alias == "openai" else {}
             answer = client.chat.completions.create(model=alias, messages=[{"role": "user", "content": "hi there"}],
                                                     **extra)
             assert answer.usage is not None and answer.usage.prompt_tokens_details is not None

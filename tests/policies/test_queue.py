@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 import openai
@@ -14,6 +15,7 @@ from policies.queue import FairQueue, QueueFull
 from policies.stores.base import AdmitResult
 from tests.conftest import KEY
 from tests.policies.conftest import OTHER_KEY, SECOND_KEY, chat, key_id, sdk
+from tests.wait import eventually, wait_for
 
 
 class Capacity:
@@ -93,6 +95,75 @@ async def test_queue_is_bounded_per_tenant_and_in_all():
     await queue.close()
 
 
+async def test_an_admission_answered_after_the_wait_ran_out_is_the_waiters() -> None:
+    # The store admits (takes the bucket's token, writes the ledger reservation) in a round trip that was
+    # sent before the waiter's time ran out and answers after it. The waiter must get that admission: had it
+    # left with a 429, the admission would be given back as a record of a request that never ran (the extra
+    # ledger record seen in tests/policies/test_processes.py).
+    queue = FairQueue(10, 10)
+    loop = asyncio.get_running_loop()
+    max_wait_s = 0.05
+    sent: list[float] = []
+    given_back: list[AdmitResult] = []
+
+    async def slow_store() -> AdmitResult:
+        sent.append(loop.time())
+        deadline = registered + max_wait_s
+        await asyncio.sleep(deadline - loop.time() + 0.05)  # answers after the waiter's deadline, whatever the load
+        return AdmitResult("ok")
+
+    registered = loop.time()
+    result = await queue.wait("a", 1, 0, max_wait_s, slow_store, AdmitResult("slot"), given_back.append)
+    assert sent and sent[0] < registered + max_wait_s   # the attempt was under way before the time ran out
+    assert loop.time() > registered + max_wait_s         # and answered after it
+    assert result.outcome == "ok" and not given_back
+    assert queue.size == 0
+    await queue.close()
+
+
+async def test_a_refusal_answered_after_the_wait_ran_out_refuses() -> None:
+    queue = FairQueue(10, 10)
+    loop = asyncio.get_running_loop()
+    registered = loop.time()
+
+    async def slow_refusal() -> AdmitResult:
+        await asyncio.sleep(registered + 0.1 - loop.time())
+        return AdmitResult("bucket", index=0, retry_after=7.0)
+
+    result = await queue.wait("a", 1, 0, 0.05, slow_refusal, AdmitResult("bucket", index=0, retry_after=0.0),
+                              lambda r: None)
+    assert (result.outcome, result.retry_after) == ("bucket", 7.0)  # the store's latest answer, not the first
+    assert queue.size == 0
+    await queue.close()
+
+
+async def test_a_higher_class_arriving_during_an_attempt_keeps_its_place() -> None:
+    # A batch waiter's store round trip is under way when an interactive one arrives and goes to the head of
+    # the tenant's heap: the admitted batch waiter must leave the heap, not the interactive one at its head.
+    queue = FairQueue(10, 10)
+    gate = asyncio.Event()
+    tried: list[str] = []
+
+    def attempt(name: str) -> Callable[[], Awaitable[AdmitResult]]:
+        async def go() -> AdmitResult:
+            tried.append(name)
+            if name == "batch":
+                await gate.wait()
+            return AdmitResult("ok")
+        return go
+
+    batch = asyncio.create_task(queue.wait("a", 1, 1, 30, attempt("batch"), AdmitResult("slot"), lambda r: None))
+    await eventually(lambda: tried == ["batch"], what="the batch waiter's attempt under way")
+    interactive = asyncio.create_task(queue.wait("a", 1, 0, 30, attempt("interactive"), AdmitResult("slot"),
+                                                 lambda r: None))
+    await eventually(lambda: queue.size == 2, what="the interactive waiter queued")
+    gate.set()
+    assert (await asyncio.wait_for(batch, 10)).outcome == "ok"
+    assert (await asyncio.wait_for(interactive, 10)).outcome == "ok"
+    assert tried == ["batch", "interactive"] and queue.size == 0
+    await queue.close()
+
+
 def _queue_depth(url: str) -> float:
     line = next(x for x in httpx.get(url + "/metrics").text.splitlines() if x.startswith("gateway_queue_depth"))
     return float(line.rsplit(" ", 1)[1])
@@ -142,8 +213,8 @@ def test_a_flood_of_one_tenant_leaves_another_tenant_untouched(policy_gateway):
 
 
 def _finish_order(server, requests):
-    """Sends (name, key, headers) one after another, 0.1 s apart, each in its own thread; returns the
-    names in the order their answers came."""
+    """Sends (name, key, headers) one after another, each once the one before is waiting in the queue, each
+    in its own thread; returns the names in the order their answers came."""
     done: list[str] = []
 
     def send(name: str, key: str, headers: dict[str, str]) -> None:
@@ -155,7 +226,7 @@ def _finish_order(server, requests):
         thread = threading.Thread(target=send, args=(name, key, headers))
         thread.start()
         threads.append(thread)
-        time.sleep(0.1)
+        wait_for(lambda: _queue_depth(server.url) >= len(threads), what=f"{name} waiting in the queue")
     for thread in threads:
         thread.join(20)
     return done
@@ -164,9 +235,9 @@ def _finish_order(server, requests):
 def test_interactive_requests_leave_the_queue_before_batch_ones(policy_gateway):
     from policies.admission import PRIORITY_HEADER
 
-    server = policy_gateway(acme="    limits: {rpm: 100, rpm_burst: 1}\n    max_wait_s: 10")
+    server = policy_gateway(acme="    limits: {rpm: 20, rpm_burst: 1}\n    max_wait_s: 10")
     with sdk(server) as client:
-        chat(client)  # empties the bucket: each next request waits for a refill (0.6 s)
+        chat(client)  # empties the bucket: each next request waits for a refill (3 s)
     order = _finish_order(server, [("batch", KEY, {PRIORITY_HEADER: "batch"}), ("interactive", KEY, {})])
     assert order == ["interactive", "batch"]
 
@@ -174,7 +245,7 @@ def test_interactive_requests_leave_the_queue_before_batch_ones(policy_gateway):
 def test_a_batch_key_cannot_raise_its_class_by_header(policy_gateway):
     from policies.admission import PRIORITY_HEADER
 
-    server = policy_gateway(acme=f"""    limits: {{rpm: 100, rpm_burst: 1}}
+    server = policy_gateway(acme=f"""    limits: {{rpm: 20, rpm_burst: 1}}
     max_wait_s: 10
     per_key:
       {key_id(SECOND_KEY)}: {{priority: batch}}""")

@@ -18,7 +18,7 @@ from tests.policies.test_processes import stop_processes
 NANO = 1_000_000_000
 
 
-def _spent(url: str, count: int, timeout: float = 15) -> list[dict]:  # type: ignore[type-arg]
+def _spent(url: str, count: int, timeout: float = 15) -> list[dict]:
     """acme's ledger records once ``count`` of them are settled."""
     deadline = time.monotonic() + timeout
     while True:

@@ -26,7 +26,7 @@ SPEND = f"gw:{{t:acme}}:spend:d:{DAY}"
 
 
 @pytest.fixture
-async def store(store_layer: StoreLayer):  # type: ignore[no-untyped-def]
+async def store(store_layer: StoreLayer):
     if not store_layer.shared:
         yield MemoryStore(clock=CLOCK.time)
         return
@@ -46,6 +46,18 @@ def reservation(entry: str, *, cost: float = 1.0, lease_s: float = 60.0, est_cos
 
 def settlement(r: Reservation, prompt: int, completion: int, cost: int) -> Settlement:
     return Settlement(r, "dep", prompt, completion, 0, cost, 200, 1.0, False, False)
+
+
+async def test_an_admission_sent_again_is_admitted_once(store) -> None:
+    # redis-py sends a command again on a fresh connection when its connection failed, also after Redis ran
+    # it: the same attempt must find its own reservation, not a "dup" that admission would then admit a
+    # second time under another id (two ledger records for one request).
+    first = reservation("again", cost=30)
+    assert (await store.admit(first)).outcome == "ok"
+    assert (await store.admit(first)).outcome == "ok"
+    assert await store.spent(SPEND) == (0, 1000)                             # reserved once
+    assert (await store.admit(reservation("other", cost=60))).outcome == "ok"  # 30 taken once, not twice
+    assert (await store.admit(reservation("again", cost=1))).outcome == "dup"  # another request, same id
 
 
 async def test_admit_is_all_or_nothing(store):

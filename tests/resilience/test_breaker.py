@@ -243,14 +243,14 @@ async def test_redis_down_fails_open_to_process_memory():
         assert layer.health.degraded
 
 
-def _until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+def _until(condition, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
 
 
-async def _eventually(condition, within: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+async def _eventually(condition, within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while not await condition():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -261,12 +261,13 @@ async def test_fail_closed_refuses_a_trial_while_redis_is_away_and_recovers(own_
     stores = StoresConfig(redis_url=own_redis.url, on_redis_error="fail_closed", redis_timeout_s=0.2,
                           retry_redis_after_s=0.2)
     async with StoreLayer(stores) as layer:
-        breakers = Breakers(FAST, ["a/d"], layer)
+        clock = ManualClock()
+        breakers = Breakers(FAST, ["a/d"], layer, clock=clock)
         for _ in range(3):
             await breakers.failure("a/d")
         assert breakers.state("a/d") is State.OPEN
         own_redis.stop()
-        await asyncio.sleep(FAST.cooldown_s)   # the cool-down: the next request would be the trial
+        clock.advance(FAST.cooldown_s)         # the cool-down: the next request would be the trial
         with pytest.raises(Unavailable) as refused:
             await breakers.admit("a/d")       # whether it may go cannot be decided without the shared state
         assert refused.value.status == 503 and layer.health.degraded
