@@ -17,6 +17,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def stage_two(rows: list[Row]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array(reach), np.array(same), np.array(prob)
 
 
-def score(model, tokenizer, rows: list[Row], batch: int = 64) -> np.ndarray:  # type: ignore[no-untyped-def]
+def score(model: Any, tokenizer: Any, rows: list[Row], batch: int = 64) -> np.ndarray:
     import torch
 
     out = []
