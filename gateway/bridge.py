@@ -12,8 +12,8 @@ import orjson
 from aiohttp import web
 
 from backends import sse
+from backends.wire.chunks import Relayed
 from errors import GatewayError, ModelNotFound, UpstreamConnectionError
-from policies import tokens
 from policies.call import Call
 from policies.router import Router
 
@@ -113,11 +113,11 @@ def whole(call: Call, body: bytes, extra: dict[str, str]) -> web.Response:
 
 
 async def stream(request: web.Request, call: Call, events: AsyncIterator[bytes], extra: dict[str, str],
-                 failed: Callable[[GatewayError], bytes], streamed: Callable[[], int] | None = None
+                 failed: Callable[[GatewayError], bytes], relayed: Relayed | None = None
                  ) -> web.StreamResponse:
     """Writes ``events`` to the client as they come; a failure after the headers went out becomes the
-    client format's error event (``failed``). A translated stream that broke off before its usage came is
-    ledgered at what it streamed (``streamed``: its completion tokens) and the prompt's estimate."""
+    client format's error event (``failed``). A stream that broke off before its usage came is ledgered at
+    what went out (``relayed``, the pipeline's ``broken``)."""
     record = call.record
     response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **extra})
     record.overhead_s = time.perf_counter() - record.started - record.upstream_s
@@ -133,10 +133,15 @@ async def stream(request: web.Request, call: Call, events: AsyncIterator[bytes],
                 await response.write(out)
     except GatewayError as exc:
         record.error, record.status = exc.message, exc.status
-        if streamed is not None and record.prompt_tokens is None and record.completion_tokens is None:
-            prompt = await tokens.count_prompt(call.endpoint, call.body, None)
-            record.take_usage({"prompt_tokens": prompt, "completion_tokens": streamed()})
+        if relayed is not None:
+            await request.app[GATEWAY].pipeline.broken(call, relayed)
         await response.write(failed(exc))
+    else:
+        if relayed is not None and not call.completed:
+            # it ended without its last event (a native stream's response.failed or error event, which the
+            # client has seen): a broken stream, ledgered as one
+            record.error, record.status = "The upstream ended its stream before it was complete.", 502
+            await request.app[GATEWAY].pipeline.broken(call, relayed)
     record.upstream_s = time.perf_counter() - sent
     await response.write_eof()
     return response

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from backends import Endpoint, UpstreamResponse, sse
 from backends.wire import anthropic as wire
+from backends.wire.chunks import Relayed
 from errors import GatewayError
 from policies import tokens
 from policies.cache import ResponseCache
@@ -68,15 +69,17 @@ async def _messages(request: web.Request) -> web.StreamResponse:
                     return await bridge.stream(request, call, bridge.once(wire.replay_events(data)), extra, _failed)
                 return bridge.whole(call, orjson.dumps(data), extra)
             cache = gateway.pipeline.cache
+            relayed = Relayed()
             return await bridge.stream(request, call, _native_events(call, answer.chunks, alias,
-                                                                     cache if cache.wants(call) else None),
-                                       extra, _failed)
+                                                                     cache if cache.wants(call) else None,
+                                                                     relayed),
+                                       extra, _failed, relayed)
         if answer.chunks is None:
             data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
             return bridge.whole(call, orjson.dumps(wire.to_message(data, alias, body.get("stop_sequences"))), extra)
         events = wire.MessageEvents(alias, body.get("stop_sequences"))
         return await bridge.stream(request, call, _translated_events(answer.chunks, events), extra, _failed,
-                                   events.streamed_tokens)
+                                   events.relayed)
 
 
 async def _translated_events(chunks: AsyncIterator[bytes], events: wire.MessageEvents) -> AsyncIterator[bytes]:
@@ -84,10 +87,11 @@ async def _translated_events(chunks: AsyncIterator[bytes], events: wire.MessageE
         yield events.read_all(batch) + events.finish() if done else events.read_all(batch)
 
 
-async def _native_events(call: Call, chunks: AsyncIterator[bytes], alias: str, cache: ResponseCache | None
-                         ) -> AsyncIterator[bytes]:
+async def _native_events(call: Call, chunks: AsyncIterator[bytes], alias: str, cache: ResponseCache | None,
+                         relayed: Relayed) -> AsyncIterator[bytes]:
     """Anthropic's own stream, passed on with the alias as its model; its usage (message_start,
-    message_delta) is read on the way, and with a ``cache`` that wants it the whole message is kept."""
+    message_delta) and the text relayed (``relayed``: what a stream that breaks off is ledgered at) are
+    read on the way, and with a ``cache`` that wants it the whole message is kept."""
     decoder = sse.Decoder()
     usage = wire.usage_of(None)
     whole = wire.MessageOfEvents() if cache is not None else None
@@ -98,12 +102,18 @@ async def _native_events(call: Call, chunks: AsyncIterator[bytes], alias: str, c
                 data = orjson.loads(event.data)
                 message = data.get("message") or {}
                 wire.count_usage(usage, message.get("usage"))
+                relayed.usage = usage.openai()
                 data = {**data, "message": {**message, "model": alias}}
                 if whole is not None:
                     whole.event(event.event, data)
                 out.append(wire.event("message_start", data))
                 continue
-            if whole is not None and event.event.startswith(("content_block_", "message_delta")):
+            if event.event == "content_block_delta":
+                delta = orjson.loads(event.data)
+                _relayed_text(relayed, delta.get("delta"))
+                if whole is not None:
+                    whole.event(event.event, delta)
+            elif whole is not None and event.event.startswith(("content_block_", "message_delta")):
                 whole.event(event.event, orjson.loads(event.data))
             if event.event == "message_delta":
                 wire.count_usage(usage, orjson.loads(event.data).get("usage"))
@@ -113,6 +123,14 @@ async def _native_events(call: Call, chunks: AsyncIterator[bytes], alias: str, c
                     cache.store(call, UpstreamResponse(status=200, data=whole.message))
             out.append(sse.encode(event.data, event=event.event))
         yield b"".join(out)
+
+
+def _relayed_text(relayed: Relayed, delta: Any) -> None:
+    """A content block delta's text, thinking or tool input, as the chat reader counts those."""
+    if isinstance(delta, dict):
+        text = delta.get("text") or delta.get("thinking") or delta.get("partial_json")
+        if isinstance(text, str):
+            relayed.texts.append(text)
 
 
 async def _count_tokens(request: web.Request) -> web.StreamResponse:

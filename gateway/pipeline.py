@@ -17,7 +17,9 @@ from typing import Any
 import orjson
 
 from backends import Endpoint, UpstreamResponse, spans, sse
-from policies import chunking, ledger
+from backends.wire.chunks import Relayed, TextReader
+from errors import GatewayError
+from policies import chunking, ledger, tokens
 from policies.admission import Admission
 from policies.cache import ResponseCache
 from policies.call import Call
@@ -74,7 +76,7 @@ class Pipeline:
                 if upstream.chunks is not None:
                     upstream.chunks = streams.scrubbed(upstream.chunks)   # secrets out, before the cache and the client
                     if call.endpoint not in _NATIVE:  # a native format's handler reads its own usage
-                        upstream.chunks = _tap(call, upstream.chunks)
+                        upstream.chunks = self._ledgered(call, _tap(call, upstream.chunks))
                     if call.collected is not None:
                         upstream.chunks = self._store_at_end(call, upstream, upstream.chunks)
                 else:
@@ -92,6 +94,54 @@ class Pipeline:
     async def usage(self, tenant: str, days: list[str], group_by: ledger.GroupBy) -> list[dict[str, Any]]:
         """The ledger's usage rows of ``tenant`` over ``days`` (the admin API)."""
         return await ledger.usage(self.admission.store, tenant, days, group_by)
+
+    async def broken(self, call: Call, relayed: Relayed) -> None:
+        """Puts a stream that broke off after some of it went out on the record, which the ledger settles
+        once: the prompt (the upstream's count where it sent one, else the estimate) and the tokens of what
+        was relayed, with the deployment's tokenizer where known (else about four characters a token).
+        Nothing when the upstream's own usage came before the break."""
+        record = call.record
+        if record.prompt_tokens is not None or record.completion_tokens is not None:
+            return
+        encoding = self._encoding(record.deployment)
+        usage = dict(relayed.usage) if relayed.usage and relayed.usage.get("prompt_tokens") else {}
+        if not usage:
+            usage["prompt_tokens"] = call.prompt_tokens if call.prompt_tokens is not None else \
+                await tokens.count_prompt(call.endpoint, call.body, encoding)
+        usage["completion_tokens"] = tokens.count_text(relayed.text(), encoding)
+        record.take_usage(usage)
+
+    def _encoding(self, deployment: str | None) -> Any | None:
+        """The tokenizer of the deployment that answered, where one was loaded at start (never here: loading
+        one takes seconds on the loop; the gateway loads them only where a limit or a stream needs counts)."""
+        for route in self.resilience.router.all_routes():
+            if route.id == deployment:
+                return self.admission.encoding(route.alias)
+        return None
+
+    async def _ledgered(self, call: Call, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """A chat pass-through stream, what went out kept (the tap's own blobs, by reference) until it ends:
+        one that breaks off is put on the record at what was relayed (``broken``), read as the translated
+        paths read it (``TextReader``)."""
+        kept = call.collected if call.collected is not None else []
+        own = kept is not call.collected
+        try:
+            async for events in chunks:
+                if own:
+                    kept.append(events)
+                yield events
+        except GatewayError:
+            reader = TextReader()
+            for event in sse.decode(b"".join(kept)):
+                if event.data[:1] == b"{":
+                    try:
+                        chunk = orjson.loads(event.data)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(chunk, dict):
+                        reader.read(chunk)
+            await self.broken(call, reader.relayed)
+            raise
 
     async def _store_at_end(self, call: Call, upstream: UpstreamResponse,
                             chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -20,6 +20,7 @@ from aiohttp import web
 from backends import Endpoint, UpstreamResponse, sse
 from backends.shape import new_id
 from backends.wire import responses as wire
+from backends.wire.chunks import Relayed
 from errors import GatewayError, InvalidRequest, NotFound
 from policies.cache import ResponseCache
 from policies.call import Call
@@ -133,16 +134,21 @@ async def create(request: web.Request) -> web.StreamResponse:
                 return await bridge.stream(request, call, bridge.once(wire.replay_events(response)), extra, _failed)
             return bridge.whole(call, orjson.dumps(response) if hit else answer.body or orjson.dumps(response), extra)
         if call.endpoint is Endpoint.RESPONSES:
-            events = _native_events(call, answer.chunks, ready.kept, gateway.pipeline.cache)
-            return await bridge.stream(request, call, events, extra, _failed)
+            relayed = Relayed()
+            events = _native_events(call, answer.chunks, ready.kept, gateway.pipeline.cache, relayed)
+            return await bridge.stream(request, call, events, extra, _failed, relayed)
         writer = wire.ResponseEvents(new_id("resp_"), ready.body, call.alias)
         return await bridge.stream(request, call, _translated_events(writer, answer.chunks, ready.kept), extra,
-                                   writer.failed, writer.streamed_tokens)
+                                   writer.failed, writer.relayed)
 
 
 def _unstored(item: dict[str, Any]) -> dict[str, Any]:
     """An earlier turn's item as new input: ids the gateway made mean nothing upstream."""
     return {k: v for k, v in item.items() if k not in ("id", "status")}
+
+
+# The events whose ``delta`` is text the model generated (and the upstream bills): answer, reasoning, tools.
+_TEXT_DELTAS = ("text.delta", "refusal.delta", "arguments.delta")
 
 
 def _failed(exc: GatewayError) -> bytes:
@@ -159,15 +165,20 @@ async def _translated_events(writer: wire.ResponseEvents, chunks: AsyncIterator[
         await kept(writer.final)
 
 
-async def _native_events(call: Call, chunks: AsyncIterator[bytes], kept: Any, cache: ResponseCache
-                         ) -> AsyncIterator[bytes]:
+async def _native_events(call: Call, chunks: AsyncIterator[bytes], kept: Any, cache: ResponseCache,
+                         relayed: Relayed) -> AsyncIterator[bytes]:
     """OpenAI's own Responses stream, passed on; the final response is read on the way (usage, store, and
-    the response cache, which keeps it whole)."""
+    the response cache, which keeps it whole), and the text relayed (``relayed``: what a stream that breaks
+    off is ledgered at)."""
     decoder = sse.Decoder()
     async for piece in chunks:
         yield piece
         for event in decoder.feed(piece):
-            if event.event in ("response.completed", "response.incomplete") or \
+            if event.event.endswith(_TEXT_DELTAS):
+                delta = orjson.loads(event.data).get("delta")
+                if isinstance(delta, str):
+                    relayed.texts.append(delta)
+            elif event.event in ("response.completed", "response.incomplete") or \
                     b'"type":"response.completed"' in event.data[:40]:
                 final = orjson.loads(event.data).get("response") or {}
                 bridge.take_usage(call, wire.chat_usage(final.get("usage")))

@@ -7,6 +7,7 @@ Callers iterate ``generate(...)``; leaving the iteration early (break, cancellat
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 from local_engine.config import EngineConfig
 from local_engine.engine import LLMEngine, Prompt, RequestError
+from local_engine.kv_transfer import KVConnector, KVTransferError, LoadedKV, load_kv
 from local_engine.lora import LoRAInfo
 from local_engine.outputs import RequestOutput
 from local_engine.sampling_params import SamplingParams
@@ -24,12 +26,19 @@ class EngineClosedError(RuntimeError):
     """The engine was closed, or its step loop died, while a request was running."""
 
 
+class _Reserved:
+    """Told to a handoff's caller once the engine holds blocks for its prompt."""
+
+
+_RESERVED = _Reserved()
+
+
 @dataclass(slots=True)
 class _Stream:
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[RequestOutput | BaseException]
+    queue: asyncio.Queue[RequestOutput | BaseException | _Reserved]
 
-    def put(self, item: RequestOutput | BaseException) -> None:
+    def put(self, item: RequestOutput | BaseException | _Reserved) -> None:
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the caller's loop is gone; nobody is listening
@@ -47,7 +56,10 @@ class AsyncEngine:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self._cv = threading.Condition()
-        self._new: list[tuple[str, Prompt, SamplingParams, str | None]] = []
+        self._new: list[tuple[str, Prompt, SamplingParams, str | None, KVConnector | None]] = []
+        # handoffs waiting for blocks, and those whose KV arrived
+        self._reserves: list[tuple[str, list[int], SamplingParams, str | None]] = []
+        self._commits: list[tuple[str, LoadedKV, int]] = []
         self._aborts: list[str] = []
         self._streams: dict[str, _Stream] = {}
         self._closed = False
@@ -96,27 +108,52 @@ class AsyncEngine:
         return self.engine.resolve_lora(model)
 
     async def generate(
-        self, request_id: str, prompt: Prompt, params: SamplingParams, lora: str | None = None
+        self,
+        request_id: str,
+        prompt: Prompt,
+        params: SamplingParams,
+        lora: str | None = None,
+        *,
+        kv_save: KVConnector | None = None,
+        kv_load: dict[str, Any] | None = None,
     ) -> AsyncGenerator[RequestOutput, None]:
         """Yield one :class:`RequestOutput` delta per new token; the last has ``done`` set.
 
         ``prompt`` is text, token ids or a list of chat messages; ``lora`` names an adapter (None: the
         base model). Raises :class:`RequestError` for a request the engine cannot take and
         :class:`EngineClosedError` on shutdown.
+        With ``kv_save`` (a prefill worker) the prompt's KV goes to that connector when the request
+        finishes and the last output carries ``kv_transfer_params``. With ``kv_load`` (a decode
+        worker: a prefill worker's ``kv_transfer_params``) ``prompt`` is ignored: the engine takes
+        blocks for the handed-off prompt, loads its KV and continues from its first token; it raises
+        :class:`KVTransferError` when the KV cannot be had.
         """
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        handoff = None
+        if kv_load is not None:
+            try:
+                handoff = ([int(t) for t in kv_load["layout"]["token_ids"]], int(kv_load["first_token"]))
+            except (KeyError, TypeError, ValueError):
+                raise RequestError("kv_transfer_params is not a prefill worker's handoff") from None
         with self._cv:
             if self._closed or self._error is not None:
                 raise EngineClosedError("the engine is closed") from self._error
             if request_id in self._streams:
                 raise RequestError(f"request id {request_id!r} is already running")
             self._streams[request_id] = stream
-            self._new.append((request_id, prompt, params, lora))
+            if handoff is None:
+                self._new.append((request_id, prompt, params, lora, kv_save))
+            else:
+                self._reserves.append((request_id, handoff[0], params, lora))
             self._cv.notify()
         finished = False
         try:
+            if handoff is not None and kv_load is not None:
+                await self._load_handoff(request_id, stream, kv_load, *handoff)
             while True:
                 item = await stream.queue.get()
+                if isinstance(item, _Reserved):
+                    continue
                 if isinstance(item, BaseException):
                     finished = True  # the loop already dropped the request
                     raise item
@@ -127,6 +164,27 @@ class AsyncEngine:
         finally:
             if not finished:
                 self.abort(request_id)
+
+    async def _load_handoff(
+        self, request_id: str, stream: _Stream, params: dict[str, Any], token_ids: list[int], first: int
+    ) -> None:
+        item = await stream.queue.get()  # blocks first: a prompt that cannot fit never costs a transfer
+        if isinstance(item, BaseException):
+            raise item
+        loaded = await load_kv(params)
+        try:
+            if list(loaded.layout.token_ids) != token_ids:
+                raise KVTransferError("the KV handoff was computed for another prompt")
+            loaded.layout.check_fits(self.engine.runner.kv_caches)
+        except (KVTransferError, ValueError):
+            loaded.release()
+            raise
+        with self._cv:
+            if self._closed:
+                loaded.release()
+                raise EngineClosedError("the engine is closed")
+            self._commits.append((request_id, loaded, first))
+            self._cv.notify()
 
     def abort(self, request_id: str) -> None:
         """Stop ``request_id`` and free its blocks; safe from any thread, for unknown ids too."""
@@ -151,18 +209,36 @@ class AsyncEngine:
         try:
             while True:
                 with self._cv:
-                    while not (self._closed or self._new or self._aborts or engine.has_unfinished()):
+                    while not (
+                        self._closed or self._new or self._aborts or self._commits or engine.has_unfinished()
+                    ):
+                        if self._reserves:  # handoffs waiting for blocks: retry as others free theirs
+                            self._cv.wait(timeout=0.01)
+                            break
                         self._cv.wait()
                     if self._closed:
                         break
                     new, self._new = self._new, []
                     aborts, self._aborts = self._aborts, []
+                    reserves, self._reserves = self._reserves, []
+                    commits, self._commits = self._commits, []
                 # Adds before aborts: a caller may have left before its request was ever added.
-                for rid, prompt, params, lora in new:
+                for rid, prompt, params, lora, saver in new:
                     try:
                         engine.add_request(rid, prompt, params, lora)
                     except (RequestError, ValueError) as e:
                         self._fail(rid, e)
+                        continue
+                    if saver is not None:
+                        engine.kv_savers[rid] = functools.partial(saver.save, rid)
+                self._reserve(reserves)
+                for rid, loaded, first in commits:
+                    try:
+                        self._deliver(engine.complete_handoff(rid, loaded.tensor, first))
+                    except (RequestError, ValueError) as e:
+                        self._fail(rid, e)
+                    finally:
+                        loaded.release()
                 for rid in aborts:
                     engine.abort_request(rid)
                 if engine.has_unfinished():
@@ -182,6 +258,24 @@ class AsyncEngine:
             )
             for stream in streams.values():
                 stream.put(err)
+
+    def _reserve(self, reserves: list[tuple[str, list[int], SamplingParams, str | None]]) -> None:
+        waiting = []
+        for rid, ids, params, lora in reserves:
+            with self._cv:
+                stream = self._streams.get(rid)
+            if stream is None:  # its caller left already
+                continue
+            try:
+                if self.engine.reserve_handoff(rid, ids, params, lora):
+                    stream.put(_RESERVED)
+                else:
+                    waiting.append((rid, ids, params, lora))
+            except (RequestError, ValueError) as e:
+                self._fail(rid, e)
+        if waiting:
+            with self._cv:
+                self._reserves[:0] = waiting
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         # One wake-up per event loop per step, not one per token: fewer thread switches

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from local_engine.block_manager import BlockManager
 from local_engine.config import EngineConfig
 from local_engine.detokenizer import IncrementalDetokenizer
+from local_engine.kv_transfer.layout import KVCaches, scatter_kv
 from local_engine.loader import load_model
 from local_engine.lora import LoRAError, LoRAInfo, LoRAManager
 from local_engine.metrics import EngineMetrics
@@ -20,12 +22,14 @@ from local_engine.model_source import resolve_model
 from local_engine.outputs import RequestOutput
 from local_engine.sampling_params import SamplingParams
 from local_engine.scheduler import Scheduler
-from local_engine.sequence import Sequence, TokenLogprob
+from local_engine.sequence import Sequence, SequenceStatus, TokenLogprob
 from local_engine.speculative import can_speculate, propose
 from local_engine.structured import GrammarCompiler, GrammarError
 from local_engine.tokenizer import Tokenizer
 
 Prompt = str | list[int] | list[dict[str, Any]]
+# Prefill side of a handoff: (prompt token ids, kv caches, the prompt's block ids) -> kv_transfer_params.
+KVSaver = Callable[[list[int], KVCaches, list[int]], dict[str, Any]]
 
 
 class RequestError(ValueError):
@@ -74,6 +78,8 @@ class LLMEngine:
         )
         self._requests: dict[str, list[Sequence]] = {}  # request id → its n sequences
         self.failed: list[tuple[str, Exception]] = []  # requests ended by an error after they were added
+        self.kv_savers: dict[str, KVSaver] = {}  # request id → where its prompt's KV goes when prefilled
+        self._loading: dict[str, Sequence] = {}  # request id → a handoff holding blocks, its KV in flight
 
     def add_lora(self, name: str, path: str | Path) -> LoRAInfo:
         """Register the PEFT adapter at ``path`` as ``name`` (checked now, loaded on first use); replaces
@@ -110,6 +116,53 @@ class LLMEngine:
     ) -> list[Sequence]:
         """Queue a request (``params.n`` sequences); ``prompt`` is text, token ids, or OpenAI chat messages;
         ``lora`` names the adapter that serves it (None: the base model)."""
+        seqs = self._new_sequences(request_id, prompt, params, lora)
+        for seq in seqs:
+            self.scheduler.add(seq)
+        self._requests[request_id] = seqs
+        self.metrics.prompt_tokens_total += seqs[0].num_prompt_tokens
+        self._update_gauges()
+        return seqs
+
+    def reserve_handoff(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, lora: str | None = None
+    ) -> bool:
+        """Decode side of a handoff: allocate blocks for a prompt another worker computed (reusing
+        blocks this engine's prefix cache already holds). False, and nothing held, while it does not fit."""
+        if params.n != 1:
+            raise RequestError("a KV handoff carries one sequence (n=1)")
+        if len(self.scheduler.running) + len(self._loading) >= self.config.max_num_seqs:
+            return False
+        (seq,) = self._new_sequences(request_id, prompt_token_ids, params, lora)
+        if self.block_manager.allocate(seq, seq.num_prompt_tokens) == 0:
+            self._finish(seq, "abort")  # gives back its adapter; it held no block
+            return False
+        self._requests[request_id] = [seq]
+        self._loading[request_id] = seq
+        self._update_gauges()
+        return True
+
+    def complete_handoff(self, request_id: str, kv: Any, first_token: int) -> list[RequestOutput]:
+        """Copy a reserved handoff's KV (``[layers, 2, blocks, ...]``, all the prompt's blocks) into its
+        blocks and continue from the first token the prefill worker sampled."""
+        seq = self._loading.pop(request_id)
+        blocks = seq.block_table
+        if tuple(kv.shape[2:4]) != (len(blocks), self.config.block_size):
+            raise RequestError(f"KV handoff holds {tuple(kv.shape[2:4])} blocks x size; expected {len(blocks)}")
+        cached = seq.num_computed_tokens // self.config.block_size  # blocks the prefix cache filled already
+        scatter_kv(self.runner.kv_caches, blocks[cached:], kv[:, :, cached:])
+        seq.num_computed_tokens = seq.num_prompt_tokens
+        self.block_manager.commit(seq)
+        seq.status = SequenceStatus.RUNNING
+        self.scheduler.running.append(seq)
+        self.metrics.prompt_tokens_total += seq.num_prompt_tokens
+        out = [self._append_token(seq, first_token, None, time.perf_counter())]
+        self._update_gauges()
+        return out
+
+    def _new_sequences(
+        self, request_id: str, prompt: Prompt, params: SamplingParams, lora: str | None
+    ) -> list[Sequence]:
         if lora is not None and self.loras is None:
             raise RequestError("this engine serves no LoRA adapters (max_loras is 0)")
         if request_id in self._requests:
@@ -157,15 +210,13 @@ class LLMEngine:
                     raise RequestError(str(e)) from None
                 seq.cache_seed = seq.lora.cache_seed
             seqs.append(seq)
-            self.scheduler.add(seq)
-        self._requests[request_id] = seqs
-        self.metrics.prompt_tokens_total += len(ids)
-        self._update_gauges()
         return seqs
 
     def abort_request(self, request_id: str) -> None:
         """Stop a request now and free its KV blocks; a no-op if it is unknown or already done."""
         seqs = self._requests.pop(request_id, None)
+        self.kv_savers.pop(request_id, None)
+        self._loading.pop(request_id, None)
         for seq in seqs or ():
             if not seq.finished:
                 self._finish(seq, "abort")
@@ -284,17 +335,27 @@ class LLMEngine:
         ):
             reason = "length"
         done = False
+        kv_params = None
         if reason is not None:
+            saver = self.kv_savers.pop(seq.request_id, None)
+            if saver is not None:  # a prefill worker's sequence: its prompt's KV leaves before the blocks go
+                n = -(-seq.num_prompt_tokens // self.config.block_size)
+                kv_params = saver(seq.prompt_token_ids, self.runner.kv_caches, seq.block_table[:n])
             self._finish(seq, reason)
             siblings = self._requests[seq.request_id]
             done = all(s.finished for s in siblings)
             if done:
                 del self._requests[seq.request_id]
                 self.metrics.requests_finished_total += 1
-        return self._output(seq, [token], [logprob] if logprob is not None else [], done)
+        return self._output(seq, [token], [logprob] if logprob is not None else [], done, kv_params)
 
     def _output(
-        self, seq: Sequence, tokens: list[int], logprobs: list[TokenLogprob], done: bool
+        self,
+        seq: Sequence,
+        tokens: list[int],
+        logprobs: list[TokenLogprob],
+        done: bool,
+        kv_transfer_params: dict[str, Any] | None = None,
     ) -> RequestOutput:
         end = len(seq.output_text)
         if not seq.finished and seq.params.stop:
@@ -313,6 +374,7 @@ class LLMEngine:
             completion_tokens=seq.num_output_tokens,
             cached_tokens=seq.num_cached_tokens,
             done=done,
+            kv_transfer_params=kv_transfer_params,
         )
 
     def _update_gauges(self) -> None:

@@ -36,6 +36,7 @@ from local_engine.tools import (
 
 if TYPE_CHECKING:
     from local_engine.async_engine import AsyncEngine
+    from local_engine.kv_transfer import KVConnector
 
 
 MAX_N = 16
@@ -326,7 +327,7 @@ async def stream_response(
     offsets: dict[int, int] = {}
     last: dict[int, RequestOutput] = {}  # latest output of each choice
     parsers: dict[int, ToolCallParser] = {}
-    gen = engine.generate(rid, req.prompt, req.params, req.lora)
+    gen = engine.generate(rid, req.prompt, req.params, req.lora, kv_load=_handoff(body))
     try:
         with _errors(chat):
             async for out in gen:
@@ -367,6 +368,35 @@ async def stream_response(
         yield {**base, "choices": [], "usage": _usage_of(last)}
 
 
+def _handoff(body: dict[str, Any]) -> dict[str, Any] | None:
+    params = body.get("kv_transfer_params")
+    if params is not None and not isinstance(params, dict):
+        raise OpenAIError("kv_transfer_params must be an object", param="kv_transfer_params")
+    return params
+
+
+async def prefill_response(
+    engine: AsyncEngine, body: dict[str, Any], *, chat: bool, connector: KVConnector
+) -> dict[str, Any]:
+    """A prefill worker's part of a request: compute the prompt and its first token, leave the KV
+    with ``connector`` and return the ``kv_transfer_params`` a decode worker continues from."""
+    req = _prepare(engine, body, chat=chat)
+    with _errors(chat):
+        ids = engine.engine.tokenize(req.prompt)
+    # Only the first token is sampled here, with the request's own sampling settings.
+    params = dataclasses.replace(req.params, n=1, max_tokens=1, logprobs=None)
+    last = None
+    gen = engine.generate(f"prefill-{uuid.uuid4().hex}", ids, params, req.lora, kv_save=connector)
+    try:
+        with _errors(chat):
+            async for out in gen:
+                last = out
+    finally:
+        await gen.aclose()
+    assert last is not None and last.kv_transfer_params is not None
+    return {"kv_transfer_params": {**last.kv_transfer_params, "first_token": last.token_ids[-1]}}
+
+
 def _finish_reason(reason: str | None, parser: ToolCallParser) -> str | None:
     return "tool_calls" if reason == "stop" and parser.calls else reason
 
@@ -387,7 +417,7 @@ async def complete_response(
     texts: dict[int, list[str]] = {i: [] for i in range(params.n)}
     lps: dict[int, list[TokenLogprob]] = {i: [] for i in range(params.n)}
     last: dict[int, RequestOutput] = {}
-    gen = engine.generate(rid, req.prompt, params, req.lora)
+    gen = engine.generate(rid, req.prompt, params, req.lora, kv_load=_handoff(body))
     try:
         with _errors(chat):
             async for out in gen:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from local_engine.sequence import TokenLogprob
 
@@ -27,6 +28,7 @@ class RequestOutput:
     completion_tokens: int
     cached_tokens: int
     done: bool
+    kv_transfer_params: dict[str, Any] | None = None  # a prefill worker's handoff: where its KV waits
 
     @property
     def finished(self) -> bool:

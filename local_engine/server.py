@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from local_engine.async_engine import AsyncEngine, EngineClosedError
+from local_engine.kv_transfer import KVTransferError
 from local_engine.lora import LoRAError, LoRAInfo
 from local_engine.openai_api import OpenAIError, complete_response, error_body, stream_response
 
@@ -39,6 +40,8 @@ async def _openai_errors(
         return _error(e.status, e.reason, kind, code=str(e.status))
     except EngineClosedError as e:
         return _error(503, str(e), "service_unavailable", code="engine_unavailable")
+    except KVTransferError as e:
+        return _error(502, str(e), "service_unavailable", code="kv_transfer_failed")
     except Exception:
         log.exception("internal error")
         return _error(500, "internal error in the local engine", "server_error")
@@ -70,7 +73,7 @@ async def _completion(request: web.Request, chat: bool) -> web.StreamResponse:
         try:
             async for chunk in chunks:
                 await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-        except (OpenAIError, EngineClosedError) as e:
+        except (OpenAIError, EngineClosedError, KVTransferError) as e:
             # Headers are gone already: the error travels as a last event, as OpenAI does.
             err = e.body() if isinstance(e, OpenAIError) else error_body(str(e), "service_unavailable")
             await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")

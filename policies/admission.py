@@ -144,6 +144,11 @@ class Admission:
         """Whether any tenant's rules need real prompt counts (a token bucket or a budget somewhere)."""
         return self._fallback_rules.precise or any(rules.precise for rules in self._rules.values())
 
+    def encoding(self, alias: str) -> Any | None:
+        """The tokenizer ``alias``'s deployments share, where one was loaded (``use_encodings``), else None."""
+        policy = self._aliases.get(alias)
+        return policy.encoding if policy is not None else None
+
     def use_encodings(self, encodings: Mapping[str, Any]) -> None:
         """Count with these tokenizers, by alias (set at start-up, before any request)."""
         self._aliases = {name: replace(policy, encoding=encodings.get(name)) for name, policy in self._aliases.items()}

@@ -153,6 +153,11 @@ def limit_field(endpoint: Endpoint) -> str:
 _LIMIT_FIELDS = {Endpoint.CHAT: "max_completion_tokens", Endpoint.RESPONSES: "max_output_tokens"}
 
 
+def count_text(text: str, encoding: Any | None) -> int:
+    """Tokens of ``text``: with ``encoding`` where known, else about four characters a token."""
+    return _count([text], encoding) if text else 0
+
+
 def count_completion(events: list[bytes], encoding: Any | None) -> int:
     """Completion tokens of a stream that ended without usage, counted from its events' text."""
     texts: list[str] = []

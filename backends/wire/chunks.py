@@ -10,6 +10,21 @@ from typing import Any
 from .reasoning import THINKING_BLOCKS, signed_blocks
 
 
+class Relayed:
+    """What of a stream went out to the client: its text, reasoning and tool arguments, and the upstream's
+    usage so far (an Anthropic ``message_start``'s input tokens). A stream that breaks off is ledgered at it
+    (``Pipeline.broken``): the prompt (the upstream's count, else the estimate) and the text's tokens."""
+
+    __slots__ = ("texts", "usage")
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.usage: dict[str, Any] | None = None   # chat-shaped, as the upstream reported it before it broke
+
+    def text(self) -> str:
+        return "".join(self.texts)
+
+
 class ChunkReader(abc.ABC):
     """Feeds the first choice's pieces of each chunk, in order, to the subclass's hooks; keeps the usage.
 
@@ -22,7 +37,7 @@ class ChunkReader(abc.ABC):
         self.finish_reason: str | None = None
         self.stop_reason: str | None = None   # the stop sequence that ended it, where the upstream says
         self._started: set[int] = set()   # the chat tool call indexes seen
-        self.streamed_chars = 0             # text, reasoning and tool arguments read so far
+        self.relayed = Relayed()            # text, reasoning and tool arguments read so far
 
     def read(self, chunk: dict[str, Any]) -> bytes:
         usage = chunk.get("usage")
@@ -36,11 +51,11 @@ class ChunkReader(abc.ABC):
             if delta:
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                 if reasoning and isinstance(reasoning, str):
-                    self.streamed_chars += len(reasoning)
+                    self.relayed.texts.append(reasoning)
                     out += self.reasoning(reasoning)
                 content = delta.get("content")
                 if content:
-                    self.streamed_chars += len(content)
+                    self.relayed.texts.append(content)
                     out += self.text(content)
                 calls = delta.get("tool_calls")
                 if calls:
@@ -61,10 +76,6 @@ class ChunkReader(abc.ABC):
     def chunk(self, chunk: dict[str, Any]) -> bytes:
         return self.read(chunk)
 
-    def streamed_tokens(self) -> int:
-        """About how many tokens were streamed (4 characters a token): what a stream that broke off billed."""
-        return (self.streamed_chars + 3) // 4
-
     def _calls(self, calls: list[dict[str, Any]]) -> bytes:
         out = b""
         for call in calls:
@@ -74,7 +85,7 @@ class ChunkReader(abc.ABC):
                 self._started.add(tool)
                 out += self.tool_start(tool, call.get("id"), str(function.get("name") or ""))
             if function.get("arguments"):
-                self.streamed_chars += len(function["arguments"])
+                self.relayed.texts.append(function["arguments"])
                 out += self.tool_arguments(tool, function["arguments"])
         return out
 
@@ -114,3 +125,26 @@ def message_reasoning(message: dict[str, Any]) -> str | None:
     """A whole answer's reasoning text (``reasoning_content`` or ``reasoning``), if any."""
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     return reasoning if isinstance(reasoning, str) and reasoning else None
+
+
+class TextReader(ChunkReader):
+    """Reads chat (or legacy completions) chunks for their text alone (``relayed``): what a pass-through
+    stream relayed."""
+
+    def read(self, chunk: dict[str, Any]) -> bytes:
+        for choice in chunk.get("choices") or ():
+            if isinstance(choice, dict) and choice.get("index", 0) == 0 and isinstance(choice.get("text"), str):
+                self.relayed.texts.append(choice["text"])   # a legacy completions chunk
+        return super().read(chunk)
+
+    def text(self, text: str) -> bytes:
+        return b""
+
+    def reasoning(self, text: str) -> bytes:
+        return b""
+
+    def tool_start(self, tool: int, call_id: Any, name: str) -> bytes:
+        return b""
+
+    def tool_arguments(self, tool: int, fragment: str) -> bytes:
+        return b""

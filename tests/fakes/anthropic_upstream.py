@@ -5,7 +5,7 @@
 usage, message_stop) and error bodies ``{"type": "error", "error": {...}}`` as documented. Model names choose
 failures: ``error-429`` (rate_limit_error with retry-after), ``error-529`` (overloaded_error), any
 ``error-NNN``, ``stream-error`` (an error event mid-stream), ``cut-stream`` (the connection dropped
-mid-stream), ``early-error`` (a 200 stream whose first event is an overloaded error). Answers come from
+mid-stream, after two text deltas), ``early-error`` (a 200 stream whose first event is an overloaded error). Answers come from
 tests/fakes/scenario.py.
 """
 
@@ -21,6 +21,7 @@ from .openai_upstream import STATE, FakeState, Seen, send_event
 from .scenario import AGENT_MODEL, Answer, Gist, agent, answer, error_status, split_arguments
 
 CACHE_READ, CACHE_WRITE = 3, 2
+CUT_AT = 5   # cut-stream: message_start, ping, the text block's start and its first two deltas go out
 SIGNATURE = "sig-fake-thinking"  # what this fake signs its thinking blocks with, and wants back unchanged
 THINKING_TOKENS = 4
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -232,7 +233,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     if model == "early-error":  # the stream is accepted (200), then fails before message_start
         events = [event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})]
     for i, chunk in enumerate(events):
-        if model == "cut-stream" and i == 3:
+        if model == "cut-stream" and i == CUT_AT:
             assert request.transport is not None
             request.transport.abort()
             return response

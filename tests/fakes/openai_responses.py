@@ -2,7 +2,8 @@
 ``response`` or its event stream (created, in_progress, output_item.added/done, content_part.added/done,
 output_text.delta/done, function_call_arguments.delta/done, completed; numbered). Answers come from
 tests/fakes/scenario.py: the model ``agent`` runs a coding agent's tool loop, any other model echoes the last
-user text, or quotes the tool output it was given."""
+user text, or quotes the tool output it was given. The model ``cut-stream`` drops the connection after its
+second text delta (``CUT_AFTER_DELTAS``), as the chat fake's does after two words."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from aiohttp import web
 from .scenario import AGENT_MODEL, Answer, agent, split_arguments
 
 REASONING_TOKENS = 5
+CUT_AFTER_DELTAS = 2
 
 
 def _texts(content: Any) -> str:
@@ -89,21 +91,36 @@ async def handle(request: web.Request, body: dict[str, Any]) -> web.StreamRespon
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     seq = 0
+    deltas = 0
 
     async def send(kind: str, **data: Any) -> None:
-        nonlocal seq
+        nonlocal seq, deltas
+        if kind == "response.output_text.delta" and body["model"] == "cut-stream":
+            if deltas == CUT_AFTER_DELTAS:
+                assert request.transport is not None
+                request.transport.abort()
+                raise ConnectionResetError("cut-stream")
+            deltas += 1
         payload = {"type": kind, "sequence_number": seq, **data}
         seq += 1
         await response.write(b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n")
 
+    try:
+        await _stream(send, final, items, answer)
+    except ConnectionResetError:
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _stream(send: Any, final: dict[str, Any], items: list[dict[str, Any]], answer: Answer) -> None:
     start = {**final, "status": "in_progress", "output": []}
     del start["usage"]
     await send("response.created", response=start)
     await send("response.in_progress", response=start)
     for index, item in enumerate(items):
-        await send("response.output_item.added", output_index=index, item={**item, "status": "in_progress",
-                                                                          **({"content": []} if "content" in item
-                                                                             else {"arguments": ""})})
+        empty: dict[str, Any] = {"content": []} if "content" in item else {"arguments": ""}
+        await send("response.output_item.added", output_index=index, item={**item, "status": "in_progress", **empty})
         if item["type"] == "message":
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             await send("response.content_part.added", item_id=item["id"], output_index=index, content_index=0,
@@ -123,5 +140,3 @@ async def handle(request: web.Request, body: dict[str, Any]) -> web.StreamRespon
                        name=item["name"], arguments=item["arguments"])
         await send("response.output_item.done", output_index=index, item=item)
     await send("response.completed", response=final)
-    await response.write_eof()
-    return response
