@@ -76,6 +76,7 @@ class ResponseCache:
         self._tenants, self._aliases = dict(tenants), dict(aliases)
         self._settings: dict[tuple[str, str], Settings] = {}
         caps = Caps(self.config.max_entries, self.config.max_bytes, self.config.max_entry_bytes)
+        self._clock = clock  # what entries expire by (exact and semantic tiers alike)
         self.answers: AnswerStore = (RedisStore(stores, caps, clock=clock) if stores is not None and stores.shared
                                      else MemoryStore(caps, clock))
         # what some tenant and alias may use decides what is built: no model is loaded for nobody
@@ -207,7 +208,7 @@ class ResponseCache:
                            ttl_s=settings.ttl_s, tenant=call.tenant, alias=call.alias, identity=identity,
                            semantic=call.endpoint not in _NATIVE and self._semantic_question(settings, identity)
                            and self.index_ready,
-                           expires=time.time() + settings.ttl_s)
+                           expires=self._clock() + settings.ttl_s)
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull:
@@ -294,7 +295,7 @@ class ResponseCache:
 
             self.embedder = Embedder()
             await self.embedder.start()  # the model loads in its worker thread; lookups wait for it
-            self.index = build_index(self.config.semantic)
+            self.index = build_index(self.config.semantic, self._clock)
             self._tasks.append(asyncio.create_task(self._open_index(), name="cache-index"))
         self._tasks.append(asyncio.create_task(self._writer(), name="cache-writer"))
 

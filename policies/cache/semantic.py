@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,15 +71,16 @@ def collection_name(config: SemanticConfig) -> str:
     return f"{config.collection_prefix}_{MODEL_NAME.replace('-', '_').lower()}"
 
 
-def build_index(config: SemanticConfig) -> SemanticIndex:
+def build_index(config: SemanticConfig, clock: Callable[[], float] = time.time) -> SemanticIndex:
     if config.index == "qdrant":
-        return QdrantIndex(config)
-    return EdgeIndex(config)
+        return QdrantIndex(config, clock)
+    return EdgeIndex(config, clock)
 
 
 class EdgeIndex:
-    def __init__(self, config: SemanticConfig) -> None:
+    def __init__(self, config: SemanticConfig, clock: Callable[[], float] = time.time) -> None:
         self._config = config
+        self._clock = clock  # what entries expire by: the gateway's clock, as the exact tier's
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-index")
         self._optimizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-index-optimize")
         self._optimizing: asyncio.Future[Any] | None = None
@@ -170,7 +172,7 @@ class EdgeIndex:
         must: list[Any] = [q.FieldCondition(key="tenant", match=q.MatchValue(tenant)),
                 q.FieldCondition(key="alias", match=q.MatchValue(alias)),
                 q.FieldCondition(key="fingerprint", match=q.MatchValue(fingerprint)),
-                q.FieldCondition(key="expires", range=q.RangeFloat(gt=time.time()))]
+                q.FieldCondition(key="expires", range=q.RangeFloat(gt=self._clock()))]
         request = q.QueryRequest(limit=limit, query=q.Query.Nearest(vector.tolist()), filter=q.Filter(must=must),
                                  with_vector=True, with_payload=True, score_threshold=threshold)
         found = await self._run(self._shard.query, request)
@@ -194,13 +196,14 @@ class EdgeIndex:
     async def sweep(self) -> None:
         import qdrant_edge as q
 
-        flt = q.Filter(must=[q.FieldCondition(key="expires", range=q.RangeFloat(lte=time.time()))])
+        flt = q.Filter(must=[q.FieldCondition(key="expires", range=q.RangeFloat(lte=self._clock()))])
         await self._run(self._shard.update, q.UpdateOperation.delete_points_by_filter(flt))
 
 
 class QdrantIndex:
-    def __init__(self, config: SemanticConfig) -> None:
+    def __init__(self, config: SemanticConfig, clock: Callable[[], float] = time.time) -> None:
         self._config = config
+        self._clock = clock
         self._name = collection_name(config)
         self._client: Any = None
 
@@ -238,7 +241,7 @@ class QdrantIndex:
 
         must: list[Any] = [models.FieldCondition(key=name, match=models.MatchValue(value=value))
                            for name, value in (("tenant", tenant), ("alias", alias), ("fingerprint", fingerprint))]
-        must.append(models.FieldCondition(key="expires", range=models.Range(gt=time.time())))
+        must.append(models.FieldCondition(key="expires", range=models.Range(gt=self._clock())))
         result = await self._client.query_points(self._name, query=vector.tolist(),
                                                  query_filter=models.Filter(must=must), limit=limit,
                                                  with_vectors=True, with_payload=True, score_threshold=threshold)
@@ -260,5 +263,5 @@ class QdrantIndex:
     async def sweep(self) -> None:
         from qdrant_client import models
 
-        flt = models.Filter(must=[models.FieldCondition(key="expires", range=models.Range(lte=time.time()))])
+        flt = models.Filter(must=[models.FieldCondition(key="expires", range=models.Range(lte=self._clock()))])
         await self._client.delete(self._name, points_selector=models.FilterSelector(filter=flt))
