@@ -16,7 +16,8 @@ _ABBREVIATIONS_CASED = {
     "JS": "JavaScript", "TS": "TypeScript", "NYC": "New York City", "LA": "Los Angeles", "SF": "San Francisco",
     "UK": "United Kingdom", "U.K.": "United Kingdom", "US": "United States", "U.S.": "United States",
     "USA": "United States", "U.S.A.": "United States", "UAE": "United Arab Emirates", "EU": "European Union",
-    "DC": "Washington DC", "PR": "pull request", "PRs": "pull requests", "MR": "merge request",
+    "DC": "Washington DC", "Washington DC": "Washington DC", "D.C.": "Washington DC",
+    "Washington D.C.": "Washington DC", "PR": "pull request", "PRs": "pull requests", "MR": "merge request",
     "VM": "virtual machine", "VMs": "virtual machines", "ML": "machine learning", "AI": "artificial intelligence",
     "DB": "database", "DBs": "databases", "OS": "operating system", "CLI": "command line",
     "K8s": "Kubernetes", "k8s": "Kubernetes", "Golang": "Go", "golang": "Go", "Postgres": "PostgreSQL",
@@ -111,6 +112,9 @@ _HALF = re.compile(r"\bhalf\s+(?:a|an)\s+", re.IGNORECASE)
 _HYPHEN_NUMBER = re.compile(r"(\d)-(?=[a-z])", re.IGNORECASE)   # "5-year-old" -> "5 year-old"
 _AGE = re.compile(r"\b(year|month|week|day)s?[- ]old\b", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
+# "72°F": the unit pattern wants no word character before a spelling, and a digit is one
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")   # "1,000" -> "1000"
+_DEGREES = re.compile(r"(\d)\s*°\s*([CF])(?![\w])", re.IGNORECASE)
 
 
 def _number_word(match: re.Match[str]) -> str:
@@ -134,6 +138,8 @@ def _sign(match: re.Match[str]) -> str:
 def canonical(text: str) -> str:
     """``text`` with one spelling for each abbreviation, currency, unit and number word (cached)."""
     out = _SIGN.sub(_sign, text)
+    out = _THOUSANDS.sub("", out)
+    out = _DEGREES.sub(lambda m: f"{m.group(1)} {'celsius' if m.group(2) in 'cC' else 'fahrenheit'}", out)
     out = _HALF.sub("0.5 ", out)
     out = _NUMBER_WORD.sub(_number_word, out)
     out = _ARTICLE_MEASURE.sub("1 ", out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from functools import lru_cache
@@ -39,6 +40,9 @@ _DATES = {
 # only these of _DATES carry a date on their own (the rest only as part of one: "new year")
 _DATE_WORDS = _DATES - {"new", "year", "fall", "may"}
 
+_QUALIFIERS = frozenset({"vice", "deputy", "assistant", "associate", "acting", "former", "ex", "interim", "co",
+                         "step", "half", "sub", "under", "junior", "senior"})
+
 _NEGATIONS = {"not", "no", "never", "without", "none", "nobody", "nothing", "neither", "nor", "cannot",
               "can't", "don't", "doesn't", "didn't", "isn't", "aren't", "wasn't", "weren't", "won't",
               "wouldn't", "shouldn't", "couldn't", "mustn't", "haven't", "hasn't", "hadn't"}
@@ -58,7 +62,9 @@ _OPPOSITES: tuple[tuple[frozenset[str], ...], ...] = tuple(tuple(frozenset(s.spl
     ("ascending", "descending reverse"),
     ("lose", "gain"),
     ("rise", "fall"),
-    ("min minimum smallest lowest least", "max maximum largest highest biggest most"),
+    # which value of a distribution: the minimum is not the median or the starting value
+    ("min minimum smallest lowest least", "max maximum largest highest biggest most", "mean average", "median",
+     "mode", "starting entry-level"),
     # near-synonym entities and relations: the capital is not the largest city, the author not the publisher
     ("capital", "largest biggest populous oldest"),
     ("author writer wrote written write", "publisher published publish", "translator translated",
@@ -73,11 +79,12 @@ _OPPOSITES: tuple[tuple[frozenset[str], ...], ...] = tuple(tuple(frozenset(s.spl
     ("then", "than"),
     ("shallow", "deep"),
     ("vegan", "vegetarian"),
-    ("mean average", "median", "mode"),
     ("first", "last final latest"),
     ("morning", "afternoon", "evening", "night tonight"),
     ("to into", "from"),
     ("with", "without"),
+    # boolean operators said in words ("x and y" / "x or y")
+    ("and", "or", "xor"),
     ("left", "right", "inner", "outer", "cross"),
     ("active", "passive"),
     ("public", "private"),
@@ -112,6 +119,8 @@ class Slots:
     opposites: tuple[frozenset[int], ...]  # per group in _OPPOSITES: which of its sets the text uses
     symbols: Counter[tuple[str, str, str]]  # each code-like token with its neighbours: ("a", "<<", "2")
     quoted: frozenset[str]        # the contents of quoted strings
+    quantities: frozenset[tuple[str, str]]  # a number with the unit after it: ("100", "chf")
+    qualifiers: frozenset[str]    # words that make another thing of a title: vice, deputy, former...
     roles: frozenset[tuple[str, str, str]]  # (marker, side, word): "German to French" -> (to, left, german)
     words: tuple[str, ...]        # the canonical text's words, lowercased, for the same-sentence swap check
 
@@ -172,46 +181,59 @@ def extract(text: str) -> Slots:
         before = text[:match.start()].rstrip()
         if raw[0].isupper() and raw != "I" and before and before[-1] not in ".?!:\"'(":
             names.add(_stem(raw))
+    quantities = {(_number(raw), lowered[i + 1]) for i, raw in enumerate(words[:-1])
+                  if _NUMBER.match(raw) and lowered[i + 1] in UNITS}
     stems = {variant for w in lowered for variant in _variants(w)}
     opposites = tuple(
         frozenset(i for i, members in enumerate(group) if stems & members) for group in _OPPOSITES)
     return Slots(tokens=frozenset(stems), numbers=frozenset(numbers), dates=frozenset(dates), negations=negations,
-                 names=frozenset(names), opposites=opposites, symbols=symbols, quoted=quoted, roles=roles,
+                 names=frozenset(names), opposites=opposites, symbols=symbols, quoted=quoted,
+                 quantities=frozenset(quantities), qualifiers=frozenset(lowered_set & _QUALIFIERS), roles=roles,
                  words=plain)
 
 
 def conflict(a: str, b: str) -> str | None:
-    """The first answer-changing slot in which two questions differ ("number", "date", "negation",
-    "name", "opposite", "symbol", "quoted", "order", "swap"), or None when none does."""
+    """The first answer-changing slot in which two questions differ ("symbol", "quoted", "order", "number",
+    "date", "negation", "quantity", "qualifier", "name", "opposite", "swap"), or None when none does."""
+    return next(conflicts(a, b), None)
+
+
+def conflicts(a: str, b: str) -> Iterator[str]:
+    """Every answer-changing slot in which two questions differ, in the order ``conflict`` checks them (lazy:
+    ``conflict`` stops at the first; bench/cache_misses.py counts them all)."""
     x, y = extract(a), extract(b)
     if x.symbols != y.symbols:
-        return "symbol"
+        yield "symbol"
     if x.quoted != y.quoted:
-        return "quoted"
+        yield "quoted"
     if _swapped(x.roles, y.roles):
-        return "order"
+        yield "order"
     if x.numbers != y.numbers:
-        return "number"
+        yield "number"
     if x.dates != y.dates:
-        return "date"
+        yield "date"
     if x.negations != y.negations:
-        return "negation"
+        yield "negation"
+    # the same numbers of different units ("100 francs in pounds" / "100 pounds in francs", "1 day" / "1 week")
+    if x.quantities != y.quantities and {n for n, _ in x.quantities} & {n for n, _ in y.quantities}:
+        yield "quantity"
+    if x.qualifiers != y.qualifiers:
+        yield "qualifier"
     # a name in one must appear (in any case) in the other: "What's France's capital" starts with it
     if not (x.names <= y.tokens and y.names <= x.tokens):
-        return "name"
-    for used_x, used_y in zip(x.opposites, y.opposites, strict=True):
-        # each uses a meaning the other lacks ("to" vs "from"); "to ... into" vs "from ... into" also counts
-        if used_x - used_y and used_y - used_x:
-            return "opposite"
+        yield "name"
+    # each uses a meaning the other lacks ("to" vs "from"); "to ... into" vs "from ... into" also counts
+    if any(used_x - used_y and used_y - used_x for used_x, used_y in zip(x.opposites, y.opposites, strict=True)):
+        yield "opposite"
     if _substituted(x.words, y.words):
-        return "swap"
-    return None
+        yield "swap"
 
 
 # --- symbols: code, commands, expressions. A token that is not a plain word (with its prose punctuation and
 # quotes stripped) is code-like; it must occur in the other text with the same neighbours.
 _PLAIN = re.compile(r"^[A-Za-z0-9]+(?:['’.-][A-Za-z0-9]+|,\d{3})*\.?$")
-_PROSE_END = re.compile(r"(?<=.)[.,?!;:]+$")
+# prose punctuation ends a token only after a letter, digit, quote or bracket: ".*?" (lazy) is not ".*" + "?"
+_PROSE_END = re.compile(r"(?<=[\w\"'“”‘’)\]}])[.,?!;:]+$")
 _PUNCTUATION = re.compile(r"^[.,?!;:]+$")
 _QUOTES = "\"'“”‘’"
 _QUOTED = re.compile(r"(?<![\w])([\"“'‘])([^\"“”'‘’]{1,80})([\"”'’])(?![\w])")
@@ -269,7 +291,7 @@ def code_prompt(text: str) -> bool:
 # "from French to German" put the same words on opposite sides of "to"; both must move for a conflict, which a
 # rewording ("Go from London to Paris" / "Paris from London") does not do.
 _MARKERS = {
-    "to": "to", "into": "to", "towards": "to", "toward": "to", "->": "to", "→": "to", "from": "from",
+    "to": "to", "into": "to", "onto": "to", "towards": "to", "toward": "to", "->": "to", "→": "to", "from": "from",
     "in": "in", "than": "than", "before": "before", "ahead": "before", "after": "after", "by": "by",
     "divided": "divided", "minus": "minus", "over": "over", "owes": "owes", "owe": "owes", "owed": "owes",
     "lent": "lent", "lends": "lent", "pays": "pays", "paid": "pays", "beat": "beat", "beats": "beat",
@@ -285,6 +307,15 @@ how what which who whom when where why can could should would will please some a
 and or them then
 """.split())
 _CLAUSE = frozenset(",;:.?!")
+# verbs after which "to" is an infinitive ("the formula to convert X into Y"); none that also names a thing a
+# question converts to ("to Go", "to map", "to set", "to zip" stay directions)
+_VERBS = frozenset("""
+convert get make do use find calculate compute change turn translate learn reach travel fly drive say know see
+check cook bake fix be have take keep become tell explain ask pay avoid prevent improve build transfer switch
+migrate rewrite upgrade downgrade send enable disable install uninstall remove delete create add write read
+parse encrypt decrypt compress decompress encode decode rename merge move lock unlock show hide start stop
+restart reset revert verify validate buy sell upload download
+""".split())
 _ROLE_WORD = re.compile(r"->|→|[,;:.?!]|[A-Za-z0-9][A-Za-z0-9+#.'-]*[A-Za-z0-9+#]|[A-Za-z0-9]")
 _WINDOW = 3
 
@@ -298,6 +329,9 @@ def _roles(text: str) -> frozenset[tuple[str, str, str]]:
             continue
         # "in" orders things only between units ("100 usd in eur"); elsewhere it is a place or a topic
         if marker == "in" and (i + 1 >= len(tokens) or tokens[i + 1] not in UNITS):
+            continue
+        # "the formula to convert X into Y": "to" before a verb is an infinitive, not a direction
+        if token == "to" and i + 1 < len(tokens) and tokens[i + 1] in _VERBS:
             continue
         sides = {"left": list(range(i - 1, -1, -1)), "right": list(range(i + 1, len(tokens)))}
         family = _REVERSED.get(marker, marker)
@@ -345,7 +379,7 @@ _SYNONYMS: tuple[frozenset[str], ...] = tuple(frozenset(group.split()) for group
     "cheapest least-expensive", "simple easy", "easiest simplest", "help assist", "need require", "use utilize",
     "get obtain", "find locate", "choose pick select", "way method", "good great", "best top", "tip advice",
     "explain describe", "job work", "shop store", "kid child", "kids children", "doctor physician",
-    "happen occur", "ok okay", "can could", "should must", "talk speak", "end finish", "town city",
+    "happen occur", "calculate evaluate compute", "ok okay", "can could", "should must", "talk speak", "end finish", "town city",
 ))
 _SYNONYM_OF = {word: group for group in _SYNONYMS for word in group}
 _SWAP_WORD = re.compile(r"[a-z0-9][a-z0-9+#.'-]*[a-z0-9+#]|[a-z0-9]")

@@ -22,6 +22,21 @@ NEAR_MISSES = [
     ("List the risks before the costs.", "List the costs before the risks.", "order"),
     ("How much is 100 US dollars in euros?", "How much is 100 euros in US dollars?", "order"),
     ("Is Rust faster than Go?", "Is Go faster than Rust?", "order"),
+    # "to" before a verb is an infinitive, but the direction after it still counts
+    ("What's the formula to convert Celsius into Fahrenheit?", "What's the formula to convert Fahrenheit into Celsius?",
+     "order"),
+    ("How do I get my photos from an iPhone onto a Mac?", "How do I get my photos from a Mac onto an iPhone?", "order"),
+    ("How do I port this code from Go to Rust?", "How do I port this code from Rust to Go?", "order"),
+    ("Convert 1,000 USD to EUR.", "Convert 1,000 EUR to USD.", "order"),
+    ("What is 72°F in Celsius?", "What is 72°F in Kelvin?", "swap"),
+    # the same number of another unit; a title's qualifier; a statistic; operators in words; a lazy quantifier
+    ("If I exchange 100 Swiss francs, how many pounds do I get?",
+     "If I exchange 100 pounds, how many Swiss francs do I get?", "quantity"),
+    ("Is one day in Rome enough?", "Will one week be enough for Rome?", "quantity"),
+    ("Who is the vice president of France?", "Who is the president of France?", "qualifier"),
+    ("What is the median salary for a nurse in Texas?", "In Texas, what is the minimum nurse salary?", "opposite"),
+    ("In Python, what is the result of x and y?", "In Python, what is the result of x or y?", "opposite"),
+    ("What will the regex .* match?", "What will the regex .*? match?", "symbol"),
     # symbols and operators
     ("What does a << 2 do in Python?", "What does a >> 2 do in Python?", "symbol"),
     ("Is x != y true here?", "Is x == y true here?", "symbol"),
@@ -53,6 +68,11 @@ PARAPHRASES = [
     ("Translate this from German into French.", "Translate to French from German."),
     ("What does a << 2 do in Python?", "In Python, what is the result of `a << 2`?"),
     ("Who wrote Dracula?", "Who is the author of Dracula?"),
+    ("What's the formula to convert liters into cups?", "Formula for going from liters to cups?"),
+    ("Convert 1,000 USD to EUR.", "Convert 1000 USD to EUR."),
+    ("What is 72°F in Celsius?", "How many Celsius is 72 Fahrenheit?"),
+    ("Calculate 2 ** 8.", "Evaluate 2 ** 8."),
+    ("Top attractions in Washington DC?", "Top attractions in Washington D.C.?"),
 ]
 
 
@@ -88,7 +108,7 @@ def test_shipped_verifier_is_small_and_trained_on_train_only() -> None:
     assert verifier._WEIGHTS.stat().st_size < 200_000
     for mode in ("faq", "general"):
         point = verifier.operating_point(mode)
-        assert 0 < point.threshold < 1 and 0 < point.min_probability < 1
+        assert 0 < point.threshold < 1 and 0 <= point.min_probability < 1   # 0: the slot checks alone
     faq, general = verifier.operating_point("faq"), verifier.operating_point("general")
     assert (faq.threshold, faq.min_probability) >= (general.threshold, general.min_probability)  # faq adds a veto
 
@@ -96,7 +116,7 @@ def test_shipped_verifier_is_small_and_trained_on_train_only() -> None:
 def test_target_holds_on_a_sample_of_the_test_split() -> None:
     """Near-miss false hits at most 1% in each class at the general mode's operating point, with paraphrases
     still served: on up to 150 test pairs per class (the whole split is bench/cache_bench.py's table; the
-    issue's recall targets, 60% general and 50% natural, are not met yet: docs/cache.md)."""
+    issue's recall targets, 60% general and 50% natural, are not met yet: 55% and 24%, docs/cache.md)."""
     import random
 
     import numpy as np
@@ -120,4 +140,4 @@ def test_target_holds_on_a_sample_of_the_test_split() -> None:
     rate = {c: float(hits[[i for i, r in enumerate(sample) if r["class"] == c]].mean()) for c in by_class}
     negatives = {str(r["class"]) for r in sample if r["label"] == 0}
     assert {c: rate[c] for c in negatives if rate[c] > 0.01} == {}
-    assert rate["general"] >= 0.2 and rate["abbreviation"] >= 0.4
+    assert rate["general"] >= 0.4 and rate["abbreviation"] >= 0.4
