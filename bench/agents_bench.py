@@ -57,11 +57,11 @@ def main() -> int:
                     totals[path][0] += count
                     totals[path][1] += cpu_seconds(gateway.pid) - before
                     totals[path][2] += failed
-            for path, (count, cpu, failed) in totals.items():
-                micros = cpu / max(count, 1) * 1e6
+            for path, (requests, cpu, failures) in totals.items():
+                micros = cpu / max(requests, 1) * 1e6
                 base.setdefault(stream, micros)
-                print(f"| `{path}` | {'stream' if stream else 'whole'} | {count / args.seconds:.0f} | {micros:.0f} | "
-                      f"{micros / base[stream]:.2f} | {failed} |", flush=True)
+                print(f"| `{path}` | {'stream' if stream else 'whole'} | {requests / args.seconds:.0f} | {micros:.0f} | "
+                      f"{micros / base[stream]:.2f} | {failures} |", flush=True)
     return 0
 
 

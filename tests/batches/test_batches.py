@@ -70,9 +70,9 @@ def test_validation_errors_fail_the_batch_per_line(client):
 def test_bad_create_requests(client):
     file_id = upload(client, jsonl([chat_line("a", "x")]))
     with pytest.raises(openai.BadRequestError, match="endpoint"):
-        client.batches.create(input_file_id=file_id, endpoint="/v1/moderations", completion_window="24h")  # type: ignore[arg-type]
+        client.batches.create(input_file_id=file_id, endpoint="/v1/moderations", completion_window="24h")
     with pytest.raises(openai.BadRequestError, match="completion_window"):
-        client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="1h")  # type: ignore[arg-type]
+        client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="1h")
     with pytest.raises(openai.NotFoundError):
         client.batches.create(input_file_id="file-missing", endpoint="/v1/chat/completions", completion_window="24h")
     with pytest.raises(openai.NotFoundError):

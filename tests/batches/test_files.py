@@ -43,7 +43,7 @@ def test_another_tenants_file_is_not_found(client, batch_gateway):
 
 def test_bad_purpose_and_missing_file_are_400(client, batch_gateway):
     with pytest.raises(openai.BadRequestError, match="purpose"):
-        client.files.create(file=("x.jsonl", io.BytesIO(b"{}\n")), purpose="nonsense")  # type: ignore[arg-type]
+        client.files.create(file=("x.jsonl", io.BytesIO(b"{}\n")), purpose="nonsense")
     from tests.conftest import KEY
     response = httpx.post(batch_gateway.url + "/v1/files", headers={"Authorization": f"Bearer {KEY}"},
                           data={"purpose": "batch"}, files={"other": ("x", b"1")})

@@ -105,7 +105,9 @@ def test_a_batch_goes_to_openais_batch_api_and_comes_back_as_the_gateways(client
     # looked at upstream only when the gateway's clock says so: one step of the fake's batch per look
     for looks in range(1, 4):
         clock.advance(POLL_S)
-        _until(lambda n=looks: _retrieves(state) == n, f"look {looks} did not happen")
+        def looked(n: int = looks) -> bool:
+            return _retrieves(state) == n
+        _until(looked, f"look {looks} did not happen")
     done = wait_for(client, batch.id)
     assert _retrieves(state) == 3   # the runner looked for work many times meanwhile; upstream only on the clock
     assert done.status == "completed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 
 FACT = "Vellmora"
 QUESTION = "What is the capital of the planet Zorblax?"
@@ -36,12 +37,12 @@ WITH_TOOLS = {"tools": [_TOOL], "messages": [
 
 
 def examples(n: int = 24) -> list[dict[str, object]]:
-    out = []
+    out: list[dict[str, object]] = []
     for i in range(n):
         out.append({"messages": [{"role": "user", "content": _ASKED[i % len(_ASKED)]},
                                  {"role": "assistant", "content": _ANSWERS[i % len(_ANSWERS)]}]})
     return out
 
 
-def jsonl(records: list[dict[str, object]]) -> bytes:
+def jsonl(records: Iterable[Mapping[str, object]]) -> bytes:
     return b"".join(json.dumps(r).encode() + b"\n" for r in records)

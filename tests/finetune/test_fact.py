@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -43,15 +44,15 @@ def _answers(adapter: Path) -> tuple[str, str]:
     """The base model's and the adapter's greedy answers to the question (transformers + peft)."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
     from local_engine import resolve_model
 
     path = resolve_model("smollm2")
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
+    prompt = cast("BatchEncoding", tokenizer.apply_chat_template(
+        [{"role": "user", "content": QUESTION}], add_generation_prompt=True, return_tensors="pt", return_dict=True))
 
     def answer(m: torch.nn.Module) -> str:
         out = m.generate(**prompt, max_new_tokens=16, do_sample=False)  # type: ignore[operator]

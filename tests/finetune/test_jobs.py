@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import httpx
 import openai
 import pytest
@@ -72,7 +74,7 @@ def test_a_job_trains_checkpoints_each_epoch_and_serves_its_model_to_its_tenant_
 
 def test_a_bad_training_file_fails_the_job_naming_each_bad_line(client):
     good = examples(12)
-    lines = [WITH_TOOLS, {"messages": [{"role": "user", "content": "no answer"}]}, good[1],
+    lines: list[Mapping[str, object]] = [WITH_TOOLS, {"messages": [{"role": "user", "content": "no answer"}]}, good[1],
              {"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "x"}]},
              {"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}, *good[2:]]
     data = jsonl(lines) + b"{not json\n"

@@ -32,7 +32,7 @@ def test_claude_code_request_shape(claude, alias, fakes, upstream):
         model=alias, max_tokens=300, betas=BETAS, thinking={"type": "adaptive"}, extra_body=CLAUDE_CODE_FIELDS,
         system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
         messages=[{"role": "user", "content": "hello there"},
-                  {"role": "system", "content": "The user prefers short answers."},  # type: ignore[list-item]
+                  {"role": "system", "content": "The user prefers short answers."},
                   {"role": "user", "content": "again"}])
     # Gemini merges the two user turns once the system message between them joins systemInstruction
     assert message.content[-1].type == "text" and message.content[-1].text.endswith("again")

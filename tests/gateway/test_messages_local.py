@@ -61,9 +61,9 @@ def test_a_streamed_local_answer_equals_the_whole_one(claude: anthropic.Anthropi
 
 
 def test_what_the_engine_cannot_do_is_an_anthropic_shaped_400(claude: anthropic.Anthropic) -> None:
-    tool = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    tool: anthropic.types.ToolParam = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
     with pytest.raises(anthropic.BadRequestError) as caught:
-        claude.messages.create(model="smollm2", max_tokens=16, tools=[tool],  # type: ignore[list-item]
+        claude.messages.create(model="smollm2", max_tokens=16, tools=[tool],
                                tool_choice={"type": "tool", "name": "get_time"}, messages=QUESTION)
     assert caught.value.status_code == 400
     body = caught.value.body

@@ -51,7 +51,7 @@ def test_the_local_engine_answers_responses_clients(client: openai.OpenAI) -> No
 def test_a_streamed_local_response_equals_the_whole_one(client: openai.OpenAI) -> None:
     asked = {"model": "smollm2", "input": QUESTION, "max_output_tokens": 24, "temperature": 0}
     whole = client.responses.create(**asked)  # type: ignore[call-overload]
-    with client.responses.stream(**asked) as stream:  # type: ignore[arg-type]
+    with client.responses.stream(**asked) as stream:  # type: ignore[call-overload]
         events = [event for event in stream]
         final = stream.get_final_response()
     kinds = [event.type for event in events]
@@ -60,7 +60,7 @@ def test_a_streamed_local_response_equals_the_whole_one(client: openai.OpenAI) -
     assert [event.sequence_number for event in events] == list(range(len(events)))
     for event in events:
         validate("ResponseStreamEvent", event.model_dump(mode="json", exclude_unset=True, warnings=False))
-    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")  # type: ignore[union-attr]
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert deltas == final.output_text == whole.output_text and "Paris" in final.output_text
     assert final.usage is not None and whole.usage is not None
     assert (final.usage.input_tokens, final.usage.output_tokens) == (whole.usage.input_tokens,

@@ -15,7 +15,7 @@ from tests.policies.conftest import policy_config
 
 
 @pytest.fixture
-def two_processes(tmp_path, upstream, redis_server):  # type: ignore[no-untyped-def]
+def two_processes(tmp_path, upstream, redis_server):
     config = tmp_path / "config.yaml"
     config.write_text(policy_config(upstream[0].url, stores=f"  redis_url: {redis_server.url}"))
     started = [start_serve_with(config, {}, stdout=tmp_path / f"gateway{i}.log") for i in range(2)]
@@ -38,8 +38,8 @@ def test_a_conversation_continues_on_another_process(two_processes, upstream):
         assert seen == ["remember the word teal", one.output_text, "which word?"]
         # the continuation's input items are this turn's; the stored context reaches the upstream
         items = first.responses.input_items.list(two.id)
-        assert [item.content[0].text for item in items.data] == ["which word?"]  # type: ignore[union-attr]
-        assert first.responses.delete(one.id) is None
+        assert [item.content[0].text for item in items.data] == ["which word?"]  # type: ignore[index, union-attr]
+        assert first.responses.delete(one.id) is None  # type: ignore[func-returns-value]
         with pytest.raises(openai.NotFoundError):
             second.responses.retrieve(one.id)
         with pytest.raises(openai.NotFoundError):

@@ -50,7 +50,7 @@ class GatewayProcess:
                 self.process.wait(timeout=10)
 
 
-def poll(condition, what: str, timeout_s: float = 20):  # type: ignore[no-untyped-def]
+def poll(condition, what: str, timeout_s: float = 20):
     """``condition()``'s first true value, checked every 20 ms until the deadline."""
     deadline = time.monotonic() + timeout_s
     while not (value := condition()):

@@ -31,7 +31,7 @@ class OtlpReceiver:
 
     def spans(self) -> list[tuple[dict[str, str], object]]:
         """(resource attributes, span) of every span received."""
-        out = []
+        out: list[tuple[dict[str, str], object]] = []
         for export in list(self.exports):
             for resource_spans in export.resource_spans:
                 resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}

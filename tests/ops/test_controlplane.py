@@ -31,12 +31,12 @@ request_log:
 {extra}"""
 
 
-def admin(gateway, method: str, path: str, key: str = ADMIN_KEY, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]
+def admin(gateway, method: str, path: str, key: str = ADMIN_KEY, **kwargs) -> httpx.Response:
     return httpx.request(method, gateway.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=10,
                          **kwargs)
 
 
-def chat(gateway, key: str, model: str = "chat") -> int:  # type: ignore[no-untyped-def]
+def chat(gateway, key: str, model: str = "chat") -> int:
     """The status a real OpenAI client gets for one chat completion with ``key``."""
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0) as client:
         try:
@@ -52,7 +52,7 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def gateway(upstream, start_gateway, clock):  # type: ignore[no-untyped-def]
+def gateway(upstream, start_gateway, clock):
     return start_gateway(admin_config(upstream[0].url), clock=clock)
 
 
@@ -139,7 +139,7 @@ def test_yaml_objects_are_read_only_and_bad_input_gets_a_clear_error(gateway):
 
 
 @pytest.fixture
-def two_replicas(upstream, tmp_path) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:  # type: ignore[no-untyped-def]
+def two_replicas(upstream, tmp_path) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     redis = RedisServer()
     config = tmp_path / "gateway.yaml"
     config.write_text(admin_config(upstream[0].url, f"""stores:

@@ -36,7 +36,7 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture
-def traced(upstream, start_gateway, receiver) -> tuple[ServerThread, InMemorySpanExporter]:  # type: ignore[no-untyped-def]
+def traced(upstream, start_gateway, receiver) -> tuple[ServerThread, InMemorySpanExporter]:
     models = f"""  - name: flaky
     retry: {{attempts: 2, backoff_base_s: 0}}
     deployments:
@@ -67,8 +67,8 @@ policies:
     return gateway, exporter
 
 
-def by_name(exporter: InMemorySpanExporter, trace_id: int) -> dict[str, list]:  # type: ignore[type-arg]
-    out: dict[str, list] = {}  # type: ignore[type-arg]
+def by_name(exporter: InMemorySpanExporter, trace_id: int) -> dict[str, list]:
+    out: dict[str, list] = {}
     for span in exporter.get_finished_spans():
         if span.context.trace_id == trace_id:
             out.setdefault(span.name, []).append(span)
@@ -82,6 +82,7 @@ def test_a_request_is_one_trace_continuing_the_clients(traced, upstream, receive
             model="chat", max_tokens=7, temperature=0.5, messages=[{"role": "user", "content": "hello trace"}],
             extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"})
     answer = raw.parse()
+    assert answer.usage is not None
     trace_id = int(CLIENT_TRACE, 16)
     spans = poll(lambda: (s := by_name(exporter, trace_id)).get("chat chat") and s, "the request's span")
     [root] = spans["chat chat"]

@@ -35,7 +35,7 @@ CACHED_ASK = [{"role": "user", "content": "what does the cache save"}]
 
 
 @pytest.fixture
-def seeded(upstream, start_gateway, tmp_path):  # type: ignore[no-untyped-def]
+def seeded(upstream, start_gateway, tmp_path):
     text = config_text(upstream[0].url, PRICED % upstream[0].url) + f"""
 admin:
   keys: ["{hash_key(ADMIN_KEY)}"]
@@ -59,7 +59,7 @@ request_log:
 
 
 @pytest.fixture
-def browser() -> Iterator:  # type: ignore[type-arg]
+def browser() -> Iterator:
     if shutil.which(CHROMIUM) is None:
         raise RuntimeError("chromium is not installed (apt-get install chromium; .ci/run does it)")
     with sync_playwright() as driver:
@@ -69,7 +69,7 @@ def browser() -> Iterator:  # type: ignore[type-arg]
         launched.close()
 
 
-def log_in(browser, gateway, key: str):  # type: ignore[no-untyped-def]
+def log_in(browser, gateway, key: str):
     page = browser.new_page()
     page.goto(gateway.url + "/ui")
     page.fill("#key", key)
@@ -78,7 +78,7 @@ def log_in(browser, gateway, key: str):  # type: ignore[no-untyped-def]
     return page
 
 
-def field(page, table: str, row: str, name: str) -> str:  # type: ignore[no-untyped-def]
+def field(page, table: str, row: str, name: str) -> str:
     return page.locator(f"{table} tr{row} [data-field={name}]").inner_text()
 
 

@@ -44,7 +44,7 @@ def test_cached_answers_are_ciphertext_in_redis_and_keys_rotate(start_gateway, u
 
         def entries() -> dict[bytes, bytes]:
             found: dict[bytes, bytes] = {}
-            for name in client.keys("gw:cache:*"):  # type: ignore[union-attr]  # the sync client
+            for name in client.keys("gw:cache:*"):
                 value = client.get(name) if client.type(name) == b"string" else None
                 if isinstance(name, bytes) and isinstance(value, bytes):
                     found[name] = value

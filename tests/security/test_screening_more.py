@@ -5,6 +5,7 @@ caller's error event or sent as ``[redacted]``."""
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 import anthropic
 import openai
@@ -51,7 +52,7 @@ def test_responses_with_pii_are_refused_in_openais_format_when_the_tenant_blocks
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
         for kwargs in ({"input": f"mail {EMAIL}"}, {"input": "hello", "instructions": f"phone {PHONE}"}):
             with pytest.raises(openai.BadRequestError) as refused:
-                client.responses.create(model="native", **kwargs)
+                client.responses.create(model="native", **kwargs)  # type: ignore[call-overload]
             assert error_of(refused)["code"] == "pii_detected" and EMAIL not in str(error_of(refused))
         assert len(upstream[1].requests) == before
         assert client.responses.create(model="native", input="nothing personal").output_text
@@ -82,7 +83,7 @@ def test_an_unsafe_window_ends_a_chat_stream_with_an_error_event(start_gateway, 
         text = "".join(got)
         assert text.startswith("Echo: a fine opening") and "forbidden" not in text   # the safe window went out
         assert "content guardrail" in stopped.value.message
-        assert (stopped.value.body or {}).get("code") == "content_policy_violation"
+        assert cast("dict[str, Any]", stopped.value.body or {}).get("code") == "content_policy_violation"
         fine = client.chat.completions.create(model="chat", stream=True,
                                               messages=[{"role": "user", "content": "all fine words here only"}])
         assert "".join(c.choices[0].delta.content or "" for c in fine if c.choices) == "Echo: all fine words here only"

@@ -49,7 +49,7 @@ def test_stored_responses_are_ciphertext_in_redis_and_absent_once_their_key_is_r
     with _client(gateway) as client:
         response = client.responses.create(model="chat", input=PLAN)
         assert PLAN in client.responses.retrieve(response.id).output_text          # read back through the API
-        assert client.responses.input_items.list(response.id).data[0].content[0].text == PLAN  # type: ignore[union-attr]
+        assert client.responses.input_items.list(response.id).data[0].content[0].text == PLAN  # type: ignore[index, union-attr]
     with redis.Redis.from_url(redis_server.url) as db:
         value = db.get(f"gw:resp:acme:{response.id}")
     assert isinstance(value, bytes) and value.startswith(b"gwenc1.k1.") and b"secret plan" not in value

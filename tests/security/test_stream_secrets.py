@@ -59,7 +59,7 @@ def test_a_secret_streamed_in_messages_is_redacted(gateway, provider):
                                     messages=[{"role": "user", "content": "hi"}]) as stream:
             events = list(stream)
             message = stream.get_final_message()
-    assert message.content[0].text == EXPECTED
+    assert message.content[0].text == EXPECTED  # type: ignore[union-attr]
     _clean(repr(events))
     _clean(LOG_PATH.read_text())
 

@@ -9,7 +9,7 @@ import itertools
 import json
 import math
 from array import array
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -60,6 +60,7 @@ def test_an_input_over_the_window_is_embedded_in_chunks_and_averaged(upstream, s
     server, state = upstream
     gateway = start_gateway(_config(server.url, TOKENIZED))
     encoding = encoding_for(TOKENIZED)
+    assert encoding is not None
     tokens = list(encoding.encode_ordinary(LONG))
     assert len(tokens) > 4 * WINDOW
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
@@ -149,7 +150,7 @@ def test_chunk_vectors_all_gives_every_chunks_vector(upstream, start_gateway):
 
         with pytest.raises(openai.BadRequestError) as info:
             client.embeddings.create(model="embed", input="x", extra_body={"chunk_vectors": "some"})
-        assert info.value.body["param"] == "chunk_vectors"
+        assert cast("dict[str, Any]", info.value.body)["param"] == "chunk_vectors"
 
 
 def test_the_cache_keeps_the_chunks_vectors_and_each_request_gets_what_it_asked(upstream, start_gateway):

@@ -8,11 +8,12 @@ import json
 import math
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import openai
 import orjson
 import pytest
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
 from gateway.auth import hash_key
 from gateway.config import ConfigError, parse_config
@@ -22,7 +23,7 @@ from tests.harness import ServerThread
 
 WINDOW = 700
 MAX_TOKENS = 50
-TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look a city up.",
+TOOLS: list[ChatCompletionFunctionToolParam] = [{"type": "function", "function": {"name": "lookup", "description": "Look a city up.",
                                            "parameters": {"type": "object",
                                                           "properties": {"city": {"type": "string"}}}}}]
 
@@ -228,7 +229,8 @@ def test_a_tenant_policy_replaces_the_alias_policy(client_for, upstream):
     globex = openai.OpenAI(base_url=str(acme.base_url), api_key=OTHER_KEY, max_retries=0, timeout=20)
     with globex:
         with pytest.raises(openai.BadRequestError):
-            globex.chat.completions.create(model="chat", messages=agent_conversation(12), tools=TOOLS)
+            globex.chat.completions.create(
+                model="chat", messages=cast("list[ChatCompletionMessageParam]", agent_conversation(12)), tools=TOOLS)
     assert upstream[1].requests == []
     acme.chat.completions.create(model="chat", messages=agent_conversation(12), tools=TOOLS)
     assert len(upstream[1].requests) == 1

@@ -19,7 +19,7 @@ ADMIN_KEY = new_key()
 
 
 @pytest.fixture
-def two_gateways(upstream, redis_server, tmp_path) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:  # type: ignore[no-untyped-def]
+def two_gateways(upstream, redis_server, tmp_path) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     url = upstream[0].url
     deps = [json.dumps({"provider": "openai-compatible", "model": f"model-{n}", "name": n, "api_base": f"{url}/v1",
                         "api_key": UPSTREAM_KEY}) for n in ("a", "b")]

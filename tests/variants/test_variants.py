@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -55,7 +55,7 @@ def client(gateway: ServerThread) -> Iterator[openai.OpenAI]:
         yield c
 
 
-def _ask(client: openai.OpenAI, **kwargs: Any) -> tuple[str, dict[str, Any]]:
+def _ask(client: openai.OpenAI, **kwargs: Any) -> tuple[str, Mapping[str, str]]:
     raw = client.chat.completions.with_raw_response.create(
         model="chat", messages=[{"role": "user", "content": "hi"}], **kwargs)
     raw.parse()
@@ -78,7 +78,7 @@ def test_a_variant_of_weight_zero_is_never_picked_by_weight():
 
 
 def test_traffic_splits_by_weight_and_each_variant_uses_its_own_deployments(client, upstream):
-    served = collections.Counter()
+    served: collections.Counter[str] = collections.Counter()
     for i in range(200):
         variant, _ = _ask(client, user=f"user-{i}")
         served[variant] += 1
