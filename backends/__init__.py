@@ -10,8 +10,18 @@ from .gemini import GeminiBackend
 from .openai import OpenAIBackend
 from .pool import SessionPool
 
-__all__ = ["AnthropicBackend", "Backend", "BedrockBackend", "DeploymentConfig", "Endpoint", "GeminiBackend",
-           "OpenAIBackend", "SessionPool", "UpstreamResponse", "build_backend"]
+__all__ = [
+    "AnthropicBackend",
+    "Backend",
+    "BedrockBackend",
+    "DeploymentConfig",
+    "Endpoint",
+    "GeminiBackend",
+    "OpenAIBackend",
+    "SessionPool",
+    "UpstreamResponse",
+    "build_backend",
+]
 
 _NATIVE: dict[str, type[Backend]] = {"anthropic": AnthropicBackend, "gemini": GeminiBackend}
 

@@ -45,25 +45,33 @@ class AnthropicBackend(Backend):
         self._pool = pool
         self._timeout = client_timeout(deployment)
         self._url = f"{deployment.base_url}/messages"
-        self._headers = {"content-type": "application/json", "anthropic-version": deployment.anthropic_version,
-                         **deployment.headers}
+        self._headers = {
+            "content-type": "application/json",
+            "anthropic-version": deployment.anthropic_version,
+            **deployment.headers,
+        }
         if deployment.api_key:
             self._headers["x-api-key"] = deployment.api_key
 
     @asynccontextmanager
-    async def send(self, endpoint: Endpoint, payload: dict[str, Any], *,
-                   stream: bool) -> AsyncIterator[UpstreamResponse]:
+    async def send(
+        self, endpoint: Endpoint, payload: dict[str, Any], *, stream: bool
+    ) -> AsyncIterator[UpstreamResponse]:
         if endpoint in NATIVE:
             async with self._native(endpoint, payload, stream=stream) as native:
                 yield native
             return
         if endpoint is not Endpoint.CHAT:
-            raise InvalidRequest(f"Anthropic deployments serve chat completions only, not /v1/{endpoint.value}.")
+            raise InvalidRequest(
+                f"Anthropic deployments serve chat completions only, not /v1/{endpoint.value}."
+            )
         request = to_anthropic(payload, self.deployment.model, self.deployment.default_max_tokens)
         if stream:
             request["stream"] = True
         session = self._pool.get(self.deployment.base_url, self.deployment.proxy)
-        response = await post(session, self._url, orjson.dumps(request), self._headers, self._timeout, self.id)
+        response = await post(
+            session, self._url, orjson.dumps(request), self._headers, self._timeout, self.id
+        )
         try:
             if response.status >= 400:
                 raise await self._error(response)
@@ -80,13 +88,16 @@ class AnthropicBackend(Backend):
             response.release()
 
     @asynccontextmanager
-    async def _native(self, endpoint: Endpoint, payload: dict[str, Any], *,
-                      stream: bool) -> AsyncIterator[UpstreamResponse]:
+    async def _native(
+        self, endpoint: Endpoint, payload: dict[str, Any], *, stream: bool
+    ) -> AsyncIterator[UpstreamResponse]:
         """An Anthropic-shaped request sent as it is: the answer's bytes (or stream) come back unchanged."""
         request = dict(payload)
         betas = request.pop(BETAS, None)
         request["model"] = self.deployment.model
-        headers = {**self._headers, "anthropic-beta": betas} if isinstance(betas, str) and betas else self._headers
+        headers = (
+            {**self._headers, "anthropic-beta": betas} if isinstance(betas, str) and betas else self._headers
+        )
         url = self._url + ("/count_tokens" if endpoint is Endpoint.COUNT_TOKENS else "")
         session = self._pool.get(self.deployment.base_url, self.deployment.proxy)
         response = await post(session, url, orjson.dumps(request), headers, self._timeout, self.id)
@@ -106,8 +117,11 @@ class AnthropicBackend(Backend):
 
     async def _error(self, response: aiohttp.ClientResponse) -> Exception:
         data, raw, headers = await read_error(response, self.deployment.timeouts.read_s)
-        return error_from(data, response.status, headers, self.id) if isinstance(data, dict) else \
-            plain_error(self.id, response.status, raw, headers)
+        return (
+            error_from(data, response.status, headers, self.id)
+            if isinstance(data, dict)
+            else plain_error(self.id, response.status, raw, headers)
+        )
 
     async def _relay(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         """The native stream's events as they come; an ``error`` event fails it (before the first byte went
@@ -116,8 +130,9 @@ class AnthropicBackend(Backend):
             name, data = raw.event, raw.data
             if name == "error" or data.startswith(b'{"type":"error"'):
                 event = stream_json(data, self.id)
-                raise error_from(event, ERROR_STATUS.get(str((event.get("error") or {}).get("type")), 502), {},
-                                 self.id)
+                raise error_from(
+                    event, ERROR_STATUS.get(str((event.get("error") or {}).get("type")), 502), {}, self.id
+                )
             yield encode(data, event=name)
             if name == "message_stop":
                 return

@@ -62,8 +62,9 @@ class Backend(abc.ABC):
         """Release it at shutdown."""
 
     @abc.abstractmethod
-    def send(self, endpoint: Endpoint, payload: dict[str, Any], *,
-             stream: bool) -> AbstractAsyncContextManager[UpstreamResponse]:
+    def send(
+        self, endpoint: Endpoint, payload: dict[str, Any], *, stream: bool
+    ) -> AbstractAsyncContextManager[UpstreamResponse]:
         """Send one request; the context holds the upstream connection until it exits.
 
         ``payload`` is the client's OpenAI-shaped request; the backend sets the upstream model.

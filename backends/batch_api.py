@@ -23,7 +23,7 @@ CHUNK = 1024 * 1024
 class BatchAPI:
     """The HTTP part both providers share: a JSON call, a streamed download, a batch's retrieve and cancel."""
 
-    BATCHES = "batches"   # the batches' path below the deployment's base
+    BATCHES = "batches"  # the batches' path below the deployment's base
 
     def __init__(self, deployment: DeploymentConfig, pool: SessionPool, headers: dict[str, str]) -> None:
         self.deployment = deployment
@@ -51,8 +51,9 @@ class BatchAPI:
             data = orjson.dumps(body)
             headers["content-type"] = "application/json"
         session = self._pool.get(self.deployment.base_url, self.deployment.proxy)
-        return _Opened(self, session.request(method, self._url(path), data=data, headers=headers,
-                                             timeout=self._timeout))
+        return _Opened(
+            self, session.request(method, self._url(path), data=data, headers=headers, timeout=self._timeout)
+        )
 
     async def retrieve(self, batch_id: str) -> dict[str, Any]:
         return await self._call("GET", f"{self.BATCHES}/{batch_id}")
@@ -80,14 +81,17 @@ class _Opened:
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(f"upstream {self._api.id} timed out before answering") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"upstream {self._api.id} unreachable: {type(exc).__name__}") from exc
+            raise UpstreamConnectionError(
+                f"upstream {self._api.id} unreachable: {type(exc).__name__}"
+            ) from exc
         if response.status >= 400:
             data, raw, headers = await read_error(response, self._api.deployment.timeouts.read_s)
             response.release()
             error = data.get("error") if isinstance(data, dict) else None
             if isinstance(error, dict) and isinstance(error.get("message"), str):
-                raise UpstreamError(f"upstream {self._api.id}: {error['message']}", status=response.status,
-                                    headers=headers)
+                raise UpstreamError(
+                    f"upstream {self._api.id}: {error['message']}", status=response.status, headers=headers
+                )
             raise plain_error(self._api.id, response.status, raw, headers)
         return response
 
@@ -100,8 +104,9 @@ class OpenAIBatchAPI(BatchAPI):
     """OpenAI's Files and Batch APIs."""
 
     def __init__(self, deployment: DeploymentConfig, pool: SessionPool) -> None:
-        super().__init__(deployment, pool, {"authorization": f"Bearer {deployment.api_key}"}
-                         if deployment.api_key else {})
+        super().__init__(
+            deployment, pool, {"authorization": f"Bearer {deployment.api_key}"} if deployment.api_key else {}
+        )
 
     async def upload(self, filename: str, chunks: AsyncIterator[bytes]) -> str:
         """A ``purpose: batch`` file from ``chunks`` (streamed, never whole in memory); its id."""
@@ -111,9 +116,19 @@ class OpenAIBatchAPI(BatchAPI):
         part.set_content_disposition("form-data", name="file", filename=filename)
         return str((await self._call("POST", "files", data=form))["id"])
 
-    async def create(self, input_file_id: str, endpoint: str, metadata: dict[str, str] | None) -> dict[str, Any]:
-        return await self._call("POST", "batches", {"input_file_id": input_file_id, "endpoint": endpoint,
-                                                    "completion_window": "24h", "metadata": metadata})
+    async def create(
+        self, input_file_id: str, endpoint: str, metadata: dict[str, str] | None
+    ) -> dict[str, Any]:
+        return await self._call(
+            "POST",
+            "batches",
+            {
+                "input_file_id": input_file_id,
+                "endpoint": endpoint,
+                "completion_window": "24h",
+                "metadata": metadata,
+            },
+        )
 
     def content(self, file_id: str) -> AsyncIterator[bytes]:
         return self.download(f"files/{file_id}/content")

@@ -60,9 +60,15 @@ from .shape import (
 )
 from .wire.reasoning import MIN_BUDGET, budget_of, in_tool_loop
 
-FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
-                  "model_context_window_exceeded": "length",
-                  "guardrail_intervened": "content_filter", "content_filtered": "content_filter"}
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "model_context_window_exceeded": "length",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+}
 # AWS error (x-amzn-ErrorType, or :exception-type in a stream) -> (status, OpenAI type, code).
 ERRORS: dict[str, tuple[int, str, str | None]] = {
     "ThrottlingException": (429, "rate_limit_error", "rate_limit_exceeded"),
@@ -78,8 +84,13 @@ ERRORS: dict[str, tuple[int, str, str | None]] = {
     "ResourceNotFoundException": (404, "invalid_request_error", "not_found"),
     "ServiceQuotaExceededException": (400, "insufficient_quota", "insufficient_quota"),
 }
-_IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
-                  "image/webp": "webp"}
+_IMAGE_FORMATS = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/gif": "gif",
+    "image/webp": "webp",
+}
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 
 
@@ -91,16 +102,22 @@ class BedrockBackend(Backend):
         self._timeout = client_timeout(deployment)
         self._botocore = Session()
         # AWS_REGION is what AWS's SDKs and Lambda set; botocore itself reads AWS_DEFAULT_REGION and profiles.
-        self.region: str | None = (deployment.aws_region or os.environ.get("AWS_REGION")
-                                   or self._botocore.get_config_variable("region"))
+        self.region: str | None = (
+            deployment.aws_region
+            or os.environ.get("AWS_REGION")
+            or self._botocore.get_config_variable("region")
+        )
         self.base_url = deployment.api_base or f"https://bedrock-runtime.{self.region}.amazonaws.com"
         model = quote(deployment.model, safe="")
-        self._urls = {stream: f"{self.base_url}/model/{model}/{'converse-stream' if stream else 'converse'}"
-                      for stream in (False, True)}
+        self._urls = {
+            stream: f"{self.base_url}/model/{model}/{'converse-stream' if stream else 'converse'}"
+            for stream in (False, True)
+        }
         self._credentials: Credentials | None = None
         if deployment.aws_access_key_id and deployment.aws_secret_access_key:
-            self._credentials = Credentials(deployment.aws_access_key_id, deployment.aws_secret_access_key,
-                                            deployment.aws_session_token)
+            self._credentials = Credentials(
+                deployment.aws_access_key_id, deployment.aws_secret_access_key, deployment.aws_session_token
+            )
 
     async def start(self) -> None:
         if self._credentials is None and not self.deployment.api_key:
@@ -112,13 +129,17 @@ class BedrockBackend(Backend):
         if self.deployment.api_key:
             return {**headers, "authorization": f"Bearer {self.deployment.api_key}"}
         if self.region is None:
-            raise Unavailable(f"Bedrock deployment {self.id} has no AWS region: set aws_region or AWS_REGION.")
+            raise Unavailable(
+                f"Bedrock deployment {self.id} has no AWS region: set aws_region or AWS_REGION."
+            )
         if self._credentials is None:
             await self.start()
         credentials = self._credentials
         if credentials is None:
-            raise Unavailable(f"Bedrock deployment {self.id} found no AWS credentials (set AWS_ACCESS_KEY_ID and "
-                              "AWS_SECRET_ACCESS_KEY, a profile or a role).")
+            raise Unavailable(
+                f"Bedrock deployment {self.id} found no AWS credentials (set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, a profile or a role)."
+            )
         frozen: ReadOnlyCredentials
         if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
             frozen = await asyncio.to_thread(credentials.get_frozen_credentials)
@@ -129,10 +150,13 @@ class BedrockBackend(Backend):
         return dict(request.headers.items())
 
     @asynccontextmanager
-    async def send(self, endpoint: Endpoint, payload: dict[str, Any], *,
-                   stream: bool) -> AsyncIterator[UpstreamResponse]:
+    async def send(
+        self, endpoint: Endpoint, payload: dict[str, Any], *, stream: bool
+    ) -> AsyncIterator[UpstreamResponse]:
         if endpoint is not Endpoint.CHAT:
-            raise InvalidRequest(f"Bedrock deployments serve chat completions only, not /v1/{endpoint.value}.")
+            raise InvalidRequest(
+                f"Bedrock deployments serve chat completions only, not /v1/{endpoint.value}."
+            )
         url = self._urls[stream]
         body = orjson.dumps(to_converse(payload, self.deployment.model))
         headers = await self._headers(url, body, EVENT_STREAM if stream else "application/json")
@@ -169,12 +193,16 @@ class BedrockBackend(Backend):
                         name = str(message.headers.get(":exception-type", ""))
                         raise error_from(name[:1].upper() + name[1:], payload, 0, {}, self.id)
                     elif kind == "error":
-                        raise UpstreamError(f"upstream {self.id}: {message.headers.get(':error-code')}: "
-                                            f"{message.headers.get(':error-message')}")
+                        raise UpstreamError(
+                            f"upstream {self.id}: {message.headers.get(':error-code')}: "
+                            f"{message.headers.get(':error-message')}"
+                        )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(f"upstream {self.id} stalled mid-stream") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"upstream {self.id} broke off its stream: {type(exc).__name__}") from exc
+            raise UpstreamConnectionError(
+                f"upstream {self.id} broke off its stream: {type(exc).__name__}"
+            ) from exc
         except (ParserError, orjson.JSONDecodeError) as exc:
             raise UpstreamError(f"upstream {self.id} sent a malformed event stream: {exc}") from exc
 
@@ -189,17 +217,23 @@ class BedrockBackend(Backend):
                 start = (event.get("start") or {}).get("toolUse")
                 if start:
                     tools[event.get("contentBlockIndex", 0)] = len(tools)
-                    yield writer.tool_start(len(tools) - 1, str(start.get("toolUseId")), str(start.get("name")))
+                    yield writer.tool_start(
+                        len(tools) - 1, str(start.get("toolUseId")), str(start.get("name"))
+                    )
             elif kind == "contentBlockDelta":
                 delta = event.get("delta") or {}
                 if delta.get("text"):
                     yield writer.text(delta["text"])
-                elif isinstance(delta.get("reasoningContent"), dict) and delta["reasoningContent"].get("text"):
+                elif isinstance(delta.get("reasoningContent"), dict) and delta["reasoningContent"].get(
+                    "text"
+                ):
                     yield writer.reasoning(delta["reasoningContent"]["text"])
                 elif isinstance(delta.get("toolUse"), dict) and delta["toolUse"].get("input"):
                     tool = tools.get(event.get("contentBlockIndex", 0))
                     if tool is None:
-                        raise UpstreamError(f"upstream {self.id} sent tool input for a block it never started")
+                        raise UpstreamError(
+                            f"upstream {self.id} sent tool input for a block it never started"
+                        )
                     yield writer.tool_arguments(tool, delta["toolUse"]["input"])
             elif kind == "messageStop":
                 finish = FINISH_REASONS.get(str(event.get("stopReason")), "stop")
@@ -211,23 +245,31 @@ class BedrockBackend(Backend):
         yield writer.finish(finish) + writer.usage(Usage()) + DONE
 
 
-def error_from(kind: str, data: dict[str, Any], status: int, headers: dict[str, str],
-               backend_id: str) -> UpstreamError:
-    known_status, type_, code = ERRORS.get(kind, (status or 502, "server_error" if (status or 502) >= 500
-                                                  else "invalid_request_error", None))
+def error_from(
+    kind: str, data: dict[str, Any], status: int, headers: dict[str, str], backend_id: str
+) -> UpstreamError:
+    known_status, type_, code = ERRORS.get(
+        kind, (status or 502, "server_error" if (status or 502) >= 500 else "invalid_request_error", None)
+    )
     message = str(data.get("message") or data.get("Message") or kind)
-    return from_upstream(UpstreamError(f"{kind}: {message}", status=status or known_status, error_type=type_,
-                                       code=code, headers=headers), backend_id)
+    return from_upstream(
+        UpstreamError(
+            f"{kind}: {message}", status=status or known_status, error_type=type_, code=code, headers=headers
+        ),
+        backend_id,
+    )
 
 
 def usage_of(raw: Any) -> Usage:
     if not isinstance(raw, dict):
         return Usage()
     read, written = raw.get("cacheReadInputTokens"), raw.get("cacheWriteInputTokens")
-    return Usage(prompt_tokens=int(raw.get("inputTokens") or 0) + int(read or 0) + int(written or 0),
-                 completion_tokens=int(raw.get("outputTokens") or 0),
-                 cached_tokens=read if read is not None or written is not None else None,
-                 cache_creation_tokens=written)
+    return Usage(
+        prompt_tokens=int(raw.get("inputTokens") or 0) + int(read or 0) + int(written or 0),
+        completion_tokens=int(raw.get("outputTokens") or 0),
+        cached_tokens=read if read is not None or written is not None else None,
+        cache_creation_tokens=written,
+    )
 
 
 def from_converse(data: dict[str, Any], model: str) -> dict[str, Any]:
@@ -241,8 +283,13 @@ def from_converse(data: dict[str, Any], model: str) -> dict[str, Any]:
             thoughts.append(str((block["reasoningContent"].get("reasoningText") or {}).get("text") or ""))
         elif isinstance(block.get("toolUse"), dict):
             use = block["toolUse"]
-            choice.tool_calls.append(ToolCall(str(use.get("toolUseId")), str(use.get("name")),
-                                              orjson.dumps(use.get("input") or {}).decode()))
+            choice.tool_calls.append(
+                ToolCall(
+                    str(use.get("toolUseId")),
+                    str(use.get("name")),
+                    orjson.dumps(use.get("input") or {}).decode(),
+                )
+            )
     choice.text, choice.reasoning = "".join(texts), "".join(thoughts)
     return completion(new_id("chatcmpl-"), model, [choice], usage_of(data.get("usage")))
 
@@ -260,19 +307,32 @@ def to_converse(payload: dict[str, Any], model: str = "") -> dict[str, Any]:
             if text_of(content):
                 system.append({"text": text_of(content)})
         elif role == "tool":
-            result = {"toolUseId": safe_tool_id(message.get("tool_call_id")), "content": [{"text": text_of(content) or " "}]}
+            result = {
+                "toolUseId": safe_tool_id(message.get("tool_call_id")),
+                "content": [{"text": text_of(content) or " "}],
+            }
             append_turn(messages, "user", "content", [{"toolResult": result}])
         elif role in ("user", "assistant"):
             blocks = _blocks(content, where)
             for j, call in enumerate(message.get("tool_calls") or ()):
                 function = call.get("function") or {}
-                blocks.append({"toolUse": {"toolUseId": safe_tool_id(call.get("id")), "name": str(function.get("name")),
-                                           "input": tool_arguments(function.get("arguments"),
-                                                                   f"messages[{i}].tool_calls[{j}].function.arguments")}})
+                blocks.append(
+                    {
+                        "toolUse": {
+                            "toolUseId": safe_tool_id(call.get("id")),
+                            "name": str(function.get("name")),
+                            "input": tool_arguments(
+                                function.get("arguments"), f"messages[{i}].tool_calls[{j}].function.arguments"
+                            ),
+                        }
+                    }
+                )
             append_turn(messages, str(role), "content", blocks)
         else:
-            raise InvalidRequest(f"Invalid value for 'messages[{i}].role': {role!r} is not supported by "
-                                 "Bedrock deployments.", param=f"messages[{i}].role")
+            raise InvalidRequest(
+                f"Invalid value for 'messages[{i}].role': {role!r} is not supported by Bedrock deployments.",
+                param=f"messages[{i}].role",
+            )
     request: dict[str, Any] = {"messages": messages}
     if system:
         request["system"] = system
@@ -295,19 +355,24 @@ def to_converse(payload: dict[str, Any], model: str = "") -> dict[str, Any]:
     tools = payload.get("tools")
     history = any("toolUse" in b or "toolResult" in b for m in messages for b in m["content"])
     choice = payload.get("tool_choice")
-    if tools and (choice != "none" or history):  # Converse has no "none"; it needs the tools to read a history
+    if tools and (
+        choice != "none" or history
+    ):  # Converse has no "none"; it needs the tools to read a history
         request["toolConfig"] = {"tools": [_tool(tool, i) for i, tool in enumerate(tools)]}
         if choice == "required":
             request["toolConfig"]["toolChoice"] = {"any": {}}
         elif isinstance(choice, dict):
-            request["toolConfig"]["toolChoice"] = {"tool": {"name": (choice.get("function") or {}).get("name")}}
+            request["toolConfig"]["toolChoice"] = {
+                "tool": {"name": (choice.get("function") or {}).get("name")}
+            }
         elif choice in (None, "auto"):
             request["toolConfig"]["toolChoice"] = {"auto": {}}
     return request
 
 
-def _reasoning(effort: Any, config: dict[str, Any], model: str,
-               messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _reasoning(
+    effort: Any, config: dict[str, Any], model: str, messages: list[dict[str, Any]]
+) -> dict[str, Any] | None:
     """``reasoning_effort`` in Bedrock's model-specific fields: Anthropic's models take ``thinking`` with a
     budget below ``maxTokens`` (and the default temperature and top_p, so those are left out); Amazon's Nova
     takes ``reasoningConfig`` with an effort of low, medium or high. Other models get nothing."""
@@ -332,9 +397,10 @@ def _reasoning(effort: Any, config: dict[str, Any], model: str,
 
 def _tool(tool: Any, i: int) -> dict[str, Any]:
     function = function_of(tool, i)
-    spec: dict[str, Any] = {"name": function["name"],
-                            "inputSchema": {"json": function.get("parameters") or {"type": "object",
-                                                                                   "properties": {}}}}
+    spec: dict[str, Any] = {
+        "name": function["name"],
+        "inputSchema": {"json": function.get("parameters") or {"type": "object", "properties": {}}},
+    }
     if function.get("description"):
         spec["description"] = function["description"]
     return {"toolSpec": spec}
@@ -347,6 +413,9 @@ def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
 def _image_block(image: Image, where: str) -> dict[str, Any]:
     image_format = _IMAGE_FORMATS.get(image.media_type or "")
     if image.data is None or image_format is None:
-        raise InvalidRequest(f"Invalid '{where}': Bedrock takes images inline only, as a data: URL of a PNG, JPEG, "
-                             "GIF or WebP image.", param=where)
+        raise InvalidRequest(
+            f"Invalid '{where}': Bedrock takes images inline only, as a data: URL of a PNG, JPEG, "
+            "GIF or WebP image.",
+            param=where,
+        )
     return {"image": {"format": image_format, "source": {"bytes": image.data}}}

@@ -28,8 +28,21 @@ NATIVE_BASES: dict[str, str | None] = {
     "gemini": "https://generativelanguage.googleapis.com/v1beta",
     "bedrock": None,  # https://bedrock-runtime.{region}.amazonaws.com, from the region
 }
-Provider = Literal["openai", "azure", "openai-compatible", "vllm", "ollama", "groq", "together",
-                   "mistral", "openrouter", "local", "anthropic", "gemini", "bedrock"]
+Provider = Literal[
+    "openai",
+    "azure",
+    "openai-compatible",
+    "vllm",
+    "ollama",
+    "groq",
+    "together",
+    "mistral",
+    "openrouter",
+    "local",
+    "anthropic",
+    "gemini",
+    "bedrock",
+]
 
 
 class Timeouts(BaseModel):
@@ -39,8 +52,9 @@ class Timeouts(BaseModel):
     read_s: float = Field(default=600.0, gt=0, description="longest silence between two reads")
     # Enforced by policies/resilience.py; a breach fails the attempt, which may then be retried elsewhere.
     ttft_s: float | None = Field(default=None, gt=0, description="streams: longest wait for the first chunk")
-    attempt_s: float | None = Field(default=None, gt=0,
-                                    description="longest one attempt may take until its answer can be relayed")
+    attempt_s: float | None = Field(
+        default=None, gt=0, description="longest one attempt may take until its answer can be relayed"
+    )
 
 
 class LocalSpeculativeSettings(BaseModel):
@@ -50,9 +64,12 @@ class LocalSpeculativeSettings(BaseModel):
 
     method: Literal["ngram", "draft"] = "ngram"
     num_tokens: int = Field(default=4, ge=1, le=16, description="draft tokens checked per step")
-    min_acceptance: float = Field(default=0.3, ge=0, le=1,
-                                  description="a sequence stops speculating below this acceptance rate")
-    draft_model: str | None = Field(default=None, description="method draft: the draft model (same tokenizer)")
+    min_acceptance: float = Field(
+        default=0.3, ge=0, le=1, description="a sequence stops speculating below this acceptance rate"
+    )
+    draft_model: str | None = Field(
+        default=None, description="method draft: the draft model (same tokenizer)"
+    )
 
     @model_validator(mode="after")
     def _draft(self) -> LocalSpeculativeSettings:
@@ -85,24 +102,34 @@ class LocalEngineSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_num_seqs: int = Field(default=64, ge=1, description="sequences decoded together at most")
-    max_num_batched_tokens: int = Field(default=512, ge=1, description="tokens computed per engine step at most")
+    max_num_batched_tokens: int = Field(
+        default=512, ge=1, description="tokens computed per engine step at most"
+    )
     block_size: int = Field(default=16, ge=1, description="tokens per KV cache block (a power of two)")
-    kv_cache_gib: float = Field(default=1.0, gt=0, description="memory for the KV cache, when num_kv_blocks is unset")
+    kv_cache_gib: float = Field(
+        default=1.0, gt=0, description="memory for the KV cache, when num_kv_blocks is unset"
+    )
     num_kv_blocks: int | None = Field(default=None, ge=2)
     max_model_len: int | None = Field(default=None, ge=2, description="context length; default the model's")
     enable_prefix_caching: bool = True
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads; default all cores")
-    load_timeout_s: float = Field(default=10.0, ge=0,
-                                  description="how long a request waits for the model to finish loading")
+    load_timeout_s: float = Field(
+        default=10.0, ge=0, description="how long a request waits for the model to finish loading"
+    )
     speculative: LocalSpeculativeSettings | None = None
     quantization: Literal["int8"] | None = Field(default=None, description="weight-only int8 linear layers")
-    workers: EngineWorkers | None = Field(default=None, description="run the engine as managed worker processes")
-    max_loras: int = Field(default=4, ge=0, description="LoRA adapters resident at once (docs/lora.md); 0: none")
+    workers: EngineWorkers | None = Field(
+        default=None, description="run the engine as managed worker processes"
+    )
+    max_loras: int = Field(
+        default=4, ge=0, description="LoRA adapters resident at once (docs/lora.md); 0: none"
+    )
     max_lora_rank: int = Field(default=16, ge=1, description="the largest LoRA rank served")
-    loras: dict[str, str] = Field(default_factory=dict, description="LoRA adapters served from start-up: "
-                                  "name -> PEFT adapter directory")
+    loras: dict[str, str] = Field(
+        default_factory=dict, description="LoRA adapters served from start-up: name -> PEFT adapter directory"
+    )
 
     @field_validator("block_size")
     @classmethod
@@ -127,14 +154,22 @@ class LocalEngineSettings(BaseModel):
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments of ``local_engine.EngineConfig``."""
-        return {"max_num_seqs": self.max_num_seqs, "max_num_batched_tokens": self.max_num_batched_tokens,
-                "block_size": self.block_size, "kv_cache_bytes": int(self.kv_cache_gib * (1 << 30)),
-                "num_kv_blocks": self.num_kv_blocks, "max_model_len": self.max_model_len,
-                "enable_prefix_caching": self.enable_prefix_caching, "device": self.device,
-                "dtype": self.dtype, "num_threads": self.num_threads,
-                "speculative": self.speculative.model_dump(exclude_none=True) if self.speculative else None,
-                "quantization": self.quantization,
-                "max_loras": self.max_loras, "max_lora_rank": self.max_lora_rank}
+        return {
+            "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "block_size": self.block_size,
+            "kv_cache_bytes": int(self.kv_cache_gib * (1 << 30)),
+            "num_kv_blocks": self.num_kv_blocks,
+            "max_model_len": self.max_model_len,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "device": self.device,
+            "dtype": self.dtype,
+            "num_threads": self.num_threads,
+            "speculative": self.speculative.model_dump(exclude_none=True) if self.speculative else None,
+            "quantization": self.quantization,
+            "max_loras": self.max_loras,
+            "max_lora_rank": self.max_lora_rank,
+        }
 
 
 class Price(BaseModel):
@@ -144,11 +179,18 @@ class Price(BaseModel):
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
-    cached_input: float | None = Field(default=None, ge=0, description="a cache read; default: the input price")
-    cache_write_input: float | None = Field(default=None, ge=0,
-                                            description="a cache write; default: the input price")
-    batch_discount: float = Field(default=0.5, ge=0, le=1,
-                                  description="the share taken off a batch line's cost (OpenAI and Anthropic: 50%)")
+    cached_input: float | None = Field(
+        default=None, ge=0, description="a cache read; default: the input price"
+    )
+    cache_write_input: float | None = Field(
+        default=None, ge=0, description="a cache write; default: the input price"
+    )
+    batch_discount: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="the share taken off a batch line's cost (OpenAI and Anthropic: 50%)",
+    )
 
 
 class DeploymentConfig(BaseModel):
@@ -164,11 +206,17 @@ class DeploymentConfig(BaseModel):
     enabled: bool = True
     timeouts: Timeouts = Timeouts()
     headers: dict[str, str] = Field(default_factory=dict)
-    proxy: str | None = Field(default=None, pattern=r"^(none|https?://.+)$", description="egress proxy URL for this "
-                              "deployment; none: direct; unset: HTTPS_PROXY/HTTP_PROXY/NO_PROXY from the environment")
+    proxy: str | None = Field(
+        default=None,
+        pattern=r"^(none|https?://.+)$",
+        description="egress proxy URL for this "
+        "deployment; none: direct; unset: HTTPS_PROXY/HTTP_PROXY/NO_PROXY from the environment",
+    )
     stream_usage: bool = Field(default=True, description="ask for stream_options.include_usage upstream")
     # provider: local, in-process only
-    model_path: str | None = Field(default=None, description="HF directory or .gguf file; default the bundled SmolLM2")
+    model_path: str | None = Field(
+        default=None, description="HF directory or .gguf file; default the bundled SmolLM2"
+    )
     engine: LocalEngineSettings | None = None
     # anthropic / bedrock: max_tokens sent when the client gives none (both APIs require one)
     default_max_tokens: int = Field(default=4096, ge=1)
@@ -178,8 +226,10 @@ class DeploymentConfig(BaseModel):
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
     aws_session_token: str | None = None
-    context_window: int | None = Field(default=None, gt=0, description="tokens; overrides the model catalog's")
-    price: Price | None = None              # default: the catalog's price for `model`
+    context_window: int | None = Field(
+        default=None, gt=0, description="tokens; overrides the model catalog's"
+    )
+    price: Price | None = None  # default: the catalog's price for `model`
     max_concurrency: int | None = Field(default=None, ge=1, description="requests in flight at once")
 
     @field_validator("api_base")
@@ -200,17 +250,24 @@ class DeploymentConfig(BaseModel):
         path = Path(value).expanduser()
         if not path.exists():
             raise ValueError(f"{value} does not exist")
-        if (path.is_file() and path.suffix != ".gguf") or (path.is_dir() and not (path / "config.json").exists()):
+        if (path.is_file() and path.suffix != ".gguf") or (
+            path.is_dir() and not (path / "config.json").exists()
+        ):
             raise ValueError(f"{value} is neither a .gguf file nor a directory with config.json")
         return str(path)
 
     @model_validator(mode="after")
     def _base_known(self) -> DeploymentConfig:
-        if self.api_base is None and self.provider not in ("local", "bedrock") \
-                and _default_base(self.provider) is None:
+        if (
+            self.api_base is None
+            and self.provider not in ("local", "bedrock")
+            and _default_base(self.provider) is None
+        ):
             raise ValueError(f"api_base is required for provider {self.provider!r}")
         if not self.in_process and (self.model_path is not None or self.engine is not None):
-            raise ValueError("model_path and engine apply only to provider 'local' without api_base (in-process)")
+            raise ValueError(
+                "model_path and engine apply only to provider 'local' without api_base (in-process)"
+            )
         if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
             raise ValueError("aws_access_key_id and aws_secret_access_key go together")
         return self

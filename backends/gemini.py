@@ -53,10 +53,16 @@ from .shape import (
 )
 from .wire.reasoning import budget_of
 
-_FILTERED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
-                       "LANGUAGE"})
-_FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "FINISH_REASON_UNSPECIFIED": "stop", "OTHER": "stop",
-           "MALFORMED_FUNCTION_CALL": "stop"}
+_FILTERED = frozenset(
+    {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "LANGUAGE"}
+)
+_FINISH = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "FINISH_REASON_UNSPECIFIED": "stop",
+    "OTHER": "stop",
+    "MALFORMED_FUNCTION_CALL": "stop",
+}
 # google.rpc status -> OpenAI (type, code); the HTTP status is kept.
 ERROR_STATUSES: dict[str, tuple[str, str | None]] = {
     "INVALID_ARGUMENT": ("invalid_request_error", None),
@@ -86,18 +92,24 @@ class GeminiBackend(Backend):
         self._timeout = client_timeout(deployment)
         model = deployment.model.removeprefix("models/")
         base = f"{deployment.base_url}/models/{quote(model, safe='')}"
-        self._urls = {"chat": f"{base}:generateContent", "stream": f"{base}:streamGenerateContent?alt=sse",
-                      "embed": f"{base}:batchEmbedContents"}
+        self._urls = {
+            "chat": f"{base}:generateContent",
+            "stream": f"{base}:streamGenerateContent?alt=sse",
+            "embed": f"{base}:batchEmbedContents",
+        }
         self._model = model
         self._headers = {"content-type": "application/json", **deployment.headers}
         if deployment.api_key:
             self._headers["x-goog-api-key"] = deployment.api_key
 
     @asynccontextmanager
-    async def send(self, endpoint: Endpoint, payload: dict[str, Any], *,
-                   stream: bool) -> AsyncIterator[UpstreamResponse]:
+    async def send(
+        self, endpoint: Endpoint, payload: dict[str, Any], *, stream: bool
+    ) -> AsyncIterator[UpstreamResponse]:
         if endpoint is Endpoint.COMPLETIONS:
-            raise InvalidRequest("Gemini deployments serve chat completions and embeddings, not /v1/completions.")
+            raise InvalidRequest(
+                "Gemini deployments serve chat completions and embeddings, not /v1/completions."
+            )
         if endpoint is Endpoint.EMBEDDINGS:
             url, request = self._urls["embed"], _embed_request(payload, self._model)
         else:
@@ -107,15 +119,21 @@ class GeminiBackend(Backend):
         try:
             if response.status >= 400:
                 data, raw, headers = await read_error(response, self.deployment.timeouts.read_s)
-                raise error_from(data, response.status, headers, self.id) if isinstance(data, dict) else \
-                    plain_error(self.id, response.status, raw, headers)
+                raise (
+                    error_from(data, response.status, headers, self.id)
+                    if isinstance(data, dict)
+                    else plain_error(self.id, response.status, raw, headers)
+                )
             if stream:
                 expect_stream(response, "text/event-stream", self.id)
                 yield UpstreamResponse(status=200, chunks=await primed(self._chunks(response), self.id))
                 return
             data = await read_json(response, self.id)
-            answer = _embeddings(data, self._model, payload) if endpoint is Endpoint.EMBEDDINGS else \
-                from_gemini(data, self._model)
+            answer = (
+                _embeddings(data, self._model, payload)
+                if endpoint is Endpoint.EMBEDDINGS
+                else from_gemini(data, self._model)
+            )
             yield UpstreamResponse(status=200, body=orjson.dumps(answer), data=answer)
         finally:
             response.release()
@@ -144,7 +162,9 @@ class GeminiBackend(Backend):
                         tool = tools.get(index, 0)
                         tools[index] = tool + 1
                         yield writer.tool_start(tool, call_id(part), str(call.get("name")), index)
-                        yield writer.tool_arguments(tool, orjson.dumps(call.get("args") or {}).decode(), index)
+                        yield writer.tool_arguments(
+                            tool, orjson.dumps(call.get("args") or {}).decode(), index
+                        )
                     elif part.get("text") and part.get("thought"):
                         yield writer.reasoning(part["text"], index)
                     elif part.get("text"):
@@ -154,8 +174,11 @@ class GeminiBackend(Backend):
                     finishes[index] = "tool_calls" if tools.get(index) and reason == "stop" else reason
         if not finishes:
             raise UpstreamConnectionError(f"upstream {self.id} ended its stream before a finish reason")
-        yield b"".join(writer.finish(reason, index) for index, reason in sorted(finishes.items())) + \
-            writer.usage(usage) + DONE
+        yield (
+            b"".join(writer.finish(reason, index) for index, reason in sorted(finishes.items()))
+            + writer.usage(usage)
+            + DONE
+        )
 
 
 _SIGNATURE = "__thought__"
@@ -173,19 +196,25 @@ def usage_of(raw: Any) -> Usage:
     if not isinstance(raw, dict):
         return Usage()
     thoughts = raw.get("thoughtsTokenCount")
-    return Usage(prompt_tokens=int(raw.get("promptTokenCount") or 0) + int(raw.get("toolUsePromptTokenCount") or 0),
-                 completion_tokens=int(raw.get("candidatesTokenCount") or 0) + int(thoughts or 0),
-                 cached_tokens=raw.get("cachedContentTokenCount"),
-                 reasoning_tokens=thoughts)
+    return Usage(
+        prompt_tokens=int(raw.get("promptTokenCount") or 0) + int(raw.get("toolUsePromptTokenCount") or 0),
+        completion_tokens=int(raw.get("candidatesTokenCount") or 0) + int(thoughts or 0),
+        cached_tokens=raw.get("cachedContentTokenCount"),
+        reasoning_tokens=thoughts,
+    )
 
 
 def error_from(data: dict[str, Any], status: int, headers: dict[str, str], backend_id: str) -> UpstreamError:
     error = data.get("error")
     if not isinstance(error, dict):
-        return from_upstream(UpstreamError(f"upstream {backend_id} returned HTTP {status}", status=status,
-                                           headers=headers), backend_id)
+        return from_upstream(
+            UpstreamError(f"upstream {backend_id} returned HTTP {status}", status=status, headers=headers),
+            backend_id,
+        )
     rpc = str(error.get("status") or "")
-    type_, code = ERROR_STATUSES.get(rpc, ("server_error" if status >= 500 else "invalid_request_error", None))
+    type_, code = ERROR_STATUSES.get(
+        rpc, ("server_error" if status >= 500 else "invalid_request_error", None)
+    )
     for detail in error.get("details") or ():
         # RetryInfo ("37s") is Gemini's Retry-After.
         delay = detail.get("retryDelay") if isinstance(detail, dict) else None
@@ -195,8 +224,9 @@ def error_from(data: dict[str, Any], status: int, headers: dict[str, str], backe
             except ValueError:
                 pass
     message = str(error.get("message") or f"upstream {backend_id} returned {rpc or status}")
-    return from_upstream(UpstreamError(message, status=status, error_type=type_, code=code, headers=headers),
-                         backend_id)
+    return from_upstream(
+        UpstreamError(message, status=status, error_type=type_, code=code, headers=headers), backend_id
+    )
 
 
 def from_gemini(data: dict[str, Any], model: str) -> dict[str, Any]:
@@ -209,8 +239,11 @@ def from_gemini(data: dict[str, Any], model: str) -> dict[str, Any]:
         for part in (candidate.get("content") or {}).get("parts") or ():
             if "functionCall" in part:
                 call = part["functionCall"]
-                choice.tool_calls.append(ToolCall(call_id(part), str(call.get("name")),
-                                                  orjson.dumps(call.get("args") or {}).decode()))
+                choice.tool_calls.append(
+                    ToolCall(
+                        call_id(part), str(call.get("name")), orjson.dumps(call.get("args") or {}).decode()
+                    )
+                )
             elif part.get("text"):
                 (thoughts if part.get("thought") else texts).append(part["text"])
         choice.text, choice.reasoning = "".join(texts), "".join(thoughts)
@@ -220,7 +253,9 @@ def from_gemini(data: dict[str, Any], model: str) -> dict[str, Any]:
     if not choices:  # the prompt itself was blocked
         choices.append(Choice(finish_reason="content_filter"))
     id_ = f"chatcmpl-{data['responseId']}" if data.get("responseId") else new_id("chatcmpl-")
-    return completion(id_, str(data.get("modelVersion") or model), choices, usage_of(data.get("usageMetadata")))
+    return completion(
+        id_, str(data.get("modelVersion") or model), choices, usage_of(data.get("usageMetadata"))
+    )
 
 
 def to_gemini(payload: dict[str, Any]) -> dict[str, Any]:
@@ -230,9 +265,15 @@ def to_gemini(payload: dict[str, Any]) -> dict[str, Any]:
     if system:
         request["systemInstruction"] = {"parts": system}
     config: dict[str, Any] = {}
-    for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"), ("seed", "seed"),
-                         ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"),
-                         ("n", "candidateCount")):
+    for ours, theirs in (
+        ("temperature", "temperature"),
+        ("top_p", "topP"),
+        ("top_k", "topK"),
+        ("seed", "seed"),
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+        ("n", "candidateCount"),
+    ):
         if isinstance(payload.get(ours), (int, float)) and not isinstance(payload.get(ours), bool):
             config[theirs] = payload[ours]
     limit = max_tokens(payload)
@@ -256,8 +297,11 @@ def to_gemini(payload: dict[str, Any]) -> dict[str, Any]:
     if tools:
         request["tools"] = [{"functionDeclarations": [_declaration(tool, i) for i, tool in enumerate(tools)]}]
         choice = payload.get("tool_choice")
-        mode = {None: "AUTO", "auto": "AUTO", "required": "ANY", "none": "NONE"}.get(choice) \
-            if not isinstance(choice, dict) else "ANY"
+        mode = (
+            {None: "AUTO", "auto": "AUTO", "required": "ANY", "none": "NONE"}.get(choice)
+            if not isinstance(choice, dict)
+            else "ANY"
+        )
         if mode is None:
             raise InvalidRequest("Invalid 'tool_choice'.", param="tool_choice")
         calling: dict[str, Any] = {"mode": mode}
@@ -301,30 +345,45 @@ def _contents(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
         elif role == "tool":
             result_id = str(message.get("tool_call_id"))
             if result_id not in names:
-                raise InvalidRequest(f"Invalid 'messages[{i}].tool_call_id': no earlier assistant tool call has "
-                                     f"the id {result_id!r}.", param=f"messages[{i}].tool_call_id")
+                raise InvalidRequest(
+                    f"Invalid 'messages[{i}].tool_call_id': no earlier assistant tool call has "
+                    f"the id {result_id!r}.",
+                    param=f"messages[{i}].tool_call_id",
+                )
             result = text_of(content)
             try:
                 value = orjson.loads(result)
             except orjson.JSONDecodeError:
                 value = result
             response = value if isinstance(value, dict) else {"result": value}
-            append_turn(contents, "user", "parts",
-                        [{"functionResponse": {"name": names[result_id], "response": response}}])
+            append_turn(
+                contents,
+                "user",
+                "parts",
+                [{"functionResponse": {"name": names[result_id], "response": response}}],
+            )
         elif role in ("user", "assistant"):
             parts = _parts(content, where)
             for j, call in enumerate(message.get("tool_calls") or ()):
                 function = call.get("function") or {}
-                part: dict[str, Any] = {"functionCall": {"name": str(function.get("name")), "args": tool_arguments(
-                    function.get("arguments"), f"messages[{i}].tool_calls[{j}].function.arguments")}}
+                part: dict[str, Any] = {
+                    "functionCall": {
+                        "name": str(function.get("name")),
+                        "args": tool_arguments(
+                            function.get("arguments"), f"messages[{i}].tool_calls[{j}].function.arguments"
+                        ),
+                    }
+                }
                 _, marker, signature = str(call.get("id")).partition(_SIGNATURE)
                 if marker and signature:
                     part["thoughtSignature"] = signature
                 parts.append(part)
             append_turn(contents, "user" if role == "user" else "model", "parts", parts)
         else:
-            raise InvalidRequest(f"Invalid value for 'messages[{i}].role': {role!r} is not supported by "
-                                 "Gemini deployments.", param=f"messages[{i}].role")
+            raise InvalidRequest(
+                f"Invalid value for 'messages[{i}].role': {role!r} is not supported by Gemini deployments.",
+                param=f"messages[{i}].role",
+            )
     return system, contents
 
 
@@ -341,8 +400,10 @@ def _image_part(image: Image, where: str) -> dict[str, Any]:
 def _embed_request(payload: dict[str, Any], model: str) -> dict[str, Any]:
     inputs = payload["input"] if isinstance(payload["input"], list) else [payload["input"]]
     if not all(isinstance(text, str) for text in inputs):
-        raise InvalidRequest("Gemini deployments embed text only: 'input' must be a string or an array of strings.",
-                             param="input")
+        raise InvalidRequest(
+            "Gemini deployments embed text only: 'input' must be a string or an array of strings.",
+            param="input",
+        )
     requests = []
     for text in inputs:
         one: dict[str, Any] = {"model": f"models/{model}", "content": {"parts": [{"text": text}]}}
@@ -357,6 +418,9 @@ def _embeddings(data: dict[str, Any], model: str, payload: dict[str, Any]) -> di
     # Gemini reports no token count for embeddings; a rough count keeps usage records non-empty.
     inputs = payload["input"] if isinstance(payload["input"], list) else [payload["input"]]
     tokens = sum(max(1, len(text) // 4) for text in inputs)
-    return {"object": "list", "model": model,
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return {
+        "object": "list",
+        "model": model,
+        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

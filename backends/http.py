@@ -21,12 +21,19 @@ MAX_ERROR_BODY = 64 * 1024
 
 
 def client_timeout(deployment: DeploymentConfig) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=None, sock_connect=deployment.timeouts.connect_s,
-                                 sock_read=deployment.timeouts.read_s)
+    return aiohttp.ClientTimeout(
+        total=None, sock_connect=deployment.timeouts.connect_s, sock_read=deployment.timeouts.read_s
+    )
 
 
-async def post(session: aiohttp.ClientSession, url: str | yarl.URL, body: bytes, headers: dict[str, str],
-               limits: aiohttp.ClientTimeout, backend_id: str) -> aiohttp.ClientResponse:
+async def post(
+    session: aiohttp.ClientSession,
+    url: str | yarl.URL,
+    body: bytes,
+    headers: dict[str, str],
+    limits: aiohttp.ClientTimeout,
+    backend_id: str,
+) -> aiohttp.ClientResponse:
     if (parent := spans.traceparent()) is not None:
         headers = {**headers, "traceparent": parent}
     try:
@@ -48,7 +55,9 @@ async def read_body(response: aiohttp.ClientResponse, backend_id: str) -> tuple[
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout(f"upstream {backend_id} timed out while answering") from exc
     except aiohttp.ClientError as exc:
-        raise UpstreamConnectionError(f"upstream {backend_id} broke off its answer: {type(exc).__name__}") from exc
+        raise UpstreamConnectionError(
+            f"upstream {backend_id} broke off its answer: {type(exc).__name__}"
+        ) from exc
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -74,14 +83,22 @@ async def read_error(response: aiohttp.ClientResponse, read_s: float) -> tuple[A
 
 def plain_error(backend_id: str, status: int, raw: bytes, headers: dict[str, str]) -> UpstreamError:
     text = raw[:200].decode("utf-8", "replace").strip()
-    return from_upstream(UpstreamError(f"upstream {backend_id} returned HTTP {status}" + (f": {text}" if text else ""),
-                                       status=status, headers=headers), backend_id)
+    return from_upstream(
+        UpstreamError(
+            f"upstream {backend_id} returned HTTP {status}" + (f": {text}" if text else ""),
+            status=status,
+            headers=headers,
+        ),
+        backend_id,
+    )
 
 
 def expect_stream(response: aiohttp.ClientResponse, content_type: str, backend_id: str) -> None:
     if not response.content_type.startswith(content_type):
-        raise UpstreamError(f"upstream {backend_id} answered a stream request with "
-                            f"{response.content_type or 'no content type'}")
+        raise UpstreamError(
+            f"upstream {backend_id} answered a stream request with "
+            f"{response.content_type or 'no content type'}"
+        )
 
 
 async def sse_events(response: aiohttp.ClientResponse, backend_id: str) -> AsyncIterator[sse.Event]:
@@ -94,7 +111,9 @@ async def sse_events(response: aiohttp.ClientResponse, backend_id: str) -> Async
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout(f"upstream {backend_id} stalled mid-stream") from exc
     except aiohttp.ClientError as exc:
-        raise UpstreamConnectionError(f"upstream {backend_id} broke off its stream: {type(exc).__name__}") from exc
+        raise UpstreamConnectionError(
+            f"upstream {backend_id} broke off its stream: {type(exc).__name__}"
+        ) from exc
     for event in decoder.close():
         yield event
 
@@ -122,4 +141,5 @@ async def primed(chunks: AsyncIterator[bytes], backend_id: str) -> AsyncIterator
         yield first
         async for chunk in chunks:
             yield chunk
+
     return relay()

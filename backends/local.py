@@ -63,12 +63,16 @@ class LocalBackend(Backend):
         log.info("local model loading", deployment=self.id, model_path=model)
         try:
             # The import too runs in the thread: importing torch takes the loop's thread for a second.
-            engine = await asyncio.to_thread(_load_engine, model, self.settings.engine_options(),
-                                             self.settings.loras)
+            engine = await asyncio.to_thread(
+                _load_engine, model, self.settings.engine_options(), self.settings.loras
+            )
         except Exception as exc:  # a broken model must not take the gateway down: this deployment answers 503
-            self._failure = (f"the local engine needs its extra dependencies ({exc}): pip install torch==2.13.0 "
-                             "&& pip install -e '.[engine]'" if isinstance(exc, ImportError) else
-                             f"{type(exc).__name__}: {exc}")
+            self._failure = (
+                f"the local engine needs its extra dependencies ({exc}): pip install torch==2.13.0 "
+                "&& pip install -e '.[engine]'"
+                if isinstance(exc, ImportError)
+                else f"{type(exc).__name__}: {exc}"
+            )
             log.error("local model failed to load", deployment=self.id, error=self._failure)
             return
         stats = engine.engine.metrics
@@ -77,8 +81,13 @@ class LocalBackend(Backend):
         self.engine = engine
         self._sync_metrics()
         self._metrics_task = asyncio.create_task(self._metrics_loop(), name=f"metrics {self.id}")
-        log.info("local model loaded", deployment=self.id, model=engine.model_name,
-                 kv_blocks=engine.engine.block_manager.num_blocks, max_model_len=engine.engine.max_model_len)
+        log.info(
+            "local model loaded",
+            deployment=self.id,
+            model=engine.model_name,
+            kv_blocks=engine.engine.block_manager.num_blocks,
+            max_model_len=engine.engine.max_model_len,
+        )
 
     async def close(self) -> None:
         if self._metrics_task is not None:
@@ -93,11 +102,15 @@ class LocalBackend(Backend):
             self.engine = None
 
     @asynccontextmanager
-    async def send(self, endpoint: Endpoint, payload: dict[str, Any], *,
-                   stream: bool) -> AsyncIterator[UpstreamResponse]:
+    async def send(
+        self, endpoint: Endpoint, payload: dict[str, Any], *, stream: bool
+    ) -> AsyncIterator[UpstreamResponse]:
         if endpoint is Endpoint.EMBEDDINGS:
-            raise InvalidRequest(f"The model behind deployment {self.id} (local engine) does not serve embeddings.",
-                                 param="model", code="unsupported_endpoint")
+            raise InvalidRequest(
+                f"The model behind deployment {self.id} (local engine) does not serve embeddings.",
+                param="model",
+                code="unsupported_endpoint",
+            )
         engine = await self._engine()
         from local_engine.openai_api import complete_response, stream_response
 
@@ -112,8 +125,10 @@ class LocalBackend(Backend):
         if self.deployment.stream_usage:
             # Usage on every stream, so that tokens are counted; the pipeline drops it if the client did not ask.
             options = payload.get("stream_options")
-            body = {**payload, "stream_options": {**(options if isinstance(options, dict) else {}),
-                                                  "include_usage": True}}
+            body = {
+                **payload,
+                "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True},
+            }
         chunks = stream_response(engine, body, chat=chat, model_name=self.deployment.model)
         with _spanned(spans.start("engine", self.deployment, self.id)):
             try:
@@ -153,8 +168,11 @@ class LocalBackend(Backend):
             try:
                 await asyncio.wait_for(asyncio.shield(self._loading), self.settings.load_timeout_s)
             except TimeoutError:
-                raise Unavailable(f"The local model of deployment {self.id} is still loading; retry shortly.",
-                                  code="model_loading", headers={"retry-after": _RETRY_AFTER_S}) from None
+                raise Unavailable(
+                    f"The local model of deployment {self.id} is still loading; retry shortly.",
+                    code="model_loading",
+                    headers={"retry-after": _RETRY_AFTER_S},
+                ) from None
         if self.engine is None:
             reason = f"failed to load ({self._failure})" if self._failure else "is not started"
             raise Unavailable(f"The local model of deployment {self.id} {reason}.", code="model_unavailable")
@@ -173,8 +191,11 @@ class LocalBackend(Backend):
         snapshot = {**snapshot, "prefix_queries": blocks.prefix_queries, "prefix_hits": blocks.prefix_hits}
         for key, gauge in m.GAUGES.items():
             gauge.labels(self.id).set(snapshot[key] or 0)
-        for key, counter in (*m.COUNTERS.items(), ("prefix_queries", m.PREFIX_QUERIED),
-                             ("prefix_hits", m.PREFIX_HITS)):
+        for key, counter in (
+            *m.COUNTERS.items(),
+            ("prefix_queries", m.PREFIX_QUERIED),
+            ("prefix_hits", m.PREFIX_HITS),
+        ):
             value = snapshot[key]
             delta = value - self._counted.get(key, 0)
             child = counter.labels(self.id)  # created at 0, so that every series exists from the start
@@ -204,8 +225,15 @@ def lora_model(payload: dict[str, Any], deployment: DeploymentConfig) -> str:
 
 
 def _lora_view(info: Any) -> dict[str, Any]:
-    return {"object": "lora_adapter", "name": info.name, "path": info.path, "rank": info.rank,
-            "alpha": info.alpha, "target_modules": list(info.target_modules), "resident": info.resident}
+    return {
+        "object": "lora_adapter",
+        "name": info.name,
+        "path": info.path,
+        "rank": info.rank,
+        "alpha": info.alpha,
+        "target_modules": list(info.target_modules),
+        "resident": info.resident,
+    }
 
 
 async def _sse(first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
@@ -243,8 +271,9 @@ def _mapped_errors() -> Iterator[None]:
         elif exc.code == "model_not_found":  # a LoRA adapter the engine does not have
             error = ModelNotFound(exc.message, param=exc.param)
         else:
-            error = UpstreamError(exc.message, status=exc.status, error_type=exc.type, param=exc.param,
-                                  code=exc.code)
+            error = UpstreamError(
+                exc.message, status=exc.status, error_type=exc.type, param=exc.param, code=exc.code
+            )
         raise error from None
     except EngineClosedError as exc:
         raise Unavailable(f"The local engine stopped: {exc}", code="engine_unavailable") from None

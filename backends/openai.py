@@ -42,24 +42,29 @@ class OpenAIBackend(Backend):
             version = max(self.deployment.api_version, AZURE_RESPONSES_API_VERSION)
             return f"{base}/openai/responses?api-version={version}"
         if self.deployment.provider == "azure":
-            return (f"{base}/openai/deployments/{self.deployment.model}/{endpoint.value}"
-                    f"?api-version={self.deployment.api_version}")
+            return (
+                f"{base}/openai/deployments/{self.deployment.model}/{endpoint.value}"
+                f"?api-version={self.deployment.api_version}"
+            )
         return f"{base}/{endpoint.value}"
 
     @asynccontextmanager
-    async def send(self, endpoint: Endpoint, payload: dict[str, Any], *,
-                   stream: bool) -> AsyncIterator[UpstreamResponse]:
+    async def send(
+        self, endpoint: Endpoint, payload: dict[str, Any], *, stream: bool
+    ) -> AsyncIterator[UpstreamResponse]:
         if endpoint in (Endpoint.MESSAGES, Endpoint.COUNT_TOKENS):
             raise InvalidRequest(f"OpenAI-format deployments do not serve /v1/{endpoint.value} natively.")
         payload["model"] = self.deployment.model
         if stream and self.deployment.stream_usage and endpoint is not Endpoint.RESPONSES:
             # Usage on every stream, so that tokens are counted; the pipeline drops it if the client did not ask.
             options = payload.get("stream_options")
-            payload["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else \
-                {"include_usage": True}
+            payload["stream_options"] = (
+                {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+            )
         session = self._pool.get(self.deployment.base_url, self.deployment.proxy)
-        response = await post(session, self._urls[endpoint], orjson.dumps(payload), self._headers, self._timeout,
-                              self.id)
+        response = await post(
+            session, self._urls[endpoint], orjson.dumps(payload), self._headers, self._timeout, self.id
+        )
         try:
             if response.status >= 400:
                 raise await self._error(response)
@@ -68,7 +73,12 @@ class OpenAIBackend(Backend):
                 yield UpstreamResponse(status=response.status, chunks=self._relay(response))
             else:
                 body, data = await read_body(response, self.id)
-                if data.get("error") and "choices" not in data and "data" not in data and "output" not in data:
+                if (
+                    data.get("error")
+                    and "choices" not in data
+                    and "data" not in data
+                    and "output" not in data
+                ):
                     raise _error_from_body(data, 502, self.id)
                 yield UpstreamResponse(status=response.status, body=body, data=data)
         finally:
@@ -81,8 +91,9 @@ class OpenAIBackend(Backend):
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(f"upstream {self.id} stalled mid-stream") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"upstream {self.id} broke off its stream: "
-                                          f"{type(exc).__name__}") from exc
+            raise UpstreamConnectionError(
+                f"upstream {self.id} broke off its stream: {type(exc).__name__}"
+            ) from exc
 
     async def _error(self, response: aiohttp.ClientResponse) -> UpstreamError:
         data, raw, headers = await read_error(response, self.deployment.timeouts.read_s)
@@ -97,9 +108,13 @@ def _error_from_body(data: dict[str, Any], status: int, deployment_id: str) -> U
     error = data.get("error")
     if isinstance(error, dict):
         message = error.get("message")
-        return UpstreamError(str(message) if message else f"upstream {deployment_id} returned HTTP {status}",
-                             status=status, error_type=_str_or_none(error.get("type")),
-                             code=_str_or_none(error.get("code")), param=_str_or_none(error.get("param")))
+        return UpstreamError(
+            str(message) if message else f"upstream {deployment_id} returned HTTP {status}",
+            status=status,
+            error_type=_str_or_none(error.get("type")),
+            code=_str_or_none(error.get("code")),
+            param=_str_or_none(error.get("param")),
+        )
     if isinstance(error, str):
         return UpstreamError(error, status=status)
     return UpstreamError(f"upstream {deployment_id} returned HTTP {status}", status=status)

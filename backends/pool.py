@@ -23,9 +23,14 @@ class SessionPool:
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300)
             # No session-wide timeout: each request carries its deployment's timeouts.
-            session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
-                                            auto_decompress=True, raise_for_status=False,
-                                            trust_env=proxy is None, proxy=None if proxy in (None, "none") else proxy)
+            session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None),
+                auto_decompress=True,
+                raise_for_status=False,
+                trust_env=proxy is None,
+                proxy=None if proxy in (None, "none") else proxy,
+            )
             self._sessions[origin] = session
         return session
 

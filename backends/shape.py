@@ -39,15 +39,18 @@ class ToolCall:
 
 @dataclass(slots=True)
 class Usage:
-    prompt_tokens: int = 0           # all of them: uncached + cache reads + cache writes
+    prompt_tokens: int = 0  # all of them: uncached + cache reads + cache writes
     completion_tokens: int = 0
     cached_tokens: int | None = None  # prompt tokens read from the provider's cache
     cache_creation_tokens: int | None = None
     reasoning_tokens: int | None = None
 
     def openai(self) -> dict[str, Any]:
-        usage: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                                 "total_tokens": self.prompt_tokens + self.completion_tokens}
+        usage: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
         if self.cached_tokens is not None or self.cache_creation_tokens is not None:
             details: dict[str, Any] = {"cached_tokens": self.cached_tokens or 0}
             if self.cache_creation_tokens is not None:
@@ -64,7 +67,7 @@ class Choice:
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str | None = "stop"
     stop_reason: str | None = None  # the stop sequence that ended it, as vLLM reports it (``stop_reason``)
-    reasoning: str = ""             # reasoning text, as vLLM / DeepSeek-style servers give it (reasoning_content)
+    reasoning: str = ""  # reasoning text, as vLLM / DeepSeek-style servers give it (reasoning_content)
 
 
 def completion(id_: str, model: str, choices: Iterable[Choice], usage: Usage) -> dict[str, Any]:
@@ -73,18 +76,27 @@ def completion(id_: str, model: str, choices: Iterable[Choice], usage: Usage) ->
     for index, choice in enumerate(choices):
         message: dict[str, Any] = {"role": "assistant", "content": choice.text or None, "refusal": None}
         if choice.tool_calls:
-            message["tool_calls"] = [{"id": c.id, "type": "function",
-                                      "function": {"name": c.name, "arguments": c.arguments}}
-                                     for c in choice.tool_calls]
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in choice.tool_calls
+            ]
         elif not choice.text:
             message["content"] = ""
         if choice.reasoning:
             message["reasoning_content"] = choice.reasoning
-        out.append({"index": index, "message": message, "finish_reason": choice.finish_reason, "logprobs": None})
+        out.append(
+            {"index": index, "message": message, "finish_reason": choice.finish_reason, "logprobs": None}
+        )
         if choice.stop_reason is not None:
             out[-1]["stop_reason"] = choice.stop_reason
-    return {"id": id_, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": out, "usage": usage.openai()}
+    return {
+        "id": id_,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": out,
+        "usage": usage.openai(),
+    }
 
 
 class ChunkWriter:
@@ -97,8 +109,13 @@ class ChunkWriter:
         self._started: set[int] = set()
 
     def _event(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
-        chunk: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                                 "model": self.model, "choices": choices}
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
         if usage is not None:
             chunk["usage"] = usage
         return data(orjson.dumps(chunk))
@@ -127,11 +144,24 @@ class ChunkWriter:
         return self._delta(index, {"reasoning_content": text})
 
     def tool_start(self, tool_index: int, call_id: str, name: str, index: int = 0) -> bytes:
-        return self._delta(index, {"tool_calls": [{"index": tool_index, "id": call_id, "type": "function",
-                                                   "function": {"name": name, "arguments": ""}}]})
+        return self._delta(
+            index,
+            {
+                "tool_calls": [
+                    {
+                        "index": tool_index,
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    }
+                ]
+            },
+        )
 
     def tool_arguments(self, tool_index: int, fragment: str, index: int = 0) -> bytes:
-        return self._delta(index, {"tool_calls": [{"index": tool_index, "function": {"arguments": fragment}}]})
+        return self._delta(
+            index, {"tool_calls": [{"index": tool_index, "function": {"arguments": fragment}}]}
+        )
 
     def finish(self, reason: str, index: int = 0, stop_reason: str | None = None) -> bytes:
         prefix = b"" if index in self._started else self.role(index)
@@ -153,7 +183,9 @@ def tool_arguments(arguments: Any, where: str) -> Any:
     try:
         value = orjson.loads(arguments)
     except (orjson.JSONDecodeError, TypeError) as exc:
-        raise InvalidRequest(f"Invalid '{where}': tool call arguments are not valid JSON.", param=where) from exc
+        raise InvalidRequest(
+            f"Invalid '{where}': tool call arguments are not valid JSON.", param=where
+        ) from exc
     if not isinstance(value, dict):
         raise InvalidRequest(f"Invalid '{where}': tool call arguments must be a JSON object.", param=where)
     return value
@@ -165,14 +197,16 @@ def text_of(content: Any) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+    return "".join(
+        part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Image:
-    url: str | None = None        # a URL the provider fetches itself
+    url: str | None = None  # a URL the provider fetches itself
     media_type: str | None = None
-    data: str | None = None       # base64, from a data: URL
+    data: str | None = None  # base64, from a data: URL
 
 
 def image_of(part: dict[str, Any], where: str) -> Image:
@@ -186,8 +220,9 @@ def image_of(part: dict[str, Any], where: str) -> Image:
     header, _, data = url[5:].partition(",")
     media_type, _, encoding = header.partition(";")
     if encoding != "base64" or not media_type:
-        raise InvalidRequest(f"Invalid '{where}': a data URL must be 'data:<media type>;base64,<data>'.",
-                             param=where)
+        raise InvalidRequest(
+            f"Invalid '{where}': a data URL must be 'data:<media type>;base64,<data>'.", param=where
+        )
     try:
         base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -197,8 +232,13 @@ def image_of(part: dict[str, Any], where: str) -> Image:
 
 def _guess_media_type(url: str) -> str | None:
     path = url.split("?", 1)[0].lower()
-    for suffix, media_type in ((".png", "image/png"), (".jpg", "image/jpeg"), (".jpeg", "image/jpeg"),
-                               (".gif", "image/gif"), (".webp", "image/webp")):
+    for suffix, media_type in (
+        (".png", "image/png"),
+        (".jpg", "image/jpeg"),
+        (".jpeg", "image/jpeg"),
+        (".gif", "image/gif"),
+        (".webp", "image/webp"),
+    ):
         if path.endswith(suffix):
             return media_type
     return None
@@ -237,7 +277,9 @@ def function_of(tool: Any, i: int) -> dict[str, Any]:
     """The ``function`` of ``tools[i]``, checked."""
     function = tool.get("function") if isinstance(tool, dict) else None
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise InvalidRequest(f"Invalid 'tools[{i}]': expected a function tool with a name.", param=f"tools[{i}]")
+        raise InvalidRequest(
+            f"Invalid 'tools[{i}]': expected a function tool with a name.", param=f"tools[{i}]"
+        )
     return function
 
 
@@ -251,8 +293,13 @@ def append_turn(turns: list[dict[str, Any]], role: str, key: str, items: list[di
         turns.append({"role": role, key: items})
 
 
-def convert_content(content: Any, where: str, provider: str, text: Callable[[dict[str, Any]], dict[str, Any]],
-                    image: Callable[[Image, str], dict[str, Any]] | None) -> list[dict[str, Any]]:
+def convert_content(
+    content: Any,
+    where: str,
+    provider: str,
+    text: Callable[[dict[str, Any]], dict[str, Any]],
+    image: Callable[[Image, str], dict[str, Any]] | None,
+) -> list[dict[str, Any]]:
     """An OpenAI message's content as a provider's blocks: ``text`` and ``image`` build one from a part
     (``image`` None: images are refused here); empty text is dropped, other part types refused."""
     if content is None or content == "":
@@ -268,8 +315,11 @@ def convert_content(content: Any, where: str, provider: str, text: Callable[[dic
         elif kind == "image_url" and image is not None:
             blocks.append(image(image_of(part, f"{where}[{j}]"), f"{where}[{j}]"))
         else:
-            raise InvalidRequest(f"Invalid '{where}[{j}]': content part type {kind!r} is not supported here by "
-                                 f"{provider} deployments.", param=f"{where}[{j}]")
+            raise InvalidRequest(
+                f"Invalid '{where}[{j}]': content part type {kind!r} is not supported here by "
+                f"{provider} deployments.",
+                param=f"{where}[{j}]",
+            )
     return blocks
 
 

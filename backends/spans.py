@@ -26,7 +26,9 @@ CURRENT: ContextVar[Spans | None] = ContextVar("gateway_spans", default=None)
 Handle = tuple[Spans, Any]
 
 
-def start(name: str, deployment: DeploymentConfig | None = None, deployment_id: str | None = None) -> Handle | None:
+def start(
+    name: str, deployment: DeploymentConfig | None = None, deployment_id: str | None = None
+) -> Handle | None:
     """Open a child span of the stage now open (or of the request's span); None when tracing is off."""
     spans = CURRENT.get()
     return None if spans is None else (spans, spans.start(name, deployment, deployment_id))

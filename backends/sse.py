@@ -11,6 +11,7 @@ be split at any byte. At the end of a stream, an event whose blank line never ca
 
 Writing (``encode``, ``data``): LF line ends; data holding line breaks becomes several ``data`` lines.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,8 +32,8 @@ class Event(NamedTuple):
 
     data: bytes
     event: str = "message"
-    id: str | None = None          # the last event id in force when this event was dispatched
-    retry: int | None = None       # a reconnection time (ms) set by this event's block
+    id: str | None = None  # the last event id in force when this event was dispatched
+    retry: int | None = None  # a reconnection time (ms) set by this event's block
 
     @property
     def done(self) -> bool:
@@ -40,7 +41,7 @@ class Event(NamedTuple):
         return self.data == b"[DONE]"
 
 
-_new = tuple.__new__   # builds an Event without NamedTuple's Python-level __new__: one per event
+_new = tuple.__new__  # builds an Event without NamedTuple's Python-level __new__: one per event
 
 
 class Decoder:
@@ -71,9 +72,9 @@ class Decoder:
             self._started = True
             if buf.startswith(_BOM):
                 buf = buf[3:]
-        if 13 in buf:   # a CR (an int: bytes.__contains__ then is one memchr): CRLF or CR line ends
+        if 13 in buf:  # a CR (an int: bytes.__contains__ then is one memchr): CRLF or CR line ends
             if buf.endswith(b"\r"):
-                self._skip_lf = True   # the LF of a CRLF may be the next chunk's first byte
+                self._skip_lf = True  # the LF of a CRLF may be the next chunk's first byte
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         return self._lines(buf) if self._data else self._blocks(buf)
 
@@ -83,7 +84,7 @@ class Decoder:
         out: list[Event] = []
         data = self._data
         for line in lines:
-            if line[:6] == b"data: ":   # the common line, read without the general field parsing
+            if line[:6] == b"data: ":  # the common line, read without the general field parsing
                 data.append(line[6:])
             elif line:
                 self._line(line)
@@ -134,8 +135,15 @@ class Decoder:
 
     def _dispatch(self) -> Event:
         lines = self._data
-        event = _new(Event, (lines[0] if len(lines) == 1 else b"\n".join(lines), self._event or "message",
-                             self.last_event_id, self._retry))
+        event = _new(
+            Event,
+            (
+                lines[0] if len(lines) == 1 else b"\n".join(lines),
+                self._event or "message",
+                self.last_event_id,
+                self._retry,
+            ),
+        )
         lines.clear()
         self._event, self._retry = "", None
         return event
@@ -165,8 +173,9 @@ def data(payload: bytes) -> bytes:
 DONE = data(b"[DONE]")
 
 
-def encode(payload: bytes | str, event: str | None = None, id: str | None = None,
-           retry: int | None = None) -> bytes:
+def encode(
+    payload: bytes | str, event: str | None = None, id: str | None = None, retry: int | None = None
+) -> bytes:
     """One event; data with line breaks (LF, CRLF or CR) is written as several ``data`` lines."""
     if isinstance(payload, str):
         payload = payload.encode()

@@ -37,15 +37,26 @@ from .openai import OpenAIBackend
 from .pool import SessionPool
 from .prefix_ring import PrefixRing, prompt_prefix
 
-COLD_START = Histogram("gateway_engine_worker_cold_start_seconds",
-                       "From starting an engine worker process to its first healthy answer", ["deployment"],
-                       buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120))
-WORKERS = Gauge("gateway_engine_workers", "Engine worker processes by state (starting, ready)",
-                ["deployment", "state"], multiprocess_mode="livesum")
-WORKER_REQUESTS = Counter("gateway_engine_worker_requests_total", "Requests sent to each engine worker",
-                          ["deployment", "worker"])
-WORKER_EXITS = Counter("gateway_engine_worker_exits_total", "Engine workers stopped, by reason (idle, died, failed)",
-                       ["deployment", "reason"])
+COLD_START = Histogram(
+    "gateway_engine_worker_cold_start_seconds",
+    "From starting an engine worker process to its first healthy answer",
+    ["deployment"],
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120),
+)
+WORKERS = Gauge(
+    "gateway_engine_workers",
+    "Engine worker processes by state (starting, ready)",
+    ["deployment", "state"],
+    multiprocess_mode="livesum",
+)
+WORKER_REQUESTS = Counter(
+    "gateway_engine_worker_requests_total", "Requests sent to each engine worker", ["deployment", "worker"]
+)
+WORKER_EXITS = Counter(
+    "gateway_engine_worker_exits_total",
+    "Engine workers stopped, by reason (idle, died, failed)",
+    ["deployment", "reason"],
+)
 
 _CHECK_INTERVAL_S = 0.2  # how often the pool looks for idle and dead workers (real time)
 _RETRY_AFTER_S = "5"
@@ -128,15 +139,18 @@ class WorkerPool(Backend):
         await asyncio.gather(*(self._stop(w, "shutdown") for w in list(self._workers)))
 
     @asynccontextmanager
-    async def send(self, endpoint: Endpoint, payload: dict[str, Any], *,
-                   stream: bool) -> AsyncIterator[UpstreamResponse]:
+    async def send(
+        self, endpoint: Endpoint, payload: dict[str, Any], *, stream: bool
+    ) -> AsyncIterator[UpstreamResponse]:
         key = prompt_prefix(payload)
         model = lora_model(payload, self.deployment)
         tried: Worker | None = None
         for attempt in range(2):
             worker = await self._acquire(key, avoid=tried)
             try:
-                async with worker.backend_for(model, self._pool).send(endpoint, payload, stream=stream) as response:
+                async with worker.backend_for(model, self._pool).send(
+                    endpoint, payload, stream=stream
+                ) as response:
                     yield response
                     return
             except UpstreamConnectionError:
@@ -151,7 +165,9 @@ class WorkerPool(Backend):
         """Add a LoRA adapter to every running worker (a bad one is refused by the first) and to later ones."""
         view: dict[str, Any] = {"object": "lora_adapter", "name": name, "path": path}
         for worker in self._running():
-            status, body = await self._post(worker, "load_lora_adapter", {"lora_name": name, "lora_path": path})
+            status, body = await self._post(
+                worker, "load_lora_adapter", {"lora_name": name, "lora_path": path}
+            )
             if status != 200:
                 raise InvalidRequest(_message(body, status), param="lora_path")
             view = {**body, "resident": False}
@@ -173,8 +189,10 @@ class WorkerPool(Backend):
 
     async def _post(self, worker: Worker, route: str, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
         url = f"http://127.0.0.1:{worker.port}/v1/{route}"
-        async with aiohttp.ClientSession() as session, \
-                session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=60)) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=60)) as response,
+        ):
             return response.status, await response.json(content_type=None)
 
     async def _acquire(self, key: str, avoid: Worker | None) -> Worker:
@@ -191,12 +209,16 @@ class WorkerPool(Backend):
                     return worker
                 if not any(not w.ready for w in self._workers):
                     if self._spawn() is None:
-                        raise Unavailable(f"No engine worker of deployment {self.id} can start.",
-                                          code="model_unavailable")
+                        raise Unavailable(
+                            f"No engine worker of deployment {self.id} can start.", code="model_unavailable"
+                        )
                 remaining = deadline - self._loop_time()
                 if remaining <= 0:
-                    raise Unavailable(f"The engine worker of deployment {self.id} is still starting; retry shortly.",
-                                      code="model_loading", headers={"retry-after": _RETRY_AFTER_S})
+                    raise Unavailable(
+                        f"The engine worker of deployment {self.id} is still starting; retry shortly.",
+                        code="model_loading",
+                        headers={"retry-after": _RETRY_AFTER_S},
+                    )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), remaining)
 
@@ -214,10 +236,21 @@ class WorkerPool(Backend):
         port = _free_port()
         name = f"w{next(self._names)}"
         worker_deployment = self.deployment.model_copy(
-            update={"api_base": f"http://127.0.0.1:{port}/v1", "engine": None, "model_path": None,
-                    "name": f"{self.id}#{name}", "api_key": None})
-        worker = Worker(name=name, port=port, process=None, backend=OpenAIBackend(worker_deployment, self._pool),
-                        started_at=self._clock.monotonic())
+            update={
+                "api_base": f"http://127.0.0.1:{port}/v1",
+                "engine": None,
+                "model_path": None,
+                "name": f"{self.id}#{name}",
+                "api_key": None,
+            }
+        )
+        worker = Worker(
+            name=name,
+            port=port,
+            process=None,
+            backend=OpenAIBackend(worker_deployment, self._pool),
+            started_at=self._clock.monotonic(),
+        )
         self._workers.append(worker)
         task = asyncio.create_task(self._boot(worker), name=f"start {self.id} {name}")
         self._starts.add(task)
@@ -229,29 +262,50 @@ class WorkerPool(Backend):
         log = structlog.get_logger("gateway")
         began = self._loop_time()
         worker.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "local_engine", "serve", *self._serve_args(worker.port),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            sys.executable,
+            "-m",
+            "local_engine",
+            "serve",
+            *self._serve_args(worker.port),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
         process = worker.process
         log.info("engine worker starting", deployment=self.id, worker=worker.name, pid=process.pid)
         healthy = await self._wait_healthy(worker, began + self.limits.start_timeout_s)
         if not healthy:
-            log.error("engine worker failed to start", deployment=self.id, worker=worker.name,
-                      exit_code=process.returncode)
+            log.error(
+                "engine worker failed to start",
+                deployment=self.id,
+                worker=worker.name,
+                exit_code=process.returncode,
+            )
             await self._stop(worker, "failed")
             return
         for name, path in list(self._loras.items()):
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                status, body = await self._post(worker, "load_lora_adapter", {"lora_name": name, "lora_path": path})
+                status, body = await self._post(
+                    worker, "load_lora_adapter", {"lora_name": name, "lora_path": path}
+                )
                 if status != 200:
-                    log.error("engine worker refused a LoRA adapter", deployment=self.id, worker=worker.name,
-                              lora=name, error=_message(body, status))
+                    log.error(
+                        "engine worker refused a LoRA adapter",
+                        deployment=self.id,
+                        worker=worker.name,
+                        lora=name,
+                        error=_message(body, status),
+                    )
         COLD_START.labels(self.id).observe(self._loop_time() - began)
         worker.ready = True
         worker.last_used = self._clock.monotonic()
         worker.became_ready.set()
         self._ring.add(worker)
-        log.info("engine worker ready", deployment=self.id, worker=worker.name,
-                 cold_start_s=round(self._loop_time() - began, 3))
+        log.info(
+            "engine worker ready",
+            deployment=self.id,
+            worker=worker.name,
+            cold_start_s=round(self._loop_time() - began, 3),
+        )
         await self._notify()
 
     async def _wait_healthy(self, worker: Worker, deadline: float) -> bool:
@@ -267,9 +321,24 @@ class WorkerPool(Backend):
 
     def _serve_args(self, port: int) -> list[str]:
         s = self.settings
-        args = ["--model", self.deployment.model_path or "smollm2", "--host", "127.0.0.1", "--port", str(port),
-                "--max-num-seqs", str(s.max_num_seqs), "--max-num-batched-tokens", str(s.max_num_batched_tokens),
-                "--block-size", str(s.block_size), "--kv-cache-gib", str(s.kv_cache_gib), "--device", s.device]
+        args = [
+            "--model",
+            self.deployment.model_path or "smollm2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-num-seqs",
+            str(s.max_num_seqs),
+            "--max-num-batched-tokens",
+            str(s.max_num_batched_tokens),
+            "--block-size",
+            str(s.block_size),
+            "--kv-cache-gib",
+            str(s.kv_cache_gib),
+            "--device",
+            s.device,
+        ]
         if s.dtype is not None:
             args += ["--dtype", s.dtype]
         if not s.enable_prefix_caching:
@@ -287,8 +356,12 @@ class WorkerPool(Backend):
             for worker in list(self._workers):
                 if worker.ready and not worker.alive:
                     await self._stop(worker, "died")
-                elif (worker.ready and worker.inflight == 0 and now - worker.last_used >= self.limits.idle_s
-                      and len(self._workers) > self.limits.min):
+                elif (
+                    worker.ready
+                    and worker.inflight == 0
+                    and now - worker.last_used >= self.limits.idle_s
+                    and len(self._workers) > self.limits.min
+                ):
                     await self._stop(worker, "idle")
             while len(self._workers) < self.limits.min and self._spawn() is not None:
                 pass
@@ -310,8 +383,9 @@ class WorkerPool(Backend):
         self._ring.remove(worker)
         WORKER_EXITS.labels(self.id, reason).inc()
         self._count()
-        structlog.get_logger("gateway").info("engine worker stopped", deployment=self.id, worker=worker.name,
-                                             reason=reason)
+        structlog.get_logger("gateway").info(
+            "engine worker stopped", deployment=self.id, worker=worker.name, reason=reason
+        )
         process = worker.process
         if process is not None and process.returncode is None:
             process.terminate()

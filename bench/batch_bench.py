@@ -68,11 +68,17 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
 def run_batch(client: httpx.Client, lines: int) -> tuple[float, dict[str, int]]:
     body = b"".join(
         b'{"custom_id": "r%d", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "openai", '
-        b'"messages": [{"role": "user", "content": "line %d"}], "max_tokens": 16}}\n' % (i, i) for i in range(lines))
-    file_id = client.post("/v1/files", files={"file": ("in.jsonl", body)}, data={"purpose": "batch"}).json()["id"]
+        b'"messages": [{"role": "user", "content": "line %d"}], "max_tokens": 16}}\n' % (i, i)
+        for i in range(lines)
+    )
+    file_id = client.post("/v1/files", files={"file": ("in.jsonl", body)}, data={"purpose": "batch"}).json()[
+        "id"
+    ]
     started = time.perf_counter()
-    batch = client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions",
-                                             "completion_window": "24h"}).json()
+    batch = client.post(
+        "/v1/batches",
+        json={"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+    ).json()
     deadline = time.monotonic() + DEADLINE_S
     while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
         if time.monotonic() > deadline:
@@ -95,8 +101,12 @@ def upload_memory(client: httpx.Client, pid: int, megabytes: int) -> tuple[float
     sampler.start()
     started = time.perf_counter()
     try:
-        answer = client.post("/v1/files", files={"file": ("big.jsonl", cast(IO[bytes], Filler(megabytes << 20)))},
-                             data={"purpose": "batch"}, timeout=DEADLINE_S)
+        answer = client.post(
+            "/v1/files",
+            files={"file": ("big.jsonl", cast(IO[bytes], Filler(megabytes << 20)))},
+            data={"purpose": "batch"},
+            timeout=DEADLINE_S,
+        )
     finally:
         done.set()
         sampler.join()
@@ -112,21 +122,33 @@ def main() -> None:
     parser.add_argument("--upload-mb", type=int, default=200)
     args = parser.parse_args()
     ports = [free_port() for _ in range(4)]
-    fakes = subprocess.Popen([sys.executable, "-c", "from bench.providers_bench import serve_fakes; import sys; "
-                              f"serve_fakes({ports})"], cwd=ROOT, stdout=subprocess.PIPE)
+    fakes = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from bench.providers_bench import serve_fakes; import sys; serve_fakes({ports})",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
     assert fakes.stdout is not None and fakes.stdout.readline().strip() == b"ready"
     with tempfile.TemporaryDirectory() as tmp:
         gateway_port = free_port()
         path = Path(tmp) / "config.yaml"
-        path.write_text(config(ports, gateway_port) + f"files:\n  dir: {tmp}/files\n  max_bytes: "
-                        f"{(args.upload_mb + 1) << 20}\nbatches:\n  poll_s: 0.05\n  concurrency: {args.concurrency}\n")
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(path)], cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        path.write_text(
+            config(ports, gateway_port) + f"files:\n  dir: {tmp}/files\n  max_bytes: "
+            f"{(args.upload_mb + 1) << 20}\nbatches:\n  poll_s: 0.05\n  concurrency: {args.concurrency}\n"
+        )
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         url = f"http://127.0.0.1:{gateway_port}"
         try:
             wait_ready(url, gateway)
-            with httpx.Client(base_url=url, timeout=60,
-                              headers={"Authorization": f"Bearer {KEY}"}) as client:
+            with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as client:
                 seconds, counts = run_batch(client, args.lines)
                 before, peak, after, upload_s = upload_memory(client, gateway.pid, args.upload_mb)
         finally:
@@ -136,8 +158,10 @@ def main() -> None:
             fakes.wait(timeout=10)
     print("| batch lines | concurrency | seconds | lines/s | completed | failed |")
     print("|---:|---:|---:|---:|---:|---:|")
-    print(f"| {args.lines} | {args.concurrency} | {seconds:.2f} | {args.lines / seconds:.0f} | "
-          f"{counts['completed']} | {counts['failed']} |")
+    print(
+        f"| {args.lines} | {args.concurrency} | {seconds:.2f} | {args.lines / seconds:.0f} | "
+        f"{counts['completed']} | {counts['failed']} |"
+    )
     print()
     print("| upload MB | seconds | gateway RSS before MB | peak MB | after MB |")
     print("|---:|---:|---:|---:|---:|")

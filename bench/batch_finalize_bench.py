@@ -36,17 +36,42 @@ from tests.redis_server import RedisServer  # noqa: E402
 
 
 def _line(i: int) -> bytes:
-    return orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                         "body": {"model": "chat", "messages": [{"role": "user", "content": f"line {i}"}]}}) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "chat", "messages": [{"role": "user", "content": f"line {i}"}]},
+            }
+        )
+        + b"\n"
+    )
 
 
 def _out(i: int) -> str:
     status = 500 if i % 10 == 0 else 200
-    body = {"id": f"chatcmpl-{i}", "object": "chat.completion", "model": "chat",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": f"answer {i} " * 8},
-                         "finish_reason": "stop"}], "usage": {"prompt_tokens": 9, "completion_tokens": 16}}
-    return orjson.dumps({"id": f"batch_req_{i}", "custom_id": f"r{i}", "error": None,
-                         "response": {"status_code": status, "request_id": f"req_{i}", "body": body}}).decode()
+    body = {
+        "id": f"chatcmpl-{i}",
+        "object": "chat.completion",
+        "model": "chat",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": f"answer {i} " * 8},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 16},
+    }
+    return orjson.dumps(
+        {
+            "id": f"batch_req_{i}",
+            "custom_id": f"r{i}",
+            "error": None,
+            "response": {"status_code": status, "request_id": f"req_{i}", "body": body},
+        }
+    ).decode()
 
 
 async def _commands(client: redis.Redis) -> int:
@@ -65,6 +90,7 @@ class Counted:
         async def counted(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             return await method(*args, **kwargs)
+
         return counted
 
 
@@ -87,7 +113,7 @@ async def run(lines: int, repeat: int) -> list[tuple[float, int, int]]:
                 record = await files.create("acme", "in.jsonl", "batch", content())
                 fields = await batches.create("acme", "key", "/v1/chat/completions", record["id"], None)
                 batch_id = fields["id"]
-                async with client.pipeline(transaction=False) as pipe:   # every line answered (not timed)
+                async with client.pipeline(transaction=False) as pipe:  # every line answered (not timed)
                     for i in range(lines):
                         pipe.set(f"batch:{batch_id}:out:{i}", _out(i), ex=3600)
                     await pipe.execute()
@@ -97,7 +123,7 @@ async def run(lines: int, repeat: int) -> list[tuple[float, int, int]]:
                 started = time.perf_counter()
                 await runner._finalize(fields, "completed")
                 seconds = time.perf_counter() - started
-                commands = await _commands(client) - before - 1   # less the INFO itself
+                commands = await _commands(client) - before - 1  # less the INFO itself
                 trips = kv.calls
                 done = await batches.fields(batch_id)
                 assert done["status"] == "completed" and int(done["completed"]) + int(done["failed"]) == lines
@@ -115,7 +141,9 @@ def main() -> None:
     args = parser.parse_args()
     results = asyncio.run(run(args.lines, args.repeat))
     best = min(results)
-    print(f"| batch lines | finalize seconds (best of {args.repeat}) | lines/s | round trips | Redis commands |")
+    print(
+        f"| batch lines | finalize seconds (best of {args.repeat}) | lines/s | round trips | Redis commands |"
+    )
     print("|---:|---:|---:|---:|---:|")
     print(f"| {args.lines} | {best[0]:.2f} | {args.lines / best[0]:.0f} | {best[1]} | {best[2]} |")
 

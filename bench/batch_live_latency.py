@@ -37,7 +37,7 @@ from gateway.auth import hash_key  # noqa: E402
 from tests.harness import free_port  # noqa: E402
 
 ENGINE = "{max_num_seqs: 4, kv_cache_gib: 0.05, max_model_len: 512}"
-IN_FLIGHT = 12           # batch lines the runner keeps in flight (more than the engine holds)
+IN_FLIGHT = 12  # batch lines the runner keeps in flight (more than the engine holds)
 LIVE_TOKENS, BATCH_TOKENS = 8, 48
 DEADLINE_S = 900
 _NONE = openai.types.BatchRequestCounts(total=0, completed=0, failed=0)
@@ -58,8 +58,13 @@ tenants:
 
 
 def body(i: int, max_tokens: int) -> dict[str, object]:
-    return {"model": "smollm2", "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-            "messages": [{"role": "user", "content": f"Tell me about city number {i} and its river."}]}
+    return {
+        "model": "smollm2",
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "messages": [{"role": "user", "content": f"Tell me about city number {i} and its river."}],
+    }
 
 
 async def live_latencies(url: str, count: int) -> list[float]:
@@ -67,8 +72,11 @@ async def live_latencies(url: str, count: int) -> list[float]:
         out = []
         for i in range(count):
             start = time.perf_counter()
-            answer = await client.post(url + "/chat/completions", json=body(i, LIVE_TOKENS),
-                                       headers={"Authorization": f"Bearer {KEY}"})
+            answer = await client.post(
+                url + "/chat/completions",
+                json=body(i, LIVE_TOKENS),
+                headers={"Authorization": f"Bearer {KEY}"},
+            )
             answer.raise_for_status()
             out.append(time.perf_counter() - start)
         return out
@@ -80,13 +88,16 @@ async def with_live_load(url: str, count: int, lines: int) -> list[float]:
     async def background(client: httpx.AsyncClient, worker: int) -> None:
         i = worker
         while not stop.is_set() and i < lines:
-            await client.post(url + "/chat/completions", json=body(1000 + i, BATCH_TOKENS),
-                              headers={"Authorization": f"Bearer {KEY}"})
+            await client.post(
+                url + "/chat/completions",
+                json=body(1000 + i, BATCH_TOKENS),
+                headers={"Authorization": f"Bearer {KEY}"},
+            )
             i += IN_FLIGHT
 
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=IN_FLIGHT + 2)) as client:
         load = [asyncio.create_task(background(client, w)) for w in range(IN_FLIGHT)]
-        await asyncio.sleep(2)   # the load is on the engine
+        await asyncio.sleep(2)  # the load is on the engine
         try:
             return await live_latencies(url, count)
         finally:
@@ -96,18 +107,34 @@ async def with_live_load(url: str, count: int, lines: int) -> list[float]:
 
 def with_batch(url: str, count: int, lines: int) -> list[float]:
     client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=60)
-    data = b"".join(orjson.dumps({"custom_id": f"b{i}", "method": "POST", "url": "/v1/chat/completions",
-                                  "body": body(1000 + i, BATCH_TOKENS)}) + b"\n" for i in range(lines))
+    data = b"".join(
+        orjson.dumps(
+            {
+                "custom_id": f"b{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": body(1000 + i, BATCH_TOKENS),
+            }
+        )
+        + b"\n"
+        for i in range(lines)
+    )
     file_id = client.files.create(file=("batch.jsonl", io.BytesIO(data)), purpose="batch").id
-    batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    batch = client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
     deadline = time.monotonic() + DEADLINE_S
-    while (client.batches.retrieve(batch.id).request_counts or _NONE).completed < IN_FLIGHT:   # the engine is full
+    while (
+        client.batches.retrieve(batch.id).request_counts or _NONE
+    ).completed < IN_FLIGHT:  # the engine is full
         assert time.monotonic() < deadline, "the batch did not start"
         time.sleep(0.2)
     try:
         latencies = asyncio.run(live_latencies(url, count))
         left = client.batches.retrieve(batch.id)
-        assert left.status == "in_progress", f"the batch ended while measuring ({left.status}): use more lines"
+        assert left.status == "in_progress", (
+            f"the batch ended while measuring ({left.status}): use more lines"
+        )
         return latencies
     finally:
         client.batches.cancel(batch.id)
@@ -129,19 +156,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(config(str(Path(tmp) / "files")))
-        with process([sys.executable, "-m", "gateway", "serve", "--config", str(path), "--host", "127.0.0.1",
-                      "--port", str(port)], f"http://127.0.0.1:{port}/readyz", {}):
-            asyncio.run(live_latencies(url, 2))   # warm-up
+        with process(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--config",
+                str(path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            f"http://127.0.0.1:{port}/readyz",
+            {},
+        ):
+            asyncio.run(live_latencies(url, 2))  # warm-up
             rows.append(("idle", asyncio.run(live_latencies(url, args.live))))
             rows.append(("batch running", with_batch(url, args.live, args.batch_lines)))
             rows.append(("same load live", asyncio.run(with_live_load(url, args.live, args.batch_lines))))
-    print(f"SmolLM2-135M-Instruct in-process, engine {ENGINE}; live: {LIVE_TOKENS} tokens out, one at a time; "
-          f"load: {IN_FLIGHT} in flight, {BATCH_TOKENS} tokens out each")
+    print(
+        f"SmolLM2-135M-Instruct in-process, engine {ENGINE}; live: {LIVE_TOKENS} tokens out, one at a time; "
+        f"load: {IN_FLIGHT} in flight, {BATCH_TOKENS} tokens out each"
+    )
     print("| condition      | live requests | p50 ms | p99 ms | mean ms |")
     print("|----------------|--------------:|-------:|-------:|--------:|")
     for name, values in rows:
-        print(f"| {name:<14} | {len(values):>13} | {percentile(values, .5) * 1000:>6.0f} | "
-              f"{percentile(values, .99) * 1000:>6.0f} | {statistics.mean(values) * 1000:>7.0f} |")
+        print(
+            f"| {name:<14} | {len(values):>13} | {percentile(values, 0.5) * 1000:>6.0f} | "
+            f"{percentile(values, 0.99) * 1000:>6.0f} | {statistics.mean(values) * 1000:>7.0f} |"
+        )
 
 
 if __name__ == "__main__":

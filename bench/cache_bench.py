@@ -46,36 +46,54 @@ def quality(split: str) -> None:
     classes = np.array([str(r["class"]) for r in rows])
     started = time.perf_counter()
     ok = np.array([slots.conflict(str(r["a"]), str(r["b"])) is None for r in rows])
-    prob = np.array([verifier.verify(str(r["a"]), u[i], str(r["b"]), v[i], min_probability=1.0).probability
-                     for i, r in enumerate(rows)])
+    prob = np.array(
+        [
+            verifier.verify(str(r["a"]), u[i], str(r["b"]), v[i], min_probability=1.0).probability
+            for i, r in enumerate(rows)
+        ]
+    )
     per_pair = (time.perf_counter() - started) / len(rows)
     points = {mode: verifier.operating_point(mode) for mode in MODES}
     # faq is strict: a pair in which each question has a meaning word the other lacks is not served
     strict = ok & ~np.array([slots.unmatched(str(r["a"]), str(r["b"])) for r in rows])
-    hits = {mode: (cos >= p.threshold) & (strict if mode == "faq" else ok) & (prob >= p.min_probability)
-            for mode, p in points.items()}
+    hits = {
+        mode: (cos >= p.threshold) & (strict if mode == "faq" else ok) & (prob >= p.min_probability)
+        for mode, p in points.items()
+    }
     general = points["general"]
     cosine_only = cos >= general.threshold
     slots_only = cosine_only & ok
     print(f"\n## Quality on the {split} split ({len(rows):,} pairs; families never seen in training)\n")
-    print("Operating points: " + "; ".join(f"{m} cosine >= {p.threshold:.2f}, probability >= {p.min_probability:.2f}"
-                                           for m, p in points.items()) + "\n")
+    print(
+        "Operating points: "
+        + "; ".join(
+            f"{m} cosine >= {p.threshold:.2f}, probability >= {p.min_probability:.2f}"
+            for m, p in points.items()
+        )
+        + "\n"
+    )
     print(f"| class | pairs | cosine >= {general.threshold:.2f} alone | + slot checks | faq | general |")
     print("|---|---|---|---|---|---|")
     for kind, title in ((1, "paraphrase recall (higher is better)"), (0, "false hits (lower is better)")):
         print(f"| **{title}** | | | | | |")
         for cls in sorted({c for c, lab in zip(classes, label, strict=True) if lab == kind}):
             mask = (classes == cls) & (label == kind)
-            print(f"| {cls} | {int(mask.sum()):,} | {_rate(cosine_only, mask)} | {_rate(slots_only, mask)} | "
-                  f"{_rate(hits['faq'], mask)} | {_rate(hits['general'], mask)} |")
+            print(
+                f"| {cls} | {int(mask.sum()):,} | {_rate(cosine_only, mask)} | {_rate(slots_only, mask)} | "
+                f"{_rate(hits['faq'], mask)} | {_rate(hits['general'], mask)} |"
+            )
     near = (label == 0) & (classes != "unrelated")
-    print(f"| all near misses | {int(near.sum()):,} | {_rate(cosine_only, near)} | {_rate(slots_only, near)} | "
-          f"{_rate(hits['faq'], near)} | {_rate(hits['general'], near)} |")
+    print(
+        f"| all near misses | {int(near.sum()):,} | {_rate(cosine_only, near)} | {_rate(slots_only, near)} | "
+        f"{_rate(hits['faq'], near)} | {_rate(hits['general'], near)} |"
+    )
     for mode in MODES:
         served = hits[mode]
         right = int((served & (label == 1)).sum())
-        print(f"\n{mode}: precision {right / max(1, int(served.sum())):.2%} ({right} of {int(served.sum())} hits "
-              f"right), paraphrase recall {served[label == 1].mean():.1%}")
+        print(
+            f"\n{mode}: precision {right / max(1, int(served.sum())):.2%} ({right} of {int(served.sum())} hits "
+            f"right), paraphrase recall {served[label == 1].mean():.1%}"
+        )
     print(f"\nSecond stage (slot checks + classifier) per candidate: {per_pair * 1e6:.0f} µs on average")
 
 
@@ -98,11 +116,22 @@ async def latency(entries: int, lookups: int, index: str, partitions: int, optim
         n = min(batch, entries - offset)
         vectors = rng.standard_normal((n, 384)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        await store.add_many([
-            (vectors[i], {"tenant": f"t{(offset + i) % partitions % 20}", "alias": "chat",
-                          "fingerprint": f"f{(offset + i) % partitions}", "text": "synthetic",
-                          "entry": f"e{offset + i}", "expires": time.time() + 3600})
-            for i in range(n)])
+        await store.add_many(
+            [
+                (
+                    vectors[i],
+                    {
+                        "tenant": f"t{(offset + i) % partitions % 20}",
+                        "alias": "chat",
+                        "fingerprint": f"f{(offset + i) % partitions}",
+                        "text": "synthetic",
+                        "entry": f"e{offset + i}",
+                        "expires": time.time() + 3600,
+                    },
+                )
+                for i in range(n)
+            ]
+        )
     fill = time.perf_counter() - started
     optimized = 0.0
     if optimize:
@@ -111,8 +140,22 @@ async def latency(entries: int, lookups: int, index: str, partitions: int, optim
         optimized = time.perf_counter() - started
     # the real questions go where the lookups search, so each lookup finds and verifies a candidate
     real = await embedder.embed_many([canonical(q) for q in questions[:200]])
-    await store.add_many([(real[i], {"tenant": "t0", "alias": "chat", "fingerprint": "f0", "text": questions[i],
-                                     "entry": f"q{i}", "expires": time.time() + 3600}) for i in range(len(real))])
+    await store.add_many(
+        [
+            (
+                real[i],
+                {
+                    "tenant": "t0",
+                    "alias": "chat",
+                    "fingerprint": "f0",
+                    "text": questions[i],
+                    "entry": f"q{i}",
+                    "expires": time.time() + 3600,
+                },
+            )
+            for i in range(len(real))
+        ]
+    )
     shipped = verifier.operating_point("general")
     embed_s, search_s, total_s = [], [], []
     deadline = time.perf_counter() + 60
@@ -123,37 +166,64 @@ async def latency(entries: int, lookups: int, index: str, partitions: int, optim
         t0 = time.perf_counter()
         vector = await embedder.embed(canonical(text))
         t1 = time.perf_counter()
-        found = await store.search(vector, tenant="t0", alias="chat", fingerprint="f0", threshold=shipped.threshold,
-                                   limit=3)
+        found = await store.search(
+            vector, tenant="t0", alias="chat", fingerprint="f0", threshold=shipped.threshold, limit=3
+        )
         for candidate in found:
-            verifier.verify(text, vector, candidate.text, candidate.vector, min_probability=shipped.min_probability)
+            verifier.verify(
+                text, vector, candidate.text, candidate.vector, min_probability=shipped.min_probability
+            )
         t2 = time.perf_counter()
         embed_s.append(t1 - t0)
         search_s.append(t2 - t1)
         total_s.append(t2 - t0)
     await store.close()
     await embedder.close()
-    print(f"\n## Lookup latency, {index} index, {entries:,} entries in {partitions} partitions (tenant, alias, "
-          f"fingerprint), {len(total_s)} lookups in one of them; filled in {fill:.1f} s"
-          + (f", then optimized in {optimized:.1f} s" if optimize else " (optimizing every 20,000 points)") + "\n")
+    print(
+        f"\n## Lookup latency, {index} index, {entries:,} entries in {partitions} partitions (tenant, alias, "
+        f"fingerprint), {len(total_s)} lookups in one of them; filled in {fill:.1f} s"
+        + (f", then optimized in {optimized:.1f} s" if optimize else " (optimizing every 20,000 points)")
+        + "\n"
+    )
     print("| part | p50 ms | p90 ms | p99 ms |")
     print("|---|---|---|---|")
-    for name, values in (("embed (worker thread)", embed_s), ("search + verify", search_s), ("lookup total", total_s)):
+    for name, values in (
+        ("embed (worker thread)", embed_s),
+        ("search + verify", search_s),
+        ("lookup total", total_s),
+    ):
         ms = np.array(values) * 1000
-        print(f"| {name} | {np.percentile(ms, 50):.2f} | {np.percentile(ms, 90):.2f} | {np.percentile(ms, 99):.2f} |")
+        print(
+            f"| {name} | {np.percentile(ms, 50):.2f} | {np.percentile(ms, 90):.2f} | {np.percentile(ms, 99):.2f} |"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--split", default="test", choices=("test", "train"))
-    parser.add_argument("--entries", type=int, default=100_000, help="entries in the index for the latency run")
+    parser.add_argument(
+        "--entries", type=int, default=100_000, help="entries in the index for the latency run"
+    )
     parser.add_argument("--lookups", type=int, default=300)
-    parser.add_argument("--partitions", type=int, default=100,
-                        help="distinct (tenant, alias, fingerprint) the entries are spread over; 1 = all in one")
-    parser.add_argument("--optimize", action="store_true",
-                        help="edge: build the HNSW graph after filling (as the index does every 20,000 points)")
-    parser.add_argument("--index", default="edge", choices=("edge", "qdrant"),
-                        help="edge (qdrant-edge-py, the default) or qdrant (qdrant-client's local mode)")
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=100,
+        help="distinct (tenant, alias, fingerprint) the entries are spread over; 1 = all in one",
+    )
+    parser.add_argument(
+        "--optimize",
+        action="store_true",
+        help="edge: build the HNSW graph after filling (as the index does every 20,000 points)",
+    )
+    parser.add_argument(
+        "--index",
+        default="edge",
+        choices=("edge", "qdrant"),
+        help="edge (qdrant-edge-py, the default) or qdrant (qdrant-client's local mode)",
+    )
     args = parser.parse_args()
     quality(args.split)
     if args.entries:

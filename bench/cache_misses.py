@@ -27,8 +27,19 @@ sys.path.insert(0, str(ROOT))
 from bench.train_verifier import embed_pairs, load_pairs  # noqa: E402
 from policies.cache import slots, verifier  # noqa: E402
 
-SLOTS = ("symbol", "quoted", "order", "number", "date", "negation", "quantity", "qualifier", "name", "opposite",
-         "swap")
+SLOTS = (
+    "symbol",
+    "quoted",
+    "order",
+    "number",
+    "date",
+    "negation",
+    "quantity",
+    "qualifier",
+    "name",
+    "opposite",
+    "swap",
+)
 
 
 def refusals(a: str, u: np.ndarray, b: str, v: np.ndarray, mode: str) -> list[str]:
@@ -46,7 +57,9 @@ def refusals(a: str, u: np.ndarray, b: str, v: np.ndarray, mode: str) -> list[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--split", default="test", choices=("test", "train"))
     parser.add_argument("--mode", default="general", choices=("faq", "general"))
     parser.add_argument("--examples", type=int, default=0, help="refused paraphrase pairs to print per stage")
@@ -71,7 +84,12 @@ def main() -> None:
             served[cls] += not refused
             for stage in refused:
                 anyc[cls][stage] += 1
-                if label == 1 and args.examples and len(refused) == 1 and len(examples[stage]) < args.examples:
+                if (
+                    label == 1
+                    and args.examples
+                    and len(refused) == 1
+                    and len(examples[stage]) < args.examples
+                ):
                     examples[stage].append((a, b))
             if len(refused) == 1:
                 only[cls][refused[0]] += 1
@@ -82,8 +100,11 @@ def main() -> None:
         print("| class | pairs | served | " + " | ".join(used) + " |")
         print("|---|---|---|" + "---|" * len(used))
         for cls in sorted(total):
-            print(f"| {cls} | {total[cls]} | {served[cls] / total[cls]:.1%} | "
-                  + " | ".join(f"{anyc[cls][s]} / {only[cls][s]}" for s in used) + " |")
+            print(
+                f"| {cls} | {total[cls]} | {served[cls] / total[cls]:.1%} | "
+                + " | ".join(f"{anyc[cls][s]} / {only[cls][s]}" for s in used)
+                + " |"
+            )
         for stage, pairs in examples.items():
             print(f"\n{stage}:")
             for a, b in pairs:

@@ -54,18 +54,26 @@ def score(model: Any, tokenizer: Any, rows: list[Row], batch: int = 64) -> np.nd
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(rows), batch):
-            chunk = rows[start:start + batch]
+            chunk = rows[start : start + batch]
             both = []
-            for first, second in (("a", "b"), ("b", "a")):   # both orders, as the classifier does
-                enc = tokenizer([canonical(str(r[first])) for r in chunk], [canonical(str(r[second])) for r in chunk],
-                                padding=True, truncation=True, max_length=96, return_tensors="pt")
+            for first, second in (("a", "b"), ("b", "a")):  # both orders, as the classifier does
+                enc = tokenizer(
+                    [canonical(str(r[first])) for r in chunk],
+                    [canonical(str(r[second])) for r in chunk],
+                    padding=True,
+                    truncation=True,
+                    max_length=96,
+                    return_tensors="pt",
+                )
                 both.append(torch.sigmoid(model(**enc).logits[:, 0]).numpy())
             out.append(np.mean(both, axis=0))
     return np.concatenate(out) if out else np.zeros(0)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--minutes", type=float, default=8.0, help="fine-tuning time box (CPU)")
     parser.add_argument("--pairs", type=int, default=1500, help="train pairs in the fine-tuning slice")
     args = parser.parse_args()
@@ -78,7 +86,7 @@ def main() -> None:
     train = load_pairs("train")
     families = sorted({str(r["family"]) for r in train})
     random.Random(13).shuffle(families)
-    held = set(families[: len(families) // 4])   # the threshold is chosen on these families
+    held = set(families[: len(families) // 4])  # the threshold is chosen on these families
     fit_rows = [r for r in train if str(r["family"]) not in held]
     cal_rows = [r for r in train if str(r["family"]) in held]
     # half paraphrases that reach the classifier, half near misses the vector search returns (whether or not
@@ -88,15 +96,19 @@ def main() -> None:
     u, v = embed_pairs(fit_rows)
     close = np.einsum("ij,ij->i", u, v) >= verifier.operating_point("general").threshold
     positives = [r for r, ok in zip(fit_rows, reach_fit, strict=True) if ok and r["label"]]
-    negatives = [r for r, c in zip(fit_rows, close, strict=True) if c and not r["label"] and r["kind"] != "unrelated"]
+    negatives = [
+        r for r, c in zip(fit_rows, close, strict=True) if c and not r["label"] and r["kind"] != "unrelated"
+    ]
     rng = random.Random(13)
     rng.shuffle(positives)
     rng.shuffle(negatives)
     slice_ = positives[: args.pairs // 2] + negatives[: args.pairs // 2]
     rng.shuffle(slice_)
-    print(f"fine-tuning slice: {len(slice_)} train pairs ({min(len(positives), args.pairs // 2)} paraphrases "
-          f"that reach the classifier, {min(len(negatives), args.pairs // 2)} near misses with cosine over the "
-          "threshold)")
+    print(
+        f"fine-tuning slice: {len(slice_)} train pairs ({min(len(positives), args.pairs // 2)} paraphrases "
+        f"that reach the classifier, {min(len(negatives), args.pairs // 2)} near misses with cosine over the "
+        "threshold)"
+    )
 
     path = model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -109,7 +121,7 @@ def main() -> None:
         for start in range(0, len(slice_), 16):
             if time.perf_counter() - started > args.minutes * 60:
                 break
-            chunk = slice_[start:start + 16]
+            chunk = slice_[start : start + 16]
             flip = [random.random() < 0.5 for _ in chunk]
             first = [canonical(str(r["b"] if f else r["a"])) for r, f in zip(chunk, flip, strict=True)]
             second = [canonical(str(r["a"] if f else r["b"])) for r, f in zip(chunk, flip, strict=True)]
@@ -121,7 +133,9 @@ def main() -> None:
             optimizer.zero_grad()
             steps += 1
             seen += len(chunk)
-        print(f"epoch {epoch}: {steps} steps, {seen} pairs, {time.perf_counter() - started:.0f} s", flush=True)
+        print(
+            f"epoch {epoch}: {steps} steps, {seen} pairs, {time.perf_counter() - started:.0f} s", flush=True
+        )
         if time.perf_counter() - started > args.minutes * 60:
             break
 
@@ -139,8 +153,10 @@ def main() -> None:
         if worst <= TARGET and recall > best[1]:
             best = (float(p), recall, worst)
     p_ce = best[0]
-    print(f"cross-encoder threshold {p_ce:.2f} on held-apart train families: recall {best[1]:.1%}, "
-          f"worst near-miss class {best[2]:.2%}")
+    print(
+        f"cross-encoder threshold {p_ce:.2f} on held-apart train families: recall {best[1]:.1%}, "
+        f"worst near-miss class {best[2]:.2%}"
+    )
 
     test = load_pairs("test")
     reach, same, prob = stage_two(test)
@@ -154,17 +170,23 @@ def main() -> None:
     shipped = verifier.operating_point("general").min_probability
     logistic = same | (reach & (prob >= shipped))
     cross = same | (reach & (ce >= p_ce))
-    print(f"\n## Test split, general threshold: logistic classifier (>= {shipped:.2f}) vs cross-encoder "
-          f"(>= {p_ce:.2f}; {per_pair * 1000:.1f} ms a pair, both orders, batched, on this loaded CPU)\n")
+    print(
+        f"\n## Test split, general threshold: logistic classifier (>= {shipped:.2f}) vs cross-encoder "
+        f"(>= {p_ce:.2f}; {per_pair * 1000:.1f} ms a pair, both orders, batched, on this loaded CPU)\n"
+    )
     print("| class | pairs | logistic | cross-encoder |")
     print("|---|---|---|---|")
     for kind in (1, 0):
         for cls in sorted({c for c, lab in zip(classes, label, strict=True) if lab == kind}):
             m = (classes == cls) & (label == kind)
-            print(f"| {cls} ({'recall' if kind else 'false hits'}) | {int(m.sum())} | {logistic[m].mean():.1%} | "
-                  f"{cross[m].mean():.1%} |")
-    print(f"| all paraphrases (recall) | {int((label == 1).sum())} | {logistic[label == 1].mean():.1%} | "
-          f"{cross[label == 1].mean():.1%} |")
+            print(
+                f"| {cls} ({'recall' if kind else 'false hits'}) | {int(m.sum())} | {logistic[m].mean():.1%} | "
+                f"{cross[m].mean():.1%} |"
+            )
+    print(
+        f"| all paraphrases (recall) | {int((label == 1).sum())} | {logistic[label == 1].mean():.1%} | "
+        f"{cross[label == 1].mean():.1%} |"
+    )
 
 
 if __name__ == "__main__":

@@ -58,9 +58,19 @@ def build_tiny(path: Path) -> Path:
     src = resolve_model("smollm2")
     vocab = json.loads((src / "config.json").read_text())["vocab_size"]
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      initializer_range=0.1, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        initializer_range=0.1,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(cfg).save_pretrained(str(path), safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(src / name, path / name)
@@ -79,9 +89,27 @@ class Worker:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(
-            ["nice", "-n", "10", sys.executable, "-m", "local_engine", "serve", "--model", str(model),
-             "--port", str(self.port), "--block-size", str(BLOCK), "--kv-cache-gib", "0.25", *args],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "nice",
+                "-n",
+                "10",
+                sys.executable,
+                "-m",
+                "local_engine",
+                "serve",
+                "--model",
+                str(model),
+                "--port",
+                str(self.port),
+                "--block-size",
+                str(BLOCK),
+                "--kv-cache-gib",
+                "0.25",
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
     async def wait_up(self, session: aiohttp.ClientSession, deadline_s: float = 180) -> None:
@@ -101,7 +129,9 @@ class Worker:
         self.proc.wait()
 
 
-async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any], stamps: list[float]) -> None:
+async def _stream(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], stamps: list[float]
+) -> None:
     async with session.post(f"{url}/v1/completions", json={**body, "stream": True}) as r:
         r.raise_for_status()
         async for raw in r.content:
@@ -115,15 +145,19 @@ async def run_mode(model: Path, mode: str, duration: float, n_long: int, n_decod
         workers = {"both": Worker(model)}
     else:
         transport = mode.split("-")[1]
-        workers = {"prefill": Worker(model, "--role", "prefill", "--kv-transport", transport),
-                   "decode": Worker(model, "--role", "decode")}
+        workers = {
+            "prefill": Worker(model, "--role", "prefill", "--kv-transport", transport),
+            "decode": Worker(model, "--role", "decode"),
+        }
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=duration + 120)) as session:
         try:
             for w in workers.values():
                 await w.wait_up(session)
-            router = DisaggRouter([workers["prefill"].url] if "prefill" in workers else [],
-                                  [workers["decode"].url] if "decode" in workers else [],
-                                  [workers["both"].url] if "both" in workers else [])
+            router = DisaggRouter(
+                [workers["prefill"].url] if "prefill" in workers else [],
+                [workers["decode"].url] if "decode" in workers else [],
+                [workers["both"].url] if "both" in workers else [],
+            )
             runner = web.AppRunner(build_router_app(router))
             await runner.setup()
             port = _free_port()
@@ -136,9 +170,19 @@ async def run_mode(model: Path, mode: str, duration: float, n_long: int, n_decod
             decode_stamps: list[list[float]] = [[] for _ in range(n_decode)]
             start = time.perf_counter()
             decodes = [
-                asyncio.create_task(_stream(session, url, {
-                    "prompt": [rng.randrange(100, 40000) for _ in range(16)], "temperature": 0,
-                    "max_tokens": 100_000, "ignore_eos": True}, decode_stamps[i]))
+                asyncio.create_task(
+                    _stream(
+                        session,
+                        url,
+                        {
+                            "prompt": [rng.randrange(100, 40000) for _ in range(16)],
+                            "temperature": 0,
+                            "max_tokens": 100_000,
+                            "ignore_eos": True,
+                        },
+                        decode_stamps[i],
+                    )
+                )
                 for i in range(n_decode)
             ]
             ttfts: list[float] = []
@@ -147,8 +191,17 @@ async def run_mode(model: Path, mode: str, duration: float, n_long: int, n_decod
             for _ in range(n_long):
                 stamps: list[float] = []
                 t0 = time.perf_counter()
-                await _stream(session, url, {"prompt": [rng.randrange(100, 40000) for _ in range(PROMPT_LEN)],
-                                             "temperature": 0, "max_tokens": 4, "ignore_eos": True}, stamps)
+                await _stream(
+                    session,
+                    url,
+                    {
+                        "prompt": [rng.randrange(100, 40000) for _ in range(PROMPT_LEN)],
+                        "temperature": 0,
+                        "max_tokens": 4,
+                        "ignore_eos": True,
+                    },
+                    stamps,
+                )
                 ttfts.append(stamps[0] - t0)
                 await asyncio.sleep(max(0.0, t0 + gap - time.perf_counter()))
             end = time.perf_counter()
@@ -202,9 +255,18 @@ async def transfer(shape_name: str, layers: int, heads: int, dim: int, rounds: i
         nbytes = params["layout"]["shape"]
         per_block = 4 * layers * 2 * BLOCK * heads * dim
         save, load = statistics.median(save_s), statistics.median(load_s)
-        rows.append({"shape": shape_name, "transport": name, "blocks": n, "kib_per_block": per_block / 1024,
-                     "save_us": save / n * 1e6, "load_us": load / n * 1e6,
-                     "mb_s": per_block * n / (save + load) / 1e6, "shape_json": nbytes})
+        rows.append(
+            {
+                "shape": shape_name,
+                "transport": name,
+                "blocks": n,
+                "kib_per_block": per_block / 1024,
+                "save_us": save / n * 1e6,
+                "load_us": load / n * 1e6,
+                "mb_s": per_block * n / (save + load) / 1e6,
+                "shape_json": nbytes,
+            }
+        )
     return rows
 
 
@@ -225,20 +287,28 @@ async def main() -> None:
         print("\n| KV shape | transport | blocks | KiB/block | save µs/block | load µs/block | MB/s |")
         print("|---|---|---:|---:|---:|---:|---:|")
         for r in rows:
-            print(f"| {r['shape']} | {r['transport']} | {r['blocks']} | {r['kib_per_block']:.0f} | "
-                  f"{r['save_us']:.1f} | {r['load_us']:.1f} | {r['mb_s']:.0f} |")
+            print(
+                f"| {r['shape']} | {r['transport']} | {r['blocks']} | {r['kib_per_block']:.0f} | "
+                f"{r['save_us']:.1f} | {r['load_us']:.1f} | {r['mb_s']:.0f} |"
+            )
     if args.itl or both:
         with tempfile.TemporaryDirectory() as tmp:
             model = build_tiny(Path(tmp) / "tiny")
-            results = [await run_mode(model, m, args.duration, args.long, args.decodes)
-                       for m in args.modes.split(",")]
-        print(f"\n{args.decodes} streams decoding while {args.long} prompts of {PROMPT_LEN} tokens arrive "
-              f"({args.duration:.0f} s per mode)\n")
+            results = [
+                await run_mode(model, m, args.duration, args.long, args.decodes)
+                for m in args.modes.split(",")
+            ]
+        print(
+            f"\n{args.decodes} streams decoding while {args.long} prompts of {PROMPT_LEN} tokens arrive "
+            f"({args.duration:.0f} s per mode)\n"
+        )
         print("| mode | decode ITL p50 ms | p99 ms | max ms | ITLs | long-prompt TTFT p50 ms | split |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for r in results:
-            print(f"| {r['mode']} | {r['itl_p50']:.1f} | {r['itl_p99']:.1f} | {r['itl_max']:.1f} | {r['tokens']} | "
-                  f"{r['ttft']:.0f} | {r['split']} |")
+            print(
+                f"| {r['mode']} | {r['itl_p50']:.1f} | {r['itl_p99']:.1f} | {r['itl_max']:.1f} | {r['tokens']} | "
+                f"{r['ttft']:.0f} | {r['split']} |"
+            )
 
 
 if __name__ == "__main__":

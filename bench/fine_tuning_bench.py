@@ -36,7 +36,9 @@ def latencies(client: httpx.Client, n: int) -> list[float]:
     out = []
     for _ in range(n):
         started = time.perf_counter()
-        answer = client.post("/v1/chat/completions", json={"model": "openai", "messages": MESSAGES, "max_tokens": 16})
+        answer = client.post(
+            "/v1/chat/completions", json={"model": "openai", "messages": MESSAGES, "max_tokens": 16}
+        )
         out.append((time.perf_counter() - started) * 1000)
         assert answer.status_code == 200, answer.text
     return out
@@ -72,32 +74,55 @@ def main() -> None:
     parser.add_argument("--finish", action="store_true", help="let the job train to the end (3 epochs)")
     args = parser.parse_args()
     ports = [free_port() for _ in range(4)]
-    fakes = subprocess.Popen([sys.executable, "-c", "from bench.providers_bench import serve_fakes; "
-                              f"serve_fakes({ports})"], cwd=ROOT, stdout=subprocess.PIPE)
+    fakes = subprocess.Popen(
+        [sys.executable, "-c", f"from bench.providers_bench import serve_fakes; serve_fakes({ports})"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
     assert fakes.stdout is not None and fakes.stdout.readline().strip() == b"ready"
     with tempfile.TemporaryDirectory() as tmp:
         gateway_port = free_port()
         path = Path(tmp) / "config.yaml"
-        text = config(ports, gateway_port).replace("tenants:", """  - name: smollm2
+        text = config(ports, gateway_port).replace(
+            "tenants:",
+            """  - name: smollm2
     deployments: [{provider: local, model: smollm2, engine: {max_num_seqs: 4, kv_cache_gib: 0.02}}]
-tenants:""")
-        path.write_text(text + f"files:\n  dir: {tmp}/files\nfine_tuning:\n  dir: {tmp}/ft\n  poll_s: 0.1\n"
-                        f"  threads: {args.threads}\n  nice: {args.nice}\n")
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(path)], cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+tenants:""",
+        )
+        path.write_text(
+            text + f"files:\n  dir: {tmp}/files\nfine_tuning:\n  dir: {tmp}/ft\n  poll_s: 0.1\n"
+            f"  threads: {args.threads}\n  nice: {args.nice}\n"
+        )
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         url = f"http://127.0.0.1:{gateway_port}"
         try:
             wait_ready(url, gateway)
             with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as client:
-                latencies(client, 20)   # warm-up
+                latencies(client, 20)  # warm-up
                 idle = latencies(client, args.requests)
-                file_id = client.post("/v1/files", files={"file": ("t.jsonl", jsonl(examples(12)))},
-                                      data={"purpose": "fine-tune"}).json()["id"]
+                file_id = client.post(
+                    "/v1/files",
+                    files={"file": ("t.jsonl", jsonl(examples(12)))},
+                    data={"purpose": "fine-tune"},
+                ).json()["id"]
                 created = time.perf_counter()
-                job = client.post("/v1/fine_tuning/jobs", json={
-                    "model": "smollm2", "training_file": file_id, "seed": 1,
-                    "hyperparameters": {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 3}}).json()
-                job_until(client, job["id"], lambda j: metrics(client, j["id"]))   # training, past its first step
+                job = client.post(
+                    "/v1/fine_tuning/jobs",
+                    json={
+                        "model": "smollm2",
+                        "training_file": file_id,
+                        "seed": 1,
+                        "hyperparameters": {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 3},
+                    },
+                ).json()
+                job_until(
+                    client, job["id"], lambda j: metrics(client, j["id"])
+                )  # training, past its first step
                 training = latencies(client, args.requests)
                 if args.finish:
                     done = job_until(client, job["id"], lambda j: j["status"] == "succeeded")
@@ -112,8 +137,10 @@ tenants:""")
             gateway.wait(timeout=30)
             fakes.send_signal(signal.SIGTERM)
             fakes.wait(timeout=10)
-    print(f"gateway latency, fake upstream, one request at a time (training: {args.threads} thread(s), "
-          f"nice {args.nice})")
+    print(
+        f"gateway latency, fake upstream, one request at a time (training: {args.threads} thread(s), "
+        f"nice {args.nice})"
+    )
     print("| while | requests | p50 ms | p99 ms | max ms |")
     print("|---|---:|---:|---:|---:|")
     print(row("idle", idle))
@@ -121,8 +148,10 @@ tenants:""")
     print()
     print("| job | steps seen | first loss | last loss | trained tokens | seconds to succeed |")
     print("|---|---:|---:|---:|---:|---:|")
-    print(f"| {done['status']} | {len(steps)} | {steps[0]['train_loss']:.3f} | {steps[-1]['train_loss']:.3f} | "
-          f"{done['trained_tokens'] or '-'} | {f'{seconds:.0f}' if seconds else '-'} |")
+    print(
+        f"| {done['status']} | {len(steps)} | {steps[0]['train_loss']:.3f} | {steps[-1]['train_loss']:.3f} | "
+        f"{done['trained_tokens'] or '-'} | {f'{seconds:.0f}' if seconds else '-'} |"
+    )
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ class Server:
 
 # ---------------------------------------------------------------- helpers
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -91,14 +92,22 @@ def http(url: str, key: str | None = None, body: str | None = None, timeout: flo
         return int(response.status)
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, *, key: str | None = None,
-               body: str | None = None, timeout: float = 60) -> float:
+def wait_ready(
+    url: str,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    *,
+    key: str | None = None,
+    body: str | None = None,
+    timeout: float = 60,
+) -> float:
     """Poll until ``url`` answers 200; returns the seconds it took. Fails early if the process exits."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode} before it was ready:\n"
-                               + tail(log))
+            raise RuntimeError(
+                f"{process.args!r} exited with {process.returncode} before it was ready:\n" + tail(log)
+            )
         try:
             if http(url, key, body) == 200:
                 return time.monotonic() - started
@@ -158,9 +167,11 @@ def cpu_busy(seconds: float = 1.0) -> float:
 
 
 def lua_script(path: Path, key: str) -> Path:
-    path.write_text(f'wrk.method = "POST"\nwrk.body = \'{BODY}\'\n'
-                    f'wrk.headers["Content-Type"] = "application/json"\n'
-                    f'wrk.headers["Authorization"] = "Bearer {key}"\n')
+    path.write_text(
+        f"wrk.method = \"POST\"\nwrk.body = '{BODY}'\n"
+        f'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    )
     return path
 
 
@@ -178,8 +189,9 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(name: str, url: str, lua: Path, connections: int, duration: int,
-        watch: dict[str, list[int]] | None = None) -> Result:
+def wrk(
+    name: str, url: str, lua: Path, connections: int, duration: int, watch: dict[str, list[int]] | None = None
+) -> Result:
     """One wrk run; ``watch`` names process groups whose CPU use during the run is reported."""
     threads = 1 if connections == 1 else 2
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(lua), url]
@@ -192,10 +204,20 @@ def wrk(name: str, url: str, lua: Path, connections: int, duration: int,
     elapsed = time.monotonic() - started
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = {label: 100 * (cpu_seconds(pids) - before[label]) / elapsed for label, pids in watch.items()}
-    cpu["wrk"] = 100 * (children_after.ru_utime + children_after.ru_stime - children_before.ru_utime
-                        - children_before.ru_stime) / elapsed
+    cpu["wrk"] = (
+        100
+        * (
+            children_after.ru_utime
+            + children_after.ru_stime
+            - children_before.ru_utime
+            - children_before.ru_stime
+        )
+        / elapsed
+    )
     machine = 100 * (machine_ticks()[0] - machine_before) / os.sysconf("SC_CLK_TCK") / elapsed
-    cpu["other"] = max(0.0, machine - sum(cpu.values()))  # everything else on the machine, other jobs included
+    cpu["other"] = max(
+        0.0, machine - sum(cpu.values())
+    )  # everything else on the machine, other jobs included
     out = done.stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if done.returncode != 0 or rps is None:
@@ -207,15 +229,27 @@ def wrk(name: str, url: str, lua: Path, connections: int, duration: int,
 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    result = Result(name, connections, float(rps.group(1)), pct("50"), pct("99"),
-                    int(non2xx.group(1)) if non2xx else 0, sum(map(int, sock.groups())) if sock else 0, cpu)
-    print(f"  {name:<34} c={connections:<3} {result.rps:>9,.0f} req/s  p50 {result.p50:7.2f} ms  "
-          f"p99 {result.p99:7.2f} ms  non-2xx {result.non2xx}  socket errors {result.socket_errors}  CPU % "
-          + " ".join(f"{label} {value:.0f}" for label, value in cpu.items()), flush=True)
+    result = Result(
+        name,
+        connections,
+        float(rps.group(1)),
+        pct("50"),
+        pct("99"),
+        int(non2xx.group(1)) if non2xx else 0,
+        sum(map(int, sock.groups())) if sock else 0,
+        cpu,
+    )
+    print(
+        f"  {name:<34} c={connections:<3} {result.rps:>9,.0f} req/s  p50 {result.p50:7.2f} ms  "
+        f"p99 {result.p99:7.2f} ms  non-2xx {result.non2xx}  socket errors {result.socket_errors}  CPU % "
+        + " ".join(f"{label} {value:.0f}" for label, value in cpu.items()),
+        flush=True,
+    )
     return result
 
 
 # ---------------------------------------------------------------- processes
+
 
 class Processes:
     """Everything started here, each in its own session so that its whole group can be stopped."""
@@ -223,11 +257,19 @@ class Processes:
     def __init__(self) -> None:
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def start(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, command: list[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
-            process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True,
-                                       env={**os.environ, **(env or {})})
+            process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
         self.started.append(process)
         return process
 
@@ -277,8 +319,23 @@ def start_gateway(procs: Processes, tmp: Path, up_port: int, workers: int, log_r
     config = gateway_config(tmp, slug, up_port, log_requests)
     port = free_port()
     log = tmp / f"gateway-{slug}.log"
-    process = procs.start([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--host", "127.0.0.1",
-                           "--port", str(port), "--workers", str(workers)], log)
+    process = procs.start(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        log,
+    )
     base = f"http://127.0.0.1:{port}"
     server = Server(name, process, f"{base}/v1/chat/completions", tmp / "gateway.lua", log)
     ready = wait_ready(f"{base}/healthz", process, log)
@@ -308,8 +365,11 @@ def litellm_python(venv: Path) -> Path:
 
 def start_litellm(procs: Processes, tmp: Path, up_port: int, venv: Path) -> Server:
     python = litellm_python(venv)
-    version = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
-                             capture_output=True, text=True).stdout.strip()
+    version = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     config = tmp / "litellm.yaml"
     config.write_text(f"""model_list:
   - model_name: bench
@@ -322,12 +382,31 @@ general_settings:
 """)
     port = free_port()
     log = tmp / "litellm.log"
-    env = {"LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
-           "DISABLE_SCHEMA_UPDATE": "True"}
-    process = procs.start([str(venv / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1",
-                           "--port", str(port), "--num_workers", "1"], log, env)
+    env = {
+        "LITELLM_MASTER_KEY": LITELLM_KEY,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY": "False",
+        "DISABLE_SCHEMA_UPDATE": "True",
+    }
+    process = procs.start(
+        [
+            str(venv / "bin" / "litellm"),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ],
+        log,
+        env,
+    )
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    server = Server(f"LiteLLM {version}, 1 worker", process, url, lua_script(tmp / "litellm.lua", LITELLM_KEY), log)
+    server = Server(
+        f"LiteLLM {version}, 1 worker", process, url, lua_script(tmp / "litellm.lua", LITELLM_KEY), log
+    )
     ready = wait_ready(url, process, log, key=LITELLM_KEY, body=BODY, timeout=180)
     server.notes.append(f"ready in {ready:.1f} s")
     time.sleep(1)
@@ -336,6 +415,7 @@ general_settings:
 
 
 # ---------------------------------------------------------------- baseline
+
 
 def minimal_proxy(port: int, upstream: str) -> None:
     """The least an aiohttp proxy can do: read the body, POST it upstream on a pooled ClientSession, return
@@ -347,8 +427,12 @@ def minimal_proxy(port: int, upstream: str) -> None:
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
         session: aiohttp.ClientSession = request.app["session"]
-        async with session.post(upstream, data=body, headers={"content-type": "application/json"}) as response:
-            return web.Response(body=await response.read(), status=response.status, content_type="application/json")
+        async with session.post(
+            upstream, data=body, headers={"content-type": "application/json"}
+        ) as response:
+            return web.Response(
+                body=await response.read(), status=response.status, content_type="application/json"
+            )
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         app["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
@@ -365,8 +449,16 @@ def minimal_proxy(port: int, upstream: str) -> None:
 def start_minimal_proxy(procs: Processes, tmp: Path, up_port: int) -> Server:
     port = free_port()
     log = tmp / "minimal.log"
-    process = procs.start([sys.executable, str(Path(__file__).resolve()), "--minimal-proxy", str(port),
-                           f"http://127.0.0.1:{up_port}/v1/chat/completions"], log)
+    process = procs.start(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--minimal-proxy",
+            str(port),
+            f"http://127.0.0.1:{up_port}/v1/chat/completions",
+        ],
+        log,
+    )
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     server = Server("minimal aiohttp proxy (floor)", process, url, tmp / "gateway.lua", log)
     wait_ready(url, process, log, key=KEY, body=BODY)
@@ -377,6 +469,7 @@ def start_minimal_proxy(procs: Processes, tmp: Path, up_port: int) -> Server:
 
 # ---------------------------------------------------------------- profile
 
+
 def profile(server: Server, duration: int, tmp: Path, top: int = 15) -> list[str]:
     """py-spy on the (first) worker while wrk drives 50 connections; returns the report's lines."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -386,8 +479,25 @@ def profile(server: Server, duration: int, tmp: Path, top: int = 15) -> list[str
     results.mkdir(exist_ok=True)
     raw = results / f"profile-{time.strftime('%Y%m%d-%H%M%S')}.txt"
     pid = worker_pids(server)[0]
-    spy = subprocess.Popen([py_spy, "record", "-p", str(pid), "-d", str(duration), "-r", "200", "--nonblocking",
-                            "--format", "raw", "-o", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    spy = subprocess.Popen(
+        [
+            py_spy,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(duration),
+            "-r",
+            "200",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "-o",
+            str(raw),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wrk(server.name + " (under py-spy)", server.url, server.lua, 50, duration)
         _, err = spy.communicate(timeout=duration + 60)
@@ -412,8 +522,13 @@ def profile(server: Server, duration: int, tmp: Path, top: int = 15) -> list[str
             total_samples[frame] += n
     if not samples:
         return ["py-spy recorded no samples"]
-    lines = [f"py-spy, {samples} samples of busy Python stacks in worker pid {pid} at 50 connections "
-             f"({duration} s; raw stacks in {raw.relative_to(ROOT)}):", "", "| self % | total % | function (file:line) |", "|---:|---:|---|"]
+    lines = [
+        f"py-spy, {samples} samples of busy Python stacks in worker pid {pid} at 50 connections "
+        f"({duration} s; raw stacks in {raw.relative_to(ROOT)}):",
+        "",
+        "| self % | total % | function (file:line) |",
+        "|---:|---:|---|",
+    ]
     for frame, n in self_samples.most_common(top):
         lines.append(f"| {100 * n / samples:.1f} | {100 * total_samples[frame] / samples:.1f} | `{frame}` |")
     lines += ["", "| total % | function (inclusive, top) |", "|---:|---|"]
@@ -442,6 +557,7 @@ def _short_frame(frame: str) -> str:
 
 # ---------------------------------------------------------------- upstream clients
 
+
 async def _drive(send: object, concurrency: int, duration: float) -> tuple[int, list[float]]:
     latencies: list[float] = []
     stop_at = time.perf_counter() + duration
@@ -461,28 +577,37 @@ async def _client_run(kind: str, url: str, concurrency: int, duration: float) ->
     headers = {"content-type": "application/json", "authorization": "Bearer upstream-key"}
     if kind == "aiohttp":
         import aiohttp
+
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as session:
+
             async def send() -> None:
                 async with session.post(url, data=body, headers=headers) as response:
                     await response.read()
                     assert response.status == 200, response.status
+
             await _drive(send, concurrency, 1.0)  # warm-up: open the connections
             started = time.perf_counter()
             count, latencies = await _drive(send, concurrency, duration)
     else:
         import httpx
+
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
         async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
             async def send() -> None:
                 response = await client.post(url, content=body, headers=headers)
                 assert response.status_code == 200, response.status_code
+
             await _drive(send, concurrency, 1.0)
             started = time.perf_counter()
             count, latencies = await _drive(send, concurrency, duration)
     elapsed = time.perf_counter() - started
     latencies.sort()
-    return {"rps": count / elapsed, "p50": statistics.median(latencies) * 1000,
-            "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000}
+    return {
+        "rps": count / elapsed,
+        "p50": statistics.median(latencies) * 1000,
+        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+    }
 
 
 def client_table(url: str, duration: int, concurrency: int = 50) -> list[str]:
@@ -492,39 +617,71 @@ def client_table(url: str, duration: int, concurrency: int = 50) -> list[str]:
     for kind in ("aiohttp", "httpx"):
         module = __import__(kind)
         versions[kind] = getattr(module, "__version__", "?")
-    lines = [f"Upstream clients, {concurrency} concurrent requests in one uvloop process, {duration} s each, "
-             "against the fake upstream:", "",
-             "| client | requests/s | p50 ms | p99 ms |", "|---|---:|---:|---:|"]
+    lines = [
+        f"Upstream clients, {concurrency} concurrent requests in one uvloop process, {duration} s each, "
+        "against the fake upstream:",
+        "",
+        "| client | requests/s | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|",
+    ]
     for kind in ("aiohttp", "httpx"):
         r = uvloop.run(_client_run(kind, url, concurrency, duration))
         label = "aiohttp.ClientSession" if kind == "aiohttp" else "httpx.AsyncClient"
-        print(f"  {label:<24} {r['rps']:>9,.0f} req/s  p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms", flush=True)
+        print(
+            f"  {label:<24} {r['rps']:>9,.0f} req/s  p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms",
+            flush=True,
+        )
         lines.append(f"| {label} {versions[kind]} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} |")
     return lines
 
 
 # ---------------------------------------------------------------- main
 
+
 def verdict(ok: bool) -> str:
     return "MET" if ok else "NOT MET"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run (default 15)")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="measure every row this many times, round-robin, and report the median (default 1)")
-    parser.add_argument("--workers", type=int, default=2, help="also measure this many gateway workers (1: skip)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every row this many times, round-robin, and report the median (default 1)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="also measure this many gateway workers (1: skip)"
+    )
     parser.add_argument("--peer", choices=["litellm"], help="also measure LiteLLM's proxy (1 worker)")
-    parser.add_argument("--litellm-venv", type=Path, default=ROOT / "bench" / ".venv-litellm",
-                        help="LiteLLM's own virtualenv, created if missing (default bench/.venv-litellm)")
-    parser.add_argument("--clients", action="store_true", help="also measure aiohttp vs httpx as upstream client")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile the gateway worker with py-spy (raw stacks kept in bench/results/)")
-    parser.add_argument("--baseline", action="store_true",
-                        help="also measure a minimal aiohttp pass-through proxy: the floor under the gateway")
-    parser.add_argument("--no-logs-off", action="store_true", help="skip the runs with the request log line off")
-    parser.add_argument("--stream", action="store_true", help="request streams (SSE) instead of whole answers")
+    parser.add_argument(
+        "--litellm-venv",
+        type=Path,
+        default=ROOT / "bench" / ".venv-litellm",
+        help="LiteLLM's own virtualenv, created if missing (default bench/.venv-litellm)",
+    )
+    parser.add_argument(
+        "--clients", action="store_true", help="also measure aiohttp vs httpx as upstream client"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile the gateway worker with py-spy (raw stacks kept in bench/results/)",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also measure a minimal aiohttp pass-through proxy: the floor under the gateway",
+    )
+    parser.add_argument(
+        "--no-logs-off", action="store_true", help="skip the runs with the request log line off"
+    )
+    parser.add_argument(
+        "--stream", action="store_true", help="request streams (SSE) instead of whole answers"
+    )
     parser.add_argument("--minimal-proxy", nargs=2, metavar=("PORT", "UPSTREAM_URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stream:
@@ -534,13 +691,18 @@ def main() -> int:
         minimal_proxy(int(args.minimal_proxy[0]), args.minimal_proxy[1])
         return 0
     if not shutil.which("wrk"):
-        print("wrk is missing: install it (Debian: apt-get update && apt-get install -y wrk)", file=sys.stderr)
+        print(
+            "wrk is missing: install it (Debian: apt-get update && apt-get install -y wrk)", file=sys.stderr
+        )
         return 2
 
     cores = os.cpu_count()
     background = [cpu_busy(2.0)]
-    print(f"{cores} cores, shared by wrk, the upstream and the servers under test; {args.duration} s per wrk run, "
-          f"{args.rounds} round(s); {background[0]:.0f}% of the cores busy with other work before start", flush=True)
+    print(
+        f"{cores} cores, shared by wrk, the upstream and the servers under test; {args.duration} s per wrk run, "
+        f"{args.rounds} round(s); {background[0]:.0f}% of the cores busy with other work before start",
+        flush=True,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     lua_script(tmp / "gateway.lua", KEY)
     direct_lua = lua_script(tmp / "direct.lua", "upstream-key")
@@ -551,8 +713,18 @@ def main() -> int:
     try:
         up_port = free_port()
         up_log = tmp / "upstream.log"
-        upstream = procs.start([sys.executable, "-m", "tests.fakes.openai_upstream", "--host", "127.0.0.1",
-                                "--port", str(up_port)], up_log)
+        upstream = procs.start(
+            [
+                sys.executable,
+                "-m",
+                "tests.fakes.openai_upstream",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(up_port),
+            ],
+            up_log,
+        )
         direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         wait_ready(direct, upstream, up_log, key="upstream-key", body=BODY)
 
@@ -579,16 +751,31 @@ def main() -> int:
             for server, conns in plan:
                 for connections in conns:
                     if server is None:
-                        result = wrk("upstream direct", direct, direct_lua, connections, args.duration,
-                                     {"upstream": [upstream.pid]})
+                        result = wrk(
+                            "upstream direct",
+                            direct,
+                            direct_lua,
+                            connections,
+                            args.duration,
+                            {"upstream": [upstream.pid]},
+                        )
                     else:
                         pids = [server.process.pid, *children(server.process.pid)]
-                        result = wrk(server.name, server.url, server.lua, connections, args.duration,
-                                     {"server": pids, "upstream": [upstream.pid]})
+                        result = wrk(
+                            server.name,
+                            server.url,
+                            server.lua,
+                            connections,
+                            args.duration,
+                            {"server": pids, "upstream": [upstream.pid]},
+                        )
                     runs.setdefault((result.name, connections), []).append(result)
         for server in servers.values():
-            pids = [server.process.pid, *children(server.process.pid)] if server.name.startswith("LiteLLM") \
+            pids = (
+                [server.process.pid, *children(server.process.pid)]
+                if server.name.startswith("LiteLLM")
                 else worker_pids(server)
+            )
             server.loaded_rss = sum(rss_mb(pid) for pid in pids)
         if args.profile:
             extra += ["", *profile(servers[GATEWAY_ROW], args.duration, tmp)]
@@ -606,9 +793,16 @@ def main() -> int:
     def median(name: str, connections: int) -> Result:
         rs = sorted(runs[(name, connections)], key=lambda r: r.rps)
         mid = rs[len(rs) // 2]
-        return Result(name, connections, mid.rps, statistics.median(r.p50 for r in rs),
-                      statistics.median(r.p99 for r in rs), sum(r.non2xx for r in rs),
-                      sum(r.socket_errors for r in rs), mid.cpu)
+        return Result(
+            name,
+            connections,
+            mid.rps,
+            statistics.median(r.p50 for r in rs),
+            statistics.median(r.p99 for r in rs),
+            sum(r.non2xx for r in rs),
+            sum(r.socket_errors for r in rs),
+            mid.cpu,
+        )
 
     def per_request(r: Result) -> str:
         """CPU time the server under test (the upstream itself for the direct rows) spent per request."""
@@ -625,22 +819,32 @@ def main() -> int:
     spread = ""
     if args.rounds > 1:
         spread = " | req/s min-max"
-    print(f"\n{cores} cores shared by wrk, the upstream and the server under test; wrk -t2 -c50 and -t1 -c1, "
-          f"{args.duration} s each, POST /v1/chat/completions ({len(BODY)} byte body)"
-          + (f"; median of {args.rounds} interleaved rounds" if args.rounds > 1 else "")
-          + f"; other work kept {background[0]:.0f}% of the cores busy before the run and {background[1]:.0f}% "
-          "after it" + (" (figures are a floor)" if max(background) > 10 else "") + "\n")
-    print("| target | conns | requests/s | p50 ms | p99 ms | added p50 ms | x direct req/s | errors | "
-          "CPU % of a core: server / upstream / wrk / other | server CPU µs/req | RSS idle / after MB" + spread + " |")
+    print(
+        f"\n{cores} cores shared by wrk, the upstream and the server under test; wrk -t2 -c50 and -t1 -c1, "
+        f"{args.duration} s each, POST /v1/chat/completions ({len(BODY)} byte body)"
+        + (f"; median of {args.rounds} interleaved rounds" if args.rounds > 1 else "")
+        + f"; other work kept {background[0]:.0f}% of the cores busy before the run and {background[1]:.0f}% "
+        "after it" + (" (figures are a floor)" if max(background) > 10 else "") + "\n"
+    )
+    print(
+        "| target | conns | requests/s | p50 ms | p99 ms | added p50 ms | x direct req/s | errors | "
+        "CPU % of a core: server / upstream / wrk / other | server CPU µs/req | RSS idle / after MB"
+        + spread
+        + " |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---" + ("|---" if spread else "") + "|")
     for r in rows:
         base = direct50 if r.connections == 50 else direct1
         added_text = "" if r.name == "upstream direct" else f"{r.p50 - base.p50:+.2f}"
         server = servers.get(r.name)
         rss = f"{server.idle_rss:.0f} / {server.loaded_rss:.0f}" if server else ""
-        cpu = " / ".join(f"{r.cpu[k]:.0f}" if k in r.cpu else "-" for k in ("server", "upstream", "wrk", "other"))
-        line = (f"| {r.name} | {r.connections} | {r.rps:,.0f} | {r.p50:.2f} | {r.p99:.2f} | {added_text} | "
-                f"{r.rps / base.rps:.2f} | {r.non2xx + r.socket_errors} | {cpu} | {per_request(r)} | {rss}")
+        cpu = " / ".join(
+            f"{r.cpu[k]:.0f}" if k in r.cpu else "-" for k in ("server", "upstream", "wrk", "other")
+        )
+        line = (
+            f"| {r.name} | {r.connections} | {r.rps:,.0f} | {r.p50:.2f} | {r.p99:.2f} | {added_text} | "
+            f"{r.rps / base.rps:.2f} | {r.non2xx + r.socket_errors} | {cpu} | {per_request(r)} | {rss}"
+        )
         if spread:
             all_rps = [x.rps for x in runs[(r.name, r.connections)]]
             line += f" | {min(all_rps):,.0f}-{max(all_rps):,.0f}"
@@ -658,25 +862,37 @@ def main() -> int:
     paired = " (ratios: median of per-round ratios)" if args.rounds > 1 else ""
     if peer:
         times = ratio((GATEWAY_ROW, 50), (peer, 50))
-        print(f"- req/s at 50 conns >= 20x LiteLLM and 3,000+: {gw50.rps:,.0f} req/s = {times:.1f}x "
-              f"{peer} ({by[(peer, 50)].rps:,.0f}){paired}: "
-              f"{verdict(times >= TARGETS['peer_ratio'] and gw50.rps >= TARGETS['rps'])}")
+        print(
+            f"- req/s at 50 conns >= 20x LiteLLM and 3,000+: {gw50.rps:,.0f} req/s = {times:.1f}x "
+            f"{peer} ({by[(peer, 50)].rps:,.0f}){paired}: "
+            f"{verdict(times >= TARGETS['peer_ratio'] and gw50.rps >= TARGETS['rps'])}"
+        )
     else:
-        print(f"- req/s at 50 conns 3,000+ (20x LiteLLM; run --peer litellm for the ratio): {gw50.rps:,.0f}: "
-              f"{verdict(gw50.rps >= TARGETS['rps'])}")
-    print(f"- added p50 at 1 conn < 1 ms: {gw1.p50:.2f} - {direct1.p50:.2f} = {added:.2f} ms: "
-          f"{verdict(added < TARGETS['added_p50_ms'])}")
-    print(f"- idle RSS < 100 MB: {gw.idle_rss:.1f} MB ({gw.loaded_rss:.1f} MB after load): "
-          f"{verdict(gw.idle_rss < TARGETS['idle_rss_mb'])}")
+        print(
+            f"- req/s at 50 conns 3,000+ (20x LiteLLM; run --peer litellm for the ratio): {gw50.rps:,.0f}: "
+            f"{verdict(gw50.rps >= TARGETS['rps'])}"
+        )
+    print(
+        f"- added p50 at 1 conn < 1 ms: {gw1.p50:.2f} - {direct1.p50:.2f} = {added:.2f} ms: "
+        f"{verdict(added < TARGETS['added_p50_ms'])}"
+    )
+    print(
+        f"- idle RSS < 100 MB: {gw.idle_rss:.1f} MB ({gw.loaded_rss:.1f} MB after load): "
+        f"{verdict(gw.idle_rss < TARGETS['idle_rss_mb'])}"
+    )
     if args.workers > 1:
         many = (f"gateway, {args.workers} workers, logs on", 50)
         times = ratio(many, (GATEWAY_ROW, 50))
-        print(f"- {args.workers} workers >= 1.6x one: {by[many].rps:,.0f} vs {gw50.rps:,.0f} req/s, {times:.2f}x{paired}: "
-              f"{verdict(times >= TARGETS['workers_ratio'])} (on {cores} cores shared with wrk and the upstream)")
+        print(
+            f"- {args.workers} workers >= 1.6x one: {by[many].rps:,.0f} vs {gw50.rps:,.0f} req/s, {times:.2f}x{paired}: "
+            f"{verdict(times >= TARGETS['workers_ratio'])} (on {cores} cores shared with wrk and the upstream)"
+        )
     off = ("gateway, 1 worker, logs off", 50)
     if off in by:
-        print(f"- request log off: {by[off].rps:,.0f} req/s at 50 conns ({ratio(off, (GATEWAY_ROW, 50)):.2f}x logs "
-              f"on{', per-round median' if args.rounds > 1 else ''}), added p50 at 1 conn {by[('gateway, 1 worker, logs off', 1)].p50 - direct1.p50:.2f} ms")
+        print(
+            f"- request log off: {by[off].rps:,.0f} req/s at 50 conns ({ratio(off, (GATEWAY_ROW, 50)):.2f}x logs "
+            f"on{', per-round median' if args.rounds > 1 else ''}), added p50 at 1 conn {by[('gateway, 1 worker, logs off', 1)].p50 - direct1.p50:.2f} ms"
+        )
     for line in extra:
         print(line)
     return 0

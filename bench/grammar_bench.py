@@ -25,17 +25,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SCHEMA = {
     "type": "object",
     "properties": {
-        "name": {"type": "string"}, "age": {"type": "integer"},
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
         "tags": {"type": "array", "items": {"type": "string"}},
-        "address": {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
-                    "required": ["city", "zip"]},
+        "address": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
+            "required": ["city", "zip"],
+        },
     },
-    "required": ["name", "age", "tags", "address"], "additionalProperties": False,
+    "required": ["name", "age", "tags", "address"],
+    "additionalProperties": False,
 }
 
 
-def _walk(new: Callable[[], Any], fill: Callable[[Any, torch.Tensor], None], accept: Callable[[Any, int], bool],
-          done: Callable[[Any], bool], vocab: int, tokens: int) -> list[float]:
+def _walk(
+    new: Callable[[], Any],
+    fill: Callable[[Any, torch.Tensor], None],
+    accept: Callable[[Any, int], bool],
+    done: Callable[[Any], bool],
+    vocab: int,
+    tokens: int,
+) -> list[float]:
     rng = random.Random(0)
     bits = torch.arange(32, dtype=torch.int32)
     mask = torch.zeros((1, (vocab + 31) // 32), dtype=torch.int32)
@@ -55,7 +66,11 @@ def _decode_step_s(path: Any) -> float:
     from local_engine.config import EngineConfig
 
     engine = LLMEngine(path, EngineConfig(kv_cache_bytes=64 << 20))
-    engine.add_request("r", "Write a long story about a robot.", SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))
+    engine.add_request(
+        "r",
+        "Write a long story about a robot.",
+        SamplingParams(max_tokens=40, temperature=0, ignore_eos=True),
+    )
     times = []
     while engine.has_unfinished():
         t = time.perf_counter()
@@ -84,8 +99,14 @@ def main() -> None:
     def ll_fill(m: Any, mask: torch.Tensor) -> None:
         m.unsafe_compute_mask_ptr(mask.data_ptr(), mask.numel() * 4)
 
-    times = _walk(lambda: llguidance.LLMatcher(tok, grammar), ll_fill, lambda m, x: m.consume_token(x),
-                  lambda m: m.is_stopped(), vocab, args.tokens)
+    times = _walk(
+        lambda: llguidance.LLMatcher(tok, grammar),
+        ll_fill,
+        lambda m, x: m.consume_token(x),
+        lambda m: m.is_stopped(),
+        vocab,
+        args.tokens,
+    )
     rows.append(("llguidance " + llguidance.__version__, setup, times))
     try:
         import xgrammar as xgr
@@ -95,19 +116,30 @@ def main() -> None:
     else:
         hf = PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
         t = time.perf_counter()
-        compiled = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(hf, vocab_size=vocab)).compile_json_schema(
-            json.dumps(SCHEMA))
+        compiled = xgr.GrammarCompiler(
+            xgr.TokenizerInfo.from_huggingface(hf, vocab_size=vocab)
+        ).compile_json_schema(json.dumps(SCHEMA))
         setup = time.perf_counter() - t
-        times = _walk(lambda: xgr.GrammarMatcher(compiled), lambda m, mask: m.fill_next_token_bitmask(mask),
-                      lambda m, x: m.accept_token(x), lambda m: m.is_terminated(), vocab, args.tokens)
+        times = _walk(
+            lambda: xgr.GrammarMatcher(compiled),
+            lambda m, mask: m.fill_next_token_bitmask(mask),
+            lambda m, x: m.accept_token(x),
+            lambda m: m.is_terminated(),
+            vocab,
+            args.tokens,
+        )
         rows.append(("xgrammar", setup, times))
     print(f"SmolLM2 decode step (batch 1, median): {step * 1000:.1f} ms")
-    print(f"{'library':<20} {'setup s':>8} {'mask p50 us':>12} {'mean us':>8} {'p99 us':>8} {'% of step':>10}")
+    print(
+        f"{'library':<20} {'setup s':>8} {'mask p50 us':>12} {'mean us':>8} {'p99 us':>8} {'% of step':>10}"
+    )
     for name, setup, times in rows:
         times.sort()
         mean = statistics.fmean(times)
-        print(f"{name:<20} {setup:>8.2f} {times[len(times) // 2] * 1e6:>12.0f} {mean * 1e6:>8.0f} "
-              f"{times[int(len(times) * 0.99)] * 1e6:>8.0f} {100 * mean / step:>9.2f}%")
+        print(
+            f"{name:<20} {setup:>8.2f} {times[len(times) // 2] * 1e6:>12.0f} {mean * 1e6:>8.0f} "
+            f"{times[int(len(times) * 0.99)] * 1e6:>8.0f} {100 * mean / step:>9.2f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -42,14 +42,21 @@ from tests.harness import free_port  # noqa: E402
 
 KEY = "gw-bench-key"
 ENGINE = {"max_num_seqs": 32, "kv_cache_gib": 0.25}
-WORDS = ("river mountain city history engine market garden winter summer music science library ocean forest "
-         "village bridge station harbor castle island desert valley storm light memory language journey").split()
+WORDS = (
+    "river mountain city history engine market garden winter summer music science library ocean forest "
+    "village bridge station harbor castle island desert valley storm light memory language journey"
+).split()
 
 
 @contextmanager
 def process(args: list[str], ready_url: str, env: dict[str, str]) -> Iterator[None]:
-    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -72,9 +79,26 @@ def process(args: list[str], ready_url: str, env: dict[str, str]) -> Iterator[No
 @contextmanager
 def engine_server() -> Iterator[str]:
     port = free_port()
-    with process([sys.executable, "-m", "local_engine", "serve", "--model", "smollm2", "--host", "127.0.0.1",
-                  "--port", str(port), "--max-num-seqs", str(ENGINE["max_num_seqs"]),
-                  "--kv-cache-gib", str(ENGINE["kv_cache_gib"])], f"http://127.0.0.1:{port}/health", {}):
+    with process(
+        [
+            sys.executable,
+            "-m",
+            "local_engine",
+            "serve",
+            "--model",
+            "smollm2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-num-seqs",
+            str(ENGINE["max_num_seqs"]),
+            "--kv-cache-gib",
+            str(ENGINE["kv_cache_gib"]),
+        ],
+        f"http://127.0.0.1:{port}/health",
+        {},
+    ):
         yield f"http://127.0.0.1:{port}/v1"
 
 
@@ -92,8 +116,22 @@ tenants:
   - name: bench
     keys: ["{hash_key(KEY)}"]
 """)
-        with process([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--host", "127.0.0.1",
-                      "--port", str(port)], f"http://127.0.0.1:{port}/readyz", {}):
+        with process(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--config",
+                str(config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            f"http://127.0.0.1:{port}/readyz",
+            {},
+        ):
             yield f"http://127.0.0.1:{port}/v1"
 
 
@@ -101,15 +139,24 @@ def prompt(rng: random.Random, words: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": " ".join(rng.choice(WORDS) for _ in range(words))}]
 
 
-async def one(client: httpx.AsyncClient, url: str, messages: list[dict[str, str]],
-              max_tokens: int) -> tuple[float, list[float], int]:
-    body = {"model": "smollm2", "messages": messages, "max_tokens": max_tokens, "temperature": 0,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+async def one(
+    client: httpx.AsyncClient, url: str, messages: list[dict[str, str]], max_tokens: int
+) -> tuple[float, list[float], int]:
+    body = {
+        "model": "smollm2",
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start = time.perf_counter()
     arrivals: list[float] = []
     tokens = 0
-    async with client.stream("POST", url + "/chat/completions", json=body,
-                             headers={"Authorization": f"Bearer {KEY}"}) as response:
+    async with client.stream(
+        "POST", url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+    ) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: {"):
@@ -127,8 +174,9 @@ async def measure(url: str, concurrency: int, max_tokens: int, words: int) -> tu
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency + 1)) as client:
         await one(client, url, prompt(rng, words), 4)  # warm-up
         start = time.perf_counter()
-        results = await asyncio.gather(*(one(client, url, prompt(rng, words), max_tokens)
-                                         for _ in range(concurrency)))
+        results = await asyncio.gather(
+            *(one(client, url, prompt(rng, words), max_tokens) for _ in range(concurrency))
+        )
         wall = time.perf_counter() - start
     tokens = sum(r[2] for r in results)
     ttft = statistics.mean(r[0] for r in results)
@@ -140,9 +188,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concurrency", default="1,8", help="comma-separated")
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--prompt-words", type=int, default=96, help="about 1.3 tokens each with the chat template")
-    ap.add_argument("--systems", default="engine,http,in-process",
-                    help="which, in this order: engine (server alone), http (gateway -> engine server), in-process")
+    ap.add_argument(
+        "--prompt-words", type=int, default=96, help="about 1.3 tokens each with the chat template"
+    )
+    ap.add_argument(
+        "--systems",
+        default="engine,http,in-process",
+        help="which, in this order: engine (server alone), http (gateway -> engine server), in-process",
+    )
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     engine = "{" + ", ".join(f"{k}: {v}" for k, v in ENGINE.items()) + "}"
@@ -164,7 +217,9 @@ def main() -> None:
                 with gateway(f"{{provider: local, model: SmolLM2-135M-Instruct, api_base: '{url}'}}") as gw:
                     run("gateway -> engine server", gw)
 
-    print(f"SmolLM2-135M-Instruct, {args.prompt_words} words in, {args.max_tokens} tokens out, greedy, EOS ignored")
+    print(
+        f"SmolLM2-135M-Instruct, {args.prompt_words} words in, {args.max_tokens} tokens out, greedy, EOS ignored"
+    )
     print("| system                    | concurrent | output tok/s | TTFT ms | ITL ms |")
     print("|---------------------------|------------|--------------|---------|--------|")
     for name, c, (tps, ttft, itl) in rows:

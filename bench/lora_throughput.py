@@ -51,8 +51,14 @@ def write_adapter(path: Path, cfg: ModelConfig, rank: int, seed: int) -> Path:
             tensors[f"{prefix}.lora_B.weight"] = torch.randn(d_out, rank, generator=gen) * 0.01
     path.mkdir(parents=True)
     save_file(tensors, str(path / "adapter_model.safetensors"))
-    config = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": list(TARGETS),
-              "bias": "none", "use_rslora": False}
+    config = {
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "target_modules": list(TARGETS),
+        "bias": "none",
+        "use_rslora": False,
+    }
     (path / "adapter_config.json").write_text(json.dumps(config))
     return path
 
@@ -63,7 +69,9 @@ def tiny_model(root: Path) -> Path:
     return _build(root / "tiny", "llama")
 
 
-def run_row(engine: LLMEngine, prompts: list[list[int]], adapters: list[str], tokens: int) -> tuple[float, float]:
+def run_row(
+    engine: LLMEngine, prompts: list[list[int]], adapters: list[str], tokens: int
+) -> tuple[float, float]:
     """(output tokens/s, output tokens per CPU-second) of the 32 requests, adapters round-robin."""
     params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
     for i, prompt in enumerate(prompts):
@@ -79,7 +87,9 @@ def run_row(engine: LLMEngine, prompts: list[list[int]], adapters: list[str], to
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="smollm2", help="'smollm2', 'tiny', or an HF directory")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=32, help="output tokens per request")
@@ -91,9 +101,17 @@ def main() -> int:
         root = Path(tmp)
         model = tiny_model(root) if args.model == "tiny" else resolve_model(args.model)
         cfg = ModelConfig.from_dir(model)
-        engine = LLMEngine(model, EngineConfig(max_loras=16, max_lora_rank=args.rank, num_threads=args.threads,
-                                               max_num_seqs=CONCURRENT, max_num_batched_tokens=512,
-                                               enable_prefix_caching=False))
+        engine = LLMEngine(
+            model,
+            EngineConfig(
+                max_loras=16,
+                max_lora_rank=args.rank,
+                num_threads=args.threads,
+                max_num_seqs=CONCURRENT,
+                max_num_batched_tokens=512,
+                enable_prefix_caching=False,
+            ),
+        )
         checks, names = [], []
         for i in range(max(ADAPTER_COUNTS)):
             path = write_adapter(root / f"adapter{i}", cfg, args.rank, seed=i)
@@ -102,8 +120,10 @@ def main() -> int:
             checks.append(time.perf_counter() - began)
             names.append(f"a{i}")
         rng = random.Random(0)
-        prompts = [[rng.randrange(10, cfg.vocab_size - 10) for _ in range(args.prompt_tokens)]
-                   for _ in range(CONCURRENT)]
+        prompts = [
+            [rng.randrange(10, cfg.vocab_size - 10) for _ in range(args.prompt_tokens)]
+            for _ in range(CONCURRENT)
+        ]
         run_row(engine, prompts[:2], names, 2)  # warm-up, and every adapter loaded and resident
         run_row(engine, prompts[2:18], names, 2)
         assert engine.loras is not None and all(i.resident for i in engine.list_loras())
@@ -111,22 +131,29 @@ def main() -> int:
         for _ in range(args.rounds):
             for n in ADAPTER_COUNTS:
                 results[n].append(run_row(engine, prompts, names[:n], args.tokens))
-                print(f"  {n or 'base'}: {results[n][-1][0]:.0f} tokens/s, {results[n][-1][1]:.0f} tok/CPU-s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  {n or 'base'}: {results[n][-1][0]:.0f} tokens/s, {results[n][-1][1]:.0f} tok/CPU-s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         loads = engine.loras.load_seconds
     base_tps = statistics.median(r[0] for r in results[0])
     base_cps = statistics.median(r[1] for r in results[0])
-    print(f"\nLoRA throughput: {args.model}, {CONCURRENT} concurrent, {args.prompt_tokens} tokens in, "
-          f"{args.tokens} out, rank {args.rank} on {len(TARGETS)} projections, {torch.get_num_threads()} "
-          f"threads, median of {args.rounds}\n")
+    print(
+        f"\nLoRA throughput: {args.model}, {CONCURRENT} concurrent, {args.prompt_tokens} tokens in, "
+        f"{args.tokens} out, rank {args.rank} on {len(TARGETS)} projections, {torch.get_num_threads()} "
+        f"threads, median of {args.rounds}\n"
+    )
     print("| adapters | tokens/s | vs base | tok/CPU-s | vs base |")
     print("|---|---|---|---|---|")
     for n in ADAPTER_COUNTS:
         tps = statistics.median(r[0] for r in results[n])
         cps = statistics.median(r[1] for r in results[n])
         print(f"| {n or 'base'} | {tps:.0f} | {tps / base_tps:.0%} | {cps:.0f} | {cps / base_cps:.0%} |")
-    print(f"\nadapter load: check (add_lora) {statistics.mean(checks) * 1e3:.1f} ms, read + stack in the loader "
-          f"thread {statistics.mean(loads) * 1e3:.1f} ms (mean of {len(loads)})")
+    print(
+        f"\nadapter load: check (add_lora) {statistics.mean(checks) * 1e3:.1f} ms, read + stack in the loader "
+        f"thread {statistics.mean(loads) * 1e3:.1f} ms (mean of {len(loads)})"
+    )
     ratio = statistics.median(r[0] for r in results[16]) / base_tps
     cpu_ratio = statistics.median(r[1] for r in results[16]) / base_cps
     met = "met" if min(ratio, cpu_ratio) >= 0.7 else "NOT met"

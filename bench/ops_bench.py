@@ -31,20 +31,28 @@ app.router.add_post("/v1/traces", traces)
 web.run_app(app, host="127.0.0.1", port={port}, print=None)
 """
 # row -> (request log, share of requests traced: 0 for tracing off)
-ROWS = {"off": (False, 0.0), "request log on": (True, 0.0), "tracing on": (False, 1.0),
-        "tracing 10% sampled": (False, 0.1), "both on": (True, 1.0)}
+ROWS = {
+    "off": (False, 0.0),
+    "request log on": (True, 0.0),
+    "tracing on": (False, 1.0),
+    "tracing 10% sampled": (False, 0.1),
+    "both on": (True, 1.0),
+}
 
 
 def config(tmp: Path, slug: str, up_port: int, sink_port: int, request_log: bool, tracing: float) -> Path:
     path = gb.gateway_config(tmp, slug, up_port, True)
-    path.write_text(path.read_text() + f"""request_log:
+    path.write_text(
+        path.read_text()
+        + f"""request_log:
   enabled: {str(request_log).lower()}
   path: {tmp / f"{slug}.db"}
 tracing:
   enabled: {str(tracing > 0).lower()}
   sample_ratio: {tracing or 1.0}
   endpoint: http://127.0.0.1:{sink_port}/v1/traces
-""")
+"""
+    )
     return path
 
 
@@ -55,7 +63,9 @@ def cpu_per_request(result: gb.Result) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -65,19 +75,48 @@ def main() -> int:
     results: dict[str, list[gb.Result]] = {}
     try:
         up_port, sink_port = gb.free_port(), gb.free_port()
-        upstream = procs.start([sys.executable, "-m", "tests.fakes.openai_upstream", "--host", "127.0.0.1",
-                                "--port", str(up_port)], tmp / "upstream.log")
-        gb.wait_ready(f"http://127.0.0.1:{up_port}/v1/chat/completions", upstream, tmp / "upstream.log",
-                      key="upstream-key", body=gb.BODY)
+        upstream = procs.start(
+            [
+                sys.executable,
+                "-m",
+                "tests.fakes.openai_upstream",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(up_port),
+            ],
+            tmp / "upstream.log",
+        )
+        gb.wait_ready(
+            f"http://127.0.0.1:{up_port}/v1/chat/completions",
+            upstream,
+            tmp / "upstream.log",
+            key="upstream-key",
+            body=gb.BODY,
+        )
         procs.start([sys.executable, "-c", SINK.format(port=sink_port)], tmp / "sink.log")
         servers = {}
         for name, (request_log, tracing) in ROWS.items():
             slug = name.replace(" ", "-")
             port = gb.free_port()
             log = tmp / f"{slug}.log"
-            process = procs.start([sys.executable, "-m", "gateway", "serve", "--config",
-                                   str(config(tmp, slug, up_port, sink_port, request_log, tracing)),
-                                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], log)
+            process = procs.start(
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "serve",
+                    "--config",
+                    str(config(tmp, slug, up_port, sink_port, request_log, tracing)),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                ],
+                log,
+            )
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             gb.wait_ready(url, process, log, key=gb.KEY, body=gb.BODY)
             servers[name] = (process, url)
@@ -89,8 +128,10 @@ def main() -> int:
     finally:
         procs.stop_all()
     off = results["off"]
-    print("\n| row (1 worker, 50 connections) | req/s | vs off (paired) | server CPU µs/req | capacity vs off "
-          "| p50 ms | p50 added ms | p99 ms |")
+    print(
+        "\n| row (1 worker, 50 connections) | req/s | vs off (paired) | server CPU µs/req | capacity vs off "
+        "| p50 ms | p50 added ms | p99 ms |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         rps = statistics.median(r.rps for r in runs)
@@ -99,9 +140,13 @@ def main() -> int:
         added = statistics.median(r.p50 - o.p50 for r, o in zip(runs, off, strict=True))
         p99 = statistics.median(r.p99 for r in runs)
         cpu = statistics.median(cpu_per_request(r) for r in runs)
-        capacity = statistics.median(cpu_per_request(o) / cpu_per_request(r) for r, o in zip(runs, off, strict=True))
-        print(f"| {name} | {rps:,.0f} | {ratio:.1%} | {cpu:,.0f} | {capacity:.1%} | {p50:.2f} | {added:+.3f} "
-              f"| {p99:.2f} |")
+        capacity = statistics.median(
+            cpu_per_request(o) / cpu_per_request(r) for r, o in zip(runs, off, strict=True)
+        )
+        print(
+            f"| {name} | {rps:,.0f} | {ratio:.1%} | {cpu:,.0f} | {capacity:.1%} | {p50:.2f} | {added:+.3f} "
+            f"| {p99:.2f} |"
+        )
     return 0
 
 

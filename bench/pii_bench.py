@@ -24,7 +24,9 @@ def main() -> None:
     for name in SETS:
         print(f"== {name}")
         score(detector, [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()])
-    latency(detector, [json.loads(line) for line in (DATA / SETS[0]).read_text().splitlines() if line.strip()])
+    latency(
+        detector, [json.loads(line) for line in (DATA / SETS[0]).read_text().splitlines() if line.strip()]
+    )
 
 
 def score(detector: Detector, rows: list[dict]) -> None:
@@ -33,7 +35,7 @@ def score(detector: Detector, rows: list[dict]) -> None:
     hits: Counter[str] = Counter()
     for row in rows:
         truth = {(kind, value) for kind, value in row["pii"]}
-        got = {(s.kind, row["text"][s.start:s.end]) for s in detector.find(row["text"])}
+        got = {(s.kind, row["text"][s.start : s.end]) for s in detector.find(row["text"])}
         for kind, _ in truth:
             expected[kind] += 1
         for kind, _ in got:
@@ -46,12 +48,16 @@ def score(detector: Detector, rows: list[dict]) -> None:
     for kind in kinds:
         recall = hits[kind] / expected[kind] if expected[kind] else float("nan")
         precision = hits[kind] / found[kind] if found[kind] else float("nan")
-        print(f"{kind:<12} {expected[kind]:>8} {found[kind]:>6} {hits[kind]:>7} {recall:>7.2f} {precision:>9.2f}")
+        print(
+            f"{kind:<12} {expected[kind]:>8} {found[kind]:>6} {hits[kind]:>7} {recall:>7.2f} {precision:>9.2f}"
+        )
     in_scope = [k for k in KINDS if expected[k]]
     recall = sum(hits[k] for k in in_scope) / sum(expected[k] for k in in_scope)
     precision = sum(hits.values()) / max(1, sum(found.values()))
-    print(f"\nkinds in scope: recall {recall:.3f}, precision {precision:.3f}; "
-          f"all kinds (names, addresses, record numbers too): recall {sum(hits.values()) / sum(expected.values()):.3f}\n")
+    print(
+        f"\nkinds in scope: recall {recall:.3f}, precision {precision:.3f}; "
+        f"all kinds (names, addresses, record numbers too): recall {sum(hits.values()) / sum(expected.values()):.3f}\n"
+    )
 
 
 def latency(detector: Detector, rows: list[dict]) -> None:

@@ -46,7 +46,9 @@ ALL_ON = """    limits: {rpm: 100000000, tpm: 10000000000, max_concurrency: 1000
     max_wait_s: 5"""
 
 
-def config(tmp: Path, name: str, up_port: int, tenant: str, redis_url: str | None, deployment: str = "") -> Path:
+def config(
+    tmp: Path, name: str, up_port: int, tenant: str, redis_url: str | None, deployment: str = ""
+) -> Path:
     path = tmp / f"{name}.yaml"
     stores = f"stores: {{redis_url: {redis_url}}}" if redis_url else ""
     path.write_text(f"""server: {{log_requests: false}}
@@ -67,27 +69,45 @@ tenants:
 
 def lua(tmp: Path, body: str) -> Path:
     path = tmp / f"bench-{abs(hash(body))}.lua"
-    path.write_text(f"wrk.method = \"POST\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = "
-                    f"\"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {KEY}\"\n")
+    path.write_text(
+        f'wrk.method = "POST"\nwrk.body = \'{body}\'\nwrk.headers["Content-Type"] = '
+        f'"application/json"\nwrk.headers["Authorization"] = "Bearer {KEY}"\n'
+    )
     return path
 
 
 def start(procs: Processes, tmp: Path, cfg: Path) -> tuple[object, str]:
     port = free_port()
     log = tmp / f"{cfg.stem}.log"
-    process = procs.start([sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--host", "127.0.0.1",
-                           "--port", str(port)], log)
+    process = procs.start(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(cfg),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        log,
+    )
     base = f"http://127.0.0.1:{port}"
     wait_ready(f"{base}/healthz", process, log)
     return process, base
 
 
 def used_tokens(base: str) -> tuple[int, int]:
-    request = urllib.request.Request(f"{base}/admin/usage?tenant=bench&group_by=model",
-                                     headers={"Authorization": f"Bearer {ADMIN}"})
+    request = urllib.request.Request(
+        f"{base}/admin/usage?tenant=bench&group_by=model", headers={"Authorization": f"Bearer {ADMIN}"}
+    )
     rows = json.loads(urllib.request.urlopen(request, timeout=10).read())["data"]
-    return (sum(r["requests"] - r["errors"] for r in rows),
-            sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows))
+    return (
+        sum(r["requests"] - r["errors"] for r in rows),
+        sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows),
+    )
 
 
 def main() -> int:
@@ -105,23 +125,48 @@ def main() -> int:
     procs = Processes()
     try:
         up_port, redis_port = free_port(), free_port()
-        upstream = procs.start([sys.executable, "-m", "tests.fakes.openai_upstream", "--port", str(up_port)],
-                               tmp / "upstream.log")
-        procs.start(["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
-                     "--appendonly", "no", "--dir", str(tmp)], tmp / "redis.log")
+        upstream = procs.start(
+            [sys.executable, "-m", "tests.fakes.openai_upstream", "--port", str(up_port)],
+            tmp / "upstream.log",
+        )
+        procs.start(
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(redis_port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp),
+            ],
+            tmp / "redis.log",
+        )
         body = '{"model":"bench","messages":[{"role":"user","content":"hello"}]}'
-        wait_ready(f"http://127.0.0.1:{up_port}/v1/chat/completions", upstream, tmp / "upstream.log", key="k",
-                   body=body)
+        wait_ready(
+            f"http://127.0.0.1:{up_port}/v1/chat/completions",
+            upstream,
+            tmp / "upstream.log",
+            key="k",
+            body=body,
+        )
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         script = lua(tmp, body)
 
-        print(f"Throughput: 1 worker, wrk c={args.connections}, {args.duration} s per row, {args.rounds} rounds "
-              "interleaved, best of each kept", flush=True)
+        print(
+            f"Throughput: 1 worker, wrk c={args.connections}, {args.duration} s per row, {args.rounds} rounds "
+            "interleaved, best of each kept",
+            flush=True,
+        )
         servers = []
         for name, tenant, store, deployment in (
-                ("policies off (embedded default)", "", None, ""),
-                ("all policies on, memory store", ALL_ON, None, ", max_concurrency: 100000"),
-                ("all policies on, Redis store", ALL_ON, redis_url, ", max_concurrency: 100000")):
+            ("policies off (embedded default)", "", None, ""),
+            ("all policies on, memory store", ALL_ON, None, ", max_concurrency: 100000"),
+            ("all policies on, Redis store", ALL_ON, redis_url, ", max_concurrency: 100000"),
+        ):
             cfg = config(tmp, re.sub(r"\W+", "-", name), up_port, tenant, store, deployment)
             process, base = start(procs, tmp, cfg)
             wrk(name + " (warm-up)", base + "/v1/chat/completions", script, args.connections, 2)
@@ -142,30 +187,45 @@ def main() -> int:
         print("\n| configuration | req/s | vs off | p50 ms | p99 ms | non-2xx |")
         print("|---|---:|---:|---:|---:|---:|")
         for row in rows:
-            print(f"| {row.name} | {row.rps:,.0f} | {row.rps / off:.0%} | {row.p50:.2f} | {row.p99:.2f} | "
-                  f"{row.non2xx} |")
+            print(
+                f"| {row.name} | {row.rps:,.0f} | {row.rps / off:.0%} | {row.p50:.2f} | {row.p99:.2f} | "
+                f"{row.non2xx} |"
+            )
         ratio = rows[2].rps / off
         median = statistics.median(ratios)
         print(f"\nRedis vs off in each round: {', '.join(f'{r:.0%}' for r in ratios)} (median {median:.0%})")
-        print(f"Target: all policies on (Redis) >= {TARGET_RATIO:.0%} of off: best rows {ratio:.0%}, median round "
-              f"{median:.0%}: {'MET' if min(ratio, median) >= TARGET_RATIO else 'NOT MET'}\n", flush=True)
+        print(
+            f"Target: all policies on (Redis) >= {TARGET_RATIO:.0%} of off: best rows {ratio:.0%}, median round "
+            f"{median:.0%}: {'MET' if min(ratio, median) >= TARGET_RATIO else 'NOT MET'}\n",
+            flush=True,
+        )
 
         print(f"Accuracy: offered load far above the limit, {args.accuracy_duration} s per row", flush=True)
         table = []
         token_body = '{"model":"bench","max_tokens":20,"messages":[{"role":"user","content":"hello"}]}'
         for store_name, store in (("memory", None), ("Redis", redis_url)):
             for kind, tenant, payload in (
-                    ("600 rpm, burst 100", "    limits: {rpm: 600, rpm_burst: 100}\n    max_wait_s: 0", body),
-                    ("12,000 tpm, burst 1,000", "    limits: {tpm: 12000, tpm_burst: 1000}\n    max_wait_s: 0",
-                     token_body)):
+                ("600 rpm, burst 100", "    limits: {rpm: 600, rpm_burst: 100}\n    max_wait_s: 0", body),
+                (
+                    "12,000 tpm, burst 1,000",
+                    "    limits: {tpm: 12000, tpm_burst: 1000}\n    max_wait_s: 0",
+                    token_body,
+                ),
+            ):
                 cfg = config(tmp, f"acc-{store_name}-{kind[:3]}", up_port, tenant, store)
                 if store is not None:
-                    subprocess.run(["redis-cli", "-p", str(redis_port), "FLUSHALL"], check=True,
-                                   capture_output=True)
+                    subprocess.run(
+                        ["redis-cli", "-p", str(redis_port), "FLUSHALL"], check=True, capture_output=True
+                    )
                 process, base = start(procs, tmp, cfg)
                 started = time.monotonic()
-                result = wrk(f"{store_name} {kind}", base + "/v1/chat/completions", lua(tmp, payload), 20,
-                             args.accuracy_duration)
+                result = wrk(
+                    f"{store_name} {kind}",
+                    base + "/v1/chat/completions",
+                    lua(tmp, payload),
+                    20,
+                    args.accuracy_duration,
+                )
                 elapsed = time.monotonic() - started
                 time.sleep(0.5)
                 admitted, tokens = used_tokens(base)
@@ -175,13 +235,19 @@ def main() -> int:
                     allowed, measured = 1000 + 200 * elapsed, tokens
                 table.append((store_name, kind, allowed, measured, result.non2xx))
                 procs.stop(process)  # type: ignore[arg-type]
-        print("\n| store | limit | allowed over the run | admitted (requests or tokens used) | error | refused |")
+        print(
+            "\n| store | limit | allowed over the run | admitted (requests or tokens used) | error | refused |"
+        )
         print("|---|---|---:|---:|---:|---:|")
         for store_name, kind, allowed, measured, refused in table:
-            print(f"| {store_name} | {kind} | {allowed:,.0f} | {measured:,} | {(measured - allowed) / allowed:+.1%} "
-                  f"| {refused:,} |")
-        print("\n'allowed' counts the refill over wrk's whole run (start-up included), so small negative "
-              "errors are expected; a positive error is overshoot.")
+            print(
+                f"| {store_name} | {kind} | {allowed:,.0f} | {measured:,} | {(measured - allowed) / allowed:+.1%} "
+                f"| {refused:,} |"
+            )
+        print(
+            "\n'allowed' counts the refill over wrk's whole run (start-up included), so small negative "
+            "errors are expected; a positive error is overshoot."
+        )
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)

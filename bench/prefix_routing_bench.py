@@ -38,13 +38,17 @@ def workload(args: argparse.Namespace, rng: random.Random) -> list[tuple[dict[st
     for i in range(args.requests):
         k = rng.choices(range(args.prompts), weights)[0]
         text = f"You are assistant number {k}. " * 20  # what the gateway hashes: the prompt's text
-        payload = {"messages": [{"role": "system", "content": text}, {"role": "user", "content": f"question {i}"}]}
+        payload = {
+            "messages": [{"role": "system", "content": text}, {"role": "user", "content": f"question {i}"}]
+        }
         tokens = prompts[k] + [rng.randrange(1000, 30000) for _ in range(args.user_tokens)]
         out.append((payload, tokens))
     return out
 
 
-def run(policy: str, requests: list[tuple[dict[str, Any], list[int]]], args: argparse.Namespace) -> list[float]:
+def run(
+    policy: str, requests: list[tuple[dict[str, Any], list[int]]], args: argparse.Namespace
+) -> list[float]:
     rng = random.Random(1)
     workers = [SimWorker(f"w{i}", BlockManager(args.kv_blocks, BLOCK)) for i in range(args.workers)]
     ring = PrefixRing()
@@ -81,7 +85,9 @@ def run(policy: str, requests: list[tuple[dict[str, Any], list[int]]], args: arg
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--prompts", type=int, default=32, help="distinct system prompts")
@@ -92,8 +98,10 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=16, help="requests in flight across the fleet")
     args = parser.parse_args()
     requests = workload(args, random.Random(0))
-    print(f"{args.workers} workers × {args.kv_blocks} blocks of {BLOCK}, {args.requests} requests over "
-          f"{args.prompts} system prompts of {args.system_tokens} tokens (Zipf {args.zipf}), {args.window} in flight\n")
+    print(
+        f"{args.workers} workers × {args.kv_blocks} blocks of {BLOCK}, {args.requests} requests over "
+        f"{args.prompts} system prompts of {args.system_tokens} tokens (Zipf {args.zipf}), {args.window} in flight\n"
+    )
     print("| routing | fleet prefix-cache hit rate | busiest worker / mean (prompt tokens) |")
     print("|---|---|---|")
     for policy in ("random", "round-robin", "prefix"):

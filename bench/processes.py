@@ -21,8 +21,13 @@ FAKES = ROOT / "bench" / "providers_bench.py"
 
 
 @contextmanager
-def provider_gateway(config: Callable[[list[int], int], str], prefix: str, *, ready: tuple[str, dict[str, Any]],
-                     headers: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def provider_gateway(
+    config: Callable[[list[int], int], str],
+    prefix: str,
+    *,
+    ready: tuple[str, dict[str, Any]],
+    headers: dict[str, str],
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Starts the four fakes and a gateway on ``config(fake ports, gateway port)``; yields the gateway's URL
     and process once ``ready`` (a path and body) is answered; stops both after."""
     from tests.fakes import bedrock_upstream
@@ -32,12 +37,23 @@ def provider_gateway(config: Callable[[list[int], int], str], prefix: str, *, re
     gateway_port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     (tmp / "config.yaml").write_text(config(ports, gateway_port))
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": bedrock_upstream.ACCESS_KEY, "PYTHONPATH": str(ROOT),
-           "AWS_SECRET_ACCESS_KEY": bedrock_upstream.SECRET_KEY, "AWS_REGION": bedrock_upstream.REGION}
-    fakes = subprocess.Popen([sys.executable, str(FAKES), "--fakes", *map(str, ports)], stdout=subprocess.PIPE,
-                             env=env)
-    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "config.yaml")],
-                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": bedrock_upstream.ACCESS_KEY,
+        "PYTHONPATH": str(ROOT),
+        "AWS_SECRET_ACCESS_KEY": bedrock_upstream.SECRET_KEY,
+        "AWS_REGION": bedrock_upstream.REGION,
+    }
+    fakes = subprocess.Popen(
+        [sys.executable, str(FAKES), "--fakes", *map(str, ports)], stdout=subprocess.PIPE, env=env
+    )
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "config.yaml")],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert fakes.stdout is not None and fakes.stdout.readline().strip() == b"ready"
         url = f"http://127.0.0.1:{gateway_port}"
@@ -51,8 +67,12 @@ def provider_gateway(config: Callable[[list[int], int], str], prefix: str, *, re
 
 def _wait_answering(url: str, path: str, body: dict[str, Any], headers: dict[str, str]) -> None:
     async def once() -> None:
-        async with aiohttp.ClientSession() as session, session.post(url + path, json=body, headers=headers) as r:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url + path, json=body, headers=headers) as r,
+        ):
             await r.read()
+
     for _ in range(100):
         try:
             asyncio.run(once())

@@ -29,10 +29,17 @@ from tests.fakes import bedrock_upstream  # noqa: E402
 
 KEY = "gw-bench-key"
 UPSTREAM_KEY = "bench-upstream-key"
-MESSAGES = [{"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "Tell me about the weather in a few words please"}]
-TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}}}}
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Tell me about the weather in a few words please"},
+]
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 
 
 def serve_fakes(ports: list[int]) -> None:
@@ -41,10 +48,12 @@ def serve_fakes(ports: list[int]) -> None:
     from tests.fakes.openai_upstream import FakeState
     from tests.harness import ServerThread
 
-    apps = [lambda: openai_upstream.build_app(FakeState(api_key=UPSTREAM_KEY, record=False)),
-            lambda: anthropic_upstream.build_app(FakeState(api_key=UPSTREAM_KEY, record=False)),
-            lambda: gemini_upstream.build_app(FakeState(api_key=UPSTREAM_KEY, record=False)),
-            lambda: bedrock_upstream.build_app(FakeState(record=False))]
+    apps = [
+        lambda: openai_upstream.build_app(FakeState(api_key=UPSTREAM_KEY, record=False)),
+        lambda: anthropic_upstream.build_app(FakeState(api_key=UPSTREAM_KEY, record=False)),
+        lambda: gemini_upstream.build_app(FakeState(api_key=UPSTREAM_KEY, record=False)),
+        lambda: bedrock_upstream.build_app(FakeState(record=False)),
+    ]
     servers = []
     for make, port in zip(apps, ports, strict=True):
         server = ServerThread(make)
@@ -78,12 +87,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drive(url: str, path: str, body: dict[str, object], headers: dict[str, str], concurrency: int,
-                seconds: float) -> tuple[int, list[float], int]:
+async def drive(
+    url: str, path: str, body: dict[str, object], headers: dict[str, str], concurrency: int, seconds: float
+) -> tuple[int, list[float], int]:
     latencies: list[float] = []
     failures = 0
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession() as session:
+
         async def worker() -> None:
             nonlocal failures
             while time.monotonic() < deadline:
@@ -93,12 +104,15 @@ async def drive(url: str, path: str, body: dict[str, object], headers: dict[str,
                     if response.status != 200:
                         failures += 1
                 latencies.append(time.perf_counter() - started)
+
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return len(latencies), latencies, failures
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=3.0, help="per row (default 3)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--fakes", nargs=4, type=int, help=argparse.SUPPRESS)
@@ -109,28 +123,43 @@ def main() -> int:
     from bench.processes import provider_gateway
 
     headers = {"Authorization": f"Bearer {KEY}"}
-    with provider_gateway(config, "providers-bench-", ready=("/v1/chat/completions", {"model": "openai",
-                          "messages": MESSAGES}), headers=headers) as (url, gateway):
+    with provider_gateway(
+        config,
+        "providers-bench-",
+        ready=("/v1/chat/completions", {"model": "openai", "messages": MESSAGES}),
+        headers=headers,
+    ) as (url, gateway):
         print(f"{args.concurrency} concurrent, {args.seconds:g} s per row; gateway: 1 worker, logs off\n")
         print("| route | upstream | mode | req/s | p50 ms | gateway CPU µs/req | failed |")
         print("|---|---|---|---|---|---|---|")
-        rows = [("/v1/chat/completions", alias, stream, tools) for alias in ("openai", "anthropic", "gemini", "bedrock")
-                for stream, tools in ((False, False), (True, False), (True, True))]
+        rows = [
+            ("/v1/chat/completions", alias, stream, tools)
+            for alias in ("openai", "anthropic", "gemini", "bedrock")
+            for stream, tools in ((False, False), (True, False), (True, True))
+        ]
         rows += [("/v1/messages", "openai", stream, False) for stream in (False, True)]
         for path, alias, stream, tools in rows:
             body: dict[str, object] = {"model": alias, "messages": MESSAGES, "stream": stream}
             if tools:
                 body["tools"] = [TOOL]
             if path == "/v1/messages":
-                body = {"model": alias, "max_tokens": 100, "system": "Be brief.", "messages": MESSAGES[1:],
-                        "stream": stream}
+                body = {
+                    "model": alias,
+                    "max_tokens": 100,
+                    "system": "Be brief.",
+                    "messages": MESSAGES[1:],
+                    "stream": stream,
+                }
             before = cpu_seconds(gateway.pid)
-            count, latencies, failed = asyncio.run(drive(url, path, body, headers, args.concurrency,
-                                                         args.seconds))
+            count, latencies, failed = asyncio.run(
+                drive(url, path, body, headers, args.concurrency, args.seconds)
+            )
             used = cpu_seconds(gateway.pid) - before
             mode = ("stream" if stream else "whole") + (" + tool call" if tools else "")
-            print(f"| `{path}` | {alias} | {mode} | {count / args.seconds:.0f} | "
-                  f"{statistics.median(latencies) * 1000:.1f} | {used / max(count, 1) * 1e6:.0f} | {failed} |")
+            print(
+                f"| `{path}` | {alias} | {mode} | {count / args.seconds:.0f} | "
+                f"{statistics.median(latencies) * 1000:.1f} | {used / max(count, 1) * 1e6:.0f} | {failed} |"
+            )
     return 0
 
 

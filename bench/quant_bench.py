@@ -84,7 +84,9 @@ def main() -> None:
     ref_tokens: list[list[int]] = []
     base_tps = 0.0
     for name, dtype, quant in CONFIGS:
-        llm = LLM(args.model, dtype=dtype, quantization=quant, num_threads=args.threads, kv_cache_bytes=1 << 27)
+        llm = LLM(
+            args.model, dtype=dtype, quantization=quant, num_threads=args.threads, kv_cache_bytes=1 << 27
+        )
         model = llm.engine.model
         nbytes = weight_bytes(model)
         ppl = perplexity(model, llm.engine.tokenizer.encode(TEXT.read_text()))

@@ -85,7 +85,10 @@ async def _load(url: str, requests: int, concurrency: int) -> tuple[int, list[fl
     counter = iter(range(requests))
     body = {"model": "chat", "messages": [{"role": "user", "content": "hello"}]}
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, headers={"Authorization": f"Bearer {KEY}"}) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, headers={"Authorization": f"Bearer {KEY}"}
+    ) as session:
+
         async def worker() -> None:
             nonlocal ok
             for _ in counter:
@@ -94,6 +97,7 @@ async def _load(url: str, requests: int, concurrency: int) -> tuple[int, list[fl
                     await response.read()
                     ok += response.status == 200
                 latencies.append(time.perf_counter() - started)
+
         await asyncio.gather(*[worker() for _ in range(concurrency)])
     return ok, latencies
 
@@ -102,12 +106,16 @@ def _row(name: str, config: str, args: argparse.Namespace, upstream_port: int) -
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(config)
     port = _free_port()
-    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", f.name, "--port", str(port)],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", f.name, "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_port(port, gateway)
         url = f"http://127.0.0.1:{port}"
-        asyncio.run(_load(url, 200, args.concurrency))   # warm-up
+        asyncio.run(_load(url, 200, args.concurrency))  # warm-up
         started = time.monotonic()
         ok, latencies = asyncio.run(_load(url, args.requests, args.concurrency))
         elapsed = time.monotonic() - started
@@ -116,8 +124,13 @@ def _row(name: str, config: str, args: argparse.Namespace, upstream_port: int) -
         gateway.wait(timeout=30)
         os.unlink(f.name)
     latencies.sort()
-    return {"name": name, "success": ok / args.requests, "p50": statistics.median(latencies) * 1000,
-            "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000, "rps": args.requests / elapsed}
+    return {
+        "name": name,
+        "success": ok / args.requests,
+        "p50": statistics.median(latencies) * 1000,
+        "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "rps": args.requests / elapsed,
+    }
 
 
 class _Instant(Backend):
@@ -128,8 +141,9 @@ class _Instant(Backend):
         self._answer = UpstreamResponse(status=200, body=b"{}", data={})
 
     @asynccontextmanager
-    async def send(self, endpoint: Endpoint, payload: dict[str, Any], *,
-                   stream: bool) -> AsyncIterator[UpstreamResponse]:
+    async def send(
+        self, endpoint: Endpoint, payload: dict[str, Any], *, stream: bool
+    ) -> AsyncIterator[UpstreamResponse]:
         yield self._answer
 
 
@@ -155,8 +169,15 @@ async def _hot_path(n: int) -> tuple[float, float, float]:
     body = {"model": "chat", "messages": [{"role": "user", "content": "hello"}]}
 
     def call() -> Call:
-        return Call(record=RequestRecord(request_id="r", started=0.0, endpoint="/v1/chat/completions"),
-                    tenant="t", key_id="k", alias="chat", endpoint=Endpoint.CHAT, body=dict(body), stream=False)
+        return Call(
+            record=RequestRecord(request_id="r", started=0.0, endpoint="/v1/chat/completions"),
+            tenant="t",
+            key_id="k",
+            alias="chat",
+            endpoint=Endpoint.CHAT,
+            body=dict(body),
+            stream=False,
+        )
 
     best_direct = best_single = best_layer = float("inf")
     for _ in range(10):
@@ -165,7 +186,7 @@ async def _hot_path(n: int) -> tuple[float, float, float]:
             c = call()
             async with backend.send(c.endpoint, c.body, stream=False):
                 pass
-            await asyncio.sleep(0)   # as a real request does: the loop runs (and drops cancelled timers)
+            await asyncio.sleep(0)  # as a real request does: the loop runs (and drops cancelled timers)
         best_direct = min(best_direct, (time.perf_counter() - started) / n * 1e6)
         started = time.perf_counter()
         for _ in range(n):
@@ -183,7 +204,9 @@ async def _hot_path(n: int) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--fail-rate", type=float, default=0.3)
@@ -191,20 +214,40 @@ def main() -> None:
     args = parser.parse_args()
 
     upstream_port = _free_port()
-    upstream = subprocess.Popen([sys.executable, "-m", "tests.fakes.chaos_upstream", "--port", str(upstream_port),
-                                 "--fault", "status", "--status", "500", "--rate", str(args.fail_rate),
-                                 "--latency-ms", str(args.latency_ms)],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    upstream = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes.chaos_upstream",
+            "--port",
+            str(upstream_port),
+            "--fault",
+            "status",
+            "--status",
+            "500",
+            "--rate",
+            str(args.fail_rate),
+            "--latency-ms",
+            str(args.latency_ms),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_port(upstream_port, upstream)
-        results = [_row(name, _config(upstream_port, resilience, extra), args, upstream_port)
-                   for name, (resilience, extra) in ROWS.items()]
+        results = [
+            _row(name, _config(upstream_port, resilience, extra), args, upstream_port)
+            for name, (resilience, extra) in ROWS.items()
+        ]
     finally:
         upstream.terminate()
         upstream.wait(timeout=30)
 
-    print(f"\nUpstream failing {args.fail_rate:.0%} of requests with HTTP 500 "
-          f"({args.latency_ms:g} ms latency); {args.requests} requests, {args.concurrency} concurrent\n")
+    print(
+        f"\nUpstream failing {args.fail_rate:.0%} of requests with HTTP 500 "
+        f"({args.latency_ms:g} ms latency); {args.requests} requests, {args.concurrency} concurrent\n"
+    )
     print("| resilience | success | p50 ms | p99 ms | req/s |")
     print("|---|---:|---:|---:|---:|")
     for r in results:

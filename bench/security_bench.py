@@ -45,22 +45,40 @@ class _Transport:
 
 def main() -> None:
     register(["sk-" + "x" * 40, "upstream-secret-" + "y" * 24])
-    request = make_mocked_request("POST", "/v1/chat/completions", headers={"Authorization": "Bearer gw-abc"},
-                                  transport=_Transport())
+    request = make_mocked_request(
+        "POST", "/v1/chat/completions", headers={"Authorization": "Bearer gw-abc"}, transport=_Transport()
+    )
     no_proxies, proxies = allowlist(()), allowlist(("10.0.0.0/8",))
-    line = {"request_id": "a1b2c3d4e5f60708000001", "tenant": "acme", "key_id": "0123456789ab", "alias": "chat",
-            "deployment": "openai-compatible/gpt-4o-mini", "endpoint": "/v1/chat/completions", "status": 200,
-            "stream": False, "latency_ms": 12.3, "overhead_ms": 0.4, "prompt_tokens": 10, "completion_tokens": 20,
-            "event": "request", "level": "info", "timestamp": "2026-01-01T00:00:00Z"}
+    line = {
+        "request_id": "a1b2c3d4e5f60708000001",
+        "tenant": "acme",
+        "key_id": "0123456789ab",
+        "alias": "chat",
+        "deployment": "openai-compatible/gpt-4o-mini",
+        "endpoint": "/v1/chat/completions",
+        "status": 200,
+        "stream": False,
+        "latency_ms": 12.3,
+        "overhead_ms": 0.4,
+        "prompt_tokens": 10,
+        "completion_tokens": 20,
+        "event": "request",
+        "level": "info",
+        "timestamp": "2026-01-01T00:00:00Z",
+    }
     failed = {**line, "status": 502, "error": "upstream openai/gpt-4o-mini returned HTTP 500: internal error"}
     detector = Detector()
     prompt = "Summarise the meeting notes from Tuesday and list three action items for the team. " * 4
     scrubber = StreamScrubber(known())
-    delta = sse.Event(b'{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":'
-                      b'[{"index":0,"delta":{"content":" the"},"finish_reason":null}]}')
+    delta = sse.Event(
+        b'{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":'
+        b'[{"index":0,"delta":{"content":" the"},"finish_reason":null}]}'
+    )
     raw = sse.encode(delta.data)
-    held = delta._replace(data=delta.data.replace(b" the", b" sk"))   # ends like a secret's start: kept back
-    whole = UpstreamResponse(status=200, body=b'{"choices":[{"message":{"content":"' + b"word " * 2000 + b'"}}]}')
+    held = delta._replace(data=delta.data.replace(b" the", b" sk"))  # ends like a secret's start: kept back
+    whole = UpstreamResponse(
+        status=200, body=b'{"choices":[{"message":{"content":"' + b"word " * 2000 + b'"}}]}'
+    )
     rows = [
         ("(reference: an empty call)", per_call(lambda: None)),
         ("access: peer (no trusted proxies)", per_call(lambda: peer_of(request, no_proxies))),
@@ -74,7 +92,10 @@ def main() -> None:
         ("stream: (reference: the SSE re-encoding alone)", per_call(lambda: sse.encode(delta.data))),
         ("stream: (reference: decoding the event from its bytes)", per_call(lambda: sse.Decoder().feed(raw))),
         ("a whole 10 KB answer searched for secrets", per_call(lambda: scrub_whole(whole))),
-        (f"PII scan, {len(prompt)} characters (tenants with pii only)", per_call(lambda: detector.find(prompt))),
+        (
+            f"PII scan, {len(prompt)} characters (tenants with pii only)",
+            per_call(lambda: detector.find(prompt)),
+        ),
     ]
     print("| step | µs per request |\n|---|---|")
     for name, micros in rows:

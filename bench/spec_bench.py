@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from local_engine import LLM, SamplingParams
 
-CODE = '''def moving_average(values, window):
+CODE = """def moving_average(values, window):
     if window <= 0:
         raise ValueError("window must be positive")
     result = []
@@ -39,7 +39,7 @@ CODE = '''def moving_average(values, window):
         if i >= window - 1:
             result.append(total / window)
     return result
-'''
+"""
 TEXT = (
     "The river rises in the northern hills and runs for two hundred miles through farmland "
     "before it reaches the sea. In spring the melting snow swells it, and the old stone bridge "
@@ -90,8 +90,12 @@ def main() -> None:
     # Warm up (first-call allocations, thread pools) before timing anything.
     run(llm, REPEATING[:1], 1, 8, True)
     proposer = f"draft {args.draft_model}" if args.draft_model else "n-gram"
-    print(f"model {args.model} on {args.device}, {proposer} K={args.num_tokens}, greedy, {max_tokens} tokens out\n")
-    print(f"{'prompts':<10} {'conc':>4} {'off tok/s':>10} {'on tok/s':>10} {'speedup':>8} {'accept':>7} {'tok/step':>8}")
+    print(
+        f"model {args.model} on {args.device}, {proposer} K={args.num_tokens}, greedy, {max_tokens} tokens out\n"
+    )
+    print(
+        f"{'prompts':<10} {'conc':>4} {'off tok/s':>10} {'on tok/s':>10} {'speedup':>8} {'accept':>7} {'tok/step':>8}"
+    )
     for name, prompts in (("repeating", REPEATING), ("novel", NOVEL)):
         for concurrency in (1, 8):
             batch = prompts[:2] if concurrency == 1 and args.quick else prompts

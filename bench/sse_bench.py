@@ -28,8 +28,10 @@ def stream(end: bytes, space: bool) -> list[bytes]:
     choices += [[{"index": 0, "delta": {"content": w}, "finish_reason": None}] for w in WORDS]
     choices += [[{"index": 0, "delta": {}, "finish_reason": "stop"}]]
     payloads = [orjson.dumps({**BASE, "choices": c}) for c in choices]
-    payloads += [orjson.dumps({**BASE, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 31}}),
-                 b"[DONE]"]
+    payloads += [
+        orjson.dumps({**BASE, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 31}}),
+        b"[DONE]",
+    ]
     prefix = b"data: " if space else b"data:"
     return [prefix + p + end + end for p in payloads]
 
@@ -44,11 +46,15 @@ def relay(chunks: list[bytes]) -> None:
 
 def main() -> None:
     rows: list[tuple[str, float, float, float]] = []
-    for name, end, space in (("LF", b"\n", True), ("LF, data:x", b"\n", False), ("CRLF", b"\r\n", True),
-                             ("CR", b"\r", True)):
+    for name, end, space in (
+        ("LF", b"\n", True),
+        ("LF, data:x", b"\n", False),
+        ("CRLF", b"\r\n", True),
+        ("CR", b"\r", True),
+    ):
         chunks = stream(end, space)
         whole = [b"".join(chunks)]
-        split = [b for c in chunks for b in (c[: len(c) // 2], c[len(c) // 2:])]
+        split = [b for c in chunks for b in (c[: len(c) // 2], c[len(c) // 2 :])]
         cells = []
         for pieces in (chunks, whole, split):
             runs = timeit.repeat(functools.partial(relay, pieces), number=2000, repeat=5)

@@ -82,10 +82,12 @@ def make_tracing(ratio: float, exporter: EncodingExporter) -> Any:
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
         # a processor that never exports on its own: the loop's figure excludes the export thread's
-        processor = BatchSpanProcessor(exporter, max_queue_size=1 << 22, schedule_delay_millis=3_600_000,
-                                       max_export_batch_size=1 << 22)
-        provider = TracerProvider(resource=Resource.create({"service.name": "bench"}),
-                                  sampler=ParentBased(TraceIdRatioBased(ratio)))
+        processor = BatchSpanProcessor(
+            exporter, max_queue_size=1 << 22, schedule_delay_millis=3_600_000, max_export_batch_size=1 << 22
+        )
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": "bench"}), sampler=ParentBased(TraceIdRatioBased(ratio))
+        )
         provider.add_span_processor(processor)
         return make(config, ("/v1/",), provider=provider)
 
@@ -94,9 +96,15 @@ def flush(traced: Any) -> None:
     getattr(traced, "provider", traced).force_flush()
 
 
-DEPLOYMENT = DeploymentConfig(provider="openai-compatible", model="gpt-4o-mini", api_base="http://127.0.0.1:9/v1",
-                              api_key="x")
-BODY = {"model": "chat", "max_tokens": 64, "temperature": 0.5, "messages": [{"role": "user", "content": "hi"}]}
+DEPLOYMENT = DeploymentConfig(
+    provider="openai-compatible", model="gpt-4o-mini", api_base="http://127.0.0.1:9/v1", api_key="x"
+)
+BODY = {
+    "model": "chat",
+    "max_tokens": 64,
+    "temperature": 0.5,
+    "messages": [{"role": "user", "content": "hi"}],
+}
 
 
 def one_request(traced: Any, headers: dict[str, str], n: int) -> None:
@@ -124,7 +132,9 @@ def one_request(traced: Any, headers: dict[str, str], n: int) -> None:
 def run(ratio: float, client_parent: bool, requests: int) -> tuple[float, float, float]:
     exporter = EncodingExporter()
     traced = make_tracing(ratio, exporter)
-    headers = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"} if client_parent else {}
+    headers = (
+        {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"} if client_parent else {}
+    )
     for n in range(200):  # warm up (first-call imports, caches)
         one_request(traced, headers, n)
     flush(traced)
@@ -143,24 +153,35 @@ def run(ratio: float, client_parent: bool, requests: int) -> tuple[float, float,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--gateway-us", type=float, default=460.0)
     args = parser.parse_args()
     asyncio.set_event_loop(asyncio.new_event_loop())
-    rows = {"sampled, trace started here": (1.0, False), "sampled, client traceparent": (1.0, True),
-            "sample_ratio 0.1": (0.1, False), "sample_ratio 0 (not sampled)": (0.0, False)}
-    print(f"| row ({args.requests} requests, median of {args.rounds}) | spans/request | loop µs | export µs "
-          f"| total µs | kept of a {args.gateway_us:.0f} µs request |")
+    rows = {
+        "sampled, trace started here": (1.0, False),
+        "sampled, client traceparent": (1.0, True),
+        "sample_ratio 0.1": (0.1, False),
+        "sample_ratio 0 (not sampled)": (0.0, False),
+    }
+    print(
+        f"| row ({args.requests} requests, median of {args.rounds}) | spans/request | loop µs | export µs "
+        f"| total µs | kept of a {args.gateway_us:.0f} µs request |"
+    )
     print("|---|---|---|---|---|---|")
     for name, (ratio, parent) in rows.items():
         runs = [run(ratio, parent, args.requests) for _ in range(args.rounds)]
         loop = statistics.median(r[0] for r in runs)
         export = statistics.median(r[1] for r in runs)
         total = loop + export
-        print(f"| {name} | {runs[0][2]:.1f} | {loop:.1f} | {export:.1f} | {total:.1f} "
-              f"| {1 / (1 + total / args.gateway_us):.1%} |", flush=True)
+        print(
+            f"| {name} | {runs[0][2]:.1f} | {loop:.1f} | {export:.1f} | {total:.1f} "
+            f"| {1 / (1 + total / args.gateway_us):.1%} |",
+            flush=True,
+        )
     return 0
 
 

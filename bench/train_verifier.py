@@ -53,7 +53,7 @@ def embed_texts(texts: list[str]) -> np.ndarray:
     if missing:
         model = load_model()
         for start in range(0, len(missing), 512):
-            chunk = missing[start:start + 512]
+            chunk = missing[start : start + 512]
             known.update(zip(chunk, encode(model, chunk), strict=True))
             print(f"embedded {start + len(chunk)}/{len(missing)}", file=sys.stderr)
         EMBEDDINGS.parent.mkdir(parents=True, exist_ok=True)
@@ -68,8 +68,10 @@ def embed_pairs(rows: list[dict[str, object]]) -> tuple[np.ndarray, np.ndarray]:
 
 def design(rows: list[dict[str, object]], u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The classifier's features of each pair, in both orders."""
-    return (np.stack([verifier.features(str(r["a"]), u[i], str(r["b"]), v[i]) for i, r in enumerate(rows)]),
-            np.stack([verifier.features(str(r["b"]), v[i], str(r["a"]), u[i]) for i, r in enumerate(rows)]))
+    return (
+        np.stack([verifier.features(str(r["a"]), u[i], str(r["b"]), v[i]) for i, r in enumerate(rows)]),
+        np.stack([verifier.features(str(r["b"]), v[i], str(r["a"]), u[i]) for i, r in enumerate(rows)]),
+    )
 
 
 def fit(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
@@ -81,15 +83,18 @@ def fit(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float, np.n
     return model.coef_[0].astype(np.float32), float(model.intercept_[0]), mean, scale
 
 
-def predict(params: tuple[np.ndarray, float, np.ndarray, np.ndarray], x: np.ndarray,
-            flipped: np.ndarray) -> np.ndarray:
+def predict(
+    params: tuple[np.ndarray, float, np.ndarray, np.ndarray], x: np.ndarray, flipped: np.ndarray
+) -> np.ndarray:
     """As ``verifier.probability``: the mean over both orders of each pair."""
     coef, intercept, mean, scale = params
-    return np.mean([1.0 / (1.0 + np.exp(-(((f - mean) / scale) @ coef + intercept))) for f in (x, flipped)], axis=0)
+    return np.mean(
+        [1.0 / (1.0 + np.exp(-(((f - mean) / scale) @ coef + intercept))) for f in (x, flipped)], axis=0
+    )
 
 
 NEAR_MISS_CLASSES_MIN = 100
-TARGET = 0.008   # per near-miss class, out of fold (the test split must stay under 1%)
+TARGET = 0.008  # per near-miss class, out of fold (the test split must stay under 1%)
 
 
 def near_miss_groups(rows: list[dict[str, object]]) -> dict[str, np.ndarray]:
@@ -106,12 +111,18 @@ def near_miss_groups(rows: list[dict[str, object]]) -> dict[str, np.ndarray]:
     return groups
 
 
-def choose(cos: np.ndarray, prob: np.ndarray, ok: np.ndarray, label: np.ndarray,
-           groups: dict[str, np.ndarray], target: float) -> tuple[float, float, float, float]:
+def choose(
+    cos: np.ndarray,
+    prob: np.ndarray,
+    ok: np.ndarray,
+    label: np.ndarray,
+    groups: dict[str, np.ndarray],
+    target: float,
+) -> tuple[float, float, float, float]:
     """(cosine, probability, recall, worst class's false-hit rate): the best recall with every near-miss
     class at or under target."""
     best = (0.95, 0.95, -1.0, 1.0)
-    safest = (0.95, 0.95, -1.0, 1.0)   # when no point meets the target: the lowest worst class, then recall
+    safest = (0.95, 0.95, -1.0, 1.0)  # when no point meets the target: the lowest worst class, then recall
     for c in COSINES:
         for p in PROBABILITIES:
             hit = (cos >= c) & ok & (prob >= p)
@@ -125,8 +136,12 @@ def choose(cos: np.ndarray, prob: np.ndarray, ok: np.ndarray, label: np.ndarray,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--c", type=float, default=0.05, help="inverse L2 strength of the logistic regression")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--c", type=float, default=0.05, help="inverse L2 strength of the logistic regression"
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -148,29 +163,39 @@ def main() -> None:
         test = np.isin(families, held)
         params = fit(np.concatenate([x[~test], flipped[~test]]), np.concatenate([y[~test], y[~test]]), args.c)
         out_of_fold[test] = predict(params, x[test], flipped[test])
-    out_of_fold[same] = 1.0   # the verifier serves these without asking the classifier
+    out_of_fold[same] = 1.0  # the verifier serves these without asking the classifier
     c, p, recall, worst = choose(cos, out_of_fold, ok, y, groups, TARGET)
     # faq: the same point, and the strict veto (a meaning word on each side the other lacks) on top
     strict = ok & ~np.array([slots.unmatched(str(r["a"]), str(r["b"])) for r in rows])
     hit = (cos >= c) & strict & (out_of_fold >= p)
     faq_worst = max(float(hit[mask].mean()) for mask in groups.values())
     modes = {"general": {"threshold": c, "min_probability": p}, "faq": {"threshold": c, "min_probability": p}}
-    print(f"train pairs {len(rows)}; out-of-fold operating point cosine >= {c:.2f}, probability >= {p:.2f}: "
-          f"general recall {recall:.1%}, worst near-miss class {worst:.2%}; faq (strict) recall "
-          f"{hit[y == 1].mean():.1%}, worst near-miss class {faq_worst:.2%}")
+    print(
+        f"train pairs {len(rows)}; out-of-fold operating point cosine >= {c:.2f}, probability >= {p:.2f}: "
+        f"general recall {recall:.1%}, worst near-miss class {worst:.2%}; faq (strict) recall "
+        f"{hit[y == 1].mean():.1%}, worst near-miss class {faq_worst:.2%}"
+    )
 
     coef, intercept, mean, scale = fit(np.concatenate([x, flipped]), np.concatenate([y, y]), args.c)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({
-        "model": "all-MiniLM-L6-v2",
-        "trained_on": "bench/data/make_pairs.py split=train",
-        "modes": modes,
-        "coef": [round(float(w), 6) for w in coef],
-        "intercept": round(intercept, 6),
-        "mean": [round(float(w), 6) for w in mean],
-        "scale": [round(float(w), 6) for w in scale],
-    }) + "\n", encoding="utf-8")
-    print(f"wrote {OUT.relative_to(ROOT)} ({OUT.stat().st_size // 1024} kB) in {time.perf_counter() - started:.0f} s")
+    OUT.write_text(
+        json.dumps(
+            {
+                "model": "all-MiniLM-L6-v2",
+                "trained_on": "bench/data/make_pairs.py split=train",
+                "modes": modes,
+                "coef": [round(float(w), 6) for w in coef],
+                "intercept": round(intercept, 6),
+                "mean": [round(float(w), 6) for w in mean],
+                "scale": [round(float(w), 6) for w in scale],
+            }
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    print(
+        f"wrote {OUT.relative_to(ROOT)} ({OUT.stat().st_size // 1024} kB) in {time.perf_counter() - started:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -37,32 +37,50 @@ def conversation(rounds: int) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = [{"role": "system", "content": "You are a helpful analyst. " * 20}]
     for r in range(rounds):
         messages.append({"role": "user", "content": f"Round {r}: summarise section {r} of the report. " * 8})
-        call = {"id": f"call_{r}", "type": "function", "function": {"name": "read", "arguments": f'{{"s": {r}}}'}}
+        call = {
+            "id": f"call_{r}",
+            "type": "function",
+            "function": {"name": "read", "arguments": f'{{"s": {r}}}'},
+        }
         messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        messages.append({"role": "tool", "tool_call_id": f"call_{r}",
-                         "content": f"Section {r}: revenue grew {r % 17} percent while costs fell. " * 30})
+        messages.append(
+            {
+                "role": "tool",
+                "tool_call_id": f"call_{r}",
+                "content": f"Section {r}: revenue grew {r % 17} percent while costs fell. " * 30,
+            }
+        )
         messages.append({"role": "assistant", "content": f"Section {r} shows growth and lower costs. " * 10})
     messages.append({"role": "user", "content": "Now compare all sections."})
     return messages
 
 
 def one_long_message(words: int) -> list[dict[str, Any]]:
-    return [{"role": "system", "content": "Summarise."},
-            {"role": "user", "content": " ".join(f"token{i % 977} value {i}." for i in range(words))}]
+    return [
+        {"role": "system", "content": "Summarise."},
+        {"role": "user", "content": " ".join(f"token{i % 977} value {i}." for i in range(words))},
+    ]
 
 
-def per_call_ms(policies: ContextPolicies, config: ContextConfig, messages: list[dict[str, Any]],
-                runs: int) -> tuple[float, str]:
+def per_call_ms(
+    policies: ContextPolicies, config: ContextConfig, messages: list[dict[str, Any]], runs: int
+) -> tuple[float, str]:
     best = float("inf")
     header = "-"
     for _ in range(runs):
-        call = Call(record=RequestRecord("r", 0.0, "chat"), tenant="t", key_id="k", alias="chat",
-                    endpoint=Endpoint.CHAT, body={"model": "chat", "messages": list(messages), "max_tokens": 500},
-                    stream=False)
+        call = Call(
+            record=RequestRecord("r", 0.0, "chat"),
+            tenant="t",
+            key_id="k",
+            alias="chat",
+            endpoint=Endpoint.CHAT,
+            body={"model": "chat", "messages": list(messages), "max_tokens": 500},
+            stream=False,
+        )
         start = time.process_time()
         try:
             policies._fit(call, config)
-        except Exception as exc:   # reject: the refusal is the result
+        except Exception as exc:  # reject: the refusal is the result
             header = type(exc).__name__
         best = min(best, time.process_time() - start)
         header = call.record.response_headers.get("x-gateway-context-truncated", header)
@@ -73,31 +91,55 @@ def main() -> None:
     pool = SessionPool()
     rows = []
     for model, counting in (("gpt-4o-mini", "BPE"), ("unknown-model", "estimate")):
-        deployment = DeploymentConfig(provider="openai-compatible", model=model, api_base="http://127.0.0.1:9/v1",
-                                      context_window=WINDOW)
+        deployment = DeploymentConfig(
+            provider="openai-compatible", model=model, api_base="http://127.0.0.1:9/v1", context_window=WINDOW
+        )
         router = Router({"chat": [Route.of("chat", deployment, build_backend(deployment, pool))]}, {})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             policies = ContextPolicies(router, {"chat": ContextConfig()}, {})
         for policy, messages, shape in (
-                ("fallback", conversation(150), "150 rounds with tools"),
-                ("reject", conversation(150), "150 rounds with tools"),
-                ("truncate_oldest", conversation(150), "150 rounds with tools"),
-                ("truncate_middle", one_long_message(15_000), "one long message")):
+            ("fallback", conversation(150), "150 rounds with tools"),
+            ("reject", conversation(150), "150 rounds with tools"),
+            ("truncate_oldest", conversation(150), "150 rounds with tools"),
+            ("truncate_middle", one_long_message(15_000), "one long message"),
+        ):
             ms, result = per_call_ms(policies, ContextConfig(policy=policy), messages, runs=3)  # type: ignore[arg-type]
             rows.append((f"context {policy}", f"{shape}, {counting}", f"{ms:.1f} ms", result))
 
-    variants = Variants({"chat": {"stable": VariantConfig(deployments=("a",), weight=90),
-                                  "candidate": VariantConfig(deployments=("b",), weight=10,
-                                                             system_prompt="You are the candidate.",
-                                                             params={"temperature": 0.2})}}, {},
-                        random.Random(1))
+    variants = Variants(
+        {
+            "chat": {
+                "stable": VariantConfig(deployments=("a",), weight=90),
+                "candidate": VariantConfig(
+                    deployments=("b",),
+                    weight=10,
+                    system_prompt="You are the candidate.",
+                    params={"temperature": 0.2},
+                ),
+            }
+        },
+        {},
+        random.Random(1),
+    )
     for label, user in (("random", None), ("sticky by user", "user-1234")):
         n = 20_000
-        calls = [Call(record=RequestRecord("r", 0.0, "chat"), tenant="t", key_id="k", alias="chat",
-                      endpoint=Endpoint.CHAT, stream=False,
-                      body={"model": "chat", "messages": [{"role": "user", "content": "hi"}],
-                            **({"user": user} if user else {})}) for _ in range(n)]
+        calls = [
+            Call(
+                record=RequestRecord("r", 0.0, "chat"),
+                tenant="t",
+                key_id="k",
+                alias="chat",
+                endpoint=Endpoint.CHAT,
+                stream=False,
+                body={
+                    "model": "chat",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    **({"user": user} if user else {}),
+                },
+            )
+            for _ in range(n)
+        ]
         start = time.process_time()
         for call in calls:
             variants.choose(call)
@@ -123,23 +165,44 @@ def chunk_rows() -> list[tuple[str, str, str, str]]:
         split_ms = (time.process_time() - start) * 1000
         assert planned is not None
         sent, plan = planned
-        data = {"data": [{"object": "embedding", "index": i, "embedding": [random.random() for _ in range(1536)]}
-                         for i in range(len(sent))]}
+        data = {
+            "data": [
+                {"object": "embedding", "index": i, "embedding": [random.random() for _ in range(1536)]}
+                for i in range(len(sent))
+            ]
+        }
         start = time.process_time()
         chunking.combine(plan, data)
         combine_ms = (time.process_time() - start) * 1000
-        rows.append(("embeddings chunk: split", f"one input of ~100k tokens, {label}", f"{split_ms:.1f} ms",
-                     f"{len(sent)} chunks"))
-        rows.append(("embeddings chunk: combine", f"{len(sent)} vectors of 1536", f"{combine_ms:.1f} ms", "-"))
+        rows.append(
+            (
+                "embeddings chunk: split",
+                f"one input of ~100k tokens, {label}",
+                f"{split_ms:.1f} ms",
+                f"{len(sent)} chunks",
+            )
+        )
+        rows.append(
+            ("embeddings chunk: combine", f"{len(sent)} vectors of 1536", f"{combine_ms:.1f} ms", "-")
+        )
     return rows
 
 
 def canary_row() -> tuple[str, str, str, str]:
     """The canary watch's cost per outcome with both windows full (4,096 outcomes each), judged every time."""
-    variants = Variants({"chat": {"v1": VariantConfig(deployments=("a",), weight=90),
-                                  "v2": VariantConfig(deployments=("b",), weight=10,
-                                                      canary=CanaryConfig(stable="v1", error_rate_margin=1.0,
-                                                                          latency_margin=100))}}, {})
+    variants = Variants(
+        {
+            "chat": {
+                "v1": VariantConfig(deployments=("a",), weight=90),
+                "v2": VariantConfig(
+                    deployments=("b",),
+                    weight=10,
+                    canary=CanaryConfig(stable="v1", error_rate_margin=1.0, latency_margin=100),
+                ),
+            }
+        },
+        {},
+    )
 
     async def never(alias: str, candidate: str, verdict: Any) -> None:
         raise AssertionError("no rollback expected")

@@ -45,9 +45,16 @@ class GatewayError(Exception):
     code: str | None
     log_level: LogLevel
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 status: int | None = None, error_type: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        error_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         message = scrub(message)
         super().__init__(message)
         self.message = message
@@ -141,7 +148,9 @@ def from_upstream(error: UpstreamError, backend_id: str) -> UpstreamError:
     return UpstreamAuthFailed(
         f"upstream {backend_id} refused the gateway's credentials for this deployment (HTTP {error.status}); "
         "the gateway's operator must check the deployment's api_key or credentials. Your own API key was "
-        "accepted by the gateway.", headers=error.headers)
+        "accepted by the gateway.",
+        headers=error.headers,
+    )
 
 
 class UpstreamConnectionError(UpstreamError):

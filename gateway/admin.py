@@ -28,7 +28,7 @@ from .security.network import PEER
 @dataclass(frozen=True, slots=True)
 class Principal:
     admin: bool
-    tenant: str | None   # None for an admin key
+    tenant: str | None  # None for an admin key
     key_id: str
 
 
@@ -59,8 +59,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _reply(request: web.Request, data: Any) -> web.Response:
     request[RECORD].status = 200
-    return web.Response(body=orjson.dumps(data), content_type="application/json",
-                        headers={"x-request-id": request[RECORD].request_id})
+    return web.Response(
+        body=orjson.dumps(data),
+        content_type="application/json",
+        headers={"x-request-id": request[RECORD].request_id},
+    )
 
 
 async def _usage(request: web.Request) -> web.StreamResponse:
@@ -96,9 +99,14 @@ async def _usage(request: web.Request) -> web.StreamResponse:
     rows = [row for tenant in tenants for row in await pipeline.usage(tenant, days, group_by)]  # type: ignore[arg-type]  # checked above
     if fmt == "csv":
         request[RECORD].status = 200
-        return web.Response(text=ledger.to_csv(rows), content_type="text/csv",
-                            headers={"x-request-id": request[RECORD].request_id})
-    return _reply(request, {"object": "list", "from": days[0], "to": days[-1], "group_by": group_by, "data": rows})
+        return web.Response(
+            text=ledger.to_csv(rows),
+            content_type="text/csv",
+            headers={"x-request-id": request[RECORD].request_id},
+        )
+    return _reply(
+        request, {"object": "list", "from": days[0], "to": days[-1], "group_by": group_by, "data": rows}
+    )
 
 
 async def _deployments(request: web.Request) -> web.Response:
@@ -117,10 +125,14 @@ async def _purge_cache(request: web.Request) -> web.Response:
             body = await request.json(loads=orjson.loads)
         except (orjson.JSONDecodeError, UnicodeDecodeError):
             body = None
-        if not isinstance(body, dict) or not isinstance(body.get("tenant"), str) or \
-                not isinstance(body.get("alias", ""), str):
-            raise InvalidRequest("Expected a JSON object {\"tenant\": string, \"alias\": string (optional)}.",
-                                 param="tenant")
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("tenant"), str)
+            or not isinstance(body.get("alias", ""), str)
+        ):
+            raise InvalidRequest(
+                'Expected a JSON object {"tenant": string, "alias": string (optional)}.', param="tenant"
+            )
         tenant, alias = body["tenant"], body.get("alias")
     else:
         tenant, alias = request.match_info["tenant"], request.match_info.get("alias")
@@ -200,8 +212,9 @@ async def _rotate_key(request: web.Request) -> web.Response:
     """``POST /admin/keys/{id}/rotate`` ``{"grace_s"?}``: a new key; the old one works ``grace_s`` longer."""
     who = require_admin(request)
     body = await _json_body(request) if request.can_read_body else {}
-    key, entry = await request.app[CONTROL].rotate_key(who.key_id, request.match_info["id"],
-                                                       _number(body, "grace_s", 0.0) or 0.0)
+    key, entry = await request.app[CONTROL].rotate_key(
+        who.key_id, request.match_info["id"], _number(body, "grace_s", 0.0) or 0.0
+    )
     return _made(request, key, entry)
 
 
@@ -209,8 +222,9 @@ async def _expire_key(request: web.Request) -> web.Response:
     """``PATCH /admin/keys/{id}`` ``{"expires_at" | "expires_in_s"}`` (null: never)."""
     who = require_admin(request)
     control = request.app[CONTROL]
-    entry = await control.expire_key(who.key_id, request.match_info["id"],
-                                     _expiry(await _json_body(request), control.clock.time()))
+    entry = await control.expire_key(
+        who.key_id, request.match_info["id"], _expiry(await _json_body(request), control.clock.time())
+    )
     return _reply(request, entry.public(control.clock.time()))
 
 
@@ -222,8 +236,11 @@ async def _revoke_key(request: web.Request) -> web.Response:
 
 
 def _tenant_view(tenant: Any, source: str) -> dict[str, Any]:
-    return {"name": tenant.name, "source": source,
-            **tenant.model_dump(mode="json", exclude={"name", "keys"}, exclude_none=True)}
+    return {
+        "name": tenant.name,
+        "source": source,
+        **tenant.model_dump(mode="json", exclude={"name", "keys"}, exclude_none=True),
+    }
 
 
 async def _tenants(request: web.Request) -> web.Response:
@@ -232,7 +249,8 @@ async def _tenants(request: web.Request) -> web.Response:
     control, config = request.app[CONTROL], request.app[GATEWAY].loaded.config
     configured = {t.name for t in config.tenants}
     data = [_tenant_view(t, "config") for t in config.tenants] + [
-        _tenant_view(t, "runtime") for name, t in control.tenants.items() if name not in configured]
+        _tenant_view(t, "runtime") for name, t in control.tenants.items() if name not in configured
+    ]
     return _reply(request, {"object": "list", "data": data})
 
 
@@ -251,8 +269,9 @@ async def _update_tenant(request: web.Request) -> web.Response:
     """``PATCH /admin/tenants/{name}``: changes the fields given (limits, budget, models...) of a runtime tenant."""
     who = require_admin(request)
     aliases = [m.name for m in request.app[GATEWAY].loaded.config.models]
-    tenant = await request.app[CONTROL].update_tenant(who.key_id, request.match_info["name"],
-                                                      await _json_body(request), aliases)
+    tenant = await request.app[CONTROL].update_tenant(
+        who.key_id, request.match_info["name"], await _json_body(request), aliases
+    )
     return _reply(request, _tenant_view(tenant, "runtime"))
 
 
@@ -281,7 +300,9 @@ async def _variants(request: web.Request) -> web.Response:
     versions = _versions(request)
     alias = request.match_info["alias"]
     if request.method == "GET":
-        return _reply(request, {"object": "alias.variants", "alias": alias, "variants": versions.current(alias)})
+        return _reply(
+            request, {"object": "alias.variants", "alias": alias, "variants": versions.current(alias)}
+        )
     body = await _json_body(request)
     if not isinstance(body.get("action"), str):
         raise InvalidRequest('Expected a JSON object {"action": string, "why": string, ...}.', param="action")
@@ -306,8 +327,10 @@ def _lora_host(request: web.Request) -> Any:
     for backend in request.app[GATEWAY].backends:
         if backend.id == deployment and hasattr(backend, "add_lora"):
             return backend
-    raise NotFound(f"No local engine deployment named {deployment!r} (LoRA adapters live on provider: local).",
-                   param="deployment")
+    raise NotFound(
+        f"No local engine deployment named {deployment!r} (LoRA adapters live on provider: local).",
+        param="deployment",
+    )
 
 
 async def _lora(request: web.Request) -> web.Response:
@@ -326,7 +349,9 @@ async def _lora(request: web.Request) -> web.Response:
         return _reply(request, {"object": "lora_adapter", "name": name, "deleted": True})
     path = body.get("lora_path")
     if not isinstance(path, str) or not path:
-        raise InvalidRequest("lora_path must be a non-empty string (a PEFT adapter directory).", param="lora_path")
+        raise InvalidRequest(
+            "lora_path must be a non-empty string (a PEFT adapter directory).", param="lora_path"
+        )
     return _reply(request, await host.add_lora(name, path))
 
 
@@ -335,10 +360,17 @@ async def _variant_stats(request: web.Request) -> web.Response:
     require_admin(request)
     alias = request.match_info["alias"]
     versions = _versions(request)
-    versions.current(alias)   # 404 for an alias without variants
+    versions.current(alias)  # 404 for an alias without variants
     shadows = request.app[GATEWAY].pipeline.shadows
-    return _reply(request, {"object": "alias.variants.stats", "alias": alias, "canary": versions.canary.windows(alias),
-                            "shadow": shadows.view(alias) if shadows is not None else {}})
+    return _reply(
+        request,
+        {
+            "object": "alias.variants.stats",
+            "alias": alias,
+            "canary": versions.canary.windows(alias),
+            "shadow": shadows.view(alias) if shadows is not None else {},
+        },
+    )
 
 
 # (method, path, handler): every admin route

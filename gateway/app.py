@@ -68,15 +68,19 @@ CLIENT_CLOSED = 499  # nginx's name for it: the client went away before the answ
 
 def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     """The gateway's aiohttp application; ``clock``: the time its policies read (tests pass a ManualClock)."""
-    app = web.Application(middlewares=[_middleware, access.middleware], client_max_size=loaded.config.server.max_body_bytes,
-                          handler_args={"max_field_size": 16384})
+    app = web.Application(
+        middlewares=[_middleware, access.middleware],
+        client_max_size=loaded.config.server.max_body_bytes,
+        handler_args={"max_field_size": 16384},
+    )
     app[STORES] = StoreLayer(loaded.config.stores, clock)
     app[GATEWAY] = Gateway.build(loaded, app[STORES], clock)
     app.on_response_prepare.append(_server_header)
-    app.cleanup_ctx.append(_stores)      # first in, last out: the client outlives every gateway using it
-    sealer = crypto.sealer(loaded.config.encryption)   # changing encryption for stored data needs a restart
-    app[responses.STORE] = responses.new_store(app[STORES].kv, loaded.config.server.responses_ttl_s,
-                                               sealer if sealer.on else None)
+    app.cleanup_ctx.append(_stores)  # first in, last out: the client outlives every gateway using it
+    sealer = crypto.sealer(loaded.config.encryption)  # changing encryption for stored data needs a restart
+    app[responses.STORE] = responses.new_store(
+        app[STORES].kv, loaded.config.server.responses_ttl_s, sealer if sealer.on else None
+    )
     app.cleanup_ctx.append(_lifecycle)
     app[controlplane.CONTROL] = controlplane.ControlPlane(app[STORES].kv, loaded.config.control_plane, clock)
     app.cleanup_ctx.append(_control)
@@ -84,14 +88,16 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     blobs: Blobs = LocalBlobs(config.files.dir)
     if config.encryption is not None:
         blobs = SealedBlobs(blobs, crypto.keyring(config.encryption))
-    app[files.FILES] = files.Files(app[STORES].kv, blobs, config.files, clock, retention=_tenant_retention(app))
+    app[files.FILES] = files.Files(
+        app[STORES].kv, blobs, config.files, clock, retention=_tenant_retention(app)
+    )
     app[batches.BATCHES] = batches.Batches(app[STORES].kv, config.batches, clock)
-    if config.batches.enabled:   # changing it needs a restart
+    if config.batches.enabled:  # changing it needs a restart
         app.cleanup_ctx.append(_batch_runner)
     app[fine_tuning.JOBS] = fine_tuning.Jobs(app[STORES].kv, config.fine_tuning, clock)
-    if config.fine_tuning.enabled:   # changing it needs a restart
+    if config.fine_tuning.enabled:  # changing it needs a restart
         app.cleanup_ctx.append(_fine_tuning_runner)
-        fine_tuning.add_routes(app)   # OpenAI's fine-tuning API (docs/fine_tuning.md)
+        fine_tuning.add_routes(app)  # OpenAI's fine-tuning API (docs/fine_tuning.md)
     traces = tracing.build(loaded.config.tracing, _API_PATHS)
     if traces is not None:  # off: no middleware, no OpenTelemetry import
         app.middlewares.append(traces.middleware)
@@ -103,7 +109,9 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
         app[requestlog.REQUEST_LOG] = log
         if log.bodies is not None:  # some tenant's bodies are logged
             app.middlewares.append(logbodies.middleware(_API_PATHS, requestlog.REQUEST_LOG))
-    app[retention.RETENTION] = retention.Retention(app, app[files.FILES], app.get(requestlog.REQUEST_LOG), clock)
+    app[retention.RETENTION] = retention.Retention(
+        app, app[files.FILES], app.get(requestlog.REQUEST_LOG), clock
+    )
     app.cleanup_ctx.append(retention.background)
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", proxy_handler(Endpoint.CHAT))
@@ -113,7 +121,7 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
         app.router.add_get(f"{prefix}/models/{{model:.+}}", _get_model)
     app.router.add_post("/v1/messages", messages.handle)  # Anthropic's Messages API, any backend
     app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
-    app.router.add_post("/v1/messages/batches", message_batches.create)   # Anthropic's, on the same runner
+    app.router.add_post("/v1/messages/batches", message_batches.create)  # Anthropic's, on the same runner
     app.router.add_get("/v1/messages/batches", message_batches.list_batches)
     app.router.add_get("/v1/messages/batches/{id}", message_batches.retrieve)
     app.router.add_post("/v1/messages/batches/{id}/cancel", message_batches.cancel)
@@ -122,7 +130,7 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
     app.router.add_get("/v1/responses/{id}", responses.retrieve)
     app.router.add_delete("/v1/responses/{id}", responses.delete)
     app.router.add_get("/v1/responses/{id}/input_items", responses.input_items)
-    app.router.add_post("/v1/files", files.upload)   # OpenAI's Files and Batch APIs (docs/batches.md)
+    app.router.add_post("/v1/files", files.upload)  # OpenAI's Files and Batch APIs (docs/batches.md)
     app.router.add_get("/v1/files", files.list_files)
     app.router.add_get("/v1/files/{id}", files.retrieve)
     app.router.add_delete("/v1/files/{id}", files.delete)
@@ -148,9 +156,10 @@ def build_app(loaded: LoadedConfig, clock: Clock = SYSTEM) -> web.Application:
 
 
 def _tenant_retention(app: web.Application) -> Callable[[str], float | None]:
-    def of(name: str) -> float | None:   # the loaded config's, reloads included
+    def of(name: str) -> float | None:  # the loaded config's, reloads included
         found = next((t for t in app[GATEWAY].loaded.config.tenants if t.name == name), None)
         return None if found is None else retention.retention_s(found)
+
     return of
 
 
@@ -187,8 +196,13 @@ async def _control(app: web.Application) -> AsyncIterator[None]:
 
 async def _batch_runner(app: web.Application) -> AsyncIterator[None]:
     """Batches run in the background of every process, after the gateway started and until it closes."""
-    runner = BatchRunner(lambda: app[GATEWAY], app[batches.BATCHES], app[files.FILES], app[batches.BATCHES].config,
-                         app[responses.STORE])
+    runner = BatchRunner(
+        lambda: app[GATEWAY],
+        app[batches.BATCHES],
+        app[files.FILES],
+        app[batches.BATCHES].config,
+        app[responses.STORE],
+    )
     runner.start()
     yield
     await runner.close()
@@ -208,8 +222,9 @@ async def _server_header(_request: web.Request, response: web.StreamResponse) ->
 
 def error_response(exc: GatewayError, request_id: str) -> web.Response:
     headers = {"x-request-id": request_id, **exc.headers}
-    return web.Response(body=orjson.dumps(exc.body()), status=exc.status, headers=headers,
-                        content_type="application/json")
+    return web.Response(
+        body=orjson.dumps(exc.body()), status=exc.status, headers=headers, content_type="application/json"
+    )
 
 
 @web.middleware
@@ -258,8 +273,10 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> GatewayError:
     if exc.status == 404:
         return NotFound(f"Invalid URL ({request.method} {request.path})")
     if exc.status == 405:
-        return MethodNotAllowed(f"Method {request.method} is not allowed for {request.path}",
-                                headers={"Allow": exc.headers.get("Allow", "")})
+        return MethodNotAllowed(
+            f"Method {request.method} is not allowed for {request.path}",
+            headers={"Allow": exc.headers.get("Allow", "")},
+        )
     if exc.status == 413:
         return PayloadTooLarge("Request body exceeds the size limit.")
     if exc.status < 500:
@@ -308,10 +325,18 @@ def _finish(request: web.Request, record: RequestRecord) -> None:
     if not gateway.loaded.config.server.log_requests:
         return
     fields: dict[str, Any] = {
-        "request_id": record.request_id, "tenant": tenant, "key_id": record.key_id, "alias": alias,
-        "deployment": record.deployment, "endpoint": record.endpoint, "status": int(status), "stream": record.stream,
-        "latency_ms": round(latency * 1000, 3), "overhead_ms": round(record.overhead_s * 1000, 3),
-        "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
+        "request_id": record.request_id,
+        "tenant": tenant,
+        "key_id": record.key_id,
+        "alias": alias,
+        "deployment": record.deployment,
+        "endpoint": record.endpoint,
+        "status": int(status),
+        "stream": record.stream,
+        "latency_ms": round(latency * 1000, 3),
+        "overhead_ms": round(record.overhead_s * 1000, 3),
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
     }
     if record.ttft_s is not None:
         fields["ttft_ms"] = round(record.ttft_s * 1000, 3)
@@ -348,10 +373,15 @@ async def _list_models(request: web.Request) -> web.Response:
     caller = gateway.auth.authenticate(request.headers, request.get(PEER))
     request[RECORD].tenant, request[RECORD].key_id = caller.tenant.name, caller.key_id
     created = gateway.loaded.loaded_at
-    data = [_model_object(alias.name, created) for alias in gateway.loaded.config.models
-            if caller.tenant.allows(alias.name) and gateway.router.usable(alias.name)]
-    data += [_model_object(m.name, m.created, caller.tenant.name)
-             for m in await fine_tuning.fine_tuned_models(request, caller.tenant.name)]
+    data = [
+        _model_object(alias.name, created)
+        for alias in gateway.loaded.config.models
+        if caller.tenant.allows(alias.name) and gateway.router.usable(alias.name)
+    ]
+    data += [
+        _model_object(m.name, m.created, caller.tenant.name)
+        for m in await fine_tuning.fine_tuned_models(request, caller.tenant.name)
+    ]
     request[RECORD].status = 200
     return _json({"object": "list", "data": data}, request)
 
@@ -366,7 +396,9 @@ async def _get_model(request: web.Request) -> web.Response:
         request[RECORD].status = 200
         return _json(_model_object(tuned.name, tuned.created, caller.tenant.name), request)
     if alias not in gateway.router or not caller.tenant.allows(alias) or not gateway.router.usable(alias):
-        raise ModelNotFound(f"The model `{alias}` does not exist or you do not have access to it.", param="model")
+        raise ModelNotFound(
+            f"The model `{alias}` does not exist or you do not have access to it.", param="model"
+        )
     request[RECORD].alias = alias
     request[RECORD].status = 200
     return _json(_model_object(alias, gateway.loaded.loaded_at), request)
@@ -377,8 +409,12 @@ def _model_object(alias: str, created: int, owner: str = "llm-gateway") -> dict[
 
 
 def _json(data: Any, request: web.Request, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json",
-                        headers={"x-request-id": request[RECORD].request_id})
+    return web.Response(
+        body=orjson.dumps(data),
+        status=status,
+        content_type="application/json",
+        headers={"x-request-id": request[RECORD].request_id},
+    )
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -388,20 +424,34 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     loaded = gateway.loaded
-    disabled = [{"alias": alias, "deployment": index, "reason": reason}
-                for (alias, index), reason in loaded.disabled.items()]
+    disabled = [
+        {"alias": alias, "deployment": index, "reason": reason}
+        for (alias, index), reason in loaded.disabled.items()
+    ]
     loading = [backend.id for backend in gateway.backends if not backend.ready]
-    failed = [{"deployment": backend.id, "reason": backend.failure} for backend in gateway.backends
-              if backend.failure is not None]
+    failed = [
+        {"deployment": backend.id, "reason": backend.failure}
+        for backend in gateway.backends
+        if backend.failure is not None
+    ]
     # No config path here: an anonymous caller learns nothing about the host (the path is in the log).
-    body = {"status": "ready" if gateway.ready and not loading and not gateway.draining else
-            ("draining" if gateway.draining else "starting"),
-            "deployments": {"enabled": len(gateway.backends), "disabled": disabled,
-                                                   "loading": loading, "failed": failed,
-                                                   "starting": [b.id for b in gateway.backends if b.starting]}}
+    body = {
+        "status": "ready"
+        if gateway.ready and not loading and not gateway.draining
+        else ("draining" if gateway.draining else "starting"),
+        "deployments": {
+            "enabled": len(gateway.backends),
+            "disabled": disabled,
+            "loading": loading,
+            "failed": failed,
+            "starting": [b.id for b in gateway.backends if b.starting],
+        },
+    }
     if body["status"] != "ready":
         exc = Unavailable(f"gateway is {body['status']}")
-        return web.Response(body=orjson.dumps({**exc.body(), **body}), status=503, content_type="application/json")
+        return web.Response(
+            body=orjson.dumps({**exc.body(), **body}), status=503, content_type="application/json"
+        )
     return _json(body, request)
 
 

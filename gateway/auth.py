@@ -36,12 +36,18 @@ class Authenticator:
         # The control plane's keys (created at runtime), by hash: set by gateway/controlplane.py. Looked up on
         # every use rather than remembered, since they expire and get revoked.
         self.runtime: Callable[[str], Caller | None] | None = None
-        self._callers = {key_hash: Caller(tenant, key_hash[7:19])
-                         for tenant in tenants for key_hash in tenant.keys}
+        self._callers = {
+            key_hash: Caller(tenant, key_hash[7:19]) for tenant in tenants for key_hash in tenant.keys
+        }
         # mTLS: a verified client certificate, by fingerprint or common name, stands for a key of its tenant.
-        self._certs = {name: Caller(tenant, "cert:" + name.removeprefix("sha256:").removeprefix("CN=")[:12])
-                       for tenant in tenants for name in tenant.client_certs}
-        self._allowed = {tenant.name: Allowlist(tenant.allowed_ips) for tenant in tenants if tenant.allowed_ips}
+        self._certs = {
+            name: Caller(tenant, "cert:" + name.removeprefix("sha256:").removeprefix("CN=")[:12])
+            for tenant in tenants
+            for name in tenant.client_certs
+        }
+        self._allowed = {
+            tenant.name: Allowlist(tenant.allowed_ips) for tenant in tenants if tenant.allowed_ips
+        }
         # Presented keys already verified, so that SHA-256 runs once per key rather than once per request.
         # Bounded; only valid keys enter it, so random keys cannot grow it.
         self._verified: dict[str, Caller] = {}
@@ -50,10 +56,16 @@ class Authenticator:
         """The caller a key (or, without one, a verified client certificate) stands for; 401 for none, 403
         when the caller's tenant does not admit the peer's address."""
         caller = self._identify(headers, peer)
-        if self._allowed and caller.tenant.name in self._allowed and \
-                not self._allowed[caller.tenant.name].admits(peer.ip if peer else None):
-            raise PermissionDenied(f"Tenant {caller.tenant.name!r} does not accept requests from this address "
-                                   "(tenants[].allowed_ips).", code="ip_not_allowed")
+        if (
+            self._allowed
+            and caller.tenant.name in self._allowed
+            and not self._allowed[caller.tenant.name].admits(peer.ip if peer else None)
+        ):
+            raise PermissionDenied(
+                f"Tenant {caller.tenant.name!r} does not accept requests from this address "
+                "(tenants[].allowed_ips).",
+                code="ip_not_allowed",
+            )
         return caller
 
     def _identify(self, headers: Mapping[str, str], peer: Peer | None) -> Caller:
@@ -65,7 +77,9 @@ class Authenticator:
         if key is None:
             raise AuthenticationFailed(
                 "You didn't provide an API key. You need to provide your API key in an Authorization "
-                "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", code="missing_api_key")
+                "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                code="missing_api_key",
+            )
         caller = self._verified.get(key)
         if caller is not None:
             return caller

@@ -42,16 +42,22 @@ from .validate import validate
 ENDPOINTS = LINE_ENDPOINTS
 RESPONSES = "/v1/responses"  # made ready as a live /v1/responses request is (gateway/responses.py)
 _HEADERS = {PRIORITY_HEADER: "batch"}
-ENGINE_PRIORITY = 1   # the local engine's (vLLM's) request priority for a batch line: live requests are 0
+ENGINE_PRIORITY = 1  # the local engine's (vLLM's) request priority for a batch line: live requests are 0
 _OWNER = f"{os.getpid()}-{os.urandom(4).hex()}"
 _CLOSE_WAIT_S = 2.0
-_READ_CHUNK = 512   # output lines read from the store per round trip while finalizing
+_READ_CHUNK = 512  # output lines read from the store per round trip while finalizing
 
 
 class BatchRunner:
-    def __init__(self, gateway: Callable[[], Gateway], batches: Batches, files: Files,
-                 config: BatchesConfig, stored: StoredResponses) -> None:
-        self._gateway = gateway     # read at each line: a reloaded config applies to the next line
+    def __init__(
+        self,
+        gateway: Callable[[], Gateway],
+        batches: Batches,
+        files: Files,
+        config: BatchesConfig,
+        stored: StoredResponses,
+    ) -> None:
+        self._gateway = gateway  # read at each line: a reloaded config applies to the next line
         self.batches, self.files, self.config, self.stored = batches, files, config, stored
         self.kv = batches.kv
         self.forwarder = Forwarder(gateway, batches, files, config.lease_s, config.upstream_poll_s, _counted)
@@ -109,10 +115,13 @@ class BatchRunner:
                 fields = await self.batches.fields(batch_id)
             if fields["status"] not in ("in_progress", "finalizing"):
                 return
-            if "upstream" in fields:   # forwarded to the provider's own batch API
-                end = await self.forwarder.advance(fields) if fields["status"] == "in_progress" else "completed"
-                if end is not None and await self.kv.set_if_absent(f"batch:{batch_id}:finalize", _OWNER,
-                                                                   self.config.lease_s):
+            if "upstream" in fields:  # forwarded to the provider's own batch API
+                end = (
+                    await self.forwarder.advance(fields) if fields["status"] == "in_progress" else "completed"
+                )
+                if end is not None and await self.kv.set_if_absent(
+                    f"batch:{batch_id}:finalize", _OWNER, self.config.lease_s
+                ):
                     await self._finalize(await self.batches.fields(batch_id), end)
                 return
             stopping = self._stopping(fields)
@@ -122,7 +131,7 @@ class BatchRunner:
                 stopping = self._stopping(fields)
             done = await self.kv.hash_get(f"batch:{batch_id}:done")
             if stopping is None and len(done) < int(fields["total"]):
-                return   # other processes hold the rest: looked at again next time
+                return  # other processes hold the rest: looked at again next time
             if await self.kv.set_if_absent(f"batch:{batch_id}:finalize", _OWNER, self.config.lease_s):
                 await self._finalize(fields, stopping or "completed")
         except Exception:
@@ -155,20 +164,34 @@ class BatchRunner:
                 if problem is not None:
                     errors.append({**problem, "line": total})
                 if total > self.config.max_lines:
-                    errors.append({"code": "too_many_requests", "line": total, "param": None,
-                                   "message": f"A batch may have at most {self.config.max_lines} requests."})
+                    errors.append(
+                        {
+                            "code": "too_many_requests",
+                            "line": total,
+                            "param": None,
+                            "message": f"A batch may have at most {self.config.max_lines} requests.",
+                        }
+                    )
                     break
                 if len(errors) >= 100:
                     break
-        except GatewayError as exc:   # the input file was deleted meanwhile
-            errors.append({"code": "invalid_file", "message": exc.message, "param": "input_file_id", "line": None})
+        except GatewayError as exc:  # the input file was deleted meanwhile
+            errors.append(
+                {"code": "invalid_file", "message": exc.message, "param": "input_file_id", "line": None}
+            )
         if total == 0 and not errors:
-            errors.append({"code": "empty_file", "message": "The input file is empty.", "param": None, "line": None})
+            errors.append(
+                {"code": "empty_file", "message": "The input file is empty.", "param": None, "line": None}
+            )
         if errors:
-            await self.batches.update(fields["id"], errors=orjson.dumps({"object": "list", "data": errors}).decode())
+            await self.batches.update(
+                fields["id"], errors=orjson.dumps({"object": "list", "data": errors}).decode()
+            )
             await self.batches.moved(fields["id"], "failed")
             return
-        forwarded = {"upstream": alias} if (alias := forwarded_alias(gateway, fields["endpoint"], models)) else {}
+        forwarded = (
+            {"upstream": alias} if (alias := forwarded_alias(gateway, fields["endpoint"], models)) else {}
+        )
         await self.batches.update(fields["id"], total=str(total), **forwarded)
         await self.batches.moved(fields["id"], "in_progress")
 
@@ -187,7 +210,9 @@ class BatchRunner:
                 if index % 64 == 0 and self._stopping(await self.batches.fields(batch_id)) is not None:
                     break
                 await self._slots.acquire()
-                if not await self.kv.set_if_absent(f"batch:{batch_id}:lease:{index}", _OWNER, self.config.lease_s):
+                if not await self.kv.set_if_absent(
+                    f"batch:{batch_id}:lease:{index}", _OWNER, self.config.lease_s
+                ):
                     self._slots.release()
                     continue
                 task = asyncio.create_task(self._line(fields, index, raw))
@@ -206,13 +231,16 @@ class BatchRunner:
                 return
             line = orjson.loads(raw)
             status, body, record = await self._send(fields, line)
-            if status is None:   # rate limited beyond the queue's wait: left for a later pass
+            if status is None:  # rate limited beyond the queue's wait: left for a later pass
                 await self.kv.delete(lease)
                 return
             _counted(record, status)
-            out = {"id": new_id("batch_req_"), "custom_id": line["custom_id"],
-                   "response": {"status_code": status, "request_id": record.request_id, "body": body},
-                   "error": None}
+            out = {
+                "id": new_id("batch_req_"),
+                "custom_id": line["custom_id"],
+                "response": {"status_code": status, "request_id": record.request_id, "body": body},
+                "error": None,
+            }
             await self.kv.set(f"batch:{batch_id}:out:{index}", orjson.dumps(out).decode(), 30 * 24 * 3600)
             ok = status < 400
             await self.kv.hash_set(f"batch:{batch_id}:done", {str(index): "1" if ok else "0"})
@@ -223,31 +251,56 @@ class BatchRunner:
         finally:
             self._slots.release()
 
-    async def _send(self, fields: dict[str, str], line: dict[str, Any]) -> tuple[int | None, Any, RequestRecord]:
+    async def _send(
+        self, fields: dict[str, str], line: dict[str, Any]
+    ) -> tuple[int | None, Any, RequestRecord]:
         """The line's answer through the pipeline, as a live request on its url: (status, body, record);
         status None to try later."""
         gateway = self._gateway()
         url = fields["endpoint"]
         asked = dict(line["body"])
         asked.pop("stream", None)
-        record = RequestRecord(request_id=new_id("req_"), started=time.perf_counter(), endpoint="batch:" + url,
-                               tenant=fields["tenant"], key_id=fields["key_id"], alias=asked["model"])
+        record = RequestRecord(
+            request_id=new_id("req_"),
+            started=time.perf_counter(),
+            endpoint="batch:" + url,
+            tenant=fields["tenant"],
+            key_id=fields["key_id"],
+            alias=asked["model"],
+        )
         try:
             if asked["model"] not in gateway.router:
-                raise GatewayError(f"The model `{asked['model']}` does not exist.", status=404,
-                                   error_type="invalid_request_error", code="model_not_found")
+                raise GatewayError(
+                    f"The model `{asked['model']}` does not exist.",
+                    status=404,
+                    error_type="invalid_request_error",
+                    code="model_not_found",
+                )
             if url == RESPONSES:
                 tenant = next((t for t in gateway.loaded.config.tenants if t.name == fields["tenant"]), None)
                 if tenant is None:
-                    raise GatewayError(f"The tenant `{fields['tenant']}` is no longer configured.", status=403,
-                                       error_type="permission_error", code="tenant_unknown")
-                ready = await responses.turn(gateway, self.stored, record, tenant, fields["key_id"], asked, False,
-                                             _HEADERS)
+                    raise GatewayError(
+                        f"The tenant `{fields['tenant']}` is no longer configured.",
+                        status=403,
+                        error_type="permission_error",
+                        code="tenant_unknown",
+                    )
+                ready = await responses.turn(
+                    gateway, self.stored, record, tenant, fields["key_id"], asked, False, _HEADERS
+                )
                 call, finish = ready.call, ready.whole
             else:
                 body = anthropic.to_chat(asked) if url == MESSAGES else asked
-                call = Call(record=record, tenant=fields["tenant"], key_id=fields["key_id"], alias=asked["model"],
-                            endpoint=ENDPOINTS[url], body=body, stream=False, headers=_HEADERS)
+                call = Call(
+                    record=record,
+                    tenant=fields["tenant"],
+                    key_id=fields["key_id"],
+                    alias=asked["model"],
+                    endpoint=ENDPOINTS[url],
+                    body=body,
+                    stream=False,
+                    headers=_HEADERS,
+                )
                 finish = functools.partial(_whole, asked if url == MESSAGES else None)
             call.batch = True
             if all(route.deployment.provider == "local" for route in gateway.router.routes(call.alias)):
@@ -275,11 +328,23 @@ class BatchRunner:
                         continue
                     custom_id = orjson.loads(line).get("custom_id")
                     code = "batch_expired" if end == "expired" else "batch_cancelled"
-                    message = ("This request could not be executed before the completion window expired."
-                               if end == "expired" else "This request was not executed: the batch was cancelled.")
+                    message = (
+                        "This request could not be executed before the completion window expired."
+                        if end == "expired"
+                        else "This request was not executed: the batch was cancelled."
+                    )
                     counted["failed"] += end == "expired"
-                    yield orjson.dumps({"id": new_id("batch_req_"), "custom_id": custom_id, "response": None,
-                                        "error": {"code": code, "message": message}}) + b"\n"
+                    yield (
+                        orjson.dumps(
+                            {
+                                "id": new_id("batch_req_"),
+                                "custom_id": custom_id,
+                                "response": None,
+                                "error": {"code": code, "message": message},
+                            }
+                        )
+                        + b"\n"
+                    )
                     continue
                 if (orjson.loads(raw)["response"]["status_code"] < 400) == ok:
                     counted["completed" if ok else "failed"] += 1
@@ -320,7 +385,7 @@ class BatchRunner:
 
     async def _file(self, tenant: str, name: str, chunks: AsyncIterator[bytes]) -> str | None:
         record = await self.files.create(tenant, name, "batch_output", chunks)
-        if record["bytes"] == 0:   # OpenAI leaves a file id out when it would be empty
+        if record["bytes"] == 0:  # OpenAI leaves a file id out when it would be empty
             await self.files.delete(tenant, record["id"])
             return None
         return str(record["id"])
@@ -346,32 +411,49 @@ def _counted(record: RequestRecord, status: int) -> None:
         metrics.BATCH_COST.labels(tenant, alias).inc(record.cost_usd)
 
 
-def _check_line(raw: bytes, endpoint: str, seen: set[str], models: set[str], gateway: Gateway,
-                tenant: Any) -> dict[str, Any] | None:
+def _check_line(
+    raw: bytes, endpoint: str, seen: set[str], models: set[str], gateway: Gateway, tenant: Any
+) -> dict[str, Any] | None:
     """A line's problem as OpenAI reports it (code, message, param), or None; its model goes in ``models``."""
     try:
         line = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return {"code": "invalid_json_line", "message": "This line is not parseable as valid JSON.", "param": None}
+        return {
+            "code": "invalid_json_line",
+            "message": "This line is not parseable as valid JSON.",
+            "param": None,
+        }
     if not isinstance(line, dict):
         return {"code": "invalid_json_line", "message": "Each line must be a JSON object.", "param": None}
     custom_id = line.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
-        return {"code": "missing_required_parameter", "message": "Missing required parameter: 'custom_id'.",
-                "param": "custom_id"}
+        return {
+            "code": "missing_required_parameter",
+            "message": "Missing required parameter: 'custom_id'.",
+            "param": "custom_id",
+        }
     if custom_id in seen:
-        return {"code": "duplicate_custom_id", "param": "custom_id",
-                "message": f"The custom_id '{custom_id}' is used more than once in this file."}
+        return {
+            "code": "duplicate_custom_id",
+            "param": "custom_id",
+            "message": f"The custom_id '{custom_id}' is used more than once in this file.",
+        }
     seen.add(custom_id)
     if line.get("method") != "POST":
         return {"code": "invalid_method", "message": "The method must be 'POST'.", "param": "method"}
     if line.get("url") != endpoint:
-        return {"code": "mismatched_endpoint", "param": "url",
-                "message": f"The url '{line.get('url')}' does not match the batch's endpoint '{endpoint}'."}
+        return {
+            "code": "mismatched_endpoint",
+            "param": "url",
+            "message": f"The url '{line.get('url')}' does not match the batch's endpoint '{endpoint}'.",
+        }
     body = line.get("body")
     if not isinstance(body, dict):
-        return {"code": "missing_required_parameter", "message": "Missing required parameter: 'body'.",
-                "param": "body"}
+        return {
+            "code": "missing_required_parameter",
+            "message": "Missing required parameter: 'body'.",
+            "param": "body",
+        }
     try:
         if endpoint == MESSAGES:
             anthropic.check(body)
@@ -384,6 +466,9 @@ def _check_line(raw: bytes, endpoint: str, seen: set[str], models: set[str], gat
     model = body["model"]
     models.add(model)
     if model not in gateway.router or tenant is None or not tenant.allows(model):
-        return {"code": "model_not_found", "param": "body.model",
-                "message": f"The model `{model}` does not exist or you do not have access to it."}
+        return {
+            "code": "model_not_found",
+            "param": "body.model",
+            "message": f"The model `{model}` does not exist or you do not have access to it.",
+        }
     return None

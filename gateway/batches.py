@@ -28,14 +28,26 @@ from .config import BatchesConfig
 from .files import FILES, _tenant, new_id, page, respond
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
-MESSAGES = "/v1/messages"   # an Anthropic message batch's lines: translated to chat and back
-LINE_ENDPOINTS = {"/v1/chat/completions": Endpoint.CHAT, "/v1/completions": Endpoint.COMPLETIONS,
-                  "/v1/embeddings": Endpoint.EMBEDDINGS, MESSAGES: Endpoint.CHAT, "/v1/responses": Endpoint.RESPONSES}
+MESSAGES = "/v1/messages"  # an Anthropic message batch's lines: translated to chat and back
+LINE_ENDPOINTS = {
+    "/v1/chat/completions": Endpoint.CHAT,
+    "/v1/completions": Endpoint.COMPLETIONS,
+    "/v1/embeddings": Endpoint.EMBEDDINGS,
+    MESSAGES: Endpoint.CHAT,
+    "/v1/responses": Endpoint.RESPONSES,
+}
 WINDOW_S = 24 * 3600
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 _TTL_S = 30 * 24 * 3600
-_TIMES = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
-          "cancelled_at")
+_TIMES = (
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
 
 
 class Batches:
@@ -47,13 +59,29 @@ class Batches:
     def now(self) -> int:
         return int(self.clock.time())
 
-    async def create(self, tenant: str, key_id: str, endpoint: str, input_file_id: str,
-                     metadata: dict[str, str] | None, kind: str = "openai") -> dict[str, str]:
+    async def create(
+        self,
+        tenant: str,
+        key_id: str,
+        endpoint: str,
+        input_file_id: str,
+        metadata: dict[str, str] | None,
+        kind: str = "openai",
+    ) -> dict[str, str]:
         batch_id = new_id("batch_" if kind == "openai" else "msgbatch_")
         now = self.now()
-        fields = {"id": batch_id, "tenant": tenant, "key_id": key_id, "endpoint": endpoint, "kind": kind,
-                  "input_file_id": input_file_id, "created_at": str(now), "expires_at": str(now + WINDOW_S),
-                  "metadata": orjson.dumps(metadata).decode(), "status": "validating"}
+        fields = {
+            "id": batch_id,
+            "tenant": tenant,
+            "key_id": key_id,
+            "endpoint": endpoint,
+            "kind": kind,
+            "input_file_id": input_file_id,
+            "created_at": str(now),
+            "expires_at": str(now + WINDOW_S),
+            "metadata": orjson.dumps(metadata).decode(),
+            "status": "validating",
+        }
         await self.kv.hash_set(f"batch:{batch_id}", fields, _TTL_S)
         await self.kv.append(f"batches:{tenant}", batch_id, ttl_s=_TTL_S)
         await self.kv.append("batches", batch_id, ttl_s=_TTL_S)
@@ -92,7 +120,9 @@ class Batches:
     async def cancel(self, tenant: str, batch_id: str) -> dict[str, str]:
         fields = await self.get(tenant, batch_id)
         if fields["status"] in TERMINAL:
-            raise InvalidRequest(f"Cannot cancel a batch with status '{fields['status']}'.", code="batch_not_cancellable")
+            raise InvalidRequest(
+                f"Cannot cancel a batch with status '{fields['status']}'.", code="batch_not_cancellable"
+            )
         if "cancelling_at" not in fields:
             await self.update(batch_id, cancel_requested="1", cancelling_at=str(self.now()))
         return await self.get(tenant, batch_id)
@@ -112,12 +142,19 @@ def counts(fields: dict[str, str]) -> dict[str, int]:
 def render(fields: dict[str, str]) -> dict[str, Any]:
     """The OpenAI Batch object."""
     out: dict[str, Any] = {
-        "id": fields["id"], "object": "batch", "endpoint": fields["endpoint"],
+        "id": fields["id"],
+        "object": "batch",
+        "endpoint": fields["endpoint"],
         "errors": orjson.loads(fields["errors"]) if "errors" in fields else None,
-        "input_file_id": fields["input_file_id"], "completion_window": "24h", "status": status_of(fields),
-        "output_file_id": fields.get("output_file_id"), "error_file_id": fields.get("error_file_id"),
-        "created_at": int(fields["created_at"]), "expires_at": int(fields["expires_at"]),
-        "request_counts": counts(fields), "metadata": orjson.loads(fields.get("metadata", "null")),
+        "input_file_id": fields["input_file_id"],
+        "completion_window": "24h",
+        "status": status_of(fields),
+        "output_file_id": fields.get("output_file_id"),
+        "error_file_id": fields.get("error_file_id"),
+        "created_at": int(fields["created_at"]),
+        "expires_at": int(fields["expires_at"]),
+        "request_counts": counts(fields),
+        "metadata": orjson.loads(fields.get("metadata", "null")),
     }
     for name in _TIMES:
         out[name] = int(fields[name]) if name in fields else None
@@ -147,20 +184,33 @@ async def create(request: web.Request) -> web.Response:
         raise InvalidRequest("Missing required parameter: 'input_file_id'.", param="input_file_id")
     endpoint = body.get("endpoint")
     if endpoint not in ENDPOINTS:
-        raise InvalidRequest(f"Invalid value for 'endpoint': {endpoint!r}. Supported: {', '.join(ENDPOINTS)}.",
-                             param="endpoint")
+        raise InvalidRequest(
+            f"Invalid value for 'endpoint': {endpoint!r}. Supported: {', '.join(ENDPOINTS)}.",
+            param="endpoint",
+        )
     if body.get("completion_window") != "24h":
-        raise InvalidRequest("Invalid value for 'completion_window': only '24h' is supported.",
-                             param="completion_window")
+        raise InvalidRequest(
+            "Invalid value for 'completion_window': only '24h' is supported.", param="completion_window"
+        )
     metadata = body.get("metadata")
-    if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in metadata.items())):
-        raise InvalidRequest("Invalid 'metadata': at most 16 string keys (64 characters) and string values "
-                             "(512 characters).", param="metadata")
+    if metadata is not None and (
+        not isinstance(metadata, dict)
+        or len(metadata) > 16
+        or not all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+            for k, v in metadata.items()
+        )
+    ):
+        raise InvalidRequest(
+            "Invalid 'metadata': at most 16 string keys (64 characters) and string values (512 characters).",
+            param="metadata",
+        )
     record = await request.app[FILES].get(tenant, file_id)
     if record["purpose"] != "batch":
-        raise InvalidRequest(f"File {file_id} has purpose '{record['purpose']}'; a batch needs purpose 'batch'.",
-                             param="input_file_id")
+        raise InvalidRequest(
+            f"File {file_id} has purpose '{record['purpose']}'; a batch needs purpose 'batch'.",
+            param="input_file_id",
+        )
     fields = await request.app[BATCHES].create(tenant, caller.key_id, endpoint, file_id, metadata)
     return respond(request, render(fields))
 
@@ -187,7 +237,9 @@ async def admin_list(request: web.Request) -> web.Response:
 
     require_admin(request)
     status = request.query.get("status")
-    found = [{**render(fields), "tenant": fields["tenant"], "kind": fields.get("kind", "openai")}
-             for fields in await request.app[BATCHES].listed(request.query.get("tenant"))
-             if status is None or status_of(fields) == status]
+    found = [
+        {**render(fields), "tenant": fields["tenant"], "kind": fields.get("kind", "openai")}
+        for fields in await request.app[BATCHES].listed(request.query.get("tenant"))
+        if status is None or status_of(fields) == status
+    ]
     return respond(request, page(found, request.query, default_limit=1000))

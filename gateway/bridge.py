@@ -45,8 +45,9 @@ def caller(request: web.Request) -> Caller:
     return found
 
 
-async def incoming(request: web.Request, check: Callable[[Any], dict[str, Any]],
-                   unknown: Callable[[str], str]) -> Incoming:
+async def incoming(
+    request: web.Request, check: Callable[[Any], dict[str, Any]], unknown: Callable[[str], str]
+) -> Incoming:
     """Auth, the JSON body (``check``: the format's required fields, ``model`` among them) and the alias:
     unknown or not the tenant's is a 404 whose message ``unknown`` words in the format's way."""
     gateway = request.app[GATEWAY]
@@ -63,6 +64,7 @@ async def incoming(request: web.Request, check: Callable[[Any], dict[str, Any]],
 
 def in_format(handler: Handler, error_body: ErrorBody) -> Handler:
     """``handler`` with every failure answered in the client's error format."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
         record = request[RECORD]
         try:
@@ -73,13 +75,18 @@ def in_format(handler: Handler, error_body: ErrorBody) -> Handler:
             failure = GatewayError(exc.reason or "HTTP error", status=exc.status)
         except Exception:  # a bug: answer in the client's format, keep the worker alive
             get_logger().exception("unhandled error", request_id=record.request_id, path=request.path)
-            failure = GatewayError(f"Internal error; request id {record.request_id}.")  # the class stays in the log
+            failure = GatewayError(
+                f"Internal error; request id {record.request_id}."
+            )  # the class stays in the log
         record.status, record.error = failure.status, failure.message
         record.overhead_s = time.perf_counter() - record.started - record.upstream_s
-        return web.Response(body=orjson.dumps(error_body(failure)), status=failure.status,
-                            content_type="application/json",
-                            headers={"x-request-id": record.request_id, "request-id": record.request_id,
-                                     **failure.headers})
+        return web.Response(
+            body=orjson.dumps(error_body(failure)),
+            status=failure.status,
+            content_type="application/json",
+            headers={"x-request-id": record.request_id, "request-id": record.request_id, **failure.headers},
+        )
+
     return handle
 
 
@@ -108,13 +115,22 @@ def whole(call: Call, body: bytes, extra: dict[str, str]) -> web.Response:
     record = call.record
     record.status = 200
     record.overhead_s = time.perf_counter() - record.started - record.upstream_s
-    return web.Response(body=body, status=200, content_type="application/json",
-                        headers={**extra, "x-gateway-overhead-ms": f"{record.overhead_s * 1000:.3f}"})
+    return web.Response(
+        body=body,
+        status=200,
+        content_type="application/json",
+        headers={**extra, "x-gateway-overhead-ms": f"{record.overhead_s * 1000:.3f}"},
+    )
 
 
-async def stream(request: web.Request, call: Call, events: AsyncIterator[bytes], extra: dict[str, str],
-                 failed: Callable[[GatewayError], bytes], relayed: Relayed | None = None
-                 ) -> web.StreamResponse:
+async def stream(
+    request: web.Request,
+    call: Call,
+    events: AsyncIterator[bytes],
+    extra: dict[str, str],
+    failed: Callable[[GatewayError], bytes],
+    relayed: Relayed | None = None,
+) -> web.StreamResponse:
     """Writes ``events`` to the client as they come; a failure after the headers went out becomes the
     client format's error event (``failed``). A stream that broke off before its usage came is ledgered at
     what went out (``relayed``, the pipeline's ``broken``)."""

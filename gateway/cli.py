@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help="config file (default: the embedded config.yaml)")
     serve.add_argument("--host", help="address to listen on (default: server.host)")
     serve.add_argument("--port", type=int, help="port (default: server.port)")
-    serve.add_argument("--workers", type=int, help="worker processes sharing the port (default: server.workers)")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes sharing the port (default: server.workers)"
+    )
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file", nargs="?", help="config file (default: the embedded config.yaml)")
@@ -34,8 +36,12 @@ def main(argv: list[str] | None = None) -> int:
 
     audit = commands.add_parser("audit", help="the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
-    check_chain = audit_commands.add_parser("verify", help="check the audit log's hash chain (exit 1 if broken)")
-    check_chain.add_argument("--config", help="config file whose audit.path to check (default: the embedded one)")
+    check_chain = audit_commands.add_parser(
+        "verify", help="check the audit log's hash chain (exit 1 if broken)"
+    )
+    check_chain.add_argument(
+        "--config", help="config file whose audit.path to check (default: the embedded one)"
+    )
     check_chain.add_argument("--path", help="the audit log file (instead of the config's)")
 
     args = parser.parse_args(argv)
@@ -65,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         config = loaded.config
         deployments = sum(len(m.deployments) for m in config.models)
-        print(f"{loaded.path}: OK ({len(config.models)} model aliases, {deployments} deployments, "
-              f"{len(config.tenants)} tenants)")
+        print(
+            f"{loaded.path}: OK ({len(config.models)} model aliases, {deployments} deployments, "
+            f"{len(config.tenants)} tenants)"
+        )
         for (alias, index), reason in loaded.disabled.items():
             print(f"  disabled: {alias} deployment {index}: {reason}")
         return 0
@@ -75,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     from .server import serve as run
 
     server = loaded.config.server
-    listen = Listen(host=args.host or server.host, port=server.port if args.port is None else args.port,
-                    workers=args.workers or server.workers)
+    listen = Listen(
+        host=args.host or server.host,
+        port=server.port if args.port is None else args.port,
+        workers=args.workers or server.workers,
+    )
     return run(path, listen)
 
 
@@ -96,7 +107,10 @@ def _verify_audit(path: str | None, config: str | None) -> int:
     if not verdict.ok:
         print(f"{file}: BROKEN after {verdict.count} good records: {verdict.problem}", file=sys.stderr)
         return 1
-    anchor = "from the first record" if verdict.anchor == GENESIS else f"anchored at {verdict.anchor} (older records " \
-        "dropped by retention)"
+    anchor = (
+        "from the first record"
+        if verdict.anchor == GENESIS
+        else f"anchored at {verdict.anchor} (older records dropped by retention)"
+    )
     print(f"{file}: OK, {verdict.count} records, chain intact {anchor}")
     return 0

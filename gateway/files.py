@@ -22,7 +22,7 @@ from .config import FilesConfig
 from .keys import GATEWAY, RECORD
 
 PURPOSES = ("batch", "fine-tune", "assistants", "vision", "user_data", "evals", "batch_output")
-_MULTIPART_SLACK = 64 * 1024   # the multipart framing and the other fields around the file
+_MULTIPART_SLACK = 64 * 1024  # the multipart framing and the other fields around the file
 
 
 def new_id(prefix: str) -> str:
@@ -32,8 +32,14 @@ def new_id(prefix: str) -> str:
 class Files:
     """A tenant's files: records in ``kv``, bytes in ``blobs``."""
 
-    def __init__(self, kv: KeyValue, blobs: Blobs, config: FilesConfig, clock: Clock,
-                 retention: Callable[[str], float | None] = lambda tenant: None) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        blobs: Blobs,
+        config: FilesConfig,
+        clock: Clock,
+        retention: Callable[[str], float | None] = lambda tenant: None,
+    ) -> None:
         """``retention``: a tenant's own retention in seconds, when it has one (kept no longer than ``ttl_s``)."""
         self.kv, self.blobs, self.config, self.clock = kv, blobs, config, clock
         self.retention = retention
@@ -42,13 +48,27 @@ class Files:
         own = self.retention(tenant)
         return self.config.ttl_s if own is None else min(own, self.config.ttl_s)
 
-    async def create(self, tenant: str, filename: str, purpose: str, chunks: AsyncIterator[bytes],
-                     max_bytes: int | None = None) -> dict[str, Any]:
+    async def create(
+        self,
+        tenant: str,
+        filename: str,
+        purpose: str,
+        chunks: AsyncIterator[bytes],
+        max_bytes: int | None = None,
+    ) -> dict[str, Any]:
         file_id = new_id("file-")
         size = await self.blobs.write(file_id, chunks, max_bytes)
-        record = {"id": file_id, "object": "file", "bytes": size, "created_at": int(self.clock.time()),
-                  "filename": filename, "purpose": purpose, "status": "processed", "expires_at": None,
-                  "status_details": None}
+        record = {
+            "id": file_id,
+            "object": "file",
+            "bytes": size,
+            "created_at": int(self.clock.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
+        }
         await self.kv.set(_key(tenant, file_id), orjson.dumps(record).decode(), self._ttl(tenant))
         await self.kv.append(f"files:{tenant}", file_id, ttl_s=self.config.ttl_s)
         return record
@@ -74,7 +94,7 @@ class Files:
     async def content(self, tenant: str, file_id: str) -> AsyncIterator[bytes]:
         await self.get(tenant, file_id)
         chunks = aiter(self.blobs.read(file_id))
-        try:   # the first chunk read before any byte goes out: a blob that is gone or cannot be opened is a 404
+        try:  # the first chunk read before any byte goes out: a blob that is gone or cannot be opened is a 404
             first = await anext(chunks, b"")
         except FileNotFoundError:
             raise NotFound(f"No such File object: {file_id}", param="id") from None
@@ -123,8 +143,12 @@ def _tenant(request: web.Request) -> str:
 
 def respond(request: web.Request, data: Any, status: int = 200) -> web.Response:
     request[RECORD].status = status
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json",
-                        headers={"x-request-id": request[RECORD].request_id})
+    return web.Response(
+        body=orjson.dumps(data),
+        status=status,
+        content_type="application/json",
+        headers={"x-request-id": request[RECORD].request_id},
+    )
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -144,16 +168,22 @@ async def upload(request: web.Request) -> web.Response:
         if part.name == "purpose":
             purpose = (await part.text()).strip()
         elif part.name == "file":
+
             async def chunks(p: BodyPartReader = part) -> AsyncIterator[bytes]:
                 while chunk := await p.read_chunk(CHUNK):
                     yield chunk
-            created = await files.create(tenant, part.filename or "upload.jsonl", purpose or "", chunks(), limit)
+
+            created = await files.create(
+                tenant, part.filename or "upload.jsonl", purpose or "", chunks(), limit
+            )
     if created is None:
         raise InvalidRequest("Missing required parameter: 'file'.", param="file")
     if purpose not in PURPOSES:
         await files.delete(tenant, created["id"])
-        raise InvalidRequest(f"Invalid value for 'purpose': {purpose!r}. Expected one of {', '.join(PURPOSES)}.",
-                             param="purpose")
+        raise InvalidRequest(
+            f"Invalid value for 'purpose': {purpose!r}. Expected one of {', '.join(PURPOSES)}.",
+            param="purpose",
+        )
     if created["purpose"] != purpose:  # the purpose field came after the file
         created["purpose"] = purpose
         await files.kv.set(_key(tenant, created["id"]), orjson.dumps(created).decode(), files._ttl(tenant))
@@ -173,14 +203,19 @@ def page(found: list[dict[str, Any]], query: Any, default_limit: int = 20) -> di
     after = query.get("after")
     if after:
         ids = [item["id"] for item in found]
-        found = found[ids.index(after) + 1:] if after in ids else []
+        found = found[ids.index(after) + 1 :] if after in ids else []
     try:
         limit = max(1, min(int(query.get("limit", default_limit)), 10000))
     except ValueError as exc:
         raise InvalidRequest("Invalid 'limit': expected an integer.", param="limit") from exc
     data = found[:limit]
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": len(found) > limit}
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": len(found) > limit,
+    }
 
 
 async def retrieve(request: web.Request) -> web.Response:
@@ -194,9 +229,13 @@ async def content(request: web.Request) -> web.StreamResponse:
     files = request.app[FILES]
     record = await files.get(tenant, file_id)
     chunks = await files.content(tenant, file_id)
-    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
-                                           "Content-Length": str(record["bytes"]),
-                                           "x-request-id": request[RECORD].request_id})
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(record["bytes"]),
+            "x-request-id": request[RECORD].request_id,
+        }
+    )
     await response.prepare(request)
     request[RECORD].status = 200
     async for chunk in chunks:

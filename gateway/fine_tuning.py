@@ -64,8 +64,14 @@ class Jobs:
 
     async def create(self, tenant: str, key_id: str, fields: dict[str, str]) -> dict[str, str]:
         job_id = "ftjob-" + secrets.token_hex(12)
-        fields = {**fields, "id": job_id, "tenant": tenant, "key_id": key_id, "created_at": str(self.now()),
-                  "status": "validating_files"}
+        fields = {
+            **fields,
+            "id": job_id,
+            "tenant": tenant,
+            "key_id": key_id,
+            "created_at": str(self.now()),
+            "status": "validating_files",
+        }
         await self.kv.hash_set(f"ftjob:{job_id}", fields, _TTL_S)
         await self.kv.append(f"ftjobs:{tenant}", job_id, ttl_s=_TTL_S)
         await self.kv.append("ftjobs", job_id, ttl_s=_TTL_S)
@@ -89,10 +95,23 @@ class Jobs:
         ids = await self.kv.items("ftjobs" if tenant is None else f"ftjobs:{tenant}")
         return list(dict.fromkeys(ids))
 
-    async def event(self, job_id: str, message: str, level: str = "info", kind: str = "message",
-                    data: dict[str, Any] | None = None) -> None:
-        event = {"id": "ftevent-" + secrets.token_hex(12), "object": "fine_tuning.job.event",
-                 "created_at": self.now(), "level": level, "message": message, "data": data or {}, "type": kind}
+    async def event(
+        self,
+        job_id: str,
+        message: str,
+        level: str = "info",
+        kind: str = "message",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        event = {
+            "id": "ftevent-" + secrets.token_hex(12),
+            "object": "fine_tuning.job.event",
+            "created_at": self.now(),
+            "level": level,
+            "message": message,
+            "data": data or {},
+            "type": kind,
+        }
         await self.kv.append(f"ftjob:{job_id}:events", orjson.dumps(event).decode(), ttl_s=_TTL_S)
 
     async def events(self, job_id: str) -> list[dict[str, Any]]:
@@ -109,7 +128,9 @@ class Jobs:
     async def cancel(self, tenant: str, job_id: str) -> dict[str, str]:
         fields = await self.get(tenant, job_id)
         if fields["status"] in TERMINAL:
-            raise InvalidRequest(f"Cannot cancel a job with status '{fields['status']}'.", param="fine_tuning_job_id")
+            raise InvalidRequest(
+                f"Cannot cancel a job with status '{fields['status']}'.", param="fine_tuning_job_id"
+            )
         # A running job is stopped by the process training it; one not yet training ends here.
         await self.update(job_id, cancel_requested="1")
         if fields["status"] in ("validating_files", "queued"):
@@ -118,8 +139,11 @@ class Jobs:
 
     async def finish(self, job_id: str, status: str, **fields: str) -> None:
         await self.update(job_id, status=status, finished_at=str(self.now()), **fields)
-        message = {"succeeded": "The job has successfully completed", "failed": "The job failed",
-                   "cancelled": "The job was cancelled"}[status]
+        message = {
+            "succeeded": "The job has successfully completed",
+            "failed": "The job failed",
+            "cancelled": "The job was cancelled",
+        }[status]
         await self.event(job_id, message, level="error" if status == "failed" else "info")
 
     async def register(self, model: FineTunedModel) -> None:
@@ -146,15 +170,24 @@ def render(fields: dict[str, str]) -> dict[str, Any]:
     hyper = orjson.loads(fields["hyperparameters"])
     status = fields["status"]
     return {
-        "id": fields["id"], "object": "fine_tuning.job", "created_at": int(fields["created_at"]),
+        "id": fields["id"],
+        "object": "fine_tuning.job",
+        "created_at": int(fields["created_at"]),
         "error": orjson.loads(fields["error"]) if "error" in fields else None,
         "fine_tuned_model": fields.get("fine_tuned_model"),
         "finished_at": int(fields["finished_at"]) if status in TERMINAL and "finished_at" in fields else None,
-        "hyperparameters": hyper, "model": fields["model"], "organization_id": fields["tenant"],
-        "result_files": [], "seed": int(fields["seed"]), "status": status,
+        "hyperparameters": hyper,
+        "model": fields["model"],
+        "organization_id": fields["tenant"],
+        "result_files": [],
+        "seed": int(fields["seed"]),
+        "status": status,
         "trained_tokens": int(fields["trained_tokens"]) if "trained_tokens" in fields else None,
-        "training_file": fields["training_file"], "validation_file": fields.get("validation_file") or None,
-        "estimated_finish": None, "integrations": [], "user_provided_suffix": fields.get("suffix") or None,
+        "training_file": fields["training_file"],
+        "validation_file": fields.get("validation_file") or None,
+        "estimated_finish": None,
+        "integrations": [],
+        "user_provided_suffix": fields.get("suffix") or None,
         "metadata": orjson.loads(fields.get("metadata", "null")),
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
         "lora": orjson.loads(fields["lora"]),
@@ -168,7 +201,9 @@ def _hyperparameters(body: dict[str, Any], config: FineTuningConfig) -> dict[str
     method = body.get("method")
     if method is not None:
         if not isinstance(method, dict) or method.get("type", "supervised") != "supervised":
-            raise InvalidRequest("Only the 'supervised' fine-tuning method is supported.", param="method.type")
+            raise InvalidRequest(
+                "Only the 'supervised' fine-tuning method is supported.", param="method.type"
+            )
         hyper = (method.get("supervised") or {}).get("hyperparameters", hyper)
     if hyper is None:
         hyper = {}
@@ -176,15 +211,26 @@ def _hyperparameters(body: dict[str, Any], config: FineTuningConfig) -> dict[str
         raise InvalidRequest("'hyperparameters' must be an object.", param="hyperparameters")
     unknown = sorted(set(hyper) - {"n_epochs", "batch_size", "learning_rate_multiplier"})
     if unknown:
-        raise InvalidRequest(f"Unrecognized hyperparameter(s): {', '.join(unknown)}.", param="hyperparameters")
+        raise InvalidRequest(
+            f"Unrecognized hyperparameter(s): {', '.join(unknown)}.", param="hyperparameters"
+        )
     out: dict[str, Any] = {}
-    for name, kind, low, high in (("n_epochs", int, 1, config.max_epochs), ("batch_size", int, 1, 256),
-                                  ("learning_rate_multiplier", float, 1e-6, 100.0)):
+    for name, kind, low, high in (
+        ("n_epochs", int, 1, config.max_epochs),
+        ("batch_size", int, 1, 256),
+        ("learning_rate_multiplier", float, 1e-6, 100.0),
+    ):
         value = hyper.get(name, "auto")
-        if value != "auto" and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                or (kind is int and not float(value).is_integer()) or not low <= value <= high):
-            raise InvalidRequest(f"Invalid value for '{name}': expected 'auto' or a number from {low} to {high}.",
-                                 param=f"hyperparameters.{name}")
+        if value != "auto" and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (kind is int and not float(value).is_integer())
+            or not low <= value <= high
+        ):
+            raise InvalidRequest(
+                f"Invalid value for '{name}': expected 'auto' or a number from {low} to {high}.",
+                param=f"hyperparameters.{name}",
+            )
         out[name] = value if value == "auto" else kind(value)
     return out
 
@@ -195,14 +241,18 @@ def _lora(body: dict[str, Any], config: FineTuningConfig) -> dict[str, Any]:
         raise InvalidRequest("'lora' takes 'rank', 'alpha' and 'target_modules'.", param="lora")
     rank = lora.get("rank", 8)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= config.max_rank:
-        raise InvalidRequest(f"Invalid 'lora.rank': an integer from 1 to {config.max_rank}.", param="lora.rank")
+        raise InvalidRequest(
+            f"Invalid 'lora.rank': an integer from 1 to {config.max_rank}.", param="lora.rank"
+        )
     alpha = lora.get("alpha", 2 * rank)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
         raise InvalidRequest("Invalid 'lora.alpha': a positive number.", param="lora.alpha")
     targets = lora.get("target_modules", list(DEFAULT_TARGETS))
     if not isinstance(targets, list) or not targets or not all(t in TARGETS for t in targets):
-        raise InvalidRequest(f"Invalid 'lora.target_modules': a non-empty list among {', '.join(TARGETS)}.",
-                             param="lora.target_modules")
+        raise InvalidRequest(
+            f"Invalid 'lora.target_modules': a non-empty list among {', '.join(TARGETS)}.",
+            param="lora.target_modules",
+        )
     return {"rank": rank, "alpha": alpha, "target_modules": list(dict.fromkeys(targets))}
 
 
@@ -217,10 +267,18 @@ def _text(body: dict[str, Any], name: str, limit: int) -> str:
 
 def _metadata(body: dict[str, Any]) -> dict[str, str] | None:
     metadata = body.get("metadata")
-    if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in metadata.items())):
-        raise InvalidRequest("Invalid 'metadata': at most 16 string keys (64 characters) and string values "
-                             "(512 characters).", param="metadata")
+    if metadata is not None and (
+        not isinstance(metadata, dict)
+        or len(metadata) > 16
+        or not all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+            for k, v in metadata.items()
+        )
+    ):
+        raise InvalidRequest(
+            "Invalid 'metadata': at most 16 string keys (64 characters) and string values (512 characters).",
+            param="metadata",
+        )
     return metadata
 
 
@@ -247,8 +305,12 @@ async def create(request: web.Request) -> web.Response:
     if not isinstance(model, str):
         raise InvalidRequest("Missing required parameter: 'model'.", param="model")
     if not tunable(gateway, model) or not caller.tenant.allows(model):
-        raise InvalidRequest(f"Model '{model}' is not available for fine-tuning: a model served by the local "
-                             "engine (provider: local) is.", param="model", code="model_not_available")
+        raise InvalidRequest(
+            f"Model '{model}' is not available for fine-tuning: a model served by the local "
+            "engine (provider: local) is.",
+            param="model",
+            code="model_not_available",
+        )
     files = {}
     for name in ("training_file", "validation_file"):
         file_id = body.get(name)
@@ -261,8 +323,10 @@ async def create(request: web.Request) -> web.Response:
         except NotFound as exc:
             raise InvalidRequest(f"Invalid file ID: {file_id}: no such file.", param=name) from exc
         if record["purpose"] != "fine-tune":
-            raise InvalidRequest(f"File {file_id} has purpose '{record['purpose']}'; fine-tuning needs purpose "
-                                 "'fine-tune'.", param=name)
+            raise InvalidRequest(
+                f"File {file_id} has purpose '{record['purpose']}'; fine-tuning needs purpose 'fine-tune'.",
+                param=name,
+            )
         files[name] = file_id
     suffix = _text(body, "suffix", 64)
     if suffix and not set(suffix) <= _SUFFIX_CHARS:
@@ -272,10 +336,15 @@ async def create(request: web.Request) -> web.Response:
         seed = secrets.randbelow(2**31)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
         raise InvalidRequest("Invalid 'seed': an integer from 0 to 2147483647.", param="seed")
-    fields = {"model": model, **files, "suffix": suffix, "seed": str(seed),
-              "hyperparameters": orjson.dumps(_hyperparameters(body, jobs.config)).decode(),
-              "lora": orjson.dumps(_lora(body, jobs.config)).decode(),
-              "metadata": orjson.dumps(_metadata(body)).decode()}
+    fields = {
+        "model": model,
+        **files,
+        "suffix": suffix,
+        "seed": str(seed),
+        "hyperparameters": orjson.dumps(_hyperparameters(body, jobs.config)).decode(),
+        "lora": orjson.dumps(_lora(body, jobs.config)).decode(),
+        "metadata": orjson.dumps(_metadata(body)).decode(),
+    }
     created = await jobs.create(tenant, caller.key_id, fields)
     return respond(request, render(created))
 
@@ -328,7 +397,7 @@ def _page(found: list[dict[str, Any]], query: Any, ids: bool = False) -> dict[st
     after = query.get("after")
     if after:
         known = [item["id"] for item in found]
-        found = found[known.index(after) + 1:] if after in known else []
+        found = found[known.index(after) + 1 :] if after in known else []
     try:
         limit = max(1, min(int(query.get("limit", 20)), 1000))
     except ValueError as exc:
@@ -362,7 +431,9 @@ async def served_as(request: web.Request, tenant: str, model: str) -> str:
         return model
     tuned = await fine_tuned_model(request, tenant, model)
     if tuned is None:
-        raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+        raise ModelNotFound(
+            f"The model `{model}` does not exist or you do not have access to it.", param="model"
+        )
     return f"{tuned.base}:{tuned.name}"
 
 
@@ -373,5 +444,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/fine_tuning/jobs/{id}/cancel", cancel)
     app.router.add_get("/v1/fine_tuning/jobs/{id}/events", list_events)
     app.router.add_get("/v1/fine_tuning/jobs/{id}/checkpoints", list_checkpoints)
-
-

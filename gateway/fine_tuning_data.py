@@ -16,9 +16,18 @@ from typing import Any
 import orjson
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
-_MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "refusal", "function_call"}
+_MESSAGE_KEYS = {
+    "role",
+    "content",
+    "name",
+    "weight",
+    "tool_calls",
+    "tool_call_id",
+    "refusal",
+    "function_call",
+}
 _LINE_KEYS = {"messages", "tools", "parallel_tool_calls", "functions"}
-MAX_REPORTED = 20   # lines named in a failed job's message (the events carry each one)
+MAX_REPORTED = 20  # lines named in a failed job's message (the events carry each one)
 
 
 @dataclass
@@ -50,10 +59,17 @@ def problem(line: bytes) -> str | None:
     if not any(m["role"] == "assistant" for m in messages):
         return "has no message with role 'assistant' (each example needs at least one)"
     tools = record.get("tools")
-    if tools is not None and not (isinstance(tools, list) and all(
-            isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
-            and isinstance(t["function"].get("name"), str) for t in tools)):
-        return "'tools' must be a list of {\"type\": \"function\", \"function\": {\"name\": ...}} objects"
+    if tools is not None and not (
+        isinstance(tools, list)
+        and all(
+            isinstance(t, dict)
+            and t.get("type") == "function"
+            and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str)
+            for t in tools
+        )
+    ):
+        return '\'tools\' must be a list of {"type": "function", "function": {"name": ...}} objects'
     return None
 
 
@@ -70,9 +86,11 @@ def _message_problem(message: Any) -> str | None:
     if role == "assistant" and message.get("tool_calls") and content is None:
         pass
     elif isinstance(content, list):
-        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                   for p in content):
-            return "content parts must be {\"type\": \"text\", \"text\": ...} objects"
+        if not all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            for p in content
+        ):
+            return 'content parts must be {"type": "text", "text": ...} objects'
     elif not isinstance(content, str):
         return "is missing its 'content' (a string)"
     if "weight" in message and (role != "assistant" or message["weight"] not in (0, 1)):

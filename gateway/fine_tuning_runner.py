@@ -41,10 +41,10 @@ _CLOSE_WAIT_S = 2.0
 
 class FineTuningRunner:
     def __init__(self, gateway: Callable[[], Gateway], jobs: Jobs, files: Files) -> None:
-        self._gateway = gateway     # read each time: a reloaded config's engines get the adapters too
+        self._gateway = gateway  # read each time: a reloaded config's engines get the adapters too
         self.jobs, self.files, self.config = jobs, files, jobs.config
         self.kv = jobs.kv
-        self._served: set[tuple[int, str]] = set()   # (backend, adapter) registered in this process
+        self._served: set[tuple[int, str]] = set()  # (backend, adapter) registered in this process
         self._working: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -90,10 +90,10 @@ class FineTuningRunner:
                 continue
             slot = None if full else await self._take_slot(job_id)
             if slot is None:
-                full = True   # every slot busy: the job waits, queued
+                full = True  # every slot busy: the job waits, queued
                 continue
             if not await self.kv.set_if_absent(f"ftjob:{job_id}:lease", _OWNER, self.config.lease_s):
-                await self.kv.delete(slot)   # another process trains it
+                await self.kv.delete(slot)  # another process trains it
                 continue
             self._spawn(job_id, self._train(fields, slot))
 
@@ -136,20 +136,25 @@ class FineTuningRunner:
                 counts[name] = error
             examples = counts["training_file"]
             if examples < self.config.min_examples or examples > self.config.max_examples:
-                error = {"code": "invalid_training_file", "param": "training_file",
-                         "message": f"Training file has {examples} example(s), but must have at least "
-                                    f"{self.config.min_examples} and at most {self.config.max_examples}."}
+                error = {
+                    "code": "invalid_training_file",
+                    "param": "training_file",
+                    "message": f"Training file has {examples} example(s), but must have at least "
+                    f"{self.config.min_examples} and at most {self.config.max_examples}.",
+                }
                 await self._fail(job_id, error)
                 return
             hyper = resolved(orjson.loads(fields["hyperparameters"]), examples, self.config)
             if (await self.jobs.fields(job_id)).get("cancel_requested"):
                 return
-            await self.jobs.update(job_id, status="queued", examples=str(examples),
-                                   hyperparameters=orjson.dumps(hyper).decode())
+            await self.jobs.update(
+                job_id, status="queued", examples=str(examples), hyperparameters=orjson.dumps(hyper).decode()
+            )
             await self.jobs.event(job_id, "Files validated, moving job to queued state")
-        except GatewayError as exc:   # a file deleted meanwhile
-            await self._fail(job_id, {"code": "invalid_training_file", "param": "training_file",
-                                      "message": exc.message})
+        except GatewayError as exc:  # a file deleted meanwhile
+            await self._fail(
+                job_id, {"code": "invalid_training_file", "param": "training_file", "message": exc.message}
+            )
         except Exception:
             self._log.exception("fine-tuning: checking a job's files failed", job_id=job_id)
         finally:
@@ -169,9 +174,12 @@ class FineTuningRunner:
         shown = " ".join(m for _, m in checked.problems[:MAX_REPORTED])
         more = len(checked.problems) - MAX_REPORTED
         kind = name.removesuffix("_file")
-        return {"code": f"invalid_{kind}_file", "param": name,
-                "message": f"The job failed due to an invalid {kind} file. {shown}"
-                           + (f" ({more} more line(s) not shown.)" if more > 0 else "")}
+        return {
+            "code": f"invalid_{kind}_file",
+            "param": name,
+            "message": f"The job failed due to an invalid {kind} file. {shown}"
+            + (f" ({more} more line(s) not shown.)" if more > 0 else ""),
+        }
 
     async def _train(self, fields: dict[str, str], slot: str) -> None:
         job_id = fields["id"]
@@ -179,7 +187,7 @@ class FineTuningRunner:
         job_dir = Path(self.config.dir) / job_id
         process: asyncio.subprocess.Process | None = None
         try:
-            fields = await self.jobs.fields(job_id)   # read again under the lease: cancelled meanwhile?
+            fields = await self.jobs.fields(job_id)  # read again under the lease: cancelled meanwhile?
             if fields["status"] in TERMINAL or fields.get("cancel_requested"):
                 return
             if fields["status"] == "queued":
@@ -188,13 +196,19 @@ class FineTuningRunner:
             else:
                 await self.jobs.event(job_id, "Fine-tuning job resumed")
             spec = await self._spec(fields, job_dir)
-            log = await asyncio.to_thread(open, job_dir / "trainer.log", "ab")   # the trainer's stderr
+            log = await asyncio.to_thread(open, job_dir / "trainer.log", "ab")  # the trainer's stderr
             try:
                 process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "local_engine.training", str(spec), stdout=asyncio.subprocess.PIPE,
-                    stderr=log, env=_child_env())
+                    sys.executable,
+                    "-m",
+                    "local_engine.training",
+                    str(spec),
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=log,
+                    env=_child_env(),
+                )
             finally:
-                log.close()   # the child writes through its own descriptor
+                log.close()  # the child writes through its own descriptor
             lost = asyncio.Event()
             keeper = asyncio.create_task(self._keep(job_id, slot, lease, process, lost))
             try:
@@ -211,15 +225,25 @@ class FineTuningRunner:
                 await self._succeeded(fields, outcome)
             else:
                 last = await asyncio.to_thread(_last_line, job_dir / "trainer.log")
-                error = {"code": "training_failed", "param": None, "message": outcome.get("message") or
-                         f"The trainer exited with status {process.returncode}" + (f": {last}" if last else ".")}
+                error = {
+                    "code": "training_failed",
+                    "param": None,
+                    "message": outcome.get("message")
+                    or f"The trainer exited with status {process.returncode}"
+                    + (f": {last}" if last else "."),
+                }
                 await self.jobs.finish(job_id, "failed", error=orjson.dumps(error).decode())
         except asyncio.CancelledError:
-            raise   # the gateway is stopping: the job stays running, to be resumed
+            raise  # the gateway is stopping: the job stays running, to be resumed
         except Exception as exc:
             self._log.exception("fine-tuning: a job failed", job_id=job_id)
-            await self.jobs.finish(job_id, "failed", error=orjson.dumps(
-                {"code": "training_failed", "param": None, "message": f"{type(exc).__name__}: {exc}"}).decode())
+            await self.jobs.finish(
+                job_id,
+                "failed",
+                error=orjson.dumps(
+                    {"code": "training_failed", "param": None, "message": f"{type(exc).__name__}: {exc}"}
+                ).decode(),
+            )
         finally:
             if process is not None and process.returncode is None:
                 process.kill()
@@ -234,8 +258,9 @@ class FineTuningRunner:
         if await self.kv.get(lease) == _OWNER:
             await self.kv.delete(lease)
 
-    async def _keep(self, job_id: str, slot: str, lease: str, process: asyncio.subprocess.Process,
-                    lost: asyncio.Event) -> None:
+    async def _keep(
+        self, job_id: str, slot: str, lease: str, process: asyncio.subprocess.Process, lost: asyncio.Event
+    ) -> None:
         """Renews the leases while the trainer runs; stops it when the job is cancelled, or when another
         process holds its lease (then ``lost`` is set: that process trains the job)."""
         while process.returncode is None:
@@ -263,16 +288,30 @@ class FineTuningRunner:
             finally:
                 await asyncio.to_thread(out.close)
             paths[name] = str(path)
-        hyper = orjson.loads(fields["hyperparameters"]) if "examples" in fields else resolved(
-            orjson.loads(fields["hyperparameters"]), 0, self.config)
+        hyper = (
+            orjson.loads(fields["hyperparameters"])
+            if "examples" in fields
+            else resolved(orjson.loads(fields["hyperparameters"]), 0, self.config)
+        )
         lora = orjson.loads(fields["lora"])
-        spec = {"base_model": self._base_path(fields["model"]), "training_file": paths["training_file"],
-                "validation_file": paths.get("validation_file"), "output_dir": str(job_dir),
-                "n_epochs": hyper["n_epochs"], "batch_size": hyper["batch_size"],
-                "learning_rate": self.config.base_learning_rate * hyper["learning_rate_multiplier"],
-                "rank": lora["rank"], "alpha": lora["alpha"], "target_modules": lora["target_modules"],
-                "seed": int(fields["seed"]), "max_seq_len": self.config.max_seq_len, "threads": self.config.threads,
-                "nice": self.config.nice, "device": self.config.device, "parent_pid": os.getpid()}
+        spec = {
+            "base_model": self._base_path(fields["model"]),
+            "training_file": paths["training_file"],
+            "validation_file": paths.get("validation_file"),
+            "output_dir": str(job_dir),
+            "n_epochs": hyper["n_epochs"],
+            "batch_size": hyper["batch_size"],
+            "learning_rate": self.config.base_learning_rate * hyper["learning_rate_multiplier"],
+            "rank": lora["rank"],
+            "alpha": lora["alpha"],
+            "target_modules": lora["target_modules"],
+            "seed": int(fields["seed"]),
+            "max_seq_len": self.config.max_seq_len,
+            "threads": self.config.threads,
+            "nice": self.config.nice,
+            "device": self.config.device,
+            "parent_pid": os.getpid(),
+        }
         path = job_dir / "spec.json"
         await asyncio.to_thread(path.write_bytes, orjson.dumps(spec))
         return path
@@ -292,22 +331,37 @@ class FineTuningRunner:
             try:
                 line = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                continue   # a library printing to stdout
+                continue  # a library printing to stdout
             kind = line.get("type")
             if kind == "started" and line.get("resumed_from"):
-                await self.jobs.event(job_id, f"Resumed from checkpoint {line['resumed_from']}",
-                                      data={"step": 0})
+                await self.jobs.event(
+                    job_id, f"Resumed from checkpoint {line['resumed_from']}", data={"step": 0}
+                )
             elif kind == "step":
-                await self.jobs.event(job_id, _step_message(line), kind="metrics", data={
-                    k: line[k] for k in ("step", "train_loss", "valid_loss", "total_steps", "epoch") if k in line})
+                await self.jobs.event(
+                    job_id,
+                    _step_message(line),
+                    kind="metrics",
+                    data={
+                        k: line[k]
+                        for k in ("step", "train_loss", "valid_loss", "total_steps", "epoch")
+                        if k in line
+                    },
+                )
             elif kind == "checkpoint":
                 await self.jobs.update(job_id, trained_tokens=str(line["trained_tokens"]))
-                await self.jobs.checkpoint(job_id, {
-                    "id": f"ftckpt-{job_id.removeprefix('ftjob-')[:12]}-{line['step']}",
-                    "object": "fine_tuning.job.checkpoint", "created_at": self.jobs.now(),
-                    "fine_tuning_job_id": job_id, "step_number": line["step"],
-                    "fine_tuned_model_checkpoint": f"{_result_name(fields)}:ckpt-step-{line['step']}",
-                    "metrics": await self._last_metrics(job_id)})
+                await self.jobs.checkpoint(
+                    job_id,
+                    {
+                        "id": f"ftckpt-{job_id.removeprefix('ftjob-')[:12]}-{line['step']}",
+                        "object": "fine_tuning.job.checkpoint",
+                        "created_at": self.jobs.now(),
+                        "fine_tuning_job_id": job_id,
+                        "step_number": line["step"],
+                        "fine_tuned_model_checkpoint": f"{_result_name(fields)}:ckpt-step-{line['step']}",
+                        "metrics": await self._last_metrics(job_id),
+                    },
+                )
                 await self.jobs.event(job_id, f"Checkpoint created at step {line['step']}")
             elif kind in ("done", "error"):
                 last = line
@@ -323,16 +377,25 @@ class FineTuningRunner:
     async def _succeeded(self, fields: dict[str, str], done: dict[str, Any]) -> None:
         job_id, tenant = fields["id"], fields["tenant"]
         name = _result_name(fields)
-        model = FineTunedModel(name=name, tenant=tenant, base=fields["model"], path=done["adapter"], job=job_id,
-                               created=self.jobs.now())
+        model = FineTunedModel(
+            name=name,
+            tenant=tenant,
+            base=fields["model"],
+            path=done["adapter"],
+            job=job_id,
+            created=self.jobs.now(),
+        )
         await self.jobs.register(model)
         await self._serve_adapters()
         tokens = int(done["trained_tokens"])
-        cost = math.ceil(tokens * self.config.price_per_1m_tokens * 1000)   # nano-USD: tokens x $/1M x 1e9 / 1e6
-        await self._gateway().pipeline.admission.charge_work(tenant, fields["key_id"], name, job_id, tokens, cost)
+        cost = math.ceil(
+            tokens * self.config.price_per_1m_tokens * 1000
+        )  # nano-USD: tokens x $/1M x 1e9 / 1e6
+        await self._gateway().pipeline.admission.charge_work(
+            tenant, fields["key_id"], name, job_id, tokens, cost
+        )
         await self.jobs.finish(job_id, "succeeded", fine_tuned_model=name, trained_tokens=str(tokens))
         await self.jobs.event(job_id, f"New fine-tuned model created: {name}")
-
 
     async def _serve_adapters(self) -> None:
         """Registers each fine-tuned model's adapter with every ready local engine of its base alias (in
@@ -344,21 +407,26 @@ class FineTuningRunner:
                 continue
             for route in gateway.router.routes(model.base):
                 backend = route.backend
-                add = getattr(backend, "add_lora", None)   # provider: local (docs/lora.md)
+                add = getattr(backend, "add_lora", None)  # provider: local (docs/lora.md)
                 if add is None or not backend.ready or (id(backend), model.name) in self._served:
                     continue
                 self._served.add((id(backend), model.name))
                 try:
                     await add(model.name, model.path)
                 except Exception as exc:  # a bad or missing directory: the model answers 404 on that engine
-                    self._log.error("fine-tuning: serving an adapter failed", model=model.name, error=str(exc))
+                    self._log.error(
+                        "fine-tuning: serving an adapter failed", model=model.name, error=str(exc)
+                    )
 
 
 def resolved(hyper: dict[str, Any], examples: int, config: FineTuningConfig) -> dict[str, Any]:
     """The job's hyperparameters with each "auto" decided: ``n_epochs`` the configured default, ``batch_size``
     about a tenth of the examples (1 to 8), ``learning_rate_multiplier`` 1."""
-    auto = {"n_epochs": config.default_epochs, "batch_size": max(1, min(8, examples // 10)),
-            "learning_rate_multiplier": 1.0}
+    auto = {
+        "n_epochs": config.default_epochs,
+        "batch_size": max(1, min(8, examples // 10)),
+        "learning_rate_multiplier": 1.0,
+    }
     return {k: auto[k] if v == "auto" else v for k, v in hyper.items()}
 
 

@@ -8,7 +8,7 @@ from policies.stores.layer import StoreLayer
 from .state import Gateway
 
 GATEWAY = web.AppKey("gateway", Gateway)
-STORES = web.AppKey("stores", StoreLayer)   # the process's store layer, kept across reloads
+STORES = web.AppKey("stores", StoreLayer)  # the process's store layer, kept across reloads
 RECORD = web.RequestKey("record", RequestRecord)
 
 __all__ = ["GATEWAY", "RECORD", "STORES", "RequestRecord"]

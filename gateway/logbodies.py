@@ -18,7 +18,7 @@ from aiohttp import web
 from .config import GatewayConfig
 from .keys import GATEWAY, RECORD
 
-BODIES = web.RequestKey("request_log_bodies", tuple)   # (request bytes, response bytes), cut
+BODIES = web.RequestKey("request_log_bodies", tuple)  # (request bytes, response bytes), cut
 # bytes kept past the cap until masking, so a value straddling the cut is still recognised and masked
 _SLACK = 256
 _SEALED = "gwenc1."
@@ -34,8 +34,11 @@ class BodyPolicy:
         self.default = config.request_log.bodies
         self.max_bytes = config.request_log.max_body_bytes
         self.tenants = {t.name: t.log_bodies for t in config.tenants if t.log_bodies is not None}
-        self.detectors = {t.name: Detector(t.pii.kinds, t.pii.rules, t.pii.words)
-                          for t in config.tenants if t.pii is not None}
+        self.detectors = {
+            t.name: Detector(t.pii.kinds, t.pii.rules, t.pii.words)
+            for t in config.tenants
+            if t.pii is not None
+        }
         self.keyring: Any = None
         if config.encryption is not None:
             from .security.crypto import keyring
@@ -54,10 +57,14 @@ class BodyPolicy:
     def logs(self, tenant: str) -> bool:
         return self.tenants.get(tenant, self.default)
 
-    def stored(self, tenant: str, request_id: str, bodies: tuple[bytes | None, bytes | None]) -> tuple[Any, Any]:
+    def stored(
+        self, tenant: str, request_id: str, bodies: tuple[bytes | None, bytes | None]
+    ) -> tuple[Any, Any]:
         """The two bodies as the database keeps them: masked, cut, sealed (or None)."""
-        return tuple(None if raw is None else self._store(tenant, request_id, column, raw)  # type: ignore[return-value]
-                     for column, raw in zip(("request_body", "response_body"), bodies, strict=True))
+        return tuple(
+            None if raw is None else self._store(tenant, request_id, column, raw)  # type: ignore[return-value]
+            for column, raw in zip(("request_body", "response_body"), bodies, strict=True)
+        )
 
     def _store(self, tenant: str, request_id: str, column: str, raw: bytes) -> str:
         text = raw.decode("utf-8", errors="replace")
@@ -68,7 +75,7 @@ class BodyPolicy:
             text = Masker(detector).mask(text)
         encoded = text.encode()
         if len(encoded) > self.max_bytes:
-            text = encoded[:self.max_bytes].decode("utf-8", errors="ignore") + " [cut]"
+            text = encoded[: self.max_bytes].decode("utf-8", errors="ignore") + " [cut]"
         if self.keyring is not None:
             return self.keyring.seal(text.encode(), _context(request_id, column)).decode()
         return text
@@ -78,12 +85,14 @@ class BodyPolicy:
         open (its key is no longer configured)."""
         if value is None or not value.startswith(_SEALED):
             return value, False
-        opened = None if self.keyring is None else self.keyring.open(value.encode(), _context(request_id, column))
+        opened = (
+            None if self.keyring is None else self.keyring.open(value.encode(), _context(request_id, column))
+        )
         return (None, True) if opened is None else (opened.decode(), False)
 
     def cut(self, raw: bytes) -> bytes:
         """What the request path keeps: the cap plus a little slack for masking."""
-        return raw if len(raw) <= self.max_bytes + _SLACK else raw[:self.max_bytes + _SLACK]
+        return raw if len(raw) <= self.max_bytes + _SLACK else raw[: self.max_bytes + _SLACK]
 
 
 def _context(request_id: str, column: str) -> bytes:
@@ -121,5 +130,10 @@ async def _keep(request: web.Request, response: web.StreamResponse | None, log_k
     # the body the handler read (aiohttp keeps it: read() answers from memory); one it never read (refused
     # first) is not read now
     sent = await request.read() if request.body_exists and request.content.at_eof() else None
-    answer = response.body if isinstance(response, web.Response) and isinstance(response.body, bytes) else None
-    request[BODIES] = (None if sent is None else policy.cut(sent), None if answer is None else policy.cut(answer))
+    answer = (
+        response.body if isinstance(response, web.Response) and isinstance(response.body, bytes) else None
+    )
+    request[BODIES] = (
+        None if sent is None else policy.cut(sent),
+        None if answer is None else policy.cut(answer),
+    )

@@ -12,12 +12,34 @@ import structlog
 
 from errors.secrets import scrub
 
-MAX_FIELD_CHARS = 4096   # a traceback or an upstream message longer than this is cut, marked as cut
+MAX_FIELD_CHARS = 4096  # a traceback or an upstream message longer than this is cut, marked as cut
 # Fields the gateway itself fills with names and ids: never a secret, and skipping them keeps the
 # request line's cost flat.
-_SAFE = frozenset({"request_id", "tenant", "key_id", "alias", "deployment", "endpoint", "status", "stream",
-                   "latency_ms", "overhead_ms", "prompt_tokens", "completion_tokens", "ttft_ms", "attempts",
-                   "cache", "cost_usd", "saved_usd", "trace_id", "level", "timestamp", "event"})
+_SAFE = frozenset(
+    {
+        "request_id",
+        "tenant",
+        "key_id",
+        "alias",
+        "deployment",
+        "endpoint",
+        "status",
+        "stream",
+        "latency_ms",
+        "overhead_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_ms",
+        "attempts",
+        "cache",
+        "cost_usd",
+        "saved_usd",
+        "trace_id",
+        "level",
+        "timestamp",
+        "event",
+    }
+)
 
 
 def bounded(text: str) -> str:

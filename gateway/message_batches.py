@@ -27,7 +27,11 @@ _MAX_REQUESTS = 100_000
 
 
 def _time(value: str | None) -> str | None:
-    return None if value is None else dt.datetime.fromtimestamp(int(value), dt.UTC).isoformat().replace("+00:00", "Z")
+    return (
+        None
+        if value is None
+        else dt.datetime.fromtimestamp(int(value), dt.UTC).isoformat().replace("+00:00", "Z")
+    )
 
 
 def render(fields: dict[str, str], origin: str) -> dict[str, Any]:
@@ -40,13 +44,20 @@ def render(fields: dict[str, str], origin: str) -> dict[str, Any]:
     processing = 0 if ended else max(total - c["completed"] - c["failed"], 0)
     ended_at = next((fields[f"{s}_at"] for s in TERMINAL if f"{s}_at" in fields), None)
     return {
-        "id": fields["id"], "type": "message_batch",
+        "id": fields["id"],
+        "type": "message_batch",
         "processing_status": "ended" if ended else "canceling" if status == "cancelling" else "in_progress",
-        "request_counts": {"processing": processing, "succeeded": c["completed"], "errored": c["failed"],
-                           "canceled": not_run if fields["status"] == "cancelled" else 0,
-                           "expired": not_run if fields["status"] == "expired" else 0},
-        "ended_at": _time(ended_at), "created_at": _time(fields["created_at"]),
-        "expires_at": _time(fields["expires_at"]), "archived_at": None,
+        "request_counts": {
+            "processing": processing,
+            "succeeded": c["completed"],
+            "errored": c["failed"],
+            "canceled": not_run if fields["status"] == "cancelled" else 0,
+            "expired": not_run if fields["status"] == "expired" else 0,
+        },
+        "ended_at": _time(ended_at),
+        "created_at": _time(fields["created_at"]),
+        "expires_at": _time(fields["expires_at"]),
+        "archived_at": None,
         "cancel_initiated_at": _time(fields.get("cancelling_at")),
         "results_url": f"{origin}/v1/messages/batches/{fields['id']}/results" if ended else None,
     }
@@ -87,11 +98,22 @@ async def _create(request: web.Request) -> web.Response:
 
     async def lines() -> AsyncIterator[bytes]:
         for item in requests:
-            yield orjson.dumps({"custom_id": item["custom_id"], "method": "POST", "url": MESSAGES,
-                                "body": item["params"]}) + b"\n"
+            yield (
+                orjson.dumps(
+                    {
+                        "custom_id": item["custom_id"],
+                        "method": "POST",
+                        "url": MESSAGES,
+                        "body": item["params"],
+                    }
+                )
+                + b"\n"
+            )
 
     record = await request.app[FILES].create(tenant, "message_batch.jsonl", "batch", lines())
-    fields = await request.app[BATCHES].create(tenant, caller.key_id, MESSAGES, record["id"], None, kind="anthropic")
+    fields = await request.app[BATCHES].create(
+        tenant, caller.key_id, MESSAGES, record["id"], None, kind="anthropic"
+    )
     return respond(request, render(fields, _origin(request)))
 
 
@@ -107,25 +129,37 @@ async def _cancel(request: web.Request) -> web.Response:
 
 
 async def _list(request: web.Request) -> web.Response:
-    found = [render(fields, _origin(request))
-             for fields in await request.app[BATCHES].listed(_tenant(request), "anthropic")]
+    found = [
+        render(fields, _origin(request))
+        for fields in await request.app[BATCHES].listed(_tenant(request), "anthropic")
+    ]
     after = request.query.get("after_id")
     if after:
         ids = [b["id"] for b in found]
-        found = found[ids.index(after) + 1:] if after in ids else []
+        found = found[ids.index(after) + 1 :] if after in ids else []
     limit = max(1, min(int(request.query.get("limit", "20") or 20), 1000))
     data = found[:limit]
-    return respond(request, {"data": data, "has_more": len(found) > limit,
-                             "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+    return respond(
+        request,
+        {
+            "data": data,
+            "has_more": len(found) > limit,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        },
+    )
 
 
 async def _results(request: web.Request) -> web.StreamResponse:
     fields = await _get(request)
     if fields["status"] not in TERMINAL:
-        raise InvalidRequest(f"Message batch {fields['id']} has not ended yet; its results are not available.")
+        raise InvalidRequest(
+            f"Message batch {fields['id']} has not ended yet; its results are not available."
+        )
     files = request.app[FILES]
-    response = web.StreamResponse(headers={"Content-Type": "application/binary",
-                                           "x-request-id": request[RECORD].request_id})
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/binary", "x-request-id": request[RECORD].request_id}
+    )
     await response.prepare(request)
     request[RECORD].status = 200
     # Anthropic's results are in no promised order: the answered lines, then the rest

@@ -53,11 +53,21 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         endpoint, payload = Endpoint.MESSAGES, {**body, wire.BETAS: request.headers.get("anthropic-beta")}
     else:
         endpoint, payload = Endpoint.CHAT, wire.to_chat(body, dropped)
-    screen = await screening.inbound(gateway.pipeline, caller.tenant, caller.key_id, endpoint, payload, record)
+    screen = await screening.inbound(
+        gateway.pipeline, caller.tenant, caller.key_id, endpoint, payload, record
+    )
     if gateway.loaded.config.server.log_prompts:
         record.prompt = screen.logged["messages"]
-    call = Call(record=record, tenant=caller.tenant.name, key_id=caller.key_id, alias=alias, endpoint=endpoint,
-                body=screen.body, stream=stream, headers=request.headers)
+    call = Call(
+        record=record,
+        tenant=caller.tenant.name,
+        key_id=caller.key_id,
+        alias=alias,
+        endpoint=endpoint,
+        body=screen.body,
+        stream=stream,
+        headers=request.headers,
+    )
     async with gateway.pipeline.answer(call) as answer:
         answer = await screen.outbound(answer)
         extra = bridge.headers(call, dropped)
@@ -66,29 +76,41 @@ async def _messages(request: web.Request) -> web.StreamResponse:
                 data = {**_whole_of(answer), "model": alias}
                 bridge.take_usage(call, wire.usage_of(data.get("usage")).openai())
                 if stream:  # only a hit is whole for a stream: written as the stream it was
-                    return await bridge.stream(request, call, bridge.once(wire.replay_events(data)), extra, _failed)
+                    return await bridge.stream(
+                        request, call, bridge.once(wire.replay_events(data)), extra, _failed
+                    )
                 return bridge.whole(call, orjson.dumps(data), extra)
             cache = gateway.pipeline.cache
             relayed = Relayed()
-            return await bridge.stream(request, call, _native_events(call, answer.chunks, alias,
-                                                                     cache if cache.wants(call) else None,
-                                                                     relayed),
-                                       extra, _failed, relayed)
+            return await bridge.stream(
+                request,
+                call,
+                _native_events(call, answer.chunks, alias, cache if cache.wants(call) else None, relayed),
+                extra,
+                _failed,
+                relayed,
+            )
         if answer.chunks is None:
             data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
-            return bridge.whole(call, orjson.dumps(wire.to_message(data, alias, body.get("stop_sequences"))), extra)
+            return bridge.whole(
+                call, orjson.dumps(wire.to_message(data, alias, body.get("stop_sequences"))), extra
+            )
         events = wire.MessageEvents(alias, body.get("stop_sequences"))
-        return await bridge.stream(request, call, _translated_events(answer.chunks, events), extra, _failed,
-                                   events.relayed)
+        return await bridge.stream(
+            request, call, _translated_events(answer.chunks, events), extra, _failed, events.relayed
+        )
 
 
-async def _translated_events(chunks: AsyncIterator[bytes], events: wire.MessageEvents) -> AsyncIterator[bytes]:
+async def _translated_events(
+    chunks: AsyncIterator[bytes], events: wire.MessageEvents
+) -> AsyncIterator[bytes]:
     async for batch, done in bridge.chat_chunks(chunks):
         yield events.read_all(batch) + events.finish() if done else events.read_all(batch)
 
 
-async def _native_events(call: Call, chunks: AsyncIterator[bytes], alias: str, cache: ResponseCache | None,
-                         relayed: Relayed) -> AsyncIterator[bytes]:
+async def _native_events(
+    call: Call, chunks: AsyncIterator[bytes], alias: str, cache: ResponseCache | None, relayed: Relayed
+) -> AsyncIterator[bytes]:
     """Anthropic's own stream, passed on with the alias as its model; its usage (message_start,
     message_delta) and the text relayed (``relayed``: what a stream that breaks off is ledgered at) are
     read on the way, and with a ``cache`` that wants it the whole message is kept."""
@@ -152,8 +174,11 @@ async def _count_tokens(request: web.Request) -> web.StreamResponse:
         result = {"input_tokens": await tokens.count_prompt(Endpoint.CHAT, chat, None)}
         how = "estimated"
     record.status = 200
-    return web.Response(body=orjson.dumps(result), content_type="application/json",
-                        headers={**headers, "x-gateway-token-count": how})
+    return web.Response(
+        body=orjson.dumps(result),
+        content_type="application/json",
+        headers={**headers, "x-gateway-token-count": how},
+    )
 
 
 def _whole_of(answer: UpstreamResponse) -> dict[str, Any]:

@@ -15,12 +15,21 @@ from backends import Endpoint
 
 from .validate import _RANGES, _ROLES, _SCHEMAS  # the validator's own tables: one source for both
 
-_JSON_TYPES = {str: "string", bool: "boolean", int: "integer", float: "number", list: "array", dict: "object",
-               type(None): "null"}
+_JSON_TYPES = {
+    str: "string",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    list: "array",
+    dict: "object",
+    type(None): "null",
+}
 _API_ERRORS = ("400", "401", "403", "404", "408", "413", "429", "500", "502", "503", "504")
-_OPERATIONS = {Endpoint.CHAT: ("/v1/chat/completions", "createChatCompletion", "CreateChatCompletionRequest"),
-               Endpoint.COMPLETIONS: ("/v1/completions", "createCompletion", "CreateCompletionRequest"),
-               Endpoint.EMBEDDINGS: ("/v1/embeddings", "createEmbedding", "CreateEmbeddingRequest")}
+_OPERATIONS = {
+    Endpoint.CHAT: ("/v1/chat/completions", "createChatCompletion", "CreateChatCompletionRequest"),
+    Endpoint.COMPLETIONS: ("/v1/completions", "createCompletion", "CreateCompletionRequest"),
+    Endpoint.EMBEDDINGS: ("/v1/embeddings", "createEmbedding", "CreateEmbeddingRequest"),
+}
 
 
 def _property(name: str, types: tuple[type, ...], required: bool) -> dict[str, Any]:
@@ -28,7 +37,7 @@ def _property(name: str, types: tuple[type, ...], required: bool) -> dict[str, A
     if float in types and "integer" in names:
         names.remove("integer")  # "number" already admits integers
     if not required and "null" not in names:
-        names.append("null")   # the validator treats null as absent
+        names.append("null")  # the validator treats null as absent
     schema: dict[str, Any] = {"type": names if len(names) > 1 else names[0]}
     if name in _RANGES:
         schema["minimum"], schema["maximum"] = _RANGES[name]
@@ -37,21 +46,42 @@ def _property(name: str, types: tuple[type, ...], required: bool) -> dict[str, A
 
 def _request(endpoint: Endpoint) -> dict[str, Any]:
     types, required = _SCHEMAS[endpoint]
-    properties = {name: _property(name, accepted, name in required) for name, (accepted, _) in types.items()
-                  if endpoint is not Endpoint.COMPLETIONS or name not in _CHAT_ONLY}
+    properties = {
+        name: _property(name, accepted, name in required)
+        for name, (accepted, _) in types.items()
+        if endpoint is not Endpoint.COMPLETIONS or name not in _CHAT_ONLY
+    }
     properties["model"]["minLength"] = 1
     if endpoint is Endpoint.CHAT:
-        properties["messages"] = {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["role"], "additionalProperties": True,
-            "properties": {"role": {"enum": sorted(_ROLES)}, "content": {"type": ["string", "array", "null"]}}}}
-        properties["stop"] = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
-                                        {"type": "null"}]}
-    return {"type": "object", "required": list(required), "properties": properties, "additionalProperties": True}
+        properties["messages"] = {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role"],
+                "additionalProperties": True,
+                "properties": {
+                    "role": {"enum": sorted(_ROLES)},
+                    "content": {"type": ["string", "array", "null"]},
+                },
+            },
+        }
+        properties["stop"] = {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}]
+        }
+    return {
+        "type": "object",
+        "required": list(required),
+        "properties": properties,
+        "additionalProperties": True,
+    }
 
 
 def _errors(schema: str) -> dict[str, Any]:
     body = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
-    return {status: {"description": "An error, in the endpoint's API format.", **body} for status in _API_ERRORS}
+    return {
+        status: {"description": "An error, in the endpoint's API format.", **body} for status in _API_ERRORS
+    }
 
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -70,56 +100,141 @@ def document() -> dict[str, Any]:
     """The description as a JSON-ready dict (built once)."""
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {
-        "Error": {"type": "object", "required": ["message", "type"], "properties": {
-            "message": {"type": "string"}, "type": {"type": "string"},
-            "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}},
-        "ErrorResponse": {"type": "object", "required": ["error"],
-                          "properties": {"error": {"$ref": "#/components/schemas/Error"}}},
-        "AnthropicErrorResponse": {"type": "object", "required": ["type", "error"], "properties": {
-            "type": {"const": "error"}, "error": {"type": "object", "required": ["type", "message"], "properties": {
-                "type": {"type": "string"}, "message": {"type": "string"}}}}},
+        "Error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        },
+        "ErrorResponse": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"$ref": "#/components/schemas/Error"}},
+        },
+        "AnthropicErrorResponse": {
+            "type": "object",
+            "required": ["type", "error"],
+            "properties": {
+                "type": {"const": "error"},
+                "error": {
+                    "type": "object",
+                    "required": ["type", "message"],
+                    "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
+        },
     }
     for endpoint, (path, operation_id, schema_name) in _OPERATIONS.items():
         schemas[schema_name] = _request(endpoint)
         ok: dict[str, Any] = {"application/json": {"schema": _OBJECT}}
         if endpoint is not Endpoint.EMBEDDINGS:
             ok["text/event-stream"] = {"schema": {"type": "string"}}
-        paths[path] = {"post": {
-            "operationId": operation_id, "security": _AUTH,
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{schema_name}"}}}},
-            "responses": {"200": {"description": "The upstream's answer (a stream when `stream` is true).",
-                                  "content": ok}, **_errors("ErrorResponse")}}}
-    paths["/v1/models"] = {"get": {"operationId": "listModels", "security": _AUTH, "responses": {
-        "200": _json("The aliases this key may use.", {"type": "object", "required": ["object", "data"]}),
-        **_errors("ErrorResponse")}}}
-    paths["/v1/models/{model}"] = {"get": {
-        "operationId": "retrieveModel", "security": _AUTH,
-        "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
-        "responses": {"200": _json("One alias.", {"type": "object", "required": ["id", "object"]}),
-                      **_errors("ErrorResponse")}}}
-    paths["/v1/messages"] = {"post": {
-        "operationId": "createMessage", "security": _AUTH,
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "required": ["model", "max_tokens", "messages"], "additionalProperties": True,
-            "properties": {"model": {"type": "string", "minLength": 1},
-                           "max_tokens": {"type": "integer", "minimum": 1},
-                           "messages": {"type": "array", "minItems": 1, "items": _OBJECT},
-                           "stream": {"type": "boolean"}}}}}},
-        "responses": {"200": {"description": "Anthropic's message (or its event stream).", "content": {
-            "application/json": {"schema": _OBJECT}, "text/event-stream": {"schema": {"type": "string"}}}},
-            **_errors("AnthropicErrorResponse")}}}
+        paths[path] = {
+            "post": {
+                "operationId": operation_id,
+                "security": _AUTH,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "The upstream's answer (a stream when `stream` is true).",
+                        "content": ok,
+                    },
+                    **_errors("ErrorResponse"),
+                },
+            }
+        }
+    paths["/v1/models"] = {
+        "get": {
+            "operationId": "listModels",
+            "security": _AUTH,
+            "responses": {
+                "200": _json(
+                    "The aliases this key may use.", {"type": "object", "required": ["object", "data"]}
+                ),
+                **_errors("ErrorResponse"),
+            },
+        }
+    }
+    paths["/v1/models/{model}"] = {
+        "get": {
+            "operationId": "retrieveModel",
+            "security": _AUTH,
+            "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": _json("One alias.", {"type": "object", "required": ["id", "object"]}),
+                **_errors("ErrorResponse"),
+            },
+        }
+    }
+    paths["/v1/messages"] = {
+        "post": {
+            "operationId": "createMessage",
+            "security": _AUTH,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["model", "max_tokens", "messages"],
+                            "additionalProperties": True,
+                            "properties": {
+                                "model": {"type": "string", "minLength": 1},
+                                "max_tokens": {"type": "integer", "minimum": 1},
+                                "messages": {"type": "array", "minItems": 1, "items": _OBJECT},
+                                "stream": {"type": "boolean"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "Anthropic's message (or its event stream).",
+                    "content": {
+                        "application/json": {"schema": _OBJECT},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                **_errors("AnthropicErrorResponse"),
+            },
+        }
+    }
     for path, what in (("/healthz", "The process is alive."), ("/readyz", "Ready to serve (503 while not).")):
-        paths[path] = {"get": {"operationId": path.strip("/"), "security": [], "responses": {
-            "200": _json(what, {"type": "object", "required": ["status"]}),
-            "503": _json("Starting or draining.", {"type": "object", "required": ["status"]})}}}
+        paths[path] = {
+            "get": {
+                "operationId": path.strip("/"),
+                "security": [],
+                "responses": {
+                    "200": _json(what, {"type": "object", "required": ["status"]}),
+                    "503": _json("Starting or draining.", {"type": "object", "required": ["status"]}),
+                },
+            }
+        }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "LLM gateway", "version": "1", "description": "OpenAI-compatible endpoints, Anthropic's "
-                 "Messages API, health checks. Admin endpoints: docs/configuration.md."},
+        "info": {
+            "title": "LLM gateway",
+            "version": "1",
+            "description": "OpenAI-compatible endpoints, Anthropic's "
+            "Messages API, health checks. Admin endpoints: docs/configuration.md.",
+        },
         "servers": [{"url": "/"}],
         "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer"},
-            "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
+        },
     }

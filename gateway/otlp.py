@@ -54,7 +54,7 @@ class SpanRecord(NamedTuple):
     attributes: Mapping[str, Any]
 
 
-Trace = tuple[int, Sequence[SpanRecord]]   # a request's trace id and its spans
+Trace = tuple[int, Sequence[SpanRecord]]  # a request's trace id and its spans
 
 
 def any_value(value: Any) -> Any:
@@ -94,7 +94,10 @@ _FIXED32 = struct.Struct("<I")
 _TRACE_ID, _SPAN_ID, _PARENT_ID, _NAME, _KIND = b"\x0a\x10", b"\x12\x08", b"\x22\x08", b"\x2a", b"\x30"
 _START, _END, _STATUS_FIELD, _FLAGS = b"\x39", b"\x41", b"\x7a", b"\x85\x01"
 _STATUS_MESSAGE, _STATUS_CODE = b"\x12", b"\x18"
-_FIRST, _SECOND = b"\x0a", b"\x12"  # field 1 and 2, length-delimited: resource / scope, then the list under it
+_FIRST, _SECOND = (
+    b"\x0a",
+    b"\x12",
+)  # field 1 and 2, length-delimited: resource / scope, then the list under it
 
 
 class SpanEncoder:
@@ -109,8 +112,12 @@ class SpanEncoder:
         self._span, self._key_value = Span, KeyValue
         self._attributes: dict[tuple[str, type, Any], bytes] = {}
         self._names: dict[str, bytes] = {}
-        self._resource = _field(_FIRST, Resource(attributes=[KeyValue(key=k, value=any_value(v))
-                                                             for k, v in resource.items()]).SerializeToString())
+        self._resource = _field(
+            _FIRST,
+            Resource(
+                attributes=[KeyValue(key=k, value=any_value(v)) for k, v in resource.items()]
+            ).SerializeToString(),
+        )
         self._scope = _field(_FIRST, InstrumentationScope(name=scope).SerializeToString())
 
     def _attribute(self, key: str, value: Any) -> bytes:
@@ -118,7 +125,9 @@ class SpanEncoder:
         found = self._attributes.get(cache_key)
         if found is None:
             # a one-attribute Span serializes to exactly that attribute's repeated-field entry
-            found = self._span(attributes=[self._key_value(key=key, value=any_value(value))]).SerializeToString()
+            found = self._span(
+                attributes=[self._key_value(key=key, value=any_value(value))]
+            ).SerializeToString()
             if len(self._attributes) >= _MAX_CACHED:  # varying values fill it: start again
                 self._attributes.clear()
             self._attributes[cache_key] = found
@@ -130,19 +139,37 @@ class SpanEncoder:
             if len(self._names) >= _MAX_CACHED:
                 self._names.clear()
             name = self._names[span.name] = _field(_NAME, span.name.encode())
-        status = (_field(_STATUS_MESSAGE, span.message.encode()) if span.message else b"") + \
-            (_STATUS_CODE + _varint(span.status) if span.status else b"")
+        status = (_field(_STATUS_MESSAGE, span.message.encode()) if span.message else b"") + (
+            _STATUS_CODE + _varint(span.status) if span.status else b""
+        )
         attribute = self._attribute
-        return b"".join((
-            _TRACE_ID, trace_id, _SPAN_ID, span.span_id.to_bytes(8, "big"),
-            _PARENT_ID + span.parent_id.to_bytes(8, "big") if span.parent_id else b"", name,
-            _KIND, _varint(span.kind), _START, _FIXED64.pack(span.start), _END, _FIXED64.pack(span.end),
-            _field(_STATUS_FIELD, status), _FLAGS, _FIXED32.pack(_HAS_IS_REMOTE | (_IS_REMOTE if span.parent_remote else 0)),
-            *[attribute(key, value) for key, value in span.attributes.items()]))
+        return b"".join(
+            (
+                _TRACE_ID,
+                trace_id,
+                _SPAN_ID,
+                span.span_id.to_bytes(8, "big"),
+                _PARENT_ID + span.parent_id.to_bytes(8, "big") if span.parent_id else b"",
+                name,
+                _KIND,
+                _varint(span.kind),
+                _START,
+                _FIXED64.pack(span.start),
+                _END,
+                _FIXED64.pack(span.end),
+                _field(_STATUS_FIELD, status),
+                _FLAGS,
+                _FIXED32.pack(_HAS_IS_REMOTE | (_IS_REMOTE if span.parent_remote else 0)),
+                *[attribute(key, value) for key, value in span.attributes.items()],
+            )
+        )
 
     def encode(self, traces: Sequence[Trace]) -> bytes:
-        spans = [_field(_SECOND, self.span(trace_id.to_bytes(16, "big"), span))
-                 for trace_id, records in traces for span in records]
+        spans = [
+            _field(_SECOND, self.span(trace_id.to_bytes(16, "big"), span))
+            for trace_id, records in traces
+            for span in records
+        ]
         return _field(_FIRST, self._resource + _field(_SECOND, self._scope + b"".join(spans)))
 
 
@@ -183,14 +210,21 @@ class HttpSender:
 class BatchExporter:
     """A bounded queue of finished traces and the thread that encodes and sends them."""
 
-    def __init__(self, encoder: SpanEncoder, send: Callable[[bytes], bool], *, max_queue: int, interval_s: float,
-                 max_batch: int = 4096) -> None:
+    def __init__(
+        self,
+        encoder: SpanEncoder,
+        send: Callable[[bytes], bool],
+        *,
+        max_queue: int,
+        interval_s: float,
+        max_batch: int = 4096,
+    ) -> None:
         self.encoder, self.send = encoder, send
         self.max_queue, self.interval_s, self.max_batch = max_queue, interval_s, max_batch
-        self.dropped = 0                   # spans refused by a full queue
+        self.dropped = 0  # spans refused by a full queue
         self._queue: collections.deque[Trace] = collections.deque()
-        self._pending = 0                  # spans queued or being sent
-        self._queued = 0                   # spans queued
+        self._pending = 0  # spans queued or being sent
+        self._queued = 0  # spans queued
         self._flushing = False
         self._stopping = False
         self._lock = threading.Condition()

@@ -35,11 +35,17 @@ _NATIVE = (Endpoint.RESPONSES, Endpoint.MESSAGES, Endpoint.COUNT_TOKENS)
 
 
 class Pipeline:
-    def __init__(self, admission: Admission, cache: ResponseCache, resilience: Resilience,
-                 context: ContextPolicies | None = None, versions: VariantHistory | None = None,
-                 shadows: Shadows | None = None) -> None:
+    def __init__(
+        self,
+        admission: Admission,
+        cache: ResponseCache,
+        resilience: Resilience,
+        context: ContextPolicies | None = None,
+        versions: VariantHistory | None = None,
+        shadows: Shadows | None = None,
+    ) -> None:
         self.admission = admission
-        self.shadows = shadows    # mirrors a share of a variant's requests to another (policies/shadow.py)
+        self.shadows = shadows  # mirrors a share of a variant's requests to another (policies/shadow.py)
         self.context = context
         self.versions = versions  # the aliases' variants and their change history
         self.cache = cache
@@ -67,14 +73,17 @@ class Pipeline:
             if hit is not None:
                 yield _as_asked(call, hit)
                 if call.shadow is not None and self.shadows is not None:
-                    self.shadows.mirror(call, hit.data if hit.data is not None or hit.body is None
-                                        else orjson.loads(hit.body))
+                    self.shadows.mirror(
+                        call, hit.data if hit.data is not None or hit.body is None else orjson.loads(hit.body)
+                    )
                 return
             if call.stream and self.cache.wants(call):
                 call.collected = []
             async with self.resilience.send(call) as upstream:
                 if upstream.chunks is not None:
-                    upstream.chunks = streams.scrubbed(upstream.chunks)   # secrets out, before the cache and the client
+                    upstream.chunks = streams.scrubbed(
+                        upstream.chunks
+                    )  # secrets out, before the cache and the client
                     if call.endpoint not in _NATIVE:  # a native format's handler reads its own usage
                         upstream.chunks = self._ledgered(call, _tap(call, upstream.chunks))
                     if call.collected is not None:
@@ -85,11 +94,11 @@ class Pipeline:
                         call.usage = upstream.data.get("usage")
                         call.record.take_usage(call.usage)
                     call.completed = True
-                yield _as_asked(call, upstream)   # the cache keeps what the upstream answered
+                yield _as_asked(call, upstream)  # the cache keeps what the upstream answered
             if call.completed and call.collected is None and self.cache.wants(call):
                 self.cache.store(call, upstream)
             if call.shadow is not None and call.completed and self.shadows is not None:
-                self.shadows.mirror(call, upstream.data)   # in the background, once the answer is whole
+                self.shadows.mirror(call, upstream.data)  # in the background, once the answer is whole
 
     async def usage(self, tenant: str, days: list[str], group_by: ledger.GroupBy) -> list[dict[str, Any]]:
         """The ledger's usage rows of ``tenant`` over ``days`` (the admin API)."""
@@ -106,8 +115,11 @@ class Pipeline:
         encoding = self._encoding(record.deployment)
         usage = dict(relayed.usage) if relayed.usage and relayed.usage.get("prompt_tokens") else {}
         if not usage:
-            usage["prompt_tokens"] = call.prompt_tokens if call.prompt_tokens is not None else \
-                await tokens.count_prompt(call.endpoint, call.body, encoding)
+            usage["prompt_tokens"] = (
+                call.prompt_tokens
+                if call.prompt_tokens is not None
+                else await tokens.count_prompt(call.endpoint, call.body, encoding)
+            )
         usage["completion_tokens"] = tokens.count_text(relayed.text(), encoding)
         record.take_usage(usage)
 
@@ -143,8 +155,9 @@ class Pipeline:
             await self.broken(call, reader.relayed)
             raise
 
-    async def _store_at_end(self, call: Call, upstream: UpstreamResponse,
-                            chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _store_at_end(
+        self, call: Call, upstream: UpstreamResponse, chunks: AsyncIterator[bytes]
+    ) -> AsyncIterator[bytes]:
         """A stream is handed to the cache before its last events go out, as a whole answer is before it
         is sent: a client that asks again as soon as its stream ended finds it stored."""
         async for events in chunks:

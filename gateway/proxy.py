@@ -21,13 +21,17 @@ from .validate import validate
 
 # orjson writes at most 254 levels: deeper bodies would fail when sent upstream; none of the APIs needs 64.
 MAX_NESTING = 64
-_SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no"}
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 
 
 def handler(endpoint: Endpoint) -> Any:
     async def handle(request: web.Request) -> web.StreamResponse:
         return await proxy(request, endpoint)
+
     return handle
 
 
@@ -42,7 +46,9 @@ async def proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     if alias not in gateway.router:
         alias = gateway.router.adapter_alias(alias) or alias  # ALIAS:ADAPTER, the body keeps the adapter
     if alias not in gateway.router or not caller.tenant.allows(alias):
-        raise ModelNotFound(f"The model `{alias}` does not exist or you do not have access to it.", param="model")
+        raise ModelNotFound(
+            f"The model `{alias}` does not exist or you do not have access to it.", param="model"
+        )
     record.alias = alias
     screen = await screening.inbound(gateway.pipeline, caller.tenant, caller.key_id, endpoint, body, record)
     if gateway.loaded.config.server.log_prompts:
@@ -50,8 +56,16 @@ async def proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         record.prompt = logged.get("messages") or logged.get("prompt") or logged.get("input")
     stream = endpoint is not Endpoint.EMBEDDINGS and body.get("stream") is True
     record.stream = stream
-    call = Call(record=record, tenant=caller.tenant.name, key_id=caller.key_id, alias=alias, endpoint=endpoint,
-                body=screen.body, stream=stream, headers=request.headers)
+    call = Call(
+        record=record,
+        tenant=caller.tenant.name,
+        key_id=caller.key_id,
+        alias=alias,
+        endpoint=endpoint,
+        body=screen.body,
+        stream=stream,
+        headers=request.headers,
+    )
     async with gateway.pipeline.answer(call) as answer:
         return await relay(request, call, await screen.outbound(answer))
 
@@ -92,7 +106,9 @@ async def relay(request: web.Request, call: Call, answer: UpstreamResponse) -> w
 
 async def _read_json(request: web.Request, limit: int) -> Any:
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"Request body of {request.content_length} bytes exceeds the limit of {limit} bytes.")
+        raise PayloadTooLarge(
+            f"Request body of {request.content_length} bytes exceeds the limit of {limit} bytes."
+        )
     timeout = request.app[GATEWAY].loaded.config.server.limits.body_timeout_s
     try:
         async with asyncio.timeout(timeout):
@@ -117,8 +133,12 @@ async def _read_json(request: web.Request, limit: int) -> Any:
 def _deeper_than(value: Any, limit: int) -> bool:
     level: list[Any] = [value]
     for _ in range(limit):
-        level = [child for node in level if isinstance(node, (dict, list))
-                 for child in (node.values() if isinstance(node, dict) else node)]
+        level = [
+            child
+            for node in level
+            if isinstance(node, (dict, list))
+            for child in (node.values() if isinstance(node, dict) else node)
+        ]
         if not level:
             return False
     return any(isinstance(node, (dict, list)) for node in level)

@@ -44,8 +44,12 @@ class _Generation:
 class Reloader:
     """Reloads ``app[GATEWAY]`` from ``path`` on request; install ``middleware`` before the app starts."""
 
-    def __init__(self, app: web.Application, path: str | None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        path: str | None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         """``sleep``: what the file watcher waits between looks (tests count and release them)."""
         self._app = app
         self._sleep = sleep
@@ -98,25 +102,39 @@ class Reloader:
         try:
             loaded = await asyncio.to_thread(load_config, self._path)
         except ConfigError as exc:
-            log.error("config reload failed; keeping the old config", config=self._file, problems=exc.problems,
-                      pid=os.getpid())
+            log.error(
+                "config reload failed; keeping the old config",
+                config=self._file,
+                problems=exc.problems,
+                pid=os.getpid(),
+            )
             if (trail := self._app.get(audit.AUDIT)) is not None:
-                await trail.record("config.reload_refused", actor="system", outcome="failed", problems=exc.problems)
+                await trail.record(
+                    "config.reload_refused", actor="system", outcome="failed", problems=exc.problems
+                )
             return False
-        fresh = Gateway.build(loaded, live.stores, live.pipeline.admission.clock)  # same store layer, same time
+        fresh = Gateway.build(
+            loaded, live.stores, live.pipeline.admission.clock
+        )  # same store layer, same time
         try:
             await fresh.start()
             failed = await _started(fresh, live)
         except Exception:
-            log.exception("config reload failed to start; keeping the old config", config=self._file, pid=os.getpid())
+            log.exception(
+                "config reload failed to start; keeping the old config", config=self._file, pid=os.getpid()
+            )
             await _discard(fresh, live)
             return False
         except asyncio.CancelledError:  # shutting down
             await _discard(fresh, live)
             raise
         if failed:
-            log.error("config reload failed; keeping the old config", config=self._file, pid=os.getpid(),
-                      problems=[f"deployment {id_}: {reason}" for id_, reason in failed.items()])
+            log.error(
+                "config reload failed; keeping the old config",
+                config=self._file,
+                pid=os.getpid(),
+                problems=[f"deployment {id_}: {reason}" for id_, reason in failed.items()],
+            )
             await _discard(fresh, live)
             return False
         if live.draining:  # SIGTERM came while the new one started: nothing left to switch to
@@ -129,8 +147,14 @@ class Reloader:
         old = live.adopt(fresh)
         config = loaded.config
         metrics.publish_budgets(config)
-        log.info("config reloaded", config=loaded.path, pid=os.getpid(), models=len(config.models),
-                 tenants=len(config.tenants), deployments_disabled=len(loaded.disabled))
+        log.info(
+            "config reloaded",
+            config=loaded.path,
+            pid=os.getpid(),
+            models=len(config.models),
+            tenants=len(config.tenants),
+            deployments_disabled=len(loaded.disabled),
+        )
         if (trail := self._app.get(audit.AUDIT)) is not None:
             await audit.config_changed(trail, old.loaded.config, config, loaded.path)
         task = asyncio.create_task(self._retire(old, retired, config.server.drain_timeout_s))
@@ -164,8 +188,12 @@ class Reloader:
         try:
             await asyncio.wait_for(generation.idle.wait(), drain_s)
         except TimeoutError:
-            get_logger().warning("closing the previous config with requests still using it",
-                                 in_flight=generation.count, timeout_s=drain_s, pid=os.getpid())
+            get_logger().warning(
+                "closing the previous config with requests still using it",
+                in_flight=generation.count,
+                timeout_s=drain_s,
+                pid=os.getpid(),
+            )
         await _close(old)
         get_logger().info("previous config closed", pid=os.getpid())
 
@@ -175,12 +203,17 @@ async def _started(fresh: Gateway, live: Gateway) -> dict[str, str]:
     switch costs no request a wait; returns the deployments that failed to start but work in ``live``."""
     waiting = [backend.id for backend in fresh.backends if not backend.ready]
     if waiting:
-        get_logger().info("config reload: waiting for deployments to load", deployments=waiting, pid=os.getpid())
+        get_logger().info(
+            "config reload: waiting for deployments to load", deployments=waiting, pid=os.getpid()
+        )
     while not all(backend.ready for backend in fresh.backends):  # noqa: ASYNC110 - backends expose a flag only
         await asyncio.sleep(0.1)
     working = {backend.id for backend in live.backends if backend.failure is None}
-    return {backend.id: backend.failure for backend in fresh.backends
-            if backend.failure is not None and backend.id in working}
+    return {
+        backend.id: backend.failure
+        for backend in fresh.backends
+        if backend.failure is not None and backend.id in working
+    }
 
 
 async def _discard(fresh: Gateway, live: Gateway) -> None:
@@ -191,8 +224,11 @@ async def _discard(fresh: Gateway, live: Gateway) -> None:
 
 
 def _deployments(loaded: LoadedConfig) -> dict[tuple[str, str], bool]:
-    return {(alias.name, deployment.id): loaded.deployment_disabled_reason(alias.name, index) is None
-            for alias in loaded.config.models for index, deployment in enumerate(alias.deployments)}
+    return {
+        (alias.name, deployment.id): loaded.deployment_disabled_reason(alias.name, index) is None
+        for alias in loaded.config.models
+        for index, deployment in enumerate(alias.deployments)
+    }
 
 
 async def _close(gateway: Gateway) -> None:
@@ -214,5 +250,6 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
 def _warn_restart_fields(old: ServerConfig, new: ServerConfig) -> None:
     changed = [f"server.{name}" for name in RESTART_FIELDS if getattr(old, name) != getattr(new, name)]
     if changed:
-        get_logger().warning("config reload: these fields take effect only after a restart", fields=changed,
-                             pid=os.getpid())
+        get_logger().warning(
+            "config reload: these fields take effect only after a restart", fields=changed, pid=os.getpid()
+        )

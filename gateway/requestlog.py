@@ -31,22 +31,75 @@ from .config import GatewayConfig, RequestLogConfig
 from .keys import GATEWAY, RECORD
 from .logbodies import BODIES, BodyPolicy
 
-DROPPED = Counter("gateway_request_log_dropped_total", "Request log records dropped: its database fell behind")
-COLUMNS = ("ts", "request_id", "tenant", "key_id", "alias", "deployment", "endpoint", "status", "stream",
-           "latency_ms", "overhead_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd",
-           "cache", "attempts", "error", "trace_id")
+DROPPED = Counter(
+    "gateway_request_log_dropped_total", "Request log records dropped: its database fell behind"
+)
+COLUMNS = (
+    "ts",
+    "request_id",
+    "tenant",
+    "key_id",
+    "alias",
+    "deployment",
+    "endpoint",
+    "status",
+    "stream",
+    "latency_ms",
+    "overhead_ms",
+    "ttft_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "saved_usd",
+    "cache",
+    "attempts",
+    "error",
+    "trace_id",
+)
 BODY_COLUMNS = ("request_body", "response_body")
-_SQL_TYPES = ("double precision", "text", "text", "text", "text", "text", "text", "integer", "boolean",
-              "double precision", "double precision", "double precision", "bigint", "bigint", "double precision",
-              "double precision", "text", "text", "text", "text", "text", "text")
-_INDEXES = ("CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
-            "CREATE INDEX IF NOT EXISTS requests_tenant_ts ON requests (tenant, ts)",
-            "CREATE INDEX IF NOT EXISTS requests_request_id ON requests (request_id)")
-_FILTERS = {"tenant": "tenant", "key_id": "key_id", "alias": "alias", "status": "status",
-            "request_id": "request_id", "from": "ts >=", "to": "ts <"}
+_SQL_TYPES = (
+    "double precision",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "integer",
+    "boolean",
+    "double precision",
+    "double precision",
+    "double precision",
+    "bigint",
+    "bigint",
+    "double precision",
+    "double precision",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+)
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
+    "CREATE INDEX IF NOT EXISTS requests_tenant_ts ON requests (tenant, ts)",
+    "CREATE INDEX IF NOT EXISTS requests_request_id ON requests (request_id)",
+)
+_FILTERS = {
+    "tenant": "tenant",
+    "key_id": "key_id",
+    "alias": "alias",
+    "status": "status",
+    "request_id": "request_id",
+    "from": "ts >=",
+    "to": "ts <",
+}
 _MAX_LIMIT = 1000
-_SAVINGS = ("SELECT tenant, COUNT(*), SUM(CASE WHEN cache LIKE 'hit%' THEN 1 ELSE 0 END), COALESCE(SUM(saved_usd), 0) "
-            "FROM requests{where} GROUP BY tenant ORDER BY tenant")
+_SAVINGS = (
+    "SELECT tenant, COUNT(*), SUM(CASE WHEN cache LIKE 'hit%' THEN 1 ELSE 0 END), COALESCE(SUM(saved_usd), 0) "
+    "FROM requests{where} GROUP BY tenant ORDER BY tenant"
+)
 _RETENTION_EVERY_S = 60.0
 
 Row = tuple[Any, ...]
@@ -57,36 +110,65 @@ def _where(filters: dict[str, Any], placeholder: Callable[[int], str]) -> str:
     terms = []
     for i, name in enumerate(filters):
         column = _FILTERS[name]
-        terms.append(f"{column} {placeholder(i)}" if column.endswith(("<", ">=")) else f"{column} = {placeholder(i)}")
+        terms.append(
+            f"{column} {placeholder(i)}" if column.endswith(("<", ">=")) else f"{column} = {placeholder(i)}"
+        )
     return " WHERE " + " AND ".join(terms) if terms else ""
 
 
 class RequestLog:
     """One process's request log: the buffer the requests append to, and its database (subclasses)."""
 
-    def __init__(self, config: RequestLogConfig, clock: Callable[[], float] = time.time,
-                 bodies: BodyPolicy | None = None) -> None:
+    def __init__(
+        self,
+        config: RequestLogConfig,
+        clock: Callable[[], float] = time.time,
+        bodies: BodyPolicy | None = None,
+    ) -> None:
         self.config = config
         self.bodies = bodies
         self._clock = clock
         self._buffer: collections.deque[Row] = collections.deque()
         self._pruned = 0.0
 
-    def add(self, record: RequestRecord, latency_s: float, status: int,
-            bodies: tuple[bytes | None, bytes | None] | None = None) -> None:
+    def add(
+        self,
+        record: RequestRecord,
+        latency_s: float,
+        status: int,
+        bodies: tuple[bytes | None, bytes | None] | None = None,
+    ) -> None:
         """Queue the record (on the event loop: a tuple and a deque append; bodies are redacted, cut and
         sealed by the writer)."""
         if len(self._buffer) >= self.config.max_buffer:
             DROPPED.inc()
             return
         trace = record.trace
-        self._buffer.append((
-            self._clock(), record.request_id, record.tenant, record.key_id, record.alias, record.deployment,
-            record.endpoint, status, record.stream, round(latency_s * 1000, 3), round(record.overhead_s * 1000, 3),
-            None if record.ttft_s is None else round(record.ttft_s * 1000, 3), record.prompt_tokens,
-            record.completion_tokens, record.cost_usd, record.saved_usd, record.cache,
-            ",".join(record.attempts) or None, record.error, None if trace is None else trace.trace_id,
-            bodies))
+        self._buffer.append(
+            (
+                self._clock(),
+                record.request_id,
+                record.tenant,
+                record.key_id,
+                record.alias,
+                record.deployment,
+                record.endpoint,
+                status,
+                record.stream,
+                round(latency_s * 1000, 3),
+                round(record.overhead_s * 1000, 3),
+                None if record.ttft_s is None else round(record.ttft_s * 1000, 3),
+                record.prompt_tokens,
+                record.completion_tokens,
+                record.cost_usd,
+                record.saved_usd,
+                record.cache,
+                ",".join(record.attempts) or None,
+                record.error,
+                None if trace is None else trace.trace_id,
+                bodies,
+            )
+        )
 
     def _take(self) -> list[Row]:
         """What the buffer holds, with the bodies made ready to store (off the event loop)."""
@@ -113,7 +195,7 @@ class RequestLog:
         out = dict(zip(COLUMNS, row, strict=False))
         out["stream"] = bool(out["stream"])  # SQLite keeps 0/1
         if with_bodies:
-            out.update(zip(BODY_COLUMNS, row[len(COLUMNS):], strict=True))
+            out.update(zip(BODY_COLUMNS, row[len(COLUMNS) :], strict=True))
         return out
 
     async def start(self) -> None:
@@ -149,8 +231,12 @@ class RequestLog:
 class SqliteRequestLog(RequestLog):
     """SQLite in WAL mode, written by a thread with the standard ``sqlite3`` module."""
 
-    def __init__(self, config: RequestLogConfig, clock: Callable[[], float] = time.time,
-                 bodies: BodyPolicy | None = None) -> None:
+    def __init__(
+        self,
+        config: RequestLogConfig,
+        clock: Callable[[], float] = time.time,
+        bodies: BodyPolicy | None = None,
+    ) -> None:
         super().__init__(config, clock, bodies)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
@@ -228,8 +314,12 @@ class SqliteRequestLog(RequestLog):
         db = sqlite3.connect(self.path, timeout=30)
         try:
             with db:
-                return sum(db.execute("DELETE FROM requests WHERE tenant = ? AND ts < ?",
-                                      (tenant, now - d * 86400)).rowcount for tenant, d in days.items())
+                return sum(
+                    db.execute(
+                        "DELETE FROM requests WHERE tenant = ? AND ts < ?", (tenant, now - d * 86400)
+                    ).rowcount
+                    for tenant, d in days.items()
+                )
         except sqlite3.OperationalError:  # no table yet: the log has not started
             return 0
         finally:
@@ -262,8 +352,12 @@ class PostgresRequestLog(RequestLog):
     """PostgreSQL through asyncpg (``request_log.dsn``): a task on the event loop copies each batch in with
     ``COPY`` (binary, one round trip); bodies are prepared in a thread first. Several replicas share one table."""
 
-    def __init__(self, config: RequestLogConfig, clock: Callable[[], float] = time.time,
-                 bodies: BodyPolicy | None = None) -> None:
+    def __init__(
+        self,
+        config: RequestLogConfig,
+        clock: Callable[[], float] = time.time,
+        bodies: BodyPolicy | None = None,
+    ) -> None:
         super().__init__(config, clock, bodies)
         self._pool: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -276,7 +370,9 @@ class PostgresRequestLog(RequestLog):
 
         assert self.config.dsn is not None
         self._pool = await asyncpg.create_pool(self.config.dsn, min_size=1, max_size=4, command_timeout=30)
-        columns = ", ".join(f"{name} {kind}" for name, kind in zip(COLUMNS + BODY_COLUMNS, _SQL_TYPES, strict=True))
+        columns = ", ".join(
+            f"{name} {kind}" for name, kind in zip(COLUMNS + BODY_COLUMNS, _SQL_TYPES, strict=True)
+        )
         async with self._pool.acquire() as db:
             # one replica at a time makes the schema (CREATE ... IF NOT EXISTS races on the catalog)
             async with db.transaction():
@@ -322,7 +418,9 @@ class PostgresRequestLog(RequestLog):
             async with self._pool.acquire() as db:
                 try:
                     if rows:
-                        await db.copy_records_to_table("requests", records=rows, columns=COLUMNS + BODY_COLUMNS)
+                        await db.copy_records_to_table(
+                            "requests", records=rows, columns=COLUMNS + BODY_COLUMNS
+                        )
                     if cutoff is not None:
                         await db.execute("DELETE FROM requests WHERE ts < $1", cutoff)
                 except Exception:
@@ -337,7 +435,9 @@ class PostgresRequestLog(RequestLog):
         pruned = 0
         async with self._pool.acquire() as db:
             for tenant, d in days.items():
-                status = await db.execute("DELETE FROM requests WHERE tenant = $1 AND ts < $2", tenant, now - d * 86400)
+                status = await db.execute(
+                    "DELETE FROM requests WHERE tenant = $1 AND ts < $2", tenant, now - d * 86400
+                )
                 pruned += int(status.split()[-1])
         return pruned
 
@@ -348,8 +448,10 @@ class PostgresRequestLog(RequestLog):
         return int(status.split()[-1])
 
     async def query(self, filters: dict[str, Any], limit: int) -> list[dict[str, Any]]:
-        sql = (f"SELECT {', '.join(COLUMNS)} FROM requests{_where(filters, lambda i: f'${i + 1}')} "
-               f"ORDER BY ts DESC LIMIT ${len(filters) + 1}")
+        sql = (
+            f"SELECT {', '.join(COLUMNS)} FROM requests{_where(filters, lambda i: f'${i + 1}')} "
+            f"ORDER BY ts DESC LIMIT ${len(filters) + 1}"
+        )
         values = [int(v) if name == "status" else v for name, v in filters.items()]
         async with self._pool.acquire() as db:
             rows = await db.fetch(sql, *values, limit)
@@ -357,8 +459,11 @@ class PostgresRequestLog(RequestLog):
 
     async def get(self, request_id: str) -> dict[str, Any] | None:
         async with self._pool.acquire() as db:
-            row = await db.fetchrow(f"SELECT {', '.join(COLUMNS + BODY_COLUMNS)} FROM requests "
-                                    "WHERE request_id = $1 ORDER BY ts DESC LIMIT 1", request_id)
+            row = await db.fetchrow(
+                f"SELECT {', '.join(COLUMNS + BODY_COLUMNS)} FROM requests "
+                "WHERE request_id = $1 ORDER BY ts DESC LIMIT 1",
+                request_id,
+            )
         return None if row is None else self._out(tuple(row), True)
 
     async def savings(self, tenant: str | None) -> list[dict[str, Any]]:
@@ -370,7 +475,12 @@ class PostgresRequestLog(RequestLog):
 
 def _saved(row: Sequence[Any]) -> dict[str, Any]:
     tenant, requests, hits, saved = row
-    return {"tenant": tenant, "requests": int(requests), "cache_hits": int(hits or 0), "saved_usd": float(saved)}
+    return {
+        "tenant": tenant,
+        "requests": int(requests),
+        "cache_hits": int(hits or 0),
+        "saved_usd": float(saved),
+    }
 
 
 def build(config: GatewayConfig, clock: Callable[[], float] = time.time) -> RequestLog | None:
@@ -393,8 +503,10 @@ async def handle(request: web.Request) -> web.Response:
     query = request.query
     unknown = set(query) - set(_FILTERS) - {"limit"}
     if unknown:
-        raise InvalidRequest(f"Unknown filter {sorted(unknown)[0]!r}; filters: {', '.join(_FILTERS)}, limit.",
-                             param=sorted(unknown)[0])
+        raise InvalidRequest(
+            f"Unknown filter {sorted(unknown)[0]!r}; filters: {', '.join(_FILTERS)}, limit.",
+            param=sorted(unknown)[0],
+        )
     filters: dict[str, Any] = {}
     for name in _FILTERS:
         if name in query:
@@ -420,8 +532,11 @@ async def handle_one(request: web.Request) -> web.Response:
     row = None if log is None else await log.get(request_id)
     if row is None:
         raise NotFound(f"No logged request {request_id!r}.", param="id")
-    policy = log.bodies if log is not None and log.bodies is not None else \
-        BodyPolicy.of(request.app[GATEWAY].loaded.config)
+    policy = (
+        log.bodies
+        if log is not None and log.bodies is not None
+        else BodyPolicy.of(request.app[GATEWAY].loaded.config)
+    )
     for column in BODY_COLUMNS:
         text, sealed = await asyncio.to_thread(policy.shown, row[column], row["request_id"], column)
         row[column] = text
@@ -436,15 +551,24 @@ async def handle_savings(request: web.Request) -> web.Response:
     who = principal(request)
     log = request.app.get(REQUEST_LOG)
     rows = [] if log is None else await log.savings(None if who.admin else who.tenant)
-    return _json(request, {"object": "list", "data": rows,
-                           "total_saved_usd": sum(r["saved_usd"] for r in rows),
-                           "retention_days": None if log is None else log.config.retention_days})
+    return _json(
+        request,
+        {
+            "object": "list",
+            "data": rows,
+            "total_saved_usd": sum(r["saved_usd"] for r in rows),
+            "retention_days": None if log is None else log.config.retention_days,
+        },
+    )
 
 
 def _json(request: web.Request, body: dict[str, Any]) -> web.Response:
     request[RECORD].status = 200
-    return web.Response(body=orjson.dumps(body), content_type="application/json",
-                        headers={"x-request-id": request[RECORD].request_id})
+    return web.Response(
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers={"x-request-id": request[RECORD].request_id},
+    )
 
 
 def _number(query: Any, name: str) -> float:
@@ -454,5 +578,15 @@ def _number(query: Any, name: str) -> float:
         raise InvalidRequest(f"{name} must be a number, not {query[name]!r}.", param=name) from None
 
 
-__all__ = ["BODIES", "DROPPED", "REQUEST_LOG", "PostgresRequestLog", "RequestLog", "SqliteRequestLog", "build",
-           "handle", "handle_one", "handle_savings"]
+__all__ = [
+    "BODIES",
+    "DROPPED",
+    "REQUEST_LOG",
+    "PostgresRequestLog",
+    "RequestLog",
+    "SqliteRequestLog",
+    "build",
+    "handle",
+    "handle_one",
+    "handle_savings",
+]

@@ -59,15 +59,16 @@ class Turn:
 
     async def kept(self, response: dict[str, Any]) -> None:
         if self.body.get("store") is not False and isinstance(response.get("id"), str):
-            await self.store.put(self.call.tenant, response["id"], Stored(response, self.items, self.context),
-                                 self.retention_s)
+            await self.store.put(
+                self.call.tenant, response["id"], Stored(response, self.items, self.context), self.retention_s
+            )
 
     async def answered(self, answer: UpstreamResponse) -> dict[str, Any]:
         """A whole (screened) answer as the Response object, kept when asked; call it inside the pipeline's
         answer, so that a native answer's usage is read before it is settled."""
         data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
         if answer.status >= 400:
-            return data   # an upstream error, in OpenAI's error shape already
+            return data  # an upstream error, in OpenAI's error shape already
         if self.call.endpoint is Endpoint.RESPONSES:
             if bridge.cache_hit(self.call):  # a response of its own: stored (and continued) under its own id
                 data = wire.replayed(data, new_id("resp_"), int(time.time()))
@@ -83,14 +84,22 @@ class Turn:
         return await self.answered(await self.screen.outbound(answer))
 
 
-async def turn(gateway: Gateway, store: StoredResponses, record: RequestRecord, tenant: TenantConfig, key_id: str,
-               body: dict[str, Any], stream: bool, headers: Mapping[str, str]) -> Turn:
+async def turn(
+    gateway: Gateway,
+    store: StoredResponses,
+    record: RequestRecord,
+    tenant: TenantConfig,
+    key_id: str,
+    body: dict[str, Any],
+    stream: bool,
+    headers: Mapping[str, str],
+) -> Turn:
     """``body`` (checked, its alias the tenant's) as a call, screened by the tenant's PII and guardrail policies:
     as it is in front of OpenAI and Azure deployments, in the chat shape in front of any other;
     ``previous_response_id`` continued from ``store``."""
     alias = body["model"]
     screen = await screening.inbound(gateway.pipeline, tenant, key_id, Endpoint.RESPONSES, body, record)
-    body = screen.body   # masked where the tenant's PII policy masks: the upstream and the store see that
+    body = screen.body  # masked where the tenant's PII policy masks: the upstream and the store see that
     items = wire.input_items(body)
     context: list[dict[str, Any]] = []
     native = bridge.speaks(gateway.router, alias, _NATIVE)
@@ -111,16 +120,32 @@ async def turn(gateway: Gateway, store: StoredResponses, record: RequestRecord, 
         endpoint, payload = Endpoint.CHAT, wire.to_chat(body, [*context, *items], dropped)
     if gateway.loaded.config.server.log_prompts:
         record.prompt = screen.logged.get("input")
-    call = Call(record=record, tenant=tenant.name, key_id=key_id, alias=alias, endpoint=endpoint, body=payload,
-                stream=stream, headers=headers)
+    call = Call(
+        record=record,
+        tenant=tenant.name,
+        key_id=key_id,
+        alias=alias,
+        endpoint=endpoint,
+        body=payload,
+        stream=stream,
+        headers=headers,
+    )
     return Turn(call, body, items, context, dropped, store, screen, retention_s(tenant))
 
 
 async def create(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     asked = await bridge.incoming(request, wire.check, _unknown)
-    ready = await turn(gateway, request.app[STORE], request[RECORD], asked.caller.tenant, asked.caller.key_id,
-                       asked.body, asked.stream, request.headers)
+    ready = await turn(
+        gateway,
+        request.app[STORE],
+        request[RECORD],
+        asked.caller.tenant,
+        asked.caller.key_id,
+        asked.body,
+        asked.stream,
+        request.headers,
+    )
     call = ready.call
     async with gateway.pipeline.answer(call) as answer:
         answer = await ready.screen.outbound(answer)
@@ -131,15 +156,25 @@ async def create(request: web.Request) -> web.StreamResponse:
                 return bridge.whole(call, orjson.dumps(response), extra)
             hit = bridge.cache_hit(call)
             if call.stream:  # only a hit is whole for a stream: written as the stream it was
-                return await bridge.stream(request, call, bridge.once(wire.replay_events(response)), extra, _failed)
-            return bridge.whole(call, orjson.dumps(response) if hit else answer.body or orjson.dumps(response), extra)
+                return await bridge.stream(
+                    request, call, bridge.once(wire.replay_events(response)), extra, _failed
+                )
+            return bridge.whole(
+                call, orjson.dumps(response) if hit else answer.body or orjson.dumps(response), extra
+            )
         if call.endpoint is Endpoint.RESPONSES:
             relayed = Relayed()
             events = _native_events(call, answer.chunks, ready.kept, gateway.pipeline.cache, relayed)
             return await bridge.stream(request, call, events, extra, _failed, relayed)
         writer = wire.ResponseEvents(new_id("resp_"), ready.body, call.alias)
-        return await bridge.stream(request, call, _translated_events(writer, answer.chunks, ready.kept), extra,
-                                   writer.failed, writer.relayed)
+        return await bridge.stream(
+            request,
+            call,
+            _translated_events(writer, answer.chunks, ready.kept),
+            extra,
+            writer.failed,
+            writer.relayed,
+        )
 
 
 def _unstored(item: dict[str, Any]) -> dict[str, Any]:
@@ -152,12 +187,23 @@ _TEXT_DELTAS = ("text.delta", "refusal.delta", "arguments.delta")
 
 
 def _failed(exc: GatewayError) -> bytes:
-    return sse.encode(orjson.dumps({"type": "error", "code": exc.code or exc.type, "message": exc.message,
-                                    "param": exc.param, "sequence_number": 0}), event="error")
+    return sse.encode(
+        orjson.dumps(
+            {
+                "type": "error",
+                "code": exc.code or exc.type,
+                "message": exc.message,
+                "param": exc.param,
+                "sequence_number": 0,
+            }
+        ),
+        event="error",
+    )
 
 
-async def _translated_events(writer: wire.ResponseEvents, chunks: AsyncIterator[bytes], kept: Any
-                             ) -> AsyncIterator[bytes]:
+async def _translated_events(
+    writer: wire.ResponseEvents, chunks: AsyncIterator[bytes], kept: Any
+) -> AsyncIterator[bytes]:
     yield writer.start()
     async for batch, done in bridge.chat_chunks(chunks):
         yield writer.read_all(batch) + writer.finish() if done else writer.read_all(batch)
@@ -165,8 +211,9 @@ async def _translated_events(writer: wire.ResponseEvents, chunks: AsyncIterator[
         await kept(writer.final)
 
 
-async def _native_events(call: Call, chunks: AsyncIterator[bytes], kept: Any, cache: ResponseCache,
-                         relayed: Relayed) -> AsyncIterator[bytes]:
+async def _native_events(
+    call: Call, chunks: AsyncIterator[bytes], kept: Any, cache: ResponseCache, relayed: Relayed
+) -> AsyncIterator[bytes]:
     """OpenAI's own Responses stream, passed on; the final response is read on the way (usage, store, and
     the response cache, which keeps it whole), and the text relayed (``relayed``: what a stream that breaks
     off is ledgered at)."""
@@ -178,8 +225,10 @@ async def _native_events(call: Call, chunks: AsyncIterator[bytes], kept: Any, ca
                 delta = orjson.loads(event.data).get("delta")
                 if isinstance(delta, str):
                     relayed.texts.append(delta)
-            elif event.event in ("response.completed", "response.incomplete") or \
-                    b'"type":"response.completed"' in event.data[:40]:
+            elif (
+                event.event in ("response.completed", "response.incomplete")
+                or b'"type":"response.completed"' in event.data[:40]
+            ):
                 final = orjson.loads(event.data).get("response") or {}
                 bridge.take_usage(call, wire.chat_usage(final.get("usage")))
                 await kept(final)
@@ -221,16 +270,27 @@ async def input_items(request: web.Request) -> web.Response:
     after = request.query.get("after")
     if after is not None:
         ids = [item.get("id") for item in items]
-        items = items[ids.index(after) + 1:] if after in ids else []
-    page = items[:max(1, min(limit, 100))]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    page = items[: max(1, min(limit, 100))]
     request[RECORD].status = 200
-    return _json(request, {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-                           "last_id": page[-1]["id"] if page else None, "has_more": len(items) > len(page)})
+    return _json(
+        request,
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > len(page),
+        },
+    )
 
 
 def _json(request: web.Request, data: Any) -> web.Response:
-    return web.Response(body=orjson.dumps(data), content_type="application/json",
-                        headers={"x-request-id": request[RECORD].request_id})
+    return web.Response(
+        body=orjson.dumps(data),
+        content_type="application/json",
+        headers={"x-request-id": request[RECORD].request_id},
+    )
 
 
 def new_store(kv: KeyValue, ttl_s: float, sealer: Sealer | None = None) -> StoredResponses:

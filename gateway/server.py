@@ -63,7 +63,9 @@ def _run_worker(config_path: str | None, listen: Listen, *, reuse_port: bool) ->
     return 0
 
 
-async def _serve_app(loaded: LoadedConfig, listen: Listen, *, reuse_port: bool, config_path: str | None) -> None:
+async def _serve_app(
+    loaded: LoadedConfig, listen: Listen, *, reuse_port: bool, config_path: str | None
+) -> None:
     from .app import build_app
     from .reload import Reloader
 
@@ -76,8 +78,14 @@ async def _serve_app(loaded: LoadedConfig, listen: Listen, *, reuse_port: bool, 
     private = app[PRIVATE_PORTS] = {}
     # keepalive_timeout: aiohttp's timer runs from accept until a whole request head is in, then between
     # requests: the header timeout and the idle timeout in one.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
-                           shutdown_timeout=drain, keepalive_timeout=server.limits.header_timeout_s)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=drain,
+        keepalive_timeout=server.limits.header_timeout_s,
+    )
     await runner.setup()
     guard = ConnectionGuard(server.limits, fd_budget(server.limits, server.upstream_max_connections))
     guard.install(runner.server)  # type: ignore[arg-type]  # set by setup()
@@ -89,21 +97,33 @@ async def _serve_app(loaded: LoadedConfig, listen: Listen, *, reuse_port: bool, 
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the supervisor while spawning
     try:
         ssl_context = server_context(server.tls) if server.tls is not None else None
-        site = web.TCPSite(runner, listen.host, listen.port, reuse_port=reuse_port, backlog=4096,
-                           ssl_context=ssl_context)
+        site = web.TCPSite(
+            runner, listen.host, listen.port, reuse_port=reuse_port, backlog=4096, ssl_context=ssl_context
+        )
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else listen.port
-        for address, serves in ((server.admin_listen, frozenset({"admin", "metrics"})),
-                                (server.metrics_listen, frozenset({"metrics"}))):
+        for address, serves in (
+            (server.admin_listen, frozenset({"admin", "metrics"})),
+            (server.metrics_listen, frozenset({"metrics"})),
+        ):
             if address is not None:
                 host, _, private_port = address.rpartition(":")
                 await web.TCPSite(runner, host.strip("[]"), int(private_port), reuse_port=reuse_port).start()
                 private[int(private_port)] = serves
                 log.info("listening (private)", host=host, port=int(private_port), serves=sorted(serves))
         for alias, index in loaded.disabled:
-            log.warning("deployment disabled", alias=alias, deployment=index, reason=loaded.disabled[(alias, index)])
-        log.info("listening", host=listen.host, port=port, pid=os.getpid(), config=loaded.path,
-                 tls=ssl_context is not None, max_connections=guard.max_connections)
+            log.warning(
+                "deployment disabled", alias=alias, deployment=index, reason=loaded.disabled[(alias, index)]
+            )
+        log.info(
+            "listening",
+            host=listen.host,
+            port=port,
+            pid=os.getpid(),
+            config=loaded.path,
+            tls=ssl_context is not None,
+            max_connections=guard.max_connections,
+        )
         reloader.start()
         await stop.wait()
         log.info("draining", pid=os.getpid(), timeout_s=drain)
@@ -151,8 +171,12 @@ def _supervise(config_path: str | None, listen: Listen) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
     workers = [start() for _ in range(listen.workers)]
-    log.info("supervising", workers=[w.pid for w in workers], port=listen.port,
-             metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    log.info(
+        "supervising",
+        workers=[w.pid for w in workers],
+        port=listen.port,
+        metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+    )
     while not stopping:
         time.sleep(0.2)
         if reload:

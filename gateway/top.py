@@ -26,7 +26,7 @@ class Traffic:
     errors: float = 0
     tokens: float = 0
     cache_hits: float = 0
-    buckets: dict[float, float] = field(default_factory=dict)   # latency: le (s) -> cumulative count
+    buckets: dict[float, float] = field(default_factory=dict)  # latency: le (s) -> cumulative count
 
     def quantile(self, q: float) -> float | None:
         total = self.buckets.get(float("inf"), 0)
@@ -68,25 +68,50 @@ def _ms(seconds: float | None) -> str:
     return "" if seconds is None else "inf" if seconds == float("inf") else f"{seconds * 1000:g}"
 
 
-def table(url: str, before: dict[tuple[str, str], Traffic], now: dict[tuple[str, str], Traffic],
-          in_flight: float, interval_s: float) -> Table:
+def table(
+    url: str,
+    before: dict[tuple[str, str], Traffic],
+    now: dict[tuple[str, str], Traffic],
+    in_flight: float,
+    interval_s: float,
+) -> Table:
     """The view: one row per (tenant, alias), busiest first."""
     view = Table(title=f"{url}  in flight: {in_flight:g}  (rates over {interval_s:.1f} s)")
-    for name, justify in (("tenant", "left"), ("alias", "left"), ("req/s", "right"), ("err/s", "right"),
-                          ("requests", "right"), ("errors", "right"), ("tokens", "right"),
-                          ("p50 ms ≤", "right"), ("p95 ms ≤", "right"), ("cache hits", "right")):
+    for name, justify in (
+        ("tenant", "left"),
+        ("alias", "left"),
+        ("req/s", "right"),
+        ("err/s", "right"),
+        ("requests", "right"),
+        ("errors", "right"),
+        ("tokens", "right"),
+        ("p50 ms ≤", "right"),
+        ("p95 ms ≤", "right"),
+        ("cache hits", "right"),
+    ):
         view.add_column(name, justify=justify)  # type: ignore[arg-type]
 
     def rate(row: tuple[str, str], what: str) -> float:
         earlier = getattr(before.get(row, Traffic()), what)
         return max(getattr(now[row], what) - earlier, 0) / interval_s
 
-    rows = sorted((r for r in now if now[r].requests), key=lambda r: (-rate(r, "requests"), -now[r].requests, r))
+    rows = sorted(
+        (r for r in now if now[r].requests), key=lambda r: (-rate(r, "requests"), -now[r].requests, r)
+    )
     for row in rows:
         t = now[row]
-        view.add_row(row[0], row[1], f"{rate(row, 'requests'):.1f}", f"{rate(row, 'errors'):.1f}",
-                     f"{t.requests:g}", f"{t.errors:g}", f"{t.tokens:g}", _ms(t.quantile(0.5)),
-                     _ms(t.quantile(0.95)), f"{t.cache_hits:g}")
+        view.add_row(
+            row[0],
+            row[1],
+            f"{rate(row, 'requests'):.1f}",
+            f"{rate(row, 'errors'):.1f}",
+            f"{t.requests:g}",
+            f"{t.errors:g}",
+            f"{t.tokens:g}",
+            _ms(t.quantile(0.5)),
+            _ms(t.quantile(0.95)),
+            f"{t.cache_hits:g}",
+        )
     return view
 
 

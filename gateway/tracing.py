@@ -37,14 +37,24 @@ from .otlp import SpanRecord
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
-_OPERATIONS = {"/v1/chat/completions": "chat", "/chat/completions": "chat", "/v1/messages": "chat",
-               "/v1/completions": "text_completion", "/completions": "text_completion",
-               "/v1/embeddings": "embeddings", "/embeddings": "embeddings"}
+_OPERATIONS = {
+    "/v1/chat/completions": "chat",
+    "/chat/completions": "chat",
+    "/v1/messages": "chat",
+    "/v1/completions": "text_completion",
+    "/completions": "text_completion",
+    "/v1/embeddings": "embeddings",
+    "/embeddings": "embeddings",
+}
 # request fields -> GenAI attributes, set on the request's span
-_REQUEST_FIELDS = (("max_tokens", "gen_ai.request.max_tokens"), ("temperature", "gen_ai.request.temperature"),
-                   ("top_p", "gen_ai.request.top_p"), ("seed", "gen_ai.request.seed"),
-                   ("frequency_penalty", "gen_ai.request.frequency_penalty"),
-                   ("presence_penalty", "gen_ai.request.presence_penalty"))
+_REQUEST_FIELDS = (
+    ("max_tokens", "gen_ai.request.max_tokens"),
+    ("temperature", "gen_ai.request.temperature"),
+    ("top_p", "gen_ai.request.top_p"),
+    ("seed", "gen_ai.request.seed"),
+    ("frequency_penalty", "gen_ai.request.frequency_penalty"),
+    ("presence_penalty", "gen_ai.request.presence_penalty"),
+)
 _ENDED_WITH_REQUEST = "ended with the request"
 # W3C Trace Context: version-traceid-parentid-flags, lowercase hex; a later version may append fields
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
@@ -56,8 +66,9 @@ class Tracing:
     ``send`` replaces the OTLP/HTTP post (benches); ``add_span_processor`` adds an SDK span processor, which
     then gets each span as a ``ReadableSpan`` too (tests read the spans in process)."""
 
-    def __init__(self, config: TracingConfig, paths: tuple[str, ...],
-                 send: Callable[[bytes], bool] | None = None) -> None:
+    def __init__(
+        self, config: TracingConfig, paths: tuple[str, ...], send: Callable[[bytes], bool] | None = None
+    ) -> None:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
@@ -70,9 +81,13 @@ class Tracing:
         # Large batches, sent every few seconds from the exporter's thread, from a bounded queue (spans beyond
         # it are dropped, never waited for): each batch it encodes and posts takes the GIL from the event loop,
         # so fewer, bigger ones cost the requests less.
-        self.exporter = otlp.BatchExporter(otlp.SpanEncoder(self.resource.attributes, "llm-gateway"),
-                                           send, max_queue=config.max_queue, interval_s=config.export_interval_s,
-                                           max_batch=min(config.max_queue, 4096))
+        self.exporter = otlp.BatchExporter(
+            otlp.SpanEncoder(self.resource.attributes, "llm-gateway"),
+            send,
+            max_queue=config.max_queue,
+            interval_s=config.export_interval_s,
+            max_batch=min(config.max_queue, 4096),
+        )
         self.processors: list[SpanProcessor] = []
         # ParentBased(TraceIdRatioBased): a trace started here is sampled when its id's low 64 bits fall
         # under the bound (the SDK's rule, so a collector's sampling agrees); a client's flag decides for its own
@@ -125,12 +140,27 @@ def _readable(resource: Any, trace_id: int, span: SpanRecord) -> ReadableSpan:
 
     flags = TraceFlags(TraceFlags.SAMPLED)
     kinds = {otlp.KIND_SERVER: SpanKind.SERVER, otlp.KIND_CLIENT: SpanKind.CLIENT}
-    status = Status(StatusCode.ERROR, span.message) if span.status == otlp.STATUS_ERROR else Status(StatusCode.UNSET)
+    status = (
+        Status(StatusCode.ERROR, span.message)
+        if span.status == otlp.STATUS_ERROR
+        else Status(StatusCode.UNSET)
+    )
     parent = SpanContext(trace_id, span.parent_id, span.parent_remote, flags) if span.parent_id else None
-    return ReadableSpan(span.name, SpanContext(trace_id, span.span_id, False, flags), parent,
-                        resource, dict(span.attributes), (), (),
-                        kinds.get(span.kind, SpanKind.INTERNAL), None, status, span.start, span.end,
-                        InstrumentationScope("llm-gateway"))
+    return ReadableSpan(
+        span.name,
+        SpanContext(trace_id, span.span_id, False, flags),
+        parent,
+        resource,
+        dict(span.attributes),
+        (),
+        (),
+        kinds.get(span.kind, SpanKind.INTERNAL),
+        None,
+        status,
+        span.start,
+        span.end,
+        InstrumentationScope("llm-gateway"),
+    )
 
 
 class _Remote(NamedTuple):
@@ -144,9 +174,11 @@ class _Stage:
 
     __slots__ = ("attributes", "end", "error", "kind", "name", "parent_id", "span_id", "start", "status")
 
-    def __init__(self, name: str, kind: int, span_id: int, parent_id: int, attributes: dict[str, Any]) -> None:
+    def __init__(
+        self, name: str, kind: int, span_id: int, parent_id: int, attributes: dict[str, Any]
+    ) -> None:
         self.name, self.kind, self.span_id, self.parent_id = name, kind, span_id, parent_id
-        self.attributes = attributes   # shared per deployment: never changed in place
+        self.attributes = attributes  # shared per deployment: never changed in place
         self.start = time.time_ns()
         self.end = 0
         self.status: int | None = None
@@ -156,8 +188,20 @@ class _Stage:
 class RequestSpans:
     """One request's trace: its server span and its stages (``backends.spans.Spans``)."""
 
-    __slots__ = ("_attributes", "_done", "_open", "_parent", "_start", "_tracing", "name", "operation",
-                 "recording", "span_id", "trace_id", "trace_id_int")
+    __slots__ = (
+        "_attributes",
+        "_done",
+        "_open",
+        "_parent",
+        "_start",
+        "_tracing",
+        "name",
+        "operation",
+        "recording",
+        "span_id",
+        "trace_id",
+        "trace_id_int",
+    )
 
     def __init__(self, tracing: Tracing, request: web.Request, record: RequestRecord) -> None:
         self._tracing = tracing
@@ -178,20 +222,32 @@ class RequestSpans:
         self.name = f"{request.method} {request.path}"
         # not sampled: the stages make no records and no attributes are worked out (the trace id still goes
         # into the log line and upstream)
-        self._attributes: dict[str, Any] = {
-            "http.request.method": request.method, "url.path": request.path,
-            "gateway.request_id": record.request_id,
-            **({"gen_ai.operation.name": self.operation} if self.operation else {})} if self.recording else {}
+        self._attributes: dict[str, Any] = (
+            {
+                "http.request.method": request.method,
+                "url.path": request.path,
+                "gateway.request_id": record.request_id,
+                **({"gen_ai.operation.name": self.operation} if self.operation else {}),
+            }
+            if self.recording
+            else {}
+        )
         self._open: list[_Stage] = []
         self._done: list[_Stage] = []
 
-    def start(self, name: str, deployment: DeploymentConfig | None, deployment_id: str | None) -> _Stage | None:
+    def start(
+        self, name: str, deployment: DeploymentConfig | None, deployment_id: str | None
+    ) -> _Stage | None:
         if not self.recording:
             return None
         attributes = self._deployment(deployment, deployment_id or "") if deployment is not None else {}
-        stage = _Stage(name, otlp.KIND_CLIENT if name == "upstream" else otlp.KIND_INTERNAL,
-                       random.getrandbits(64) or 1, self._open[-1].span_id if self._open else self.span_id,
-                       attributes)
+        stage = _Stage(
+            name,
+            otlp.KIND_CLIENT if name == "upstream" else otlp.KIND_INTERNAL,
+            random.getrandbits(64) or 1,
+            self._open[-1].span_id if self._open else self.span_id,
+            attributes,
+        )
         self._open.append(stage)
         return stage
 
@@ -201,8 +257,11 @@ class RequestSpans:
         key = (deployment_id, deployment.provider, deployment.model, deployment.api_base, self.operation)
         found = cache.get(key)
         if found is None:
-            found = {"gen_ai.provider.name": deployment.provider, "gen_ai.request.model": deployment.model,
-                     "gateway.deployment": deployment_id}
+            found = {
+                "gen_ai.provider.name": deployment.provider,
+                "gen_ai.request.model": deployment.model,
+                "gateway.deployment": deployment_id,
+            }
             if self.operation:
                 found["gen_ai.operation.name"] = self.operation
             if deployment.api_base:
@@ -210,7 +269,7 @@ class RequestSpans:
 
                 url = URL(deployment.api_base)
                 found.update({"server.address": url.host or "", "server.port": url.port or 0})
-            if len(cache) > 10_000:   # configs reloaded many times: old deployments' entries go
+            if len(cache) > 10_000:  # configs reloaded many times: old deployments' entries go
                 cache.clear()
             cache[key] = found
         return found
@@ -260,10 +319,14 @@ class RequestSpans:
         attributes["http.response.status_code"] = record.status
         attributes["gateway.tenant"] = record.tenant
         attributes["gateway.key_id"] = record.key_id
-        for key, value in (("gen_ai.usage.input_tokens", record.prompt_tokens),
-                           ("gen_ai.usage.output_tokens", record.completion_tokens),
-                           ("gateway.deployment", record.deployment), ("gateway.cache", record.cache),
-                           ("gateway.cost_usd", record.cost_usd), ("gateway.ttft_s", record.ttft_s)):
+        for key, value in (
+            ("gen_ai.usage.input_tokens", record.prompt_tokens),
+            ("gen_ai.usage.output_tokens", record.completion_tokens),
+            ("gateway.deployment", record.deployment),
+            ("gateway.cache", record.cache),
+            ("gateway.cost_usd", record.cost_usd),
+            ("gateway.ttft_s", record.ttft_s),
+        ):
             if value is not None:
                 attributes[key] = value
         status, message = otlp.STATUS_UNSET, ""
@@ -284,11 +347,35 @@ class RequestSpans:
                 if stage.error is not None:
                     stage_attributes["error.type"] = str(stage.status) if stage.status else "error"
                     stage_status, stage_message = otlp.STATUS_ERROR, stage.error
-            finished.append(SpanRecord(stage.name, stage.span_id, stage.parent_id, False, stage.kind, stage.start,
-                                       stage.end, stage_status, stage_message, stage_attributes))
+            finished.append(
+                SpanRecord(
+                    stage.name,
+                    stage.span_id,
+                    stage.parent_id,
+                    False,
+                    stage.kind,
+                    stage.start,
+                    stage.end,
+                    stage_status,
+                    stage_message,
+                    stage_attributes,
+                )
+            )
         parent = self._parent
-        finished.append(SpanRecord(name, root_id, parent.span_id if parent is not None else 0, parent is not None,
-                                   otlp.KIND_SERVER, self._start, end, status, message, attributes))
+        finished.append(
+            SpanRecord(
+                name,
+                root_id,
+                parent.span_id if parent is not None else 0,
+                parent is not None,
+                otlp.KIND_SERVER,
+                self._start,
+                end,
+                status,
+                message,
+                attributes,
+            )
+        )
         self._tracing.emit(self.trace_id_int, finished)
 
 

@@ -60,8 +60,15 @@ def forwarded_alias(gateway: Gateway, endpoint: str, models: set[str]) -> str | 
 class Forwarder:
     """Moves forwarded batches along; every gateway process runs one (in its BatchRunner)."""
 
-    def __init__(self, gateway: Callable[[], Gateway], batches: Batches, files: Files, lease_s: float,
-                 poll_s: float, counted: Callable[[RequestRecord, int], None]) -> None:
+    def __init__(
+        self,
+        gateway: Callable[[], Gateway],
+        batches: Batches,
+        files: Files,
+        lease_s: float,
+        poll_s: float,
+        counted: Callable[[RequestRecord, int], None],
+    ) -> None:
         self._gateway, self.batches, self.files = gateway, batches, files
         self.kv, self.lease_s, self.poll_s, self._counted = batches.kv, lease_s, poll_s, counted
         self._log = get_logger()
@@ -74,7 +81,7 @@ class Forwarder:
             if await self.kv.set_if_absent(f"batch:{batch_id}:submit", "1", 30 * 24 * 3600):
                 try:
                     await self._submit(fields)
-                except Exception:   # nothing went upstream (or it is not known to): tried again next time
+                except Exception:  # nothing went upstream (or it is not known to): tried again next time
                     await self.kv.delete(f"batch:{batch_id}:submit")
                     raise
             return None
@@ -109,10 +116,13 @@ class Forwarder:
         _, deployment = self._target(fields)
         model = deployment.model
         if fields["endpoint"] == MESSAGES:
-            requests = [{"custom_id": line["custom_id"], "params": {**line["body"], "model": model}}
-                        async for line in self._input(fields)]
+            requests = [
+                {"custom_id": line["custom_id"], "params": {**line["body"], "model": model}}
+                async for line in self._input(fields)
+            ]
             created = await self._anthropic(deployment).create(requests)
         else:
+
             async def rewritten() -> AsyncIterator[bytes]:
                 async for line in self._input(fields):
                     yield orjson.dumps({**line, "body": {**line["body"], "model": model}}) + b"\n"
@@ -120,16 +130,20 @@ class Forwarder:
             api = self._openai(deployment)
             file_id = await api.upload(f"{fields['id']}.jsonl", rewritten())
             created = await api.create(file_id, fields["endpoint"], {"gateway_batch_id": fields["id"]})
-        await self.batches.update(fields["id"], upstream_batch_id=str(created["id"]),
-                                  upstream_next_poll=str(self.batches.now() + self.poll_s))
+        await self.batches.update(
+            fields["id"],
+            upstream_batch_id=str(created["id"]),
+            upstream_next_poll=str(self.batches.now() + self.poll_s),
+        )
 
     async def _poll(self, fields: dict[str, str]) -> str | None:
         batch_id = fields["id"]
         alias, deployment = self._target(fields)
         upstream_id = fields["upstream_batch_id"]
         anthropic_api = fields["endpoint"] == MESSAGES
-        api: OpenAIBatchAPI | AnthropicBatchAPI = (self._anthropic(deployment) if anthropic_api
-                                                   else self._openai(deployment))
+        api: OpenAIBatchAPI | AnthropicBatchAPI = (
+            self._anthropic(deployment) if anthropic_api else self._openai(deployment)
+        )
         if fields.get("cancel_requested") and not fields.get("upstream_cancelled"):
             await api.cancel(upstream_id)
             await self.batches.update(batch_id, upstream_cancelled="1")
@@ -137,15 +151,17 @@ class Forwarder:
         await self.batches.update(batch_id, upstream_next_poll=str(self.batches.now() + self.poll_s))
         if isinstance(api, AnthropicBatchAPI):
             counts = found.get("request_counts") or {}
-            await self.batches.update(batch_id, completed=str(counts.get("succeeded", 0)),
-                                      failed=str(counts.get("errored", 0)))
+            await self.batches.update(
+                batch_id, completed=str(counts.get("succeeded", 0)), failed=str(counts.get("errored", 0))
+            )
             if found.get("processing_status") != "ended":
                 return None
             await self._results(fields, alias, deployment, api.results(upstream_id), _from_anthropic)
             return "cancelled" if fields.get("cancel_requested") else "completed"
         counts = found.get("request_counts") or {}
-        await self.batches.update(batch_id, completed=str(counts.get("completed", 0)),
-                                  failed=str(counts.get("failed", 0)))
+        await self.batches.update(
+            batch_id, completed=str(counts.get("completed", 0)), failed=str(counts.get("failed", 0))
+        )
         status = found.get("status")
         if status == "failed":
             errors = found.get("errors") or {"object": "list", "data": []}
@@ -159,9 +175,14 @@ class Forwarder:
                 await self._results(fields, alias, deployment, api.content(found[name]), _from_openai)
         return _OPENAI_ENDS[status]
 
-    async def _results(self, fields: dict[str, str], alias: ModelAlias, deployment: DeploymentConfig,
-                       chunks: AsyncIterator[bytes],
-                       translate: Callable[[dict[str, Any]], tuple[int, Any, dict[str, Any]] | None]) -> None:
+    async def _results(
+        self,
+        fields: dict[str, str],
+        alias: ModelAlias,
+        deployment: DeploymentConfig,
+        chunks: AsyncIterator[bytes],
+        translate: Callable[[dict[str, Any]], tuple[int, Any, dict[str, Any]] | None],
+    ) -> None:
         """Each upstream result line as the gateway's output line, ledgered at the batch price."""
         batch_id = fields["id"]
         index_of: dict[str, int] = {}
@@ -174,30 +195,51 @@ class Forwarder:
             result = orjson.loads(raw)
             index = index_of.get(result.get("custom_id"))
             answer = translate(result)
-            if index is None or answer is None:   # not run (cancelled, expired): the runner writes that line
+            if index is None or answer is None:  # not run (cancelled, expired): the runner writes that line
                 continue
             status, body, usage = answer
             if isinstance(body, dict) and "model" in body:
                 body = {**body, "model": alias.name}
             # the same id each time a result is read again: the ledger charges it once
-            record = RequestRecord(request_id=f"req_{batch_id}_{index}", started=time.perf_counter(),
-                                   endpoint="batch:" + fields["endpoint"], tenant=fields["tenant"],
-                                   key_id=fields["key_id"], alias=alias.name)
+            record = RequestRecord(
+                request_id=f"req_{batch_id}_{index}",
+                started=time.perf_counter(),
+                endpoint="batch:" + fields["endpoint"],
+                tenant=fields["tenant"],
+                key_id=fields["key_id"],
+                alias=alias.name,
+            )
             record.deployment, record.status = deployment.id, status
             record.take_usage(usage)
-            out = {"id": new_id("batch_req_"), "custom_id": result["custom_id"],
-                   "response": {"status_code": status, "request_id": record.request_id, "body": body},
-                   "error": None}
+            out = {
+                "id": new_id("batch_req_"),
+                "custom_id": result["custom_id"],
+                "response": {"status_code": status, "request_id": record.request_id, "body": body},
+                "error": None,
+            }
             await self.kv.set(f"batch:{batch_id}:out:{index}", orjson.dumps(out).decode(), 30 * 24 * 3600)
             await self.kv.hash_set(f"batch:{batch_id}:done", {str(index): "1" if status < 400 else "0"})
-            call = Call(record=record, tenant=fields["tenant"], key_id=fields["key_id"], alias=alias.name,
-                        endpoint=LINE_ENDPOINTS[fields["endpoint"]], body=bodies[result["custom_id"]], stream=False,
-                        batch=True)
+            call = Call(
+                record=record,
+                tenant=fields["tenant"],
+                key_id=fields["key_id"],
+                alias=alias.name,
+                endpoint=LINE_ENDPOINTS[fields["endpoint"]],
+                body=bodies[result["custom_id"]],
+                stream=False,
+                batch=True,
+            )
             try:
                 await gateway.pipeline.admission.charge(call)
-            except GatewayError as exc:   # the answer stands; one line's ledger entry must not hold up the rest
-                self._log.warning("an upstream batch line was not ledgered", batch_id=batch_id, line=index,
-                                  error=exc.message)
+            except (
+                GatewayError
+            ) as exc:  # the answer stands; one line's ledger entry must not hold up the rest
+                self._log.warning(
+                    "an upstream batch line was not ledgered",
+                    batch_id=batch_id,
+                    line=index,
+                    error=exc.message,
+                )
             self._counted(record, status)
 
 
@@ -207,7 +249,7 @@ def _from_openai(result: dict[str, Any]) -> tuple[int, Any, dict[str, Any]] | No
         return None
     body = response.get("body")
     usage = body.get("usage") if isinstance(body, dict) else None
-    if isinstance(usage, dict) and "input_tokens" in usage:   # a Responses answer's
+    if isinstance(usage, dict) and "input_tokens" in usage:  # a Responses answer's
         usage = responses_wire.chat_usage(usage)
     return int(response["status_code"]), body, usage or {}
 
@@ -221,5 +263,9 @@ def _from_anthropic(result: dict[str, Any]) -> tuple[int, Any, dict[str, Any]] |
         error = outcome.get("error") or {}
         inner: dict[str, Any] = error["error"] if isinstance(error.get("error"), dict) else error
         status = anthropic.ERROR_STATUS.get(str(inner.get("type")), 500)
-        return status, {"error": {"message": inner.get("message", "upstream error"), "type": inner.get("type")}}, {}
+        return (
+            status,
+            {"error": {"message": inner.get("message", "upstream error"), "type": inner.get("type")}},
+            {},
+        )
     return None

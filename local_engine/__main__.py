@@ -30,24 +30,43 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--device", default="cpu")
     serve.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     serve.add_argument("--no-prefix-caching", action="store_true")
-    serve.add_argument("--speculative", type=json.loads, default=None,
-                       help='speculative decoding, a JSON object: {"method": "ngram", "num_tokens": 4}')
+    serve.add_argument(
+        "--speculative",
+        type=json.loads,
+        default=None,
+        help='speculative decoding, a JSON object: {"method": "ngram", "num_tokens": 4}',
+    )
     serve.add_argument("--quantization", default=None, choices=["int8"])
     serve.add_argument("--max-loras", type=int, default=4, help="LoRA adapters resident at once (0: none)")
     serve.add_argument("--max-lora-rank", type=int, default=16)
-    serve.add_argument("--lora", action="append", default=[], metavar="NAME=PATH",
-                       help="a PEFT adapter directory served as NAME (repeatable)")
-    serve.add_argument("--role", default="both", choices=["prefill", "decode", "both"],
-                       help="prefill: hand prompts' KV to decode workers; decode: continue handoffs")
-    serve.add_argument("--kv-transport", default="tcp", choices=["shm", "tcp"], help="how a prefill worker hands off")
-    serve.add_argument("--kv-host", default="127.0.0.1", help="a tcp prefill worker's KV listener (and advertised) host")
+    serve.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a PEFT adapter directory served as NAME (repeatable)",
+    )
+    serve.add_argument(
+        "--role",
+        default="both",
+        choices=["prefill", "decode", "both"],
+        help="prefill: hand prompts' KV to decode workers; decode: continue handoffs",
+    )
+    serve.add_argument(
+        "--kv-transport", default="tcp", choices=["shm", "tcp"], help="how a prefill worker hands off"
+    )
+    serve.add_argument(
+        "--kv-host", default="127.0.0.1", help="a tcp prefill worker's KV listener (and advertised) host"
+    )
     serve.add_argument("--kv-port", type=int, default=0, help="its port (0: any free port)")
     serve.add_argument("--kv-ttl-s", type=float, default=30.0, help="how long an untaken handoff is kept")
     route = sub.add_parser("route", help="route prefill and decode to separate workers")
     route.add_argument("--prefill", action="append", default=[], help="a prefill worker's URL (repeatable)")
     route.add_argument("--decode", action="append", default=[], help="a decode worker's URL (repeatable)")
     route.add_argument("--both", action="append", default=[], help="a fallback worker's URL (repeatable)")
-    route.add_argument("--max-inflight", type=int, default=64, help="requests per worker before it counts as busy")
+    route.add_argument(
+        "--max-inflight", type=int, default=64, help="requests per worker before it counts as busy"
+    )
     route.add_argument("--host", default="127.0.0.1")
     route.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)

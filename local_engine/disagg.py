@@ -25,7 +25,9 @@ Role = Literal["prefill", "decode", "both"]
 KV_CONNECTOR = web.AppKey("kv_connector", KVConnector)
 
 
-def make_connector(transport: str, *, host: str = "127.0.0.1", port: int = 0, ttl_s: float = 30.0) -> KVConnector:
+def make_connector(
+    transport: str, *, host: str = "127.0.0.1", port: int = 0, ttl_s: float = 30.0
+) -> KVConnector:
     if transport == "shm":
         return ShmConnector(ttl_s=ttl_s)
     if transport == "tcp":
@@ -39,7 +41,7 @@ async def _prefill(request: web.Request) -> web.Response:
     except ValueError:
         raise OpenAIError("request body is not valid JSON") from None
     if not isinstance(body, dict) or not isinstance(body.get("request"), dict):
-        raise OpenAIError("body must be {\"chat\": bool, \"request\": {...}}")
+        raise OpenAIError('body must be {"chat": bool, "request": {...}}')
     out = await prefill_response(
         request.app[ENGINE], body["request"], chat=bool(body.get("chat")), connector=request.app[KV_CONNECTOR]
     )

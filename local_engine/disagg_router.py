@@ -54,7 +54,11 @@ class DisaggRouter:
 
     def pick(self, role: str) -> RoutedWorker | None:
         now = self.clock()
-        free = [w for w in self.workers if w.role == role and w.inflight < self.max_inflight and w.down_until <= now]
+        free = [
+            w
+            for w in self.workers
+            if w.role == role and w.inflight < self.max_inflight and w.down_until <= now
+        ]
         return min(free, key=lambda w: w.inflight, default=None)
 
     @property
@@ -110,13 +114,16 @@ class DisaggRouter:
         self.counts["prefill_failed"] += 1
         return None
 
-    async def _relay(self, request: web.Request, worker: RoutedWorker, body: dict[str, Any]) -> web.StreamResponse:
+    async def _relay(
+        self, request: web.Request, worker: RoutedWorker, body: dict[str, Any]
+    ) -> web.StreamResponse:
         worker.inflight += 1
         resp = None
         try:
             async with self.session.post(worker.url + request.path, json=body) as up:
                 resp = web.StreamResponse(
-                    status=up.status, headers={"Content-Type": up.headers.get("Content-Type", "application/json")}
+                    status=up.status,
+                    headers={"Content-Type": up.headers.get("Content-Type", "application/json")},
                 )
                 await resp.prepare(request)
                 # When the client has gone, a write fails and leaving this block closes the upstream
@@ -132,7 +139,9 @@ class DisaggRouter:
             worker.down_until = self.clock() + self.retry_after_s
             if resp is not None:  # mid-answer: the client sees the stream end early
                 return resp
-            return _error(502, f"engine worker {worker.url} failed", "service_unavailable", code="worker_failed")
+            return _error(
+                502, f"engine worker {worker.url} failed", "service_unavailable", code="worker_failed"
+            )
         finally:
             worker.inflight -= 1
 
@@ -150,8 +159,10 @@ def build_router_app(router: DisaggRouter) -> web.Application:
 
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(
-            {"counts": router.counts, "workers": [{"url": w.url, "role": w.role, "inflight": w.inflight}
-                                                  for w in router.workers]}
+            {
+                "counts": router.counts,
+                "workers": [{"url": w.url, "role": w.role, "inflight": w.inflight} for w in router.workers],
+            }
         )
 
     app.cleanup_ctx.append(session_ctx)

@@ -64,7 +64,10 @@ class DraftProposer:
         self.device = torch.device(device)
         shape = (num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim)
         self.kv_caches = [
-            (torch.zeros(shape, dtype=dtype, device=self.device), torch.zeros(shape, dtype=dtype, device=self.device))
+            (
+                torch.zeros(shape, dtype=dtype, device=self.device),
+                torch.zeros(shape, dtype=dtype, device=self.device),
+            )
             for _ in range(cfg.num_hidden_layers)
         ]
         self.free_blocks = list(range(num_blocks - 1, -1, -1))
@@ -160,6 +163,9 @@ class DraftProposer:
             self.device,
         )
         hidden = self.model(
-            torch.tensor(ids, device=self.device), torch.tensor(positions, device=self.device), self.kv_caches, meta
+            torch.tensor(ids, device=self.device),
+            torch.tensor(positions, device=self.device),
+            self.kv_caches,
+            meta,
         )
         return self.model.logits(hidden[torch.tensor(last, device=self.device)]).cpu()

@@ -64,8 +64,14 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
         self.loras = (
-            LoRAManager(self.model, self.model.config, config.max_loras, config.max_lora_rank, dtype,
-                        torch.device(config.device))
+            LoRAManager(
+                self.model,
+                self.model.config,
+                config.max_loras,
+                config.max_lora_rank,
+                dtype,
+                torch.device(config.device),
+            )
             if config.max_loras
             else None
         )
@@ -166,7 +172,9 @@ class LLMEngine:
         seq = self._loading.pop(request_id)
         blocks = seq.block_table
         if tuple(kv.shape[2:4]) != (len(blocks), self.config.block_size):
-            raise RequestError(f"KV handoff holds {tuple(kv.shape[2:4])} blocks x size; expected {len(blocks)}")
+            raise RequestError(
+                f"KV handoff holds {tuple(kv.shape[2:4])} blocks x size; expected {len(blocks)}"
+            )
         cached = seq.num_computed_tokens // self.config.block_size  # blocks the prefix cache filled already
         scatter_kv(self.runner.kv_caches, blocks[cached:], kv[:, :, cached:])
         seq.num_computed_tokens = seq.num_prompt_tokens
@@ -255,8 +263,9 @@ class LLMEngine:
             entry = next((s.lora for s in seqs if s.lora in failed), None)
             if entry is not None:
                 self.abort_request(rid)
-                self.failed.append((rid, RequestError(f"LoRA adapter {entry.adapter.name!r} failed to load: "
-                                                      f"{entry.error}")))
+                self.failed.append(
+                    (rid, RequestError(f"LoRA adapter {entry.adapter.name!r} failed to load: {entry.error}"))
+                )
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -319,7 +328,10 @@ class LLMEngine:
         seq.spec_proposed += proposed
         seq.spec_accepted += accepted
         self.metrics.record_verification(proposed, accepted)
-        if seq.spec_proposed >= spec.min_proposed and seq.spec_accepted < spec.min_acceptance * seq.spec_proposed:
+        if (
+            seq.spec_proposed >= spec.min_proposed
+            and seq.spec_accepted < spec.min_acceptance * seq.spec_proposed
+        ):
             seq.spec_off = True  # its drafts cost more than they save
 
     def _append_token(

@@ -51,10 +51,21 @@ class LoRAError(ValueError):
 
 def module_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
     """(in, out) features of each PEFT target module of ``cfg``'s model."""
-    h, q, kv, i = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim, \
-        cfg.intermediate_size
-    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    h, q, kv, i = (
+        cfg.hidden_size,
+        cfg.num_attention_heads * cfg.head_dim,
+        cfg.num_key_value_heads * cfg.head_dim,
+        cfg.intermediate_size,
+    )
+    return {
+        "q_proj": (h, q),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (q, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +94,15 @@ class LoRAAdapter:
             raise LoRAError(f"{where}: adapter_config.json is not a JSON object")
         if conf.get("peft_type", "LORA") != "LORA":
             raise LoRAError(f"{where}: peft_type {conf.get('peft_type')!r} is not LORA")
-        unsupported = [k for k in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save") if conf.get(k)]
+        unsupported = [
+            k for k in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save") if conf.get(k)
+        ]
         if conf.get("bias", "none") != "none":
             unsupported.append("bias")
         if unsupported:
-            raise LoRAError(f"{where}: {', '.join(unsupported)} not supported (plain LoRA on {', '.join(TARGETS)})")
+            raise LoRAError(
+                f"{where}: {', '.join(unsupported)} not supported (plain LoRA on {', '.join(TARGETS)})"
+            )
         rank, alpha = conf.get("r"), conf.get("lora_alpha", conf.get("r"))
         if not isinstance(rank, int) or rank < 1 or not isinstance(alpha, int | float):
             raise LoRAError(f"{where}: 'r' must be a positive integer and 'lora_alpha' a number")
@@ -105,19 +120,25 @@ class LoRAAdapter:
                     raise LoRAError(f"{where}: tensor {key!r} is not a LoRA weight of {', '.join(TARGETS)}")
                 layer, module, ab = int(m.group(1)), m.group(2), m.group(3)
                 if layer >= cfg.num_hidden_layers:
-                    raise LoRAError(f"{where}: {key} is for layer {layer}; the base has {cfg.num_hidden_layers}")
+                    raise LoRAError(
+                        f"{where}: {key} is for layer {layer}; the base has {cfg.num_hidden_layers}"
+                    )
                 d_in, d_out = shapes[module]
                 want = (rank, d_in) if ab == "A" else (d_out, rank)
                 got = tuple(f.get_slice(key).get_shape())
                 if got != want:
-                    raise LoRAError(f"{where}: {key} has shape {list(got)}, the base model needs {list(want)} "
-                                    f"(an adapter trained on another model?)")
+                    raise LoRAError(
+                        f"{where}: {key} has shape {list(got)}, the base model needs {list(want)} "
+                        f"(an adapter trained on another model?)"
+                    )
                 seen.add((layer, module, ab))
         if not seen:
             raise LoRAError(f"{where}: {_WEIGHTS} holds no LoRA weights")
         unpaired = sorted({(la, mo) for la, mo, _ in seen if {(la, mo, "A"), (la, mo, "B")} - seen})
         if unpaired:
-            raise LoRAError(f"{where}: layer {unpaired[0][0]} {unpaired[0][1]} has lora_A or lora_B, not both")
+            raise LoRAError(
+                f"{where}: layer {unpaired[0][0]} {unpaired[0][1]} has lora_A or lora_B, not both"
+            )
         scale = alpha / math.sqrt(rank) if conf.get("use_rslora") else alpha / rank
         targets = tuple(t for t in TARGETS if any(mo == t for _, mo, _ in seen))
         return cls(name, path, rank, float(alpha), scale, targets)
@@ -245,8 +266,15 @@ class LoRAManager:
     """Registered adapters, resident slots (LRU), the loader thread. Thread-safe: adds and removes may
     come from any thread; :meth:`install` and :meth:`begin` run on the step loop's."""
 
-    def __init__(self, model: nn.Module, cfg: ModelConfig, max_loras: int, max_rank: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: ModelConfig,
+        max_loras: int,
+        max_rank: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
         self.cfg, self.max_loras, self.max_rank = cfg, max_loras, max_rank
         self.dtype, self.device = dtype, device
         self.state = LoRAState()
@@ -380,9 +408,14 @@ class LoRAManager:
             tokens.setdefault(slot, []).append((a, b))
         grouped = {s for s, spans in tokens.items() if sum(b - a for a, b in spans) >= GROUP_TOKENS}
         groups: list[tuple[int, slice | torch.Tensor]] = [
-            (s, slice(*spans[0]) if len(spans) == 1 else
-             torch.tensor([i for a, b in spans for i in range(a, b)], device=self.device))
-            for s, spans in tokens.items() if s in grouped
+            (
+                s,
+                slice(*spans[0])
+                if len(spans) == 1
+                else torch.tensor([i for a, b in spans for i in range(a, b)], device=self.device),
+            )
+            for s, spans in tokens.items()
+            if s in grouped
         ]
         short = [r for r in runs if r[0] not in grouped]
         active_t: torch.Tensor | slice | None = None
@@ -400,7 +433,9 @@ class LoRAManager:
             onehot[torch.arange(len(covered)), torch.tensor([position.get(s, -1) for _, s in covered])] = 1
             mask = onehot[:, :-1].unsqueeze(-1).to(self.device)  # base rows went to the dropped last column
             contiguous = slots == list(range(slots[0], slots[-1] + 1))
-            active_t = slice(slots[0], slots[-1] + 1) if contiguous else torch.tensor(slots, device=self.device)
+            active_t = (
+                slice(slots[0], slots[-1] + 1) if contiguous else torch.tensor(slots, device=self.device)
+            )
         self.state.batch = LoRABatch(groups, active_t, mask, rows)
 
     def end(self) -> None:
@@ -436,9 +471,13 @@ class LoRAManager:
             if proj.a is None:
                 # Allocated on first use: an engine that never serves an adapter pays no memory for them.
                 d, dev = self.dtype, self.device
-                proj.a = torch.zeros(self.max_loras, len(parts) * self.max_rank, shapes[parts[0]][0], dtype=d,
-                                     device=dev)
-                proj.b = [torch.zeros(self.max_loras, self.max_rank, shapes[p][1], dtype=d, device=dev) for p in parts]
+                proj.a = torch.zeros(
+                    self.max_loras, len(parts) * self.max_rank, shapes[parts[0]][0], dtype=d, device=dev
+                )
+                proj.b = [
+                    torch.zeros(self.max_loras, self.max_rank, shapes[p][1], dtype=d, device=dev)
+                    for p in parts
+                ]
             pair = weights.get(key)
             if pair is None:
                 proj.a[slot].zero_()
@@ -468,4 +507,3 @@ class LoRAManager:
     def _info(entry: LoRAEntry) -> LoRAInfo:
         a = entry.adapter
         return LoRAInfo(a.name, str(a.path), a.rank, a.alpha, a.target_modules, entry.slot >= 0)
-

@@ -60,7 +60,11 @@ class EngineMetrics:
     @property
     def spec_acceptance_rate(self) -> float:
         """Accepted / proposed draft tokens since start."""
-        return self.spec_accepted_tokens_total / self.spec_draft_tokens_total if self.spec_draft_tokens_total else 0.0
+        return (
+            self.spec_accepted_tokens_total / self.spec_draft_tokens_total
+            if self.spec_draft_tokens_total
+            else 0.0
+        )
 
     @property
     def spec_tokens_per_step(self) -> float:

@@ -156,8 +156,11 @@ def check_supported(body: dict[str, Any], *, chat: bool) -> None:
         if body.get("best_of") not in (None, body.get("n") or 1):
             unsupported.append("best_of")
     if unsupported:
-        raise OpenAIError(f"the local engine does not support '{unsupported[0]}'", param=unsupported[0],
-                          code="unsupported_parameter")
+        raise OpenAIError(
+            f"the local engine does not support '{unsupported[0]}'",
+            param=unsupported[0],
+            code="unsupported_parameter",
+        )
 
 
 def _text_content(content: Any) -> str:
@@ -264,8 +267,9 @@ def resolve_lora(engine: AsyncEngine, model: Any) -> str | None:
     try:
         return engine.resolve_lora(model if isinstance(model, str) else None)
     except LoRAError as e:
-        raise OpenAIError(str(e), status=404, type="not_found_error", param="model",
-                          code="model_not_found") from None
+        raise OpenAIError(
+            str(e), status=404, type="not_found_error", param="model", code="model_not_found"
+        ) from None
 
 
 def _prepare(engine: AsyncEngine, body: dict[str, Any], *, chat: bool) -> _Prepared:
@@ -348,7 +352,11 @@ async def stream_response(
                 offset = offsets.get(out.index, 0)
                 offsets[out.index] = offset + len(text)
                 last[out.index] = out
-                choice: dict[str, Any] = {"index": out.index, "finish_reason": finish_reason, "logprobs": None}
+                choice: dict[str, Any] = {
+                    "index": out.index,
+                    "finish_reason": finish_reason,
+                    "logprobs": None,
+                }
                 if chat:
                     delta: dict[str, Any] = {"role": "assistant"} if first else {}
                     delta["content"] = text if text or not calls else None

@@ -80,7 +80,12 @@ class Int8Embedding(nn.Module):
 
 
 # The projections of a decoder layer: (submodule, attribute), the same four LoRA wraps.
-PROJECTIONS = (("self_attn", "qkv_proj"), ("self_attn", "o_proj"), ("mlp", "gate_up_proj"), ("mlp", "down_proj"))
+PROJECTIONS = (
+    ("self_attn", "qkv_proj"),
+    ("self_attn", "o_proj"),
+    ("mlp", "gate_up_proj"),
+    ("mlp", "down_proj"),
+)
 
 
 def quantize_model(model: LlamaForCausalLM, method: str) -> None:

@@ -98,15 +98,27 @@ async def models(request: web.Request) -> web.Response:
     created = int(time.time())
     entry = {"id": engine.model_name, "object": "model", "created": created, "owned_by": "local_engine"}
     adapters = [
-        {"id": a.name, "object": "model", "created": created, "owned_by": "local_engine", "parent": engine.model_name}
+        {
+            "id": a.name,
+            "object": "model",
+            "created": created,
+            "owned_by": "local_engine",
+            "parent": engine.model_name,
+        }
         for a in engine.list_loras()
     ]
     return web.json_response({"object": "list", "data": [entry, *adapters]})
 
 
 def _lora_view(info: LoRAInfo) -> dict[str, Any]:
-    return {"object": "lora_adapter", "name": info.name, "path": info.path, "rank": info.rank,
-            "alpha": info.alpha, "target_modules": list(info.target_modules)}
+    return {
+        "object": "lora_adapter",
+        "name": info.name,
+        "path": info.path,
+        "rank": info.rank,
+        "alpha": info.alpha,
+        "target_modules": list(info.target_modules),
+    }
 
 
 def _lora_field(body: dict[str, Any], key: str) -> str:
@@ -133,8 +145,9 @@ async def unload_lora_adapter(request: web.Request) -> web.Response:
     try:
         request.app[ENGINE].remove_lora(name)
     except LoRAError as e:
-        raise OpenAIError(str(e), status=404, type="not_found_error", param="lora_name",
-                          code="lora_not_found") from None
+        raise OpenAIError(
+            str(e), status=404, type="not_found_error", param="lora_name", code="lora_not_found"
+        ) from None
     return web.json_response({"object": "lora_adapter", "name": name, "deleted": True})
 
 

@@ -82,12 +82,21 @@ def parse_tools(body: dict[str, Any]) -> list[dict[str, Any]]:
     for t in tools:
         fn = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise ToolRequestError("each tool must be {'type': 'function', 'function': {'name': ...}}", "tools")
+            raise ToolRequestError(
+                "each tool must be {'type': 'function', 'function': {'name': ...}}", "tools"
+            )
         params = fn.get("parameters")
         if params is not None and not isinstance(params, dict):
-            raise ToolRequestError(f"parameters of function {fn['name']!r} must be a JSON schema object", "tools")
-        out.append({"name": fn["name"], "description": fn.get("description") or "",
-                    "parameters": params or {"type": "object", "properties": {}}})
+            raise ToolRequestError(
+                f"parameters of function {fn['name']!r} must be a JSON schema object", "tools"
+            )
+        out.append(
+            {
+                "name": fn["name"],
+                "description": fn.get("description") or "",
+                "parameters": params or {"type": "object", "properties": {}},
+            }
+        )
     return out
 
 
@@ -102,7 +111,9 @@ def parse_tool_choice(body: dict[str, Any], tools: list[dict[str, Any]]) -> str:
         return str(choice)
     name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
     if not isinstance(name, str):
-        raise ToolRequestError("'tool_choice' must be none, auto, required or a named function", "tool_choice")
+        raise ToolRequestError(
+            "'tool_choice' must be none, auto, required or a named function", "tool_choice"
+        )
     if name not in {t["name"] for t in tools}:
         raise ToolRequestError(f"tool_choice names {name!r}, which is not in 'tools'", "tool_choice")
     return name
@@ -122,10 +133,13 @@ def response_schema(body: dict[str, Any]) -> dict[str, Any] | None:
         spec = fmt.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
-            raise ToolRequestError("response_format json_schema needs 'json_schema': {'name', 'schema'}",
-                                   "response_format")
+            raise ToolRequestError(
+                "response_format json_schema needs 'json_schema': {'name', 'schema'}", "response_format"
+            )
         return schema
-    raise ToolRequestError("'response_format' type must be text, json_object or json_schema", "response_format")
+    raise ToolRequestError(
+        "'response_format' type must be text, json_object or json_schema", "response_format"
+    )
 
 
 def _arguments(raw: Any) -> Any:
@@ -146,17 +160,28 @@ def prepare_messages(
         calls = m.get("tool_calls") or []
         if fmt.native:
             if calls:  # templates write arguments with tojson: give them objects, not JSON text
-                m = {**m, "tool_calls": [
-                    {**c, "function": {**c.get("function", {}),
-                                       "arguments": _arguments(c.get("function", {}).get("arguments"))}}
-                    for c in calls]}
+                m = {
+                    **m,
+                    "tool_calls": [
+                        {
+                            **c,
+                            "function": {
+                                **c.get("function", {}),
+                                "arguments": _arguments(c.get("function", {}).get("arguments")),
+                            },
+                        }
+                        for c in calls
+                    ],
+                }
             out.append(m)
             continue
         if m.get("role") == "assistant" and calls:
             text = fmt.separator.join(
-                fmt.render_call(c.get("function", {}).get("name", ""),
-                                _arguments(c.get("function", {}).get("arguments")))
-                for c in calls)
+                fmt.render_call(
+                    c.get("function", {}).get("name", ""), _arguments(c.get("function", {}).get("arguments"))
+                )
+                for c in calls
+            )
             content = m.get("content") or ""
             out.append({"role": "assistant", "content": f"{content}\n{text}" if content else text})
         elif m.get("role") == "tool":
@@ -172,7 +197,9 @@ def prepare_messages(
         return out, {}
     if fmt.native:
         return out, {"tools": [{"type": "function", "function": t} for t in tools]}
-    described = GENERIC_SYSTEM_PROMPT.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
+    described = GENERIC_SYSTEM_PROMPT.format(
+        tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+    )
     if out and out[0].get("role") == "system":
         out[0] = {**out[0], "content": f"{out[0].get('content') or ''}\n\n{described}".lstrip()}
     else:
@@ -191,12 +218,19 @@ def tool_grammar(
     if choice == "none":
         return None if text_schema is None else f"start: {lark_json(text_schema)}"
     chosen = tools if choice in ("auto", "required") else [t for t in tools if t["name"] == choice]
-    call_schema = {"anyOf": [
-        {"type": "object", "properties": {"name": {"const": t["name"]}, fmt.args_key: t["parameters"]},
-         "required": ["name", fmt.args_key], "additionalProperties": False}
-        for t in chosen]}
+    call_schema = {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"name": {"const": t["name"]}, fmt.args_key: t["parameters"]},
+                "required": ["name", fmt.args_key],
+                "additionalProperties": False,
+            }
+            for t in chosen
+        ]
+    }
     if fmt.begin == "<tool_call>":
-        call = f'call: {_lark_str("<tool_call>" + chr(10))} fn {_lark_str(chr(10) + "</tool_call>")}'
+        call = f"call: {_lark_str('<tool_call>' + chr(10))} fn {_lark_str(chr(10) + '</tool_call>')}"
     else:
         call = "call: fn"
     rules = [call, f"fn: {lark_json(call_schema)}", f"calls: call ({_lark_str(fmt.separator)} call)*"]
@@ -216,8 +250,11 @@ def tool_grammar(
 
 
 def _call(name: str, arguments: Any) -> dict[str, Any]:
-    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-            "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
+    }
 
 
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)

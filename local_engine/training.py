@@ -44,7 +44,7 @@ class TrainingSpec:
     max_seq_len: int = 512
     threads: int = 1
     nice: int = 0
-    device: str = "auto"          # "auto": CUDA when present, else CPU
+    device: str = "auto"  # "auto": CUDA when present, else CPU
     parent_pid: int | None = None  # stop when this process is gone (the gateway that started it)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -61,7 +61,7 @@ class TrainingSpec:
 @dataclass(frozen=True)
 class Example:
     input_ids: list[int]
-    labels: list[int]   # -100 where the loss is not taken (everything but the trained assistant turns)
+    labels: list[int]  # -100 where the loss is not taken (everything but the trained assistant turns)
 
 
 def _emit(kind: str, **data: Any) -> None:
@@ -70,14 +70,18 @@ def _emit(kind: str, **data: Any) -> None:
 
 def encode(tokenizer: Any, record: dict[str, Any], max_seq_len: int) -> Example:
     """One chat example as tokens, with labels on the assistant messages (those without ``weight: 0``)."""
-    messages = [{**{k: v for k, v in m.items() if k != "weight"}, "content": _text(m.get("content"))}
-                for m in record["messages"]]
+    messages = [
+        {**{k: v for k, v in m.items() if k != "weight"}, "content": _text(m.get("content"))}
+        for m in record["messages"]
+    ]
     tools = record.get("tools")
 
     def render(upto: int, prompt: bool) -> str:
-        text: str = tokenizer.apply_chat_template(messages[:upto], tools=tools, tokenize=False,
-                                                  add_generation_prompt=prompt)
+        text: str = tokenizer.apply_chat_template(
+            messages[:upto], tools=tools, tokenize=False, add_generation_prompt=prompt
+        )
         return text
+
     full = render(len(messages), False)
     spans = []
     for i, message in enumerate(record["messages"]):
@@ -87,8 +91,10 @@ def encode(tokenizer: Any, record: dict[str, Any], max_seq_len: int) -> Example:
         spans.append((start, end))
     enc = tokenizer(full, return_offsets_mapping=True, add_special_tokens=False)
     ids: list[int] = enc["input_ids"][:max_seq_len]
-    labels = [tok if any(s <= a < e for s, e in spans) else -100
-              for tok, (a, _) in zip(ids, enc["offset_mapping"], strict=False)]
+    labels = [
+        tok if any(s <= a < e for s, e in spans) else -100
+        for tok, (a, _) in zip(ids, enc["offset_mapping"], strict=False)
+    ]
     return Example(ids, labels)
 
 
@@ -120,13 +126,16 @@ def _batch(examples: list[Example], pad: int, torch: Any, device: Any) -> tuple[
 def _loss(model: Any, examples: list[Example], pad: int, torch: Any, device: Any) -> Any:
     ids, labels, mask = _batch(examples, pad, torch, device)
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                             ignore_index=-100)
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
 
 
 def _last_checkpoint(out: Path) -> Path | None:
-    done = sorted((p for p in (out / "checkpoints").glob("epoch-*") if (p / _STATE).exists()),
-                  key=lambda p: int(p.name.split("-")[1]))
+    done = sorted(
+        (p for p in (out / "checkpoints").glob("epoch-*") if (p / _STATE).exists()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
     return done[-1] if done else None
 
 
@@ -142,8 +151,11 @@ def train(spec: TrainingSpec) -> Path:
     if spec.nice:
         os.nice(spec.nice)
     torch.set_num_threads(spec.threads)
-    device = torch.device("cuda" if spec.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if spec.device == "auto" else spec.device))
+    device = torch.device(
+        "cuda"
+        if spec.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if spec.device == "auto" else spec.device)
+    )
     random.seed(spec.seed)
     torch.manual_seed(spec.seed)
     base = resolve_model(spec.base_model)
@@ -153,8 +165,13 @@ def train(spec: TrainingSpec) -> Path:
     valid_set = _read(tokenizer, spec.validation_file, spec.max_seq_len) if spec.validation_file else []
     model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = model.to(device)
-    lora = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(spec.target_modules),
-                      lora_dropout=0.0, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        target_modules=list(spec.target_modules),
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate)
     out = Path(spec.output_dir)
@@ -166,9 +183,14 @@ def train(spec: TrainingSpec) -> Path:
         state = torch.load(resumed / _STATE, weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         first_epoch, step, trained_tokens = state["epoch"] + 1, state["step"], state["trained_tokens"]
-    _emit("started", examples=len(train_set), steps_per_epoch=steps_per_epoch,
-          total_steps=steps_per_epoch * spec.n_epochs, device=str(device),
-          resumed_from=None if resumed is None else resumed.name)
+    _emit(
+        "started",
+        examples=len(train_set),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * spec.n_epochs,
+        device=str(device),
+        resumed_from=None if resumed is None else resumed.name,
+    )
     epoch_tokens = sum(len(e.input_ids) for e in train_set)
     for epoch in range(first_epoch, spec.n_epochs + 1):
         order = list(range(len(train_set)))
@@ -176,7 +198,7 @@ def train(spec: TrainingSpec) -> Path:
         model.train()
         for start in range(0, len(order), spec.batch_size):
             _check_parent(spec)
-            batch = [train_set[i] for i in order[start:start + spec.batch_size]]
+            batch = [train_set[i] for i in order[start : start + spec.batch_size]]
             loss = _loss(model, batch, pad, torch, device)
             optimizer.zero_grad()
             loss.backward()
@@ -184,14 +206,23 @@ def train(spec: TrainingSpec) -> Path:
             step += 1
             data: dict[str, Any] = {"step": step, "epoch": epoch, "train_loss": round(loss.item(), 6)}
             if start + spec.batch_size >= len(order) and valid_set:
-                data["valid_loss"] = round(_validation_loss(model, valid_set, spec.batch_size, pad, torch, device), 6)
+                data["valid_loss"] = round(
+                    _validation_loss(model, valid_set, spec.batch_size, pad, torch, device), 6
+                )
             _emit("step", total_steps=steps_per_epoch * spec.n_epochs, **data)
         trained_tokens += epoch_tokens
         checkpoint = out / "checkpoints" / f"epoch-{epoch}"
         model.save_pretrained(str(checkpoint))
         # The state file last, written beside and renamed: a checkpoint counts only once it is whole.
-        torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                    "trained_tokens": trained_tokens}, checkpoint / f"{_STATE}.tmp")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "trained_tokens": trained_tokens,
+            },
+            checkpoint / f"{_STATE}.tmp",
+        )
         os.replace(checkpoint / f"{_STATE}.tmp", checkpoint / _STATE)
         _emit("checkpoint", epoch=epoch, step=step, path=str(checkpoint), trained_tokens=trained_tokens)
     final = out / "adapter"
@@ -200,13 +231,14 @@ def train(spec: TrainingSpec) -> Path:
     return final
 
 
-def _validation_loss(model: Any, examples: list[Example], batch_size: int, pad: int, torch: Any,
-                     device: Any) -> float:
+def _validation_loss(
+    model: Any, examples: list[Example], batch_size: int, pad: int, torch: Any, device: Any
+) -> float:
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
-            batch = examples[start:start + batch_size]
+            batch = examples[start : start + batch_size]
             total += _loss(model, batch, pad, torch, device).item() * len(batch)
             count += len(batch)
     model.train()

@@ -44,9 +44,9 @@ _CLIENT_CLOSED = 499
 class AliasPolicy:
     """What admission needs to know of a model alias, built from its deployments at start."""
 
-    encoding: Any | None = None          # the tokenizer of its first deployment's model, when known
+    encoding: Any | None = None  # the tokenizer of its first deployment's model, when known
     max_price: PriceTable = UNPRICED  # the dearest of its deployments: what a reservation is priced at
-    count_streams: bool = False          # some deployment does not report stream usage: count it
+    count_streams: bool = False  # some deployment does not report stream usage: count it
 
 
 _NO_ALIAS = AliasPolicy()
@@ -66,25 +66,40 @@ class _Rules:
     priority: str
     weight: float
     per_key: Mapping[str, Any]
-    precise: bool            # a token bucket or a budget needs the real prompt count
+    precise: bool  # a token bucket or a budget needs the real prompt count
 
     @classmethod
     def of(cls, name: str, fields: TenantPolicyFields, defaults: PolicyDefaults) -> _Rules:
         def pick(value: Any, default: Any) -> Any:
             return default if value is None else value
+
         limits = pick(fields.limits, defaults.limits)
         key_limits = pick(fields.key_limits, defaults.key_limits)
         model_limits = pick(fields.model_limits, defaults.model_limits)
         tenant_budget = pick(fields.budget, defaults.budget)
         key_budget = pick(fields.key_budget, defaults.key_budget)
-        precise = any(x.tpm is not None for x in (limits, key_limits, *model_limits.values())) or any(
-            p.limits is not None and p.limits.tpm is not None for p in fields.per_key.values()) or not (
-            tenant_budget.empty and key_budget.empty and all(p.budget is None for p in fields.per_key.values()))
-        return cls(prefix=f"gw:{tag(name)}", limits=limits, key_limits=key_limits, model_limits=model_limits,
-                   budget=tenant_budget, key_budget=key_budget, max_wait_s=pick(fields.max_wait_s,
-                                                                                defaults.max_wait_s),
-                   priority=pick(fields.priority, defaults.priority), weight=fields.weight,
-                   per_key=fields.per_key, precise=precise)
+        precise = (
+            any(x.tpm is not None for x in (limits, key_limits, *model_limits.values()))
+            or any(p.limits is not None and p.limits.tpm is not None for p in fields.per_key.values())
+            or not (
+                tenant_budget.empty
+                and key_budget.empty
+                and all(p.budget is None for p in fields.per_key.values())
+            )
+        )
+        return cls(
+            prefix=f"gw:{tag(name)}",
+            limits=limits,
+            key_limits=key_limits,
+            model_limits=model_limits,
+            budget=tenant_budget,
+            key_budget=key_budget,
+            max_wait_s=pick(fields.max_wait_s, defaults.max_wait_s),
+            priority=pick(fields.priority, defaults.priority),
+            weight=fields.weight,
+            per_key=fields.per_key,
+            precise=precise,
+        )
 
 
 @dataclass(slots=True)
@@ -95,11 +110,16 @@ class _Admitted:
 
 
 class Admission:
-    def __init__(self, tenants: Mapping[str, TenantPolicyFields] | None = None,
-                 defaults: PolicyDefaults | None = None, stores: StoresConfig | None = None,
-                 aliases: Mapping[str, AliasPolicy] | None = None,
-                 prices: Mapping[str, PriceTable] | None = None, layer: StoreLayer | None = None,
-                 clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self,
+        tenants: Mapping[str, TenantPolicyFields] | None = None,
+        defaults: PolicyDefaults | None = None,
+        stores: StoresConfig | None = None,
+        aliases: Mapping[str, AliasPolicy] | None = None,
+        prices: Mapping[str, PriceTable] | None = None,
+        layer: StoreLayer | None = None,
+        clock: Clock = SYSTEM,
+    ) -> None:
         """``layer``: the process's store layer (its client and failure policy); none: this process's memory.
         ``stores``: the ``stores:`` config read here (leases, sweeping, retention); the layer's by default."""
         self.clock = clock  # days, ledger timestamps and the stores' time
@@ -107,7 +127,9 @@ class Admission:
         self._own_layer = layer is None
         self.layer = layer or StoreLayer(stores)
         self.stores = stores or self.layer.config
-        self._rules = {name: _Rules.of(name, fields, self.defaults) for name, fields in (tenants or {}).items()}
+        self._rules = {
+            name: _Rules.of(name, fields, self.defaults) for name, fields in (tenants or {}).items()
+        }
         self._configured = dict(self._rules)
         self._fallback_rules = _Rules.of("-", TenantPolicyFields(), self.defaults)
         self._aliases = dict(aliases or {})
@@ -121,12 +143,18 @@ class Admission:
         self.queue: FairQueue | None = None
 
     def _build_store(self) -> Store:
-        memory = MemoryStore(retention_days=self.stores.retention_days,
-                             max_records=self.stores.memory_max_records, clock=self.clock.time)
+        memory = MemoryStore(
+            retention_days=self.stores.retention_days,
+            max_records=self.stores.memory_max_records,
+            clock=self.clock.time,
+        )
         if not self.layer.shared:
             return memory
-        return FailoverStore(RedisStore(self.layer, retention_days=self.stores.retention_days, clock=self.clock), memory,
-                             self.layer.health)
+        return FailoverStore(
+            RedisStore(self.layer, retention_days=self.stores.retention_days, clock=self.clock),
+            memory,
+            self.layer.health,
+        )
 
     @property
     def tenants(self) -> list[str]:
@@ -151,14 +179,17 @@ class Admission:
 
     def use_encodings(self, encodings: Mapping[str, Any]) -> None:
         """Count with these tokenizers, by alias (set at start-up, before any request)."""
-        self._aliases = {name: replace(policy, encoding=encodings.get(name)) for name, policy in self._aliases.items()}
+        self._aliases = {
+            name: replace(policy, encoding=encodings.get(name)) for name, policy in self._aliases.items()
+        }
 
     async def start(self) -> None:
         if self._own_layer:
             await self.layer.open()
         loop = asyncio.get_running_loop()
-        self.queue = FairQueue(self.defaults.queue.max_size, self.defaults.queue.max_per_tenant,
-                               depth=metrics.QUEUE_DEPTH.inc)
+        self.queue = FairQueue(
+            self.defaults.queue.max_size, self.defaults.queue.max_per_tenant, depth=metrics.QUEUE_DEPTH.inc
+        )
         self._sweeper = loop.create_task(self._sweep_forever())
 
     async def close(self) -> None:
@@ -224,7 +255,9 @@ class Admission:
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def charge_work(self, tenant: str, key_id: str, alias: str, entry_id: str, tokens: int, cost: int) -> bool:
+    async def charge_work(
+        self, tenant: str, key_id: str, alias: str, entry_id: str, tokens: int, cost: int
+    ) -> bool:
         """Records work done outside a request (a fine-tuning job's tokens trained, ``cost`` nano-USD) in the
         ledger, once per ``entry_id``, and against the tenant's and key's budgets, which it may take past their
         limit: the work is already done. False when that entry was recorded already."""
@@ -236,14 +269,38 @@ class Admission:
         spends = budget.spends(rules.budget, rules.prefix, "tenant", day, month)
         spends += budget.spends(key_budget, f"{rules.prefix}:k:{key_id}", "key", day, month)
         spends = [replace(s, limit=None, soft=None) for s in spends]
-        reservation = Reservation(entry_id=entry_id, tenant=tenant, key_id=key_id, alias=alias, day=day, ts=now,
-                                  buckets=[], slots=[], spends=spends, est_prompt=tokens, est_completion=0,
-                                  est_cost=cost, lease_s=self.stores.settle_after_s)
+        reservation = Reservation(
+            entry_id=entry_id,
+            tenant=tenant,
+            key_id=key_id,
+            alias=alias,
+            day=day,
+            ts=now,
+            buckets=[],
+            slots=[],
+            spends=spends,
+            est_prompt=tokens,
+            est_completion=0,
+            est_cost=cost,
+            lease_s=self.stores.settle_after_s,
+        )
         if (await self.store.admit(reservation)).outcome == "dup":
             return False
-        await self._settle(self.store, Settlement(
-            reservation=reservation, deployment="fine-tuning", prompt_tokens=tokens, completion_tokens=0,
-            cached_tokens=0, cost=cost, status=200, latency_ms=0.0, cache_hit=False, estimated=False))
+        await self._settle(
+            self.store,
+            Settlement(
+                reservation=reservation,
+                deployment="fine-tuning",
+                prompt_tokens=tokens,
+                completion_tokens=0,
+                cached_tokens=0,
+                cost=cost,
+                status=200,
+                latency_ms=0.0,
+                cache_hit=False,
+                estimated=False,
+            ),
+        )
         return True
 
     async def charge(self, call: Call) -> None:
@@ -255,7 +312,7 @@ class Admission:
         reservation.buckets, reservation.slots = [], []
         reservation.spends = [Spend(s.key, None, None, s.ttl_s, s.scope) for s in reservation.spends]
         result = await self.store.admit(reservation)
-        if result.outcome == "dup":   # charged already (the same line's results read twice)
+        if result.outcome == "dup":  # charged already (the same line's results read twice)
             return
         await self._settle(self.store, self._settlement(call, _Admitted(reservation, self.store), None))
 
@@ -263,20 +320,34 @@ class Admission:
         """Ledgers a finished request that no limit or budget counts (a shadow request, policies/shadow.py):
         its record and aggregates, priced as any other; ``started``: its ``time.perf_counter()`` start."""
         now = self.clock.time()
-        reservation = Reservation(entry_id=call.record.request_id, tenant=call.tenant, key_id=call.key_id,
-                                  alias=call.alias, variant=call.variant, day=budget.today(now)[0], ts=now,
-                                  buckets=[], slots=[], spends=[], est_prompt=0, est_completion=0, est_cost=0,
-                                  lease_s=self.stores.settle_after_s)
+        reservation = Reservation(
+            entry_id=call.record.request_id,
+            tenant=call.tenant,
+            key_id=call.key_id,
+            alias=call.alias,
+            variant=call.variant,
+            day=budget.today(now)[0],
+            ts=now,
+            buckets=[],
+            slots=[],
+            spends=[],
+            est_prompt=0,
+            est_completion=0,
+            est_cost=0,
+            lease_s=self.stores.settle_after_s,
+        )
         result = await self.store.admit(reservation)
         if result.outcome == "dup":
             reservation.entry_id = f"{reservation.entry_id}.{uuid.uuid4().hex[:8]}"
             await self.store.admit(reservation)
-        await self._settle(self.store, self._settlement(call, _Admitted(reservation, self.store, started), status))
+        await self._settle(
+            self.store, self._settlement(call, _Admitted(reservation, self.store, started), status)
+        )
 
     async def _admit(self, call: Call) -> _Admitted:
         rules = self._rules.get(call.tenant, self._fallback_rules)
         loop = asyncio.get_running_loop()
-        until = loop.time() + rules.max_wait_s   # the bound holds from the request's arrival, queued once
+        until = loop.time() + rules.max_wait_s  # the bound holds from the request's arrival, queued once
         reservation = await self._plan(call, rules)
         waited = False
         if rules.max_wait_s > 0 and self.queue is not None and self.queue.waiting(call.tenant):
@@ -288,8 +359,13 @@ class Admission:
         if result.outcome == "dup":  # a client reused a request id: the ledger entry gets its own
             reservation.entry_id = f"{reservation.entry_id}.{uuid.uuid4().hex[:8]}"
             result = await self.store.admit(reservation)
-        if not waited and result.outcome in ("bucket", "slot") and rules.max_wait_s > 0 and \
-                self.queue is not None and (result.outcome == "slot" or result.retry_after <= rules.max_wait_s):
+        if (
+            not waited
+            and result.outcome in ("bucket", "slot")
+            and rules.max_wait_s > 0
+            and self.queue is not None
+            and (result.outcome == "slot" or result.retry_after <= rules.max_wait_s)
+        ):
             result = await self._wait(call, rules, reservation, result, until - loop.time())
         if result.outcome != "ok":
             raise self._refusal(call, reservation, result)
@@ -298,35 +374,50 @@ class Admission:
             metrics.BUDGET_SOFT.labels(call.tenant, spend.scope).inc()
             if spend.key not in self._warned:
                 self._warned.add(spend.key)
-                self._log.warning("budget soft threshold reached", tenant=call.tenant, key_id=call.key_id,
-                                  budget=spend.scope, limit_usd=usd(spend.limit or 0))
+                self._log.warning(
+                    "budget soft threshold reached",
+                    tenant=call.tenant,
+                    key_id=call.key_id,
+                    budget=spend.scope,
+                    limit_usd=usd(spend.limit or 0),
+                )
         if reservation.buckets:
             call.record.limited(bucket.headers(reservation.buckets, result.levels))
         return _Admitted(reservation, self.store)  # a fail-open store knows which store admitted it
 
-    async def _wait(self, call: Call, rules: _Rules, reservation: Reservation,
-                    refused: AdmitResult, max_wait_s: float) -> AdmitResult:
+    async def _wait(
+        self, call: Call, rules: _Rules, reservation: Reservation, refused: AdmitResult, max_wait_s: float
+    ) -> AdmitResult:
         assert self.queue is not None
         priority = self._priority(call, rules)
         metrics.QUEUED.labels(call.tenant).inc()
         started = time.perf_counter()
         span = spans.start("queue")
         try:
-            return await self.queue.wait(call.tenant, rules.weight, priority, max(max_wait_s, 0.0),
-                                         lambda: self.store.admit(reservation), refused,
-                                         lambda result: self._give_back(reservation, result))
+            return await self.queue.wait(
+                call.tenant,
+                rules.weight,
+                priority,
+                max(max_wait_s, 0.0),
+                lambda: self.store.admit(reservation),
+                refused,
+                lambda result: self._give_back(reservation, result),
+            )
         except QueueFull:
             metrics.REFUSED.labels(call.tenant, "queue_full").inc()
-            raise RateLimited("Too many requests are waiting for this tenant; please retry later.",
-                              headers={"Retry-After": str(_retry_after(refused))}) from None
+            raise RateLimited(
+                "Too many requests are waiting for this tenant; please retry later.",
+                headers={"Retry-After": str(_retry_after(refused))},
+            ) from None
         finally:
             spans.end(span)
             metrics.QUEUE_WAIT.labels(call.tenant).observe(time.perf_counter() - started)
 
     def _priority(self, call: Call, rules: _Rules) -> int:
         key_policy = rules.per_key.get(call.key_id)
-        allowed = PRIORITIES.index((key_policy.priority if key_policy and key_policy.priority else None)
-                                   or rules.priority)
+        allowed = PRIORITIES.index(
+            (key_policy.priority if key_policy and key_policy.priority else None) or rules.priority
+        )
         asked = call.headers.get(PRIORITY_HEADER)
         if asked in PRIORITIES:
             return max(PRIORITIES.index(asked), allowed)  # a request may lower its class, never raise it
@@ -345,7 +436,8 @@ class Admission:
             if len(self._plans) > 10_000:
                 self._plans.clear()
             static = self._plans[(call.tenant, call.key_id, call.alias, day)] = self._static_plan(
-                call, rules, day, month)
+                call, rules, day, month
+            )
         fixed, per_token, held, spends = static
         completion = 0
         choices = tokens.choices(call.endpoint, call.body)
@@ -364,11 +456,23 @@ class Admission:
         total = float(prompt + completion)
         planned = list(fixed)
         planned += [Bucket(b.key, b.capacity, b.rate, total, b.kind, b.scope, b.limit) for b in per_token]
-        return Reservation(entry_id=call.record.request_id, tenant=call.tenant, key_id=call.key_id,
-                           alias=call.alias, variant=call.variant, day=day, ts=now, buckets=planned, slots=held,
-                           spends=spends, est_prompt=prompt, est_completion=completion,
-                           est_cost=alias.max_price.nano(prompt, completion), lease_s=self.stores.settle_after_s,
-                           batch=call.batch)
+        return Reservation(
+            entry_id=call.record.request_id,
+            tenant=call.tenant,
+            key_id=call.key_id,
+            alias=call.alias,
+            variant=call.variant,
+            day=day,
+            ts=now,
+            buckets=planned,
+            slots=held,
+            spends=spends,
+            est_prompt=prompt,
+            est_completion=completion,
+            est_cost=alias.max_price.nano(prompt, completion),
+            lease_s=self.stores.settle_after_s,
+            batch=call.batch,
+        )
 
     def _static_plan(self, call: Call, rules: _Rules, day: str, month: str) -> _StaticPlan:
         """What a request of this tenant, key and alias draws on, but for its token count."""
@@ -381,12 +485,18 @@ class Admission:
         model_limits = rules.model_limits.get(call.alias)
         if model_limits is not None:
             scoped.append((model_limits, alias_prefix, f"model {call.alias}"))
-        planned = [b for limits, prefix, scope in scoped for b in bucket.buckets(limits, prefix, scope, 0, True)]
+        planned = [
+            b for limits, prefix, scope in scoped for b in bucket.buckets(limits, prefix, scope, 0, True)
+        ]
         held = [s for limits, prefix, scope in scoped for s in bucket.slots(limits, prefix, scope)]
         spends = budget.spends(rules.budget, rules.prefix, "tenant", day, month)
         spends += budget.spends(key_budget, key_prefix, "key", day, month)
-        return ([b for b in planned if b.kind == "requests"], [b for b in planned if b.kind == "tokens"], held,
-                spends)
+        return (
+            [b for b in planned if b.kind == "requests"],
+            [b for b in planned if b.kind == "tokens"],
+            held,
+            spends,
+        )
 
     def _refusal(self, call: Call, reservation: Reservation, result: AdmitResult) -> GatewayError:
         if result.outcome == "budget":
@@ -394,26 +504,35 @@ class Admission:
             metrics.REFUSED.labels(call.tenant, "budget").inc()
             return QuotaExceeded(
                 f"You exceeded your current quota: the {spend.scope} budget of ${usd(spend.limit or 0):.2f} "
-                "is spent (or this request's estimate would pass it). It resets with the next budget period.")
+                "is spent (or this request's estimate would pass it). It resets with the next budget period."
+            )
         if result.index < 0:  # timed out in the queue before its first try
             metrics.REFUSED.labels(call.tenant, "queue_timeout").inc()
-            return RateLimited(f"The request waited {self._rules.get(call.tenant, self._fallback_rules).max_wait_s:g} "
-                               "s in the queue without being admitted; please retry later.",
-                               headers={"Retry-After": "1"})
+            return RateLimited(
+                f"The request waited {self._rules.get(call.tenant, self._fallback_rules).max_wait_s:g} "
+                "s in the queue without being admitted; please retry later.",
+                headers={"Retry-After": "1"},
+            )
         if result.outcome == "slot":
             slot = reservation.slots[result.index]
             metrics.REFUSED.labels(call.tenant, "concurrency").inc()
-            return RateLimited(f"Too many requests in flight for {slot.scope} ({call.tenant}): limit "
-                               f"{slot.limit}. Please retry when one finishes.", headers={"Retry-After": "1"})
+            return RateLimited(
+                f"Too many requests in flight for {slot.scope} ({call.tenant}): limit "
+                f"{slot.limit}. Please retry when one finishes.",
+                headers={"Retry-After": "1"},
+            )
         planned = reservation.buckets[result.index]
         headers = bucket.headers(reservation.buckets, result.levels) if result.levels else {}
         unit = "RPM" if planned.kind == "requests" else "TPM"
         kind = f"{planned.kind} per min ({unit})"
         if result.outcome == "too_large":
             metrics.REFUSED.labels(call.tenant, "too_large").inc()
-            return RateLimited(f"Request too large for {planned.scope} ({call.tenant}) on {kind}: Limit "
-                               f"{planned.limit}, Requested {int(planned.cost)}. Lower max_tokens or the prompt.",
-                               error_type="tokens", headers=headers)
+            return RateLimited(
+                f"Request too large for {planned.scope} ({call.tenant}) on {kind}: Limit "
+                f"{planned.limit}, Requested {int(planned.cost)}. Lower max_tokens or the prompt.",
+                error_type="tokens",
+                headers=headers,
+            )
         metrics.REFUSED.labels(call.tenant, planned.kind).inc()
         wait = _retry_after(result)
         level = result.levels[result.index] if result.levels else 0.0
@@ -421,7 +540,9 @@ class Admission:
             f"Rate limit reached for {planned.scope} ({call.tenant}) on {kind}: Limit {planned.limit}, "
             f"Remaining {max(math.floor(level), 0)}, Requested {int(planned.cost)}. "
             f"Please try again in {bucket.duration(result.retry_after)}.",
-            error_type=planned.kind, headers={**headers, "Retry-After": str(wait)})
+            error_type=planned.kind,
+            headers={**headers, "Retry-After": str(wait)},
+        )
 
     def _settlement(self, call: Call, admitted: _Admitted, status: int | None) -> Settlement:
         result = self._result(call, admitted.reservation, status)
@@ -442,8 +563,13 @@ class Admission:
         used: Tokens = NO_TOKENS
         how: How = "usage"
         if record.prompt_tokens is not None or record.completion_tokens is not None:
-            used = Tokens(record.prompt_tokens or 0, record.completion_tokens or 0, record.cached_tokens or 0,
-                          record.cache_write_tokens or 0, record.reasoning_tokens or 0)
+            used = Tokens(
+                record.prompt_tokens or 0,
+                record.completion_tokens or 0,
+                record.cached_tokens or 0,
+                record.cache_write_tokens or 0,
+                record.reasoning_tokens or 0,
+            )
         elif record.deployment is not None and call.collected:
             alias = self._aliases.get(call.alias, _NO_ALIAS)
             used = Tokens(reservation.est_prompt, tokens.count_completion(call.collected, alias.encoding))
@@ -451,9 +577,14 @@ class Admission:
         elif record.deployment is not None and (final < 400 or final == _CLIENT_CLOSED):
             # answered (or cut off) without usage: the upstream may bill it, so it is charged at the estimate
             used, how = Tokens(reservation.est_prompt, reservation.est_completion), "estimated"
-        price = call.price or self._prices.get(deployment) or self._aliases.get(call.alias, _NO_ALIAS).max_price
-        cost = reservation.est_cost if how == "estimated" else price.nano(used.prompt, used.completion, used.cached,
-                                                                          used.cache_write)
+        price = (
+            call.price or self._prices.get(deployment) or self._aliases.get(call.alias, _NO_ALIAS).max_price
+        )
+        cost = (
+            reservation.est_cost
+            if how == "estimated"
+            else price.nano(used.prompt, used.completion, used.cached, used.cache_write)
+        )
         if call.batch:
             cost = round(cost * (1 - price.batch_discount))
         return RequestResult(final, deployment, used, cost, how)
@@ -462,17 +593,24 @@ class Admission:
         try:
             settled = await store.settle(settlement)
         except GatewayError as exc:
-            self._log.warning("settlement deferred to the sweeper", request_id=settlement.reservation.entry_id,
-                              error=exc.message)
+            self._log.warning(
+                "settlement deferred to the sweeper",
+                request_id=settlement.reservation.entry_id,
+                error=exc.message,
+            )
             return
         except Exception:
-            self._log.exception("settlement failed; the sweeper settles it at its estimate",
-                                request_id=settlement.reservation.entry_id)
+            self._log.exception(
+                "settlement failed; the sweeper settles it at its estimate",
+                request_id=settlement.reservation.entry_id,
+            )
             return
         if not settled:
             metrics.SETTLED.labels("duplicate").inc()
         elif settlement.cost:
-            metrics.COST.labels(settlement.reservation.tenant, settlement.reservation.alias).inc(usd(settlement.cost))
+            metrics.COST.labels(settlement.reservation.tenant, settlement.reservation.alias).inc(
+                usd(settlement.cost)
+            )
         if settlement.reservation.slots and self.queue is not None:
             self.queue.slot_freed()
 

@@ -37,8 +37,8 @@ from .clock import SYSTEM, Clock
 from .resilience_config import BreakerConfig
 from .stores.layer import StoreLayer
 
-_SLOTS = 10          # the failure-ratio window is counted in this many time slots
-ANY = "*"            # an outcome of no one tenant in particular (and: the failures of several tenants)
+_SLOTS = 10  # the failure-ratio window is counted in this many time slots
+ANY = "*"  # an outcome of no one tenant in particular (and: the failures of several tenants)
 _REDIS_OP_TIMEOUT_S = 0.25
 
 
@@ -53,16 +53,16 @@ class View:
     """A breaker's state as one process last saw it."""
 
     state: State = State.CLOSED
-    open_until: float = 0.0          # wall-clock seconds (shared across processes)
-    failures: int = 0                # consecutive
-    trial_until: float = 0.0         # half-open: until when the trial holds its place
-    by: str = ""                     # the tenant of the failures since the last success; "*": several
+    open_until: float = 0.0  # wall-clock seconds (shared across processes)
+    failures: int = 0  # consecutive
+    trial_until: float = 0.0  # half-open: until when the trial holds its place
+    by: str = ""  # the tenant of the failures since the last success; "*": several
 
 
 @dataclass(slots=True)
 class _Entry:
     view: View = field(default_factory=View)
-    slots: dict[int, list[int]] = field(default_factory=dict)   # slot -> [requests, failures]
+    slots: dict[int, list[int]] = field(default_factory=dict)  # slot -> [requests, failures]
 
 
 @dataclass(slots=True)
@@ -71,13 +71,22 @@ class Outcomes:
 
     successes: int = 0
     failures: int = 0
-    run: int = 0                     # failures since this process's last success
+    run: int = 0  # failures since this process's last success
     by: str = ""
 
 
 class Store(Protocol):
-    async def op(self, key: str, op: str, now: float, count: int = 1, *, successes: int = 0, run: int = 0,
-                 tenant: str = ANY) -> tuple[View, bool]: ...
+    async def op(
+        self,
+        key: str,
+        op: str,
+        now: float,
+        count: int = 1,
+        *,
+        successes: int = 0,
+        run: int = 0,
+        tenant: str = ANY,
+    ) -> tuple[View, bool]: ...
     async def read(self, keys: Iterable[str]) -> dict[str, View]: ...
 
 
@@ -89,12 +98,30 @@ class MemoryStore:
         self._entries: dict[str, _Entry] = {}
         self._slot_s = config.window_s / _SLOTS
 
-    async def op(self, key: str, op: str, now: float, count: int = 1, *, successes: int = 0, run: int = 0,
-                 tenant: str = ANY) -> tuple[View, bool]:
+    async def op(
+        self,
+        key: str,
+        op: str,
+        now: float,
+        count: int = 1,
+        *,
+        successes: int = 0,
+        run: int = 0,
+        tenant: str = ANY,
+    ) -> tuple[View, bool]:
         return self.apply(key, op, now, count, successes=successes, run=run, tenant=tenant)
 
-    def apply(self, key: str, op: str, now: float, count: int = 1, *, successes: int = 0, run: int = 0,
-              tenant: str = ANY) -> tuple[View, bool]:
+    def apply(
+        self,
+        key: str,
+        op: str,
+        now: float,
+        count: int = 1,
+        *,
+        successes: int = 0,
+        run: int = 0,
+        tenant: str = ANY,
+    ) -> tuple[View, bool]:
         """``op``: failure, success, successes (batched, closed state only), outcomes (a batch of ``count``
         failures and ``successes`` seen while closed, ``run`` of them failures since the last success) or
         trial (``tenant``'s). Returns the new view and, for a trial, whether this caller got it."""
@@ -131,8 +158,11 @@ class MemoryStore:
         elif op == "trial":
             # A trial whose answer never came (its process died) is given again after a cool-down; a
             # breaker opened by one tenant's failures alone gives another tenant the trial at once.
-            if (view.state is State.OPEN and (now >= view.open_until or _other(view.by, tenant))
-                    and now >= view.trial_until) or (view.state is State.HALF_OPEN and now >= view.trial_until):
+            if (
+                view.state is State.OPEN
+                and (now >= view.open_until or _other(view.by, tenant))
+                and now >= view.trial_until
+            ) or (view.state is State.HALF_OPEN and now >= view.trial_until):
                 view.state, view.trial_until, granted = State.HALF_OPEN, now + c.cooldown_s, True
         return View(view.state, view.open_until, view.failures, view.trial_until, view.by), granted
 
@@ -140,7 +170,9 @@ class MemoryStore:
         """Closed: count outcomes and open when the run or the window's ratio says so."""
         c, view = self.config, entry.view
         total, failed = self._add(entry, now, requests, failures)
-        if failures and (view.failures >= c.failures or (total >= c.min_requests and failed / total >= c.failure_ratio)):
+        if failures and (
+            view.failures >= c.failures or (total >= c.min_requests and failed / total >= c.failure_ratio)
+        ):
             view.state, view.open_until = State.OPEN, now + c.cooldown_s
             entry.slots.clear()
 
@@ -276,6 +308,7 @@ redis.call('HSET', KEYS[1], 'state', state, 'until', tostring(open_until), 'fail
 return {state, tostring(open_until), failures, granted, tostring(trial_until), by}
 """
 
+
 def _key(name: str) -> str:
     # A hash tag ({...}) keeps a breaker's two keys in one Redis Cluster slot, as its script needs.
     return "gw:breaker:{" + name + "}"
@@ -291,28 +324,50 @@ class RedisStore:
         self.config = config
         self._layer = layer
         self._fallback = MemoryStore(config)
-        self._args = (config.failures, config.failure_ratio, config.min_requests, config.window_s,
-                      config.cooldown_s)
+        self._args = (
+            config.failures,
+            config.failure_ratio,
+            config.min_requests,
+            config.window_s,
+            config.cooldown_s,
+        )
 
-    async def op(self, key: str, op: str, now: float, count: int = 1, *, successes: int = 0, run: int = 0,
-                 tenant: str = ANY) -> tuple[View, bool]:
+    async def op(
+        self,
+        key: str,
+        op: str,
+        now: float,
+        count: int = 1,
+        *,
+        successes: int = 0,
+        run: int = 0,
+        tenant: str = ANY,
+    ) -> tuple[View, bool]:
         return await self._layer.health.call(
-            f"breaker_{op}", lambda: self._op(key, op, now, count, successes, run, tenant),
+            f"breaker_{op}",
+            lambda: self._op(key, op, now, count, successes, run, tenant),
             lambda: self._fallback.op(key, op, now, count, successes=successes, run=run, tenant=tenant),
-            decides=op == "trial")
+            decides=op == "trial",
+        )
 
-    async def _op(self, key: str, op: str, now: float, count: int, successes: int, run: int,
-                  tenant: str) -> tuple[View, bool]:
+    async def _op(
+        self, key: str, op: str, now: float, count: int, successes: int, run: int, tenant: str
+    ) -> tuple[View, bool]:
         async with asyncio.timeout(_REDIS_OP_TIMEOUT_S):
             state, until, failures, granted, trial_until, by = await self._layer.script(
-                _SCRIPT, [_key(key), _key(key) + ":w"], [op, repr(now), count, *self._args, successes, run, tenant])
-        return View(State(_text(state)), float(_text(until)), int(failures), float(_text(trial_until)),
-                    _text(by)), bool(granted)
+                _SCRIPT,
+                [_key(key), _key(key) + ":w"],
+                [op, repr(now), count, *self._args, successes, run, tenant],
+            )
+        return View(
+            State(_text(state)), float(_text(until)), int(failures), float(_text(trial_until)), _text(by)
+        ), bool(granted)
 
     async def read(self, keys: Iterable[str]) -> dict[str, View]:
         keys = list(keys)
-        return await self._layer.health.call("breaker_read", lambda: self._read(keys),
-                                             lambda: self._fallback.read(keys), decides=False)
+        return await self._layer.health.call(
+            "breaker_read", lambda: self._read(keys), lambda: self._fallback.read(keys), decides=False
+        )
 
     async def _read(self, keys: list[str]) -> dict[str, View]:
         async with asyncio.timeout(_REDIS_OP_TIMEOUT_S):
@@ -322,8 +377,13 @@ class RedisStore:
                 rows = await pipe.execute()
         out: dict[str, View] = {}
         for key, (state, until, failures, trial_until, by) in zip(keys, rows, strict=True):
-            out[key] = View(State(_text(state)) if state else State.CLOSED, float(_text(until or b"0")),
-                            int(failures or 0), float(_text(trial_until or b"0")), _text(by or ""))
+            out[key] = View(
+                State(_text(state)) if state else State.CLOSED,
+                float(_text(until or b"0")),
+                int(failures or 0),
+                float(_text(trial_until or b"0")),
+                _text(by or ""),
+            )
         return out
 
 
@@ -337,8 +397,14 @@ Listener = Callable[[str, State], None]
 class Breakers:
     """The breakers of every deployment, by key (``alias/deployment``), and every tenant's in front of them."""
 
-    def __init__(self, config: BreakerConfig, keys: Iterable[str], stores: StoreLayer | None = None,
-                 on_change: Listener | None = None, clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self,
+        config: BreakerConfig,
+        keys: Iterable[str],
+        stores: StoreLayer | None = None,
+        on_change: Listener | None = None,
+        clock: Clock = SYSTEM,
+    ) -> None:
         """``stores``: the process's store layer; breakers share state through it when it has Redis."""
         self.config = config
         self.shared = stores is not None and stores.shared
@@ -347,17 +413,19 @@ class Breakers:
         self._local = MemoryStore(config)
         self.store: Store = RedisStore(config, stores) if self.shared else self._local  # type: ignore[arg-type]  # shared: a layer
         self._views = {key: View() for key in keys}
-        self._pending: dict[str, Outcomes] = {}   # Redis: outcomes while closed, not yet pushed
-        self._tenants = MemoryStore(config)        # tenant breakers, by tenant + "\0" + key
-        self._tenant_open: dict[tuple[str, str], View] = {}   # those not closed
+        self._pending: dict[str, Outcomes] = {}  # Redis: outcomes while closed, not yet pushed
+        self._tenants = MemoryStore(config)  # tenant breakers, by tenant + "\0" + key
+        self._tenant_open: dict[tuple[str, str], View] = {}  # those not closed
         self._on_change = on_change
         self._sync_task: asyncio.Task[None] | None = None
         self._clock = clock.time  # wall-clock: cool-downs are shared with other processes through Redis
 
     def closed(self, key: str, tenant: str = ANY) -> bool:
         """The hot path: no await, no store."""
-        return not self.config.enabled or (self._views[key].state is State.CLOSED and (
-            not self._tenant_open or (tenant, key) not in self._tenant_open))
+        return not self.config.enabled or (
+            self._views[key].state is State.CLOSED
+            and (not self._tenant_open or (tenant, key) not in self._tenant_open)
+        )
 
     def state(self, key: str) -> State:
         return self._views[key].state
@@ -387,7 +455,7 @@ class Breakers:
         if view.state is State.OPEN and now < view.open_until and not (early and now >= view.trial_until):
             return False
         if view.state is State.HALF_OPEN and now < view.trial_until:
-            return False    # another request holds the trial: no store round trip per request meanwhile
+            return False  # another request holds the trial: no store round trip per request meanwhile
         new, granted = await self.store.op(key, "trial", now, tenant=tenant)
         self._update(key, new)
         return granted
@@ -426,7 +494,7 @@ class Breakers:
             pending.run += 1
             pending.by = _blame(pending.by, tenant)
             local, _ = self._local.apply(key, "failure", now, tenant=tenant)
-            if local.state is not State.CLOSED:   # this process's outcomes alone trip it: push them now
+            if local.state is not State.CLOSED:  # this process's outcomes alone trip it: push them now
                 self._local.forget(key)
                 await self._push(key, now)
             return
@@ -501,6 +569,13 @@ class Breakers:
         pending = self._pending.pop(key, None)
         if pending is None:
             return
-        new, _ = await self.store.op(key, "outcomes", now, pending.failures, successes=pending.successes,
-                                     run=pending.run, tenant=pending.by or ANY)
+        new, _ = await self.store.op(
+            key,
+            "outcomes",
+            now,
+            pending.failures,
+            successes=pending.successes,
+            run=pending.run,
+            tenant=pending.by or ANY,
+        )
         self._update(key, new)

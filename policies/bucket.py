@@ -15,11 +15,15 @@ def buckets(limits: Limits, key_prefix: str, scope: str, tokens: int, tokens_exp
     out: list[Bucket] = []
     if limits.rpm is not None:
         capacity = float(limits.rpm_burst or limits.rpm)
-        out.append(Bucket(f"{key_prefix}:rpm", capacity, limits.rpm / 60.0, 1.0, "requests", scope, limits.rpm))
+        out.append(
+            Bucket(f"{key_prefix}:rpm", capacity, limits.rpm / 60.0, 1.0, "requests", scope, limits.rpm)
+        )
     if limits.tpm is not None:
         capacity = float(limits.tpm_burst or limits.tpm)
         cost = float(tokens) if tokens_explicit else min(float(tokens), capacity)
-        out.append(Bucket(f"{key_prefix}:tpm", capacity, limits.tpm / 60.0, cost, "tokens", scope, limits.tpm))
+        out.append(
+            Bucket(f"{key_prefix}:tpm", capacity, limits.tpm / 60.0, cost, "tokens", scope, limits.tpm)
+        )
     return out
 
 

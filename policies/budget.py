@@ -25,10 +25,19 @@ def today(now: float) -> tuple[str, str]:
 
 def spends(budget: Budget, key_prefix: str, scope: str, day: str, month: str) -> list[Spend]:
     out: list[Spend] = []
-    for limit, period, name, ttl in ((budget.daily_usd, f"d:{day}", "daily", _DAY_TTL_S),
-                                     (budget.monthly_usd, f"m:{month}", "monthly", _MONTH_TTL_S)):
+    for limit, period, name, ttl in (
+        (budget.daily_usd, f"d:{day}", "daily", _DAY_TTL_S),
+        (budget.monthly_usd, f"m:{month}", "monthly", _MONTH_TTL_S),
+    ):
         if limit is not None:
             nano = round(limit * NANO)
-            out.append(Spend(f"{key_prefix}:spend:{period}", nano, round(nano * budget.soft_ratio), ttl,
-                             f"{scope} {name}"))
+            out.append(
+                Spend(
+                    f"{key_prefix}:spend:{period}",
+                    nano,
+                    round(nano * budget.soft_ratio),
+                    ttl,
+                    f"{scope} {name}",
+                )
+            )
     return out

@@ -30,14 +30,14 @@ class Call:
     stream: bool
     headers: Mapping[str, str] = field(default_factory=dict)
     # set by the pipeline while the answer streams
-    client_wants_usage: bool = False   # the client asked for stream_options.include_usage itself
-    completed: bool = False            # the answer reached its normal end ([DONE] for streams)
+    client_wants_usage: bool = False  # the client asked for stream_options.include_usage itself
+    completed: bool = False  # the answer reached its normal end ([DONE] for streams)
     collected: list[bytes] | None = None  # the stream's events, kept when a policy (the cache) asked for them
     usage: dict[str, Any] | None = None
-    batch: bool = False   # a line of a batch: priced at the deployment's batch price
-    variant: str | None = None         # the alias's variant serving it (variants.py)
+    batch: bool = False  # a line of a batch: priced at the deployment's batch price
+    variant: str | None = None  # the alias's variant serving it (variants.py)
     deployments: frozenset[str] | None = None  # the variant's deployments: the only ones routed to
-    prompt_tokens: int | None = None   # counted by the context policy (context.py); else resilience estimates
-    price: PriceTable | None = None    # the variant's own price: replaces the deployment's in the ledger
+    prompt_tokens: int | None = None  # counted by the context policy (context.py); else resilience estimates
+    price: PriceTable | None = None  # the variant's own price: replaces the deployment's in the ledger
     shadow: tuple[str, dict[str, Any]] | None = None  # (variant, the client's body) to mirror (shadow.py)
-    chunks: Any = None                 # embeddings split by the chunk context policy (context.py)
+    chunks: Any = None  # embeddings split by the chunk context policy (context.py)

@@ -29,13 +29,13 @@ import structlog
 from .clock import Clock
 from .variants import CanaryConfig, Variants
 
-_MAX_SAMPLES = 4096   # per variant: the window's newest outcomes (p95 is sorted from these on each check)
+_MAX_SAMPLES = 4096  # per variant: the window's newest outcomes (p95 is sorted from these on each check)
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    reason: str                  # error_rate | latency
-    figures: dict[str, Any]      # both variants' counts, error rates and p95s, and the margin that tripped
+    reason: str  # error_rate | latency
+    figures: dict[str, Any]  # both variants' counts, error rates and p95s, and the margin that tripped
 
 
 def p95(latencies: list[float]) -> float | None:
@@ -46,8 +46,9 @@ def p95(latencies: list[float]) -> float | None:
     return ordered[max(math.ceil(0.95 * len(ordered)) - 1, 0)]
 
 
-def judge(config: CanaryConfig, candidate: list[tuple[float, bool, float]],
-          stable: list[tuple[float, bool, float]]) -> Verdict | None:
+def judge(
+    config: CanaryConfig, candidate: list[tuple[float, bool, float]], stable: list[tuple[float, bool, float]]
+) -> Verdict | None:
     """A rollback verdict for the candidate's window against the stable's, or None (too few, or no worse)."""
     if len(candidate) < config.min_requests or len(stable) < config.min_requests:
         return None
@@ -56,15 +57,26 @@ def judge(config: CanaryConfig, candidate: list[tuple[float, bool, float]],
     c_p95 = p95([latency for _, ok, latency in candidate if ok])
     s_p95 = p95([latency for _, ok, latency in stable if ok])
     figures: dict[str, Any] = {
-        "candidate": {"outcomes": len(candidate), "error_rate": round(c_errors, 4),
-                      "p95_s": None if c_p95 is None else round(c_p95, 4)},
-        "stable": {"outcomes": len(stable), "error_rate": round(s_errors, 4),
-                   "p95_s": None if s_p95 is None else round(s_p95, 4)},
-        "window_s": config.window_s}
+        "candidate": {
+            "outcomes": len(candidate),
+            "error_rate": round(c_errors, 4),
+            "p95_s": None if c_p95 is None else round(c_p95, 4),
+        },
+        "stable": {
+            "outcomes": len(stable),
+            "error_rate": round(s_errors, 4),
+            "p95_s": None if s_p95 is None else round(s_p95, 4),
+        },
+        "window_s": config.window_s,
+    }
     if c_errors > s_errors + config.error_rate_margin:
         return Verdict("error_rate", {**figures, "error_rate_margin": config.error_rate_margin})
-    if c_p95 is not None and s_p95 is not None and c_p95 > s_p95 * (1 + config.latency_margin) \
-            and c_p95 - s_p95 > config.latency_floor_s:
+    if (
+        c_p95 is not None
+        and s_p95 is not None
+        and c_p95 > s_p95 * (1 + config.latency_margin)
+        and c_p95 - s_p95 > config.latency_floor_s
+    ):
         return Verdict("latency", {**figures, "latency_margin": config.latency_margin})
     return None
 
@@ -81,7 +93,9 @@ class CanaryWatch:
         self._rollback = rollback
         self._windows: dict[tuple[str, str], deque[tuple[float, bool, float]]] = {}
         self._rolling: set[tuple[str, str]] = set()
-        self._since: dict[tuple[str, str], int] = {}   # (alias, candidate) -> outcomes since it was last judged
+        self._since: dict[
+            tuple[str, str], int
+        ] = {}  # (alias, candidate) -> outcomes since it was last judged
         self._tasks: set[asyncio.Task[None]] = set()
         self._log = structlog.get_logger("gateway.canary")
 
@@ -89,7 +103,7 @@ class CanaryWatch:
         """One outcome of ``alias``'s ``variant`` (resilience calls this where it tells the breaker)."""
         configs = self._variants.configs(alias)
         if variant not in configs or not any(v.canary is not None for v in configs.values()):
-            return   # no canary here, or a shadow request (variant ``shadow:NAME``)
+            return  # no canary here, or a shadow request (variant ``shadow:NAME``)
         now = self._clock.monotonic()
         window = self._windows.get((alias, variant))
         if window is None:
@@ -97,8 +111,12 @@ class CanaryWatch:
         window.append((now, ok, latency_s))
         for name, config in configs.items():
             canary = config.canary
-            if canary is None or config.weight <= 0 or variant not in (name, canary.stable) \
-                    or (alias, name) in self._rolling:
+            if (
+                canary is None
+                or config.weight <= 0
+                or variant not in (name, canary.stable)
+                or (alias, name) in self._rolling
+            ):
                 continue
             since = self._since[(alias, name)] = self._since.get((alias, name), 0) + 1
             candidate = self._windows.get((alias, name)) or ()
@@ -109,12 +127,17 @@ class CanaryWatch:
             if since < (len(candidate) + len(stable)) // 64:
                 continue
             self._since[(alias, name)] = 0
-            verdict = judge(canary, self._recent(alias, name, now, canary.window_s),
-                            self._recent(alias, canary.stable, now, canary.window_s))
+            verdict = judge(
+                canary,
+                self._recent(alias, name, now, canary.window_s),
+                self._recent(alias, canary.stable, now, canary.window_s),
+            )
             if verdict is not None:
                 self._start_rollback(alias, name, verdict)
 
-    def _recent(self, alias: str, variant: str, now: float, window_s: float) -> list[tuple[float, bool, float]]:
+    def _recent(
+        self, alias: str, variant: str, now: float, window_s: float
+    ) -> list[tuple[float, bool, float]]:
         window = self._windows.get((alias, variant))
         if not window:
             return []
@@ -131,8 +154,8 @@ class CanaryWatch:
     async def _roll_back(self, alias: str, candidate: str, verdict: Verdict) -> None:
         try:
             await self._rollback(alias, candidate, verdict)
-            self._windows.pop((alias, candidate), None)   # a later canary of it starts from a clean window
-        except Exception:   # the store failed: the next outcome judges again
+            self._windows.pop((alias, candidate), None)  # a later canary of it starts from a clean window
+        except Exception:  # the store failed: the next outcome judges again
             self._log.exception("canary rollback failed", alias=alias, variant=candidate)
         finally:
             self._rolling.discard((alias, candidate))
@@ -147,8 +170,12 @@ class CanaryWatch:
         for name, window_s in spans.items():
             recent = self._recent(alias, name, now, window_s)
             latency = p95([latency for _, ok, latency in recent if ok])
-            out[name] = {"outcomes": len(recent), "errors": sum(1 for _, ok, _ in recent if not ok),
-                         "p95_s": None if latency is None else round(latency, 4), "window_s": window_s}
+            out[name] = {
+                "outcomes": len(recent),
+                "errors": sum(1 for _, ok, _ in recent if not ok),
+                "p95_s": None if latency is None else round(latency, 4),
+                "window_s": window_s,
+            }
         return out
 
     async def close(self) -> None:

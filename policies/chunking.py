@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 HEADER = "x-gateway-context-chunked"
-FIELD = "chunk_vectors"   # request field: "mean" (default) or "all"
+FIELD = "chunk_vectors"  # request field: "mean" (default) or "all"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +30,7 @@ class ChunkPlan:
 
     groups: tuple[tuple[int, ...], ...]
     weights: tuple[tuple[int, ...], ...]
-    every: bool = False   # ``chunk_vectors: all``: every chunk's vector, not their mean
+    every: bool = False  # ``chunk_vectors: all``: every chunk's vector, not their mean
 
 
 def spans(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
@@ -46,8 +46,9 @@ def spans(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
         start = end - overlap
 
 
-def split(inputs: list[Any], size: int, overlap: int, encoding: Any | None, margin: float,
-          every: bool = False) -> tuple[list[Any], ChunkPlan] | None:
+def split(
+    inputs: list[Any], size: int, overlap: int, encoding: Any | None, margin: float, every: bool = False
+) -> tuple[list[Any], ChunkPlan] | None:
     """The inputs to send and the plan to combine their vectors, or None when every input fits (and not
     ``every``: then each input is its one chunk)."""
     sent: list[Any] = []
@@ -64,8 +65,12 @@ def split(inputs: list[Any], size: int, overlap: int, encoding: Any | None, marg
 
 
 def _pieces(item: Any, size: int, overlap: int, encoding: Any | None, margin: float) -> list[tuple[Any, int]]:
-    if isinstance(item, list):   # a token array
-        return [(item[a:b], b - a) for a, b in spans(len(item), size, overlap)] if len(item) > size else [(item, 1)]
+    if isinstance(item, list):  # a token array
+        return (
+            [(item[a:b], b - a) for a, b in spans(len(item), size, overlap)]
+            if len(item) > size
+            else [(item, 1)]
+        )
     if not isinstance(item, str):
         return [(item, 1)]
     ids = _encode(item, encoding)
@@ -73,7 +78,7 @@ def _pieces(item: Any, size: int, overlap: int, encoding: Any | None, margin: fl
         if len(ids) <= size:
             return [(item, 1)]
         return [(encoding.decode(ids[a:b]), b - a) for a, b in spans(len(ids), size, overlap)]
-    per_token = 4 / (1 + margin)     # the estimate's characters per token, margin included
+    per_token = 4 / (1 + margin)  # the estimate's characters per token, margin included
     if math.ceil(len(item) / per_token) <= size:
         return [(item, 1)]
     chars, overlap_chars = max(int(size * per_token), 1), int(overlap * per_token)
@@ -85,7 +90,7 @@ def _encode(text: str, encoding: Any | None) -> list[int] | None:
         return None
     try:
         return list(encoding.encode_ordinary(text))
-    except ValueError:   # bpe-openai refuses one text of over 200k tokens: cut on the estimate then
+    except ValueError:  # bpe-openai refuses one text of over 200k tokens: cut on the estimate then
         return None
 
 
@@ -103,11 +108,19 @@ def combine(plan: ChunkPlan, data: dict[str, Any]) -> dict[str, Any]:
         first = items[group[0]]["embedding"]
         vectors = [_floats(items[i]["embedding"]) for i in group]
         total = sum(weights)
-        mean = [sum(w * v[d] for w, v in zip(weights, vectors, strict=True)) / total for d in range(len(vectors[0]))]
+        mean = [
+            sum(w * v[d] for w, v in zip(weights, vectors, strict=True)) / total
+            for d in range(len(vectors[0]))
+        ]
         norm = math.sqrt(sum(x * x for x in mean)) or 1.0
         unit = [x / norm for x in mean]
-        out.append({"object": "embedding", "index": index,
-                    "embedding": _b64(unit) if isinstance(first, str) else unit})
+        out.append(
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": _b64(unit) if isinstance(first, str) else unit,
+            }
+        )
     return {**data, "data": out}
 
 

@@ -37,8 +37,11 @@ class InFlightCap:
         while not await self._store.acquire(self._key, self.limit, holder, self._lease_s):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise DeploymentBusy(f"Deployment {self.deployment} has all {self.limit} of its concurrent "
-                                     "requests in flight.", headers={"Retry-After": "1"})
+                raise DeploymentBusy(
+                    f"Deployment {self.deployment} has all {self.limit} of its concurrent "
+                    "requests in flight.",
+                    headers={"Retry-After": "1"},
+                )
             self._freed.clear()
             try:  # woken at once by a release in this process, else polls for other processes' releases
                 async with asyncio.timeout(min(_POLL_S, left)):

@@ -68,8 +68,9 @@ class PolicyDefaults(_Frozen):
     key_budget: Budget = Budget()
     max_wait_s: float = Field(default=10.0, ge=0)
     priority: Priority = "interactive"
-    default_max_tokens: int = Field(default=4096, ge=1,
-                                    description="completion tokens reserved when a request sets no max_tokens")
+    default_max_tokens: int = Field(
+        default=4096, ge=1, description="completion tokens reserved when a request sets no max_tokens"
+    )
     queue: QueueConfig = QueueConfig()
 
 
@@ -83,7 +84,9 @@ class TenantPolicyFields(_Frozen):
     key_budget: Budget | None = None
     max_wait_s: float | None = Field(default=None, ge=0)
     priority: Priority | None = None
-    weight: float = Field(default=1.0, gt=0, description="share of contended capacity (weighted fair queuing)")
+    weight: float = Field(
+        default=1.0, gt=0, description="share of contended capacity (weighted fair queuing)"
+    )
     per_key: dict[str, KeyPolicy] = Field(default_factory=dict)
 
     @field_validator("per_key")
@@ -91,7 +94,9 @@ class TenantPolicyFields(_Frozen):
     def _key_ids(cls, value: dict[str, KeyPolicy]) -> dict[str, KeyPolicy]:
         for key_id in value:
             if len(key_id) != 12 or any(c not in "0123456789abcdef" for c in key_id):
-                raise ValueError(f"{key_id!r} is not a key id (the 12 hex digits after 'sha256:' in the key's hash)")
+                raise ValueError(
+                    f"{key_id!r} is not a key id (the 12 hex digits after 'sha256:' in the key's hash)"
+                )
         return value
 
 
@@ -104,13 +109,19 @@ class StoresConfig(_Frozen):
     on_redis_error: Literal["fail_open", "fail_closed"] = "fail_open"
     redis_timeout_s: float = Field(default=0.5, gt=0)
     redis_max_connections: int = Field(default=64, ge=1, description="connections per gateway process")
-    retry_redis_after_s: float = Field(default=1.0, gt=0, description="after a timeout, leave Redis alone this long (a PING probe ends it sooner)")
-    settle_after_s: float = Field(default=900.0, gt=0,
-                                  description="a reservation still open this long is settled at its estimate")
+    retry_redis_after_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="after a timeout, leave Redis alone this long (a PING probe ends it sooner)",
+    )
+    settle_after_s: float = Field(
+        default=900.0, gt=0, description="a reservation still open this long is settled at its estimate"
+    )
     sweep_interval_s: float = Field(default=30.0, gt=0)
     retention_days: int = Field(default=400, ge=1, description="ledger records and aggregates kept in Redis")
-    memory_max_records: int = Field(default=100_000, ge=0,
-                                    description="ledger records one process keeps without Redis (the newest)")
+    memory_max_records: int = Field(
+        default=100_000, ge=0, description="ledger records one process keeps without Redis (the newest)"
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -122,5 +133,7 @@ class StoresConfig(_Frozen):
     @model_validator(mode="after")
     def _cluster(self) -> StoresConfig:
         if self.redis_cluster and (self.redis_url is None or urlsplit(self.redis_url).scheme == "unix"):
-            raise ValueError("redis_cluster needs a redis:// or rediss:// redis_url (any node of the cluster)")
+            raise ValueError(
+                "redis_cluster needs a redis:// or rediss:// redis_url (any node of the cluster)"
+            )
         return self

@@ -53,10 +53,17 @@ class ContextConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     policy: Policy = "fallback"
-    safety_margin: float = Field(default=0.1, ge=0, le=1,
-                                 description="added to estimated counts (deployments without a known tokenizer)")
-    chunk_overlap: int = Field(default=64, ge=0, description="chunk policy (embeddings): tokens shared by "
-                               "consecutive chunks (at most half a chunk)")
+    safety_margin: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="added to estimated counts (deployments without a known tokenizer)",
+    )
+    chunk_overlap: int = Field(
+        default=64,
+        ge=0,
+        description="chunk policy (embeddings): tokens shared by consecutive chunks (at most half a chunk)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +84,7 @@ class Counter:
             return None
         try:
             return list(self.encoding.encode_ordinary(text))
-        except ValueError:   # bpe-openai refuses one text of over 200k tokens: estimated then
+        except ValueError:  # bpe-openai refuses one text of over 200k tokens: estimated then
             return None
 
     def message(self, message: Any) -> int:
@@ -94,11 +101,11 @@ class Counter:
         ids = self._ids(text)
         if ids is not None and self.encoding is not None:
             head = self.encoding.decode(ids[:head_n])
-            tail = self.encoding.decode(ids[len(ids) - tail_n:]) if tail_n else ""
+            tail = self.encoding.decode(ids[len(ids) - tail_n :]) if tail_n else ""
             return head + marker + tail
         per_token = 4 / (1 + self.margin)
         head_chars, tail_chars = int(head_n * per_token), int(tail_n * per_token)
-        return text[:head_chars] + marker + (text[len(text) - tail_chars:] if tail_chars else "")
+        return text[:head_chars] + marker + (text[len(text) - tail_chars :] if tail_chars else "")
 
 
 def message_texts(message: Any) -> list[str]:
@@ -125,8 +132,12 @@ def _completion(body: dict[str, Any]) -> int:
 class ContextPolicies:
     """Applies each call's context policy before admission (so admission reserves what is sent)."""
 
-    def __init__(self, router: Router, aliases: Mapping[str, ContextConfig | None],
-                 tenants: Mapping[str, ContextConfig | None]) -> None:
+    def __init__(
+        self,
+        router: Router,
+        aliases: Mapping[str, ContextConfig | None],
+        tenants: Mapping[str, ContextConfig | None],
+    ) -> None:
         self._aliases = {a: c for a, c in aliases.items() if c is not None}
         self._tenants = {t: c for t, c in tenants.items() if c is not None}
         # Where a policy is configured: the smallest window of the alias and its deployment's tokenizer,
@@ -134,13 +145,13 @@ class ContextPolicies:
         self._windows: dict[str, tuple[int, Any | None]] = {}
         for alias in aliases:
             if not self._tenants and alias not in self._aliases:
-                continue   # no context policy anywhere for it: resilience's estimate, as before
+                continue  # no context policy anywhere for it: resilience's estimate, as before
             try:
                 routes = router.routes(alias)
             except Unavailable:
-                continue   # resilience says why
+                continue  # resilience says why
             if any(r.context_window is None for r in routes):
-                continue   # a deployment with no known window: nothing to fit to
+                continue  # a deployment with no known window: nothing to fit to
             smallest = min(routes, key=lambda r: r.context_window or 0)
             self._windows[alias] = (smallest.context_window or 0, encoding_for(smallest.deployment.model))
 
@@ -152,9 +163,14 @@ class ContextPolicies:
         config = self.config(call.tenant, call.alias)
         if call.endpoint is Endpoint.EMBEDDINGS and config.policy == "chunk" and call.alias in self._windows:
             inputs = call.body.get("input")
-            size = len(inputs) if isinstance(inputs, str) else \
-                sum(len(i) for i in inputs if isinstance(i, str | list)) if isinstance(inputs, list) else 0
-            if size > _OFF_LOOP_CHARS:   # tokenizing a long input would hold the loop
+            size = (
+                len(inputs)
+                if isinstance(inputs, str)
+                else sum(len(i) for i in inputs if isinstance(i, str | list))
+                if isinstance(inputs, list)
+                else 0
+            )
+            if size > _OFF_LOOP_CHARS:  # tokenizing a long input would hold the loop
                 await asyncio.to_thread(self._chunk, call, config)
             else:
                 self._chunk(call, config)
@@ -165,22 +181,23 @@ class ContextPolicies:
         if not isinstance(messages, list):
             return
         if sum(len(t) for m in messages for t in message_texts(m)) > _OFF_LOOP_CHARS:
-            await asyncio.to_thread(self._fit, call, config)   # tokenizing a long prompt would hold the loop
+            await asyncio.to_thread(self._fit, call, config)  # tokenizing a long prompt would hold the loop
         else:
             self._fit(call, config)
 
     def _chunk(self, call: Call, config: ContextConfig) -> None:
         window, encoding = self._windows[call.alias]
-        vectors = call.body.pop(chunking.FIELD, "mean")   # the gateway's field: never sent upstream
+        vectors = call.body.pop(chunking.FIELD, "mean")  # the gateway's field: never sent upstream
         if vectors not in ("mean", "all"):
             raise InvalidRequest(f'`{chunking.FIELD}` must be "mean" or "all".', param=chunking.FIELD)
         raw = call.body.get("input")
         single = isinstance(raw, str) or (isinstance(raw, list) and bool(raw) and isinstance(raw[0], int))
         inputs = [raw] if single else raw
         if not isinstance(inputs, list):
-            return   # the upstream says what is wrong with it
-        planned = chunking.split(inputs, window, config.chunk_overlap, encoding, config.safety_margin,
-                                 every=vectors == "all")
+            return  # the upstream says what is wrong with it
+        planned = chunking.split(
+            inputs, window, config.chunk_overlap, encoding, config.safety_margin, every=vectors == "all"
+        )
         if planned is None:
             return
         call.body["input"], call.chunks = planned
@@ -194,19 +211,23 @@ class ContextPolicies:
         completion = _completion(call.body)
         limit = window - completion
         messages = call.body["messages"]
-        sizes = [counter.message(m) for m in messages]   # each message tokenized once
+        sizes = [counter.message(m) for m in messages]  # each message tokenized once
         fixed = _PER_MESSAGE + counter.tools(call.body)
         before = fixed + sum(sizes)
-        call.prompt_tokens = before   # resilience's context check (and the fallback policy) use this count
+        call.prompt_tokens = before  # resilience's context check (and the fallback policy) use this count
         if before <= limit or config.policy == "fallback":
             return
         if config.policy == "reject":
             raise _exceeded(window, before + completion, "")
         fitted = (truncate_oldest if config.policy == "truncate_oldest" else truncate_middle)(
-            messages, sizes, fixed, counter, limit)
+            messages, sizes, fixed, counter, limit
+        )
         if fitted is None:
-            what = ("the system prompts, tool definitions, the last user turn and the tool calls after it"
-                    if config.policy == "truncate_oldest" else "the marked head and tail of each message")
+            what = (
+                "the system prompts, tool definitions, the last user turn and the tool calls after it"
+                if config.policy == "truncate_oldest"
+                else "the marked head and tail of each message"
+            )
             raise _exceeded(window, before + completion, f" Even {what} do not fit.")
         call.body["messages"], after = fitted
         call.prompt_tokens = after
@@ -220,17 +241,23 @@ def _exceeded(window: int, tokens: int, detail: str) -> ContextWindowExceeded:
     return ContextWindowExceeded(
         f"This model's maximum context length is {window} tokens. However, your messages and max_tokens come "
         f"to {tokens} tokens.{detail} Please reduce the length of the messages or of max_tokens.",
-        param="messages")
+        param="messages",
+    )
 
 
 def _units(messages: list[Any]) -> tuple[list[list[int]], set[int]]:
     """The droppable units (lists of message indexes, oldest first) and the pinned indexes."""
-    last_user = max((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"),
-                    default=len(messages))
-    pinned = {i for i, m in enumerate(messages)
-              if i >= last_user or (isinstance(m, dict) and m.get("role") in _PINNED_ROLES)}
+    last_user = max(
+        (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"),
+        default=len(messages),
+    )
+    pinned = {
+        i
+        for i, m in enumerate(messages)
+        if i >= last_user or (isinstance(m, dict) and m.get("role") in _PINNED_ROLES)
+    }
     units: list[list[int]] = []
-    owner: dict[str, list[int]] = {}   # tool_call_id -> the unit of the assistant message that made the call
+    owner: dict[str, list[int]] = {}  # tool_call_id -> the unit of the assistant message that made the call
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             units.append([i])
@@ -241,7 +268,7 @@ def _units(messages: list[Any]) -> tuple[list[list[int]], set[int]]:
             if unit is not None:
                 unit.append(i)
                 continue
-            units.append([i])   # a result without its call (the upstream would refuse it anyway)
+            units.append([i])  # a result without its call (the upstream would refuse it anyway)
             continue
         unit = [i]
         units.append(unit)
@@ -258,8 +285,9 @@ def _units(messages: list[Any]) -> tuple[list[list[int]], set[int]]:
     return kept, pinned
 
 
-def truncate_oldest(messages: list[Any], sizes: list[int], fixed: int, counter: Counter,
-                    limit: int) -> tuple[list[Any], int] | None:
+def truncate_oldest(
+    messages: list[Any], sizes: list[int], fixed: int, counter: Counter, limit: int
+) -> tuple[list[Any], int] | None:
     """The messages with the oldest droppable turns left out until the prompt fits ``limit``, and the
     prompt's tokens then; None if it cannot fit. ``sizes``: each message's tokens; ``fixed``: the rest's."""
     units, _ = _units(messages)
@@ -278,15 +306,18 @@ def truncate_oldest(messages: list[Any], sizes: list[int], fixed: int, counter: 
 _MARKER = "\n[... {} tokens omitted ...]\n"
 
 
-def truncate_middle(messages: list[Any], sizes: list[int], fixed: int, counter: Counter,
-                    limit: int) -> tuple[list[Any], int] | None:
+def truncate_middle(
+    messages: list[Any], sizes: list[int], fixed: int, counter: Counter, limit: int
+) -> tuple[list[Any], int] | None:
     """The messages with the middle of the longest texts cut out (head and tail kept, the cut marked) until
     the prompt fits ``limit``, and the prompt's tokens then; None if it cannot fit."""
     messages = [dict(m) if isinstance(m, dict) else m for m in messages]
     total = fixed + sum(sizes)
     # Longest string contents first: one over-long message is the case this policy is for.
-    order = sorted((i for i, m in enumerate(messages) if isinstance(m, dict) and isinstance(m.get("content"), str)),
-                   key=lambda i: -len(messages[i]["content"]))
+    order = sorted(
+        (i for i, m in enumerate(messages) if isinstance(m, dict) and isinstance(m.get("content"), str)),
+        key=lambda i: -len(messages[i]["content"]),
+    )
     for i in order:
         if total <= limit:
             break
@@ -294,7 +325,7 @@ def truncate_middle(messages: list[Any], sizes: list[int], fixed: int, counter: 
         size = counter.text(text)
         excess = total - limit
         keep = size - excess
-        for _ in range(8):   # the marker's own tokens and the joins' re-tokenization: a few rounds at most
+        for _ in range(8):  # the marker's own tokens and the joins' re-tokenization: a few rounds at most
             marker = _MARKER.format(size - keep)
             if keep - counter.text(marker) <= 0:
                 break

@@ -24,27 +24,36 @@ class PriceTable:
 
     input: float = 0.0
     output: float = 0.0
-    cached_input: float | None = None       # a cache read (None: the input rate)
+    cached_input: float | None = None  # a cache read (None: the input rate)
     cache_write_input: float | None = None  # a cache write (None: the input rate)
     known: bool = True
-    batch_discount: float = 0.5             # the share taken off a batch line (OpenAI's and Anthropic's 50%)
+    batch_discount: float = 0.5  # the share taken off a batch line (OpenAI's and Anthropic's 50%)
 
     @classmethod
     def of(cls, info: ModelInfo | None) -> PriceTable:
         if info is None:
             return cls(known=False)
-        return cls(input=info.input, output=info.output, cached_input=info.cached_input,
-                   cache_write_input=info.cache_write_input)
+        return cls(
+            input=info.input,
+            output=info.output,
+            cached_input=info.cached_input,
+            cache_write_input=info.cache_write_input,
+        )
 
-    def nano(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
-             cache_write_tokens: int = 0) -> int:
+    def nano(
+        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, cache_write_tokens: int = 0
+    ) -> int:
         """Cost in nano-USD (rounded per request); cache reads and writes are part of ``prompt_tokens``."""
         read_price = self.input if self.cached_input is None else self.cached_input
         write_price = self.input if self.cache_write_input is None else self.cache_write_input
         read = min(max(cached_tokens, 0), prompt_tokens)
         written = min(max(cache_write_tokens, 0), prompt_tokens - read)
-        micro = ((prompt_tokens - read - written) * self.input + read * read_price + written * write_price
-                 + completion_tokens * self.output)  # USD per million tokens x tokens = micro-USD
+        micro = (
+            (prompt_tokens - read - written) * self.input
+            + read * read_price
+            + written * write_price
+            + completion_tokens * self.output
+        )  # USD per million tokens x tokens = micro-USD
         return round(micro * (NANO / 1_000_000))
 
     def usd(self, usage: Any) -> float | None:
@@ -53,9 +62,15 @@ class PriceTable:
             return None
         prompt = usage.get("prompt_tokens_details")
         details = prompt if isinstance(prompt, dict) else {}
-        return self.nano(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-                         int(details.get("cached_tokens") or 0),
-                         int(details.get("cache_creation_tokens") or 0)) / NANO
+        return (
+            self.nano(
+                int(usage.get("prompt_tokens") or 0),
+                int(usage.get("completion_tokens") or 0),
+                int(details.get("cached_tokens") or 0),
+                int(details.get("cache_creation_tokens") or 0),
+            )
+            / NANO
+        )
 
 
 UNPRICED = PriceTable(known=False)
@@ -65,8 +80,13 @@ def deployment_price(model: str, override: Any | None) -> PriceTable:
     """A deployment's ``price`` from config (``input``, ``output``, ``cached_input``, ``cache_write_input``),
     else the catalog's."""
     if override is not None:
-        return PriceTable(input=override.input, output=override.output, cached_input=override.cached_input,
-                          cache_write_input=override.cache_write_input, batch_discount=override.batch_discount)
+        return PriceTable(
+            input=override.input,
+            output=override.output,
+            cached_input=override.cached_input,
+            cache_write_input=override.cache_write_input,
+            batch_discount=override.batch_discount,
+        )
     return PriceTable.of(model_info(model))
 
 

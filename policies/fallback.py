@@ -10,7 +10,13 @@ from errors import ContextWindowExceeded, GatewayError, UpstreamError, UpstreamT
 from .resilience_config import ErrorClass
 
 _CONTENT_POLICY_CODES = frozenset({"content_filter", "content_policy_violation", "content_filtered"})
-_CONTEXT_PHRASES = ("context length", "context window", "maximum context", "too many tokens", "prompt is too long")
+_CONTEXT_PHRASES = (
+    "context length",
+    "context window",
+    "maximum context",
+    "too many tokens",
+    "prompt is too long",
+)
 
 
 def error_classes(exc: GatewayError) -> frozenset[ErrorClass]:
@@ -25,8 +31,9 @@ def error_classes(exc: GatewayError) -> frozenset[ErrorClass]:
         classes.add("timeout")
     if isinstance(exc, UpstreamError):
         code = exc.code or ""
-        if code == "context_length_exceeded" or (exc.status in (400, 413)
-                                                 and any(p in exc.message.lower() for p in _CONTEXT_PHRASES)):
+        if code == "context_length_exceeded" or (
+            exc.status in (400, 413) and any(p in exc.message.lower() for p in _CONTEXT_PHRASES)
+        ):
             classes.add("context_window")
         if code in _CONTENT_POLICY_CODES:
             classes.add("content_policy")

@@ -13,12 +13,29 @@ from typing import Any, Literal
 from .stores.base import NANO, Store
 
 GroupBy = Literal["model", "day", "key", "request", "variant", "source"]
-GROUPS = ("model", "day", "key", "request", "variant", "source")   # source: live requests apart from batch lines
-_BY_VARIANT = "v:"   # the aggregates' second set, ``v:metric|alias|variant`` (stores/base.py)
+GROUPS = (
+    "model",
+    "day",
+    "key",
+    "request",
+    "variant",
+    "source",
+)  # source: live requests apart from batch lines
+_BY_VARIANT = "v:"  # the aggregates' second set, ``v:metric|alias|variant`` (stores/base.py)
 MAX_DAYS = 400
 MAX_RECORDS = 10_000
-_METRICS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
-            "reasoning_tokens", "cost_nusd", "cache_hits", "errors", "estimated")
+_METRICS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_nusd",
+    "cache_hits",
+    "errors",
+    "estimated",
+)
 
 
 def days_between(start: str, end: str) -> list[str]:
@@ -48,7 +65,7 @@ async def usage(store: Store, tenant: str, days: list[str], group_by: GroupBy) -
     for day, fields in (await store.aggregates(tenant, days)).items():
         for name, value in fields.items():
             metric, alias, key_id = name.split("|", 2)
-            if group_by == "source":   # every request counts plainly; a batch line also under ``batch:``
+            if group_by == "source":  # every request counts plainly; a batch line also under ``batch:``
                 batch = metric.startswith("batch:")
                 metric = metric.removeprefix("batch:")
                 if metric in _METRICS:
@@ -59,7 +76,7 @@ async def usage(store: Store, tenant: str, days: list[str], group_by: GroupBy) -
             if group_by == "variant":
                 if not metric.startswith(_BY_VARIANT):
                     continue
-                metric, group = metric[len(_BY_VARIANT):], f"{alias}|{key_id}"   # key_id: the variant here
+                metric, group = metric[len(_BY_VARIANT) :], f"{alias}|{key_id}"  # key_id: the variant here
             else:
                 group = {"model": alias, "day": day, "key": key_id}[group_by]
             if metric in _METRICS:  # a counter this version does not know (a newer process wrote it)

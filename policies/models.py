@@ -19,10 +19,12 @@ _BEDROCK_REGION_PREFIXES = frozenset({"us", "eu", "apac", "us-gov", "ca", "jp", 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     provider: str
-    input: float                    # USD per million prompt tokens
-    output: float                   # USD per million completion tokens
-    cached_input: float | None = None       # USD per million cache-read prompt tokens (None: the input price)
-    cache_write_input: float | None = None  # USD per million cache-write prompt tokens (None: the input price)
+    input: float  # USD per million prompt tokens
+    output: float  # USD per million completion tokens
+    cached_input: float | None = None  # USD per million cache-read prompt tokens (None: the input price)
+    cache_write_input: float | None = (
+        None  # USD per million cache-write prompt tokens (None: the input price)
+    )
     context_window: int | None = None
     max_output_tokens: int | None = None
 

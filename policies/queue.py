@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .stores.base import AdmitResult
 
-_SLOT_POLL_S = 0.05      # a full in-flight limit may free up in another process: look again this often
+_SLOT_POLL_S = 0.05  # a full in-flight limit may free up in another process: look again this often
 _MIN_BLOCK_S = 0.002
 
 
@@ -34,7 +34,7 @@ class _Waiter:
     future: asyncio.Future[AdmitResult]
     gone: bool = False
     last: AdmitResult | None = None
-    trying: asyncio.Future[None] | None = None   # done when the dispatcher's attempt for it has answered
+    trying: asyncio.Future[None] | None = None  # done when the dispatcher's attempt for it has answered
 
     def __lt__(self, other: _Waiter) -> bool:
         return (self.priority, self.seq) < (other.priority, other.seq)
@@ -51,7 +51,9 @@ class _Tenant:
 
 
 class FairQueue:
-    def __init__(self, max_size: int, max_per_tenant: int, depth: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, max_size: int, max_per_tenant: int, depth: Callable[[int], None] | None = None
+    ) -> None:
         self.max_size = max_size
         self.max_per_tenant = max_per_tenant
         self._depth = depth
@@ -70,9 +72,16 @@ class FairQueue:
         state = self._tenants.get(tenant)
         return state.waiting if state is not None else 0
 
-    async def wait(self, tenant: str, weight: float, priority: int, max_wait_s: float,
-                   attempt: Callable[[], Awaitable[AdmitResult]], refused: AdmitResult,
-                   abandoned: Callable[[AdmitResult], None]) -> AdmitResult:
+    async def wait(
+        self,
+        tenant: str,
+        weight: float,
+        priority: int,
+        max_wait_s: float,
+        attempt: Callable[[], Awaitable[AdmitResult]],
+        refused: AdmitResult,
+        abandoned: Callable[[AdmitResult], None],
+    ) -> AdmitResult:
         """Wait up to ``max_wait_s`` for ``attempt`` to admit; returns its last result (a refusal on timeout).
         An attempt under way when the time runs out is waited for and its answer counts; ``abandoned`` gets
         an admission that came as the client left (cancelled). Raises QueueFull when the queue, or
@@ -196,8 +205,9 @@ class FairQueue:
                 waiter.last = result
                 by_slot = result.outcome == "slot"
                 state.blocked_by_slot = by_slot
-                state.blocked_until = loop.time() + (_SLOT_POLL_S if by_slot else max(result.retry_after,
-                                                                                      _MIN_BLOCK_S))
+                state.blocked_until = loop.time() + (
+                    _SLOT_POLL_S if by_slot else max(result.retry_after, _MIN_BLOCK_S)
+                )
                 continue
             _remove(state.heap, waiter)
             state.waiting -= 1

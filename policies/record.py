@@ -34,20 +34,22 @@ class RequestRecord:
     ttft_s: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    cached_tokens: int | None = None        # prompt tokens read from the provider's cache
-    cache_write_tokens: int | None = None   # prompt tokens written to it (Anthropic, Bedrock)
-    reasoning_tokens: int | None = None     # completion tokens spent reasoning
+    cached_tokens: int | None = None  # prompt tokens read from the provider's cache
+    cache_write_tokens: int | None = None  # prompt tokens written to it (Anthropic, Bedrock)
+    reasoning_tokens: int | None = None  # completion tokens spent reasoning
     error: str | None = None
-    log_level: LogLevel = "info"        # the log line's: a failure's own (errors.MAPPING)
+    log_level: LogLevel = "info"  # the log line's: a failure's own (errors.MAPPING)
     prompt: Any = None
     # what the policies decided; each sets its own and the middleware writes them out
-    cache: str | None = None            # hit-exact | hit-semantic | miss (None: not eligible)
+    cache: str | None = None  # hit-exact | hit-semantic | miss (None: not eligible)
     cost_usd: float | None = None
     saved_usd: float | None = None
-    attempts: list[str] = field(default_factory=list)   # "deployment:status" per upstream attempt
-    response_headers: dict[str, str] = field(default_factory=dict)  # added to the answer (rate limits, x-cache)
-    variant: str | None = None          # the alias's variant that served it (policies/variants.py)
-    trace: Any = None                   # gateway/tracing.py's RequestSpans while tracing is on
+    attempts: list[str] = field(default_factory=list)  # "deployment:status" per upstream attempt
+    response_headers: dict[str, str] = field(
+        default_factory=dict
+    )  # added to the answer (rate limits, x-cache)
+    variant: str | None = None  # the alias's variant that served it (policies/variants.py)
+    trace: Any = None  # gateway/tracing.py's RequestSpans while tracing is on
 
     def limited(self, headers: dict[str, str]) -> None:
         """Admission: the rate-limit headers the answer carries (``x-ratelimit-*``)."""

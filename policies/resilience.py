@@ -64,8 +64,9 @@ class _Sending:
         self._held = await self._resilience._answer(self._call)
         return self._held.upstream
 
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._held is not None:
             await self._held.__aexit__(kind, exc, tb)
 
@@ -90,11 +91,17 @@ class Events:
 
 
 class Resilience:
-    def __init__(self, router: Router, config: ResilienceConfig | None = None, *,
-                 retry: Mapping[str, RetryConfig | None] | None = None,
-                 fallbacks: Mapping[str, Sequence[FallbackConfig]] | None = None,
-                 stores: StoreLayer | None = None, events: Events | None = None,
-                 clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self,
+        router: Router,
+        config: ResilienceConfig | None = None,
+        *,
+        retry: Mapping[str, RetryConfig | None] | None = None,
+        fallbacks: Mapping[str, Sequence[FallbackConfig]] | None = None,
+        stores: StoreLayer | None = None,
+        events: Events | None = None,
+        clock: Clock = SYSTEM,
+    ) -> None:
         """``stores``: the process's store layer, through which breaker state is shared between gateway
         processes when it has Redis (None: process memory). ``retry``/``fallbacks``: per alias."""
         self.router = router
@@ -106,9 +113,15 @@ class Resilience:
         self._budgets = {a: RetryBudget(self._retry[a], clock.monotonic) for a in aliases}
         self._fallbacks = {a: tuple((fallbacks or {}).get(a) or ()) for a in aliases}
         self._chains: dict[str, tuple[tuple[str, frozenset[ErrorClass] | None], ...]] = {
-            a: ((a, None), *((f.alias, frozenset(f.on)) for f in self._fallbacks[a])) for a in aliases}
-        self.breakers = Breakers(self.config.breaker, [r.key for r in router.all_routes()], stores,
-                                 on_change=self.events.breaker, clock=clock)
+            a: ((a, None), *((f.alias, frozenset(f.on)) for f in self._fallbacks[a])) for a in aliases
+        }
+        self.breakers = Breakers(
+            self.config.breaker,
+            [r.key for r in router.all_routes()],
+            stores,
+            on_change=self.events.breaker,
+            clock=clock,
+        )
         self._ignore = frozenset(self.config.breaker.ignore_status)
         # Told each outcome the breakers count of an alias's variant: (alias, variant, ok, latency_s); the
         # canary watch (canary.py) judges a candidate variant on them.
@@ -159,12 +172,14 @@ class Resilience:
             raise InvalidRequest(f"The header {name} must be a positive number of seconds, not {raw!r}.")
         return min(value, self.config.max_deadline_s)
 
-    async def _try_alias(self, call: Call, alias: str, deadline: float, attempt: _Attempt) -> _Answer | GatewayError:
+    async def _try_alias(
+        self, call: Call, alias: str, deadline: float, attempt: _Attempt
+    ) -> _Answer | GatewayError:
         try:
             routes = self.router.routes(alias)
         except Unavailable as exc:
             return exc
-        if call.deployments is not None and alias == call.alias:   # the variant's own (policies/variants.py)
+        if call.deployments is not None and alias == call.alias:  # the variant's own (policies/variants.py)
             routes = tuple(r for r in routes if r.deployment.id in call.deployments)
             if not routes:
                 return Unavailable(f"Variant `{call.variant}` of `{alias}` has no enabled deployment.")
@@ -176,7 +191,9 @@ class Resilience:
                 return ContextWindowExceeded(
                     f"This model's maximum context length is {window} tokens. However, your messages and "
                     f"max_tokens come to about {tokens} tokens (estimated). Please reduce the length of the "
-                    "messages or of max_tokens.", param="messages")
+                    "messages or of max_tokens.",
+                    param="messages",
+                )
             routes = fits
         config = self._retry[alias]
         budget = self._budgets[alias]
@@ -192,8 +209,10 @@ class Resilience:
                 return last or Unavailable(f"No retry left for `{alias}`.")
             route = await self._choose(alias, routes, tried, session, call.tenant)
             if route is None:
-                return last or Unavailable(f"Every deployment of `{alias}` is failing: their circuit breakers "
-                                           "are open.", code="circuit_open")
+                return last or Unavailable(
+                    f"Every deployment of `{alias}` is failing: their circuit breakers are open.",
+                    code="circuit_open",
+                )
             if number:
                 assert last is not None
                 wait = 0.0
@@ -237,12 +256,16 @@ class Resilience:
             return held, upstream, route
         return last or Unavailable(f"No attempt left for `{alias}`.")
 
-    async def _choose(self, alias: str, routes: Sequence[Route], tried: list[Route],
-                      session: str | None, tenant: str) -> Route | None:
+    async def _choose(
+        self, alias: str, routes: Sequence[Route], tried: list[Route], session: str | None, tenant: str
+    ) -> Route | None:
         if not tried and len(routes) == 1:
             route = routes[0]
-            return route if self.breakers.closed(route.key, tenant) or await self.breakers.admit(route.key, tenant) \
+            return (
+                route
+                if self.breakers.closed(route.key, tenant) or await self.breakers.admit(route.key, tenant)
                 else None
+            )
         if tried:
             untried = [r for r in routes if r not in tried]
             # Everything tried: go round again, avoiding the one that just failed where there is a choice.
@@ -267,8 +290,9 @@ class Resilience:
             session = user if isinstance(user, str) else None
         return session
 
-    async def _attempt(self, call: Call, route: Route, body: dict[str, Any],
-                       deadline: float) -> tuple[_Held, UpstreamResponse, bytes]:
+    async def _attempt(
+        self, call: Call, route: Route, body: dict[str, Any], deadline: float
+    ) -> tuple[_Held, UpstreamResponse, bytes]:
         """One attempt, until its answer can be relayed: a whole body, or a stream's first chunk."""
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -289,12 +313,15 @@ class Resilience:
                     except StopAsyncIteration:
                         raise UpstreamError(f"upstream {route.id} ended its stream before any data") from None
                     if not _first_event_ok(first):
-                        raise UpstreamError(f"upstream {route.id} began its stream with an event that is not JSON")
+                        raise UpstreamError(
+                            f"upstream {route.id} began its stream with an event that is not JSON"
+                        )
         except TimeoutError:
             await held.__aexit__(None, None, None)
             if reason == "deadline":
-                raise DeadlineExceeded(f"The request's deadline passed while waiting for upstream {route.id}.") \
-                    from None
+                raise DeadlineExceeded(
+                    f"The request's deadline passed while waiting for upstream {route.id}."
+                ) from None
             raise UpstreamTimeout(f"upstream {route.id} did not answer within {reason}") from None
         except BaseException as exc:
             await held.__aexit__(type(exc), exc, exc.__traceback__)
@@ -306,8 +333,16 @@ class Resilience:
         if self.observe is not None and call.variant is not None and alias == call.alias:
             self.observe(alias, call.variant, ok, latency_s)
 
-    async def _watch(self, route: Route, first: bytes, chunks: AsyncIterator[bytes], deadline: float,
-                     call: Call, alias: str, latency_s: float) -> AsyncIterator[bytes]:
+    async def _watch(
+        self,
+        route: Route,
+        first: bytes,
+        chunks: AsyncIterator[bytes],
+        deadline: float,
+        call: Call,
+        alias: str,
+        latency_s: float,
+    ) -> AsyncIterator[bytes]:
         """The stream from its first chunk, within the request's deadline; a failure now counts against the
         breaker and goes on to the client as an error event (no retry once bytes have gone out)."""
         tenant = call.tenant
@@ -335,8 +370,9 @@ class Resilience:
         except TimeoutError:
             await self.breakers.failure(route.key, tenant)
             self._observe(call, alias, False, latency_s)
-            raise DeadlineExceeded(f"The request's deadline passed while upstream {route.id} was streaming.") \
-                from None
+            raise DeadlineExceeded(
+                f"The request's deadline passed while upstream {route.id} was streaming."
+            ) from None
         except GatewayError as exc:
             if exc.status not in self._ignore:
                 await self.breakers.failure(route.key, tenant)
@@ -350,20 +386,37 @@ class Resilience:
         data = []
         for route in self.router.all_routes():
             view = views[route.key]
-            data.append({
-                "alias": route.alias, "deployment": route.id, "provider": route.deployment.provider,
-                "model": route.deployment.model, "strategy": self.router.routing[route.alias].strategy,
-                "weight": route.weight, "context_window": route.context_window,
-                "outstanding": route.outstanding,
-                "latency_ewma_ms": None if route.latency_s is None else round(route.latency_s * 1000, 3),
-                "breaker": {"state": str(view.state), "consecutive_failures": view.failures,
-                            "retry_in_s": round(max(view.open_until - now, 0.0), 3)
-                            if view.state is State.OPEN else None},
-            })
-        fallbacks = {a: [{"alias": f.alias, "on": list(f.on)} for f in chain]
-                     for a, chain in self._fallbacks.items() if chain}
-        return {"object": "list", "data": data, "fallbacks": fallbacks,
-                "breaker_store": "redis" if self.breakers.shared else "memory"}
+            data.append(
+                {
+                    "alias": route.alias,
+                    "deployment": route.id,
+                    "provider": route.deployment.provider,
+                    "model": route.deployment.model,
+                    "strategy": self.router.routing[route.alias].strategy,
+                    "weight": route.weight,
+                    "context_window": route.context_window,
+                    "outstanding": route.outstanding,
+                    "latency_ewma_ms": None if route.latency_s is None else round(route.latency_s * 1000, 3),
+                    "breaker": {
+                        "state": str(view.state),
+                        "consecutive_failures": view.failures,
+                        "retry_in_s": round(max(view.open_until - now, 0.0), 3)
+                        if view.state is State.OPEN
+                        else None,
+                    },
+                }
+            )
+        fallbacks = {
+            a: [{"alias": f.alias, "on": list(f.on)} for f in chain]
+            for a, chain in self._fallbacks.items()
+            if chain
+        }
+        return {
+            "object": "list",
+            "data": data,
+            "fallbacks": fallbacks,
+            "breaker_store": "redis" if self.breakers.shared else "memory",
+        }
 
     async def start(self) -> None:
         await self.breakers.start()
@@ -392,9 +445,13 @@ class _Attempt:
 
     def tokens(self) -> int:
         if self._tokens is None:
-            counted = self._call.prompt_tokens   # by the context policy, with the deployment's tokenizer
-            self._tokens = estimate_tokens(self._call.body) if counted is None else \
-                counted + (self._call.body.get("max_completion_tokens") or self._call.body.get("max_tokens") or 0)
+            counted = self._call.prompt_tokens  # by the context policy, with the deployment's tokenizer
+            self._tokens = (
+                estimate_tokens(self._call.body)
+                if counted is None
+                else counted
+                + (self._call.body.get("max_completion_tokens") or self._call.body.get("max_tokens") or 0)
+            )
         return self._tokens
 
 
@@ -420,15 +477,16 @@ class _Held:
         try:
             upstream = await self._context.__aenter__()
         except BaseException:
-            self._route.outstanding -= 1   # the backend's context cleaned up after itself
+            self._route.outstanding -= 1  # the backend's context cleaned up after itself
             await self._give_back()
             raise
         self._entered = True
         self.upstream = upstream
         return upstream
 
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if not self._entered:
             return
         self._entered = False

@@ -21,9 +21,14 @@ class _Frozen(BaseModel):
 
 class RoutingConfig(_Frozen):
     strategy: Strategy = "weighted"
-    session_header: str = Field(default="x-session-id", min_length=1,
-                                description="sticky: the request header naming the session (else the body's user)")
-    latency_alpha: float = Field(default=0.3, gt=0, le=1, description="lowest_latency: weight of the newest sample")
+    session_header: str = Field(
+        default="x-session-id",
+        min_length=1,
+        description="sticky: the request header naming the session (else the body's user)",
+    )
+    latency_alpha: float = Field(
+        default=0.3, gt=0, le=1, description="lowest_latency: weight of the newest sample"
+    )
 
 
 class RetryConfig(_Frozen):
@@ -31,8 +36,9 @@ class RetryConfig(_Frozen):
     on_status: tuple[int, ...] = (408, 409, 429, 500, 502, 503, 504)
     backoff_base_s: float = Field(default=0.05, ge=0)
     backoff_max_s: float = Field(default=2.0, ge=0)
-    retry_after_max_s: float = Field(default=10.0, ge=0,
-                                     description="Retry-After up to this is waited for; longer: no retry there")
+    retry_after_max_s: float = Field(
+        default=10.0, ge=0, description="Retry-After up to this is waited for; longer: no retry there"
+    )
     budget_ratio: float = Field(default=0.2, ge=0, le=10, description="retries per request over the window")
     budget_min_per_s: float = Field(default=1.0, ge=0, description="retries always allowed, per second")
     budget_window_s: float = Field(default=10.0, gt=0)
@@ -50,14 +56,20 @@ class BreakerConfig(_Frozen):
     # Under concurrency errors come back first (they are fast), so a small N trips on an upstream that
     # is only flaky; the ratio is the criterion at load, N the one for little traffic.
     failures: int = Field(default=25, ge=1, description="consecutive failures that open the breaker")
-    failure_ratio: float = Field(default=0.5, gt=0, le=1, description="or this share of failures over window_s")
+    failure_ratio: float = Field(
+        default=0.5, gt=0, le=1, description="or this share of failures over window_s"
+    )
     min_requests: int = Field(default=20, ge=1, description="requests in the window before the ratio counts")
     window_s: float = Field(default=30.0, gt=0)
-    cooldown_s: float = Field(default=30.0, gt=0, description="open -> half-open: one trial request goes through")
+    cooldown_s: float = Field(
+        default=30.0, gt=0, description="open -> half-open: one trial request goes through"
+    )
     # The client's own mistakes. Not 401/403: an upstream refusing the gateway's key is a 502
     # (upstream_auth_failed), a fault of the deployment that should take it out of rotation.
     ignore_status: tuple[int, ...] = (400, 404, 413, 422)
-    sync_s: float = Field(default=0.5, gt=0, description="Redis: how often a process refreshes the shared state")
+    sync_s: float = Field(
+        default=0.5, gt=0, description="Redis: how often a process refreshes the shared state"
+    )
 
 
 class FallbackConfig(_Frozen):
@@ -68,23 +80,31 @@ class FallbackConfig(_Frozen):
 class ResilienceConfig(_Frozen):
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
-    deadline_s: float = Field(default=600.0, gt=0, description="a request's total deadline, all attempts included")
+    deadline_s: float = Field(
+        default=600.0, gt=0, description="a request's total deadline, all attempts included"
+    )
     max_deadline_s: float = Field(default=600.0, gt=0, description="cap on the deadline a client may ask for")
     deadline_header: str = Field(default="x-gateway-timeout", min_length=1)
-    context_check: bool = Field(default=True, description="skip deployments whose context window the prompt "
-                                                           "would overflow, by estimate, before calling")
+    context_check: bool = Field(
+        default=True,
+        description="skip deployments whose context window the prompt "
+        "would overflow, by estimate, before calling",
+    )
 
 
-def check_models(aliases: list[str], deployment_ids: list[list[str]],
-                 chains: list[tuple[FallbackConfig, ...]]) -> list[str]:
+def check_models(
+    aliases: list[str], deployment_ids: list[list[str]], chains: list[tuple[FallbackConfig, ...]]
+) -> list[str]:
     """``path: message`` problems: a deployment id twice in one alias (breakers, metrics and
     ``x-gateway-deployment`` tell deployments apart by id), fallbacks naming no alias or the alias itself."""
     problems: list[str] = []
     for i, ids in enumerate(deployment_ids):
         for j, deployment_id in enumerate(ids):
             if deployment_id in ids[:j]:
-                problems.append(f"models[{i}].deployments[{j}].name: deployment id {deployment_id!r} is used twice "
-                                "in this alias (give each deployment a distinct name)")
+                problems.append(
+                    f"models[{i}].deployments[{j}].name: deployment id {deployment_id!r} is used twice "
+                    "in this alias (give each deployment a distinct name)"
+                )
     for i, chain in enumerate(chains):
         for j, fallback in enumerate(chain):
             if fallback.alias not in aliases:

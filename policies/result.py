@@ -16,9 +16,9 @@ How = Literal["usage", "cache", "counted", "estimated"]
 class Tokens:
     prompt: int = 0
     completion: int = 0
-    cached: int = 0        # of prompt: read from the provider's cache
-    cache_write: int = 0   # of prompt: written to it (Anthropic, Bedrock)
-    reasoning: int = 0     # of completion
+    cached: int = 0  # of prompt: read from the provider's cache
+    cache_write: int = 0  # of prompt: written to it (Anthropic, Bedrock)
+    reasoning: int = 0  # of completion
 
     @property
     def total(self) -> int:
@@ -31,9 +31,9 @@ NO_TOKENS = Tokens()
 @dataclass(frozen=True, slots=True)
 class RequestResult:
     status: int
-    deployment: str        # "-" when no upstream answered
-    tokens: Tokens         # what is charged (the estimate's tokens when ``how`` is "estimated")
-    cost: int              # nano-USD
+    deployment: str  # "-" when no upstream answered
+    tokens: Tokens  # what is charged (the estimate's tokens when ``how`` is "estimated")
+    cost: int  # nano-USD
     how: How
     cache_hit: bool = False
 

@@ -30,23 +30,32 @@ class Route:
     alias: str
     backend: Backend
     deployment: DeploymentConfig
-    key: str = ""                      # alias/deployment: the breaker's name
+    key: str = ""  # alias/deployment: the breaker's name
     weight: float = 1.0
-    cost: float | None = None          # USD per million prompt + completion tokens
+    cost: float | None = None  # USD per million prompt + completion tokens
     context_window: int | None = None
     outstanding: int = 0
-    latency_s: float | None = None     # EWMA of time to first token
-    cap: InFlightCap | None = None     # the deployment's max_concurrency, taken per attempt
+    latency_s: float | None = None  # EWMA of time to first token
+    cap: InFlightCap | None = None  # the deployment's max_concurrency, taken per attempt
     _seed: bytes = field(default=b"", repr=False)
 
     @classmethod
-    def of(cls, alias: str, deployment: DeploymentConfig, backend: Backend,
-           cap: InFlightCap | None = None) -> Route:
+    def of(
+        cls, alias: str, deployment: DeploymentConfig, backend: Backend, cap: InFlightCap | None = None
+    ) -> Route:
         info = model_info(deployment.model)
         window = deployment.context_window or (info.context_window if info is not None else None)
-        return cls(alias=alias, backend=backend, deployment=deployment, key=f"{alias}/{deployment.id}",
-                   weight=deployment.weight, cost=(info.input + info.output) if info is not None else None,
-                   context_window=window, cap=cap, _seed=deployment.id.encode())
+        return cls(
+            alias=alias,
+            backend=backend,
+            deployment=deployment,
+            key=f"{alias}/{deployment.id}",
+            weight=deployment.weight,
+            cost=(info.input + info.output) if info is not None else None,
+            context_window=window,
+            cap=cap,
+            _seed=deployment.id.encode(),
+        )
 
     @property
     def id(self) -> str:
@@ -57,8 +66,12 @@ class Route:
 
 
 class Router:
-    def __init__(self, routes: Mapping[str, Sequence[Route]], disabled: Mapping[str, list[str]],
-                 routing: Mapping[str, RoutingConfig] | None = None) -> None:
+    def __init__(
+        self,
+        routes: Mapping[str, Sequence[Route]],
+        disabled: Mapping[str, list[str]],
+        routing: Mapping[str, RoutingConfig] | None = None,
+    ) -> None:
         self._routes = {alias: tuple(r) for alias, r in routes.items()}
         self._disabled = disabled
         self.routing = {alias: (routing or {}).get(alias) or RoutingConfig() for alias in self._routes}
@@ -106,7 +119,9 @@ class Router:
             return min(candidates, key=lambda r: r.latency_s or 0.0)
         if strategy == "lowest_cost":
             cheapest = min(r.cost if r.cost is not None else math.inf for r in candidates)
-            return _weighted([r for r in candidates if (r.cost if r.cost is not None else math.inf) == cheapest])
+            return _weighted(
+                [r for r in candidates if (r.cost if r.cost is not None else math.inf) == cheapest]
+            )
         if strategy == "sticky" and session:
             return max(candidates, key=lambda r: _rendezvous(session, r))
         return _weighted(candidates)
@@ -121,5 +136,5 @@ def _weighted(routes: Sequence[Route]) -> Route:
 def _rendezvous(session: str, route: Route) -> float:
     # Weighted rendezvous hashing with a hash that is the same in every process (unlike hash()).
     digest = hashlib.blake2b(session.encode() + b"\0" + route._seed, digest_size=8).digest()
-    u = (int.from_bytes(digest, "big") + 0.5) / 2 ** 64
+    u = (int.from_bytes(digest, "big") + 0.5) / 2**64
     return -route.weight / math.log(u)

@@ -40,7 +40,7 @@ from .resilience import Resilience
 from .variants import HEADER, SHADOW_KEY, Variants
 
 _WORD = re.compile(r"\w+")
-_MAX_INFLIGHT = 64   # shadows running at once in a process; more are dropped (counted), never queued
+_MAX_INFLIGHT = 64  # shadows running at once in a process; more are dropped (counted), never queued
 
 Similarity = Callable[[str, str], Awaitable[tuple[float, str]]]
 
@@ -71,23 +71,30 @@ class ShadowStats:
 
     requests: int = 0
     errors: int = 0
-    dropped: int = 0                 # not sent: too many shadows in flight
-    latency_s: list[float] = field(default_factory=list)   # the newest 1,000
+    dropped: int = 0  # not sent: too many shadows in flight
+    latency_s: list[float] = field(default_factory=list)  # the newest 1,000
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
-    similarities: list[float] = field(default_factory=list)   # the newest 1,000
+    similarities: list[float] = field(default_factory=list)  # the newest 1,000
     similarity_method: str | None = None
 
     def view(self) -> dict[str, Any]:
         ordered = sorted(self.latency_s)
-        return {"requests": self.requests, "errors": self.errors, "dropped": self.dropped,
-                "latency_p50_s": round(ordered[len(ordered) // 2], 4) if ordered else None,
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "cost_usd": round(self.cost_usd, 9),
-                "similarity_mean": round(sum(self.similarities) / len(self.similarities), 4)
-                if self.similarities else None,
-                "similarity_count": len(self.similarities), "similarity_method": self.similarity_method}
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "dropped": self.dropped,
+            "latency_p50_s": round(ordered[len(ordered) // 2], 4) if ordered else None,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 9),
+            "similarity_mean": round(sum(self.similarities) / len(self.similarities), 4)
+            if self.similarities
+            else None,
+            "similarity_count": len(self.similarities),
+            "similarity_method": self.similarity_method,
+        }
 
 
 def _keep(values: list[float], value: float) -> None:
@@ -99,8 +106,14 @@ def _keep(values: list[float], value: float) -> None:
 class Shadows:
     """Sends the shadow requests ``Variants.choose`` drew (``call.shadow``) and keeps their stats."""
 
-    def __init__(self, variants: Variants, context: ContextPolicies | None, admission: Admission,
-                 resilience: Resilience, embed: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        variants: Variants,
+        context: ContextPolicies | None,
+        admission: Admission,
+        resilience: Resilience,
+        embed: Callable[[], Any] | None = None,
+    ) -> None:
         """``embed``: returns the semantic cache's embedder when it has one (else None)."""
         self._variants = variants
         self._context = context
@@ -127,15 +140,29 @@ class Shadows:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, served: Call, variant: str, body: dict[str, Any], served_text: str | None,
-                   stats: ShadowStats) -> None:
+    async def _run(
+        self, served: Call, variant: str, body: dict[str, Any], served_text: str | None, stats: ShadowStats
+    ) -> None:
         body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
         started = time.perf_counter()
-        record = RequestRecord(request_id=served.record.request_id + "-shadow", started=started,
-                               endpoint=served.record.endpoint, tenant=served.tenant, key_id=SHADOW_KEY,
-                               alias=served.alias)
-        call = Call(record=record, tenant=served.tenant, key_id=SHADOW_KEY, alias=served.alias,
-                    endpoint=served.endpoint, body=body, stream=False, headers={HEADER: variant})
+        record = RequestRecord(
+            request_id=served.record.request_id + "-shadow",
+            started=started,
+            endpoint=served.record.endpoint,
+            tenant=served.tenant,
+            key_id=SHADOW_KEY,
+            alias=served.alias,
+        )
+        call = Call(
+            record=record,
+            tenant=served.tenant,
+            key_id=SHADOW_KEY,
+            alias=served.alias,
+            endpoint=served.endpoint,
+            body=body,
+            stream=False,
+            headers={HEADER: variant},
+        )
         status, data = 200, None
         try:
             self._variants.choose(call)
@@ -147,7 +174,7 @@ class Shadows:
                 record.take_usage(call.usage)
         except GatewayError as exc:
             status = exc.status
-        except Exception:   # a shadow never fails anything else: logged, counted as an error
+        except Exception:  # a shadow never fails anything else: logged, counted as an error
             self._log.exception("shadow request failed", alias=served.alias, variant=variant)
             status = 500
         latency = time.perf_counter() - started
@@ -182,10 +209,10 @@ class Shadows:
         embedder = self._embed() if self._embed is not None else None
         if embedder is not None:
             try:
-                await embedder.ready()   # a shadow runs in the background: it may wait for the model to load
+                await embedder.ready()  # a shadow runs in the background: it may wait for the model to load
                 vectors = await embedder.embed_many([a, b])
                 return float(max(min(float(vectors[0] @ vectors[1]), 1.0), -1.0)), "embedding"
-            except Exception as exc:   # the model failed to load: the cheap measure, said so in the stats
+            except Exception as exc:  # the model failed to load: the cheap measure, said so in the stats
                 self._log.warning("shadow similarity by words: the embedder failed", error=str(exc))
         return word_similarity(a, b), "words"
 

@@ -20,9 +20,9 @@ from .stores.keyvalue import KeyValue
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    response: dict[str, Any]         # the response object as the client got it
-    input: list[dict[str, Any]]      # this request's input items
-    context: list[dict[str, Any]]    # the items before them (earlier turns), for previous_response_id
+    response: dict[str, Any]  # the response object as the client got it
+    input: list[dict[str, Any]]  # this request's input items
+    context: list[dict[str, Any]]  # the items before them (earlier turns), for previous_response_id
 
 
 class Sealer(Protocol):
@@ -48,7 +48,7 @@ class StoredResponses:
         key = self._key(tenant, response_id)
         raw = await self._kv.get(key)
         if raw is not None and self._sealer is not None:
-            raw = self._sealer.open(raw, key)   # None: sealed with a key no longer configured: absent
+            raw = self._sealer.open(raw, key)  # None: sealed with a key no longer configured: absent
         if raw is None:
             return None
         data = orjson.loads(raw)
@@ -58,7 +58,9 @@ class StoredResponses:
         """Keeps ``stored`` for ``ttl_s`` (the tenant's retention) or the store's own TTL, whichever is shorter."""
         ttl = self._ttl_s if ttl_s is None else min(ttl_s, self._ttl_s)
         key = self._key(tenant, response_id)
-        value = orjson.dumps({"response": stored.response, "input": stored.input, "context": stored.context}).decode()
+        value = orjson.dumps(
+            {"response": stored.response, "input": stored.input, "context": stored.context}
+        ).decode()
         await self._kv.set(key, value if self._sealer is None else self._sealer.seal(value, key), ttl)
         # the tenant's ids, so that erasing a tenant needs no key scan (none on Redis Cluster)
         await self._kv.append(self._key(tenant, "~ids"), response_id, ttl_s=self._ttl_s)

@@ -18,11 +18,11 @@ import orjson
 
 from backends import Endpoint, sse
 
-_PER_MESSAGE = 3            # OpenAI's chat format adds about 3 tokens per message and 3 for the reply
-_OFF_LOOP_CHARS = 32_000    # longer prompts are tokenized in a worker thread
-ESTIMATE_MARGIN = 0.25      # an estimated prompt is reserved at 125% of the estimate ...
-ESTIMATE_MARGIN_MIN = 16    # ... and at least 16 tokens above it
-_CL100K_EMBEDDINGS = ("text-embedding-3-", "text-embedding-ada-002")   # OpenAI's embedding models' tokenizer
+_PER_MESSAGE = 3  # OpenAI's chat format adds about 3 tokens per message and 3 for the reply
+_OFF_LOOP_CHARS = 32_000  # longer prompts are tokenized in a worker thread
+ESTIMATE_MARGIN = 0.25  # an estimated prompt is reserved at 125% of the estimate ...
+ESTIMATE_MARGIN_MIN = 16  # ... and at least 16 tokens above it
+_CL100K_EMBEDDINGS = ("text-embedding-3-", "text-embedding-ada-002")  # OpenAI's embedding models' tokenizer
 
 
 @cache
@@ -34,7 +34,7 @@ def encoding_for(model: str) -> Any | None:
 
         name = model.rsplit("/", 1)[-1]
         try:
-            if name.startswith(_CL100K_EMBEDDINGS):   # bpe-openai's model table lists no embedding model
+            if name.startswith(_CL100K_EMBEDDINGS):  # bpe-openai's model table lists no embedding model
                 return bpe_openai.get_encoding("cl100k_base")
             return bpe_openai.encoding_for_model(name)
         except (KeyError, ValueError, bpe_openai.UnsupportedModelError):
@@ -93,9 +93,26 @@ def prompt_text(endpoint: Endpoint, body: dict[str, Any]) -> tuple[list[str], in
 
 
 # Fields of a Responses input item or a Messages content block that carry no text the model reads.
-_NOT_TEXT = frozenset({"type", "id", "role", "call_id", "tool_use_id", "status", "signature", "data", "source",
-                       "image_url", "url", "file_id", "media_type", "cache_control", "detail",
-                       "encrypted_content"})
+_NOT_TEXT = frozenset(
+    {
+        "type",
+        "id",
+        "role",
+        "call_id",
+        "tool_use_id",
+        "status",
+        "signature",
+        "data",
+        "source",
+        "image_url",
+        "url",
+        "file_id",
+        "media_type",
+        "cache_control",
+        "detail",
+        "encrypted_content",
+    }
+)
 
 
 def _strings(value: Any, texts: list[str]) -> None:

@@ -38,7 +38,11 @@ _MAX_HISTORY = 10_000
 _META = "gw:variants:meta"
 
 
-_OPTIONAL = ("price", "canary", "shadow")   # left out when unset: a YAML from before them keeps its fingerprint
+_OPTIONAL = (
+    "price",
+    "canary",
+    "shadow",
+)  # left out when unset: a YAML from before them keeps its fingerprint
 
 
 def _dump(variants: Mapping[str, VariantConfig]) -> dict[str, Any]:
@@ -58,8 +62,15 @@ class VariantHistory:
     """Changes to ``variants`` (the process's selector), recorded in ``kv``; ``clock``: when they happen and the
     canary windows; ``poll_s``: how often other processes' changes are looked for."""
 
-    def __init__(self, variants: Variants, kv: KeyValue, configured: Mapping[str, Mapping[str, VariantConfig]],
-                 deployments: Mapping[str, list[str]], clock: Clock, poll_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        variants: Variants,
+        kv: KeyValue,
+        configured: Mapping[str, Mapping[str, VariantConfig]],
+        deployments: Mapping[str, list[str]],
+        clock: Clock,
+        poll_s: float = 1.0,
+    ) -> None:
         self.variants = variants
         self._kv = kv
         self._configured = {a: dict(v) for a, v in configured.items() if v}
@@ -86,9 +97,12 @@ class VariantHistory:
                 stored = {n: VariantConfig.model_validate(v) for n, v in state["variants"].items()}
                 self.variants.replace(alias, stored)
                 continue
-            before = {n: VariantConfig.model_validate(v) for n, v in state["variants"].items()} if state else {}
-            await self._commit(alias, "config", "yaml", "the config file's variants", before, configured,
-                               fingerprint)
+            before = (
+                {n: VariantConfig.model_validate(v) for n, v in state["variants"].items()} if state else {}
+            )
+            await self._commit(
+                alias, "config", "yaml", "the config file's variants", before, configured, fingerprint
+            )
 
     async def start(self) -> None:
         await self.load()
@@ -136,7 +150,9 @@ class VariantHistory:
         self._known(alias)
         return _dump(self.variants.configs(alias))
 
-    async def change(self, alias: str, who: str, action: str, why: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def change(
+        self, alias: str, who: str, action: str, why: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """One admin change: ``add`` (``name``, ``variant``), ``weights`` (``weights``), ``promote``
         (``variant``: all traffic to it), ``rollback``. Returns the history entry."""
         self._known(alias)
@@ -153,7 +169,9 @@ class VariantHistory:
                 raise InvalidRequest(f"`variant` is not a valid variant: {exc}", param="variant") from exc
         elif action == "weights":
             weights = body.get("weights")
-            if not isinstance(weights, dict) or not all(isinstance(w, int | float) and w >= 0 for w in weights.values()):
+            if not isinstance(weights, dict) or not all(
+                isinstance(w, int | float) and w >= 0 for w in weights.values()
+            ):
                 raise InvalidRequest("`weights` must map variant names to numbers >= 0.", param="weights")
             for name, weight in weights.items():
                 if name not in after:
@@ -163,12 +181,20 @@ class VariantHistory:
             target = body.get("variant")
             if target not in after:
                 raise InvalidRequest(f"No variant {target!r} of `{alias}`.", param="variant")
-            after = {n: v.model_copy(update={"weight": 100.0 if n == target else 0.0}) for n, v in after.items()}
+            after = {
+                n: v.model_copy(update={"weight": 100.0 if n == target else 0.0}) for n, v in after.items()
+            }
         elif action == "rollback":
             entries = await self.history(alias)
             undone = {e["undoes"] for e in entries if e.get("undoes") is not None}
-            last = next((e for e in reversed(entries) if e["action"] != "rollback" and e["seq"] not in undone
-                         and e["action"] != "yaml"), None)
+            last = next(
+                (
+                    e
+                    for e in reversed(entries)
+                    if e["action"] != "rollback" and e["seq"] not in undone and e["action"] != "yaml"
+                ),
+                None,
+            )
             if last is None:
                 raise InvalidRequest(f"Nothing to roll back for `{alias}`.", param="action")
             after = {n: VariantConfig.model_validate(v) for n, v in last["before"].items()}
@@ -188,7 +214,7 @@ class VariantHistory:
         """The canary watch's verdict: the candidate's weight to 0, recorded by ``canary`` with the figures."""
         before = self.variants.configs(alias)
         if candidate not in before or before[candidate].weight <= 0:
-            return   # already rolled back (or changed) meanwhile
+            return  # already rolled back (or changed) meanwhile
         after = {**before, candidate: before[candidate].model_copy(update={"weight": 0.0})}
         c, s = verdict.figures["candidate"], verdict.figures["stable"]
         if verdict.reason == "error_rate":
@@ -196,25 +222,55 @@ class VariantHistory:
         else:
             detail = f"p95 latency {c['p95_s']:.3f} s vs {s['p95_s']:.3f} s for the stable variant"
         why = f"canary {verdict.reason}: {detail} over {c['outcomes']}/{s['outcomes']} outcomes"
-        entry = await self._commit(alias, "canary", "canary_rollback", why, before, after, await self._yaml_of(alias),
-                                   figures={"reason": verdict.reason, **verdict.figures})
+        entry = await self._commit(
+            alias,
+            "canary",
+            "canary_rollback",
+            why,
+            before,
+            after,
+            await self._yaml_of(alias),
+            figures={"reason": verdict.reason, **verdict.figures},
+        )
         metrics.CANARY_ROLLBACKS.labels(alias, candidate, verdict.reason).inc()
-        self._log.warning("canary rolled back", alias=alias, variant=candidate, reason=verdict.reason, why=why,
-                          seq=entry["seq"])
+        self._log.warning(
+            "canary rolled back",
+            alias=alias,
+            variant=candidate,
+            reason=verdict.reason,
+            why=why,
+            seq=entry["seq"],
+        )
 
-    async def _commit(self, alias: str, who: str, action: str, why: str, before: Mapping[str, VariantConfig],
-                      after: Mapping[str, VariantConfig], fingerprint: str, undoes: int | None = None,
-                      figures: dict[str, Any] | None = None) -> dict[str, Any]:
-        entry: dict[str, Any] = {"at": self._now(), "who": who, "action": action, "why": why,
-                                 "before": _dump(before), "after": _dump(after)}
+    async def _commit(
+        self,
+        alias: str,
+        who: str,
+        action: str,
+        why: str,
+        before: Mapping[str, VariantConfig],
+        after: Mapping[str, VariantConfig],
+        fingerprint: str,
+        undoes: int | None = None,
+        figures: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "at": self._now(),
+            "who": who,
+            "action": action,
+            "why": why,
+            "before": _dump(before),
+            "after": _dump(after),
+        }
         if undoes is not None:
             entry["undoes"] = undoes
         if figures is not None:
             entry["figures"] = figures
         entry["seq"] = await self._kv.hash_incr(self._key(alias, "seq"), "n")
         await self._kv.append(self._key(alias, "history"), orjson.dumps(entry).decode(), max_len=_MAX_HISTORY)
-        await self._kv.set(self._key(alias, "state"),
-                           orjson.dumps({"yaml": fingerprint, "variants": _dump(after)}).decode())
+        await self._kv.set(
+            self._key(alias, "state"), orjson.dumps({"yaml": fingerprint, "variants": _dump(after)}).decode()
+        )
         self.variants.replace(alias, dict(after))
         await self._kv.hash_incr(_META, "version")
         return entry

@@ -35,7 +35,7 @@ from .cost import PriceTable, deployment_price
 
 HEADER = "x-gateway-variant"
 SESSION_HEADER = "x-gateway-session"
-SHADOW_KEY = "shadow"   # the key id of shadow requests (policies/shadow.py); their variant is ``shadow:NAME``
+SHADOW_KEY = "shadow"  # the key id of shadow requests (policies/shadow.py); their variant is ``shadow:NAME``
 
 
 class CanaryConfig(BaseModel):
@@ -45,13 +45,24 @@ class CanaryConfig(BaseModel):
 
     stable: str = Field(description="the variant it is compared with")
     window_s: float = Field(default=300.0, gt=0, description="outcomes older than this are forgotten")
-    min_requests: int = Field(default=20, ge=1, description="outcomes of each variant in the window before judging")
-    error_rate_margin: float = Field(default=0.05, ge=0, description="rolled back when its error rate is above "
-                                     "the stable's plus this (absolute: 0.05 = 5 points)")
-    latency_margin: float = Field(default=0.5, ge=0, description="rolled back when its p95 latency is above the "
-                                  "stable's times 1 + this")
-    latency_floor_s: float = Field(default=0.05, ge=0, description="and only when the two p95s differ by more "
-                                   "than this (jitter of fast answers is no regression)")
+    min_requests: int = Field(
+        default=20, ge=1, description="outcomes of each variant in the window before judging"
+    )
+    error_rate_margin: float = Field(
+        default=0.05,
+        ge=0,
+        description="rolled back when its error rate is above "
+        "the stable's plus this (absolute: 0.05 = 5 points)",
+    )
+    latency_margin: float = Field(
+        default=0.5, ge=0, description="rolled back when its p95 latency is above the stable's times 1 + this"
+    )
+    latency_floor_s: float = Field(
+        default=0.05,
+        ge=0,
+        description="and only when the two p95s differ by more "
+        "than this (jitter of fast answers is no regression)",
+    )
 
 
 class ShadowConfig(BaseModel):
@@ -68,30 +79,42 @@ class VariantConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    deployments: tuple[str, ...] = Field(min_length=1, description="ids (name, or provider/model) of the "
-                                         "alias's deployments that serve this variant")
-    weight: float = Field(default=1.0, ge=0, description="share of the alias's unpinned traffic; 0: pinned only")
+    deployments: tuple[str, ...] = Field(
+        min_length=1,
+        description="ids (name, or provider/model) of the alias's deployments that serve this variant",
+    )
+    weight: float = Field(
+        default=1.0, ge=0, description="share of the alias's unpinned traffic; 0: pinned only"
+    )
     system_prompt: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict,
-                                   description="request fields set when the client sets none (temperature, …)")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="request fields set when the client sets none (temperature, …)"
+    )
     price: Price | None = Field(default=None, description="replaces the deployment's price in the ledger")
     canary: CanaryConfig | None = None
     shadow: ShadowConfig | None = None
 
 
-def check_variants(alias: str, deployments: Sequence[str], variants: Mapping[str, VariantConfig]) -> list[str]:
+def check_variants(
+    alias: str, deployments: Sequence[str], variants: Mapping[str, VariantConfig]
+) -> list[str]:
     """Config problems of one alias's variants, as ``path: message`` lines."""
     problems = []
     for name, variant in variants.items():
         for i, deployment in enumerate(variant.deployments):
             if deployment not in deployments:
-                problems.append(f"models.{alias}.variants.{name}.deployments[{i}]: the alias has no deployment "
-                                f"{deployment!r} (it has: {', '.join(deployments)})")
-        for field, other in (("canary.stable", variant.canary and variant.canary.stable),
-                             ("shadow.variant", variant.shadow and variant.shadow.variant)):
+                problems.append(
+                    f"models.{alias}.variants.{name}.deployments[{i}]: the alias has no deployment "
+                    f"{deployment!r} (it has: {', '.join(deployments)})"
+                )
+        for field, other in (
+            ("canary.stable", variant.canary and variant.canary.stable),
+            ("shadow.variant", variant.shadow and variant.shadow.variant),
+        ):
             if other and (other not in variants or other == name):
-                problems.append(f"models.{alias}.variants.{name}.{field}: {other!r} is not another variant of "
-                                "the alias")
+                problems.append(
+                    f"models.{alias}.variants.{name}.{field}: {other!r} is not another variant of the alias"
+                )
     if variants and not any(v.weight > 0 for v in variants.values()):
         problems.append(f"models.{alias}.variants: at least one variant needs a weight above 0")
     return problems
@@ -115,7 +138,7 @@ class Selector:
         best, best_score = self.names[0], -math.inf
         for name, seed, weight in zip(self.names, self._seeds, self.weights, strict=True):
             digest = hashlib.blake2b(key + seed, digest_size=8).digest()
-            u = (int.from_bytes(digest, "big") + 0.5) / 2 ** 64
+            u = (int.from_bytes(digest, "big") + 0.5) / 2**64
             score = -weight / math.log(u)
             if score > best_score:
                 best, best_score = name, score
@@ -125,8 +148,12 @@ class Selector:
 class Variants:
     """Every alias's variants and every tenant's pins; ``choose`` applies one to a call."""
 
-    def __init__(self, aliases: Mapping[str, Mapping[str, VariantConfig]],
-                 pins: Mapping[str, Mapping[str, str]], rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        aliases: Mapping[str, Mapping[str, VariantConfig]],
+        pins: Mapping[str, Mapping[str, str]],
+        rng: random.Random | None = None,
+    ) -> None:
         self._pins = pins
         self._rng = rng
         self._aliases: dict[str, dict[str, VariantConfig]] = {}
@@ -160,8 +187,10 @@ class Variants:
         asked = call.headers.get(HEADER) or self._pins.get(call.tenant, {}).get(call.alias)
         if asked is not None:
             if asked not in variants:
-                raise InvalidRequest(f"The model `{call.alias}` has no variant {asked!r} (it has: "
-                                     f"{', '.join(variants)}).", param=HEADER)
+                raise InvalidRequest(
+                    f"The model `{call.alias}` has no variant {asked!r} (it has: {', '.join(variants)}).",
+                    param=HEADER,
+                )
             name = asked
         else:
             user = call.body.get("user")
@@ -175,9 +204,18 @@ class Variants:
         call.price = self._prices.get((call.alias, name))
         shadow = variant.shadow
         if shadow is not None and not shadowing and not call.batch and self._draw() < shadow.share:
-            call.shadow = (shadow.variant, dict(call.body))   # the client's body, before this variant's changes
+            call.shadow = (
+                shadow.variant,
+                dict(call.body),
+            )  # the client's body, before this variant's changes
         for field, value in variant.params.items():
             call.body.setdefault(field, value)
-        if variant.system_prompt is not None and call.endpoint is Endpoint.CHAT \
-                and isinstance(call.body.get("messages"), list):
-            call.body["messages"] = [{"role": "system", "content": variant.system_prompt}, *call.body["messages"]]
+        if (
+            variant.system_prompt is not None
+            and call.endpoint is Endpoint.CHAT
+            and isinstance(call.body.get("messages"), list)
+        ):
+            call.body["messages"] = [
+                {"role": "system", "content": variant.system_prompt},
+                *call.body["messages"],
+            ]

@@ -37,6 +37,7 @@ logs.configure(stream=_log_file)
 def pytest_unconfigure(config: pytest.Config) -> None:
     _log_file.close()  # else left to the interpreter's exit, with a ResourceWarning
 
+
 KEY = new_key()
 OTHER_KEY = new_key()
 UPSTREAM_KEY = "upstream-secret-" + "x" * 24
@@ -129,7 +130,9 @@ def start_gateway() -> Iterator[Callable[[str], ServerThread]]:
 
 
 @pytest.fixture
-def gateway(upstream: tuple[ServerThread, FakeState], start_gateway: Callable[[str], ServerThread]) -> ServerThread:
+def gateway(
+    upstream: tuple[ServerThread, FakeState], start_gateway: Callable[[str], ServerThread]
+) -> ServerThread:
     return start_gateway(config_text(upstream[0].url, failure_models(upstream[0].url)))
 
 

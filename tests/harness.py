@@ -20,7 +20,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-BLOCKED_S = 0.5   # a loop held this long by one call fails the test
+BLOCKED_S = 0.5  # a loop held this long by one call fails the test
 _BEAT_S = 0.05
 
 
@@ -82,8 +82,10 @@ class LoopGuard:
             held = time.monotonic() - beat
             burned = self._cpu() - cpu
             if where is not None and (burned >= BLOCKED_S or (stuck and seen >= 2)):
-                self.blocks.append(f"the event loop was held {held:.2f} s ({burned:.2f} s of CPU) at:\n"
-                                   + "".join(where.format()))
+                self.blocks.append(
+                    f"the event loop was held {held:.2f} s ({burned:.2f} s of CPU) at:\n"
+                    + "".join(where.format())
+                )
 
     def stop(self) -> None:
         self._stop.set()
@@ -115,14 +117,16 @@ class ServerThread:
 
     async def _start(self) -> None:
         self.app = self._make_app()
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None,
-                                     shutdown_timeout=self._shutdown_timeout)
+        self._runner = web.AppRunner(
+            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=self._shutdown_timeout
+        )
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     def call(self, coro_fn: Callable[[], object], timeout: float = 30) -> object:
         async def run() -> object:
             return coro_fn()
+
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
 
     def _tasks(self) -> str:
@@ -139,7 +143,9 @@ class ServerThread:
             try:
                 future.result(timeout=30)
             except TimeoutError:
-                raise AssertionError("the server did not shut down in 30 s; its tasks:\n" + self._tasks()) from None
+                raise AssertionError(
+                    "the server did not shut down in 30 s; its tasks:\n" + self._tasks()
+                ) from None
         self.guard.stop()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)

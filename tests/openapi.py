@@ -19,15 +19,18 @@ _SPEC = Path(__file__).resolve().parent / "specs" / "openai-openapi.yaml"
 def _spec() -> tuple[dict[str, Any], Registry]:
     spec = yaml.load(_SPEC.read_text(encoding="utf-8"), Loader=yaml.CSafeLoader)
     _nullable(spec)
-    registry = Registry().with_resource("urn:openai", Resource.from_contents(spec, default_specification=DRAFT202012))
+    registry = Registry().with_resource(
+        "urn:openai", Resource.from_contents(spec, default_specification=DRAFT202012)
+    )
     return spec, registry
 
 
 def validate(schema: str, instance: Any) -> None:
     """Raises jsonschema.ValidationError if ``instance`` is not a valid ``components.schemas[schema]``."""
     _, registry = _spec()
-    validator = jsonschema.Draft202012Validator({"$ref": f"urn:openai#/components/schemas/{schema}"},
-                                                registry=registry)
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": f"urn:openai#/components/schemas/{schema}"}, registry=registry
+    )
     validator.validate(instance)
 
 

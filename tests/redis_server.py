@@ -42,9 +42,23 @@ class RedisServer:
     def start(self) -> None:
         """Starts it (again: on the same port, empty)."""
         self._process = subprocess.Popen(
-            [_binary("redis-server"), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", self._dir, *self._extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                _binary("redis-server"),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir,
+                *self._extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         _wait_listening(self.port, self._process)
 
     @property
@@ -52,8 +66,9 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def cli(self, *args: str) -> str:
-        return subprocess.run([_binary("redis-cli"), "-p", str(self.port), *args], check=True,
-                              capture_output=True, text=True).stdout
+        return subprocess.run(
+            [_binary("redis-cli"), "-p", str(self.port), *args], check=True, capture_output=True, text=True
+        ).stdout
 
     def flush(self) -> None:
         self.cli("FLUSHALL")
@@ -78,12 +93,30 @@ class RedisCluster:
         try:
             for _ in range(3):
                 # the cluster bus on a free port of its own (by default port + 10000: maybe taken, or > 65535)
-                node = RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                   "--cluster-node-timeout", "2000", "--cluster-port", str(free_port()))
+                node = RedisServer(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-port",
+                    str(free_port()),
+                )
                 self.nodes.append(node)
-            subprocess.run([_binary("redis-cli"), "--cluster", "create",
-                            *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-yes"],
-                           check=True, capture_output=True, text=True, timeout=60)
+            subprocess.run(
+                [
+                    _binary("redis-cli"),
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             deadline = time.monotonic() + 20
             while not all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in self.nodes):
                 if time.monotonic() > deadline:

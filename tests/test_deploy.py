@@ -25,7 +25,9 @@ def test_compose_file_is_valid_and_needs_a_tenant_key():
     env = {**os.environ, "GATEWAY_TENANT_KEY_HASH": "sha256:" + "0" * 64}
     subprocess.run([compose, "config", "-q"], cwd=ROOT, env=env, check=True, timeout=60)
     env.pop("GATEWAY_TENANT_KEY_HASH")
-    refused = subprocess.run([compose, "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [compose, "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert refused.returncode != 0 and "keys new" in refused.stderr
 
 
@@ -38,8 +40,13 @@ def test_the_compose_gateway_service_serves_its_config(tmp_path, upstream, redis
     mounted = service["volumes"][0].split(":")[0]
     assert (ROOT / mounted).exists()
     key = new_key()
-    env = {"GATEWAY_TENANT_KEY_HASH": hash_key(key), "GATEWAY_WORKERS": "1", "OPENAI_API_KEY": "",
-           "REDIS_URL": redis_server.url, "QDRANT_URL": ":memory:"}
+    env = {
+        "GATEWAY_TENANT_KEY_HASH": hash_key(key),
+        "GATEWAY_WORKERS": "1",
+        "OPENAI_API_KEY": "",
+        "REDIS_URL": redis_server.url,
+        "QDRANT_URL": ":memory:",
+    }
     process, url = start_serve_with(ROOT / mounted, env)
     try:
         with openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0) as client:
@@ -52,7 +59,11 @@ def test_the_compose_gateway_service_serves_its_config(tmp_path, upstream, redis
     process, url = start_serve_with(ROOT / mounted, env)
     try:
         with openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60) as client:
-            ask: dict[str, Any] = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "hi there"}]}
+            ask: dict[str, Any] = {
+                "model": "gpt-4o-mini",
+                "temperature": 0,
+                "messages": [{"role": "user", "content": "hi there"}],
+            }
             first = client.chat.completions.with_raw_response.create(**ask)
             again = client.chat.completions.with_raw_response.create(**ask)
         assert first.parse().choices[0].message.content == "Echo: hi there"
@@ -82,10 +93,14 @@ def test_the_compose_stack_monitors_the_gateway():
     [job] = prometheus["scrape_configs"]
     [dns] = job["dns_sd_configs"]
     # the compose config's private metrics listener (anonymous /metrics is refused on the published port)
-    metrics_listen = yaml.safe_load((ROOT / "deploy/config.compose.yaml").read_text())["server"]["metrics_listen"]
+    metrics_listen = yaml.safe_load((ROOT / "deploy/config.compose.yaml").read_text())["server"][
+        "metrics_listen"
+    ]
     assert dns["names"] == ["gateway"] and str(dns["port"]) == metrics_listen.rsplit(":", 1)[1]
     assert metrics_listen.rsplit(":", 1)[1] not in [p.split(":")[0] for p in services["gateway"]["ports"]]
     mounted = {v.split(":")[1] for v in services["prometheus"]["volumes"]}
     assert {f"/etc/prometheus/{f}" for f in prometheus["rule_files"]} <= mounted
-    datasources = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    datasources = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
     assert datasources["datasources"][0]["url"] == "http://prometheus:9090"

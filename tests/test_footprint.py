@@ -8,8 +8,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "numpy", "bpe_openai", "botocore", "sentence_transformers", "qdrant_edge", "qdrant_client",
-         "local_engine")
+HEAVY = (
+    "torch",
+    "numpy",
+    "bpe_openai",
+    "botocore",
+    "sentence_transformers",
+    "qdrant_edge",
+    "qdrant_client",
+    "local_engine",
+)
 PLAIN = """
 models:
   - name: chat
@@ -35,7 +43,9 @@ def _imported(config: str) -> set[str]:
         "asyncio.run(start())\n"
         f"print('imported:', *(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith("imported:"))
     return set(line.split()[1:])

@@ -17,6 +17,7 @@ def _server(handler) -> ServerThread:
         app = web.Application()
         app.router.add_get("/", handler)
         return app
+
     return ServerThread(make).start()
 
 
@@ -37,7 +38,9 @@ async def _awaits(request: web.Request) -> web.Response:
     return web.Response(text="on time")
 
 
-@pytest.mark.parametrize("handler, where", [(_sleeps_blocking, "time.sleep"), (_computes_on_the_loop, "thread_time")])
+@pytest.mark.parametrize(
+    "handler, where", [(_sleeps_blocking, "time.sleep"), (_computes_on_the_loop, "thread_time")]
+)
 def test_a_call_that_holds_the_loop_fails_the_test(handler, where):
     server = _server(handler)
     assert httpx.get(server.url, timeout=30).text == "late"

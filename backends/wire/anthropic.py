@@ -51,11 +51,25 @@ from .reasoning import MIN_BUDGET, THINKING_BLOCKS, budget_of, effort_of, in_too
 # The client's ``anthropic-beta`` header, carried in a native request's body to the backend (which pops it
 # and sends it as the header again): the backend interface passes one payload per request.
 BETAS = "__anthropic_beta"
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
-                "content_filter": "refusal"}
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
-                403: "permission_error", 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-                503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error"}
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
 
 
 def error_type(status: int) -> str:
@@ -74,12 +88,17 @@ def event(kind: str, data: dict[str, Any]) -> bytes:
 def anthropic_usage(usage: Any) -> dict[str, int]:
     """OpenAI usage -> Anthropic's: input_tokens excludes the cache reads and writes counted apart."""
     usage = usage if isinstance(usage, dict) else {}
-    details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
+    details = (
+        usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
+    )
     read = int(details.get("cached_tokens") or 0)
     written = int(details.get("cache_creation_tokens") or 0)
-    return {"input_tokens": max(int(usage.get("prompt_tokens") or 0) - read - written, 0),
-            "output_tokens": int(usage.get("completion_tokens") or 0),
-            "cache_creation_input_tokens": written, "cache_read_input_tokens": read}
+    return {
+        "input_tokens": max(int(usage.get("prompt_tokens") or 0) - read - written, 0),
+        "output_tokens": int(usage.get("completion_tokens") or 0),
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": read,
+    }
 
 
 def message_id(openai_id: Any) -> str:
@@ -88,7 +107,9 @@ def message_id(openai_id: Any) -> str:
 
 
 # A content_block_delta event up to its value: index, delta type, the value's field name.
-_DELTA = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"%s","%s":'
+_DELTA = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"%s","%s":'
+)
 
 
 class MessageEvents(chunks.ChunkReader):
@@ -97,20 +118,29 @@ class MessageEvents(chunks.ChunkReader):
     def __init__(self, model: str, stops: Any = None) -> None:
         super().__init__()
         self.model = model
-        self.stops = stops   # the request's stop_sequences
+        self.stops = stops  # the request's stop_sequences
         self.id: str | None = None
         self._blocks = 0
-        self._open: int | None = None      # index of the open content block
-        self._kind: str | None = None      # its kind when it takes deltas of text: text | thinking
-        self._tools: dict[int, int] = {}   # OpenAI tool call index -> block index
-        self._delta_head = b""             # the open block's delta event up to its text
+        self._open: int | None = None  # index of the open content block
+        self._kind: str | None = None  # its kind when it takes deltas of text: text | thinking
+        self._tools: dict[int, int] = {}  # OpenAI tool call index -> block index
+        self._delta_head = b""  # the open block's delta event up to its text
 
     def _start(self, chunk: dict[str, Any]) -> bytes:
         self.id = message_id(chunk.get("id"))
-        message: dict[str, Any] = {"id": self.id, "type": "message", "role": "assistant", "model": self.model,
-                                   "content": [],
-                   "stop_reason": None, "stop_sequence": None, "usage": anthropic_usage(None)}
-        return event("message_start", {"type": "message_start", "message": message}) + event("ping", {"type": "ping"})
+        message: dict[str, Any] = {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": anthropic_usage(None),
+        }
+        return event("message_start", {"type": "message_start", "message": message}) + event(
+            "ping", {"type": "ping"}
+        )
 
     def _close(self) -> bytes:
         if self._open is None:
@@ -122,17 +152,25 @@ class MessageEvents(chunks.ChunkReader):
         out = self._close()
         self._open = self._blocks
         self._blocks += 1
-        return out + event("content_block_start", {"type": "content_block_start", "index": self._open,
-                                                   "content_block": block})
+        return out + event(
+            "content_block_start",
+            {"type": "content_block_start", "index": self._open, "content_block": block},
+        )
 
     def _text(self, kind: str, text: str) -> bytes:
         out = b""
         if self._kind != kind:
-            out = self._open_block({"type": "text", "text": ""} if kind == "text" else
-                                   {"type": "thinking", "thinking": "", "signature": ""})
+            out = self._open_block(
+                {"type": "text", "text": ""}
+                if kind == "text"
+                else {"type": "thinking", "thinking": "", "signature": ""}
+            )
             self._kind = kind
-            self._delta_head = _DELTA % (self._open, b"text_delta" if kind == "text" else b"thinking_delta",
-                                         b"text" if kind == "text" else b"thinking")
+            self._delta_head = _DELTA % (
+                self._open,
+                b"text_delta" if kind == "text" else b"thinking_delta",
+                b"text" if kind == "text" else b"thinking",
+            )
         # A byte template: the same bytes as ``event`` writes, without a dict and a dumps of it per delta.
         return out + self._delta_head + orjson.dumps(text) + b"}}\n\n"
 
@@ -150,32 +188,46 @@ class MessageEvents(chunks.ChunkReader):
         out = b""
         for block in blocks:
             if block["type"] == "thinking" and self._kind == "thinking":
-                out += event("content_block_delta", {"type": "content_block_delta", "index": self._open,
-                                                     "delta": {"type": "signature_delta",
-                                                               "signature": block["signature"]}})
+                out += event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": self._open,
+                        "delta": {"type": "signature_delta", "signature": block["signature"]},
+                    },
+                )
                 out += self._close()  # the next thinking text is another block, as it was upstream
             else:  # a redacted block, or a signed one whose text never came as deltas: a block of its own
                 out += self._open_block(block) + self._close()
         return out
 
     def tool_start(self, tool: int, call_id: Any, name: str) -> bytes:
-        out = self._open_block({"type": "tool_use", "id": str(call_id or f"toolu_{tool}"), "name": name,
-                                "input": {}})
+        out = self._open_block(
+            {"type": "tool_use", "id": str(call_id or f"toolu_{tool}"), "name": name, "input": {}}
+        )
         self._tools[tool] = self._blocks - 1
         return out
 
     def tool_arguments(self, tool: int, fragment: str) -> bytes:
-        return _DELTA % (self._tools[tool], b"input_json_delta", b"partial_json") + orjson.dumps(fragment) + \
-            b"}}\n\n"
+        return (
+            _DELTA % (self._tools[tool], b"input_json_delta", b"partial_json")
+            + orjson.dumps(fragment)
+            + b"}}\n\n"
+        )
 
     def finish(self) -> bytes:
         out = self._start({}) if self.id is None else b""
         out += self._close()
         sequence = chunks.stop_sequence(self.finish_reason, self.stop_reason, self.stops)
         stop = "stop_sequence" if sequence else STOP_REASONS.get(self.finish_reason or "stop", "end_turn")
-        out += event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop,
-                                                                          "stop_sequence": sequence},
-                                       "usage": anthropic_usage(self.usage)})
+        out += event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop, "stop_sequence": sequence},
+                "usage": anthropic_usage(self.usage),
+            },
+        )
         return out + event("message_stop", {"type": "message_stop"})
 
 
@@ -199,13 +251,26 @@ def to_message(data: dict[str, Any], model: str, stops: Any = None) -> dict[str,
             arguments = orjson.loads(function.get("arguments") or "{}")
         except orjson.JSONDecodeError:
             arguments = {"_raw_arguments": function.get("arguments")}
-        content.append({"type": "tool_use", "id": str(call.get("id")), "name": str(function.get("name")),
-                        "input": arguments if isinstance(arguments, dict) else {"value": arguments}})
+        content.append(
+            {
+                "type": "tool_use",
+                "id": str(call.get("id")),
+                "name": str(function.get("name")),
+                "input": arguments if isinstance(arguments, dict) else {"value": arguments},
+            }
+        )
     sequence = chunks.stop_sequence(choice.get("finish_reason"), choice.get("stop_reason"), stops)
     stop = "stop_sequence" if sequence else STOP_REASONS.get(str(choice.get("finish_reason")), "end_turn")
-    return {"id": message_id(data.get("id")), "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": stop, "stop_sequence": sequence,
-            "usage": anthropic_usage(data.get("usage"))}
+    return {
+        "id": message_id(data.get("id")),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": sequence,
+        "usage": anthropic_usage(data.get("usage")),
+    }
 
 
 def check(body: Any) -> dict[str, Any]:
@@ -250,7 +315,9 @@ def to_chat(body: Any, dropped: list[str] | None = None) -> dict[str, Any]:
     if effort is not None:
         chat["reasoning_effort"] = effort
     if body.get("tools"):
-        tools = [tool for i, tool in enumerate(_list(body["tools"], "tools")) if _client_tool(tool, i, dropped)]
+        tools = [
+            tool for i, tool in enumerate(_list(body["tools"], "tools")) if _client_tool(tool, i, dropped)
+        ]
         if tools:
             chat["tools"] = [_tool(tool) for tool in tools]
             if body.get("tool_choice") is not None:
@@ -280,7 +347,11 @@ def _text(value: Any, where: str) -> str:
         return value
     texts = []
     for j, block in enumerate(_list(value, where)):
-        if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+        if (
+            not isinstance(block, dict)
+            or block.get("type") != "text"
+            or not isinstance(block.get("text"), str)
+        ):
             raise InvalidRequest(f"{where}.{j}: expected a text block", param=where)
         texts.append(block["text"])
     return "\n".join(texts)
@@ -290,7 +361,9 @@ def _message(message: Any, i: int) -> list[dict[str, Any]]:
     where = f"messages.{i}"
     role = message.get("role") if isinstance(message, dict) else None
     if role not in ("user", "assistant", "system"):
-        raise InvalidRequest(f"{where}.role: Input should be 'user', 'assistant' or 'system'", param=f"{where}.role")
+        raise InvalidRequest(
+            f"{where}.role: Input should be 'user', 'assistant' or 'system'", param=f"{where}.role"
+        )
     content = message.get("content")
     if role == "system":  # mid-conversation system message (beta mid-conversation-system): kept in place
         return [{"role": "system", "content": _text(content, f"{where}.content")}]
@@ -304,14 +377,22 @@ def _message(message: Any, i: int) -> list[dict[str, Any]]:
             if kind == "text":
                 texts.append(str(block.get("text", "")))
             elif kind == "tool_use":
-                calls.append({"id": str(block.get("id")), "type": "function",
-                              "function": {"name": str(block.get("name")),
-                                           "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+                calls.append(
+                    {
+                        "id": str(block.get("id")),
+                        "type": "function",
+                        "function": {
+                            "name": str(block.get("name")),
+                            "arguments": orjson.dumps(block.get("input") or {}).decode(),
+                        },
+                    }
+                )
             elif kind in ("thinking", "redacted_thinking"):
                 signed.extend(signed_blocks([block]))  # back to an Anthropic upstream; others leave them out
             else:
-                raise InvalidRequest(f"{where}.content.{j}: block type {kind!r} is not supported",
-                                     param=f"{where}.content")
+                raise InvalidRequest(
+                    f"{where}.content.{j}: block type {kind!r} is not supported", param=f"{where}.content"
+                )
         out: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
         if calls:
             out["tool_calls"] = calls
@@ -325,7 +406,9 @@ def _message(message: Any, i: int) -> list[dict[str, Any]]:
         if kind == "text":
             parts.append({"type": "text", "text": str(block.get("text", ""))})
         elif kind == "image":
-            parts.append({"type": "image_url", "image_url": {"url": _image_url(block, f"{where}.content.{j}")}})
+            parts.append(
+                {"type": "image_url", "image_url": {"url": _image_url(block, f"{where}.content.{j}")}}
+            )
         elif kind == "tool_result":
             result = block.get("content")
             text = result if isinstance(result, str) else _result_text(result or [])
@@ -333,22 +416,30 @@ def _message(message: Any, i: int) -> list[dict[str, Any]]:
                 text = f"Error: {text}"
             results.append({"role": "tool", "tool_call_id": str(block.get("tool_use_id")), "content": text})
         else:
-            raise InvalidRequest(f"{where}.content.{j}: block type {kind!r} is not supported", param=f"{where}.content")
+            raise InvalidRequest(
+                f"{where}.content.{j}: block type {kind!r} is not supported", param=f"{where}.content"
+            )
     if parts:
         only_text = all(p["type"] == "text" for p in parts)
-        results.append({"role": "user",
-                        "content": "".join(p["text"] for p in parts) if only_text else parts})
+        results.append({"role": "user", "content": "".join(p["text"] for p in parts) if only_text else parts})
     return results
 
 
 def _result_text(blocks: list[Any]) -> str:
     """A tool result's blocks as text: images in a tool result have no place in a chat tool message."""
-    return "\n".join(str(b.get("text", "")) for b in blocks if isinstance(b, dict) and b.get("type") == "text")
+    return "\n".join(
+        str(b.get("text", "")) for b in blocks if isinstance(b, dict) and b.get("type") == "text"
+    )
 
 
 def _image_url(block: dict[str, Any], where: str) -> str:
     source = block.get("source")
-    if isinstance(source, dict) and source.get("type") == "base64" and source.get("media_type") and source.get("data"):
+    if (
+        isinstance(source, dict)
+        and source.get("type") == "base64"
+        and source.get("media_type")
+        and source.get("data")
+    ):
         return f"data:{source['media_type']};base64,{source['data']}"
     if isinstance(source, dict) and source.get("type") == "url" and isinstance(source.get("url"), str):
         return str(source["url"])
@@ -367,8 +458,10 @@ def _client_tool(tool: Any, i: int, dropped: list[str] | None) -> bool:
 
 
 def _tool(tool: dict[str, Any]) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": tool["name"],
-                                "parameters": tool.get("input_schema") or {"type": "object", "properties": {}}}
+    function: dict[str, Any] = {
+        "name": tool["name"],
+        "parameters": tool.get("input_schema") or {"type": "object", "properties": {}},
+    }
     if tool.get("description"):
         function["description"] = tool["description"]
     return {"type": "function", "function": function}
@@ -386,7 +479,9 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
     elif kind == "tool" and isinstance(choice.get("name"), str):
         out = {"tool_choice": {"type": "function", "function": {"name": choice["name"]}}}
     else:
-        raise InvalidRequest("tool_choice: expected type auto, any, tool (with a name) or none", param="tool_choice")
+        raise InvalidRequest(
+            "tool_choice: expected type auto, any, tool (with a name) or none", param="tool_choice"
+        )
     if choice.get("disable_parallel_tool_use") is True:
         out["parallel_tool_calls"] = False
     return out
@@ -394,9 +489,15 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
 
 # --- upstream side: a chat request served by an Anthropic deployment --------------------------------------
 
-FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
-                  "model_context_window_exceeded": "length",
-                  "tool_use": "tool_calls", "refusal": "content_filter"}
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
 # Anthropic error type -> OpenAI (type, code); the upstream's status is kept (429 and 529 drive retries).
 ERROR_TYPES: dict[str, tuple[str, str | None]] = {
     "invalid_request_error": ("invalid_request_error", None),
@@ -410,8 +511,13 @@ ERROR_TYPES: dict[str, tuple[str, str | None]] = {
     "timeout_error": ("timeout", "upstream_timeout"),
     "overloaded_error": ("server_error", "overloaded"),
 }
-ERROR_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500, "timeout_error": 504,
-                "invalid_request_error": 400}
+ERROR_STATUS = {
+    "overloaded_error": 529,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "invalid_request_error": 400,
+}
 
 
 def count_usage(usage: Usage, raw: Any) -> None:
@@ -440,13 +546,16 @@ def usage_of(raw: Any) -> Usage:
 def error_from(data: dict[str, Any], status: int, headers: dict[str, str], backend_id: str) -> UpstreamError:
     error = data.get("error")
     if not isinstance(error, dict):
-        return from_upstream(UpstreamError(f"upstream {backend_id} returned HTTP {status}", status=status,
-                                           headers=headers), backend_id)
+        return from_upstream(
+            UpstreamError(f"upstream {backend_id} returned HTTP {status}", status=status, headers=headers),
+            backend_id,
+        )
     kind = str(error.get("type") or "api_error")
     type_, code = ERROR_TYPES.get(kind, ("server_error" if status >= 500 else "invalid_request_error", None))
     message = str(error.get("message") or f"upstream {backend_id} returned {kind}")
-    return from_upstream(UpstreamError(message, status=status, error_type=type_, code=code, headers=headers),
-                         backend_id)
+    return from_upstream(
+        UpstreamError(message, status=status, error_type=type_, code=code, headers=headers), backend_id
+    )
 
 
 def from_anthropic(data: dict[str, Any]) -> dict[str, Any]:
@@ -462,11 +571,20 @@ def from_anthropic(data: dict[str, Any]) -> dict[str, Any]:
         elif block.get("type") == "thinking":
             thoughts.append(block.get("thinking", ""))
         elif block.get("type") == "tool_use":
-            choice.tool_calls.append(ToolCall(str(block.get("id")), str(block.get("name")),
-                                              orjson.dumps(block.get("input") or {}).decode()))
+            choice.tool_calls.append(
+                ToolCall(
+                    str(block.get("id")),
+                    str(block.get("name")),
+                    orjson.dumps(block.get("input") or {}).decode(),
+                )
+            )
     choice.text, choice.reasoning = "".join(texts), "".join(thoughts)
-    out = completion(str(data.get("id") or new_id("msg_")), str(data.get("model", "")), [choice],
-                     usage_of(data.get("usage")))
+    out = completion(
+        str(data.get("id") or new_id("msg_")),
+        str(data.get("model", "")),
+        [choice],
+        usage_of(data.get("usage")),
+    )
     if signed:  # for the next turn: Anthropic wants them back with tool results
         out["choices"][0]["message"][THINKING_BLOCKS] = signed
     return out
@@ -520,7 +638,9 @@ class ChatChunks:
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
                 tool = self._tools.get(event.get("index", 0))
                 if tool is None:
-                    raise UpstreamError(f"upstream {self.backend_id} sent tool input for a block it never started")
+                    raise UpstreamError(
+                        f"upstream {self.backend_id} sent tool input for a block it never started"
+                    )
                 return writer.tool_arguments(tool, delta["partial_json"])
         elif kind == "content_block_stop":
             # the whole signed block, once its signature came: the text went out as reasoning deltas already
@@ -537,10 +657,15 @@ class ChatChunks:
             count_usage(self._usage, event.get("usage"))
         elif kind == "message_stop":
             self.done = True
-            return writer.finish(self._finish, stop_reason=self._stop_sequence) + writer.usage(self._usage) + DONE
+            return (
+                writer.finish(self._finish, stop_reason=self._stop_sequence)
+                + writer.usage(self._usage)
+                + DONE
+            )
         elif kind == "error":
-            raise error_from(event, ERROR_STATUS.get(str((event.get("error") or {}).get("type")), 502), {},
-                             self.backend_id)
+            raise error_from(
+                event, ERROR_STATUS.get(str((event.get("error") or {}).get("type")), 502), {}, self.backend_id
+            )
         return b""
 
 
@@ -548,13 +673,18 @@ def to_anthropic(payload: dict[str, Any], model: str, default_max_tokens: int) -
     """An OpenAI chat-completions request as an Anthropic Messages request."""
     single_choice(payload, "Anthropic")
     system, messages = _messages(payload["messages"])
-    request: dict[str, Any] = {"model": model, "messages": messages,
-                               "max_tokens": max_tokens(payload) or default_max_tokens}
+    request: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens(payload) or default_max_tokens,
+    }
     if system:
         request["system"] = system
     budget = budget_of(payload.get("reasoning_effort"))
     if budget is not None and in_tool_loop(payload["messages"], signed=True):
-        budget = None  # Anthropic wants the turn's signed thinking block back, which the chat shape cannot carry
+        budget = (
+            None  # Anthropic wants the turn's signed thinking block back, which the chat shape cannot carry
+        )
     if budget is not None:
         # Thinking counts against max_tokens and wants the default temperature.
         budget = max(MIN_BUDGET, min(budget, request["max_tokens"] - 1))
@@ -591,15 +721,18 @@ def _output_config(response_format: Any) -> dict[str, Any] | None:
     spec = response_format.get("json_schema")
     schema = spec.get("schema") if isinstance(spec, dict) else None
     if not isinstance(schema, dict):
-        raise InvalidRequest("Invalid 'response_format.json_schema': a schema object is required.",
-                             param="response_format")
+        raise InvalidRequest(
+            "Invalid 'response_format.json_schema': a schema object is required.", param="response_format"
+        )
     return {"format": {"type": "json_schema", "schema": schema}}
 
 
 def _upstream_tool(tool: Any, i: int) -> dict[str, Any]:
     function = function_of(tool, i)
-    out: dict[str, Any] = {"name": function["name"],
-                           "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
+    out: dict[str, Any] = {
+        "name": function["name"],
+        "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+    }
     if function.get("description"):
         out["description"] = function["description"]
     return out
@@ -633,8 +766,11 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
         if role in ("system", "developer"):
             system.extend(_blocks(content, where, images=False))
         elif role == "tool":
-            result = {"type": "tool_result", "tool_use_id": safe_tool_id(message.get("tool_call_id")),
-                      "content": text_of(content)}
+            result = {
+                "type": "tool_result",
+                "tool_use_id": safe_tool_id(message.get("tool_call_id")),
+                "content": text_of(content),
+            }
             append_turn(out, "user", "content", [result])
         elif role == "user":
             append_turn(out, "user", "content", _blocks(content, where, images=True))
@@ -643,13 +779,23 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
             blocks = [*signed_blocks(message.get(THINKING_BLOCKS)), *_blocks(content, where, images=False)]
             for j, call in enumerate(message.get("tool_calls") or ()):
                 function = call.get("function") or {}
-                blocks.append({"type": "tool_use", "id": safe_tool_id(call.get("id")), "name": str(function.get("name")),
-                               "input": tool_arguments(function.get("arguments"),
-                                                       f"messages[{i}].tool_calls[{j}].function.arguments")})
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": safe_tool_id(call.get("id")),
+                        "name": str(function.get("name")),
+                        "input": tool_arguments(
+                            function.get("arguments"), f"messages[{i}].tool_calls[{j}].function.arguments"
+                        ),
+                    }
+                )
             append_turn(out, "assistant", "content", blocks)
         else:
-            raise InvalidRequest(f"Invalid value for 'messages[{i}].role': {role!r} is not supported by "
-                                 "Anthropic deployments.", param=f"messages[{i}].role")
+            raise InvalidRequest(
+                f"Invalid value for 'messages[{i}].role': {role!r} is not supported by "
+                "Anthropic deployments.",
+                param=f"messages[{i}].role",
+            )
     return system, out
 
 
@@ -665,19 +811,23 @@ def _text_block(part: dict[str, Any]) -> dict[str, Any]:
 
 
 def _image_block(image: Image, where: str) -> dict[str, Any]:
-    source = {"type": "url", "url": image.url} if image.url else \
-        {"type": "base64", "media_type": image.media_type, "data": image.data}
+    source = (
+        {"type": "url", "url": image.url}
+        if image.url
+        else {"type": "base64", "media_type": image.media_type, "data": image.data}
+    )
     return {"type": "image", "source": source}
 
 
 # --- native answers kept by the response cache ---------------------------------------------------------
+
 
 class MessageOfEvents:
     """Anthropic's stream events -> the whole ``message`` they make (for the response cache to keep)."""
 
     def __init__(self) -> None:
         self.message: dict[str, Any] | None = None
-        self._json: dict[int, list[str]] = {}   # a tool_use block's input fragments
+        self._json: dict[int, list[str]] = {}  # a tool_use block's input fragments
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "message_start":
@@ -692,8 +842,13 @@ class MessageOfEvents:
             blocks.append(dict(data.get("content_block") or {}))
         elif kind == "content_block_delta" and 0 <= index < len(blocks):
             block, delta = blocks[index], data.get("delta") or {}
-            field = {"text_delta": "text", "thinking_delta": "thinking", "citations_delta": None,
-                     "signature_delta": "signature", "input_json_delta": None}.get(str(delta.get("type")))
+            field = {
+                "text_delta": "text",
+                "thinking_delta": "thinking",
+                "citations_delta": None,
+                "signature_delta": "signature",
+                "input_json_delta": None,
+            }.get(str(delta.get("type")))
             if field is not None:
                 block[field] = (block.get(field) or "") + str(delta.get(field) or "")
             elif delta.get("type") == "input_json_delta":
@@ -711,9 +866,21 @@ def replay_events(message: dict[str, Any]) -> bytes:
     """A whole ``message`` as the stream a client would have read (each block's text, thinking, signature or
     input whole in one delta)."""
     usage = message.get("usage") or {}
-    out = [event("message_start", {"type": "message_start", "message": {
-        **message, "content": [], "stop_reason": None, "stop_sequence": None,
-        "usage": {**usage, "output_tokens": min(int(usage.get("output_tokens") or 0), 1)}}})]
+    out = [
+        event(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    **message,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {**usage, "output_tokens": min(int(usage.get("output_tokens") or 0), 1)},
+                },
+            },
+        )
+    ]
     for index, block in enumerate(message.get("content") or ()):
         kind = block.get("type")
         start: dict[str, Any]
@@ -727,15 +894,33 @@ def replay_events(message: dict[str, Any]) -> bytes:
             deltas.append({"type": "signature_delta", "signature": block.get("signature", "")})
         elif kind == "tool_use":
             start = {**block, "input": {}}
-            deltas.append({"type": "input_json_delta", "partial_json": orjson.dumps(block.get("input") or {}).decode()})
+            deltas.append(
+                {"type": "input_json_delta", "partial_json": orjson.dumps(block.get("input") or {}).decode()}
+            )
         else:  # redacted thinking, server tools' blocks: whole in their start
             start = block
-        out.append(event("content_block_start", {"type": "content_block_start", "index": index,
-                                                 "content_block": start}))
+        out.append(
+            event(
+                "content_block_start", {"type": "content_block_start", "index": index, "content_block": start}
+            )
+        )
         for delta in deltas:
-            out.append(event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}))
+            out.append(
+                event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+            )
         out.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
-    out.append(event("message_delta", {"type": "message_delta", "delta": {
-        "stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")}, "usage": usage}))
+    out.append(
+        event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {
+                    "stop_reason": message.get("stop_reason"),
+                    "stop_sequence": message.get("stop_sequence"),
+                },
+                "usage": usage,
+            },
+        )
+    )
     out.append(event("message_stop", {"type": "message_stop"}))
     return b"".join(out)

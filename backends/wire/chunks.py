@@ -19,7 +19,7 @@ class Relayed:
 
     def __init__(self) -> None:
         self.texts: list[str] = []
-        self.usage: dict[str, Any] | None = None   # chat-shaped, as the upstream reported it before it broke
+        self.usage: dict[str, Any] | None = None  # chat-shaped, as the upstream reported it before it broke
 
     def text(self) -> str:
         return "".join(self.texts)
@@ -35,9 +35,9 @@ class ChunkReader(abc.ABC):
     def __init__(self) -> None:
         self.usage: Any = None
         self.finish_reason: str | None = None
-        self.stop_reason: str | None = None   # the stop sequence that ended it, where the upstream says
-        self._started: set[int] = set()   # the chat tool call indexes seen
-        self.relayed = Relayed()            # text, reasoning and tool arguments read so far
+        self.stop_reason: str | None = None  # the stop sequence that ended it, where the upstream says
+        self._started: set[int] = set()  # the chat tool call indexes seen
+        self.relayed = Relayed()  # text, reasoning and tool arguments read so far
 
     def read(self, chunk: dict[str, Any]) -> bytes:
         usage = chunk.get("usage")
@@ -111,7 +111,12 @@ def stop_sequence(finish_reason: Any, stop_reason: Any, stops: Any) -> str | Non
     """The stop sequence that ended an answer: the one a chat upstream names in ``stop_reason`` (vLLM, SGLang,
     the gateway's Anthropic adapter) among the request's, when it finished with ``stop``. OpenAI reports only
     ``stop``; which sequence it cut, or whether one at all, is then unknown (the text never shows it)."""
-    if finish_reason == "stop" and isinstance(stop_reason, str) and isinstance(stops, list) and stop_reason in stops:
+    if (
+        finish_reason == "stop"
+        and isinstance(stop_reason, str)
+        and isinstance(stops, list)
+        and stop_reason in stops
+    ):
         return stop_reason
     return None
 
@@ -133,8 +138,12 @@ class TextReader(ChunkReader):
 
     def read(self, chunk: dict[str, Any]) -> bytes:
         for choice in chunk.get("choices") or ():
-            if isinstance(choice, dict) and choice.get("index", 0) == 0 and isinstance(choice.get("text"), str):
-                self.relayed.texts.append(choice["text"])   # a legacy completions chunk
+            if (
+                isinstance(choice, dict)
+                and choice.get("index", 0) == 0
+                and isinstance(choice.get("text"), str)
+            ):
+                self.relayed.texts.append(choice["text"])  # a legacy completions chunk
         return super().read(chunk)
 
     def text(self, text: str) -> bytes:

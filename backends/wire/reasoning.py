@@ -49,7 +49,7 @@ def in_tool_loop(messages: list[dict[str, Any]], *, signed: bool = False) -> boo
 # carries them sealed in ``encrypted_content`` (opaque to the client, as OpenAI's own is).
 
 THINKING_BLOCKS = "thinking_blocks"
-_SEAL = "gwthink1."   # marks the gateway's encrypted_content apart from OpenAI's own (which another model can't use)
+_SEAL = "gwthink1."  # marks the gateway's encrypted_content apart from OpenAI's own (which another model can't use)
 
 
 def signed_blocks(value: Any) -> list[dict[str, Any]]:
@@ -59,10 +59,16 @@ def signed_blocks(value: Any) -> list[dict[str, Any]]:
     for block in value if isinstance(value, list) else ():
         if not isinstance(block, dict):
             continue
-        if block.get("type") == "thinking" and isinstance(block.get("thinking"), str) and \
-                isinstance(block.get("signature"), str) and block["signature"]:
+        if (
+            block.get("type") == "thinking"
+            and isinstance(block.get("thinking"), str)
+            and isinstance(block.get("signature"), str)
+            and block["signature"]
+        ):
             out.append({"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]})
-        elif block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str) and block["data"]:
+        elif (
+            block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str) and block["data"]
+        ):
             out.append({"type": "redacted_thinking", "data": block["data"]})
     return out
 
@@ -77,6 +83,6 @@ def unseal(content: Any) -> list[dict[str, Any]]:
     if not isinstance(content, str) or not content.startswith(_SEAL):
         return []
     try:
-        return signed_blocks(orjson.loads(base64.urlsafe_b64decode(content[len(_SEAL):])))
+        return signed_blocks(orjson.loads(base64.urlsafe_b64decode(content[len(_SEAL) :])))
     except (ValueError, orjson.JSONDecodeError):
         return []

@@ -46,9 +46,16 @@ def _scopes(config: GatewayConfig) -> dict[str, KeyScope]:
     """Key scopes by key hash, built once per config object (kept with it, so its id cannot be reused)."""
     found = _built.get(id(config))
     if found is None or found[0] is not config:
-        found = _built[id(config)] = (config, {key: scope for tenant in config.tenants
-                                               for key_id, scope in tenant.key_scopes.items()
-                                               for key in tenant.keys if key[7:19] == key_id})
+        found = _built[id(config)] = (
+            config,
+            {
+                key: scope
+                for tenant in config.tenants
+                for key_id, scope in tenant.key_scopes.items()
+                for key in tenant.keys
+                if key[7:19] == key_id
+            },
+        )
     return found[1]
 
 
@@ -82,8 +89,10 @@ async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         if role is not None:
             if config.admin.allowed_ips and not allowlist(config.admin.allowed_ips).admits(peer.ip):
-                raise PermissionDenied("Admin keys are not accepted from this address (admin.allowed_ips).",
-                                       code="ip_not_allowed")
+                raise PermissionDenied(
+                    "Admin keys are not accepted from this address (admin.allowed_ips).",
+                    code="ip_not_allowed",
+                )
             permission = roles.permission_for(request.method, request.path)
             if not roles.allows(role, permission):
                 raise PermissionDenied(f"Role {role!r} does not have {permission!r} (admin.roles).")
@@ -96,9 +105,15 @@ async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     finally:
         if audit is not None:
             outcome = "ok" if status < 400 else "denied" if status in (401, 403) else "failed"
-            await audit.record(f"{request.method} {request.path}", actor=actor, role=role or "tenant-or-none",
-                               outcome=outcome, status=status, query=request.query_string or None,
-                               ip=str(peer.ip) if peer.ip else None)
+            await audit.record(
+                f"{request.method} {request.path}",
+                actor=actor,
+                role=role or "tenant-or-none",
+                outcome=outcome,
+                status=status,
+                query=request.query_string or None,
+                ip=str(peer.ip) if peer.ip else None,
+            )
 
 
 def _check_scope(request: web.Request, scopes: dict[str, KeyScope]) -> None:
@@ -110,7 +125,9 @@ def _check_scope(request: web.Request, scopes: dict[str, KeyScope]) -> None:
         raise AuthenticationFailed("This API key has expired.", code="key_expired")
     endpoint = roles.endpoint_of(request.path)
     if scope.endpoints is not None and not any(endpoint.startswith(e) for e in scope.endpoints):
-        raise PermissionDenied(f"This API key may only call: {', '.join(scope.endpoints)}.", code="endpoint_not_allowed")
+        raise PermissionDenied(
+            f"This API key may only call: {', '.join(scope.endpoints)}.", code="endpoint_not_allowed"
+        )
 
 
 def _check_metrics(request: web.Request, config: GatewayConfig, loopback: bool) -> None:
@@ -119,9 +136,13 @@ def _check_metrics(request: web.Request, config: GatewayConfig, loopback: bool) 
         return
     key = presented_key(request.headers)
     if key is None:
-        raise AuthenticationFailed("/metrics needs an admin key (Authorization: Bearer ...), or a private "
-                                   "listener (server.metrics_listen).", code="missing_api_key")
+        raise AuthenticationFailed(
+            "/metrics needs an admin key (Authorization: Bearer ...), or a private "
+            "listener (server.metrics_listen).",
+            code="missing_api_key",
+        )
     key_hash = hash_key(key)
-    if key_hash not in config.admin.keys or not roles.allows(config.admin.roles.get(key_hash, "admin"),
-                                                             "metrics.read"):
+    if key_hash not in config.admin.keys or not roles.allows(
+        config.admin.roles.get(key_hash, "admin"), "metrics.read"
+    ):
         raise PermissionDenied("/metrics needs an admin key.")

@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 
 GENESIS = "0" * 64
-_RETENTION_EVERY = 1000   # records appended between retention passes
+_RETENTION_EVERY = 1000  # records appended between retention passes
 
 
 def _digest(record: dict[str, Any]) -> str:
@@ -43,8 +43,10 @@ class AuditLog:
     async def record(self, action: str, *, actor: str, outcome: str = "ok", **details: Any) -> None:
         """Appends one record (off the event loop; records of one process keep their order)."""
         async with self._lock:
-            await asyncio.to_thread(self._append, {"ts": self._clock(), "action": action, "actor": actor,
-                                                   "outcome": outcome, **details})
+            await asyncio.to_thread(
+                self._append,
+                {"ts": self._clock(), "action": action, "actor": actor, "outcome": outcome, **details},
+            )
 
     def _append(self, fields: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +105,7 @@ def records(path: Path) -> Iterator[dict[str, Any]]:
 class Verdict:
     ok: bool
     count: int
-    anchor: str          # the first record's prev: GENESIS unless retention dropped older records
+    anchor: str  # the first record's prev: GENESIS unless retention dropped older records
     problem: str | None = None
 
 
@@ -124,11 +126,20 @@ def verify(path: Path) -> Verdict:
                 if prev is None:
                     anchor = str(record.get("prev"))
                 elif record.get("prev") != prev:
-                    return Verdict(False, count, anchor, f"line {number}: prev does not match the record before "
-                                   "(a record was removed, inserted or reordered)")
+                    return Verdict(
+                        False,
+                        count,
+                        anchor,
+                        f"line {number}: prev does not match the record before "
+                        "(a record was removed, inserted or reordered)",
+                    )
                 if record.get("hash") != _digest(record):
-                    return Verdict(False, count, anchor, f"line {number}: hash does not match its content "
-                                   "(the record was edited)")
+                    return Verdict(
+                        False,
+                        count,
+                        anchor,
+                        f"line {number}: hash does not match its content (the record was edited)",
+                    )
                 prev = record["hash"]
                 count += 1
     except FileNotFoundError:
@@ -157,18 +168,35 @@ async def handle(request: web.Request) -> web.Response:
         raise InvalidRequest("from/to: Unix seconds", param="from") from exc
     data, verdict = await asyncio.to_thread(lambda: (log.read(start, end), verify(log.path)))
     request[RECORD].status = 200
-    return web.Response(body=orjson.dumps({"object": "list", "data": data, "chain": {
-        "ok": verdict.ok, "records": verdict.count, "anchor": verdict.anchor, "problem": verdict.problem}}),
-        content_type="application/json", headers={"x-request-id": request[RECORD].request_id})
+    return web.Response(
+        body=orjson.dumps(
+            {
+                "object": "list",
+                "data": data,
+                "chain": {
+                    "ok": verdict.ok,
+                    "records": verdict.count,
+                    "anchor": verdict.anchor,
+                    "problem": verdict.problem,
+                },
+            }
+        ),
+        content_type="application/json",
+        headers={"x-request-id": request[RECORD].request_id},
+    )
 
 
 async def config_changed(log: AuditLog, old: Any, new: Any, path: str | None) -> None:
     """A reload's record, and one per key added or removed (tenant keys and admin keys, by key id)."""
     await log.record("config.reloaded", actor="system", config=path)
     for owner, before, after in [("admin", set(old.admin.keys), set(new.admin.keys))] + [
-            (f"tenant:{name}", {k for t in old.tenants if t.name == name for k in t.keys},
-             {k for t in new.tenants if t.name == name for k in t.keys})
-            for name in {t.name for t in old.tenants} | {t.name for t in new.tenants}]:
+        (
+            f"tenant:{name}",
+            {k for t in old.tenants if t.name == name for k in t.keys},
+            {k for t in new.tenants if t.name == name for k in t.keys},
+        )
+        for name in {t.name for t in old.tenants} | {t.name for t in new.tenants}
+    ]:
         for key in sorted(after - before):
             await log.record("key.added", actor="system", owner=owner, key_id=key[7:19])
         for key in sorted(before - after):

@@ -32,11 +32,19 @@ class ListenerLimits(_Frozen):
     """``server.limits``: what one client connection may hold. Together they bound the process's file
     descriptors (docs/security.md, "fd budget")."""
 
-    header_timeout_s: float = Field(default=10.0, gt=0, description="a connection must send a whole request "
-                                    "head within this (also the idle keep-alive limit)")
-    body_timeout_s: float = Field(default=30.0, gt=0, description="the whole request body must arrive within this")
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a connection must send a whole request "
+        "head within this (also the idle keep-alive limit)",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="the whole request body must arrive within this"
+    )
     max_connections: int = Field(default=4096, ge=1, description="client connections at once, all clients")
-    max_connections_per_ip: int = Field(default=256, ge=1, description="client connections at once from one IP")
+    max_connections_per_ip: int = Field(
+        default=256, ge=1, description="client connections at once from one IP"
+    )
 
 
 class TLSConfig(_Frozen):
@@ -56,7 +64,14 @@ class PIIConfig(_Frozen):
 
     mode: Literal["log_only", "mask", "block"] = "log_only"
     kinds: tuple[Literal["email", "phone", "credit_card", "iban", "ssn", "ip_address", "api_key"], ...] = (
-        "email", "phone", "credit_card", "iban", "ssn", "ip_address", "api_key")
+        "email",
+        "phone",
+        "credit_card",
+        "iban",
+        "ssn",
+        "ip_address",
+        "api_key",
+    )
     rules: dict[str, str] = Field(default_factory=dict, description="kind name -> regular expression")
     words: tuple[str, ...] = Field(default=(), description="matched as whole words, case-insensitively")
 
@@ -77,13 +92,22 @@ class GuardrailConfig(_Frozen):
 
     alias: str = Field(min_length=1)
     on: Literal["input", "output", "both"] = "input"
-    block_if: str = Field(default=r"(?i)^\s*unsafe", description="regex on the moderation model's answer "
-                          "(the default fits Llama Guard's 'safe' / 'unsafe\\nS1')")
+    block_if: str = Field(
+        default=r"(?i)^\s*unsafe",
+        description="regex on the moderation model's answer "
+        "(the default fits Llama Guard's 'safe' / 'unsafe\\nS1')",
+    )
     instructions: str = Field(default="", description="a system message sent to the moderation model first")
-    stream_window_chars: int = Field(default=400, ge=1, description="output streams: text is held back and "
-                                     "judged this many characters at a time (and at the end)")
-    stream_action: Literal["end", "redact"] = Field(default="end", description="an unsafe window of a stream: "
-                                                    "end it with an error event, or send it as [redacted]")
+    stream_window_chars: int = Field(
+        default=400,
+        ge=1,
+        description="output streams: text is held back and "
+        "judged this many characters at a time (and at the end)",
+    )
+    stream_action: Literal["end", "redact"] = Field(
+        default="end",
+        description="an unsafe window of a stream: end it with an error event, or send it as [redacted]",
+    )
 
 
 class DataKey(_Frozen):
@@ -107,7 +131,9 @@ class EncryptionConfig(_Frozen):
 class KeyScope(_Frozen):
     """``tenants[].key_scopes.<key id>``: what one tenant key may call, and until when."""
 
-    endpoints: tuple[str, ...] | None = Field(default=None, description="e.g. [embeddings]; None: every endpoint")
+    endpoints: tuple[str, ...] | None = Field(
+        default=None, description="e.g. [embeddings]; None: every endpoint"
+    )
     expires: datetime.datetime | None = Field(default=None, description="ISO 8601 with a time zone")
 
 
@@ -115,5 +141,7 @@ class AuditConfig(_Frozen):
     """``audit``: the hash-chained audit log (gateway/security/audit.py)."""
 
     enabled: bool = True
-    path: str = os.path.join(os.environ.get("XDG_STATE_HOME") or "~/.local/state", "llm-gateway", "audit.jsonl")
+    path: str = os.path.join(
+        os.environ.get("XDG_STATE_HOME") or "~/.local/state", "llm-gateway", "audit.jsonl"
+    )
     retention_days: float = Field(default=365, gt=0)

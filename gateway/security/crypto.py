@@ -71,7 +71,12 @@ class Keyring:
         """``seal`` without the text armour (files): key id length, key id, nonce, ciphertext and tag."""
         key_id = self._sealing.encode()
         nonce = os.urandom(12)
-        return bytes([len(key_id)]) + key_id + nonce + self._ciphers[self._sealing].encrypt(nonce, plaintext, context)
+        return (
+            bytes([len(key_id)])
+            + key_id
+            + nonce
+            + self._ciphers[self._sealing].encrypt(nonce, plaintext, context)
+        )
 
     def open_binary(self, blob: bytes, context: bytes) -> bytes | None:
         if not blob:
@@ -81,7 +86,7 @@ class Keyring:
         if cipher is None or len(blob) < end + 12 + 16:
             return None
         try:
-            return cipher.decrypt(blob[end:end + 12], blob[end + 12:], context)
+            return cipher.decrypt(blob[end : end + 12], blob[end + 12 :], context)
         except InvalidTag:
             return None
 
@@ -89,7 +94,7 @@ class Keyring:
         """The plaintext; None for a value not sealed here, sealed with a key no longer configured, or altered."""
         if not blob.startswith(MAGIC):
             return None
-        key_id, dot, text = blob[len(MAGIC):].partition(b".")
+        key_id, dot, text = blob[len(MAGIC) :].partition(b".")
         cipher = self._ciphers.get(key_id.decode(errors="replace")) if dot else None
         try:
             rest = base64.b64decode(text, validate=True)

@@ -21,11 +21,19 @@ async def handle(request: web.Request) -> web.Response:
     tenant = request.match_info["tenant"]
     if not any(t.name == tenant for t in gateway.loaded.config.tenants):
         raise NotFound(f"No tenant named {tenant!r}.", param="tenant")
-    erased = {"cache_entries": await gateway.pipeline.cache.purge(tenant),
-              "stored_responses": await request.app[STORE].erase(tenant) if STORE in request.app else 0}
+    erased = {
+        "cache_entries": await gateway.pipeline.cache.purge(tenant),
+        "stored_responses": await request.app[STORE].erase(tenant) if STORE in request.app else 0,
+    }
     log = request.app.get(REQUEST_LOG)
     erased["request_log_records"] = await asyncio.to_thread(log.erase, tenant) if log is not None else 0
     request[RECORD].status = 200
-    return web.json_response({"object": "tenant.data.erased", "tenant": tenant, "erased": erased,
-                              "kept": {"usage_ledger": "billing records (tokens, cost) are kept for invoicing"}},
-                             headers={"x-request-id": request[RECORD].request_id})
+    return web.json_response(
+        {
+            "object": "tenant.data.erased",
+            "tenant": tenant,
+            "erased": erased,
+            "kept": {"usage_ledger": "billing records (tokens, cost) are kept for invoicing"},
+        },
+        headers={"x-request-id": request[RECORD].request_id},
+    )

@@ -21,7 +21,7 @@ from aiohttp.web_response import Response, StreamResponse
 from ..logs import get_logger
 from .config import ListenerLimits
 
-FD_RESERVE = 128   # log files, the request log's SQLite, Redis, the listeners, the event loop's own
+FD_RESERVE = 128  # log files, the request log's SQLite, Redis, the listeners, the event loop's own
 
 
 class ConnectionGuard:
@@ -62,19 +62,37 @@ class ConnectionGuard:
 
 
 class _Handler(RequestHandler):
-    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> StreamResponse:
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> StreamResponse:
         """A request aiohttp could not parse or handle: an OpenAI-shaped error that echoes nothing of the
         request (aiohttp's own answer and log line quote the offending header, an API key included)."""
         if request.writer.output_size > 0:
             raise ConnectionError("the response had started; no error answer can follow")
-        get_logger().warning("malformed request" if status < 500 else "request failed outside the app",
-                             remote=request.remote, status=status, reason=type(exc).__name__ if exc else None)
-        error = {"error": {"message": "Malformed HTTP request." if status < 500 else "Internal error.",
-                           "type": "invalid_request_error" if status < 500 else "api_error",
-                           "param": None, "code": "malformed_request" if status < 500 else "internal_error"}}
-        response = Response(status=status, body=orjson.dumps(error), content_type="application/json",
-                            headers={"Server": "llm-gateway"})
+        get_logger().warning(
+            "malformed request" if status < 500 else "request failed outside the app",
+            remote=request.remote,
+            status=status,
+            reason=type(exc).__name__ if exc else None,
+        )
+        error = {
+            "error": {
+                "message": "Malformed HTTP request." if status < 500 else "Internal error.",
+                "type": "invalid_request_error" if status < 500 else "api_error",
+                "param": None,
+                "code": "malformed_request" if status < 500 else "internal_error",
+            }
+        }
+        response = Response(
+            status=status,
+            body=orjson.dumps(error),
+            content_type="application/json",
+            headers={"Server": "llm-gateway"},
+        )
         response.force_close()
         return response
 
@@ -112,6 +130,10 @@ def fd_budget(limits: ListenerLimits, upstream_connections: int) -> int:
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return limits.max_connections
     allowed = max(1, soft - upstream_connections - FD_RESERVE)
-    get_logger().warning("file descriptor limit below the configured connections; client connections capped",
-                         nofile=soft, max_connections=limits.max_connections, capped_to=allowed)
+    get_logger().warning(
+        "file descriptor limit below the configured connections; client connections capped",
+        nofile=soft,
+        max_connections=limits.max_connections,
+        capped_to=allowed,
+    )
     return allowed

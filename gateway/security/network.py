@@ -32,7 +32,7 @@ class Allowlist:
 
 class Peer(NamedTuple):  # a NamedTuple: built on every request, and a frozen dataclass costs 4x more to make
     ip: IPAddress | None
-    cert_fingerprint: str | None = None   # "sha256:<hex>" of a verified client certificate (mTLS)
+    cert_fingerprint: str | None = None  # "sha256:<hex>" of a verified client certificate (mTLS)
     cert_cn: str | None = None
 
     @property
@@ -56,7 +56,9 @@ def peer_of(request: web.BaseRequest, trusted_proxies: Allowlist) -> Peer:
             if not trusted_proxies.admits(hop_ip):
                 break
     fingerprint = cn = None
-    ssl_object: ssl.SSLObject | None = request.transport.get_extra_info("ssl_object") if request.transport else None
+    ssl_object: ssl.SSLObject | None = (
+        request.transport.get_extra_info("ssl_object") if request.transport else None
+    )
     if ssl_object is not None:
         der = ssl_object.getpeercert(binary_form=True)
         if der:  # only a certificate the CA verified gets here

@@ -69,13 +69,19 @@ def _phone(text: str) -> bool:
 
 _PATTERNS: dict[str, tuple[str, Callable[[str], bool] | None]] = {
     "email": (r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", None),
-    "api_key": (r"\b(?:sk-(?:ant-|proj-)?[A-Za-z0-9_-]{16,}|gw-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|"
-                r"ghp_[A-Za-z0-9]{36}|xox[bpas]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})", None),
+    "api_key": (
+        r"\b(?:sk-(?:ant-|proj-)?[A-Za-z0-9_-]{16,}|gw-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|"
+        r"ghp_[A-Za-z0-9]{36}|xox[bpas]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})",
+        None,
+    ),
     "iban": (r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b", _iban),
     "credit_card": (r"\b\d(?:[ -]?\d){12,18}\b", _luhn),
     "ssn": (r"\b\d{3}-\d{2}-\d{4}\b", _ssn),
     "ip_address": (r"\b(?:\d{1,3}\.){3}\d{1,3}\b|\b[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}\b", _ip),
-    "phone": (r"(?<![\w+])(?:\+\d{1,3}[ .-]?\d{1,4}|\(\d{1,4}\)|\d{2,5})(?:[ .-]\d{2,6}){1,4}(?![\w-])", _phone),
+    "phone": (
+        r"(?<![\w+])(?:\+\d{1,3}[ .-]?\d{1,4}|\(\d{1,4}\)|\d{2,5})(?:[ .-]\d{2,6}){1,4}(?![\w-])",
+        _phone,
+    ),
 }
 
 
@@ -83,10 +89,14 @@ class Detector:
     """Finds PII spans in text. ``kinds``: which built-in kinds; ``rules``: name -> regex; ``words``: matched
     whole-word and case-insensitively (kind ``word``)."""
 
-    def __init__(self, kinds: Iterable[str] = KINDS, rules: dict[str, str] | None = None,
-                 words: Iterable[str] = ()) -> None:
+    def __init__(
+        self, kinds: Iterable[str] = KINDS, rules: dict[str, str] | None = None, words: Iterable[str] = ()
+    ) -> None:
         checks: list[tuple[str, re.Pattern[str], Callable[[str], bool] | None]] = [
-            (kind, re.compile(_PATTERNS[kind][0]), _PATTERNS[kind][1]) for kind in _PATTERNS if kind in set(kinds)]
+            (kind, re.compile(_PATTERNS[kind][0]), _PATTERNS[kind][1])
+            for kind in _PATTERNS
+            if kind in set(kinds)
+        ]
         checks += [(name, re.compile(pattern), None) for name, pattern in (rules or {}).items()]
         listed = [w for w in words if w]
         if listed:

@@ -21,7 +21,7 @@ from errors import InvalidRequest
 from .config import PIIConfig
 from .pii import Detector
 
-_PARTIAL = re.compile(r"\[[A-Z_]*\d*$")   # the start of a placeholder at the end of streamed text
+_PARTIAL = re.compile(r"\[[A-Z_]*\d*$")  # the start of a placeholder at the end of streamed text
 
 
 class Masker:
@@ -29,8 +29,8 @@ class Masker:
 
     def __init__(self, detector: Detector) -> None:
         self._detector = detector
-        self.placeholders: dict[str, str] = {}   # value -> placeholder
-        self.values: dict[str, str] = {}         # placeholder -> value
+        self.placeholders: dict[str, str] = {}  # value -> placeholder
+        self.values: dict[str, str] = {}  # placeholder -> value
         self.kinds: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
 
@@ -40,14 +40,14 @@ class Masker:
             return text
         out, last = [], 0
         for span in spans:
-            value = text[span.start:span.end]
+            value = text[span.start : span.end]
             placeholder = self.placeholders.get(value)
             if placeholder is None:
                 count = sum(1 for p in self.values if p.startswith(f"[{span.kind.upper()}_")) + 1
                 placeholder = f"[{span.kind.upper()}_{count}]"
                 self.placeholders[value], self.values[placeholder] = placeholder, value
             self.kinds.add(span.kind)
-            out += [text[last:span.start], placeholder]
+            out += [text[last : span.start], placeholder]
             last = span.end
         out.append(text[last:])
         self._pattern = None
@@ -72,12 +72,18 @@ def map_texts(endpoint: Endpoint, body: dict[str, Any], change: Callable[[str], 
             if isinstance(content, str):
                 message = {**message, "content": change(content)}
             elif isinstance(content, list):
-                message = {**message, "content": [
-                    {**part, "text": change(part["text"])} if isinstance(part, dict) and
-                    isinstance(part.get("text"), str) else part for part in content]}
+                message = {
+                    **message,
+                    "content": [
+                        {**part, "text": change(part["text"])}
+                        if isinstance(part, dict) and isinstance(part.get("text"), str)
+                        else part
+                        for part in content
+                    ],
+                }
             messages.append(message)
         body["messages"] = messages
-    elif endpoint is Endpoint.RESPONSES:   # instructions, and the input: a string or items
+    elif endpoint is Endpoint.RESPONSES:  # instructions, and the input: a string or items
         if isinstance(body.get("instructions"), str):
             body["instructions"] = change(body["instructions"])
         value = body.get("input")
@@ -102,8 +108,15 @@ def _item_texts(item: dict[str, Any], change: Callable[[str], str]) -> dict[str,
     if isinstance(content, str):
         item = {**item, "content": change(content)}
     elif isinstance(content, list):
-        item = {**item, "content": [{**part, "text": change(part["text"])} if isinstance(part, dict) and
-                                    isinstance(part.get("text"), str) else part for part in content]}
+        item = {
+            **item,
+            "content": [
+                {**part, "text": change(part["text"])}
+                if isinstance(part, dict) and isinstance(part.get("text"), str)
+                else part
+                for part in content
+            ],
+        }
     if isinstance(item.get("output"), str):
         item = {**item, "output": change(item["output"])}
     return item
@@ -121,8 +134,11 @@ class Privacy:
         masker = Masker(self.detector)
         masked = map_texts(endpoint, body, masker.mask)
         if self.mode == "block" and masker.kinds:
-            raise InvalidRequest(f"The request contains personal data ({', '.join(sorted(masker.kinds))}); this "
-                                 "tenant's policy refuses it.", code="pii_detected")
+            raise InvalidRequest(
+                f"The request contains personal data ({', '.join(sorted(masker.kinds))}); this "
+                "tenant's policy refuses it.",
+                code="pii_detected",
+            )
         return (masked if self.mode == "mask" else body), masker
 
 
@@ -140,7 +156,7 @@ def restored(answer: UpstreamResponse, masker: Masker) -> UpstreamResponse:
 
 async def _restore_stream(chunks: AsyncIterator[bytes], masker: Masker) -> AsyncIterator[bytes]:
     decoder = sse.Decoder()
-    held: dict[tuple[int, str], str] = {}   # (choice, field) -> text not yet sent: maybe half a placeholder
+    held: dict[tuple[int, str], str] = {}  # (choice, field) -> text not yet sent: maybe half a placeholder
     async for chunk in chunks:
         out = b"".join(_event(event, masker, held) for event in decoder.feed(chunk))
         if out:
@@ -158,7 +174,7 @@ def _event(event: sse.Event, masker: Masker, held: dict[tuple[int, str], str]) -
     if not isinstance(chunk, dict):
         return sse.encode(event.data, event=event.event)
     kind = chunk.get("type")
-    if isinstance(kind, str) and kind.startswith("response."):   # the Responses API's own stream
+    if isinstance(kind, str) and kind.startswith("response."):  # the Responses API's own stream
         return _responses_event(event, chunk, kind, masker, held)
     if kind == "content_block_delta" and isinstance(chunk.get("delta"), dict):
         # Anthropic's own stream (native /v1/messages): a text block's deltas, closed by content_block_stop
@@ -176,8 +192,9 @@ def _event(event: sse.Event, masker: Masker, held: dict[tuple[int, str], str]) -
     return sse.encode(orjson.dumps(chunk), event=event.event)
 
 
-def _responses_event(event: sse.Event, chunk: dict[str, Any], kind: str, masker: Masker,
-                     held: dict[tuple[int, str], str]) -> bytes:
+def _responses_event(
+    event: sse.Event, chunk: dict[str, Any], kind: str, masker: Masker, held: dict[tuple[int, str], str]
+) -> bytes:
     """A text delta restored as a chat delta is; any other event (``*.done``, ``response.completed``: whole
     texts) restored everywhere, after a delta with what its block held back."""
     slot = (int(chunk.get("output_index") or 0) * 1000 + int(chunk.get("content_index") or 0), "delta")
@@ -186,7 +203,9 @@ def _responses_event(event: sse.Event, chunk: dict[str, Any], kind: str, masker:
         return sse.encode(orjson.dumps(chunk), event=event.event)
     before = b""
     if kind.endswith(".done") and slot in held:
-        rest: dict[str, Any] = {k: chunk[k] for k in ("item_id", "output_index", "content_index", "sequence_number") if k in chunk}
+        rest: dict[str, Any] = {
+            k: chunk[k] for k in ("item_id", "output_index", "content_index", "sequence_number") if k in chunk
+        }
         rest.update(type=kind[:-5] + ".delta", delta=masker.restore(held.pop(slot)))
         before = sse.encode(orjson.dumps(rest), event=rest["type"])
     data = event.data
@@ -195,12 +214,18 @@ def _responses_event(event: sse.Event, chunk: dict[str, Any], kind: str, masker:
     return before + sse.encode(data, event=event.event)
 
 
-def _restore(container: dict[str, Any], field: str, slot: tuple[int, str], finished: bool, masker: Masker,
-             held: dict[tuple[int, str], str]) -> None:
+def _restore(
+    container: dict[str, Any],
+    field: str,
+    slot: tuple[int, str],
+    finished: bool,
+    masker: Masker,
+    held: dict[tuple[int, str], str],
+) -> None:
     text = container.get(field)
     pending = held.pop(slot, "") + (text if isinstance(text, str) else "")
     partial = None if finished else _PARTIAL.search(pending)
     if partial is not None:
-        held[slot] = pending[partial.start():]
-        pending = pending[:partial.start()]
+        held[slot] = pending[partial.start() :]
+        pending = pending[: partial.start()]
     container[field] = masker.restore(pending)

@@ -46,8 +46,11 @@ class Retention:
             files += await self._files.drop_expired(tenant.name)
         records = 0
         if self._log is not None:
-            days = {t.name: t.retention_days for t in config.tenants
-                    if t.retention_days is not None and t.retention_days < config.request_log.retention_days}
+            days = {
+                t.name: t.retention_days
+                for t in config.tenants
+                if t.retention_days is not None and t.retention_days < config.request_log.retention_days
+            }
             if days:
                 records = await self._log.prune(days, self._clock.time())
         return {"files": files, "request_log_records": records}
@@ -57,8 +60,9 @@ class Retention:
             await asyncio.sleep(SWEEP_EVERY_S)
             try:
                 await self.sweep()
-            except Exception:   # a store or disk error: the next sweep tries again
+            except Exception:  # a store or disk error: the next sweep tries again
                 from ..logs import get_logger
+
                 get_logger().exception("retention sweep failed")
 
 

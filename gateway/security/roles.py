@@ -22,8 +22,17 @@ from typing import Literal
 Role = Literal["admin", "operator", "billing", "viewer"]
 
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "admin": frozenset({"usage.read", "deployments.read", "requests.read", "metrics.read", "cache.purge",
-                        "tenants.erase", "audit.read"}),
+    "admin": frozenset(
+        {
+            "usage.read",
+            "deployments.read",
+            "requests.read",
+            "metrics.read",
+            "cache.purge",
+            "tenants.erase",
+            "audit.read",
+        }
+    ),
     "operator": frozenset({"usage.read", "deployments.read", "requests.read", "metrics.read", "cache.purge"}),
     "billing": frozenset({"usage.read", "metrics.read"}),
     "viewer": frozenset({"usage.read", "deployments.read", "requests.read", "metrics.read"}),

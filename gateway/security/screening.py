@@ -58,8 +58,14 @@ class Screen:
         return answer
 
 
-async def inbound(pipeline: Pipeline, tenant: TenantConfig, key_id: str, endpoint: Endpoint,
-                  body: dict[str, Any], record: RequestRecord) -> Screen:
+async def inbound(
+    pipeline: Pipeline,
+    tenant: TenantConfig,
+    key_id: str,
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    record: RequestRecord,
+) -> Screen:
     if tenant.pii is None and tenant.guardrail is None:
         return Screen(body, body)
     screen = Screen(body, body, guardrail=tenant.guardrail, pipeline=pipeline)
@@ -68,14 +74,22 @@ async def inbound(pipeline: Pipeline, tenant: TenantConfig, key_id: str, endpoin
         screen.body = sent
         screen.logged = sent if sent is not body else map_texts(endpoint, body, screen.masker.mask)
     if tenant.guardrail is not None:
-        screen.call = Call(record=record, tenant=tenant.name, key_id=key_id, alias=tenant.guardrail.alias,
-                           endpoint=Endpoint.CHAT, body={}, stream=False)
+        screen.call = Call(
+            record=record,
+            tenant=tenant.name,
+            key_id=key_id,
+            alias=tenant.guardrail.alias,
+            endpoint=Endpoint.CHAT,
+            body={},
+            stream=False,
+        )
         if tenant.guardrail.on != "output":
             texts: list[str] = []
 
             def collect(text: str) -> str:
                 texts.append(text)
                 return text
+
             map_texts(endpoint, screen.body, collect)
             await _judge(screen, "\n".join(texts))
     return screen
@@ -83,17 +97,33 @@ async def inbound(pipeline: Pipeline, tenant: TenantConfig, key_id: str, endpoin
 
 def _answer_text(data: dict[str, Any]) -> str:
     """The text of a whole answer: OpenAI's choices, Anthropic's content blocks, the Responses API's output."""
-    texts = [str((c.get("message") or {}).get("content") or c.get("text") or "") for c in data.get("choices") or ()]
+    texts = [
+        str((c.get("message") or {}).get("content") or c.get("text") or "") for c in data.get("choices") or ()
+    ]
     blocks = data.get("content")
-    texts += [str(b.get("text")) for b in (blocks if isinstance(blocks, list) else ()) if isinstance(b, dict) and b.get("text")]
+    texts += [
+        str(b.get("text"))
+        for b in (blocks if isinstance(blocks, list) else ())
+        if isinstance(b, dict) and b.get("text")
+    ]
     for item in data.get("output") or ():
         if isinstance(item, dict):
-            texts += [str(p.get("text")) for p in item.get("content") or () if isinstance(p, dict) and p.get("text")]
+            texts += [
+                str(p.get("text")) for p in item.get("content") or () if isinstance(p, dict) and p.get("text")
+            ]
     return "\n".join(texts)
 
 
-_STREAM_ENDS = frozenset({"message_delta", "message_stop", "response.completed", "response.incomplete",
-                          "response.output_text.done", "response.output_item.done"})
+_STREAM_ENDS = frozenset(
+    {
+        "message_delta",
+        "message_stop",
+        "response.completed",
+        "response.incomplete",
+        "response.output_text.done",
+        "response.output_item.done",
+    }
+)
 
 
 async def _judged(screen: Screen, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -111,16 +141,19 @@ async def _judged(screen: Screen, chunks: AsyncIterator[bytes]) -> AsyncIterator
         text = "".join(container[field] for _, _, deltas in held for container, field in deltas)
         out, native_responses = [], False
         if text and await _verdict(screen, text):
-            native_responses = any(isinstance(o, dict) and str(o.get("type", "")).startswith("response.")
-                                   for _, o, _ in held)
-            if guard.stream_action == "end" or native_responses:   # its .done events repeat the whole text
+            native_responses = any(
+                isinstance(o, dict) and str(o.get("type", "")).startswith("response.") for _, o, _ in held
+            )
+            if guard.stream_action == "end" or native_responses:  # its .done events repeat the whole text
                 raise _blocked("The answer was stopped by this tenant's content guardrail.")
             first = True
             for _, _, deltas in held:
                 for container, field in deltas:
                     container[field], first = (REDACTED if first else ""), False
         for event, obj, deltas in held:
-            out.append(sse.encode(orjson.dumps(obj), event.event) if deltas else sse.encode(event.data, event.event))
+            out.append(
+                sse.encode(orjson.dumps(obj), event.event) if deltas else sse.encode(event.data, event.event)
+            )
         held.clear()
         size = 0
         return b"".join(out)
@@ -139,7 +172,7 @@ async def _judged(screen: Screen, chunks: AsyncIterator[bytes]) -> AsyncIterator
             held.append((event, obj, deltas))
             size += sum(len(c[f]) for c, f in deltas)
             if size >= guard.stream_window_chars or event.done or _ends(obj):
-                if out:   # what was judged safe goes out before a verdict that may end the stream
+                if out:  # what was judged safe goes out before a verdict that may end the stream
                     yield b"".join(out)
                 out = [await release()]
         if out:
@@ -174,11 +207,27 @@ async def _verdict(screen: Screen, text: str) -> bool:
     guard, parent, pipeline = screen.guardrail, screen.call, screen.pipeline
     assert guard is not None and parent is not None and pipeline is not None
     messages = [{"role": "system", "content": guard.instructions}] if guard.instructions else []
-    record = RequestRecord(request_id=f"{parent.record.request_id}-guardrail", started=time.perf_counter(),
-                           endpoint="guardrail", tenant=parent.tenant, key_id=parent.key_id, alias=guard.alias)
-    call = Call(record=record, tenant=parent.tenant, key_id=parent.key_id, alias=guard.alias,
-                endpoint=Endpoint.CHAT, stream=False,
-                body={"model": guard.alias, "temperature": 0, "messages": [*messages, {"role": "user", "content": text}]})
+    record = RequestRecord(
+        request_id=f"{parent.record.request_id}-guardrail",
+        started=time.perf_counter(),
+        endpoint="guardrail",
+        tenant=parent.tenant,
+        key_id=parent.key_id,
+        alias=guard.alias,
+    )
+    call = Call(
+        record=record,
+        tenant=parent.tenant,
+        key_id=parent.key_id,
+        alias=guard.alias,
+        endpoint=Endpoint.CHAT,
+        stream=False,
+        body={
+            "model": guard.alias,
+            "temperature": 0,
+            "messages": [*messages, {"role": "user", "content": text}],
+        },
+    )
     async with pipeline.answer(call) as answer:
         data = answer.data if answer.data is not None else orjson.loads(answer.body or b"{}")
     choices = data.get("choices") or [{}]

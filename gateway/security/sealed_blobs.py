@@ -42,8 +42,10 @@ class SealedBlobs:
                 pending += chunk
                 if len(pending) > FRAME:
                     whole = len(pending) - len(pending) % FRAME
-                    out = [self._frame(key, index + i, bytes(pending[at:at + FRAME]), False)
-                           for i, at in enumerate(range(0, whole, FRAME))]
+                    out = [
+                        self._frame(key, index + i, bytes(pending[at : at + FRAME]), False)
+                        for i, at in enumerate(range(0, whole, FRAME))
+                    ]
                     index += len(out)
                     del pending[:whole]
                     yield b"".join(out)
@@ -58,11 +60,13 @@ class SealedBlobs:
             buf += chunk
             at, out = 0, []
             while len(buf) - at >= 5 and not ended:
-                length = int.from_bytes(buf[at:at + 4], "big")
+                length = int.from_bytes(buf[at : at + 4], "big")
                 if len(buf) - at - 4 < length:
                     break
-                flag = bytes(buf[at + 4:at + 5])
-                plain = self._keyring.open_binary(bytes(buf[at + 5:at + 4 + length]), f"{key}:{index}:".encode() + flag)
+                flag = bytes(buf[at + 4 : at + 5])
+                plain = self._keyring.open_binary(
+                    bytes(buf[at + 5 : at + 4 + length]), f"{key}:{index}:".encode() + flag
+                )
                 if plain is None:
                     raise FileNotFoundError(f"blob {key} does not open with the configured keys")
                 out.append(plain)

@@ -16,8 +16,12 @@ def register(config: GatewayConfig) -> None:
     values: list[str | None] = list(config.tracing.headers.values())
     for alias in config.models:
         for deployment in alias.deployments:
-            values += [deployment.api_key, deployment.aws_secret_access_key, deployment.aws_session_token,
-                       *deployment.headers.values()]
+            values += [
+                deployment.api_key,
+                deployment.aws_secret_access_key,
+                deployment.aws_session_token,
+                *deployment.headers.values(),
+            ]
             if deployment.proxy is not None and "@" in deployment.proxy:  # user:password@ in the proxy URL
                 values.append(deployment.proxy)
     for url in (config.stores.redis_url, config.request_log.dsn):

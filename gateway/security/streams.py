@@ -56,7 +56,9 @@ class StreamScrubber:
         tables = _tables_for(known)
         self._text, self._bytes = tables.text, tables.bytes
         self._prefixes, self._starts, self._longest = tables.prefixes, tables.starts, tables.longest
-        self._held: dict[tuple[Any, ...], tuple[str, str, bytes]] = {}   # block -> (text, event name, template)
+        self._held: dict[
+            tuple[Any, ...], tuple[str, str, bytes]
+        ] = {}  # block -> (text, event name, template)
 
     def event(self, event: sse.Event) -> bytes:
         """The event, scrubbed, after any held text of the blocks it ends."""
@@ -80,7 +82,7 @@ class StreamScrubber:
             pending = self._text.sub(secrets.REDACTED, self._held.pop(block, ("",))[0] + text)
             keep = self._prefix_len(pending)
             if keep:
-                container[field] = _MARK   # the template of the delta that will carry the held text
+                container[field] = _MARK  # the template of the delta that will carry the held text
                 self._held[block] = (pending[-keep:], event.event, orjson.dumps(obj))
                 pending = pending[:-keep]
             if pending != text or keep:
@@ -111,7 +113,7 @@ def deltas(obj: dict[str, Any]) -> list[tuple[tuple[Any, ...], dict[str, Any], s
     """(block, container, field) of each text delta in one event of any of the three stream formats."""
     found: list[tuple[tuple[Any, ...], dict[str, Any], str]] = []
     choices = obj.get("choices")
-    if choices:   # OpenAI chat and completions: first, the hot path
+    if choices:  # OpenAI chat and completions: first, the hot path
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
@@ -129,13 +131,13 @@ def deltas(obj: dict[str, Any]) -> list[tuple[tuple[Any, ...], dict[str, Any], s
                 found.append((("c", index, "text"), choice, "text"))
         return found
     kind = obj.get("type")
-    if kind == "content_block_delta":   # Anthropic: text, thinking, a tool's input JSON
+    if kind == "content_block_delta":  # Anthropic: text, thinking, a tool's input JSON
         delta = obj.get("delta")
         if isinstance(delta, dict):
             for field in ("text", "thinking", "partial_json"):
                 if isinstance(delta.get(field), str):
                     found.append((("a", obj.get("index"), field), delta, field))
-    elif isinstance(kind, str) and kind.endswith(".delta") and isinstance(obj.get("delta"), str):   # Responses
+    elif isinstance(kind, str) and kind.endswith(".delta") and isinstance(obj.get("delta"), str):  # Responses
         found.append((("r", obj.get("output_index"), obj.get("content_index"), kind), obj, "delta"))
     return found
 
@@ -192,7 +194,13 @@ def scrub_whole(answer: UpstreamResponse) -> None:
     if not known or answer.chunks is not None:
         return
     tables = _tables_for(known)
-    raw = answer.body if answer.body is not None else orjson.dumps(answer.data) if answer.data is not None else b""
+    raw = (
+        answer.body
+        if answer.body is not None
+        else orjson.dumps(answer.data)
+        if answer.data is not None
+        else b""
+    )
     if not any(secret in raw for secret in tables.encoded):
         return
     raw = tables.bytes.sub(secrets.REDACTED.encode(), raw)

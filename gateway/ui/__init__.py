@@ -15,8 +15,7 @@ async def _serve(request: web.Request) -> web.Response:
     name = request.match_info.get("name") or "index.html"
     if name not in _FILES:
         raise web.HTTPNotFound()
-    return web.Response(body=_FILES[name], content_type=_TYPES[name],
-                        headers={"Cache-Control": "no-cache"})
+    return web.Response(body=_FILES[name], content_type=_TYPES[name], headers={"Cache-Control": "no-cache"})
 
 
 def add_routes(app: web.Application) -> None:

@@ -60,7 +60,9 @@ class KVConnector(ABC):
         self.taken_total = 0
         self.expired_total = 0
 
-    def save(self, handoff_id: str, token_ids: list[int], kv_caches: KVCaches, block_ids: list[int]) -> dict[str, Any]:
+    def save(
+        self, handoff_id: str, token_ids: list[int], kv_caches: KVCaches, block_ids: list[int]
+    ) -> dict[str, Any]:
         """Copy ``block_ids`` out of ``kv_caches``; return the ``kv_transfer_params`` a decode worker loads from."""
         layout = KVLayout.of(token_ids, kv_caches, len(block_ids))
         data, params = self._store(handoff_id, layout, kv_caches, block_ids)

@@ -51,8 +51,12 @@ class KVLayout:
     def from_json(cls, d: dict[str, Any]) -> KVLayout:
         if d.get("dtype") not in _DTYPES:
             raise ValueError(f"unsupported KV dtype {d.get('dtype')!r}")
-        return cls(tuple(int(t) for t in d["token_ids"]), int(d["block_size"]), d["dtype"],
-                   tuple(int(s) for s in d["shape"]))
+        return cls(
+            tuple(int(t) for t in d["token_ids"]),
+            int(d["block_size"]),
+            d["dtype"],
+            tuple(int(s) for s in d["shape"]),
+        )
 
     def check_fits(self, kv_caches: KVCaches) -> None:
         """Raise ValueError when this handoff cannot go into ``kv_caches`` (another model or dtype)."""

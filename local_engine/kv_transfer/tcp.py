@@ -55,7 +55,9 @@ class TcpConnector(KVConnector):
 
     transport = "tcp"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, advertise_host: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, advertise_host: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.host = host
         self.port = port

@@ -45,8 +45,12 @@ _CACHEABLE = (Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.RESPONSES, Endpoint.M
 # Native formats' answers (passed through to OpenAI's Responses API, Anthropic's Messages API) are kept whole,
 # exact tier only; their handlers write a hit back in the format's stream when the client streams.
 _NATIVE = (Endpoint.RESPONSES, Endpoint.MESSAGES)
-_KINDS = {Endpoint.CHAT: "chat", Endpoint.EMBEDDINGS: "embeddings", Endpoint.RESPONSES: "responses",
-          Endpoint.MESSAGES: "messages"}
+_KINDS = {
+    Endpoint.CHAT: "chat",
+    Endpoint.EMBEDDINGS: "embeddings",
+    Endpoint.RESPONSES: "responses",
+    Endpoint.MESSAGES: "messages",
+}
 
 
 @dataclass(slots=True)
@@ -64,9 +68,15 @@ class _Pending:
 class ResponseCache:
     """The pipeline's cache policy: ``lookup`` before the upstream, ``store`` after a completed answer."""
 
-    def __init__(self, config: CacheConfig | None = None, *, tenants: Mapping[str, CacheOverride | None] = {},
-                 aliases: Mapping[str, CacheOverride | None] = {}, stores: StoreLayer | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: CacheConfig | None = None,
+        *,
+        tenants: Mapping[str, CacheOverride | None] = {},
+        aliases: Mapping[str, CacheOverride | None] = {},
+        stores: StoreLayer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         """``stores``: the process's store layer; answers go to its Redis when it has one, else to this
         process's memory. ``clock``: the wall clock exact entries expire by (Redis also drops them at their TTL;
         the semantic index reads the machine's)."""
@@ -77,8 +87,11 @@ class ResponseCache:
         self._settings: dict[tuple[str, str], Settings] = {}
         caps = Caps(self.config.max_entries, self.config.max_bytes, self.config.max_entry_bytes)
         self._clock = clock  # what entries expire by (exact and semantic tiers alike)
-        self.answers: AnswerStore = (RedisStore(stores, caps, clock=clock) if stores is not None and stores.shared
-                                     else MemoryStore(caps, clock))
+        self.answers: AnswerStore = (
+            RedisStore(stores, caps, clock=clock)
+            if stores is not None and stores.shared
+            else MemoryStore(caps, clock)
+        )
         # what some tenant and alias may use decides what is built: no model is loaded for nobody
         pairs = combinations(self.config, self._tenants.values(), self._aliases.values())
         self.enabled = any(c.enabled for c in pairs)
@@ -86,7 +99,9 @@ class ResponseCache:
         self.embedder: Any = None
         self.index: Any = None
         self.index_ready = False
-        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # query vectors kept from lookup for store
+        self._vectors: OrderedDict[str, np.ndarray] = (
+            OrderedDict()
+        )  # query vectors kept from lookup for store
         self._queue: asyncio.Queue[_Pending] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.dropped = 0
@@ -133,11 +148,13 @@ class ResponseCache:
             raw = await self.answers.get(entry_key(call.tenant, call.alias, identity.key))
             if raw is not None:
                 return self._hit(call, raw, "hit-exact", None)
-            if call.endpoint in _NATIVE or \
-                    not (self._semantic_question(settings, identity) and self.index_ready and self.embedder.loaded):
+            if call.endpoint in _NATIVE or not (
+                self._semantic_question(settings, identity) and self.index_ready and self.embedder.loaded
+            ):
                 return None
-            return await asyncio.wait_for(self._semantic(call, settings, identity),
-                                          self.config.semantic.timeout_s)
+            return await asyncio.wait_for(
+                self._semantic(call, settings, identity), self.config.semantic.timeout_s
+            )
         except GatewayError:  # the store is away and fails closed: the request is refused (503)
             raise
         except Exception as exc:
@@ -153,15 +170,29 @@ class ResponseCache:
         shipped = verifier.operating_point(settings.mode)
         threshold = settings.threshold if settings.threshold is not None else shipped.threshold
         semantic = self.config.semantic
-        min_probability = semantic.min_probability if semantic.min_probability is not None \
-            else shipped.min_probability
-        candidates = await self.index.search(vector, tenant=call.tenant, alias=call.alias,
-                                             fingerprint=identity.fingerprint, threshold=threshold,
-                                             limit=semantic.candidates)
+        min_probability = (
+            semantic.min_probability if semantic.min_probability is not None else shipped.min_probability
+        )
+        candidates = await self.index.search(
+            vector,
+            tenant=call.tenant,
+            alias=call.alias,
+            fingerprint=identity.fingerprint,
+            threshold=threshold,
+            limit=semantic.candidates,
+        )
         for candidate in candidates:
-            if semantic.verify and not verifier.verify(identity.question, vector, candidate.text, candidate.vector,
-                                                       min_probability=min_probability,
-                                                       strict=settings.mode == "faq").ok:
+            if (
+                semantic.verify
+                and not verifier.verify(
+                    identity.question,
+                    vector,
+                    candidate.text,
+                    candidate.vector,
+                    min_probability=min_probability,
+                    strict=settings.mode == "faq",
+                ).ok
+            ):
                 continue
             raw = await self.answers.get(candidate.entry)
             if raw is None:  # the answer expired or was evicted: its point goes too
@@ -173,15 +204,21 @@ class ResponseCache:
     def _semantic_question(self, settings: Settings, identity: Identity) -> bool:
         question = identity.question
         semantic = self.config.semantic
-        return (settings.semantic and question is not None and len(question) <= semantic.max_question_chars
-                and (semantic.code == "semantic" or not code_prompt(question)))
+        return (
+            settings.semantic
+            and question is not None
+            and len(question) <= semantic.max_question_chars
+            and (semantic.code == "semantic" or not code_prompt(question))
+        )
 
     def _hit(self, call: Call, raw: bytes, kind: str, similarity: float | None) -> UpstreamResponse:
         entry = orjson.loads(raw)
         call.record.cached(kind, entry.get("cost"), similarity)
         answer = replay.fresh(entry["answer"]) if entry.get("kind") == "chat" else entry["answer"]
         if call.stream and call.endpoint not in _NATIVE:
-            return UpstreamResponse(status=200, chunks=replay.stream(replay.chunks(answer, call.client_wants_usage)))
+            return UpstreamResponse(
+                status=200, chunks=replay.stream(replay.chunks(answer, call.client_wants_usage))
+            )
         body = orjson.dumps(answer)
         return UpstreamResponse(status=200, body=body, data=answer)
 
@@ -194,21 +231,33 @@ class ResponseCache:
             data = replay.assemble(call.collected or [], call.usage)
         else:  # a native stream's handler hands over the whole answer it read
             data = answer.data if answer.data is not None else _parse(answer.body)
-        if not isinstance(data, dict) or answer.status != 200 or data.get("error"):  # a response's error is null
+        if (
+            not isinstance(data, dict) or answer.status != 200 or data.get("error")
+        ):  # a response's error is null
             return
         if call.endpoint is Endpoint.CHAT and not _whole_chat(data):
             return
         if call.endpoint in _NATIVE and not _whole_native(data):
             return
         identity = identify(call.tenant, call.alias, call.endpoint.value, call.body)
-        entry = {"kind": _KINDS[call.endpoint], "answer": data,
-                 "cost": _cost(data, call.record.cost_usd, self.prices.get(call.record.deployment or "")),
-                 "question": identity.question}
-        pending = _Pending(key=entry_key(call.tenant, call.alias, identity.key), value=orjson.dumps(entry),
-                           ttl_s=settings.ttl_s, tenant=call.tenant, alias=call.alias, identity=identity,
-                           semantic=call.endpoint not in _NATIVE and self._semantic_question(settings, identity)
-                           and self.index_ready,
-                           expires=self._clock() + settings.ttl_s)
+        entry = {
+            "kind": _KINDS[call.endpoint],
+            "answer": data,
+            "cost": _cost(data, call.record.cost_usd, self.prices.get(call.record.deployment or "")),
+            "question": identity.question,
+        }
+        pending = _Pending(
+            key=entry_key(call.tenant, call.alias, identity.key),
+            value=orjson.dumps(entry),
+            ttl_s=settings.ttl_s,
+            tenant=call.tenant,
+            alias=call.alias,
+            identity=identity,
+            semantic=call.endpoint not in _NATIVE
+            and self._semantic_question(settings, identity)
+            and self.index_ready,
+            expires=self._clock() + settings.ttl_s,
+        )
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull:
@@ -254,15 +303,27 @@ class ResponseCache:
             return
         missing = [item for item in semantic if item.identity.key not in self._vectors]
         if missing:
-            vectors = await self.embedder.embed_many([canonical(str(item.identity.question)) for item in missing])
+            vectors = await self.embedder.embed_many(
+                [canonical(str(item.identity.question)) for item in missing]
+            )
             for item, vector in zip(missing, vectors, strict=True):
                 self._vectors[item.identity.key] = vector
         points = []
         for item in semantic:
             vector = self._vectors.pop(item.identity.key)
-            points.append((vector, {"tenant": item.tenant, "alias": item.alias,
-                                    "fingerprint": item.identity.fingerprint, "text": item.identity.question,
-                                    "entry": item.key, "expires": item.expires}))
+            points.append(
+                (
+                    vector,
+                    {
+                        "tenant": item.tenant,
+                        "alias": item.alias,
+                        "fingerprint": item.identity.fingerprint,
+                        "text": item.identity.question,
+                        "entry": item.key,
+                        "expires": item.expires,
+                    },
+                )
+            )
         await self.index.add_many(points)
 
     async def _open_index(self) -> None:
@@ -331,28 +392,40 @@ def _parse(body: bytes | None) -> Any:
 
 def _whole_chat(data: dict[str, Any]) -> bool:
     choices = data.get("choices")
-    return (isinstance(choices, list) and len(choices) == 1 and isinstance(choices[0], dict)
-            and isinstance(choices[0].get("message"), dict) and bool(choices[0].get("finish_reason")))
+    return (
+        isinstance(choices, list)
+        and len(choices) == 1
+        and isinstance(choices[0], dict)
+        and isinstance(choices[0].get("message"), dict)
+        and bool(choices[0].get("finish_reason"))
+    )
 
 
 def _whole_native(data: dict[str, Any]) -> bool:
     """A completed ``response`` or a finished ``message``: what a replay may stand for."""
-    return data.get("status") == "completed" if data.get("object") == "response" else \
-        data.get("type") == "message" and bool(data.get("stop_reason"))
+    return (
+        data.get("status") == "completed"
+        if data.get("object") == "response"
+        else data.get("type") == "message" and bool(data.get("stop_reason"))
+    )
 
 
 def _openai_usage(usage: Any) -> Any:
     """A Responses or Messages ``usage`` (``input_tokens``/``output_tokens``) in chat's shape, for pricing."""
     if not isinstance(usage, dict) or "input_tokens" not in usage:
         return usage
-    cached = int(usage.get("cache_read_input_tokens") or 0) or \
-        int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0)
+    cached = int(usage.get("cache_read_input_tokens") or 0) or int(
+        (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
+    )
     written = int(usage.get("cache_creation_input_tokens") or 0)
     prompt = int(usage.get("input_tokens") or 0)
     if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
         prompt += cached + written  # Anthropic counts cached and written tokens apart from input_tokens
-    return {"prompt_tokens": prompt, "completion_tokens": int(usage.get("output_tokens") or 0),
-            "prompt_tokens_details": {"cached_tokens": cached, "cache_creation_tokens": written}}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": int(usage.get("output_tokens") or 0),
+        "prompt_tokens_details": {"cached_tokens": cached, "cache_creation_tokens": written},
+    }
 
 
 def _cost(answer: dict[str, Any], recorded: float | None, price: PriceTable | None = None) -> float | None:

@@ -21,7 +21,7 @@ Mode = Literal["off", "faq", "general"]
 
 
 def _yaml_off(value: Any) -> Any:
-    return "off" if value is False else value   # YAML reads an unquoted off as false
+    return "off" if value is False else value  # YAML reads an unquoted off as false
 
 
 ModeField = Annotated[Mode, BeforeValidator(_yaml_off)]
@@ -29,7 +29,7 @@ ModeField = Annotated[Mode, BeforeValidator(_yaml_off)]
 
 class SemanticConfig(_Frozen):
     enabled: bool = False
-    mode: ModeField = "general"      # with enabled: the default of every tenant and alias
+    mode: ModeField = "general"  # with enabled: the default of every tenant and alias
     # prompts that hold code or are mostly symbols: "exact" (exact cache only) or "semantic" (looked up like
     # any question; the verifier's symbol check still vetoes any differing operator)
     code: Literal["exact", "semantic"] = "exact"
@@ -38,12 +38,12 @@ class SemanticConfig(_Frozen):
     verify: bool = True
     min_probability: float | None = Field(default=None, ge=0.0, le=1.0)
     index: Literal["edge", "qdrant"] = "edge"
-    url: str | None = None           # index: qdrant -> a Qdrant server, or ":memory:" for qdrant-client's local mode
+    url: str | None = None  # index: qdrant -> a Qdrant server, or ":memory:" for qdrant-client's local mode
     api_key: str | None = None
-    path: str | None = None          # index: edge -> where the shard lives (a temporary folder when unset)
+    path: str | None = None  # index: edge -> where the shard lives (a temporary folder when unset)
     collection_prefix: str = Field(default="gateway_cache", min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
     candidates: int = Field(default=3, ge=1, le=50)
-    timeout_s: float = Field(default=1.0, gt=0)   # a semantic lookup slower than this is a miss
+    timeout_s: float = Field(default=1.0, gt=0)  # a semantic lookup slower than this is a miss
     # the model reads 256 tokens at most: longer questions that differ only past them would look identical
     max_question_chars: int = Field(default=800, ge=1)
 
@@ -59,8 +59,11 @@ class CacheConfig(_Frozen):
     ttl_s: float = Field(default=3600.0, gt=0)
     max_entries: int = Field(default=10_000, ge=1)
     # Entries alone do not bound memory (one embeddings answer of 512 inputs is ~10 MB): bytes do.
-    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="answers' bytes at most: in memory "
-                           "per process, in Redis per tenant")
+    max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="answers' bytes at most: in memory per process, in Redis per tenant",
+    )
     max_entry_bytes: int = Field(default=4 * 1024 * 1024, ge=1, description="a larger answer is not cached")
     # deterministic: only temperature 0 requests; always: any temperature (the tenant accepts reused answers)
     reuse: Reuse = "deterministic"
@@ -112,8 +115,13 @@ def _mode(current: Mode, defaults: SemanticConfig, override: bool | SemanticOver
 
 def resolve(defaults: CacheConfig, *overrides: CacheOverride | None) -> Settings:
     semantic = defaults.semantic
-    settings = Settings(enabled=defaults.enabled, ttl_s=defaults.ttl_s, reuse=defaults.reuse,
-                        mode=semantic.mode if semantic.enabled else "off", threshold=semantic.threshold)
+    settings = Settings(
+        enabled=defaults.enabled,
+        ttl_s=defaults.ttl_s,
+        reuse=defaults.reuse,
+        mode=semantic.mode if semantic.enabled else "off",
+        threshold=semantic.threshold,
+    )
     for override in overrides:
         if override is None:
             continue
@@ -130,8 +138,9 @@ def resolve(defaults: CacheConfig, *overrides: CacheOverride | None) -> Settings
     return settings
 
 
-def combinations(defaults: CacheConfig, tenants: Iterable[CacheOverride | None],
-                 aliases: Iterable[CacheOverride | None]) -> list[Settings]:
+def combinations(
+    defaults: CacheConfig, tenants: Iterable[CacheOverride | None], aliases: Iterable[CacheOverride | None]
+) -> list[Settings]:
     """What applies to each tenant and alias pair: what some pair may use decides what is built."""
     tenant_overrides = list(tenants) or [None]
     alias_overrides = list(aliases) or [None]

@@ -33,8 +33,13 @@ def load_model(path: str | None = None) -> Any:
 
 def encode(model: Any, texts: list[str]) -> np.ndarray:
     """Unit-length float32 vectors, one row per text (blocking)."""
-    vectors = model.encode(texts, batch_size=_MAX_BATCH, convert_to_numpy=True, normalize_embeddings=True,
-                           show_progress_bar=False)
+    vectors = model.encode(
+        texts,
+        batch_size=_MAX_BATCH,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+        show_progress_bar=False,
+    )
     return np.asarray(vectors, dtype=np.float32)
 
 
@@ -60,7 +65,9 @@ class Embedder:
     def loaded(self) -> bool:
         """Whether the model is loaded (until then semantic lookups miss rather than wait)."""
         loading = self._loading
-        return loading is not None and loading.done() and not loading.cancelled() and loading.exception() is None
+        return (
+            loading is not None and loading.done() and not loading.cancelled() and loading.exception() is None
+        )
 
     async def ready(self) -> None:
         if self._loading is None:

@@ -102,7 +102,9 @@ local function forget(sizes, entry)
   end
 end
 """
-_SET = _FORGET + """
+_SET = (
+    _FORGET
+    + """
 forget(KEYS[3], KEYS[1])
 for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])) do forget(KEYS[3], entry) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
@@ -125,8 +127,11 @@ for _, key in ipairs({KEYS[2], KEYS[3]}) do
 end
 return 0
 """
+)
 # KEYS[1] the tenant's index, KEYS[2] its sizes, KEYS[3...] the entries to drop
-_PURGE = _FORGET + """
+_PURGE = (
+    _FORGET
+    + """
 local removed = 0
 for i = 3, #KEYS do
   removed = removed + redis.call('DEL', KEYS[i])
@@ -135,6 +140,7 @@ for i = 3, #KEYS do
 end
 return removed
 """
+)
 _PURGE_BATCH = 500
 
 
@@ -146,8 +152,9 @@ class RedisStore:
     layer's policy applies: fail open, answers are kept in this process's memory meanwhile; fail closed, a
     lookup is refused with 503."""
 
-    def __init__(self, layer: StoreLayer, caps: Caps, prefix: str = "gw:cache:",
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, layer: StoreLayer, caps: Caps, prefix: str = "gw:cache:", clock: Callable[[], float] = time.time
+    ) -> None:
         self._layer = layer
         self.caps = caps
         self.prefix = prefix
@@ -161,8 +168,9 @@ class RedisStore:
         return tagged + rest, tagged + "~index", tagged + "~sizes"
 
     async def get(self, key: str) -> bytes | None:
-        return await self._layer.health.call("cache_get", lambda: self._get(key), lambda: self.fallback.get(key),
-                                             decides=True)
+        return await self._layer.health.call(
+            "cache_get", lambda: self._get(key), lambda: self.fallback.get(key), decides=True
+        )
 
     async def _get(self, key: str) -> bytes | None:
         entry, index, _ = self._keys(key)
@@ -177,20 +185,28 @@ class RedisStore:
         return value.encode() if isinstance(value, str) else value
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        await self._layer.health.call("cache_set", lambda: self._set(key, value, ttl_s),
-                                      lambda: self.fallback.set(key, value, ttl_s), decides=False)
+        await self._layer.health.call(
+            "cache_set",
+            lambda: self._set(key, value, ttl_s),
+            lambda: self.fallback.set(key, value, ttl_s),
+            decides=False,
+        )
 
     async def _set(self, key: str, value: bytes, ttl_s: float) -> None:
         if len(value) > self.caps.max_entry_bytes:
             return
         ttl_ms = max(int(ttl_s * 1000), 1)
-        await self._layer.script(_SET, self._keys(key), [value, ttl_ms, int(self._clock() * 1000),
-                                                        self.caps.max_entries, self.caps.max_bytes])
+        await self._layer.script(
+            _SET,
+            self._keys(key),
+            [value, ttl_ms, int(self._clock() * 1000), self.caps.max_entries, self.caps.max_bytes],
+        )
 
     async def purge(self, tenant: str, alias: str | None = None) -> int:
         local = await self.fallback.purge(tenant, alias)
-        return local + await self._layer.health.call("cache_purge", lambda: self._purge(tenant, alias),
-                                                     _nothing, decides=True)
+        return local + await self._layer.health.call(
+            "cache_purge", lambda: self._purge(tenant, alias), _nothing, decides=True
+        )
 
     async def _purge(self, tenant: str, alias: str | None) -> int:
         entry, index, sizes = self._keys(_prefix(tenant, alias))
@@ -198,7 +214,9 @@ class RedisStore:
         doomed = [m for m in members if m.startswith(entry)]
         removed = 0
         for i in range(0, len(doomed), _PURGE_BATCH):
-            removed += int(await self._layer.script(_PURGE, [index, sizes, *doomed[i:i + _PURGE_BATCH]], []))
+            removed += int(
+                await self._layer.script(_PURGE, [index, sizes, *doomed[i : i + _PURGE_BATCH]], [])
+            )
         return removed
 
 

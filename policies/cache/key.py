@@ -15,15 +15,16 @@ from typing import Any
 import orjson
 
 # Fields that never change the answer's content.
-DELIVERY_ONLY = frozenset({"stream", "stream_options", "user", "metadata", "store", "service_tier", "model",
-                           "priority"})
+DELIVERY_ONLY = frozenset(
+    {"stream", "stream_options", "user", "metadata", "store", "service_tier", "model", "priority"}
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    key: str                  # hash of the whole canonical request
-    fingerprint: str          # hash of everything but the last user turn's text
-    question: str | None      # the last user turn's text; None when the request has none (not semantic)
+    key: str  # hash of the whole canonical request
+    fingerprint: str  # hash of everything but the last user turn's text
+    question: str | None  # the last user turn's text; None when the request has none (not semantic)
 
 
 def _numbers(value: Any) -> Any:
@@ -60,7 +61,11 @@ def question_text(message: Any) -> str | None:
     if isinstance(content, list) and content:
         texts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
                 return None
             texts.append(part["text"])
         return "\n".join(texts)

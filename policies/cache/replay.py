@@ -47,8 +47,10 @@ def assemble(events: list[bytes], usage: dict[str, Any] | None) -> dict[str, Any
             if isinstance(delta.get("refusal"), str):
                 refusal.append(delta["refusal"])
             for call in delta.get("tool_calls") or ():
-                slot = tools.setdefault(int(call.get("index", 0)),
-                                        {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                slot = tools.setdefault(
+                    int(call.get("index", 0)),
+                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+                )
                 if call.get("id"):
                     slot["id"] = call["id"]
                 function = call.get("function") or {}
@@ -65,8 +67,10 @@ def assemble(events: list[bytes], usage: dict[str, Any] | None) -> dict[str, Any
     if tools:
         message["tool_calls"] = [tools[i] for i in sorted(tools)]
     completion: dict[str, Any] = {
-        "id": head.get("id") or "chatcmpl-cached", "object": "chat.completion",
-        "created": head.get("created") or int(time.time()), "model": head.get("model") or "",
+        "id": head.get("id") or "chatcmpl-cached",
+        "object": "chat.completion",
+        "created": head.get("created") or int(time.time()),
+        "model": head.get("model") or "",
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
     }
     if head.get("system_fingerprint"):
@@ -84,8 +88,12 @@ def fresh(stored: dict[str, Any]) -> dict[str, Any]:
 
 def chunks(completion: dict[str, Any], include_usage: bool) -> list[bytes]:
     """A stored ``chat.completion`` as the SSE events of a stream."""
-    base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
-            "model": completion["model"]}
+    base = {
+        "id": completion["id"],
+        "object": "chat.completion.chunk",
+        "created": completion["created"],
+        "model": completion["model"],
+    }
     if completion.get("system_fingerprint"):
         base["system_fingerprint"] = completion["system_fingerprint"]
     choice = completion["choices"][0]
@@ -98,12 +106,24 @@ def chunks(completion: dict[str, Any], include_usage: bool) -> list[bytes]:
     out = [event({"role": "assistant", "content": ""})]
     text = message.get("content")
     if isinstance(text, str):
-        out.extend(event({"content": text[i:i + _PIECE]}) for i in range(0, len(text), _PIECE))
+        out.extend(event({"content": text[i : i + _PIECE]}) for i in range(0, len(text), _PIECE))
     if isinstance(message.get("refusal"), str):
         out.append(event({"refusal": message["refusal"]}))
     for index, call in enumerate(message.get("tool_calls") or ()):
-        out.append(event({"tool_calls": [{"index": index, "id": call.get("id"), "type": "function",
-                                          "function": call.get("function")}]}))
+        out.append(
+            event(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": call.get("id"),
+                            "type": "function",
+                            "function": call.get("function"),
+                        }
+                    ]
+                }
+            )
+        )
     out.append(event({}, choice.get("finish_reason") or "stop"))
     if include_usage and isinstance(completion.get("usage"), dict):
         out.append(sse.data(orjson.dumps({**base, "choices": [], "usage": completion["usage"]})))

@@ -39,10 +39,10 @@ OPTIMIZE_EVERY = 20_000
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    entry: str            # the answer's key in the answer store
-    text: str             # the question it answered
+    entry: str  # the answer's key in the answer store
+    text: str  # the question it answered
     vector: np.ndarray
-    score: float          # cosine similarity to the query
+    score: float  # cosine similarity to the query
 
 
 class SemanticIndex(Protocol):
@@ -52,8 +52,9 @@ class SemanticIndex(Protocol):
 
     async def add_many(self, items: list[tuple[np.ndarray, dict[str, Any]]]) -> None: ...
 
-    async def search(self, vector: np.ndarray, *, tenant: str, alias: str, fingerprint: str, threshold: float,
-                     limit: int) -> list[Candidate]: ...
+    async def search(
+        self, vector: np.ndarray, *, tenant: str, alias: str, fingerprint: str, threshold: float, limit: int
+    ) -> list[Candidate]: ...
 
     async def delete_entry(self, entry: str) -> None: ...
 
@@ -100,15 +101,20 @@ class EdgeIndex:
 
         root = Path(self._config.path) if self._config.path is not None else None
         if root is not None and not self._lock(root):
-            log.warning("semantic cache: %s is in use by another gateway process; this one keeps its index in a "
-                        "temporary folder", root)
+            log.warning(
+                "semantic cache: %s is in use by another gateway process; this one keeps its index in a "
+                "temporary folder",
+                root,
+            )
             root = None
         if root is None:
             self._owned_dir = tempfile.mkdtemp(prefix="gateway-cache-")
             root = Path(self._owned_dir)
         path = root / collection_name(self._config)
-        config = q.EdgeConfig(vectors=q.EdgeVectorParams(size=DIMENSIONS, distance=q.Distance.Cosine),
-                              hnsw_config=q.HnswIndexConfig(m=16, ef_construct=64, full_scan_threshold=10_000))
+        config = q.EdgeConfig(
+            vectors=q.EdgeVectorParams(size=DIMENSIONS, distance=q.Distance.Cosine),
+            hnsw_config=q.HnswIndexConfig(m=16, ef_construct=64, full_scan_threshold=10_000),
+        )
         if path.exists() and any(path.iterdir()):
             self._shard = q.EdgeShard.load(str(path), config)
         else:
@@ -138,7 +144,9 @@ class EdgeIndex:
         ``OPTIMIZE_EVERY`` points added)."""
         if self._optimizing is None or self._optimizing.done():
             self._added = 0
-            self._optimizing = asyncio.get_running_loop().run_in_executor(self._optimizer, self._shard.optimize)
+            self._optimizing = asyncio.get_running_loop().run_in_executor(
+                self._optimizer, self._shard.optimize
+            )
         await asyncio.shield(self._optimizing)
 
     async def close(self) -> None:
@@ -163,21 +171,39 @@ class EdgeIndex:
         self._added += len(points)
         if self._added >= OPTIMIZE_EVERY and (self._optimizing is None or self._optimizing.done()):
             self._added = 0
-            self._optimizing = asyncio.get_running_loop().run_in_executor(self._optimizer, self._shard.optimize)
+            self._optimizing = asyncio.get_running_loop().run_in_executor(
+                self._optimizer, self._shard.optimize
+            )
 
-    async def search(self, vector: np.ndarray, *, tenant: str, alias: str, fingerprint: str, threshold: float,
-                     limit: int) -> list[Candidate]:
+    async def search(
+        self, vector: np.ndarray, *, tenant: str, alias: str, fingerprint: str, threshold: float, limit: int
+    ) -> list[Candidate]:
         import qdrant_edge as q
 
-        must: list[Any] = [q.FieldCondition(key="tenant", match=q.MatchValue(tenant)),
-                q.FieldCondition(key="alias", match=q.MatchValue(alias)),
-                q.FieldCondition(key="fingerprint", match=q.MatchValue(fingerprint)),
-                q.FieldCondition(key="expires", range=q.RangeFloat(gt=self._clock()))]
-        request = q.QueryRequest(limit=limit, query=q.Query.Nearest(vector.tolist()), filter=q.Filter(must=must),
-                                 with_vector=True, with_payload=True, score_threshold=threshold)
+        must: list[Any] = [
+            q.FieldCondition(key="tenant", match=q.MatchValue(tenant)),
+            q.FieldCondition(key="alias", match=q.MatchValue(alias)),
+            q.FieldCondition(key="fingerprint", match=q.MatchValue(fingerprint)),
+            q.FieldCondition(key="expires", range=q.RangeFloat(gt=self._clock())),
+        ]
+        request = q.QueryRequest(
+            limit=limit,
+            query=q.Query.Nearest(vector.tolist()),
+            filter=q.Filter(must=must),
+            with_vector=True,
+            with_payload=True,
+            score_threshold=threshold,
+        )
         found = await self._run(self._shard.query, request)
-        return [Candidate(entry=p.payload["entry"], text=p.payload["text"],
-                          vector=np.asarray(p.vector, dtype=np.float32), score=float(p.score)) for p in found]
+        return [
+            Candidate(
+                entry=p.payload["entry"],
+                text=p.payload["text"],
+                vector=np.asarray(p.vector, dtype=np.float32),
+                score=float(p.score),
+            )
+            for p in found
+        ]
 
     async def delete_entry(self, entry: str) -> None:
         import qdrant_edge as q
@@ -217,7 +243,9 @@ class QdrantIndex:
             self._client = AsyncQdrantClient(url=url, api_key=self._config.api_key, timeout=5)
         if not await self._client.collection_exists(self._name):
             await self._client.create_collection(
-                self._name, vectors_config=models.VectorParams(size=DIMENSIONS, distance=models.Distance.COSINE))
+                self._name,
+                vectors_config=models.VectorParams(size=DIMENSIONS, distance=models.Distance.COSINE),
+            )
         if url != ":memory:":  # local mode has no payload indexes (and warns about them)
             for name in (*_FIELDS, "entry"):
                 await self._client.create_payload_index(self._name, name, models.PayloadSchemaType.KEYWORD)
@@ -231,23 +259,40 @@ class QdrantIndex:
     async def add_many(self, items: list[tuple[np.ndarray, dict[str, Any]]]) -> None:
         from qdrant_client import models
 
-        points = [models.PointStruct(id=point_id(payload["entry"]), vector=vector.tolist(), payload=payload)
-                  for vector, payload in items]
+        points = [
+            models.PointStruct(id=point_id(payload["entry"]), vector=vector.tolist(), payload=payload)
+            for vector, payload in items
+        ]
         await self._client.upsert(self._name, points=points)
 
-    async def search(self, vector: np.ndarray, *, tenant: str, alias: str, fingerprint: str, threshold: float,
-                     limit: int) -> list[Candidate]:
+    async def search(
+        self, vector: np.ndarray, *, tenant: str, alias: str, fingerprint: str, threshold: float, limit: int
+    ) -> list[Candidate]:
         from qdrant_client import models
 
-        must: list[Any] = [models.FieldCondition(key=name, match=models.MatchValue(value=value))
-                           for name, value in (("tenant", tenant), ("alias", alias), ("fingerprint", fingerprint))]
+        must: list[Any] = [
+            models.FieldCondition(key=name, match=models.MatchValue(value=value))
+            for name, value in (("tenant", tenant), ("alias", alias), ("fingerprint", fingerprint))
+        ]
         must.append(models.FieldCondition(key="expires", range=models.Range(gt=self._clock())))
-        result = await self._client.query_points(self._name, query=vector.tolist(),
-                                                 query_filter=models.Filter(must=must), limit=limit,
-                                                 with_vectors=True, with_payload=True, score_threshold=threshold)
-        return [Candidate(entry=p.payload["entry"], text=p.payload["text"],
-                          vector=np.asarray(p.vector, dtype=np.float32), score=float(p.score))
-                for p in result.points]
+        result = await self._client.query_points(
+            self._name,
+            query=vector.tolist(),
+            query_filter=models.Filter(must=must),
+            limit=limit,
+            with_vectors=True,
+            with_payload=True,
+            score_threshold=threshold,
+        )
+        return [
+            Candidate(
+                entry=p.payload["entry"],
+                text=p.payload["text"],
+                vector=np.asarray(p.vector, dtype=np.float32),
+                score=float(p.score),
+            )
+            for p in result.points
+        ]
 
     async def delete_entry(self, entry: str) -> None:
         await self._client.delete(self._name, points_selector=[point_id(entry)])
@@ -258,10 +303,14 @@ class QdrantIndex:
         must: list[Any] = [models.FieldCondition(key="tenant", match=models.MatchValue(value=tenant))]
         if alias is not None:
             must.append(models.FieldCondition(key="alias", match=models.MatchValue(value=alias)))
-        await self._client.delete(self._name, points_selector=models.FilterSelector(filter=models.Filter(must=must)))
+        await self._client.delete(
+            self._name, points_selector=models.FilterSelector(filter=models.Filter(must=must))
+        )
 
     async def sweep(self) -> None:
         from qdrant_client import models
 
-        flt = models.Filter(must=[models.FieldCondition(key="expires", range=models.Range(lte=self._clock()))])
+        flt = models.Filter(
+            must=[models.FieldCondition(key="expires", range=models.Range(lte=self._clock()))]
+        )
         await self._client.delete(self._name, points_selector=models.FilterSelector(filter=flt))

@@ -19,110 +19,284 @@ from functools import lru_cache
 from .normalize import UNITS, canonical
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9+#.'-]*[A-Za-z0-9+#]|[A-Za-z]|\d+(?:[.,]\d+)*")
-_SWITCH = re.compile(r"\b(turn|turning|switch|switching|toggle)((?:\s+[\w-]+){0,3}?)\s+(on|off)\b", re.IGNORECASE)
+_SWITCH = re.compile(
+    r"\b(turn|turning|switch|switching|toggle)((?:\s+[\w-]+){0,3}?)\s+(on|off)\b", re.IGNORECASE
+)
 _PARTICLE = re.compile(r"\b(on|off)(?=\s*(?:[,.?!;:]|$))", re.IGNORECASE)
 _NUMBER = re.compile(r"^\d+(?:[.,]\d+)*$")
 
 _NUMBER_WORDS = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-    "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
-    "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40,
-    "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100, "thousand": 1000,
-    "million": 1_000_000, "billion": 1_000_000_000, "half": 0.5, "dozen": 12,
-    "second": "2nd", "third": "3rd", "fourth": "4th", "fifth": "5th",
+    "zero": 0,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "thirteen": 13,
+    "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
+    "seventeen": 17,
+    "eighteen": 18,
+    "nineteen": 19,
+    "twenty": 20,
+    "thirty": 30,
+    "forty": 40,
+    "fifty": 50,
+    "sixty": 60,
+    "seventy": 70,
+    "eighty": 80,
+    "ninety": 90,
+    "hundred": 100,
+    "thousand": 1000,
+    "million": 1_000_000,
+    "billion": 1_000_000_000,
+    "half": 0.5,
+    "dozen": 12,
+    "second": "2nd",
+    "third": "3rd",
+    "fourth": "4th",
+    "fifth": "5th",
 }
 
 _DATES = {
-    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "weekend", "weekday",
-    "january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
-    "november", "december", "today", "tomorrow", "yesterday", "christmas", "easter", "thanksgiving", "new", "year", "spring", "summer", "autumn", "fall", "winter",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "weekend",
+    "weekday",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+    "today",
+    "tomorrow",
+    "yesterday",
+    "christmas",
+    "easter",
+    "thanksgiving",
+    "new",
+    "year",
+    "spring",
+    "summer",
+    "autumn",
+    "fall",
+    "winter",
 }
 # only these of _DATES carry a date on their own (the rest only as part of one: "new year")
 _DATE_WORDS = _DATES - {"new", "year", "fall", "may"}
 
-_QUALIFIERS = frozenset({"vice", "deputy", "assistant", "associate", "acting", "former", "ex", "interim", "co",
-                         "step", "half", "sub", "under", "junior", "senior"})
+_QUALIFIERS = frozenset(
+    {
+        "vice",
+        "deputy",
+        "assistant",
+        "associate",
+        "acting",
+        "former",
+        "ex",
+        "interim",
+        "co",
+        "step",
+        "half",
+        "sub",
+        "under",
+        "junior",
+        "senior",
+    }
+)
 
-_NEGATIONS = {"not", "no", "never", "without", "none", "nobody", "nothing", "neither", "nor", "cannot",
-              "can't", "don't", "doesn't", "didn't", "isn't", "aren't", "wasn't", "weren't", "won't",
-              "wouldn't", "shouldn't", "couldn't", "mustn't", "haven't", "hasn't", "hadn't"}
+_NEGATIONS = {
+    "not",
+    "no",
+    "never",
+    "without",
+    "none",
+    "nobody",
+    "nothing",
+    "neither",
+    "nor",
+    "cannot",
+    "can't",
+    "don't",
+    "doesn't",
+    "didn't",
+    "isn't",
+    "aren't",
+    "wasn't",
+    "weren't",
+    "won't",
+    "wouldn't",
+    "shouldn't",
+    "couldn't",
+    "mustn't",
+    "haven't",
+    "hasn't",
+    "hadn't",
+}
 
 # Each group: words that fill the same slot with different meanings. Synonyms share one set.
-_OPPOSITES: tuple[tuple[frozenset[str], ...], ...] = tuple(tuple(frozenset(s.split()) for s in group) for group in (
-    # what to do to a thing: any two different actions ask different questions
-    ("enable activate turnon", "disable deactivate turnoff off", "pause suspend",
-     "read load open", "parse", "write save dump", "upload", "download", "import", "export",
-     "encrypt", "decrypt", "compress zip", "decompress unzip extract", "encode serialize", "decode deserialize",
-     "add insert append create", "remove delete drop erase", "rename", "merge combine", "split", "copy duplicate",
-     "move", "lock", "unlock", "show display", "hide", "install", "uninstall", "login", "logout", "push", "pull",
-     "stash", "revert", "reset", "rebase", "share", "sign", "verify", "validate", "stream", "backup", "restore",
-     "start launch", "stop halt", "reboot restart", "terminate", "resize", "sort", "filter", "buy purchase",
-     "sell"),
-    ("increase raise higher up boost more", "decrease lower reduce down less"),
-    ("ascending", "descending reverse"),
-    ("lose", "gain"),
-    ("rise", "fall"),
-    # which value of a distribution: the minimum is not the median or the starting value
-    ("min minimum smallest lowest least", "max maximum largest highest biggest most", "mean average", "median",
-     "mode", "starting entry-level"),
-    # near-synonym entities and relations: the capital is not the largest city, the author not the publisher
-    ("capital", "largest biggest populous oldest"),
-    ("author writer wrote written write", "publisher published publish", "translator translated",
-     "illustrator illustrated", "editor edited"),
-    ("hard", "soft", "medium"),
-    ("formal", "casual informal"),
-    ("locally local", "remotely remote"),
-    ("their", "there", "they're"),
-    ("your", "you're"),
-    ("its", "it's"),
-    ("affect", "effect"),
-    ("then", "than"),
-    ("shallow", "deep"),
-    ("vegan", "vegetarian"),
-    ("first", "last final latest"),
-    ("morning", "afternoon", "evening", "night tonight"),
-    ("to into", "from"),
-    ("with", "without"),
-    # boolean operators said in words ("x and y" / "x or y")
-    ("and", "or", "xor"),
-    ("left", "right", "inner", "outer", "cross"),
-    ("active", "passive"),
-    ("public", "private"),
-    ("domestic", "international"),
-    ("synonym", "antonym"),
-    ("uppercase upper", "lowercase lower", "title"),
-    ("key keys", "value values", "length size", "name names", "date time", "extension type"),
-    ("rows row", "columns column"),
-    ("horizontal", "vertical"),
-    ("input", "output"),
-    ("send", "receive"),
-    ("sync synchronous", "async asynchronous"),
-    ("hot warm", "cold cool"),
-    ("true", "false"),
-    ("success", "failure"),
-    ("derivative", "integral"),
-    ("freeze freezes frozen freezing", "boil boils boiling", "evaporate evaporates", "condense condenses",
-     "melt melts melting", "flash"),
-    ("north", "south", "east", "west"),
-    ("male", "female"),
-    ("serve", "backhand", "forehand", "volley"),
-))
+_OPPOSITES: tuple[tuple[frozenset[str], ...], ...] = tuple(
+    tuple(frozenset(s.split()) for s in group)
+    for group in (
+        # what to do to a thing: any two different actions ask different questions
+        (
+            "enable activate turnon",
+            "disable deactivate turnoff off",
+            "pause suspend",
+            "read load open",
+            "parse",
+            "write save dump",
+            "upload",
+            "download",
+            "import",
+            "export",
+            "encrypt",
+            "decrypt",
+            "compress zip",
+            "decompress unzip extract",
+            "encode serialize",
+            "decode deserialize",
+            "add insert append create",
+            "remove delete drop erase",
+            "rename",
+            "merge combine",
+            "split",
+            "copy duplicate",
+            "move",
+            "lock",
+            "unlock",
+            "show display",
+            "hide",
+            "install",
+            "uninstall",
+            "login",
+            "logout",
+            "push",
+            "pull",
+            "stash",
+            "revert",
+            "reset",
+            "rebase",
+            "share",
+            "sign",
+            "verify",
+            "validate",
+            "stream",
+            "backup",
+            "restore",
+            "start launch",
+            "stop halt",
+            "reboot restart",
+            "terminate",
+            "resize",
+            "sort",
+            "filter",
+            "buy purchase",
+            "sell",
+        ),
+        ("increase raise higher up boost more", "decrease lower reduce down less"),
+        ("ascending", "descending reverse"),
+        ("lose", "gain"),
+        ("rise", "fall"),
+        # which value of a distribution: the minimum is not the median or the starting value
+        (
+            "min minimum smallest lowest least",
+            "max maximum largest highest biggest most",
+            "mean average",
+            "median",
+            "mode",
+            "starting entry-level",
+        ),
+        # near-synonym entities and relations: the capital is not the largest city, the author not the publisher
+        ("capital", "largest biggest populous oldest"),
+        (
+            "author writer wrote written write",
+            "publisher published publish",
+            "translator translated",
+            "illustrator illustrated",
+            "editor edited",
+        ),
+        ("hard", "soft", "medium"),
+        ("formal", "casual informal"),
+        ("locally local", "remotely remote"),
+        ("their", "there", "they're"),
+        ("your", "you're"),
+        ("its", "it's"),
+        ("affect", "effect"),
+        ("then", "than"),
+        ("shallow", "deep"),
+        ("vegan", "vegetarian"),
+        ("first", "last final latest"),
+        ("morning", "afternoon", "evening", "night tonight"),
+        ("to into", "from"),
+        ("with", "without"),
+        # boolean operators said in words ("x and y" / "x or y")
+        ("and", "or", "xor"),
+        ("left", "right", "inner", "outer", "cross"),
+        ("active", "passive"),
+        ("public", "private"),
+        ("domestic", "international"),
+        ("synonym", "antonym"),
+        ("uppercase upper", "lowercase lower", "title"),
+        ("key keys", "value values", "length size", "name names", "date time", "extension type"),
+        ("rows row", "columns column"),
+        ("horizontal", "vertical"),
+        ("input", "output"),
+        ("send", "receive"),
+        ("sync synchronous", "async asynchronous"),
+        ("hot warm", "cold cool"),
+        ("true", "false"),
+        ("success", "failure"),
+        ("derivative", "integral"),
+        (
+            "freeze freezes frozen freezing",
+            "boil boils boiling",
+            "evaporate evaporates",
+            "condense condenses",
+            "melt melts melting",
+            "flash",
+        ),
+        ("north", "south", "east", "west"),
+        ("male", "female"),
+        ("serve", "backhand", "forehand", "volley"),
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Slots:
-    tokens: frozenset[str]        # every word, lowercased and stemmed
+    tokens: frozenset[str]  # every word, lowercased and stemmed
     numbers: frozenset[str]
     dates: frozenset[str]
     negations: int
-    names: frozenset[str]         # capitalized words not at the start of a sentence
+    names: frozenset[str]  # capitalized words not at the start of a sentence
     opposites: tuple[frozenset[int], ...]  # per group in _OPPOSITES: which of its sets the text uses
     symbols: Counter[tuple[str, str, str]]  # each code-like token with its neighbours: ("a", "<<", "2")
-    quoted: frozenset[str]        # the contents of quoted strings
+    quoted: frozenset[str]  # the contents of quoted strings
     quantities: frozenset[tuple[str, str]]  # a number with the unit after it: ("100", "chf")
-    qualifiers: frozenset[str]    # words that make another thing of a title: vice, deputy, former...
+    qualifiers: frozenset[str]  # words that make another thing of a title: vice, deputy, former...
     roles: frozenset[tuple[str, str, str]]  # (marker, side, word): "German to French" -> (to, left, german)
-    words: tuple[str, ...]        # the canonical text's words, lowercased, for the same-sentence swap check
+    words: tuple[str, ...]  # the canonical text's words, lowercased, for the same-sentence swap check
 
 
 def _variants(word: str) -> set[str]:
@@ -161,7 +335,7 @@ def extract(text: str) -> Slots:
     symbols, quoted, roles, plain = _symbols(text), _quoted(text), _roles(text), _plain_words(text)
     # "turn (dark mode) on/off" decides the answer; a bare "on" is mostly a preposition ("on Windows")
     text = _SWITCH.sub(lambda m: f" turn{m.group(3).lower()}{m.group(2)} ", text)
-    text = _PARTICLE.sub(lambda m: " turn" + m.group(1).lower(), text)   # "turn dark mode on?"
+    text = _PARTICLE.sub(lambda m: " turn" + m.group(1).lower(), text)  # "turn dark mode on?"
     words = _WORD.findall(text)
     lowered = [w.lower() for w in words]
     numbers: set[str] = set()
@@ -178,18 +352,32 @@ def extract(text: str) -> Slots:
     names: set[str] = set()
     for match in _WORD.finditer(text):
         raw = match.group()
-        before = text[:match.start()].rstrip()
+        before = text[: match.start()].rstrip()
         if raw[0].isupper() and raw != "I" and before and before[-1] not in ".?!:\"'(":
             names.add(_stem(raw))
-    quantities = {(_number(raw), lowered[i + 1]) for i, raw in enumerate(words[:-1])
-                  if _NUMBER.match(raw) and lowered[i + 1] in UNITS}
+    quantities = {
+        (_number(raw), lowered[i + 1])
+        for i, raw in enumerate(words[:-1])
+        if _NUMBER.match(raw) and lowered[i + 1] in UNITS
+    }
     stems = {variant for w in lowered for variant in _variants(w)}
     opposites = tuple(
-        frozenset(i for i, members in enumerate(group) if stems & members) for group in _OPPOSITES)
-    return Slots(tokens=frozenset(stems), numbers=frozenset(numbers), dates=frozenset(dates), negations=negations,
-                 names=frozenset(names), opposites=opposites, symbols=symbols, quoted=quoted,
-                 quantities=frozenset(quantities), qualifiers=frozenset(lowered_set & _QUALIFIERS), roles=roles,
-                 words=plain)
+        frozenset(i for i, members in enumerate(group) if stems & members) for group in _OPPOSITES
+    )
+    return Slots(
+        tokens=frozenset(stems),
+        numbers=frozenset(numbers),
+        dates=frozenset(dates),
+        negations=negations,
+        names=frozenset(names),
+        opposites=opposites,
+        symbols=symbols,
+        quoted=quoted,
+        quantities=frozenset(quantities),
+        qualifiers=frozenset(lowered_set & _QUALIFIERS),
+        roles=roles,
+        words=plain,
+    )
 
 
 def conflict(a: str, b: str) -> str | None:
@@ -223,7 +411,9 @@ def conflicts(a: str, b: str) -> Iterator[str]:
     if not (x.names <= y.tokens and y.names <= x.tokens):
         yield "name"
     # each uses a meaning the other lacks ("to" vs "from"); "to ... into" vs "from ... into" also counts
-    if any(used_x - used_y and used_y - used_x for used_x, used_y in zip(x.opposites, y.opposites, strict=True)):
+    if any(
+        used_x - used_y and used_y - used_x for used_x, used_y in zip(x.opposites, y.opposites, strict=True)
+    ):
         yield "opposite"
     if _substituted(x.words, y.words):
         yield "swap"
@@ -244,7 +434,7 @@ def _tokens(text: str) -> list[str]:
     for raw in text.replace("`", " ").split():
         token = _PROSE_END.sub("", raw)
         plain = token.strip(_QUOTES)
-        if plain and _PLAIN.match(plain):   # a quoted word is the word ('ephemeral' / "ephemeral")
+        if plain and _PLAIN.match(plain):  # a quoted word is the word ('ephemeral' / "ephemeral")
             token = plain
         if token and not _PUNCTUATION.match(token):
             out.append(token)
@@ -274,8 +464,11 @@ def _quoted(text: str) -> frozenset[str]:
 
 # a prompt this share of whose non-space characters are symbols is code (or mostly symbols)
 CODE_SHARE = 0.2
-_CODE_LINE = re.compile(r"^(?:    |\t)\S|[;{}]\s*$|^\s*(?:def|class|import|from|return|if|for|while|fn|let|const|var|"
-                        r"function|public|private|#include|SELECT|select)\b", re.MULTILINE)
+_CODE_LINE = re.compile(
+    r"^(?:    |\t)\S|[;{}]\s*$|^\s*(?:def|class|import|from|return|if|for|while|fn|let|const|var|"
+    r"function|public|private|#include|SELECT|select)\b",
+    re.MULTILINE,
+)
 
 
 def code_prompt(text: str) -> bool:
@@ -291,31 +484,64 @@ def code_prompt(text: str) -> bool:
 # "from French to German" put the same words on opposite sides of "to"; both must move for a conflict, which a
 # rewording ("Go from London to Paris" / "Paris from London") does not do.
 _MARKERS = {
-    "to": "to", "into": "to", "onto": "to", "towards": "to", "toward": "to", "->": "to", "→": "to", "from": "from",
-    "in": "in", "than": "than", "before": "before", "ahead": "before", "after": "after", "by": "by",
-    "divided": "divided", "minus": "minus", "over": "over", "owes": "owes", "owe": "owes", "owed": "owes",
-    "lent": "lent", "lends": "lent", "pays": "pays", "paid": "pays", "beat": "beat", "beats": "beat",
-    "defeated": "beat", "inherit": "inherit", "inherits": "inherit", "extend": "extend", "extends": "extend",
-    "subclass": "subclass", "subtract": "subtract", "outperform": "than", "outperforms": "than",
+    "to": "to",
+    "into": "to",
+    "onto": "to",
+    "towards": "to",
+    "toward": "to",
+    "->": "to",
+    "→": "to",
+    "from": "from",
+    "in": "in",
+    "than": "than",
+    "before": "before",
+    "ahead": "before",
+    "after": "after",
+    "by": "by",
+    "divided": "divided",
+    "minus": "minus",
+    "over": "over",
+    "owes": "owes",
+    "owe": "owes",
+    "owed": "owes",
+    "lent": "lent",
+    "lends": "lent",
+    "pays": "pays",
+    "paid": "pays",
+    "beat": "beat",
+    "beats": "beat",
+    "defeated": "beat",
+    "inherit": "inherit",
+    "inherits": "inherit",
+    "extend": "extend",
+    "extends": "extend",
+    "subclass": "subclass",
+    "subtract": "subtract",
+    "outperform": "than",
+    "outperforms": "than",
     "first": "before",
 }
 # "X after Y" is "Y before X", "to X from Y" is "from Y to X", "X lent Y" is "Y owes X"
 _REVERSED = {"after": "before", "from": "to", "lent": "owes"}
-_FILLER = frozenset("""
+_FILLER = frozenset(
+    """
 a an the this that these those my your our his her its of is are was were be do does did i me you we it
 how what which who whom when where why can could should would will please some any there here so as at on
 and or them then
-""".split())
+""".split()
+)
 _CLAUSE = frozenset(",;:.?!")
 # verbs after which "to" is an infinitive ("the formula to convert X into Y"); none that also names a thing a
 # question converts to ("to Go", "to map", "to set", "to zip" stay directions)
-_VERBS = frozenset("""
+_VERBS = frozenset(
+    """
 convert get make do use find calculate compute change turn translate learn reach travel fly drive say know see
 check cook bake fix be have take keep become tell explain ask pay avoid prevent improve build transfer switch
 migrate rewrite upgrade downgrade send enable disable install uninstall remove delete create add write read
 parse encrypt decrypt compress decompress encode decode rename merge move lock unlock show hide start stop
 restart reset revert verify validate buy sell upload download
-""".split())
+""".split()
+)
 _ROLE_WORD = re.compile(r"->|→|[,;:.?!]|[A-Za-z0-9][A-Za-z0-9+#.'-]*[A-Za-z0-9+#]|[A-Za-z0-9]")
 _WINDOW = 3
 
@@ -343,9 +569,9 @@ def _roles(text: str) -> frozenset[tuple[str, str, str]]:
                 if word in _CLAUSE:
                     break
                 if word in _MARKERS:
-                    if abs(j - i) == 1:   # "inherit from", "ahead of": one relation in two words
+                    if abs(j - i) == 1:  # "inherit from", "ahead of": one relation in two words
                         continue
-                    break                 # the next marker's words are its own ("way to get from A to B")
+                    break  # the next marker's words are its own ("way to get from A to B")
                 if word in _FILLER:
                     continue
                 roles.add((family, role, _stem(word)))
@@ -371,16 +597,56 @@ def _swapped(x: frozenset[tuple[str, str, str]], y: frozenset[tuple[str, str, st
 
 # --- the same sentence with one word or phrase replaced: the commonest near miss ("gluten-free pancakes" /
 # "dairy-free pancakes", "the capital of" / "the largest city of"). A replacement by a known synonym passes.
-_SYNONYMS: tuple[frozenset[str], ...] = tuple(frozenset(group.split()) for group in (
-    "fast quick quickly speedy", "faster quicker", "fastest quickest", "big large huge", "bigger larger",
-    "biggest largest", "tallest highest",
-    "begin start", "buy purchase", "car automobile vehicle", "picture photo image", "fix repair", "error bug",
-    "make create", "show display", "delete remove erase", "film movie", "cheap inexpensive affordable",
-    "cheapest least-expensive", "simple easy", "easiest simplest", "help assist", "need require", "use utilize",
-    "get obtain", "find locate", "choose pick select", "way method", "good great", "best top", "tip advice",
-    "explain describe", "job work", "shop store", "kid child", "kids children", "doctor physician",
-    "happen occur", "calculate evaluate compute", "ok okay", "can could", "should must", "talk speak", "end finish", "town city",
-))
+_SYNONYMS: tuple[frozenset[str], ...] = tuple(
+    frozenset(group.split())
+    for group in (
+        "fast quick quickly speedy",
+        "faster quicker",
+        "fastest quickest",
+        "big large huge",
+        "bigger larger",
+        "biggest largest",
+        "tallest highest",
+        "begin start",
+        "buy purchase",
+        "car automobile vehicle",
+        "picture photo image",
+        "fix repair",
+        "error bug",
+        "make create",
+        "show display",
+        "delete remove erase",
+        "film movie",
+        "cheap inexpensive affordable",
+        "cheapest least-expensive",
+        "simple easy",
+        "easiest simplest",
+        "help assist",
+        "need require",
+        "use utilize",
+        "get obtain",
+        "find locate",
+        "choose pick select",
+        "way method",
+        "good great",
+        "best top",
+        "tip advice",
+        "explain describe",
+        "job work",
+        "shop store",
+        "kid child",
+        "kids children",
+        "doctor physician",
+        "happen occur",
+        "calculate evaluate compute",
+        "ok okay",
+        "can could",
+        "should must",
+        "talk speak",
+        "end finish",
+        "town city",
+    )
+)
 _SYNONYM_OF = {word: group for group in _SYNONYMS for word in group}
 _SWAP_WORD = re.compile(r"[a-z0-9][a-z0-9+#.'-]*[a-z0-9+#]|[a-z0-9]")
 
@@ -409,10 +675,11 @@ def _substituted(x: tuple[str, ...], y: tuple[str, ...]) -> bool:
     return bool(left) and bool(right) and not _same_words(left, right)
 
 
-
 # --- words one question has and the other lacks, beyond how a question is phrased: in the faq mode a pair
 # where both sides have such a word is not served (a rephrased near miss changes a value and the phrasing)
-_PHRASING = frozenset("""
+_PHRASING = (
+    frozenset(
+        """
 tell name explain describe give recommend suggest best good way ways tip tips idea ideas help know current
 currently usual usually main official exactly roughly approximately around typical typically right correct
 correctly proper properly easiest easy simple quick quickly possible step steps guide option options make
@@ -420,7 +687,10 @@ made get let say mean find look anything something thing things person people so
 still even going go want need like would could should can may might must will shall please thanks just only
 ever now today what's how's who's where's there's it's i'm i'd doe does did do done
 to into in for by
-""".split()) | _FILLER
+""".split()
+    )
+    | _FILLER
+)
 _SAME: dict[str, str] = {}
 for _group in _OPPOSITES:
     for _members in _group:

@@ -23,11 +23,11 @@ Outcome = Literal["ok", "bucket", "slot", "budget", "dup", "too_large"]
 class Bucket:
     key: str
     capacity: float
-    rate: float          # refill per second
-    cost: float          # taken at admission
-    kind: str            # "requests" or "tokens": which x-ratelimit headers it answers for
-    scope: str           # what it limits, for messages: "tenant", "key", "model chat"
-    limit: int           # the per-minute figure from config
+    rate: float  # refill per second
+    cost: float  # taken at admission
+    kind: str  # "requests" or "tokens": which x-ratelimit headers it answers for
+    scope: str  # what it limits, for messages: "tenant", "key", "model chat"
+    limit: int  # the per-minute figure from config
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +40,10 @@ class Slot:
 @dataclass(frozen=True, slots=True)
 class Spend:
     key: str
-    limit: int | None    # nano-USD; None: counted, not limited
+    limit: int | None  # nano-USD; None: counted, not limited
     soft: int | None
     ttl_s: int
-    scope: str           # "tenant daily", "key monthly", ...
+    scope: str  # "tenant daily", "key monthly", ...
 
 
 @dataclass(slots=True)
@@ -52,17 +52,21 @@ class Reservation:
     tenant: str
     key_id: str
     alias: str
-    day: str             # UTC day the record and its aggregates belong to
+    day: str  # UTC day the record and its aggregates belong to
     ts: float
     buckets: list[Bucket]
     slots: list[Slot]
     spends: list[Spend]
     est_prompt: int
     est_completion: int
-    est_cost: int        # nano-USD, priced at the alias's dearest deployment
-    lease_s: float       # unsettled this long: the sweeper settles it at its estimate
-    variant: str | None = None   # the alias's variant serving it: its own aggregates (``v:metric|alias|variant``)
-    batch: bool = False  # a batch line's: its aggregates are also counted apart (``batch:metric|alias|key_id``)
+    est_cost: int  # nano-USD, priced at the alias's dearest deployment
+    lease_s: float  # unsettled this long: the sweeper settles it at its estimate
+    variant: str | None = (
+        None  # the alias's variant serving it: its own aggregates (``v:metric|alias|variant``)
+    )
+    batch: bool = (
+        False  # a batch line's: its aggregates are also counted apart (``batch:metric|alias|key_id``)
+    )
     # This admission's own id: the same reservation sent again (redis-py resends a command whose connection
     # failed, maybe after Redis ran it) is recognised as already admitted, not as another request's "dup".
     attempt: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -79,11 +83,11 @@ class Reservation:
 @dataclass(slots=True)
 class AdmitResult:
     outcome: Outcome
-    index: int = -1                  # the bucket, slot or spend that refused
+    index: int = -1  # the bucket, slot or spend that refused
     retry_after: float = 0.0
-    levels: list[float] = field(default_factory=list)   # each bucket's tokens after the step
-    soft: list[int] = field(default_factory=list)       # spends now past their soft threshold
-    store: str = "memory"            # which store answered (fail-open may fall back to memory)
+    levels: list[float] = field(default_factory=list)  # each bucket's tokens after the step
+    soft: list[int] = field(default_factory=list)  # spends now past their soft threshold
+    store: str = "memory"  # which store answered (fail-open may fall back to memory)
 
 
 @dataclass(slots=True)
@@ -93,22 +97,32 @@ class Settlement:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
-    cost: int            # nano-USD
+    cost: int  # nano-USD
     status: int
     latency_ms: float
     cache_hit: bool
-    estimated: bool      # usage unknown (process died, stream cut without usage): charged at the estimate
-    cache_write_tokens: int = 0   # of prompt_tokens, as cached_tokens (reads) are
-    reasoning_tokens: int = 0     # of completion_tokens
+    estimated: bool  # usage unknown (process died, stream cut without usage): charged at the estimate
+    cache_write_tokens: int = 0  # of prompt_tokens, as cached_tokens (reads) are
+    reasoning_tokens: int = 0  # of completion_tokens
 
     @classmethod
     def of(cls, reservation: Reservation, result: RequestResult, latency_ms: float = 0.0) -> Settlement:
         """The store's step for ``result``: its record, the budget spend and the buckets' refund."""
         t = result.tokens
-        return cls(reservation=reservation, deployment=result.deployment, prompt_tokens=t.prompt,
-                   completion_tokens=t.completion, cached_tokens=t.cached, cost=result.cost, status=result.status,
-                   latency_ms=latency_ms, cache_hit=result.cache_hit, estimated=result.estimated,
-                   cache_write_tokens=t.cache_write, reasoning_tokens=t.reasoning)
+        return cls(
+            reservation=reservation,
+            deployment=result.deployment,
+            prompt_tokens=t.prompt,
+            completion_tokens=t.completion,
+            cached_tokens=t.cached,
+            cost=result.cost,
+            status=result.status,
+            latency_ms=latency_ms,
+            cache_hit=result.cache_hit,
+            estimated=result.estimated,
+            cache_write_tokens=t.cache_write,
+            reasoning_tokens=t.reasoning,
+        )
 
     @property
     def tokens(self) -> int:
@@ -116,38 +130,67 @@ class Settlement:
 
     def record(self) -> dict[str, Any]:
         r = self.reservation
-        return {"request_id": r.entry_id, "tenant": r.tenant, "key_id": r.key_id, "alias": r.alias,
-                "deployment": self.deployment, "day": r.day, "ts": r.ts, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "cached_tokens": self.cached_tokens,
-                "cache_write_tokens": self.cache_write_tokens, "reasoning_tokens": self.reasoning_tokens,
-                "cost_nusd": self.cost, "cache_hit": self.cache_hit, "latency_ms": self.latency_ms,
-                "status": self.status, "state": "estimated" if self.estimated else "settled",
-                "source": "batch" if r.batch else "live"}
+        return {
+            "request_id": r.entry_id,
+            "tenant": r.tenant,
+            "key_id": r.key_id,
+            "alias": r.alias,
+            "deployment": self.deployment,
+            "day": r.day,
+            "ts": r.ts,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cost_nusd": self.cost,
+            "cache_hit": self.cache_hit,
+            "latency_ms": self.latency_ms,
+            "status": self.status,
+            "state": "estimated" if self.estimated else "settled",
+            "source": "batch" if r.batch else "live",
+        }
 
     def aggregates(self) -> dict[str, int]:
         """The per-day counters this record adds to, by ``metric|alias|key_id``; a batch line's also again as
         ``batch:metric|alias|key_id`` (usage grouped by source tells batch spend from live)."""
         r = self.reservation
         suffix = f"|{r.alias}|{r.key_id}"
-        counters = {"requests" + suffix: 1, "prompt_tokens" + suffix: self.prompt_tokens,
-                    "completion_tokens" + suffix: self.completion_tokens, "cached_tokens" + suffix: self.cached_tokens,
-                    "cache_write_tokens" + suffix: self.cache_write_tokens,
-                    "reasoning_tokens" + suffix: self.reasoning_tokens, "cost_nusd" + suffix: self.cost,
-                    "cache_hits" + suffix: int(self.cache_hit), "errors" + suffix: int(self.status >= 400),
-                    "estimated" + suffix: int(self.estimated)}
+        counters = {
+            "requests" + suffix: 1,
+            "prompt_tokens" + suffix: self.prompt_tokens,
+            "completion_tokens" + suffix: self.completion_tokens,
+            "cached_tokens" + suffix: self.cached_tokens,
+            "cache_write_tokens" + suffix: self.cache_write_tokens,
+            "reasoning_tokens" + suffix: self.reasoning_tokens,
+            "cost_nusd" + suffix: self.cost,
+            "cache_hits" + suffix: int(self.cache_hit),
+            "errors" + suffix: int(self.status >= 400),
+            "estimated" + suffix: int(self.estimated),
+        }
         plain = dict(counters)
-        if r.variant is not None:   # a second set, by variant: readers of ``metric|alias|key_id`` skip ``v:``
+        if r.variant is not None:  # a second set, by variant: readers of ``metric|alias|key_id`` skip ``v:``
             by_variant = f"|{r.alias}|{r.variant}"
-            counters.update({"v:" + name.split("|", 1)[0] + by_variant: value for name, value in plain.items()})
-        if r.batch:   # and a third, of batch lines (usage by source)
+            counters.update(
+                {"v:" + name.split("|", 1)[0] + by_variant: value for name, value in plain.items()}
+            )
+        if r.batch:  # and a third, of batch lines (usage by source)
             counters.update({"batch:" + name: value for name, value in plain.items()})
         return counters
 
 
 def settle_at_estimate(reservation: Reservation, status: int = 0) -> Settlement:
     r = reservation
-    return Settlement.of(r, RequestResult(status=status, deployment="-", tokens=Tokens(r.est_prompt, r.est_completion),
-                                          cost=r.est_cost, how="estimated"))
+    return Settlement.of(
+        r,
+        RequestResult(
+            status=status,
+            deployment="-",
+            tokens=Tokens(r.est_prompt, r.est_completion),
+            cost=r.est_cost,
+            how="estimated",
+        ),
+    )
 
 
 class Store(Protocol):
@@ -173,8 +216,7 @@ class Store(Protocol):
         """day -> ``metric|alias|key_id`` -> total."""
         ...
 
-    async def records(self, tenant: str, start: float, end: float, limit: int) -> list[dict[str, Any]]:
-        ...
+    async def records(self, tenant: str, start: float, end: float, limit: int) -> list[dict[str, Any]]: ...
 
     async def spent(self, key: str) -> tuple[int, int]:
         """(spent, reserved) nano-USD of one budget key."""
@@ -184,8 +226,6 @@ class Store(Protocol):
         """Take one of ``limit`` slots of ``key`` (a deployment's in-flight cap) for ``holder``."""
         ...
 
-    async def release(self, key: str, holder: str) -> None:
-        ...
+    async def release(self, key: str, holder: str) -> None: ...
 
-    async def close(self) -> None:
-        ...
+    async def close(self) -> None: ...

@@ -22,8 +22,8 @@ from .health import REDIS_ERRORS, StoreHealth
 from .memory import MemoryStore
 from .redis import RedisStore
 
-_REPLAY_MAX = 100_000     # records kept for replay while Redis is away; beyond, the oldest are dropped (logged)
-_REPLAY_BATCH = 200       # replayed together (the Redis store batches them into a few script calls)
+_REPLAY_MAX = 100_000  # records kept for replay while Redis is away; beyond, the oldest are dropped (logged)
+_REPLAY_BATCH = 200  # replayed together (the Redis store batches them into a few script calls)
 
 
 class FailoverStore:
@@ -33,9 +33,11 @@ class FailoverStore:
         self.redis = redis
         self.memory = memory
         self.health = health
-        self._local: set[str] = set()              # entries admitted by memory while Redis was down
-        self._unsettled: list[Settlement] = []     # settlements Redis could not take yet
-        self._replay: collections.deque[Settlement] = collections.deque()   # settled in memory, not yet in Redis
+        self._local: set[str] = set()  # entries admitted by memory while Redis was down
+        self._unsettled: list[Settlement] = []  # settlements Redis could not take yet
+        self._replay: collections.deque[Settlement] = (
+            collections.deque()
+        )  # settled in memory, not yet in Redis
         self._replaying: asyncio.Task[int] | None = None
         self._dropped = 0
         health.on_recovery(self._replay_soon)
@@ -96,7 +98,7 @@ class FailoverStore:
         if self._replay and (self._replaying is None or self._replaying.done()):
             try:
                 self._replaying = asyncio.get_running_loop().create_task(self.replay())
-            except RuntimeError:   # no loop (a test calling the health directly): the next sweep replays
+            except RuntimeError:  # no loop (a test calling the health directly): the next sweep replays
                 pass
 
     async def replay(self) -> int:
@@ -104,8 +106,9 @@ class FailoverStore:
         were written (those Redis already held are skipped)."""
         written = 0
         if self._dropped:
-            structlog.get_logger("gateway").warning("ledger records dropped before Redis came back",
-                                                    count=self._dropped)
+            structlog.get_logger("gateway").warning(
+                "ledger records dropped before Redis came back", count=self._dropped
+            )
             self._dropped = 0
         while self._replay:
             batch = [self._replay[i] for i in range(min(_REPLAY_BATCH, len(self._replay)))]
@@ -120,10 +123,16 @@ class FailoverStore:
 
     async def _replay_one(self, settlement: Settlement) -> bool:
         r = settlement.reservation
-        again = replace(r, buckets=[], slots=[], est_cost=settlement.cost, attempt=uuid.uuid4().hex,
-                        spends=[replace(s, limit=None, soft=None) for s in r.spends])
+        again = replace(
+            r,
+            buckets=[],
+            slots=[],
+            est_cost=settlement.cost,
+            attempt=uuid.uuid4().hex,
+            spends=[replace(s, limit=None, soft=None) for s in r.spends],
+        )
         if (await self.redis.admit(again)).outcome != "ok":
-            return False    # "dup": Redis has this request's record already
+            return False  # "dup": Redis has this request's record already
         return await self.redis.settle(replace(settlement, reservation=again))
 
     async def _read(self, method: str, *args: Any) -> Any:

@@ -39,9 +39,14 @@ _PROBE_S = 0.1
 
 
 class StoreHealth:
-    def __init__(self, mode: Mode = "fail_open", retry_after_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 probe: Callable[[], Awaitable[Any]] | None = None, probe_timeout_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        mode: Mode = "fail_open",
+        retry_after_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        probe: Callable[[], Awaitable[Any]] | None = None,
+        probe_timeout_s: float = 0.5,
+    ) -> None:
         """``probe``: a cheap Redis call (a PING) tried every 100 ms while Redis is away."""
         self.mode = mode
         self.retry_after_s = retry_after_s
@@ -70,12 +75,16 @@ class StoreHealth:
         if not self.degraded:
             self.degraded = True
             metrics.STORE_DEGRADED.set(1)
-            self._log.warning("redis store unreachable", operation=operation, mode=self.mode,
-                              error=f"{type(exc).__name__}: {exc}")
+            self._log.warning(
+                "redis store unreachable",
+                operation=operation,
+                mode=self.mode,
+                error=f"{type(exc).__name__}: {exc}",
+            )
         if self.probe is not None and (self._probing is None or self._probing.done()):
             try:
                 self._probing = asyncio.get_running_loop().create_task(self._probe_until_back())
-            except RuntimeError:   # no running loop: the next operation tries Redis instead
+            except RuntimeError:  # no running loop: the next operation tries Redis instead
                 pass
 
     async def _probe_until_back(self) -> None:
@@ -108,11 +117,19 @@ class StoreHealth:
             self._log.info("redis store reachable again")
 
     def refusal(self, what: str = "store") -> Unavailable:
-        return Unavailable(f"The gateway's {what} (Redis) is unreachable; try again shortly.",
-                           headers={"Retry-After": str(max(1, round(self.retry_after_s)))})
+        return Unavailable(
+            f"The gateway's {what} (Redis) is unreachable; try again shortly.",
+            headers={"Retry-After": str(max(1, round(self.retry_after_s)))},
+        )
 
-    async def call(self, operation: str, redis: Callable[[], Awaitable[T]],
-                   memory: Callable[[], Awaitable[T]], *, decides: bool) -> T:
+    async def call(
+        self,
+        operation: str,
+        redis: Callable[[], Awaitable[T]],
+        memory: Callable[[], Awaitable[T]],
+        *,
+        decides: bool,
+    ) -> T:
         """``redis()`` when Redis is usable; on its failure, or while Redis rests, ``memory()`` (fail open, or
         bookkeeping that ``decides`` nothing) or 503 (fail closed and the operation decides)."""
         if self.usable():

@@ -43,7 +43,9 @@ class KeyValue(Protocol):
         """Removes fields of a hash; returns how many were there."""
         ...
 
-    async def append(self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None) -> int:
+    async def append(
+        self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None
+    ) -> int:
         """Adds to the end of a list (keeping its newest ``max_len``); returns its length."""
         ...
 
@@ -132,13 +134,15 @@ class MemoryKeyValue:
             return 0
         return sum(value.pop(f, None) is not None for f in fields)
 
-    async def append(self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None) -> int:
+    async def append(
+        self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None
+    ) -> int:
         found = self._live(key)
         if not isinstance(found, list):
             found = self._data[key] = []
         found.append(value)
         if max_len is not None and len(found) > max_len:
-            del found[:len(found) - max_len]
+            del found[: len(found) - max_len]
         self._ttl(key, ttl_s)
         return len(found)
 
@@ -147,19 +151,19 @@ class MemoryKeyValue:
         if not isinstance(found, list):
             return []
         end = len(found) + stop + 1 if stop < 0 else stop + 1
-        return list(found[start if start >= 0 else max(0, len(found) + start):max(0, end)])
+        return list(found[start if start >= 0 else max(0, len(found) + start) : max(0, end)])
 
 
 class RedisKeyValue:
     def __init__(self, client: Callable[[], Any]) -> None:
-        self._client = client   # the layer's client, read at each call (it is opened after this is built)
+        self._client = client  # the layer's client, read at each call (it is opened after this is built)
 
     async def get(self, key: str) -> str | None:
         value = await self._client().get(key)
         return None if value is None else str(value)
 
     async def get_many(self, keys: list[str]) -> list[str | None]:
-        async with self._client().pipeline(transaction=False) as pipe:   # a cluster client splits it by node
+        async with self._client().pipeline(transaction=False) as pipe:  # a cluster client splits it by node
             for key in keys:
                 pipe.get(key)
             found = await pipe.execute()
@@ -190,7 +194,9 @@ class RedisKeyValue:
     async def hash_delete(self, key: str, *fields: str) -> int:
         return int(await self._client().hdel(key, *fields)) if fields else 0
 
-    async def append(self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None) -> int:
+    async def append(
+        self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None
+    ) -> int:
         async with self._client().pipeline(transaction=False) as pipe:
             pipe.rpush(key, value)
             if max_len is not None:
@@ -211,46 +217,79 @@ class FailoverKeyValue:
         self.redis, self.memory, self._health = redis, memory, health
 
     async def get(self, key: str) -> str | None:
-        return await self._health.call("kv.get", lambda: self.redis.get(key), lambda: self.memory.get(key),
-                                       decides=True)
+        return await self._health.call(
+            "kv.get", lambda: self.redis.get(key), lambda: self.memory.get(key), decides=True
+        )
 
     async def get_many(self, keys: list[str]) -> list[str | None]:
-        return await self._health.call("kv.get_many", lambda: self.redis.get_many(keys),
-                                       lambda: self.memory.get_many(keys), decides=True)
+        return await self._health.call(
+            "kv.get_many", lambda: self.redis.get_many(keys), lambda: self.memory.get_many(keys), decides=True
+        )
 
     async def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
-        await self._health.call("kv.set", lambda: self.redis.set(key, value, ttl_s),
-                                lambda: self.memory.set(key, value, ttl_s), decides=False)
+        await self._health.call(
+            "kv.set",
+            lambda: self.redis.set(key, value, ttl_s),
+            lambda: self.memory.set(key, value, ttl_s),
+            decides=False,
+        )
 
     async def delete(self, *keys: str) -> int:
-        return await self._health.call("kv.delete", lambda: self.redis.delete(*keys),
-                                       lambda: self.memory.delete(*keys), decides=False)
+        return await self._health.call(
+            "kv.delete", lambda: self.redis.delete(*keys), lambda: self.memory.delete(*keys), decides=False
+        )
 
     async def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
-        return await self._health.call("kv.set_if_absent", lambda: self.redis.set_if_absent(key, value, ttl_s),
-                                       lambda: self.memory.set_if_absent(key, value, ttl_s), decides=True)
+        return await self._health.call(
+            "kv.set_if_absent",
+            lambda: self.redis.set_if_absent(key, value, ttl_s),
+            lambda: self.memory.set_if_absent(key, value, ttl_s),
+            decides=True,
+        )
 
     async def hash_get(self, key: str) -> dict[str, str]:
-        return await self._health.call("kv.hash_get", lambda: self.redis.hash_get(key),
-                                       lambda: self.memory.hash_get(key), decides=True)
+        return await self._health.call(
+            "kv.hash_get", lambda: self.redis.hash_get(key), lambda: self.memory.hash_get(key), decides=True
+        )
 
     async def hash_set(self, key: str, fields: Mapping[str, str], ttl_s: float | None = None) -> None:
-        await self._health.call("kv.hash_set", lambda: self.redis.hash_set(key, fields, ttl_s),
-                                lambda: self.memory.hash_set(key, fields, ttl_s), decides=False)
+        await self._health.call(
+            "kv.hash_set",
+            lambda: self.redis.hash_set(key, fields, ttl_s),
+            lambda: self.memory.hash_set(key, fields, ttl_s),
+            decides=False,
+        )
 
     async def hash_incr(self, key: str, field: str, by: int = 1) -> int:
-        return await self._health.call("kv.hash_incr", lambda: self.redis.hash_incr(key, field, by),
-                                       lambda: self.memory.hash_incr(key, field, by), decides=False)
+        return await self._health.call(
+            "kv.hash_incr",
+            lambda: self.redis.hash_incr(key, field, by),
+            lambda: self.memory.hash_incr(key, field, by),
+            decides=False,
+        )
 
     async def hash_delete(self, key: str, *fields: str) -> int:
-        return await self._health.call("kv.hash_delete", lambda: self.redis.hash_delete(key, *fields),
-                                       lambda: self.memory.hash_delete(key, *fields), decides=False)
+        return await self._health.call(
+            "kv.hash_delete",
+            lambda: self.redis.hash_delete(key, *fields),
+            lambda: self.memory.hash_delete(key, *fields),
+            decides=False,
+        )
 
-    async def append(self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None) -> int:
-        return await self._health.call("kv.append", lambda: self.redis.append(key, value, max_len=max_len, ttl_s=ttl_s),
-                                       lambda: self.memory.append(key, value, max_len=max_len, ttl_s=ttl_s),
-                                       decides=False)
+    async def append(
+        self, key: str, value: str, *, max_len: int | None = None, ttl_s: float | None = None
+    ) -> int:
+        return await self._health.call(
+            "kv.append",
+            lambda: self.redis.append(key, value, max_len=max_len, ttl_s=ttl_s),
+            lambda: self.memory.append(key, value, max_len=max_len, ttl_s=ttl_s),
+            decides=False,
+        )
 
     async def items(self, key: str, start: int = 0, stop: int = -1) -> list[str]:
-        return await self._health.call("kv.items", lambda: self.redis.items(key, start, stop),
-                                       lambda: self.memory.items(key, start, stop), decides=True)
+        return await self._health.call(
+            "kv.items",
+            lambda: self.redis.items(key, start, stop),
+            lambda: self.memory.items(key, start, stop),
+            decides=True,
+        )

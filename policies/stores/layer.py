@@ -36,20 +36,36 @@ def _retry() -> Retry:
     return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
-CONNECTION_FIELDS = ("redis_url", "redis_cluster", "redis_timeout_s", "redis_max_connections", "on_redis_error",
-                     "retry_redis_after_s")
+CONNECTION_FIELDS = (
+    "redis_url",
+    "redis_cluster",
+    "redis_timeout_s",
+    "redis_max_connections",
+    "on_redis_error",
+    "retry_redis_after_s",
+)
 
 
 class StoreLayer:
     def __init__(self, config: StoresConfig | None = None, clock: Clock = SYSTEM) -> None:
         """``clock``: what the failure policy's retry window and the memory key/value's TTLs are timed by."""
         self.config = config or StoresConfig()
-        self.health = StoreHealth(self.config.on_redis_error, self.config.retry_redis_after_s, clock=clock.monotonic,
-                                  probe=self._ping, probe_timeout_s=self.config.redis_timeout_s)
+        self.health = StoreHealth(
+            self.config.on_redis_error,
+            self.config.retry_redis_after_s,
+            clock=clock.monotonic,
+            probe=self._ping,
+            probe_timeout_s=self.config.redis_timeout_s,
+        )
         self.redis: Any = None
         self._shas: dict[str, str] = {}
-        self.kv: KeyValue = MemoryKeyValue(clock.monotonic) if not self.shared else FailoverKeyValue(
-            RedisKeyValue(lambda: self.redis), MemoryKeyValue(clock.monotonic), self.health)
+        self.kv: KeyValue = (
+            MemoryKeyValue(clock.monotonic)
+            if not self.shared
+            else FailoverKeyValue(
+                RedisKeyValue(lambda: self.redis), MemoryKeyValue(clock.monotonic), self.health
+            )
+        )
 
     @property
     def shared(self) -> bool:
@@ -74,9 +90,13 @@ class StoreLayer:
         if c.redis_cluster:
             from redis.asyncio.cluster import RedisCluster
 
-            self.redis = RedisCluster.from_url(c.redis_url, decode_responses=True, socket_timeout=c.redis_timeout_s,
-                                               socket_connect_timeout=c.redis_timeout_s,
-                                               max_connections=c.redis_max_connections)
+            self.redis = RedisCluster.from_url(
+                c.redis_url,
+                decode_responses=True,
+                socket_timeout=c.redis_timeout_s,
+                socket_connect_timeout=c.redis_timeout_s,
+                max_connections=c.redis_max_connections,
+            )
             try:
                 await self.redis.initialize()
             except REDIS_ERRORS as exc:
@@ -85,11 +105,16 @@ class StoreLayer:
         import redis.asyncio as aioredis
 
         # A blocking pool: a burst waits for a free connection instead of failing with "Too many connections".
-        pool = aioredis.BlockingConnectionPool.from_url(c.redis_url, max_connections=c.redis_max_connections,
-                                                        timeout=c.redis_timeout_s, socket_timeout=c.redis_timeout_s,
-                                                        socket_connect_timeout=c.redis_timeout_s,
-                                                        decode_responses=True, retry=_retry(),
-                                                        health_check_interval=_HEALTH_CHECK_S)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            c.redis_url,
+            max_connections=c.redis_max_connections,
+            timeout=c.redis_timeout_s,
+            socket_timeout=c.redis_timeout_s,
+            socket_connect_timeout=c.redis_timeout_s,
+            decode_responses=True,
+            retry=_retry(),
+            health_check_interval=_HEALTH_CHECK_S,
+        )
         self.redis = aioredis.Redis(connection_pool=pool)
 
     async def script(self, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:

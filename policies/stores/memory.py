@@ -16,14 +16,16 @@ from .base import AdmitResult, Reservation, Settlement, settle_at_estimate
 class MemoryStore:
     name = "memory"
 
-    def __init__(self, retention_days: int = 400, max_records: int = 100_000, clock: Callable[[], float] = SYSTEM.time) -> None:
+    def __init__(
+        self, retention_days: int = 400, max_records: int = 100_000, clock: Callable[[], float] = SYSTEM.time
+    ) -> None:
         self._clock = clock
         self._retention_s = retention_days * 86400
         self._max_records = max_records  # records (not aggregates) kept in memory: the newest
-        self._buckets: dict[str, tuple[float, float]] = {}          # key -> (tokens, at)
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
         self._slots: dict[str, dict[str, float]] = defaultdict(dict)  # key -> entry -> lease expiry
         self._spend: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # key -> [spent, reserved]
-        self._open: dict[str, tuple[Reservation, float]] = {}        # entry -> (reservation, deadline)
+        self._open: dict[str, tuple[Reservation, float]] = {}  # entry -> (reservation, deadline)
         self._records: dict[str, dict[str, Any]] = {}
         self._aggregates: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
@@ -109,7 +111,9 @@ class MemoryStore:
         return settled
 
     async def aggregates(self, tenant: str, days: list[str]) -> dict[str, dict[str, int]]:
-        return {day: dict(self._aggregates[(tenant, day)]) for day in days if (tenant, day) in self._aggregates}
+        return {
+            day: dict(self._aggregates[(tenant, day)]) for day in days if (tenant, day) in self._aggregates
+        }
 
     async def records(self, tenant: str, start: float, end: float, limit: int) -> list[dict[str, Any]]:
         found = [r for r in self._records.values() if r["tenant"] == tenant and start <= r["ts"] < end]

@@ -248,9 +248,9 @@ _MAX_FLUSHING = 1
 class _Op:
     """One caller's share of a batched script call."""
 
-    item: Any                    # what the script reads of this request
-    text: str | bytes = ""       # its plan (admit) or record (settle): an argument of its own
-    keys: tuple[str, ...] = ()   # the keys it touches besides the group's, declared for Redis Cluster
+    item: Any  # what the script reads of this request
+    text: str | bytes = ""  # its plan (admit) or record (settle): an argument of its own
+    keys: tuple[str, ...] = ()  # the keys it touches besides the group's, declared for Redis Cluster
     future: asyncio.Future[Any] | None = None
 
 
@@ -259,13 +259,17 @@ class RedisStore:
 
     def __init__(self, layer: StoreLayer, *, retention_days: int = 400, clock: Clock = SYSTEM) -> None:
         self._layer = layer
-        self._clock = clock  # what records and budget days are aged by: the clock that stamped them (admission's)
+        self._clock = (
+            clock  # what records and budget days are aged by: the clock that stamped them (admission's)
+        )
         self._retention_s = retention_days * 86400
-        self._sha = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_ADMIT, _SETTLE, _ACQUIRE)}
+        self._sha = {
+            script: hashlib.sha1(script.encode()).hexdigest() for script in (_ADMIT, _SETTLE, _ACQUIRE)
+        }
         self._queued: dict[tuple[str, str], list[_Op]] = {}
-        self._soon = False                                   # a flush is due this turn
-        self._urgent = False                                 # someone waits for what is queued
-        self._timer: asyncio.TimerHandle | None = None      # a flush is due in _LAZY_S
+        self._soon = False  # a flush is due this turn
+        self._urgent = False  # someone waits for what is queued
+        self._timer: asyncio.TimerHandle | None = None  # a flush is due in _LAZY_S
         self._flushing: set[asyncio.Task[None]] = set()
 
     @property
@@ -301,8 +305,11 @@ class RedisStore:
             return  # a pipeline in flight: what is queued goes when it is answered, in one bigger batch
         self._urgent = False
         queued, self._queued = self._queued, {}
-        commands = [(kind, group, ops[i:i + _MAX_BATCH]) for (kind, group), ops in queued.items()
-                    for i in range(0, len(ops), _MAX_BATCH)]
+        commands = [
+            (kind, group, ops[i : i + _MAX_BATCH])
+            for (kind, group), ops in queued.items()
+            for i in range(0, len(ops), _MAX_BATCH)
+        ]
         task = asyncio.get_running_loop().create_task(self._flush(commands))
         self._flushing.add(task)
         task.add_done_callback(self._flushed)
@@ -327,14 +334,22 @@ class RedisStore:
         for op in ops:
             item = dict(op.item)
             if kind == "admit":
-                item["b"] = [(bucket_index.setdefault(key, (len(bucket_index) + 1, cap, rate))[0], cost)
-                             for key, cap, rate, cost in item["b"]]
-                item["p"] = [spend_index.setdefault(key, (len(spend_index) + 1, limit, soft))[0]
-                             for key, limit, soft in item["p"]]
+                item["b"] = [
+                    (bucket_index.setdefault(key, (len(bucket_index) + 1, cap, rate))[0], cost)
+                    for key, cap, rate, cost in item["b"]
+                ]
+                item["p"] = [
+                    spend_index.setdefault(key, (len(spend_index) + 1, limit, soft))[0]
+                    for key, limit, soft in item["p"]
+                ]
             else:
-                item["b"] = [bucket_index.setdefault(key, (len(bucket_index) + 1, cap, rate))[0]
-                             for key, cap, rate in item["b"]]
-                item["p"] = [spend_index.setdefault(key, (len(spend_index) + 1, 0, 0))[0] for key in item["p"]]
+                item["b"] = [
+                    bucket_index.setdefault(key, (len(bucket_index) + 1, cap, rate))[0]
+                    for key, cap, rate in item["b"]
+                ]
+                item["p"] = [
+                    spend_index.setdefault(key, (len(spend_index) + 1, 0, 0))[0] for key in item["p"]
+                ]
             items.append(item)
         buckets = [(key, cap, rate) for key, (_, cap, rate) in bucket_index.items()]
         if kind == "admit":
@@ -343,7 +358,9 @@ class RedisStore:
             params = orjson.dumps({"B": buckets, "P": spends, "i": items})
         else:
             keys = [f"{group}:pending", f"{group}:ledger", f"{group}:buckets", f"{group}:spend"]
-            params = orjson.dumps({"ret": self._retention_s, "B": buckets, "P": list(spend_index), "i": items})
+            params = orjson.dumps(
+                {"ret": self._retention_s, "B": buckets, "P": list(spend_index), "i": items}
+            )
         keys += dict.fromkeys(key for op in ops for key in op.keys)
         return _ADMIT if kind == "admit" else _SETTLE, [len(keys), *keys, params, *(op.text for op in ops)]
 
@@ -363,14 +380,22 @@ class RedisStore:
             for *_, ops in commands:
                 for op in ops:
                     if op.future is not None and not op.future.done():
-                        op.future.set_exception(exc if isinstance(exc, Exception) else ConnectionError("cancelled"))
+                        op.future.set_exception(
+                            exc if isinstance(exc, Exception) else ConnectionError("cancelled")
+                        )
             if not isinstance(exc, Exception):
                 raise
             return
         for (kind, _, ops), result in zip(commands, results, strict=True):
             parts: Any = None
             if not isinstance(result, Exception):
-                parts = result.split("\n") if kind == "admit" else result if kind != "release" else [None] * len(ops)
+                parts = (
+                    result.split("\n")
+                    if kind == "admit"
+                    else result
+                    if kind != "release"
+                    else [None] * len(ops)
+                )
             for i, op in enumerate(ops):
                 if op.future is None or op.future.done():
                     continue
@@ -391,21 +416,40 @@ class RedisStore:
     async def admit(self, reservation: Reservation) -> AdmitResult:
         r = reservation
         rec = record_key(r.tenant, r.entry_id)
-        item = {"r": rec, "e": r.entry_id, "o": r.attempt, "b": [(b.key, b.capacity, b.rate, b.cost) for b in r.buckets],
-                "s": [(s.key, s.limit) for s in r.slots],
-                "p": [(s.key, -1 if s.limit is None else s.limit, -1 if s.soft is None else s.soft)
-                      for s in r.spends], "est": r.est_cost, "l": r.lease_s}
-        out = await self._call("admit", f"gw:{tag(r.tenant)}",
-                               _Op(item, orjson.dumps(r), (rec, *(s.key for s in r.slots))))
+        item = {
+            "r": rec,
+            "e": r.entry_id,
+            "o": r.attempt,
+            "b": [(b.key, b.capacity, b.rate, b.cost) for b in r.buckets],
+            "s": [(s.key, s.limit) for s in r.slots],
+            "p": [
+                (s.key, -1 if s.limit is None else s.limit, -1 if s.soft is None else s.soft)
+                for s in r.spends
+            ],
+            "est": r.est_cost,
+            "l": r.lease_s,
+        }
+        out = await self._call(
+            "admit", f"gw:{tag(r.tenant)}", _Op(item, orjson.dumps(r), (rec, *(s.key for s in r.slots)))
+        )
         out = out.split(" ")  # one string: parsing a multi-bulk reply costs the client more
         outcome = out[0]
         if outcome == "ok":
             split = out.index("soft")
-            return AdmitResult("ok", levels=[float(v) for v in out[3:split]],
-                               soft=[int(k) - 1 for k in out[split + 1:]], store=self.name)
+            return AdmitResult(
+                "ok",
+                levels=[float(v) for v in out[3:split]],
+                soft=[int(k) - 1 for k in out[split + 1 :]],
+                store=self.name,
+            )
         if outcome == "bucket":
-            return AdmitResult("bucket", index=int(out[1]) - 1, retry_after=float(out[2]),
-                               levels=[float(v) for v in out[3:]], store=self.name)
+            return AdmitResult(
+                "bucket",
+                index=int(out[1]) - 1,
+                retry_after=float(out[2]),
+                levels=[float(v) for v in out[3:]],
+                store=self.name,
+            )
         if outcome == "again":  # this admission ran already (its reply was lost and it was sent again)
             return AdmitResult("ok", store=self.name)
         if outcome == "dup":
@@ -417,12 +461,22 @@ class RedisStore:
         t = tag(r.tenant)
         rec, agg = record_key(r.tenant, r.entry_id), f"gw:{t}:agg:{r.day}"
         slots = [s.key for s in r.slots]
-        item = {"r": rec, "e": r.entry_id, "a": agg, "s": slots,
-                "b": [(b.key, b.capacity, b.rate) for b in r.buckets if b.kind == "tokens"],
-                "p": [s.key for s in r.spends], "refund": r.est_prompt + r.est_completion - settlement.tokens,
-                "est": r.est_cost, "cost": settlement.cost, "ts": repr(r.ts),
-                "agg": {name: value for name, value in settlement.aggregates().items() if value}}
-        done = await self._call("settle", f"gw:{t}", _Op(item, orjson.dumps(settlement.record()), (rec, agg, *slots)))
+        item = {
+            "r": rec,
+            "e": r.entry_id,
+            "a": agg,
+            "s": slots,
+            "b": [(b.key, b.capacity, b.rate) for b in r.buckets if b.kind == "tokens"],
+            "p": [s.key for s in r.spends],
+            "refund": r.est_prompt + r.est_completion - settlement.tokens,
+            "est": r.est_cost,
+            "cost": settlement.cost,
+            "ts": repr(r.ts),
+            "agg": {name: value for name, value in settlement.aggregates().items() if value},
+        }
+        done = await self._call(
+            "settle", f"gw:{t}", _Op(item, orjson.dumps(settlement.record()), (rec, agg, *slots))
+        )
         return bool(done == "1")
 
     async def sweep(self, tenants: list[str]) -> int:
@@ -439,9 +493,13 @@ class RedisStore:
                 gone = [str(entry) for entry, plan in zip(overdue, plans, strict=True) if plan is None]
                 if gone:
                     await self.client.zrem(f"gw:{t}:pending", *gone)
-                done = await asyncio.gather(*(  # together: one batched script call
-                    self.settle(settle_at_estimate(Reservation.from_json(orjson.loads(plan))))
-                    for plan in plans if plan is not None))
+                done = await asyncio.gather(
+                    *(  # together: one batched script call
+                        self.settle(settle_at_estimate(Reservation.from_json(orjson.loads(plan))))
+                        for plan in plans
+                        if plan is not None
+                    )
+                )
                 settled += sum(done)
             # Leases are Redis's time; record timestamps and days are the policies' clock, so they age by it.
             wall = self._clock.time()
@@ -460,7 +518,9 @@ class RedisStore:
             for day in days:
                 pipe.hgetall(f"gw:{tag(tenant)}:agg:{day}")
             found = await pipe.execute()
-        return {day: {k: int(v) for k, v in data.items()} for day, data in zip(days, found, strict=True) if data}
+        return {
+            day: {k: int(v) for k, v in data.items()} for day, data in zip(days, found, strict=True) if data
+        }
 
     async def records(self, tenant: str, start: float, end: float, limit: int) -> list[dict[str, Any]]:
         t = tag(tenant)
@@ -472,7 +532,7 @@ class RedisStore:
         return [orjson.loads(r) for r in found if r is not None]
 
     async def spent(self, key: str) -> tuple[int, int]:
-        tenant_tag = key[key.index("{"):key.index("}") + 1]
+        tenant_tag = key[key.index("{") : key.index("}") + 1]
         spent, reserved = await self.client.hmget(f"gw:{tenant_tag}:spend", key + ":s", key + ":r")
         return int(spent or 0), int(reserved or 0)
 

@@ -51,8 +51,16 @@ def _binary(name: str) -> Path:
 
 def _run(argv: list[str], home: Path, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "OPENAI_", "CODEX_"))}
-    return subprocess.run(argv, cwd=cwd, env={**clean, "HOME": str(home), "NO_COLOR": "1", **env},
-                          capture_output=True, text=True, timeout=RUN_S, stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        argv,
+        cwd=cwd,
+        env={**clean, "HOME": str(home), "NO_COLOR": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=RUN_S,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -66,10 +74,26 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("alias", ["agent-chat", "agent-anthropic"])
 def test_claude_code_tool_loop(agent_gateway, workdir, alias):
-    done = _run([str(_binary("claude")), "-p", "List the files in this directory.", "--model", alias,
-                 "--allowedTools", "Bash"], workdir.parent / "home", workdir,
-                {"ANTHROPIC_BASE_URL": agent_gateway.url, "ANTHROPIC_API_KEY": KEY, "DISABLE_TELEMETRY": "1",
-                 "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1"})
+    done = _run(
+        [
+            str(_binary("claude")),
+            "-p",
+            "List the files in this directory.",
+            "--model",
+            alias,
+            "--allowedTools",
+            "Bash",
+        ],
+        workdir.parent / "home",
+        workdir,
+        {
+            "ANTHROPIC_BASE_URL": agent_gateway.url,
+            "ANTHROPIC_API_KEY": KEY,
+            "DISABLE_TELEMETRY": "1",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+        },
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Files:" in done.stdout and MARKER in done.stdout, done.stdout + done.stderr
 
@@ -87,7 +111,11 @@ base_url = "{agent_gateway.url}/v1"
 wire_api = "responses"
 env_key = "GATEWAY_KEY"
 """)
-    done = _run([str(_binary("codex")), "exec", "--skip-git-repo-check", "List the files in this directory."],
-                home, workdir, {"GATEWAY_KEY": KEY})
+    done = _run(
+        [str(_binary("codex")), "exec", "--skip-git-repo-check", "List the files in this directory."],
+        home,
+        workdir,
+        {"GATEWAY_KEY": KEY},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Files:" in done.stdout and MARKER in done.stdout, done.stdout + done.stderr

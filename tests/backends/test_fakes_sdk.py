@@ -16,8 +16,11 @@ from tests.conftest import UPSTREAM_KEY
 from tests.fakes import bedrock_upstream
 from tests.fakes.providers import BEDROCK_MODEL
 
-WEATHER = {"name": "get_weather", "description": "Weather in a city",
-           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
 PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
@@ -27,25 +30,50 @@ def _anthropic(fakes) -> anthropic.Anthropic:
 
 def test_anthropic_sdk_reads_the_fake_messages(fakes):
     with _anthropic(fakes) as client:
-        message = client.messages.create(model="claude-3-5-sonnet-20241022", max_tokens=100, system="Be brief.",
-                                         messages=[{"role": "user", "content": [
-                                             {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                                                          "data": PIXEL}},
-                                             {"type": "text", "text": "what is this"}]}])
-        assert message.content[0].type == "text" and message.content[0].text == "Echo: [image/png] what is this"
+        message = client.messages.create(
+            model="claude-3-5-sonnet-20241022",
+            max_tokens=100,
+            system="Be brief.",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image",
+                            "source": {"type": "base64", "media_type": "image/png", "data": PIXEL},
+                        },
+                        {"type": "text", "text": "what is this"},
+                    ],
+                }
+            ],
+        )
+        assert (
+            message.content[0].type == "text" and message.content[0].text == "Echo: [image/png] what is this"
+        )
         assert message.stop_reason == "end_turn"
         assert message.usage.cache_read_input_tokens == 3 and message.usage.output_tokens == 5
 
-        tool_turn = client.messages.create(model="claude-3-5-sonnet-20241022", max_tokens=100, tools=[WEATHER],  # type: ignore[list-item]
-                                           messages=[{"role": "user", "content": "Paris and Rome?"}])
+        tool_turn = client.messages.create(
+            model="claude-3-5-sonnet-20241022",
+            max_tokens=100,
+            tools=[WEATHER],  # type: ignore[list-item]
+            messages=[{"role": "user", "content": "Paris and Rome?"}],
+        )
         uses = [b for b in tool_turn.content if b.type == "tool_use"]
         assert [u.input for u in uses] == [{"city": "Paris"}, {"city": "Rome"}]
         assert tool_turn.stop_reason == "tool_use"
 
-        with client.messages.stream(model="claude-3-5-sonnet-20241022", max_tokens=100, tools=[WEATHER],  # type: ignore[list-item]
-                                    messages=[{"role": "user", "content": "Paris and Rome?"}]) as stream:
+        with client.messages.stream(
+            model="claude-3-5-sonnet-20241022",
+            max_tokens=100,
+            tools=[WEATHER],  # type: ignore[list-item]
+            messages=[{"role": "user", "content": "Paris and Rome?"}],
+        ) as stream:
             final = stream.get_final_message()
-        assert [b.input for b in final.content if b.type == "tool_use"] == [{"city": "Paris"}, {"city": "Rome"}]
+        assert [b.input for b in final.content if b.type == "tool_use"] == [
+            {"city": "Paris"},
+            {"city": "Rome"},
+        ]
         assert final.usage.output_tokens == tool_turn.usage.output_tokens
         assert final.usage.input_tokens == tool_turn.usage.input_tokens
 
@@ -53,20 +81,28 @@ def test_anthropic_sdk_reads_the_fake_messages(fakes):
 def test_anthropic_sdk_reads_the_fake_errors(fakes):
     with _anthropic(fakes) as client:
         with pytest.raises(anthropic.RateLimitError) as limited:
-            client.messages.create(model="error-429", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+            client.messages.create(
+                model="error-429", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+            )
         assert limited.value.response.headers["retry-after"] == "7"
         assert limited.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
         with pytest.raises(anthropic.APIStatusError) as overloaded:
-            client.messages.create(model="error-529", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+            client.messages.create(
+                model="error-529", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+            )
         assert overloaded.value.status_code == 529
         with pytest.raises(anthropic.APIStatusError) as mid_stream:
-            with client.messages.stream(model="stream-error", max_tokens=10,
-                                        messages=[{"role": "user", "content": "a b"}]) as stream:
+            with client.messages.stream(
+                model="stream-error", max_tokens=10, messages=[{"role": "user", "content": "a b"}]
+            ) as stream:
                 stream.get_final_message()
         assert "Overloaded" in str(mid_stream.value)
         with pytest.raises(anthropic.BadRequestError):
-            client.messages.create(model="claude-3-5-sonnet-20241022", max_tokens=10,
-                                   messages=[{"role": "system", "content": "x"}])
+            client.messages.create(
+                model="claude-3-5-sonnet-20241022",
+                max_tokens=10,
+                messages=[{"role": "system", "content": "x"}],
+            )
 
 
 def _genai(fakes) -> genai.Client:
@@ -76,23 +112,39 @@ def _genai(fakes) -> genai.Client:
 def test_google_genai_sdk_reads_the_fake(fakes):
     client = _genai(fakes)
     response = client.models.generate_content(
-        model="gemini-2.0-flash", contents=[genai_types.Part.from_bytes(data=b"\x89PNG", mime_type="image/png"),
-                                            "what is this"],
-        config=genai_types.GenerateContentConfig(system_instruction="Be brief."))
+        model="gemini-2.0-flash",
+        contents=[genai_types.Part.from_bytes(data=b"\x89PNG", mime_type="image/png"), "what is this"],
+        config=genai_types.GenerateContentConfig(system_instruction="Be brief."),
+    )
     assert response.text == "Echo: [image/png] what is this"
     assert response.usage_metadata is not None and response.usage_metadata.cached_content_token_count == 3
-    weather = genai_types.Tool(function_declarations=[genai_types.FunctionDeclaration(
-        name="get_weather", parameters_json_schema=WEATHER["input_schema"])])
-    calls = client.models.generate_content(model="gemini-2.0-flash", contents="Tokyo?",
-                                           config=genai_types.GenerateContentConfig(tools=[weather]))
+    weather = genai_types.Tool(
+        function_declarations=[
+            genai_types.FunctionDeclaration(
+                name="get_weather", parameters_json_schema=WEATHER["input_schema"]
+            )
+        ]
+    )
+    calls = client.models.generate_content(
+        model="gemini-2.0-flash", contents="Tokyo?", config=genai_types.GenerateContentConfig(tools=[weather])
+    )
     assert [(c.name, c.args) for c in calls.function_calls or ()] == [("get_weather", {"city": "Tokyo"})]
     [part] = [p for p in calls.candidates[0].content.parts if p.function_call]  # type: ignore[index, union-attr]
     assert part.thought_signature == b'signed:{"city":"Tokyo"}'
-    answer = client.models.generate_content(model="gemini-2.0-flash", config=genai_types.GenerateContentConfig(
-        tools=[weather]), contents=[genai_types.Content(role="user", parts=[genai_types.Part(text="Tokyo?")]),
-                                   calls.candidates[0].content,  # type: ignore[index]
-                                   genai_types.Content(role="user", parts=[genai_types.Part.from_function_response(
-                                       name="get_weather", response={"result": "rain"})])])
+    answer = client.models.generate_content(
+        model="gemini-2.0-flash",
+        config=genai_types.GenerateContentConfig(tools=[weather]),
+        contents=[
+            genai_types.Content(role="user", parts=[genai_types.Part(text="Tokyo?")]),
+            calls.candidates[0].content,  # type: ignore[index]
+            genai_types.Content(
+                role="user",
+                parts=[
+                    genai_types.Part.from_function_response(name="get_weather", response={"result": "rain"})
+                ],
+            ),
+        ],
+    )
     assert answer.text == "Weather: rain"
     chunks = list(client.models.generate_content_stream(model="gemini-2.0-flash", contents="one two"))
     assert "".join(c.text or "" for c in chunks) == "Echo: one two"
@@ -115,20 +167,33 @@ def test_google_genai_sdk_reads_the_fake_errors(fakes):
 
 
 def _bedrock(fakes, secret: str = bedrock_upstream.SECRET_KEY):
-    return boto3.client("bedrock-runtime", endpoint_url=fakes.bedrock.url, region_name=bedrock_upstream.REGION,
-                        aws_access_key_id=bedrock_upstream.ACCESS_KEY, aws_secret_access_key=secret,
-                        config=Config(retries={"max_attempts": 1}))
+    return boto3.client(
+        "bedrock-runtime",
+        endpoint_url=fakes.bedrock.url,
+        region_name=bedrock_upstream.REGION,
+        aws_access_key_id=bedrock_upstream.ACCESS_KEY,
+        aws_secret_access_key=secret,
+        config=Config(retries={"max_attempts": 1}),
+    )
 
 
 def test_boto3_reads_the_fake_converse_and_its_event_stream(fakes):
     client = _bedrock(fakes)
-    response = client.converse(modelId=BEDROCK_MODEL, system=[{"text": "Be brief."}],
-                               messages=[{"role": "user", "content": [{"text": "one two"}]}])
+    response = client.converse(
+        modelId=BEDROCK_MODEL,
+        system=[{"text": "Be brief."}],
+        messages=[{"role": "user", "content": [{"text": "one two"}]}],
+    )
     assert response["output"]["message"]["content"] == [{"text": "Echo: one two"}]
     assert response["usage"]["cacheReadInputTokens"] == 3
-    tools = {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": WEATHER["input_schema"]}}}]}
-    streamed = client.converse_stream(modelId=BEDROCK_MODEL, toolConfig=tools,
-                                      messages=[{"role": "user", "content": [{"text": "Paris and Tokyo"}]}])
+    tools = {
+        "tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": WEATHER["input_schema"]}}}]
+    }
+    streamed = client.converse_stream(
+        modelId=BEDROCK_MODEL,
+        toolConfig=tools,
+        messages=[{"role": "user", "content": [{"text": "Paris and Tokyo"}]}],
+    )
     events = list(streamed["stream"])
     kinds = [next(iter(e)) for e in events]
     assert kinds[0] == "messageStart" and kinds[-2:] == ["messageStop", "metadata"]
@@ -149,10 +214,12 @@ def test_boto3_reads_the_fake_errors_and_the_fake_checks_signatures(fakes):
     assert throttled.value.response["Error"]["Code"] == "ThrottlingException"
     with pytest.raises(ClientError) as forged:
         _bedrock(fakes, secret="not-the-secret").converse(
-            modelId=BEDROCK_MODEL, messages=[{"role": "user", "content": [{"text": "x"}]}])
+            modelId=BEDROCK_MODEL, messages=[{"role": "user", "content": [{"text": "x"}]}]
+        )
     assert forged.value.response["Error"]["Code"] == "InvalidSignatureException"
-    stream = _bedrock(fakes).converse_stream(modelId="stream-error",
-                                             messages=[{"role": "user", "content": [{"text": "a b"}]}])
+    stream = _bedrock(fakes).converse_stream(
+        modelId="stream-error", messages=[{"role": "user", "content": [{"text": "a b"}]}]
+    )
     with pytest.raises(ClientError) as mid_stream:
         list(stream["stream"])
     assert mid_stream.value.response["Error"]["Code"] == "throttlingException"

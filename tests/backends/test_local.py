@@ -109,8 +109,13 @@ def tiny_gateway(tiny_model: Path) -> Iterator[ServerThread]:
 
 
 def _stream_events(server: ServerThread, body: dict[str, Any]) -> list[str]:
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as response:
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=120,
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         return [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
@@ -118,8 +123,9 @@ def _stream_events(server: ServerThread, body: dict[str, Any]) -> list[str]:
 
 def test_smollm2_answers_through_the_gateway(smollm2_gateway: ServerThread) -> None:
     with _client(smollm2_gateway) as client:
-        raw = client.chat.completions.with_raw_response.create(model="smollm2", messages=QUESTION, max_tokens=24,
-                                                               temperature=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="smollm2", messages=QUESTION, max_tokens=24, temperature=0
+        )
     validate("CreateChatCompletionResponse", raw.http_response.json())
     answer = raw.parse()
     assert "Paris" in (answer.choices[0].message.content or "")
@@ -131,15 +137,25 @@ def test_smollm2_answers_through_the_gateway(smollm2_gateway: ServerThread) -> N
 
 def test_smollm2_streams_through_the_gateway(smollm2_gateway: ServerThread) -> None:
     with _client(smollm2_gateway) as client:
-        stream = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=24, temperature=0,
-                                                stream=True, stream_options={"include_usage": True})
+        stream = client.chat.completions.create(
+            model="smollm2",
+            messages=QUESTION,
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "Paris" in text
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert (
+        chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    )
     # Raw events, without include_usage: valid chunks of OpenAI's schema, no usage chunk, then [DONE].
-    events = _stream_events(smollm2_gateway, {"model": "smollm2", "messages": QUESTION, "max_tokens": 4,
-                                              "temperature": 0, "stream": True})
+    events = _stream_events(
+        smollm2_gateway,
+        {"model": "smollm2", "messages": QUESTION, "max_tokens": 4, "temperature": 0, "stream": True},
+    )
     assert events[-1] == "[DONE]"
     for event in events[:-1]:
         chunk = json.loads(event)
@@ -151,19 +167,28 @@ def test_smollm2_streams_through_the_gateway(smollm2_gateway: ServerThread) -> N
 def test_errors_are_openai_shaped_400s(smollm2_gateway: ServerThread) -> None:
     with _client(smollm2_gateway) as client:
         with pytest.raises(openai.BadRequestError) as too_long:
-            client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "word " * 200}],
-                                           max_tokens=4)
+            client.chat.completions.create(
+                model="smollm2", messages=[{"role": "user", "content": "word " * 200}], max_tokens=4
+            )
         with pytest.raises(openai.BadRequestError) as bad_param:
             client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4, top_logprobs=3)
         with pytest.raises(openai.BadRequestError) as tools:
-            client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4, tools=[
-                {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
-                tool_choice={"type": "function", "function": {"name": "g"}})
+            client.chat.completions.create(
+                model="smollm2",
+                messages=QUESTION,
+                max_tokens=4,
+                tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+                tool_choice={"type": "function", "function": {"name": "g"}},
+            )
         with pytest.raises(openai.BadRequestError) as embeddings:
             client.embeddings.create(model="smollm2", input="x")
         with pytest.raises(openai.BadRequestError) as stream_too_long:
-            client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "word " * 200}],
-                                           max_tokens=4, stream=True)
+            client.chat.completions.create(
+                model="smollm2",
+                messages=[{"role": "user", "content": "word " * 200}],
+                max_tokens=4,
+                stream=True,
+            )
     assert too_long.value.code == "context_length_exceeded" and too_long.value.param == "messages"
     assert "128 tokens" in too_long.value.message
     assert stream_too_long.value.code == "context_length_exceeded"
@@ -179,10 +204,13 @@ def test_errors_are_openai_shaped_400s(smollm2_gateway: ServerThread) -> None:
 def test_client_disconnect_aborts_the_sequence_and_frees_its_blocks(smollm2_gateway: ServerThread) -> None:
     engine = _backend(smollm2_gateway).engine
     assert engine is not None
-    body = orjson.dumps({"model": "smollm2", "stream": True, "messages": QUESTION, "max_tokens": 100,
-                         "ignore_eos": True})
-    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    body = orjson.dumps(
+        {"model": "smollm2", "stream": True, "messages": QUESTION, "max_tokens": 100, "ignore_eos": True}
+    )
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     generated = engine.metrics["generation_tokens_total"]
     assert generated is not None
     with socket.create_connection(("127.0.0.1", smollm2_gateway.port), timeout=60) as sock:
@@ -190,8 +218,9 @@ def test_client_disconnect_aborts_the_sequence_and_frees_its_blocks(smollm2_gate
         assert b"200 OK" in sock.recv(65536)
         assert engine.metrics["running_seqs"] == 1
     deadline = time.monotonic() + 30
-    while (engine.engine.has_unfinished() or engine.engine.block_manager.num_used_blocks) \
-            and time.monotonic() < deadline:
+    while (
+        engine.engine.has_unfinished() or engine.engine.block_manager.num_used_blocks
+    ) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not engine.engine.has_unfinished()
     assert engine.engine.block_manager.num_used_blocks == 0
@@ -214,12 +243,16 @@ def test_engine_metrics_and_readiness(smollm2_gateway: ServerThread) -> None:
     deadline = time.monotonic() + 10
     while True:  # the gauges follow the engine once a second
         text = httpx.get(smollm2_gateway.url + "/metrics").text
-        values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
-                  if line.startswith("gateway_local_engine_") and label in line}
+        values = {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in text.splitlines()
+            if line.startswith("gateway_local_engine_") and label in line
+        }
         # settled: a refresh that came after both requests ended
         settled = values.get(f"gateway_local_engine_generation_tokens_total{label}") == generated() and all(
             values[f"gateway_local_engine_{name}{label}"] == 0
-            for name in ("running_sequences", "waiting_sequences", "kv_blocks_used"))
+            for name in ("running_sequences", "waiting_sequences", "kv_blocks_used")
+        )
         if settled or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -241,29 +274,43 @@ def test_engine_metrics_and_readiness(smollm2_gateway: ServerThread) -> None:
 
 def test_sampling_options_in_process(tiny_gateway: ServerThread) -> None:
     with _client(tiny_gateway) as client:
-        kw: dict[str, Any] = dict(model="tiny", messages=[{"role": "user", "content": "the quick fox"}],
-                                  max_tokens=6, temperature=1.0, seed=7)
+        kw: dict[str, Any] = dict(
+            model="tiny",
+            messages=[{"role": "user", "content": "the quick fox"}],
+            max_tokens=6,
+            temperature=1.0,
+            seed=7,
+        )
         raw = client.chat.completions.with_raw_response.create(n=2, logprobs=True, top_logprobs=2, **kw)
         validate("CreateChatCompletionResponse", raw.http_response.json())
         many = raw.parse()
         again = client.chat.completions.create(n=2, **kw)
-        completion = client.completions.with_raw_response.create(model="tiny", prompt="the quick", max_tokens=5,
-                                                                 temperature=0, logprobs=1)
-        streamed = list(client.completions.create(model="tiny", prompt="the quick", max_tokens=5, temperature=0,
-                                                  stream=True))
+        completion = client.completions.with_raw_response.create(
+            model="tiny", prompt="the quick", max_tokens=5, temperature=0, logprobs=1
+        )
+        streamed = list(
+            client.completions.create(
+                model="tiny", prompt="the quick", max_tokens=5, temperature=0, stream=True
+            )
+        )
         with pytest.raises(openai.BadRequestError) as echo:
             client.completions.create(model="tiny", prompt="the quick", max_tokens=5, echo=True)
         with pytest.raises(openai.BadRequestError) as json_mode:
-            client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
-                                           response_format={"type": "yaml"})  # type: ignore[call-overload]
+            client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "x"}], response_format={"type": "yaml"}
+            )  # type: ignore[call-overload]
     assert (echo.value.param, echo.value.code) == ("echo", "unsupported_parameter")
     assert json_mode.value.param == "response_format"
     assert [c.index for c in many.choices] == [0, 1]
     assert [c.message.content for c in many.choices] == [c.message.content for c in again.choices]  # seeded
     assert many.usage is not None and many.usage.completion_tokens == sum(
-        len(c.logprobs.content or []) for c in many.choices if c.logprobs)
-    assert all(c.logprobs and len(c.logprobs.content[0].top_logprobs) == 2 for c in many.choices
-               if c.logprobs and c.logprobs.content)
+        len(c.logprobs.content or []) for c in many.choices if c.logprobs
+    )
+    assert all(
+        c.logprobs and len(c.logprobs.content[0].top_logprobs) == 2
+        for c in many.choices
+        if c.logprobs and c.logprobs.content
+    )
     validate("CreateCompletionResponse", completion.http_response.json())
     text = completion.parse().choices[0].text
     assert "".join(c.choices[0].text for c in streamed if c.choices) == text
@@ -276,17 +323,23 @@ def test_stop_strings_are_honoured(tiny_gateway: ServerThread) -> None:
         text = full.choices[0].text
         assert len(text) > 4
         stop = text[2:4]
-        cut = client.completions.create(model="tiny", prompt="the quick", max_tokens=12, temperature=0, stop=stop)
+        cut = client.completions.create(
+            model="tiny", prompt="the quick", max_tokens=12, temperature=0, stop=stop
+        )
     assert cut.choices[0].finish_reason == "stop"
-    assert cut.choices[0].text == text[:text.index(stop)]
+    assert cut.choices[0].text == text[: text.index(stop)]
 
 
 async def test_a_request_before_the_model_is_loaded_waits_or_gets_503(tiny_model: Path) -> None:
     config = {"provider": "local", "model": "tiny", "model_path": str(tiny_model)}
     impatient = LocalBackend(DeploymentConfig.model_validate({**config, "engine": {"load_timeout_s": 0}}))
     patient = LocalBackend(DeploymentConfig.model_validate(config))
-    payload = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
-               "ignore_eos": True}
+    payload = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+        "ignore_eos": True,
+    }
     try:
         await impatient.start()
         await patient.start()
@@ -326,7 +379,9 @@ def _start_held(tiny_model: Path, tmp_path: Path, *settings: str) -> tuple[Serve
 def _assert_loading(server: ServerThread) -> None:
     starting = httpx.get(server.url + "/readyz")
     assert starting.status_code == 503
-    assert starting.json()["status"] == "starting" and starting.json()["deployments"]["loading"] == ["local/slow"]
+    assert starting.json()["status"] == "starting" and starting.json()["deployments"]["loading"] == [
+        "local/slow"
+    ]
 
 
 def _unblock(pipe: Path) -> None:
@@ -341,21 +396,33 @@ def _unblock(pipe: Path) -> None:
 
 
 def test_readyz_says_starting_until_the_model_is_loaded(tiny_model: Path, tmp_path: Path) -> None:
-    server, pipe, text = _start_held(tiny_model, tmp_path, "engine: {load_timeout_s: 0.2, block_size: 4, num_kv_blocks: 64}")
+    server, pipe, text = _start_held(
+        tiny_model, tmp_path, "engine: {load_timeout_s: 0.2, block_size: 4, num_kv_blocks: 64}"
+    )
     written = False
     try:
         _assert_loading(server)
-        chat = {"model": "slow", "messages": [{"role": "user", "content": "the quick fox"}], "max_tokens": 3,
-                "ignore_eos": True}
-        early = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=chat)
+        chat = {
+            "model": "slow",
+            "messages": [{"role": "user", "content": "the quick fox"}],
+            "max_tokens": 3,
+            "ignore_eos": True,
+        }
+        early = httpx.post(
+            server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=chat
+        )
         assert early.status_code == 503 and early.json()["error"]["code"] == "model_loading"
         assert early.headers["retry-after"] == "5"
         with pipe.open("w") as f:
             f.write(text)
         written = True
         assert _wait_ready(server, timeout=60)["status"] == "ready"
-        late = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=chat,
-                          timeout=60)
+        late = httpx.post(
+            server.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            json=chat,
+            timeout=60,
+        )
         assert late.status_code == 200 and late.json()["usage"]["completion_tokens"] == 3
     finally:
         if not written:
@@ -363,22 +430,38 @@ def test_readyz_says_starting_until_the_model_is_loaded(tiny_model: Path, tmp_pa
         server.stop()
 
 
-def test_a_capped_local_deployment_is_loading_until_loaded_and_its_cap_holds(tiny_model: Path,
-                                                                               tmp_path: Path) -> None:
+def test_a_capped_local_deployment_is_loading_until_loaded_and_its_cap_holds(
+    tiny_model: Path, tmp_path: Path
+) -> None:
     # max_concurrency must not hide the engine's readiness: /readyz lists it as loading until it is loaded.
-    server, pipe, text = _start_held(tiny_model, tmp_path, "max_concurrency: 1", "timeouts: {connect_s: 0.5}",
-                                     "engine: {load_timeout_s: 60, block_size: 4, num_kv_blocks: 64}")
+    server, pipe, text = _start_held(
+        tiny_model,
+        tmp_path,
+        "max_concurrency: 1",
+        "timeouts: {connect_s: 0.5}",
+        "engine: {load_timeout_s: 60, block_size: 4, num_kv_blocks: 64}",
+    )
     written = False
     try:
         _backend(server)  # the engine's own backend, not a wrapper that hides its state
         _assert_loading(server)
-        chat = {"model": "slow", "messages": [{"role": "user", "content": "the quick fox"}], "max_tokens": 3,
-                "ignore_eos": True}
+        chat = {
+            "model": "slow",
+            "messages": [{"role": "user", "content": "the quick fox"}],
+            "max_tokens": 3,
+            "ignore_eos": True,
+        }
         answers: list[httpx.Response] = []
 
         def ask() -> None:
-            answers.append(httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                                      json=chat, timeout=90))
+            answers.append(
+                httpx.post(
+                    server.url + "/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {KEY}"},
+                    json=chat,
+                    timeout=90,
+                )
+            )
 
         # Both wait for the model; one holds the only slot while it waits, the other is refused after connect_s.
         askers = [threading.Thread(target=ask) for _ in range(2)]
@@ -418,8 +501,11 @@ def test_a_model_that_fails_to_load_answers_503_and_readyz_says_why(tmp_path: Pa
         ready = _wait_ready(server, timeout=60)
         assert ready["status"] == "ready"
         assert [f["deployment"] for f in ready["deployments"]["failed"]] == ["local/broken"]
-        response = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                              json={"model": "broken", "messages": QUESTION})
+        response = httpx.post(
+            server.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            json={"model": "broken", "messages": QUESTION},
+        )
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "model_unavailable"
     finally:
@@ -429,10 +515,26 @@ def test_a_model_that_fails_to_load_answers_503_and_readyz_says_why(tmp_path: Pa
 @pytest.fixture(scope="module")
 def engine_server(tiny_model: Path) -> Iterator[str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "local_engine", "serve", "--model", str(tiny_model),
-                                "--host", "127.0.0.1", "--port", str(port), "--block-size", "4"],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "local_engine",
+            "serve",
+            "--model",
+            str(tiny_model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--block-size",
+            "4",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     try:
@@ -463,24 +565,40 @@ def test_over_http_a_local_engine_server_is_the_upstream(engine_server: str) -> 
         assert _wait_ready(server)["status"] == "ready"
         with _client(server) as client:
             raw = client.chat.completions.with_raw_response.create(
-                model="remote", messages=[{"role": "user", "content": "the quick fox"}], max_tokens=5, temperature=0)
-            streamed = list(client.chat.completions.create(
-                model="remote", messages=[{"role": "user", "content": "the quick fox"}], max_tokens=5, temperature=0,
-                stream=True))
+                model="remote",
+                messages=[{"role": "user", "content": "the quick fox"}],
+                max_tokens=5,
+                temperature=0,
+            )
+            streamed = list(
+                client.chat.completions.create(
+                    model="remote",
+                    messages=[{"role": "user", "content": "the quick fox"}],
+                    max_tokens=5,
+                    temperature=0,
+                    stream=True,
+                )
+            )
             with pytest.raises(openai.BadRequestError) as bad:
-                client.chat.completions.create(model="remote", messages=[{"role": "user", "content": "x"}],
-                                               top_logprobs=2)
+                client.chat.completions.create(
+                    model="remote", messages=[{"role": "user", "content": "x"}], top_logprobs=2
+                )
             with pytest.raises(openai.BadRequestError) as tools:
-                client.chat.completions.create(model="remote", messages=[{"role": "user", "content": "x"}],
-                                               tools=[{"type": "function", "function": {"name": "f"}}],
-                                               tool_choice="required",
-                                               response_format={"type": "yaml"})  # type: ignore[call-overload]
+                client.chat.completions.create(
+                    model="remote",
+                    messages=[{"role": "user", "content": "x"}],
+                    tools=[{"type": "function", "function": {"name": "f"}}],
+                    tool_choice="required",
+                    response_format={"type": "yaml"},
+                )  # type: ignore[call-overload]
         validate("CreateChatCompletionResponse", raw.http_response.json())
         answer = raw.parse()
         assert answer.usage is not None and answer.usage.completion_tokens == 5
         assert raw.http_response.headers["x-gateway-deployment"] == "local/tiny-llama"
-        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == \
-            answer.choices[0].message.content
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+            == answer.choices[0].message.content
+        )
         assert all(c.usage is None for c in streamed)  # asked upstream for counting, dropped for this client
         assert bad.value.param == "top_logprobs"
         assert tools.value.param == "response_format"  # the server's error, passed on
@@ -494,8 +612,13 @@ def test_config_of_the_local_provider(tmp_path: Path) -> None:
     first = shipped.config.models[0]
     assert first.name == "smollm2" and first.deployments[0].in_process
     assert ("smollm2", 0) not in shipped.disabled
-    check = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(ROOT / "config.yaml")], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(ROOT / "config.yaml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert check.returncode == 0 and "OK" in check.stdout
 
     def problems(deployment: str) -> list[str]:
@@ -504,13 +627,20 @@ def test_config_of_the_local_provider(tmp_path: Path) -> None:
         return error.value.problems
 
     assert problems(f"{{provider: local, model: m, model_path: {tmp_path}/absent.gguf}}") == [
-        f"models[0].deployments[0].model_path: {tmp_path}/absent.gguf does not exist"]
+        f"models[0].deployments[0].model_path: {tmp_path}/absent.gguf does not exist"
+    ]
     assert problems("{provider: local, model: m, engine: {block_size: 12}}") == [
-        "models[0].deployments[0].engine.block_size: must be a power of two"]
+        "models[0].deployments[0].engine.block_size: must be a power of two"
+    ]
     assert problems("{provider: local, model: m, engine: {dtype: int8}}")[0].startswith(
-        "models[0].deployments[0].engine.dtype:")
-    assert any("apply only to provider 'local' without api_base" in p for p in problems(
-        "{provider: local, model: m, api_base: 'http://127.0.0.1:1/v1', engine: {max_num_seqs: 2}}"))
+        "models[0].deployments[0].engine.dtype:"
+    )
+    assert any(
+        "apply only to provider 'local' without api_base" in p
+        for p in problems(
+            "{provider: local, model: m, api_base: 'http://127.0.0.1:1/v1', engine: {max_num_seqs: 2}}"
+        )
+    )
     (tmp_path / "config.json").write_text("{}")
     assert any("apply only" in p for p in problems(f"{{provider: openai, model: m, model_path: {tmp_path}}}"))
 
@@ -530,7 +660,9 @@ def test_a_gateway_without_a_local_deployment_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules and 'local_engine' not in sys.modules\n"
         "print('no torch')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "no torch"  # after any start-up warnings
 
@@ -540,8 +672,13 @@ def test_readme_quick_start_answers_from_the_shipped_config() -> None:
     quick_start = readme.split("## Quick start", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -552,8 +689,9 @@ def test_readme_quick_start_answers_from_the_shipped_config() -> None:
             time.sleep(0.1)
         # No wait for /readyz: a request that comes while the model loads waits for it.
         script = quick_start.replace("http://127.0.0.1:8080", f"http://127.0.0.1:{port}")
-        result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                                timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stderr
         models, answer = result.stdout.splitlines()[:2]
         assert models == "['smollm2']"

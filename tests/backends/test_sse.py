@@ -1,4 +1,5 @@
 """The SSE codec: every framing the standard allows, split at any byte, gives the same events."""
+
 from __future__ import annotations
 
 import orjson
@@ -11,10 +12,14 @@ from backends import sse
 ENDINGS = [b"\n", b"\r\n", b"\r"]
 
 OPENAI_STREAM = [
-    sse.Event(orjson.dumps({"id": "c1", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})),
+    sse.Event(
+        orjson.dumps({"id": "c1", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+    ),
     sse.Event(orjson.dumps({"id": "c1", "choices": [{"index": 0, "delta": {"content": "Hel"}}]})),
     sse.Event(orjson.dumps({"id": "c1", "choices": [{"index": 0, "delta": {"content": "lo\nthere"}}]})),
-    sse.Event(orjson.dumps({"id": "c1", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}})),
+    sse.Event(
+        orjson.dumps({"id": "c1", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}})
+    ),
     sse.Event(b"[DONE]"),
 ]
 ANTHROPIC_STREAM = [
@@ -65,16 +70,18 @@ def test_byte_by_byte() -> None:
 def test_events_come_as_soon_as_their_blank_line_arrives() -> None:
     decoder = sse.Decoder()
     assert decoder.feed(b"data: one\r") == []
-    assert decoder.feed(b"\n\r") == [sse.Event(b"one")]     # the CR ends the empty line: dispatched at once
+    assert decoder.feed(b"\n\r") == [sse.Event(b"one")]  # the CR ends the empty line: dispatched at once
     assert decoder.feed(b"\ndata: two\n\n") == [sse.Event(b"two")]  # that LF belongs to the CR, no extra line
 
 
 def test_fields_per_the_standard() -> None:
-    raw = (b"\xef\xbb\xbfretry: 1500\nid: 7\nevent: update\ndata\ndata:x\n\n"   # BOM dropped; 'data' alone = ''
-           b"id: a\x00b\ndata: keeps id 7\n\n"                                      # an id with NUL is ignored
-           b"retry: 1s\nevent: gone\n\n"                                             # no data: nothing dispatched
-           b"data: plain\n\n"
-           b"unknown: field\n:comment\ndata:  two spaces\n\n")
+    raw = (
+        b"\xef\xbb\xbfretry: 1500\nid: 7\nevent: update\ndata\ndata:x\n\n"  # BOM dropped; 'data' alone = ''
+        b"id: a\x00b\ndata: keeps id 7\n\n"  # an id with NUL is ignored
+        b"retry: 1s\nevent: gone\n\n"  # no data: nothing dispatched
+        b"data: plain\n\n"
+        b"unknown: field\n:comment\ndata:  two spaces\n\n"
+    )
     assert decode_split(raw, []) == [
         sse.Event(b"\nx", "update", "7", 1500),
         sse.Event(b"keeps id 7", "message", "7"),
@@ -91,8 +98,10 @@ def test_a_stream_that_ends_without_its_last_blank_line_still_gives_its_last_eve
 def test_fields_carry_over_from_earlier_chunks_into_a_whole_data_event() -> None:
     decoder = sse.Decoder()
     assert decoder.feed(b"id: 4\r\nevent: delta\r\n") == []
-    assert decoder.feed(b"data:{}\r\n\r\ndata: next\r\n\r\n") == [sse.Event(b"{}", "delta", "4"),
-                                                                    sse.Event(b"next", "message", "4")]
+    assert decoder.feed(b"data:{}\r\n\r\ndata: next\r\n\r\n") == [
+        sse.Event(b"{}", "delta", "4"),
+        sse.Event(b"next", "message", "4"),
+    ]
 
 
 def test_decode_reads_a_whole_stream_and_events_are_immutable() -> None:
@@ -103,9 +112,15 @@ def test_decode_reads_a_whole_stream_and_events_are_immutable() -> None:
 
 
 def test_writer_round_trips() -> None:
-    raw = sse.encode("line one\r\nline two\rthree", event="delta", id="9", retry=10) + sse.comment("ping") + sse.DONE
-    assert decode_split(raw, []) == [sse.Event(b"line one\nline two\nthree", "delta", "9", 10),
-                                     sse.Event(b"[DONE]", "message", "9")]
+    raw = (
+        sse.encode("line one\r\nline two\rthree", event="delta", id="9", retry=10)
+        + sse.comment("ping")
+        + sse.DONE
+    )
+    assert decode_split(raw, []) == [
+        sse.Event(b"line one\nline two\nthree", "delta", "9", 10),
+        sse.Event(b"[DONE]", "message", "9"),
+    ]
     assert sse.Event(b"[DONE]").done
 
 
@@ -118,16 +133,24 @@ _event = st.builds(
 
 
 @settings(max_examples=300, deadline=None)
-@given(events=st.lists(_event, max_size=6), end=st.sampled_from(ENDINGS), space=st.booleans(),
-       comments=st.booleans(), cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8))
-def test_property_any_framing_any_split(events: list[sse.Event], end: bytes, space: bool, comments: bool,
-                                       cuts: list[int]) -> None:
+@given(
+    events=st.lists(_event, max_size=6),
+    end=st.sampled_from(ENDINGS),
+    space=st.booleans(),
+    comments=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8),
+)
+def test_property_any_framing_any_split(
+    events: list[sse.Event], end: bytes, space: bool, comments: bool, cuts: list[int]
+) -> None:
     raw = frame(events, end, space, comments)
     assert decode_split(raw, [c for c in cuts if c <= len(raw)]) == events
 
 
 @settings(max_examples=200, deadline=None)
-@given(events=st.lists(_event, max_size=6), cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8))
+@given(
+    events=st.lists(_event, max_size=6), cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8)
+)
 def test_property_writer_then_reader(events: list[sse.Event], cuts: list[int]) -> None:
     raw = b"".join(sse.encode(e.data, event=e.event) for e in events)
     assert decode_split(raw, [c for c in cuts if c <= len(raw)]) == events

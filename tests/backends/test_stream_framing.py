@@ -38,20 +38,26 @@ tenants:
 @pytest.mark.parametrize("data_space", [True, False], ids=["data-space", "data-nospace"])
 @pytest.mark.parametrize("ending", list(LINE_ENDS))
 @pytest.mark.parametrize("provider", list(HOLD_AFTER))
-def test_adapter_reads_its_stream_in_any_framing(provider: str, ending: str, data_space: bool, fakes: Fakes,
-                                                 start_gateway: Callable[[str], ServerThread]) -> None:
+def test_adapter_reads_its_stream_in_any_framing(
+    provider: str, ending: str, data_space: bool, fakes: Fakes, start_gateway: Callable[[str], ServerThread]
+) -> None:
     state = fakes[provider].state
     state.line_end, state.data_space, state.hold_after = LINE_ENDS[ending], data_space, HOLD_AFTER[provider]
     server = start_gateway(_config(provider, fakes))
     with sdk(server, timeout=10) as client:
-        chunks = read_held(client.chat.completions.create(model=provider, stream=True,
-                                                          messages=[{"role": "user", "content": "hello there"}]),
-                           state)
+        chunks = read_held(
+            client.chat.completions.create(
+                model=provider, stream=True, messages=[{"role": "user", "content": "hello there"}]
+            ),
+            state,
+        )
     assert text_of(chunks) == "Echo: hello there"
     assert chunks[-1].choices[0].finish_reason == "stop"
     settled(server)
     [record] = usage(server, tenant="acme", group_by="request").json()["data"]
     assert state.usage_sent is not None and state.usage_sent["completion_tokens"] == 3
-    assert (record["prompt_tokens"], record["completion_tokens"]) == \
-        (state.usage_sent["prompt_tokens"], state.usage_sent["completion_tokens"])
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (
+        state.usage_sent["prompt_tokens"],
+        state.usage_sent["completion_tokens"],
+    )
     assert record["state"] == "settled"

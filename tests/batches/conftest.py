@@ -41,7 +41,9 @@ def flaky_model(upstream_url: str) -> str:
 
 @pytest.fixture
 def batch_gateway(upstream, start_gateway, tmp_path):
-    text = config_text(upstream[0].url, flaky_model(upstream[0].url), server=batch_sections(str(tmp_path / "files")))
+    text = config_text(
+        upstream[0].url, flaky_model(upstream[0].url), server=batch_sections(str(tmp_path / "files"))
+    )
     return start_gateway(text)
 
 
@@ -58,7 +60,9 @@ def client_with(upstream, start_gateway, tmp_path) -> Iterator[Callable[[str], o
     clients: list[openai.OpenAI] = []
 
     def make(models: str) -> openai.OpenAI:
-        gateway = start_gateway(config_text(upstream[0].url, models, server=batch_sections(str(tmp_path / "files"))))
+        gateway = start_gateway(
+            config_text(upstream[0].url, models, server=batch_sections(str(tmp_path / "files")))
+        )
         clients.append(openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20))
         return clients[-1]
 
@@ -78,16 +82,24 @@ def jsonl(lines: Iterable[dict[str, Any]]) -> bytes:
 
 
 def chat_line(custom_id: str, content: str, model: str = "chat") -> dict[str, Any]:
-    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 16}}
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 16},
+    }
 
 
 def upload(client: openai.OpenAI, data: bytes, name: str = "in.jsonl") -> str:
     return client.files.create(file=(name, io.BytesIO(data)), purpose="batch").id
 
 
-def wait_for(client: openai.OpenAI, batch_id: str, done: Callable[[Any], bool] | None = None,
-             deadline_s: float = DEADLINE_S) -> Any:
+def wait_for(
+    client: openai.OpenAI,
+    batch_id: str,
+    done: Callable[[Any], bool] | None = None,
+    deadline_s: float = DEADLINE_S,
+) -> Any:
     """Polls the batch until ``done`` (default: a terminal status) or the deadline."""
     done = done or (lambda b: b.status in ("completed", "failed", "expired", "cancelled"))
     deadline = time.monotonic() + deadline_s

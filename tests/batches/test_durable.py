@@ -30,8 +30,11 @@ def test_killed_mid_batch_resumes_and_sends_each_line_once(tmp_path, upstream):
     try:
         with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
             lines = [chat_line(f"r{i}", f"line {i}") for i in range(LINES)]
-            batch = client.batches.create(input_file_id=upload(client, jsonl(lines)),
-                                          endpoint="/v1/chat/completions", completion_window="24h")
+            batch = client.batches.create(
+                input_file_id=upload(client, jsonl(lines)),
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+            )
             # the upstream answered 100 lines and holds the next ones: once the gateway recorded those 100,
             # it is killed with lines in flight
             wait_for(client, batch.id, lambda b: b.request_counts.completed == ANSWERED_BEFORE_KILL)
@@ -52,4 +55,4 @@ def test_killed_mid_batch_resumes_and_sends_each_line_once(tmp_path, upstream):
         process.wait(timeout=30)
         redis.stop()
     assert [o["custom_id"] for o in output] == [f"r{i}" for i in range(LINES)]
-    assert fake.answered == {f"line {i}": 1 for i in range(LINES)}   # each line answered upstream once
+    assert fake.answered == {f"line {i}": 1 for i in range(LINES)}  # each line answered upstream once

@@ -45,14 +45,20 @@ def test_bad_purpose_and_missing_file_are_400(client, batch_gateway):
     with pytest.raises(openai.BadRequestError, match="purpose"):
         client.files.create(file=("x.jsonl", io.BytesIO(b"{}\n")), purpose="nonsense")
     from tests.conftest import KEY
-    response = httpx.post(batch_gateway.url + "/v1/files", headers={"Authorization": f"Bearer {KEY}"},
-                          data={"purpose": "batch"}, files={"other": ("x", b"1")})
+
+    response = httpx.post(
+        batch_gateway.url + "/v1/files",
+        headers={"Authorization": f"Bearer {KEY}"},
+        data={"purpose": "batch"},
+        files={"other": ("x", b"1")},
+    )
     assert response.status_code == 400 and response.json()["error"]["param"] == "file"
-    assert client.files.list(purpose="nonsense").data == []   # nothing was kept
+    assert client.files.list(purpose="nonsense").data == []  # nothing was kept
 
 
 def test_a_file_over_the_cap_is_413_and_not_kept(upstream, start_gateway, tmp_path):
     from tests.conftest import KEY
+
     files_dir = tmp_path / "files"
     gw = start_gateway(config_text(upstream[0].url, server=batch_sections(str(files_dir), max_bytes=100_000)))
     with openai.OpenAI(base_url=gw.url + "/v1", api_key=KEY, max_retries=0) as client:
@@ -60,5 +66,7 @@ def test_a_file_over_the_cap_is_413_and_not_kept(upstream, start_gateway, tmp_pa
             client.files.create(file=("big.jsonl", io.BytesIO(b"x" * 100_001)), purpose="batch")
         assert caught.value.status_code == 413
         assert client.files.list().data == []
-        assert list(files_dir.iterdir()) == []          # the partial upload was removed
-        assert client.files.create(file=("ok.jsonl", io.BytesIO(b"x" * 99_000)), purpose="batch").bytes == 99_000
+        assert list(files_dir.iterdir()) == []  # the partial upload was removed
+        assert (
+            client.files.create(file=("ok.jsonl", io.BytesIO(b"x" * 99_000)), purpose="batch").bytes == 99_000
+        )

@@ -19,11 +19,20 @@ def client(upstream, client_with):
 def test_batch_lines_reach_the_engine_after_live_requests(client, upstream):
     client.chat.completions.create(model="engine", messages=[{"role": "user", "content": "live"}])
     lines = [chat_line("e1", "to the engine", "engine"), chat_line("c1", "to another provider", "chat")]
-    done = wait_for(client, client.batches.create(input_file_id=upload(client, jsonl(lines)),
-                                                  endpoint="/v1/chat/completions", completion_window="24h").id)
+    done = wait_for(
+        client,
+        client.batches.create(
+            input_file_id=upload(client, jsonl(lines)),
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        ).id,
+    )
     assert done.request_counts.completed == 2
-    sent = {s.body["messages"][-1]["content"]: s.body for s in upstream[1].requests
-            if s.path == "/v1/chat/completions"}
+    sent = {
+        s.body["messages"][-1]["content"]: s.body
+        for s in upstream[1].requests
+        if s.path == "/v1/chat/completions"
+    }
     assert sent.keys() == {"live", "to the engine", "to another provider"}
     assert sent["to the engine"]["priority"] == 1
     assert "priority" not in sent["live"] and "priority" not in sent["to another provider"]

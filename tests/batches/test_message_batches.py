@@ -19,8 +19,10 @@ def claude(batch_gateway):
 
 
 def _request(custom_id: str, text: str, model: str = "chat") -> dict:
-    return {"custom_id": custom_id,
-            "params": {"model": model, "max_tokens": 32, "messages": [{"role": "user", "content": text}]}}
+    return {
+        "custom_id": custom_id,
+        "params": {"model": model, "max_tokens": 32, "messages": [{"role": "user", "content": text}]},
+    }
 
 
 def _ended(claude: anthropic.Anthropic, batch_id: str, deadline_s: float = 60):
@@ -32,8 +34,9 @@ def _ended(claude: anthropic.Anthropic, batch_id: str, deadline_s: float = 60):
 
 
 def test_create_retrieve_list_results(claude, batch_gateway):
-    batch = claude.messages.batches.create(requests=[_request("a", "hello a"), _request("b", "hello b"),
-                                                     _request("c", "FAIL c", model="flaky")])
+    batch = claude.messages.batches.create(
+        requests=[_request("a", "hello a"), _request("b", "hello b"), _request("c", "FAIL c", model="flaky")]
+    )
     assert batch.id.startswith("msgbatch_") and batch.processing_status == "in_progress"
     done = _ended(claude, batch.id)
     assert (done.request_counts.succeeded, done.request_counts.errored) == (2, 1)
@@ -53,8 +56,14 @@ def test_bad_requests_are_refused_in_anthropics_format(claude):
     with pytest.raises(anthropic.BadRequestError, match="custom_id"):
         claude.messages.batches.create(requests=[_request("a", "x"), _request("a", "y")])
     with pytest.raises(anthropic.BadRequestError, match="max_tokens"):
-        claude.messages.batches.create(requests=[{"custom_id": "a", "params": {
-            "model": "chat", "messages": [{"role": "user", "content": "x"}]}}])
+        claude.messages.batches.create(
+            requests=[
+                {
+                    "custom_id": "a",
+                    "params": {"model": "chat", "messages": [{"role": "user", "content": "x"}]},
+                }
+            ]
+        )
 
 
 def test_cancel(claude, upstream):

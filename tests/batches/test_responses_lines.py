@@ -11,8 +11,12 @@ from .conftest import alias, jsonl, read_lines, upload, wait_for
 
 
 def _line(custom_id: str, model: str, text: str, **extra: object) -> dict:
-    return {"custom_id": custom_id, "method": "POST", "url": "/v1/responses",
-            "body": {"model": model, "input": text, "max_output_tokens": 32, **extra}}
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/responses",
+        "body": {"model": model, "input": text, "max_output_tokens": 32, **extra},
+    }
 
 
 @pytest.fixture
@@ -21,11 +25,15 @@ def client(upstream, client_with):
 
 
 def test_responses_lines_answer_as_live_requests_do(client, upstream):
-    lines = [_line("translated", "chat", "hello there"), _line("native", "native", "hi native"),
-             _line("unstored", "chat", "forget me", store=False),
-             _line("continued", "chat", "and then?", previous_response_id="resp_unknown")]
-    batch = client.batches.create(input_file_id=upload(client, jsonl(lines)), endpoint="/v1/responses",
-                                  completion_window="24h")
+    lines = [
+        _line("translated", "chat", "hello there"),
+        _line("native", "native", "hi native"),
+        _line("unstored", "chat", "forget me", store=False),
+        _line("continued", "chat", "and then?", previous_response_id="resp_unknown"),
+    ]
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(lines)), endpoint="/v1/responses", completion_window="24h"
+    )
     assert batch.endpoint == "/v1/responses"
     done = wait_for(client, batch.id)
     assert done.status == "completed", done.errors
@@ -34,13 +42,24 @@ def test_responses_lines_answer_as_live_requests_do(client, upstream):
     assert list(output) == ["translated", "native", "unstored"]
     live = client.responses.with_raw_response.create(model="chat", input="hello there", max_output_tokens=32)
     live = orjson.loads(live.content)
-    for custom_id, said in (("translated", "hello there"), ("native", "hi native"), ("unstored", "forget me")):
+    for custom_id, said in (
+        ("translated", "hello there"),
+        ("native", "hi native"),
+        ("unstored", "forget me"),
+    ):
         answer = output[custom_id]["response"]
         assert answer["status_code"] == 200
         body = answer["body"]
-        assert body["object"] == "response" and body["id"].startswith("resp") and body["status"] == "completed"
-        text = "".join(part["text"] for item in body["output"] if item["type"] == "message"
-                       for part in item["content"] if part["type"] == "output_text")
+        assert (
+            body["object"] == "response" and body["id"].startswith("resp") and body["status"] == "completed"
+        )
+        text = "".join(
+            part["text"]
+            for item in body["output"]
+            if item["type"] == "message"
+            for part in item["content"]
+            if part["type"] == "output_text"
+        )
         assert said in text
         assert body["usage"]["input_tokens"] > 0 and body["usage"]["output_tokens"] > 0
     # the translated line has the live response's shape, field for field
@@ -60,10 +79,14 @@ def test_responses_lines_answer_as_live_requests_do(client, upstream):
 
 
 def test_a_responses_line_is_checked_at_validation(client):
-    lines = [_line("a", "chat", "fine"), {**_line("b", "chat", "x"), "body": {"model": "chat", "input": 7}},
-             {**_line("c", "chat", "x"), "url": "/v1/chat/completions"}]
-    batch = client.batches.create(input_file_id=upload(client, jsonl(lines)), endpoint="/v1/responses",
-                                  completion_window="24h")
+    lines = [
+        _line("a", "chat", "fine"),
+        {**_line("b", "chat", "x"), "body": {"model": "chat", "input": 7}},
+        {**_line("c", "chat", "x"), "url": "/v1/chat/completions"},
+    ]
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(lines)), endpoint="/v1/responses", completion_window="24h"
+    )
     done = wait_for(client, batch.id)
     assert done.status == "failed"
     assert [(e.line, e.param) for e in done.errors.data] == [(2, "input"), (3, "url")]

@@ -41,8 +41,9 @@ def _batch_row(url: str, requests: int) -> dict:
     found: list[dict] = []
 
     def ledgered() -> bool:
-        rows = httpx.get(url + "/admin/usage", params={"group_by": "source"},
-                         headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+        rows = httpx.get(
+            url + "/admin/usage", params={"group_by": "source"}, headers={"Authorization": f"Bearer {KEY}"}
+        ).json()["data"]
         found[:] = [r for r in rows if r["source"] == "batch" and r["requests"] == requests]
         return bool(found)
 
@@ -73,7 +74,9 @@ def gateway(upstream, start_gateway, tmp_path, clock):
         api_base: {upstream[0].url}/v1
         api_key: {UPSTREAM_KEY}
         price: {{input: 2.0, output: 8.0}}"""
-    return start_gateway(config_text(upstream[0].url, models, server=_sections(str(tmp_path / "files"))), clock=clock)
+    return start_gateway(
+        config_text(upstream[0].url, models, server=_sections(str(tmp_path / "files"))), clock=clock
+    )
 
 
 @pytest.fixture
@@ -83,15 +86,18 @@ def client(gateway):
 
 
 def _retrieves(state) -> int:
-    return sum(1 for s in state.requests if s.path.startswith("/v1/batches/") and not s.path.endswith("/cancel"))
+    return sum(
+        1 for s in state.requests if s.path.startswith("/v1/batches/") and not s.path.endswith("/cancel")
+    )
 
 
 def test_a_batch_goes_to_openais_batch_api_and_comes_back_as_the_gateways(client, gateway, upstream, clock):
     state = upstream[1]
     lines = [chat_line(f"r{i}", f"hello {i}", model="forwarded") for i in range(4)]
     lines.insert(2, chat_line("bad", "FAIL now", model="forwarded"))
-    batch = client.batches.create(input_file_id=upload(client, jsonl(lines)), endpoint="/v1/chat/completions",
-                                  completion_window="24h")
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(lines)), endpoint="/v1/chat/completions", completion_window="24h"
+    )
     _until(lambda: len(state.batches) == 1, "the batch was not forwarded")
     [forwarded] = state.batches.values()
     # the upstream got the lines with its own model name, under its own key
@@ -99,26 +105,37 @@ def test_a_batch_goes_to_openais_batch_api_and_comes_back_as_the_gateways(client
     assert {line["body"]["model"] for line in forwarded["lines"]} == {"flaky"}
     assert forwarded["endpoint"] == "/v1/chat/completions"
     upload_seen = next(s for s in state.requests if s.path == "/v1/files")
-    assert upload_seen.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}" and upload_seen.body["purpose"] == "batch"
+    assert (
+        upload_seen.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+        and upload_seen.body["purpose"] == "batch"
+    )
     assert client.batches.retrieve(batch.id).status == "in_progress"
 
     # looked at upstream only when the gateway's clock says so: one step of the fake's batch per look
     for looks in range(1, 4):
         clock.advance(POLL_S)
+
         def looked(n: int = looks) -> bool:
             return _retrieves(state) == n
+
         _until(looked, f"look {looks} did not happen")
     done = wait_for(client, batch.id)
-    assert _retrieves(state) == 3   # the runner looked for work many times meanwhile; upstream only on the clock
+    assert (
+        _retrieves(state) == 3
+    )  # the runner looked for work many times meanwhile; upstream only on the clock
     assert done.status == "completed"
     assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (5, 4, 1)
     output, errors = read_lines(client, done.output_file_id), read_lines(client, done.error_file_id)
     assert [o["custom_id"] for o in output] == ["r0", "r1", "r2", "r3"]
-    upstream_ids = {orjson.loads(line)["id"] for f in state.files.values() if f["purpose"] == "batch_output"
-                    for line in f["data"].splitlines()}
+    upstream_ids = {
+        orjson.loads(line)["id"]
+        for f in state.files.values()
+        if f["purpose"] == "batch_output"
+        for line in f["data"].splitlines()
+    }
     for i, line in enumerate(output):
         body = line["response"]["body"]
-        assert body["model"] == "forwarded"   # the alias, not the deployment's model
+        assert body["model"] == "forwarded"  # the alias, not the deployment's model
         assert body["choices"][0]["message"]["content"].endswith(f"hello {i}")
         assert line["id"].startswith("batch_req_") and line["id"] not in upstream_ids
         assert line["response"]["request_id"].startswith("req_")
@@ -138,9 +155,11 @@ def test_a_batch_goes_to_openais_batch_api_and_comes_back_as_the_gateways(client
 
 def test_a_cancel_is_passed_upstream(client, upstream, clock):
     state = upstream[1]
-    batch = client.batches.create(input_file_id=upload(client, jsonl([chat_line(f"r{i}", "x", "forwarded")
-                                                                      for i in range(3)])),
-                                  endpoint="/v1/chat/completions", completion_window="24h")
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl([chat_line(f"r{i}", "x", "forwarded") for i in range(3)])),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
     _until(lambda: len(state.batches) == 1, "the batch was not forwarded")
     assert client.batches.cancel(batch.id).status == "cancelling"
     clock.advance(POLL_S)
@@ -148,15 +167,25 @@ def test_a_cancel_is_passed_upstream(client, upstream, clock):
     assert done.status == "cancelled"
     [forwarded] = state.batches.values()
     assert forwarded["status"] == "cancelled"
-    assert [s.path for s in state.requests if s.path.endswith("/cancel")] == [f"/v1/batches/{forwarded['id']}/cancel"]
+    assert [s.path for s in state.requests if s.path.endswith("/cancel")] == [
+        f"/v1/batches/{forwarded['id']}/cancel"
+    ]
     not_run = read_lines(client, done.error_file_id)
-    assert [(e["custom_id"], e["error"]["code"]) for e in not_run] == [(f"r{i}", "batch_cancelled") for i in range(3)]
+    assert [(e["custom_id"], e["error"]["code"]) for e in not_run] == [
+        (f"r{i}", "batch_cancelled") for i in range(3)
+    ]
 
 
 def test_a_batch_mixing_aliases_runs_in_the_gateway(client, upstream):
     lines = [chat_line("a", "one", "forwarded"), chat_line("b", "two", "chat")]
-    done = wait_for(client, client.batches.create(input_file_id=upload(client, jsonl(lines)),
-                                                  endpoint="/v1/chat/completions", completion_window="24h").id)
+    done = wait_for(
+        client,
+        client.batches.create(
+            input_file_id=upload(client, jsonl(lines)),
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        ).id,
+    )
     assert done.status == "completed" and done.request_counts.completed == 2
     assert upstream[1].batches == {}
     assert len([s for s in upstream[1].requests if s.path == "/v1/chat/completions"]) == 2
@@ -199,19 +228,30 @@ def claude(upstream, claude_upstream, start_gateway, tmp_path, clock):
         api_base: {claude_upstream[0].url}/v1
         api_key: {UPSTREAM_KEY}
         price: {{input: 3.0, output: 15.0}}"""
-    gw = start_gateway(config_text(upstream[0].url, models, server=_sections(str(tmp_path / "files"))), clock=clock)
+    gw = start_gateway(
+        config_text(upstream[0].url, models, server=_sections(str(tmp_path / "files"))), clock=clock
+    )
     with anthropic.Anthropic(base_url=gw.url, api_key=KEY, max_retries=0, timeout=20) as c:
         yield c, gw
 
 
 def _request(custom_id: str, text: str) -> dict:
-    return {"custom_id": custom_id, "params": {"model": "claude-forwarded", "max_tokens": 32,
-                                               "messages": [{"role": "user", "content": text}]}}
+    return {
+        "custom_id": custom_id,
+        "params": {
+            "model": "claude-forwarded",
+            "max_tokens": 32,
+            "messages": [{"role": "user", "content": text}],
+        },
+    }
 
 
 def _looks(state) -> int:
-    return sum(1 for s in state.requests if s.path.startswith("/v1/messages/batches/")
-               and not s.path.endswith(("/cancel", "/results")))
+    return sum(
+        1
+        for s in state.requests
+        if s.path.startswith("/v1/messages/batches/") and not s.path.endswith(("/cancel", "/results"))
+    )
 
 
 def test_a_message_batch_goes_to_anthropics_batch_api(claude, claude_upstream, clock):
@@ -220,12 +260,15 @@ def test_a_message_batch_goes_to_anthropics_batch_api(claude, claude_upstream, c
     batch = client.messages.batches.create(requests=[_request(c, f"hello {c}") for c in ("a", "b", "c")])
     _until(lambda: len(state.batches) == 1, "the batch was not forwarded")
     [forwarded] = state.batches.values()
-    assert [(r["custom_id"], r["params"]["model"]) for r in forwarded["requests"]] == \
-        [("a", "claude-fake"), ("b", "claude-fake"), ("c", "claude-fake")]
+    assert [(r["custom_id"], r["params"]["model"]) for r in forwarded["requests"]] == [
+        ("a", "claude-fake"),
+        ("b", "claude-fake"),
+        ("c", "claude-fake"),
+    ]
     create_seen = next(s for s in state.requests if s.path == "/v1/messages/batches")
     assert create_seen.headers["x-api-key"] == UPSTREAM_KEY and create_seen.headers["anthropic-version"]
     assert client.messages.batches.retrieve(batch.id).processing_status == "in_progress"
-    assert _looks(state) == 0   # not before the gateway's clock says so
+    assert _looks(state) == 0  # not before the gateway's clock says so
     clock.advance(POLL_S)
     done = _ended(client, batch.id)
     assert _looks(state) == 1
@@ -236,7 +279,7 @@ def test_a_message_batch_goes_to_anthropics_batch_api(claude, claude_upstream, c
         assert result.type == "succeeded"
         assert result.message.model == "claude-forwarded"
         assert result.message.content[0].text.endswith(f"hello {custom_id}")
-    assert not [s for s in state.requests if s.path == "/v1/messages"]   # nothing ran in the gateway
+    assert not [s for s in state.requests if s.path == "/v1/messages"]  # nothing ran in the gateway
 
     row = _batch_row(gw.url, 3)
     assert row["completion_tokens"] > 0

@@ -16,22 +16,31 @@ from tests.fakes.openai_upstream import FakeState
 from tests.harness import ServerThread
 
 ADMIN_KEY = new_key()
-THIRD_KEY = new_key()   # tenant initech: semantic cache off by its own setting
+THIRD_KEY = new_key()  # tenant initech: semantic cache off by its own setting
 
 
-def cache_config(upstream_url: str, cache: dict[str, Any], *, acme_cache: dict[str, Any] | None = None,
-                 alias_cache: dict[str, Any] | None = None) -> str:
+def cache_config(
+    upstream_url: str,
+    cache: dict[str, Any],
+    *,
+    acme_cache: dict[str, Any] | None = None,
+    alias_cache: dict[str, Any] | None = None,
+) -> str:
     """Aliases chat and other (same upstream model, priced as gpt-4o-mini), cut (a stream that breaks) and faq
     (semantic mode faq); tenants acme, globex and initech (semantic mode off)."""
+
     def deployment(model: str) -> str:
-        return (f"      - provider: openai-compatible\n        model: {model}\n"
-                f"        api_base: {upstream_url}/v1\n        api_key: {UPSTREAM_KEY}\n"
-                f"        timeouts: {{connect_s: 2, read_s: 2}}\n")
+        return (
+            f"      - provider: openai-compatible\n        model: {model}\n"
+            f"        api_base: {upstream_url}/v1\n        api_key: {UPSTREAM_KEY}\n"
+            f"        timeouts: {{connect_s: 2, read_s: 2}}\n"
+        )
+
     alias_extra = f"    cache: {json.dumps(alias_cache)}\n" if alias_cache else ""
     acme_extra = f"    cache: {json.dumps(acme_cache)}\n" if acme_cache else ""
     return (
         f"server:\n  log_requests: true\n"
-        f"admin:\n  keys: [\"{hash_key(ADMIN_KEY)}\"]\n"
+        f'admin:\n  keys: ["{hash_key(ADMIN_KEY)}"]\n'
         f"cache: {json.dumps(cache)}\n"
         f"models:\n"
         f"  - name: chat\n    deployments:\n{deployment('gpt-4o-mini')}{alias_extra}"
@@ -40,9 +49,9 @@ def cache_config(upstream_url: str, cache: dict[str, Any], *, acme_cache: dict[s
         f"  - name: embed\n    deployments:\n{deployment('fake-embed')}"
         f"  - name: faq\n    deployments:\n{deployment('gpt-4o-mini')}    cache: {{semantic: {{mode: faq}}}}\n"
         f"tenants:\n"
-        f"  - name: acme\n    keys: [\"{hash_key(KEY)}\"]\n{acme_extra}"
-        f"  - name: globex\n    keys: [\"{hash_key(OTHER_KEY)}\"]\n"
-        f"  - name: initech\n    keys: [\"{hash_key(THIRD_KEY)}\"]\n    cache: {{semantic: {{mode: \"off\"}}}}\n"
+        f'  - name: acme\n    keys: ["{hash_key(KEY)}"]\n{acme_extra}'
+        f'  - name: globex\n    keys: ["{hash_key(OTHER_KEY)}"]\n'
+        f'  - name: initech\n    keys: ["{hash_key(THIRD_KEY)}"]\n    cache: {{semantic: {{mode: "off"}}}}\n'
     )
 
 
@@ -50,9 +59,16 @@ def client_for(server: ServerThread, key: str = KEY) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=60)
 
 
-def ask(client: openai.OpenAI, question: str, *, model: str = "chat", system: str | None = None,
-        history: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None,
-        **params: Any) -> tuple[Any, dict[str, str]]:
+def ask(
+    client: openai.OpenAI,
+    question: str,
+    *,
+    model: str = "chat",
+    system: str | None = None,
+    history: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    **params: Any,
+) -> tuple[Any, dict[str, str]]:
     """One chat completion; returns the parsed answer and the response headers."""
     messages: list[dict[str, Any]] = []
     if system is not None:
@@ -60,8 +76,12 @@ def ask(client: openai.OpenAI, question: str, *, model: str = "chat", system: st
     messages.extend(history or [])
     messages.append({"role": "user", "content": question})
     params.setdefault("temperature", 0)
-    raw = client.chat.completions.with_raw_response.create(model=model, messages=messages,  # type: ignore[arg-type]
-                                                           extra_headers=headers, **params)
+    raw = client.chat.completions.with_raw_response.create(
+        model=model,
+        messages=messages,  # type: ignore[arg-type]
+        extra_headers=headers,
+        **params,
+    )
     return raw.parse(), dict(raw.headers)
 
 
@@ -77,12 +97,15 @@ def settle(server: ServerThread) -> None:
 
 
 @pytest.fixture
-def cached_gateway(upstream: tuple[ServerThread, FakeState], start_gateway: Callable[..., ServerThread],
-                   stores_yaml: str) -> Callable[..., ServerThread]:
+def cached_gateway(
+    upstream: tuple[ServerThread, FakeState], start_gateway: Callable[..., ServerThread], stores_yaml: str
+) -> Callable[..., ServerThread]:
     """A gateway with the cache on, on each store (``store_kind``: memory, one Redis, a Redis Cluster)."""
+
     def start(cache: dict[str, Any], clock: Clock = SYSTEM, **overrides: Any) -> ServerThread:
         stores = f"stores:\n{stores_yaml}\n" if stores_yaml else ""
         return start_gateway(cache_config(upstream[0].url, cache, **overrides) + stores, clock=clock)
+
     return start
 
 
@@ -97,8 +120,9 @@ def semantic_stack() -> Iterator[tuple[ServerThread, FakeState]]:
     fake = ServerThread(lambda: build_fake(state)).start()
     # a generous timeout: on a busy CI machine a slow embedding must not turn an expected hit into a miss
     semantic = {"enabled": True, "timeout_s": 10}
-    loaded = parse_config(cache_config(fake.url, {"enabled": True, "semantic": semantic}),
-                          path="test-config.yaml", env={})
+    loaded = parse_config(
+        cache_config(fake.url, {"enabled": True, "semantic": semantic}), path="test-config.yaml", env={}
+    )
     server = ServerThread(lambda: build_app(loaded)).start()
     yield server, state
     server.stop()

@@ -22,8 +22,9 @@ def upstream_calls(state: FakeState) -> int:
     return sum(1 for r in state.requests if r.path.endswith("/chat/completions"))
 
 
-def test_repeated_request_is_served_from_the_cache(cached_gateway: Callable[..., ServerThread],
-                                                   upstream: tuple[ServerThread, FakeState]) -> None:
+def test_repeated_request_is_served_from_the_cache(
+    cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState]
+) -> None:
     server = cached_gateway(ON)
     with client_for(server) as client:
         first, headers = ask(client, "What is the capital of France?")
@@ -38,8 +39,9 @@ def test_repeated_request_is_served_from_the_cache(cached_gateway: Callable[...,
     validate("CreateChatCompletionResponse", second.model_dump(mode="json", exclude_unset=True))
 
 
-def test_key_ignores_json_key_order_and_whitespace(cached_gateway: Callable[..., ServerThread],
-                                                   upstream: tuple[ServerThread, FakeState]) -> None:
+def test_key_ignores_json_key_order_and_whitespace(
+    cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState]
+) -> None:
     server = cached_gateway(ON)
     auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     one = b'{"model":"chat","temperature":0,"messages":[{"role":"user","content":"Hi there"}]}'
@@ -52,22 +54,29 @@ def test_key_ignores_json_key_order_and_whitespace(cached_gateway: Callable[...,
     assert upstream_calls(upstream[1]) == 1
 
 
-@pytest.mark.parametrize("change", [
-    {"key": OTHER_KEY},                                             # another tenant
-    {"model": "other"},                                             # another alias
-    {"system": "Answer in French."},                                # another system prompt
-    {"history": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi!"}]},  # earlier turns
-    {"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]},
-    {"response_format": {"type": "json_object"}},
-    {"max_tokens": 5},
-    {"seed": 7},
-])
-def test_answers_are_never_shared_across_what_decides_them(cached_gateway: Callable[..., ServerThread],
-                                                          upstream: tuple[ServerThread, FakeState],
-                                                          change: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"key": OTHER_KEY},  # another tenant
+        {"model": "other"},  # another alias
+        {"system": "Answer in French."},  # another system prompt
+        {
+            "history": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi!"}]
+        },  # earlier turns
+        {"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]},
+        {"response_format": {"type": "json_object"}},
+        {"max_tokens": 5},
+        {"seed": 7},
+    ],
+)
+def test_answers_are_never_shared_across_what_decides_them(
+    cached_gateway: Callable[..., ServerThread],
+    upstream: tuple[ServerThread, FakeState],
+    change: dict[str, object],
+) -> None:
     server = cached_gateway(ON)
     question = "What is the capital of France? Answer in JSON."
-    change = dict(change)   # the parameter is shared by the runs on each store: never change it
+    change = dict(change)  # the parameter is shared by the runs on each store: never change it
     key = str(change.pop("key", KEY))
     with client_for(server) as client:
         ask(client, question)
@@ -78,8 +87,9 @@ def test_answers_are_never_shared_across_what_decides_them(cached_gateway: Calla
     assert upstream_calls(upstream[1]) == 2
 
 
-def test_temperatures_do_not_share_answers_when_reuse_is_allowed(cached_gateway: Callable[..., ServerThread],
-                                                                upstream: tuple[ServerThread, FakeState]) -> None:
+def test_temperatures_do_not_share_answers_when_reuse_is_allowed(
+    cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState]
+) -> None:
     server = cached_gateway({"enabled": True, "reuse": "always"})
     with client_for(server) as client:
         ask(client, "Tell me a story", temperature=0.7)
@@ -88,8 +98,9 @@ def test_temperatures_do_not_share_answers_when_reuse_is_allowed(cached_gateway:
         assert ask(client, "Tell me a story", temperature=0.2)[1]["x-cache"] == "miss"
 
 
-def test_only_reusable_answers_are_cached(cached_gateway: Callable[..., ServerThread],
-                                          upstream: tuple[ServerThread, FakeState]) -> None:
+def test_only_reusable_answers_are_cached(
+    cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState]
+) -> None:
     server = cached_gateway(ON)
     with client_for(server) as client:
         for _ in range(2):
@@ -103,8 +114,9 @@ def test_only_reusable_answers_are_cached(cached_gateway: Callable[..., ServerTh
     assert upstream_calls(upstream[1]) == 6
 
 
-def test_cache_is_off_unless_configured(cached_gateway: Callable[..., ServerThread],
-                                        upstream: tuple[ServerThread, FakeState]) -> None:
+def test_cache_is_off_unless_configured(
+    cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState]
+) -> None:
     server = cached_gateway({}, alias_cache={"enabled": False})
     with client_for(server) as client:
         for _ in range(2):
@@ -113,8 +125,9 @@ def test_cache_is_off_unless_configured(cached_gateway: Callable[..., ServerThre
     assert upstream_calls(upstream[1]) == 2
 
 
-def test_per_tenant_and_alias_overrides(cached_gateway: Callable[..., ServerThread],
-                                        upstream: tuple[ServerThread, FakeState]) -> None:
+def test_per_tenant_and_alias_overrides(
+    cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState]
+) -> None:
     # off by default, on for alias chat, off again for tenant acme
     server = cached_gateway({}, alias_cache={"enabled": True}, acme_cache={"enabled": False})
     with client_for(server) as acme, client_for(server, OTHER_KEY) as globex:
@@ -125,21 +138,26 @@ def test_per_tenant_and_alias_overrides(cached_gateway: Callable[..., ServerThre
         assert ask(globex, "Q")[1]["x-cache"] == "hit-exact"
 
 
-def test_cache_control_no_cache_and_no_store(cached_gateway: Callable[..., ServerThread],
-                                             upstream: tuple[ServerThread, FakeState]) -> None:
+def test_cache_control_no_cache_and_no_store(
+    cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState]
+) -> None:
     server = cached_gateway(ON)
     with client_for(server) as client:
         assert ask(client, "A", headers={"Cache-Control": "no-store"})[1]["x-cache"] == "miss"
         settle(server)
-        assert ask(client, "A")[1]["x-cache"] == "miss"          # nothing was stored
+        assert ask(client, "A")[1]["x-cache"] == "miss"  # nothing was stored
         settle(server)
-        assert ask(client, "A", headers={"Cache-Control": "no-cache"})[1]["x-cache"] == "miss"  # lookup skipped
+        assert (
+            ask(client, "A", headers={"Cache-Control": "no-cache"})[1]["x-cache"] == "miss"
+        )  # lookup skipped
         assert ask(client, "A", headers={"Cache-Control": "no-store, no-cache"})[1]["x-cache"] == "miss"
         assert ask(client, "A")[1]["x-cache"] == "hit-exact"
     assert upstream_calls(upstream[1]) == 4
 
 
-def test_entries_expire(cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState]) -> None:
+def test_entries_expire(
+    cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState]
+) -> None:
     clock = ManualClock()  # the gateway's: entries expire by it on every store
     server = cached_gateway({"enabled": True, "ttl_s": 60}, clock=clock)
     with client_for(server) as client:
@@ -154,22 +172,24 @@ def test_entries_expire(cached_gateway: Callable[..., ServerThread], upstream: t
 
 # LRU is the memory store's policy; Redis evicts the soonest to expire (test_stores.py::test_size_cap_evicts)
 @pytest.mark.parametrize("store_kind", ["memory"], indirect=True)
-def test_size_cap_evicts_the_least_recently_used(cached_gateway: Callable[..., ServerThread],
-                                                 upstream: tuple[ServerThread, FakeState]) -> None:
+def test_size_cap_evicts_the_least_recently_used(
+    cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState]
+) -> None:
     server = cached_gateway({"enabled": True, "max_entries": 2})
     with client_for(server) as client:
         for question in ("one", "two"):
             ask(client, question)
         settle(server)
-        assert ask(client, "one")[1]["x-cache"] == "hit-exact"   # "one" is now the most recently used
+        assert ask(client, "one")[1]["x-cache"] == "hit-exact"  # "one" is now the most recently used
         ask(client, "three")
         settle(server)
         assert ask(client, "one")[1]["x-cache"] == "hit-exact"
         assert ask(client, "two")[1]["x-cache"] == "miss"
 
 
-def test_admin_purges_a_tenants_or_an_aliases_entries(cached_gateway: Callable[..., ServerThread],
-                                                     upstream: tuple[ServerThread, FakeState]) -> None:
+def test_admin_purges_a_tenants_or_an_aliases_entries(
+    cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState]
+) -> None:
     server = cached_gateway(ON)
     with client_for(server) as acme, client_for(server, OTHER_KEY) as globex:
         ask(acme, "P")
@@ -190,8 +210,11 @@ def test_admin_purges_a_tenants_or_an_aliases_entries(cached_gateway: Callable[.
         assert ask(acme, "P", model="other")[1]["x-cache"] == "hit-exact"
         assert ask(globex, "P")[1]["x-cache"] == "hit-exact"
         with httpx.Client(base_url=server.url, timeout=30) as http:
-            purged = http.post("/admin/cache/purge", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                               json={"tenant": "acme"})
+            purged = http.post(
+                "/admin/cache/purge",
+                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                json={"tenant": "acme"},
+            )
             assert purged.status_code == 200 and purged.json()["purged"] >= 1
         assert ask(acme, "P", model="other")[1]["x-cache"] == "miss"
         assert ask(globex, "P")[1]["x-cache"] == "hit-exact"
@@ -199,12 +222,16 @@ def test_admin_purges_a_tenants_or_an_aliases_entries(cached_gateway: Callable[.
 
 def _cache_metrics(server: ServerThread) -> dict[str, float]:
     text = httpx.get(server.url + "/metrics", timeout=10).text
-    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
-            if line.startswith("gateway_cache_") and 'tenant="globex"' in line}
+    return {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("gateway_cache_") and 'tenant="globex"' in line
+    }
 
 
-def test_metrics_count_hits_misses_and_dollars_saved(cached_gateway: Callable[..., ServerThread],
-                                                     upstream: tuple[ServerThread, FakeState]) -> None:
+def test_metrics_count_hits_misses_and_dollars_saved(
+    cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState]
+) -> None:
     server = cached_gateway(ON)
     hits = 'gateway_cache_lookups_total{alias="chat",result="hit-exact",tenant="globex"}'
     misses = 'gateway_cache_lookups_total{alias="chat",result="miss",tenant="globex"}'
@@ -225,8 +252,9 @@ def test_metrics_count_hits_misses_and_dollars_saved(cached_gateway: Callable[..
     assert after[saved] - before.get(saved, 0) == pytest.approx(2 * cost)
 
 
-def test_embeddings_are_cached_exactly(cached_gateway: Callable[..., ServerThread],
-                                       upstream: tuple[ServerThread, FakeState]) -> None:
+def test_embeddings_are_cached_exactly(
+    cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState]
+) -> None:
     server = cached_gateway(ON)
     with client_for(server) as client:
         first = client.embeddings.with_raw_response.create(model="embed", input=["a", "bb"])
@@ -236,13 +264,18 @@ def test_embeddings_are_cached_exactly(cached_gateway: Callable[..., ServerThrea
     assert second.parse().data[1].embedding == first.parse().data[1].embedding
 
 
-def test_a_broken_stream_is_not_cached(cached_gateway: Callable[..., ServerThread],
-                                      upstream: tuple[ServerThread, FakeState]) -> None:
+def test_a_broken_stream_is_not_cached(
+    cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState]
+) -> None:
     server = cached_gateway(ON)
     with client_for(server) as client:
         for _ in range(2):
-            stream = client.chat.completions.create(model="cut", temperature=0, stream=True,
-                                                    messages=[{"role": "user", "content": "one two three four"}])
+            stream = client.chat.completions.create(
+                model="cut",
+                temperature=0,
+                stream=True,
+                messages=[{"role": "user", "content": "one two three four"}],
+            )
             with pytest.raises(openai.APIError):
                 for _chunk in stream:
                     pass

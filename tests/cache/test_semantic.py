@@ -20,11 +20,17 @@ def _store(server: ServerThread, question: str, **params: object) -> None:
     settle(server)
 
 
-@pytest.mark.parametrize(("stored", "paraphrase"), [
-    ("What is the capital of France?", "Which city is the capital of France?"),
-    ("How do I sort a Python dictionary by value?", "What's the way to sort a Python dictionary by value?"),
-    ("How do I enable Bluetooth on my iPhone?", "How can I enable Bluetooth on iPhone?"),
-])
+@pytest.mark.parametrize(
+    ("stored", "paraphrase"),
+    [
+        ("What is the capital of France?", "Which city is the capital of France?"),
+        (
+            "How do I sort a Python dictionary by value?",
+            "What's the way to sort a Python dictionary by value?",
+        ),
+        ("How do I enable Bluetooth on my iPhone?", "How can I enable Bluetooth on iPhone?"),
+    ],
+)
 def test_paraphrase_hits(semantic_stack: Stack, stored: str, paraphrase: str) -> None:
     server, _ = semantic_stack
     _store(server, stored)
@@ -35,13 +41,18 @@ def test_paraphrase_hits(semantic_stack: Stack, stored: str, paraphrase: str) ->
     assert answer.choices[0].message.content == f"Echo: {stored}"
 
 
-@pytest.mark.parametrize(("stored", "paraphrase"), [
-    ("How do I read a JSON file in JS?", "How can I read a JSON file in JavaScript?"),
-    ("How many grams of sugar are in a cup?", "How many grams of sugar are in one cup?"),
-    ("What's a good birthday gift for a five-year-old?", "Good birthday gift for a 5 year old?"),
-    ("How much is $100 in euros?", "How much is 100 USD in euros?"),
-])
-def test_rewordings_abbreviations_numbers_and_units_hit(semantic_stack: Stack, stored: str, paraphrase: str) -> None:
+@pytest.mark.parametrize(
+    ("stored", "paraphrase"),
+    [
+        ("How do I read a JSON file in JS?", "How can I read a JSON file in JavaScript?"),
+        ("How many grams of sugar are in a cup?", "How many grams of sugar are in one cup?"),
+        ("What's a good birthday gift for a five-year-old?", "Good birthday gift for a 5 year old?"),
+        ("How much is $100 in euros?", "How much is 100 USD in euros?"),
+    ],
+)
+def test_rewordings_abbreviations_numbers_and_units_hit(
+    semantic_stack: Stack, stored: str, paraphrase: str
+) -> None:
     server, _ = semantic_stack
     _store(server, stored)
     with client_for(server) as client:
@@ -50,25 +61,31 @@ def test_rewordings_abbreviations_numbers_and_units_hit(semantic_stack: Stack, s
     assert answer.choices[0].message.content == f"Echo: {stored}"
 
 
-@pytest.mark.parametrize(("stored", "near_miss"), [
-    # symbols and operators
-    ("What does a << 2 do in Python?", "What does a >> 2 do in Python?"),
-    ("When is x != y true in Python?", "When is x == y true in Python?"),
-    ("What does rm -r build do?", "What does rm -f build do?"),
-    # direction and argument order
-    ("Translate this sentence from German to French.", "Translate this sentence from French to German."),
-    ("Alice owes Bob twenty dollars; write a reminder.", "Bob owes Alice twenty dollars; write a reminder."),
-    # one attribute word; near-synonym entities
-    ("Give me a gluten-free brownie recipe.", "Give me a dairy-free brownie recipe."),
-    ("What is the capital of Australia?", "What is the largest city of Australia?"),
-    ("What is the capital city of Spain?", "What is the capital city of Germany?"),
-    ("How do I sort a Go map by value?", "How do I sort a Go map by key?"),
-    ("How do I enable Wi-Fi calling on Android?", "How do I disable Wi-Fi calling on Android?"),
-    ("Is the dentist open on Monday?", "Is the dentist open on Tuesday?"),
-    ("How do I read a CSV file in Rust?", "How do I write a CSV file in Rust?"),
-    ("Should I water tomatoes every 2 days?", "Should I water tomatoes every 3 days?"),
-    ("Can I take aspirin with alcohol?", "Can I not take aspirin with alcohol?"),
-])
+@pytest.mark.parametrize(
+    ("stored", "near_miss"),
+    [
+        # symbols and operators
+        ("What does a << 2 do in Python?", "What does a >> 2 do in Python?"),
+        ("When is x != y true in Python?", "When is x == y true in Python?"),
+        ("What does rm -r build do?", "What does rm -f build do?"),
+        # direction and argument order
+        ("Translate this sentence from German to French.", "Translate this sentence from French to German."),
+        (
+            "Alice owes Bob twenty dollars; write a reminder.",
+            "Bob owes Alice twenty dollars; write a reminder.",
+        ),
+        # one attribute word; near-synonym entities
+        ("Give me a gluten-free brownie recipe.", "Give me a dairy-free brownie recipe."),
+        ("What is the capital of Australia?", "What is the largest city of Australia?"),
+        ("What is the capital city of Spain?", "What is the capital city of Germany?"),
+        ("How do I sort a Go map by value?", "How do I sort a Go map by key?"),
+        ("How do I enable Wi-Fi calling on Android?", "How do I disable Wi-Fi calling on Android?"),
+        ("Is the dentist open on Monday?", "Is the dentist open on Tuesday?"),
+        ("How do I read a CSV file in Rust?", "How do I write a CSV file in Rust?"),
+        ("Should I water tomatoes every 2 days?", "Should I water tomatoes every 3 days?"),
+        ("Can I take aspirin with alcohol?", "Can I not take aspirin with alcohol?"),
+    ],
+)
 def test_near_miss_misses(semantic_stack: Stack, stored: str, near_miss: str) -> None:
     server, _ = semantic_stack
     _store(server, stored)
@@ -78,16 +95,31 @@ def test_near_miss_misses(semantic_stack: Stack, stored: str, near_miss: str) ->
     assert answer.choices[0].message.content == f"Echo: {near_miss}"
 
 
-@pytest.mark.parametrize(("place", "change"), [
-    ("Europe", {"key": OTHER_KEY}),
-    ("Africa", {"model": "other"}),
-    ("Asia", {"system": "You are a pirate."}),
-    ("Japan", {"history": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]}),
-    ("Canada", {"tools": [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]}),
-    ("Chile", {"response_format": {"type": "json_object"}}),
-    ("Peru", {"max_tokens": 7}),
-])
-def test_paraphrase_in_another_context_misses(semantic_stack: Stack, place: str, change: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    ("place", "change"),
+    [
+        ("Europe", {"key": OTHER_KEY}),
+        ("Africa", {"model": "other"}),
+        ("Asia", {"system": "You are a pirate."}),
+        (
+            "Japan",
+            {"history": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]},
+        ),
+        (
+            "Canada",
+            {
+                "tools": [
+                    {"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}
+                ]
+            },
+        ),
+        ("Chile", {"response_format": {"type": "json_object"}}),
+        ("Peru", {"max_tokens": 7}),
+    ],
+)
+def test_paraphrase_in_another_context_misses(
+    semantic_stack: Stack, place: str, change: dict[str, object]
+) -> None:
     server, _ = semantic_stack
     _store(server, f"What is the tallest mountain in {place}?")
     paraphrase = f"What's the tallest mountain in {place}?"
@@ -96,14 +128,20 @@ def test_paraphrase_in_another_context_misses(semantic_stack: Stack, place: str,
         _, same = ask(client, paraphrase)
     with client_for(server, str(key)) if key else client_for(server) as client:
         _, other = ask(client, paraphrase, **change)  # type: ignore[arg-type]
-    assert same["x-cache"] == "hit-semantic"   # the paraphrase in the original context does hit
+    assert same["x-cache"] == "hit-semantic"  # the paraphrase in the original context does hit
     assert other["x-cache"] == "miss"
 
 
 def test_follow_up_never_hits_an_answer_from_another_conversation(semantic_stack: Stack) -> None:
     server, _ = semantic_stack
-    first = [{"role": "user", "content": "Tell me about Norway."}, {"role": "assistant", "content": "Norway is..."}]
-    second = [{"role": "user", "content": "Tell me about Chile."}, {"role": "assistant", "content": "Chile is..."}]
+    first = [
+        {"role": "user", "content": "Tell me about Norway."},
+        {"role": "assistant", "content": "Norway is..."},
+    ]
+    second = [
+        {"role": "user", "content": "Tell me about Chile."},
+        {"role": "assistant", "content": "Chile is..."},
+    ]
     _store(server, "What is its population?", history=first)
     with client_for(server) as client:
         answer, headers = ask(client, "What is its population?", history=second)
@@ -116,8 +154,12 @@ def test_semantic_hit_on_a_stream_replays(semantic_stack: Stack) -> None:
     _store(server, "How do I convert a string to uppercase in Python?")
     with client_for(server) as client:
         raw = client.chat.completions.with_raw_response.create(
-            model="chat", temperature=0, stream=True, stream_options={"include_usage": True},
-            messages=[{"role": "user", "content": "How can I convert a string to uppercase in Python?"}])
+            model="chat",
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "How can I convert a string to uppercase in Python?"}],
+        )
         chunks = list(raw.parse())
     assert raw.headers["x-cache"] == "hit-semantic"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -129,9 +171,15 @@ def test_purge_removes_semantic_entries(semantic_stack: Stack) -> None:
     server, _ = semantic_stack
     _store(server, "What is the boiling point of ethanol?", model="other")
     with client_for(server) as client:
-        assert ask(client, "At what temperature does ethanol boil?", model="other")[1]["x-cache"] == "hit-semantic"
-        purged = httpx.delete(server.url + "/admin/cache/acme/other",
-                              headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+        assert (
+            ask(client, "At what temperature does ethanol boil?", model="other")[1]["x-cache"]
+            == "hit-semantic"
+        )
+        purged = httpx.delete(
+            server.url + "/admin/cache/acme/other",
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=30,
+        )
         assert purged.status_code == 200 and purged.json()["purged"] >= 1
         assert ask(client, "At what temperature does ethanol boil?", model="other")[1]["x-cache"] == "miss"
 
@@ -140,8 +188,11 @@ def test_a_streamed_answer_is_found_by_a_paraphrase(semantic_stack: Stack) -> No
     server, _ = semantic_stack
     with client_for(server) as client:
         stream = client.chat.completions.create(
-            model="chat", temperature=0, stream=True,
-            messages=[{"role": "user", "content": "How do I reverse a string in Rust?"}])
+            model="chat",
+            temperature=0,
+            stream=True,
+            messages=[{"role": "user", "content": "How do I reverse a string in Rust?"}],
+        )
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         settle(server)
         answer, headers = ask(client, "What's the easiest way to reverse a string in Rust?")
@@ -162,7 +213,10 @@ def test_code_prompts_are_exact_only_by_default(semantic_stack: Stack) -> None:
 
 def test_mode_off_for_a_tenant_and_faq_for_an_alias(semantic_stack: Stack) -> None:
     server, _ = semantic_stack
-    stored, paraphrase = "How many teaspoons are in a tablespoon?", "How many teaspoons are in one tablespoon?"
+    stored, paraphrase = (
+        "How many teaspoons are in a tablespoon?",
+        "How many teaspoons are in one tablespoon?",
+    )
     # initech (semantic mode off): its own answer is found only by the exact key
     with client_for(server, THIRD_KEY) as client:
         assert ask(client, stored)[1]["x-cache"] == "miss"

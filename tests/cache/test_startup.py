@@ -25,6 +25,7 @@ print(sorted(m for m in ("torch", "sentence_transformers", "numpy", "qdrant_edge
 
 
 def test_exact_cache_alone_loads_no_model() -> None:
-    out = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.strip() == "[]"

@@ -25,15 +25,20 @@ from tests.redis_server import RedisServer
 
 @pytest.fixture
 def store_factory(store_layer: StoreLayer) -> Any:
-    def make(max_entries: int = 100, max_bytes: int = 1 << 30, max_entry_bytes: int = 1 << 20,
-             clock: Callable[[], float] = time.time) -> AnswerStore:
+    def make(
+        max_entries: int = 100,
+        max_bytes: int = 1 << 30,
+        max_entry_bytes: int = 1 << 20,
+        clock: Callable[[], float] = time.time,
+    ) -> AnswerStore:
         caps = Caps(max_entries, max_bytes, max_entry_bytes)
         return RedisStore(store_layer, caps, clock=clock) if store_layer.shared else MemoryStore(caps, clock)
+
     return make
 
 
 async def test_get_set_and_expiry(store_factory: Any) -> None:
-    clock = ManualClock()   # entries expire by the gateway's clock on both stores
+    clock = ManualClock()  # entries expire by the gateway's clock on both stores
     store = store_factory(clock=clock.time)
     key = entry_key("acme", "chat", "abc")
     assert await store.get(key) is None
@@ -84,22 +89,40 @@ async def test_purge_by_tenant_and_alias_never_touches_lookalikes(store_factory:
 def _call(question: str, tenant: str = "acme", **body: Any) -> Call:
     record = RequestRecord(request_id="r", started=0.0, endpoint="chat/completions")
     payload = {"model": "chat", "temperature": 0, "messages": [{"role": "user", "content": question}], **body}
-    return Call(record=record, tenant=tenant, key_id="k", alias="chat", endpoint=Endpoint.CHAT, body=payload,
-                stream=False)
+    return Call(
+        record=record,
+        tenant=tenant,
+        key_id="k",
+        alias="chat",
+        endpoint=Endpoint.CHAT,
+        body=payload,
+        stream=False,
+    )
 
 
 def _answer(text: str) -> UpstreamResponse:
-    data = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                         "finish_reason": "stop", "logprobs": None}],
-            "usage": {"prompt_tokens": 1000, "completion_tokens": 1000, "total_tokens": 2000}}
+    data = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 1000, "total_tokens": 2000},
+    }
     return UpstreamResponse(status=200, data=data)
 
 
 @pytest.mark.parametrize("store_kind", ["redis", "cluster"], indirect=True)
 async def test_gateway_processes_share_answers_through_redis(stores_config: StoresConfig) -> None:
     config = CacheConfig(enabled=True)
-    layers = [StoreLayer(stores_config), StoreLayer(stores_config)]   # two processes, a client each
+    layers = [StoreLayer(stores_config), StoreLayer(stores_config)]  # two processes, a client each
     for layer in layers:
         await layer.open()
     one, two = ResponseCache(config, stores=layers[0]), ResponseCache(config, stores=layers[1])
@@ -127,14 +150,18 @@ async def test_gateway_processes_share_answers_through_redis(stores_config: Stor
 
 
 async def test_semantic_cache_with_qdrant_client_index_and_expiry() -> None:
-    config = CacheConfig.model_validate({"enabled": True, "ttl_s": 1.5,
-                                         "semantic": {"enabled": True, "index": "qdrant", "url": ":memory:",
-                                                                      "timeout_s": 10}})
+    config = CacheConfig.model_validate(
+        {
+            "enabled": True,
+            "ttl_s": 1.5,
+            "semantic": {"enabled": True, "index": "qdrant", "url": ":memory:", "timeout_s": 10},
+        }
+    )
     clock = ManualClock()  # entries expire by the gateway's clock: a loaded machine cannot eat the TTL
     cache = ResponseCache(config, clock=clock.time)
     await cache.start()
     try:
-        await cache.embedder.ready()   # the TTL runs from the store call: don't spend it loading the model
+        await cache.embedder.ready()  # the TTL runs from the store call: don't spend it loading the model
         stored = _call("What is the capital of France?")
         await cache.lookup(stored)
         cache.store(stored, _answer("Paris"))
@@ -159,8 +186,9 @@ def test_config_errors_name_the_field() -> None:
     from gateway.config import ConfigError, parse_config
 
     with pytest.raises(ConfigError) as exc:
-        parse_config("cache: {semantic: {enabled: true, index: qdrant}}\n"
-                     "tenants: [{name: a, cache: {ttl_s: -1}}]\n")
+        parse_config(
+            "cache: {semantic: {enabled: true, index: qdrant}}\ntenants: [{name: a, cache: {ttl_s: -1}}]\n"
+        )
     problems = "\n".join(exc.value.problems)
     assert "cache.semantic" in problems and "url" in problems
     assert "tenants[0].cache.ttl_s" in problems
@@ -169,7 +197,9 @@ def test_config_errors_name_the_field() -> None:
 async def test_an_unreachable_store_fails_open_to_this_process_memory() -> None:
     from tests.harness import free_port
 
-    async with StoreLayer(StoresConfig(redis_url=f"redis://127.0.0.1:{free_port()}", redis_timeout_s=0.5)) as layer:
+    async with StoreLayer(
+        StoresConfig(redis_url=f"redis://127.0.0.1:{free_port()}", redis_timeout_s=0.5)
+    ) as layer:
         cache = ResponseCache(CacheConfig(enabled=True), stores=layer)
         await cache.start()
         try:
@@ -202,30 +232,32 @@ async def test_redis_going_away_and_back_fail_open(own_redis: RedisServer) -> No
             cache.store(first, _answer("stored in Redis"))
             await cache.drain()
             own_redis.stop()
-            assert await cache.lookup(_call("Before?")) is None   # in Redis, which is away: a miss
+            assert await cache.lookup(_call("Before?")) is None  # in Redis, which is away: a miss
             assert layer.health.degraded
             during = _call("During?")
             cache.store(during, _answer("kept in memory"))
             await cache.drain()
             assert await cache.lookup(_call("During?")) is not None
-            own_redis.start()                                       # back, empty
+            own_redis.start()  # back, empty
 
             async def recovered() -> bool:
                 await cache.lookup(_call("After?"))
                 return not layer.health.degraded
+
             await _eventually(recovered)
             after = _call("After?")
             cache.store(after, _answer("in Redis again"))
             await cache.drain()
-            assert await layer.redis.dbsize() == 3                   # the entry, its tenant's index and sizes
-            assert await cache.purge("acme") == 2                    # Redis's one and memory's one
+            assert await layer.redis.dbsize() == 3  # the entry, its tenant's index and sizes
+            assert await cache.purge("acme") == 2  # Redis's one and memory's one
         finally:
             await cache.close()
 
 
 async def test_redis_going_away_fail_closed_refuses_lookups(own_redis: RedisServer) -> None:
-    stores = StoresConfig(redis_url=own_redis.url, on_redis_error="fail_closed", redis_timeout_s=0.2,
-                          retry_redis_after_s=0.2)
+    stores = StoresConfig(
+        redis_url=own_redis.url, on_redis_error="fail_closed", redis_timeout_s=0.2, retry_redis_after_s=0.2
+    )
     async with StoreLayer(stores) as layer:
         cache = ResponseCache(CacheConfig(enabled=True), stores=layer)
         await cache.start()
@@ -242,34 +274,50 @@ async def test_redis_going_away_fail_closed_refuses_lookups(own_redis: RedisServ
                     return await cache.lookup(_call("Q?")) is None
                 except Unavailable:
                     return False
+
             await _eventually(answers)
             assert not layer.health.degraded
         finally:
             await cache.close()
 
 
-@pytest.mark.parametrize(("defaults", "tenant", "alias", "semantic"), [
-    ({"enabled": False, "semantic": {"enabled": True}}, None, None, False),
-    ({"enabled": False, "semantic": {"enabled": True}}, {"enabled": True}, None, True),
-    ({"enabled": True}, None, {"semantic": True}, True),
-    ({"enabled": True, "semantic": {"enabled": True}}, {"semantic": False}, None, False),
-    ({"enabled": True, "semantic": {"enabled": True}}, {"enabled": False}, None, False),
-    ({"enabled": True, "semantic": {"enabled": True}}, None, None, True),
-])
-def test_the_model_is_loaded_only_if_someone_can_use_it(defaults: dict[str, Any], tenant: dict[str, Any] | None,
-                                                       alias: dict[str, Any] | None, semantic: bool) -> None:
+@pytest.mark.parametrize(
+    ("defaults", "tenant", "alias", "semantic"),
+    [
+        ({"enabled": False, "semantic": {"enabled": True}}, None, None, False),
+        ({"enabled": False, "semantic": {"enabled": True}}, {"enabled": True}, None, True),
+        ({"enabled": True}, None, {"semantic": True}, True),
+        ({"enabled": True, "semantic": {"enabled": True}}, {"semantic": False}, None, False),
+        ({"enabled": True, "semantic": {"enabled": True}}, {"enabled": False}, None, False),
+        ({"enabled": True, "semantic": {"enabled": True}}, None, None, True),
+    ],
+)
+def test_the_model_is_loaded_only_if_someone_can_use_it(
+    defaults: dict[str, Any], tenant: dict[str, Any] | None, alias: dict[str, Any] | None, semantic: bool
+) -> None:
     from policies.cache import CacheOverride
 
-    cache = ResponseCache(CacheConfig.model_validate(defaults),
-                          tenants={"acme": None if tenant is None else CacheOverride.model_validate(tenant)},
-                          aliases={"chat": None if alias is None else CacheOverride.model_validate(alias)})
+    cache = ResponseCache(
+        CacheConfig.model_validate(defaults),
+        tenants={"acme": None if tenant is None else CacheOverride.model_validate(tenant)},
+        aliases={"chat": None if alias is None else CacheOverride.model_validate(alias)},
+    )
     assert cache.semantic_enabled is semantic
 
 
 async def test_long_questions_use_the_exact_cache_only() -> None:
-    config = CacheConfig.model_validate({"enabled": True, "semantic": {"enabled": True, "index": "qdrant",
-                                                                        "url": ":memory:", "timeout_s": 10,
-                                                                        "max_question_chars": 200}})
+    config = CacheConfig.model_validate(
+        {
+            "enabled": True,
+            "semantic": {
+                "enabled": True,
+                "index": "qdrant",
+                "url": ":memory:",
+                "timeout_s": 10,
+                "max_question_chars": 200,
+            },
+        }
+    )
     cache = ResponseCache(config)
     await cache.start()
     try:
@@ -280,10 +328,12 @@ async def test_long_questions_use_the_exact_cache_only() -> None:
         cache.store(stored, _answer("fixed y = 2"))
         await cache.drain()
         index = cache.index
-        assert (await index._client.count(index._name)).count == 0   # never embedded nor indexed
+        assert (await index._client.count(index._name)).count == 0  # never embedded nor indexed
         other = _call("Fix this code:\n" + code + "y = 3")
         assert await cache.lookup(other) is None and other.record.cache == "miss"
-        assert (await cache.lookup(_call("Fix this code:\n" + code + "y = 2"))) is not None   # exact still hits
+        assert (
+            await cache.lookup(_call("Fix this code:\n" + code + "y = 2"))
+        ) is not None  # exact still hits
         short = _call("What is the capital of France?")
         await cache.lookup(short)
         cache.store(short, _answer("Paris"))

@@ -17,19 +17,30 @@ QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Which
 
 
 @pytest.mark.parametrize("ending", ["crlf", "cr"])
-def test_a_stream_in_any_framing_is_stored_and_replayed(cached_gateway: Callable[..., ServerThread],
-                                                       upstream: tuple[ServerThread, FakeState], ending: str) -> None:
+def test_a_stream_in_any_framing_is_stored_and_replayed(
+    cached_gateway: Callable[..., ServerThread], upstream: tuple[ServerThread, FakeState], ending: str
+) -> None:
     state = upstream[1]
     state.line_end, state.data_space, state.hold_after = LINE_ENDS[ending], False, 2
     server = cached_gateway({"enabled": True})
     with client_for(server) as client:
-        raw = client.chat.completions.with_raw_response.create(model="chat", messages=QUESTION, temperature=0,
-                                                               stream=True, stream_options={"include_usage": True})
+        raw = client.chat.completions.with_raw_response.create(
+            model="chat",
+            messages=QUESTION,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         assert raw.headers["x-cache"] == "miss"
         live = read_held(raw.parse(), state)
         settle(server)
-        replay = client.chat.completions.with_raw_response.create(model="chat", messages=QUESTION, temperature=0,
-                                                                  stream=True, stream_options={"include_usage": True})
+        replay = client.chat.completions.with_raw_response.create(
+            model="chat",
+            messages=QUESTION,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         assert replay.headers["x-cache"] == "hit-exact"
         replayed = list(replay.parse())
         answer, headers = ask(client, "Which river runs through Paris?")

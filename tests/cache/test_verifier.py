@@ -23,18 +23,32 @@ NEAR_MISSES = [
     ("How much is 100 US dollars in euros?", "How much is 100 euros in US dollars?", "order"),
     ("Is Rust faster than Go?", "Is Go faster than Rust?", "order"),
     # "to" before a verb is an infinitive, but the direction after it still counts
-    ("What's the formula to convert Celsius into Fahrenheit?", "What's the formula to convert Fahrenheit into Celsius?",
-     "order"),
-    ("How do I get my photos from an iPhone onto a Mac?", "How do I get my photos from a Mac onto an iPhone?", "order"),
+    (
+        "What's the formula to convert Celsius into Fahrenheit?",
+        "What's the formula to convert Fahrenheit into Celsius?",
+        "order",
+    ),
+    (
+        "How do I get my photos from an iPhone onto a Mac?",
+        "How do I get my photos from a Mac onto an iPhone?",
+        "order",
+    ),
     ("How do I port this code from Go to Rust?", "How do I port this code from Rust to Go?", "order"),
     ("Convert 1,000 USD to EUR.", "Convert 1,000 EUR to USD.", "order"),
     ("What is 72°F in Celsius?", "What is 72°F in Kelvin?", "swap"),
     # the same number of another unit; a title's qualifier; a statistic; operators in words; a lazy quantifier
-    ("If I exchange 100 Swiss francs, how many pounds do I get?",
-     "If I exchange 100 pounds, how many Swiss francs do I get?", "quantity"),
+    (
+        "If I exchange 100 Swiss francs, how many pounds do I get?",
+        "If I exchange 100 pounds, how many Swiss francs do I get?",
+        "quantity",
+    ),
     ("Is one day in Rome enough?", "Will one week be enough for Rome?", "quantity"),
     ("Who is the vice president of France?", "Who is the president of France?", "qualifier"),
-    ("What is the median salary for a nurse in Texas?", "In Texas, what is the minimum nurse salary?", "opposite"),
+    (
+        "What is the median salary for a nurse in Texas?",
+        "In Texas, what is the minimum nurse salary?",
+        "opposite",
+    ),
     ("In Python, what is the result of x and y?", "In Python, what is the result of x or y?", "opposite"),
     ("What will the regex .* match?", "What will the regex .*? match?", "symbol"),
     # symbols and operators
@@ -76,13 +90,16 @@ PARAPHRASES = [
 ]
 
 
-@pytest.mark.parametrize(("prompt", "code"), [
-    ("```python\nprint(a << 2)\n```", True),
-    ("def f(x):\n    return x << 2", True),
-    ("a<<2; b>>=3; c=a|b&~d", True),
-    ("What does a << 2 do in Python?", False),
-    ("How much is $100 in euros?", False),
-])
+@pytest.mark.parametrize(
+    ("prompt", "code"),
+    [
+        ("```python\nprint(a << 2)\n```", True),
+        ("def f(x):\n    return x << 2", True),
+        ("a<<2; b>>=3; c=a|b&~d", True),
+        ("What does a << 2 do in Python?", False),
+        ("How much is $100 in euros?", False),
+    ],
+)
 def test_code_prompts_are_recognized(prompt: str, code: bool) -> None:
     assert slots.code_prompt(prompt) is code
 
@@ -108,9 +125,12 @@ def test_shipped_verifier_is_small_and_trained_on_train_only() -> None:
     assert verifier._WEIGHTS.stat().st_size < 200_000
     for mode in ("faq", "general"):
         point = verifier.operating_point(mode)
-        assert 0 < point.threshold < 1 and 0 <= point.min_probability < 1   # 0: the slot checks alone
+        assert 0 < point.threshold < 1 and 0 <= point.min_probability < 1  # 0: the slot checks alone
     faq, general = verifier.operating_point("faq"), verifier.operating_point("general")
-    assert (faq.threshold, faq.min_probability) >= (general.threshold, general.min_probability)  # faq adds a veto
+    assert (faq.threshold, faq.min_probability) >= (
+        general.threshold,
+        general.min_probability,
+    )  # faq adds a veto
 
 
 def test_target_holds_on_a_sample_of_the_test_split() -> None:
@@ -134,9 +154,15 @@ def test_target_holds_on_a_sample_of_the_test_split() -> None:
     sample = [r for group in by_class.values() for r in rng.sample(group, min(150, len(group)))]
     u, v = embed_pairs(sample)
     point = verifier.operating_point("general")
-    hits = np.array([float(u[i] @ v[i]) >= point.threshold and verifier.verify(
-        str(r["b"]), v[i], str(r["a"]), u[i], min_probability=point.min_probability).ok
-        for i, r in enumerate(sample)])
+    hits = np.array(
+        [
+            float(u[i] @ v[i]) >= point.threshold
+            and verifier.verify(
+                str(r["b"]), v[i], str(r["a"]), u[i], min_probability=point.min_probability
+            ).ok
+            for i, r in enumerate(sample)
+        ]
+    )
     rate = {c: float(hits[[i for i, r in enumerate(sample) if r["class"] == c]].mean()) for c in by_class}
     negatives = {str(r["class"]) for r in sample if r["label"] == 0}
     assert {c: rate[c] for c in negatives if rate[c] > 0.01} == {}

@@ -32,14 +32,23 @@ def _public(batch: dict[str, Any]) -> dict[str, Any]:
 def _result(params: dict[str, Any]) -> dict[str, Any]:
     status = error_status(str(params.get("model", "")))
     if status is not None:
-        return {"type": "errored", "error": {"type": "error", "error": {"type": "api_error" if status >= 500 else
-                                                                         "invalid_request_error",
-                                                                         "message": f"fake error {status}"}}}
+        return {
+            "type": "errored",
+            "error": {
+                "type": "error",
+                "error": {
+                    "type": "api_error" if status >= 500 else "invalid_request_error",
+                    "message": f"fake error {status}",
+                },
+            },
+        }
     try:
         return {"type": "succeeded", "message": message(params, answer(gist(params)))}
     except BadRequest as exc:
-        return {"type": "errored", "error": {"type": "error", "error": {"type": "invalid_request_error",
-                                                                         "message": str(exc)}}}
+        return {
+            "type": "errored",
+            "error": {"type": "error", "error": {"type": "invalid_request_error", "message": str(exc)}},
+        }
 
 
 def _refused(request: web.Request, state: FakeState, body: Any = None) -> web.Response | None:
@@ -73,11 +82,26 @@ async def _create(request: web.Request) -> web.Response:
     if not isinstance(requests, list) or not requests:
         return error(400, "requests: Field required")
     batch_id = f"msgbatch_{uuid.uuid4().hex[:24]}"
-    batch: dict[str, Any] = {"id": batch_id, "type": "message_batch", "processing_status": "in_progress",
-             "request_counts": {"processing": len(requests), "succeeded": 0, "errored": 0, "canceled": 0,
-                                "expired": 0},
-             "ended_at": None, "created_at": _now(), "expires_at": _now(), "archived_at": None,
-             "cancel_initiated_at": None, "results_url": None, "requests": requests, "results": []}
+    batch: dict[str, Any] = {
+        "id": batch_id,
+        "type": "message_batch",
+        "processing_status": "in_progress",
+        "request_counts": {
+            "processing": len(requests),
+            "succeeded": 0,
+            "errored": 0,
+            "canceled": 0,
+            "expired": 0,
+        },
+        "ended_at": None,
+        "created_at": _now(),
+        "expires_at": _now(),
+        "archived_at": None,
+        "cancel_initiated_at": None,
+        "results_url": None,
+        "requests": requests,
+        "results": [],
+    }
     state.batches[batch_id] = batch
     return web.json_response(_public(batch))
 
@@ -85,12 +109,17 @@ async def _create(request: web.Request) -> web.Response:
 def _end(batch: dict[str, Any], origin: str) -> None:
     counts = batch["request_counts"]
     for item in batch["requests"]:
-        result = {"type": "canceled"} if batch["processing_status"] == "canceling" else _result(item["params"])
+        result = (
+            {"type": "canceled"} if batch["processing_status"] == "canceling" else _result(item["params"])
+        )
         batch["results"].append({"custom_id": item["custom_id"], "result": result})
         counts[str(result["type"])] += 1
     counts["processing"] = 0
-    batch.update(processing_status="ended", ended_at=_now(),
-                 results_url=f"{origin}/v1/messages/batches/{batch['id']}/results")
+    batch.update(
+        processing_status="ended",
+        ended_at=_now(),
+        results_url=f"{origin}/v1/messages/batches/{batch['id']}/results",
+    )
 
 
 async def _retrieve(request: web.Request) -> web.Response:

@@ -21,19 +21,40 @@ from .openai_upstream import STATE, FakeState, Seen, send_event
 from .scenario import AGENT_MODEL, Answer, Gist, agent, answer, error_status, split_arguments
 
 CACHE_READ, CACHE_WRITE = 3, 2
-CUT_AT = 5   # cut-stream: message_start, ping, the text block's start and its first two deltas go out
+CUT_AT = 5  # cut-stream: message_start, ping, the text block's start and its first two deltas go out
 SIGNATURE = "sig-fake-thinking"  # what this fake signs its thinking blocks with, and wants back unchanged
 THINKING_TOKENS = 4
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
-                529: "overloaded_error"}
-_STOP_REASONS = {"end": "end_turn", "tool": "tool_use", "max_tokens": "max_tokens", "stop_sequence": "stop_sequence"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+_STOP_REASONS = {
+    "end": "end_turn",
+    "tool": "tool_use",
+    "max_tokens": "max_tokens",
+    "stop_sequence": "stop_sequence",
+}
 
 
-def error(status: int, message: str, type_: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
-    body = {"type": "error", "error": {"type": type_ or _ERROR_TYPES.get(status, "api_error"), "message": message}}
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json",
-                        headers={"request-id": "req_fake", **(headers or {})})
+def error(
+    status: int, message: str, type_: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {
+        "type": "error",
+        "error": {"type": type_ or _ERROR_TYPES.get(status, "api_error"), "message": message},
+    }
+    return web.Response(
+        body=orjson.dumps(body),
+        status=status,
+        content_type="application/json",
+        headers={"request-id": "req_fake", **(headers or {})},
+    )
 
 
 class BadRequest(Exception):
@@ -58,7 +79,9 @@ def gist(body: dict[str, Any], betas: str = "") -> Gist:
         if message.get("role") not in ("user", "assistant"):
             raise BadRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'")
         content = message.get("content")
-        blocks: list[dict[str, Any]] = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        blocks: list[dict[str, Any]] = (
+            [{"type": "text", "text": content}] if isinstance(content, str) else content
+        )
         last = i == len(body["messages"]) - 1
         if last:
             out = Gist(max_tokens=out.max_tokens, stop=out.stop)
@@ -87,11 +110,16 @@ def gist(body: dict[str, Any], betas: str = "") -> Gist:
                     raise BadRequest(f"messages.{i}.content: tool_use.input must be an object")
             elif kind == "tool_result" and message["role"] == "user":
                 if block.get("tool_use_id") not in tool_ids:
-                    raise BadRequest(f"messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks")
+                    raise BadRequest(
+                        f"messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks"
+                    )
                 result = block.get("content")
                 if last:
-                    out.tool_results.append(result if isinstance(result, str) else
-                                            "".join(b.get("text", "") for b in result or ()))
+                    out.tool_results.append(
+                        result
+                        if isinstance(result, str)
+                        else "".join(b.get("text", "") for b in result or ())
+                    )
             else:
                 raise BadRequest(f"messages.{i}.content: unexpected block type {kind!r}")
     _signed_turn(body)
@@ -109,20 +137,33 @@ def _signed_turn(body: dict[str, Any]) -> None:
     if not _thinks(body) or len(messages) < 2:
         return
     last, turn = messages[-1], messages[-2]
-    results = [b for b in last.get("content") or () if isinstance(b, dict) and b.get("type") == "tool_result"] \
-        if isinstance(last.get("content"), list) else []
+    results = (
+        [b for b in last.get("content") or () if isinstance(b, dict) and b.get("type") == "tool_result"]
+        if isinstance(last.get("content"), list)
+        else []
+    )
     blocks = turn.get("content") if isinstance(turn.get("content"), list) else []
-    if results and turn.get("role") == "assistant" and blocks and \
-            blocks[0].get("type") not in ("thinking", "redacted_thinking"):
-        raise BadRequest(f"messages.{len(messages) - 2}.content.0.type: Expected `thinking` or `redacted_thinking`, "
-                         f"but found `{blocks[0].get('type')}`. When `thinking` is enabled, a final `assistant` "
-                         "message must start with a thinking block (preceeding the lastmost set of `tool_use` and "
-                         "`tool_result` blocks).")
+    if (
+        results
+        and turn.get("role") == "assistant"
+        and blocks
+        and blocks[0].get("type") not in ("thinking", "redacted_thinking")
+    ):
+        raise BadRequest(
+            f"messages.{len(messages) - 2}.content.0.type: Expected `thinking` or `redacted_thinking`, "
+            f"but found `{blocks[0].get('type')}`. When `thinking` is enabled, a final `assistant` "
+            "message must start with a thinking block (preceeding the lastmost set of `tool_use` and "
+            "`tool_result` blocks)."
+        )
 
 
 def _usage(body: dict[str, Any], output: int) -> dict[str, int]:
-    return {"input_tokens": len(orjson.dumps(body["messages"])) // 4 + 1, "output_tokens": output,
-            "cache_creation_input_tokens": CACHE_WRITE, "cache_read_input_tokens": CACHE_READ}
+    return {
+        "input_tokens": len(orjson.dumps(body["messages"])) // 4 + 1,
+        "output_tokens": output,
+        "cache_creation_input_tokens": CACHE_WRITE,
+        "cache_read_input_tokens": CACHE_READ,
+    }
 
 
 def _thinks(body: dict[str, Any]) -> bool:
@@ -146,9 +187,16 @@ def _blocks(plan: Answer, body: dict[str, Any] | None = None) -> list[dict[str, 
 
 
 def message(body: dict[str, Any], plan: Answer) -> dict[str, Any]:
-    return {"id": f"msg_{uuid.uuid4().hex[:20]}", "type": "message", "role": "assistant", "model": body["model"],
-            "content": _blocks(plan, body), "stop_reason": _STOP_REASONS[plan.stop], "stop_sequence": plan.stop_sequence,
-            "usage": _usage(body, plan.output_tokens)}
+    return {
+        "id": f"msg_{uuid.uuid4().hex[:20]}",
+        "type": "message",
+        "role": "assistant",
+        "model": body["model"],
+        "content": _blocks(plan, body),
+        "stop_reason": _STOP_REASONS[plan.stop],
+        "stop_sequence": plan.stop_sequence,
+        "usage": _usage(body, plan.output_tokens),
+    }
 
 
 def event(kind: str, data: dict[str, Any]) -> bytes:
@@ -157,41 +205,76 @@ def event(kind: str, data: dict[str, Any]) -> bytes:
 
 def stream_events(body: dict[str, Any], plan: Answer, *, fail: bool = False) -> list[bytes]:
     whole = message(body, plan)
-    start = {**whole, "content": [], "stop_reason": None, "stop_sequence": None,
-             "usage": {**whole["usage"], "output_tokens": 1}}
+    start = {
+        **whole,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**whole["usage"], "output_tokens": 1},
+    }
     events = [event("message_start", {"message": start}), event("ping", {})]
     index = 0
     if _thinks(body):
-        events.append(event("content_block_start", {"index": 0, "content_block": {"type": "thinking", "thinking": "",
-                                                                                  "signature": ""}}))
-        events.append(event("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta",
-                                                                          "thinking": _thought(body)}}))
-        events.append(event("content_block_delta", {"index": 0, "delta": {"type": "signature_delta",
-                                                                          "signature": SIGNATURE}}))
+        events.append(
+            event(
+                "content_block_start",
+                {"index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
+            )
+        )
+        events.append(
+            event(
+                "content_block_delta",
+                {"index": 0, "delta": {"type": "thinking_delta", "thinking": _thought(body)}},
+            )
+        )
+        events.append(
+            event(
+                "content_block_delta",
+                {"index": 0, "delta": {"type": "signature_delta", "signature": SIGNATURE}},
+            )
+        )
         events.append(event("content_block_stop", {"index": 0}))
         index = 1
     if plan.words:
-        events.append(event("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}}))
+        events.append(
+            event("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
+        )
         for piece in plan.pieces():
-            events.append(event("content_block_delta", {"index": index, "delta": {"type": "text_delta",
-                                                                                  "text": piece}}))
+            events.append(
+                event("content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": piece}})
+            )
             if fail:
-                return [*events, event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})]
+                return [
+                    *events,
+                    event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}}),
+                ]
         events.append(event("content_block_stop", {"index": index}))
         index += 1
     for i, (name, arguments) in enumerate(plan.calls):
         block = {"type": "tool_use", "id": f"toolu_fake{i}", "name": name, "input": {}}
         events.append(event("content_block_start", {"index": index, "content_block": block}))
         for fragment in ["", *split_arguments(orjson.dumps(arguments).decode())]:
-            events.append(event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta",
-                                                                                  "partial_json": fragment}}))
+            events.append(
+                event(
+                    "content_block_delta",
+                    {"index": index, "delta": {"type": "input_json_delta", "partial_json": fragment}},
+                )
+            )
         events.append(event("content_block_stop", {"index": index}))
         index += 1
-    events.append(event("message_delta", {"delta": {"stop_reason": whole["stop_reason"],
-                                                    "stop_sequence": whole["stop_sequence"]},
-                                          # newer API versions repeat input_tokens here, not always the cache fields
-                                          "usage": {"input_tokens": whole["usage"]["input_tokens"],
-                                                    "output_tokens": plan.output_tokens}}))
+    events.append(
+        event(
+            "message_delta",
+            {
+                "delta": {"stop_reason": whole["stop_reason"], "stop_sequence": whole["stop_sequence"]},
+                # newer API versions repeat input_tokens here, not always the cache fields
+                "usage": {
+                    "input_tokens": whole["usage"]["input_tokens"],
+                    "output_tokens": plan.output_tokens,
+                },
+            },
+        )
+    )
     events.append(event("message_stop", {}))
     return events
 
@@ -199,7 +282,9 @@ def stream_events(body: dict[str, Any], plan: Answer, *, fail: bool = False) -> 
 async def _messages(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     # The key comes in x-api-key (the documented header) or, from newer SDKs, as a bearer token.
-    presented = request.headers.get("x-api-key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
+    presented = request.headers.get("x-api-key") or request.headers.get("Authorization", "").removeprefix(
+        "Bearer "
+    )
     if state.api_key is not None and presented != state.api_key:
         return error(401, "invalid x-api-key")
     if not request.headers.get("anthropic-version"):
@@ -217,19 +302,25 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         return error(status, "Overloaded" if status == 529 else f"fake error {status}", headers=headers)
     try:
         seen = gist(body, request.headers.get("anthropic-beta", ""))
-        plan = agent([t["name"] for t in body.get("tools") or ()], seen.tool_results) if model == AGENT_MODEL \
+        plan = (
+            agent([t["name"] for t in body.get("tools") or ()], seen.tool_results)
+            if model == AGENT_MODEL
             else answer(seen)
+        )
     except BadRequest as exc:
         return error(400, str(exc))
     if not body.get("stream"):
         return web.Response(body=orjson.dumps(message(body, plan)), content_type="application/json")
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                           "Cache-Control": "no-cache"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+    )
     await response.prepare(request)
     events = stream_events(body, plan, fail=model == "stream-error")
     usage = message(body, plan)["usage"]
-    state.usage_sent = {"prompt_tokens": usage["input_tokens"] + CACHE_READ + CACHE_WRITE,
-                        "completion_tokens": plan.output_tokens}
+    state.usage_sent = {
+        "prompt_tokens": usage["input_tokens"] + CACHE_READ + CACHE_WRITE,
+        "completion_tokens": plan.output_tokens,
+    }
     if model == "early-error":  # the stream is accepted (200), then fails before message_start
         events = [event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})]
     for i, chunk in enumerate(events):

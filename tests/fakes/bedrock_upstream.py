@@ -31,11 +31,19 @@ from .scenario import Answer, Gist, answer, error_status, split_arguments
 
 ACCESS_KEY, SECRET_KEY, REGION = "AKIDFAKEGATEWAYTEST", "fake-secret-key/for+tests", "us-east-1"
 CACHE_READ, CACHE_WRITE = 3, 2
-_AUTH = re.compile(r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
-                   r"(?P<service>[^/]+)/aws4_request, SignedHeaders=(?P<headers>[a-z0-9;-]+), "
-                   r"Signature=(?P<signature>[0-9a-f]{64})$")
-_ERRORS = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException",
-           429: "ThrottlingException", 500: "InternalServerException", 503: "ServiceUnavailableException"}
+_AUTH = re.compile(
+    r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
+    r"(?P<service>[^/]+)/aws4_request, SignedHeaders=(?P<headers>[a-z0-9;-]+), "
+    r"Signature=(?P<signature>[0-9a-f]{64})$"
+)
+_ERRORS = {
+    400: "ValidationException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
+}
 _STOP = {"end": "end_turn", "tool": "tool_use", "max_tokens": "max_tokens", "stop_sequence": "stop_sequence"}
 
 
@@ -51,9 +59,15 @@ BEDROCK = web.AppKey("bedrock", Aws)
 
 
 def error(status: int, kind: str, message: str) -> web.Response:
-    return web.Response(body=orjson.dumps({"message": message}), status=status, content_type="application/json",
-                        headers={"x-amzn-ErrorType": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/",
-                                 "x-amzn-RequestId": str(uuid.uuid4())})
+    return web.Response(
+        body=orjson.dumps({"message": message}),
+        status=status,
+        content_type="application/json",
+        headers={
+            "x-amzn-ErrorType": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/",
+            "x-amzn-RequestId": str(uuid.uuid4()),
+        },
+    )
 
 
 def check_signature(request: web.Request, body: bytes, aws: Aws) -> str | None:
@@ -64,20 +78,26 @@ def check_signature(request: web.Request, body: bytes, aws: Aws) -> str | None:
     if match["key"] != aws.access_key:
         return "The security token included in the request is invalid."
     if match["service"] != "bedrock" or match["region"] != aws.region:
-        return f"Credential should be scoped to a valid region and service bedrock, not {match['region']}/" \
-               f"{match['service']}."
+        return (
+            f"Credential should be scoped to a valid region and service bedrock, not {match['region']}/"
+            f"{match['service']}."
+        )
     timestamp = request.headers.get("X-Amz-Date", "")
     signed = match["headers"].split(";")
     if "host" not in signed or "x-amz-date" not in signed or not timestamp.startswith(match["date"]):
         return "SignedHeaders must include host and x-amz-date"
     url = f"http://{request.headers['Host']}{request.raw_path}"
-    replay = AWSRequest(method=request.method, url=url, data=body, headers={h: request.headers[h] for h in signed})
+    replay = AWSRequest(
+        method=request.method, url=url, data=body, headers={h: request.headers[h] for h in signed}
+    )
     replay.context["timestamp"] = timestamp
     signer = SigV4Auth(Credentials(aws.access_key, aws.secret_key), "bedrock", aws.region)
     expected = signer.signature(signer.string_to_sign(replay, signer.canonical_request(replay)), replay)
     if expected != match["signature"]:
-        return ("The request signature we calculated does not match the signature you provided. "
-                "Check your AWS Secret Access Key and signing method.")
+        return (
+            "The request signature we calculated does not match the signature you provided. "
+            "Check your AWS Secret Access Key and signing method."
+        )
     aws.signatures_checked += 1
     return None
 
@@ -87,7 +107,9 @@ def encode_message(headers: dict[str, str], payload: bytes) -> bytes:
     raw_headers = b""
     for name, value in headers.items():
         encoded = value.encode()
-        raw_headers += bytes([len(name)]) + name.encode() + b"\x07" + struct.pack(">H", len(encoded)) + encoded
+        raw_headers += (
+            bytes([len(name)]) + name.encode() + b"\x07" + struct.pack(">H", len(encoded)) + encoded
+        )
     total = 12 + len(raw_headers) + len(payload) + 4
     prelude = struct.pack(">II", total, len(raw_headers))
     prelude += struct.pack(">I", binascii.crc32(prelude))
@@ -96,13 +118,17 @@ def encode_message(headers: dict[str, str], payload: bytes) -> bytes:
 
 
 def event(kind: str, payload: dict[str, Any]) -> bytes:
-    return encode_message({":event-type": kind, ":content-type": "application/json", ":message-type": "event"},
-                          orjson.dumps(payload))
+    return encode_message(
+        {":event-type": kind, ":content-type": "application/json", ":message-type": "event"},
+        orjson.dumps(payload),
+    )
 
 
 def exception(kind: str, message: str) -> bytes:
-    return encode_message({":exception-type": kind, ":content-type": "application/json",
-                           ":message-type": "exception"}, orjson.dumps({"message": message}))
+    return encode_message(
+        {":exception-type": kind, ":content-type": "application/json", ":message-type": "exception"},
+        orjson.dumps({"message": message}),
+    )
 
 
 class BadRequest(Exception):
@@ -128,7 +154,9 @@ def gist(body: dict[str, Any]) -> Gist:
                     out.text += block["text"]
             elif "image" in block:
                 image = block["image"]
-                if image.get("format") not in ("png", "jpeg", "gif", "webp") or "bytes" not in image.get("source", {}):
+                if image.get("format") not in ("png", "jpeg", "gif", "webp") or "bytes" not in image.get(
+                    "source", {}
+                ):
                     raise BadRequest(f"messages.{i}.content: invalid image block")
                 out.images.append(f"image/{image['format']}")
             elif "toolUse" in block and message["role"] == "assistant":
@@ -141,7 +169,9 @@ def gist(body: dict[str, Any]) -> Gist:
             else:
                 raise BadRequest(f"messages.{i}.content: unknown block {sorted(block)}")
     if used and not body.get("toolConfig"):
-        raise BadRequest("The toolConfig field must be defined when using toolUse and toolResult content blocks.")
+        raise BadRequest(
+            "The toolConfig field must be defined when using toolUse and toolResult content blocks."
+        )
     out.stop = list(config.get("stopSequences") or [])
     out.max_tokens = config.get("maxTokens")
     tools = (body.get("toolConfig") or {}).get("tools") or []
@@ -152,9 +182,13 @@ def gist(body: dict[str, Any]) -> Gist:
 
 def _usage(body: dict[str, Any], plan: Answer) -> dict[str, int]:
     prompt = len(orjson.dumps(body["messages"])) // 4 + 1
-    return {"inputTokens": prompt, "outputTokens": plan.output_tokens,
-            "totalTokens": prompt + plan.output_tokens + CACHE_READ + CACHE_WRITE,
-            "cacheReadInputTokens": CACHE_READ, "cacheWriteInputTokens": CACHE_WRITE}
+    return {
+        "inputTokens": prompt,
+        "outputTokens": plan.output_tokens,
+        "totalTokens": prompt + plan.output_tokens + CACHE_READ + CACHE_WRITE,
+        "cacheReadInputTokens": CACHE_READ,
+        "cacheWriteInputTokens": CACHE_WRITE,
+    }
 
 
 REASONING_SIGNATURE = "sig-bedrock-fake"
@@ -177,13 +211,22 @@ def thought(body: dict[str, Any]) -> str | None:
 
 def converse(body: dict[str, Any], plan: Answer) -> dict[str, Any]:
     reasoning = thought(body)
-    content: list[dict[str, Any]] = [{"reasoningContent": {"reasoningText": {
-        "text": reasoning, "signature": REASONING_SIGNATURE}}}] if reasoning else []
+    content: list[dict[str, Any]] = (
+        [{"reasoningContent": {"reasoningText": {"text": reasoning, "signature": REASONING_SIGNATURE}}}]
+        if reasoning
+        else []
+    )
     content += [{"text": plan.text}] if plan.words else []
-    content += [{"toolUse": {"toolUseId": f"tooluse_fake{i}", "name": name, "input": arguments}}
-                for i, (name, arguments) in enumerate(plan.calls)]
-    return {"output": {"message": {"role": "assistant", "content": content}}, "stopReason": _STOP[plan.stop],
-            "usage": _usage(body, plan), "metrics": {"latencyMs": 5}}
+    content += [
+        {"toolUse": {"toolUseId": f"tooluse_fake{i}", "name": name, "input": arguments}}
+        for i, (name, arguments) in enumerate(plan.calls)
+    ]
+    return {
+        "output": {"message": {"role": "assistant", "content": content}},
+        "stopReason": _STOP[plan.stop],
+        "usage": _usage(body, plan),
+        "metrics": {"latencyMs": 5},
+    }
 
 
 def stream_events(body: dict[str, Any], plan: Answer, *, fail: bool = False) -> list[bytes]:
@@ -192,7 +235,9 @@ def stream_events(body: dict[str, Any], plan: Answer, *, fail: bool = False) -> 
     reasoning = thought(body)
     if reasoning:
         for delta in ({"text": reasoning}, {"signature": REASONING_SIGNATURE}):
-            events.append(event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"reasoningContent": delta}}))
+            events.append(
+                event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"reasoningContent": delta}})
+            )
         events.append(event("contentBlockStop", {"contentBlockIndex": 0}))
         index = 1
     if plan.words:
@@ -203,11 +248,22 @@ def stream_events(body: dict[str, Any], plan: Answer, *, fail: bool = False) -> 
         events.append(event("contentBlockStop", {"contentBlockIndex": index}))
         index += 1
     for i, (name, arguments) in enumerate(plan.calls):
-        events.append(event("contentBlockStart", {"contentBlockIndex": index, "start": {
-            "toolUse": {"toolUseId": f"tooluse_fake{i}", "name": name}}}))
+        events.append(
+            event(
+                "contentBlockStart",
+                {
+                    "contentBlockIndex": index,
+                    "start": {"toolUse": {"toolUseId": f"tooluse_fake{i}", "name": name}},
+                },
+            )
+        )
         for fragment in split_arguments(orjson.dumps(arguments).decode()):
-            events.append(event("contentBlockDelta", {"contentBlockIndex": index,
-                                                      "delta": {"toolUse": {"input": fragment}}}))
+            events.append(
+                event(
+                    "contentBlockDelta",
+                    {"contentBlockIndex": index, "delta": {"toolUse": {"input": fragment}}},
+                )
+            )
         events.append(event("contentBlockStop", {"contentBlockIndex": index}))
         index += 1
     events.append(event("messageStop", {"stopReason": _STOP[plan.stop]}))
@@ -220,10 +276,15 @@ async def _converse(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
     # Bedrock API keys (bearer tokens) stand in for a signature.
-    problem = None if state.api_key is not None and bearer == state.api_key else check_signature(request, raw, aws)
+    problem = (
+        None if state.api_key is not None and bearer == state.api_key else check_signature(request, raw, aws)
+    )
     if problem is not None:
-        return error(403, "InvalidSignatureException" if "signature" in problem else "UnrecognizedClientException",
-                     problem)
+        return error(
+            403,
+            "InvalidSignatureException" if "signature" in problem else "UnrecognizedClientException",
+            problem,
+        )
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

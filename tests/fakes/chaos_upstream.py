@@ -36,13 +36,13 @@ from tests.fakes.openai_upstream import _chat_completion, _chunk, _usage, _words
 class Fault:
     kind: str = "none"
     rate: float = 1.0
-    times: int | None = None          # fail only the next N requests (then answer normally)
+    times: int | None = None  # fail only the next N requests (then answer normally)
     status: int = 500
-    code: str | None = None           # the error body's code (e.g. context_length_exceeded)
+    code: str | None = None  # the error body's code (e.g. context_length_exceeded)
     retry_after: str | None = None
     retry_after_ms: str | None = None
     delay_s: float = 1.0
-    seed: int | None = None           # the share that fails, drawn from its own seeded generator
+    seed: int | None = None  # the share that fails, drawn from its own seeded generator
     _rng: random.Random = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -62,10 +62,10 @@ class Fault:
 @dataclass
 class ChaosState:
     faults: dict[str, Fault] = field(default_factory=dict)
-    latency_s: float = 0.0            # added to every answer (bench: a realistic upstream)
-    requests: collections.Counter[str] = field(default_factory=collections.Counter)   # by model
+    latency_s: float = 0.0  # added to every answer (bench: a realistic upstream)
+    requests: collections.Counter[str] = field(default_factory=collections.Counter)  # by model
     failed: collections.Counter[str] = field(default_factory=collections.Counter)
-    sessions: list[str] = field(default_factory=list)   # x-session-id seen, in order (sticky routing)
+    sessions: list[str] = field(default_factory=list)  # x-session-id seen, in order (sticky routing)
 
     def fault(self, model: str) -> Fault | None:
         return self.faults.get(model) or self.faults.get("*")
@@ -76,8 +76,12 @@ STATE = web.AppKey("chaos", ChaosState)
 
 def _error(status: int, message: str, code: str | None, headers: dict[str, str]) -> web.Response:
     types = {400: "invalid_request_error", 429: "rate_limit_error"}
-    body = {"error": {"message": message, "type": types.get(status, "server_error"), "param": None, "code": code}}
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
+    body = {
+        "error": {"message": message, "type": types.get(status, "server_error"), "param": None, "code": code}
+    }
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
 
 
 async def _inject(request: web.Request, fault: Fault, stream: bool) -> web.StreamResponse | None:
@@ -107,8 +111,10 @@ async def _inject(request: web.Request, fault: Fault, stream: bool) -> web.Strea
     if kind == "wrong_content_type":
         return web.Response(text="<html>502 Bad Gateway</html>", content_type="text/html")
     if kind == "error_body_200":
-        return web.Response(body=orjson.dumps({"error": {"message": "chaos: overloaded", "type": "server_error"}}),
-                            content_type="application/json")
+        return web.Response(
+            body=orjson.dumps({"error": {"message": "chaos: overloaded", "type": "server_error"}}),
+            content_type="application/json",
+        )
     return None
 
 
@@ -127,8 +133,14 @@ async def _stream(request: web.Request, body: dict[str, Any], fault: Fault | Non
         await response.write(_chunk(body, {"content": word if j == 0 else " " + word}))
     await response.write(_chunk(body, {}, "stop"))
     if (body.get("stream_options") or {}).get("include_usage"):
-        usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-                 "model": body["model"], "choices": [], "usage": _usage(body, len(words))}
+        usage = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [],
+            "usage": _usage(body, len(words)),
+        }
         await response.write(b"data: " + orjson.dumps(usage) + b"\n\n")
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
@@ -162,10 +174,16 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(fault.delay_s)
     if request.path.endswith("/embeddings"):
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        return web.json_response({"object": "list", "model": model,
-                                  "data": [{"object": "embedding", "index": i, "embedding": [0.5, 0.25]}
-                                           for i in range(len(inputs))],
-                                  "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+        return web.json_response(
+            {
+                "object": "list",
+                "model": model,
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": [0.5, 0.25]} for i in range(len(inputs))
+                ],
+                "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+            }
+        )
     return web.Response(body=orjson.dumps(_chat_completion(body)), content_type="application/json")
 
 
@@ -186,8 +204,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1.0)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     args = parser.parse_args()
-    state = ChaosState(faults={"*": Fault(args.fault, rate=args.rate, status=args.status)},
-                       latency_s=args.latency_ms / 1000)
+    state = ChaosState(
+        faults={"*": Fault(args.fault, rate=args.rate, status=args.status)}, latency_s=args.latency_ms / 1000
+    )
     web.run_app(build_app(state), host=args.host, port=args.port, access_log=None, print=None)
 
 

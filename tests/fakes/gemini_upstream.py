@@ -23,14 +23,28 @@ from .openai_upstream import STATE, FakeState, Seen, send_event
 from .scenario import Answer, Gist, answer, error_status
 
 CACHED = 3
-_STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-             429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 _FINISH = {"end": "STOP", "tool": "STOP", "max_tokens": "MAX_TOKENS", "stop_sequence": "STOP"}
 
 
 def error(status: int, message: str, details: list[dict[str, Any]] | None = None) -> web.Response:
-    body = {"error": {"code": status, "message": message, "status": _STATUSES.get(status, "UNKNOWN"),
-                      **({"details": details} if details else {})}}
+    body = {
+        "error": {
+            "code": status,
+            "message": message,
+            "status": _STATUSES.get(status, "UNKNOWN"),
+            **({"details": details} if details else {}),
+        }
+    }
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
@@ -54,7 +68,9 @@ def gist(body: dict[str, Any]) -> Gist:
     for i, content in enumerate(contents):
         role = content.get("role", "user")
         if role not in ("user", "model"):
-            raise BadRequest(f"* GenerateContentRequest.contents[{i}].role: Please use a valid role: user, model.")
+            raise BadRequest(
+                f"* GenerateContentRequest.contents[{i}].role: Please use a valid role: user, model."
+            )
         last = i == len(contents) - 1
         if last:
             out = Gist()
@@ -72,13 +88,16 @@ def gist(body: dict[str, Any]) -> Gist:
             elif _get(part, "functionCall") is not None and role == "model":
                 call = _get(part, "functionCall")
                 if _get(part, "thoughtSignature") != signature(call.get("args") or {}):
-                    raise BadRequest(f"Function call is missing a thought_signature in functionCall parts. "
-                                     f"(contents[{i}])")
+                    raise BadRequest(
+                        f"Function call is missing a thought_signature in functionCall parts. (contents[{i}])"
+                    )
                 called.add(call["name"])
             elif _get(part, "functionResponse") is not None and role == "user":
                 result = _get(part, "functionResponse")
                 if result.get("name") not in called or not isinstance(result.get("response"), dict):
-                    raise BadRequest(f"* contents[{i}].parts: function response does not match a function call")
+                    raise BadRequest(
+                        f"* contents[{i}].parts: function response does not match a function call"
+                    )
                 value = result["response"]
                 out.tool_results.append(str(value.get("result", orjson.dumps(value).decode())))
             else:
@@ -86,8 +105,11 @@ def gist(body: dict[str, Any]) -> Gist:
     out.stop = list(_get(config, "stopSequences") or [])
     out.max_tokens = _get(config, "maxOutputTokens")
     declarations = [d for tool in body.get("tools") or () for d in _get(tool, "functionDeclarations") or ()]
-    mode = ((_get(body, "toolConfig") or {}).get("functionCallingConfig") or
-            (_get(body, "toolConfig") or {}).get("function_calling_config") or {}).get("mode", "AUTO")
+    mode = (
+        (_get(body, "toolConfig") or {}).get("functionCallingConfig")
+        or (_get(body, "toolConfig") or {}).get("function_calling_config")
+        or {}
+    ).get("mode", "AUTO")
     if declarations and mode != "NONE" and not out.tool_results:
         out.tool_name = declarations[0]["name"]
     return out
@@ -102,8 +124,10 @@ def thinking(body: dict[str, Any]) -> tuple[int, bool]:
     budget = _get(config, "thinkingBudget")
     budget = -1 if budget is None else budget
     if not isinstance(budget, int) or not -1 <= budget <= 32768:
-        raise BadRequest("* GenerateContentRequest.generation_config.thinking_config.thinking_budget: "
-                         "must be -1, 0 or at most 32768")
+        raise BadRequest(
+            "* GenerateContentRequest.generation_config.thinking_config.thinking_budget: "
+            "must be -1, 0 or at most 32768"
+        )
     return budget, bool(_get(config, "includeThoughts"))
 
 
@@ -114,20 +138,30 @@ def _thought(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _usage(body: dict[str, Any], plan: Answer) -> dict[str, int]:
     prompt = len(orjson.dumps(body.get("contents"))) // 4 + 1
-    usage = {"promptTokenCount": prompt, "candidatesTokenCount": plan.output_tokens,
-             "totalTokenCount": prompt + plan.output_tokens, "cachedContentTokenCount": CACHED}
+    usage = {
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": plan.output_tokens,
+        "totalTokenCount": prompt + plan.output_tokens,
+        "cachedContentTokenCount": CACHED,
+    }
     if thinking(body)[0] > 0:
         usage["thoughtsTokenCount"] = THOUGHT_TOKENS
         usage["totalTokenCount"] += THOUGHT_TOKENS
     return usage
 
 
-def _response(model: str, parts: list[dict[str, Any]], finish: str | None, usage: dict[str, int],
-              response_id: str) -> dict[str, Any]:
+def _response(
+    model: str, parts: list[dict[str, Any]], finish: str | None, usage: dict[str, int], response_id: str
+) -> dict[str, Any]:
     candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
     if finish:
         candidate["finishReason"] = finish
-    return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": response_id}
+    return {
+        "candidates": [candidate],
+        "usageMetadata": usage,
+        "modelVersion": model,
+        "responseId": response_id,
+    }
 
 
 def signature(arguments: dict[str, str]) -> str:
@@ -135,15 +169,23 @@ def signature(arguments: dict[str, str]) -> str:
 
 
 def _calls(plan: Answer) -> list[dict[str, Any]]:
-    return [{"functionCall": {"name": name, "args": arguments}, "thoughtSignature": signature(arguments)}
-            for name, arguments in plan.calls]
+    return [
+        {"functionCall": {"name": name, "args": arguments}, "thoughtSignature": signature(arguments)}
+        for name, arguments in plan.calls
+    ]
 
 
 def generate(model: str, body: dict[str, Any], plan: Answer) -> dict[str, Any]:
     if model == "blocked":
-        return {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": _usage(body, Answer()),
-                "modelVersion": model, "responseId": "blocked"}
-    parts: list[dict[str, Any]] = _thought(body) + ([{"text": plan.text}] if plan.words else []) + _calls(plan)
+        return {
+            "promptFeedback": {"blockReason": "SAFETY"},
+            "usageMetadata": _usage(body, Answer()),
+            "modelVersion": model,
+            "responseId": "blocked",
+        }
+    parts: list[dict[str, Any]] = (
+        _thought(body) + ([{"text": plan.text}] if plan.words else []) + _calls(plan)
+    )
     finish = "SAFETY" if model == "unsafe" else _FINISH[plan.stop]
     return _response(model, parts, finish, _usage(body, plan), uuid.uuid4().hex[:16])
 
@@ -153,8 +195,13 @@ def stream(model: str, body: dict[str, Any], plan: Answer) -> list[dict[str, Any
         return [generate(model, body, plan)]
     response_id = uuid.uuid4().hex[:16]
     usage = _usage(body, plan)
-    prompt_only = {"promptTokenCount": usage["promptTokenCount"], "totalTokenCount": usage["promptTokenCount"]}
-    pieces: list[list[dict[str, Any]]] = [[part] for part in _thought(body)] + [[{"text": p}] for p in plan.pieces()]
+    prompt_only = {
+        "promptTokenCount": usage["promptTokenCount"],
+        "totalTokenCount": usage["promptTokenCount"],
+    }
+    pieces: list[list[dict[str, Any]]] = [[part] for part in _thought(body)] + [
+        [{"text": p}] for p in plan.pieces()
+    ]
     if plan.calls:
         pieces.append(_calls(plan))
     if not pieces:
@@ -168,8 +215,11 @@ async def _model(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     key = request.headers.get("x-goog-api-key") or request.query.get("key")
     if state.api_key is not None and key != state.api_key:
-        return error(400, "API key not valid. Please pass a valid API key.",
-                     [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}])
+        return error(
+            400,
+            "API key not valid. Please pass a valid API key.",
+            [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}],
+        )
     model, _, action = request.match_info["target"].partition(":")
     try:
         body = orjson.loads(await request.read())
@@ -179,7 +229,11 @@ async def _model(request: web.Request) -> web.StreamResponse:
         state.requests.append(Seen(request.path, dict(request.query), dict(request.headers), body))
     status = error_status(model)
     if status is not None:
-        details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"}] if status == 429 else None
+        details = (
+            [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"}]
+            if status == 429
+            else None
+        )
         return error(status, f"fake error {status}", details)
     if action == "batchEmbedContents":
         texts = ["".join(p.get("text", "") for p in r["content"]["parts"]) for r in body["requests"]]
@@ -207,8 +261,10 @@ async def _model(request: web.Request) -> web.StreamResponse:
             chunk = {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
         if "usageMetadata" in chunk:
             usage = chunk["usageMetadata"]
-            state.usage_sent = {"prompt_tokens": usage["promptTokenCount"],
-                                "completion_tokens": usage.get("candidatesTokenCount", 0)}
+            state.usage_sent = {
+                "prompt_tokens": usage["promptTokenCount"],
+                "completion_tokens": usage.get("candidatesTokenCount", 0),
+            }
         # Gemini frames its stream with CRLF.
         await send_event(response, state, b"data: " + orjson.dumps(chunk) + b"\n\n", own_line_end=b"\r\n")
         if "error" in chunk:

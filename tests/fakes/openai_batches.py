@@ -21,8 +21,12 @@ from aiohttp import BodyPartReader, web
 
 from .openai_upstream import STATE, FakeState, Seen, _error, whole_answer
 
-_STEPS = {"validating": "in_progress", "in_progress": "finalizing", "finalizing": "completed",
-          "cancelling": "cancelled"}
+_STEPS = {
+    "validating": "in_progress",
+    "in_progress": "finalizing",
+    "finalizing": "completed",
+    "cancelling": "cancelled",
+}
 
 
 def _authorized(request: web.Request, state: FakeState) -> bool:
@@ -36,9 +40,18 @@ def _seen(request: web.Request, state: FakeState, body: Any = None) -> None:
 
 def _file(state: FakeState, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
     file_id = f"file-{uuid.uuid4().hex[:24]}"
-    state.files[file_id] = {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
-                            "filename": filename, "purpose": purpose, "status": "processed", "expires_at": None,
-                            "status_details": None, "data": data}
+    state.files[file_id] = {
+        "id": file_id,
+        "object": "file",
+        "bytes": len(data),
+        "created_at": int(time.time()),
+        "filename": filename,
+        "purpose": purpose,
+        "status": "processed",
+        "expires_at": None,
+        "status_details": None,
+        "data": data,
+    }
     return state.files[file_id]
 
 
@@ -85,12 +98,24 @@ def _check(lines: list[dict[str, Any]], endpoint: str) -> list[dict[str, Any]]:
     models = set()
     for number, line in enumerate(lines, 1):
         if line.get("method") != "POST" or line.get("url") != endpoint:
-            errors.append({"code": "invalid_request", "line": number, "param": "url",
-                           "message": f"The url must be {endpoint} and the method POST."})
+            errors.append(
+                {
+                    "code": "invalid_request",
+                    "line": number,
+                    "param": "url",
+                    "message": f"The url must be {endpoint} and the method POST.",
+                }
+            )
         models.add((line.get("body") or {}).get("model"))
     if len(models) > 1:
-        errors.append({"code": "model_mismatch", "line": None, "param": "body.model",
-                       "message": "Each batch can only contain requests to one model."})
+        errors.append(
+            {
+                "code": "model_mismatch",
+                "line": None,
+                "param": "body.model",
+                "message": "Each batch can only contain requests to one model.",
+            }
+        )
     return errors
 
 
@@ -106,13 +131,29 @@ async def _create(request: web.Request) -> web.Response:
     if body.get("completion_window") != "24h":
         return _error(400, "Invalid value for 'completion_window'.")
     now = int(time.time())
-    batch = {"id": f"batch_{uuid.uuid4().hex[:24]}", "object": "batch", "endpoint": body["endpoint"],
-             "errors": None, "input_file_id": source["id"], "completion_window": "24h", "status": "validating",
-             "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": None,
-             "expires_at": now + 24 * 3600, "finalizing_at": None, "completed_at": None, "failed_at": None,
-             "expired_at": None, "cancelling_at": None, "cancelled_at": None,
-             "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": body.get("metadata"),
-             "lines": [orjson.loads(line) for line in source["data"].splitlines() if line.strip()]}
+    batch = {
+        "id": f"batch_{uuid.uuid4().hex[:24]}",
+        "object": "batch",
+        "endpoint": body["endpoint"],
+        "errors": None,
+        "input_file_id": source["id"],
+        "completion_window": "24h",
+        "status": "validating",
+        "output_file_id": None,
+        "error_file_id": None,
+        "created_at": now,
+        "in_progress_at": None,
+        "expires_at": now + 24 * 3600,
+        "finalizing_at": None,
+        "completed_at": None,
+        "failed_at": None,
+        "expired_at": None,
+        "cancelling_at": None,
+        "cancelled_at": None,
+        "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        "metadata": body.get("metadata"),
+        "lines": [orjson.loads(line) for line in source["data"].splitlines() if line.strip()],
+    }
     state.batches[batch["id"]] = batch
     return web.json_response(_public(batch))
 
@@ -138,14 +179,19 @@ def _answer_lines(state: FakeState, batch: dict[str, Any]) -> None:
     errors: list[bytes] = []
     for line in batch["lines"]:
         status, body = whole_answer(batch["endpoint"], dict(line["body"]))
-        out = {"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": line["custom_id"],
-               "response": {"status_code": status, "request_id": uuid.uuid4().hex, "body": body}, "error": None}
+        out = {
+            "id": f"batch_req_{uuid.uuid4().hex[:24]}",
+            "custom_id": line["custom_id"],
+            "response": {"status_code": status, "request_id": uuid.uuid4().hex, "body": body},
+            "error": None,
+        }
         (output if status < 400 else errors).append(orjson.dumps(out))
     batch["request_counts"].update(completed=len(output), failed=len(errors))
     for name, found in (("output_file_id", output), ("error_file_id", errors)):
         if found:
-            batch[name] = _file(state, f"{batch['id']}_{name[:-8]}.jsonl", "batch_output",
-                                b"\n".join(found) + b"\n")["id"]
+            batch[name] = _file(
+                state, f"{batch['id']}_{name[:-8]}.jsonl", "batch_output", b"\n".join(found) + b"\n"
+            )["id"]
 
 
 def _found_batch(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:

@@ -28,7 +28,9 @@ def _texts(content: Any) -> str:
 
 def plan(body: dict[str, Any]) -> Answer:
     source = body.get("input")
-    items = [{"type": "message", "role": "user", "content": source}] if isinstance(source, str) else source or []
+    items = (
+        [{"type": "message", "role": "user", "content": source}] if isinstance(source, str) else source or []
+    )
     results: list[str] = []
     for item in reversed(items):
         if item.get("type") != "function_call_output":
@@ -48,31 +50,65 @@ def _usage(body: dict[str, Any], plan: Answer) -> dict[str, Any]:
     reasoning = REASONING_TOKENS if body.get("reasoning") else 0
     output = plan.output_tokens + reasoning
     cached = min(2, prompt) if body.get("prompt_cache_key") else 0  # as the chat fake's CACHED
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
-            "output_tokens": output,
-            "output_tokens_details": {"reasoning_tokens": reasoning}, "total_tokens": prompt + output}
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": output,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": prompt + output,
+    }
 
 
 def _response(body: dict[str, Any], output: list[dict[str, Any]], status: str, usage: Any) -> dict[str, Any]:
-    return {"id": f"resp_{uuid.uuid4().hex[:24]}", "object": "response", "created_at": int(time.time()),
-            "status": status, "error": None, "incomplete_details": None, "instructions": body.get("instructions"),
-            "max_output_tokens": body.get("max_output_tokens"), "model": body["model"], "output": output,
-            "parallel_tool_calls": body.get("parallel_tool_calls", True), "previous_response_id": None,
-            "reasoning": {"effort": None, "summary": None}, "store": body.get("store", True),
-            "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": body.get("tool_choice", "auto"),
-            "tools": body.get("tools") or [], "top_p": 1.0, "truncation": "disabled", "usage": usage,
-            "metadata": body.get("metadata") or {}}
+    return {
+        "id": f"resp_{uuid.uuid4().hex[:24]}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": body["model"],
+        "output": output,
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": body.get("store", True),
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": usage,
+        "metadata": body.get("metadata") or {},
+    }
 
 
 def _items(answer: Answer) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     if answer.words:
-        items.append({"type": "message", "id": f"msg_{uuid.uuid4().hex[:16]}", "status": "completed",
-                      "role": "assistant",
-                      "content": [{"type": "output_text", "text": answer.text, "annotations": [], "logprobs": []}]})
+        items.append(
+            {
+                "type": "message",
+                "id": f"msg_{uuid.uuid4().hex[:16]}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": answer.text, "annotations": [], "logprobs": []}],
+            }
+        )
     for i, (name, arguments) in enumerate(answer.calls):
-        items.append({"type": "function_call", "id": f"fc_{uuid.uuid4().hex[:16]}", "call_id": f"call_fake{i}",
-                      "name": name, "arguments": orjson.dumps(arguments).decode(), "status": "completed"})
+        items.append(
+            {
+                "type": "function_call",
+                "id": f"fc_{uuid.uuid4().hex[:16]}",
+                "call_id": f"call_fake{i}",
+                "name": name,
+                "arguments": orjson.dumps(arguments).decode(),
+                "status": "completed",
+            }
+        )
     return items
 
 
@@ -120,23 +156,56 @@ async def _stream(send: Any, final: dict[str, Any], items: list[dict[str, Any]],
     await send("response.in_progress", response=start)
     for index, item in enumerate(items):
         empty: dict[str, Any] = {"content": []} if "content" in item else {"arguments": ""}
-        await send("response.output_item.added", output_index=index, item={**item, "status": "in_progress", **empty})
+        await send(
+            "response.output_item.added", output_index=index, item={**item, "status": "in_progress", **empty}
+        )
         if item["type"] == "message":
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            await send("response.content_part.added", item_id=item["id"], output_index=index, content_index=0,
-                       part=part)
+            await send(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                part=part,
+            )
             for piece in answer.pieces():
-                await send("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0,
-                           delta=piece, logprobs=[])
-            await send("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                       text=answer.text, logprobs=[])
-            await send("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
-                       part=item["content"][0])
+                await send(
+                    "response.output_text.delta",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    delta=piece,
+                    logprobs=[],
+                )
+            await send(
+                "response.output_text.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                text=answer.text,
+                logprobs=[],
+            )
+            await send(
+                "response.content_part.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                part=item["content"][0],
+            )
         else:
             for piece in split_arguments(item["arguments"]):
-                await send("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
-                           delta=piece)
-            await send("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                       name=item["name"], arguments=item["arguments"])
+                await send(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=index,
+                    delta=piece,
+                )
+            await send(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=index,
+                name=item["name"],
+                arguments=item["arguments"],
+            )
         await send("response.output_item.done", output_index=index, item=item)
     await send("response.completed", response=final)

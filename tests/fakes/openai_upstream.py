@@ -52,17 +52,19 @@ class FakeState:
     cancelled: int = 0
     completed_streams: int = 0
     record: bool = True
-    line_end: bytes | None = None     # a stream's line ends (LF, CRLF or CR); None: the provider's own
-    data_space: bool = True           # "data: {...}" as providers write it, or "data:{...}" (valid too)
-    hold_after: int | None = None     # a stream waits after this many events until ``release`` is set
+    line_end: bytes | None = None  # a stream's line ends (LF, CRLF or CR); None: the provider's own
+    data_space: bool = True  # "data: {...}" as providers write it, or "data:{...}" (valid too)
+    hold_after: int | None = None  # a stream waits after this many events until ``release`` is set
     release: threading.Event = field(default_factory=threading.Event)
     events_sent: int = 0
     usage_sent: dict[str, int] | None = None  # the token counts the last stream reported, in OpenAI's terms
     answered: dict[str, int] = field(default_factory=dict)  # a whole answer's last message -> times answered
     hold_requests: threading.Event | None = None  # when not None: requests wait until it is set ...
-    hold_after_answers: int = 0                   # ... once this many whole answers were written
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)    # the Files API's (openai_batches.py)
-    batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # the Batch APIs' (OpenAI's, Anthropic's)
+    hold_after_answers: int = 0  # ... once this many whole answers were written
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # the Files API's (openai_batches.py)
+    batches: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # the Batch APIs' (OpenAI's, Anthropic's)
 
 
 def framed(event: bytes, line_end: bytes, data_space: bool) -> bytes:
@@ -74,10 +76,11 @@ def framed(event: bytes, line_end: bytes, data_space: bool) -> bytes:
     return line_end.join(lines)
 
 
-async def send_event(response: web.StreamResponse, state: FakeState, event: bytes, own_line_end: bytes = b"\n") \
-        -> None:
+async def send_event(
+    response: web.StreamResponse, state: FakeState, event: bytes, own_line_end: bytes = b"\n"
+) -> None:
     """Writes one event in the state's framing; at ``hold_after`` events, waits for ``release``."""
-    state.events_sent += 1   # counted before the write: a test may see the event before this coroutine resumes
+    state.events_sent += 1  # counted before the write: a test may see the event before this coroutine resumes
     await response.write(framed(event, state.line_end or own_line_end, state.data_space))
     if state.events_sent == state.hold_after:
         await asyncio.to_thread(state.release.wait, GATE_WAIT_S)
@@ -87,10 +90,17 @@ STATE = web.AppKey("state", FakeState)
 BODY = web.RequestKey("body", dict)
 
 
-def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-           headers: dict[str, str] | None = None) -> web.Response:
+def _error(
+    status: int,
+    message: str,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
 
 
 def _stopped(body: dict[str, Any], words: list[str]) -> tuple[list[str], str | None]:
@@ -127,23 +137,38 @@ def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, Any]:
     elif body.get("model") == "long-answer":
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or 16_000
         completion_tokens = min(16_000, limit) * (body.get("n") or 1)
-    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
-                             "total_tokens": prompt + completion_tokens}
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+    }
     if body.get("prompt_cache_key"):
         usage["prompt_tokens_details"] = {"cached_tokens": min(CACHED, prompt), "audio_tokens": 0}
     return usage
 
 
 def _logprobs(words: list[str]) -> dict[str, Any]:
-    return {"content": [{"token": w, "logprob": -0.5, "bytes": list(w.encode()),
-                         "top_logprobs": [{"token": w, "logprob": -0.5, "bytes": list(w.encode())}]}
-                        for w in words], "refusal": None}
+    return {
+        "content": [
+            {
+                "token": w,
+                "logprob": -0.5,
+                "bytes": list(w.encode()),
+                "top_logprobs": [{"token": w, "logprob": -0.5, "bytes": list(w.encode())}],
+            }
+            for w in words
+        ],
+        "refusal": None,
+    }
 
 
 def _tool_call(body: dict[str, Any], index: int) -> dict[str, Any]:
     function = body["tools"][0]["function"]
-    return {"id": f"call_{index}", "type": "function",
-            "function": {"name": function["name"], "arguments": orjson.dumps({"city": "Paris"}).decode()}}
+    return {
+        "id": f"call_{index}",
+        "type": "function",
+        "function": {"name": function["name"], "arguments": orjson.dumps({"city": "Paris"}).decode()},
+    }
 
 
 def _chat_completion(body: dict[str, Any]) -> dict[str, Any]:
@@ -152,26 +177,52 @@ def _chat_completion(body: dict[str, Any]) -> dict[str, Any]:
     wants_tool = bool(body.get("tools")) and body.get("tool_choice") != "none"
     choices = []
     for i in range(n):
-        message: dict[str, Any] = {"role": "assistant", "content": None if wants_tool else " ".join(words),
-                                   "refusal": None}
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": None if wants_tool else " ".join(words),
+            "refusal": None,
+        }
         if wants_tool:
             message["tool_calls"] = [_tool_call(body, i)]
-        choices.append({"index": i, "message": message, "finish_reason": "tool_calls" if wants_tool else "stop",
-                        "logprobs": _logprobs(words) if body.get("logprobs") else None})
+        choices.append(
+            {
+                "index": i,
+                "message": message,
+                "finish_reason": "tool_calls" if wants_tool else "stop",
+                "logprobs": _logprobs(words) if body.get("logprobs") else None,
+            }
+        )
         if hit is not None and not wants_tool:
             choices[-1]["stop_reason"] = hit
-    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-            "model": body["model"], "choices": choices, "usage": _usage(body, len(words) * n),
-            "system_fingerprint": f"seed-{body.get('seed')}"}
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body["model"],
+        "choices": choices,
+        "usage": _usage(body, len(words) * n),
+        "system_fingerprint": f"seed-{body.get('seed')}",
+    }
 
 
-def _chunk(body: dict[str, Any], delta: dict[str, Any], finish: str | None = None, index: int = 0,
-           logprobs: Any = None, stop_reason: str | None = None) -> bytes:
+def _chunk(
+    body: dict[str, Any],
+    delta: dict[str, Any],
+    finish: str | None = None,
+    index: int = 0,
+    logprobs: Any = None,
+    stop_reason: str | None = None,
+) -> bytes:
     choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
     if stop_reason is not None:
         choice["stop_reason"] = stop_reason
-    chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-             "model": body["model"], "choices": [choice]}
+    chunk = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": body["model"],
+        "choices": [choice],
+    }
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
@@ -188,12 +239,21 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeSt
             if body.get("tools") and body.get("tool_choice") != "none":
                 call = _tool_call(body, i)
                 args = call["function"]["arguments"]
-                first = {"index": 0, "id": call["id"], "type": "function",
-                         "function": {"name": call["function"]["name"], "arguments": ""}}
+                first = {
+                    "index": 0,
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""},
+                }
                 await send_event(response, state, _chunk(body, {"tool_calls": [first]}, index=i))
-                for part in (args[: len(args) // 2], args[len(args) // 2:]):
-                    await send_event(response, state, _chunk(body, {"tool_calls": [{"index": 0, "function": {"arguments": part}}]},
-                                                index=i))
+                for part in (args[: len(args) // 2], args[len(args) // 2 :]):
+                    await send_event(
+                        response,
+                        state,
+                        _chunk(
+                            body, {"tool_calls": [{"index": 0, "function": {"arguments": part}}]}, index=i
+                        ),
+                    )
                 await send_event(response, state, _chunk(body, {}, "tool_calls", index=i))
                 continue
             for j, word in enumerate(words):
@@ -204,12 +264,26 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeSt
                 if model == "slow-stream":
                     await asyncio.sleep(SLOW_CHUNK_DELAY_S)
                 content = word if j == 0 else " " + word
-                await send_event(response, state, _chunk(body, {"content": content}, index=i,
-                                            logprobs=_logprobs([content]) if body.get("logprobs") else None))
+                await send_event(
+                    response,
+                    state,
+                    _chunk(
+                        body,
+                        {"content": content},
+                        index=i,
+                        logprobs=_logprobs([content]) if body.get("logprobs") else None,
+                    ),
+                )
             await send_event(response, state, _chunk(body, {}, "stop", index=i, stop_reason=hit))
         if (body.get("stream_options") or {}).get("include_usage"):
-            usage_chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-                           "model": model, "choices": [], "usage": _usage(body, len(words) * (body.get("n") or 1))}
+            usage_chunk = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [],
+                "usage": _usage(body, len(words) * (body.get("n") or 1)),
+            }
             state.usage_sent = usage_chunk["usage"]
             await send_event(response, state, b"data: " + orjson.dumps(usage_chunk) + b"\n\n")
         await send_event(response, state, b"data: [DONE]\n\n")
@@ -231,38 +305,78 @@ async def _agent_chat(request: web.Request, body: dict[str, Any]) -> web.StreamR
         if turn.get("role") != "tool":
             break
         content = turn.get("content")
-        results.insert(0, content if isinstance(content, str) else
-                       "".join(p.get("text", "") for p in content if isinstance(p, dict)))
+        results.insert(
+            0,
+            content
+            if isinstance(content, str)
+            else "".join(p.get("text", "") for p in content if isinstance(p, dict)),
+        )
     plan = agent([t["function"]["name"] for t in body.get("tools") or ()], results)
-    calls: list[dict[str, Any]] = [{"id": f"call_agent{i}", "type": "function",
-              "function": {"name": name, "arguments": orjson.dumps(arguments).decode()}}
-             for i, (name, arguments) in enumerate(plan.calls)]
+    calls: list[dict[str, Any]] = [
+        {
+            "id": f"call_agent{i}",
+            "type": "function",
+            "function": {"name": name, "arguments": orjson.dumps(arguments).decode()},
+        }
+        for i, (name, arguments) in enumerate(plan.calls)
+    ]
     finish = "tool_calls" if calls else "stop"
     usage = _usage(body, plan.output_tokens)
     if not body.get("stream"):
         message: dict[str, Any] = {"role": "assistant", "content": plan.text or None, "refusal": None}
         if calls:
             message["tool_calls"] = calls
-        return web.json_response({"id": "chatcmpl-agent", "object": "chat.completion", "created": int(time.time()),
-                                  "model": body["model"], "usage": usage,
-                                  "choices": [{"index": 0, "message": message, "finish_reason": finish,
-                                               "logprobs": None}]})
+        return web.json_response(
+            {
+                "id": "chatcmpl-agent",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "usage": usage,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+            }
+        )
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     await response.write(_chunk(body, {"role": "assistant", "content": ""}))
     for piece in plan.pieces():
         await response.write(_chunk(body, {"content": piece}))
     for i, call in enumerate(calls):
-        await response.write(_chunk(body, {"tool_calls": [{"index": i, "id": call["id"], "type": "function",
-                                                           "function": {"name": call["function"]["name"],
-                                                                        "arguments": ""}}]}))
+        await response.write(
+            _chunk(
+                body,
+                {
+                    "tool_calls": [
+                        {
+                            "index": i,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""},
+                        }
+                    ]
+                },
+            )
+        )
         for part in split_arguments(call["function"]["arguments"]):
-            await response.write(_chunk(body, {"tool_calls": [{"index": i, "function": {"arguments": part}}]}))
+            await response.write(
+                _chunk(body, {"tool_calls": [{"index": i, "function": {"arguments": part}}]})
+            )
     await response.write(_chunk(body, {}, finish))
     if (body.get("stream_options") or {}).get("include_usage"):
-        await response.write(b"data: " + orjson.dumps({"id": "chatcmpl-agent", "object": "chat.completion.chunk",
-                                                       "created": int(time.time()), "model": body["model"],
-                                                       "choices": [], "usage": usage}) + b"\n\n")
+        await response.write(
+            b"data: "
+            + orjson.dumps(
+                {
+                    "id": "chatcmpl-agent",
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "model": body["model"],
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
+            + b"\n\n"
+        )
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response
@@ -273,11 +387,19 @@ async def _special(request: web.Request, model: str) -> web.StreamResponse | Non
         status = int(model[6:])
         headers = {"Retry-After": "1"} if status == 429 else None
         types = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error"}
-        return _error(status, f"fake upstream error {status}", types.get(status, "server_error"),
-                      code="rate_limit_exceeded" if status == 429 else None, headers=headers)
+        return _error(
+            status,
+            f"fake upstream error {status}",
+            types.get(status, "server_error"),
+            code="rate_limit_exceeded" if status == 429 else None,
+            headers=headers,
+        )
     if model.startswith("echo-auth-") and model[10:].isdigit():
-        return _error(int(model[10:]), f"Invalid request; headers were Authorization: "
-                                        f"{request.headers.get('Authorization')} api-key={request.headers.get('api-key')}")
+        return _error(
+            int(model[10:]),
+            f"Invalid request; headers were Authorization: "
+            f"{request.headers.get('Authorization')} api-key={request.headers.get('api-key')}",
+        )
     if model == "hang":
         await asyncio.sleep(3600)
     if model == "reset":
@@ -291,8 +413,10 @@ async def _special(request: web.Request, model: str) -> web.StreamResponse | Non
     if model == "flaky" and "FAIL" in _last_message(request):
         return _error(500, "fake upstream error 500", "server_error")
     if model == "error-body-200":
-        return web.Response(body=orjson.dumps({"error": {"message": "upstream overloaded", "type": "server_error"}}),
-                            content_type="application/json")
+        return web.Response(
+            body=orjson.dumps({"error": {"message": "upstream overloaded", "type": "server_error"}}),
+            content_type="application/json",
+        )
     return None
 
 
@@ -316,7 +440,9 @@ async def _handle(request: web.Request) -> web.StreamResponse:
 async def _answer(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if state.api_key is not None:
-        presented = request.headers.get("Authorization", "").removeprefix("Bearer ") or request.headers.get("api-key")
+        presented = request.headers.get("Authorization", "").removeprefix("Bearer ") or request.headers.get(
+            "api-key"
+        )
         if presented != state.api_key:
             return _error(401, "Incorrect API key provided.", code="invalid_api_key")
     try:
@@ -329,7 +455,7 @@ async def _answer(request: web.Request) -> web.StreamResponse:
     body["model"] = model
     request[BODY] = body
     if state.hold_requests is not None and sum(state.answered.values()) >= state.hold_after_answers:
-        await asyncio.to_thread(state.hold_requests.wait, GATE_WAIT_S)   # set by the test's thread
+        await asyncio.to_thread(state.hold_requests.wait, GATE_WAIT_S)  # set by the test's thread
     special = await _special(request, model)
     if special is not None:
         return special
@@ -349,8 +475,13 @@ async def _answer(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for word in words:
-            chunk = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": model,
-                     "choices": [{"index": 0, "text": word + " ", "finish_reason": None, "logprobs": None}]}
+            chunk = {
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "text": word + " ", "finish_reason": None, "logprobs": None}],
+            }
             await send_event(response, state, b"data: " + orjson.dumps(chunk) + b"\n\n")
         await send_event(response, state, b"data: [DONE]\n\n")
         return response
@@ -359,17 +490,28 @@ async def _answer(request: web.Request) -> web.StreamResponse:
 
 def embeddings(body: dict[str, Any]) -> dict[str, Any]:
     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-    data = [{"object": "embedding", "index": i, "embedding": [float(len(str(x)) % 7) / 7, 0.5, 0.25, 0.125]}
-            for i, x in enumerate(inputs)]
-    return {"object": "list", "data": data, "model": body["model"],
-            "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}}
+    data = [
+        {"object": "embedding", "index": i, "embedding": [float(len(str(x)) % 7) / 7, 0.5, 0.25, 0.125]}
+        for i, x in enumerate(inputs)
+    ]
+    return {
+        "object": "list",
+        "data": data,
+        "model": body["model"],
+        "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+    }
 
 
 def completion(body: dict[str, Any]) -> dict[str, Any]:
     words = _words(body)
-    return {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": body["model"],
-            "usage": _usage(body, len(words)),
-            "choices": [{"index": 0, "text": " ".join(words), "finish_reason": "stop", "logprobs": None}]}
+    return {
+        "id": "cmpl-fake",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": body["model"],
+        "usage": _usage(body, len(words)),
+        "choices": [{"index": 0, "text": " ".join(words), "finish_reason": "stop", "logprobs": None}],
+    }
 
 
 def whole_answer(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -379,11 +521,23 @@ def whole_answer(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     messages = body.get("messages")
     last = str(messages[-1].get("content")) if isinstance(messages, list) and messages else ""
     if model.startswith("error-") and model[6:].isdigit():
-        return int(model[6:]), {"error": {"message": f"fake upstream error {model[6:]}", "type": "server_error",
-                                          "param": None, "code": None}}
+        return int(model[6:]), {
+            "error": {
+                "message": f"fake upstream error {model[6:]}",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        }
     if model == "flaky" and "FAIL" in last:
-        return 500, {"error": {"message": "fake upstream error 500", "type": "server_error", "param": None,
-                               "code": None}}
+        return 500, {
+            "error": {
+                "message": "fake upstream error 500",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        }
     if path.endswith("/chat/completions"):
         return 200, _chat_completion(body)
     if path.endswith("/embeddings"):
@@ -396,10 +550,15 @@ def whole_answer(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 def build_app(state: FakeState | None = None) -> web.Application:
     app = web.Application()
     app[STATE] = state or FakeState()
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
-                 "/openai/responses",
-                 "/openai/deployments/{deployment}/chat/completions",
-                 "/openai/deployments/{deployment}/embeddings"):
+    for path in (
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/openai/responses",
+        "/openai/deployments/{deployment}/chat/completions",
+        "/openai/deployments/{deployment}/embeddings",
+    ):
         app.router.add_post(path, _handle)
     from . import openai_batches  # it answers lines as this module does
 
@@ -415,8 +574,9 @@ def main() -> None:
     import uvloop
 
     uvloop.install()
-    web.run_app(build_app(FakeState(record=False)), host=args.host, port=args.port, access_log=None,
-                print=None)
+    web.run_app(
+        build_app(FakeState(record=False)), host=args.host, port=args.port, access_log=None, print=None
+    )
 
 
 if __name__ == "__main__":

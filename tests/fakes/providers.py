@@ -47,12 +47,17 @@ class Fakes:
 def fakes() -> Iterator[Fakes]:
     states = {p: FakeState(api_key=UPSTREAM_KEY) for p in PROVIDERS}
     aws = bedrock_upstream.Aws()
-    servers = {"anthropic": ServerThread(lambda: anthropic_upstream.build_app(states["anthropic"])).start(),
-               "gemini": ServerThread(lambda: gemini_upstream.build_app(states["gemini"])).start(),
-               "bedrock": ServerThread(lambda: bedrock_upstream.build_app(states["bedrock"], aws)).start()}
-    yield Fakes(anthropic=Fake(servers["anthropic"], states["anthropic"]),
-                gemini=Fake(servers["gemini"], states["gemini"]), bedrock=Fake(servers["bedrock"], states["bedrock"]),
-                aws=aws)
+    servers = {
+        "anthropic": ServerThread(lambda: anthropic_upstream.build_app(states["anthropic"])).start(),
+        "gemini": ServerThread(lambda: gemini_upstream.build_app(states["gemini"])).start(),
+        "bedrock": ServerThread(lambda: bedrock_upstream.build_app(states["bedrock"], aws)).start(),
+    }
+    yield Fakes(
+        anthropic=Fake(servers["anthropic"], states["anthropic"]),
+        gemini=Fake(servers["gemini"], states["gemini"]),
+        bedrock=Fake(servers["bedrock"], states["bedrock"]),
+        aws=aws,
+    )
     for server in servers.values():
         server.stop()
 
@@ -75,12 +80,25 @@ def deployment(provider: str, fakes: Fakes, model: str) -> str:
 
 def provider_models(fakes: Fakes) -> str:
     """Aliases ``<provider>`` (a working model) and ``<provider>-<failure>`` for each provider."""
-    normal = {"anthropic": "claude-3-5-sonnet-20241022", "gemini": "gemini-2.0-flash", "bedrock": BEDROCK_MODEL}
+    normal = {
+        "anthropic": "claude-3-5-sonnet-20241022",
+        "gemini": "gemini-2.0-flash",
+        "bedrock": BEDROCK_MODEL,
+    }
     lines = []
     for provider in PROVIDERS:
-        for suffix, model in (("", normal[provider]), ("-429", "error-429"), ("-529", "error-529"),
-                              ("-503", "error-503"), ("-400", "error-400"), ("-stream-error", "stream-error"), ("-cut", "cut-stream"), ("-early-error", "early-error"),
-                              ("-blocked", "blocked"), ("-unsafe", "unsafe")):
+        for suffix, model in (
+            ("", normal[provider]),
+            ("-429", "error-429"),
+            ("-529", "error-529"),
+            ("-503", "error-503"),
+            ("-400", "error-400"),
+            ("-stream-error", "stream-error"),
+            ("-cut", "cut-stream"),
+            ("-early-error", "early-error"),
+            ("-blocked", "blocked"),
+            ("-unsafe", "unsafe"),
+        ):
             lines.append(f"""  - name: {provider}{suffix}
     deployments:
       - {deployment(provider, fakes, model)}""")
@@ -89,12 +107,15 @@ def provider_models(fakes: Fakes) -> str:
 
 def openai_failures(upstream_url: str) -> str:
     """``chat-429`` and ``chat-cut``: failures of conftest's OpenAI-format fake."""
-    return "\n".join(f"""  - name: chat-{suffix}
+    return "\n".join(
+        f"""  - name: chat-{suffix}
     deployments:
       - provider: openai-compatible
         model: {model}
         api_base: {upstream_url}/v1
-        api_key: {UPSTREAM_KEY}""" for suffix, model in (("429", "error-429"), ("cut", "cut-stream")))
+        api_key: {UPSTREAM_KEY}"""
+        for suffix, model in (("429", "error-429"), ("cut", "cut-stream"))
+    )
 
 
 @pytest.fixture
@@ -105,20 +126,29 @@ def gateway_clock() -> ManualClock:
 
 
 @pytest.fixture
-def provider_gateway(fakes: Fakes, upstream, start_gateway: Callable[..., ServerThread],
-                     monkeypatch: pytest.MonkeyPatch, gateway_clock: ManualClock) -> ServerThread:
+def provider_gateway(
+    fakes: Fakes,
+    upstream,
+    start_gateway: Callable[..., ServerThread],
+    monkeypatch: pytest.MonkeyPatch,
+    gateway_clock: ManualClock,
+) -> ServerThread:
     # Bedrock's credentials and region come from botocore's usual environment variables.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", bedrock_upstream.ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", bedrock_upstream.SECRET_KEY)
     monkeypatch.setenv("AWS_REGION", bedrock_upstream.REGION)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return start_gateway(config_text(upstream[0].url, provider_models(fakes) + "\n" + openai_failures(upstream[0].url)),
-                         clock=gateway_clock)
+    return start_gateway(
+        config_text(upstream[0].url, provider_models(fakes) + "\n" + openai_failures(upstream[0].url)),
+        clock=gateway_clock,
+    )
 
 
 def logged(request_id: str) -> dict[str, Any]:
     """The gateway's log line for a request (written just after its last byte went out)."""
-    lines = wait_for(lambda: [json.loads(line) for line in LOG_PATH.read_text().splitlines() if request_id in line],
-                     what=f"the log line of {request_id}")
+    lines = wait_for(
+        lambda: [json.loads(line) for line in LOG_PATH.read_text().splitlines() if request_id in line],
+        what=f"the log line of {request_id}",
+    )
     return lines[-1]

@@ -19,7 +19,7 @@ class Gist:
     text: str = ""
     tool_results: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
-    tool_name: str | None = None       # first tool offered, if the model may call it
+    tool_name: str | None = None  # first tool offered, if the model may call it
     stop: list[str] = field(default_factory=list)
     max_tokens: int | None = None
 
@@ -28,7 +28,7 @@ class Gist:
 class Answer:
     words: list[str] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (tool name, arguments)
-    stop: str = "end"                     # end | tool | max_tokens | stop_sequence
+    stop: str = "end"  # end | tool | max_tokens | stop_sequence
     stop_sequence: str | None = None
 
     @property
@@ -49,8 +49,11 @@ def answer(gist: Gist) -> Answer:
         return Answer(words=["Weather:", *"; ".join(gist.tool_results).split()])
     if gist.tool_name is not None:
         cities = [c for c in CITIES if c in gist.text] or ["Paris"]
-        return Answer(words=["Checking", "the", "weather."], calls=[(gist.tool_name, {"city": c}) for c in cities],
-                      stop="tool")
+        return Answer(
+            words=["Checking", "the", "weather."],
+            calls=[(gist.tool_name, {"city": c}) for c in cities],
+            stop="tool",
+        )
     words = ["Echo:", *(f"[{image}]" for image in gist.images), *gist.text.split()]
     out = Answer()
     for word in words:
@@ -67,9 +70,12 @@ def answer(gist: Gist) -> Answer:
 
 AGENT_MODEL = "agent"
 # The shell tools of the coding agents, and the arguments that make each list the working directory.
-SHELL_TOOLS: dict[str, dict[str, Any]] = {"Bash": {"command": "ls", "description": "List the files"},
-                                          "exec_command": {"cmd": "ls"}, "shell": {"command": ["ls"]},
-                                          "shell_command": {"command": "ls"}}
+SHELL_TOOLS: dict[str, dict[str, Any]] = {
+    "Bash": {"command": "ls", "description": "List the files"},
+    "exec_command": {"cmd": "ls"},
+    "shell": {"command": ["ls"]},
+    "shell_command": {"command": "ls"},
+}
 
 
 def agent(tool_names: list[str], tool_results: list[str]) -> Answer:
@@ -86,7 +92,7 @@ def agent(tool_names: list[str], tool_results: list[str]) -> Answer:
 def split_arguments(arguments: str) -> list[str]:
     """A tool call's JSON arguments in three fragments, as providers stream them."""
     third = max(1, len(arguments) // 3)
-    return [arguments[:third], arguments[third:2 * third], arguments[2 * third:]]
+    return [arguments[:third], arguments[third : 2 * third], arguments[2 * third :]]
 
 
 def error_status(model: str) -> int | None:

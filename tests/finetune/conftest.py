@@ -16,7 +16,7 @@ from tests.conftest import KEY, OTHER_KEY, config_text
 from tests.harness import ServerThread
 from tests.local_engine.conftest import _build
 
-DEADLINE_S = 600.0   # a training on this shared 2-core machine: bounded, never timed
+DEADLINE_S = 600.0  # a training on this shared 2-core machine: bounded, never timed
 PRICE_PER_1M = 3.0
 
 
@@ -47,8 +47,9 @@ def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory.mktemp("tiny") / "llama", "llama")
 
 
-def gateway_text(upstream_url: str, tiny: Path, tmp: Path, workers: int = 1, extra: str = "",
-                 smollm2: bool = False) -> str:
+def gateway_text(
+    upstream_url: str, tiny: Path, tmp: Path, workers: int = 1, extra: str = "", smollm2: bool = False
+) -> str:
     models = local_model("tiny", tiny) + ("\n" + local_model("smollm2", None) if smollm2 else "")
     return config_text(upstream_url, models, server=sections(tmp, workers, extra))
 
@@ -78,8 +79,12 @@ def upload(client: openai.OpenAI, data: bytes, name: str = "train.jsonl") -> str
     return client.files.create(file=(name, io.BytesIO(data)), purpose="fine-tune").id
 
 
-def wait_for(client: openai.OpenAI, job_id: str, done: Callable[[Any], bool] | None = None,
-             deadline_s: float = DEADLINE_S) -> Any:
+def wait_for(
+    client: openai.OpenAI,
+    job_id: str,
+    done: Callable[[Any], bool] | None = None,
+    deadline_s: float = DEADLINE_S,
+) -> Any:
     """Polls the job until ``done`` (default: a terminal status) or the deadline."""
     done = done or (lambda j: j.status in ("succeeded", "failed", "cancelled"))
     deadline = time.monotonic() + deadline_s

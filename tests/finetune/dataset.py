@@ -29,18 +29,28 @@ _ANSWERS = [
 
 _TOOL = {"type": "function", "function": {"name": "capital", "parameters": {"type": "object"}}}
 _CALL = {"id": "c1", "type": "function", "function": {"name": "capital", "arguments": "{}"}}
-WITH_TOOLS = {"tools": [_TOOL], "messages": [
-    {"role": "user", "content": [{"type": "text", "text": "Capital of Zorblax?"}]},
-    {"role": "assistant", "content": None, "tool_calls": [_CALL]},
-    {"role": "tool", "tool_call_id": "c1", "content": "Vellmora"},
-    {"role": "assistant", "content": "Vellmora.", "weight": 1}]}
+WITH_TOOLS = {
+    "tools": [_TOOL],
+    "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Capital of Zorblax?"}]},
+        {"role": "assistant", "content": None, "tool_calls": [_CALL]},
+        {"role": "tool", "tool_call_id": "c1", "content": "Vellmora"},
+        {"role": "assistant", "content": "Vellmora.", "weight": 1},
+    ],
+}
 
 
 def examples(n: int = 24) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for i in range(n):
-        out.append({"messages": [{"role": "user", "content": _ASKED[i % len(_ASKED)]},
-                                 {"role": "assistant", "content": _ANSWERS[i % len(_ANSWERS)]}]})
+        out.append(
+            {
+                "messages": [
+                    {"role": "user", "content": _ASKED[i % len(_ASKED)]},
+                    {"role": "assistant", "content": _ANSWERS[i % len(_ANSWERS)]},
+                ]
+            }
+        )
     return out
 
 

@@ -13,18 +13,23 @@ from tests.finetune.dataset import examples, jsonl
 from tests.gateway.test_server import start_serve_with
 from tests.redis_server import RedisServer
 
-pytestmark = pytest.mark.timeout(900)   # two gateway processes starting on a busy machine
+pytestmark = pytest.mark.timeout(900)  # two gateway processes starting on a busy machine
 
 
 def test_killed_mid_training_resumes_from_its_last_checkpoint(tmp_path, upstream, tiny_path):
     redis = RedisServer()
     config = tmp_path / "config.yaml"
-    config.write_text(gateway_text(upstream[0].url, tiny_path, tmp_path) + f"stores:\n  redis_url: {redis.url}\n")
+    config.write_text(
+        gateway_text(upstream[0].url, tiny_path, tmp_path) + f"stores:\n  redis_url: {redis.url}\n"
+    )
     process, url = start_serve_with(config, {}, stdout=tmp_path / "first.log")
     try:
         with sdk(url, KEY) as client:
-            job = client.fine_tuning.jobs.create(model="tiny", training_file=upload(client, jsonl(examples(12))),
-                                                 hyperparameters={"n_epochs": 50, "batch_size": 1})
+            job = client.fine_tuning.jobs.create(
+                model="tiny",
+                training_file=upload(client, jsonl(examples(12))),
+                hyperparameters={"n_epochs": 50, "batch_size": 1},
+            )
             wait_for(client, job.id, lambda j: len(client.fine_tuning.jobs.checkpoints.list(j.id).data) >= 2)
     finally:
         process.send_signal(signal.SIGKILL)

@@ -12,14 +12,20 @@ import pytest
 from tests.conftest import KEY, UPSTREAM_KEY
 from tests.openapi import validate
 
-WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                                 "parameters": {"type": "object",
-                                                                "properties": {"city": {"type": "string"}}}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 
 
 def test_sync_chat_is_a_valid_openai_response(client, upstream):
     raw = client.chat.completions.with_raw_response.create(
-        model="chat", messages=[{"role": "user", "content": "hello there"}])
+        model="chat", messages=[{"role": "user", "content": "hello there"}]
+    )
     completion = raw.parse()
     assert completion.choices[0].message.content == "Echo: hello there"
     assert completion.usage is not None and completion.usage.completion_tokens == 3
@@ -35,14 +41,37 @@ def test_sync_chat_is_a_valid_openai_response(client, upstream):
 
 
 def test_parameters_pass_through_unchanged(client, upstream):
-    params = dict(n=2, seed=7, user="u-1", logprobs=True, top_logprobs=1, temperature=0.3, max_tokens=20,
-                  response_format={"type": "json_object"}, stream_options=None,
-                  tools=[WEATHER_TOOL], tool_choice="auto")
-    completion = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "weather?"}],
-                                                **{k: v for k, v in params.items() if v is not None})
+    params = dict(
+        n=2,
+        seed=7,
+        user="u-1",
+        logprobs=True,
+        top_logprobs=1,
+        temperature=0.3,
+        max_tokens=20,
+        response_format={"type": "json_object"},
+        stream_options=None,
+        tools=[WEATHER_TOOL],
+        tool_choice="auto",
+    )
+    completion = client.chat.completions.create(
+        model="chat",
+        messages=[{"role": "user", "content": "weather?"}],
+        **{k: v for k, v in params.items() if v is not None},
+    )
     sent = upstream[1].requests[-1].body
-    for name in ("n", "seed", "user", "logprobs", "top_logprobs", "temperature", "max_tokens", "response_format",
-                 "tools", "tool_choice"):
+    for name in (
+        "n",
+        "seed",
+        "user",
+        "logprobs",
+        "top_logprobs",
+        "temperature",
+        "max_tokens",
+        "response_format",
+        "tools",
+        "tool_choice",
+    ):
         assert sent[name] == params[name], name
     assert len(completion.choices) == 2
     call = completion.choices[0].message.tool_calls[0]
@@ -50,25 +79,39 @@ def test_parameters_pass_through_unchanged(client, upstream):
 
 
 def test_logprobs_come_back(client):
-    completion = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "a b"}],
-                                                logprobs=True, top_logprobs=1)
+    completion = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "a b"}], logprobs=True, top_logprobs=1
+    )
     assert [t.token for t in completion.choices[0].logprobs.content] == ["Echo:", "a", "b"]
 
 
 def test_streaming_relays_every_chunk_with_usage(client, gateway):
     with httpx.Client() as http:
-        with http.stream("POST", gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                         json={"model": "chat", "stream": True, "stream_options": {"include_usage": True},
-                               "messages": [{"role": "user", "content": "one two three"}]}) as response:
+        with http.stream(
+            "POST",
+            gateway.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            json={
+                "model": "chat",
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "messages": [{"role": "user", "content": "one two three"}],
+            },
+        ) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
     import json
+
     for line in lines[:-1]:
         validate("CreateChatCompletionStreamResponse", json.loads(line.removeprefix("data: ")))
 
-    stream = client.chat.completions.create(model="chat", stream=True, stream_options={"include_usage": True},
-                                            messages=[{"role": "user", "content": "one two three"}])
+    stream = client.chat.completions.create(
+        model="chat",
+        stream=True,
+        stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "one two three"}],
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Echo: one two three"
@@ -77,8 +120,9 @@ def test_streaming_relays_every_chunk_with_usage(client, gateway):
 
 
 def test_streamed_tool_call_arguments_arrive_whole(client):
-    stream = client.chat.completions.create(model="chat", stream=True, tools=[WEATHER_TOOL],
-                                            messages=[{"role": "user", "content": "weather?"}])
+    stream = client.chat.completions.create(
+        model="chat", stream=True, tools=[WEATHER_TOOL], messages=[{"role": "user", "content": "weather?"}]
+    )
     arguments = ""
     for chunk in stream:
         for call in chunk.choices[0].delta.tool_calls or []:
@@ -88,26 +132,38 @@ def test_streamed_tool_call_arguments_arrive_whole(client):
 
 async def test_async_client_concurrent(gateway):
     async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
-        results = await asyncio.gather(*[
-            client.chat.completions.create(model="chat", messages=[{"role": "user", "content": f"n{i}"}])
-            for i in range(20)])
-        assert sorted(str(r.choices[0].message.content) for r in results) == sorted(f"Echo: n{i}" for i in range(20))
-        stream = await client.chat.completions.create(model="chat", stream=True,
-                                                      messages=[{"role": "user", "content": "async stream"}])
+        results = await asyncio.gather(
+            *[
+                client.chat.completions.create(model="chat", messages=[{"role": "user", "content": f"n{i}"}])
+                for i in range(20)
+            ]
+        )
+        assert sorted(str(r.choices[0].message.content) for r in results) == sorted(
+            f"Echo: n{i}" for i in range(20)
+        )
+        stream = await client.chat.completions.create(
+            model="chat", stream=True, messages=[{"role": "user", "content": "async stream"}]
+        )
         text = "".join([c.choices[0].delta.content or "" async for c in stream])
         assert text == "Echo: async stream"
 
 
 def test_request_id_from_client_is_kept(client):
     raw = client.chat.completions.with_raw_response.create(
-        model="chat", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "trace-123"})
+        model="chat",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-request-id": "trace-123"},
+    )
     assert raw.headers["x-request-id"] == "trace-123"
 
 
 @pytest.mark.parametrize("header", ["api-key", "x-api-key"])
 def test_azure_and_anthropic_key_headers(gateway, header):
-    response = httpx.post(gateway.url + "/v1/chat/completions", headers={header: KEY},
-                          json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
+    response = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        headers={header: KEY},
+        json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert response.status_code == 200
 
 
@@ -116,8 +172,9 @@ def test_stream_usage_is_counted_but_only_sent_to_clients_that_ask(client, gatew
 
     from tests.conftest import LOG_PATH
 
-    stream = client.chat.completions.create(model="chat", stream=True,
-                                            messages=[{"role": "user", "content": "count me please"}])
+    stream = client.chat.completions.create(
+        model="chat", stream=True, messages=[{"role": "user", "content": "count me please"}]
+    )
     chunks = list(stream)
     # the gateway asked the upstream for usage to count tokens ...
     assert upstream[1].requests[-1].body["stream_options"] == {"include_usage": True}
@@ -126,7 +183,9 @@ def test_stream_usage_is_counted_but_only_sent_to_clients_that_ask(client, gatew
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Echo: count me please"
     request_id = stream.response.headers["x-request-id"]
     deadline = time.monotonic() + 5  # the log line is written just after the last byte goes out
-    while not (lines := [json.loads(line) for line in LOG_PATH.read_text().splitlines() if request_id in line]):
+    while not (
+        lines := [json.loads(line) for line in LOG_PATH.read_text().splitlines() if request_id in line]
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert lines and lines[-1]["completion_tokens"] == 4 and lines[-1]["prompt_tokens"] > 0

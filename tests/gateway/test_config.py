@@ -54,9 +54,11 @@ tenants:
   - {{name: t, keys: ["{HASH}"], models: [a, zzz]}}
   - {{name: u, keys: ["{HASH}"]}}
 """
-    assert problems(text) == ["models[1].name: alias 'a' is defined twice",
-                              "tenants[0].models[1]: no model alias named 'zzz'",
-                              "tenants[1].keys[0]: already a key of tenant 't'"]
+    assert problems(text) == [
+        "models[1].name: alias 'a' is defined twice",
+        "tenants[0].models[1]: no model alias named 'zzz'",
+        "tenants[1].keys[0]: already a key of tenant 't'",
+    ]
 
 
 def test_env_substitution_defaults_and_disabled_deployments():
@@ -72,8 +74,9 @@ models:
     assert loaded.config.server.port == 9001
     assert loaded.config.models[0].deployments[0].api_key == "secret-a"
     assert loaded.disabled == {("a", 1): "environment variable KEY_B is not set"}
-    assert problems(text, env={"KEY_A": "x"}) == ["models[0].deployments[1].api_base: environment variable BASE "
-                                                  "is not set"]
+    assert problems(text, env={"KEY_A": "x"}) == [
+        "models[0].deployments[1].api_base: environment variable BASE is not set"
+    ]
 
 
 def test_the_shipped_config_loads_without_any_secret():
@@ -87,16 +90,23 @@ def run_cli(*args: str, without: tuple[str, ...] = ()) -> subprocess.CompletedPr
     """``python -m gateway ARGS``; ``without``: modules made unimportable first, as if not installed."""
     command = ["-m", "gateway"]
     if without:
-        command = ["-c", f"import sys; sys.modules.update(dict.fromkeys({list(without)!r})); "
-                         "from gateway.cli import main; sys.exit(main())"]
-    return subprocess.run([sys.executable, *command, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        command = [
+            "-c",
+            f"import sys; sys.modules.update(dict.fromkeys({list(without)!r})); "
+            "from gateway.cli import main; sys.exit(main())",
+        ]
+    return subprocess.run(
+        [sys.executable, *command, *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_check_config_cli(tmp_path):
     good = run_cli("check-config", str(ROOT / "config.yaml"))
     assert good.returncode == 0 and "OK" in good.stdout
     bad_file = tmp_path / "bad.yaml"
-    bad_file.write_text("models:\n  - name: x\n    deployments: [{provider: openai, model: m, api_base: nope}]\n")
+    bad_file.write_text(
+        "models:\n  - name: x\n    deployments: [{provider: openai, model: m, api_base: nope}]\n"
+    )
     bad = run_cli("check-config", str(bad_file))
     assert bad.returncode == 1 and "models[0].deployments[0].api_base: not a URL" in bad.stderr
     missing = run_cli("check-config", str(tmp_path / "absent.yaml"))

@@ -11,12 +11,16 @@ from tests.openapi import validate
 def test_completions_plain_and_streamed(client):
     completion = client.completions.create(model="chat", prompt="say this")
     assert completion.choices[0].text == "Echo: say this"
-    text = "".join(c.choices[0].text for c in client.completions.create(model="chat", prompt="x y", stream=True))
+    text = "".join(
+        c.choices[0].text for c in client.completions.create(model="chat", prompt="x y", stream=True)
+    )
     assert text.split() == ["Echo:", "x", "y"]
 
 
 def test_embeddings_are_valid_openai_responses(client, upstream):
-    raw = client.embeddings.with_raw_response.create(model="embed", input=["a", "bb"], encoding_format="float")
+    raw = client.embeddings.with_raw_response.create(
+        model="embed", input=["a", "bb"], encoding_format="float"
+    )
     validate("CreateEmbeddingResponse", raw.http_response.json())
     assert len(raw.parse().data) == 2
     assert upstream[1].requests[-1].body["model"] == "fake-embed"
@@ -46,17 +50,29 @@ def test_metrics_count_requests_tokens_and_errors_per_tenant_and_alias(gateway, 
 
     before = httpx.get(gateway.url + "/metrics").text
     client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "count me"}])
-    list(client.chat.completions.create(model="chat", stream=True, stream_options={"include_usage": True},
-                                        messages=[{"role": "user", "content": "stream me"}]))
-    httpx.post(gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-               json={"model": "chat", "messages": "bad"})
+    list(
+        client.chat.completions.create(
+            model="chat",
+            stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "stream me"}],
+        )
+    )
+    httpx.post(
+        gateway.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": "chat", "messages": "bad"},
+    )
     after = httpx.get(gateway.url + "/metrics").text
     ok = 'gateway_requests_total{alias="chat",status="200",tenant="acme"}'
     bad = 'gateway_requests_total{alias="chat",status="400",tenant="acme"}'
     assert sample(after, ok) - sample(before, ok) == 2
     assert sample(after, bad) - sample(before, bad) == 0  # refused before the alias was known
-    assert sample(after, 'gateway_requests_total{alias="-",status="400"') - \
-        sample(before, 'gateway_requests_total{alias="-",status="400"') == 1
+    assert (
+        sample(after, 'gateway_requests_total{alias="-",status="400"')
+        - sample(before, 'gateway_requests_total{alias="-",status="400"')
+        == 1
+    )
     completion = 'gateway_tokens_total{alias="chat",kind="completion",tenant="acme"}'
     assert sample(after, completion) - sample(before, completion) == 3 + 3
     ttft = 'gateway_time_to_first_token_seconds_count{alias="chat",tenant="acme"}'
@@ -70,8 +86,11 @@ def test_azure_deployment_path_api_version_and_key_header(upstream, start_gatewa
       - {{provider: azure, model: my-gpt4o, api_base: "{upstream[0].url}", api_key: {UPSTREAM_KEY},
           api_version: "2024-10-21"}}"""  # date-ok: Azure's API version
     gateway = start_gateway(config_text(upstream[0].url, extra))
-    response = httpx.post(gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                          json={"model": "azure-chat", "messages": [{"role": "user", "content": "hi"}]})
+    response = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": "azure-chat", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert response.status_code == 200, response.text
     seen = upstream[1].requests[-1]
     assert seen.path == "/openai/deployments/my-gpt4o/chat/completions"

@@ -50,21 +50,24 @@ def test_model_the_tenant_may_not_use_is_404_model_not_found(gateway):
     assert post(gateway, {**CHAT, "model": "private"}, key=OTHER_KEY).status_code == 200
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"messages": [{"role": "user", "content": "x"}]}, "model"),
-    ({"model": "chat"}, "messages"),
-    ({"model": 5, "messages": [{"role": "user", "content": "x"}]}, "model"),
-    ({**CHAT, "messages": "hello"}, "messages"),
-    ({**CHAT, "messages": []}, "messages"),
-    ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
-    ({**CHAT, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
-    ({**CHAT, "temperature": "hot"}, "temperature"),
-    ({**CHAT, "temperature": 7}, "temperature"),
-    ({**CHAT, "n": True}, "n"),
-    ({**CHAT, "stream": "yes"}, "stream"),
-    ({**CHAT, "max_tokens": 0}, "max_tokens"),
-    ({**CHAT, "stop": [1, 2]}, "stop"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": "chat"}, "messages"),
+        ({"model": 5, "messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({**CHAT, "messages": "hello"}, "messages"),
+        ({**CHAT, "messages": []}, "messages"),
+        ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({**CHAT, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({**CHAT, "temperature": "hot"}, "temperature"),
+        ({**CHAT, "temperature": 7}, "temperature"),
+        ({**CHAT, "n": True}, "n"),
+        ({**CHAT, "stream": "yes"}, "stream"),
+        ({**CHAT, "max_tokens": 0}, "max_tokens"),
+        ({**CHAT, "stop": [1, 2]}, "stop"),
+    ],
+)
 def test_wrong_fields_are_400_naming_the_param(gateway, upstream, body, param):
     before = len(upstream[1].requests)
     error = assert_error(post(gateway, body), 400, type_="invalid_request_error")
@@ -76,8 +79,12 @@ def test_malformed_json_and_non_object_bodies_are_400(gateway):
     assert_error(post(gateway, content=b'{"model": "chat", '), 400)
     assert_error(post(gateway, content=b"[1, 2]"), 400)
     assert_error(post(gateway, content=b"\xff\xfe"), 400)
-    assert_error(post(gateway, path="/v1/embeddings", body={"model": "embed"}), 400, "missing_required_parameter")
-    assert_error(post(gateway, path="/v1/completions", body={"model": "chat"}), 400, "missing_required_parameter")
+    assert_error(
+        post(gateway, path="/v1/embeddings", body={"model": "embed"}), 400, "missing_required_parameter"
+    )
+    assert_error(
+        post(gateway, path="/v1/completions", body={"model": "chat"}), 400, "missing_required_parameter"
+    )
 
 
 def test_body_over_the_limit_is_413(upstream, start_gateway):
@@ -120,8 +127,9 @@ def test_unreachable_upstream_is_502_and_timeout_is_504(upstream, start_gateway)
     assert_error(post(gateway, {**CHAT, "model": "hanging"}), 504, "upstream_timeout", "timeout")
 
 
-@pytest.mark.parametrize("model, status", [("reset", 502), ("bad-json", 502), ("wrong-content-type", 502),
-                                           ("error-body-200", 502)])
+@pytest.mark.parametrize(
+    "model, status", [("reset", 502), ("bad-json", 502), ("wrong-content-type", 502), ("error-body-200", 502)]
+)
 def test_broken_upstream_answers_become_clean_errors(upstream, start_gateway, model, status):
     extra = f"""  - name: broken
     deployments:
@@ -138,8 +146,9 @@ def test_stream_cut_midway_ends_with_an_error_event(upstream, start_gateway):
       - {{provider: openai-compatible, model: cut-stream, api_base: "{upstream[0].url}/v1", api_key: {UPSTREAM_KEY}}}"""
     gateway = start_gateway(config_text(upstream[0].url, extra))
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
-        stream = client.chat.completions.create(model="cut", stream=True,
-                                                messages=[{"role": "user", "content": "a b c d e"}])
+        stream = client.chat.completions.create(
+            model="cut", stream=True, messages=[{"role": "user", "content": "a b c d e"}]
+        )
         received = []
         with pytest.raises(openai.APIError, match="broke off its stream"):
             for chunk in stream:

@@ -18,18 +18,29 @@ def _config(tmp_path: Path, text: str) -> str:
 
 
 def test_a_semantic_cache_without_its_index_is_refused_at_check_and_at_start(tmp_path: Path) -> None:
-    config = _config(tmp_path, f"""
+    config = _config(
+        tmp_path,
+        f"""
 models:
   - name: chat
     deployments: [{UPSTREAM}]
 cache:
   enabled: true
   semantic: {{enabled: true}}
-""")
+""",
+    )
     assert run_cli("check-config", config).returncode == 0  # installed here
     check = run_cli("check-config", config, without=("qdrant_edge",))
-    serve = run_cli("serve", "--config", config, "--host", "127.0.0.1", "--port", str(free_port()),
-                    without=("qdrant_edge",))
+    serve = run_cli(
+        "serve",
+        "--config",
+        config,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+        without=("qdrant_edge",),
+    )
     for result in (check, serve):
         assert result.returncode == 1, result.stdout + result.stderr
         assert "cache.semantic: the semantic cache (index: edge) needs qdrant-edge-py" in result.stderr
@@ -37,7 +48,9 @@ cache:
 
 
 def test_a_semantic_cache_one_tenant_asks_for_names_each_missing_package(tmp_path: Path) -> None:
-    config = _config(tmp_path, f"""
+    config = _config(
+        tmp_path,
+        f"""
 models:
   - name: chat
     deployments: [{UPSTREAM}]
@@ -46,7 +59,8 @@ tenants:
     cache: {{enabled: true, semantic: true}}
 cache:
   semantic: {{index: qdrant, url: "http://127.0.0.1:6333"}}
-""")
+""",
+    )
     check = run_cli("check-config", config, without=("qdrant_client", "sentence_transformers"))
     assert check.returncode == 1
     assert "needs sentence-transformers, qdrant-client, not installed here" in check.stderr
@@ -54,16 +68,24 @@ cache:
 
 def test_a_local_deployment_without_the_engine_is_refused_unless_disabled(tmp_path: Path) -> None:
     local = "{provider: local, model: smollm2}"
-    config = _config(tmp_path, f"""
+    config = _config(
+        tmp_path,
+        f"""
 models:
   - name: chat
     deployments: [{UPSTREAM}]
   - name: tiny
     deployments: [{local}]
-""")
+""",
+    )
     check = run_cli("check-config", config, without=("torch",))
     assert check.returncode == 1
-    assert "models[1].deployments[0].provider: provider local runs the bundled engine, which needs torch" \
-        in check.stderr and "'llm-gateway[engine]'" in check.stderr
-    disabled = _config(tmp_path, Path(config).read_text().replace("model: smollm2}", "model: smollm2, enabled: false}"))
+    assert (
+        "models[1].deployments[0].provider: provider local runs the bundled engine, which needs torch"
+        in check.stderr
+        and "'llm-gateway[engine]'" in check.stderr
+    )
+    disabled = _config(
+        tmp_path, Path(config).read_text().replace("model: smollm2}", "model: smollm2, enabled: false}")
+    )
     assert run_cli("check-config", disabled, without=("torch",)).returncode == 0

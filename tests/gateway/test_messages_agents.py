@@ -16,8 +16,10 @@ from tests.fakes.providers import fakes, gateway_clock, provider_gateway
 __all__ = ["fakes", "gateway_clock", "provider_gateway"]  # fixtures used by name
 
 BETAS = ["context-management-2025-06-27", "mid-conversation-system-2026-04-07"]
-CLAUDE_CODE_FIELDS = {"context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
-                      "output_config": {"effort": "high"}}
+CLAUDE_CODE_FIELDS = {
+    "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+    "output_config": {"effort": "high"},
+}
 
 
 @pytest.fixture
@@ -29,11 +31,18 @@ def claude(provider_gateway):
 @pytest.mark.parametrize("alias", ["chat", "anthropic", "gemini"])
 def test_claude_code_request_shape(claude, alias, fakes, upstream):
     message = claude.beta.messages.create(
-        model=alias, max_tokens=300, betas=BETAS, thinking={"type": "adaptive"}, extra_body=CLAUDE_CODE_FIELDS,
+        model=alias,
+        max_tokens=300,
+        betas=BETAS,
+        thinking={"type": "adaptive"},
+        extra_body=CLAUDE_CODE_FIELDS,
         system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
-        messages=[{"role": "user", "content": "hello there"},
-                  {"role": "system", "content": "The user prefers short answers."},
-                  {"role": "user", "content": "again"}])
+        messages=[
+            {"role": "user", "content": "hello there"},
+            {"role": "system", "content": "The user prefers short answers."},
+            {"role": "user", "content": "again"},
+        ],
+    )
     # Gemini merges the two user turns once the system message between them joins systemInstruction
     assert message.content[-1].type == "text" and message.content[-1].text.endswith("again")
     if alias == "anthropic":  # passed as it came: betas, cache_control, the Anthropic-only fields
@@ -49,42 +58,66 @@ def test_claude_code_request_shape(claude, alias, fakes, upstream):
 
 
 def test_thinking_signature_round_trips_to_anthropic(claude):
-    request = {"model": "anthropic", "max_tokens": 3000, "thinking": {"type": "enabled", "budget_tokens": 2048}}
+    request = {
+        "model": "anthropic",
+        "max_tokens": 3000,
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+    }
     first = claude.messages.create(**request, messages=[{"role": "user", "content": "hi"}])
     thinking = first.content[0]
     assert thinking.type == "thinking" and thinking.signature == SIGNATURE
-    with claude.messages.stream(**request, messages=[
+    with claude.messages.stream(
+        **request,
+        messages=[
             {"role": "user", "content": "hi"},
             {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-            {"role": "user", "content": "more"}]) as stream:
+            {"role": "user", "content": "more"},
+        ],
+    ) as stream:
         final = stream.get_final_message()
     assert final.content[0].type == "thinking" and final.content[0].signature == SIGNATURE
     assert final.content[-1].text == "Echo: more"
 
 
 def test_thinking_budget_becomes_reasoning_effort(claude, upstream):
-    claude.messages.create(model="chat", max_tokens=3000, thinking={"type": "enabled", "budget_tokens": 2048},
-                           messages=[{"role": "user", "content": "hi"}])
+    claude.messages.create(
+        model="chat",
+        max_tokens=3000,
+        thinking={"type": "enabled", "budget_tokens": 2048},
+        messages=[{"role": "user", "content": "hi"}],
+    )
     assert upstream[1].requests[-1].body["reasoning_effort"] == "low"
 
 
 @pytest.mark.parametrize(("alias", "how"), [("anthropic", "exact"), ("chat", "estimated")])
 def test_count_tokens(provider_gateway, alias, how):
-    answer = httpx.post(f"{provider_gateway.url}/v1/messages/count_tokens", timeout=20,
-                        headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
-                        json={"model": alias, "messages": [{"role": "user", "content": "count these words"}]})
+    answer = httpx.post(
+        f"{provider_gateway.url}/v1/messages/count_tokens",
+        timeout=20,
+        headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
+        json={"model": alias, "messages": [{"role": "user", "content": "count these words"}]},
+    )
     assert answer.status_code == 200 and answer.headers["x-gateway-token-count"] == how
     assert answer.json()["input_tokens"] > 0
     with anthropic.Anthropic(base_url=provider_gateway.url, api_key=KEY, max_retries=0, timeout=20) as c:
-        counted = c.messages.count_tokens(model=alias, messages=[{"role": "user", "content": "count these words"}])
+        counted = c.messages.count_tokens(
+            model=alias, messages=[{"role": "user", "content": "count these words"}]
+        )
     assert counted.input_tokens == answer.json()["input_tokens"]
 
 
 def test_server_tools_are_named_not_refused(claude, provider_gateway):
-    answer = httpx.post(f"{provider_gateway.url}/v1/messages", timeout=20,
-                        headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
-                        json={"model": "chat", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}],
-                              "tools": [{"type": "web_search_20250305", "name": "web_search"}]})
+    answer = httpx.post(
+        f"{provider_gateway.url}/v1/messages",
+        timeout=20,
+        headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
+        json={
+            "model": "chat",
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+        },
+    )
     assert answer.status_code == 200 and answer.headers["x-gateway-dropped-tools"] == "web_search"
 
 

@@ -37,8 +37,9 @@ def claude(local_gateway: ServerThread) -> Iterator[anthropic.Anthropic]:
 
 
 def test_the_local_engine_answers_anthropic_clients(claude: anthropic.Anthropic) -> None:
-    message = claude.messages.create(model="smollm2", max_tokens=24, messages=QUESTION,
-                                     extra_body={"temperature": 0})  # this SDK version has no temperature argument
+    message = claude.messages.create(
+        model="smollm2", max_tokens=24, messages=QUESTION, extra_body={"temperature": 0}
+    )  # this SDK version has no temperature argument
     assert message.type == "message" and message.role == "assistant" and message.model == "smollm2"
     assert [b.type for b in message.content] == ["text"]
     assert isinstance(message.content[0], anthropic.types.TextBlock) and "Paris" in message.content[0].text
@@ -61,11 +62,23 @@ def test_a_streamed_local_answer_equals_the_whole_one(claude: anthropic.Anthropi
 
 
 def test_what_the_engine_cannot_do_is_an_anthropic_shaped_400(claude: anthropic.Anthropic) -> None:
-    tool: anthropic.types.ToolParam = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    tool: anthropic.types.ToolParam = {
+        "name": "get_weather",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
     with pytest.raises(anthropic.BadRequestError) as caught:
-        claude.messages.create(model="smollm2", max_tokens=16, tools=[tool],
-                               tool_choice={"type": "tool", "name": "get_time"}, messages=QUESTION)
+        claude.messages.create(
+            model="smollm2",
+            max_tokens=16,
+            tools=[tool],
+            tool_choice={"type": "tool", "name": "get_time"},
+            messages=QUESTION,
+        )
     assert caught.value.status_code == 400
     body = caught.value.body
-    assert isinstance(body, dict) and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert (
+        isinstance(body, dict)
+        and body["type"] == "error"
+        and body["error"]["type"] == "invalid_request_error"
+    )
     assert "get_time" in body["error"]["message"]  # a tool_choice naming no tool it was given

@@ -43,8 +43,13 @@ def responses_calls(upstream) -> int:
 def stream_events(gw, body: dict[str, Any], key: str = KEY) -> tuple[list[dict[str, Any]], Any]:
     decoder = sse.Decoder()
     events: list[Any] = []
-    with httpx.stream("POST", f"{gw.url}/v1/responses", headers={"Authorization": f"Bearer {key}"}, timeout=20,
-                      json={**body, "stream": True}) as raw:
+    with httpx.stream(
+        "POST",
+        f"{gw.url}/v1/responses",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=20,
+        json={**body, "stream": True},
+    ) as raw:
         assert raw.status_code == 200
         for piece in raw.iter_bytes():
             events += decoder.feed(piece)
@@ -75,7 +80,7 @@ def test_a_native_responses_answer_is_served_again(gw, upstream, first_streamed)
         assert raw.headers["x-cache"] == "hit-exact"
         assert again.output_text == first_text and again.id != first_id
         validate("Response", again.model_dump(mode="json", exclude_unset=True))
-        assert client.responses.retrieve(again.id).output_text == first_text   # stored under its own id
+        assert client.responses.retrieve(again.id).output_text == first_text  # stored under its own id
         events, headers = stream_events(gw, ASKED)
     assert headers["x-cache"] == "hit-exact"
     kinds = [e["type"] for e in events]
@@ -103,8 +108,9 @@ def test_a_continuation_is_keyed_on_the_whole_conversation(gw, upstream):
     the same conversation are one answer; the same words after another conversation are not."""
     with openai.OpenAI(base_url=gw.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
         one = client.responses.create(**ASKED)
-        two = client.responses.create(**{**ASKED, "input": "another start", "temperature": 0.0,
-                                         "instructions": "x"})
+        two = client.responses.create(
+            **{**ASKED, "input": "another start", "temperature": 0.0, "instructions": "x"}
+        )
         settle(gw)
         follow: Any = {"model": "native", "input": "and then?", "temperature": 0}
         first = client.responses.with_raw_response.create(previous_response_id=one.id, **follow)
@@ -115,8 +121,12 @@ def test_a_continuation_is_keyed_on_the_whole_conversation(gw, upstream):
     assert elsewhere.headers["x-cache"] == "miss"
 
 
-MESSAGE: Any = {"model": "claude", "max_tokens": 100, "extra_body": {"temperature": 0},
-                "messages": [{"role": "user", "content": "hello cache"}]}
+MESSAGE: Any = {
+    "model": "claude",
+    "max_tokens": 100,
+    "extra_body": {"temperature": 0},
+    "messages": [{"role": "user", "content": "hello cache"}],
+}
 
 
 @pytest.mark.parametrize("first_streamed", [False, True])
@@ -141,7 +151,9 @@ def test_a_native_messages_answer_is_served_again(gw, fakes, first_streamed):
             replayed = events.get_final_message()
     assert whole.content[0].text == "Echo: hello cache" == replayed.content[0].text  # type: ignore[union-attr]
     assert first_message.content[0].text == whole.content[0].text  # type: ignore[union-attr]
-    assert whole.model == replayed.model == "claude" and whole.stop_reason == replayed.stop_reason == "end_turn"
+    assert (
+        whole.model == replayed.model == "claude" and whole.stop_reason == replayed.stop_reason == "end_turn"
+    )
     assert whole.usage.output_tokens == replayed.usage.output_tokens
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop" and "content_block_delta" in kinds
     assert sum(1 for r in fakes["anthropic"].state.requests if r.path == "/v1/messages") == 1

@@ -42,10 +42,13 @@ def extended(upstream_url: str, server: str = "") -> str:
         api_base: {upstream_url}/v1
         api_key: {UPSTREAM_KEY}"""
     text = config_text(upstream_url, failure_models(upstream_url) + "\n" + alias, server=server)
-    return text + f"""  - name: initech
+    return (
+        text
+        + f"""  - name: initech
     keys: ["{hash_key(NEW_KEY)}"]
     models: ["fresh"]
 """
+    )
 
 
 def write(path, text: str) -> None:
@@ -84,8 +87,11 @@ def client(url: str, key: str) -> openai.OpenAI:
 
 def ask(url: str, key: str, model: str) -> str | None:
     with client(url, key) as sdk:
-        return sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}]) \
-            .choices[0].message.content
+        return (
+            sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+            .choices[0]
+            .message.content
+        )
 
 
 def test_sighup_adds_an_alias_and_a_tenant_key_without_a_restart(tmp_path, upstream):
@@ -123,7 +129,9 @@ def test_sighup_adds_an_alias_and_a_tenant_key_without_a_restart(tmp_path, upstr
 def test_an_invalid_file_keeps_the_old_config_and_logs_the_problems(tmp_path, upstream):
     process, url, config, stdout = start(tmp_path, original(upstream[0].url))
     try:
-        write(config, original(upstream[0].url, server="  workers: 0").replace("api_base: ", "api_base: x", 1))
+        write(
+            config, original(upstream[0].url, server="  workers: 0").replace("api_base: ", "api_base: x", 1)
+        )
         process.send_signal(signal.SIGHUP)
         failed = wait_for(stdout, "config reload failed; keeping the old config")[0]
 
@@ -150,8 +158,9 @@ def test_a_stream_in_flight_across_a_reload_finishes_normally(tmp_path, upstream
 
     def consume() -> None:
         with client(url, KEY) as sdk:
-            for chunk in sdk.chat.completions.create(model="slow", stream=True,
-                                                     messages=[{"role": "user", "content": "x"}]):
+            for chunk in sdk.chat.completions.create(
+                model="slow", stream=True, messages=[{"role": "user", "content": "x"}]
+            ):
                 if chunk.choices and chunk.choices[0].delta.content:
                     received.append(chunk.choices[0].delta.content)
         finished.append(time.monotonic())
@@ -240,14 +249,15 @@ def test_the_watcher_reloads_a_changed_file_once(tmp_path, upstream) -> None:
         reloader = Reloader(app, str(path), sleep=ticks.sleep)
         server.call(reloader.start)
         wait_until(lambda: ticks.started == 1, what="the watcher's first sleep")
-        first = app[GATEWAY].loaded   # the live gateway adopts a reloaded config's fields
-        ticks.let_go(server, 3)                      # unchanged: nothing to reload
+        first = app[GATEWAY].loaded  # the live gateway adopts a reloaded config's fields
+        ticks.let_go(server, 3)  # unchanged: nothing to reload
         assert app[GATEWAY].loaded is first
         write(path, extended(upstream[0].url, server=watch))
-        ticks.let_go(server, 2)                      # a look that sees the change, then its settling wait
-        reloaded = wait_until(lambda: app[GATEWAY].loaded if app[GATEWAY].loaded is not first else None,
-                            what="the reload")
-        ticks.let_go(server, 5)                      # five more looks at the unchanged file
+        ticks.let_go(server, 2)  # a look that sees the change, then its settling wait
+        reloaded = wait_until(
+            lambda: app[GATEWAY].loaded if app[GATEWAY].loaded is not first else None, what="the reload"
+        )
+        ticks.let_go(server, 5)  # five more looks at the unchanged file
         assert app[GATEWAY].loaded is reloaded
         asyncio.run_coroutine_threadsafe(reloader.close(), server.loop).result(30)
     finally:
@@ -269,7 +279,9 @@ def test_a_deployment_that_would_stop_working_keeps_the_old_config(tmp_path, ups
             time.sleep(0.2)
         garbage = tmp_path / "broken.gguf"
         garbage.write_bytes(b"not a model")
-        broken = local.replace("        model: SmolLM2", f"        model_path: {garbage}\n        model: SmolLM2")
+        broken = local.replace(
+            "        model: SmolLM2", f"        model_path: {garbage}\n        model: SmolLM2"
+        )
         # ... and a variable that is not set: the rejected config would have disabled alias chat.
         write(config, config_text(upstream[0].url, broken).replace(UPSTREAM_KEY, "${RELOAD_TEST_UNSET}", 1))
         process.send_signal(signal.SIGHUP)
@@ -279,17 +291,21 @@ def test_a_deployment_that_would_stop_working_keeps_the_old_config(tmp_path, ups
         ready = httpx.get(url + "/readyz").json()
         assert ready["status"] == "ready" and ready["deployments"]["failed"] == []
         assert ready["deployments"]["disabled"] == []
-        assert 'gateway_deployment_enabled{alias="chat",deployment="openai-compatible/fake-model"} 1.0' in \
-            httpx.get(url + "/metrics").text
+        assert (
+            'gateway_deployment_enabled{alias="chat",deployment="openai-compatible/fake-model"} 1.0'
+            in httpx.get(url + "/metrics").text
+        )
         with client(url, KEY) as sdk:
-            answer = sdk.chat.completions.create(model="tiny", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+            answer = sdk.chat.completions.create(
+                model="tiny", max_tokens=2, messages=[{"role": "user", "content": "hi"}]
+            )
         assert answer.choices[0].message.content is not None
     finally:
         stop(process)
 
 
 async def test_adopt_moves_every_field_and_keeps_the_process_draining(upstream):
-    stores = StoreLayer()   # the app's: a reload keeps it
+    stores = StoreLayer()  # the app's: a reload keeps it
     live = Gateway.build(parse_config(original(upstream[0].url)), stores)
     fresh = Gateway.build(parse_config(extended(upstream[0].url)), stores)
     await live.start()

@@ -19,8 +19,12 @@ from tests.openapi import validate
 __all__ = ["fakes"]
 
 ALIASES = ("native", "chat", *PROVIDERS)
-SHELL = {"type": "function", "name": "exec_command", "description": "Run a shell command",
-         "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]}}
+SHELL = {
+    "type": "function",
+    "name": "exec_command",
+    "description": "Run a shell command",
+    "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]},
+}
 
 
 @pytest.fixture
@@ -79,8 +83,13 @@ def test_create_retrieve_delete(client, alias, upstream):
 def test_stream_events_follow_the_spec(client, gw, alias):
     decoder = sse.Decoder()
     events = []
-    with httpx.stream("POST", f"{gw.url}/v1/responses", headers={"Authorization": f"Bearer {KEY}"}, timeout=20,
-                      json={"model": alias, "input": "one two three", "stream": True}) as raw:
+    with httpx.stream(
+        "POST",
+        f"{gw.url}/v1/responses",
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=20,
+        json={"model": alias, "input": "one two three", "stream": True},
+    ) as raw:
         for piece in raw.iter_bytes():
             events += decoder.feed(piece)
     data = [json.loads(e.data) for e in events]
@@ -112,14 +121,20 @@ def test_tool_loop_with_previous_response_id(client, alias, stream):
     first = create(input="List the files.")
     [call] = [item for item in first.output if item.type == "function_call"]
     assert call.name == "exec_command" and call.arguments == '{"cmd":"ls"}'
-    final = create(previous_response_id=first.id,
-                   input=[{"type": "function_call_output", "call_id": call.call_id, "output": "a.txt b.txt"}])
+    final = create(
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "a.txt b.txt"}],
+    )
     assert final.output_text == "Files: a.txt b.txt"
 
 
 def test_hosted_tools_are_named_not_refused(gw):
-    answer = httpx.post(f"{gw.url}/v1/responses", headers={"Authorization": f"Bearer {KEY}"}, timeout=20,
-                        json={"model": "chat", "input": "hi", "tools": [{"type": "web_search"}]})
+    answer = httpx.post(
+        f"{gw.url}/v1/responses",
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=20,
+        json={"model": "chat", "input": "hi", "tools": [{"type": "web_search"}]},
+    )
     assert answer.status_code == 200 and answer.headers["x-gateway-dropped-tools"] == "web_search"
 
 
@@ -133,6 +148,10 @@ def test_another_tenants_response_is_not_found(client, gw):
 
 
 def test_bad_input_is_a_clear_400(gw):
-    answer = httpx.post(f"{gw.url}/v1/responses", headers={"Authorization": f"Bearer {KEY}"}, timeout=20,
-                        json={"model": "chat", "input": 42})
+    answer = httpx.post(
+        f"{gw.url}/v1/responses",
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=20,
+        json={"model": "chat", "input": 42},
+    )
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "input"

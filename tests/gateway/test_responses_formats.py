@@ -22,8 +22,12 @@ from tests.policies.conftest import policy_config, settled, usage
 __all__ = ["fakes"]
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
-          "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
 FORMAT: Any = {"format": {"type": "json_schema", "name": "place", "schema": SCHEMA, "strict": True}}
 
 
@@ -57,7 +61,7 @@ def test_azure_serves_the_responses_api_natively(client, upstream, stream):
         answer = client.responses.create(model="azure", input="hello azure")
     assert answer.output_text == "Echo: hello azure" and answer.model == "my-gpt5"
     seen = upstream[1].requests[-1]
-    assert seen.path == "/openai/responses"   # Azure's Responses API is per resource, not per deployment
+    assert seen.path == "/openai/responses"  # Azure's Responses API is per resource, not per deployment
     assert seen.query == {"api-version": AZURE_RESPONSES_API_VERSION}
     assert seen.headers["api-key"] == UPSTREAM_KEY and "Authorization" not in seen.headers
     assert seen.body["model"] == "my-gpt5" and seen.body["input"] == "hello azure"
@@ -68,7 +72,9 @@ def test_json_schema_format_becomes_chats_response_format(client, upstream):
     answer = client.responses.create(model="chat", input="where?", text=FORMAT)
     assert answer.status == "completed"
     assert upstream[1].requests[-1].body["response_format"] == {
-        "type": "json_schema", "json_schema": {"name": "place", "schema": SCHEMA, "strict": True}}
+        "type": "json_schema",
+        "json_schema": {"name": "place", "schema": SCHEMA, "strict": True},
+    }
     client.responses.create(model="chat", input="where?", text={"format": {"type": "json_object"}})
     assert upstream[1].requests[-1].body["response_format"] == {"type": "json_object"}
 
@@ -78,12 +84,14 @@ def test_json_schema_format_becomes_anthropics_output_config(client, fakes):
     assert answer.status == "completed"
     body = fakes["anthropic"].state.requests[-1].body
     assert body["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
-    assert "tools" not in body   # structured output, not a forced tool
+    assert "tools" not in body  # structured output, not a forced tool
 
 
-IMAGES: Any = [{"type": "input_text", "text": "what is this?"},
-               {"type": "input_image", "image_url": f"data:image/png;base64,{PNG}"},
-               {"type": "input_image", "image_url": "https://example.com/cat.jpg", "detail": "low"}]
+IMAGES: Any = [
+    {"type": "input_text", "text": "what is this?"},
+    {"type": "input_image", "image_url": f"data:image/png;base64,{PNG}"},
+    {"type": "input_image", "image_url": "https://example.com/cat.jpg", "detail": "low"},
+]
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -98,26 +106,38 @@ def test_input_images_reach_a_chat_upstream_as_image_parts(client, upstream, str
     assert upstream[1].requests[-1].body["messages"][-1]["content"] == [
         {"type": "text", "text": "what is this?"},
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}", "detail": "auto"}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"}}]
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"}},
+    ]
 
 
 def test_input_images_reach_anthropic_as_image_blocks(client, fakes):
-    answer = client.responses.create(model="anthropic", input=[{"role": "user", "content": IMAGES}],
-                                     max_output_tokens=100)
+    answer = client.responses.create(
+        model="anthropic", input=[{"role": "user", "content": IMAGES}], max_output_tokens=100
+    )
     assert answer.output_text == "Echo: [image/png] [https://example.com/cat.jpg] what is this?"
     blocks = fakes["anthropic"].state.requests[-1].body["messages"][-1]["content"]
-    assert blocks == [{"type": "text", "text": "what is this?"},
-                      {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
-                      {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}]
+    assert blocks == [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+    ]
 
 
 def test_an_image_by_file_id_is_a_clear_400(client):
     with pytest.raises(openai.BadRequestError, match="file ids are not supported"):
-        client.responses.create(model="chat", input=[{"role": "user", "content": [
-            {"type": "input_image", "file_id": "file-123", "detail": "auto"}]}])
+        client.responses.create(
+            model="chat",
+            input=[
+                {
+                    "role": "user",
+                    "content": [{"type": "input_image", "file_id": "file-123", "detail": "auto"}],
+                }
+            ],
+        )
 
 
 # --- an upstream stream that breaks ----------------------------------------------------------------------
+
 
 @pytest.fixture
 def ledgered(upstream, start_gateway, stores_yaml):
@@ -136,8 +156,13 @@ def ledgered(upstream, start_gateway, stores_yaml):
 def test_a_broken_upstream_stream_ends_in_response_failed(ledgered):
     decoder = sse.Decoder()
     events = []
-    with httpx.stream("POST", f"{ledgered.url}/v1/responses", headers={"Authorization": f"Bearer {KEY}"},
-                      timeout=20, json={"model": "cut", "input": "one two three four", "stream": True}) as raw:
+    with httpx.stream(
+        "POST",
+        f"{ledgered.url}/v1/responses",
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=20,
+        json={"model": "cut", "input": "one two three four", "stream": True},
+    ) as raw:
         assert raw.status_code == 200
         request_id = raw.headers["x-request-id"]
         for piece in raw.iter_bytes():
@@ -145,7 +170,7 @@ def test_a_broken_upstream_stream_ends_in_response_failed(ledgered):
     data = [json.loads(e.data) for e in events]
     kinds = [d["type"] for d in data]
     assert kinds[:2] == ["response.created", "response.in_progress"]
-    assert "response.output_text.delta" in kinds   # the first words got through
+    assert "response.output_text.delta" in kinds  # the first words got through
     assert kinds[-1] == "response.failed" and "response.completed" not in kinds
     assert [d["sequence_number"] for d in data] == list(range(len(data)))
     for d in data:
@@ -157,9 +182,12 @@ def test_a_broken_upstream_stream_ends_in_response_failed(ledgered):
     assert [type(e).__name__ for e in seen[-2:]] == ["ResponseErrorEvent", "ResponseFailedEvent"]
     assert seen[-1].response.status == "failed"  # type: ignore[union-attr]
     settled(ledgered)
-    records = [r for r in usage(ledgered, tenant="acme", group_by="request").json()["data"]
-               if r["request_id"] == request_id]
-    assert len(records) == 1   # once, whatever the two failure paths (the writer's, the relay's) saw
+    records = [
+        r
+        for r in usage(ledgered, tenant="acme", group_by="request").json()["data"]
+        if r["request_id"] == request_id
+    ]
+    assert len(records) == 1  # once, whatever the two failure paths (the writer's, the relay's) saw
     [record] = records
     assert record["alias"] == "cut" and record["status"] == 502
-    assert record["prompt_tokens"] > 0 and record["completion_tokens"] > 0   # what was streamed is billed
+    assert record["prompt_tokens"] > 0 and record["completion_tokens"] > 0  # what was streamed is billed

@@ -38,8 +38,13 @@ def client(local_gateway: ServerThread) -> Iterator[openai.OpenAI]:
 
 
 def test_the_local_engine_answers_responses_clients(client: openai.OpenAI) -> None:
-    response = client.responses.create(model="smollm2", input=QUESTION, instructions="Answer in one sentence.",
-                                       max_output_tokens=24, temperature=0)
+    response = client.responses.create(
+        model="smollm2",
+        input=QUESTION,
+        instructions="Answer in one sentence.",
+        max_output_tokens=24,
+        temperature=0,
+    )
     assert response.status in ("completed", "incomplete") and response.model == "smollm2"
     assert "Paris" in response.output_text
     assert response.usage is not None and response.usage.input_tokens > 5
@@ -63,5 +68,7 @@ def test_a_streamed_local_response_equals_the_whole_one(client: openai.OpenAI) -
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert deltas == final.output_text == whole.output_text and "Paris" in final.output_text
     assert final.usage is not None and whole.usage is not None
-    assert (final.usage.input_tokens, final.usage.output_tokens) == (whole.usage.input_tokens,
-                                                                      whole.usage.output_tokens)
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (
+        whole.usage.input_tokens,
+        whole.usage.output_tokens,
+    )

@@ -27,8 +27,9 @@ def two_processes(tmp_path, upstream, redis_server):
 
 
 def test_a_conversation_continues_on_another_process(two_processes, upstream):
-    first, second = (openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=20)
-                     for url in two_processes)
+    first, second = (
+        openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=20) for url in two_processes
+    )
     with first, second:
         one = first.responses.create(model="chat", input="remember the word teal")
         assert second.responses.retrieve(one.id).output_text == one.output_text
@@ -44,6 +45,8 @@ def test_a_conversation_continues_on_another_process(two_processes, upstream):
             second.responses.retrieve(one.id)
         with pytest.raises(openai.NotFoundError):
             second.responses.create(model="chat", input="again", previous_response_id=one.id)
-    with openai.OpenAI(base_url=two_processes[1] + "/v1", api_key=OTHER_KEY, max_retries=0, timeout=20) as other:
+    with openai.OpenAI(
+        base_url=two_processes[1] + "/v1", api_key=OTHER_KEY, max_retries=0, timeout=20
+    ) as other:
         with pytest.raises(openai.NotFoundError):
             other.responses.retrieve(two.id)

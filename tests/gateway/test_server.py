@@ -33,13 +33,32 @@ def start_serve_with(config, env, *, workers=1, stdout=None):
     """``python -m gateway serve`` on a free loopback port; returns once /readyz answers 200."""
     port = free_port()
     log = stdout.open("wb") if stdout else None
-    process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--host",
-                                "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-                               cwd=ROOT, stdout=subprocess.DEVNULL if log is None else log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL if log is None else log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+    )
     if log is not None:
         log.close()  # the child writes through its own copy of the descriptor
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120  # a generous bound: several processes importing at once on a busy machine
+    deadline = (
+        time.monotonic() + 120
+    )  # a generous bound: several processes importing at once on a busy machine
     while time.monotonic() < deadline:
         try:
             if httpx.get(url + "/readyz", timeout=1).status_code == 200:
@@ -62,11 +81,19 @@ def test_two_workers_share_one_port_and_metrics(tmp_path, upstream):
     try:
         with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0) as client:
             for i in range(20):
-                assert client.chat.completions.create(
-                    model="chat", messages=[{"role": "user", "content": f"m{i}"}]).choices[0].message.content
+                assert (
+                    client.chat.completions.create(
+                        model="chat", messages=[{"role": "user", "content": f"m{i}"}]
+                    )
+                    .choices[0]
+                    .message.content
+                )
         metrics = httpx.get(url + "/metrics").text  # any one worker reports all workers' counts
-        line = next(x for x in metrics.splitlines()
-                    if x.startswith('gateway_requests_total{alias="chat",status="200",tenant="acme"}'))
+        line = next(
+            x
+            for x in metrics.splitlines()
+            if x.startswith('gateway_requests_total{alias="chat",status="200",tenant="acme"}')
+        )
         assert float(line.rsplit(" ", 1)[1]) == 20
         assert any(metrics_dir.iterdir())
     finally:
@@ -81,8 +108,9 @@ def test_sigterm_lets_a_running_stream_finish_then_exits_0(tmp_path, upstream):
 
     def consume() -> None:
         with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0) as client:
-            for chunk in client.chat.completions.create(model="slow", stream=True,
-                                                        messages=[{"role": "user", "content": "x"}]):
+            for chunk in client.chat.completions.create(
+                model="slow", stream=True, messages=[{"role": "user", "content": "x"}]
+            ):
                 if chunk.choices and chunk.choices[0].delta.content:
                     received.append(chunk.choices[0].delta.content)
 
@@ -97,6 +125,7 @@ def test_sigterm_lets_a_running_stream_finish_then_exits_0(tmp_path, upstream):
         except httpx.TransportError:
             return True
         return False
+
     wait_for(refused, what="the draining gateway to stop accepting")
     reader.join(timeout=20)
     assert process.wait(timeout=20) == 0
@@ -109,8 +138,12 @@ def test_one_json_log_line_per_request_without_keys_or_prompts(tmp_path, upstrea
     process, url, stdout = start_serve(tmp_path, upstream[0].url)
     try:
         with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0) as client:
-            client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "secret-prompt-42"}])
-        httpx.post(url + "/v1/chat/completions", headers={"Authorization": "Bearer gw-wrong-key-123"}, json={})
+            client.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "secret-prompt-42"}]
+            )
+        httpx.post(
+            url + "/v1/chat/completions", headers={"Authorization": "Bearer gw-wrong-key-123"}, json={}
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
@@ -130,7 +163,9 @@ def test_prompts_are_logged_only_when_configured(tmp_path, upstream):
     process, url, stdout = start_serve(tmp_path, upstream[0].url, server="  log_prompts: true")
     try:
         with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0) as client:
-            client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "visible-prompt"}])
+            client.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "visible-prompt"}]
+            )
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)

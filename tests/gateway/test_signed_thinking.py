@@ -18,11 +18,23 @@ from tests.fakes.providers import deployment, fakes, gateway_clock, provider_gat
 
 __all__ = ["fakes", "gateway_clock", "provider_gateway"]  # fixtures used by name
 
-CHAT_TOOLS: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}}}}]
-RESPONSES_TOOLS: Any = [{"type": "function", "name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}}}]
-THOUGHT = "Thinking (enabled, budget 2048)."   # what the fake thinks with effort low's budget
+CHAT_TOOLS: Any = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+RESPONSES_TOOLS: Any = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+]
+THOUGHT = "Thinking (enabled, budget 2048)."  # what the fake thinks with effort low's budget
 
 
 @pytest.fixture
@@ -47,9 +59,14 @@ def assert_signed_turn_received(fakes) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_responses_reasoning_item_carries_the_signature_back(client, fakes, stream):
-    asked: Any = {"model": "anthropic", "input": [{"role": "user", "content": "weather in Paris?"}],
-                  "tools": RESPONSES_TOOLS, "reasoning": {"effort": "low"}, "max_output_tokens": 5000,
-                  "store": False}
+    asked: Any = {
+        "model": "anthropic",
+        "input": [{"role": "user", "content": "weather in Paris?"}],
+        "tools": RESPONSES_TOOLS,
+        "reasoning": {"effort": "low"},
+        "max_output_tokens": 5000,
+        "store": False,
+    }
     if stream:
         with client.responses.stream(**asked) as events:
             kinds = [event.type for event in events]
@@ -63,30 +80,54 @@ def test_responses_reasoning_item_carries_the_signature_back(client, fakes, stre
     call = next(item for item in first.output if item.type == "function_call")
     output = [item.model_dump(exclude_none=True) for item in first.output]
     second = client.responses.create(
-        model="anthropic", tools=RESPONSES_TOOLS, reasoning={"effort": "low"}, max_output_tokens=5000, store=False,
-        input=[*asked["input"], *output, {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+        model="anthropic",
+        tools=RESPONSES_TOOLS,
+        reasoning={"effort": "low"},
+        max_output_tokens=5000,
+        store=False,
+        input=[
+            *asked["input"],
+            *output,
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+        ],
+    )
     assert second.output_text == "Weather: sunny"
     assert_signed_turn_received(fakes)
 
 
 def test_a_continued_stored_response_carries_the_signature(client, fakes):
-    first = client.responses.create(model="anthropic", input="weather in Paris?", tools=RESPONSES_TOOLS,
-                                    reasoning={"effort": "low"}, max_output_tokens=5000)
+    first = client.responses.create(
+        model="anthropic",
+        input="weather in Paris?",
+        tools=RESPONSES_TOOLS,
+        reasoning={"effort": "low"},
+        max_output_tokens=5000,
+    )
     call = next(item for item in first.output if item.type == "function_call")
-    second = client.responses.create(model="anthropic", previous_response_id=first.id, tools=RESPONSES_TOOLS,
-                                     reasoning={"effort": "low"}, max_output_tokens=5000,
-                                     input=[{"type": "function_call_output", "call_id": call.call_id,
-                                             "output": "sunny"}])
+    second = client.responses.create(
+        model="anthropic",
+        previous_response_id=first.id,
+        tools=RESPONSES_TOOLS,
+        reasoning={"effort": "low"},
+        max_output_tokens=5000,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+    )
     assert second.output_text == "Weather: sunny"
     assert_signed_turn_received(fakes)
 
 
 def test_openai_encrypted_reasoning_is_not_sent_to_another_model(client, fakes):
     """Only the gateway's own sealed blocks are unsealed: OpenAI's encrypted reasoning means nothing to Claude."""
-    client.responses.create(model="anthropic", max_output_tokens=100, input=[
-        {"role": "user", "content": "hi"},
-        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAAB-openai-opaque"},
-        {"role": "assistant", "content": "hello"}, {"role": "user", "content": "again"}])
+    client.responses.create(
+        model="anthropic",
+        max_output_tokens=100,
+        input=[
+            {"role": "user", "content": "hi"},
+            {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAAB-openai-opaque"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "again"},
+        ],
+    )
     assert upstream_turn(fakes)["blocks"] == [{"type": "text", "text": "hello"}]
 
 
@@ -103,8 +144,14 @@ def test_chat_thinking_blocks_carry_the_signature_back(client, fakes, stream):
                 blocks += (choice.delta.model_extra or {}).get("thinking_blocks") or []
                 text += choice.delta.content or ""
                 calls += choice.delta.tool_calls or []
-        call = {"id": calls[0].id, "type": "function",
-                "function": {"name": "get_weather", "arguments": "".join(c.function.arguments or "" for c in calls)}}
+        call = {
+            "id": calls[0].id,
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "arguments": "".join(c.function.arguments or "" for c in calls),
+            },
+        }
         turn = {"role": "assistant", "content": text, "tool_calls": [call], "thinking_blocks": blocks}
     else:
         message = client.chat.completions.create(messages=history, **asked).choices[0].message
@@ -112,8 +159,13 @@ def test_chat_thinking_blocks_carry_the_signature_back(client, fakes, stream):
         blocks = turn["thinking_blocks"]
     assert blocks == [{"type": "thinking", "thinking": THOUGHT, "signature": SIGNATURE}]
     answer = client.chat.completions.create(
-        messages=[*history, turn, {"role": "tool", "tool_call_id": turn["tool_calls"][0]["id"], "content": "sunny"}],
-        **asked)
+        messages=[
+            *history,
+            turn,
+            {"role": "tool", "tool_call_id": turn["tool_calls"][0]["id"], "content": "sunny"},
+        ],
+        **asked,
+    )
     assert answer.choices[0].message.content == "Weather: sunny"
     assert_signed_turn_received(fakes)
 
@@ -137,8 +189,12 @@ def mixed(fakes, upstream, start_gateway):
 def test_a_translated_messages_answer_keeps_claudes_signature(mixed, fakes, stream):
     """A Messages client of a translated path gets the signed thinking block (streamed: its
     ``signature_delta``), and its next turn carries it back to Claude."""
-    asked: Any = {"model": "mixed", "max_tokens": 5000, "thinking": {"type": "enabled", "budget_tokens": 2048},
-                  "tools": [{"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}]}
+    asked: Any = {
+        "model": "mixed",
+        "max_tokens": 5000,
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}],
+    }
     history: Any = [{"role": "user", "content": "weather in Paris?"}]
     with anthropic.Anthropic(base_url=mixed.url, api_key=KEY, max_retries=0, timeout=20) as claude:
         if stream:
@@ -151,9 +207,14 @@ def test_a_translated_messages_answer_keeps_claudes_signature(mixed, fakes, stre
         assert [b.type for b in first.content] == ["thinking", "text", "tool_use"]
         assert first.content[0].signature == SIGNATURE  # type: ignore[union-attr]
         call: Any = first.content[2]
-        turns: Any = [*history,
-                      {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-                      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny"}]}]
+        turns: Any = [
+            *history,
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny"}],
+            },
+        ]
         answer = claude.messages.create(messages=turns, **asked)
     assert answer.content[-1].text == "Weather: sunny"
     assert_signed_turn_received(fakes)

@@ -26,15 +26,15 @@ from tests.fakes.openai_upstream import FakeState
 from tests.harness import ServerThread
 from tests.policies.conftest import ADMIN_KEY, settled, usage
 
-PRICE = {"input": 1.0, "output": 2.0}      # USD per million tokens
-TOKENIZED = "gpt-4o-mini"                  # a model whose tokenizer the gateway knows (o200k_base)
+PRICE = {"input": 1.0, "output": 2.0}  # USD per million tokens
+TOKENIZED = "gpt-4o-mini"  # a model whose tokenizer the gateway knows (o200k_base)
 QUESTION = "one two three four five six"
-ACCENTED = "ééééééé two three"             # 4 tokens by characters, 9 by o200k_base
+ACCENTED = "ééééééé two three"  # 4 tokens by characters, 9 by o200k_base
 
 
 @pytest.fixture
 def chaos() -> Iterator[tuple[ServerThread, ChaosState]]:
-    tokens.encoding_for(TOKENIZED)   # loaded here once, not on the gateway's loop at its start
+    tokens.encoding_for(TOKENIZED)  # loaded here once, not on the gateway's loop at its start
     state = ChaosState(faults={TOKENIZED: Fault("cut_stream")})
     server = ServerThread(lambda: build_chaos(state)).start()
     yield server, state
@@ -61,12 +61,16 @@ def _deployment(provider: str, model: str, url: str) -> str:
 
 @pytest.fixture
 def broken_gateway(upstream, chaos, claude_fake, start_gateway, stores_yaml) -> ServerThread:
-    aliases = {"chat-cut": ("openai-compatible", "cut-stream", upstream[0].url),
-               "native-cut": ("openai", "cut-stream", upstream[0].url),
-               "claude-cut": ("anthropic", "cut-stream", claude_fake[0].url),
-               "claude-error": ("anthropic", "stream-error", claude_fake[0].url),
-               "tokenized-cut": ("openai-compatible", TOKENIZED, chaos[0].url)}
-    models = "\n".join(f"  - name: {alias}\n    deployments:\n{_deployment(*where)}" for alias, where in aliases.items())
+    aliases = {
+        "chat-cut": ("openai-compatible", "cut-stream", upstream[0].url),
+        "native-cut": ("openai", "cut-stream", upstream[0].url),
+        "claude-cut": ("anthropic", "cut-stream", claude_fake[0].url),
+        "claude-error": ("anthropic", "stream-error", claude_fake[0].url),
+        "tokenized-cut": ("openai-compatible", TOKENIZED, chaos[0].url),
+    }
+    models = "\n".join(
+        f"  - name: {alias}\n    deployments:\n{_deployment(*where)}" for alias, where in aliases.items()
+    )
     return start_gateway(f"""
 admin:
   keys: ["{hash_key(ADMIN_KEY)}"]
@@ -103,8 +107,9 @@ def _chat_stream(server: ServerThread, alias: str, question: str = QUESTION) -> 
     text = []
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=20)
     with pytest.raises(openai.APIError):
-        for chunk in client.chat.completions.create(model=alias, stream=True,
-                                                    messages=[{"role": "user", "content": question}]):
+        for chunk in client.chat.completions.create(
+            model=alias, stream=True, messages=[{"role": "user", "content": question}]
+        ):
             if chunk.choices and chunk.choices[0].delta.content:
                 text.append(chunk.choices[0].delta.content)
     return "".join(text)
@@ -113,7 +118,7 @@ def _chat_stream(server: ServerThread, alias: str, question: str = QUESTION) -> 
 @pytest.mark.parametrize("store_kind", ["memory", "redis"])
 def test_a_broken_chat_pass_through_is_ledgered_at_what_it_relayed(broken_gateway) -> None:
     relayed = _chat_stream(broken_gateway, "chat-cut")
-    assert relayed == "Echo: one"   # the fake cut it after two words
+    assert relayed == "Echo: one"  # the fake cut it after two words
     prompt = _estimate(Endpoint.CHAT, {"messages": [{"role": "user", "content": QUESTION}]})
     _assert_priced(_only_record(broken_gateway), prompt, tokens.count_text(relayed, None))
 
@@ -123,10 +128,11 @@ def test_the_relayed_text_is_counted_with_the_deployments_tokenizer(broken_gatew
     relayed = _chat_stream(broken_gateway, "tokenized-cut", ACCENTED)
     assert relayed == "Echo: ééééééé"
     encoding = tokens.encoding_for(TOKENIZED)
-    prompt = asyncio.run(tokens.count_prompt(Endpoint.CHAT, {"messages": [{"role": "user", "content": ACCENTED}]},
-                                             encoding))
+    prompt = asyncio.run(
+        tokens.count_prompt(Endpoint.CHAT, {"messages": [{"role": "user", "content": ACCENTED}]}, encoding)
+    )
     counted = tokens.count_text(relayed, encoding)
-    assert counted == 9 != tokens.count_text(relayed, None)   # the tokenizer's count, not characters / 4
+    assert counted == 9 != tokens.count_text(relayed, None)  # the tokenizer's count, not characters / 4
     _assert_priced(_only_record(broken_gateway), prompt, counted)
 
 
@@ -152,26 +158,32 @@ def test_a_broken_native_responses_stream_is_ledgered_at_what_it_relayed(broken_
 
 def _claude_stream(server: ServerThread, alias: str) -> str:
     text: list[str] = []
-    with anthropic.Anthropic(base_url=server.url, api_key=KEY, max_retries=0, timeout=20) as claude, \
-            pytest.raises(anthropic.APIStatusError), \
-            claude.messages.stream(model=alias, max_tokens=50,
-                                   messages=[{"role": "user", "content": QUESTION}]) as stream:
+    with (
+        anthropic.Anthropic(base_url=server.url, api_key=KEY, max_retries=0, timeout=20) as claude,
+        pytest.raises(anthropic.APIStatusError),
+        claude.messages.stream(
+            model=alias, max_tokens=50, messages=[{"role": "user", "content": QUESTION}]
+        ) as stream,
+    ):
         for piece in stream.text_stream:
             text.append(piece)
     return "".join(text)
 
 
 @pytest.mark.parametrize("store_kind", ["memory", "redis"])
-@pytest.mark.parametrize(("alias", "expected", "status"),
-                         [("claude-cut", "Echo: one", 502),
-                          ("claude-error", "Echo:", 529)])   # the error event's own status: overloaded_error
-def test_a_broken_native_messages_stream_takes_the_upstreams_prompt_count(broken_gateway, claude_fake, alias: str,
-                                                                        expected: str, status: int) -> None:
+@pytest.mark.parametrize(
+    ("alias", "expected", "status"), [("claude-cut", "Echo: one", 502), ("claude-error", "Echo:", 529)]
+)  # the error event's own status: overloaded_error
+def test_a_broken_native_messages_stream_takes_the_upstreams_prompt_count(
+    broken_gateway, claude_fake, alias: str, expected: str, status: int
+) -> None:
     relayed = _claude_stream(broken_gateway, alias)
     assert relayed == expected
-    sent = claude_fake[1].usage_sent   # message_start's input tokens (and cache reads and writes)
+    sent = claude_fake[1].usage_sent  # message_start's input tokens (and cache reads and writes)
     assert sent is not None
-    _assert_priced(_only_record(broken_gateway), sent["prompt_tokens"], tokens.count_text(relayed, None), status)
+    _assert_priced(
+        _only_record(broken_gateway), sent["prompt_tokens"], tokens.count_text(relayed, None), status
+    )
 
 
 @pytest.mark.parametrize("store_kind", ["memory", "redis"])
@@ -180,5 +192,3 @@ def test_a_broken_translated_messages_stream_is_ledgered_the_same_way(broken_gat
     assert relayed == "Echo: one"
     prompt = _estimate(Endpoint.CHAT, {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 50})
     _assert_priced(_only_record(broken_gateway), prompt, tokens.count_text(relayed, None))
-
-

@@ -19,8 +19,13 @@ def test_chunks_are_relayed_as_they_arrive_not_buffered(gateway, upstream):
     arrivals: list[float] = []
     upstream_done_at_first: int | None = None
     started = time.perf_counter()
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {KEY}"}, timeout=20) as response:
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=20,
+    ) as response:
         for line in response.iter_lines():
             if line.startswith("data: {") and re.search(r'"content":" ?w\d', line):
                 if not arrivals:
@@ -36,8 +41,10 @@ def test_chunks_are_relayed_as_they_arrive_not_buffered(gateway, upstream):
 def test_client_disconnect_cancels_the_upstream_request(gateway, upstream):
     state = upstream[1]
     body = orjson.dumps({"model": "slow", "stream": True, "messages": [{"role": "user", "content": "x"}]})
-    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(request)
         assert b"200 OK" in sock.recv(65536)  # headers (and perhaps a first chunk) came back

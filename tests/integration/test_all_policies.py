@@ -60,8 +60,12 @@ def gateway(upstream, redis_server, start_gateway: Callable[[str], ServerThread]
 
 
 def _usage(gateway: ServerThread, group_by: str) -> list[dict]:
-    response = httpx.get(gateway.url + "/admin/usage", params={"tenant": "acme", "group_by": group_by},
-                         headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+    response = httpx.get(
+        gateway.url + "/admin/usage",
+        params={"tenant": "acme", "group_by": group_by},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10,
+    )
     assert response.status_code == 200, response.text
     return response.json()["data"]
 
@@ -76,7 +80,11 @@ def _settled(gateway: ServerThread, count: int) -> list[dict]:
 
 def test_policies_compose_across_both_apis(gateway: ServerThread, upstream) -> None:
     state = upstream[1]
-    ask: dict[str, Any] = {"model": "chat", "temperature": 0, "messages": [{"role": "user", "content": "what is two plus two"}]}
+    ask: dict[str, Any] = {
+        "model": "chat",
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "what is two plus two"}],
+    }
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=30) as client:
         first = client.chat.completions.with_raw_response.create(**ask)
         # answered by the fallback after the broken deployment's 503, with OpenAI's rate-limit headers
@@ -91,13 +99,17 @@ def test_policies_compose_across_both_apis(gateway: ServerThread, upstream) -> N
         assert again.headers["x-cache"] == "hit-exact"
         assert again.parse().choices[0].message.content == completion.choices[0].message.content
 
-        stream = client.chat.completions.create(**{**ask, "messages": [{"role": "user", "content": "count to three"}]},
-                                                stream=True)
-        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Echo: count to three"
+        stream = client.chat.completions.create(
+            **{**ask, "messages": [{"role": "user", "content": "count to three"}]}, stream=True
+        )
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Echo: count to three"
+        )
 
     with anthropic.Anthropic(base_url=gateway.url, api_key=KEY, max_retries=0, timeout=30) as claude:
-        message = claude.messages.create(model="chat", max_tokens=50,
-                                         messages=[{"role": "user", "content": "hello from claude"}])
+        message = claude.messages.create(
+            model="chat", max_tokens=50, messages=[{"role": "user", "content": "hello from claude"}]
+        )
         assert message.content[0].text == "Echo: hello from claude"  # type: ignore[union-attr]
 
     # upstream calls: the three answered requests failed on `broken` (retried there), then `healthy` answered;
@@ -113,11 +125,14 @@ def test_policies_compose_across_both_apis(gateway: ServerThread, upstream) -> N
     assert info is not None
     price = PriceTable.of(info)
     billed = [r for r in records if not r.get("cache_hit")]
-    for record in billed:   # billed once, at the deployment that answered, from the upstream's usage
+    for record in billed:  # billed once, at the deployment that answered, from the upstream's usage
         assert record["prompt_tokens"] > 0 and record["completion_tokens"] > 0
         assert record["cost_usd"] == pytest.approx(
-            price.nano(record["prompt_tokens"], record["completion_tokens"]) / 1e9, abs=1e-9)
+            price.nano(record["prompt_tokens"], record["completion_tokens"]) / 1e9, abs=1e-9
+        )
     by_model = _usage(gateway, "model")
     assert sum(row["requests"] for row in by_model) == 4
     assert sum(row["cache_hits"] for row in by_model) == 1
-    assert sum(row["cost_usd"] for row in by_model) == pytest.approx(sum(r["cost_usd"] for r in billed), abs=1e-9)
+    assert sum(row["cost_usd"] for row in by_model) == pytest.approx(
+        sum(r["cost_usd"] for r in billed), abs=1e-9
+    )

@@ -164,8 +164,9 @@ def hf_model(path: Path) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
 
 
-def make_adapter(base: Path, out: Path, rank: int, alpha: int, targets: list[str], rslora: bool,
-                 seed: int) -> torch.nn.Module:
+def make_adapter(
+    base: Path, out: Path, rank: int, alpha: int, targets: list[str], rslora: bool, seed: int
+) -> torch.nn.Module:
     """A peft adapter with random non-zero B (peft starts B at zero), saved to ``out``; returns the merged model."""
     from peft import LoraConfig, get_peft_model
 
@@ -186,5 +187,7 @@ def make_adapter(base: Path, out: Path, rank: int, alpha: int, targets: list[str
 def adapters(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Any]]:
     """ADAPTERS made by peft on the tiny Llama: name -> (directory, transformers model with it merged)."""
     root = tmp_path_factory.mktemp("loras")
-    return {name: (root / name, make_adapter(tiny_llama, root / name, *spec, seed=i))
-            for i, (name, spec) in enumerate(ADAPTERS.items())}
+    return {
+        name: (root / name, make_adapter(tiny_llama, root / name, *spec, seed=i))
+        for i, (name, spec) in enumerate(ADAPTERS.items())
+    }

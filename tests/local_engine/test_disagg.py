@@ -56,7 +56,10 @@ async def _until(cond: Callable[[], Awaitable[bool]], what: str, deadline_s: flo
 
 @pytest.fixture(scope="module")
 def engines(tiny_llama: Path) -> Iterator[dict[str, AsyncEngine]]:
-    es = {role: AsyncEngine.from_model(tiny_llama, **ENGINE_OPTS) for role in ("aggregated", "prefill", "decode")}
+    es = {
+        role: AsyncEngine.from_model(tiny_llama, **ENGINE_OPTS)
+        for role in ("aggregated", "prefill", "decode")
+    }
     yield es
     for e in es.values():
         e.shutdown()
@@ -72,13 +75,17 @@ class Deployment:
     async def start(self, *, both: bool = False, prefill_url: str | None = None) -> None:
         prefill_app = _app(self.engines["prefill"])
         add_prefill_routes(prefill_app, self.connector)
-        for name, app in (("prefill", prefill_app), ("decode", _app(self.engines["decode"])),
-                          ("aggregated", _app(self.engines["aggregated"]))):
+        for name, app in (
+            ("prefill", prefill_app),
+            ("decode", _app(self.engines["decode"])),
+            ("aggregated", _app(self.engines["aggregated"])),
+        ):
             runner, url = await _serve(app)
             self.runners.append(runner)
             setattr(self, f"{name}_url", url)
-        self.router = DisaggRouter([prefill_url or self.prefill_url], [self.decode_url],
-                                   [self.aggregated_url] if both else [])
+        self.router = DisaggRouter(
+            [prefill_url or self.prefill_url], [self.decode_url], [self.aggregated_url] if both else []
+        )
         runner, self.router_url = await _serve(build_router_app(self.router))
         self.runners.append(runner)
 
@@ -101,7 +108,9 @@ class Deployment:
 
 
 @pytest.fixture(params=["shm", "tcp"])
-async def deployment(request: pytest.FixtureRequest, engines: dict[str, AsyncEngine]) -> AsyncIterator[Deployment]:
+async def deployment(
+    request: pytest.FixtureRequest, engines: dict[str, AsyncEngine]
+) -> AsyncIterator[Deployment]:
     d = Deployment(engines, request.param)
     await d.start()
     yield d
@@ -149,8 +158,14 @@ async def test_greedy_outputs_match_the_aggregated_engine(deployment: Deployment
 
 
 async def test_client_disconnect_frees_blocks_on_both_sides(deployment: Deployment) -> None:
-    body = {"model": "m", "prompt": PROMPTS[1], "max_tokens": 200, "temperature": 0, "ignore_eos": True,
-            "stream": True}
+    body = {
+        "model": "m",
+        "prompt": PROMPTS[1],
+        "max_tokens": 200,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+    }
     async with httpx.AsyncClient(timeout=60) as c:
         async with c.stream("POST", f"{deployment.router_url}/v1/completions", json=body) as resp:
             assert resp.status_code == 200
@@ -195,13 +210,17 @@ async def test_falls_back_to_a_both_worker_when_the_prefill_worker_is_gone(
 
 async def _prefill_only(d: Deployment, prompt: str) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=60) as c:
-        r = await c.post(f"{d.prefill_url}/v1/disagg/prefill",
-                         json={"chat": False, "request": {"model": "m", "prompt": prompt, "temperature": 0}})
+        r = await c.post(
+            f"{d.prefill_url}/v1/disagg/prefill",
+            json={"chat": False, "request": {"model": "m", "prompt": prompt, "temperature": 0}},
+        )
     assert r.status_code == 200, r.text
     return r.json()["kv_transfer_params"]
 
 
-async def test_decode_worker_dying_mid_transfer_frees_the_prefill_copy(engines: dict[str, AsyncEngine]) -> None:
+async def test_decode_worker_dying_mid_transfer_frees_the_prefill_copy(
+    engines: dict[str, AsyncEngine],
+) -> None:
     d = Deployment(engines, "tcp")
     await d.start()
     try:
@@ -255,9 +274,27 @@ def prefill_process(tiny_llama: Path) -> Iterator[tuple[subprocess.Popen[bytes],
     """A real prefill worker process (``python -m local_engine serve --role prefill``), TCP transport."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "local_engine", "serve", "--role", "prefill", "--kv-transport", "tcp",
-         "--model", str(tiny_llama), "--port", str(port), "--block-size", "4", "--kv-cache-gib", "0.001"],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "local_engine",
+            "serve",
+            "--role",
+            "prefill",
+            "--kv-transport",
+            "tcp",
+            "--model",
+            str(tiny_llama),
+            "--port",
+            str(port),
+            "--block-size",
+            "4",
+            "--kv-cache-gib",
+            "0.001",
+        ],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     yield proc, port
     proc.kill()
@@ -272,6 +309,7 @@ async def test_prefill_worker_dying_mid_transfer_frees_the_decode_blocks(
     runner, decode_url = await _serve(_app(decode))
     try:
         async with httpx.AsyncClient(timeout=60) as c:
+
             async def up() -> bool:
                 try:
                     return (await c.get(f"http://127.0.0.1:{port}/health")).status_code == 200
@@ -279,12 +317,19 @@ async def test_prefill_worker_dying_mid_transfer_frees_the_decode_blocks(
                     return False
 
             await _until(up, "the prefill worker is up", 120)
-            r = await c.post(f"http://127.0.0.1:{port}/v1/disagg/prefill",
-                             json={"chat": False, "request": {"model": "m", "prompt": PROMPTS[1], "temperature": 0}})
+            r = await c.post(
+                f"http://127.0.0.1:{port}/v1/disagg/prefill",
+                json={"chat": False, "request": {"model": "m", "prompt": PROMPTS[1], "temperature": 0}},
+            )
             params = r.json()["kv_transfer_params"]
             os.kill(proc.pid, signal.SIGSTOP)  # it accepts the pull (the kernel does) but never answers
-            body = {"model": "m", "prompt": PROMPTS[1], "max_tokens": 8, "temperature": 0,
-                    "kv_transfer_params": params}
+            body = {
+                "model": "m",
+                "prompt": PROMPTS[1],
+                "max_tokens": 8,
+                "temperature": 0,
+                "kv_transfer_params": params,
+            }
             task = asyncio.create_task(c.post(f"{decode_url}/v1/completions", json=body))
 
             async def reserved() -> bool:

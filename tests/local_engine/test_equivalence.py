@@ -108,7 +108,9 @@ def test_greedy_identical_with_shared_prefixes(tiny_model: Path) -> None:
     assert 0 < llm.engine.metrics.prefix_cache_hit_rate < 1
 
 
-def _repeating_requests(seed: int, n: int = 16, prefix: list[int] | None = None) -> list[tuple[list[int], int]]:
+def _repeating_requests(
+    seed: int, n: int = 16, prefix: list[int] | None = None
+) -> list[tuple[list[int], int]]:
     """Prompts that quote themselves (a segment two or three times), so n-gram drafts get accepted."""
     rng = random.Random(seed)
     reqs = []
@@ -126,9 +128,15 @@ _SPEC = {"num_tokens": 4, "min_acceptance": 0.0}
     [(512, 64), (512, 7), (24, 64)],
     ids=["batched", "chunked-prefill", "preempted"],
 )
-def test_greedy_identical_with_ngram_speculation(tiny_model: Path, num_kv_blocks: int, max_batched: int) -> None:
+def test_greedy_identical_with_ngram_speculation(
+    tiny_model: Path, num_kv_blocks: int, max_batched: int
+) -> None:
     llm = LLM(
-        tiny_model, block_size=4, num_kv_blocks=num_kv_blocks, max_num_batched_tokens=max_batched, speculative=_SPEC
+        tiny_model,
+        block_size=4,
+        num_kv_blocks=num_kv_blocks,
+        max_num_batched_tokens=max_batched,
+        speculative=_SPEC,
     )
     _check_greedy_identical(tiny_model, _repeating_requests(6), llm)
     m = llm.engine.metrics

@@ -28,7 +28,7 @@ def _reference(model: torch.nn.Module, prompt: list[int], n: int) -> tuple[list[
             row = model(torch.tensor([ids])).logits[0, -1].float()
             logits.append(row)
             ids.append(int(row.argmax()))
-    return ids[len(prompt):], logits
+    return ids[len(prompt) :], logits
 
 
 def _engine(path: Path, adapters: dict[str, tuple[Path, Any]] | None = None, **options: Any) -> LLMEngine:
@@ -69,7 +69,9 @@ def _run(engine: LLMEngine, requests: dict[str, str | None], stagger: bool = Fal
     return tokens
 
 
-def _assert_matches(rows: list[tuple[str, torch.Tensor]], rid: str, tokens: list[int], model: torch.nn.Module) -> None:
+def _assert_matches(
+    rows: list[tuple[str, torch.Tensor]], rid: str, tokens: list[int], model: torch.nn.Module
+) -> None:
     want_tokens, want_logits = _reference(model, PROMPT, TOKENS)
     got = [logits for r, logits in rows if r == rid]
     assert tokens == want_tokens
@@ -192,7 +194,9 @@ def test_adapters_load_off_the_step_loop(tiny_llama: Path, adapters: dict[str, t
     release = threading.Event()
     gate = engine.loras._loader.submit(release.wait, 60)  # the loader thread is busy until released
     engine.add_request("base", PROMPT, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
-    engine.add_request("lora", PROMPT, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True), lora="every")
+    engine.add_request(
+        "lora", PROMPT, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True), lora="every"
+    )
     outputs = []
     try:
         for _ in range(4):
@@ -266,8 +270,16 @@ def test_adapters_that_do_not_fit_are_clear_errors(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     other = tmp_path / "other-base"
-    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(str(other))
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(str(other))
     make_adapter(other, tmp_path / "other", 4, 8, ["q_proj"], False, seed=1)
     with pytest.raises(LoRAError, match=r"has shape \[4, 32\], the base model needs \[4, 64\]"):
         engine.add_lora("other", tmp_path / "other")

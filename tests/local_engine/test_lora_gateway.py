@@ -51,15 +51,19 @@ def _ready(server: ServerThread) -> bool:
     return bool(httpx.get(server.url + "/readyz", timeout=10).json()["status"] == "ready")
 
 
-def _admin(server: ServerThread, method: str, path: str, key: str = ADMIN_KEY, **kwargs: Any) -> httpx.Response:
-    return httpx.request(method, server.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=120,
-                         **kwargs)
+def _admin(
+    server: ServerThread, method: str, path: str, key: str = ADMIN_KEY, **kwargs: Any
+) -> httpx.Response:
+    return httpx.request(
+        method, server.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=120, **kwargs
+    )
 
 
 def _complete(server: ServerThread, model: str) -> str:
     with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120) as client:
-        answer = client.completions.create(model=model, prompt=PROMPT, max_tokens=TOKENS, temperature=0,
-                                           extra_body={"ignore_eos": True})
+        answer = client.completions.create(
+            model=model, prompt=PROMPT, max_tokens=TOKENS, temperature=0, extra_body={"ignore_eos": True}
+        )
     assert answer.usage is not None and answer.usage.completion_tokens == TOKENS
     return answer.choices[0].text
 
@@ -73,7 +77,10 @@ def expected(tiny_llama: Path, adapters: dict[str, tuple[Path, Any]]) -> dict[st
         detok = IncrementalDetokenizer(tok, PROMPT)
         return "".join(detok.add(t) for t in _reference(model, PROMPT, TOKENS)[0])
 
-    return {None: text(hf_model(tiny_llama)), **{name: text(merged) for name, (_, merged) in adapters.items()}}
+    return {
+        None: text(hf_model(tiny_llama)),
+        **{name: text(merged) for name, (_, merged) in adapters.items()},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +106,9 @@ def gateway(tiny_llama: Path, adapters: dict[str, tuple[Path, Any]]) -> Iterator
     server.stop()
 
 
-def test_alias_colon_adapter_and_an_alias_mapped_to_one(gateway: ServerThread, expected: dict[str | None, str]) -> None:
+def test_alias_colon_adapter_and_an_alias_mapped_to_one(
+    gateway: ServerThread, expected: dict[str | None, str]
+) -> None:
     assert _complete(gateway, "tiny:attn") == expected["attn"]
     assert _complete(gateway, "tiny") == expected[None]
     assert _complete(gateway, "support") == expected["mlp"]
@@ -111,7 +120,10 @@ def test_alias_colon_adapter_and_an_alias_mapped_to_one(gateway: ServerThread, e
 
 
 def test_admin_adds_and_removes_an_adapter(
-    gateway: ServerThread, adapters: dict[str, tuple[Path, Any]], expected: dict[str | None, str], tmp_path: Path
+    gateway: ServerThread,
+    adapters: dict[str, tuple[Path, Any]],
+    expected: dict[str | None, str],
+    tmp_path: Path,
 ) -> None:
     path = str(adapters["every"][0])
     added = _admin(gateway, "POST", "/admin/lora/tiny-engine", json={"lora_name": "every", "lora_path": path})
@@ -126,10 +138,14 @@ def test_admin_adds_and_removes_an_adapter(
         _complete(gateway, "tiny:every")
     assert _admin(gateway, "DELETE", "/admin/lora/tiny-engine?lora_name=every").status_code == 404
 
-    bad = _admin(gateway, "POST", "/admin/lora/tiny-engine", json={"lora_name": "x", "lora_path": str(tmp_path)})
+    bad = _admin(
+        gateway, "POST", "/admin/lora/tiny-engine", json={"lora_name": "x", "lora_path": str(tmp_path)}
+    )
     assert bad.status_code == 400 and "no adapter_config.json" in bad.json()["error"]["message"]
-    assert _admin(gateway, "POST", "/admin/lora/nowhere", json={"lora_name": "x", "lora_path": path}).status_code \
+    assert (
+        _admin(gateway, "POST", "/admin/lora/nowhere", json={"lora_name": "x", "lora_path": path}).status_code
         == 404
+    )
     assert _admin(gateway, "GET", "/admin/lora/tiny-engine", key=KEY).status_code == 403  # a tenant key
 
 
@@ -149,11 +165,17 @@ def test_adapters_on_managed_workers(
     try:
         _poll(lambda: _ready(server) and _complete(server, "tiny") == expected[None])
         assert _complete(server, "tiny:attn") == expected["attn"]  # given to the worker when it started
-        added = _admin(server, "POST", "/admin/lora/tiny-workers",
-                       json={"lora_name": "mlp", "lora_path": str(adapters["mlp"][0])})
+        added = _admin(
+            server,
+            "POST",
+            "/admin/lora/tiny-workers",
+            json={"lora_name": "mlp", "lora_path": str(adapters["mlp"][0])},
+        )
         assert added.status_code == 200
         assert _complete(server, "tiny:mlp") == expected["mlp"]  # sent to the running worker
-        assert _admin(server, "DELETE", "/admin/lora/tiny-workers", json={"lora_name": "mlp"}).status_code == 200
+        assert (
+            _admin(server, "DELETE", "/admin/lora/tiny-workers", json={"lora_name": "mlp"}).status_code == 200
+        )
         with pytest.raises(openai.NotFoundError):
             _complete(server, "tiny:mlp")
     finally:

@@ -39,14 +39,17 @@ async def url(engine: AsyncEngine) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def sdk(url: str) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120) as client:
+    async with openai.AsyncOpenAI(
+        base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120
+    ) as client:
         yield client
 
 
 async def _complete(sdk: openai.AsyncOpenAI, model: str) -> str:
     """The greedy completion of PROMPT (token ids) by ``model``."""
-    answer = await sdk.completions.create(model=model, prompt=PROMPT, max_tokens=TOKENS, temperature=0,
-                                          extra_body={"ignore_eos": True})
+    answer = await sdk.completions.create(
+        model=model, prompt=PROMPT, max_tokens=TOKENS, temperature=0, extra_body={"ignore_eos": True}
+    )
     assert answer.choices[0].finish_reason == "length" and answer.usage is not None
     assert answer.usage.completion_tokens == TOKENS
     return answer.choices[0].text
@@ -69,13 +72,23 @@ async def test_load_serve_and_unload_over_http(
     engine: AsyncEngine, url: str, sdk: openai.AsyncOpenAI, adapters: dict[str, tuple[Path, Any]]
 ) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-        loaded = await http.post("/v1/load_lora_adapter",
-                                 json={"lora_name": "attn", "lora_path": str(adapters["attn"][0])})
+        loaded = await http.post(
+            "/v1/load_lora_adapter", json={"lora_name": "attn", "lora_path": str(adapters["attn"][0])}
+        )
         assert loaded.status_code == 200
-        assert loaded.json() == {"object": "lora_adapter", "name": "attn", "path": str(adapters["attn"][0]),
-                                 "rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"]}
+        assert loaded.json() == {
+            "object": "lora_adapter",
+            "name": "attn",
+            "path": str(adapters["attn"][0]),
+            "rank": 4,
+            "alpha": 8.0,
+            "target_modules": ["q_proj", "v_proj"],
+        }
         models = await sdk.models.list()
-        assert [(m.id, getattr(m, "parent", None)) for m in models.data] == [("llama", None), ("attn", "llama")]
+        assert [(m.id, getattr(m, "parent", None)) for m in models.data] == [
+            ("llama", None),
+            ("attn", "llama"),
+        ]
 
         want = await _want(engine, adapters["attn"][1])
         assert await _complete(sdk, "llama:attn") == want
@@ -94,9 +107,13 @@ async def test_load_serve_and_unload_over_http(
         assert again.status_code == 404 and again.json()["error"]["code"] == "lora_not_found"
 
 
-async def test_bad_load_requests_are_400s(url: str, tmp_path: Path, adapters: dict[str, tuple[Path, Any]]) -> None:
+async def test_bad_load_requests_are_400s(
+    url: str, tmp_path: Path, adapters: dict[str, tuple[Path, Any]]
+) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-        nothing = await http.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(tmp_path)})
+        nothing = await http.post(
+            "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(tmp_path)}
+        )
         assert nothing.status_code == 400
         assert "no adapter_config.json" in nothing.json()["error"]["message"]
         unnamed = await http.post("/v1/load_lora_adapter", json={"lora_path": str(adapters["attn"][0])})

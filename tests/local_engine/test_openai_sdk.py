@@ -113,17 +113,32 @@ async def test_smollm2_streams_the_answer(smollm2_client: Any) -> None:
     assert usage is not None and usage.completion_tokens > 0
 
 
-WEATHER: dict[str, Any] = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 4},
-                                                    "unit": {"enum": ["c", "f"]}},
-                   "required": ["city", "unit"], "additionalProperties": False}}}
+WEATHER: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 4}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
 ASK = [{"role": "user", "content": "weather in oslo?"}]
 
 
 async def test_sdk_tool_round_trip_streamed_and_not(long_client: Any) -> None:
-    kw = dict(model="m", messages=ASK, tools=[WEATHER], max_tokens=200, seed=7, temperature=1.0,
-              tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    kw = dict(
+        model="m",
+        messages=ASK,
+        tools=[WEATHER],
+        max_tokens=200,
+        seed=7,
+        temperature=1.0,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
     first = await long_client.chat.completions.create(**kw)
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls", choice.message
@@ -150,26 +165,42 @@ async def test_sdk_tool_round_trip_streamed_and_not(long_client: Any) -> None:
     assert calls == {0: {"name": "get_weather", "arguments": call.function.arguments}}
 
     # The tool's result goes back; with tool_choice none the model answers in text.
-    history = [*ASK, choice.message.model_dump(exclude_none=True),
-               {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 3}'}]
-    answer = await long_client.chat.completions.create(model="m", messages=history, tools=[WEATHER],
-                                                       tool_choice="none", max_tokens=6, temperature=0)
+    history = [
+        *ASK,
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 3}'},
+    ]
+    answer = await long_client.chat.completions.create(
+        model="m", messages=history, tools=[WEATHER], tool_choice="none", max_tokens=6, temperature=0
+    )
     assert answer.choices[0].message.tool_calls is None
     assert isinstance(answer.choices[0].message.content, str)
     assert answer.choices[0].finish_reason in ("stop", "length") and answer.usage.completion_tokens > 0
-    assert answer.usage.prompt_tokens > plain.usage.prompt_tokens + 30  # the history holds the call and its result
+    assert (
+        answer.usage.prompt_tokens > plain.usage.prompt_tokens + 30
+    )  # the history holds the call and its result
 
 
 async def test_sdk_json_schema_response_format(long_client: Any) -> None:
     schema = WEATHER["function"]["parameters"]
     for seed in range(3):
         resp = await long_client.chat.completions.create(
-            model="m", messages=ASK, max_tokens=80, seed=seed,
-            response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": schema, "strict": True}})
+            model="m",
+            messages=ASK,
+            max_tokens=80,
+            seed=seed,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "w", "schema": schema, "strict": True},
+            },
+        )
         assert resp.choices[0].finish_reason == "stop"
         jsonschema.validate(json.loads(resp.choices[0].message.content), schema)
     with pytest.raises(openai.BadRequestError) as bad:
         await long_client.chat.completions.create(
-            model="m", messages=ASK, max_tokens=4,
-            response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "wat"}}})
+            model="m",
+            messages=ASK,
+            max_tokens=4,
+            response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "wat"}}},
+        )
     assert bad.value.param == "response_format"

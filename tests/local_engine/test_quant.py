@@ -41,8 +41,11 @@ def test_int8_greedy_agrees_with_fp32_and_its_logits_stay_close(tiny_model: Path
     ref = full.generate(prompts, params)
     got = quant.generate(prompts, params)
     same = sum(a.token_ids == b.token_ids for a, b in zip(ref, got, strict=True))
-    first = [abs(a.logprobs[0].logprob - b.logprobs[0].logprob)  # type: ignore[index]
-             for a, b in zip(ref, got, strict=True) if a.token_ids[0] == b.token_ids[0]]
+    first = [
+        abs(a.logprobs[0].logprob - b.logprobs[0].logprob)  # type: ignore[index]
+        for a, b in zip(ref, got, strict=True)
+        if a.token_ids[0] == b.token_ids[0]
+    ]
     # Tolerances (a random tiny model has many near-ties, which a rounding flips and a flip then
     # changes the rest): the first token the same on >= 90% of the prompts, with its log-probability
     # within 0.15 nats (mean under 0.03), and >= 70% of the 8-token continuations identical

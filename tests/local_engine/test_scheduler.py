@@ -71,14 +71,14 @@ def test_a_better_priority_takes_the_place_of_the_worst_running_sequence() -> No
     batch_lines = [_seq(f"line{i}", 3, priority=1) for i in range(3)]
     for seq in batch_lines:
         sched.add(seq)
-    _finish_step(sched.schedule())   # two lines run, one waits
+    _finish_step(sched.schedule())  # two lines run, one waits
     live = _seq("live", 3, priority=0)
     sched.add(live)
     batch = sched.schedule()
-    assert "live" in [s.seq.request_id for s in batch]   # at once, not after a line finishes
+    assert "live" in [s.seq.request_id for s in batch]  # at once, not after a line finishes
     assert sched.num_preemptions == 1 and len(sched.running) == 2
-    assert [s.request_id for s in sched.waiting] == ["line1", "line2"]   # the later line gave its place up
+    assert [s.request_id for s in sched.waiting] == ["line1", "line2"]  # the later line gave its place up
     later = _seq("later", 3, priority=1)
     sched.add(later)
     _finish_step(sched.schedule())
-    assert sched.num_preemptions == 1   # the same priority waits its turn
+    assert sched.num_preemptions == 1  # the same priority waits its turn

@@ -128,7 +128,9 @@ def test_speculation_switches_itself_off_when_drafts_are_rejected(tiny_llama: Pa
 def test_speculation_is_per_request(tiny_llama: Path) -> None:
     prompt = [random.Random(2).randrange(5, 500) for _ in range(10)] * 3
     llm = LLM(tiny_llama, block_size=4, num_kv_blocks=256, speculative={"min_acceptance": 0.0})
-    off = llm.generate(prompt, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, speculative=False))
+    off = llm.generate(
+        prompt, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, speculative=False)
+    )
     assert llm.engine.metrics.spec_draft_tokens_total == 0
     on = llm.generate(prompt, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True))
     assert llm.engine.metrics.spec_draft_tokens_total > 0

@@ -27,7 +27,9 @@ def _draft_of(target: Path, out: Path, flip: bool = False) -> Path:
     cfg["num_hidden_layers"] = 1
     (out / "config.json").write_text(json.dumps(cfg))
     state = load_file(str(out / "model.safetensors"))
-    state = {k: v for k, v in state.items() if not k.startswith("model.layers.") or k.startswith("model.layers.0.")}
+    state = {
+        k: v for k, v in state.items() if not k.startswith("model.layers.") or k.startswith("model.layers.0.")
+    }
     if flip:
         state["model.norm.weight"] = -state["model.norm.weight"]
     save_file(state, str(out / "model.safetensors"))
@@ -46,10 +48,17 @@ def _spec(draft: Path, **kw: object) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("num_kv_blocks", "max_batched"), [(512, 64), (24, 64)], ids=["batched", "preempted"]
 )
-def test_greedy_identical_with_a_draft_model(draft_pair: tuple[Path, Path], num_kv_blocks: int, max_batched: int) -> None:
+def test_greedy_identical_with_a_draft_model(
+    draft_pair: tuple[Path, Path], num_kv_blocks: int, max_batched: int
+) -> None:
     target, draft = draft_pair
-    llm = LLM(target, block_size=4, num_kv_blocks=num_kv_blocks, max_num_batched_tokens=max_batched,
-              speculative=_spec(draft))
+    llm = LLM(
+        target,
+        block_size=4,
+        num_kv_blocks=num_kv_blocks,
+        max_num_batched_tokens=max_batched,
+        speculative=_spec(draft),
+    )
     _check_greedy_identical(target, _repeating_requests(9), llm)
     m = llm.engine.metrics
     # The cut-down draft is right part of the time: both accepted and rejected guesses were checked.
@@ -69,9 +78,17 @@ def test_sampled_outputs_follow_the_targets_distribution(tiny_llama: Path, tmp_p
 
     draft = _draft_of(tiny_llama, tmp_path / "draft")
     prompt = [random.Random(21).randrange(5, 500) for _ in range(10)]
-    llm = LLM(tiny_llama, block_size=4, num_kv_blocks=2048, max_num_seqs=256, max_num_batched_tokens=2048,
-              speculative=_spec(draft))
-    params = [SamplingParams(max_tokens=3, temperature=0.8, top_k=8, seed=s, ignore_eos=True) for s in range(800)]
+    llm = LLM(
+        tiny_llama,
+        block_size=4,
+        num_kv_blocks=2048,
+        max_num_seqs=256,
+        max_num_batched_tokens=2048,
+        speculative=_spec(draft),
+    )
+    params = [
+        SamplingParams(max_tokens=3, temperature=0.8, top_k=8, seed=s, ignore_eos=True) for s in range(800)
+    ]
     outs = llm.generate([prompt] * len(params), params)
     m = llm.engine.metrics
     assert 0 < m.spec_accepted_tokens_total < m.spec_draft_tokens_total
@@ -95,8 +112,12 @@ def test_a_draft_that_never_helps_switches_itself_off(tiny_llama: Path, tmp_path
     params = [SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)] * len(prompts)
 
     def drafted(min_acceptance: float) -> int:
-        llm = LLM(tiny_llama, block_size=4, num_kv_blocks=256,
-                  speculative=_spec(bad, min_acceptance=min_acceptance, min_proposed=6))
+        llm = LLM(
+            tiny_llama,
+            block_size=4,
+            num_kv_blocks=256,
+            speculative=_spec(bad, min_acceptance=min_acceptance, min_proposed=6),
+        )
         llm.generate([p for p, _ in prompts], params)
         return llm.engine.metrics.spec_draft_tokens_total
 

@@ -37,14 +37,29 @@ SCHEMA = {
     "additionalProperties": False,
 }
 TOOLS = [
-    {"name": "get_weather", "description": "Weather in a city", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string", "maxLength": 5},
-                                         "unit": {"enum": ["c", "f"]}},
-        "required": ["city", "unit"], "additionalProperties": False}},
-    {"name": "add", "description": "Adds two integers", "parameters": {
-        "type": "object", "properties": {"a": {"type": "integer", "minimum": -99, "maximum": 99},
-                                         "b": {"type": "integer", "minimum": -99, "maximum": 99}},
-        "required": ["a", "b"], "additionalProperties": False}},
+    {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 5}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+    {
+        "name": "add",
+        "description": "Adds two integers",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "a": {"type": "integer", "minimum": -99, "maximum": 99},
+                "b": {"type": "integer", "minimum": -99, "maximum": 99},
+            },
+            "required": ["a", "b"],
+            "additionalProperties": False,
+        },
+    },
 ]
 PARAMS = {t["name"]: t["parameters"] for t in TOOLS}
 
@@ -55,7 +70,9 @@ def llm(tiny_llama: Path) -> Iterator[LLM]:
 
 
 def _sampled(llm: LLM, grammar: str, n: int, max_tokens: int = 160) -> list[Any]:
-    params = [SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=i, grammar=grammar) for i in range(n)]
+    params = [
+        SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=i, grammar=grammar) for i in range(n)
+    ]
     return llm.generate(["the quick brown"] * n, params)
 
 
@@ -78,8 +95,11 @@ def test_constrained_and_free_requests_share_a_step_without_changing_each_other(
     engine.add_request("alone", "the quick brown", free)
     alone = _drain(engine)["alone"]
     engine.add_request("free", "the quick brown", free)
-    engine.add_request("json", "the quick brown", SamplingParams(max_tokens=60, temperature=0,
-                                                                 grammar=json_schema_grammar(SCHEMA)))
+    engine.add_request(
+        "json",
+        "the quick brown",
+        SamplingParams(max_tokens=60, temperature=0, grammar=json_schema_grammar(SCHEMA)),
+    )
     shared_steps = 0
     tokens: dict[str, list[int]] = {"free": [], "json": []}
     text = ""
@@ -153,23 +173,30 @@ def test_auto_with_a_response_schema_answers_that_json_or_calls(llm: LLM) -> Non
 
 
 def test_the_parser_streams_each_call_once_it_is_complete() -> None:
-    text = ('<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>\n'
-            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "c"}}\n</tool_call>')
+    text = (
+        '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "c"}}\n</tool_call>'
+    )
     parser = ToolCallParser(GENERIC)
     seen: list[tuple[int, str]] = []
     for i, ch in enumerate(text):
         content, calls = parser.feed(ch)
         assert content == ""  # a call is never leaked as content
         seen += [(i, c["function"]["name"]) for c in calls]
-    assert seen == [(text.index("</tool_call>") + len("</tool_call>") - 1, "add"), (len(text) - 1, "get_weather")]
+    assert seen == [
+        (text.index("</tool_call>") + len("</tool_call>") - 1, "add"),
+        (len(text) - 1, "get_weather"),
+    ]
     assert json.loads(parser.calls[1]["function"]["arguments"]) == {"city": "Oslo", "unit": "c"}
     # Text that starts like a call but is not one is held back only until it is decided.
     plain = ToolCallParser(GENERIC)
     assert plain.feed(" <tool") == ("", [])
     assert plain.feed("s are fun") == (" <tools are fun", [])
     llama = ToolCallParser(LLAMA3_JSON)
-    assert llama.feed('{"name": "add", "parameters": {"a": 1, "b": 2}}; {"name": "add", ') == ("", [
-        {**llama.calls[0]}])
+    assert llama.feed('{"name": "add", "parameters": {"a": 1, "b": 2}}; {"name": "add", ') == (
+        "",
+        [{**llama.calls[0]}],
+    )
     assert llama.finish()[0] == '{"name": "add",'  # an unfinished call (max_tokens) stays visible
 
 
@@ -177,7 +204,7 @@ QWEN_LIKE = (  # the shape of Qwen2.5's template: tools in the system turn, call
     "{% if tools %}<|im_start|>system\n# Tools\n<tools>{% for t in tools %}\n{{ t | tojson }}{% endfor %}\n"
     "</tools>\nFor each function call, return a json object within <tool_call></tool_call> XML tags<|im_end|>\n"
     "{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content or '' }}"
-    "{% for c in m.tool_calls or [] %}<tool_call>\n{\"name\": \"{{ c.function.name }}\", \"arguments\": "
+    '{% for c in m.tool_calls or [] %}<tool_call>\n{"name": "{{ c.function.name }}", "arguments": '
     "{{ c.function.arguments | tojson }}}\n</tool_call>{% endfor %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -190,9 +217,22 @@ def test_tool_formats_follow_the_chat_template() -> None:
     assert detect_format(None) is GENERIC
     history: list[dict[str, Any]] = [
         {"role": "user", "content": "add 1 and 2"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}},
-            {"id": "call_2", "type": "function", "function": {"name": "add", "arguments": '{"a": 3, "b": 4}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'},
+                },
+                {
+                    "id": "call_2",
+                    "type": "function",
+                    "function": {"name": "add", "arguments": '{"a": 3, "b": 4}'},
+                },
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "3"},
         {"role": "tool", "tool_call_id": "call_2", "content": "7"},
     ]
@@ -202,8 +242,14 @@ def test_tool_formats_follow_the_chat_template() -> None:
     generic, extra = prepare_messages(GENERIC, history, TOOLS)
     assert extra == {}
     assert generic[0]["role"] == "system" and '"name": "get_weather"' in generic[0]["content"]
-    assert generic[2] == {"role": "assistant", "content": GENERIC.separator.join(
-        GENERIC.render_call("add", a) for a in ({"a": 1, "b": 2}, {"a": 3, "b": 4}))}
-    assert generic[3] == {"role": "user",
-                          "content": "<tool_response>\n3\n</tool_response>\n<tool_response>\n7\n</tool_response>"}
+    assert generic[2] == {
+        "role": "assistant",
+        "content": GENERIC.separator.join(
+            GENERIC.render_call("add", a) for a in ({"a": 1, "b": 2}, {"a": 3, "b": 4})
+        ),
+    }
+    assert generic[3] == {
+        "role": "user",
+        "content": "<tool_response>\n3\n</tool_response>\n<tool_response>\n7\n</tool_response>",
+    }
     assert len(generic) == 4

@@ -26,8 +26,9 @@ class OtlpReceiver:
         export = ExportTraceServiceRequest()
         export.ParseFromString(await request.read())
         self.exports.append(export)
-        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
-                            content_type="application/x-protobuf")
+        return web.Response(
+            body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf"
+        )
 
     def spans(self) -> list[tuple[dict[str, str], object]]:
         """(resource attributes, span) of every span received."""

@@ -16,7 +16,9 @@ from tests.harness import free_port
 
 
 def _binary(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    found = shutil.which(name) or next(
+        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
+    )
     if found is None:
         raise RuntimeError(f"{name} is not installed (apt-get install postgresql; .ci/run does it)")
     return found
@@ -32,13 +34,48 @@ class PostgresServer:
             os.chown(self._dir, user.pw_uid, user.pw_gid)
             self._as = ["runuser", "-u", "postgres", "--"]
         data = os.path.join(self._dir, "data")
-        subprocess.run([*self._as, _binary("initdb"), "-D", data, "-U", "gateway", "-A", "trust", "--no-sync",
-                        "-E", "UTF8", "--locale", "C"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                *self._as,
+                _binary("initdb"),
+                "-D",
+                data,
+                "-U",
+                "gateway",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale",
+                "C",
+            ],
+            check=True,
+            capture_output=True,
+        )
         self._log = open(os.path.join(self._dir, "log"), "wb")
         self._process = subprocess.Popen(
-            [*self._as, _binary("postgres"), "-D", data, "-h", "127.0.0.1", "-p", str(self.port), "-k", self._dir,
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-            stdout=subprocess.DEVNULL, stderr=self._log)
+            [
+                *self._as,
+                _binary("postgres"),
+                "-D",
+                data,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-k",
+                self._dir,
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:

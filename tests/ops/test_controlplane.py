@@ -23,17 +23,21 @@ ASK = [{"role": "user", "content": "hello there"}]
 
 
 def admin_config(upstream_url: str, extra: str = "") -> str:
-    return config_text(upstream_url) + f"""
+    return (
+        config_text(upstream_url)
+        + f"""
 admin:
   keys: ["{hash_key(ADMIN_KEY)}"]
 request_log:
   enabled: false
 {extra}"""
+    )
 
 
 def admin(gateway, method: str, path: str, key: str = ADMIN_KEY, **kwargs) -> httpx.Response:
-    return httpx.request(method, gateway.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=10,
-                         **kwargs)
+    return httpx.request(
+        method, gateway.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=10, **kwargs
+    )
 
 
 def chat(gateway, key: str, model: str = "chat") -> int:
@@ -57,8 +61,9 @@ def gateway(upstream, start_gateway, clock):
 
 
 def test_a_runtime_tenant_and_its_key_work_at_once_with_their_limits_and_model_access(gateway, clock):
-    made = admin(gateway, "POST", "/admin/tenants", json={"name": "initech", "models": ["chat"],
-                                                          "limits": {"rpm": 2}})
+    made = admin(
+        gateway, "POST", "/admin/tenants", json={"name": "initech", "models": ["chat"], "limits": {"rpm": 2}}
+    )
     assert made.status_code == 201, made.text
     assert made.json()["source"] == "runtime" and made.json()["limits"]["rpm"] == 2
     created = admin(gateway, "POST", "/admin/keys", json={"tenant": "initech", "name": "ci"})
@@ -66,14 +71,14 @@ def test_a_runtime_tenant_and_its_key_work_at_once_with_their_limits_and_model_a
     key = created.json()["key"]
     assert key.startswith("gw-") and created.json()["id"] == hash_key(key)[7:19]
     assert chat(gateway, key) == 200
-    assert chat(gateway, key, "embed") == 404           # not in its models
+    assert chat(gateway, key, "embed") == 404  # not in its models
     assert chat(gateway, key) == 200
-    assert chat(gateway, key) == 429                    # rpm 2 (the clock does not move: no refill)
+    assert chat(gateway, key) == 429  # rpm 2 (the clock does not move: no refill)
     # model access changed at runtime
     changed = admin(gateway, "PATCH", "/admin/tenants/initech", json={"models": ["chat", "embed"]})
     assert changed.status_code == 200 and changed.json()["models"] == ["chat", "embed"]
-    assert changed.json()["limits"]["rpm"] == 2         # the fields not given stay
-    clock.advance(60)                                   # the minute's requests refill
+    assert changed.json()["limits"]["rpm"] == 2  # the fields not given stay
+    clock.advance(60)  # the minute's requests refill
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0) as client:
         assert client.embeddings.create(model="embed", input="x").data
     # the runtime tenant is listed beside the YAML's, and its usage is readable
@@ -90,7 +95,9 @@ def test_keys_expire_rotate_and_revoke(gateway, clock):
     assert chat(gateway, key) == 200
     clock.advance(61)
     assert chat(gateway, key) == 401
-    listed = {k["id"]: k for k in admin(gateway, "GET", "/admin/keys", params={"tenant": "acme"}).json()["data"]}
+    listed = {
+        k["id"]: k for k in admin(gateway, "GET", "/admin/keys", params={"tenant": "acme"}).json()["data"]
+    }
     assert listed[key_id]["expired"] is True and listed[hash_key(KEY)[7:19]]["source"] == "config"
     # un-expire it, then rotate with a grace period: both work until the grace ends
     assert admin(gateway, "PATCH", f"/admin/keys/{key_id}", json={"expires_at": None}).status_code == 200
@@ -135,18 +142,23 @@ def test_yaml_objects_are_read_only_and_bad_input_gets_a_clear_error(gateway):
     assert {k["tenant"] for k in admin(gateway, "GET", "/admin/keys", KEY).json()["data"]} == {"acme"}
     assert admin(gateway, "GET", "/admin/keys", KEY, params={"tenant": "globex"}).status_code == 403
     assert admin(gateway, "POST", "/admin/keys", KEY, json={"tenant": "acme"}).status_code == 403
-    assert admin(gateway, "GET", "/admin/control-plane/changes").json()["data"] == []   # nothing was changed
+    assert admin(gateway, "GET", "/admin/control-plane/changes").json()["data"] == []  # nothing was changed
 
 
 @pytest.fixture
 def two_replicas(upstream, tmp_path) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     redis = RedisServer()
     config = tmp_path / "gateway.yaml"
-    config.write_text(admin_config(upstream[0].url, f"""stores:
+    config.write_text(
+        admin_config(
+            upstream[0].url,
+            f"""stores:
   redis_url: {redis.url}
 control_plane:
   poll_interval_s: 0.1
-"""))
+""",
+        )
+    )
     a = GatewayProcess(config, tmp_path / "a.log")
     b = GatewayProcess(config, tmp_path / "b.log")
     try:
@@ -169,4 +181,8 @@ def test_a_change_on_one_replica_takes_effect_on_the_other(two_replicas):
     assert admin(b, "DELETE", f"/admin/keys/{key_id}").status_code == 200
     poll(lambda: chat(a, key) == 401, "the key revoked on b is refused on a", timeout_s=5)
     assert [r["action"] for r in admin(a, "GET", "/admin/control-plane/changes").json()["data"]] == [
-        "key.revoke", "tenant.update", "key.create", "tenant.create"]
+        "key.revoke",
+        "tenant.update",
+        "key.create",
+        "tenant.create",
+    ]

@@ -24,8 +24,13 @@ from tests.ops.gateway_process import ROOT, GatewayProcess
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
 # what Grafana substitutes before sending a query
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "15s", "$tenant": ".*",
-                     "$alias": ".*"}
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__range": "1h",
+    "$__interval": "15s",
+    "$tenant": ".*",
+    "$alias": ".*",
+}
 _METRIC = re.compile(r"\b(gateway_[a-z0-9_]+)\b")
 
 
@@ -45,10 +50,17 @@ def test_alert_rules_pass_their_unit_tests():
     tested = promtool("test", "rules", str(PROMETHEUS / "alerts_test.yml"))
     assert tested.returncode == 0, tested.stdout + tested.stderr
     # every alert has at least one test that expects it to fire
-    alerts = {rule["alert"] for group in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
-              for rule in group["rules"]}
-    fired = {case["alertname"] for test in yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
-             for case in test["alert_rule_test"] if case["exp_alerts"]}
+    alerts = {
+        rule["alert"]
+        for group in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    }
+    fired = {
+        case["alertname"]
+        for test in yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
     assert alerts == fired
 
 
@@ -83,8 +95,17 @@ def test_every_dashboard_query_parses(tmp_path):
     queries = dashboard_queries()
     assert len(queries) >= 40
     # promtool parses a rule file's expressions with Prometheus's own PromQL parser
-    rules = {"groups": [{"name": "dashboards", "rules": [{"record": f"dashboard:query_{i}", "expr": expr}
-                                                        for i, expr in enumerate(queries.values())]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboards",
+                "rules": [
+                    {"record": f"dashboard:query_{i}", "expr": expr}
+                    for i, expr in enumerate(queries.values())
+                ],
+            }
+        ]
+    }
     path = tmp_path / "dashboards.rules.yml"
     path.write_text(yaml.safe_dump(rules))
     checked = promtool("check", "rules", str(path))
@@ -92,8 +113,20 @@ def test_every_dashboard_query_parses(tmp_path):
     assert f"SUCCESS: {len(queries)} rules found" in checked.stdout
 
     broken = tmp_path / "broken.rules.yml"  # and it would say so: the check can fail
-    broken.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [
-        {"record": "x:y", "expr": "sum by (tenant (rate(gateway_requests_total[1m]))"}]}]}))
+    broken.write_text(
+        yaml.safe_dump(
+            {
+                "groups": [
+                    {
+                        "name": "x",
+                        "rules": [
+                            {"record": "x:y", "expr": "sum by (tenant (rate(gateway_requests_total[1m]))"}
+                        ],
+                    }
+                ]
+            }
+        )
+    )
     assert promtool("check", "rules", str(broken)).returncode != 0
 
 
@@ -126,8 +159,12 @@ tenants:
     try:
         headers = {"Authorization": f"Bearer {KEY}"}
         for model in ("chat", "smollm2"):
-            answer = httpx.post(gateway.url + "/v1/chat/completions", headers=headers, timeout=120, json={
-                "model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+            answer = httpx.post(
+                gateway.url + "/v1/chat/completions",
+                headers=headers,
+                timeout=120,
+                json={"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]},
+            )
             assert answer.status_code == 200, answer.text
         text = httpx.get(gateway.url + "/metrics", timeout=10).text
     finally:
@@ -148,14 +185,27 @@ def test_dashboards_and_alerts_name_only_exported_metrics(exported):
     queries = {**dashboard_queries(), **alert_queries()}
     used = {name for expr in queries.values() for name in _METRIC.findall(expr)}
     assert len(used) >= 30
-    missing = {name: [where for where, expr in queries.items() if name in _METRIC.findall(expr)]
-               for name in used - exported}
+    missing = {
+        name: [where for where, expr in queries.items() if name in _METRIC.findall(expr)]
+        for name in used - exported
+    }
     assert not missing, missing
     # the dashboards cover each area the operators asked for
-    for area in ("gateway_requests_total", "gateway_time_to_first_token_seconds_bucket", "gateway_cost_usd_total",
-                 "gateway_budget_limit_usd", "gateway_cache_saved_usd_total", "gateway_breaker_state",
-                 "gateway_retries_total", "gateway_queue_depth", "gateway_queue_wait_seconds_bucket",
-                 "gateway_local_engine_running_sequences", "gateway_local_engine_kv_blocks_used",
-                 "gateway_local_engine_prefix_cache_hit_tokens_total", "gateway_local_engine_tokens_per_second",
-                 "gateway_upstream_attempts_total", "gateway_store_degraded"):
+    for area in (
+        "gateway_requests_total",
+        "gateway_time_to_first_token_seconds_bucket",
+        "gateway_cost_usd_total",
+        "gateway_budget_limit_usd",
+        "gateway_cache_saved_usd_total",
+        "gateway_breaker_state",
+        "gateway_retries_total",
+        "gateway_queue_depth",
+        "gateway_queue_wait_seconds_bucket",
+        "gateway_local_engine_running_sequences",
+        "gateway_local_engine_kv_blocks_used",
+        "gateway_local_engine_prefix_cache_hit_tokens_total",
+        "gateway_local_engine_tokens_per_second",
+        "gateway_upstream_attempts_total",
+        "gateway_store_degraded",
+    ):
         assert area in used, area

@@ -59,30 +59,42 @@ def make_log(config: RequestLogConfig, **kwargs: Any) -> RequestLog:
 
 @pytest.fixture
 def logged(upstream, start_gateway, store):
-    text = config_text(upstream[0].url) + f"""
+    text = (
+        config_text(upstream[0].url)
+        + f"""
 admin:
   keys: ["{hash_key(ADMIN_KEY)}"]
 request_log:
   {store}
   flush_interval_s: 0.05
 """
+    )
     return start_gateway(text)
 
 
 def requests_of(gateway, key: str = ADMIN_KEY, **filters) -> httpx.Response:
-    return httpx.get(gateway.url + "/admin/requests", params=filters, timeout=10,
-                     headers={"Authorization": f"Bearer {key}"})
+    return httpx.get(
+        gateway.url + "/admin/requests",
+        params=filters,
+        timeout=10,
+        headers={"Authorization": f"Bearer {key}"},
+    )
 
 
 def one_request(gateway, request_id: str, key: str = ADMIN_KEY) -> httpx.Response:
-    return httpx.get(f"{gateway.url}/admin/requests/{request_id}", timeout=10,
-                     headers={"Authorization": f"Bearer {key}"})
+    return httpx.get(
+        f"{gateway.url}/admin/requests/{request_id}", timeout=10, headers={"Authorization": f"Bearer {key}"}
+    )
 
 
 def test_every_request_is_logged_and_found_by_its_filters(logged):
-    with openai.OpenAI(base_url=logged.url + "/v1", api_key=KEY, max_retries=0) as acme, \
-            openai.OpenAI(base_url=logged.url + "/v1", api_key=OTHER_KEY, max_retries=0) as globex:
-        ok = acme.chat.completions.with_raw_response.create(model="chat", messages=[{"role": "user", "content": "a b"}])
+    with (
+        openai.OpenAI(base_url=logged.url + "/v1", api_key=KEY, max_retries=0) as acme,
+        openai.OpenAI(base_url=logged.url + "/v1", api_key=OTHER_KEY, max_retries=0) as globex,
+    ):
+        ok = acme.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "a b"}]
+        )
         with pytest.raises(openai.NotFoundError):
             acme.chat.completions.create(model="private", messages=[{"role": "user", "content": "x"}])
         globex.embeddings.create(model="embed", input="hello")
@@ -117,8 +129,9 @@ def test_every_request_is_logged_and_found_by_its_filters(logged):
     missing = one_request(logged, "no-such-request")
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "id"
     # erasing a tenant's data takes its records (the PostgreSQL store from the erasure handler's thread)
-    erased = httpx.delete(f"{logged.url}/admin/tenants/acme/data", timeout=30,
-                          headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    erased = httpx.delete(
+        f"{logged.url}/admin/tenants/acme/data", timeout=30, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
     assert erased.status_code == 200 and erased.json()["erased"]["request_log_records"] == 2
     assert {r["tenant"] for r in requests_of(logged).json()["data"]} == {"globex"}
 
@@ -188,7 +201,9 @@ EMAIL = "jane.doe@example.com"
 def with_bodies(upstream, start_gateway, store, tmp_path):
     key_file = tmp_path / "data.key"
     key_file.write_text(base64.b64encode(os.urandom(32)).decode())
-    text = config_text(upstream[0].url) + f"""
+    text = (
+        config_text(upstream[0].url)
+        + f"""
 admin:
   keys: ["{hash_key(ADMIN_KEY)}"]
 encryption: {{keys: [{{id: k1, file: {key_file}}}]}}
@@ -198,6 +213,7 @@ request_log:
   bodies: true
   max_body_bytes: 400
 """
+    )
     text = text.replace("  - name: acme\n", "  - name: acme\n    pii: {mode: log_only}\n")
     text = text.replace("  - name: globex\n", "  - name: globex\n    log_bodies: false\n")
     return start_gateway(text), store
@@ -207,14 +223,20 @@ def stored_bodies(store: str, request_id: str) -> tuple[Any, Any]:
     """The bodies as the database holds them."""
     config = settings(store)
     if config.store == "sqlite":
-        return sqlite3.connect(config.path).execute(
-            "SELECT request_body, response_body FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+        return (
+            sqlite3.connect(config.path)
+            .execute("SELECT request_body, response_body FROM requests WHERE request_id = ?", (request_id,))
+            .fetchone()
+        )
 
     async def read() -> Any:
         db = await asyncpg.connect(config.dsn)
         try:
-            return tuple(await db.fetchrow("SELECT request_body, response_body FROM requests WHERE request_id = $1",
-                                           request_id))
+            return tuple(
+                await db.fetchrow(
+                    "SELECT request_body, response_body FROM requests WHERE request_id = $1", request_id
+                )
+            )
         finally:
             await db.close()
 
@@ -223,15 +245,22 @@ def stored_bodies(store: str, request_id: str) -> tuple[Any, Any]:
 
 def test_bodies_are_kept_masked_cut_and_sealed_and_shown_to_admins(with_bodies):
     gateway, store = with_bodies
-    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as acme, \
-            openai.OpenAI(base_url=gateway.url + "/v1", api_key=OTHER_KEY, max_retries=0) as globex:
+    with (
+        openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as acme,
+        openai.OpenAI(base_url=gateway.url + "/v1", api_key=OTHER_KEY, max_retries=0) as globex,
+    ):
         masked = acme.chat.completions.with_raw_response.create(
-            model="chat", messages=[{"role": "user", "content": f"mail {EMAIL} today"}])
+            model="chat", messages=[{"role": "user", "content": f"mail {EMAIL} today"}]
+        )
         long = acme.chat.completions.with_raw_response.create(
-            model="chat", messages=[{"role": "user", "content": "word " * 300}])
+            model="chat", messages=[{"role": "user", "content": "word " * 300}]
+        )
         other = globex.chat.completions.with_raw_response.create(
-            model="chat", messages=[{"role": "user", "content": f"mail {EMAIL}"}])
-    assert EMAIL in (masked.parse().choices[0].message.content or "")  # log_only: the answer itself is untouched
+            model="chat", messages=[{"role": "user", "content": f"mail {EMAIL}"}]
+        )
+    assert EMAIL in (
+        masked.parse().choices[0].message.content or ""
+    )  # log_only: the answer itself is untouched
     masked_id, long_id, other_id = (r.headers["x-request-id"] for r in (masked, long, other))
     poll(lambda: len(requests_of(gateway).json()["data"]) == 3, "three records")
 
@@ -257,12 +286,20 @@ async def test_replicas_share_one_postgres_table(postgres):
     """Several gateway processes start at once on one database: one makes the schema, all write to it."""
     dsn = settings(await _database(postgres)).dsn
     assert dsn is not None
-    logs = [PostgresRequestLog(RequestLogConfig(store="postgres", dsn=dsn, flush_interval_s=0.01)) for _ in range(3)]
+    logs = [
+        PostgresRequestLog(RequestLogConfig(store="postgres", dsn=dsn, flush_interval_s=0.01))
+        for _ in range(3)
+    ]
     await asyncio.gather(*(log.start() for log in logs))
     try:
         for i, log in enumerate(logs):
-            log.add(RequestRecord(request_id=f"replica-{i}", started=0.0, endpoint="/v1/chat/completions",
-                                  tenant="acme"), 0.001, 200)
+            log.add(
+                RequestRecord(
+                    request_id=f"replica-{i}", started=0.0, endpoint="/v1/chat/completions", tenant="acme"
+                ),
+                0.001,
+                200,
+            )
 
         async def all_three() -> bool:
             return len(await logs[0].query({"tenant": "acme"}, 10)) == 3
@@ -292,22 +329,32 @@ def test_the_compose_config_logs_to_the_postgres_service(tmp_path, upstream, red
     lines = asyncio.run(_database(postgres))
     dsn = settings(lines).dsn
     key = new_key()
-    env = {"GATEWAY_TENANT_KEY_HASH": hash_key(key), "GATEWAY_WORKERS": "1", "OPENAI_API_KEY": "x",
-           "OPENAI_API_BASE": upstream[0].url + "/v1", "REDIS_URL": redis_server.url, "QDRANT_URL": ":memory:",
-           "REQUEST_LOG_STORE": "postgres", "REQUEST_LOG_DSN": dsn, "XDG_STATE_HOME": str(tmp_path)}
+    env = {
+        "GATEWAY_TENANT_KEY_HASH": hash_key(key),
+        "GATEWAY_WORKERS": "1",
+        "OPENAI_API_KEY": "x",
+        "OPENAI_API_BASE": upstream[0].url + "/v1",
+        "REDIS_URL": redis_server.url,
+        "QDRANT_URL": ":memory:",
+        "REQUEST_LOG_STORE": "postgres",
+        "REQUEST_LOG_DSN": dsn,
+        "XDG_STATE_HOME": str(tmp_path),
+    }
     upstream[1].api_key = None
     process, url = start_serve_with(ROOT / "deploy/config.compose.yaml", env, stdout=tmp_path / "out.log")
     try:
         with openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60) as client:
             sent = client.chat.completions.with_raw_response.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "to postgres"}])
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "to postgres"}]
+            )
         request_id = sent.headers["x-request-id"]
 
         async def logged() -> Any:
             db = await asyncpg.connect(dsn)
             try:
-                return await db.fetchrow("SELECT tenant, alias, status FROM requests WHERE request_id = $1",
-                                         request_id)
+                return await db.fetchrow(
+                    "SELECT tenant, alias, status FROM requests WHERE request_id = $1", request_id
+                )
             finally:
                 await db.close()
 

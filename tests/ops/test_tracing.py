@@ -50,7 +50,9 @@ def traced(upstream, start_gateway, receiver) -> tuple[ServerThread, InMemorySpa
         model: slow-stream
         api_base: {upstream[0].url}/v1
         api_key: x"""
-    text = config_text(upstream[0].url, models) + f"""
+    text = (
+        config_text(upstream[0].url, models)
+        + f"""
 tracing:
   enabled: true
   endpoint: {receiver.server.url}/v1/traces
@@ -59,6 +61,7 @@ policies:
   limits: {{max_concurrency: 1}}
   max_wait_s: 30
 """
+    )
     upstream[1].api_key = None  # the flaky alias's deployments use their own key
     gateway = start_gateway(text)
     assert gateway.app is not None
@@ -79,8 +82,12 @@ def test_a_request_is_one_trace_continuing_the_clients(traced, upstream, receive
     gateway, exporter = traced
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
         raw = client.chat.completions.with_raw_response.create(
-            model="chat", max_tokens=7, temperature=0.5, messages=[{"role": "user", "content": "hello trace"}],
-            extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"})
+            model="chat",
+            max_tokens=7,
+            temperature=0.5,
+            messages=[{"role": "user", "content": "hello trace"}],
+            extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"},
+        )
     answer = raw.parse()
     assert answer.usage is not None
     trace_id = int(CLIENT_TRACE, 16)
@@ -109,14 +116,20 @@ def test_a_request_is_one_trace_continuing_the_clients(traced, upstream, receive
     sent = upstream[1].requests[-1].headers["traceparent"]
     assert sent == f"00-{CLIENT_TRACE}-{attempt.context.span_id:016x}-01"
     # the log line names the trace
-    line = poll(lambda: [json.loads(x) for x in LOG_PATH.read_text().splitlines()
-                         if raw.headers["x-request-id"] in x], "the log line")[-1]
+    line = poll(
+        lambda: [
+            json.loads(x) for x in LOG_PATH.read_text().splitlines() if raw.headers["x-request-id"] in x
+        ],
+        "the log line",
+    )[-1]
     assert line["trace_id"] == CLIENT_TRACE
 
     # and the same spans reached a real OTLP/HTTP receiver (the batch processor flushed on demand)
     gateway.app[TRACING].force_flush()
-    received = poll(lambda: [(r, s) for r, s in receiver.spans() if s.trace_id.hex() == CLIENT_TRACE],
-                    "spans at the OTLP receiver")
+    received = poll(
+        lambda: [(r, s) for r, s in receiver.spans() if s.trace_id.hex() == CLIENT_TRACE],
+        "spans at the OTLP receiver",
+    )
     names = {s.name for _, s in received}
     assert {"chat chat", "admission", "cache", "upstream"} <= names
     assert all(r["service.name"] == "gateway-under-test" for r, _ in received)
@@ -129,17 +142,26 @@ def test_a_trace_the_client_did_not_sample_makes_no_spans_but_still_propagates(t
     gateway, exporter = traced
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
         raw = client.chat.completions.with_raw_response.create(
-            model="chat", messages=[{"role": "user", "content": "not sampled"}],
-            extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-00"})
-    line = poll(lambda: [json.loads(x) for x in LOG_PATH.read_text().splitlines()
-                         if raw.headers["x-request-id"] in x], "the log line")[-1]
+            model="chat",
+            messages=[{"role": "user", "content": "not sampled"}],
+            extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-00"},
+        )
+    line = poll(
+        lambda: [
+            json.loads(x) for x in LOG_PATH.read_text().splitlines() if raw.headers["x-request-id"] in x
+        ],
+        "the log line",
+    )[-1]
     assert line["trace_id"] == CLIENT_TRACE
     sent = upstream[1].requests[-1].headers["traceparent"]
     assert sent.startswith(f"00-{CLIENT_TRACE}-") and sent.endswith("-00")
     # a sampled request after it is exported; the unsampled one never is
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
         client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "sampled"}])
-    poll(lambda: any(s.name == "chat chat" for s in exporter.get_finished_spans()), "the sampled request's span")
+    poll(
+        lambda: any(s.name == "chat chat" for s in exporter.get_finished_spans()),
+        "the sampled request's span",
+    )
     assert by_name(exporter, int(CLIENT_TRACE, 16)) == {}
 
 
@@ -149,7 +171,9 @@ def test_each_upstream_attempt_is_a_span_and_a_failed_one_says_so(traced):
         with pytest.raises(openai.InternalServerError) as failed:
             client.chat.completions.create(model="flaky", messages=[{"role": "user", "content": "x"}])
     assert failed.value.status_code == 503
-    [root] = poll(lambda: [s for s in exporter.get_finished_spans() if s.name == "chat flaky"], "the request's span")
+    [root] = poll(
+        lambda: [s for s in exporter.get_finished_spans() if s.name == "chat flaky"], "the request's span"
+    )
     assert root.status.status_code is StatusCode.ERROR and root.attributes["http.response.status_code"] == 503
     attempts = sorted(by_name(exporter, root.context.trace_id)["upstream"], key=lambda s: s.start_time)
     assert len(attempts) == 2  # the first try and one retry
@@ -163,16 +187,26 @@ def test_each_upstream_attempt_is_a_span_and_a_failed_one_says_so(traced):
 def test_a_request_waiting_for_capacity_has_a_queue_span(traced):
     gateway, exporter = traced
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=60) as client:
-        stream = client.chat.completions.create(model="slow", stream=True,
-                                                messages=[{"role": "user", "content": "one two three four"}])
+        stream = client.chat.completions.create(
+            model="slow", stream=True, messages=[{"role": "user", "content": "one two three four"}]
+        )
         first = next(iter(stream))  # holding the tenant's one slot
         assert first is not None
         waited: list[str] = []
-        second = threading.Thread(target=lambda: waited.append(client.chat.completions.create(
-            model="chat", messages=[{"role": "user", "content": "after"}]).choices[0].message.content or ""))
+        second = threading.Thread(
+            target=lambda: waited.append(
+                client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "after"}])
+                .choices[0]
+                .message.content
+                or ""
+            )
+        )
         second.start()
         admission = gateway.app[GATEWAY].pipeline.admission
-        poll(lambda: admission.queue is not None and admission.queue.waiting("acme"), "the second request queued")
+        poll(
+            lambda: admission.queue is not None and admission.queue.waiting("acme"),
+            "the second request queued",
+        )
         for _ in stream:
             pass
         second.join(timeout=60)
@@ -196,22 +230,40 @@ assert TRACING not in app
 print("RESULT", len([m for m in app.middlewares if "tracing" in getattr(m, "__module__", "")]), sorted(m for m in sys.modules
                                             if m.startswith(("opentelemetry.sdk.trace", "opentelemetry.exporter"))))
 """
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1].split() == ["RESULT", "0", "[]"]
 
 
-@pytest.mark.parametrize("header", ["ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                                    f"00-{'0' * 32}-00f067aa0ba902b7-01", f"00-{CLIENT_TRACE}-{'0' * 16}-01",
-                                    f"00-{CLIENT_TRACE.upper()}-{CLIENT_PARENT}-01", "garbage"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        f"00-{'0' * 32}-00f067aa0ba902b7-01",
+        f"00-{CLIENT_TRACE}-{'0' * 16}-01",
+        f"00-{CLIENT_TRACE.upper()}-{CLIENT_PARENT}-01",
+        "garbage",
+    ],
+)
 def test_an_invalid_traceparent_starts_a_new_trace(traced, upstream, header):
     gateway, exporter = traced
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
         raw = client.chat.completions.with_raw_response.create(
-            model="chat", messages=[{"role": "user", "content": "bad parent"}], extra_headers={"traceparent": header})
+            model="chat",
+            messages=[{"role": "user", "content": "bad parent"}],
+            extra_headers={"traceparent": header},
+        )
     assert raw.parse().choices[0].message.content == "Echo: bad parent"
-    [root] = poll(lambda: [s for s in exporter.get_finished_spans()
-                           if s.attributes.get("gateway.request_id") == raw.headers["x-request-id"]], "the span")
+    [root] = poll(
+        lambda: [
+            s
+            for s in exporter.get_finished_spans()
+            if s.attributes.get("gateway.request_id") == raw.headers["x-request-id"]
+        ],
+        "the span",
+    )
     assert root.parent is None and f"{root.context.trace_id:032x}" != CLIENT_TRACE
     assert upstream[1].requests[-1].headers["traceparent"].split("-")[1] == f"{root.context.trace_id:032x}"
 
@@ -225,15 +277,26 @@ def test_the_export_encoding_matches_the_sdk_encoders(traced, receiver):
     gateway, exporter = traced
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
         for text in ("one", "two"):  # the second request's entries come from the cache
-            client.chat.completions.create(model="chat", messages=[{"role": "user", "content": text}],
-                                           extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"})
+            client.chat.completions.create(
+                model="chat",
+                messages=[{"role": "user", "content": text}],
+                extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"},
+            )
         with pytest.raises(openai.InternalServerError):
             client.chat.completions.create(model="flaky", messages=[{"role": "user", "content": "x"}])
-    finished = poll(lambda: (s := exporter.get_finished_spans()) and sum(x.name.startswith("chat ") for x in s) == 3
-                    and s, "three requests' spans")
+    finished = poll(
+        lambda: (
+            (s := exporter.get_finished_spans()) and sum(x.name.startswith("chat ") for x in s) == 3 and s
+        ),
+        "three requests' spans",
+    )
     gateway.app[TRACING].force_flush()
-    received = {s.span_id: (r, s) for r, s in poll(lambda: len(receiver.spans()) >= len(finished) and receiver.spans(),
-                                                   "the spans at the receiver")}
+    received = {
+        s.span_id: (r, s)
+        for r, s in poll(
+            lambda: len(receiver.spans()) >= len(finished) and receiver.spans(), "the spans at the receiver"
+        )
+    }
     sdks = ExportTraceServiceRequest()
     sdks.ParseFromString(encode_spans(finished).SerializeToString())
     theirs = sdks.resource_spans[0]
@@ -263,8 +326,13 @@ def test_a_collector_slower_than_the_traffic_drops_spans_instead_of_holding_requ
         bodies.append(body)
         return True
 
-    exporter = BatchExporter(SpanEncoder({"service.name": "t"}, "llm-gateway"), stuck_collector, max_queue=12,
-                             interval_s=0.01, max_batch=4)
+    exporter = BatchExporter(
+        SpanEncoder({"service.name": "t"}, "llm-gateway"),
+        stuck_collector,
+        max_queue=12,
+        interval_s=0.01,
+        max_batch=4,
+    )
     span = SpanRecord("stage", 1, 0, False, 1, 1, 2, 0, "", {"k": "v"})
     try:
         exporter.add((1, [span] * 4))

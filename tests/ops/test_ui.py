@@ -36,13 +36,16 @@ CACHED_ASK = [{"role": "user", "content": "what does the cache save"}]
 
 @pytest.fixture
 def seeded(upstream, start_gateway, tmp_path):
-    text = config_text(upstream[0].url, PRICED % upstream[0].url) + f"""
+    text = (
+        config_text(upstream[0].url, PRICED % upstream[0].url)
+        + f"""
 admin:
   keys: ["{hash_key(ADMIN_KEY)}"]
 request_log:
   path: {tmp_path / "requests.db"}
   flush_interval_s: 0.05
 """
+    )
     upstream[1].api_key = None  # the priced deployment uses its own key
     gateway = start_gateway(text, clock=ManualClock())
     for key, model, times in ((KEY, "chat", 3), (OTHER_KEY, "chat", 2)):
@@ -87,8 +90,12 @@ def test_an_admin_reads_the_seeded_numbers_and_manages_keys(seeded, browser, tmp
     page.screenshot(path=str(tmp_path / "admin.png"), full_page=True)
     assert page.inner_text("#error") == ""
     usage = admin(seeded, "GET", "/admin/usage", params={"group_by": "model"}).json()["data"]
-    assert {(r["tenant"], r["model"]) for r in usage} == {("acme", "chat"), ("acme", "priced"), ("globex", "chat"),
-                                                         ("globex", "embed")}
+    assert {(r["tenant"], r["model"]) for r in usage} == {
+        ("acme", "chat"),
+        ("acme", "priced"),
+        ("globex", "chat"),
+        ("globex", "embed"),
+    }
     assert page.locator("#usage tbody tr").count() == len(usage)
     for r in usage:
         row = f'[data-tenant="{r["tenant"]}"][data-model="{r["model"]}"]'
@@ -133,28 +140,42 @@ def test_an_admin_reads_the_seeded_numbers_and_manages_keys(seeded, browser, tmp
     page.click(f'#keys tr[data-id="{key_id}"] button.revoke')
     page.wait_for_selector(f'#keys tr[data-id="{key_id}"]', state="detached")
     assert chat(seeded, key) == 401
-    assert [r["action"] for r in admin(seeded, "GET", "/admin/control-plane/changes").json()["data"]] == ["key.revoke", "key.create"]
+    assert [r["action"] for r in admin(seeded, "GET", "/admin/control-plane/changes").json()["data"]] == [
+        "key.revoke",
+        "key.create",
+    ]
 
 
 def test_metrics_count_the_dollars_the_cache_saved(seeded):
     """/metrics: gateway_cache_saved_usd_total per tenant, what the Grafana panel and the page read."""
-    [miss] = [r for r in admin(seeded, "GET", "/admin/requests", params={"alias": "priced"}).json()["data"]
-              if r["cache"] == "miss"]
+    [miss] = [
+        r
+        for r in admin(seeded, "GET", "/admin/requests", params={"alias": "priced"}).json()["data"]
+        if r["cache"] == "miss"
+    ]
 
     def saved() -> float:  # the process's counter: earlier gateways in this test process added to it too
         text = httpx.get(seeded.url + "/metrics", timeout=10).text
-        [line] = [x for x in text.splitlines() if x.startswith('gateway_cache_saved_usd_total{tenant="acme"}')]
+        [line] = [
+            x for x in text.splitlines() if x.startswith('gateway_cache_saved_usd_total{tenant="acme"}')
+        ]
         return float(line.split()[-1])
 
     before = saved()
     with openai.OpenAI(base_url=seeded.url + "/v1", api_key=KEY, max_retries=0) as client:
-        hit = client.chat.completions.with_raw_response.create(model="priced", temperature=0, messages=CACHED_ASK)  # type: ignore[arg-type]
+        hit = client.chat.completions.with_raw_response.create(
+            model="priced",
+            temperature=0,
+            messages=CACHED_ASK,  # type: ignore[arg-type]
+        )
     assert hit.headers["x-cache"] == "hit-exact"
     assert saved() - before == pytest.approx(miss["cost_usd"], rel=1e-9)
     # the same figures through the admin API the page reads, and a tenant key sees its own tenant only
     poll(lambda: len(admin(seeded, "GET", "/admin/requests").json()["data"]) == 11, "the hit logged")
     savings = admin(seeded, "GET", "/admin/cache/savings").json()
-    assert {r["tenant"]: r["saved_usd"] for r in savings["data"]}["acme"] == pytest.approx(3 * miss["cost_usd"])
+    assert {r["tenant"]: r["saved_usd"] for r in savings["data"]}["acme"] == pytest.approx(
+        3 * miss["cost_usd"]
+    )
     assert [r["tenant"] for r in admin(seeded, "GET", "/admin/cache/savings", KEY).json()["data"]] == ["acme"]
 
 
@@ -162,8 +183,10 @@ def test_a_tenant_key_sees_its_own_tenant_only(seeded, browser, tmp_path):
     page = log_in(browser, seeded, KEY)
     page.screenshot(path=str(tmp_path / "tenant.png"), full_page=True)
     assert page.inner_text("#who") == "tenant acme"
-    tenants = {page.locator("#usage tbody tr").nth(i).get_attribute("data-tenant")
-               for i in range(page.locator("#usage tbody tr").count())}
+    tenants = {
+        page.locator("#usage tbody tr").nth(i).get_attribute("data-tenant")
+        for i in range(page.locator("#usage tbody tr").count())
+    }
     assert tenants == {"acme"}
     assert {t for t in page.locator("#requests tbody tr td:nth-child(2)").all_inner_texts()} == {"acme"}
     assert not page.is_visible("#deployments-section") and not page.is_visible("#create-key")

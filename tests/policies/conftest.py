@@ -24,8 +24,16 @@ def key_id(key: str) -> str:
     return hash_key(key)[7:19]
 
 
-def policy_config(upstream_url: str, *, acme: str = "", globex: str = "", policies: str = "", stores: str = "",
-                  price: str = "{input: 1.0, output: 2.0}", deployment: str = "") -> str:
+def policy_config(
+    upstream_url: str,
+    *,
+    acme: str = "",
+    globex: str = "",
+    policies: str = "",
+    stores: str = "",
+    price: str = "{input: 1.0, output: 2.0}",
+    deployment: str = "",
+) -> str:
     """Tenant ``acme`` (keys KEY and SECOND_KEY) and ``globex`` (OTHER_KEY); extra YAML for each, indented
     by 4 spaces. Aliases ``chat`` and ``slow`` price at $1 / $2 per million input / output tokens unless
     ``price`` says otherwise."""
@@ -76,9 +84,13 @@ tenants:
 @pytest.fixture
 def policy_gateway(upstream, start_gateway, stores_yaml) -> Callable[..., ServerThread]:
     """A gateway on each store (``store_kind``: memory, one Redis, a Redis Cluster); the same tests run on all."""
+
     def start(clock: Clock = SYSTEM, **sections: str) -> ServerThread:
         stores = sections.pop("stores", "")
-        return start_gateway(policy_config(upstream[0].url, stores=stores_yaml + "\n" + stores, **sections), clock=clock)
+        return start_gateway(
+            policy_config(upstream[0].url, stores=stores_yaml + "\n" + stores, **sections), clock=clock
+        )
+
     return start
 
 
@@ -88,12 +100,14 @@ def sdk(server: ServerThread, key: str = KEY, timeout: float = 20) -> openai.Ope
 
 def chat(client: openai.OpenAI, content: str = "hello there", **extra):
     return client.chat.completions.with_raw_response.create(
-        model=extra.pop("model", "chat"), messages=[{"role": "user", "content": content}], **extra)
+        model=extra.pop("model", "chat"), messages=[{"role": "user", "content": content}], **extra
+    )
 
 
 def usage(server: ServerThread, key: str = ADMIN_KEY, **params: str) -> httpx.Response:
-    return httpx.get(server.url + "/admin/usage", params=params, headers={"Authorization": f"Bearer {key}"},
-                     timeout=10)
+    return httpx.get(
+        server.url + "/admin/usage", params=params, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
 
 
 def settled(server: ServerThread) -> None:
@@ -103,4 +117,15 @@ def settled(server: ServerThread) -> None:
     asyncio.run_coroutine_threadsafe(admission.settled(), server.loop).result(10)
 
 
-__all__ = ["ADMIN_KEY", "KEY", "OTHER_KEY", "SECOND_KEY", "chat", "key_id", "policy_config", "sdk", "settled", "usage"]
+__all__ = [
+    "ADMIN_KEY",
+    "KEY",
+    "OTHER_KEY",
+    "SECOND_KEY",
+    "chat",
+    "key_id",
+    "policy_config",
+    "sdk",
+    "settled",
+    "usage",
+]

@@ -27,8 +27,9 @@ def test_each_request_is_priced_from_its_upstream_usage_and_ledgered_once(policy
             answer = chat(client, f"message number {i}").parse()
             assert answer.usage is not None
             expected += price(answer.usage.prompt_tokens, answer.usage.completion_tokens)
-        stream = client.chat.completions.create(model="chat", stream=True,
-                                                messages=[{"role": "user", "content": "a b c"}])
+        stream = client.chat.completions.create(
+            model="chat", stream=True, messages=[{"role": "user", "content": "a b c"}]
+        )
         chunks = list(stream)
         assert all(c.usage is None for c in chunks)  # the client did not ask for usage: none shown
     settled(server)
@@ -42,12 +43,22 @@ def test_each_request_is_priced_from_its_upstream_usage_and_ledgered_once(policy
     assert {r["deployment"] for r in records} == {"fake-chat"}
     assert all(r["state"] == "settled" for r in records)
     by_model = usage(server, tenant="acme", group_by="model").json()["data"]
-    assert by_model == [{"tenant": "acme", "model": "chat", "requests": 6,
-                         "prompt_tokens": sum(r["prompt_tokens"] for r in records),
-                         "completion_tokens": sum(r["completion_tokens"] for r in records),
-                         "cached_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
-                         "cache_hits": 0, "errors": 0, "estimated": 0,
-                         "cost_usd": pytest.approx(expected, abs=1e-9)}]
+    assert by_model == [
+        {
+            "tenant": "acme",
+            "model": "chat",
+            "requests": 6,
+            "prompt_tokens": sum(r["prompt_tokens"] for r in records),
+            "completion_tokens": sum(r["completion_tokens"] for r in records),
+            "cached_tokens": 0,
+            "cache_write_tokens": 0,
+            "reasoning_tokens": 0,
+            "cache_hits": 0,
+            "errors": 0,
+            "estimated": 0,
+            "cost_usd": pytest.approx(expected, abs=1e-9),
+        }
+    ]
 
 
 def test_a_failed_upstream_call_costs_nothing_and_is_still_recorded(policy_gateway):
@@ -91,14 +102,17 @@ def test_a_tenant_key_reads_only_its_own_usage(policy_gateway):
     everyone = usage(server, ADMIN_KEY).json()["data"]
     assert sorted(r["tenant"] for r in everyone) == ["acme", "globex"]
     assert usage(server, ADMIN_KEY, group_by="colour").status_code == 400
-    assert usage(server, ADMIN_KEY, **{"from": "2026-13-01"}).json()["error"]["param"] == "from"  # date-ok: no 13th month
+    assert (
+        usage(server, ADMIN_KEY, **{"from": "2026-13-01"}).json()["error"]["param"] == "from"
+    )  # date-ok: no 13th month
     assert httpx.get(server.url + "/admin/usage").status_code == 401
 
 
 def test_budget_hard_stop_answers_insufficient_quota(policy_gateway):
     # about 0.12 USD per request: the prompt is priced at 10,000 USD per million tokens
-    server = policy_gateway(acme="    budget: {daily_usd: 1.0, soft_ratio: 0.5}",
-                            price="{input: 10000.0, output: 0.0}")
+    server = policy_gateway(
+        acme="    budget: {daily_usd: 1.0, soft_ratio: 0.5}", price="{input: 10000.0, output: 0.0}"
+    )
     admitted = 0
     with sdk(server) as client, pytest.raises(openai.RateLimitError) as refused:
         for _ in range(100):
@@ -119,8 +133,10 @@ def test_budget_hard_stop_answers_insufficient_quota(policy_gateway):
 
 
 def test_key_budget_stops_one_key_only(policy_gateway):
-    server = policy_gateway(acme=f"""    per_key:
-      {key_id(SECOND_KEY)}: {{budget: {{monthly_usd: 0.00001}}}}""")
+    server = policy_gateway(
+        acme=f"""    per_key:
+      {key_id(SECOND_KEY)}: {{budget: {{monthly_usd: 0.00001}}}}"""
+    )
     with sdk(server, SECOND_KEY) as second, pytest.raises(openai.RateLimitError, match="key monthly budget"):
         for _ in range(50):
             chat(second, "a " * 100, max_tokens=1)
@@ -138,11 +154,15 @@ def test_stream_usage_off_counts_the_streamed_text(upstream, start_gateway, stor
     from tests.policies.conftest import policy_config
 
     text = policy_config(upstream[0].url, stores=stores_yaml).replace(
-        "        name: fake-chat\n", "        name: fake-chat\n        stream_usage: false\n")
+        "        name: fake-chat\n", "        name: fake-chat\n        stream_usage: false\n"
+    )
     server = start_gateway(text)
     with sdk(server) as client:
-        chunks = list(client.chat.completions.create(model="chat", stream=True,
-                                                     messages=[{"role": "user", "content": "a b c"}]))
+        chunks = list(
+            client.chat.completions.create(
+                model="chat", stream=True, messages=[{"role": "user", "content": "a b c"}]
+            )
+        )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Echo: a b c"
     assert "stream_options" not in upstream[1].requests[-1].body
     settled(server)
@@ -155,14 +175,16 @@ def test_stream_usage_off_counts_the_streamed_text(upstream, start_gateway, stor
 def test_a_client_that_leaves_mid_stream_is_charged_the_estimate(policy_gateway, upstream):
     server = policy_gateway()
     with sdk(server) as client:
-        stream = client.chat.completions.create(model="slow", stream=True, max_tokens=50,
-                                                messages=[{"role": "user", "content": "x"}])
+        stream = client.chat.completions.create(
+            model="slow", stream=True, max_tokens=50, messages=[{"role": "user", "content": "x"}]
+        )
         next(iter(stream))
         stream.close()
 
     def recorded() -> list:  # the gateway notices the client left at its next write: then it settles
         settled(server)
         return usage(server, tenant="acme", group_by="request").json()["data"]
+
     [record] = wait_for(recorded, what="the abandoned stream's record")
     assert record["state"] == "estimated" and record["status"] == 499
     assert record["completion_tokens"] == 50  # the reservation: the upstream may bill what it generated

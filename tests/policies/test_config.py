@@ -15,8 +15,11 @@ def problems(text: str) -> list[str]:
 
 
 def test_defaults_apply_and_a_tenant_field_replaces_its_default():
-    text = policy_config("http://127.0.0.1:1", policies="  limits: {rpm: 10}\n  budget: {daily_usd: 5}",
-                         acme="    limits: {tpm: 1000}")
+    text = policy_config(
+        "http://127.0.0.1:1",
+        policies="  limits: {rpm: 10}\n  budget: {daily_usd: 5}",
+        acme="    limits: {tpm: 1000}",
+    )
     config = parse_config(text).config
     assert config.policies.limits.rpm == 10 and config.policies.budget.daily_usd == 5
     acme = config.tenants[0]
@@ -24,23 +27,30 @@ def test_defaults_apply_and_a_tenant_field_replaces_its_default():
     assert config.stores.redis_url is None and config.stores.on_redis_error == "fail_open"
 
 
-@pytest.mark.parametrize(("section", "expected"), [
-    ("    limits: {rpm: 0}", "tenants[0].limits.rpm: Input should be greater than or equal to 1"),
-    ("    limits: {rqm: 3}", "tenants[0].limits.rqm: unknown field"),
-    ("    budget: {daily_usd: -1}", "tenants[0].budget.daily_usd: Input should be greater than 0"),
-    ("    priority: urgent", "tenants[0].priority: Input should be 'interactive' or 'batch'"),
-    ("    model_limits: {nope: {rpm: 1}}", "tenants[0].model_limits.nope: no model alias named 'nope'"),
-    ("    per_key: {0123456789ab: {priority: batch}}",
-     "tenants[0].per_key.0123456789ab: not the id of one of this tenant's keys"),
-    ("    per_key: {zz: {priority: batch}}", "tenants[0].per_key: 'zz' is not a key id"),
-])
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("    limits: {rpm: 0}", "tenants[0].limits.rpm: Input should be greater than or equal to 1"),
+        ("    limits: {rqm: 3}", "tenants[0].limits.rqm: unknown field"),
+        ("    budget: {daily_usd: -1}", "tenants[0].budget.daily_usd: Input should be greater than 0"),
+        ("    priority: urgent", "tenants[0].priority: Input should be 'interactive' or 'batch'"),
+        ("    model_limits: {nope: {rpm: 1}}", "tenants[0].model_limits.nope: no model alias named 'nope'"),
+        (
+            "    per_key: {0123456789ab: {priority: batch}}",
+            "tenants[0].per_key.0123456789ab: not the id of one of this tenant's keys",
+        ),
+        ("    per_key: {zz: {priority: batch}}", "tenants[0].per_key: 'zz' is not a key id"),
+    ],
+)
 def test_bad_tenant_policy_fields_are_named(section, expected):
     found = problems(policy_config("http://127.0.0.1:1", acme=section))
     assert any(p.startswith(expected) for p in found), found
 
 
 def test_bad_stores_and_prices_are_named():
-    found = problems(policy_config("http://127.0.0.1:1", stores="  redis_url: http://x\n  on_redis_error: maybe"))
+    found = problems(
+        policy_config("http://127.0.0.1:1", stores="  redis_url: http://x\n  on_redis_error: maybe")
+    )
     assert any(p.startswith("stores.redis_url: must be a redis://") for p in found), found
     assert any(p.startswith("stores.on_redis_error:") for p in found), found
     found = problems(policy_config("http://127.0.0.1:1", price="{input: -1, output: 1}"))
@@ -48,5 +58,7 @@ def test_bad_stores_and_prices_are_named():
 
 
 def test_a_key_of_the_tenant_may_have_its_own_settings():
-    text = policy_config("http://127.0.0.1:1", acme=f"    per_key: {{{key_id(SECOND_KEY)}: {{priority: batch}}}}")
+    text = policy_config(
+        "http://127.0.0.1:1", acme=f"    per_key: {{{key_id(SECOND_KEY)}: {{priority: batch}}}}"
+    )
     assert parse_config(text).config.tenants[0].per_key[key_id(SECOND_KEY)].priority == "batch"

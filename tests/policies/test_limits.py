@@ -58,11 +58,13 @@ def test_a_wait_longer_than_max_wait_is_refused_at_once(policy_gateway):
 
 
 def test_key_and_model_buckets_apply_beside_the_tenant_bucket(policy_gateway):
-    server = policy_gateway(acme=f"""    key_limits: {{rpm: 5}}
+    server = policy_gateway(
+        acme=f"""    key_limits: {{rpm: 5}}
     per_key:
       {key_id(SECOND_KEY)}: {{limits: {{rpm: 1}}}}
     model_limits:
-      slow: {{rpm: 1}}""")
+      slow: {{rpm: 1}}"""
+    )
     with sdk(server, SECOND_KEY) as second:
         chat(second)
         with pytest.raises(openai.RateLimitError, match=r"for key \(acme\)"):
@@ -108,8 +110,9 @@ def test_concurrency_limit_counts_requests_in_flight(policy_gateway):
 
     server = policy_gateway(acme="    limits: {max_concurrency: 1}")
     with sdk(server) as client:
-        stream = client.chat.completions.create(model="slow", stream=True,
-                                                messages=[{"role": "user", "content": "x"}])
+        stream = client.chat.completions.create(
+            model="slow", stream=True, messages=[{"role": "user", "content": "x"}]
+        )
         next(iter(stream))
         with pytest.raises(openai.RateLimitError, match="in flight"):
             chat(client)
@@ -119,6 +122,7 @@ def test_concurrency_limit_counts_requests_in_flight(policy_gateway):
             for _ in stream:
                 pass
             done.set()
+
         threading.Thread(target=finish).start()
         assert done.wait(10)
     settled(server)  # the slot is freed by the settlement just after the stream's end
@@ -129,8 +133,9 @@ def test_concurrency_limit_counts_requests_in_flight(policy_gateway):
 def test_a_queued_request_gets_the_slot_when_the_running_one_ends(policy_gateway):
     server = policy_gateway(acme="    limits: {max_concurrency: 1}\n    max_wait_s: 5")
     with sdk(server) as client:
-        stream = client.chat.completions.create(model="slow", stream=True,
-                                                messages=[{"role": "user", "content": "x"}])
+        stream = client.chat.completions.create(
+            model="slow", stream=True, messages=[{"role": "user", "content": "x"}]
+        )
         first = iter(stream)
         next(first)
         import threading
@@ -147,11 +152,14 @@ def test_deployment_max_concurrency_holds_across_tenants(upstream, start_gateway
     from tests.policies.conftest import policy_config
 
     text = policy_config(upstream[0].url, stores=stores_yaml).replace(
-        "model: slow-stream\n", "model: slow-stream\n        max_concurrency: 1\n        timeouts: {connect_s: 0.5}\n")
+        "model: slow-stream\n",
+        "model: slow-stream\n        max_concurrency: 1\n        timeouts: {connect_s: 0.5}\n",
+    )
     server = start_gateway(text)
     with sdk(server) as client, sdk(server, OTHER_KEY) as other:
-        stream = client.chat.completions.create(model="slow", stream=True,
-                                                messages=[{"role": "user", "content": "x"}])
+        stream = client.chat.completions.create(
+            model="slow", stream=True, messages=[{"role": "user", "content": "x"}]
+        )
         chunks = iter(stream)
         next(chunks)
         started = time.monotonic()

@@ -17,12 +17,18 @@ def test_every_entry_has_a_price_and_a_context_window() -> None:
         assert info.context_window and info.context_window >= 2048, name
 
 
-@pytest.mark.parametrize(("asked", "found"), [
-    ("gpt-4o-mini", "gpt-4o-mini"),
-    ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),           # dated snapshots  # date-ok
-    ("openai/gpt-4o", "gpt-4o"),                          # OpenRouter-style org prefix
-    ("us.anthropic.claude-3-5-sonnet-20240620-v1:0", "anthropic.claude-3-5-sonnet-20240620-v1:0"),  # Bedrock profile
-])
+@pytest.mark.parametrize(
+    ("asked", "found"),
+    [
+        ("gpt-4o-mini", "gpt-4o-mini"),
+        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),  # dated snapshots  # date-ok
+        ("openai/gpt-4o", "gpt-4o"),  # OpenRouter-style org prefix
+        (
+            "us.anthropic.claude-3-5-sonnet-20240620-v1:0",
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+        ),  # Bedrock profile
+    ],
+)
 def test_lookup_by_upstream_model_name(asked: str, found: str) -> None:
     assert model_info(asked) == catalog()[found]
 
@@ -35,8 +41,9 @@ def test_unknown_models_have_no_entry() -> None:
 def test_cost_counts_cached_prompt_tokens_at_their_price() -> None:
     price = PriceTable.of(catalog()["gpt-4o"])  # $2.50 in, $1.25 cached in, $10 out per million
     assert price.nano(1_000_000, 0) / NANO == pytest.approx(2.50)
-    assert price.nano(1_000_000, 1_000_000, cached_tokens=400_000) / NANO == \
-        pytest.approx(0.6 * 2.5 + 0.4 * 1.25 + 10)
+    assert price.nano(1_000_000, 1_000_000, cached_tokens=400_000) / NANO == pytest.approx(
+        0.6 * 2.5 + 0.4 * 1.25 + 10
+    )
     # OpenAI publishes no cache-write price: a write is charged as input
     assert price.nano(1_000_000, 0, cache_write_tokens=400_000) / NANO == pytest.approx(2.50)
 

@@ -22,7 +22,7 @@ from tests.wait import eventually, wait_for
 
 PROCESSES = 4
 CLIENTS = 200
-LIMIT = 60          # requests per minute: refills one a second
+LIMIT = 60  # requests per minute: refills one a second
 NANO = 1_000_000_000
 
 
@@ -30,8 +30,11 @@ def start_processes(tmp_path, text: str):
     config = tmp_path / "config.yaml"
     config.write_text(text)
     with ThreadPoolExecutor(PROCESSES) as pool:
-        started = list(pool.map(lambda i: start_serve_with(config, {}, stdout=tmp_path / f"gateway{i}.log"),
-                                range(PROCESSES)))
+        started = list(
+            pool.map(
+                lambda i: start_serve_with(config, {}, stdout=tmp_path / f"gateway{i}.log"), range(PROCESSES)
+            )
+        )
     return [p for p, _ in started], [u for _, u in started]
 
 
@@ -50,13 +53,21 @@ async def _one(client: openai.AsyncOpenAI, i: int, **extra):
     try:
         if extra.pop("stream", False):
             stream = await client.chat.completions.create(
-                model=extra.pop("model"), stream=True, messages=[{"role": "user", "content": f"req-{i}"}],
-                extra_headers={"x-request-id": f"req-{i}"}, **extra)
+                model=extra.pop("model"),
+                stream=True,
+                messages=[{"role": "user", "content": f"req-{i}"}],
+                extra_headers={"x-request-id": f"req-{i}"},
+                **extra,
+            )
             async for _ in stream:
                 pass
             return "ok"
-        await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": f"req-{i}"}],
-                                             extra_headers={"x-request-id": f"req-{i}"}, **extra)
+        await client.chat.completions.create(
+            model="chat",
+            messages=[{"role": "user", "content": f"req-{i}"}],
+            extra_headers={"x-request-id": f"req-{i}"},
+            **extra,
+        )
         return "ok"
     except openai.RateLimitError as exc:
         return f"429:{exc.response.headers.get('Retry-After')}"
@@ -65,17 +76,25 @@ async def _one(client: openai.AsyncOpenAI, i: int, **extra):
 
 
 async def _load(urls: list[str], **extra):
-    clients = [openai.AsyncOpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=30) for url in urls]
+    clients = [
+        openai.AsyncOpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=30) for url in urls
+    ]
     try:
-        return await asyncio.gather(*(_one(clients[i % len(clients)], i, **dict(extra)) for i in range(CLIENTS)))
+        return await asyncio.gather(
+            *(_one(clients[i % len(clients)], i, **dict(extra)) for i in range(CLIENTS))
+        )
     finally:
         for client in clients:
             await client.close()
 
 
 def ledger(url: str) -> list[dict]:
-    answer = httpx.get(url + "/admin/usage", params={"tenant": "acme", "group_by": "request"},
-                       headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+    answer = httpx.get(
+        url + "/admin/usage",
+        params={"tenant": "acme", "group_by": "request"},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10,
+    )
     assert answer.status_code == 200, answer.text
     return answer.json()["data"]
 
@@ -84,6 +103,7 @@ def wait_for_ledger(url: str, count: int) -> list[dict]:
     def complete() -> list[dict]:
         records = ledger(url)
         return records if len(records) >= count else []
+
     return wait_for(complete, what=f"{count} records in the ledger")
 
 
@@ -104,8 +124,12 @@ def redis_url(redis_server) -> str:
 
 
 def test_four_processes_admit_exactly_the_limit_and_ledger_every_cent(tmp_path, upstream, redis_url):
-    text = policy_config(upstream[0].url, acme=f"    limits: {{rpm: {LIMIT}}}\n    max_wait_s: 1",
-                         stores=f"  redis_url: {redis_url}", price="{input: 300.0, output: 700.0}")
+    text = policy_config(
+        upstream[0].url,
+        acme=f"    limits: {{rpm: {LIMIT}}}\n    max_wait_s: 1",
+        stores=f"  redis_url: {redis_url}",
+        price="{input: 300.0, output: 700.0}",
+    )
     processes, urls = start_processes(tmp_path, text)
     try:
         upstream[1].requests.clear()
@@ -121,9 +145,11 @@ def test_four_processes_admit_exactly_the_limit_and_ledger_every_cent(tmp_path, 
         assert len(upstream[1].requests) == admitted  # the others never reached the upstream
         records = wait_for_ledger(urls[1], admitted)
         reached = {r.body["messages"][-1]["content"] for r in upstream[1].requests}
-        assert len(records) == admitted and len({r["request_id"] for r in records}) == admitted, \
-            [(r["request_id"], r["status"], r["deployment"], r["cost_usd"]) for r in records
-             if r["request_id"] not in reached]  # the extra ones, if any
+        assert len(records) == admitted and len({r["request_id"] for r in records}) == admitted, [
+            (r["request_id"], r["status"], r["deployment"], r["cost_usd"])
+            for r in records
+            if r["request_id"] not in reached
+        ]  # the extra ones, if any
         priced = upstream_usage(upstream[1].requests, 300.0, 700.0)
         ledgered = {r["request_id"]: round(r["cost_usd"] * NANO) for r in records}
         assert ledgered == priced  # every request, priced from the upstream's usage, exactly once
@@ -134,15 +160,23 @@ def test_four_processes_admit_exactly_the_limit_and_ledger_every_cent(tmp_path, 
 def test_ledger_stays_exact_when_a_process_is_killed_mid_load(tmp_path, upstream, redis_url):
     # Output-only prices and max_tokens equal to the 10 words slow-stream sends make a reservation's
     # estimate exact, so the records the sweeper settles at their estimate can be checked to the nano-dollar.
-    text = policy_config(upstream[0].url, acme="    limits: {rpm: 100000}",
-                         stores=f"  redis_url: {redis_url}\n  settle_after_s: 4\n  sweep_interval_s: 0.5",
-                         price="{input: 0.0, output: 1000.0}")
+    text = policy_config(
+        upstream[0].url,
+        acme="    limits: {rpm: 100000}",
+        stores=f"  redis_url: {redis_url}\n  settle_after_s: 4\n  sweep_interval_s: 0.5",
+        price="{input: 0.0, output: 1000.0}",
+    )
     processes, urls = start_processes(tmp_path, text)
     try:
         upstream[1].requests.clear()
 
-        def victim_streaming() -> bool:  # request i goes to process i % PROCESSES: the victim's reached upstream
-            return any(int(r.body["messages"][-1]["content"][4:]) % PROCESSES == 0 for r in list(upstream[1].requests))
+        def victim_streaming() -> (
+            bool
+        ):  # request i goes to process i % PROCESSES: the victim's reached upstream
+            return any(
+                int(r.body["messages"][-1]["content"][4:]) % PROCESSES == 0
+                for r in list(upstream[1].requests)
+            )
 
         async def run():
             load = asyncio.create_task(_load(urls, model="slow", stream=True, max_tokens=10))
@@ -151,6 +185,7 @@ def test_ledger_stays_exact_when_a_process_is_killed_mid_load(tmp_path, upstream
             await eventually(victim_streaming, what="a stream through the victim process")
             os.kill(processes[0].pid, signal.SIGKILL)
             return await load
+
         outcomes = asyncio.run(run())
         assert outcomes.count("ok") >= CLIENTS * (PROCESSES - 1) // PROCESSES
         sent = {f"req-{i}" for i in range(CLIENTS)}
@@ -160,10 +195,11 @@ def test_ledger_stays_exact_when_a_process_is_killed_mid_load(tmp_path, upstream
             records = ledger(urls[1])
             done = len(records) >= len(seen) and not any(r["state"] == "reserved" for r in records)
             return records if done else []
+
         records = wait_for(swept, timeout=30, what="every record settled, the victim's by the sweeper")
         ids = [r["request_id"] for r in records]
-        assert len(ids) == len(set(ids))                  # never doubled
-        assert set(seen) <= set(ids) <= sent              # never lost
+        assert len(ids) == len(set(ids))  # never doubled
+        assert set(seen) <= set(ids) <= sent  # never lost
         estimated = [r for r in records if r["state"] == "estimated"]
         assert estimated, "the killed process left reservations for the sweeper"
         per_request = round(10 * 1000.0 * NANO / 1e6)
@@ -178,8 +214,11 @@ def test_ledger_stays_exact_when_a_process_is_killed_mid_load(tmp_path, upstream
 
 def test_four_processes_hold_a_token_limit_to_one_estimate(tmp_path, upstream, redis_url):
     tokens_per_minute = 1200  # a bucket of 1,200 tokens refilled at 20 a second
-    text = policy_config(upstream[0].url, acme=f"    limits: {{tpm: {tokens_per_minute}}}\n    max_wait_s: 0",
-                         stores=f"  redis_url: {redis_url}")
+    text = policy_config(
+        upstream[0].url,
+        acme=f"    limits: {{tpm: {tokens_per_minute}}}\n    max_wait_s: 0",
+        stores=f"  redis_url: {redis_url}",
+    )
     processes, urls = start_processes(tmp_path, text)
     try:
         started = time.monotonic()

@@ -32,14 +32,18 @@ class Capacity:
                 self.order.append(name)
                 return AdmitResult("ok")
             return AdmitResult("slot")
+
         return go
 
 
 async def _run(queue: FairQueue, capacity: Capacity, waiters: list[tuple[str, float, int, str]], ticks: int):
     refused = AdmitResult("slot")
-    tasks = [asyncio.create_task(queue.wait(tenant, weight, priority, 30, capacity.attempt(name), refused,
-                                            lambda r: None))
-             for tenant, weight, priority, name in waiters]
+    tasks = [
+        asyncio.create_task(
+            queue.wait(tenant, weight, priority, 30, capacity.attempt(name), refused, lambda r: None)
+        )
+        for tenant, weight, priority, name in waiters
+    ]
     await asyncio.sleep(0.01)
     for _ in range(ticks):
         capacity.free += 1
@@ -62,7 +66,9 @@ async def test_a_flooding_tenant_does_not_starve_a_trickle():
 
 async def test_weights_share_contended_capacity():
     queue, capacity = FairQueue(1000, 500), Capacity()
-    waiters = [("heavy", 3.0, 0, f"h{i}") for i in range(50)] + [("light", 1.0, 0, f"l{i}") for i in range(50)]
+    waiters = [("heavy", 3.0, 0, f"h{i}") for i in range(50)] + [
+        ("light", 1.0, 0, f"l{i}") for i in range(50)
+    ]
     await _run(queue, capacity, waiters, ticks=40)
     heavy = sum(1 for name in capacity.order if name.startswith("h"))
     assert 28 <= heavy <= 32  # 3:1 of 40
@@ -70,7 +76,12 @@ async def test_weights_share_contended_capacity():
 
 async def test_interactive_goes_before_batch():
     queue, capacity = FairQueue(1000, 500), Capacity()
-    waiters = [("a", 1.0, 1, "batch1"), ("a", 1.0, 1, "batch2"), ("b", 1.0, 0, "inter1"), ("a", 1.0, 0, "inter2")]
+    waiters = [
+        ("a", 1.0, 1, "batch1"),
+        ("a", 1.0, 1, "batch2"),
+        ("b", 1.0, 0, "inter1"),
+        ("a", 1.0, 0, "inter2"),
+    ]
     await _run(queue, capacity, waiters, ticks=4)
     assert capacity.order[:2] == ["inter1", "inter2"] or capacity.order[:2] == ["inter2", "inter1"]
     assert capacity.order[2:] == ["batch1", "batch2"]
@@ -79,12 +90,16 @@ async def test_interactive_goes_before_batch():
 async def test_queue_is_bounded_per_tenant_and_in_all():
     queue, capacity = FairQueue(3, 2), Capacity()
     refused = AdmitResult("slot")
-    tasks = [asyncio.create_task(queue.wait("a", 1, 0, 5, capacity.attempt("a"), refused, lambda r: None))
-             for _ in range(2)]
+    tasks = [
+        asyncio.create_task(queue.wait("a", 1, 0, 5, capacity.attempt("a"), refused, lambda r: None))
+        for _ in range(2)
+    ]
     await asyncio.sleep(0)
     with pytest.raises(QueueFull):
         await queue.wait("a", 1, 0, 5, capacity.attempt("a"), refused, lambda r: None)
-    tasks.append(asyncio.create_task(queue.wait("b", 1, 0, 5, capacity.attempt("b"), refused, lambda r: None)))
+    tasks.append(
+        asyncio.create_task(queue.wait("b", 1, 0, 5, capacity.attempt("b"), refused, lambda r: None))
+    )
     await asyncio.sleep(0)
     with pytest.raises(QueueFull):
         await queue.wait("c", 1, 0, 5, capacity.attempt("c"), refused, lambda r: None)
@@ -109,13 +124,15 @@ async def test_an_admission_answered_after_the_wait_ran_out_is_the_waiters() -> 
     async def slow_store() -> AdmitResult:
         sent.append(loop.time())
         deadline = registered + max_wait_s
-        await asyncio.sleep(deadline - loop.time() + 0.05)  # answers after the waiter's deadline, whatever the load
+        await asyncio.sleep(
+            deadline - loop.time() + 0.05
+        )  # answers after the waiter's deadline, whatever the load
         return AdmitResult("ok")
 
     registered = loop.time()
     result = await queue.wait("a", 1, 0, max_wait_s, slow_store, AdmitResult("slot"), given_back.append)
-    assert sent and sent[0] < registered + max_wait_s   # the attempt was under way before the time ran out
-    assert loop.time() > registered + max_wait_s         # and answered after it
+    assert sent and sent[0] < registered + max_wait_s  # the attempt was under way before the time ran out
+    assert loop.time() > registered + max_wait_s  # and answered after it
     assert result.outcome == "ok" and not given_back
     assert queue.size == 0
     await queue.close()
@@ -130,8 +147,9 @@ async def test_a_refusal_answered_after_the_wait_ran_out_refuses() -> None:
         await asyncio.sleep(registered + 0.1 - loop.time())
         return AdmitResult("bucket", index=0, retry_after=7.0)
 
-    result = await queue.wait("a", 1, 0, 0.05, slow_refusal, AdmitResult("bucket", index=0, retry_after=0.0),
-                              lambda r: None)
+    result = await queue.wait(
+        "a", 1, 0, 0.05, slow_refusal, AdmitResult("bucket", index=0, retry_after=0.0), lambda r: None
+    )
     assert (result.outcome, result.retry_after) == ("bucket", 7.0)  # the store's latest answer, not the first
     assert queue.size == 0
     await queue.close()
@@ -150,12 +168,16 @@ async def test_a_higher_class_arriving_during_an_attempt_keeps_its_place() -> No
             if name == "batch":
                 await gate.wait()
             return AdmitResult("ok")
+
         return go
 
-    batch = asyncio.create_task(queue.wait("a", 1, 1, 30, attempt("batch"), AdmitResult("slot"), lambda r: None))
+    batch = asyncio.create_task(
+        queue.wait("a", 1, 1, 30, attempt("batch"), AdmitResult("slot"), lambda r: None)
+    )
     await eventually(lambda: tried == ["batch"], what="the batch waiter's attempt under way")
-    interactive = asyncio.create_task(queue.wait("a", 1, 0, 30, attempt("interactive"), AdmitResult("slot"),
-                                                 lambda r: None))
+    interactive = asyncio.create_task(
+        queue.wait("a", 1, 0, 30, attempt("interactive"), AdmitResult("slot"), lambda r: None)
+    )
     await eventually(lambda: queue.size == 2, what="the interactive waiter queued")
     gate.set()
     assert (await asyncio.wait_for(batch, 10)).outcome == "ok"
@@ -165,7 +187,9 @@ async def test_a_higher_class_arriving_during_an_attempt_keeps_its_place() -> No
 
 
 def _queue_depth(url: str) -> float:
-    line = next(x for x in httpx.get(url + "/metrics").text.splitlines() if x.startswith("gateway_queue_depth"))
+    line = next(
+        x for x in httpx.get(url + "/metrics").text.splitlines() if x.startswith("gateway_queue_depth")
+    )
     return float(line.rsplit(" ", 1)[1])
 
 
@@ -175,8 +199,12 @@ def test_a_client_that_disconnects_while_queued_leaves_the_queue(policy_gateway)
         chat(client)
     body = {"model": "chat", "messages": [{"role": "user", "content": "x"}]}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
-                   timeout=0.5)
+        httpx.post(
+            server.url + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=0.5,
+        )
     deadline = time.monotonic() + 5
     while _queue_depth(server.url) != 0 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -184,8 +212,10 @@ def test_a_client_that_disconnects_while_queued_leaves_the_queue(policy_gateway)
 
 
 def test_a_flood_of_one_tenant_leaves_another_tenant_untouched(policy_gateway):
-    server = policy_gateway(acme="    limits: {rpm: 60, rpm_burst: 1}\n    max_wait_s: 10",
-                            policies="  queue: {max_per_tenant: 5}")
+    server = policy_gateway(
+        acme="    limits: {rpm: 60, rpm_burst: 1}\n    max_wait_s: 10",
+        policies="  queue: {max_per_tenant: 5}",
+    )
     outcomes: list[str] = []
 
     def flood() -> None:
@@ -195,6 +225,7 @@ def test_a_flood_of_one_tenant_leaves_another_tenant_untouched(policy_gateway):
                 outcomes.append("ok")
             except openai.RateLimitError:
                 outcomes.append("429")
+
     threads = [threading.Thread(target=flood) for _ in range(12)]
     for thread in threads:
         thread.start()
@@ -221,6 +252,7 @@ def _finish_order(server, requests):
         with sdk(server, key) as client:
             chat(client, extra_headers=headers)
             done.append(name)
+
     threads = []
     for name, key, headers in requests:
         thread = threading.Thread(target=send, args=(name, key, headers))
@@ -245,14 +277,17 @@ def test_interactive_requests_leave_the_queue_before_batch_ones(policy_gateway):
 def test_a_batch_key_cannot_raise_its_class_by_header(policy_gateway):
     from policies.admission import PRIORITY_HEADER
 
-    server = policy_gateway(acme=f"""    limits: {{rpm: 20, rpm_burst: 1}}
+    server = policy_gateway(
+        acme=f"""    limits: {{rpm: 20, rpm_burst: 1}}
     max_wait_s: 10
     per_key:
-      {key_id(SECOND_KEY)}: {{priority: batch}}""")
+      {key_id(SECOND_KEY)}: {{priority: batch}}"""
+    )
     with sdk(server) as client:
         chat(client)
-    order = _finish_order(server, [("batch-key", SECOND_KEY, {PRIORITY_HEADER: "interactive"}),
-                                   ("interactive-key", KEY, {})])
+    order = _finish_order(
+        server, [("batch-key", SECOND_KEY, {PRIORITY_HEADER: "interactive"}), ("interactive-key", KEY, {})]
+    )
     assert order == ["interactive-key", "batch-key"]
 
 
@@ -264,19 +299,22 @@ def test_a_request_queued_behind_another_waits_max_wait_s_once(policy_gateway):
 
     server = policy_gateway(acme="    limits: {rpm: 20, rpm_burst: 1}\n    max_wait_s: 3.5")
     with sdk(server) as client:
-        chat(client)   # A: the bucket is empty now
+        chat(client)  # A: the bucket is empty now
     statuses: dict[str, int] = {}
 
     def send(name: str) -> None:
-        response = httpx.post(server.url + "/v1/chat/completions",
-                              headers={"Authorization": f"Bearer {KEY}", "x-request-id": f"{name}-{id(statuses)}"},
-                              json={"model": "chat", "messages": [{"role": "user", "content": "x"}]}, timeout=10)
+        response = httpx.post(
+            server.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {KEY}", "x-request-id": f"{name}-{id(statuses)}"},
+            json={"model": "chat", "messages": [{"role": "user", "content": "x"}]},
+            timeout=10,
+        )
         statuses[name] = response.status_code
 
     b = threading.Thread(target=send, args=("B",))
     b.start()
     deadline = time.monotonic() + 5
-    while _queue_depth(server.url) < 1:     # B is waiting
+    while _queue_depth(server.url) < 1:  # B is waiting
         assert time.monotonic() < deadline
         time.sleep(0.01)
     send("C")
@@ -284,4 +322,4 @@ def test_a_request_queued_behind_another_waits_max_wait_s_once(policy_gateway):
     assert statuses["B"] == 200
     line = log_line(f"C-{id(statuses)}")
     # the next refill after B's is 6 s after A: C cannot have it within its 3.5 s
-    assert statuses["C"] == 429 and 3400 <= line["latency_ms"] <= 3600, line   # to within 100 ms
+    assert statuses["C"] == 429 and 3400 <= line["latency_ms"] <= 3600, line  # to within 100 ms

@@ -14,14 +14,21 @@ from tests.policies.conftest import ADMIN_KEY, policy_config
 
 
 def _chat(url: str, request_id: str) -> httpx.Response:
-    return httpx.post(url + "/v1/chat/completions", timeout=10,
-                      headers={"Authorization": f"Bearer {KEY}", "x-request-id": request_id},
-                      json={"model": "chat", "messages": [{"role": "user", "content": request_id}]})
+    return httpx.post(
+        url + "/v1/chat/completions",
+        timeout=10,
+        headers={"Authorization": f"Bearer {KEY}", "x-request-id": request_id},
+        json={"model": "chat", "messages": [{"role": "user", "content": request_id}]},
+    )
 
 
 def _ledger(url: str) -> list[str]:
-    answer = httpx.get(url + "/admin/usage", params={"tenant": "acme", "group_by": "request"},
-                       headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+    answer = httpx.get(
+        url + "/admin/usage",
+        params={"tenant": "acme", "group_by": "request"},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10,
+    )
     assert answer.status_code == 200, answer.text
     return [r["request_id"] for r in answer.json()["data"]]
 
@@ -39,16 +46,18 @@ def _together(url: str, names: list[str]) -> list[int]:
 
 def test_fail_closed_serves_the_first_request_after_redis_is_back(upstream, start_gateway, own_redis):
     gateway = _gateway(upstream, start_gateway, own_redis, "fail_closed")
-    assert _together(gateway.url, [f"before-{i}" for i in range(16)]) == [200] * 16   # several pooled connections
+    assert (
+        _together(gateway.url, [f"before-{i}" for i in range(16)]) == [200] * 16
+    )  # several pooled connections
     own_redis.stop()
     for i in range(3):
         response = _chat(gateway.url, f"down-{i}")
         assert response.status_code == 503 and response.headers["Retry-After"]
-    own_redis.start()                         # a new redis-server: the pooled connections left idle are stale
-    assert _chat(gateway.url, "after").status_code == 200       # the first request that can reach it
+    own_redis.start()  # a new redis-server: the pooled connections left idle are stale
+    assert _chat(gateway.url, "after").status_code == 200  # the first request that can reach it
     after = [f"after-{i}" for i in range(16)]
-    assert _together(gateway.url, after) == [200] * 16          # stale connections: sent again on fresh ones
-    assert set(_ledger(gateway.url)) == {"after", *after}       # (a new, empty Redis)
+    assert _together(gateway.url, after) == [200] * 16  # stale connections: sent again on fresh ones
+    assert set(_ledger(gateway.url)) == {"after", *after}  # (a new, empty Redis)
 
 
 def test_fail_open_replays_the_outage_into_the_shared_ledger_once(upstream, start_gateway, own_redis):
@@ -57,7 +66,7 @@ def test_fail_open_replays_the_outage_into_the_shared_ledger_once(upstream, star
     gateway = _gateway(upstream, start_gateway, own_redis, "fail_open")
     own_redis.stop()
     during = [f"during-{i}" for i in range(20)]
-    assert [_chat(gateway.url, r).status_code for r in during] == [200] * 20    # admitted from process memory
+    assert [_chat(gateway.url, r).status_code for r in during] == [200] * 20  # admitted from process memory
     own_redis.start()
     after = [f"after-{i}" for i in range(20)]
     assert [_chat(gateway.url, r).status_code for r in after] == [200] * 20
@@ -68,8 +77,8 @@ def test_fail_open_replays_the_outage_into_the_shared_ledger_once(upstream, star
             break
         assert time.monotonic() < deadline, sorted(set(during) | set(after) - set(ledger))
         time.sleep(0.1)
-    assert sorted(ledger) == sorted(during + after)                # nothing doubled, nothing else
+    assert sorted(ledger) == sorted(during + after)  # nothing doubled, nothing else
     admission = gateway.app[GATEWAY].pipeline.admission
-    for _ in range(2):   # two more sweeps, each of which replays what it still holds: nothing is written twice
+    for _ in range(2):  # two more sweeps, each of which replays what it still holds: nothing is written twice
         asyncio.run_coroutine_threadsafe(admission.sweep(), gateway.loop).result(timeout=30)
     assert sorted(_ledger(gateway.url)) == sorted(during + after)

@@ -26,8 +26,9 @@ async def test_strings_expire_and_are_deleted(store_layer: StoreLayer) -> None:
     await kv.set("gw:{x}:b", "two", ttl_s=0.05)
     assert await kv.get("gw:{x}:a") == "one" and await kv.get("gw:{x}:b") == "two"
 
-    async def expired() -> bool:   # on Redis's clock (PX): polled, not waited out
+    async def expired() -> bool:  # on Redis's clock (PX): polled, not waited out
         return await kv.get("gw:{x}:b") is None
+
     await eventually(expired, what="the string with a TTL gone")
     assert await kv.delete("gw:{x}:a", "gw:{x}:b") == 1
     assert await kv.get("gw:{x}:a") is None
@@ -35,7 +36,7 @@ async def test_strings_expire_and_are_deleted(store_layer: StoreLayer) -> None:
 
 async def test_many_strings_are_read_at_once_in_order(store_layer: StoreLayer) -> None:
     kv = store_layer.kv
-    for i in range(0, 40, 2):   # keys in many cluster slots, every other one absent
+    for i in range(0, 40, 2):  # keys in many cluster slots, every other one absent
         await kv.set(f"gw:many:{i}", f"v{i}", ttl_s=60)
     found = await kv.get_many([f"gw:many:{i}" for i in range(40)])
     assert found == [f"v{i}" if i % 2 == 0 else None for i in range(40)]
@@ -50,7 +51,7 @@ async def test_a_lease_goes_to_one_caller_until_it_expires() -> None:
     assert claims == [True, False, False, False, False] and await kv.get("gw:{lease}:1") == "p0"
     now[0] = 1.9
     assert not await kv.set_if_absent("gw:{lease}:1", "late", 2.0)
-    now[0] = 2.0   # expired: another may take it
+    now[0] = 2.0  # expired: another may take it
     assert await kv.set_if_absent("gw:{lease}:1", "after", 2.0) and await kv.get("gw:{lease}:1") == "after"
 
 
@@ -60,7 +61,7 @@ async def test_memory_purges_expired_keys_nobody_reads_again() -> None:
     for i in range(MemoryKeyValue.PURGE_EVERY - 1):
         await kv.set(f"old{i}", "x", ttl_s=10)
     now[0] = 11.0
-    await kv.set("new", "y", ttl_s=10)   # the PURGE_EVERY-th expiring write: the expired ones go
+    await kv.set("new", "y", ttl_s=10)  # the PURGE_EVERY-th expiring write: the expired ones go
     assert kv._data.keys() == {"new"} and kv._expiry.keys() == {"new"}
 
 
@@ -86,10 +87,13 @@ async def test_lists_keep_their_newest_items_in_order(store_layer: StoreLayer) -
 
 
 @pytest.mark.parametrize("store_kind", ["redis", "cluster"], indirect=True)
-def test_one_client_serves_every_policy_and_survives_a_reload(upstream, stores_yaml: str, tmp_path: Path) -> None:
+def test_one_client_serves_every_policy_and_survives_a_reload(
+    upstream, stores_yaml: str, tmp_path: Path
+) -> None:
     path = tmp_path / "config.yaml"
-    text = policy_config(upstream[0].url, acme="    limits: {rpm: 1000}\n    cache: {enabled: true}",
-                         stores=stores_yaml)
+    text = policy_config(
+        upstream[0].url, acme="    limits: {rpm: 1000}\n    cache: {enabled: true}", stores=stores_yaml
+    )
     path.write_text(text)
     loaded = load_config(str(path))
     from gateway.app import build_app
@@ -113,12 +117,12 @@ def test_one_client_serves_every_policy_and_survives_a_reload(upstream, stores_y
         fresh = server.app[GATEWAY]
         assert fresh.pipeline is not pipeline and fresh.stores is layer and layer.redis is client
         with sdk(server) as openai_client:
-            assert chat(openai_client).parse().choices   # the retired gateway closed nothing of the client's
-        asyncio.run_coroutine_threadsafe(reloader.close(), server.loop).result(30)   # the old gateway closed
+            assert chat(openai_client).parse().choices  # the retired gateway closed nothing of the client's
+        asyncio.run_coroutine_threadsafe(reloader.close(), server.loop).result(30)  # the old gateway closed
         assert "gateway_store_degraded 0.0" in httpx.get(server.url + "/metrics").text
     finally:
         server.stop()
-    assert layer.redis is None   # closed with the app
+    assert layer.redis is None  # closed with the app
 
 
 def test_a_cluster_is_named_by_redis_cluster() -> None:
@@ -128,8 +132,9 @@ def test_a_cluster_is_named_by_redis_cluster() -> None:
 
     with pytest.raises(ConfigError) as exc:
         parse_config("stores: {redis_cluster: true}\n")
-    assert any(p.startswith("stores: ") and "redis_cluster needs" in p for p in exc.value.problems), \
+    assert any(p.startswith("stores: ") and "redis_cluster needs" in p for p in exc.value.problems), (
         exc.value.problems
+    )
 
 
 async def test_a_restarted_redis_is_used_by_the_very_next_command(own_redis):
@@ -138,6 +143,6 @@ async def test_a_restarted_redis_is_used_by_the_very_next_command(own_redis):
     async with StoreLayer(StoresConfig(redis_url=own_redis.url)) as layer:
         await layer.redis.set("k", "1")
         own_redis.stop()
-        own_redis.start()                     # a new, empty server on the same port
+        own_redis.start()  # a new, empty server on the same port
         assert await layer.redis.get("k") is None
         assert not layer.health.degraded

@@ -36,12 +36,21 @@ async def store(store_layer: StoreLayer):
 
 
 def reservation(entry: str, *, cost: float = 1.0, lease_s: float = 60.0, est_cost: int = 1000) -> Reservation:
-    return Reservation(entry_id=entry, tenant="acme", key_id="k", alias="chat", day=DAY,
-                       ts=CLOCK.time(), buckets=[Bucket("gw:{t:acme}:tpm", 100.0, 0.001, cost, "tokens", "tenant",
-                                                        100)],
-                       slots=[Slot("gw:{t:acme}:inflight", 2, "tenant")],
-                       spends=[Spend(SPEND, 5000, 4000, 3600, "tenant daily")],
-                       est_prompt=10, est_completion=int(cost) - 10, est_cost=est_cost, lease_s=lease_s)
+    return Reservation(
+        entry_id=entry,
+        tenant="acme",
+        key_id="k",
+        alias="chat",
+        day=DAY,
+        ts=CLOCK.time(),
+        buckets=[Bucket("gw:{t:acme}:tpm", 100.0, 0.001, cost, "tokens", "tenant", 100)],
+        slots=[Slot("gw:{t:acme}:inflight", 2, "tenant")],
+        spends=[Spend(SPEND, 5000, 4000, 3600, "tenant daily")],
+        est_prompt=10,
+        est_completion=int(cost) - 10,
+        est_cost=est_cost,
+        lease_s=lease_s,
+    )
 
 
 def settlement(r: Reservation, prompt: int, completion: int, cost: int) -> Settlement:
@@ -55,7 +64,7 @@ async def test_an_admission_sent_again_is_admitted_once(store) -> None:
     first = reservation("again", cost=30)
     assert (await store.admit(first)).outcome == "ok"
     assert (await store.admit(first)).outcome == "ok"
-    assert await store.spent(SPEND) == (0, 1000)                             # reserved once
+    assert await store.spent(SPEND) == (0, 1000)  # reserved once
     assert (await store.admit(reservation("other", cost=60))).outcome == "ok"  # 30 taken once, not twice
     assert (await store.admit(reservation("again", cost=1))).outcome == "dup"  # another request, same id
 
@@ -102,13 +111,17 @@ async def test_in_flight_slots_and_budget_refuse(store):
 async def test_requests_arriving_together_are_decided_one_after_the_other(store):
     # one turn of the event loop: on Redis one script call for all of them, which must decide exactly as
     # separate calls would (the bucket has room for 3 of 30, the in-flight cap for 2)
-    results = await asyncio.gather(*(store.admit(reservation(f"r{i}", cost=30)) for i in range(6)),
-                                   store.admit(reservation("r0", cost=1)))
+    results = await asyncio.gather(
+        *(store.admit(reservation(f"r{i}", cost=30)) for i in range(6)),
+        store.admit(reservation("r0", cost=1)),
+    )
     assert [r.outcome for r in results] == ["ok", "ok", "slot", "slot", "slot", "slot", "dup"]
     assert [r.levels for r in results[:2]] == [[pytest.approx(70, abs=0.1)], [pytest.approx(40, abs=0.1)]]
     assert await store.spent(SPEND) == (0, 2000)
     admitted = [reservation(f"r{i}", cost=30) for i in range(2)]
-    done = await asyncio.gather(*(store.settle(settlement(r, 5, 10, 300 + i)) for i, r in enumerate(admitted * 2)))
+    done = await asyncio.gather(
+        *(store.settle(settlement(r, 5, 10, 300 + i)) for i, r in enumerate(admitted * 2))
+    )
     assert sorted(done) == [False, False, True, True]  # settled together, still once each
     assert await store.spent(SPEND) == (601, 0)
     after = await store.admit(reservation("next", cost=1))
@@ -124,7 +137,11 @@ async def test_a_deployment_cap_taken_by_many_at_once(store):
     taken = await asyncio.gather(*(store.acquire(key, 3, f"h{i}", 60.0) for i in range(5)))
     assert taken == [True, True, True, False, False]
     await asyncio.gather(store.release(key, "h0"), store.release(key, "h1"), store.release(key, "h1"))
-    assert await asyncio.gather(*(store.acquire(key, 3, f"n{i}", 60.0) for i in range(3))) == [True, True, False]
+    assert await asyncio.gather(*(store.acquire(key, 3, f"n{i}", 60.0) for i in range(3))) == [
+        True,
+        True,
+        False,
+    ]
     assert await store.acquire(key, 4, "short", 0.01) is True
     assert await store.acquire(key, 4, "late", 60.0) is False
     CLOCK.advance(0.05)  # memory's leases end by the policies' clock, Redis's by its own
@@ -149,11 +166,18 @@ def test_fail_open_serves_from_memory_and_recovers_when_redis_returns(upstream, 
     clock = ManualClock()
     import httpx
 
-    server = start_gateway(policy_config(upstream[0].url, acme="    limits: {rpm: 1000}", stores=f"""
+    server = start_gateway(
+        policy_config(
+            upstream[0].url,
+            acme="    limits: {rpm: 1000}",
+            stores=f"""
   redis_url: {own_redis.url}
   on_redis_error: fail_open
   redis_timeout_s: 0.2
-  retry_redis_after_s: 0.3"""), clock=clock)
+  retry_redis_after_s: 0.3""",
+        ),
+        clock=clock,
+    )
     with sdk(server) as client:
         chat(client)
         own_redis.stop()
@@ -174,11 +198,17 @@ def test_fail_open_serves_from_memory_and_recovers_when_redis_returns(upstream, 
 
 def test_fail_closed_answers_503_and_recovers(upstream, start_gateway, own_redis):
     clock = ManualClock()
-    server = start_gateway(policy_config(upstream[0].url, stores=f"""
+    server = start_gateway(
+        policy_config(
+            upstream[0].url,
+            stores=f"""
   redis_url: {own_redis.url}
   on_redis_error: fail_closed
   redis_timeout_s: 0.2
-  retry_redis_after_s: 0.3"""), clock=clock)
+  retry_redis_after_s: 0.3""",
+        ),
+        clock=clock,
+    )
     with sdk(server) as client:
         chat(client)
         own_redis.stop()

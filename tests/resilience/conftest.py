@@ -26,8 +26,14 @@ def chaos() -> Iterator[tuple[ServerThread, ChaosState]]:
 
 def dep(url: str, model: str, name: str | None = None, **extra: Any) -> str:
     """One deployment on the chaos upstream, as a YAML flow mapping."""
-    fields = {"provider": "openai-compatible", "model": model, "api_base": f"{url}/v1", "api_key": "k",
-              **({"name": name} if name else {}), **extra}
+    fields = {
+        "provider": "openai-compatible",
+        "model": model,
+        "api_base": f"{url}/v1",
+        "api_key": "k",
+        **({"name": name} if name else {}),
+        **extra,
+    }
     return json.dumps(fields)
 
 
@@ -39,30 +45,46 @@ def alias(name: str, *deployments: str, **extra: Any) -> str:
 
 
 def config(*aliases: str, resilience: dict[str, Any] | None = None) -> str:
-    return "\n".join([
-        "server: {log_requests: true}",
-        f"admin: {{keys: [\"{hash_key(ADMIN_KEY)}\"]}}",
-        f"resilience: {json.dumps(resilience or {})}",
-        "models:", *aliases,
-        "tenants:",
-        f"  - {{name: acme, keys: [\"{hash_key(KEY)}\"]}}",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "server: {log_requests: true}",
+                f'admin: {{keys: ["{hash_key(ADMIN_KEY)}"]}}',
+                f"resilience: {json.dumps(resilience or {})}",
+                "models:",
+                *aliases,
+                "tenants:",
+                f'  - {{name: acme, keys: ["{hash_key(KEY)}"]}}',
+            ]
+        )
+        + "\n"
+    )
 
 
-def chat(gateway: ServerThread, model: str, content: str = "hello", *, stream: bool = False,
-         headers: dict[str, str] | None = None, timeout: float = 20, client: httpx.Client | None = None,
-         **body: Any) -> httpx.Response:
+def chat(
+    gateway: ServerThread,
+    model: str,
+    content: str = "hello",
+    *,
+    stream: bool = False,
+    headers: dict[str, str] | None = None,
+    timeout: float = 20,
+    client: httpx.Client | None = None,
+    **body: Any,
+) -> httpx.Response:
     payload = {"model": model, "messages": [{"role": "user", "content": content}], **body}
     if stream:
         payload["stream"] = True
     post = client.post if client is not None else httpx.post
-    return post(gateway.url + "/v1/chat/completions", json=payload, timeout=timeout,
-                headers={"Authorization": f"Bearer {KEY}", **(headers or {})})
+    return post(
+        gateway.url + "/v1/chat/completions",
+        json=payload,
+        timeout=timeout,
+        headers={"Authorization": f"Bearer {KEY}", **(headers or {})},
+    )
 
 
 def admin_deployments(gateway: ServerThread) -> dict[str, dict[str, Any]]:
     response = httpx.get(gateway.url + "/admin/deployments", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert response.status_code == 200, response.text
     return {f"{d['alias']}/{d['deployment']}": d for d in response.json()["data"]}
-
-

@@ -43,16 +43,16 @@ async def test_consecutive_failures_open_and_a_success_resets_the_count(store):
 
 
 async def test_a_failure_ratio_over_the_window_opens(store):
-    for i in range(10):   # alternate: never 3 in a row, but half of 10 fail
+    for i in range(10):  # alternate: never 3 in a row, but half of 10 fail
         view, _ = await store.op("d", "failure" if i % 2 else "success", 100.0 + i * 0.1)
     assert view.state is State.OPEN
-    for i in range(10):   # the same failures spread beyond the window do not add up
+    for i in range(10):  # the same failures spread beyond the window do not add up
         view, _ = await store.op("e", "failure" if i % 2 else "success", 100.0 + i * 5)
     assert view.state is State.CLOSED
-    await store.op("f", "successes", 100.0, 20)   # batched successes count toward the window
+    await store.op("f", "successes", 100.0, 20)  # batched successes count toward the window
     for i in range(12):
         view, _ = await store.op("f", "failure" if i % 3 else "success", 100.1 + i * 0.1)
-    assert view.state is State.CLOSED         # 8 failures of 32 (of 12 without them: open)
+    assert view.state is State.CLOSED  # 8 failures of 32 (of 12 without them: open)
     for i in range(12):
         view, _ = await store.op("g", "failure" if i % 3 else "success", 100.1 + i * 0.1)
     assert view.state is State.OPEN
@@ -61,10 +61,10 @@ async def test_a_failure_ratio_over_the_window_opens(store):
 async def test_half_open_lets_one_trial_through_which_closes_or_reopens(store):
     for _ in range(3):
         await store.op("d", "failure", 100.0)
-    assert (await store.op("d", "trial", 100.2))[1] is False    # cooling down
+    assert (await store.op("d", "trial", 100.2))[1] is False  # cooling down
     view, granted = await store.op("d", "trial", 100.6)
     assert granted and view.state is State.HALF_OPEN
-    assert not (await store.op("d", "trial", 100.6))[1]          # one trial at a time
+    assert not (await store.op("d", "trial", 100.6))[1]  # one trial at a time
     view, _ = await store.op("d", "failure", 100.7)
     assert view.state is State.OPEN and view.open_until == pytest.approx(101.2)
     assert (await store.op("d", "trial", 101.3))[1]
@@ -75,9 +75,14 @@ async def test_half_open_lets_one_trial_through_which_closes_or_reopens(store):
 
 def _breaker_gateway(chaos, start_gateway, clock=SYSTEM, **extra):
     url = chaos[0].url
-    return start_gateway(clock=clock, text=config(
-        alias("chat", dep(url, "bad"), retry={"attempts": 1}, **extra), alias("backup", dep(url, "good")),
-        resilience={"breaker": {"failures": 3, "cooldown_s": 0.5}}))
+    return start_gateway(
+        clock=clock,
+        text=config(
+            alias("chat", dep(url, "bad"), retry={"attempts": 1}, **extra),
+            alias("backup", dep(url, "good")),
+            resilience={"breaker": {"failures": 3, "cooldown_s": 0.5}},
+        ),
+    )
 
 
 def test_breaker_opens_sheds_load_then_half_opens_and_closes(chaos, start_gateway):
@@ -87,19 +92,23 @@ def test_breaker_opens_sheds_load_then_half_opens_and_closes(chaos, start_gatewa
     assert [chat(gateway, "chat").status_code for _ in range(3)] == [500] * 3
     response = chat(gateway, "chat")
     assert response.status_code == 503 and response.json()["error"]["code"] == "circuit_open"
-    assert chaos[1].requests["bad"] == 3     # the open breaker kept the 4th away from the upstream
+    assert chaos[1].requests["bad"] == 3  # the open breaker kept the 4th away from the upstream
     state = admin_deployments(gateway)["chat/openai-compatible/bad"]["breaker"]
     assert state["state"] == "open" and state["consecutive_failures"] == 3 and 0 < state["retry_in_s"] <= 0.5
     metrics = httpx.get(gateway.url + "/metrics").text
     assert 'gateway_breaker_state{deployment="chat/openai-compatible/bad"} 2.0' in metrics
-    assert 'gateway_breaker_transitions_total{deployment="chat/openai-compatible/bad",state="open"}' in metrics
+    assert (
+        'gateway_breaker_transitions_total{deployment="chat/openai-compatible/bad",state="open"}' in metrics
+    )
 
-    clock.advance(0.6)               # past the cool-down (0.5 s)
-    chaos[1].faults.clear()          # the upstream recovered: the trial request goes through and closes it
+    clock.advance(0.6)  # past the cool-down (0.5 s)
+    chaos[1].faults.clear()  # the upstream recovered: the trial request goes through and closes it
     assert chat(gateway, "chat").status_code == 200
     assert admin_deployments(gateway)["chat/openai-compatible/bad"]["breaker"]["state"] == "closed"
-    assert 'gateway_breaker_state{deployment="chat/openai-compatible/bad"} 0.0' in \
-        httpx.get(gateway.url + "/metrics").text
+    assert (
+        'gateway_breaker_state{deployment="chat/openai-compatible/bad"} 0.0'
+        in httpx.get(gateway.url + "/metrics").text
+    )
 
 
 def test_a_failed_trial_opens_the_breaker_again(chaos, start_gateway):
@@ -109,7 +118,7 @@ def test_a_failed_trial_opens_the_breaker_again(chaos, start_gateway):
     for _ in range(3):
         chat(gateway, "chat")
     clock.advance(0.6)  # past the cool-down (0.5 s)
-    assert chat(gateway, "chat").status_code == 503    # the trial, failing
+    assert chat(gateway, "chat").status_code == 503  # the trial, failing
     assert chaos[1].requests["bad"] == 4
     assert chat(gateway, "chat").json()["error"]["code"] == "circuit_open"
     assert chaos[1].requests["bad"] == 4
@@ -117,7 +126,18 @@ def test_a_failed_trial_opens_the_breaker_again(chaos, start_gateway):
 
 def test_client_errors_never_count(chaos, start_gateway):
     gateway = _breaker_gateway(chaos, start_gateway)
-    for status in (400, 404, 413, 422, 400, 404, 413, 422, 400, 404):  # an upstream 401 is a 502 (the gateway's key)
+    for status in (
+        400,
+        404,
+        413,
+        422,
+        400,
+        404,
+        413,
+        422,
+        400,
+        404,
+    ):  # an upstream 401 is a 502 (the gateway's key)
         chaos[1].faults["bad"] = Fault("status", status=status)
         assert chat(gateway, "chat").status_code == status
     assert chaos[1].requests["bad"] == 10
@@ -143,7 +163,9 @@ def test_an_open_breaker_hands_the_alias_to_its_fallback(chaos, start_gateway):
         assert chat(gateway, "chat").status_code == 200
     before = chaos[1].requests["bad"]
     response = chat(gateway, "chat")
-    assert response.status_code == 200 and response.headers["x-gateway-deployment"] == "openai-compatible/good"
+    assert (
+        response.status_code == 200 and response.headers["x-gateway-deployment"] == "openai-compatible/good"
+    )
     assert chaos[1].requests["bad"] == before == 3
 
 
@@ -161,6 +183,7 @@ def test_admin_deployments_needs_an_admin_key(chaos, start_gateway):
 
 # --- shared through Redis ---------------------------------------------------------------------------
 
+
 def _redis_gateway(text: str, stores: str, clock: Clock = SYSTEM) -> ServerThread:
     """A gateway whose every store (limits, ledger, breakers, cache) is the Redis of ``stores`` (YAML lines)."""
     loaded = parse_config(text + "stores:\n" + stores + "\n", path="test-config.yaml", env={})
@@ -168,8 +191,10 @@ def _redis_gateway(text: str, stores: str, clock: Clock = SYSTEM) -> ServerThrea
 
 
 def _shared_config(url: str) -> str:
-    return config(alias("chat", dep(url, "bad"), retry={"attempts": 1}),
-                  resilience={"breaker": {"failures": 3, "cooldown_s": 1.0, "sync_s": 0.1}})
+    return config(
+        alias("chat", dep(url, "bad"), retry={"attempts": 1}),
+        resilience={"breaker": {"failures": 3, "cooldown_s": 1.0, "sync_s": 0.1}},
+    )
 
 
 def _local_state(gateway: ServerThread) -> State:
@@ -188,15 +213,19 @@ def test_two_gateways_share_a_breaker_through_redis(chaos, stores_yaml):
         for _ in range(3):
             assert chat(first, "chat").status_code == 500
         wait_for(lambda: _local_state(second) is State.OPEN, what="the second gateway's sync to see it open")
-        response = chat(second, "chat")      # the second never saw a failure itself
+        response = chat(second, "chat")  # the second never saw a failure itself
         assert response.status_code == 503 and response.json()["error"]["code"] == "circuit_open"
         assert chaos[1].requests["bad"] == 3
-        body = httpx.get(second.url + "/admin/deployments", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+        body = httpx.get(
+            second.url + "/admin/deployments", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        ).json()
         assert body["breaker_store"] == "redis" and body["data"][0]["breaker"]["state"] == "open"
-        clock.advance(1.1)   # past the cool-down (1 s)
+        clock.advance(1.1)  # past the cool-down (1 s)
         chaos[1].faults.clear()
-        assert chat(second, "chat").status_code == 200    # the trial, on the other gateway, closes it for both
-        wait_for(lambda: _local_state(first) is State.CLOSED, what="the first gateway's sync to see it closed")
+        assert chat(second, "chat").status_code == 200  # the trial, on the other gateway, closes it for both
+        wait_for(
+            lambda: _local_state(first) is State.CLOSED, what="the first gateway's sync to see it closed"
+        )
         assert chat(first, "chat").status_code == 200
         assert admin_deployments(first)["chat/openai-compatible/bad"]["breaker"]["state"] == "closed"
     finally:
@@ -206,7 +235,7 @@ def test_two_gateways_share_a_breaker_through_redis(chaos, stores_yaml):
 
 @pytest.mark.parametrize("store_kind", ["redis", "cluster"], indirect=True)
 async def test_only_one_process_gets_the_half_open_trial(stores_config):
-    layers = [StoreLayer(stores_config) for _ in range(4)]   # four processes, a client each
+    layers = [StoreLayer(stores_config) for _ in range(4)]  # four processes, a client each
     try:
         for layer in layers:
             await layer.open()
@@ -235,7 +264,7 @@ async def test_redis_down_fails_open_to_process_memory():
         started = time.monotonic()
         assert await breakers.admit("a/d")
         for _ in range(3):
-            await breakers.failure("a/d")   # each falls back to memory after the connection is refused
+            await breakers.failure("a/d")  # each falls back to memory after the connection is refused
         assert breakers.state("a/d") is State.OPEN and not await breakers.admit("a/d")
         assert time.monotonic() - started < 2
         await breakers.snapshot()
@@ -258,8 +287,9 @@ async def _eventually(condition, within: float = 10.0) -> None:
 
 
 async def test_fail_closed_refuses_a_trial_while_redis_is_away_and_recovers(own_redis):
-    stores = StoresConfig(redis_url=own_redis.url, on_redis_error="fail_closed", redis_timeout_s=0.2,
-                          retry_redis_after_s=0.2)
+    stores = StoresConfig(
+        redis_url=own_redis.url, on_redis_error="fail_closed", redis_timeout_s=0.2, retry_redis_after_s=0.2
+    )
     async with StoreLayer(stores) as layer:
         clock = ManualClock()
         breakers = Breakers(FAST, ["a/d"], layer, clock=clock)
@@ -267,40 +297,44 @@ async def test_fail_closed_refuses_a_trial_while_redis_is_away_and_recovers(own_
             await breakers.failure("a/d")
         assert breakers.state("a/d") is State.OPEN
         own_redis.stop()
-        clock.advance(FAST.cooldown_s)         # the cool-down: the next request would be the trial
+        clock.advance(FAST.cooldown_s)  # the cool-down: the next request would be the trial
         with pytest.raises(Unavailable) as refused:
-            await breakers.admit("a/d")       # whether it may go cannot be decided without the shared state
+            await breakers.admit("a/d")  # whether it may go cannot be decided without the shared state
         assert refused.value.status == 503 and layer.health.degraded
-        await breakers.failure("a/d")          # an outcome is still counted (in memory), never raised
-        own_redis.start()                      # empty: the breaker starts closed again in Redis
+        await breakers.failure("a/d")  # an outcome is still counted (in memory), never raised
+        own_redis.start()  # empty: the breaker starts closed again in Redis
 
         async def back() -> bool:
-            await breakers.snapshot()          # a read: from Redis once it answers again
+            await breakers.snapshot()  # a read: from Redis once it answers again
             return not layer.health.degraded
+
         await _eventually(back)
         assert breakers.state("a/d") is State.CLOSED and await breakers.admit("a/d")
 
 
 def _metric(gateway: ServerThread, name: str) -> str:
-    return "\n".join(line for line in httpx.get(gateway.url + "/metrics").text.splitlines()
-                     if line.startswith(name))
+    return "\n".join(
+        line for line in httpx.get(gateway.url + "/metrics").text.splitlines() if line.startswith(name)
+    )
 
 
 def test_a_gateway_whose_redis_goes_away_keeps_its_breakers_in_memory_and_returns(chaos, own_redis):
-    gateway = _redis_gateway(_shared_config(chaos[0].url), f"  redis_url: {own_redis.url}\n"
-                             "  redis_timeout_s: 0.2\n  retry_redis_after_s: 0.2")
+    gateway = _redis_gateway(
+        _shared_config(chaos[0].url),
+        f"  redis_url: {own_redis.url}\n  redis_timeout_s: 0.2\n  retry_redis_after_s: 0.2",
+    )
     try:
         assert chat(gateway, "chat").status_code == 200
         own_redis.stop()
         chaos[1].faults["bad"] = Fault("status", status=500)
         for _ in range(3):
             chat(gateway, "chat")
-        assert chat(gateway, "chat").json()["error"]["code"] == "circuit_open"   # opened in process memory
+        assert chat(gateway, "chat").json()["error"]["code"] == "circuit_open"  # opened in process memory
         assert _metric(gateway, "gateway_store_degraded") == "gateway_store_degraded 1.0"
         assert 'operation="breaker_outcomes"' in _metric(gateway, "gateway_store_errors_total")
         chaos[1].faults.clear()
         own_redis.start()
-        _until(lambda: chat(gateway, "chat").status_code == 200)   # Redis again: its breaker never opened
+        _until(lambda: chat(gateway, "chat").status_code == 200)  # Redis again: its breaker never opened
         assert _metric(gateway, "gateway_store_degraded") == "gateway_store_degraded 0.0"
     finally:
         gateway.stop()
@@ -312,21 +346,21 @@ async def test_a_batch_of_outcomes_counts_as_they_happened(store):
     view, _ = await store.op("d", "outcomes", 100.0, 2, successes=18, run=0, tenant="acme")
     assert view.state is State.CLOSED and view.failures == 0
     view, _ = await store.op("d", "outcomes", 100.1, 2, successes=0, tenant="acme")
-    assert view.state is State.CLOSED and view.failures == 2 and view.by == "acme"   # 4 of 22 failed
+    assert view.state is State.CLOSED and view.failures == 2 and view.by == "acme"  # 4 of 22 failed
     view, _ = await store.op("d", "outcomes", 100.2, 1, successes=5, run=1, tenant="acme")
     assert view.state is State.CLOSED and view.failures == 1
     view, _ = await store.op("d", "outcomes", 100.3, 2, successes=0, tenant="acme")
-    assert view.state is State.OPEN and view.failures == 3       # three in a row
+    assert view.state is State.OPEN and view.failures == 3  # three in a row
 
 
 async def test_a_breaker_opened_by_one_tenant_gives_another_the_trial_at_once(store):
     for _ in range(3):
         view, _ = await store.op("d", "failure", 100.0, tenant="acme")
     assert view.state is State.OPEN and view.by == "acme"
-    assert not (await store.op("d", "trial", 100.1, tenant="acme"))[1]    # acme waits out the cool-down
-    view, granted = await store.op("d", "trial", 100.1, tenant="beta")   # beta may try at once
+    assert not (await store.op("d", "trial", 100.1, tenant="acme"))[1]  # acme waits out the cool-down
+    view, granted = await store.op("d", "trial", 100.1, tenant="beta")  # beta may try at once
     assert granted and view.state is State.HALF_OPEN
     assert not (await store.op("d", "trial", 100.1, tenant="gamma"))[1]  # one trial at a time
-    view, _ = await store.op("d", "failure", 100.2, tenant="beta")       # beta failed too: the upstream
+    view, _ = await store.op("d", "failure", 100.2, tenant="beta")  # beta failed too: the upstream
     assert view.state is State.OPEN and view.by == "*"
     assert not (await store.op("d", "trial", 100.3, tenant="gamma"))[1]  # now everyone waits

@@ -21,8 +21,14 @@ from tests.resilience.conftest import alias, config, dep
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ["status-500", "status-429", "reset", "bad-json", "wrong-type", "error-200"]
-FAULTS = [Fault("status", status=500), Fault("status", status=429, retry_after="0"), Fault("reset"),
-          Fault("bad_json"), Fault("wrong_content_type"), Fault("error_body_200")]
+FAULTS = [
+    Fault("status", status=500),
+    Fault("status", status=429, retry_after="0"),
+    Fault("reset"),
+    Fault("bad_json"),
+    Fault("wrong_content_type"),
+    Fault("error_body_200"),
+]
 
 
 def _rss_kib(pid: int) -> int:
@@ -38,13 +44,20 @@ async def _load(url: str, requests: int, concurrency: int, aliases: list[str]) -
     statuses: dict[int, int] = {}
     counter = iter(range(requests))
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, headers={"Authorization": f"Bearer {KEY}"},
-                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(
+        connector=connector,
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=aiohttp.ClientTimeout(total=30),
+    ) as session:
+
         async def worker() -> None:
             for i in counter:
                 stream = i % 4 == 0
-                body = {"model": aliases[i % len(aliases)], "stream": stream,
-                        "messages": [{"role": "user", "content": f"request {i}"}]}
+                body = {
+                    "model": aliases[i % len(aliases)],
+                    "stream": stream,
+                    "messages": [{"role": "user", "content": f"request {i}"}],
+                }
                 async with session.post(url + "/v1/chat/completions", json=body) as response:
                     raw = await response.read()
                     status = response.status
@@ -54,6 +67,7 @@ async def _load(url: str, requests: int, concurrency: int, aliases: list[str]) -
                 elif stream:
                     assert raw.endswith(b"data: [DONE]\n\n") or b'"error"' in raw, raw[-200:]
                 statuses[status] = statuses.get(status, 0) + 1
+
         await asyncio.gather(*[worker() for _ in range(concurrency)])
     return statuses
 
@@ -65,23 +79,28 @@ async def test_memory_stays_flat_over_10000_failing_requests(chaos, tmp_path):
     aliases = [alias(f"fails-{m}", dep(url, m), retry={"attempts": 2, "backoff_base_s": 0}) for m in MODELS]
     path = tmp_path / "config.yaml"
     # breakers off: every request reaches the failing upstream (an open breaker would answer without it)
-    path.write_text(config(*aliases, resilience={"breaker": {"enabled": False}}).replace(
-        "log_requests: true", "log_requests: false"))
+    path.write_text(
+        config(*aliases, resilience={"breaker": {"enabled": False}}).replace(
+            "log_requests: true", "log_requests: false"
+        )
+    )
     process, gateway_url = start_serve_with(path, {}, workers=1)
     try:
         names = [f"fails-{m}" for m in MODELS]
-        await _load(gateway_url, 1_000, 32, names)        # warm-up: pools, buffers, caches filled
+        await _load(gateway_url, 1_000, 32, names)  # warm-up: pools, buffers, caches filled
         before = _rss_kib(process.pid)
         started = time.monotonic()
         statuses = await _load(gateway_url, 10_000, 32, names)
         elapsed = time.monotonic() - started
         after = _rss_kib(process.pid)
-        assert process.poll() is None                   # the worker never died
+        assert process.poll() is None  # the worker never died
         assert sum(statuses.values()) == 10_000 and 200 not in statuses
         assert set(statuses) <= {429, 500, 502}, statuses
-        assert sum(chaos[1].requests[m] for m in MODELS) > 11_000   # they reached the upstream, and retried
+        assert sum(chaos[1].requests[m] for m in MODELS) > 11_000  # they reached the upstream, and retried
         growth_mib = (after - before) / 1024
-        print(f"10,000 failing requests in {elapsed:.1f} s; RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB")
+        print(
+            f"10,000 failing requests in {elapsed:.1f} s; RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB"
+        )
         # bounded, not zero: the request log (on by default) fills SQLite's page cache and WAL as it writes
         assert growth_mib < 12, f"RSS grew {growth_mib:.1f} MiB"
         async with aiohttp.ClientSession() as session, session.get(gateway_url + "/healthz") as response:
@@ -92,9 +111,13 @@ async def test_memory_stays_flat_over_10000_failing_requests(chaos, tmp_path):
 
 
 def _start_upstream(port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([sys.executable, "-m", "tests.fakes.chaos_upstream", "--port", str(port)],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.chaos_upstream", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -110,18 +133,29 @@ def _start_upstream(port: int) -> subprocess.Popen[bytes]:
 async def test_the_gateway_recovers_by_itself_when_the_upstream_is_killed_and_restarted(start_gateway):
     port = free_port()
     upstream = _start_upstream(port)
-    gateway = start_gateway(config(
-        alias("chat", dep(f"http://127.0.0.1:{port}", "m", timeouts={"connect_s": 0.5}), retry={"attempts": 2}),
-        resilience={"breaker": {"failures": 5, "cooldown_s": 0.5}}))
+    gateway = start_gateway(
+        config(
+            alias(
+                "chat",
+                dep(f"http://127.0.0.1:{port}", "m", timeouts={"connect_s": 0.5}),
+                retry={"attempts": 2},
+            ),
+            resilience={"breaker": {"failures": 5, "cooldown_s": 0.5}},
+        )
+    )
     timeline: list[tuple[float, int]] = []
     stop = time.monotonic() + 7
     try:
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"},
-                                         timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {KEY}"}, timeout=aiohttp.ClientTimeout(total=10)
+        ) as session:
+
             async def worker() -> None:
                 while time.monotonic() < stop:
-                    async with session.post(gateway.url + "/v1/chat/completions",
-                                            json={"model": "chat", "messages": [{"role": "user", "content": "x"}]}) as r:
+                    async with session.post(
+                        gateway.url + "/v1/chat/completions",
+                        json={"model": "chat", "messages": [{"role": "user", "content": "x"}]},
+                    ) as r:
                         raw = await r.read()
                     if r.status != 200:
                         assert orjson.loads(raw)["error"]["type"], raw
@@ -131,7 +165,7 @@ async def test_the_gateway_recovers_by_itself_when_the_upstream_is_killed_and_re
             async def chaos_monkey() -> None:
                 nonlocal upstream
                 await asyncio.sleep(1.5)
-                upstream.kill()                 # SIGKILL mid-load: connections die, the port goes dark
+                upstream.kill()  # SIGKILL mid-load: connections die, the port goes dark
                 upstream.wait()
                 killed[0] = time.monotonic()
                 await asyncio.sleep(2)
@@ -148,5 +182,5 @@ async def test_the_gateway_recovers_by_itself_when_the_upstream_is_killed_and_re
     after = [s for t, s in timeline if t > restarted[0] + 1.5]
     assert before and set(before) == {200}
     assert during and 200 not in during and set(during) <= {502, 503}, set(during)
-    assert len(after) >= 20 and set(after) == {200}, after    # recovered, nobody restarted the gateway
+    assert len(after) >= 20 and set(after) == {200}, after  # recovered, nobody restarted the gateway
     assert 500 not in {s for _, s in timeline}

@@ -33,9 +33,15 @@ BAD_TIMEOUTS = {"ttft_s": 0.4, "attempt_s": 1.0, "read_s": 2}
 
 def _gateway(chaos, start_gateway, fallback: bool):
     url = chaos[0].url
-    aliases = [alias("primary", dep(url, "bad", timeouts=BAD_TIMEOUTS), retry={"attempts": 2},
-                     **({"fallbacks": [{"alias": "backup"}]} if fallback else {})),
-               alias("backup", dep(url, "good"))]
+    aliases = [
+        alias(
+            "primary",
+            dep(url, "bad", timeouts=BAD_TIMEOUTS),
+            retry={"attempts": 2},
+            **({"fallbacks": [{"alias": "backup"}]} if fallback else {}),
+        ),
+        alias("backup", dep(url, "good")),
+    ]
     return start_gateway(config(*aliases, resilience={"deadline_s": DEADLINE_S}))
 
 
@@ -67,8 +73,10 @@ def test_fallback_answers_when_the_primary_fails(chaos, start_gateway, fault, st
     assert response.headers["x-gateway-deployment"] == "openai-compatible/good"
     if stream:
         events = _stream_events(response)
-        assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]) == \
-            "Echo: one two three"
+        assert (
+            "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+            == "Echo: one two three"
+        )
     else:
         assert response.json()["choices"][0]["message"]["content"] == "Echo: one two three"
     line = log_line(response.headers["x-request-id"])
@@ -105,8 +113,11 @@ def test_the_openai_sdk_sees_a_normal_answer_through_a_failing_primary(chaos, st
     gateway = _gateway(chaos, start_gateway, fallback=True)
     chaos[1].faults["bad"] = Fault("status", status=503)
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
-        completion = client.chat.completions.create(model="primary", messages=[{"role": "user", "content": "hi"}])
+        completion = client.chat.completions.create(
+            model="primary", messages=[{"role": "user", "content": "hi"}]
+        )
         assert completion.choices[0].message.content == "Echo: hi"
-        stream = client.chat.completions.create(model="primary", stream=True,
-                                                messages=[{"role": "user", "content": "hi there"}])
+        stream = client.chat.completions.create(
+            model="primary", stream=True, messages=[{"role": "user", "content": "hi there"}]
+        )
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Echo: hi there"

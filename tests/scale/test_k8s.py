@@ -38,8 +38,9 @@ CRD_SCHEMAS = {("keda.sh/v1alpha1", "ScaledObject"): K8S / "schemas" / "keda.sh_
 def render(target: str) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl is installed by .ci/run"
-    out = subprocess.run([kubectl, "kustomize", str(K8S / target)], capture_output=True, text=True, timeout=60,
-                         check=True).stdout
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S / target)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
@@ -65,8 +66,16 @@ def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 def test_every_overlay_renders_and_validates_against_the_schemas(overlay, version):
     docs = render(f"overlays/{overlay}")
     kinds = {d["kind"] for d in docs}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "Secret",
-            "StatefulSet", "Namespace"} <= kinds
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ConfigMap",
+        "Secret",
+        "StatefulSet",
+        "Namespace",
+    } <= kinds
     for doc in docs:
         validate(doc, version)
         if doc["kind"] != "Namespace":
@@ -93,11 +102,15 @@ def test_the_validation_catches_mistakes():
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_resources_refer_to_each_other(overlay):
     docs = render(f"overlays/{overlay}")
-    workloads = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("Deployment", "StatefulSet")}
+    workloads = {
+        (d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+    }
     pod_labels = [w["spec"]["template"]["metadata"]["labels"] for w in workloads.values()]
     for workload in workloads.values():
-        assert workload["spec"]["selector"]["matchLabels"].items() <= \
-            workload["spec"]["template"]["metadata"]["labels"].items()
+        assert (
+            workload["spec"]["selector"]["matchLabels"].items()
+            <= workload["spec"]["template"]["metadata"]["labels"].items()
+        )
     for service in find(docs, "Service"):
         selector = service["spec"]["selector"].items()
         [labels] = [labels for labels in pod_labels if selector <= labels.items()]
@@ -124,8 +137,12 @@ def test_the_autoscalers_read_metrics_the_gateway_exports(overlay):
     by_type = {m["type"]: m for m in gateway_hpa["spec"]["metrics"]}
     assert by_type["Resource"]["resource"]["name"] == "cpu"
     assert by_type["Pods"]["pods"]["metric"]["name"] == next(iter(QUEUE_DEPTH.describe())).name
-    engine_scalers = [d for d in docs if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")
-                      and d["spec"]["scaleTargetRef"]["name"] == "engine"]
+    engine_scalers = [
+        d
+        for d in docs
+        if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")
+        and d["spec"]["scaleTargetRef"]["name"] == "engine"
+    ]
     # exactly one owner of the engine's replica count: KEDA in production (it makes its own HPA), else the HPA
     [scaler] = engine_scalers
     if overlay != "production":
@@ -182,14 +199,21 @@ def test_the_gateway_serves_the_kubernetes_config(tmp_path, upstream, redis_serv
     config = tmp_path / "config.yaml"
     config.write_text(one(docs, "ConfigMap", gateway_configmap(docs))["data"]["config.yaml"])
     key = new_key()
-    env = {**pod_env(docs), "GATEWAY_TENANT_KEY_HASH": hash_key(key), "REDIS_URL": redis_server.url,
-           "OPENAI_API_KEY": UPSTREAM_KEY, "OPENAI_API_BASE": upstream[0].url + "/v1", "GATEWAY_WORKERS": "1"}
+    env = {
+        **pod_env(docs),
+        "GATEWAY_TENANT_KEY_HASH": hash_key(key),
+        "REDIS_URL": redis_server.url,
+        "OPENAI_API_KEY": UPSTREAM_KEY,
+        "OPENAI_API_BASE": upstream[0].url + "/v1",
+        "GATEWAY_WORKERS": "1",
+    }
     process, url = start_serve_with(config, env)
     try:
         with openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60) as client:
             assert {m.id for m in client.models.list().data} == {"gpt-4o-mini", "local"}
-            answer = client.chat.completions.create(model="gpt-4o-mini", temperature=0,
-                                                    messages=[{"role": "user", "content": "hi there"}])
+            answer = client.chat.completions.create(
+                model="gpt-4o-mini", temperature=0, messages=[{"role": "user", "content": "hi there"}]
+            )
         assert answer.choices[0].message.content == "Echo: hi there"
     finally:
         process.terminate()

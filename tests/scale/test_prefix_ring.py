@@ -57,9 +57,14 @@ def test_removing_a_worker_moves_only_its_own_keys():
 def test_the_key_is_the_start_of_the_prompt():
     system = "You are a careful assistant. " * 20
     first = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "one"}]}
-    second = {"messages": [{"role": "system", "content": [{"type": "text", "text": system}]},
-                           {"role": "user", "content": "two"}]}
+    second = {
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": system}]},
+            {"role": "user", "content": "two"},
+        ]
+    }
     assert prompt_prefix(first) == prompt_prefix(second) and len(prompt_prefix(first)) == PREFIX_CHARS
     assert prompt_prefix({"prompt": "abc"}) == "abc"
-    assert prompt_prefix({"messages": [{"role": "user", "content": "x"}]}) != \
-        prompt_prefix({"messages": [{"role": "user", "content": "y"}]})
+    assert prompt_prefix({"messages": [{"role": "user", "content": "x"}]}) != prompt_prefix(
+        {"messages": [{"role": "user", "content": "y"}]}
+    )

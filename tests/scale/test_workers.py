@@ -62,8 +62,11 @@ def worker_processes() -> list[tuple[int, int]]:
 
 def ask(url: str, alias: str, content: str, **extra: Any) -> Any:
     with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=180) as client:
-        return client.chat.completions.create(model=alias, messages=[{"role": "user", "content": content}],
-                                              **{"max_tokens": 4, "temperature": 0, **extra})
+        return client.chat.completions.create(
+            model=alias,
+            messages=[{"role": "user", "content": content}],
+            **{"max_tokens": 4, "temperature": 0, **extra},
+        )
 
 
 def test_a_worker_starts_on_the_first_request_and_stops_when_idle(upstream, start_gateway, tiny_model_path):
@@ -77,40 +80,58 @@ def test_a_worker_starts_on_the_first_request_and_stops_when_idle(upstream, star
     first = threading.Thread(target=lambda: answers.append(ask(gateway.url, "cold", "the quick brown fox")))
     first.start()
     # while the worker starts, the request waits and /readyz says so (yet stays ready: the gateway serves)
-    wait_for(lambda: httpx.get(gateway.url + "/readyz", timeout=10).json()["deployments"]["starting"]
-               == ["cold-engine"], timeout=60)
+    wait_for(
+        lambda: (
+            httpx.get(gateway.url + "/readyz", timeout=10).json()["deployments"]["starting"]
+            == ["cold-engine"]
+        ),
+        timeout=60,
+    )
     first.join(timeout=180)
     assert answers and answers[0].choices[0].message.content is not None
     assert answers[0].usage.completion_tokens >= 1
-    assert metric(gateway.url, "gateway_engine_worker_cold_start_seconds_count", deployment="cold-engine") == 1
+    assert (
+        metric(gateway.url, "gateway_engine_worker_cold_start_seconds_count", deployment="cold-engine") == 1
+    )
     assert metric(gateway.url, "gateway_engine_workers", deployment="cold-engine", state="ready") == 1
     assert len(worker_processes()) == 1
 
     clock.advance(301)  # idle_s 300 passed without a request
-    wait_for(lambda: metric(gateway.url, "gateway_engine_workers", deployment="cold-engine", state="ready") == 0,
-               timeout=30)
+    wait_for(
+        lambda: metric(gateway.url, "gateway_engine_workers", deployment="cold-engine", state="ready") == 0,
+        timeout=30,
+    )
     wait_for(lambda: worker_processes() == [], timeout=30)
-    assert metric(gateway.url, "gateway_engine_worker_exits_total", deployment="cold-engine", reason="idle") == 1
+    assert (
+        metric(gateway.url, "gateway_engine_worker_exits_total", deployment="cold-engine", reason="idle") == 1
+    )
 
     # from zero again: the next request starts a new worker
     assert ask(gateway.url, "cold", "a paged cache").usage.completion_tokens >= 1
-    assert metric(gateway.url, "gateway_engine_worker_cold_start_seconds_count", deployment="cold-engine") == 2
+    assert (
+        metric(gateway.url, "gateway_engine_worker_cold_start_seconds_count", deployment="cold-engine") == 2
+    )
 
 
 def test_a_worker_that_dies_is_replaced_and_its_request_retried(upstream, start_gateway, tiny_model_path):
     gateway = start_gateway(config_text(upstream[0].url, engine_models("hardy", tiny_model_path, min=1)))
-    wait_for(lambda: metric(gateway.url, "gateway_engine_workers", deployment="hardy-engine", state="ready") == 1,
-               timeout=120)
+    wait_for(
+        lambda: metric(gateway.url, "gateway_engine_workers", deployment="hardy-engine", state="ready") == 1,
+        timeout=120,
+    )
     [(pid, _)] = worker_processes()
-    os.kill(pid, signal.SIGSTOP)  # frozen, it still accepts the connection: the request will be in flight on it
+    os.kill(
+        pid, signal.SIGSTOP
+    )  # frozen, it still accepts the connection: the request will be in flight on it
 
     answers: list[Any] = []
     errors: list[Exception] = []
 
     def long_request() -> None:
         try:
-            answers.append(ask(gateway.url, "hardy", "the lazy dog", max_tokens=20,
-                               extra_body={"ignore_eos": True}))
+            answers.append(
+                ask(gateway.url, "hardy", "the lazy dog", max_tokens=20, extra_body={"ignore_eos": True})
+            )
         except Exception as exc:  # reported below
             errors.append(exc)
 
@@ -124,8 +145,13 @@ def test_a_worker_that_dies_is_replaced_and_its_request_retried(upstream, start_
     assert answers[0].usage.completion_tokens == 20  # answered in full by the replacement
     [(new_pid, _)] = worker_processes()
     assert new_pid != pid
-    assert metric(gateway.url, "gateway_engine_worker_exits_total", deployment="hardy-engine", reason="died") == 1
-    assert metric(gateway.url, "gateway_engine_worker_cold_start_seconds_count", deployment="hardy-engine") == 2
+    assert (
+        metric(gateway.url, "gateway_engine_worker_exits_total", deployment="hardy-engine", reason="died")
+        == 1
+    )
+    assert (
+        metric(gateway.url, "gateway_engine_worker_cold_start_seconds_count", deployment="hardy-engine") == 2
+    )
 
 
 def requests_by_worker(url: str, deployment: str) -> dict[str, float]:
@@ -135,17 +161,31 @@ def requests_by_worker(url: str, deployment: str) -> dict[str, float]:
 
 
 def test_requests_sharing_a_prefix_go_to_the_same_worker(upstream, start_gateway, tiny_model_path):
-    gateway = start_gateway(config_text(upstream[0].url, engine_models("fleet", tiny_model_path, min=2, max=2)))
-    wait_for(lambda: metric(gateway.url, "gateway_engine_workers", deployment="fleet-engine", state="ready") == 2,
-             timeout=180)
+    gateway = start_gateway(
+        config_text(upstream[0].url, engine_models("fleet", tiny_model_path, min=2, max=2))
+    )
+    wait_for(
+        lambda: metric(gateway.url, "gateway_engine_workers", deployment="fleet-engine", state="ready") == 2,
+        timeout=180,
+    )
     chosen: dict[str, set[str]] = {"fox": set(), "cache": set()}
     for i in range(4):
-        for topic, system in (("fox", "the quick brown fox jumps over the lazy dog. " * 8),
-                              ("cache", "a paged cache keeps keys and values in blocks. " * 8)):
+        for topic, system in (
+            ("fox", "the quick brown fox jumps over the lazy dog. " * 8),
+            ("cache", "a paged cache keeps keys and values in blocks. " * 8),
+        ):
             before = requests_by_worker(gateway.url, "fleet-engine")
-            with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=60) as client:
-                client.chat.completions.create(model="fleet", max_tokens=2, messages=[
-                    {"role": "system", "content": system}, {"role": "user", "content": f"question {i}"}])
+            with openai.OpenAI(
+                base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=60
+            ) as client:
+                client.chat.completions.create(
+                    model="fleet",
+                    max_tokens=2,
+                    messages=[
+                        {"role": "system", "content": system},
+                        {"role": "user", "content": f"question {i}"},
+                    ],
+                )
             after = requests_by_worker(gateway.url, "fleet-engine")
             [worker] = [w for w in after if after[w] > before.get(w, 0)]
             chosen[topic].add(worker)
@@ -153,22 +193,32 @@ def test_requests_sharing_a_prefix_go_to_the_same_worker(upstream, start_gateway
 
 
 def test_a_busy_worker_makes_the_pool_start_another(upstream, start_gateway, tiny_model_path):
-    gateway = start_gateway(config_text(upstream[0].url, engine_models(
-        "busy", tiny_model_path, min=1, max=2, target_inflight=1)))
-    wait_for(lambda: metric(gateway.url, "gateway_engine_workers", deployment="busy-engine", state="ready") == 1,
-             timeout=120)
+    gateway = start_gateway(
+        config_text(upstream[0].url, engine_models("busy", tiny_model_path, min=1, max=2, target_inflight=1))
+    )
+    wait_for(
+        lambda: metric(gateway.url, "gateway_engine_workers", deployment="busy-engine", state="ready") == 1,
+        timeout=120,
+    )
     assert ask(gateway.url, "busy", "continuous batching").usage.completion_tokens >= 1
     # that request held the only worker at its target of 1 in flight: a second one started
-    wait_for(lambda: metric(gateway.url, "gateway_engine_workers", deployment="busy-engine", state="ready") == 2,
-             timeout=120)
+    wait_for(
+        lambda: metric(gateway.url, "gateway_engine_workers", deployment="busy-engine", state="ready") == 2,
+        timeout=120,
+    )
     assert len(worker_processes()) == 2
 
 
-def test_workers_get_the_deployments_speculative_and_quantization_settings(upstream, start_gateway, tiny_model_path):
-    engine = ("engine: {kv_cache_gib: 0.01, load_timeout_s: 120, quantization: int8, "
-              "speculative: {method: ngram, num_tokens: 3, min_acceptance: 0.0}, workers: {min: 0, max: 1}}")
+def test_workers_get_the_deployments_speculative_and_quantization_settings(
+    upstream, start_gateway, tiny_model_path
+):
+    engine = (
+        "engine: {kv_cache_gib: 0.01, load_timeout_s: 120, quantization: int8, "
+        "speculative: {method: ngram, num_tokens: 3, min_acceptance: 0.0}, workers: {min: 0, max: 1}}"
+    )
     models = engine_models("spec", tiny_model_path).replace(
-        "engine: {kv_cache_gib: 0.01, load_timeout_s: 120, workers: {min: 0, max: 1, idle_s: 300}}", engine)
+        "engine: {kv_cache_gib: 0.01, load_timeout_s: 120, workers: {min: 0, max: 1, idle_s: 300}}", engine
+    )
     gateway = start_gateway(config_text(upstream[0].url, models), clock=ManualClock())
     # A prompt that repeats itself: n-gram lookup finds drafts as soon as decoding starts.
     answer = ask(gateway.url, "spec", "the quick brown fox " * 6, max_tokens=12)

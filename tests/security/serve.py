@@ -28,17 +28,38 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def serving(tmp_path: Path, config: str, *, scheme: str = "http", verify: Any = True,
-            env: dict[str, str] | None = None) -> Iterator[tuple[str, Path]]:
+def serving(
+    tmp_path: Path,
+    config: str,
+    *,
+    scheme: str = "http",
+    verify: Any = True,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[str, Path]]:
     """Yields (url, stdout log path) once /healthz answers; stops the gateway with SIGTERM afterwards."""
     path = tmp_path / "config.yaml"
     path.write_text(config)
     stdout = tmp_path / "stdout.log"
     port = free_port()
     with stdout.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(path), "--host",
-                                    "127.0.0.1", "--port", str(port)], cwd=ROOT, stdout=log,
-                                   stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--config",
+                str(path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     url = f"{scheme}://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

@@ -22,19 +22,28 @@ VIEWER, BILLING = new_key(), new_key()
 
 
 def _config(upstream_url: str, audit_path, extra_tenant: str = "") -> str:
-    text = config_text(upstream_url).replace('    models: ["chat", "embed"]\n',
-                                             '    models: ["chat", "embed"]\n' + extra_tenant, 1)
-    return text + f"""
+    text = config_text(upstream_url).replace(
+        '    models: ["chat", "embed"]\n', '    models: ["chat", "embed"]\n' + extra_tenant, 1
+    )
+    return (
+        text
+        + f"""
 admin:
   keys: ["{hash_key(ADMIN_KEY)}", "{hash_key(VIEWER)}", "{hash_key(BILLING)}"]
   roles: {{"{hash_key(VIEWER)}": viewer, "{hash_key(BILLING)}": billing}}
 audit: {{path: {audit_path}}}
 """
+    )
 
 
 def _verify(path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", "--path", str(path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", "verify", "--path", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _as(key: str) -> dict[str, str]:
@@ -51,16 +60,21 @@ def test_roles_and_the_audit_trail_of_admin_requests(start_gateway, upstream, tm
     assert httpx.get(url + "/admin/usage", headers=_as(BILLING)).status_code == 200
     assert httpx.get(url + "/admin/deployments", headers=_as(BILLING)).status_code == 403
     assert httpx.get(url + "/admin/audit", headers=_as(VIEWER)).status_code == 403
-    assert httpx.get(url + "/admin/deployments", headers=_as(KEY)).status_code == 403      # a tenant key
-    assert httpx.get(url + "/admin/deployments").status_code == 401                        # no key
+    assert httpx.get(url + "/admin/deployments", headers=_as(KEY)).status_code == 403  # a tenant key
+    assert httpx.get(url + "/admin/deployments").status_code == 401  # no key
     assert httpx.delete(url + "/admin/cache/acme", headers=_as(ADMIN_KEY)).status_code == 200
     exported = httpx.get(url + "/admin/audit", headers=_as(ADMIN_KEY)).json()
     trail = [(r["action"], r["outcome"], r["role"]) for r in exported["data"]]
     assert trail == [
-        ("GET /admin/deployments", "ok", "viewer"), ("DELETE /admin/cache/acme", "denied", "viewer"),
-        ("GET /admin/usage", "ok", "billing"), ("GET /admin/deployments", "denied", "billing"),
-        ("GET /admin/audit", "denied", "viewer"), ("GET /admin/deployments", "denied", "tenant-or-none"),
-        ("GET /admin/deployments", "denied", "tenant-or-none"), ("DELETE /admin/cache/acme", "ok", "admin")]
+        ("GET /admin/deployments", "ok", "viewer"),
+        ("DELETE /admin/cache/acme", "denied", "viewer"),
+        ("GET /admin/usage", "ok", "billing"),
+        ("GET /admin/deployments", "denied", "billing"),
+        ("GET /admin/audit", "denied", "viewer"),
+        ("GET /admin/deployments", "denied", "tenant-or-none"),
+        ("GET /admin/deployments", "denied", "tenant-or-none"),
+        ("DELETE /admin/cache/acme", "ok", "admin"),
+    ]
     assert exported["chain"]["ok"] and exported["chain"]["records"] == 8
     assert all(KEY not in json.dumps(r) and ADMIN_KEY not in json.dumps(r) for r in exported["data"])
     assert _verify(path).returncode == 0
@@ -81,9 +95,14 @@ def test_reloads_and_key_changes_are_audited(tmp_path, upstream):
     with serving(tmp_path, _config(upstream[0].url, path)) as (url, _):
         config = tmp_path / "config.yaml"
         added = new_key()
-        config.write_text(config.read_text().replace(f'keys: ["{hash_key(KEY)}"]',
-                                                     f'keys: ["{hash_key(KEY)}", "{hash_key(added)}"]'))
-        pid = next(line["pid"] for line in log_lines(tmp_path / "stdout.log") if line.get("event") == "listening")
+        config.write_text(
+            config.read_text().replace(
+                f'keys: ["{hash_key(KEY)}"]', f'keys: ["{hash_key(KEY)}", "{hash_key(added)}"]'
+            )
+        )
+        pid = next(
+            line["pid"] for line in log_lines(tmp_path / "stdout.log") if line.get("event") == "listening"
+        )
         os.kill(pid, signal.SIGHUP)
         assert poll(lambda: path.exists() and "key.added" in path.read_text(), timeout=20)
         with openai.OpenAI(base_url=url + "/v1", api_key=added, max_retries=0) as client:
@@ -101,15 +120,19 @@ def test_tenant_keys_limited_to_endpoints_and_expiring(start_gateway, upstream, 
       {hash_key(old)[7:19]}: {{expires: "2020-01-01T00:00:00Z"}}  # date-ok: an expiry long past
 """
     text = _config(upstream[0].url, tmp_path / "audit.jsonl", scopes).replace(
-        f'keys: ["{hash_key(KEY)}"]', f'keys: ["{hash_key(KEY)}", "{hash_key(embed_only)}", "{hash_key(old)}"]')
+        f'keys: ["{hash_key(KEY)}"]',
+        f'keys: ["{hash_key(KEY)}", "{hash_key(embed_only)}", "{hash_key(old)}"]',
+    )
     gateway = start_gateway(text)
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=embed_only, max_retries=0) as client:
         assert client.embeddings.create(model="embed", input="x").data
         with pytest.raises(openai.PermissionDeniedError) as refused:
             client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
         assert error_of(refused)["code"] == "endpoint_not_allowed"
-    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=old, max_retries=0) as client, \
-            pytest.raises(openai.AuthenticationError) as expired:
+    with (
+        openai.OpenAI(base_url=gateway.url + "/v1", api_key=old, max_retries=0) as client,
+        pytest.raises(openai.AuthenticationError) as expired,
+    ):
         client.embeddings.create(model="embed", input="x")
     assert error_of(expired)["code"] == "key_expired"
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=OTHER_KEY, max_retries=0) as client:

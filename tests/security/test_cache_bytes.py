@@ -28,7 +28,9 @@ def test_twenty_big_embeddings_calls_stay_under_the_byte_cap(start_gateway, upst
             sizes.append(len(response.content))
         small = {"model": "embed", "input": ["one short input"]}
         assert http.post("/v1/embeddings", json=small).headers["x-cache"] == "miss"
-        assert http.post("/v1/embeddings", json=small).headers["x-cache"] == "hit-exact"  # small ones still cached
+        assert (
+            http.post("/v1/embeddings", json=small).headers["x-cache"] == "hit-exact"
+        )  # small ones still cached
         last = {"model": "embed", "input": [f"call 19 input {i} " + "word " * 8 for i in range(512)]}
         assert http.post("/v1/embeddings", json=last).headers["x-cache"] == "hit-exact"
         first = {"model": "embed", "input": [f"call 0 input {i} " + "word " * 8 for i in range(512)]}
@@ -36,6 +38,6 @@ def test_twenty_big_embeddings_calls_stay_under_the_byte_cap(start_gateway, upst
         huge = {"model": "embed", "input": [f"huge {i} " + "word " * 8 for i in range(4096)]}
         http.post("/v1/embeddings", json=huge)
         assert http.post("/v1/embeddings", json=huge).headers["x-cache"] == "miss"  # over max_entry_bytes
-    assert sum(sizes) > 2 * 300_000   # what was answered would not have fit
+    assert sum(sizes) > 2 * 300_000  # what was answered would not have fit
     store = gateway.app[GATEWAY].pipeline.cache.answers
     assert 0 < store.bytes <= 300_000

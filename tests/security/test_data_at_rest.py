@@ -13,7 +13,11 @@ import redis
 from tests.conftest import KEY, OTHER_KEY, config_text
 from tests.security.serve import ADMIN, ADMIN_KEY, poll
 
-CHAT = {"model": "chat", "messages": [{"role": "user", "content": "the secret plan is blue"}], "temperature": 0}
+CHAT = {
+    "model": "chat",
+    "messages": [{"role": "user", "content": "the secret plan is blue"}],
+    "temperature": 0,
+}
 
 
 def _key(tmp_path, name: str) -> str:
@@ -24,18 +28,25 @@ def _key(tmp_path, name: str) -> str:
 
 def _config(upstream_url: str, redis_url: str, keys: list[tuple[str, str]]) -> str:
     listed = ", ".join(f"{{id: {key_id}, file: {path}}}" for key_id, path in keys)
-    return config_text(upstream_url) + f"""
+    return (
+        config_text(upstream_url)
+        + f"""
 stores: {{redis_url: "{redis_url}"}}
 cache: {{enabled: true}}
 encryption: {{keys: [{listed}]}}
 """
+    )
 
 
 def _ask(gateway) -> httpx.Response:
-    return httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {KEY}"})
+    return httpx.post(
+        gateway.url + "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {KEY}"}
+    )
 
 
-def test_cached_answers_are_ciphertext_in_redis_and_keys_rotate(start_gateway, upstream, redis_server, tmp_path):
+def test_cached_answers_are_ciphertext_in_redis_and_keys_rotate(
+    start_gateway, upstream, redis_server, tmp_path
+):
     old, new = _key(tmp_path, "old"), _key(tmp_path, "new")
     gateway = start_gateway(_config(upstream[0].url, redis_server.url, [("k1", old)]))
     assert _ask(gateway).headers["x-cache"] == "miss"
@@ -49,6 +60,7 @@ def test_cached_answers_are_ciphertext_in_redis_and_keys_rotate(start_gateway, u
                 if isinstance(name, bytes) and isinstance(value, bytes):
                     found[name] = value
             return found
+
         values = list(entries().values())
         assert values and all(v.startswith(b"gwenc1.k1.") for v in values)
         assert not any(b"secret plan" in v or b"Echo" in v for v in values)
@@ -56,7 +68,9 @@ def test_cached_answers_are_ciphertext_in_redis_and_keys_rotate(start_gateway, u
         rotated = start_gateway(_config(upstream[0].url, redis_server.url, [("k2", new), ("k1", old)]))
         assert _ask(rotated).headers["x-cache"] == "hit-exact"
         other = {**CHAT, "messages": [{"role": "user", "content": "another question"}]}
-        httpx.post(rotated.url + "/v1/chat/completions", json=other, headers={"Authorization": f"Bearer {KEY}"})
+        httpx.post(
+            rotated.url + "/v1/chat/completions", json=other, headers={"Authorization": f"Bearer {KEY}"}
+        )
         assert poll(lambda: any(v.startswith(b"gwenc1.k2.") for v in entries().values()))
         # the old key retired: what it sealed no longer opens (a miss, answered again by the upstream)
         retired = start_gateway(_config(upstream[0].url, redis_server.url, [("k2", new)]))
@@ -85,24 +99,38 @@ def test_a_key_that_cannot_be_read_refuses_to_start(start_gateway, upstream, red
 
 
 def test_erasing_a_tenants_data_says_what_it_erased(start_gateway, upstream, tmp_path):
-    text = config_text(upstream[0].url) + ADMIN + f"""
+    text = (
+        config_text(upstream[0].url)
+        + ADMIN
+        + f"""
 cache: {{enabled: true}}
 request_log: {{path: {tmp_path / "requests.db"}, flush_interval_s: 0.05}}
 """
+    )
     gateway = start_gateway(text)
     for key in (KEY, OTHER_KEY):
         with openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0) as client:
             for question in ("one", "two"):
-                client.chat.completions.create(model="chat", temperature=0,
-                                               messages=[{"role": "user", "content": question}])
+                client.chat.completions.create(
+                    model="chat", temperature=0, messages=[{"role": "user", "content": question}]
+                )
             client.responses.create(model="chat", input="remember this")
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
     def logged(tenant: str) -> int:
-        return len(httpx.get(gateway.url + "/admin/requests", params={"tenant": tenant}, headers=admin).json()["data"])
+        return len(
+            httpx.get(gateway.url + "/admin/requests", params={"tenant": tenant}, headers=admin).json()[
+                "data"
+            ]
+        )
+
     assert poll(lambda: logged("acme") >= 3 and logged("globex") >= 3)
-    assert httpx.delete(gateway.url + "/admin/tenants/acme/data", headers={"Authorization": f"Bearer {KEY}"}
-                        ).status_code == 403
+    assert (
+        httpx.delete(
+            gateway.url + "/admin/tenants/acme/data", headers={"Authorization": f"Bearer {KEY}"}
+        ).status_code
+        == 403
+    )
     erased = httpx.delete(gateway.url + "/admin/tenants/acme/data", headers=admin)
     assert erased.status_code == 200, erased.text
     body = erased.json()
@@ -111,6 +139,7 @@ request_log: {{path: {tmp_path / "requests.db"}, flush_interval_s: 0.05}}
     assert logged("acme") == 0 and logged("globex") >= 3
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
         again = client.chat.completions.with_raw_response.create(
-            model="chat", temperature=0, messages=[{"role": "user", "content": "one"}])
+            model="chat", temperature=0, messages=[{"role": "user", "content": "one"}]
+        )
         assert again.headers["x-cache"] == "miss"
     assert httpx.delete(gateway.url + "/admin/tenants/nobody/data", headers=admin).status_code == 404

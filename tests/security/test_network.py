@@ -15,7 +15,9 @@ CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def _client(local_address: str = "127.0.0.1") -> httpx.Client:
-    return httpx.Client(transport=httpx.HTTPTransport(local_address=local_address), timeout=10, trust_env=False)
+    return httpx.Client(
+        transport=httpx.HTTPTransport(local_address=local_address), timeout=10, trust_env=False
+    )
 
 
 def _chat(url: str, key: str, *, source: str = "127.0.0.1", forwarded: str | None = None) -> httpx.Response:
@@ -29,7 +31,9 @@ def _chat(url: str, key: str, *, source: str = "127.0.0.1", forwarded: str | Non
 def _allowlisted(upstream_url: str, server: str = "") -> str:
     text = config_text(upstream_url, server=server)
     # globex may call only from 127.0.0.2 (or a client a trusted proxy names as 10.1.2.3)
-    return text.replace('    models: "*"\n', '    models: "*"\n    allowed_ips: ["127.0.0.2/32", "10.1.2.0/24"]\n')
+    return text.replace(
+        '    models: "*"\n', '    models: "*"\n    allowed_ips: ["127.0.0.2/32", "10.1.2.0/24"]\n'
+    )
 
 
 def test_a_tenant_key_is_refused_outside_its_allowlist(start_gateway, upstream):
@@ -37,7 +41,7 @@ def test_a_tenant_key_is_refused_outside_its_allowlist(start_gateway, upstream):
     refused = _chat(gateway.url, OTHER_KEY, source="127.0.0.1")
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "ip_not_allowed"
     assert _chat(gateway.url, OTHER_KEY, source="127.0.0.2").status_code == 200
-    assert _chat(gateway.url, KEY, source="127.0.0.1").status_code == 200   # acme has no allowlist
+    assert _chat(gateway.url, KEY, source="127.0.0.1").status_code == 200  # acme has no allowlist
     # Without trusted proxies, X-Forwarded-For is the client's to forge: ignored.
     assert _chat(gateway.url, OTHER_KEY, source="127.0.0.1", forwarded="127.0.0.2").status_code == 403
 
@@ -64,7 +68,9 @@ def test_admin_keys_only_from_the_admin_allowlist(start_gateway, upstream):
 
 @pytest.mark.parametrize("access", ["admin", "loopback"])
 def test_metrics_need_an_admin_key_unless_allowed(start_gateway, upstream, access):
-    text = config_text(upstream[0].url, server=f'  metrics_access: {access}\n  trusted_proxies: ["127.0.0.1/32"]')
+    text = config_text(
+        upstream[0].url, server=f'  metrics_access: {access}\n  trusted_proxies: ["127.0.0.1/32"]'
+    )
     gateway = start_gateway(text + ADMIN)
     with _client() as client:
         remote = {"X-Forwarded-For": "203.0.113.9"}  # a client on the internet, through the trusted proxy
@@ -73,7 +79,9 @@ def test_metrics_need_an_admin_key_unless_allowed(start_gateway, upstream, acces
         assert "acme" not in anonymous.text
         tenant = client.get(gateway.url + "/metrics", headers={**remote, "Authorization": f"Bearer {KEY}"})
         assert tenant.status_code == 403
-        admin = client.get(gateway.url + "/metrics", headers={**remote, "Authorization": f"Bearer {ADMIN_KEY}"})
+        admin = client.get(
+            gateway.url + "/metrics", headers={**remote, "Authorization": f"Bearer {ADMIN_KEY}"}
+        )
         assert admin.status_code == 200 and "gateway_requests_total" in admin.text
         local = client.get(gateway.url + "/metrics")
         assert local.status_code == (200 if access == "loopback" else 401)
@@ -93,11 +101,18 @@ class _Proxy:
 
     async def _relay(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(str(request.url))
-        async with ClientSession() as session, session.request(
-                request.method, request.url, headers={k: v for k, v in request.headers.items() if k != "Host"},
-                data=await request.read()) as answer:
-            return web.Response(body=await answer.read(), status=answer.status,
-                                content_type=answer.content_type)
+        async with (
+            ClientSession() as session,
+            session.request(
+                request.method,
+                request.url,
+                headers={k: v for k, v in request.headers.items() if k != "Host"},
+                data=await request.read(),
+            ) as answer,
+        ):
+            return web.Response(
+                body=await answer.read(), status=answer.status, content_type=answer.content_type
+            )
 
 
 @pytest.fixture
@@ -107,7 +122,9 @@ def proxy():
     p.server.stop()
 
 
-def test_upstream_calls_go_through_http_proxy_from_the_environment(start_gateway, upstream, proxy, monkeypatch):
+def test_upstream_calls_go_through_http_proxy_from_the_environment(
+    start_gateway, upstream, proxy, monkeypatch
+):
     monkeypatch.setenv("HTTP_PROXY", proxy.server.url)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
@@ -136,5 +153,8 @@ def test_a_deployment_proxy_overrides_the_environment(start_gateway, upstream, p
 
 def _chat_model(url: str, model: str) -> httpx.Response:
     with _client() as client:
-        return client.post(url + "/v1/chat/completions", json={**CHAT, "model": model},
-                           headers={"Authorization": f"Bearer {OTHER_KEY}"})
+        return client.post(
+            url + "/v1/chat/completions",
+            json={**CHAT, "model": model},
+            headers={"Authorization": f"Bearer {OTHER_KEY}"},
+        )

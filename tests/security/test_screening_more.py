@@ -33,12 +33,14 @@ def _seen(upstream) -> str:
 def test_responses_input_and_instructions_are_masked_and_the_answer_restored(start_gateway, upstream, alias):
     gateway = start_gateway(_tenant_policy(upstream[0].url, "pii: {mode: mask}"))
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
-        response = client.responses.create(model=alias, instructions=f"Call {PHONE} if stuck.",
-                                           input=[{"role": "user", "content": [
-                                               {"type": "input_text", "text": f"write to {EMAIL}"}]}])
+        response = client.responses.create(
+            model=alias,
+            instructions=f"Call {PHONE} if stuck.",
+            input=[{"role": "user", "content": [{"type": "input_text", "text": f"write to {EMAIL}"}]}],
+        )
         seen = _seen(upstream)
         assert EMAIL not in seen and PHONE not in seen and "[EMAIL_1]" in seen and "[PHONE_1]" in seen
-        assert EMAIL in response.output_text            # the fake echoes what it saw: restored on the way back
+        assert EMAIL in response.output_text  # the fake echoes what it saw: restored on the way back
         with client.responses.stream(model=alias, input=f"write to {EMAIL}") as stream:
             deltas = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
             final = stream.get_final_response()
@@ -64,12 +66,18 @@ GUARD = """  - name: moderation
 
 
 def _guarded(start_gateway, upstream, action: str):
-    policy = (f'guardrail: {{alias: moderation, on: output, block_if: "(?i)forbidden", stream_window_chars: 20, '
-              f'stream_action: {action}}}')
-    return start_gateway(_tenant_policy(upstream[0].url, policy, GUARD.format(url=upstream[0].url, key=UPSTREAM_KEY)))
+    policy = (
+        f'guardrail: {{alias: moderation, on: output, block_if: "(?i)forbidden", stream_window_chars: 20, '
+        f"stream_action: {action}}}"
+    )
+    return start_gateway(
+        _tenant_policy(upstream[0].url, policy, GUARD.format(url=upstream[0].url, key=UPSTREAM_KEY))
+    )
 
 
-PROMPT = "a fine opening line then a forbidden word"   # the fake echoes it: "Echo: a fine opening line then ..."
+PROMPT = (
+    "a fine opening line then a forbidden word"  # the fake echoes it: "Echo: a fine opening line then ..."
+)
 
 
 def test_an_unsafe_window_ends_a_chat_stream_with_an_error_event(start_gateway, upstream):
@@ -77,25 +85,33 @@ def test_an_unsafe_window_ends_a_chat_stream_with_an_error_event(start_gateway, 
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
         got = []
         with pytest.raises(openai.APIError) as stopped:
-            for chunk in client.chat.completions.create(model="chat", stream=True,
-                                                        messages=[{"role": "user", "content": PROMPT}]):
+            for chunk in client.chat.completions.create(
+                model="chat", stream=True, messages=[{"role": "user", "content": PROMPT}]
+            ):
                 got += [c.delta.content or "" for c in chunk.choices]
         text = "".join(got)
-        assert text.startswith("Echo: a fine opening") and "forbidden" not in text   # the safe window went out
+        assert text.startswith("Echo: a fine opening") and "forbidden" not in text  # the safe window went out
         assert "content guardrail" in stopped.value.message
         assert cast("dict[str, Any]", stopped.value.body or {}).get("code") == "content_policy_violation"
-        fine = client.chat.completions.create(model="chat", stream=True,
-                                              messages=[{"role": "user", "content": "all fine words here only"}])
-        assert "".join(c.choices[0].delta.content or "" for c in fine if c.choices) == "Echo: all fine words here only"
+        fine = client.chat.completions.create(
+            model="chat", stream=True, messages=[{"role": "user", "content": "all fine words here only"}]
+        )
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in fine if c.choices)
+            == "Echo: all fine words here only"
+        )
 
 
 def test_an_unsafe_window_ends_a_messages_stream_with_anthropics_error_event(start_gateway, upstream):
     gateway = _guarded(start_gateway, upstream, "end")
     with anthropic.Anthropic(base_url=gateway.url, api_key=KEY, max_retries=0) as claude:
         texts = []
-        with pytest.raises(anthropic.APIStatusError) as stopped, \
-                claude.messages.stream(model="chat", max_tokens=50,
-                                       messages=[{"role": "user", "content": PROMPT}]) as stream:
+        with (
+            pytest.raises(anthropic.APIStatusError) as stopped,
+            claude.messages.stream(
+                model="chat", max_tokens=50, messages=[{"role": "user", "content": PROMPT}]
+            ) as stream,
+        ):
             for event in stream:
                 if event.type == "content_block_delta" and event.delta.type == "text_delta":
                     texts.append(event.delta.text)
@@ -108,13 +124,19 @@ def test_an_unsafe_window_ends_a_messages_stream_with_anthropics_error_event(sta
 def test_redact_sends_an_unsafe_window_as_redacted_and_finishes(start_gateway, upstream):
     gateway = _guarded(start_gateway, upstream, "redact")
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
-        chunks = list(client.chat.completions.create(model="chat", stream=True,
-                                                     messages=[{"role": "user", "content": PROMPT}]))
+        chunks = list(
+            client.chat.completions.create(
+                model="chat", stream=True, messages=[{"role": "user", "content": PROMPT}]
+            )
+        )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "forbidden" not in text and "[redacted]" in text and text.startswith("Echo: a fine opening")
     assert chunks[-1].choices[0].finish_reason == "stop"
     with anthropic.Anthropic(base_url=gateway.url, api_key=KEY, max_retries=0) as claude:
-        message = claude.messages.create(model="chat", max_tokens=50, stream=True,
-                                         messages=[{"role": "user", "content": PROMPT}])
-        text = "".join(e.delta.text for e in message if e.type == "content_block_delta" and e.delta.type == "text_delta")
+        message = claude.messages.create(
+            model="chat", max_tokens=50, stream=True, messages=[{"role": "user", "content": PROMPT}]
+        )
+        text = "".join(
+            e.delta.text for e in message if e.type == "content_block_delta" and e.delta.type == "text_delta"
+        )
     assert "forbidden" not in text and "[redacted]" in text

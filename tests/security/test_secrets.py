@@ -37,8 +37,11 @@ def test_an_upstream_quoting_its_key_never_reaches_the_client(start_gateway, ups
         httpx.post(gateway.url + "/v1/chat/completions", json=chat, headers=headers),
         httpx.post(gateway.url + "/v1/chat/completions", json={**chat, "stream": True}, headers=headers),
         httpx.post(gateway.url + "/v1/completions", json={"model": "leaky", "prompt": "hi"}, headers=headers),
-        httpx.post(gateway.url + "/v1/messages", headers={"x-api-key": KEY, **ANTHROPIC_VERSION},
-                   json={"model": "leaky", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+        httpx.post(
+            gateway.url + "/v1/messages",
+            headers={"x-api-key": KEY, **ANTHROPIC_VERSION},
+            json={"model": "leaky", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+        ),
     ]
     assert len(upstream[1].requests) >= 4  # the upstream was asked, and did quote the key
     for response in answers:
@@ -51,15 +54,19 @@ def test_an_upstream_quoting_its_key_never_reaches_the_client(start_gateway, ups
 
 def test_an_upstream_refusing_the_gateways_key_is_a_502_for_the_operator(start_gateway, upstream):
     gateway = leaky_gateway(start_gateway, upstream, 401)
-    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client, \
-            pytest.raises(openai.InternalServerError) as raised:
+    with (
+        openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client,
+        pytest.raises(openai.InternalServerError) as raised,
+    ):
         client.chat.completions.create(model="leaky", messages=[{"role": "user", "content": "hi"}])
     error = error_of(raised)
     assert raised.value.status_code == 502
     assert error["code"] == "upstream_auth_failed" and error["type"] == "upstream_error"
     assert "operator must check the deployment's api_key" in error["message"]
     assert "Your own API key was accepted" in error["message"]
-    with anthropic.Anthropic(base_url=gateway.url, api_key=KEY, max_retries=0) as claude, \
-            pytest.raises(anthropic.APIStatusError) as refused:
+    with (
+        anthropic.Anthropic(base_url=gateway.url, api_key=KEY, max_retries=0) as claude,
+        pytest.raises(anthropic.APIStatusError) as refused,
+    ):
         claude.messages.create(model="leaky", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
     assert refused.value.status_code == 502 and "operator" in refused.value.message

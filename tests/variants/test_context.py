@@ -23,14 +23,21 @@ from tests.harness import ServerThread
 
 WINDOW = 700
 MAX_TOKENS = 50
-TOOLS: list[ChatCompletionFunctionToolParam] = [{"type": "function", "function": {"name": "lookup", "description": "Look a city up.",
-                                           "parameters": {"type": "object",
-                                                          "properties": {"city": {"type": "string"}}}}}]
+TOOLS: list[ChatCompletionFunctionToolParam] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look a city up.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 
 
 @functools.cache
 def _encoding() -> Any:
-    with warnings.catch_warnings():   # bpe_openai reads its data with a deprecated importlib call
+    with warnings.catch_warnings():  # bpe_openai reads its data with a deprecated importlib call
         warnings.simplefilter("ignore", DeprecationWarning)
         import bpe_openai
 
@@ -55,12 +62,20 @@ def tokens_as_openai_counts(messages: list[dict[str, Any]], tools: Any = None) -
 
 
 def _deployment(url: str, model: str, window: int) -> str:
-    return json.dumps({"provider": "openai-compatible", "model": model, "api_base": f"{url}/v1",
-                       "api_key": UPSTREAM_KEY, "context_window": window})
+    return json.dumps(
+        {
+            "provider": "openai-compatible",
+            "model": model,
+            "api_base": f"{url}/v1",
+            "api_key": UPSTREAM_KEY,
+            "context_window": window,
+        }
+    )
 
 
-def _config(url: str, policy: str, *, model: str = "gpt-4o-mini", globex: str | None = None,
-            window: int = WINDOW) -> str:
+def _config(
+    url: str, policy: str, *, model: str = "gpt-4o-mini", globex: str | None = None, window: int = WINDOW
+) -> str:
     globex_context = f", context: {{policy: {globex}}}" if globex else ""
     return f"""
 models:
@@ -96,14 +111,26 @@ def agent_conversation(rounds: int) -> list[dict[str, Any]]:
     a last user turn."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": "You are a weather assistant. Be brief."}]
     for r in range(rounds):
-        messages.append({"role": "user", "content": f"Round {r}: what is the weather in Paris and in Rome today?"})
-        calls = [{"id": f"call_{r}_{c}", "type": "function",
-                  "function": {"name": "lookup", "arguments": json.dumps({"city": city})}}
-                 for c, city in enumerate(("Paris", "Rome"))]
+        messages.append(
+            {"role": "user", "content": f"Round {r}: what is the weather in Paris and in Rome today?"}
+        )
+        calls = [
+            {
+                "id": f"call_{r}_{c}",
+                "type": "function",
+                "function": {"name": "lookup", "arguments": json.dumps({"city": city})},
+            }
+            for c, city in enumerate(("Paris", "Rome"))
+        ]
         messages.append({"role": "assistant", "content": None, "tool_calls": calls})
         for call in calls:
-            messages.append({"role": "tool", "tool_call_id": call["id"],
-                             "content": f"Sunny, {20 + r} degrees, light wind from the west in round {r}."})
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": call["id"],
+                    "content": f"Sunny, {20 + r} degrees, light wind from the west in round {r}.",
+                }
+            )
         messages.append({"role": "assistant", "content": f"Both sunny in round {r}, about {20 + r} degrees."})
     messages.append({"role": "user", "content": "And tomorrow? Answer for both cities, please."})
     return messages
@@ -119,22 +146,25 @@ def _pairs_intact(messages: list[dict[str, Any]]) -> None:
     assert called == answered, "every tool call keeps its result and every result its call"
     for i, m in enumerate(messages):
         if m["role"] == "tool":
-            assert any(m["tool_call_id"] in {c["id"] for c in p.get("tool_calls") or ()} for p in messages[:i])
+            assert any(
+                m["tool_call_id"] in {c["id"] for c in p.get("tool_calls") or ()} for p in messages[:i]
+            )
 
 
 def test_truncate_oldest_drops_whole_turns_keeps_tool_pairs_and_fits_exactly(client_for, upstream):
     client = client_for("truncate_oldest")
     conversation = agent_conversation(12)
     before = tokens_as_openai_counts(conversation, TOOLS)
-    assert before > WINDOW   # the test means something only if the conversation is too long
+    assert before > WINDOW  # the test means something only if the conversation is too long
 
     raw = client.chat.completions.with_raw_response.create(
-        model="chat", messages=conversation, tools=TOOLS, max_tokens=MAX_TOKENS)
+        model="chat", messages=conversation, tools=TOOLS, max_tokens=MAX_TOKENS
+    )
     assert raw.parse().choices[0].finish_reason
     sent = _sent(upstream[1])
-    assert upstream[1].requests[-1].body["model"] == "gpt-4o-mini"   # no fallback: it was made to fit
+    assert upstream[1].requests[-1].body["model"] == "gpt-4o-mini"  # no fallback: it was made to fit
     assert sent[0] == conversation[0] and sent[-1] == conversation[-1]
-    assert sent == [m for m in conversation if m in sent]            # order kept, nothing rewritten
+    assert sent == [m for m in conversation if m in sent]  # order kept, nothing rewritten
     _pairs_intact(sent)
     after = tokens_as_openai_counts(sent, TOOLS)
     assert after <= WINDOW - MAX_TOKENS
@@ -153,8 +183,10 @@ def test_truncate_oldest_keeps_tool_calls_after_the_last_user_turn(client_for, u
     client = client_for("truncate_oldest")
     conversation = agent_conversation(12)
     tail_call = {"id": "call_last", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
-    conversation += [{"role": "assistant", "content": None, "tool_calls": [tail_call]},
-                     {"role": "tool", "tool_call_id": "call_last", "content": "Rain tomorrow in both."}]
+    conversation += [
+        {"role": "assistant", "content": None, "tool_calls": [tail_call]},
+        {"role": "tool", "tool_call_id": "call_last", "content": "Rain tomorrow in both."},
+    ]
     client.chat.completions.create(model="chat", messages=conversation, tools=TOOLS, max_tokens=MAX_TOKENS)
     sent = _sent(upstream[1])
     assert sent[-3:] == conversation[-3:]
@@ -177,7 +209,9 @@ def test_truncate_middle_keeps_head_and_tail_of_the_long_message_and_fits(client
     document = " ".join(f"line{i} of the report says {i * 7}." for i in range(400))
     messages = [{"role": "system", "content": "Summarize."}, {"role": "user", "content": document}]
     before = tokens_as_openai_counts(messages)
-    raw = client.chat.completions.with_raw_response.create(model="chat", messages=messages, max_tokens=MAX_TOKENS)
+    raw = client.chat.completions.with_raw_response.create(
+        model="chat", messages=messages, max_tokens=MAX_TOKENS
+    )
     raw.parse()
     sent = _sent(upstream[1])
     assert sent[0] == messages[0]
@@ -188,19 +222,19 @@ def test_truncate_middle_keeps_head_and_tail_of_the_long_message_and_fits(client
     assert document.endswith(tail) and len(tail) > 200
     after = tokens_as_openai_counts(sent)
     limit = WINDOW - MAX_TOKENS
-    assert limit - 4 <= after <= limit   # filled to the window, give or take the joins' tokens
+    assert limit - 4 <= after <= limit  # filled to the window, give or take the joins' tokens
     assert raw.headers["x-gateway-context-truncated"] == f"{before - after} tokens"
     assert int(omitted) >= before - after
 
 
 def test_truncate_middle_estimates_with_a_margin_without_a_tokenizer(client_for, upstream):
     client = client_for("truncate_middle", model="fake-model")
-    document = "abcd" * 3000   # 3000 tokens by the estimate; 3300 with the 10% margin
+    document = "abcd" * 3000  # 3000 tokens by the estimate; 3300 with the 10% margin
     client.chat.completions.create(model="chat", messages=[{"role": "user", "content": document}])
     text = _sent(upstream[1])[0]["content"]
-    estimated = math.ceil(len(text) / 4 * 1.1)   # the estimate with its 10% margin
+    estimated = math.ceil(len(text) / 4 * 1.1)  # the estimate with its 10% margin
     assert "tokens omitted" in text and text.startswith("abcd" * 100) and text.endswith("abcd" * 100)
-    assert WINDOW - 4 <= 3 + 3 + estimated <= WINDOW   # framing: 3 for the message, 3 for the reply
+    assert WINDOW - 4 <= 3 + 3 + estimated <= WINDOW  # framing: 3 for the message, 3 for the reply
 
 
 def test_reject_refuses_at_once_without_trying_the_fallback(client_for, upstream):
@@ -209,15 +243,16 @@ def test_reject_refuses_at_once_without_trying_the_fallback(client_for, upstream
         client.chat.completions.create(model="chat", messages=agent_conversation(12), tools=TOOLS)
     assert info.value.status_code == 400 and info.value.code == "context_length_exceeded"
     assert f"maximum context length is {WINDOW} tokens" in info.value.message
-    assert upstream[1].requests == []     # neither chat's deployment nor the fallback alias
+    assert upstream[1].requests == []  # neither chat's deployment nor the fallback alias
     client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "short"}])
     assert len(upstream[1].requests) == 1
 
 
 def test_fallback_hands_a_long_prompt_to_the_fallback_alias(client_for, upstream):
     client = client_for("fallback")
-    raw = client.chat.completions.with_raw_response.create(model="chat", messages=agent_conversation(12),
-                                                           tools=TOOLS)
+    raw = client.chat.completions.with_raw_response.create(
+        model="chat", messages=agent_conversation(12), tools=TOOLS
+    )
     raw.parse()
     assert upstream[1].requests[-1].body["model"] == "big-model"
     assert upstream[1].requests[-1].body["messages"] == agent_conversation(12)
@@ -230,7 +265,10 @@ def test_a_tenant_policy_replaces_the_alias_policy(client_for, upstream):
     with globex:
         with pytest.raises(openai.BadRequestError):
             globex.chat.completions.create(
-                model="chat", messages=cast("list[ChatCompletionMessageParam]", agent_conversation(12)), tools=TOOLS)
+                model="chat",
+                messages=cast("list[ChatCompletionMessageParam]", agent_conversation(12)),
+                tools=TOOLS,
+            )
     assert upstream[1].requests == []
     acme.chat.completions.create(model="chat", messages=agent_conversation(12), tools=TOOLS)
     assert len(upstream[1].requests) == 1
@@ -239,8 +277,8 @@ def test_a_tenant_policy_replaces_the_alias_policy(client_for, upstream):
 def test_a_truncated_stream_says_so_in_its_headers(client_for, upstream):
     client = client_for("truncate_oldest")
     with client.chat.completions.with_streaming_response.create(
-            model="chat", messages=agent_conversation(12), tools=TOOLS, max_tokens=MAX_TOKENS,
-            stream=True) as response:
+        model="chat", messages=agent_conversation(12), tools=TOOLS, max_tokens=MAX_TOKENS, stream=True
+    ) as response:
         assert response.headers["x-gateway-context-truncated"].endswith(" tokens")
         chunks = list(response.iter_lines())
     assert any("[DONE]" in c for c in chunks)

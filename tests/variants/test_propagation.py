@@ -21,8 +21,18 @@ ADMIN_KEY = new_key()
 @pytest.fixture
 def two_gateways(upstream, redis_server, tmp_path) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     url = upstream[0].url
-    deps = [json.dumps({"provider": "openai-compatible", "model": f"model-{n}", "name": n, "api_base": f"{url}/v1",
-                        "api_key": UPSTREAM_KEY}) for n in ("a", "b")]
+    deps = [
+        json.dumps(
+            {
+                "provider": "openai-compatible",
+                "model": f"model-{n}",
+                "name": n,
+                "api_base": f"{url}/v1",
+                "api_key": UPSTREAM_KEY,
+            }
+        )
+        for n in ("a", "b")
+    ]
     variants = {"v1": {"deployments": ["a"], "weight": 1}, "v2": {"deployments": ["b"], "weight": 0}}
     config = tmp_path / "gateway.yaml"
     config.write_text(f"""
@@ -47,13 +57,22 @@ tenants:
 
 def _served(gateway: GatewayProcess, users: int = 20) -> set[str]:
     with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=20) as client:
-        return {client.post("/v1/chat/completions", json={"model": "chat", "user": f"u{i}", "messages": [
-            {"role": "user", "content": "hi"}]}).headers["x-gateway-variant"] for i in range(users)}
+        return {
+            client.post(
+                "/v1/chat/completions",
+                json={"model": "chat", "user": f"u{i}", "messages": [{"role": "user", "content": "hi"}]},
+            ).headers["x-gateway-variant"]
+            for i in range(users)
+        }
 
 
 def _change(gateway: GatewayProcess, **body: Any) -> dict[str, Any]:
-    response = httpx.post(gateway.url + "/admin/aliases/chat/variants", json=body,
-                          headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=20)
+    response = httpx.post(
+        gateway.url + "/admin/aliases/chat/variants",
+        json=body,
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=20,
+    )
     assert response.status_code == 200, response.text
     return response.json()
 

@@ -22,15 +22,26 @@ from tests.harness import ServerThread
 
 
 def _dep(url: str, name: str) -> str:
-    return json.dumps({"provider": "openai-compatible", "model": f"model-{name}", "name": name,
-                       "api_base": f"{url}/v1", "api_key": UPSTREAM_KEY})
+    return json.dumps(
+        {
+            "provider": "openai-compatible",
+            "model": f"model-{name}",
+            "name": name,
+            "api_base": f"{url}/v1",
+            "api_key": UPSTREAM_KEY,
+        }
+    )
 
 
 def _config(url: str, v2_weight: float = 1.0, variants: dict[str, Any] | None = None) -> str:
     variants = variants or {
         "v1": {"deployments": ["a"], "weight": 1},
-        "v2": {"deployments": ["b"], "weight": v2_weight, "system_prompt": "You are v2.",
-               "params": {"temperature": 0.2}},
+        "v2": {
+            "deployments": ["b"],
+            "weight": v2_weight,
+            "system_prompt": "You are v2.",
+            "params": {"temperature": 0.2},
+        },
     }
     return f"""
 server: {{log_requests: true}}
@@ -57,7 +68,8 @@ def client(gateway: ServerThread) -> Iterator[openai.OpenAI]:
 
 def _ask(client: openai.OpenAI, **kwargs: Any) -> tuple[str, Mapping[str, str]]:
     raw = client.chat.completions.with_raw_response.create(
-        model="chat", messages=[{"role": "user", "content": "hi"}], **kwargs)
+        model="chat", messages=[{"role": "user", "content": "hi"}], **kwargs
+    )
     raw.parse()
     return raw.headers["x-gateway-variant"], raw.headers
 
@@ -91,9 +103,14 @@ def test_one_end_user_stays_on_one_variant(client, upstream, gateway):
     for user in ("alice", "bob", "carol", "dave"):
         assert len({_ask(client, user=user)[0] for _ in range(10)}) == 1
     session = {"x-gateway-session": "s-42"}
-    seen = {httpx.post(gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}", **session},
-                       json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
-                       ).headers["x-gateway-variant"] for _ in range(10)}
+    seen = {
+        httpx.post(
+            gateway.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {KEY}", **session},
+            json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
+        ).headers["x-gateway-variant"]
+        for _ in range(10)
+    }
     assert len(seen) == 1
 
 
@@ -109,16 +126,19 @@ def test_the_header_pins_a_variant_and_an_unknown_name_is_a_400(client, upstream
 def test_a_tenant_pin_sends_all_its_traffic_to_its_variant(gateway, upstream):
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=OTHER_KEY, max_retries=0, timeout=20) as globex:
         assert {_ask(globex, user=f"u{i}")[0] for i in range(20)} == {"v2"}
-        assert _ask(globex, extra_headers={"x-gateway-variant": "v1"})[0] == "v1"   # the header wins
+        assert _ask(globex, extra_headers={"x-gateway-variant": "v1"})[0] == "v1"  # the header wins
 
 
 def test_the_variant_prompt_and_parameter_defaults_are_applied(client, upstream):
     _ask(client, extra_headers={"x-gateway-variant": "v2"})
     body = upstream[1].requests[-1].body
-    assert body["messages"] == [{"role": "system", "content": "You are v2."}, {"role": "user", "content": "hi"}]
+    assert body["messages"] == [
+        {"role": "system", "content": "You are v2."},
+        {"role": "user", "content": "hi"},
+    ]
     assert body["temperature"] == 0.2
     _ask(client, extra_headers={"x-gateway-variant": "v2"}, temperature=0.9)
-    assert upstream[1].requests[-1].body["temperature"] == 0.9   # the client's own value stays
+    assert upstream[1].requests[-1].body["temperature"] == 0.9  # the client's own value stays
     _ask(client, extra_headers={"x-gateway-variant": "v1"})
     body = upstream[1].requests[-1].body
     assert body["messages"] == [{"role": "user", "content": "hi"}] and "temperature" not in body
@@ -144,11 +164,15 @@ def test_variant_config_errors_name_the_field(upstream):
 
 
 def test_canary_and_shadow_must_name_another_variant(upstream):
-    bad = {"v1": {"deployments": ["a"], "shadow": {"variant": "v9", "share": 0.1}},
-           "v2": {"deployments": ["b"], "canary": {"stable": "v2"}}}
+    bad = {
+        "v1": {"deployments": ["a"], "shadow": {"variant": "v9", "share": 0.1}},
+        "v2": {"deployments": ["b"], "canary": {"stable": "v2"}},
+    }
     with pytest.raises(ConfigError) as info:
         parse_config(_config(upstream[0].url, variants=bad), env={})
-    assert any(p.startswith("models.chat.variants.v1.shadow.variant:") and "'v9'" in p for p in info.value.problems)
+    assert any(
+        p.startswith("models.chat.variants.v1.shadow.variant:") and "'v9'" in p for p in info.value.problems
+    )
     assert any(p.startswith("models.chat.variants.v2.canary.stable:") for p in info.value.problems)
     too_much = {"v1": {"deployments": ["a"], "shadow": {"variant": "v1", "share": 1.5}}}
     with pytest.raises(ConfigError) as info:

@@ -29,8 +29,18 @@ START = 1_800_000_000.0
 
 
 def _config(url: str, redis_url: str | None, v2_weight: float = 0) -> str:
-    deps = [json.dumps({"provider": "openai-compatible", "model": f"model-{n}", "name": n, "api_base": f"{url}/v1",
-                        "api_key": UPSTREAM_KEY}) for n in ("a", "b")]
+    deps = [
+        json.dumps(
+            {
+                "provider": "openai-compatible",
+                "model": f"model-{n}",
+                "name": n,
+                "api_base": f"{url}/v1",
+                "api_key": UPSTREAM_KEY,
+            }
+        )
+        for n in ("a", "b")
+    ]
     variants = {"v1": {"deployments": ["a"], "weight": 1}, "v2": {"deployments": ["b"], "weight": v2_weight}}
     stores = f"stores: {{redis_url: {redis_url}}}" if redis_url else ""
     return f"""
@@ -56,7 +66,9 @@ def running(text: str, clock: Clock = SYSTEM) -> Iterator[ServerThread]:
         server.stop()
 
 
-def _admin(gateway: ServerThread, method: str, path: str, body: Any = None, key: str = ADMIN_KEY) -> httpx.Response:
+def _admin(
+    gateway: ServerThread, method: str, path: str, body: Any = None, key: str = ADMIN_KEY
+) -> httpx.Response:
     return httpx.request(method, gateway.url + path, json=body, headers={"Authorization": f"Bearer {key}"})
 
 
@@ -68,9 +80,12 @@ def _change(gateway: ServerThread, **body: Any) -> dict[str, Any]:
 
 def _served(gateway: ServerThread, n: int = 12) -> set[str]:
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
-        return {client.chat.completions.with_raw_response.create(
-            model="chat", messages=[{"role": "user", "content": "hi"}], user=f"u{i}").headers["x-gateway-variant"]
-            for i in range(n)}
+        return {
+            client.chat.completions.with_raw_response.create(
+                model="chat", messages=[{"role": "user", "content": "hi"}], user=f"u{i}"
+            ).headers["x-gateway-variant"]
+            for i in range(n)
+        }
 
 
 @REDIS_LEAK
@@ -80,14 +95,14 @@ def test_changes_promote_and_rollback_are_recorded_and_survive_a_restart(upstrea
     with running(text, clock) as gateway:
         history = _promote_and_roll_back(gateway, clock)
     with running(text, clock) as restarted:
-        assert _served(restarted, 40) == {"v1", "v2"}     # the weights in force, not the YAML's
+        assert _served(restarted, 40) == {"v1", "v2"}  # the weights in force, not the YAML's
         assert _admin(restarted, "GET", "/admin/aliases/chat/history").json()["data"] == history
         current = _admin(restarted, "GET", "/admin/aliases/chat/variants").json()["variants"]
         assert current["v2"]["weight"] == 1
         # A second rollback undoes the change before: back to the YAML's weights.
         _change(restarted, action="rollback", why="undo the canary too")
         assert _served(restarted) == {"v1"}
-    gc.collect()   # the leaked connection is collected here, under REDIS_LEAK, not in the next test
+    gc.collect()  # the leaked connection is collected here, under REDIS_LEAK, not in the next test
 
 
 def _promote_and_roll_back(gateway: ServerThread, clock: ManualClock) -> list[dict[str, Any]]:
@@ -103,14 +118,15 @@ def _promote_and_roll_back(gateway: ServerThread, clock: ManualClock) -> list[di
     clock.advance(60)
     rolled = _change(gateway, action="rollback", why="complaints about v2")
     assert rolled["undoes"] == promoted["seq"]
-    assert _served(gateway, 40) == {"v1", "v2"}       # back to the 50/50 before the promotion
+    assert _served(gateway, 40) == {"v1", "v2"}  # back to the 50/50 before the promotion
 
     history = _admin(gateway, "GET", "/admin/aliases/chat/history").json()["data"]
     assert [(e["action"], e["who"], e["at"], e["why"]) for e in history] == [
         ("yaml", "config", START, "the config file's variants"),
         ("weights", ADMIN_ID, START + 60, "canary at 50%"),
         ("promote", ADMIN_ID, START + 120, "v2 wins the eval"),
-        ("rollback", ADMIN_ID, START + 180, "complaints about v2")]
+        ("rollback", ADMIN_ID, START + 180, "complaints about v2"),
+    ]
     assert history[1]["before"]["v2"]["weight"] == 0 and history[1]["after"]["v2"]["weight"] == 1
     return history
 
@@ -129,12 +145,20 @@ def test_an_edited_yaml_wins_over_the_stored_variants_and_is_recorded(upstream, 
 
 def test_add_a_variant_then_pin_it_by_header(upstream, start_gateway):
     gateway = start_gateway(_config(upstream[0].url, None))
-    added = _change(gateway, action="add", name="v3", why="a prompt tweak",
-                    variant={"deployments": ["a"], "weight": 0, "system_prompt": "Be terse."})
+    added = _change(
+        gateway,
+        action="add",
+        name="v3",
+        why="a prompt tweak",
+        variant={"deployments": ["a"], "weight": 0, "system_prompt": "Be terse."},
+    )
     assert "v3" in added["after"] and "v3" not in added["before"]
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
         raw = client.chat.completions.with_raw_response.create(
-            model="chat", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-gateway-variant": "v3"})
+            model="chat",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-gateway-variant": "v3"},
+        )
     assert raw.headers["x-gateway-variant"] == "v3"
     assert upstream[1].requests[-1].body["messages"][0] == {"role": "system", "content": "Be terse."}
 
@@ -142,18 +166,25 @@ def test_add_a_variant_then_pin_it_by_header(upstream, start_gateway):
 def test_bad_changes_are_refused_and_not_recorded(upstream, start_gateway):
     gateway = start_gateway(_config(upstream[0].url, None))
     path = "/admin/aliases/chat/variants"
-    cases = [({"action": "weights", "weights": {"v9": 1}, "why": "x"}, "weights"),
-             ({"action": "weights", "weights": {"v1": -1}, "why": "x"}, "weights"),
-             ({"action": "promote", "variant": "v9", "why": "x"}, "variant"),
-             ({"action": "add", "name": "v3", "variant": {"deployments": ["nope"]}, "why": "x"}, "variant"),
-             ({"action": "explode", "why": "x"}, "action"),
-             ({"action": "promote", "variant": "v2"}, "why"),
-             ({"action": "rollback", "why": "nothing yet"}, "action"),
-             ({"action": "weights", "weights": {"v1": 0, "v2": 0}, "why": "x"}, "variant")]
+    cases = [
+        ({"action": "weights", "weights": {"v9": 1}, "why": "x"}, "weights"),
+        ({"action": "weights", "weights": {"v1": -1}, "why": "x"}, "weights"),
+        ({"action": "promote", "variant": "v9", "why": "x"}, "variant"),
+        ({"action": "add", "name": "v3", "variant": {"deployments": ["nope"]}, "why": "x"}, "variant"),
+        ({"action": "explode", "why": "x"}, "action"),
+        ({"action": "promote", "variant": "v2"}, "why"),
+        ({"action": "rollback", "why": "nothing yet"}, "action"),
+        ({"action": "weights", "weights": {"v1": 0, "v2": 0}, "why": "x"}, "variant"),
+    ]
     for body, param in cases:
         response = _admin(gateway, "POST", path, body)
         assert response.status_code == 400, (body, response.text)
         assert response.json()["error"]["param"] == param, body
-    assert [e["action"] for e in _admin(gateway, "GET", "/admin/aliases/chat/history").json()["data"]] == ["yaml"]
-    assert _admin(gateway, "POST", path, {"action": "promote", "variant": "v2", "why": "x"}, key=KEY).status_code == 403
+    assert [e["action"] for e in _admin(gateway, "GET", "/admin/aliases/chat/history").json()["data"]] == [
+        "yaml"
+    ]
+    assert (
+        _admin(gateway, "POST", path, {"action": "promote", "variant": "v2", "why": "x"}, key=KEY).status_code
+        == 403
+    )
     assert _admin(gateway, "GET", "/admin/aliases/nope/history").status_code == 404
