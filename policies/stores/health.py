@@ -56,6 +56,7 @@ class StoreHealth:
         self._probing: asyncio.Task[None] | None = None
         self._down_until = 0.0
         self.degraded = False
+        metrics.STORE_DEGRADED.set(0)  # a new layer starts healthy (a process has one; a reload keeps it)
         self._log = structlog.get_logger("gateway")
         self._on_recovery: list[Callable[[], None]] = []
 
