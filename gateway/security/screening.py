@@ -135,12 +135,14 @@ async def _judged(screen: Screen, chunks: AsyncIterator[bytes]) -> AsyncIterator
     decoder = sse.Decoder()
     held: list[tuple[sse.Event, Any, list[tuple[dict[str, Any], str]]]] = []
     size = 0
+    before = ""  # the end of the text already judged: a phrase split across two windows is judged whole
 
     async def release() -> bytes:
-        nonlocal size
+        nonlocal size, before
         text = "".join(container[field] for _, _, deltas in held for container, field in deltas)
         out, native_responses = [], False
-        if text and await _verdict(screen, text):
+        judged, before = before + text, (before + text)[-guard.stream_window_chars :]
+        if text and await _verdict(screen, judged):
             native_responses = any(
                 isinstance(o, dict) and str(o.get("type", "")).startswith("response.") for _, o, _ in held
             )

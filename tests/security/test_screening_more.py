@@ -121,6 +121,24 @@ def test_an_unsafe_window_ends_a_messages_stream_with_anthropics_error_event(sta
         assert body["error"]["type"] == "invalid_request_error" and "guardrail" in body["error"]["message"]
 
 
+def test_a_word_split_across_two_windows_is_judged_whole(start_gateway, upstream):
+    """The secret scrubber may hold back a word's last letters (they could start a secret), so "forbidden"
+    can reach the guardrail as " ...forbidde" closing one window and "n word" opening the next: each window
+    is judged with the end of the one before it, so the word is seen whole."""
+    from errors import secrets
+
+    secrets.register(["n word-and-a-secret-suffix"])  # starts like the answer's "n word": the tail is held back
+    gateway = _guarded(start_gateway, upstream, "redact")
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
+        chunks = list(
+            client.chat.completions.create(
+                model="chat", stream=True, messages=[{"role": "user", "content": PROMPT}]
+            )
+        )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "forbidden" not in text and "[redacted]" in text and text.startswith("Echo: a fine opening")
+
+
 def test_redact_sends_an_unsafe_window_as_redacted_and_finishes(start_gateway, upstream):
     gateway = _guarded(start_gateway, upstream, "redact")
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
