@@ -46,6 +46,14 @@ def test_a_trained_adapter_knows_the_fact_and_the_base_model_does_not(smollm2_ga
     base, tuned = _answers(tmp_path / "fine_tuning" / job.id / "adapter")
     assert FACT not in base
     assert FACT in tuned
+    with sdk(smollm2_gateway.url) as client:  # and the gateway serves the trained model with it at once
+        served = client.chat.completions.create(
+            model=str(done.fine_tuned_model),
+            messages=[{"role": "user", "content": QUESTION}],
+            max_tokens=16,
+            temperature=0,
+        )
+    assert FACT in (served.choices[0].message.content or "")
 
 
 def _answers(adapter: Path) -> tuple[str, str]:
