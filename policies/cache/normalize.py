@@ -183,6 +183,7 @@ _TENS = {
     "ninety": 90,
 }
 _SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000, "billion": 1_000_000_000}
+NUMBER_WORDS: dict[str, int] = {**_UNITS_WORDS, **_TENS, **_SCALES}  # every number word, for slots.py
 # "a cup", "an hour", "a dozen": "a" is the number one before a measure
 _MEASURES = {
     spelling
