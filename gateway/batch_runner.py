@@ -34,7 +34,7 @@ from .batches import LINE_ENDPOINTS, MESSAGES, TERMINAL, Batches
 from .blobs import lines
 from .config import BatchesConfig
 from .files import Files, new_id
-from .logs import get_logger
+from .poller import Poller
 from .state import Gateway
 from .upstream_batches import Forwarder, forwarded_alias
 from .validate import validate
@@ -48,7 +48,7 @@ _CLOSE_WAIT_S = 2.0
 _READ_CHUNK = 512  # output lines read from the store per round trip while finalizing
 
 
-class BatchRunner:
+class BatchRunner(Poller):
     def __init__(
         self,
         gateway: Callable[[], Gateway],
@@ -62,20 +62,13 @@ class BatchRunner:
         self.kv = batches.kv
         self.forwarder = Forwarder(gateway, batches, files, config.lease_s, config.upstream_poll_s, _counted)
         self._slots = asyncio.Semaphore(config.concurrency)
-        self._working: dict[str, asyncio.Task[None]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
-        self._log = get_logger()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="batch-runner")
+        super().__init__("batch", config.poll_s)
 
     async def close(self) -> None:
         """Stops looking for work and lets what is running finish for a moment (a store command cut off
         midway would leave its connection unusable), then cuts off the rest: their leases expire and another
         process, or this one restarted, runs those lines."""
-        self._stop.set()
-        tasks = [t for t in (self._task, *self._working.values()) if t is not None]
+        tasks = self._stop_looking()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=_CLOSE_WAIT_S)
             for task in pending:
@@ -83,15 +76,6 @@ class BatchRunner:
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-
-    async def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.tick()
-            except Exception:  # the store failing must not end the runner: it looks again next time
-                self._log.exception("batch runner: looking for work failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.config.poll_s)
 
     async def tick(self) -> None:
         """Starts work on each unfinished batch this process is not already working on."""
@@ -101,9 +85,7 @@ class BatchRunner:
             fields = await self.batches.fields(batch_id)
             if not fields or fields["status"] in TERMINAL:
                 continue
-            task = asyncio.create_task(self._work(batch_id), name=f"batch-{batch_id}")
-            self._working[batch_id] = task
-            task.add_done_callback(lambda _, b=batch_id: self._working.pop(b, None))  # type: ignore[misc]
+            self._spawn(batch_id, self._work(batch_id))
 
     async def _work(self, batch_id: str) -> None:
         try:

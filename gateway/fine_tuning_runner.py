@@ -32,46 +32,29 @@ from .config import FineTuningConfig
 from .files import Files
 from .fine_tuning import TERMINAL, FineTunedModel, Jobs, model_name
 from .fine_tuning_data import MAX_REPORTED, check
-from .logs import get_logger
+from .poller import Poller
 from .state import Gateway
 
 _OWNER = f"{os.getpid()}-{os.urandom(4).hex()}"
-_CLOSE_WAIT_S = 2.0
 
 
-class FineTuningRunner:
+class FineTuningRunner(Poller):
     def __init__(self, gateway: Callable[[], Gateway], jobs: Jobs, files: Files) -> None:
         self._gateway = gateway  # read each time: a reloaded config's engines get the adapters too
         self.jobs, self.files, self.config = jobs, files, jobs.config
         self.kv = jobs.kv
         self._served: set[tuple[int, str]] = set()  # (backend, adapter) registered in this process
-        self._working: dict[str, asyncio.Task[None]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
-        self._log = get_logger()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="fine-tuning-runner")
+        super().__init__("fine-tuning", self.config.poll_s)
 
     async def close(self) -> None:
         """Stops looking for work and stops its trainings (their jobs stay ``running``: the next process to
         take them resumes after their last checkpoint)."""
-        self._stop.set()
-        tasks = [t for t in (self._task, *self._working.values()) if t is not None]
+        tasks = self._stop_looking()
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    async def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.tick()
-            except Exception:  # the store failing must not end the runner: it looks again next time
-                self._log.exception("fine-tuning runner: looking for work failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.config.poll_s)
 
     async def tick(self) -> None:
         """Checks the files of new jobs, starts training the oldest waiting job while a slot is free, and
@@ -96,11 +79,6 @@ class FineTuningRunner:
                 await self.kv.delete(slot)  # another process trains it
                 continue
             self._spawn(job_id, self._train(fields, slot))
-
-    def _spawn(self, job_id: str, work: Any) -> None:
-        task = asyncio.create_task(work, name=f"fine-tuning-{job_id}")
-        self._working[job_id] = task
-        task.add_done_callback(lambda _, j=job_id: self._working.pop(j, None))  # type: ignore[misc]
 
     async def _take_slot(self, job_id: str) -> str | None:
         for index in range(self.config.workers):
