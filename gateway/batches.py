@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from backends import Endpoint
-from errors import InvalidRequest, NotFound
+from errors import InvalidRequest
 from policies.clock import Clock
 from policies.stores.keyvalue import KeyValue
 
@@ -26,6 +26,7 @@ from . import bridge
 from .auth import Caller
 from .config import BatchesConfig
 from .files import FILES, _tenant, new_id, page, respond
+from .records import TenantRecords, metadata_of
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 MESSAGES = "/v1/messages"  # an Anthropic message batch's lines: translated to chat and back
@@ -50,14 +51,12 @@ _TIMES = (
 )
 
 
-class Batches:
+class Batches(TenantRecords):
     """Batch records on ``kv``; the runner and the handlers both go through it."""
 
     def __init__(self, kv: KeyValue, config: BatchesConfig, clock: Clock) -> None:
-        self.kv, self.config, self.clock = kv, config, clock
-
-    def now(self) -> int:
-        return int(self.clock.time())
+        super().__init__(kv, clock, "batch", _TTL_S, "batch", "batch_id")
+        self.config = config
 
     async def create(
         self,
@@ -82,22 +81,8 @@ class Batches:
             "metadata": orjson.dumps(metadata).decode(),
             "status": "validating",
         }
-        await self.kv.hash_set(f"batch:{batch_id}", fields, _TTL_S)
-        await self.kv.append(f"batches:{tenant}", batch_id, ttl_s=_TTL_S)
-        await self.kv.append("batches", batch_id, ttl_s=_TTL_S)
+        await self.add(tenant, batch_id, fields)
         return fields
-
-    async def fields(self, batch_id: str) -> dict[str, str]:
-        return await self.kv.hash_get(f"batch:{batch_id}")
-
-    async def get(self, tenant: str, batch_id: str) -> dict[str, str]:
-        fields = await self.fields(batch_id)
-        if not fields or fields.get("tenant") != tenant:
-            raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
-        return fields
-
-    async def update(self, batch_id: str, **fields: str) -> None:
-        await self.kv.hash_set(f"batch:{batch_id}", fields, _TTL_S)
 
     async def moved(self, batch_id: str, status: str) -> None:
         """The batch enters ``status`` now."""
@@ -105,8 +90,7 @@ class Batches:
 
     async def ids(self, tenant: str | None = None) -> list[str]:
         """Newest first, each once."""
-        ids = await self.kv.items("batches" if tenant is None else f"batches:{tenant}")
-        return list(dict.fromkeys(reversed(ids)))
+        return list(dict.fromkeys(reversed(await self._listed_ids(tenant))))
 
     async def listed(self, tenant: str | None, kind: str | None = None) -> list[dict[str, str]]:
         """The batches of ``tenant`` (every tenant's: None) of ``kind`` (any: None), newest first."""
@@ -192,19 +176,7 @@ async def create(request: web.Request) -> web.Response:
         raise InvalidRequest(
             "Invalid value for 'completion_window': only '24h' is supported.", param="completion_window"
         )
-    metadata = body.get("metadata")
-    if metadata is not None and (
-        not isinstance(metadata, dict)
-        or len(metadata) > 16
-        or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
-            for k, v in metadata.items()
-        )
-    ):
-        raise InvalidRequest(
-            "Invalid 'metadata': at most 16 string keys (64 characters) and string values (512 characters).",
-            param="metadata",
-        )
+    metadata = metadata_of(body)
     record = await request.app[FILES].get(tenant, file_id)
     if record["purpose"] != "batch":
         raise InvalidRequest(

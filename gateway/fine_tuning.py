@@ -28,6 +28,7 @@ from policies.stores.keyvalue import KeyValue
 from .config import FineTuningConfig
 from .files import FILES, _tenant, respond
 from .keys import GATEWAY
+from .records import TenantRecords, metadata_of
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -53,14 +54,12 @@ class FineTunedModel:
         return orjson.dumps(self.__dict__).decode()
 
 
-class Jobs:
+class Jobs(TenantRecords):
     """Fine-tuning job records on ``kv``; the runner and the handlers both go through it."""
 
     def __init__(self, kv: KeyValue, config: FineTuningConfig, clock: Clock) -> None:
-        self.kv, self.config, self.clock = kv, config, clock
-
-    def now(self) -> int:
-        return int(self.clock.time())
+        super().__init__(kv, clock, "ftjob", _TTL_S, "fine-tuning job", "fine_tuning_job_id")
+        self.config = config
 
     async def create(self, tenant: str, key_id: str, fields: dict[str, str]) -> dict[str, str]:
         job_id = "ftjob-" + secrets.token_hex(12)
@@ -72,28 +71,13 @@ class Jobs:
             "created_at": str(self.now()),
             "status": "validating_files",
         }
-        await self.kv.hash_set(f"ftjob:{job_id}", fields, _TTL_S)
-        await self.kv.append(f"ftjobs:{tenant}", job_id, ttl_s=_TTL_S)
-        await self.kv.append("ftjobs", job_id, ttl_s=_TTL_S)
+        await self.add(tenant, job_id, fields)
         await self.event(job_id, f"Created fine-tuning job: {job_id}", kind="message")
         return fields
 
-    async def fields(self, job_id: str) -> dict[str, str]:
-        return await self.kv.hash_get(f"ftjob:{job_id}")
-
-    async def get(self, tenant: str, job_id: str) -> dict[str, str]:
-        fields = await self.fields(job_id)
-        if not fields or fields.get("tenant") != tenant:
-            raise NotFound(f"No fine-tuning job found with id '{job_id}'.", param="fine_tuning_job_id")
-        return fields
-
-    async def update(self, job_id: str, **fields: str) -> None:
-        await self.kv.hash_set(f"ftjob:{job_id}", fields, _TTL_S)
-
     async def ids(self, tenant: str | None = None) -> list[str]:
         """Oldest first, each once."""
-        ids = await self.kv.items("ftjobs" if tenant is None else f"ftjobs:{tenant}")
-        return list(dict.fromkeys(ids))
+        return list(dict.fromkeys(await self._listed_ids(tenant)))
 
     async def event(
         self,
@@ -265,23 +249,6 @@ def _text(body: dict[str, Any], name: str, limit: int) -> str:
     return value
 
 
-def _metadata(body: dict[str, Any]) -> dict[str, str] | None:
-    metadata = body.get("metadata")
-    if metadata is not None and (
-        not isinstance(metadata, dict)
-        or len(metadata) > 16
-        or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
-            for k, v in metadata.items()
-        )
-    ):
-        raise InvalidRequest(
-            "Invalid 'metadata': at most 16 string keys (64 characters) and string values (512 characters).",
-            param="metadata",
-        )
-    return metadata
-
-
 JOBS = web.AppKey("fine_tuning_jobs", Jobs)
 
 
@@ -343,7 +310,7 @@ async def create(request: web.Request) -> web.Response:
         "seed": str(seed),
         "hyperparameters": orjson.dumps(_hyperparameters(body, jobs.config)).decode(),
         "lora": orjson.dumps(_lora(body, jobs.config)).decode(),
-        "metadata": orjson.dumps(_metadata(body)).decode(),
+        "metadata": orjson.dumps(metadata_of(body)).decode(),
     }
     created = await jobs.create(tenant, caller.key_id, fields)
     return respond(request, render(created))
