@@ -34,53 +34,33 @@ from .logbodies import BODIES, BodyPolicy
 DROPPED = Counter(
     "gateway_request_log_dropped_total", "Request log records dropped: its database fell behind"
 )
-COLUMNS = (
-    "ts",
-    "request_id",
-    "tenant",
-    "key_id",
-    "alias",
-    "deployment",
-    "endpoint",
-    "status",
-    "stream",
-    "latency_ms",
-    "overhead_ms",
-    "ttft_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost_usd",
-    "saved_usd",
-    "cache",
-    "attempts",
-    "error",
-    "trace_id",
+# Each column with its PostgreSQL type (SQLite takes the names alone); the bodies last, kept only when logged
+_SCHEMA = (
+    ("ts", "double precision"),
+    ("request_id", "text"),
+    ("tenant", "text"),
+    ("key_id", "text"),
+    ("alias", "text"),
+    ("deployment", "text"),
+    ("endpoint", "text"),
+    ("status", "integer"),
+    ("stream", "boolean"),
+    ("latency_ms", "double precision"),
+    ("overhead_ms", "double precision"),
+    ("ttft_ms", "double precision"),
+    ("prompt_tokens", "bigint"),
+    ("completion_tokens", "bigint"),
+    ("cost_usd", "double precision"),
+    ("saved_usd", "double precision"),
+    ("cache", "text"),
+    ("attempts", "text"),
+    ("error", "text"),
+    ("trace_id", "text"),
+    ("request_body", "text"),
+    ("response_body", "text"),
 )
 BODY_COLUMNS = ("request_body", "response_body")
-_SQL_TYPES = (
-    "double precision",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "integer",
-    "boolean",
-    "double precision",
-    "double precision",
-    "double precision",
-    "bigint",
-    "bigint",
-    "double precision",
-    "double precision",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-)
+COLUMNS = tuple(name for name, _ in _SCHEMA if name not in BODY_COLUMNS)
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
     "CREATE INDEX IF NOT EXISTS requests_tenant_ts ON requests (tenant, ts)",
@@ -370,9 +350,7 @@ class PostgresRequestLog(RequestLog):
 
         assert self.config.dsn is not None
         self._pool = await asyncpg.create_pool(self.config.dsn, min_size=1, max_size=4, command_timeout=30)
-        columns = ", ".join(
-            f"{name} {kind}" for name, kind in zip(COLUMNS + BODY_COLUMNS, _SQL_TYPES, strict=True)
-        )
+        columns = ", ".join(f"{name} {kind}" for name, kind in _SCHEMA)
         async with self._pool.acquire() as db:
             # one replica at a time makes the schema (CREATE ... IF NOT EXISTS races on the catalog)
             async with db.transaction():
