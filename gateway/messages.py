@@ -24,7 +24,7 @@ from policies.call import Call
 
 from . import bridge
 from .keys import GATEWAY, RECORD
-from .security import screening
+from .proxy import screened_call
 
 _NATIVE = ("anthropic",)
 
@@ -45,7 +45,6 @@ def _failed(exc: GatewayError) -> bytes:
 
 async def _messages(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
-    record = request[RECORD]
     asked = await bridge.incoming(request, wire.check, _unknown)
     body, alias, stream, caller = asked.body, asked.alias, asked.stream, asked.caller
     dropped: list[str] = []
@@ -53,21 +52,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         endpoint, payload = Endpoint.MESSAGES, {**body, wire.BETAS: request.headers.get("anthropic-beta")}
     else:
         endpoint, payload = Endpoint.CHAT, wire.to_chat(body, dropped)
-    screen = await screening.inbound(
-        gateway.pipeline, caller.tenant, caller.key_id, endpoint, payload, record
-    )
-    if gateway.loaded.config.server.log_prompts:
-        record.prompt = screen.logged["messages"]
-    call = Call(
-        record=record,
-        tenant=caller.tenant.name,
-        key_id=caller.key_id,
-        alias=alias,
-        endpoint=endpoint,
-        body=screen.body,
-        stream=stream,
-        headers=request.headers,
-    )
+    call, screen = await screened_call(request, caller, alias, endpoint, payload, stream)
     async with gateway.pipeline.answer(call) as answer:
         answer = await screen.outbound(answer)
         extra = bridge.headers(call, dropped)

@@ -14,6 +14,7 @@ from errors import GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge,
 from policies.call import Call
 
 from . import fine_tuning
+from .auth import Caller
 from .keys import GATEWAY, RECORD
 from .security import screening
 from .security.network import PEER
@@ -50,12 +51,23 @@ async def proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
             f"The model `{alias}` does not exist or you do not have access to it.", param="model"
         )
     record.alias = alias
+    stream = endpoint is not Endpoint.EMBEDDINGS and body.get("stream") is True
+    record.stream = stream
+    call, screen = await screened_call(request, caller, alias, endpoint, body, stream)
+    async with gateway.pipeline.answer(call) as answer:
+        return await relay(request, call, await screen.outbound(answer))
+
+
+async def screened_call(
+    request: web.Request, caller: Caller, alias: str, endpoint: Endpoint, body: dict[str, Any], stream: bool
+) -> tuple[Call, screening.Screen]:
+    """The call the pipeline answers: the body as the tenant's screening leaves it (PII, guardrail), the
+    prompt logged when ``server.log_prompts`` is on."""
+    gateway, record = request.app[GATEWAY], request[RECORD]
     screen = await screening.inbound(gateway.pipeline, caller.tenant, caller.key_id, endpoint, body, record)
     if gateway.loaded.config.server.log_prompts:
         logged = screen.logged
         record.prompt = logged.get("messages") or logged.get("prompt") or logged.get("input")
-    stream = endpoint is not Endpoint.EMBEDDINGS and body.get("stream") is True
-    record.stream = stream
     call = Call(
         record=record,
         tenant=caller.tenant.name,
@@ -66,8 +78,7 @@ async def proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         stream=stream,
         headers=request.headers,
     )
-    async with gateway.pipeline.answer(call) as answer:
-        return await relay(request, call, await screen.outbound(answer))
+    return call, screen
 
 
 async def relay(request: web.Request, call: Call, answer: UpstreamResponse) -> web.StreamResponse:
