@@ -264,11 +264,7 @@ class Admission:
         rules = self._rules.get(tenant, self._fallback_rules)
         now = self.clock.time()
         day, month = budget.today(now)
-        key_policy = rules.per_key.get(key_id)
-        key_budget = key_policy.budget if key_policy and key_policy.budget else rules.key_budget
-        spends = budget.spends(rules.budget, rules.prefix, "tenant", day, month)
-        spends += budget.spends(key_budget, f"{rules.prefix}:k:{key_id}", "key", day, month)
-        spends = [replace(s, limit=None, soft=None) for s in spends]
+        spends = _uncapped(_budget_spends(rules, key_id, day, month))
         reservation = Reservation(
             entry_id=entry_id,
             tenant=tenant,
@@ -310,7 +306,7 @@ class Admission:
         rules = self._rules.get(call.tenant, self._fallback_rules)
         reservation = await self._plan(call, rules)
         reservation.buckets, reservation.slots = [], []
-        reservation.spends = [Spend(s.key, None, None, s.ttl_s, s.scope) for s in reservation.spends]
+        reservation.spends = _uncapped(reservation.spends)
         result = await self.store.admit(reservation)
         if result.outcome == "dup":  # charged already (the same line's results read twice)
             return
@@ -478,7 +474,6 @@ class Admission:
         """What a request of this tenant, key and alias draws on, but for its token count."""
         key_policy = rules.per_key.get(call.key_id)
         key_limits = key_policy.limits if key_policy and key_policy.limits else rules.key_limits
-        key_budget = key_policy.budget if key_policy and key_policy.budget else rules.key_budget
         key_prefix = f"{rules.prefix}:k:{call.key_id}"
         alias_prefix = f"{rules.prefix}:m:{call.alias}"
         scoped = [(rules.limits, rules.prefix, "tenant"), (key_limits, key_prefix, "key")]
@@ -489,8 +484,7 @@ class Admission:
             b for limits, prefix, scope in scoped for b in bucket.buckets(limits, prefix, scope, 0, True)
         ]
         held = [s for limits, prefix, scope in scoped for s in bucket.slots(limits, prefix, scope)]
-        spends = budget.spends(rules.budget, rules.prefix, "tenant", day, month)
-        spends += budget.spends(key_budget, key_prefix, "key", day, month)
+        spends = _budget_spends(rules, call.key_id, day, month)
         return (
             [b for b in planned if b.kind == "requests"],
             [b for b in planned if b.kind == "tokens"],
@@ -625,3 +619,17 @@ class Admission:
 
 def _retry_after(result: AdmitResult) -> int:
     return max(1, math.ceil(result.retry_after))
+
+
+def _budget_spends(rules: _Rules, key_id: str, day: str, month: str) -> list[Spend]:
+    """What a request of this key spends: the tenant's budget and the key's own (or the tenants' default for
+    its keys)."""
+    key_policy = rules.per_key.get(key_id)
+    key_budget = key_policy.budget if key_policy and key_policy.budget else rules.key_budget
+    spends = budget.spends(rules.budget, rules.prefix, "tenant", day, month)
+    return spends + budget.spends(key_budget, f"{rules.prefix}:k:{key_id}", "key", day, month)
+
+
+def _uncapped(spends: list[Spend]) -> list[Spend]:
+    """The same spends with no limit: work already done is charged even past the budget."""
+    return [replace(s, limit=None, soft=None) for s in spends]
