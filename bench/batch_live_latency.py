@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.local_gateway_bench import KEY, process  # noqa: E402
 from gateway.auth import hash_key  # noqa: E402
-from tests.harness import free_port  # noqa: E402
+from tests.harness import free_port, serve_argv  # noqa: E402
 
 ENGINE = "{max_num_seqs: 4, kv_cache_gib: 0.05, max_model_len: 512}"
 IN_FLIGHT = 12  # batch lines the runner keeps in flight (more than the engine holds)
@@ -157,18 +157,7 @@ def main() -> None:
         path = Path(tmp) / "config.yaml"
         path.write_text(config(str(Path(tmp) / "files")))
         with process(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "serve",
-                "--config",
-                str(path),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            serve_argv(str(path), str(port)),
             f"http://127.0.0.1:{port}/readyz",
             {},
         ):

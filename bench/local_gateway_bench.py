@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.auth import hash_key  # noqa: E402
-from tests.harness import free_port  # noqa: E402
+from tests.harness import free_port, serve_argv  # noqa: E402
 
 KEY = "gw-bench-key"
 ENGINE = {"max_num_seqs": 32, "kv_cache_gib": 0.25}
@@ -117,18 +117,7 @@ tenants:
     keys: ["{hash_key(KEY)}"]
 """)
         with process(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "serve",
-                "--config",
-                str(config),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            serve_argv(str(config), str(port)),
             f"http://127.0.0.1:{port}/readyz",
             {},
         ):

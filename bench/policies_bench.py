@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.gateway_bench import Processes, free_port, wait_ready, wrk  # noqa: E402
 from gateway.auth import hash_key  # noqa: E402
+from tests.harness import serve_argv  # noqa: E402
 
 KEY = "gw-bench-key"
 ADMIN = "gw-bench-admin"
@@ -80,18 +81,7 @@ def start(procs: Processes, tmp: Path, cfg: Path) -> tuple[object, str]:
     port = free_port()
     log = tmp / f"{cfg.stem}.log"
     process = procs.start(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--config",
-            str(cfg),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        serve_argv(str(cfg), str(port)),
         log,
     )
     base = f"http://127.0.0.1:{port}"

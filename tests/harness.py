@@ -20,6 +20,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def serve_argv(config: object, port: object, workers: object | None = None) -> list[str]:
+    """``python -m gateway serve`` with ``config`` on a loopback ``port`` (``workers``: else the config's)."""
+    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--host", "127.0.0.1"]
+    argv += ["--port", str(port)]
+    return argv if workers is None else [*argv, "--workers", str(workers)]
+
+
 BLOCKED_S = 0.5  # a loop held this long by one call fails the test
 _BEAT_S = 0.05
 

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import httpx
 import openai
 
 from tests.conftest import KEY, UPSTREAM_KEY, config_text, failure_models
-from tests.harness import free_port
+from tests.harness import free_port, serve_argv
 from tests.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,20 +33,7 @@ def start_serve_with(config, env, *, workers=1, stdout=None):
     port = free_port()
     log = stdout.open("wb") if stdout else None
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-        ],
+        serve_argv(str(config), str(port), workers=str(workers)),
         cwd=ROOT,
         stdout=subprocess.DEVNULL if log is None else log,
         stderr=subprocess.STDOUT,

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.harness import free_port
+from tests.harness import free_port, serve_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,20 +24,7 @@ class GatewayProcess:
         self.log = log
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gateway",
-                    "serve",
-                    "--config",
-                    str(config),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--workers",
-                    str(workers),
-                ],
+                serve_argv(str(config), str(self.port), workers=str(workers)),
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,

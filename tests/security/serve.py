@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from typing import Any
 import httpx
 
 from gateway.auth import hash_key, new_key
-from tests.harness import free_port
+from tests.harness import free_port, serve_argv
 
 ADMIN_KEY = new_key()
 ADMIN = f"""
@@ -43,18 +42,7 @@ def serving(
     port = free_port()
     with stdout.open("wb") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "serve",
-                "--config",
-                str(path),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            serve_argv(str(path), str(port)),
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -127,7 +127,9 @@ def test_a_word_split_across_two_windows_is_judged_whole(start_gateway, upstream
     is judged with the end of the one before it, so the word is seen whole."""
     from errors import secrets
 
-    secrets.register(["n word-and-a-secret-suffix"])  # starts like the answer's "n word": the tail is held back
+    secrets.register(
+        ["n word-and-a-secret-suffix"]
+    )  # starts like the answer's "n word": the tail is held back
     gateway = _guarded(start_gateway, upstream, "redact")
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
         chunks = list(
