@@ -9,25 +9,10 @@ from typing import Any
 import anthropic
 import pytest
 
-from tests.backends.test_local import _start, _wait_ready
 from tests.conftest import KEY
 from tests.harness import ServerThread
 
 QUESTION: list[Any] = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def local_gateway() -> Iterator[ServerThread]:
-    server = _start("""
-  - name: smollm2
-    deployments:
-      - provider: local
-        model: SmolLM2-135M-Instruct
-        engine: {max_num_seqs: 4, kv_cache_gib: 0.05, max_model_len: 256}
-""")
-    assert _wait_ready(server)["status"] == "ready"
-    yield server
-    server.stop()
 
 
 @pytest.fixture
