@@ -94,12 +94,8 @@ class Batches(TenantRecords):
 
     async def listed(self, tenant: str | None, kind: str | None = None) -> list[dict[str, str]]:
         """The batches of ``tenant`` (every tenant's: None) of ``kind`` (any: None), newest first."""
-        found = []
-        for batch_id in await self.ids(tenant):
-            fields = await self.fields(batch_id)
-            if fields and (kind is None or fields.get("kind", "openai") == kind):
-                found.append(fields)
-        return found
+        found = await super().listed(tenant)
+        return [f for f in found if kind is None or f.get("kind", "openai") == kind]
 
     async def cancel(self, tenant: str, batch_id: str) -> dict[str, str]:
         fields = await self.get(tenant, batch_id)

@@ -196,26 +196,34 @@ async def list_files(request: web.Request) -> web.Response:
     return respond(request, page(found, request.query, default_limit=10000))
 
 
-def page(found: list[dict[str, Any]], query: Any, default_limit: int = 20) -> dict[str, Any]:
-    """OpenAI's cursor page: ``after`` (an id), ``limit``; newest first unless ``order=asc``."""
-    if query.get("order") == "asc":
+def page(
+    found: list[dict[str, Any]],
+    query: Any,
+    default_limit: int = 20,
+    *,
+    max_limit: int = 10000,
+    ids: bool = True,
+    orderable: bool = True,
+) -> dict[str, Any]:
+    """OpenAI's cursor page: ``after`` (an id), ``limit``; newest first unless ``order=asc`` (where the list
+    takes an order); ``first_id``/``last_id`` where the list has them (``ids``)."""
+    if orderable and query.get("order") == "asc":
         found = found[::-1]
     after = query.get("after")
     if after:
-        ids = [item["id"] for item in found]
-        found = found[ids.index(after) + 1 :] if after in ids else []
+        known = [item["id"] for item in found]
+        found = found[known.index(after) + 1 :] if after in known else []
     try:
-        limit = max(1, min(int(query.get("limit", default_limit)), 10000))
+        limit = max(1, min(int(query.get("limit", default_limit)), max_limit))
     except ValueError as exc:
         raise InvalidRequest("Invalid 'limit': expected an integer.", param="limit") from exc
     data = found[:limit]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": len(found) > limit,
-    }
+    listed: dict[str, Any] = {"object": "list", "data": data}
+    if ids:
+        listed["first_id"] = data[0]["id"] if data else None
+        listed["last_id"] = data[-1]["id"] if data else None
+    listed["has_more"] = len(found) > limit
+    return listed
 
 
 async def retrieve(request: web.Request) -> web.Response:

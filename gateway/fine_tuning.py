@@ -26,7 +26,7 @@ from policies.clock import Clock
 from policies.stores.keyvalue import KeyValue
 
 from .config import FineTuningConfig
-from .files import FILES, _tenant, respond
+from .files import FILES, _tenant, page, respond
 from .keys import GATEWAY
 from .records import TenantRecords, metadata_of
 
@@ -334,13 +334,8 @@ async def cancel(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     tenant = _tenant(request)
-    jobs = request.app[JOBS]
-    found = []
-    for job_id in reversed(await jobs.ids(tenant)):
-        fields = await jobs.fields(job_id)
-        if fields:
-            found.append(render(fields))
-    return respond(request, _page(found, request.query))
+    found = [render(fields) for fields in await request.app[JOBS].listed(tenant)]
+    return respond(request, _listed(found, request.query))
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -348,7 +343,7 @@ async def list_events(request: web.Request) -> web.Response:
     jobs = request.app[JOBS]
     job_id = request.match_info["id"]
     await jobs.get(tenant, job_id)
-    return respond(request, _page(await jobs.events(job_id), request.query))
+    return respond(request, _listed(await jobs.events(job_id), request.query))
 
 
 async def list_checkpoints(request: web.Request) -> web.Response:
@@ -356,25 +351,7 @@ async def list_checkpoints(request: web.Request) -> web.Response:
     jobs = request.app[JOBS]
     job_id = request.match_info["id"]
     await jobs.get(tenant, job_id)
-    return respond(request, _page(await jobs.checkpoints(job_id), request.query, ids=True))
-
-
-def _page(found: list[dict[str, Any]], query: Any, ids: bool = False) -> dict[str, Any]:
-    """OpenAI's fine-tuning pages: ``after`` (an id), ``limit`` (default 20), newest first."""
-    after = query.get("after")
-    if after:
-        known = [item["id"] for item in found]
-        found = found[known.index(after) + 1 :] if after in known else []
-    try:
-        limit = max(1, min(int(query.get("limit", 20)), 1000))
-    except ValueError as exc:
-        raise InvalidRequest("Invalid 'limit': expected an integer.", param="limit") from exc
-    data = found[:limit]
-    page: dict[str, Any] = {"object": "list", "data": data, "has_more": len(found) > limit}
-    if ids:
-        page["first_id"] = data[0]["id"] if data else None
-        page["last_id"] = data[-1]["id"] if data else None
-    return page
+    return respond(request, _listed(await jobs.checkpoints(job_id), request.query, ids=True))
 
 
 async def fine_tuned_models(request: web.Request, tenant: str) -> list[FineTunedModel]:
@@ -411,3 +388,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/fine_tuning/jobs/{id}/cancel", cancel)
     app.router.add_get("/v1/fine_tuning/jobs/{id}/events", list_events)
     app.router.add_get("/v1/fine_tuning/jobs/{id}/checkpoints", list_checkpoints)
+
+
+def _listed(found: list[dict[str, Any]], query: Any, ids: bool = False) -> dict[str, Any]:
+    """OpenAI's fine-tuning pages: ``after``, ``limit`` (20 by default, 1000 at most), newest first, no
+    ``order``; ``first_id``/``last_id`` on checkpoints only."""
+    return page(found, query, max_limit=1000, ids=ids, orderable=False)

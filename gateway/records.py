@@ -38,6 +38,15 @@ class TenantRecords:
     async def update(self, record_id: str, **fields: str) -> None:
         await self.kv.hash_set(f"{self._prefix}:{record_id}", fields, self._ttl_s)
 
+    async def listed(self, tenant: str | None) -> list[dict[str, str]]:
+        """The records of ``tenant`` (every tenant's: None), newest first."""
+        found = []
+        for record_id in dict.fromkeys(reversed(await self._listed_ids(tenant))):
+            fields = await self.fields(record_id)
+            if fields:
+                found.append(fields)
+        return found
+
     async def _listed_ids(self, tenant: str | None) -> list[str]:
         """The ids of ``tenant`` (every tenant's: None) as they were added, oldest first."""
         return await self.kv.items(f"{self._prefix}s" if tenant is None else f"{self._prefix}s:{tenant}")
