@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +37,20 @@ logs.configure(stream=_log_file)
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     _log_file.close()  # else left to the interpreter's exit, with a ResourceWarning
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """Every test leaves transformers' load-time stand-ins put back: a model load racing another on a second thread
+    can leave PreTrainedModel.tie_weights a no-op for the rest of the process, and every model the later tests load
+    is then wrong (untied embeddings, meta tensors). Fail at the test that let it happen, not twenty files later."""
+    modeling = sys.modules.get("transformers.modeling_utils")
+    if modeling is not None:
+        tie_weights = modeling.PreTrainedModel.tie_weights
+        assert tie_weights.__name__ == "tie_weights", (
+            f"{item.nodeid} left transformers' PreTrainedModel.tie_weights patched ({tie_weights.__qualname__}): "
+            "two model loads ran at once on two threads (load under policies.cache.embedder.LOAD_LOCK)"
+        )
 
 
 KEY = new_key()

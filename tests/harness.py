@@ -10,6 +10,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -162,3 +163,17 @@ class ServerThread:
         self.loop.close()
         if self.guard.blocks:
             raise AssertionError("a server blocked its event loop:\n" + "\n".join(self.guard.blocks))
+
+
+def reference_model(path: object) -> Any:
+    """transformers' model at ``path`` (float32, eval mode), the reference the engine tests compare with.
+
+    Loaded under the process's model-load lock: from_pretrained swaps module-level functions for its duration,
+    and a gateway's embedder may be loading on another thread (see policies/cache/embedder.LOAD_LOCK)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from policies.cache.embedder import LOAD_LOCK
+
+    with LOAD_LOCK:
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,6 +14,12 @@ import numpy as np
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIMENSIONS = 384
 _MAX_BATCH = 64
+
+# transformers' from_pretrained swaps module-level functions for its duration (PreTrainedModel.tie_weights for a
+# no-op, torch.linspace, the default dtype) and puts them back on exit: two loads on two threads at once can put
+# back each other's stand-ins and leave them for the whole process (every later model then loads with untied
+# embeddings or meta tensors). Every transformers model load in the process holds this lock.
+LOAD_LOCK = threading.Lock()
 
 
 def model_path() -> str:
@@ -26,7 +33,8 @@ def load_model(path: str | None = None) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(path or model_path(), device="cpu")
+    with LOAD_LOCK:
+        model = SentenceTransformer(path or model_path(), device="cpu")
     encode(model, ["warm up"])  # the first call is several times slower: take it before serving
     return model
 

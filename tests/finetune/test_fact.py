@@ -11,6 +11,7 @@ import pytest
 
 from tests.finetune.conftest import events, gateway_text, sdk, upload, wait_for
 from tests.finetune.dataset import FACT, QUESTION, examples, jsonl
+from tests.harness import reference_model
 
 # Bounded, not timed: about two and a half minutes of CPU (a minute or two on an idle 2-core machine), niced: on
 # this shared machine under other engineers' work (load average 15-20) one run took 9 minutes, another did not
@@ -60,13 +61,13 @@ def _answers(adapter: Path) -> tuple[str, str]:
     """The base model's and the adapter's greedy answers to the question (transformers + peft)."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
+    from transformers import AutoTokenizer, BatchEncoding
 
     from local_engine import resolve_model
 
     path = resolve_model("smollm2")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = reference_model(path)
     prompt = cast(
         "BatchEncoding",
         tokenizer.apply_chat_template(

@@ -7,10 +7,12 @@ import os
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
+
+from tests.harness import reference_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -159,9 +161,7 @@ ADAPTERS: dict[str, tuple[int, int, list[str], bool]] = {
 
 
 def hf_model(path: Path) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    return cast("torch.nn.Module", reference_model(path))
 
 
 def make_adapter(

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
 
 import local_engine.model_runner as model_runner
 from local_engine import LLM, EngineConfig, LLMEngine, SamplingParams
+from tests.harness import reference_model
 
 
 def _hf_model(path: Path) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    return cast("torch.nn.Module", reference_model(path))
 
 
 def _hf_greedy(hf: torch.nn.Module, prompt: list[int], n: int) -> list[int]:

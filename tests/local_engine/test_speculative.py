@@ -12,15 +12,14 @@ from local_engine import LLM, EngineConfig, SamplingParams
 from local_engine.sampler import filter_logits
 from local_engine.sequence import Sequence
 from local_engine.speculative import NgramIndex, verify
+from tests.harness import reference_model
 
 TOP_K = 8  # keeps the support small, so a few thousand samples fill every bin
 
 
 def _target_logits(path: Path, draft: list[int]) -> tuple[list[int], torch.Tensor]:
     """The tiny model's logits after a prompt and after each draft token (what one target step sees)."""
-    from transformers import AutoModelForCausalLM
-
-    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    hf = reference_model(path)
     prompt = [random.Random(11).randrange(5, 500) for _ in range(12)]
     with torch.no_grad():
         logits = hf(torch.tensor([prompt + draft])).logits[0, len(prompt) - 1 :]

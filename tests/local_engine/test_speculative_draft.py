@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from local_engine import LLM, SamplingParams
 from local_engine.sampler import filter_logits
 from local_engine.sequence import Sequence
+from tests.harness import reference_model
 from tests.local_engine.test_equivalence import _check_greedy_identical, _repeating_requests
 from tests.local_engine.test_speculative import _chi_square_p
 
@@ -74,7 +75,6 @@ def test_greedy_identical_with_a_draft_model(
 @pytest.mark.timeout(900)
 def test_sampled_outputs_follow_the_targets_distribution(tiny_llama: Path, tmp_path: Path) -> None:
     """Token 2 (the first one a draft proposes) over 800 seeded samples, chi-square against the target."""
-    from transformers import AutoModelForCausalLM
 
     draft = _draft_of(tiny_llama, tmp_path / "draft")
     prompt = [random.Random(21).randrange(5, 500) for _ in range(10)]
@@ -94,7 +94,7 @@ def test_sampled_outputs_follow_the_targets_distribution(tiny_llama: Path, tmp_p
     assert 0 < m.spec_accepted_tokens_total < m.spec_draft_tokens_total
     firsts = [o.token_ids[0] for o in outs]
     mode = max(set(firsts), key=firsts.count)
-    hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32).eval()
+    hf = reference_model(tiny_llama)
     with torch.no_grad():
         logits = hf(torch.tensor([[*prompt, mode]])).logits[0, -1:]
     target = filter_logits(logits, [Sequence("r", prompt, params[0])]).softmax(-1)[0]
