@@ -113,6 +113,9 @@ class Forwarder:
             yield orjson.loads(raw)
 
     async def _submit(self, fields: dict[str, str]) -> None:
+        # the next look is poll_s after the batch was sent, by the clock read before sending: a clock that moved
+        # while the upload was on the wire must not push the look a whole period later
+        sent = self.batches.now()
         _, deployment = self._target(fields)
         model = deployment.model
         if fields["endpoint"] == MESSAGES:
@@ -133,7 +136,7 @@ class Forwarder:
         await self.batches.update(
             fields["id"],
             upstream_batch_id=str(created["id"]),
-            upstream_next_poll=str(self.batches.now() + self.poll_s),
+            upstream_next_poll=str(sent + self.poll_s),
         )
 
     async def _poll(self, fields: dict[str, str]) -> str | None:
@@ -147,8 +150,9 @@ class Forwarder:
         if fields.get("cancel_requested") and not fields.get("upstream_cancelled"):
             await api.cancel(upstream_id)
             await self.batches.update(batch_id, upstream_cancelled="1")
+        asked = self.batches.now()  # the next look is poll_s after this one was asked (see _submit)
         found = await api.retrieve(upstream_id)
-        await self.batches.update(batch_id, upstream_next_poll=str(self.batches.now() + self.poll_s))
+        await self.batches.update(batch_id, upstream_next_poll=str(asked + self.poll_s))
         if isinstance(api, AnthropicBatchAPI):
             counts = found.get("request_counts") or {}
             await self.batches.update(
