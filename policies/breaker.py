@@ -303,9 +303,11 @@ elseif op == 'trial' then
     state, trial_until, granted = 'half_open', now + cooldown, 1
   end
 end
-redis.call('HSET', KEYS[1], 'state', state, 'until', tostring(open_until), 'failures', failures,
-           'trial_until', tostring(trial_until), 'by', by)
-return {state, tostring(open_until), failures, granted, tostring(trial_until), by}
+-- %.17g: Lua's tostring keeps 14 digits, 0.1 ms at today's epoch, and a cool-down rounded up ends late
+local until_text, trial_text = string.format('%.17g', open_until), string.format('%.17g', trial_until)
+redis.call('HSET', KEYS[1], 'state', state, 'until', until_text, 'failures', failures,
+           'trial_until', trial_text, 'by', by)
+return {state, until_text, failures, granted, trial_text, by}
 """
 
 

@@ -73,6 +73,18 @@ async def test_half_open_lets_one_trial_through_which_closes_or_reopens(store):
     assert (await store.read(["d", "never-seen"])) == {"d": view, "never-seen": View()}
 
 
+async def test_times_at_the_epochs_scale_come_back_exact(store):
+    """A cool-down ends at the instant it was set to end, also on Redis (where Lua's tostring once rounded
+    1800000000.62346 up to 1800000000.6235, and a trial asked for at the exact end was refused)."""
+    start = 1_800_000_000.12346
+    for _ in range(3):
+        view, _ = await store.op("d", "failure", start)
+    assert view.open_until == start + FAST.cooldown_s
+    view, granted = await store.op("d", "trial", start + FAST.cooldown_s)
+    assert granted and view.trial_until == start + 2 * FAST.cooldown_s
+    assert (await store.read(["d"]))["d"] == view
+
+
 def _breaker_gateway(chaos, start_gateway, clock=SYSTEM, **extra):
     url = chaos[0].url
     return start_gateway(
@@ -291,7 +303,7 @@ async def test_fail_closed_refuses_a_trial_while_redis_is_away_and_recovers(own_
         redis_url=own_redis.url, on_redis_error="fail_closed", redis_timeout_s=0.2, retry_redis_after_s=0.2
     )
     async with StoreLayer(stores) as layer:
-        clock = ManualClock()
+        clock = ManualClock(start=1_800_000_000.12346)  # a time whose cool-down end Lua's tostring rounded up
         breakers = Breakers(FAST, ["a/d"], layer, clock=clock)
         for _ in range(3):
             await breakers.failure("a/d")
