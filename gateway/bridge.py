@@ -17,6 +17,7 @@ from errors import GatewayError, ModelNotFound, UpstreamConnectionError
 from policies.call import Call
 from policies.router import Router
 
+from . import logbodies
 from .auth import Caller
 from .keys import GATEWAY, RECORD
 from .logs import get_logger
@@ -141,17 +142,23 @@ async def stream(
     await response.prepare(request)
     record.status = 200
     sent = record.started + record.overhead_s
+    logged = logbodies.streamed(request)  # folded after each write: the client never waits on it
     try:
         async for out in events:
             if out:
                 if record.ttft_s is None:
                     record.ttft_s = time.perf_counter() - record.started
                 await response.write(out)
+                if logged is not None:
+                    logged.feed(out)
     except GatewayError as exc:
         record.error, record.status = exc.message, exc.status
         if relayed is not None:
             await request.app[GATEWAY].pipeline.broken(call, relayed)
-        await response.write(failed(exc))
+        failure = failed(exc)
+        await response.write(failure)
+        if logged is not None:
+            logged.feed(failure)
     else:
         if relayed is not None and not call.completed:
             # it ended without its last event (a native stream's response.failed or error event, which the

@@ -2,7 +2,10 @@
 
 Opt-in: off unless ``request_log.bodies: true`` or a tenant's ``log_bodies: true`` (a tenant's ``false``
 overrides the default). A middleware keeps the bytes of the request body aiohttp already read and of a
-non-streamed answer, cut to a little over ``max_body_bytes``; the request log's writer, off the event loop,
+non-streamed answer, cut to a little over ``max_body_bytes``. A streamed answer's body is folded as it is
+relayed into the object the same request without ``stream`` would have answered (gateway/streambody.py: a
+``chat.completion``, a ``response``, a ``message``), its text kept up to the same cap; one that broke off is
+what went out. Either way the request log's writer, off the event loop,
 then masks personal data with the tenant's PII detector when the tenant has ``pii`` configured
 (gateway/security/privacy.py's placeholders, ``[EMAIL_1]``), cuts the text to ``max_body_bytes`` and, when
 ``encryption`` is configured, seals it with the keyring (AES-256-GCM, bound to the request id and column, so a
@@ -15,10 +18,13 @@ from typing import Any
 
 from aiohttp import web
 
+from . import streambody
 from .config import GatewayConfig
 from .keys import GATEWAY, RECORD
+from .streambody import StreamBody
 
 BODIES = web.RequestKey("request_log_bodies", tuple)  # (request bytes, response bytes), cut
+_STREAMED = web.RequestKey("request_log_streamed_body", StreamBody)
 # bytes kept past the cap until masking, so a value straddling the cut is still recognised and masked
 _SLACK = 256
 _SEALED = "gwenc1."
@@ -95,6 +101,10 @@ class BodyPolicy:
         return raw if len(raw) <= self.max_bytes + _SLACK else raw[: self.max_bytes + _SLACK]
 
 
+# set by the middleware: the rules in force, so that a stream's relay knows whether to fold its body
+_POLICY = web.RequestKey("request_log_body_policy", BodyPolicy)
+
+
 def _context(request_id: str, column: str) -> bytes:
     return f"request-log/{request_id}/{column}".encode()
 
@@ -106,33 +116,50 @@ def middleware(paths: tuple[str, ...], log_key: Any) -> Any:
     async def keep_bodies(request: web.Request, handler: Any) -> web.StreamResponse:
         if not request.path.startswith(paths):
             return await handler(request)
+        log = request.app.get(log_key)
+        if log is None:
+            return await handler(request)
+        request[_POLICY] = _policy(request, log)
         response = None
         try:
             response = await handler(request)
             return response
         finally:
-            await _keep(request, response, log_key)
+            await _keep(request, response, request[_POLICY])
 
     return keep_bodies
 
 
-async def _keep(request: web.Request, response: web.StreamResponse | None, log_key: Any) -> None:
-    log = request.app.get(log_key)
-    if log is None:
-        return
+def streamed(request: web.Request) -> StreamBody | None:
+    """The fold of a streamed answer's body, when its tenant's bodies are logged: the relay feeds it each
+    piece it wrote (one dict read when no tenant logs bodies)."""
+    policy = request.get(_POLICY)
+    if policy is None or not policy.logs(request[RECORD].tenant):
+        return None
+    body = request[_STREAMED] = streambody.of(request.path, policy.max_bytes + _SLACK)
+    return body
+
+
+def _policy(request: web.Request, log: Any) -> BodyPolicy:
     config = request.app[GATEWAY].loaded.config
-    policy = log.bodies
+    policy: BodyPolicy | None = log.bodies
     if policy is None or policy.config is not config:  # a reload: its tenants' settings from now on
         policy = log.bodies = BodyPolicy.of(config)
+    return policy
+
+
+async def _keep(request: web.Request, response: web.StreamResponse | None, policy: BodyPolicy) -> None:
     record = request[RECORD]
     if not policy.logs(record.tenant):
         return
     # the body the handler read (aiohttp keeps it: read() answers from memory); one it never read (refused
     # first) is not read now
     sent = await request.read() if request.body_exists and request.content.at_eof() else None
-    answer = (
-        response.body if isinstance(response, web.Response) and isinstance(response.body, bytes) else None
-    )
+    folded = request.get(_STREAMED)
+    if isinstance(response, web.Response):
+        answer = response.body if isinstance(response.body, bytes) else None
+    else:  # a stream, relayed whole or broken off (the client gone: no response)
+        answer = None if folded is None else folded.body()
     request[BODIES] = (
         None if sent is None else policy.cut(sent),
         None if answer is None else policy.cut(answer),

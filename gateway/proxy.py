@@ -13,7 +13,7 @@ from backends import Endpoint, UpstreamResponse, sse
 from errors import GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge, RequestTimeout
 from policies.call import Call
 
-from . import fine_tuning
+from . import fine_tuning, logbodies
 from .auth import Caller
 from .keys import GATEWAY, RECORD
 from .security import screening
@@ -101,15 +101,21 @@ async def relay(request: web.Request, call: Call, answer: UpstreamResponse) -> w
     await response.prepare(request)
     record.status = 200
     sent = record.started + record.overhead_s
+    logged = logbodies.streamed(request)  # folded after each write: the client never waits on it
     try:
         async for chunk in answer.chunks:
             if record.ttft_s is None:
                 record.ttft_s = time.perf_counter() - record.started
             await response.write(chunk)
+            if logged is not None:
+                logged.feed(chunk)
     except GatewayError as exc:
         # Headers are gone: the client learns of the failure from an error event, as OpenAI sends one.
         record.fail(exc)
-        await response.write(sse.data(orjson.dumps(exc.body())))
+        failure = sse.data(orjson.dumps(exc.body()))
+        await response.write(failure)
+        if logged is not None:
+            logged.feed(failure)
     record.upstream_s = time.perf_counter() - sent
     await response.write_eof()
     return response
