@@ -36,6 +36,8 @@ async def post(
 ) -> aiohttp.ClientResponse:
     if (parent := spans.traceparent()) is not None:
         headers = {**headers, "traceparent": parent}
+        if (state := spans.tracestate()) is not None:
+            headers["tracestate"] = state
     try:
         return await session.post(url, data=body, headers=headers, timeout=limits)
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:

@@ -19,6 +19,7 @@ class Spans(Protocol):
     def start(self, name: str, deployment: DeploymentConfig | None, deployment_id: str | None) -> Any: ...
     def end(self, span: Any, status: int | None, error: str | None) -> None: ...
     def traceparent(self) -> str: ...
+    def tracestate(self) -> str | None: ...
 
 
 CURRENT: ContextVar[Spans | None] = ContextVar("gateway_spans", default=None)
@@ -43,3 +44,9 @@ def traceparent() -> str | None:
     """The W3C ``traceparent`` to send upstream: this request's trace, parented on the open stage."""
     spans = CURRENT.get()
     return None if spans is None else spans.traceparent()
+
+
+def tracestate() -> str | None:
+    """The client's W3C ``tracestate`` (checked), sent upstream next to ``traceparent``."""
+    spans = CURRENT.get()
+    return None if spans is None else spans.tracestate()

@@ -2,8 +2,8 @@
 
 One server span per API request (``chat {alias}``), parented on the client's W3C ``traceparent`` when it
 sends one, and child spans for its stages: ``admission`` (with ``queue`` inside when it waited), ``cache``
-(the lookup), one ``upstream`` per attempt (a client span; its ``traceparent`` goes upstream) and
-``engine`` for the local engine.
+(the lookup), one ``upstream`` per attempt (a client span; its ``traceparent`` goes upstream, with the
+client's ``tracestate`` as gateway/tracestate.py lets it through) and ``engine`` for the local engine.
 
 While a request runs, its stages are small records (ids, two clock readings, a shared attribute dict);
 when it ends they become ``otlp.SpanRecord`` tuples handed, as one item, to gateway/otlp.py's exporter
@@ -33,6 +33,7 @@ from . import otlp
 from .config import TracingConfig
 from .keys import RECORD
 from .otlp import SpanRecord
+from .tracestate import parse as parse_tracestate
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -199,6 +200,7 @@ class RequestSpans:
         "operation",
         "recording",
         "span_id",
+        "state",
         "trace_id",
         "trace_id_int",
     )
@@ -207,10 +209,14 @@ class RequestSpans:
         self._tracing = tracing
         self._parent: _Remote | None = None
         trace_id = 0
+        self.state: str | None = None
         header = request.headers.get("traceparent")
         if header is not None and (parent := _parent(header.strip())) is not None:
             trace_id, parent_id, self.recording = parent
             self._parent = _Remote(parent_id)
+            # the spec: a tracestate is read only with a valid traceparent
+            if "tracestate" in request.headers:
+                self.state = parse_tracestate(request.headers.getall("tracestate"))
         if not trace_id:
             trace_id = random.getrandbits(128) or 1
             self.recording = trace_id & 0xFFFFFFFFFFFFFFFF < tracing.bound
@@ -289,6 +295,9 @@ class RequestSpans:
     def traceparent(self) -> str:
         span_id = self._open[-1].span_id if self._open else self.span_id
         return f"00-{self.trace_id}-{span_id:016x}-{'01' if self.recording else '00'}"
+
+    def tracestate(self) -> str | None:
+        return self.state
 
     def request(self, body: dict[str, Any]) -> None:
         """The GenAI request attributes of the client's body."""
@@ -381,8 +390,7 @@ class RequestSpans:
 
 def _parent(header: str) -> tuple[int, int, bool] | None:
     """The client's trace id, span id and sampled flag from its ``traceparent``; None when it is not a valid
-    one (the W3C rules: no version ff, no all-zero ids, version 00 has exactly four fields). ``tracestate`` is
-    not carried."""
+    one (the W3C rules: no version ff, no all-zero ids, version 00 has exactly four fields)."""
     match = _TRACEPARENT.fullmatch(header)
     if match is None:
         return None

@@ -197,12 +197,12 @@ def test_postgres_needs_a_dsn():
 EMAIL = "jane.doe@example.com"
 
 
-@pytest.fixture
-def with_bodies(upstream, start_gateway, store, tmp_path):
-    key_file = tmp_path / "data.key"
+def bodies_config(upstream_url: str, store: str, key_dir: Any, max_body_bytes: int, extra_models: str = "") -> str:
+    """Bodies logged (acme's PII masked in the log), sealed at rest with a fresh key, cut to ``max_body_bytes``."""
+    key_file = key_dir / "data.key"
     key_file.write_text(base64.b64encode(os.urandom(32)).decode())
     text = (
-        config_text(upstream[0].url)
+        config_text(upstream_url, extra_models)
         + f"""
 admin:
   keys: ["{hash_key(ADMIN_KEY)}"]
@@ -211,10 +211,15 @@ request_log:
   {store}
   flush_interval_s: 0.05
   bodies: true
-  max_body_bytes: 400
+  max_body_bytes: {max_body_bytes}
 """
     )
-    text = text.replace("  - name: acme\n", "  - name: acme\n    pii: {mode: log_only}\n")
+    return text.replace("  - name: acme\n", "  - name: acme\n    pii: {mode: log_only}\n")
+
+
+@pytest.fixture
+def with_bodies(upstream, start_gateway, store, tmp_path):
+    text = bodies_config(upstream[0].url, store, tmp_path, 400)
     text = text.replace("  - name: globex\n", "  - name: globex\n    log_bodies: false\n")
     return start_gateway(text), store
 

@@ -4,9 +4,7 @@ like a whole answer's body."""
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 from typing import Any
 
 import anthropic
@@ -14,11 +12,10 @@ import httpx
 import openai
 import pytest
 
-from gateway.auth import hash_key
 from gateway.streambody import ChatBody
-from tests.conftest import KEY, OTHER_KEY, UPSTREAM_KEY, config_text
+from tests.conftest import KEY, OTHER_KEY, UPSTREAM_KEY
 from tests.ops.gateway_process import poll
-from tests.ops.test_requestlog import ADMIN_KEY, EMAIL, one_request, requests_of, stored_bodies
+from tests.ops.test_requestlog import EMAIL, bodies_config, one_request, requests_of, stored_bodies
 
 CAP = 3000
 
@@ -27,8 +24,6 @@ CAP = 3000
 def logging_gateway(upstream, start_gateway, tmp_path):
     """Bodies logged for every tenant, acme's PII masked in the log, sealed at rest, cut to ``CAP``; the alias
     ``cut`` is a stream whose upstream breaks off after two words."""
-    key_file = tmp_path / "data.key"
-    key_file.write_text(base64.b64encode(os.urandom(32)).decode())
     store = f"store: sqlite\n  path: {tmp_path / 'requests.db'}"
     cut = f"""  - name: cut
     deployments:
@@ -36,21 +31,7 @@ def logging_gateway(upstream, start_gateway, tmp_path):
         model: cut-stream
         api_base: {upstream[0].url}/v1
         api_key: {UPSTREAM_KEY}"""
-    text = (
-        config_text(upstream[0].url, cut)
-        + f"""
-admin:
-  keys: ["{hash_key(ADMIN_KEY)}"]
-encryption: {{keys: [{{id: k1, file: {key_file}}}]}}
-request_log:
-  {store}
-  flush_interval_s: 0.05
-  bodies: true
-  max_body_bytes: {CAP}
-"""
-    )
-    text = text.replace("  - name: acme\n", "  - name: acme\n    pii: {mode: log_only}\n")
-    return start_gateway(text), store
+    return start_gateway(bodies_config(upstream[0].url, store, tmp_path, CAP, cut)), store
 
 
 def logged_answer(gateway, request_id: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -351,3 +352,68 @@ def test_a_collector_slower_than_the_traffic_drops_spans_instead_of_holding_requ
         export.ParseFromString(body)
         sent += [s.trace_id for s in export.resource_spans[0].scope_spans[0].spans]
     assert sorted({int.from_bytes(t, "big") for t in sent}) == [1, 2, 3] and len(sent) == 12
+
+
+def _sent_tracestate(gateway, upstream, headers: list[tuple[str, str | bytes]]) -> str | None:
+    """The tracestate the upstream got for a chat request with ``headers`` (which must still be answered)."""
+    answer = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json={"model": "chat", "messages": [{"role": "user", "content": "state"}]},
+        headers=[("Authorization", f"Bearer {KEY}"), *headers],
+        timeout=20,
+    )
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == "Echo: state"
+    seen = upstream[1].requests[-1].headers
+    assert seen["traceparent"]
+    return seen.get("tracestate")
+
+
+PARENT = ("traceparent", f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01")
+
+
+def test_the_clients_tracestate_goes_upstream_with_its_traceparent(traced, upstream):
+    gateway, _ = traced
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
+        client.chat.completions.create(
+            model="chat",
+            messages=[{"role": "user", "content": "state"}],
+            extra_headers={
+                "traceparent": PARENT[1],
+                "tracestate": "congo=t61rcWkgMzE, rojo=00f067aa0ba902b7",
+            },
+        )
+    assert upstream[1].requests[-1].headers["tracestate"] == "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    # several header lines are one list; a multi-tenant key and empty members are fine
+    lines = [PARENT, ("tracestate", "a=1,,"), ("tracestate", "t0@sys=x y")]
+    assert _sent_tracestate(gateway, upstream, lines) == "a=1,t0@sys=x y"
+    # without a valid traceparent the gateway starts its own trace: the client's tracestate is not its
+    assert _sent_tracestate(gateway, upstream, [("traceparent", "garbage"), ("tracestate", "a=1")]) is None
+
+
+_INVALID_TRACESTATES = [
+    ",".join(f"k{i}=v" for i in range(33)),  # over 32 members
+    "Congo=1",  # a key is lowercase
+    "a=b=c",  # '=' in a value
+    "a=1,a=2",  # a key twice
+    "a=1 ,b=" + "v" * 257,  # a value over 256 characters
+    "k" + "x" * 256 + "=1",  # a key over 256 characters
+    "a=ok\u00e9".encode("latin-1"),  # not ASCII
+    "a=",  # an empty value
+]
+
+
+def test_an_invalid_tracestate_is_dropped_and_the_request_still_answered(traced, upstream):
+    gateway, _ = traced
+    for state in _INVALID_TRACESTATES:
+        assert _sent_tracestate(gateway, upstream, [PARENT, ("tracestate", state)]) is None, state
+
+
+def test_a_tracestate_over_512_characters_loses_its_long_members_first_then_the_last(traced, upstream):
+    gateway, _ = traced
+    long = "big=" + "v" * 200
+    small = [f"m{i}=" + "v" * 40 for i in range(12)]
+    sent = _sent_tracestate(
+        gateway, upstream, [PARENT, ("tracestate", ",".join([small[0], long, *small[1:]]))]
+    )
+    assert len(",".join(small)) > 512 >= len(",".join(small[:11]))
+    assert sent == ",".join(small[:11])
