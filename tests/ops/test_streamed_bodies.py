@@ -5,6 +5,7 @@ like a whole answer's body."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -14,6 +15,9 @@ import pytest
 
 from gateway.streambody import ChatBody
 from tests.conftest import KEY, OTHER_KEY, UPSTREAM_KEY
+from tests.fakes import anthropic_upstream
+from tests.fakes.openai_upstream import FakeState
+from tests.harness import ServerThread
 from tests.ops.gateway_process import poll
 from tests.ops.test_requestlog import EMAIL, bodies_config, one_request, requests_of, stored_bodies
 
@@ -21,17 +25,33 @@ CAP = 3000
 
 
 @pytest.fixture
-def logging_gateway(upstream, start_gateway, tmp_path):
+def claude_fake() -> Iterator[ServerThread]:
+    server = ServerThread(lambda: anthropic_upstream.build_app(FakeState(api_key=UPSTREAM_KEY))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def logging_gateway(upstream, claude_fake, start_gateway, tmp_path):
     """Bodies logged for every tenant, acme's PII masked in the log, sealed at rest, cut to ``CAP``; the alias
-    ``cut`` is a stream whose upstream breaks off after two words."""
+    ``cut`` is a stream whose upstream breaks off after two words; ``native`` and ``claude`` pass OpenAI's
+    Responses and Anthropic's Messages streams through as they come (``chat`` is translated)."""
     store = f"store: sqlite\n  path: {tmp_path / 'requests.db'}"
-    cut = f"""  - name: cut
+    aliases = {
+        "cut": ("openai-compatible", "cut-stream", upstream[0].url),
+        "native": ("openai", "gpt-fake", upstream[0].url),
+        "claude": ("anthropic", "claude-fake", claude_fake.url),
+    }
+    models = "\n".join(
+        f"""  - name: {alias}
     deployments:
-      - provider: openai-compatible
-        model: cut-stream
-        api_base: {upstream[0].url}/v1
+      - provider: {provider}
+        model: {model}
+        api_base: {url}/v1
         api_key: {UPSTREAM_KEY}"""
-    return start_gateway(bodies_config(upstream[0].url, store, tmp_path, CAP, cut)), store
+        for alias, (provider, model, url) in aliases.items()
+    )
+    return start_gateway(bodies_config(upstream[0].url, store, tmp_path, CAP, models)), store
 
 
 def logged_answer(gateway, request_id: str) -> dict[str, Any]:
@@ -65,28 +85,29 @@ def test_a_streamed_chat_answer_is_logged_as_the_completion_it_makes(logging_gat
     assert logged["usage"]["prompt_tokens"] == usage.prompt_tokens
 
 
-def test_a_streamed_responses_answer_is_logged_as_its_final_response(logging_gateway):
+@pytest.mark.parametrize("alias", ["chat", "native"])
+def test_a_streamed_responses_answer_is_logged_as_its_final_response(logging_gateway, alias):
     gateway, _ = logging_gateway
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=OTHER_KEY, max_retries=0) as client:
-        raw = client.responses.with_raw_response.create(model="chat", input="two words", stream=True)
+        raw = client.responses.with_raw_response.create(model=alias, input="two words", stream=True)
         events = list(raw.parse())
     final = next(e.response for e in events if e.type == "response.completed")
-    assert final.output_text == "Echo: two words"
+    assert "two words" in final.output_text
 
     logged = logged_answer(gateway, raw.headers["x-request-id"])
-    assert logged["object"] == "response" and logged["id"] == final.id
-    assert logged["status"] == "completed"
+    assert logged == final.model_dump(mode="json", exclude_unset=True)
+    assert logged["object"] == "response" and logged["status"] == "completed"
     [message] = [item for item in logged["output"] if item["type"] == "message"]
-    assert message["content"][0]["text"] == "Echo: two words"
-    assert logged["usage"]["output_tokens"] == final.usage.output_tokens
+    assert message["content"][0]["text"] == final.output_text
 
 
-def test_a_streamed_messages_answer_is_logged_as_the_message_it_makes(logging_gateway):
+@pytest.mark.parametrize("alias", ["chat", "claude"])
+def test_a_streamed_messages_answer_is_logged_as_the_message_it_makes(logging_gateway, alias):
     gateway, _ = logging_gateway
     with (
         anthropic.Anthropic(base_url=gateway.url, api_key=OTHER_KEY, max_retries=0, timeout=20) as claude,
         claude.messages.stream(
-            model="chat", max_tokens=50, messages=[{"role": "user", "content": "hello there"}]
+            model=alias, max_tokens=50, messages=[{"role": "user", "content": "hello there"}]
         ) as stream,
     ):
         final = stream.get_final_message()
@@ -94,10 +115,11 @@ def test_a_streamed_messages_answer_is_logged_as_the_message_it_makes(logging_ga
     assert final.content[0].type == "text" and final.content[0].text == "Echo: hello there"
 
     logged = logged_answer(gateway, request_id)
-    assert logged["type"] == "message" and logged["id"] == final.id and logged["model"] == "chat"
+    assert logged["type"] == "message" and logged["id"] == final.id and logged["model"] == alias
     assert logged["content"] == [{"type": "text", "text": "Echo: hello there"}]
     assert logged["stop_reason"] == final.stop_reason == "end_turn"
     assert logged["usage"]["output_tokens"] == final.usage.output_tokens
+    assert logged["usage"]["input_tokens"] == final.usage.input_tokens
 
 
 def test_a_stream_that_broke_off_logs_what_was_relayed(logging_gateway):
@@ -119,6 +141,30 @@ def test_a_stream_that_broke_off_logs_what_was_relayed(logging_gateway):
     assert logged["error"]["message"]  # the error event the client got
     [row] = requests_of(gateway, request_id=request_id).json()["data"]
     assert row["status"] >= 500 and row["error"]
+
+
+def test_a_stream_the_client_left_logs_what_was_relayed(logging_gateway, upstream):
+    gateway, _ = logging_gateway
+    state = upstream[1]
+    state.hold_after = 2  # the role chunk and "Echo:" go out, then the upstream waits
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/chat/completions",
+        json={"model": "chat", "messages": [{"role": "user", "content": "left early"}], "stream": True},
+        headers={"Authorization": f"Bearer {OTHER_KEY}"},
+        timeout=20,
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        for line in response.iter_lines():
+            if '"Echo:"' in line:
+                break  # the client goes away here
+    # the gateway cancels the request when its client goes away; the upstream is still held
+    [row] = poll(lambda: requests_of(gateway, request_id=request_id).json()["data"], "the record")
+    state.release.set()
+    logged = json.loads(one_request(gateway, request_id).json()["response_body"])
+    [choice] = logged["choices"]
+    assert choice["message"]["content"] == "Echo:" and choice["finish_reason"] is None
+    assert row["stream"] is True and row["status"] == 499
 
 
 def test_a_streamed_body_is_masked_and_sealed_like_a_whole_one(logging_gateway):
