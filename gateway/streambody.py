@@ -5,7 +5,8 @@ the object the same request without ``stream`` would have answered: a ``chat.com
 ``text_completion``) for ``/v1/chat/completions`` and ``/v1/completions``, the Responses API's ``response``
 for ``/v1/responses`` and Anthropic's ``message`` for ``/v1/messages``. Only the envelope (ids, model, finish
 or stop reason, usage) and the generated text are kept, the text up to a budget of characters (the request
-log's cap plus its masking slack): a long answer costs no more memory than a cut one. A stream that broke off
+log's cap plus its masking slack): a long answer costs no more memory than a cut one (a Responses stream's
+final event, which carries the whole response, is kept as it came and cut when stored). A stream that broke off
 is what was relayed, with no finish reason (chat), ``status: "incomplete"`` or ``"failed"`` (Responses) or no
 ``stop_reason`` (Messages); the error event the client got, if any, under ``error``.
 """
@@ -251,7 +252,9 @@ class MessageBody(StreamBody):
         if kind == "content_block_delta":
             if self.room <= 0:
                 return
-            self.room -= size
+            delta = data.get("delta") or {}
+            text = delta.get("text") or delta.get("thinking") or delta.get("partial_json") or ""
+            self.room -= len(text) if isinstance(text, str) else size
         elif kind == "content_block_stop" and self.room <= 0:
             return  # a tool input cut by the budget stays unparsed
         if isinstance(kind, str):
