@@ -85,6 +85,18 @@ def test_a_streamed_chat_answer_is_logged_as_the_completion_it_makes(logging_gat
     assert logged["usage"]["prompt_tokens"] == usage.prompt_tokens
 
 
+def test_a_streamed_legacy_completion_is_logged_as_the_text_completion_it_makes(logging_gateway):
+    gateway, _ = logging_gateway
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=OTHER_KEY, max_retries=0) as client:
+        raw = client.completions.with_raw_response.create(model="chat", prompt="old style", stream=True)
+        text = "".join(c.choices[0].text for c in raw.parse() if c.choices)
+    assert text == "Echo: old style "
+
+    logged = logged_answer(gateway, raw.headers["x-request-id"])
+    assert logged["object"] == "text_completion" and logged["id"] == "cmpl-fake"
+    assert logged["choices"] == [{"index": 0, "text": text, "finish_reason": None}]
+
+
 @pytest.mark.parametrize("alias", ["chat", "native"])
 def test_a_streamed_responses_answer_is_logged_as_its_final_response(logging_gateway, alias):
     gateway, _ = logging_gateway
