@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -18,15 +19,34 @@ WINDOW_S = 24 * 3600
 
 
 @pytest.fixture
-def client(upstream, start_gateway, tmp_path, clock):
+def gateway(upstream, start_gateway, tmp_path, clock):
     hanging = f"""  - name: hanging
     retry: {{attempts: 1}}
     deployments:
       - {{provider: openai-compatible, model: hang, api_base: "{upstream[0].url}/v1", api_key: {UPSTREAM_KEY}}}"""
     server = batch_sections(str(tmp_path / "files")) + "resilience:\n  deadline_s: 0.3\n"
-    gateway = start_gateway(config_text(upstream[0].url, hanging, server=server), clock=clock)
+    return start_gateway(config_text(upstream[0].url, hanging, server=server), clock=clock)
+
+
+@pytest.fixture
+def client(gateway):
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as c:
         yield c
+
+
+def _statuses(url: str, count: int) -> list[int]:
+    """The ledger's statuses of batch records, once ``count`` are in (settled off the answer's path)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        got = httpx.get(
+            url + "/admin/usage", params={"group_by": "request"}, headers={"Authorization": f"Bearer {KEY}"}
+        )
+        records = [r for r in got.json()["data"] if r["source"] == "batch"]
+        if len(records) >= count:
+            assert all(r["completion_tokens"] == 0 for r in records if r["status"] != 200)
+            return sorted(r["status"] for r in records)
+        assert time.monotonic() < deadline, f"{len(records)} ledger records of {count}"
+        time.sleep(0.05)
 
 
 def _tries(state, content: str) -> int:
@@ -50,7 +70,7 @@ def _create(client: openai.OpenAI, lines: list[dict]) -> str:
     ).id
 
 
-def test_a_line_past_its_deadline_is_tried_again_and_answered(client, upstream):
+def test_a_line_past_its_deadline_is_tried_again_and_answered(client, gateway, upstream):
     state = upstream[1]
     state.hold_requests = threading.Event()  # the upstream keeps every request until set
     batch_id = _create(client, [chat_line("held", "held line")])
@@ -67,6 +87,8 @@ def test_a_line_past_its_deadline_is_tried_again_and_answered(client, upstream):
     [out] = read_lines(client, done.output_file_id)
     assert out["custom_id"] == "held"
     assert out["response"]["status_code"] == 200
+    tries = _tries(state, "held line")
+    assert _statuses(gateway.url, tries) == [200] + [504] * (tries - 1)  # each try ledgered, one answered
 
 
 def test_a_line_starved_until_the_window_ends_is_reported_expired(client, upstream, clock):
