@@ -1,6 +1,6 @@
-"""A batch routed to the in-process local engine (``provider: local``) runs its lines together in the engine,
-as many at once as the engine holds, while each line keeps the gateway's policies: the answers are the ones
-the same prompts get live (greedy), each line is one ledger record at the batch price."""
+"""A batch routed to the local engine (``provider: local``, in-process or managed workers) runs its lines
+together in the engine, as many at once as the engine holds, while each line keeps the gateway's policies: the
+answers are the ones the same prompts get live (greedy), each line is one ledger record at the batch price."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from backends.local import LocalBackend
+from backends.workers import WorkerPool
 from gateway.keys import GATEWAY
 from tests.conftest import KEY, config_text
 from tests.harness import ServerThread
@@ -29,15 +30,16 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory.mktemp("tiny") / "llama", "llama")
 
 
-@pytest.fixture
-def gateway(upstream, start_gateway, tmp_path, tiny_model) -> ServerThread:
+@pytest.fixture(params=["in-process", "workers"])
+def gateway(request, upstream, start_gateway, tmp_path, tiny_model) -> ServerThread:
+    workers = ", workers: {min: 1, max: 1}" if request.param == "workers" else ""
     models = f"""  - name: tiny
     deployments:
       - provider: local
         model: tiny-llama
         model_path: {tiny_model}
         price: {{input: {PRICE_IN}, output: {PRICE_OUT}}}
-        engine: {{block_size: 4, num_kv_blocks: 256, max_num_seqs: 8}}"""
+        engine: {{block_size: 4, num_kv_blocks: 256, max_num_seqs: 8{workers}}}"""
     # One line in flight for upstream HTTP calls: only the engine's own window lets lines run together.
     server = batch_sections(str(tmp_path / "files"), concurrency=1)
     return start_gateway(config_text(upstream[0].url, models, server=server))
@@ -49,14 +51,20 @@ def client(gateway):
         yield c
 
 
-def _engine(gateway: ServerThread) -> LocalBackend:
+def _steps(gateway: ServerThread) -> int:
+    """The engine's steps so far, read where it runs: in the gateway's process or in its worker (the engine
+    server's /metrics), once loaded."""
     assert gateway.app is not None
-    [local] = [b for b in gateway.app[GATEWAY].backends if isinstance(b, LocalBackend)]
+    [local] = [b for b in gateway.app[GATEWAY].backends if isinstance(b, (LocalBackend, WorkerPool))]
     deadline = time.monotonic() + DEADLINE_S
-    while local.engine is None:
+    while True:
+        if isinstance(local, LocalBackend) and local.engine is not None:
+            return int(local.engine.metrics["steps_total"] or 0)
+        if isinstance(local, WorkerPool) and local.workers and local.workers[0].ready:
+            got = httpx.get(f"http://127.0.0.1:{local.workers[0].port}/metrics", timeout=10)
+            return int(got.json()["steps_total"])
         assert time.monotonic() < deadline, "the tiny model did not load"
         time.sleep(0.05)
-    return local
 
 
 def _line(i: int) -> dict:
@@ -81,9 +89,7 @@ def _records(url: str, count: int) -> list[dict]:
 
 
 def test_a_local_batch_runs_its_lines_together_and_answers_as_live(client, gateway):
-    engine = _engine(gateway).engine
-    assert engine is not None
-    before = engine.metrics
+    before = _steps(gateway)
     done = wait_for(
         client,
         client.batches.create(
@@ -92,7 +98,7 @@ def test_a_local_batch_runs_its_lines_together_and_answers_as_live(client, gatew
             completion_window="24h",
         ).id,
     )
-    after = engine.metrics
+    steps = _steps(gateway) - before
     assert done.status == "completed", done
     assert done.request_counts is not None
     assert (done.request_counts.completed, done.request_counts.failed) == (LINES, 0)
@@ -100,7 +106,6 @@ def test_a_local_batch_runs_its_lines_together_and_answers_as_live(client, gatew
     assert len(out) == LINES
 
     generated = sum(r["body"]["usage"]["completion_tokens"] for r in out.values())
-    steps = int(after["steps_total"] or 0) - int(before["steps_total"] or 0)
     assert generated > LINES  # the lines generated more than one token each: they had steps to share
     # Lines one after the other take a step per generated token; together, many lines share each step.
     assert steps * 3 <= generated, f"{steps} engine steps for {generated} tokens"
