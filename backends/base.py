@@ -55,6 +55,12 @@ class Backend(abc.ABC):
         """Why the backend cannot serve at all (a local model that failed to load); None when it can."""
         return None
 
+    @property
+    def batch_window(self) -> int | None:
+        """How many batch lines to keep in flight to this backend at once, where it runs them together (an
+        engine's sequences); None: no preference, the batch runner's own ``batches.concurrency`` applies."""
+        return None
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Acquire what the backend needs (pooled clients, engines) at gateway start-up."""
 

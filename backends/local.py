@@ -54,6 +54,15 @@ class LocalBackend(Backend):
     def failure(self) -> str | None:
         return self._failure
 
+    @property
+    def batch_window(self) -> int:
+        # Twice the places: a full step's worth decoding and as many queued, so that the engine never waits
+        # for the gateway to write an answer and send the next line (the KV cache then bounds what runs).
+        places = self.settings.max_num_seqs
+        if self.engine is not None:
+            places = min(places, self.engine.engine.block_manager.num_blocks)
+        return 2 * places
+
     async def start(self) -> None:
         self._loading = asyncio.create_task(self._load(), name=f"load {self.id}")
 

@@ -119,6 +119,12 @@ class WorkerPool(Backend):
         return any(not w.ready for w in self._workers)
 
     @property
+    def batch_window(self) -> int:
+        # Each worker's engine full (its places, as many again queued): the pool starts workers up to ``max``
+        # as the lines in flight pass ``target_inflight``. Each line is still one request to a worker.
+        return 2 * self.settings.max_num_seqs * self.limits.max
+
+    @property
     def workers(self) -> list[Worker]:
         return list(self._workers)
 

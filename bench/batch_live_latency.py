@@ -4,8 +4,8 @@ One gateway process (``provider: local``, a small engine: ``max_num_seqs`` seque
 sends live chat requests one after the other and times each, in three conditions, one after the other:
 
 - ``idle``: nothing else running;
-- ``batch running``: a batch of ``--batch-lines`` lines (longer answers) runs meanwhile; the runner keeps more
-  lines in flight than the engine holds, and they go at the engine's lower priority (docs/batches.md);
+- ``batch running``: a batch of ``--batch-lines`` lines (longer answers) runs meanwhile; the runner keeps twice
+  as many lines in flight as the engine holds, and they go at the engine's lower priority (docs/batches.md);
 - ``same load live``: the batch's lines sent instead as live requests, as many at once as the runner keeps in
   flight: the load the batch puts on the engine, at the live requests' own priority.
 
@@ -37,7 +37,7 @@ from gateway.auth import hash_key  # noqa: E402
 from tests.harness import free_port, serve_argv  # noqa: E402
 
 ENGINE = "{max_num_seqs: 4, kv_cache_gib: 0.05, max_model_len: 512}"
-IN_FLIGHT = 12  # batch lines the runner keeps in flight (more than the engine holds)
+IN_FLIGHT = 8  # batch lines the runner keeps in flight: the engine's window, 2 x max_num_seqs
 LIVE_TOKENS, BATCH_TOKENS = 8, 48
 DEADLINE_S = 900
 _NONE = openai.types.BatchRequestCounts(total=0, completed=0, failed=0)
@@ -46,7 +46,7 @@ _NONE = openai.types.BatchRequestCounts(total=0, completed=0, failed=0)
 def config(files: str) -> str:
     return f"""server: {{log_requests: false}}
 files: {{dir: {files}}}
-batches: {{poll_s: 0.2, concurrency: {IN_FLIGHT}}}
+batches: {{poll_s: 0.2}}
 models:
   - name: smollm2
     deployments:

@@ -23,7 +23,7 @@ import orjson
 from backends import UpstreamResponse
 from backends.wire import anthropic
 from backends.wire import responses as responses_wire
-from errors import GatewayError, QuotaExceeded, RateLimited
+from errors import DeadlineExceeded, GatewayError, QuotaExceeded, RateLimited
 from policies.admission import PRIORITY_HEADER
 from policies.call import Call
 from policies.record import RequestRecord
@@ -62,6 +62,7 @@ class BatchRunner(Poller):
         self.kv = batches.kv
         self.forwarder = Forwarder(gateway, batches, files, config.lease_s, config.upstream_poll_s, _counted)
         self._slots = asyncio.Semaphore(config.concurrency)
+        self._windows: dict[tuple[str, int], asyncio.Semaphore] = {}  # (alias, size): an engine's window
         super().__init__("batch", config.poll_s)
 
     async def close(self) -> None:
@@ -191,29 +192,48 @@ class BatchRunner(Poller):
                     break
                 if index % 64 == 0 and self._stopping(await self.batches.fields(batch_id)) is not None:
                     break
-                await self._slots.acquire()
+                line = orjson.loads(raw)
+                slots = self._slots_for(line["body"]["model"])
+                await slots.acquire()
                 if not await self.kv.set_if_absent(
                     f"batch:{batch_id}:lease:{index}", _OWNER, self.config.lease_s
                 ):
-                    self._slots.release()
+                    slots.release()
                     continue
-                task = asyncio.create_task(self._line(fields, index, raw))
+                task = asyncio.create_task(self._line(fields, index, line, slots))
                 running.add(task)
                 task.add_done_callback(running.discard)
         finally:
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
 
-    async def _line(self, fields: dict[str, str], index: int, raw: bytes) -> None:
+    def _slots_for(self, alias: str) -> asyncio.Semaphore:
+        """The places a line of ``alias`` takes: where every deployment of the alias runs lines together (the
+        local engine), as many as those engines hold (their ``batch_window``), apart from the other lines,
+        so that the engine runs full; else one of the runner's ``batches.concurrency``."""
+        router = self._gateway().router
+        try:
+            windows = [route.backend.batch_window for route in router.routes(alias)]
+        except (KeyError, GatewayError):  # no such alias, or none enabled: the line's answer says so
+            return self._slots
+        if None in windows:
+            return self._slots
+        key = (alias, sum(w for w in windows if w is not None))
+        if key not in self._windows:
+            self._windows[key] = asyncio.Semaphore(key[1])
+        return self._windows[key]
+
+    async def _line(
+        self, fields: dict[str, str], index: int, line: dict[str, Any], slots: asyncio.Semaphore
+    ) -> None:
         batch_id = fields["id"]
         lease = f"batch:{batch_id}:lease:{index}"
         try:
             if await self.kv.get(f"batch:{batch_id}:out:{index}") is not None:  # answered, not yet counted
                 await self.kv.hash_set(f"batch:{batch_id}:done", {str(index): "1"})
                 return
-            line = orjson.loads(raw)
             status, body, record = await self._send(fields, line)
-            if status is None:  # rate limited beyond the queue's wait: left for a later pass
+            if status is None:  # rate limited, or past its deadline: left for a later pass
                 await self.kv.delete(lease)
                 return
             _counted(record, status)
@@ -231,13 +251,15 @@ class BatchRunner(Poller):
             self._log.exception("batch runner: a line failed", batch_id=batch_id, line=index)
             await self.kv.delete(lease)
         finally:
-            self._slots.release()
+            slots.release()
 
     async def _send(
         self, fields: dict[str, str], line: dict[str, Any]
     ) -> tuple[int | None, Any, RequestRecord]:
         """The line's answer through the pipeline, as a live request on its url: (status, body, record);
-        status None to try later."""
+        status None to try later: refused for a rate limit, or kept waiting past the request's deadline (behind
+        live traffic, or an upstream too slow for now); tried again until the batch's window ends, when it is
+        reported expired as OpenAI reports it."""
         gateway = self._gateway()
         url = fields["endpoint"]
         asked = dict(line["body"])
@@ -292,7 +314,7 @@ class BatchRunner(Poller):
                 return answer.status, await finish(answer), record
         except QuotaExceeded as exc:
             return exc.status, exc.body(), record
-        except RateLimited:
+        except (RateLimited, DeadlineExceeded):
             return None, None, record
         except GatewayError as exc:
             return exc.status, exc.body(), record

@@ -11,6 +11,7 @@ import openai
 import orjson
 import pytest
 
+from policies.clock import ManualClock
 from tests.conftest import KEY, UPSTREAM_KEY, config_text
 
 DEADLINE_S = 60.0
@@ -37,6 +38,12 @@ def flaky_model(upstream_url: str) -> str:
         api_base: {upstream_url}/v1
         api_key: {UPSTREAM_KEY}
         price: {{input: 2.0, output: 8.0}}"""
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """The gateway's clock, for a test to move (start it with ``start_gateway(text, clock=clock)``)."""
+    return ManualClock()
 
 
 @pytest.fixture

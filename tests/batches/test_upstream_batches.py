@@ -12,7 +12,6 @@ import openai
 import orjson
 import pytest
 
-from policies.clock import ManualClock
 from tests.conftest import KEY, UPSTREAM_KEY, config_text
 
 from .conftest import DEADLINE_S, chat_line, jsonl, read_lines, upload, wait_for
@@ -57,11 +56,6 @@ def _ended(client, batch_id: str):
         assert time.monotonic() < deadline, batch.request_counts
         time.sleep(0.02)
     return batch
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 @pytest.fixture
