@@ -21,7 +21,7 @@ from . import logbodies
 from .auth import Caller
 from .keys import GATEWAY, RECORD
 from .logs import get_logger
-from .proxy import _SSE_HEADERS, _read_json
+from .proxy import _SSE_HEADERS, _read_json, end
 from .security.network import PEER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -166,7 +166,7 @@ async def stream(
             record.error, record.status = "The upstream ended its stream before it was complete.", 502
             await request.app[GATEWAY].pipeline.broken(call, relayed)
     record.upstream_s = time.perf_counter() - sent
-    await response.write_eof()
+    await end(response)
     return response
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -109,6 +110,8 @@ async def relay(request: web.Request, call: Call, answer: UpstreamResponse) -> w
             await response.write(chunk)
             if logged is not None:
                 logged.feed(chunk)
+            if chunk.endswith(sse.DONE):  # the SDKs close at [DONE]: the upstream's own end is not waited for
+                break
     except GatewayError as exc:
         # Headers are gone: the client learns of the failure from an error event, as OpenAI sends one.
         record.fail(exc)
@@ -117,8 +120,14 @@ async def relay(request: web.Request, call: Call, answer: UpstreamResponse) -> w
         if logged is not None:
             logged.feed(failure)
     record.upstream_s = time.perf_counter() - sent
-    await response.write_eof()
+    await end(response)
     return response
+
+
+async def end(response: web.StreamResponse) -> None:
+    """Ends a stream whose last event went out; a client already gone had the whole answer."""
+    with contextlib.suppress(ConnectionResetError):  # aiohttp's ClientConnectionResetError
+        await response.write_eof()
 
 
 async def _read_json(request: web.Request, limit: int) -> Any:

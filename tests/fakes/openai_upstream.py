@@ -56,6 +56,7 @@ class FakeState:
     data_space: bool = True  # "data: {...}" as providers write it, or "data:{...}" (valid too)
     hold_after: int | None = None  # a stream waits after this many events until ``release`` is set
     release: threading.Event = field(default_factory=threading.Event)
+    linger: bool = False  # a chat stream's connection stays open after [DONE] until ``release`` is set
     events_sent: int = 0
     usage_sent: dict[str, int] | None = None  # the token counts the last stream reported, in OpenAI's terms
     answered: dict[str, int] = field(default_factory=dict)  # a whole answer's last message -> times answered
@@ -287,6 +288,8 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeSt
             state.usage_sent = usage_chunk["usage"]
             await send_event(response, state, b"data: " + orjson.dumps(usage_chunk) + b"\n\n")
         await send_event(response, state, b"data: [DONE]\n\n")
+        if state.linger:
+            await asyncio.to_thread(state.release.wait, GATE_WAIT_S)
         await response.write_eof()
         state.completed_streams += 1
     except asyncio.CancelledError:

@@ -7,9 +7,10 @@ import socket
 import time
 
 import httpx
+import openai
 import orjson
 
-from tests.conftest import KEY
+from tests.conftest import KEY, log_line
 from tests.fakes.openai_upstream import SLOW_CHUNK_DELAY_S, SLOW_CHUNKS
 from tests.wait import wait_for
 
@@ -51,3 +52,20 @@ def test_client_disconnect_cancels_the_upstream_request(gateway, upstream):
     wait_for(lambda: state.cancelled or state.completed_streams, what="the upstream stream to end")
     assert state.cancelled == 1
     assert state.completed_streams == 0
+
+
+def test_a_client_that_closes_at_done_had_the_whole_answer(gateway, upstream):
+    """The SDKs close the connection as soon as they read [DONE], while the upstream may keep its own open a
+    moment longer: the gateway then ends a stream whose client is gone. The answer was whole: 200."""
+    state = upstream[1]
+    state.linger = True
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="chat", stream=True, messages=[{"role": "user", "content": "all of it"}]
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text == "Echo: all of it"  # the SDK read [DONE] and closed
+    state.release.set()  # only now does the upstream end its stream
+    line = log_line(raw.headers["x-request-id"])
+    assert (line["status"], line.get("error")) == (200, None)
+    assert line["completion_tokens"] > 0
