@@ -6,7 +6,7 @@ when set, replaces the ``policies`` default of the same name as a whole.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -88,6 +88,22 @@ class TenantPolicyFields(_Frozen):
         default=1.0, gt=0, description="share of contended capacity (weighted fair queuing)"
     )
     per_key: dict[str, KeyPolicy] = Field(default_factory=dict)
+
+    @field_validator("per_key", mode="before")
+    @classmethod
+    def _numbers(cls, value: Any) -> Any:
+        """YAML reads an unquoted key id of 12 decimal digits (452297840952) as a number: it is still that key
+        id. One it read otherwise (leading zeros dropped, octal) cannot be told back: it must be quoted."""
+        if not isinstance(value, dict):
+            return value
+        ids: dict[Any, Any] = {}
+        for key_id, policy in value.items():
+            if isinstance(key_id, int) and not isinstance(key_id, bool):
+                if len(str(key_id)) != 12:
+                    raise ValueError(f"{key_id} is not a key id: YAML read it as a number; quote key ids")
+                key_id = str(key_id)
+            ids[key_id] = policy
+        return ids
 
     @field_validator("per_key")
     @classmethod

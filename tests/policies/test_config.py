@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.auth import hash_key
 from gateway.config import ConfigError, parse_config
 from tests.policies.conftest import SECOND_KEY, key_id, policy_config
 
@@ -40,6 +41,10 @@ def test_defaults_apply_and_a_tenant_field_replaces_its_default():
             "tenants[0].per_key.0123456789ab: not the id of one of this tenant's keys",
         ),
         ("    per_key: {zz: {priority: batch}}", "tenants[0].per_key: 'zz' is not a key id"),
+        (
+            "    per_key: {012345670123: {priority: batch}}",
+            "tenants[0].per_key: 1402433619 is not a key id: YAML read it as a number",
+        ),
     ],
 )
 def test_bad_tenant_policy_fields_are_named(section, expected):
@@ -62,3 +67,17 @@ def test_a_key_of_the_tenant_may_have_its_own_settings():
         "http://127.0.0.1:1", acme=f"    per_key: {{{key_id(SECOND_KEY)}: {{priority: batch}}}}"
     )
     assert parse_config(text).config.tenants[0].per_key[key_id(SECOND_KEY)].priority == "batch"
+
+
+def test_a_key_id_yaml_reads_as_a_number_is_still_that_key_id():
+    """A key id is 12 hex digits; one of 12 decimal digits, unquoted, is a number to YAML (CI once drew such a
+    key, and every per_key test failed)."""
+    numeric = next(
+        key
+        for key in (f"gw-numeric-{i}" for i in range(100_000))
+        if key_id(key).isdigit() and key_id(key)[0] != "0"
+    )
+    text = policy_config(
+        "http://127.0.0.1:1", acme=f"    per_key: {{{key_id(numeric)}: {{priority: batch}}}}"
+    ).replace(hash_key(SECOND_KEY), hash_key(numeric))
+    assert parse_config(text).config.tenants[0].per_key[key_id(numeric)].priority == "batch"
