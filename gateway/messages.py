@@ -98,7 +98,8 @@ async def _native_events(
 ) -> AsyncIterator[bytes]:
     """Anthropic's own stream, passed on with the alias as its model; its usage (message_start,
     message_delta) and the text relayed (``relayed``: what a stream that breaks off is ledgered at) are
-    read on the way, and with a ``cache`` that wants it the whole message is kept."""
+    read on the way, and with a ``cache`` that wants it the whole message is kept, all before message_stop
+    goes out, which ends the stream."""
     decoder = sse.Decoder()
     usage = wire.usage_of(None)
     whole = wire.MessageOfEvents() if cache is not None else None
@@ -130,6 +131,8 @@ async def _native_events(
                     cache.store(call, UpstreamResponse(status=200, data=whole.message))
             out.append(sse.encode(event.data, event=event.event))
         yield b"".join(out)
+        if call.completed:  # message_stop went out: clients close there, the upstream's end is not waited for
+            return
 
 
 def _relayed_text(relayed: Relayed, delta: Any) -> None:

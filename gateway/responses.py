@@ -206,33 +206,48 @@ async def _translated_events(
 ) -> AsyncIterator[bytes]:
     yield writer.start()
     async for batch, done in bridge.chat_chunks(chunks):
-        yield writer.read_all(batch) + writer.finish() if done else writer.read_all(batch)
-    if writer.final is not None:
-        await kept(writer.final)
+        if not done:
+            yield writer.read_all(batch)
+            continue
+        out = writer.read_all(batch) + writer.finish()
+        if writer.final is not None:  # kept before it goes out: a client may close at the final event
+            await kept(writer.final)
+        yield out
+
+
+# A stream's final events (the type sniffed from the data where the upstream names no event); a client may
+# close as soon as it has read one.
+_FINAL = ("response.completed", "response.incomplete", "response.failed")
+_FINAL_TYPES = tuple(b'"type":"' + kind.encode() + b'"' for kind in _FINAL)
 
 
 async def _native_events(
     call: Call, chunks: AsyncIterator[bytes], kept: Any, cache: ResponseCache, relayed: Relayed
 ) -> AsyncIterator[bytes]:
     """OpenAI's own Responses stream, passed on; the final response is read on the way (usage, store, and
-    the response cache, which keeps it whole), and the text relayed (``relayed``: what a stream that breaks
-    off is ledgered at)."""
+    the response cache, which keeps it whole) before it goes out, and once it went out the stream is over
+    for the gateway: the upstream's own end is not waited for. The text relayed (``relayed``) is what a
+    stream that breaks off is ledgered at."""
     decoder = sse.Decoder()
     async for piece in chunks:
-        yield piece
+        last = False
         for event in decoder.feed(piece):
             if event.event.endswith(_TEXT_DELTAS):
                 delta = orjson.loads(event.data).get("delta")
                 if isinstance(delta, str):
                     relayed.texts.append(delta)
-            elif (
-                event.event in ("response.completed", "response.incomplete")
-                or b'"type":"response.completed"' in event.data[:40]
-            ):
-                final = orjson.loads(event.data).get("response") or {}
-                bridge.take_usage(call, wire.chat_usage(final.get("usage")))
-                await kept(final)
-                cache.store(call, UpstreamResponse(status=200, data=final))
+            elif event.event in _FINAL or any(kind in event.data[:40] for kind in _FINAL_TYPES):
+                last = True
+                final = orjson.loads(event.data)
+                kind = event.event if event.event in _FINAL else final.get("type")
+                if kind != "response.failed":  # a failed one is a broken stream (bridge.stream)
+                    response = final.get("response") or {}
+                    bridge.take_usage(call, wire.chat_usage(response.get("usage")))
+                    await kept(response)
+                    cache.store(call, UpstreamResponse(status=200, data=response))
+        yield piece
+        if last:
+            return
 
 
 async def _stored(request: web.Request) -> tuple[str, Stored]:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .openai_upstream import STATE, FakeState, Seen, send_event
+from .openai_upstream import STATE, FakeState, Seen, lingered, send_event
 from .scenario import AGENT_MODEL, Answer, Gist, agent, answer, error_status, split_arguments
 
 CACHE_READ, CACHE_WRITE = 3, 2
@@ -329,6 +329,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
             request.transport.abort()
             return response
         await send_event(response, state, chunk)
+    await lingered(state)
     await response.write_eof()
     state.completed_streams += 1
     return response

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -118,7 +119,10 @@ def whole(body: dict[str, Any]) -> dict[str, Any]:
     return _response(body, _items(answer), "completed", _usage(body, answer))
 
 
-async def handle(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+async def handle(
+    request: web.Request, body: dict[str, Any], lingered: Callable[[], Awaitable[None]]
+) -> web.StreamResponse:
+    """The answer to ``body``, whole or streamed; a stream's connection ends once ``lingered()`` is done."""
     answer = plan(body)
     items = _items(answer)
     final = _response(body, items, "completed", _usage(body, answer))
@@ -145,6 +149,7 @@ async def handle(request: web.Request, body: dict[str, Any]) -> web.StreamRespon
         await _stream(send, final, items, answer)
     except ConnectionResetError:
         return response
+    await lingered()
     await response.write_eof()
     return response
 

@@ -56,7 +56,9 @@ class FakeState:
     data_space: bool = True  # "data: {...}" as providers write it, or "data:{...}" (valid too)
     hold_after: int | None = None  # a stream waits after this many events until ``release`` is set
     release: threading.Event = field(default_factory=threading.Event)
-    linger: bool = False  # a chat stream's connection stays open after [DONE] until ``release`` is set
+    # a stream's connection stays open after its last event (chat's [DONE], Responses' response.completed,
+    # Anthropic's message_stop) until ``release`` is set
+    linger: bool = False
     events_sent: int = 0
     usage_sent: dict[str, int] | None = None  # the token counts the last stream reported, in OpenAI's terms
     answered: dict[str, int] = field(default_factory=dict)  # a whole answer's last message -> times answered
@@ -89,6 +91,12 @@ async def send_event(
 
 STATE = web.AppKey("state", FakeState)
 BODY = web.RequestKey("body", dict)
+
+
+async def lingered(state: FakeState) -> None:
+    """The pause between a stream's last event and the end of its connection: none unless ``linger``."""
+    if state.linger:
+        await asyncio.to_thread(state.release.wait, GATE_WAIT_S)
 
 
 def _error(
@@ -288,8 +296,7 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], state: FakeSt
             state.usage_sent = usage_chunk["usage"]
             await send_event(response, state, b"data: " + orjson.dumps(usage_chunk) + b"\n\n")
         await send_event(response, state, b"data: [DONE]\n\n")
-        if state.linger:
-            await asyncio.to_thread(state.release.wait, GATE_WAIT_S)
+        await lingered(state)
         await response.write_eof()
         state.completed_streams += 1
     except asyncio.CancelledError:
@@ -464,7 +471,7 @@ async def _answer(request: web.Request) -> web.StreamResponse:
         return special
     path = request.path
     if path.endswith("/responses"):
-        return await openai_responses.handle(request, body)
+        return await openai_responses.handle(request, body, lambda: lingered(state))
     if path.endswith("/chat/completions") and model == AGENT_MODEL:
         return await _agent_chat(request, body)
     if path.endswith("/chat/completions"):
