@@ -65,7 +65,9 @@ def test_a_client_that_closes_at_done_had_the_whole_answer(gateway, upstream):
         )
         text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     assert text == "Echo: all of it"  # the SDK read [DONE] and closed
-    state.release.set()  # only now does the upstream end its stream
-    line = log_line(raw.headers["x-request-id"])
+    try:
+        line = log_line(raw.headers["x-request-id"])  # written while the upstream still holds its stream open
+    finally:
+        state.release.set()
     assert (line["status"], line.get("error")) == (200, None)
     assert line["completion_tokens"] > 0
