@@ -37,7 +37,9 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture
-def traced(upstream, start_gateway, receiver) -> tuple[ServerThread, InMemorySpanExporter]:
+def traced(receiver, upstream, start_gateway) -> tuple[ServerThread, InMemorySpanExporter]:
+    # the receiver first: it then stops after the gateway, whose exporter sends what it holds on its way out
+    # (a receiver already gone was retried with backoff for 7.5 s at every teardown)
     models = f"""  - name: flaky
     retry: {{attempts: 2, backoff_base_s: 0}}
     deployments:
