@@ -315,6 +315,10 @@ class FineTuningRunner(Poller):
                 await self.jobs.event(
                     job_id, f"Resumed from checkpoint {line['resumed_from']}", data={"step": 0}
                 )
+                recorded = {c["step_number"] for c in await self.jobs.checkpoints(job_id)}
+                for found in line.get("checkpoints") or []:  # on disk, not on record: its gateway died first
+                    if found["step"] not in recorded:
+                        await self._checkpoint(fields, found["step"], found["trained_tokens"])
             elif kind == "step":
                 await self.jobs.event(
                     job_id,
@@ -327,28 +331,33 @@ class FineTuningRunner(Poller):
                     },
                 )
             elif kind == "checkpoint":
-                await self.jobs.update(job_id, trained_tokens=str(line["trained_tokens"]))
-                await self.jobs.checkpoint(
-                    job_id,
-                    {
-                        "id": f"ftckpt-{job_id.removeprefix('ftjob-')[:12]}-{line['step']}",
-                        "object": "fine_tuning.job.checkpoint",
-                        "created_at": self.jobs.now(),
-                        "fine_tuning_job_id": job_id,
-                        "step_number": line["step"],
-                        "fine_tuned_model_checkpoint": f"{_result_name(fields)}:ckpt-step-{line['step']}",
-                        "metrics": await self._last_metrics(job_id),
-                    },
-                )
-                await self.jobs.event(job_id, f"Checkpoint created at step {line['step']}")
+                await self._checkpoint(fields, line["step"], line["trained_tokens"])
             elif kind in ("done", "error"):
                 last = line
         await process.wait()
         return last
 
-    async def _last_metrics(self, job_id: str) -> dict[str, Any]:
-        for event in await self.jobs.events(job_id):
-            if event["type"] == "metrics":
+    async def _checkpoint(self, fields: dict[str, str], step: int, trained_tokens: int) -> None:
+        job_id = fields["id"]
+        await self.jobs.update(job_id, trained_tokens=str(trained_tokens))
+        await self.jobs.checkpoint(
+            job_id,
+            {
+                "id": f"ftckpt-{job_id.removeprefix('ftjob-')[:12]}-{step}",
+                "object": "fine_tuning.job.checkpoint",
+                "created_at": self.jobs.now(),
+                "fine_tuning_job_id": job_id,
+                "step_number": step,
+                "fine_tuned_model_checkpoint": f"{_result_name(fields)}:ckpt-step-{step}",
+                "metrics": await self._metrics_at(job_id, step),
+            },
+        )
+        await self.jobs.event(job_id, f"Checkpoint created at step {step}")
+
+    async def _metrics_at(self, job_id: str, step: int) -> dict[str, Any]:
+        """The metrics of ``step`` (the last before it where that step's line was lost)."""
+        for event in await self.jobs.events(job_id):  # newest first
+            if event["type"] == "metrics" and event["data"].get("step", 0) <= step:
                 return {k: v for k, v in event["data"].items() if k in ("step", "train_loss", "valid_loss")}
         return {}
 

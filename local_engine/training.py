@@ -131,12 +131,12 @@ def _loss(model: Any, examples: list[Example], pad: int, torch: Any, device: Any
     )
 
 
-def _last_checkpoint(out: Path) -> Path | None:
-    done = sorted(
+def _whole_checkpoints(out: Path) -> list[Path]:
+    """The epochs' checkpoints whose state file was written (a checkpoint counts once it is whole), in order."""
+    return sorted(
         (p for p in (out / "checkpoints").glob("epoch-*") if (p / _STATE).exists()),
         key=lambda p: int(p.name.split("-")[1]),
     )
-    return done[-1] if done else None
 
 
 def train(spec: TrainingSpec) -> Path:
@@ -177,12 +177,15 @@ def train(spec: TrainingSpec) -> Path:
     out = Path(spec.output_dir)
     steps_per_epoch = math.ceil(len(train_set) / spec.batch_size)
     first_epoch, step, trained_tokens = 1, 0, 0
-    resumed = _last_checkpoint(out)
+    whole = _whole_checkpoints(out)
+    resumed = whole[-1] if whole else None
     if resumed is not None:
         set_peft_model_state_dict(model, load_file(str(resumed / "adapter_model.safetensors")))
         state = torch.load(resumed / _STATE, weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         first_epoch, step, trained_tokens = state["epoch"] + 1, state["step"], state["trained_tokens"]
+    epoch_tokens = sum(len(e.input_ids) for e in train_set)
+    epochs = [int(p.name.split("-")[1]) for p in whole]
     _emit(
         "started",
         examples=len(train_set),
@@ -190,8 +193,9 @@ def train(spec: TrainingSpec) -> Path:
         total_steps=steps_per_epoch * spec.n_epochs,
         device=str(device),
         resumed_from=None if resumed is None else resumed.name,
+        # every whole checkpoint on disk: one written just as the gateway died was never recorded by it
+        checkpoints=[{"step": e * steps_per_epoch, "trained_tokens": e * epoch_tokens} for e in epochs],
     )
-    epoch_tokens = sum(len(e.input_ids) for e in train_set)
     for epoch in range(first_epoch, spec.n_epochs + 1):
         order = list(range(len(train_set)))
         random.Random(spec.seed + epoch).shuffle(order)
