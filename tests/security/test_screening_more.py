@@ -131,26 +131,12 @@ def test_a_word_split_across_two_windows_is_judged_whole(start_gateway, upstream
         ["n word-and-a-secret-suffix"]
     )  # starts like the answer's "n word": the tail is held back
     gateway = _guarded(start_gateway, upstream, "redact")
-    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
-        chunks = list(
-            client.chat.completions.create(
-                model="chat", stream=True, messages=[{"role": "user", "content": PROMPT}]
-            )
-        )
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert "forbidden" not in text and "[redacted]" in text and text.startswith("Echo: a fine opening")
+    _redacted_chat(gateway)
 
 
 def test_redact_sends_an_unsafe_window_as_redacted_and_finishes(start_gateway, upstream):
     gateway = _guarded(start_gateway, upstream, "redact")
-    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
-        chunks = list(
-            client.chat.completions.create(
-                model="chat", stream=True, messages=[{"role": "user", "content": PROMPT}]
-            )
-        )
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert "forbidden" not in text and "[redacted]" in text and text.startswith("Echo: a fine opening")
+    chunks = _redacted_chat(gateway)
     assert chunks[-1].choices[0].finish_reason == "stop"
     with anthropic.Anthropic(base_url=gateway.url, api_key=KEY, max_retries=0) as claude:
         message = claude.messages.create(
@@ -160,3 +146,16 @@ def test_redact_sends_an_unsafe_window_as_redacted_and_finishes(start_gateway, u
             e.delta.text for e in message if e.type == "content_block_delta" and e.delta.type == "text_delta"
         )
     assert "forbidden" not in text and "[redacted]" in text
+
+
+def _redacted_chat(gateway):
+    """The chunks of a streamed chat answer whose unsafe window went out as ``[redacted]``."""
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0) as client:
+        chunks = list(
+            client.chat.completions.create(
+                model="chat", stream=True, messages=[{"role": "user", "content": PROMPT}]
+            )
+        )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "forbidden" not in text and "[redacted]" in text and text.startswith("Echo: a fine opening")
+    return chunks
