@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
@@ -122,3 +123,18 @@ def read_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any
     if file_id is None:
         return []
     return [orjson.loads(line) for line in client.files.content(file_id).content.splitlines() if line.strip()]
+
+
+def batch_records(url: str, count: int) -> list[dict[str, Any]]:
+    """The ledger's batch request records once ``count`` are in (they are settled off the answer's path)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        got = httpx.get(
+            url + "/admin/usage", params={"group_by": "request"}, headers={"Authorization": f"Bearer {KEY}"}
+        )
+        assert got.status_code == 200, got.text
+        records = [r for r in got.json()["data"] if r["source"] == "batch"]
+        if len(records) >= count:
+            return records
+        assert time.monotonic() < deadline, f"{len(records)} ledger records of {count}"
+        time.sleep(0.05)

@@ -18,7 +18,16 @@ from tests.conftest import KEY, config_text
 from tests.harness import ServerThread
 from tests.local_engine.conftest import _build
 
-from .conftest import DEADLINE_S, batch_sections, chat_line, jsonl, read_lines, upload, wait_for
+from .conftest import (
+    DEADLINE_S,
+    batch_records,
+    batch_sections,
+    chat_line,
+    jsonl,
+    read_lines,
+    upload,
+    wait_for,
+)
 
 LINES = 12
 TOKENS = 8
@@ -73,21 +82,6 @@ def _line(i: int) -> dict:
     return line
 
 
-def _records(url: str, count: int) -> list[dict]:
-    """The ledger's request records once ``count`` are in (they are settled off the answer's path)."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        got = httpx.get(
-            url + "/admin/usage", params={"group_by": "request"}, headers={"Authorization": f"Bearer {KEY}"}
-        )
-        assert got.status_code == 200, got.text
-        records: list[dict] = got.json()["data"]
-        if len(records) >= count:
-            return records
-        assert time.monotonic() < deadline, f"{len(records)} ledger records of {count}"
-        time.sleep(0.05)
-
-
 def test_a_local_batch_runs_its_lines_together_and_answers_as_live(client, gateway):
     before = _steps(gateway)
     done = wait_for(
@@ -110,12 +104,12 @@ def test_a_local_batch_runs_its_lines_together_and_answers_as_live(client, gatew
     # Lines one after the other take a step per generated token; together, many lines share each step.
     assert steps * 3 <= generated, f"{steps} engine steps for {generated} tokens"
 
-    batch_records = [r for r in _records(gateway.url, LINES) if r["source"] == "batch"]
-    assert len(batch_records) == LINES  # one ledger record per line
-    for record in batch_records:
+    records = batch_records(gateway.url, LINES)
+    assert len(records) == LINES  # one ledger record per line
+    for record in records:
         full = (record["prompt_tokens"] * PRICE_IN + record["completion_tokens"] * PRICE_OUT) / 1e6
         assert record["cost_usd"] == pytest.approx(full / 2)  # at the batch price
-    assert sorted(r["completion_tokens"] for r in batch_records) == sorted(
+    assert sorted(r["completion_tokens"] for r in records) == sorted(
         r["body"]["usage"]["completion_tokens"] for r in out.values()
     )
 

@@ -7,13 +7,21 @@ from __future__ import annotations
 import threading
 import time
 
-import httpx
 import openai
 import pytest
 
 from tests.conftest import KEY, UPSTREAM_KEY, config_text
 
-from .conftest import DEADLINE_S, batch_sections, chat_line, jsonl, read_lines, upload, wait_for
+from .conftest import (
+    DEADLINE_S,
+    batch_records,
+    batch_sections,
+    chat_line,
+    jsonl,
+    read_lines,
+    upload,
+    wait_for,
+)
 
 WINDOW_S = 24 * 3600
 
@@ -35,18 +43,10 @@ def client(gateway):
 
 
 def _statuses(url: str, count: int) -> list[int]:
-    """The ledger's statuses of batch records, once ``count`` are in (settled off the answer's path)."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        got = httpx.get(
-            url + "/admin/usage", params={"group_by": "request"}, headers={"Authorization": f"Bearer {KEY}"}
-        )
-        records = [r for r in got.json()["data"] if r["source"] == "batch"]
-        if len(records) >= count:
-            assert all(r["completion_tokens"] == 0 for r in records if r["status"] != 200)
-            return sorted(r["status"] for r in records)
-        assert time.monotonic() < deadline, f"{len(records)} ledger records of {count}"
-        time.sleep(0.05)
+    """The ledger's statuses of batch records, once ``count`` are in."""
+    records = batch_records(url, count)
+    assert all(r["completion_tokens"] == 0 for r in records if r["status"] != 200)
+    return sorted(r["status"] for r in records)
 
 
 def _tries(state, content: str) -> int:
