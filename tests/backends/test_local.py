@@ -79,18 +79,24 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory.mktemp("tiny") / "llama", "llama")
 
 
-@pytest.fixture(scope="module")
-def smollm2_gateway() -> Iterator[ServerThread]:
-    server = _start("""
+def smollm2_server(engine: str) -> Iterator[ServerThread]:
+    """A gateway in front of the bundled engine serving SmolLM2 in process (``engine``: its YAML mapping),
+    ready, stopped when the generator closes."""
+    server = _start(f"""
   - name: smollm2
     deployments:
       - provider: local
         model: SmolLM2-135M-Instruct
-        engine: {max_num_seqs: 8, kv_cache_gib: 0.05, max_model_len: 128}
+        engine: {engine}
 """)
     assert _wait_ready(server)["status"] == "ready"
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def smollm2_gateway() -> Iterator[ServerThread]:
+    yield from smollm2_server("{max_num_seqs: 8, kv_cache_gib: 0.05, max_model_len: 128}")
 
 
 @pytest.fixture(scope="module")
