@@ -44,9 +44,15 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
     """Every test leaves transformers' load-time stand-ins put back: a model load racing another on a second thread
     can leave PreTrainedModel.tie_weights a no-op for the rest of the process, and every model the later tests load
     is then wrong (untied embeddings, meta tensors). Fail at the test that let it happen, not twenty files later."""
-    modeling = sys.modules.get("transformers.modeling_utils")
-    if modeling is not None:
-        tie_weights = modeling.PreTrainedModel.tie_weights
+    from policies.cache.embedder import LOAD_LOCK
+
+    # a stopped gateway's embedder may still be loading on its thread: wait for the load (and the import of
+    # transformers it makes) to end, then look; a module still being imported has no PreTrainedModel yet
+    with LOAD_LOCK:
+        modeling = sys.modules.get("transformers.modeling_utils")
+        pretrained = getattr(modeling, "PreTrainedModel", None)
+    if pretrained is not None:
+        tie_weights = pretrained.tie_weights
         assert tie_weights.__name__ == "tie_weights", (
             f"{item.nodeid} left transformers' PreTrainedModel.tie_weights patched ({tie_weights.__qualname__}): "
             "two model loads ran at once on two threads (load under policies.cache.embedder.LOAD_LOCK)"

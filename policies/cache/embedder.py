@@ -31,9 +31,9 @@ def model_path() -> str:
 def load_model(path: str | None = None) -> Any:
     """The SentenceTransformer, offline (blocking: call it from a worker thread)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
+    with LOAD_LOCK:  # the import too: it runs transformers' module code, which a check under the lock may read
+        from sentence_transformers import SentenceTransformer
 
-    with LOAD_LOCK:
         model = SentenceTransformer(path or model_path(), device="cpu")
     encode(model, ["warm up"])  # the first call is several times slower: take it before serving
     return model

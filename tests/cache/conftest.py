@@ -10,10 +10,12 @@ import openai
 import pytest
 
 from gateway.auth import hash_key, new_key
+from gateway.keys import GATEWAY
 from policies.clock import SYSTEM, Clock
 from tests.conftest import KEY, OTHER_KEY, UPSTREAM_KEY
 from tests.fakes.openai_upstream import FakeState
 from tests.harness import ServerThread
+from tests.wait import wait_for
 
 ADMIN_KEY = new_key()
 THIRD_KEY = new_key()  # tenant initech: semantic cache off by its own setting
@@ -89,7 +91,6 @@ def settle(server: ServerThread) -> None:
     """Waits until the gateway's cache has stored every answer handed to it (storing is off the request path)."""
     import asyncio
 
-    from gateway.keys import GATEWAY
 
     assert server.app is not None
     cache = server.app[GATEWAY].pipeline.cache
@@ -124,6 +125,10 @@ def semantic_stack() -> Iterator[tuple[ServerThread, FakeState]]:
         cache_config(fake.url, {"enabled": True, "semantic": semantic}), path="test-config.yaml", env={}
     )
     server = ServerThread(lambda: build_app(loaded)).start()
+    # the gateway serves while its embedder loads (those requests miss): the tests here ask once it has loaded
+    assert server.app is not None
+    cache = server.app[GATEWAY].pipeline.cache
+    wait_for(lambda: cache.embedder.loaded and cache.index_ready, timeout=120, what="the embedder loaded")
     yield server, state
     server.stop()
     fake.stop()
