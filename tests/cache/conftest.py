@@ -27,9 +27,11 @@ def cache_config(
     *,
     acme_cache: dict[str, Any] | None = None,
     alias_cache: dict[str, Any] | None = None,
+    faq: bool = False,
 ) -> str:
-    """Aliases chat and other (same upstream model, priced as gpt-4o-mini), cut (a stream that breaks) and faq
-    (semantic mode faq); tenants acme, globex and initech (semantic mode off)."""
+    """Aliases chat and other (same upstream model, priced as gpt-4o-mini), cut (a stream that breaks) and, with
+    ``faq``, faq (semantic mode faq: the gateway then loads its embedder, whatever ``cache`` says); tenants acme,
+    globex and initech (semantic mode off)."""
 
     def deployment(model: str) -> str:
         return (
@@ -40,6 +42,11 @@ def cache_config(
 
     alias_extra = f"    cache: {json.dumps(alias_cache)}\n" if alias_cache else ""
     acme_extra = f"    cache: {json.dumps(acme_cache)}\n" if acme_cache else ""
+    faq_alias = (
+        f"  - name: faq\n    deployments:\n{deployment('gpt-4o-mini')}    cache: {{semantic: {{mode: faq}}}}\n"
+        if faq
+        else ""
+    )
     return (
         f"server:\n  log_requests: true\n"
         f'admin:\n  keys: ["{hash_key(ADMIN_KEY)}"]\n'
@@ -49,7 +56,7 @@ def cache_config(
         f"  - name: other\n    deployments:\n{deployment('gpt-4o-mini')}"
         f"  - name: cut\n    deployments:\n{deployment('cut-stream')}"
         f"  - name: embed\n    deployments:\n{deployment('fake-embed')}"
-        f"  - name: faq\n    deployments:\n{deployment('gpt-4o-mini')}    cache: {{semantic: {{mode: faq}}}}\n"
+        f"{faq_alias}"
         f"tenants:\n"
         f'  - name: acme\n    keys: ["{hash_key(KEY)}"]\n{acme_extra}'
         f'  - name: globex\n    keys: ["{hash_key(OTHER_KEY)}"]\n'
@@ -91,7 +98,6 @@ def settle(server: ServerThread) -> None:
     """Waits until the gateway's cache has stored every answer handed to it (storing is off the request path)."""
     import asyncio
 
-
     assert server.app is not None
     cache = server.app[GATEWAY].pipeline.cache
     asyncio.run_coroutine_threadsafe(cache.drain(), server.loop).result(timeout=30)
@@ -122,7 +128,9 @@ def semantic_stack() -> Iterator[tuple[ServerThread, FakeState]]:
     # a generous timeout: on a busy CI machine a slow embedding must not turn an expected hit into a miss
     semantic = {"enabled": True, "timeout_s": 10}
     loaded = parse_config(
-        cache_config(fake.url, {"enabled": True, "semantic": semantic}), path="test-config.yaml", env={}
+        cache_config(fake.url, {"enabled": True, "semantic": semantic}, faq=True),
+        path="test-config.yaml",
+        env={},
     )
     server = ServerThread(lambda: build_app(loaded)).start()
     # the gateway serves while its embedder loads (those requests miss): the tests here ask once it has loaded
