@@ -10,6 +10,9 @@ BIN := $(VENV)/bin
 # PATH, so it is not in the check); Debian packages, which .ci/run installs.
 TEST_PROGRAMS := redis-server redis-cli docker-compose promtool chromium
 INSTALL_TEST_PROGRAMS := sudo apt-get install -y redis-server docker-compose prometheus chromium postgresql
+# Worker processes for the suite (pytest-xdist): most tests wait on servers, models and timers rather than compute,
+# so 3 fill 2 cores; one file per worker keeps module fixtures (a loaded model, a gateway) loaded once.
+TEST_WORKERS ?= 3
 
 .PHONY: setup serve test test-prerequisites lint bench
 setup: $(VENV)/.installed tests/agents/node_modules/.installed
@@ -33,7 +36,7 @@ serve: setup
 	$(BIN)/python -m gateway serve
 
 test: test-prerequisites setup  # the check first: it is instant, the setup is not
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-prerequisites:
 	@missing=""; for p in $(TEST_PROGRAMS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \

@@ -6,7 +6,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,21 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
             f"{item.nodeid} left transformers' PreTrainedModel.tie_weights patched ({tie_weights.__qualname__}): "
             "two model loads ran at once on two threads (load under policies.cache.embedder.LOAD_LOCK)"
         )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A socket left to the GC fails whichever test the collection falls in: name the test that opened it."""
+    report = yield
+    if report.failed and "unclosed <socket" in str(report.longrepr):
+        from tests.harness import PORT_OWNERS
+
+        peers = {int(port) for port in re.findall(r"raddr=\('127\.0\.0\.1', (\d+)\)", str(report.longrepr))}
+        owners = [f"port {port}: {PORT_OWNERS.get(port, 'not a test server port')}" for port in sorted(peers)]
+        report.sections.append(("unclosed socket's peer", "\n".join(owners)))
+    return report
 
 
 KEY = new_key()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import socket
 import sys
 import threading
@@ -15,11 +16,17 @@ from typing import Any
 
 from aiohttp import web
 
+# port -> the test that took it: a socket left to the GC (a ResourceWarning, an error) is often collected in a
+# later test; its peer's port names the test whose server it talked to (see tests/conftest.py)
+PORT_OWNERS: dict[int, str] = {}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        port = int(sock.getsockname()[1])
+    PORT_OWNERS[port] = os.environ.get("PYTEST_CURRENT_TEST", "outside a test").rsplit(" (", 1)[0]
+    return port
 
 
 def serve_argv(config: object, port: object, workers: object | None = None) -> list[str]:

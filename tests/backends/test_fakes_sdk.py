@@ -3,6 +3,9 @@ real wire format: anthropic, google-genai and boto3 talk to them here exactly as
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import anthropic
 import boto3
 import pytest
@@ -105,12 +108,16 @@ def test_anthropic_sdk_reads_the_fake_errors(fakes):
             )
 
 
-def _genai(fakes) -> genai.Client:
-    return genai.Client(api_key=UPSTREAM_KEY, http_options={"base_url": fakes.gemini.url, "timeout": 10_000})
+@pytest.fixture
+def gemini(fakes) -> Iterator[genai.Client]:
+    with genai.Client(
+        api_key=UPSTREAM_KEY, http_options={"base_url": fakes.gemini.url, "timeout": 10_000}
+    ) as c:
+        yield c
 
 
-def test_google_genai_sdk_reads_the_fake(fakes):
-    client = _genai(fakes)
+def test_google_genai_sdk_reads_the_fake(gemini: genai.Client) -> None:
+    client = gemini
     response = client.models.generate_content(
         model="gemini-2.0-flash",
         contents=[genai_types.Part.from_bytes(data=b"\x89PNG", mime_type="image/png"), "what is this"],
@@ -153,32 +160,45 @@ def test_google_genai_sdk_reads_the_fake(fakes):
     assert blocked.prompt_feedback is not None and blocked.prompt_feedback.block_reason == "SAFETY"
 
 
-def test_google_genai_sdk_reads_the_fake_errors(fakes):
-    client = _genai(fakes)
+def test_google_genai_sdk_reads_the_fake_errors(fakes, gemini: genai.Client) -> None:
+    client = gemini
     with pytest.raises(genai_errors.ClientError) as limited:
         client.models.generate_content(model="error-429", contents="x")
     assert limited.value.code == 429 and limited.value.status == "RESOURCE_EXHAUSTED"
     with pytest.raises(genai_errors.ServerError) as unavailable:
         client.models.generate_content(model="error-503", contents="x")
     assert unavailable.value.status == "UNAVAILABLE"
-    bad_key = genai.Client(api_key="wrong", http_options={"base_url": fakes.gemini.url})
-    with pytest.raises(genai_errors.ClientError):
+    with (
+        genai.Client(api_key="wrong", http_options={"base_url": fakes.gemini.url}) as bad_key,
+        pytest.raises(genai_errors.ClientError),
+    ):
         bad_key.models.generate_content(model="gemini-2.0-flash", contents="x")
 
 
-def _bedrock(fakes, secret: str = bedrock_upstream.SECRET_KEY):
-    return boto3.client(
-        "bedrock-runtime",
-        endpoint_url=fakes.bedrock.url,
-        region_name=bedrock_upstream.REGION,
-        aws_access_key_id=bedrock_upstream.ACCESS_KEY,
-        aws_secret_access_key=secret,
-        config=Config(retries={"max_attempts": 1}),
-    )
+@pytest.fixture
+def bedrock(fakes) -> Iterator[Callable[..., Any]]:
+    """Makes boto3 bedrock-runtime clients on the fake (signed with ``secret``), closed after the test."""
+    clients: list[Any] = []
+
+    def make(secret: str = bedrock_upstream.SECRET_KEY) -> Any:
+        client = boto3.client(
+            "bedrock-runtime",
+            endpoint_url=fakes.bedrock.url,
+            region_name=bedrock_upstream.REGION,
+            aws_access_key_id=bedrock_upstream.ACCESS_KEY,
+            aws_secret_access_key=secret,
+            config=Config(retries={"max_attempts": 1}),
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
 
 
-def test_boto3_reads_the_fake_converse_and_its_event_stream(fakes):
-    client = _bedrock(fakes)
+def test_boto3_reads_the_fake_converse_and_its_event_stream(fakes, bedrock):
+    client = bedrock()
     response = client.converse(
         modelId=BEDROCK_MODEL,
         system=[{"text": "Be brief."}],
@@ -208,16 +228,16 @@ def test_boto3_reads_the_fake_converse_and_its_event_stream(fakes):
     assert fakes.aws.signatures_checked == 2
 
 
-def test_boto3_reads_the_fake_errors_and_the_fake_checks_signatures(fakes):
+def test_boto3_reads_the_fake_errors_and_the_fake_checks_signatures(bedrock):
     with pytest.raises(ClientError) as throttled:
-        _bedrock(fakes).converse(modelId="error-429", messages=[{"role": "user", "content": [{"text": "x"}]}])
+        bedrock().converse(modelId="error-429", messages=[{"role": "user", "content": [{"text": "x"}]}])
     assert throttled.value.response["Error"]["Code"] == "ThrottlingException"
     with pytest.raises(ClientError) as forged:
-        _bedrock(fakes, secret="not-the-secret").converse(
+        bedrock(secret="not-the-secret").converse(
             modelId=BEDROCK_MODEL, messages=[{"role": "user", "content": [{"text": "x"}]}]
         )
     assert forged.value.response["Error"]["Code"] == "InvalidSignatureException"
-    stream = _bedrock(fakes).converse_stream(
+    stream = bedrock().converse_stream(
         modelId="stream-error", messages=[{"role": "user", "content": [{"text": "a b"}]}]
     )
     with pytest.raises(ClientError) as mid_stream:

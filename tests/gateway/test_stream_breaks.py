@@ -105,8 +105,10 @@ def _assert_priced(record: dict[str, Any], prompt: int, completion: int, status:
 def _chat_stream(server: ServerThread, alias: str, question: str = QUESTION) -> str:
     """The text a chat stream brought before it failed (the SDK raises at the gateway's error event)."""
     text = []
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=20)
-    with pytest.raises(openai.APIError):
+    with (
+        openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client,
+        pytest.raises(openai.APIError),
+    ):
         for chunk in client.chat.completions.create(
             model=alias, stream=True, messages=[{"role": "user", "content": question}]
         ):
@@ -138,17 +140,17 @@ def test_the_relayed_text_is_counted_with_the_deployments_tokenizer(broken_gatew
 
 @pytest.mark.parametrize("store_kind", ["memory", "redis"])
 def test_a_broken_native_responses_stream_is_ledgered_at_what_it_relayed(broken_gateway) -> None:
-    client = openai.OpenAI(base_url=broken_gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20)
     text: list[str] = []
     errors: list[object] = []
-    try:
-        for event in client.responses.create(model="native-cut", input=QUESTION, stream=True):
-            if event.type == "response.output_text.delta":
-                text.append(event.delta)
-            elif event.type == "error":
-                errors.append(event)
-    except openai.APIError as exc:
-        errors.append(exc)
+    with openai.OpenAI(base_url=broken_gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
+        try:
+            for event in client.responses.create(model="native-cut", input=QUESTION, stream=True):
+                if event.type == "response.output_text.delta":
+                    text.append(event.delta)
+                elif event.type == "error":
+                    errors.append(event)
+        except openai.APIError as exc:
+            errors.append(exc)
     assert errors, "the client learns that the stream failed"
     relayed = "".join(text)
     assert relayed == "Echo: one"

@@ -197,7 +197,9 @@ def test_postgres_needs_a_dsn():
 EMAIL = "jane.doe@example.com"
 
 
-def bodies_config(upstream_url: str, store: str, key_dir: Any, max_body_bytes: int, extra_models: str = "") -> str:
+def bodies_config(
+    upstream_url: str, store: str, key_dir: Any, max_body_bytes: int, extra_models: str = ""
+) -> str:
     """Bodies logged (acme's PII masked in the log), sealed at rest with a fresh key, cut to ``max_body_bytes``."""
     key_file = key_dir / "data.key"
     key_file.write_text(base64.b64encode(os.urandom(32)).decode())
