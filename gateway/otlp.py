@@ -8,10 +8,13 @@ soon as a batch is full, encodes and posts them.
 The OTLP exporter's generic encoder builds a protobuf message per span and per attribute (~50 µs a span
 here, more than the request path's whole tracing cost). A span's bytes are its fixed fields (ids, name,
 kind, times, status, flags), written here with their tags (trace.proto's wire format), followed by one
-length-delimited entry per attribute. The entries repeat across requests (method, path, tenant, alias,
-deployment, status...), so each ``(key, value)`` is encoded once by protobuf and its bytes reused; only the
-varying ones (request id, tokens, cost) are encoded per span. Events, links and trace state are not
-encoded: the gateway's spans have none. Tests compare the result with the SDK encoder's, span by span.
+length-delimited entry per attribute. A string, bool, int or float attribute is written here too (a protobuf
+message per attribute costs several times more); any other value goes through protobuf. The entries repeat
+across requests (method, path, tenant, alias, deployment, status...), so each ``(key, value)`` is encoded
+once and its bytes reused; only the varying ones (request id, cost, times) are encoded per span. A read-only
+attribute mapping (``MappingProxyType``: a deployment's, shared by every request's upstream span) is encoded
+once as a whole. Events, links and trace state are not encoded: the gateway's spans have none. Tests compare
+the result with the SDK encoder's, span by span, and each kind of value with protobuf's bytes.
 
 Imported by gateway/tracing.py whatever the config: protobuf and ``requests`` are imported only when an
 exporter is made (tracing on). Posted with ``requests`` (the OTLP exporter's own HTTP client library); a collector answering 429, 502,
@@ -27,6 +30,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 # OTLP span kinds and status codes (trace.proto's enums)
@@ -74,7 +78,12 @@ def any_value(value: Any) -> Any:
     return AnyValue(string_value=str(value))
 
 
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+
+
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
@@ -98,6 +107,27 @@ _FIRST, _SECOND = (
     b"\x0a",
     b"\x12",
 )  # field 1 and 2, length-delimited: resource / scope, then the list under it
+# an attribute: Span.attributes (9) holds a KeyValue: key (1), value (2) an AnyValue of one of string (1),
+# bool (2), int (3, an int64 as a varint of its two's complement), double (4, fixed64)
+_ATTRIBUTE, _KEY, _VALUE = b"\x4a", b"\x0a", b"\x12"
+_STRING, _TRUE, _FALSE, _INT, _DOUBLE = b"\x0a", b"\x10\x01", b"\x10\x00", b"\x18", b"\x21"
+_DOUBLE_BYTES = struct.Struct("<d")
+_INT64 = range(-(2**63), 2**63)
+
+
+def _value(value: Any) -> bytes | None:
+    """An AnyValue's bytes for a string, bool, int or float (None for anything else: protobuf encodes it)."""
+    kind = type(value)
+    if kind is str:
+        data = value.encode("utf-8", "surrogatepass")
+        return _STRING + _varint(len(data)) + data
+    if kind is bool:
+        return _TRUE if value else _FALSE
+    if kind is int and value in _INT64:
+        return _INT + _varint(value & 0xFFFFFFFFFFFFFFFF)
+    if kind is float:
+        return _DOUBLE + _DOUBLE_BYTES.pack(value)
+    return None
 
 
 class SpanEncoder:
@@ -111,6 +141,8 @@ class SpanEncoder:
 
         self._span, self._key_value = Span, KeyValue
         self._attributes: dict[tuple[str, type, Any], bytes] = {}
+        self._keys: dict[str, bytes] = {}
+        self._shared: dict[int, tuple[Mapping[str, Any], bytes]] = {}
         self._names: dict[str, bytes] = {}
         self._resource = _field(
             _FIRST,
@@ -123,6 +155,23 @@ class SpanEncoder:
     def _attribute(self, key: str, value: Any) -> bytes:
         cache_key = (key, type(value), value if not isinstance(value, list) else tuple(value))
         found = self._attributes.get(cache_key)
+        if found is not None:
+            return found
+        encoded = _value(value)
+        if encoded is not None:  # written here: a protobuf message per attribute costs several times more
+            prefix = self._keys.get(key)
+            if prefix is None:
+                if len(self._keys) >= _MAX_CACHED:
+                    self._keys.clear()
+                data = key.encode("utf-8", "surrogatepass")
+                prefix = self._keys[key] = _KEY + _varint(len(data)) + data + _VALUE
+            entry = prefix + _varint(len(encoded)) + encoded
+            found = _ATTRIBUTE + _varint(len(entry)) + entry
+            if type(value) is not float:  # a float (a cost, a time) rarely comes again
+                if len(self._attributes) >= _MAX_CACHED:
+                    self._attributes.clear()
+                self._attributes[cache_key] = found
+            return found
         if found is None:
             # a one-attribute Span serializes to exactly that attribute's repeated-field entry
             found = self._span(
@@ -142,7 +191,18 @@ class SpanEncoder:
         status = (_field(_STATUS_MESSAGE, span.message.encode()) if span.message else b"") + (
             _STATUS_CODE + _varint(span.status) if span.status else b""
         )
-        attribute = self._attribute
+        attributes = span.attributes
+        if type(attributes) is MappingProxyType:  # shared by every request (a deployment's): encoded once
+            shared = self._shared.get(id(attributes))
+            if shared is None or shared[0] is not attributes:
+                if len(self._shared) >= _MAX_CACHED:
+                    self._shared.clear()
+                encoded = b"".join([self._attribute(key, value) for key, value in attributes.items()])
+                shared = self._shared[id(attributes)] = (attributes, encoded)  # held: its id stays its own
+            entries = shared[1]
+        else:
+            attribute = self._attribute
+            entries = b"".join([attribute(key, value) for key, value in attributes.items()])
         return b"".join(
             (
                 _TRACE_ID,
@@ -160,7 +220,7 @@ class SpanEncoder:
                 _field(_STATUS_FIELD, status),
                 _FLAGS,
                 _FIXED32.pack(_HAS_IS_REMOTE | (_IS_REMOTE if span.parent_remote else 0)),
-                *[attribute(key, value) for key, value in span.attributes.items()],
+                entries,
             )
         )
 

@@ -21,6 +21,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiohttp import web
@@ -57,6 +58,7 @@ _REQUEST_FIELDS = (
     ("presence_penalty", "gen_ai.request.presence_penalty"),
 )
 _ENDED_WITH_REQUEST = "ended with the request"
+_NONE: Mapping[str, Any] = MappingProxyType({})  # a stage without a deployment's attributes
 # W3C Trace Context: version-traceid-parentid-flags, lowercase hex; a later version may append fields
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
@@ -93,7 +95,8 @@ class Tracing:
         # ParentBased(TraceIdRatioBased): a trace started here is sampled when its id's low 64 bits fall
         # under the bound (the SDK's rule, so a collector's sampling agrees); a client's flag decides for its own
         self.bound = TraceIdRatioBased.get_bound_for_rate(config.sample_ratio)
-        self.deployment_attributes: dict[tuple[str, str, str, str | None, str], dict[str, Any]] = {}
+        # read-only views, shared by every request's span: the exporter encodes each once (gateway/otlp.py)
+        self.deployment_attributes: dict[tuple[str, str, str, str | None, str], Mapping[str, Any]] = {}
         self.paths = paths
 
     def add_span_processor(self, processor: SpanProcessor) -> None:
@@ -176,7 +179,7 @@ class _Stage:
     __slots__ = ("attributes", "end", "error", "kind", "name", "parent_id", "span_id", "start", "status")
 
     def __init__(
-        self, name: str, kind: int, span_id: int, parent_id: int, attributes: dict[str, Any]
+        self, name: str, kind: int, span_id: int, parent_id: int, attributes: Mapping[str, Any]
     ) -> None:
         self.name, self.kind, self.span_id, self.parent_id = name, kind, span_id, parent_id
         self.attributes = attributes  # shared per deployment: never changed in place
@@ -246,7 +249,7 @@ class RequestSpans:
     ) -> _Stage | None:
         if not self.recording:
             return None
-        attributes = self._deployment(deployment, deployment_id or "") if deployment is not None else {}
+        attributes = self._deployment(deployment, deployment_id or "") if deployment is not None else _NONE
         stage = _Stage(
             name,
             otlp.KIND_CLIENT if name == "upstream" else otlp.KIND_INTERNAL,
@@ -257,27 +260,27 @@ class RequestSpans:
         self._open.append(stage)
         return stage
 
-    def _deployment(self, deployment: DeploymentConfig, deployment_id: str) -> dict[str, Any]:
+    def _deployment(self, deployment: DeploymentConfig, deployment_id: str) -> Mapping[str, Any]:
         """A deployment's span attributes: worked out once per deployment and operation."""
         cache = self._tracing.deployment_attributes
         key = (deployment_id, deployment.provider, deployment.model, deployment.api_base, self.operation)
         found = cache.get(key)
         if found is None:
-            found = {
+            attributes: dict[str, Any] = {
                 "gen_ai.provider.name": deployment.provider,
                 "gen_ai.request.model": deployment.model,
                 "gateway.deployment": deployment_id,
             }
             if self.operation:
-                found["gen_ai.operation.name"] = self.operation
+                attributes["gen_ai.operation.name"] = self.operation
             if deployment.api_base:
                 from yarl import URL
 
                 url = URL(deployment.api_base)
-                found.update({"server.address": url.host or "", "server.port": url.port or 0})
+                attributes.update({"server.address": url.host or "", "server.port": url.port or 0})
             if len(cache) > 10_000:  # configs reloaded many times: old deployments' entries go
                 cache.clear()
-            cache[key] = found
+            found = cache[key] = MappingProxyType(attributes)
         return found
 
     def end(self, stage: _Stage | None, status: int | None, error: str | None) -> None:

@@ -8,7 +8,8 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import cast
 
 import httpx
 import openai
@@ -356,12 +357,13 @@ def test_a_collector_slower_than_the_traffic_drops_spans_instead_of_holding_requ
     assert sorted({int.from_bytes(t, "big") for t in sent}) == [1, 2, 3] and len(sent) == 12
 
 
-def _sent_tracestate(gateway, upstream, headers: list[tuple[str, str | bytes]]) -> str | None:
+def _sent_tracestate(gateway, upstream, headers: Sequence[tuple[str, str | bytes]]) -> str | None:
     """The tracestate the upstream got for a chat request with ``headers`` (which must still be answered)."""
     answer = httpx.post(
         gateway.url + "/v1/chat/completions",
         json={"model": "chat", "messages": [{"role": "user", "content": "state"}]},
-        headers=[("Authorization", f"Bearer {KEY}"), *headers],
+        # a header that is not ASCII goes as bytes (httpx takes str or bytes pairs alike)
+        headers=cast("list[tuple[str, str]]", [("Authorization", f"Bearer {KEY}"), *headers]),
         timeout=20,
     )
     assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == "Echo: state"
@@ -392,7 +394,7 @@ def test_the_clients_tracestate_goes_upstream_with_its_traceparent(traced, upstr
     assert _sent_tracestate(gateway, upstream, [("traceparent", "garbage"), ("tracestate", "a=1")]) is None
 
 
-_INVALID_TRACESTATES = [
+_INVALID_TRACESTATES: list[str | bytes] = [
     ",".join(f"k{i}=v" for i in range(33)),  # over 32 members
     "Congo=1",  # a key is lowercase
     "a=b=c",  # '=' in a value
@@ -419,3 +421,53 @@ def test_a_tracestate_over_512_characters_loses_its_long_members_first_then_the_
     )
     assert len(",".join(small)) > 512 >= len(",".join(small[:11]))
     assert sent == ",".join(small[:11])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "chat",
+        "é中🙂",
+        True,
+        False,
+        0,
+        1,
+        127,
+        128,
+        -1,
+        2**63 - 1,
+        -(2**63),
+        2**63,  # past int64: protobuf's own path (it refuses it there too)
+        0.0,
+        -0.0,
+        1e-300,
+        float("inf"),
+        ["a", "b"],
+        [1, 2],
+    ],
+)
+def test_each_attribute_value_is_encoded_as_protobuf_encodes_it(value):
+    """The encoder writes string, bool, int and float attributes itself; the bytes equal protobuf's, in an
+    attribute dict of the request's own and in a shared (read-only) one, the second time from its cache too."""
+    from types import MappingProxyType
+
+    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    from gateway.otlp import SpanEncoder, SpanRecord, any_value
+
+    try:
+        expected = Span(attributes=[KeyValue(key="k.é", value=any_value(value))]).SerializeToString()
+    except ValueError:  # an int past int64: protobuf refuses it, and so does the encoder
+        with pytest.raises(ValueError):
+            SpanEncoder({}, "s").span(
+                b"\0" * 16, SpanRecord("n", 1, 0, False, 1, 1, 2, 0, "", {"k.é": value})
+            )
+        return
+    encoder = SpanEncoder({}, "s")
+    shared = MappingProxyType({"k.é": value})
+    for attributes in ({"k.é": value}, shared, shared, {"k.é": value}):
+        raw = encoder.span(b"\1" * 16, SpanRecord("n", 1, 0, False, 1, 1, 2, 0, "", attributes))
+        assert raw.endswith(expected)  # the attributes are the span's last field
+        assert list(Span.FromString(raw).attributes) == list(Span.FromString(expected).attributes)
