@@ -113,7 +113,7 @@ class LoopGuard:
                 same = now is not None and where is not None and now[-1] == where[-1]
                 idle = now is not None and any("selectors.py" in f.filename for f in now[-2:])
                 # asyncio's default executor starting a worker thread waits for it to run: on a loaded machine
-                # that wait is the scheduler's, not a blocking call of ours (aiohttp's proxy lookup uses it)
+                # that wait is the scheduler's, not a blocking call of ours (getaddrinfo, to_thread calls use it)
                 spawning = now is not None and any(f.name == "_adjust_thread_count" for f in now)
                 stuck = stuck and same and not idle and not spawning and self._asleep()
                 seen += 1

@@ -3,6 +3,8 @@ believed only from trusted proxies), /metrics access, and the upstream egress pr
 
 from __future__ import annotations
 
+import base64
+
 import httpx
 import pytest
 from aiohttp import ClientSession, web
@@ -92,6 +94,7 @@ class _Proxy:
 
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.credentials: list[str | None] = []  # each request's Proxy-Authorization
         self.server = ServerThread(self._app).start()
 
     def _app(self) -> web.Application:
@@ -101,12 +104,16 @@ class _Proxy:
 
     async def _relay(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(str(request.url))
+        self.credentials.append(request.headers.get("Proxy-Authorization"))
         async with (
             ClientSession() as session,
             session.request(
                 request.method,
                 request.url,
-                headers={k: v for k, v in request.headers.items() if k != "Host"},
+                # hop-by-hop: the proxy's own credentials stop here
+                headers={
+                    k: v for k, v in request.headers.items() if k not in ("Host", "Proxy-Authorization")
+                },
                 data=await request.read(),
             ) as answer,
         ):
@@ -132,6 +139,30 @@ def test_upstream_calls_go_through_http_proxy_from_the_environment(
     assert _chat(gateway.url, KEY).status_code == 200
     assert proxy.seen and proxy.seen[-1].endswith("/v1/chat/completions")
     assert upstream[1].requests[-1].headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+def test_no_proxy_and_netrc_from_the_environment(start_gateway, upstream, proxy, monkeypatch, tmp_path):
+    """NO_PROXY naming the upstream's host sends it direct; a ``.netrc`` entry for the upstream's host is not
+    used upstream (aiohttp's trust_env added it to each request, where it clashed with the upstream key: every
+    call failed with 500)."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login operator password netrc-secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HTTP_PROXY", proxy.server.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = start_gateway(config_text(upstream[0].url))
+    assert _chat(direct.url, KEY).status_code == 200
+    assert proxy.seen == []
+    monkeypatch.delenv("NO_PROXY")
+    proxied = start_gateway(config_text(upstream[0].url))
+    assert _chat(proxied.url, KEY).status_code == 200
+    assert len(proxy.seen) == 1
+    # .netrc's entry for the proxy's host (loopback here, as the upstream's) is the proxy's credential, as curl
+    # and aiohttp read it, and goes to the proxy alone
+    assert proxy.credentials == ["Basic " + base64.b64encode(b"operator:netrc-secret").decode()]
+    for request in upstream[1].requests:
+        assert request.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
 
 
 def test_a_deployment_proxy_overrides_the_environment(start_gateway, upstream, proxy, monkeypatch):
