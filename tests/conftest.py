@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -57,6 +58,14 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
             f"{item.nodeid} left transformers' PreTrainedModel.tie_weights patched ({tie_weights.__qualname__}): "
             "two model loads ran at once on two threads (load under policies.cache.embedder.LOAD_LOCK)"
         )
+
+
+@pytest.fixture(autouse=bool(os.environ.get("TEST_GC_EACH")))
+def _collect_after_each_test() -> Iterator[None]:
+    """With TEST_GC_EACH=1, a full collection after each test: a socket or file it left to the GC fails that
+    test (or the next one), not one picked by where the collector happens to run (finding leaks; slower)."""
+    yield
+    gc.collect()
 
 
 # The files that take longest (pytest's --durations over several runs), in that order, before the others:

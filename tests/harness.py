@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import random
 import socket
 import sys
 import threading
@@ -21,12 +22,33 @@ from aiohttp import web
 PORT_OWNERS: dict[int, str] = {}
 
 
+# Ports the tests' servers listen on come from below the kernel's ephemeral range (32768-60999 by default), one
+# slice per pytest-xdist worker: a port the kernel handed out (bind to 0) and that the test binds again moments
+# later can meanwhile become another process's outgoing connection's port (seen once as "address already in use"
+# with 3 workers); ports out of that range are never handed to connections, and no two workers share a slice.
+_PORTS = range(10_000, 32_768)
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_WORKERS = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), _WORKER + 1)
+_SLICE = len(_PORTS) // _WORKERS
+_next_port = _PORTS.start + _WORKER * _SLICE + random.randrange(_SLICE)
+_port_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    PORT_OWNERS[port] = os.environ.get("PYTEST_CURRENT_TEST", "outside a test").rsplit(" (", 1)[0]
-    return port
+    """A loopback port no one listens on, from this worker's slice (tried in turn from a random start)."""
+    global _next_port
+    first = _PORTS.start + _WORKER * _SLICE
+    for _ in range(_SLICE):
+        with _port_lock:
+            port, _next_port = _next_port, first + (_next_port + 1 - first) % _SLICE
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # in use, or lingering after a close: the next one
+                continue
+        PORT_OWNERS[port] = os.environ.get("PYTEST_CURRENT_TEST", "outside a test").rsplit(" (", 1)[0]
+        return port
+    raise RuntimeError(f"no free port in {first}-{first + _SLICE - 1}")
 
 
 def serve_argv(config: object, port: object, workers: object | None = None) -> list[str]:

@@ -15,6 +15,7 @@ import yaml
 from gateway.auth import hash_key, new_key
 from tests.conftest import UPSTREAM_KEY
 from tests.gateway.test_server import start_serve_with
+from tests.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,13 +66,17 @@ def test_the_compose_gateway_service_serves_its_config(tmp_path, upstream, redis
                 "messages": [{"role": "user", "content": "hi there"}],
             }
             first = client.chat.completions.with_raw_response.create(**ask)
+            # the answer is stored off the request path: ask again once it is in the compose stack's Redis
+            stored = redis.Redis.from_url(redis_server.url)
+            wait_for(lambda: list(stored.scan_iter("gw:cache:{c:*}:gpt-4o-mini:*")), what="the answer stored")
             again = client.chat.completions.with_raw_response.create(**ask)
         assert first.parse().choices[0].message.content == "Echo: hi there"
         assert first.headers["x-cache"] == "miss" and again.headers["x-cache"] == "hit-exact"
         assert again.parse().choices[0].message.content == "Echo: hi there"
         assert len(upstream[1].requests) == 1
         # limits, the ledger and the exact cache went to the compose stack's Redis
-        keys = cast(list[bytes], redis.Redis.from_url(redis_server.url).keys("*"))
+        keys = cast(list[bytes], stored.keys("*"))
+        stored.close()
         assert any(b"gw:" in k for k in keys), keys
     finally:
         process.terminate()

@@ -240,6 +240,10 @@ def test_boto3_reads_the_fake_errors_and_the_fake_checks_signatures(bedrock):
     stream = bedrock().converse_stream(
         modelId="stream-error", messages=[{"role": "user", "content": [{"text": "a b"}]}]
     )
+    events = stream["stream"]
     with pytest.raises(ClientError) as mid_stream:
-        list(stream["stream"])
+        try:
+            list(events)
+        finally:
+            events.close()  # a stream that raised keeps its connection out of the pool: closing the client misses it
     assert mid_stream.value.response["Error"]["Code"] == "throttlingException"

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from local_engine.disagg import add_prefill_routes, make_connector
 from local_engine.disagg_router import DisaggRouter, build_router_app
 from local_engine.kv_transfer import ShmConnector
 from local_engine.server import build_app
+from tests.harness import free_port
 
 ENGINE_OPTS: dict[str, Any] = dict(block_size=4, num_kv_blocks=256)
 
@@ -179,9 +179,7 @@ async def test_client_disconnect_frees_blocks_on_both_sides(deployment: Deployme
 async def test_falls_back_to_a_both_worker_when_the_prefill_worker_is_gone(
     engines: dict[str, AsyncEngine],
 ) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"  # a port nobody listens on
     d = Deployment(engines, "tcp")
     await d.start(both=True, prefill_url=dead)
     try:
@@ -263,16 +261,10 @@ async def test_untaken_shm_handoff_expires(engines: dict[str, AsyncEngine], tmp_
         await d.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def prefill_process(tiny_llama: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """A real prefill worker process (``python -m local_engine serve --role prefill``), TCP transport."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
