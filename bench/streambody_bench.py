@@ -26,7 +26,10 @@ ROOM = 16384 + 256  # request_log.max_body_bytes' default and the masking slack
 
 
 def chat(tokens: int) -> list[bytes]:
-    head = {"id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT", "object": "chat.completion.chunk"}
+    head: dict[str, object] = {
+        "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+        "object": "chat.completion.chunk",
+    }
     head |= {"created": 1741569952, "model": "gpt-4o-2024-08-06", "system_fingerprint": "fp_eb9dce56a8"}
 
     def chunk(delta: dict, finish: str | None = None) -> bytes:
@@ -48,7 +51,11 @@ def chat(tokens: int) -> list[bytes]:
 
 
 def responses(tokens: int) -> list[bytes]:
-    response = {"id": "resp_67c9fdcecf488190bdd9a0b7ed1b5f6c", "object": "response", "status": "in_progress"}
+    response: dict[str, object] = {
+        "id": "resp_67c9fdcecf488190bdd9a0b7ed1b5f6c",
+        "object": "response",
+        "status": "in_progress",
+    }
     response |= {"model": "gpt-4o-2024-08-06", "output": [], "usage": None}
     item = {
         "id": "msg_67c9fdcf37fc8190ba82116e33fb28c5",
@@ -85,7 +92,12 @@ def messages(tokens: int) -> list[bytes]:
     def event(kind: str, **data: object) -> bytes:
         return sse.encode(orjson.dumps({"type": kind, **data}), event=kind)
 
-    message = {"id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant", "content": []}
+    message: dict[str, object] = {
+        "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+        "type": "message",
+        "role": "assistant",
+        "content": [],
+    }
     message |= {
         "model": "claude-sonnet-4-5",
         "stop_reason": None,
@@ -146,7 +158,7 @@ def main() -> int:
                 return body
 
             folded = fold()
-            last = timed(lambda folded=folded: folded.body(), args.repeat)
+            last = timed(folded.body, args.repeat)
             kept = len(folded.body() or b"")
             print(
                 f"{name:<10} {tokens:>7} {timed(decode_only, args.repeat) / len(events) * 1e6:>17.2f}"
