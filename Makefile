@@ -11,7 +11,8 @@ BIN := $(VENV)/bin
 TEST_PROGRAMS := redis-server redis-cli docker-compose promtool chromium
 INSTALL_TEST_PROGRAMS := sudo apt-get install -y redis-server docker-compose prometheus chromium postgresql
 # Worker processes for the suite (pytest-xdist): most tests wait on servers, models and timers rather than compute,
-# so 3 fill 2 cores; one file per worker keeps module fixtures (a loaded model, a gateway) loaded once.
+# so 3 fill 2 cores; one file per worker keeps module fixtures (a loaded model, a gateway) loaded once; files go
+# out in collection order (tests/conftest.py puts the slowest first), not xdist's most-tests-first.
 TEST_WORKERS ?= 3
 
 .PHONY: setup serve test test-prerequisites lint bench
@@ -36,7 +37,7 @@ serve: setup
 	$(BIN)/python -m gateway serve
 
 test: test-prerequisites setup  # the check first: it is instant, the setup is not
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-prerequisites:
 	@missing=""; for p in $(TEST_PROGRAMS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \

@@ -69,8 +69,9 @@ def _collect_after_each_test() -> Iterator[None]:
 
 
 # The files that take longest (pytest's --durations over several runs), in that order, before the others:
-# `make test` hands whole files to its pytest-xdist workers in collection order, and one of these handed out
-# last would run on alone after the rest had finished.
+# `make test` hands whole files to its pytest-xdist workers in collection order (--no-loadscope-reorder: xdist
+# would hand out the files with most tests first), and one of these handed out last would run on alone after the
+# rest had finished.
 _SLOW_FIRST = (
     "tests/finetune/test_fact.py",
     "tests/finetune/test_jobs.py",
