@@ -7,7 +7,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -76,15 +75,25 @@ class PostgresServer:
             stdout=subprocess.DEVNULL,
             stderr=self._log,
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or self._process.poll() is not None:
-                    raise RuntimeError(f"postgres on port {self.port} did not start: {self.log()}") from None
-                time.sleep(0.05)
+        # ready once it accepts a session, not once it listens: it listens while still "starting up" (recovery,
+        # a loaded machine), and a connection then is refused with CannotConnectNowError
+        ready = [
+            _binary("pg_isready"),
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "gateway",
+            "-t",
+            "1",
+        ]
+        deadline = time.monotonic() + 60
+        while subprocess.run(ready, check=False, capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or self._process.poll() is not None:
+                raise RuntimeError(f"postgres on port {self.port} did not start: {self.log()}")
+            time.sleep(0.05)
 
     @property
     def dsn(self) -> str:
