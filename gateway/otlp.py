@@ -172,14 +172,11 @@ class SpanEncoder:
                     self._attributes.clear()
                 self._attributes[cache_key] = found
             return found
-        if found is None:
-            # a one-attribute Span serializes to exactly that attribute's repeated-field entry
-            found = self._span(
-                attributes=[self._key_value(key=key, value=any_value(value))]
-            ).SerializeToString()
-            if len(self._attributes) >= _MAX_CACHED:  # varying values fill it: start again
-                self._attributes.clear()
-            self._attributes[cache_key] = found
+        # any other value: a one-attribute Span serializes to exactly that attribute's repeated-field entry
+        found = self._span(attributes=[self._key_value(key=key, value=any_value(value))]).SerializeToString()
+        if len(self._attributes) >= _MAX_CACHED:  # varying values fill it: start again
+            self._attributes.clear()
+        self._attributes[cache_key] = found
         return found
 
     def span(self, trace_id: bytes, span: SpanRecord) -> bytes:
