@@ -119,7 +119,9 @@ class LocalEngineSettings(BaseModel):
         default=10.0, ge=0, description="how long a request waits for the model to finish loading"
     )
     speculative: LocalSpeculativeSettings | None = None
-    quantization: Literal["int8"] | None = Field(default=None, description="weight-only int8 linear layers")
+    quantization: Literal["int8", "int4"] | None = Field(
+        default=None, description="weight-only int8 (per row) or int4 (per 32 inputs) linear layers"
+    )
     workers: EngineWorkers | None = Field(
         default=None, description="run the engine as managed worker processes"
     )

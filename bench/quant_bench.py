@@ -1,6 +1,6 @@
 """Quantized weights on the local engine: decode tokens/s at concurrency 1, weight bytes, quality.
 
-    nice python bench/quant_bench.py              # SmolLM2-135M-Instruct, CPU: fp32, bf16, int8
+    nice python bench/quant_bench.py              # SmolLM2-135M-Instruct, CPU: fp32, bf16, int8, int4
     nice python bench/quant_bench.py --quick      # 24 tokens out, one repeat
 
 Decode at concurrency 1 reads every weight once per token, so the bound printed next to each
@@ -36,7 +36,12 @@ PROMPTS = [  # --quick takes the first 3
     "Why is the sky blue?",
     "Name the planets of the solar system.",
 ]
-CONFIGS = [("fp32", "float32", None), ("bf16", "bfloat16", None), ("int8", "float32", "int8")]
+CONFIGS = [
+    ("fp32", "float32", None),
+    ("bf16", "bfloat16", None),
+    ("int8", "float32", "int8"),
+    ("int4", "float32", "int4"),
+]
 
 
 def bandwidth_gbs(mib: int = 1024, rounds: int = 5) -> float:

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help='speculative decoding, a JSON object: {"method": "ngram", "num_tokens": 4}',
     )
-    serve.add_argument("--quantization", default=None, choices=["int8"])
+    serve.add_argument("--quantization", default=None, choices=["int8", "int4"])
     serve.add_argument("--max-loras", type=int, default=4, help="LoRA adapters resident at once (0: none)")
     serve.add_argument("--max-lora-rank", type=int, default=16)
     serve.add_argument(

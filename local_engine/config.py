@@ -124,15 +124,15 @@ class EngineConfig:
     dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
     num_threads: int | None = None
     speculative: SpeculativeConfig | None = None  # a dict (from a YAML config) is converted
-    quantization: str | None = None  # "int8": weight-only int8 linear layers (quant.py); None: full weights
+    quantization: str | None = None  # "int8" | "int4": weight-only quantized linear layers (quant.py)
     max_loras: int = 4  # LoRA adapters resident at once (docs/lora.md); 0: no adapters
     max_lora_rank: int = 16
 
     def __post_init__(self) -> None:
         if isinstance(self.speculative, dict):
             object.__setattr__(self, "speculative", SpeculativeConfig(**self.speculative))
-        if self.quantization not in (None, "int8"):
-            raise ValueError(f"unsupported quantization {self.quantization!r} (int8)")
+        if self.quantization not in (None, "int8", "int4"):
+            raise ValueError(f"unsupported quantization {self.quantization!r} (int8, int4)")
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a positive power of two")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 2:

@@ -3,6 +3,10 @@
 Tensors are dequantized with the ``gguf`` package to float32. llama.cpp's converter
 permutes the rows of Llama's q/k projections (interleaved RoPE); we undo that so the
 same model code serves both formats.
+
+4-bit blocks (Q4_0, Q4_1, Q4_K) of the layers' projections are also written as they are, in
+``gguf_blocks/int4.safetensors`` (values, and one scale and offset per 32 inputs), so that
+``quantization: int4`` serves the file's own weights instead of rounding the float32 copy again.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ _GLOBAL_NAMES = {
     "output.weight": "lm_head.weight",
 }
 _TOKEN_TYPE_CONTROL = 3
+BLOCKS_FILE = "gguf_blocks/int4.safetensors"  # beside model.safetensors; not a *.safetensors of the dir
 _TOKEN_TYPE_USER_DEFINED = 4
 
 
@@ -58,6 +63,49 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def q4_blocks(data: np.ndarray, kind: str, rows: int, cols: int) -> dict[str, np.ndarray] | None:
+    """A Q4_0 / Q4_1 / Q4_K tensor's raw blocks as ``q`` [rows, cols] (0..15) with ``scale`` and
+    ``zero`` [rows, cols / 32] (float32) such that ``w = (q - 8) * scale + zero``, the form of
+    :class:`local_engine.quant.Int4Blocks`. None for any other block type."""
+    raw = np.ascontiguousarray(data).view(np.uint8).reshape(rows, -1)
+    if kind in ("Q4_0", "Q4_1"):
+        head = 2 if kind == "Q4_0" else 4
+        b = raw.reshape(rows, cols // 32, head + 16)  # per 32 inputs: d (f16)[, m (f16)], 16 bytes
+        d = b[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+        nib = b[..., head:]
+        q = np.concatenate([nib & 15, nib >> 4], axis=-1)  # inputs 0..15 low nibbles, 16..31 high
+        if kind == "Q4_0":  # w = d * (q - 8)
+            zero = np.zeros_like(d)
+        else:  # w = d * q + m
+            zero = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) + 8 * d
+        return {"q": q.reshape(rows, cols), "scale": d, "zero": zero}
+    if kind == "Q4_K":
+        # Per 256 inputs: d, dmin (f16), 12 bytes of eight 6-bit scales and mins, 128 bytes of
+        # nibbles: each 32 bytes hold sub-block 2c in low nibbles and 2c+1 in high ones.
+        b = raw.reshape(rows, cols // 256, 144)
+        d = b[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+        dmin = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+        sc6 = b[..., 4:16]
+        lo, mid, top = sc6[..., 0:4], sc6[..., 4:8], sc6[..., 8:12]
+        scales = np.concatenate([lo & 63, (top & 15) | ((lo >> 6) << 4)], axis=-1).astype(np.float32)
+        mins = np.concatenate([mid & 63, (top >> 4) | ((mid >> 6) << 4)], axis=-1).astype(np.float32)
+        nib = b[..., 16:].reshape(rows, cols // 256, 4, 1, 32)
+        q = np.concatenate([nib & 15, nib >> 4], axis=3)  # [rows, supers, 4, 2, 32]
+        scale = (d[..., None] * scales).reshape(rows, cols // 32)
+        zero = (8 * d[..., None] * scales - dmin[..., None] * mins).reshape(rows, cols // 32)
+        return {"q": q.reshape(rows, cols), "scale": scale, "zero": zero}
+    return None
+
+
+def _pack_nibbles(q: np.ndarray) -> np.ndarray:
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """The ``q`` of a blocks file's ``<name>.q4`` entry: two inputs a byte, the even one low."""
+    return torch.stack((packed & 15, packed >> 4), dim=-1).reshape(packed.shape[0], -1)
+
+
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     """Write config.json, model.safetensors, tokenizer.json and tokenizer_config.json into ``out_dir``."""
     import gguf  # imported here: only conversion needs it
@@ -78,17 +126,30 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     n_kv = int(meta("attention.head_count_kv", n_head))
     hidden = int(meta("embedding_length"))
     state: dict[str, torch.Tensor] = {}
+    blocks: dict[str, torch.Tensor] = {}
     for t in reader.tensors:
         name = _hf_name(t.name)
         if name is None:
             continue
         w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         w = w.reshape([int(x) for x in reversed(t.shape)])  # GGUF lists dims innermost first
+        heads = None
         if arch == "llama" and t.name.endswith("attn_q.weight"):
-            w = _unpermute(w, n_head)
+            heads = n_head
         elif arch == "llama" and t.name.endswith("attn_k.weight"):
-            w = _unpermute(w, n_kv)
+            heads = n_kv
+        if heads is not None:
+            w = _unpermute(w, heads)
         state[name] = torch.from_numpy(np.ascontiguousarray(w))
+        if name.startswith("model.layers.") and w.ndim == 2:
+            q4 = q4_blocks(t.data, t.tensor_type.name, *w.shape)
+            if q4 is not None:
+                for key, value in q4.items():
+                    value = _unpermute(value, heads) if heads is not None else value
+                    value = _pack_nibbles(value) if key == "q" else value
+                    blocks[f"{name}.{'q4' if key == 'q' else key}"] = torch.from_numpy(
+                        np.ascontiguousarray(value)
+                    )
     tied = "lm_head.weight" not in state
     tokens: list[str] = list(_field(reader, "tokenizer.ggml.tokens"))
     vocab_size = int(meta("vocab_size", len(tokens)))
@@ -114,6 +175,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"))
+    if blocks:
+        (out / BLOCKS_FILE).parent.mkdir()
+        save_file(blocks, str(out / BLOCKS_FILE))
     (out / "config.json").write_text(json.dumps(config, indent=2))
     _write_tokenizer(reader, tokens, out, bos, eos)
     return out

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 
 from local_engine.config import ModelConfig
+from local_engine.gguf_loader import BLOCKS_FILE, unpack_nibbles
 from local_engine.models.llama import LlamaForCausalLM, RotaryEmbedding
-from local_engine.quant import quantize_model
+from local_engine.quant import Int4Blocks, quantize_model
 
 
 def _safetensors_files(path: Path) -> list[Path]:
@@ -32,21 +33,31 @@ def load_model(
     quantization: str | None = None,
 ) -> LlamaForCausalLM:
     """Build the model for ``path`` and load its weights in ``dtype`` on ``device``, then quantize its
-    linear layers if ``quantization`` names a method (``quant.QUANTIZATIONS``)."""
+    linear layers if ``quantization`` names a method (``quant.QUANTIZATIONS``). With ``int4``, the
+    projections a converted GGUF kept in 4-bit blocks load from those blocks, and their float
+    copies are never read."""
     path = Path(path)
     cfg = ModelConfig.from_dir(path)
     # Built on the meta device so no time goes into random init of weights we overwrite.
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg, max_len)
+    blocks = _int4_blocks(path, cfg.num_hidden_layers, device) if quantization == "int4" else {}
+    covered = {f"{module}.weight" for module in blocks}
     state: dict[str, torch.Tensor] = {}
     for f in _safetensors_files(path):
-        for name, t in load_file(str(f), device="cpu").items():
-            state[name] = t.to(device=device, dtype=dtype)
+        with safe_open(str(f), framework="pt", device="cpu") as st:
+            for name in st.keys():
+                if _fused_name(name) not in covered:
+                    state[name] = st.get_tensor(name).to(device=device, dtype=dtype)
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     _fuse(state, cfg.num_hidden_layers)
     result = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in result.missing_keys if not (cfg.tie_word_embeddings and k == "lm_head.weight")]
+    missing = [
+        k
+        for k in result.missing_keys
+        if not (cfg.tie_word_embeddings and k == "lm_head.weight") and k not in covered
+    ]
     unexpected = [k for k in result.unexpected_keys if "rotary_emb" not in k]
     if missing or unexpected:
         raise ValueError(
@@ -56,7 +67,7 @@ def load_model(
         model.lm_head.weight = model.model.embed_tokens.weight
     model.rotary = RotaryEmbedding(cfg, max_len).to(device)
     if quantization is not None:
-        quantize_model(model, quantization)
+        quantize_model(model, quantization, blocks)
     return model.eval()
 
 
@@ -64,6 +75,43 @@ _FUSED = {
     "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
 }
+# Each quantized projection of a layer and the checkpoint weights it is made of.
+_PROJECTION_PARTS = {**_FUSED, "self_attn.o_proj": ("self_attn.o_proj",), "mlp.down_proj": ("mlp.down_proj",)}
+
+
+def _fused_name(name: str) -> str:
+    """The engine's name for a checkpoint weight: q/k/v and gate/up live in fused projections."""
+    for fused, parts in _FUSED.items():
+        for part in parts:
+            if f".{part}." in name:
+                return name.replace(part, fused)
+    return name
+
+
+def _int4_blocks(path: Path, num_layers: int, device: str) -> dict[str, Int4Blocks]:
+    """A converted GGUF's 4-bit projections by fused module name, for the projections all of whose
+    parts the file holds in 4 bits (a fused q/k/v with v in another type loads as floats instead)."""
+    file = path / BLOCKS_FILE
+    if not file.exists():
+        return {}
+    found: dict[str, Int4Blocks] = {}
+    with safe_open(str(file), framework="pt", device="cpu") as st:
+        names = set(st.keys())
+        for i in range(num_layers):
+            for fused, parts in _PROJECTION_PARTS.items():
+                stems = [f"model.layers.{i}.{p}.weight" for p in parts]
+                if all(f"{stem}.q4" in names for stem in stems):
+                    found[f"model.layers.{i}.{fused}"] = Int4Blocks.cat(
+                        [
+                            Int4Blocks(
+                                unpack_nibbles(st.get_tensor(f"{stem}.q4")).to(device),
+                                st.get_tensor(f"{stem}.scale").to(device),
+                                st.get_tensor(f"{stem}.zero").to(device),
+                            )
+                            for stem in stems
+                        ]
+                    )
+    return found
 
 
 def _fuse(state: dict[str, torch.Tensor], num_layers: int) -> None:

@@ -1,4 +1,4 @@
-"""Weight-only int8 quantization of the linear layers (``engine.quantization: int8``).
+"""Weight-only quantization of the linear layers (``engine.quantization: int8 | int4``).
 
 Decode on CPU reads every weight once per step, so its speed is bound by memory bandwidth;
 int8 weights are a quarter of fp32's bytes. Each output channel (row) of a projection, the
@@ -12,9 +12,20 @@ activations, which is why inputs are cast to bf16 and outputs back). That kernel
 with the number of rows, so a step with many rows (a prefill chunk) instead converts the layer
 to bf16 once for that matmul, where the cost is shared by all the rows and AMX/oneDNN's bf16
 GEMM is fast (measured on this machine: the packed kernel wins below ~24 rows).
+
+int4 is group-wise and asymmetric, in the layout of llama.cpp's Q4_0 / Q4_1 / Q4_K blocks: every
+32 consecutive inputs of a row share a scale and an offset, ``w = (q - 8) * scale + zero`` with
+``q`` in 0..15. That is what ``aten._weight_int4pack_mm_for_cpu`` computes, so a GGUF's 4-bit
+blocks load as they are (:func:`local_engine.gguf_loader.q4_blocks`), with no second rounding;
+an HF model is quantized to the same form at load. The four projections of every layer go to
+int4; the LM head and the embedding table stay int8 per row (as llama.cpp's Q4 files keep
+``token_embd`` at 8 bits or more: 4-bit logits cost far more quality than 4-bit projections).
 """
 
 from __future__ import annotations
+
+import functools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +33,8 @@ from torch import nn
 
 from local_engine.models.llama import LlamaForCausalLM
 
-QUANTIZATIONS = ("int8",)
+QUANTIZATIONS = ("int8", "int4")
+INT4_GROUP = 32  # inputs per scale/offset in int4 (the block size of GGUF's Q4_0 / Q4_1 / Q4_K sub-blocks)
 # Rows from which a matmul dequantizes the layer instead of calling the row-bound packed kernel.
 PACKED_MAX_ROWS = 24
 _ACT = torch.bfloat16  # the activation dtype the packed kernel takes
@@ -79,6 +91,126 @@ class Int8Embedding(nn.Module):
         return (t.qweight[ids].to(self.dtype) * t.scale[ids].to(self.dtype).unsqueeze(-1)).to(self.dtype)
 
 
+def quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> Int4Blocks:
+    """Round ``weight`` [out, in] to 4 bits per value, one scale and offset per ``group`` inputs of
+    a row (min/max asymmetric: 0 maps to the group's minimum, 15 to its maximum)."""
+    w = weight.detach().float()
+    rows, cols = w.shape
+    if cols % group:
+        raise ValueError(f"int4 needs in_features ({cols}) divisible by the group size {group}")
+    g = w.reshape(rows, cols // group, group)
+    low, high = g.amin(-1), g.amax(-1)
+    scale = ((high - low) / 15).clamp(min=1e-12)
+    q = torch.round((g - low[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.uint8)
+    return Int4Blocks(q.reshape(rows, cols), scale, low + 8 * scale)
+
+
+class Int4Blocks(NamedTuple):
+    """4-bit weights as values and per-group parameters: ``w = (q - 8) * scale + zero`` over each
+    group of ``in / scale.shape[1]`` inputs. ``q`` is [out, in] uint8 in 0..15; ``scale`` and
+    ``zero`` [out, in / group] float32. Rows concatenate (a fused projection is its parts' rows)."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+
+    def dequantize(self) -> torch.Tensor:
+        rows, cols = self.q.shape
+        groups = self.scale.shape[1]
+        w = (self.q.float().reshape(rows, groups, -1) - 8) * self.scale[..., None] + self.zero[..., None]
+        return w.reshape(rows, cols)
+
+    @staticmethod
+    def cat(parts: list[Int4Blocks]) -> Int4Blocks:
+        return Int4Blocks(*(torch.cat(list(ts)) for ts in zip(*parts, strict=True)))
+
+
+def _pack_tiles(q: torch.Tensor, tile: int) -> torch.Tensor:
+    """``q`` [out, in] (0..15, ``out`` a multiple of ``tile``) in the CPU int4 kernel's layout: for
+    each tile of ``tile`` output rows and each input ``k``, ``tile/2`` bytes whose low nibbles are
+    the tile's first half of rows and high nibbles its second half."""
+    rows, cols = q.shape
+    t = (
+        q.to(torch.uint8).reshape(rows // tile, 2, tile // 2, cols).permute(0, 3, 1, 2)
+    )  # [tiles, in, 2, tile/2]
+    return (t[:, :, 0] | (t[:, :, 1] << 4)).reshape(rows, cols // 2)
+
+
+def _unpack_tiles(packed: torch.Tensor, tile: int) -> torch.Tensor:
+    """The inverse of :func:`_pack_tiles`: [out, in] uint8 values 0..15."""
+    rows, half = packed.shape
+    t = packed.reshape(rows // tile, 2 * half, tile // 2)  # [tiles, in, tile/2]
+    q = torch.stack((t & 15, t >> 4), dim=1)  # [tiles, 2, in, tile/2]
+    return q.permute(0, 1, 3, 2).reshape(rows, 2 * half)
+
+
+@functools.cache
+def _cpu_tile() -> int:
+    """Output rows per tile of ``_convert_weight_to_int4pack_for_cpu``'s layout: a build constant,
+    found once by packing random values and comparing with each candidate layout, so the engine
+    unpacks exactly what the kernel reads (and refuses a build that lays it out otherwise)."""
+    q = torch.randint(0, 16, (256, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    for tile in (16, 32, 64, 128, 256):
+        if packed.shape == (256, 32) and torch.equal(packed, _pack_tiles(q, tile)):
+            return tile
+    raise RuntimeError("this torch build packs int4 weights in a layout the engine does not know")
+
+
+class Int4Linear(nn.Module):
+    """``y = x @ W^T + bias`` from group-wise 4-bit weights (:class:`Int4Blocks`), in the input's dtype.
+
+    On CPU the weights are kept in the packed kernel's layout (half a byte per value) with the
+    scales and offsets as bf16 pairs; few rows go through the kernel, many rows through one bf16
+    matmul on the layer unpacked for it (as :class:`Int8Linear`). Elsewhere they are kept as plain
+    nibbles and every matmul unpacks them (no fused kernel for this layout is used off CPU).
+    Output rows are padded to the kernel's tile with zero rows, which the output drops."""
+
+    packed: torch.Tensor
+    scale_zero: torch.Tensor
+
+    def __init__(self, blocks: Int4Blocks, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        rows, cols = blocks.q.shape
+        self.in_features, self.out_features = cols, rows
+        self.group = cols // blocks.scale.shape[1]
+        device = blocks.q.device
+        self.tile = _cpu_tile() if device.type == "cpu" else 2
+        pad = -rows % self.tile
+        q, scale, zero = (F.pad(t, (0, 0, 0, pad)) for t in blocks)
+        if device.type == "cpu":
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+        else:
+            packed = _pack_tiles(q, self.tile)
+        self.register_buffer("packed", packed)
+        # [in / group, out, 2]: the kernel's scales-and-zeros operand.
+        self.register_buffer("scale_zero", torch.stack((scale.t(), zero.t()), dim=-1).to(_ACT).contiguous())
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group: int = INT4_GROUP) -> Int4Linear:
+        return cls(quantize_int4(linear.weight, group), linear.bias)
+
+    def dequantize(self, rows: slice = slice(None)) -> torch.Tensor:
+        """The weights the matmul uses ([out, in], bf16), for the output rows ``rows``."""
+        q = _unpack_tiles(self.packed, self.tile)[: self.out_features][rows]
+        sz = self.scale_zero[:, : self.out_features][:, rows]  # [groups, rows, 2]
+        g = q.reshape(q.shape[0], -1, self.group).to(_ACT) - 8
+        w = g * sz[..., 0].t()[..., None] + sz[..., 1].t()[..., None]
+        return w.reshape(q.shape[0], self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(_ACT)
+        if x2.shape[0] < PACKED_MAX_ROWS and x2.device.type == "cpu":
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scale_zero)
+            y = y[:, : self.out_features]
+        else:
+            y = F.linear(x2, self.dequantize())
+        y = y.to(x.dtype).reshape(*lead, self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
 # The projections of a decoder layer: (submodule, attribute), the same four LoRA wraps.
 PROJECTIONS = (
     ("self_attn", "qkv_proj"),
@@ -88,14 +220,27 @@ PROJECTIONS = (
 )
 
 
-def quantize_model(model: LlamaForCausalLM, method: str) -> None:
-    """Replace ``model``'s projections, LM head and embedding table with int8 ones, in place."""
+def quantize_model(model: LlamaForCausalLM, method: str, blocks: dict[str, Int4Blocks] | None = None) -> None:
+    """Replace ``model``'s projections with ``method``'s (int8 or int4) and its LM head and
+    embedding table with int8 ones, in place. ``blocks`` (int4 only) holds projections already in
+    4 bits, by module name (``model.layers.0.self_attn.qkv_proj``): a GGUF's own blocks, taken as
+    they are instead of quantizing the module's weights again."""
     if method not in QUANTIZATIONS:
         raise ValueError(f"unsupported quantization {method!r} ({', '.join(QUANTIZATIONS)})")
-    for layer in model.model.layers:
+    blocks = blocks or {}
+    for i, layer in enumerate(model.model.layers):
         for owner_name, name in PROJECTIONS:
             owner = getattr(layer, owner_name)
-            setattr(owner, name, Int8Linear.from_linear(getattr(owner, name)))
+            linear = getattr(owner, name)
+            given = blocks.get(f"model.layers.{i}.{owner_name}.{name}")
+            quantized: nn.Module
+            if method == "int8":
+                quantized = Int8Linear.from_linear(linear)
+            elif given is not None:
+                quantized = Int4Linear(given, linear.bias)
+            else:
+                quantized = Int4Linear.from_linear(linear)
+            setattr(owner, name, quantized)
     body = model.model
     embed = body.embed_tokens
     dtype = embed.weight.dtype
