@@ -54,6 +54,7 @@ def start_serve_with(config, env, *, workers=1, stdout=None):
         assert process.poll() is None, stdout.read_text() if stdout else "gateway exited"
         time.sleep(0.1)
     process.kill()
+    process.wait()
     raise AssertionError("gateway did not become ready")
 
 

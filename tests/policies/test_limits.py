@@ -140,10 +140,14 @@ def test_a_queued_request_gets_the_slot_when_the_running_one_ends(policy_gateway
         next(first)
         import threading
 
-        threading.Thread(target=lambda: list(first)).start()
+        reader = threading.Thread(target=lambda: list(first))
+        reader.start()
         started = time.monotonic()
         assert chat(client).parse().choices  # waited for the stream (about 2 s) instead of failing
         assert time.monotonic() - started > 1.0
+        # The stream's end freed the slot; its last bytes are read before the client closes under the reader.
+        reader.join(30)
+        assert not reader.is_alive()
 
 
 def test_deployment_max_concurrency_holds_across_tenants(upstream, start_gateway, stores_yaml):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,11 +31,14 @@ def start_processes(tmp_path, text: str):
     config = tmp_path / "config.yaml"
     config.write_text(text)
     with ThreadPoolExecutor(PROCESSES) as pool:
-        started = list(
-            pool.map(
-                lambda i: start_serve_with(config, {}, stdout=tmp_path / f"gateway{i}.log"), range(PROCESSES)
-            )
-        )
+        futures = [
+            pool.submit(start_serve_with, config, {}, stdout=tmp_path / f"gateway{i}.log")
+            for i in range(PROCESSES)
+        ]
+    if any(f.exception() for f in futures):  # one did not start: stop the others before failing
+        stop_processes([f.result()[0] for f in futures if not f.exception()])
+        raise next(e for f in futures if (e := f.exception()))
+    started = [f.result() for f in futures]
     return [p for p, _ in started], [u for _, u in started]
 
 
@@ -45,8 +49,9 @@ def stop_processes(processes) -> None:
     for process in processes:
         try:
             process.wait(timeout=30)
-        except Exception:
+        except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()  # reaped: a Popen left running warns later, in whichever test collects it
 
 
 async def _one(client: openai.AsyncOpenAI, i: int, **extra):
