@@ -105,6 +105,12 @@ class LocalEngineSettings(BaseModel):
     max_num_batched_tokens: int = Field(
         default=512, ge=1, description="tokens computed per engine step at most"
     )
+    max_background_seqs: int | None = Field(
+        default=0,
+        ge=0,
+        description="while a better priority (a live request) is present, worse ones (batch lines) decode "
+        "at most this many a step and never prefill; null: they fill any spare room",
+    )
     block_size: int = Field(default=16, ge=1, description="tokens per KV cache block (a power of two)")
     kv_cache_gib: float = Field(
         default=1.0, gt=0, description="memory for the KV cache, when num_kv_blocks is unset"
@@ -159,6 +165,7 @@ class LocalEngineSettings(BaseModel):
         return {
             "max_num_seqs": self.max_num_seqs,
             "max_num_batched_tokens": self.max_num_batched_tokens,
+            "max_background_seqs": self.max_background_seqs,
             "block_size": self.block_size,
             "kv_cache_bytes": int(self.kv_cache_gib * (1 << 30)),
             "num_kv_blocks": self.num_kv_blocks,

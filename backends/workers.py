@@ -338,6 +338,8 @@ class WorkerPool(Backend):
             str(s.max_num_seqs),
             "--max-num-batched-tokens",
             str(s.max_num_batched_tokens),
+            "--max-background-seqs",
+            "none" if s.max_background_seqs is None else str(s.max_background_seqs),
             "--block-size",
             str(s.block_size),
             "--kv-cache-gib",

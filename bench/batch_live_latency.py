@@ -11,7 +11,7 @@ sends live chat requests one after the other and times each, in three conditions
 
 Prints p50 and p99 of the live requests' latency per condition.
 
-    .venv/bin/python bench/batch_live_latency.py [--live 20] [--batch-lines 400]
+    .venv/bin/python bench/batch_live_latency.py [--live 20] [--batch-lines 400] [--max-background-seqs 1|null]
 """
 
 from __future__ import annotations
@@ -36,21 +36,21 @@ from bench.local_gateway_bench import KEY, process  # noqa: E402
 from gateway.auth import hash_key  # noqa: E402
 from tests.harness import free_port, serve_argv  # noqa: E402
 
-ENGINE = "{max_num_seqs: 4, kv_cache_gib: 0.05, max_model_len: 512}"
+ENGINE = "{{max_num_seqs: 4, kv_cache_gib: 0.05, max_model_len: 512, max_background_seqs: {background}}}"
 IN_FLIGHT = 8  # batch lines the runner keeps in flight: the engine's window, 2 x max_num_seqs
 LIVE_TOKENS, BATCH_TOKENS = 8, 48
 DEADLINE_S = 900
 _NONE = openai.types.BatchRequestCounts(total=0, completed=0, failed=0)
 
 
-def config(files: str) -> str:
+def config(files: str, engine: str) -> str:
     return f"""server: {{log_requests: false}}
 files: {{dir: {files}}}
 batches: {{poll_s: 0.2}}
 models:
   - name: smollm2
     deployments:
-      - {{provider: local, model: SmolLM2-135M-Instruct, engine: {ENGINE}}}
+      - {{provider: local, model: SmolLM2-135M-Instruct, engine: {engine}}}
 tenants:
   - name: bench
     keys: ["{hash_key(KEY)}"]
@@ -149,13 +149,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--live", type=int, default=20, help="live requests timed per condition")
     parser.add_argument("--batch-lines", type=int, default=400)
+    parser.add_argument(
+        "--max-background-seqs",
+        default="0",
+        help="the engine's setting: batch lines decoded per step beside a live request ('null': no limit)",
+    )
+    parser.add_argument("--no-live-load", action="store_true", help="skip the 'same load live' condition")
     args = parser.parse_args()
+    engine = ENGINE.format(background=args.max_background_seqs)
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
-        path.write_text(config(str(Path(tmp) / "files")))
+        path.write_text(config(str(Path(tmp) / "files"), engine))
         with process(
             serve_argv(str(path), str(port)),
             f"http://127.0.0.1:{port}/readyz",
@@ -164,9 +171,10 @@ def main() -> None:
             asyncio.run(live_latencies(url, 2))  # warm-up
             rows.append(("idle", asyncio.run(live_latencies(url, args.live))))
             rows.append(("batch running", with_batch(url, args.live, args.batch_lines)))
-            rows.append(("same load live", asyncio.run(with_live_load(url, args.live, args.batch_lines))))
+            if not args.no_live_load:
+                rows.append(("same load live", asyncio.run(with_live_load(url, args.live, args.batch_lines))))
     print(
-        f"SmolLM2-135M-Instruct in-process, engine {ENGINE}; live: {LIVE_TOKENS} tokens out, one at a time; "
+        f"SmolLM2-135M-Instruct in-process, engine {engine}; live: {LIVE_TOKENS} tokens out, one at a time; "
         f"load: {IN_FLIGHT} in flight, {BATCH_TOKENS} tokens out each"
     )
     print("| condition      | live requests | p50 ms | p99 ms | mean ms |")

@@ -25,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-num-seqs", type=int, default=64)
     serve.add_argument("--max-num-batched-tokens", type=int, default=512)
+    serve.add_argument(
+        "--max-background-seqs",
+        type=lambda v: None if v == "none" else int(v),
+        default=0,
+        help="worse-priority sequences decoded per step beside a better one ('none': no limit)",
+    )
     serve.add_argument("--block-size", type=int, default=16)
     serve.add_argument("--kv-cache-gib", type=float, default=1.0)
     serve.add_argument("--device", default="cpu")
@@ -82,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = dict(
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
+        max_background_seqs=args.max_background_seqs,
         block_size=args.block_size,
         kv_cache_bytes=int(args.kv_cache_gib * (1 << 30)),
         device=args.device,

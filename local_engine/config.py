@@ -118,6 +118,10 @@ class EngineConfig:
     kv_cache_bytes: int = 1 << 30
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
+    # While a sequence of a better priority runs or waits, at most this many of worse priority (a
+    # gateway's batch lines beside live requests) take part in a step, and only to decode; None:
+    # worse priorities fill whatever room a step has left.
+    max_background_seqs: int | None = 0
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     enable_prefix_caching: bool = True
     device: str = "cpu"
@@ -139,6 +143,8 @@ class EngineConfig:
             raise ValueError("num_kv_blocks must be >= 2")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
+        if self.max_background_seqs is not None and self.max_background_seqs < 0:
+            raise ValueError("max_background_seqs must be >= 0")
         if self.max_loras < 0 or self.max_lora_rank < 1:
             raise ValueError("max_loras must be >= 0 and max_lora_rank >= 1")
 

@@ -9,7 +9,7 @@ from local_engine.scheduler import ScheduledSeq, Scheduler
 from local_engine.sequence import Sequence
 
 
-def _sched(num_blocks: int = 64, **kw: int) -> Scheduler:
+def _sched(num_blocks: int = 64, **kw: int | None) -> Scheduler:
     cfg = EngineConfig(block_size=4, num_kv_blocks=num_blocks, **kw)  # type: ignore[arg-type]
     return Scheduler(cfg, BlockManager(num_blocks, 4, enable_prefix_caching=False))
 
@@ -45,7 +45,7 @@ def test_long_prompt_is_prefilled_in_chunks_next_to_decodes() -> None:
 
 
 def test_max_num_seqs_and_priority_order() -> None:
-    sched = _sched(max_num_seqs=2)
+    sched = _sched(max_num_seqs=2, max_background_seqs=None)  # worse priorities fill the spare room
     for rid, prio in [("low", 5), ("mid", 1), ("high", 0)]:
         sched.add(_seq(rid, 3, prio))
     batch = sched.schedule()
@@ -54,7 +54,7 @@ def test_max_num_seqs_and_priority_order() -> None:
 
 
 def test_out_of_blocks_preempts_the_lowest_priority_and_recomputes_it() -> None:
-    sched = _sched(num_blocks=4, max_num_batched_tokens=64)
+    sched = _sched(num_blocks=4, max_num_batched_tokens=64, max_background_seqs=None)
     a, b = _seq("a", 8, priority=0), _seq("b", 7, priority=1)
     sched.add(a)
     sched.add(b)
@@ -82,3 +82,54 @@ def test_a_better_priority_takes_the_place_of_the_worst_running_sequence() -> No
     sched.add(later)
     _finish_step(sched.schedule())
     assert sched.num_preemptions == 1  # the same priority waits its turn
+
+
+def test_worse_priorities_step_back_while_a_better_one_runs() -> None:
+    """A live request beside batch lines: at most one line decodes in each of its steps, no line
+    prefills or is admitted meanwhile, and they all go on once it is done."""
+    sched = _sched(max_num_seqs=4, max_num_batched_tokens=64, max_background_seqs=1)
+    lines = [_seq(f"line{i}", 3, priority=1) for i in range(3)]
+    for seq in lines:
+        sched.add(seq)
+    _finish_step(sched.schedule())  # the three lines prefilled, now decoding
+    waiting_line = _seq("line3", 20, priority=1)
+    sched.add(waiting_line)
+    live = _seq("live", 20, priority=0)
+    sched.add(live)
+    for _ in range(4):
+        batch = sched.schedule()
+        ids = [s.seq.request_id for s in batch]
+        assert "live" in ids and len(ids) == 2, ids  # live (prefill, then decode) and one line
+        assert all(s.num_tokens == 1 for s in batch if s.seq is not live)  # the line only decodes
+        assert waiting_line.status.name == "WAITING"
+        _finish_step(batch)
+    sched.finish(live, "stop")
+    batch = sched.schedule()
+    assert {s.seq.request_id for s in batch} == {"line0", "line1", "line2", "line3"}
+    assert sched.num_preemptions == 0
+
+
+def test_blocks_held_by_lines_that_stepped_back_go_to_a_better_priority() -> None:
+    """With no line allowed beside it and the cache full of paused lines, the live request takes
+    the worst line's blocks (that line is recomputed later) instead of waiting forever."""
+    sched = _sched(num_blocks=4, max_num_batched_tokens=64)  # max_background_seqs: 0 by default
+    a, b = _seq("a", 8, priority=1), _seq("b", 7, priority=1)
+    sched.add(a)
+    sched.add(b)
+    _finish_step(sched.schedule())  # the two lines hold all four blocks
+    live = _seq("live", 3, priority=0)
+    sched.add(live)
+    batch = sched.schedule()
+    assert [s.seq.request_id for s in batch] == ["live"]
+    assert sched.num_preemptions == 1 and [s.request_id for s in sched.waiting] == ["b"]
+    assert a.status.name == "RUNNING"  # the better line keeps its place, paused
+
+
+def test_max_background_seqs_none_lets_worse_priorities_fill_the_step() -> None:
+    sched = _sched(max_num_seqs=4, max_num_batched_tokens=64, max_background_seqs=None)
+    lines = [_seq(f"line{i}", 3, priority=1) for i in range(3)]
+    for seq in lines:
+        sched.add(seq)
+    _finish_step(sched.schedule())
+    sched.add(_seq("live", 5, priority=0))
+    assert len(sched.schedule()) == 4  # live and all three lines
