@@ -130,9 +130,8 @@ def _pack_tiles(q: torch.Tensor, tile: int) -> torch.Tensor:
     each tile of ``tile`` output rows and each input ``k``, ``tile/2`` bytes whose low nibbles are
     the tile's first half of rows and high nibbles its second half."""
     rows, cols = q.shape
-    t = (
-        q.to(torch.uint8).reshape(rows // tile, 2, tile // 2, cols).permute(0, 3, 1, 2)
-    )  # [tiles, in, 2, tile/2]
+    halves = q.to(torch.uint8).reshape(rows // tile, 2, tile // 2, cols)
+    t = halves.permute(0, 3, 1, 2)  # [tiles, in, 2, tile/2]
     return (t[:, :, 0] | (t[:, :, 1] << 4)).reshape(rows, cols // 2)
 
 
@@ -191,13 +190,13 @@ class Int4Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear, group: int = INT4_GROUP) -> Int4Linear:
         return cls(quantize_int4(linear.weight, group), linear.bias)
 
-    def dequantize(self, rows: slice = slice(None)) -> torch.Tensor:
-        """The weights the matmul uses ([out, in], bf16), for the output rows ``rows``."""
-        q = _unpack_tiles(self.packed, self.tile)[: self.out_features][rows]
-        sz = self.scale_zero[:, : self.out_features][:, rows]  # [groups, rows, 2]
-        g = q.reshape(q.shape[0], -1, self.group).to(_ACT) - 8
+    def dequantize(self) -> torch.Tensor:
+        """The weights the matmul uses ([out, in], bf16)."""
+        q = _unpack_tiles(self.packed, self.tile)[: self.out_features]
+        sz = self.scale_zero[:, : self.out_features]  # [groups, out, 2]
+        g = q.reshape(self.out_features, -1, self.group).to(_ACT) - 8
         w = g * sz[..., 0].t()[..., None] + sz[..., 1].t()[..., None]
-        return w.reshape(q.shape[0], self.in_features)
+        return w.reshape(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
