@@ -8,6 +8,7 @@ import gc
 import os
 import random
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -49,6 +50,18 @@ def free_port() -> int:
         PORT_OWNERS[port] = os.environ.get("PYTEST_CURRENT_TEST", "outside a test").rsplit(" (", 1)[0]
         return port
     raise RuntimeError(f"no free port in {first}-{first + _SLICE - 1}")
+
+
+def reap(process: subprocess.Popen[Any], timeout_s: float = 30) -> int | None:
+    """Wait for a process told to stop; killed and reaped if it has not exited in ``timeout_s``. Its exit code,
+    or None when it had to be killed. Never leaves it running: a ``Popen`` collected while its process runs
+    warns "subprocess is still running", failing whichever later test the collector runs in."""
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return None
 
 
 def serve_argv(config: object, port: object, workers: object | None = None) -> list[str]:

@@ -15,23 +15,10 @@ import yaml
 from gateway.auth import hash_key, new_key
 from tests.conftest import UPSTREAM_KEY
 from tests.gateway.test_server import start_serve_with
+from tests.harness import reap
 from tests.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _stopped(process: subprocess.Popen[bytes]) -> int | None:
-    """SIGTERM, then its exit code. It drains for up to ``drain_timeout_s`` (30 s) and exits once the
-    semantic cache's embedder has finished loading (a thread importing torch cannot be stopped: ~5 s
-    here quiet, several times that beside a CPU hog), so the bound is well past both; killed and
-    reaped if it never exits."""
-    process.terminate()
-    try:
-        return process.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        return None
 
 
 def test_compose_file_is_valid_and_needs_a_tenant_key():
@@ -67,7 +54,10 @@ def test_the_compose_gateway_service_serves_its_config(tmp_path, upstream, redis
         with openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0) as client:
             assert client.models.list().data == []  # the OpenAI deployment is disabled without its key
     finally:
-        assert _stopped(process) == 0
+        process.terminate()
+        # it drains for up to drain_timeout_s (30 s) and exits once the semantic cache's embedder has finished
+        # loading (a thread importing torch cannot be stopped: ~5 s quiet, several times that beside a CPU hog)
+        assert reap(process, 120) == 0
 
     env.update(OPENAI_API_KEY=UPSTREAM_KEY, OPENAI_API_BASE=upstream[0].url + "/v1")
     process, url = start_serve_with(ROOT / mounted, env)
@@ -92,7 +82,8 @@ def test_the_compose_gateway_service_serves_its_config(tmp_path, upstream, redis
         stored.close()
         assert any(b"gw:" in k for k in keys), keys
     finally:
-        assert _stopped(process) == 0
+        process.terminate()
+        assert reap(process, 120) == 0
 
 
 def test_the_compose_stack_monitors_the_gateway():

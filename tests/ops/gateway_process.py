@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import free_port, serve_argv
+from tests.harness import free_port, reap, serve_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,11 +47,7 @@ class GatewayProcess:
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+            reap(self.process)
 
 
 def poll(condition, what: str, timeout_s: float = 20):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +17,7 @@ import pytest
 
 from tests.conftest import KEY
 from tests.gateway.test_server import start_serve_with
+from tests.harness import reap
 from tests.policies.conftest import ADMIN_KEY, policy_config
 from tests.wait import eventually, wait_for
 
@@ -47,11 +47,7 @@ def stop_processes(processes) -> None:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
     for process in processes:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()  # reaped: a Popen left running warns later, in whichever test collects it
+        reap(process)
 
 
 async def _one(client: openai.AsyncOpenAI, i: int, **extra):

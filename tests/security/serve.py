@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from gateway.auth import hash_key, new_key
-from tests.harness import free_port, serve_argv
+from tests.harness import free_port, reap, serve_argv
 
 ADMIN_KEY = new_key()
 ADMIN = f"""
@@ -63,11 +63,7 @@ def serving(
         yield url, stdout
     finally:
         process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        reap(process)
 
 
 def error_of(raised: Any) -> dict[str, Any]:
