@@ -14,6 +14,11 @@ from typing import Any
 # Files the gateway keeps by default (request log, audit log) go to this test session's own folder, never the
 # user's ~/.local/state; set before the gateway is imported, and inherited by the gateway processes tests start.
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="gateway-tests-state-")
+# One torch (OpenMP) thread per process, here and in every process a test starts, unless a test asks for more:
+# three xdist workers share 2 cores, and torch's default of a thread per core leaves OpenMP threads spinning on
+# cores the other workers need (tests/local_engine alone: 171 s and 332 CPU-s with the default, 62 s and 112
+# CPU-s with one thread). Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

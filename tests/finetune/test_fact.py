@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(DEADLINE_S + 300)
 @pytest.fixture
 def smollm2_gateway(upstream, start_gateway, tiny_path, tmp_path):
     return start_gateway(
-        gateway_text(upstream[0].url, tiny_path, tmp_path, extra="  threads: 2\n", smollm2=True)
+        gateway_text(upstream[0].url, tiny_path, tmp_path, smollm2=True)
     )
 
 
