@@ -88,6 +88,14 @@ class EngineWorkers(BaseModel):
     idle_s: float = Field(default=300.0, gt=0, description="a worker without requests this long stops")
     target_inflight: int = Field(default=8, ge=1, description="requests per worker before another starts")
     start_timeout_s: float = Field(default=120.0, gt=0, description="longest a worker may take to start")
+    disaggregated: bool = Field(
+        default=False,
+        description="each worker is a prefill process and a decode process behind a router (docs/disaggregation.md)",
+    )
+    kv_transport: Literal["shm", "tcp"] = Field(
+        default="shm",
+        description="how a disaggregated worker's prefill process hands KV to its decode process",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> EngineWorkers:

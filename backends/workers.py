@@ -9,6 +9,10 @@ first characters on a consistent-hash ring with bounded load, so that prompts sh
 worker whose prefix cache holds it (:mod:`backends.prefix_ring`). LoRA adapters (docs/lora.md) are the
 pool's list: each running worker gets one when it is added (``/v1/load_lora_adapter``), each new worker
 all of them before it takes requests.
+
+With ``engine.workers.disaggregated`` each worker is three processes: a ``serve --role prefill``, a
+``serve --role decode`` and a ``route`` in front of them (docs/disaggregation.md); the pool speaks to the
+router, starts, scales and stops the three as one, and counts the worker dead when any of them dies.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import aiohttp
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from errors import InvalidRequest, NotFound, Unavailable, UpstreamConnectionError
+from errors import InvalidRequest, NotFound, Unavailable, UpstreamConnectionError, UpstreamError
 
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig, EngineWorkers, LocalEngineSettings
@@ -71,10 +75,12 @@ class MonotonicClock(Protocol):
 @dataclass(eq=False)
 class Worker:
     name: str
-    port: int
-    process: asyncio.subprocess.Process | None
+    port: int  # where the pool sends requests: the engine, or a disaggregated worker's router
+    process: asyncio.subprocess.Process | None  # that port's process
     backend: OpenAIBackend
     started_at: float
+    engine_ports: list[int] = field(default_factory=list)  # the engines' (prefill and decode when split)
+    helpers: list[asyncio.subprocess.Process] = field(default_factory=list)  # a router's prefill and decode
     ready: bool = False
     inflight: int = 0
     last_used: float = 0.0
@@ -91,8 +97,12 @@ class Worker:
         return self.by_model[model]
 
     @property
+    def processes(self) -> list[asyncio.subprocess.Process]:
+        return [p for p in (self.process, *self.helpers) if p is not None]
+
+    @property
     def alive(self) -> bool:
-        return self.process is None or self.process.returncode is None  # None: not spawned yet
+        return all(p.returncode is None for p in self.processes)  # none yet: not spawned
 
 
 class WorkerPool(Backend):
@@ -110,6 +120,9 @@ class WorkerPool(Backend):
         self._changed = asyncio.Condition()
         self._watch: asyncio.Task[None] | None = None
         self._starts: set[asyncio.Task[None]] = set()
+        self._stopping: set[asyncio.Task[None]] = (
+            set()
+        )  # workers' processes being stopped, awaited by close()
         self._closing = False
         self._loras: dict[str, str] = dict(self.settings.loras)  # name -> adapter directory
 
@@ -143,6 +156,9 @@ class WorkerPool(Backend):
             task.cancel()
         await asyncio.gather(*self._starts, return_exceptions=True)
         await asyncio.gather(*(self._stop(w, "shutdown") for w in list(self._workers)))
+        # and the workers whose stop (idle, died) began before, in the watch task just cancelled: reaped
+        # before the loop goes
+        await asyncio.gather(*list(self._stopping))
 
     @asynccontextmanager
     async def send(
@@ -159,9 +175,13 @@ class WorkerPool(Backend):
                 ) as response:
                     yield response
                     return
-            except UpstreamConnectionError:
-                # A worker that died before answering: replace it and send the request once more.
-                if attempt == 1 or not await self._died(worker):
+            except UpstreamError as exc:
+                # A worker that died before answering: replace it and send the request once more. A
+                # disaggregated worker's router answers 502/503 when its prefill or decode process is gone.
+                gone = isinstance(exc, UpstreamConnectionError) or (
+                    bool(worker.helpers) and exc.status in (502, 503)
+                )
+                if attempt == 1 or not gone or not await self._died(worker):
                     raise
                 tried = worker
             finally:
@@ -194,12 +214,17 @@ class WorkerPool(Backend):
         return [w for w in self._workers if w.ready and w.alive]
 
     async def _post(self, worker: Worker, route: str, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        url = f"http://127.0.0.1:{worker.port}/v1/{route}"
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=60)) as response,
-        ):
-            return response.status, await response.json(content_type=None)
+        """``POST /v1/{route}`` to each of the worker's engines (both sides of a disaggregated one), the first
+        refusal answering."""
+        status, answer = 200, {}
+        async with aiohttp.ClientSession() as session:
+            for port in worker.engine_ports:
+                url = f"http://127.0.0.1:{port}/v1/{route}"
+                async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=60)) as response:
+                    status, answer = response.status, await response.json(content_type=None)
+                if status != 200:
+                    break
+        return status, answer
 
     async def _acquire(self, key: str, avoid: Worker | None) -> Worker:
         deadline = self._loop_time() + self.settings.load_timeout_s
@@ -267,24 +292,20 @@ class WorkerPool(Backend):
     async def _boot(self, worker: Worker) -> None:
         log = structlog.get_logger("gateway")
         began = self._loop_time()
-        worker.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "local_engine",
-            "serve",
-            *self._serve_args(worker.port),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-        )
-        process = worker.process
-        log.info("engine worker starting", deployment=self.id, worker=worker.name, pid=process.pid)
-        healthy = await self._wait_healthy(worker, began + self.limits.start_timeout_s)
+        deadline = began + self.limits.start_timeout_s
+        if self.limits.disaggregated:
+            healthy = await self._boot_disaggregated(worker, deadline)
+        else:
+            worker.engine_ports = [worker.port]
+            worker.process = await _exec("serve", *self._serve_args(worker.port))
+            log.info("engine worker starting", deployment=self.id, worker=worker.name, pid=worker.process.pid)
+            healthy = await self._wait_healthy(worker, worker.port, deadline)
         if not healthy:
             log.error(
                 "engine worker failed to start",
                 deployment=self.id,
                 worker=worker.name,
-                exit_code=process.returncode,
+                exit_codes=[p.returncode for p in worker.processes],
             )
             await self._stop(worker, "failed")
             return
@@ -314,8 +335,42 @@ class WorkerPool(Backend):
         )
         await self._notify()
 
-    async def _wait_healthy(self, worker: Worker, deadline: float) -> bool:
-        url = f"http://127.0.0.1:{worker.port}/health"
+    async def _boot_disaggregated(self, worker: Worker, deadline: float) -> bool:
+        """A prefill and a decode engine, then, once both answer, the router in front of them on the worker's
+        port (the router checks nothing at start, so it starts last)."""
+        worker.engine_ports = [_free_port(), _free_port()]
+        for port, role in zip(worker.engine_ports, ("prefill", "decode"), strict=True):
+            args = ["--role", role, "--kv-transport", self.limits.kv_transport]
+            worker.helpers.append(await _exec("serve", *self._serve_args(port), *args))
+        structlog.get_logger("gateway").info(
+            "engine worker starting",
+            deployment=self.id,
+            worker=worker.name,
+            pids=[p.pid for p in worker.helpers],
+            disaggregated=True,
+        )
+        waits = [self._wait_healthy(worker, port, deadline) for port in worker.engine_ports]
+        if not all(await asyncio.gather(*waits)):
+            return False
+        prefill, decode = (f"http://127.0.0.1:{port}" for port in worker.engine_ports)
+        worker.process = await _exec(
+            "route",
+            "--prefill",
+            prefill,
+            "--decode",
+            decode,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(worker.port),
+            # the engines queue what they cannot run yet; the pool's target_inflight scales out
+            "--max-inflight",
+            str(2 * self.settings.max_num_seqs),
+        )
+        return await self._wait_healthy(worker, worker.port, deadline)
+
+    async def _wait_healthy(self, worker: Worker, port: int, deadline: float) -> bool:
+        url = f"http://127.0.0.1:{port}/health"
         async with aiohttp.ClientSession() as session:
             while self._loop_time() < deadline and worker.alive:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
@@ -375,10 +430,14 @@ class WorkerPool(Backend):
                 pass
 
     async def _died(self, worker: Worker) -> bool:
-        if worker.process is None:
+        if not worker.processes:
             return False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(worker.process.wait(), 2)  # a killed process is reaped within moments
+        exits = [asyncio.ensure_future(p.wait()) for p in worker.processes]
+        # a killed process is reaped within moments
+        _, waiting = await asyncio.wait(exits, timeout=2, return_when=asyncio.FIRST_COMPLETED)
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
         if worker.alive:
             return False
         await self._stop(worker, "died")
@@ -394,14 +453,12 @@ class WorkerPool(Backend):
         structlog.get_logger("gateway").info(
             "engine worker stopped", deployment=self.id, worker=worker.name, reason=reason
         )
-        process = worker.process
-        if process is not None and process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        # A router and its engines together, in a task of its own: cancelling the caller (close() cancels
+        # the watch task) must not leave a process terminated but never reaped.
+        task = asyncio.create_task(_terminate(*worker.processes), name=f"stop {self.id} {worker.name}")
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+        await asyncio.shield(task)
         await self._notify()
 
     async def _notify(self) -> None:
@@ -418,6 +475,29 @@ class WorkerPool(Backend):
     def _loop_time() -> float:
         # Start-up deadlines are real time (a process takes real seconds to start), on the loop's clock.
         return asyncio.get_running_loop().time()
+
+
+async def _exec(*args: str) -> asyncio.subprocess.Process:
+    """``python -m local_engine ARGS`` as a child process."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "local_engine", *args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
+
+
+async def _terminate(*processes: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL after 10 s, each reaped."""
+
+    async def one(process: asyncio.subprocess.Process) -> None:
+        if process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+    await asyncio.gather(*(one(p) for p in processes))
 
 
 def _message(body: dict[str, Any], status: int) -> str:

@@ -165,7 +165,11 @@ def build_router_app(router: DisaggRouter) -> web.Application:
             }
         )
 
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})  # the router is up; /router/stats shows its workers
+
     app.cleanup_ctx.append(session_ctx)
+    app.router.add_get("/health", health)
     app.router.add_post("/v1/completions", router.handle)
     app.router.add_post("/v1/chat/completions", router.handle)
     app.router.add_get("/router/stats", stats)

@@ -228,3 +228,72 @@ def test_workers_get_the_deployments_speculative_and_quantization_settings(
     assert cmdline[cmdline.index(b"--quantization") + 1] == b"int8"
     stats = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).json()
     assert stats["spec_draft_tokens_total"] > 0  # the worker's engine speculates as configured
+
+
+def split_processes() -> dict[str, tuple[int, int]]:
+    """{role: (pid, port)} of the disaggregated worker's processes this test process started."""
+    found = {}
+    for pid, port in worker_processes():
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"route" in cmdline:
+            found["router"] = (pid, port)
+        elif b"--role" in cmdline:
+            found[cmdline[cmdline.index(b"--role") + 1].decode()] = (pid, port)
+    return found
+
+
+def test_a_disaggregated_worker_runs_as_prefill_decode_and_router_and_is_replaced_as_one(
+    upstream, start_gateway, tiny_model_path
+):
+    clock = ManualClock()
+    whole = f"""  - name: whole
+    deployments:
+      - provider: local
+        model: tiny
+        model_path: {tiny_model_path}
+        engine: {{kv_cache_gib: 0.01}}"""
+    models = engine_models("split", tiny_model_path, disaggregated="true") + "\n" + whole
+    gateway = start_gateway(config_text(upstream[0].url, models), clock=clock)
+    prompt = "the quick brown fox jumps over the lazy dog"
+
+    split = ask(gateway.url, "split", prompt, max_tokens=12, extra_body={"ignore_eos": True})
+    first = split_processes()
+    assert sorted(first) == ["decode", "prefill", "router"]
+    stats = httpx.get(f"http://127.0.0.1:{first['router'][1]}/router/stats", timeout=10).json()
+    assert stats["counts"]["disaggregated"] == 1  # prefilled on one process, decoded on the other
+    # greedy: the same tokens as the engine in one piece
+    reference = ask(gateway.url, "whole", prompt, max_tokens=12, extra_body={"ignore_eos": True})
+    assert split.choices[0].message.content == reference.choices[0].message.content
+    assert split.usage.completion_tokens == 12
+
+    # its decode process dies under a request: the three are replaced as one, the request sent once more
+    os.kill(first["decode"][0], signal.SIGSTOP)
+    answers: list[Any] = []
+    errors: list[Exception] = []
+
+    def long_request() -> None:
+        try:
+            answers.append(ask(gateway.url, "split", prompt, max_tokens=20, extra_body={"ignore_eos": True}))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    request = threading.Thread(target=long_request)
+    request.start()
+    wait_for(lambda: errors or metric(gateway.url, "gateway_in_flight_requests") >= 1, timeout=60)
+    os.kill(first["decode"][0], signal.SIGKILL)
+    request.join(timeout=180)
+    assert not errors, errors
+    assert answers[0].usage.completion_tokens == 20
+    assert (
+        metric(gateway.url, "gateway_engine_worker_exits_total", deployment="split-engine", reason="died")
+        == 1
+    )
+    second = split_processes()
+    assert sorted(second) == ["decode", "prefill", "router"]
+    assert not {pid for pid, _ in first.values()} & {pid for pid, _ in second.values()}
+    assert (
+        metric(gateway.url, "gateway_engine_worker_cold_start_seconds_count", deployment="split-engine") == 2
+    )
+
+    clock.advance(301)  # idle: all three stop, down to zero
+    wait_for(lambda: split_processes() == {}, timeout=30)
