@@ -1,5 +1,6 @@
 """A provider's own batch API, for a batch the gateway forwards (``batch.mode: upstream``):
-OpenAI's Files and Batch APIs (``/files``, ``/batches``, ``Authorization: Bearer``) and Anthropic's Message
+OpenAI's Files and Batch APIs (``/files``, ``/batches``, ``Authorization: Bearer``), the same APIs on Azure
+OpenAI (``/openai/files``, ``/openai/batches``, ``?api-version=``, ``api-key``) and Anthropic's Message
 Batches API (``/messages/batches``, ``x-api-key``, ``anthropic-version``), with the deployment's key, base and
 headers. Each call is one HTTP request; an error answer is an ``UpstreamError`` carrying its status."""
 
@@ -132,6 +133,33 @@ class OpenAIBatchAPI(BatchAPI):
 
     def content(self, file_id: str) -> AsyncIterator[bytes]:
         return self.download(f"files/{file_id}/content")
+
+
+class AzureBatchAPI(OpenAIBatchAPI):
+    """Azure OpenAI's Files and Batch APIs: OpenAI's, per resource under ``/openai/`` with an ``api-version``
+    (the batch API's is 2024-10-21 on) and the ``api-key`` header. Its lines and its batch name the endpoint
+    without ``/v1`` (``/chat/completions``), and a line's ``model`` is a global-batch deployment's name."""
+
+    API_VERSION = "2024-10-21"
+
+    def __init__(self, deployment: DeploymentConfig, pool: SessionPool) -> None:
+        BatchAPI.__init__(
+            self, deployment, pool, {"api-key": deployment.api_key} if deployment.api_key else {}
+        )
+        self._version = max(deployment.api_version, self.API_VERSION)
+
+    def _url(self, path: str) -> str:
+        return f"{self.deployment.base_url}/openai/{path}?api-version={self._version}"
+
+    @staticmethod
+    def endpoint(endpoint: str) -> str:
+        """A gateway endpoint (``/v1/chat/completions``) as Azure's batch lines name it."""
+        return endpoint.removeprefix("/v1")
+
+    async def create(
+        self, input_file_id: str, endpoint: str, metadata: dict[str, str] | None
+    ) -> dict[str, Any]:
+        return await super().create(input_file_id, self.endpoint(endpoint), metadata)
 
 
 class AnthropicBatchAPI(BatchAPI):

@@ -110,7 +110,7 @@ class ServerConfig(_Frozen):
     responses_ttl_s: float = Field(default=24 * 3600, gt=0)  # how long store: true responses are kept
 
 
-UPSTREAM_BATCH_PROVIDERS = ("openai", "anthropic")  # whose own batch API a batch can be forwarded to
+UPSTREAM_BATCH_PROVIDERS = ("openai", "azure", "anthropic")  # whose own batch API a batch can be forwarded to
 
 
 class AliasBatchConfig(_Frozen):
@@ -136,7 +136,7 @@ class ModelAlias(_Frozen):
         if self.batch.mode == "upstream" and not any(
             d.provider in UPSTREAM_BATCH_PROVIDERS for d in self.deployments
         ):
-            raise ValueError("batch.mode upstream needs a deployment of provider openai or anthropic")
+            raise ValueError("batch.mode upstream needs a deployment of provider openai, azure or anthropic")
         return self
 
 

@@ -2,8 +2,8 @@
 line by line in the gateway.
 
 A batch is forwarded when every line names the same alias, that alias says ``upstream``, and it has a
-deployment whose batch API speaks the batch's format: OpenAI's (``provider: openai``) for ``/v1/batches``,
-Anthropic's (``provider: anthropic``) for ``/v1/messages/batches``. Its lines go upstream once (a lease), the
+deployment whose batch API speaks the batch's format: OpenAI's (``provider: openai``, or ``azure``: the same
+APIs on an Azure OpenAI resource) for ``/v1/batches``, Anthropic's (``provider: anthropic``) for ``/v1/messages/batches``. Its lines go upstream once (a lease), the
 model names rewritten to the deployment's; the upstream batch is looked at every ``batches.upstream_poll_s``
 by the gateway's clock (its status and counts copied onto the gateway's batch, a cancel passed on); once it
 ended, its results become the gateway's output lines (the alias's name back in place of the deployment's,
@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from backends.batch_api import AnthropicBatchAPI, OpenAIBatchAPI
+from backends.batch_api import AnthropicBatchAPI, AzureBatchAPI, OpenAIBatchAPI
 from backends.config import DeploymentConfig
 from backends.wire import anthropic
 from backends.wire import responses as responses_wire
@@ -42,8 +42,8 @@ _OPENAI_ENDS = {"completed": "completed", "cancelled": "cancelled", "expired": "
 
 def deployment_for(alias: ModelAlias, endpoint: str) -> DeploymentConfig | None:
     """The deployment a batch on ``endpoint`` is forwarded to: the first whose batch API speaks its format."""
-    provider = "anthropic" if endpoint == MESSAGES else "openai"
-    return next((d for d in alias.deployments if d.provider == provider and d.enabled), None)
+    providers = ("anthropic",) if endpoint == MESSAGES else ("openai", "azure")
+    return next((d for d in alias.deployments if d.provider in providers and d.enabled), None)
 
 
 def forwarded_alias(gateway: Gateway, endpoint: str, models: set[str]) -> str | None:
@@ -102,6 +102,8 @@ class Forwarder:
         return alias, deployment
 
     def _openai(self, deployment: DeploymentConfig) -> OpenAIBatchAPI:
+        if deployment.provider == "azure":
+            return AzureBatchAPI(deployment, self._gateway().pool)
         return OpenAIBatchAPI(deployment, self._gateway().pool)
 
     def _anthropic(self, deployment: DeploymentConfig) -> AnthropicBatchAPI:
@@ -125,12 +127,15 @@ class Forwarder:
             ]
             created = await self._anthropic(deployment).create(requests)
         else:
+            api = self._openai(deployment)
 
             async def rewritten() -> AsyncIterator[bytes]:
                 async for line in self._input(fields):
-                    yield orjson.dumps({**line, "body": {**line["body"], "model": model}}) + b"\n"
+                    line = {**line, "body": {**line["body"], "model": model}}
+                    if isinstance(api, AzureBatchAPI):
+                        line["url"] = api.endpoint(line["url"])
+                    yield orjson.dumps(line) + b"\n"
 
-            api = self._openai(deployment)
             file_id = await api.upload(f"{fields['id']}.jsonl", rewritten())
             created = await api.create(file_id, fields["endpoint"], {"gateway_batch_id": fields["id"]})
         await self.batches.update(

@@ -79,9 +79,11 @@ def client(gateway):
         yield c
 
 
-def _retrieves(state) -> int:
+def _retrieves(state, prefix: str = "/v1") -> int:
     return sum(
-        1 for s in state.requests if s.path.startswith("/v1/batches/") and not s.path.endswith("/cancel")
+        1
+        for s in state.requests
+        if s.path.startswith(f"{prefix}/batches/") and not s.path.endswith("/cancel")
     )
 
 
@@ -168,6 +170,56 @@ def test_a_cancel_is_passed_upstream(client, upstream, clock):
     assert [(e["custom_id"], e["error"]["code"]) for e in not_run] == [
         (f"r{i}", "batch_cancelled") for i in range(3)
     ]
+
+
+def test_a_batch_goes_to_azures_batch_api_in_azures_form(upstream, start_gateway, tmp_path, clock):
+    models = f"""  - name: on-azure
+    batch: {{mode: upstream}}
+    deployments:
+      - provider: azure
+        model: my-global-batch
+        api_base: {upstream[0].url}
+        api_key: {UPSTREAM_KEY}
+        api_version: "2024-06-01"  # date-ok: an Azure api-version older than the batch API's
+        price: {{input: 2.0, output: 8.0}}"""
+    gateway = start_gateway(
+        config_text(upstream[0].url, models, server=_sections(str(tmp_path / "files"))), clock=clock
+    )
+    state = upstream[1]
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
+        batch = client.batches.create(
+            input_file_id=upload(
+                client, jsonl([chat_line(f"r{i}", f"hi {i}", "on-azure") for i in range(3)])
+            ),
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+        _until(lambda: len(state.batches) == 1, "the batch was not forwarded")
+        [forwarded] = state.batches.values()
+        # Azure's paths, api-version (raised to the batch API's) and key header; endpoints without /v1
+        upload_seen = next(s for s in state.requests if s.path == "/openai/files")
+        assert upload_seen.query == {"api-version": "2024-10-21"}  # date-ok: Azure's batch api-version
+        assert upload_seen.headers["api-key"] == UPSTREAM_KEY and "Authorization" not in upload_seen.headers
+        assert forwarded["endpoint"] == "/chat/completions"
+        assert {(line["url"], line["body"]["model"]) for line in forwarded["lines"]} == {
+            ("/chat/completions", "my-global-batch")
+        }
+        for looks in range(1, 4):  # validating -> in_progress -> finalizing -> completed, one step a look
+            clock.advance(POLL_S)
+
+            def looked(n: int = looks) -> bool:
+                return _retrieves(state, "/openai") == n
+
+            _until(looked, f"look {looks} did not happen")
+        done = wait_for(client, batch.id)
+        assert done.status == "completed" and done.request_counts.completed == 3
+        output = read_lines(client, done.output_file_id)
+    assert [o["custom_id"] for o in output] == ["r0", "r1", "r2"]
+    assert {o["response"]["body"]["model"] for o in output} == {"on-azure"}
+    assert all(s.path.startswith("/openai/") for s in state.requests)
+    row = _batch_row(gateway.url, 3)
+    full = (row["prompt_tokens"] * 2.0 + row["completion_tokens"] * 8.0) / 1e6
+    assert row["prompt_tokens"] > 0 and row["cost_usd"] == pytest.approx(full / 2)
 
 
 def test_a_batch_mixing_aliases_runs_in_the_gateway(client, upstream):

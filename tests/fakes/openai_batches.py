@@ -8,18 +8,25 @@ answered as the fake answers it live (``openai_upstream.whole_answer``): the out
 answered (2xx), the error file the others, both in OpenAI's line format. A file whose lines name more than one
 model, or a line that is not a POST to the batch's endpoint, fails the batch with ``errors`` as OpenAI reports
 them. A cancelled batch is ``cancelling``, then ``cancelled`` at the next look, its lines not run.
+
+Azure OpenAI's form of the same APIs, from Azure's batch reference: ``/openai/files``, ``/openai/batches``...
+with an ``api-version`` query (none: 404, as Azure answers) and the ``api-key`` header; its batches and lines
+name the endpoint without ``/v1`` (``/chat/completions``).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import BodyPartReader, web
 
 from .openai_upstream import STATE, FakeState, Seen, _error, whole_answer
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _STEPS = {
     "validating": "in_progress",
@@ -29,8 +36,16 @@ _STEPS = {
 }
 
 
+def _azure(request: web.Request) -> bool:
+    return request.path.startswith("/openai/")
+
+
 def _authorized(request: web.Request, state: FakeState) -> bool:
-    return state.api_key is None or request.headers.get("Authorization", "") == f"Bearer {state.api_key}"
+    if state.api_key is None:
+        return True
+    if _azure(request):
+        return request.headers.get("api-key", "") == state.api_key
+    return request.headers.get("Authorization", "") == f"Bearer {state.api_key}"
 
 
 def _seen(request: web.Request, state: FakeState, body: Any = None) -> None:
@@ -56,7 +71,7 @@ def _file(state: FakeState, filename: str, purpose: str, data: bytes) -> dict[st
 
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k not in ("data", "lines")}
+    return {k: v for k, v in record.items() if k not in ("data", "lines", "azure")}
 
 
 async def _upload(request: web.Request) -> web.Response:
@@ -152,6 +167,7 @@ async def _create(request: web.Request) -> web.Response:
         "cancelled_at": None,
         "request_counts": {"total": 0, "completed": 0, "failed": 0},
         "metadata": body.get("metadata"),
+        "azure": _azure(request),
         "lines": [orjson.loads(line) for line in source["data"].splitlines() if line.strip()],
     }
     state.batches[batch["id"]] = batch
@@ -178,7 +194,8 @@ def _answer_lines(state: FakeState, batch: dict[str, Any]) -> None:
     output: list[bytes] = []
     errors: list[bytes] = []
     for line in batch["lines"]:
-        status, body = whole_answer(batch["endpoint"], dict(line["body"]))
+        endpoint = "/v1" + batch["endpoint"] if batch["azure"] else batch["endpoint"]
+        status, body = whole_answer(endpoint, dict(line["body"]))
         out = {
             "id": f"batch_req_{uuid.uuid4().hex[:24]}",
             "custom_id": line["custom_id"],
@@ -224,9 +241,21 @@ async def _cancel(request: web.Request) -> web.Response:
     return web.json_response(_public(batch))
 
 
+def _versioned(handler: Handler) -> Handler:
+    """An Azure route: refused without ``api-version``, as Azure does."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if "api-version" not in request.query:
+            return _error(404, "Resource not found")
+        return await handler(request)
+
+    return answer
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/files", _upload)
-    app.router.add_get("/v1/files/{id}/content", _file_content)
-    app.router.add_post("/v1/batches", _create)
-    app.router.add_get("/v1/batches/{id}", _retrieve)
-    app.router.add_post("/v1/batches/{id}/cancel", _cancel)
+    for prefix, wrap in (("/v1", lambda h: h), ("/openai", _versioned)):
+        app.router.add_post(f"{prefix}/files", wrap(_upload))
+        app.router.add_get(f"{prefix}/files/{{id}}/content", wrap(_file_content))
+        app.router.add_post(f"{prefix}/batches", wrap(_create))
+        app.router.add_get(f"{prefix}/batches/{{id}}", wrap(_retrieve))
+        app.router.add_post(f"{prefix}/batches/{{id}}/cancel", wrap(_cancel))
