@@ -120,9 +120,8 @@ class WorkerPool(Backend):
         self._changed = asyncio.Condition()
         self._watch: asyncio.Task[None] | None = None
         self._starts: set[asyncio.Task[None]] = set()
-        self._stopping: set[asyncio.Task[None]] = (
-            set()
-        )  # workers' processes being stopped, awaited by close()
+        # workers' processes being stopped, awaited by close()
+        self._stopping: set[asyncio.Task[None]] = set()
         self._closing = False
         self._loras: dict[str, str] = dict(self.settings.loras)  # name -> adapter directory
 

@@ -3,12 +3,12 @@ line by line in the gateway.
 
 A batch is forwarded when every line names the same alias, that alias says ``upstream``, and it has a
 deployment whose batch API speaks the batch's format: OpenAI's (``provider: openai``, or ``azure``: the same
-APIs on an Azure OpenAI resource) for ``/v1/batches``, Anthropic's (``provider: anthropic``) for ``/v1/messages/batches``. Its lines go upstream once (a lease), the
-model names rewritten to the deployment's; the upstream batch is looked at every ``batches.upstream_poll_s``
-by the gateway's clock (its status and counts copied onto the gateway's batch, a cancel passed on); once it
-ended, its results become the gateway's output lines (the alias's name back in place of the deployment's,
-the gateway's own ids), each ledgered and counted at the batch price as a line run here would be. The runner
-then writes the result files as for any batch.
+APIs on an Azure OpenAI resource) for ``/v1/batches``, Anthropic's (``provider: anthropic``) for
+``/v1/messages/batches``. Its lines go upstream once (a lease), the model names rewritten to the deployment's;
+the upstream batch is looked at every ``batches.upstream_poll_s`` by the gateway's clock (its status and counts
+copied onto the gateway's batch, a cancel passed on); once it ended, its results become the gateway's output
+lines (the alias's name back in place of the deployment's, the gateway's own ids), each ledgered and counted
+at the batch price as a line run here would be. The runner then writes the result files as for any batch.
 
 State, beside the batch's own (gateway/batches.py): ``upstream`` (the alias), ``upstream_batch_id``,
 ``upstream_next_poll``, ``upstream_cancelled``; leases ``batch:B:submit`` and ``batch:B:poll``.

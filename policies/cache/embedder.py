@@ -31,7 +31,8 @@ def model_path() -> str:
 def load_model(path: str | None = None) -> Any:
     """The SentenceTransformer, offline (blocking: call it from a worker thread)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with LOAD_LOCK:  # the import too: it runs transformers' module code, which a check under the lock may read
+    # the import too: it runs transformers' module code, which a check under the lock may read
+    with LOAD_LOCK:
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(path or model_path(), device="cpu")

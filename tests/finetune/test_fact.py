@@ -22,9 +22,7 @@ pytestmark = pytest.mark.timeout(DEADLINE_S + 300)
 
 @pytest.fixture
 def smollm2_gateway(upstream, start_gateway, tiny_path, tmp_path):
-    return start_gateway(
-        gateway_text(upstream[0].url, tiny_path, tmp_path, smollm2=True)
-    )
+    return start_gateway(gateway_text(upstream[0].url, tiny_path, tmp_path, smollm2=True))
 
 
 def test_a_trained_adapter_knows_the_fact_and_the_base_model_does_not(smollm2_gateway, tmp_path):
