@@ -97,13 +97,15 @@ def quality(split: str) -> None:
     print(f"\nSecond stage (slot checks + classifier) per candidate: {per_pair * 1e6:.0f} µs on average")
 
 
-async def latency(entries: int, lookups: int, index: str, partitions: int, optimize: bool) -> None:
+async def latency(
+    entries: int, lookups: int, index: str, partitions: int, optimize: bool, runtime: str = "auto"
+) -> None:
     from policies.cache.config import CacheConfig
     from policies.cache.embedder import Embedder
     from policies.cache.semantic import SemanticIndex, build_index
 
     rng = np.random.default_rng(1)
-    embedder = Embedder()
+    embedder = Embedder(runtime=runtime)
     await embedder.start()
     await embedder.ready()
     semantic = {"index": "qdrant", "url": ":memory:"} if index == "qdrant" else {"index": "edge"}
@@ -180,8 +182,8 @@ async def latency(entries: int, lookups: int, index: str, partitions: int, optim
     await store.close()
     await embedder.close()
     print(
-        f"\n## Lookup latency, {index} index, {entries:,} entries in {partitions} partitions (tenant, alias, "
-        f"fingerprint), {len(total_s)} lookups in one of them; filled in {fill:.1f} s"
+        f"\n## Lookup latency, {index} index, embedder runtime {runtime}, {entries:,} entries in {partitions} "
+        f"partitions (tenant, alias, fingerprint), {len(total_s)} lookups in one of them; filled in {fill:.1f} s"
         + (f", then optimized in {optimized:.1f} s" if optimize else " (optimizing every 20,000 points)")
         + "\n"
     )
@@ -224,10 +226,20 @@ def main() -> None:
         choices=("edge", "qdrant"),
         help="edge (qdrant-edge-py, the default) or qdrant (qdrant-client's local mode)",
     )
+    parser.add_argument(
+        "--runtime",
+        default="auto",
+        choices=("auto", "onnx", "torch"),
+        help="the embedder's: ONNX Runtime (auto, when installed) or torch",
+    )
+    parser.add_argument("--no-quality", action="store_true", help="the latency run only")
     args = parser.parse_args()
-    quality(args.split)
+    if not args.no_quality:
+        quality(args.split)
     if args.entries:
-        asyncio.run(latency(args.entries, args.lookups, args.index, args.partitions, args.optimize))
+        asyncio.run(
+            latency(args.entries, args.lookups, args.index, args.partitions, args.optimize, args.runtime)
+        )
 
 
 if __name__ == "__main__":

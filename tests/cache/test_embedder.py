@@ -1,0 +1,32 @@
+"""The semantic cache's embedder on ONNX Runtime: exported once from the sentence-transformers model, it gives
+that model's vectors (the cache's thresholds were chosen on them) in a third of the time."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from policies.cache import embedder
+
+
+def test_the_onnx_embedder_gives_the_models_own_vectors_and_exports_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    onnx = embedder.load_model()
+    assert isinstance(onnx, embedder.OnnxEncoder)
+    [exported] = (tmp_path / "llm-gateway").iterdir()
+    written = exported.stat().st_mtime_ns
+    reference = embedder.load_model(runtime="torch")
+    texts = [
+        "What is the capital of France?",
+        "shift a << 2, not a >> 2",
+        "",
+        "word " * 400,  # past the model's 256 tokens: truncated the same way
+        *[f"question number {i} about paged attention" for i in range(70)],  # more than one batch
+    ]
+    ours, theirs = embedder.encode(onnx, texts), embedder.encode(reference, texts)
+    assert ours.shape == (len(texts), embedder.DIMENSIONS) and ours.dtype == np.float32
+    assert np.abs(ours - theirs).max() < 1e-5
+    # one at a time (no padding) as in a batch
+    assert np.abs(embedder.encode(onnx, texts[:1]) - ours[:1]).max() < 1e-5
+    embedder.load_model()  # a second process: the export is reused, not redone
+    assert list((tmp_path / "llm-gateway").iterdir()) == [exported]
+    assert exported.stat().st_mtime_ns == written
