@@ -10,6 +10,7 @@ sentence-transformers model itself embeds."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import logging
 import os
@@ -117,18 +118,23 @@ def _exported(path: str) -> Path:
     if target.exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-    done = subprocess.run(
-        [sys.executable, "-m", "policies.cache.embedder", "export", path, str(partial)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if done.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise ValueError(f"the ONNX export failed: {done.stderr.strip()[-500:]}")
-    os.replace(partial, target)
+    # one export at a time per machine: the gateway processes starting together wait for the first one's file
+    with open(cache / f"embedder-{tag}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            return target
+        partial = target.with_suffix(f".{os.getpid()}.tmp")
+        done = subprocess.run(
+            [sys.executable, "-m", "policies.cache.embedder", "export", path, str(partial)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if done.returncode != 0:
+            partial.unlink(missing_ok=True)
+            raise ValueError(f"the ONNX export failed: {done.stderr.strip()[-500:]}")
+        os.replace(partial, target)
     return target
 
 

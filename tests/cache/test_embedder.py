@@ -12,7 +12,7 @@ def test_the_onnx_embedder_gives_the_models_own_vectors_and_exports_once(tmp_pat
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     onnx = embedder.load_model()
     assert isinstance(onnx, embedder.OnnxEncoder)
-    [exported] = (tmp_path / "llm-gateway").iterdir()
+    [exported] = (tmp_path / "llm-gateway").glob("*.onnx")
     written = exported.stat().st_mtime_ns
     reference = embedder.load_model(runtime="torch")
     texts = [
@@ -28,5 +28,5 @@ def test_the_onnx_embedder_gives_the_models_own_vectors_and_exports_once(tmp_pat
     # one at a time (no padding) as in a batch
     assert np.abs(embedder.encode(onnx, texts[:1]) - ours[:1]).max() < 1e-5
     embedder.load_model()  # a second process: the export is reused, not redone
-    assert list((tmp_path / "llm-gateway").iterdir()) == [exported]
+    assert list((tmp_path / "llm-gateway").glob("*.onnx")) == [exported]
     assert exported.stat().st_mtime_ns == written
