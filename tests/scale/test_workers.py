@@ -69,6 +69,29 @@ def ask(url: str, alias: str, content: str, **extra: Any) -> Any:
         )
 
 
+def killed_under_a_request(url: str, alias: str, prompt: str, pid: int) -> None:
+    """``pid`` frozen (it still accepts the connection, so the request is in flight on it), a 20-token request
+    sent, then ``pid`` killed before it answers: the request must be answered in full by a replacement."""
+    os.kill(pid, signal.SIGSTOP)
+    answers: list[Any] = []
+    errors: list[Exception] = []
+
+    def long_request() -> None:
+        try:
+            answers.append(ask(url, alias, prompt, max_tokens=20, extra_body={"ignore_eos": True}))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    request = threading.Thread(target=long_request)
+    request.start()
+    wait_for(lambda: errors or metric(url, "gateway_in_flight_requests") >= 1, timeout=60)
+    assert not errors, errors
+    os.kill(pid, signal.SIGKILL)  # dies before answering
+    request.join(timeout=180)
+    assert not errors, errors
+    assert answers[0].usage.completion_tokens == 20  # answered in full by the replacement
+
+
 def test_a_worker_starts_on_the_first_request_and_stops_when_idle(upstream, start_gateway, tiny_model_path):
     clock = ManualClock()
     gateway = start_gateway(config_text(upstream[0].url, engine_models("cold", tiny_model_path)), clock=clock)
@@ -120,29 +143,7 @@ def test_a_worker_that_dies_is_replaced_and_its_request_retried(upstream, start_
         timeout=120,
     )
     [(pid, _)] = worker_processes()
-    os.kill(
-        pid, signal.SIGSTOP
-    )  # frozen, it still accepts the connection: the request will be in flight on it
-
-    answers: list[Any] = []
-    errors: list[Exception] = []
-
-    def long_request() -> None:
-        try:
-            answers.append(
-                ask(gateway.url, "hardy", "the lazy dog", max_tokens=20, extra_body={"ignore_eos": True})
-            )
-        except Exception as exc:  # reported below
-            errors.append(exc)
-
-    request = threading.Thread(target=long_request)
-    request.start()
-    wait_for(lambda: errors or metric(gateway.url, "gateway_in_flight_requests") >= 1, timeout=60)
-    assert not errors, errors
-    os.kill(pid, signal.SIGKILL)  # dies before answering
-    request.join(timeout=180)
-    assert not errors, errors
-    assert answers[0].usage.completion_tokens == 20  # answered in full by the replacement
+    killed_under_a_request(gateway.url, "hardy", "the lazy dog", pid)
     [(new_pid, _)] = worker_processes()
     assert new_pid != pid
     assert (
@@ -267,23 +268,7 @@ def test_a_disaggregated_worker_runs_as_prefill_decode_and_router_and_is_replace
     assert split.usage.completion_tokens == 12
 
     # its decode process dies under a request: the three are replaced as one, the request sent once more
-    os.kill(first["decode"][0], signal.SIGSTOP)
-    answers: list[Any] = []
-    errors: list[Exception] = []
-
-    def long_request() -> None:
-        try:
-            answers.append(ask(gateway.url, "split", prompt, max_tokens=20, extra_body={"ignore_eos": True}))
-        except Exception as exc:  # reported below
-            errors.append(exc)
-
-    request = threading.Thread(target=long_request)
-    request.start()
-    wait_for(lambda: errors or metric(gateway.url, "gateway_in_flight_requests") >= 1, timeout=60)
-    os.kill(first["decode"][0], signal.SIGKILL)
-    request.join(timeout=180)
-    assert not errors, errors
-    assert answers[0].usage.completion_tokens == 20
+    killed_under_a_request(gateway.url, "split", prompt, first["decode"][0])
     assert (
         metric(gateway.url, "gateway_engine_worker_exits_total", deployment="split-engine", reason="died")
         == 1
