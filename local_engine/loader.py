@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from local_engine.config import ModelConfig
 from local_engine.gguf_loader import BLOCKS_FILE, unpack_nibbles
-from local_engine.models.llama import LlamaForCausalLM, RotaryEmbedding
+from local_engine.models.llama import LlamaForCausalLM
 from local_engine.quant import Int4Blocks, quantize_model
 
 
@@ -65,7 +65,7 @@ def load_model(
         )
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.rotary = RotaryEmbedding(cfg, max_len).to(device)
+    model.rotary.to(device)  # built on the CPU, outside the meta device
     if quantization is not None:
         quantize_model(model, quantization, blocks)
     return model.eval()

@@ -19,6 +19,11 @@ os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="gateway-tests-state-")
 # cores the other workers need (tests/local_engine alone: 171 s and 332 CPU-s with the default, 62 s and 112
 # CPU-s with one thread). Set before anything imports torch.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Bytecode is written, here and in every process a test starts (the xdist workers too, started after this file
+# is read): with PYTHONDONTWRITEBYTECODE in the environment (this machine sets it) each gateway and engine process
+# a test starts compiles the project's sources again (0.25 s a process) and each xdist worker rewrites every test
+# module's asserts again; two process-heavy test files took 58 CPU-s with it and 52 without.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 import pytest
 
@@ -35,6 +40,8 @@ from tests.fakes.openai_upstream import FakeState
 from tests.fakes.openai_upstream import build_app as build_fake
 from tests.harness import ServerThread
 from tests.redis_server import RedisCluster, RedisServer
+
+sys.dont_write_bytecode = False  # and in this process, for the test modules imported from here on (see above)
 
 LOG_PATH = Path(tempfile.mkdtemp(prefix="gateway-test-logs-")) / "gateway.log"
 _log_file = LOG_PATH.open("ab", buffering=0)
