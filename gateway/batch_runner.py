@@ -23,7 +23,7 @@ import orjson
 from backends import UpstreamResponse
 from backends.wire import anthropic
 from backends.wire import responses as responses_wire
-from errors import DeadlineExceeded, GatewayError, QuotaExceeded, RateLimited
+from errors import DeadlineExceeded, GatewayError, InvalidRequest, QuotaExceeded, RateLimited
 from policies.admission import PRIORITY_HEADER
 from policies.call import Call
 from policies.record import RequestRecord
@@ -166,15 +166,19 @@ class BatchRunner(Poller):
             errors.append(
                 {"code": "empty_file", "message": "The input file is empty.", "param": None, "line": None}
             )
+        forwarded: dict[str, str] = {}
+        if not errors:
+            try:
+                if alias := forwarded_alias(gateway, fields["endpoint"], models):
+                    forwarded["upstream"] = alias
+            except InvalidRequest as exc:  # its alias's batches go upstream, and none there takes these lines
+                errors.append({"code": exc.code, "message": exc.message, "param": exc.param, "line": None})
         if errors:
             await self.batches.update(
                 fields["id"], errors=orjson.dumps({"object": "list", "data": errors}).decode()
             )
             await self.batches.moved(fields["id"], "failed")
             return
-        forwarded = (
-            {"upstream": alias} if (alias := forwarded_alias(gateway, fields["endpoint"], models)) else {}
-        )
         await self.batches.update(fields["id"], total=str(total), **forwarded)
         await self.batches.moved(fields["id"], "in_progress")
 
@@ -237,16 +241,8 @@ class BatchRunner(Poller):
                 await self.kv.delete(lease)
                 return
             _counted(record, status)
-            out = {
-                "id": new_id("batch_req_"),
-                "custom_id": line["custom_id"],
-                "response": {"status_code": status, "request_id": record.request_id, "body": body},
-                "error": None,
-            }
-            await self.kv.set(f"batch:{batch_id}:out:{index}", orjson.dumps(out).decode(), 30 * 24 * 3600)
-            ok = status < 400
-            await self.kv.hash_set(f"batch:{batch_id}:done", {str(index): "1" if ok else "0"})
-            await self.kv.hash_incr(f"batch:{batch_id}", "completed" if ok else "failed")
+            await self.batches.answered(batch_id, index, line["custom_id"], status, record.request_id, body)
+            await self.kv.hash_incr(f"batch:{batch_id}", "completed" if status < 400 else "failed")
         except Exception:
             self._log.exception("batch runner: a line failed", batch_id=batch_id, line=index)
             await self.kv.delete(lease)

@@ -84,6 +84,19 @@ class Batches(TenantRecords):
         await self.add(tenant, batch_id, fields)
         return fields
 
+    async def answered(
+        self, batch_id: str, index: int, custom_id: str, status: int, request_id: str, body: Any
+    ) -> None:
+        """Line ``index``'s output line (OpenAI's format) and its done mark."""
+        out = {
+            "id": new_id("batch_req_"),
+            "custom_id": custom_id,
+            "response": {"status_code": status, "request_id": request_id, "body": body},
+            "error": None,
+        }
+        await self.kv.set(f"batch:{batch_id}:out:{index}", orjson.dumps(out).decode(), _TTL_S)
+        await self.kv.hash_set(f"batch:{batch_id}:done", {str(index): "1" if status < 400 else "0"})
+
     async def moved(self, batch_id: str, status: str) -> None:
         """The batch enters ``status`` now."""
         await self.update(batch_id, status=status, **{f"{status}_at": str(self.now())})

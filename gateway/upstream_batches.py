@@ -1,16 +1,23 @@
 """Batches forwarded to the provider's own batch API (an alias with ``batch.mode: upstream``), instead of run
 line by line in the gateway.
 
-A batch is forwarded when every line names the same alias, that alias says ``upstream``, and it has a
+A batch is forwarded when every line names the same alias and that alias says ``upstream``, to its first
 deployment whose batch API speaks the batch's format: OpenAI's (``provider: openai``, or ``azure``: the same
 APIs on an Azure OpenAI resource) for ``/v1/batches``, Anthropic's (``provider: anthropic``) for
-``/v1/messages/batches``. Its lines go upstream once (a lease), the model names rewritten to the deployment's;
-the upstream batch is looked at every ``batches.upstream_poll_s`` by the gateway's clock (its status and counts
-copied onto the gateway's batch, a cancel passed on); once it ended, its results become the gateway's output
-lines (the alias's name back in place of the deployment's, the gateway's own ids), each ledgered and counted
-at the batch price as a line run here would be. The runner then writes the result files as for any batch.
+``/v1/messages/batches``. Where it has none, chat goes across: a ``/v1/chat/completions`` batch to Anthropic's
+API (each line translated by ``wire.anthropic`` as a live chat request to an Anthropic deployment is), a
+message batch to OpenAI's (each request as chat, as the runner sends one to a chat backend), and each result
+translated back. A batch of other lines that no batch API of the alias takes is refused when it is validated.
 
-State, beside the batch's own (gateway/batches.py): ``upstream`` (the alias), ``upstream_batch_id``,
+Its lines go upstream once (a lease), the model names rewritten to the deployment's (a line that cannot be
+translated is answered at once with the error the live path gives, and not sent); the upstream batch is looked
+at every ``batches.upstream_poll_s`` by the gateway's clock (its status and counts copied onto the gateway's
+batch, a cancel passed on); once it ended, its results become the gateway's output lines (the alias's name
+back in place of the deployment's, the gateway's own ids), each ledgered and counted at the batch price as a
+line run here would be. The runner then writes the result files as for any batch.
+
+State, beside the batch's own (gateway/batches.py): ``upstream`` (the alias), ``upstream_batch_id`` (empty:
+every line was answered before sending, nothing went upstream), ``upstream_refused`` (those lines' count),
 ``upstream_next_poll``, ``upstream_cancelled``; leases ``batch:B:submit`` and ``batch:B:poll``.
 """
 
@@ -26,34 +33,62 @@ from backends.batch_api import AnthropicBatchAPI, AzureBatchAPI, OpenAIBatchAPI
 from backends.config import DeploymentConfig
 from backends.wire import anthropic
 from backends.wire import responses as responses_wire
-from errors import GatewayError
+from errors import GatewayError, InvalidRequest
 from policies.call import Call
 from policies.record import RequestRecord
 
 from .batches import LINE_ENDPOINTS, MESSAGES, Batches
 from .blobs import lines
 from .config import ModelAlias
-from .files import Files, new_id
+from .files import Files
 from .logs import get_logger
 from .state import Gateway
 
+CHAT = "/v1/chat/completions"
 _OPENAI_ENDS = {"completed": "completed", "cancelled": "cancelled", "expired": "expired"}
+_OPENAI = ("openai", "azure")
+# the providers whose batch API takes a batch's lines: as they are, then translated (chat only goes across)
+_NATIVE = {MESSAGES: ("anthropic",)}
+_ACROSS = {MESSAGES: _OPENAI, CHAT: ("anthropic",)}
+
+# (status, body, usage) of an upstream result line, from it and its request; None: it was not run
+Answer = tuple[int, Any, dict[str, Any]] | None
 
 
 def deployment_for(alias: ModelAlias, endpoint: str) -> DeploymentConfig | None:
-    """The deployment a batch on ``endpoint`` is forwarded to: the first whose batch API speaks its format."""
-    providers = ("anthropic",) if endpoint == MESSAGES else ("openai", "azure")
-    return next((d for d in alias.deployments if d.provider in providers and d.enabled), None)
+    """The deployment a batch on ``endpoint`` is forwarded to: the first whose batch API speaks its format,
+    else the first whose batch API takes its lines translated (chat, across OpenAI's and Anthropic's)."""
+    enabled = [d for d in alias.deployments if d.enabled]
+    for providers in (_NATIVE.get(endpoint, _OPENAI), _ACROSS.get(endpoint, ())):
+        found = next((d for d in enabled if d.provider in providers), None)
+        if found is not None:
+            return found
+    return None
+
+
+def translated(endpoint: str, deployment: DeploymentConfig) -> bool:
+    """Whether a batch on ``endpoint`` goes to ``deployment``'s batch API in the other format."""
+    return (endpoint == MESSAGES) != (deployment.provider == "anthropic")
 
 
 def forwarded_alias(gateway: Gateway, endpoint: str, models: set[str]) -> str | None:
-    """The alias a validated batch goes upstream for, or None: its lines run in the gateway."""
+    """The alias a validated batch goes upstream for, or None: its lines run in the gateway. InvalidRequest
+    when every line names an upstream alias that has no batch API for them (an embeddings, completions or
+    responses batch where only Anthropic's is there): sent live instead, it would not be what was asked."""
     if len(models) != 1:
         return None
     [name] = models
     alias = next((a for a in gateway.loaded.config.models if a.name == name), None)
-    if alias is None or alias.batch.mode != "upstream" or deployment_for(alias, endpoint) is None:
+    if alias is None or alias.batch.mode != "upstream":
         return None
+    if deployment_for(alias, endpoint) is None:
+        raise InvalidRequest(
+            f"The model `{name}` sends its batches to a provider's batch API (batch.mode upstream), and none "
+            f"of its enabled deployments has one that takes {endpoint} requests: Anthropic's takes chat "
+            "completions and messages only.",
+            code="unsupported_endpoint",
+            param="endpoint",
+        )
     return name
 
 
@@ -85,6 +120,8 @@ class Forwarder:
                     await self.kv.delete(f"batch:{batch_id}:submit")
                     raise
             return None
+        if not fields["upstream_batch_id"]:  # every line answered before sending
+            return "cancelled" if fields.get("cancel_requested") else "completed"
         if self.batches.now() < float(fields.get("upstream_next_poll", 0)):
             return None
         if not await self.kv.set_if_absent(f"batch:{batch_id}:poll", "1", self.lease_s):
@@ -114,43 +151,85 @@ class Forwarder:
         async for raw in lines(chunks):
             yield orjson.loads(raw)
 
+    async def _outgoing(
+        self,
+        fields: dict[str, str],
+        deployment: DeploymentConfig,
+        refused: list[tuple[int, dict[str, Any], GatewayError]],
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The input lines as the deployment's batch API takes them (its model; translated where it speaks
+        the other format); a line that cannot be translated goes in ``refused`` instead (its index, line and
+        the error a live request gets)."""
+        endpoint, model = fields["endpoint"], deployment.model
+        across = translated(endpoint, deployment)
+        index = -1
+        async for line in self._input(fields):
+            index += 1
+            body = line["body"]
+            try:
+                if not across:
+                    body = {**body, "model": model}
+                elif endpoint == MESSAGES:
+                    body = {
+                        **anthropic.to_chat({k: v for k, v in body.items() if k != "stream"}),
+                        "model": model,
+                    }
+                else:
+                    body = anthropic.to_anthropic(body, model, deployment.default_max_tokens)
+            except GatewayError as exc:
+                refused.append((index, line, exc))
+                continue
+            yield {**line, "url": CHAT if across else endpoint, "body": body}
+
     async def _submit(self, fields: dict[str, str]) -> None:
         # the next look is poll_s after the batch was sent, by the clock read before sending: a clock that moved
         # while the upload was on the wire must not push the look a whole period later
         sent = self.batches.now()
-        _, deployment = self._target(fields)
-        model = deployment.model
-        if fields["endpoint"] == MESSAGES:
-            requests = [
-                {"custom_id": line["custom_id"], "params": {**line["body"], "model": model}}
-                async for line in self._input(fields)
-            ]
-            created = await self._anthropic(deployment).create(requests)
-        else:
-            api = self._openai(deployment)
-
-            async def rewritten() -> AsyncIterator[bytes]:
-                async for line in self._input(fields):
-                    line = {**line, "body": {**line["body"], "model": model}}
-                    if isinstance(api, AzureBatchAPI):
-                        line["url"] = api.endpoint(line["url"])
-                    yield orjson.dumps(line) + b"\n"
-
-            file_id = await api.upload(f"{fields['id']}.jsonl", rewritten())
-            created = await api.create(file_id, fields["endpoint"], {"gateway_batch_id": fields["id"]})
+        alias, deployment = self._target(fields)
+        refused: list[tuple[int, dict[str, Any], GatewayError]] = []
+        outgoing = self._outgoing(fields, deployment, refused)
+        first = await anext(outgoing, None)  # None: every line refused, nothing goes upstream
+        upstream_id = "" if first is None else await self._create(fields, deployment, first, outgoing)
+        for index, line, exc in refused:  # once the batch was created: a create that failed is tried again
+            await self._answered(fields, alias, deployment, index, line, (exc.status, exc.body(), {}))
         await self.batches.update(
             fields["id"],
-            upstream_batch_id=str(created["id"]),
+            upstream_batch_id=upstream_id,
+            upstream_refused=str(len(refused)),
             upstream_next_poll=str(sent + self.poll_s),
         )
+
+    async def _create(
+        self,
+        fields: dict[str, str],
+        deployment: DeploymentConfig,
+        first: dict[str, Any],
+        rest: AsyncIterator[dict[str, Any]],
+    ) -> str:
+        """The upstream batch of the outgoing lines ``first`` and ``rest``; its id."""
+        if deployment.provider == "anthropic":
+            requests = [{"custom_id": first["custom_id"], "params": first["body"]}]
+            requests += [{"custom_id": line["custom_id"], "params": line["body"]} async for line in rest]
+            return str((await self._anthropic(deployment).create(requests))["id"])
+        api = self._openai(deployment)
+
+        async def rewritten() -> AsyncIterator[bytes]:
+            yield _openai_line(api, first)
+            async for line in rest:
+                yield _openai_line(api, line)
+
+        file_id = await api.upload(f"{fields['id']}.jsonl", rewritten())
+        endpoint = CHAT if translated(fields["endpoint"], deployment) else fields["endpoint"]
+        return str((await api.create(file_id, endpoint, {"gateway_batch_id": fields["id"]}))["id"])
 
     async def _poll(self, fields: dict[str, str]) -> str | None:
         batch_id = fields["id"]
         alias, deployment = self._target(fields)
         upstream_id = fields["upstream_batch_id"]
-        anthropic_api = fields["endpoint"] == MESSAGES
+        across = translated(fields["endpoint"], deployment)
+        refused = int(fields.get("upstream_refused", 0))
         api: OpenAIBatchAPI | AnthropicBatchAPI = (
-            self._anthropic(deployment) if anthropic_api else self._openai(deployment)
+            self._anthropic(deployment) if deployment.provider == "anthropic" else self._openai(deployment)
         )
         if fields.get("cancel_requested") and not fields.get("upstream_cancelled"):
             await api.cancel(upstream_id)
@@ -161,15 +240,18 @@ class Forwarder:
         if isinstance(api, AnthropicBatchAPI):
             counts = found.get("request_counts") or {}
             await self.batches.update(
-                batch_id, completed=str(counts.get("succeeded", 0)), failed=str(counts.get("errored", 0))
+                batch_id,
+                completed=str(counts.get("succeeded", 0)),
+                failed=str(counts.get("errored", 0) + refused),
             )
             if found.get("processing_status") != "ended":
                 return None
-            await self._results(fields, alias, deployment, api.results(upstream_id), _from_anthropic)
+            translate = _message_as_chat(deployment.id) if across else _from_anthropic
+            await self._results(fields, alias, deployment, api.results(upstream_id), translate)
             return "cancelled" if fields.get("cancel_requested") else "completed"
         counts = found.get("request_counts") or {}
         await self.batches.update(
-            batch_id, completed=str(counts.get("completed", 0)), failed=str(counts.get("failed", 0))
+            batch_id, completed=str(counts.get("completed", 0)), failed=str(counts.get("failed", 0) + refused)
         )
         status = found.get("status")
         if status == "failed":
@@ -181,7 +263,8 @@ class Forwarder:
             return None
         for name in ("output_file_id", "error_file_id"):
             if found.get(name):
-                await self._results(fields, alias, deployment, api.content(found[name]), _from_openai)
+                translate = _chat_as_message if across else _from_openai
+                await self._results(fields, alias, deployment, api.content(found[name]), translate)
         return _OPENAI_ENDS[status]
 
     async def _results(
@@ -190,69 +273,77 @@ class Forwarder:
         alias: ModelAlias,
         deployment: DeploymentConfig,
         chunks: AsyncIterator[bytes],
-        translate: Callable[[dict[str, Any]], tuple[int, Any, dict[str, Any]] | None],
+        translate: Callable[[dict[str, Any], dict[str, Any]], Answer],
     ) -> None:
         """Each upstream result line as the gateway's output line, ledgered at the batch price."""
-        batch_id = fields["id"]
         index_of: dict[str, int] = {}
-        bodies: dict[str, dict[str, Any]] = {}
+        asked: dict[str, dict[str, Any]] = {}
         async for line in self._input(fields):
             index_of[line["custom_id"]] = len(index_of)
-            bodies[line["custom_id"]] = line["body"]
-        gateway = self._gateway()
+            asked[line["custom_id"]] = line
         async for raw in lines(chunks):
             result = orjson.loads(raw)
             index = index_of.get(result.get("custom_id"))
-            answer = translate(result)
-            if index is None or answer is None:  # not run (cancelled, expired): the runner writes that line
+            if index is None:
                 continue
-            status, body, usage = answer
-            if isinstance(body, dict) and "model" in body:
-                body = {**body, "model": alias.name}
-            # the same id each time a result is read again: the ledger charges it once
-            record = RequestRecord(
-                request_id=f"req_{batch_id}_{index}",
-                started=time.perf_counter(),
-                endpoint="batch:" + fields["endpoint"],
-                tenant=fields["tenant"],
-                key_id=fields["key_id"],
-                alias=alias.name,
+            line = asked[result["custom_id"]]
+            answer = translate(result, line["body"])
+            if answer is None:  # not run (cancelled, expired): the runner writes that line
+                continue
+            await self._answered(fields, alias, deployment, index, line, answer)
+
+    async def _answered(
+        self,
+        fields: dict[str, str],
+        alias: ModelAlias,
+        deployment: DeploymentConfig,
+        index: int,
+        line: dict[str, Any],
+        answer: tuple[int, Any, dict[str, Any]],
+    ) -> None:
+        """Input line ``index``'s answer as the gateway's output line, ledgered and counted at the batch price."""
+        batch_id = fields["id"]
+        status, body, usage = answer
+        if isinstance(body, dict) and "model" in body:
+            body = {**body, "model": alias.name}
+        # the same id each time a result is read again: the ledger charges it once
+        record = RequestRecord(
+            request_id=f"req_{batch_id}_{index}",
+            started=time.perf_counter(),
+            endpoint="batch:" + fields["endpoint"],
+            tenant=fields["tenant"],
+            key_id=fields["key_id"],
+            alias=alias.name,
+        )
+        record.deployment, record.status = deployment.id, status
+        record.take_usage(usage)
+        await self.batches.answered(batch_id, index, line["custom_id"], status, record.request_id, body)
+        call = Call(
+            record=record,
+            tenant=fields["tenant"],
+            key_id=fields["key_id"],
+            alias=alias.name,
+            endpoint=LINE_ENDPOINTS[fields["endpoint"]],
+            body=line["body"],
+            stream=False,
+            batch=True,
+        )
+        try:
+            await self._gateway().pipeline.admission.charge(call)
+        except GatewayError as exc:  # the answer stands; one line's ledger entry must not hold up the rest
+            self._log.warning(
+                "an upstream batch line was not ledgered", batch_id=batch_id, line=index, error=exc.message
             )
-            record.deployment, record.status = deployment.id, status
-            record.take_usage(usage)
-            out = {
-                "id": new_id("batch_req_"),
-                "custom_id": result["custom_id"],
-                "response": {"status_code": status, "request_id": record.request_id, "body": body},
-                "error": None,
-            }
-            await self.kv.set(f"batch:{batch_id}:out:{index}", orjson.dumps(out).decode(), 30 * 24 * 3600)
-            await self.kv.hash_set(f"batch:{batch_id}:done", {str(index): "1" if status < 400 else "0"})
-            call = Call(
-                record=record,
-                tenant=fields["tenant"],
-                key_id=fields["key_id"],
-                alias=alias.name,
-                endpoint=LINE_ENDPOINTS[fields["endpoint"]],
-                body=bodies[result["custom_id"]],
-                stream=False,
-                batch=True,
-            )
-            try:
-                await gateway.pipeline.admission.charge(call)
-            except (
-                GatewayError
-            ) as exc:  # the answer stands; one line's ledger entry must not hold up the rest
-                self._log.warning(
-                    "an upstream batch line was not ledgered",
-                    batch_id=batch_id,
-                    line=index,
-                    error=exc.message,
-                )
-            self._counted(record, status)
+        self._counted(record, status)
 
 
-def _from_openai(result: dict[str, Any]) -> tuple[int, Any, dict[str, Any]] | None:
+def _openai_line(api: OpenAIBatchAPI, line: dict[str, Any]) -> bytes:
+    if isinstance(api, AzureBatchAPI):
+        line = {**line, "url": api.endpoint(line["url"])}
+    return orjson.dumps(line) + b"\n"
+
+
+def _from_openai(result: dict[str, Any], request: dict[str, Any]) -> Answer:
     response = result.get("response")
     if not isinstance(response, dict):
         return None
@@ -263,18 +354,48 @@ def _from_openai(result: dict[str, Any]) -> tuple[int, Any, dict[str, Any]] | No
     return int(response["status_code"]), body, usage or {}
 
 
-def _from_anthropic(result: dict[str, Any]) -> tuple[int, Any, dict[str, Any]] | None:
+def _chat_as_message(result: dict[str, Any], request: dict[str, Any]) -> Answer:
+    """A chat result line for a message batch's request: the completion as Anthropic's message (as the runner
+    answers a message batch's line from a chat backend), an error as it is (the results name its status)."""
+    answer = _from_openai(result, request)
+    if answer is None or answer[0] >= 400 or not isinstance(answer[1], dict):
+        return answer
+    status, body, usage = answer
+    return status, anthropic.to_message(body, str(request["model"]), request.get("stop_sequences")), usage
+
+
+def _anthropic_error(outcome: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """An ``errored`` result's status (as Anthropic's live API gives that type) and its inner error."""
+    error = outcome.get("error") or {}
+    inner: dict[str, Any] = error["error"] if isinstance(error.get("error"), dict) else error
+    return anthropic.ERROR_STATUS.get(str(inner.get("type")), 500), inner
+
+
+def _from_anthropic(result: dict[str, Any], request: dict[str, Any]) -> Answer:
     outcome = result.get("result") or {}
     if outcome.get("type") == "succeeded":
         message = outcome["message"]
         return 200, message, anthropic.usage_of(message.get("usage")).openai()
     if outcome.get("type") == "errored":
-        error = outcome.get("error") or {}
-        inner: dict[str, Any] = error["error"] if isinstance(error.get("error"), dict) else error
-        status = anthropic.ERROR_STATUS.get(str(inner.get("type")), 500)
-        return (
-            status,
-            {"error": {"message": inner.get("message", "upstream error"), "type": inner.get("type")}},
-            {},
-        )
+        status, inner = _anthropic_error(outcome)
+        body = {"error": {"message": inner.get("message", "upstream error"), "type": inner.get("type")}}
+        return status, body, {}
     return None
+
+
+def _message_as_chat(deployment_id: str) -> Callable[[dict[str, Any], dict[str, Any]], Answer]:
+    """Anthropic's result lines for a chat batch's lines: a message as a chat completion, an error in
+    OpenAI's shape, as a live chat request to an Anthropic deployment gets them."""
+
+    def translate(result: dict[str, Any], request: dict[str, Any]) -> Answer:
+        outcome = result.get("result") or {}
+        if outcome.get("type") == "succeeded":
+            completion = anthropic.from_anthropic(outcome["message"])
+            return 200, completion, completion["usage"]
+        if outcome.get("type") == "errored":
+            status, inner = _anthropic_error(outcome)
+            error = anthropic.error_from({"error": inner}, status, {}, deployment_id)
+            return error.status, error.body(), {}
+        return None
+
+    return translate

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import openai
@@ -281,13 +282,14 @@ def claude(upstream, claude_upstream, start_gateway, tmp_path, clock):
         yield c, gw
 
 
-def _request(custom_id: str, text: str) -> dict:
+def _request(custom_id: str, text: str, model: str = "claude-forwarded", **params: Any) -> Any:
     return {
         "custom_id": custom_id,
         "params": {
-            "model": "claude-forwarded",
+            "model": model,
             "max_tokens": 32,
             "messages": [{"role": "user", "content": text}],
+            **params,
         },
     }
 
@@ -344,3 +346,207 @@ def test_a_message_batch_cancel_is_passed_upstream(claude, claude_upstream, cloc
     assert done.request_counts.canceled == 2
     assert [s.path.endswith("/cancel") for s in state.requests].count(True) == 1
     assert {r.result.type for r in client.messages.batches.results(batch.id)} == {"canceled"}
+
+
+# --- across formats: a chat batch on Anthropic's batch API, a message batch on OpenAI's ----------------------
+
+
+@pytest.fixture
+def across(upstream, claude_upstream, start_gateway, tmp_path, clock):
+    """``claude-chat``: Anthropic's batch API only; ``gpt-messages``: OpenAI's only; ``either``: Anthropic's
+    deployment listed first, then OpenAI's."""
+    claude = f"""      - provider: anthropic
+        model: flaky
+        api_base: {claude_upstream[0].url}/v1
+        api_key: {UPSTREAM_KEY}
+        price: {{input: 3.0, output: 15.0}}"""
+    gpt = f"""      - provider: openai
+        model: flaky
+        api_base: {upstream[0].url}/v1
+        api_key: {UPSTREAM_KEY}
+        price: {{input: 2.0, output: 8.0}}"""
+    models = "\n".join(
+        f"""  - name: {name}
+    batch: {{mode: upstream}}
+    deployments:
+{deployments}"""
+        for name, deployments in (
+            ("claude-chat", claude),
+            ("gpt-messages", gpt),
+            ("either", claude + "\n" + gpt),
+        )
+    )
+    return start_gateway(
+        config_text(upstream[0].url, models, server=_sections(str(tmp_path / "files"))), clock=clock
+    )
+
+
+def test_a_chat_batch_goes_to_anthropics_batch_api_translated(across, claude_upstream, clock):
+    from tests.fakes.anthropic_upstream import CACHE_READ, CACHE_WRITE
+
+    state = claude_upstream[1]
+    lines = [chat_line(f"r{i}", f"hello {i}", "claude-chat") for i in range(3)]
+    lines.insert(1, chat_line("bad", "FAIL now", "claude-chat"))
+    two = chat_line("two", "twice", "claude-chat")
+    two["body"]["n"] = 2  # one answer is all Anthropic gives: refused as a live request is, never sent
+    lines.append(two)
+    with openai.OpenAI(base_url=across.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
+        batch = client.batches.create(
+            input_file_id=upload(client, jsonl(lines)),
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+        _until(lambda: len(state.batches) == 1, "the batch was not forwarded")
+        [forwarded] = state.batches.values()
+        # each line as a Messages request, under its custom_id, with the deployment's model
+        assert [r["custom_id"] for r in forwarded["requests"]] == ["r0", "bad", "r1", "r2"]
+        assert forwarded["requests"][0]["params"] == {
+            "model": "flaky",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hello 0"}]}],
+        }
+        clock.advance(POLL_S)
+        done = wait_for(client, batch.id)
+        assert done.status == "completed"
+        counts = done.request_counts
+        assert (counts.total, counts.completed, counts.failed) == (5, 3, 2)
+        output, errors = read_lines(client, done.output_file_id), read_lines(client, done.error_file_id)
+    assert [o["custom_id"] for o in output] == ["r0", "r1", "r2"]
+    for i, line in enumerate(output):
+        body = line["response"]["body"]
+        assert (body["object"], body["model"]) == ("chat.completion", "claude-chat")
+        assert body["choices"][0]["message"]["content"].endswith(f"hello {i}")
+        assert body["choices"][0]["finish_reason"] == "stop"
+        # Anthropic's input tokens leave the cache's out; chat's prompt tokens count them
+        assert body["usage"]["prompt_tokens_details"] == {
+            "cached_tokens": CACHE_READ,
+            "cache_creation_tokens": CACHE_WRITE,
+        }
+        assert body["usage"]["prompt_tokens"] > CACHE_READ + CACHE_WRITE
+    # in OpenAI's error shape, with the status the live path gives
+    assert [
+        (e["custom_id"], e["response"]["status_code"], e["response"]["body"]["error"]["type"]) for e in errors
+    ] == [("bad", 500, "server_error"), ("two", 400, "invalid_request_error")]
+    assert "'n' greater than 1" in errors[1]["response"]["body"]["error"]["message"]
+    assert not [s for s in state.requests if s.path == "/v1/messages"]  # nothing ran in the gateway
+
+    row = _batch_row(across.url, 5)
+    usage = [o["response"]["body"]["usage"] for o in output]
+    assert row["errors"] == 2
+    assert row["prompt_tokens"] == sum(u["prompt_tokens"] for u in usage)
+    assert row["completion_tokens"] == sum(u["completion_tokens"] for u in usage) > 0
+    assert (row["cached_tokens"], row["cache_write_tokens"]) == (3 * CACHE_READ, 3 * CACHE_WRITE)
+    full = (row["prompt_tokens"] * 3.0 + row["completion_tokens"] * 15.0) / 1e6
+    assert row["cost_usd"] == pytest.approx(full / 2)
+
+
+def test_a_message_batch_goes_to_openais_batch_api_translated(across, upstream, clock):
+    import anthropic
+
+    state = upstream[1]
+    requests = [
+        _request(
+            c,
+            "FAIL now" if c == "bad" else f"hello {c}",
+            "gpt-messages",
+            system="Be brief.",
+            stop_sequences=["STOP"],
+        )
+        for c in ("a", "bad", "b")
+    ]
+    with anthropic.Anthropic(base_url=across.url, api_key=KEY, max_retries=0, timeout=20) as client:
+        batch = client.messages.batches.create(requests=requests)
+        _until(lambda: len(state.batches) == 1, "the batch was not forwarded")
+        [forwarded] = state.batches.values()
+        # each request as a chat line, under its custom_id, with the deployment's model
+        assert forwarded["endpoint"] == "/v1/chat/completions"
+        assert [(line["custom_id"], line["url"]) for line in forwarded["lines"]] == [
+            (c, "/v1/chat/completions") for c in ("a", "bad", "b")
+        ]
+        assert forwarded["lines"][0]["body"] == {
+            "model": "flaky",
+            "max_tokens": 32,
+            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello a"}],
+            "stop": ["STOP"],
+        }
+        for looks in range(1, 4):  # validating -> in_progress -> finalizing -> completed, one step a look
+            clock.advance(POLL_S)
+
+            def looked(n: int = looks) -> bool:
+                return _retrieves(state) == n
+
+            _until(looked, f"look {looks} did not happen")
+        done = _ended(client, batch.id)
+        assert (done.request_counts.succeeded, done.request_counts.errored) == (2, 1)
+        results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    assert sorted(results) == ["a", "b", "bad"]
+    messages = [results[c].message for c in ("a", "b")]  # type: ignore[union-attr]
+    for custom_id, message in zip(("a", "b"), messages, strict=True):
+        assert (message.model, message.stop_reason) == ("gpt-messages", "end_turn")
+        assert message.content[0].text.endswith(f"hello {custom_id}")  # type: ignore[union-attr]
+    failed = results["bad"]
+    assert failed.type == "errored"
+    assert failed.error.error.type == "api_error"
+
+    row = _batch_row(across.url, 3)
+    assert row["errors"] == 1
+    assert row["prompt_tokens"] == sum(m.usage.input_tokens for m in messages) > 0
+    assert row["completion_tokens"] == sum(m.usage.output_tokens for m in messages) > 0
+    full = (row["prompt_tokens"] * 2.0 + row["completion_tokens"] * 8.0) / 1e6
+    assert row["cost_usd"] == pytest.approx(full / 2)
+
+
+def test_a_batch_goes_to_a_batch_api_of_its_own_format_first(across, upstream, claude_upstream):
+    import anthropic
+
+    with openai.OpenAI(base_url=across.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
+        client.batches.create(
+            input_file_id=upload(client, jsonl([chat_line("r", "hi", "either")])),
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+    with anthropic.Anthropic(base_url=across.url, api_key=KEY, max_retries=0, timeout=20) as client:
+        client.messages.batches.create(requests=[_request("m", "hi", "either")])
+    _until(lambda: len(upstream[1].batches) == 1, "the chat batch did not go to OpenAI's batch API")
+    _until(lambda: len(claude_upstream[1].batches) == 1, "the message batch did not go to Anthropic's")
+    [chat] = upstream[1].batches.values()
+    [messages] = claude_upstream[1].batches.values()
+    assert [(line["custom_id"], line["url"]) for line in chat["lines"]] == [("r", "/v1/chat/completions")]
+    assert [(r["custom_id"], r["params"]["messages"]) for r in messages["requests"]] == [
+        ("m", [{"role": "user", "content": "hi"}])
+    ]
+
+
+def test_a_batch_no_batch_api_of_its_alias_takes_is_refused(across, claude_upstream):
+    line = {
+        "custom_id": "e",
+        "method": "POST",
+        "url": "/v1/embeddings",
+        "body": {"model": "claude-chat", "input": "hello"},
+    }
+    with openai.OpenAI(base_url=across.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
+        batch = client.batches.create(
+            input_file_id=upload(client, jsonl([line])), endpoint="/v1/embeddings", completion_window="24h"
+        )
+        done = wait_for(client, batch.id)
+    assert done.status == "failed"
+    [error] = done.errors.data
+    assert error.code == "unsupported_endpoint" and "/v1/embeddings" in (error.message or "")
+    assert claude_upstream[1].batches == {}
+
+
+def test_a_batch_whose_every_line_is_refused_goes_nowhere(across, claude_upstream):
+    lines = [chat_line(c, "twice", "claude-chat") for c in ("a", "b")]
+    for line in lines:
+        line["body"]["n"] = 2
+    with openai.OpenAI(base_url=across.url + "/v1", api_key=KEY, max_retries=0, timeout=20) as client:
+        batch = client.batches.create(
+            input_file_id=upload(client, jsonl(lines)),
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+        done = wait_for(client, batch.id)  # no look upstream: the clock does not move
+        assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 0, 2)
+        errors = read_lines(client, done.error_file_id)
+    assert [(e["custom_id"], e["response"]["status_code"]) for e in errors] == [("a", 400), ("b", 400)]
+    assert claude_upstream[1].batches == {} and claude_upstream[1].requests == []

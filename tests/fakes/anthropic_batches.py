@@ -4,7 +4,8 @@
 
 A batch is ``in_progress`` until it is first retrieved, then ``ended`` with every request answered
 as the fake answers a live one (``succeeded`` with the message, ``errored`` with the error for a model
-``error-NNN`` or a bad request); a cancelled batch is ``canceling``, then ``ended`` with its requests
+``error-NNN`` or a bad request; for ``flaky``, as the OpenAI fake's batch lines, an ``api_error`` where the last
+message says FAIL); a cancelled batch is ``canceling``, then ``ended`` with its requests
 ``canceled``. Results are in no promised order (here: reversed), as Anthropic says."""
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ def _public(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in batch.items() if k not in ("requests", "results")}
 
 
+def _fails(params: dict[str, Any]) -> bool:
+    messages = params.get("messages") or [{}]
+    return params.get("model") == "flaky" and "FAIL" in str(messages[-1].get("content"))
+
+
 def _result(params: dict[str, Any]) -> dict[str, Any]:
-    status = error_status(str(params.get("model", "")))
+    status = 500 if _fails(params) else error_status(str(params.get("model", "")))
     if status is not None:
         return {
             "type": "errored",
