@@ -4,20 +4,23 @@ package's local copy, loaded lazily in a worker thread; concurrent requests are 
 The transformer runs on ONNX Runtime when it is installed (the ``cache`` extra): exported once from the
 sentence-transformers model to ``$XDG_CACHE_HOME/llm-gateway/`` and reused, it embeds a question in about a
 third of the time torch takes on CPU (bench/cache_bench.py; docs/cache.md), with the same mean pooling and
-normalisation, so the vectors agree to float rounding. Without it, or for a model of another shape, the
-sentence-transformers model itself embeds."""
+normalisation, so the vectors agree to float rounding; that path reads the model's tokenizer and settings
+itself and never imports torch or transformers (only the one-off export does, in its own process). Without
+onnxruntime, or for a model of another shape, the sentence-transformers model itself embeds."""
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -41,44 +44,70 @@ def model_path() -> str:
 
 
 def load_model(path: str | None = None, runtime: str = "auto") -> Any:
-    """The model that ``encode`` takes, offline (blocking: call it from a worker thread): the
-    SentenceTransformer, or (``runtime`` ``auto`` with onnxruntime installed, or ``onnx``) its ONNX twin."""
+    """The model that ``encode`` takes, offline (blocking: call it from a worker thread): with ``runtime``
+    ``auto`` (onnxruntime installed) or ``onnx``, the ONNX twin, which reads the model's files itself and never
+    imports torch (a serving process keeps its ~300 MB out of memory); else the SentenceTransformer."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    # the import too: it runs transformers' module code, which a check under the lock may read
-    with LOAD_LOCK:
-        from sentence_transformers import SentenceTransformer
-
-        model: Any = SentenceTransformer(path or model_path(), device="cpu")
+    path = path or model_path()
+    model: Any = None
     if runtime != "torch":
         try:
-            model = OnnxEncoder(model, path or model_path())
+            model = OnnxEncoder(path)
         except (ImportError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
             if runtime == "onnx":
                 raise
             logging.getLogger(__name__).warning("embedding with torch: %s", exc)
+    if model is None:
+        # the import too: it runs transformers' module code, which a check under the lock may read
+        with LOAD_LOCK:
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(path, device="cpu")
     encode(model, ["warm up"])  # the first call is several times slower: take it before serving
     return model
 
 
+def _json(path: Path) -> Any:
+    with open(path, "rb") as f:
+        return json.load(f)
+
+
 class OnnxEncoder:
     """A sentence-transformers model of the shape Transformer -> mean Pooling -> Normalize (all-MiniLM-L6-v2's),
-    its transformer run by ONNX Runtime on one thread that does not spin (the gateway's loop shares the cores);
-    the pooling and normalisation in numpy, as sentence-transformers does them."""
+    read from its directory without sentence-transformers: its ``tokenizer.json`` by the ``tokenizers`` library
+    (what transformers' fast tokenizer runs), its transformer by ONNX Runtime on one thread that does not spin
+    (the gateway's loop shares the cores), the pooling and normalisation in numpy, as sentence-transformers does
+    them."""
 
     inputs = ("input_ids", "attention_mask", "token_type_ids")
 
-    def __init__(self, model: Any, path: str) -> None:
+    def __init__(self, path: str) -> None:
         import onnxruntime as ort
+        from tokenizers import Tokenizer
 
-        names = [type(m).__name__ for m in model]
-        pooling = model[1] if len(names) > 1 else None
-        mode = getattr(pooling, "pooling_mode", None) or (
-            "mean" if getattr(pooling, "pooling_mode_mean_tokens", False) else None
-        )  # sentence-transformers 5 names the mode; earlier versions set one flag per mode
-        if names != ["Transformer", "Pooling", "Normalize"] or mode != "mean":
-            raise ValueError(f"no ONNX export for a model of modules {names}")
-        self.tokenizer = model.tokenizer
-        self.max_length = int(model.max_seq_length)
+        root = Path(path)
+        modules = [m["type"].rsplit(".", 1)[-1] for m in _json(root / "modules.json")]
+        if modules != ["Transformer", "Pooling", "Normalize"]:
+            raise ValueError(f"no ONNX export for a model of modules {modules}")
+        [pooling_dir] = [m["path"] for m in _json(root / "modules.json") if m["type"].endswith(".Pooling")]
+        pooling = _json(root / pooling_dir / "config.json")
+        modes = {k for k, v in pooling.items() if k.startswith("pooling_mode") and v}
+        if modes - {"pooling_mode_mean_tokens"} or not (
+            "pooling_mode_mean_tokens" in modes or pooling.get("pooling_mode") == "mean"
+        ):
+            raise ValueError(f"no ONNX export for a model pooled by {sorted(modes)}")
+        settings = _json(root / "sentence_bert_config.json")
+        if settings.get("do_lower_case"):
+            raise ValueError("no ONNX export for a model that lowercases before its tokenizer")
+        special = _json(root / "tokenizer_config.json")
+        self.tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
+        # as sentence-transformers calls transformers' tokenizer: cut at the model's length, pad to the longest
+        self.tokenizer.enable_truncation(int(settings["max_seq_length"]))
+        pad = special.get("pad_token", "[PAD]")
+        pad_id = self.tokenizer.token_to_id(pad)
+        if pad_id is None:
+            raise ValueError(f"the tokenizer has no id for its pad token {pad!r}")
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
@@ -88,17 +117,13 @@ class OnnxEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         out: list[np.ndarray] = []
         for start in range(0, len(texts), _MAX_BATCH):
-            batch = self.tokenizer(
-                texts[start : start + _MAX_BATCH],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="np",
-            )
-            feed = {name: batch[name].astype(np.int64) for name in self.inputs}
-            hidden = self.session.run(None, feed)[0]
-            mask = batch["attention_mask"][..., None].astype(np.float32)
-            pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+            encoded = self.tokenizer.encode_batch(texts[start : start + _MAX_BATCH])
+            ids = np.array([e.ids for e in encoded], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+            types = np.array([e.type_ids for e in encoded], dtype=np.int64)
+            hidden = self.session.run(None, dict(zip(self.inputs, (ids, mask, types), strict=True)))[0]
+            weights = mask[..., None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
             out.append(pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12))
         return np.concatenate(out).astype(np.float32)
 
@@ -107,12 +132,10 @@ def _exported(path: str) -> Path:
     """The transformer as ONNX, exported once per model directory and torch/transformers versions, by a
     process of its own (``python -m policies.cache.embedder export``: torch's exporter warns and traces, which
     has no place in a serving process's threads); written beside and renamed, so a killed export leaves none."""
-    import torch
-    import transformers
-
-    tag = hashlib.sha256(
-        f"{Path(path).resolve()}|{torch.__version__}|{transformers.__version__}".encode()
-    ).hexdigest()[:16]
+    versions = "|".join(
+        metadata.version(name) for name in ("torch", "transformers")
+    )  # without importing them
+    tag = hashlib.sha256(f"{Path(path).resolve()}|{versions}".encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-gateway"
     target = cache / f"embedder-{tag}.onnx"
     if target.exists():

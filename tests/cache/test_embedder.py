@@ -3,6 +3,9 @@ that model's vectors (the cache's thresholds were chosen on them) in a third of 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 
 from policies.cache import embedder
@@ -20,6 +23,7 @@ def test_the_onnx_embedder_gives_the_models_own_vectors_and_exports_once(tmp_pat
         "shift a << 2, not a >> 2",
         "",
         "word " * 400,  # past the model's 256 tokens: truncated the same way
+        "  Ünïcode ÀCCENTS, MiXeD case, 東京の天気, emoji 🙂 and\ttabs  ",  # the tokenizer's normaliser
         *[f"question number {i} about paged attention" for i in range(70)],  # more than one batch
     ]
     ours, theirs = embedder.encode(onnx, texts), embedder.encode(reference, texts)
@@ -30,3 +34,22 @@ def test_the_onnx_embedder_gives_the_models_own_vectors_and_exports_once(tmp_pat
     embedder.load_model()  # a second process: the export is reused, not redone
     assert list((tmp_path / "llm-gateway").glob("*.onnx")) == [exported]
     assert exported.stat().st_mtime_ns == written
+
+
+def test_a_process_embedding_on_onnx_never_imports_torch():
+    """The serving path reads the model's tokenizer and settings itself: a gateway process with the semantic cache
+    on keeps torch and transformers (hundreds of MB, seconds of start-up) out of memory; only the one-off export
+    process imports them."""
+    script = (
+        "import sys\n"
+        "from policies.cache import embedder\n"
+        "model = embedder.load_model()\n"
+        "assert isinstance(model, embedder.OnnxEncoder)\n"
+        "assert embedder.encode(model, ['hello']).shape == (1, embedder.DIMENSIONS)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
