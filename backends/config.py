@@ -90,17 +90,27 @@ class EngineWorkers(BaseModel):
     start_timeout_s: float = Field(default=120.0, gt=0, description="longest a worker may take to start")
     disaggregated: bool = Field(
         default=False,
-        description="each worker is a prefill process and a decode process behind a router (docs/disaggregation.md)",
+        description="each worker is prefill and decode processes behind a router (docs/disaggregation.md)",
     )
     kv_transport: Literal["shm", "tcp"] = Field(
         default="shm",
-        description="how a disaggregated worker's prefill process hands KV to its decode process",
+        description="how a disaggregated worker's prefill processes hand KV to its decode processes",
+    )
+    prefill: int = Field(default=1, ge=1, description="prefill processes in each disaggregated worker")
+    decode: int = Field(default=1, ge=1, description="decode processes in each disaggregated worker")
+    both: int = Field(
+        default=0,
+        ge=0,
+        description="processes in each disaggregated worker taking requests whole when no prefill or decode one can",
     )
 
     @model_validator(mode="after")
     def _bounds(self) -> EngineWorkers:
         if self.min > self.max:
             raise ValueError("min must not exceed max")
+        split = self.model_fields_set & {"prefill", "decode", "both"}
+        if split and not self.disaggregated:
+            raise ValueError(f"{', '.join(sorted(split))} apply only with disaggregated: true")
         return self
 
 

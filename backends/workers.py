@@ -10,9 +10,12 @@ worker whose prefix cache holds it (:mod:`backends.prefix_ring`). LoRA adapters 
 pool's list: each running worker gets one when it is added (``/v1/load_lora_adapter``), each new worker
 all of them before it takes requests.
 
-With ``engine.workers.disaggregated`` each worker is three processes: a ``serve --role prefill``, a
-``serve --role decode`` and a ``route`` in front of them (docs/disaggregation.md); the pool speaks to the
-router, starts, scales and stops the three as one, and counts the worker dead when any of them dies.
+With ``engine.workers.disaggregated`` each worker is ``prefill`` ``serve --role prefill`` processes,
+``decode`` ``serve --role decode`` ones, ``both`` ordinary ones (the router's fallback) and a ``route`` in
+front of them (docs/disaggregation.md); the pool speaks to the router and starts, scales and stops them as
+one. An engine process that dies while the rest can still serve (a prefill and a decode process, or a
+``both`` one, and the router) is started again on its port, the worker serving meanwhile; otherwise the
+worker counts as dead and is replaced whole.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import itertools
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -61,6 +64,11 @@ WORKER_EXITS = Counter(
     "Engine workers stopped, by reason (idle, died, failed)",
     ["deployment", "reason"],
 )
+ENGINE_RESTARTS = Counter(
+    "gateway_engine_worker_process_restarts_total",
+    "Engine processes started again inside a disaggregated worker that kept serving, by role",
+    ["deployment", "role"],
+)
 
 _CHECK_INTERVAL_S = 0.2  # how often the pool looks for idle and dead workers (real time)
 _RETRY_AFTER_S = "5"
@@ -73,14 +81,27 @@ class MonotonicClock(Protocol):
 
 
 @dataclass(eq=False)
+class Engine:
+    """One ``serve`` process of a worker, by role: ``both`` is the ordinary server."""
+
+    role: str
+    port: int
+    process: asyncio.subprocess.Process | None = None
+    restarting: bool = False  # started again after it died, not yet healthy
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+
+@dataclass(eq=False)
 class Worker:
     name: str
     port: int  # where the pool sends requests: the engine, or a disaggregated worker's router
-    process: asyncio.subprocess.Process | None  # that port's process
     backend: OpenAIBackend
     started_at: float
-    engine_ports: list[int] = field(default_factory=list)  # the engines' (prefill and decode when split)
-    helpers: list[asyncio.subprocess.Process] = field(default_factory=list)  # a router's prefill and decode
+    engines: list[Engine]
+    router: asyncio.subprocess.Process | None = None  # a disaggregated worker's, in front of its engines
     ready: bool = False
     inflight: int = 0
     last_used: float = 0.0
@@ -98,11 +119,19 @@ class Worker:
 
     @property
     def processes(self) -> list[asyncio.subprocess.Process]:
-        return [p for p in (self.process, *self.helpers) if p is not None]
+        return [p for p in (self.router, *(e.process for e in self.engines)) if p is not None]
 
     @property
-    def alive(self) -> bool:
+    def intact(self) -> bool:
         return all(p.returncode is None for p in self.processes)  # none yet: not spawned
+
+    @property
+    def serving(self) -> bool:
+        """It can answer: its router (if any) runs, and a ``both`` engine or a prefill and a decode one do."""
+        if self.router is not None and self.router.returncode is not None:
+            return False
+        roles = {e.role for e in self.engines if e.alive}
+        return "both" in roles or {"prefill", "decode"} <= roles
 
 
 class WorkerPool(Backend):
@@ -120,6 +149,7 @@ class WorkerPool(Backend):
         self._changed = asyncio.Condition()
         self._watch: asyncio.Task[None] | None = None
         self._starts: set[asyncio.Task[None]] = set()
+        self._restarts: set[asyncio.Task[None]] = set()  # engine processes started again in a running worker
         # workers' processes being stopped, awaited by close()
         self._stopping: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -155,6 +185,8 @@ class WorkerPool(Backend):
             task.cancel()
         await asyncio.gather(*self._starts, return_exceptions=True)
         await asyncio.gather(*(self._stop(w, "shutdown") for w in list(self._workers)))
+        # an engine process being started again ends once it sees its worker gone (terminating itself)
+        await asyncio.gather(*list(self._restarts))
         # and the workers whose stop (idle, died) began before, in the watch task just cancelled: reaped
         # before the loop goes
         await asyncio.gather(*list(self._stopping))
@@ -165,9 +197,8 @@ class WorkerPool(Backend):
     ) -> AsyncIterator[UpstreamResponse]:
         key = prompt_prefix(payload)
         model = lora_model(payload, self.deployment)
-        tried: Worker | None = None
         for attempt in range(2):
-            worker = await self._acquire(key, avoid=tried)
+            worker = await self._acquire(key)
             try:
                 async with worker.backend_for(model, self._pool).send(
                     endpoint, payload, stream=stream
@@ -175,14 +206,14 @@ class WorkerPool(Backend):
                     yield response
                     return
             except UpstreamError as exc:
-                # A worker that died before answering: replace it and send the request once more. A
-                # disaggregated worker's router answers 502/503 when its prefill or decode process is gone.
+                # A process of the worker died before answering: send the request once more, to another
+                # worker or to what is left of this one. A disaggregated worker's router answers 502/503 when
+                # the engine it sent the request to is gone.
                 gone = isinstance(exc, UpstreamConnectionError) or (
-                    bool(worker.helpers) and exc.status in (502, 503)
+                    worker.router is not None and exc.status in (502, 503)
                 )
-                if attempt == 1 or not gone or not await self._died(worker):
+                if attempt == 1 or not gone or not await self._lost(worker):
                     raise
-                tried = worker
             finally:
                 self._release(worker)
 
@@ -210,26 +241,35 @@ class WorkerPool(Backend):
         return [{"object": "lora_adapter", "name": name, "path": path} for name, path in self._loras.items()]
 
     def _running(self) -> list[Worker]:
-        return [w for w in self._workers if w.ready and w.alive]
+        return [w for w in self._workers if w.ready and w.serving]
 
     async def _post(self, worker: Worker, route: str, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        """``POST /v1/{route}`` to each of the worker's engines (both sides of a disaggregated one), the first
-        refusal answering."""
-        status, answer = 200, {}
-        async with aiohttp.ClientSession() as session:
-            for port in worker.engine_ports:
-                url = f"http://127.0.0.1:{port}/v1/{route}"
-                async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=60)) as response:
-                    status, answer = response.status, await response.json(content_type=None)
-                if status != 200:
-                    break
-        return status, answer
+        """``POST /v1/{route}`` to each of the worker's running engines (every role of a disaggregated one;
+        one being started again gets the pool's adapters when it is up), the first refusal answering."""
+        ports = [e.port for e in worker.engines if e.alive and not e.restarting]
+        return await _post_each(ports, route, body)
 
-    async def _acquire(self, key: str, avoid: Worker | None) -> Worker:
+    async def _load_loras(self, worker: Worker, loras: dict[str, str], ports: list[int]) -> None:
+        """``loras`` onto the engines at ``ports`` of a worker not yet taking them, a refusal logged."""
+        for name, path in loras.items():
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                status, body = await _post_each(
+                    ports, "load_lora_adapter", {"lora_name": name, "lora_path": path}
+                )
+                if status != 200:
+                    structlog.get_logger("gateway").error(
+                        "engine worker refused a LoRA adapter",
+                        deployment=self.id,
+                        worker=worker.name,
+                        lora=name,
+                        error=_message(body, status),
+                    )
+
+    async def _acquire(self, key: str) -> Worker:
         deadline = self._loop_time() + self.settings.load_timeout_s
         async with self._changed:
             while True:
-                ready = [w for w in self._workers if w.ready and w.alive and w is not avoid]
+                ready = [w for w in self._workers if w.ready and w.serving]
                 if ready:
                     worker = self._ring.pick(key, ready, floor=self.limits.target_inflight)
                     worker.inflight += 1
@@ -274,12 +314,18 @@ class WorkerPool(Backend):
                 "api_key": None,
             }
         )
+        limits = self.limits
+        if limits.disaggregated:
+            roles = {"prefill": limits.prefill, "decode": limits.decode, "both": limits.both}
+            engines = [Engine(role, _free_port()) for role, n in roles.items() for _ in range(n)]
+        else:
+            engines = [Engine("both", port)]
         worker = Worker(
             name=name,
             port=port,
-            process=None,
             backend=OpenAIBackend(worker_deployment, self._pool),
             started_at=self._clock.monotonic(),
+            engines=engines,
         )
         self._workers.append(worker)
         task = asyncio.create_task(self._boot(worker), name=f"start {self.id} {name}")
@@ -292,13 +338,19 @@ class WorkerPool(Backend):
         log = structlog.get_logger("gateway")
         began = self._loop_time()
         deadline = began + self.limits.start_timeout_s
-        if self.limits.disaggregated:
-            healthy = await self._boot_disaggregated(worker, deadline)
-        else:
-            worker.engine_ports = [worker.port]
-            worker.process = await _exec("serve", *self._serve_args(worker.port))
-            log.info("engine worker starting", deployment=self.id, worker=worker.name, pid=worker.process.pid)
-            healthy = await self._wait_healthy(worker, worker.port, deadline)
+        for engine in worker.engines:
+            engine.process = await _exec("serve", *self._engine_args(engine))
+        log.info(
+            "engine worker starting",
+            deployment=self.id,
+            worker=worker.name,
+            pids=[p.pid for p in worker.processes],
+            roles=[e.role for e in worker.engines],
+        )
+        waits = [self._wait_healthy(e.port, deadline, lambda: worker.intact) for e in worker.engines]
+        healthy = all(await asyncio.gather(*waits))
+        if healthy and self.limits.disaggregated:
+            healthy = await self._start_router(worker, deadline)
         if not healthy:
             log.error(
                 "engine worker failed to start",
@@ -308,19 +360,7 @@ class WorkerPool(Backend):
             )
             await self._stop(worker, "failed")
             return
-        for name, path in list(self._loras.items()):
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                status, body = await self._post(
-                    worker, "load_lora_adapter", {"lora_name": name, "lora_path": path}
-                )
-                if status != 200:
-                    log.error(
-                        "engine worker refused a LoRA adapter",
-                        deployment=self.id,
-                        worker=worker.name,
-                        lora=name,
-                        error=_message(body, status),
-                    )
+        await self._load_loras(worker, dict(self._loras), [e.port for e in worker.engines])
         COLD_START.labels(self.id).observe(self._loop_time() - began)
         worker.ready = True
         worker.last_used = self._clock.monotonic()
@@ -334,30 +374,13 @@ class WorkerPool(Backend):
         )
         await self._notify()
 
-    async def _boot_disaggregated(self, worker: Worker, deadline: float) -> bool:
-        """A prefill and a decode engine, then, once both answer, the router in front of them on the worker's
-        port (the router checks nothing at start, so it starts last)."""
-        worker.engine_ports = [_free_port(), _free_port()]
-        for port, role in zip(worker.engine_ports, ("prefill", "decode"), strict=True):
-            args = ["--role", role, "--kv-transport", self.limits.kv_transport]
-            worker.helpers.append(await _exec("serve", *self._serve_args(port), *args))
-        structlog.get_logger("gateway").info(
-            "engine worker starting",
-            deployment=self.id,
-            worker=worker.name,
-            pids=[p.pid for p in worker.helpers],
-            disaggregated=True,
-        )
-        waits = [self._wait_healthy(worker, port, deadline) for port in worker.engine_ports]
-        if not all(await asyncio.gather(*waits)):
-            return False
-        prefill, decode = (f"http://127.0.0.1:{port}" for port in worker.engine_ports)
-        worker.process = await _exec(
+    async def _start_router(self, worker: Worker, deadline: float) -> bool:
+        """The router in front of the worker's engines, on the worker's port, once they all answer (it checks
+        nothing at start, so it starts last)."""
+        urls = [f"--{e.role}=http://127.0.0.1:{e.port}" for e in worker.engines]
+        worker.router = await _exec(
             "route",
-            "--prefill",
-            prefill,
-            "--decode",
-            decode,
+            *urls,
             "--host",
             "127.0.0.1",
             "--port",
@@ -366,18 +389,26 @@ class WorkerPool(Backend):
             "--max-inflight",
             str(2 * self.settings.max_num_seqs),
         )
-        return await self._wait_healthy(worker, worker.port, deadline)
+        return await self._wait_healthy(worker.port, deadline, lambda: worker.intact)
 
-    async def _wait_healthy(self, worker: Worker, port: int, deadline: float) -> bool:
+    async def _wait_healthy(self, port: int, deadline: float, running: Callable[[], bool]) -> bool:
         url = f"http://127.0.0.1:{port}/health"
         async with aiohttp.ClientSession() as session:
-            while self._loop_time() < deadline and worker.alive:
+            while self._loop_time() < deadline and running():
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
                         if response.status == 200:
                             return True
                 await asyncio.sleep(0.1)
         return False
+
+    def _engine_args(self, engine: Engine, loras: dict[str, str] | None = None) -> list[str]:
+        """``serve``'s flags for ``engine``: the deployment's ``engine`` settings, its role when the worker is
+        disaggregated, and ``loras`` to load before it listens."""
+        args = self._serve_args(engine.port)
+        if self.limits.disaggregated:
+            args += ["--role", engine.role, "--kv-transport", self.limits.kv_transport]
+        return args + [f"--lora={name}={path}" for name, path in (loras or {}).items()]
 
     def _serve_args(self, port: int) -> list[str]:
         s = self.settings
@@ -416,11 +447,16 @@ class WorkerPool(Backend):
             await asyncio.sleep(_CHECK_INTERVAL_S)
             now = self._clock.monotonic()
             for worker in list(self._workers):
-                if worker.ready and not worker.alive:
+                if not worker.ready:
+                    continue
+                if not worker.serving:
                     await self._stop(worker, "died")
-                elif (
-                    worker.ready
-                    and worker.inflight == 0
+                    continue
+                for engine in worker.engines:
+                    if not engine.alive and not engine.restarting:
+                        self._restart(worker, engine)
+                if (
+                    worker.inflight == 0
                     and now - worker.last_used >= self.limits.idle_s
                     and len(self._workers) > self.limits.min
                 ):
@@ -428,7 +464,55 @@ class WorkerPool(Backend):
             while len(self._workers) < self.limits.min and self._spawn() is not None:
                 pass
 
-    async def _died(self, worker: Worker) -> bool:
+    def _restart(self, worker: Worker, engine: Engine) -> None:
+        engine.restarting = True
+        task = asyncio.create_task(self._rerun(worker, engine), name=f"restart {self.id} {worker.name}")
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+
+    async def _rerun(self, worker: Worker, engine: Engine) -> None:
+        """The dead ``engine`` of a worker still serving started again on its port (where its router looks
+        for it), with the pool's LoRA adapters; a worker whose engine does not come back is replaced."""
+        log = structlog.get_logger("gateway")
+        assert engine.process is not None
+        log.warning(
+            "engine worker process died; starting it again",
+            deployment=self.id,
+            worker=worker.name,
+            role=engine.role,
+            exit_code=engine.process.returncode,
+        )
+        loras = dict(self._loras)
+        deadline = self._loop_time() + self.limits.start_timeout_s
+        engine.process = await _exec("serve", *self._engine_args(engine, loras))
+        if worker not in self._workers:  # stopped meanwhile, with the dead process
+            await _terminate(engine.process)
+            return
+        healthy = await self._wait_healthy(
+            engine.port, deadline, lambda: engine.alive and worker in self._workers
+        )
+        if worker not in self._workers:  # its stop terminated the new process
+            return
+        if not healthy:
+            log.error("engine worker process failed to start again", deployment=self.id, worker=worker.name)
+            await self._stop(worker, "failed")
+            return
+        engine.restarting = False
+        # adapters added or removed while it started
+        await self._load_loras(
+            worker, {n: p for n, p in self._loras.items() if n not in loras}, [engine.port]
+        )
+        for name in loras.keys() - self._loras.keys():
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                await _post_each([engine.port], "unload_lora_adapter", {"lora_name": name})
+        ENGINE_RESTARTS.labels(self.id, engine.role).inc()
+        log.info(
+            "engine worker process started again", deployment=self.id, worker=worker.name, role=engine.role
+        )
+
+    async def _lost(self, worker: Worker) -> bool:
+        """Whether a process of the worker died (a request it failed may be sent again); a worker left unable
+        to serve is stopped, one that still can keeps serving while the watch loop starts the process again."""
         if not worker.processes:
             return False
         exits = [asyncio.ensure_future(p.wait()) for p in worker.processes]
@@ -437,9 +521,10 @@ class WorkerPool(Backend):
         for task in waiting:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
-        if worker.alive:
+        if worker.intact:
             return False
-        await self._stop(worker, "died")
+        if not worker.serving:
+            await self._stop(worker, "died")
         return True
 
     async def _stop(self, worker: Worker, reason: str) -> None:
@@ -497,6 +582,19 @@ async def _terminate(*processes: asyncio.subprocess.Process) -> None:
             await process.wait()
 
     await asyncio.gather(*(one(p) for p in processes))
+
+
+async def _post_each(ports: list[int], route: str, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """``POST /v1/{route}`` to the engine at each of ``ports``, the first refusal answering."""
+    status, answer = 200, {}
+    async with aiohttp.ClientSession() as session:
+        for port in ports:
+            url = f"http://127.0.0.1:{port}/v1/{route}"
+            async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=60)) as response:
+                status, answer = response.status, await response.json(content_type=None)
+            if status != 200:
+                break
+    return status, answer
 
 
 def _message(body: dict[str, Any], status: int) -> str:

@@ -2,27 +2,30 @@
 
 Each completion's prefill goes to the least-busy prefill worker (``POST /v1/disagg/prefill``) and
 its decode, with the returned ``kv_transfer_params``, to the least-busy decode worker, whose answer
-(streamed or whole) is relayed as is. A request goes whole to a ``both`` worker instead when no
-prefill or no decode worker is free (each takes ``max_inflight`` requests; one that refused a
-connection sits out ``retry_after_s``), when its prefill worker fails, or when it asks for what a
-handoff does not carry (``n`` > 1, logprobs).
+(streamed or whole) is relayed as is; workers equally busy take turns. A prefill worker that fails, or
+a worker that refuses the connection, makes way for the next free one of its role. A request goes whole
+to a ``both`` worker instead when no prefill or no decode worker is free (each takes ``max_inflight``
+requests; one that refused a connection sits out ``retry_after_s``), when every free prefill worker
+failed, or when it asks for what a handoff does not carry (``n`` > 1, logprobs).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 
 from local_engine.openai_api import error_body
 
+T = TypeVar("T")
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, eq=False)
 class RoutedWorker:
     url: str
     role: str
@@ -50,16 +53,25 @@ class DisaggRouter:
         self.retry_after_s = retry_after_s
         self.clock = clock
         self.counts = {"disaggregated": 0, "aggregated": 0, "prefill_failed": 0}
+        self._turns = {role: 0 for role in ("prefill", "decode", "both")}
         self._session: aiohttp.ClientSession | None = None
 
-    def pick(self, role: str) -> RoutedWorker | None:
+    def free(self, role: str, tried: Collection[RoutedWorker] = ()) -> list[RoutedWorker]:
         now = self.clock()
-        free = [
+        return [
             w
             for w in self.workers
-            if w.role == role and w.inflight < self.max_inflight and w.down_until <= now
+            if w.role == role and w.inflight < self.max_inflight and w.down_until <= now and w not in tried
         ]
-        return min(free, key=lambda w: w.inflight, default=None)
+
+    def pick(self, role: str, tried: Collection[RoutedWorker] = ()) -> RoutedWorker | None:
+        """The least-busy free ``role`` worker not in ``tried``; those equally busy take turns."""
+        free = self.free(role, tried)
+        if not free:
+            return None
+        least = [w for w in free if w.inflight == min(x.inflight for x in free)]
+        self._turns[role] += 1
+        return least[self._turns[role] % len(least)]
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -80,19 +92,32 @@ class DisaggRouter:
             return _error(400, "request body must be a JSON object", "invalid_request_error")
         chat = request.path.endswith("/chat/completions")
         splittable = (body.get("n") or 1) == 1 and not body.get("logprobs") and not body.get("top_logprobs")
-        prefill, decode = self.pick("prefill"), self.pick("decode")
-        if splittable and prefill is not None and decode is not None:
-            params = await self._prefill(prefill, chat, body)
+        if splittable and self.free("decode"):
+            params = await self._first("prefill", lambda w: self._prefill(w, chat, body))
             if isinstance(params, web.Response):
                 return params
             if params is not None:
-                self.counts["disaggregated"] += 1
-                return await self._relay(request, decode, {**body, "kv_transfer_params": params})
-        worker = self.pick("both")
-        if worker is None:
+                # a decode worker that refused the connection never took the handoff: the next one can
+                split = {**body, "kv_transfer_params": params}
+                answer = await self._first("decode", lambda w: self._relay(request, w, split))
+                if answer is not None:
+                    self.counts["disaggregated"] += 1
+                    return answer
+        answer = await self._first("both", lambda w: self._relay(request, w, body))
+        if answer is None:
             return _error(503, "no engine worker is free", "service_unavailable", code="no_free_worker")
         self.counts["aggregated"] += 1
-        return await self._relay(request, worker, body)
+        return answer
+
+    async def _first(self, role: str, attempt: Callable[[RoutedWorker], Awaitable[T | None]]) -> T | None:
+        """``attempt`` on the free ``role`` workers in turn (least busy first), until one answers not None."""
+        tried: list[RoutedWorker] = []
+        while (worker := self.pick(role, tried)) is not None:
+            tried.append(worker)
+            answer = await attempt(worker)
+            if answer is not None:
+                return answer
+        return None
 
     async def _prefill(
         self, worker: RoutedWorker, chat: bool, body: dict[str, Any]
@@ -116,7 +141,8 @@ class DisaggRouter:
 
     async def _relay(
         self, request: web.Request, worker: RoutedWorker, body: dict[str, Any]
-    ) -> web.StreamResponse:
+    ) -> web.StreamResponse | None:
+        """``worker``'s answer relayed; None when it refused the connection (it has seen nothing)."""
         worker.inflight += 1
         resp = None
         try:
@@ -135,10 +161,12 @@ class DisaggRouter:
                         return resp  # the client is gone, not the worker
                 await resp.write_eof()
                 return resp
-        except aiohttp.ClientConnectionError:
+        except aiohttp.ClientConnectionError as exc:
             worker.down_until = self.clock() + self.retry_after_s
             if resp is not None:  # mid-answer: the client sees the stream end early
                 return resp
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                return None
             return _error(
                 502, f"engine worker {worker.url} failed", "service_unavailable", code="worker_failed"
             )

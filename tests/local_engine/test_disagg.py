@@ -206,6 +206,29 @@ async def test_falls_back_to_a_both_worker_when_the_prefill_worker_is_gone(
         await runner.cleanup()
 
 
+async def test_a_dead_prefill_or_decode_worker_makes_way_for_the_next_of_its_role(
+    engines: dict[str, AsyncEngine],
+) -> None:
+    d = Deployment(engines, "tcp")
+    await d.start()
+    dead_prefill, dead_decode = (f"http://127.0.0.1:{free_port()}" for _ in range(2))  # nobody listens
+    router = DisaggRouter([dead_prefill, d.prefill_url], [dead_decode, d.decode_url])  # no both worker
+    runner, url = await _serve(build_router_app(router))
+    try:
+        kw: dict[str, Any] = dict(model="m", prompt=PROMPTS[0], max_tokens=8, temperature=0)
+        async with _client(url) as routed, _client(d.aggregated_url) as whole:
+            want = (await whole.completions.create(**kw)).choices[0].text
+            # equally idle workers take turns: within two requests each dead one is tried, and skipped
+            for _ in range(2):
+                assert (await routed.completions.create(**kw)).choices[0].text == want
+        assert router.counts == {"disaggregated": 2, "aggregated": 0, "prefill_failed": 1}
+        assert all(w.down_until > 0 for w in router.workers if w.url in (dead_prefill, dead_decode))
+        await _until(d.freed, "both workers freed their blocks")
+    finally:
+        await runner.cleanup()
+        await d.close()
+
+
 async def _prefill_only(d: Deployment, prompt: str) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=60) as c:
         r = await c.post(

@@ -15,8 +15,10 @@ import httpx
 import openai
 import pytest
 
+from gateway.config import ConfigError, parse_config
 from policies.clock import ManualClock
 from tests.conftest import KEY, config_text
+from tests.local_engine.conftest import ADAPTERS, make_adapter
 from tests.wait import wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -231,29 +233,40 @@ def test_workers_get_the_deployments_speculative_and_quantization_settings(
     assert stats["spec_draft_tokens_total"] > 0  # the worker's engine speculates as configured
 
 
-def split_processes() -> dict[str, tuple[int, int]]:
-    """{role: (pid, port)} of the disaggregated worker's processes this test process started."""
-    found = {}
-    for pid, port in worker_processes():
+def role_processes() -> dict[str, list[tuple[int, int]]]:
+    """{role: [(pid, port), ...] by port} of the disaggregated workers' processes this test process started."""
+    found: dict[str, list[tuple[int, int]]] = {}
+    for pid, port in sorted(worker_processes(), key=lambda p: p[1]):
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         if b"route" in cmdline:
-            found["router"] = (pid, port)
+            found.setdefault("router", []).append((pid, port))
         elif b"--role" in cmdline:
-            found[cmdline[cmdline.index(b"--role") + 1].decode()] = (pid, port)
+            found.setdefault(cmdline[cmdline.index(b"--role") + 1].decode(), []).append((pid, port))
     return found
+
+
+def split_processes() -> dict[str, tuple[int, int]]:
+    """{role: (pid, port)} of a disaggregated worker of one process per role."""
+    return {role: found[0] for role, found in role_processes().items()}
+
+
+def whole_model(path: Path) -> str:
+    """Alias ``whole``: the engine in one piece, in the gateway's process (the greedy reference)."""
+    return f"""  - name: whole
+    deployments:
+      - provider: local
+        model: tiny
+        model_path: {path}
+        engine: {{kv_cache_gib: 0.01}}"""
 
 
 def test_a_disaggregated_worker_runs_as_prefill_decode_and_router_and_is_replaced_as_one(
     upstream, start_gateway, tiny_model_path
 ):
     clock = ManualClock()
-    whole = f"""  - name: whole
-    deployments:
-      - provider: local
-        model: tiny
-        model_path: {tiny_model_path}
-        engine: {{kv_cache_gib: 0.01}}"""
-    models = engine_models("split", tiny_model_path, disaggregated="true") + "\n" + whole
+    models = (
+        engine_models("split", tiny_model_path, disaggregated="true") + "\n" + whole_model(tiny_model_path)
+    )
     gateway = start_gateway(config_text(upstream[0].url, models), clock=clock)
     prompt = "the quick brown fox jumps over the lazy dog"
 
@@ -282,3 +295,102 @@ def test_a_disaggregated_worker_runs_as_prefill_decode_and_router_and_is_replace
 
     clock.advance(301)  # idle: all three stop, down to zero
     wait_for(lambda: split_processes() == {}, timeout=30)
+
+
+def test_per_role_counts_need_a_disaggregated_worker_with_a_prefill_and_a_decode_process(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # a model directory as far as the config can tell
+    for workers, problem in (
+        ({"disaggregated": "true", "prefill": 0}, "prefill: Input should be greater than or equal to 1"),
+        ({"disaggregated": "true", "decode": 0}, "decode: Input should be greater than or equal to 1"),
+        ({"both": 1}, "both apply only with disaggregated: true"),
+    ):
+        with pytest.raises(ConfigError) as error:
+            parse_config(config_text("http://127.0.0.1:9", engine_models("bad", tmp_path, **workers)))
+        assert problem in str(error.value), str(error.value)
+    parse_config(
+        config_text("http://127.0.0.1:9", engine_models("ok", tmp_path, disaggregated="true", both=1))
+    )
+
+
+def engine_flags(pid: int) -> list[bytes]:
+    """A ``serve`` process's command line less what differs between a worker's engines (port, role)."""
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    for flag in (b"--port", b"--role"):
+        del cmdline[cmdline.index(flag) : cmdline.index(flag) + 2]
+    return cmdline
+
+
+def test_a_disaggregated_worker_of_two_prefill_processes_spreads_them_and_falls_back_to_its_both_process(
+    upstream, start_gateway, tiny_model_path, tmp_path
+):
+    clock = ManualClock()
+    make_adapter(tiny_model_path, tmp_path / "attn", *ADAPTERS["attn"], seed=0)
+    roles = engine_models("roles", tiny_model_path, disaggregated="true", prefill=2, decode=1, both=1)
+    roles = roles.replace(
+        "load_timeout_s: 120,", f"load_timeout_s: 120, loras: {{attn: {tmp_path / 'attn'}}},"
+    )
+    gateway = start_gateway(
+        config_text(upstream[0].url, roles + "\n" + whole_model(tiny_model_path)), clock=clock
+    )
+    prompts = ["the quick brown fox jumps over the lazy dog", "a paged cache keeps keys and values in blocks"]
+
+    def text(alias: str, prompt: str) -> str | None:
+        answer = ask(gateway.url, alias, prompt, max_tokens=8, extra_body={"ignore_eos": True})
+        assert answer.usage.completion_tokens == 8
+        return answer.choices[0].message.content
+
+    reference = {prompt: text("whole", prompt) for prompt in prompts}
+
+    def answers_as_whole(prompt: str) -> bool:
+        return text("roles", prompt) == reference[prompt]
+
+    def stats(port: int, path: str) -> Any:
+        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10).json()
+
+    def counts() -> dict[str, int]:
+        return stats(first["router"][0][1], "/router/stats")["counts"]
+
+    def prefills_saved() -> list[int]:
+        return [stats(port, "/v1/disagg/status")["saved_total"] for _, port in first["prefill"]]
+
+    assert answers_as_whole(prompts[0])  # the first request starts the worker
+    first = role_processes()
+    assert {role: len(found) for role, found in first.items()} == dict(prefill=2, decode=1, both=1, router=1)
+    engines = [pid for role in ("prefill", "decode", "both") for pid, _ in first[role]]
+    assert all(engine_flags(pid) == engine_flags(engines[0]) for pid in engines)  # the deployment's, each
+    assert answers_as_whole(prompts[1])
+    assert counts() == {"disaggregated": 2, "aggregated": 0, "prefill_failed": 0}
+    assert prefills_saved() == [1, 1]  # the two prefills went one to each prefill process
+    adapted = text("roles:attn", prompts[0])  # the adapter on each engine
+    assert adapted != reference[prompts[0]]
+
+    # both prefill processes die: the decode and both processes still serve, so the worker does (whole, on
+    # its both process) while the pool starts the two again on their ports
+    killed = {pid for pid, _ in first["prefill"]}
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not killed & {pid for pid, _ in worker_processes()}, timeout=30)
+    assert answers_as_whole(prompts[0])
+    assert counts() == {"disaggregated": 3, "aggregated": 1, "prefill_failed": 2}
+    assert stats(first["both"][0][1], "/metrics")["requests_finished_total"] == 1
+
+    restarts = "gateway_engine_worker_process_restarts_total"
+    wait_for(
+        lambda: metric(gateway.url, restarts, deployment="roles-engine", role="prefill") == 2, timeout=120
+    )
+    again = role_processes()
+    assert [port for _, port in again["prefill"]] == [port for _, port in first["prefill"]]
+    assert not killed & {pid for pid, _ in again["prefill"]}
+    assert all(again[role] == first[role] for role in ("decode", "both", "router"))  # the worker kept them
+    assert metric(gateway.url, "gateway_engine_worker_exits_total", deployment="roles-engine") == 0
+    # once the router's pause on the refused ports (5 s) ends, prefills go to the new processes, which were
+    # started with the pool's adapter: each prefills one adapted request
+    wait_for(lambda: answers_as_whole(prompts[1]) and counts()["disaggregated"] > 3, timeout=60)
+    before = prefills_saved()
+    assert [text("roles:attn", prompts[0]) for _ in range(2)] == [adapted] * 2
+    assert [n - b for n, b in zip(prefills_saved(), before, strict=True)] == [1, 1]
+
+    clock.advance(301)  # idle: the router and its four engines stop, down to zero
+    wait_for(lambda: role_processes() == {}, timeout=30)
+    started = {pid for found in (*first.values(), *again.values()) for pid, _ in found}
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in started), timeout=30)  # reaped
