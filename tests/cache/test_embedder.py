@@ -11,7 +11,9 @@ import numpy as np
 from policies.cache import embedder
 
 
-def test_the_onnx_embedder_gives_the_models_own_vectors_and_exports_once(tmp_path, monkeypatch):
+def test_the_onnx_embedder_gives_the_models_own_vectors_exports_once_and_serves_without_torch(
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     onnx = embedder.load_model()
     assert isinstance(onnx, embedder.OnnxEncoder)
@@ -31,15 +33,9 @@ def test_the_onnx_embedder_gives_the_models_own_vectors_and_exports_once(tmp_pat
     assert np.abs(ours - theirs).max() < 1e-5
     # one at a time (no padding) as in a batch
     assert np.abs(embedder.encode(onnx, texts[:1]) - ours[:1]).max() < 1e-5
-    embedder.load_model()  # a second process: the export is reused, not redone
-    assert list((tmp_path / "llm-gateway").glob("*.onnx")) == [exported]
-    assert exported.stat().st_mtime_ns == written
-
-
-def test_a_process_embedding_on_onnx_never_imports_torch():
-    """The serving path reads the model's tokenizer and settings itself: a gateway process with the semantic cache
-    on keeps torch and transformers (hundreds of MB, seconds of start-up) out of memory; only the one-off export
-    process imports them."""
+    # a second process reuses the export, and reads the model's tokenizer and settings itself: with the semantic
+    # cache on, a gateway keeps torch and transformers (hundreds of MB, seconds of start-up) out of memory; only
+    # the one-off export process imports them
     script = (
         "import sys\n"
         "from policies.cache import embedder\n"
@@ -53,3 +49,5 @@ def test_a_process_embedding_on_onnx_never_imports_torch():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+    assert list((tmp_path / "llm-gateway").glob("*.onnx")) == [exported]
+    assert exported.stat().st_mtime_ns == written
