@@ -88,6 +88,12 @@ class EngineWorkers(BaseModel):
     idle_s: float = Field(default=300.0, gt=0, description="a worker without requests this long stops")
     target_inflight: int = Field(default=8, ge=1, description="requests per worker before another starts")
     start_timeout_s: float = Field(default=120.0, gt=0, description="longest a worker may take to start")
+    resumes: int = Field(
+        default=1,
+        ge=0,
+        description="times a stream whose worker died after its first chunk goes on from another worker "
+        "(0: never; docs/deploy.md)",
+    )
     disaggregated: bool = Field(
         default=False,
         description="each worker is prefill and decode processes behind a router (docs/disaggregation.md)",

@@ -16,6 +16,12 @@ front of them (docs/disaggregation.md); the pool speaks to the router and starts
 one. An engine process that dies while the rest can still serve (a prefill and a decode process, or a
 ``both`` one, and the router) is started again on its port, the worker serving meanwhile; otherwise the
 worker counts as dead and is replaced whole.
+
+A stream whose worker dies after its first chunk goes on from another worker, up to ``resumes`` times: the
+pool asks each worker for the token ids behind every chunk (``return_token_ids``, taken out before the client
+sees them) and sends the request again with those it relayed as ``continue_token_ids``; the engine goes on
+from them as if it had generated them, and the new worker's chunks join the client's stream as its own
+(docs/deploy.md, "A managed worker that dies mid-stream").
 """
 
 from __future__ import annotations
@@ -32,11 +38,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from errors import InvalidRequest, NotFound, Unavailable, UpstreamConnectionError, UpstreamError
 
+from . import sse
 from .base import Backend, Endpoint, UpstreamResponse
 from .config import DeploymentConfig, EngineWorkers, LocalEngineSettings
 from .local import lora_model
@@ -63,6 +71,11 @@ WORKER_EXITS = Counter(
     "gateway_engine_worker_exits_total",
     "Engine workers stopped, by reason (idle, died, failed)",
     ["deployment", "reason"],
+)
+STREAM_RESUMES = Counter(
+    "gateway_engine_worker_stream_resumes_total",
+    "Streams whose engine worker died after their first chunk, gone on from another worker",
+    ["deployment"],
 )
 ENGINE_RESTARTS = Counter(
     "gateway_engine_worker_process_restarts_total",
@@ -197,25 +210,106 @@ class WorkerPool(Backend):
     ) -> AsyncIterator[UpstreamResponse]:
         key = prompt_prefix(payload)
         model = lora_model(payload, self.deployment)
-        for attempt in range(2):
-            worker = await self._acquire(key)
-            try:
-                async with worker.backend_for(model, self._pool).send(
-                    endpoint, payload, stream=stream
-                ) as response:
-                    yield response
-                    return
-            except UpstreamError as exc:
-                # A process of the worker died before answering: send the request once more, to another
-                # worker or to what is left of this one. A disaggregated worker's router answers 502/503 when
-                # the engine it sent the request to is gone.
-                gone = isinstance(exc, UpstreamConnectionError) or (
-                    worker.router is not None and exc.status in (502, 503)
-                )
-                if attempt == 1 or not gone or not await self._lost(worker):
+        splice = None
+        if stream and self._resumable(endpoint, payload):
+            splice = _Splice(endpoint is Endpoint.CHAT, payload.get("return_token_ids") is True)
+            payload = {**payload, "return_token_ids": True}
+        # the workers' requests (a resumed stream's too), each released when the answer is done with
+        async with contextlib.AsyncExitStack() as held:
+            for attempt in range(2):
+                worker = await self._acquire(key)
+                try:
+                    response = await held.enter_async_context(
+                        worker.backend_for(model, self._pool).send(endpoint, payload, stream=stream)
+                    )
+                except UpstreamError as exc:
+                    self._release(worker)
+                    # A process of the worker died before answering: send the request once more, to another
+                    # worker or to what is left of this one. A disaggregated worker's router answers 502/503
+                    # when the engine it sent the request to is gone.
+                    gone = isinstance(exc, UpstreamConnectionError) or (
+                        worker.router is not None and exc.status in (502, 503)
+                    )
+                    if attempt == 1 or not gone or not await self._lost(worker):
+                        raise
+                    continue
+                except BaseException:
+                    self._release(worker)
                     raise
-            finally:
-                self._release(worker)
+                held.callback(self._release, worker)
+                break
+            if splice is not None and response.chunks is not None:
+                response.chunks = self._resuming(
+                    splice, held, worker, response.chunks, key, model, endpoint, payload
+                )
+            yield response
+
+    def _resumable(self, endpoint: Endpoint, payload: dict[str, Any]) -> bool:
+        """Whether a stream of ``payload`` can go on from another worker, should its worker die midway: one
+        choice, no logprobs, no tools (the engine's tool-call parser holds text back, and a call may be half
+        sent), not a seeded sample (its random draws cannot be had again from the middle), and a worker
+        that is one engine process (a disaggregated worker's prefill does not take a continuation)."""
+        if not self.limits.resumes or self.limits.disaggregated:
+            return False
+        if endpoint is Endpoint.CHAT:
+            logprobs = bool(payload.get("logprobs") or payload.get("top_logprobs"))
+        elif endpoint is Endpoint.COMPLETIONS:
+            logprobs = payload.get("logprobs") is not None
+        else:
+            return False
+        return not (
+            logprobs
+            or payload.get("n") not in (None, 1)
+            or (payload.get("tools") and payload.get("tool_choice") != "none")
+            or (payload.get("seed") is not None and payload.get("temperature") != 0)
+        )
+
+    async def _resuming(
+        self,
+        splice: _Splice,
+        held: contextlib.AsyncExitStack,
+        worker: Worker,
+        chunks: AsyncIterator[bytes] | None,
+        key: str,
+        model: str,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+    ) -> AsyncIterator[bytes]:
+        """The worker's stream as the client gets it (whole events, the token ids taken out); when the worker
+        dies midway (its connection broke and a process of it exited), the request sent to another worker
+        with the ids relayed so far as its continuation, and that stream's chunks relayed as this one's."""
+        resumes = 0
+        before = payload.get("continue_token_ids") or []  # a continuation the client itself asked for
+        while True:
+            try:
+                if chunks is None:
+                    body = {**payload, "continue_token_ids": [*before, *splice.ids]}
+                    response = await held.enter_async_context(
+                        worker.backend_for(model, self._pool).send(endpoint, body, stream=True)
+                    )
+                    assert response.chunks is not None
+                    chunks = response.chunks
+                decoder = sse.Decoder()
+                async for piece in chunks:
+                    if out := splice.take(decoder.feed(piece)):
+                        yield out
+                if out := splice.take(decoder.close()):
+                    yield out
+                return
+            except UpstreamConnectionError:
+                if resumes >= self.limits.resumes or not splice.resumable or not await self._lost(worker):
+                    raise
+            resumes += 1
+            STREAM_RESUMES.labels(self.id).inc()
+            structlog.get_logger("gateway").warning(
+                "engine worker died mid-stream; going on from another worker",
+                deployment=self.id,
+                worker=worker.name,
+                relayed_tokens=len(splice.ids),
+            )
+            worker = await self._acquire(key)
+            held.callback(self._release, worker)
+            chunks = None
 
     async def add_lora(self, name: str, path: str) -> dict[str, Any]:
         """Add a LoRA adapter to every running worker (a bad one is refused by the first) and to later ones."""
@@ -559,6 +653,66 @@ class WorkerPool(Backend):
     def _loop_time() -> float:
         # Start-up deadlines are real time (a process takes real seconds to start), on the loop's clock.
         return asyncio.get_running_loop().time()
+
+
+class _Splice:
+    """What a resumable stream relayed: the token ids behind its chunks (the continuation, should its worker
+    die), whether it can still go on elsewhere, and the first chunk's id, created and model, which every chunk
+    of the stream carries, a continuation's too (without a second role delta)."""
+
+    __slots__ = ("chat", "head", "ids", "keep_ids", "resumable", "role_sent")
+
+    def __init__(self, chat: bool, keep_ids: bool) -> None:
+        self.chat = chat
+        self.keep_ids = keep_ids  # the client asked for the token ids itself
+        self.ids: list[int] = []
+        self.resumable = True
+        self.head: dict[str, Any] | None = None
+        self.role_sent = False
+
+    def take(self, events: list[sse.Event]) -> bytes:
+        out = []
+        for event in events:
+            data = event.data
+            chunk = None
+            if data[:1] == b"{":
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    chunk = orjson.loads(data)
+            if isinstance(chunk, dict):
+                self._take(chunk)
+                data = orjson.dumps(chunk)
+            elif not event.done:
+                self.resumable = False  # not a chunk we can follow
+            out.append(sse.encode(data, event.event))
+        return b"".join(out)
+
+    def _take(self, chunk: dict[str, Any]) -> None:
+        choices = chunk.get("choices")
+        if "error" in chunk or not isinstance(choices, list):
+            self.resumable = False  # the engine's own error event: the stream ends with it
+            return
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            ids = choice.get("token_ids") if self.keep_ids else choice.pop("token_ids", None)
+            if choice.get("index", 0) != 0 or not isinstance(ids, list):
+                self.resumable = False
+            else:
+                self.ids.extend(ids)
+            if choice.get("finish_reason") is not None:
+                self.resumable = False  # the answer is whole: nothing to go on with
+            delta = choice.get("delta") if self.chat else None
+            if isinstance(delta, dict):
+                if delta.get("tool_calls"):
+                    self.resumable = False
+                if "role" in delta:
+                    if self.role_sent:
+                        del delta["role"]  # a continuation's first chunk
+                    self.role_sent = True
+        if self.head is None:
+            self.head = {k: chunk[k] for k in ("id", "created", "model", "system_fingerprint") if k in chunk}
+        else:
+            chunk.update(self.head)
 
 
 async def _exec(*args: str) -> asyncio.subprocess.Process:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,9 @@ class AsyncEngine:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self._cv = threading.Condition()
-        self._new: list[tuple[str, Prompt, SamplingParams, str | None, KVConnector | None]] = []
+        self._new: list[
+            tuple[str, Prompt, SamplingParams, str | None, KVConnector | None, tuple[int, ...]]
+        ] = []
         # handoffs waiting for blocks, and those whose KV arrived
         self._reserves: list[tuple[str, list[int], SamplingParams, str | None]] = []
         self._commits: list[tuple[str, LoadedKV, int]] = []
@@ -116,6 +118,7 @@ class AsyncEngine:
         *,
         kv_save: KVConnector | None = None,
         kv_load: dict[str, Any] | None = None,
+        continuation: Sequence[int] = (),
     ) -> AsyncGenerator[RequestOutput, None]:
         """Yield one :class:`RequestOutput` delta per new token; the last has ``done`` set.
 
@@ -126,10 +129,13 @@ class AsyncEngine:
         finishes and the last output carries ``kv_transfer_params``. With ``kv_load`` (a decode
         worker: a prefill worker's ``kv_transfer_params``) ``prompt`` is ignored: the engine takes
         blocks for the handed-off prompt, loads its KV and continues from its first token; it raises
-        :class:`KVTransferError` when the KV cannot be had.
+        :class:`KVTransferError` when the KV cannot be had. ``continuation``: token ids an earlier run of
+        this request generated, to go on from (``LLMEngine.add_request``); not with a handoff.
         """
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         handoff = None
+        if kv_load is not None and continuation:
+            raise RequestError("a continuation cannot come with a KV handoff")
         if kv_load is not None:
             try:
                 handoff = ([int(t) for t in kv_load["layout"]["token_ids"]], int(kv_load["first_token"]))
@@ -142,7 +148,7 @@ class AsyncEngine:
                 raise RequestError(f"request id {request_id!r} is already running")
             self._streams[request_id] = stream
             if handoff is None:
-                self._new.append((request_id, prompt, params, lora, kv_save))
+                self._new.append((request_id, prompt, params, lora, kv_save, tuple(continuation)))
             else:
                 self._reserves.append((request_id, handoff[0], params, lora))
             self._cv.notify()
@@ -223,9 +229,9 @@ class AsyncEngine:
                     reserves, self._reserves = self._reserves, []
                     commits, self._commits = self._commits, []
                 # Adds before aborts: a caller may have left before its request was ever added.
-                for rid, prompt, params, lora, saver in new:
+                for rid, prompt, params, lora, saver, continuation in new:
                     try:
-                        engine.add_request(rid, prompt, params, lora)
+                        engine.add_request(rid, prompt, params, lora, continuation)
                     except (RequestError, ValueError) as e:
                         self._fail(rid, e)
                         continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from collections.abc import Sequence as Sequence_
 from pathlib import Path
 from typing import Any
 
@@ -136,11 +137,24 @@ class LLMEngine:
         return list(prompt)  # type: ignore[arg-type]
 
     def add_request(
-        self, request_id: str, prompt: Prompt, params: SamplingParams, lora: str | None = None
+        self,
+        request_id: str,
+        prompt: Prompt,
+        params: SamplingParams,
+        lora: str | None = None,
+        continuation: Sequence_[int] = (),
     ) -> list[Sequence]:
         """Queue a request (``params.n`` sequences); ``prompt`` is text, token ids, or OpenAI chat messages;
-        ``lora`` names the adapter that serves it (None: the base model)."""
-        seqs = self._new_sequences(request_id, prompt, params, lora)
+        ``lora`` names the adapter that serves it (None: the base model).
+
+        ``continuation``: token ids an earlier run of this very request generated (and whose text it sent),
+        to go on from: they follow the prompt as its answer so far, not as prompt. They count toward
+        ``max_tokens`` and the completion tokens, the penalties see them as output, a grammar consumes them,
+        and the text they decode to is emitted only where the earlier run would not yet have: a character
+        whose bytes they began, characters held back as the possible start of a stop string. So the
+        continuation's text is what that run would have sent after them (the same text, for greedy
+        decoding). One sequence only (``n`` of 1); ids that already end the answer are refused."""
+        seqs = self._new_sequences(request_id, prompt, params, lora, continuation)
         for seq in seqs:
             self.scheduler.add(seq)
         self._requests[request_id] = seqs
@@ -187,7 +201,12 @@ class LLMEngine:
         return out
 
     def _new_sequences(
-        self, request_id: str, prompt: Prompt, params: SamplingParams, lora: str | None
+        self,
+        request_id: str,
+        prompt: Prompt,
+        params: SamplingParams,
+        lora: str | None,
+        continuation: Sequence_[int] = (),
     ) -> list[Sequence]:
         if lora is not None and self.loras is None:
             raise RequestError("this engine serves no LoRA adapters (max_loras is 0)")
@@ -196,12 +215,19 @@ class LLMEngine:
         ids = self.tokenize(prompt)
         if not ids:
             raise RequestError("prompt is empty")
-        if len(ids) >= self.max_model_len:
+        if len(ids) + len(continuation) >= self.max_model_len:
             raise ContextLengthError(
-                f"prompt has {len(ids)} tokens; this engine's context is {self.max_model_len} tokens"
+                f"prompt has {len(ids)} tokens"
+                + (f" and its continuation {len(continuation)}" if continuation else "")
+                + f"; this engine's context is {self.max_model_len} tokens"
             )
-        if any(t < 0 or t >= self.model.config.vocab_size for t in ids):
+        vocab = self.model.config.vocab_size
+        if any(t < 0 or t >= vocab for t in ids):
             raise RequestError("prompt contains token ids outside the vocabulary")
+        if continuation and params.n != 1:
+            raise RequestError("a continuation continues one sequence (n=1)")
+        if any(not isinstance(t, int) or t < 0 or t >= vocab for t in continuation):
+            raise RequestError("the continuation contains token ids outside the vocabulary")
         matchers = []
         if params.grammar is not None:
             try:
@@ -236,7 +262,28 @@ class LLMEngine:
                     raise RequestError(str(e)) from None
                 seq.cache_seed = seq.lora.cache_seed
             seqs.append(seq)
+        if continuation:
+            try:
+                self._continue(seqs[0], continuation)
+            except RequestError:
+                self._finish(seqs[0], "abort")  # gives back its adapter; it holds no block yet
+                raise
         return seqs
+
+    def _continue(self, seq: Sequence, continuation: Sequence_[int]) -> None:
+        """Puts ``continuation`` in ``seq`` as output it already has, as if the engine had just generated it:
+        decoded through the sequence's detokenizer, checked for the stops, consumed by its grammar, and with
+        the text that run would have emitted marked emitted (the rest, held back, comes out next)."""
+        for token in continuation:
+            seq.token_ids.append(token)
+            old_len = len(seq.output_text)
+            assert seq.detokenizer is not None
+            seq.output_text += seq.detokenizer.add(token)
+            if seq.matcher is not None and not seq.matcher.consume_token(token):
+                raise RequestError("the continuation does not match the request's grammar")
+            if self._stop_reason(seq, token, old_len) is not None:
+                raise RequestError("the continuation already ends the answer")
+        seq.num_emitted_chars = self._emittable(seq)
 
     def abort_request(self, request_id: str) -> None:
         """Stop a request now and free its KV blocks; a no-op if it is unknown or already done."""
@@ -345,16 +392,34 @@ class LLMEngine:
         seq.token_ids.append(token)
         if logprob is not None:
             seq.logprobs.append(logprob)
-        p = seq.params
         assert seq.detokenizer is not None
         old_len = len(seq.output_text)
         seq.output_text += seq.detokenizer.add(token)
-        reason = None
         if seq.matcher is not None:
-            # The mask only offered allowed tokens; a stopped matcher means the grammar is complete.
-            seq.matcher.consume_token(token)
-            if seq.matcher.is_stopped():
-                reason = "stop"
+            seq.matcher.consume_token(token)  # the mask offered only the tokens it allows
+        reason = self._stop_reason(seq, token, old_len)
+        done = False
+        kv_params = None
+        if reason is not None:
+            saver = self.kv_savers.pop(seq.request_id, None)
+            if saver is not None:  # a prefill worker's sequence: its prompt's KV leaves before the blocks go
+                n = -(-seq.num_prompt_tokens // self.config.block_size)
+                kv_params = saver(seq.prompt_token_ids, self.runner.kv_caches, seq.block_table[:n])
+            self._finish(seq, reason)
+            siblings = self._requests[seq.request_id]
+            done = all(s.finished for s in siblings)
+            if done:
+                del self._requests[seq.request_id]
+                self.metrics.requests_finished_total += 1
+        return self._output(seq, [token], [logprob] if logprob is not None else [], done, kv_params)
+
+    def _stop_reason(self, seq: Sequence, token: int, old_len: int) -> str | None:
+        """Why ``seq`` ends with ``token``, its newest (``old_len``: its text's length before it), or None; a
+        stop string found is cut from its text (kept with ``include_stop_str_in_output``)."""
+        p = seq.params
+        reason = None
+        if seq.matcher is not None and seq.matcher.is_stopped():
+            reason = "stop"  # a stopped matcher means the grammar is complete
         if (token in self.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids:
             reason = "stop"
         elif p.stop:
@@ -371,20 +436,16 @@ class LLMEngine:
             or seq.num_tokens >= self.max_model_len
         ):
             reason = "length"
-        done = False
-        kv_params = None
-        if reason is not None:
-            saver = self.kv_savers.pop(seq.request_id, None)
-            if saver is not None:  # a prefill worker's sequence: its prompt's KV leaves before the blocks go
-                n = -(-seq.num_prompt_tokens // self.config.block_size)
-                kv_params = saver(seq.prompt_token_ids, self.runner.kv_caches, seq.block_table[:n])
-            self._finish(seq, reason)
-            siblings = self._requests[seq.request_id]
-            done = all(s.finished for s in siblings)
-            if done:
-                del self._requests[seq.request_id]
-                self.metrics.requests_finished_total += 1
-        return self._output(seq, [token], [logprob] if logprob is not None else [], done, kv_params)
+        return reason
+
+    @staticmethod
+    def _emittable(seq: Sequence) -> int:
+        """How much of ``seq``'s text may go out now: a running one's holds back what might be the start of a
+        stop string until it is decided."""
+        end = len(seq.output_text)
+        if not seq.finished and seq.params.stop:
+            end = max(seq.num_emitted_chars, end - max(len(s) for s in seq.params.stop) + 1)
+        return end
 
     def _output(
         self,
@@ -394,10 +455,7 @@ class LLMEngine:
         done: bool,
         kv_transfer_params: dict[str, Any] | None = None,
     ) -> RequestOutput:
-        end = len(seq.output_text)
-        if not seq.finished and seq.params.stop:
-            # Hold back what might be the start of a stop string until it is decided.
-            end = max(seq.num_emitted_chars, end - max(len(s) for s in seq.params.stop) + 1)
+        end = self._emittable(seq)
         text = seq.output_text[seq.num_emitted_chars : end]
         seq.num_emitted_chars = end
         return RequestOutput(
@@ -409,7 +467,8 @@ class LLMEngine:
             finish_reason=seq.finish_reason,
             prompt_tokens=seq.num_prompt_tokens,
             completion_tokens=seq.num_output_tokens,
-            cached_tokens=seq.num_cached_tokens,
+            # a continuation's cache hit may run into its earlier output: the prompt's part counts
+            cached_tokens=min(seq.num_cached_tokens, seq.num_prompt_tokens),
             done=done,
             kv_transfer_params=kv_transfer_params,
         )

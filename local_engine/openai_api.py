@@ -260,6 +260,28 @@ class _Prepared:
     prompt: Prompt
     tool_format: ToolFormat | None  # set when the answer may hold tool calls
     lora: str | None = None  # the adapter ``model`` names (docs/lora.md)
+    continuation: tuple[int, ...] = ()  # ``continue_token_ids``: an earlier run's output to go on from
+    return_token_ids: bool = False  # each choice carries the token ids it generated
+
+
+def _continuation(body: dict[str, Any]) -> tuple[int, ...]:
+    """``continue_token_ids``: the token ids an earlier run of this request generated (the text of which it
+    sent), to go on from; the answer is what that run would have sent after them."""
+    ids = body.get("continue_token_ids")
+    if ids is None:
+        return ()
+    if not isinstance(ids, list) or not all(
+        isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids
+    ):
+        raise OpenAIError("'continue_token_ids' must be a list of token ids", param="continue_token_ids")
+    return tuple(ids)
+
+
+def _return_token_ids(body: dict[str, Any]) -> bool:
+    want = body.get("return_token_ids", False)
+    if not isinstance(want, bool):
+        raise OpenAIError("'return_token_ids' must be a boolean", param="return_token_ids")
+    return want
 
 
 def resolve_lora(engine: AsyncEngine, model: Any) -> str | None:
@@ -277,8 +299,9 @@ def _prepare(engine: AsyncEngine, body: dict[str, Any], *, chat: bool) -> _Prepa
     params = sampling_params_from_request(body, chat=chat)
     prompt = prompt_from_request(body, chat=chat)
     lora = resolve_lora(engine, body.get("model"))
+    continuation, return_ids = _continuation(body), _return_token_ids(body)
     if not chat:
-        return _Prepared(params, prompt, None, lora)
+        return _Prepared(params, prompt, None, lora, continuation, return_ids)
     tok = engine.engine.tokenizer
     try:
         tools = parse_tools(body)
@@ -303,7 +326,13 @@ def _prepare(engine: AsyncEngine, body: dict[str, Any], *, chat: bool) -> _Prepa
         prompt = messages
     if grammar is not None:
         params = dataclasses.replace(params, grammar=grammar)
-    return _Prepared(params, prompt, fmt if choice != "none" else None, lora)
+    tool_format = fmt if choice != "none" else None
+    if continuation and tool_format is not None:
+        # the tool-call parser's state (text it holds back, a call half sent) is not in the ids
+        raise OpenAIError(
+            "'continue_token_ids' cannot continue an answer that may call tools", param="continue_token_ids"
+        )
+    return _Prepared(params, prompt, tool_format, lora, continuation, return_ids)
 
 
 async def stream_response(
@@ -331,11 +360,16 @@ async def stream_response(
     offsets: dict[int, int] = {}
     last: dict[int, RequestOutput] = {}  # latest output of each choice
     parsers: dict[int, ToolCallParser] = {}
-    gen = engine.generate(rid, req.prompt, req.params, req.lora, kv_load=_handoff(body))
+    pending: dict[int, list[int]] = {}  # each choice's token ids since its last chunk
+    gen = engine.generate(
+        rid, req.prompt, req.params, req.lora, kv_load=_handoff(body), continuation=req.continuation
+    )
     try:
         with _errors(chat):
             async for out in gen:
                 text, finish_reason = out.text, out.finish_reason
+                if req.return_token_ids:
+                    pending.setdefault(out.index, []).extend(out.token_ids)
                 calls: list[dict[str, Any]] = []
                 if req.tool_format is not None:
                     parser = parsers.setdefault(out.index, ToolCallParser(req.tool_format))
@@ -369,6 +403,9 @@ async def stream_response(
                     choice["text"] = text
                     if out.logprobs:
                         choice["logprobs"] = completion_logprobs(tok, out.logprobs, offset)
+                if req.return_token_ids:
+                    # the ids of this chunk's text, with those of outputs held back before it
+                    choice["token_ids"] = pending.pop(out.index, [])
                 yield {**base, "choices": [choice], **({"usage": None} if include_usage else {})}
     finally:
         await gen.aclose()
@@ -389,6 +426,8 @@ async def prefill_response(
     """A prefill worker's part of a request: compute the prompt and its first token, leave the KV
     with ``connector`` and return the ``kv_transfer_params`` a decode worker continues from."""
     req = _prepare(engine, body, chat=chat)
+    if req.continuation:
+        raise OpenAIError("a prefill worker does not take 'continue_token_ids'", param="continue_token_ids")
     with _errors(chat):
         ids = engine.engine.tokenize(req.prompt)
     # Only the first token is sampled here, with the request's own sampling settings.
@@ -424,12 +463,16 @@ async def complete_response(
     created = int(time.time())
     texts: dict[int, list[str]] = {i: [] for i in range(params.n)}
     lps: dict[int, list[TokenLogprob]] = {i: [] for i in range(params.n)}
+    ids: dict[int, list[int]] = {i: [] for i in range(params.n)}
     last: dict[int, RequestOutput] = {}
-    gen = engine.generate(rid, req.prompt, params, req.lora, kv_load=_handoff(body))
+    gen = engine.generate(
+        rid, req.prompt, params, req.lora, kv_load=_handoff(body), continuation=req.continuation
+    )
     try:
         with _errors(chat):
             async for out in gen:
                 texts[out.index].append(out.text)
+                ids[out.index].extend(out.token_ids)
                 lps[out.index].extend(out.logprobs or ())
                 last[out.index] = out
     finally:
@@ -455,6 +498,8 @@ async def complete_response(
         else:
             choice["text"] = content
             choice["logprobs"] = completion_logprobs(tok, lps[i], 0) if want_logprobs else None
+        if req.return_token_ids:
+            choice["token_ids"] = ids[i]
         choices.append(choice)
     return {
         "id": rid,

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ import httpx
 import openai
 import pytest
 
+from gateway.auth import hash_key
 from gateway.config import ConfigError, parse_config
 from policies.clock import ManualClock
 from tests.conftest import KEY, config_text
 from tests.local_engine.conftest import ADAPTERS, make_adapter
+from tests.policies.conftest import ADMIN_KEY, settled, usage
 from tests.wait import wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -394,3 +397,106 @@ def test_a_disaggregated_worker_of_two_prefill_processes_spreads_them_and_falls_
     wait_for(lambda: role_processes() == {}, timeout=30)
     started = {pid for found in (*first.values(), *again.values()) for pid, _ in found}
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in started), timeout=30)  # reaped
+
+
+RESUMED_TOKENS = 160  # long enough that the worker is still generating when it is killed (the context is 256)
+
+
+@dataclass
+class Streamed:
+    request_id: str
+    text: str
+    ids: set[str]  # the chunks' ids (one stream: one id)
+    roles: int  # chunks whose delta named the role
+    usage: Any
+    extra: set[str]  # fields of the choices beyond OpenAI's
+
+
+def streamed(
+    url: str, alias: str, chat: bool, prompt: str, kill: int | None = None, **extra: Any
+) -> Streamed:
+    """A greedy stream of ``RESUMED_TOKENS`` through the gateway; with ``kill`` (a worker's pid), that worker
+    killed once two chunks have reached the client."""
+    with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=180) as client:
+        kwargs: dict[str, Any] = dict(
+            max_tokens=RESUMED_TOKENS,
+            temperature=0,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+            **extra,
+        )
+        raw: Any
+        if chat:
+            messages: Any = [{"role": "user", "content": prompt}]
+            raw = client.chat.completions.with_raw_response.create(
+                model=alias, messages=messages, stream=True, **kwargs
+            )
+        else:
+            raw = client.completions.with_raw_response.create(
+                model=alias, prompt=prompt, stream=True, **kwargs
+            )
+        text: list[str] = []
+        ids: set[str] = set()
+        fields: set[str] = set()
+        roles, usage = 0, None
+        for chunk in raw.parse():
+            ids.add(chunk.id)
+            if chunk.choices:
+                choice = chunk.choices[0]
+                fields |= set(choice.model_extra or ())
+                if chat:
+                    roles += choice.delta.role is not None
+                    text.append(choice.delta.content or "")
+                else:
+                    text.append(choice.text)
+                if kill is not None and len(text) == 2:
+                    os.kill(kill, signal.SIGKILL)
+            if chunk.usage is not None:
+                usage = chunk.usage
+    return Streamed(raw.headers["x-request-id"], "".join(text), ids, roles, usage, fields)
+
+
+def ledger_record(gateway: Any, request_id: str) -> list[dict[str, Any]]:
+    """The ledger's records of ``request_id`` (tenant acme), once settled."""
+    settled(gateway)
+    records = usage(gateway, tenant="acme", group_by="request").json()["data"]
+    return [r for r in records if r.get("request_id") == request_id]
+
+
+def test_a_stream_whose_worker_dies_midway_goes_on_from_another_worker(
+    upstream, start_gateway, tiny_model_path
+):
+    admin = f'admin:\n  keys: ["{hash_key(ADMIN_KEY)}"]\n'
+    gateway = start_gateway(config_text(upstream[0].url, engine_models("resume", tiny_model_path)) + admin)
+    resumes = "gateway_engine_worker_stream_resumes_total"
+    prompt = "continuous batching"  # the tiny model's answers to it come a token a chunk
+    for n, chat in enumerate((True, False), start=1):
+        reference = streamed(gateway.url, "resume", chat, prompt)  # starts a worker (min 0), or uses it
+        assert reference.usage.completion_tokens == RESUMED_TOKENS
+        [(pid, _)] = worker_processes()
+        resumed = streamed(gateway.url, "resume", chat, prompt, kill=pid)
+        assert metric(gateway.url, resumes, deployment="resume-engine") == n  # it did die midway
+        assert resumed.text == reference.text  # greedy: the text of an uninterrupted run
+        assert len(resumed.ids) == 1 and resumed.roles == (1 if chat else 0)  # one stream
+        assert "token_ids" not in resumed.extra  # the pool's own field stays between it and the workers
+        # one answer: the prompt once, every token generated on either worker
+        assert (resumed.usage.prompt_tokens, resumed.usage.completion_tokens) == (
+            reference.usage.prompt_tokens,
+            RESUMED_TOKENS,
+        )
+        [record] = ledger_record(gateway, resumed.request_id)
+        assert (record["status"], record["prompt_tokens"], record["completion_tokens"]) == (
+            200,
+            reference.usage.prompt_tokens,
+            RESUMED_TOKENS,
+        )
+        [(new_pid, _)] = worker_processes()  # the worker that went on with it
+        assert new_pid != pid
+
+    # logprobs cannot be spliced: the client gets the stream's error event, as before
+    [(pid, _)] = worker_processes()
+    with pytest.raises(openai.APIError):
+        streamed(gateway.url, "resume", True, prompt, kill=pid, logprobs=True)
+    assert metric(gateway.url, resumes, deployment="resume-engine") == 2
+    died = "gateway_engine_worker_exits_total"
+    wait_for(lambda: metric(gateway.url, died, deployment="resume-engine", reason="died") == 3, timeout=30)
