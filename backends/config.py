@@ -88,6 +88,12 @@ class EngineWorkers(BaseModel):
     idle_s: float = Field(default=300.0, gt=0, description="a worker without requests this long stops")
     target_inflight: int = Field(default=8, ge=1, description="requests per worker before another starts")
     start_timeout_s: float = Field(default=120.0, gt=0, description="longest a worker may take to start")
+    coalesce_ms: float = Field(
+        default=5.0,
+        ge=0,
+        description="batch lines (non-streamed, at batch priority) bound for the same worker within this "
+        "window travel as one POST /v1/batch; 0: one HTTP request each (docs/batches.md)",
+    )
     disaggregated: bool = Field(
         default=False,
         description="each worker is prefill and decode processes behind a router (docs/disaggregation.md)",
