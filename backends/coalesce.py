@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from prometheus_client import Counter
 
 from errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout, from_upstream
 
@@ -32,6 +33,15 @@ from .pool import SessionPool
 _ENDPOINTS = (Endpoint.CHAT, Endpoint.COMPLETIONS)  # what the engine's /v1/batch carries
 _HEADERS = {"content-type": "application/x-ndjson"}
 
+BATCH_CALLS = Counter(
+    "gateway_engine_worker_batch_calls_total",
+    "POST /v1/batch calls to engine workers, each carrying the batch lines that met in its window",
+    ["deployment"],
+)
+BATCH_CALL_LINES = Counter(
+    "gateway_engine_worker_batch_call_lines_total", "Batch lines sent in /v1/batch calls", ["deployment"]
+)
+
 
 @dataclass(eq=False)
 class _Line:
@@ -42,8 +52,15 @@ class _Line:
 
 class Coalescer:
     def __init__(
-        self, pool: SessionPool, timeout: aiohttp.ClientTimeout, *, window_s: float, max_lines: int
+        self,
+        deployment_id: str,
+        pool: SessionPool,
+        timeout: aiohttp.ClientTimeout,
+        *,
+        window_s: float,
+        max_lines: int,
     ) -> None:
+        self.id = deployment_id
         self._pool = pool
         self._timeout = timeout
         self.window_s = window_s
@@ -100,6 +117,8 @@ class Coalescer:
             timer.cancel()
         lines = [line for line in self._waiting.pop(worker, []) if not line.answer.done()]
         if lines:
+            BATCH_CALLS.labels(self.id).inc()
+            BATCH_CALL_LINES.labels(self.id).inc(len(lines))
             task = asyncio.create_task(self._call(worker, lines), name=f"batch call {worker.id}")
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)

@@ -159,7 +159,11 @@ class WorkerPool(Backend):
         # batch lines many per HTTP request (a disaggregated worker's router serves no /v1/batch)
         window = 0.0 if self.limits.disaggregated else self.limits.coalesce_ms / 1000
         self._coalescer = Coalescer(
-            pool, client_timeout(deployment), window_s=window, max_lines=2 * self.settings.max_num_seqs
+            self.id,
+            pool,
+            client_timeout(deployment),
+            window_s=window,
+            max_lines=2 * self.settings.max_num_seqs,
         )
 
     @property

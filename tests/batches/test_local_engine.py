@@ -6,6 +6,8 @@ requests one each."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,6 +23,8 @@ from gateway.keys import GATEWAY
 from tests.conftest import KEY, config_text
 from tests.harness import ServerThread
 from tests.local_engine.conftest import _build
+from tests.scale.test_workers import metric, worker_processes
+from tests.wait import wait_for as wait_until
 
 from .conftest import (
     DEADLINE_S,
@@ -187,3 +191,35 @@ def test_a_bad_line_on_a_managed_worker_fails_alone_in_the_shared_call(workers_g
     assert error["response"]["status_code"] == 400
     assert error["response"]["body"]["error"]["param"] == "top_k"
     assert error["response"]["body"]["error"]["message"] == live.value.body["message"]  # type: ignore[index]
+
+
+def test_lines_whose_worker_dies_mid_call_are_sent_once_more_to_its_replacement(workers_gateway):
+    url = workers_gateway.url
+    _metrics(workers_gateway)  # its worker ready
+    [(pid, _)] = worker_processes()
+    calls, lines_sent, died = (
+        metric(url, "gateway_engine_worker_batch_calls_total"),
+        metric(url, "gateway_engine_worker_batch_call_lines_total"),
+        metric(url, "gateway_engine_worker_exits_total", reason="died"),
+    )
+    os.kill(pid, signal.SIGSTOP)  # it still accepts the call's connection: the call is in flight on it
+    with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60) as client:
+        batch = client.batches.create(
+            input_file_id=upload(client, jsonl(_line(i) for i in range(6))),
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+        wait_until(lambda: metric(url, "gateway_engine_worker_batch_call_lines_total") == lines_sent + 6)
+        os.kill(pid, signal.SIGKILL)  # dies before answering any line
+        done = wait_for(client, batch.id)
+        assert done.status == "completed", done
+        assert done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)
+        out = read_lines(client, done.output_file_id)
+        assert all(o["response"]["body"]["usage"]["completion_tokens"] > 0 for o in out)
+    [(new_pid, _)] = worker_processes()
+    assert new_pid != pid
+    assert metric(url, "gateway_engine_worker_exits_total", reason="died") == died + 1
+    # each line sent once more, to the replacement, again together
+    assert metric(url, "gateway_engine_worker_batch_call_lines_total") == lines_sent + 12
+    assert 2 <= metric(url, "gateway_engine_worker_batch_calls_total") - calls <= 4
