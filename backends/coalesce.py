@@ -138,6 +138,13 @@ class Coalescer:
             error = partial(
                 UpstreamConnectionError, f"upstream {worker.id} broke off its answer: {type(exc).__name__}"
             )
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            IndexError,
+        ) as exc:  # not the engine's NDJSON (orjson's is a ValueError)
+            error = partial(UpstreamError, f"upstream {worker.id} returned a malformed batch answer: {exc!r}")
         finally:
             _fail(lines, error)
 
