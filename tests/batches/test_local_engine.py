@@ -48,7 +48,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _start(start_gateway, upstream, tmp_path: Path, tiny_model: Path, workers: bool) -> ServerThread:
-    managed = ", workers: {min: 1, max: 1}" if workers else ""
+    # a replaced worker starts within the wait (cold starts take 9 to 52 s on a busy 2-core machine)
+    managed = ", load_timeout_s: 120, workers: {min: 1, max: 1}" if workers else ""
     models = f"""  - name: tiny
     deployments:
       - provider: local
