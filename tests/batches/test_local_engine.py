@@ -122,6 +122,7 @@ def _line(i: int) -> dict:
 
 def test_a_local_batch_runs_its_lines_together_and_answers_as_live(client, gateway):
     before, calls_before = _steps(gateway), _http_requests(gateway)
+    routed = metric(gateway.url, "gateway_engine_worker_requests_total")
     done = _run(client, [_line(i) for i in range(LINES)])
     steps = _steps(gateway) - before
     calls = Counter(_http_requests(gateway))
@@ -150,6 +151,8 @@ def test_a_local_batch_runs_its_lines_together_and_answers_as_live(client, gatew
         # the lines went to the worker many per HTTP request, none alone
         assert 1 <= calls["/v1/batch"] <= LINES // 4, calls
         assert calls["/v1/chat/completions"] == 0, calls
+        # while the pool routed and counted each line as a request of its own
+        assert metric(gateway.url, "gateway_engine_worker_requests_total") - routed == LINES
 
     for i in range(LINES):  # the same prompts live, one at a time: the same greedy answers
         asked = _line(i)["body"]
