@@ -94,6 +94,12 @@ class EngineWorkers(BaseModel):
         description="times a stream whose worker died after its first chunk goes on from another worker "
         "(0: never; docs/deploy.md)",
     )
+    coalesce_ms: float = Field(
+        default=5.0,
+        ge=0,
+        description="batch lines (non-streamed, at batch priority) bound for the same worker within this "
+        "window travel as one POST /v1/batch; 0: one HTTP request each (docs/batches.md)",
+    )
     disaggregated: bool = Field(
         default=False,
         description="each worker is prefill and decode processes behind a router (docs/disaggregation.md)",

@@ -46,7 +46,9 @@ from errors import InvalidRequest, NotFound, Unavailable, UpstreamConnectionErro
 
 from . import sse
 from .base import Backend, Endpoint, UpstreamResponse
+from .coalesce import Coalescer
 from .config import DeploymentConfig, EngineWorkers, LocalEngineSettings
+from .http import client_timeout
 from .local import lora_model
 from .openai import OpenAIBackend
 from .pool import SessionPool
@@ -167,6 +169,15 @@ class WorkerPool(Backend):
         self._stopping: set[asyncio.Task[None]] = set()
         self._closing = False
         self._loras: dict[str, str] = dict(self.settings.loras)  # name -> adapter directory
+        # batch lines many per HTTP request (a disaggregated worker's router serves no /v1/batch)
+        window = 0.0 if self.limits.disaggregated else self.limits.coalesce_ms / 1000
+        self._coalescer = Coalescer(
+            self.id,
+            pool,
+            client_timeout(deployment),
+            window_s=window,
+            max_lines=2 * self.settings.max_num_seqs,
+        )
 
     @property
     def starting(self) -> bool:
@@ -176,7 +187,8 @@ class WorkerPool(Backend):
     @property
     def batch_window(self) -> int:
         # Each worker's engine full (its places, as many again queued): the pool starts workers up to ``max``
-        # as the lines in flight pass ``target_inflight``. Each line is still one request to a worker.
+        # as the lines in flight pass ``target_inflight``. The lines bound for a worker travel many per HTTP
+        # request (backends/coalesce.py).
         return 2 * self.settings.max_num_seqs * self.limits.max
 
     @property
@@ -203,6 +215,7 @@ class WorkerPool(Backend):
         # and the workers whose stop (idle, died) began before, in the watch task just cancelled: reaped
         # before the loop goes
         await asyncio.gather(*list(self._stopping))
+        await self._coalescer.close()
 
     @asynccontextmanager
     async def send(
@@ -219,9 +232,11 @@ class WorkerPool(Backend):
             for attempt in range(2):
                 worker = await self._acquire(key)
                 try:
-                    response = await held.enter_async_context(
-                        worker.backend_for(model, self._pool).send(endpoint, payload, stream=stream)
-                    )
+                    if self._coalescer.applies(endpoint, payload, stream=stream):
+                        sent = self._coalescer.send(worker.backend, endpoint, {**payload, "model": model})
+                    else:
+                        sent = worker.backend_for(model, self._pool).send(endpoint, payload, stream=stream)
+                    response = await held.enter_async_context(sent)
                 except UpstreamError as exc:
                     self._release(worker)
                     # A process of the worker died before answering: send the request once more, to another

@@ -11,7 +11,13 @@ Prints tokens/s, wall time, the engine's mean running sequences (``gateway_local
 sampled from /metrics) and whether the batch's answers equal the live ones. Bounded: ``--lines`` prompts and
 ``--deadline-s`` per condition. On a shared machine compare within one run; ``--rounds`` alternates them.
 
+With ``--workers`` the engine runs as a managed worker (``engine.workers``, one per alias) and the batch goes
+twice more: ``batch, coalesced`` (lines many per ``POST /v1/batch``, ``coalesce_ms`` 5, backends/coalesce.py)
+and ``batch, 1 HTTP/line`` (``coalesce_ms: 0``, the same deployment on its own worker); the table gives the
+HTTP requests the worker took for the lines instead of its running sequences.
+
     nice -n 10 .venv/bin/python bench/local_batch_bench.py [--model smollm2|tiny] [--lines 128] [--rounds 2]
+        [--workers]
 """
 
 from __future__ import annotations
@@ -37,44 +43,51 @@ sys.path.insert(0, str(ROOT))
 from bench.local_gateway_bench import KEY, WORDS, process  # noqa: E402
 from gateway.auth import hash_key  # noqa: E402
 from tests.harness import free_port, serve_argv  # noqa: E402
+from tests.scale.test_workers import metric  # noqa: E402
 
 ALIAS = "m"
+SINGLE = "m-single"  # --workers: the same deployment, its batch lines one HTTP request each
 _RUNNING = "gateway_local_engine_running_sequences{"
 
 
-def deployment(model: str, max_num_seqs: int, tmp: Path) -> str:
+def deployment(model: str, max_num_seqs: int, tmp: Path, name: str = "m-engine", workers: str = "") -> str:
+    """The alias's deployment; ``workers``: its ``engine.workers`` mapping's fields (managed workers)."""
+    managed = f", load_timeout_s: 180, workers: {{{workers}}}" if workers else ""
     if model == "tiny":
         from tests.local_engine.conftest import _build
 
-        path = _build(tmp / "tiny", "llama")
+        path = tmp / "tiny"
+        if not path.exists():
+            _build(path, "llama")
         return (
-            f"{{provider: local, model: tiny-llama, model_path: {path}, "
-            f"engine: {{max_num_seqs: {max_num_seqs}, block_size: 4, num_kv_blocks: 4096}}}}"
+            f"{{provider: local, name: {name}, model: tiny-llama, model_path: {path}, "
+            f"engine: {{max_num_seqs: {max_num_seqs}, block_size: 4, num_kv_blocks: 4096{managed}}}}}"
         )
     return (
-        "{provider: local, model: SmolLM2-135M-Instruct, "
-        f"engine: {{max_num_seqs: {max_num_seqs}, kv_cache_gib: 0.25, max_model_len: 512}}}}"
+        f"{{provider: local, name: {name}, model: SmolLM2-135M-Instruct, "
+        f"engine: {{max_num_seqs: {max_num_seqs}, kv_cache_gib: 0.25, max_model_len: 512{managed}}}}}"
     )
 
 
-def config(files: str, deployment: str) -> str:
+def config(files: str, deployment: str, single: str | None = None) -> str:
+    more = f"\n  - name: {SINGLE}\n    deployments:\n      - {single}" if single else ""
     return f"""server: {{log_requests: false}}
 files: {{dir: {files}}}
 batches: {{poll_s: 0.05}}
 models:
   - name: {ALIAS}
     deployments:
-      - {deployment}
+      - {deployment}{more}
 tenants:
   - name: bench
     keys: ["{hash_key(KEY)}"]
 """
 
 
-def body(i: int, max_tokens: int) -> dict[str, Any]:
+def body(i: int, max_tokens: int, alias: str = ALIAS) -> dict[str, Any]:
     words = " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(8))
     return {
-        "model": ALIAS,
+        "model": alias,
         "max_tokens": max_tokens,
         "temperature": 0,
         "ignore_eos": True,
@@ -125,13 +138,15 @@ async def live(url: str, lines: int, max_tokens: int, concurrency: int, deadline
                     json=body(i, max_tokens),
                     headers={"Authorization": f"Bearer {KEY}"},
                 )
-                answer.raise_for_status()
+                assert answer.status_code == 200, answer.text
                 return i, answer.json()
 
         return dict(await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(lines))), deadline_s))
 
 
-def offline(url: str, lines: int, max_tokens: int, deadline_s: float) -> tuple[dict[int, Any], float]:
+def offline(
+    url: str, lines: int, max_tokens: int, deadline_s: float, alias: str = ALIAS
+) -> tuple[dict[int, Any], float]:
     """The batch's answers by line, and the seconds from creating the batch to its completion."""
     client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60)
     data = b"".join(
@@ -140,7 +155,7 @@ def offline(url: str, lines: int, max_tokens: int, deadline_s: float) -> tuple[d
                 "custom_id": str(i),
                 "method": "POST",
                 "url": "/v1/chat/completions",
-                "body": body(i, max_tokens),
+                "body": body(i, max_tokens, alias),
             }
         )
         + b"\n"
@@ -172,6 +187,15 @@ def text(answers: dict[int, Any]) -> dict[int, str]:
     return {i: a["choices"][0]["message"]["content"] for i, a in answers.items()}
 
 
+def worker_calls(url: str, deployment: str) -> float:
+    """The HTTP requests the gateway sent the deployment's workers: lines alone, and /v1/batch calls."""
+    return (
+        metric(url, "gateway_engine_worker_requests_total", deployment=deployment)
+        - metric(url, "gateway_engine_worker_batch_call_lines_total", deployment=deployment)
+        + metric(url, "gateway_engine_worker_batch_calls_total", deployment=deployment)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
@@ -181,17 +205,27 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--deadline-s", type=float, default=600)
+    parser.add_argument("--workers", action="store_true", help="a managed worker: coalesced vs 1 HTTP/line")
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    rows: list[tuple[str, float, int, float, str]] = []
+    rows: list[tuple[str, float, int, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
-        path.write_text(
-            config(str(Path(tmp) / "files"), deployment(args.model, args.max_num_seqs, Path(tmp)))
-        )
+        files = str(Path(tmp) / "files")
+        if args.workers:
+            one = "min: 1, max: 1"
+            coalesced = deployment(args.model, args.max_num_seqs, Path(tmp), "m-engine", one)
+            single = deployment(
+                args.model, args.max_num_seqs, Path(tmp), "m-single", f"{one}, coalesce_ms: 0"
+            )
+            path.write_text(config(files, coalesced, single))
+        else:
+            path.write_text(config(files, deployment(args.model, args.max_num_seqs, Path(tmp))))
         with process(serve_argv(str(path), str(port)), url + "/readyz", {}):
-            asyncio.run(live(url, 2, 4, 2, args.deadline_s))  # warm-up
+            asyncio.run(live(url, 2, 4, 2, args.deadline_s))  # warm-up (the workers started)
+            if args.workers:
+                offline(url, 2, 4, args.deadline_s, SINGLE)
             for _ in range(args.rounds):
                 with RunningSampler(url) as sampler:
                     start = time.perf_counter()
@@ -199,22 +233,41 @@ def main() -> None:
                         live(url, args.lines, args.max_tokens, args.live_concurrency, args.deadline_s)
                     )
                     wall = time.perf_counter() - start
-                rows.append(
-                    (f"live, {args.live_concurrency} at once", wall, tokens(answered), sampler.mean, "-")
-                )
-                with RunningSampler(url) as sampler:
-                    batched, wall = offline(url, args.lines, args.max_tokens, args.deadline_s)
-                equal = sum(text(batched)[i] == t for i, t in text(answered).items())
-                rows.append(("offline batch", wall, tokens(batched), sampler.mean, f"{equal}/{args.lines}"))
+                running = "-" if args.workers else f"{sampler.mean:.1f}"
+                rows.append((f"live, {args.live_concurrency} at once", wall, tokens(answered), running, "-"))
+                conditions = [("offline batch", ALIAS, "m-engine")]
+                if args.workers:
+                    conditions = [
+                        ("batch, coalesced", ALIAS, "m-engine"),
+                        ("batch, 1 HTTP/line", SINGLE, "m-single"),
+                    ]
+                for name, alias, deployment_id in conditions:
+                    calls = worker_calls(url, deployment_id)
+                    with RunningSampler(url) as sampler:
+                        batched, wall = offline(url, args.lines, args.max_tokens, args.deadline_s, alias)
+                    load = (
+                        f"{worker_calls(url, deployment_id) - calls:.0f} HTTP"
+                        if args.workers
+                        else f"{sampler.mean:.1f}"
+                    )
+                    equal = sum(text(batched)[i] == t for i, t in text(answered).items())
+                    rows.append((name, wall, tokens(batched), load, f"{equal}/{args.lines}"))
+    where = "a managed worker" if args.workers else "in-process"
     print(
-        f"{args.model}, in-process, max_num_seqs {args.max_num_seqs}; {args.lines} prompts, "
+        f"{args.model}, {where}, max_num_seqs {args.max_num_seqs}; {args.lines} prompts, "
         f"{args.max_tokens} tokens out each (greedy, EOS ignored)"
     )
-    print("| condition          | seconds | tokens | tokens/s | mean running seqs | same answers as live |")
-    print("|--------------------|--------:|-------:|---------:|------------------:|---------------------:|")
-    for name, wall, count, running, same in rows:
+    load_head = "worker requests" if args.workers else "mean running seqs"
+    print(
+        f"| condition          | seconds | tokens | tokens/s | lines/s | {load_head:>17} | same answers as live |"
+    )
+    print(
+        "|--------------------|--------:|-------:|---------:|--------:|------------------:|---------------------:|"
+    )
+    for name, wall, count, load, same in rows:
         print(
-            f"| {name:<18} | {wall:>7.1f} | {count:>6} | {count / wall:>8.1f} | {running:>17.1f} | {same:>20} |"
+            f"| {name:<18} | {wall:>7.1f} | {count:>6} | {count / wall:>8.1f} | {args.lines / wall:>7.1f} "
+            f"| {load:>17} | {same:>20} |"
         )
 
 

@@ -1,10 +1,16 @@
-"""OpenAI-compatible HTTP server over an :class:`AsyncEngine` (aiohttp)."""
+"""OpenAI-compatible HTTP server over an :class:`AsyncEngine` (aiohttp).
+
+Besides OpenAI's routes, ``POST /v1/batch`` takes many chat/completions requests in one body and answers
+them as NDJSON, a line per request as each finishes (docs/local_engine.md, "Many requests in one call").
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -16,7 +22,9 @@ from local_engine.lora import LoRAError, LoRAInfo
 from local_engine.openai_api import OpenAIError, complete_response, error_body, stream_response
 
 ENGINE = web.AppKey("engine", AsyncEngine)
+HTTP_REQUESTS = web.AppKey("http_requests", Counter[str])  # requests by route, in /metrics
 log = logging.getLogger("local_engine.server")
+BATCH_MAX_BYTES = 64 * 1024 * 1024  # the largest /v1/batch body
 
 
 def _error(
@@ -25,26 +33,34 @@ def _error(
     return web.json_response(error_body(message, type, param, code), status=status)
 
 
+def _failure(exc: Exception) -> tuple[int, dict[str, Any]]:
+    """The status and OpenAI error body a request that raised ``exc`` is answered with."""
+    if isinstance(exc, OpenAIError):
+        return exc.status, exc.body()
+    if isinstance(exc, EngineClosedError):
+        return 503, error_body(str(exc), "service_unavailable", code="engine_unavailable")
+    if isinstance(exc, KVTransferError):
+        return 502, error_body(str(exc), "service_unavailable", code="kv_transfer_failed")
+    log.error("internal error", exc_info=exc)
+    return 500, error_body("internal error in the local engine", "server_error")
+
+
 @web.middleware
 async def _openai_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    resource = request.match_info.route.resource
+    request.app[HTTP_REQUESTS][resource.canonical if resource is not None else "unmatched"] += 1
     try:
         return await handler(request)
-    except OpenAIError as e:
-        return web.json_response(e.body(), status=e.status)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         kind = "not_found_error" if e.status == 404 else "invalid_request_error"
         return _error(e.status, e.reason, kind, code=str(e.status))
-    except EngineClosedError as e:
-        return _error(503, str(e), "service_unavailable", code="engine_unavailable")
-    except KVTransferError as e:
-        return _error(502, str(e), "service_unavailable", code="kv_transfer_failed")
-    except Exception:
-        log.exception("internal error")
-        return _error(500, "internal error in the local engine", "server_error")
+    except Exception as e:
+        status, body = _failure(e)
+        return web.json_response(body, status=status)
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -91,6 +107,82 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     return await _completion(request, chat=False)
+
+
+_BATCH_ROUTES = {"/v1/chat/completions": True, "/v1/completions": False}  # url -> chat
+
+
+def _batch_items(raw: bytes) -> list[Any]:
+    """A ``/v1/batch`` body's requests: a JSON array, or NDJSON (one JSON value a line)."""
+    try:
+        text = raw.decode()
+        if text.lstrip().startswith("["):
+            items = json.loads(text)
+        else:
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise OpenAIError("request body is neither a JSON array nor NDJSON") from None
+    if not isinstance(items, list) or not items:
+        raise OpenAIError("request body must hold at least one request")
+    return items
+
+
+async def _batch_line(engine: AsyncEngine, index: int, item: Any) -> dict[str, Any]:
+    """One ``/v1/batch`` request's answer line: what its own route would answer, as status and body."""
+    custom_id = item.get("custom_id") if isinstance(item, dict) else None
+    line: dict[str, Any] = {"index": index, "custom_id": custom_id}
+    try:
+        if not isinstance(item, dict) or not isinstance(item.get("body"), dict):
+            raise OpenAIError("each request must be an object with a 'body' object", param="body")
+        url = item.get("url", "/v1/chat/completions")
+        if url not in _BATCH_ROUTES:
+            raise OpenAIError(
+                f"/v1/batch carries only {' and '.join(_BATCH_ROUTES)}, not {url!r}",
+                status=404,
+                type="not_found_error",
+                param="url",
+            )
+        if item["body"].get("stream"):
+            raise OpenAIError("requests in /v1/batch cannot stream", param="stream")
+        return {
+            **line,
+            "status": 200,
+            "body": await complete_response(engine, item["body"], chat=_BATCH_ROUTES[url]),
+        }
+    except Exception as e:
+        status, body = _failure(e)
+        return {**line, "status": status, "body": body}
+
+
+async def batch(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/batch``: many chat/completions requests (``{"custom_id", "url", "body"}`` each, as a batch
+    input file's lines; a JSON array or NDJSON) given to the engine at once, answered as NDJSON, a line per
+    request as each finishes: ``{"index", "custom_id", "status", "body"}`` with the status and body its own
+    route would answer. Leaving before the end aborts the requests not yet answered."""
+    if request.content_length is not None and request.content_length > BATCH_MAX_BYTES:
+        raise OpenAIError(f"request body is over {BATCH_MAX_BYTES} bytes", status=413)
+    raw = bytearray()
+    async for chunk in request.content.iter_any():
+        raw += chunk
+        if len(raw) > BATCH_MAX_BYTES:
+            raise OpenAIError(f"request body is over {BATCH_MAX_BYTES} bytes", status=413)
+    items = _batch_items(bytes(raw))
+    engine = request.app[ENGINE]
+    tasks = [asyncio.ensure_future(_batch_line(engine, i, item)) for i, item in enumerate(items)]
+    try:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        for finished in asyncio.as_completed(tasks):
+            await resp.write(json.dumps(await finished).encode() + b"\n")
+        await resp.write_eof()
+        return resp
+    finally:
+        # a client that went away: the requests still running are aborted (their generators closed)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def models(request: web.Request) -> web.Response:
@@ -152,7 +244,8 @@ async def unload_lora_adapter(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.json_response(request.app[ENGINE].metrics)
+    counts: Counter[str] = request.app[HTTP_REQUESTS]
+    return web.json_response({**request.app[ENGINE].metrics, "http_requests_total": dict(counts)})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -164,6 +257,7 @@ def build_app(
 ) -> web.Application:
     """The server app; the engine is created at start-up and (unless shared) closed at shutdown."""
     app = web.Application(middlewares=[_openai_errors])
+    app[HTTP_REQUESTS] = Counter()
 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
         app[ENGINE] = await engine_factory()
@@ -174,6 +268,7 @@ def build_app(
     app.cleanup_ctx.append(engine_ctx)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/batch", batch)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/load_lora_adapter", load_lora_adapter)
     app.router.add_post("/v1/unload_lora_adapter", unload_lora_adapter)
