@@ -103,6 +103,8 @@ class Scheduler:
         preempted = False
         while queue and budget > 0:
             seq = queue.pop(0)
+            if not seq.ready:
+                continue  # a KV handoff runs from its arrival, but its adapter may still be loading
             remaining = seq.num_tokens - seq.num_computed_tokens
             if seq.params.priority > top:
                 if background >= (self.max_background_seqs or 0) or remaining > 1:

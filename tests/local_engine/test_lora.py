@@ -214,6 +214,55 @@ def test_adapters_load_off_the_step_loop(tiny_llama: Path, adapters: dict[str, t
     assert len(engine.loras.load_seconds) == 1
 
 
+def test_a_kv_handoff_waits_for_its_adapter_on_the_decode_side(
+    tiny_llama: Path, adapters: dict[str, tuple[Path, Any]]
+) -> None:
+    """Disaggregated serving: a decode engine takes a prompt's KV from a prefill engine and goes on from its
+    first token. While its adapter still loads there (lazily, on first use), the sequence waits; it does not
+    decode on the base model (it did: a handoff went straight to the running sequences, and a managed worker's
+    first adapted answers came out different under load)."""
+    import threading
+
+    from local_engine.kv_transfer.layout import gather_kv
+
+    params = SamplingParams(max_tokens=TOKENS, temperature=0, ignore_eos=True)
+    want = _run(_engine(tiny_llama, adapters), {"whole": "every"})["whole"]
+    prefill = _engine(tiny_llama, adapters)
+    handed: list[torch.Tensor] = []
+
+    def save(prompt: list[int], kv_caches: Any, blocks: list[int]) -> None:
+        k = kv_caches[0][0]
+        out = torch.empty(len(kv_caches), 2, len(blocks), *k.shape[1:], dtype=k.dtype)
+        gather_kv(kv_caches, blocks, out)
+        handed.append(out)
+
+    prefill.kv_savers["h"] = save
+    prefill.add_request(
+        "h", PROMPT, SamplingParams(max_tokens=1, temperature=0, ignore_eos=True), lora="every"
+    )
+    first = [t for _ in range(100) if prefill.has_unfinished() for o in prefill.step() for t in o.token_ids]
+    assert first == want[:1] and len(handed) == 1
+
+    decode = _engine(tiny_llama, adapters)
+    assert decode.loras is not None
+    release = threading.Event()
+    gate = decode.loras._loader.submit(release.wait, 60)  # the loader thread is busy until released
+    tokens: list[int] = []
+    try:
+        assert decode.reserve_handoff("h", PROMPT, params, lora="every")
+        tokens += [t for o in decode.complete_handoff("h", handed[0], first[0]) for t in o.token_ids]
+        for _ in range(4):
+            assert decode.step() == []  # nothing decodes before the adapter is in
+    finally:
+        release.set()
+        gate.result()
+    for _ in range(1000):
+        if not decode.has_unfinished():
+            break
+        tokens += [t for o in decode.step() for t in o.token_ids]
+    assert tokens == want
+
+
 def test_removed_adapter_refused_running_request_finishes(
     tiny_llama: Path, adapters: dict[str, tuple[Path, Any]]
 ) -> None:
