@@ -216,10 +216,6 @@ class LoRAProjection(nn.Module):
 
     def __init__(self, base: nn.Module, state: LoRAState, rank: int) -> None:
         super().__init__()
-        if getattr(base, "out_dtype", None) is not None:
-            # A quantized projection that kept its kernel's bf16 output: the deltas are added in the
-            # activations' dtype, so it returns that.
-            setattr(base, "out_dtype", None)  # noqa: B010 (nn.Module has no such attribute to type)
         self.base = base
         self.state = state
         self.rank = rank

@@ -59,9 +59,6 @@ class Int8Linear(nn.Module):
 
     qweight: torch.Tensor
     scale: torch.Tensor
-    # The output's dtype; None: the input's. quantize_model sets bf16 (the kernel's) where the
-    # model's next op takes it as well (see _KEEP_BF16).
-    out_dtype: torch.dtype | None = None
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -76,14 +73,13 @@ class Int8Linear(nn.Module):
         return cls(q, scale, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).to(_ACT)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(_ACT)
         if x2.shape[0] < PACKED_MAX_ROWS and x2.device.type == "cpu":
             y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)
         else:  # many rows, or a device without the packed kernel: one dequantized matmul
             y = F.linear(x2, self.qweight.to(_ACT) * self.scale[:, None])
-        y = y.to(self.out_dtype or x.dtype)
-        if x.dim() != 2:
-            y = y.reshape(*x.shape[:-1], self.out_features)
+        y = y.to(x.dtype).reshape(*lead, self.out_features)
         return y if self.bias is None else y + self.bias
 
 
@@ -176,7 +172,6 @@ class Int4Linear(nn.Module):
 
     packed: torch.Tensor
     scale_zero: torch.Tensor
-    out_dtype: torch.dtype | None = None  # as Int8Linear's
 
     def __init__(self, blocks: Int4Blocks, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -209,16 +204,14 @@ class Int4Linear(nn.Module):
         return w.reshape(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).to(_ACT)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(_ACT)
         if x2.shape[0] < PACKED_MAX_ROWS and x2.device.type == "cpu":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scale_zero)
-            if y.shape[1] != self.out_features:  # the padding rows
-                y = y[:, : self.out_features]
+            y = y[:, : self.out_features]
         else:
             y = F.linear(x2, self.dequantize())
-        y = y.to(self.out_dtype or x.dtype)
-        if x.dim() != 2:
-            y = y.reshape(*x.shape[:-1], self.out_features)
+        y = y.to(x.dtype).reshape(*lead, self.out_features)
         return y if self.bias is None else y + self.bias
 
 
@@ -274,11 +267,6 @@ PROJECTIONS = (
     ("mlp", "gate_up_proj"),
     ("mlp", "down_proj"),
 )
-# Projections whose bf16 output goes on as it is in a float32 model: gate/up into SiLU and the product
-# that down_proj takes in bf16 anyway, o_proj's and down_proj's into the residual add (which promotes
-# to float32 in the same op). Two conversions fewer per projection (activations to float32 and back);
-# q/k/v go to float32 for RoPE and the cache. LoRA puts them back to the input's dtype (its deltas).
-_KEEP_BF16 = ("o_proj", "gate_up_proj", "down_proj")
 
 
 def quantize_model(model: LlamaForCausalLM, method: str, blocks: dict[str, Int4Blocks] | None = None) -> None:
@@ -290,22 +278,18 @@ def quantize_model(model: LlamaForCausalLM, method: str, blocks: dict[str, Int4B
     if method not in QUANTIZATIONS:
         raise ValueError(f"unsupported quantization {method!r} ({', '.join(QUANTIZATIONS)})")
     blocks = blocks or {}
-    norm = model.model.norm.weight  # a projection's float weights may be absent (a GGUF's blocks)
-    keep_bf16 = norm.dtype == torch.float32 and norm.device.type == "cpu"
     for i, layer in enumerate(model.model.layers):
         for owner_name, name in PROJECTIONS:
             owner = getattr(layer, owner_name)
             linear = getattr(owner, name)
             given = blocks.get(f"model.layers.{i}.{owner_name}.{name}")
-            quantized: Int8Linear | Int4Linear
+            quantized: nn.Module
             if method == "int8":
                 quantized = Int8Linear.from_linear(linear)
             elif given is not None:
                 quantized = Int4Linear(given, linear.bias)
             else:
                 quantized = Int4Linear.from_linear(linear)
-            if name in _KEEP_BF16 and keep_bf16:
-                quantized.out_dtype = _ACT
             setattr(owner, name, quantized)
     body = model.model
     embed = body.embed_tokens
