@@ -73,13 +73,14 @@ class Int8Linear(nn.Module):
         return cls(q, scale, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).to(_ACT)
+        x2 = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).to(_ACT)
         if x2.shape[0] < PACKED_MAX_ROWS and x2.device.type == "cpu":
             y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)
         else:  # many rows, or a device without the packed kernel: one dequantized matmul
             y = F.linear(x2, self.qweight.to(_ACT) * self.scale[:, None])
-        y = y.to(x.dtype).reshape(*lead, self.out_features)
+        y = y.to(x.dtype)
+        if x.dim() != 2:
+            y = y.reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
 
@@ -204,14 +205,16 @@ class Int4Linear(nn.Module):
         return w.reshape(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).to(_ACT)
+        x2 = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).to(_ACT)
         if x2.shape[0] < PACKED_MAX_ROWS and x2.device.type == "cpu":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scale_zero)
-            y = y[:, : self.out_features]
+            if y.shape[1] != self.out_features:  # the padding rows
+                y = y[:, : self.out_features]
         else:
             y = F.linear(x2, self.dequantize())
-        y = y.to(x.dtype).reshape(*lead, self.out_features)
+        y = y.to(x.dtype)
+        if x.dim() != 2:
+            y = y.reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
 
