@@ -17,12 +17,16 @@ from local_engine import LLM, EngineConfig, SamplingParams
 from local_engine.gguf_loader import BLOCKS_FILE, q4_blocks
 from local_engine.loader import load_model
 from local_engine.quant import (
+    HEAD_REFINE,
     PACKED_MAX_ROWS,
+    Int4Head,
     Int4Linear,
     Int8Linear,
+    _top_indices,
     perplexity,
     prompt_logits,
     quantize_int4,
+    quantize_int8,
     weight_bytes,
 )
 from local_engine.tokenizer import Tokenizer
@@ -151,6 +155,36 @@ def test_int4_linear_matches_its_blocks_on_both_paths(rows: int, out_features: i
     torch.testing.assert_close(got, want, atol=3e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("rows", [1, 3, PACKED_MAX_ROWS])
+def test_int4_head_refines_its_top_logits_from_the_int8_rows(rows: int) -> None:
+    """The 4-bit scan picks the candidates; their logits, and so greedy decoding, are int8's."""
+    g = torch.Generator().manual_seed(5)
+    weight = torch.randn(4096, 128, generator=g) * 0.1
+    exact = Int8Linear(*quantize_int8(weight), None)
+    head = Int4Head(Int4Linear(quantize_int4(weight), None), exact)
+    x = torch.randn(rows, 128, generator=g)
+    got = head(x)
+    assert got.shape == (rows, 4096) and got.dtype == torch.float32
+    if rows >= PACKED_MAX_ROWS:  # a prefill: the int8 head alone
+        assert torch.equal(got, exact(x))
+        return
+    want = F.linear(x, exact.qweight.float() * exact.scale.float()[:, None])  # the int8 rows, in fp32
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    top = want.topk(HEAD_REFINE // 2, dim=-1).indices  # the 4-bit scan's candidates include these
+    torch.testing.assert_close(got.gather(1, top), want.gather(1, top), atol=1e-4, rtol=1e-4)
+    assert float((got - want).abs().max()) > 1e-2  # the tail is the 4-bit scan's
+
+
+def test_top_indices_are_topks() -> None:
+    x = torch.randn(3, 4096, generator=torch.Generator().manual_seed(6))
+    for k in (1, 64):
+        got = _top_indices(x, k).sort(-1).values
+        assert torch.equal(got, x.topk(k, dim=-1).indices.sort(-1).values)
+    assert torch.equal(
+        _top_indices(x[:, :100], 8).sort(-1).values, x[:, :100].topk(8).indices.sort(-1).values
+    )
+
+
 def test_int4_refuses_inputs_that_are_not_whole_groups() -> None:
     with pytest.raises(ValueError, match="divisible by the group size"):
         quantize_int4(torch.randn(64, 48))
@@ -209,7 +243,8 @@ def test_int4_serves_a_ggufs_own_blocks_without_their_float_copies(
 
     full = load_model(smollm2_path, 1024)
     quant = load_model(stripped, 1024, quantization="int4")
-    assert weight_bytes(quant) <= 0.2 * weight_bytes(full)  # measured 17.6%
+    # Measured 20.9%: 17.6% for the blocks and the int8 head/table, plus the head's 4-bit copy (Int4Head).
+    assert weight_bytes(quant) <= 0.22 * weight_bytes(full)
     # Layer 0's q/k/v as served: the GGUF's values, to the bf16 rounding of the scales.
     qkv = quant.get_submodule("model.layers.0.self_attn.qkv_proj")
     assert isinstance(qkv, Int4Linear)
@@ -217,8 +252,10 @@ def test_int4_serves_a_ggufs_own_blocks_without_their_float_copies(
     torch.testing.assert_close(qkv.dequantize().float(), want_qkv, atol=2e-2, rtol=1e-2)
     ids = Tokenizer(smollm2_path).encode(TEXT.read_text())
     want, got = perplexity(full, ids), perplexity(quant, ids)
-    # The fp32 model is the same blocks dequantized: only bf16 activations and scales differ.
-    assert abs(got - want) / want < 0.005, (want, got)
+    # The fp32 model is the same blocks dequantized: only bf16 activations and scales differ, and the
+    # head's 4-bit scan (its top 64 logits recomputed at 8 bits): measured +0.66% (+0.12% with the
+    # int8 head alone).
+    assert abs(got - want) / want < 0.01, (want, got)
 
 
 def test_int4_follows_fp32_on_a_random_tiny_model(tiny_model: Path) -> None:
