@@ -39,7 +39,7 @@ STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
 # OTLP span flags: bit 8 says bit 9 is set, bit 9 says the parent is remote
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
 _RETRY_STATUS = frozenset({429, 502, 503, 504})
-_MAX_CACHED = 8192
+MAX_CACHED = 8192
 log = logging.getLogger(__name__)
 
 
@@ -112,10 +112,14 @@ _FIRST, _SECOND = (
 _ATTRIBUTE, _KEY, _VALUE = b"\x4a", b"\x0a", b"\x12"
 _STRING, _TRUE, _FALSE, _INT, _DOUBLE = b"\x0a", b"\x10\x01", b"\x10\x00", b"\x18", b"\x21"
 _DOUBLE_BYTES = struct.Struct("<d")
+_SPAN_ONLY = struct.Struct(">Q")  # the span id (after its tag: trace_prefix)
+_SPAN_AND_PARENT = struct.Struct(">Q2sQ")  # the span id, the parent's tag and the parent's span id
 _TIMES = struct.Struct("<cQcQ")  # start and end, each its tag and a fixed64
-_NO_STATUS = _field(_STATUS_FIELD, b"")
-_LOCAL_FLAGS = _FLAGS + _FIXED32.pack(_HAS_IS_REMOTE)
-_REMOTE_FLAGS = _FLAGS + _FIXED32.pack(_HAS_IS_REMOTE | _IS_REMOTE)
+# status (none: an empty message) and flags, for a local parent (or none) and for a remote one
+_UNSET_TAILS = (
+    _field(_STATUS_FIELD, b"") + _FLAGS + _FIXED32.pack(_HAS_IS_REMOTE),
+    _field(_STATUS_FIELD, b"") + _FLAGS + _FIXED32.pack(_HAS_IS_REMOTE | _IS_REMOTE),
+)
 _KINDS = [_KIND + _varint(kind) for kind in range(6)]
 _INT64 = range(-(2**63), 2**63)
 
@@ -149,6 +153,7 @@ class SpanEncoder:
         self._keys: dict[str, bytes] = {}
         self._shared: dict[int, tuple[Mapping[str, Any], bytes]] = {}
         self._names: dict[str, bytes] = {}
+        self._doubles: dict[str, bytes] = {}
         self._resource = _field(
             _FIRST,
             Resource(
@@ -168,13 +173,13 @@ class SpanEncoder:
         if encoded is not None:  # written here: a protobuf message per attribute costs several times more
             found = self._entry(key, encoded)
             if type(value) is not float:  # a float (a cost, a time) rarely comes again
-                if len(self._attributes) >= _MAX_CACHED:
+                if len(self._attributes) >= MAX_CACHED:
                     self._attributes.clear()
                 self._attributes[cache_key] = found
             return found
         # any other value: a one-attribute Span serializes to exactly that attribute's repeated-field entry
         found = self._span(attributes=[self._key_value(key=key, value=any_value(value))]).SerializeToString()
-        if len(self._attributes) >= _MAX_CACHED:  # varying values fill it: start again
+        if len(self._attributes) >= MAX_CACHED:  # varying values fill it: start again
             self._attributes.clear()
         self._attributes[cache_key] = found
         return found
@@ -185,7 +190,7 @@ class SpanEncoder:
         if type(attributes) is MappingProxyType:  # shared by every request (a deployment's): encoded once
             shared = self._shared.get(id(attributes))
             if shared is None or shared[0] is not attributes:
-                if len(self._shared) >= _MAX_CACHED:
+                if len(self._shared) >= MAX_CACHED:
                     self._shared.clear()
                 encoded = b"".join([self.attribute(key, value) for key, value in attributes.items()])
                 shared = self._shared[id(attributes)] = (attributes, encoded)  # held: its id stays its own
@@ -211,30 +216,40 @@ class SpanEncoder:
         fields and its attribute ``entries`` (``attribute``), last."""
         encoded_name = self._names.get(name)
         if encoded_name is None:
-            if len(self._names) >= _MAX_CACHED:
+            if len(self._names) >= MAX_CACHED:
                 self._names.clear()
             encoded_name = self._names[name] = _field(_NAME, name.encode())
-        if status or message:
-            status_field = _field(
-                _STATUS_FIELD,
-                (_field(_STATUS_MESSAGE, message.encode()) if message else b"")
-                + (_STATUS_CODE + _varint(status) if status else b""),
+        if status or message:  # the status, then the flags (what follows an unset status)
+            tail = (
+                _field(
+                    _STATUS_FIELD,
+                    (_field(_STATUS_MESSAGE, message.encode()) if message else b"")
+                    + (_STATUS_CODE + _varint(status) if status else b""),
+                )
+                + _UNSET_TAILS[parent_remote][2:]
             )
         else:
-            status_field = _NO_STATUS
+            tail = _UNSET_TAILS[parent_remote]
         return b"".join(
             (
                 prefix,
-                span_id.to_bytes(8, "big"),
-                _PARENT_ID + parent_id.to_bytes(8, "big") if parent_id else b"",
+                _SPAN_AND_PARENT.pack(span_id, _PARENT_ID, parent_id)
+                if parent_id
+                else _SPAN_ONLY.pack(span_id),
                 encoded_name,
-                _KINDS[kind] if kind < len(_KINDS) else _KIND + _varint(kind),
+                _KINDS[kind] if 0 <= kind < len(_KINDS) else _KIND + _varint(kind),
                 _TIMES.pack(_START, start, _END, end),
-                status_field,
-                _REMOTE_FLAGS if parent_remote else _LOCAL_FLAGS,
+                tail,
                 entries,
             )
         )
+
+    def double(self, key: str, value: float) -> bytes:
+        """A float attribute whose value seldom comes again (a cost, a time): encoded, not cached."""
+        head = self._doubles.get(key)
+        if head is None:
+            head = self._doubles[key] = self._entry(key, _DOUBLE + bytes(8))[:-8]
+        return head + _DOUBLE_BYTES.pack(value)
 
     def unique(self, key: str, value: str) -> bytes:
         """A string attribute whose value does not come again (a request id): encoded, not cached."""
@@ -244,7 +259,7 @@ class SpanEncoder:
     def _entry(self, key: str, encoded: bytes) -> bytes:
         prefix = self._keys.get(key)
         if prefix is None:
-            if len(self._keys) >= _MAX_CACHED:
+            if len(self._keys) >= MAX_CACHED:
                 self._keys.clear()
             data = key.encode("utf-8", "surrogatepass")
             prefix = self._keys[key] = _KEY + _varint(len(data)) + data + _VALUE
@@ -277,11 +292,7 @@ class SpanEncoder:
 
     def request(self, spans: Sequence[bytes]) -> bytes:
         """The ``ExportTraceServiceRequest`` of span messages (``frame``), under this resource and scope."""
-        parts = []
-        for span in spans:
-            parts.append(_SECOND + _varint(len(span)))
-            parts.append(span)
-        body = b"".join(parts)
+        body = b"".join([_SECOND + _varint(len(span)) + span for span in spans])
         scope_spans = len(self._scope) + len(body)
         head = _SECOND + _varint(scope_spans)
         resource_spans = len(self._resource) + len(head) + scope_spans
@@ -369,12 +380,12 @@ class BatchExporter:
         queue is full. On the event loop, without a lock unless a batch has just filled."""
         if count is None:
             count = len(trace[1])
-        added = self._added
-        if added - self._sent + count > self.max_queue or self._stopping:
+        added = self._added + count
+        if added - self._sent > self.max_queue or self._stopping:
             self.dropped += count
             return
         self._queue.append((count, trace))
-        self._added = added = added + count
+        self._added = added
         if added - self._taken >= self.max_batch and not self._woken:
             with self._lock:
                 self._woken = True

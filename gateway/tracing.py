@@ -61,6 +61,8 @@ _REQUEST_FIELDS = (
     ("frequency_penalty", "gen_ai.request.frequency_penalty"),
     ("presence_penalty", "gen_ai.request.presence_penalty"),
 )
+# the body's fields a trace keeps: those of _REQUEST_FIELDS, then "stream"
+_BODY_FIELDS = (*(field for field, _ in _REQUEST_FIELDS), "stream")
 _ENDED_WITH_REQUEST = "ended with the request"
 _NONE: Mapping[str, Any] = MappingProxyType({})  # a stage without a deployment's attributes
 _LOW_64 = 0xFFFFFFFFFFFFFFFF
@@ -291,19 +293,10 @@ class RequestSpans:
         return self.state
 
     def request(self, body: dict[str, Any]) -> None:
-        """The client's body's GenAI request fields (checked and named on the exporter's thread)."""
-        if not self.recording:
-            return
-        get = body.get
-        self._fields = (
-            get("max_tokens"),
-            get("temperature"),
-            get("top_p"),
-            get("seed"),
-            get("frequency_penalty"),
-            get("presence_penalty"),
-            get("stream") is True,
-        )
+        """The client's body's GenAI request fields, as they came (checked and named on the exporter's
+        thread)."""
+        if self.recording:
+            self._fields = tuple(map(body.get, _BODY_FIELDS))
 
     def finish(self, record: RequestRecord) -> None:
         """End the request's span (and any stage left open by an error) with what the record says, and hand
@@ -369,7 +362,7 @@ def _request_fields(fields: tuple[Any, ...]) -> list[tuple[str, Any]]:
         for (_, attribute), value in zip(_REQUEST_FIELDS, fields, strict=False)
         if isinstance(value, int | float) and not isinstance(value, bool)
     ]
-    out.append(("gen_ai.request.stream", fields[-1]))
+    out.append(("gen_ai.request.stream", fields[-1] is True))
     return out
 
 
@@ -485,37 +478,56 @@ def records(
 
 class RequestEncoder(otlp.SpanEncoder):
     """``RequestTrace``s to an export request, on the exporter's thread: the spans ``records`` makes, written
-    from the trace's values without making them (a deployment's attribute entries encoded once)."""
+    straight from the trace's values. What repeats across requests is encoded once and its bytes reused: a
+    stage's attributes (by deployment and status), and the request's span's name and its attributes from
+    the method to the key id (by their values and the request fields' types); the rest (request id,
+    tokens, cost, TTFT) is written per request."""
 
     def __init__(self, resource: Mapping[str, Any], scope: str) -> None:
         super().__init__(resource, scope)
-        self._deployments: dict[DeploymentKey, bytes] = {}
+        self._stages: dict[tuple[DeploymentKey | None, int | None], bytes] = {}
+        self._roots: dict[tuple[Any, ...], tuple[str, bytes, bytes]] = {}
 
-    def _deployment(self, key: DeploymentKey) -> bytes:
-        found = self._deployments.get(key)
-        if found is None:
-            if len(self._deployments) > 10_000:
-                self._deployments.clear()
-            found = self._deployments[key] = b"".join(
-                [self.attribute(k, v) for k, v in deployment_attributes(key).items()]
-            )
+    def _stage(self, key: DeploymentKey | None, status: int | None) -> bytes:
+        attributes = deployment_attributes(key) if key is not None else {}
+        if status is not None:
+            attributes["http.response.status_code"] = status
+        if len(self._stages) >= otlp.MAX_CACHED:
+            self._stages.clear()
+        entries = self._stages[key, status] = b"".join([self.attribute(k, v) for k, v in attributes.items()])
+        return entries
+
+    def _root(self, shared: tuple[Any, ...] | None, trace: RequestTrace) -> tuple[str, bytes, bytes]:
+        """The request's span's name and its attribute entries before and after the request id, kept under
+        ``shared`` (the values they come from; None: not kept)."""
+        name, attributes, _, _ = _root(trace)
+        entries = [self.attribute(k, v) for k, v in attributes.items()]
+        # method, path | request id | operation, request fields, alias, status, tenant, key id | the rest
+        after = 3 + (len(_request_fields(trace[10])) if trace[10] is not None else 0)
+        after += bool(trace[9]) + (trace[11] != "-") + 3
+        found = (name, b"".join(entries[:2]), b"".join(entries[3:after]))
+        if shared is not None:
+            if len(self._roots) >= otlp.MAX_CACHED:
+                self._roots.clear()
+            self._roots[shared] = found
         return found
 
     def encode(self, traces: Sequence[RequestTrace]) -> bytes:
-        attribute, unique, frame = self.attribute, self.unique, self.frame
+        attribute, double, frame = self.attribute, self.double, self.frame
+        stage_entries, roots = self._stages, self._roots
         spans: list[bytes] = []
+        append = spans.append
         for trace in traces:
             trace_id, stages, span_id, parent_id, start, end = trace[:6]
             prefix = otlp.trace_prefix(trace_id)
-            for (name, stage_id, stage_parent, stage_start, key), stage_end, status, error in stages:
-                entries = self._deployment(key) if key is not None else b""
-                stage_status, stage_message = otlp.STATUS_UNSET, ""
-                if status is not None:
-                    entries += attribute("http.response.status_code", status)
-                if error is not None:
-                    entries += attribute("error.type", str(status) if status else "error")
-                    stage_status, stage_message = otlp.STATUS_ERROR, error
-                spans.append(
+            for stage, stage_end, code, message in stages:
+                name, stage_id, stage_parent, stage_start, key = stage
+                entries = stage_entries.get((key, code))
+                if entries is None:  # (b"": a stage with no attributes)
+                    entries = self._stage(key, code)
+                if message is not None:
+                    entries += attribute("error.type", str(code) if code else "error")
+                append(
                     frame(
                         prefix,
                         stage_id,
@@ -525,33 +537,65 @@ class RequestEncoder(otlp.SpanEncoder):
                         otlp.KIND_CLIENT if name == "upstream" else otlp.KIND_INTERNAL,
                         stage_start,
                         stage_end,
-                        stage_status,
-                        stage_message,
+                        otlp.STATUS_UNSET if message is None else otlp.STATUS_ERROR,
+                        message or "",
                         entries,
                     )
                 )
-            name, attributes, status, message = _root(trace)
-            entries = b"".join(
-                [
-                    unique(k, v)
-                    if k == "gateway.request_id"
-                    else attribute(k, v)  # one of a kind: not cached
-                    for k, v in attributes.items()
-                ]
-            )
-            spans.append(
+            # the values the request's span's name and first attributes come from (method, path, operation,
+            # request fields, alias, status, tenant, key id), and the request fields' types (1, 1.0 and True
+            # are equal keys, encoded differently)
+            shared = trace[6:8] + trace[9:15]
+            fields = trace[10]
+            if fields is not None:
+                shared += tuple(map(type, fields))
+            try:
+                found = roots.get(shared) or self._root(shared, trace)
+            except TypeError:  # a request field that cannot be a key (a list): encoded, not kept
+                found = self._root(None, trace)
+            parts = [found[1], self.unique("gateway.request_id", trace[8]), found[2]]
+            prompt_tokens, completion_tokens, deployment, cache, cost_usd, ttft_s, error = trace[15:]
+            if prompt_tokens is not None:
+                parts.append(attribute("gen_ai.usage.input_tokens", prompt_tokens))
+            if completion_tokens is not None:
+                parts.append(attribute("gen_ai.usage.output_tokens", completion_tokens))
+            if deployment is not None:
+                parts.append(attribute("gateway.deployment", deployment))
+            if cache is not None:
+                parts.append(attribute("gateway.cache", cache))
+            if cost_usd is not None:
+                parts.append(
+                    double("gateway.cost_usd", cost_usd)
+                    if type(cost_usd) is float
+                    else attribute("gateway.cost_usd", cost_usd)
+                )
+            if ttft_s is not None:
+                parts.append(
+                    double("gateway.ttft_s", ttft_s)
+                    if type(ttft_s) is float
+                    else attribute("gateway.ttft_s", ttft_s)
+                )
+            span_status, span_message = otlp.STATUS_UNSET, ""
+            status = trace[12]
+            if status >= 400:
+                if status >= 500 or status == 499:
+                    parts.append(attribute("error.type", str(status)))
+                    span_status, span_message = otlp.STATUS_ERROR, error or ""
+                elif error:
+                    parts.append(attribute("error.type", str(status)))
+            append(
                 frame(
                     prefix,
                     span_id,
                     parent_id,
                     parent_id != 0,
-                    name,
+                    found[0],
                     otlp.KIND_SERVER,
                     start,
                     end,
-                    status,
-                    message,
-                    entries,
+                    span_status,
+                    span_message,
+                    b"".join(parts),
                 )
             )
         return self.request(spans)
