@@ -190,8 +190,10 @@ def _readable(resource: Any, trace_id: int, span: SpanRecord) -> ReadableSpan:
 DeploymentKey = tuple[str, str, str, "str | None", str]
 # A stage: name, span id, parent span id, start (ns), its deployment's key (None: no deployment).
 Stage = tuple[str, int, int, int, "DeploymentKey | None"]
-# An ended stage: the stage, its end (ns), the upstream's HTTP status and the error (None: none).
-Ended = tuple[Stage, int, "int | None", "str | None"]
+# An ended stage: the stage's values, then its end (ns), the upstream's HTTP status and the error (None:
+# none). One flat tuple: a tuple per stage and another per ending would each be one more allocation that the
+# GC counts until the exporter's thread frees it.
+Ended = tuple[str, int, int, int, "DeploymentKey | None", int, "int | None", "str | None"]
 # One request's trace as the exporter's thread gets it (see the module's docstring): trace id, its ended
 # stages, the request's span id, the client's parent span id (0: none), start, end, method, path, request
 # id, operation, the GenAI request fields (``RequestSpans.request``; None: not read), then the record's alias,
@@ -282,7 +284,7 @@ class RequestSpans:
                     break
             else:
                 return  # ended already
-        self._done.append((stage, time_ns(), status, error))
+        self._done.append((*stage, time_ns(), status, error))
 
     def traceparent(self) -> str:
         opened = self._open
@@ -307,7 +309,7 @@ class RequestSpans:
         done = self._done
         if self._open:
             error = record.error or _ENDED_WITH_REQUEST
-            done.extend((stage, end, None, error) for stage in reversed(self._open))
+            done.extend((*stage, end, None, error) for stage in reversed(self._open))
             self._open.clear()
         self._tracing.emit(
             (
@@ -434,7 +436,7 @@ def records(
     the same spans straight from the trace)."""
     _, stages, span_id, parent_id, start, end = trace[:6]
     finished = []
-    for (name, stage_id, stage_parent, stage_start, key), stage_end, status, error in stages:
+    for name, stage_id, stage_parent, stage_start, key, stage_end, status, error in stages:
         attributes: Mapping[str, Any] = attributes_of(key) if key is not None else _NONE
         stage_status, stage_message = otlp.STATUS_UNSET, ""
         if status is not None or error is not None:
@@ -520,8 +522,7 @@ class RequestEncoder(otlp.SpanEncoder):
         for trace in traces:
             trace_id, stages, span_id, parent_id, start, end = trace[:6]
             prefix = otlp.trace_prefix(trace_id)
-            for stage, stage_end, code, message in stages:
-                name, stage_id, stage_parent, stage_start, key = stage
+            for name, stage_id, stage_parent, stage_start, key, stage_end, code, message in stages:
                 entries = stage_entries.get((key, code))
                 if entries is None:  # (b"": a stage with no attributes)
                     entries = self._stage(key, code)

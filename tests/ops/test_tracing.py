@@ -497,7 +497,7 @@ def test_a_request_trace_is_encoded_as_its_span_records_are():
     def stage(n: int):
         name = pick("admission", "cache", "queue", "upstream", "engine")
         started = (name, rng.getrandbits(64) or 1, rng.getrandbits(64) or 1, n, pick(*keys))
-        return started, n + 5, pick(None, 200, 503, 0), pick(None, "boom", "ended with the request")
+        return *started, n + 5, pick(None, 200, 503, 0), pick(None, "boom", "ended with the request")
 
     def trace(n: int):
         fields = pick(
