@@ -39,7 +39,7 @@ STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
 # OTLP span flags: bit 8 says bit 9 is set, bit 9 says the parent is remote
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
 _RETRY_STATUS = frozenset({429, 502, 503, 504})
-_MAX_CACHED = 8192
+MAX_CACHED = 8192
 log = logging.getLogger(__name__)
 
 
@@ -112,6 +112,15 @@ _FIRST, _SECOND = (
 _ATTRIBUTE, _KEY, _VALUE = b"\x4a", b"\x0a", b"\x12"
 _STRING, _TRUE, _FALSE, _INT, _DOUBLE = b"\x0a", b"\x10\x01", b"\x10\x00", b"\x18", b"\x21"
 _DOUBLE_BYTES = struct.Struct("<d")
+_SPAN_ONLY = struct.Struct(">Q")  # the span id (after its tag: trace_prefix)
+_SPAN_AND_PARENT = struct.Struct(">Q2sQ")  # the span id, the parent's tag and the parent's span id
+_TIMES = struct.Struct("<cQcQ")  # start and end, each its tag and a fixed64
+# status (none: an empty message) and flags, for a local parent (or none) and for a remote one
+_UNSET_TAILS = (
+    _field(_STATUS_FIELD, b"") + _FLAGS + _FIXED32.pack(_HAS_IS_REMOTE),
+    _field(_STATUS_FIELD, b"") + _FLAGS + _FIXED32.pack(_HAS_IS_REMOTE | _IS_REMOTE),
+)
+_KINDS = [_KIND + _varint(kind) for kind in range(6)]
 _INT64 = range(-(2**63), 2**63)
 
 
@@ -144,6 +153,7 @@ class SpanEncoder:
         self._keys: dict[str, bytes] = {}
         self._shared: dict[int, tuple[Mapping[str, Any], bytes]] = {}
         self._names: dict[str, bytes] = {}
+        self._doubles: dict[str, bytes] = {}
         self._resource = _field(
             _FIRST,
             Resource(
@@ -152,82 +162,146 @@ class SpanEncoder:
         )
         self._scope = _field(_FIRST, InstrumentationScope(name=scope).SerializeToString())
 
-    def _attribute(self, key: str, value: Any) -> bytes:
+    def attribute(self, key: str, value: Any) -> bytes:
+        """One attribute's entry in a span (its tag, length and ``KeyValue``), from the cache when the same
+        ``(key, value)`` came before."""
         cache_key = (key, type(value), value if not isinstance(value, list) else tuple(value))
         found = self._attributes.get(cache_key)
         if found is not None:
             return found
         encoded = _value(value)
         if encoded is not None:  # written here: a protobuf message per attribute costs several times more
-            prefix = self._keys.get(key)
-            if prefix is None:
-                if len(self._keys) >= _MAX_CACHED:
-                    self._keys.clear()
-                data = key.encode("utf-8", "surrogatepass")
-                prefix = self._keys[key] = _KEY + _varint(len(data)) + data + _VALUE
-            entry = prefix + _varint(len(encoded)) + encoded
-            found = _ATTRIBUTE + _varint(len(entry)) + entry
+            found = self._entry(key, encoded)
             if type(value) is not float:  # a float (a cost, a time) rarely comes again
-                if len(self._attributes) >= _MAX_CACHED:
+                if len(self._attributes) >= MAX_CACHED:
                     self._attributes.clear()
                 self._attributes[cache_key] = found
             return found
         # any other value: a one-attribute Span serializes to exactly that attribute's repeated-field entry
         found = self._span(attributes=[self._key_value(key=key, value=any_value(value))]).SerializeToString()
-        if len(self._attributes) >= _MAX_CACHED:  # varying values fill it: start again
+        if len(self._attributes) >= MAX_CACHED:  # varying values fill it: start again
             self._attributes.clear()
         self._attributes[cache_key] = found
         return found
 
-    def span(self, trace_id: bytes, span: SpanRecord) -> bytes:
-        name = self._names.get(span.name)
-        if name is None:
-            if len(self._names) >= _MAX_CACHED:
-                self._names.clear()
-            name = self._names[span.name] = _field(_NAME, span.name.encode())
-        status = (_field(_STATUS_MESSAGE, span.message.encode()) if span.message else b"") + (
-            _STATUS_CODE + _varint(span.status) if span.status else b""
-        )
-        attributes = span.attributes
+    def attributes(self, attributes: Mapping[str, Any]) -> bytes:
+        """A span's attribute entries; a read-only mapping's (``MappingProxyType``: shared by many spans) are
+        encoded once and reused while it lives."""
         if type(attributes) is MappingProxyType:  # shared by every request (a deployment's): encoded once
             shared = self._shared.get(id(attributes))
             if shared is None or shared[0] is not attributes:
-                if len(self._shared) >= _MAX_CACHED:
+                if len(self._shared) >= MAX_CACHED:
                     self._shared.clear()
-                encoded = b"".join([self._attribute(key, value) for key, value in attributes.items()])
+                encoded = b"".join([self.attribute(key, value) for key, value in attributes.items()])
                 shared = self._shared[id(attributes)] = (attributes, encoded)  # held: its id stays its own
-            entries = shared[1]
+            return shared[1]
+        attribute = self.attribute
+        return b"".join([attribute(key, value) for key, value in attributes.items()])
+
+    def frame(
+        self,
+        prefix: bytes,
+        span_id: int,
+        parent_id: int,
+        parent_remote: bool,
+        name: str,
+        kind: int,
+        start: int,
+        end: int,
+        status: int,
+        message: str,
+        entries: bytes,
+    ) -> bytes:
+        """One span's message: ``prefix`` (``trace_prefix``: its trace id and the span id's tag), its fixed
+        fields and its attribute ``entries`` (``attribute``), last."""
+        encoded_name = self._names.get(name)
+        if encoded_name is None:
+            if len(self._names) >= MAX_CACHED:
+                self._names.clear()
+            encoded_name = self._names[name] = _field(_NAME, name.encode())
+        if status or message:  # the status, then the flags (what follows an unset status)
+            tail = (
+                _field(
+                    _STATUS_FIELD,
+                    (_field(_STATUS_MESSAGE, message.encode()) if message else b"")
+                    + (_STATUS_CODE + _varint(status) if status else b""),
+                )
+                + _UNSET_TAILS[parent_remote][2:]
+            )
         else:
-            attribute = self._attribute
-            entries = b"".join([attribute(key, value) for key, value in attributes.items()])
+            tail = _UNSET_TAILS[parent_remote]
         return b"".join(
             (
-                _TRACE_ID,
-                trace_id,
-                _SPAN_ID,
-                span.span_id.to_bytes(8, "big"),
-                _PARENT_ID + span.parent_id.to_bytes(8, "big") if span.parent_id else b"",
-                name,
-                _KIND,
-                _varint(span.kind),
-                _START,
-                _FIXED64.pack(span.start),
-                _END,
-                _FIXED64.pack(span.end),
-                _field(_STATUS_FIELD, status),
-                _FLAGS,
-                _FIXED32.pack(_HAS_IS_REMOTE | (_IS_REMOTE if span.parent_remote else 0)),
+                prefix,
+                _SPAN_AND_PARENT.pack(span_id, _PARENT_ID, parent_id)
+                if parent_id
+                else _SPAN_ONLY.pack(span_id),
+                encoded_name,
+                _KINDS[kind] if 0 <= kind < len(_KINDS) else _KIND + _varint(kind),
+                _TIMES.pack(_START, start, _END, end),
+                tail,
                 entries,
             )
         )
 
+    def double(self, key: str, value: float) -> bytes:
+        """A float attribute whose value seldom comes again (a cost, a time): encoded, not cached."""
+        head = self._doubles.get(key)
+        if head is None:
+            head = self._doubles[key] = self._entry(key, _DOUBLE + bytes(8))[:-8]
+        return head + _DOUBLE_BYTES.pack(value)
+
+    def unique(self, key: str, value: str) -> bytes:
+        """A string attribute whose value does not come again (a request id): encoded, not cached."""
+        data = value.encode("utf-8", "surrogatepass")
+        return self._entry(key, _STRING + _varint(len(data)) + data)
+
+    def _entry(self, key: str, encoded: bytes) -> bytes:
+        prefix = self._keys.get(key)
+        if prefix is None:
+            if len(self._keys) >= MAX_CACHED:
+                self._keys.clear()
+            data = key.encode("utf-8", "surrogatepass")
+            prefix = self._keys[key] = _KEY + _varint(len(data)) + data + _VALUE
+        entry = prefix + _varint(len(encoded)) + encoded
+        return _ATTRIBUTE + _varint(len(entry)) + entry
+
+    def span(self, trace_id: bytes, span: SpanRecord) -> bytes:
+        return self.frame(
+            _TRACE_ID + trace_id + _SPAN_ID,
+            span.span_id,
+            span.parent_id,
+            span.parent_remote,
+            span.name,
+            span.kind,
+            span.start,
+            span.end,
+            span.status,
+            span.message,
+            self.attributes(span.attributes),
+        )
+
     def encode(self, traces: Sequence[Trace]) -> bytes:
-        spans = [
-            _field(_SECOND, self.span(trace_id.to_bytes(16, "big"), span))
-            for trace_id, records in traces
-            for span in records
-        ]
-        return _field(_FIRST, self._resource + _field(_SECOND, self._scope + b"".join(spans)))
+        return self.request(
+            [
+                self.span(trace_id.to_bytes(16, "big"), span)
+                for trace_id, records in traces
+                for span in records
+            ]
+        )
+
+    def request(self, spans: Sequence[bytes]) -> bytes:
+        """The ``ExportTraceServiceRequest`` of span messages (``frame``), under this resource and scope."""
+        body = b"".join([_SECOND + _varint(len(span)) + span for span in spans])
+        scope_spans = len(self._scope) + len(body)
+        head = _SECOND + _varint(scope_spans)
+        resource_spans = len(self._resource) + len(head) + scope_spans
+        return b"".join((_FIRST, _varint(resource_spans), self._resource, head, self._scope, body))
+
+
+def trace_prefix(trace_id: int) -> bytes:
+    """What starts each span message of a trace (``SpanEncoder.frame``): its id and the span id's tag."""
+    return _TRACE_ID + trace_id.to_bytes(16, "big") + _SPAN_ID
 
 
 class HttpSender:
@@ -265,7 +339,13 @@ class HttpSender:
 
 
 class BatchExporter:
-    """A bounded queue of finished traces and the thread that encodes and sends them."""
+    """A bounded queue of finished traces and the thread that encodes and sends them.
+
+    ``add`` is called from one thread (the event loop's) and takes no lock: a deque append and counters that
+    only that thread writes (``_added``, ``dropped``), read against the ones only the export thread writes
+    (``_taken``, ``_sent``). The export thread sleeps until ``interval_s`` has passed or a batch is full; only
+    then does ``add`` take the lock, to wake it: a lock and a condition per request cost the loop more than
+    the append itself."""
 
     def __init__(
         self,
@@ -279,40 +359,52 @@ class BatchExporter:
         self.encoder, self.send = encoder, send
         self.max_queue, self.interval_s, self.max_batch = max_queue, interval_s, max_batch
         self.dropped = 0  # spans refused by a full queue
-        self._queue: collections.deque[Trace] = collections.deque()
-        self._pending = 0  # spans queued or being sent
-        self._queued = 0  # spans queued
+        self._queue: collections.deque[tuple[int, Any]] = collections.deque()  # (spans, trace)
+        self._added = 0  # spans queued so far (the adding thread's)
+        self._taken = 0  # spans taken off the queue (the export thread's)
+        self._sent = 0  # spans sent, or failed to (the export thread's)
+        self._woken = False  # the export thread was told a batch is full
         self._flushing = False
         self._stopping = False
         self._lock = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="trace-export", daemon=True)
         self._thread.start()
 
-    def add(self, trace: Trace) -> None:
-        """On the event loop: one append under a lock, or a drop when the queue is full."""
-        count = len(trace[1])
-        with self._lock:
-            if self._pending + count > self.max_queue or self._stopping:
-                self.dropped += count
-                return
-            self._queue.append(trace)
-            self._pending += count
-            self._queued += count
-            if self._queued >= self.max_batch:
+    @property
+    def _queued(self) -> int:
+        """Spans queued, not yet taken by the export thread."""
+        return self._added - self._taken
+
+    def add(self, trace: Any, count: int | None = None) -> None:
+        """Queue a trace of ``count`` spans (``len(trace[1])`` by default: a ``Trace``), or drop it when the
+        queue is full. On the event loop, without a lock unless a batch has just filled."""
+        if count is None:
+            count = len(trace[1])
+        added = self._added + count
+        if added - self._sent > self.max_queue or self._stopping:
+            self.dropped += count
+            return
+        self._queue.append((count, trace))
+        self._added = added
+        if added - self._taken >= self.max_batch and not self._woken:
+            with self._lock:
+                self._woken = True
                 self._lock.notify_all()
 
-    def _take(self) -> tuple[list[Trace], int, bool]:
+    def _take(self) -> tuple[list[Any], int, bool]:
         with self._lock:
             if not self._stopping and not self._flushing and self._queued < self.max_batch:
                 self._lock.wait(self.interval_s)
-            batch: list[Trace] = []
+            self._woken = False
+            batch: list[Any] = []
             count = 0
-            while self._queue and count < self.max_batch:
-                trace = self._queue.popleft()
+            queue = self._queue
+            while queue and count < self.max_batch:
+                spans, trace = queue.popleft()
                 batch.append(trace)
-                count += len(trace[1])
-            self._queued -= count
-            return batch, count, self._stopping and not self._queue
+                count += spans
+            self._taken += count
+            return batch, count, self._stopping and not queue
 
     def _run(self) -> None:
         while True:
@@ -323,7 +415,7 @@ class BatchExporter:
                 except Exception:  # a bug in encoding must not stop the thread
                     log.exception("trace export failed")
             with self._lock:
-                self._pending -= count
+                self._sent += count
                 if not self._queue:
                     self._flushing = False
                 self._lock.notify_all()
@@ -336,7 +428,7 @@ class BatchExporter:
         with self._lock:
             self._flushing = True
             self._lock.notify_all()
-            while self._pending:
+            while self._added - self._sent > 0:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

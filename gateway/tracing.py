@@ -5,24 +5,28 @@ sends one, and child spans for its stages: ``admission`` (with ``queue`` inside 
 (the lookup), one ``upstream`` per attempt (a client span; its ``traceparent`` goes upstream, with the
 client's ``tracestate`` as gateway/tracestate.py lets it through) and ``engine`` for the local engine.
 
-While a request runs, its stages are small records (ids, two clock readings, a shared attribute dict);
-when it ends they become ``otlp.SpanRecord`` tuples handed, as one item, to gateway/otlp.py's exporter
-thread, which encodes and posts them over OTLP/HTTP. No SDK span is made on that path: live SDK spans (a
-tracer, a sampler call, locked attribute maps, a processor call per span) and the SDK's encoder cost more
-CPU than the gateway's own path when every request is sampled. SDK ``ReadableSpan``s are made only for
-span processors added in process (tests).
+While a request runs, its stages are tuples (name, ids, a clock reading, its deployment's key). When it
+ends, the request's trace is one flat tuple of plain values (``RequestTrace``: ids, clock readings, the
+record's fields, the stages' tuples) handed to gateway/otlp.py's exporter thread; ``RequestEncoder`` turns it
+into OTLP spans there, attributes and all. The loop builds no attribute dict and no span object, and the
+cyclic GC stops tracking a tuple of plain values at its first collection, so the traces waiting in the
+queue (up to a batch: hundreds of requests) are not scanned again by every later collection, as the span
+records and dicts that stood there before were (most of what tracing cost the loop beyond its own code). No
+SDK span is made on that path: live SDK spans (a tracer, a sampler call, locked attribute maps, a processor
+call per span) and the SDK's encoder cost more CPU than the gateway's own path when every request is
+sampled. SDK ``ReadableSpan``s are made, from ``records``, only for span processors added in process (tests).
 
 Off (the default), this module's SDK part is never imported and no middleware is installed.
 """
 
 from __future__ import annotations
 
-import random
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from random import getrandbits
+from time import time_ns
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -57,8 +61,11 @@ _REQUEST_FIELDS = (
     ("frequency_penalty", "gen_ai.request.frequency_penalty"),
     ("presence_penalty", "gen_ai.request.presence_penalty"),
 )
+# the body's fields a trace keeps: those of _REQUEST_FIELDS, then "stream"
+_BODY_FIELDS = (*(field for field, _ in _REQUEST_FIELDS), "stream")
 _ENDED_WITH_REQUEST = "ended with the request"
 _NONE: Mapping[str, Any] = MappingProxyType({})  # a stage without a deployment's attributes
+_LOW_64 = 0xFFFFFFFFFFFFFFFF
 # W3C Trace Context: version-traceid-parentid-flags, lowercase hex; a later version may append fields
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
@@ -85,7 +92,7 @@ class Tracing:
         # it are dropped, never waited for): each batch it encodes and posts takes the GIL from the event loop,
         # so fewer, bigger ones cost the requests less.
         self.exporter = otlp.BatchExporter(
-            otlp.SpanEncoder(self.resource.attributes, "llm-gateway"),
+            RequestEncoder(self.resource.attributes, "llm-gateway"),
             send,
             max_queue=config.max_queue,
             interval_s=config.export_interval_s,
@@ -95,8 +102,8 @@ class Tracing:
         # ParentBased(TraceIdRatioBased): a trace started here is sampled when its id's low 64 bits fall
         # under the bound (the SDK's rule, so a collector's sampling agrees); a client's flag decides for its own
         self.bound = TraceIdRatioBased.get_bound_for_rate(config.sample_ratio)
-        # read-only views, shared by every request's span: the exporter encodes each once (gateway/otlp.py)
-        self.deployment_attributes: dict[tuple[str, str, str, str | None, str], Mapping[str, Any]] = {}
+        # a deployment's attributes by its key, for the span processors' copies (``records``)
+        self.deployment_attributes: dict[DeploymentKey, Mapping[str, Any]] = {}
         self.paths = paths
 
     def add_span_processor(self, processor: SpanProcessor) -> None:
@@ -114,10 +121,14 @@ class Tracing:
         finally:
             spans.CURRENT.reset(token)
 
-    def emit(self, trace_id: int, finished: list[SpanRecord]) -> None:
-        self.exporter.add((trace_id, finished))
+    def emit(self, trace: RequestTrace) -> None:
+        self.exporter.add(trace, len(trace[1]) + 1)  # its stages and the request's own span
         if self.processors:
-            readable = [_readable(self.resource, trace_id, span) for span in finished]
+            trace_id = trace[0]
+            readable = [
+                _readable(self.resource, trace_id, span)
+                for span in records(trace, self._deployment_attributes)
+            ]
             for processor in self.processors:
                 for span in readable:
                     processor.on_end(span)
@@ -127,6 +138,14 @@ class Tracing:
         for processor in self.processors:
             processor.force_flush(int(timeout_s * 1000))
         return done
+
+    def _deployment_attributes(self, key: DeploymentKey) -> Mapping[str, Any]:
+        found = self.deployment_attributes.get(key)
+        if found is None:
+            if len(self.deployment_attributes) > 10_000:  # configs reloaded many times: old entries go
+                self.deployment_attributes.clear()
+            found = self.deployment_attributes[key] = MappingProxyType(deployment_attributes(key))
+        return found
 
     def close(self) -> None:
         self.exporter.shutdown()  # sends what it holds first
@@ -167,40 +186,34 @@ def _readable(resource: Any, trace_id: int, span: SpanRecord) -> ReadableSpan:
     )
 
 
-class _Remote(NamedTuple):
-    """The client's span the request's span continues."""
-
-    span_id: int
-
-
-class _Stage:
-    """A stage's span while the request runs: what the SDK span is made of when the request ends."""
-
-    __slots__ = ("attributes", "end", "error", "kind", "name", "parent_id", "span_id", "start", "status")
-
-    def __init__(
-        self, name: str, kind: int, span_id: int, parent_id: int, attributes: Mapping[str, Any]
-    ) -> None:
-        self.name, self.kind, self.span_id, self.parent_id = name, kind, span_id, parent_id
-        self.attributes = attributes  # shared per deployment: never changed in place
-        self.start = time.time_ns()
-        self.end = 0
-        self.status: int | None = None
-        self.error: str | None = None
+# A deployment as its spans name it: id, provider, model, api_base and the request's operation.
+DeploymentKey = tuple[str, str, str, "str | None", str]
+# A stage: name, span id, parent span id, start (ns), its deployment's key (None: no deployment).
+Stage = tuple[str, int, int, int, "DeploymentKey | None"]
+# An ended stage: the stage's values, then its end (ns), the upstream's HTTP status and the error (None:
+# none). One flat tuple: a tuple per stage and another per ending would each be one more allocation that the
+# GC counts until the exporter's thread frees it.
+Ended = tuple[str, int, int, int, "DeploymentKey | None", int, "int | None", "str | None"]
+# One request's trace as the exporter's thread gets it (see the module's docstring): trace id, its ended
+# stages, the request's span id, the client's parent span id (0: none), start, end, method, path, request
+# id, operation, the GenAI request fields (``RequestSpans.request``; None: not read), then the record's alias,
+# status, tenant, key id, prompt and completion tokens, deployment, cache, cost, TTFT and error.
+RequestTrace = tuple[Any, ...]
 
 
 class RequestSpans:
     """One request's trace: its server span and its stages (``backends.spans.Spans``)."""
 
     __slots__ = (
-        "_attributes",
         "_done",
+        "_fields",
         "_open",
-        "_parent",
+        "_parent_id",
         "_start",
         "_tracing",
-        "name",
+        "method",
         "operation",
+        "path",
         "recording",
         "span_id",
         "state",
@@ -210,185 +223,383 @@ class RequestSpans:
 
     def __init__(self, tracing: Tracing, request: web.Request, record: RequestRecord) -> None:
         self._tracing = tracing
-        self._parent: _Remote | None = None
-        trace_id = 0
         self.state: str | None = None
-        header = request.headers.get("traceparent")
-        if header is not None and (parent := _parent(header.strip())) is not None:
-            trace_id, parent_id, self.recording = parent
-            self._parent = _Remote(parent_id)
+        headers = request.headers
+        header = headers.get("traceparent")
+        parent = _parent(header.strip()) if header is not None else None
+        if parent is not None:
+            trace_id, self._parent_id, self.recording = parent
             # the spec: a tracestate is read only with a valid traceparent
-            if "tracestate" in request.headers:
-                self.state = parse_tracestate(request.headers.getall("tracestate"))
-        if not trace_id:
-            trace_id = random.getrandbits(128) or 1
-            self.recording = trace_id & 0xFFFFFFFFFFFFFFFF < tracing.bound
+            if "tracestate" in headers:
+                self.state = parse_tracestate(headers.getall("tracestate"))
+        else:
+            trace_id = getrandbits(128) or 1
+            self._parent_id = 0
+            self.recording = trace_id & _LOW_64 < tracing.bound
         self.trace_id_int = trace_id
         self.trace_id = f"{trace_id:032x}"
-        self.span_id = random.getrandbits(64) or 1
-        self._start = time.time_ns()
-        self.operation = _OPERATIONS.get(request.path, "")
-        self.name = f"{request.method} {request.path}"
-        # not sampled: the stages make no records and no attributes are worked out (the trace id still goes
-        # into the log line and upstream)
-        self._attributes: dict[str, Any] = (
-            {
-                "http.request.method": request.method,
-                "url.path": request.path,
-                "gateway.request_id": record.request_id,
-                **({"gen_ai.operation.name": self.operation} if self.operation else {}),
-            }
-            if self.recording
-            else {}
-        )
-        self._open: list[_Stage] = []
-        self._done: list[_Stage] = []
+        self.span_id = getrandbits(64) or 1
+        self._start = time_ns()
+        # not sampled: the stages make no records (the trace id still goes into the log line and upstream)
+        self.method, self.path = request.method, request.path
+        self.operation = _OPERATIONS.get(self.path, "")
+        self._fields: tuple[Any, ...] | None = None
+        self._open: list[Stage] = []
+        self._done: list[Ended] = []
 
     def start(
         self, name: str, deployment: DeploymentConfig | None, deployment_id: str | None
-    ) -> _Stage | None:
+    ) -> Stage | None:
         if not self.recording:
             return None
-        attributes = self._deployment(deployment, deployment_id or "") if deployment is not None else _NONE
-        stage = _Stage(
+        opened = self._open
+        stage = (
             name,
-            otlp.KIND_CLIENT if name == "upstream" else otlp.KIND_INTERNAL,
-            random.getrandbits(64) or 1,
-            self._open[-1].span_id if self._open else self.span_id,
-            attributes,
+            getrandbits(64) or 1,
+            opened[-1][1] if opened else self.span_id,
+            time_ns(),
+            None
+            if deployment is None
+            else (
+                deployment_id or "",
+                deployment.provider,
+                deployment.model,
+                deployment.api_base,
+                self.operation,
+            ),
         )
-        self._open.append(stage)
+        opened.append(stage)
         return stage
 
-    def _deployment(self, deployment: DeploymentConfig, deployment_id: str) -> Mapping[str, Any]:
-        """A deployment's span attributes: worked out once per deployment and operation."""
-        cache = self._tracing.deployment_attributes
-        key = (deployment_id, deployment.provider, deployment.model, deployment.api_base, self.operation)
-        found = cache.get(key)
-        if found is None:
-            attributes: dict[str, Any] = {
-                "gen_ai.provider.name": deployment.provider,
-                "gen_ai.request.model": deployment.model,
-                "gateway.deployment": deployment_id,
-            }
-            if self.operation:
-                attributes["gen_ai.operation.name"] = self.operation
-            if deployment.api_base:
-                from yarl import URL
-
-                url = URL(deployment.api_base)
-                attributes.update({"server.address": url.host or "", "server.port": url.port or 0})
-            if len(cache) > 10_000:  # configs reloaded many times: old deployments' entries go
-                cache.clear()
-            found = cache[key] = MappingProxyType(attributes)
-        return found
-
-    def end(self, stage: _Stage | None, status: int | None, error: str | None) -> None:
-        if stage is None or stage.end:
+    def end(self, stage: Stage | None, status: int | None, error: str | None) -> None:
+        if stage is None:
             return
-        stage.end = time.time_ns()
-        stage.status, stage.error = status, error
-        self._done.append(stage)
         opened = self._open
         if opened and opened[-1] is stage:
             opened.pop()
-        elif stage in opened:
-            opened.remove(stage)
+        else:
+            for index, other in enumerate(opened):
+                if other is stage:
+                    del opened[index]
+                    break
+            else:
+                return  # ended already
+        self._done.append((*stage, time_ns(), status, error))
 
     def traceparent(self) -> str:
-        span_id = self._open[-1].span_id if self._open else self.span_id
+        opened = self._open
+        span_id = opened[-1][1] if opened else self.span_id
         return f"00-{self.trace_id}-{span_id:016x}-{'01' if self.recording else '00'}"
 
     def tracestate(self) -> str | None:
         return self.state
 
     def request(self, body: dict[str, Any]) -> None:
-        """The GenAI request attributes of the client's body."""
-        if not self.recording:
-            return
-        attributes = self._attributes
-        for name, attribute in _REQUEST_FIELDS:
-            value = body.get(name)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                attributes[attribute] = value
-        attributes["gen_ai.request.stream"] = body.get("stream") is True
+        """The client's body's GenAI request fields, as they came (checked and named on the exporter's
+        thread)."""
+        if self.recording:
+            self._fields = tuple(map(body.get, _BODY_FIELDS))
 
     def finish(self, record: RequestRecord) -> None:
         """End the request's span (and any stage left open by an error) with what the record says, and hand
-        the request's spans to the processors."""
+        the request's trace to the exporter."""
         if not self.recording:
             return
-        end = time.time_ns()
-        for stage in reversed(self._open):
-            stage.end, stage.error = end, record.error or _ENDED_WITH_REQUEST
-            self._done.append(stage)
-        self._open.clear()
-        attributes = self._attributes
-        name = self.name
-        if record.alias != "-":
-            name = f"{self.operation or 'request'} {record.alias}"
-            attributes["gen_ai.request.model"] = record.alias
-        attributes["http.response.status_code"] = record.status
-        attributes["gateway.tenant"] = record.tenant
-        attributes["gateway.key_id"] = record.key_id
-        for key, value in (
-            ("gen_ai.usage.input_tokens", record.prompt_tokens),
-            ("gen_ai.usage.output_tokens", record.completion_tokens),
-            ("gateway.deployment", record.deployment),
-            ("gateway.cache", record.cache),
-            ("gateway.cost_usd", record.cost_usd),
-            ("gateway.ttft_s", record.ttft_s),
-        ):
-            if value is not None:
-                attributes[key] = value
-        status, message = otlp.STATUS_UNSET, ""
-        if record.status >= 500 or record.status == 499:
-            attributes["error.type"] = str(record.status)
-            status, message = otlp.STATUS_ERROR, record.error or ""
-        elif record.status >= 400 and record.error:
-            attributes["error.type"] = str(record.status)
-        root_id = self.span_id
-        finished = []
-        for stage in self._done:
-            stage_attributes: Mapping[str, Any] = stage.attributes
-            stage_status, stage_message = otlp.STATUS_UNSET, ""
-            if stage.status is not None or stage.error is not None:
-                stage_attributes = dict(stage_attributes)
-                if stage.status is not None:
-                    stage_attributes["http.response.status_code"] = stage.status
-                if stage.error is not None:
-                    stage_attributes["error.type"] = str(stage.status) if stage.status else "error"
-                    stage_status, stage_message = otlp.STATUS_ERROR, stage.error
-            finished.append(
-                SpanRecord(
-                    stage.name,
-                    stage.span_id,
-                    stage.parent_id,
-                    False,
-                    stage.kind,
-                    stage.start,
-                    stage.end,
-                    stage_status,
-                    stage_message,
-                    stage_attributes,
-                )
+        end = time_ns()
+        done = self._done
+        if self._open:
+            error = record.error or _ENDED_WITH_REQUEST
+            done.extend((*stage, end, None, error) for stage in reversed(self._open))
+            self._open.clear()
+        self._tracing.emit(
+            (
+                self.trace_id_int,
+                tuple(done),
+                self.span_id,
+                self._parent_id,
+                self._start,
+                end,
+                self.method,
+                self.path,
+                record.request_id,
+                self.operation,
+                self._fields,
+                record.alias,
+                record.status,
+                record.tenant,
+                record.key_id,
+                record.prompt_tokens,
+                record.completion_tokens,
+                record.deployment,
+                record.cache,
+                record.cost_usd,
+                record.ttft_s,
+                record.error,
             )
-        parent = self._parent
+        )
+
+
+def deployment_attributes(key: DeploymentKey) -> dict[str, Any]:
+    """The attributes of a span of a stage that ran on a deployment (an upstream attempt, the engine)."""
+    deployment_id, provider, model, api_base, operation = key
+    attributes: dict[str, Any] = {
+        "gen_ai.provider.name": provider,
+        "gen_ai.request.model": model,
+        "gateway.deployment": deployment_id,
+    }
+    if operation:
+        attributes["gen_ai.operation.name"] = operation
+    if api_base:
+        from yarl import URL
+
+        url = URL(api_base)
+        attributes.update({"server.address": url.host or "", "server.port": url.port or 0})
+    return attributes
+
+
+def _request_fields(fields: tuple[Any, ...]) -> list[tuple[str, Any]]:
+    """The GenAI request attributes of the body's fields: the numbers among them, and whether it streams."""
+    out = [
+        (attribute, value)
+        for (_, attribute), value in zip(_REQUEST_FIELDS, fields, strict=False)
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    ]
+    out.append(("gen_ai.request.stream", fields[-1] is True))
+    return out
+
+
+def _root(trace: RequestTrace) -> tuple[str, dict[str, Any], int, str]:
+    """The request's span's name, attributes, status and status message."""
+    (
+        _,
+        _,
+        _,
+        _,
+        _,
+        _,
+        method,
+        path,
+        request_id,
+        operation,
+        fields,
+        alias,
+        status,
+        tenant,
+        key_id,
+        prompt_tokens,
+        completion_tokens,
+        deployment,
+        cache,
+        cost_usd,
+        ttft_s,
+        error,
+    ) = trace
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.path": path,
+        "gateway.request_id": request_id,
+    }
+    if operation:
+        attributes["gen_ai.operation.name"] = operation
+    if fields is not None:
+        attributes.update(_request_fields(fields))
+    name = f"{method} {path}"
+    if alias != "-":
+        name = f"{operation or 'request'} {alias}"
+        attributes["gen_ai.request.model"] = alias
+    attributes["http.response.status_code"] = status
+    attributes["gateway.tenant"] = tenant
+    attributes["gateway.key_id"] = key_id
+    for key, value in (
+        ("gen_ai.usage.input_tokens", prompt_tokens),
+        ("gen_ai.usage.output_tokens", completion_tokens),
+        ("gateway.deployment", deployment),
+        ("gateway.cache", cache),
+        ("gateway.cost_usd", cost_usd),
+        ("gateway.ttft_s", ttft_s),
+    ):
+        if value is not None:
+            attributes[key] = value
+    span_status, message = otlp.STATUS_UNSET, ""
+    if status >= 500 or status == 499:
+        attributes["error.type"] = str(status)
+        span_status, message = otlp.STATUS_ERROR, error or ""
+    elif status >= 400 and error:
+        attributes["error.type"] = str(status)
+    return name, attributes, span_status, message
+
+
+def records(
+    trace: RequestTrace, attributes_of: Callable[[DeploymentKey], Mapping[str, Any]]
+) -> list[SpanRecord]:
+    """A request's trace as span records: its stages, then the request's own span (``RequestEncoder`` writes
+    the same spans straight from the trace)."""
+    _, stages, span_id, parent_id, start, end = trace[:6]
+    finished = []
+    for name, stage_id, stage_parent, stage_start, key, stage_end, status, error in stages:
+        attributes: Mapping[str, Any] = attributes_of(key) if key is not None else _NONE
+        stage_status, stage_message = otlp.STATUS_UNSET, ""
+        if status is not None or error is not None:
+            attributes = dict(attributes)
+            if status is not None:
+                attributes["http.response.status_code"] = status
+            if error is not None:
+                attributes["error.type"] = str(status) if status else "error"
+                stage_status, stage_message = otlp.STATUS_ERROR, error
         finished.append(
             SpanRecord(
                 name,
-                root_id,
-                parent.span_id if parent is not None else 0,
-                parent is not None,
-                otlp.KIND_SERVER,
-                self._start,
-                end,
-                status,
-                message,
+                stage_id,
+                stage_parent,
+                False,
+                otlp.KIND_CLIENT if name == "upstream" else otlp.KIND_INTERNAL,
+                stage_start,
+                stage_end,
+                stage_status,
+                stage_message,
                 attributes,
             )
         )
-        self._tracing.emit(self.trace_id_int, finished)
+    name, root_attributes, status, message = _root(trace)
+    finished.append(
+        SpanRecord(
+            name,
+            span_id,
+            parent_id,
+            parent_id != 0,
+            otlp.KIND_SERVER,
+            start,
+            end,
+            status,
+            message,
+            root_attributes,
+        )
+    )
+    return finished
+
+
+class RequestEncoder(otlp.SpanEncoder):
+    """``RequestTrace``s to an export request, on the exporter's thread: the spans ``records`` makes, written
+    straight from the trace's values. What repeats across requests is encoded once and its bytes reused: a
+    stage's attributes (by deployment and status), and the request's span's name and its attributes from
+    the method to the key id (by their values and the request fields' types); the rest (request id,
+    tokens, cost, TTFT) is written per request."""
+
+    def __init__(self, resource: Mapping[str, Any], scope: str) -> None:
+        super().__init__(resource, scope)
+        self._stages: dict[tuple[DeploymentKey | None, int | None], bytes] = {}
+        self._roots: dict[tuple[Any, ...], tuple[str, bytes, bytes]] = {}
+
+    def _stage(self, key: DeploymentKey | None, status: int | None) -> bytes:
+        attributes = deployment_attributes(key) if key is not None else {}
+        if status is not None:
+            attributes["http.response.status_code"] = status
+        if len(self._stages) >= otlp.MAX_CACHED:
+            self._stages.clear()
+        entries = self._stages[key, status] = b"".join([self.attribute(k, v) for k, v in attributes.items()])
+        return entries
+
+    def _root(self, shared: tuple[Any, ...] | None, trace: RequestTrace) -> tuple[str, bytes, bytes]:
+        """The request's span's name and its attribute entries before and after the request id, kept under
+        ``shared`` (the values they come from; None: not kept)."""
+        name, attributes, _, _ = _root(trace)
+        entries = [self.attribute(k, v) for k, v in attributes.items()]
+        # method, path | request id | operation, request fields, alias, status, tenant, key id | the rest
+        after = 3 + (len(_request_fields(trace[10])) if trace[10] is not None else 0)
+        after += bool(trace[9]) + (trace[11] != "-") + 3
+        found = (name, b"".join(entries[:2]), b"".join(entries[3:after]))
+        if shared is not None:
+            if len(self._roots) >= otlp.MAX_CACHED:
+                self._roots.clear()
+            self._roots[shared] = found
+        return found
+
+    def encode(self, traces: Sequence[RequestTrace]) -> bytes:
+        attribute, double, frame = self.attribute, self.double, self.frame
+        stage_entries, roots = self._stages, self._roots
+        spans: list[bytes] = []
+        append = spans.append
+        for trace in traces:
+            trace_id, stages, span_id, parent_id, start, end = trace[:6]
+            prefix = otlp.trace_prefix(trace_id)
+            for name, stage_id, stage_parent, stage_start, key, stage_end, code, message in stages:
+                entries = stage_entries.get((key, code))
+                if entries is None:  # (b"": a stage with no attributes)
+                    entries = self._stage(key, code)
+                if message is not None:
+                    entries += attribute("error.type", str(code) if code else "error")
+                append(
+                    frame(
+                        prefix,
+                        stage_id,
+                        stage_parent,
+                        False,
+                        name,
+                        otlp.KIND_CLIENT if name == "upstream" else otlp.KIND_INTERNAL,
+                        stage_start,
+                        stage_end,
+                        otlp.STATUS_UNSET if message is None else otlp.STATUS_ERROR,
+                        message or "",
+                        entries,
+                    )
+                )
+            # the values the request's span's name and first attributes come from (method, path, operation,
+            # request fields, alias, status, tenant, key id), and the request fields' types (1, 1.0 and True
+            # are equal keys, encoded differently)
+            shared = trace[6:8] + trace[9:15]
+            fields = trace[10]
+            if fields is not None:
+                shared += tuple(map(type, fields))
+            try:
+                found = roots.get(shared) or self._root(shared, trace)
+            except TypeError:  # a request field that cannot be a key (a list): encoded, not kept
+                found = self._root(None, trace)
+            parts = [found[1], self.unique("gateway.request_id", trace[8]), found[2]]
+            prompt_tokens, completion_tokens, deployment, cache, cost_usd, ttft_s, error = trace[15:]
+            if prompt_tokens is not None:
+                parts.append(attribute("gen_ai.usage.input_tokens", prompt_tokens))
+            if completion_tokens is not None:
+                parts.append(attribute("gen_ai.usage.output_tokens", completion_tokens))
+            if deployment is not None:
+                parts.append(attribute("gateway.deployment", deployment))
+            if cache is not None:
+                parts.append(attribute("gateway.cache", cache))
+            if cost_usd is not None:
+                parts.append(
+                    double("gateway.cost_usd", cost_usd)
+                    if type(cost_usd) is float
+                    else attribute("gateway.cost_usd", cost_usd)
+                )
+            if ttft_s is not None:
+                parts.append(
+                    double("gateway.ttft_s", ttft_s)
+                    if type(ttft_s) is float
+                    else attribute("gateway.ttft_s", ttft_s)
+                )
+            span_status, span_message = otlp.STATUS_UNSET, ""
+            status = trace[12]
+            if status >= 400:
+                if status >= 500 or status == 499:
+                    parts.append(attribute("error.type", str(status)))
+                    span_status, span_message = otlp.STATUS_ERROR, error or ""
+                elif error:
+                    parts.append(attribute("error.type", str(status)))
+            append(
+                frame(
+                    prefix,
+                    span_id,
+                    parent_id,
+                    parent_id != 0,
+                    found[0],
+                    otlp.KIND_SERVER,
+                    start,
+                    end,
+                    span_status,
+                    span_message,
+                    b"".join(parts),
+                )
+            )
+        return self.request(spans)
 
 
 def _parent(header: str) -> tuple[int, int, bool] | None:

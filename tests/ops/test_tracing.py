@@ -471,3 +471,62 @@ def test_each_attribute_value_is_encoded_as_protobuf_encodes_it(value):
         raw = encoder.span(b"\1" * 16, SpanRecord("n", 1, 0, False, 1, 1, 2, 0, "", attributes))
         assert raw.endswith(expected)  # the attributes are the span's last field
         assert list(Span.FromString(raw).attributes) == list(Span.FromString(expected).attributes)
+
+
+def test_a_request_trace_is_encoded_as_its_span_records_are():
+    """The exporter's thread writes a request's spans straight from its trace, reusing the bytes of what repeats;
+    they equal the generic encoder's bytes of the span records made of it (what in-process processors get, and
+    what the receiver test above compares with the SDK's), for traces varying in every field, and again from
+    the caches. Equal request fields of other types (1, 1.0, True) are encoded as their own."""
+    import random
+    from types import MappingProxyType
+
+    from gateway.otlp import SpanEncoder
+    from gateway.tracing import RequestEncoder, deployment_attributes, records
+
+    rng = random.Random(21)
+    keys = [
+        None,
+        ("chat/0", "openai-compatible", "m", "http://127.0.0.1:9/v1", "chat"),
+        ("e/1", "local", "tiny", None, ""),
+    ]
+
+    def pick(*options):
+        return rng.choice(options)
+
+    def stage(n: int):
+        name = pick("admission", "cache", "queue", "upstream", "engine")
+        started = (name, rng.getrandbits(64) or 1, rng.getrandbits(64) or 1, n, pick(*keys))
+        return *started, n + 5, pick(None, 200, 503, 0), pick(None, "boom", "ended with the request")
+
+    def trace(n: int):
+        fields = pick(
+            None,
+            (
+                *(pick(None, 1, 1.0, True, 0.5, -3, [1], "x") for _ in range(6)),
+                pick(True, False, None, "yes"),
+            ),
+        )
+        return (
+            *(rng.getrandbits(128) or 1, tuple(stage(n) for _ in range(rng.randrange(4)))),
+            *(rng.getrandbits(64) or 1, pick(0, rng.getrandbits(64) or 1), n, n + 9, "POST"),
+            *(pick("/v1/chat/completions", "/v1/other"), f"req-{n}", pick("", "chat"), fields),
+            *(pick("-", "chat", "é"), pick(200, 400, 429, 499, 500, 503), pick("acme", "-"), pick("k1", "-")),
+            *(pick(None, 0, 12), pick(None, 30), pick(None, "chat/0"), pick(None, "miss", "hit-exact")),
+            *(pick(None, 0.0, 0.00012, 0), pick(None, 0.01), pick(None, "", "upstream failed")),
+        )
+
+    traces = [trace(n) for n in range(400)]
+    for value in (1, 1.0, True, 1, 1.0, True):  # equal as keys, not as attributes
+        traces.append((*trace(0)[:10], (value, *[None] * 5, False), "chat", 200, "acme", "k1", *[None] * 7))
+    shared: dict = {}
+
+    def attributes_of(key):
+        return shared.setdefault(key, MappingProxyType(deployment_attributes(key)))
+
+    expected = SpanEncoder({"service.name": "t"}, "llm-gateway").encode(
+        [(t[0], records(t, attributes_of)) for t in traces]
+    )
+    encoder = RequestEncoder({"service.name": "t"}, "llm-gateway")
+    assert encoder.encode(traces) == expected
+    assert encoder.encode(traces) == expected  # the second time from the caches
