@@ -7,7 +7,9 @@ serve` (1 worker) in front of the same fake upstream: off (request log and traci
 all rows), request log on (SQLite in a temp dir), tracing on (every request sampled, exported over OTLP/HTTP
 to a local sink), tracing with 10% of requests sampled, both. Rounds interleave the rows so each meets the same
 background load; medians shown. "capacity vs off": the off row's server CPU per request over the row's (the
-req/s it would reach with a core of its own), the figure to read when other work takes the cores.
+req/s it would reach with a core of its own), the figure to read when other work takes the cores. "loop /
+other threads": the server's CPU per request split between its main thread (the event loop) and the rest
+(the trace exporter, the request log's writer), from /proc.
 
     python bench/ops_bench.py [--duration 10] [--rounds 3]
 """
@@ -15,6 +17,7 @@ req/s it would reach with a core of its own), the figure to read when other work
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -64,6 +67,15 @@ def cpu_per_request(result: gb.Result) -> float:
     return result.cpu.get("server", 0.0) / 100 / result.rps * 1e6
 
 
+def thread_seconds(pid: int) -> float:
+    """CPU seconds of the process's main thread: its event loop."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -76,6 +88,7 @@ def main() -> int:
     procs = gb.Processes()
     results: dict[str, list[gb.Result]] = {}
     singles: dict[str, list[gb.Result]] = {}
+    loops: dict[str, list[tuple[float, float]]] = {}  # (loop, other threads) µs per request
     try:
         up_port, sink_port = gb.free_port(), gb.free_port()
         upstream = procs.start(
@@ -126,8 +139,13 @@ def main() -> int:
         for round_ in range(args.rounds):
             print(f"round {round_ + 1}/{args.rounds}", flush=True)
             for name, (process, url) in servers.items():
+                before = thread_seconds(process.pid), gb.cpu_seconds([process.pid])
                 result = gb.wrk(name, url, lua, 50, args.duration, {"server": [process.pid]})
                 results.setdefault(name, []).append(result)
+                served = result.rps * args.duration
+                loop = (thread_seconds(process.pid) - before[0]) / served * 1e6
+                total = (gb.cpu_seconds([process.pid]) - before[1]) / served * 1e6
+                loops.setdefault(name, []).append((loop, total - loop))
                 # one connection: each request alone in the worker, so its p50 is its own cost, not a queue's
                 alone = gb.wrk(name, url, lua, 1, max(3, args.duration // 2))
                 singles.setdefault(name, []).append(alone)
@@ -135,10 +153,10 @@ def main() -> int:
         procs.stop_all()
     off = results["off"]
     print(
-        "\n| row (1 worker, 50 connections) | req/s | vs off (paired) | server CPU µs/req | capacity vs off "
-        "| p50 ms | p50 added ms | p99 ms | 1 connection: p50 ms | p50 added ms |"
+        "\n| row (1 worker, 50 connections) | req/s | vs off (paired) | server CPU µs/req | loop / other threads "
+        "| capacity vs off | p50 ms | p50 added ms | p99 ms | 1 connection: p50 ms | p50 added ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         rps = statistics.median(r.rps for r in runs)
         ratio = statistics.median(r.rps / o.rps for r, o in zip(runs, off, strict=True))
@@ -146,6 +164,8 @@ def main() -> int:
         added = statistics.median(r.p50 - o.p50 for r, o in zip(runs, off, strict=True))
         p99 = statistics.median(r.p99 for r in runs)
         cpu = statistics.median(cpu_per_request(r) for r in runs)
+        loop = statistics.median(x[0] for x in loops[name])
+        other = statistics.median(x[1] for x in loops[name])
         capacity = statistics.median(
             cpu_per_request(o) / cpu_per_request(r) for r, o in zip(runs, off, strict=True)
         )
@@ -153,7 +173,8 @@ def main() -> int:
         alone_p50 = statistics.median(r.p50 for r in alone)
         alone_added = statistics.median(r.p50 - o.p50 for r, o in zip(alone, singles["off"], strict=True))
         print(
-            f"| {name} | {rps:,.0f} | {ratio:.1%} | {cpu:,.0f} | {capacity:.1%} | {p50:.2f} | {added:+.3f} "
+            f"| {name} | {rps:,.0f} | {ratio:.1%} | {cpu:,.0f} | {loop:,.0f} / {other:,.0f} | {capacity:.1%} "
+            f"| {p50:.2f} | {added:+.3f} "
             f"| {p99:.2f} | {alone_p50:.3f} | {alone_added:+.3f} |"
         )
     return 0
