@@ -68,8 +68,8 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--wrapped"]:
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gateway_bench as gb  # noqa: E402
-from ops_bench import SINK  # noqa: E402
 from ops_bench import config as row_config  # noqa: E402
+from ops_bench import start_fakes  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 # row -> (request log, share of requests traced), as bench/ops_bench.py's rows
@@ -143,27 +143,7 @@ def main() -> int:
     servers: dict[str, tuple[subprocess.Popen[bytes], str, Path]] = {}
     rows: dict[str, list[dict[str, Any]]] = {}
     try:
-        up_port, sink_port = gb.free_port(), gb.free_port()
-        upstream = procs.start(
-            [
-                sys.executable,
-                "-m",
-                "tests.fakes.openai_upstream",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(up_port),
-            ],
-            tmp / "upstream.log",
-        )
-        gb.wait_ready(
-            f"http://127.0.0.1:{up_port}/v1/chat/completions",
-            upstream,
-            tmp / "upstream.log",
-            key="upstream-key",
-            body=gb.BODY,
-        )
-        procs.start([sys.executable, "-c", SINK.format(port=sink_port)], tmp / "sink.log")
+        up_port, sink_port = start_fakes(procs, tmp)
         for row in args.rows.split(","):
             name, _, where = row.partition("@")
             request_log, tracing = ROWS[name]
