@@ -67,6 +67,30 @@ def cpu_per_request(result: gb.Result) -> float:
     return result.cpu.get("server", 0.0) / 100 / result.rps * 1e6
 
 
+def start_fakes(procs: gb.Processes, tmp: Path) -> tuple[int, int]:
+    """The fake upstream and the traces sink, answering; their ports."""
+    up_port, sink_port = gb.free_port(), gb.free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "tests.fakes.openai_upstream",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(up_port),
+    ]
+    upstream = procs.start(command, tmp / "upstream.log")
+    gb.wait_ready(
+        f"http://127.0.0.1:{up_port}/v1/chat/completions",
+        upstream,
+        tmp / "upstream.log",
+        key="upstream-key",
+        body=gb.BODY,
+    )
+    procs.start([sys.executable, "-c", SINK.format(port=sink_port)], tmp / "sink.log")
+    return up_port, sink_port
+
+
 def thread_seconds(pid: int) -> float:
     """CPU seconds of the process's main thread: its event loop."""
     try:
@@ -90,27 +114,7 @@ def main() -> int:
     singles: dict[str, list[gb.Result]] = {}
     loops: dict[str, list[tuple[float, float]]] = {}  # (loop, other threads) µs per request
     try:
-        up_port, sink_port = gb.free_port(), gb.free_port()
-        upstream = procs.start(
-            [
-                sys.executable,
-                "-m",
-                "tests.fakes.openai_upstream",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(up_port),
-            ],
-            tmp / "upstream.log",
-        )
-        gb.wait_ready(
-            f"http://127.0.0.1:{up_port}/v1/chat/completions",
-            upstream,
-            tmp / "upstream.log",
-            key="upstream-key",
-            body=gb.BODY,
-        )
-        procs.start([sys.executable, "-c", SINK.format(port=sink_port)], tmp / "sink.log")
+        up_port, sink_port = start_fakes(procs, tmp)
         servers = {}
         for name, (request_log, tracing) in ROWS.items():
             slug = name.replace(" ", "-")
