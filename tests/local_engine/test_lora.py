@@ -230,11 +230,12 @@ def test_a_kv_handoff_waits_for_its_adapter_on_the_decode_side(
     prefill = _engine(tiny_llama, adapters)
     handed: list[torch.Tensor] = []
 
-    def save(prompt: list[int], kv_caches: Any, blocks: list[int]) -> None:
+    def save(prompt: list[int], kv_caches: list[tuple[torch.Tensor, torch.Tensor]], blocks: list[int]) -> Any:
         k = kv_caches[0][0]
         out = torch.empty(len(kv_caches), 2, len(blocks), *k.shape[1:], dtype=k.dtype)
         gather_kv(kv_caches, blocks, out)
         handed.append(out)
+        return {}  # the handoff's parameters, for a decode worker that would fetch it
 
     prefill.kv_savers["h"] = save
     prefill.add_request(
