@@ -88,7 +88,6 @@ async def _serve_app(
         keepalive_timeout=server.limits.header_timeout_s,
     )
     await runner.setup()
-    tune_gc()
     guard = ConnectionGuard(server.limits, fd_budget(server.limits, server.upstream_max_connections))
     guard.install(runner.server)  # type: ignore[arg-type]  # set by setup()
     stop = asyncio.Event()
@@ -126,6 +125,8 @@ async def _serve_app(
             tls=ssl_context is not None,
             max_connections=guard.max_connections,
         )
+        # after the loop's SIGTERM handler is in: a stop during the collection is the usual drain
+        tune_gc()
         reloader.start()
         await stop.wait()
         log.info("draining", pid=os.getpid(), timeout_s=drain)
