@@ -143,7 +143,7 @@ GC_THRESHOLD = 10_000
 
 
 def tune_gc() -> None:
-    """The cyclic GC for a server, once the app is built: what start-up made (modules, config, the app) is
+    """The cyclic GC for a server, once it listens: what start-up made (modules, config, the app) is
     frozen out of every later collection, and young collections wait for 10,000 net allocations instead of
     700. With 50 requests in flight, a young collection every ~10 requests found their live objects, moved
     them up a generation and so fed full collections that scanned the whole heap: the GC took ~9% of the
