@@ -161,7 +161,7 @@ def test_prompts_are_logged_only_when_configured(tmp_path, upstream):
 
 
 def test_a_worker_freezes_what_start_up_made_and_collects_young_objects_less_often():
-    """tune_gc (called by each worker once its app is built): start-up's objects frozen out of later
+    """tune_gc (called by each worker once it listens): start-up's objects frozen out of later
     collections, young collections every 10,000 net allocations. In a process of its own: the tests' GC stays
     as it is."""
     script = (
