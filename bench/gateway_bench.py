@@ -82,6 +82,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def fake_upstream(port: int) -> list[str]:
+    """The command of the fake OpenAI upstream (tests/fakes/openai_upstream.py) on a loopback ``port``."""
+    return [sys.executable, "-m", "tests.fakes.openai_upstream", "--host", "127.0.0.1", "--port", str(port)]
+
+
 def http(url: str, key: str | None = None, body: str | None = None, timeout: float = 2) -> int:
     headers = {"Content-Type": "application/json"}
     if key:
@@ -713,18 +718,7 @@ def main() -> int:
     try:
         up_port = free_port()
         up_log = tmp / "upstream.log"
-        upstream = procs.start(
-            [
-                sys.executable,
-                "-m",
-                "tests.fakes.openai_upstream",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(up_port),
-            ],
-            up_log,
-        )
+        upstream = procs.start(fake_upstream(up_port), up_log)
         direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         wait_ready(direct, upstream, up_log, key="upstream-key", body=BODY)
 

@@ -70,16 +70,7 @@ def cpu_per_request(result: gb.Result) -> float:
 def start_fakes(procs: gb.Processes, tmp: Path) -> tuple[int, int]:
     """The fake upstream and the traces sink, answering; their ports."""
     up_port, sink_port = gb.free_port(), gb.free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "tests.fakes.openai_upstream",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(up_port),
-    ]
-    upstream = procs.start(command, tmp / "upstream.log")
+    upstream = procs.start(gb.fake_upstream(up_port), tmp / "upstream.log")
     gb.wait_ready(
         f"http://127.0.0.1:{up_port}/v1/chat/completions",
         upstream,
