@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 
 from aiohttp import web
 
@@ -156,8 +157,10 @@ def tune_gc() -> None:
 
 def _worker_entry(config_path: str | None, listen: Listen) -> None:
     # A SIGTERM that arrives while the worker is still starting (before its loop's handler is installed)
-    # is a clean stop too, not a death by signal.
+    # is a clean stop too, not a death by signal. The supervisor starts the worker with SIGTERM blocked,
+    # so one sent while the spawned interpreter still imports this module waits here instead of killing it.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     sys.exit(_run_worker(config_path, listen, reuse_port=True))
 
 
@@ -168,14 +171,20 @@ def _supervise(config_path: str | None, listen: Listen) -> int:
     stopping = False
     reload = False
 
+    # The first spawn starts multiprocessing's resource tracker, which blocks and then unblocks SIGTERM
+    # around its own start: inside start()'s masked window it would let the first worker's SIGTERM
+    # through unmasked. Started here, before any mask.
+    resource_tracker.ensure_running()
+
     def start() -> multiprocessing.process.BaseProcess:
         process = context.Process(target=_worker_entry, args=(config_path, listen), daemon=False)
-        # The child inherits the mask: a SIGHUP before its handler is installed waits instead of killing it.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        # The child inherits the mask: a SIGHUP or SIGTERM before its handler is installed waits instead
+        # of killing it (the supervisor's own, if one comes meanwhile, is delivered at the unblock).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM})
         try:
             process.start()
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGTERM})
         return process
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -213,5 +222,5 @@ def _supervise(config_path: str | None, listen: Listen) -> int:
             os.kill(worker.pid, signal.SIGTERM)
     for worker in workers:
         worker.join()
-    log.info("all workers stopped")
+    log.info("all workers stopped", exitcodes=[w.exitcode for w in workers])
     return 0 if all(w.exitcode == 0 for w in workers) else 1

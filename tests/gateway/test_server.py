@@ -90,6 +90,35 @@ def test_two_workers_share_one_port_and_metrics(tmp_path, upstream):
     assert not metrics_dir.exists()  # the supervisor's temporary metrics directory is removed on exit
 
 
+def test_sigterm_while_workers_still_start_is_a_clean_stop(tmp_path, upstream):
+    """A stop sent while the workers are still importing (a deploy that rolls back at once) exits 0:
+    the worker waits for its handler instead of dying by the signal's default action."""
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text(upstream[0].url, failure_models(upstream[0].url)))
+    stdout = tmp_path / "stdout.log"
+    with stdout.open("wb") as log:
+        process = subprocess.Popen(
+            serve_argv(str(config), str(free_port()), workers="2"),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        # "supervising" is logged right after the workers are spawned, long before they have imported
+        # the gateway (a second or more), so the SIGTERM reaches them mid-import.
+        wait_for(
+            lambda: '"supervising"' in stdout.read_text(),
+            what="the supervisor to spawn its workers",
+        )
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, stdout.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "worker died" not in stdout.read_text()
+
+
 def test_sigterm_lets_a_running_stream_finish_then_exits_0(tmp_path, upstream):
     process, url, stdout = start_serve(tmp_path, upstream[0].url, server="  drain_timeout_s: 10")
     received: list[str] = []
