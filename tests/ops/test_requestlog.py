@@ -158,7 +158,8 @@ class _Bodies:
     """A body policy that keeps the bodies as text, marked."""
 
     def stored(self, tenant: str, request_id: str, bodies: tuple[Any, Any]) -> tuple[Any, Any]:
-        return tuple(None if body is None else f"{tenant}:{body.decode()}" for body in bodies)
+        question, answer = (None if body is None else f"{tenant}:{body.decode()}" for body in bodies)
+        return question, answer
 
 
 async def test_sqlite_writes_each_queued_record_as_it_was_queued(tmp_path):
