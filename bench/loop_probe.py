@@ -5,7 +5,9 @@ Rows as bench/ops_bench.py's (off, request log, tracing every request, tracing 1
 `python -m gateway serve` (1 worker) in front of the same fake upstream, run through this script (``--wrapped``)
 so that GC callbacks time every collection and SIGUSR1 reports them. Per row, interleaved rounds of wrk at 50
 connections; medians of: req/s, the event loop's thread CPU µs per request and the other threads' (from
-/proc/PID/task), the GC's µs per request by generation and collections per 1,000 requests.
+/proc/PID/task), the loop's voluntary context switches per 1,000 requests (each a wait: for the GIL while
+another thread holds it, among others), the GC's µs per request by generation and collections per 1,000
+requests.
 
 ``--callgrind``: instead, each row once under valgrind's callgrind (instrumented only once warm, ~30x
 slower), and instructions per request by thread and inside ``gc_collect_main``: counts that do not move
@@ -91,6 +93,12 @@ def thread_seconds(pid: int) -> dict[int, float]:
             continue
         out[int(task.name)] = (int(fields[11]) + int(fields[12])) / TICK
     return out
+
+
+def switches(pid: int) -> int:
+    """The main thread's voluntary context switches so far: each wait for the GIL (or for the kernel) is one."""
+    status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
+    return int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
 
 
 def gc_report(pid: int, out: Path) -> dict[str, Any]:
@@ -200,9 +208,9 @@ def main() -> int:
     first = next(iter(rows.values()))
     print(
         "\n| row (1 worker, 50 connections) | req/s | vs first (paired) | loop µs/req | other threads µs/req "
-        "| GC µs/req (gen 0/1/2) | collections per 1k requests |"
+        "| loop waits per 1k requests | GC µs/req (gen 0/1/2) | collections per 1k requests |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for row, runs in rows.items():
 
         def median(key: str, runs: list[dict[str, Any]] = runs) -> float:
@@ -213,7 +221,7 @@ def main() -> int:
         counts = "/".join(f"{statistics.median(r['collections'][g] for r in runs):.2f}" for g in range(3))
         print(
             f"| {row} | {median('rps'):,.0f} | {ratio:.1%} | {median('loop'):,.0f} | {median('other'):,.0f} "
-            f"| {gcs} | {counts} |"
+            f"| {median('waits'):,.0f} | {gcs} | {counts} |"
         )
     return 0
 
@@ -222,6 +230,7 @@ def timed_row(
     process: subprocess.Popen[bytes], url: str, lua: Path, out: Path, duration: int
 ) -> dict[str, Any]:
     before, threads = gc_report(process.pid, out), thread_seconds(process.pid)
+    waits = switches(process.pid)
     done = subprocess.run(
         ["wrk", "-t2", "-c50", f"-d{duration}s", "-s", str(lua), url],
         capture_output=True,
@@ -229,6 +238,7 @@ def timed_row(
         check=True,
     )
     after, threads_after = gc_report(process.pid, out), thread_seconds(process.pid)
+    waits = switches(process.pid) - waits
     served = requests_served(done.stdout)
     loop = threads_after.get(process.pid, 0.0) - threads.get(process.pid, 0.0)
     other = sum(v - threads.get(t, 0.0) for t, v in threads_after.items() if t != process.pid)
@@ -236,6 +246,7 @@ def timed_row(
         "rps": served / duration,
         "loop": loop / served * 1e6,
         "other": other / served * 1e6,
+        "waits": waits / served * 1000,
         "gc": [(after["seconds"][g] - before["seconds"][g]) / served * 1e6 for g in range(3)],
         "collections": [
             (after["collections"][g] - before["collections"][g]) / served * 1000 for g in range(3)

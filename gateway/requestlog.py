@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,7 @@ _SAVINGS = (
     "FROM requests{where} GROUP BY tenant ORDER BY tenant"
 )
 _RETENTION_EVERY_S = 60.0
+_MOST_ROWS = 256  # records per INSERT (SqliteRequestLog._flush); sizes are powers of two, each prepared once
 
 Row = tuple[Any, ...]
 
@@ -155,12 +158,15 @@ class RequestLog:
         rows = []
         buffer = self._buffer
         while buffer:
-            *row, bodies = buffer.popleft()
-            if bodies is None or self.bodies is None:
-                rows.append((*row, None, None))
-            else:
-                rows.append((*row, *self.bodies.stored(row[2], row[1], bodies)))
+            rows.append(self._stored(buffer.popleft()))
         return rows
+
+    def _stored(self, queued: Row) -> Row:
+        """A queued record as its row: the bodies redacted, cut and sealed (or None, None)."""
+        *row, bodies = queued
+        if bodies is None or self.bodies is None:
+            return (*row, None, None)
+        return (*row, *self.bodies.stored(row[2], row[1], bodies))
 
     def _retention_due(self) -> float | None:
         """The cut-off time when a retention sweep is due."""
@@ -206,6 +212,14 @@ class RequestLog:
         """Per tenant over the records kept (``retention_days``): requests, cache hits and the dollars the
         hits saved (what their answers cost when made, at the deployment's price)."""
         raise NotImplementedError
+
+
+@functools.cache
+def _insert(rows: int) -> str:
+    """An INSERT of that many records queued without bodies: each one's values, its bodies' None in
+    request_body, NULL in response_body."""
+    values = f"({', '.join('?' * (len(COLUMNS) + 1))}, NULL)"
+    return f"INSERT INTO requests VALUES {', '.join([values] * rows)}"
 
 
 class SqliteRequestLog(RequestLog):
@@ -265,11 +279,24 @@ class SqliteRequestLog(RequestLog):
             db.close()
 
     def _flush(self, db: sqlite3.Connection) -> None:
-        rows = self._take()
-        cutoff = self._retention_due()
+        buffer = self._buffer
+        queued = [buffer.popleft() for _ in range(len(buffer))]
+        # Most records have no bodies: queued as they are, their last value (the bodies, None) fills
+        # request_body. They go in many to an INSERT, bound at once from one flat list: ``executemany``
+        # steps once per row and gives the GIL up and takes it back each time, and every one of those
+        # takes made the event loop wait for it (the loop lost more to them than the writer spent).
+        plain = [row for row in queued if row[-1] is None]
+        most = min(_MOST_ROWS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // (len(COLUMNS) + 1))
         with db:
-            if rows:
+            at = 0
+            while at < len(plain):
+                size = min(most, 1 << (len(plain) - at).bit_length() - 1)
+                db.execute(_insert(size), list(chain.from_iterable(plain[at : at + size])))
+                at += size
+            if len(plain) < len(queued):
+                rows = [self._stored(row) for row in queued if row[-1] is not None]
                 db.executemany(f"INSERT INTO requests VALUES ({', '.join('?' * len(rows[0]))})", rows)
+            cutoff = self._retention_due()
             if cutoff is not None:
                 db.execute("DELETE FROM requests WHERE ts < ?", (cutoff,))
 

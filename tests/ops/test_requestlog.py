@@ -154,6 +154,47 @@ async def test_a_full_buffer_drops_and_counts_instead_of_waiting(store):
     assert sorted(r["request_id"] for r in rows) == ["r0", "r1", "r2"]
 
 
+class _Bodies:
+    """A body policy that keeps the bodies as text, marked."""
+
+    def stored(self, tenant: str, request_id: str, bodies: tuple[Any, Any]) -> tuple[Any, Any]:
+        question, answer = (None if body is None else f"{tenant}:{body.decode()}" for body in bodies)
+        return question, answer
+
+
+async def test_sqlite_writes_each_queued_record_as_it_was_queued(tmp_path):
+    # 301 records in one flush: without bodies they go in many to an INSERT (256 + 32 + 8 + 4 rows), with
+    # bodies one by one; every value as queued, the types SQLite keeps included
+    log = SqliteRequestLog(
+        RequestLogConfig(path=str(tmp_path / "requests.db"), flush_interval_s=3600),
+        bodies=_Bodies(),  # type: ignore[arg-type]
+    )
+    await log.start()
+    for i in range(301):
+        record = RequestRecord(
+            request_id=f"r{i}",
+            started=0.0,
+            endpoint="/v1/chat/completions",
+            tenant=f"t{i % 3}",
+            stream=i % 2 == 0,
+            ttft_s=None if i % 4 else i / 7,
+            prompt_tokens=i or None,
+            cost_usd=i / 3,
+            cache="miss" if i % 5 else None,
+        )
+        record.attempts.extend(f"d{j}:200" for j in range(i % 3))
+        bodies = (b"question", b"answer" if i % 100 == 7 else None) if i % 50 == 7 else None
+        log.add(record, i / 1000, 200 + i % 3, bodies)
+    queued = list(log._buffer)
+    await log.close()
+    db = sqlite3.connect(log.path)
+    stored = db.execute("SELECT * FROM requests ORDER BY CAST(substr(request_id, 2) AS INTEGER)").fetchall()
+    typed = db.execute("SELECT typeof(stream), typeof(ts), typeof(status) FROM requests").fetchall()
+    assert stored == [log._stored(row) for row in queued]
+    assert set(typed) == {("integer", "real", "integer")}
+    assert stored[7][-2:] == ("t1:question", "t1:answer") and stored[57][-2:] == ("t0:question", None)
+
+
 async def test_records_older_than_the_retention_are_deleted(store):
     now = [1_000_000.0]
     log = make_log(settings(store, retention_days=1, flush_interval_s=0.01), clock=lambda: now[0])
