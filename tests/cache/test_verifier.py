@@ -67,6 +67,13 @@ NEAR_MISSES = [
     ("Rewrite this in a formal tone.", "Rewrite this in a casual tone.", "opposite"),
     ("When do I write their?", "When do I write there?", "opposite"),
     ("What is the capital of Australia?", "What is the largest city in Australia?", "opposite"),
+    # the operands of a subtraction in either spelling; a hyphenated attribute; who did what; a draft
+    ("Subtract 90 from 100.", "What is 90 minus 100?", "order"),
+    ("In Python, how can I deep-copy a list?", "Python: shallow copy of a list?", "opposite"),
+    ("Who invented the telephone?", "Who patented the telephone?", "opposite"),
+    ("Who is the president of Israel?", "Who is the foreign minister of Israel?", "opposite"),
+    ("What are the complications of gout?", "What are the causes of gout?", "opposite"),
+    ("How do I open a PR on GitHub?", "How do I open a draft PR on GitHub?", "qualifier"),
 ]
 PARAPHRASES = [
     ("What is the capital of France?", "What's France's capital?"),
@@ -87,6 +94,9 @@ PARAPHRASES = [
     ("What is 72°F in Celsius?", "How many Celsius is 72 Fahrenheit?"),
     ("Calculate 2 ** 8.", "Evaluate 2 ** 8."),
     ("Top attractions in Washington DC?", "Top attractions in Washington D.C.?"),
+    ("Subtract 5 from 15.", "What is 15 minus 5?"),
+    ("Draft a polite note saying Alice owes Bob $20.", "Write a short reminder that Alice owes Bob $20."),
+    ("What causes hiccups?", "Why do we get hiccups?"),
 ]
 
 
