@@ -91,6 +91,7 @@ _QUALIFIERS = frozenset(
         "under",
         "junior",
         "senior",
+        "draft",
     }
 )
 
@@ -205,7 +206,22 @@ _OPPOSITES: tuple[tuple[frozenset[str], ...], ...] = tuple(
             "illustrator illustrated",
             "editor edited",
         ),
-        ("hard", "soft", "medium"),
+        ("hard", "soft", "medium", "runny", "jammy"),
+        # who did what to a thing: the inventor is not who patented or popularized it
+        (
+            "invent invented inventor",
+            "patent patented",
+            "popularize popularized popularised",
+            "discover discovered",
+        ),
+        ("president", "prime premier", "foreign", "chancellor", "king queen monarch"),
+        (
+            "cause causes",
+            "symptom symptoms",
+            "complication complications",
+            "treatment treat cure",
+            "risk risks",
+        ),
         ("formal", "casual informal"),
         ("locally local", "remotely remote"),
         ("their", "there", "they're"),
@@ -329,7 +345,9 @@ def extract(text: str) -> Slots:
         for i, raw in enumerate(words[:-1])
         if _NUMBER.match(raw) and lowered[i + 1] in UNITS
     }
-    stems = {variant for w in lowered for variant in _variants(w)}
+    # "deep-copy" uses "deep" as "deep copy" does
+    parts = [*lowered, *(part for w in lowered if "-" in w for part in w.split("-") if part)]
+    stems = {variant for w in parts for variant in _variants(w)}
     opposites = tuple(
         frozenset(i for i, members in enumerate(group) if stems & members) for group in _OPPOSITES
     )
@@ -343,7 +361,8 @@ def extract(text: str) -> Slots:
         symbols=symbols,
         quoted=quoted,
         quantities=frozenset(quantities),
-        qualifiers=frozenset(lowered_set & _QUALIFIERS),
+        # "Draft a note": a question's first word is its verb, not a qualifier ("a draft PR" is)
+        qualifiers=frozenset(w for i, w in enumerate(lowered) if w in _QUALIFIERS and (i or w != "draft")),
         roles=roles,
         words=plain,
     )
@@ -511,11 +530,14 @@ parse encrypt decrypt compress decompress encode decode rename merge move lock u
 restart reset revert verify validate buy sell upload download
 """.split()
 )
+# "subtract 5 from 15" is "15 minus 5": one spelling, so the operands' order compares across the two
+_SUBTRACT = re.compile(r"\bsubtract\s+(\d+(?:\.\d+)?|\w+)\s+from\s+(\d+(?:\.\d+)?|\w+)", re.IGNORECASE)
 _ROLE_WORD = re.compile(r"->|→|[,;:.?!]|[A-Za-z0-9][A-Za-z0-9+#.'-]*[A-Za-z0-9+#]|[A-Za-z0-9]")
 _WINDOW = 3
 
 
 def _roles(text: str) -> frozenset[tuple[str, str, str]]:
+    text = _SUBTRACT.sub(r"\2 minus \1", text)
     tokens = [t.lower() for t in _ROLE_WORD.findall(text)]
     roles: set[tuple[str, str, str]] = set()
     for i, token in enumerate(tokens):

@@ -67,6 +67,13 @@ NEAR_MISSES = [
     ("Rewrite this in a formal tone.", "Rewrite this in a casual tone.", "opposite"),
     ("When do I write their?", "When do I write there?", "opposite"),
     ("What is the capital of Australia?", "What is the largest city in Australia?", "opposite"),
+    # the operands of a subtraction in either spelling; a hyphenated attribute; who did what; a draft
+    ("Subtract 90 from 100.", "What is 90 minus 100?", "order"),
+    ("In Python, how can I deep-copy a list?", "Python: shallow copy of a list?", "opposite"),
+    ("Who invented the telephone?", "Who patented the telephone?", "opposite"),
+    ("Who is the president of Israel?", "Who is the foreign minister of Israel?", "opposite"),
+    ("What are the complications of gout?", "What are the causes of gout?", "opposite"),
+    ("How do I open a PR on GitHub?", "How do I open a draft PR on GitHub?", "qualifier"),
 ]
 PARAPHRASES = [
     ("What is the capital of France?", "What's France's capital?"),
@@ -87,6 +94,9 @@ PARAPHRASES = [
     ("What is 72°F in Celsius?", "How many Celsius is 72 Fahrenheit?"),
     ("Calculate 2 ** 8.", "Evaluate 2 ** 8."),
     ("Top attractions in Washington DC?", "Top attractions in Washington D.C.?"),
+    ("Subtract 5 from 15.", "What is 15 minus 5?"),
+    ("Draft a polite note saying Alice owes Bob $20.", "Write a short reminder that Alice owes Bob $20."),
+    ("What causes hiccups?", "Why do we get hiccups?"),
 ]
 
 
@@ -135,8 +145,8 @@ def test_shipped_verifier_is_small_and_trained_on_train_only() -> None:
 
 def test_target_holds_on_a_sample_of_the_test_split() -> None:
     """Near-miss false hits at most 1% in each class at the general mode's operating point, with paraphrases
-    still served: on up to 150 test pairs per class (the whole split is bench/cache_bench.py's table; the
-    issue's recall targets, 60% general and 50% natural, are not met yet: 55% and 24%, docs/cache.md)."""
+    still served: on up to 150 test pairs per class (the whole split is bench/cache_bench.py's table: general
+    recall 60.4%, the issue's 60%; natural 26%, short of its 50%, docs/cache.md)."""
     import random
 
     import numpy as np
