@@ -36,6 +36,9 @@ class AttentionMetadata:
     prefills: list[PrefillChunk]
     # The context length of a lone decode (B == 1), whose keys are cut to it instead of masked; else 0.
     decode_len: int = 0
+    # A lone decode whose blocks are consecutive in the cache: the first one (its K/V are then a view
+    # of the cache, not a copy); else -1.
+    decode_first_block: int = -1
 
 
 def build_metadata(
@@ -78,6 +81,11 @@ def build_metadata(
         dec_mask = visible[:, None, None, :]
         dec_idx = torch.tensor(decode_idx, device=device)
     lone_len = decode_lens[0] if len(decode_lens) == 1 else 0
+    first = -1
+    if lone_len:
+        table = decode_tables[0]
+        if table == list(range(table[0], table[0] + len(table))):
+            first = table[0]
     return AttentionMetadata(
         slot_mapping=torch.tensor(slot_mapping, device=device, dtype=torch.long),
         decode_token_idx=dec_idx,
@@ -85,6 +93,7 @@ def build_metadata(
         decode_mask=None if lone_len else dec_mask,
         prefills=prefills,
         decode_len=lone_len,
+        decode_first_block=first,
     )
 
 
@@ -127,12 +136,22 @@ def _decode_attention(
     meta: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:
-    """The decodes' outputs ``[B, H, D]``: one padded SDPA call over their gathered blocks."""
+    """The decodes' outputs ``[B, H, D]``: one padded SDPA call over their gathered blocks (a lone
+    decode's keys cut to its length instead of masked, and read in place when its blocks are
+    consecutive)."""
     assert meta.decode_blocks is not None
     b, hkv, d = qd.shape[0], k_cache.shape[2], k_cache.shape[3]
-    kd = k_cache.index_select(0, meta.decode_blocks).view(b, -1, hkv, d).transpose(1, 2)  # [B, Hkv, L, D]
-    vd = v_cache.index_select(0, meta.decode_blocks).view(b, -1, hkv, d).transpose(1, 2)
-    if meta.decode_len:  # a lone decode: its keys cut to its length instead of masked (SDPA's cheaper path)
+    if meta.decode_first_block >= 0:  # consecutive blocks: read in place (a copy grows with the context)
+        first, n = meta.decode_first_block, meta.decode_blocks.shape[0]
+        keys, values = k_cache[first : first + n], v_cache[first : first + n]
+    else:
+        keys, values = (
+            k_cache.index_select(0, meta.decode_blocks),
+            v_cache.index_select(0, meta.decode_blocks),
+        )
+    kd = keys.view(b, -1, hkv, d).transpose(1, 2)  # [B, Hkv, L, D]
+    vd = values.view(b, -1, hkv, d).transpose(1, 2)
+    if meta.decode_len:  # unmasked: SDPA's cheaper path
         kd, vd = kd[:, :, : meta.decode_len], vd[:, :, : meta.decode_len]
     od = F.scaled_dot_product_attention(
         qd.unsqueeze(2), kd, vd, attn_mask=meta.decode_mask, scale=scale, enable_gqa=qd.shape[1] != hkv
