@@ -34,6 +34,11 @@ class AttentionMetadata:
     decode_blocks: torch.Tensor | None  # [B * max_blocks] padded block tables, flattened
     decode_mask: torch.Tensor | None  # [B, 1, 1, max_blocks * block_size] True where a key is visible
     prefills: list[PrefillChunk]
+    # The context length of a lone decode (B == 1), whose keys are cut to it instead of masked; else 0.
+    decode_len: int = 0
+    # A lone decode whose blocks are consecutive in the cache: the first one (its K/V are then a view
+    # of the cache, not a copy); else -1.
+    decode_first_block: int = -1
 
 
 def build_metadata(
@@ -75,12 +80,20 @@ def build_metadata(
         visible = torch.arange(width * block_size, device=device).unsqueeze(0) < lens.unsqueeze(1)
         dec_mask = visible[:, None, None, :]
         dec_idx = torch.tensor(decode_idx, device=device)
+    lone_len = decode_lens[0] if len(decode_lens) == 1 else 0
+    first = -1
+    if lone_len:
+        table = decode_tables[0]
+        if table == list(range(table[0], table[0] + len(table))):
+            first = table[0]
     return AttentionMetadata(
         slot_mapping=torch.tensor(slot_mapping, device=device, dtype=torch.long),
         decode_token_idx=dec_idx,
         decode_blocks=dec_blocks,
-        decode_mask=dec_mask,
+        decode_mask=None if lone_len else dec_mask,
         prefills=prefills,
+        decode_len=lone_len,
+        decode_first_block=first,
     )
 
 
@@ -96,18 +109,15 @@ def paged_attention(
     hkv, d = k_cache.shape[2], k_cache.shape[3]
     k_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, k)
     v_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, v)
+    if not meta.prefills and meta.decode_token_idx is not None:
+        # Decodes only (every step of plain generation): token i is decode i, so neither a gather of
+        # the queries nor a scatter of the outputs.
+        return _decode_attention(q, k_cache, v_cache, meta, scale)
     out = torch.empty_like(q)
     gqa = q.shape[1] != hkv
     if meta.decode_token_idx is not None:
-        assert meta.decode_blocks is not None
-        b = meta.decode_token_idx.shape[0]
-        qd = q.index_select(0, meta.decode_token_idx).unsqueeze(2)  # [B, H, 1, D]
-        kd = k_cache.index_select(0, meta.decode_blocks).view(b, -1, hkv, d).transpose(1, 2)  # [B, Hkv, L, D]
-        vd = v_cache.index_select(0, meta.decode_blocks).view(b, -1, hkv, d).transpose(1, 2)
-        od = F.scaled_dot_product_attention(
-            qd, kd, vd, attn_mask=meta.decode_mask, scale=scale, enable_gqa=gqa
-        )
-        out.index_copy_(0, meta.decode_token_idx, od.squeeze(2))
+        qd = q.index_select(0, meta.decode_token_idx)
+        out.index_copy_(0, meta.decode_token_idx, _decode_attention(qd, k_cache, v_cache, meta, scale))
     for p in meta.prefills:
         qp = q[p.start : p.start + p.length].transpose(0, 1).unsqueeze(0)  # [1, H, q, D]
         kp = k_cache.index_select(0, p.blocks).view(-1, hkv, d)[: p.context_len].transpose(0, 1).unsqueeze(0)
@@ -117,3 +127,33 @@ def paged_attention(
         )
         out[p.start : p.start + p.length] = op.squeeze(0).transpose(0, 1)
     return out
+
+
+def _decode_attention(
+    qd: torch.Tensor,  # [B, H, D], the decode tokens' queries
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """The decodes' outputs ``[B, H, D]``: one padded SDPA call over their gathered blocks (a lone
+    decode's keys cut to its length instead of masked, and read in place when its blocks are
+    consecutive)."""
+    assert meta.decode_blocks is not None
+    b, hkv, d = qd.shape[0], k_cache.shape[2], k_cache.shape[3]
+    if meta.decode_first_block >= 0:  # consecutive blocks: read in place (a copy grows with the context)
+        first, n = meta.decode_first_block, meta.decode_blocks.shape[0]
+        keys, values = k_cache[first : first + n], v_cache[first : first + n]
+    else:
+        keys, values = (
+            k_cache.index_select(0, meta.decode_blocks),
+            v_cache.index_select(0, meta.decode_blocks),
+        )
+    kd = keys.view(b, -1, hkv, d).transpose(1, 2)  # [B, Hkv, L, D]
+    vd = values.view(b, -1, hkv, d).transpose(1, 2)
+    if meta.decode_len:  # unmasked: SDPA's cheaper path
+        kd, vd = kd[:, :, : meta.decode_len], vd[:, :, : meta.decode_len]
+    od = F.scaled_dot_product_attention(
+        qd.unsqueeze(2), kd, vd, attn_mask=meta.decode_mask, scale=scale, enable_gqa=qd.shape[1] != hkv
+    )
+    return od.squeeze(2)
