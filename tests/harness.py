@@ -97,9 +97,9 @@ class LoopGuard:
 
     A heartbeat on the loop stops beating while the loop is held. On a loaded machine it also stops while
     the thread merely waits for a CPU, so a stall counts as a block only for what the thread did meanwhile:
-    it burned ``BLOCKED_S`` of CPU (work that belongs off the loop), or the kernel had it asleep at the same
-    line outside the loop's selector at every look (a blocking sleep, lock or socket call). A thread that
-    waits for a CPU is runnable, never asleep, and burns nothing."""
+    it burned ``BLOCKED_S`` of CPU (work that belongs off the loop), or the kernel had it asleep at one line
+    outside the loop's selector for half of ``BLOCKED_S`` (a blocking sleep, lock or socket call). A thread
+    that waits for a CPU is runnable, never asleep, and burns nothing."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
         self.loop = loop
@@ -142,23 +142,35 @@ class LoopGuard:
             if time.monotonic() - self._beat < BLOCKED_S or not self.thread.is_alive():
                 continue
             beat, cpu = self._beat, self._beat_cpu
-            stuck, where, seen = True, self._where(), 0
+            where = self._where()
+            # A blocking call shows as a run of looks that find the thread asleep at one line outside the
+            # selector. The run need not fill the whole stall: on a loaded machine the stall can start with
+            # the thread waiting for a core and end with it waiting for one again after the call returned
+            # (runnable, not asleep) before the loop beats. Half of BLOCKED_S asleep at one line is a block.
+            run_at: traceback.StackSummary | None = None
+            run_since = 0.0
+            found: traceback.StackSummary | None = None
             while self._beat == beat and not self._stop.is_set():  # until the loop runs again
                 now = self._where()
-                same = now is not None and where is not None and now[-1] == where[-1]
                 idle = now is not None and any("selectors.py" in f.filename for f in now[-2:])
                 # asyncio's default executor starting a worker thread waits for it to run: on a loaded machine
                 # that wait is the scheduler's, not a blocking call of ours (getaddrinfo, to_thread calls use it)
                 spawning = now is not None and any(f.name == "_adjust_thread_count" for f in now)
-                stuck = stuck and same and not idle and not spawning and self._asleep()
-                seen += 1
+                if now is None or idle or spawning or not self._asleep():
+                    run_at = None
+                elif run_at is None or now[-1] != run_at[-1]:
+                    run_at, run_since = now, time.monotonic()
+                elif found is None and time.monotonic() - run_since >= BLOCKED_S / 2:
+                    found = run_at
                 self._stop.wait(_BEAT_S)
             held = time.monotonic() - beat
             burned = self._cpu() - _gc_cpu.get(self.thread.ident or -1, 0.0) - cpu
-            if where is not None and (burned >= BLOCKED_S or (stuck and seen >= 2)):
+            if found is None and burned >= BLOCKED_S:
+                found = where
+            if found is not None:
                 self.blocks.append(
                     f"the event loop was held {held:.2f} s ({burned:.2f} s of CPU) at:\n"
-                    + "".join(where.format())
+                    + "".join(found.format())
                 )
 
     def stop(self) -> None:
