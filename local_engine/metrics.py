@@ -76,7 +76,9 @@ class EngineMetrics:
     def tokens_per_s(self) -> float:
         """Output tokens per second over the last 10 seconds of steps."""
         now = time.perf_counter()
-        recent = [(t, n) for t, n in self._token_times if now - t <= 10.0]
+        # The step thread appends while the server's loop reads: copied in one C call (atomic under the
+        # GIL) before Python code walks it, else "deque mutated during iteration" fails the read.
+        recent = [(t, n) for t, n in tuple(self._token_times) if now - t <= 10.0]
         if len(recent) < 2:
             return 0.0
         span = recent[-1][0] - recent[0][0]
