@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from local_engine import kernels
 from local_engine.models.llama import LlamaForCausalLM
 
 QUANTIZATIONS = ("int8", "int4")
@@ -73,11 +74,14 @@ class Int8Linear(nn.Module):
         return cls(q, scale, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).to(_ACT)
-        if x2.shape[0] < PACKED_MAX_ROWS and x2.device.type == "cpu":
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        lib = kernels.library() if x2.device.type == "cpu" else None
+        if x2.shape[0] < PACKED_MAX_ROWS and lib is not None:
+            y = kernels.int8_mm(lib, x2, self.qweight, self.scale)
+        elif x2.shape[0] < PACKED_MAX_ROWS and x2.device.type == "cpu":
+            y = torch.ops.aten._weight_int8pack_mm(x2.to(_ACT), self.qweight, self.scale)
         else:  # many rows, or a device without the packed kernel: one dequantized matmul
-            y = F.linear(x2, self.qweight.to(_ACT) * self.scale[:, None])
+            y = F.linear(x2.to(_ACT), self.qweight.to(_ACT) * self.scale[:, None])
         y = y.to(x.dtype)
         if x.dim() != 2:
             y = y.reshape(*x.shape[:-1], self.out_features)
@@ -165,12 +169,18 @@ def _cpu_tile() -> int:
 class Int4Linear(nn.Module):
     """``y = x @ W^T + bias`` from group-wise 4-bit weights (:class:`Int4Blocks`), in the input's dtype.
 
-    On CPU the weights are kept in the packed kernel's layout (half a byte per value) with the
-    scales and offsets as bf16 pairs; few rows go through the kernel, many rows through one bf16
-    matmul on the layer unpacked for it (as :class:`Int8Linear`). Elsewhere they are kept as plain
-    nibbles and every matmul unpacks them (no fused kernel for this layout is used off CPU).
-    Output rows are padded to the kernel's tile with zero rows, which the output drops."""
+    On CPU with the compiled kernels (:mod:`local_engine.kernels`) the weights are kept as their
+    nibbles, two inputs a byte in GGUF's order (``nib`` [out, in / 2]), with each row's scales and
+    offsets as bf16 (``sz`` [out, 2, in / group]); few rows go through ``kernels.int4_mm``. Without
+    them (no compiler, no AVX2) they are kept in torch's packed layout (``packed``, with
+    ``scale_zero`` [in / group, out, 2]) for ``aten._weight_int4pack_mm_for_cpu``, output rows padded
+    to its tile with zero rows that the output drops. Either way the scales and offsets are rounded
+    to bf16 (what torch's kernel takes), so both compute the same weights; many rows go through
+    one bf16 matmul on the layer unpacked for it (as :class:`Int8Linear`). Elsewhere the weights
+    are kept as plain nibbles and every matmul unpacks them (no fused kernel is used off CPU)."""
 
+    nib: torch.Tensor
+    sz: torch.Tensor
     packed: torch.Tensor
     scale_zero: torch.Tensor
 
@@ -180,16 +190,25 @@ class Int4Linear(nn.Module):
         self.in_features, self.out_features = cols, rows
         self.group = cols // blocks.scale.shape[1]
         device = blocks.q.device
-        self.tile = _cpu_tile() if device.type == "cpu" else 2
-        pad = -rows % self.tile
-        q, scale, zero = (F.pad(t, (0, 0, 0, pad)) for t in blocks)
-        if device.type == "cpu":
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+        self.kernel = (
+            device.type == "cpu" and self.group == kernels.INT4_GROUP and kernels.library() is not None
+        )
+        if self.kernel:
+            self.tile = 1
+            self.register_buffer("nib", kernels.pack_int4(blocks.q))
+            self.register_buffer("sz", torch.stack((blocks.scale, blocks.zero), dim=1).to(_ACT).contiguous())
         else:
-            packed = _pack_tiles(q, self.tile)
-        self.register_buffer("packed", packed)
-        # [in / group, out, 2]: the kernel's scales-and-zeros operand.
-        self.register_buffer("scale_zero", torch.stack((scale.t(), zero.t()), dim=-1).to(_ACT).contiguous())
+            self.tile = _cpu_tile() if device.type == "cpu" else 2
+            pad = -rows % self.tile
+            q, scale, zero = (F.pad(t, (0, 0, 0, pad)) for t in blocks)
+            if device.type == "cpu":
+                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+            else:
+                packed = _pack_tiles(q, self.tile)
+            self.register_buffer("packed", packed)
+            # [in / group, out, 2]: the kernel's scales-and-zeros operand.
+            sz = torch.stack((scale.t(), zero.t()), dim=-1).to(_ACT).contiguous()
+            self.register_buffer("scale_zero", sz)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     @classmethod
@@ -198,20 +217,31 @@ class Int4Linear(nn.Module):
 
     def dequantize(self) -> torch.Tensor:
         """The weights the matmul uses ([out, in], bf16)."""
-        q = _unpack_tiles(self.packed, self.tile)[: self.out_features]
-        sz = self.scale_zero[:, : self.out_features]  # [groups, out, 2]
+        if self.kernel:
+            q = kernels.unpack_int4(self.nib)
+            scale, zero = self.sz[:, 0], self.sz[:, 1]  # [out, groups]
+        else:
+            q = _unpack_tiles(self.packed, self.tile)[: self.out_features]
+            sz = self.scale_zero[:, : self.out_features]  # [groups, out, 2]
+            scale, zero = sz[..., 0].t(), sz[..., 1].t()
         g = q.reshape(self.out_features, -1, self.group).to(_ACT) - 8
-        w = g * sz[..., 0].t()[..., None] + sz[..., 1].t()[..., None]
+        w = g * scale[..., None] + zero[..., None]
         return w.reshape(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).to(_ACT)
-        if x2.shape[0] < PACKED_MAX_ROWS and x2.device.type == "cpu":
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scale_zero)
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        few = x2.shape[0] < PACKED_MAX_ROWS and x2.device.type == "cpu"
+        lib = kernels.library() if few and self.kernel else None
+        if lib is not None:
+            y = kernels.int4_mm(lib, x2, self.nib, self.sz)
+        elif few and not self.kernel:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x2.to(_ACT), self.packed, self.group, self.scale_zero
+            )
             if y.shape[1] != self.out_features:  # the padding rows
                 y = y[:, : self.out_features]
         else:
-            y = F.linear(x2, self.dequantize())
+            y = F.linear(x2.to(_ACT), self.dequantize())
         y = y.to(x.dtype)
         if x.dim() != 2:
             y = y.reshape(*x.shape[:-1], self.out_features)

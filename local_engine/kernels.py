@@ -1,0 +1,156 @@
+"""The weight-only int8 / int4 matmul kernels of ``qkernels.c``, compiled at first use and called
+through ``ctypes`` (:mod:`local_engine.quant` uses them for decode-sized steps).
+
+A decode step reads every weight once, so its speed is the rate the weights stream in; torch's
+packed CPU kernels (``_weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``) convert them at
+4-6 GB/s, a third of what this machine reads, which kept int8 and int4 far from their bandwidth
+bounds. These loops read the packed weights, dequantize them in registers (AVX2 + FMA) and
+multiply float32 activations (nothing is rounded on the activation side).
+
+The library is built once per source, compiler and CPU with the system C compiler (``cc -O3
+-march=native``) into ``~/.cache/llm-gateway/kernels/`` (``LLM_GATEWAY_KERNEL_DIR`` overrides);
+parallel builders (pytest-xdist workers, several engines) each write a temporary file and
+``os.replace`` it, so a reader never sees half a library. Without a compiler, AVX2 and FMA, on
+another architecture, or with ``LLM_GATEWAY_NO_KERNELS=1``, :func:`library` is None and the
+callers keep torch's kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("qkernels.c")
+DISABLE_ENV = "LLM_GATEWAY_NO_KERNELS"
+DIR_ENV = "LLM_GATEWAY_KERNEL_DIR"
+CFLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-Wall")
+REQUIRED_FLAGS = ("avx2", "fma")  # /proc/cpuinfo flags the source needs (it #errors without them)
+INT4_GROUP = 32
+
+_L, _P = ctypes.c_long, ctypes.c_void_p
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _build(cc: str, flags: set[str]) -> Path:
+    """The library's path, compiled unless this source, compiler and CPU already have one: the key
+    holds the CPU's flags because ``-march=native`` code may not run on another machine sharing the
+    cache directory."""
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256(
+        b"\0".join(
+            [
+                SOURCE.read_bytes(),
+                version.encode(),
+                " ".join(sorted(flags)).encode(),
+                " ".join(CFLAGS).encode(),
+            ]
+        )
+    ).hexdigest()[:16]
+    directory = Path(os.environ.get(DIR_ENV) or Path.home() / ".cache" / "llm-gateway" / "kernels")
+    path = directory / f"qkernels-{key}.so"
+    if path.exists():
+        return path
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".qkernels-", suffix=".so")
+    os.close(fd)
+    try:
+        subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, timeout=300)
+        os.replace(tmp, path)  # atomic: a concurrent builder's identical file may be replaced, never torn
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None where they cannot be used here (then the callers use torch's)."""
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return None
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    flags = _cpu_flags()
+    cc = shutil.which(os.environ.get("CC") or "cc")
+    if cc is None or not all(f in flags for f in REQUIRED_FLAGS):
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(cc, flags)))
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        log.warning(
+            "quantized kernels unavailable, using torch's: %s %s", exc, detail.decode(errors="replace")
+        )
+        return None
+    lib.qk_int8_mm.argtypes = [_L, _L, _L, _P, _L, _P, _P, _P, _L]
+    lib.qk_int8_mm.restype = None
+    lib.qk_int4_mm.argtypes = [_L, _L, _L, _P, _L, _P, _P, _P, _P, _L]
+    lib.qk_int4_mm.restype = None
+    return lib
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the kernels take it: 2-D float32 with unit stride along the inputs."""
+    x = x.float()
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def int8_mm(lib: ctypes.CDLL, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x [M, K] @ (q * scale[:, None])^T`` in float32: ``q`` [N, K] int8 contiguous, ``scale`` [N]
+    bf16 (CPU tensors)."""
+    x = _rows(x)
+    (m, k), n = x.shape, q.shape[0]
+    y = torch.empty(m, n)
+    lib.qk_int8_mm(m, n, k, x.data_ptr(), x.stride(0), q.data_ptr(), scale.data_ptr(), y.data_ptr(), n)
+    return y
+
+
+def int4_mm(lib: ctypes.CDLL, x: torch.Tensor, nib: torch.Tensor, sz: torch.Tensor) -> torch.Tensor:
+    """``x [M, K] @ W^T`` in float32 with ``W = (q - 8) * scale + zero`` over groups of 32 inputs:
+    ``nib`` [N, K / 2] uint8 (byte j of a group: q[j] low nibble, q[j + 16] high), ``sz`` [N, 2,
+    K / 32] bf16 (each row's scales, then its zeros)."""
+    x = _rows(x)
+    (m, k), n = x.shape, nib.shape[0]
+    groups = k // INT4_GROUP
+    y = torch.empty(m, n)
+    work = torch.empty((m + 1) * groups + m)
+    lib.qk_int4_mm(
+        m, n, k, x.data_ptr(), x.stride(0), nib.data_ptr(), sz.data_ptr(), work.data_ptr(), y.data_ptr(), n
+    )
+    return y
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """``q`` [N, K] (0..15) as :func:`int4_mm`'s nibbles [N, K / 2]: byte j of each group of 32 holds
+    input j in its low nibble and input j + 16 in its high one (the order of GGUF's Q4 blocks), so
+    the kernel unpacks a group with a mask and a shift."""
+    rows, cols = q.shape
+    g = q.to(torch.uint8).reshape(rows, cols // INT4_GROUP, INT4_GROUP)
+    return (g[..., :16] | (g[..., 16:] << 4)).reshape(rows, cols // 2).contiguous()
+
+
+def unpack_int4(nib: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`pack_int4`: [N, K] uint8 values 0..15."""
+    rows, half = nib.shape
+    g = nib.reshape(rows, half // 16, 16)
+    return torch.cat((g & 15, g >> 4), dim=-1).reshape(rows, 2 * half)

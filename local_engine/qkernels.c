@@ -1,0 +1,226 @@
+/* Weight-only quantized matmuls for decode-sized steps (local_engine/kernels.py builds and loads this).
+ *
+ * y[m, n] = sum_k x[m, k] * w[n, k] with x float32 and w read in its packed form, dequantized in
+ * registers: a decode step reads every weight once, so its speed is the rate the weights stream
+ * in, and these loops keep that rate near the memory's (torch's packed int8/int4 kernels convert
+ * at a third of it on this machine). No activation is rounded: x stays float32.
+ *
+ * int8: w[n, k] = q[n, k] * scale[n], q int8 [N, K] row-major, scale bf16 [N].
+ * int4: each row is K / 32 blocks of 20 bytes: scale (bf16), zero (bf16), then 16 bytes whose
+ *       byte j holds q[j] in its low nibble and q[j + 16] in its high one (GGUF's Q4 order);
+ *       w = (q - 8) * scale + zero = q * scale + (zero - 8 * scale). The scale is applied once
+ *       per block to the block's dot product, the offset through the block's sum of x.
+ *
+ * Needs AVX2 and FMA (built with -march=native; the loader falls back to torch without them).
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#if !defined(__AVX2__) || !defined(__FMA__)
+#error "qkernels needs AVX2 and FMA"
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INLINE float bf16(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+INLINE __m256 load8_i8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+/* R output rows by MB activation rows: the R rows' weights are converted once per 8 inputs and
+ * used by all MB rows (R * MB accumulators, within the 16 ymm registers). */
+INLINE void i8_tile(int R, int MB, long K, const float *x, long ldx, const int8_t *w,
+                    const uint16_t *scale, float *y, long ldy) {
+    __m256 acc[4][8];
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; m++)
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) acc[m][r] = _mm256_setzero_ps();
+    long k = 0;
+    /* The next tile's R * K bytes (consecutive rows) are prefetched a line per row every 64
+     * inputs: short rows in R streams keep the hardware prefetcher from running far enough ahead. */
+    const char *next = (const char *)(w + R * K);
+    for (; k + 8 <= K; k += 8) {
+        if ((k & 63) == 0)
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) _mm_prefetch(next + (k * R + r * 64), _MM_HINT_T0);
+        __m256 wv[8];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) wv[r] = load8_i8(w + r * K + k);
+#pragma GCC unroll 4
+        for (int m = 0; m < MB; m++) {
+            __m256 xv = _mm256_loadu_ps(x + m * ldx + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) acc[m][r] = _mm256_fmadd_ps(wv[r], xv, acc[m][r]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; m++)
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            float s = hsum(acc[m][r]);
+            for (long j = k; j < K; j++) s += x[m * ldx + j] * (float)w[r * K + j];
+            y[m * ldy + r] = s * bf16(scale[r]);
+        }
+}
+
+#define I8_TILE(R, MB)                                                                          \
+    static void i8_##R##x##MB(long K, const float *x, long ldx, const int8_t *w,                \
+                              const uint16_t *scale, float *y, long ldy) {                      \
+        i8_tile(R, MB, K, x, ldx, w, scale, y, ldy);                                            \
+    }
+I8_TILE(8, 1)
+I8_TILE(1, 1)
+I8_TILE(4, 2)
+I8_TILE(1, 2)
+I8_TILE(2, 4)
+I8_TILE(1, 4)
+
+typedef void (*i8_fn)(long, const float *, long, const int8_t *, const uint16_t *, float *, long);
+
+/* y [M, N] (row stride ldy) = x [M, K] (row stride ldx) @ (q * scale)^T. */
+void qk_int8_mm(long M, long N, long K, const float *x, long ldx, const int8_t *q,
+                const uint16_t *scale, float *y, long ldy) {
+    /* Blocks of 8 output rows outer, chunks of activation rows inner: a block's weights (8 * K
+     * bytes) stay in L1 while every chunk passes over them, so each weight comes from memory once
+     * per call. A chunk of MB rows covers the block in tiles of 8 / MB rows. */
+    for (long n = 0; n < N;) {
+        int block = N - n >= 8 ? 8 : 1;
+        for (long m = 0; m < M;) {
+            long left = M - m;
+            int MB = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+            const float *xm = x + m * ldx;
+            float *ym = y + m * ldy + n;
+            if (block == 8) {
+                if (MB == 1) {
+                    i8_8x1(K, xm, ldx, q + n * K, scale + n, ym, ldy);
+                } else if (MB == 2) {
+                    for (int r = 0; r < 8; r += 4) i8_4x2(K, xm, ldx, q + (n + r) * K, scale + n + r, ym + r, ldy);
+                } else {
+                    for (int r = 0; r < 8; r += 2) i8_2x4(K, xm, ldx, q + (n + r) * K, scale + n + r, ym + r, ldy);
+                }
+            } else {
+                i8_fn f = MB == 1 ? i8_1x1 : MB == 2 ? i8_1x2 : i8_1x4;
+                f(K, xm, ldx, q + n * K, scale + n, ym, ldy);
+            }
+            m += MB;
+        }
+        n += block;
+    }
+}
+
+#define I4_PREFETCH 1024 /* bytes ahead in the (row-contiguous) nibbles: ~3.5 rows of SmolLM2's 576 inputs */
+
+/* One output row by MB activation rows. A block's 32 values are unpacked and converted once and
+ * used by every activation row; sf holds the row's scales as float32, off[m] starts as the row's
+ * offsets already applied to activation row m (sum over blocks of (zero - 8 scale) * block sum). */
+INLINE void i4_row(int MB, long G, const float *x, long ldx, const uint8_t *nib, const float *sf,
+                   const float *off, float *y, long ldy) {
+    const __m256i low = _mm256_set1_epi32(15);
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; m++) acc[m] = _mm256_setzero_ps();
+    for (long g = 0; g < G; g++) {
+        const uint8_t *b = nib + g * 16;
+        if ((g & 3) == 0) _mm_prefetch((const char *)b + I4_PREFETCH, _MM_HINT_T0);
+        /* Byte j holds inputs j (low nibble) and j + 16 (high nibble). */
+        __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b));
+        __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 8)));
+        __m256 q0 = _mm256_cvtepi32_ps(_mm256_and_si256(v0, low)); /* inputs 0..7 */
+        __m256 q1 = _mm256_cvtepi32_ps(_mm256_and_si256(v1, low)); /* 8..15 */
+        __m256 q2 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4));  /* 16..23 */
+        __m256 q3 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4));  /* 24..31 */
+        __m256 sv = _mm256_broadcast_ss(sf + g);
+#pragma GCC unroll 4
+        for (int m = 0; m < MB; m++) {
+            const float *xg = x + m * ldx + g * 32;
+            __m256 t = _mm256_mul_ps(q0, _mm256_loadu_ps(xg));
+            t = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xg + 8), t);
+            t = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xg + 16), t);
+            t = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xg + 24), t);
+            acc[m] = _mm256_fmadd_ps(t, sv, acc[m]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; m++) y[m * ldy] = hsum(acc[m]) + off[m];
+}
+
+#define I4_ROW(MB)                                                                               \
+    static void i4_row##MB(long G, const float *x, long ldx, const uint8_t *nib, const float *sf, \
+                           const float *off, float *y, long ldy) {                               \
+        i4_row(MB, G, x, ldx, nib, sf, off, y, ldy);                                             \
+    }
+I4_ROW(1)
+I4_ROW(2)
+I4_ROW(4)
+
+INLINE __m256 load8_bf16(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+/* y [M, N] (row stride ldy) = x [M, K] (row stride ldx, K a multiple of 32) @ W^T with
+ * W[n, 32 g + j] = (q - 8) * scale[n, g] + zero[n, g]: nib [N, K / 2] (16 bytes a block), sz
+ * [N, 2, K / 32] bf16 (a row's scales, then its zeros). work: scratch of (M + 1) * K / 32 + M
+ * floats. */
+void qk_int4_mm(long M, long N, long K, const float *x, long ldx, const uint8_t *nib,
+                const uint16_t *sz, float *work, float *y, long ldy) {
+    long G = K / 32;
+    float *xs = work, *sf = work + M * G, *off = sf + G;
+    for (long m = 0; m < M; m++)
+        for (long g = 0; g < G; g++) {
+            const float *xg = x + m * ldx + g * 32;
+            __m256 t = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(xg), _mm256_loadu_ps(xg + 8)),
+                                     _mm256_add_ps(_mm256_loadu_ps(xg + 16), _mm256_loadu_ps(xg + 24)));
+            xs[m * G + g] = hsum(t);
+        }
+    const __m256 eight = _mm256_set1_ps(8.0f);
+    for (long n = 0; n < N; n++) {
+        const uint16_t *sc = sz + n * 2 * G, *zr = sc + G;
+        /* The row's scales as float32, and its offsets (zero - 8 scale) against each activation
+         * row's block sums. */
+        long g8 = G & ~7L;
+        for (long g = 0; g < g8; g += 8) _mm256_storeu_ps(sf + g, load8_bf16(sc + g));
+        for (long g = g8; g < G; g++) sf[g] = bf16(sc[g]);
+        for (long m = 0; m < M; m++) {
+            const float *xsm = xs + m * G;
+            __m256 a = _mm256_setzero_ps();
+            for (long g = 0; g < g8; g += 8) {
+                __m256 o = _mm256_fnmadd_ps(eight, _mm256_loadu_ps(sf + g), load8_bf16(zr + g));
+                a = _mm256_fmadd_ps(o, _mm256_loadu_ps(xsm + g), a);
+            }
+            float t = hsum(a);
+            for (long g = g8; g < G; g++) t += (bf16(zr[g]) - 8.0f * sf[g]) * xsm[g];
+            off[m] = t;
+        }
+        const uint8_t *row = nib + n * (K / 2);
+        for (long m = 0; m < M;) {
+            long left = M - m;
+            const float *xm = x + m * ldx;
+            float *ym = y + m * ldy + n;
+            if (left >= 4) {
+                i4_row4(G, xm, ldx, row, sf, off + m, ym, ldy);
+                m += 4;
+            } else if (left >= 2) {
+                i4_row2(G, xm, ldx, row, sf, off + m, ym, ldy);
+                m += 2;
+            } else {
+                i4_row1(G, xm, ldx, row, sf, off + m, ym, ldy);
+                m += 1;
+            }
+        }
+    }
+}
