@@ -1,0 +1,184 @@
+"""The compiled int8 / int4 matmul kernels (local_engine/qkernels.c): what they compute against a
+float64 reference of the dequantized weights, the fallback to torch's kernels, and the build."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from local_engine import kernels
+from local_engine.quant import PACKED_MAX_ROWS, Int4Linear, Int8Linear, quantize_int4, quantize_int8
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _machine_can_build() -> bool:
+    import platform
+    import shutil
+
+    flags = kernels._cpu_flags()
+    return (
+        platform.machine().lower() in ("x86_64", "amd64")
+        and shutil.which("cc") is not None
+        and all(f in flags for f in kernels.REQUIRED_FLAGS)
+    )
+
+
+@pytest.fixture
+def lib() -> object:
+    got = kernels.library()
+    if got is None:
+        if _machine_can_build() and not os.environ.get(kernels.DISABLE_ENV):
+            pytest.fail("this machine has cc, AVX2 and FMA but the kernels did not build")
+        pytest.skip("no compiled kernels on this machine")
+    return got
+
+
+@pytest.fixture
+def fresh_library() -> Iterator[None]:
+    """The loader's cached answer dropped before and after the test (which sets what it reads)."""
+    kernels.library.cache_clear()
+    yield
+    kernels.library.cache_clear()
+
+
+def _weights(rows: int, cols: int, seed: int) -> torch.Tensor:
+    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * 0.1
+
+
+def _assert_matches(got: torch.Tensor, want: torch.Tensor) -> None:
+    """float32 against a float64 reference: the error of summing K products in float32."""
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    err = float((got.double() - want).abs().max())
+    assert err <= 1e-5 * float(want.abs().max()) + 1e-6, err
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 23])
+@pytest.mark.parametrize("n, k", [(160, 96), (37, 72), (13, 5), (9, 1536)])  # N off the 8-row blocks, K off 8
+def test_int8_kernel_matches_a_float64_reference(lib: object, m: int, n: int, k: int) -> None:
+    q, scale = quantize_int8(_weights(n, k, seed=n + k))
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+    want = x.double() @ (q.double() * scale.double()[:, None]).t()
+    _assert_matches(kernels.int8_mm(lib, x, q, scale), want)  # type: ignore[arg-type]
+    # Through the module, with a non-contiguous row stride and a bias.
+    lin = Int8Linear(q, scale, torch.ones(n))
+    wide = torch.randn(m, k + 3, generator=torch.Generator().manual_seed(1))[:, :k]
+    _assert_matches(lin(wide), wide.double() @ (q.double() * scale.double()[:, None]).t() + 1)
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 23])
+@pytest.mark.parametrize("n, k", [(160, 128), (37, 96), (9, 32), (5, 288)])  # groups of 32; 288: 9 groups
+def test_int4_kernel_matches_a_float64_reference(lib: object, m: int, n: int, k: int) -> None:
+    blocks = quantize_int4(_weights(n, k, seed=n * k))
+    scale, zero = (
+        blocks.scale.bfloat16().double(),
+        blocks.zero.bfloat16().double(),
+    )  # as the engine keeps them
+    w = ((blocks.q.double().reshape(n, -1, 32) - 8) * scale[..., None] + zero[..., None]).reshape(n, k)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+    lin = Int4Linear(blocks, None)
+    assert lin.kernel
+    _assert_matches(lin(x), x.double() @ w.t())
+    # The module's dequantized weights (the many-rows path) are those, rounded to bf16 as before.
+    torch.testing.assert_close(lin.dequantize().double(), w, atol=1e-2 * float(w.abs().max()), rtol=1e-2)
+
+
+def test_int4_nibbles_round_trip() -> None:
+    q = torch.randint(0, 16, (7, 96), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    nib = kernels.pack_int4(q)
+    assert nib.shape == (7, 48)
+    assert torch.equal(nib[:, :16] & 15, q[:, :16]) and torch.equal(nib[:, :16] >> 4, q[:, 16:32])
+    assert torch.equal(kernels.unpack_int4(nib), q)
+
+
+def test_without_the_kernels_the_modules_use_torchs_and_agree(
+    lib: object, fresh_library: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    g = torch.Generator().manual_seed(4)
+    weight = torch.randn(96, 128, generator=g) * 0.1
+    x = torch.randn(3, 128, generator=g)
+    q8 = Int8Linear(*quantize_int8(weight), None)
+    blocks = quantize_int4(weight)
+    k4 = Int4Linear(blocks, None)
+    fast8, fast4 = q8(x), k4(x)
+    assert k4.kernel
+
+    monkeypatch.setenv(kernels.DISABLE_ENV, "1")
+    kernels.library.cache_clear()
+    assert kernels.library() is None
+    # int8: the fallback is torch's packed kernel on bf16 activations, bit for bit.
+    want8 = torch.ops.aten._weight_int8pack_mm(x.bfloat16(), q8.qweight, q8.scale).float()
+    assert torch.equal(q8(x), want8)
+    # int4: built without the kernels, the module keeps torch's layout and kernel.
+    q4 = Int4Linear(blocks, None)
+    assert not q4.kernel and hasattr(q4, "packed") and not hasattr(q4, "nib")
+    want4 = torch.ops.aten._weight_int4pack_mm_for_cpu(x.bfloat16(), q4.packed, 32, q4.scale_zero)
+    assert torch.equal(q4(x), want4[:, :96].float())
+    # Both layouts hold the same weights, and both kernels compute the same products up to the
+    # fallback's bf16 activations.
+    assert torch.equal(k4.dequantize(), q4.dequantize())
+    torch.testing.assert_close(fast4, q4(x), atol=3e-2, rtol=2e-2)
+    torch.testing.assert_close(fast8, want8, atol=3e-2, rtol=2e-2)
+    assert not torch.equal(fast8, want8)  # the kernel was not the fallback
+
+
+def test_a_module_built_with_the_kernels_still_runs_without_them(
+    lib: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel-layout int4 module whose library goes away (as the loader can return None) takes the
+    dequantized matmul, and many rows always do."""
+    weight = _weights(64, 96, seed=8)
+    x = torch.randn(2, 96, generator=torch.Generator().manual_seed(9))
+    lin = Int4Linear(quantize_int4(weight), None)
+    assert lin.kernel
+    fast = lin(x)
+    monkeypatch.setattr(kernels, "library", lambda: None)
+    slow = lin(x)
+    torch.testing.assert_close(slow, torch.nn.functional.linear(x.bfloat16(), lin.dequantize()).float())
+    torch.testing.assert_close(fast, slow, atol=3e-2, rtol=2e-2)
+    many = torch.randn(PACKED_MAX_ROWS, 96)
+    torch.testing.assert_close(
+        lin(many), torch.nn.functional.linear(many.bfloat16(), lin.dequantize()).float()
+    )
+
+
+def test_a_failing_compiler_means_no_kernels(
+    fresh_library: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(kernels.DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # found, and fails
+    assert kernels.library() is None
+    assert not list(tmp_path.iterdir())  # its temporary output removed
+    kernels.library.cache_clear()
+    monkeypatch.setenv("CC", "no-such-compiler")
+    assert kernels.library() is None
+
+
+_BUILD = """
+import sys, torch
+from local_engine import kernels
+from local_engine.quant import quantize_int8
+lib = kernels.library()
+q, s = quantize_int8(torch.ones(8, 16))
+print(float(kernels.int8_mm(lib, torch.ones(1, 16), q, s).sum()))
+"""
+
+
+def test_parallel_builds_share_one_library(lib: object, tmp_path: Path) -> None:
+    """Three processes building at once (pytest-xdist's workers) each get a whole library."""
+    env = {**os.environ, kernels.DIR_ENV: str(tmp_path), "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _BUILD], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert all(float(o) == pytest.approx(128.0, rel=1e-2) for o in outs), outs
+    assert [p.name for p in tmp_path.iterdir()] == [p.name for p in tmp_path.glob("qkernels-*.so")]
+    assert len(list(tmp_path.iterdir())) == 1
