@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("qkernels.c")
 DISABLE_ENV = "LLM_GATEWAY_NO_KERNELS"
 DIR_ENV = "LLM_GATEWAY_KERNEL_DIR"
-CFLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-Wall")
+CFLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-fopenmp", "-Wall")
 REQUIRED_FLAGS = ("avx2", "fma")  # /proc/cpuinfo flags the source needs (it #errors without them)
 INT4_GROUP = 32
 
@@ -133,9 +133,9 @@ def int4_mm(lib: ctypes.CDLL, x: torch.Tensor, nib: torch.Tensor, sz: torch.Tens
     (m, k), n = x.shape, nib.shape[0]
     groups = k // INT4_GROUP
     y = torch.empty(m, n)
-    work = torch.empty((m + 1) * groups + m)
+    xs = torch.empty(m * groups)  # the kernel's scratch: each row's sums of its groups
     lib.qk_int4_mm(
-        m, n, k, x.data_ptr(), x.stride(0), nib.data_ptr(), sz.data_ptr(), work.data_ptr(), y.data_ptr(), n
+        m, n, k, x.data_ptr(), x.stride(0), nib.data_ptr(), sz.data_ptr(), xs.data_ptr(), y.data_ptr(), n
     )
     return y
 

@@ -22,6 +22,10 @@
 #endif
 
 #define INLINE static inline __attribute__((always_inline))
+/* Weights (bytes of int8, values of int4) from which a matmul is split across OpenMP's threads:
+ * built with -fopenmp, the library shares torch's OpenMP runtime (the same libgomp.so.1, loaded
+ * by torch first), so torch.set_num_threads sets its threads too. */
+#define PARALLEL_MIN (1L << 16)
 
 INLINE float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -98,8 +102,11 @@ void qk_int8_mm(long M, long N, long K, const float *x, long ldx, const int8_t *
     /* Blocks of 8 output rows outer, chunks of activation rows inner: a block's weights (8 * K
      * bytes) stay in L1 while every chunk passes over them, so each weight comes from memory once
      * per call. A chunk of MB rows covers the block in tiles of 8 / MB rows. */
-    for (long n = 0; n < N;) {
-        int block = N - n >= 8 ? 8 : 1;
+    long blocks = N / 8 + N % 8; /* 8-row blocks, then single rows */
+#pragma omp parallel for schedule(static) if (N * K >= PARALLEL_MIN)
+    for (long i = 0; i < blocks; i++) {
+        long n = i < N / 8 ? 8 * i : N / 8 * 8 + (i - N / 8);
+        int block = i < N / 8 ? 8 : 1;
         for (long m = 0; m < M;) {
             long left = M - m;
             int MB = left >= 4 ? 4 : left >= 2 ? 2 : 1;
@@ -119,7 +126,6 @@ void qk_int8_mm(long M, long N, long K, const float *x, long ldx, const int8_t *
             }
             m += MB;
         }
-        n += block;
     }
 }
 
@@ -174,12 +180,10 @@ INLINE __m256 load8_bf16(const uint16_t *p) {
 
 /* y [M, N] (row stride ldy) = x [M, K] (row stride ldx, K a multiple of 32) @ W^T with
  * W[n, 32 g + j] = (q - 8) * scale[n, g] + zero[n, g]: nib [N, K / 2] (16 bytes a block), sz
- * [N, 2, K / 32] bf16 (a row's scales, then its zeros). work: scratch of (M + 1) * K / 32 + M
- * floats. */
+ * [N, 2, K / 32] bf16 (a row's scales, then its zeros). xs: scratch of M * K / 32 floats. */
 void qk_int4_mm(long M, long N, long K, const float *x, long ldx, const uint8_t *nib,
-                const uint16_t *sz, float *work, float *y, long ldy) {
+                const uint16_t *sz, float *xs, float *y, long ldy) {
     long G = K / 32;
-    float *xs = work, *sf = work + M * G, *off = sf + G;
     for (long m = 0; m < M; m++)
         for (long g = 0; g < G; g++) {
             const float *xg = x + m * ldx + g * 32;
@@ -188,7 +192,9 @@ void qk_int4_mm(long M, long N, long K, const float *x, long ldx, const uint8_t 
             xs[m * G + g] = hsum(t);
         }
     const __m256 eight = _mm256_set1_ps(8.0f);
+#pragma omp parallel for schedule(static) if (N * K >= PARALLEL_MIN)
     for (long n = 0; n < N; n++) {
+        float sf[G + 8], off[M]; /* this row's scales, and its offsets per activation row */
         const uint16_t *sc = sz + n * 2 * G, *zr = sc + G;
         /* The row's scales as float32, and its offsets (zero - 8 scale) against each activation
          * row's block sums. */

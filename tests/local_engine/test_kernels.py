@@ -182,3 +182,22 @@ def test_parallel_builds_share_one_library(lib: object, tmp_path: Path) -> None:
     assert all(float(o) == pytest.approx(128.0, rel=1e-2) for o in outs), outs
     assert [p.name for p in tmp_path.iterdir()] == [p.name for p in tmp_path.glob("qkernels-*.so")]
     assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_matmul_split_across_threads_is_the_one_thread_matmul(lib: object) -> None:
+    """Large matmuls are split by output rows across OpenMP's threads (torch's runtime): each row
+    is computed as on one thread, so the results are identical."""
+    g = torch.Generator().manual_seed(10)
+    q, scale = quantize_int8(torch.randn(3001, 700, generator=g))
+    four = Int4Linear(quantize_int4(torch.randn(2999, 608, generator=g)), None)
+    x8, x4 = torch.randn(3, 700, generator=g), torch.randn(3, 608, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernels.int8_mm(lib, x8, q, scale), four(x4)  # type: ignore[arg-type]
+        torch.set_num_threads(2)
+        two = kernels.int8_mm(lib, x8, q, scale), four(x4)  # type: ignore[arg-type]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    _assert_matches(one[0], x8.double() @ (q.double() * scale.double()[:, None]).t())
