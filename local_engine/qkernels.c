@@ -178,12 +178,13 @@ INLINE __m256 load8_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 
-/* y [M, N] (row stride ldy) = x [M, K] (row stride ldx, K a multiple of 32) @ W^T with
+/* qk_int4_mm: y [M, N] (row stride ldy) = x [M, K] (row stride ldx, K a multiple of 32) @ W^T with
  * W[n, 32 g + j] = (q - 8) * scale[n, g] + zero[n, g]: nib [N, K / 2] (16 bytes a block), sz
- * [N, 2, K / 32] bf16 (a row's scales, then its zeros). xs: scratch of M * K / 32 floats. */
-void qk_int4_mm(long M, long N, long K, const float *x, long ldx, const uint8_t *nib,
-                const uint16_t *sz, float *xs, float *y, long ldy) {
+ * [N, 2, K / 32] bf16 (a row's scales, then its zeros). */
+static void i4_mm(long M, long N, long K, const float *x, long ldx, const uint8_t *nib,
+                  const uint16_t *sz, float *y, long ldy) {
     long G = K / 32;
+    float xs[M * G]; /* each activation row's sums of its blocks (M <= I4_ROWS) */
     for (long m = 0; m < M; m++)
         for (long g = 0; g < G; g++) {
             const float *xg = x + m * ldx + g * 32;
@@ -229,4 +230,12 @@ void qk_int4_mm(long M, long N, long K, const float *x, long ldx, const uint8_t 
             }
         }
     }
+}
+
+#define I4_ROWS 32 /* activation rows per pass (bounds the stack's block sums) */
+
+void qk_int4_mm(long M, long N, long K, const float *x, long ldx, const uint8_t *nib,
+                const uint16_t *sz, float *y, long ldy) {
+    for (long m = 0; m < M; m += I4_ROWS)
+        i4_mm(M - m < I4_ROWS ? M - m : I4_ROWS, N, K, x + m * ldx, ldx, nib, sz, y + m * ldy, ldy);
 }

@@ -75,10 +75,14 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        lib = kernels.library() if x2.device.type == "cpu" else None
-        if x2.shape[0] < PACKED_MAX_ROWS and lib is not None:
+        few = x2.shape[0] < PACKED_MAX_ROWS and x2.device.type == "cpu"
+        lib = kernels.library() if few else None
+        if lib is not None:  # the first test of a decode step, ~120 calls of it: kept short
             y = kernels.int8_mm(lib, x2, self.qweight, self.scale)
-        elif x2.shape[0] < PACKED_MAX_ROWS and x2.device.type == "cpu":
+            if x.dtype is not torch.float32 or x.dim() != 2:
+                y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias
+        if few:
             y = torch.ops.aten._weight_int8pack_mm(x2.to(_ACT), self.qweight, self.scale)
         else:  # many rows, or a device without the packed kernel: one dequantized matmul
             y = F.linear(x2.to(_ACT), self.qweight.to(_ACT) * self.scale[:, None])
@@ -232,9 +236,12 @@ class Int4Linear(nn.Module):
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         few = x2.shape[0] < PACKED_MAX_ROWS and x2.device.type == "cpu"
         lib = kernels.library() if few and self.kernel else None
-        if lib is not None:
+        if lib is not None:  # as Int8Linear's
             y = kernels.int4_mm(lib, x2, self.nib, self.sz)
-        elif few and not self.kernel:
+            if x.dtype is not torch.float32 or x.dim() != 2:
+                y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias
+        if few and not self.kernel:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x2.to(_ACT), self.packed, self.group, self.scale_zero
             )
