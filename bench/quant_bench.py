@@ -2,6 +2,7 @@
 
     nice python bench/quant_bench.py              # SmolLM2-135M-Instruct, CPU: fp32, bf16, int8, int4 (with and without the 4-bit head scan)
     nice python bench/quant_bench.py --quick      # 24 tokens out, one repeat
+    nice python bench/quant_bench.py --matmuls    # only the matmuls of a step: torch's kernels vs ours
 
 Decode at concurrency 1 reads every weight once per token, so the bound printed next to each
 row is ``memory bandwidth / weight bytes``; the bandwidth is measured here by timing reads of a
@@ -9,6 +10,12 @@ tensor much larger than the caches. Quality: perplexity on tests/local_engine/da
 and greedy agreement with fp32 (the share of prompts whose continuation is identical). Each
 configuration's tokens/s is the best of ``--repeat`` passes, the passes interleaved across the
 configurations; on a shared machine compare the ratios within one run, not figures across runs.
+
+After the table (or alone, ``--matmuls``): the matmuls of one decode step (1 row, every projection
+and the LM head's full scan, in model order, weights out of cache) through torch's packed kernels
+(``_weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``) and through ours
+(:mod:`local_engine.kernels`), alternated, in thread CPU time (less noisy than wall time on a shared
+machine): the best of ``--rounds``.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from local_engine import LLM, SamplingParams
-from local_engine.quant import Int4Head, perplexity, weight_bytes
+from local_engine import LLM, SamplingParams, kernels
+from local_engine.quant import Int4Blocks, Int4Head, Int4Linear, Int8Linear, perplexity, weight_bytes
 
 TEXT = Path(__file__).resolve().parent.parent / "tests" / "local_engine" / "data" / "perplexity.txt"
 PROMPTS = [  # --quick takes the first 3
@@ -69,6 +77,65 @@ def decode_pass(llm: LLM, max_tokens: int) -> tuple[float, list[list[int]]]:
     return tokens / elapsed, outputs
 
 
+def step_matmuls(model: torch.nn.Module) -> tuple[list[Callable[[], object]], list[Callable[[], object]]]:
+    """One decode step's matmuls of a quantized model as calls to torch's kernels and to ours (the
+    int4 head's 4-bit scan counts, its int8 refinement does not: that is not a full matmul)."""
+    lib = kernels.library()
+    assert lib is not None, "the compiled kernels are not available here"
+    mods = [m for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear))]
+    if any(isinstance(m, Int4Head) for m in model.modules()):  # the head's scan, not its int8 rows
+        mods = [m for m in mods if m is not model.lm_head.exact]  # type: ignore[union-attr]
+    old: list[Callable[[], object]] = []
+    new: list[Callable[[], object]] = []
+    for m in mods:
+        x = torch.randn(1, m.in_features)
+        xb = x.bfloat16()
+        if isinstance(m, Int8Linear):
+            q, s = m.qweight, m.scale
+            old.append(lambda xb=xb, q=q, s=s: torch.ops.aten._weight_int8pack_mm(xb, q, s))
+            new.append(lambda x=x, q=q, s=s: kernels.int8_mm(lib, x, q, s))
+        else:
+            sz = m.sz.float()
+            blocks = Int4Blocks(kernels.unpack_int4(m.nib), sz[:, 0].contiguous(), sz[:, 1].contiguous())
+            kernels.library.cache_clear()
+            os.environ[kernels.DISABLE_ENV] = "1"  # torch's layout, for its kernel
+            try:
+                t = Int4Linear(blocks, None)
+            finally:
+                del os.environ[kernels.DISABLE_ENV]
+                kernels.library.cache_clear()
+            old.append(
+                lambda xb=xb, t=t: torch.ops.aten._weight_int4pack_mm_for_cpu(
+                    xb, t.packed, t.group, t.scale_zero
+                )
+            )
+            new.append(lambda x=x, m=m: kernels.int4_mm(lib, x, m.nib, m.sz))
+    return old, new
+
+
+def time_matmuls(name: str, model: torch.nn.Module, rounds: int) -> None:
+    old, new = step_matmuls(model)
+    nbytes = sum(
+        b.numel() * b.element_size()
+        for m in model.modules()
+        if isinstance(m, (Int8Linear, Int4Linear))
+        for b in m.buffers(recurse=False)
+    )
+    best = {"torch": float("inf"), "ours": float("inf")}
+    for _ in range(rounds):  # alternated, so the machine's other work touches both alike
+        for label, calls in (("torch", old), ("ours", new)):
+            start = time.thread_time()
+            for call in calls:
+                call()
+            best[label] = min(best[label], time.thread_time() - start)
+    print(
+        f"{name}: {len(new)} matmuls a step: torch's kernels {best['torch'] * 1e3:.2f} ms, "
+        f"ours {best['ours'] * 1e3:.2f} ms ({best['torch'] / best['ours']:.2f}x; "
+        f"{nbytes / 1e6:.0f} MB of quantized buffers in the model)",
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2")
@@ -76,6 +143,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--matmuls", action="store_true", help="only time a step's matmuls, old and new kernels")
+    ap.add_argument("--rounds", type=int, default=10, help="alternated rounds of the matmul timing")
     args = ap.parse_args()
     if args.quick:
         args.max_tokens, args.repeat = 24, 1
@@ -83,6 +152,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     bw = bandwidth_gbs()
     print(f"memory read bandwidth: {bw:.1f} GB/s ({args.threads} threads)\n", flush=True)
+    if args.matmuls:
+        for quant in ("int8", "int4"):
+            llm = LLM(args.model, quantization=quant, num_threads=args.threads, kv_cache_bytes=1 << 27)
+            time_matmuls(quant, llm.engine.model, args.rounds)
+            del llm
+        return
     llms, quality = [], []
     for name, dtype, quant in CONFIGS:
         llm = LLM(
@@ -118,6 +193,10 @@ def main() -> None:
             f"| {name} | {nbytes / 1e6:.0f} | {ppl:.2f} ({(ppl / ref_ppl - 1) * 100:+.1f}%) | {tps:.1f} | "
             f"{bound:.1f} | {speedup:.2f}x | {agree:.0%} |"
         )
+    print()
+    for i, (name, _, quant) in enumerate(CONFIGS):
+        if quant and name != "int4, int8 head" and kernels.library() is not None:
+            time_matmuls(name, llms[i].engine.model, args.rounds)
 
 
 if __name__ == "__main__":
