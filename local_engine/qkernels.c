@@ -116,9 +116,11 @@ void qk_int8_mm(long M, long N, long K, const float *x, long ldx, const int8_t *
                 if (MB == 1) {
                     i8_8x1(K, xm, ldx, q + n * K, scale + n, ym, ldy);
                 } else if (MB == 2) {
-                    for (int r = 0; r < 8; r += 4) i8_4x2(K, xm, ldx, q + (n + r) * K, scale + n + r, ym + r, ldy);
+                    for (int r = 0; r < 8; r += 4)
+                        i8_4x2(K, xm, ldx, q + (n + r) * K, scale + n + r, ym + r, ldy);
                 } else {
-                    for (int r = 0; r < 8; r += 2) i8_2x4(K, xm, ldx, q + (n + r) * K, scale + n + r, ym + r, ldy);
+                    for (int r = 0; r < 8; r += 2)
+                        i8_2x4(K, xm, ldx, q + (n + r) * K, scale + n + r, ym + r, ldy);
                 }
             } else {
                 i8_fn f = MB == 1 ? i8_1x1 : MB == 2 ? i8_1x2 : i8_1x4;
@@ -175,7 +177,8 @@ I4_ROW(2)
 I4_ROW(4)
 
 INLINE __m256 load8_bf16(const uint16_t *p) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+    __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
 }
 
 /* qk_int4_mm: y [M, N] (row stride ldy) = x [M, K] (row stride ldx, K a multiple of 32) @ W^T with

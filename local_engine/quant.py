@@ -7,11 +7,12 @@ point). The model is quantized once after loading (an HF model, or a GGUF dequan
 converter), so the rest of the engine sees the same modules with the same call signatures:
 LoRA's projection hook wraps an :class:`Int8Linear` as it wraps an ``nn.Linear``.
 
-The matmul reads the packed weights: ``aten._weight_int8pack_mm`` (CPU; it takes bf16
-activations, which is why inputs are cast to bf16 and outputs back). That kernel's cost grows
-with the number of rows, so a step with many rows (a prefill chunk) instead converts the layer
-to bf16 once for that matmul, where the cost is shared by all the rows and AMX/oneDNN's bf16
-GEMM is fast (measured on this machine: the packed kernel wins below ~24 rows).
+Without our kernels (below) the matmul reads the packed weights through
+``aten._weight_int8pack_mm`` (CPU; it takes bf16 activations, which is why inputs are cast to bf16
+and outputs back). That kernel's cost grows with the number of rows, so a step with many rows (a
+prefill chunk) instead converts the layer to bf16 once for that matmul, where the cost is shared by
+all the rows and AMX/oneDNN's bf16 GEMM is fast (measured on an AMX machine: the packed kernel wins
+below ~24 rows).
 
 int4 is group-wise and asymmetric, in the layout of llama.cpp's Q4_0 / Q4_1 / Q4_K blocks: every
 32 consecutive inputs of a row share a scale and an offset, ``w = (q - 8) * scale + zero`` with
@@ -20,9 +21,14 @@ blocks load as they are (:func:`local_engine.gguf_loader.q4_blocks`), with no se
 an HF model is quantized to the same form at load. The four projections of every layer go to
 int4; the embedding table stays int8 per row (as llama.cpp's Q4 files keep ``token_embd`` at 8 bits
 or more: 4-bit logits cost far more quality than 4-bit projections), and so do the LM head's logits
-that decoding looks at: a decode step scans the vocabulary with a 4-bit copy of the head and
-recomputes its top 64 logits from the int8 rows (:class:`Int4Head`; SmolLM2's tied head is a fifth
-of its weights, and its int8 matmul was a fifth of an int4 decode step).
+that decoding looks at: without the compiled kernels, a decode step scans the vocabulary with a 4-bit
+copy of the head and recomputes its top 64 logits from the int8 rows (:class:`Int4Head`; SmolLM2's
+tied head is a fifth of its weights, and torch's int8 matmul of it was a fifth of an int4 decode step).
+
+Decode-sized matmuls (fewer than ``PACKED_MAX_ROWS`` rows, on CPU) go through our kernels
+(:mod:`local_engine.kernels`: C, AVX2, compiled at first use) where they build, reading the int8
+weights or the int4 nibbles and dequantizing them in registers against float32 activations; torch's
+packed kernels are the fallback.
 """
 
 from __future__ import annotations
@@ -317,7 +323,8 @@ PROJECTIONS = (
 
 def quantize_model(model: LlamaForCausalLM, method: str, blocks: dict[str, Int4Blocks] | None = None) -> None:
     """Replace ``model``'s projections with ``method``'s (int8 or int4) and its LM head and
-    embedding table with int8 ones (under int4 the head also gets a 4-bit copy: :class:`Int4Head`),
+    embedding table with int8 ones (under int4 without the compiled kernels, the head also gets a
+    4-bit copy: :class:`Int4Head`),
     in place. ``blocks`` (int4 only) holds projections already in
     4 bits, by module name (``model.layers.0.self_attn.qkv_proj``): a GGUF's own blocks, taken as
     they are instead of quantizing the module's weights again."""
@@ -344,7 +351,11 @@ def quantize_model(model: LlamaForCausalLM, method: str, blocks: dict[str, Int4B
     tied = model.lm_head.weight is embed.weight
     table = head if tied else Int8Linear(*quantize_int8(embed.weight), None)
     body.embed_tokens = Int8Embedding(table, dtype)  # type: ignore[assignment]
-    if method == "int4" and head.in_features % INT4_GROUP == 0:
+    # The head's 4-bit scan pays only against torch's packed int8 kernel: with ours (kernels.py) the
+    # int8 head streams near the memory's rate, and the compute-bound 4-bit scan plus the refinement
+    # was slower (SmolLM2, 1 thread: 3.1 ms against 2.6 ms) besides less exact, so it is kept only
+    # where the compiled kernels are not.
+    if method == "int4" and head.in_features % INT4_GROUP == 0 and kernels.library() is None:
         model.lm_head = Int4Head(Int4Linear.from_linear(model.lm_head), head)  # type: ignore[assignment]
     else:
         model.lm_head = head  # type: ignore[assignment]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from local_engine import kernels
-from local_engine.quant import PACKED_MAX_ROWS, Int4Linear, Int8Linear, quantize_int4, quantize_int8
+from local_engine.quant import PACKED_MAX_ROWS, Int4Head, Int4Linear, Int8Linear, quantize_int4, quantize_int8
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -201,3 +201,15 @@ def test_a_matmul_split_across_threads_is_the_one_thread_matmul(lib: object) -> 
         torch.set_num_threads(threads)
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
     _assert_matches(one[0], x8.double() @ (q.double() * scale.double()[:, None]).t())
+
+
+def test_int4_keeps_the_4bit_head_scan_only_without_the_kernels(
+    lib: object, tiny_llama: Path, fresh_library: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With our kernels the int8 head is faster than the 4-bit scan plus its refinement, and exact."""
+    from local_engine.loader import load_model
+
+    assert isinstance(load_model(tiny_llama, 256, quantization="int4").lm_head, Int8Linear)
+    monkeypatch.setenv(kernels.DISABLE_ENV, "1")
+    kernels.library.cache_clear()
+    assert isinstance(load_model(tiny_llama, 256, quantization="int4").lm_head, Int4Head)
