@@ -15,7 +15,7 @@ After the table (or alone, ``--matmuls``): the matmuls of one decode step (1 row
 and the LM head's full scan, in model order, weights out of cache) through torch's packed kernels
 (``_weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``) and through ours
 (:mod:`local_engine.kernels`), alternated, in thread CPU time (less noisy than wall time on a shared
-machine): the best of ``--rounds``.
+machine; wall time with more than one thread): the best of ``--rounds``.
 """
 
 from __future__ import annotations
@@ -121,13 +121,15 @@ def time_matmuls(name: str, model: torch.nn.Module, rounds: int) -> None:
         if isinstance(m, (Int8Linear, Int4Linear))
         for b in m.buffers(recurse=False)
     )
+    # Thread CPU time on one thread; wall time on more (the calling thread's time would miss the others').
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
     best = {"torch": float("inf"), "ours": float("inf")}
     for _ in range(rounds):  # alternated, so the machine's other work touches both alike
         for label, calls in (("torch", old), ("ours", new)):
-            start = time.thread_time()
+            start = clock()
             for call in calls:
                 call()
-            best[label] = min(best[label], time.thread_time() - start)
+            best[label] = min(best[label], clock() - start)
     print(
         f"{name}: {len(new)} matmuls a step: torch's kernels {best['torch'] * 1e3:.2f} ms, "
         f"ours {best['ours'] * 1e3:.2f} ms ({best['torch'] / best['ours']:.2f}x; "
