@@ -7,10 +7,11 @@ client's ``tracestate`` as gateway/tracestate.py lets it through) and ``engine``
 
 While a request runs, its stages are tuples (name, ids, a clock reading, its deployment's key). When it
 ends, the request's trace is one flat tuple of plain values (``RequestTrace``: ids, clock readings, the
-record's fields, the stages' tuples) handed to gateway/otlp.py's exporter thread; ``RequestEncoder`` turns it
-into OTLP spans there, attributes and all. The loop builds no attribute dict and no span object, and the
-cyclic GC stops tracking a tuple of plain values at its first collection, so the traces waiting in the
-queue (up to a batch: hundreds of requests) are not scanned again by every later collection, as the span
+record's fields, the stages' tuples) handed to the exporter process (gateway/trace_export.py: batches of
+them, serialized with ``marshal``, over a pipe), where gateway/otlp.py's exporter thread and
+``RequestEncoder`` turn them into OTLP spans, attributes and all, on that process's GIL. The loop builds
+no attribute dict and no span object, and the cyclic GC stops tracking a tuple of plain values at its first
+collection, so the traces waiting for their batch (up to 128 requests) are not scanned again by every later collection, as the span
 records and dicts that stood there before were (most of what tracing cost the loop beyond its own code). No
 SDK span is made on that path: live SDK spans (a tracer, a sampler call, locked attribute maps, a processor
 call per span) and the SDK's encoder cost more CPU than the gateway's own path when every request is
@@ -43,6 +44,8 @@ from .tracestate import parse as parse_tracestate
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
+    from .trace_export import ExporterProcess
+
 _OPERATIONS = {
     "/v1/chat/completions": "chat",
     "/chat/completions": "chat",
@@ -73,11 +76,19 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 class Tracing:
     """One process's trace export, sampler bound and the middleware that starts each request's trace.
 
-    ``send`` replaces the OTLP/HTTP post (benches); ``add_span_processor`` adds an SDK span processor, which
-    then gets each span as a ``ReadableSpan`` too (tests read the spans in process)."""
+    The spans are encoded and posted by an exporter process (gateway/trace_export.py); ``send`` replaces that
+    with an exporter thread in this process that hands each encoded export request to ``send`` (tests and
+    benches that read the bytes), and ``discard`` has the process encode and post nothing (benches).
+    ``add_span_processor`` adds an SDK span processor, which then gets each span as a ``ReadableSpan`` too
+    (tests read the spans in process)."""
 
     def __init__(
-        self, config: TracingConfig, paths: tuple[str, ...], send: Callable[[bytes], bool] | None = None
+        self,
+        config: TracingConfig,
+        paths: tuple[str, ...],
+        send: Callable[[bytes], bool] | None = None,
+        *,
+        discard: bool = False,
     ) -> None:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
@@ -85,19 +96,37 @@ class Tracing:
         self.config = config
         # the SDK's resource (service.name, the SDK's name and version, this process's instance id)
         self.resource = Resource.create({"service.name": config.service_name})
-        self._sender = None
+        self._sender: otlp.HttpSender | None = None
+        self.exporter: otlp.BatchExporter | ExporterProcess
         if send is None:
-            send = self._sender = otlp.HttpSender(config.endpoint, config.headers, config.timeout_s)
-        # Large batches, sent every few seconds from the exporter's thread, from a bounded queue (spans beyond
-        # it are dropped, never waited for): each batch it encodes and posts takes the GIL from the event loop,
-        # so fewer, bigger ones cost the requests less.
-        self.exporter = otlp.BatchExporter(
-            RequestEncoder(self.resource.attributes, "llm-gateway"),
-            send,
-            max_queue=config.max_queue,
-            interval_s=config.export_interval_s,
-            max_batch=min(config.max_queue, 4096),
-        )
+            from .trace_export import ExporterProcess
+
+            # The encoding and the posts in a process of their own (gateway/trace_export.py): on a thread of
+            # this one they took the GIL from the event loop, which paid for it beyond their own CPU.
+            self.exporter = ExporterProcess(
+                {
+                    "endpoint": config.endpoint,
+                    "headers": dict(config.headers),
+                    "timeout_s": config.timeout_s,
+                    "max_queue": config.max_queue,
+                    "interval_s": config.export_interval_s,
+                    "resource": dict(self.resource.attributes),
+                    "scope": "llm-gateway",
+                    "discard": discard,
+                },
+                max_queue=config.max_queue,
+                timeout_s=config.timeout_s,
+            )
+        else:
+            # In process (tests and benches that read the bytes): large batches, sent every few seconds from
+            # the exporter's thread, from a bounded queue (spans beyond it are dropped, never waited for).
+            self.exporter = otlp.BatchExporter(
+                RequestEncoder(self.resource.attributes, "llm-gateway"),
+                send,
+                max_queue=config.max_queue,
+                interval_s=config.export_interval_s,
+                max_batch=min(config.max_queue, 4096),
+            )
         self.processors: list[SpanProcessor] = []
         # ParentBased(TraceIdRatioBased): a trace started here is sampled when its id's low 64 bits fall
         # under the bound (the SDK's rule, so a collector's sampling agrees); a client's flag decides for its own
