@@ -425,7 +425,7 @@ def child_main() -> int:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     logging.basicConfig(level=logging.WARNING, format="trace exporter: %(levelname)s %(message)s")
     from . import otlp
-    from .tracing import RequestEncoder
+    from .trace_encoding import RequestEncoder
 
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     settings = _read_message(stdin)
