@@ -74,9 +74,10 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 class Tracing:
     """One process's trace export, sampler bound and the middleware that starts each request's trace.
 
-    The spans are encoded and posted by an exporter process (gateway/trace_export.py); ``send`` replaces that
-    with an exporter thread in this process that hands each encoded export request to ``send`` (tests and
-    benches that read the bytes), and ``discard`` has the process encode and post nothing (benches).
+    The spans are encoded and posted by an exporter process (gateway/trace_export.py), or with ``exporter:
+    thread`` by a thread in this process; ``send`` makes it that thread and hands it each encoded export
+    request (tests and benches that read the bytes), and ``discard`` has the process encode and post nothing
+    (benches).
     ``add_span_processor`` adds an SDK span processor, which then gets each span as a ``ReadableSpan`` too
     (tests read the spans in process)."""
 
@@ -96,6 +97,8 @@ class Tracing:
         self.resource = Resource.create({"service.name": config.service_name})
         self._sender: otlp.HttpSender | None = None
         self.exporter: otlp.BatchExporter | ExporterProcess
+        if send is None and config.exporter == "thread":  # (docs/operations.md: where it may pay)
+            send = self._sender = otlp.HttpSender(config.endpoint, config.headers, config.timeout_s)
         if send is None:
             from .trace_export import ExporterProcess
 
@@ -116,7 +119,7 @@ class Tracing:
                 timeout_s=config.timeout_s,
             )
         else:
-            # In process (tests and benches that read the bytes): large batches, sent every few seconds from
+            # In process (``exporter: thread``; tests and benches that read the bytes): large batches, sent every few seconds from
             # the exporter's thread, from a bounded queue (spans beyond it are dropped, never waited for).
             self.exporter = otlp.BatchExporter(
                 RequestEncoder(self.resource.attributes, "llm-gateway"),

@@ -158,6 +158,13 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:  # gone meanwhile
+        return ""
+
+
 def test_a_gateway_with_workers_stopped_by_sigterm_exports_every_span_and_leaves_no_exporter(
     upstream, receiver, tmp_path
 ):
@@ -181,14 +188,16 @@ tracing:
         # the workers (children of the supervisor, beside multiprocessing's resource tracker) and theirs
         exporters = poll(
             lambda: (
-                found := {
-                    pid
-                    for pid in descendants(gateway.process.pid)
-                    if "gateway.trace_export" in Path(f"/proc/{pid}/cmdline").read_text()
-                }
-            )
-            and len(found) == 2
-            and found,
+                (
+                    found := {
+                        pid
+                        for pid in descendants(gateway.process.pid)
+                        if "gateway.trace_export" in cmdline(pid)
+                    }
+                )
+                and len(found) == 2
+                and found
+            ),
             "an exporter process per worker",
         )
         ids = set()
@@ -213,3 +222,12 @@ tracing:
         if a.key == "gateway.request_id"
     }
     assert exported == ids
+
+
+def test_the_thread_exporter_chosen_in_config_posts_from_the_worker(receiver):
+    """``exporter: thread``: no process; the worker's own thread posts the spans, everything by close."""
+    traced = tracing.Tracing(config(f"{receiver.server.url}/v1/traces", exporter="thread"), ("/v1/",))
+    assert not hasattr(traced.exporter, "pid")
+    finish_requests(traced, 50)
+    traced.close()
+    assert len(receiver.spans()) == 100
