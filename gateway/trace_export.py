@@ -213,6 +213,9 @@ class ExporterProcess:
         """Buffer a request's trace; every ``batch`` of them goes to the child. On the event loop: an append,
         and once per batch a ``marshal`` and a write."""
         with self._lock:
+            if self._stopping:  # (after the drain: none come)
+                self._drop("exporter_down", _spans(trace) if count is None else count)
+                return
             traces = self._traces
             traces.append(trace)
             self._count += _spans(trace) if count is None else count
@@ -236,6 +239,8 @@ class ExporterProcess:
         """Ship what waits, and read the child's reports; re-armed while traces keep coming."""
         with self._lock:
             self._timer = None
+            if self._stopping:  # shutdown writes and reads for itself
+                return
             if self._traces or self._pending:
                 self._ship(False)
                 self._arm()

@@ -220,7 +220,7 @@ def _readable(resource: Any, trace_id: int, span: SpanRecord) -> ReadableSpan:
 Stage = tuple[str, int, int, int, "DeploymentKey | None"]
 # An ended stage: the stage's values, then its end (ns), the upstream's HTTP status and the error (None:
 # none). One flat tuple: a tuple per stage and another per ending would each be one more allocation that the
-# GC counts until the exporter's thread frees it.
+# GC counts until the trace's batch goes to the exporter (or, with ``exporter: thread``, until it is encoded).
 Ended = tuple[str, int, int, int, "DeploymentKey | None", int, "int | None", "str | None"]
 
 
