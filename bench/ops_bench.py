@@ -9,7 +9,7 @@ to a local sink), tracing with 10% of requests sampled, both. Rounds interleave 
 background load; medians shown. "capacity vs off": the off row's server CPU per request over the row's (the
 req/s it would reach with a core of its own), the figure to read when other work takes the cores. "loop /
 other threads": the server's CPU per request split between its main thread (the event loop) and the rest
-(the trace exporter, the request log's writer), from /proc.
+(the request log's writer; the trace exporter process, a child whose CPU the server's includes), from /proc.
 
     python bench/ops_bench.py [--duration 10] [--rounds 3]
 """
@@ -91,6 +91,14 @@ def thread_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children(pid: int) -> list[int]:
+    """The server's child processes (the trace exporter): their CPU is the server's too."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -130,16 +138,16 @@ def main() -> int:
             )
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             gb.wait_ready(url, process, log, key=gb.KEY, body=gb.BODY)
-            servers[name] = (process, url)
+            servers[name] = (process, url, [process.pid, *children(process.pid)])
         for round_ in range(args.rounds):
             print(f"round {round_ + 1}/{args.rounds}", flush=True)
-            for name, (process, url) in servers.items():
-                before = thread_seconds(process.pid), gb.cpu_seconds([process.pid])
-                result = gb.wrk(name, url, lua, 50, args.duration, {"server": [process.pid]})
+            for name, (process, url, pids) in servers.items():
+                before = thread_seconds(process.pid), gb.cpu_seconds(pids)
+                result = gb.wrk(name, url, lua, 50, args.duration, {"server": pids})
                 results.setdefault(name, []).append(result)
                 served = result.rps * args.duration
                 loop = (thread_seconds(process.pid) - before[0]) / served * 1e6
-                total = (gb.cpu_seconds([process.pid]) - before[1]) / served * 1e6
+                total = (gb.cpu_seconds(pids) - before[1]) / served * 1e6
                 loops.setdefault(name, []).append((loop, total - loop))
                 # one connection: each request alone in the worker, so its p50 is its own cost, not a queue's
                 alone = gb.wrk(name, url, lua, 1, max(3, args.duration // 2))

@@ -201,6 +201,10 @@ class TracingConfig(_Frozen):
     max_queue: int = Field(
         default=16384, ge=1, description="finished spans waiting to be sent; beyond, dropped"
     )
+    exporter: Literal["process", "thread"] = Field(
+        default="process",
+        description="encode and post in a process of each worker's own (off its GIL), or a thread in it",
+    )
 
 
 class RequestLogConfig(_Frozen):

@@ -3,7 +3,9 @@
 The request path hands over each finished request as one tuple of plain span records (``SpanRecord``): no
 SDK span objects, no span processor call per span. ``BatchExporter``'s thread takes them from a bounded queue
 (beyond ``max_queue`` spans they are dropped and counted, never waited for), every ``interval_s`` or as
-soon as a batch is full, encodes and posts them.
+soon as a batch is full, encodes and posts them. In a gateway it runs in the exporter process
+(gateway/trace_export.py), which takes the encoding off the worker's GIL; tests and benches that read the
+bytes run it in process.
 
 The OTLP exporter's generic encoder builds a protobuf message per span and per attribute (~50 µs a span
 here, more than the request path's whole tracing cost). A span's bytes are its fixed fields (ids, name,
@@ -355,8 +357,11 @@ class BatchExporter:
         max_queue: int,
         interval_s: float,
         max_batch: int = 4096,
+        on_sent: Callable[[int, bool], None] | None = None,
     ) -> None:
-        self.encoder, self.send = encoder, send
+        """``on_sent(spans, ok)``: called on the export thread after each batch was posted (or failed to:
+        the exporter process reports both to the gateway's worker, gateway/trace_export.py)."""
+        self.encoder, self.send, self.on_sent = encoder, send, on_sent
         self.max_queue, self.interval_s, self.max_batch = max_queue, interval_s, max_batch
         self.dropped = 0  # spans refused by a full queue
         self._queue: collections.deque[tuple[int, Any]] = collections.deque()  # (spans, trace)
@@ -369,6 +374,11 @@ class BatchExporter:
         self._lock = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="trace-export", daemon=True)
         self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Spans queued or being sent."""
+        return self._added - self._sent
 
     @property
     def _queued(self) -> int:
@@ -410,10 +420,13 @@ class BatchExporter:
         while True:
             batch, count, last = self._take()
             if batch:
+                ok = False
                 try:
-                    self.send(self.encoder.encode(batch))
+                    ok = self.send(self.encoder.encode(batch))
                 except Exception:  # a bug in encoding must not stop the thread
                     log.exception("trace export failed")
+                if self.on_sent is not None:
+                    self.on_sent(count, ok)
             with self._lock:
                 self._sent += count
                 if not self._queue:

@@ -7,10 +7,11 @@ client's ``tracestate`` as gateway/tracestate.py lets it through) and ``engine``
 
 While a request runs, its stages are tuples (name, ids, a clock reading, its deployment's key). When it
 ends, the request's trace is one flat tuple of plain values (``RequestTrace``: ids, clock readings, the
-record's fields, the stages' tuples) handed to gateway/otlp.py's exporter thread; ``RequestEncoder`` turns it
-into OTLP spans there, attributes and all. The loop builds no attribute dict and no span object, and the
-cyclic GC stops tracking a tuple of plain values at its first collection, so the traces waiting in the
-queue (up to a batch: hundreds of requests) are not scanned again by every later collection, as the span
+record's fields, the stages' tuples) handed to the exporter process (gateway/trace_export.py: batches of
+them, serialized with ``marshal``, over a pipe), where gateway/otlp.py's exporter thread and
+``RequestEncoder`` turn them into OTLP spans, attributes and all, on that process's GIL. The loop builds
+no attribute dict and no span object, and the cyclic GC stops tracking a tuple of plain values at its first
+collection, so the traces waiting for their batch (up to 128 requests) are not scanned again by every later collection, as the span
 records and dicts that stood there before were (most of what tracing cost the loop beyond its own code). No
 SDK span is made on that path: live SDK spans (a tracer, a sampler call, locked attribute maps, a processor
 call per span) and the SDK's encoder cost more CPU than the gateway's own path when every request is
@@ -22,7 +23,7 @@ Off (the default), this module's SDK part is never imported and no middleware is
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from random import getrandbits
 from time import time_ns
 from types import MappingProxyType
@@ -38,10 +39,20 @@ from . import otlp
 from .config import TracingConfig
 from .keys import RECORD
 from .otlp import SpanRecord
+from .trace_encoding import (
+    _REQUEST_FIELDS,
+    DeploymentKey,
+    RequestEncoder,
+    RequestTrace,
+    deployment_attributes,
+    records,
+)
 from .tracestate import parse as parse_tracestate
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+
+    from .trace_export import ExporterProcess
 
 _OPERATIONS = {
     "/v1/chat/completions": "chat",
@@ -52,19 +63,9 @@ _OPERATIONS = {
     "/v1/embeddings": "embeddings",
     "/embeddings": "embeddings",
 }
-# request fields -> GenAI attributes, set on the request's span
-_REQUEST_FIELDS = (
-    ("max_tokens", "gen_ai.request.max_tokens"),
-    ("temperature", "gen_ai.request.temperature"),
-    ("top_p", "gen_ai.request.top_p"),
-    ("seed", "gen_ai.request.seed"),
-    ("frequency_penalty", "gen_ai.request.frequency_penalty"),
-    ("presence_penalty", "gen_ai.request.presence_penalty"),
-)
 # the body's fields a trace keeps: those of _REQUEST_FIELDS, then "stream"
 _BODY_FIELDS = (*(field for field, _ in _REQUEST_FIELDS), "stream")
 _ENDED_WITH_REQUEST = "ended with the request"
-_NONE: Mapping[str, Any] = MappingProxyType({})  # a stage without a deployment's attributes
 _LOW_64 = 0xFFFFFFFFFFFFFFFF
 # W3C Trace Context: version-traceid-parentid-flags, lowercase hex; a later version may append fields
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
@@ -73,11 +74,20 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 class Tracing:
     """One process's trace export, sampler bound and the middleware that starts each request's trace.
 
-    ``send`` replaces the OTLP/HTTP post (benches); ``add_span_processor`` adds an SDK span processor, which
-    then gets each span as a ``ReadableSpan`` too (tests read the spans in process)."""
+    The spans are encoded and posted by an exporter process (gateway/trace_export.py), or with ``exporter:
+    thread`` by a thread in this process; ``send`` makes it that thread and hands it each encoded export
+    request (tests and benches that read the bytes), and ``discard`` has the process encode and post nothing
+    (benches).
+    ``add_span_processor`` adds an SDK span processor, which then gets each span as a ``ReadableSpan`` too
+    (tests read the spans in process)."""
 
     def __init__(
-        self, config: TracingConfig, paths: tuple[str, ...], send: Callable[[bytes], bool] | None = None
+        self,
+        config: TracingConfig,
+        paths: tuple[str, ...],
+        send: Callable[[bytes], bool] | None = None,
+        *,
+        discard: bool = False,
     ) -> None:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
@@ -85,19 +95,39 @@ class Tracing:
         self.config = config
         # the SDK's resource (service.name, the SDK's name and version, this process's instance id)
         self.resource = Resource.create({"service.name": config.service_name})
-        self._sender = None
-        if send is None:
+        self._sender: otlp.HttpSender | None = None
+        self.exporter: otlp.BatchExporter | ExporterProcess
+        if send is None and config.exporter == "thread":  # (docs/operations.md: where it may pay)
             send = self._sender = otlp.HttpSender(config.endpoint, config.headers, config.timeout_s)
-        # Large batches, sent every few seconds from the exporter's thread, from a bounded queue (spans beyond
-        # it are dropped, never waited for): each batch it encodes and posts takes the GIL from the event loop,
-        # so fewer, bigger ones cost the requests less.
-        self.exporter = otlp.BatchExporter(
-            RequestEncoder(self.resource.attributes, "llm-gateway"),
-            send,
-            max_queue=config.max_queue,
-            interval_s=config.export_interval_s,
-            max_batch=min(config.max_queue, 4096),
-        )
+        if send is None:
+            from .trace_export import ExporterProcess
+
+            # The encoding and the posts in a process of their own (gateway/trace_export.py): on a thread of
+            # this one they took the GIL from the event loop, which paid for it beyond their own CPU.
+            self.exporter = ExporterProcess(
+                {
+                    "endpoint": config.endpoint,
+                    "headers": dict(config.headers),
+                    "timeout_s": config.timeout_s,
+                    "max_queue": config.max_queue,
+                    "interval_s": config.export_interval_s,
+                    "resource": dict(self.resource.attributes),
+                    "scope": "llm-gateway",
+                    "discard": discard,
+                },
+                max_queue=config.max_queue,
+                timeout_s=config.timeout_s,
+            )
+        else:
+            # In process (``exporter: thread``; tests and benches that read the bytes): large batches, sent every few seconds from
+            # the exporter's thread, from a bounded queue (spans beyond it are dropped, never waited for).
+            self.exporter = otlp.BatchExporter(
+                RequestEncoder(self.resource.attributes, "llm-gateway"),
+                send,
+                max_queue=config.max_queue,
+                interval_s=config.export_interval_s,
+                max_batch=min(config.max_queue, 4096),
+            )
         self.processors: list[SpanProcessor] = []
         # ParentBased(TraceIdRatioBased): a trace started here is sampled when its id's low 64 bits fall
         # under the bound (the SDK's rule, so a collector's sampling agrees); a client's flag decides for its own
@@ -186,19 +216,12 @@ def _readable(resource: Any, trace_id: int, span: SpanRecord) -> ReadableSpan:
     )
 
 
-# A deployment as its spans name it: id, provider, model, api_base and the request's operation.
-DeploymentKey = tuple[str, str, str, "str | None", str]
 # A stage: name, span id, parent span id, start (ns), its deployment's key (None: no deployment).
 Stage = tuple[str, int, int, int, "DeploymentKey | None"]
 # An ended stage: the stage's values, then its end (ns), the upstream's HTTP status and the error (None:
 # none). One flat tuple: a tuple per stage and another per ending would each be one more allocation that the
-# GC counts until the exporter's thread frees it.
+# GC counts until the trace's batch goes to the exporter (or, with ``exporter: thread``, until it is encoded).
 Ended = tuple[str, int, int, int, "DeploymentKey | None", int, "int | None", "str | None"]
-# One request's trace as the exporter's thread gets it (see the module's docstring): trace id, its ended
-# stages, the request's span id, the client's parent span id (0: none), start, end, method, path, request
-# id, operation, the GenAI request fields (``RequestSpans.request``; None: not read), then the record's alias,
-# status, tenant, key id, prompt and completion tokens, deployment, cache, cost, TTFT and error.
-RequestTrace = tuple[Any, ...]
 
 
 class RequestSpans:
@@ -337,269 +360,6 @@ class RequestSpans:
                 record.error,
             )
         )
-
-
-def deployment_attributes(key: DeploymentKey) -> dict[str, Any]:
-    """The attributes of a span of a stage that ran on a deployment (an upstream attempt, the engine)."""
-    deployment_id, provider, model, api_base, operation = key
-    attributes: dict[str, Any] = {
-        "gen_ai.provider.name": provider,
-        "gen_ai.request.model": model,
-        "gateway.deployment": deployment_id,
-    }
-    if operation:
-        attributes["gen_ai.operation.name"] = operation
-    if api_base:
-        from yarl import URL
-
-        url = URL(api_base)
-        attributes.update({"server.address": url.host or "", "server.port": url.port or 0})
-    return attributes
-
-
-def _request_fields(fields: tuple[Any, ...]) -> list[tuple[str, Any]]:
-    """The GenAI request attributes of the body's fields: the numbers among them, and whether it streams."""
-    out = [
-        (attribute, value)
-        for (_, attribute), value in zip(_REQUEST_FIELDS, fields, strict=False)
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    ]
-    out.append(("gen_ai.request.stream", fields[-1] is True))
-    return out
-
-
-def _root(trace: RequestTrace) -> tuple[str, dict[str, Any], int, str]:
-    """The request's span's name, attributes, status and status message."""
-    (
-        _,
-        _,
-        _,
-        _,
-        _,
-        _,
-        method,
-        path,
-        request_id,
-        operation,
-        fields,
-        alias,
-        status,
-        tenant,
-        key_id,
-        prompt_tokens,
-        completion_tokens,
-        deployment,
-        cache,
-        cost_usd,
-        ttft_s,
-        error,
-    ) = trace
-    attributes: dict[str, Any] = {
-        "http.request.method": method,
-        "url.path": path,
-        "gateway.request_id": request_id,
-    }
-    if operation:
-        attributes["gen_ai.operation.name"] = operation
-    if fields is not None:
-        attributes.update(_request_fields(fields))
-    name = f"{method} {path}"
-    if alias != "-":
-        name = f"{operation or 'request'} {alias}"
-        attributes["gen_ai.request.model"] = alias
-    attributes["http.response.status_code"] = status
-    attributes["gateway.tenant"] = tenant
-    attributes["gateway.key_id"] = key_id
-    for key, value in (
-        ("gen_ai.usage.input_tokens", prompt_tokens),
-        ("gen_ai.usage.output_tokens", completion_tokens),
-        ("gateway.deployment", deployment),
-        ("gateway.cache", cache),
-        ("gateway.cost_usd", cost_usd),
-        ("gateway.ttft_s", ttft_s),
-    ):
-        if value is not None:
-            attributes[key] = value
-    span_status, message = otlp.STATUS_UNSET, ""
-    if status >= 500 or status == 499:
-        attributes["error.type"] = str(status)
-        span_status, message = otlp.STATUS_ERROR, error or ""
-    elif status >= 400 and error:
-        attributes["error.type"] = str(status)
-    return name, attributes, span_status, message
-
-
-def records(
-    trace: RequestTrace, attributes_of: Callable[[DeploymentKey], Mapping[str, Any]]
-) -> list[SpanRecord]:
-    """A request's trace as span records: its stages, then the request's own span (``RequestEncoder`` writes
-    the same spans straight from the trace)."""
-    _, stages, span_id, parent_id, start, end = trace[:6]
-    finished = []
-    for name, stage_id, stage_parent, stage_start, key, stage_end, status, error in stages:
-        attributes: Mapping[str, Any] = attributes_of(key) if key is not None else _NONE
-        stage_status, stage_message = otlp.STATUS_UNSET, ""
-        if status is not None or error is not None:
-            attributes = dict(attributes)
-            if status is not None:
-                attributes["http.response.status_code"] = status
-            if error is not None:
-                attributes["error.type"] = str(status) if status else "error"
-                stage_status, stage_message = otlp.STATUS_ERROR, error
-        finished.append(
-            SpanRecord(
-                name,
-                stage_id,
-                stage_parent,
-                False,
-                otlp.KIND_CLIENT if name == "upstream" else otlp.KIND_INTERNAL,
-                stage_start,
-                stage_end,
-                stage_status,
-                stage_message,
-                attributes,
-            )
-        )
-    name, root_attributes, status, message = _root(trace)
-    finished.append(
-        SpanRecord(
-            name,
-            span_id,
-            parent_id,
-            parent_id != 0,
-            otlp.KIND_SERVER,
-            start,
-            end,
-            status,
-            message,
-            root_attributes,
-        )
-    )
-    return finished
-
-
-class RequestEncoder(otlp.SpanEncoder):
-    """``RequestTrace``s to an export request, on the exporter's thread: the spans ``records`` makes, written
-    straight from the trace's values. What repeats across requests is encoded once and its bytes reused: a
-    stage's attributes (by deployment and status), and the request's span's name and its attributes from
-    the method to the key id (by their values and the request fields' types); the rest (request id,
-    tokens, cost, TTFT) is written per request."""
-
-    def __init__(self, resource: Mapping[str, Any], scope: str) -> None:
-        super().__init__(resource, scope)
-        self._stages: dict[tuple[DeploymentKey | None, int | None], bytes] = {}
-        self._roots: dict[tuple[Any, ...], tuple[str, bytes, bytes]] = {}
-
-    def _stage(self, key: DeploymentKey | None, status: int | None) -> bytes:
-        attributes = deployment_attributes(key) if key is not None else {}
-        if status is not None:
-            attributes["http.response.status_code"] = status
-        if len(self._stages) >= otlp.MAX_CACHED:
-            self._stages.clear()
-        entries = self._stages[key, status] = b"".join([self.attribute(k, v) for k, v in attributes.items()])
-        return entries
-
-    def _root(self, shared: tuple[Any, ...] | None, trace: RequestTrace) -> tuple[str, bytes, bytes]:
-        """The request's span's name and its attribute entries before and after the request id, kept under
-        ``shared`` (the values they come from; None: not kept)."""
-        name, attributes, _, _ = _root(trace)
-        entries = [self.attribute(k, v) for k, v in attributes.items()]
-        # method, path | request id | operation, request fields, alias, status, tenant, key id | the rest
-        after = 3 + (len(_request_fields(trace[10])) if trace[10] is not None else 0)
-        after += bool(trace[9]) + (trace[11] != "-") + 3
-        found = (name, b"".join(entries[:2]), b"".join(entries[3:after]))
-        if shared is not None:
-            if len(self._roots) >= otlp.MAX_CACHED:
-                self._roots.clear()
-            self._roots[shared] = found
-        return found
-
-    def encode(self, traces: Sequence[RequestTrace]) -> bytes:
-        attribute, double, frame = self.attribute, self.double, self.frame
-        stage_entries, roots = self._stages, self._roots
-        spans: list[bytes] = []
-        append = spans.append
-        for trace in traces:
-            trace_id, stages, span_id, parent_id, start, end = trace[:6]
-            prefix = otlp.trace_prefix(trace_id)
-            for name, stage_id, stage_parent, stage_start, key, stage_end, code, message in stages:
-                entries = stage_entries.get((key, code))
-                if entries is None:  # (b"": a stage with no attributes)
-                    entries = self._stage(key, code)
-                if message is not None:
-                    entries += attribute("error.type", str(code) if code else "error")
-                append(
-                    frame(
-                        prefix,
-                        stage_id,
-                        stage_parent,
-                        False,
-                        name,
-                        otlp.KIND_CLIENT if name == "upstream" else otlp.KIND_INTERNAL,
-                        stage_start,
-                        stage_end,
-                        otlp.STATUS_UNSET if message is None else otlp.STATUS_ERROR,
-                        message or "",
-                        entries,
-                    )
-                )
-            # the values the request's span's name and first attributes come from (method, path, operation,
-            # request fields, alias, status, tenant, key id), and the request fields' types (1, 1.0 and True
-            # are equal keys, encoded differently)
-            shared = trace[6:8] + trace[9:15]
-            fields = trace[10]
-            if fields is not None:
-                shared += tuple(map(type, fields))
-            try:
-                found = roots.get(shared) or self._root(shared, trace)
-            except TypeError:  # a request field that cannot be a key (a list): encoded, not kept
-                found = self._root(None, trace)
-            parts = [found[1], self.unique("gateway.request_id", trace[8]), found[2]]
-            prompt_tokens, completion_tokens, deployment, cache, cost_usd, ttft_s, error = trace[15:]
-            if prompt_tokens is not None:
-                parts.append(attribute("gen_ai.usage.input_tokens", prompt_tokens))
-            if completion_tokens is not None:
-                parts.append(attribute("gen_ai.usage.output_tokens", completion_tokens))
-            if deployment is not None:
-                parts.append(attribute("gateway.deployment", deployment))
-            if cache is not None:
-                parts.append(attribute("gateway.cache", cache))
-            if cost_usd is not None:
-                parts.append(
-                    double("gateway.cost_usd", cost_usd)
-                    if type(cost_usd) is float
-                    else attribute("gateway.cost_usd", cost_usd)
-                )
-            if ttft_s is not None:
-                parts.append(
-                    double("gateway.ttft_s", ttft_s)
-                    if type(ttft_s) is float
-                    else attribute("gateway.ttft_s", ttft_s)
-                )
-            span_status, span_message = otlp.STATUS_UNSET, ""
-            status = trace[12]
-            if status >= 400:
-                if status >= 500 or status == 499:
-                    parts.append(attribute("error.type", str(status)))
-                    span_status, span_message = otlp.STATUS_ERROR, error or ""
-                elif error:
-                    parts.append(attribute("error.type", str(status)))
-            append(
-                frame(
-                    prefix,
-                    span_id,
-                    parent_id,
-                    parent_id != 0,
-                    found[0],
-                    otlp.KIND_SERVER,
-                    start,
-                    end,
-                    span_status,
-                    span_message,
-                    b"".join(parts),
-                )
-            )
-        return self.request(spans)
 
 
 def _parent(header: str) -> tuple[int, int, bool] | None:
