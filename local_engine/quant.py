@@ -10,9 +10,10 @@ LoRA's projection hook wraps an :class:`Int8Linear` as it wraps an ``nn.Linear``
 Without our kernels (below) the matmul reads the packed weights through
 ``aten._weight_int8pack_mm`` (CPU; it takes bf16 activations, which is why inputs are cast to bf16
 and outputs back). That kernel's cost grows with the number of rows, so a step with many rows (a
-prefill chunk) instead converts the layer to bf16 once for that matmul, where the cost is shared by
-all the rows and AMX/oneDNN's bf16 GEMM is fast (measured on an AMX machine: the packed kernel wins
-below ~24 rows).
+prefill chunk) instead converts the layer once for that matmul, where the cost is shared by all the
+rows: to bf16 on a GPU or a CPU with AMX, whose bf16 GEMM is fast (measured on an AMX machine: the
+packed kernel wins below ~24 rows), to float32 on other CPUs, where torch's bf16 GEMM is several times
+slower than float32's (:func:`_many_rows`).
 
 int4 is group-wise and asymmetric, in the layout of llama.cpp's Q4_0 / Q4_1 / Q4_K blocks: every
 32 consecutive inputs of a row share a scale and an offset, ``w = (q - 8) * scale + zero`` with
@@ -25,7 +26,8 @@ that decoding looks at: without the compiled kernels, a decode step scans the vo
 copy of the head and recomputes its top 64 logits from the int8 rows (:class:`Int4Head`; SmolLM2's
 tied head is a fifth of its weights, and torch's int8 matmul of it was a fifth of an int4 decode step).
 
-Decode-sized matmuls (fewer than ``PACKED_MAX_ROWS`` rows, on CPU) go through our kernels
+Decode-sized matmuls (on CPU, fewer than ``PACKED_MAX_ROWS`` rows, or ``KERNEL_MAX_ROWS`` on a CPU without
+AMX; see :func:`_many_rows`) go through our kernels
 (:mod:`local_engine.kernels`: C, AVX2, compiled at first use) where they build, reading the int8
 weights or the int4 nibbles and dequantizing them in registers against float32 activations; torch's
 packed kernels are the fallback.
@@ -47,9 +49,26 @@ QUANTIZATIONS = ("int8", "int4")
 INT4_GROUP = 32  # inputs per scale/offset in int4 (the block size of GGUF's Q4_0 / Q4_1 / Q4_K sub-blocks)
 # Rows from which a matmul dequantizes the layer instead of calling the row-bound packed kernel.
 PACKED_MAX_ROWS = 24
+# The same for our kernels on a CPU without AMX, where the layer is dequantized to float32 (below).
+KERNEL_MAX_ROWS = 64
 # Under int4, the highest logits of a decode step recomputed from the int8 head (Int4Head).
 HEAD_REFINE = 64
 _ACT = torch.bfloat16  # the activation dtype the packed kernel takes
+
+
+def _many_rows(x: torch.Tensor, lib: object) -> tuple[bool, torch.dtype]:
+    """``(few, dtype)`` for a matmul of ``x``'s rows: whether a packed kernel (ours when ``lib``, else
+    torch's) takes it, and otherwise the dtype the layer is dequantized to for one GEMM shared by all the
+    rows. Measured per CPU (SmolLM2's 576→1536 projection, 1 thread): with AMX (where these thresholds
+    were first set) bf16's GEMM is fast from 24 rows; on an AVX2 machine torch's bf16 GEMM is 4-8x slower
+    than float32's (64 rows: 13.5 ms against 2.2), and our kernels beat a float32 dequantize-and-GEMM up
+    to ~64 rows (48 rows: int8 1.7 ms against 1.9, int4 2.6 against 3.9) but not past it (256 rows: int8
+    9.4 against 7.9, int4 15.2 against 9.7)."""
+    if x.device.type != "cpu":
+        return False, _ACT
+    if kernels.has_amx_bf16():
+        return x.shape[0] < PACKED_MAX_ROWS, _ACT
+    return x.shape[0] < (KERNEL_MAX_ROWS if lib is not None else PACKED_MAX_ROWS), torch.float32
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,9 +100,9 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        few = x2.shape[0] < PACKED_MAX_ROWS and x2.device.type == "cpu"
-        lib = kernels.library() if few else None
-        if lib is not None:  # the first test of a decode step, ~120 calls of it: kept short
+        lib = kernels.library() if x2.device.type == "cpu" else None
+        few, dtype = _many_rows(x2, lib)
+        if few and lib is not None:  # a decode step's ~120 calls: kept short
             y = kernels.int8_mm(lib, x2, self.qweight, self.scale)
             if x.dtype is not torch.float32 or x.dim() != 2:
                 y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -91,7 +110,7 @@ class Int8Linear(nn.Module):
         if few:
             y = torch.ops.aten._weight_int8pack_mm(x2.to(_ACT), self.qweight, self.scale)
         else:  # many rows, or a device without the packed kernel: one dequantized matmul
-            y = F.linear(x2.to(_ACT), self.qweight.to(_ACT) * self.scale[:, None])
+            y = F.linear(x2.to(dtype), self.qweight.to(dtype) * self.scale.to(dtype)[:, None])
         y = y.to(x.dtype)
         if x.dim() != 2:
             y = y.reshape(*x.shape[:-1], self.out_features)
@@ -240,9 +259,9 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        few = x2.shape[0] < PACKED_MAX_ROWS and x2.device.type == "cpu"
-        lib = kernels.library() if few and self.kernel else None
-        if lib is not None:  # as Int8Linear's
+        lib = kernels.library() if self.kernel and x2.device.type == "cpu" else None
+        few, dtype = _many_rows(x2, lib)
+        if few and lib is not None:  # as Int8Linear's
             y = kernels.int4_mm(lib, x2, self.nib, self.sz)
             if x.dtype is not torch.float32 or x.dim() != 2:
                 y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -254,7 +273,7 @@ class Int4Linear(nn.Module):
             if y.shape[1] != self.out_features:  # the padding rows
                 y = y[:, : self.out_features]
         else:
-            y = F.linear(x2.to(_ACT), self.dequantize())
+            y = F.linear(x2.to(dtype), self.dequantize().to(dtype))
         y = y.to(x.dtype)
         if x.dim() != 2:
             y = y.reshape(*x.shape[:-1], self.out_features)

@@ -13,7 +13,15 @@ import pytest
 import torch
 
 from local_engine import kernels
-from local_engine.quant import PACKED_MAX_ROWS, Int4Head, Int4Linear, Int8Linear, quantize_int4, quantize_int8
+from local_engine.quant import (
+    KERNEL_MAX_ROWS,
+    PACKED_MAX_ROWS,
+    Int4Head,
+    Int4Linear,
+    Int8Linear,
+    quantize_int4,
+    quantize_int8,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,20 +140,25 @@ def test_a_module_built_with_the_kernels_still_runs_without_them(
     lib: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A kernel-layout int4 module whose library goes away (as the loader can return None) takes the
-    dequantized matmul, and many rows always do."""
+    dequantized matmul, and many rows always do: in bf16 on a CPU with AMX, else in float32."""
+    dtype = torch.bfloat16 if kernels.has_amx_bf16() else torch.float32
+
+    def dequantized(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x.to(dtype), lin.dequantize().to(dtype)).float()
+
     weight = _weights(64, 96, seed=8)
     x = torch.randn(2, 96, generator=torch.Generator().manual_seed(9))
     lin = Int4Linear(quantize_int4(weight), None)
     assert lin.kernel
     fast = lin(x)
+    many = torch.randn(PACKED_MAX_ROWS if dtype is torch.bfloat16 else KERNEL_MAX_ROWS, 96)
+    torch.testing.assert_close(lin(many), dequantized(many))
+    torch.testing.assert_close(lin(many[:-1]), kernels.int4_mm(lib, many[:-1], lin.nib, lin.sz))
     monkeypatch.setattr(kernels, "library", lambda: None)
     slow = lin(x)
-    torch.testing.assert_close(slow, torch.nn.functional.linear(x.bfloat16(), lin.dequantize()).float())
+    torch.testing.assert_close(slow, dequantized(x))
     torch.testing.assert_close(fast, slow, atol=3e-2, rtol=2e-2)
-    many = torch.randn(PACKED_MAX_ROWS, 96)
-    torch.testing.assert_close(
-        lin(many), torch.nn.functional.linear(many.bfloat16(), lin.dequantize()).float()
-    )
+    torch.testing.assert_close(lin(many), dequantized(many))
 
 
 def test_a_failing_compiler_means_no_kernels(
