@@ -13,7 +13,9 @@ Objective, per step: a batch of paraphrase pairs with in-batch negatives (Multip
 entropy over ``scale`` x cosine, both directions; a negative that is a known paraphrase of the anchor, same
 connected component of the paraphrase pairs, is masked out), plus a batch of near-miss pairs that pass the slot
 checks (the only ones that could be served) as hard negatives, ``weight`` x mean(relu(cos - margin))^2 so they
-stay below the threshold. Only pairs that pass the slot checks are trained on. The lower layers are frozen and
+stay below the threshold, and (``pull``) weight x mean(relu(0.95 - cos))^2 over the paraphrase pairs: without it
+the ranking loss only reorders what the base model already ranks and natural rewordings' cosine does not rise
+(docs/cache.md has every configuration's figures). Only pairs that pass the slot checks are trained on. The lower layers are frozen and
 their output computed once per text (the questions average 12 tokens), so a run is the top ``layers`` only;
 ``layers=0`` trains a 384 x 384 linear map over the frozen pooled vector (initialised to the identity).
 
@@ -71,12 +73,17 @@ CONFIGS: dict[str, Config] = {
     "linear-m.6": Config(layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0),
     "linear-x4": Config(layers=0, epochs=4, lr=1e-3, rewordings=4),
     "linear-pull": Config(layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=10.0),
+    "linear-pull30": Config(layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=30.0),
+    "linear-pull100": Config(layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=100.0),
+    "linear-pull300": Config(layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=300.0),
     "top2-x4": Config(layers=2, epochs=2, lr=3e-5, rewordings=4),
     "top1": Config(layers=1, epochs=1, lr=5e-5),
     "top2": Config(layers=2, epochs=1, lr=3e-5),
     "top2-m.6": Config(layers=2, epochs=2, lr=3e-5, margin=0.6, weight=30.0),
     "top3": Config(layers=3, epochs=2, lr=3e-5),
     "top2-strong": Config(layers=2, epochs=1, lr=1e-4, margin=0.6, weight=30.0, rewordings=4, pull=10.0),
+    "top1-strong": Config(layers=1, epochs=1, lr=1e-4, margin=0.6, weight=30.0, rewordings=4, pull=10.0),
+    "top1-pull100": Config(layers=1, epochs=1, lr=1e-4, margin=0.6, weight=30.0, rewordings=4, pull=100.0),
     "top2-mnrl": Config(layers=2, epochs=2, lr=3e-5, weight=0.0),
 }
 
@@ -342,7 +349,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--configs", default="linear,top2")
+    parser.add_argument("--configs", default="linear-pull300")
     parser.add_argument("--test", default="", help="train this configuration on all of train, read test once")
     parser.add_argument("--threshold", type=float, default=0.0, help="with --test: its out-of-fold threshold")
     args = parser.parse_args()
