@@ -21,6 +21,7 @@ machine; wall time with more than one thread): the best of ``--rounds``.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -92,8 +93,8 @@ def step_matmuls(model: torch.nn.Module) -> tuple[list[Callable[[], object]], li
         xb = x.bfloat16()
         if isinstance(m, Int8Linear):
             q, s = m.qweight, m.scale
-            old.append(lambda xb=xb, q=q, s=s: torch.ops.aten._weight_int8pack_mm(xb, q, s))
-            new.append(lambda x=x, q=q, s=s: kernels.int8_mm(lib, x, q, s))
+            old.append(functools.partial(torch.ops.aten._weight_int8pack_mm, xb, q, s))
+            new.append(functools.partial(kernels.int8_mm, lib, x, q, s))
         else:
             sz = m.sz.float()
             blocks = Int4Blocks(kernels.unpack_int4(m.nib), sz[:, 0].contiguous(), sz[:, 1].contiguous())
@@ -105,11 +106,11 @@ def step_matmuls(model: torch.nn.Module) -> tuple[list[Callable[[], object]], li
                 del os.environ[kernels.DISABLE_ENV]
                 kernels.library.cache_clear()
             old.append(
-                lambda xb=xb, t=t: torch.ops.aten._weight_int4pack_mm_for_cpu(
-                    xb, t.packed, t.group, t.scale_zero
+                functools.partial(
+                    torch.ops.aten._weight_int4pack_mm_for_cpu, xb, t.packed, t.group, t.scale_zero
                 )
             )
-            new.append(lambda x=x, m=m: kernels.int4_mm(lib, x, m.nib, m.sz))
+            new.append(functools.partial(kernels.int4_mm, lib, x, m.nib, m.sz))
     return old, new
 
 
@@ -155,9 +156,9 @@ def main() -> None:
     bw = bandwidth_gbs()
     print(f"memory read bandwidth: {bw:.1f} GB/s ({args.threads} threads)\n", flush=True)
     if args.matmuls:
-        for quant in ("int8", "int4"):
-            llm = LLM(args.model, quantization=quant, num_threads=args.threads, kv_cache_bytes=1 << 27)
-            time_matmuls(quant, llm.engine.model, args.rounds)
+        for method in ("int8", "int4"):
+            llm = LLM(args.model, quantization=method, num_threads=args.threads, kv_cache_bytes=1 << 27)
+            time_matmuls(method, llm.engine.model, args.rounds)
             del llm
         return
     llms, quality = [], []

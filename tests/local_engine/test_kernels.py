@@ -3,6 +3,7 @@ float64 reference of the dequantized weights, the fallback to torch's kernels, a
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -137,7 +138,7 @@ def test_without_the_kernels_the_modules_use_torchs_and_agree(
 
 
 def test_a_module_built_with_the_kernels_still_runs_without_them(
-    lib: object, monkeypatch: pytest.MonkeyPatch
+    lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A kernel-layout int4 module whose library goes away (as the loader can return None) takes the
     dequantized matmul, and many rows always do: in bf16 on a CPU with AMX, else in float32."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -43,8 +44,13 @@ def finish_requests(traced: tracing.Tracing, count: int, first: int = 0) -> None
         trace.finish(record)
 
 
-def config(endpoint: str = "http://127.0.0.1:9/v1/traces", **overrides) -> TracingConfig:
-    values = {"enabled": True, "endpoint": endpoint, "export_interval_s": 3600.0, "timeout_s": 5.0}
+def config(endpoint: str = "http://127.0.0.1:9/v1/traces", **overrides: Any) -> TracingConfig:
+    values: dict[str, Any] = {
+        "enabled": True,
+        "endpoint": endpoint,
+        "export_interval_s": 3600.0,
+        "timeout_s": 5.0,
+    }
     return TracingConfig(**(values | overrides))
 
 
@@ -60,6 +66,7 @@ def test_shutdown_delivers_every_span_to_the_collector(receiver):
     """Nothing is sent before shutdown (an hour's interval, batches far below the exporter's 4,096 spans):
     closing hands the buffered traces over, and the exporter process posts them all before it exits."""
     traced = tracing.Tracing(config(f"{receiver.server.url}/v1/traces"), ("/v1/",))
+    assert isinstance(traced.exporter, trace_export.ExporterProcess)
     pid = traced.exporter.pid
     assert pid is not None
     finish_requests(traced, 1000)
