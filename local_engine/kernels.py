@@ -117,17 +117,22 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
-def int8_mm(lib: ctypes.CDLL, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``x [M, K] @ (q * scale[:, None])^T`` in float32: ``q`` [N, K] int8 contiguous, ``scale`` [N]
-    bf16 (CPU tensors). Called ~120 times a decode step, so it does no more than it must (a call
-    costs a few µs of Python and ctypes, which is a few % of the step)."""
+def _rows(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` as the kernels read it (float32, rows of unit stride) and the ``[M, n]`` float32 output."""
     if x.dtype is not torch.float32:
         x = x.float()
     if x.stride(1) != 1:
         x = x.contiguous()
+    return x, torch.empty(x.shape[0], n)
+
+
+def int8_mm(lib: ctypes.CDLL, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x [M, K] @ (q * scale[:, None])^T`` in float32: ``q`` [N, K] int8 contiguous, ``scale`` [N]
+    bf16 (CPU tensors). Called ~120 times a decode step, so it does no more than it must (a call
+    costs a few µs of Python and ctypes, which is a few % of the step)."""
+    x, y = _rows(x, q.shape[0])
     m, k = x.shape
-    n = q.shape[0]
-    y = torch.empty(m, n)
+    n = y.shape[1]
     lib.qk_int8_mm(m, n, k, x.data_ptr(), x.stride(0), q.data_ptr(), scale.data_ptr(), y.data_ptr(), n)
     return y
 
@@ -136,13 +141,9 @@ def int4_mm(lib: ctypes.CDLL, x: torch.Tensor, nib: torch.Tensor, sz: torch.Tens
     """``x [M, K] @ W^T`` in float32 with ``W = (q - 8) * scale + zero`` over groups of 32 inputs:
     ``nib`` [N, K / 2] uint8 (byte j of a group: q[j] low nibble, q[j + 16] high), ``sz`` [N, 2,
     K / 32] bf16 (each row's scales, then its zeros)."""
-    if x.dtype is not torch.float32:
-        x = x.float()
-    if x.stride(1) != 1:
-        x = x.contiguous()
+    x, y = _rows(x, nib.shape[0])
     m, k = x.shape
-    n = nib.shape[0]
-    y = torch.empty(m, n)
+    n = y.shape[1]
     lib.qk_int4_mm(m, n, k, x.data_ptr(), x.stride(0), nib.data_ptr(), sz.data_ptr(), y.data_ptr(), n)
     return y
 

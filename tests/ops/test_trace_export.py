@@ -9,27 +9,15 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-
-import pytest
 
 from gateway import trace_export, tracing
 from gateway.config import TracingConfig
 from policies.record import RequestRecord
 from tests.conftest import KEY, config_text
 from tests.ops.gateway_process import GatewayProcess, poll
-from tests.ops.otlp_receiver import OtlpReceiver
-
-
-@pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver()
-    receiver.server.start()
-    yield receiver
-    receiver.server.stop()
 
 
 def finish_requests(traced: tracing.Tracing, count: int, first: int = 0) -> None:

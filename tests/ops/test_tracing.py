@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import cast
 
 import httpx
@@ -23,18 +23,9 @@ from gateway.keys import GATEWAY
 from tests.conftest import KEY, LOG_PATH, config_text
 from tests.harness import ServerThread
 from tests.ops.gateway_process import ROOT, poll
-from tests.ops.otlp_receiver import OtlpReceiver
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_PARENT = "00f067aa0ba902b7"
-
-
-@pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver()
-    receiver.server.start()
-    yield receiver
-    receiver.server.stop()
 
 
 @pytest.fixture
