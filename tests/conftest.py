@@ -87,6 +87,7 @@ def _collect_after_each_test() -> Iterator[None]:
 _SLOW_FIRST = (
     "tests/finetune/test_fact.py",
     "tests/finetune/test_jobs.py",
+    "tests/cache/test_embedder.py",
     "tests/scale/test_workers.py",
     "tests/local_engine/test_structured_outputs.py",
     "tests/local_engine/test_speculative_draft.py",
