@@ -95,6 +95,31 @@ CONFIGS: dict[str, Config] = {
     "linear-pull1000-e8": Config(
         layers=0, epochs=8, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=1000.0
     ),
+    # the near-miss side stronger under the pull (symbol and attribute near misses stop the point)
+    "linear-pull1000-w100": Config(
+        layers=0, epochs=4, lr=1e-3, margin=0.6, weight=100.0, rewordings=4, pull=1000.0
+    ),
+    "linear-pull1000-m.5": Config(
+        layers=0, epochs=4, lr=1e-3, margin=0.5, weight=30.0, rewordings=4, pull=1000.0
+    ),
+    "linear-pull1000-h64": Config(
+        layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=1000.0, hard=64
+    ),
+    "linear-pull1000-w100-h64": Config(
+        layers=0, epochs=4, lr=1e-3, margin=0.6, weight=100.0, rewordings=4, pull=1000.0, hard=64
+    ),
+    "linear-pull3000-w100-h64-e8": Config(
+        layers=0, epochs=8, lr=1e-3, margin=0.6, weight=100.0, rewordings=4, pull=3000.0, hard=64
+    ),
+    "linear-pull1000-w100-x8": Config(
+        layers=0, epochs=4, lr=1e-3, margin=0.6, weight=100.0, rewordings=8, pull=1000.0
+    ),
+    "linear-pull1000-w300": Config(
+        layers=0, epochs=4, lr=1e-3, margin=0.6, weight=300.0, rewordings=4, pull=1000.0
+    ),
+    "linear-pull1000-w100-e8": Config(
+        layers=0, epochs=8, lr=1e-3, margin=0.6, weight=100.0, rewordings=4, pull=1000.0
+    ),
     "top2-x4": Config(layers=2, epochs=2, lr=3e-5, rewordings=4),
     "top1": Config(layers=1, epochs=1, lr=5e-5),
     "top2": Config(layers=2, epochs=1, lr=3e-5),
@@ -376,6 +401,11 @@ def main() -> None:
     parser.add_argument("--configs", default="linear-pull300")
     parser.add_argument("--test", default="", help="train this configuration on all of train, read test once")
     parser.add_argument("--threshold", type=float, default=0.0, help="with --test: its out-of-fold threshold")
+    parser.add_argument(
+        "--save",
+        default="",
+        help="with --test of a linear map: write it here (fp16 .npy, applied as pooled @ M)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -420,6 +450,9 @@ def main() -> None:
         started = time.perf_counter()
         top = train(model, cfg, x, mask, s, np.arange(len(s.rows)), group)
         print(f"trained {args.test} on all of train: {time.perf_counter() - started:.0f} s")
+        if args.save and not cfg.layers:
+            # torch's Linear computes x @ W.T: the transpose, so the embedder multiplies the row vector by it
+            np.save(args.save, top.blocks.weight.detach().numpy().T.astype(np.float16))
         ts = load("test")
         tstates, tmask = lower.states(ts.texts)
         tbase = embed(None, tstates[6], tmask)
