@@ -201,8 +201,8 @@ class Lower:
         key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
         cached = ROOT / ".cache" / f"embft-states-{key}.pt"
         if cached.exists():
-            hs, mask = torch.load(cached)
-            return hs, mask
+            loaded = torch.load(cached)
+            return loaded[0], loaded[1]
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
         hs: list[list[Any]] = [[] for _ in range(7)]
         with torch.inference_mode():
@@ -239,10 +239,11 @@ class Top:
 
         self.layers = layers
         if layers:
-            self.blocks = torch.nn.ModuleList(copy.deepcopy(model.encoder.layer[6 - layers :]))
+            self.blocks: Any = torch.nn.ModuleList(copy.deepcopy(model.encoder.layer[6 - layers :]))
         else:
-            self.blocks = torch.nn.Linear(384, 384, bias=False)
-            torch.nn.init.eye_(self.blocks.weight)
+            linear = torch.nn.Linear(384, 384, bias=False)
+            torch.nn.init.eye_(linear.weight)
+            self.blocks = linear
 
     def parameters(self) -> Any:
         return self.blocks.parameters()
