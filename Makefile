@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 
 # System programs the tests run: redis-server (the shared store), docker-compose (validates the compose file),
 # promtool (checks the Prometheus config and alert rules), chromium (the /ui page's browser tests, driven by
-# Playwright), postgresql (the request log's PostgreSQL store; its initdb is under /usr/lib/postgresql, off
+# Playwright), cc (builds the engine's int8/int4 kernels, local_engine/qkernels.c), postgresql (the request log's PostgreSQL store; its initdb is under /usr/lib/postgresql, off
 # PATH, so it is not in the check); Debian packages, which .ci/run installs.
-TEST_PROGRAMS := redis-server redis-cli docker-compose promtool chromium
-INSTALL_TEST_PROGRAMS := sudo apt-get install -y redis-server docker-compose prometheus chromium postgresql
+TEST_PROGRAMS := redis-server redis-cli docker-compose promtool chromium cc
+INSTALL_TEST_PROGRAMS := sudo apt-get install -y redis-server docker-compose prometheus chromium postgresql gcc
 # Worker processes for the suite (pytest-xdist): most tests wait on servers, models and timers rather than compute,
 # so 3 fill 2 cores; one file per worker keeps module fixtures (a loaded model, a gateway) loaded once; files go
 # out in collection order (tests/conftest.py puts the slowest first), not xdist's most-tests-first.
