@@ -34,7 +34,7 @@ import argparse
 import copy
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,55 +73,31 @@ class Config:
     # only 5 train families)
 
 
+# the linear map over the pooled vector, as the rows below vary it
+_LINEAR = Config(layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=10.0)
 CONFIGS: dict[str, Config] = {
     "linear": Config(layers=0, epochs=4, lr=1e-3),
     "linear-m.6": Config(layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0),
     "linear-x4": Config(layers=0, epochs=4, lr=1e-3, rewordings=4),
-    "linear-pull": Config(layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=10.0),
-    "linear-pull30": Config(layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=30.0),
-    "linear-pull100": Config(layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=100.0),
-    "linear-pull300": Config(layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=300.0),
+    "linear-pull": _LINEAR,
+    "linear-pull30": replace(_LINEAR, pull=30.0),
+    "linear-pull100": replace(_LINEAR, pull=100.0),
+    "linear-pull300": replace(_LINEAR, pull=300.0),
     # round 2 (stronger pull, a stricter role side, a higher pull target, more epochs)
-    "linear-pull1000": Config(
-        layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=1000.0
-    ),
-    "linear-pull3000": Config(
-        layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=3000.0
-    ),
-    "linear-pull1000-role3": Config(
-        layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=1000.0, role=3.0
-    ),
-    "linear-pull1000-to.97": Config(
-        layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=1000.0, pull_to=0.97
-    ),
-    "linear-pull1000-e8": Config(
-        layers=0, epochs=8, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=1000.0
-    ),
+    "linear-pull1000": replace(_LINEAR, pull=1000.0),
+    "linear-pull3000": replace(_LINEAR, pull=3000.0),
+    "linear-pull1000-role3": replace(_LINEAR, pull=1000.0, role=3.0),
+    "linear-pull1000-to.97": replace(_LINEAR, pull=1000.0, pull_to=0.97),
+    "linear-pull1000-e8": replace(_LINEAR, epochs=8, pull=1000.0),
     # the near-miss side stronger under the pull (symbol and attribute near misses stop the point)
-    "linear-pull1000-w100": Config(
-        layers=0, epochs=4, lr=1e-3, margin=0.6, weight=100.0, rewordings=4, pull=1000.0
-    ),
-    "linear-pull1000-m.5": Config(
-        layers=0, epochs=4, lr=1e-3, margin=0.5, weight=30.0, rewordings=4, pull=1000.0
-    ),
-    "linear-pull1000-h64": Config(
-        layers=0, epochs=4, lr=1e-3, margin=0.6, weight=30.0, rewordings=4, pull=1000.0, hard=64
-    ),
-    "linear-pull1000-w100-h64": Config(
-        layers=0, epochs=4, lr=1e-3, margin=0.6, weight=100.0, rewordings=4, pull=1000.0, hard=64
-    ),
-    "linear-pull3000-w100-h64-e8": Config(
-        layers=0, epochs=8, lr=1e-3, margin=0.6, weight=100.0, rewordings=4, pull=3000.0, hard=64
-    ),
-    "linear-pull1000-w100-x8": Config(
-        layers=0, epochs=4, lr=1e-3, margin=0.6, weight=100.0, rewordings=8, pull=1000.0
-    ),
-    "linear-pull1000-w300": Config(
-        layers=0, epochs=4, lr=1e-3, margin=0.6, weight=300.0, rewordings=4, pull=1000.0
-    ),
-    "linear-pull1000-w100-e8": Config(
-        layers=0, epochs=8, lr=1e-3, margin=0.6, weight=100.0, rewordings=4, pull=1000.0
-    ),
+    "linear-pull1000-w100": replace(_LINEAR, weight=100.0, pull=1000.0),
+    "linear-pull1000-m.5": replace(_LINEAR, margin=0.5, pull=1000.0),
+    "linear-pull1000-h64": replace(_LINEAR, pull=1000.0, hard=64),
+    "linear-pull1000-w100-h64": replace(_LINEAR, weight=100.0, pull=1000.0, hard=64),
+    "linear-pull3000-w100-h64-e8": replace(_LINEAR, epochs=8, weight=100.0, pull=3000.0, hard=64),
+    "linear-pull1000-w100-x8": replace(_LINEAR, weight=100.0, rewordings=8, pull=1000.0),
+    "linear-pull1000-w300": replace(_LINEAR, weight=300.0, pull=1000.0),
+    "linear-pull1000-w100-e8": replace(_LINEAR, epochs=8, weight=100.0, pull=1000.0),
     "top2-x4": Config(layers=2, epochs=2, lr=3e-5, rewordings=4),
     "top1": Config(layers=1, epochs=1, lr=5e-5),
     "top2": Config(layers=2, epochs=1, lr=3e-5),
