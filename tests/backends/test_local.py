@@ -339,7 +339,8 @@ def test_stop_strings_are_honoured(tiny_gateway: ServerThread) -> None:
 async def test_a_request_before_the_model_is_loaded_waits_or_gets_503(tiny_model: Path) -> None:
     config = {"provider": "local", "model": "tiny", "model_path": str(tiny_model)}
     impatient = LocalBackend(DeploymentConfig.model_validate({**config, "engine": {"load_timeout_s": 0}}))
-    patient = LocalBackend(DeploymentConfig.model_validate(config))
+    # Patient enough for a loaded machine: the point is that it waits rather than 503s.
+    patient = LocalBackend(DeploymentConfig.model_validate({**config, "engine": {"load_timeout_s": 300}}))
     payload = {
         "model": "tiny",
         "messages": [{"role": "user", "content": "hi"}],

@@ -39,7 +39,7 @@ def local_model(name: str, path: Path | None) -> str:
     deployments:
       - provider: local
         model: {name}{model_path}
-        engine: {{max_num_seqs: 4, kv_cache_gib: 0.02, max_model_len: 128}}"""
+        engine: {{max_num_seqs: 4, kv_cache_gib: 0.02, max_model_len: 128, load_timeout_s: 120}}"""
 
 
 @pytest.fixture(scope="session")
