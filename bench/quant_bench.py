@@ -34,7 +34,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from local_engine import LLM, SamplingParams, kernels
-from local_engine.quant import Int4Blocks, Int4Head, Int4Linear, Int8Linear, perplexity, weight_bytes
+from local_engine.quant import (
+    Int4Blocks,
+    Int4Head,
+    Int4Linear,
+    Int8BlockLinear,
+    Int8Linear,
+    perplexity,
+    quantize_int8,
+    weight_bytes,
+)
 
 TEXT = Path(__file__).resolve().parent.parent / "tests" / "local_engine" / "data" / "perplexity.txt"
 PROMPTS = [  # --quick takes the first 3
@@ -83,7 +92,7 @@ def step_matmuls(model: torch.nn.Module) -> tuple[list[Callable[[], object]], li
     int4 head's 4-bit scan counts, its int8 refinement does not: that is not a full matmul)."""
     lib = kernels.library()
     assert lib is not None, "the compiled kernels are not available here"
-    mods = [m for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear))]
+    mods = [m for m in model.modules() if isinstance(m, (Int8Linear, Int8BlockLinear, Int4Linear))]
     if any(isinstance(m, Int4Head) for m in model.modules()):  # the head's scan, not its int8 rows
         mods = [m for m in mods if m is not model.lm_head.exact]  # type: ignore[union-attr]
     old: list[Callable[[], object]] = []
@@ -95,6 +104,10 @@ def step_matmuls(model: torch.nn.Module) -> tuple[list[Callable[[], object]], li
             q, s = m.qweight, m.scale
             old.append(functools.partial(torch.ops.aten._weight_int8pack_mm, xb, q, s))
             new.append(functools.partial(kernels.int8_mm, lib, x, q, s))
+        elif isinstance(m, Int8BlockLinear):  # a GGUF's Q8_0 blocks: torch's kernel takes them per row
+            q, s = quantize_int8(m.dequantize())
+            old.append(functools.partial(torch.ops.aten._weight_int8pack_mm, xb, q, s))
+            new.append(functools.partial(kernels.int8b_mm, lib, x, m.q, m.d))
         else:
             sz = m.sz.float()
             blocks = Int4Blocks(kernels.unpack_int4(m.nib), sz[:, 0].contiguous(), sz[:, 1].contiguous())

@@ -7,6 +7,10 @@ same model code serves both formats.
 4-bit blocks (Q4_0, Q4_1, Q4_K) of the layers' projections are also written as they are, in
 ``gguf_blocks/int4.safetensors`` (values, and one scale and offset per 32 inputs), so that
 ``quantization: int4`` serves the file's own weights instead of rounding the float32 copy again.
+Q8_0 blocks (of the projections, the embedding table and the LM head) go to
+``gguf_blocks/int8.safetensors`` (int8 values and one float16 scale per 32 inputs) for the same reason:
+``quantization: int8`` serves them as they are, and the head and table kept at 8 bits under either
+method are the file's own.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ _GLOBAL_NAMES = {
 }
 _TOKEN_TYPE_CONTROL = 3
 BLOCKS_FILE = "gguf_blocks/int4.safetensors"  # beside model.safetensors; not a *.safetensors of the dir
+BLOCKS8_FILE = "gguf_blocks/int8.safetensors"  # Q8_0 blocks: ``<name>.q8`` int8, ``<name>.d8`` float16
 _TOKEN_TYPE_USER_DEFINED = 4
 
 
@@ -97,6 +102,18 @@ def q4_blocks(data: np.ndarray, kind: str, rows: int, cols: int) -> dict[str, np
     return None
 
 
+def q8_blocks(data: np.ndarray, kind: str, rows: int, cols: int) -> dict[str, np.ndarray] | None:
+    """A Q8_0 tensor's raw blocks as ``q8`` [rows, cols] int8 and ``d8`` [rows, cols / 32] float16,
+    ``w = q8 * d8`` per 32 inputs (the form of :class:`local_engine.quant.Int8Blocks`). None for any
+    other block type."""
+    if kind != "Q8_0":
+        return None
+    b = np.ascontiguousarray(data).view(np.uint8).reshape(rows, cols // 32, 34)  # d (f16), 32 x int8
+    d = b[..., 0:2].copy().view(np.float16)[..., 0]
+    q = b[..., 2:].copy().view(np.int8).reshape(rows, cols)
+    return {"q8": q, "d8": d}
+
+
 def _pack_nibbles(q: np.ndarray) -> np.ndarray:
     return (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
 
@@ -127,6 +144,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     hidden = int(meta("embedding_length"))
     state: dict[str, torch.Tensor] = {}
     blocks: dict[str, torch.Tensor] = {}
+    blocks8: dict[str, torch.Tensor] = {}
     for t in reader.tensors:
         name = _hf_name(t.name)
         if name is None:
@@ -150,6 +168,11 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
                     blocks[f"{name}.{'q4' if key == 'q' else key}"] = torch.from_numpy(
                         np.ascontiguousarray(value)
                     )
+        if w.ndim == 2:
+            q8 = q8_blocks(t.data, t.tensor_type.name, *w.shape)
+            for key, value in (q8 or {}).items():
+                value = _unpermute(value, heads) if heads is not None else value
+                blocks8[f"{name}.{key}"] = torch.from_numpy(np.ascontiguousarray(value))
     tied = "lm_head.weight" not in state
     tokens: list[str] = list(_field(reader, "tokenizer.ggml.tokens"))
     vocab_size = int(meta("vocab_size", len(tokens)))
@@ -175,9 +198,10 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"))
-    if blocks:
-        (out / BLOCKS_FILE).parent.mkdir()
-        save_file(blocks, str(out / BLOCKS_FILE))
+    for file, kept in ((BLOCKS_FILE, blocks), (BLOCKS8_FILE, blocks8)):
+        if kept:
+            (out / file).parent.mkdir(exist_ok=True)
+            save_file(kept, str(out / file))
     (out / "config.json").write_text(json.dumps(config, indent=2))
     _write_tokenizer(reader, tokens, out, bos, eos)
     return out

@@ -10,7 +10,7 @@ multiply float32 activations (nothing is rounded on the activation side).
 The library is built once per source, compiler and CPU with the system C compiler (``cc -O3
 -march=native``) into ``~/.cache/llm-gateway/kernels/`` (``LLM_GATEWAY_KERNEL_DIR`` overrides);
 parallel builders (pytest-xdist workers, several engines) each write a temporary file and
-``os.replace`` it, so a reader never sees half a library. Without a compiler, AVX2 and FMA, on
+``os.replace`` it, so a reader never sees half a library. Without a compiler, AVX2, FMA and F16C, on
 another architecture, or with ``LLM_GATEWAY_NO_KERNELS=1``, :func:`library` is None and the
 callers keep torch's kernels.
 """
@@ -36,7 +36,7 @@ SOURCE = Path(__file__).with_name("qkernels.c")
 DISABLE_ENV = "LLM_GATEWAY_NO_KERNELS"
 DIR_ENV = "LLM_GATEWAY_KERNEL_DIR"
 CFLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-fopenmp", "-Wall")
-REQUIRED_FLAGS = ("avx2", "fma")  # /proc/cpuinfo flags the source needs (it #errors without them)
+REQUIRED_FLAGS = ("avx2", "fma", "f16c")  # /proc/cpuinfo flags the source needs (it #errors without them)
 INT4_GROUP = 32
 
 _L, _P = ctypes.c_long, ctypes.c_void_p
@@ -114,6 +114,8 @@ def library() -> ctypes.CDLL | None:
     lib.qk_int8_mm.restype = None
     lib.qk_int4_mm.argtypes = [_L, _L, _L, _P, _L, _P, _P, _P, _L]
     lib.qk_int4_mm.restype = None
+    lib.qk_int8b_mm.argtypes = [_L, _L, _L, _P, _L, _P, _P, _P, _L]
+    lib.qk_int8b_mm.restype = None
     return lib
 
 
@@ -145,6 +147,16 @@ def int4_mm(lib: ctypes.CDLL, x: torch.Tensor, nib: torch.Tensor, sz: torch.Tens
     m, k = x.shape
     n = y.shape[1]
     lib.qk_int4_mm(m, n, k, x.data_ptr(), x.stride(0), nib.data_ptr(), sz.data_ptr(), y.data_ptr(), n)
+    return y
+
+
+def int8b_mm(lib: ctypes.CDLL, x: torch.Tensor, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``x [M, K] @ W^T`` in float32 with ``W[n, k] = q[n, k] * d[n, k // 32]`` (GGUF's Q8_0 blocks):
+    ``q`` [N, K] int8 contiguous, ``d`` [N, K / 32] float16 contiguous (CPU tensors)."""
+    x, y = _rows(x, q.shape[0])
+    m, k = x.shape
+    n = y.shape[1]
+    lib.qk_int8b_mm(m, n, k, x.data_ptr(), x.stride(0), q.data_ptr(), d.data_ptr(), y.data_ptr(), n)
     return y
 
 

@@ -9,9 +9,9 @@ import torch
 from safetensors import safe_open
 
 from local_engine.config import ModelConfig
-from local_engine.gguf_loader import BLOCKS_FILE, unpack_nibbles
+from local_engine.gguf_loader import BLOCKS8_FILE, BLOCKS_FILE, unpack_nibbles
 from local_engine.models.llama import LlamaForCausalLM
-from local_engine.quant import Int4Blocks, quantize_model
+from local_engine.quant import Int4Blocks, Int8Blocks, quantize_model
 
 
 def _safetensors_files(path: Path) -> list[Path]:
@@ -34,15 +34,21 @@ def load_model(
 ) -> LlamaForCausalLM:
     """Build the model for ``path`` and load its weights in ``dtype`` on ``device``, then quantize its
     linear layers if ``quantization`` names a method (``quant.QUANTIZATIONS``). With ``int4``, the
-    projections a converted GGUF kept in 4-bit blocks load from those blocks, and their float
-    copies are never read."""
+    projections a converted GGUF kept in 4-bit blocks load from those blocks, with ``int8`` those it
+    kept in Q8_0 blocks, and their float copies are never read; the head and the embedding table load
+    from Q8_0 blocks under either method."""
     path = Path(path)
     cfg = ModelConfig.from_dir(path)
     # Built on the meta device so no time goes into random init of weights we overwrite.
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg, max_len)
-    blocks = _int4_blocks(path, cfg.num_hidden_layers, device) if quantization == "int4" else {}
-    covered = {f"{module}.weight" for module in blocks}
+    blocks: dict[str, Int4Blocks | Int8Blocks] = {}
+    if quantization is not None:
+        blocks.update(_int8_blocks(path, cfg.num_hidden_layers, device, projections=quantization == "int8"))
+    if quantization == "int4":
+        blocks.update(_int4_blocks(path, cfg.num_hidden_layers, device))
+    # the projections' float copies are not read (the head and table's are: the model is built from them)
+    covered = {f"{module}.weight" for module in blocks if module.startswith("model.layers.")}
     state: dict[str, torch.Tensor] = {}
     for f in _safetensors_files(path):
         with safe_open(str(f), framework="pt", device="cpu") as st:
@@ -111,6 +117,39 @@ def _int4_blocks(path: Path, num_layers: int, device: str) -> dict[str, Int4Bloc
                             for stem in stems
                         ]
                     )
+    return found
+
+
+def _int8_blocks(
+    path: Path, num_layers: int, device: str, projections: bool
+) -> dict[str, Int4Blocks | Int8Blocks]:
+    """A converted GGUF's Q8_0 weights by module name: the LM head and the embedding table, and with
+    ``projections`` every projection all of whose parts the file holds in Q8_0."""
+    file = path / BLOCKS8_FILE
+    if not file.exists():
+        return {}
+    found: dict[str, Int4Blocks | Int8Blocks] = {}
+    with safe_open(str(file), framework="pt", device="cpu") as st:
+        names = set(st.keys())
+
+        def blocks(stems: list[str]) -> Int8Blocks | None:
+            if not all(f"{stem}.q8" in names for stem in stems):
+                return None
+            return Int8Blocks.cat(
+                [
+                    Int8Blocks(st.get_tensor(f"{stem}.q8").to(device), st.get_tensor(f"{stem}.d8").to(device))
+                    for stem in stems
+                ]
+            )
+
+        modules = {"lm_head": ["lm_head.weight"], "model.embed_tokens": ["model.embed_tokens.weight"]}
+        if projections:
+            for i in range(num_layers):
+                for fused, parts in _PROJECTION_PARTS.items():
+                    modules[f"model.layers.{i}.{fused}"] = [f"model.layers.{i}.{p}.weight" for p in parts]
+        for module, stems in modules.items():
+            if (got := blocks(stems)) is not None:
+                found[module] = got
     return found
 
 

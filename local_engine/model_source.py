@@ -55,8 +55,8 @@ def resolve_model(model: str | os.PathLike[str]) -> Path:
 
 def _converted(gguf_path: Path, name: str) -> Path:
     st = gguf_path.stat()
-    # The suffix names the converter's output format: a new one converts again (v2: 4-bit blocks).
-    target = cache_dir() / f"{name}-{st.st_size}-{int(st.st_mtime)}-v2"
+    # The suffix names the converter's output format: a new one converts again (v2: 4-bit blocks; v3: Q8_0).
+    target = cache_dir() / f"{name}-{st.st_size}-{int(st.st_mtime)}-v3"
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -11,14 +11,16 @@
  *       w = (q - 8) * scale + zero = q * scale + (zero - 8 * scale). The scale is applied once
  *       per block to the block's dot product, the offset through the block's sum of x.
  *
- * Needs AVX2 and FMA (built with -march=native; the loader falls back to torch without them).
+ * int8 blocks: GGUF's Q8_0 as it is, w[n, k] = q[n, k] * d[n, k / 32], q int8 [N, K], d fp16 [N, K / 32].
+ *
+ * Needs AVX2, FMA and F16C (built with -march=native; the loader falls back to torch without them).
  */
 #include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
 
-#if !defined(__AVX2__) || !defined(__FMA__)
-#error "qkernels needs AVX2 and FMA"
+#if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
+#error "qkernels needs AVX2, FMA and F16C"
 #endif
 
 #define INLINE static inline __attribute__((always_inline))
@@ -241,4 +243,73 @@ void qk_int4_mm(long M, long N, long K, const float *x, long ldx, const uint8_t 
                 const uint16_t *sz, float *y, long ldy) {
     for (long m = 0; m < M; m += I4_ROWS)
         i4_mm(M - m < I4_ROWS ? M - m : I4_ROWS, N, K, x + m * ldx, ldx, nib, sz, y + m * ldy, ldy);
+}
+
+/* ---- int8 in blocks of 32 (GGUF's Q8_0, served as the file holds it) ----
+ * w[n, 32 g + j] = q[n, 32 g + j] * d[n, g]: q int8 [N, K] row-major, d fp16 [N, K / 32] (GGUF's own
+ * scales, converted in registers: F16C). Each weight is read once a call, its 32-input block converted
+ * once and used by up to four activation rows; a block's scale is applied once to its dot product. */
+
+#define I8B_PREFETCH 512 /* bytes ahead in the row-contiguous weights */
+
+/* One output row by MB activation rows. (Four rows a pass, each row's x loaded once for the four, with
+ * the block sums scaled at each block's end, was measured slower on the 49152-row LM head: 1.9 against
+ * 1.5 ms, one thread.) */
+INLINE void i8b_row(int MB, long G, const float *x, long ldx, const int8_t *q, const uint16_t *d,
+                    float *y, long ldy) {
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; m++) acc[m] = _mm256_setzero_ps();
+    for (long g = 0; g < G; g++) {
+        const int8_t *b = q + g * 32;
+        if ((g & 1) == 0) _mm_prefetch((const char *)b + I8B_PREFETCH, _MM_HINT_T0);
+        __m256 w0 = load8_i8(b), w1 = load8_i8(b + 8), w2 = load8_i8(b + 16), w3 = load8_i8(b + 24);
+        __m256 sv = _mm256_set1_ps(_cvtsh_ss(d[g]));
+#pragma GCC unroll 4
+        for (int m = 0; m < MB; m++) {
+            const float *xg = x + m * ldx + g * 32;
+            __m256 t = _mm256_mul_ps(w0, _mm256_loadu_ps(xg));
+            t = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xg + 8), t);
+            t = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xg + 16), t);
+            t = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xg + 24), t);
+            acc[m] = _mm256_fmadd_ps(t, sv, acc[m]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; m++) y[m * ldy] = hsum(acc[m]);
+}
+
+#define I8B_ROW(MB)                                                                               \
+    static void i8b_row##MB(long G, const float *x, long ldx, const int8_t *q, const uint16_t *d, \
+                            float *y, long ldy) {                                                 \
+        i8b_row(MB, G, x, ldx, q, d, y, ldy);                                                     \
+    }
+I8B_ROW(1)
+I8B_ROW(2)
+I8B_ROW(4)
+
+/* y [M, N] (row stride ldy) = x [M, K] (row stride ldx, K a multiple of 32) @ W^T, W as above. */
+void qk_int8b_mm(long M, long N, long K, const float *x, long ldx, const int8_t *q, const uint16_t *d,
+                 float *y, long ldy) {
+    long G = K / 32;
+#pragma omp parallel for schedule(static) if (N * K >= PARALLEL_MIN)
+    for (long n = 0; n < N; n++) {
+        const int8_t *row = q + n * K;
+        const uint16_t *dn = d + n * G;
+        for (long m = 0; m < M;) {
+            long left = M - m;
+            const float *xm = x + m * ldx;
+            float *ym = y + m * ldy + n;
+            if (left >= 4) {
+                i8b_row4(G, xm, ldx, row, dn, ym, ldy);
+                m += 4;
+            } else if (left >= 2) {
+                i8b_row2(G, xm, ldx, row, dn, ym, ldy);
+                m += 2;
+            } else {
+                i8b_row1(G, xm, ldx, row, dn, ym, ldy);
+                m += 1;
+            }
+        }
+    }
 }

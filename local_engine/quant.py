@@ -71,6 +71,14 @@ def _many_rows(x: torch.Tensor, lib: object) -> tuple[bool, torch.dtype]:
     return x.shape[0] < (KERNEL_MAX_ROWS if lib is not None else PACKED_MAX_ROWS), torch.float32
 
 
+def _as_input(y: torch.Tensor, x: torch.Tensor, out_features: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 2-D matmul output ``y`` in the input ``x``'s dtype and leading shape, with the bias added."""
+    y = y.to(x.dtype)
+    if x.dim() != 2:
+        y = y.reshape(*x.shape[:-1], out_features)
+    return y if bias is None else y + bias
+
+
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(q [out, in] int8, scale [out] bf16)`` with ``weight ≈ q * scale[:, None]`` per row."""
     w = weight.detach().float()
@@ -111,23 +119,82 @@ class Int8Linear(nn.Module):
             y = torch.ops.aten._weight_int8pack_mm(x2.to(_ACT), self.qweight, self.scale)
         else:  # many rows, or a device without the packed kernel: one dequantized matmul
             y = F.linear(x2.to(dtype), self.qweight.to(dtype) * self.scale.to(dtype)[:, None])
-        y = y.to(x.dtype)
-        if x.dim() != 2:
-            y = y.reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
+        return _as_input(y, x, self.out_features, self.bias)
+
+    def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The weights of rows ``ids`` in ``dtype`` (an embedding lookup in a tied table)."""
+        return (self.qweight[ids].to(dtype) * self.scale[ids].to(dtype).unsqueeze(-1)).to(dtype)
+
+
+Q8_GROUP = 32  # inputs per scale in GGUF's Q8_0 blocks
+
+
+class Int8Blocks(NamedTuple):
+    """int8 values with one float16 scale per 32 inputs of a row, ``w = q * d``: GGUF's Q8_0 blocks
+    (:func:`local_engine.gguf_loader.q8_blocks`), kept as the file holds them."""
+
+    q: torch.Tensor  # [out, in] int8
+    d: torch.Tensor  # [out, in / 32] float16
+
+    def dequantize(self) -> torch.Tensor:
+        """float32 weights; exact (an int8 times a float16 fits float32's mantissa)."""
+        rows, cols = self.q.shape
+        return (self.q.float().reshape(rows, -1, Q8_GROUP) * self.d.float()[..., None]).reshape(rows, cols)
+
+    @staticmethod
+    def cat(parts: list[Int8Blocks]) -> Int8Blocks:
+        return Int8Blocks(torch.cat([p.q for p in parts]), torch.cat([p.d for p in parts]))
+
+
+class Int8BlockLinear(nn.Module):
+    """``y = x @ W^T + bias`` from :class:`Int8Blocks` (a GGUF's Q8_0 weights served without a second
+    rounding). Decode-sized steps on CPU go through our kernel (``kernels.int8b_mm``: the int8 values
+    and float16 scales read as they are); other steps, other devices and a machine without the
+    kernels dequantize the layer for one matmul (exact, but a fp32 matmul's speed or less)."""
+
+    q: torch.Tensor
+    d: torch.Tensor
+
+    def __init__(self, blocks: Int8Blocks, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        rows, cols = blocks.q.shape
+        if cols % Q8_GROUP or blocks.d.shape != (rows, cols // Q8_GROUP):
+            raise ValueError(f"int8 blocks need one scale per {Q8_GROUP} inputs: {tuple(blocks.d.shape)}")
+        self.register_buffer("q", blocks.q.to(torch.int8).contiguous())
+        self.register_buffer("d", blocks.d.to(torch.float16).contiguous())
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.in_features, self.out_features = cols, rows
+
+    def dequantize(self) -> torch.Tensor:
+        return Int8Blocks(self.q, self.d).dequantize()
+
+    def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The weights of rows ``ids`` in ``dtype`` (an embedding lookup in a tied table)."""
+        w = self.q[ids].float().unflatten(-1, (-1, Q8_GROUP)) * self.d[ids].float().unsqueeze(-1)
+        return w.flatten(-2).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        lib = kernels.library() if x2.device.type == "cpu" else None
+        few, dtype = _many_rows(x2, lib)
+        if few and lib is not None:
+            y = kernels.int8b_mm(lib, x2, self.q, self.d)
+        else:
+            y = F.linear(x2.to(dtype), self.dequantize().to(dtype))
+        return _as_input(y, x, self.out_features, self.bias)
 
 
 class Int8Embedding(nn.Module):
-    """Embedding lookup from an int8 table (per-row scales): with tied embeddings it is the LM head's."""
+    """Embedding lookup from an int8 table (per-row scales, or a GGUF's Q8_0 blocks): with tied
+    embeddings it is the LM head's."""
 
-    def __init__(self, table: Int8Linear, dtype: torch.dtype) -> None:
+    def __init__(self, table: Int8Linear | Int8BlockLinear, dtype: torch.dtype) -> None:
         super().__init__()
         self.table = table
         self.dtype = dtype
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        t = self.table
-        return (t.qweight[ids].to(self.dtype) * t.scale[ids].to(self.dtype).unsqueeze(-1)).to(self.dtype)
+        return self.table.rows(ids, self.dtype)
 
 
 def quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> Int4Blocks:
@@ -274,10 +341,7 @@ class Int4Linear(nn.Module):
                 y = y[:, : self.out_features]
         else:
             y = F.linear(x2.to(dtype), self.dequantize().to(dtype))
-        y = y.to(x.dtype)
-        if x.dim() != 2:
-            y = y.reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
+        return _as_input(y, x, self.out_features, self.bias)
 
 
 def _top_indices(x: torch.Tensor, k: int, chunk: int = 64) -> torch.Tensor:
@@ -340,13 +404,17 @@ PROJECTIONS = (
 )
 
 
-def quantize_model(model: LlamaForCausalLM, method: str, blocks: dict[str, Int4Blocks] | None = None) -> None:
+def quantize_model(
+    model: LlamaForCausalLM, method: str, blocks: dict[str, Int4Blocks | Int8Blocks] | None = None
+) -> None:
     """Replace ``model``'s projections with ``method``'s (int8 or int4) and its LM head and
     embedding table with int8 ones (under int4 without the compiled kernels, the head also gets a
     4-bit copy: :class:`Int4Head`),
-    in place. ``blocks`` (int4 only) holds projections already in
-    4 bits, by module name (``model.layers.0.self_attn.qkv_proj``): a GGUF's own blocks, taken as
-    they are instead of quantizing the module's weights again."""
+    in place. ``blocks`` holds weights a GGUF already quantized, by module name
+    (``model.layers.0.self_attn.qkv_proj``, ``lm_head``, ``model.embed_tokens``), taken as they are
+    instead of quantizing the module's weights again: 4-bit blocks (:class:`Int4Blocks`) for int4's
+    projections, Q8_0 blocks (:class:`Int8Blocks`) for int8's projections and for the head and the
+    embedding table under either method."""
     if method not in QUANTIZATIONS:
         raise ValueError(f"unsupported quantization {method!r} ({', '.join(QUANTIZATIONS)})")
     blocks = blocks or {}
@@ -356,9 +424,11 @@ def quantize_model(model: LlamaForCausalLM, method: str, blocks: dict[str, Int4B
             linear = getattr(owner, name)
             given = blocks.get(f"model.layers.{i}.{owner_name}.{name}")
             quantized: nn.Module
-            if method == "int8":
+            if method == "int8" and isinstance(given, Int8Blocks):
+                quantized = Int8BlockLinear(given, linear.bias)
+            elif method == "int8":
                 quantized = Int8Linear.from_linear(linear)
-            elif given is not None:
+            elif isinstance(given, Int4Blocks):
                 quantized = Int4Linear(given, linear.bias)
             else:
                 quantized = Int4Linear.from_linear(linear)
@@ -366,15 +436,28 @@ def quantize_model(model: LlamaForCausalLM, method: str, blocks: dict[str, Int4B
     body = model.model
     embed = body.embed_tokens
     dtype = embed.weight.dtype
-    head = Int8Linear.from_linear(model.lm_head)
     tied = model.lm_head.weight is embed.weight
-    table = head if tied else Int8Linear(*quantize_int8(embed.weight), None)
-    body.embed_tokens = Int8Embedding(table, dtype)  # type: ignore[assignment]
     # The head's 4-bit scan pays only against torch's packed int8 kernel: with ours (kernels.py) the
     # int8 head streams near the memory's rate, and the compute-bound 4-bit scan plus the refinement
     # was slower (SmolLM2, 1 thread: 3.1 ms against 2.6 ms) besides less exact, so it is kept only
     # where the compiled kernels are not.
-    if method == "int4" and head.in_features % INT4_GROUP == 0 and kernels.library() is None:
+    scan = method == "int4" and model.lm_head.in_features % INT4_GROUP == 0 and kernels.library() is None
+    given_head = blocks.get("lm_head") or (blocks.get("model.embed_tokens") if tied else None)
+    head: Int8Linear | Int8BlockLinear
+    if isinstance(given_head, Int8Blocks) and not scan:  # Int4Head refines from per-row int8
+        head = Int8BlockLinear(given_head, model.lm_head.bias)
+    else:
+        head = Int8Linear.from_linear(model.lm_head)
+    given_table = blocks.get("model.embed_tokens")
+    table: Int8Linear | Int8BlockLinear
+    if tied:
+        table = head
+    elif isinstance(given_table, Int8Blocks):
+        table = Int8BlockLinear(given_table, None)
+    else:
+        table = Int8Linear(*quantize_int8(embed.weight), None)
+    body.embed_tokens = Int8Embedding(table, dtype)  # type: ignore[assignment]
+    if scan and isinstance(head, Int8Linear):
         model.lm_head = Int4Head(Int4Linear.from_linear(model.lm_head), head)  # type: ignore[assignment]
     else:
         model.lm_head = head  # type: ignore[assignment]

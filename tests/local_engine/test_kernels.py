@@ -19,6 +19,8 @@ from local_engine.quant import (
     PACKED_MAX_ROWS,
     Int4Head,
     Int4Linear,
+    Int8BlockLinear,
+    Int8Blocks,
     Int8Linear,
     quantize_int4,
     quantize_int8,
@@ -102,6 +104,49 @@ def test_int4_kernel_matches_a_float64_reference(lib: object, m: int, n: int, k:
     _assert_matches(lin(x), x.double() @ w.t())
     # The module's dequantized weights (the many-rows path) are those, rounded to bf16 as before.
     torch.testing.assert_close(lin.dequantize().double(), w, atol=1e-2 * float(w.abs().max()), rtol=1e-2)
+
+
+def _q8_blocks(n: int, k: int, seed: int) -> Int8Blocks:
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    return Int8Blocks(q, (torch.rand(n, k // 32, generator=g) * 0.01 + 1e-4).half())
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 23])
+@pytest.mark.parametrize("n, k", [(160, 128), (37, 96), (9, 32), (5, 576)])  # blocks of 32; 576: 18 blocks
+def test_int8_block_kernel_matches_a_float64_reference(lib: object, m: int, n: int, k: int) -> None:
+    """GGUF's Q8_0 as the file holds it: int8 values, a float16 scale per 32 inputs."""
+    blocks = _q8_blocks(n, k, seed=n * k)
+    w = blocks.q.double() * blocks.d.double().repeat_interleave(32, dim=1)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+    _assert_matches(kernels.int8b_mm(lib, x, blocks.q, blocks.d), x.double() @ w.t())  # type: ignore[arg-type]
+    # Through the module, with a non-contiguous row stride and a bias; its weights are those, exactly.
+    lin = Int8BlockLinear(blocks, torch.ones(n))
+    wide = torch.randn(m, k + 3, generator=torch.Generator().manual_seed(1))[:, :k]
+    _assert_matches(lin(wide), wide.double() @ w.t() + 1)
+    assert torch.equal(lin.dequantize().double(), w)
+
+
+def test_int8_blocks_without_the_kernels_and_for_many_rows_take_the_dequantized_matmul(
+    lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dtype = torch.bfloat16 if kernels.has_amx_bf16() else torch.float32
+    lin = Int8BlockLinear(_q8_blocks(64, 96, seed=3), None)
+
+    def dequantized(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x.to(dtype), lin.dequantize().to(dtype)).float()
+
+    x = torch.randn(2, 96, generator=torch.Generator().manual_seed(4))
+    many = torch.randn(PACKED_MAX_ROWS if dtype is torch.bfloat16 else KERNEL_MAX_ROWS, 96)
+    fast = lin(x)
+    torch.testing.assert_close(fast, kernels.int8b_mm(lib, x, lin.q, lin.d), atol=0, rtol=0)
+    torch.testing.assert_close(lin(many), dequantized(many))
+    monkeypatch.setattr(kernels, "library", lambda: None)
+    slow = lin(x)
+    assert torch.equal(slow, dequantized(x))
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="one scale per 32 inputs"):
+        Int8BlockLinear(Int8Blocks(lin.q, lin.d[:, :2]), None)
 
 
 def test_int4_nibbles_round_trip() -> None:

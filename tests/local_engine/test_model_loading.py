@@ -19,7 +19,9 @@ def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _write_gguf(hf_dir: Path, out: Path) -> None:
+def _write_gguf(hf_dir: Path, out: Path, q8_0: bool = False) -> None:
+    """``hf_dir``'s model as a llama.cpp GGUF: float32 tensors, or with ``q8_0`` every matrix in Q8_0
+    blocks (as llama.cpp's quantizer writes them; the gguf package quantizes like it)."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -64,16 +66,24 @@ def _write_gguf(hf_dir: Path, out: Path) -> None:
         "mlp.up_proj.weight": "ffn_up.weight",
         "mlp.down_proj.weight": "ffn_down.weight",
     }
+
+    def add(gguf_name: str, t: np.ndarray) -> None:
+        if q8_0 and t.ndim == 2:
+            kind = gguf.GGMLQuantizationType.Q8_0
+            w.add_tensor(gguf_name, gguf.quants.quantize(t, kind), raw_dtype=kind)
+        else:
+            w.add_tensor(gguf_name, t)
+
     for name, t in load_file(str(hf_dir / "model.safetensors")).items():
         if name in names:
-            w.add_tensor(names[name], t)
+            add(names[name], t)
             continue
         idx, rest = name.split(".")[2], ".".join(name.split(".")[3:])
         if rest == "self_attn.q_proj.weight":
             t = _llama_cpp_permute(t, cfg["num_attention_heads"])
         elif rest == "self_attn.k_proj.weight":
             t = _llama_cpp_permute(t, cfg["num_key_value_heads"])
-        w.add_tensor(f"blk.{idx}.{layer[rest]}", t)
+        add(f"blk.{idx}.{layer[rest]}", t)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -13,14 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from local_engine import LLM, EngineConfig, SamplingParams
-from local_engine.gguf_loader import BLOCKS_FILE, q4_blocks
+from local_engine import LLM, EngineConfig, SamplingParams, kernels
+from local_engine.gguf_loader import BLOCKS8_FILE, BLOCKS_FILE, convert_gguf, q4_blocks, q8_blocks
 from local_engine.loader import load_model
 from local_engine.quant import (
     HEAD_REFINE,
     PACKED_MAX_ROWS,
     Int4Head,
     Int4Linear,
+    Int8BlockLinear,
     Int8Linear,
     _top_indices,
     perplexity,
@@ -30,6 +31,7 @@ from local_engine.quant import (
     weight_bytes,
 )
 from local_engine.tokenizer import Tokenizer
+from tests.local_engine.test_model_loading import _write_gguf
 
 TEXT = Path(__file__).parent / "data" / "perplexity.txt"
 N_PROMPTS = 50
@@ -101,8 +103,12 @@ def test_int8_linear_matches_its_dequantized_weights_on_both_paths(rows: int) ->
 def test_int8_perplexity_within_1_percent_of_fp32(smollm2_path: Path) -> None:
     ids = Tokenizer(smollm2_path).encode(TEXT.read_text())
     assert len(ids) > 300
-    full = perplexity(load_model(smollm2_path, 1024), ids)
-    quant = perplexity(load_model(smollm2_path, 1024, quantization="int8"), ids)
+    full_model = load_model(smollm2_path, 1024)
+    quant_model = load_model(smollm2_path, 1024, quantization="int8")
+    # The bundled file's token_embd (the tied head) is Q8_0: served as the file holds it, not rounded again.
+    assert isinstance(quant_model.lm_head, Int8BlockLinear)
+    assert torch.equal(quant_model.lm_head.dequantize(), full_model.model.embed_tokens.weight)
+    full, quant = perplexity(full_model, ids), perplexity(quant_model, ids)
     assert 5 < full < 100  # a real model on real text: the measurement means something
     assert abs(quant - full) / full < 0.01, (full, quant)
 
@@ -222,6 +228,75 @@ def test_gguf_4bit_blocks_read_exactly_as_gguf_dequantizes_them(kind: str) -> No
     want = gguf.quants.dequantize(data, qtype).reshape(rows, cols)
     np.testing.assert_array_equal(_dequantized(blocks), want)
     assert q4_blocks(gguf.quants.quantize(want, gguf.GGMLQuantizationType.Q8_0), "Q8_0", rows, cols) is None
+
+
+def test_gguf_q8_0_blocks_read_exactly_as_gguf_dequantizes_them() -> None:
+    import gguf
+
+    kind = gguf.GGMLQuantizationType.Q8_0
+    rows, cols = 48, 160
+    weights = np.random.default_rng(2).standard_normal((rows, cols)).astype(np.float32)
+    data = gguf.quants.quantize(weights, kind)
+    blocks = q8_blocks(data, "Q8_0", rows, cols)
+    assert blocks is not None and blocks["q8"].dtype == np.int8 and blocks["d8"].dtype == np.float16
+    got = (blocks["q8"].astype(np.float32).reshape(rows, -1, 32) * blocks["d8"][..., None]).reshape(
+        rows, cols
+    )
+    np.testing.assert_array_equal(got, gguf.quants.dequantize(data, kind).reshape(rows, cols))
+    assert (
+        q8_blocks(gguf.quants.quantize(weights, gguf.GGMLQuantizationType.Q4_0), "Q4_0", rows, cols) is None
+    )
+
+
+def _strip_projections(src: Path, dst: Path, expected: int) -> None:
+    """A copy of the converted model ``src`` without its projections' float copies (``expected`` of them)."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    floats = load_file(dst / "model.safetensors")
+    kept = {k: v for k, v in floats.items() if not (".layers." in k and k.endswith("_proj.weight"))}
+    assert len(floats) - len(kept) == expected
+    save_file(kept, dst / "model.safetensors")
+
+
+def test_int8_serves_a_ggufs_own_q8_0_blocks_without_their_float_copies(
+    tiny_llama_plain: Path, tmp_path: Path
+) -> None:
+    """A Q8_0 GGUF under ``quantization: int8``: every projection, the head and the embedding table are
+    the file's own int8 values and float16 scales (not rounded again per row), the projections' float
+    copies are never read (deleted here), and the model computes what the fp32 path computes from the
+    same file, to float32 summation order."""
+    gguf_path = tmp_path / "tiny-q8.gguf"
+    _write_gguf(tiny_llama_plain, gguf_path, q8_0=True)
+    converted = convert_gguf(gguf_path, tmp_path / "converted")
+    assert (converted / BLOCKS8_FILE).exists() and not (converted / BLOCKS_FILE).exists()
+    stripped = tmp_path / "stripped"
+    _strip_projections(converted, stripped, expected=7 * 2)
+    with pytest.raises(ValueError, match="missing"):  # without the blocks they are needed
+        load_model(stripped, 256, quantization="int4")
+
+    full = load_model(converted, 256)  # the file's weights dequantized by the gguf package
+    quant = load_model(stripped, 256, quantization="int8")
+    served = {name: m for name, m in quant.named_modules() if isinstance(m, Int8BlockLinear)}
+    assert len(served) == 4 * 2 + 2  # four projections a layer, the head, the (untied) embedding table
+    for name, module in served.items():
+        source = "model.embed_tokens" if name == "model.embed_tokens.table" else name
+        assert torch.equal(module.dequantize(), full.get_parameter(f"{source}.weight")), name
+    assert weight_bytes(quant) <= 0.3 * weight_bytes(full)
+    for ids in _prompts(5, 4):
+        torch.testing.assert_close(prompt_logits(quant, ids), prompt_logits(full, ids), atol=1e-4, rtol=1e-4)
+    prompts = _prompts(6, 10)
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    a = LLM(converted, block_size=4, num_kv_blocks=256, max_num_batched_tokens=64).generate(prompts, params)
+    b = LLM(
+        stripped, block_size=4, num_kv_blocks=256, quantization="int8", max_num_batched_tokens=64
+    ).generate(prompts, params)  # decode steps through the block kernel where it is built
+    assert [x.token_ids for x in a] == [x.token_ids for x in b]
+
+    # int4 rounds the projections to 4 bits, but keeps the file's 8-bit head and table where the
+    # kernels run the head (without them the head's 4-bit scan refines from per-row int8 rows).
+    four = load_model(converted, 256, quantization="int4")
+    assert isinstance(four.lm_head, Int8BlockLinear if kernels.library() is not None else Int4Head)
 
 
 def test_int4_serves_a_ggufs_own_blocks_without_their_float_copies(
