@@ -75,6 +75,8 @@ class Files:
 
     async def get(self, tenant: str, file_id: str) -> dict[str, Any]:
         raw = await self.kv.get(_key(tenant, file_id))
+        if raw is None and (refusal := self.kv.unavailable()) is not None:
+            raise refusal  # read from this process's memory while Redis is away: not proof it is gone
         if raw is None:
             raise NotFound(f"No such File object: {file_id}", param="id")
         record: dict[str, Any] = orjson.loads(raw)

@@ -31,6 +31,8 @@ class TenantRecords:
 
     async def get(self, tenant: str, record_id: str) -> dict[str, str]:
         fields = await self.fields(record_id)
+        if not fields and (refusal := self.kv.unavailable()) is not None:
+            raise refusal  # read from this process's memory while Redis is away: not proof it is gone
         if not fields or fields.get("tenant") != tenant:
             raise NotFound(f"No {self._what} found with id '{record_id}'.", param=self._param)
         return fields

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from errors import Unavailable
+
 from .stores.keyvalue import KeyValue
 
 
@@ -53,6 +55,10 @@ class StoredResponses:
             return None
         data = orjson.loads(raw)
         return Stored(data["response"], data["input"], data["context"])
+
+    def unavailable(self) -> Unavailable | None:
+        """What to raise instead of "not found" while the store answers from memory (KeyValue.unavailable)."""
+        return self._kv.unavailable()
 
     async def put(self, tenant: str, response_id: str, stored: Stored, ttl_s: float | None = None) -> None:
         """Keeps ``stored`` for ``ttl_s`` (the tenant's retention) or the store's own TTL, whichever is shorter."""

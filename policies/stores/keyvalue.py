@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from errors import Unavailable
+
 from .health import StoreHealth
 
 
@@ -53,6 +55,13 @@ class KeyValue(Protocol):
         """A list's items from ``start`` to ``stop`` inclusive (negative: from the end)."""
         ...
 
+    def unavailable(self) -> Unavailable | None:
+        """What to raise instead of "not found" when a read found nothing: while Redis is away (fail open),
+        reads are answered from this process's memory, where a record another process (or this one, before
+        the outage) wrote is absent, so its absence proves nothing and the caller should retry (503 with
+        ``Retry-After``), not give the record up (404). None where an absence is an answer."""
+        ...
+
 
 class MemoryKeyValue:
     """Every call runs without awaiting: atomic on one event loop. Expired keys go when next touched, and
@@ -60,6 +69,9 @@ class MemoryKeyValue:
     as stored responses nobody continued, would otherwise stay)."""
 
     PURGE_EVERY = 1024
+
+    def unavailable(self) -> Unavailable | None:
+        return None
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -155,6 +167,9 @@ class MemoryKeyValue:
 
 
 class RedisKeyValue:
+    def unavailable(self) -> Unavailable | None:
+        return None
+
     def __init__(self, client: Callable[[], Any]) -> None:
         self._client = client  # the layer's client, read at each call (it is opened after this is built)
 
@@ -215,6 +230,9 @@ class FailoverKeyValue:
 
     def __init__(self, redis: RedisKeyValue, memory: MemoryKeyValue, health: StoreHealth) -> None:
         self.redis, self.memory, self._health = redis, memory, health
+
+    def unavailable(self) -> Unavailable | None:
+        return self._health.refusal() if self._health.degraded else None
 
     async def get(self, key: str) -> str | None:
         return await self._health.call(

@@ -89,7 +89,12 @@ def wait_for(
     done = done or (lambda j: j.status in ("succeeded", "failed", "cancelled"))
     deadline = time.monotonic() + deadline_s
     while True:
-        job = client.fine_tuning.jobs.retrieve(job_id)
+        try:
+            job = client.fine_tuning.jobs.retrieve(job_id)
+        except openai.APIStatusError as exc:  # 503: the store is unreachable for now; a poller asks again
+            assert exc.status_code == 503 and time.monotonic() < deadline, exc
+            time.sleep(0.1)
+            continue
         if done(job):
             return job
         assert time.monotonic() < deadline, f"job still {job.status}"

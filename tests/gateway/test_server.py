@@ -108,6 +108,7 @@ def test_sigterm_while_workers_still_start_is_a_clean_stop(tmp_path, upstream):
         # the gateway (a second or more), so the SIGTERM reaches them mid-import.
         wait_for(
             lambda: '"supervising"' in stdout.read_text(),
+            timeout=120,  # an interpreter importing the gateway: more than 10 s on a machine at load 20
             what="the supervisor to spawn its workers",
         )
         process.send_signal(signal.SIGTERM)
