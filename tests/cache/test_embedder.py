@@ -3,23 +3,34 @@ that model's vectors (the cache's thresholds were chosen on them) in a third of 
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 from policies.cache import embedder
 
 
-def test_the_onnx_embedder_gives_the_models_own_vectors_exports_once_and_serves_without_torch(
-    tmp_path, monkeypatch
-):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    onnx = embedder.load_model()
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Any, Any]]:
+    """A cache folder of this module's own (the export is written there), the ONNX model and the torch one."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+        onnx = embedder.load_model()
+        yield cache, onnx, embedder.load_model(runtime="torch")
+
+
+def test_the_onnx_embedder_gives_the_models_own_vectors_exports_once_and_serves_without_torch(models):
+    cache, onnx, reference = models
     assert isinstance(onnx, embedder.OnnxEncoder)
-    [exported] = (tmp_path / "llm-gateway").glob("*.onnx")
+    [exported] = (cache / "llm-gateway").glob("*.onnx")
     written = exported.stat().st_mtime_ns
-    reference = embedder.load_model(runtime="torch")
     texts = [
         "What is the capital of France?",
         "shift a << 2, not a >> 2",
@@ -49,5 +60,19 @@ def test_the_onnx_embedder_gives_the_models_own_vectors_exports_once_and_serves_
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
-    assert list((tmp_path / "llm-gateway").glob("*.onnx")) == [exported]
+    assert list((cache / "llm-gateway").glob("*.onnx")) == [exported]
     assert exported.stat().st_mtime_ns == written
+
+
+def test_texts_of_every_length_in_one_call_get_the_vectors_each_gets_alone_in_the_callers_order(models):
+    """The model runs a list longest first in batches of like length: each text still gets its own vector, in
+    its place in the list, on ONNX Runtime as on torch."""
+    _, onnx, reference = models
+    texts = ["word " * 400, "", *(" ".join(["tokens"] * n) for n in (1, 2, 3, 5, 8, 13, 30, 60, 120, 250))]
+    texts += [f"question {i}" for i in range(70)]  # more than a batch of one length
+    random.Random(7).shuffle(texts)
+    for model in (onnx, reference):
+        together = embedder.encode(model, texts)
+        alone = np.concatenate([embedder.encode(model, [text]) for text in texts])
+        assert together.shape == (len(texts), embedder.DIMENSIONS)
+        assert np.abs(together - alone).max() < 1e-5

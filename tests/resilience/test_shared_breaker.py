@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
 import httpx
 import pytest
 
@@ -45,23 +46,27 @@ def _gateway(text: str, stores: str) -> ServerThread:
 
 
 async def _fire(gateways: list[ServerThread], model: str) -> int:
-    """REQUESTS chats, CONCURRENCY at a time, spread over the gateways: how many got a 200."""
+    """REQUESTS chats, CONCURRENCY at a time, spread over the gateways: how many got a 200. With aiohttp's
+    client, which takes less than half the CPU of httpx's for the same requests (the gateways run in this
+    process: the test below, on both stores, took 17.6-23.9 CPU-s with httpx, 7.7-8.7 with aiohttp)."""
     queue = list(range(REQUESTS))
     ok = 0
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal ok
         while queue:
             n = queue.pop()
-            response = await client.post(
-                gateways[n % len(gateways)].url + "/v1/chat/completions",
-                json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
-                headers={"Authorization": f"Bearer {KEY}"},
-            )
-            ok += response.status_code == 200
+            async with session.post(
+                gateways[n % len(gateways)].url + "/v1/chat/completions", json=body
+            ) as response:
+                await response.read()
+                ok += response.status == 200
 
-    async with httpx.AsyncClient(timeout=30) as client:
-        await asyncio.gather(*[worker(client) for _ in range(CONCURRENCY)])
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {KEY}"}, timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+        await asyncio.gather(*[worker(session) for _ in range(CONCURRENCY)])
     return ok
 
 
