@@ -1719,7 +1719,7 @@ ROLE_ADDED = [
             "Do you know the {x} of a {y}?",
         ],
         _v("lifespan", "gestation period", "sleep time per day"),
-        contexts=["elephant", "horse", "giraffe", "dolphin", "hamster", "rabbit", "cow"],
+        contexts=["camel", "horse", "giraffe", "dolphin", "hamster", "rabbit", "cow"],
     ),
     Family(
         "animals",
@@ -1733,7 +1733,7 @@ ROLE_ADDED = [
             "Give me the {x} of a {y}.",
         ],
         _v("top speed", "average weight", "bite force", "average height"),
-        contexts=["cheetah", "grizzly bear", "ostrich", "gorilla", "crocodile", "wolf"],
+        contexts=["cheetah", "grizzly bear", "kangaroo", "gorilla", "crocodile", "wolf"],
     ),
     Family(
         "programming",
@@ -1970,7 +1970,7 @@ ATTRIBUTE_ADDED = [
             "I want to do a {x} workout at home, any ideas?",
             "Can you plan a {x} home workout for me?",
         ],
-        _v("upper-body", "lower-body", "core", "cardio", "stretching"),
+        _v("full-body", "lower-body", "core", "cardio", "stretching"),
     ),
     Family(
         "work",
@@ -2035,7 +2035,7 @@ ATTRIBUTE_ADDED = [
             "Recommend a {x} hiking trail around Denver.",
             "Looking for a {x} hike near Denver, any ideas?",
         ],
-        _v("easy", "difficult", "dog-friendly", "kid-friendly", "wheelchair-accessible"),
+        _v("beginner-friendly", "difficult", "dog-friendly", "kid-friendly", "wheelchair-accessible"),
     ),
     Family(
         "cooking",
@@ -2061,7 +2061,7 @@ ATTRIBUTE_ADDED = [
             "Bathroom walls: is a {x} finish a good idea?",
             "Would {x} paint work well in a bathroom?",
         ],
-        _v("matte", "satin", "eggshell", "semi-gloss", "high-gloss"),
+        _v("matte", "satin", "flat", "semi-gloss", "high-gloss"),
     ),
     Family(
         "cooking",
@@ -2087,7 +2087,7 @@ ATTRIBUTE_ADDED = [
             "Which {x} gifts work for a boss?",
             "Ideas for a {x} gift to give my boss?",
         ],
-        _v("handmade", "last-minute", "personalized", "eco-friendly", "funny"),
+        _v("handmade", "last-minute", "personalized", "sustainable", "funny"),
     ),
     Family(
         "travel",
@@ -2191,7 +2191,7 @@ ATTRIBUTE_ADDED = [
             "I need ideas for a {x} name for my daughter.",
             "Which {x} names would suit a baby girl?",
         ],
-        _v("short", "unique", "classic", "French", "Irish", "biblical"),
+        _v("short", "unique", "classic", "French", "Scottish", "biblical"),
     ),
     Family(
         "finance",
@@ -2204,7 +2204,7 @@ ATTRIBUTE_ADDED = [
             "Car loan: is a {x} interest rate worth it?",
             "Would you take a {x} rate for an auto loan?",
         ],
-        _v("fixed", "variable", "introductory"),
+        _v("fixed", "variable", "promotional"),
     ),
     Family(
         "food",
@@ -2243,7 +2243,7 @@ ATTRIBUTE_ADDED = [
             "Compose a {x} poem on the theme of the sea.",
             "Give me a {x} sea poem.",
         ],
-        _v("rhyming", "sad", "funny", "epic", "romantic", "haiku-style"),
+        _v("rhyming", "sad", "funny", "short", "romantic", "haiku-style"),
     ),
 ]
 
