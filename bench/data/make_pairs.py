@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.data.classes import ALL, NATURAL, Family
+from bench.data.classes import ADDED, ALL, NATURAL, NATURAL_ADDED, Family
 
 # (topic, slot kind, phrasings with {x}, slot values)
 FAMILIES: list[tuple[str, str, list[str], list[str]]] = [
@@ -1356,20 +1356,24 @@ def _family(name: str, family: Family, split: str) -> list[dict[str, object]]:
 
 def build() -> list[dict[str, object]]:
     """Every labelled pair, train and test (deterministic)."""
+    natural = [*NATURAL, *NATURAL_ADDED]
     groups: dict[str, list[str]] = {
         "general": [f"general:{i}" for i in range(len(FAMILIES))],
         "natural": [f"natural:{i}" for i in range(len(NATURAL))],
+        # the families added later are split among themselves: the earlier ones keep their split
+        "natural/added": [f"natural:{i}" for i in range(len(NATURAL), len(natural))],
     }
     names = []
-    for index, family in enumerate(ALL):
+    for index, family in enumerate([*ALL, *ADDED]):
         name = f"{family.near or family.positive}:{index}"
         names.append(name)
-        groups.setdefault(f"{family.near}/{family.positive}", []).append(name)
+        added = "/added" if index >= len(ALL) else ""
+        groups.setdefault(f"{family.near}/{family.positive}{added}", []).append(name)
     split = _splits(groups)
     rows = _general(random.Random(20261125), split)
-    for name, family in zip(names, ALL, strict=True):
+    for name, family in zip(names, [*ALL, *ADDED], strict=True):
         rows.extend(_family(name, family, split[name]))
-    for index, phrasings in enumerate(NATURAL):
+    for index, phrasings in enumerate(natural):
         name = f"natural:{index}"
         for a in phrasings:
             for b in phrasings:
