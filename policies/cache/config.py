@@ -29,7 +29,7 @@ ModeField = Annotated[Mode, BeforeValidator(_yaml_off)]
 
 class SemanticConfig(_Frozen):
     enabled: bool = False
-    mode: ModeField = "general"  # with enabled: the default of every tenant and alias
+    mode: ModeField = "faq"  # with enabled: the default of every tenant and alias (general: opt in)
     # prompts that hold code or are mostly symbols: "exact" (exact cache only) or "semantic" (looked up like
     # any question; the verifier's symbol check still vetoes any differing operator)
     code: Literal["exact", "semantic"] = "exact"
@@ -109,7 +109,7 @@ def _mode(current: Mode, defaults: SemanticConfig, override: bool | SemanticOver
     if isinstance(override, bool):
         if not override:
             return "off"
-        return current if current != "off" else (defaults.mode if defaults.mode != "off" else "general")
+        return current if current != "off" else (defaults.mode if defaults.mode != "off" else "faq")
     return current if override.mode is None else override.mode
 
 

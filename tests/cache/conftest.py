@@ -126,7 +126,7 @@ def semantic_stack() -> Iterator[tuple[ServerThread, FakeState]]:
     state = FakeState(api_key=UPSTREAM_KEY)
     fake = ServerThread(lambda: build_fake(state)).start()
     # a generous timeout: on a busy CI machine a slow embedding must not turn an expected hit into a miss
-    semantic = {"enabled": True, "timeout_s": 10}
+    semantic = {"enabled": True, "timeout_s": 10, "mode": "general"}  # faq is the default: tested alone
     loaded = parse_config(
         cache_config(fake.url, {"enabled": True, "semantic": semantic}, faq=True),
         path="test-config.yaml",
