@@ -4,6 +4,7 @@ import gc
 import json
 import os
 import re
+import ssl
 import sys
 import tempfile
 import time
@@ -25,6 +26,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # module's asserts again; two process-heavy test files took 58 CPU-s with it and 52 without.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
+import httpx._transports.default
+import httpx2._transports.default
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,6 +45,31 @@ from tests.harness import ServerThread
 from tests.redis_server import RedisCluster, RedisServer
 
 sys.dont_write_bytecode = False  # and in this process, for the test modules imported from here on (see above)
+
+
+# One CA store for the HTTP clients this process makes (each httpx.get and each openai.OpenAI is a client; the openai
+# SDK runs on httpx2, a fork): httpx reads the CA bundle into a new SSLContext for every client, 30 ms of CPU, and
+# the tests make thousands of them (tests/scale/test_workers.py spent 11 of its 29 CPU-s in this process there).
+# Only the default is shared (verify=True, no client certificate, keyed by the environment's CA settings); a client
+# given its own context (tests/security) keeps it. httpcore sets ALPN on the context per connection: http/1.1 for
+# every client, as no test uses h2.
+def _share_ssl_context(transports: Any) -> None:
+    new_context = transports.create_ssl_context
+    contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+
+    def shared(verify: Any = True, cert: Any = None, trust_env: bool = True) -> ssl.SSLContext:
+        if verify is not True or cert or not trust_env:
+            return new_context(verify=verify, cert=cert, trust_env=trust_env)
+        key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        if key not in contexts:
+            contexts[key] = new_context(verify=verify, cert=cert, trust_env=trust_env)
+        return contexts[key]
+
+    transports.create_ssl_context = shared
+
+
+_share_ssl_context(httpx._transports.default)
+_share_ssl_context(httpx2._transports.default)
 
 LOG_PATH = Path(tempfile.mkdtemp(prefix="gateway-test-logs-")) / "gateway.log"
 _log_file = LOG_PATH.open("ab", buffering=0)
@@ -80,27 +108,37 @@ def _collect_after_each_test() -> Iterator[None]:
     gc.collect()
 
 
-# The files that take longest (pytest's --durations over several runs), in that order, before the others:
-# `make test` hands whole files to its pytest-xdist workers in collection order (--no-loadscope-reorder: xdist
-# would hand out the files with most tests first), and one of these handed out last would run on alone after the
-# rest had finished.
+# The files that take longest, in that order, before the others: `make test` hands whole files to its pytest-xdist
+# workers in collection order (--no-loadscope-reorder: xdist would hand out the files with most tests first), and
+# one of these handed out last would run on alone after the rest had finished. Measured per file (its tests' setup,
+# call and teardown) in a `make test` run on a loaded machine, 40 s and more there, slowest first;
+# tests/cache/test_embedder.py and tests/resilience/test_shared_breaker.py placed by their CPU since (about 1/3
+# and 1/2 less). tests/local_engine's test_equivalence, test_structured_outputs and test_speculative* took 4-28 s.
 _SLOW_FIRST = (
     "tests/finetune/test_fact.py",
-    "tests/finetune/test_jobs.py",
-    "tests/cache/test_embedder.py",
     "tests/scale/test_workers.py",
-    "tests/local_engine/test_structured_outputs.py",
-    "tests/local_engine/test_speculative_draft.py",
-    "tests/local_engine/test_speculative.py",
+    "tests/finetune/test_jobs.py",
+    "tests/backends/test_local.py",
     "tests/finetune/test_restart.py",
-    "tests/resilience/test_shared_breaker.py",
-    "tests/policies/test_queue.py",
-    "tests/cache/test_verifier.py",
-    "tests/test_deploy.py",
+    "tests/finetune/test_served.py",
+    "tests/batches/test_local_engine.py",
     "tests/resilience/test_chaos_load.py",
-    "tests/local_engine/test_equivalence.py",
-    "tests/ops/test_monitoring.py",
+    "tests/gateway/test_server.py",
+    "tests/gateway/test_reload.py",
     "tests/policies/test_processes.py",
+    "tests/gateway/test_extras.py",
+    "tests/backends/test_providers.py",
+    "tests/ops/test_monitoring.py",
+    "tests/policies/test_queue.py",
+    "tests/cache/test_embedder.py",
+    "tests/cache/test_exact.py",
+    "tests/test_deploy.py",
+    "tests/gateway/test_messages.py",
+    "tests/resilience/test_shared_breaker.py",
+    "tests/cache/test_verifier.py",
+    "tests/local_engine/test_kernels.py",
+    "tests/local_engine/test_disagg.py",
+    "tests/batches/test_durable.py",
 )
 
 

@@ -140,7 +140,7 @@ def _by_length(lengths: np.ndarray, run: Callable[[np.ndarray], np.ndarray]) -> 
     """``run(rows)``'s vectors for every row, in the rows' order, run longest first in batches of like length: at
     most ``_MAX_BATCH`` texts and ``_MAX_BATCH_TOKENS`` tokens padded, and none padded to twice its length. A
     batch is padded to its longest text, so one long text among short ones would otherwise make the model run
-    every short one at its length (tests/cache/test_embedder.py's list of 75: 3.8-5.0 CPU-s on ONNX Runtime
+    every short one at its length (tests/cache/test_embedder.py's list of 75: 3.7-5.9 CPU-s on ONNX Runtime
     and 6.5 on torch in batches of 64 as they came; 0.16 and 0.43 like this). Padding is masked out, so a text's
     vector is the same whichever batch it ran in."""
     order = np.argsort(-lengths, kind="stable")

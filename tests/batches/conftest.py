@@ -14,6 +14,7 @@ import pytest
 
 from policies.clock import ManualClock
 from tests.conftest import KEY, UPSTREAM_KEY, config_text
+from tests.wait import pauses
 
 DEADLINE_S = 60.0
 
@@ -110,13 +111,13 @@ def wait_for(
 ) -> Any:
     """Polls the batch until ``done`` (default: a terminal status) or the deadline."""
     done = done or (lambda b: b.status in ("completed", "failed", "expired", "cancelled"))
-    deadline = time.monotonic() + deadline_s
+    deadline, waits = time.monotonic() + deadline_s, pauses(0.05, 0.25)  # a request a look
     while True:
         batch = client.batches.retrieve(batch_id)
         if done(batch):
             return batch
         assert time.monotonic() < deadline, f"batch still {batch.status}: {batch.request_counts}"
-        time.sleep(0.05)
+        time.sleep(next(waits))
 
 
 def read_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
@@ -127,7 +128,7 @@ def read_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any
 
 def batch_records(url: str, count: int) -> list[dict[str, Any]]:
     """The ledger's batch request records once ``count`` are in (they are settled off the answer's path)."""
-    deadline = time.monotonic() + DEADLINE_S
+    deadline, waits = time.monotonic() + DEADLINE_S, pauses(0.05, 0.25)
     while True:
         got = httpx.get(
             url + "/admin/usage", params={"group_by": "request"}, headers={"Authorization": f"Bearer {KEY}"}
@@ -137,4 +138,4 @@ def batch_records(url: str, count: int) -> list[dict[str, Any]]:
         if len(records) >= count:
             return records
         assert time.monotonic() < deadline, f"{len(records)} ledger records of {count}"
-        time.sleep(0.05)
+        time.sleep(next(waits))

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import KEY, OTHER_KEY, config_text
 from tests.harness import ServerThread
 from tests.local_engine.conftest import _build
+from tests.wait import pauses
 
 DEADLINE_S = 600.0  # a training on this shared 2-core machine: bounded, never timed
 PRICE_PER_1M = 3.0
@@ -87,7 +88,7 @@ def wait_for(
 ) -> Any:
     """Polls the job until ``done`` (default: a terminal status) or the deadline."""
     done = done or (lambda j: j.status in ("succeeded", "failed", "cancelled"))
-    deadline = time.monotonic() + deadline_s
+    deadline, waits = time.monotonic() + deadline_s, pauses(0.05, 0.25)  # a request a look
     while True:
         try:
             job = client.fine_tuning.jobs.retrieve(job_id)
@@ -98,7 +99,7 @@ def wait_for(
         if done(job):
             return job
         assert time.monotonic() < deadline, f"job still {job.status}"
-        time.sleep(0.1)
+        time.sleep(next(waits))
 
 
 def events(client: openai.OpenAI, job_id: str) -> list[Any]:
