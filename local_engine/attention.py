@@ -99,16 +99,17 @@ def build_metadata(
 
 def paged_attention(
     q: torch.Tensor,  # [T, H, D]
-    k: torch.Tensor,  # [T, Hkv, D]
-    v: torch.Tensor,
+    k: torch.Tensor | None,  # [T, Hkv, D]; None: the step's keys and values are already in the cache
+    v: torch.Tensor | None,
     k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:
     hkv, d = k_cache.shape[2], k_cache.shape[3]
-    k_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, k)
-    v_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, v)
+    if k is not None and v is not None:
+        k_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, k)
+        v_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, v)
     if not meta.prefills and meta.decode_token_idx is not None:
         # Decodes only (every step of plain generation): token i is decode i, so neither a gather of
         # the queries nor a scatter of the outputs.

@@ -242,3 +242,103 @@ void qk_int4_mm(long M, long N, long K, const float *x, long ldx, const uint8_t 
     for (long m = 0; m < M; m += I4_ROWS)
         i4_mm(M - m < I4_ROWS ? M - m : I4_ROWS, N, K, x + m * ldx, ldx, nib, sz, y + m * ldy, ldy);
 }
+
+/* ---- The decode step's small ops, fused (local_engine/kernels.py checks each against torch once,
+ * bit for bit, before using it). Every product and sum is rounded as torch's separate ops round it:
+ * no contraction into FMAs here. */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+
+#define SUM_LEVELS 4
+#define SUM_ILP 4
+
+static long ceil_log2(long x) { return x <= 1 ? 0 : 64 - __builtin_clzl((unsigned long)(x - 1)); }
+
+/* The sum of squares of a row as torch sums a float32 row (aten's cascade_sum over a contiguous
+ * row): 8-lane vectors into 4 accumulators, cascaded every 2^level_power vectors over 4 levels,
+ * the accumulators added in order, then the scalar tail and the lanes one by one. */
+static float torch_sumsq(const float *a, long n) {
+    long vecs = n / 8, size = vecs / SUM_ILP;
+    long power = ceil_log2(size) / SUM_LEVELS;
+    if (power < 4) power = 4;
+    long step = 1L << power, mask = step - 1;
+    float acc[SUM_LEVELS][SUM_ILP][8];
+    memset(acc, 0, sizeof acc);
+    long i = 0;
+    for (; i + step <= size;) {
+        for (long j = 0; j < step; j++, i++)
+            for (int k = 0; k < SUM_ILP; k++)
+                for (int l = 0; l < 8; l++) {
+                    float v = a[(i * SUM_ILP + k) * 8 + l];
+                    acc[0][k][l] += v * v;
+                }
+        for (int j = 1; j < SUM_LEVELS; j++) {
+            for (int k = 0; k < SUM_ILP; k++)
+                for (int l = 0; l < 8; l++) {
+                    acc[j][k][l] += acc[j - 1][k][l];
+                    acc[j - 1][k][l] = 0.0f;
+                }
+            if (i & (mask << (j * power))) break;
+        }
+    }
+    for (; i < size; i++)
+        for (int k = 0; k < SUM_ILP; k++)
+            for (int l = 0; l < 8; l++) {
+                float v = a[(i * SUM_ILP + k) * 8 + l];
+                acc[0][k][l] += v * v;
+            }
+    for (int j = 1; j < SUM_LEVELS; j++)
+        for (int k = 0; k < SUM_ILP; k++)
+            for (int l = 0; l < 8; l++) acc[0][k][l] += acc[j][k][l];
+    float *ps = acc[0][0]; /* accumulator 0, into which the vectors left over go */
+    for (long v = size * SUM_ILP; v < vecs; v++)
+        for (int l = 0; l < 8; l++) ps[l] += a[v * 8 + l] * a[v * 8 + l];
+    for (int k = 1; k < SUM_ILP; k++)
+        for (int l = 0; l < 8; l++) ps[l] += acc[0][k][l];
+    float s = 0.0f;
+    for (long k = vecs * 8; k < n; k++) s += a[k] * a[k];
+    for (int l = 0; l < 8; l++) s += ps[l];
+    return s;
+}
+
+/* qk_add_rms_norm: for each of T rows, sum = x + d (x alone where d is NULL) and
+ * norm = sum * rsqrt(mean(sum^2) + eps) * w, as F.rms_norm computes it in float32 (pow, mean = sum
+ * divided by n, add eps, 1 / sqrt, then two products). sum [T, n] may be x itself. */
+void qk_add_rms_norm(long T, long n, const float *x, long ldx, const float *d, long ldd, const float *w,
+                     float eps, float *sum, float *norm) {
+    for (long t = 0; t < T; t++) {
+        const float *xt = x + t * ldx;
+        float *st = sum + t * n, *nt = norm + t * n;
+        if (d != NULL) {
+            const float *dt = d + t * ldd;
+            for (long j = 0; j < n; j++) st[j] = xt[j] + dt[j];
+        } else if (st != xt) {
+            memcpy(st, xt, n * sizeof(float));
+        }
+        float mean = torch_sumsq(st, n) / (float)n;
+        float r = 1.0f / __builtin_sqrtf(mean + eps);
+        for (long j = 0; j < n; j++) nt[j] = st[j] * r * w[j];
+    }
+}
+
+/* qk_rope_kv: rotary embedding of a step's query and key heads and the K/V cache's writes, from the
+ * fused projection's output qkv [T, (H + 2 Hkv) * D] (row stride ldqkv): each head's
+ * x * cos + roll(x, D / 2) * sin (sin signed as RotaryEmbedding keeps it; cos, sin [T, D]), the
+ * queries into q [T, H, D], the keys and the values into k_cache and v_cache ([slots, Hkv, D]) at
+ * the tokens' slots. */
+void qk_rope_kv(long T, long H, long Hkv, long D, const float *qkv, long ldqkv, const float *cos,
+                const float *sin, const long *slots, float *q, float *k_cache, float *v_cache) {
+    long half = D / 2;
+    for (long t = 0; t < T; t++) {
+        const float *row = qkv + t * ldqkv, *c = cos + t * D, *s = sin + t * D;
+        for (long h = 0; h < H + Hkv; h++) {
+            const float *x = row + h * D;
+            float *o = h < H ? q + (t * H + h) * D : k_cache + (slots[t] * Hkv + (h - H)) * D;
+            for (long j = 0; j < half; j++) o[j] = x[j] * c[j] + x[j + half] * s[j];
+            for (long j = half; j < D; j++) o[j] = x[j] * c[j] + x[j - half] * s[j];
+        }
+        memcpy(v_cache + slots[t] * Hkv * D, row + (H + Hkv) * D, Hkv * D * sizeof(float));
+    }
+}
+
+#pragma GCC pop_options
