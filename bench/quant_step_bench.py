@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -39,6 +40,7 @@ from torch import nn
 
 from local_engine import LLM, SamplingParams
 from local_engine.attention import build_metadata
+from local_engine.models.llama import LlamaForCausalLM
 from local_engine.quant import Int4Linear, Int8Linear
 
 FORMATS = {"fp32": None, "int8": "int8", "int4": "int4"}
@@ -53,9 +55,9 @@ BLOCK = 16
 class Stepper:
     """Decode steps of one model over its own paged cache, after a prefill of ``context`` tokens."""
 
-    def __init__(self, model: nn.Module, context: int, steps: int) -> None:
+    def __init__(self, model: LlamaForCausalLM, context: int, steps: int) -> None:
         self.model = model
-        cfg = model.config  # type: ignore[attr-defined]
+        cfg = model.config
         self.context, self.steps = context, steps
         blocks = -(-(context + steps + 1) // BLOCK)
         shape = (blocks, BLOCK, cfg.num_key_value_heads, cfg.head_dim)
@@ -84,7 +86,7 @@ class Stepper:
         elapsed = 0.0
         for ids, pos, meta in self.inputs:
             start = time.thread_time()
-            logits = self.model.logits(self.model(ids, pos, self.kv, meta))  # type: ignore[operator]
+            logits = self.model.logits(self.model(ids, pos, self.kv, meta))
             elapsed += time.thread_time() - start
             digest.update(logits.numpy().tobytes())
         return elapsed / self.steps, digest.hexdigest()[:12]
@@ -102,8 +104,8 @@ def stub_matmuls(model: nn.Module) -> Callable[[], None]:
     mods = matmuls(model)
     for m in mods:
         with torch.inference_mode():
-            out = m(torch.randn(1, m.in_features))  # type: ignore[operator]
-        m.forward = lambda x, out=out: out.clone()  # type: ignore[method-assign]
+            out = m(torch.randn(1, cast("int", m.in_features)))
+        m.forward = lambda x, out=out: out.clone()
 
     def undo() -> None:
         for m in mods:
