@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from local_engine import kernels
+
 
 @dataclass(slots=True)
 class PrefillChunk:
@@ -142,6 +144,22 @@ def _decode_attention(
     consecutive)."""
     assert meta.decode_blocks is not None
     b, hkv, d = qd.shape[0], k_cache.shape[2], k_cache.shape[3]
+    lib = kernels.library() if 0 < meta.decode_len <= kernels.DECODE_ATTENTION_MAX_LEN else None
+    if (
+        lib is not None
+        and qd.dtype is torch.float32
+        and k_cache.dtype is torch.float32
+        and qd.device.type == "cpu"
+        and qd.is_contiguous()
+        and k_cache.is_contiguous()
+        and v_cache.is_contiguous()
+        and not torch.is_grad_enabled()
+    ):
+        # A lone decode on the CPU: one compiled call over its blocks in place (SDPA and the gather or
+        # the views around it cost ~70-90 µs a layer on SmolLM2's short contexts).
+        return kernels.decode_attention(
+            lib, qd[0], k_cache, v_cache, meta.decode_blocks, meta.decode_len, scale
+        ).unsqueeze(0)
     if meta.decode_first_block >= 0:  # consecutive blocks: read in place (a copy grows with the context)
         first, n = meta.decode_first_block, meta.decode_blocks.shape[0]
         keys, values = k_cache[first : first + n], v_cache[first : first + n]

@@ -342,3 +342,51 @@ void qk_rope_kv(long T, long H, long Hkv, long D, const float *qkv, long ldqkv, 
 }
 
 #pragma GCC pop_options
+
+/* qk_decode_attention: one decode token's attention over its paged context, read in place through its
+ * block table (no gather): out [H, D] = softmax(scale * q k^T) v per head, q [H, D], the caches
+ * [blocks, block_size, Hkv, D], table [ceil(L / block_size)] block ids, L the context length; head h
+ * reads key/value head h / (H / Hkv). Scores in float32, the softmax with its maximum subtracted, exp
+ * from libm; not bit-identical to torch's SDPA (its order of summation differs), close to it. */
+void qk_decode_attention(long H, long Hkv, long D, long L, long block_size, const float *q,
+                         const float *k_cache, const float *v_cache, const long *table, float scale,
+                         float *out) {
+    long group = H / Hkv, row = Hkv * D; /* a token's stride in the cache */
+    long d8 = D & ~7L;
+    float s[group * L]; /* the group's scores, head by head */
+    for (long g = 0; g < Hkv; g++) {
+        /* The group's heads share each key and value row: read once for all of them. */
+        for (long l = 0; l < L; l++) {
+            const float *k = k_cache + (table[l / block_size] * block_size + l % block_size) * row + g * D;
+            for (long i = 0; i < group; i++) {
+                const float *qh = q + (g * group + i) * D;
+                __m256 acc = _mm256_setzero_ps();
+                for (long j = 0; j < d8; j += 8)
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(qh + j), _mm256_loadu_ps(k + j), acc);
+                float dot = hsum(acc);
+                for (long j = d8; j < D; j++) dot += qh[j] * k[j];
+                s[i * L + l] = dot * scale;
+            }
+        }
+        for (long i = 0; i < group; i++) {
+            float *si = s + i * L, best = -__builtin_inff(), total = 0.0f;
+            for (long l = 0; l < L; l++)
+                if (si[l] > best) best = si[l];
+            for (long l = 0; l < L; l++) {
+                si[l] = __builtin_expf(si[l] - best);
+                total += si[l];
+            }
+            float *o = out + (g * group + i) * D;
+            for (long j = 0; j < D; j++) o[j] = 0.0f;
+            for (long l = 0; l < L; l++) {
+                const float *v = v_cache + (table[l / block_size] * block_size + l % block_size) * row + g * D;
+                __m256 p = _mm256_set1_ps(si[l]);
+                for (long j = 0; j < d8; j += 8)
+                    _mm256_storeu_ps(o + j, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + j), _mm256_loadu_ps(o + j)));
+                for (long j = d8; j < D; j++) o[j] += si[l] * v[j];
+            }
+            float inv = 1.0f / total;
+            for (long j = 0; j < D; j++) o[j] *= inv;
+        }
+    }
+}

@@ -35,7 +35,7 @@ def _hooked(m: nn.Module) -> bool:
     )
 
 
-def _call(m: nn.Module) -> Callable[..., Any]:
+def call_module(m: nn.Module) -> Callable[..., Any]:
     """``m.forward`` where nothing hooks ``m``, else ``m``: a decode step makes ~10 module calls a layer,
     and ``nn.Module.__call__``'s own checks cost about a µs each (1 thread, SmolLM2: ~1 ms of an int8
     step's ~11 ms outside its matmuls)."""
@@ -86,7 +86,7 @@ def add_rms_norm(x: torch.Tensor, d: torch.Tensor | None, norm: RMSNorm) -> tupl
     ):
         return kernels.add_rms_norm(lib, x, d, norm.weight, norm.eps)
     s = x if d is None else x + d
-    return s, _call(norm)(s)
+    return s, call_module(norm)(s)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -166,7 +166,7 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         t = x.shape[0]
-        qkv = _call(self.qkv_proj)(x)
+        qkv = call_module(self.qkv_proj)(x)
         lib = kernels.library()
         cos, sin = rope
         if (
@@ -185,14 +185,14 @@ class Attention(nn.Module):
                 lib, qkv, self.num_heads, self.num_kv_heads, cos, sin, meta.slot_mapping, kv[0], kv[1]
             )
             o = paged_attention(q, None, None, kv[0], kv[1], meta, self.scale)
-            return _call(self.o_proj)(o.reshape(t, self.num_heads * self.head_dim))
-        qk_size = self.q_size + self.kv_size
-        # q's and k's heads rotated together, in one pass of apply_rope.
-        qk = apply_rope(qkv[:, :qk_size].view(t, self.num_heads + self.num_kv_heads, self.head_dim), rope)
-        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
-        v = qkv[:, qk_size:].view(t, self.num_kv_heads, self.head_dim)
-        o = paged_attention(q, k, v, kv[0], kv[1], meta, self.scale)
-        return self.o_proj(o.reshape(t, self.num_heads * self.head_dim))
+        else:
+            qk_size = self.q_size + self.kv_size
+            # q's and k's heads rotated together, in one pass of apply_rope.
+            qk = apply_rope(qkv[:, :qk_size].view(t, self.num_heads + self.num_kv_heads, self.head_dim), rope)
+            q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
+            v = qkv[:, qk_size:].view(t, self.num_kv_heads, self.head_dim)
+            o = paged_attention(q, k, v, kv[0], kv[1], meta, self.scale)
+        return call_module(self.o_proj)(o.reshape(t, self.num_heads * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -203,11 +203,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(i, h, bias=b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = _call(self.gate_up_proj)(x).chunk(2, dim=-1)
+        gate, up = call_module(self.gate_up_proj)(x).chunk(2, dim=-1)
         if torch.is_grad_enabled():
             return self.down_proj(F.silu(gate) * up)
         # Without autograd, in place in the fused matmul's output (views of its halves): no new tensors.
-        return _call(self.down_proj)(F.silu(gate, inplace=True).mul_(up))
+        return call_module(self.down_proj)(F.silu(gate, inplace=True).mul_(up))
 
 
 class DecoderLayer(nn.Module):
@@ -240,8 +240,8 @@ class DecoderLayer(nn.Module):
         """:meth:`forward`'s output ``y`` and ``next_norm(y)``, given ``h = input_layernorm(x)``: each residual
         add fused with the norm after it (:func:`add_rms_norm`), the submodules' ``forward`` called directly
         where nothing hooks them."""
-        x, h = add_rms_norm(x, _call(self.self_attn)(h, rope, kv, meta), self.post_attention_layernorm)
-        return add_rms_norm(x, _call(self.mlp)(h), next_norm)
+        x, h = add_rms_norm(x, call_module(self.self_attn)(h, rope, kv, meta), self.post_attention_layernorm)
+        return add_rms_norm(x, call_module(self.mlp)(h), next_norm)
 
 
 class LlamaBody(nn.Module):
@@ -276,8 +276,8 @@ class LlamaForCausalLM(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         body = self.model
-        x = _call(body.embed_tokens)(input_ids)
-        rope = _call(self.rotary)(positions, x.dtype)
+        x = call_module(body.embed_tokens)(input_ids)
+        rope = call_module(self.rotary)(positions, x.dtype)
         layers: list[DecoderLayer] = list(body.layers._modules.values())  # type: ignore[arg-type]
         norms = ([layer.input_layernorm for layer in layers[1:]] + [body.norm])[: len(layers)]
         h = None  # the next layer's input_layernorm(x), computed with the residual add before it
@@ -288,7 +288,7 @@ class LlamaForCausalLM(nn.Module):
             if h is None:
                 _, h = add_rms_norm(x, None, layer.input_layernorm)
             x, h = layer.step(x, h, next_norm, rope, kv, meta)
-        return _call(body.norm)(x) if h is None else h
+        return call_module(body.norm)(x) if h is None else h
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
