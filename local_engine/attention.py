@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from local_engine import kernels
+
 
 @dataclass(slots=True)
 class PrefillChunk:
@@ -99,16 +101,17 @@ def build_metadata(
 
 def paged_attention(
     q: torch.Tensor,  # [T, H, D]
-    k: torch.Tensor,  # [T, Hkv, D]
-    v: torch.Tensor,
+    k: torch.Tensor | None,  # [T, Hkv, D]; None: the step's keys and values are already in the cache
+    v: torch.Tensor | None,
     k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:
     hkv, d = k_cache.shape[2], k_cache.shape[3]
-    k_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, k)
-    v_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, v)
+    if k is not None and v is not None:
+        k_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, k)
+        v_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, v)
     if not meta.prefills and meta.decode_token_idx is not None:
         # Decodes only (every step of plain generation): token i is decode i, so neither a gather of
         # the queries nor a scatter of the outputs.
@@ -141,6 +144,22 @@ def _decode_attention(
     consecutive)."""
     assert meta.decode_blocks is not None
     b, hkv, d = qd.shape[0], k_cache.shape[2], k_cache.shape[3]
+    lib = kernels.library() if 0 < meta.decode_len <= kernels.DECODE_ATTENTION_MAX_LEN else None
+    if (
+        lib is not None
+        and qd.dtype is torch.float32
+        and k_cache.dtype is torch.float32
+        and qd.device.type == "cpu"
+        and qd.is_contiguous()
+        and k_cache.is_contiguous()
+        and v_cache.is_contiguous()
+        and not torch.is_grad_enabled()
+    ):
+        # A lone decode on the CPU: one compiled call over its blocks in place (SDPA and the gather or
+        # the views around it cost ~70-90 µs a layer on SmolLM2's short contexts).
+        return kernels.decode_attention(
+            lib, qd[0], k_cache, v_cache, meta.decode_blocks, meta.decode_len, scale
+        ).unsqueeze(0)
     if meta.decode_first_block >= 0:  # consecutive blocks: read in place (a copy grows with the context)
         first, n = meta.decode_first_block, meta.decode_blocks.shape[0]
         keys, values = k_cache[first : first + n], v_cache[first : first + n]

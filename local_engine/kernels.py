@@ -83,7 +83,9 @@ def _build(cc: str, flags: set[str]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".qkernels-", suffix=".so")
     os.close(fd)
     try:
-        subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            [cc, *CFLAGS, "-o", tmp, str(SOURCE), "-lm"], check=True, capture_output=True, timeout=300
+        )
         os.replace(tmp, path)  # atomic: a concurrent builder's identical file may be replaced, never torn
     finally:
         if os.path.exists(tmp):
@@ -116,6 +118,12 @@ def library() -> ctypes.CDLL | None:
     lib.qk_int4_mm.restype = None
     lib.qk_int8b_mm.argtypes = [_L, _L, _L, _P, _L, _P, _P, _P, _L]
     lib.qk_int8b_mm.restype = None
+    lib.qk_add_rms_norm.argtypes = [_L, _L, _P, _L, _P, _L, _P, ctypes.c_float, _P, _P]
+    lib.qk_add_rms_norm.restype = None
+    lib.qk_rope_kv.argtypes = [_L, _L, _L, _L, _P, _L, _P, _P, _P, _P, _P, _P]
+    lib.qk_rope_kv.restype = None
+    lib.qk_decode_attention.argtypes = [_L, _L, _L, _L, _L, _P, _P, _P, _P, ctypes.c_float, _P]
+    lib.qk_decode_attention.restype = None
     return lib
 
 
@@ -174,3 +182,166 @@ def unpack_int4(nib: torch.Tensor) -> torch.Tensor:
     rows, half = nib.shape
     g = nib.reshape(rows, half // 16, 16)
     return torch.cat((g & 15, g >> 4), dim=-1).reshape(rows, 2 * half)
+
+
+# ---- The decode step's small ops, fused (one call where torch runs several ops, each a few µs of
+# dispatch on a decode step's one row). Each is used only where it was found bit-identical to the torch
+# ops it replaces, checked once per shape at first use (:func:`add_rms_norm_ok`, :func:`rope_kv_ok`):
+# the C code rounds as those ops do, but their order of summation is torch's to choose.
+
+
+def add_rms_norm(
+    lib: ctypes.CDLL, x: torch.Tensor, d: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, F.rms_norm(s, weight.shape, weight, eps))`` with ``s = x + d`` (``x`` where ``d`` is None),
+    for float32 CPU ``x`` and ``d`` [T, n] with rows of unit stride and a contiguous ``weight`` [n]."""
+    t, n = x.shape
+    s = torch.empty(t, n)
+    out = torch.empty(t, n)
+    lib.qk_add_rms_norm(
+        t,
+        n,
+        x.data_ptr(),
+        x.stride(0),
+        None if d is None else d.data_ptr(),
+        0 if d is None else d.stride(0),
+        weight.data_ptr(),
+        eps,
+        s.data_ptr(),
+        out.data_ptr(),
+    )
+    return s, out
+
+
+def rope_kv(
+    lib: ctypes.CDLL,
+    qkv: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    slots: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+) -> torch.Tensor:
+    """The rotated queries ``[T, heads, D]`` of a fused q/k/v projection's output ``qkv`` [T, (heads + 2
+    kv_heads) * D] (float32, rows of unit stride), its rotated keys and its values written into the
+    caches ([blocks, block size, kv_heads, D], contiguous float32) at ``slots`` [T] (int64): the
+    ``apply_rope`` of q's and k's heads and the two ``index_copy_`` of :func:`paged_attention`, in one
+    call. ``cos``, ``sin`` [T, D] contiguous (``RotaryEmbedding``'s, sin signed)."""
+    t, d = qkv.shape[0], k_cache.shape[-1]
+    q = torch.empty(t, heads, d)
+    lib.qk_rope_kv(
+        t,
+        heads,
+        kv_heads,
+        d,
+        qkv.data_ptr(),
+        qkv.stride(0),
+        cos.data_ptr(),
+        sin.data_ptr(),
+        slots.data_ptr(),
+        q.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+    )
+    return q
+
+
+# The longest context of a lone decode whose attention goes through the kernel: it is faster than the
+# gather and SDPA on short contexts (SmolLM2's shapes, 1 thread: 60 tokens 14 µs a layer against 23-27,
+# 300 tokens 46 against 47-57) but not on long ones (1000 tokens: 165 against 136-171), where SDPA's
+# vectorized exp and blocked products win.
+DECODE_ATTENTION_MAX_LEN = 512
+
+
+def decode_attention(
+    lib: ctypes.CDLL,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    table: torch.Tensor,
+    length: int,
+    scale: float,
+) -> torch.Tensor:
+    """One decode token's attention ``[H, D]`` over its first ``length`` cached keys and values, read in
+    place through its block ``table`` (int64, contiguous) instead of gathered: ``q`` [H, D] and the caches
+    ([blocks, block size, kv heads, D]) contiguous float32 on the CPU. Equal to SDPA's up to float32
+    rounding (not bit for bit)."""
+    heads, d = q.shape
+    out = torch.empty(heads, d)
+    lib.qk_decode_attention(
+        heads,
+        k_cache.shape[2],
+        d,
+        length,
+        k_cache.shape[1],
+        q.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        table.data_ptr(),
+        scale,
+        out.data_ptr(),
+    )
+    return out
+
+
+CHECK_ROWS = (1, 3, 8, 33)  # the row counts a fused op is compared with torch's at first use
+
+
+@functools.cache
+def add_rms_norm_ok(n: int, eps: float) -> bool:
+    """Whether :func:`add_rms_norm` equals ``x + d`` and ``F.rms_norm`` bit for bit at width ``n``
+    (random rows, with and without ``d``); checked once per width and ``eps``."""
+    lib = library()
+    if lib is None:
+        return False
+    g = torch.Generator().manual_seed(n)
+    w = torch.randn(n, generator=g)
+    for rows in CHECK_ROWS:
+        x = torch.randn(rows, n, generator=g) * 4
+        d = torch.randn(rows, n, generator=g)
+        for delta in (d, None):
+            s = x if delta is None else x + delta
+            ref = torch.nn.functional.rms_norm(s, (n,), w, eps)
+            got_s, got = add_rms_norm(lib, x, delta, w, eps)
+            if not (torch.equal(got_s, s) and torch.equal(got, ref)):
+                log.warning("fused residual add + RMSNorm differs from torch's at width %d: not used", n)
+                return False
+    return True
+
+
+@functools.cache
+def rope_kv_ok(heads: int, kv_heads: int, d: int) -> bool:
+    """Whether :func:`rope_kv` equals ``x * cos + x.roll(d // 2, -1) * sin`` and the caches'
+    ``index_copy_`` bit for bit for these head counts and head size; checked once per shape."""
+    lib = library()
+    if lib is None or d % 2:
+        return False
+    g = torch.Generator().manual_seed(d)
+    blocks, block = 4, 16
+    for rows in CHECK_ROWS:
+        qkv = torch.randn(rows, (heads + 2 * kv_heads) * d, generator=g)
+        cos, sin = torch.randn(rows, d, generator=g), torch.randn(rows, d, generator=g)
+        slots = torch.randperm(blocks * block, generator=g)[:rows]
+        caches = [torch.zeros(blocks, block, kv_heads, d) for _ in range(4)]
+        qk = qkv[:, : (heads + kv_heads) * d].view(rows, heads + kv_heads, d)
+        ref = qk * cos[:, None] + qk.roll(d // 2, -1) * sin[:, None]
+        caches[0].view(-1, kv_heads, d).index_copy_(0, slots, ref[:, heads:])
+        caches[1].view(-1, kv_heads, d).index_copy_(
+            0, slots, qkv[:, (heads + kv_heads) * d :].view(rows, kv_heads, d)
+        )
+        q = rope_kv(lib, qkv, heads, kv_heads, cos, sin, slots, caches[2], caches[3])
+        if not (
+            torch.equal(q, ref[:, :heads])
+            and torch.equal(caches[2], caches[0])
+            and torch.equal(caches[3], caches[1])
+        ):
+            log.warning(
+                "fused RoPE + K/V write differs from torch's for %d/%d heads of %d: not used",
+                heads,
+                kv_heads,
+                d,
+            )
+            return False
+    return True

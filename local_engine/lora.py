@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from local_engine.config import ModelConfig
+from local_engine.models.llama import call_module
 
 # The engine's fused projection modules and the PEFT target modules each is made of, in order.
 FUSED: dict[str, tuple[str, ...]] = {
@@ -223,7 +224,7 @@ class LoRAProjection(nn.Module):
         self.b: list[torch.Tensor] = []  # per part [slots, rank, out of that part]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        y = call_module(self.base)(x)
         batch = self.state.batch
         if batch is None or self.a is None:
             return y

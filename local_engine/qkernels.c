@@ -313,3 +313,151 @@ void qk_int8b_mm(long M, long N, long K, const float *x, long ldx, const int8_t 
         }
     }
 }
+
+/* ---- The decode step's small ops, fused (local_engine/kernels.py checks each against torch once,
+ * bit for bit, before using it). Every product and sum is rounded as torch's separate ops round it:
+ * no contraction into FMAs here. */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+
+#define SUM_LEVELS 4
+#define SUM_ILP 4
+
+static long ceil_log2(long x) { return x <= 1 ? 0 : 64 - __builtin_clzl((unsigned long)(x - 1)); }
+
+/* The sum of squares of a row as torch sums a float32 row (aten's cascade_sum over a contiguous
+ * row): 8-lane vectors into 4 accumulators, cascaded every 2^level_power vectors over 4 levels,
+ * the accumulators added in order, then the scalar tail and the lanes one by one. */
+static float torch_sumsq(const float *a, long n) {
+    long vecs = n / 8, size = vecs / SUM_ILP;
+    long power = ceil_log2(size) / SUM_LEVELS;
+    if (power < 4) power = 4;
+    long step = 1L << power, mask = step - 1;
+    float acc[SUM_LEVELS][SUM_ILP][8];
+    memset(acc, 0, sizeof acc);
+    long i = 0;
+    for (; i + step <= size;) {
+        for (long j = 0; j < step; j++, i++)
+            for (int k = 0; k < SUM_ILP; k++)
+                for (int l = 0; l < 8; l++) {
+                    float v = a[(i * SUM_ILP + k) * 8 + l];
+                    acc[0][k][l] += v * v;
+                }
+        for (int j = 1; j < SUM_LEVELS; j++) {
+            for (int k = 0; k < SUM_ILP; k++)
+                for (int l = 0; l < 8; l++) {
+                    acc[j][k][l] += acc[j - 1][k][l];
+                    acc[j - 1][k][l] = 0.0f;
+                }
+            if (i & (mask << (j * power))) break;
+        }
+    }
+    for (; i < size; i++)
+        for (int k = 0; k < SUM_ILP; k++)
+            for (int l = 0; l < 8; l++) {
+                float v = a[(i * SUM_ILP + k) * 8 + l];
+                acc[0][k][l] += v * v;
+            }
+    for (int j = 1; j < SUM_LEVELS; j++)
+        for (int k = 0; k < SUM_ILP; k++)
+            for (int l = 0; l < 8; l++) acc[0][k][l] += acc[j][k][l];
+    float *ps = acc[0][0]; /* accumulator 0, into which the vectors left over go */
+    for (long v = size * SUM_ILP; v < vecs; v++)
+        for (int l = 0; l < 8; l++) ps[l] += a[v * 8 + l] * a[v * 8 + l];
+    for (int k = 1; k < SUM_ILP; k++)
+        for (int l = 0; l < 8; l++) ps[l] += acc[0][k][l];
+    float s = 0.0f;
+    for (long k = vecs * 8; k < n; k++) s += a[k] * a[k];
+    for (int l = 0; l < 8; l++) s += ps[l];
+    return s;
+}
+
+/* qk_add_rms_norm: for each of T rows, sum = x + d (x alone where d is NULL) and
+ * norm = sum * rsqrt(mean(sum^2) + eps) * w, as F.rms_norm computes it in float32 (pow, mean = sum
+ * divided by n, add eps, 1 / sqrt, then two products). sum [T, n] may be x itself. */
+void qk_add_rms_norm(long T, long n, const float *x, long ldx, const float *d, long ldd, const float *w,
+                     float eps, float *sum, float *norm) {
+    for (long t = 0; t < T; t++) {
+        const float *xt = x + t * ldx;
+        float *st = sum + t * n, *nt = norm + t * n;
+        if (d != NULL) {
+            const float *dt = d + t * ldd;
+            for (long j = 0; j < n; j++) st[j] = xt[j] + dt[j];
+        } else if (st != xt) {
+            memcpy(st, xt, n * sizeof(float));
+        }
+        float mean = torch_sumsq(st, n) / (float)n;
+        float r = 1.0f / __builtin_sqrtf(mean + eps);
+        for (long j = 0; j < n; j++) nt[j] = st[j] * r * w[j];
+    }
+}
+
+/* qk_rope_kv: rotary embedding of a step's query and key heads and the K/V cache's writes, from the
+ * fused projection's output qkv [T, (H + 2 Hkv) * D] (row stride ldqkv): each head's
+ * x * cos + roll(x, D / 2) * sin (sin signed as RotaryEmbedding keeps it; cos, sin [T, D]), the
+ * queries into q [T, H, D], the keys and the values into k_cache and v_cache ([slots, Hkv, D]) at
+ * the tokens' slots. */
+void qk_rope_kv(long T, long H, long Hkv, long D, const float *qkv, long ldqkv, const float *cos,
+                const float *sin, const long *slots, float *q, float *k_cache, float *v_cache) {
+    long half = D / 2;
+    for (long t = 0; t < T; t++) {
+        const float *row = qkv + t * ldqkv, *c = cos + t * D, *s = sin + t * D;
+        for (long h = 0; h < H + Hkv; h++) {
+            const float *x = row + h * D;
+            float *o = h < H ? q + (t * H + h) * D : k_cache + (slots[t] * Hkv + (h - H)) * D;
+            for (long j = 0; j < half; j++) o[j] = x[j] * c[j] + x[j + half] * s[j];
+            for (long j = half; j < D; j++) o[j] = x[j] * c[j] + x[j - half] * s[j];
+        }
+        memcpy(v_cache + slots[t] * Hkv * D, row + (H + Hkv) * D, Hkv * D * sizeof(float));
+    }
+}
+
+#pragma GCC pop_options
+
+/* qk_decode_attention: one decode token's attention over its paged context, read in place through its
+ * block table (no gather): out [H, D] = softmax(scale * q k^T) v per head, q [H, D], the caches
+ * [blocks, block_size, Hkv, D], table [ceil(L / block_size)] block ids, L the context length; head h
+ * reads key/value head h / (H / Hkv). Scores in float32, the softmax with its maximum subtracted, exp
+ * from libm; not bit-identical to torch's SDPA (its order of summation differs), close to it. */
+void qk_decode_attention(long H, long Hkv, long D, long L, long block_size, const float *q,
+                         const float *k_cache, const float *v_cache, const long *table, float scale,
+                         float *out) {
+    long group = H / Hkv, row = Hkv * D; /* a token's stride in the cache */
+    long d8 = D & ~7L;
+    float s[group * L]; /* the group's scores, head by head */
+    for (long g = 0; g < Hkv; g++) {
+        /* The group's heads share each key and value row: read once for all of them. */
+        for (long l = 0; l < L; l++) {
+            const float *k = k_cache + (table[l / block_size] * block_size + l % block_size) * row + g * D;
+            for (long i = 0; i < group; i++) {
+                const float *qh = q + (g * group + i) * D;
+                __m256 acc = _mm256_setzero_ps();
+                for (long j = 0; j < d8; j += 8)
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(qh + j), _mm256_loadu_ps(k + j), acc);
+                float dot = hsum(acc);
+                for (long j = d8; j < D; j++) dot += qh[j] * k[j];
+                s[i * L + l] = dot * scale;
+            }
+        }
+        for (long i = 0; i < group; i++) {
+            float *si = s + i * L, best = -__builtin_inff(), total = 0.0f;
+            for (long l = 0; l < L; l++)
+                if (si[l] > best) best = si[l];
+            for (long l = 0; l < L; l++) {
+                si[l] = __builtin_expf(si[l] - best);
+                total += si[l];
+            }
+            float *o = out + (g * group + i) * D;
+            for (long j = 0; j < D; j++) o[j] = 0.0f;
+            for (long l = 0; l < L; l++) {
+                const float *v = v_cache + (table[l / block_size] * block_size + l % block_size) * row + g * D;
+                __m256 p = _mm256_set1_ps(si[l]);
+                for (long j = 0; j < d8; j += 8)
+                    _mm256_storeu_ps(o + j, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + j), _mm256_loadu_ps(o + j)));
+                for (long j = d8; j < D; j++) o[j] += si[l] * v[j];
+            }
+            float inv = 1.0f / total;
+            for (long j = 0; j < D; j++) o[j] *= inv;
+        }
+    }
+}

@@ -7,13 +7,51 @@ fused into one matrix each (fewer, larger matmuls); the loader concatenates them
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module
 
+from local_engine import kernels
 from local_engine.attention import AttentionMetadata, paged_attention
 from local_engine.config import ModelConfig
+
+
+def _hooked(m: nn.Module) -> bool:
+    """Whether calling ``m`` runs more than its ``forward``: hooks on it or on every module (the checks
+    of ``nn.Module.__call__``'s fast path)."""
+    return bool(
+        m._forward_hooks
+        or m._forward_pre_hooks
+        or m._backward_hooks
+        or m._backward_pre_hooks
+        or _module._global_forward_hooks
+        or _module._global_forward_pre_hooks
+        or _module._global_backward_hooks
+        or _module._global_backward_pre_hooks
+    )
+
+
+def call_module(m: nn.Module) -> Callable[..., Any]:
+    """``m.forward`` where nothing hooks ``m``, else ``m``: a decode step makes ~10 module calls a layer,
+    and ``nn.Module.__call__``'s own checks cost about a µs each (1 thread, SmolLM2: ~1 ms of an int8
+    step's ~11 ms outside its matmuls)."""
+    return m if _hooked(m) else m.forward
+
+
+def _fusable(x: torch.Tensor) -> bool:
+    """Whether the compiled small ops (:mod:`local_engine.kernels`) may take ``x``: float32 on the CPU,
+    rows of unit stride, no autograd (they have no backward)."""
+    return (
+        x.dtype is torch.float32
+        and x.device.type == "cpu"
+        and x.dim() == 2
+        and x.stride(1) == 1
+        and not torch.is_grad_enabled()
+    )
 
 
 class RMSNorm(nn.Module):
@@ -31,6 +69,24 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(dtype)
+
+
+def add_rms_norm(x: torch.Tensor, d: torch.Tensor | None, norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, norm(s))`` with ``s = x + d`` (``x`` where ``d`` is None): the residual add and the RMSNorm after
+    it in one compiled call (``kernels.add_rms_norm``, 3 torch ops and their dispatch otherwise) where it was
+    found bit-identical to them for this width (checked once at first use), else torch's ops."""
+    lib = kernels.library()
+    if (
+        lib is not None
+        and _fusable(x)
+        and (d is None or (_fusable(d) and d.shape == x.shape))
+        and norm.weight.dtype is torch.float32
+        and not _hooked(norm)
+        and kernels.add_rms_norm_ok(x.shape[1], norm.eps)
+    ):
+        return kernels.add_rms_norm(lib, x, d, norm.weight, norm.eps)
+    s = x if d is None else x + d
+    return s, call_module(norm)(s)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -110,14 +166,33 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         t = x.shape[0]
-        qkv = self.qkv_proj(x)
-        qk_size = self.q_size + self.kv_size
-        # q's and k's heads rotated together, in one pass of apply_rope.
-        qk = apply_rope(qkv[:, :qk_size].view(t, self.num_heads + self.num_kv_heads, self.head_dim), rope)
-        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
-        v = qkv[:, qk_size:].view(t, self.num_kv_heads, self.head_dim)
-        o = paged_attention(q, k, v, kv[0], kv[1], meta, self.scale)
-        return self.o_proj(o.reshape(t, self.num_heads * self.head_dim))
+        qkv = call_module(self.qkv_proj)(x)
+        lib = kernels.library()
+        cos, sin = rope
+        if (
+            lib is not None
+            and _fusable(qkv)
+            and kv[0].dtype is torch.float32
+            and kv[0].is_contiguous()
+            and kv[1].is_contiguous()
+            and cos.is_contiguous()
+            and sin.is_contiguous()
+            and kernels.rope_kv_ok(self.num_heads, self.num_kv_heads, self.head_dim)
+        ):
+            # RoPE of q and k and the K/V cache's writes in one compiled call (bit-identical to the ops
+            # below, checked once per shape), so paged_attention has nothing to write.
+            q = kernels.rope_kv(
+                lib, qkv, self.num_heads, self.num_kv_heads, cos, sin, meta.slot_mapping, kv[0], kv[1]
+            )
+            o = paged_attention(q, None, None, kv[0], kv[1], meta, self.scale)
+        else:
+            qk_size = self.q_size + self.kv_size
+            # q's and k's heads rotated together, in one pass of apply_rope.
+            qk = apply_rope(qkv[:, :qk_size].view(t, self.num_heads + self.num_kv_heads, self.head_dim), rope)
+            q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
+            v = qkv[:, qk_size:].view(t, self.num_kv_heads, self.head_dim)
+            o = paged_attention(q, k, v, kv[0], kv[1], meta, self.scale)
+        return call_module(self.o_proj)(o.reshape(t, self.num_heads * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -128,8 +203,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(i, h, bias=b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        gate, up = call_module(self.gate_up_proj)(x).chunk(2, dim=-1)
+        if torch.is_grad_enabled():
+            return self.down_proj(F.silu(gate) * up)
+        # Without autograd, in place in the fused matmul's output (views of its halves): no new tensors.
+        return call_module(self.down_proj)(F.silu(gate, inplace=True).mul_(up))
 
 
 class DecoderLayer(nn.Module):
@@ -149,6 +227,21 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), rope, kv, meta)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def step(
+        self,
+        x: torch.Tensor,
+        h: torch.Tensor,
+        next_norm: RMSNorm,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        kv: tuple[torch.Tensor, torch.Tensor],
+        meta: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward`'s output ``y`` and ``next_norm(y)``, given ``h = input_layernorm(x)``: each residual
+        add fused with the norm after it (:func:`add_rms_norm`), the submodules' ``forward`` called directly
+        where nothing hooks them."""
+        x, h = add_rms_norm(x, call_module(self.self_attn)(h, rope, kv, meta), self.post_attention_layernorm)
+        return add_rms_norm(x, call_module(self.mlp)(h), next_norm)
 
 
 class LlamaBody(nn.Module):
@@ -182,11 +275,20 @@ class LlamaForCausalLM(nn.Module):
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        x = self.model.embed_tokens(input_ids)
-        rope = self.rotary(positions, x.dtype)
-        for layer, kv in zip(self.model.layers, kv_caches, strict=True):
-            x = layer(x, rope, kv, meta)
-        return self.model.norm(x)
+        body = self.model
+        x = call_module(body.embed_tokens)(input_ids)
+        rope = call_module(self.rotary)(positions, x.dtype)
+        layers: list[DecoderLayer] = list(body.layers._modules.values())  # type: ignore[arg-type]
+        norms = ([layer.input_layernorm for layer in layers[1:]] + [body.norm])[: len(layers)]
+        h = None  # the next layer's input_layernorm(x), computed with the residual add before it
+        for layer, kv, next_norm in zip(layers, kv_caches, norms, strict=True):
+            if _hooked(layer):
+                x, h = layer(x, rope, kv, meta), None
+                continue
+            if h is None:
+                _, h = add_rms_norm(x, None, layer.input_layernorm)
+            x, h = layer.step(x, h, next_norm, rope, kv, meta)
+        return call_module(body.norm)(x) if h is None else h
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()

@@ -1,5 +1,7 @@
-"""The compiled int8 / int4 matmul kernels (local_engine/qkernels.c): what they compute against a
-float64 reference of the dequantized weights, the fallback to torch's kernels, and the build."""
+"""The compiled kernels (local_engine/qkernels.c): the int8 / int4 matmuls against a float64 reference
+of the dequantized weights, the fallback to torch's kernels, and the build; the decode step's fused
+small ops (residual add + RMSNorm, RoPE + K/V writes) bit for bit against the torch ops they replace,
+in the model and without the kernels."""
 
 from __future__ import annotations
 
@@ -7,13 +9,18 @@ import ctypes
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from local_engine import kernels
+from local_engine.attention import build_metadata, paged_attention
+from local_engine.loader import load_model
+from local_engine.models.llama import DecoderLayer, LlamaForCausalLM, apply_rope
 from local_engine.quant import (
     KERNEL_MAX_ROWS,
     PACKED_MAX_ROWS,
@@ -278,3 +285,216 @@ def test_int4_keeps_the_4bit_head_scan_only_without_the_kernels(
     monkeypatch.setenv(kernels.DISABLE_ENV, "1")
     kernels.library.cache_clear()
     assert isinstance(load_model(tiny_llama, 256, quantization="int4").lm_head, Int4Head)
+
+
+# ---- The decode step's fused small ops (qk_add_rms_norm, qk_rope_kv): bit for bit torch's ops.
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 40])
+@pytest.mark.parametrize("width", [576, 64, 100, 13])  # 100 and 13: not whole 8-lane vectors
+def test_fused_add_rms_norm_is_torchs_ops_bit_for_bit(lib: ctypes.CDLL, rows: int, width: int) -> None:
+    g = torch.Generator().manual_seed(rows * 1000 + width)
+    x = (torch.randn(rows, width + 3, generator=g) * 4)[:, :width]  # rows of a wider tensor
+    d = torch.randn(rows, width, generator=g)
+    w = torch.randn(width, generator=g)
+    for delta in (d, None):
+        want = x if delta is None else x + delta
+        s, h = kernels.add_rms_norm(lib, x, delta, w, 1e-5)
+        assert torch.equal(s, want)
+        assert torch.equal(h, F.rms_norm(want, (width,), w, 1e-5))
+    assert kernels.add_rms_norm_ok(width, 1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 40])
+@pytest.mark.parametrize("heads, kv_heads, d", [(9, 3, 64), (4, 2, 16), (3, 3, 6)])
+def test_fused_rope_and_kv_writes_are_torchs_ops_bit_for_bit(
+    lib: ctypes.CDLL, rows: int, heads: int, kv_heads: int, d: int
+) -> None:
+    g = torch.Generator().manual_seed(rows + heads + d)
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * d, generator=g)
+    cos, sin = torch.randn(rows, 1, d, generator=g), torch.randn(rows, 1, d, generator=g)
+    slots = torch.randperm(8 * 16, generator=g)[:rows]
+    want_k, want_v, k_cache, v_cache = (torch.randn(8, 16, kv_heads, d, generator=g) for _ in range(4))
+    k_cache.copy_(want_k)
+    v_cache.copy_(want_v)
+    qk = apply_rope(qkv[:, : (heads + kv_heads) * d].view(rows, heads + kv_heads, d), (cos, sin))
+    want_k.view(-1, kv_heads, d).index_copy_(0, slots, qk[:, heads:])
+    want_v.view(-1, kv_heads, d).index_copy_(
+        0, slots, qkv[:, (heads + kv_heads) * d :].view(rows, kv_heads, d)
+    )
+    q = kernels.rope_kv(lib, qkv, heads, kv_heads, cos, sin, slots, k_cache, v_cache)
+    assert torch.equal(q, qk[:, :heads])
+    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)  # other slots untouched
+    assert kernels.rope_kv_ok(heads, kv_heads, d)
+
+
+def _decode_run(model: LlamaForCausalLM, prompt: list[int], steps: int) -> list[torch.Tensor]:
+    """The final hidden states of a prefill of ``prompt`` and of ``steps`` decode steps after it (greedy
+    on the logits), over a fresh paged cache."""
+    cfg = model.config
+    shape = (8, 4, cfg.num_key_value_heads, cfg.head_dim)
+    kv = [(torch.zeros(shape), torch.zeros(shape)) for _ in range(cfg.num_hidden_layers)]
+    table = list(range(8))
+    tokens, out = list(prompt), []
+    with torch.inference_mode():
+        n = len(tokens)
+        meta = build_metadata([n], [n], [table], 4, torch.device("cpu"))
+        hidden = model(torch.tensor(tokens), torch.arange(n), kv, meta)
+        for _ in range(steps):
+            out.append(hidden)
+            tokens.append(int(model.logits(hidden[-1:]).argmax()))
+            n = len(tokens)
+            meta = build_metadata([1], [n], [table], 4, torch.device("cpu"))
+            hidden = model(torch.tensor(tokens[-1:]), torch.tensor([n - 1]), kv, meta)
+        out.append(hidden)
+    return out
+
+
+def test_the_model_computes_the_same_bits_with_the_fused_ops_and_without(
+    lib: ctypes.CDLL, fresh_library: None, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fused ops run in a step where the kernels are built, and with LLM_GATEWAY_NO_KERNELS=1 the
+    step takes torch's ops instead; both give the same hidden states bit for bit (prefill and decode). (The
+    lone decode's attention kernel, not bit-identical to SDPA, is left out: it has its own tests.)"""
+    monkeypatch.setattr(kernels, "DECODE_ATTENTION_MAX_LEN", 0)
+    model = load_model(tiny_model, 64)
+    used: list[str] = []
+    for name in ("add_rms_norm", "rope_kv"):
+        real: Callable[..., object] = getattr(kernels, name)
+
+        def spy(*args: object, real: Callable[..., object] = real, name: str = name) -> object:
+            used.append(name)
+            return real(*args)
+
+        monkeypatch.setattr(kernels, name, spy)
+    fused = _decode_run(model, [5, 9, 30, 41, 7, 3, 12], 4)
+    assert {"add_rms_norm", "rope_kv"} <= set(used)
+    monkeypatch.setenv(kernels.DISABLE_ENV, "1")
+    kernels.library.cache_clear()
+    used.clear()
+    plain = _decode_run(model, [5, 9, 30, 41, 7, 3, 12], 4)
+    assert not used
+    assert all(torch.equal(a, b) for a, b in zip(fused, plain, strict=True))
+
+
+@pytest.mark.parametrize("op", ["add_rms_norm", "rope_kv"])
+def test_a_fused_op_that_differs_from_torchs_is_not_used(
+    lib: ctypes.CDLL, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch, op: str
+) -> None:
+    """The first-use check compares each fused op with torch's ops; one that differs (here: made to)
+    is never called, and the model computes what torch's ops compute."""
+    model = load_model(tiny_llama, 64)
+    want = _decode_run(model, [4, 8, 15, 16, 23], 2)
+    real = getattr(kernels, op)
+
+    def off(*args: object) -> object:
+        got = real(*args)
+        out = got[1] if isinstance(got, tuple) else got
+        out.view(-1)[0] += 1.0  # a wrong bit where the check looks
+        return got
+
+    check = kernels.add_rms_norm_ok if op == "add_rms_norm" else kernels.rope_kv_ok
+    check.cache_clear()
+    monkeypatch.setattr(kernels, op, off)
+    try:
+        assert all(
+            torch.equal(a, b) for a, b in zip(_decode_run(model, [4, 8, 15, 16, 23], 2), want, strict=True)
+        )
+        cfg = model.config
+        shape = (
+            (cfg.hidden_size, cfg.rms_norm_eps)
+            if op == "add_rms_norm"
+            else (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
+        )
+        assert check(*shape) is False
+    finally:
+        check.cache_clear()
+
+
+def test_hooks_on_the_models_modules_still_run(lib: ctypes.CDLL, tiny_llama: Path) -> None:
+    """Submodules' forward is called directly, and norms are fused with the residual adds, only where
+    nothing hooks them: a hook on a projection, on a norm or on a decoder layer runs, the output unchanged."""
+    model = load_model(tiny_llama, 64)
+    want = _decode_run(model, [4, 8, 15, 16], 1)
+    calls: list[str] = []
+    layer = cast("DecoderLayer", model.model.layers[1])
+    handles = [
+        layer.mlp.down_proj.register_forward_hook(lambda *_: calls.append("down_proj")),
+        layer.post_attention_layernorm.register_forward_pre_hook(lambda *_: calls.append("norm")),
+        model.model.layers[0].register_forward_hook(lambda *_: calls.append("layer")),
+    ]
+    try:
+        got = _decode_run(model, [4, 8, 15, 16], 1)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls.count("down_proj") == calls.count("norm") == calls.count("layer") == 2  # prefill, decode
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_with_autograd_the_model_takes_torchs_ops_and_has_gradients(
+    lib: ctypes.CDLL, tiny_llama: Path
+) -> None:
+    """The fused ops and the in-place activation have no backward: with grad enabled the model runs
+    torch's ops, out of place, to the same values."""
+    model = load_model(tiny_llama, 64)
+    want = _decode_run(model, [4, 8, 15, 16], 0)[0]
+    cfg = model.config
+    shape = (8, 4, cfg.num_key_value_heads, cfg.head_dim)
+    kv = [(torch.zeros(shape), torch.zeros(shape)) for _ in range(cfg.num_hidden_layers)]
+    meta = build_metadata([4], [4], [list(range(8))], 4, torch.device("cpu"))
+    weight = cast("DecoderLayer", model.model.layers[0]).mlp.gate_up_proj.weight
+    weight.requires_grad_(True)
+    with torch.enable_grad():
+        hidden = model(torch.tensor([4, 8, 15, 16]), torch.arange(4), kv, meta)
+        hidden.sum().backward()
+    assert weight.grad is not None and bool(weight.grad.abs().sum() > 0)
+    assert torch.equal(hidden.detach(), want)
+
+
+@pytest.mark.parametrize("length", [1, 7, 37, 300])
+@pytest.mark.parametrize("heads, kv_heads, d", [(9, 3, 64), (4, 4, 6), (8, 2, 20)])
+def test_decode_attention_kernel_matches_sdpa_over_the_gathered_blocks(
+    lib: ctypes.CDLL, length: int, heads: int, kv_heads: int, d: int
+) -> None:
+    g = torch.Generator().manual_seed(length + heads + d)
+    k_cache, v_cache = (torch.randn(128, 4, kv_heads, d, generator=g) for _ in range(2))
+    table = torch.randperm(128, generator=g)[: -(-length // 4)]  # scattered blocks
+    q = torch.randn(heads, d, generator=g) * 2
+    keys = k_cache.index_select(0, table).view(-1, kv_heads, d)[:length].transpose(0, 1)
+    values = v_cache.index_select(0, table).view(-1, kv_heads, d)[:length].transpose(0, 1)
+    want = F.scaled_dot_product_attention(q[:, None], keys, values, scale=d**-0.5, enable_gqa=True)
+    got = kernels.decode_attention(lib, q, k_cache, v_cache, table, length, d**-0.5)
+    torch.testing.assert_close(got, want.squeeze(1), atol=2e-6, rtol=2e-5)
+
+
+def test_a_lone_decode_attends_through_the_kernel_and_without_it_through_sdpa(
+    lib: ctypes.CDLL, fresh_library: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paged_attention's lone decode (concurrency 1) reads its blocks in place through the compiled
+    kernel; with LLM_GATEWAY_NO_KERNELS=1 it takes SDPA, to the same values up to rounding. Several
+    decodes at once always take SDPA."""
+    g = torch.Generator().manual_seed(3)
+    k_cache, v_cache = (torch.randn(16, 4, 2, 8, generator=g) for _ in range(2))
+    calls: list[int] = []
+    real = kernels.decode_attention
+
+    def spy(*args: Any) -> torch.Tensor:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(kernels, "decode_attention", spy)
+    q = torch.randn(1, 4, 8, generator=g)
+    lone = build_metadata([1], [11], [[5, 2, 9]], 4, torch.device("cpu"))
+    with torch.inference_mode():
+        fast = paged_attention(q, None, None, k_cache, v_cache, lone, 8**-0.5)
+        assert calls == [1]
+        two = build_metadata([1, 1], [11, 6], [[5, 2, 9], [3, 4]], 4, torch.device("cpu"))
+        both = paged_attention(torch.cat([q, q]), None, None, k_cache, v_cache, two, 8**-0.5)
+        assert calls == [1]
+        monkeypatch.setenv(kernels.DISABLE_ENV, "1")
+        kernels.library.cache_clear()
+        slow = paged_attention(q, None, None, k_cache, v_cache, lone, 8**-0.5)
+    assert calls == [1]
+    torch.testing.assert_close(fast, slow, atol=2e-6, rtol=2e-5)
+    torch.testing.assert_close(both[:1], slow, atol=2e-6, rtol=2e-5)
