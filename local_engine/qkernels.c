@@ -13,7 +13,8 @@
  *
  * int8 blocks: GGUF's Q8_0 as it is, w[n, k] = q[n, k] * d[n, k / 32], q int8 [N, K], d fp16 [N, K / 32].
  *
- * Needs AVX2, FMA and F16C (built with -march=native; the loader falls back to torch without them).
+ * Needs AVX2, FMA and F16C (built with -march=native; the loader falls back to torch without them); where
+ * the compiler targets AVX-512 the int8 and int4 loops run 16 lanes wide.
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -47,6 +48,43 @@ INLINE __m256 load8_i8(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 
+#if defined(__AVX512F__)
+/* R output rows by MB activation rows, 16 lanes (32 zmm registers): the R rows' weights are converted
+ * once per 16 inputs and used by all MB rows; inputs past the last 16 go 8 at a time, then one by one. */
+INLINE void i8_tile(int R, int MB, long K, const float *x, long ldx, const int8_t *w,
+                    const uint16_t *scale, float *y, long ldy) {
+    __m512 acc[4][8];
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; m++)
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) acc[m][r] = _mm512_setzero_ps();
+    long k = 0;
+    const char *next = (const char *)(w + R * K);
+    for (; k + 16 <= K; k += 16) {
+        if ((k & 63) == 0)
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) _mm_prefetch(next + (k * R + r * 64), _MM_HINT_T0);
+        __m512 wv[8];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++)
+            wv[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + r * K + k))));
+#pragma GCC unroll 4
+        for (int m = 0; m < MB; m++) {
+            __m512 xv = _mm512_loadu_ps(x + m * ldx + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) acc[m][r] = _mm512_fmadd_ps(wv[r], xv, acc[m][r]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; m++)
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            float s = _mm512_reduce_add_ps(acc[m][r]);
+            for (long j = k; j < K; j++) s += x[m * ldx + j] * (float)w[r * K + j];
+            y[m * ldy + r] = s * bf16(scale[r]);
+        }
+}
+#else
 /* R output rows by MB activation rows: the R rows' weights are converted once per 8 inputs and
  * used by all MB rows (R * MB accumulators, within the 16 ymm registers). */
 INLINE void i8_tile(int R, int MB, long K, const float *x, long ldx, const int8_t *w,
@@ -83,6 +121,8 @@ INLINE void i8_tile(int R, int MB, long K, const float *x, long ldx, const int8_
             y[m * ldy + r] = s * bf16(scale[r]);
         }
 }
+
+#endif
 
 #define I8_TILE(R, MB)                                                                          \
     static void i8_##R##x##MB(long K, const float *x, long ldx, const int8_t *w,                \
@@ -135,6 +175,36 @@ void qk_int8_mm(long M, long N, long K, const float *x, long ldx, const int8_t *
 
 #define I4_PREFETCH 1024 /* bytes ahead in the (row-contiguous) nibbles: ~3.5 rows of SmolLM2's 576 inputs */
 
+#if defined(__AVX512F__)
+/* One output row by MB activation rows, 16 lanes: a block's 16 bytes widen to 16 int32 lanes whose low
+ * nibbles are inputs 0..15 and high nibbles inputs 16..31, two conversions and two products a block
+ * where 8 lanes need four of each (an int4 step's matmuls were bound by this arithmetic). sf and off as
+ * in the 8-lane version below. */
+INLINE void i4_row(int MB, long G, const float *x, long ldx, const uint8_t *nib, const float *sf,
+                   const float *off, float *y, long ldy) {
+    const __m512i low = _mm512_set1_epi32(15);
+    __m512 acc[4];
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; m++) acc[m] = _mm512_setzero_ps();
+    for (long g = 0; g < G; g++) {
+        const uint8_t *b = nib + g * 16;
+        if ((g & 3) == 0) _mm_prefetch((const char *)b + I4_PREFETCH, _MM_HINT_T0);
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b));
+        __m512 q0 = _mm512_cvtepi32_ps(_mm512_and_si512(v, low)); /* inputs 0..15 */
+        __m512 q1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));  /* 16..31 */
+        __m512 sv = _mm512_set1_ps(sf[g]);
+#pragma GCC unroll 4
+        for (int m = 0; m < MB; m++) {
+            const float *xg = x + m * ldx + g * 32;
+            __m512 t = _mm512_mul_ps(q0, _mm512_loadu_ps(xg));
+            t = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xg + 16), t);
+            acc[m] = _mm512_fmadd_ps(t, sv, acc[m]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; m++) y[m * ldy] = _mm512_reduce_add_ps(acc[m]) + off[m];
+}
+#else
 /* One output row by MB activation rows. A block's 32 values are unpacked and converted once and
  * used by every activation row; sf holds the row's scales as float32, off[m] starts as the row's
  * offsets already applied to activation row m (sum over blocks of (zero - 8 scale) * block sum). */
@@ -168,6 +238,8 @@ INLINE void i4_row(int MB, long G, const float *x, long ldx, const uint8_t *nib,
 #pragma GCC unroll 4
     for (int m = 0; m < MB; m++) y[m * ldy] = hsum(acc[m]) + off[m];
 }
+
+#endif
 
 #define I4_ROW(MB)                                                                               \
     static void i4_row##MB(long G, const float *x, long ldx, const uint8_t *nib, const float *sf, \
