@@ -207,7 +207,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def list_batches(request: web.Request) -> web.Response:
-    request.app[BATCHES].reachable()
+    request.app[BATCHES].kv.require_reachable()
     found = [render(fields) for fields in await request.app[BATCHES].listed(_tenant(request), "openai")]
     return respond(request, page(found, request.query))
 
@@ -218,7 +218,7 @@ async def admin_list(request: web.Request) -> web.Response:
     from .admin import require_admin
 
     require_admin(request)
-    request.app[BATCHES].reachable()
+    request.app[BATCHES].kv.require_reachable()
     status = request.query.get("status")
     found = [
         {**render(fields), "tenant": fields["tenant"], "kind": fields.get("kind", "openai")}

@@ -76,20 +76,14 @@ class Files:
     async def get(self, tenant: str, file_id: str) -> dict[str, Any]:
         raw = await self.kv.get(_key(tenant, file_id))
         if raw is None:
-            self.reachable()  # read from this process's memory while Redis is away: not proof it is gone
-        if raw is None:
+            self.kv.require_reachable()  # read from this process's memory while Redis is away: no proof
             raise NotFound(f"No such File object: {file_id}", param="id")
         record: dict[str, Any] = orjson.loads(raw)
         return record
 
-    def reachable(self) -> None:
-        """503 while Redis is away (see :meth:`gateway.records.TenantRecords.reachable`)."""
-        if (refusal := self.kv.unavailable()) is not None:
-            raise refusal
-
     async def list(self, tenant: str, purpose: str | None = None) -> list[dict[str, Any]]:
         """Newest first (503 while Redis is away: a listing from this process's memory would be partial)."""
-        self.reachable()
+        self.kv.require_reachable()
         found = []
         for file_id in reversed(await self.kv.items(f"files:{tenant}")):
             raw = await self.kv.get(_key(tenant, file_id))

@@ -334,7 +334,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     tenant = _tenant(request)
-    request.app[JOBS].reachable()
+    request.app[JOBS].kv.require_reachable()
     found = [render(fields) for fields in await request.app[JOBS].listed(tenant)]
     return respond(request, _listed(found, request.query))
 

@@ -129,7 +129,7 @@ async def _cancel(request: web.Request) -> web.Response:
 
 
 async def _list(request: web.Request) -> web.Response:
-    request.app[BATCHES].reachable()
+    request.app[BATCHES].kv.require_reachable()
     found = [
         render(fields, _origin(request))
         for fields in await request.app[BATCHES].listed(_tenant(request), "anthropic")

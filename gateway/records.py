@@ -32,17 +32,10 @@ class TenantRecords:
     async def get(self, tenant: str, record_id: str) -> dict[str, str]:
         fields = await self.fields(record_id)
         if not fields:
-            self.reachable()  # read from this process's memory while Redis is away: not proof it is gone
+            self.kv.require_reachable()  # read from this process's memory while Redis is away: no proof
         if not fields or fields.get("tenant") != tenant:
             raise NotFound(f"No {self._what} found with id '{record_id}'.", param=self._param)
         return fields
-
-    def reachable(self) -> None:
-        """503 (``Retry-After``) while Redis is away and reads come from this process's memory: a record it
-        lacks may be in Redis, and a listing from it would be partial. For lookups and listings a client made;
-        the background runners walk what they can."""
-        if (refusal := self.kv.unavailable()) is not None:
-            raise refusal
 
     async def update(self, record_id: str, **fields: str) -> None:
         await self.kv.hash_set(f"{self._prefix}:{record_id}", fields, self._ttl_s)

@@ -109,8 +109,7 @@ async def turn(
         if earlier is not None:
             context = [*earlier.context, *earlier.input, *earlier.response.get("output", ())]
         elif not native:
-            if (refusal := store.unavailable()) is not None:
-                raise refusal  # read from this process's memory while Redis is away: not proof it is gone
+            store.require_reachable()  # read from this process's memory while Redis is away: no proof
             raise NotFound(f"Previous response with id '{previous}' not found.", param="previous_response_id")
     dropped: list[str] = []
     if native:
@@ -256,9 +255,8 @@ async def _stored(request: web.Request) -> tuple[str, Stored]:
     tenant = bridge.caller(request).tenant.name
     response_id = request.match_info["id"]
     stored = await request.app[STORE].get(tenant, response_id)
-    if stored is None and (refusal := request.app[STORE].unavailable()) is not None:
-        raise refusal
     if stored is None:
+        request.app[STORE].require_reachable()
         raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
     return tenant, stored
 

@@ -15,8 +15,6 @@ from typing import Any, Protocol
 
 import orjson
 
-from errors import Unavailable
-
 from .stores.keyvalue import KeyValue
 
 
@@ -56,9 +54,9 @@ class StoredResponses:
         data = orjson.loads(raw)
         return Stored(data["response"], data["input"], data["context"])
 
-    def unavailable(self) -> Unavailable | None:
-        """What to raise instead of "not found" while the store answers from memory (KeyValue.unavailable)."""
-        return self._kv.unavailable()
+    def require_reachable(self) -> None:
+        """503 while the store answers from this process's memory (``KeyValue.require_reachable``)."""
+        self._kv.require_reachable()
 
     async def put(self, tenant: str, response_id: str, stored: Stored, ttl_s: float | None = None) -> None:
         """Keeps ``stored`` for ``ttl_s`` (the tenant's retention) or the store's own TTL, whichever is shorter."""

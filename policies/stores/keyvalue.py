@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from errors import Unavailable
-
 from .health import StoreHealth
 
 
@@ -55,11 +53,11 @@ class KeyValue(Protocol):
         """A list's items from ``start`` to ``stop`` inclusive (negative: from the end)."""
         ...
 
-    def unavailable(self) -> Unavailable | None:
-        """What to raise instead of "not found" when a read found nothing: while Redis is away (fail open),
-        reads are answered from this process's memory, where a record another process (or this one, before
-        the outage) wrote is absent, so its absence proves nothing and the caller should retry (503 with
-        ``Retry-After``), not give the record up (404). None where an absence is an answer."""
+    def require_reachable(self) -> None:
+        """Raises 503 (``Retry-After``) where a read's "nothing there" proves nothing: while Redis is away
+        (fail open), reads are answered from this process's memory, which lacks what another process (or this
+        one, before the outage) wrote, so a lookup that found nothing should be retried, not given up (404),
+        and a listing would be partial. Returns where an absence is an answer."""
         ...
 
 
@@ -70,8 +68,8 @@ class MemoryKeyValue:
 
     PURGE_EVERY = 1024
 
-    def unavailable(self) -> Unavailable | None:
-        return None
+    def require_reachable(self) -> None:
+        pass
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -167,8 +165,8 @@ class MemoryKeyValue:
 
 
 class RedisKeyValue:
-    def unavailable(self) -> Unavailable | None:
-        return None
+    def require_reachable(self) -> None:
+        pass
 
     def __init__(self, client: Callable[[], Any]) -> None:
         self._client = client  # the layer's client, read at each call (it is opened after this is built)
@@ -231,8 +229,9 @@ class FailoverKeyValue:
     def __init__(self, redis: RedisKeyValue, memory: MemoryKeyValue, health: StoreHealth) -> None:
         self.redis, self.memory, self._health = redis, memory, health
 
-    def unavailable(self) -> Unavailable | None:
-        return self._health.refusal() if self._health.degraded else None
+    def require_reachable(self) -> None:
+        if self._health.degraded:
+            raise self._health.refusal()
 
     async def get(self, key: str) -> str | None:
         return await self._health.call(
